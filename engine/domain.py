@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -81,6 +82,7 @@ class JsonlSource:
     """A dataset file, named relative to the data root (``<data-dir>/datasets``)."""
 
     path: str
+    kind: Literal["jsonl"] = "jsonl"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class FeedbackSource:
     force: bool = False
     thumbs_up_weight: float = 2.0
     thumbs_down_weight: float = 0.5
+    kind: Literal["feedback"] = "feedback"
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class DatasetSummary:
 
 @dataclass(frozen=True)
 class StateChanged:
-    previous: JobState
+    previous: JobState | None
     state: JobState
     message: str = ""
 

@@ -9,6 +9,7 @@ code in one table (``server/errors.py``); nothing matches on message strings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,13 @@ class FieldViolation:
 
 
 class EngineError(Exception):
-    """Base of all deliberate engine errors."""
+    """Base of all deliberate engine errors.
+
+    ``code`` is the canonical status code name (google.rpc.Code) of the class:
+    this is the one table from error to status, read by the server.
+    """
+
+    code: ClassVar[str] = "UNKNOWN"
 
     def __init__(
         self,
@@ -45,37 +52,55 @@ class EngineError(Exception):
 class InvalidArgument(EngineError):
     """The request itself is wrong; retrying it unchanged will fail again."""
 
+    code = "INVALID_ARGUMENT"
+
 
 class NotFound(EngineError):
     """A named resource does not exist."""
+
+    code = "NOT_FOUND"
 
 
 class AlreadyExists(EngineError):
     """A resource with that identity exists and differs from the request."""
 
+    code = "ALREADY_EXISTS"
+
 
 class FailedPrecondition(EngineError):
     """The system is not in a state where the request can run."""
+
+    code = "FAILED_PRECONDITION"
 
 
 class Aborted(EngineError):
     """A concurrency conflict; the caller may retry."""
 
+    code = "ABORTED"
+
 
 class DataLoss(EngineError):
     """Stored data is corrupt (e.g. a sha256 mismatch)."""
+
+    code = "DATA_LOSS"
 
 
 class Unavailable(EngineError):
     """A dependency (database, object store, serving engine) cannot be reached."""
 
+    code = "UNAVAILABLE"
+
 
 class ResourceExhausted(EngineError):
     """A quota or size limit was hit."""
 
+    code = "RESOURCE_EXHAUSTED"
+
 
 class Cancelled(EngineError):
     """The operation was cancelled on request."""
+
+    code = "CANCELLED"
 
 
 @dataclass

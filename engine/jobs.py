@@ -1,0 +1,340 @@
+"""Training job lifecycle: create, queue, run off the event loop, record events, watch.
+
+The manager owns an in-memory log for each job running in this process (so
+watchers see every event at once) and writes the log and the job through to the
+JobStore. A job's lifetime is independent of any watcher: a client that
+disconnects stops nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.domain import (
+    EventPayload,
+    Failed,
+    JobEvent,
+    JobFailure,
+    JobProgress,
+    JobState,
+    StateChanged,
+    StepMetrics,
+    TrainingJob,
+    TrainingJobSpec,
+)
+from engine.errors import (
+    AlreadyExists,
+    Cancelled,
+    EngineError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from engine.ports import CancelToken, JobStore
+from engine.preparation import JobPreparer, PreparedJob
+from engine.registry import AdapterRegistry
+from engine.training import TrainingResult, run_training
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _LiveJob:
+    """A job running (or queued) in this process, with its complete event log."""
+
+    job: TrainingJob
+    events: list[JobEvent]
+    cancel: CancelToken = field(default_factory=CancelToken)
+    unpersisted: list[JobEvent] = field(default_factory=list)
+    finished: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+WatchItem = TrainingJob | JobEvent
+
+
+class TrainingJobManager:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        registry: AdapterRegistry,
+        preparer: JobPreparer,
+        work_dir: Path,
+        max_concurrent_jobs: int = 1,
+        train: Callable[..., TrainingResult] = run_training,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._preparer = preparer
+        self._work_dir = work_dir
+        self._train = train
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="train")
+        self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        self._live: dict[str, _LiveJob] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._flush_lock = asyncio.Lock()
+        self._closing = False
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """At start: requeue jobs that never started, fail those a previous process was running."""
+        for job in await self._store.jobs_in_states(_ACTIVE):  # type: ignore[attr-defined]
+            events = await self._store.list_events(job.id, after_sequence=0)
+            live = _LiveJob(job=job, events=events)
+            self._live[job.id] = live
+            if job.state is JobState.QUEUED:
+                log.info("requeued job after restart", extra={"job_id": job.id})
+                live.task = self._spawn(self._run(live))
+            else:
+                failure = JobFailure("ABORTED", "SERVER_RESTARTED", "the server restarted while the job ran")
+                self._finish(live, JobState.FAILED, failure.message, failure=failure)
+                await self._flush(live)
+                self._live.pop(job.id, None)
+
+    async def shutdown(self) -> None:
+        """Stop: running jobs end FAILED (SERVER_SHUTDOWN); queued ones stay QUEUED for the next start."""
+        self._closing = True
+        for live in list(self._live.values()):
+            if live.job.state is JobState.QUEUED and live.task is not None:
+                live.task.cancel()
+            else:
+                live.cancel.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=60)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- API --------------------------------------------------------------------
+
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False) -> TrainingJob:
+        await self._preparer.validate(spec)
+        job = TrainingJob(
+            id=uuid.uuid4().hex, spec=spec, state=JobState.QUEUED, create_time=_now(), request_id=request_id
+        )
+        if validate_only:
+            return job
+        stored = await self._store.insert_job(job)
+        if stored.id != job.id:  # request_id seen before
+            if stored.spec != spec:
+                raise AlreadyExists(
+                    "REQUEST_ID_REUSED",
+                    f"request_id {request_id!r} was used for a different job ({stored.name})",
+                    metadata={"request_id": request_id, "job": stored.name},
+                )
+            return stored
+        live = _LiveJob(job=job, events=[])
+        self._live[job.id] = live
+        self._record(live, StateChanged(None, JobState.QUEUED, "job accepted"))
+        await self._flush(live)
+        log.info("job created", extra={"job_id": job.id})
+        live.task = self._spawn(self._run(live))
+        return live.job
+
+    async def get(self, job_id: str) -> TrainingJob:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.job
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise NotFound("JOB_NOT_FOUND", f"training job trainingJobs/{job_id} does not exist",
+                           metadata={"name": f"trainingJobs/{job_id}"})
+        return job
+
+    async def list(
+        self, *, states: Sequence[JobState], page_size: int, page_token: str
+    ) -> tuple[list[TrainingJob], str]:
+        before = _decode_page_token(page_token) if page_token else None
+        jobs = await self._store.list_jobs(states=states, limit=page_size + 1, before=before)
+        more = len(jobs) > page_size
+        jobs = [self._live[j.id].job if j.id in self._live else j for j in jobs[:page_size]]
+        token = _encode_page_token(jobs[-1]) if more and jobs else ""
+        return jobs, token
+
+    async def cancel(self, job_id: str) -> TrainingJob:
+        live = self._live.get(job_id)
+        job = live.job if live is not None else await self.get(job_id)
+        if live is None or job.state.terminal:
+            raise FailedPrecondition(
+                "JOB_NOT_CANCELLABLE", f"job {job.name} already ended ({job.state.value})",
+                metadata={"state": job.state.value},
+            )
+        if job.state is not JobState.CANCELLING:
+            live.cancel.cancel()
+            self._transition(live, JobState.CANCELLING, "cancellation requested")
+        return live.job
+
+    async def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[WatchItem]:
+        """The job as it is now, then every event after ``after_sequence``, until it ends."""
+        live = self._live.get(job_id)
+        if live is None:
+            job = await self.get(job_id)
+            live = self._live.get(job_id)  # it may have been requeued meanwhile
+            if live is None:
+                yield job
+                for event in await self._store.list_events(job_id, after_sequence=after_sequence):
+                    yield event
+                return
+        yield live.job
+        index = next((i for i, ev in enumerate(live.events) if ev.sequence > after_sequence), len(live.events))
+        while True:
+            waiter = live.changed
+            while index < len(live.events):
+                yield live.events[index]
+                index += 1
+            if live.finished:
+                return
+            await waiter.wait()
+
+    # ---- running ----------------------------------------------------------------
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, live: _LiveJob) -> None:
+        job_dir = self._work_dir / live.job.id
+        try:
+            async with self._slots:
+                if live.cancel.cancelled:
+                    raise Cancelled("JOB_CANCELLED", "cancelled before it started")
+                self._transition(live, JobState.PREPARING, "loading dataset and model")
+                prepared = await self._preparer.prepare(live.job.spec, job_dir)
+                self._set(live, dataset=prepared.dataset, device=prepared.device)
+                self._transition(live, JobState.RUNNING, f"training on {prepared.device}")
+                live.job = replace(live.job, start_time=_now())
+                loop = asyncio.get_running_loop()
+                sink = _LoopSink(loop, lambda payload: self._record(live, payload))
+                result = await loop.run_in_executor(self._executor, self._train, prepared.run, sink, live.cancel)
+                record = await self._publish(live, prepared, result)
+                self._set(live, output_adapter_version=record.version)
+                self._finish(live, JobState.SUCCEEDED, f"published adapter {record.version}")
+        except Cancelled as exc:
+            if self._closing:
+                failure = JobFailure("ABORTED", "SERVER_SHUTDOWN", "the server shut down while the job ran")
+                self._finish(live, JobState.FAILED, failure.message, failure=failure)
+            else:
+                self._finish(live, JobState.CANCELLED, exc.message,
+                             failure=JobFailure("CANCELLED", exc.reason, exc.message))
+        except EngineError as exc:
+            failure = JobFailure(exc.code, exc.reason, exc.message, tuple(sorted(exc.metadata.items())))
+            self._finish(live, JobState.FAILED, exc.message, failure=failure)
+        except Exception as exc:  # noqa: BLE001 - a job failing must not take the server down
+            log.exception("job failed", extra={"job_id": live.job.id})
+            failure = JobFailure("INTERNAL", "INTERNAL", f"internal error: {type(exc).__name__}")
+            self._finish(live, JobState.FAILED, failure.message, failure=failure)
+        finally:
+            await self._flush(live)
+            self._live.pop(live.job.id, None)
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    async def _publish(self, live: _LiveJob, prepared: PreparedJob, result: TrainingResult):
+        spec = live.job.spec
+        return await self._registry.publish(
+            base_model=spec.base_model,
+            adapter_dir=result.adapter_dir,
+            lora=spec.lora,
+            parent=prepared.parent,
+            major_bump=spec.major_version_bump,
+            training_job=live.job.name,
+            dataset=result.dataset,
+            train_loss=result.final_task_loss,
+            labels=spec.labels,
+        )
+
+    # ---- event log --------------------------------------------------------------
+
+    def _set(self, live: _LiveJob, **changes) -> None:
+        live.job = replace(live.job, **changes)
+
+    def _record(self, live: _LiveJob, payload: EventPayload) -> None:
+        """Append one event (on the loop thread) and fold it into the job."""
+        event = JobEvent(live.job.last_sequence + 1, _now(), payload)
+        changes: dict = {"last_sequence": event.sequence}
+        if isinstance(payload, StepMetrics):
+            changes["latest_metrics"] = payload
+            changes["progress"] = JobProgress(payload.step, payload.total_steps, payload.eta_seconds)
+        live.job = replace(live.job, **changes)
+        live.events.append(event)
+        live.unpersisted.append(event)
+        live.notify()
+        if not self._flush_lock.locked():
+            self._spawn(self._flush(live))
+
+    def _transition(self, live: _LiveJob, state: JobState, message: str) -> None:
+        previous = live.job.state if live.events else None
+        live.job = replace(live.job, state=state)
+        self._record(live, StateChanged(previous, state, message))
+
+    def _finish(self, live: _LiveJob, state: JobState, message: str, *, failure: JobFailure | None = None) -> None:
+        self._set(live, end_time=_now(), failure=failure if state is not JobState.SUCCEEDED else None)
+        if state is JobState.SUCCEEDED:
+            total = live.job.progress.total_steps
+            self._set(live, progress=JobProgress(total, total, 0.0))
+        if failure is not None and state is JobState.FAILED:
+            self._record(live, Failed(failure))
+        self._transition(live, state, message)
+        live.finished = True
+        live.notify()
+        log.info("job ended", extra={"job_id": live.job.id, "state": state.value})
+
+    async def _flush(self, live: _LiveJob) -> None:
+        async with self._flush_lock:
+            batch, live.unpersisted = live.unpersisted, []
+            if batch:
+                await self._store.append_events(live.job.id, batch)
+            await self._store.update_job(live.job)
+
+
+class _LoopSink:
+    """ProgressSink that hands events from the training thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, record: Callable[[EventPayload], None]) -> None:
+        self._loop = loop
+        self._record = record
+
+    def emit(self, payload: EventPayload) -> None:
+        self._loop.call_soon_threadsafe(self._record, payload)
+
+
+def _encode_page_token(job: TrainingJob) -> str:
+    raw = json.dumps([job.create_time.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_page_token(token: str) -> tuple[str, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        datetime.fromisoformat(created)
+        return str(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN", "page_token is not one this server issued",
+            violations=[FieldViolation("page_token", "use next_page_token from a previous response")],
+        ) from exc
+

@@ -1,0 +1,106 @@
+"""Validation of a job spec at create time, and preparation of a run when the job starts.
+
+Everything that can be checked before a job is accepted is checked here, so bad
+input fails the CreateTrainingJob call itself (INVALID_ARGUMENT / NOT_FOUND)
+rather than a queued job minutes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
+from engine.domain import DatasetSummary, FeedbackSource, JsonlSource, TrainingJobSpec
+from engine.errors import FailedPrecondition, ViolationCollector
+from engine.models import module_names, resolve_base_model, select_device, validate_lora
+from engine.registry import AdapterRecord, AdapterRegistry
+from engine.training import TrainingRun
+
+
+@dataclass(frozen=True)
+class PreparerConfig:
+    datasets_dir: Path
+    models_cache_dir: Path
+    base_models: Mapping[str, Path]
+    ewc_lambda_min: float
+    ewc_lambda_max: float
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    run: TrainingRun
+    dataset: DatasetSummary
+    device: str
+    parent: AdapterRecord | None
+
+
+class JobPreparer:
+    def __init__(self, config: PreparerConfig, registry: AdapterRegistry) -> None:
+        self._config = config
+        self._registry = registry
+
+    async def validate(self, spec: TrainingJobSpec) -> None:
+        """Raise a typed error if the job cannot run; loads and checks the whole dataset."""
+        self._check_ewc(spec)
+        if spec.parent_adapter_version:
+            await self._parent(spec)
+        model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
+        available = await asyncio.to_thread(module_names, model_dir)
+        validate_lora(spec.lora, available)
+        await asyncio.to_thread(self._examples, spec)
+
+    async def prepare(self, spec: TrainingJobSpec, job_dir: Path) -> PreparedJob:
+        parent = await self._parent(spec) if spec.parent_adapter_version else None
+        model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
+        examples = await asyncio.to_thread(self._examples, spec)
+        plan = select_device(spec.hyperparameters.precision)
+        run = TrainingRun(
+            spec=spec,
+            base_model_dir=model_dir,
+            examples=examples,
+            output_dir=job_dir / "adapter",
+            parent_adapter_dir=self._registry.local_dir(parent) if parent else None,
+        )
+        summary = DatasetSummary(
+            digest=dataset_digest(examples),
+            example_count=len(examples),
+            composition=(("jsonl", len(examples)),),
+        )
+        return PreparedJob(run=run, dataset=summary, device=plan.device, parent=parent)
+
+    # ---- pieces -------------------------------------------------------------------
+
+    def _model_dir(self, model_id: str) -> Path:
+        return resolve_base_model(
+            model_id, models=self._config.base_models, cache_dir=self._config.models_cache_dir
+        )
+
+    def _examples(self, spec: TrainingJobSpec) -> list[Example]:
+        if isinstance(spec.dataset, FeedbackSource):
+            raise FailedPrecondition(
+                "FEEDBACK_DATASETS_UNAVAILABLE",
+                "training from feedback is not available yet; name a JSONL dataset (spec.jsonl.path)",
+            )
+        assert isinstance(spec.dataset, JsonlSource)
+        path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
+        return load_jsonl(path)
+
+    async def _parent(self, spec: TrainingJobSpec) -> AdapterRecord:
+        return await self._registry.get(
+            spec.base_model, spec.parent_adapter_version, field_path="spec.parent_adapter_version"
+        )
+
+    def _check_ewc(self, spec: TrainingJobSpec) -> None:
+        issues = ViolationCollector()
+        ewc = spec.ewc
+        low, high = self._config.ewc_lambda_min, self._config.ewc_lambda_max
+        if spec.parent_adapter_version and not ewc.disabled:
+            issues.check(low <= ewc.ewc_lambda <= high, "spec.ewc.ewc_lambda",
+                         f"must lie in [{low:g}, {high:g}], got {ewc.ewc_lambda:g}")
+        issues.check(0.0 < ewc.gamma <= 1.0, "spec.ewc.gamma", f"must lie in (0, 1], got {ewc.gamma:g}")
+        issues.check(0.0 <= ewc.replay_fraction <= 0.9, "spec.ewc.replay_fraction",
+                     f"must lie in [0, 0.9], got {ewc.replay_fraction:g}")
+        issues.raise_if_any("INVALID_EWC_CONFIG", "invalid EWC settings")

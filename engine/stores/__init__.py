@@ -1,0 +1,1 @@
+"""Infrastructure the engine talks to: PostgreSQL, artifact directories, object storage."""

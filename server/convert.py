@@ -1,0 +1,275 @@
+"""Protobuf <-> domain conversion for training jobs, in one place.
+
+Defaults documented in the .proto files are filled in here, so the engine only
+ever sees complete domain objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from engine import domain as d
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from learning.v1 import common_pb2 as common
+from learning.v1 import training_pb2 as pb
+from server.errors import failure_status
+
+_PRECISION = {
+    pb.PRECISION_UNSPECIFIED: d.Precision.AUTO,
+    pb.PRECISION_AUTO: d.Precision.AUTO,
+    pb.PRECISION_FP32: d.Precision.FP32,
+    pb.PRECISION_BF16: d.Precision.BF16,
+}
+_QUANT = {
+    pb.QUANTIZATION_UNSPECIFIED: d.Quantization.NONE,
+    pb.QUANTIZATION_NONE: d.Quantization.NONE,
+    pb.QUANTIZATION_NF4: d.Quantization.NF4,
+    pb.QUANTIZATION_INT8: d.Quantization.INT8,
+}
+_OBJECTIVE = {
+    pb.OBJECTIVE_UNSPECIFIED: d.Objective.SFT,
+    pb.OBJECTIVE_SFT: d.Objective.SFT,
+    pb.OBJECTIVE_KTO: d.Objective.KTO,
+}
+JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in d.JobState}
+JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
+
+
+def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
+    if value not in table:
+        issues.add(field_path, f"unknown enum value {value}")
+        return next(iter(table.values()))
+    return table[value]
+
+
+def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, default_lambda: float) -> d.TrainingJobSpec:
+    issues = ViolationCollector()
+    lora_defaults = d.LoraSpec()
+    lora = d.LoraSpec(
+        rank=msg.lora.rank or lora_defaults.rank,
+        alpha=msg.lora.alpha or lora_defaults.alpha,
+        dropout=msg.lora.dropout if msg.lora.HasField("dropout") else lora_defaults.dropout,
+        target_modules=tuple(msg.lora.target_modules) or lora_defaults.target_modules,
+    )
+    h, hd = msg.hyperparameters, d.Hyperparameters()
+    hyper = d.Hyperparameters(
+        epochs=h.epochs or hd.epochs,
+        learning_rate=h.learning_rate or hd.learning_rate,
+        batch_size=h.batch_size or hd.batch_size,
+        max_seq_length=h.max_seq_length or hd.max_seq_length,
+        seed=h.seed if h.HasField("seed") else hd.seed,
+        max_steps=h.max_steps,
+        warmup_steps=h.warmup_steps,
+        weight_decay=h.weight_decay,
+        max_grad_norm=h.max_grad_norm or hd.max_grad_norm,
+        precision=_enum(_PRECISION, h.precision, "spec.hyperparameters.precision", issues),
+        quantization=_enum(_QUANT, h.quantization, "spec.hyperparameters.quantization", issues),
+    )
+    issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
+    issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
+    issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
+    issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
+    issues.check(16 <= hyper.max_seq_length <= 32768, "spec.hyperparameters.max_seq_length",
+                 "must lie in [16, 32768]")
+    e = msg.ewc
+    ewc = d.EwcSpec(
+        ewc_lambda=e.ewc_lambda if e.HasField("ewc_lambda") else default_lambda,
+        gamma=e.gamma if e.HasField("gamma") else 1.0,
+        fisher_snapshot=e.fisher_snapshot,
+        replay_fraction=e.replay_fraction,
+        disabled=e.disabled,
+    )
+    source = msg.WhichOneof("dataset")
+    dataset: d.JsonlSource | d.FeedbackSource
+    if source == "jsonl":
+        issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
+        dataset = d.JsonlSource(path=msg.jsonl.path)
+    elif source == "feedback":
+        f, fd = msg.feedback, d.FeedbackSource()
+        dataset = d.FeedbackSource(
+            days=f.days or fd.days,
+            labels=tuple(sorted(f.labels.items())),
+            adapter_version=f.adapter_version,
+            min_samples=f.min_samples or fd.min_samples,
+            force=f.force,
+            thumbs_up_weight=f.thumbs_up_weight or fd.thumbs_up_weight,
+            thumbs_down_weight=f.thumbs_down_weight or fd.thumbs_down_weight,
+        )
+    else:
+        issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
+        dataset = d.JsonlSource(path="")
+    issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
+    return d.TrainingJobSpec(
+        base_model=msg.base_model or default_base_model,
+        dataset=dataset,
+        lora=lora,
+        hyperparameters=hyper,
+        objective=_OBJECTIVE.get(msg.objective, d.Objective.SFT),
+        parent_adapter_version=msg.parent_adapter_version,
+        ewc=ewc,
+        major_version_bump=msg.major_version_bump,
+        labels=tuple(sorted(msg.labels.items())),
+    )
+
+
+def spec_to_pb(spec: d.TrainingJobSpec) -> pb.TrainingJobSpec:
+    h = spec.hyperparameters
+    msg = pb.TrainingJobSpec(
+        base_model=spec.base_model,
+        lora=common.LoraConfig(
+            rank=spec.lora.rank, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
+            target_modules=list(spec.lora.target_modules),
+        ),
+        hyperparameters=pb.Hyperparameters(
+            epochs=h.epochs, learning_rate=h.learning_rate, batch_size=h.batch_size,
+            max_seq_length=h.max_seq_length, seed=h.seed, max_steps=h.max_steps,
+            warmup_steps=h.warmup_steps, weight_decay=h.weight_decay, max_grad_norm=h.max_grad_norm,
+            precision=pb.Precision.Value(f"PRECISION_{h.precision.value}"),
+            quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
+        ),
+        objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
+        parent_adapter_version=spec.parent_adapter_version,
+        ewc=pb.EwcConfig(
+            ewc_lambda=spec.ewc.ewc_lambda, gamma=spec.ewc.gamma, fisher_snapshot=spec.ewc.fisher_snapshot,
+            replay_fraction=spec.ewc.replay_fraction, disabled=spec.ewc.disabled,
+        ),
+        major_version_bump=spec.major_version_bump,
+        labels=dict(spec.labels),
+    )
+    if isinstance(spec.dataset, d.JsonlSource):
+        msg.jsonl.path = spec.dataset.path
+    else:
+        f = spec.dataset
+        msg.feedback.CopyFrom(common.FeedbackDataset(
+            days=f.days, labels=dict(f.labels), adapter_version=f.adapter_version, min_samples=f.min_samples,
+            force=f.force, thumbs_up_weight=f.thumbs_up_weight, thumbs_down_weight=f.thumbs_down_weight,
+        ))
+    return msg
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _dur(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    dur = duration_pb2.Duration()
+    dur.FromNanoseconds(int(seconds * 1e9))
+    return dur
+
+
+def metrics_to_pb(m: d.StepMetrics) -> pb.TrainingStepMetrics:
+    return pb.TrainingStepMetrics(
+        step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss, task_loss=m.task_loss,
+        ewc_penalty=m.ewc_penalty, learning_rate=m.learning_rate, grad_norm=m.grad_norm,
+        tokens_per_second=m.tokens_per_second, eta=_dur(m.eta_seconds),
+    )
+
+
+def dataset_to_pb(s: d.DatasetSummary) -> common.DatasetSummary:
+    return common.DatasetSummary(
+        digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
+        target_token_count=s.target_token_count, window_start=_ts(s.window_start), window_end=_ts(s.window_end),
+    )
+
+
+def failure_to_pb(f: d.JobFailure):
+    return failure_status(f.code, f.reason, f.message, dict(f.metadata))
+
+
+def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
+    p = job.progress
+    msg = pb.TrainingJob(
+        name=job.name,
+        request_id=job.request_id,
+        state=JOB_STATE_TO_PB[job.state],
+        progress=common.JobProgress(
+            fraction=p.fraction, completed_steps=p.completed_steps, total_steps=p.total_steps,
+            eta=_dur(p.eta_seconds),
+        ),
+        create_time=_ts(job.create_time),
+        start_time=_ts(job.start_time),
+        end_time=_ts(job.end_time),
+        spec=spec_to_pb(job.spec),
+        output_adapter_version=job.output_adapter_version,
+        device=job.device,
+        last_sequence=job.last_sequence,
+    )
+    if job.failure is not None:
+        msg.error.CopyFrom(failure_to_pb(job.failure))
+    if job.dataset is not None:
+        msg.dataset.CopyFrom(dataset_to_pb(job.dataset))
+    if job.latest_metrics is not None:
+        msg.latest_metrics.CopyFrom(metrics_to_pb(job.latest_metrics))
+    if job.spec.parent_adapter_version and not job.spec.ewc.disabled:
+        e = job.spec.ewc
+        msg.ewc_lineage.CopyFrom(pb.EwcLineage(
+            parent_adapter_version=job.spec.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
+            ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
+        ))
+    return msg
+
+
+def event_to_pb(event: d.JobEvent) -> pb.TrainingJobEvent:
+    msg = pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time))
+    p = event.payload
+    if isinstance(p, d.StateChanged):
+        msg.state_change.CopyFrom(common.JobStateChange(
+            previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
+            state=JOB_STATE_TO_PB[p.state], message=p.message,
+        ))
+    elif isinstance(p, d.StepMetrics):
+        msg.step_metrics.CopyFrom(metrics_to_pb(p))
+    elif isinstance(p, d.CheckpointSaved):
+        msg.checkpoint.CopyFrom(pb.TrainingCheckpoint(step=p.step, uri=p.uri))
+    elif isinstance(p, d.EvalReported):
+        msg.eval_result.CopyFrom(pb.TrainingEvalResult(
+            step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
+        ))
+    elif isinstance(p, d.Warned):
+        msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
+    elif isinstance(p, d.Failed):
+        msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
+    return msg
+
+
+def job_id_from_name(name: str, field_path: str = "name") -> str:
+    prefix = "trainingJobs/"
+    job_id = name[len(prefix):] if name.startswith(prefix) else ""
+    if not job_id or "/" in job_id or not job_id.isalnum():
+        raise InvalidArgument(
+            "MALFORMED_NAME", f"{field_path} {name!r} is not a training job name like trainingJobs/<id>",
+            violations=[FieldViolation(field_path, "must look like trainingJobs/<id>")],
+        )
+    return job_id
+
+
+def states_from_pb(values) -> list[d.JobState]:
+    issues = ViolationCollector()
+    states = []
+    for i, v in enumerate(values):
+        if v in JOB_STATE_FROM_PB:
+            states.append(JOB_STATE_FROM_PB[v])
+        else:
+            issues.add(f"states[{i}]", f"unknown or unspecified job state {v}")
+    issues.raise_if_any("INVALID_STATE_FILTER", "invalid state filter")
+    return states
+
+
+def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
+    return min(requested or default, maximum)
+
+
+def check_request_id(value: str, field_path: str, max_length: int) -> None:
+    if len(value) > max_length or not value.isprintable():
+        raise InvalidArgument(
+            "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
+            violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
+        )

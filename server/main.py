@@ -1,0 +1,162 @@
+"""Composition root: builds every dependency from the settings and serves gRPC.
+
+The only place that knows which implementation backs each port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.jobs import TrainingJobManager
+from engine.preparation import JobPreparer, PreparerConfig
+from engine.registry import AdapterRegistry
+from engine.stores import postgres
+from engine.stores.job_store import PostgresJobStore
+from learning.v1 import (
+    adapter_pb2,
+    adapter_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    fisher_pb2,
+    fisher_pb2_grpc,
+    lora_control_pb2,
+    lora_control_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from server.errors import ErrorInterceptor
+from server.services.training import TrainingService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (training_pb2, "TrainingService"),
+        (fisher_pb2, "FisherService"),
+        (adapter_pb2, "AdapterService"),
+        (lora_control_pb2, "LoraControlService"),
+        (feedback_pb2, "FeedbackService"),
+    )
+)
+
+
+@dataclass
+class App:
+    """A running server and what it owns; ``stop()`` releases all of it."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    jobs: TrainingJobManager
+    pool: asyncpg.Pool
+    embedded: postgres.EmbeddedPostgres | None
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.jobs.shutdown()
+        await self.server.stop(grace)
+        await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
+    embedded = None
+    url = settings.database_url
+    if not url:
+        embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
+        url = await asyncio.to_thread(embedded.start)
+        log.info("started embedded PostgreSQL", extra={"pgdata": str(settings.postgres_dir)})
+    pool = await postgres.connect(url)
+    applied = await postgres.migrate(pool)
+    if applied:
+        log.info("database migrated", extra={"migrations": applied})
+    return pool, embedded
+
+
+async def start(settings: Settings) -> App:
+    for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    pool, embedded = await _database(settings)
+
+    registry = AdapterRegistry(pool, settings.artifacts_dir)
+    preparer = JobPreparer(
+        PreparerConfig(
+            datasets_dir=settings.datasets_dir,
+            models_cache_dir=settings.models_dir,
+            base_models=settings.base_models,
+            ewc_lambda_min=settings.ewc_lambda_min,
+            ewc_lambda_max=settings.ewc_lambda_max,
+        ),
+        registry,
+    )
+    jobs = TrainingJobManager(
+        store=PostgresJobStore(pool),
+        registry=registry,
+        preparer=preparer,
+        work_dir=settings.work_dir,
+        max_concurrent_jobs=settings.max_concurrent_jobs,
+    )
+    await jobs.recover()
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        TrainingService(
+            jobs, default_base_model=settings.default_base_model, default_lambda=settings.ewc_lambda_default
+        ),
+        server,
+    )
+    # Not built yet: the generated base servicers answer UNIMPLEMENTED for every RPC.
+    fisher_pb2_grpc.add_FisherServiceServicer_to_server(fisher_pb2_grpc.FisherServiceServicer(), server)
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(adapter_pb2_grpc.AdapterServiceServicer(), server)
+    lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
+        lora_control_pb2_grpc.LoraControlServiceServicer(), server
+    )
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_pb2_grpc.FeedbackServiceServicer(), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
+    return App(settings, server, port, health_servicer, jobs, pool, embedded)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"learning-engine listening on {settings.host}:{app.port}", flush=True)
+    await stop.wait()
+    await app.stop()

@@ -1,0 +1,59 @@
+"""TrainingService: validate, convert, call the job manager, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from engine.domain import JobEvent
+from engine.jobs import TrainingJobManager
+from learning.v1 import training_pb2 as pb
+from learning.v1 import training_pb2_grpc as pb_grpc
+from server import convert
+from server.convert import page_size
+
+MAX_REQUEST_ID = 128
+
+
+class TrainingService(pb_grpc.TrainingServiceServicer):
+    def __init__(self, jobs: TrainingJobManager, *, default_base_model: str, default_lambda: float) -> None:
+        self._jobs = jobs
+        self._default_base_model = default_base_model
+        self._default_lambda = default_lambda
+
+    async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
+        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        spec = convert.spec_from_pb(
+            request.spec, default_base_model=self._default_base_model, default_lambda=self._default_lambda
+        )
+        job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only)
+        return pb.CreateTrainingJobResponse(training_job=convert.job_to_pb(job))
+
+    async def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.get(convert.job_id_from_name(request.name))
+        return pb.GetTrainingJobResponse(training_job=convert.job_to_pb(job))
+
+    async def ListTrainingJobs(self, request: pb.ListTrainingJobsRequest, context: grpc.aio.ServicerContext):
+        jobs, token = await self._jobs.list(
+            states=convert.states_from_pb(request.states),
+            page_size=page_size(request.page_size),
+            page_token=request.page_token,
+        )
+        return pb.ListTrainingJobsResponse(
+            training_jobs=[convert.job_to_pb(j) for j in jobs], next_page_token=token
+        )
+
+    async def CancelTrainingJob(self, request: pb.CancelTrainingJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.cancel(convert.job_id_from_name(request.name))
+        return pb.CancelTrainingJobResponse(training_job=convert.job_to_pb(job))
+
+    async def WatchTrainingJob(
+        self, request: pb.WatchTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchTrainingJobResponse]:
+        job_id = convert.job_id_from_name(request.name)
+        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+            if isinstance(item, JobEvent):
+                yield pb.WatchTrainingJobResponse(event=convert.event_to_pb(item))
+            else:
+                yield pb.WatchTrainingJobResponse(snapshot=convert.job_to_pb(item))

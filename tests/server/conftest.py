@@ -1,0 +1,90 @@
+"""A real in-process gRPC server on port 0, with real PostgreSQL and the tiny Llama."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from google.rpc import error_details_pb2
+from learning.v1 import common_pb2 as common
+from learning.v1 import training_pb2 as pb
+from learning.v1 import training_pb2_grpc as pb_grpc
+from server.main import App, start
+from server.settings import Settings
+
+TINY = "tiny-llama"
+
+
+@dataclass
+class Client:
+    app: App
+    channel: grpc.aio.Channel
+    training: pb_grpc.TrainingServiceStub
+
+
+@pytest.fixture
+async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
+    """Start servers sharing one database and data dir (a second call is a 'restart')."""
+    opened: list[Client] = []
+
+    async def make(**overrides) -> Client:
+        settings = Settings(
+            host="127.0.0.1", port=0, data_dir=data_dir, database_url=database_url,
+            default_base_model=TINY, base_models={TINY: tiny_model_dir}, log_format="text",
+            torch_threads=1, **overrides,
+        )
+        app = await start(settings)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        client = Client(app, channel, pb_grpc.TrainingServiceStub(channel))
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        await client.channel.close()
+        await client.app.stop(0)
+
+
+@pytest.fixture
+async def client(make_server: Callable[..., Awaitable[Client]]) -> Client:
+    return await make_server()
+
+
+def spec(path: str = "capitals.jsonl", **hyper) -> pb.TrainingJobSpec:
+    hp = {"epochs": 2, "batch_size": 4, "learning_rate": 5e-3, "max_seq_length": 128, "seed": 7}
+    hp.update(hyper)
+    return pb.TrainingJobSpec(jsonl=common.JsonlDataset(path=path), hyperparameters=pb.Hyperparameters(**hp))
+
+
+async def watch_all(stub: pb_grpc.TrainingServiceStub, name: str, after: int = 0) -> list[pb.WatchTrainingJobResponse]:
+    return [msg async for msg in stub.WatchTrainingJob(pb.WatchTrainingJobRequest(name=name, after_sequence=after))]
+
+
+async def aiter_events(stream) -> AsyncIterator[pb.TrainingJobEvent]:
+    async for msg in stream:
+        if msg.HasField("event"):
+            yield msg.event
+
+
+def error_details(err: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[tuple[str, str]]]:
+    """The one ErrorInfo and the field violations of a failed call."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "error carries no google.rpc.Status details"
+    infos, violations = [], []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    assert len(infos) == 1, f"expected exactly one ErrorInfo, got {len(infos)}"
+    assert infos[0].domain == "learning-engine"
+    return infos[0], violations

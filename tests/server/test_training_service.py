@@ -1,0 +1,203 @@
+"""TrainingService against a real in-process server, real PostgreSQL and a tiny Llama."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import training_pb2 as pb
+from tests.server.conftest import TINY, aiter_events, spec, watch_all
+
+TERMINAL = {common.JOB_STATE_SUCCEEDED, common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED}
+
+
+async def test_job_trains_streams_and_publishes_an_adapter(client, data_dir: Path, tiny_model_dir: Path):
+    created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=4)))
+    job = created.training_job
+    assert job.name.startswith("trainingJobs/")
+    assert job.state == common.JOB_STATE_QUEUED
+    assert job.spec.lora.rank == 16 and list(job.spec.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert job.spec.base_model == TINY
+
+    messages = await watch_all(client.training, job.name)
+    assert messages[0].HasField("snapshot") and messages[0].snapshot.name == job.name
+    events = [m.event for m in messages[1:]]
+    assert all(m.HasField("event") for m in messages[1:])
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+    states = [e.state_change.state for e in events if e.HasField("state_change")]
+    assert states == [
+        common.JOB_STATE_QUEUED, common.JOB_STATE_PREPARING, common.JOB_STATE_RUNNING, common.JOB_STATE_SUCCEEDED,
+    ]
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    # 24 examples, batch 4, 4 epochs
+    assert [s.step for s in steps] == list(range(1, 25))
+    assert all(s.total_steps == 24 for s in steps)
+    first, last = sum(s.loss for s in steps[:3]) / 3, sum(s.loss for s in steps[-3:]) / 3
+    assert last < first * 0.7, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    for s in steps:
+        assert s.loss == pytest.approx(s.task_loss + s.ewc_penalty)
+        assert s.tokens_per_second > 0 and s.learning_rate > 0 and s.grad_norm > 0
+
+    final = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert final.state == common.JOB_STATE_SUCCEEDED
+    assert final.output_adapter_version == "v1.0"
+    assert final.progress.fraction == 1.0 and final.progress.completed_steps == 24
+    assert final.dataset.example_count == 24 and len(final.dataset.digest) == 64
+    assert final.device == "cpu"
+    assert final.last_sequence == events[-1].sequence
+    assert final.start_time.seconds > 0 and final.end_time.ToDatetime() >= final.start_time.ToDatetime()
+
+    adapter_dir = data_dir / "artifacts" / "adapters" / TINY / "v1.0"
+    assert (adapter_dir / "adapter_config.json").is_file()
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, adapter_dir)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after), "the adapter does not change the model's output"
+
+    second = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))
+    done = await watch_all(client.training, second.training_job.name)
+    assert done[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+    again = await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=second.training_job.name))
+    assert again.training_job.output_adapter_version == "v2.0"  # a fresh adapter starts a new major line
+
+
+async def test_watch_resumes_after_a_sequence_and_serves_many_watchers(client):
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=3)))).training_job
+    watchers = [watch_all(client.training, job.name) for _ in range(4)]
+    results = await asyncio.gather(*watchers)
+    streams = [[m.event for m in r[1:]] for r in results]
+    assert all(s == streams[0] for s in streams), "concurrent watchers saw different events"
+    full = streams[0]
+    assert full[-1].state_change.state == common.JOB_STATE_SUCCEEDED
+
+    cut = full[5].sequence
+    resumed = await watch_all(client.training, job.name, after=cut)
+    assert resumed[0].HasField("snapshot")
+    assert resumed[0].snapshot.state == common.JOB_STATE_SUCCEEDED
+    assert [m.event for m in resumed[1:]] == full[6:]
+    beyond = await watch_all(client.training, job.name, after=full[-1].sequence)
+    assert len(beyond) == 1 and beyond[0].HasField("snapshot")
+
+
+async def test_resume_while_running_gets_only_newer_events(client):
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=4)))).training_job
+    stream = client.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))
+    seen = []
+    async for event in aiter_events(stream):
+        seen.append(event)
+        if event.HasField("step_metrics") and event.step_metrics.step == 2:
+            break
+    stream.cancel()  # the client drops; the job must go on
+    rest = await watch_all(client.training, job.name, after=seen[-1].sequence)
+    tail = [m.event for m in rest[1:]]
+    assert tail[0].sequence == seen[-1].sequence + 1
+    assert tail[-1].state_change.state == common.JOB_STATE_SUCCEEDED
+    whole = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    assert whole == seen + tail
+
+
+async def test_cancel_stops_the_job_at_the_next_step(client):
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=500)))).training_job
+    stream = client.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))
+    events = []
+    cancelled = False
+    async for event in aiter_events(stream):
+        events.append(event)
+        if event.HasField("step_metrics") and not cancelled:
+            response = await client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+            assert response.training_job.state in (common.JOB_STATE_CANCELLING, common.JOB_STATE_CANCELLED)
+            cancelled = True
+    states = [e.state_change.state for e in events if e.HasField("state_change")]
+    assert states[-2:] == [common.JOB_STATE_CANCELLING, common.JOB_STATE_CANCELLED]
+    steps = [e for e in events if e.HasField("step_metrics")]
+    assert len(steps) < 10, "cancellation was not checked every step"
+    final = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert final.state == common.JOB_STATE_CANCELLED and not final.output_adapter_version
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_jobs_and_events_survive_a_restart(make_server):
+    first = await make_server()
+    job = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
+    before = await watch_all(first.training, job.name)
+    await first.app.stop(0)
+
+    second = await make_server()
+    listed = (await second.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
+    assert [j.name for j in listed] == [job.name]
+    after = await watch_all(second.training, job.name)
+    assert [m.event for m in after[1:]] == [m.event for m in before[1:]]
+    assert after[0].snapshot.state == common.JOB_STATE_SUCCEEDED
+    assert after[0].snapshot.output_adapter_version == "v1.0"
+
+
+async def test_a_running_job_is_failed_by_a_restart_and_a_queued_one_requeued(make_server):
+    first = await make_server()
+    running = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=500)))).training_job
+    queued = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
+    async for event in aiter_events(first.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=running.name))):
+        if event.HasField("step_metrics"):
+            break
+    await first.app.stop(0)
+    second = await make_server()
+    stopped = (await second.training.GetTrainingJob(pb.GetTrainingJobRequest(name=running.name))).training_job
+    assert stopped.state == common.JOB_STATE_FAILED
+    assert stopped.error.code == grpc.StatusCode.ABORTED.value[0]
+    done = await watch_all(second.training, queued.name)
+    assert done[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+
+
+async def test_create_is_idempotent_by_request_id(client):
+    request = pb.CreateTrainingJobRequest(spec=spec(epochs=1), request_id="req-42")
+    first = (await client.training.CreateTrainingJob(request)).training_job
+    second = (await client.training.CreateTrainingJob(request)).training_job
+    assert first.name == second.name
+    listed = (await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
+    assert len(listed) == 1
+    other = pb.CreateTrainingJobRequest(spec=spec(epochs=2), request_id="req-42")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CreateTrainingJob(other)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    await watch_all(client.training, first.name)
+
+
+async def test_list_pages_newest_first_and_filters_by_state(client):
+    names = []
+    for _ in range(3):
+        job = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))
+        names.append(job.training_job.name)
+    for name in names:
+        await watch_all(client.training, name)
+    page1 = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest(page_size=2))
+    page2 = await client.training.ListTrainingJobs(
+        pb.ListTrainingJobsRequest(page_size=2, page_token=page1.next_page_token)
+    )
+    assert [j.name for j in page1.training_jobs] + [j.name for j in page2.training_jobs] == names[::-1]
+    assert page1.next_page_token and not page2.next_page_token
+    failed = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest(states=[common.JOB_STATE_FAILED]))
+    assert list(failed.training_jobs) == []
+    ok = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest(states=[common.JOB_STATE_SUCCEEDED]))
+    assert len(ok.training_jobs) == 3
+
+
+async def test_validate_only_creates_nothing(client):
+    response = await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(), validate_only=True)
+    )
+    assert response.training_job.state == common.JOB_STATE_QUEUED
+    listed = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())
+    assert list(listed.training_jobs) == []
