@@ -16,6 +16,17 @@ from tests.fixtures.tiny_model import build_tiny_llama
 SAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "samples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests on shared 2-core machines are faster and steadier with one torch thread (REFERENCE.md)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory):
     """A PostgreSQL server for the whole run: $TEST_DATABASE_URL if set, else an embedded one."""

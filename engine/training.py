@@ -1,0 +1,307 @@
+"""The LoRA fine-tuning recipe: setup -> train -> save -> cleanup, as a plain PyTorch loop.
+
+``run_training`` is synchronous and meant to run in a worker thread. It reports only through the
+``ProgressSink`` (StepMetrics every optimiser step, EvalReported at the end) and stops at the next
+step once the ``CancelToken`` is set. It never changes torch's global thread count.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from engine.datasets import (
+    IGNORE_INDEX,
+    Batch,
+    EncodedExample,
+    Example,
+    collate,
+    composition,
+    dataset_digest,
+    encode_dataset,
+    pad_token_id,
+)
+from engine.domain import DatasetSummary, EvalReported, LoraSpec, StepMetrics, TrainingJobSpec, Warned
+from engine.errors import Cancelled, FailedPrecondition
+from engine.models import (
+    DevicePlan,
+    load_base_model,
+    make_temp_dir,
+    module_names,
+    select_device,
+    validate_lora,
+)
+from engine.ports import CancelToken, ProgressSink
+
+
+class Penalty(Protocol):
+    """A regulariser over the trainable parameters (e.g. EWC), added to the task loss every step."""
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    spec: TrainingJobSpec
+    base_model_dir: Path
+    examples: list[Example]
+    output_dir: Path
+    parent_adapter_dir: Path | None = None
+    penalty: Penalty | None = None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    adapter_dir: Path
+    steps: int
+    final_loss: float
+    final_task_loss: float
+    dataset: DatasetSummary
+    device: str
+
+
+# ---- setup --------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def lora_config(spec: LoraSpec) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_adapter(run: TrainingRun, base_model: Any, sink: ProgressSink) -> Any:
+    """Wrap the base model with a fresh LoRA adapter, or the parent adapter (trainable) for a warm start."""
+    from peft import PeftModel, get_peft_model
+
+    if run.parent_adapter_dir is None:
+        validate_lora(run.spec.lora, module_names(run.base_model_dir))
+        return get_peft_model(base_model, lora_config(run.spec.lora))
+    if not (run.parent_adapter_dir / "adapter_config.json").is_file():
+        raise FailedPrecondition(
+            "PARENT_ADAPTER_UNAVAILABLE",
+            f"parent adapter {run.parent_adapter_dir} has no adapter_config.json",
+        )
+    model = PeftModel.from_pretrained(base_model, run.parent_adapter_dir, is_trainable=True)
+    parent = model.peft_config["default"]
+    wanted = run.spec.lora
+    if (parent.r, float(parent.lora_alpha), set(parent.target_modules)) != (
+        wanted.rank,
+        float(wanted.alpha),
+        set(wanted.target_modules),
+    ):
+        sink.emit(
+            Warned(
+                "LORA_SPEC_FROM_PARENT",
+                f"warm start keeps the parent's LoRA shape (rank {parent.r}, alpha {parent.lora_alpha}, "
+                f"targets {sorted(parent.target_modules)}); the requested one is ignored",
+            )
+        )
+    return model
+
+
+def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
+    """(steps per epoch, total optimiser steps); ``max_steps`` > 0 caps the total."""
+    per_epoch = math.ceil(n_examples / batch_size)
+    total = per_epoch * epochs
+    return per_epoch, min(total, max_steps) if max_steps > 0 else total
+
+
+# ---- loss ---------------------------------------------------------------------------
+
+
+def weighted_task_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Weighted mean over examples of each example's mean next-token loss on its target tokens."""
+    labels = batch.labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    shifted = logits[:, :-1][mask].float()
+    token_loss = F.cross_entropy(shifted, labels[mask], reduction="none")
+    per_token = torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device)
+    per_token[mask] = token_loss
+    counts = mask.sum(dim=1)
+    per_example = per_token.sum(dim=1) / counts.clamp(min=1)
+    weights = batch.weights.to(per_example.device) * (counts > 0)
+    return (per_example * weights).sum() / weights.sum(), int(mask.sum())
+
+
+def _forward_loss(model: Any, batch: Batch, plan: DevicePlan) -> tuple[torch.Tensor, int]:
+    with plan.autocast():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return weighted_task_loss(logits, batch)
+
+
+def _batches(data: list[EncodedExample], order: list[int], batch_size: int, pad_id: int, device: str):
+    for start in range(0, len(order), batch_size):
+        yield collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: Any,
+    data: list[EncodedExample],
+    *,
+    batch_size: int,
+    pad_id: int,
+    plan: DevicePlan,
+    cancel: CancelToken,
+) -> float:
+    """Example-weighted mean of per-example token-mean losses, as in training (eval mode, no dropout)."""
+    model.eval()
+    total, weight = 0.0, 0.0
+    for batch in _batches(data, list(range(len(data))), batch_size, pad_id, plan.device):
+        _check_cancel(cancel, "evaluation")
+        loss, _ = _forward_loss(model, batch, plan)
+        batch_weight = float(batch.weights.sum())
+        total += float(loss) * batch_weight
+        weight += batch_weight
+    model.train()
+    return total / weight
+
+
+def _check_cancel(cancel: CancelToken, where: str) -> None:
+    if cancel.cancelled:
+        raise Cancelled("JOB_CANCELLED", f"training was cancelled during {where}")
+
+
+# ---- save ---------------------------------------------------------------------------
+
+
+def save_adapter(model: Any, output_dir: Path) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors into ``output_dir`` atomically."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FailedPrecondition("OUTPUT_EXISTS", f"adapter output directory {output_dir} is not empty")
+    tmp = make_temp_dir(output_dir.parent, output_dir.name)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if output_dir.exists():
+            output_dir.rmdir()
+        os.rename(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+# ---- the recipe -----------------------------------------------------------------------
+
+
+def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> TrainingResult:
+    """Fine-tune a LoRA adapter on ``run.examples`` and save it to ``run.output_dir``."""
+    hp = run.spec.hyperparameters
+    _check_cancel(cancel, "setup")
+    seed_everything(hp.seed)
+    plan = select_device(hp.precision)
+    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
+    model: Any = None
+    try:
+        model = attach_adapter(run, base, sink)
+        encoded = encode_dataset(tokenizer, run.examples, hp.max_seq_length)
+        data = [e for e in encoded if e.target_token_count]
+        if len(data) < len(encoded):
+            sink.emit(
+                Warned(
+                    "EXAMPLES_WITHOUT_TARGETS",
+                    f"{len(encoded) - len(data)} of {len(encoded)} examples have no completion token within "
+                    f"max_seq_length={hp.max_seq_length} and are skipped",
+                )
+            )
+        summary = DatasetSummary(
+            digest=dataset_digest(run.examples),
+            example_count=len(run.examples),
+            composition=composition(run.examples),
+            target_token_count=sum(e.target_token_count for e in data),
+        )
+        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel)
+        final_loss, final_task_loss, steps = losses
+        train_end = evaluate_loss(
+            model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel
+        )
+        sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
+        _check_cancel(cancel, "saving")
+        adapter_dir = save_adapter(model, run.output_dir)
+        return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description)
+    finally:
+        del model, base
+        gc.collect()
+        if plan.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _train(
+    model: Any,
+    data: list[EncodedExample],
+    run: TrainingRun,
+    plan: DevicePlan,
+    pad_id: int,
+    sink: ProgressSink,
+    cancel: CancelToken,
+) -> tuple[float, float, int]:
+    """The optimisation loop; returns (last loss, last task loss, steps done)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    hp = run.spec.hyperparameters
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    per_epoch, total = total_steps_for(len(data), hp.batch_size, hp.epochs, hp.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, hp.warmup_steps, total)
+    generator = torch.Generator().manual_seed(hp.seed)
+    model.train()
+    step, loss_value, task_value = 0, math.nan, math.nan
+    tokens, started = 0, time.monotonic()
+    while step < total:
+        order = torch.randperm(len(data), generator=generator).tolist()
+        for batch in _batches(data, order, hp.batch_size, pad_id, plan.device):
+            if step >= total:
+                break
+            _check_cancel(cancel, f"step {step + 1}")
+            task_loss, _ = _forward_loss(model, batch, plan)
+            penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
+            loss = task_loss + penalty
+            loss.backward()
+            clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(batch.attention_mask.sum())
+            elapsed = time.monotonic() - started
+            loss_value, task_value = float(loss.detach()), float(task_loss.detach())
+            sink.emit(
+                StepMetrics(
+                    step=step,
+                    total_steps=total,
+                    epoch=step / per_epoch,
+                    loss=loss_value,
+                    task_loss=task_value,
+                    ewc_penalty=float(penalty.detach()),
+                    learning_rate=learning_rate,
+                    grad_norm=grad_norm,
+                    tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
+                    eta_seconds=elapsed / step * (total - step),
+                )
+            )
+    return loss_value, task_value, step

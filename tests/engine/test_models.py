@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import models
+from engine.domain import LoraSpec, Precision
+from engine.errors import FailedPrecondition, InvalidArgument
+from engine.models import module_names, resolve_base_model, select_device, validate_lora
+
+LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+
+
+def test_select_device_uses_the_cpu_here() -> None:
+    assert not torch.cuda.is_available()
+    plan = select_device(Precision.AUTO)
+    assert (plan.device, plan.autocast_dtype) == ("cpu", None)
+    assert select_device(Precision.FP32).autocast_dtype is None
+
+
+def test_select_device_bf16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    assert select_device(Precision.BF16).autocast_dtype == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(FailedPrecondition) as info:
+        select_device(Precision.BF16)
+    assert info.value.reason == "BF16_UNSUPPORTED"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [({"require_cuda": True}, "CUDA_UNAVAILABLE"), ({"num_devices": 2}, "NOT_ENOUGH_DEVICES")],
+)
+def test_select_device_refuses_what_cannot_run_here(kwargs: dict, reason: str) -> None:
+    with pytest.raises(FailedPrecondition) as info:
+        select_device(Precision.AUTO, **kwargs)
+    assert info.value.reason == reason
+
+
+def test_module_names_lists_the_lora_targetable_leaves(tiny_model_dir: Path) -> None:
+    names = module_names(tiny_model_dir)
+    assert LLAMA_MODULES <= names
+    assert "input_layernorm" not in names and "layers" not in names
+
+
+def test_validate_lora_accepts_the_defaults() -> None:
+    validate_lora(LoraSpec(), LLAMA_MODULES)
+
+
+@pytest.mark.parametrize("rank", [0, 300])
+def test_validate_lora_rejects_a_bad_rank(rank: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_lora(LoraSpec(rank=rank), LLAMA_MODULES)
+    assert info.value.reason == "INVALID_LORA_CONFIG"
+    assert [v.field for v in info.value.violations] == ["spec.lora.rank"]
+
+
+def test_validate_lora_rejects_unknown_target_modules() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_lora(LoraSpec(target_modules=("q_proj", "c_attn")), LLAMA_MODULES)
+    assert info.value.reason == "UNKNOWN_TARGET_MODULES"
+    assert [v.field for v in info.value.violations] == ["spec.lora.target_modules"]
+    assert "c_attn" in info.value.violations[0].description
+
+
+def test_validate_lora_reports_all_problems_together() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_lora(LoraSpec(rank=0, alpha=0, dropout=1.0, target_modules=("nope",)), LLAMA_MODULES)
+    assert info.value.reason == "INVALID_LORA_CONFIG"
+    assert [v.field for v in info.value.violations] == [
+        "spec.lora.rank",
+        "spec.lora.alpha",
+        "spec.lora.dropout",
+        "spec.lora.target_modules",
+    ]
+
+
+def test_resolve_base_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    configured = {"tiny": tiny_model_dir}
+    assert resolve_base_model("tiny", models=configured, cache_dir=tmp_path) == tiny_model_dir
+    with pytest.raises(InvalidArgument) as info:
+        resolve_base_model("gpt-9", models=configured, cache_dir=tmp_path)
+    assert info.value.reason == "UNKNOWN_BASE_MODEL"
+    assert info.value.violations[0].field == "spec.base_model"
+    with pytest.raises(FailedPrecondition):
+        resolve_base_model("broken", models={"broken": tmp_path / "nothing"}, cache_dir=tmp_path)
+
+
+def test_smollm2_gguf_path_finds_the_packaged_file() -> None:
+    path = models.smollm2_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
