@@ -1,0 +1,139 @@
+"""End to end: `python -m server` as an operator runs it, driven by the real grpcurl binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def grpcurl(port: int, *args: str, data: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [GRPCURL, "-plaintext"]
+    if data is not None:
+        cmd += ["-d", json.dumps(data)]
+    cmd += [f"127.0.0.1:{port}", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"grpcurl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def _json_stream(text: str) -> list[dict]:
+    """grpcurl prints each streamed message as a pretty-printed JSON object (proto field names)."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        obj, i = decoder.raw_decode(text, i)
+        out.append(obj)
+    return out
+
+
+@pytest.fixture
+def server(tmp_path: Path, tiny_model_dir: Path):
+    """A server process on embedded defaults (its own embedded PostgreSQL), the tiny model as default."""
+    data_dir = tmp_path / "var"
+    (data_dir / "datasets" / "samples").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "samples" / "capitals.jsonl", data_dir / "datasets" / "samples")
+    data_dir.chmod(0o755)
+    tmp_path.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "default_base_model": "tiny-llama", "base_models": {"tiny-llama": str(tiny_model_dir)},
+        "torch_threads": 1, "log_format": "text",
+    }))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_") and k != "DATABASE_URL"}
+    env["LEARNING_ENGINE_PORT"] = str(port)
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--data-dir", str(data_dir), "--config", str(config)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
+        if grpcurl(port, "grpc.health.v1.Health/Check", check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("server did not become healthy")
+    yield port, proc, tmp_path / "server.log"
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log.close()
+
+
+def test_grpcurl_walkthrough(server):
+    port, _, _ = server
+    services = grpcurl(port, "list").stdout.split()
+    for name in ("TrainingService", "FisherService", "AdapterService", "LoraControlService", "FeedbackService"):
+        assert f"learning.v1.{name}" in services
+    assert "grpc.health.v1.Health" in services
+
+    described = grpcurl(port, "describe", "learning.v1.TrainingService").stdout
+    assert "rpc WatchTrainingJob" in described and "stream .learning.v1.WatchTrainingJobResponse" in described
+    health = json.loads(grpcurl(port, "grpc.health.v1.Health/Check").stdout)
+    assert health["status"] == "SERVING"
+
+    created = json.loads(grpcurl(
+        port, "learning.v1.TrainingService/CreateTrainingJob",
+        data={"spec": {"jsonl": {"path": "samples/capitals.jsonl"},
+                       "hyperparameters": {"epochs": 2, "batch_size": 8, "learning_rate": 0.02, "seed": 1}}},
+    ).stdout)
+    name = created["training_job"]["name"]
+    assert created["training_job"]["state"] == "JOB_STATE_QUEUED"
+
+    watched = _json_stream(grpcurl(port, "learning.v1.TrainingService/WatchTrainingJob", data={"name": name}).stdout)
+    assert "snapshot" in watched[0]
+    events = [m["event"] for m in watched[1:]]
+    steps = [e["step_metrics"] for e in events if "step_metrics" in e]
+    assert len(steps) == 6 and steps[-1]["loss"] < steps[0]["loss"]
+    assert events[-1]["state_change"]["state"] == "JOB_STATE_SUCCEEDED"
+
+    job = json.loads(grpcurl(port, "learning.v1.TrainingService/GetTrainingJob", data={"name": name}).stdout)
+    assert job["training_job"]["output_adapter_version"] == "v1.0"
+
+    bad = grpcurl(port, "learning.v1.TrainingService/GetTrainingJob", data={"name": "trainingJobs/abc123"},
+                  check=False)
+    assert bad.returncode != 0 and "NotFound" in bad.stderr
+
+
+def test_sigterm_drains_to_not_serving_and_exits(server):
+    port, proc, log_path = server
+    watcher = subprocess.Popen(
+        [GRPCURL, "-plaintext", "-d", "{}", f"127.0.0.1:{port}", "grpc.health.v1.Health/Watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    out, _ = watcher.communicate(timeout=30)
+    statuses = [m["status"] for m in _json_stream(out)]
+    assert statuses[0] == "SERVING" and "NOT_SERVING" in statuses[1:], statuses
+    assert "shutting down" in log_path.read_text()
