@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alearning/v1/feedback.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.learning.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\"\xa2\x03\n\rFeedbackEvent\x12\x17\n\x0f\x63lient_event_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.learning.v1.FeedbackKind\x12\x0e\n\x06rating\x18\x03 \x01(\r\x12\x12\n\ncorrection\x18\x04 \x01(\t\x12\x15\n\rdwell_seconds\x18\x05 \x01(\x01\x12-\n\x0binteraction\x18\x06 \x01(\x0b\x32\x18.learning.v1.Interaction\x12\x17\n\x0finteraction_ref\x18\x07 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\x12\x11\n\ttenant_id\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06labels\x18\x0c \x03(\x0b\x32&.learning.v1.FeedbackEvent.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x15SubmitFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.learning.v1.FeedbackEvent\"\xb2\x01\n\x16SubmitFeedbackResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x43\n\x08scrubbed\x18\x03 \x03(\x0b\x32\x31.learning.v1.SubmitFeedbackResponse.ScrubbedEntry\x1a/\n\rScrubbedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"C\n\x15StreamFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.learning.v1.FeedbackEvent\"\xb2\x01\n\x16StreamFeedbackResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x43\n\x08scrubbed\x18\x03 \x03(\x0b\x32\x31.learning.v1.StreamFeedbackResponse.ScrubbedEntry\x1a/\n\rScrubbedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x90\x01\n\x17GetFeedbackStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\"K\n\x11\x46\x65\x65\x64\x62\x61\x63kKindCount\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.learning.v1.FeedbackKind\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"k\n\x14\x41\x64\x61pterFeedbackStats\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x01 \x01(\t\x12\x10\n\x08positive\x18\x02 \x01(\x04\x12\x10\n\x08negative\x18\x03 \x01(\x04\x12\x16\n\x0epositive_ratio\x18\x04 \x01(\x01\"\x91\x01\n\x18GetFeedbackStatsResponse\x12/\n\x07\x62y_kind\x18\x01 \x03(\x0b\x32\x1e.learning.v1.FeedbackKindCount\x12\x35\n\nby_adapter\x18\x02 \x03(\x0b\x32!.learning.v1.AdapterFeedbackStats\x12\r\n\x05total\x18\x03 \x01(\x04\",\n\x19\x44\x65leteUserFeedbackRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x1a\x44\x65leteUserFeedbackResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04*\xb8\x02\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_KIND_THUMBS_UP\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_THUMBS_DOWN\x10\x02\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_KIND_RATING\x10\x03\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_CORRECTION\x10\x04\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_DWELL_TIME\x10\x05\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_KIND_CLICK_THROUGH\x10\x06\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_KIND_COPY\x10\x07\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_REGENERATE\x10\x08\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_KIND_TASK_COMPLETED\x10\t2\x91\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12Y\n\x0eSubmitFeedback\x12\".learning.v1.SubmitFeedbackRequest\x1a#.learning.v1.SubmitFeedbackResponse\x12[\n\x0eStreamFeedback\x12\".learning.v1.StreamFeedbackRequest\x1a#.learning.v1.StreamFeedbackResponse(\x01\x12_\n\x10GetFeedbackStats\x12$.learning.v1.GetFeedbackStatsRequest\x1a%.learning.v1.GetFeedbackStatsResponse\x12\x65\n\x12\x44\x65leteUserFeedback\x12&.learning.v1.DeleteUserFeedbackRequest\x1a\'.learning.v1.DeleteUserFeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alearning/v1/feedback.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.learning.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\"\xa2\x03\n\rFeedbackEvent\x12\x17\n\x0f\x63lient_event_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.learning.v1.FeedbackKind\x12\x0e\n\x06rating\x18\x03 \x01(\r\x12\x12\n\ncorrection\x18\x04 \x01(\t\x12\x15\n\rdwell_seconds\x18\x05 \x01(\x01\x12-\n\x0binteraction\x18\x06 \x01(\x0b\x32\x18.learning.v1.Interaction\x12\x17\n\x0finteraction_ref\x18\x07 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\x12\x11\n\ttenant_id\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06labels\x18\x0c \x03(\x0b\x32&.learning.v1.FeedbackEvent.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x15SubmitFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.learning.v1.FeedbackEvent\"\xc5\x01\n\x16SubmitFeedbackResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x43\n\x08scrubbed\x18\x03 \x03(\x0b\x32\x31.learning.v1.SubmitFeedbackResponse.ScrubbedEntry\x12\x11\n\tforgotten\x18\x04 \x01(\x04\x1a/\n\rScrubbedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"C\n\x15StreamFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.learning.v1.FeedbackEvent\"\xd7\x01\n\x16StreamFeedbackResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x43\n\x08scrubbed\x18\x03 \x03(\x0b\x32\x31.learning.v1.StreamFeedbackResponse.ScrubbedEntry\x12\x11\n\tforgotten\x18\x04 \x01(\x04\x12\x10\n\x08messages\x18\x05 \x01(\x04\x1a/\n\rScrubbedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa3\x01\n\x17GetFeedbackStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\"K\n\x11\x46\x65\x65\x64\x62\x61\x63kKindCount\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.learning.v1.FeedbackKind\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"k\n\x14\x41\x64\x61pterFeedbackStats\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x01 \x01(\t\x12\x10\n\x08positive\x18\x02 \x01(\x04\x12\x10\n\x08negative\x18\x03 \x01(\x04\x12\x16\n\x0epositive_ratio\x18\x04 \x01(\x01\"\xef\x01\n\x18GetFeedbackStatsResponse\x12/\n\x07\x62y_kind\x18\x01 \x03(\x0b\x32\x1e.learning.v1.FeedbackKindCount\x12\x35\n\nby_adapter\x18\x02 \x03(\x0b\x32!.learning.v1.AdapterFeedbackStats\x12\r\n\x05total\x18\x03 \x01(\x04\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x19\x44\x65leteUserFeedbackRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x1a\x44\x65leteUserFeedbackResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04*\xb8\x02\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_KIND_THUMBS_UP\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_THUMBS_DOWN\x10\x02\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_KIND_RATING\x10\x03\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_CORRECTION\x10\x04\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_DWELL_TIME\x10\x05\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_KIND_CLICK_THROUGH\x10\x06\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_KIND_COPY\x10\x07\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_KIND_REGENERATE\x10\x08\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_KIND_TASK_COMPLETED\x10\t2\x91\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12Y\n\x0eSubmitFeedback\x12\".learning.v1.SubmitFeedbackRequest\x1a#.learning.v1.SubmitFeedbackResponse\x12[\n\x0eStreamFeedback\x12\".learning.v1.StreamFeedbackRequest\x1a#.learning.v1.StreamFeedbackResponse(\x01\x12_\n\x10GetFeedbackStats\x12$.learning.v1.GetFeedbackStatsRequest\x1a%.learning.v1.GetFeedbackStatsResponse\x12\x65\n\x12\x44\x65leteUserFeedback\x12&.learning.v1.DeleteUserFeedbackRequest\x1a\'.learning.v1.DeleteUserFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_options = b'8\001'
   _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._loaded_options = None
   _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_options = b'8\001'
-  _globals['_FEEDBACKKIND']._serialized_start=1735
-  _globals['_FEEDBACKKIND']._serialized_end=2047
+  _globals['_FEEDBACKKIND']._serialized_start=1904
+  _globals['_FEEDBACKKIND']._serialized_end=2216
   _globals['_CHATMESSAGE']._serialized_start=76
   _globals['_CHATMESSAGE']._serialized_end=120
   _globals['_INTERACTION']._serialized_start=122
@@ -51,27 +51,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=660
   _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=727
   _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=730
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=908
-  _globals['_SUBMITFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_start=861
-  _globals['_SUBMITFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_end=908
-  _globals['_STREAMFEEDBACKREQUEST']._serialized_start=910
-  _globals['_STREAMFEEDBACKREQUEST']._serialized_end=977
-  _globals['_STREAMFEEDBACKRESPONSE']._serialized_start=980
-  _globals['_STREAMFEEDBACKRESPONSE']._serialized_end=1158
-  _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_start=861
-  _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_end=908
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=1161
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=1305
-  _globals['_FEEDBACKKINDCOUNT']._serialized_start=1307
-  _globals['_FEEDBACKKINDCOUNT']._serialized_end=1382
-  _globals['_ADAPTERFEEDBACKSTATS']._serialized_start=1384
-  _globals['_ADAPTERFEEDBACKSTATS']._serialized_end=1491
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=1494
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1639
-  _globals['_DELETEUSERFEEDBACKREQUEST']._serialized_start=1641
-  _globals['_DELETEUSERFEEDBACKREQUEST']._serialized_end=1685
-  _globals['_DELETEUSERFEEDBACKRESPONSE']._serialized_start=1687
-  _globals['_DELETEUSERFEEDBACKRESPONSE']._serialized_end=1732
-  _globals['_FEEDBACKSERVICE']._serialized_start=2050
-  _globals['_FEEDBACKSERVICE']._serialized_end=2451
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=927
+  _globals['_SUBMITFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_start=880
+  _globals['_SUBMITFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_end=927
+  _globals['_STREAMFEEDBACKREQUEST']._serialized_start=929
+  _globals['_STREAMFEEDBACKREQUEST']._serialized_end=996
+  _globals['_STREAMFEEDBACKRESPONSE']._serialized_start=999
+  _globals['_STREAMFEEDBACKRESPONSE']._serialized_end=1214
+  _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_start=880
+  _globals['_STREAMFEEDBACKRESPONSE_SCRUBBEDENTRY']._serialized_end=927
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=1217
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=1380
+  _globals['_FEEDBACKKINDCOUNT']._serialized_start=1382
+  _globals['_FEEDBACKKINDCOUNT']._serialized_end=1457
+  _globals['_ADAPTERFEEDBACKSTATS']._serialized_start=1459
+  _globals['_ADAPTERFEEDBACKSTATS']._serialized_end=1566
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=1569
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1808
+  _globals['_DELETEUSERFEEDBACKREQUEST']._serialized_start=1810
+  _globals['_DELETEUSERFEEDBACKREQUEST']._serialized_end=1854
+  _globals['_DELETEUSERFEEDBACKRESPONSE']._serialized_start=1856
+  _globals['_DELETEUSERFEEDBACKRESPONSE']._serialized_end=1901
+  _globals['_FEEDBACKSERVICE']._serialized_start=2219
+  _globals['_FEEDBACKSERVICE']._serialized_end=2620
 # @@protoc_insertion_point(module_scope)

@@ -95,7 +95,7 @@ class SubmitFeedbackRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
 
 class SubmitFeedbackResponse(_message.Message):
-    __slots__ = ("stored", "duplicates", "scrubbed")
+    __slots__ = ("stored", "duplicates", "scrubbed", "forgotten")
     class ScrubbedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,10 +106,12 @@ class SubmitFeedbackResponse(_message.Message):
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     SCRUBBED_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     stored: int
     duplicates: int
     scrubbed: _containers.ScalarMap[str, int]
-    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., scrubbed: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    forgotten: int
+    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., scrubbed: _Optional[_Mapping[str, int]] = ..., forgotten: _Optional[int] = ...) -> None: ...
 
 class StreamFeedbackRequest(_message.Message):
     __slots__ = ("events",)
@@ -118,7 +120,7 @@ class StreamFeedbackRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
 
 class StreamFeedbackResponse(_message.Message):
-    __slots__ = ("stored", "duplicates", "scrubbed")
+    __slots__ = ("stored", "duplicates", "scrubbed", "forgotten", "messages")
     class ScrubbedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,20 +131,26 @@ class StreamFeedbackResponse(_message.Message):
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     SCRUBBED_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     stored: int
     duplicates: int
     scrubbed: _containers.ScalarMap[str, int]
-    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., scrubbed: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    forgotten: int
+    messages: int
+    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., scrubbed: _Optional[_Mapping[str, int]] = ..., forgotten: _Optional[int] = ..., messages: _Optional[int] = ...) -> None: ...
 
 class GetFeedbackStatsRequest(_message.Message):
-    __slots__ = ("start_time", "end_time", "adapter_version")
+    __slots__ = ("start_time", "end_time", "adapter_version", "tenant_id")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     adapter_version: str
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter_version: _Optional[str] = ...) -> None: ...
+    tenant_id: str
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter_version: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class FeedbackKindCount(_message.Message):
     __slots__ = ("kind", "count")
@@ -165,14 +173,18 @@ class AdapterFeedbackStats(_message.Message):
     def __init__(self, adapter_version: _Optional[str] = ..., positive: _Optional[int] = ..., negative: _Optional[int] = ..., positive_ratio: _Optional[float] = ...) -> None: ...
 
 class GetFeedbackStatsResponse(_message.Message):
-    __slots__ = ("by_kind", "by_adapter", "total")
+    __slots__ = ("by_kind", "by_adapter", "total", "start_time", "end_time")
     BY_KIND_FIELD_NUMBER: _ClassVar[int]
     BY_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     by_kind: _containers.RepeatedCompositeFieldContainer[FeedbackKindCount]
     by_adapter: _containers.RepeatedCompositeFieldContainer[AdapterFeedbackStats]
     total: int
-    def __init__(self, by_kind: _Optional[_Iterable[_Union[FeedbackKindCount, _Mapping]]] = ..., by_adapter: _Optional[_Iterable[_Union[AdapterFeedbackStats, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, by_kind: _Optional[_Iterable[_Union[FeedbackKindCount, _Mapping]]] = ..., by_adapter: _Optional[_Iterable[_Union[AdapterFeedbackStats, _Mapping]]] = ..., total: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DeleteUserFeedbackRequest(_message.Message):
     __slots__ = ("user_id",)

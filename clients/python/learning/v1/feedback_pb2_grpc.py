@@ -28,6 +28,15 @@ if _version_not_supported:
 class FeedbackServiceStub:
     """Ingests user feedback on model responses: explicit (thumbs, ratings,
     corrections) and implicit signals. Training datasets are built from it.
+
+    Free text (prompt, messages, response, correction) is scrubbed of personal
+    data (emails, phone numbers, card numbers, IP addresses and the server's
+    configured patterns) before it is stored.
+
+    Atomicity: a batch (one SubmitFeedbackRequest, or one StreamFeedbackRequest
+    message) is all-or-nothing. It is validated whole before anything is
+    stored; one bad event rejects the batch with INVALID_ARGUMENT whose
+    BadRequest names every offending event as `events[<index>].<field>`.
     """
 
     def __init__(self, channel):
@@ -61,10 +70,19 @@ class FeedbackServiceStub:
 class FeedbackServiceServicer:
     """Ingests user feedback on model responses: explicit (thumbs, ratings,
     corrections) and implicit signals. Training datasets are built from it.
+
+    Free text (prompt, messages, response, correction) is scrubbed of personal
+    data (emails, phone numbers, card numbers, IP addresses and the server's
+    configured patterns) before it is stored.
+
+    Atomicity: a batch (one SubmitFeedbackRequest, or one StreamFeedbackRequest
+    message) is all-or-nothing. It is validated whole before anything is
+    stored; one bad event rejects the batch with INVALID_ARGUMENT whose
+    BadRequest names every offending event as `events[<index>].<field>`.
     """
 
     def SubmitFeedback(self, request, context):
-        """Stores a batch of events. Idempotent per client_event_id.
+        """Stores a batch of events. Idempotent per (tenant_id, client_event_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +90,12 @@ class FeedbackServiceServicer:
 
     def StreamFeedback(self, request_iterator, context):
         """For high-rate producers: many batches on one stream, one acknowledgement.
+        Each message is committed in order, in its own transaction. If the stream
+        fails (e.g. UNAVAILABLE while the database restarts, or INVALID_ARGUMENT),
+        the error's ErrorInfo metadata acknowledges what was stored:
+        `committed_messages` (the first N messages are stored, the rest are not),
+        `stored`, `duplicates`. Resending everything is safe: stored ids are
+        duplicates, never stored twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +149,15 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
 class FeedbackService:
     """Ingests user feedback on model responses: explicit (thumbs, ratings,
     corrections) and implicit signals. Training datasets are built from it.
+
+    Free text (prompt, messages, response, correction) is scrubbed of personal
+    data (emails, phone numbers, card numbers, IP addresses and the server's
+    configured patterns) before it is stored.
+
+    Atomicity: a batch (one SubmitFeedbackRequest, or one StreamFeedbackRequest
+    message) is all-or-nothing. It is validated whole before anything is
+    stored; one bad event rejects the batch with INVALID_ARGUMENT whose
+    BadRequest names every offending event as `events[<index>].<field>`.
     """
 
     @staticmethod
