@@ -101,21 +101,30 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = os.environ.get("LEARNING_ENGINE_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if yaml_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
 
 def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None) -> Settings:
-    """Build and validate the settings; raise SettingsError listing every problem."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise SettingsError(f"config file {config_file} does not exist")
-        os.environ["LEARNING_ENGINE_CONFIG"] = str(config_file)
+    """Build and validate the settings; raise SettingsError listing every problem.
+
+    ``config_file`` (else ``$LEARNING_ENGINE_CONFIG``) names an optional YAML file.
+    """
+    yaml_file = config_file or (Path(os.environ["LEARNING_ENGINE_CONFIG"]) if os.environ.get(
+        "LEARNING_ENGINE_CONFIG") else None)
+    cls: type[Settings] = Settings
+    if yaml_file is not None:
+        if not yaml_file.is_file():
+            raise SettingsError(f"config file {yaml_file} does not exist")
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": yaml_file})
+
+        cls = FileSettings
     try:
-        return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**{k: v for k, v in (overrides or {}).items() if v is not None})
     except ValidationError as exc:
         lines = [
             f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()

@@ -1,0 +1,78 @@
+"""The error table, the status it produces, and settings validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from engine import errors as e
+from server.errors import code_for, engine_error_status, internal_status
+from server.settings import SettingsError, load_settings
+
+EXPECTED = {
+    e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    e.NotFound: grpc.StatusCode.NOT_FOUND,
+    e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    e.Aborted: grpc.StatusCode.ABORTED,
+    e.DataLoss: grpc.StatusCode.DATA_LOSS,
+    e.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+
+def test_every_engine_error_class_has_a_status_code():
+    assert set(e.EngineError.__subclasses__()) == set(EXPECTED), "a new error class needs a row here"
+    for cls, code in EXPECTED.items():
+        assert code_for(cls("SOME_REASON", "msg")) == code
+
+
+def test_status_carries_one_error_info_and_field_violations():
+    err = e.InvalidArgument(
+        "BAD_THING", "bad thing", violations=[e.FieldViolation("spec.lora.rank", "must be 1..256")],
+        metadata={"k": "v"},
+    )
+    status = engine_error_status(err)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and status.message == "bad thing"
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(info) and status.details[1].Unpack(bad)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("BAD_THING", "learning-engine", {"k": "v"})
+    assert [(v.field, v.description) for v in bad.field_violations] == [("spec.lora.rank", "must be 1..256")]
+    assert internal_status().code == grpc.StatusCode.INTERNAL.value[0]
+
+
+def test_reason_must_be_machine_readable():
+    with pytest.raises(ValueError):
+        e.NotFound("not found", "message")
+
+
+def test_collector_raises_all_violations_at_once():
+    issues = e.ViolationCollector()
+    issues.check(False, "a", "first")
+    issues.check(True, "b", "fine")
+    issues.add("c", "second")
+    with pytest.raises(e.InvalidArgument) as err:
+        issues.raise_if_any("BAD", "bad request")
+    assert [v.field for v in err.value.violations] == ["a", "c"]
+
+
+def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 6000\nmax_concurrent_jobs: 2\nlog_format: text\n")
+    monkeypatch.delenv("LEARNING_ENGINE_CONFIG", raising=False)
+    monkeypatch.setenv("LEARNING_ENGINE_PORT", "7000")
+    settings = load_settings({"data_dir": tmp_path}, config_file=config)
+    assert (settings.port, settings.max_concurrent_jobs, settings.data_dir) == (7000, 2, tmp_path)
+    assert load_settings({"port": 8000}, config_file=config).port == 8000
+
+    monkeypatch.setenv("LEARNING_ENGINE_MAX_CONCURRENT_JOBS", "0")
+    monkeypatch.setenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT", "5000")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "max_concurrent_jobs" in str(err.value) and "ewc_lambda_default" in str(err.value)
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(config_file=tmp_path / "missing.yaml")
