@@ -1,0 +1,70 @@
+"""How to reach a server: target, bearer token, TLS (and mTLS) material, channel options."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+# Reconnect quickly after a dropped connection; gRPC's default starts at 1 s and grows to 120 s.
+_DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM bytes. ``root_certificates`` None uses the system roots; cert+key enable mTLS."""
+
+    root_certificates: bytes | None = None
+    client_certificate: bytes | None = None
+    client_key: bytes | None = None
+    server_name_override: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        server_name_override: str | None = None,
+    ) -> TlsConfig:
+        return cls(
+            root_certificates=ca.read_bytes() if ca else None,
+            client_certificate=cert.read_bytes() if cert else None,
+            client_key=key.read_bytes() if key else None,
+            server_name_override=server_name_override,
+        )
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str = DEFAULT_TARGET
+    token: str | None = None
+    tls: TlsConfig | None = None
+    options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def open(self) -> grpc.aio.Channel:
+        options = list(_DEFAULT_OPTIONS) + list(self.options)
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        if self.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls.root_certificates,
+            private_key=self.tls.client_key,
+            certificate_chain=self.tls.client_certificate,
+        )
+        return grpc.aio.secure_channel(self.target, credentials, options=options)

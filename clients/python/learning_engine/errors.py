@@ -1,0 +1,180 @@
+"""Typed exceptions for every failed call, chosen from the status's ErrorInfo.reason and code.
+
+One table (``_BY_REASON`` first, then ``_BY_CODE``) decides the class; nothing
+here or in callers looks at message strings. Every exception keeps the gRPC
+``code``, the machine-readable ``reason``, ErrorInfo ``metadata`` and the
+BadRequest ``violations``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "learning-engine"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class LearningEngineError(Exception):
+    """Base of all client errors. ``exit_code`` is the numeric gRPC status code."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        violations: tuple[FieldViolation, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.violations = violations
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.code.value[0])
+
+    def __str__(self) -> str:
+        label = self.reason or self.code.name
+        return f"{self.code.name} ({label}): {self.message}"
+
+
+class InvalidArgument(LearningEngineError):
+    """The request is wrong; fix it before retrying."""
+
+
+class NotFound(LearningEngineError):
+    pass
+
+
+class AlreadyExists(LearningEngineError):
+    pass
+
+
+class RequestIdReused(AlreadyExists):
+    """The request_id was used before for a different request."""
+
+
+class FailedPrecondition(LearningEngineError):
+    pass
+
+
+class Aborted(LearningEngineError):
+    pass
+
+
+class PermissionDenied(LearningEngineError):
+    """The token is valid but its role does not allow this call."""
+
+
+class Unauthenticated(LearningEngineError):
+    """No token, or a token the server does not know."""
+
+
+class ResourceExhausted(LearningEngineError):
+    """A size limit or quota was hit."""
+
+
+class RateLimited(ResourceExhausted):
+    """Too many calls from this principal; ``retry_after_seconds`` says when to try again."""
+
+    @property
+    def retry_after_seconds(self) -> float:
+        try:
+            return float(self.metadata.get("retry_after_seconds", "1"))
+        except ValueError:
+            return 1.0
+
+
+class Unimplemented(LearningEngineError):
+    """The server does not (yet) implement this RPC."""
+
+
+class Unavailable(LearningEngineError):
+    """The server or one of its dependencies cannot be reached; retrying may help."""
+
+
+class DeadlineExceeded(LearningEngineError):
+    pass
+
+
+class Cancelled(LearningEngineError):
+    pass
+
+
+class DataLoss(LearningEngineError):
+    pass
+
+
+class Internal(LearningEngineError):
+    pass
+
+
+_BY_REASON: dict[str, type[LearningEngineError]] = {
+    "RATE_LIMITED": RateLimited,
+    "REQUEST_ID_REUSED": RequestIdReused,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[LearningEngineError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def error_class(code: grpc.StatusCode, reason: str) -> type[LearningEngineError]:
+    """The exception class for a status: a specific reason wins, then the code."""
+    return _BY_REASON.get(reason) or _BY_CODE.get(code, LearningEngineError)
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> LearningEngineError:
+    """Convert a failed call into its typed exception (reading ErrorInfo and BadRequest)."""
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    message = (err.details() if callable(getattr(err, "details", None)) else "") or code.name
+    reason, metadata, violations = "", {}, []
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:  # trailers disagree with the status line: keep what the status line said
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN or not reason:
+                reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+    cls = error_class(code, reason)
+    return cls(code, message, reason=reason, metadata=metadata, violations=tuple(violations))
+
+
+def from_status(status_code: int, message: str, reason: str = "") -> LearningEngineError:
+    """An exception for a status stored on a resource (e.g. a failed job's ``error``)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status_code), grpc.StatusCode.UNKNOWN)
+    return error_class(code, reason)(code, message, reason=reason)
