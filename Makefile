@@ -38,7 +38,7 @@ test: setup check pytest
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
-	$(BIN)/ruff check engine server scripts tests bench
+	$(BIN)/ruff check engine server scripts tests $(wildcard bench)
 
 pytest: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
