@@ -1,0 +1,117 @@
+"""Feedback events as the engine sees them, and the results of ingesting them.
+
+Plain, slotted dataclasses: the server converts protobuf to these in one place
+(``server/convert_feedback.py``). The engine never sees a protobuf message.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class FeedbackKind(enum.StrEnum):
+    # explicit
+    THUMBS_UP = "THUMBS_UP"
+    THUMBS_DOWN = "THUMBS_DOWN"
+    RATING = "RATING"
+    CORRECTION = "CORRECTION"
+    # implicit
+    DWELL_TIME = "DWELL_TIME"
+    CLICK_THROUGH = "CLICK_THROUGH"
+    COPY = "COPY"
+    REGENERATE = "REGENERATE"
+    TASK_COMPLETED = "TASK_COMPLETED"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One chat message of an interaction."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """The exchange judged: ``messages`` (the conversation up to the response) or ``prompt``, and ``response``."""
+
+    interaction_id: str = ""
+    messages: tuple[Turn, ...] = ()
+    prompt: str = ""
+    response: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent:
+    """One event as submitted. ``kind`` is None when the client sent an unknown or unspecified kind."""
+
+    client_event_id: str
+    kind: FeedbackKind | None
+    rating: int = 0
+    correction: str = ""
+    dwell_seconds: float = 0.0
+    interaction: Interaction | None = None
+    interaction_ref: str = ""
+    adapter_version: str = ""
+    user_id: str = ""
+    tenant_id: str = ""
+    time: datetime | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one batch (or a whole stream) did. ``scrubbed`` counts replacements by rule name."""
+
+    stored: int = 0
+    duplicates: int = 0
+    forgotten: int = 0
+    scrubbed: tuple[tuple[str, int], ...] = ()
+    messages: int = 0
+
+    def __add__(self, other: IngestResult) -> IngestResult:
+        counts = dict(self.scrubbed)
+        for rule, n in other.scrubbed:
+            counts[rule] = counts.get(rule, 0) + n
+        return IngestResult(
+            stored=self.stored + other.stored,
+            duplicates=self.duplicates + other.duplicates,
+            forgotten=self.forgotten + other.forgotten,
+            scrubbed=tuple(sorted(counts.items())),
+            messages=self.messages + other.messages,
+        )
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """The store's answer for one batch of records."""
+
+    stored: int
+    duplicates: int
+    forgotten: int
+
+
+@dataclass(frozen=True)
+class AdapterStats:
+    adapter_version: str
+    positive: int
+    negative: int
+
+    @property
+    def positive_ratio(self) -> float:
+        total = self.positive + self.negative
+        return self.positive / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    start_time: datetime
+    end_time: datetime
+    by_kind: tuple[tuple[FeedbackKind, int], ...] = ()
+    by_adapter: tuple[AdapterStats, ...] = field(default_factory=tuple)
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.by_kind)

@@ -1,0 +1,242 @@
+"""Ingestion of feedback batches: validate the whole batch, scrub free text, store in one transaction.
+
+Atomicity: a batch is all-or-nothing. Every event is validated before anything is stored, and
+one InvalidArgument lists the problems of all bad events (up to a limit) as ``events[<i>].<field>``;
+the store then writes the batch in a single transaction.
+
+A stream is a sequence of batches committed in order, one transaction each, with the next batch
+validated and scrubbed while the previous one is being written. When the stream fails, the error's
+metadata says how far it got: ``committed_messages`` (that many first messages are stored, no later
+one is), ``stored`` and ``duplicates``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from engine.errors import EngineError, InvalidArgument, ViolationCollector
+from engine.feedback.events import FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
+from engine.feedback.scrub import Scrubber
+
+ROLES = frozenset({"system", "user", "assistant"})
+_RATING_KINDS = (FeedbackKind.RATING,)
+
+
+@dataclass(frozen=True)
+class FeedbackLimits:
+    max_events_per_batch: int = 10_000
+    max_text_chars: int = 32_768
+    max_messages: int = 64
+    max_id_chars: int = 128
+    max_labels: int = 32
+    max_label_chars: int = 256
+    max_dwell_seconds: float = 86_400.0
+    max_future_skew: timedelta = timedelta(minutes=10)
+    max_violations: int = 50
+
+
+class FeedbackRecordStore(Protocol):
+    async def insert(self, records: Sequence[tuple]) -> StoreOutcome: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def validate_batch(events: Sequence[FeedbackEvent], limits: FeedbackLimits, now: datetime) -> None:
+    """Raise one InvalidArgument (reason INVALID_FEEDBACK) naming every bad field of every bad event."""
+    issues = ViolationCollector()
+    if len(events) > limits.max_events_per_batch:
+        issues.add("events", f"at most {limits.max_events_per_batch} events per batch, got {len(events)}")
+        issues.raise_if_any("INVALID_FEEDBACK", "feedback batch too large")
+    bad: list[int] = []
+    latest = now + limits.max_future_skew
+    for i, event in enumerate(events):
+        before = len(issues.violations)
+        _check_event(event, f"events[{i}]", limits, latest, issues)
+        if len(issues.violations) > before:
+            bad.append(i)
+            if len(issues.violations) >= limits.max_violations:
+                break
+    if bad:
+        error = _batch_error(issues, bad, limits)
+        raise error
+
+
+def _batch_error(issues: ViolationCollector, bad: list[int], limits: FeedbackLimits) -> InvalidArgument:
+    shown = issues.violations[: limits.max_violations]
+    first = shown[0]
+    return InvalidArgument(
+        "INVALID_FEEDBACK",
+        f"{len(bad)} invalid event(s); nothing in this batch was stored. First: {first.field}: {first.description}",
+        violations=shown,
+        metadata={"first_invalid_index": str(bad[0]), "invalid_events": ",".join(map(str, bad[:20]))},
+    )
+
+
+def _check_text(value: str, path: str, limits: FeedbackLimits, issues: ViolationCollector) -> None:
+    if len(value) > limits.max_text_chars:
+        issues.add(path, f"is {len(value)} characters; at most {limits.max_text_chars} are accepted")
+
+
+def _check_id(value: str, path: str, limits: FeedbackLimits, issues: ViolationCollector, *, required: bool) -> None:
+    if required and not value:
+        issues.add(path, "is required")
+    elif len(value) > limits.max_id_chars or not value.isprintable():
+        issues.add(path, f"must be at most {limits.max_id_chars} printable characters")
+
+
+def _check_event(
+    e: FeedbackEvent, at: str, limits: FeedbackLimits, latest: datetime, issues: ViolationCollector
+) -> None:
+    _check_id(e.client_event_id, f"{at}.client_event_id", limits, issues, required=True)
+    if e.kind is None:
+        issues.add(f"{at}.kind", "unknown or unspecified kind; use one of " + ", ".join(k.value for k in FeedbackKind))
+    elif e.kind is FeedbackKind.RATING:
+        issues.check(1 <= e.rating <= 5, f"{at}.rating", f"must lie in 1..5 for RATING, got {e.rating}")
+    elif e.rating:
+        issues.add(f"{at}.rating", f"must be 0 (unset) for {e.kind.value}")
+    if e.kind is FeedbackKind.CORRECTION:
+        issues.check(bool(e.correction.strip()), f"{at}.correction", "is required for CORRECTION")
+    elif e.correction:
+        issues.add(f"{at}.correction", "is only allowed for CORRECTION")
+    _check_text(e.correction, f"{at}.correction", limits, issues)
+    if e.kind is FeedbackKind.DWELL_TIME:
+        ok = math.isfinite(e.dwell_seconds) and 0 <= e.dwell_seconds <= limits.max_dwell_seconds
+        issues.check(ok, f"{at}.dwell_seconds", f"must lie in [0, {limits.max_dwell_seconds:g}] for DWELL_TIME")
+    elif e.dwell_seconds:
+        issues.add(f"{at}.dwell_seconds", "is only allowed for DWELL_TIME")
+    for name, value in (("adapter_version", e.adapter_version), ("user_id", e.user_id),
+                        ("tenant_id", e.tenant_id), ("interaction_ref", e.interaction_ref)):
+        _check_id(value, f"{at}.{name}", limits, issues, required=False)
+    if not e.user_id and not e.tenant_id:
+        issues.add(f"{at}.user_id", "set user_id or tenant_id")
+    if e.time is not None and e.time > latest:
+        issues.add(f"{at}.time", "is in the future")
+    _check_interaction(e, at, limits, issues)
+    if len(e.labels) > limits.max_labels:
+        issues.add(f"{at}.labels", f"at most {limits.max_labels} labels")
+    for key, value in e.labels:
+        if not key or len(key) > limits.max_label_chars or len(value) > limits.max_label_chars:
+            issues.add(f"{at}.labels[{key[:40]!r}]", f"keys must be non-empty; keys and values at most "
+                                                     f"{limits.max_label_chars} characters")
+
+
+def _check_interaction(e: FeedbackEvent, at: str, limits: FeedbackLimits, issues: ViolationCollector) -> None:
+    it = e.interaction
+    if it is None:
+        issues.check(bool(e.interaction_ref), f"{at}.interaction",
+                     "set interaction (prompt or messages, and response) or interaction_ref")
+        return
+    if e.interaction_ref:
+        issues.add(f"{at}.interaction_ref", "set interaction or interaction_ref, not both")
+    path = f"{at}.interaction"
+    _check_id(it.interaction_id, f"{path}.interaction_id", limits, issues, required=False)
+    if it.messages and it.prompt:
+        issues.add(f"{path}.prompt", "set messages or prompt, not both")
+    if not it.messages and not it.prompt:
+        issues.add(f"{path}.prompt", "set messages or prompt")
+    if not it.response and e.kind is not FeedbackKind.CORRECTION:
+        issues.add(f"{path}.response", "is required (the model response judged)")
+    _check_text(it.prompt, f"{path}.prompt", limits, issues)
+    _check_text(it.response, f"{path}.response", limits, issues)
+    if len(it.messages) > limits.max_messages:
+        issues.add(f"{path}.messages", f"at most {limits.max_messages} messages")
+    for j, turn in enumerate(it.messages[: limits.max_messages]):
+        if turn.role not in ROLES:
+            issues.add(f"{path}.messages[{j}].role", "must be system, user or assistant")
+        _check_text(turn.content, f"{path}.messages[{j}].content", limits, issues)
+
+
+def to_records(
+    events: Sequence[FeedbackEvent], scrubber: Scrubber, received: datetime
+) -> tuple[list[tuple], dict[str, int]]:
+    """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS)."""
+    fired_total: dict[str, int] = {}
+    records = []
+    scrub = scrubber.scrub
+    dumps = json.dumps
+    for e in events:
+        fired: dict[str, int] = {}
+        it = e.interaction
+        if it is not None:
+            messages = (
+                dumps([{"role": t.role, "content": scrub(t.content, fired)} for t in it.messages])
+                if it.messages else None
+            )
+            row_it = (it.interaction_id, True, messages, scrub(it.prompt, fired) if it.prompt else None,
+                      scrub(it.response, fired))
+        else:
+            row_it = (e.interaction_ref, False, None, None, None)
+        correction = scrub(e.correction, fired) if e.correction else None
+        kind = e.kind
+        records.append((
+            e.tenant_id, e.client_event_id, kind.value, e.rating if kind is FeedbackKind.RATING else None,
+            correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
+            e.adapter_version, e.user_id, e.time or received, received,
+            dumps(dict(e.labels)) if e.labels else "{}", list(fired),
+        ))
+        for rule, n in fired.items():
+            fired_total[rule] = fired_total.get(rule, 0) + n
+    return records, fired_total
+
+
+class FeedbackIngestor:
+    def __init__(
+        self, store: FeedbackRecordStore, scrubber: Scrubber, limits: FeedbackLimits = FeedbackLimits(),
+        *, clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._store = store
+        self._scrubber = scrubber
+        self._limits = limits
+        self._clock = clock
+
+    def _prepare(self, events: Sequence[FeedbackEvent]) -> tuple[list[tuple], dict[str, int]]:
+        now = self._clock()
+        validate_batch(events, self._limits, now)
+        return to_records(events, self._scrubber, now)
+
+    async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
+        """Validate, scrub and store one batch, all or nothing."""
+        records, fired = self._prepare(events)
+        return _result(await self._store.insert(records), fired)
+
+    async def stream(self, batches: AsyncIterator[Sequence[FeedbackEvent]]) -> IngestResult:
+        """Store batches in order, preparing batch k+1 while batch k is written (see module docstring)."""
+        total = IngestResult()
+        pending: asyncio.Future[StoreOutcome] | None = None
+        pending_fired: dict[str, int] = {}
+        try:
+            async for events in batches:
+                records, fired = self._prepare(events)
+                if pending is not None:
+                    writing, pending = pending, None
+                    total += _result(await writing, pending_fired)
+                pending, pending_fired = asyncio.ensure_future(self._store.insert(records)), fired
+            if pending is not None:
+                writing, pending = pending, None
+                total += _result(await writing, pending_fired)
+        except EngineError as exc:
+            if pending is not None:  # an earlier batch is still being written: let it finish, then report
+                writing, pending = pending, None
+                try:
+                    total += _result(await writing, pending_fired)
+                except EngineError:
+                    pass
+            exc.metadata.update(committed_messages=str(total.messages), stored=str(total.stored),
+                                duplicates=str(total.duplicates))
+            raise
+        finally:
+            if pending is not None:
+                pending.cancel()
+        return total
+
+
+def _result(outcome: StoreOutcome, fired: dict[str, int]) -> IngestResult:
+    return IngestResult(outcome.stored, outcome.duplicates, outcome.forgotten, tuple(sorted(fired.items())), 1)

@@ -1,0 +1,215 @@
+"""Feedback events in PostgreSQL (asyncpg): bulk ingestion, stats, erasure, and the rows datasets are built from.
+
+Ingestion of one batch is one transaction: COPY the records into a per-connection temporary
+staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``feedback_events``.
+COPY keeps it fast; the conflict clause makes resending a no-op. A batch is therefore stored
+whole or not at all.
+
+Ingestion holds a shared transaction-level advisory lock and erasure an exclusive one, so a
+user's erasure never interleaves with a batch that is being stored: once DeleteUserFeedback
+returns, no event of that user timed before it can be (or become) stored.
+
+Connection-level failures (the server restarting, refusing connections, a dropped socket)
+become ``engine.errors.Unavailable``; SQL errors stay what they are (bugs surface as INTERNAL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from engine.errors import Unavailable
+from engine.feedback.events import AdapterStats, FeedbackKind, FeedbackStats, StoreOutcome, Turn
+
+T = TypeVar("T")
+
+COLUMNS = (
+    "tenant_id", "client_event_id", "kind", "rating", "correction", "dwell_seconds", "interaction_id",
+    "has_content", "messages", "prompt", "response", "adapter_version", "user_id", "event_time",
+    "received_time", "labels", "scrubbed_rules",
+)
+Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.ingest
+
+_ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
+
+_STAGE = (
+    "SELECT pg_advisory_xact_lock_shared({lock});"
+    " CREATE TEMP TABLE IF NOT EXISTS feedback_staging"
+    " (LIKE feedback_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+).format(lock=_ERASURE_LOCK)
+
+_MOVE = """
+WITH erased AS (
+    SELECT s.tenant_id, s.client_event_id
+    FROM feedback_staging s
+    JOIN feedback_erasures e ON e.user_hash = encode(sha256(convert_to(s.user_id, 'UTF8')), 'hex')
+    WHERE s.event_time <= e.erased_at
+), moved AS (
+    INSERT INTO feedback_events
+    SELECT s.* FROM feedback_staging s
+    WHERE NOT EXISTS (
+        SELECT 1 FROM erased x WHERE x.tenant_id = s.tenant_id AND x.client_event_id = s.client_event_id)
+    ON CONFLICT (tenant_id, client_event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved) AS stored, (SELECT count(*) FROM erased) AS forgotten
+"""
+
+_CONNECTION_ERRORS = (
+    OSError,  # refused, reset, socket file gone, timeouts
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+)
+
+
+def user_hash(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """An explicit feedback event with its interaction's content resolved (for dataset building)."""
+
+    interaction_key: str
+    kind: FeedbackKind
+    rating: int
+    correction: str
+    time: datetime
+    messages: tuple[Turn, ...]
+    prompt: str
+    response: str
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable("DATABASE_UNAVAILABLE", f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
+
+
+class PostgresFeedbackStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    return await work(conn)
+                except asyncpg.InterfaceError as exc:
+                    if conn.is_closed():
+                        raise _unavailable(exc) from exc
+                    raise
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def insert(self, records: Sequence[Record]) -> StoreOutcome:
+        """Store the records that are new and not erased, all in one transaction."""
+        if not records:
+            return StoreOutcome(0, 0, 0)
+
+        async def work(conn: asyncpg.Connection) -> StoreOutcome:
+            async with conn.transaction():
+                await conn.execute(_STAGE)
+                await conn.copy_records_to_table("feedback_staging", records=records, columns=COLUMNS)
+                row = await conn.fetchrow(_MOVE)
+            stored, forgotten = int(row["stored"]), int(row["forgotten"])
+            return StoreOutcome(stored, len(records) - stored - forgotten, forgotten)
+
+        return await self._run(work)
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete the user's events and record the erasure; return the count deleted."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _ERASURE_LOCK)
+                status = await conn.execute("DELETE FROM feedback_events WHERE user_id = $1", user_id)
+                await conn.execute(
+                    "INSERT INTO feedback_erasures (user_hash, erased_at) VALUES ($1, now())"
+                    " ON CONFLICT (user_hash) DO UPDATE SET erased_at = excluded.erased_at",
+                    user_hash(user_id),
+                )
+            return int(status.split()[-1])
+
+        return await self._run(work)
+
+    async def stats(
+        self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
+        rating_positive_min: int, rating_negative_max: int,
+    ) -> FeedbackStats:
+        sql = (
+            "SELECT adapter_version, kind, count(*) AS n,"
+            " count(*) FILTER (WHERE kind = 'RATING' AND rating >= $5) AS high,"
+            " count(*) FILTER (WHERE kind = 'RATING' AND rating <= $6) AS low"
+            " FROM feedback_events WHERE event_time >= $1 AND event_time < $2"
+            " AND ($3 = '' OR adapter_version = $3) AND ($4 = '' OR tenant_id = $4)"
+            " GROUP BY adapter_version, kind"
+        )
+        args = (start, end, adapter_version, tenant_id, rating_positive_min, rating_negative_max)
+        rows = await self._run(lambda conn: conn.fetch(sql, *args))
+        by_kind: dict[FeedbackKind, int] = {}
+        votes: dict[str, list[int]] = {}
+        for r in rows:
+            kind = FeedbackKind(r["kind"])
+            by_kind[kind] = by_kind.get(kind, 0) + r["n"]
+            pos_neg = votes.setdefault(r["adapter_version"], [0, 0])
+            pos_neg[0] += r["n"] if kind is FeedbackKind.THUMBS_UP else r["high"]
+            pos_neg[1] += r["n"] if kind is FeedbackKind.THUMBS_DOWN else r["low"]
+        return FeedbackStats(
+            start_time=start,
+            end_time=end,
+            by_kind=tuple(sorted(by_kind.items())),
+            by_adapter=tuple(AdapterStats(v, p, n) for v, (p, n) in sorted(votes.items())),
+        )
+
+    async def judgements(
+        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str], batch: int = 2000
+    ) -> AsyncIterator[Judgement]:
+        """Explicit events in [start, end) matching the filters, with referenced interactions resolved.
+
+        Events whose interaction cannot be resolved (e.g. its carrier was erased) are left out, and so
+        are events of erased users (belt and braces: erasure deletes them too).
+        """
+        sql = """
+            SELECT CASE WHEN e.interaction_id <> '' THEN 'i:' || e.tenant_id || ':' || e.interaction_id
+                        ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
+                   e.kind, e.rating, e.correction, e.event_time,
+                   COALESCE(c.messages, e.messages) AS messages,
+                   COALESCE(c.prompt, e.prompt) AS prompt, COALESCE(c.response, e.response) AS response
+            FROM feedback_events e
+            LEFT JOIN LATERAL (
+                SELECT x.messages, x.prompt, x.response FROM feedback_events x
+                WHERE x.tenant_id = e.tenant_id AND x.interaction_id = e.interaction_id
+                  AND x.has_content AND x.interaction_id <> ''
+                ORDER BY x.event_time LIMIT 1
+            ) c ON NOT e.has_content
+            WHERE e.event_time >= $1 AND e.event_time < $2
+              AND e.kind IN ('THUMBS_UP', 'THUMBS_DOWN', 'RATING', 'CORRECTION')
+              AND ($3 = '' OR e.adapter_version = $3)
+              AND e.labels @> $4::jsonb
+              AND NOT EXISTS (
+                  SELECT 1 FROM feedback_erasures f
+                  WHERE f.user_hash = encode(sha256(convert_to(e.user_id, 'UTF8')), 'hex')
+                    AND e.event_time <= f.erased_at)
+            ORDER BY e.event_time, e.tenant_id, e.client_event_id
+        """
+        args = (start, end, adapter_version, json.dumps(labels))
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+                async for r in conn.cursor(sql, *args, prefetch=batch):
+                    if r["response"] is None and r["kind"] != FeedbackKind.CORRECTION:
+                        continue
+                    if r["prompt"] is None and r["messages"] is None:
+                        continue
+                    messages = tuple(Turn(m["role"], m["content"]) for m in json.loads(r["messages"] or "[]"))
+                    yield Judgement(
+                        interaction_key=r["key"], kind=FeedbackKind(r["kind"]), rating=r["rating"] or 0,
+                        correction=r["correction"] or "", time=r["event_time"], messages=messages,
+                        prompt=r["prompt"] or "", response=r["response"] or "",
+                    )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc

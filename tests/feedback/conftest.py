@@ -1,0 +1,59 @@
+"""Engine-level feedback fixtures: a migrated PostgreSQL database and event builders."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
+from engine.feedback.ingest import FeedbackIngestor
+from engine.feedback.scrub import Scrubber
+from engine.stores import postgres
+from engine.stores.feedback_store import PostgresFeedbackStore
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def pool(database_url: str):
+    pool = await postgres.connect(database_url, max_size=4)
+    await postgres.migrate(pool)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def store(pool) -> PostgresFeedbackStore:
+    return PostgresFeedbackStore(pool)
+
+
+@pytest.fixture
+def ingestor(store: PostgresFeedbackStore) -> FeedbackIngestor:
+    return FeedbackIngestor(store, Scrubber())
+
+
+def event(
+    event_id: str,
+    kind: FeedbackKind | None = FeedbackKind.THUMBS_UP,
+    *,
+    prompt: str = "What is the capital of France?",
+    response: str = "Paris.",
+    messages: tuple[Turn, ...] = (),
+    interaction_id: str = "",
+    ref: str = "",
+    user: str = "u1",
+    tenant: str = "t1",
+    age: timedelta = timedelta(hours=1),
+    **fields,
+) -> FeedbackEvent:
+    """An event ``age`` ago; with ``ref`` it refers to an earlier interaction instead of carrying one."""
+    interaction = None
+    if not ref:
+        interaction = Interaction(
+            interaction_id=interaction_id, messages=messages, prompt="" if messages else prompt, response=response
+        )
+    return FeedbackEvent(
+        client_event_id=event_id, kind=kind, interaction=interaction, interaction_ref=ref, user_id=user,
+        tenant_id=tenant, time=NOW - age, **fields,
+    )
