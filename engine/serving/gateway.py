@@ -1,0 +1,167 @@
+"""OpenAI-compatible routing gateway: the alias clients call, switched atomically between adapters.
+
+MAX Serve has no alias: a request picks an adapter with ``"model": "<lora_name>"``. Clients
+send ``"model": "<alias>"`` here instead; the gateway rewrites it to the active lora_name
+(or the base model while LoRA is disabled), forwards to the serving engine, and counts
+in-flight requests per upstream model so a replaced adapter can be drained before unload.
+Any other ``model`` passes through unchanged (and is counted too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+SERVED_MODEL_HEADER = "x-served-model"
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+
+
+class AliasRouter:
+    """Where the alias points, and how many requests each upstream model has in flight."""
+
+    def __init__(self, alias: str, base_model_name: str = "") -> None:
+        self.alias = alias
+        self.base_model_name = base_model_name
+        self._target = ""  # lora_name; empty means the base model
+        self._inflight: Counter[str] = Counter()
+        self._changed = asyncio.Condition()
+
+    @property
+    def target(self) -> str:
+        return self._target or self.base_model_name
+
+    def set_target(self, lora_name: str) -> None:
+        """Point the alias at ``lora_name``; empty points it at the base model. Takes effect at once."""
+        self._target = lora_name
+
+    def acquire(self, model: str) -> str:
+        """Resolve ``model`` and count it in flight; pair with ``release``. No await in between."""
+        upstream = self.target if model == self.alias else model
+        self._inflight[upstream] += 1
+        return upstream
+
+    async def release(self, upstream: str) -> None:
+        async with self._changed:
+            self._inflight[upstream] -= 1
+            if self._inflight[upstream] <= 0:
+                del self._inflight[upstream]
+            self._changed.notify_all()
+
+    def inflight(self, upstream: str) -> int:
+        return self._inflight.get(upstream, 0)
+
+    async def drain(self, upstream: str, timeout: float) -> bool:
+        """Wait until ``upstream`` has no request in flight; False if ``timeout`` passed first."""
+        async def quiet() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.inflight(upstream) == 0)
+
+        try:
+            await asyncio.wait_for(quiet(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": str(status), "message": message, "param": "", "type": kind}}, status=status
+    )
+
+
+class Gateway:
+    """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases."""
+
+    def __init__(self, router: AliasRouter, upstream_url: str, *, timeout_seconds: float = 300.0) -> None:
+        self.router = router
+        self._upstream = upstream_url.rstrip("/")
+        self._timeout = timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([
+            web.post("/v1/chat/completions", self._forward), web.post("/v1/completions", self._forward),
+            web.get("/v1/models", self._models), web.get("/health", self._health),
+        ])
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        try:
+            async with self._session.get(self._upstream + "/v1/models",
+                                         timeout=aiohttp.ClientTimeout(total=10)) as response:
+                doc = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return _error(502, f"serving engine unreachable: {exc}", "bad_gateway")
+        data = list(doc.get("data", [])) if isinstance(doc, dict) else []
+        data.insert(0, {"id": self.router.alias, "object": "model", "owned_by": "learning-engine",
+                        "root": self.router.target, "parent": self.router.base_model_name})
+        return web.json_response({"object": "list", "data": data})
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "request body is not JSON", "invalid_request_error")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _error(400, "field 'model' is required", "invalid_request_error")
+        upstream = self.router.acquire(body["model"])
+        try:
+            if upstream != body["model"]:
+                body["model"] = upstream
+                raw = json.dumps(body).encode()
+            return await self._proxy(request, raw, upstream)
+        finally:
+            await self.router.release(upstream)
+
+    async def _proxy(self, request: web.Request, raw: bytes, upstream: str) -> web.StreamResponse:
+        assert self._session is not None
+        url = self._upstream + request.path
+        try:
+            async with self._session.post(url, data=raw, headers={"content-type": "application/json"},
+                                          timeout=aiohttp.ClientTimeout(total=self._timeout)) as response:
+                out = web.StreamResponse(status=response.status)
+                for key, value in response.headers.items():
+                    if key.lower() not in _HOP_HEADERS:
+                        out.headers[key] = value
+                out.headers[SERVED_MODEL_HEADER] = upstream
+                await out.prepare(request)
+                async for chunk in response.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
+            return _error(502, f"serving engine unreachable: {exc}", "bad_gateway")

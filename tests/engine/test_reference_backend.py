@@ -1,0 +1,88 @@
+"""The reference backend honours MAX Serve's LoRA HTTP contract (REFERENCE.md) with real PEFT inference."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine.serving.reference_backend import ReferenceModel
+from tests.fixtures.serving import expected_logprobs, make_adapter, running_backend
+
+NAME = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return make_adapter(tiny_model_dir, root / "a", 1), make_adapter(tiny_model_dir, root / "b", 2)
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict]:
+    async with session.post(url, json=body) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def test_load_unload_contract(tiny_model_dir: Path, adapters, tmp_path: Path):
+    a, b = adapters
+    copy = Path(shutil.copytree(a, tmp_path / "copy"))
+    async with running_backend(tiny_model_dir, NAME) as be, aiohttp.ClientSession() as s:
+        load, unload = be.url + "/v1/load_lora_adapter", be.url + "/v1/unload_lora_adapter"
+        assert await _post(s, load, {"lora_name": "x@v1.0", "lora_path": str(copy)}) == (
+            200, {"status": "success", "message": "LoRA adapter 'x@v1.0' loaded successfully"})
+        shutil.rmtree(copy)  # same name + same path again: a no-op that does not read the files
+        status, body = await _post(s, load, {"lora_name": "x@v1.0", "lora_path": str(copy)})
+        assert status == 200 and body["status"] == "success"
+        status, body = await _post(s, load, {"lora_name": "x@v1.0", "lora_path": str(b)})
+        assert status == 409
+        assert body["error"]["code"] == "409" and body["error"]["type"] == "conflict_error"
+        assert body["error"]["param"] == "" and "already loaded" in body["error"]["message"]
+        status, body = await _post(s, load, {"lora_name": "y", "lora_path": str(b), "pinned": True})
+        assert status == 400 and body["error"]["code"] == "400" and "pinned" in body["error"]["message"]
+        status, body = await _post(s, load, {"lora_name": "y", "lora_path": str(tmp_path / "nope")})
+        assert status == 400 and body["error"]["code"] == "400"
+        assert (await _post(s, load, {"lora_name": "y", "lora_path": str(b)}))[0] == 200
+        async with s.get(be.url + "/v1/models") as r:
+            ids = [(m["id"], m.get("root")) for m in (await r.json())["data"]]
+        assert ids == [(NAME, str(tiny_model_dir)), ("x@v1.0", str(copy)), ("y", str(b))]
+        assert (await _post(s, unload, {"lora_name": "x@v1.0"}))[0] == 200
+        status, body = await _post(s, unload, {"lora_name": "x@v1.0"})
+        assert status == 404 and body["error"]["code"] == "404"
+        assert (await _post(s, unload, {"lora_name": "y"}))[0] == 200  # the last one: back to the plain base
+        async with s.get(be.url + "/health") as r:
+            assert r.status == 200
+
+
+async def test_lora_routes_answer_501_without_enable_lora(tiny_model_dir: Path, adapters):
+    async with running_backend(tiny_model_dir, NAME, enable_lora=False) as be, aiohttp.ClientSession() as s:
+        status, body = await _post(s, be.url + "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": str(adapters[0])})
+        assert status == 501 and body["error"]["code"] == "501"
+        assert (await _post(s, be.url + "/v1/unload_lora_adapter", {"lora_name": "a"}))[0] == 501
+
+
+async def test_completions_honour_the_model_field(tiny_model_dir: Path, adapters):
+    a, b = adapters
+    prompt = "What is the capital of France?"
+    want = {"a": expected_logprobs(tiny_model_dir, a, prompt, 6), "b": expected_logprobs(tiny_model_dir, b, prompt, 6),
+            NAME: expected_logprobs(tiny_model_dir, None, prompt, 6)}
+    assert want["a"] != pytest.approx(want["b"], abs=1e-3) and want["a"] != pytest.approx(want[NAME], abs=1e-3)
+    async with running_backend(tiny_model_dir, NAME) as be, aiohttp.ClientSession() as s:
+        for name, path in (("a", a), ("b", b)):
+            assert (await _post(s, be.url + "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}))[0] == 200
+        for model in ("b", NAME, "a", "b"):
+            status, body = await _post(s, be.url + "/v1/completions",
+                                       {"model": model, "prompt": prompt, "max_tokens": 6, "logprobs": 1})
+            assert status == 200 and body["model"] == model
+            assert body["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(want[model], abs=1e-4)
+        status, body = await _post(s, be.url + "/v1/chat/completions",
+                                   {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
+        status, body = await _post(s, be.url + "/v1/completions", {"model": "zzz", "prompt": "x"})
+        assert status == 404 and body["error"]["code"] == "404"
+
+
+def test_reference_model_is_thread_safe_to_construct(tiny_model_dir: Path):
+    model = ReferenceModel(tiny_model_dir, NAME)
+    assert model.adapters() == {} and model.resolve(NAME) is None
