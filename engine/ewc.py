@@ -1,0 +1,117 @@
+"""Elastic Weight Consolidation over LoRA parameters: the penalty, online accumulation, replay mixing.
+
+Penalty: ``(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2`` over the trainable (LoRA) parameters, where
+``theta*`` are the parent adapter's weights and ``F`` the diagonal Fisher of the per-sequence
+log-likelihood (``engine.fisher.NORMALIZATION``). The task loss it is added to is the mean over examples of
+the token-mean NLL, so lambda trades one unit of that loss against the Fisher-weighted squared drift.
+
+Online EWC (Schwarz et al. 2018): ``F_new = gamma * F_old + F_task`` with the anchor moved to the newest
+parent, so importance from every earlier version keeps acting on later ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.errors import FailedPrecondition
+from engine.fisher import Diagonal, trainable_parameters
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def check_same_shapes(
+    expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tuple[int, ...]], *, what: str, reason: str
+) -> None:
+    """Raise FailedPrecondition(reason) unless both name the same parameters with the same shapes."""
+    missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(actual) if tuple(expected[n]) != tuple(actual[n]))
+    if missing or extra or wrong:
+        sample = (missing or extra or wrong)[0]
+        raise FailedPrecondition(
+            reason,
+            f"{what} does not match the adapter's LoRA parameters ({len(missing)} missing, {len(extra)} "
+            f"unexpected, {len(wrong)} of another shape; e.g. {sample})",
+            metadata={
+                "missing": str(len(missing)), "unexpected": str(len(extra)), "shape_mismatch": str(len(wrong)),
+            },
+        )
+
+
+def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(t.shape) for n, t in tensors.items()}
+
+
+class EwcPenalty:
+    """``engine.training.Penalty``: (lambda/2) * sum F (theta - theta*)^2, bound to a model on first call."""
+
+    def __init__(self, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float) -> None:
+        check_same_shapes(shapes_of(anchor), shapes_of(fisher), what="the Fisher snapshot",
+                          reason="FISHER_SHAPE_MISMATCH")
+        self.fisher = fisher
+        self.anchor = anchor
+        self.ewc_lambda = float(ewc_lambda)
+        self._bound: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
+        self._model_id: int | None = None
+
+    def _bind(self, model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        params = trainable_parameters(model)
+        check_same_shapes(shapes_of(self.fisher), {n: tuple(p.shape) for n, p in params.items()},
+                          what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
+        return [
+            (p, self.fisher[n].to(p.device, torch.float32), self.anchor[n].to(p.device, torch.float32))
+            for n, p in params.items()
+        ]
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        if self._bound is None or self._model_id != id(model):
+            self._bound, self._model_id = self._bind(model), id(model)
+        total = None
+        for param, fisher, anchor in self._bound:
+            term = (fisher * (param.float() - anchor).square()).sum()
+            total = term if total is None else total + term
+        assert total is not None
+        return 0.5 * self.ewc_lambda * total
+
+
+def accumulate(old: Diagonal, new: Diagonal, gamma: float) -> Diagonal:
+    """Online EWC: gamma * F_old + F_task (same parameter names and shapes required)."""
+    check_same_shapes(shapes_of(new), shapes_of(old), what="the earlier Fisher snapshot",
+                      reason="FISHER_SHAPE_MISMATCH")
+    return {n: gamma * old[n].float() + new[n].float() for n in new}
+
+
+@dataclass(frozen=True)
+class DiagonalStats:
+    sum: float
+    max: float
+    mean: float
+    quantiles: tuple[tuple[float, float], ...]
+    parameter_count: int
+
+
+def diagonal_stats(diagonal: Diagonal, quantiles: Sequence[float] = QUANTILES) -> DiagonalStats:
+    flat = torch.cat([t.reshape(-1).float() for t in diagonal.values()]) if diagonal else torch.zeros(1)
+    # torch.quantile refuses very large inputs; a sorted copy answers every quantile exactly.
+    ordered = flat.sort().values
+    last = ordered.numel() - 1
+    picks = tuple((q, float(ordered[round(q * last)])) for q in quantiles)
+    return DiagonalStats(float(flat.sum()), float(flat.max()), float(flat.mean()), picks, int(flat.numel()))
+
+
+def replay_count(new_examples: int, fraction: float, available: int) -> int:
+    """Earlier examples to mix in so that they make up ``fraction`` of the combined set (capped)."""
+    if fraction <= 0 or available <= 0:
+        return 0
+    return min(available, round(fraction * new_examples / (1.0 - fraction)))
+
+
+def mix_replay(new: Sequence, earlier: Sequence, fraction: float, seed: int) -> tuple[list, int]:
+    """``new`` plus a seeded sample of ``earlier`` (see :func:`replay_count`); returns (mixed, replayed)."""
+    count = replay_count(len(new), fraction, len(earlier))
+    picked = random.Random(seed).sample(list(earlier), count) if count else []
+    return [*new, *picked], count

@@ -1,0 +1,290 @@
+"""Diagonal Fisher information over the trainable (LoRA) parameters of a model.
+
+Normalisation (``NORMALIZATION = "sequence_sum"``): the log-likelihood of one sample is the SUM of the
+log-probabilities of its observed completion tokens, log p(y | x) = sum_t log p(y_t | x, y_<t), the
+textbook per-example quantity. The Fisher is the mean over samples of the squared per-sample gradient.
+A Fisher of the token-averaged loss would be about T^2 times smaller (T completion tokens), and the EWC
+lambda would then mean something else entirely (see docs in README "Continual learning").
+
+Estimators (``FisherEstimator``):
+
+* ``EMPIRICAL``: labels are the observed completion tokens.
+* ``SAMPLED`` ("true" Fisher): each completion position's label is drawn from the model's own predictive
+  distribution given the observed prefix (teacher forcing), by Gumbel-max with a per-sample seed, so the
+  result does not depend on batching.
+* ``BATCH_MEAN_SQUARED``: the square of each batch's mean gradient, averaged over batches. Biased (about
+  batch-size times too small); offered for comparison only, never in place of the exact one.
+
+Per-sample gradients come in closed form from one forward and one backward pass per batch: every
+trainable parameter must belong to an ``nn.Linear`` (true of LoRA's A and B matrices), whose per-sample
+weight gradient is ``sum_t dL_n/dout[t] (x) in[t]``. Forward hooks keep each layer's input and output;
+``torch.autograd.grad`` of the summed per-sample losses gives the output gradients, which for independent
+samples are exactly the per-sample ones. :func:`naive_fisher` is the reference: one backward per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.datasets import IGNORE_INDEX, EncodedExample, collate
+from engine.errors import Cancelled, FailedPrecondition
+from engine.fisher_domain import NORMALIZATION, FisherEstimator
+from engine.ports import CancelToken
+
+Diagonal = dict[str, torch.Tensor]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FisherResult:
+    diagonal: Diagonal  # canonical parameter name -> F, float32, same shape as the parameter
+    sample_count: int
+    estimator: FisherEstimator
+    normalization: str = NORMALIZATION
+
+
+# ---- parameters -------------------------------------------------------------------------
+
+
+def canonical_name(name: str, adapter_name: str = "default") -> str:
+    """A PEFT parameter name as stored in ``adapter_model.safetensors`` (without the adapter name)."""
+    return name.replace(f".{adapter_name}.", ".")
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters by canonical name, in model order."""
+    return {canonical_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in trainable_parameters(model).items()}
+
+
+# ---- per-sample losses ---------------------------------------------------------------------
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] negative log-likelihood of each sequence: the sum over its labelled (completion) tokens."""
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    token = F.cross_entropy(shifted.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return token.sum(dim=1)
+
+
+def sampled_labels(logits: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Replace each completion label by a draw from the model's distribution at that position.
+
+    Gumbel-max with noise from a generator seeded per sample and shaped by that sample's own labelled
+    positions, so a sample draws the same tokens whatever batch it is in.
+    """
+    out = labels.clone()
+    with torch.no_grad():
+        for row, seed in enumerate(seeds):
+            positions = (labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(1)
+            if positions.numel() == 0:
+                continue
+            row_logits = logits[row, positions].float()
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            uniform = torch.rand(row_logits.shape, generator=generator).clamp_(1e-20, 1.0)
+            gumbel = -torch.log(-torch.log(uniform)).to(row_logits.device)
+            out[row, positions + 1] = (row_logits + gumbel).argmax(dim=-1)
+    return out
+
+
+def _per_sample_nll(
+    model: nn.Module, batch_examples: Sequence[EncodedExample], seeds: Sequence[int], pad_id: int,
+    estimator: FisherEstimator, device: str,
+) -> torch.Tensor:
+    batch = collate(batch_examples, pad_id).to(device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    labels = batch.labels
+    if estimator is FisherEstimator.SAMPLED:
+        labels = sampled_labels(logits.detach(), labels, seeds)
+    return sequence_nll(logits, labels)
+
+
+# ---- closed-form per-sample gradients of Linear layers ---------------------------------------
+
+
+@dataclass
+class _Tap:
+    module: nn.Linear
+    weight: str  # canonical parameter names, "" when that parameter is frozen
+    bias: str
+    inputs: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+class LinearTaps:
+    """Forward hooks keeping the input and output of every Linear layer that holds trainable parameters."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.taps: list[_Tap] = []
+        owners: set[str] = set()
+        for module_name, module in model.named_modules():
+            own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+            if not own:
+                continue
+            if not isinstance(module, nn.Linear) or set(own) - {"weight", "bias"}:
+                raise FailedPrecondition(
+                    "UNSUPPORTED_TRAINABLE_LAYER",
+                    f"the Fisher is computed for Linear (LoRA) layers only; {module_name} "
+                    f"({type(module).__name__}) holds trainable parameters",
+                )
+            prefix = canonical_name(f"{module_name}.")
+            weight = prefix + "weight" if "weight" in own else ""
+            tap = _Tap(module, weight, prefix + "bias" if "bias" in own else "")
+            owners.update(n for n in (tap.weight, tap.bias) if n)
+            self.taps.append(tap)
+        self._handles = [t.module.register_forward_hook(self._hook(t)) for t in self.taps]
+        missing = set(trainable_parameters(model)) - owners
+        if missing:
+            self.close()
+            raise FailedPrecondition(
+                "UNSUPPORTED_TRAINABLE_LAYER", f"unsupported trainable parameters: {sorted(missing)[:3]}"
+            )
+
+    @staticmethod
+    def _hook(tap: _Tap):
+        def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            tap.inputs, tap.output = inputs[0], output
+
+        return keep
+
+    def per_sample_grads(self, per_sample_loss: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(canonical name, [B, *shape] gradients of each sample's loss); consumes the stored activations."""
+        outputs = [t.output for t in self.taps]
+        grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
+        batch = per_sample_loss.shape[0]
+        for tap, grad_out in zip(self.taps, grads, strict=True):
+            x = tap.inputs.detach().reshape(batch, -1, tap.inputs.shape[-1]).float()
+            if grad_out is None:
+                grad_out = torch.zeros_like(tap.output)
+            g = grad_out.reshape(batch, -1, grad_out.shape[-1]).float()
+            if tap.weight:
+                yield tap.weight, torch.einsum("bto,bti->boi", g, x)
+            if tap.bias:
+                yield tap.bias, g.sum(dim=1)
+            tap.inputs = tap.output = None
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+# ---- estimators -------------------------------------------------------------------------------
+
+
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise FailedPrecondition(
+            "NON_FINITE_GRADIENTS",
+            f"the per-sample gradient of {name} contains NaN or infinity; "
+            "the adapter or the data produce a non-finite log-likelihood",
+            metadata={"parameter": name},
+        )
+
+
+def _usable(data: Sequence[EncodedExample]) -> list[int]:
+    return [i for i, e in enumerate(data) if e.target_token_count]
+
+
+def compute_fisher(
+    model: nn.Module,
+    data: Sequence[EncodedExample],
+    *,
+    estimator: FisherEstimator = FisherEstimator.EMPIRICAL,
+    batch_size: int = 8,
+    pad_id: int = 0,
+    seed: int = 0,
+    cancel: CancelToken | None = None,
+    progress: Progress | None = None,
+) -> FisherResult:
+    """Diagonal Fisher of the model's trainable parameters over ``data`` (vectorised, closed form).
+
+    Examples without completion tokens are skipped. The model is put in eval mode (no dropout).
+    """
+    indices = _usable(data)
+    if not indices:
+        raise FailedPrecondition("NO_FISHER_SAMPLES", "no sample has a completion token to measure")
+    device = next(model.parameters()).device.type
+    model.eval()
+    params = trainable_parameters(model)
+    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    taps = LinearTaps(model)
+    batches = 0
+    try:
+        for start in range(0, len(indices), batch_size):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", "the Fisher computation was cancelled")
+            chunk = indices[start : start + batch_size]
+            seeds = [seed * 1_000_003 + i for i in chunk]
+            with torch.enable_grad():
+                nll = _per_sample_nll(model, [data[i] for i in chunk], seeds, pad_id, estimator, device)
+                for name, grads in taps.per_sample_grads(nll):
+                    _check_finite(name, grads)
+                    if estimator is FisherEstimator.BATCH_MEAN_SQUARED:
+                        total[name] += grads.mean(dim=0).square()
+                    else:
+                        total[name] += grads.square().sum(dim=0)
+            batches += 1
+            if progress is not None:
+                progress(min(start + batch_size, len(indices)), len(indices))
+    finally:
+        taps.close()
+    divisor = batches if estimator is FisherEstimator.BATCH_MEAN_SQUARED else len(indices)
+    return FisherResult({n: t.div_(divisor).cpu() for n, t in total.items()}, len(indices), estimator)
+
+
+def naive_fisher(
+    model: nn.Module,
+    data: Sequence[EncodedExample],
+    *,
+    estimator: FisherEstimator = FisherEstimator.EMPIRICAL,
+    pad_id: int = 0,
+    seed: int = 0,
+) -> FisherResult:
+    """The reference: one forward and one backward pass per sample, squared parameter gradients."""
+    if estimator is FisherEstimator.BATCH_MEAN_SQUARED:
+        raise ValueError("the naive loop computes per-sample estimators only")
+    indices = _usable(data)
+    device = next(model.parameters()).device.type
+    model.eval()
+    params = trainable_parameters(model)
+    total = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
+    for i in indices:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            nll = _per_sample_nll(model, [data[i]], [seed * 1_000_003 + i], pad_id, estimator, device)
+            nll.sum().backward()
+        for name, p in params.items():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            total[name] += grad.detach().float().cpu().square()
+    model.zero_grad(set_to_none=True)
+    return FisherResult({n: t / max(len(indices), 1) for n, t in total.items()}, len(indices), estimator)
+
+
+def select_samples(count: int, requested: int, seed: int = 0) -> list[int]:
+    """Indices of ``requested`` samples out of ``count`` (all when requested >= count), seeded, sorted."""
+    if requested >= count:
+        return list(range(count))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(count, generator=generator)[:requested].tolist())
+
+
+def max_relative_difference(a: Diagonal, b: Diagonal) -> float:
+    """max |a - b| / max(|b|) per tensor, the largest over tensors (guards against tiny denominators)."""
+    worst = 0.0
+    for name, reference in b.items():
+        scale = float(reference.abs().max())
+        if scale == 0.0:
+            scale = 1.0
+        worst = max(worst, float((a[name] - reference).abs().max()) / scale)
+    return worst if math.isfinite(worst) else math.inf

@@ -1,0 +1,85 @@
+"""Domain types of Fisher jobs and snapshots (the server converts protobuf to and from these)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.domain import FeedbackSource, JobFailure, JobProgress, JobState, JsonlSource
+
+# The log-likelihood of a sample is the sum over its completion tokens (see engine/fisher.py).
+NORMALIZATION = "sequence_sum"
+DEFAULT_NUM_SAMPLES = 1000
+MAX_NUM_SAMPLES = 1_000_000
+
+
+class FisherEstimator(enum.StrEnum):
+    EMPIRICAL = "EMPIRICAL"
+    SAMPLED = "SAMPLED"
+    BATCH_MEAN_SQUARED = "BATCH_MEAN_SQUARED"
+
+
+@dataclass(frozen=True)
+class FisherJobSpec:
+    base_model: str
+    adapter_version: str
+    dataset: JsonlSource | FeedbackSource
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    estimator: FisherEstimator = FisherEstimator.EMPIRICAL
+
+
+@dataclass(frozen=True)
+class FisherProgress:
+    """Event: samples measured so far."""
+
+    samples_done: int
+    samples_total: int
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class FisherJob:
+    id: str
+    spec: FisherJobSpec
+    state: JobState
+    create_time: datetime
+    request_id: str = ""
+    progress: JobProgress = field(default_factory=JobProgress)
+    failure: JobFailure | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    output_snapshot: str = ""
+    last_sequence: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"fisherJobs/{self.id}"
+
+
+@dataclass(frozen=True)
+class FisherSnapshot:
+    """Metadata of a stored Fisher diagonal; the tensors live in ``path`` (safetensors)."""
+
+    id: str
+    base_model: str
+    adapter_version: str
+    dataset_digest: str
+    sample_count: int
+    estimator: FisherEstimator
+    create_time: datetime
+    stat_sum: float
+    stat_max: float
+    stat_mean: float
+    quantiles: tuple[tuple[float, float], ...]
+    parameter_count: int
+    sha256: str
+    size_bytes: int
+    path: str
+    normalization: str = NORMALIZATION
+    accumulated_from: str = ""
+    gamma: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"fisherSnapshots/{self.id}"
