@@ -1,0 +1,221 @@
+"""Training datasets built from stored feedback.
+
+Events in the look-back window (filtered by labels and adapter version) are grouped by
+interaction; each interaction's explicit signals are combined:
+
+- thumbs up and ratings >= ``rating_positive_min`` (default 4) vote for the response,
+  thumbs down and ratings <= ``rating_negative_max`` (default 2) against it; a tie is dropped;
+- the latest correction becomes a supervised target (prompt -> corrected text).
+
+SFT (supervised): a corrected interaction yields the correction (weight ``correction_weight``);
+otherwise a response voted for yields itself at ``thumbs_up_weight`` (2.0) and one voted against
+at ``thumbs_down_weight`` (0.5), as in the seed design. Note that SFT still imitates a voted-down
+response, only less; KTO does not.
+
+KTO: every example is labelled desirable or undesirable. Corrections and responses voted for are
+desirable; responses voted against, and responses that needed a correction, are undesirable. The
+weights above act as KTO's lambda_D / lambda_U.
+
+Near-identical prompts (equal after Unicode normalisation, case folding and collapsing punctuation
+and whitespace) are deduplicated, per label for KTO: corrections win over votes, thumbs over
+ratings, then the most recent.
+
+Implicit signals (dwell, click-through, copy, regenerate, task completed) are counted in the stats
+but do not make examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from engine.datasets import ChatMessage, Example, dataset_digest
+from engine.domain import FeedbackSource, Objective
+from engine.errors import FailedPrecondition
+from engine.feedback.events import FeedbackKind, Turn
+from engine.stores.feedback_store import Judgement
+
+_PUNCT = re.compile(r"[\W_]+")
+# Lower rank wins when prompts collide.
+_RANK = {"correction": 0, "thumbs_up": 1, "rating_high": 2, "thumbs_down": 3, "rating_low": 4, "corrected": 5}
+
+
+class JudgementReader(Protocol):
+    def judgements(
+        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str]
+    ) -> AsyncIterator[Judgement]: ...
+
+
+@dataclass(frozen=True)
+class DatasetPolicy:
+    """Server-wide defaults (settings) for turning feedback into examples."""
+
+    rating_positive_min: int = 4
+    rating_negative_max: int = 2
+    correction_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class FeedbackDataset:
+    examples: list[Example]
+    desirable: tuple[bool, ...]  # KTO labels, one per example (all True for SFT)
+    digest: str
+    composition: tuple[tuple[str, int], ...]
+    window_start: datetime
+    window_end: datetime
+    duplicates_removed: int = 0
+
+
+@dataclass
+class _Interaction:
+    messages: tuple[Turn, ...]
+    prompt: str
+    response: str
+    up: int = 0
+    down: int = 0
+    thumbs: bool = False  # whether a thumb (not only ratings) voted
+    correction: str = ""
+    latest: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    source: str
+    desirable: bool
+    example: Example
+    prompt_key: str
+    time: datetime
+
+
+def prompt_key(messages: tuple[Turn, ...], prompt: str) -> str:
+    """The dedup key of a prompt: NFKC, case-folded, punctuation and whitespace collapsed."""
+    text = "\n".join(f"{t.role} {t.content}" for t in messages) if messages else prompt
+    return _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def _example(it: _Interaction, target: str, weight: float) -> Example:
+    if it.messages:
+        turns = tuple(ChatMessage(t.role, t.content) for t in it.messages)
+        return Example(messages=(*turns, ChatMessage("assistant", target)), weight=weight)
+    return Example(prompt=it.prompt, completion=target, weight=weight)
+
+
+def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy, kto: bool) -> list[_Candidate]:
+    key = prompt_key(it.messages, it.prompt)
+    out: list[_Candidate] = []
+    if it.correction:
+        out.append(_Candidate("correction", True, _example(it, it.correction, policy.correction_weight), key,
+                              it.latest))
+        if kto and it.response and it.response.strip() != it.correction.strip():
+            out.append(_Candidate("corrected", False, _example(it, it.response, source.thumbs_down_weight), key,
+                                  it.latest))
+        return out
+    if it.up == it.down or not it.response:
+        return out
+    good = it.up > it.down
+    name = ("thumbs_up" if good else "thumbs_down") if it.thumbs else ("rating_high" if good else "rating_low")
+    weight = source.thumbs_up_weight if good else source.thumbs_down_weight
+    return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest)]
+
+
+def _digest(examples: list[Example], desirable: tuple[bool, ...], kto: bool) -> str:
+    if not kto:
+        return dataset_digest(examples)
+    digest = hashlib.sha256()
+    for example, label in zip(examples, desirable, strict=True):
+        body = {**example.canonical(), "desirable": label}
+        digest.update(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class FeedbackDatasetBuilder:
+    def __init__(
+        self, reader: JudgementReader, policy: DatasetPolicy = DatasetPolicy(),
+        *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._reader = reader
+        self._policy = policy
+        self._clock = clock
+
+    async def build(self, source: FeedbackSource, objective: Objective) -> FeedbackDataset:
+        """Build the dataset; FAILED_PRECONDITION below ``min_samples`` (stating the count) unless ``force``."""
+        end = self._clock()
+        start = end - timedelta(days=source.days)
+        interactions = await self._collect(source, start, end)
+        kto = objective is Objective.KTO
+        chosen: dict[tuple[str, bool], _Candidate] = {}
+        found = 0
+        for it in interactions.values():
+            for c in _candidates(it, source, self._policy, kto):
+                found += 1
+                slot = (c.prompt_key, c.desirable if kto else True)
+                best = chosen.get(slot)
+                if best is None or (_RANK[c.source], -c.time.timestamp()) < (_RANK[best.source],
+                                                                             -best.time.timestamp()):
+                    chosen[slot] = c
+        picked = sorted(chosen.values(), key=lambda c: (c.time, c.prompt_key, c.desirable))
+        self._check_size(len(picked), source, objective)
+        examples = [c.example for c in picked]
+        desirable = tuple(c.desirable for c in picked)
+        counts: dict[str, int] = {}
+        for c in picked:
+            counts[c.source] = counts.get(c.source, 0) + 1
+        return FeedbackDataset(
+            examples=examples,
+            desirable=desirable,
+            digest=_digest(examples, desirable, kto),
+            composition=tuple(sorted(counts.items())),
+            window_start=start,
+            window_end=end,
+            duplicates_removed=found - len(picked),
+        )
+
+    async def _collect(self, source: FeedbackSource, start: datetime, end: datetime) -> dict[str, _Interaction]:
+        policy = self._policy
+        interactions: dict[str, _Interaction] = {}
+        async for j in self._reader.judgements(
+            start=start, end=end, adapter_version=source.adapter_version, labels=dict(source.labels)
+        ):
+            it = interactions.get(j.interaction_key)
+            if it is None:
+                it = interactions[j.interaction_key] = _Interaction(j.messages, j.prompt, j.response)
+            it.latest = max(it.latest, j.time)
+            if j.kind is FeedbackKind.CORRECTION:
+                it.correction = j.correction  # rows arrive in time order: the latest wins
+            elif j.kind is FeedbackKind.THUMBS_UP:
+                it.up, it.thumbs = it.up + 1, True
+            elif j.kind is FeedbackKind.THUMBS_DOWN:
+                it.down, it.thumbs = it.down + 1, True
+            elif j.kind is FeedbackKind.RATING and j.rating >= policy.rating_positive_min:
+                it.up += 1
+            elif j.kind is FeedbackKind.RATING and j.rating <= policy.rating_negative_max:
+                it.down += 1
+        return interactions
+
+    @staticmethod
+    def _check_size(found: int, source: FeedbackSource, objective: Objective) -> None:
+        filters = []
+        if source.adapter_version:
+            filters.append(f"adapter_version={source.adapter_version}")
+        filters += [f"{k}={v}" for k, v in source.labels]
+        where = f"in the last {source.days} day(s)" + (f" matching {', '.join(filters)}" if filters else "")
+        metadata = {"found": str(found), "min_samples": str(source.min_samples), "days": str(source.days)}
+        if found == 0:
+            raise FailedPrecondition(
+                "FEEDBACK_DATASET_EMPTY", f"found 0 usable feedback examples {where}; nothing to train on",
+                metadata=metadata,
+            )
+        if found < source.min_samples and not source.force:
+            raise FailedPrecondition(
+                "FEEDBACK_DATASET_TOO_SMALL",
+                f"found {found} usable feedback examples {where} for {objective.value}, fewer than "
+                f"min_samples={source.min_samples}; lower min_samples or set force to train anyway",
+                metadata=metadata,
+            )
