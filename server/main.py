@@ -34,6 +34,8 @@ from learning.v1 import (
     training_pb2_grpc,
 )
 from server.errors import ErrorInterceptor
+from server.lora_wiring import LoraRuntime, start_lora_control
+from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
 
@@ -62,6 +64,7 @@ class App:
     jobs: TrainingJobManager
     pool: asyncpg.Pool
     embedded: postgres.EmbeddedPostgres | None
+    lora: LoraRuntime | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
@@ -69,6 +72,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.jobs.shutdown()
         await self.server.stop(grace)
+        if self.lora is not None:
+            await self.lora.stop()
         await self.pool.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
@@ -96,6 +101,7 @@ async def start(settings: Settings) -> App:
     pool, embedded = await _database(settings)
 
     registry = AdapterRegistry(pool, settings.artifacts_dir)
+    lora = await start_lora_control(settings, pool, registry)
     preparer = JobPreparer(
         PreparerConfig(
             datasets_dir=settings.datasets_dir,
@@ -130,7 +136,7 @@ async def start(settings: Settings) -> App:
     fisher_pb2_grpc.add_FisherServiceServicer_to_server(fisher_pb2_grpc.FisherServiceServicer(), server)
     adapter_pb2_grpc.add_AdapterServiceServicer_to_server(adapter_pb2_grpc.AdapterServiceServicer(), server)
     lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
-        lora_control_pb2_grpc.LoraControlServiceServicer(), server
+        LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
     )
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_pb2_grpc.FeedbackServiceServicer(), server)
 
@@ -147,7 +153,7 @@ async def start(settings: Settings) -> App:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
-    return App(settings, server, port, health_servicer, jobs, pool, embedded)
+    return App(settings, server, port, health_servicer, jobs, pool, embedded, lora=lora)
 
 
 async def serve(settings: Settings) -> None:

@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from server.settings_lora import LoraControlSettings
+
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -27,7 +29,7 @@ class SettingsError(Exception):
     """Settings are invalid; the message lists every problem."""
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, LoraControlSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")

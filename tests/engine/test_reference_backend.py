@@ -57,7 +57,8 @@ async def test_load_unload_contract(tiny_model_dir: Path, adapters, tmp_path: Pa
 
 async def test_lora_routes_answer_501_without_enable_lora(tiny_model_dir: Path, adapters):
     async with running_backend(tiny_model_dir, NAME, enable_lora=False) as be, aiohttp.ClientSession() as s:
-        status, body = await _post(s, be.url + "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": str(adapters[0])})
+        body = {"lora_name": "a", "lora_path": str(adapters[0])}
+        status, body = await _post(s, be.url + "/v1/load_lora_adapter", body)
         assert status == 501 and body["error"]["code"] == "501"
         assert (await _post(s, be.url + "/v1/unload_lora_adapter", {"lora_name": "a"}))[0] == 501
 
@@ -70,7 +71,8 @@ async def test_completions_honour_the_model_field(tiny_model_dir: Path, adapters
     assert want["a"] != pytest.approx(want["b"], abs=1e-3) and want["a"] != pytest.approx(want[NAME], abs=1e-3)
     async with running_backend(tiny_model_dir, NAME) as be, aiohttp.ClientSession() as s:
         for name, path in (("a", a), ("b", b)):
-            assert (await _post(s, be.url + "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}))[0] == 200
+            body = {"lora_name": name, "lora_path": str(path)}
+            assert (await _post(s, be.url + "/v1/load_lora_adapter", body))[0] == 200
         for model in ("b", NAME, "a", "b"):
             status, body = await _post(s, be.url + "/v1/completions",
                                        {"model": model, "prompt": prompt, "max_tokens": 6, "logprobs": 1})

@@ -11,11 +11,13 @@ import pytest
 from grpc_status import rpc_status
 
 from google.rpc import error_details_pb2
+from engine.serving.reference_backend import ReferenceModel
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server.main import App, start
 from server.settings import Settings
+from tests.fixtures.serving import start_backend
 
 TINY = "tiny-llama"
 
@@ -31,8 +33,14 @@ class Client:
 async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
     """Start servers sharing one database and data dir (a second call is a 'restart')."""
     opened: list[Client] = []
+    backends: list = []
 
     async def make(**overrides) -> Client:
+        if "serving_url" not in overrides:  # LoraControl: one in-process reference backend per test
+            if not backends:
+                backends.append(await start_backend(ReferenceModel(tiny_model_dir, TINY)))
+            overrides["serving_url"] = backends[0].url
+        overrides.setdefault("gateway_port", 0)
         settings = Settings(
             host="127.0.0.1", port=0, data_dir=data_dir, database_url=database_url,
             default_base_model=TINY, base_models={TINY: tiny_model_dir}, log_format="text",
@@ -48,6 +56,8 @@ async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
     for client in opened:
         await client.channel.close()
         await client.app.stop(0)
+    for backend in backends:
+        await backend.stop()
 
 
 @pytest.fixture

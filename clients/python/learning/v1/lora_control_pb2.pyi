@@ -68,7 +68,7 @@ class LoadedAdapter(_message.Message):
     def __init__(self, lora_name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class LoraStatus(_message.Message):
-    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation")
+    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation", "serving_reachable")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class LoraStatus(_message.Message):
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     LAST_OPERATION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     target: str
     base_model: str
     enabled: bool
@@ -87,7 +88,8 @@ class LoraStatus(_message.Message):
     alias: str
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedAdapter]
     last_operation: LoraOperation
-    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ...) -> None: ...
+    serving_reachable: bool
+    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ..., serving_reachable: _Optional[bool] = ...) -> None: ...
 
 class GetLoraStatusRequest(_message.Message):
     __slots__ = ()
@@ -100,16 +102,18 @@ class GetLoraStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[LoraStatus, _Mapping]] = ...) -> None: ...
 
 class ActivateAdapterRequest(_message.Message):
-    __slots__ = ("version", "reason", "force", "mark_known_good")
+    __slots__ = ("version", "reason", "force", "mark_known_good", "base_model")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     MARK_KNOWN_GOOD_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     version: str
     reason: str
     force: bool
     mark_known_good: bool
-    def __init__(self, version: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ..., mark_known_good: _Optional[bool] = ...) -> None: ...
+    base_model: str
+    def __init__(self, version: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ..., mark_known_good: _Optional[bool] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class ActivateAdapterResponse(_message.Message):
     __slots__ = ("status", "eval")
@@ -176,14 +180,16 @@ class WatchLoraStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[LoraStatus, _Mapping]] = ...) -> None: ...
 
 class EvaluateAdapterRequest(_message.Message):
-    __slots__ = ("version", "baseline_version", "suite_path")
+    __slots__ = ("version", "baseline_version", "suite_path", "base_model")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATH_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     version: str
     baseline_version: str
     suite_path: str
-    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ...) -> None: ...
+    base_model: str
+    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class EvaluateAdapterResponse(_message.Message):
     __slots__ = ("eval",)

@@ -1,0 +1,91 @@
+"""Auto-rollback: roll back when the active version's users complain more than the known-good's.
+
+Compares the negative-feedback rate of the active version since it went live with the
+known-good version's over a look-back window, through the ``FeedbackRates`` port. With at
+least ``min_samples`` ratings of the active version and a rate above the known-good's plus
+``margin``, it rolls back and records why (actor ``auto-rollback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from engine.errors import EngineError
+from engine.lora.controller import LoraController
+from engine.lora.state import FeedbackRates, OperationKind
+
+log = logging.getLogger(__name__)
+
+ACTOR = "auto-rollback"
+
+
+@dataclass(frozen=True)
+class AutoRollbackConfig:
+    margin: float = 0.1
+    min_samples: int = 50
+    interval_seconds: float = 60.0
+    baseline_window: timedelta = timedelta(days=7)
+
+
+class AutoRollback:
+    def __init__(self, controller: LoraController, rates: FeedbackRates, config: AutoRollbackConfig,
+                 history) -> None:
+        self._controller = controller
+        self._rates = rates
+        self._config = config
+        self._history = history  # LoraStateStore.history
+        self._task: asyncio.Task | None = None
+
+    async def _live_since(self, version: str) -> datetime:
+        for op in await self._history(self._controller.target, 200):
+            if op.error is None and op.version == version and op.kind in (
+                OperationKind.ACTIVATE, OperationKind.ROLLBACK, OperationKind.AUTO_ROLLBACK,
+            ):
+                return op.start_time
+        return datetime.now(UTC) - self._config.baseline_window
+
+    async def check_once(self) -> str:
+        """Roll back if warranted; returns the reason it did, or "" if it did not."""
+        st = self._controller.state
+        active, good = st.active_version, st.known_good_version
+        if not st.enabled or not active or not good or active == good:
+            return ""
+        since = await self._live_since(active)
+        now = datetime.now(UTC)
+        new = await self._rates.counts(st.base_model, active, since)
+        old = await self._rates.counts(st.base_model, good, now - self._config.baseline_window)
+        if new.total < self._config.min_samples:
+            return ""
+        if new.negative_rate <= old.negative_rate + self._config.margin:
+            return ""
+        reason = (f"negative feedback rate of {active} is {new.negative_rate:.1%} over {new.total} ratings, "
+                  f"above known-good {good}'s {old.negative_rate:.1%} over {old.total} by more than "
+                  f"{self._config.margin:.1%}")
+        await self._controller.rollback(actor=ACTOR, reason=reason, automatic=True)
+        log.warning("auto-rollback", extra={"from": active, "to": good, "reason": reason})
+        return reason
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="lora-auto-rollback")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.interval_seconds)
+            try:
+                await self.check_once()
+            except EngineError as exc:
+                log.warning("auto-rollback check failed", extra={"reason": exc.reason, "error": exc.message})
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("auto-rollback check crashed")

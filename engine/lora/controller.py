@@ -1,0 +1,462 @@
+"""LoraController: activate, roll back, enable/disable and evaluate adapters on one serving target.
+
+Activation: fetch and verify -> load under ``<base>@<version>`` -> eval gate -> smoke
+request -> persist and switch the alias -> drain the old name -> unload it unless it is
+the known-good one. Nothing changes for clients until the switch, so any failure before
+it leaves the active adapter as it was (a candidate we loaded is unloaded again).
+
+Every operation runs under an asyncio lock and a PostgreSQL advisory lock for the target,
+re-reads the persisted state first (another process may have changed it) and is recorded
+with who asked, why, its phase timings and its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.domain import JobFailure
+from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
+from engine.lora import evaluation as ev
+from engine.lora.state import (
+    AdapterFetcher,
+    EvalSummary,
+    LoadedLora,
+    LoraStateStore,
+    LoraStatus,
+    OperationKind,
+    OperationRecord,
+    TargetState,
+    lora_name,
+    version_of,
+)
+from engine.serving.client import ServingClient
+from engine.serving.gateway import AliasRouter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    base_model: str
+    alias: str
+    served_base_name: str = ""  # the base model's id in /v1/models; "" = discover
+    drain_timeout_seconds: float = 30.0
+    smoke_prompt: str = "Hello"
+    smoke_max_tokens: int = 4
+    eval_suite: Path | None = None  # None: the gate is skipped
+    eval_reports_dir: Path = Path("var/artifacts/evals")
+    eval_max_tokens: int = 32
+    eval_concurrency: int = 4
+    thresholds: ev.GateThresholds = ev.GateThresholds()
+
+
+@dataclass(frozen=True)
+class Activation:
+    status: LoraStatus
+    eval: EvalSummary | None
+
+
+class _Op:
+    def __init__(self, kind: OperationKind, version: str, actor: str, reason: str) -> None:
+        self.kind, self.version, self.actor, self.reason = kind, version, actor, reason
+        self.start_wall = datetime.now(UTC)
+        self.start = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append((name, time.perf_counter() - began))
+
+    def mark(self, name: str) -> None:
+        """Record the time from the start of the operation to now, e.g. ``to_serving``."""
+        self.phases.append((name, time.perf_counter() - self.start))
+
+    def record(self, error: BaseException | None) -> OperationRecord:
+        failure = None
+        if isinstance(error, EngineError):
+            failure = JobFailure(error.code, error.reason, error.message, tuple(sorted(error.metadata.items())))
+        elif error is not None:
+            failure = JobFailure("INTERNAL", "INTERNAL", "internal error; see the server log")
+        return OperationRecord(
+            kind=self.kind, version=self.version, actor=self.actor, reason=self.reason,
+            start_time=self.start_wall, duration_seconds=time.perf_counter() - self.start,
+            phases=tuple(self.phases), error=failure,
+        )
+
+
+class LoraController:
+    def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
+                 store: LoraStateStore, adapters: AdapterFetcher) -> None:
+        self.config = config
+        self._client = client
+        self._router = router
+        self._store = store
+        self._adapters = adapters
+        self._lock = asyncio.Lock()
+        self._state = TargetState(target=client.target, base_model=config.base_model)
+        self._loaded: tuple[LoadedLora, ...] = ()
+        self._reachable = False
+        self._last: OperationRecord | None = None
+        self._changed = asyncio.Condition()
+        self._sequence = 0
+        self._closed = False
+        self._paths: dict[str, str] = {}  # lora_name -> local path we loaded it from
+        self._reconciled = False
+
+    @property
+    def target(self) -> str:
+        return self._client.target
+
+    @property
+    def state(self) -> TargetState:
+        return self._state
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the persisted state and reconcile it with the engine (retry later if it is down)."""
+        self._state = await self._store.load(self.target, self.config.base_model)
+        self._last = await self._store.last_operation(self.target)
+        self._router.base_model_name = self.config.served_base_name or self.config.base_model
+        self._point_router()
+        try:
+            await self.reconcile()
+        except Unavailable as exc:
+            log.warning("serving engine unreachable at start; will reconcile later", extra={"error": exc.message})
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def snapshot(self) -> LoraStatus:
+        s = self._state
+        return LoraStatus(
+            target=self.target, base_model=s.base_model, enabled=s.enabled, active_version=s.active_version,
+            previous_version=s.previous_version, known_good_version=s.known_good_version,
+            alias=self.config.alias, loaded=self._loaded, last_operation=self._last,
+            serving_reachable=self._reachable,
+        )
+
+    async def status(self) -> LoraStatus:
+        """The state, with what the engine reports loaded right now (cached if it is unreachable)."""
+        try:
+            await self._refresh_loaded()
+        except Unavailable:
+            self._reachable = False
+        return self.snapshot()
+
+    async def list_loaded(self) -> tuple[LoadedLora, ...]:
+        await self._refresh_loaded()
+        return self._loaded
+
+    async def watch(self) -> AsyncIterator[LoraStatus]:
+        """The current status, then one per change, until the controller closes."""
+        seen = -1
+        while True:
+            async with self._changed:
+                while self._sequence == seen and not self._closed:
+                    await self._changed.wait()
+                if self._closed:
+                    return
+                seen = self._sequence
+                status = self.snapshot()
+            yield status
+
+    # ---- operations -----------------------------------------------------------------
+
+    async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
+                       mark_known_good: bool = False) -> Activation:
+        summary: EvalSummary | None = None
+        async with self._operation(OperationKind.ACTIVATE, version, actor, reason) as op:
+            st = self._state
+            name = lora_name(st.base_model, version)
+            if version == st.active_version and name in self._loaded_names():
+                if mark_known_good and st.known_good_version != version:
+                    await self._save(replace(st, known_good_version=version))
+                return Activation(self.snapshot(), None)
+            with op.phase("fetch"):
+                adapter = await self._adapters.fetch(st.base_model, version)
+            was_loaded = name in self._loaded_names()
+            await self._save(replace(st, pending_version=version))
+            try:
+                with op.phase("load"):
+                    await self._load(name, str(adapter.path))
+                if self.config.eval_suite is not None:
+                    with op.phase("eval"):
+                        summary = await self._evaluate(version, st.active_version, self.config.eval_suite)
+                    if not summary.passed and not force:
+                        raise FailedPrecondition(
+                            "EVAL_GATE_FAILED",
+                            f"{version} failed the eval gate: {'; '.join(summary.failed_checks)}"
+                            " (set force to activate anyway)",
+                            metadata={"version": version, "report": summary.report_uris[0] if summary.report_uris
+                                      else "", "regressions": str(summary.regressions)},
+                        )
+                with op.phase("smoke"):
+                    await self._smoke(name)
+            except BaseException:
+                await self._discard(name, keep=was_loaded)
+                await self._save(replace(self._state, pending_version=""))
+                raise
+            old = st.active_version
+            kg = version if mark_known_good else (st.known_good_version or old)
+            with op.phase("switch"):
+                await self._save(replace(st, active_version=version, previous_version=old or st.previous_version,
+                                         known_good_version=kg, pending_version=""))
+                self._point_router()
+            op.mark("to_serving")
+            if old and old != version:
+                await self._retire(op, old)
+        return Activation(self.snapshot(), summary)
+
+    async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:
+        kind = OperationKind.AUTO_ROLLBACK if automatic else OperationKind.ROLLBACK
+        async with self._operation(kind, "", actor, reason) as op:
+            st = self._state
+            target = st.known_good_version
+            op.version = target
+            if not target:
+                raise FailedPrecondition("NO_KNOWN_GOOD_VERSION", "there is no known-good version to roll back to")
+            if target == st.active_version:
+                raise FailedPrecondition("ALREADY_ON_KNOWN_GOOD",
+                                         f"the known-good version {target} is already active",
+                                         metadata={"version": target})
+            name = lora_name(st.base_model, target)
+            if name not in self._loaded_names():
+                with op.phase("fetch"):
+                    adapter = await self._adapters.fetch(st.base_model, target)
+                with op.phase("load"):
+                    await self._load(name, str(adapter.path))
+                with op.phase("smoke"):
+                    await self._smoke(name)
+            old = st.active_version
+            with op.phase("switch"):
+                await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
+                self._point_router()
+            op.mark("to_serving")
+            if old:
+                await self._retire(op, old)
+        return self.snapshot()
+
+    async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus:
+        kind = OperationKind.ENABLE if enabled else OperationKind.DISABLE
+        async with self._operation(kind, self._state.active_version, actor, reason) as op:
+            st = self._state
+            op.version = st.active_version
+            if enabled and st.active_version:
+                name = lora_name(st.base_model, st.active_version)
+                if name not in self._loaded_names():
+                    with op.phase("fetch"):
+                        adapter = await self._adapters.fetch(st.base_model, st.active_version)
+                    with op.phase("load"):
+                        await self._load(name, str(adapter.path))
+            with op.phase("switch"):
+                await self._save(replace(st, enabled=enabled))
+                self._point_router()
+            op.mark("to_serving")
+        return self.snapshot()
+
+    async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary:
+        """Run the golden suite on ``version`` against ``baseline_version`` (None: the active one)."""
+        suite = suite or self.config.eval_suite
+        if suite is None:
+            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
+                                     "no golden suite is configured; name one with suite_path")
+        async with self._lock, self._store.serialised(self.target):
+            self._state = await self._store.load(self.target, self.config.base_model)
+            await self._refresh_loaded()
+            baseline = self._state.active_version if baseline_version is None else baseline_version
+            temporary = []
+            try:
+                for v in {version, baseline} - {""}:
+                    name = lora_name(self._state.base_model, v)
+                    if name not in self._loaded_names():
+                        adapter = await self._adapters.fetch(self._state.base_model, v)
+                        await self._load(name, str(adapter.path))
+                        temporary.append(name)
+                return await self._evaluate(version, baseline, suite)
+            finally:
+                for name in temporary:
+                    await self._discard(name, keep=False)
+
+    async def reconcile(self, *, actor: str = "system", reason: str = "reconcile with the serving engine") -> None:
+        """Make the engine and the persisted state agree (after a crash or an engine restart)."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reconcile_locked(actor, reason)
+
+    async def _reconcile_locked(self, actor: str, reason: str) -> None:
+        self._state = await self._store.load(self.target, self.config.base_model)
+        await self._refresh_loaded()
+        self._reconciled = True
+        st = self._state
+        wanted = {v for v in (st.active_version, st.known_good_version) if v}
+        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted]
+        missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
+        if not (strays or missing or st.pending_version):
+            self._point_router()
+            return
+        op = _Op(OperationKind.RECONCILE, st.pending_version, actor, reason)
+        error: EngineError | None = None
+        try:
+            for name in strays:
+                with op.phase(f"unload {name}"):
+                    await self._discard(name, keep=False)
+            for v in missing:
+                with op.phase(f"load {v}"):
+                    adapter = await self._adapters.fetch(st.base_model, v)
+                    await self._load(lora_name(st.base_model, v), str(adapter.path))
+        except EngineError as exc:
+            error = exc
+        await self._save(replace(self._state, pending_version=""))
+        self._point_router()
+        await self._finish(op, error)
+        log.info("reconciled", extra={"unloaded": strays, "loaded": missing, "pending": st.pending_version})
+
+    # ---- pieces ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, kind: OperationKind, version: str, actor: str, reason: str) -> AsyncIterator[_Op]:
+        op = _Op(kind, version, actor, reason)
+        async with self._lock, self._store.serialised(self.target):
+            error: BaseException | None = None
+            try:
+                if not self._reconciled:  # the engine was down at start
+                    await self._reconcile_locked("system", "reconcile with the serving engine")
+                self._state = await self._store.load(self.target, self.config.base_model)
+                await self._refresh_loaded()
+                yield op
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                await self._finish(op, error)
+
+    async def _finish(self, op: _Op, error: BaseException | None) -> None:
+        record = op.record(error)
+        try:
+            await self._store.record(self.target, record)
+        except Exception:  # noqa: BLE001 - history must not mask the operation's own outcome
+            log.exception("could not record a LoraControl operation")
+        self._last = record
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._sequence += 1
+            self._changed.notify_all()
+
+    async def _save(self, state: TargetState) -> None:
+        await self._store.save(state)
+        self._state = state
+        await self._notify()
+
+    def _point_router(self) -> None:
+        st = self._state
+        self._router.set_target(lora_name(st.base_model, st.active_version) if st.enabled and st.active_version
+                                else "")
+
+    def _loaded_names(self) -> set[str]:
+        return {a.lora_name for a in self._loaded}
+
+    async def _refresh_loaded(self) -> None:
+        try:
+            models = await self._client.list_models()
+        except Unavailable:
+            self._reachable = False
+            raise
+        self._reachable = True
+        base = self.config.base_model
+        if not self.config.served_base_name:
+            plain = [m.id for m in models if "@" not in m.id]
+            if plain:
+                self._router.base_model_name = plain[0]
+        self._loaded = tuple(
+            LoadedLora(lora_name=m.id, version=version_of(base, m.id), path=m.root or self._paths.get(m.id, ""))
+            for m in models if version_of(base, m.id)
+        )
+
+    async def _load(self, name: str, path: str) -> None:
+        await self._client.load(name, path)
+        self._paths[name] = path
+        await self._refresh_loaded()
+
+    async def _smoke(self, name: str) -> None:
+        try:
+            await self._client.complete(name, self.config.smoke_prompt, max_tokens=self.config.smoke_max_tokens)
+        except EngineError as exc:
+            raise FailedPrecondition("SMOKE_TEST_FAILED", f"smoke request to {name} failed: {exc.message}",
+                                     metadata={"lora_name": name, "cause": exc.reason}) from exc
+
+    async def _discard(self, name: str, *, keep: bool) -> None:
+        """Best-effort unload of a name we loaded (never of the active or known-good one)."""
+        st = self._state
+        if keep or version_of(st.base_model, name) in {st.active_version, st.known_good_version}:
+            return
+        try:
+            await self._client.unload(name)
+        except NotFound:
+            pass
+        except EngineError as exc:
+            log.warning("could not unload", extra={"lora_name": name, "error": exc.message})
+        with contextlib.suppress(EngineError):
+            await self._refresh_loaded()
+
+    async def _retire(self, op: _Op, old_version: str) -> None:
+        """Drain the replaced adapter, then unload it unless it is the known-good one."""
+        old = lora_name(self._state.base_model, old_version)
+        with op.phase("drain"):
+            drained = await self._router.drain(old, self.config.drain_timeout_seconds)
+        if old_version == self._state.known_good_version:
+            return
+        if not drained:
+            log.warning("drain timed out; leaving the old adapter loaded", extra={"lora_name": old})
+            return
+        with op.phase("unload"):
+            await self._discard(old, keep=False)
+
+    async def _evaluate(self, version: str, baseline_version: str, suite: Path) -> EvalSummary:
+        cases, digest = await asyncio.to_thread(ev.load_suite, suite)
+        base = self._state.base_model
+        candidate = await self._answers(lora_name(base, version), cases)
+        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
+        baseline = await self._answers(baseline_model, cases)
+        now = datetime.now(UTC)
+        report = ev.score(cases, candidate, baseline, self.config.thresholds, suite_digest=digest,
+                          version=version, baseline_version=baseline_version, time=now)
+        stamp = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
+        out_dir = self.config.eval_reports_dir / base / version / stamp
+        paths = await asyncio.to_thread(ev.write_reports, report, out_dir)
+        summary = EvalSummary(
+            suite_digest=digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
+            regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
+            report_uris=tuple(p.resolve().as_uri() for p in paths), time=now,
+        )
+        await self._store.save_eval(base, summary)
+        try:
+            await self._adapters.record_eval(base, summary)
+        except EngineError as exc:
+            log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
+        return summary
+
+    async def _answers(self, model: str, cases: list[ev.GoldenCase]) -> list[str]:
+        gate = asyncio.Semaphore(self.config.eval_concurrency)
+
+        async def one(case: ev.GoldenCase) -> str:
+            async with gate:
+                return (await self._client.complete(model, case.prompt, max_tokens=self.config.eval_max_tokens)).text
+
+        return list(await asyncio.gather(*(one(c) for c in cases)))

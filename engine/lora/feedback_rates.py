@@ -1,0 +1,36 @@
+"""The FeedbackRates port over the Feedback service's per-adapter stats (issue 5).
+
+Feedback events carry the ``adapter_version`` the client was served; both the plain version
+(``v1.2``) and the versioned serving name (``<base>@v1.2``) are counted for a version.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from engine.lora.state import FeedbackCounts, lora_name
+
+
+class StatsSource(Protocol):
+    """What ``PostgresFeedbackStore.stats`` offers: per-adapter positive/negative counts in a window."""
+
+    async def stats(self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
+                    rating_positive_min: int, rating_negative_max: int) -> Any: ...
+
+
+class FeedbackStatsRates:
+    def __init__(self, source: StatsSource, *, rating_positive_min: int = 4, rating_negative_max: int = 2) -> None:
+        self._source = source
+        self._pos, self._neg = rating_positive_min, rating_negative_max
+
+    async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts:
+        positive = negative = 0
+        for name in (version, lora_name(base_model, version)):
+            stats = await self._source.stats(start=since, end=datetime.now(UTC), adapter_version=name, tenant_id="",
+                                             rating_positive_min=self._pos, rating_negative_max=self._neg)
+            for item in stats.by_adapter:
+                if item.adapter_version == name:
+                    positive += item.positive
+                    negative += item.negative
+        return FeedbackCounts(positive=positive, negative=negative)

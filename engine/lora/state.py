@@ -1,0 +1,165 @@
+"""Domain types and ports of LoraControl (no gRPC here: the server converts these)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from engine.domain import JobFailure
+
+
+class OperationKind(enum.StrEnum):
+    ACTIVATE = "ACTIVATE"
+    ROLLBACK = "ROLLBACK"
+    ENABLE = "ENABLE"
+    DISABLE = "DISABLE"
+    AUTO_ROLLBACK = "AUTO_ROLLBACK"
+    RECONCILE = "RECONCILE"
+
+
+def lora_name(base_model: str, version: str) -> str:
+    """The versioned name an adapter is loaded under; a changed adapter never reuses a name."""
+    return f"{base_model}@{version}"
+
+
+def version_of(base_model: str, name: str) -> str:
+    """The version in a name made by :func:`lora_name` for ``base_model``, else ``""``."""
+    prefix = f"{base_model}@"
+    return name[len(prefix):] if name.startswith(prefix) else ""
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What is persisted per serving target. ``pending_version`` marks an activation in progress."""
+
+    target: str
+    base_model: str
+    enabled: bool = True
+    active_version: str = ""
+    previous_version: str = ""
+    known_good_version: str = ""
+    pending_version: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedLora:
+    lora_name: str
+    version: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    kind: OperationKind
+    version: str
+    actor: str
+    reason: str
+    start_time: datetime
+    duration_seconds: float
+    phases: tuple[tuple[str, float], ...] = ()
+    error: JobFailure | None = None
+
+
+@dataclass(frozen=True)
+class LoraStatus:
+    target: str
+    base_model: str
+    enabled: bool
+    active_version: str
+    previous_version: str
+    known_good_version: str
+    alias: str
+    loaded: tuple[LoadedLora, ...]
+    last_operation: OperationRecord | None
+    serving_reachable: bool
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """The outcome of a golden-suite run of a candidate against a baseline."""
+
+    suite_digest: str
+    version: str
+    baseline_version: str  # "" means the base model
+    metrics: tuple[tuple[str, float], ...]
+    regressions: int
+    passed: bool
+    failed_checks: tuple[str, ...]
+    report_uris: tuple[str, ...]
+    time: datetime
+
+
+@dataclass(frozen=True)
+class FetchedAdapter:
+    """An adapter version verified (sha256) and unpacked into a local PEFT directory."""
+
+    base_model: str
+    version: str
+    path: Path
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class FeedbackCounts:
+    positive: int = 0
+    negative: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.positive + self.negative
+
+    @property
+    def negative_rate(self) -> float:
+        return self.negative / self.total if self.total else 0.0
+
+
+# ---- ports ----------------------------------------------------------------------------
+
+
+class AdapterFetcher(Protocol):
+    async def fetch(self, base_model: str, version: str, *, field_path: str = "version") -> FetchedAdapter:
+        """Fetch and verify a version: NotFound, InvalidArgument (malformed), DataLoss (sha mismatch)."""
+        ...
+
+    async def record_eval(self, base_model: str, summary: EvalSummary) -> None:
+        """Attach an eval result to the version's metadata."""
+        ...
+
+
+class FeedbackRates(Protocol):
+    """Per-version feedback outcomes (the Feedback service's stats)."""
+
+    async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts: ...
+
+
+class LoraStateStore(Protocol):
+    async def load(self, target: str, base_model: str) -> TargetState: ...
+
+    async def save(self, state: TargetState) -> None:
+        """Persist the state (and the registry's ACTIVE/KNOWN_GOOD rows) atomically."""
+        ...
+
+    async def record(self, target: str, op: OperationRecord) -> None: ...
+
+    async def last_operation(self, target: str) -> OperationRecord | None: ...
+
+    async def history(self, target: str, limit: int) -> list[OperationRecord]: ...
+
+    async def save_eval(self, base_model: str, summary: EvalSummary) -> None: ...
+
+    def serialised(self, target: str):
+        """An async context manager that holds a lock on ``target`` across processes."""
+        ...
+
+
+@dataclass
+class Phases:
+    """Durations of an operation's phases, in order."""
+
+    items: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.items.append((name, seconds))

@@ -1,0 +1,115 @@
+"""PostgreSQL storage of LoraControl state, operation history and eval results.
+
+``save`` also writes the registry's ``serving_state`` rows (ACTIVE / KNOWN_GOOD, migration
+0003) through ``PostgresServingState`` before the target row, so DeleteAdapter and pruning
+never remove a version the serving side relies on. ``serialised`` holds a session-level advisory lock per target, so
+operations from two server processes run one after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from engine.domain import JobFailure
+from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
+from engine.registry.ports import ServingRole
+from engine.stores.serving_state import PostgresServingState
+
+_FAILURE = TypeAdapter(JobFailure)
+_EVAL = TypeAdapter(EvalSummary)
+_LOCK_NAMESPACE = "learning-engine/lora-control/"
+
+
+class PostgresLoraStore:
+    def __init__(self, pool: asyncpg.Pool, serving: PostgresServingState) -> None:
+        self._pool = pool
+        self._serving = serving
+
+    async def load(self, target: str, base_model: str) -> TargetState:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM lora_targets WHERE target = $1", target)
+        if row is None:
+            return TargetState(target=target, base_model=base_model)
+        return TargetState(
+            target=row["target"], base_model=row["base_model"], enabled=row["enabled"],
+            active_version=row["active_version"], previous_version=row["previous_version"],
+            known_good_version=row["known_good_version"], pending_version=row["pending_version"],
+        )
+
+    async def save(self, state: TargetState) -> None:
+        """Protect the versions first (registry ``serving_state``), then persist the target state."""
+        for role, version in ((ServingRole.ACTIVE, state.active_version),
+                              (ServingRole.KNOWN_GOOD, state.known_good_version)):
+            if version:
+                await self._serving.set_version(state.base_model, role, version)
+            else:
+                await self._serving.clear(state.base_model, role)
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO lora_targets (target, base_model, enabled, active_version, previous_version,"
+                " known_good_version, pending_version, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
+                " ON CONFLICT (target) DO UPDATE SET base_model = $2, enabled = $3, active_version = $4,"
+                " previous_version = $5, known_good_version = $6, pending_version = $7, update_time = now()",
+                state.target, state.base_model, state.enabled, state.active_version, state.previous_version,
+                state.known_good_version, state.pending_version,
+            )
+
+    async def record(self, target: str, op: OperationRecord) -> None:
+        error = _FAILURE.dump_json(op.error).decode() if op.error else None
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO lora_operations (target, kind, version, actor, reason, start_time,"
+                " duration_seconds, phases, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)",
+                target, op.kind.value, op.version, op.actor, op.reason, op.start_time, op.duration_seconds,
+                json.dumps([list(p) for p in op.phases]), error,
+            )
+
+    async def history(self, target: str, limit: int) -> list[OperationRecord]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM lora_operations WHERE target = $1 ORDER BY id DESC LIMIT $2", target, limit
+            )
+        return [
+            OperationRecord(
+                kind=OperationKind(r["kind"]), version=r["version"], actor=r["actor"], reason=r["reason"],
+                start_time=r["start_time"], duration_seconds=r["duration_seconds"],
+                phases=tuple((str(n), float(s)) for n, s in json.loads(r["phases"])),
+                error=_FAILURE.validate_json(r["error"]) if r["error"] else None,
+            )
+            for r in rows
+        ]
+
+    async def last_operation(self, target: str) -> OperationRecord | None:
+        found = await self.history(target, 1)
+        return found[0] if found else None
+
+    async def save_eval(self, base_model: str, summary: EvalSummary) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO lora_evals (base_model, version, baseline_version, doc) VALUES ($1, $2, $3, $4::jsonb)",
+                base_model, summary.version, summary.baseline_version, _EVAL.dump_json(summary).decode(),
+            )
+
+    async def latest_eval(self, base_model: str, version: str) -> EvalSummary | None:
+        async with self._pool.acquire() as conn:
+            doc = await conn.fetchval(
+                "SELECT doc FROM lora_evals WHERE base_model = $1 AND version = $2 ORDER BY id DESC LIMIT 1",
+                base_model, version,
+            )
+        return _EVAL.validate_json(doc) if doc else None
+
+    @contextlib.asynccontextmanager
+    async def serialised(self, target: str) -> AsyncIterator[None]:
+        """Hold ``pg_advisory_lock`` on the target for the block (a dedicated connection)."""
+        async with self._pool.acquire() as conn:
+            key = _LOCK_NAMESPACE + target
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)

@@ -1,0 +1,138 @@
+"""Builds LoraControl from the settings: serving client, gateway, controller, auto-rollback,
+and the embedded reference backend (a subprocess) when no ``serving_url`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from engine.errors import Unavailable
+from engine.lora import evaluation as ev
+from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
+from engine.lora.controller import ControlConfig, LoraController
+from engine.lora.fetch import RegistryAdapters
+from engine.models import resolve_base_model
+from engine.registry import AdapterRegistry
+from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
+from engine.serving.gateway import AliasRouter, Gateway
+from engine.stores.lora_store import PostgresLoraStore
+from engine.stores.serving_state import PostgresServingState
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraRuntime:
+    controller: LoraController
+    gateway: Gateway
+    client: ServingClient
+    auto_rollback: AutoRollback | None
+    backend: asyncio.subprocess.Process | None
+
+    async def stop(self) -> None:
+        if self.auto_rollback is not None:
+            await self.auto_rollback.stop()
+        await self.controller.close()
+        await self.gateway.stop()
+        await self.client.close()
+        if self.backend is not None and self.backend.returncode is None:
+            self.backend.terminate()
+            try:
+                await asyncio.wait_for(self.backend.wait(), 10)
+            except TimeoutError:
+                self.backend.kill()
+                await self.backend.wait()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def start_reference_backend(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m engine.serving.reference_backend`` on the default base model; waits until healthy."""
+    model_dir: Path = await asyncio.to_thread(
+        resolve_base_model, settings.default_base_model, models=settings.base_models, cache_dir=settings.models_dir
+    )
+    port = settings.reference_backend_port or _free_port(settings.host)
+    log_file = (settings.data_dir / "reference-backend.log").open("ab")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.serving.reference_backend", "--model", str(model_dir),
+        "--served-model-name", settings.default_base_model, "--host", settings.host, "--port", str(port),
+        "--enable-lora", "--threads", str(settings.torch_threads or 1),
+        stdout=log_file, stderr=log_file,
+    )
+    log_file.close()
+    url = f"http://{settings.host}:{port}"
+    probe = ServingClient(ServingConfig(base_url=url, timeout_seconds=2.0, retries=0))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.reference_backend_start_timeout_seconds
+    try:
+        while not await probe.health():
+            if process.returncode is not None or loop.time() > deadline:
+                process.kill()
+                raise Unavailable("REFERENCE_BACKEND_FAILED",
+                                  f"the reference backend did not become healthy; see {settings.data_dir}/"
+                                  "reference-backend.log")
+            await asyncio.sleep(0.2)
+    finally:
+        await probe.close()
+    log.info("started the reference serving backend (development target, not MAX)", extra={"url": url})
+    return process, url
+
+
+async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: AdapterRegistry) -> LoraRuntime:
+    backend = None
+    url = settings.serving_url
+    if url is None:
+        backend, url = await start_reference_backend(settings)
+    mode = ServingMode(settings.serving_mode)
+    paths = ServingPaths(load=settings.serving_load_path, unload=settings.serving_unload_path,
+                         models=settings.serving_models_path) if mode is ServingMode.CUSTOM else ServingPaths()
+    client = ServingClient(ServingConfig(
+        base_url=url, mode=mode, paths=paths, timeout_seconds=settings.serving_timeout_seconds,
+        load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,
+        backoff_seconds=settings.serving_backoff_seconds,
+    ))
+    await client.start()
+    router = AliasRouter(settings.lora_alias, settings.serving_base_model_name or settings.default_base_model)
+    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds)
+    await gateway.start(settings.host, settings.gateway_port)
+    store = PostgresLoraStore(pool, PostgresServingState(pool))
+    config = ControlConfig(
+        base_model=settings.default_base_model, alias=settings.lora_alias,
+        served_base_name=settings.serving_base_model_name, drain_timeout_seconds=settings.drain_timeout_seconds,
+        smoke_prompt=settings.smoke_prompt,
+        eval_suite=(settings.datasets_dir / settings.eval_suite_path) if settings.eval_suite_path else None,
+        eval_reports_dir=settings.artifacts_dir / "evals", eval_max_tokens=settings.eval_max_tokens,
+        thresholds=ev.GateThresholds(
+            max_regressions=settings.eval_max_regressions, max_mean_score_drop=settings.eval_max_mean_score_drop,
+            min_pass_rate=settings.eval_min_pass_rate, pass_f1=settings.eval_pass_f1,
+            regression_tolerance=settings.eval_regression_tolerance,
+        ),
+    )
+    adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
+    controller = LoraController(config, client, router, store, adapters)
+    await controller.start()
+    auto = None
+    if settings.auto_rollback_enabled:
+        from engine.lora.feedback_rates import FeedbackStatsRates  # noqa: PLC0415
+        from engine.stores.feedback_store import PostgresFeedbackStore  # noqa: PLC0415
+
+        auto = AutoRollback(controller, FeedbackStatsRates(PostgresFeedbackStore(pool)), AutoRollbackConfig(
+            margin=settings.auto_rollback_margin, min_samples=settings.auto_rollback_min_samples,
+            interval_seconds=settings.auto_rollback_interval_seconds,
+        ), store.history)
+        auto.start()
+    log.info("LoraControl ready", extra={"serving_url": url, "gateway_port": gateway.port,
+                                         "alias": settings.lora_alias})
+    return LoraRuntime(controller, gateway, client, auto, backend)

@@ -1,0 +1,109 @@
+"""LoraControlService: validate, convert, call the LoraController, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from engine.datasets import resolve_dataset_path
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.lora.controller import LoraController
+from engine.registry import parse_version
+from learning.v1 import lora_control_pb2 as pb
+from learning.v1 import lora_control_pb2_grpc as pb_grpc
+from server import convert_lora as convert
+
+MAX_REASON = 1024
+ACTOR_HEADER = "x-actor"
+
+
+def actor_of(context: grpc.aio.ServicerContext) -> str:
+    """The authenticated principal if auth is on; else the ``x-actor`` header; else the peer address."""
+    try:
+        from server.access import current_principal  # noqa: PLC0415 - auth may be absent
+
+        principal = current_principal()
+        if principal is not None and principal.role is not None:
+            return principal.name
+    except ImportError:
+        pass
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_HEADER and isinstance(value, str) and value.strip():
+            return value.strip()[:128]
+    return context.peer() or "unknown"
+
+
+def _reason(reason: str) -> str:
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument("REASON_TOO_LONG", f"reason must be at most {MAX_REASON} characters",
+                              violations=[FieldViolation("reason", f"at most {MAX_REASON} characters")])
+    return reason
+
+
+class LoraControlService(pb_grpc.LoraControlServiceServicer):
+    def __init__(self, controller: LoraController, *, datasets_dir: Path) -> None:
+        self._control = controller
+        self._datasets_dir = datasets_dir
+
+    def _check_base_model(self, base_model: str) -> None:
+        mine = self._control.config.base_model
+        if base_model and base_model != mine:
+            raise FailedPrecondition(
+                "BASE_MODEL_MISMATCH",
+                f"this serving target serves base model {mine}, not {base_model}",
+                metadata={"requested": base_model, "served": mine},
+            )
+
+    def _version(self, version: str, field_path: str = "version") -> str:
+        if not version:
+            raise InvalidArgument("MISSING_VERSION", f"{field_path} is required",
+                                  violations=[FieldViolation(field_path, "required, e.g. v1.2")])
+        parse_version(version, field_path)
+        return version
+
+    async def GetLoraStatus(self, request: pb.GetLoraStatusRequest, context: grpc.aio.ServicerContext):
+        return pb.GetLoraStatusResponse(status=convert.status_to_pb(await self._control.status()))
+
+    async def ActivateAdapter(self, request: pb.ActivateAdapterRequest, context: grpc.aio.ServicerContext):
+        version = self._version(request.version)
+        self._check_base_model(request.base_model)
+        result = await self._control.activate(
+            version, actor=actor_of(context), reason=_reason(request.reason), force=request.force,
+            mark_known_good=request.mark_known_good,
+        )
+        response = pb.ActivateAdapterResponse(status=convert.status_to_pb(result.status))
+        if result.eval is not None:
+            response.eval.CopyFrom(convert.eval_to_pb(result.eval))
+        return response
+
+    async def RollbackAdapter(self, request: pb.RollbackAdapterRequest, context: grpc.aio.ServicerContext):
+        status = await self._control.rollback(actor=actor_of(context), reason=_reason(request.reason))
+        return pb.RollbackAdapterResponse(status=convert.status_to_pb(status))
+
+    async def EnableLora(self, request: pb.EnableLoraRequest, context: grpc.aio.ServicerContext):
+        status = await self._control.set_enabled(True, actor=actor_of(context), reason=_reason(request.reason))
+        return pb.EnableLoraResponse(status=convert.status_to_pb(status))
+
+    async def DisableLora(self, request: pb.DisableLoraRequest, context: grpc.aio.ServicerContext):
+        status = await self._control.set_enabled(False, actor=actor_of(context), reason=_reason(request.reason))
+        return pb.DisableLoraResponse(status=convert.status_to_pb(status))
+
+    async def ListLoadedAdapters(self, request: pb.ListLoadedAdaptersRequest, context: grpc.aio.ServicerContext):
+        loaded = await self._control.list_loaded()
+        return pb.ListLoadedAdaptersResponse(loaded=[convert.loaded_to_pb(a) for a in loaded])
+
+    async def WatchLoraStatus(
+        self, request: pb.WatchLoraStatusRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchLoraStatusResponse]:
+        async for status in self._control.watch():
+            yield pb.WatchLoraStatusResponse(status=convert.status_to_pb(status))
+
+    async def EvaluateAdapter(self, request: pb.EvaluateAdapterRequest, context: grpc.aio.ServicerContext):
+        version = self._version(request.version)
+        self._check_base_model(request.base_model)
+        baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
+        suite = resolve_dataset_path(self._datasets_dir, request.suite_path) if request.suite_path else None
+        summary = await self._control.evaluate(version, baseline, suite)
+        return pb.EvaluateAdapterResponse(eval=convert.eval_to_pb(summary))

@@ -1,0 +1,89 @@
+"""LoraControl's part of the one settings object (mixed into ``server.settings.Settings``).
+
+Kept in its own module so the serving knobs are read in one place; every field is a
+``LEARNING_ENGINE_<NAME>`` environment variable or a YAML key like all other settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+
+class LoraControlSettings(BaseModel):
+    serving_url: str | None = Field(
+        None,
+        description="Base URL of the serving engine (MAX Serve or vLLM), e.g. http://127.0.0.1:8000. Unset starts "
+        "the CPU reference backend (engine/serving/reference_backend.py, NOT MAX) as a subprocess on "
+        "reference_backend_port with the default base model.",
+    )
+    serving_mode: Literal["max", "vllm", "custom"] = Field(
+        "max", description="LoRA control API flavour: MAX Serve, vLLM (runtime LoRA updating), or custom paths."
+    )
+    serving_load_path: str = Field("/v1/load_lora_adapter", description="Load route (custom mode).")
+    serving_unload_path: str = Field("/v1/unload_lora_adapter", description="Unload route (custom mode).")
+    serving_models_path: str = Field("/v1/models", description="Model list route (custom mode).")
+    serving_base_model_name: str = Field(
+        "", description="The base model's id in the engine's /v1/models; empty takes the first non-adapter entry."
+    )
+    serving_timeout_seconds: float = Field(10.0, gt=0, le=600, description="Timeout of list/health/smoke calls.")
+    serving_load_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Timeout of load/unload calls.")
+    serving_retries: int = Field(3, ge=0, le=10, description="Retries of idempotent serving calls.")
+    serving_backoff_seconds: float = Field(0.2, ge=0, le=30, description="First retry delay; doubles each time.")
+    lora_alias: str = Field("active", min_length=1, max_length=128,
+                            description="The `model` name clients send to the gateway to get the active adapter.")
+    gateway_port: int = Field(8088, ge=0, le=65535,
+                              description="Port of the OpenAI-compatible routing gateway on `host`; 0 picks one.")
+    reference_backend_port: int = Field(0, ge=0, le=65535,
+                                        description="Port of the embedded reference backend; 0 picks a free one.")
+    reference_backend_start_timeout_seconds: float = Field(
+        180.0, gt=0, description="How long the embedded reference backend may take to load the base model."
+    )
+    drain_timeout_seconds: float = Field(30.0, ge=0, le=3600,
+                                         description="Wait for in-flight requests to a replaced adapter before unload.")
+    smoke_prompt: str = Field("Hello", min_length=1, description="Prompt of the one smoke request before a switch.")
+    eval_suite_path: str = Field(
+        "", description="Golden suite JSONL below <data-dir>/datasets; empty skips the eval gate at activation."
+    )
+    eval_max_tokens: int = Field(32, ge=1, le=4096, description="Answer length for golden-suite prompts.")
+    eval_max_regressions: int = Field(3, ge=0, description="Gate: most cases allowed to score worse than baseline.")
+    eval_max_mean_score_drop: float = Field(0.05, ge=0, le=1, description="Gate: largest mean token-F1 drop.")
+    eval_min_pass_rate: float = Field(0.0, ge=0, le=1, description="Gate: smallest fraction of passing cases.")
+    eval_pass_f1: float = Field(0.8, gt=0, le=1, description="A case passes with exact match or this token F1.")
+    eval_regression_tolerance: float = Field(0.05, ge=0, le=1, description="Token-F1 drop that counts as regression.")
+    auto_rollback_enabled: bool = Field(False, description="Roll back automatically on bad feedback.")
+    auto_rollback_margin: float = Field(0.1, gt=0, le=1,
+                                        description="Negative-rate excess over the known-good that triggers it.")
+    auto_rollback_min_samples: int = Field(50, ge=1, description="Ratings of the active version needed first.")
+    auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
+
+    @field_validator("serving_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else None
+
+    @field_validator("serving_load_path", "serving_unload_path", "serving_models_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+    @field_validator("eval_suite_path")
+    @classmethod
+    def _suite(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("must be a relative path below <data-dir>/datasets")
+        return v
+
+    @model_validator(mode="after")
+    def _ports_differ(self):
+        ports = [getattr(self, "port", None), self.gateway_port,
+                 self.reference_backend_port if self.serving_url is None else None]
+        used = [p for p in ports if p]
+        if len(used) != len(set(used)):
+            raise ValueError(f"port, gateway_port and reference_backend_port must differ, got {used}")
+        return self

@@ -1,0 +1,92 @@
+"""Helpers for LoraControl tests: train versions, drive traffic through the gateway, call the RPCs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import grpc
+
+from learning.v1 import lora_control_pb2 as lc
+from learning.v1 import lora_control_pb2_grpc as lc_grpc
+from learning.v1 import training_pb2 as pb
+from tests.fixtures.serving import expected_logprobs
+from tests.server.conftest import spec, watch_all
+
+PROMPT = "What is the capital of France?"
+ACTOR = [("x-actor", "alice@example.com")]
+
+
+async def train(client, parent: str = "", epochs: int = 2) -> str:
+    s = spec(epochs=epochs)
+    if parent:
+        s.parent_adapter_version = parent
+        s.ewc.disabled = True
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=s))).training_job
+    await watch_all(client.training, job.name)
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert done.output_adapter_version, done
+    return done.output_adapter_version
+
+
+def stub(client) -> lc_grpc.LoraControlServiceStub:
+    return lc_grpc.LoraControlServiceStub(client.channel)
+
+
+def gateway_url(client) -> str:
+    return f"http://127.0.0.1:{client.app.lora.gateway.port}"
+
+
+async def ask(client, model: str = "active", max_tokens: int = 5) -> tuple[str, list[float]]:
+    """One completion through the gateway: (the upstream model that served it, token logprobs)."""
+    async with aiohttp.ClientSession() as s, s.post(
+        gateway_url(client) + "/v1/completions",
+        json={"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "logprobs": 1},
+    ) as r:
+        body = await r.json()
+        assert r.status == 200, body
+        return r.headers["x-served-model"], body["choices"][0]["logprobs"]["token_logprobs"]
+
+
+def expected(model_dir: Path, adapter_dir: str | None) -> list[float]:
+    return expected_logprobs(model_dir, Path(adapter_dir) if adapter_dir else None, PROMPT, 5)
+
+
+async def under_load(client, call, workers: int = 4):
+    """Run ``call`` while ``workers`` clients send requests to the alias; returns (result, statuses, served)."""
+    stop = asyncio.Event()
+    statuses: Counter[int] = Counter()
+    served: Counter[str] = Counter()
+
+    async def worker() -> None:
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                async with s.post(gateway_url(client) + "/v1/completions",
+                                  json={"model": "active", "prompt": "Hello", "max_tokens": 2}) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+                    served[r.headers.get("x-served-model", "")] += 1
+
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await asyncio.sleep(0.3)
+    try:
+        result = await call
+    finally:
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return result, statuses, served
+
+
+async def activate(client, version: str, **kw) -> lc.ActivateAdapterResponse:
+    return await stub(client).ActivateAdapter(lc.ActivateAdapterRequest(version=version, **kw), metadata=ACTOR)
+
+
+async def status(client) -> lc.LoraStatus:
+    return (await stub(client).GetLoraStatus(lc.GetLoraStatusRequest())).status
+
+
+def code_of(err: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    return err.code()
