@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import json
 import logging
 import shutil
@@ -45,6 +46,7 @@ from engine.errors import (
 from engine.ports import CancelToken, JobStore
 from engine.preparation import JobPreparer, PreparedJob
 from engine.registry import AdapterRegistry
+from engine.telemetry import job_event, tracer
 from engine.training import TrainingResult, run_training
 
 log = logging.getLogger(__name__)
@@ -224,14 +226,20 @@ class TrainingJobManager:
                 if live.cancel.cancelled:
                     raise Cancelled("JOB_CANCELLED", "cancelled before it started")
                 self._transition(live, JobState.PREPARING, "loading dataset and model")
-                prepared = await self._preparer.prepare(live.job.spec, job_dir)
+                with tracer.start_as_current_span("training_job.prepare", attributes={"job": live.job.name}):
+                    prepared = await self._preparer.prepare(live.job.spec, job_dir)
                 self._set(live, dataset=prepared.dataset, device=prepared.device)
                 self._transition(live, JobState.RUNNING, f"training on {prepared.device}")
                 live.job = replace(live.job, start_time=_now())
                 loop = asyncio.get_running_loop()
                 sink = _LoopSink(loop, lambda payload: self._record(live, payload))
-                result = await loop.run_in_executor(self._executor, self._train, prepared.run, sink, live.cancel)
-                record = await self._publish(live, prepared, result)
+                with tracer.start_as_current_span("training_job.train", attributes={"job": live.job.name}):
+                    context = contextvars.copy_context()  # the training thread's spans nest under this one
+                    result = await loop.run_in_executor(
+                        self._executor, context.run, self._train, prepared.run, sink, live.cancel
+                    )
+                with tracer.start_as_current_span("training_job.publish", attributes={"job": live.job.name}):
+                    record = await self._publish(live, prepared, result)
                 self._set(live, output_adapter_version=record.version)
                 self._finish(live, JobState.SUCCEEDED, f"published adapter {record.version}")
         except Cancelled as exc:
@@ -280,6 +288,7 @@ class TrainingJobManager:
             changes["latest_metrics"] = payload
             changes["progress"] = JobProgress(payload.step, payload.total_steps, payload.eta_seconds)
         live.job = replace(live.job, **changes)
+        job_event("training", live.job.id, event)
         live.events.append(event)
         live.unpersisted.append(event)
         live.notify()

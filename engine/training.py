@@ -41,6 +41,7 @@ from engine.models import (
     validate_lora,
 )
 from engine.ports import CancelToken, ProgressSink
+from engine.telemetry import tracer
 
 
 class Penalty(Protocol):
@@ -271,6 +272,7 @@ def _train(
     step, loss_value, task_value = 0, math.nan, math.nan
     tokens, started = 0, time.monotonic()
     while step < total:
+        epoch_span = tracer.start_span("training.epoch", attributes={"epoch": step // per_epoch + 1})
         order = torch.randperm(len(data), generator=generator).tolist()
         for batch in _batches(data, order, hp.batch_size, pad_id, plan.device):
             if step >= total:
@@ -304,4 +306,6 @@ def _train(
                     eta_seconds=elapsed / step * (total - step),
                 )
             )
+        epoch_span.set_attribute("step", step)
+        epoch_span.end()  # an epoch that raises (cancel) leaves its span unended: the job span records why
     return loss_value, task_value, step

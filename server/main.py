@@ -33,11 +33,14 @@ from learning.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from server import access
 from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
+from server.telemetry import MetricsServer, configure_tracing
+from server.telemetry import interceptors as telemetry_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class App:
     pool: asyncpg.Pool
     embedded: postgres.EmbeddedPostgres | None
     lora: LoraRuntime | None = None
+    metrics: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
@@ -72,6 +76,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.jobs.shutdown()
         await self.server.stop(grace)
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.lora is not None:
             await self.lora.stop()
         await self.pool.close()
@@ -125,7 +131,10 @@ async def start(settings: Settings) -> App:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    configure_tracing(settings)
+    server = grpc.aio.server(
+        interceptors=[*telemetry_interceptors(), access.from_settings(settings), ErrorInterceptor()], options=options
+    )
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingService(
             jobs, default_base_model=settings.default_base_model, default_lambda=settings.ewc_lambda_default
@@ -146,14 +155,16 @@ async def start(settings: Settings) -> App:
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = access.bind(server, settings)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
-    return App(settings, server, port, health_servicer, jobs, pool, embedded, lora=lora)
+    log.info(access.describe(settings))
+    metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
+    return App(settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics)
 
 
 async def serve(settings: Settings) -> None:

@@ -8,11 +8,12 @@ precise messages; everything else receives it (or parts of it) as arguments.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +28,25 @@ DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 
 class SettingsError(Exception):
     """Settings are invalid; the message lists every problem."""
+
+
+class AuthToken(BaseModel):
+    """One bearer token: who holds it, its role, and the sha256 hex digest of the secret (never the secret)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["reader", "feedback", "trainer", "operator"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the token")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings, LoraControlSettings):
@@ -56,12 +76,60 @@ class Settings(BaseSettings, LoraControlSettings):
     ewc_lambda_max: float = Field(1000.0, gt=0, description="Largest EWC lambda a job may ask for.")
     ewc_lambda_default: float = Field(500.0, gt=0, description="EWC lambda when a job names none.")
 
+    # ---- access, TLS, limits (server/access.py) --------------------------------
+    auth_tokens: tuple[AuthToken, ...] = Field(
+        (),
+        description="Bearer tokens as [{name, role, sha256}] (role: reader|feedback|trainer|operator; sha256: hex "
+        "digest of the token, from `learning-engine hash-token`). Empty turns auth off and restricts `host` "
+        "to loopback.",
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain); with tls_key_file enables TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
+    )
+    rate_limit_jobs_per_minute: float = Field(
+        30.0, ge=0, description="Training/Fisher jobs each principal may create per minute; 0 disables the limit."
+    )
+    rate_limit_jobs_burst: int = Field(10, ge=1, description="Job creations allowed at once before the rate applies.")
+    rate_limit_feedback_per_second: float = Field(
+        50.0, ge=0, description="Feedback calls each principal may make per second; 0 disables the limit."
+    )
+    rate_limit_feedback_burst: int = Field(200, ge=1, description="Feedback calls allowed at once.")
+
+    # ---- telemetry (server/telemetry.py) ---------------------------------------
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port on `host`; unset disables it, 0 picks a free one."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector for traces, e.g. http://otel-collector:4317; unset exports none."
+    )
+
     @field_validator("host")
     @classmethod
     def _host_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _access(self) -> Settings:
+        if not self.auth_tokens and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no auth_tokens are configured; "
+                "configure auth_tokens to serve beyond this machine, or bind 127.0.0.1"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        names = [t.name for t in self.auth_tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("auth_tokens names must be unique")
+        return self
 
     @model_validator(mode="after")
     def _lambda_range(self) -> Settings:

@@ -1,0 +1,105 @@
+"""Every Prometheus metric and the OpenTelemetry tracer, defined once, with small functions to record.
+
+No gRPC here: the server records RPC latency through :func:`rpc_finished`, the
+job manager records job events through :func:`job_event`, and LoRA control and
+feedback code call :func:`swap_finished`, :func:`active_adapter` and
+:func:`feedback_ingested`. Without a configured tracer provider the spans are
+no-ops; without a metrics port nobody scrapes the registry.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from engine.domain import JobEvent, StateChanged, StepMetrics
+
+tracer = trace.get_tracer("learning_engine.engine")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS = Gauge(
+    "learning_engine_jobs",
+    "Jobs by kind and state, as seen by this process since it started.",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+STEP_LOSS = Gauge(
+    "learning_engine_training_step_loss", "Loss of the latest training step.", registry=REGISTRY
+)
+TOKENS_PER_SECOND = Gauge(
+    "learning_engine_training_tokens_per_second", "Training throughput at the latest step.", registry=REGISTRY
+)
+STEPS = Counter("learning_engine_training_steps", "Optimiser steps taken.", registry=REGISTRY)
+RPC_SECONDS = Histogram(
+    "learning_engine_rpc_duration_seconds",
+    "Server-side RPC latency by method and status code.",
+    ["method", "code"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+FEEDBACK = Counter(
+    "learning_engine_feedback_ingested",
+    "Feedback events ingested, by outcome (stored, duplicate).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ACTIVE_ADAPTER = Gauge(
+    "learning_engine_active_adapter",
+    "1 for the adapter version serving traffic per base model.",
+    ["base_model", "version"],
+    registry=REGISTRY,
+)
+SWAP_SECONDS = Histogram(
+    "learning_engine_adapter_swap_seconds",
+    "Time to switch the serving adapter, by operation kind.",
+    ["kind"],
+    registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+_job_states: dict[tuple[str, str], str] = {}
+
+
+def job_event(kind: str, job_id: str, event: JobEvent) -> None:
+    """Fold one recorded job event into the job metrics (``kind``: training, fisher)."""
+    payload = event.payload
+    if isinstance(payload, StateChanged):
+        previous = _job_states.pop((kind, job_id), None)
+        if previous is not None:
+            JOBS.labels(kind, previous).dec()
+        JOBS.labels(kind, payload.state.value).inc()
+        if not payload.state.terminal:
+            _job_states[(kind, job_id)] = payload.state.value
+    elif isinstance(payload, StepMetrics):
+        STEPS.inc()
+        STEP_LOSS.set(payload.loss)
+        TOKENS_PER_SECOND.set(payload.tokens_per_second)
+
+
+def rpc_finished(method: str, code: str, seconds: float) -> None:
+    RPC_SECONDS.labels(method, code).observe(seconds)
+
+
+def feedback_ingested(stored: int, duplicates: int = 0) -> None:
+    FEEDBACK.labels("stored").inc(stored)
+    FEEDBACK.labels("duplicate").inc(duplicates)
+
+
+_active: dict[str, str] = {}
+
+
+def active_adapter(base_model: str, version: str | None) -> None:
+    """The version now serving ``base_model`` (None: LoRA disabled / base model only)."""
+    previous = _active.pop(base_model, None)
+    if previous is not None:
+        ACTIVE_ADAPTER.remove(base_model, previous)
+    if version:
+        _active[base_model] = version
+        ACTIVE_ADAPTER.labels(base_model, version).set(1)
+
+
+def swap_finished(kind: str, seconds: float) -> None:
+    """One activation/rollback/enable/disable took ``seconds`` end to end."""
+    SWAP_SECONDS.labels(kind).observe(seconds)

@@ -1,0 +1,406 @@
+"""Access control before any handler runs: bearer tokens, roles per RPC, per-principal rate limits.
+
+``METHOD_ROLES`` is the one table from RPC to the role it needs. It names every
+method of the five learning.v1 services; :func:`check_method_roles` compares it
+with the proto descriptors at start (and in a test), so an RPC added to a proto
+without a role stops the server from starting. Health and reflection stay open.
+
+Tokens are configured as sha256 hashes (tokens are long random secrets, so a
+fast hash is enough and keeps the per-call check cheap); plaintext never
+appears in settings. A missing or unknown token is UNAUTHENTICATED, a weak role
+PERMISSION_DENIED; both are decided from the method name alone, before the
+handler runs, so neither reveals whether a named resource exists.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
+
+from server.errors import status_proto
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.StrEnum):
+    READER = "reader"
+    FEEDBACK = "feedback"
+    TRAINER = "trainer"
+    OPERATOR = "operator"
+
+
+# What holding a role allows; operator implies everything.
+GRANTS: dict[Role, frozenset[Role]] = {
+    Role.READER: frozenset({Role.READER}),
+    Role.FEEDBACK: frozenset({Role.FEEDBACK}),
+    Role.TRAINER: frozenset({Role.TRAINER, Role.READER}),
+    Role.OPERATOR: frozenset(Role),
+}
+
+_R, _F, _T, _O = Role.READER, Role.FEEDBACK, Role.TRAINER, Role.OPERATOR
+
+METHOD_ROLES: dict[str, dict[str, Role]] = {
+    "learning.v1.TrainingService": {
+        "CreateTrainingJob": _T,
+        "GetTrainingJob": _R,
+        "ListTrainingJobs": _R,
+        "CancelTrainingJob": _T,
+        "WatchTrainingJob": _R,
+    },
+    "learning.v1.FisherService": {
+        "CreateFisherJob": _T,
+        "GetFisherJob": _R,
+        "CancelFisherJob": _T,
+        "WatchFisherJob": _R,
+        "GetFisherSnapshot": _R,
+        "ListFisherSnapshots": _R,
+        "DeleteFisherSnapshot": _O,
+    },
+    "learning.v1.AdapterService": {
+        "ListAdapters": _R,
+        "GetAdapter": _R,
+        "DownloadAdapter": _R,
+        "GetLineage": _R,
+        "ImportAdapter": _T,
+        "DeleteAdapter": _O,
+        "PruneAdapters": _O,
+    },
+    "learning.v1.LoraControlService": {
+        "GetLoraStatus": _R,
+        "ListLoadedAdapters": _R,
+        "WatchLoraStatus": _R,
+        "EvaluateAdapter": _T,
+        "ActivateAdapter": _O,
+        "RollbackAdapter": _O,
+        "EnableLora": _O,
+        "DisableLora": _O,
+    },
+    "learning.v1.FeedbackService": {
+        "SubmitFeedback": _F,
+        "StreamFeedback": _F,
+        "GetFeedbackStats": _R,
+        "DeleteUserFeedback": _O,
+    },
+}
+
+# Calls that spend a principal's rate-limit budget, by bucket.
+RATE_LIMITED: dict[str, str] = {
+    "/learning.v1.TrainingService/CreateTrainingJob": "jobs",
+    "/learning.v1.FisherService/CreateFisherJob": "jobs",
+    "/learning.v1.FeedbackService/SubmitFeedback": "feedback",
+    "/learning.v1.FeedbackService/StreamFeedback": "feedback",
+}
+
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+SERVICE_DESCRIPTORS = tuple(
+    module.DESCRIPTOR.services_by_name[name]
+    for module, name in (
+        (training_pb2, "TrainingService"),
+        (fisher_pb2, "FisherService"),
+        (adapter_pb2, "AdapterService"),
+        (lora_control_pb2, "LoraControlService"),
+        (feedback_pb2, "FeedbackService"),
+    )
+)
+
+
+def all_methods() -> list[str]:
+    """Every RPC of the five services as a gRPC path, read from the descriptors."""
+    return [f"/{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS for m in s.methods]
+
+
+def role_for(method: str) -> Role | None:
+    service, _, name = method.lstrip("/").partition("/")
+    return METHOD_ROLES.get(service, {}).get(name)
+
+
+def check_method_roles() -> None:
+    """Raise if the table and the protos disagree (a method without a role, or a stale entry)."""
+    declared = set(all_methods())
+    tabled = {f"/{s}/{m}" for s, methods in METHOD_ROLES.items() for m in methods}
+    missing, stale = sorted(declared - tabled), sorted(tabled - declared)
+    if missing or stale:
+        raise RuntimeError(f"METHOD_ROLES out of date: no role for {missing}; unknown methods {stale}")
+
+
+def hash_token(token: str) -> str:
+    """The value to put in settings for a token: its sha256 hex digest."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role | None  # None: auth is off, everything is allowed (server bound to loopback)
+
+    def may(self, needed: Role) -> bool:
+        return self.role is None or needed in GRANTS[self.role]
+
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The caller of the RPC being handled (for audit fields such as LoraOperation.actor)."""
+    return _current.get()
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; ``take`` returns 0 or the seconds to wait."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._stamp = burst, clock()
+
+    def take(self, cost: float = 1.0) -> float:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return 0.0
+        return (cost - self._tokens) / self.rate if self.rate > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: float
+    burst: float
+
+
+class RateLimiter:
+    """One bucket per (principal, bucket name)."""
+
+    def __init__(self, limits: dict[str, RateLimit], clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def check(self, principal: str, bucket: str) -> float:
+        limit = self._limits.get(bucket)
+        if limit is None:
+            return 0.0
+        key = (principal, bucket)
+        if key not in self._buckets:
+            if len(self._buckets) > 100_000:  # bound memory against many distinct peers
+                self._buckets.clear()
+            self._buckets[key] = TokenBucket(limit.per_second, limit.burst, self._clock)
+        return self._buckets[key].take()
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    name: str
+    role: Role
+    sha256: str
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, authorizes and rate-limits each call before its handler runs."""
+
+    def __init__(self, tokens: Iterable[TokenEntry], limiter: RateLimiter) -> None:
+        self._tokens = tuple(tokens)
+        self._limiter = limiter
+        check_method_roles()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
+        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hash_token(token.strip())
+        found = None
+        for entry in self._tokens:  # compare every entry in constant time
+            if hmac.compare_digest(entry.sha256, digest):
+                found = entry
+        return Principal(found.name, found.role) if found else None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        handler = await continuation(details)
+        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
+            return handler
+        metadata = tuple(details.invocation_metadata or ())
+        if self.enabled:
+            principal = self._authenticate(metadata)
+            if principal is None:
+                return _rejecting(
+                    handler,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "UNAUTHENTICATED",
+                    "a valid bearer token is required (metadata 'authorization: Bearer <token>')",
+                )
+            needed = role_for(method)
+            if needed is None or not principal.may(needed):
+                required = needed.value if needed else "none"
+                return _rejecting(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "ROLE_REQUIRED",
+                    f"this call needs the {required} role",
+                    {"required_role": required},
+                )
+        else:
+            principal = Principal("anonymous", None)
+        return _with_principal(handler, principal, self._limiter, RATE_LIMITED.get(method))
+
+
+def _with_principal(
+    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter, bucket: str | None
+) -> grpc.RpcMethodHandler:
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            if bucket is None:
+                return
+            key = principal.name if principal.role is not None else _peer_host(context.peer())
+            wait = limiter.check(key, bucket)
+            if wait > 0:
+                await _abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "RATE_LIMITED",
+                    f"too many {bucket} calls; retry in {wait:.1f}s",
+                    {"retry_after_seconds": f"{wait:.3f}", "bucket": bucket},
+                )
+
+        if streaming:
+
+            async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = _current.set(principal)
+                try:
+                    await check(context)
+                    result = behavior(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:
+                        await result
+                finally:
+                    _current.reset(token)
+
+            return stream_handler
+
+        async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = _current.set(principal)
+            try:
+                await check(context)
+                return await behavior(request, context)
+            finally:
+                _current.reset(token)
+
+        return unary_handler
+
+    return _rebuild(handler, wrap)
+
+
+def _rejecting(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    metadata: dict[str, str] | None = None,
+) -> grpc.RpcMethodHandler:
+    def wrap(_behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _abort(context, code, reason, message, metadata)
+
+        return reject
+
+    return _rebuild(handler, wrap)
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    common = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **common)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **common)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **common)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    await context.abort_with_status(
+        rpc_status.to_status(status_proto(code, message, reason=reason, metadata=metadata))
+    )
+
+
+def _peer_host(peer: str) -> str:
+    """'ipv4:127.0.0.1:5555' -> 'ipv4:127.0.0.1' (one bucket per client address when auth is off)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+def from_settings(settings: Any) -> AccessInterceptor:
+    """The interceptor configured by ``auth_tokens`` and the ``rate_limit_*`` settings."""
+    limits = {}
+    if settings.rate_limit_jobs_per_minute > 0:
+        limits["jobs"] = RateLimit(settings.rate_limit_jobs_per_minute / 60.0, settings.rate_limit_jobs_burst)
+    if settings.rate_limit_feedback_per_second > 0:
+        limits["feedback"] = RateLimit(
+            settings.rate_limit_feedback_per_second, settings.rate_limit_feedback_burst
+        )
+    tokens = [TokenEntry(t.name, Role(t.role), t.sha256) for t in settings.auth_tokens]
+    return AccessInterceptor(tokens, RateLimiter(limits))
+
+
+def bind(server: grpc.aio.Server, settings: Any) -> int:
+    """Listen on host:port with TLS (and mTLS) when configured, plaintext otherwise; return the port."""
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file is None:
+        return server.add_insecure_port(address)
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
+
+
+def describe(settings: Any) -> str:
+    """One line for the start log: how callers are authenticated."""
+    transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
+    if settings.auth_tokens:
+        return f"bearer-token auth ({len(settings.auth_tokens)} tokens), {transport}"
+    return (
+        f"auth disabled: no auth_tokens configured, so only loopback ({settings.host}) is served, {transport}"
+    )

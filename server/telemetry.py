@@ -1,0 +1,141 @@
+"""Server telemetry: OTLP trace export, the OpenTelemetry gRPC interceptor, RPC latency, /metrics.
+
+The metrics themselves are defined once in ``engine/telemetry.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import start_http_server
+
+from engine import telemetry
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_configured_endpoint: str | None = None
+
+
+def configure_tracing(settings: Settings) -> None:
+    """Export spans over OTLP/gRPC when ``otlp_endpoint`` is set; otherwise spans stay no-ops.
+
+    OpenTelemetry allows one global tracer provider per process, so the first
+    configured endpoint wins (a later, different one is logged and ignored).
+    """
+    global _configured_endpoint
+    if not settings.otlp_endpoint:
+        return
+    if _configured_endpoint is not None:
+        if _configured_endpoint != settings.otlp_endpoint:
+            log.warning("tracing already exports elsewhere", extra={"endpoint": _configured_endpoint})
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "learning-engine"}))
+    exporter = OTLPSpanExporter(
+        endpoint=settings.otlp_endpoint, insecure=settings.otlp_endpoint.startswith("http://")
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _configured_endpoint = settings.otlp_endpoint
+    log.info("exporting traces over OTLP", extra={"endpoint": settings.otlp_endpoint})
+
+
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Observes every RPC's duration and final status code into the latency histogram."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+
+        def timed(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+            if streaming:
+
+                async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    started, code = time.perf_counter(), "OK"
+                    try:
+                        result = behavior(request, context)
+                        if hasattr(result, "__aiter__"):
+                            async for item in result:
+                                yield item
+                        else:
+                            await result
+                    except BaseException:
+                        code = _code(context, "UNKNOWN")
+                        raise
+                    finally:
+                        telemetry.rpc_finished(method, _code(context, code), time.perf_counter() - started)
+
+                return stream
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, code = time.perf_counter(), "OK"
+                try:
+                    return await behavior(request, context)
+                except BaseException:
+                    code = _code(context, "UNKNOWN")
+                    raise
+                finally:
+                    telemetry.rpc_finished(method, _code(context, code), time.perf_counter() - started)
+
+            return unary
+
+        common = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(timed(handler.unary_unary, False), **common)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(timed(handler.stream_unary, False), **common)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(timed(handler.unary_stream, True), **common)
+        return grpc.stream_stream_rpc_method_handler(timed(handler.stream_stream, True), **common)
+
+
+def _code(context: grpc.aio.ServicerContext, default: str) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), default)
+    return default
+
+
+def interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """Tracing outermost (its span covers everything), then latency."""
+    return [aio_server_interceptor(), RpcMetricsInterceptor()]
+
+
+class MetricsServer:
+    """The Prometheus text endpoint on its own port, in a daemon thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=telemetry.REGISTRY)
+        self.port: int = self._server.server_port
+        log.info("serving metrics", extra={"address": f"{host}:{self.port}"})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
