@@ -1,0 +1,151 @@
+"""LoraControl faults and guards: bad versions, engine down or refusing, serialised activations,
+restart reconciliation after a crash mid-activation, the eval gate, and auto-rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
+from engine.lora.state import FeedbackCounts
+from engine.serving.reference_backend import ReferenceModel
+from learning.v1 import lora_control_pb2 as lc
+from tests.fixtures.serving import start_backend
+from tests.server.conftest import TINY, error_details
+from tests.server.lora_helpers import activate, ask, status, stub, train
+
+
+async def _fails(call, code: grpc.StatusCode, reason: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value.details()
+    info, _ = error_details(err.value)
+    assert info.reason == reason, (info.reason, err.value.details())
+    return err.value.details()
+
+
+async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_dir: Path, data_dir: Path):
+    backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
+    client = await make_server(serving_url=backend.url)
+    v10 = await train(client)
+    v11 = await train(client, parent=v10)
+    await _fails(activate(client, "v9.9"), grpc.StatusCode.NOT_FOUND, "ADAPTER_NOT_FOUND")
+    await _fails(activate(client, "latest"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_VERSION")
+    await _fails(activate(client, v10, base_model="other-model"), grpc.StatusCode.FAILED_PRECONDITION,
+                 "BASE_MODEL_MISMATCH")
+    await _fails(stub(client).RollbackAdapter(lc.RollbackAdapterRequest()), grpc.StatusCode.FAILED_PRECONDITION,
+                 "NO_KNOWN_GOOD_VERSION")
+
+    # two concurrent activations run one after the other
+    first, second = await asyncio.gather(activate(client, v10), activate(client, v11))
+    assert first.status.last_operation.version == v10 and second.status.active_version == v11
+    async with client.app.pool.acquire() as conn:
+        ops = await conn.fetch("SELECT kind, version, start_time, duration_seconds, error FROM lora_operations"
+                               " WHERE kind = 'ACTIVATE' ORDER BY id")
+    assert [(o["version"], o["error"]) for o in ops[-2:]] == [(v10, None), (v11, None)]
+    end_first = ops[-2]["start_time"] + timedelta(seconds=ops[-2]["duration_seconds"])
+    assert end_first <= ops[-1]["start_time"] + timedelta(seconds=ops[-1]["duration_seconds"])
+    before = await status(client)
+    assert (before.active_version, before.known_good_version) == (v11, v10)
+
+    # the engine rejects the adapter (400): clear reason, nothing changes
+    cached = {a.version: a.path for a in before.loaded}
+    (Path(cached[v11]) / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    await stub(client).DisableLora(lc.DisableLoraRequest())
+    backend.model.unload(f"{TINY}@{v11}")  # so the engine must read the (now corrupt) files again
+    message = await _fails(stub(client).EnableLora(lc.EnableLoraRequest()), grpc.StatusCode.FAILED_PRECONDITION,
+                           "SERVING_REJECTED_REQUEST")
+    assert "refused load" in message and f"{TINY}@{v11}" in message
+    after = await status(client)
+    assert (after.active_version, after.enabled) == (v11, False)
+    assert after.last_operation.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+    # the engine is down: UNAVAILABLE and the active adapter unchanged
+    await backend.stop()
+    await _fails(activate(client, v10), grpc.StatusCode.UNAVAILABLE, "SERVING_UNAVAILABLE")
+    down = await status(client)
+    assert down.active_version == v11 and not down.serving_reachable
+
+    # a crash mid-activation of v1.2 left its pending marker and its loaded candidate; the engine
+    # restarted empty meanwhile. A restart of our server reconciles both.
+    shutil.rmtree(cached[v11])  # the corrupt local copy: the restart fetches and verifies it again
+    backend = await start_backend(ReferenceModel(tiny_model_dir, TINY), port=backend.port)
+    backend.model.load(f"{TINY}@v1.2", cached[v10])
+    async with client.app.pool.acquire() as conn:
+        await conn.execute("UPDATE lora_targets SET pending_version = 'v1.2', enabled = true")
+    restarted = await make_server(serving_url=backend.url)
+    st = await status(restarted)
+    assert st.active_version == v11 and st.enabled
+    assert sorted(a.version for a in st.loaded) == [v10, v11]  # stray gone, known-good and active loaded
+    assert st.last_operation.kind == lc.LORA_OPERATION_KIND_RECONCILE and st.last_operation.version == "v1.2"
+    assert not st.last_operation.HasField("error")
+    async with restarted.app.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pending_version FROM lora_targets") == ""
+    served, _ = await ask(restarted)
+    assert served == f"{TINY}@{v11}"
+    await backend.stop()
+
+
+async def test_eval_gate_and_evaluate_adapter(make_server, data_dir: Path):
+    suite = data_dir / "datasets" / "golden.jsonl"
+    suite.write_text("\n".join(json.dumps({"prompt": f"What is the capital of {c}?", "expected": a}) for c, a in
+                               (("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"))) + "\n")
+    client = await make_server(eval_suite_path="golden.jsonl", eval_min_pass_rate=1.0, eval_max_tokens=6)
+    v10 = await train(client)
+    message = await _fails(activate(client, v10), grpc.StatusCode.FAILED_PRECONDITION, "EVAL_GATE_FAILED")
+    assert "pass rate" in message
+    st = await status(client)
+    assert st.active_version == "" and st.loaded == []  # the candidate was unloaded again
+    forced = await activate(client, v10, force=True, reason="accept known weakness")
+    assert forced.status.active_version == v10
+    assert not forced.eval.passed and forced.eval.baseline_version == "" and len(forced.eval.suite_digest) == 64
+    names = {m.name for m in forced.eval.metrics}
+    assert {"exact_match", "token_f1", "bleu", "pass_rate", "mean_score_drop"} <= names
+    files = [Path(u.removeprefix("file://")) for u in forced.eval.report_uris]
+    assert [f.name for f in files] == ["report.json", "report.md", "report.png"]
+    assert json.loads(files[0].read_text())["version"] == v10
+    assert files[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluated = await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_path="golden.jsonl"))
+    assert evaluated.eval.baseline_version == v10 and evaluated.eval.regressions == 0
+    await _fails(stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_path="../x")),
+                 grpc.StatusCode.INVALID_ARGUMENT, "DATASET_PATH_OUTSIDE_ROOT")
+
+
+class InMemoryRates:
+    """FeedbackRates over a dict of counts per version (the Protocol, in memory)."""
+
+    def __init__(self) -> None:
+        self.counts_by_version: dict[str, FeedbackCounts] = {}
+
+    async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts:
+        assert since <= datetime.now(UTC)
+        return self.counts_by_version.get(version, FeedbackCounts())
+
+
+async def test_auto_rollback_on_negative_feedback(make_server):
+    client = await make_server()
+    v10 = await train(client)
+    v11 = await train(client, parent=v10)
+    await activate(client, v10, mark_known_good=True)
+    await activate(client, v11)
+    rates = InMemoryRates()
+    controller = client.app.lora.controller
+    auto = AutoRollback(controller, rates, AutoRollbackConfig(margin=0.1, min_samples=20),
+                        client.app.lora.controller._store.history)
+    rates.counts_by_version = {v10: FeedbackCounts(80, 20), v11: FeedbackCounts(5, 5)}
+    assert await auto.check_once() == ""  # too few ratings yet
+    rates.counts_by_version[v11] = FeedbackCounts(20, 8)  # 28.6% vs 20%: within the margin
+    assert await auto.check_once() == ""
+    rates.counts_by_version[v11] = FeedbackCounts(14, 16)  # 53% vs 20%
+    reason = await auto.check_once()
+    assert "53.3%" in reason and "20.0%" in reason
+    st = await status(client)
+    assert st.active_version == v10 and st.last_operation.kind == lc.LORA_OPERATION_KIND_AUTO_ROLLBACK
+    assert st.last_operation.actor == "auto-rollback" and st.last_operation.reason == reason
+    assert await auto.check_once() == ""  # on known-good now: nothing to do
