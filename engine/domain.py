@@ -202,6 +202,18 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class EwcLineage:
+    """What an EWC run was anchored to, resolved when it ran (the snapshot may have been computed then)."""
+
+    parent_adapter_version: str
+    fisher_snapshot: str
+    ewc_lambda: float
+    gamma: float
+    replay_fraction: float = 0.0
+    replayed_examples: int = 0
+
+
+@dataclass(frozen=True)
 class TrainingJob:
     """A training job as stored. Replaced (never mutated) on every change."""
 
@@ -219,6 +231,7 @@ class TrainingJob:
     latest_metrics: StepMetrics | None = None
     device: str = ""
     last_sequence: int = 0
+    ewc_lineage: EwcLineage | None = None
 
     @property
     def name(self) -> str:

@@ -1,9 +1,11 @@
-"""Training job lifecycle: create, queue, run off the event loop, record events, watch.
+"""Job lifecycle: create, queue, run off the event loop, record events, watch.
 
-The manager owns an in-memory log for each job running in this process (so
-watchers see every event at once) and writes the log and the job through to the
-JobStore. A job's lifetime is independent of any watcher: a client that
-disconnects stops nothing.
+``JobManager`` is the kind-agnostic core (training and Fisher jobs share it): it
+owns an in-memory log for each job running in this process (so watchers see
+every event at once) and writes the log and the job through to the JobStore. A
+job's lifetime is independent of any watcher: a client that disconnects stops
+nothing. Subclasses say what running a job means (``_execute``) and how progress
+events fold into the job (``_fold``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from engine.continual import EwcPlanner, with_plan
 from engine.domain import (
     EventPayload,
     Failed,
@@ -75,26 +79,19 @@ class _LiveJob:
         self.changed = asyncio.Event()
 
 
-WatchItem = TrainingJob | JobEvent
+WatchItem = Any  # the job (first), then JobEvent items
 
 
-class TrainingJobManager:
-    def __init__(
-        self,
-        *,
-        store: JobStore,
-        registry: AdapterRegistry,
-        preparer: JobPreparer,
-        work_dir: Path,
-        max_concurrent_jobs: int = 1,
-        train: Callable[..., TrainingResult] = run_training,
-    ) -> None:
+class JobManager:
+    """The lifecycle shared by every kind of job; see the module docstring."""
+
+    kind = "job"  # for messages and metrics, e.g. "training"
+    collection = "jobs"  # resource collection, e.g. "trainingJobs"
+
+    def __init__(self, *, store: JobStore, work_dir: Path, max_concurrent_jobs: int = 1) -> None:
         self._store = store
-        self._registry = registry
-        self._preparer = preparer
         self._work_dir = work_dir
-        self._train = train
-        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="train")
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix=self.kind)
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._live: dict[str, _LiveJob] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -132,13 +129,9 @@ class TrainingJobManager:
 
     # ---- API --------------------------------------------------------------------
 
-    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False) -> TrainingJob:
-        await self._preparer.validate(spec)
-        job = TrainingJob(
-            id=uuid.uuid4().hex, spec=spec, state=JobState.QUEUED, create_time=_now(), request_id=request_id
-        )
-        if validate_only:
-            return job
+    async def _admit(self, job: Any) -> Any:
+        """Store a new QUEUED job (or return the one its request_id already names) and queue it."""
+        request_id, spec = job.request_id, job.spec
         stored = await self._store.insert_job(job)
         if stored.id != job.id:  # request_id seen before
             if stored.spec != spec:
@@ -152,23 +145,23 @@ class TrainingJobManager:
         self._live[job.id] = live
         self._record(live, StateChanged(None, JobState.QUEUED, "job accepted"))
         await self._flush(live)
-        log.info("job created", extra={"job_id": job.id})
+        log.info("job created", extra={"job_id": job.id, "kind": self.kind})
         live.task = self._spawn(self._run(live))
         return live.job
 
-    async def get(self, job_id: str) -> TrainingJob:
+    async def get(self, job_id: str) -> Any:
         live = self._live.get(job_id)
         if live is not None:
             return live.job
         job = await self._store.get_job(job_id)
         if job is None:
-            raise NotFound("JOB_NOT_FOUND", f"training job trainingJobs/{job_id} does not exist",
-                           metadata={"name": f"trainingJobs/{job_id}"})
+            name = f"{self.collection}/{job_id}"
+            raise NotFound("JOB_NOT_FOUND", f"{self.kind} job {name} does not exist", metadata={"name": name})
         return job
 
     async def list(
         self, *, states: Sequence[JobState], page_size: int, page_token: str
-    ) -> tuple[list[TrainingJob], str]:
+    ) -> tuple[list[Any], str]:
         before = _decode_page_token(page_token) if page_token else None
         jobs = await self._store.list_jobs(states=states, limit=page_size + 1, before=before)
         more = len(jobs) > page_size
@@ -176,7 +169,7 @@ class TrainingJobManager:
         token = _encode_page_token(jobs[-1]) if more and jobs else ""
         return jobs, token
 
-    async def cancel(self, job_id: str) -> TrainingJob:
+    async def cancel(self, job_id: str) -> Any:
         live = self._live.get(job_id)
         job = live.job if live is not None else await self.get(job_id)
         if live is None or job.state.terminal:
@@ -225,23 +218,8 @@ class TrainingJobManager:
             async with self._slots:
                 if live.cancel.cancelled:
                     raise Cancelled("JOB_CANCELLED", "cancelled before it started")
-                self._transition(live, JobState.PREPARING, "loading dataset and model")
-                with tracer.start_as_current_span("training_job.prepare", attributes={"job": live.job.name}):
-                    prepared = await self._preparer.prepare(live.job.spec, job_dir)
-                self._set(live, dataset=prepared.dataset, device=prepared.device)
-                self._transition(live, JobState.RUNNING, f"training on {prepared.device}")
-                live.job = replace(live.job, start_time=_now())
-                loop = asyncio.get_running_loop()
-                sink = _LoopSink(loop, lambda payload: self._record(live, payload))
-                with tracer.start_as_current_span("training_job.train", attributes={"job": live.job.name}):
-                    context = contextvars.copy_context()  # the training thread's spans nest under this one
-                    result = await loop.run_in_executor(
-                        self._executor, context.run, self._train, prepared.run, sink, live.cancel
-                    )
-                with tracer.start_as_current_span("training_job.publish", attributes={"job": live.job.name}):
-                    record = await self._publish(live, prepared, result)
-                self._set(live, output_adapter_version=record.version)
-                self._finish(live, JobState.SUCCEEDED, f"published adapter {record.version}")
+                message = await self._execute(live, job_dir)
+                self._finish(live, JobState.SUCCEEDED, message)
         except Cancelled as exc:
             if self._closing:
                 failure = JobFailure("ABORTED", "SERVER_SHUTDOWN", "the server shut down while the job ran")
@@ -261,19 +239,17 @@ class TrainingJobManager:
             self._live.pop(live.job.id, None)
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    async def _publish(self, live: _LiveJob, prepared: PreparedJob, result: TrainingResult):
-        spec = live.job.spec
-        return await self._registry.publish(
-            base_model=spec.base_model,
-            adapter_dir=result.adapter_dir,
-            lora=spec.lora,
-            parent=prepared.parent,
-            major_bump=spec.major_version_bump,
-            training_job=live.job.name,
-            dataset=result.dataset,
-            train_loss=result.final_task_loss,
-            labels=spec.labels,
-        )
+    def _sink(self, live: _LiveJob) -> _LoopSink:
+        """A ProgressSink for worker threads that records into this job's log."""
+        return _LoopSink(asyncio.get_running_loop(), lambda payload: self._record(live, payload))
+
+    async def _execute(self, live: _LiveJob, job_dir: Path) -> str:
+        """Run the job (in ``job_dir``, removed afterwards); return the message of its SUCCEEDED state."""
+        raise NotImplementedError
+
+    def _fold(self, payload: EventPayload) -> dict:
+        """Changes to the job that one event implies (beyond last_sequence)."""
+        return {}
 
     # ---- event log --------------------------------------------------------------
 
@@ -283,12 +259,8 @@ class TrainingJobManager:
     def _record(self, live: _LiveJob, payload: EventPayload) -> None:
         """Append one event (on the loop thread) and fold it into the job."""
         event = JobEvent(live.job.last_sequence + 1, _now(), payload)
-        changes: dict = {"last_sequence": event.sequence}
-        if isinstance(payload, StepMetrics):
-            changes["latest_metrics"] = payload
-            changes["progress"] = JobProgress(payload.step, payload.total_steps, payload.eta_seconds)
-        live.job = replace(live.job, **changes)
-        job_event("training", live.job.id, event)
+        live.job = replace(live.job, last_sequence=event.sequence, **self._fold(payload))
+        job_event(self.kind, live.job.id, event)
         live.events.append(event)
         live.unpersisted.append(event)
         live.notify()
@@ -318,6 +290,92 @@ class TrainingJobManager:
             if batch:
                 await self._store.append_events(live.job.id, batch)
             await self._store.update_job(live.job)
+
+
+class TrainingJobManager(JobManager):
+    kind = "training"
+    collection = "trainingJobs"
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        registry: AdapterRegistry,
+        preparer: JobPreparer,
+        work_dir: Path,
+        max_concurrent_jobs: int = 1,
+        train: Callable[..., TrainingResult] = run_training,
+        ewc: EwcPlanner | None = None,
+    ) -> None:
+        super().__init__(store=store, work_dir=work_dir, max_concurrent_jobs=max_concurrent_jobs)
+        self._registry = registry
+        self._preparer = preparer
+        self._train = train
+        self._ewc = ewc
+
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False) -> TrainingJob:
+        await self._preparer.validate(spec)
+        if self._ewc is not None:
+            await self._ewc.validate(spec)
+        job = TrainingJob(
+            id=uuid.uuid4().hex, spec=spec, state=JobState.QUEUED, create_time=_now(), request_id=request_id
+        )
+        if validate_only:
+            return job
+        return await self._admit(job)
+
+    async def _execute(self, live: _LiveJob, job_dir: Path) -> str:
+        self._transition(live, JobState.PREPARING, "loading dataset and model")
+        with tracer.start_as_current_span("training_job.prepare", attributes={"job": live.job.name}):
+            prepared = await self._preparer.prepare(live.job.spec, job_dir)
+        self._set(live, dataset=prepared.dataset, device=prepared.device)
+        sink = self._sink(live)
+        spec, run = live.job.spec, prepared.run
+        if self._ewc is not None and prepared.parent is not None and not spec.ewc.disabled:
+            plan = await self._ewc.plan(spec, prepared.parent, run.parent_adapter_dir, run.base_model_dir,
+                                        run.examples, sink, live.cancel)
+            prepared = replace(prepared, run=with_plan(run, plan))
+            self._set(live, ewc_lineage=plan.lineage)
+        self._transition(live, JobState.RUNNING, f"training on {prepared.device}")
+        live.job = replace(live.job, start_time=_now())
+        loop = asyncio.get_running_loop()
+        with tracer.start_as_current_span("training_job.train", attributes={"job": live.job.name}):
+            context = contextvars.copy_context()  # the training thread's spans nest under this one
+            result = await loop.run_in_executor(
+                self._executor, context.run, self._train, prepared.run, sink, live.cancel
+            )
+        with tracer.start_as_current_span("training_job.publish", attributes={"job": live.job.name}):
+            record = await self._publish(live, prepared, result)
+        self._set(live, output_adapter_version=record.version)
+        return f"published adapter {record.version}"
+
+    def _fold(self, payload: EventPayload) -> dict:
+        if isinstance(payload, StepMetrics):
+            return {"latest_metrics": payload,
+                    "progress": JobProgress(payload.step, payload.total_steps, payload.eta_seconds)}
+        return {}
+
+    async def _publish(self, live: _LiveJob, prepared: PreparedJob, result: TrainingResult):
+        spec = live.job.spec
+        return await self._registry.publish(
+            base_model=spec.base_model,
+            adapter_dir=result.adapter_dir,
+            parent=prepared.parent,
+            major_bump=spec.major_version_bump,
+            training_job=live.job.name,
+            dataset=result.dataset,
+            train_loss=result.final_task_loss,
+            labels=spec.labels,
+            **_ewc_lineage(live.job),
+        )
+
+
+def _ewc_lineage(job: TrainingJob) -> dict:
+    """The EWC settings recorded with the adapter: only for a continuation with EWC on."""
+    lineage = job.ewc_lineage
+    if lineage is None:
+        return {}
+    return {"ewc_lambda": lineage.ewc_lambda, "ewc_gamma": lineage.gamma, "fisher_snapshot": lineage.fisher_snapshot}
 
 
 class _LoopSink:

@@ -208,7 +208,13 @@ def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
         msg.dataset.CopyFrom(dataset_to_pb(job.dataset))
     if job.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(metrics_to_pb(job.latest_metrics))
-    if job.spec.parent_adapter_version and not job.spec.ewc.disabled:
+    if job.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)
+        e = job.ewc_lineage
+        msg.ewc_lineage.CopyFrom(pb.EwcLineage(
+            parent_adapter_version=e.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
+            ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
+        ))
+    elif job.spec.parent_adapter_version and not job.spec.ewc.disabled:
         e = job.spec.ewc
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
             parent_adapter_version=job.spec.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,

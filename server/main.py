@@ -16,11 +16,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.continual import EwcPlanner
+from engine.fisher_jobs import FisherJobConfig, FisherJobManager
 from engine.jobs import TrainingJobManager
+from engine.models import resolve_base_model
 from engine.preparation import JobPreparer, PreparerConfig
 from engine.registry import AdapterRegistry
 from engine.stores import postgres
-from engine.stores.job_store import PostgresJobStore
+from engine.stores.fisher_store import FisherSnapshotStore
+from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from learning.v1 import (
     adapter_pb2,
     adapter_pb2_grpc,
@@ -36,6 +40,7 @@ from learning.v1 import (
 from server import access
 from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
+from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
@@ -68,6 +73,7 @@ class App:
     pool: asyncpg.Pool
     embedded: postgres.EmbeddedPostgres | None
     lora: LoraRuntime | None = None
+    fisher: FisherJobManager | None = None
     metrics: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -75,6 +81,8 @@ class App:
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
         await self.jobs.shutdown()
+        if self.fisher is not None:
+            await self.fisher.shutdown()
         await self.server.stop(grace)
         if self.metrics is not None:
             self.metrics.stop()
@@ -118,14 +126,27 @@ async def start(settings: Settings) -> App:
         ),
         registry,
     )
+    training_store = PostgresJobStore(pool)
+    snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
     jobs = TrainingJobManager(
-        store=PostgresJobStore(pool),
+        store=training_store,
         registry=registry,
         preparer=preparer,
         work_dir=settings.work_dir,
         max_concurrent_jobs=settings.max_concurrent_jobs,
+        ewc=EwcPlanner(registry=registry, snapshots=snapshots, training_job=training_store.get_job,
+                       datasets_dir=settings.datasets_dir),
     )
     await jobs.recover()
+    fisher_jobs = FisherJobManager(
+        store=PostgresJobStore(pool, FISHER_TABLES), registry=registry, snapshots=snapshots,
+        base_model_dir=lambda model_id: resolve_base_model(
+            model_id, models=settings.base_models, cache_dir=settings.models_dir
+        ),
+        config=FisherJobConfig(datasets_dir=settings.datasets_dir), work_dir=settings.work_dir / "fisher",
+        max_concurrent_jobs=settings.max_concurrent_jobs,
+    )
+    await fisher_jobs.recover()
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -141,8 +162,9 @@ async def start(settings: Settings) -> App:
         ),
         server,
     )
-    # Not built yet: the generated base servicers answer UNIMPLEMENTED for every RPC.
-    fisher_pb2_grpc.add_FisherServiceServicer_to_server(fisher_pb2_grpc.FisherServiceServicer(), server)
+    fisher_pb2_grpc.add_FisherServiceServicer_to_server(
+        FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model), server
+    )
     adapter_pb2_grpc.add_AdapterServiceServicer_to_server(adapter_pb2_grpc.AdapterServiceServicer(), server)
     lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
         LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
@@ -164,7 +186,9 @@ async def start(settings: Settings) -> App:
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
     log.info(access.describe(settings))
     metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
-    return App(settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics)
+    return App(
+        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -1,13 +1,16 @@
-"""Training jobs and their event logs in PostgreSQL (asyncpg).
+"""Jobs (training, Fisher) and their event logs in PostgreSQL (asyncpg).
 
 A job is stored whole as JSON (``doc``) beside the columns that are queried.
-Events are append-only rows keyed by (job, sequence).
+Events are append-only rows keyed by (job, sequence). Each kind of job has its
+own pair of tables of the same shape (``JobTables``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from pydantic import TypeAdapter
@@ -24,10 +27,11 @@ from engine.domain import (
     TrainingJob,
     Warned,
 )
+from engine.fisher_domain import FisherJob, FisherProgress
 
-_JOB = TypeAdapter(TrainingJob)
 _PAYLOAD_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (StateChanged, StepMetrics, CheckpointSaved, EvalReported, Warned, Failed)
+    cls.__name__: cls
+    for cls in (StateChanged, StepMetrics, CheckpointSaved, EvalReported, Warned, Failed, FisherProgress)
 }
 _PAYLOADS: dict[str, TypeAdapter] = {name: TypeAdapter(cls) for name, cls in _PAYLOAD_TYPES.items()}
 
@@ -41,48 +45,64 @@ def decode_payload(kind: str, data: str | bytes) -> EventPayload:
     return _PAYLOADS[kind].validate_json(data)
 
 
+@dataclass(frozen=True)
+class JobTables:
+    """Where one kind of job lives: its table, its events table and its domain type."""
+
+    jobs: str
+    events: str
+    job_type: type
+
+
+TRAINING_TABLES = JobTables("training_jobs", "training_job_events", TrainingJob)
+FISHER_TABLES = JobTables("fisher_jobs", "fisher_job_events", FisherJob)
+
+
 class PostgresJobStore:
-    """JobStore over an asyncpg pool (see engine.ports.JobStore)."""
+    """JobStore over an asyncpg pool (see engine.ports.JobStore), for one kind of job."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tables: JobTables = TRAINING_TABLES) -> None:
         self._pool = pool
+        self._jobs = tables.jobs
+        self._events = tables.events
+        self._job: TypeAdapter[Any] = TypeAdapter(tables.job_type)
 
-    async def insert_job(self, job: TrainingJob) -> TrainingJob:
+    async def insert_job(self, job: Any) -> Any:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "INSERT INTO training_jobs (id, request_id, state, create_time, doc)"
+                f"INSERT INTO {self._jobs} (id, request_id, state, create_time, doc)"
                 " VALUES ($1, $2, $3, $4, $5::jsonb)"
                 " ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 job.id,
                 job.request_id or None,
                 job.state.value,
                 job.create_time,
-                _JOB.dump_json(job).decode(),
+                self._job.dump_json(job).decode(),
             )
             if row is not None:
                 return job
             existing = await conn.fetchval(
-                "SELECT doc FROM training_jobs WHERE request_id = $1", job.request_id
+                f"SELECT doc FROM {self._jobs} WHERE request_id = $1", job.request_id
             )
-            return _JOB.validate_json(existing)
+            return self._job.validate_json(existing)
 
-    async def update_job(self, job: TrainingJob) -> None:
+    async def update_job(self, job: Any) -> None:
         async with self._pool.acquire() as conn:
             await conn.execute(
-                "UPDATE training_jobs SET state = $2, doc = $3::jsonb WHERE id = $1",
+                f"UPDATE {self._jobs} SET state = $2, doc = $3::jsonb WHERE id = $1",
                 job.id,
                 job.state.value,
-                _JOB.dump_json(job).decode(),
+                self._job.dump_json(job).decode(),
             )
 
-    async def get_job(self, job_id: str) -> TrainingJob | None:
+    async def get_job(self, job_id: str) -> Any | None:
         async with self._pool.acquire() as conn:
-            doc = await conn.fetchval("SELECT doc FROM training_jobs WHERE id = $1", job_id)
-        return None if doc is None else _JOB.validate_json(doc)
+            doc = await conn.fetchval(f"SELECT doc FROM {self._jobs} WHERE id = $1", job_id)
+        return None if doc is None else self._job.validate_json(doc)
 
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[str, str] | None
-    ) -> list[TrainingJob]:
+    ) -> list[Any]:
         clauses, args = [], []
         if states:
             args.append([s.value for s in states])
@@ -92,18 +112,18 @@ class PostgresJobStore:
             clauses.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         args.append(limit)
-        sql = f"SELECT doc FROM training_jobs {where} ORDER BY create_time DESC, id DESC LIMIT ${len(args)}"
+        sql = f"SELECT doc FROM {self._jobs} {where} ORDER BY create_time DESC, id DESC LIMIT ${len(args)}"
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
-        return [_JOB.validate_json(r["doc"]) for r in rows]
+        return [self._job.validate_json(r["doc"]) for r in rows]
 
-    async def jobs_in_states(self, states: Sequence[JobState]) -> list[TrainingJob]:
+    async def jobs_in_states(self, states: Sequence[JobState]) -> list[Any]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT doc FROM training_jobs WHERE state = ANY($1::text[]) ORDER BY create_time",
+                f"SELECT doc FROM {self._jobs} WHERE state = ANY($1::text[]) ORDER BY create_time",
                 [s.value for s in states],
             )
-        return [_JOB.validate_json(r["doc"]) for r in rows]
+        return [self._job.validate_json(r["doc"]) for r in rows]
 
     async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
         records = []
@@ -112,7 +132,7 @@ class PostgresJobStore:
             records.append((job_id, ev.sequence, ev.time, kind, data.decode()))
         async with self._pool.acquire() as conn:
             await conn.executemany(
-                "INSERT INTO training_job_events (job_id, sequence, time, kind, payload)"
+                f"INSERT INTO {self._events} (job_id, sequence, time, kind, payload)"
                 " VALUES ($1, $2, $3, $4, $5::jsonb)",
                 records,
             )
@@ -120,7 +140,7 @@ class PostgresJobStore:
     async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT sequence, time, kind, payload FROM training_job_events"
+                f"SELECT sequence, time, kind, payload FROM {self._events}"
                 " WHERE job_id = $1 AND sequence > $2 ORDER BY sequence",
                 job_id,
                 after_sequence,

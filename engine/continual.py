@@ -1,0 +1,186 @@
+"""EWC for a training job that continues a parent adapter: Fisher, anchor, replay and lineage.
+
+``EwcPlanner.plan`` runs while the job prepares. With no snapshot named it measures the parent on the
+parent's own training data (the dataset of the job that produced it, checked against the digest recorded
+on the adapter), folds in the snapshot the parent itself was trained with (online EWC:
+``gamma * F_old + F_task``) and stores the result as a new snapshot, reporting both steps as job events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
+from engine.domain import EwcLineage, JsonlSource, TrainingJob, TrainingJobSpec, Warned
+from engine.errors import FailedPrecondition, NotFound
+from engine.ewc import EwcPenalty, accumulate, check_same_shapes, diagonal_stats, mix_replay, shapes_of
+from engine.fisher import Diagonal, FisherResult, select_samples
+from engine.fisher_domain import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
+from engine.fisher_run import FisherRun, load_adapter_weights, run_fisher
+from engine.ports import CancelToken, ProgressSink
+from engine.registry.records import lora_shape
+from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
+
+SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
+
+
+@dataclass(frozen=True)
+class EwcPlan:
+    penalty: EwcPenalty
+    examples: list[Example]
+    lineage: EwcLineage
+
+
+def new_snapshot(
+    result: FisherResult, diagonal: Diagonal, *, base_model: str, adapter_version: str, dataset_digest: str,
+    accumulated_from: str = "", gamma: float = 1.0,
+) -> dict[str, Any]:
+    """The fields of a FisherSnapshotStore.save call for ``diagonal`` (the result, maybe accumulated)."""
+    stats = diagonal_stats(diagonal)
+    return {
+        "make": FisherSnapshot, "base_model": base_model, "adapter_version": adapter_version,
+        "dataset_digest": dataset_digest, "sample_count": result.sample_count, "estimator": result.estimator,
+        "create_time": datetime.now(UTC), "stat_sum": stats.sum, "stat_max": stats.max, "stat_mean": stats.mean,
+        "quantiles": stats.quantiles, "parameter_count": stats.parameter_count,
+        "normalization": result.normalization, "accumulated_from": accumulated_from, "gamma": gamma,
+    }
+
+
+class EwcPlanner:
+    def __init__(
+        self,
+        *,
+        registry: Any,
+        snapshots: FisherSnapshotStore,
+        training_job: Callable[[str], Awaitable[TrainingJob | None]],
+        datasets_dir: Path,
+        measure: Callable[..., FisherResult] = run_fisher,
+    ) -> None:
+        self._registry = registry
+        self._snapshots = snapshots
+        self._training_job = training_job
+        self._datasets_dir = datasets_dir
+        self._measure = measure
+
+    async def validate(self, spec: TrainingJobSpec) -> None:
+        """Create-time checks: a named snapshot exists and was measured on an adapter of the parent's shape."""
+        if not spec.parent_adapter_version or spec.ewc.disabled or not spec.ewc.fisher_snapshot:
+            return
+        snapshot = await self._snapshots.get(snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD))
+        parent = await self._registry.get(spec.base_model, spec.parent_adapter_version,
+                                          field_path="spec.parent_adapter_version")
+        if snapshot.base_model != spec.base_model:
+            raise FailedPrecondition(
+                "FISHER_SHAPE_MISMATCH",
+                f"{snapshot.name} was measured on base model {snapshot.base_model}, not {spec.base_model}",
+                metadata={"snapshot": snapshot.name},
+            )
+        try:
+            measured = await self._registry.get(snapshot.base_model, snapshot.adapter_version)
+        except NotFound:
+            return  # the measured version was deleted; the tensor shapes are checked when the job runs
+        if lora_shape(measured.lora) != lora_shape(parent.lora):
+            raise FailedPrecondition(
+                "FISHER_SHAPE_MISMATCH",
+                f"{snapshot.name} was measured on {snapshot.adapter_version} (LoRA rank {measured.lora.rank}), "
+                f"whose shape differs from the parent {parent.version} (rank {parent.lora.rank})",
+                metadata={"snapshot": snapshot.name, "parent": parent.version},
+            )
+
+    async def plan(
+        self, spec: TrainingJobSpec, parent: Any, parent_dir: Path, base_model_dir: Path,
+        examples: list[Example], sink: ProgressSink, cancel: CancelToken,
+    ) -> EwcPlan:
+        anchor = await asyncio.to_thread(load_adapter_weights, parent_dir)
+        if spec.ewc.fisher_snapshot:
+            snapshot, fisher = await self._snapshots.load(
+                snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD)
+            )
+        else:
+            snapshot, fisher = await self._measure_parent(spec, parent, parent_dir, base_model_dir, sink, cancel)
+        check_same_shapes(shapes_of(anchor), shapes_of(fisher), what=f"Fisher snapshot {snapshot.name}",
+                          reason="FISHER_SHAPE_MISMATCH")
+        mixed, replayed = examples, 0
+        if spec.ewc.replay_fraction > 0:
+            earlier = await self._earlier_examples(parent, sink)
+            mixed, replayed = mix_replay(examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
+            sink.emit(Warned("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
+                                             f"the {len(examples)} new ones"))
+        lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
+                             spec.ewc.replay_fraction, replayed)
+        return EwcPlan(EwcPenalty(fisher, anchor, spec.ewc.ewc_lambda), mixed, lineage)
+
+    # ---- pieces -------------------------------------------------------------------------
+
+    async def _measure_parent(
+        self, spec: TrainingJobSpec, parent: Any, parent_dir: Path, base_model_dir: Path,
+        sink: ProgressSink, cancel: CancelToken,
+    ) -> tuple[FisherSnapshot, Diagonal]:
+        examples = await self._dataset_of(parent)
+        chosen = [examples[i] for i in select_samples(len(examples), DEFAULT_NUM_SAMPLES)]
+        sink.emit(Warned(
+            "FISHER_COMPUTED_AUTOMATICALLY",
+            f"no Fisher snapshot named: measuring the empirical Fisher of {parent.version} on its own "
+            f"training data ({len(chosen)} samples) before training",
+        ))
+        run = FisherRun(base_model_dir, parent_dir, chosen, FisherEstimator.EMPIRICAL,
+                        spec.hyperparameters.max_seq_length, spec.hyperparameters.batch_size)
+        result = await asyncio.to_thread(self._measure, run, cancel=cancel)
+        fisher, accumulated_from = result.diagonal, ""
+        if parent.fisher_snapshot:  # online EWC: keep what the parent itself was protecting
+            try:
+                previous, old = await self._snapshots.load(snapshot_id_from_name(parent.fisher_snapshot))
+                fisher, accumulated_from = accumulate(old, fisher, spec.ewc.gamma), previous.name
+            except NotFound:
+                sink.emit(Warned("EARLIER_FISHER_MISSING", f"{parent.fisher_snapshot}, which {parent.version} "
+                                                           "was trained with, is gone; not accumulated"))
+        snapshot = await self._snapshots.save(fisher, **new_snapshot(
+            result, fisher, base_model=spec.base_model, adapter_version=parent.version,
+            dataset_digest=parent.dataset.digest if parent.dataset else "", accumulated_from=accumulated_from,
+            gamma=spec.ewc.gamma,
+        ))
+        how = f" (gamma {spec.ewc.gamma:g} x {accumulated_from} + this task)" if accumulated_from else ""
+        sink.emit(Warned("FISHER_SNAPSHOT_STORED", f"stored {snapshot.name}{how}; sum {snapshot.stat_sum:.4g}"))
+        return snapshot, fisher
+
+    async def _dataset_of(self, record: Any) -> list[Example]:
+        """The examples ``record`` was trained on, verified against the digest recorded on it."""
+        job = await self._training_job(record.training_job.removeprefix("trainingJobs/")) \
+            if record.training_job else None
+        if job is None or not isinstance(job.spec.dataset, JsonlSource):
+            raise FailedPrecondition(
+                "PARENT_DATASET_UNKNOWN",
+                f"the training data of {record.version} is not known here (imported, or trained from feedback); "
+                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version},
+            )
+        path = resolve_dataset_path(self._datasets_dir, job.spec.dataset.path)
+        examples = await asyncio.to_thread(load_jsonl, path)
+        if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
+            raise FailedPrecondition(
+                "PARENT_DATASET_CHANGED",
+                f"{job.spec.dataset.path} changed since {record.version} was trained on it; "
+                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version, "path": job.spec.dataset.path},
+            )
+        return examples
+
+    async def _earlier_examples(self, parent: Any, sink: ProgressSink) -> list[Example]:
+        """Examples of every version in the parent's lineage whose data is still known."""
+        pooled: list[Example] = []
+        for record in await self._registry.lineage(parent.base_model, parent.version):
+            try:
+                pooled.extend(await self._dataset_of(record))
+            except FailedPrecondition as exc:
+                sink.emit(Warned("REPLAY_DATASET_UNAVAILABLE", exc.message))
+        return pooled
+
+
+def with_plan(run: Any, plan: EwcPlan) -> Any:
+    """The training run with the EWC penalty and the replay-mixed examples."""
+    return replace(run, penalty=plan.penalty, examples=plan.examples)

@@ -1,0 +1,111 @@
+"""Protobuf <-> domain conversion for Fisher jobs and snapshots, in one place (see server/convert.py)."""
+
+from __future__ import annotations
+
+from engine import domain as d
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.fisher_domain import (
+    DEFAULT_NUM_SAMPLES,
+    FisherEstimator,
+    FisherJob,
+    FisherJobSpec,
+    FisherProgress,
+    FisherSnapshot,
+)
+from learning.v1 import common_pb2 as common
+from learning.v1 import fisher_pb2 as pb
+from server.convert import JOB_STATE_TO_PB, _dur, _ts, failure_to_pb
+
+ESTIMATOR_FROM_PB = {
+    pb.FISHER_ESTIMATOR_UNSPECIFIED: FisherEstimator.EMPIRICAL,
+    pb.FISHER_ESTIMATOR_EMPIRICAL: FisherEstimator.EMPIRICAL,
+    pb.FISHER_ESTIMATOR_SAMPLED: FisherEstimator.SAMPLED,
+    pb.FISHER_ESTIMATOR_BATCH_MEAN_SQUARED: FisherEstimator.BATCH_MEAN_SQUARED,
+}
+ESTIMATOR_TO_PB = {e: pb.FisherEstimator.Value(f"FISHER_ESTIMATOR_{e.value}") for e in FisherEstimator}
+
+
+def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str) -> FisherJobSpec:
+    issues = ViolationCollector()
+    issues.check(bool(msg.adapter_version), "spec.adapter_version", "must name an adapter version, e.g. v1.0")
+    issues.check(msg.estimator in ESTIMATOR_FROM_PB, "spec.estimator", f"unknown enum value {msg.estimator}")
+    source = msg.WhichOneof("dataset")
+    dataset: d.JsonlSource | d.FeedbackSource = d.JsonlSource(path=msg.jsonl.path)
+    if source == "jsonl":
+        issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
+    elif source == "feedback":
+        dataset = d.FeedbackSource(adapter_version=msg.feedback.adapter_version)
+    else:
+        issues.add("spec.dataset", "set spec.jsonl (the data the adapter should remember)")
+    issues.raise_if_any("INVALID_FISHER_SPEC", "invalid Fisher job spec")
+    return FisherJobSpec(
+        base_model=msg.base_model or default_base_model,
+        adapter_version=msg.adapter_version,
+        dataset=dataset,
+        num_samples=msg.num_samples or DEFAULT_NUM_SAMPLES,
+        estimator=ESTIMATOR_FROM_PB[msg.estimator],
+    )
+
+
+def spec_to_pb(spec: FisherJobSpec) -> pb.FisherJobSpec:
+    msg = pb.FisherJobSpec(base_model=spec.base_model, adapter_version=spec.adapter_version,
+                           num_samples=spec.num_samples, estimator=ESTIMATOR_TO_PB[spec.estimator])
+    if isinstance(spec.dataset, d.JsonlSource):
+        msg.jsonl.path = spec.dataset.path
+    else:
+        msg.feedback.adapter_version = spec.dataset.adapter_version
+    return msg
+
+
+def job_to_pb(job: FisherJob) -> pb.FisherJob:
+    p = job.progress
+    msg = pb.FisherJob(
+        name=job.name, request_id=job.request_id, state=JOB_STATE_TO_PB[job.state],
+        progress=common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
+                                    total_steps=p.total_steps, eta=_dur(p.eta_seconds)),
+        create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
+        spec=spec_to_pb(job.spec), output_snapshot=job.output_snapshot, last_sequence=job.last_sequence,
+    )
+    if job.failure is not None:
+        msg.error.CopyFrom(failure_to_pb(job.failure))
+    return msg
+
+
+def event_to_pb(event: d.JobEvent) -> pb.FisherJobEvent:
+    msg = pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time))
+    p = event.payload
+    if isinstance(p, d.StateChanged):
+        msg.state_change.CopyFrom(common.JobStateChange(
+            previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
+            state=JOB_STATE_TO_PB[p.state], message=p.message,
+        ))
+    elif isinstance(p, FisherProgress):
+        msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
+                                                samples_per_second=p.samples_per_second))
+    elif isinstance(p, d.Warned):
+        msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
+    elif isinstance(p, d.Failed):
+        msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
+    return msg
+
+
+def snapshot_to_pb(s: FisherSnapshot) -> pb.FisherSnapshot:
+    return pb.FisherSnapshot(
+        name=s.name, base_model=s.base_model, adapter_version=s.adapter_version, dataset_digest=s.dataset_digest,
+        sample_count=s.sample_count, estimator=ESTIMATOR_TO_PB[s.estimator], create_time=_ts(s.create_time),
+        stats=pb.FisherStats(sum=s.stat_sum, max=s.stat_max, mean=s.stat_mean, parameter_count=s.parameter_count,
+                             quantiles=[pb.FisherQuantile(q=q, value=v) for q, v in s.quantiles]),
+        sha256=s.sha256, size_bytes=s.size_bytes, normalization=s.normalization,
+        accumulated_from=s.accumulated_from,
+    )
+
+
+def job_id_from_name(name: str, field_path: str = "name") -> str:
+    prefix = "fisherJobs/"
+    job_id = name[len(prefix):] if name.startswith(prefix) else ""
+    if not job_id or not job_id.isalnum():
+        raise InvalidArgument(
+            "MALFORMED_NAME", f"{field_path} {name!r} is not a Fisher job name like fisherJobs/<id>",
+            violations=[FieldViolation(field_path, "must look like fisherJobs/<id>")],
+        )
+    return job_id

@@ -1,0 +1,73 @@
+"""FisherService: validate, convert, call the Fisher job manager or the snapshot store, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import grpc
+
+from engine.domain import JobEvent
+from engine.fisher_jobs import FisherJobManager
+from engine.jobs import _decode_page_token, _encode_page_token
+from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
+from learning.v1 import fisher_pb2 as pb
+from learning.v1 import fisher_pb2_grpc as pb_grpc
+from server import convert
+from server import fisher_convert as fc
+
+MAX_REQUEST_ID = 128
+
+
+class FisherService(pb_grpc.FisherServiceServicer):
+    def __init__(self, jobs: FisherJobManager, snapshots: FisherSnapshotStore, *, default_base_model: str) -> None:
+        self._jobs = jobs
+        self._snapshots = snapshots
+        self._default_base_model = default_base_model
+
+    async def CreateFisherJob(self, request: pb.CreateFisherJobRequest, context: grpc.aio.ServicerContext):
+        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model)
+        job = await self._jobs.create(spec, request_id=request.request_id)
+        return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(job))
+
+    async def GetFisherJob(self, request: pb.GetFisherJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.get(fc.job_id_from_name(request.name))
+        return pb.GetFisherJobResponse(fisher_job=fc.job_to_pb(job))
+
+    async def CancelFisherJob(self, request: pb.CancelFisherJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.cancel(fc.job_id_from_name(request.name))
+        return pb.CancelFisherJobResponse(fisher_job=fc.job_to_pb(job))
+
+    async def WatchFisherJob(
+        self, request: pb.WatchFisherJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchFisherJobResponse]:
+        job_id = fc.job_id_from_name(request.name)
+        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+            if isinstance(item, JobEvent):
+                yield pb.WatchFisherJobResponse(event=fc.event_to_pb(item))
+            else:
+                yield pb.WatchFisherJobResponse(snapshot=fc.job_to_pb(item))
+
+    async def GetFisherSnapshot(self, request: pb.GetFisherSnapshotRequest, context: grpc.aio.ServicerContext):
+        snapshot = await self._snapshots.get(snapshot_id_from_name(request.name))
+        return pb.GetFisherSnapshotResponse(fisher_snapshot=fc.snapshot_to_pb(snapshot))
+
+    async def ListFisherSnapshots(self, request: pb.ListFisherSnapshotsRequest, context: grpc.aio.ServicerContext):
+        size = convert.page_size(request.page_size)
+        before = None
+        if request.page_token:
+            created, snapshot_id = _decode_page_token(request.page_token)
+            before = (datetime.fromisoformat(created), snapshot_id)
+        rows = await self._snapshots.list(base_model=request.base_model, adapter_version=request.adapter_version,
+                                          limit=size + 1, before=before)
+        page = rows[:size]
+        token = _encode_page_token(page[-1]) if len(rows) > size and page else ""  # type: ignore[arg-type]
+        return pb.ListFisherSnapshotsResponse(fisher_snapshots=[fc.snapshot_to_pb(s) for s in page],
+                                              next_page_token=token)
+
+    async def DeleteFisherSnapshot(
+        self, request: pb.DeleteFisherSnapshotRequest, context: grpc.aio.ServicerContext
+    ):
+        await self._snapshots.delete(snapshot_id_from_name(request.name))
+        return pb.DeleteFisherSnapshotResponse()

@@ -1,0 +1,134 @@
+"""EWC across adapter versions and FisherService, through the gRPC API of a real in-process server."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from learning.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2, fisher_pb2, fisher_pb2_grpc
+from learning.v1 import training_pb2 as pb
+from tests.server.conftest import TINY, error_details, spec, watch_all
+
+
+def ewc_spec(parent: str, **ewc) -> pb.TrainingJobSpec:
+    request = spec(epochs=2)
+    request.parent_adapter_version = parent
+    request.ewc.CopyFrom(pb.EwcConfig(**ewc))
+    return request
+
+
+async def train(client, request: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, list[pb.TrainingJobEvent]]:
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=request))).training_job
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    final = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+    return final, events
+
+
+async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client):
+    fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
+    adapters = adapter_pb2_grpc.AdapterServiceStub(client.channel)
+    v10, _ = await train(client, spec(epochs=2))
+    assert v10.output_adapter_version == "v1.0"
+
+    v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=800.0, gamma=0.9))
+    assert v11.output_adapter_version == "v1.1"
+    warnings = [e.warning.code for e in events if e.HasField("warning")]
+    assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    assert steps[0].ewc_penalty == 0.0  # theta == theta* before the first update
+    assert all(s.ewc_penalty > 0 for s in steps[1:]) and len(steps) > 2
+    for s in steps:
+        assert s.loss == pytest.approx(s.task_loss + s.ewc_penalty)
+
+    lineage = v11.ewc_lineage
+    assert (lineage.parent_adapter_version, lineage.ewc_lambda, lineage.gamma) == ("v1.0", 800.0, pytest.approx(0.9))
+    assert lineage.fisher_snapshot.startswith("fisherSnapshots/")
+    adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.1"))).adapter
+    assert adapter.parent_version == "v1.0" and adapter.fisher_snapshot == lineage.fisher_snapshot
+    assert adapter.ewc_lambda == 800.0
+
+    snapshot = (await fisher.GetFisherSnapshot(
+        fisher_pb2.GetFisherSnapshotRequest(name=lineage.fisher_snapshot))).fisher_snapshot
+    assert (snapshot.base_model, snapshot.adapter_version, snapshot.sample_count) == (TINY, "v1.0", 24)
+    assert snapshot.normalization == "sequence_sum" and snapshot.accumulated_from == ""
+    assert snapshot.estimator == fisher_pb2.FISHER_ESTIMATOR_EMPIRICAL
+    assert snapshot.stats.sum > 0 and snapshot.stats.max > 0 and len(snapshot.sha256) == 64
+    assert snapshot.stats.parameter_count > 0 and [q.q for q in snapshot.stats.quantiles] == [0.5, 0.9, 0.99]
+
+    # v1.2 protects what v1.0 and v1.1 learned: its snapshot accumulates the one v1.1 was trained with.
+    v12, _ = await train(client, ewc_spec("v1.1", gamma=0.5))
+    accumulated = (await fisher.GetFisherSnapshot(
+        fisher_pb2.GetFisherSnapshotRequest(name=v12.ewc_lineage.fisher_snapshot))).fisher_snapshot
+    assert accumulated.adapter_version == "v1.1" and accumulated.accumulated_from == lineage.fisher_snapshot
+    listed = (await fisher.ListFisherSnapshots(fisher_pb2.ListFisherSnapshotsRequest())).fisher_snapshots
+    assert [s.name for s in listed] == [accumulated.name, snapshot.name]
+    only = await fisher.ListFisherSnapshots(fisher_pb2.ListFisherSnapshotsRequest(adapter_version="v1.0", page_size=1))
+    assert [s.name for s in only.fisher_snapshots] == [snapshot.name] and only.next_page_token == ""
+
+
+async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(client, data_dir):
+    fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
+    await train(client, spec(epochs=1))
+    request = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=common_pb2.JsonlDataset(path="capitals.jsonl"),
+                                       num_samples=5000, estimator=fisher_pb2.FISHER_ESTIMATOR_SAMPLED)
+    job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=request))).fisher_job
+    assert job.name.startswith("fisherJobs/") and job.spec.num_samples == 5000
+    messages = [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
+    events = [m.event for m in messages[1:]]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    states = [e.state_change.state for e in events if e.HasField("state_change")]
+    assert states == [common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_PREPARING, common_pb2.JOB_STATE_RUNNING,
+                      common_pb2.JOB_STATE_SUCCEEDED]
+    assert [e.warning.code for e in events if e.HasField("warning")] == ["NUM_SAMPLES_EXCEEDS_DATASET"]
+    progress = [e.progress for e in events if e.HasField("progress")]
+    assert progress[-1].samples_done == progress[-1].samples_total == 24 and progress[-1].samples_per_second > 0
+
+    done = (await fisher.GetFisherJob(fisher_pb2.GetFisherJobRequest(name=job.name))).fisher_job
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED and done.progress.fraction == 1.0
+    snapshot = (await fisher.GetFisherSnapshot(
+        fisher_pb2.GetFisherSnapshotRequest(name=done.output_snapshot))).fisher_snapshot
+    assert snapshot.estimator == fisher_pb2.FISHER_ESTIMATOR_SAMPLED and snapshot.sample_count == 24
+    files = list((data_dir / "artifacts" / "fisher" / TINY / "v1.0").glob("*.safetensors"))
+    assert [f.stem for f in files] == [snapshot.name.split("/")[1]]
+
+    await fisher.DeleteFisherSnapshot(fisher_pb2.DeleteFisherSnapshotRequest(name=snapshot.name))
+    assert not files[0].exists()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fisher.GetFisherSnapshot(fisher_pb2.GetFisherSnapshotRequest(name=snapshot.name))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_details(err.value)[0].reason == "FISHER_SNAPSHOT_NOT_FOUND"
+
+
+async def test_bad_fisher_and_ewc_input(client):
+    fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
+    await train(client, spec(epochs=1))  # v1.0, rank 16
+    small = spec(epochs=1)
+    small.lora.rank = 4
+    await train(client, small)  # v2.0, rank 4
+    dataset = common_pb2.JsonlDataset(path="capitals.jsonl")
+
+    async def code_and_reason(call) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        return err.value.code(), error_details(err.value)[0].reason
+
+    too_many = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=dataset, num_samples=2_000_000)
+    assert await code_and_reason(fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=too_many))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUM_SAMPLES")
+    missing = fisher_pb2.FisherJobSpec(adapter_version="v7.0", jsonl=dataset)
+    assert await code_and_reason(fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=missing))) == (
+        grpc.StatusCode.NOT_FOUND, "ADAPTER_NOT_FOUND")
+    assert await code_and_reason(fisher.GetFisherJob(fisher_pb2.GetFisherJobRequest(name="trainingJobs/x"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME")
+
+    of_v2 = fisher_pb2.FisherJobSpec(adapter_version="v2.0", jsonl=dataset, num_samples=4)
+    job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=of_v2))).fisher_job
+    [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
+    snapshot = (await fisher.GetFisherJob(fisher_pb2.GetFisherJobRequest(name=job.name))).fisher_job.output_snapshot
+    wrong_shape = ewc_spec("v1.0", fisher_snapshot=snapshot)
+    assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=wrong_shape))) \
+        == (grpc.StatusCode.FAILED_PRECONDITION, "FISHER_SHAPE_MISMATCH")
+    out_of_range = ewc_spec("v1.0", ewc_lambda=5.0)
+    assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=out_of_range))) \
+        == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EWC_CONFIG")
