@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import start_http_server
 
 from engine import telemetry
+from learning.v1 import lora_control_pb2
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ def configure_tracing(settings: Settings) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     provider = TracerProvider(resource=Resource.create({"service.name": "learning-engine"}))
-    exporter = OTLPSpanExporter(
-        endpoint=settings.otlp_endpoint, insecure=settings.otlp_endpoint.startswith("http://")
-    )
+    exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=settings.otlp_endpoint.startswith("http://"))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _configured_endpoint = settings.otlp_endpoint
@@ -89,7 +88,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started, code = time.perf_counter(), "OK"
                 try:
-                    return await behavior(request, context)
+                    response = await behavior(request, context)
+                    observe_response(method, response)
+                    return response
                 except BaseException:
                     code = _code(context, "UNKNOWN")
                     raise
@@ -109,6 +110,44 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(timed(handler.unary_stream, True), **common)
         return grpc.stream_stream_rpc_method_handler(timed(handler.stream_stream, True), **common)
+
+
+def _feedback(response: Any) -> None:
+    telemetry.feedback_ingested(response.stored, response.duplicates)
+
+
+def _lora(response: Any) -> None:
+    status = response.status
+    telemetry.active_adapter(status.base_model, status.active_version if status.enabled else None)
+    operation = status.last_operation
+    if operation.HasField("duration") and not operation.HasField("error"):
+        kind = lora_control_pb2.LoraOperationKind.Name(operation.kind).removeprefix("LORA_OPERATION_KIND_")
+        telemetry.swap_finished(kind.lower(), operation.duration.ToTimedelta().total_seconds())
+
+
+# Business metrics read off successful responses at the RPC boundary, so the services stay unaware.
+# (Changes made without an RPC, such as an automatic rollback, are not seen here.)
+_RESPONSE_OBSERVERS: dict[str, Callable[[Any], None]] = {
+    "/learning.v1.FeedbackService/SubmitFeedback": _feedback,
+    "/learning.v1.FeedbackService/StreamFeedback": _feedback,
+    "/learning.v1.LoraControlService/ActivateAdapter": _lora,
+    "/learning.v1.LoraControlService/RollbackAdapter": _lora,
+    "/learning.v1.LoraControlService/EnableLora": _lora,
+    "/learning.v1.LoraControlService/DisableLora": _lora,
+    "/learning.v1.LoraControlService/GetLoraStatus": lambda r: telemetry.active_adapter(
+        r.status.base_model, r.status.active_version if r.status.enabled else None
+    ),
+}
+
+
+def observe_response(method: str, response: Any) -> None:
+    observer = _RESPONSE_OBSERVERS.get(method)
+    if observer is None or response is None:
+        return
+    try:
+        observer(response)
+    except Exception:  # noqa: BLE001 - metrics must never fail a call
+        log.warning("could not record metrics", extra={"method": method}, exc_info=True)
 
 
 def _code(context: grpc.aio.ServicerContext, default: str) -> str:

@@ -1,0 +1,74 @@
+"""``learning-engine``: the command line for a Learning Engine server.
+
+Exit codes follow the gRPC status of the failed call (0 OK, 3 INVALID_ARGUMENT,
+5 NOT_FOUND, 7 PERMISSION_DENIED, 12 UNIMPLEMENTED, 14 UNAVAILABLE,
+16 UNAUTHENTICATED, ...). ``train --watch`` exits with the job's outcome:
+0 succeeded, 1 cancelled, else the code of the job's error. Interrupted: 130.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from learning_engine.cli import jobs, ops
+from learning_engine.cli.common import Options, tls_from
+from learning_engine.connection import DEFAULT_TARGET
+
+app = typer.Typer(
+    name="learning-engine",
+    help="Train, inspect and deploy LoRA adapters on a Learning Engine server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def connection(
+    ctx: typer.Context,
+    target: str = typer.Option(
+        DEFAULT_TARGET, "--target", "-t", envvar="LEARNING_ENGINE_TARGET", help="Server address host:port."
+    ),
+    token: str = typer.Option(
+        None, "--token", envvar="LEARNING_ENGINE_TOKEN", help="Bearer token.", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds for each unary call."),
+    tls_ca: Path = typer.Option(
+        None, "--tls-ca", envvar="LEARNING_ENGINE_TLS_CA", help="CA bundle; enables TLS."
+    ),
+    tls_cert: Path = typer.Option(
+        None, "--tls-cert", envvar="LEARNING_ENGINE_TLS_CERT", help="Client cert (mTLS)."
+    ),
+    tls_key: Path = typer.Option(
+        None, "--tls-key", envvar="LEARNING_ENGINE_TLS_KEY", help="Client key (mTLS)."
+    ),
+    tls_server_name: str = typer.Option(
+        None, "--tls-server-name", help="Expected server name in its certificate."
+    ),
+) -> None:
+    ctx.obj = Options(target, token, as_json, timeout, tls_from(tls_ca, tls_cert, tls_key, tls_server_name))
+
+
+app.command("serve")(ops.serve)
+app.command("health")(ops.health)
+app.command("train")(jobs.train)
+app.command("fisher")(jobs.fisher_cmd)
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(ops.adapters_app, name="adapters")
+app.command("deploy")(ops.deploy)
+app.command("rollback")(ops.rollback)
+app.command("enable")(ops.enable)
+app.command("disable")(ops.disable)
+app.command("status")(ops.status)
+app.command("metrics")(ops.metrics)
+app.add_typer(ops.feedback_app, name="feedback")
+app.command("hash-token")(ops.hash_token)
+
+
+def main() -> None:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # keep gRPC's C-core chatter out of the output
+    app()

@@ -1,0 +1,145 @@
+"""What every command shares: connection options, running a call, output, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from learning_engine.client import AsyncClient
+from learning_engine.connection import TlsConfig
+from learning_engine.errors import LearningEngineError
+
+T = TypeVar("T")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Options:
+    target: str
+    token: str | None
+    json: bool
+    timeout: float
+    tls: TlsConfig | None
+
+    def client(self) -> AsyncClient:
+        return AsyncClient(self.target, token=self.token, tls=self.tls, timeout=self.timeout)
+
+
+def options(ctx: typer.Context) -> Options:
+    return ctx.ensure_object(Options)
+
+
+def run(ctx: typer.Context, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    """Run ``call`` with a connected client; map a failed call to its gRPC status exit code."""
+    opts = options(ctx)
+
+    async def main() -> T:
+        async with opts.client() as client:
+            return await call(client)
+
+    try:
+        return asyncio.run(main())
+    except LearningEngineError as exc:
+        fail(
+            opts,
+            exc.code,
+            exc.message,
+            reason=exc.reason,
+            metadata=exc.metadata,
+            violations=[(v.field, v.description) for v in exc.violations],
+        )
+
+
+def fail(
+    opts: Options,
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+    violations: list[tuple[str, str]] | None = None,
+) -> NoReturn:
+    """Report an error (JSON on stdout with --json, text on stderr otherwise) and exit with ``code``."""
+    if opts.json:
+        print(
+            json.dumps(
+                {
+                    "error": {
+                        "code": code.name,
+                        "reason": reason,
+                        "message": message,
+                        "metadata": metadata or {},
+                        "violations": [{"field": f, "description": d} for f, d in violations or []],
+                    }
+                }
+            )
+        )
+    else:
+        label = f"{code.name}" + (f" ({reason})" if reason and reason != code.name else "")
+        err.print(f"[bold red]error[/]: {label}: {message}", highlight=False)
+        for field, description in violations or []:
+            err.print(f"  - {field}: {description}", highlight=False)
+    raise typer.Exit(code.value[0])
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def emit(opts: Options, message: Message | dict[str, Any], render: Callable[[], None] | None = None) -> None:
+    """JSON for scripts with --json, else the human rendering (or a key/value table)."""
+    data = as_dict(message) if isinstance(message, Message) else message
+    if opts.json:
+        print(json.dumps(data), flush=True)
+    elif render is not None:
+        render()
+    else:
+        out.print(key_values(data))
+
+
+def key_values(data: dict[str, Any], title: str | None = None) -> Table:
+    table = Table(show_header=False, title=title, box=None, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in data.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    return table
+
+
+def labels(pairs: list[str] | None) -> dict[str, str]:
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--label")
+        result[key] = value
+    return result
+
+
+def tls_from(
+    ca: Path | None, cert: Path | None, key: Path | None, server_name: str | None
+) -> TlsConfig | None:
+    if not (ca or cert or key or server_name):
+        return None
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    return TlsConfig.from_files(ca, cert, key, server_name)
+
+
+def interrupted(message: str) -> NoReturn:
+    err.print(message)
+    sys.exit(130)

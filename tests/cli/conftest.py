@@ -1,0 +1,1 @@
+from tests.server.conftest import client, make_server  # noqa: F401 - re-exported fixtures

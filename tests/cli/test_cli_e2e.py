@@ -1,0 +1,120 @@
+"""The installed ``learning-engine`` command against a live server: train --watch, deploy, rollback, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from server import access
+from server.settings import AuthToken
+
+CLI = Path(sys.executable).with_name("learning-engine")
+TRAIN = [
+    "train",
+    "--data",
+    "capitals.jsonl",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--lr",
+    "5e-3",
+    "--max-seq-length",
+    "128",
+    "--seed",
+    "7",
+]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+
+async def cli(port: int, *args: str, token: str | None = None) -> Result:
+    env = {**os.environ, "LEARNING_ENGINE_TARGET": f"127.0.0.1:{port}", "COLUMNS": "120"}
+    env.pop("LEARNING_ENGINE_TOKEN", None)
+    if token:
+        env["LEARNING_ENGINE_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(
+        str(CLI), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def test_train_watch_deploy_rollback(make_server):
+    server = await make_server(metrics_port=0)
+    port = server.app.port
+
+    health = await cli(port, "health")
+    assert health.code == 0, health.err
+    assert "learning.v1.TrainingService" in health.out and "SERVING" in health.out
+
+    watched = await cli(port, *TRAIN, "--watch")
+    assert watched.code == 0, watched.err
+    assert "SUCCEEDED -> adapter v1.0" in watched.out
+    assert "loss" in watched.err and "tok/s" in watched.err and "ETA" in watched.err  # the progress bar
+    assert "RUNNING: training on cpu" in watched.err
+
+    scripted = await cli(port, "--json", *TRAIN, "--major", "--watch")
+    assert scripted.code == 0, scripted.err
+    lines = scripted.json_lines()
+    assert "snapshot" in lines[0]
+    events = [line["event"] for line in lines if "event" in line]
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["state_change"]["state"] == "JOB_STATE_SUCCEEDED"
+    steps = [e["step_metrics"] for e in events if "step_metrics" in e]
+    assert len(steps) == 12 and all(s["tokens_per_second"] > 0 for s in steps)
+
+    listed = await cli(port, "--json", "adapters", "list")
+    assert listed.code == 0, listed.err
+    assert sorted(a["version"] for a in listed.json_lines()[0]["adapters"]) == ["v1.0", "v2.0"]
+
+    first = await cli(port, "--json", "deploy", "v1.0", "--reason", "first rollout")
+    assert first.code == 0, first.out + first.err
+    second = await cli(port, "--json", "deploy", "v2.0", "--reason", "new major")
+    assert second.code == 0, second.out + second.err
+    assert second.json_lines()[0]["status"]["active_version"] == "v2.0"
+    back = await cli(port, "--json", "rollback", "--reason", "cli test")
+    assert back.code == 0, back.out + back.err
+    status = await cli(port, "--json", "status")
+    assert status.json_lines()[0]["active_version"] == "v1.0"
+    human = await cli(port, "status")
+    assert "v1.0" in human.out
+
+    missing = await cli(port, "--json", "jobs", "get", "trainingJobs/" + "0" * 32)
+    assert missing.code == 5  # NOT_FOUND
+    assert missing.json_lines()[0]["error"]["reason"] == "JOB_NOT_FOUND"
+    bad = await cli(port, "train", "--data", "../etc/passwd")
+    assert bad.code == 3 and "DATASET_PATH_OUTSIDE_ROOT" in bad.err  # INVALID_ARGUMENT
+
+    metrics = await cli(port, "--json", "metrics", "--url", f"http://127.0.0.1:{server.app.metrics.port}/metrics")
+    assert metrics.code == 0, metrics.err
+    samples = metrics.json_lines()[0]["samples"]
+    assert any(s["name"] == "learning_engine_active_adapter" and s["labels"]["version"] == "v1.0" for s in samples)
+    assert any(s["name"] == "learning_engine_adapter_swap_seconds_count" for s in samples)
+
+
+async def test_exit_codes_follow_the_grpc_status(make_server):
+    token = "trainer-token-cli-test-0123456789"
+    server = await make_server(auth_tokens=(AuthToken(name="t", role="trainer", sha256=access.hash_token(token)),))
+    port = server.app.port
+    assert (await cli(port, "jobs", "list")).code == 16  # UNAUTHENTICATED
+    assert (await cli(port, "jobs", "list", token="wrong")).code == 16
+    denied = await cli(port, "deploy", "v1.0", token=token)
+    assert denied.code == 7 and "operator" in denied.err  # PERMISSION_DENIED
+    assert (await cli(port, "jobs", "list", token=token)).code == 0
+    assert (await cli(port + 1 if port < 65535 else 1, "--timeout", "2", "health")).code == 14  # UNAVAILABLE
+    made = await cli(port, "--json", "hash-token", "--name", "ci", "--role", "reader")
+    entry = made.json_lines()[0]
+    assert entry["auth_token"]["sha256"] == access.hash_token(entry["token"])

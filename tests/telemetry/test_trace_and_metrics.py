@@ -1,0 +1,78 @@
+"""After one training job: its trace (RPC span -> prepare/train/epochs/publish) and the /metrics page."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import training_pb2 as pb
+from tests.server.conftest import spec, watch_all
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # first in this process: install an SDK provider
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def _samples(text: str, name: str) -> dict[tuple, float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+async def test_one_job_leaves_a_trace_and_metrics(make_server, spans: InMemorySpanExporter):
+    server = await make_server(metrics_port=0)
+    spans.clear()
+    created = await server.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=2)))
+    name = created.training_job.name
+    messages = await watch_all(server.training, name)
+    assert messages[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    for _ in range(40):  # the publish span ends just after the last event is recorded
+        if "training_job.publish" in finished:
+            break
+        await asyncio.sleep(0.05)
+        finished = {s.name: s for s in spans.get_finished_spans()}
+    rpc = finished["/learning.v1.TrainingService/CreateTrainingJob"]
+    assert rpc.kind == trace.SpanKind.SERVER
+    trace_id = rpc.context.trace_id
+    job_spans = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    by_name = {}
+    for s in job_spans:
+        by_name.setdefault(s.name, []).append(s)
+    assert {"training_job.prepare", "training_job.train", "training_job.publish", "training.epoch"} <= set(by_name)
+    train = by_name["training_job.train"][0]
+    epochs = by_name["training.epoch"]
+    assert [e.attributes["epoch"] for e in sorted(epochs, key=lambda e: e.start_time)] == [1, 2]
+    assert all(e.parent.span_id == train.context.span_id for e in epochs), "epoch spans nest under the train span"
+    assert train.attributes["job"] == name
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=5) as response:
+        page = response.read().decode()
+    jobs = _samples(page, "learning_engine_jobs")
+    assert jobs[(("kind", "training"), ("state", "SUCCEEDED"))] >= 1
+    assert jobs[(("kind", "training"), ("state", "RUNNING"))] == 0
+    assert _samples(page, "learning_engine_training_step_loss")[()] > 0
+    assert _samples(page, "learning_engine_training_tokens_per_second")[()] > 0
+    latency = _samples(page, "learning_engine_rpc_duration_seconds_count")
+    create = (("code", "OK"), ("method", "/learning.v1.TrainingService/CreateTrainingJob"))
+    assert latency[create] >= 1
+    assert "learning_engine_feedback_ingested_total" in page or "learning_engine_feedback_ingested" in page
