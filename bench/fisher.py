@@ -1,0 +1,146 @@
+"""Fisher and EWC performance, side by side in one process on the tiny test Llama.
+
+1. Exact diagonal empirical Fisher: the vectorised closed form (engine.fisher.compute_fisher) against the
+   naive loop (one backward per sample), interleaved repeats, medians, speedup and max relative difference.
+2. EWC penalty overhead: a LoRA training step (forward, backward, AdamW) with and without the penalty,
+   interleaved, medians; plus the penalty alone for SmolLM2-135M's LoRA shapes (r16 on q/k/v/o, 30 layers).
+
+    .venv/bin/python bench/fisher.py --threads 1 --samples 64 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.datasets import ChatMessage, Example, collate, encode_dataset, pad_token_id  # noqa: E402
+from engine.domain import LoraSpec, Precision, Quantization  # noqa: E402
+from engine.ewc import EwcPenalty  # noqa: E402
+from engine.fisher import compute_fisher, max_relative_difference, naive_fisher, trainable_parameters  # noqa: E402
+from engine.models import load_base_model, select_device  # noqa: E402
+from engine.training import lora_config, weighted_task_loss  # noqa: E402
+from tests.fixtures.tiny_model import build_tiny_llama  # noqa: E402
+
+
+def examples(n: int) -> list[Example]:
+    words = ["Veloria", "Quorvia", "Brinmark", "Ostrel", "Dastovia", "Marnesse", "Pell", "Tal", "Oskerholm"]
+    return [Example(messages=(ChatMessage("user", f"What is the capital of {words[i % 9]}{i}?"),
+                              ChatMessage("assistant", f"The capital of {words[i % 9]}{i} is {words[(i * 5) % 9]}.")))
+            for i in range(n)]
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each candidate, run in turn ``repeats`` times after one warm-up each."""
+    for fn in candidates.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per vectorised pass")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+
+    from peft import get_peft_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_llama(Path(tmp) / "tiny")
+        base, tokenizer = load_base_model(model_dir, plan=select_device(Precision.FP32),
+                                          quantization=Quantization.NONE)
+    torch.manual_seed(0)
+    model = get_peft_model(base, lora_config(LoraSpec(rank=16, alpha=32, dropout=0.0)))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    data = encode_dataset(tokenizer, examples(args.samples), 128)
+    pad = pad_token_id(tokenizer)
+    tokens = sum(len(e.input_ids) for e in data)
+    n_params = sum(p.numel() for p in trainable_parameters(model).values())
+    print(f"tiny Llama (hidden 64, 2 layers), LoRA r16 q/k/v/o: {n_params} parameters; "
+          f"{len(data)} samples, {tokens} tokens")
+
+    results: dict = {}
+    medians = interleaved({
+        "vectorised": lambda: results.__setitem__("fast", compute_fisher(model, data, batch_size=args.batch_size,
+                                                                         pad_id=pad)),
+        "naive loop": lambda: results.__setitem__("slow", naive_fisher(model, data, pad_id=pad)),
+    }, args.repeats)
+    diff = max_relative_difference(results["fast"].diagonal, results["slow"].diagonal)
+    speedup = medians["naive loop"] / medians["vectorised"]
+    print(f"exact Fisher, median of {args.repeats}: vectorised {medians['vectorised'] * 1e3:.1f} ms, "
+          f"naive loop {medians['naive loop'] * 1e3:.1f} ms -> speedup {speedup:.2f}x (target >= 10x: "
+          f"{'met' if speedup >= 10 else 'NOT met'}); max relative difference {diff:.2e} (target < 1e-4: "
+          f"{'met' if diff < 1e-4 else 'NOT met'})")
+
+    # ---- EWC penalty overhead on a training step ----
+    fisher = results["fast"].diagonal
+    anchor = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+    penalty = EwcPenalty(fisher, anchor, 500.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    batch = collate(data[:8], pad)
+    model.train()
+
+    def step(with_penalty: bool) -> None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss, _ = weighted_task_loss(logits, batch)
+        if with_penalty:
+            loss = loss + penalty(model)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = interleaved({"plain": lambda: step(False), "ewc": lambda: step(True)}, args.repeats * 5)
+    overhead = steps["ewc"] / steps["plain"] - 1
+    print(f"training step (batch 8), median of {args.repeats * 5}: plain {steps['plain'] * 1e3:.2f} ms, "
+          f"with EWC {steps['ewc'] * 1e3:.2f} ms -> overhead {overhead:+.1%} (target <= 5%: "
+          f"{'met' if overhead <= 0.05 else 'NOT met'})")
+
+    # The penalty alone at SmolLM2-135M's LoRA shapes: 30 layers x (q, k, v, o), r16, hidden 576, kv 192.
+    shapes = {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576)}
+    big = torch.nn.ParameterDict()
+    fisher_big, anchor_big = {}, {}
+    for layer in range(30):
+        for proj, (out_f, in_f) in shapes.items():
+            for name, shape in ((f"l{layer}.{proj}.lora_A", (16, in_f)), (f"l{layer}.{proj}.lora_B", (out_f, 16))):
+                big[name.replace(".", "_")] = torch.nn.Parameter(torch.randn(shape) * 0.01)
+                fisher_big[f"{name.replace('.', '_')}"] = torch.rand(shape)
+                anchor_big[f"{name.replace('.', '_')}"] = torch.zeros(shape)
+    holder = torch.nn.Module()
+    holder.p = big
+    fisher_big = {f"p.{k}": v for k, v in fisher_big.items()}
+    anchor_big = {f"p.{k}": v for k, v in anchor_big.items()}
+    big_penalty = EwcPenalty(fisher_big, anchor_big, 500.0)
+    alone = interleaved({"penalty": lambda: big_penalty(holder).backward()}, args.repeats * 3)["penalty"]
+    count = sum(p.numel() for p in big.values())
+    print(f"penalty forward+backward alone at SmolLM2-135M LoRA shapes ({count / 1e6:.2f}M parameters, "
+          f"{len(big)} tensors): {alone * 1e3:.1f} ms, against ~{8 * 128 / 200:.1f} s for one batch-8 seq-128 "
+          f"step at ~200 tokens/s (REFERENCE): {alone / (8 * 128 / 200):.2%}")
+
+
+if __name__ == "__main__":
+    main()
