@@ -62,7 +62,7 @@ class JobPreparer:
             base_model_dir=model_dir,
             examples=examples,
             output_dir=job_dir / "adapter",
-            parent_adapter_dir=self._registry.local_dir(parent) if parent else None,
+            parent_adapter_dir=await self._registry.fetch(parent, job_dir / "parent") if parent else None,
         )
         summary = DatasetSummary(
             digest=dataset_digest(examples),

@@ -18,13 +18,18 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.continual import EwcPlanner
 from engine.fisher_jobs import FisherJobConfig, FisherJobManager
+from engine.errors import EngineError
 from engine.jobs import TrainingJobManager
 from engine.models import resolve_base_model
 from engine.preparation import JobPreparer, PreparerConfig
-from engine.registry import AdapterRegistry
+from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.fisher_store import FisherSnapshotStore
+from engine.stores.adapter_index import PostgresAdapterIndex
+from engine.stores.artifacts_local import LocalArtifactStore
+from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
+from engine.stores.serving_state import PostgresServingState
 from learning.v1 import (
     adapter_pb2,
     adapter_pb2_grpc,
@@ -42,6 +47,7 @@ from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
+from server.services.adapter import AdapterService
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.telemetry import MetricsServer, configure_tracing
@@ -107,6 +113,34 @@ async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.Embedded
     return pool, embedded
 
 
+def _artifact_store(settings: Settings) -> ArtifactStore:
+    if settings.artifact_backend == "s3":
+        return S3ArtifactStore(
+            endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(), secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+    return LocalArtifactStore(settings.artifacts_dir)
+
+
+async def _registry(settings: Settings, pool: asyncpg.Pool) -> AdapterRegistry:
+    store = _artifact_store(settings)
+    try:
+        await store.ensure_ready()
+    except EngineError as exc:  # retried on first use; the rest of the server can serve meanwhile
+        log.warning("artifact store not ready", extra={"reason": exc.reason, "error": exc.message})
+    return AdapterRegistry(
+        index=PostgresAdapterIndex(pool),
+        store=store,
+        serving=PostgresServingState(pool),
+        base_model_dir=lambda model_id: resolve_base_model(
+            model_id, models=settings.base_models, cache_dir=settings.models_dir
+        ),
+        scratch_dir=settings.work_dir / "registry",
+        retention_keep=settings.adapter_retention_keep,
+    )
+
+
 async def start(settings: Settings) -> App:
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +148,7 @@ async def start(settings: Settings) -> App:
         torch.set_num_threads(settings.torch_threads)
     pool, embedded = await _database(settings)
 
-    registry = AdapterRegistry(pool, settings.artifacts_dir)
+    registry = await _registry(settings, pool)
     lora = await start_lora_control(settings, pool, registry)
     preparer = JobPreparer(
         PreparerConfig(
@@ -165,7 +199,11 @@ async def start(settings: Settings) -> App:
     fisher_pb2_grpc.add_FisherServiceServicer_to_server(
         FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model), server
     )
-    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(adapter_pb2_grpc.AdapterServiceServicer(), server)
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
+        AdapterService(registry, default_base_model=settings.default_base_model,
+                       scratch_dir=settings.work_dir / "adapter-rpc"),
+        server,
+    )
     lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
         LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
     )

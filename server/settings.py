@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -105,6 +115,22 @@ class Settings(BaseSettings, LoraControlSettings):
         None, description="OTLP/gRPC collector for traces, e.g. http://otel-collector:4317; unset exports none."
     )
 
+    # ---- adapter registry (engine/registry) ------------------------------------
+    artifact_backend: Literal["local", "s3"] = Field(
+        "local", description="Where adapter artifacts live: `local` (<data-dir>/artifacts) or `s3`."
+    )
+    s3_endpoint: str = Field("", description="S3 endpoint as host:port, e.g. minio:9000 (backend s3).")
+    s3_bucket: str = Field("learning-engine", description="Bucket for adapter artifacts; created if missing.")
+    s3_access_key: str = Field("", description="S3 access key (backend s3).")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key (backend s3).")
+    s3_secure: bool = Field(True, description="Use HTTPS for S3; false for a plain-HTTP MinIO.")
+    s3_region: str = Field("us-east-1", description="S3 region (MinIO ignores it).")
+    adapter_retention_keep: int = Field(
+        0, ge=0, le=100_000,
+        description="Keep the newest N versions per base model (plus active/known-good ones); older ones are "
+        "deleted after each publish and by PruneAdapters. 0 keeps every version.",
+    )
+
     @field_validator("host")
     @classmethod
     def _host_not_empty(cls, v: str) -> str:
@@ -129,6 +155,21 @@ class Settings(BaseSettings, LoraControlSettings):
         names = [t.name for t in self.auth_tokens]
         if len(set(names)) != len(names):
             raise ValueError("auth_tokens names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _artifact_store(self) -> Settings:
+        if self.artifact_backend != "s3":
+            return self
+        problems = []
+        if not self.s3_endpoint or "/" in self.s3_endpoint:
+            problems.append(f"s3_endpoint must be host:port (no scheme, no path), got {self.s3_endpoint!r}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket) or ".." in self.s3_bucket:
+            problems.append(f"s3_bucket {self.s3_bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+        if not self.s3_access_key or not self.s3_secret_key.get_secret_value():
+            problems.append("s3_access_key and s3_secret_key are required with artifact_backend s3")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

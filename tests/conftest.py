@@ -72,3 +72,21 @@ def data_dir(tmp_path: Path) -> Path:
     for sample in SAMPLES.glob("*.jsonl"):
         shutil.copy(sample, root / "datasets" / sample.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def seaweedfs():
+    """A real S3 server (SeaweedFS `weed mini`) for the whole run, on free ports; SIGKILLed at the end."""
+    from tests.fixtures.seaweedfs import SeaweedFS
+
+    root = Path(tempfile.mkdtemp(prefix="le-test-s3-"))
+    server = SeaweedFS(root).start()
+    yield server
+    server.kill()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs) -> str:
+    """A bucket name of its own for each test (created on first use by the code under test)."""
+    return f"le-test-{uuid.uuid4().hex[:16]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tarfile
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,9 @@ from tests.server.conftest import TINY, aiter_events, spec, watch_all
 TERMINAL = {common.JOB_STATE_SUCCEEDED, common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED}
 
 
-async def test_job_trains_streams_and_publishes_an_adapter(client, data_dir: Path, tiny_model_dir: Path):
+async def test_job_trains_streams_and_publishes_an_adapter(
+    client, data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+):
     created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=4)))
     job = created.training_job
     assert job.name.startswith("trainingJobs/")
@@ -55,9 +58,12 @@ async def test_job_trains_streams_and_publishes_an_adapter(client, data_dir: Pat
     assert final.last_sequence == events[-1].sequence
     assert final.start_time.seconds > 0 and final.end_time.ToDatetime() >= final.start_time.ToDatetime()
 
-    adapter_dir = data_dir / "artifacts" / "adapters" / TINY / "v1.0"
-    assert (adapter_dir / "adapter_config.json").is_file()
-    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    version_dir = data_dir / "artifacts" / "adapters" / TINY / "v1.0"
+    assert sorted(p.name for p in version_dir.iterdir()) == ["adapter.tar.gz", "metadata.json"]
+    adapter_dir = tmp_path / "v1.0"
+    with tarfile.open(version_dir / "adapter.tar.gz") as archive:
+        assert sorted(archive.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+        archive.extractall(adapter_dir, filter="data")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():

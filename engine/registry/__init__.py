@@ -1,0 +1,29 @@
+"""The adapter registry: versions, immutable verified artifacts, lineage, import, retention.
+
+``records``: version numbers and the persisted record; ``ports``: the artifact store and
+serving-state interfaces; ``archive`` / ``peft_checks``: packing and validating PEFT
+adapters; ``adapter_registry``: the registry itself.
+"""
+
+from engine.registry.adapter_registry import AdapterRegistry, BaseModelResolver
+from engine.registry.ports import ArtifactStore, ServingRole, ServingState
+from engine.registry.records import (
+    AdapterEval,
+    AdapterRecord,
+    AdapterSource,
+    format_version,
+    parse_version,
+)
+
+__all__ = [
+    "AdapterEval",
+    "AdapterRecord",
+    "AdapterRegistry",
+    "AdapterSource",
+    "ArtifactStore",
+    "BaseModelResolver",
+    "ServingRole",
+    "ServingState",
+    "format_version",
+    "parse_version",
+]

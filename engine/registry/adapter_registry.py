@@ -1,0 +1,382 @@
+"""The adapter registry: semantic versions per base model over immutable, verified artifacts.
+
+Versions: the first adapter of a base model is v1.0. A continuation of a parent gets the
+next minor in the parent's major line (v1.1, v1.2, ...). A new major line (v2.0, ...) starts
+for a fresh adapter, a changed LoRA shape (rank or targets), a changed base model (its
+digest differs from the parent's), or on request.
+
+Publishing, in order:
+  1. pack the PEFT directory into a canonical tar.gz and hash it (off the loop);
+  2. reserve the version number with a PostgreSQL row (the primary key decides races);
+  3. store the archive (and a Fisher snapshot), then ``metadata.json`` last, all
+     create-only: a version whose manifest exists is never overwritten;
+  4. only then mark the row PUBLISHED: from here on it is a version.
+If step 3 or 4 fails (e.g. the object store is down), what was written is removed when
+possible and the reservation is released, so nothing becomes visible and a retry gets the
+same number; an archive left without a manifest is garbage the next holder of that
+number removes. If the store already holds a manifest the database does not know, the
+publish is refused, the object is left alone and the number is retired (CONFLICT).
+
+Every read of an archive (download, warm start) checks its sha256 against the record
+first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from engine.domain import DatasetSummary
+from engine.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from engine.registry import archive, peft_checks
+from engine.registry.ports import ArtifactStore, ServingState
+from engine.registry.records import (
+    ARCHIVE_NAME,
+    AdapterEval,
+    AdapterRecord,
+    AdapterSource,
+    check_base_model_id,
+    format_version,
+    lora_shape,
+    parse_version,
+)
+from engine.stores.adapter_index import PostgresAdapterIndex
+
+log = logging.getLogger(__name__)
+
+BaseModelResolver = Callable[[str], Path]
+_MANIFEST = TypeAdapter(AdapterRecord)
+_MAX_LINEAGE = 10_000
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        *,
+        index: PostgresAdapterIndex,
+        store: ArtifactStore,
+        serving: ServingState,
+        base_model_dir: BaseModelResolver,
+        scratch_dir: Path,
+        retention_keep: int = 0,
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._serving = serving
+        self._base_model_dir = base_model_dir
+        self._scratch = scratch_dir
+        self.retention_keep = retention_keep
+
+    # ---- reading --------------------------------------------------------------------
+
+    async def get(self, base_model: str, version: str, *, field_path: str = "version") -> AdapterRecord:
+        major, minor = parse_version(version, field_path)
+        return await self._index.get(base_model, major, minor)
+
+    async def list(
+        self, *, base_model: str = "", labels: Mapping[str, str] | None = None, page_size: int, page_token: str = ""
+    ) -> tuple[list[AdapterRecord], str]:
+        """Published versions, newest first, optionally of one base model and carrying all ``labels``."""
+        after = _decode_token(page_token) if page_token else None
+        rows = await self._index.list(base_model=base_model, labels=labels or {}, limit=page_size + 1, after=after)
+        page = rows[:page_size]
+        token = _encode_token(page[-1]) if len(rows) > page_size and page else ""
+        return page, token
+
+    async def lineage(self, base_model: str, version: str) -> list[AdapterRecord]:
+        """The version, its parent, and so on back to the root (deleted ancestors included)."""
+        chain = [await self.get(base_model, version)]
+        while chain[-1].parent_version and len(chain) < _MAX_LINEAGE:
+            major, minor = parse_version(chain[-1].parent_version)
+            chain.append(await self._index.get(base_model, major, minor, include_deleted=True))
+        return chain
+
+    async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord:
+        """Copy the version's archive to ``dest`` and verify it; DATA_LOSS (and no file) if it was altered."""
+        record = await self.get(base_model, version)
+        await self._fetch_verified(record, dest)
+        return record
+
+    async def fetch(self, record: AdapterRecord, dest_dir: Path) -> Path:
+        """The version as a verified, unpacked PEFT directory at ``dest_dir`` (e.g. for a warm start)."""
+        dest_dir.parent.mkdir(parents=True, exist_ok=True)
+        archive_path = dest_dir.parent / f".{dest_dir.name}.tar.gz"
+        try:
+            await self._fetch_verified(record, archive_path)
+            await asyncio.to_thread(archive.unpack_archive, archive_path, dest_dir)
+        finally:
+            archive_path.unlink(missing_ok=True)
+        return dest_dir
+
+    async def _fetch_verified(self, record: AdapterRecord, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._store.get_file(record.archive_key, dest)
+        except NotFound as exc:
+            raise DataLoss(
+                "ARTIFACT_MISSING", f"the archive of {record.base_model} {record.version} is missing from the store",
+                metadata={"base_model": record.base_model, "version": record.version, "key": record.archive_key},
+            ) from exc
+        actual = await asyncio.to_thread(archive.sha256_file, dest)
+        if actual != record.sha256:
+            dest.unlink(missing_ok=True)
+            log.error("artifact checksum mismatch", extra={"key": record.archive_key, "expected": record.sha256,
+                                                            "actual": actual})
+            raise DataLoss(
+                "ARTIFACT_CHECKSUM_MISMATCH",
+                f"the archive of {record.base_model} {record.version} does not match its recorded sha256; "
+                "it was altered or corrupted in the store and will not be used",
+                metadata={"base_model": record.base_model, "version": record.version,
+                          "expected_sha256": record.sha256, "actual_sha256": actual},
+            )
+
+    # ---- publishing -------------------------------------------------------------------
+
+    async def publish(
+        self,
+        *,
+        base_model: str,
+        adapter_dir: Path,
+        parent: AdapterRecord | None = None,
+        major_bump: bool = False,
+        source: AdapterSource = AdapterSource.TRAINED,
+        training_job: str = "",
+        dataset: DatasetSummary | None = None,
+        train_loss: float = 0.0,
+        ewc_lambda: float = 0.0,
+        ewc_gamma: float = 0.0,
+        fisher_snapshot: str = "",
+        fisher_file: Path | None = None,
+        labels: tuple[tuple[str, str], ...] = (),
+        request_id: str = "",
+    ) -> AdapterRecord:
+        """Store a PEFT directory as the next version of ``base_model`` (see the module docstring)."""
+        check_base_model_id(base_model)
+        work = await asyncio.to_thread(self._workdir)
+        try:
+            lora = await asyncio.to_thread(peft_checks.read_lora_config, adapter_dir)
+            archive_path = work / ARCHIVE_NAME
+            sha256, size = await asyncio.to_thread(archive.pack_adapter, adapter_dir, archive_path)
+            fisher_sha = await asyncio.to_thread(archive.sha256_file, fisher_file) if fisher_file else ""
+            model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
+            base_digest = await asyncio.to_thread(peft_checks.base_model_digest, model_dir)
+            same_line = (
+                parent is not None
+                and not major_bump
+                and lora_shape(parent.lora) == lora_shape(lora)
+                and parent.base_model_digest in ("", base_digest)
+            )
+            major, minor = await self._index.reserve(
+                base_model, parent.number[0] if same_line and parent else None, request_id
+            )
+            record = AdapterRecord(
+                base_model=base_model, version=format_version(major, minor), lora=lora,
+                create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=source,
+                base_model_digest=base_digest, parent_version=parent.version if parent else "",
+                training_job=training_job, dataset=dataset, train_loss=train_loss, ewc_lambda=ewc_lambda,
+                ewc_gamma=ewc_gamma, fisher_snapshot=fisher_snapshot, fisher_sha256=fisher_sha,
+                labels=tuple(sorted(labels)), request_id=request_id,
+            )
+            record = replace(record, artifact_uri=self._store.uri(record.archive_key))
+            published = await self._store_and_register(record, archive_path, fisher_file)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        log.info("published adapter", extra={"base_model": base_model, "version": published.version,
+                                              "sha256": published.sha256})
+        await self._retain_after_publish(base_model)
+        return published
+
+    async def _store_and_register(self, record: AdapterRecord, archive_path: Path, fisher: Path | None):
+        major, minor = record.number
+        written: list[str] = []
+        try:
+            if await self._store.exists(record.manifest_key):
+                raise AlreadyExists(
+                    "ARTIFACT_EXISTS",
+                    f"the artifact store already holds {record.manifest_key}, which this registry's database "
+                    f"does not know; it is left untouched and {record.version} is retired. Retry to publish "
+                    "under the next version.",
+                    metadata={"key": record.manifest_key, "version": record.version},
+                )
+            # Objects here without a manifest are leftovers of a failed publish of this number,
+            # which we now hold exclusively (the reservation row).
+            await self._store.delete([record.archive_key, record.fisher_key])
+            await self._store.put_file(record.archive_key, archive_path)
+            written.append(record.archive_key)
+            if fisher is not None:
+                await self._store.put_file(record.fisher_key, fisher)
+                written.append(record.fisher_key)
+            await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
+            written.append(record.manifest_key)
+            return await self._index.publish(record)
+        except AlreadyExists:
+            await self._index.mark_conflict(record.base_model, major, minor)
+            raise
+        except BaseException:
+            await self._abandon(record, written)
+            raise
+
+    async def _abandon(self, record: AdapterRecord, written: list[str]) -> None:
+        """Undo a failed publish as far as possible; never raises."""
+        major, minor = record.number
+        try:
+            await self._store.delete(list(reversed(written)))  # the manifest first
+        except Exception:  # noqa: BLE001 - the store may be the thing that failed
+            log.warning("could not remove artifacts of a failed publish", extra={"keys": written})
+        try:
+            await self._index.release(record.base_model, major, minor)
+        except Exception:  # noqa: BLE001
+            log.exception("could not release the reservation of %s %s", record.base_model, record.version)
+
+    async def import_archive(
+        self,
+        *,
+        base_model: str,
+        upload: Path,
+        expected_sha256: str = "",
+        parent_version: str = "",
+        major_bump: bool = False,
+        labels: tuple[tuple[str, str], ...] = (),
+        request_id: str = "",
+    ) -> AdapterRecord:
+        """Validate an uploaded tar(.gz) of a PEFT LoRA directory and register it as a version."""
+        check_base_model_id(base_model, "metadata.base_model")
+        try:
+            model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
+        except InvalidArgument as exc:
+            raise InvalidArgument(exc.reason, exc.message, violations=[FieldViolation(
+                "metadata.base_model", v.description) for v in exc.violations]) from exc
+        if request_id:
+            existing = await self._index.by_request_id(base_model, request_id)
+            if existing is not None:
+                return existing
+        if expected_sha256:
+            actual = await asyncio.to_thread(archive.sha256_file, upload)
+            if actual != expected_sha256.lower():
+                raise InvalidArgument(
+                    "SHA256_MISMATCH", f"the upload's sha256 is {actual}, not the {expected_sha256} announced",
+                    violations=[FieldViolation("metadata.sha256", "does not match the uploaded bytes")],
+                )
+        parent = (
+            await self.get(base_model, parent_version, field_path="metadata.parent_version")
+            if parent_version else None
+        )
+        work = await asyncio.to_thread(self._workdir)
+        try:
+            peft_dir = await asyncio.to_thread(archive.unpack_archive, upload, work / "peft")
+            await asyncio.to_thread(_validate_peft_dir, peft_dir, model_dir)
+            return await self.publish(
+                base_model=base_model, adapter_dir=peft_dir, parent=parent, major_bump=major_bump,
+                source=AdapterSource.IMPORTED, labels=labels, request_id=request_id,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def record_eval(self, base_model: str, version: str, result: AdapterEval) -> AdapterRecord:
+        """Attach eval results (LoraControl). The stored metadata.json stays as published."""
+        record = replace(await self.get(base_model, version), eval=result)
+        await self._index.update(record)
+        return record
+
+    # ---- deleting ----------------------------------------------------------------------
+
+    async def delete(self, base_model: str, version: str) -> AdapterRecord:
+        """Remove a version's artifacts and keep its row as a tombstone; refused while it is protected."""
+        major, minor = parse_version(version)
+        async with self._index.deleting(base_model, major, minor) as record:
+            protected = await self._serving.protected_versions(base_model)
+            if record.version in protected:
+                raise FailedPrecondition(
+                    "ADAPTER_PROTECTED",
+                    f"{base_model} {record.version} is active or the known-good rollback target; "
+                    "promote or roll back to another version first",
+                    metadata={"base_model": base_model, "version": record.version},
+                )
+            await self._store.delete([record.manifest_key, record.archive_key, record.fisher_key])
+        log.info("deleted adapter", extra={"base_model": base_model, "version": version})
+        return record
+
+    async def prune(self, base_model: str, *, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
+        """Keep the newest ``keep`` versions and every protected one; delete the rest.
+        Returns (deleted, kept), newest first."""
+        if keep < 1:
+            raise InvalidArgument("INVALID_RETENTION", "keep must be at least 1",
+                                  violations=[FieldViolation("keep", "must be at least 1")])
+        records: list[AdapterRecord] = []
+        token = ""
+        while True:
+            page, token = await self.list(base_model=base_model, page_size=1000, page_token=token)
+            records.extend(page)
+            if not token:
+                break
+        protected = await self._serving.protected_versions(base_model)
+        kept = [r.version for i, r in enumerate(records) if i < keep or r.version in protected]
+        doomed = [r.version for r in records if r.version not in kept]
+        deleted = []
+        for version in doomed:
+            if dry_run:
+                deleted.append(version)
+                continue
+            try:
+                await self.delete(base_model, version)
+                deleted.append(version)
+            except (FailedPrecondition, NotFound) as exc:  # became protected or went meanwhile
+                log.info("retention skipped a version", extra={"version": version, "reason": exc.reason})
+                if isinstance(exc, FailedPrecondition):
+                    kept.append(version)
+        return deleted, kept
+
+    async def _retain_after_publish(self, base_model: str) -> None:
+        if self.retention_keep <= 0:
+            return
+        try:
+            deleted, _ = await self.prune(base_model, keep=self.retention_keep)
+            if deleted:
+                log.info("retention deleted versions", extra={"base_model": base_model, "versions": deleted})
+        except Exception:  # noqa: BLE001 - the publish itself succeeded; pruning runs again next time
+            log.exception("retention after publish failed")
+
+    def _workdir(self) -> Path:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="registry-", dir=self._scratch))
+
+
+def _validate_peft_dir(peft_dir: Path, model_dir: Path) -> None:
+    lora = peft_checks.read_lora_config(peft_dir)
+    shapes = peft_checks.tensor_shapes(peft_dir)
+    peft_checks.check_shapes(shapes, lora, peft_checks.base_linear_shapes(model_dir))
+
+
+def _encode_token(record: AdapterRecord) -> str:
+    major, minor = record.number
+    raw = json.dumps([record.create_time.isoformat(), record.base_model, major, minor]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str) -> tuple[datetime, str, int, int]:
+    try:
+        created, base_model, major, minor = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created), str(base_model), int(major), int(minor)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN", "page_token is not one this server issued",
+            violations=[FieldViolation("page_token", "use next_page_token from a previous response")],
+        ) from exc

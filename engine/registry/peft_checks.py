@@ -1,0 +1,180 @@
+"""Checks of a PEFT LoRA directory: its config, its safetensors header, and its tensor shapes
+against the base model (built on the meta device, so no weights are loaded).
+
+Blocking; callers run these off the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+from engine.domain import LoraSpec
+from engine.errors import InvalidArgument, ViolationCollector
+from engine.models import MAX_LORA_RANK
+from engine.registry.archive import CONFIG_FILE, WEIGHTS_FILE, read_small, sha256_file
+
+PEFT_PREFIX = "base_model.model."
+_MAX_HEADER = 100 << 20
+
+
+def _invalid(reason: str, field_path: str, message: str) -> InvalidArgument:
+    issues = ViolationCollector()
+    issues.add(field_path, message)
+    return InvalidArgument(reason, f"{field_path}: {message}", violations=issues.violations)
+
+
+def read_lora_config(adapter_dir: Path) -> LoraSpec:
+    """The LoRA shape in ``adapter_config.json``; INVALID_ARGUMENT listing every problem."""
+    where = CONFIG_FILE
+    try:
+        config = json.loads(read_small(adapter_dir / CONFIG_FILE))
+    except (OSError, ValueError) as exc:
+        raise _invalid("MALFORMED_ADAPTER_CONFIG", where, f"is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise _invalid("MALFORMED_ADAPTER_CONFIG", where, "must be a JSON object")
+    issues = ViolationCollector()
+    peft_type = config.get("peft_type")
+    issues.check(peft_type == "LORA", f"{where}.peft_type", f"must be LORA, got {peft_type!r}")
+    rank = config.get("r")
+    issues.check(isinstance(rank, int) and 1 <= rank <= MAX_LORA_RANK, f"{where}.r",
+                 f"must be an integer in 1..{MAX_LORA_RANK}, got {rank!r}")
+    alpha = config.get("lora_alpha")
+    issues.check(isinstance(alpha, int | float) and alpha > 0, f"{where}.lora_alpha", f"must be > 0, got {alpha!r}")
+    dropout = config.get("lora_dropout", 0.0)
+    issues.check(isinstance(dropout, int | float) and 0 <= dropout < 1, f"{where}.lora_dropout",
+                 f"must be in [0, 1), got {dropout!r}")
+    targets = config.get("target_modules")
+    good_targets = (
+        isinstance(targets, list) and bool(targets) and all(isinstance(t, str) and t for t in targets)
+    )
+    issues.check(good_targets, f"{where}.target_modules", "must be a non-empty list of module names")
+    issues.check(config.get("bias", "none") == "none", f"{where}.bias",
+                 "must be \"none\" (serving engines load bias-free LoRA only)")
+    issues.check(not config.get("use_dora"), f"{where}.use_dora", "DoRA adapters are not supported")
+    for key in ("rank_pattern", "alpha_pattern"):
+        issues.check(not config.get(key), f"{where}.{key}", "per-module ranks/alphas are not supported")
+    issues.check(not config.get("modules_to_save"), f"{where}.modules_to_save",
+                 "fully trained extra modules are not supported")
+    issues.raise_if_any("INVALID_ADAPTER_CONFIG", "invalid adapter config")
+    return LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout),
+                    target_modules=tuple(sorted(set(targets))))
+
+
+def tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes from the safetensors header, checked for consistency; no tensor is loaded."""
+    path = adapter_dir / WEIGHTS_FILE
+    field_path = WEIGHTS_FILE
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise _invalid("MALFORMED_SAFETENSORS", field_path, "is too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(_MAX_HEADER, size - 8):
+            raise _invalid("MALFORMED_SAFETENSORS", field_path, "has an impossible header length")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"has a header that is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _invalid("MALFORMED_SAFETENSORS", field_path, "has a header that is not a JSON object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    data_size = size - 8 - length
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(x) for x in info["data_offsets"])
+            assert isinstance(info["dtype"], str)
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"tensor {name!r} has a bad header entry") from exc
+        if not 0 <= start <= end <= data_size:
+            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"tensor {name!r} points outside the file")
+        shapes[name] = shape
+    if not shapes:
+        raise _invalid("MALFORMED_SAFETENSORS", field_path, "holds no tensors")
+    return shapes
+
+
+def check_shapes(shapes: dict[str, tuple[int, ...]], lora: LoraSpec, linears: dict[str, tuple[int, int]]) -> None:
+    """Every tensor is a lora_A/lora_B of a targeted Linear of the base model, with the right shape."""
+    issues = ViolationCollector()
+    targets = set(lora.target_modules)
+    seen: set[str] = set()
+    for name, shape in sorted(shapes.items()):
+        field_path = f"{WEIGHTS_FILE}[{name}]"
+        module, kind = _split(name)
+        if module is None:
+            issues.add(field_path, "is not a LoRA weight (expected ...<module>.lora_A/lora_B.weight)")
+            continue
+        if module not in linears:
+            issues.add(field_path, f"names module {module!r}, which the base model has no Linear for")
+            continue
+        if module.rsplit(".", 1)[-1] not in targets:
+            issues.add(field_path, f"module {module!r} is not among target_modules {sorted(targets)}")
+            continue
+        in_features, out_features = linears[module]
+        expected = (lora.rank, in_features) if kind == "lora_A" else (out_features, lora.rank)
+        if shape != expected:
+            issues.add(field_path, f"has shape {list(shape)}, the base model needs {list(expected)}")
+        seen.add(f"{module}.{kind}")
+    for module in sorted({n.rsplit(".", 1)[0] for n in seen}):
+        for kind in ("lora_A", "lora_B"):
+            issues.check(f"{module}.{kind}" in seen, WEIGHTS_FILE, f"{module} has no {kind} weight")
+    issues.raise_if_any("ADAPTER_SHAPE_MISMATCH", "the adapter does not fit the base model")
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    stem = name.removeprefix(PEFT_PREFIX)
+    for kind in ("lora_A", "lora_B"):
+        for suffix in (f".{kind}.weight", f".{kind}.default.weight"):
+            if stem.endswith(suffix):
+                return stem[: -len(suffix)], kind
+    return None, ""
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_shapes(model_dir: str) -> dict[str, tuple[int, int]]:
+    import torch  # noqa: PLC0415 - heavy
+    from accelerate import init_empty_weights  # noqa: PLC0415
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config_dict = config.to_dict()
+    if "quantization_config" in config_dict:
+        config_dict.pop("quantization_config")
+        config = AutoConfig.for_model(**config_dict)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """Module path -> (in_features, out_features) of every Linear of the base model; cached."""
+    return _linear_shapes(str(Path(model_dir).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(model_dir: str, stamp: tuple) -> str:
+    root = Path(model_dir)
+    outer = hashlib.sha256()
+    for path in sorted(root.glob("*.safetensors")) + [root / "config.json"]:
+        outer.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return outer.hexdigest()
+
+
+def base_model_digest(model_dir: Path) -> str:
+    """sha256 over the base model's config.json and safetensors files; cached per file stamp."""
+    root = Path(model_dir).resolve()
+    files = sorted(root.glob("*.safetensors")) + [root / "config.json"]
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
+    return _digest(str(root), stamp)

@@ -1,0 +1,129 @@
+"""What the registry stores about a version: semantic version numbers and the adapter record.
+
+A record is the persisted metadata of one version (its lineage, what it was trained on,
+its artifact's sha256), kept apart from runtime settings. It is stored as JSON in
+PostgreSQL and, at publish time, as ``metadata.json`` beside the archive.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from engine.domain import DatasetSummary, LoraSpec
+from engine.errors import FieldViolation, InvalidArgument
+
+VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
+BASE_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+ARCHIVE_NAME = "adapter.tar.gz"
+MANIFEST_NAME = "metadata.json"
+FISHER_NAME = "fisher.safetensors"
+
+
+def parse_version(version: str, field_path: str = "version") -> tuple[int, int]:
+    """``"v1.2"`` -> ``(1, 2)``; anything else is INVALID_ARGUMENT on ``field_path``."""
+    match = VERSION_RE.match(version)
+    if not match:
+        raise InvalidArgument(
+            "MALFORMED_VERSION",
+            f"{field_path} {version!r} is not a version like v1.0 or v2.3",
+            violations=[FieldViolation(field_path, "must look like vMAJOR.MINOR, e.g. v1.2")],
+        )
+    return int(match["major"]), int(match["minor"])
+
+
+def format_version(major: int, minor: int) -> str:
+    return f"v{major}.{minor}"
+
+
+def check_base_model_id(base_model: str, field_path: str = "base_model") -> str:
+    """Base model ids become path segments and object keys, so they are restricted."""
+    if not BASE_MODEL_RE.match(base_model) or ".." in base_model:
+        raise InvalidArgument(
+            "MALFORMED_BASE_MODEL",
+            f"{field_path} {base_model!r} is not a base model id",
+            violations=[FieldViolation(field_path, "letters, digits, '.', '_' and '-', at most 128")],
+        )
+    return base_model
+
+
+def version_prefix(base_model: str, version: str) -> str:
+    """Object key prefix of a version: ``adapters/<base-model>/<version>/``."""
+    return f"adapters/{base_model}/{version}/"
+
+
+class AdapterSource(enum.StrEnum):
+    TRAINED = "TRAINED"
+    IMPORTED = "IMPORTED"
+
+
+@dataclass(frozen=True)
+class AdapterEval:
+    """A version's evaluation against the golden suite (written by LoraControl)."""
+
+    suite_digest: str = ""
+    baseline_version: str = ""
+    metrics: tuple[tuple[str, float], ...] = ()
+    regressions: int = 0
+    passed: bool = False
+    report_uris: tuple[str, ...] = ()
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One version of an adapter for a base model. Replaced, never mutated."""
+
+    base_model: str
+    version: str
+    lora: LoraSpec
+    create_time: datetime
+    sha256: str
+    size_bytes: int
+    source: AdapterSource = AdapterSource.TRAINED
+    base_model_digest: str = ""
+    parent_version: str = ""
+    training_job: str = ""
+    dataset: DatasetSummary | None = None
+    train_loss: float = 0.0
+    ewc_lambda: float = 0.0
+    ewc_gamma: float = 0.0
+    fisher_snapshot: str = ""
+    fisher_sha256: str = ""
+    eval: AdapterEval | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    artifact_uri: str = ""
+    request_id: str = ""
+    delete_time: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return f"baseModels/{self.base_model}/adapters/{self.version}"
+
+    @property
+    def number(self) -> tuple[int, int]:
+        return parse_version(self.version)
+
+    @property
+    def prefix(self) -> str:
+        return version_prefix(self.base_model, self.version)
+
+    @property
+    def archive_key(self) -> str:
+        return self.prefix + ARCHIVE_NAME
+
+    @property
+    def manifest_key(self) -> str:
+        return self.prefix + MANIFEST_NAME
+
+    @property
+    def fisher_key(self) -> str:
+        return self.prefix + FISHER_NAME
+
+
+def lora_shape(lora: LoraSpec) -> tuple[int, frozenset[str]]:
+    """What makes two adapters of one base model incompatible: rank and target modules."""
+    return lora.rank, frozenset(lora.target_modules)

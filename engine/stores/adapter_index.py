@@ -1,0 +1,196 @@
+"""The registry's index of versions in PostgreSQL (table ``adapters``, migrations 0002/0003).
+
+Version numbers are handed out by inserting a RESERVED row: the primary key
+(base_model, major, minor) lets exactly one of several racing publishers (in any process)
+have a number, and the loser recomputes. Rows are never removed once published: a deleted
+version stays as a DELETED tombstone, so its number is never reused and lineage stays whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import datetime
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from engine.errors import Aborted, NotFound
+from engine.registry.records import AdapterRecord, format_version
+
+_RECORD = TypeAdapter(AdapterRecord)
+_RESERVE_ATTEMPTS = 50
+Cursor = tuple[datetime, str, int, int]
+
+
+def _decode(doc: str) -> AdapterRecord:
+    return _RECORD.validate_json(doc)
+
+
+def _not_found(base_model: str, version: str) -> NotFound:
+    return NotFound(
+        "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
+        metadata={"base_model": base_model, "version": version},
+    )
+
+
+class PostgresAdapterIndex:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
+        """Take the next free number: a new major line if ``parent_major`` is None, else the next minor
+        in the parent's line. Counts every row (reserved, deleted, conflicting), so numbers never repeat."""
+        for _ in range(_RESERVE_ATTEMPTS):
+            async with self._pool.acquire() as conn:
+                if parent_major is None:
+                    top = await conn.fetchval("SELECT max(major) FROM adapters WHERE base_model = $1", base_model)
+                    major, minor = (top or 0) + 1, 0
+                else:
+                    top = await conn.fetchval(
+                        "SELECT max(minor) FROM adapters WHERE base_model = $1 AND major = $2",
+                        base_model, parent_major,
+                    )
+                    major, minor = parent_major, (-1 if top is None else top) + 1
+                try:
+                    await conn.execute(
+                        "INSERT INTO adapters (base_model, major, minor, state, request_id)"
+                        " VALUES ($1, $2, $3, 'RESERVED', $4)",
+                        base_model, major, minor, request_id or None,
+                    )
+                    return major, minor
+                except asyncpg.UniqueViolationError as exc:
+                    if exc.constraint_name == "adapters_request_id_idx":
+                        raise Aborted(
+                            "IMPORT_IN_PROGRESS", f"request_id {request_id!r} is being imported right now; retry",
+                            metadata={"request_id": request_id},
+                        ) from exc
+                    continue  # another publisher took this number: recompute
+        raise Aborted("VERSION_CONTENTION", f"could not assign a version after {_RESERVE_ATTEMPTS} attempts")
+
+    async def publish(self, record: AdapterRecord) -> AdapterRecord:
+        """Turn the reservation into a version (the artifacts are durable by now)."""
+        major, minor = record.number
+        async with self._pool.acquire() as conn:
+            create_time = await conn.fetchval(
+                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $4::jsonb, labels = $5::jsonb"
+                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'"
+                " RETURNING create_time",
+                record.base_model, major, minor, _RECORD.dump_json(record).decode(),
+                _labels_json(record),
+            )
+            if create_time is None:
+                raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
+            published = replace(record, create_time=create_time)
+            await conn.execute(
+                "UPDATE adapters SET doc = $4::jsonb WHERE base_model = $1 AND major = $2 AND minor = $3",
+                record.base_model, major, minor, _RECORD.dump_json(published).decode(),
+            )
+        return published
+
+    async def release(self, base_model: str, major: int, minor: int) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
+                base_model, major, minor,
+            )
+
+    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE adapters SET state = 'CONFLICT'"
+                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
+                base_model, major, minor,
+            )
+
+    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
+        states = ["PUBLISHED", "DELETED"] if include_deleted else ["PUBLISHED"]
+        async with self._pool.acquire() as conn:
+            doc = await conn.fetchval(
+                "SELECT doc FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
+                " AND state = ANY($4::text[])",
+                base_model, major, minor, states,
+            )
+        if doc is None:
+            raise _not_found(base_model, format_version(major, minor))
+        return _decode(doc)
+
+    async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
+        async with self._pool.acquire() as conn:
+            doc = await conn.fetchval(
+                "SELECT doc FROM adapters WHERE base_model = $1 AND request_id = $2 AND state = 'PUBLISHED'",
+                base_model, request_id,
+            )
+        return None if doc is None else _decode(doc)
+
+    async def list(
+        self, *, base_model: str, labels: Mapping[str, str], limit: int, after: Cursor | None
+    ) -> list[AdapterRecord]:
+        """Published versions, newest first; ``after`` is the cursor of the previous page's last row."""
+        clauses, args = ["state = 'PUBLISHED'"], []
+        if base_model:
+            args.append(base_model)
+            clauses.append(f"base_model = ${len(args)}")
+        if labels:
+            args.append(_json(dict(labels)))
+            clauses.append(f"labels @> ${len(args)}::jsonb")
+        if after is not None:
+            args.extend(after)
+            n = len(args)
+            clauses.append(f"(create_time, base_model, major, minor) < (${n - 3}, ${n - 2}, ${n - 1}, ${n})")
+        args.append(limit)
+        sql = (
+            f"SELECT doc FROM adapters WHERE {' AND '.join(clauses)}"
+            f" ORDER BY create_time DESC, base_model DESC, major DESC, minor DESC LIMIT ${len(args)}"
+        )
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [_decode(r["doc"]) for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def deleting(self, base_model: str, major: int, minor: int) -> AsyncIterator[AdapterRecord]:
+        """Lock a published version; if the body succeeds, it becomes a DELETED tombstone.
+
+        The row lock (FOR UPDATE) conflicts with the KEY SHARE lock every serving_state
+        writer takes through its foreign key, so a version cannot become active while it
+        is being deleted, and a state written before the lock is visible inside the body.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            doc = await conn.fetchval(
+                "SELECT doc FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
+                " AND state = 'PUBLISHED' FOR UPDATE",
+                base_model, major, minor,
+            )
+            if doc is None:
+                raise _not_found(base_model, format_version(major, minor))
+            record = _decode(doc)
+            yield record
+            deleted_at = await conn.fetchval("SELECT now()")
+            tombstone = replace(record, delete_time=deleted_at)
+            await conn.execute(
+                "UPDATE adapters SET state = 'DELETED', delete_time = $4, doc = $5::jsonb"
+                " WHERE base_model = $1 AND major = $2 AND minor = $3",
+                base_model, major, minor, deleted_at, _RECORD.dump_json(tombstone).decode(),
+            )
+
+    async def update(self, record: AdapterRecord) -> None:
+        """Replace the stored record of a published version (e.g. to add eval results)."""
+        major, minor = record.number
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE adapters SET doc = $4::jsonb, labels = $5::jsonb"
+                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'PUBLISHED'",
+                record.base_model, major, minor, _RECORD.dump_json(record).decode(), _labels_json(record),
+            )
+        if status.endswith(" 0"):
+            raise _not_found(record.base_model, record.version)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _labels_json(record: AdapterRecord) -> str:
+    return _json(dict(record.labels))

@@ -1,0 +1,58 @@
+"""Active and known-good adapter versions per base model, in PostgreSQL (table ``serving_state``).
+
+LoraControl (issue 6) writes it with :meth:`PostgresServingState.set_version`; the registry
+reads it through the ``ServingState`` port to refuse deleting those versions.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from engine.errors import NotFound
+from engine.registry.ports import ServingRole
+from engine.registry.records import format_version, parse_version
+
+
+class PostgresServingState:
+    """ServingState (see engine.registry.ports) plus the writer LoraControl uses."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def protected_versions(self, base_model: str) -> set[str]:
+        return set((await self.versions(base_model)).values())
+
+    async def versions(self, base_model: str) -> dict[ServingRole, str]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT role, major, minor FROM serving_state WHERE base_model = $1", base_model
+            )
+        return {ServingRole(r["role"]): format_version(r["major"], r["minor"]) for r in rows}
+
+    async def set_version(self, base_model: str, role: ServingRole, version: str) -> None:
+        """Point ``role`` at a published version. Locks the adapter row (KEY SHARE, like the
+        foreign key) so this cannot interleave with a delete of that version."""
+        major, minor = parse_version(version)
+        async with self._pool.acquire() as conn, conn.transaction():
+            published = await conn.fetchval(
+                "SELECT 1 FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
+                " AND state = 'PUBLISHED' FOR KEY SHARE",
+                base_model, major, minor,
+            )
+            if published is None:
+                raise NotFound(
+                    "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
+                    metadata={"base_model": base_model, "version": version},
+                )
+            await conn.execute(
+                "INSERT INTO serving_state (base_model, role, major, minor) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (base_model, role) DO UPDATE"
+                " SET major = EXCLUDED.major, minor = EXCLUDED.minor, update_time = now()",
+                base_model, role.value, major, minor,
+            )
+
+    async def clear(self, base_model: str, role: ServingRole) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM serving_state WHERE base_model = $1 AND role = $2", base_model, role.value
+            )

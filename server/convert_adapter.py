@@ -1,0 +1,80 @@
+"""Protobuf <-> domain conversion for the adapter registry, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.registry import AdapterEval, AdapterRecord, AdapterSource
+from learning.v1 import adapter_pb2 as pb
+from learning.v1 import common_pb2 as common
+from server.convert import _ts, dataset_to_pb
+
+_SOURCE = {
+    AdapterSource.TRAINED: pb.ADAPTER_SOURCE_TRAINED,
+    AdapterSource.IMPORTED: pb.ADAPTER_SOURCE_IMPORTED,
+}
+MAX_LABELS = 64
+MAX_LABEL_LENGTH = 256
+
+
+def eval_to_pb(result: AdapterEval) -> pb.AdapterEvalSummary:
+    return pb.AdapterEvalSummary(
+        suite_digest=result.suite_digest, baseline_version=result.baseline_version,
+        metrics=[common.EvalMetric(name=n, value=v) for n, v in result.metrics],
+        regressions=result.regressions, passed=result.passed, report_uris=list(result.report_uris),
+        time=_ts(result.time),
+    )
+
+
+def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
+    lora = record.lora
+    msg = pb.Adapter(
+        name=record.name,
+        base_model=record.base_model,
+        version=record.version,
+        base_model_digest=record.base_model_digest,
+        source=_SOURCE[record.source],
+        training_job=record.training_job,
+        parent_version=record.parent_version,
+        lora_config=common.LoraConfig(
+            rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)
+        ),
+        train_loss=record.train_loss,
+        ewc_lambda=record.ewc_lambda,
+        ewc_gamma=record.ewc_gamma,
+        fisher_snapshot=record.fisher_snapshot,
+        size_bytes=record.size_bytes,
+        sha256=record.sha256,
+        create_time=_ts(record.create_time),
+        labels=dict(record.labels),
+        artifact_uri=record.artifact_uri,
+        delete_time=_ts(record.delete_time),
+        request_id=record.request_id,
+    )
+    if record.dataset is not None:
+        msg.dataset.CopyFrom(dataset_to_pb(record.dataset))
+    if record.eval is not None:
+        msg.eval.CopyFrom(eval_to_pb(record.eval))
+    return msg
+
+
+def labels_from_pb(labels: Mapping[str, str], field_path: str = "labels") -> tuple[tuple[str, str], ...]:
+    issues = ViolationCollector()
+    issues.check(len(labels) <= MAX_LABELS, field_path, f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        issues.check(0 < len(key) <= MAX_LABEL_LENGTH and key.isprintable(), f"{field_path}[{key}]",
+                     f"keys must be 1..{MAX_LABEL_LENGTH} printable characters")
+        issues.check(len(value) <= MAX_LABEL_LENGTH and value.isprintable(), f"{field_path}[{key}]",
+                     f"values must be at most {MAX_LABEL_LENGTH} printable characters")
+    issues.raise_if_any("INVALID_LABELS", "invalid labels")
+    return tuple(sorted(labels.items()))
+
+
+def required_version(version: str, field_path: str = "version") -> str:
+    if not version:
+        raise InvalidArgument(
+            "MISSING_VERSION", f"{field_path} is required",
+            violations=[FieldViolation(field_path, "name a version, e.g. v1.0")],
+        )
+    return version
