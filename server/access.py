@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
-from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
 
+from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
 from server.errors import status_proto
 
 log = logging.getLogger(__name__)

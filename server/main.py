@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.continual import EwcPlanner
 from engine.fisher_jobs import FisherJobConfig, FisherJobManager
 from engine.errors import EngineError
+from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.jobs import TrainingJobManager
 from engine.models import resolve_base_model
 from engine.preparation import JobPreparer, PreparerConfig
@@ -28,6 +29,7 @@ from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.adapter_index import PostgresAdapterIndex
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
+from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from learning.v1 import (
@@ -48,6 +50,7 @@ from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.adapter import AdapterService
+from server.services.feedback import build_feedback_service
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.telemetry import MetricsServer, configure_tracing
@@ -150,6 +153,15 @@ async def start(settings: Settings) -> App:
 
     registry = await _registry(settings, pool)
     lora = await start_lora_control(settings, pool, registry)
+    feedback_store = PostgresFeedbackStore(pool)
+    feedback_datasets = FeedbackDatasetBuilder(
+        feedback_store,
+        DatasetPolicy(
+            rating_positive_min=settings.feedback_rating_positive_min,
+            rating_negative_max=settings.feedback_rating_negative_max,
+            correction_weight=settings.feedback_correction_weight,
+        ),
+    )
     preparer = JobPreparer(
         PreparerConfig(
             datasets_dir=settings.datasets_dir,
@@ -159,6 +171,7 @@ async def start(settings: Settings) -> App:
             ewc_lambda_max=settings.ewc_lambda_max,
         ),
         registry,
+        feedback_datasets,
     )
     training_store = PostgresJobStore(pool)
     snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
@@ -207,7 +220,9 @@ async def start(settings: Settings) -> App:
     lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
         LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
     )
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_pb2_grpc.FeedbackServiceServicer(), server)
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+        build_feedback_service(settings, feedback_store), server
+    )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

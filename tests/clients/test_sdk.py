@@ -6,9 +6,9 @@ import asyncio
 
 import grpc
 import pytest
+
 from learning.v1 import common_pb2 as common
 from learning_engine import AsyncClient, Client, errors
-
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.server.conftest import spec
 

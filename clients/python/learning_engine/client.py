@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from learning.v1 import adapter_pb2 as adapter
 from learning.v1 import (
     adapter_pb2_grpc,
@@ -29,7 +30,6 @@ from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import lora_control_pb2 as lora
 from learning.v1 import training_pb2 as training
-
 from learning_engine import errors
 from learning_engine.connection import DEFAULT_TARGET, Connection, TlsConfig
 

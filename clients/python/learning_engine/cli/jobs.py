@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import grpc
 import typer
 from google.protobuf import duration_pb2
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import training_pb2 as training
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
 from learning_engine.cli.common import as_dict, emit, err, fail, interrupted, labels, options, out, run
 from learning_engine.client import AsyncClient
 
@@ -268,4 +267,4 @@ def jobs_cancel(ctx: typer.Context, name: str) -> None:
     emit(options(ctx), job, lambda: out.print(f"{job.name} {_short(job.state)}"))
 
 
-__all__ = ["train", "fisher_cmd", "jobs_app", "follow_training", "Path"]
+__all__ = ["train", "fisher_cmd", "jobs_app", "follow_training"]

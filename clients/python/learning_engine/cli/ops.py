@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import typer
 from google.protobuf import json_format
-from learning.v1 import feedback_pb2 as feedback
-from learning.v1 import lora_control_pb2 as lora
 from rich.table import Table
 
+from learning.v1 import feedback_pb2 as feedback
+from learning.v1 import lora_control_pb2 as lora
 from learning_engine.cli.common import as_dict, emit, fail, labels, options, out, run
 from learning_engine.client import AsyncClient
 
