@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import DatasetSummary, FeedbackSource, JsonlSource, TrainingJobSpec
-from engine.errors import FailedPrecondition, ViolationCollector
+from engine.domain import DatasetSummary, FeedbackSource, JsonlSource, Objective, TrainingJobSpec
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
+from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.kto import KtoObjective
 from engine.models import module_names, resolve_base_model, select_device, validate_lora
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.training import TrainingRun
@@ -30,6 +32,13 @@ class PreparerConfig:
 
 
 @dataclass(frozen=True)
+class _Dataset:
+    examples: list[Example]
+    summary: DatasetSummary
+    objective: KtoObjective | None = None
+
+
+@dataclass(frozen=True)
 class PreparedJob:
     run: TrainingRun
     dataset: DatasetSummary
@@ -38,9 +47,12 @@ class PreparedJob:
 
 
 class JobPreparer:
-    def __init__(self, config: PreparerConfig, registry: AdapterRegistry) -> None:
+    def __init__(
+        self, config: PreparerConfig, registry: AdapterRegistry, feedback: FeedbackDatasetBuilder | None = None
+    ) -> None:
         self._config = config
         self._registry = registry
+        self._feedback = feedback
 
     async def validate(self, spec: TrainingJobSpec) -> None:
         """Raise a typed error if the job cannot run; loads and checks the whole dataset."""
@@ -50,26 +62,22 @@ class JobPreparer:
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         available = await asyncio.to_thread(module_names, model_dir)
         validate_lora(spec.lora, available)
-        await asyncio.to_thread(self._examples, spec)
+        await self._dataset(spec)
 
     async def prepare(self, spec: TrainingJobSpec, job_dir: Path) -> PreparedJob:
         parent = await self._parent(spec) if spec.parent_adapter_version else None
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
-        examples = await asyncio.to_thread(self._examples, spec)
+        dataset = await self._dataset(spec)
         plan = select_device(spec.hyperparameters.precision)
         run = TrainingRun(
             spec=spec,
             base_model_dir=model_dir,
-            examples=examples,
+            examples=dataset.examples,
             output_dir=job_dir / "adapter",
             parent_adapter_dir=await self._registry.fetch(parent, job_dir / "parent") if parent else None,
+            objective=dataset.objective,
         )
-        summary = DatasetSummary(
-            digest=dataset_digest(examples),
-            example_count=len(examples),
-            composition=(("jsonl", len(examples)),),
-        )
-        return PreparedJob(run=run, dataset=summary, device=plan.device, parent=parent)
+        return PreparedJob(run=run, dataset=dataset.summary, device=plan.device, parent=parent)
 
     # ---- pieces -------------------------------------------------------------------
 
@@ -78,15 +86,31 @@ class JobPreparer:
             model_id, models=self._config.base_models, cache_dir=self._config.models_cache_dir
         )
 
-    def _examples(self, spec: TrainingJobSpec) -> list[Example]:
+    async def _dataset(self, spec: TrainingJobSpec) -> _Dataset:
+        """Load and check the whole dataset: a JSONL file, or one built from feedback (engine.feedback.dataset)."""
+        kto = spec.objective is Objective.KTO
         if isinstance(spec.dataset, FeedbackSource):
-            raise FailedPrecondition(
-                "FEEDBACK_DATASETS_UNAVAILABLE",
-                "training from feedback is not available yet; name a JSONL dataset (spec.jsonl.path)",
+            if self._feedback is None:
+                raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
+            built = await self._feedback.build(spec.dataset, spec.objective)
+            summary = DatasetSummary(
+                digest=built.digest, example_count=len(built.examples), composition=built.composition,
+                window_start=built.window_start, window_end=built.window_end,
             )
+            return _Dataset(built.examples, summary, KtoObjective(built.desirable) if kto else None)
         assert isinstance(spec.dataset, JsonlSource)
+        if kto:
+            raise InvalidArgument(
+                "KTO_NEEDS_FEEDBACK",
+                "the KTO objective needs desirable/undesirable labels, which only feedback datasets carry",
+                violations=[FieldViolation("spec.objective", "use OBJECTIVE_KTO with spec.feedback")],
+            )
         path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
-        return load_jsonl(path)
+        examples = await asyncio.to_thread(load_jsonl, path)
+        summary = DatasetSummary(
+            digest=dataset_digest(examples), example_count=len(examples), composition=(("jsonl", len(examples)),)
+        )
+        return _Dataset(examples, summary)
 
     async def _parent(self, spec: TrainingJobSpec) -> AdapterRecord:
         return await self._registry.get(

@@ -50,6 +50,18 @@ class Penalty(Protocol):
     def __call__(self, model: torch.nn.Module) -> torch.Tensor: ...
 
 
+class BatchObjective(Protocol):
+    """An objective replacing the weighted SFT loss (e.g. engine.kto.KtoObjective), per-example aware."""
+
+    def select(self, kept: list[int]) -> BatchObjective:
+        """The objective over the examples at positions ``kept`` of ``run.examples``, renumbered 0..n-1."""
+        ...
+
+    def loss(self, model: Any, batch: Batch, indices: list[int], plan: DevicePlan) -> torch.Tensor:
+        """The task loss of ``batch``, which holds the examples at ``indices``."""
+        ...
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     spec: TrainingJobSpec
@@ -58,6 +70,7 @@ class TrainingRun:
     output_dir: Path
     parent_adapter_dir: Path | None = None
     penalty: Penalty | None = None
+    objective: BatchObjective | None = None  # None: weighted SFT
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,9 @@ def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> T
     try:
         model = attach_adapter(run, base, sink)
         encoded = encode_dataset(tokenizer, run.examples, hp.max_seq_length)
-        data = [e for e in encoded if e.target_token_count]
+        kept = [i for i, e in enumerate(encoded) if e.target_token_count]
+        data = [encoded[i] for i in kept]
+        objective = run.objective.select(kept) if run.objective is not None else None
         if len(data) < len(encoded):
             sink.emit(
                 Warned(
@@ -234,7 +249,7 @@ def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> T
             composition=composition(run.examples),
             target_token_count=sum(e.target_token_count for e in data),
         )
-        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel)
+        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective)
         final_loss, final_task_loss, steps = losses
         train_end = evaluate_loss(
             model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel
@@ -258,6 +273,7 @@ def _train(
     pad_id: int,
     sink: ProgressSink,
     cancel: CancelToken,
+    objective: BatchObjective | None = None,
 ) -> tuple[float, float, int]:
     """The optimisation loop; returns (last loss, last task loss, steps done)."""
     from transformers import get_linear_schedule_with_warmup
@@ -274,11 +290,14 @@ def _train(
     while step < total:
         epoch_span = tracer.start_span("training.epoch", attributes={"epoch": step // per_epoch + 1})
         order = torch.randperm(len(data), generator=generator).tolist()
-        for batch in _batches(data, order, hp.batch_size, pad_id, plan.device):
+        for n, batch in enumerate(_batches(data, order, hp.batch_size, pad_id, plan.device)):
             if step >= total:
                 break
             _check_cancel(cancel, f"step {step + 1}")
-            task_loss, _ = _forward_loss(model, batch, plan)
+            if objective is None:
+                task_loss, _ = _forward_loss(model, batch, plan)
+            else:
+                task_loss = objective.loss(model, batch, order[n * hp.batch_size : (n + 1) * hp.batch_size], plan)
             penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
             loss = task_loss + penalty
             loss.backward()

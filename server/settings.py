@@ -86,6 +86,28 @@ class Settings(BaseSettings, LoraControlSettings):
     ewc_lambda_max: float = Field(1000.0, gt=0, description="Largest EWC lambda a job may ask for.")
     ewc_lambda_default: float = Field(500.0, gt=0, description="EWC lambda when a job names none.")
 
+    # ---- feedback (engine/feedback) ----------------------------------------------
+    feedback_scrub_enabled: bool = Field(
+        True, description="Scrub PII (emails, phones, cards, IPs, feedback_scrub_patterns) from feedback text before "
+        "it is stored. On by default; turn off only where the text is known to hold no personal data.",
+    )
+    feedback_scrub_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra scrubbing rules as {name: regex} (name lower_snake_case); matches become [NAME]. "
+        "They run before the built-in rules.",
+    )
+    feedback_max_text_chars: int = Field(
+        32_768, ge=1, le=1_000_000, description="Longest prompt, message, response or correction accepted."
+    )
+    feedback_max_events_per_batch: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most events in one SubmitFeedback call or StreamFeedback message."
+    )
+    feedback_rating_positive_min: int = Field(4, ge=1, le=5, description="Ratings at or above count as positive.")
+    feedback_rating_negative_max: int = Field(2, ge=1, le=5, description="Ratings at or below count as negative.")
+    feedback_correction_weight: float = Field(
+        1.0, gt=0, le=100, description="Example weight of a correction in datasets built from feedback."
+    )
+
     # ---- access, TLS, limits (server/access.py) --------------------------------
     auth_tokens: tuple[AuthToken, ...] = Field(
         (),
@@ -130,6 +152,27 @@ class Settings(BaseSettings, LoraControlSettings):
         description="Keep the newest N versions per base model (plus active/known-good ones); older ones are "
         "deleted after each publish and by PruneAdapters. 0 keeps every version.",
     )
+
+    @field_validator("feedback_scrub_patterns")
+    @classmethod
+    def _scrub_patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        from engine.errors import InvalidArgument
+        from engine.feedback.scrub import custom_rules
+
+        try:
+            custom_rules(v)
+        except InvalidArgument as exc:
+            raise ValueError("; ".join(f"{x.field}: {x.description}" for x in exc.violations)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _rating_thresholds(self) -> Settings:
+        if self.feedback_rating_negative_max >= self.feedback_rating_positive_min:
+            raise ValueError(
+                f"feedback_rating_negative_max {self.feedback_rating_negative_max} must be below "
+                f"feedback_rating_positive_min {self.feedback_rating_positive_min}"
+            )
+        return self
 
     @field_validator("host")
     @classmethod

