@@ -152,13 +152,3 @@ async def test_a_job_failing_midway_ends_failed_and_the_server_keeps_serving(cli
     ok = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
     done = await watch_all(client.training, ok.name)
     assert done[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
-
-
-async def test_other_services_answer_unimplemented(client):
-    from learning.v1 import feedback_pb2, feedback_pb2_grpc
-
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await feedback_pb2_grpc.FeedbackServiceStub(client.channel).GetFeedbackStats(
-            feedback_pb2.GetFeedbackStatsRequest()
-        )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

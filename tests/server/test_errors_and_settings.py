@@ -70,9 +70,35 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
     assert load_settings({"port": 8000}, config_file=config).port == 8000
 
     monkeypatch.setenv("LEARNING_ENGINE_MAX_CONCURRENT_JOBS", "0")
-    monkeypatch.setenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT", "5000")
+    monkeypatch.setenv("LEARNING_ENGINE_PORT", "70000")
     with pytest.raises(SettingsError) as err:
         load_settings()
-    assert "max_concurrent_jobs" in str(err.value) and "ewc_lambda_default" in str(err.value)
+    assert "max_concurrent_jobs" in str(err.value) and "port" in str(err.value)
+    monkeypatch.delenv("LEARNING_ENGINE_MAX_CONCURRENT_JOBS")
+    monkeypatch.delenv("LEARNING_ENGINE_PORT")
+    monkeypatch.setenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT", "5000")
+    with pytest.raises(SettingsError, match="ewc_lambda_default 5000"):
+        load_settings()
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config_file=tmp_path / "missing.yaml")
+
+
+async def test_an_rpc_not_built_answers_unimplemented_with_error_info():
+    """Generated base servicers raise NotImplementedError; the interceptor turns it into UNIMPLEMENTED."""
+    from learning.v1 import fisher_pb2, fisher_pb2_grpc
+    from server.errors import ErrorInterceptor
+    from tests.server.conftest import error_details
+
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    fisher_pb2_grpc.add_FisherServiceServicer_to_server(fisher_pb2_grpc.FisherServiceServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await fisher_pb2_grpc.FisherServiceStub(channel).GetFisherJob(fisher_pb2.GetFisherJobRequest())
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        info, _ = error_details(err.value)
+        assert info.reason == "NOT_IMPLEMENTED"
+    finally:
+        await server.stop(0)
