@@ -97,7 +97,7 @@ class Gateway:
 
     async def start(self, host: str, port: int) -> int:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

@@ -276,7 +276,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0 picks a free port); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
