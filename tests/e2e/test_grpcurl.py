@@ -59,7 +59,7 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "default_base_model": "tiny-llama", "base_models": {"tiny-llama": str(tiny_model_dir)},
-        "torch_threads": 1, "log_format": "text",
+        "torch_threads": 1, "log_format": "text", "gateway_port": _free_port(),
     }))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_") and k != "DATABASE_URL"}
