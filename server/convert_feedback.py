@@ -1,7 +1,7 @@
 """Protobuf <-> domain conversion for FeedbackService, in one place.
 
-Kept lean: this runs for every ingested event, so it does attribute reads and no per-field
-HasField checks beyond the two that carry meaning (interaction, time).
+Kept lean: ``event_from_pb`` runs for every ingested event (positional construction, no per-field
+HasField checks beyond the two that carry meaning: interaction and time).
 """
 
 from __future__ import annotations
@@ -19,35 +19,36 @@ KIND_FROM_PB: dict[int, FeedbackKind] = {
 }
 KIND_TO_PB: dict[FeedbackKind, int] = {v: k for k, v in KIND_FROM_PB.items()}
 _DEFAULT_STATS_WINDOW = timedelta(days=7)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    # Timestamp.ToDatetime is pure Python and shows up at 100k events/s; this is the same value, to the microsecond.
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
     interaction = None
     if msg.HasField("interaction"):
         it = msg.interaction
+        turns = it.messages
         interaction = Interaction(
-            interaction_id=it.interaction_id,
-            messages=tuple(Turn(m.role, m.content) for m in it.messages),
-            prompt=it.prompt,
-            response=it.response,
+            it.interaction_id, tuple([Turn(m.role, m.content) for m in turns]) if turns else (), it.prompt, it.response
         )
+    labels = msg.labels
     return FeedbackEvent(
-        client_event_id=msg.client_event_id,
-        kind=KIND_FROM_PB.get(msg.kind),
-        rating=msg.rating,
-        correction=msg.correction,
-        dwell_seconds=msg.dwell_seconds,
-        interaction=interaction,
-        interaction_ref=msg.interaction_ref,
-        adapter_version=msg.adapter_version,
-        user_id=msg.user_id,
-        tenant_id=msg.tenant_id,
-        time=_time(msg.time) if msg.HasField("time") else None,
-        labels=tuple(msg.labels.items()),
+        msg.client_event_id,
+        KIND_FROM_PB.get(msg.kind),
+        msg.rating,
+        msg.correction,
+        msg.dwell_seconds,
+        interaction,
+        msg.interaction_ref,
+        msg.adapter_version,
+        msg.user_id,
+        msg.tenant_id,
+        _time(msg.time) if msg.HasField("time") else None,
+        tuple(labels.items()) if len(labels) else (),
     )
 
 

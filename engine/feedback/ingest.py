@@ -162,6 +162,7 @@ def to_records(
     records = []
     scrub = scrubber.scrub
     dumps = json.dumps
+    labels_json: dict[tuple[tuple[str, str], ...], str] = {(): "{}"}  # label sets repeat across a batch
     for e in events:
         fired: dict[str, int] = {}
         it = e.interaction
@@ -180,7 +181,7 @@ def to_records(
             e.tenant_id, e.client_event_id, kind.value, e.rating if kind is FeedbackKind.RATING else None,
             correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
             e.adapter_version, e.user_id, e.time or received, received,
-            dumps(dict(e.labels)) if e.labels else "{}", list(fired),
+            labels_json.get(e.labels) or labels_json.setdefault(e.labels, dumps(dict(e.labels))), list(fired),
         ))
         for rule, n in fired.items():
             fired_total[rule] = fired_total.get(rule, 0) + n
@@ -204,7 +205,7 @@ class FeedbackIngestor:
 
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""
-        records, fired = self._prepare(events)
+        records, fired = await asyncio.to_thread(self._prepare, events)
         return _result(await self._store.insert(records), fired)
 
     async def stream(self, batches: AsyncIterator[Sequence[FeedbackEvent]]) -> IngestResult:
@@ -214,7 +215,8 @@ class FeedbackIngestor:
         pending_fired: dict[str, int] = {}
         try:
             async for events in batches:
-                records, fired = self._prepare(events)
+                # In a thread, so the event loop keeps feeding the previous batch to PostgreSQL meanwhile.
+                records, fired = await asyncio.to_thread(self._prepare, events)
                 if pending is not None:
                     writing, pending = pending, None
                     total += _result(await writing, pending_fired)

@@ -49,6 +49,28 @@ _PHONE = re.compile(
     r"(?![\w])"
 )
 _DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
+# Gate for the built-in rules, in a few C-level passes over ASCII text: anything a built-in rule can match
+# has an "@", a bracketed "at", 7+ digits, 4+ digits and 3+ dots, or 2+ colons. Text failing all of these
+# (most feedback) skips every rule; non-ASCII text (which may hold Unicode digits) always takes the full path.
+_NOT_ASCII_DIGITS = bytes(c for c in range(256) if not 48 <= c <= 57)
+_BRACKET_AT = re.compile(rb"[\[({]at[\])}]")  # on lower-cased text without whitespace
+
+
+def might_hold_builtin_pii(text: str) -> bool:
+    if not text.isascii():
+        return True
+    raw = text.encode("ascii")
+    if b"@" in raw or raw.count(b":") >= 2:
+        return True
+    digits = len(raw.translate(None, _NOT_ASCII_DIGITS))
+    if digits >= 7 or (digits >= 4 and raw.count(b".") >= 3):
+        return True
+    if b"(" not in raw and b"[" not in raw and b"{" not in raw:
+        return False
+    closed = raw.lower().translate(None, b" \t\n\r\x0b\x0c")
+    return (b"at)" in closed or b"at]" in closed or b"at}" in closed) and _BRACKET_AT.search(closed) is not None
+
+
 _DIGITS = re.compile(r"\d")
 _SEPARATORS = re.compile(r"[ .()-]")
 _NON_DIGITS = re.compile(r"\D")
@@ -145,16 +167,19 @@ class Scrubber:
 
     def __init__(self, extra: Mapping[str, str] | None = None, *, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.rules: tuple[ScrubRule, ...] = (*custom_rules(extra or {}), *BUILTINS) if enabled else ()
+        self.custom: tuple[ScrubRule, ...] = tuple(custom_rules(extra or {})) if enabled else ()
+        self.builtins: tuple[ScrubRule, ...] = BUILTINS if enabled else ()
 
     def scrub(self, text: str, fired: dict[str, int]) -> str:
         """Scrub ``text``, adding the count of replacements per rule name to ``fired``."""
         if not text:
             return text
-        for rule in self.rules:
-            if rule.hint is not None and not rule.hint(text):
-                continue
+        for rule in self.custom:
             text = self._apply(rule, text, fired)
+        if self.builtins and might_hold_builtin_pii(text):
+            for rule in self.builtins:
+                if rule.hint is None or rule.hint(text):
+                    text = self._apply(rule, text, fired)
         return text
 
     @staticmethod

@@ -1,9 +1,13 @@
 """Feedback events in PostgreSQL (asyncpg): bulk ingestion, stats, erasure, and the rows datasets are built from.
 
-Ingestion of one batch is one transaction: COPY the records into a per-connection temporary
-staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``feedback_events``.
-COPY keeps it fast; the conflict clause makes resending a no-op. A batch is therefore stored
-whole or not at all.
+Ingestion of one batch is one transaction, stored whole or not at all, and idempotent on
+(tenant_id, client_event_id). Two paths:
+
+- fast (the common case: new events of users never erased): COPY straight into ``feedback_events``;
+- staged (when the fast COPY hits a key already stored, i.e. a resend, or a user of the batch was
+  erased): COPY into a per-connection temporary staging table, then ``INSERT ... SELECT ... ON
+  CONFLICT DO NOTHING`` leaving out erased users' events. A failed fast attempt rolls back whole, so
+  nothing is stored twice.
 
 Ingestion holds a shared transaction-level advisory lock and erasure an exclusive one, so a
 user's erasure never interleaves with a batch that is being stored: once DeleteUserFeedback
@@ -39,10 +43,22 @@ Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.i
 _ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
 
 _STAGE = (
-    "SELECT pg_advisory_xact_lock_shared({lock});"
+    f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK});"
     " CREATE TEMP TABLE IF NOT EXISTS feedback_staging"
     " (LIKE feedback_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-).format(lock=_ERASURE_LOCK)
+)
+
+_USER = COLUMNS.index("user_id")
+
+# The fast path's first statement: take the lock, and say whether any user of the batch was ever erased.
+_LOCK_AND_CHECK_ERASED = f"""
+SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK}) IS NULL OR CASE
+    WHEN NOT EXISTS (SELECT 1 FROM feedback_erasures) THEN false
+    ELSE EXISTS (
+        SELECT 1 FROM feedback_erasures
+        WHERE user_hash = ANY (SELECT encode(sha256(convert_to(u, 'UTF8')), 'hex') FROM unnest($1::text[]) AS u))
+    END
+"""
 
 _MOVE = """
 WITH erased AS (
@@ -107,17 +123,32 @@ class PostgresFeedbackStore:
             raise _unavailable(exc) from exc
 
     async def insert(self, records: Sequence[Record]) -> StoreOutcome:
-        """Store the records that are new and not erased, all in one transaction."""
+        """Store the records that are new and not erased, all in one transaction (see the module docstring)."""
         if not records:
             return StoreOutcome(0, 0, 0)
+        users = list({r[_USER] for r in records})
 
-        async def work(conn: asyncpg.Connection) -> StoreOutcome:
+        async def fast(conn: asyncpg.Connection) -> StoreOutcome | None:
+            async with conn.transaction():
+                if await conn.fetchval(_LOCK_AND_CHECK_ERASED, users):
+                    return None
+                await conn.copy_records_to_table("feedback_events", records=records, columns=COLUMNS)
+            return StoreOutcome(len(records), 0, 0)
+
+        async def staged(conn: asyncpg.Connection) -> StoreOutcome:
             async with conn.transaction():
                 await conn.execute(_STAGE)
                 await conn.copy_records_to_table("feedback_staging", records=records, columns=COLUMNS)
                 row = await conn.fetchrow(_MOVE)
             stored, forgotten = int(row["stored"]), int(row["forgotten"])
             return StoreOutcome(stored, len(records) - stored - forgotten, forgotten)
+
+        async def work(conn: asyncpg.Connection) -> StoreOutcome:
+            try:
+                outcome = await fast(conn)
+            except asyncpg.UniqueViolationError:  # a resend: the transaction rolled back, take the staged path
+                outcome = None
+            return outcome if outcome is not None else await staged(conn)
 
         return await self._run(work)
 

@@ -5,6 +5,7 @@ Torch-free on purpose (the ingestion benchmark serves it alone).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -45,7 +46,8 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
     ):
         async def batches() -> AsyncIterator[list[FeedbackEvent]]:
             async for message in request_iterator:
-                yield convert.events_from_pb(message.events)
+                # Off the event loop, which meanwhile streams the previous batch to PostgreSQL.
+                yield await asyncio.to_thread(convert.events_from_pb, message.events)
 
         return convert.stream_response(await self._ingestor.stream(batches()))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
@@ -15,10 +17,27 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 NOW = datetime.now(UTC)
 
 
-@pytest.fixture
-async def pool(database_url: str):
-    pool = await postgres.connect(database_url, max_size=4)
+@pytest.fixture(scope="session")
+async def feedback_database_url(pg_admin_url: str):
+    """One migrated database for all engine-level feedback tests (emptied before each test, see ``pool``)."""
+    name = f"feedback_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = pg_admin_url.partition("?")
+    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    pool = await postgres.connect(url, max_size=1)
     await postgres.migrate(pool)
+    await pool.close()
+    return url
+
+
+@pytest.fixture
+async def pool(feedback_database_url: str):
+    pool = await postgres.connect(feedback_database_url, max_size=4)
+    await pool.execute("TRUNCATE feedback_events, feedback_erasures")
     yield pool
     await pool.close()
 

@@ -106,12 +106,16 @@ async def test_forgetting_a_user_deletes_and_refuses_resends(ingestor, store, po
     await ingestor.submit([event("a1", user="alice"), event("a2", user="alice"), event("b1", user="bob")])
     assert await store.delete_user("alice") == 2
     assert await ids(pool) == ["b1"]
-    resend = await ingestor.submit([event("a1", user="alice"), event("a3", user="alice", age=timedelta(0))])
-    assert (resend.stored, resend.forgotten, resend.duplicates) == (0, 2, 0)
-    assert await ids(pool) == ["b1"]
+    resend = await ingestor.submit([
+        event("a1", user="alice"), event("a3", user="alice", age=timedelta(0)), event("b2", user="bob"),
+    ])
+    assert (resend.stored, resend.forgotten, resend.duplicates) == (1, 2, 0)
+    assert await ids(pool) == ["b1", "b2"]
+    later = await ingestor.submit([event("a4", user="alice", age=-timedelta(minutes=1))])  # after the erasure
+    assert later.stored == 1
     stored_hashes = [r["user_hash"] for r in await pool.fetch("SELECT user_hash FROM feedback_erasures")]
     assert len(stored_hashes) == 1 and "alice" not in stored_hashes[0]
-    assert await store.delete_user("alice") == 0
+    assert await store.delete_user("alice") == 1  # a4
 
 
 async def _batches(*batches: Sequence[FeedbackEvent]) -> AsyncIterator[Sequence[FeedbackEvent]]:
