@@ -1,0 +1,247 @@
+"""Forgetting benchmark: task A then task B on the default base model, three ways, several seeds.
+
+Methods, all starting task B from the same task-A adapter:
+  plain   sequential LoRA (warm start, no penalty);
+  ewc     EWC with the diagonal empirical Fisher of the task-A adapter on task A (per-sequence
+          log-likelihood, as the service computes it) and the service's default lambda;
+  replay  the same EWC plus replay of task-A examples (``--replay-fraction`` of the task-B set).
+
+Tasks are invented facts (so the base model cannot know them) in two relations: A "capital of a country",
+B "founder of a company". Accuracy is exact match of the greedy completion. Reports R(i,j), ACC and BWT as
+defined in shared/REFERENCE.md, writes JSON and a PNG under bench/results/.
+
+    .venv/bin/python bench/forgetting.py --facts 30 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.datasets import ChatMessage, Example  # noqa: E402
+from engine.domain import Hyperparameters, JsonlSource, LoraSpec, TrainingJobSpec  # noqa: E402
+from engine.ewc import EwcPenalty, diagonal_stats, mix_replay  # noqa: E402
+from engine.fisher import FisherEstimator  # noqa: E402
+from engine.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.ports import CancelToken  # noqa: E402
+from engine.training import TrainingRun, run_training  # noqa: E402
+
+SYLLABLES = ["ka", "lo", "ver", "mi", "dra", "sen", "tor", "qua", "bel", "zin", "oru", "fen", "tal", "gri",
+             "mon", "sha", "vex", "lun", "pra", "dok", "ely", "nar", "cus", "hib"]
+METHODS = ("plain", "ewc", "replay")
+
+
+def invented(rng: random.Random, parts: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+
+
+def make_tasks(n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    rng = random.Random(10_000 + seed)
+    names: set[str] = set()
+
+    def fresh(parts: int) -> str:
+        while True:
+            name = invented(rng, parts)
+            if name not in names:
+                names.add(name)
+                return name
+
+    def fact(question: str, answer: str) -> Example:
+        return Example(messages=(ChatMessage("user", question), ChatMessage("assistant", answer)))
+
+    task_a = [fact(f"What is the capital of {c}?", f"The capital of {c} is {fresh(2)}.")
+              for c in (fresh(3) for _ in range(n))]
+    task_b = [fact(f"Who founded {c} Industries?", f"{c} Industries was founded by {fresh(2)} {fresh(2)}.")
+              for c in (fresh(3) for _ in range(n))]
+    return task_a, task_b
+
+
+class NullSink:
+    def emit(self, payload) -> None:
+        pass
+
+
+def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: Path | None = None,
+          penalty=None, seed: int = 0) -> float:
+    spec = TrainingJobSpec(
+        base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
+        lora=LoraSpec(rank=16, alpha=32, dropout=0.05),
+        hyperparameters=Hyperparameters(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                                        max_seq_length=128, seed=seed),
+    )
+    started = time.monotonic()
+    run_training(TrainingRun(spec, base_dir, examples, out, parent, penalty), NullSink(), CancelToken())
+    return time.monotonic() - started
+
+
+@torch.no_grad()
+def accuracy(base_dir: Path, adapter_dir: Path, examples: list[Example], batch_size: int = 16) -> float:
+    model, tokenizer = load_adapter_model(base_dir, adapter_dir)
+    tokenizer.padding_side = "left"
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e.messages[0].content}],
+                                                 tokenize=False, add_generation_prompt=True) for e in chunk]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=32, do_sample=False, eos_token_id=end,
+                             pad_token_id=tokenizer.pad_token_id)
+        for example, row in zip(chunk, out[:, enc["input_ids"].shape[1]:], strict=True):
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            correct += text == example.messages[1].content
+    return correct / len(examples)
+
+
+def metrics(r: list[list[float]]) -> dict:
+    """R[i][j]: accuracy on task j after training through task i (0-based here, 2 tasks)."""
+    tasks = len(r)
+    acc = sum(r[-1]) / tasks
+    bwt = sum(r[-1][j] - r[j][j] for j in range(tasks - 1)) / (tasks - 1)
+    return {"R": r, "ACC": acc, "BWT": bwt}
+
+
+def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
+    task_a, task_b = make_tasks(args.facts, seed)
+    a_dir = work / f"s{seed}-A"
+    t_a = train(base_dir, task_a, a_dir, args, seed=seed)
+    r_a = [accuracy(base_dir, a_dir, task_a), accuracy(base_dir, a_dir, task_b)]
+    started = time.monotonic()
+    fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed))
+    t_fisher = time.monotonic() - started
+    anchor = load_adapter_weights(a_dir)
+    stats = diagonal_stats(fisher.diagonal)
+    print(f"seed {seed}: task A trained in {t_a:.0f}s, R(A)={r_a}, Fisher sum {stats.sum:.4g} "
+          f"max {stats.max:.4g} in {t_fisher:.0f}s", flush=True)
+    result = {"seed": seed, "fisher": {"sum": stats.sum, "max": stats.max, "seconds": t_fisher}, "methods": {}}
+    for method in METHODS:
+        if method not in args.methods:
+            continue
+        examples, penalty = list(task_b), None
+        if method in ("ewc", "replay"):
+            penalty = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda)
+        if method == "replay":
+            examples, _ = mix_replay(task_b, task_a, args.replay_fraction, seed)
+        out = work / f"s{seed}-{method}"
+        seconds = train(base_dir, examples, out, args, parent=a_dir, penalty=penalty, seed=seed)
+        r_b = [accuracy(base_dir, out, task_a), accuracy(base_dir, out, task_b)]
+        result["methods"][method] = {**metrics([r_a, r_b]), "train_seconds": seconds}
+        print(f"seed {seed} {method:6s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
+              f"BWT={result['methods'][method]['BWT']:+.3f} ({seconds:.0f}s)", flush=True)
+    return result
+
+
+def summarise(results: list[dict]) -> dict:
+    summary = {}
+    for method in METHODS:
+        rows = [r["methods"][method] for r in results if method in r["methods"]]
+        if not rows:
+            continue
+
+        def stat(values: list[float]) -> dict:
+            return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+        summary[method] = {
+            "R_A_after_A": stat([r["R"][0][0] for r in rows]),
+            "R_A_after_B": stat([r["R"][1][0] for r in rows]),
+            "R_B_after_B": stat([r["R"][1][1] for r in rows]),
+            "ACC": stat([r["ACC"] for r in rows]),
+            "BWT": stat([r["BWT"] for r in rows]),
+        }
+    if "plain" in summary and "ewc" in summary:
+        plain, ewc = summary["plain"], summary["ewc"]
+        cut = 1 - abs(ewc["BWT"]["mean"]) / abs(plain["BWT"]["mean"]) if plain["BWT"]["mean"] else float("nan")
+        keep = ewc["R_B_after_B"]["mean"] - plain["R_B_after_B"]["mean"]
+        summary["targets"] = {
+            "bwt_reduction": cut, "bwt_target_met": cut >= 0.5,
+            "task_b_change": keep, "task_b_target_met": keep >= -0.10,
+        }
+    return summary
+
+
+def plot(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if m in summary]
+    bars = [("task A after A", "R_A_after_A"), ("task A after B", "R_A_after_B"), ("task B after B", "R_B_after_B")]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(bars)
+    for k, (label, key) in enumerate(bars):
+        xs = [i + (k - 1) * width for i in range(len(methods))]
+        ax.bar(xs, [summary[m][key]["mean"] for m in methods], width,
+               yerr=[summary[m][key]["std"] for m in methods], label=label, capsize=3)
+    ax.set_xticks(range(len(methods)), [f"{m}\nBWT {summary[m]['BWT']['mean']:+.2f}" for m in methods])
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--facts", type=int, default=30, help="facts per task")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ewc-lambda", type=float, default=500.0, help="the service's default")
+    parser.add_argument("--replay-fraction", type=float, default=0.2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "results" / "forgetting.png")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}; facts/task {args.facts}; seeds {args.seeds}; "
+          f"epochs {args.epochs}; lr {args.lr}; lambda {args.ewc_lambda}; replay {args.replay_fraction}", flush=True)
+    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
+    started = time.monotonic()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="le-forgetting-") as tmp:
+        for seed in args.seeds:
+            results.append(run_seed(seed, base_dir, args, Path(tmp)))
+    summary = summarise(results)
+    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "threads": torch.get_num_threads(), "seconds": time.monotonic() - started,
+              "seeds": results, "summary": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print("\nmethod  R(A|A)  R(A|B)  R(B|B)   ACC     BWT")
+    for method in METHODS:
+        if method in summary:
+            s = summary[method]
+            print(f"{method:6s}  {s['R_A_after_A']['mean']:.3f}   {s['R_A_after_B']['mean']:.3f}   "
+                  f"{s['R_B_after_B']['mean']:.3f}   {s['ACC']['mean']:.3f}  {s['BWT']['mean']:+.3f}"
+                  f" (+-{s['BWT']['std']:.3f})")
+    if "targets" in summary:
+        t = summary["targets"]
+        met = "met" if t["bwt_target_met"] else "NOT met"
+        print(f"EWC cuts |BWT| by {t['bwt_reduction']:.0%} (target >= 50%: {met});"
+              f" task B change {t['task_b_change']:+.3f} (target >= -0.10: "
+              f"{'met' if t['task_b_target_met'] else 'NOT met'})")
+    plot(summary, args.plot, f"SmolLM2-135M LoRA r16, {args.facts} facts/task, {len(args.seeds)} seeds, "
+         f"lambda {args.ewc_lambda:g}, replay {args.replay_fraction:g}")
+    print(f"wrote {args.out} and {args.plot} in {report['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
