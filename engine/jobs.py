@@ -112,8 +112,7 @@ class JobManager:
             else:
                 failure = JobFailure("ABORTED", "SERVER_RESTARTED", "the server restarted while the job ran")
                 self._finish(live, JobState.FAILED, failure.message, failure=failure)
-                await self._flush(live)
-                self._live.pop(job.id, None)
+                await self._close(live)
 
     async def shutdown(self) -> None:
         """Stop: running jobs end FAILED (SERVER_SHUTDOWN); queued ones stay QUEUED for the next start."""
@@ -123,8 +122,10 @@ class JobManager:
                 live.task.cancel()
             else:
                 live.cancel.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=60)
+        # Finishing jobs spawn more flushes; wait until none is left, so nothing outlives the store.
+        deadline = asyncio.get_running_loop().time() + 60
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- API --------------------------------------------------------------------
@@ -235,8 +236,7 @@ class JobManager:
             failure = JobFailure("INTERNAL", "INTERNAL", f"internal error: {type(exc).__name__}")
             self._finish(live, JobState.FAILED, failure.message, failure=failure)
         finally:
-            await self._flush(live)
-            self._live.pop(live.job.id, None)
+            await self._close(live)
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def _sink(self, live: _LiveJob) -> _LoopSink:
@@ -280,9 +280,16 @@ class JobManager:
         if failure is not None and state is JobState.FAILED:
             self._record(live, Failed(failure))
         self._transition(live, state, message)
-        live.finished = True
-        live.notify()
         log.info("job ended", extra={"job_id": live.job.id, "state": state.value})
+
+    async def _close(self, live: _LiveJob) -> None:
+        """Persist the ended job, then end its watch streams: once a stream ends, reads see the end state."""
+        try:
+            await self._flush(live)
+        finally:
+            live.finished = True
+            live.notify()
+            self._live.pop(live.job.id, None)
 
     async def _flush(self, live: _LiveJob) -> None:
         async with self._flush_lock:
