@@ -351,6 +351,9 @@ class TrainingJobManager(JobManager):
             result = await loop.run_in_executor(
                 self._executor, context.run, self._train, prepared.run, sink, live.cancel
             )
+        # The prepared summary knows the data's origin (feedback window, composition); training adds the tokens.
+        dataset = replace(prepared.dataset, target_token_count=result.dataset.target_token_count)
+        self._set(live, dataset=dataset)
         with tracer.start_as_current_span("training_job.publish", attributes={"job": live.job.name}):
             record = await self._publish(live, prepared, result)
         self._set(live, output_adapter_version=record.version)
@@ -370,7 +373,7 @@ class TrainingJobManager(JobManager):
             parent=prepared.parent,
             major_bump=spec.major_version_bump,
             training_job=live.job.name,
-            dataset=result.dataset,
+            dataset=live.job.dataset,
             train_loss=result.final_task_loss,
             labels=spec.labels,
             **_ewc_lineage(live.job),

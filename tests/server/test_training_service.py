@@ -54,6 +54,7 @@ async def test_job_trains_streams_and_publishes_an_adapter(
     assert final.output_adapter_version == "v1.0"
     assert final.progress.fraction == 1.0 and final.progress.completed_steps == 24
     assert final.dataset.example_count == 24 and len(final.dataset.digest) == 64
+    assert final.dataset.target_token_count > 24
     assert final.device == "cpu"
     assert final.last_sequence == events[-1].sequence
     assert final.start_time.seconds > 0 and final.end_time.ToDatetime() >= final.start_time.ToDatetime()
