@@ -17,19 +17,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.continual import EwcPlanner
-from engine.fisher_jobs import FisherJobConfig, FisherJobManager
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
+from engine.fisher_jobs import FisherJobConfig, FisherJobManager
 from engine.jobs import TrainingJobManager
 from engine.models import resolve_base_model
 from engine.preparation import JobPreparer, PreparerConfig
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
-from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.adapter_index import PostgresAdapterIndex
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
+from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from learning.v1 import (
@@ -47,10 +47,10 @@ from learning.v1 import (
 from server import access
 from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
-from server.services.fisher import FisherService
-from server.services.lora_control import LoraControlService
 from server.services.adapter import AdapterService
 from server.services.feedback import build_feedback_service
+from server.services.fisher import FisherService
+from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.telemetry import MetricsServer, configure_tracing
@@ -81,9 +81,9 @@ class App:
     jobs: TrainingJobManager
     pool: asyncpg.Pool
     embedded: postgres.EmbeddedPostgres | None
+    metrics: MetricsServer | None = None
     lora: LoraRuntime | None = None
     fisher: FisherJobManager | None = None
-    metrics: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from google.rpc import error_details_pb2
 from engine.serving.reference_backend import ReferenceModel
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
