@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test check pytest protos lint clean
+.PHONY: setup model samples run test check pytest protos docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ check: setup
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen
 	bash scripts/check_compose.sh
+	$(BIN)/python scripts/settings_reference.py --check README.md
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
 
 pytest: setup
@@ -56,6 +57,9 @@ protos: setup
 	$(BIN)/buf format -w
 	$(BIN)/python scripts/gen_protos.py
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate
+
+docs: setup
+	$(BIN)/python scripts/settings_reference.py --update README.md
 
 lint: check
 

@@ -1,6 +1,8 @@
 """Print the configuration reference as markdown, generated from the one settings object.
 
-    python scripts/settings_reference.py > docs/configuration.md
+    python scripts/settings_reference.py                    # print it
+    python scripts/settings_reference.py --update README.md # rewrite the README section between markers
+    python scripts/settings_reference.py --check README.md  # exit 1 if that section is stale
 
 Each field's environment variable, type, default and description come from
 ``server.settings.Settings`` (pydantic field metadata), so the reference cannot drift.
@@ -73,5 +75,32 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+BEGIN, END = "<!-- settings-reference:begin -->", "<!-- settings-reference:end -->"
+
+
+def _section(text: str) -> tuple[int, int]:
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"markers {BEGIN} ... {END} not found")
+    return start + len(BEGIN), end
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] in ("--update", "--check"):
+        path = Path(argv[1])
+        text = path.read_text()
+        start, end = _section(text)
+        fresh = "\n" + render().split("\n", 2)[2]  # without the top-level title
+        if argv[0] == "--check":
+            if text[start:end] != fresh:
+                print(f"{path}: configuration reference is stale; run `make docs`", file=sys.stderr)
+                return 1
+            return 0
+        path.write_text(text[:start] + fresh + text[end:])
+        return 0
     sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
