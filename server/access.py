@@ -28,8 +28,9 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
 from server.errors import status_proto
+from server.handlers import rebuild_handler
+from server.services import SERVICE_DESCRIPTORS
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,6 @@ OPEN_SERVICES = frozenset(
     }
 )
 
-SERVICE_DESCRIPTORS = tuple(
-    module.DESCRIPTOR.services_by_name[name]
-    for module, name in (
-        (training_pb2, "TrainingService"),
-        (fisher_pb2, "FisherService"),
-        (adapter_pb2, "AdapterService"),
-        (lora_control_pb2, "LoraControlService"),
-        (feedback_pb2, "FeedbackService"),
-    )
-)
 
 
 def all_methods() -> list[str]:
@@ -317,7 +308,7 @@ def _with_principal(
 
         return unary_handler
 
-    return _rebuild(handler, wrap)
+    return rebuild_handler(handler, wrap)
 
 
 def _rejecting(
@@ -333,23 +324,7 @@ def _rejecting(
 
         return reject
 
-    return _rebuild(handler, wrap)
-
-
-def _rebuild(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]
-) -> grpc.RpcMethodHandler:
-    common = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **common)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **common)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **common)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **common)
+    return rebuild_handler(handler, wrap)
 
 
 async def _abort(

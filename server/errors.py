@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine import errors as e
+from server.handlers import rebuild_handler
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +137,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_streaming(handler.unary_stream, method), **common)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap_streaming(handler.stream_stream, method), **common)
-        return handler
+
+        def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+            return _wrap_streaming(behavior, method) if streaming else _wrap_unary(behavior, method)
+
+        return rebuild_handler(handler, wrap)

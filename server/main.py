@@ -33,20 +33,16 @@ from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from learning.v1 import (
-    adapter_pb2,
     adapter_pb2_grpc,
-    feedback_pb2,
     feedback_pb2_grpc,
-    fisher_pb2,
     fisher_pb2_grpc,
-    lora_control_pb2,
     lora_control_pb2_grpc,
-    training_pb2,
     training_pb2_grpc,
 )
 from server import access
 from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
+from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.feedback import build_feedback_service
 from server.services.fisher import FisherService
@@ -58,16 +54,6 @@ from server.telemetry import interceptors as telemetry_interceptors
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in (
-        (training_pb2, "TrainingService"),
-        (fisher_pb2, "FisherService"),
-        (adapter_pb2, "AdapterService"),
-        (lora_control_pb2, "LoraControlService"),
-        (feedback_pb2, "FeedbackService"),
-    )
-)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from engine import telemetry
 from learning.v1 import lora_control_pb2
+from server.handlers import rebuild_handler
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return unary
 
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(timed(handler.unary_unary, False), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(timed(handler.stream_unary, False), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(timed(handler.unary_stream, True), **common)
-        return grpc.stream_stream_rpc_method_handler(timed(handler.stream_stream, True), **common)
+        return rebuild_handler(handler, timed)
 
 
 def _feedback(response: Any) -> None:

@@ -1,0 +1,15 @@
+"""The gRPC servicers, and the catalogue of the public services they implement."""
+
+from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
+
+SERVICE_DESCRIPTORS = tuple(
+    module.DESCRIPTOR.services_by_name[name]
+    for module, name in (
+        (training_pb2, "TrainingService"),
+        (fisher_pb2, "FisherService"),
+        (adapter_pb2, "AdapterService"),
+        (lora_control_pb2, "LoraControlService"),
+        (feedback_pb2, "FeedbackService"),
+    )
+)
+SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)
