@@ -262,8 +262,8 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
 _LORA_LEAF_TYPES = ("Linear", "Embedding", "Conv1D", "Conv1d", "Conv2d", "Linear4bit", "Linear8bitLt")
 
 
-@functools.lru_cache(maxsize=16)
-def _module_names(model_dir: str) -> frozenset[str]:
+def meta_model(model_dir: Path | str) -> Any:
+    """The base model's architecture on the meta device (no weights): for names and shapes."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -273,7 +273,12 @@ def _module_names(model_dir: str) -> frozenset[str]:
         config_dict.pop("quantization_config")
         config = AutoConfig.for_model(**config_dict)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+@functools.lru_cache(maxsize=16)
+def _module_names(model_dir: str) -> frozenset[str]:
+    model = meta_model(model_dir)
     return frozenset(
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()

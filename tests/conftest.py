@@ -45,18 +45,22 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-async def database_url(pg_admin_url: str):
-    """A fresh, empty database per test on the shared server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_admin_url)
+async def create_database(admin_url: str, prefix: str = "t") -> str:
+    """A new, empty database on the server of ``admin_url``; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base, _, query = pg_admin_url.partition("?")
-    prefix = base.rsplit("/", 1)[0]
-    yield f"{prefix}/{name}" + (f"?{query}" if query else "")
+    base, _, query = admin_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str):
+    """A fresh, empty database per test on the shared server."""
+    return await create_database(pg_admin_url)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -129,14 +128,3 @@ def _choose_members(members: list[tarfile.TarInfo], field_path: str) -> dict[str
 def read_small(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     with path.open("rb") as handle:
         return handle.read(limit + 1)
-
-
-def archive_bytes(files: dict[str, bytes]) -> bytes:
-    """A tar.gz of the given members, for tests and tools (not canonical)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()

@@ -141,16 +141,10 @@ def _split(name: str) -> tuple[str | None, str]:
 @functools.lru_cache(maxsize=8)
 def _linear_shapes(model_dir: str) -> dict[str, tuple[int, int]]:
     import torch  # noqa: PLC0415 - heavy
-    from accelerate import init_empty_weights  # noqa: PLC0415
-    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
 
-    config = AutoConfig.from_pretrained(model_dir)
-    config_dict = config.to_dict()
-    if "quantization_config" in config_dict:
-        config_dict.pop("quantization_config")
-        config = AutoConfig.for_model(**config_dict)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
+    from engine.models import meta_model  # noqa: PLC0415 - heavy (transformers)
+
+    model = meta_model(model_dir)
     return {
         name: (module.in_features, module.out_features)
         for name, module in model.named_modules()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
@@ -13,6 +11,7 @@ from engine.feedback.ingest import FeedbackIngestor
 from engine.feedback.scrub import Scrubber
 from engine.stores import postgres
 from engine.stores.feedback_store import PostgresFeedbackStore
+from tests.conftest import create_database
 
 NOW = datetime.now(UTC)
 
@@ -20,14 +19,7 @@ NOW = datetime.now(UTC)
 @pytest.fixture(scope="session")
 async def feedback_database_url(pg_admin_url: str):
     """One migrated database for all engine-level feedback tests (emptied before each test, see ``pool``)."""
-    name = f"feedback_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = pg_admin_url.partition("?")
-    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    url = await create_database(pg_admin_url, "feedback")
     pool = await postgres.connect(url, max_size=1)
     await postgres.migrate(pool)
     await pool.close()
