@@ -56,6 +56,7 @@ class Generation:
     tokens: tuple[str, ...]
     token_logprobs: tuple[float, ...]
     prompt_tokens: int
+    finish_reason: str = "length"  # "stop" when the model ended its answer (EOS) within max_tokens
 
 
 class ReferenceModel:
@@ -151,6 +152,7 @@ class ReferenceModel:
             tokens=tuple(self.tokenizer.convert_ids_to_tokens(new)),
             token_logprobs=tuple(logprobs),
             prompt_tokens=len(prompt_ids),
+            finish_reason="stop" if eos in new else "length",
         )
 
 
@@ -238,7 +240,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
             raise HttpError(400, "field 'prompt' must be a string")
         ids = model.tokenizer(prompt)["input_ids"]
         gen = await asyncio.to_thread(model.generate, name, ids, limit)
-        choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": "length", "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
         if body.get("logprobs") is not None:
             choice["logprobs"] = {"tokens": list(gen.tokens), "token_logprobs": list(gen.token_logprobs)}
         return web.json_response({"id": f"cmpl-{time.time_ns()}", "object": "text_completion",
@@ -261,7 +263,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         return web.json_response({
             "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
             "model": name, "usage": _usage(gen),
-            "choices": [{"index": 0, "finish_reason": "length", "logprobs": None,
+            "choices": [{"index": 0, "finish_reason": gen.finish_reason, "logprobs": None,
                          "message": {"role": "assistant", "content": gen.text}}],
         })
 

@@ -78,6 +78,10 @@ async def test_completions_honour_the_model_field(tiny_model_dir: Path, adapters
                                        {"model": model, "prompt": prompt, "max_tokens": 6, "logprobs": 1})
             assert status == 200 and body["model"] == model
             assert body["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(want[model], abs=1e-4)
+            tokens = body["choices"][0]["logprobs"]["tokens"]
+            stopped = be.model.tokenizer.eos_token in tokens
+            assert body["choices"][0]["finish_reason"] == ("stop" if stopped else "length")
+            assert stopped or body["usage"]["completion_tokens"] == 6
         status, body = await _post(s, be.url + "/v1/chat/completions",
                                    {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
