@@ -19,7 +19,10 @@ Per-sample gradients come in closed form from one forward and one backward pass 
 trainable parameter must belong to an ``nn.Linear`` (true of LoRA's A and B matrices), whose per-sample
 weight gradient is ``sum_t dL_n/dout[t] (x) in[t]``. Forward hooks keep each layer's input and output;
 ``torch.autograd.grad`` of the summed per-sample losses gives the output gradients, which for independent
-samples are exactly the per-sample ones. :func:`naive_fisher` is the reference: one backward per sample.
+samples are exactly the per-sample ones. Only the work the log-likelihood needs is done: batches are formed
+by length (less padding), cut after their last predicting position, and the LM head and log-softmax run
+only where a completion token is predicted (:func:`_completion_nll`). :func:`naive_fisher` is the
+reference: one backward per sample, on the full logits.
 """
 
 from __future__ import annotations
@@ -77,6 +80,14 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token.sum(dim=1)
 
 
+def _gumbel_argmax(row_logits: torch.Tensor, seed: int) -> torch.Tensor:
+    """One draw per row of ``row_logits`` [n, V] (one sample's labelled positions, in order), seeded."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    uniform = torch.rand(row_logits.shape, generator=generator).clamp_(1e-20, 1.0)
+    gumbel = -torch.log(-torch.log(uniform)).to(row_logits.device)
+    return (row_logits.float() + gumbel).argmax(dim=-1)
+
+
 def sampled_labels(logits: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     """Replace each completion label by a draw from the model's distribution at that position.
 
@@ -89,11 +100,7 @@ def sampled_labels(logits: torch.Tensor, labels: torch.Tensor, seeds: Sequence[i
             positions = (labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(1)
             if positions.numel() == 0:
                 continue
-            row_logits = logits[row, positions].float()
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
-            uniform = torch.rand(row_logits.shape, generator=generator).clamp_(1e-20, 1.0)
-            gumbel = -torch.log(-torch.log(uniform)).to(row_logits.device)
-            out[row, positions + 1] = (row_logits + gumbel).argmax(dim=-1)
+            out[row, positions + 1] = _gumbel_argmax(logits[row, positions], seed)
     return out
 
 
@@ -107,6 +114,42 @@ def _per_sample_nll(
     if estimator is FisherEstimator.SAMPLED:
         labels = sampled_labels(logits.detach(), labels, seeds)
     return sequence_nll(logits, labels)
+
+
+def _completion_nll(
+    model: nn.Module, batch_examples: Sequence[EncodedExample], seeds: Sequence[int], pad_id: int,
+    estimator: FisherEstimator, device: str,
+) -> torch.Tensor:
+    """:func:`_per_sample_nll` computed only where it is needed; the same values.
+
+    The log-likelihood involves only the positions whose next token is labelled. The model is causal, so
+    the batch is cut after the last such position, and the hidden states are gathered there (the model's
+    own boolean ``logits_to_keep``) before the vocabulary projection and the log-softmax. No KV cache.
+    """
+    batch = collate(batch_examples, pad_id).to(device)
+    keep = batch.labels[:, 1:] != IGNORE_INDEX  # [B, T-1]: position t predicts the labelled token t+1
+    predicting = keep.any(dim=0).nonzero()
+    width = int(predicting.max()) + 1 if predicting.numel() else 1
+    keep = keep[:, :width]
+    labels = batch.labels[:, 1 : width + 1][keep]
+    rows = keep.nonzero()[:, 0]  # the sample of each kept position, row-major like the boolean gather
+    logits = model(input_ids=batch.input_ids[:, :width], attention_mask=batch.attention_mask[:, :width],
+                   logits_to_keep=keep, use_cache=False).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if estimator is FisherEstimator.SAMPLED:
+        counts = torch.bincount(rows, minlength=len(seeds)).tolist()
+        with torch.no_grad():
+            labels = torch.cat([_gumbel_argmax(part, seed) if part.shape[0] else labels[:0]
+                                for part, seed in zip(logits.detach().split(counts), seeds, strict=True)])
+    token = F.cross_entropy(logits, labels, reduction="none")
+    return torch.zeros(len(batch_examples), dtype=token.dtype, device=token.device).index_add(0, rows, token)
+
+
+def _head_is_frozen(model: nn.Module) -> bool:
+    """Whether the vocabulary projection holds no trainable parameter (its per-sample taps need [B, T, H])."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return head is not None and not any(p.requires_grad for p in head.parameters())
 
 
 # ---- closed-form per-sample gradients of Linear layers ---------------------------------------
@@ -186,7 +229,7 @@ def _check_finite(name: str, value: torch.Tensor) -> None:
     if not torch.isfinite(value).all():
         raise FailedPrecondition(
             "NON_FINITE_GRADIENTS",
-            f"the per-sample gradient of {name} contains NaN or infinity; "
+            f"the per-sample gradient of {name} contains NaN or infinity (or its square overflows); "
             "the adapter or the data produce a non-finite log-likelihood",
             metadata={"parameter": name},
         )
@@ -219,6 +262,9 @@ def compute_fisher(
     params = trainable_parameters(model)
     total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     taps = LinearTaps(model)
+    nll_of = _completion_nll if _head_is_frozen(model) else _per_sample_nll
+    if estimator is not FisherEstimator.BATCH_MEAN_SQUARED:  # per-sample sums: batch by length, less padding
+        indices.sort(key=lambda i: len(data[i].input_ids))
     batches = 0
     try:
         for start in range(0, len(indices), batch_size):
@@ -227,13 +273,14 @@ def compute_fisher(
             chunk = indices[start : start + batch_size]
             seeds = [seed * 1_000_003 + i for i in chunk]
             with torch.enable_grad():
-                nll = _per_sample_nll(model, [data[i] for i in chunk], seeds, pad_id, estimator, device)
+                nll = nll_of(model, [data[i] for i in chunk], seeds, pad_id, estimator, device)
                 for name, grads in taps.per_sample_grads(nll):
-                    _check_finite(name, grads)
                     if estimator is FisherEstimator.BATCH_MEAN_SQUARED:
-                        total[name] += grads.mean(dim=0).square()
+                        squares = grads.mean(dim=0).square()
                     else:
-                        total[name] += grads.square().sum(dim=0)
+                        squares = grads.square().sum(dim=0)
+                    _check_finite(name, squares)  # NaN or inf in any sample's gradient lands in its square sum
+                    total[name] += squares
             batches += 1
             if progress is not None:
                 progress(min(start + batch_size, len(indices)), len(indices))
