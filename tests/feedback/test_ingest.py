@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -111,7 +111,9 @@ async def test_forgetting_a_user_deletes_and_refuses_resends(ingestor, store, po
     ])
     assert (resend.stored, resend.forgotten, resend.duplicates) == (1, 2, 0)
     assert await ids(pool) == ["b1", "b2"]
-    later = await ingestor.submit([event("a4", user="alice", age=-timedelta(minutes=1))])  # after the erasure
+    # An event stamped after the erasure (NOW is the session's start, so measure from the clock).
+    after_erasure = NOW - datetime.now(UTC) - timedelta(minutes=1)
+    later = await ingestor.submit([event("a4", user="alice", age=after_erasure)])
     assert later.stored == 1
     stored_hashes = [r["user_hash"] for r in await pool.fetch("SELECT user_hash FROM feedback_erasures")]
     assert len(stored_hashes) == 1 and "alice" not in stored_hashes[0]
