@@ -3,7 +3,8 @@
 Methods, all starting task B from the same task-A adapter:
   plain   sequential LoRA (warm start, no penalty);
   ewc     EWC with the diagonal empirical Fisher of the task-A adapter on task A (per-sequence
-          log-likelihood, as the service computes it) and the service's default lambda;
+          log-likelihood, as the service computes it), the service's penalty normalisation (F / mean F
+          by default, ``--normalization``) and the service's default lambda;
   replay  the same EWC plus replay of task-A examples (``--replay-fraction`` of the task-B set).
 
 Tasks are invented facts (so the base model cannot know them) in two relations: A "capital of a country",
@@ -11,6 +12,7 @@ B "founder of a company". Accuracy is exact match of the greedy completion. Repo
 defined in shared/REFERENCE.md, writes JSON and a PNG under bench/results/.
 
     .venv/bin/python bench/forgetting.py --facts 30 --seeds 0 1 2
+    # or one process per seed, then: bench/forgetting.py --merge s0.json s1.json
 """
 
 from __future__ import annotations
@@ -31,12 +33,21 @@ sys.path.insert(0, str(ROOT))
 
 from engine.datasets import ChatMessage, Example  # noqa: E402
 from engine.domain import Hyperparameters, JsonlSource, LoraSpec, TrainingJobSpec  # noqa: E402
-from engine.ewc import EwcPenalty, diagonal_stats, mix_replay  # noqa: E402
+from engine.ewc import (  # noqa: E402
+    DEFAULT_PENALTY_NORMALIZATION,
+    EwcPenalty,
+    PenaltyNormalization,
+    diagonal_stats,
+    mix_replay,
+)
 from engine.fisher import FisherEstimator  # noqa: E402
 from engine.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
 from engine.ports import CancelToken  # noqa: E402
 from engine.training import TrainingRun, run_training  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+DEFAULT_LAMBDA = Settings.model_fields["ewc_lambda_default"].default
 
 SYLLABLES = ["ka", "lo", "ver", "mi", "dra", "sen", "tor", "qua", "bel", "zin", "oru", "fen", "tal", "gri",
              "mon", "sha", "vex", "lun", "pra", "dok", "ely", "nar", "cus", "hib"]
@@ -105,6 +116,16 @@ def accuracy(base_dir: Path, adapter_dir: Path, examples: list[Example], batch_s
     return correct / len(examples)
 
 
+def drift(adapter_dir: Path, anchor: dict, weights: dict) -> dict:
+    """RMS drift of the LoRA parameters from the task-A adapter, plain and weighted by the penalty's weights."""
+    after = load_adapter_weights(adapter_dir)
+    squared = {n: (after[n].float() - anchor[n].float()) ** 2 for n in anchor}
+    count = sum(t.numel() for t in squared.values())
+    plain = sum(float(t.sum()) for t in squared.values())
+    weighted = sum(float((weights[n] * squared[n]).sum()) for n in squared)
+    return {"rms": (plain / count) ** 0.5, "sum_sq": plain, "weighted_sum_sq": weighted, "parameters": count}
+
+
 def metrics(r: list[list[float]]) -> dict:
     """R[i][j]: accuracy on task j after training through task i (0-based here, 2 tasks)."""
     tasks = len(r)
@@ -123,23 +144,31 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
     stats = diagonal_stats(fisher.diagonal)
+    weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
+    w_stats = diagonal_stats(weights)
     print(f"seed {seed}: task A trained in {t_a:.0f}s, R(A)={r_a}, Fisher sum {stats.sum:.4g} "
-          f"max {stats.max:.4g} in {t_fisher:.0f}s", flush=True)
-    result = {"seed": seed, "fisher": {"sum": stats.sum, "max": stats.max, "seconds": t_fisher}, "methods": {}}
+          f"max {stats.max:.4g} in {t_fisher:.0f}s; penalty weights ({args.normalization}) max {w_stats.max:.4g} "
+          f"quantiles {w_stats.quantiles}", flush=True)
+    result = {"seed": seed, "fisher": {"sum": stats.sum, "max": stats.max, "seconds": t_fisher,
+                                       "weights_max": w_stats.max, "weights_quantiles": w_stats.quantiles},
+              "methods": {}}
     for method in METHODS:
         if method not in args.methods:
             continue
         examples, penalty = list(task_b), None
         if method in ("ewc", "replay"):
-            penalty = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda)
+            penalty = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization)
         if method == "replay":
             examples, _ = mix_replay(task_b, task_a, args.replay_fraction, seed)
         out = work / f"s{seed}-{method}"
         seconds = train(base_dir, examples, out, args, parent=a_dir, penalty=penalty, seed=seed)
         r_b = [accuracy(base_dir, out, task_a), accuracy(base_dir, out, task_b)]
-        result["methods"][method] = {**metrics([r_a, r_b]), "train_seconds": seconds}
+        moved = drift(out, anchor, weights)
+        result["methods"][method] = {**metrics([r_a, r_b]), "train_seconds": seconds, "drift": moved}
         print(f"seed {seed} {method:6s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
-              f"BWT={result['methods'][method]['BWT']:+.3f} ({seconds:.0f}s)", flush=True)
+              f"BWT={result['methods'][method]['BWT']:+.3f} ({seconds:.0f}s); drift rms {moved['rms']:.3g}, "
+              f"penalty at lambda {args.ewc_lambda:g} = {0.5 * args.ewc_lambda * moved['weighted_sum_sq']:.4g}",
+              flush=True)
     return result
 
 
@@ -201,28 +230,45 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ewc-lambda", type=float, default=500.0, help="the service's default")
+    parser.add_argument("--ewc-lambda", type=float, default=DEFAULT_LAMBDA, help="the service's default")
+    parser.add_argument("--normalization", default=DEFAULT_PENALTY_NORMALIZATION.value,
+                        choices=[n.value for n in PenaltyNormalization], help="penalty weights from F")
     parser.add_argument("--replay-fraction", type=float, default=0.2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "results" / "forgetting.png")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="instead of running: combine the seeds of earlier reports (e.g. one process per seed)")
     args = parser.parse_args()
+    if args.merge:
+        reports = [json.loads(path.read_text()) for path in args.merge]
+        results = [seed for r in reports for seed in r["seeds"]]
+        config = {**reports[0]["config"], "seeds": [r["seed"] for r in results], "merged": [str(p) for p in args.merge]}
+        report = {"config": config, "threads": reports[0]["threads"],
+                  "seconds": max(r["seconds"] for r in reports), "seeds": results, "summary": summarise(results)}
+        return write_report(report, argparse.Namespace(**{**vars(args), **{k: config[k] for k in (
+            "facts", "seeds", "ewc_lambda", "normalization", "replay_fraction")}}))
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; facts/task {args.facts}; seeds {args.seeds}; "
-          f"epochs {args.epochs}; lr {args.lr}; lambda {args.ewc_lambda}; replay {args.replay_fraction}", flush=True)
+          f"epochs {args.epochs}; lr {args.lr}; lambda {args.ewc_lambda} ({args.normalization}-normalised F); "
+          f"replay {args.replay_fraction}", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     started = time.monotonic()
     results = []
     with tempfile.TemporaryDirectory(prefix="le-forgetting-") as tmp:
         for seed in args.seeds:
             results.append(run_seed(seed, base_dir, args, Path(tmp)))
-    summary = summarise(results)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "threads": torch.get_num_threads(), "seconds": time.monotonic() - started,
-              "seeds": results, "summary": summary}
+              "seeds": results, "summary": summarise(results)}
+    write_report(report, args)
+
+
+def write_report(report: dict, args: argparse.Namespace) -> None:
+    summary = report["summary"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print("\nmethod  R(A|A)  R(A|B)  R(B|B)   ACC     BWT")
@@ -239,9 +285,8 @@ def main() -> None:
               f" task B change {t['task_b_change']:+.3f} (target >= -0.10: "
               f"{'met' if t['task_b_target_met'] else 'NOT met'})")
     plot(summary, args.plot, f"SmolLM2-135M LoRA r16, {args.facts} facts/task, {len(args.seeds)} seeds, "
-         f"lambda {args.ewc_lambda:g}, replay {args.replay_fraction:g}")
+         f"lambda {args.ewc_lambda:g} ({args.normalization} F), replay {args.replay_fraction:g}")
     print(f"wrote {args.out} and {args.plot} in {report['seconds']:.0f}s")
-
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,15 @@ from typing import Any
 from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
 from engine.domain import EwcLineage, JsonlSource, TrainingJob, TrainingJobSpec, Warned
 from engine.errors import FailedPrecondition, NotFound
-from engine.ewc import EwcPenalty, accumulate, check_same_shapes, diagonal_stats, mix_replay, shapes_of
+from engine.ewc import (
+    DEFAULT_PENALTY_NORMALIZATION,
+    EwcPenalty,
+    accumulate,
+    check_same_shapes,
+    diagonal_stats,
+    mix_replay,
+    shapes_of,
+)
 from engine.fisher import Diagonal, FisherResult, select_samples
 from engine.fisher_domain import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
 from engine.fisher_run import FisherRun, load_adapter_weights, run_fisher
@@ -113,7 +121,10 @@ class EwcPlanner:
                                              f"the {len(examples)} new ones"))
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
                              spec.ewc.replay_fraction, replayed)
-        return EwcPlan(EwcPenalty(fisher, anchor, spec.ewc.ewc_lambda), mixed, lineage)
+        penalty = EwcPenalty(fisher, anchor, spec.ewc.ewc_lambda, DEFAULT_PENALTY_NORMALIZATION)
+        sink.emit(Warned("EWC_PENALTY_NORMALIZATION", f"penalty weights {penalty.normalization.value}-normalised "
+                                                      f"from the raw Fisher of {snapshot.name} (stored unchanged)"))
+        return EwcPlan(penalty, mixed, lineage)
 
     # ---- pieces -------------------------------------------------------------------------
 

@@ -1,9 +1,18 @@
 """Elastic Weight Consolidation over LoRA parameters: the penalty, online accumulation, replay mixing.
 
-Penalty: ``(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2`` over the trainable (LoRA) parameters, where
-``theta*`` are the parent adapter's weights and ``F`` the diagonal Fisher of the per-sequence
-log-likelihood (``engine.fisher.NORMALIZATION``). The task loss it is added to is the mean over examples of
-the token-mean NLL, so lambda trades one unit of that loss against the Fisher-weighted squared drift.
+Penalty: ``(lambda / 2) * sum_i w_i (theta_i - theta*_i)^2`` over the trainable (LoRA) parameters, where
+``theta*`` are the parent adapter's weights and ``w`` the diagonal Fisher of the per-sequence
+log-likelihood (``engine.fisher.NORMALIZATION``), scaled as ``PenaltyNormalization`` says:
+
+- ``MEAN`` (the default): ``w = F / mean(F)``. The Fisher only says which parameters matter *relative to
+  each other*; lambda is the strength of the anchor in the units of a plain L2 anchor
+  ``(lambda/2) * ||theta - theta*||^2`` (which ``w = 1`` would be). Why: the absolute scale of the
+  empirical Fisher of an adapter that has memorised its data vanishes with its training loss (per-sample
+  gradients go to zero), so a raw-F lambda has no stable meaning; the relative importances survive.
+- ``RAW``: ``w = F`` (textbook EWC; lambda in units of the per-sequence Fisher).
+
+Snapshots always store the raw F; the scaling happens here, when the penalty is built. The task loss the
+penalty is added to is the mean over examples of the token-mean NLL.
 
 Online EWC (Schwarz et al. 2018): ``F_new = gamma * F_old + F_task`` with the anchor moved to the newest
 parent, so importance from every earlier version keeps acting on later ones.
@@ -14,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from torch import nn
@@ -22,6 +32,33 @@ from engine.errors import FailedPrecondition
 from engine.fisher import Diagonal, trainable_parameters
 
 QUANTILES = (0.5, 0.9, 0.99)
+
+
+class PenaltyNormalization(StrEnum):
+    """How the stored (raw) Fisher diagonal is scaled into the penalty's weights."""
+
+    RAW = "raw"  # w = F
+    MEAN = "mean"  # w = F / mean(F): mean weight 1, lambda in plain-L2-anchor units
+
+
+DEFAULT_PENALTY_NORMALIZATION = PenaltyNormalization.MEAN
+
+
+def normalise_fisher(fisher: Diagonal, normalization: PenaltyNormalization | str) -> Diagonal:
+    """The penalty weights for ``fisher`` (a new mapping; the input is not modified).
+
+    ``MEAN`` divides by the mean over *all* entries of all tensors (one scalar), so relative importances
+    are kept exactly. An all-zero Fisher stays all zero (no importance anywhere means no penalty).
+    """
+    how = PenaltyNormalization(normalization)
+    if how is PenaltyNormalization.RAW or not fisher:
+        return {n: t.float() for n, t in fisher.items()}
+    total = sum(float(t.double().sum()) for t in fisher.values())
+    count = sum(t.numel() for t in fisher.values())
+    mean = total / count if count else 0.0
+    if mean <= 0.0:
+        return {n: torch.zeros_like(t, dtype=torch.float32) for n, t in fisher.items()}
+    return {n: (t.double() / mean).float() for n, t in fisher.items()}
 
 
 def check_same_shapes(
@@ -47,12 +84,21 @@ def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]
 
 
 class EwcPenalty:
-    """``engine.training.Penalty``: (lambda/2) * sum F (theta - theta*)^2, bound to a model on first call."""
+    """``engine.training.Penalty``: (lambda/2) * sum w (theta - theta*)^2, bound to a model on first call.
 
-    def __init__(self, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float) -> None:
+    ``fisher`` is the raw diagonal (kept as given in ``raw_fisher``); ``w`` is it scaled per
+    ``normalization`` (see the module docstring).
+    """
+
+    def __init__(
+        self, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float,
+        normalization: PenaltyNormalization | str = DEFAULT_PENALTY_NORMALIZATION,
+    ) -> None:
         check_same_shapes(shapes_of(anchor), shapes_of(fisher), what="the Fisher snapshot",
                           reason="FISHER_SHAPE_MISMATCH")
-        self.fisher = fisher
+        self.normalization = PenaltyNormalization(normalization)
+        self.raw_fisher = fisher
+        self.fisher = normalise_fisher(fisher, self.normalization)
         self.anchor = anchor
         self.ewc_lambda = float(ewc_lambda)
         self._bound: tuple[list[nn.Parameter], torch.Tensor, torch.Tensor] | None = None

@@ -82,9 +82,15 @@ class Settings(BaseSettings, LoraControlSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines or plain text.")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
-    ewc_lambda_min: float = Field(100.0, ge=0, description="Smallest EWC lambda a job may ask for.")
-    ewc_lambda_max: float = Field(1000.0, gt=0, description="Largest EWC lambda a job may ask for.")
-    ewc_lambda_default: float = Field(500.0, gt=0, description="EWC lambda when a job names none.")
+    ewc_lambda_min: float = Field(
+        0.001, ge=0,
+        description="Smallest EWC lambda a job may ask for. Lambda multiplies the mean-normalised Fisher (mean "
+        "weight 1), so it is the strength of a plain L2 anchor to the parent; see README, Continual learning.",
+    )
+    ewc_lambda_max: float = Field(100.0, gt=0, description="Largest EWC lambda a job may ask for.")
+    ewc_lambda_default: float = Field(
+        1.0, gt=0, description="EWC lambda when a job names none (a unit L2 anchor, spread by Fisher importance)."
+    )
 
     # ---- feedback (engine/feedback) ----------------------------------------------
     feedback_scrub_enabled: bool = Field(

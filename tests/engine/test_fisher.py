@@ -139,12 +139,13 @@ def test_ewc_penalty_matches_a_hand_computation():
     fisher = {"a.weight": torch.tensor([[1.0, 0.0], [2.0, 0.5]]), "b.weight": torch.tensor([[4.0, 1.0]])}
     anchor = {"a.weight": torch.tensor([[1.0, 1.0], [1.0, 1.0]]), "b.weight": torch.tensor([[0.0, 0.0]])}
     # sum F (theta - theta*)^2 = a: 1*0 + 0*1 + 2*4 + 0.5*9 = 12.5 ; b: 4*0.25 + 1*1 = 2 ; total 14.5
-    penalty = EwcPenalty(fisher, anchor, ewc_lambda=500.0)(model)
+    penalty = EwcPenalty(fisher, anchor, ewc_lambda=500.0, normalization="raw")(model)
     assert float(penalty) == pytest.approx(500.0 / 2 * 14.5)
     penalty.backward()
     assert torch.allclose(model.a.weight.grad, 500.0 * torch.tensor([[0.0, 0.0], [4.0, 1.5]]))
     assert torch.allclose(model.b.weight.grad, 500.0 * torch.tensor([[2.0, -1.0]]))
-    at_anchor = EwcPenalty(fisher, {n: p.detach().clone() for n, p in trainable_parameters(model).items()}, 500.0)
+    at_anchor = EwcPenalty(fisher, {n: p.detach().clone() for n, p in trainable_parameters(model).items()}, 500.0,
+                           "raw")
     assert float(at_anchor(model)) == 0.0
 
 

@@ -31,7 +31,7 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client
     v10, _ = await train(client, spec(epochs=2))
     assert v10.output_adapter_version == "v1.0"
 
-    v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=800.0, gamma=0.9))
+    v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=80.0, gamma=0.9))
     assert v11.output_adapter_version == "v1.1"
     warnings = [e.warning.code for e in events if e.HasField("warning")]
     assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
@@ -42,11 +42,11 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client
         assert s.loss == pytest.approx(s.task_loss + s.ewc_penalty)
 
     lineage = v11.ewc_lineage
-    assert (lineage.parent_adapter_version, lineage.ewc_lambda, lineage.gamma) == ("v1.0", 800.0, pytest.approx(0.9))
+    assert (lineage.parent_adapter_version, lineage.ewc_lambda, lineage.gamma) == ("v1.0", 80.0, pytest.approx(0.9))
     assert lineage.fisher_snapshot.startswith("fisherSnapshots/")
     adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.1"))).adapter
     assert adapter.parent_version == "v1.0" and adapter.fisher_snapshot == lineage.fisher_snapshot
-    assert adapter.ewc_lambda == 800.0
+    assert adapter.ewc_lambda == 80.0
 
     snapshot = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=lineage.fisher_snapshot))).fisher_snapshot
@@ -129,6 +129,6 @@ async def test_bad_fisher_and_ewc_input(client):
     wrong_shape = ewc_spec("v1.0", fisher_snapshot=snapshot)
     assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=wrong_shape))) \
         == (grpc.StatusCode.FAILED_PRECONDITION, "FISHER_SHAPE_MISMATCH")
-    out_of_range = ewc_spec("v1.0", ewc_lambda=5.0)
+    out_of_range = ewc_spec("v1.0", ewc_lambda=500.0)
     assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=out_of_range))) \
         == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EWC_CONFIG")
