@@ -70,7 +70,7 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class EwcSpec:
-    ewc_lambda: float = 500.0
+    ewc_lambda: float = 1.0  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
     gamma: float = 1.0
     fisher_snapshot: str = ""
     replay_fraction: float = 0.0
