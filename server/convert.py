@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from engine import domain as d
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.names import resource_id
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from server.errors import failure_status
@@ -223,14 +224,18 @@ def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
     return msg
 
 
+def state_change_to_pb(p: d.StateChanged) -> common.JobStateChange:
+    return common.JobStateChange(
+        previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
+        state=JOB_STATE_TO_PB[p.state], message=p.message,
+    )
+
+
 def event_to_pb(event: d.JobEvent) -> pb.TrainingJobEvent:
     msg = pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time))
     p = event.payload
     if isinstance(p, d.StateChanged):
-        msg.state_change.CopyFrom(common.JobStateChange(
-            previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
-            state=JOB_STATE_TO_PB[p.state], message=p.message,
-        ))
+        msg.state_change.CopyFrom(state_change_to_pb(p))
     elif isinstance(p, d.StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
     elif isinstance(p, d.CheckpointSaved):
@@ -247,14 +252,7 @@ def event_to_pb(event: d.JobEvent) -> pb.TrainingJobEvent:
 
 
 def job_id_from_name(name: str, field_path: str = "name") -> str:
-    prefix = "trainingJobs/"
-    job_id = name[len(prefix):] if name.startswith(prefix) else ""
-    if not job_id or "/" in job_id or not job_id.isalnum():
-        raise InvalidArgument(
-            "MALFORMED_NAME", f"{field_path} {name!r} is not a training job name like trainingJobs/<id>",
-            violations=[FieldViolation(field_path, "must look like trainingJobs/<id>")],
-        )
-    return job_id
+    return resource_id(name, "trainingJobs", field_path)
 
 
 def states_from_pb(values) -> list[d.JobState]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine import domain as d
-from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.errors import ViolationCollector
 from engine.fisher_domain import (
     DEFAULT_NUM_SAMPLES,
     FisherEstimator,
@@ -12,9 +12,10 @@ from engine.fisher_domain import (
     FisherProgress,
     FisherSnapshot,
 )
+from engine.names import resource_id
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as pb
-from server.convert import JOB_STATE_TO_PB, _dur, _ts, failure_to_pb
+from server.convert import JOB_STATE_TO_PB, _dur, _ts, failure_to_pb, state_change_to_pb
 
 ESTIMATOR_FROM_PB = {
     pb.FISHER_ESTIMATOR_UNSPECIFIED: FisherEstimator.EMPIRICAL,
@@ -75,10 +76,7 @@ def event_to_pb(event: d.JobEvent) -> pb.FisherJobEvent:
     msg = pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time))
     p = event.payload
     if isinstance(p, d.StateChanged):
-        msg.state_change.CopyFrom(common.JobStateChange(
-            previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
-            state=JOB_STATE_TO_PB[p.state], message=p.message,
-        ))
+        msg.state_change.CopyFrom(state_change_to_pb(p))
     elif isinstance(p, FisherProgress):
         msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
                                                 samples_per_second=p.samples_per_second))
@@ -101,11 +99,4 @@ def snapshot_to_pb(s: FisherSnapshot) -> pb.FisherSnapshot:
 
 
 def job_id_from_name(name: str, field_path: str = "name") -> str:
-    prefix = "fisherJobs/"
-    job_id = name[len(prefix):] if name.startswith(prefix) else ""
-    if not job_id or not job_id.isalnum():
-        raise InvalidArgument(
-            "MALFORMED_NAME", f"{field_path} {name!r} is not a Fisher job name like fisherJobs/<id>",
-            violations=[FieldViolation(field_path, "must look like fisherJobs/<id>")],
-        )
-    return job_id
+    return resource_id(name, "fisherJobs", field_path)

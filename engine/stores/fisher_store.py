@@ -21,22 +21,16 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load, save
 
-from engine.errors import DataLoss, FieldViolation, InvalidArgument, NotFound
+from engine.errors import DataLoss, NotFound
 from engine.fisher import Diagonal
 from engine.fisher_domain import FisherSnapshot
+from engine.names import resource_id
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
 
 
 def snapshot_id_from_name(name: str, field_path: str = "name") -> str:
-    prefix = "fisherSnapshots/"
-    snapshot_id = name[len(prefix):] if name.startswith(prefix) else ""
-    if not snapshot_id or not snapshot_id.isalnum():
-        raise InvalidArgument(
-            "MALFORMED_NAME", f"{field_path} {name!r} is not a Fisher snapshot name like fisherSnapshots/<id>",
-            violations=[FieldViolation(field_path, "must look like fisherSnapshots/<id>")],
-        )
-    return snapshot_id
+    return resource_id(name, "fisherSnapshots", field_path)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
