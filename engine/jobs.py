@@ -17,6 +17,7 @@ import contextvars
 import json
 import logging
 import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -389,14 +390,22 @@ def _ewc_lineage(job: TrainingJob) -> dict:
 
 
 class _LoopSink:
-    """ProgressSink that hands events from the training thread to the event loop."""
+    """ProgressSink that hands events from worker threads to the event loop, in the order they happen.
+
+    On the loop's own thread it records at once, so an event emitted by async code is not overtaken
+    by a state change recorded right after it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, record: Callable[[EventPayload], None]) -> None:
         self._loop = loop
         self._record = record
+        self._loop_thread = threading.get_ident()  # built on the loop's thread (JobManager._sink)
 
     def emit(self, payload: EventPayload) -> None:
-        self._loop.call_soon_threadsafe(self._record, payload)
+        if threading.get_ident() == self._loop_thread:
+            self._record(payload)
+        else:
+            self._loop.call_soon_threadsafe(self._record, payload)
 
 
 def _encode_page_token(job: TrainingJob) -> str:

@@ -35,6 +35,9 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client
     assert v11.output_adapter_version == "v1.1"
     warnings = [e.warning.code for e in events if e.HasField("warning")]
     assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    running = next(i for i, e in enumerate(events) if e.state_change.state == common_pb2.JOB_STATE_RUNNING)
+    stored = next(i for i, e in enumerate(events) if e.warning.code == "FISHER_SNAPSHOT_STORED")
+    assert stored < running, "the Fisher pre-pass is part of preparing, and its events come before RUNNING"
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert steps[0].ewc_penalty == 0.0  # theta == theta* before the first update
     assert all(s.ewc_penalty > 0 for s in steps[1:]) and len(steps) > 2
