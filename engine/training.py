@@ -7,6 +7,7 @@ step once the ``CancelToken`` is set. It never changes torch's global thread cou
 
 from __future__ import annotations
 
+import collections
 import gc
 import math
 import os
@@ -42,6 +43,9 @@ from engine.models import (
 )
 from engine.ports import CancelToken, ProgressSink
 from engine.telemetry import tracer
+
+# Steps over which tokens_per_second is measured: the current throughput, not the average since start.
+RATE_WINDOW = 10
 
 
 class Penalty(Protocol):
@@ -286,7 +290,8 @@ def _train(
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan
-    tokens, started = 0, time.monotonic()
+    started = time.monotonic()
+    recent: collections.deque[tuple[float, int]] = collections.deque([(started, 0)], maxlen=RATE_WINDOW + 1)
     while step < total:
         epoch_span = tracer.start_span("training.epoch", attributes={"epoch": step // per_epoch + 1})
         order = torch.randperm(len(data), generator=generator).tolist()
@@ -308,8 +313,10 @@ def _train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += int(batch.attention_mask.sum())
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
+            recent.append((now, recent[-1][1] + int(batch.attention_mask.sum())))
+            elapsed = now - started
+            window = now - recent[0][0]
             loss_value, task_value = float(loss.detach()), float(task_loss.detach())
             sink.emit(
                 StepMetrics(
@@ -321,7 +328,7 @@ def _train(
                     ewc_penalty=float(penalty.detach()),
                     learning_rate=learning_rate,
                     grad_norm=grad_norm,
-                    tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
+                    tokens_per_second=(recent[-1][1] - recent[0][1]) / window if window > 0 else 0.0,
                     eta_seconds=elapsed / step * (total - step),
                 )
             )
