@@ -53,6 +53,9 @@ class LoraSpec:
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
 
 
+LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     epochs: int = 3
@@ -110,6 +113,9 @@ class TrainingJobSpec:
     ewc: EwcSpec = field(default_factory=EwcSpec)
     major_version_bump: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    # The LoRA fields the request set (names of LoraSpec fields). With a parent, the others come from the
+    # parent's adapter and the set ones must equal the parent's; without one, the others are defaults.
+    lora_fields_set: tuple[str, ...] = LORA_FIELDS
 
 
 @dataclass(frozen=True)

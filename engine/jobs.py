@@ -322,7 +322,7 @@ class TrainingJobManager(JobManager):
         self._ewc = ewc
 
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False) -> TrainingJob:
-        await self._preparer.validate(spec)
+        spec = await self._preparer.validate(spec)
         if self._ewc is not None:
             await self._ewc.validate(spec)
         job = TrainingJob(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import DatasetSummary, FeedbackSource, JsonlSource, Objective, TrainingJobSpec
-from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
+from engine.domain import LORA_FIELDS, DatasetSummary, FeedbackSource, JsonlSource, Objective, TrainingJobSpec
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.kto import KtoObjective
 from engine.models import module_names, resolve_base_model, select_device, validate_lora
@@ -54,15 +54,19 @@ class JobPreparer:
         self._registry = registry
         self._feedback = feedback
 
-    async def validate(self, spec: TrainingJobSpec) -> None:
-        """Raise a typed error if the job cannot run; loads and checks the whole dataset."""
+    async def validate(self, spec: TrainingJobSpec) -> TrainingJobSpec:
+        """Raise a typed error if the job cannot run; loads and checks the whole dataset.
+
+        Returns the spec to run: with a parent, the LoRA fields it left unset are the parent's.
+        """
         self._check_ewc(spec)
         if spec.parent_adapter_version:
-            await self._parent(spec)
+            spec = inherit_lora(spec, await self._parent(spec))
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         available = await asyncio.to_thread(module_names, model_dir)
         validate_lora(spec.lora, available)
         await self._dataset(spec)
+        return spec
 
     async def prepare(self, spec: TrainingJobSpec, job_dir: Path) -> PreparedJob:
         parent = await self._parent(spec) if spec.parent_adapter_version else None
@@ -113,9 +117,18 @@ class JobPreparer:
         return _Dataset(examples, summary)
 
     async def _parent(self, spec: TrainingJobSpec) -> AdapterRecord:
-        return await self._registry.get(
-            spec.base_model, spec.parent_adapter_version, field_path="spec.parent_adapter_version"
-        )
+        try:
+            return await self._registry.get(
+                spec.base_model, spec.parent_adapter_version, field_path="spec.parent_adapter_version"
+            )
+        except NotFound as exc:  # the request is well formed; the registry is not in the state it needs
+            raise FailedPrecondition(
+                "PARENT_ADAPTER_NOT_FOUND",
+                f"cannot continue from {spec.parent_adapter_version}: base model {spec.base_model} has no "
+                "published adapter of that version (deleted, never published, or trained on another base model)",
+                violations=[FieldViolation("spec.parent_adapter_version", "no such version of this base model")],
+                metadata={"parent": spec.parent_adapter_version, "base_model": spec.base_model},
+            ) from exc
 
     def _check_ewc(self, spec: TrainingJobSpec) -> None:
         issues = ViolationCollector()
@@ -128,3 +141,31 @@ class JobPreparer:
         issues.check(0.0 <= ewc.replay_fraction <= 0.9, "spec.ewc.replay_fraction",
                      f"must lie in [0, 0.9], got {ewc.replay_fraction:g}")
         issues.raise_if_any("INVALID_EWC_CONFIG", "invalid EWC settings")
+
+
+def inherit_lora(spec: TrainingJobSpec, parent: AdapterRecord) -> TrainingJobSpec:
+    """The spec with the LoRA fields it left unset taken from the parent it warm-starts from.
+
+    Rank, alpha and target modules are the adapter's shape: a set one that differs from the parent's is
+    FAILED_PRECONDITION (nothing is created). Dropout is a training setting and may differ.
+    """
+    wanted, have = spec.lora, parent.lora
+    issues = []
+    for name in ("rank", "alpha", "target_modules"):
+        if name not in spec.lora_fields_set:
+            continue
+        mine, theirs = getattr(wanted, name), getattr(have, name)
+        if name == "target_modules":
+            mine, theirs = sorted(mine), sorted(theirs)
+        if mine != theirs:
+            issues.append(FieldViolation(f"spec.lora.{name}", f"the parent {parent.version} has {theirs}, not "
+                                                               f"{mine}; leave it unset to inherit the parent's"))
+    if issues:
+        raise FailedPrecondition(
+            "PARENT_LORA_MISMATCH",
+            f"a job continuing {parent.version} trains that adapter further, so it keeps its LoRA shape "
+            f"(rank {have.rank}, alpha {have.alpha:g}, targets {sorted(have.target_modules)})",
+            violations=issues, metadata={"parent": parent.version},
+        )
+    dropout = wanted.dropout if "dropout" in spec.lora_fields_set else have.dropout
+    return replace(spec, lora=replace(have, dropout=dropout), lora_fields_set=LORA_FIELDS)

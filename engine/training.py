@@ -109,9 +109,9 @@ def lora_config(spec: LoraSpec) -> Any:
     )
 
 
-def attach_adapter(run: TrainingRun, base_model: Any, sink: ProgressSink) -> Any:
+def attach_adapter(run: TrainingRun, base_model: Any) -> Any:
     """Wrap the base model with a fresh LoRA adapter, or the parent adapter (trainable) for a warm start."""
-    from peft import PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     if run.parent_adapter_dir is None:
         validate_lora(run.spec.lora, module_names(run.base_model_dir))
@@ -121,22 +121,20 @@ def attach_adapter(run: TrainingRun, base_model: Any, sink: ProgressSink) -> Any
             "PARENT_ADAPTER_UNAVAILABLE",
             f"parent adapter {run.parent_adapter_dir} has no adapter_config.json",
         )
-    model = PeftModel.from_pretrained(base_model, run.parent_adapter_dir, is_trainable=True)
-    parent = model.peft_config["default"]
+    config = LoraConfig.from_pretrained(str(run.parent_adapter_dir))
     wanted = run.spec.lora
-    if (parent.r, float(parent.lora_alpha), set(parent.target_modules)) != (
-        wanted.rank,
-        float(wanted.alpha),
-        set(wanted.target_modules),
-    ):
-        sink.emit(
-            Warned(
-                "LORA_SPEC_FROM_PARENT",
-                f"warm start keeps the parent's LoRA shape (rank {parent.r}, alpha {parent.lora_alpha}, "
-                f"targets {sorted(parent.target_modules)}); the requested one is ignored",
-            )
+    if (config.r, float(config.lora_alpha), set(config.target_modules)) != (
+        wanted.rank, float(wanted.alpha), set(wanted.target_modules),
+    ):  # the job was created with the parent's shape (engine.preparation.inherit_lora); the parent changed?
+        raise FailedPrecondition(
+            "PARENT_LORA_MISMATCH",
+            f"the parent adapter has rank {config.r}, alpha {config.lora_alpha}, targets "
+            f"{sorted(config.target_modules)}; the job asks for rank {wanted.rank}, alpha {wanted.alpha:g}, "
+            f"targets {sorted(wanted.target_modules)}",
         )
-    return model
+    config.lora_dropout = wanted.dropout  # a training setting, not part of the shape
+    config.inference_mode = False
+    return PeftModel.from_pretrained(base_model, run.parent_adapter_dir, config=config, is_trainable=True)
 
 
 def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -234,7 +232,7 @@ def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> T
     base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
     model: Any = None
     try:
-        model = attach_adapter(run, base, sink)
+        model = attach_adapter(run, base)
         encoded = encode_dataset(tokenizer, run.examples, hp.max_seq_length)
         kept = [i for i, e in enumerate(encoded) if e.target_token_count]
         data = [encoded[i] for i in kept]

@@ -54,6 +54,10 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, default_la
         dropout=msg.lora.dropout if msg.lora.HasField("dropout") else lora_defaults.dropout,
         target_modules=tuple(msg.lora.target_modules) or lora_defaults.target_modules,
     )
+    lora_set = tuple(name for name, given in (
+        ("rank", msg.lora.rank != 0), ("alpha", msg.lora.alpha != 0), ("dropout", msg.lora.HasField("dropout")),
+        ("target_modules", bool(msg.lora.target_modules)),
+    ) if given)
     h, hd = msg.hyperparameters, d.Hyperparameters()
     hyper = d.Hyperparameters(
         epochs=h.epochs or hd.epochs,
@@ -112,6 +116,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, default_la
         ewc=ewc,
         major_version_bump=msg.major_version_bump,
         labels=tuple(sorted(msg.labels.items())),
+        lora_fields_set=lora_set,
     )
 
 

@@ -100,8 +100,10 @@ async def test_unknown_parent_version_and_malformed_version(client):
     request = pb.CreateTrainingJobRequest(spec=spec())
     request.spec.parent_adapter_version = "v9.9"
     err = await _create_fails(client, request)
-    assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert error_details(err)[0].reason == "ADAPTER_NOT_FOUND"
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, violations = error_details(err)
+    assert info.reason == "PARENT_ADAPTER_NOT_FOUND" and info.metadata["parent"] == "v9.9"
+    assert [f for f, _ in violations] == ["spec.parent_adapter_version"]
     request.spec.parent_adapter_version = "1.0-final"
     err = await _create_fails(client, request)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
