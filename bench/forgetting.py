@@ -152,24 +152,47 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     result = {"seed": seed, "fisher": {"sum": stats.sum, "max": stats.max, "seconds": t_fisher,
                                        "weights_max": w_stats.max, "weights_quantiles": w_stats.quantiles},
               "methods": {}}
-    for method in METHODS:
-        if method not in args.methods:
-            continue
+    for key, method, ewc_lambda in runs_of(args):
         examples, penalty = list(task_b), None
         if method in ("ewc", "replay"):
-            penalty = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization)
+            penalty = EwcPenalty(fisher.diagonal, anchor, ewc_lambda, args.normalization)
         if method == "replay":
             examples, _ = mix_replay(task_b, task_a, args.replay_fraction, seed)
-        out = work / f"s{seed}-{method}"
+        out = work / f"s{seed}-{key}"
         seconds = train(base_dir, examples, out, args, parent=a_dir, penalty=penalty, seed=seed)
         r_b = [accuracy(base_dir, out, task_a), accuracy(base_dir, out, task_b)]
         moved = drift(out, anchor, weights)
-        result["methods"][method] = {**metrics([r_a, r_b]), "train_seconds": seconds, "drift": moved}
-        print(f"seed {seed} {method:6s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
-              f"BWT={result['methods'][method]['BWT']:+.3f} ({seconds:.0f}s); drift rms {moved['rms']:.3g}, "
-              f"penalty at lambda {args.ewc_lambda:g} = {0.5 * args.ewc_lambda * moved['weighted_sum_sq']:.4g}",
+        result["methods"][key] = {**metrics([r_a, r_b]), "train_seconds": seconds, "drift": moved}
+        print(f"seed {seed} {key:8s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
+              f"BWT={result['methods'][key]['BWT']:+.3f} ({seconds:.0f}s); drift rms {moved['rms']:.3g}, "
+              f"penalty at lambda {ewc_lambda:g} = {0.5 * ewc_lambda * moved['weighted_sum_sq']:.4g}",
               flush=True)
     return result
+
+
+def runs_of(args) -> list[tuple[str, str, float]]:
+    """(result key, method, lambda) of each task-B run: the chosen methods, or plain plus EWC per swept lambda."""
+    if args.sweep:
+        return [("plain", "plain", 0.0)] + [(f"ewc@{lam:g}", "ewc", lam) for lam in args.sweep]
+    return [(m, m, args.ewc_lambda) for m in METHODS if m in args.methods]
+
+
+def select_lambda(results: list[dict], tolerance: float = 0.10) -> dict:
+    """The rule fixed before the sweep ran: the largest swept lambda whose mean task-B accuracy stays within
+    ``tolerance`` of plain sequential LoRA (the issue's task-B target), i.e. the strongest protection of task A
+    that still lets task B be learnt. Returns per-lambda means and the choice (None if no lambda qualifies)."""
+    plain_b = statistics.fmean(r["methods"]["plain"]["R"][1][1] for r in results)
+    plain_bwt = statistics.fmean(r["methods"]["plain"]["BWT"] for r in results)
+    table, chosen = {}, None
+    for key in (k for k in results[0]["methods"] if k.startswith("ewc@")):
+        lam = float(key.split("@")[1])
+        task_b = statistics.fmean(r["methods"][key]["R"][1][1] for r in results)
+        bwt = statistics.fmean(r["methods"][key]["BWT"] for r in results)
+        table[key] = {"lambda": lam, "task_b_change": task_b - plain_b, "BWT": bwt,
+                      "bwt_reduction": 1 - abs(bwt) / abs(plain_bwt) if plain_bwt else float("nan")}
+        if task_b - plain_b >= -tolerance and (chosen is None or lam > chosen):
+            chosen = lam
+    return {"plain_task_b": plain_b, "plain_BWT": plain_bwt, "lambdas": table, "chosen": chosen}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -235,6 +258,9 @@ def main() -> None:
                         choices=[n.value for n in PenaltyNormalization], help="penalty weights from F")
     parser.add_argument("--replay-fraction", type=float, default=0.2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--sweep", type=float, nargs="+", metavar="LAMBDA",
+                        help="validation mode: plain and EWC at each lambda (use seeds other than the test seeds); "
+                             "prints the lambda chosen by select_lambda's rule")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting.json")
@@ -245,6 +271,8 @@ def main() -> None:
     if args.merge:
         reports = [json.loads(path.read_text()) for path in args.merge]
         results = [seed for r in reports for seed in r["seeds"]]
+        if any(k.startswith("ewc@") for k in results[0]["methods"]):
+            return print_sweep({"seeds": results, "selection": select_lambda(results)})
         config = {**reports[0]["config"], "seeds": [r["seed"] for r in results], "merged": [str(p) for p in args.merge]}
         report = {"config": config, "threads": reports[0]["threads"],
                   "seconds": max(r["seconds"] for r in reports), "seeds": results, "summary": summarise(results)}
@@ -262,9 +290,24 @@ def main() -> None:
         for seed in args.seeds:
             results.append(run_seed(seed, base_dir, args, Path(tmp)))
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "threads": torch.get_num_threads(), "seconds": time.monotonic() - started,
-              "seeds": results, "summary": summarise(results)}
+              "threads": torch.get_num_threads(), "seconds": time.monotonic() - started, "seeds": results}
+    if args.sweep:
+        report["selection"] = select_lambda(results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        return print_sweep(report)
+    report["summary"] = summarise(results)
     write_report(report, args)
+
+
+def print_sweep(report: dict) -> None:
+    selection = report["selection"]
+    print(f"\nvalidation sweep over seeds {[r['seed'] for r in report['seeds']]}: plain task B "
+          f"{selection['plain_task_b']:.3f}, BWT {selection['plain_BWT']:+.3f}")
+    print("lambda   task B change   BWT     |BWT| cut")
+    for row in selection["lambdas"].values():
+        print(f"{row['lambda']:<8g} {row['task_b_change']:+.3f}          {row['BWT']:+.3f}  {row['bwt_reduction']:.0%}")
+    print(f"chosen (largest lambda with task B within 0.10 of plain): {selection['chosen']}")
 
 
 def write_report(report: dict, args: argparse.Namespace) -> None:
