@@ -10,7 +10,9 @@ what they find with a placeholder such as ``[EMAIL]``:
    the Luhn check (other long numbers, e.g. order ids, are left alone);
 4. ``ipv6`` and ``ipv4``: candidates confirmed by parsing, not by shape alone;
 5. ``phone``: 7-15 digits in a phone-like grouping (E.164 allows 15), except
-   calendar dates.
+   calendar dates and numbers grouped in thousands with a one- or two-digit lead
+   (``1 000 000``, ``10.000.000``). A lead of three digits (``612 345 678``) is
+   still a phone: several countries write their numbers that way.
 
 Why regular expressions and not a library: the candidates (Presidio, scrubadub)
 need NLP models fetched from a hub or pull in large stacks, and run per string
@@ -48,6 +50,8 @@ _PHONE = re.compile(
     r"\d{2,11}(?:[ .-]\d{2,8}){0,3}"
     r"(?![\w])"
 )
+# A number grouped in thousands (by spaces or dots), e.g. "1 000 000": not a phone. A three-digit lead stays a phone.
+_THOUSANDS = re.compile(r"[1-9]\d?([ .])\d{3}(?:\1\d{3})+")
 _DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
 # Gate for the built-in rules, in a few C-level passes over ASCII text: anything a built-in rule can match
 # has an "@", a bracketed "at", 7+ digits, 4+ digits and 3+ dots, or 2+ colons. Text failing all of these
@@ -115,7 +119,7 @@ def _phone_ok(match: str) -> bool:
         return False
     if match[0] != "+" and not _SEPARATORS.search(match) and not 10 <= digits <= 11:
         return False  # a bare run of digits is a phone only at national length (10-11), else a number
-    return not _DATE.fullmatch(match)
+    return not _DATE.fullmatch(match) and not _THOUSANDS.fullmatch(match)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def scrub(text: str) -> tuple[str, dict[str, int]]:
         ("0049 30 1234567", "[PHONE]", "phone"),
         ("(555)123-4567", "[PHONE]", "phone"),
         ("5551234567", "[PHONE]", "phone"),
+        ("movil 612 345 678", "movil [PHONE]", "phone"),  # a three-digit lead is a phone, not thousands
         ("card 4111 1111 1111 1111 ok", "card [CARD] ok", "card"),
         ("4111-1111-1111-1111", "[CARD]", "card"),
         ("amex 378282246310005", "amex [CARD]", "card"),
@@ -58,6 +59,7 @@ def test_rule_catches(text: str, expected: str, rule: str) -> None:
         "00:1A:2B:3C:4D:5E",
         "on 2024-01-15 and 15.01.2024",
         "pi is 3.14159, room 42, 12345678 widgets",
+        "sold 1 000 000 copies, 10 000 000 views, 1.000.000 EUR, 25 000 000 000 bytes",  # thousands separators
         "user@ alone and @handle and a@b",
         "",
     ],
