@@ -291,45 +291,45 @@ def _train(
     started = time.monotonic()
     recent: collections.deque[tuple[float, int]] = collections.deque([(started, 0)], maxlen=RATE_WINDOW + 1)
     while step < total:
-        epoch_span = tracer.start_span("training.epoch", attributes={"epoch": step // per_epoch + 1})
-        order = torch.randperm(len(data), generator=generator).tolist()
-        for n, batch in enumerate(_batches(data, order, hp.batch_size, pad_id, plan.device)):
-            if step >= total:
-                break
-            _check_cancel(cancel, f"step {step + 1}")
-            if objective is None:
-                task_loss, _ = _forward_loss(model, batch, plan)
-            else:
-                task_loss = objective.loss(model, batch, order[n * hp.batch_size : (n + 1) * hp.batch_size], plan)
-            penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
-            loss = task_loss + penalty
-            loss.backward()
-            clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            now = time.monotonic()
-            recent.append((now, recent[-1][1] + int(batch.attention_mask.sum())))
-            elapsed = now - started
-            window = now - recent[0][0]
-            loss_value, task_value = float(loss.detach()), float(task_loss.detach())
-            sink.emit(
-                StepMetrics(
-                    step=step,
-                    total_steps=total,
-                    epoch=step / per_epoch,
-                    loss=loss_value,
-                    task_loss=task_value,
-                    ewc_penalty=float(penalty.detach()),
-                    learning_rate=learning_rate,
-                    grad_norm=grad_norm,
-                    tokens_per_second=(recent[-1][1] - recent[0][1]) / window if window > 0 else 0.0,
-                    eta_seconds=elapsed / step * (total - step),
+        # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
+        with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
+            order = torch.randperm(len(data), generator=generator).tolist()
+            for n, batch in enumerate(_batches(data, order, hp.batch_size, pad_id, plan.device)):
+                if step >= total:
+                    break
+                _check_cancel(cancel, f"step {step + 1}")
+                if objective is None:
+                    task_loss, _ = _forward_loss(model, batch, plan)
+                else:
+                    task_loss = objective.loss(model, batch, order[n * hp.batch_size : (n + 1) * hp.batch_size], plan)
+                penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
+                loss = task_loss + penalty
+                loss.backward()
+                clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                learning_rate = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                now = time.monotonic()
+                recent.append((now, recent[-1][1] + int(batch.attention_mask.sum())))
+                elapsed = now - started
+                window = now - recent[0][0]
+                loss_value, task_value = float(loss.detach()), float(task_loss.detach())
+                sink.emit(
+                    StepMetrics(
+                        step=step,
+                        total_steps=total,
+                        epoch=step / per_epoch,
+                        loss=loss_value,
+                        task_loss=task_value,
+                        ewc_penalty=float(penalty.detach()),
+                        learning_rate=learning_rate,
+                        grad_norm=grad_norm,
+                        tokens_per_second=(recent[-1][1] - recent[0][1]) / window if window > 0 else 0.0,
+                        eta_seconds=elapsed / step * (total - step),
+                    )
                 )
-            )
-        epoch_span.set_attribute("step", step)
-        epoch_span.end()  # an epoch that raises (cancel) leaves its span unended: the job span records why
+            epoch_span.set_attribute("step", step)
     return loss_value, task_value, step

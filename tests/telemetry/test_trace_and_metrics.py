@@ -76,3 +76,26 @@ async def test_one_job_leaves_a_trace_and_metrics(make_server, spans: InMemorySp
     create = (("code", "OK"), ("method", "/learning.v1.TrainingService/CreateTrainingJob"))
     assert latency[create] >= 1
     assert "learning_engine_feedback_ingested_total" in page or "learning_engine_feedback_ingested" in page
+
+
+async def test_a_cancelled_epoch_ends_its_span_with_the_error(make_server, spans: InMemorySpanExporter):
+    server = await make_server()
+    spans.clear()
+    job = (await server.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(epochs=50, batch_size=1)))).training_job
+    stream = server.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))
+    cancelled = False
+    async for message in stream:
+        event = message.event
+        if message.HasField("event") and event.HasField("step_metrics") and not cancelled:
+            await server.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+            cancelled = True
+    epochs = []
+    for _ in range(40):  # the epoch span ends as the cancellation unwinds the training thread
+        epochs = [s for s in spans.get_finished_spans() if s.name == "training.epoch"]
+        if epochs:
+            break
+        await asyncio.sleep(0.05)
+    assert len(epochs) == 1, "the interrupted epoch's span was not ended"
+    assert epochs[0].status.status_code == trace.StatusCode.ERROR
+    assert any(e.name == "exception" for e in epochs[0].events)
