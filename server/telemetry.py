@@ -18,7 +18,6 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import start_http_server
 
 from engine import telemetry
-from learning.v1 import lora_control_pb2
 from server.handlers import rebuild_handler
 from server.settings import Settings
 
@@ -107,27 +106,12 @@ def _feedback(response: Any) -> None:
     telemetry.feedback_ingested(response.stored, response.duplicates)
 
 
-def _lora(response: Any) -> None:
-    status = response.status
-    telemetry.active_adapter(status.base_model, status.active_version if status.enabled else None)
-    operation = status.last_operation
-    if operation.HasField("duration") and not operation.HasField("error"):
-        kind = lora_control_pb2.LoraOperationKind.Name(operation.kind).removeprefix("LORA_OPERATION_KIND_")
-        telemetry.swap_finished(kind.lower(), operation.duration.ToTimedelta().total_seconds())
-
-
-# Business metrics read off successful responses at the RPC boundary, so the services stay unaware.
-# (Changes made without an RPC, such as an automatic rollback, are not seen here.)
+# Feedback counts are read off successful responses at the RPC boundary, so the service stays unaware.
+# Adapter swaps and the active adapter are reported by the LoraControl controller itself, which also sees
+# the changes no RPC makes (automatic rollback, reconcile at start).
 _RESPONSE_OBSERVERS: dict[str, Callable[[Any], None]] = {
     "/learning.v1.FeedbackService/SubmitFeedback": _feedback,
     "/learning.v1.FeedbackService/StreamFeedback": _feedback,
-    "/learning.v1.LoraControlService/ActivateAdapter": _lora,
-    "/learning.v1.LoraControlService/RollbackAdapter": _lora,
-    "/learning.v1.LoraControlService/EnableLora": _lora,
-    "/learning.v1.LoraControlService/DisableLora": _lora,
-    "/learning.v1.LoraControlService/GetLoraStatus": lambda r: telemetry.active_adapter(
-        r.status.base_model, r.status.active_version if r.status.enabled else None
-    ),
 }
 
 

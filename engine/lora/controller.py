@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine import telemetry
 from engine.domain import JobFailure
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.lora import evaluation as ev
@@ -352,6 +353,8 @@ class LoraController:
         except Exception:  # noqa: BLE001 - history must not mask the operation's own outcome
             log.exception("could not record a LoraControl operation")
         self._last = record
+        if error is None and op.kind is not OperationKind.RECONCILE:  # every path, automatic ones included
+            telemetry.swap_finished(op.kind.value.lower(), record.duration_seconds)
         await self._notify()
 
     async def _notify(self) -> None:
@@ -366,8 +369,9 @@ class LoraController:
 
     def _point_router(self) -> None:
         st = self._state
-        self._router.set_target(lora_name(st.base_model, st.active_version) if st.enabled and st.active_version
-                                else "")
+        serving = st.active_version if st.enabled and st.active_version else ""
+        self._router.set_target(lora_name(st.base_model, serving) if serving else "")
+        telemetry.active_adapter(st.base_model, serving or None)
 
     def _loaded_names(self) -> set[str]:
         return {a.lora_name for a in self._loaded}

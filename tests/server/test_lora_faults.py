@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine import telemetry
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.state import FeedbackCounts
 from engine.serving.reference_backend import ReferenceModel
@@ -19,6 +20,10 @@ from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY, error_details
 from tests.server.lora_helpers import activate, ask, status, stub, train
+
+
+def _metric(name: str, **labels: str) -> float:
+    return telemetry.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _fails(call, code: grpc.StatusCode, reason: str) -> str:
@@ -143,9 +148,14 @@ async def test_auto_rollback_on_negative_feedback(make_server):
     rates.counts_by_version[v11] = FeedbackCounts(20, 8)  # 28.6% vs 20%: within the margin
     assert await auto.check_once() == ""
     rates.counts_by_version[v11] = FeedbackCounts(14, 16)  # 53% vs 20%
+    swaps_before = _metric("learning_engine_adapter_swap_seconds_count", kind="auto_rollback")
     reason = await auto.check_once()
     assert "53.3%" in reason and "20.0%" in reason
     st = await status(client)
     assert st.active_version == v10 and st.last_operation.kind == lc.LORA_OPERATION_KIND_AUTO_ROLLBACK
     assert st.last_operation.actor == "auto-rollback" and st.last_operation.reason == reason
+    # no RPC made this change, and the metrics still see it
+    assert _metric("learning_engine_adapter_swap_seconds_count", kind="auto_rollback") == swaps_before + 1
+    assert _metric("learning_engine_active_adapter", base_model=TINY, version=v10) == 1
+    assert _metric("learning_engine_active_adapter", base_model=TINY, version=v11) == 0
     assert await auto.check_once() == ""  # on known-good now: nothing to do
