@@ -23,8 +23,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    # Timestamp.ToDatetime is pure Python and shows up at 100k events/s; this is the same value, to the microsecond.
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    # Timestamp.ToDatetime is pure Python and shows up at 100k events/s; this is the same value, to the microsecond
+    # (timedelta's positional arguments are days, seconds, microseconds: cheaper than keywords).
+    return _EPOCH + timedelta(0, ts.seconds, ts.nanos // 1000)
 
 
 def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
@@ -35,7 +36,7 @@ def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
         interaction = Interaction(
             it.interaction_id, tuple([Turn(m.role, m.content) for m in turns]) if turns else (), it.prompt, it.response
         )
-    labels = msg.labels
+    labels = msg.labels  # a map; reading each key is cheaper than .items(), which is pure Python
     return FeedbackEvent(
         msg.client_event_id,
         KIND_FROM_PB.get(msg.kind),
@@ -48,7 +49,7 @@ def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
         msg.user_id,
         msg.tenant_id,
         _time(msg.time) if msg.HasField("time") else None,
-        tuple(labels.items()) if len(labels) else (),
+        tuple([(key, labels[key]) for key in labels]) if labels else (),
     )
 
 

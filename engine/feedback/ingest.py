@@ -25,7 +25,7 @@ from engine.feedback.events import FeedbackEvent, FeedbackKind, IngestResult, St
 from engine.feedback.scrub import Scrubber
 
 ROLES = frozenset({"system", "user", "assistant"})
-_RATING_KINDS = (FeedbackKind.RATING,)
+_KIND_TEXT = {k: k.value for k in FeedbackKind}  # a dict lookup is cheaper than the enum's value property
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ def validate_batch(events: Sequence[FeedbackEvent], limits: FeedbackLimits, now:
     bad: list[int] = []
     latest = now + limits.max_future_skew
     for i, event in enumerate(events):
+        if _plainly_valid(event, limits, latest):
+            continue
         before = len(issues.violations)
         _check_event(event, f"events[{i}]", limits, latest, issues)
         if len(issues.violations) > before:
@@ -90,6 +92,58 @@ def _check_id(value: str, path: str, limits: FeedbackLimits, issues: ViolationCo
         issues.add(path, "is required")
     elif len(value) > limits.max_id_chars or not value.isprintable():
         issues.add(path, f"must be at most {limits.max_id_chars} printable characters")
+
+
+def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -> bool:
+    """True only when ``_check_event`` would find nothing: the common case, decided without building a field path.
+
+    False means "look closer" and sends the event through ``_check_event``, which names the problems.
+    """
+    kind = e.kind
+    if kind is None or not e.client_event_id or not (e.user_id or e.tenant_id):
+        return False
+    if (e.rating and kind is not FeedbackKind.RATING) or (e.dwell_seconds and kind is not FeedbackKind.DWELL_TIME):
+        return False
+    if kind is FeedbackKind.RATING:
+        if not 1 <= e.rating <= 5:
+            return False
+    elif kind is FeedbackKind.DWELL_TIME:
+        if not 0 <= e.dwell_seconds <= limits.max_dwell_seconds:  # False for NaN
+            return False
+    elif kind is FeedbackKind.CORRECTION:
+        if not e.correction.strip() or len(e.correction) > limits.max_text_chars:
+            return False
+    if e.correction and kind is not FeedbackKind.CORRECTION:
+        return False
+    max_id = limits.max_id_chars
+    it = e.interaction
+    ids = (e.client_event_id, e.adapter_version, e.user_id, e.tenant_id, e.interaction_ref)
+    if it is None:
+        if not e.interaction_ref:
+            return False
+    else:
+        ids += (it.interaction_id,)
+        max_text = limits.max_text_chars
+        if e.interaction_ref or not (it.messages or it.prompt) or (it.messages and it.prompt):
+            return False
+        if not it.response and kind is not FeedbackKind.CORRECTION:
+            return False
+        if len(it.prompt) > max_text or len(it.response) > max_text:
+            return False
+        if it.messages and (len(it.messages) > limits.max_messages or not all(
+            t.role in ROLES and len(t.content) <= max_text for t in it.messages
+        )):
+            return False
+    if max(map(len, ids)) > max_id or not "".join(ids).isprintable():
+        return False
+    if e.time is not None and e.time > latest:
+        return False
+    labels = e.labels
+    if labels and (len(labels) > limits.max_labels or not all(
+        k and len(k) <= limits.max_label_chars and len(v) <= limits.max_label_chars for k, v in labels
+    )):
+        return False
+    return True
 
 
 def _check_event(
@@ -154,37 +208,83 @@ def _check_interaction(e: FeedbackEvent, at: str, limits: FeedbackLimits, issues
         _check_text(turn.content, f"{path}.messages[{j}].content", limits, issues)
 
 
+def _texts(events: Sequence[FeedbackEvent]) -> list[str]:
+    """The non-empty free texts of the batch, in the order ``to_records`` scrubs them: messages, prompt, response,
+    correction."""
+    texts: list[str] = []
+    add = texts.append
+    for e in events:
+        it = e.interaction
+        if it is not None:
+            for turn in it.messages:
+                if turn.content:
+                    add(turn.content)
+            if it.prompt:
+                add(it.prompt)
+            if it.response:
+                add(it.response)
+        if e.correction:
+            add(e.correction)
+    return texts
+
+
 def to_records(
     events: Sequence[FeedbackEvent], scrubber: Scrubber, received: datetime
 ) -> tuple[list[tuple], dict[str, int]]:
-    """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS)."""
-    fired_total: dict[str, int] = {}
-    records = []
+    """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS).
+
+    The scrubber first picks, for the whole batch at once, the texts that may hold PII; only those are scrubbed.
+    """
+    texts = _texts(events)
+    dirty = scrubber.to_scrub(texts)
     scrub = scrubber.scrub
     dumps = json.dumps
     labels_json: dict[tuple[tuple[str, str], ...], str] = {(): "{}"}  # label sets repeat across a batch
+    fired_total: dict[str, int] = {}
+    records = []
+    k = 0  # the index in texts of the event's next non-empty text
     for e in events:
         fired: dict[str, int] = {}
         it = e.interaction
         if it is not None:
-            messages = (
-                dumps([{"role": t.role, "content": scrub(t.content, fired)} for t in it.messages])
-                if it.messages else None
-            )
-            row_it = (it.interaction_id, True, messages, scrub(it.prompt, fired) if it.prompt else None,
-                      scrub(it.response, fired))
+            messages = None
+            if it.messages:
+                turns = []
+                for t in it.messages:
+                    content = t.content
+                    if content:
+                        if k in dirty:
+                            content = scrub(content, fired)
+                        k += 1
+                    turns.append({"role": t.role, "content": content})
+                messages = dumps(turns)
+            prompt, response = it.prompt, it.response
+            if prompt:
+                if k in dirty:
+                    prompt = scrub(prompt, fired)
+                k += 1
+            if response:
+                if k in dirty:
+                    response = scrub(response, fired)
+                k += 1
+            row_it = (it.interaction_id, True, messages, prompt or None, response)
         else:
             row_it = (e.interaction_ref, False, None, None, None)
-        correction = scrub(e.correction, fired) if e.correction else None
+        correction = e.correction or None
+        if correction:
+            if k in dirty:
+                correction = scrub(correction, fired)
+            k += 1
         kind = e.kind
         records.append((
-            e.tenant_id, e.client_event_id, kind.value, e.rating if kind is FeedbackKind.RATING else None,
+            e.tenant_id, e.client_event_id, _KIND_TEXT[kind], e.rating if kind is FeedbackKind.RATING else None,
             correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
             e.adapter_version, e.user_id, e.time or received, received,
             labels_json.get(e.labels) or labels_json.setdefault(e.labels, dumps(dict(e.labels))), list(fired),
         ))
-        for rule, n in fired.items():
-            fired_total[rule] = fired_total.get(rule, 0) + n
+        if fired:
+            for rule, n in fired.items():
+                fired_total[rule] = fired_total.get(rule, 0) + n
     return records, fired_total
 
 

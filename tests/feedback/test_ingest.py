@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.feedback.events import FeedbackEvent, FeedbackKind, Turn
+from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
 from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
 from engine.feedback.scrub import Scrubber
 from tests.feedback.conftest import NOW, event
@@ -67,6 +67,25 @@ async def test_a_bad_event_rejects_the_whole_batch_naming_every_offender(ingesto
         (event("x", messages=(Turn("robot", "hi"),)), "events[0].interaction.messages[0].role"),
         (FeedbackEvent("x", FeedbackKind.COPY, user_id="u"), "events[0].interaction"),
         (event("x", labels=(("", "v"),)), "events[0].labels['']"),
+        (event("x", labels=tuple((f"k{i}", "v") for i in range(33))), "events[0].labels"),
+        (event("x", labels=(("k", "v" * 300),)), "events[0].labels['k']"),
+        (event("x" * 129), "events[0].client_event_id"),
+        (event("x", user="u\n1"), "events[0].user_id"),
+        (event("x", adapter_version="v" * 129), "events[0].adapter_version"),
+        (event("x", interaction_id="i\x00"), "events[0].interaction.interaction_id"),
+        (FeedbackEvent("x", FeedbackKind.COPY, interaction=Interaction(prompt="p", response="r"), interaction_ref="r",
+                       user_id="u"), "events[0].interaction_ref"),
+        (FeedbackEvent("x", FeedbackKind.COPY, interaction=Interaction(messages=(Turn("user", "hi"),), prompt="p",
+                                                                       response="r"), user_id="u"),
+         "events[0].interaction.prompt"),
+        (event("x", response="r" * 40_000), "events[0].interaction.response"),
+        (event("x", messages=tuple(Turn("user", "hi") for _ in range(65))), "events[0].interaction.messages"),
+        (event("x", messages=(Turn("user", "hi" * 20_000),)), "events[0].interaction.messages[0].content"),
+        (event("x", FeedbackKind.CORRECTION, correction="   "), "events[0].correction"),
+        (event("x", FeedbackKind.CORRECTION, correction="c" * 40_000), "events[0].correction"),
+        (event("x", FeedbackKind.RATING, rating=0), "events[0].rating"),
+        (event("x", FeedbackKind.DWELL_TIME, dwell_seconds=-1.0), "events[0].dwell_seconds"),
+        (event("x", FeedbackKind.COPY, dwell_seconds=3.0), "events[0].dwell_seconds"),
     ],
 )
 async def test_each_rule_of_validation(ingestor, bad: FeedbackEvent, field: str) -> None:

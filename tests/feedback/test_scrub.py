@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.feedback.scrub import Scrubber, custom_rules, luhn_valid
+from engine.feedback.scrub import Scrubber, builtin_candidates, custom_rules, luhn_valid, might_hold_builtin_pii
 
 SCRUB = Scrubber({"ticket": r"\bTCK-\d{6}\b"})
 
@@ -120,3 +121,26 @@ def test_bad_custom_patterns_are_all_reported() -> None:
         "feedback_scrub_patterns.Bad-Name", "feedback_scrub_patterns.broken",
         "feedback_scrub_patterns.email", "feedback_scrub_patterns.empty",
     ]
+
+
+def test_the_batch_gate_picks_exactly_the_texts_the_per_text_gate_does() -> None:
+    rng = random.Random(5)
+    alphabet = "ab t@:.([{)]}0123456789 \t\nAT\x00é٣"
+    batches = [
+        ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(rng.randint(0, 9))]
+        for _ in range(3000)
+    ]
+    batches.append(["1 " * 50_000, "a:" * 50_000, "[at]" * 30_000, "x@" * 50_000, "plain text", ""])
+    for texts in batches:
+        assert builtin_candidates(texts) == {i for i, t in enumerate(texts) if might_hold_builtin_pii(t)}, texts
+
+
+def test_to_scrub_leaves_out_only_texts_scrub_would_not_change() -> None:
+    texts = ["hello", "mail a@b.io", "call 555 123 4567", "", "v1.2.3.4", "(at)"]
+    dirty = Scrubber().to_scrub(texts)
+    for i, text in enumerate(texts):
+        if i not in dirty:
+            assert Scrubber().scrub(text, {}) == text
+    assert {1, 2} <= set(dirty)
+    assert list(SCRUB.to_scrub(texts)) == list(range(len(texts)))  # custom rules run on every text
+    assert not Scrubber(enabled=False).to_scrub(texts)
