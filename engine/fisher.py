@@ -124,7 +124,8 @@ def _completion_nll(
 
     The log-likelihood involves only the positions whose next token is labelled. The model is causal, so
     the batch is cut after the last such position, and the hidden states are gathered there (the model's
-    own boolean ``logits_to_keep``) before the vocabulary projection and the log-softmax. No KV cache.
+    own boolean ``logits_to_keep``) before the vocabulary projection and the log-softmax. No KV cache, and
+    no padding mask (right padding under a causal mask needs none).
     """
     batch = collate(batch_examples, pad_id).to(device)
     keep = batch.labels[:, 1:] != IGNORE_INDEX  # [B, T-1]: position t predicts the labelled token t+1
@@ -133,8 +134,9 @@ def _completion_nll(
     keep = keep[:, :width]
     labels = batch.labels[:, 1 : width + 1][keep]
     rows = keep.nonzero()[:, 0]  # the sample of each kept position, row-major like the boolean gather
-    logits = model(input_ids=batch.input_ids[:, :width], attention_mask=batch.attention_mask[:, :width],
-                   logits_to_keep=keep, use_cache=False).logits
+    # No padding mask: the batch is right-padded and the model causal, so no real position attends to a pad,
+    # and pads carry no loss. Causal-only attention is exact here and takes the attention kernel's fast path.
+    logits = model(input_ids=batch.input_ids[:, :width], logits_to_keep=keep, use_cache=False).logits
     logits = logits.reshape(-1, logits.shape[-1]).float()
     if estimator is FisherEstimator.SAMPLED:
         counts = torch.bincount(rows, minlength=len(seeds)).tolist()
