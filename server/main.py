@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.continual import EwcPlanner
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
+from engine.feedback.events import FeedbackKind
 from engine.fisher_jobs import FisherJobConfig, FisherJobManager
 from engine.jobs import TrainingJobManager
 from engine.models import resolve_base_model
@@ -130,6 +131,20 @@ async def _registry(settings: Settings, pool: asyncpg.Pool) -> AdapterRegistry:
     )
 
 
+def feedback_dataset_policy(settings: Settings) -> DatasetPolicy:
+    """How feedback becomes examples, from the settings."""
+    return DatasetPolicy(
+        rating_positive_min=settings.feedback_rating_positive_min,
+        rating_negative_max=settings.feedback_rating_negative_max,
+        correction_weight=settings.feedback_correction_weight,
+        implicit=tuple(
+            (FeedbackKind(kind), label == "desirable")
+            for kind, label in settings.feedback_kto_implicit.items() if label != "ignore"
+        ),
+        dwell_desirable_seconds=settings.feedback_kto_dwell_desirable_seconds,
+    )
+
+
 async def start(settings: Settings) -> App:
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,14 +155,7 @@ async def start(settings: Settings) -> App:
     registry = await _registry(settings, pool)
     lora = await start_lora_control(settings, pool, registry)
     feedback_store = PostgresFeedbackStore(pool)
-    feedback_datasets = FeedbackDatasetBuilder(
-        feedback_store,
-        DatasetPolicy(
-            rating_positive_min=settings.feedback_rating_positive_min,
-            rating_negative_max=settings.feedback_rating_negative_max,
-            correction_weight=settings.feedback_correction_weight,
-        ),
-    )
+    feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
         PreparerConfig(
             datasets_dir=settings.datasets_dir,

@@ -34,6 +34,10 @@ from pydantic_settings import (
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
+ImplicitKind = Literal["COPY", "TASK_COMPLETED", "CLICK_THROUGH", "REGENERATE"]
+DEFAULT_KTO_IMPLICIT: dict[str, str] = {
+    "COPY": "desirable", "TASK_COMPLETED": "desirable", "CLICK_THROUGH": "desirable", "REGENERATE": "undesirable",
+}
 
 
 class SettingsError(Exception):
@@ -113,6 +117,17 @@ class Settings(BaseSettings, LoraControlSettings):
     feedback_correction_weight: float = Field(
         1.0, gt=0, le=100, description="Example weight of a correction in datasets built from feedback."
     )
+    feedback_kto_implicit: dict[ImplicitKind, Literal["desirable", "undesirable", "ignore"]] = Field(
+        default_factory=lambda: dict(DEFAULT_KTO_IMPLICIT),
+        description="KTO labels from implicit signals, for interactions without explicit feedback (explicit "
+        "feedback always wins). Entries override these defaults one kind at a time; `ignore` leaves a kind out. "
+        "Weighted like thumbs. SFT ignores implicit signals.",
+    )
+    feedback_kto_dwell_desirable_seconds: float | None = Field(
+        None, gt=0, le=86_400,
+        description="Under KTO, a dwell time of at least this many seconds marks the response desirable; unset "
+        "ignores dwell time (a short dwell can mean a quick answer as well as a bad one).",
+    )
 
     # ---- access, TLS, limits (server/access.py) --------------------------------
     auth_tokens: tuple[AuthToken, ...] = Field(
@@ -172,6 +187,11 @@ class Settings(BaseSettings, LoraControlSettings):
         except InvalidArgument as exc:
             raise ValueError("; ".join(f"{x.field}: {x.description}" for x in exc.violations)) from None
         return v
+
+    @field_validator("feedback_kto_implicit")
+    @classmethod
+    def _implicit_over_defaults(cls, v: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_KTO_IMPLICIT, **v}
 
     @model_validator(mode="after")
     def _rating_thresholds(self) -> Settings:

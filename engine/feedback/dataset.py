@@ -20,8 +20,13 @@ Near-identical prompts (equal after Unicode normalisation, case folding and coll
 and whitespace) are deduplicated, per label for KTO: corrections win over votes, thumbs over
 ratings, then the most recent.
 
-Implicit signals (dwell, click-through, copy, regenerate, task completed) are counted in the stats
-but do not make examples.
+Implicit signals (KTO only): by default copy, task completed and click-through mark a response
+desirable and regenerate undesirable; dwell time counts as desirable only when
+``dwell_desirable_seconds`` is set and reached (``DatasetPolicy.implicit``, from the settings).
+They label only interactions without explicit feedback (no thumb, no decisive rating, no
+correction): explicit feedback always wins. Desirable and undesirable implicit signals are counted
+against each other like votes (a tie is dropped), weighted like thumbs, and rank below explicit
+examples in deduplication. SFT ignores implicit signals.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -43,12 +48,20 @@ from engine.stores.feedback_store import Judgement
 
 _PUNCT = re.compile(r"[\W_]+")
 # Lower rank wins when prompts collide.
-_RANK = {"correction": 0, "thumbs_up": 1, "rating_high": 2, "thumbs_down": 3, "rating_low": 4, "corrected": 5}
+_RANK = {"correction": 0, "thumbs_up": 1, "rating_high": 2, "thumbs_down": 3, "rating_low": 4, "corrected": 5,
+         "implicit_desirable": 6, "implicit_undesirable": 7}
+EXPLICIT_KINDS = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
+IMPLICIT_KINDS = (FeedbackKind.COPY, FeedbackKind.TASK_COMPLETED, FeedbackKind.CLICK_THROUGH, FeedbackKind.REGENERATE)
+DEFAULT_IMPLICIT: tuple[tuple[FeedbackKind, bool], ...] = (
+    (FeedbackKind.COPY, True), (FeedbackKind.TASK_COMPLETED, True), (FeedbackKind.CLICK_THROUGH, True),
+    (FeedbackKind.REGENERATE, False),
+)
 
 
 class JudgementReader(Protocol):
     def judgements(
-        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str]
+        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str],
+        kinds: Collection[FeedbackKind] = EXPLICIT_KINDS,
     ) -> AsyncIterator[Judgement]: ...
 
 
@@ -59,6 +72,20 @@ class DatasetPolicy:
     rating_positive_min: int = 4
     rating_negative_max: int = 2
     correction_weight: float = 1.0
+    # KTO labels from implicit signals: kind -> desirable (True) or undesirable (False); kinds left out are ignored.
+    implicit: tuple[tuple[FeedbackKind, bool], ...] = DEFAULT_IMPLICIT
+    # A dwell time of at least this many seconds is a desirable signal (KTO); None ignores dwell time.
+    dwell_desirable_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for kind, _ in self.implicit:
+            if kind not in IMPLICIT_KINDS:
+                raise ValueError(f"{kind} is not an implicit signal with a fixed label (one of {IMPLICIT_KINDS})")
+
+    def implicit_kinds(self) -> tuple[FeedbackKind, ...]:
+        """The implicit kinds that can label an example under this policy."""
+        dwell = (FeedbackKind.DWELL_TIME,) if self.dwell_desirable_seconds is not None else ()
+        return tuple(kind for kind, _ in self.implicit) + dwell
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,8 @@ class _Interaction:
     up: int = 0
     down: int = 0
     thumbs: bool = False  # whether a thumb (not only ratings) voted
+    implicit_up: int = 0  # desirable implicit signals (KTO)
+    implicit_down: int = 0
     correction: str = ""
     latest: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
 
@@ -116,8 +145,15 @@ def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy,
             out.append(_Candidate("corrected", False, _example(it, it.response, source.thumbs_down_weight), key,
                                   it.latest))
         return out
-    if it.up == it.down or not it.response:
+    if not it.response:
         return out
+    if it.up == it.down:
+        if not kto or it.up or it.implicit_up == it.implicit_down:  # explicit votes that tie are not outvoted
+            return out
+        good = it.implicit_up > it.implicit_down
+        name, weight = ("implicit_desirable", source.thumbs_up_weight) if good else (
+            "implicit_undesirable", source.thumbs_down_weight)
+        return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest)]
     good = it.up > it.down
     name = ("thumbs_up" if good else "thumbs_down") if it.thumbs else ("rating_high" if good else "rating_low")
     weight = source.thumbs_up_weight if good else source.thumbs_down_weight
@@ -148,8 +184,8 @@ class FeedbackDatasetBuilder:
         """Build the dataset; FAILED_PRECONDITION below ``min_samples`` (stating the count) unless ``force``."""
         end = self._clock()
         start = end - timedelta(days=source.days)
-        interactions = await self._collect(source, start, end)
         kto = objective is Objective.KTO
+        interactions = await self._collect(source, start, end, kto)
         chosen: dict[tuple[str, bool], _Candidate] = {}
         found = 0
         for it in interactions.values():
@@ -177,11 +213,16 @@ class FeedbackDatasetBuilder:
             duplicates_removed=found - len(picked),
         )
 
-    async def _collect(self, source: FeedbackSource, start: datetime, end: datetime) -> dict[str, _Interaction]:
+    async def _collect(
+        self, source: FeedbackSource, start: datetime, end: datetime, kto: bool
+    ) -> dict[str, _Interaction]:
         policy = self._policy
+        implicit = dict(policy.implicit) if kto else {}
+        dwell_min = policy.dwell_desirable_seconds if kto else None
+        kinds = EXPLICIT_KINDS + (policy.implicit_kinds() if kto else ())
         interactions: dict[str, _Interaction] = {}
         async for j in self._reader.judgements(
-            start=start, end=end, adapter_version=source.adapter_version, labels=dict(source.labels)
+            start=start, end=end, adapter_version=source.adapter_version, labels=dict(source.labels), kinds=kinds
         ):
             it = interactions.get(j.interaction_key)
             if it is None:
@@ -197,6 +238,13 @@ class FeedbackDatasetBuilder:
                 it.up += 1
             elif j.kind is FeedbackKind.RATING and j.rating <= policy.rating_negative_max:
                 it.down += 1
+            elif j.kind in implicit:
+                if implicit[j.kind]:
+                    it.implicit_up += 1
+                else:
+                    it.implicit_down += 1
+            elif j.kind is FeedbackKind.DWELL_TIME and dwell_min is not None and j.dwell_seconds >= dwell_min:
+                it.implicit_up += 1
         return interactions
 
     @staticmethod

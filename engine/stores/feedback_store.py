@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ COLUMNS = (
 )
 Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.ingest
 
+_EXPLICIT = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
 _ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
 
 _STAGE = (
@@ -90,7 +91,7 @@ def user_hash(user_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """An explicit feedback event with its interaction's content resolved (for dataset building)."""
+    """A feedback event with its interaction's content resolved (for dataset building)."""
 
     interaction_key: str
     kind: FeedbackKind
@@ -100,6 +101,7 @@ class Judgement:
     messages: tuple[Turn, ...]
     prompt: str
     response: str
+    dwell_seconds: float = 0.0
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
@@ -198,9 +200,11 @@ class PostgresFeedbackStore:
         )
 
     async def judgements(
-        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str], batch: int = 2000
+        self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str],
+        kinds: Collection[FeedbackKind] = _EXPLICIT, batch: int = 2000,
     ) -> AsyncIterator[Judgement]:
-        """Explicit events in [start, end) matching the filters, with referenced interactions resolved.
+        """Events of ``kinds`` (default: the explicit ones) in [start, end) matching the filters, with referenced
+        interactions resolved.
 
         Events whose interaction cannot be resolved (e.g. its carrier was erased) are left out, and so
         are events of erased users (belt and braces: erasure deletes them too).
@@ -208,7 +212,7 @@ class PostgresFeedbackStore:
         sql = """
             SELECT CASE WHEN e.interaction_id <> '' THEN 'i:' || e.tenant_id || ':' || e.interaction_id
                         ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
-                   e.kind, e.rating, e.correction, e.event_time,
+                   e.kind, e.rating, e.correction, e.event_time, e.dwell_seconds,
                    COALESCE(c.messages, e.messages) AS messages,
                    COALESCE(c.prompt, e.prompt) AS prompt, COALESCE(c.response, e.response) AS response
             FROM feedback_events e
@@ -219,7 +223,7 @@ class PostgresFeedbackStore:
                 ORDER BY x.event_time LIMIT 1
             ) c ON NOT e.has_content
             WHERE e.event_time >= $1 AND e.event_time < $2
-              AND e.kind IN ('THUMBS_UP', 'THUMBS_DOWN', 'RATING', 'CORRECTION')
+              AND e.kind = ANY ($5::text[])
               AND ($3 = '' OR e.adapter_version = $3)
               AND e.labels @> $4::jsonb
               AND NOT EXISTS (
@@ -228,7 +232,7 @@ class PostgresFeedbackStore:
                     AND e.event_time <= f.erased_at)
             ORDER BY e.event_time, e.tenant_id, e.client_event_id
         """
-        args = (start, end, adapter_version, json.dumps(labels))
+        args = (start, end, adapter_version, json.dumps(labels), [FeedbackKind(k).value for k in kinds])
         try:
             async with self._pool.acquire() as conn, conn.transaction(readonly=True):
                 async for r in conn.cursor(sql, *args, prefetch=batch):
@@ -240,7 +244,7 @@ class PostgresFeedbackStore:
                     yield Judgement(
                         interaction_key=r["key"], kind=FeedbackKind(r["kind"]), rating=r["rating"] or 0,
                         correction=r["correction"] or "", time=r["event_time"], messages=messages,
-                        prompt=r["prompt"] or "", response=r["response"] or "",
+                        prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
                     )
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc

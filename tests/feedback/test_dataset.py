@@ -156,3 +156,47 @@ async def test_forgotten_users_never_reach_a_later_dataset(ingestor, store) -> N
     await ingestor.submit([event("a-late", UP, user="alice", prompt="alice's question", response="x")])  # resend
     after = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
     assert [e.prompt for e in after.examples] == ["bob's question"]
+
+
+async def test_kto_labels_from_implicit_signals_only_where_there_is_no_explicit_feedback(ingestor, store) -> None:
+    copy, done, click, regen, dwell = (FeedbackKind.COPY, FeedbackKind.TASK_COMPLETED, FeedbackKind.CLICK_THROUGH,
+                                       FeedbackKind.REGENERATE, FeedbackKind.DWELL_TIME)
+    await ingestor.submit([
+        event("c", copy, prompt="p1", response="copied", age=timedelta(hours=9)),
+        event("t", done, prompt="p2", response="done", age=timedelta(hours=8)),
+        event("k", click, prompt="p3", response="clicked", age=timedelta(hours=7)),
+        event("r", regen, prompt="p4", response="redone", age=timedelta(hours=6)),
+        event("d", dwell, dwell_seconds=120.0, prompt="p5", response="read", age=timedelta(hours=5)),
+        # explicit feedback wins: a thumbs-down, then a copy of the same interaction
+        event("x1", DOWN, prompt="p6", response="bad", interaction_id="i6", age=timedelta(hours=4)),
+        event("x2", copy, ref="i6", age=timedelta(hours=3)),
+        # implicit signals vote against each other: a tie makes no example
+        event("y1", copy, prompt="p7", response="torn", interaction_id="i7", age=timedelta(hours=2)),
+        event("y2", regen, ref="i7", age=timedelta(hours=1)),
+    ])
+
+    def labelled(built) -> list[tuple[str, str, float, bool]]:
+        return [(e.prompt, e.completion, e.weight, d) for e, d in zip(built.examples, built.desirable, strict=True)]
+
+    kto = await FeedbackDatasetBuilder(store).build(ANY, Objective.KTO)
+    assert labelled(kto) == [
+        ("p1", "copied", 2.0, True), ("p2", "done", 2.0, True), ("p3", "clicked", 2.0, True),
+        ("p4", "redone", 0.5, False), ("p6", "bad", 0.5, False),
+    ]  # dwell time is ignored without a threshold
+    assert dict(kto.composition) == {"implicit_desirable": 3, "implicit_undesirable": 1, "thumbs_down": 1}
+
+    sft = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
+    assert pairs(sft) == [("p6", "bad", 0.5)]  # SFT ignores implicit signals
+
+    dwell_60 = await FeedbackDatasetBuilder(store, DatasetPolicy(dwell_desirable_seconds=60)).build(ANY, Objective.KTO)
+    assert ("p5", "read", 2.0, True) in labelled(dwell_60)
+    dwell_300 = await FeedbackDatasetBuilder(store, DatasetPolicy(dwell_desirable_seconds=300)).build(
+        ANY, Objective.KTO)
+    assert "p5" not in [p for p, *_ in labelled(dwell_300)]
+
+    only_regenerate = DatasetPolicy(implicit=((regen, False),))
+    assert labelled(await FeedbackDatasetBuilder(store, only_regenerate).build(ANY, Objective.KTO)) == [
+        ("p4", "redone", 0.5, False), ("p6", "bad", 0.5, False), ("p7", "torn", 0.5, False),
+    ]  # with copy ignored, p7's regenerate is no longer outvoted
+    with pytest.raises(ValueError):
+        DatasetPolicy(implicit=((FeedbackKind.THUMBS_UP, True),))

@@ -83,6 +83,29 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
         load_settings(config_file=tmp_path / "missing.yaml")
 
 
+def test_implicit_signal_labels_override_the_defaults_kind_by_kind(monkeypatch: pytest.MonkeyPatch):
+    from engine.feedback.events import FeedbackKind
+    from server.main import feedback_dataset_policy
+
+    monkeypatch.delenv("LEARNING_ENGINE_CONFIG", raising=False)
+    default = feedback_dataset_policy(load_settings())
+    assert dict(default.implicit) == {
+        FeedbackKind.COPY: True, FeedbackKind.TASK_COMPLETED: True, FeedbackKind.CLICK_THROUGH: True,
+        FeedbackKind.REGENERATE: False,
+    }
+    assert default.dwell_desirable_seconds is None
+    monkeypatch.setenv("LEARNING_ENGINE_FEEDBACK_KTO_IMPLICIT", '{"COPY": "ignore", "CLICK_THROUGH": "undesirable"}')
+    monkeypatch.setenv("LEARNING_ENGINE_FEEDBACK_KTO_DWELL_DESIRABLE_SECONDS", "30")
+    policy = feedback_dataset_policy(load_settings())
+    assert dict(policy.implicit) == {
+        FeedbackKind.TASK_COMPLETED: True, FeedbackKind.CLICK_THROUGH: False, FeedbackKind.REGENERATE: False,
+    }
+    assert policy.dwell_desirable_seconds == 30
+    monkeypatch.setenv("LEARNING_ENGINE_FEEDBACK_KTO_IMPLICIT", '{"THUMBS_UP": "desirable"}')
+    with pytest.raises(SettingsError, match="feedback_kto_implicit"):
+        load_settings()
+
+
 async def test_an_rpc_not_built_answers_unimplemented_with_error_info():
     """Generated base servicers raise NotImplementedError; the interceptor turns it into UNIMPLEMENTED."""
     from learning.v1 import fisher_pb2, fisher_pb2_grpc
