@@ -23,6 +23,7 @@ from typing import Protocol
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
 from engine.feedback.events import FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
+from engine.stores.feedback_store import CopyRows
 
 ROLES = frozenset({"system", "user", "assistant"})
 _KIND_TEXT = {k: k.value for k in FeedbackKind}  # a dict lookup is cheaper than the enum's value property
@@ -42,7 +43,10 @@ class FeedbackLimits:
 
 
 class FeedbackRecordStore(Protocol):
-    async def insert(self, records: Sequence[tuple]) -> StoreOutcome: ...
+    def encode(self, records: Sequence[tuple]) -> CopyRows:
+        """Lay records out for storage (CPU only; called off the event loop)."""
+
+    async def insert(self, rows: CopyRows) -> StoreOutcome: ...
 
 
 def _now() -> datetime:
@@ -298,10 +302,11 @@ class FeedbackIngestor:
         self._limits = limits
         self._clock = clock
 
-    def _prepare(self, events: Sequence[FeedbackEvent]) -> tuple[list[tuple], dict[str, int]]:
+    def _prepare(self, events: Sequence[FeedbackEvent]) -> tuple[CopyRows, dict[str, int]]:
         now = self._clock()
         validate_batch(events, self._limits, now)
-        return to_records(events, self._scrubber, now)
+        records, fired = to_records(events, self._scrubber, now)
+        return self._store.encode(records), fired
 
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""

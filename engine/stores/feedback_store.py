@@ -1,7 +1,9 @@
 """Feedback events in PostgreSQL (asyncpg): bulk ingestion, stats, erasure, and the rows datasets are built from.
 
 Ingestion of one batch is one transaction, stored whole or not at all, and idempotent on
-(tenant_id, client_event_id). Two paths:
+(tenant_id, client_event_id). The records are first laid out as COPY text-format data
+(``encode_rows``, plain CPU work the ingestor does off the event loop, so that the loop only
+streams bytes to PostgreSQL); then one of two paths:
 
 - fast (the common case: new events of users never erased): COPY straight into ``feedback_events``;
 - staged (when the fast COPY hits a key already stored, i.e. a resend, or a user of the batch was
@@ -39,6 +41,8 @@ COLUMNS = (
     "received_time", "labels", "scrubbed_rules",
 )
 Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.ingest
+_NULL = "\\N"
+_DELIMITERS_PER_ROW = len(COLUMNS) - 1
 
 _EXPLICIT = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
 _ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
@@ -85,6 +89,86 @@ _CONNECTION_ERRORS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class CopyRows:
+    """Records laid out as COPY text-format data (``encode_rows``), with what ``insert`` needs to know of them."""
+
+    data: bytes
+    count: int
+    users: tuple[str, ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _lines(records: Sequence[Record]) -> tuple[list[str], int]:
+    """The COPY lines of the records, unescaped, and how many NULL markers they hold."""
+    lines = []
+    add = lines.append
+    nulls = 0
+    received = received_text = None
+    for (tenant, event_id, kind, rating, correction, dwell, interaction_id, has_content, messages, prompt, response,
+         adapter_version, user_id, event_time, received_time, labels, rules) in records:
+        if received_time is not received:
+            received, received_text = received_time, received_time.isoformat()
+        nulls += ((rating is None) + (correction is None) + (dwell is None) + (messages is None) + (prompt is None)
+                  + (response is None))
+        add("\t".join((
+            tenant, event_id, kind, _NULL if rating is None else str(rating),
+            _NULL if correction is None else correction, _NULL if dwell is None else repr(dwell), interaction_id,
+            "t" if has_content else "f",
+            _NULL if messages is None else messages, _NULL if prompt is None else prompt,
+            _NULL if response is None else response, adapter_version, user_id,
+            received_text if event_time is received_time else event_time.isoformat(), received_text, labels,
+            "{" + ",".join(rules) + "}" if rules else "{}",
+        )))
+    add("")  # the data ends with a newline
+    return lines, nulls
+
+
+def _escaped_lines(records: Sequence[Record]) -> list[str]:
+    """The COPY lines of the records with every text escaped (the rare case: see ``encode_rows``)."""
+    lines = []
+    for record in records:
+        fields = [None if value is None else _escape(_text(value)) for value in record]
+        lines.append("\t".join(_NULL if f is None else f for f in fields))
+    lines.append("")
+    return lines
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):  # scrubbed_rules: names of rules, [a-z0-9_]
+        return "{" + ",".join(value) + "}"
+    return str(value)
+
+
+def encode_rows(records: Sequence[Record]) -> CopyRows:
+    """Lay records out as COPY text-format data: one line per record, tab-separated, NULL as \\N.
+
+    Texts need escaping only when they hold a backslash, tab, newline or carriage return; rather than
+    look at every field, the whole batch is laid out as is and counted: unless every backslash is one
+    of the NULL markers and every tab and newline one of the separators, it is laid out again with
+    every field escaped. Times are timezone-aware (validation compares them with an aware clock), so
+    their ISO form carries the offset.
+    """
+    n = len(records)
+    lines, nulls = _lines(records)
+    text = "\n".join(lines)
+    if (text.count("\\") != nulls or text.count("\t") != _DELIMITERS_PER_ROW * n or text.count("\n") != n
+            or "\r" in text):
+        text = "\n".join(_escaped_lines(records))
+    return CopyRows(text.encode(), n, tuple({r[_USER] for r in records}))
+
+
 def user_hash(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
@@ -124,26 +208,31 @@ class PostgresFeedbackStore:
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
 
-    async def insert(self, records: Sequence[Record]) -> StoreOutcome:
-        """Store the records that are new and not erased, all in one transaction (see the module docstring)."""
-        if not records:
+    encode = staticmethod(encode_rows)
+
+    async def insert(self, rows: CopyRows) -> StoreOutcome:
+        """Store the rows that are new and not erased, all in one transaction (see the module docstring)."""
+        if not rows.count:
             return StoreOutcome(0, 0, 0)
-        users = list({r[_USER] for r in records})
+        users = list(rows.users)
+
+        async def copy(conn: asyncpg.Connection, table: str) -> None:
+            await conn.copy_to_table(table, source=memoryview(rows.data), columns=COLUMNS, format="text")
 
         async def fast(conn: asyncpg.Connection) -> StoreOutcome | None:
             async with conn.transaction():
                 if await conn.fetchval(_LOCK_AND_CHECK_ERASED, users):
                     return None
-                await conn.copy_records_to_table("feedback_events", records=records, columns=COLUMNS)
-            return StoreOutcome(len(records), 0, 0)
+                await copy(conn, "feedback_events")
+            return StoreOutcome(rows.count, 0, 0)
 
         async def staged(conn: asyncpg.Connection) -> StoreOutcome:
             async with conn.transaction():
                 await conn.execute(_STAGE)
-                await conn.copy_records_to_table("feedback_staging", records=records, columns=COLUMNS)
+                await copy(conn, "feedback_staging")
                 row = await conn.fetchrow(_MOVE)
             stored, forgotten = int(row["stored"]), int(row["forgotten"])
-            return StoreOutcome(stored, len(records) - stored - forgotten, forgotten)
+            return StoreOutcome(stored, rows.count - stored - forgotten, forgotten)
 
         async def work(conn: asyncpg.Connection) -> StoreOutcome:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -181,3 +182,40 @@ async def test_stats_count_by_kind_and_window_with_ratios_per_adapter(ingestor, 
     only = await store.stats(start=NOW - timedelta(days=60), end=NOW, adapter_version="2.0.0", tenant_id="",
                              rating_positive_min=4, rating_negative_max=2)
     assert only.total == 3 and [a.adapter_version for a in only.by_adapter] == ["2.0.0"]
+
+
+async def test_texts_with_copy_special_characters_are_stored_exactly(ingestor, pool) -> None:
+    tricky = "a\\N b\\ c\td\ne\r\nf \\\\N \"q\" é 日本"
+    result = await ingestor.submit([
+        event("plain"),
+        event("tricky", FeedbackKind.CORRECTION, prompt=tricky, response="\\N", correction=tricky,
+              labels=(("k\\t", "v\n"),), interaction_id="i\\d"),
+        event("msgs", messages=(Turn("user", tricky),), response=tricky),
+        event("back\\slash", user="u\\1", adapter_version="v\\N"),
+    ])
+    assert result.stored == 4
+    rows = {r["client_event_id"]: r for r in await pool.fetch("SELECT * FROM feedback_events")}
+    tricky_row = rows["tricky"]
+    assert (tricky_row["prompt"], tricky_row["response"], tricky_row["correction"]) == (tricky, "\\N", tricky)
+    assert rows["tricky"]["interaction_id"] == "i\\d"
+    assert json.loads(rows["tricky"]["labels"]) == {"k\\t": "v\n"}
+    assert json.loads(rows["msgs"]["messages"]) == [{"role": "user", "content": tricky}]
+    assert rows["msgs"]["prompt"] is None and rows["msgs"]["correction"] is None
+    assert (rows["back\\slash"]["user_id"], rows["back\\slash"]["adapter_version"]) == ("u\\1", "v\\N")
+    assert rows["plain"]["rating"] is None and rows["plain"]["dwell_seconds"] is None
+    assert rows["plain"]["event_time"] == NOW - timedelta(hours=1)
+
+
+async def test_ratings_dwell_times_and_event_times_are_stored_exactly(store, pool) -> None:
+    when = datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
+    ingestor = FeedbackIngestor(store, Scrubber(), clock=lambda: when + timedelta(seconds=1))
+    await ingestor.submit([
+        event("r", FeedbackKind.RATING, rating=4, age=NOW - when),
+        event("d", FeedbackKind.DWELL_TIME, dwell_seconds=0.1 + 0.2, age=NOW - when),
+        FeedbackEvent("n", FeedbackKind.COPY, interaction_ref="r", user_id="u"),  # no time: the time received
+    ])
+    rows = {r["client_event_id"]: r for r in await pool.fetch("SELECT * FROM feedback_events")}
+    assert rows["r"]["rating"] == 4 and rows["r"]["event_time"] == when
+    assert rows["d"]["dwell_seconds"] == 0.1 + 0.2  # the float, bit for bit
+    assert rows["n"]["event_time"] == rows["n"]["received_time"] == when + timedelta(seconds=1)
+    assert rows["n"]["has_content"] is False and rows["n"]["interaction_id"] == "r"
