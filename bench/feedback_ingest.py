@@ -83,7 +83,7 @@ def make_events(n: int) -> list[fb.FeedbackEvent]:
 # ---- the server process -------------------------------------------------------------------------------
 
 
-async def serve(url: str) -> None:
+async def serve(url: str, processes: int) -> None:
     from server.errors import ErrorInterceptor
     from server.services.feedback import build_feedback_service
     from server.settings import Settings
@@ -93,13 +93,15 @@ async def serve(url: str) -> None:
         interceptors=[ErrorInterceptor()],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
-    settings = Settings(data_dir=Path(tempfile.gettempdir()))
-    fb_grpc.add_FeedbackServiceServicer_to_server(build_feedback_service(settings, PostgresFeedbackStore(pool)), server)
+    settings = Settings(data_dir=Path(tempfile.gettempdir()), feedback_ingest_processes=processes)
+    service = build_feedback_service(settings, PostgresFeedbackStore(pool))
+    fb_grpc.add_FeedbackServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
     await server.stop(0)
+    service.close()
     await pool.close()
 
 
@@ -159,7 +161,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
     payload = sum(m.ByteSize() for m in messages)
 
     server = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", db_url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        sys.executable, __file__, "--serve", db_url, "--server-processes", str(args.server_processes),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     port = int((await server.stdout.readline()).decode())
     channel = grpc.aio.insecure_channel(
@@ -190,7 +193,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
     rate = {name: args.events / statistics.median(ts) for name, ts in times.items()}
     print(f"\n{args.events:,} events in messages of {args.batch} ({payload / args.events:.0f} bytes each on the wire), "
-          f"{args.streams} stream(s), {args.repeats} interleaved rounds, medians; CPUs: {os.cpu_count()}")
+          f"{args.streams} stream(s), server feedback_ingest_processes={args.server_processes}, {args.repeats} "
+          f"interleaved rounds, medians; CPUs: {os.cpu_count()}")
     for name, value in rate.items():
         print(f"  {name:<18} {value:>10,.0f} events/s")
     baseline = max(rate["raw COPY, records"], rate["raw COPY, text"])
@@ -203,11 +207,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2_000, help="events per stream message (and per raw COPY)")
     parser.add_argument("--streams", type=int, default=1, help="concurrent StreamFeedback calls")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--server-processes", type=int, default=0,
+                        help="the server's feedback_ingest_processes (worker processes preparing messages)")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve, args.server_processes))
         return
     if args.database_url:
         asyncio.run(run(args, args.database_url))

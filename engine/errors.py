@@ -48,6 +48,15 @@ class EngineError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # pickled whole (e.g. raised in a worker process), not as Exception(message)
+        return _rebuild, (type(self), self.reason, self.message, self.violations, self.metadata)
+
+
+def _rebuild(
+    cls: type[EngineError], reason: str, message: str, violations: tuple[FieldViolation, ...], metadata: dict[str, str]
+) -> EngineError:
+    return cls(reason, message, violations=violations, metadata=metadata)
+
 
 class InvalidArgument(EngineError):
     """The request itself is wrong; retrying it unchanged will fail again."""

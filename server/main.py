@@ -45,7 +45,7 @@ from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
-from server.services.feedback import build_feedback_service
+from server.services.feedback import FeedbackService, build_feedback_service
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
@@ -71,6 +71,7 @@ class App:
     metrics: MetricsServer | None = None
     lora: LoraRuntime | None = None
     fisher: FisherJobManager | None = None
+    feedback: FeedbackService | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
@@ -80,6 +81,8 @@ class App:
         if self.fisher is not None:
             await self.fisher.shutdown()
         await self.server.stop(grace)
+        if self.feedback is not None:
+            self.feedback.close()
         if self.metrics is not None:
             self.metrics.stop()
         if self.lora is not None:
@@ -214,9 +217,8 @@ async def start(settings: Settings) -> App:
     lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
         LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
     )
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
-        build_feedback_service(settings, feedback_store), server
-    )
+    feedback = build_feedback_service(settings, feedback_store)
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -234,7 +236,8 @@ async def start(settings: Settings) -> App:
     log.info(access.describe(settings))
     metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
     return App(
-        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs
+        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
+        feedback=feedback,
     )
 
 

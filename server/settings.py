@@ -112,6 +112,12 @@ class Settings(BaseSettings, LoraControlSettings):
     feedback_max_events_per_batch: int = Field(
         10_000, ge=1, le=1_000_000, description="Most events in one SubmitFeedback call or StreamFeedback message."
     )
+    feedback_ingest_processes: int = Field(
+        0, ge=0, le=64,
+        description="Worker processes that parse, validate, scrub and lay out StreamFeedback messages, several "
+        "messages of a stream at once (stored in order all the same); 0 does that work in the server process. "
+        "Worth it only with CPU cores to spare beside the server and PostgreSQL (see README, Benchmarks).",
+    )
     feedback_rating_positive_min: int = Field(4, ge=1, le=5, description="Ratings at or above count as positive.")
     feedback_rating_negative_max: int = Field(2, ge=1, le=5, description="Ratings at or below count as negative.")
     feedback_correction_weight: float = Field(

@@ -5,9 +5,10 @@ one InvalidArgument lists the problems of all bad events (up to a limit) as ``ev
 the store then writes the batch in a single transaction.
 
 A stream is a sequence of batches committed in order, one transaction each, with the next batch
-validated and scrubbed while the previous one is being written. When the stream fails, the error's
-metadata says how far it got: ``committed_messages`` (that many first messages are stored, no later
-one is), ``stored`` and ``duplicates``.
+validated and scrubbed while the previous one is being written (``stream``: in a thread of this
+process; ``store_prepared``: batches the caller prepared, e.g. in worker processes, several at once).
+When the stream fails, the error's metadata says how far it got: ``committed_messages`` (that many
+first messages are stored, no later one is), ``stored`` and ``duplicates``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -40,6 +41,9 @@ class FeedbackLimits:
     max_dwell_seconds: float = 86_400.0
     max_future_skew: timedelta = timedelta(minutes=10)
     max_violations: int = 50
+
+
+Prepared = tuple[CopyRows, dict[str, int]]  # a batch laid out for the store, and the scrubbing rules that fired
 
 
 class FeedbackRecordStore(Protocol):
@@ -302,11 +306,12 @@ class FeedbackIngestor:
         self._limits = limits
         self._clock = clock
 
-    def _prepare(self, events: Sequence[FeedbackEvent]) -> tuple[CopyRows, dict[str, int]]:
-        now = self._clock()
-        validate_batch(events, self._limits, now)
-        records, fired = to_records(events, self._scrubber, now)
-        return self._store.encode(records), fired
+    def now(self) -> datetime:
+        """The ingestor's clock: a batch is validated against, and stamped with, the time it was received."""
+        return self._clock()
+
+    def _prepare(self, events: Sequence[FeedbackEvent]) -> Prepared:
+        return prepare_batch(events, self._scrubber, self._limits, self._clock(), self._store.encode)
 
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""
@@ -315,13 +320,26 @@ class FeedbackIngestor:
 
     async def stream(self, batches: AsyncIterator[Sequence[FeedbackEvent]]) -> IngestResult:
         """Store batches in order, preparing batch k+1 while batch k is written (see module docstring)."""
+
+        async def prepared() -> AsyncIterator[Awaitable[Prepared]]:
+            async for events in batches:
+                # In a thread, so the event loop keeps feeding the previous batch to PostgreSQL meanwhile.
+                yield asyncio.to_thread(self._prepare, events)
+
+        return await self.store_prepared(prepared())
+
+    async def store_prepared(self, batches: AsyncIterator[Awaitable[Prepared]]) -> IngestResult:
+        """Store prepared batches (see ``prepare_batch``) in order, one transaction each (see module docstring).
+
+        Each item is awaited only when the previous batch has been handed to the store, so the caller may
+        prepare several ahead; an item that raises ends the stream after the batches before it are stored.
+        """
         total = IngestResult()
         pending: asyncio.Future[StoreOutcome] | None = None
         pending_fired: dict[str, int] = {}
         try:
-            async for events in batches:
-                # In a thread, so the event loop keeps feeding the previous batch to PostgreSQL meanwhile.
-                records, fired = await asyncio.to_thread(self._prepare, events)
+            async for item in batches:
+                records, fired = await item
                 if pending is not None:
                     writing, pending = pending, None
                     total += _result(await writing, pending_fired)
@@ -342,7 +360,20 @@ class FeedbackIngestor:
         finally:
             if pending is not None:
                 pending.cancel()
+            close = getattr(batches, "aclose", None)
+            if close is not None:  # stop the caller's preparation of batches that will not be stored
+                await close()
         return total
+
+
+def prepare_batch(
+    events: Sequence[FeedbackEvent], scrubber: Scrubber, limits: FeedbackLimits, now: datetime,
+    encode: Callable[[Sequence[tuple]], CopyRows],
+) -> Prepared:
+    """Validate (all or nothing), scrub and lay out one batch received at ``now``: CPU work only, no I/O."""
+    validate_batch(events, limits, now)
+    records, fired = to_records(events, scrubber, now)
+    return encode(records), fired
 
 
 def _result(outcome: StoreOutcome, fired: dict[str, int]) -> IngestResult:

@@ -1,6 +1,7 @@
 """FeedbackService: convert, call the ingestor / store, convert back.
 
-Torch-free on purpose (the ingestion benchmark serves it alone).
+Torch-free on purpose (the ingestion benchmark serves it alone). With ``feedback_ingest_processes``,
+StreamFeedback messages are prepared in worker processes (``server/feedback_workers.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from learning.v1 import feedback_pb2 as pb
 from learning.v1 import feedback_pb2_grpc as pb_grpc
 from server import convert_feedback as convert
+from server.feedback_workers import FeedbackWorkers
 from server.settings import Settings
 
 
@@ -30,8 +32,10 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         rating_positive_min: int,
         rating_negative_max: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        workers: FeedbackWorkers | None = None,
     ) -> None:
         self._ingestor = ingestor
+        self._workers = workers
         self._store = store
         self._rating_positive_min = rating_positive_min
         self._rating_negative_max = rating_negative_max
@@ -44,6 +48,10 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
     async def StreamFeedback(
         self, request_iterator: AsyncIterator[pb.StreamFeedbackRequest], context: grpc.aio.ServicerContext
     ):
+        if self._workers is not None:
+            prepared = self._workers.prepare_stream(request_iterator, self._ingestor.now)
+            return convert.stream_response(await self._ingestor.store_prepared(prepared))
+
         async def batches() -> AsyncIterator[list[FeedbackEvent]]:
             async for message in request_iterator:
                 # Off the event loop, which meanwhile streams the previous batch to PostgreSQL.
@@ -59,6 +67,11 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         )
         return convert.stats_to_pb(stats)
 
+    def close(self) -> None:
+        """Stop the worker processes, if any (after the server stopped serving)."""
+        if self._workers is not None:
+            self._workers.close()
+
     async def DeleteUserFeedback(self, request: pb.DeleteUserFeedbackRequest, context: grpc.aio.ServicerContext):
         deleted = await self._store.delete_user(convert.user_id_from_pb(request.user_id))
         return pb.DeleteUserFeedbackResponse(deleted=deleted)
@@ -70,9 +83,16 @@ def build_feedback_service(settings: Settings, store: PostgresFeedbackStore) -> 
         max_events_per_batch=settings.feedback_max_events_per_batch, max_text_chars=settings.feedback_max_text_chars
     )
     scrubber = Scrubber(settings.feedback_scrub_patterns, enabled=settings.feedback_scrub_enabled)
+    workers = None
+    if settings.feedback_ingest_processes:
+        workers = FeedbackWorkers(
+            settings.feedback_ingest_processes, scrub_patterns=settings.feedback_scrub_patterns,
+            scrub_enabled=settings.feedback_scrub_enabled, limits=limits,
+        )
     return FeedbackService(
         FeedbackIngestor(store, scrubber, limits),
         store,
         rating_positive_min=settings.feedback_rating_positive_min,
         rating_negative_max=settings.feedback_rating_negative_max,
+        workers=workers,
     )

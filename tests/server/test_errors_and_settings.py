@@ -60,6 +60,18 @@ def test_collector_raises_all_violations_at_once():
     assert [v.field for v in err.value.violations] == ["a", "c"]
 
 
+def test_engine_errors_survive_pickling_whole():  # as when raised in a feedback worker process
+    import pickle
+
+    from engine.errors import FieldViolation, InvalidArgument
+
+    error = InvalidArgument("INVALID_FEEDBACK", "bad batch", violations=[FieldViolation("events[1].kind", "unknown")],
+                            metadata={"first_invalid_index": "1"})
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is InvalidArgument and (copy.reason, copy.message, copy.violations, copy.metadata) == (
+        error.reason, error.message, error.violations, error.metadata)
+
+
 def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     config = tmp_path / "c.yaml"
     config.write_text("port: 6000\nmax_concurrent_jobs: 2\nlog_format: text\n")

@@ -117,6 +117,51 @@ async def test_stream_acknowledges_messages_and_reports_progress_on_bad_input(cl
         "6", "100", "500")
 
 
+async def test_stream_prepared_in_worker_processes_keeps_order_scrubbing_and_progress(
+    database_url: str, tmp_path: Path
+) -> None:
+    pool = await postgres.connect(database_url, max_size=4)
+    await postgres.migrate(pool)
+    settings = Settings(data_dir=tmp_path, feedback_ingest_processes=2,
+                        feedback_scrub_patterns={"ticket": r"\bTCK-\d{6}\b"})
+    service = build_feedback_service(settings, PostgresFeedbackStore(pool))
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    fb_grpc.add_FeedbackServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = fb_grpc.FeedbackServiceStub(channel)
+
+    async def messages(count: int, bad_at: int | None = None):
+        for m in range(count):
+            events = [ev(f"w{m}-{i:02d}") for i in range(100)]
+            events[0] = ev(f"w{m}-00", prompt=f"I am w{m}@example.com, see TCK-{m:06d}")
+            if m == bad_at:
+                events[7] = ev("bad", fb.FEEDBACK_KIND_RATING, rating=6)
+            yield fb.StreamFeedbackRequest(events=events)
+
+    try:
+        done = await stub.StreamFeedback(messages(5))
+        assert (done.stored, done.duplicates, done.messages) == (500, 0, 5)
+        assert dict(done.scrubbed) == {"email": 5, "ticket": 5}
+        prompt = await pool.fetchval("SELECT prompt FROM feedback_events WHERE client_event_id = 'w3-00'")
+        assert prompt == "I am [EMAIL], see [TICKET]"
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.StreamFeedback(messages(9, bad_at=6))
+        info, violations = error_details(err.value)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations[0][0] == "events[7].rating"
+        assert (info.metadata["committed_messages"], info.metadata["stored"], info.metadata["duplicates"]) == (
+            "6", "100", "500")
+        assert await pool.fetchval("SELECT count(*) FROM feedback_events") == 600  # nothing after the bad message
+    finally:
+        await channel.close()
+        await server.stop(0)
+        service.close()
+        await pool.close()
+
+
 # ---- PostgreSQL restarting under a stream -----------------------------------------------------------------
 
 
