@@ -138,19 +138,24 @@ def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -
             return False
         if len(it.prompt) > max_text or len(it.response) > max_text:
             return False
-        if it.messages and (len(it.messages) > limits.max_messages or not all(
-            t.role in ROLES and len(t.content) <= max_text for t in it.messages
-        )):
-            return False
+        if it.messages:
+            if len(it.messages) > limits.max_messages:
+                return False
+            for t in it.messages:  # a loop, not all(<generator>): cheaper for the few turns an event has
+                if t.role not in ROLES or len(t.content) > max_text:
+                    return False
     if max(map(len, ids)) > max_id or not "".join(ids).isprintable():
         return False
     if e.time is not None and e.time > latest:
         return False
     labels = e.labels
-    if labels and (len(labels) > limits.max_labels or not all(
-        k and len(k) <= limits.max_label_chars and len(v) <= limits.max_label_chars for k, v in labels
-    )):
-        return False
+    if labels:
+        if len(labels) > limits.max_labels:
+            return False
+        max_label = limits.max_label_chars
+        for k, v in labels:
+            if not k or len(k) > max_label or len(v) > max_label:
+                return False
     return True
 
 

@@ -85,7 +85,10 @@ def _keep_only(chars: bytes) -> bytes:
 
 
 _SHAPE = _keep_only(b"0123456789.:")  # what the digit, dot and colon conditions look at
-_BRACKET_AT_LETTERS = _keep_only(b"([{)]}aAtT")  # "(at)" in closed text survives as "(at)" here
+# A bracketed "at" in closed text (lower-cased, no whitespace) survives as "(at)" in the text cut down to
+# brackets and a/t letters, with every bracket made round and the letters lower-cased (one translate).
+_BRACKET_AT_LETTERS = _keep_only(b"([{)]}aAtT")
+_BRACKET_AT_FOLD = bytes.maketrans(b"[{]}AT", b"(())at")
 
 
 def _starts(lengths: Iterable[int]) -> list[int]:
@@ -121,18 +124,18 @@ def builtin_candidates(texts: Sequence[str]) -> set[int]:
             i = bisect_right(starts, at) - 1
             found.add(i)
             at = joined.find("@", starts[i + 1]) if i + 1 < n else -1
-    colons = map(bytes.count, shapes, repeat(b":"))
+    colons = list(map(bytes.count, shapes, repeat(b":")))
     found.update(compress(count(), map(ge, colons, repeat(2))))
     dots = list(map(bytes.count, shapes, repeat(b".")))
-    digits = list(map(sub, map(sub, map(len, shapes), dots), map(bytes.count, shapes, repeat(b":"))))
+    digits = list(map(sub, map(sub, map(len, shapes), dots), colons))
     found.update(compress(count(), map(ge, digits, repeat(7))))
     found.update(compress(count(), map(and_, map(ge, digits, repeat(4)), map(ge, dots, repeat(3)))))
     # A bracketed "at" (whitespace and case aside): find it in the text cut down to brackets and a/t letters,
     # which keeps every real one (and some false ones, which the exact per-text test then drops).
-    letters = raw.translate(None, _BRACKET_AT_LETTERS).lower()
-    if b"at)" in letters or b"at]" in letters or b"at}" in letters:
+    letters = raw.translate(_BRACKET_AT_FOLD, _BRACKET_AT_LETTERS)
+    if b"(at)" in letters:
         for i, part in enumerate(letters.split(b"\x00")):
-            if _BRACKET_AT.search(part) and i not in found and _bracket_at(texts[i]):
+            if b"(at)" in part and i not in found and _bracket_at(texts[i]):
                 found.add(i)
     return found
 
