@@ -73,7 +73,7 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class EwcSpec:
-    ewc_lambda: float = 1.0  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
+    ewc_lambda: float = 0.3  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
     gamma: float = 1.0
     fisher_snapshot: str = ""
     replay_fraction: float = 0.0

@@ -93,7 +93,8 @@ class Settings(BaseSettings, LoraControlSettings):
     )
     ewc_lambda_max: float = Field(100.0, gt=0, description="Largest EWC lambda a job may ask for.")
     ewc_lambda_default: float = Field(
-        1.0, gt=0, description="EWC lambda when a job names none (a unit L2 anchor, spread by Fisher importance)."
+        0.3, gt=0, description="EWC lambda when a job names none (chosen on held-out tasks; see README, Continual "
+        "learning).",
     )
 
     # ---- feedback (engine/feedback) ----------------------------------------------

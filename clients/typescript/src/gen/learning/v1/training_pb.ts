@@ -112,7 +112,8 @@ export const HyperparametersSchema: GenMessage<Hyperparameters> = /*@__PURE__*/
  */
 export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
   /**
-   * Penalty strength; unset means the server default (500).
+   * Penalty strength, in [ewc_lambda_min, ewc_lambda_max] of the server (0.001..100 unless configured);
+   * unset means the server's ewc_lambda_default (0.3 unless configured).
    *
    * @generated from field: optional double ewc_lambda = 1;
    */
