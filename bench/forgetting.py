@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.datasets import ChatMessage, Example  # noqa: E402
+from engine.datasets import ChatMessage, Example, encode_dataset, pad_token_id  # noqa: E402
 from engine.domain import Hyperparameters, JsonlSource, LoraSpec, TrainingJobSpec  # noqa: E402
 from engine.ewc import (  # noqa: E402
     DEFAULT_PENALTY_NORMALIZATION,
@@ -39,7 +39,9 @@ from engine.ewc import (  # noqa: E402
     PenaltyNormalization,
     diagonal_stats,
     mix_replay,
+    normalise_fisher,
 )
+from engine.ewc_product import ProductEwcPenalty, product_fisher  # noqa: E402
 from engine.fisher import FisherEstimator  # noqa: E402
 from engine.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
@@ -116,14 +118,28 @@ def accuracy(base_dir: Path, adapter_dir: Path, examples: list[Example], batch_s
     return correct / len(examples)
 
 
-def drift(adapter_dir: Path, anchor: dict, weights: dict) -> dict:
-    """RMS drift of the LoRA parameters from the task-A adapter, plain and weighted by the penalty's weights."""
+def drift(adapter_dir: Path, anchor: dict, weights: dict, product_weights: dict) -> dict:
+    """Drift from the task-A adapter: RMS of the LoRA parameters, the same weighted by the (LoRA-space)
+    penalty weights, and the drift of the products D = B @ A weighted by their own mean-normalised Fisher."""
     after = load_adapter_weights(adapter_dir)
     squared = {n: (after[n].float() - anchor[n].float()) ** 2 for n in anchor}
     count = sum(t.numel() for t in squared.values())
     plain = sum(float(t.sum()) for t in squared.values())
     weighted = sum(float((weights[n] * squared[n]).sum()) for n in squared)
-    return {"rms": (plain / count) ** 0.5, "sum_sq": plain, "weighted_sum_sq": weighted, "parameters": count}
+    product = 0.0
+    for p, w in product_weights.items():
+        a, b = f"{p}.lora_A.weight", f"{p}.lora_B.weight"
+        change = after[b].float() @ after[a].float() - anchor[b].float() @ anchor[a].float()
+        product += float((w * change.square()).sum())
+    return {"rms": (plain / count) ** 0.5, "sum_sq": plain, "weighted_sum_sq": weighted,
+            "product_weighted_sum_sq": product, "parameters": count}
+
+
+def measure_product_fisher(base_dir: Path, adapter_dir: Path, examples: list[Example]) -> dict:
+    """The diagonal Fisher of each LoRA product of the adapter on ``examples`` (engine.ewc_product)."""
+    model, tokenizer = load_adapter_model(base_dir, adapter_dir)
+    return product_fisher(model, encode_dataset(tokenizer, examples, 128), batch_size=8,
+                          pad_id=pad_token_id(tokenizer))
 
 
 def metrics(r: list[list[float]]) -> dict:
@@ -143,6 +159,8 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed))
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
+    product_raw = measure_product_fisher(base_dir, a_dir, task_a)
+    product_weights = normalise_fisher(product_raw, "mean")
     stats = diagonal_stats(fisher.diagonal)
     weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
     w_stats = diagonal_stats(weights)
@@ -154,18 +172,21 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
               "methods": {}}
     for key, method, ewc_lambda in runs_of(args):
         examples, penalty = list(task_b), None
-        if method in ("ewc", "replay"):
+        if method in ("ewc", "replay") and args.penalty_space == "product":
+            penalty = ProductEwcPenalty(product_raw, anchor, ewc_lambda)
+        elif method in ("ewc", "replay"):
             penalty = EwcPenalty(fisher.diagonal, anchor, ewc_lambda, args.normalization)
         if method == "replay":
             examples, _ = mix_replay(task_b, task_a, args.replay_fraction, seed)
         out = work / f"s{seed}-{key}"
         seconds = train(base_dir, examples, out, args, parent=a_dir, penalty=penalty, seed=seed)
         r_b = [accuracy(base_dir, out, task_a), accuracy(base_dir, out, task_b)]
-        moved = drift(out, anchor, weights)
+        moved = drift(out, anchor, weights, product_weights)
         result["methods"][key] = {**metrics([r_a, r_b]), "train_seconds": seconds, "drift": moved}
         print(f"seed {seed} {key:8s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
               f"BWT={result['methods'][key]['BWT']:+.3f} ({seconds:.0f}s); drift rms {moved['rms']:.3g}, "
-              f"penalty at lambda {ewc_lambda:g} = {0.5 * ewc_lambda * moved['weighted_sum_sq']:.4g}",
+              f"weighted sum w d^2: LoRA entries {moved['weighted_sum_sq']:.4g}, products "
+              f"{moved['product_weighted_sum_sq']:.4g}",
               flush=True)
     return result
 
@@ -257,6 +278,9 @@ def main() -> None:
     parser.add_argument("--normalization", default=DEFAULT_PENALTY_NORMALIZATION.value,
                         choices=[n.value for n in PenaltyNormalization], help="penalty weights from F")
     parser.add_argument("--replay-fraction", type=float, default=0.2)
+    parser.add_argument("--penalty-space", choices=("lora", "product"), default="lora",
+                        help="EWC on the LoRA entries (the service's) or on each pair's product B @ A "
+                             "(engine.ewc_product, experimental)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sweep", type=float, nargs="+", metavar="LAMBDA",
                         help="validation mode: plain and EWC at each lambda (use seeds other than the test seeds); "
@@ -281,7 +305,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; facts/task {args.facts}; seeds {args.seeds}; "
-          f"epochs {args.epochs}; lr {args.lr}; lambda {args.ewc_lambda} ({args.normalization}-normalised F); "
+          f"epochs {args.epochs}; lr {args.lr}; lambda {args.ewc_lambda} ({args.normalization}-normalised F, "
+          f"on the {args.penalty_space} space); "
           f"replay {args.replay_fraction}", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     started = time.monotonic()
