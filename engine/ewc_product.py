@@ -21,7 +21,7 @@ from torch import nn
 from engine.datasets import EncodedExample
 from engine.errors import FailedPrecondition
 from engine.ewc import DEFAULT_PENALTY_NORMALIZATION, normalise_fisher
-from engine.fisher import Diagonal, FisherEstimator, LinearTaps, _completion_nll, _Tap, trainable_parameters
+from engine.fisher import Diagonal, FisherEstimator, LinearTaps, Tap, completion_nll, trainable_parameters
 
 
 def _pair_prefix(name: str) -> tuple[str, str]:
@@ -33,8 +33,8 @@ def _pair_prefix(name: str) -> tuple[str, str]:
     raise FailedPrecondition("UNSUPPORTED_TRAINABLE_LAYER", f"{name} is not a LoRA A or B weight")
 
 
-def _pairs(taps: LinearTaps) -> dict[str, dict[str, _Tap]]:
-    sides: dict[str, dict[str, _Tap]] = {}
+def _pairs(taps: LinearTaps) -> dict[str, dict[str, Tap]]:
+    sides: dict[str, dict[str, Tap]] = {}
     for tap in taps.taps:
         prefix, side = _pair_prefix(tap.weight)
         sides.setdefault(prefix, {})[side] = tap
@@ -49,7 +49,7 @@ def per_sample_product_grads(
     sides = _pairs(taps)
     prefixes = list(sides)
     with torch.enable_grad():
-        nll = _completion_nll(model, chunk, [0] * len(chunk), pad_id, FisherEstimator.EMPIRICAL, device)
+        nll = completion_nll(model, chunk, [0] * len(chunk), pad_id, FisherEstimator.EMPIRICAL, device)
         grads = torch.autograd.grad(nll.sum(), [sides[p]["B"].output for p in prefixes], allow_unused=True)
     for prefix, grad in zip(prefixes, grads, strict=True):
         a_tap = sides[prefix]["A"]

@@ -21,7 +21,7 @@ weight gradient is ``sum_t dL_n/dout[t] (x) in[t]``. Forward hooks keep each lay
 ``torch.autograd.grad`` of the summed per-sample losses gives the output gradients, which for independent
 samples are exactly the per-sample ones. Only the work the log-likelihood needs is done: batches are formed
 by length (less padding), cut after their last predicting position, and the LM head and log-softmax run
-only where a completion token is predicted (:func:`_completion_nll`). :func:`naive_fisher` is the
+only where a completion token is predicted (:func:`completion_nll`). :func:`naive_fisher` is the
 reference: one backward per sample, on the full logits.
 """
 
@@ -116,7 +116,7 @@ def _per_sample_nll(
     return sequence_nll(logits, labels)
 
 
-def _completion_nll(
+def completion_nll(
     model: nn.Module, batch_examples: Sequence[EncodedExample], seeds: Sequence[int], pad_id: int,
     estimator: FisherEstimator, device: str,
 ) -> torch.Tensor:
@@ -158,7 +158,7 @@ def _head_is_frozen(model: nn.Module) -> bool:
 
 
 @dataclass
-class _Tap:
+class Tap:
     module: nn.Linear
     weight: str  # canonical parameter names, "" when that parameter is frozen
     bias: str
@@ -170,7 +170,7 @@ class LinearTaps:
     """Forward hooks keeping the input and output of every Linear layer that holds trainable parameters."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.taps: list[_Tap] = []
+        self.taps: list[Tap] = []
         owners: set[str] = set()
         for module_name, module in model.named_modules():
             own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
@@ -184,7 +184,7 @@ class LinearTaps:
                 )
             prefix = canonical_name(f"{module_name}.")
             weight = prefix + "weight" if "weight" in own else ""
-            tap = _Tap(module, weight, prefix + "bias" if "bias" in own else "")
+            tap = Tap(module, weight, prefix + "bias" if "bias" in own else "")
             owners.update(n for n in (tap.weight, tap.bias) if n)
             self.taps.append(tap)
         self._handles = [t.module.register_forward_hook(self._hook(t)) for t in self.taps]
@@ -196,7 +196,7 @@ class LinearTaps:
             )
 
     @staticmethod
-    def _hook(tap: _Tap):
+    def _hook(tap: Tap):
         def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             tap.inputs, tap.output = inputs[0], output
 
@@ -264,7 +264,7 @@ def compute_fisher(
     params = trainable_parameters(model)
     total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     taps = LinearTaps(model)
-    nll_of = _completion_nll if _head_is_frozen(model) else _per_sample_nll
+    nll_of = completion_nll if _head_is_frozen(model) else _per_sample_nll
     if estimator is not FisherEstimator.BATCH_MEAN_SQUARED:  # per-sample sums: batch by length, less padding
         indices.sort(key=lambda i: len(data[i].input_ids))
     batches = 0

@@ -12,7 +12,7 @@ from torch import nn
 from engine.datasets import ChatMessage, Example, encode_dataset, pad_token_id
 from engine.domain import LoraSpec, Precision, Quantization
 from engine.ewc_product import ProductEwcPenalty, per_sample_product_grads, product_fisher
-from engine.fisher import FisherEstimator, LinearTaps, _completion_nll, trainable_parameters
+from engine.fisher import FisherEstimator, LinearTaps, completion_nll, trainable_parameters
 from engine.models import load_base_model, select_device
 from engine.training import lora_config
 
@@ -48,7 +48,7 @@ def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
     for n, example in enumerate(data):
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            _completion_nll(model, [example], [0], pad, FisherEstimator.EMPIRICAL, "cpu").sum().backward()
+            completion_nll(model, [example], [0], pad, FisherEstimator.EMPIRICAL, "cpu").sum().backward()
         for prefix, g in grads.items():
             a, b = params[f"{prefix}.lora_A.weight"], params[f"{prefix}.lora_B.weight"]
             for mine, autograds in ((b.detach().T @ g[n], a.grad), (g[n] @ a.detach().T, b.grad)):

@@ -63,13 +63,13 @@ def test_vectorised_fisher_matches_the_naive_per_sample_loop(lora_model, estimat
 @pytest.mark.parametrize("estimator", [FisherEstimator.EMPIRICAL, FisherEstimator.SAMPLED])
 def test_completion_only_log_likelihood_equals_the_full_logits_one(lora_model, estimator):
     """The head at labelled positions only, on a batch cut after its last one, gives the same per-sample values."""
-    from engine.fisher import _completion_nll, _per_sample_nll
+    from engine.fisher import _per_sample_nll, completion_nll
 
     model, data, pad = lora_model
     batch, seeds = [data[i] for i in (8, 0, 4, 2)], [11, 12, 13, 14]  # mixed lengths, so padding and cutting
     with torch.no_grad():
         full = _per_sample_nll(model, batch, seeds, pad, estimator, "cpu")
-        only = _completion_nll(model, batch, seeds, pad, estimator, "cpu")
+        only = completion_nll(model, batch, seeds, pad, estimator, "cpu")
     assert torch.allclose(only, full, rtol=1e-5, atol=1e-5)
 
 
