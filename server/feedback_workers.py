@@ -10,23 +10,28 @@ order, one transaction each, so a stream's guarantees are those of ``FeedbackIng
 
 Workers are spawned (not forked: the server runs gRPC threads) at start, import no torch, and
 receive the time each message was received from the server process, so a batch is validated and
-stamped exactly as it would be in process.
+stamped exactly as it would be in process. If a worker dies, the streams it served fail with
+UNAVAILABLE (their ``committed_messages`` say what is stored) and the next message gets a new pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 
+from engine.errors import Unavailable
 from engine.feedback.ingest import FeedbackLimits, Prepared, prepare_batch
 from engine.feedback.scrub import Scrubber
 from engine.stores.feedback_store import encode_rows
 from learning.v1 import feedback_pb2 as pb
 from server.convert_feedback import events_from_pb
 
+log = logging.getLogger(__name__)
 _scrubber: Scrubber | None = None
 _limits: FeedbackLimits | None = None
 
@@ -54,12 +59,26 @@ class FeedbackWorkers:
         self, processes: int, *, scrub_patterns: Mapping[str, str], scrub_enabled: bool, limits: FeedbackLimits
     ) -> None:
         self.processes = processes
-        self._executor = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(dict(scrub_patterns), scrub_enabled, limits),
+        self._initargs = (dict(scrub_patterns), scrub_enabled, limits)
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        executor = ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+            initargs=self._initargs,
         )
-        for ready in [self._executor.submit(_ready) for _ in range(processes)]:  # spawn them now, not mid-stream
+        for ready in [executor.submit(_ready) for _ in range(self.processes)]:  # spawn them now, not mid-stream
             ready.result()
+        return executor
+
+    def _submit(self, data: bytes, now: datetime) -> Future[Prepared]:
+        try:
+            return self._executor.submit(_prepare, data, now)
+        except BrokenProcessPool:  # a worker died since: start a new pool (this once, in the event loop)
+            log.warning("feedback worker pool broken; starting a new one")
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._start()
+            return self._executor.submit(_prepare, data, now)
 
     def prepare_stream(
         self, messages: AsyncIterator[pb.StreamFeedbackRequest], clock: Callable[[], datetime]
@@ -75,7 +94,7 @@ class FeedbackWorkers:
         async def submit_each() -> None:
             try:
                 async for message in messages:
-                    work: Future[Prepared] = self._executor.submit(_prepare, message.SerializeToString(), clock())
+                    work = self._submit(message.SerializeToString(), clock())
                     await queue.put(asyncio.wrap_future(work))
                 await queue.put(None)
             except Exception as exc:  # the client's stream failed: the consumer raises it in order
@@ -86,15 +105,31 @@ class FeedbackWorkers:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield _unless_broken(item)
         finally:
             producer.cancel()
-            while not queue.empty():  # prepared ahead but never stored: drop them (and their errors)
+            while not queue.empty():  # prepared ahead but never to be stored: let them finish, unheeded
                 item = queue.get_nowait()
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
-                    if item.done() and not item.cancelled():
-                        item.exception()
+                if isinstance(item, asyncio.Future):  # not cancelled: a broken pool would then fail to fail it
+                    item.add_done_callback(_ignore)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and operators)."""
+        return [p.pid for p in (self._executor._processes or {}).values()]  # no public accessor
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _ignore(work: asyncio.Future[Prepared]) -> None:
+    if not work.cancelled():
+        work.exception()  # retrieved, so that asyncio does not report it as lost
+
+
+async def _unless_broken(work: asyncio.Future[Prepared]) -> Prepared:
+    try:
+        return await work
+    except BrokenProcessPool as exc:
+        raise Unavailable(
+            "FEEDBACK_WORKER_FAILED", "a feedback worker process died; resend the messages not committed"
+        ) from exc

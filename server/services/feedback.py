@@ -35,7 +35,7 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         workers: FeedbackWorkers | None = None,
     ) -> None:
         self._ingestor = ingestor
-        self._workers = workers
+        self.workers = workers
         self._store = store
         self._rating_positive_min = rating_positive_min
         self._rating_negative_max = rating_negative_max
@@ -48,8 +48,8 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
     async def StreamFeedback(
         self, request_iterator: AsyncIterator[pb.StreamFeedbackRequest], context: grpc.aio.ServicerContext
     ):
-        if self._workers is not None:
-            prepared = self._workers.prepare_stream(request_iterator, self._ingestor.now)
+        if self.workers is not None:
+            prepared = self.workers.prepare_stream(request_iterator, self._ingestor.now)
             return convert.stream_response(await self._ingestor.store_prepared(prepared))
 
         async def batches() -> AsyncIterator[list[FeedbackEvent]]:
@@ -69,8 +69,8 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
 
     def close(self) -> None:
         """Stop the worker processes, if any (after the server stopped serving)."""
-        if self._workers is not None:
-            self._workers.close()
+        if self.workers is not None:
+            self.workers.close()
 
     async def DeleteUserFeedback(self, request: pb.DeleteUserFeedbackRequest, context: grpc.aio.ServicerContext):
         deleted = await self._store.delete_user(convert.user_id_from_pb(request.user_id))

@@ -155,6 +155,41 @@ async def test_stream_prepared_in_worker_processes_keeps_order_scrubbing_and_pro
         assert (info.metadata["committed_messages"], info.metadata["stored"], info.metadata["duplicates"]) == (
             "6", "100", "500")
         assert await pool.fetchval("SELECT count(*) FROM feedback_events") == 600  # nothing after the bad message
+
+        for pid in service.workers.pids():  # a worker dies: streams fail UNAVAILABLE until a new pool serves
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(20):
+            try:
+                done = await stub.StreamFeedback(messages(9))
+                break
+            except grpc.aio.AioRpcError as failed:
+                assert failed.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_details(failed)[0].reason == "FEEDBACK_WORKER_FAILED"
+                await asyncio.sleep(0.1)
+        assert (done.stored, done.duplicates) == (300, 600)  # the rest, exactly once
+
+        big = [ev(f"k-{i:04d}") for i in range(5000)]
+
+        async def dying():  # a worker dies while it prepares a message
+            yield fb.StreamFeedbackRequest(events=big)
+            await asyncio.sleep(0.02)
+            for pid in service.workers.pids():
+                os.kill(pid, signal.SIGKILL)
+            yield fb.StreamFeedbackRequest(events=[ev("k-last")])
+
+        try:
+            await stub.StreamFeedback(dying())
+        except grpc.aio.AioRpcError as failed:  # unless the message was done before the kill
+            info, _ = error_details(failed)
+            assert (failed.code(), info.reason) == (grpc.StatusCode.UNAVAILABLE, "FEEDBACK_WORKER_FAILED")
+            stored = await pool.fetchval("SELECT count(*) FROM feedback_events WHERE client_event_id LIKE 'k-%'")
+            assert int(info.metadata["stored"]) == stored
+        async def resend():
+            yield fb.StreamFeedbackRequest(events=big)
+            yield fb.StreamFeedbackRequest(events=[ev("k-last")])
+
+        await stub.StreamFeedback(resend())
+        assert await pool.fetchval("SELECT count(*) FROM feedback_events WHERE client_event_id LIKE 'k-%'") == 5001
     finally:
         await channel.close()
         await server.stop(0)
