@@ -315,12 +315,13 @@ class FeedbackIngestor:
         """The ingestor's clock: a batch is validated against, and stamped with, the time it was received."""
         return self._clock()
 
-    def _prepare(self, events: Sequence[FeedbackEvent]) -> Prepared:
+    def prepare(self, events: Sequence[FeedbackEvent]) -> Prepared:
+        """Validate, scrub and lay out one batch received now (CPU only: call it off the event loop)."""
         return prepare_batch(events, self._scrubber, self._limits, self._clock(), self._store.encode)
 
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""
-        records, fired = await asyncio.to_thread(self._prepare, events)
+        records, fired = await asyncio.to_thread(self.prepare, events)
         return _result(await self._store.insert(records), fired)
 
     async def stream(self, batches: AsyncIterator[Sequence[FeedbackEvent]]) -> IngestResult:
@@ -329,7 +330,7 @@ class FeedbackIngestor:
         async def prepared() -> AsyncIterator[Awaitable[Prepared]]:
             async for events in batches:
                 # In a thread, so the event loop keeps feeding the previous batch to PostgreSQL meanwhile.
-                yield asyncio.to_thread(self._prepare, events)
+                yield asyncio.to_thread(self.prepare, events)
 
         return await self.store_prepared(prepared())
 

@@ -7,13 +7,12 @@ StreamFeedback messages are prepared in worker processes (``server/feedback_work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import grpc
 
-from engine.feedback.events import FeedbackEvent
-from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
+from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, Prepared
 from engine.feedback.scrub import Scrubber
 from engine.stores.feedback_store import PostgresFeedbackStore
 from learning.v1 import feedback_pb2 as pb
@@ -52,12 +51,16 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
             prepared = self.workers.prepare_stream(request_iterator, self._ingestor.now)
             return convert.stream_response(await self._ingestor.store_prepared(prepared))
 
-        async def batches() -> AsyncIterator[list[FeedbackEvent]]:
-            async for message in request_iterator:
-                # Off the event loop, which meanwhile streams the previous batch to PostgreSQL.
-                yield await asyncio.to_thread(convert.events_from_pb, message.events)
+        def prepare(message: pb.StreamFeedbackRequest) -> Prepared:
+            return self._ingestor.prepare(convert.events_from_pb(message.events))
 
-        return convert.stream_response(await self._ingestor.stream(batches()))
+        async def prepared() -> AsyncIterator[Awaitable[Prepared]]:
+            async for message in request_iterator:
+                # Conversion and preparation in one hop off the event loop, which meanwhile streams the previous
+                # batch to PostgreSQL.
+                yield asyncio.to_thread(prepare, message)
+
+        return convert.stream_response(await self._ingestor.store_prepared(prepared()))
 
     async def GetFeedbackStats(self, request: pb.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext):
         start, end = convert.window_from_pb(request, self._clock())
