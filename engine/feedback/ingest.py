@@ -251,7 +251,7 @@ def to_records(
     texts = _texts(events)
     dirty = scrubber.to_scrub(texts)
     scrub = scrubber.scrub
-    dumps = json.dumps
+    dumps = json.JSONEncoder(ensure_ascii=False).encode  # non-ASCII as is: no backslash escapes for COPY to escape
     labels_json: dict[tuple[tuple[str, str], ...], str] = {(): "{}"}  # label sets repeat across a batch
     fired_total: dict[str, int] = {}
     records = []
