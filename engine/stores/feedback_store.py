@@ -43,6 +43,11 @@ COLUMNS = (
 Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.ingest
 _NULL = "\\N"
 _DELIMITERS_PER_ROW = len(COLUMNS) - 1
+# The columns whose text comes from the client (ids, free text, JSON): the only ones that may need escaping.
+_TEXTS = tuple(COLUMNS.index(c) for c in (
+    "tenant_id", "client_event_id", "correction", "interaction_id", "messages", "prompt", "response",
+    "adapter_version", "user_id", "labels",
+))
 
 _EXPLICIT = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
 _ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
@@ -99,74 +104,60 @@ class CopyRows:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if "\t" in value:
+        value = value.replace("\t", "\\t")
+    if "\n" in value:
+        value = value.replace("\n", "\\n")
+    if "\r" in value:
+        value = value.replace("\r", "\\r")
+    return value
 
 
-def _lines(records: Sequence[Record]) -> tuple[list[str], int]:
-    """The COPY lines of the records, unescaped, and how many NULL markers they hold."""
+def _lines(records: Sequence[Record]) -> list[str]:
+    """The COPY lines of the records, each checked and, if a text needs it, laid out again escaped."""
     lines = []
     add = lines.append
-    nulls = 0
     received = received_text = None
-    for (tenant, event_id, kind, rating, correction, dwell, interaction_id, has_content, messages, prompt, response,
-         adapter_version, user_id, event_time, received_time, labels, rules) in records:
+    for record in records:
+        (tenant, event_id, kind, rating, correction, dwell, interaction_id, has_content, messages, prompt, response,
+         adapter_version, user_id, event_time, received_time, labels, rules) = record
         if received_time is not received:
             received, received_text = received_time, received_time.isoformat()
-        nulls += ((rating is None) + (correction is None) + (dwell is None) + (messages is None) + (prompt is None)
-                  + (response is None))
-        add("\t".join((
+        fields = (
             tenant, event_id, kind, _NULL if rating is None else str(rating),
             _NULL if correction is None else correction, _NULL if dwell is None else repr(dwell), interaction_id,
-            "t" if has_content else "f",
-            _NULL if messages is None else messages, _NULL if prompt is None else prompt,
+            "t" if has_content else "f", _NULL if messages is None else messages, _NULL if prompt is None else prompt,
             _NULL if response is None else response, adapter_version, user_id,
             received_text if event_time is received_time else event_time.isoformat(), received_text, labels,
             "{" + ",".join(rules) + "}" if rules else "{}",
-        )))
+        )
+        line = "\t".join(fields)
+        nulls = ((rating is None) + (correction is None) + (dwell is None) + (messages is None) + (prompt is None)
+                 + (response is None))
+        # As laid out, the line is right unless a text holds a backslash (beyond the NULL markers), a tab, a
+        # newline or a carriage return; then it is laid out again with every field but the NULL markers escaped.
+        if line.count("\\") != nulls or line.count("\t") != _DELIMITERS_PER_ROW or "\n" in line or "\r" in line:
+            escaped = list(fields)
+            for i in _TEXTS:
+                if record[i] is not None:
+                    escaped[i] = _escape(escaped[i])
+            line = "\t".join(escaped)
+        add(line)
     add("")  # the data ends with a newline
-    return lines, nulls
-
-
-def _escaped_lines(records: Sequence[Record]) -> list[str]:
-    """The COPY lines of the records with every text escaped (the rare case: see ``encode_rows``)."""
-    lines = []
-    for record in records:
-        fields = [None if value is None else _escape(_text(value)) for value in record]
-        lines.append("\t".join(_NULL if f is None else f for f in fields))
-    lines.append("")
     return lines
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list):  # scrubbed_rules: names of rules, [a-z0-9_]
-        return "{" + ",".join(value) + "}"
-    return str(value)
 
 
 def encode_rows(records: Sequence[Record]) -> CopyRows:
     """Lay records out as COPY text-format data: one line per record, tab-separated, NULL as \\N.
 
     Texts need escaping only when they hold a backslash, tab, newline or carriage return; rather than
-    look at every field, the whole batch is laid out as is and counted: unless every backslash is one
-    of the NULL markers and every tab and newline one of the separators, it is laid out again with
-    every field escaped. Times are timezone-aware (validation compares them with an aware clock), so
-    their ISO form carries the offset.
+    look at every field, each line is laid out as is and counted (a few C-level scans), and laid out
+    again with every text escaped only when the counts say a text needs it. Times are timezone-aware
+    (validation compares them with an aware clock), so their ISO form carries the offset.
     """
-    n = len(records)
-    lines, nulls = _lines(records)
-    text = "\n".join(lines)
-    if (text.count("\\") != nulls or text.count("\t") != _DELIMITERS_PER_ROW * n or text.count("\n") != n
-            or "\r" in text):
-        text = "\n".join(_escaped_lines(records))
-    return CopyRows(text.encode(), n, tuple({r[_USER] for r in records}))
+    return CopyRows("\n".join(_lines(records)).encode(), len(records), tuple({r[_USER] for r in records}))
 
 
 def user_hash(user_id: str) -> str:

@@ -10,8 +10,9 @@ import pytest
 
 from engine.errors import InvalidArgument
 from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
-from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
+from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, to_records
 from engine.feedback.scrub import Scrubber
+from engine.stores.feedback_store import encode_rows
 from tests.feedback.conftest import NOW, event
 
 
@@ -219,3 +220,27 @@ async def test_ratings_dwell_times_and_event_times_are_stored_exactly(store, poo
     assert rows["d"]["dwell_seconds"] == 0.1 + 0.2  # the float, bit for bit
     assert rows["n"]["event_time"] == rows["n"]["received_time"] == when + timedelta(seconds=1)
     assert rows["n"]["has_content"] is False and rows["n"]["interaction_id"] == "r"
+
+
+def test_copy_layout_escapes_exactly_the_texts_that_need_it() -> None:
+    def escape(v: str) -> str:
+        return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    def text(v) -> str:  # the plain reference: every field converted and escaped
+        if isinstance(v, bool):
+            return "t" if v else "f"
+        if isinstance(v, datetime):
+            return v.isoformat()
+        if isinstance(v, list):
+            return "{" + ",".join(v) + "}"
+        return v if isinstance(v, str) else repr(v) if isinstance(v, float) else str(v)
+
+    events = [
+        event("plain"), event("multi", response="line 1\nline 2\ttab\r"), event("slash\\id", prompt="C:\\New"),
+        event("null-like", response="\\N", labels=(("k\\", "v\n"),)), event("mail", prompt="a@b.io\nnext"),
+        event("r", FeedbackKind.RATING, rating=5), event("d", FeedbackKind.DWELL_TIME, dwell_seconds=0.1 + 0.2),
+        FeedbackEvent("ref", FeedbackKind.COPY, interaction_ref="i\t1", user_id="u"),
+    ]
+    records, _ = to_records(events, Scrubber(), NOW)
+    expected = "".join("\t".join("\\N" if v is None else escape(text(v)) for v in r) + "\n" for r in records)
+    assert encode_rows(records).data.decode() == expected
