@@ -56,27 +56,31 @@ _PHONE = re.compile(
 # A number grouped in thousands (by spaces or dots), e.g. "1 000 000": not a phone. A three-digit lead stays a phone.
 _THOUSANDS = re.compile(r"[1-9]\d?([ .])\d{3}(?:\1\d{3})+")
 _DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
-# Gate for the built-in rules, in a few C-level passes over ASCII text: anything a built-in rule can match
-# has an "@", a bracketed "at", 7+ digits, 4+ digits and 3+ dots, or 2+ colons. Text failing all of these
-# (most feedback) skips every rule; non-ASCII text (which may hold Unicode digits) always takes the full path.
+# Gate for the built-in rules, in a few C-level passes over the text's UTF-8: anything a built-in rule can
+# match has an "@", a bracketed "at", 7+ digits, 4+ digits and 3+ dots, or 2+ colons, where a digit is any
+# Unicode decimal digit (what the rules' \d matches). Text failing all of these (most feedback) skips every rule.
 _NOT_ASCII_DIGITS = bytes(c for c in range(256) if not 48 <= c <= 57)
-_WHITESPACE = b" \t\n\r\x0b\x0c"
+_ASCII = bytes(range(128))
+_WHITESPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # every ASCII character str.isspace() (and so \s) accepts
 _BRACKET_AT = re.compile(rb"[\[({]at[\])}]")  # on lower-cased text without whitespace
 
 
 def might_hold_builtin_pii(text: str) -> bool:
-    if not text.isascii():
-        return True
-    raw = text.encode("ascii")
+    raw = text.encode()
     if b"@" in raw or raw.count(b":") >= 2:
         return True
     digits = len(raw.translate(None, _NOT_ASCII_DIGITS))
+    ascii_only = text.isascii()
+    if not ascii_only:  # the other characters, UTF-8 sequences of bytes >= 0x80, decode on their own
+        digits += sum(map(str.isdecimal, raw.translate(None, _ASCII).decode()))
     if digits >= 7 or (digits >= 4 and raw.count(b".") >= 3):
         return True
     if b"(" not in raw and b"[" not in raw and b"{" not in raw:
         return False
     closed = raw.lower().translate(None, _WHITESPACE)
-    return (b"at)" in closed or b"at]" in closed or b"at}" in closed) and _BRACKET_AT.search(closed) is not None
+    if (b"at)" in closed or b"at]" in closed or b"at}" in closed) and _BRACKET_AT.search(closed) is not None:
+        return True
+    return not ascii_only and _EMAIL_HINT.search(text) is not None  # Unicode whitespace inside the brackets
 
 
 def _keep_only(chars: bytes) -> bytes:
@@ -115,8 +119,8 @@ def builtin_candidates(texts: Sequence[str]) -> set[int]:
     if len(shapes) != max(n, 1):  # a text holds NUL itself: text by text
         return {i for i, text in enumerate(texts) if might_hold_builtin_pii(text)}
     found: set[int] = set()
-    if not joined.isascii():
-        found.update(i for i, text in enumerate(texts) if not text.isascii())
+    if not joined.isascii():  # Unicode digits and whitespace: text by text (the passes below see ASCII only)
+        found.update(i for i, text in enumerate(texts) if not text.isascii() and might_hold_builtin_pii(text))
     at = joined.find("@")
     if at >= 0:
         starts = _starts(map(len, texts))
