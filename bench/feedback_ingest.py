@@ -170,6 +170,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     )
     stub = fb_grpc.FeedbackServiceStub(channel)
     times: dict[str, list[float]] = {"raw COPY, records": [], "raw COPY, text": [], "end to end": []}
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     try:
         async with pool.acquire() as conn:
             for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
@@ -194,7 +195,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
     rate = {name: args.events / statistics.median(ts) for name, ts in times.items()}
     print(f"\n{args.events:,} events in messages of {args.batch} ({payload / args.events:.0f} bytes each on the wire), "
           f"{args.streams} stream(s), server feedback_ingest_processes={args.server_processes}, {args.repeats} "
-          f"interleaved rounds, medians; CPUs: {os.cpu_count()}")
+          f"interleaved rounds, medians; CPUs: {os.cpu_count()}, load average (1 min) before/after: "
+          f"{load_before:.2f}/{os.getloadavg()[0]:.2f}")
     for name, value in rate.items():
         print(f"  {name:<18} {value:>10,.0f} events/s")
     baseline = max(rate["raw COPY, records"], rate["raw COPY, text"])
