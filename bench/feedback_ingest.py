@@ -94,6 +94,7 @@ async def serve(url: str, processes: int) -> None:
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     settings = Settings(data_dir=Path(tempfile.gettempdir()), feedback_ingest_processes=processes)
+    sys.setswitchinterval(settings.switch_interval_seconds)  # as server.main.start does
     service = build_feedback_service(settings, PostgresFeedbackStore(pool))
     fb_grpc.add_FeedbackServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 
 import asyncpg
@@ -153,6 +154,7 @@ async def start(settings: Settings) -> App:
         folder.mkdir(parents=True, exist_ok=True)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    sys.setswitchinterval(settings.switch_interval_seconds)
     pool, embedded = await _database(settings)
 
     registry = await _registry(settings, pool)

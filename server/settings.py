@@ -82,6 +82,12 @@ class Settings(BaseSettings, LoraControlSettings):
     )
     max_concurrent_jobs: int = Field(1, ge=1, le=16, description="Training/Fisher jobs run at once.")
     torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads for jobs; 0 keeps torch's default.")
+    switch_interval_seconds: float = Field(
+        0.001, gt=0, le=0.1,
+        description="How long a Python thread of the server may hold the interpreter lock while another waits "
+        "(sys.setswitchinterval; Python's default is 0.005). 1 ms lets the event loop keep PostgreSQL fed while "
+        "a thread prepares the next feedback batch: 25% more events/s in process (see README, Benchmarks).",
+    )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines or plain text.")

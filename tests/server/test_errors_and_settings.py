@@ -95,6 +95,13 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
         load_settings(config_file=tmp_path / "missing.yaml")
 
 
+async def test_the_server_applies_its_thread_switch_interval(make_server) -> None:
+    import sys
+
+    client = await make_server(switch_interval_seconds=0.002)
+    assert sys.getswitchinterval() == client.app.settings.switch_interval_seconds == 0.002
+
+
 def test_implicit_signal_labels_override_the_defaults_kind_by_kind(monkeypatch: pytest.MonkeyPatch):
     from engine.feedback.events import FeedbackKind
     from server.main import feedback_dataset_policy
