@@ -3,36 +3,12 @@ the penalty against a hand computation."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from engine.datasets import ChatMessage, Example, encode_dataset, pad_token_id
-from engine.domain import LoraSpec, Precision, Quantization
 from engine.ewc_product import ProductEwcPenalty, per_sample_product_grads, product_fisher
 from engine.fisher import FisherEstimator, LinearTaps, completion_nll, trainable_parameters
-from engine.models import load_base_model, select_device
-from engine.training import lora_config
-
-
-@pytest.fixture(scope="module")
-def lora_model(tiny_model_dir: Path):
-    from peft import get_peft_model
-
-    base, tokenizer = load_base_model(tiny_model_dir, plan=select_device(Precision.FP32),
-                                      quantization=Quantization.NONE)
-    torch.manual_seed(4)
-    model = get_peft_model(base, lora_config(LoraSpec(rank=4, alpha=8, dropout=0.0)))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            nn.init.normal_(p, std=0.2)
-    examples = [Example(messages=(ChatMessage("user", f"What is the capital of {c}?"),
-                                  ChatMessage("assistant", f"The capital of {c} is {k}.")))
-                for c, k in [("France", "Paris"), ("Veloria", "Marnesse"), ("Quorvia", "Tal Ammeth"),
-                             ("Ostrel", "Bay")]]
-    return model, encode_dataset(tokenizer, examples, 64), pad_token_id(tokenizer)
 
 
 def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
