@@ -39,7 +39,6 @@ from engine.ewc import (  # noqa: E402
     PenaltyNormalization,
     diagonal_stats,
     mix_replay,
-    normalise_fisher,
 )
 from engine.ewc_product import ProductEwcPenalty, product_fisher  # noqa: E402
 from engine.fisher import FisherEstimator  # noqa: E402
@@ -118,7 +117,7 @@ def accuracy(base_dir: Path, adapter_dir: Path, examples: list[Example], batch_s
     return correct / len(examples)
 
 
-def drift(adapter_dir: Path, anchor: dict, weights: dict, product_weights: dict) -> dict:
+def drift(adapter_dir: Path, anchor: dict, weights: dict, product_fisher_raw: dict) -> dict:
     """Drift from the task-A adapter: RMS of the LoRA parameters, the same weighted by the (LoRA-space)
     penalty weights, and the drift of the products D = B @ A weighted by their own mean-normalised Fisher."""
     after = load_adapter_weights(adapter_dir)
@@ -126,11 +125,7 @@ def drift(adapter_dir: Path, anchor: dict, weights: dict, product_weights: dict)
     count = sum(t.numel() for t in squared.values())
     plain = sum(float(t.sum()) for t in squared.values())
     weighted = sum(float((weights[n] * squared[n]).sum()) for n in squared)
-    product = 0.0
-    for p, w in product_weights.items():
-        a, b = f"{p}.lora_A.weight", f"{p}.lora_B.weight"
-        change = after[b].float() @ after[a].float() - anchor[b].float() @ anchor[a].float()
-        product += float((w * change.square()).sum())
+    product = float(ProductEwcPenalty(product_fisher_raw, anchor, 1.0).weighted_sum(after))
     return {"rms": (plain / count) ** 0.5, "sum_sq": plain, "weighted_sum_sq": weighted,
             "product_weighted_sum_sq": product, "parameters": count}
 
@@ -160,7 +155,6 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
     product_raw = measure_product_fisher(base_dir, a_dir, task_a)
-    product_weights = normalise_fisher(product_raw, "mean")
     stats = diagonal_stats(fisher.diagonal)
     weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
     w_stats = diagonal_stats(weights)
@@ -181,7 +175,7 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
         out = work / f"s{seed}-{key}"
         seconds = train(base_dir, examples, out, args, parent=a_dir, penalty=penalty, seed=seed)
         r_b = [accuracy(base_dir, out, task_a), accuracy(base_dir, out, task_b)]
-        moved = drift(out, anchor, weights, product_weights)
+        moved = drift(out, anchor, weights, product_raw)
         result["methods"][key] = {**metrics([r_a, r_b]), "train_seconds": seconds, "drift": moved}
         print(f"seed {seed} {key:8s}: R(B,A)={r_b[0]:.3f} R(B,B)={r_b[1]:.3f} "
               f"BWT={result['methods'][key]['BWT']:+.3f} ({seconds:.0f}s); drift rms {moved['rms']:.3g}, "

@@ -13,7 +13,7 @@ Per-sample gradient of D, in closed form like ``engine.fisher``: the lora_B modu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,7 +21,15 @@ from torch import nn
 from engine.datasets import EncodedExample
 from engine.errors import FailedPrecondition
 from engine.ewc import DEFAULT_PENALTY_NORMALIZATION, normalise_fisher
-from engine.fisher import Diagonal, FisherEstimator, LinearTaps, Tap, completion_nll, trainable_parameters
+from engine.fisher import (
+    Diagonal,
+    FisherEstimator,
+    LinearTaps,
+    Tap,
+    completion_nll,
+    trainable_parameters,
+    usable_samples,
+)
 
 
 def _pair_prefix(name: str) -> tuple[str, str]:
@@ -63,9 +71,7 @@ def per_sample_product_grads(
 def product_fisher(model: nn.Module, data: Sequence[EncodedExample], *, batch_size: int = 8,
                    pad_id: int = 0) -> Diagonal:
     """Diagonal empirical Fisher of every LoRA product D (keyed by module prefix), per-sequence NLL."""
-    indices = sorted((i for i, e in enumerate(data) if e.target_token_count), key=lambda i: len(data[i].input_ids))
-    if not indices:
-        raise FailedPrecondition("NO_FISHER_SAMPLES", "no sample has a completion token to measure")
+    indices = sorted(usable_samples(data), key=lambda i: len(data[i].input_ids))  # by length: less padding
     model.eval()
     taps = LinearTaps(model)
     total: Diagonal = {}
@@ -89,12 +95,15 @@ class ProductEwcPenalty:
                        for p in self.weights}
         self.ewc_lambda = float(ewc_lambda)
 
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        params = trainable_parameters(model)
+    def weighted_sum(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
         total = None
         for prefix, w in self.weights.items():
-            b, a = params[f"{prefix}.lora_B.weight"], params[f"{prefix}.lora_A.weight"]
+            b, a = weights[f"{prefix}.lora_B.weight"], weights[f"{prefix}.lora_A.weight"]
             w, anchor = w.to(a.device), self.anchor[prefix].to(a.device)
             term = (w * (b.float() @ a.float() - anchor).square()).sum()
             total = term if total is None else total + term
-        return 0.5 * self.ewc_lambda * total
+        return total
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return 0.5 * self.ewc_lambda * self.weighted_sum(trainable_parameters(model))

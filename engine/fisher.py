@@ -237,8 +237,12 @@ def _check_finite(name: str, value: torch.Tensor) -> None:
         )
 
 
-def _usable(data: Sequence[EncodedExample]) -> list[int]:
-    return [i for i, e in enumerate(data) if e.target_token_count]
+def usable_samples(data: Sequence[EncodedExample]) -> list[int]:
+    """Indices of the samples with a completion token to measure; FAILED_PRECONDITION if there is none."""
+    indices = [i for i, e in enumerate(data) if e.target_token_count]
+    if not indices:
+        raise FailedPrecondition("NO_FISHER_SAMPLES", "no sample has a completion token to measure")
+    return indices
 
 
 def compute_fisher(
@@ -256,9 +260,7 @@ def compute_fisher(
 
     Examples without completion tokens are skipped. The model is put in eval mode (no dropout).
     """
-    indices = _usable(data)
-    if not indices:
-        raise FailedPrecondition("NO_FISHER_SAMPLES", "no sample has a completion token to measure")
+    indices = usable_samples(data)
     device = next(model.parameters()).device.type
     model.eval()
     params = trainable_parameters(model)
@@ -303,7 +305,7 @@ def naive_fisher(
     """The reference: one forward and one backward pass per sample, squared parameter gradients."""
     if estimator is FisherEstimator.BATCH_MEAN_SQUARED:
         raise ValueError("the naive loop computes per-sample estimators only")
-    indices = _usable(data)
+    indices = [i for i, e in enumerate(data) if e.target_token_count]  # none: an all-zero reference
     device = next(model.parameters()).device.type
     model.eval()
     params = trainable_parameters(model)
