@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import EwcLineage, JsonlSource, TrainingJob, TrainingJobSpec, Warned
-from engine.errors import FailedPrecondition, NotFound
+from engine.domain import EwcLineage, FisherSpace, JsonlSource, TrainingJob, TrainingJobSpec, Warned
+from engine.errors import FailedPrecondition, FieldViolation, NotFound
 from engine.ewc import (
     DEFAULT_PENALTY_NORMALIZATION,
     EwcPenalty,
@@ -27,7 +27,8 @@ from engine.ewc import (
     mix_replay,
     shapes_of,
 )
-from engine.fisher import Diagonal, FisherResult, select_samples
+from engine.ewc_product import ProductEwcPenalty
+from engine.fisher import Diagonal, FisherResult, select_samples, space_shapes
 from engine.fisher_domain import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
 from engine.fisher_run import FisherRun, load_adapter_weights, run_fisher
 from engine.ports import CancelToken, ProgressSink
@@ -35,11 +36,12 @@ from engine.registry.records import lora_shape
 from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
 
 SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
+SPACE_FIELD = "spec.ewc.fisher_space"
 
 
 @dataclass(frozen=True)
 class EwcPlan:
-    penalty: EwcPenalty
+    penalty: EwcPenalty | ProductEwcPenalty
     examples: list[Example]
     lineage: EwcLineage
 
@@ -56,7 +58,28 @@ def new_snapshot(
         "create_time": datetime.now(UTC), "stat_sum": stats.sum, "stat_max": stats.max, "stat_mean": stats.mean,
         "quantiles": stats.quantiles, "parameter_count": stats.parameter_count,
         "normalization": result.normalization, "accumulated_from": accumulated_from, "gamma": gamma,
+        "space": result.space,
     }
+
+
+def make_penalty(space: FisherSpace, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float):
+    """The EWC penalty over ``space`` (FISHER_SHAPE_MISMATCH unless ``fisher`` fits the anchor's LoRA shape)."""
+    if space is FisherSpace.LORA_PRODUCT:
+        return ProductEwcPenalty(fisher, anchor, ewc_lambda)
+    return EwcPenalty(fisher, anchor, ewc_lambda, DEFAULT_PENALTY_NORMALIZATION)
+
+
+def check_space(snapshot: FisherSnapshot, space: FisherSpace) -> None:
+    """FAILED_PRECONDITION FISHER_SPACE_MISMATCH unless ``snapshot`` was measured in ``space``."""
+    if snapshot.space != space:
+        raise FailedPrecondition(
+            "FISHER_SPACE_MISMATCH",
+            f"{snapshot.name} holds the Fisher of the {snapshot.space.value} space, and this job's penalty is in "
+            f"the {space.value} space; set {SPACE_FIELD} to {snapshot.space.value}, or name a snapshot measured "
+            f"in {space.value}",
+            metadata={"snapshot": snapshot.name, "snapshot_space": snapshot.space.value},
+            violations=[FieldViolation(SPACE_FIELD, f"{snapshot.name} is in {snapshot.space.value}")],
+        )
 
 
 class EwcPlanner:
@@ -82,6 +105,7 @@ class EwcPlanner:
         snapshot = await self._snapshots.get(snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD))
         parent = await self._registry.get(spec.base_model, spec.parent_adapter_version,
                                           field_path="spec.parent_adapter_version")
+        check_space(snapshot, spec.ewc.space)
         if snapshot.base_model != spec.base_model:
             raise FailedPrecondition(
                 "FISHER_SHAPE_MISMATCH",
@@ -109,10 +133,11 @@ class EwcPlanner:
             snapshot, fisher = await self._snapshots.load(
                 snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD)
             )
+            check_space(snapshot, spec.ewc.space)
         else:
             snapshot, fisher = await self._measure_parent(spec, parent, parent_dir, base_model_dir, sink, cancel)
-        check_same_shapes(shapes_of(anchor), shapes_of(fisher), what=f"Fisher snapshot {snapshot.name}",
-                          reason="FISHER_SHAPE_MISMATCH")
+        check_same_shapes(space_shapes(shapes_of(anchor), spec.ewc.space), shapes_of(fisher),
+                          what=f"Fisher snapshot {snapshot.name}", reason="FISHER_SHAPE_MISMATCH")
         mixed, replayed = examples, 0
         if spec.ewc.replay_fraction > 0:
             earlier = await self._earlier_examples(parent, sink)
@@ -120,10 +145,11 @@ class EwcPlanner:
             sink.emit(Warned("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
                                              f"the {len(examples)} new ones"))
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
-                             spec.ewc.replay_fraction, replayed)
-        penalty = EwcPenalty(fisher, anchor, spec.ewc.ewc_lambda, DEFAULT_PENALTY_NORMALIZATION)
-        sink.emit(Warned("EWC_PENALTY_NORMALIZATION", f"penalty weights {penalty.normalization.value}-normalised "
-                                                      f"from the raw Fisher of {snapshot.name} (stored unchanged)"))
+                             spec.ewc.replay_fraction, replayed, spec.ewc.space)
+        penalty = make_penalty(spec.ewc.space, fisher, anchor, spec.ewc.ewc_lambda)
+        sink.emit(Warned("EWC_PENALTY_NORMALIZATION", f"penalty over the {penalty.space.value} space, weights "
+                                                      f"{penalty.normalization.value}-normalised from the raw "
+                                                      f"Fisher of {snapshot.name} (stored unchanged)"))
         return EwcPlan(penalty, mixed, lineage)
 
     # ---- pieces -------------------------------------------------------------------------
@@ -140,16 +166,24 @@ class EwcPlanner:
             f"training data ({len(chosen)} samples) before training",
         ))
         run = FisherRun(base_model_dir, parent_dir, chosen, FisherEstimator.EMPIRICAL,
-                        spec.hyperparameters.max_seq_length, spec.hyperparameters.batch_size)
+                        spec.hyperparameters.max_seq_length, spec.hyperparameters.batch_size, space=spec.ewc.space)
         result = await asyncio.to_thread(self._measure, run, cancel=cancel)
         fisher, accumulated_from = result.diagonal, ""
         if parent.fisher_snapshot:  # online EWC: keep what the parent itself was protecting
             try:
                 previous, old = await self._snapshots.load(snapshot_id_from_name(parent.fisher_snapshot))
-                fisher, accumulated_from = accumulate(old, fisher, spec.ewc.gamma), previous.name
             except NotFound:
                 sink.emit(Warned("EARLIER_FISHER_MISSING", f"{parent.fisher_snapshot}, which {parent.version} "
                                                            "was trained with, is gone; not accumulated"))
+            else:
+                if previous.space == spec.ewc.space:
+                    fisher, accumulated_from = accumulate(old, fisher, spec.ewc.gamma), previous.name
+                else:
+                    sink.emit(Warned(
+                        "EARLIER_FISHER_OTHER_SPACE",
+                        f"{previous.name}, which {parent.version} was trained with, is in the "
+                        f"{previous.space.value} space, not {spec.ewc.space.value}; not accumulated",
+                    ))
         snapshot = await self._snapshots.save(fisher, **new_snapshot(
             result, fisher, base_model=spec.base_model, adapter_version=parent.version,
             dataset_digest=parent.dataset.digest if parent.dataset else "", accumulated_from=accumulated_from,

@@ -71,6 +71,18 @@ class Hyperparameters:
     quantization: Quantization = Quantization.NONE
 
 
+class FisherSpace(enum.StrEnum):
+    """The parameters a Fisher diagonal, and the EWC penalty built from it, are over."""
+
+    LORA_PARAMETERS = "LORA_PARAMETERS"  # the entries of each LoRA A and B (engine.ewc.EwcPenalty)
+    LORA_PRODUCT = "LORA_PRODUCT"  # the entries of each pair's product B @ A (engine.ewc_product)
+
+
+# A record written before the product space existed (no field) is in the parameter space; new requests get
+# the server's setting.
+LEGACY_FISHER_SPACE = FisherSpace.LORA_PARAMETERS
+
+
 @dataclass(frozen=True)
 class EwcSpec:
     ewc_lambda: float = 0.3  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
@@ -78,6 +90,7 @@ class EwcSpec:
     fisher_snapshot: str = ""
     replay_fraction: float = 0.0
     disabled: bool = False
+    space: FisherSpace = LEGACY_FISHER_SPACE
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,7 @@ class EwcLineage:
     gamma: float
     replay_fraction: float = 0.0
     replayed_examples: int = 0
+    space: FisherSpace = LEGACY_FISHER_SPACE
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.errors import FailedPrecondition
-from engine.fisher import Diagonal, trainable_parameters
+from engine.fisher import Diagonal, FisherSpace, trainable_parameters
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -89,6 +89,8 @@ class EwcPenalty:
     ``fisher`` is the raw diagonal (kept as given in ``raw_fisher``); ``w`` is it scaled per
     ``normalization`` (see the module docstring).
     """
+
+    space = FisherSpace.LORA_PARAMETERS
 
     def __init__(
         self, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float,

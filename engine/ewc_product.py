@@ -1,109 +1,108 @@
-"""EWC on each LoRA pair's product D = B @ A instead of on the entries of A and B (experimental).
+"""EWC on each LoRA pair's product D = B @ A instead of on the entries of A and B (``FisherSpace.LORA_PRODUCT``).
 
 The model's output depends on A and B only through D (the layer adds ``scaling * D x``), and a diagonal
 penalty on the entries of A and B does not see that coupling: many small moves of entries, each cheap
-under the entry-wise penalty, add up in D. This variant measures the diagonal empirical Fisher of D and
-penalises ``(lambda / 2) * sum w (D - D*)^2`` with ``w = F_D / mean(F_D)`` (the same mean normalisation as
-``engine.ewc``). Used by ``bench/forgetting.py --penalty-space product`` to test that explanation of EWC's
-weak protection; the service's jobs use ``engine.ewc.EwcPenalty``.
-
-Per-sample gradient of D, in closed form like ``engine.fisher``: the lora_B module's output is ``D x``, so
-``dL_n/dD = sum_t dL_n/d(lora_B out)[t] (x) x[t]`` with ``x`` the lora_A module's input.
+under the entry-wise penalty, add up in D. This penalty uses the diagonal Fisher of D (measured by
+``engine.fisher.compute_fisher`` with ``space=LORA_PRODUCT``, keyed by the adapted module's name) and is
+``(lambda / 2) * sum w (B @ A - D*)^2`` with ``w = F_D / mean(F_D)``, the mean normalisation of ``engine.ewc``.
+In the forgetting benchmark it protected the earlier task better than the entry-wise penalty at the same
+cost to the new one (README, Continual learning), so it is the service's default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from engine.datasets import EncodedExample
-from engine.errors import FailedPrecondition
-from engine.ewc import DEFAULT_PENALTY_NORMALIZATION, normalise_fisher
-from engine.fisher import (
-    Diagonal,
-    FisherEstimator,
-    LinearTaps,
-    Tap,
-    completion_nll,
-    trainable_parameters,
-    usable_samples,
-)
+from engine.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
+from engine.fisher import Diagonal, FisherSpace, space_shapes, trainable_parameters
+
+CHUNK_ELEMENTS = 1 << 19  # products per chunk: about 2 MB of float32, so a chunk's passes stay in cache
 
 
-def _pair_prefix(name: str) -> tuple[str, str]:
-    """("...q_proj", "A" or "B") of a canonical LoRA weight name, e.g. "...q_proj.lora_A.weight"."""
-    for side in ("A", "B"):
-        marker = f".lora_{side}.weight"
-        if name.endswith(marker):
-            return name[: -len(marker)], side
-    raise FailedPrecondition("UNSUPPORTED_TRAINABLE_LAYER", f"{name} is not a LoRA A or B weight")
+class WeightedProductDrift(torch.autograd.Function):
+    """``sum w (B @ A - D*)^2`` over stacked pairs ``b`` [n, out, r], ``a`` [n, r, in], in cache-sized chunks.
 
+    One autograd node, whatever the number of pairs; the backward recomputes ``B @ A`` instead of keeping
+    every product (26.5M floats for SmolLM2's q/k/v/o) alive between forward and backward.
+    """
 
-def _pairs(taps: LinearTaps) -> dict[str, dict[str, Tap]]:
-    sides: dict[str, dict[str, Tap]] = {}
-    for tap in taps.taps:
-        prefix, side = _pair_prefix(tap.weight)
-        sides.setdefault(prefix, {})[side] = tap
-    return sides
+    @staticmethod
+    def _chunks(count: int, size: int) -> list[slice]:
+        step = max(1, CHUNK_ELEMENTS // size)
+        return [slice(i, i + step) for i in range(0, count, step)]
 
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(b, a, w, anchor)
+        total = b.new_zeros(())
+        for s in WeightedProductDrift._chunks(len(b), w[0].numel()):
+            total += torch.baddbmm(anchor[s], b[s], a[s], beta=-1).square_().mul_(w[s]).sum()
+        return total
 
-def per_sample_product_grads(
-    model: nn.Module, taps: LinearTaps, chunk: Sequence[EncodedExample], pad_id: int
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module prefix, [n, out, in] gradient of each sample's NLL with respect to its LoRA product D)."""
-    device = next(model.parameters()).device.type
-    sides = _pairs(taps)
-    prefixes = list(sides)
-    with torch.enable_grad():
-        nll = completion_nll(model, chunk, [0] * len(chunk), pad_id, FisherEstimator.EMPIRICAL, device)
-        grads = torch.autograd.grad(nll.sum(), [sides[p]["B"].output for p in prefixes], allow_unused=True)
-    for prefix, grad in zip(prefixes, grads, strict=True):
-        a_tap = sides[prefix]["A"]
-        x = a_tap.inputs.detach().reshape(len(chunk), -1, a_tap.inputs.shape[-1]).float()
-        g = grad.reshape(len(chunk), -1, grad.shape[-1]).float()
-        yield prefix, torch.einsum("bto,bti->boi", g, x)
-    for tap in taps.taps:
-        tap.inputs = tap.output = None
-
-
-def product_fisher(model: nn.Module, data: Sequence[EncodedExample], *, batch_size: int = 8,
-                   pad_id: int = 0) -> Diagonal:
-    """Diagonal empirical Fisher of every LoRA product D (keyed by module prefix), per-sequence NLL."""
-    indices = sorted(usable_samples(data), key=lambda i: len(data[i].input_ids))  # by length: less padding
-    model.eval()
-    taps = LinearTaps(model)
-    total: Diagonal = {}
-    try:
-        for start in range(0, len(indices), batch_size):
-            chunk = [data[i] for i in indices[start : start + batch_size]]
-            for prefix, grads in per_sample_product_grads(model, taps, chunk, pad_id):
-                squares = grads.square().sum(dim=0)
-                total[prefix] = total[prefix] + squares if prefix in total else squares
-    finally:
-        taps.close()
-    return {p: (t / len(indices)).cpu() for p, t in total.items()}
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        b, a, w, anchor = ctx.saved_tensors
+        grad_b, grad_a = torch.empty_like(b), torch.empty_like(a)
+        for s in WeightedProductDrift._chunks(len(b), w[0].numel()):
+            g = torch.baddbmm(anchor[s], b[s], a[s], beta=-1).mul_(w[s]).mul_(2 * grad)  # d/dD
+            grad_b[s] = torch.bmm(g, a[s].transpose(1, 2))
+            grad_a[s] = torch.bmm(b[s].transpose(1, 2), g)
+        return grad_b, grad_a, None, None
 
 
 class ProductEwcPenalty:
-    """``engine.training.Penalty``: (lambda/2) * sum_D w (B @ A - D*)^2 over the LoRA pairs."""
+    """``engine.training.Penalty``: (lambda/2) * sum_D w (B @ A - D*)^2 over the LoRA pairs.
+
+    Pairs of one shape are stacked and go through :class:`WeightedProductDrift` together (two groups for
+    q/k/v/o of a model with grouped-query attention), so a step adds a handful of autograd nodes.
+    """
+
+    space = FisherSpace.LORA_PRODUCT
+    normalization = DEFAULT_PENALTY_NORMALIZATION
 
     def __init__(self, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float) -> None:
-        self.weights = normalise_fisher(fisher, DEFAULT_PENALTY_NORMALIZATION)
-        self.anchor = {p: anchor[f"{p}.lora_B.weight"].float() @ anchor[f"{p}.lora_A.weight"].float()
-                       for p in self.weights}
+        check_same_shapes(space_shapes(shapes_of(anchor), self.space), shapes_of(fisher),
+                          what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
+        self.raw_fisher = fisher
         self.ewc_lambda = float(ewc_lambda)
+        weights = normalise_fisher(fisher, self.normalization)
+        by_shape: dict[tuple[int, ...], list[str]] = {}
+        for prefix in weights:
+            rank = anchor[f"{prefix}.lora_A.weight"].shape[0]
+            by_shape.setdefault((*weights[prefix].shape, rank), []).append(prefix)
+        # (prefixes, stacked weights [n, out, in], stacked anchor products B* @ A* [n, out, in])
+        self._groups = [
+            (prefixes, torch.stack([weights[p] for p in prefixes]),
+             torch.bmm(*(torch.stack([anchor[f"{p}.lora_{side}.weight"].float() for p in prefixes])
+                         for side in ("B", "A"))))
+            for prefixes in by_shape.values()
+        ]
+        self._bound: tuple[int, list[tuple[list[nn.Parameter], list[nn.Parameter]]]] | None = None
 
-    def weighted_sum(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
+    def _sum(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> torch.Tensor:
         total = None
-        for prefix, w in self.weights.items():
-            b, a = weights[f"{prefix}.lora_B.weight"], weights[f"{prefix}.lora_A.weight"]
-            w, anchor = w.to(a.device), self.anchor[prefix].to(a.device)
-            term = (w * (b.float() @ a.float() - anchor).square()).sum()
+        for (bs, as_), (_, w, anchor) in zip(pairs, self._groups, strict=True):
+            b, a = torch.stack([t.float() for t in bs]), torch.stack([t.float() for t in as_])
+            term = WeightedProductDrift.apply(b, a, w.to(a.device), anchor.to(a.device))
             total = term if total is None else total + term
         return total
 
+    def weighted_sum(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
+        return self._sum([([tensors[f"{p}.lora_B.weight"] for p in ps], [tensors[f"{p}.lora_A.weight"] for p in ps])
+                          for ps, _, _ in self._groups])
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
-        return 0.5 * self.ewc_lambda * self.weighted_sum(trainable_parameters(model))
+        if self._bound is None or self._bound[0] != id(model):
+            params = trainable_parameters(model)
+            check_same_shapes({p: tuple(w.shape[1:]) for ps, w, _ in self._groups for p in ps},
+                              space_shapes(shapes_of(params), self.space),
+                              what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
+            device = next(iter(params.values())).device  # once, not a copy of every weight per step
+            self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
+            self._bound = (id(model), [([params[f"{p}.lora_B.weight"] for p in ps],
+                                        [params[f"{p}.lora_A.weight"] for p in ps]) for ps, _, _ in self._groups])
+        return 0.5 * self.ewc_lambda * self._sum(self._bound[1])

@@ -15,6 +15,11 @@ Estimators (``FisherEstimator``):
 * ``BATCH_MEAN_SQUARED``: the square of each batch's mean gradient, averaged over batches. Biased (about
   batch-size times too small); offered for comparison only, never in place of the exact one.
 
+Spaces (``FisherSpace``): ``LORA_PARAMETERS`` measures every entry of the LoRA matrices A and B;
+``LORA_PRODUCT`` measures every entry of each pair's product D = B @ A, keyed by the adapted module's name
+(what the layer adds to its weight, ``scaling * D x``; see ``engine.ewc_product``). The per-sample gradient of
+D is ``sum_t dL_n/d(lora_B out)[t] (x) x[t]`` with ``x`` the lora_A module's input.
+
 Per-sample gradients come in closed form from one forward and one backward pass per batch: every
 trainable parameter must belong to an ``nn.Linear`` (true of LoRA's A and B matrices), whose per-sample
 weight gradient is ``sum_t dL_n/dout[t] (x) in[t]``. Forward hooks keep each layer's input and output;
@@ -37,7 +42,7 @@ from torch import nn
 
 from engine.datasets import IGNORE_INDEX, EncodedExample, collate
 from engine.errors import Cancelled, FailedPrecondition
-from engine.fisher_domain import NORMALIZATION, FisherEstimator
+from engine.fisher_domain import NORMALIZATION, FisherEstimator, FisherSpace
 from engine.ports import CancelToken
 
 Diagonal = dict[str, torch.Tensor]
@@ -50,6 +55,7 @@ class FisherResult:
     sample_count: int
     estimator: FisherEstimator
     normalization: str = NORMALIZATION
+    space: FisherSpace = FisherSpace.LORA_PARAMETERS
 
 
 # ---- parameters -------------------------------------------------------------------------
@@ -67,6 +73,31 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(p.shape) for n, p in trainable_parameters(model).items()}
+
+
+def lora_pair(name: str) -> tuple[str, str]:
+    """("...q_proj", "A" or "B") of a canonical LoRA weight name, e.g. "...q_proj.lora_A.weight"."""
+    for side in ("A", "B"):
+        marker = f".lora_{side}.weight"
+        if name.endswith(marker):
+            return name[: -len(marker)], side
+    raise FailedPrecondition(
+        "UNSUPPORTED_TRAINABLE_LAYER", f"{name} is not a LoRA A or B weight; the LORA_PRODUCT space needs pairs"
+    )
+
+
+def space_shapes(shapes: dict[str, tuple[int, ...]], space: FisherSpace) -> dict[str, tuple[int, ...]]:
+    """The shapes a Fisher in ``space`` has, given the LoRA parameters' shapes by canonical name."""
+    if space is FisherSpace.LORA_PARAMETERS:
+        return dict(shapes)
+    sides: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in shapes.items():
+        prefix, side = lora_pair(name)
+        sides.setdefault(prefix, {})[side] = shape
+    unpaired = sorted(p for p, s in sides.items() if set(s) != {"A", "B"})
+    if unpaired:
+        raise FailedPrecondition("UNSUPPORTED_TRAINABLE_LAYER", f"{unpaired[0]} has no complete LoRA pair")
+    return {prefix: (s["B"][0], s["A"][1]) for prefix, s in sides.items()}
 
 
 # ---- per-sample losses ---------------------------------------------------------------------
@@ -218,6 +249,24 @@ class LinearTaps:
                 yield tap.bias, g.sum(dim=1)
             tap.inputs = tap.output = None
 
+    def per_sample_product_grads(self, per_sample_loss: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(module prefix, [B, out, in] gradients of each sample's loss with respect to its LoRA product D)."""
+        sides: dict[str, dict[str, Tap]] = {}
+        for tap in self.taps:
+            prefix, side = lora_pair(tap.weight)
+            sides.setdefault(prefix, {})[side] = tap
+        prefixes = list(sides)
+        outputs = [sides[p]["B"].output for p in prefixes]
+        grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
+        batch = per_sample_loss.shape[0]
+        for prefix, output, grad_out in zip(prefixes, outputs, grads, strict=True):
+            a_in = sides[prefix]["A"].inputs
+            x = a_in.detach().reshape(batch, -1, a_in.shape[-1]).float()
+            g = (grad_out if grad_out is not None else torch.zeros_like(output)).reshape(batch, -1, output.shape[-1])
+            yield prefix, torch.einsum("bto,bti->boi", g.float(), x)
+        for tap in self.taps:
+            tap.inputs = tap.output = None
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -250,13 +299,15 @@ def compute_fisher(
     data: Sequence[EncodedExample],
     *,
     estimator: FisherEstimator = FisherEstimator.EMPIRICAL,
+    space: FisherSpace = FisherSpace.LORA_PARAMETERS,
     batch_size: int = 8,
     pad_id: int = 0,
     seed: int = 0,
     cancel: CancelToken | None = None,
     progress: Progress | None = None,
 ) -> FisherResult:
-    """Diagonal Fisher of the model's trainable parameters over ``data`` (vectorised, closed form).
+    """Diagonal Fisher over ``data`` (vectorised, closed form) in ``space``: of the model's trainable
+    parameters, or of each LoRA pair's product.
 
     Examples without completion tokens are skipped. The model is put in eval mode (no dropout).
     """
@@ -264,8 +315,10 @@ def compute_fisher(
     device = next(model.parameters()).device.type
     model.eval()
     params = trainable_parameters(model)
-    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    shapes = space_shapes({n: tuple(p.shape) for n, p in params.items()}, space)
+    total = {n: torch.zeros(shape, dtype=torch.float32, device=device) for n, shape in shapes.items()}
     taps = LinearTaps(model)
+    per_sample = taps.per_sample_grads if space is FisherSpace.LORA_PARAMETERS else taps.per_sample_product_grads
     nll_of = completion_nll if _head_is_frozen(model) else _per_sample_nll
     if estimator is not FisherEstimator.BATCH_MEAN_SQUARED:  # per-sample sums: batch by length, less padding
         indices.sort(key=lambda i: len(data[i].input_ids))
@@ -278,7 +331,7 @@ def compute_fisher(
             seeds = [seed * 1_000_003 + i for i in chunk]
             with torch.enable_grad():
                 nll = nll_of(model, [data[i] for i in chunk], seeds, pad_id, estimator, device)
-                for name, grads in taps.per_sample_grads(nll):
+                for name, grads in per_sample(nll):
                     if estimator is FisherEstimator.BATCH_MEAN_SQUARED:
                         squares = grads.mean(dim=0).square()
                     else:
@@ -291,7 +344,7 @@ def compute_fisher(
     finally:
         taps.close()
     divisor = batches if estimator is FisherEstimator.BATCH_MEAN_SQUARED else len(indices)
-    return FisherResult({n: t.div_(divisor).cpu() for n, t in total.items()}, len(indices), estimator)
+    return FisherResult({n: t.div_(divisor).cpu() for n, t in total.items()}, len(indices), estimator, space=space)
 
 
 def naive_fisher(

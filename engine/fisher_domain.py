@@ -6,7 +6,15 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.domain import FeedbackSource, JobFailure, JobProgress, JobState, JsonlSource
+from engine.domain import (
+    LEGACY_FISHER_SPACE,
+    FeedbackSource,
+    FisherSpace,
+    JobFailure,
+    JobProgress,
+    JobState,
+    JsonlSource,
+)
 
 # The log-likelihood of a sample is the sum over its completion tokens (see engine/fisher.py).
 NORMALIZATION = "sequence_sum"
@@ -27,6 +35,7 @@ class FisherJobSpec:
     dataset: JsonlSource | FeedbackSource
     num_samples: int = DEFAULT_NUM_SAMPLES
     estimator: FisherEstimator = FisherEstimator.EMPIRICAL
+    space: FisherSpace = LEGACY_FISHER_SPACE
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class FisherSnapshot:
     normalization: str = NORMALIZATION
     accumulated_from: str = ""
     gamma: float = 1.0
+    space: FisherSpace = LEGACY_FISHER_SPACE
 
     @property
     def name(self) -> str:

@@ -90,7 +90,8 @@ class FisherJobManager(JobManager):
                 f"num_samples {spec.num_samples} is more than the dataset's {len(examples)} examples; using all",
             ))
         chosen = [examples[i] for i in select_samples(len(examples), spec.num_samples)]
-        self._transition(live, JobState.RUNNING, f"measuring {len(chosen)} samples ({spec.estimator.value})")
+        self._transition(live, JobState.RUNNING, f"measuring {len(chosen)} samples ({spec.estimator.value}, "
+                                                 f"{spec.space.value})")
         self._set(live, start_time=_now(), progress=JobProgress(0, len(chosen)))
         sink, started = self._sink(live), time.monotonic()
 
@@ -99,7 +100,7 @@ class FisherJobManager(JobManager):
             sink.emit(FisherProgress(done, total, done / elapsed if elapsed > 0 else 0.0))
 
         run = FisherRun(model_dir, adapter_dir, chosen, spec.estimator, self._config.max_seq_length,
-                        self._config.batch_size)
+                        self._config.batch_size, space=spec.space)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
             self._executor, lambda: self._measure(run, cancel=live.cancel, progress=progress)

@@ -17,7 +17,7 @@ from engine.datasets import Example, encode_dataset, pad_token_id
 from engine.domain import Precision, Quantization
 from engine.errors import FailedPrecondition
 from engine.ewc import check_same_shapes, shapes_of
-from engine.fisher import Diagonal, FisherEstimator, FisherResult, compute_fisher, parameter_shapes
+from engine.fisher import Diagonal, FisherEstimator, FisherResult, FisherSpace, compute_fisher, parameter_shapes
 from engine.models import load_base_model, select_device
 from engine.ports import CancelToken
 
@@ -33,6 +33,7 @@ class FisherRun:
     max_seq_length: int = 512
     batch_size: int = 8
     seed: int = 0
+    space: FisherSpace = FisherSpace.LORA_PARAMETERS
 
 
 def load_adapter_weights(adapter_dir: Path) -> Diagonal:
@@ -65,8 +66,8 @@ def run_fisher(
                           reason="ADAPTER_SHAPE_MISMATCH")
         data = encode_dataset(tokenizer, run.examples, run.max_seq_length)
         return compute_fisher(
-            model, data, estimator=run.estimator, batch_size=run.batch_size, pad_id=pad_token_id(tokenizer),
-            seed=run.seed, cancel=cancel, progress=progress,
+            model, data, estimator=run.estimator, space=run.space, batch_size=run.batch_size,
+            pad_id=pad_token_id(tokenizer), seed=run.seed, cancel=cancel, progress=progress,
         )
     finally:
         del model

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.ewc_product import ProductEwcPenalty, per_sample_product_grads, product_fisher
-from engine.fisher import FisherEstimator, LinearTaps, completion_nll, trainable_parameters
+from engine.errors import FailedPrecondition
+from engine.ewc_product import CHUNK_ELEMENTS, ProductEwcPenalty, WeightedProductDrift
+from engine.fisher import FisherEstimator, FisherSpace, LinearTaps, completion_nll, compute_fisher, trainable_parameters
 
 
 def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
@@ -17,7 +18,9 @@ def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
     params = trainable_parameters(model)
     taps = LinearTaps(model)
     try:
-        grads = dict(per_sample_product_grads(model, taps, data, pad))
+        with torch.enable_grad():
+            nll = completion_nll(model, data, [0] * len(data), pad, FisherEstimator.EMPIRICAL, "cpu")
+            grads = dict(taps.per_sample_product_grads(nll))
     finally:
         taps.close()
     assert len(grads) == 2 * 4  # 2 layers x q/k/v/o
@@ -33,13 +36,37 @@ def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
     model.zero_grad(set_to_none=True)
 
 
-def test_product_fisher_does_not_depend_on_batching(lora_model):
+@pytest.mark.parametrize("estimator", [FisherEstimator.EMPIRICAL, FisherEstimator.SAMPLED])
+def test_product_fisher_is_the_mean_squared_per_sample_product_gradient(lora_model, estimator):
+    """compute_fisher in the product space against one sample at a time, and independent of batching."""
     model, data, pad = lora_model
-    one, four = product_fisher(model, data, batch_size=1, pad_id=pad), product_fisher(model, data, batch_size=4,
-                                                                                       pad_id=pad)
-    assert set(one) == set(four) and all(float(t.sum()) > 0 for t in one.values())
-    for prefix in one:
-        torch.testing.assert_close(one[prefix], four[prefix], rtol=1e-4, atol=1e-9)
+    result = compute_fisher(model, data, estimator=estimator, space=FisherSpace.LORA_PRODUCT, batch_size=4,
+                            pad_id=pad, seed=3)
+    assert result.space is FisherSpace.LORA_PRODUCT and result.sample_count == len(data)
+    taps, expected = LinearTaps(model), {}
+    try:
+        for i, example in enumerate(data):
+            with torch.enable_grad():
+                nll = completion_nll(model, [example], [3 * 1_000_003 + i], pad, estimator, "cpu")
+                for prefix, g in taps.per_sample_product_grads(nll):
+                    expected[prefix] = expected.get(prefix, 0) + g[0].square() / len(data)
+    finally:
+        taps.close()
+    params = trainable_parameters(model)
+    assert set(result.diagonal) == set(expected) and len(expected) == 8
+    for prefix, fisher in result.diagonal.items():
+        b, a = params[f"{prefix}.lora_B.weight"], params[f"{prefix}.lora_A.weight"]
+        assert fisher.shape == (b.shape[0], a.shape[1]) and float(fisher.sum()) > 0
+        torch.testing.assert_close(fisher, expected[prefix], rtol=1e-4, atol=1e-9)
+
+
+def test_product_penalty_refuses_a_fisher_of_another_shape(lora_model):
+    model, _, _ = lora_model
+    anchor = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+    entries = {n: torch.ones_like(t) for n, t in anchor.items()}  # a LORA_PARAMETERS diagonal
+    with pytest.raises(FailedPrecondition) as caught:
+        ProductEwcPenalty(entries, anchor, ewc_lambda=1.0)
+    assert caught.value.reason == "FISHER_SHAPE_MISMATCH"
 
 
 def test_product_penalty_by_hand():
@@ -69,3 +96,20 @@ def test_product_penalty_by_hand():
     assert float(penalty.detach()) == pytest.approx(expected)
     penalty.backward()
     assert a.grad is not None and b.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 2, 4), (5, 600, 4, 1000)])  # one chunk; one pair per chunk
+def test_the_fused_product_drift_has_autograds_gradients(shape):
+    n, out, r, inner = shape
+    assert (out * inner > CHUNK_ELEMENTS) == (shape[1] == 600)
+    generator = torch.Generator().manual_seed(0)
+    b, a = (torch.randn(s, generator=generator, dtype=torch.float64, requires_grad=True)
+            for s in ((n, out, r), (n, r, inner)))
+    w, anchor = torch.rand(n, out, inner, generator=generator, dtype=torch.float64), \
+        torch.randn(n, out, inner, generator=generator, dtype=torch.float64)
+    fused = WeightedProductDrift.apply(b, a, w, anchor)
+    plain = (w * (torch.bmm(b, a) - anchor).square()).sum()
+    assert float(fused) == pytest.approx(float(plain), rel=1e-12)
+    expected = torch.autograd.grad(plain, (b, a))
+    for mine, reference in zip(torch.autograd.grad(fused, (b, a)), expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
