@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.datasets import ChatMessage, Example, encode_dataset, pad_token_id  # noqa: E402
+from engine.datasets import ChatMessage, Example  # noqa: E402
 from engine.domain import Hyperparameters, JsonlSource, LoraSpec, TrainingJobSpec  # noqa: E402
 from engine.ewc import (  # noqa: E402
     DEFAULT_PENALTY_NORMALIZATION,
@@ -40,15 +40,18 @@ from engine.ewc import (  # noqa: E402
     diagonal_stats,
     mix_replay,
 )
-from engine.ewc_product import ProductEwcPenalty, product_fisher  # noqa: E402
-from engine.fisher import FisherEstimator  # noqa: E402
+from engine.ewc_product import ProductEwcPenalty  # noqa: E402
+from engine.fisher import FisherEstimator, FisherSpace  # noqa: E402
 from engine.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
 from engine.ports import CancelToken  # noqa: E402
 from engine.training import TrainingRun, run_training  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
-DEFAULT_LAMBDA = Settings.model_fields["ewc_lambda_default"].default
+SPACES = {"product": FisherSpace.LORA_PRODUCT, "lora": FisherSpace.LORA_PARAMETERS}
+DEFAULT_SPACE = next(k for k, v in SPACES.items() if v == Settings.model_fields["ewc_fisher_space"].default)
+DEFAULT_LAMBDAS = {"product": Settings.model_fields["ewc_lambda_default"].default,
+                   "lora": Settings.model_fields["ewc_parameters_lambda_default"].default}
 
 SYLLABLES = ["ka", "lo", "ver", "mi", "dra", "sen", "tor", "qua", "bel", "zin", "oru", "fen", "tal", "gri",
              "mon", "sha", "vex", "lun", "pra", "dok", "ely", "nar", "cus", "hib"]
@@ -130,13 +133,6 @@ def drift(adapter_dir: Path, anchor: dict, weights: dict, product_fisher_raw: di
             "product_weighted_sum_sq": product, "parameters": count}
 
 
-def measure_product_fisher(base_dir: Path, adapter_dir: Path, examples: list[Example]) -> dict:
-    """The diagonal Fisher of each LoRA product of the adapter on ``examples`` (engine.ewc_product)."""
-    model, tokenizer = load_adapter_model(base_dir, adapter_dir)
-    return product_fisher(model, encode_dataset(tokenizer, examples, 128), batch_size=8,
-                          pad_id=pad_token_id(tokenizer))
-
-
 def metrics(r: list[list[float]]) -> dict:
     """R[i][j]: accuracy on task j after training through task i (0-based here, 2 tasks)."""
     tasks = len(r)
@@ -154,7 +150,8 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed))
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
-    product_raw = measure_product_fisher(base_dir, a_dir, task_a)
+    product_raw = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed,
+                                       space=FisherSpace.LORA_PRODUCT)).diagonal
     stats = diagonal_stats(fisher.diagonal)
     weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
     w_stats = diagonal_stats(weights)
@@ -268,13 +265,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ewc-lambda", type=float, default=DEFAULT_LAMBDA, help="the service's default")
+    parser.add_argument("--ewc-lambda", type=float, help="default: the service's default for the penalty space")
     parser.add_argument("--normalization", default=DEFAULT_PENALTY_NORMALIZATION.value,
                         choices=[n.value for n in PenaltyNormalization], help="penalty weights from F")
     parser.add_argument("--replay-fraction", type=float, default=0.2)
-    parser.add_argument("--penalty-space", choices=("lora", "product"), default="lora",
-                        help="EWC on the LoRA entries (the service's) or on each pair's product B @ A "
-                             "(engine.ewc_product, experimental)")
+    parser.add_argument("--penalty-space", choices=tuple(SPACES), default=DEFAULT_SPACE,
+                        help="EWC on each LoRA pair's product B @ A (engine.ewc_product) or on the entries of A and "
+                             "B (engine.ewc); default: the service's")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sweep", type=float, nargs="+", metavar="LAMBDA",
                         help="validation mode: plain and EWC at each lambda (use seeds other than the test seeds); "
@@ -286,6 +283,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="instead of running: combine the seeds of earlier reports (e.g. one process per seed)")
     args = parser.parse_args()
+    if args.ewc_lambda is None:
+        args.ewc_lambda = DEFAULT_LAMBDAS[args.penalty_space]
     if args.merge:
         reports = [json.loads(path.read_text()) for path in args.merge]
         results = [seed for r in reports for seed in r["seeds"]]

@@ -6,6 +6,8 @@ ever sees complete domain objects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -38,6 +40,28 @@ JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in d.J
 JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
 
 
+FISHER_SPACE_FROM_PB = {
+    common.FISHER_SPACE_LORA_PARAMETERS: d.FisherSpace.LORA_PARAMETERS,
+    common.FISHER_SPACE_LORA_PRODUCT: d.FisherSpace.LORA_PRODUCT,
+}
+FISHER_SPACE_TO_PB = {v: k for k, v in FISHER_SPACE_FROM_PB.items()}
+
+
+@dataclass(frozen=True)
+class EwcDefaults:
+    """What a request leaving the Fisher space or the EWC lambda unset gets (the server's settings)."""
+
+    space: d.FisherSpace
+    lambdas: Mapping[d.FisherSpace, float]
+
+
+def fisher_space_from_pb(value: int, default: d.FisherSpace, field_path: str,
+                         issues: ViolationCollector) -> d.FisherSpace:
+    if value == common.FISHER_SPACE_UNSPECIFIED:
+        return default
+    return _enum(FISHER_SPACE_FROM_PB, value, field_path, issues)
+
+
 def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
     if value not in table:
         issues.add(field_path, f"unknown enum value {value}")
@@ -45,7 +69,7 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
     return table[value]
 
 
-def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, default_lambda: float) -> d.TrainingJobSpec:
+def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults) -> d.TrainingJobSpec:
     issues = ViolationCollector()
     lora_defaults = d.LoraSpec()
     lora = d.LoraSpec(
@@ -79,12 +103,14 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, default_la
     issues.check(16 <= hyper.max_seq_length <= 32768, "spec.hyperparameters.max_seq_length",
                  "must lie in [16, 32768]")
     e = msg.ewc
+    space = fisher_space_from_pb(e.fisher_space, ewc_defaults.space, "spec.ewc.fisher_space", issues)
     ewc = d.EwcSpec(
-        ewc_lambda=e.ewc_lambda if e.HasField("ewc_lambda") else default_lambda,
+        ewc_lambda=e.ewc_lambda if e.HasField("ewc_lambda") else ewc_defaults.lambdas[space],
         gamma=e.gamma if e.HasField("gamma") else 1.0,
         fisher_snapshot=e.fisher_snapshot,
         replay_fraction=e.replay_fraction,
         disabled=e.disabled,
+        space=space,
     )
     source = msg.WhichOneof("dataset")
     dataset: d.JsonlSource | d.FeedbackSource
@@ -140,6 +166,7 @@ def spec_to_pb(spec: d.TrainingJobSpec) -> pb.TrainingJobSpec:
         ewc=pb.EwcConfig(
             ewc_lambda=spec.ewc.ewc_lambda, gamma=spec.ewc.gamma, fisher_snapshot=spec.ewc.fisher_snapshot,
             replay_fraction=spec.ewc.replay_fraction, disabled=spec.ewc.disabled,
+            fisher_space=FISHER_SPACE_TO_PB[spec.ewc.space],
         ),
         major_version_bump=spec.major_version_bump,
         labels=dict(spec.labels),
@@ -219,12 +246,14 @@ def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
             parent_adapter_version=e.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
             ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
+            fisher_space=FISHER_SPACE_TO_PB[e.space],
         ))
     elif job.spec.parent_adapter_version and not job.spec.ewc.disabled:
         e = job.spec.ewc
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
             parent_adapter_version=job.spec.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
             ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
+            fisher_space=FISHER_SPACE_TO_PB[e.space],
         ))
     return msg
 

@@ -11,11 +11,20 @@ from engine.fisher_domain import (
     FisherJobSpec,
     FisherProgress,
     FisherSnapshot,
+    FisherSpace,
 )
 from engine.names import resource_id
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as pb
-from server.convert import JOB_STATE_TO_PB, _dur, _ts, failure_to_pb, state_change_to_pb
+from server.convert import (
+    FISHER_SPACE_TO_PB,
+    JOB_STATE_TO_PB,
+    _dur,
+    _ts,
+    failure_to_pb,
+    fisher_space_from_pb,
+    state_change_to_pb,
+)
 
 ESTIMATOR_FROM_PB = {
     pb.FISHER_ESTIMATOR_UNSPECIFIED: FisherEstimator.EMPIRICAL,
@@ -26,8 +35,9 @@ ESTIMATOR_FROM_PB = {
 ESTIMATOR_TO_PB = {e: pb.FisherEstimator.Value(f"FISHER_ESTIMATOR_{e.value}") for e in FisherEstimator}
 
 
-def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str) -> FisherJobSpec:
+def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_space: FisherSpace) -> FisherJobSpec:
     issues = ViolationCollector()
+    space = fisher_space_from_pb(msg.space, default_space, "spec.space", issues)
     issues.check(bool(msg.adapter_version), "spec.adapter_version", "must name an adapter version, e.g. v1.0")
     issues.check(msg.estimator in ESTIMATOR_FROM_PB, "spec.estimator", f"unknown enum value {msg.estimator}")
     source = msg.WhichOneof("dataset")
@@ -45,12 +55,14 @@ def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str) -> FisherJob
         dataset=dataset,
         num_samples=msg.num_samples or DEFAULT_NUM_SAMPLES,
         estimator=ESTIMATOR_FROM_PB[msg.estimator],
+        space=space,
     )
 
 
 def spec_to_pb(spec: FisherJobSpec) -> pb.FisherJobSpec:
     msg = pb.FisherJobSpec(base_model=spec.base_model, adapter_version=spec.adapter_version,
-                           num_samples=spec.num_samples, estimator=ESTIMATOR_TO_PB[spec.estimator])
+                           num_samples=spec.num_samples, estimator=ESTIMATOR_TO_PB[spec.estimator],
+                           space=FISHER_SPACE_TO_PB[spec.space])
     if isinstance(spec.dataset, d.JsonlSource):
         msg.jsonl.path = spec.dataset.path
     else:
@@ -94,7 +106,7 @@ def snapshot_to_pb(s: FisherSnapshot) -> pb.FisherSnapshot:
         stats=pb.FisherStats(sum=s.stat_sum, max=s.stat_max, mean=s.stat_mean, parameter_count=s.parameter_count,
                              quantiles=[pb.FisherQuantile(q=q, value=v) for q, v in s.quantiles]),
         sha256=s.sha256, size_bytes=s.size_bytes, normalization=s.normalization,
-        accumulated_from=s.accumulated_from,
+        accumulated_from=s.accumulated_from, space=FISHER_SPACE_TO_PB[s.space],
     )
 
 

@@ -42,6 +42,7 @@ from learning.v1 import (
     training_pb2_grpc,
 )
 from server import access
+from server.convert import EwcDefaults
 from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
@@ -204,12 +205,14 @@ async def start(settings: Settings) -> App:
     )
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingService(
-            jobs, default_base_model=settings.default_base_model, default_lambda=settings.ewc_lambda_default
+            jobs, default_base_model=settings.default_base_model,
+            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
         ),
         server,
     )
     fisher_pb2_grpc.add_FisherServiceServicer_to_server(
-        FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model), server
+        FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model,
+                      default_space=settings.ewc_fisher_space), server
     )
     adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
         AdapterService(registry, default_base_model=settings.default_base_model,

@@ -31,6 +31,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from engine.domain import FisherSpace
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -98,9 +99,19 @@ class Settings(BaseSettings, LoraControlSettings):
         "weight 1), so it is the strength of a plain L2 anchor to the parent; see README, Continual learning.",
     )
     ewc_lambda_max: float = Field(100.0, gt=0, description="Largest EWC lambda a job may ask for.")
+    ewc_fisher_space: FisherSpace = Field(
+        FisherSpace.LORA_PRODUCT,
+        description="What EWC penalises when a job (or a Fisher job) does not say: LORA_PRODUCT, each LoRA pair's "
+        "product B·A, or LORA_PARAMETERS, the entries of A and B. The product kept more of the earlier task at the "
+        "same cost to the new one on held-out tasks (see README, Continual learning).",
+    )
     ewc_lambda_default: float = Field(
-        0.3, gt=0, description="EWC lambda when a job names none (chosen on held-out tasks; see README, Continual "
-        "learning).",
+        1.0, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "
+        "(chosen on held-out tasks; see README, Continual learning).",
+    )
+    ewc_parameters_lambda_default: float = Field(
+        0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PARAMETERS space "
+        "(chosen on held-out tasks the same way).",
     )
 
     # ---- feedback (engine/feedback) ----------------------------------------------
@@ -258,12 +269,20 @@ class Settings(BaseSettings, LoraControlSettings):
 
     @model_validator(mode="after")
     def _lambda_range(self) -> Settings:
-        if not self.ewc_lambda_min <= self.ewc_lambda_default <= self.ewc_lambda_max:
-            raise ValueError(
-                f"ewc_lambda_default {self.ewc_lambda_default} must lie in "
-                f"[ewc_lambda_min {self.ewc_lambda_min}, ewc_lambda_max {self.ewc_lambda_max}]"
-            )
+        for name in ("ewc_lambda_default", "ewc_parameters_lambda_default"):
+            value = getattr(self, name)
+            if not self.ewc_lambda_min <= value <= self.ewc_lambda_max:
+                raise ValueError(
+                    f"{name} {value} must lie in "
+                    f"[ewc_lambda_min {self.ewc_lambda_min}, ewc_lambda_max {self.ewc_lambda_max}]"
+                )
         return self
+
+    @property
+    def ewc_lambda_defaults(self) -> dict[FisherSpace, float]:
+        """The lambda a job gets when it names none, by the space of its penalty."""
+        return {FisherSpace.LORA_PRODUCT: self.ewc_lambda_default,
+                FisherSpace.LORA_PARAMETERS: self.ewc_parameters_lambda_default}
 
     # ---- derived locations -------------------------------------------------
 

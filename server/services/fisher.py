@@ -8,6 +8,7 @@ from datetime import datetime
 import grpc
 
 from engine.domain import JobEvent
+from engine.fisher_domain import FisherSpace
 from engine.fisher_jobs import FisherJobManager
 from engine.jobs import _decode_page_token, _encode_page_token
 from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
@@ -20,14 +21,17 @@ MAX_REQUEST_ID = 128
 
 
 class FisherService(pb_grpc.FisherServiceServicer):
-    def __init__(self, jobs: FisherJobManager, snapshots: FisherSnapshotStore, *, default_base_model: str) -> None:
+    def __init__(self, jobs: FisherJobManager, snapshots: FisherSnapshotStore, *, default_base_model: str,
+                 default_space: FisherSpace) -> None:
         self._jobs = jobs
         self._snapshots = snapshots
         self._default_base_model = default_base_model
+        self._default_space = default_space
 
     async def CreateFisherJob(self, request: pb.CreateFisherJobRequest, context: grpc.aio.ServicerContext):
         convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
-        spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model)
+        spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model,
+                               default_space=self._default_space)
         job = await self._jobs.create(spec, request_id=request.request_id)
         return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(job))
 

@@ -17,15 +17,15 @@ MAX_REQUEST_ID = 128
 
 
 class TrainingService(pb_grpc.TrainingServiceServicer):
-    def __init__(self, jobs: TrainingJobManager, *, default_base_model: str, default_lambda: float) -> None:
+    def __init__(self, jobs: TrainingJobManager, *, default_base_model: str, ewc_defaults: convert.EwcDefaults) -> None:
         self._jobs = jobs
         self._default_base_model = default_base_model
-        self._default_lambda = default_lambda
+        self._ewc_defaults = ewc_defaults
 
     async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
         convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = convert.spec_from_pb(
-            request.spec, default_base_model=self._default_base_model, default_lambda=self._default_lambda
+            request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only)
         return pb.CreateTrainingJobResponse(training_job=convert.job_to_pb(job))

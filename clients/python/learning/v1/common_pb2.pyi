@@ -22,6 +22,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class FisherSpace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FISHER_SPACE_UNSPECIFIED: _ClassVar[FisherSpace]
+    FISHER_SPACE_LORA_PARAMETERS: _ClassVar[FisherSpace]
+    FISHER_SPACE_LORA_PRODUCT: _ClassVar[FisherSpace]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_PREPARING: JobState
@@ -30,6 +36,9 @@ JOB_STATE_CANCELLING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+FISHER_SPACE_UNSPECIFIED: FisherSpace
+FISHER_SPACE_LORA_PARAMETERS: FisherSpace
+FISHER_SPACE_LORA_PRODUCT: FisherSpace
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")

@@ -24,20 +24,22 @@ FISHER_ESTIMATOR_SAMPLED: FisherEstimator
 FISHER_ESTIMATOR_BATCH_MEAN_SQUARED: FisherEstimator
 
 class FisherJobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_version", "jsonl", "feedback", "num_samples", "estimator")
+    __slots__ = ("base_model", "adapter_version", "jsonl", "feedback", "num_samples", "estimator", "space")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     JSONL_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
+    SPACE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_version: str
     jsonl: _common_pb2.JsonlDataset
     feedback: _common_pb2.FeedbackDataset
     num_samples: int
     estimator: FisherEstimator
-    def __init__(self, base_model: _Optional[str] = ..., adapter_version: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., num_samples: _Optional[int] = ..., estimator: _Optional[_Union[FisherEstimator, str]] = ...) -> None: ...
+    space: _common_pb2.FisherSpace
+    def __init__(self, base_model: _Optional[str] = ..., adapter_version: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., num_samples: _Optional[int] = ..., estimator: _Optional[_Union[FisherEstimator, str]] = ..., space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class FisherJob(_message.Message):
     __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_snapshot", "last_sequence")
@@ -88,7 +90,7 @@ class FisherStats(_message.Message):
     def __init__(self, sum: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., quantiles: _Optional[_Iterable[_Union[FisherQuantile, _Mapping]]] = ..., parameter_count: _Optional[int] = ...) -> None: ...
 
 class FisherSnapshot(_message.Message):
-    __slots__ = ("name", "base_model", "adapter_version", "dataset_digest", "sample_count", "estimator", "create_time", "stats", "sha256", "size_bytes", "normalization", "accumulated_from")
+    __slots__ = ("name", "base_model", "adapter_version", "dataset_digest", "sample_count", "estimator", "create_time", "stats", "sha256", "size_bytes", "normalization", "accumulated_from", "space")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class FisherSnapshot(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     ACCUMULATED_FROM_FIELD_NUMBER: _ClassVar[int]
+    SPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     adapter_version: str
@@ -113,7 +116,8 @@ class FisherSnapshot(_message.Message):
     size_bytes: int
     normalization: str
     accumulated_from: str
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter_version: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., sample_count: _Optional[int] = ..., estimator: _Optional[_Union[FisherEstimator, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stats: _Optional[_Union[FisherStats, _Mapping]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., normalization: _Optional[str] = ..., accumulated_from: _Optional[str] = ...) -> None: ...
+    space: _common_pb2.FisherSpace
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter_version: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., sample_count: _Optional[int] = ..., estimator: _Optional[_Union[FisherEstimator, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stats: _Optional[_Union[FisherStats, _Mapping]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., normalization: _Optional[str] = ..., accumulated_from: _Optional[str] = ..., space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class FisherProgress(_message.Message):
     __slots__ = ("samples_done", "samples_total", "samples_per_second")

@@ -71,18 +71,20 @@ class Hyperparameters(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ...) -> None: ...
 
 class EwcConfig(_message.Message):
-    __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled")
+    __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled", "fisher_space")
     EWC_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     FISHER_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FRACTION_FIELD_NUMBER: _ClassVar[int]
     DISABLED_FIELD_NUMBER: _ClassVar[int]
+    FISHER_SPACE_FIELD_NUMBER: _ClassVar[int]
     ewc_lambda: float
     gamma: float
     fisher_snapshot: str
     replay_fraction: float
     disabled: bool
-    def __init__(self, ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., replay_fraction: _Optional[float] = ..., disabled: _Optional[bool] = ...) -> None: ...
+    fisher_space: _common_pb2.FisherSpace
+    def __init__(self, ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., replay_fraction: _Optional[float] = ..., disabled: _Optional[bool] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
     __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels")
@@ -116,18 +118,20 @@ class TrainingJobSpec(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EwcLineage(_message.Message):
-    __slots__ = ("parent_adapter_version", "fisher_snapshot", "ewc_lambda", "gamma", "replay_fraction")
+    __slots__ = ("parent_adapter_version", "fisher_snapshot", "ewc_lambda", "gamma", "replay_fraction", "fisher_space")
     PARENT_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     FISHER_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     EWC_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    FISHER_SPACE_FIELD_NUMBER: _ClassVar[int]
     parent_adapter_version: str
     fisher_snapshot: str
     ewc_lambda: float
     gamma: float
     replay_fraction: float
-    def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ...) -> None: ...
+    fisher_space: _common_pb2.FisherSpace
+    def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
     __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence")

@@ -14,12 +14,9 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/common.proto.
  */
 export const file_learning_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIrCgpKb2JXYXJuaW5nEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIuCghKb2JFcnJvchIiCgZzdGF0dXMYASABKAsyEi5nb29nbGUucnBjLlN0YXR1cyKsAgoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASIcCgxKc29ubERhdGFzZXQSDAoEcGF0aBgBIAEoCSL7AQoPRmVlZGJhY2tEYXRhc2V0EgwKBGRheXMYASABKA0SOAoGbGFiZWxzGAIgAygLMigubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0LkxhYmVsc0VudHJ5EhcKD2FkYXB0ZXJfdmVyc2lvbhgDIAEoCRITCgttaW5fc2FtcGxlcxgEIAEoDRINCgVmb3JjZRgFIAEoCBIYChB0aHVtYnNfdXBfd2VpZ2h0GAYgASgBEhoKEnRodW1ic19kb3duX3dlaWdodBgHIAEoARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIikKCkV2YWxNZXRyaWMSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoASrNAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhcKE0pPQl9TVEFURV9QUkVQQVJJTkcQAhIVChFKT0JfU1RBVEVfUlVOTklORxADEhgKFEpPQl9TVEFURV9DQU5DRUxMSU5HEAQSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAFEhQKEEpPQl9TVEFURV9GQUlMRUQQBhIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAdiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIrCgpKb2JXYXJuaW5nEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIuCghKb2JFcnJvchIiCgZzdGF0dXMYASABKAsyEi5nb29nbGUucnBjLlN0YXR1cyKsAgoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASIcCgxKc29ubERhdGFzZXQSDAoEcGF0aBgBIAEoCSL7AQoPRmVlZGJhY2tEYXRhc2V0EgwKBGRheXMYASABKA0SOAoGbGFiZWxzGAIgAygLMigubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0LkxhYmVsc0VudHJ5EhcKD2FkYXB0ZXJfdmVyc2lvbhgDIAEoCRITCgttaW5fc2FtcGxlcxgEIAEoDRINCgVmb3JjZRgFIAEoCBIYChB0aHVtYnNfdXBfd2VpZ2h0GAYgASgBEhoKEnRodW1ic19kb3duX3dlaWdodBgHIAEoARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIikKCkV2YWxNZXRyaWMSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoASrNAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhcKE0pPQl9TVEFURV9QUkVQQVJJTkcQAhIVChFKT0JfU1RBVEVfUlVOTklORxADEhgKFEpPQl9TVEFURV9DQU5DRUxMSU5HEAQSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAFEhQKEEpPQl9TVEFURV9GQUlMRUQQBhIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAcqbAoLRmlzaGVyU3BhY2USHAoYRklTSEVSX1NQQUNFX1VOU1BFQ0lGSUVEEAASIAocRklTSEVSX1NQQUNFX0xPUkFfUEFSQU1FVEVSUxABEh0KGUZJU0hFUl9TUEFDRV9MT1JBX1BST0RVQ1QQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
- * LoRA shape. Zero or empty fields take the server defaults
- * (rank 16, alpha 32, dropout 0.05, targets q/k/v/o projections).
- *
  * @generated from message learning.v1.LoraConfig
  */
 export type LoraConfig = Message<"learning.v1.LoraConfig"> & {
@@ -400,4 +397,43 @@ export enum JobState {
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
   enumDesc(file_learning_v1_common, 0);
+
+/**
+ * LoRA shape. Zero or empty fields take the server defaults
+ * (rank 16, alpha 32, dropout 0.05, targets q/k/v/o projections).
+ * The parameters a Fisher diagonal, and the EWC penalty built from it, are over.
+ *
+ * @generated from enum learning.v1.FisherSpace
+ */
+export enum FisherSpace {
+  /**
+   * The server's default (ewc_fisher_space; LORA_PRODUCT unless configured).
+   *
+   * @generated from enum value: FISHER_SPACE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every entry of the LoRA matrices A and B (textbook EWC on the trainable
+   * parameters). Snapshots are keyed by the LoRA weight names.
+   *
+   * @generated from enum value: FISHER_SPACE_LORA_PARAMETERS = 1;
+   */
+  LORA_PARAMETERS = 1,
+
+  /**
+   * Every entry of each LoRA pair's product B·A, what the adapter adds to the
+   * layer's weight, so the penalty sees how A and B move together. Snapshots
+   * are keyed by the adapted module's name, one [out, in] tensor each.
+   *
+   * @generated from enum value: FISHER_SPACE_LORA_PRODUCT = 2;
+   */
+  LORA_PRODUCT = 2,
+}
+
+/**
+ * Describes the enum learning.v1.FisherSpace.
+ */
+export const FisherSpaceSchema: GenEnum<FisherSpace> = /*@__PURE__*/
+  enumDesc(file_learning_v1_common, 1);
 
