@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class FisherServiceStub:
     """Computes and stores diagonal Fisher information over an adapter's LoRA
-    parameters, the importance weights of Elastic Weight Consolidation.
+    parameters or their products B·A (FisherSpace), the importance weights of
+    Elastic Weight Consolidation.
     """
 
     def __init__(self, channel):
@@ -75,7 +76,8 @@ class FisherServiceStub:
 
 class FisherServiceServicer:
     """Computes and stores diagonal Fisher information over an adapter's LoRA
-    parameters, the importance weights of Elastic Weight Consolidation.
+    parameters or their products B·A (FisherSpace), the importance weights of
+    Elastic Weight Consolidation.
     """
 
     def CreateFisherJob(self, request, context):
@@ -170,7 +172,8 @@ def add_FisherServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class FisherService:
     """Computes and stores diagonal Fisher information over an adapter's LoRA
-    parameters, the importance weights of Elastic Weight Consolidation.
+    parameters or their products B·A (FisherSpace), the importance weights of
+    Elastic Weight Consolidation.
     """
 
     @staticmethod

@@ -702,7 +702,8 @@ export const FisherEstimatorSchema: GenEnum<FisherEstimator> = /*@__PURE__*/
 
 /**
  * Computes and stores diagonal Fisher information over an adapter's LoRA
- * parameters, the importance weights of Elastic Weight Consolidation.
+ * parameters or their products B·A (FisherSpace), the importance weights of
+ * Elastic Weight Consolidation.
  *
  * @generated from service learning.v1.FisherService
  */
