@@ -91,6 +91,14 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT", "5000")
     with pytest.raises(SettingsError, match="ewc_lambda_default 5000"):
         load_settings()
+    monkeypatch.delenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT")
+    monkeypatch.setenv("LEARNING_ENGINE_EWC_PARAMETERS_LAMBDA_DEFAULT", "0.0001")
+    with pytest.raises(SettingsError, match="ewc_parameters_lambda_default 0.0001"):
+        load_settings()
+    monkeypatch.delenv("LEARNING_ENGINE_EWC_PARAMETERS_LAMBDA_DEFAULT")
+    monkeypatch.setenv("LEARNING_ENGINE_EWC_FISHER_SPACE", "LORA_ENTRIES")
+    with pytest.raises(SettingsError, match="ewc_fisher_space"):
+        load_settings()
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config_file=tmp_path / "missing.yaml")
 
