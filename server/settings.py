@@ -106,7 +106,7 @@ class Settings(BaseSettings, LoraControlSettings):
         "same cost to the new one on held-out tasks (see README, Continual learning).",
     )
     ewc_lambda_default: float = Field(
-        1.0, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "
+        0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "
         "(chosen on held-out tasks; see README, Continual learning).",
     )
     ewc_parameters_lambda_default: float = Field(

@@ -25,7 +25,8 @@ async def train(client, request: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, li
     return final, events
 
 
-async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client):
+async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_server):
+    client = await make_server(ewc_parameters_lambda_default=0.2)  # tells the two spaces' defaults apart
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     adapters = adapter_pb2_grpc.AdapterServiceStub(client.channel)
     v10, _ = await train(client, spec(epochs=2))
@@ -77,7 +78,8 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(client
     v13, events = await train(client, ewc_spec("v1.2", fisher_space=common_pb2.FISHER_SPACE_LORA_PARAMETERS))
     assert "EARLIER_FISHER_OTHER_SPACE" in [e.warning.code for e in events if e.HasField("warning")]
     assert v13.ewc_lineage.fisher_space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
-    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.3)
+    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.2)
+    assert v12.ewc_lineage.ewc_lambda == pytest.approx(0.3)  # ewc_lambda_default, for LORA_PRODUCT
     entries = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=v13.ewc_lineage.fisher_snapshot))).fisher_snapshot
     assert entries.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS and entries.accumulated_from == ""

@@ -113,8 +113,8 @@ export const HyperparametersSchema: GenMessage<Hyperparameters> = /*@__PURE__*/
 export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
   /**
    * Penalty strength, in [ewc_lambda_min, ewc_lambda_max] of the server (0.001..100 unless configured);
-   * unset means the server's default for the fisher_space: ewc_lambda_default (1.0) for LORA_PRODUCT,
-   * ewc_parameters_lambda_default (0.3) for LORA_PARAMETERS, unless configured.
+   * unset means the server's default for the fisher_space: ewc_lambda_default for LORA_PRODUCT,
+   * ewc_parameters_lambda_default for LORA_PARAMETERS (0.3 both, unless configured).
    *
    * @generated from field: optional double ewc_lambda = 1;
    */
