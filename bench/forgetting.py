@@ -50,8 +50,8 @@ from server.settings import Settings  # noqa: E402
 
 SPACES = {"product": FisherSpace.LORA_PRODUCT, "lora": FisherSpace.LORA_PARAMETERS}
 DEFAULT_SPACE = next(k for k, v in SPACES.items() if v == Settings.model_fields["ewc_fisher_space"].default)
-DEFAULT_LAMBDAS = {"product": Settings.model_fields["ewc_lambda_default"].default,
-                   "lora": Settings.model_fields["ewc_parameters_lambda_default"].default}
+DEFAULT_LAMBDAS = {"lora": Settings.model_fields["ewc_lambda_default"].default,
+                   "product": Settings.model_fields["ewc_product_lambda_default"].default}
 
 SYLLABLES = ["ka", "lo", "ver", "mi", "dra", "sen", "tor", "qua", "bel", "zin", "oru", "fen", "tal", "gri",
              "mon", "sha", "vex", "lun", "pra", "dok", "ely", "nar", "cus", "hib"]

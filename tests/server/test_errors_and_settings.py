@@ -92,10 +92,10 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(SettingsError, match="ewc_lambda_default 5000"):
         load_settings()
     monkeypatch.delenv("LEARNING_ENGINE_EWC_LAMBDA_DEFAULT")
-    monkeypatch.setenv("LEARNING_ENGINE_EWC_PARAMETERS_LAMBDA_DEFAULT", "0.0001")
-    with pytest.raises(SettingsError, match="ewc_parameters_lambda_default 0.0001"):
+    monkeypatch.setenv("LEARNING_ENGINE_EWC_PRODUCT_LAMBDA_DEFAULT", "0.0001")
+    with pytest.raises(SettingsError, match="ewc_product_lambda_default 0.0001"):
         load_settings()
-    monkeypatch.delenv("LEARNING_ENGINE_EWC_PARAMETERS_LAMBDA_DEFAULT")
+    monkeypatch.delenv("LEARNING_ENGINE_EWC_PRODUCT_LAMBDA_DEFAULT")
     monkeypatch.setenv("LEARNING_ENGINE_EWC_FISHER_SPACE", "LORA_ENTRIES")
     with pytest.raises(SettingsError, match="ewc_fisher_space"):
         load_settings()

@@ -26,13 +26,14 @@ async def train(client, request: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, li
 
 
 async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_server):
-    client = await make_server(ewc_parameters_lambda_default=0.2)  # tells the two spaces' defaults apart
+    client = await make_server(ewc_product_lambda_default=0.2)  # tells the two spaces' defaults apart
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     adapters = adapter_pb2_grpc.AdapterServiceStub(client.channel)
     v10, _ = await train(client, spec(epochs=2))
     assert v10.output_adapter_version == "v1.0"
 
-    v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=80.0, gamma=0.9))
+    product = common_pb2.FISHER_SPACE_LORA_PRODUCT
+    v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=80.0, gamma=0.9, fisher_space=product))
     assert v11.output_adapter_version == "v1.1"
     warnings = [e.warning.code for e in events if e.HasField("warning")]
     assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
@@ -48,7 +49,7 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     lineage = v11.ewc_lineage
     assert (lineage.parent_adapter_version, lineage.ewc_lambda, lineage.gamma) == ("v1.0", 80.0, pytest.approx(0.9))
     assert lineage.fisher_snapshot.startswith("fisherSnapshots/")
-    # The server's default space: the penalty is over each LoRA pair's product B·A.
+    # Asked for: the penalty is over each LoRA pair's product B·A.
     assert lineage.fisher_space == v11.spec.ewc.fisher_space == common_pb2.FISHER_SPACE_LORA_PRODUCT
     adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.1"))).adapter
     assert adapter.parent_version == "v1.0" and adapter.fisher_snapshot == lineage.fisher_snapshot
@@ -65,7 +66,7 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     assert snapshot.stats.parameter_count == 2 * 4 * 64 * 64  # 2 layers x q/k/v/o, one [64, 64] product each
 
     # v1.2 protects what v1.0 and v1.1 learned: its snapshot accumulates the one v1.1 was trained with.
-    v12, _ = await train(client, ewc_spec("v1.1", gamma=0.5))
+    v12, _ = await train(client, ewc_spec("v1.1", gamma=0.5, fisher_space=product))
     accumulated = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=v12.ewc_lineage.fisher_snapshot))).fisher_snapshot
     assert accumulated.adapter_version == "v1.1" and accumulated.accumulated_from == lineage.fisher_snapshot
@@ -74,12 +75,13 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     only = await fisher.ListFisherSnapshots(fisher_pb2.ListFisherSnapshotsRequest(adapter_version="v1.0", page_size=1))
     assert [s.name for s in only.fisher_snapshots] == [snapshot.name] and only.next_page_token == ""
 
-    # An entry-wise job after product ones: its own lambda default, and no mixing of the two spaces.
-    v13, events = await train(client, ewc_spec("v1.2", fisher_space=common_pb2.FISHER_SPACE_LORA_PARAMETERS))
+    # A job in the default (entry-wise) space after product ones: its own lambda default, and no mixing of the
+    # two spaces.
+    v13, events = await train(client, ewc_spec("v1.2"))
     assert "EARLIER_FISHER_OTHER_SPACE" in [e.warning.code for e in events if e.HasField("warning")]
-    assert v13.ewc_lineage.fisher_space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
-    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.2)
-    assert v12.ewc_lineage.ewc_lambda == pytest.approx(0.3)  # ewc_lambda_default, for LORA_PRODUCT
+    assert v13.ewc_lineage.fisher_space == v13.spec.ewc.fisher_space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
+    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.3)  # ewc_lambda_default
+    assert v12.ewc_lineage.ewc_lambda == pytest.approx(0.2)  # ewc_product_lambda_default
     entries = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=v13.ewc_lineage.fisher_snapshot))).fisher_snapshot
     assert entries.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS and entries.accumulated_from == ""
@@ -93,7 +95,7 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
                                        num_samples=5000, estimator=fisher_pb2.FISHER_ESTIMATOR_SAMPLED)
     job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=request))).fisher_job
     assert job.name.startswith("fisherJobs/") and job.spec.num_samples == 5000
-    assert job.spec.space == common_pb2.FISHER_SPACE_LORA_PRODUCT  # the server's default, filled in
+    assert job.spec.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS  # the server's default, filled in
     messages = [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
     events = [m.event for m in messages[1:]]
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
@@ -109,7 +111,7 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
     snapshot = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=done.output_snapshot))).fisher_snapshot
     assert snapshot.estimator == fisher_pb2.FISHER_ESTIMATOR_SAMPLED and snapshot.sample_count == 24
-    assert snapshot.space == common_pb2.FISHER_SPACE_LORA_PRODUCT
+    assert snapshot.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
     files = list((data_dir / "artifacts" / "fisher" / TINY / "v1.0").glob("*.safetensors"))
     assert [f.stem for f in files] == [snapshot.name.split("/")[1]]
 
@@ -150,17 +152,17 @@ async def test_bad_fisher_and_ewc_input(client):
     wrong_shape = ewc_spec("v1.0", fisher_snapshot=snapshot)
     assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=wrong_shape))) \
         == (grpc.StatusCode.FAILED_PRECONDITION, "FISHER_SHAPE_MISMATCH")
-    entries_of_v1 = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=dataset, num_samples=4,
-                                             space=common_pb2.FISHER_SPACE_LORA_PARAMETERS)
-    job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=entries_of_v1))).fisher_job
+    products_of_v1 = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=dataset, num_samples=4,
+                                              space=common_pb2.FISHER_SPACE_LORA_PRODUCT)
+    job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=products_of_v1))).fisher_job
     [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
-    entries = (await fisher.GetFisherJob(fisher_pb2.GetFisherJobRequest(name=job.name))).fisher_job.output_snapshot
-    other_space = ewc_spec("v1.0", fisher_snapshot=entries)  # the default space is LORA_PRODUCT
+    products = (await fisher.GetFisherJob(fisher_pb2.GetFisherJobRequest(name=job.name))).fisher_job.output_snapshot
+    other_space = ewc_spec("v1.0", fisher_snapshot=products)  # the default space is LORA_PARAMETERS
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=other_space))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info, violations = error_details(err.value)
-    assert info.reason == "FISHER_SPACE_MISMATCH" and info.metadata["snapshot_space"] == "LORA_PARAMETERS"
+    assert info.reason == "FISHER_SPACE_MISMATCH" and info.metadata["snapshot_space"] == "LORA_PRODUCT"
     assert [field for field, _ in violations] == ["spec.ewc.fisher_space"]
     unknown_space = ewc_spec("v1.0", fisher_space=7)
     assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=unknown_space))) \

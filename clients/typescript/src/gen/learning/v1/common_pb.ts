@@ -407,7 +407,7 @@ export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
  */
 export enum FisherSpace {
   /**
-   * The server's default (ewc_fisher_space; LORA_PRODUCT unless configured).
+   * The server's default (ewc_fisher_space; LORA_PARAMETERS unless configured).
    *
    * @generated from enum value: FISHER_SPACE_UNSPECIFIED = 0;
    */

@@ -113,8 +113,8 @@ export const HyperparametersSchema: GenMessage<Hyperparameters> = /*@__PURE__*/
 export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
   /**
    * Penalty strength, in [ewc_lambda_min, ewc_lambda_max] of the server (0.001..100 unless configured);
-   * unset means the server's default for the fisher_space: ewc_lambda_default for LORA_PRODUCT,
-   * ewc_parameters_lambda_default for LORA_PARAMETERS (0.3 both, unless configured).
+   * unset means the server's default for the fisher_space: ewc_lambda_default for LORA_PARAMETERS,
+   * ewc_product_lambda_default for LORA_PRODUCT (0.3 both, unless configured).
    *
    * @generated from field: optional double ewc_lambda = 1;
    */
@@ -150,7 +150,7 @@ export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
 
   /**
    * What the penalty is over; unspecified means the server's ewc_fisher_space
-   * (LORA_PRODUCT unless configured). A named fisher_snapshot must be in this
+   * (LORA_PARAMETERS unless configured). A named fisher_snapshot must be in this
    * space (FAILED_PRECONDITION FISHER_SPACE_MISMATCH otherwise).
    *
    * @generated from field: learning.v1.FisherSpace fisher_space = 6;
