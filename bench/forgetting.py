@@ -147,10 +147,11 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     t_a = train(base_dir, task_a, a_dir, args, seed=seed)
     r_a = [accuracy(base_dir, a_dir, task_a), accuracy(base_dir, a_dir, task_b)]
     started = time.monotonic()
-    fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed))
+    estimator = FisherEstimator(args.estimator)
+    fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, 128, 8, seed))
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
-    product_raw = run_fisher(FisherRun(base_dir, a_dir, task_a, FisherEstimator.EMPIRICAL, 128, 8, seed,
+    product_raw = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, 128, 8, seed,
                                        space=FisherSpace.LORA_PRODUCT)).diagonal
     stats = diagonal_stats(fisher.diagonal)
     weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
@@ -272,6 +273,9 @@ def main() -> None:
     parser.add_argument("--penalty-space", choices=tuple(SPACES), default=DEFAULT_SPACE,
                         help="EWC on each LoRA pair's product B @ A (engine.ewc_product) or on the entries of A and "
                              "B (engine.ewc); default: the service's")
+    parser.add_argument("--estimator", default=FisherEstimator.EMPIRICAL.value,
+                        choices=[FisherEstimator.EMPIRICAL.value, FisherEstimator.SAMPLED.value],
+                        help="the Fisher behind the penalty (the service measures parents with EMPIRICAL)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sweep", type=float, nargs="+", metavar="LAMBDA",
                         help="validation mode: plain and EWC at each lambda (use seeds other than the test seeds); "

@@ -23,7 +23,10 @@ def label(method: str, config: dict) -> str:
     if method == "plain":
         return "plain"
     space = SPACES[config.get("penalty_space", "lora")]
-    return f"{'EWC' if method == 'ewc' else 'EWC + replay'} on the LoRA {space}, lambda {config['ewc_lambda']:g}"
+    estimator = config.get("estimator", "EMPIRICAL")  # earlier reports: the empirical Fisher
+    fisher = "" if estimator == "EMPIRICAL" else f", {estimator.lower()} Fisher"
+    return (f"{'EWC' if method == 'ewc' else 'EWC + replay'} on the LoRA {space}, lambda {config['ewc_lambda']:g}"
+            f"{fisher}")
 
 
 def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
