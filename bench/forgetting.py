@@ -2,9 +2,10 @@
 
 Methods, all starting task B from the same task-A adapter:
   plain   sequential LoRA (warm start, no penalty);
-  ewc     EWC with the diagonal empirical Fisher of the task-A adapter on task A (per-sequence
-          log-likelihood, as the service computes it), the service's penalty normalisation (F / mean F
-          by default, ``--normalization``) and the service's default lambda;
+  ewc     EWC with the diagonal Fisher of the task-A adapter on task A (empirical by default,
+          ``--estimator``; per-sequence log-likelihood, as the service computes it) over the LoRA entries or
+          products (``--penalty-space``; default: the service's), the service's penalty normalisation
+          (F / mean F by default, ``--normalization``) and the service's default lambda for that space;
   replay  the same EWC plus replay of task-A examples (``--replay-fraction`` of the task-B set).
 
 Tasks are invented facts (so the base model cannot know them) in two relations: A "capital of a country",
@@ -13,6 +14,7 @@ defined in shared/REFERENCE.md, writes JSON and a PNG under bench/results/.
 
     .venv/bin/python bench/forgetting.py --facts 30 --seeds 0 1 2
     # or one process per seed, then: bench/forgetting.py --merge s0.json s1.json
+    # runs of different spaces, lambdas or estimators: bench/forgetting_compare.py a.json b.json ...
 """
 
 from __future__ import annotations
