@@ -19,7 +19,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
 from engine.feedback.events import FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
@@ -324,13 +324,22 @@ class FeedbackIngestor:
         records, fired = await asyncio.to_thread(self.prepare, events)
         return _result(await self._store.insert(records), fired)
 
-    async def stream(self, batches: AsyncIterator[Sequence[FeedbackEvent]]) -> IngestResult:
-        """Store batches in order, preparing batch k+1 while batch k is written (see module docstring)."""
+    async def stream(
+        self, batches: AsyncIterator[Any], to_events: Callable[[Any], Sequence[FeedbackEvent]] | None = None,
+    ) -> IngestResult:
+        """Store batches in order, preparing batch k+1 while batch k is written (see module docstring).
+
+        ``to_events`` turns one item of ``batches`` (e.g. a protobuf message) into its events, in the same
+        worker thread as the preparation; without it, the items are the events.
+        """
+
+        def prepare(batch: Any) -> Prepared:
+            return self.prepare(batch if to_events is None else to_events(batch))
 
         async def prepared() -> AsyncIterator[Awaitable[Prepared]]:
-            async for events in batches:
+            async for batch in batches:
                 # In a thread, so the event loop keeps feeding the previous batch to PostgreSQL meanwhile.
-                yield asyncio.to_thread(self.prepare, events)
+                yield asyncio.to_thread(prepare, batch)
 
         return await self.store_prepared(prepared())
 

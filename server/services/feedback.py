@@ -6,13 +6,12 @@ StreamFeedback messages are prepared in worker processes (``server/feedback_work
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import grpc
 
-from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, Prepared
+from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
 from engine.feedback.scrub import Scrubber
 from engine.stores.feedback_store import PostgresFeedbackStore
 from learning.v1 import feedback_pb2 as pb
@@ -51,16 +50,9 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
             prepared = self.workers.prepare_stream(request_iterator, self._ingestor.now)
             return convert.stream_response(await self._ingestor.store_prepared(prepared))
 
-        def prepare(message: pb.StreamFeedbackRequest) -> Prepared:
-            return self._ingestor.prepare(convert.events_from_pb(message.events))
-
-        async def prepared() -> AsyncIterator[Awaitable[Prepared]]:
-            async for message in request_iterator:
-                # Conversion and preparation in one hop off the event loop, which meanwhile streams the previous
-                # batch to PostgreSQL.
-                yield asyncio.to_thread(prepare, message)
-
-        return convert.stream_response(await self._ingestor.store_prepared(prepared()))
+        # Conversion and preparation in one hop off the event loop, which meanwhile streams the previous batch.
+        result = await self._ingestor.stream(request_iterator, lambda message: convert.events_from_pb(message.events))
+        return convert.stream_response(result)
 
     async def GetFeedbackStats(self, request: pb.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext):
         start, end = convert.window_from_pb(request, self._clock())
