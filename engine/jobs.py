@@ -386,7 +386,8 @@ def _ewc_lineage(job: TrainingJob) -> dict:
     lineage = job.ewc_lineage
     if lineage is None:
         return {}
-    return {"ewc_lambda": lineage.ewc_lambda, "ewc_gamma": lineage.gamma, "fisher_snapshot": lineage.fisher_snapshot}
+    return {"ewc_lambda": lineage.ewc_lambda, "ewc_gamma": lineage.gamma, "fisher_snapshot": lineage.fisher_snapshot,
+            "ewc_fisher_space": lineage.space}
 
 
 class _LoopSink:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from engine.domain import LEGACY_FISHER_SPACE
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.registry import AdapterEval, AdapterRecord, AdapterSource
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import common_pb2 as common
-from server.convert import _ts, dataset_to_pb
+from server.convert import FISHER_SPACE_TO_PB, _ts, dataset_to_pb
 
 _SOURCE = {
     AdapterSource.TRAINED: pb.ADAPTER_SOURCE_TRAINED,
@@ -25,6 +26,15 @@ def eval_to_pb(result: AdapterEval) -> pb.AdapterEvalSummary:
         regressions=result.regressions, passed=result.passed, report_uris=list(result.report_uris),
         time=_ts(result.time),
     )
+
+
+def _ewc_space_to_pb(record: AdapterRecord) -> int:
+    """The record's EWC space; one trained with EWC before spaces were recorded was on the entries."""
+    if record.ewc_fisher_space is not None:
+        return FISHER_SPACE_TO_PB[record.ewc_fisher_space]
+    if record.fisher_snapshot:
+        return FISHER_SPACE_TO_PB[LEGACY_FISHER_SPACE]
+    return common.FISHER_SPACE_UNSPECIFIED
 
 
 def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
@@ -51,6 +61,7 @@ def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
         artifact_uri=record.artifact_uri,
         delete_time=_ts(record.delete_time),
         request_id=record.request_id,
+        ewc_fisher_space=_ewc_space_to_pb(record),
     )
     if record.dataset is not None:
         msg.dataset.CopyFrom(dataset_to_pb(record.dataset))

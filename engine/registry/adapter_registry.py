@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from engine.domain import DatasetSummary
+from engine.domain import DatasetSummary, FisherSpace
 from engine.errors import (
     AlreadyExists,
     DataLoss,
@@ -164,6 +164,7 @@ class AdapterRegistry:
         ewc_lambda: float = 0.0,
         ewc_gamma: float = 0.0,
         fisher_snapshot: str = "",
+        ewc_fisher_space: FisherSpace | None = None,
         fisher_file: Path | None = None,
         labels: tuple[tuple[str, str], ...] = (),
         request_id: str = "",
@@ -193,6 +194,7 @@ class AdapterRegistry:
                 base_model_digest=base_digest, parent_version=parent.version if parent else "",
                 training_job=training_job, dataset=dataset, train_loss=train_loss, ewc_lambda=ewc_lambda,
                 ewc_gamma=ewc_gamma, fisher_snapshot=fisher_snapshot, fisher_sha256=fisher_sha,
+                ewc_fisher_space=ewc_fisher_space,
                 labels=tuple(sorted(labels)), request_id=request_id,
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.domain import DatasetSummary, LoraSpec
+from engine.domain import DatasetSummary, FisherSpace, LoraSpec
 from engine.errors import FieldViolation, InvalidArgument
 
 VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
@@ -93,6 +93,7 @@ class AdapterRecord:
     ewc_gamma: float = 0.0
     fisher_snapshot: str = ""
     fisher_sha256: str = ""
+    ewc_fisher_space: FisherSpace | None = None  # None: not trained with EWC, or recorded before spaces
     eval: AdapterEval | None = None
     labels: tuple[tuple[str, str], ...] = ()
     artifact_uri: str = ""

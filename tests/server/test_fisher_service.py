@@ -53,7 +53,9 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     assert lineage.fisher_space == v11.spec.ewc.fisher_space == common_pb2.FISHER_SPACE_LORA_PRODUCT
     adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.1"))).adapter
     assert adapter.parent_version == "v1.0" and adapter.fisher_snapshot == lineage.fisher_snapshot
-    assert adapter.ewc_lambda == 80.0
+    assert adapter.ewc_lambda == 80.0 and adapter.ewc_fisher_space == common_pb2.FISHER_SPACE_LORA_PRODUCT
+    first = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.0"))).adapter
+    assert first.ewc_fisher_space == common_pb2.FISHER_SPACE_UNSPECIFIED  # trained without EWC
 
     snapshot = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=lineage.fisher_snapshot))).fisher_snapshot
@@ -82,6 +84,9 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     assert v13.ewc_lineage.fisher_space == v13.spec.ewc.fisher_space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
     assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.3)  # ewc_lambda_default
     assert v12.ewc_lineage.ewc_lambda == pytest.approx(0.2)  # ewc_product_lambda_default
+    v13_adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.3"))).adapter
+    assert (v13_adapter.ewc_lambda, v13_adapter.ewc_fisher_space) == (
+        pytest.approx(0.3), common_pb2.FISHER_SPACE_LORA_PARAMETERS)
     entries = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=v13.ewc_lineage.fisher_snapshot))).fisher_snapshot
     assert entries.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS and entries.accumulated_from == ""
