@@ -98,6 +98,15 @@ async def test_train_watch_deploy_rollback(make_server):
     bad = await cli(port, "train", "--data", "../etc/passwd")
     assert bad.code == 3 and "DATASET_PATH_OUTSIDE_ROOT" in bad.err  # INVALID_ARGUMENT
 
+    continued = await cli(port, "--json", *TRAIN, "--parent", "v1.0", "--fisher-space", "lora_product",
+                          "--ewc-gamma", "0.8", "--replay-fraction", "0.25", "--validate-only")
+    assert continued.code == 0, continued.out + continued.err
+    ewc = continued.json_lines()[0]["spec"]["ewc"]
+    assert ewc["fisher_space"] == "FISHER_SPACE_LORA_PRODUCT" and ewc["replay_fraction"] == 0.25
+    assert ewc["gamma"] == 0.8 and ewc["ewc_lambda"] == 0.3  # the product space's default lambda, filled in
+    unknown = await cli(port, *TRAIN, "--parent", "v1.0", "--fisher-space", "weights")
+    assert unknown.code == 2 and "lora_parameters | lora_product" in unknown.err  # refused before any call
+
     metrics = await cli(port, "--json", "metrics", "--url", f"http://127.0.0.1:{server.app.metrics.port}/metrics")
     assert metrics.code == 0, metrics.err
     samples = metrics.json_lines()[0]["samples"]

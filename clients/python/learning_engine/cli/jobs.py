@@ -29,6 +29,19 @@ def _eta(value: duration_pb2.Duration) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+_SPACES = " | ".join(n.removeprefix("FISHER_SPACE_").lower() for n in common.FisherSpace.keys()[1:])
+
+
+def _space(value: str, hint: str) -> int:
+    """A FisherSpace from its short name ("lora_product"); empty is unspecified (the server's default)."""
+    if not value:
+        return common.FISHER_SPACE_UNSPECIFIED
+    key = f"FISHER_SPACE_{value.upper()}"
+    if key not in common.FisherSpace.keys()[1:]:
+        raise typer.BadParameter(f"unknown space {value!r}; one of {_SPACES}", param_hint=hint)
+    return common.FisherSpace.Value(key)
+
+
 def train(
     ctx: typer.Context,
     data: str = typer.Option(
@@ -50,7 +63,14 @@ def train(
     seed: int = typer.Option(None, "--seed"),
     rank: int = typer.Option(0, "--rank", help="LoRA rank."),
     alpha: float = typer.Option(0.0, "--alpha", help="LoRA alpha."),
-    ewc_lambda: float = typer.Option(None, "--ewc-lambda"),
+    ewc_lambda: float = typer.Option(None, "--ewc-lambda", help="EWC strength (server default if unset)."),
+    ewc_gamma: float = typer.Option(None, "--ewc-gamma", help="Decay of earlier versions' importance (1.0)."),
+    fisher_space: str = typer.Option(
+        "", "--fisher-space", help=f"What the EWC penalty is over: {_SPACES} (server default if empty)."
+    ),
+    replay_fraction: float = typer.Option(
+        0.0, "--replay-fraction", help="Share of the data replayed from earlier versions' datasets (0..0.9)."
+    ),
     no_ewc: bool = typer.Option(False, "--no-ewc", help="Disable EWC for a continued adapter."),
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
@@ -82,7 +102,14 @@ def train(
             seed=seed,
         ),
         parent_adapter_version=parent,
-        ewc=training.EwcConfig(ewc_lambda=ewc_lambda, fisher_snapshot=fisher_snapshot, disabled=no_ewc),
+        ewc=training.EwcConfig(
+            ewc_lambda=ewc_lambda,
+            gamma=ewc_gamma,
+            fisher_snapshot=fisher_snapshot,
+            fisher_space=_space(fisher_space, "--fisher-space"),
+            replay_fraction=replay_fraction,
+            disabled=no_ewc,
+        ),
         major_version_bump=major,
         labels=labels(label),
     )
@@ -179,6 +206,7 @@ def fisher_cmd(
     estimator: str = typer.Option(
         "empirical", "--estimator", help="empirical | sampled | batch_mean_squared"
     ),
+    space: str = typer.Option("", "--space", help=f"{_SPACES} (server default if empty)."),
     request_id: str = typer.Option("", "--request-id"),
     watch: bool = typer.Option(False, "--watch", "-w"),
 ) -> None:
@@ -193,6 +221,7 @@ def fisher_cmd(
         jsonl=common.JsonlDataset(path=data),
         num_samples=samples,
         estimator=fisher.FisherEstimator.Value(key),
+        space=_space(space, "--space"),
     )
 
     async def call(client: AsyncClient) -> int:
