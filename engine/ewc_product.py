@@ -31,27 +31,29 @@ class WeightedProductDrift(torch.autograd.Function):
     """
 
     @staticmethod
-    def _chunks(count: int, size: int) -> list[slice]:
-        step = max(1, CHUNK_ELEMENTS // size)
-        return [slice(i, i + step) for i in range(0, count, step)]
+    def _chunks(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor):
+        """(b, a, w, anchor) in chunks of about CHUNK_ELEMENTS products; the tensors themselves if all fit."""
+        step = max(1, CHUNK_ELEMENTS // (w.shape[1] * w.shape[2]))
+        if step >= w.shape[0]:
+            return [(b, a, w, anchor)]
+        return list(zip(*(t.split(step) for t in (b, a, w, anchor)), strict=True))
 
     @staticmethod
     def forward(ctx, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(b, a, w, anchor)
-        total = b.new_zeros(())
-        for s in WeightedProductDrift._chunks(len(b), w[0].numel()):
-            total += torch.baddbmm(anchor[s], b[s], a[s], beta=-1).square_().mul_(w[s]).sum()
-        return total
+        return sum(torch.baddbmm(d, b_, a_, beta=-1).square_().mul_(w_).sum()
+                   for b_, a_, w_, d in WeightedProductDrift._chunks(b, a, w, anchor))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        b, a, w, anchor = ctx.saved_tensors
-        grad_b, grad_a = torch.empty_like(b), torch.empty_like(a)
-        for s in WeightedProductDrift._chunks(len(b), w[0].numel()):
-            g = torch.baddbmm(anchor[s], b[s], a[s], beta=-1).mul_(w[s]).mul_(2 * grad)  # d/dD
-            grad_b[s] = torch.bmm(g, a[s].transpose(1, 2))
-            grad_a[s] = torch.bmm(b[s].transpose(1, 2), g)
-        return grad_b, grad_a, None, None
+        grad_b, grad_a = [], []
+        for b, a, w, anchor in WeightedProductDrift._chunks(*ctx.saved_tensors):
+            g = torch.baddbmm(anchor, b, a, beta=-1).mul_(w).mul_(2 * grad)  # d/dD
+            grad_b.append(torch.bmm(g, a.transpose(1, 2)))
+            grad_a.append(torch.bmm(b.transpose(1, 2), g))
+        if len(grad_b) == 1:
+            return grad_b[0], grad_a[0], None, None
+        return torch.cat(grad_b), torch.cat(grad_a), None, None
 
 
 class ProductEwcPenalty:

@@ -98,10 +98,11 @@ def test_product_penalty_by_hand():
     assert a.grad is not None and b.grad is not None
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 2, 4), (5, 600, 4, 1000)])  # one chunk; one pair per chunk
-def test_the_fused_product_drift_has_autograds_gradients(shape):
+@pytest.mark.parametrize(("shape", "chunks"), [((3, 5, 2, 4), 1), ((5, 600, 4, 1000), 5), ((7, 200, 4, 1000), 4)])
+def test_the_fused_product_drift_has_autograds_gradients(shape, chunks):
     n, out, r, inner = shape
-    assert (out * inner > CHUNK_ELEMENTS) == (shape[1] == 600)
+    per_chunk = max(1, CHUNK_ELEMENTS // (out * inner))
+    assert -(-n // per_chunk) == chunks  # one chunk; one pair per chunk; 2, 2, 2 and 1 pairs
     generator = torch.Generator().manual_seed(0)
     b, a = (torch.randn(s, generator=generator, dtype=torch.float64, requires_grad=True)
             for s in ((n, out, r), (n, r, inner)))
