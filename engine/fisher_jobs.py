@@ -20,7 +20,7 @@ from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset
 from engine.domain import FeedbackSource, JobProgress, JobState, Warned
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.fisher import FisherResult, select_samples
-from engine.fisher_domain import MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
+from engine.fisher_domain import DEFAULT_NUM_SAMPLES, MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
 from engine.fisher_run import FisherRun, run_fisher
 from engine.jobs import JobManager, _LiveJob, _now
 from engine.ports import JobStore
@@ -60,8 +60,10 @@ class FisherJobManager(JobManager):
     async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> FisherJob:
         if not 1 <= spec.num_samples <= MAX_NUM_SAMPLES:
             raise InvalidArgument(
-                "INVALID_NUM_SAMPLES", f"num_samples must lie in [1, {MAX_NUM_SAMPLES}] (0 means the default)",
-                violations=[FieldViolation("spec.num_samples", f"must be at most {MAX_NUM_SAMPLES}")],
+                "INVALID_NUM_SAMPLES",
+                f"num_samples must lie in [1, {MAX_NUM_SAMPLES}]; leave it unset for {DEFAULT_NUM_SAMPLES}",
+                violations=[FieldViolation("spec.num_samples", "must be at least 1" if spec.num_samples < 1
+                                           else f"must be at most {MAX_NUM_SAMPLES}")],
             )
         await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         await asyncio.to_thread(self._base_model_dir, spec.base_model)

@@ -53,7 +53,7 @@ def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_spac
         base_model=msg.base_model or default_base_model,
         adapter_version=msg.adapter_version,
         dataset=dataset,
-        num_samples=msg.num_samples or DEFAULT_NUM_SAMPLES,
+        num_samples=msg.num_samples if msg.HasField("num_samples") else DEFAULT_NUM_SAMPLES,
         estimator=ESTIMATOR_FROM_PB[msg.estimator],
         space=space,
     )

@@ -97,9 +97,9 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     await train(client, spec(epochs=1))
     request = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=common_pb2.JsonlDataset(path="capitals.jsonl"),
-                                       num_samples=5000, estimator=fisher_pb2.FISHER_ESTIMATOR_SAMPLED)
+                                       estimator=fisher_pb2.FISHER_ESTIMATOR_SAMPLED)  # num_samples unset: 1000
     job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=request))).fisher_job
-    assert job.name.startswith("fisherJobs/") and job.spec.num_samples == 5000
+    assert job.name.startswith("fisherJobs/") and job.spec.num_samples == 1000 and job.spec.HasField("num_samples")
     assert job.spec.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS  # the server's default, filled in
     messages = [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
     events = [m.event for m in messages[1:]]
@@ -128,7 +128,8 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
     assert error_details(err.value)[0].reason == "FISHER_SNAPSHOT_NOT_FOUND"
 
 
-async def test_bad_fisher_and_ewc_input(client):
+async def test_bad_fisher_and_ewc_input(make_server):
+    client = await make_server(rate_limit_jobs_burst=30)  # more job creations than the default burst of 10
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     await train(client, spec(epochs=1))  # v1.0, rank 16
     small = spec(epochs=1)
@@ -141,9 +142,13 @@ async def test_bad_fisher_and_ewc_input(client):
             await call
         return err.value.code(), error_details(err.value)[0].reason
 
-    too_many = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=dataset, num_samples=2_000_000)
-    assert await code_and_reason(fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=too_many))) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUM_SAMPLES")
+    for count, why in ((2_000_000, "must be at most 1000000"), (0, "must be at least 1")):  # 0 set, not left unset
+        bad_count = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=dataset, num_samples=count)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=bad_count))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(err.value) == (error_details(err.value)[0], [("spec.num_samples", why)])
+        assert error_details(err.value)[0].reason == "INVALID_NUM_SAMPLES"
     missing = fisher_pb2.FisherJobSpec(adapter_version="v7.0", jsonl=dataset)
     assert await code_and_reason(fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=missing))) == (
         grpc.StatusCode.NOT_FOUND, "ADAPTER_NOT_FOUND")

@@ -202,7 +202,7 @@ def fisher_cmd(
     data: str = typer.Option(..., "--data", "-d", help="JSONL dataset path on the server."),
     adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
     base_model: str = typer.Option("", "--base-model"),
-    samples: int = typer.Option(0, "--samples", help="Examples to use (0: server default)."),
+    samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
     estimator: str = typer.Option(
         "empirical", "--estimator", help="empirical | sampled | batch_mean_squared"
     ),
