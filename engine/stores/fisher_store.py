@@ -2,13 +2,16 @@
 
 Files live at ``<artifacts>/fisher/<base-model>/<adapter-version>/<snapshot-id>.safetensors`` and are
 written atomically (temporary file, fsync, rename, fsync of the folder), never as pickles. A snapshot row
-is inserted only after its file is durable; a reader verifies the file's sha256 before using it.
+is inserted only after its file is durable; a reader verifies the file's sha256 before using it. The file
+describes itself: its safetensors header holds the snapshot's metadata (:func:`header`), the row's fields
+but the file's own digest and size, so a copied file still says what it measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import tempfile
 import uuid
@@ -19,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import torch
 from pydantic import TypeAdapter
+from pydantic_core import to_jsonable_python
 from safetensors.torch import load, save
 
 from engine.errors import DataLoss, NotFound
@@ -27,6 +31,12 @@ from engine.fisher_domain import FisherSnapshot
 from engine.names import resource_id
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
+
+
+def header(snapshot_id: str, fields: dict) -> dict[str, str]:
+    """The safetensors header metadata of a snapshot: strings (times in ISO 8601) as they are, JSON for the rest."""
+    values = {k: to_jsonable_python(v) for k, v in {"id": snapshot_id, **fields}.items()}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
 def snapshot_id_from_name(name: str, field_path: str = "name") -> str:
@@ -67,7 +77,7 @@ class FisherSnapshotStore:
         snapshot_id = uuid.uuid4().hex
         path = self._path(fields["base_model"], fields["adapter_version"], snapshot_id)
         tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in diagonal.items()}
-        data = await asyncio.to_thread(save, tensors, {"normalization": fields.get("normalization", "")})
+        data = await asyncio.to_thread(save, tensors, header(snapshot_id, fields))
         await asyncio.to_thread(_write_atomically, path, data)
         snapshot = make(id=snapshot_id, path=str(path), sha256=hashlib.sha256(data).hexdigest(),
                         size_bytes=len(data), **fields)

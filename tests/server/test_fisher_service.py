@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import grpc
 import pytest
+from safetensors import safe_open
 
 from learning.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2, fisher_pb2, fisher_pb2_grpc
 from learning.v1 import training_pb2 as pb
@@ -119,6 +123,14 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
     assert snapshot.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
     files = list((data_dir / "artifacts" / "fisher" / TINY / "v1.0").glob("*.safetensors"))
     assert [f.stem for f in files] == [snapshot.name.split("/")[1]]
+    with safe_open(files[0], "pt") as stored:  # the file describes itself, without the database
+        meta = stored.metadata()
+    assert (meta["id"], meta["base_model"], meta["adapter_version"]) == (files[0].stem, TINY, "v1.0")
+    assert (meta["estimator"], meta["space"], meta["normalization"]) == ("SAMPLED", "LORA_PARAMETERS", "sequence_sum")
+    assert json.loads(meta["sample_count"]) == 24 and meta["dataset_digest"] == snapshot.dataset_digest
+    assert json.loads(meta["stat_sum"]) == pytest.approx(snapshot.stats.sum)
+    assert [q for q, _ in json.loads(meta["quantiles"])] == [0.5, 0.9, 0.99]
+    assert datetime.fromisoformat(meta["create_time"]) == snapshot.create_time.ToDatetime(tzinfo=UTC)
 
     await fisher.DeleteFisherSnapshot(fisher_pb2.DeleteFisherSnapshotRequest(name=snapshot.name))
     assert not files[0].exists()
