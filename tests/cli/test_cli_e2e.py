@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from learning.v1 import common_pb2, fisher_pb2, fisher_pb2_grpc
 from server import access
 from server.settings import AuthToken
 
@@ -106,6 +107,17 @@ async def test_train_watch_deploy_rollback(make_server):
     assert ewc["gamma"] == 0.8 and ewc["ewc_lambda"] == 0.3  # the product space's default lambda, filled in
     unknown = await cli(port, *TRAIN, "--parent", "v1.0", "--fisher-space", "weights")
     assert unknown.code == 2 and "lora_parameters | lora_product" in unknown.err  # refused before any call
+    products = await cli(port, "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
+                         "--space", "lora_product", "--samples", "4", "--watch")
+    assert products.code == 0, products.out + products.err
+    assert " SUCCEEDED fisherSnapshots/" in products.out
+    stub = fisher_pb2_grpc.FisherServiceStub(server.channel)
+    snapshot = (await stub.GetFisherSnapshot(
+        fisher_pb2.GetFisherSnapshotRequest(name=products.out.split()[-1]))).fisher_snapshot
+    assert snapshot.space == common_pb2.FISHER_SPACE_LORA_PRODUCT and snapshot.sample_count == 4
+    zero = await cli(port, "--json", "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
+                     "--samples", "0")
+    assert zero.code == 3 and "must be at least 1" in zero.out  # an explicit 0 is not the default
 
     metrics = await cli(port, "--json", "metrics", "--url", f"http://127.0.0.1:{server.app.metrics.port}/metrics")
     assert metrics.code == 0, metrics.err
