@@ -24,7 +24,8 @@ CHUNK_ELEMENTS = 1 << 19  # products per chunk: about 2 MB of float32, so a chun
 
 
 class WeightedProductDrift(torch.autograd.Function):
-    """``sum w (B @ A - D*)^2`` over stacked pairs ``b`` [n, out, r], ``a`` [n, r, in], in cache-sized chunks.
+    """``scale * sum w (B @ A - D*)^2`` over stacked pairs ``b`` [n, out, r], ``a`` [n, r, in], in cache-sized
+    chunks (``scale`` is a float: lambda / 2 for the penalty, 1 for the plain weighted drift).
 
     One autograd node, whatever the number of pairs; the backward recomputes ``B @ A`` instead of keeping
     every product (26.5M floats for SmolLM2's q/k/v/o) alive between forward and backward.
@@ -39,21 +40,24 @@ class WeightedProductDrift(torch.autograd.Function):
         return list(zip(*(t.split(step) for t in (b, a, w, anchor)), strict=True))
 
     @staticmethod
-    def forward(ctx, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor,
+                scale: float = 1.0) -> torch.Tensor:
         ctx.save_for_backward(b, a, w, anchor)
-        return sum(torch.baddbmm(d, b_, a_, beta=-1).square_().mul_(w_).sum()
-                   for b_, a_, w_, d in WeightedProductDrift._chunks(b, a, w, anchor))
+        ctx.scale = scale
+        total = sum(torch.baddbmm(d, b_, a_, beta=-1).square_().mul_(w_).sum()
+                    for b_, a_, w_, d in WeightedProductDrift._chunks(b, a, w, anchor))
+        return total.mul_(scale) if scale != 1.0 else total
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad_b, grad_a = [], []
         for b, a, w, anchor in WeightedProductDrift._chunks(*ctx.saved_tensors):
-            g = torch.baddbmm(anchor, b, a, beta=-1).mul_(w).mul_(2 * grad)  # d/dD
+            g = torch.baddbmm(anchor, b, a, beta=-1).mul_(w).mul_(2 * ctx.scale * grad)  # d/dD
             grad_b.append(torch.bmm(g, a.transpose(1, 2)))
             grad_a.append(torch.bmm(b.transpose(1, 2), g))
         if len(grad_b) == 1:
-            return grad_b[0], grad_a[0], None, None
-        return torch.cat(grad_b), torch.cat(grad_a), None, None
+            return grad_b[0], grad_a[0], None, None, None
+        return torch.cat(grad_b), torch.cat(grad_a), None, None, None
 
 
 class ProductEwcPenalty:
@@ -85,11 +89,11 @@ class ProductEwcPenalty:
         ]
         self._bound: tuple[int, list[tuple[list[nn.Parameter], list[nn.Parameter]]]] | None = None
 
-    def _sum(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> torch.Tensor:
+    def _sum(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]], scale: float = 1.0) -> torch.Tensor:
         total = None
         for (bs, as_), (_, w, anchor) in zip(pairs, self._groups, strict=True):
-            b, a = torch.stack([t.float() for t in bs]), torch.stack([t.float() for t in as_])
-            term = WeightedProductDrift.apply(b, a, w.to(a.device), anchor.to(a.device))
+            b, a = torch.stack(bs).float(), torch.stack(as_).float()  # .float(): no copy when already float32
+            term = WeightedProductDrift.apply(b, a, w.to(a.device), anchor.to(a.device), scale)
             total = term if total is None else total + term
         return total
 
@@ -108,4 +112,4 @@ class ProductEwcPenalty:
             self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
             self._bound = (id(model), [([params[f"{p}.lora_B.weight"] for p in ps],
                                         [params[f"{p}.lora_A.weight"] for p in ps]) for ps, _, _ in self._groups])
-        return 0.5 * self.ewc_lambda * self._sum(self._bound[1])
+        return self._sum(self._bound[1], 0.5 * self.ewc_lambda)

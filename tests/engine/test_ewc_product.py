@@ -108,8 +108,8 @@ def test_the_fused_product_drift_has_autograds_gradients(shape, chunks):
             for s in ((n, out, r), (n, r, inner)))
     w, anchor = torch.rand(n, out, inner, generator=generator, dtype=torch.float64), \
         torch.randn(n, out, inner, generator=generator, dtype=torch.float64)
-    fused = WeightedProductDrift.apply(b, a, w, anchor)
-    plain = (w * (torch.bmm(b, a) - anchor).square()).sum()
+    fused = WeightedProductDrift.apply(b, a, w, anchor, 0.35)  # the penalty passes lambda / 2 as the scale
+    plain = 0.35 * (w * (torch.bmm(b, a) - anchor).square()).sum()
     assert float(fused) == pytest.approx(float(plain), rel=1e-12)
     expected = torch.autograd.grad(plain, (b, a))
     for mine, reference in zip(torch.autograd.grad(fused, (b, a)), expected, strict=True):
