@@ -49,17 +49,17 @@ class EwcPlan:
 def new_snapshot(
     result: FisherResult, diagonal: Diagonal, *, base_model: str, adapter_version: str, dataset_digest: str,
     accumulated_from: str = "", gamma: float = 1.0,
-) -> dict[str, Any]:
-    """The fields of a FisherSnapshotStore.save call for ``diagonal`` (the result, maybe accumulated)."""
+) -> FisherSnapshot:
+    """The snapshot of ``diagonal`` (the result, maybe accumulated) still to be stored: ``FisherSnapshotStore.save``
+    gives it its id, path, digest and size."""
     stats = diagonal_stats(diagonal)
-    return {
-        "make": FisherSnapshot, "base_model": base_model, "adapter_version": adapter_version,
-        "dataset_digest": dataset_digest, "sample_count": result.sample_count, "estimator": result.estimator,
-        "create_time": datetime.now(UTC), "stat_sum": stats.sum, "stat_max": stats.max, "stat_mean": stats.mean,
-        "quantiles": stats.quantiles, "parameter_count": stats.parameter_count,
-        "normalization": result.normalization, "accumulated_from": accumulated_from, "gamma": gamma,
-        "space": result.space,
-    }
+    return FisherSnapshot(
+        id="", base_model=base_model, adapter_version=adapter_version, dataset_digest=dataset_digest,
+        sample_count=result.sample_count, estimator=result.estimator, create_time=datetime.now(UTC),
+        stat_sum=stats.sum, stat_max=stats.max, stat_mean=stats.mean, quantiles=stats.quantiles,
+        parameter_count=stats.parameter_count, sha256="", size_bytes=0, path="", normalization=result.normalization,
+        accumulated_from=accumulated_from, gamma=gamma, space=result.space,
+    )
 
 
 def make_penalty(space: FisherSpace, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float):
@@ -184,7 +184,7 @@ class EwcPlanner:
                         f"{previous.name}, which {parent.version} was trained with, is in the "
                         f"{previous.space.value} space, not {spec.ewc.space.value}; not accumulated",
                     ))
-        snapshot = await self._snapshots.save(fisher, **new_snapshot(
+        snapshot = await self._snapshots.save(fisher, new_snapshot(
             result, fisher, base_model=spec.base_model, adapter_version=parent.version,
             dataset_digest=parent.dataset.digest if parent.dataset else "", accumulated_from=accumulated_from,
             gamma=spec.ewc.gamma,

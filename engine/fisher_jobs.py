@@ -108,7 +108,7 @@ class FisherJobManager(JobManager):
             self._executor, lambda: self._measure(run, cancel=live.cancel, progress=progress)
         )
         await asyncio.sleep(0)  # let the last progress events land before the job ends
-        snapshot = await self._snapshots.save(result.diagonal, **new_snapshot(
+        snapshot = await self._snapshots.save(result.diagonal, new_snapshot(
             result, result.diagonal, base_model=spec.base_model, adapter_version=spec.adapter_version,
             dataset_digest=dataset_digest(chosen),
         ))

@@ -15,14 +15,13 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 import torch
 from pydantic import TypeAdapter
-from pydantic_core import to_jsonable_python
 from safetensors.torch import load, save
 
 from engine.errors import DataLoss, NotFound
@@ -33,9 +32,10 @@ from engine.names import resource_id
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
 
 
-def header(snapshot_id: str, fields: dict) -> dict[str, str]:
-    """The safetensors header metadata of a snapshot: strings (times in ISO 8601) as they are, JSON for the rest."""
-    values = {k: to_jsonable_python(v) for k, v in {"id": snapshot_id, **fields}.items()}
+def header(snapshot: FisherSnapshot) -> dict[str, str]:
+    """The safetensors header metadata of a snapshot: its fields but the file's own path, digest and size;
+    strings (times in ISO 8601) as they are, JSON for the rest."""
+    values = _SNAPSHOT.dump_python(snapshot, mode="json", exclude={"path", "sha256", "size_bytes"})
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
@@ -72,15 +72,15 @@ class FisherSnapshotStore:
     def _path(self, base_model: str, adapter_version: str, snapshot_id: str) -> Path:
         return self._root / base_model / adapter_version / f"{snapshot_id}.safetensors"
 
-    async def save(self, diagonal: Diagonal, make: Callable[..., FisherSnapshot], **fields) -> FisherSnapshot:
-        """Write the diagonal, then its row; ``make(id=, path=, sha256=, size_bytes=, **fields)`` builds it."""
+    async def save(self, diagonal: Diagonal, draft: FisherSnapshot) -> FisherSnapshot:
+        """Write the diagonal, then its row: ``draft`` with its id, path, digest and size filled in."""
         snapshot_id = uuid.uuid4().hex
-        path = self._path(fields["base_model"], fields["adapter_version"], snapshot_id)
+        path = self._path(draft.base_model, draft.adapter_version, snapshot_id)
         tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in diagonal.items()}
-        data = await asyncio.to_thread(save, tensors, header(snapshot_id, fields))
+        data = await asyncio.to_thread(save, tensors, header(replace(draft, id=snapshot_id)))
         await asyncio.to_thread(_write_atomically, path, data)
-        snapshot = make(id=snapshot_id, path=str(path), sha256=hashlib.sha256(data).hexdigest(),
-                        size_bytes=len(data), **fields)
+        snapshot = replace(draft, id=snapshot_id, path=str(path), sha256=hashlib.sha256(data).hexdigest(),
+                           size_bytes=len(data))
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(

@@ -126,6 +126,7 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(clie
     with safe_open(files[0], "pt") as stored:  # the file describes itself, without the database
         meta = stored.metadata()
     assert (meta["id"], meta["base_model"], meta["adapter_version"]) == (files[0].stem, TINY, "v1.0")
+    assert not {"path", "sha256", "size_bytes"} & set(meta)  # the file's own location, digest and size: not in it
     assert (meta["estimator"], meta["space"], meta["normalization"]) == ("SAMPLED", "LORA_PARAMETERS", "sequence_sum")
     assert json.loads(meta["sample_count"]) == 24 and meta["dataset_digest"] == snapshot.dataset_digest
     assert json.loads(meta["stat_sum"]) == pytest.approx(snapshot.stats.sum)
