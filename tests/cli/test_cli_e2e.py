@@ -111,10 +111,17 @@ async def test_train_watch_deploy_rollback(make_server):
                          "--space", "lora_product", "--samples", "4", "--watch")
     assert products.code == 0, products.out + products.err
     assert " SUCCEEDED fisherSnapshots/" in products.out
+    name = products.out.split()[-1]
     stub = fisher_pb2_grpc.FisherServiceStub(server.channel)
-    snapshot = (await stub.GetFisherSnapshot(
-        fisher_pb2.GetFisherSnapshotRequest(name=products.out.split()[-1]))).fisher_snapshot
+    snapshot = (await stub.GetFisherSnapshot(fisher_pb2.GetFisherSnapshotRequest(name=name))).fisher_snapshot
     assert snapshot.space == common_pb2.FISHER_SPACE_LORA_PRODUCT and snapshot.sample_count == 4
+    listed = await cli(port, "snapshots", "list", "--adapter-version", "v1.0")
+    assert listed.code == 0 and name in listed.out and "lora_product" in listed.out, listed.out + listed.err
+    info = await cli(port, "--json", "snapshots", "info", name)
+    assert info.code == 0 and info.json_lines()[0]["space"] == "FISHER_SPACE_LORA_PRODUCT"
+    assert (await cli(port, "snapshots", "delete", name)).code == 0
+    gone = await cli(port, "--json", "snapshots", "info", name)
+    assert gone.code == 5 and gone.json_lines()[0]["error"]["reason"] == "FISHER_SNAPSHOT_NOT_FOUND"
     zero = await cli(port, "--json", "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
                      "--samples", "0")
     assert zero.code == 3 and "must be at least 1" in zero.out  # an explicit 0 is not the default

@@ -201,11 +201,20 @@ class AsyncClient:
             lambda m: m.event.sequence if m.HasField("event") else None,
         )
 
-    async def list_fisher_snapshots(self, *, base_model: str = "", page_size: int = 0, page_token: str = ""):
+    async def list_fisher_snapshots(
+        self, *, base_model: str = "", adapter_version: str = "", page_size: int = 0, page_token: str = ""
+    ) -> fisher.ListFisherSnapshotsResponse:
         request = fisher.ListFisherSnapshotsRequest(
-            base_model=base_model, page_size=page_size, page_token=page_token
+            base_model=base_model, adapter_version=adapter_version, page_size=page_size, page_token=page_token
         )
         return await self._unary(self.fisher.ListFisherSnapshots, request)
+
+    async def get_fisher_snapshot(self, name: str) -> fisher.FisherSnapshot:
+        request = fisher.GetFisherSnapshotRequest(name=name)
+        return (await self._unary(self.fisher.GetFisherSnapshot, request)).fisher_snapshot
+
+    async def delete_fisher_snapshot(self, name: str) -> None:
+        await self._unary(self.fisher.DeleteFisherSnapshot, fisher.DeleteFisherSnapshotRequest(name=name))
 
     # ---- adapters -----------------------------------------------------------------
 

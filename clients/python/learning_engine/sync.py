@@ -83,6 +83,8 @@ class Client:
     get_fisher_job = _blocking(AsyncClient.get_fisher_job)
     watch_fisher_job = _blocking_iter(AsyncClient.watch_fisher_job)
     list_fisher_snapshots = _blocking(AsyncClient.list_fisher_snapshots)
+    get_fisher_snapshot = _blocking(AsyncClient.get_fisher_snapshot)
+    delete_fisher_snapshot = _blocking(AsyncClient.delete_fisher_snapshot)
     list_adapters = _blocking(AsyncClient.list_adapters)
     get_adapter = _blocking(AsyncClient.get_adapter)
     download_adapter = _blocking(AsyncClient.download_adapter)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import jobs, ops
+from learning_engine.cli import jobs, ops, snapshots
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -57,6 +57,7 @@ app.command("serve")(ops.serve)
 app.command("health")(ops.health)
 app.command("train")(jobs.train)
 app.command("fisher")(jobs.fisher_cmd)
+app.add_typer(snapshots.snapshots_app, name="snapshots")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(ops.adapters_app, name="adapters")
 app.command("deploy")(ops.deploy)
