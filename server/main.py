@@ -190,7 +190,8 @@ async def start(settings: Settings) -> App:
         base_model_dir=lambda model_id: resolve_base_model(
             model_id, models=settings.base_models, cache_dir=settings.models_dir
         ),
-        config=FisherJobConfig(datasets_dir=settings.datasets_dir), work_dir=settings.work_dir / "fisher",
+        config=FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size),
+        work_dir=settings.work_dir / "fisher",
         max_concurrent_jobs=settings.max_concurrent_jobs,
     )
     await fisher_jobs.recover()

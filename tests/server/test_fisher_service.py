@@ -193,3 +193,14 @@ async def test_bad_fisher_and_ewc_input(make_server):
     out_of_range = ewc_spec("v1.0", ewc_lambda=500.0)
     assert await code_and_reason(client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=out_of_range))) \
         == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EWC_CONFIG")
+
+
+async def test_fisher_jobs_take_their_batch_size_from_the_settings(make_server):
+    client = await make_server(fisher_batch_size=5)
+    fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
+    await train(client, spec(epochs=1))
+    request = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=common_pb2.JsonlDataset(path="capitals.jsonl"))
+    job = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=request))).fisher_job
+    messages = [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
+    done = [m.event.progress.samples_done for m in messages[1:] if m.event.HasField("progress")]
+    assert done == [5, 10, 15, 20, 24]  # one progress event per vectorised pass of 5 samples
