@@ -63,6 +63,7 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
     "learning.v1.FisherService": {
         "CreateFisherJob": _T,
         "GetFisherJob": _R,
+        "ListFisherJobs": _R,
         "CancelFisherJob": _T,
         "WatchFisherJob": _R,
         "GetFisherSnapshot": _R,

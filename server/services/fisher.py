@@ -39,6 +39,12 @@ class FisherService(pb_grpc.FisherServiceServicer):
         job = await self._jobs.get(fc.job_id_from_name(request.name))
         return pb.GetFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
+    async def ListFisherJobs(self, request: pb.ListFisherJobsRequest, context: grpc.aio.ServicerContext):
+        jobs, token = await self._jobs.list(states=convert.states_from_pb(request.states),
+                                            page_size=convert.page_size(request.page_size),
+                                            page_token=request.page_token)
+        return pb.ListFisherJobsResponse(fisher_jobs=[fc.job_to_pb(j) for j in jobs], next_page_token=token)
+
     async def CancelFisherJob(self, request: pb.CancelFisherJobRequest, context: grpc.aio.ServicerContext):
         job = await self._jobs.cancel(fc.job_id_from_name(request.name))
         return pb.CancelFisherJobResponse(fisher_job=fc.job_to_pb(job))

@@ -204,3 +204,18 @@ async def test_fisher_jobs_take_their_batch_size_from_the_settings(make_server):
     messages = [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=job.name))]
     done = [m.event.progress.samples_done for m in messages[1:] if m.event.HasField("progress")]
     assert done == [5, 10, 15, 20, 24]  # one progress event per vectorised pass of 5 samples
+
+    # Listed newest first, by state, in pages.
+    request.num_samples = 2
+    second = (await fisher.CreateFisherJob(fisher_pb2.CreateFisherJobRequest(spec=request))).fisher_job
+    [m async for m in fisher.WatchFisherJob(fisher_pb2.WatchFisherJobRequest(name=second.name))]
+    listed = await fisher.ListFisherJobs(fisher_pb2.ListFisherJobsRequest())
+    assert [j.name for j in listed.fisher_jobs] == [second.name, job.name] and listed.next_page_token == ""
+    assert all(j.state == common_pb2.JOB_STATE_SUCCEEDED and j.output_snapshot for j in listed.fisher_jobs)
+    running = await fisher.ListFisherJobs(fisher_pb2.ListFisherJobsRequest(states=[common_pb2.JOB_STATE_RUNNING]))
+    assert list(running.fisher_jobs) == []
+    first_page = await fisher.ListFisherJobs(fisher_pb2.ListFisherJobsRequest(page_size=1))
+    assert [j.name for j in first_page.fisher_jobs] == [second.name] and first_page.next_page_token
+    rest = await fisher.ListFisherJobs(fisher_pb2.ListFisherJobsRequest(page_size=1,
+                                                                        page_token=first_page.next_page_token))
+    assert [j.name for j in rest.fisher_jobs] == [job.name] and rest.next_page_token == ""

@@ -191,6 +191,12 @@ class AsyncClient:
     async def get_fisher_job(self, name: str) -> fisher.FisherJob:
         return (await self._unary(self.fisher.GetFisherJob, fisher.GetFisherJobRequest(name=name))).fisher_job
 
+    async def list_fisher_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> fisher.ListFisherJobsResponse:
+        request = fisher.ListFisherJobsRequest(states=list(states), page_size=page_size, page_token=page_token)
+        return await self._unary(self.fisher.ListFisherJobs, request)
+
     def watch_fisher_job(
         self, name: str, *, after_sequence: int = 0
     ) -> AsyncIterator[fisher.WatchFisherJobResponse]:

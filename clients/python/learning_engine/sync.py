@@ -81,6 +81,7 @@ class Client:
     watch_training_job = _blocking_iter(AsyncClient.watch_training_job)
     create_fisher_job = _blocking(AsyncClient.create_fisher_job)
     get_fisher_job = _blocking(AsyncClient.get_fisher_job)
+    list_fisher_jobs = _blocking(AsyncClient.list_fisher_jobs)
     watch_fisher_job = _blocking_iter(AsyncClient.watch_fisher_job)
     list_fisher_snapshots = _blocking(AsyncClient.list_fisher_snapshots)
     get_fisher_snapshot = _blocking(AsyncClient.get_fisher_snapshot)

@@ -171,6 +171,24 @@ class GetFisherJobResponse(_message.Message):
     fisher_job: FisherJob
     def __init__(self, fisher_job: _Optional[_Union[FisherJob, _Mapping]] = ...) -> None: ...
 
+class ListFisherJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "states")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    states: _containers.RepeatedScalarFieldContainer[_common_pb2.JobState]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_common_pb2.JobState, str]]] = ...) -> None: ...
+
+class ListFisherJobsResponse(_message.Message):
+    __slots__ = ("fisher_jobs", "next_page_token")
+    FISHER_JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    fisher_jobs: _containers.RepeatedCompositeFieldContainer[FisherJob]
+    next_page_token: str
+    def __init__(self, fisher_jobs: _Optional[_Iterable[_Union[FisherJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class CancelFisherJobRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

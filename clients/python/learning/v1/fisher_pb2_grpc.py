@@ -47,6 +47,11 @@ class FisherServiceStub:
                 request_serializer=learning_dot_v1_dot_fisher__pb2.GetFisherJobRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_fisher__pb2.GetFisherJobResponse.FromString,
                 _registered_method=True)
+        self.ListFisherJobs = channel.unary_unary(
+                '/learning.v1.FisherService/ListFisherJobs',
+                request_serializer=learning_dot_v1_dot_fisher__pb2.ListFisherJobsRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_fisher__pb2.ListFisherJobsResponse.FromString,
+                _registered_method=True)
         self.CancelFisherJob = channel.unary_unary(
                 '/learning.v1.FisherService/CancelFisherJob',
                 request_serializer=learning_dot_v1_dot_fisher__pb2.CancelFisherJobRequest.SerializeToString,
@@ -89,6 +94,13 @@ class FisherServiceServicer:
 
     def GetFisherJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFisherJobs(self, request, context):
+        """Fisher jobs, newest first, optionally only those in some states.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -136,6 +148,11 @@ def add_FisherServiceServicer_to_server(servicer, server):
                     servicer.GetFisherJob,
                     request_deserializer=learning_dot_v1_dot_fisher__pb2.GetFisherJobRequest.FromString,
                     response_serializer=learning_dot_v1_dot_fisher__pb2.GetFisherJobResponse.SerializeToString,
+            ),
+            'ListFisherJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFisherJobs,
+                    request_deserializer=learning_dot_v1_dot_fisher__pb2.ListFisherJobsRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_fisher__pb2.ListFisherJobsResponse.SerializeToString,
             ),
             'CancelFisherJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelFisherJob,
@@ -220,6 +237,33 @@ class FisherService:
             '/learning.v1.FisherService/GetFisherJob',
             learning_dot_v1_dot_fisher__pb2.GetFisherJobRequest.SerializeToString,
             learning_dot_v1_dot_fisher__pb2.GetFisherJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFisherJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.FisherService/ListFisherJobs',
+            learning_dot_v1_dot_fisher__pb2.ListFisherJobsRequest.SerializeToString,
+            learning_dot_v1_dot_fisher__pb2.ListFisherJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/fisher.proto.
  */
 export const file_learning_v1_fisher: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9maXNoZXIucHJvdG8SC2xlYXJuaW5nLnYxIqkCCg1GaXNoZXJKb2JTcGVjEhIKCmJhc2VfbW9kZWwYASABKAkSFwoPYWRhcHRlcl92ZXJzaW9uGAIgASgJEioKBWpzb25sGAMgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYBCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIYCgtudW1fc2FtcGxlcxgFIAEoDUgBiAEBEi8KCWVzdGltYXRvchgGIAEoDjIcLmxlYXJuaW5nLnYxLkZpc2hlckVzdGltYXRvchInCgVzcGFjZRgHIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlQgkKB2RhdGFzZXRCDgoMX251bV9zYW1wbGVzIosDCglGaXNoZXJKb2ISDAoEbmFtZRgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEiQKBXN0YXRlGAMgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSKgoIcHJvZ3Jlc3MYBCABKAsyGC5sZWFybmluZy52MS5Kb2JQcm9ncmVzcxIhCgVlcnJvchgFIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoEc3BlYxgJIAEoCzIaLmxlYXJuaW5nLnYxLkZpc2hlckpvYlNwZWMSFwoPb3V0cHV0X3NuYXBzaG90GAogASgJEhUKDWxhc3Rfc2VxdWVuY2UYCyABKAQiKgoORmlzaGVyUXVhbnRpbGUSCQoBcRgBIAEoARINCgV2YWx1ZRgCIAEoASJ+CgtGaXNoZXJTdGF0cxILCgNzdW0YASABKAESCwoDbWF4GAIgASgBEgwKBG1lYW4YAyABKAESLgoJcXVhbnRpbGVzGAQgAygLMhsubGVhcm5pbmcudjEuRmlzaGVyUXVhbnRpbGUSFwoPcGFyYW1ldGVyX2NvdW50GAUgASgEIoIDCg5GaXNoZXJTbmFwc2hvdBIMCgRuYW1lGAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhYKDmRhdGFzZXRfZGlnZXN0GAQgASgJEhQKDHNhbXBsZV9jb3VudBgFIAEoBBIvCgllc3RpbWF0b3IYBiABKA4yHC5sZWFybmluZy52MS5GaXNoZXJFc3RpbWF0b3ISLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBXN0YXRzGAggASgLMhgubGVhcm5pbmcudjEuRmlzaGVyU3RhdHMSDgoGc2hhMjU2GAkgASgJEhIKCnNpemVfYnl0ZXMYCiABKAQSFQoNbm9ybWFsaXphdGlvbhgLIAEoCRIYChBhY2N1bXVsYXRlZF9mcm9tGAwgASgJEicKBXNwYWNlGA0gASgOMhgubGVhcm5pbmcudjEuRmlzaGVyU3BhY2UiWQoORmlzaGVyUHJvZ3Jlc3MSFAoMc2FtcGxlc19kb25lGAEgASgEEhUKDXNhbXBsZXNfdG90YWwYAiABKAQSGgoSc2FtcGxlc19wZXJfc2Vjb25kGAMgASgBIo4CCg5GaXNoZXJKb2JFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEi8KCHByb2dyZXNzGAQgASgLMhsubGVhcm5pbmcudjEuRmlzaGVyUHJvZ3Jlc3NIABIqCgd3YXJuaW5nGAUgASgLMhcubGVhcm5pbmcudjEuSm9iV2FybmluZ0gAEiYKBWVycm9yGAYgASgLMhUubGVhcm5pbmcudjEuSm9iRXJyb3JIAEIGCgRraW5kIlYKFkNyZWF0ZUZpc2hlckpvYlJlcXVlc3QSKAoEc3BlYxgBIAEoCzIaLmxlYXJuaW5nLnYxLkZpc2hlckpvYlNwZWMSEgoKcmVxdWVzdF9pZBgCIAEoCSJFChdDcmVhdGVGaXNoZXJKb2JSZXNwb25zZRIqCgpmaXNoZXJfam9iGAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iIiMKE0dldEZpc2hlckpvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJCChRHZXRGaXNoZXJKb2JSZXNwb25zZRIqCgpmaXNoZXJfam9iGAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iIiYKFkNhbmNlbEZpc2hlckpvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJFChdDYW5jZWxGaXNoZXJKb2JSZXNwb25zZRIqCgpmaXNoZXJfam9iGAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iIj0KFVdhdGNoRmlzaGVySm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEInwKFldhdGNoRmlzaGVySm9iUmVzcG9uc2USKgoIc25hcHNob3QYASABKAsyFi5sZWFybmluZy52MS5GaXNoZXJKb2JIABIsCgVldmVudBgCIAEoCzIbLmxlYXJuaW5nLnYxLkZpc2hlckpvYkV2ZW50SABCCAoGdXBkYXRlIigKGEdldEZpc2hlclNuYXBzaG90UmVxdWVzdBIMCgRuYW1lGAEgASgJIlEKGUdldEZpc2hlclNuYXBzaG90UmVzcG9uc2USNAoPZmlzaGVyX3NuYXBzaG90GAEgASgLMhsubGVhcm5pbmcudjEuRmlzaGVyU25hcHNob3QicAoaTGlzdEZpc2hlclNuYXBzaG90c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhIKCmJhc2VfbW9kZWwYBCABKAkibQobTGlzdEZpc2hlclNuYXBzaG90c1Jlc3BvbnNlEjUKEGZpc2hlcl9zbmFwc2hvdHMYASADKAsyGy5sZWFybmluZy52MS5GaXNoZXJTbmFwc2hvdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKwobRGVsZXRlRmlzaGVyU25hcHNob3RSZXF1ZXN0EgwKBG5hbWUYASABKAkiHgocRGVsZXRlRmlzaGVyU25hcHNob3RSZXNwb25zZSqaAQoPRmlzaGVyRXN0aW1hdG9yEiAKHEZJU0hFUl9FU1RJTUFUT1JfVU5TUEVDSUZJRUQQABIeChpGSVNIRVJfRVNUSU1BVE9SX0VNUElSSUNBTBABEhwKGEZJU0hFUl9FU1RJTUFUT1JfU0FNUExFRBACEicKI0ZJU0hFUl9FU1RJTUFUT1JfQkFUQ0hfTUVBTl9TUVVBUkVEEAMyuAUKDUZpc2hlclNlcnZpY2USXAoPQ3JlYXRlRmlzaGVySm9iEiMubGVhcm5pbmcudjEuQ3JlYXRlRmlzaGVySm9iUmVxdWVzdBokLmxlYXJuaW5nLnYxLkNyZWF0ZUZpc2hlckpvYlJlc3BvbnNlElMKDEdldEZpc2hlckpvYhIgLmxlYXJuaW5nLnYxLkdldEZpc2hlckpvYlJlcXVlc3QaIS5sZWFybmluZy52MS5HZXRGaXNoZXJKb2JSZXNwb25zZRJcCg9DYW5jZWxGaXNoZXJKb2ISIy5sZWFybmluZy52MS5DYW5jZWxGaXNoZXJKb2JSZXF1ZXN0GiQubGVhcm5pbmcudjEuQ2FuY2VsRmlzaGVySm9iUmVzcG9uc2USWwoOV2F0Y2hGaXNoZXJKb2ISIi5sZWFybmluZy52MS5XYXRjaEZpc2hlckpvYlJlcXVlc3QaIy5sZWFybmluZy52MS5XYXRjaEZpc2hlckpvYlJlc3BvbnNlMAESYgoRR2V0RmlzaGVyU25hcHNob3QSJS5sZWFybmluZy52MS5HZXRGaXNoZXJTbmFwc2hvdFJlcXVlc3QaJi5sZWFybmluZy52MS5HZXRGaXNoZXJTbmFwc2hvdFJlc3BvbnNlEmgKE0xpc3RGaXNoZXJTbmFwc2hvdHMSJy5sZWFybmluZy52MS5MaXN0RmlzaGVyU25hcHNob3RzUmVxdWVzdBooLmxlYXJuaW5nLnYxLkxpc3RGaXNoZXJTbmFwc2hvdHNSZXNwb25zZRJrChREZWxldGVGaXNoZXJTbmFwc2hvdBIoLmxlYXJuaW5nLnYxLkRlbGV0ZUZpc2hlclNuYXBzaG90UmVxdWVzdBopLmxlYXJuaW5nLnYxLkRlbGV0ZUZpc2hlclNuYXBzaG90UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
+  fileDesc("ChhsZWFybmluZy92MS9maXNoZXIucHJvdG8SC2xlYXJuaW5nLnYxIqkCCg1GaXNoZXJKb2JTcGVjEhIKCmJhc2VfbW9kZWwYASABKAkSFwoPYWRhcHRlcl92ZXJzaW9uGAIgASgJEioKBWpzb25sGAMgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYBCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIYCgtudW1fc2FtcGxlcxgFIAEoDUgBiAEBEi8KCWVzdGltYXRvchgGIAEoDjIcLmxlYXJuaW5nLnYxLkZpc2hlckVzdGltYXRvchInCgVzcGFjZRgHIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlQgkKB2RhdGFzZXRCDgoMX251bV9zYW1wbGVzIosDCglGaXNoZXJKb2ISDAoEbmFtZRgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEiQKBXN0YXRlGAMgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSKgoIcHJvZ3Jlc3MYBCABKAsyGC5sZWFybmluZy52MS5Kb2JQcm9ncmVzcxIhCgVlcnJvchgFIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoEc3BlYxgJIAEoCzIaLmxlYXJuaW5nLnYxLkZpc2hlckpvYlNwZWMSFwoPb3V0cHV0X3NuYXBzaG90GAogASgJEhUKDWxhc3Rfc2VxdWVuY2UYCyABKAQiKgoORmlzaGVyUXVhbnRpbGUSCQoBcRgBIAEoARINCgV2YWx1ZRgCIAEoASJ+CgtGaXNoZXJTdGF0cxILCgNzdW0YASABKAESCwoDbWF4GAIgASgBEgwKBG1lYW4YAyABKAESLgoJcXVhbnRpbGVzGAQgAygLMhsubGVhcm5pbmcudjEuRmlzaGVyUXVhbnRpbGUSFwoPcGFyYW1ldGVyX2NvdW50GAUgASgEIoIDCg5GaXNoZXJTbmFwc2hvdBIMCgRuYW1lGAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhYKDmRhdGFzZXRfZGlnZXN0GAQgASgJEhQKDHNhbXBsZV9jb3VudBgFIAEoBBIvCgllc3RpbWF0b3IYBiABKA4yHC5sZWFybmluZy52MS5GaXNoZXJFc3RpbWF0b3ISLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBXN0YXRzGAggASgLMhgubGVhcm5pbmcudjEuRmlzaGVyU3RhdHMSDgoGc2hhMjU2GAkgASgJEhIKCnNpemVfYnl0ZXMYCiABKAQSFQoNbm9ybWFsaXphdGlvbhgLIAEoCRIYChBhY2N1bXVsYXRlZF9mcm9tGAwgASgJEicKBXNwYWNlGA0gASgOMhgubGVhcm5pbmcudjEuRmlzaGVyU3BhY2UiWQoORmlzaGVyUHJvZ3Jlc3MSFAoMc2FtcGxlc19kb25lGAEgASgEEhUKDXNhbXBsZXNfdG90YWwYAiABKAQSGgoSc2FtcGxlc19wZXJfc2Vjb25kGAMgASgBIo4CCg5GaXNoZXJKb2JFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEi8KCHByb2dyZXNzGAQgASgLMhsubGVhcm5pbmcudjEuRmlzaGVyUHJvZ3Jlc3NIABIqCgd3YXJuaW5nGAUgASgLMhcubGVhcm5pbmcudjEuSm9iV2FybmluZ0gAEiYKBWVycm9yGAYgASgLMhUubGVhcm5pbmcudjEuSm9iRXJyb3JIAEIGCgRraW5kIlYKFkNyZWF0ZUZpc2hlckpvYlJlcXVlc3QSKAoEc3BlYxgBIAEoCzIaLmxlYXJuaW5nLnYxLkZpc2hlckpvYlNwZWMSEgoKcmVxdWVzdF9pZBgCIAEoCSJFChdDcmVhdGVGaXNoZXJKb2JSZXNwb25zZRIqCgpmaXNoZXJfam9iGAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iIiMKE0dldEZpc2hlckpvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJCChRHZXRGaXNoZXJKb2JSZXNwb25zZRIqCgpmaXNoZXJfam9iGAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iImUKFUxpc3RGaXNoZXJKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIlCgZzdGF0ZXMYAyADKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZSJeChZMaXN0RmlzaGVySm9ic1Jlc3BvbnNlEisKC2Zpc2hlcl9qb2JzGAEgAygLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZDYW5jZWxGaXNoZXJKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiRQoXQ2FuY2VsRmlzaGVySm9iUmVzcG9uc2USKgoKZmlzaGVyX2pvYhgBIAEoCzIWLmxlYXJuaW5nLnYxLkZpc2hlckpvYiI9ChVXYXRjaEZpc2hlckpvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCJ8ChZXYXRjaEZpc2hlckpvYlJlc3BvbnNlEioKCHNuYXBzaG90GAEgASgLMhYubGVhcm5pbmcudjEuRmlzaGVySm9iSAASLAoFZXZlbnQYAiABKAsyGy5sZWFybmluZy52MS5GaXNoZXJKb2JFdmVudEgAQggKBnVwZGF0ZSIoChhHZXRGaXNoZXJTbmFwc2hvdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJRChlHZXRGaXNoZXJTbmFwc2hvdFJlc3BvbnNlEjQKD2Zpc2hlcl9zbmFwc2hvdBgBIAEoCzIbLmxlYXJuaW5nLnYxLkZpc2hlclNuYXBzaG90InAKGkxpc3RGaXNoZXJTbmFwc2hvdHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhcKD2FkYXB0ZXJfdmVyc2lvbhgDIAEoCRISCgpiYXNlX21vZGVsGAQgASgJIm0KG0xpc3RGaXNoZXJTbmFwc2hvdHNSZXNwb25zZRI1ChBmaXNoZXJfc25hcHNob3RzGAEgAygLMhsubGVhcm5pbmcudjEuRmlzaGVyU25hcHNob3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKG0RlbGV0ZUZpc2hlclNuYXBzaG90UmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHERlbGV0ZUZpc2hlclNuYXBzaG90UmVzcG9uc2UqmgEKD0Zpc2hlckVzdGltYXRvchIgChxGSVNIRVJfRVNUSU1BVE9SX1VOU1BFQ0lGSUVEEAASHgoaRklTSEVSX0VTVElNQVRPUl9FTVBJUklDQUwQARIcChhGSVNIRVJfRVNUSU1BVE9SX1NBTVBMRUQQAhInCiNGSVNIRVJfRVNUSU1BVE9SX0JBVENIX01FQU5fU1FVQVJFRBADMpMGCg1GaXNoZXJTZXJ2aWNlElwKD0NyZWF0ZUZpc2hlckpvYhIjLmxlYXJuaW5nLnYxLkNyZWF0ZUZpc2hlckpvYlJlcXVlc3QaJC5sZWFybmluZy52MS5DcmVhdGVGaXNoZXJKb2JSZXNwb25zZRJTCgxHZXRGaXNoZXJKb2ISIC5sZWFybmluZy52MS5HZXRGaXNoZXJKb2JSZXF1ZXN0GiEubGVhcm5pbmcudjEuR2V0RmlzaGVySm9iUmVzcG9uc2USWQoOTGlzdEZpc2hlckpvYnMSIi5sZWFybmluZy52MS5MaXN0RmlzaGVySm9ic1JlcXVlc3QaIy5sZWFybmluZy52MS5MaXN0RmlzaGVySm9ic1Jlc3BvbnNlElwKD0NhbmNlbEZpc2hlckpvYhIjLmxlYXJuaW5nLnYxLkNhbmNlbEZpc2hlckpvYlJlcXVlc3QaJC5sZWFybmluZy52MS5DYW5jZWxGaXNoZXJKb2JSZXNwb25zZRJbCg5XYXRjaEZpc2hlckpvYhIiLmxlYXJuaW5nLnYxLldhdGNoRmlzaGVySm9iUmVxdWVzdBojLmxlYXJuaW5nLnYxLldhdGNoRmlzaGVySm9iUmVzcG9uc2UwARJiChFHZXRGaXNoZXJTbmFwc2hvdBIlLmxlYXJuaW5nLnYxLkdldEZpc2hlclNuYXBzaG90UmVxdWVzdBomLmxlYXJuaW5nLnYxLkdldEZpc2hlclNuYXBzaG90UmVzcG9uc2USaAoTTGlzdEZpc2hlclNuYXBzaG90cxInLmxlYXJuaW5nLnYxLkxpc3RGaXNoZXJTbmFwc2hvdHNSZXF1ZXN0GigubGVhcm5pbmcudjEuTGlzdEZpc2hlclNuYXBzaG90c1Jlc3BvbnNlEmsKFERlbGV0ZUZpc2hlclNuYXBzaG90EigubGVhcm5pbmcudjEuRGVsZXRlRmlzaGVyU25hcHNob3RSZXF1ZXN0GikubGVhcm5pbmcudjEuRGVsZXRlRmlzaGVyU25hcHNob3RSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
 
 /**
  * @generated from message learning.v1.FisherJobSpec
@@ -456,6 +456,63 @@ export const GetFisherJobResponseSchema: GenMessage<GetFisherJobResponse> = /*@_
   messageDesc(file_learning_v1_fisher, 10);
 
 /**
+ * @generated from message learning.v1.ListFisherJobsRequest
+ */
+export type ListFisherJobsRequest = Message<"learning.v1.ListFisherJobsRequest"> & {
+  /**
+   * At most this many jobs; 0 means 50, capped at 1000.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only jobs in one of these states; empty means all.
+   *
+   * @generated from field: repeated learning.v1.JobState states = 3;
+   */
+  states: JobState[];
+};
+
+/**
+ * Describes the message learning.v1.ListFisherJobsRequest.
+ * Use `create(ListFisherJobsRequestSchema)` to create a new message.
+ */
+export const ListFisherJobsRequestSchema: GenMessage<ListFisherJobsRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_fisher, 11);
+
+/**
+ * @generated from message learning.v1.ListFisherJobsResponse
+ */
+export type ListFisherJobsResponse = Message<"learning.v1.ListFisherJobsResponse"> & {
+  /**
+   * @generated from field: repeated learning.v1.FisherJob fisher_jobs = 1;
+   */
+  fisherJobs: FisherJob[];
+
+  /**
+   * Empty when there are no more pages.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message learning.v1.ListFisherJobsResponse.
+ * Use `create(ListFisherJobsResponseSchema)` to create a new message.
+ */
+export const ListFisherJobsResponseSchema: GenMessage<ListFisherJobsResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_fisher, 12);
+
+/**
  * @generated from message learning.v1.CancelFisherJobRequest
  */
 export type CancelFisherJobRequest = Message<"learning.v1.CancelFisherJobRequest"> & {
@@ -470,7 +527,7 @@ export type CancelFisherJobRequest = Message<"learning.v1.CancelFisherJobRequest
  * Use `create(CancelFisherJobRequestSchema)` to create a new message.
  */
 export const CancelFisherJobRequestSchema: GenMessage<CancelFisherJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 11);
+  messageDesc(file_learning_v1_fisher, 13);
 
 /**
  * @generated from message learning.v1.CancelFisherJobResponse
@@ -487,7 +544,7 @@ export type CancelFisherJobResponse = Message<"learning.v1.CancelFisherJobRespon
  * Use `create(CancelFisherJobResponseSchema)` to create a new message.
  */
 export const CancelFisherJobResponseSchema: GenMessage<CancelFisherJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 12);
+  messageDesc(file_learning_v1_fisher, 14);
 
 /**
  * @generated from message learning.v1.WatchFisherJobRequest
@@ -509,7 +566,7 @@ export type WatchFisherJobRequest = Message<"learning.v1.WatchFisherJobRequest">
  * Use `create(WatchFisherJobRequestSchema)` to create a new message.
  */
 export const WatchFisherJobRequestSchema: GenMessage<WatchFisherJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 13);
+  messageDesc(file_learning_v1_fisher, 15);
 
 /**
  * @generated from message learning.v1.WatchFisherJobResponse
@@ -538,7 +595,7 @@ export type WatchFisherJobResponse = Message<"learning.v1.WatchFisherJobResponse
  * Use `create(WatchFisherJobResponseSchema)` to create a new message.
  */
 export const WatchFisherJobResponseSchema: GenMessage<WatchFisherJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 14);
+  messageDesc(file_learning_v1_fisher, 16);
 
 /**
  * @generated from message learning.v1.GetFisherSnapshotRequest
@@ -555,7 +612,7 @@ export type GetFisherSnapshotRequest = Message<"learning.v1.GetFisherSnapshotReq
  * Use `create(GetFisherSnapshotRequestSchema)` to create a new message.
  */
 export const GetFisherSnapshotRequestSchema: GenMessage<GetFisherSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 15);
+  messageDesc(file_learning_v1_fisher, 17);
 
 /**
  * @generated from message learning.v1.GetFisherSnapshotResponse
@@ -572,7 +629,7 @@ export type GetFisherSnapshotResponse = Message<"learning.v1.GetFisherSnapshotRe
  * Use `create(GetFisherSnapshotResponseSchema)` to create a new message.
  */
 export const GetFisherSnapshotResponseSchema: GenMessage<GetFisherSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 16);
+  messageDesc(file_learning_v1_fisher, 18);
 
 /**
  * @generated from message learning.v1.ListFisherSnapshotsRequest
@@ -606,7 +663,7 @@ export type ListFisherSnapshotsRequest = Message<"learning.v1.ListFisherSnapshot
  * Use `create(ListFisherSnapshotsRequestSchema)` to create a new message.
  */
 export const ListFisherSnapshotsRequestSchema: GenMessage<ListFisherSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 17);
+  messageDesc(file_learning_v1_fisher, 19);
 
 /**
  * @generated from message learning.v1.ListFisherSnapshotsResponse
@@ -628,7 +685,7 @@ export type ListFisherSnapshotsResponse = Message<"learning.v1.ListFisherSnapsho
  * Use `create(ListFisherSnapshotsResponseSchema)` to create a new message.
  */
 export const ListFisherSnapshotsResponseSchema: GenMessage<ListFisherSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 18);
+  messageDesc(file_learning_v1_fisher, 20);
 
 /**
  * @generated from message learning.v1.DeleteFisherSnapshotRequest
@@ -645,7 +702,7 @@ export type DeleteFisherSnapshotRequest = Message<"learning.v1.DeleteFisherSnaps
  * Use `create(DeleteFisherSnapshotRequestSchema)` to create a new message.
  */
 export const DeleteFisherSnapshotRequestSchema: GenMessage<DeleteFisherSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 19);
+  messageDesc(file_learning_v1_fisher, 21);
 
 /**
  * @generated from message learning.v1.DeleteFisherSnapshotResponse
@@ -658,7 +715,7 @@ export type DeleteFisherSnapshotResponse = Message<"learning.v1.DeleteFisherSnap
  * Use `create(DeleteFisherSnapshotResponseSchema)` to create a new message.
  */
 export const DeleteFisherSnapshotResponseSchema: GenMessage<DeleteFisherSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_fisher, 20);
+  messageDesc(file_learning_v1_fisher, 22);
 
 /**
  * How the diagonal Fisher is estimated.
@@ -726,6 +783,16 @@ export const FisherService: GenService<{
     methodKind: "unary";
     input: typeof GetFisherJobRequestSchema;
     output: typeof GetFisherJobResponseSchema;
+  },
+  /**
+   * Fisher jobs, newest first, optionally only those in some states.
+   *
+   * @generated from rpc learning.v1.FisherService.ListFisherJobs
+   */
+  listFisherJobs: {
+    methodKind: "unary";
+    input: typeof ListFisherJobsRequestSchema;
+    output: typeof ListFisherJobsResponseSchema;
   },
   /**
    * @generated from rpc learning.v1.FisherService.CancelFisherJob
