@@ -9,14 +9,14 @@ on the adapter), folds in the snapshot the parent itself was trained with (onlin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import EwcLineage, FisherSpace, JsonlSource, TrainingJob, TrainingJobSpec, Warned
+from engine.datasets import Example
+from engine.domain import EwcLineage, FisherSpace, TrainingJobSpec, Warned
 from engine.errors import FailedPrecondition, FieldViolation, NotFound
 from engine.ewc import (
     DEFAULT_PENALTY_NORMALIZATION,
@@ -34,8 +34,8 @@ from engine.fisher_run import FisherRun, load_adapter_weights, run_fisher
 from engine.ports import CancelToken, ProgressSink
 from engine.registry.records import lora_shape
 from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
+from engine.version_data import SNAPSHOT_FIELD, VersionDatasets
 
-SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 SPACE_FIELD = "spec.ewc.fisher_space"
 
 
@@ -88,14 +88,12 @@ class EwcPlanner:
         *,
         registry: Any,
         snapshots: FisherSnapshotStore,
-        training_job: Callable[[str], Awaitable[TrainingJob | None]],
-        datasets_dir: Path,
+        versions: VersionDatasets,
         measure: Callable[..., FisherResult] = run_fisher,
     ) -> None:
         self._registry = registry
         self._snapshots = snapshots
-        self._training_job = training_job
-        self._datasets_dir = datasets_dir
+        self._versions = versions
         self._measure = measure
 
     async def validate(self, spec: TrainingJobSpec) -> None:
@@ -158,7 +156,10 @@ class EwcPlanner:
         self, spec: TrainingJobSpec, parent: Any, parent_dir: Path, base_model_dir: Path,
         sink: ProgressSink, cancel: CancelToken,
     ) -> tuple[FisherSnapshot, Diagonal]:
-        examples = await self._dataset_of(parent)
+        data = await self._versions.of(parent)
+        if data.note:
+            sink.emit(Warned("PARENT_DATASET_REBUILT", f"{parent.version}: {data.note}"))
+        examples = data.examples
         chosen = [examples[i] for i in select_samples(len(examples), DEFAULT_NUM_SAMPLES)]
         sink.emit(Warned(
             "FISHER_COMPUTED_AUTOMATICALLY",
@@ -193,39 +194,25 @@ class EwcPlanner:
         sink.emit(Warned("FISHER_SNAPSHOT_STORED", f"stored {snapshot.name}{how}; sum {snapshot.stat_sum:.4g}"))
         return snapshot, fisher
 
-    async def _dataset_of(self, record: Any) -> list[Example]:
-        """The examples ``record`` was trained on, verified against the digest recorded on it."""
-        job = await self._training_job(record.training_job.removeprefix("trainingJobs/")) \
-            if record.training_job else None
-        if job is None or not isinstance(job.spec.dataset, JsonlSource):
-            raise FailedPrecondition(
-                "PARENT_DATASET_UNKNOWN",
-                f"the training data of {record.version} is not known here (imported, or trained from feedback); "
-                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-                metadata={"version": record.version},
-            )
-        path = resolve_dataset_path(self._datasets_dir, job.spec.dataset.path)
-        examples = await asyncio.to_thread(load_jsonl, path)
-        if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
-            raise FailedPrecondition(
-                "PARENT_DATASET_CHANGED",
-                f"{job.spec.dataset.path} changed since {record.version} was trained on it; "
-                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-                metadata={"version": record.version, "path": job.spec.dataset.path},
-            )
-        return examples
-
     async def _earlier_examples(self, parent: Any, sink: ProgressSink) -> list[Example]:
         """Examples of every version in the parent's lineage whose data is still known."""
         pooled: list[Example] = []
         for record in await self._registry.lineage(parent.base_model, parent.version):
             try:
-                pooled.extend(await self._dataset_of(record))
+                data = await self._versions.of(record)
             except FailedPrecondition as exc:
                 sink.emit(Warned("REPLAY_DATASET_UNAVAILABLE", exc.message))
+                continue
+            if data.note:
+                sink.emit(Warned("REPLAY_DATASET_REBUILT", f"{record.version}: {data.note}"))
+            pooled.extend(data.examples)
         return pooled
 
 
 def with_plan(run: Any, plan: EwcPlan) -> Any:
-    """The training run with the EWC penalty and the replay-mixed examples."""
-    return replace(run, penalty=plan.penalty, examples=plan.examples)
+    """The training run with the EWC penalty and the replay-mixed examples (appended after the new ones, and
+    labelled for the run's objective, if it has one)."""
+    objective, replayed = run.objective, plan.lineage.replayed_examples
+    if objective is not None and replayed:
+        objective = objective.extended(replayed)
+    return replace(run, penalty=plan.penalty, examples=plan.examples, objective=objective)

@@ -107,6 +107,10 @@ class KtoObjective:
     def select(self, kept: list[int]) -> KtoObjective:
         return KtoObjective([self.desirable[i] for i in kept], self.beta)
 
+    def extended(self, replayed: int) -> KtoObjective:
+        """Replayed examples are what earlier versions were taught to answer: desirable."""
+        return KtoObjective([*self.desirable, *([True] * replayed)], self.beta)
+
     def loss(self, model: Any, batch: Batch, indices: Sequence[int], plan: Any) -> torch.Tensor:
         labels = torch.tensor([self.desirable[i] for i in indices], device=batch.input_ids.device)
         kl_batch = mismatched(batch)

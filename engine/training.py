@@ -61,6 +61,11 @@ class BatchObjective(Protocol):
         """The objective over the examples at positions ``kept`` of ``run.examples``, renumbered 0..n-1."""
         ...
 
+    def extended(self, replayed: int) -> BatchObjective:
+        """The objective over ``run.examples`` followed by ``replayed`` examples of earlier versions (replay),
+        each a target to keep producing."""
+        ...
+
     def loss(self, model: Any, batch: Batch, indices: list[int], plan: DevicePlan) -> torch.Tensor:
         """The task loss of ``batch``, which holds the examples at ``indices``."""
         ...

@@ -34,6 +34,7 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
+from engine.version_data import VersionDatasets
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,
@@ -181,8 +182,8 @@ async def start(settings: Settings) -> App:
         preparer=preparer,
         work_dir=settings.work_dir,
         max_concurrent_jobs=settings.max_concurrent_jobs,
-        ewc=EwcPlanner(registry=registry, snapshots=snapshots, training_job=training_store.get_job,
-                       datasets_dir=settings.datasets_dir),
+        ewc=EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
+            training_job=training_store.get_job, datasets_dir=settings.datasets_dir, feedback=feedback_datasets)),
     )
     await jobs.recover()
     fisher_jobs = FisherJobManager(

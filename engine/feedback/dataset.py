@@ -36,7 +36,7 @@ import json
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -91,7 +91,7 @@ class DatasetPolicy:
 @dataclass(frozen=True)
 class FeedbackDataset:
     examples: list[Example]
-    desirable: tuple[bool, ...]  # KTO labels, one per example (all True for SFT)
+    desirable: tuple[bool, ...]  # per example, whether its target is a wanted answer (KTO's labels)
     digest: str
     composition: tuple[tuple[str, int], ...]
     window_start: datetime
@@ -183,7 +183,19 @@ class FeedbackDatasetBuilder:
     async def build(self, source: FeedbackSource, objective: Objective) -> FeedbackDataset:
         """Build the dataset; FAILED_PRECONDITION below ``min_samples`` (stating the count) unless ``force``."""
         end = self._clock()
-        start = end - timedelta(days=source.days)
+        return await self._build(source, objective, end - timedelta(days=source.days), end, check=True)
+
+    async def rebuild(self, source: FeedbackSource, objective: Objective, start: datetime,
+                      end: datetime) -> FeedbackDataset:
+        """The dataset ``source`` gave over the window [start, end], from the feedback stored now.
+
+        For what an earlier version was trained on (its Fisher, replay): events deleted since (the right to be
+        forgotten) are gone from it, and no minimum applies; FAILED_PRECONDITION if nothing is left.
+        """
+        return await self._build(source, objective, start, end, check=False)
+
+    async def _build(self, source: FeedbackSource, objective: Objective, start: datetime, end: datetime, *,
+                     check: bool) -> FeedbackDataset:
         kto = objective is Objective.KTO
         interactions = await self._collect(source, start, end, kto)
         chosen: dict[tuple[str, bool], _Candidate] = {}
@@ -197,7 +209,7 @@ class FeedbackDatasetBuilder:
                                                                              -best.time.timestamp()):
                     chosen[slot] = c
         picked = sorted(chosen.values(), key=lambda c: (c.time, c.prompt_key, c.desirable))
-        self._check_size(len(picked), source, objective)
+        self._check_size(len(picked), source if check else replace(source, min_samples=0), objective)
         examples = [c.example for c in picked]
         desirable = tuple(c.desirable for c in picked)
         counts: dict[str, int] = {}

@@ -101,3 +101,10 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -
     assert float(moved) != pytest.approx(0.625, abs=1e-4)  # the adapter now changes the policy but not the reference
     moved.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_replayed_examples_extend_the_labels_as_desirable() -> None:
+    objective = KtoObjective([True, False])
+    extended = objective.extended(2)
+    assert extended.desirable == (True, False, True, True) and extended.beta == objective.beta
+    assert extended.select([1, 3]).desirable == (False, True)

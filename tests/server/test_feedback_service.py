@@ -21,6 +21,8 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from learning.v1 import common_pb2 as common
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
+from learning.v1 import fisher_pb2 as fisher_pb
+from learning.v1 import fisher_pb2_grpc as fisher_grpc
 from learning.v1 import training_pb2 as pb
 from server.errors import ErrorInterceptor
 from server.services.feedback import build_feedback_service
@@ -362,6 +364,47 @@ async def test_training_job_from_feedback_runs_end_to_end(client, objective: int
     assert window == timedelta(days=1)
     assert len(steps) == 2 * ((summary.example_count + 3) // 4)
     assert job.output_adapter_version
+
+
+async def _run(client, spec: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, dict[str, str]]:
+    """Create and follow a training job: the finished job, and its warnings by code."""
+    created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec))
+    messages = await watch_all(client.training, created.training_job.name)
+    warnings = {m.event.warning.code: m.event.warning.message for m in messages[1:] if m.event.HasField("warning")}
+    job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
+    assert job.state == common.JOB_STATE_SUCCEEDED, job.error
+    return job, warnings
+
+
+async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_without_forgotten_users(client):
+    """The weekly loop: v1.0 from feedback, a user forgotten, then v1.1 from feedback with EWC (its Fisher on
+    v1.0's feedback, rebuilt) and replay, under the KTO objective."""
+    await _seed_capitals(client)
+    carol = ev("carol-1", prompt="Who wrote Hamlet? ", response="Shakespeare wrote Hamlet.", user="carol",
+               minutes_ago=30)
+    assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=[carol]))).stored == 1
+    v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_SFT, days=1, min_samples=10))
+    assert v10.output_adapter_version == "v1.0" and v10.dataset.example_count == 18
+    forgotten = await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="carol"))
+    assert forgotten.deleted == 1
+
+    spec = _feedback_spec(pb.OBJECTIVE_KTO, days=1, min_samples=10)
+    spec.parent_adapter_version = "v1.0"
+    spec.ewc.replay_fraction = 0.5
+    v11, warnings = await _run(client, spec)
+    assert v11.output_adapter_version == "v1.1" and v11.ewc_lineage.parent_adapter_version == "v1.0"
+    # v1.0's data is rebuilt from the feedback stored now: carol's example is gone from its Fisher and replay,
+    # which take its 9 wanted answers (8 thumbs up, 1 correction), not the 8 thumbs-down ones.
+    assert "17 examples now against the 18 v1.0 was trained on" in warnings["PARENT_DATASET_REBUILT"]
+    assert "17 examples now" in warnings["REPLAY_DATASET_REBUILT"]
+    assert "(9 samples)" in warnings["FISHER_COMPUTED_AUTOMATICALLY"]
+    assert "mixed 9 examples of earlier versions' datasets into the 18 new ones" in warnings["REPLAY_MIXED"]
+    fisher = fisher_grpc.FisherServiceStub(client.channel)
+    snapshot = (await fisher.GetFisherSnapshot(
+        fisher_pb.GetFisherSnapshotRequest(name=v11.ewc_lineage.fisher_snapshot))).fisher_snapshot
+    assert (snapshot.adapter_version, snapshot.sample_count) == ("v1.0", 9)
+    # KTO over the new examples plus the replayed ones, each replayed example a desirable target.
+    assert v11.dataset.example_count == 18
 
 
 async def test_too_little_feedback_fails_the_create_call_stating_the_count(client) -> None:

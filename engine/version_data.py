@@ -1,0 +1,97 @@
+"""The examples an adapter version was trained on, for its Fisher and for replay (``engine.continual``).
+
+A version trained on a JSONL file reads that file again, verified against the digest recorded on the
+version. A version trained on feedback has its dataset rebuilt from PostgreSQL over the window it was built
+on, with its job's filters and objective (``FeedbackDatasetBuilder.rebuild``). Events deleted since, by
+``DeleteUserFeedback`` or otherwise, are gone from the rebuilt set, so a forgotten user's data never comes
+back through a Fisher or a replay. When events of that window were deleted, or arrived late, the rebuilt set
+differs from the recorded digest, and :class:`VersionData` says so. Of a feedback dataset only the
+desirable examples are returned (thumbs up, high ratings, corrections): what the version should keep doing.
+Answers users rejected are left out, under KTO (taught to avoid) and under SFT (trained on at a low weight)
+alike, so EWC does not protect them and replay does not teach them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
+from engine.domain import FeedbackSource, JsonlSource, TrainingJob
+from engine.errors import FailedPrecondition
+from engine.feedback.dataset import FeedbackDatasetBuilder
+
+SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
+
+
+@dataclass(frozen=True)
+class VersionData:
+    examples: list[Example]
+    note: str = ""  # set when the examples are not exactly the dataset recorded on the version
+
+
+class VersionDatasets:
+    def __init__(
+        self,
+        *,
+        training_job: Callable[[str], Awaitable[TrainingJob | None]],
+        datasets_dir: Path,
+        feedback: FeedbackDatasetBuilder | None = None,
+    ) -> None:
+        self._training_job = training_job
+        self._datasets_dir = datasets_dir
+        self._feedback = feedback
+
+    async def of(self, record: Any) -> VersionData:
+        """The examples ``record`` (an ``AdapterRecord``) was trained on; FAILED_PRECONDITION if unknown."""
+        job = await self._training_job(record.training_job.removeprefix("trainingJobs/")) \
+            if record.training_job else None
+        source = job.spec.dataset if job is not None else None
+        if isinstance(source, JsonlSource):
+            return VersionData(await self._jsonl(record, source))
+        summary = record.dataset
+        if isinstance(source, FeedbackSource) and self._feedback is not None and summary is not None \
+                and summary.window_start is not None and summary.window_end is not None:
+            return await self._rebuilt(record, job, source)
+        raise FailedPrecondition(
+            "PARENT_DATASET_UNKNOWN",
+            f"the training data of {record.version} is not known here (imported, or its job is gone); "
+            f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+            metadata={"version": record.version},
+        )
+
+    async def _jsonl(self, record: Any, source: JsonlSource) -> list[Example]:
+        path = resolve_dataset_path(self._datasets_dir, source.path)
+        examples = await asyncio.to_thread(load_jsonl, path)
+        if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
+            raise FailedPrecondition(
+                "PARENT_DATASET_CHANGED",
+                f"{source.path} changed since {record.version} was trained on it; "
+                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version, "path": source.path},
+            )
+        return examples
+
+    async def _rebuilt(self, record: Any, job: TrainingJob, source: FeedbackSource) -> VersionData:
+        assert self._feedback is not None and record.dataset is not None
+        summary = record.dataset
+        try:
+            built = await self._feedback.rebuild(source, job.spec.objective, summary.window_start,
+                                                 summary.window_end)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(
+                "PARENT_FEEDBACK_GONE",
+                f"none of the feedback {record.version} was trained on is left (deleted since); name a Fisher "
+                f"snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version},
+            ) from exc
+        examples = [e for e, desirable in zip(built.examples, built.desirable, strict=True) if desirable]
+        window = f"{summary.window_start:%Y-%m-%d %H:%M} to {summary.window_end:%Y-%m-%d %H:%M} UTC"
+        note = "" if built.digest == summary.digest else (
+            f"rebuilt from the feedback of {window}: {len(built.examples)} examples now against the "
+            f"{summary.example_count} {record.version} was trained on (events deleted or arrived since)"
+        )
+        return VersionData(examples, note)
