@@ -17,8 +17,9 @@ from typing import Any
 
 from engine.continual import new_snapshot
 from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import FeedbackSource, JobProgress, JobState, Warned
+from engine.domain import FeedbackSource, JobProgress, JobState, Objective, Warned
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.fisher import FisherResult, select_samples
 from engine.fisher_domain import DEFAULT_NUM_SAMPLES, MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
 from engine.fisher_run import FisherRun, run_fisher
@@ -48,6 +49,7 @@ class FisherJobManager(JobManager):
         config: FisherJobConfig,
         work_dir: Path,
         max_concurrent_jobs: int = 1,
+        feedback: FeedbackDatasetBuilder | None = None,
         measure: Callable[..., FisherResult] = run_fisher,
     ) -> None:
         super().__init__(store=store, work_dir=work_dir, max_concurrent_jobs=max_concurrent_jobs)
@@ -55,6 +57,7 @@ class FisherJobManager(JobManager):
         self._snapshots = snapshots
         self._base_model_dir = base_model_dir
         self._config = config
+        self._feedback = feedback
         self._measure = measure
 
     async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> FisherJob:
@@ -67,17 +70,26 @@ class FisherJobManager(JobManager):
             )
         await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         await asyncio.to_thread(self._base_model_dir, spec.base_model)
-        await asyncio.to_thread(self._examples, spec)
+        await self._examples(spec)
         job = FisherJob(id=uuid.uuid4().hex, spec=spec, state=JobState.QUEUED, create_time=_now(),
                         request_id=request_id)
         return await self._admit(job)
 
-    def _examples(self, spec: FisherJobSpec) -> list[Example]:
+    async def _examples(self, spec: FisherJobSpec) -> list[Example]:
+        """The JSONL file's examples, or the wanted answers of a dataset built from feedback now (thumbs up, high
+        ratings, corrections: what the adapter should keep doing; see engine.version_data)."""
         if isinstance(spec.dataset, FeedbackSource):
-            raise FailedPrecondition(
-                "FEEDBACK_DATASETS_UNAVAILABLE", "Fisher jobs measure JSONL datasets; name one in spec.jsonl.path"
-            )
-        return load_jsonl(resolve_dataset_path(self._config.datasets_dir, spec.dataset.path))
+            if self._feedback is None:
+                raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
+            built = await self._feedback.build(spec.dataset, Objective.SFT)
+            wanted = [e for e, good in zip(built.examples, built.desirable, strict=True) if good]
+            if not wanted:
+                raise FailedPrecondition(
+                    "NO_WANTED_FEEDBACK", f"the {len(built.examples)} feedback examples found are all rejected "
+                    "answers; the Fisher measures what the adapter should keep doing", metadata={"found": "0"},
+                )
+            return wanted
+        return await asyncio.to_thread(load_jsonl, resolve_dataset_path(self._config.datasets_dir, spec.dataset.path))
 
     async def _execute(self, live: _LiveJob, job_dir: Path) -> str:
         spec: FisherJobSpec = live.job.spec
@@ -85,7 +97,7 @@ class FisherJobManager(JobManager):
         record = await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         adapter_dir = await self._registry.fetch(record, job_dir / "adapter")
         model_dir = await asyncio.to_thread(self._base_model_dir, spec.base_model)
-        examples = await asyncio.to_thread(self._examples, spec)
+        examples = await self._examples(spec)
         if spec.num_samples > len(examples):
             self._record(live, Warned(
                 "NUM_SAMPLES_EXCEEDS_DATASET",

@@ -118,16 +118,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
         dataset = d.JsonlSource(path=msg.jsonl.path)
     elif source == "feedback":
-        f, fd = msg.feedback, d.FeedbackSource()
-        dataset = d.FeedbackSource(
-            days=f.days or fd.days,
-            labels=tuple(sorted(f.labels.items())),
-            adapter_version=f.adapter_version,
-            min_samples=f.min_samples or fd.min_samples,
-            force=f.force,
-            thumbs_up_weight=f.thumbs_up_weight or fd.thumbs_up_weight,
-            thumbs_down_weight=f.thumbs_down_weight or fd.thumbs_down_weight,
-        )
+        dataset = feedback_source_from_pb(msg.feedback)
     else:
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
         dataset = d.JsonlSource(path="")
@@ -174,12 +165,29 @@ def spec_to_pb(spec: d.TrainingJobSpec) -> pb.TrainingJobSpec:
     if isinstance(spec.dataset, d.JsonlSource):
         msg.jsonl.path = spec.dataset.path
     else:
-        f = spec.dataset
-        msg.feedback.CopyFrom(common.FeedbackDataset(
-            days=f.days, labels=dict(f.labels), adapter_version=f.adapter_version, min_samples=f.min_samples,
-            force=f.force, thumbs_up_weight=f.thumbs_up_weight, thumbs_down_weight=f.thumbs_down_weight,
-        ))
+        msg.feedback.CopyFrom(feedback_source_to_pb(spec.dataset))
     return msg
+
+
+def feedback_source_from_pb(f: common.FeedbackDataset) -> d.FeedbackSource:
+    """A dataset built from feedback; zero fields take the defaults (7 days, 100 samples, weights 2.0 / 0.5)."""
+    fd = d.FeedbackSource()
+    return d.FeedbackSource(
+        days=f.days or fd.days,
+        labels=tuple(sorted(f.labels.items())),
+        adapter_version=f.adapter_version,
+        min_samples=f.min_samples or fd.min_samples,
+        force=f.force,
+        thumbs_up_weight=f.thumbs_up_weight or fd.thumbs_up_weight,
+        thumbs_down_weight=f.thumbs_down_weight or fd.thumbs_down_weight,
+    )
+
+
+def feedback_source_to_pb(f: d.FeedbackSource) -> common.FeedbackDataset:
+    return common.FeedbackDataset(
+        days=f.days, labels=dict(f.labels), adapter_version=f.adapter_version, min_samples=f.min_samples,
+        force=f.force, thumbs_up_weight=f.thumbs_up_weight, thumbs_down_weight=f.thumbs_down_weight,
+    )
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -22,6 +22,8 @@ from server.convert import (
     _dur,
     _ts,
     failure_to_pb,
+    feedback_source_from_pb,
+    feedback_source_to_pb,
     fisher_space_from_pb,
     state_change_to_pb,
 )
@@ -45,9 +47,9 @@ def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_spac
     if source == "jsonl":
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
     elif source == "feedback":
-        dataset = d.FeedbackSource(adapter_version=msg.feedback.adapter_version)
+        dataset = feedback_source_from_pb(msg.feedback)
     else:
-        issues.add("spec.dataset", "set spec.jsonl (the data the adapter should remember)")
+        issues.add("spec.dataset", "set spec.jsonl or spec.feedback (the data the adapter should remember)")
     issues.raise_if_any("INVALID_FISHER_SPEC", "invalid Fisher job spec")
     return FisherJobSpec(
         base_model=msg.base_model or default_base_model,
@@ -66,7 +68,7 @@ def spec_to_pb(spec: FisherJobSpec) -> pb.FisherJobSpec:
     if isinstance(spec.dataset, d.JsonlSource):
         msg.jsonl.path = spec.dataset.path
     else:
-        msg.feedback.adapter_version = spec.dataset.adapter_version
+        msg.feedback.CopyFrom(feedback_source_to_pb(spec.dataset))
     return msg
 
 

@@ -193,7 +193,7 @@ async def start(settings: Settings) -> App:
         ),
         config=FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size),
         work_dir=settings.work_dir / "fisher",
-        max_concurrent_jobs=settings.max_concurrent_jobs,
+        max_concurrent_jobs=settings.max_concurrent_jobs, feedback=feedback_datasets,
     )
     await fisher_jobs.recover()
 

@@ -406,6 +406,22 @@ async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_wi
     # KTO over the new examples plus the replayed ones, each replayed example a desirable target.
     assert v11.dataset.example_count == 18
 
+    # A Fisher job on feedback measures the wanted answers found now.
+    spec = fisher_pb.FisherJobSpec(adapter_version="v1.1", feedback=common.FeedbackDataset(days=1, min_samples=5))
+    job = (await fisher.CreateFisherJob(fisher_pb.CreateFisherJobRequest(spec=spec))).fisher_job
+    assert (job.spec.feedback.days, job.spec.feedback.min_samples, job.spec.feedback.thumbs_up_weight) == (1, 5, 2.0)
+    [m async for m in fisher.WatchFisherJob(fisher_pb.WatchFisherJobRequest(name=job.name))]
+    done = (await fisher.GetFisherJob(fisher_pb.GetFisherJobRequest(name=job.name))).fisher_job
+    assert done.state == common.JOB_STATE_SUCCEEDED, done.error
+    measured = (await fisher.GetFisherSnapshot(
+        fisher_pb.GetFisherSnapshotRequest(name=done.output_snapshot))).fisher_snapshot
+    assert (measured.adapter_version, measured.sample_count) == ("v1.1", 9)
+    too_few = fisher_pb.FisherJobSpec(adapter_version="v1.1", feedback=common.FeedbackDataset(days=1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # min_samples 100 by default, as for training
+        await fisher.CreateFisherJob(fisher_pb.CreateFisherJobRequest(spec=too_few))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(err.value)[0].reason == "FEEDBACK_DATASET_TOO_SMALL"
+
 
 async def test_too_little_feedback_fails_the_create_call_stating_the_count(client) -> None:
     await _seed_capitals(client)

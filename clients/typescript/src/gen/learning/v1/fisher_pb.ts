@@ -37,6 +37,10 @@ export type FisherJobSpec = Message<"learning.v1.FisherJobSpec"> & {
   adapterVersion: string;
 
   /**
+   * What the adapter should keep doing: a JSONL file, or the wanted answers
+   * (thumbs up, high ratings, corrections) of a dataset built from feedback
+   * now, with the same filters and min_samples check as a training job's.
+   *
    * @generated from oneof learning.v1.FisherJobSpec.dataset
    */
   dataset: {
