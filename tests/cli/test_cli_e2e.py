@@ -125,6 +125,9 @@ async def test_train_watch_deploy_rollback(make_server):
     zero = await cli(port, "--json", "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
                      "--samples", "0")
     assert zero.code == 3 and "must be at least 1" in zero.out  # an explicit 0 is not the default
+    no_feedback = await cli(port, "--json", "fisher", "--from-feedback", "7", "--adapter-version", "v1.0")
+    assert no_feedback.code == 9  # FAILED_PRECONDITION: this server has collected no feedback
+    assert no_feedback.json_lines()[0]["error"]["reason"] == "FEEDBACK_DATASET_EMPTY"
 
     metrics = await cli(port, "--json", "metrics", "--url", f"http://127.0.0.1:{server.app.metrics.port}/metrics")
     assert metrics.code == 0, metrics.err

@@ -199,7 +199,11 @@ def _outcome_code(state: int, error_code: int) -> int:
 
 def fisher_cmd(
     ctx: typer.Context,
-    data: str = typer.Option(..., "--data", "-d", help="JSONL dataset path on the server."),
+    data: str = typer.Option(None, "--data", "-d", help="JSONL dataset path on the server."),
+    from_feedback: int = typer.Option(
+        0, "--from-feedback", help="Measure the wanted answers of the last N days of feedback instead."
+    ),
+    min_samples: int = typer.Option(0, "--min-samples", help="With --from-feedback: fewest examples to accept."),
     adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
     base_model: str = typer.Option("", "--base-model"),
     samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
@@ -210,19 +214,24 @@ def fisher_cmd(
     request_id: str = typer.Option("", "--request-id"),
     watch: bool = typer.Option(False, "--watch", "-w"),
 ) -> None:
-    """Estimate a diagonal Fisher snapshot (for EWC) from a dataset."""
+    """Estimate a diagonal Fisher snapshot (for EWC) from a dataset or from collected feedback."""
     opts = options(ctx)
+    if bool(data) == bool(from_feedback):
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name exactly one of --data or --from-feedback", reason="USAGE")
     key = f"FISHER_ESTIMATOR_{estimator.upper()}"
     if key not in fisher.FisherEstimator.keys():
         raise typer.BadParameter(f"unknown estimator {estimator!r}", param_hint="--estimator")
     spec = fisher.FisherJobSpec(
         base_model=base_model,
         adapter_version=adapter_version,
-        jsonl=common.JsonlDataset(path=data),
         num_samples=samples,
         estimator=fisher.FisherEstimator.Value(key),
         space=_space(space, "--space"),
     )
+    if data:
+        spec.jsonl.path = data
+    else:
+        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
 
     async def call(client: AsyncClient) -> int:
         job = await client.create_fisher_job(spec, request_id=request_id)
