@@ -423,6 +423,37 @@ async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_wi
     assert error_details(err.value)[0].reason == "FEEDBACK_DATASET_TOO_SMALL"
 
 
+async def test_a_parent_whose_feedback_is_all_forgotten_fails_its_child_and_rejected_answers_are_not_measured(
+    client,
+):
+    events = [ev(f"dave-{n}", prompt=f"Who wrote book {n}? ", response=f"Author {n} did.", user="dave")
+              for n in range(3)]
+    assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))).stored == 3
+    v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_SFT, days=1, min_samples=3))
+    assert (await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="dave"))).deleted == 3
+
+    # Continuing from v1.0 with EWC needs v1.0's data, and none of it is left: the job fails, saying why.
+    child = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"), parent_adapter_version="v1.0",
+                               hyperparameters=pb.Hyperparameters(epochs=1, batch_size=4, max_seq_length=96))
+    created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=child))
+    await watch_all(client.training, created.training_job.name)
+    job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
+    assert job.state == common.JOB_STATE_FAILED and job.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "none of the feedback v1.0 was trained on is left" in job.error.message
+
+    # Feedback that holds only rejected answers gives a Fisher job nothing to measure.
+    rejected = [ev(f"erin-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, prompt=f"Q{n}? ", response="No.", user="erin")
+                for n in range(3)]
+    await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=rejected))
+    spec = fisher_pb.FisherJobSpec(adapter_version=v10.output_adapter_version,
+                                   feedback=common.FeedbackDataset(days=1, min_samples=1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fisher_grpc.FisherServiceStub(client.channel).CreateFisherJob(
+            fisher_pb.CreateFisherJobRequest(spec=spec))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(err.value)[0].reason == "NO_WANTED_FEEDBACK"
+
+
 async def test_too_little_feedback_fails_the_create_call_stating_the_count(client) -> None:
     await _seed_capitals(client)
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -219,3 +219,16 @@ async def test_fisher_jobs_take_their_batch_size_from_the_settings(make_server):
     rest = await fisher.ListFisherJobs(fisher_pb2.ListFisherJobsRequest(page_size=1,
                                                                         page_token=first_page.next_page_token))
     assert [j.name for j in rest.fisher_jobs] == [job.name] and rest.next_page_token == ""
+
+
+async def test_a_parent_whose_jsonl_changed_since_fails_its_child_with_ewc(client, data_dir):
+    await train(client, spec(epochs=1))
+    with (data_dir / "datasets" / "capitals.jsonl").open("a") as f:  # edited after v1.0 was trained on it
+        f.write('{"prompt": "What is the capital of Peru?", "completion": "Lima."}\n')
+    created = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=ewc_spec("v1.0"))))
+    await watch_all(client.training, created.training_job.name)
+    child = (await client.training.GetTrainingJob(
+        pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
+    assert child.state == common_pb2.JOB_STATE_FAILED and child.output_adapter_version == ""
+    assert child.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "capitals.jsonl changed since v1.0 was trained on it" in child.error.message
