@@ -82,7 +82,7 @@ class FisherJobManager(JobManager):
             if self._feedback is None:
                 raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
             built = await self._feedback.build(spec.dataset, Objective.SFT)
-            wanted = [e for e, good in zip(built.examples, built.desirable, strict=True) if good]
+            wanted = built.wanted()
             if not wanted:
                 raise FailedPrecondition(
                     "NO_WANTED_FEEDBACK", f"the {len(built.examples)} feedback examples found are all rejected "

@@ -88,7 +88,7 @@ class VersionDatasets:
                 f"snapshot in {SNAPSHOT_FIELD} or disable EWC",
                 metadata={"version": record.version},
             ) from exc
-        examples = [e for e, desirable in zip(built.examples, built.desirable, strict=True) if desirable]
+        examples = built.wanted()
         window = f"{summary.window_start:%Y-%m-%d %H:%M} to {summary.window_end:%Y-%m-%d %H:%M} UTC"
         note = "" if built.digest == summary.digest else (
             f"rebuilt from the feedback of {window}: {len(built.examples)} examples now against the "

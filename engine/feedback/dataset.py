@@ -98,6 +98,11 @@ class FeedbackDataset:
     window_end: datetime
     duplicates_removed: int = 0
 
+    def wanted(self) -> list[Example]:
+        """The examples whose target is a wanted answer (thumbs up, high rating, correction): what an adapter
+        trained on them should keep doing, for its Fisher and for replay."""
+        return [e for e, good in zip(self.examples, self.desirable, strict=True) if good]
+
 
 @dataclass
 class _Interaction:
