@@ -89,6 +89,13 @@ class VersionDatasets:
                 metadata={"version": record.version},
             ) from exc
         examples = built.wanted()
+        if not examples:
+            raise FailedPrecondition(
+                "PARENT_FEEDBACK_GONE",
+                f"no wanted answer (thumbs up, high rating, correction) is left of the feedback {record.version} "
+                f"was trained on; name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version},
+            )
         window = f"{summary.window_start:%Y-%m-%d %H:%M} to {summary.window_end:%Y-%m-%d %H:%M} UTC"
         note = "" if built.digest == summary.digest else (
             f"rebuilt from the feedback of {window}: {len(built.examples)} examples now against the "
