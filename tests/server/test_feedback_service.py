@@ -428,18 +428,27 @@ async def test_a_parent_whose_feedback_is_all_forgotten_fails_its_child_and_reje
 ):
     events = [ev(f"dave-{n}", prompt=f"Who wrote book {n}? ", response=f"Author {n} did.", user="dave")
               for n in range(3)]
-    assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))).stored == 3
+    events += [ev(f"frank-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, prompt=f"Who painted picture {n}? ",
+                  response="Nobody.", user="frank") for n in range(3)]
+    assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))).stored == 6
     v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_SFT, days=1, min_samples=3))
-    assert (await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="dave"))).deleted == 3
-
-    # Continuing from v1.0 with EWC needs v1.0's data, and none of it is left: the job fails, saying why.
     child = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"), parent_adapter_version="v1.0",
                                hyperparameters=pb.Hyperparameters(epochs=1, batch_size=4, max_seq_length=96))
-    created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=child))
-    await watch_all(client.training, created.training_job.name)
-    job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
-    assert job.state == common.JOB_STATE_FAILED and job.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert "none of the feedback v1.0 was trained on is left" in job.error.message
+
+    async def child_fails_with(message: str) -> None:
+        created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=child))
+        await watch_all(client.training, created.training_job.name)
+        job = (await client.training.GetTrainingJob(
+            pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
+        assert job.state == common.JOB_STATE_FAILED
+        assert job.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and message in job.error.message
+
+    # Continuing from v1.0 with EWC needs what v1.0 should keep doing. Its wanted answers were dave's: once he
+    # is forgotten only rejected answers are left, then, with frank forgotten too, nothing. The job fails, saying so.
+    assert (await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="dave"))).deleted == 3
+    await child_fails_with("no wanted answer (thumbs up, high rating, correction) is left of the feedback v1.0")
+    assert (await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="frank"))).deleted == 3
+    await child_fails_with("none of the feedback v1.0 was trained on is left")
 
     # Feedback that holds only rejected answers gives a Fisher job nothing to measure.
     rejected = [ev(f"erin-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, prompt=f"Q{n}? ", response="No.", user="erin")
