@@ -97,10 +97,14 @@ class ProductEwcPenalty:
             total = term if total is None else total + term
         return total
 
+    def _pairs(self, tensors: Mapping[str, torch.Tensor]) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """Per group, its pairs' B and A tensors taken from ``tensors`` (by canonical name), in group order."""
+        return [([tensors[f"{p}.lora_B.weight"] for p in ps], [tensors[f"{p}.lora_A.weight"] for p in ps])
+                for ps, _, _ in self._groups]
+
     def weighted_sum(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
-        return self._sum([([tensors[f"{p}.lora_B.weight"] for p in ps], [tensors[f"{p}.lora_A.weight"] for p in ps])
-                          for ps, _, _ in self._groups])
+        return self._sum(self._pairs(tensors))
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         if self._bound is None or self._bound[0] != id(model):
@@ -110,6 +114,5 @@ class ProductEwcPenalty:
                               what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
             device = next(iter(params.values())).device  # once, not a copy of every weight per step
             self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
-            self._bound = (id(model), [([params[f"{p}.lora_B.weight"] for p in ps],
-                                        [params[f"{p}.lora_A.weight"] for p in ps]) for ps, _, _ in self._groups])
+            self._bound = (id(model), self._pairs(params))
         return self._sum(self._bound[1], 0.5 * self.ewc_lambda)

@@ -33,8 +33,9 @@ reference: one backward per sample, on the full logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from engine.fisher_domain import NORMALIZATION, FisherEstimator, FisherSpace
 from engine.ports import CancelToken
 
 Diagonal = dict[str, torch.Tensor]
+T = TypeVar("T")
 Progress = Callable[[int, int], None]
 
 
@@ -86,14 +88,20 @@ def lora_pair(name: str) -> tuple[str, str]:
     )
 
 
+def lora_pairs(items: Iterable[tuple[str, T]]) -> dict[str, dict[str, T]]:
+    """{module prefix: {"A": value, "B": value}} of (canonical LoRA weight name, value) items, in order."""
+    pairs: dict[str, dict[str, T]] = {}
+    for name, value in items:
+        prefix, side = lora_pair(name)
+        pairs.setdefault(prefix, {})[side] = value
+    return pairs
+
+
 def space_shapes(shapes: dict[str, tuple[int, ...]], space: FisherSpace) -> dict[str, tuple[int, ...]]:
     """The shapes a Fisher in ``space`` has, given the LoRA parameters' shapes by canonical name."""
     if space is FisherSpace.LORA_PARAMETERS:
         return dict(shapes)
-    sides: dict[str, dict[str, tuple[int, ...]]] = {}
-    for name, shape in shapes.items():
-        prefix, side = lora_pair(name)
-        sides.setdefault(prefix, {})[side] = shape
+    sides = lora_pairs(shapes.items())
     unpaired = sorted(p for p, s in sides.items() if set(s) != {"A", "B"})
     if unpaired:
         raise FailedPrecondition("UNSUPPORTED_TRAINABLE_LAYER", f"{unpaired[0]} has no complete LoRA pair")
@@ -251,10 +259,7 @@ class LinearTaps:
 
     def per_sample_product_grads(self, per_sample_loss: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """(module prefix, [B, out, in] gradients of each sample's loss with respect to its LoRA product D)."""
-        sides: dict[str, dict[str, Tap]] = {}
-        for tap in self.taps:
-            prefix, side = lora_pair(tap.weight)
-            sides.setdefault(prefix, {})[side] = tap
+        sides = lora_pairs((tap.weight, tap) for tap in self.taps)
         prefixes = list(sides)
         outputs = [sides[p]["B"].output for p in prefixes]
         grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
