@@ -29,11 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.datasets import ChatMessage, Example, collate, encode_dataset, pad_token_id  # noqa: E402
-from engine.domain import LoraSpec, Precision, Quantization  # noqa: E402
-from engine.ewc import EwcPenalty  # noqa: E402
-from engine.ewc_product import ProductEwcPenalty  # noqa: E402
-from engine.fisher import (  # noqa: E402
+from engine.continual.ewc import EwcPenalty  # noqa: E402
+from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
+from engine.continual.fisher import (  # noqa: E402
     FisherSpace,
     compute_fisher,
     max_relative_difference,
@@ -41,8 +39,15 @@ from engine.fisher import (  # noqa: E402
     sequence_nll,
     trainable_parameters,
 )
-from engine.models import load_base_model, select_device  # noqa: E402
-from engine.training import lora_config, weighted_task_loss  # noqa: E402
+from engine.domain import (  # noqa: E402
+    ChatMessage,
+    Example,
+    LoraSpec,  # noqa: E402
+)
+from engine.training.datasets import collate, encode_dataset, pad_token_id  # noqa: E402
+from engine.training.models import load_base_model, select_device  # noqa: E402
+from engine.training.recipe import lora_config, weighted_task_loss  # noqa: E402
+from engine.training.spec import Precision, Quantization  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_llama  # noqa: E402
 
 

@@ -33,21 +33,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.datasets import ChatMessage, Example  # noqa: E402
-from engine.domain import Hyperparameters, JsonlSource, LoraSpec, TrainingJobSpec  # noqa: E402
-from engine.ewc import (  # noqa: E402
+from engine.continual.ewc import (  # noqa: E402
     DEFAULT_PENALTY_NORMALIZATION,
     EwcPenalty,
     PenaltyNormalization,
     diagonal_stats,
     mix_replay,
 )
-from engine.ewc_product import ProductEwcPenalty  # noqa: E402
-from engine.fisher import FisherEstimator, FisherSpace  # noqa: E402
-from engine.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
-from engine.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.ports import CancelToken  # noqa: E402
-from engine.training import TrainingRun, run_training  # noqa: E402
+from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
+from engine.continual.fisher import FisherEstimator, FisherSpace  # noqa: E402
+from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec  # noqa: E402  # noqa: E402
+from engine.jobs.ports import CancelToken  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.training.recipe import TrainingRun, run_training  # noqa: E402
+from engine.training.spec import Hyperparameters, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 SPACES = {"product": FisherSpace.LORA_PRODUCT, "lora": FisherSpace.LORA_PARAMETERS}

@@ -12,7 +12,8 @@ from __future__ import annotations
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from engine.domain import JobEvent, StateChanged, StepMetrics
+from engine.jobs.core import JobEvent, StateChanged
+from engine.training.spec import StepMetrics
 
 tracer = trace.get_tracer("learning_engine.engine")
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.models import SMOLLM2_MODEL_ID, convert_gguf_to_hf, smollm2_gguf_path
+from engine.training.models import SMOLLM2_MODEL_ID, convert_gguf_to_hf, smollm2_gguf_path
 
 
 def ask(model_dir: Path, question: str) -> str:

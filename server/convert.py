@@ -12,37 +12,49 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from engine import domain as d
+from engine.domain import DatasetSummary, FeedbackSource, FisherSpace, JsonlSource, LoraSpec, Objective
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, StateChanged, Warned
 from engine.names import resource_id
+from engine.training.spec import (
+    CheckpointSaved,
+    EvalReported,
+    EwcSpec,
+    Hyperparameters,
+    Precision,
+    Quantization,
+    StepMetrics,
+    TrainingJob,
+    TrainingJobSpec,
+)
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from server.errors import failure_status
 
 _PRECISION = {
-    pb.PRECISION_UNSPECIFIED: d.Precision.AUTO,
-    pb.PRECISION_AUTO: d.Precision.AUTO,
-    pb.PRECISION_FP32: d.Precision.FP32,
-    pb.PRECISION_BF16: d.Precision.BF16,
+    pb.PRECISION_UNSPECIFIED: Precision.AUTO,
+    pb.PRECISION_AUTO: Precision.AUTO,
+    pb.PRECISION_FP32: Precision.FP32,
+    pb.PRECISION_BF16: Precision.BF16,
 }
 _QUANT = {
-    pb.QUANTIZATION_UNSPECIFIED: d.Quantization.NONE,
-    pb.QUANTIZATION_NONE: d.Quantization.NONE,
-    pb.QUANTIZATION_NF4: d.Quantization.NF4,
-    pb.QUANTIZATION_INT8: d.Quantization.INT8,
+    pb.QUANTIZATION_UNSPECIFIED: Quantization.NONE,
+    pb.QUANTIZATION_NONE: Quantization.NONE,
+    pb.QUANTIZATION_NF4: Quantization.NF4,
+    pb.QUANTIZATION_INT8: Quantization.INT8,
 }
 _OBJECTIVE = {
-    pb.OBJECTIVE_UNSPECIFIED: d.Objective.SFT,
-    pb.OBJECTIVE_SFT: d.Objective.SFT,
-    pb.OBJECTIVE_KTO: d.Objective.KTO,
+    pb.OBJECTIVE_UNSPECIFIED: Objective.SFT,
+    pb.OBJECTIVE_SFT: Objective.SFT,
+    pb.OBJECTIVE_KTO: Objective.KTO,
 }
-JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in d.JobState}
+JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
 JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
 
 
 FISHER_SPACE_FROM_PB = {
-    common.FISHER_SPACE_LORA_PARAMETERS: d.FisherSpace.LORA_PARAMETERS,
-    common.FISHER_SPACE_LORA_PRODUCT: d.FisherSpace.LORA_PRODUCT,
+    common.FISHER_SPACE_LORA_PARAMETERS: FisherSpace.LORA_PARAMETERS,
+    common.FISHER_SPACE_LORA_PRODUCT: FisherSpace.LORA_PRODUCT,
 }
 FISHER_SPACE_TO_PB = {v: k for k, v in FISHER_SPACE_FROM_PB.items()}
 
@@ -51,12 +63,12 @@ FISHER_SPACE_TO_PB = {v: k for k, v in FISHER_SPACE_FROM_PB.items()}
 class EwcDefaults:
     """What a request leaving the Fisher space or the EWC lambda unset gets (the server's settings)."""
 
-    space: d.FisherSpace
-    lambdas: Mapping[d.FisherSpace, float]
+    space: FisherSpace
+    lambdas: Mapping[FisherSpace, float]
 
 
-def fisher_space_from_pb(value: int, default: d.FisherSpace, field_path: str,
-                         issues: ViolationCollector) -> d.FisherSpace:
+def fisher_space_from_pb(value: int, default: FisherSpace, field_path: str,
+                         issues: ViolationCollector) -> FisherSpace:
     if value == common.FISHER_SPACE_UNSPECIFIED:
         return default
     return _enum(FISHER_SPACE_FROM_PB, value, field_path, issues)
@@ -69,10 +81,10 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
     return table[value]
 
 
-def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults) -> d.TrainingJobSpec:
+def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults) -> TrainingJobSpec:
     issues = ViolationCollector()
-    lora_defaults = d.LoraSpec()
-    lora = d.LoraSpec(
+    lora_defaults = LoraSpec()
+    lora = LoraSpec(
         rank=msg.lora.rank or lora_defaults.rank,
         alpha=msg.lora.alpha or lora_defaults.alpha,
         dropout=msg.lora.dropout if msg.lora.HasField("dropout") else lora_defaults.dropout,
@@ -82,8 +94,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         ("rank", msg.lora.rank != 0), ("alpha", msg.lora.alpha != 0), ("dropout", msg.lora.HasField("dropout")),
         ("target_modules", bool(msg.lora.target_modules)),
     ) if given)
-    h, hd = msg.hyperparameters, d.Hyperparameters()
-    hyper = d.Hyperparameters(
+    h, hd = msg.hyperparameters, Hyperparameters()
+    hyper = Hyperparameters(
         epochs=h.epochs or hd.epochs,
         learning_rate=h.learning_rate or hd.learning_rate,
         batch_size=h.batch_size or hd.batch_size,
@@ -104,7 +116,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
                  "must lie in [16, 32768]")
     e = msg.ewc
     space = fisher_space_from_pb(e.fisher_space, ewc_defaults.space, "spec.ewc.fisher_space", issues)
-    ewc = d.EwcSpec(
+    ewc = EwcSpec(
         ewc_lambda=e.ewc_lambda if e.HasField("ewc_lambda") else ewc_defaults.lambdas[space],
         gamma=e.gamma if e.HasField("gamma") else 1.0,
         fisher_snapshot=e.fisher_snapshot,
@@ -113,22 +125,22 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         space=space,
     )
     source = msg.WhichOneof("dataset")
-    dataset: d.JsonlSource | d.FeedbackSource
+    dataset: JsonlSource | FeedbackSource
     if source == "jsonl":
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
-        dataset = d.JsonlSource(path=msg.jsonl.path)
+        dataset = JsonlSource(path=msg.jsonl.path)
     elif source == "feedback":
         dataset = feedback_source_from_pb(msg.feedback)
     else:
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
-        dataset = d.JsonlSource(path="")
+        dataset = JsonlSource(path="")
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
-    return d.TrainingJobSpec(
+    return TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
         dataset=dataset,
         lora=lora,
         hyperparameters=hyper,
-        objective=_OBJECTIVE.get(msg.objective, d.Objective.SFT),
+        objective=_OBJECTIVE.get(msg.objective, Objective.SFT),
         parent_adapter_version=msg.parent_adapter_version,
         ewc=ewc,
         major_version_bump=msg.major_version_bump,
@@ -137,7 +149,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     )
 
 
-def spec_to_pb(spec: d.TrainingJobSpec) -> pb.TrainingJobSpec:
+def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
     h = spec.hyperparameters
     msg = pb.TrainingJobSpec(
         base_model=spec.base_model,
@@ -162,17 +174,17 @@ def spec_to_pb(spec: d.TrainingJobSpec) -> pb.TrainingJobSpec:
         major_version_bump=spec.major_version_bump,
         labels=dict(spec.labels),
     )
-    if isinstance(spec.dataset, d.JsonlSource):
+    if isinstance(spec.dataset, JsonlSource):
         msg.jsonl.path = spec.dataset.path
     else:
         msg.feedback.CopyFrom(feedback_source_to_pb(spec.dataset))
     return msg
 
 
-def feedback_source_from_pb(f: common.FeedbackDataset) -> d.FeedbackSource:
+def feedback_source_from_pb(f: common.FeedbackDataset) -> FeedbackSource:
     """A dataset built from feedback; zero fields take the defaults (7 days, 100 samples, weights 2.0 / 0.5)."""
-    fd = d.FeedbackSource()
-    return d.FeedbackSource(
+    fd = FeedbackSource()
+    return FeedbackSource(
         days=f.days or fd.days,
         labels=tuple(sorted(f.labels.items())),
         adapter_version=f.adapter_version,
@@ -183,7 +195,7 @@ def feedback_source_from_pb(f: common.FeedbackDataset) -> d.FeedbackSource:
     )
 
 
-def feedback_source_to_pb(f: d.FeedbackSource) -> common.FeedbackDataset:
+def feedback_source_to_pb(f: FeedbackSource) -> common.FeedbackDataset:
     return common.FeedbackDataset(
         days=f.days, labels=dict(f.labels), adapter_version=f.adapter_version, min_samples=f.min_samples,
         force=f.force, thumbs_up_weight=f.thumbs_up_weight, thumbs_down_weight=f.thumbs_down_weight,
@@ -206,7 +218,7 @@ def _dur(seconds: float | None) -> duration_pb2.Duration | None:
     return dur
 
 
-def metrics_to_pb(m: d.StepMetrics) -> pb.TrainingStepMetrics:
+def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
     return pb.TrainingStepMetrics(
         step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss, task_loss=m.task_loss,
         ewc_penalty=m.ewc_penalty, learning_rate=m.learning_rate, grad_norm=m.grad_norm,
@@ -214,18 +226,18 @@ def metrics_to_pb(m: d.StepMetrics) -> pb.TrainingStepMetrics:
     )
 
 
-def dataset_to_pb(s: d.DatasetSummary) -> common.DatasetSummary:
+def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
     return common.DatasetSummary(
         digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
         target_token_count=s.target_token_count, window_start=_ts(s.window_start), window_end=_ts(s.window_end),
     )
 
 
-def failure_to_pb(f: d.JobFailure):
+def failure_to_pb(f: JobFailure):
     return failure_status(f.code, f.reason, f.message, dict(f.metadata))
 
 
-def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
+def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
     p = job.progress
     msg = pb.TrainingJob(
         name=job.name,
@@ -266,29 +278,29 @@ def job_to_pb(job: d.TrainingJob) -> pb.TrainingJob:
     return msg
 
 
-def state_change_to_pb(p: d.StateChanged) -> common.JobStateChange:
+def state_change_to_pb(p: StateChanged) -> common.JobStateChange:
     return common.JobStateChange(
         previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
         state=JOB_STATE_TO_PB[p.state], message=p.message,
     )
 
 
-def event_to_pb(event: d.JobEvent) -> pb.TrainingJobEvent:
+def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
     msg = pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time))
     p = event.payload
-    if isinstance(p, d.StateChanged):
+    if isinstance(p, StateChanged):
         msg.state_change.CopyFrom(state_change_to_pb(p))
-    elif isinstance(p, d.StepMetrics):
+    elif isinstance(p, StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
-    elif isinstance(p, d.CheckpointSaved):
+    elif isinstance(p, CheckpointSaved):
         msg.checkpoint.CopyFrom(pb.TrainingCheckpoint(step=p.step, uri=p.uri))
-    elif isinstance(p, d.EvalReported):
+    elif isinstance(p, EvalReported):
         msg.eval_result.CopyFrom(pb.TrainingEvalResult(
             step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
         ))
-    elif isinstance(p, d.Warned):
+    elif isinstance(p, Warned):
         msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
-    elif isinstance(p, d.Failed):
+    elif isinstance(p, Failed):
         msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
     return msg
 
@@ -297,7 +309,7 @@ def job_id_from_name(name: str, field_path: str = "name") -> str:
     return resource_id(name, "trainingJobs", field_path)
 
 
-def states_from_pb(values) -> list[d.JobState]:
+def states_from_pb(values) -> list[JobState]:
     issues = ViolationCollector()
     states = []
     for i, v in enumerate(values):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from engine import domain as d
-from engine.errors import ViolationCollector
-from engine.fisher_domain import (
+from engine.continual.spec import (
     DEFAULT_NUM_SAMPLES,
     FisherEstimator,
     FisherJob,
@@ -13,6 +11,9 @@ from engine.fisher_domain import (
     FisherSnapshot,
     FisherSpace,
 )
+from engine.domain import FeedbackSource, JsonlSource
+from engine.errors import ViolationCollector
+from engine.jobs.core import Failed, JobEvent, StateChanged, Warned
 from engine.names import resource_id
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as pb
@@ -43,7 +44,7 @@ def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_spac
     issues.check(bool(msg.adapter_version), "spec.adapter_version", "must name an adapter version, e.g. v1.0")
     issues.check(msg.estimator in ESTIMATOR_FROM_PB, "spec.estimator", f"unknown enum value {msg.estimator}")
     source = msg.WhichOneof("dataset")
-    dataset: d.JsonlSource | d.FeedbackSource = d.JsonlSource(path=msg.jsonl.path)
+    dataset: JsonlSource | FeedbackSource = JsonlSource(path=msg.jsonl.path)
     if source == "jsonl":
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
     elif source == "feedback":
@@ -65,7 +66,7 @@ def spec_to_pb(spec: FisherJobSpec) -> pb.FisherJobSpec:
     msg = pb.FisherJobSpec(base_model=spec.base_model, adapter_version=spec.adapter_version,
                            num_samples=spec.num_samples, estimator=ESTIMATOR_TO_PB[spec.estimator],
                            space=FISHER_SPACE_TO_PB[spec.space])
-    if isinstance(spec.dataset, d.JsonlSource):
+    if isinstance(spec.dataset, JsonlSource):
         msg.jsonl.path = spec.dataset.path
     else:
         msg.feedback.CopyFrom(feedback_source_to_pb(spec.dataset))
@@ -86,17 +87,17 @@ def job_to_pb(job: FisherJob) -> pb.FisherJob:
     return msg
 
 
-def event_to_pb(event: d.JobEvent) -> pb.FisherJobEvent:
+def event_to_pb(event: JobEvent) -> pb.FisherJobEvent:
     msg = pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time))
     p = event.payload
-    if isinstance(p, d.StateChanged):
+    if isinstance(p, StateChanged):
         msg.state_change.CopyFrom(state_change_to_pb(p))
     elif isinstance(p, FisherProgress):
         msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
                                                 samples_per_second=p.samples_per_second))
-    elif isinstance(p, d.Warned):
+    elif isinstance(p, Warned):
         msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
-    elif isinstance(p, d.Failed):
+    elif isinstance(p, Failed):
         msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
     return msg
 

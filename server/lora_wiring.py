@@ -18,12 +18,12 @@ from engine.lora import evaluation as ev
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.controller import ControlConfig, LoraController
 from engine.lora.fetch import RegistryAdapters
-from engine.models import resolve_base_model
 from engine.registry import AdapterRegistry
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
 from engine.serving.gateway import AliasRouter, Gateway
 from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.serving_state import PostgresServingState
+from engine.training.models import resolve_base_model
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

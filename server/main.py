@@ -17,14 +17,13 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.continual import EwcPlanner
+from engine.continual.planner import EwcPlanner
+from engine.continual.runner import FisherJobConfig, FisherJobManager
+from engine.continual.version_data import VersionDatasets
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
-from engine.fisher_jobs import FisherJobConfig, FisherJobManager
-from engine.jobs import TrainingJobManager
-from engine.models import resolve_base_model
-from engine.preparation import JobPreparer, PreparerConfig
+from engine.jobs.manager import TrainingJobManager
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -34,7 +33,8 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
-from engine.version_data import VersionDatasets
+from engine.training.models import resolve_base_model
+from engine.training.preparation import JobPreparer, PreparerConfig
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,

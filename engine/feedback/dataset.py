@@ -40,8 +40,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from engine.datasets import ChatMessage, Example, dataset_digest
-from engine.domain import FeedbackSource, Objective
+from engine.domain import ChatMessage, Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition
 from engine.feedback.events import FeedbackKind, Turn
 from engine.stores.feedback_store import Judgement

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import telemetry
-from engine.domain import JobFailure
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
+from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
 from engine.lora.state import (
     AdapterFetcher,

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from engine.domain import JobFailure
+from engine.jobs.core import JobFailure
 
 
 class OperationKind(enum.StrEnum):

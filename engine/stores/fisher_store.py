@@ -24,9 +24,9 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load, save
 
+from engine.continual.fisher import Diagonal
+from engine.continual.spec import FisherSnapshot
 from engine.errors import DataLoss, NotFound
-from engine.fisher import Diagonal
-from engine.fisher_domain import FisherSnapshot
 from engine.names import resource_id
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)

@@ -15,19 +15,9 @@ from typing import Any
 import asyncpg
 from pydantic import TypeAdapter
 
-from engine.domain import (
-    CheckpointSaved,
-    EvalReported,
-    EventPayload,
-    Failed,
-    JobEvent,
-    JobState,
-    StateChanged,
-    StepMetrics,
-    TrainingJob,
-    Warned,
-)
-from engine.fisher_domain import FisherJob, FisherProgress
+from engine.continual.spec import FisherJob, FisherProgress
+from engine.jobs.core import Failed, JobEvent, JobState, StateChanged, Warned
+from engine.training.spec import CheckpointSaved, EvalReported, EventPayload, StepMetrics, TrainingJob
 
 _PAYLOAD_TYPES: dict[str, type] = {
     cls.__name__: cls

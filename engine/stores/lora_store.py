@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from pydantic import TypeAdapter
 
-from engine.domain import JobFailure
+from engine.jobs.core import JobFailure
 from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
 from engine.registry.ports import ServingRole
 from engine.stores.serving_state import PostgresServingState

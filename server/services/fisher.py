@@ -7,10 +7,10 @@ from datetime import datetime
 
 import grpc
 
-from engine.domain import JobEvent
-from engine.fisher_domain import FisherSpace
-from engine.fisher_jobs import FisherJobManager
-from engine.jobs import _decode_page_token, _encode_page_token
+from engine.continual.runner import FisherJobManager
+from engine.continual.spec import FisherSpace
+from engine.jobs.core import JobEvent
+from engine.jobs.manager import _decode_page_token, _encode_page_token
 from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc

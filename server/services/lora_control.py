@@ -7,10 +7,10 @@ from pathlib import Path
 
 import grpc
 
-from engine.datasets import resolve_dataset_path
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.lora.controller import LoraController
 from engine.registry import parse_version
+from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
 from learning.v1 import lora_control_pb2_grpc as pb_grpc
 from server import convert_lora as convert

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from engine.domain import JobEvent
-from engine.jobs import TrainingJobManager
+from engine.jobs.core import JobEvent
+from engine.jobs.manager import TrainingJobManager
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert

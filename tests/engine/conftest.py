@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.datasets import ChatMessage, Example, encode_dataset, pad_token_id
-from engine.domain import LoraSpec, Precision, Quantization
-from engine.models import load_base_model, select_device
-from engine.training import lora_config
+from engine.domain import ChatMessage, Example, LoraSpec
+from engine.training.datasets import encode_dataset, pad_token_id
+from engine.training.models import load_base_model, select_device
+from engine.training.recipe import lora_config
+from engine.training.spec import Precision, Quantization
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from engine.datasets import (
+from engine.domain import ChatMessage, Example, dataset_digest
+from engine.errors import InvalidArgument
+from engine.training.datasets import (
     IGNORE_INDEX,
-    ChatMessage,
-    Example,
     collate,
-    dataset_digest,
     encode_dataset,
     encode_example,
     load_jsonl,
     resolve_dataset_path,
 )
-from engine.errors import InvalidArgument
 
 SAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "samples" / "capitals.jsonl"
 

@@ -6,13 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.ewc import (
-    DEFAULT_PENALTY_NORMALIZATION,
-    EwcPenalty,
-    PenaltyNormalization,
-    normalise_fisher,
-)
-from engine.fisher import trainable_parameters
+from engine.continual.ewc import DEFAULT_PENALTY_NORMALIZATION, EwcPenalty, PenaltyNormalization, normalise_fisher
+from engine.continual.fisher import trainable_parameters
 
 # 6 entries summing to 12: mean 2.
 FISHER = {"a.weight": torch.tensor([[1.0, 0.0], [2.0, 5.0]]), "b.weight": torch.tensor([[4.0, 0.0]])}

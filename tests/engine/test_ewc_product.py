@@ -7,9 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+from engine.continual.ewc_product import CHUNK_ELEMENTS, ProductEwcPenalty, WeightedProductDrift
+from engine.continual.fisher import (
+    FisherEstimator,
+    FisherSpace,
+    LinearTaps,
+    completion_nll,
+    compute_fisher,
+    trainable_parameters,
+)
 from engine.errors import FailedPrecondition
-from engine.ewc_product import CHUNK_ELEMENTS, ProductEwcPenalty, WeightedProductDrift
-from engine.fisher import FisherEstimator, FisherSpace, LinearTaps, completion_nll, compute_fisher, trainable_parameters
 
 
 def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):

@@ -6,10 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.datasets import collate
-from engine.errors import FailedPrecondition
-from engine.ewc import EwcPenalty, accumulate, diagonal_stats, mix_replay, replay_count
-from engine.fisher import (
+from engine.continual.ewc import EwcPenalty, accumulate, diagonal_stats, mix_replay, replay_count
+from engine.continual.fisher import (
     FisherEstimator,
     compute_fisher,
     max_relative_difference,
@@ -18,6 +16,8 @@ from engine.fisher import (
     sequence_nll,
     trainable_parameters,
 )
+from engine.errors import FailedPrecondition
+from engine.training.datasets import collate
 
 
 @pytest.mark.parametrize("estimator", [FisherEstimator.EMPIRICAL, FisherEstimator.SAMPLED])
@@ -35,7 +35,7 @@ def test_vectorised_fisher_matches_the_naive_per_sample_loop(lora_model, estimat
 @pytest.mark.parametrize("estimator", [FisherEstimator.EMPIRICAL, FisherEstimator.SAMPLED])
 def test_completion_only_log_likelihood_equals_the_full_logits_one(lora_model, estimator):
     """The head at labelled positions only, on a batch cut after its last one, gives the same per-sample values."""
-    from engine.fisher import _per_sample_nll, completion_nll
+    from engine.continual.fisher import _per_sample_nll, completion_nll
 
     model, data, pad = lora_model
     batch, seeds = [data[i] for i in (8, 0, 4, 2)], [11, 12, 13, 14]  # mixed lengths, so padding and cutting

@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import models
-from engine.domain import LoraSpec, Precision
+from engine.domain import LoraSpec
 from engine.errors import FailedPrecondition, InvalidArgument
-from engine.models import module_names, resolve_base_model, select_device, validate_lora
+from engine.registry.peft_checks import module_names, validate_lora
+from engine.training import models
+from engine.training.models import resolve_base_model, select_device
+from engine.training.spec import Precision
 
 LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 

@@ -7,19 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.datasets import ChatMessage, Example
-from engine.domain import (
-    EvalReported,
-    Hyperparameters,
-    JsonlSource,
-    LoraSpec,
-    Quantization,
-    StepMetrics,
-    TrainingJobSpec,
-)
+from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec
 from engine.errors import Cancelled
-from engine.ports import CancelToken
-from engine.training import TrainingRun, run_training
+from engine.jobs.ports import CancelToken
+from engine.training.recipe import TrainingRun, run_training
+from engine.training.spec import EvalReported, Hyperparameters, Quantization, StepMetrics, TrainingJobSpec
 
 FACTS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Veloria", "Marnesse")]
 
@@ -118,8 +110,8 @@ def test_saved_adapter_loads_and_changes_the_logits(trained, tiny_model_dir: Pat
 
 
 def test_task_loss_is_the_weighted_mean_of_per_example_token_means() -> None:
-    from engine.datasets import IGNORE_INDEX, Batch
-    from engine.training import weighted_task_loss
+    from engine.training.datasets import IGNORE_INDEX, Batch
+    from engine.training.recipe import weighted_task_loss
 
     logits = torch.randn(2, 4, 7)
     labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 5, IGNORE_INDEX]])

@@ -6,8 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from engine.datasets import ChatMessage, Example
-from engine.domain import FeedbackSource, Objective
+from engine.domain import ChatMessage, Example, FeedbackSource, Objective
 from engine.errors import FailedPrecondition
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder, prompt_key
 from engine.feedback.events import FeedbackKind, Turn

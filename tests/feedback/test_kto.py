@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.datasets import IGNORE_INDEX, Batch
-from engine.kto import KtoObjective, kto_loss, mismatched, sequence_logps
+from engine.training.datasets import IGNORE_INDEX, Batch
+from engine.training.kto import KtoObjective, kto_loss, mismatched, sequence_logps
 
 
 def sigmoid(x: float) -> float:
@@ -77,9 +77,10 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.datasets import Example, collate, encode_example
-    from engine.domain import Precision
-    from engine.models import select_device
+    from engine.domain import Example
+    from engine.training.datasets import collate, encode_example
+    from engine.training.models import select_device
+    from engine.training.spec import Precision
 
     tiny_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
 

@@ -28,8 +28,8 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from engine.continual.fisher import Diagonal, FisherSpace, trainable_parameters
 from engine.errors import FailedPrecondition
-from engine.fisher import Diagonal, FisherSpace, trainable_parameters
 
 QUANTILES = (0.5, 0.9, 0.99)
 

@@ -26,19 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.continual import EwcPlanner, with_plan
-from engine.domain import (
-    EventPayload,
-    Failed,
-    JobEvent,
-    JobFailure,
-    JobProgress,
-    JobState,
-    StateChanged,
-    StepMetrics,
-    TrainingJob,
-    TrainingJobSpec,
-)
+from engine.continual.planner import EwcPlanner, with_plan
 from engine.errors import (
     AlreadyExists,
     Cancelled,
@@ -48,11 +36,13 @@ from engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from engine.ports import CancelToken, JobStore
-from engine.preparation import JobPreparer, PreparedJob
+from engine.jobs.core import Failed, JobEvent, JobFailure, JobProgress, JobState, StateChanged
+from engine.jobs.ports import CancelToken, JobStore
 from engine.registry import AdapterRegistry
 from engine.telemetry import job_event, tracer
-from engine.training import TrainingResult, run_training
+from engine.training.preparation import JobPreparer, PreparedJob
+from engine.training.recipe import TrainingResult, run_training
+from engine.training.spec import EventPayload, StepMetrics, TrainingJob, TrainingJobSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import FeedbackSource, JsonlSource, TrainingJob
+from engine.domain import Example, FeedbackSource, JsonlSource, dataset_digest
 from engine.errors import FailedPrecondition
 from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.training.datasets import load_jsonl, resolve_dataset_path
+from engine.training.spec import TrainingJob
 
 SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 

@@ -12,14 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import LORA_FIELDS, DatasetSummary, FeedbackSource, JsonlSource, Objective, TrainingJobSpec
+from engine.domain import LORA_FIELDS, DatasetSummary, Example, FeedbackSource, JsonlSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.feedback.dataset import FeedbackDatasetBuilder
-from engine.kto import KtoObjective
-from engine.models import module_names, resolve_base_model, select_device, validate_lora
 from engine.registry import AdapterRecord, AdapterRegistry
-from engine.training import TrainingRun
+from engine.registry.peft_checks import module_names, validate_lora
+from engine.training.datasets import load_jsonl, resolve_dataset_path
+from engine.training.kto import KtoObjective
+from engine.training.models import resolve_base_model, select_device
+from engine.training.recipe import TrainingRun
+from engine.training.spec import TrainingJobSpec
 
 
 @dataclass(frozen=True)

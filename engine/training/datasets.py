@@ -10,7 +10,6 @@ Either may carry a numeric ``weight`` > 0. Loss is computed on assistant/complet
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from engine.domain import ChatMessage, Example
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 IGNORE_INDEX = -100
@@ -64,34 +64,8 @@ def resolve_dataset_path(data_root: Path, relative: str) -> Path:
 # ---- examples -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
 
 
-@dataclass(frozen=True)
-class Example:
-    """One training example: either ``messages`` (chat) or ``prompt`` + ``completion``."""
-
-    messages: tuple[ChatMessage, ...] = ()
-    prompt: str = ""
-    completion: str = ""
-    weight: float = 1.0
-
-    @property
-    def is_chat(self) -> bool:
-        return bool(self.messages)
-
-    def canonical(self) -> dict[str, Any]:
-        if self.is_chat:
-            body: dict[str, Any] = {
-                "messages": [{"role": m.role, "content": m.content} for m in self.messages]
-            }
-        else:
-            body = {"prompt": self.prompt, "completion": self.completion}
-        body["weight"] = float(self.weight)
-        return body
 
 
 class _LineProblems:
@@ -212,19 +186,8 @@ def load_jsonl(path: Path, *, max_problems: int = 20) -> list[Example]:
     return examples
 
 
-def dataset_digest(examples: Sequence[Example]) -> str:
-    """sha256 (hex) of the canonical JSON of the normalised examples; independent of file formatting."""
-    digest = hashlib.sha256()
-    for example in examples:
-        line = json.dumps(example.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest.update(line.encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
-def composition(examples: Sequence[Example]) -> tuple[tuple[str, int], ...]:
-    chat = sum(1 for e in examples if e.is_chat)
-    return tuple((k, n) for k, n in (("chat", chat), ("prompt_completion", len(examples) - chat)) if n)
 
 
 # ---- tokenisation -----------------------------------------------------------------

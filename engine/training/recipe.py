@@ -20,29 +20,15 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.datasets import (
-    IGNORE_INDEX,
-    Batch,
-    EncodedExample,
-    Example,
-    collate,
-    composition,
-    dataset_digest,
-    encode_dataset,
-    pad_token_id,
-)
-from engine.domain import DatasetSummary, EvalReported, LoraSpec, StepMetrics, TrainingJobSpec, Warned
+from engine.domain import DatasetSummary, Example, LoraSpec, composition, dataset_digest
 from engine.errors import Cancelled, FailedPrecondition
-from engine.models import (
-    DevicePlan,
-    load_base_model,
-    make_temp_dir,
-    module_names,
-    select_device,
-    validate_lora,
-)
-from engine.ports import CancelToken, ProgressSink
+from engine.jobs.core import Warned
+from engine.jobs.ports import CancelToken, ProgressSink
+from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
+from engine.training.datasets import IGNORE_INDEX, Batch, EncodedExample, collate, encode_dataset, pad_token_id
+from engine.training.models import DevicePlan, load_base_model, make_temp_dir, select_device
+from engine.training.spec import EvalReported, StepMetrics, TrainingJobSpec
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
 RATE_WINDOW = 10

@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.continual import new_snapshot
-from engine.datasets import Example, dataset_digest, load_jsonl, resolve_dataset_path
-from engine.domain import FeedbackSource, JobProgress, JobState, Objective, Warned
+from engine.continual.fisher import FisherResult, select_samples
+from engine.continual.fisher_run import FisherRun, run_fisher
+from engine.continual.planner import new_snapshot
+from engine.continual.spec import DEFAULT_NUM_SAMPLES, MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
+from engine.domain import Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.feedback.dataset import FeedbackDatasetBuilder
-from engine.fisher import FisherResult, select_samples
-from engine.fisher_domain import DEFAULT_NUM_SAMPLES, MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
-from engine.fisher_run import FisherRun, run_fisher
-from engine.jobs import JobManager, _LiveJob, _now
-from engine.ports import JobStore
+from engine.jobs.core import JobProgress, JobState, Warned
+from engine.jobs.manager import JobManager, _LiveJob, _now
+from engine.jobs.ports import JobStore
 from engine.stores.fisher_store import FisherSnapshotStore
+from engine.training.datasets import load_jsonl, resolve_dataset_path
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,21 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from engine.datasets import Example, encode_dataset, pad_token_id
-from engine.domain import Precision, Quantization
+from engine.continual.ewc import check_same_shapes, shapes_of
+from engine.continual.fisher import (
+    Diagonal,
+    FisherEstimator,
+    FisherResult,
+    FisherSpace,
+    compute_fisher,
+    parameter_shapes,
+)
+from engine.domain import Example
 from engine.errors import FailedPrecondition
-from engine.ewc import check_same_shapes, shapes_of
-from engine.fisher import Diagonal, FisherEstimator, FisherResult, FisherSpace, compute_fisher, parameter_shapes
-from engine.models import load_base_model, select_device
-from engine.ports import CancelToken
+from engine.jobs.ports import CancelToken
+from engine.training.datasets import encode_dataset, pad_token_id
+from engine.training.models import load_base_model, select_device
+from engine.training.spec import Precision, Quantization
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -15,10 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.datasets import Example
-from engine.domain import EwcLineage, FisherSpace, TrainingJobSpec, Warned
-from engine.errors import FailedPrecondition, FieldViolation, NotFound
-from engine.ewc import (
+from engine.continual.ewc import (
     DEFAULT_PENALTY_NORMALIZATION,
     EwcPenalty,
     accumulate,
@@ -27,14 +24,18 @@ from engine.ewc import (
     mix_replay,
     shapes_of,
 )
-from engine.ewc_product import ProductEwcPenalty
-from engine.fisher import Diagonal, FisherResult, select_samples, space_shapes
-from engine.fisher_domain import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
-from engine.fisher_run import FisherRun, load_adapter_weights, run_fisher
-from engine.ports import CancelToken, ProgressSink
+from engine.continual.ewc_product import ProductEwcPenalty
+from engine.continual.fisher import Diagonal, FisherResult, select_samples, space_shapes
+from engine.continual.fisher_run import FisherRun, load_adapter_weights, run_fisher
+from engine.continual.spec import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
+from engine.continual.version_data import SNAPSHOT_FIELD, VersionDatasets
+from engine.domain import Example, FisherSpace
+from engine.errors import FailedPrecondition, FieldViolation, NotFound
+from engine.jobs.core import Warned
+from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import lora_shape
 from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
-from engine.version_data import SNAPSHOT_FIELD, VersionDatasets
+from engine.training.spec import EwcLineage, TrainingJobSpec
 
 SPACE_FIELD = "spec.ewc.fisher_space"
 

@@ -6,15 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.domain import (
-    LEGACY_FISHER_SPACE,
-    FeedbackSource,
-    FisherSpace,
-    JobFailure,
-    JobProgress,
-    JobState,
-    JsonlSource,
-)
+from engine.domain import LEGACY_FISHER_SPACE, FeedbackSource, FisherSpace, JsonlSource
+from engine.jobs.core import JobFailure, JobProgress, JobState
 
 # The log-likelihood of a sample is the sum over its completion tokens (see engine/fisher.py).
 NORMALIZATION = "sequence_sum"

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine.datasets import IGNORE_INDEX, Batch
+from engine.training.datasets import IGNORE_INDEX, Batch
 
 DEFAULT_BETA = 0.1
 

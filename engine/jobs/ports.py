@@ -10,7 +10,8 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from engine.domain import EventPayload, JobEvent, JobState, TrainingJob
+from engine.jobs.core import JobEvent, JobState
+from engine.training.spec import EventPayload, TrainingJob
 
 
 class ProgressSink(Protocol):

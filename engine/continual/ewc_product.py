@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from engine.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
-from engine.fisher import Diagonal, FisherSpace, space_shapes, trainable_parameters
+from engine.continual.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
+from engine.continual.fisher import Diagonal, FisherSpace, space_shapes, trainable_parameters
 
 CHUNK_ELEMENTS = 1 << 19  # products per chunk: about 2 MB of float32, so a chunk's passes stay in cache
 

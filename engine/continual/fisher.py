@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.datasets import IGNORE_INDEX, EncodedExample, collate
+from engine.continual.spec import NORMALIZATION, FisherEstimator, FisherSpace
 from engine.errors import Cancelled, FailedPrecondition
-from engine.fisher_domain import NORMALIZATION, FisherEstimator, FisherSpace
-from engine.ports import CancelToken
+from engine.jobs.ports import CancelToken
+from engine.training.datasets import IGNORE_INDEX, EncodedExample, collate
 
 Diagonal = dict[str, torch.Tensor]
 T = TypeVar("T")

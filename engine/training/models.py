@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import importlib.util
 import json
@@ -19,15 +18,14 @@ from typing import Any
 
 import torch
 
-from engine.domain import LoraSpec, Precision, Quantization
-from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.training.spec import Precision, Quantization
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_MODEL_ID = "SmolLM2-135M-Instruct"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_MARKER = "converted_from_gguf.json"
-MAX_LORA_RANK = 256
 
 
 # ---- devices --------------------------------------------------------------------
@@ -255,58 +253,3 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model, tokenizer
-
-
-# ---- LoRA checks ------------------------------------------------------------------
-
-_LORA_LEAF_TYPES = ("Linear", "Embedding", "Conv1D", "Conv1d", "Conv2d", "Linear4bit", "Linear8bitLt")
-
-
-def meta_model(model_dir: Path | str) -> Any:
-    """The base model's architecture on the meta device (no weights): for names and shapes."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_dir)
-    config_dict = config.to_dict()
-    if "quantization_config" in config_dict:
-        config_dict.pop("quantization_config")
-        config = AutoConfig.for_model(**config_dict)
-    with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config)
-
-
-@functools.lru_cache(maxsize=16)
-def _module_names(model_dir: str) -> frozenset[str]:
-    model = meta_model(model_dir)
-    return frozenset(
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if name and not any(True for _ in module.children()) and type(module).__name__ in _LORA_LEAF_TYPES
-    )
-
-
-def module_names(model_dir: Path) -> frozenset[str]:
-    """Short names of the leaf modules LoRA can target (q_proj, gate_proj, lm_head, ...); cached."""
-    return _module_names(str(Path(model_dir).resolve()))
-
-
-def validate_lora(spec: LoraSpec, available: frozenset[str]) -> None:
-    """Raise InvalidArgument with every bad LoRA field; UNKNOWN_TARGET_MODULES if only targets are wrong."""
-    numbers = ViolationCollector()
-    numbers.check(1 <= spec.rank <= MAX_LORA_RANK, "spec.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
-    numbers.check(spec.alpha > 0, "spec.lora.alpha", "must be > 0")
-    numbers.check(0 <= spec.dropout < 1, "spec.lora.dropout", "must be in [0, 1)")
-    targets = ViolationCollector()
-    unknown = sorted(set(spec.target_modules) - available)
-    if not spec.target_modules:
-        targets.add("spec.lora.target_modules", "must name at least one module")
-    elif unknown:
-        targets.add(
-            "spec.lora.target_modules",
-            f"unknown module(s) {', '.join(unknown)}; the base model has {', '.join(sorted(available))}",
-        )
-    if targets.violations and not numbers.violations:
-        targets.raise_if_any("UNKNOWN_TARGET_MODULES", "invalid LoRA target modules")
-    combined = ViolationCollector(numbers.violations + targets.violations)
-    combined.raise_if_any("INVALID_LORA_CONFIG", "invalid LoRA configuration")

@@ -1,0 +1,142 @@
+"""Domain types of training jobs: the spec, the events a run reports, and the job as stored."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.domain import (
+    LEGACY_FISHER_SPACE,
+    LORA_FIELDS,
+    DatasetSummary,
+    FeedbackSource,
+    FisherSpace,
+    JsonlSource,
+    LoraSpec,
+    Objective,
+)
+from engine.jobs.core import Failed, JobFailure, JobProgress, JobState, StateChanged, Warned
+
+
+class Precision(enum.StrEnum):
+    AUTO = "AUTO"
+    FP32 = "FP32"
+    BF16 = "BF16"
+
+
+class Quantization(enum.StrEnum):
+    NONE = "NONE"
+    NF4 = "NF4"
+    INT8 = "INT8"
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int = 3
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_seq_length: int = 512
+    seed: int = 0
+    max_steps: int = 0  # 0 = no limit
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Precision = Precision.AUTO
+    quantization: Quantization = Quantization.NONE
+
+
+@dataclass(frozen=True)
+class EwcSpec:
+    ewc_lambda: float = 0.3  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
+    gamma: float = 1.0
+    fisher_snapshot: str = ""
+    replay_fraction: float = 0.0
+    disabled: bool = False
+    space: FisherSpace = LEGACY_FISHER_SPACE
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    """Everything a job is asked to do, with defaults filled in. Immutable."""
+
+    base_model: str
+    dataset: JsonlSource | FeedbackSource
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    objective: Objective = Objective.SFT
+    parent_adapter_version: str = ""
+    ewc: EwcSpec = field(default_factory=EwcSpec)
+    major_version_bump: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    # The LoRA fields the request set (names of LoraSpec fields). With a parent, the others come from the
+    # parent's adapter and the set ones must equal the parent's; without one, the others are defaults.
+    lora_fields_set: tuple[str, ...] = LORA_FIELDS
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    task_loss: float
+    ewc_penalty: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    uri: str
+
+
+@dataclass(frozen=True)
+class EvalReported:
+    step: int
+    split: str
+    metrics: tuple[tuple[str, float], ...]
+
+
+EventPayload = StateChanged | StepMetrics | CheckpointSaved | EvalReported | Warned | Failed
+
+
+@dataclass(frozen=True)
+class EwcLineage:
+    """What an EWC run was anchored to, resolved when it ran (the snapshot may have been computed then)."""
+
+    parent_adapter_version: str
+    fisher_snapshot: str
+    ewc_lambda: float
+    gamma: float
+    replay_fraction: float = 0.0
+    replayed_examples: int = 0
+    space: FisherSpace = LEGACY_FISHER_SPACE
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A training job as stored. Replaced (never mutated) on every change."""
+
+    id: str
+    spec: TrainingJobSpec
+    state: JobState
+    create_time: datetime
+    request_id: str = ""
+    progress: JobProgress = field(default_factory=JobProgress)
+    failure: JobFailure | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    output_adapter_version: str = ""
+    dataset: DatasetSummary | None = None
+    latest_metrics: StepMetrics | None = None
+    device: str = ""
+    last_sequence: int = 0
+    ewc_lineage: EwcLineage | None = None
+
+    @property
+    def name(self) -> str:
+        return f"trainingJobs/{self.id}"
