@@ -46,7 +46,7 @@ from engine.errors import (
     NotFound,
 )
 from engine.registry import archive, peft_checks
-from engine.registry.ports import ArtifactStore, ServingState
+from engine.registry.ports import AdapterIndex, ArtifactStore, ServingState
 from engine.registry.records import (
     ARCHIVE_NAME,
     AdapterEval,
@@ -58,7 +58,6 @@ from engine.registry.records import (
     lora_shape,
     parse_version,
 )
-from engine.stores.adapter_index import PostgresAdapterIndex
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class AdapterRegistry:
     def __init__(
         self,
         *,
-        index: PostgresAdapterIndex,
+        index: AdapterIndex,
         store: ArtifactStore,
         serving: ServingState,
         base_model_dir: BaseModelResolver,
