@@ -272,7 +272,7 @@ async def test_delete_protection_retention_and_tombstones(adapters: Adapters, pe
     for path in peft_dirs:
         parent = (await import_archive(adapters.stub, tar_dir(path), parent_version=parent)).version
     assert parent == "v1.3"
-    serving = PostgresServingState(adapters.client.app.pool)  # what LoraControl writes
+    serving = PostgresServingState(adapters.client.app.owned.pool)  # what LoraControl writes
     await serving.set_version(TINY, ServingRole.ACTIVE, "v1.3")
     await serving.set_version(TINY, ServingRole.KNOWN_GOOD, "v1.0")
     for version in ("v1.3", "v1.0"):
