@@ -277,23 +277,7 @@ def feedback_import(
     )
 
 
-# ---- server side ----------------------------------------------------------------------
-
-
-def serve(
-    host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
-    port: int = typer.Option(None, "--port"),
-    data_dir: Path = typer.Option(None, "--data-dir"),
-    config: Path = typer.Option(None, "--config", help="YAML settings file."),
-) -> None:
-    """Run the gRPC server (same as python -m server)."""
-    from server.__main__ import main as server_main  # noqa: PLC0415 - heavy (torch); only here
-
-    argv = []
-    for flag, value in (("--host", host), ("--port", port), ("--data-dir", data_dir), ("--config", config)):
-        if value is not None:
-            argv += [flag, str(value)]
-    raise typer.Exit(server_main(argv))
+# ---- tokens ---------------------------------------------------------------------------
 
 
 def hash_token(
