@@ -50,7 +50,8 @@ test: setup check pytest
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
-	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen
+	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen \
+	  && test -z "$$(git ls-files --others --exclude-standard -- src/gen)"
 	bash scripts/check_compose.sh
 	$(BIN)/python scripts/settings_reference.py --check README.md
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
