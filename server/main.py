@@ -10,6 +10,8 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -18,12 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.continual.planner import EwcPlanner
-from engine.continual.runner import FisherJobConfig, FisherJobManager
+from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
+from engine.continual.spec import FISHER
 from engine.continual.version_data import VersionDatasets
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
-from engine.jobs.manager import TrainingJobManager
+from engine.jobs.manager import JobManager, JobSlots
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -31,10 +34,12 @@ from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
+from engine.stores.job_store import PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
+from engine.training.runner import TrainingJobs, TrainingRunner
+from engine.training.spec import TRAINING
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,
@@ -68,21 +73,21 @@ class App:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    jobs: TrainingJobManager
+    job_managers: tuple[JobManager[Any, Any], ...]
+    slots: JobSlots
     pool: asyncpg.Pool
     embedded: postgres.EmbeddedPostgres | None
     metrics: MetricsServer | None = None
     lora: LoraRuntime | None = None
-    fisher: FisherJobManager | None = None
     feedback: FeedbackService | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
-        await self.jobs.shutdown()
-        if self.fisher is not None:
-            await self.fisher.shutdown()
+        for manager in self.job_managers:
+            await manager.shutdown()
+        self.slots.shutdown()
         await self.server.stop(grace)
         if self.feedback is not None:
             self.feedback.close()
@@ -174,28 +179,30 @@ async def start(settings: Settings) -> App:
         registry,
         feedback_datasets,
     )
-    training_store = PostgresJobStore(pool)
+    slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
     snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
-    jobs = TrainingJobManager(
-        store=training_store,
-        registry=registry,
-        preparer=preparer,
-        work_dir=settings.work_dir,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
-        ewc=EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
-            training_job=training_store.get_job, datasets_dir=settings.datasets_dir, feedback=feedback_datasets)),
+    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
+        datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
+    training_manager = JobManager(
+        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner),
+        store=PostgresJobStore(pool, TRAINING), work_dir=settings.work_dir, slots=slots,
     )
-    await jobs.recover()
-    fisher_jobs = FisherJobManager(
-        store=PostgresJobStore(pool, FISHER_TABLES), registry=registry, snapshots=snapshots,
-        base_model_dir=lambda model_id: resolve_base_model(
-            model_id, models=settings.base_models, cache_dir=settings.models_dir
-        ),
-        config=FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size),
-        work_dir=settings.work_dir / "fisher",
-        max_concurrent_jobs=settings.max_concurrent_jobs, feedback=feedback_datasets,
+    await training_manager.recover()
+    jobs = TrainingJobs(training_manager, preparer, planner)
+
+    def base_model_dir(model_id: str) -> Path:
+        return resolve_base_model(model_id, models=settings.base_models, cache_dir=settings.models_dir)
+
+    fisher_config = FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size)
+    fisher_examples = FisherExamples(fisher_config, feedback_datasets)
+    fisher_manager = JobManager(
+        runner=FisherRunner(registry=registry, snapshots=snapshots, base_model_dir=base_model_dir,
+                            config=fisher_config, examples=fisher_examples),
+        store=PostgresJobStore(pool, FISHER), work_dir=settings.work_dir / "fisher", slots=slots,
     )
-    await fisher_jobs.recover()
+    await fisher_manager.recover()
+    fisher_jobs = FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir,
+                             examples=fisher_examples)
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -243,7 +250,8 @@ async def start(settings: Settings) -> App:
     log.info(access.describe(settings))
     metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
     return App(
-        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
+        settings, server, port, health_servicer, (training_manager, fisher_manager), slots, pool, embedded, lora=lora,
+        metrics=metrics,
         feedback=feedback,
     )
 

@@ -367,10 +367,11 @@ async def test_training_job_from_feedback_runs_end_to_end(client, objective: int
 
 
 async def _run(client, spec: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, dict[str, str]]:
-    """Create and follow a training job: the finished job, and its warnings by code."""
+    """Create and follow a training job: the finished job, and its notices and warnings by code."""
     created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec))
     messages = await watch_all(client.training, created.training_job.name)
     warnings = {m.event.warning.code: m.event.warning.message for m in messages[1:] if m.event.HasField("warning")}
+    warnings |= {m.event.notice.code: m.event.notice.message for m in messages[1:] if m.event.HasField("notice")}
     job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
     assert job.state == common.JOB_STATE_SUCCEEDED, job.error
     return job, warnings

@@ -39,10 +39,11 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     product = common_pb2.FISHER_SPACE_LORA_PRODUCT
     v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=80.0, gamma=0.9, fisher_space=product))
     assert v11.output_adapter_version == "v1.1"
-    warnings = [e.warning.code for e in events if e.HasField("warning")]
-    assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    notices = [e.notice.code for e in events if e.HasField("notice")]
+    assert notices[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    assert not any(e.HasField("warning") for e in events), "the automatic Fisher only informs: notices, no warning"
     running = next(i for i, e in enumerate(events) if e.state_change.state == common_pb2.JOB_STATE_RUNNING)
-    stored = next(i for i, e in enumerate(events) if e.warning.code == "FISHER_SNAPSHOT_STORED")
+    stored = next(i for i, e in enumerate(events) if e.notice.code == "FISHER_SNAPSHOT_STORED")
     assert stored < running, "the Fisher pre-pass is part of preparing, and its events come before RUNNING"
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert steps[0].ewc_penalty == 0.0  # theta == theta* before the first update
