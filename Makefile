@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test check pytest protos docs lint clean
+.PHONY: setup model samples run test test-fast check pytest protos docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ check: setup
 
 pytest: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
+
+# The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
+test-fast: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -m "not full_stack and not model"
 
 protos: setup
 	$(BIN)/buf format -w

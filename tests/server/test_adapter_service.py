@@ -63,7 +63,7 @@ def s3_settings(endpoint: str, bucket: str) -> dict:
                 s3_secret_key=SECRET_KEY, s3_secure=False)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.full_stack)])
 async def adapters(request, make_server) -> Adapters:
     if request.param == "local":
         client = await make_server()
