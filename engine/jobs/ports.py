@@ -1,17 +1,22 @@
-"""Ports of the job core: where jobs are stored, where a running job reports, and how it is cancelled.
+"""Ports of the job core: where jobs are stored, the queue that hands them to workers, where a running job
+reports, and how it is stopped.
 
-:class:`JobStore` is implemented by ``engine.stores.job_store`` (PostgreSQL) and ``engine.stores.memory``
-(in memory, for tests); the composition root picks one.
+:class:`JobStore` is implemented by ``engine.stores.job_store`` (PostgreSQL) and ``engine.stores.memory``;
+:class:`JobQueue` by ``engine.stores.job_queue`` (procrastinate on PostgreSQL: workers on many machines) and
+``engine.stores.memory`` (in process). The composition root picks them.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from engine.jobs.core import Job, JobEvent, JobState
+from engine.errors import Aborted
+from engine.jobs.core import Control, Job, JobEvent, JobState
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -23,30 +28,79 @@ class ProgressSink(Protocol):
     def emit(self, payload: object) -> None: ...
 
 
+class StopReason(enum.StrEnum):
+    CANCEL = "CANCEL"  # a client cancelled the job
+    PAUSE = "PAUSE"  # a client paused it: checkpoint, release the worker
+    SHUTDOWN = "SHUTDOWN"  # this worker is stopping: checkpoint, hand the job to another worker
+    LEASE_LOST = "LEASE_LOST"  # another worker took the job over: stop, write nothing more
+
+
 class CancelToken:
-    """A flag the training loop checks every step. Set from any thread."""
+    """A flag the training loop checks every step, with why it was set. Set from any thread; the first reason
+    set wins."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._reason: StopReason | None = None
+        self._lock = threading.Lock()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: StopReason = StopReason.CANCEL) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    @property
+    def reason(self) -> StopReason | None:
+        return self._reason
+
+    @property
+    def keeps_progress(self) -> bool:
+        """Stopping to continue later (pause, shutdown): a checkpoint is worth writing first."""
+        return self._reason in (StopReason.PAUSE, StopReason.SHUTDOWN)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on a job. ``token`` is new at every claim: a write fenced by an older token (a worker
+    that lost the job to another) is refused."""
+
+    owner: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Claim(Generic[S, O]):
+    """A job a worker just took: the job as stored, its new lease, and the worker that held it before (empty
+    unless the job was taken over from a worker that stopped)."""
+
+    job: Job[S, O]
+    lease: Lease
+    previous_owner: str = ""
+
+
+class LeaseLost(Aborted):
+    """The job was taken over by another worker; this one must stop and write nothing more."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__("LEASE_LOST", f"another worker took job {job_id} over", metadata={"job": job_id})
+
 
 class JobStore(Protocol[S, O]):
-    """Durable storage of the jobs of one kind and their event logs."""
+    """Durable storage of the jobs of one kind and their event logs, with leases for the workers running them."""
 
-    async def insert_job(self, job: Job[S, O]) -> Job[S, O]:
-        """Insert a new job. If its request_id is taken (for this kind), return the stored job instead."""
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
+        """Insert a new job with its first events. If its request_id is taken (for this kind), return the stored
+        job instead and store nothing."""
         ...
 
-    async def update_job(self, job: Job[S, O]) -> None: ...
-
-    async def get_job(self, job_id: str) -> Job[S, O] | None: ...
+    async def get_job(self, job_id: str) -> Job[S, O] | None:
+        """The job; a non-terminal job with a pending control request shows as CANCELLING / PAUSING."""
+        ...
 
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
@@ -58,8 +112,55 @@ class JobStore(Protocol[S, O]):
         """Every job in one of ``states``, oldest first."""
         ...
 
-    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
-        """Append events; one already stored (same sequence) is left as it is, so a retried write is harmless."""
+    async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]: ...
+
+    async def claim(self, job_id: str, owner: str) -> Claim[S, O] | None:
+        """Take the job for ``owner`` with a new lease token, unless it ended or is paused (then None)."""
         ...
 
-    async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]: ...
+    async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
+        """Append ``events`` and store ``job``, atomically. With a lease the write is fenced: LeaseLost if another
+        claim replaced it. Events already stored (same sequence) are left as they are, so a retry is harmless.
+        Without a lease the job must be unclaimed (Aborted otherwise)."""
+        ...
+
+    async def control(self, job_id: str, lease: Lease) -> Control | None:
+        """The control request pending on a job this lease holds; LeaseLost if the lease was replaced."""
+        ...
+
+    async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
+        """Ask the worker holding the job to cancel or pause it; None if no worker holds it (then act directly)."""
+        ...
+
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
+        """Write the job (queued again, or paused) and give up the lease, so the next claim starts afresh."""
+        ...
+
+    async def wait_for_events(self, job_id: str, timeout: float) -> None:
+        """Return when events may have been added to the job (a notification), or after ``timeout`` seconds."""
+        ...
+
+
+class JobQueue(Protocol):
+    """Hands queued jobs to workers: at least once, a job at a time per worker slot, higher priority first."""
+
+    async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
+        """Queue a job for a worker; queueing one that is already waiting is a no-op."""
+        ...
+
+
+JobExecutor = Callable[[str, str], Awaitable[None]]  # (kind, job id): runs a job a worker took from the queue
+
+
+class WorkerQueue(JobQueue, Protocol):
+    """A queue this process can also work from."""
+
+    def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
+        """Take jobs in this process, ``concurrency`` at a time, each run by its kind's executor."""
+        ...
+
+    async def stop_worker(self) -> None:
+        """Stop taking jobs; wait for the ones running (stopping them is the job managers' part)."""
+        ...
+
+    async def close(self) -> None: ...

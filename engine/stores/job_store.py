@@ -3,21 +3,35 @@
 A job is stored whole as JSON (``doc``, a ``Job[Spec, Output]``) beside the columns that are queried; a store
 serves one kind (its rows only). Events are append-only rows keyed by (job, sequence), their payload's type
 name in ``type``: the core events and the kind's own (``JobKind.event_types``).
+
+Leases: a worker claims a job by writing a new ``lease_token``; every write it makes afterwards is checked
+against that token in the same transaction, so a worker whose job was taken over writes nothing. A client's
+cancel or pause of a claimed job is a ``requested`` flag the holding worker reads. Every write notifies the
+channel ``learning_engine_jobs`` with the job id, which wakes watchers on every replica; the stored log stays
+the source of truth (a lost notification only delays a watcher until its next poll).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
 from pydantic import TypeAdapter
 
-from engine.jobs.core import CORE_EVENTS, Job, JobEvent, JobKind, JobState
+from engine.errors import Aborted
+from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
+from engine.jobs.ports import Claim, Lease, LeaseLost
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
+
+CHANNEL = "learning_engine_jobs"
 
 
 class EventCodec:
@@ -34,50 +48,106 @@ class EventCodec:
         return self._adapters[kind].validate_json(data)
 
 
+class JobNotifications:
+    """One LISTEN connection per pool, waking the waiters of each job when its rows change (any replica)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._lock = asyncio.Lock()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        try:
+            await self._listen()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await asyncio.sleep(timeout)  # the database restarting: poll instead
+            return
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            waiting = self._waiters.get(job_id, set())
+            waiting.discard(event)
+            if not waiting:
+                self._waiters.pop(job_id, None)
+
+    async def _listen(self) -> None:
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            conn = await self._pool.acquire()
+            await conn.add_listener(CHANNEL, self._notified)
+            conn.add_termination_listener(self._lost)
+            self._conn = conn
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, job_id: str) -> None:
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    def _lost(self, _conn: object) -> None:
+        self._conn = None
+        for waiting in self._waiters.values():  # wake everyone to read the store again
+            for event in waiting:
+                event.set()
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._conn.remove_listener(CHANNEL, self._notified)
+                await self._pool.release(self._conn)
+        self._conn = None
+
+
 class PostgresJobStore(Generic[S, O]):
     """engine.jobs.ports.JobStore over an asyncpg pool, for the jobs of one ``kind``."""
 
-    def __init__(self, pool: asyncpg.Pool, kind: JobKind[S, O]) -> None:
+    def __init__(self, pool: asyncpg.Pool, kind: JobKind[S, O], notifications: JobNotifications | None = None) -> None:
         self._pool = pool
         self._kind = kind.name
         self._job: TypeAdapter[Job[S, O]] = TypeAdapter(Job[kind.spec_type, kind.output_type])  # type: ignore[name-defined]
         self._events = EventCodec((*CORE_EVENTS, *kind.event_types))
+        self._notifications = notifications or JobNotifications(pool)
 
-    def _decode(self, doc: str) -> Job[S, O]:
-        return self._job.validate_json(doc)
+    def _decode(self, doc: str, requested: str | None = None) -> Job[S, O]:
+        job = self._job.validate_json(doc)
+        if requested and not job.state.terminal and job.state.claimed:
+            state = JobState.CANCELLING if requested == Control.CANCEL.value else JobState.PAUSING
+            return replace(job, state=state)
+        return job
 
-    async def insert_job(self, job: Job[S, O]) -> Job[S, O]:
-        async with self._pool.acquire() as conn:
+    def _dump(self, job: Job[S, O]) -> str:
+        return self._job.dump_json(job).decode()
+
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
+        async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "INSERT INTO jobs (id, kind, request_id, state, create_time, doc)"
-                " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+                "INSERT INTO jobs (id, kind, request_id, state, create_time, priority, doc)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
                 " ON CONFLICT (kind, request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id",
-                job.id, self._kind, job.request_id or None, job.state.value, job.create_time,
-                self._job.dump_json(job).decode(),
+                job.id, self._kind, job.request_id or None, job.state.value, job.create_time, job.priority,
+                self._dump(job),
             )
-            if row is not None:
-                return job
-            existing = await conn.fetchval(
-                "SELECT doc FROM jobs WHERE kind = $1 AND request_id = $2", self._kind, job.request_id
-            )
-            return self._decode(existing)
-
-    async def update_job(self, job: Job[S, O]) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE jobs SET state = $3, doc = $4::jsonb WHERE id = $1 AND kind = $2",
-                job.id, self._kind, job.state.value, self._job.dump_json(job).decode(),
-            )
+            if row is None:
+                existing = await conn.fetchval(
+                    "SELECT doc FROM jobs WHERE kind = $1 AND request_id = $2", self._kind, job.request_id
+                )
+                return self._decode(existing)
+            await self._append(conn, job.id, events)
+        return job
 
     async def get_job(self, job_id: str) -> Job[S, O] | None:
         async with self._pool.acquire() as conn:
-            doc = await conn.fetchval("SELECT doc FROM jobs WHERE id = $1 AND kind = $2", job_id, self._kind)
-        return None if doc is None else self._decode(doc)
+            row = await conn.fetchrow("SELECT doc, requested FROM jobs WHERE id = $1 AND kind = $2", job_id, self._kind)
+        return None if row is None else self._decode(row["doc"], row["requested"])
 
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
     ) -> list[Job[S, O]]:
-        clauses, args = ["kind = $1"], [self._kind]
+        clauses: list[str] = ["kind = $1"]
+        args: list[object] = [self._kind]
         if states:
             args.append([s.value for s in states])
             clauses.append(f"state = ANY(${len(args)}::text[])")
@@ -85,11 +155,11 @@ class PostgresJobStore(Generic[S, O]):
             args.extend(before)
             clauses.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")
         args.append(limit)
-        sql = (f"SELECT doc FROM jobs WHERE {' AND '.join(clauses)}"
+        sql = (f"SELECT doc, requested FROM jobs WHERE {' AND '.join(clauses)}"
                f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
-        return [self._decode(r["doc"]) for r in rows]
+        return [self._decode(r["doc"], r["requested"]) for r in rows]
 
     async def jobs_in_states(self, states: Sequence[JobState]) -> list[Job[S, O]]:
         async with self._pool.acquire() as conn:
@@ -99,18 +169,6 @@ class PostgresJobStore(Generic[S, O]):
             )
         return [self._decode(r["doc"]) for r in rows]
 
-    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
-        records = []
-        for ev in events:
-            kind, data = self._events.encode(ev.payload)
-            records.append((job_id, ev.sequence, ev.time, kind, data.decode()))
-        async with self._pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO job_events (job_id, sequence, time, type, payload)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (job_id, sequence) DO NOTHING",
-                records,
-            )
-
     async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -119,3 +177,88 @@ class PostgresJobStore(Generic[S, O]):
                 job_id, after_sequence,
             )
         return [JobEvent(r["sequence"], r["time"], self._events.decode(r["type"], r["payload"])) for r in rows]
+
+    async def claim(self, job_id: str, owner: str) -> Claim[S, O] | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT doc, lease_owner FROM jobs WHERE id = $1 AND kind = $2 FOR UPDATE", job_id, self._kind
+            )
+            if row is None:
+                return None
+            job = self._decode(row["doc"])
+            if job.state.terminal or job.state is JobState.PAUSED:
+                return None
+            lease = Lease(owner, uuid.uuid4().hex)
+            await conn.execute("UPDATE jobs SET lease_owner = $2, lease_token = $3 WHERE id = $1",
+                               job_id, lease.owner, lease.token)
+        return Claim(job, lease, row["lease_owner"] or "")
+
+    async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, job, events, lease)
+            await self._append(conn, job.id, events)
+            ended = "NULL" if job.state.terminal else "requested"
+            await conn.execute(
+                f"UPDATE jobs SET state = $2, doc = $3::jsonb, requested = {ended} WHERE id = $1",
+                job.id, job.state.value, self._dump(job),
+            )
+
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, job, events, lease)
+            await self._append(conn, job.id, events)
+            await conn.execute(
+                "UPDATE jobs SET state = $2, doc = $3::jsonb, requested = NULL, lease_owner = NULL,"
+                " lease_token = NULL WHERE id = $1",
+                job.id, job.state.value, self._dump(job),
+            )
+
+    async def control(self, job_id: str, lease: Lease) -> Control | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT lease_token, requested FROM jobs WHERE id = $1", job_id)
+        if row is None or row["lease_token"] != lease.token:
+            raise LeaseLost(job_id)
+        return Control(row["requested"]) if row["requested"] else None
+
+    async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE jobs SET requested = COALESCE(requested, $2)"
+                " WHERE id = $1 AND kind = $3 AND lease_token IS NOT NULL RETURNING doc, requested",
+                job_id, control.value, self._kind,
+            )
+            if row is None:
+                return None
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
+        return self._decode(row["doc"], row["requested"])
+
+    async def wait_for_events(self, job_id: str, timeout: float) -> None:
+        await self._notifications.wait(job_id, timeout)
+
+    async def _fence(
+        self, conn: asyncpg.Connection, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None
+    ) -> None:
+        row = await conn.fetchrow("SELECT lease_token, doc FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+        if row is None:
+            raise Aborted("JOB_GONE", f"job {job.id} is not stored", metadata={"job": job.id})
+        if lease is not None:
+            if row["lease_token"] != lease.token:
+                raise LeaseLost(job.id)
+            return
+        if row["lease_token"] is not None:
+            raise Aborted("JOB_CLAIMED", f"job {job.id} was claimed by a worker", metadata={"job": job.id})
+        if self._job.validate_json(row["doc"]).last_sequence != job.last_sequence - len(events):
+            raise Aborted("JOB_CHANGED", f"job {job.id} changed meanwhile", metadata={"job": job.id})
+
+    async def _append(self, conn: asyncpg.Connection, job_id: str, events: Sequence[JobEvent]) -> None:
+        records = []
+        for ev in events:
+            kind, data = self._events.encode(ev.payload)
+            records.append((job_id, ev.sequence, ev.time, kind, data.decode()))
+        if records:
+            await conn.executemany(
+                "INSERT INTO job_events (job_id, sequence, time, type, payload)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (job_id, sequence) DO NOTHING",
+                records,
+            )
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import copy
 import hashlib
+import heapq
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +24,8 @@ from safetensors.torch import load, save
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import Aborted, DataLoss, NotFound
-from engine.jobs.core import Job, JobEvent, JobState
+from engine.jobs.core import Control, Job, JobEvent, JobState
+from engine.jobs.ports import Claim, JobExecutor, Lease, LeaseLost
 from engine.registry.ports import Cursor, ServingRole
 from engine.registry.records import AdapterRecord, format_version
 
@@ -30,27 +33,40 @@ S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 
+@dataclass
+class _Held:
+    lease: Lease | None = None
+    requested: Control | None = None
+
+
 class InMemoryJobStore(Generic[S, O]):
-    """engine.jobs.ports.JobStore in a dict."""
+    """engine.jobs.ports.JobStore in a dict, with the same leases and fencing as the PostgreSQL store."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job[S, O]] = {}
         self.events: dict[str, dict[int, JobEvent]] = {}
+        self.held: dict[str, _Held] = {}
+        self._changed = asyncio.Condition()
 
-    async def insert_job(self, job: Job[S, O]) -> Job[S, O]:
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
         if job.request_id:
             for stored in self.jobs.values():
                 if stored.request_id == job.request_id:
                     return stored
         self.jobs[job.id] = job
-        self.events[job.id] = {}
+        self.events[job.id] = {e.sequence: e for e in events}
+        self.held[job.id] = _Held()
+        await self._wake()
         return job
 
-    async def update_job(self, job: Job[S, O]) -> None:
-        self.jobs[job.id] = job
-
     async def get_job(self, job_id: str) -> Job[S, O] | None:
-        return self.jobs.get(job_id)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        requested = self.held[job_id].requested
+        if requested is not None and not job.state.terminal and job.state.claimed:
+            return replace(job, state=JobState.CANCELLING if requested is Control.CANCEL else JobState.PAUSING)
+        return job
 
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
@@ -63,14 +79,114 @@ class InMemoryJobStore(Generic[S, O]):
     async def jobs_in_states(self, states: Sequence[JobState]) -> list[Job[S, O]]:
         return sorted((j for j in self.jobs.values() if j.state in states), key=lambda j: j.create_time)
 
-    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
-        log = self.events[job_id]
-        for event in events:
-            log.setdefault(event.sequence, copy.copy(event))
-
     async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]:
         log = self.events.get(job_id, {})
         return [log[n] for n in sorted(log) if n > after_sequence]
+
+    async def claim(self, job_id: str, owner: str) -> Claim[S, O] | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state.terminal or job.state is JobState.PAUSED:
+            return None
+        held = self.held[job_id]
+        previous = held.lease.owner if held.lease is not None else ""
+        held.lease = Lease(owner, uuid.uuid4().hex)
+        return Claim(job, held.lease, previous)
+
+    def _check(self, job_id: str, lease: Lease | None) -> None:
+        held = self.held[job_id]
+        if lease is None:
+            if held.lease is not None:
+                raise Aborted("JOB_CLAIMED", f"job {job_id} was claimed by a worker", metadata={"job": job_id})
+        elif held.lease != lease:
+            raise LeaseLost(job_id)
+
+    async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
+        self._check(job.id, lease)
+        if lease is None and self.jobs[job.id].last_sequence != job.last_sequence - len(events):
+            raise Aborted("JOB_CHANGED", f"job {job.id} changed meanwhile", metadata={"job": job.id})
+        log = self.events[job.id]
+        for event in events:
+            log.setdefault(event.sequence, copy.copy(event))
+        self.jobs[job.id] = job
+        if job.state.terminal:
+            self.held[job.id].requested = None
+        await self._wake()
+
+    async def control(self, job_id: str, lease: Lease) -> Control | None:
+        self._check(job_id, lease)
+        return self.held[job_id].requested
+
+    async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
+        held = self.held[job_id]
+        if held.lease is None:
+            return None
+        if held.requested is None:
+            held.requested = control
+        return await self.get_job(job_id)
+
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
+        await self.write(job, events, lease)
+        self.held[job.id] = _Held()
+
+    async def wait_for_events(self, job_id: str, timeout: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+class InProcessQueue:
+    """engine.jobs.ports.WorkerQueue within this process: waiting jobs run by priority, then in the order queued,
+    ``concurrency`` at a time. Nothing survives the process: a restart queues again what the store holds."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str, str]] = []
+        self._waiting: set[str] = set()
+        self._counter = 0
+        self._ready = asyncio.Condition()
+        self._executors: dict[str, JobExecutor] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
+        self._executors = dict(executors)
+        self._stopping = False
+        self._tasks = [asyncio.get_running_loop().create_task(self._work()) for _ in range(concurrency)]
+
+    async def stop_worker(self) -> None:
+        self._stopping = True
+        async with self._ready:
+            self._ready.notify_all()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def close(self) -> None:
+        await self.stop_worker()
+
+    async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
+        if job_id in self._waiting:
+            return
+        self._waiting.add(job_id)
+        self._counter += 1
+        heapq.heappush(self._heap, (-priority, self._counter, kind, job_id))
+        async with self._ready:
+            self._ready.notify()
+
+    async def _work(self) -> None:
+        while True:
+            async with self._ready:
+                await self._ready.wait_for(lambda: self._stopping or bool(self._heap))
+                if self._stopping:
+                    return
+                _, _, kind, job_id = heapq.heappop(self._heap)
+            self._waiting.discard(job_id)
+            try:
+                await self._executors[kind](kind, job_id)
+            except Exception:  # noqa: BLE001 - a job's own failure is recorded on it; keep serving
+                logging.getLogger(__name__).exception("job executor failed", extra={"job_id": job_id})
 
 
 @dataclass

@@ -62,6 +62,11 @@ def _migration_files() -> list[tuple[int, str, str]]:
         if entry.name.endswith(".sql"):
             number = int(entry.name.split("_", 1)[0])
             found.append((number, entry.name, entry.read_text()))
+    # procrastinate's own tables and functions (the job queue), from the installed version (pinned in
+    # pyproject.toml; a later version's upgrade would come as its migration files, applied here the same way).
+    from engine.stores.job_queue import procrastinate_schema  # noqa: PLC0415 - only when migrating
+
+    found.append((9, "0009_procrastinate_schema (procrastinate 3.10)", procrastinate_schema()))
     found.sort()
     numbers = [n for n, _, _ in found]
     if len(set(numbers)) != len(numbers):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import AlreadyExists, FailedPrecondition, NotFound
-from engine.jobs.core import Job, JobEvent, JobFailure, JobKind, JobProgress, JobState, StateChanged
+from engine.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
+from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState, StateChanged
 from engine.jobs.manager import JobContext, JobManager, JobSlots
-from engine.stores.memory import InMemoryJobStore
+from engine.stores.memory import InMemoryJobStore, InProcessQueue
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,20 @@ class CountRunner:
     def __init__(self) -> None:
         self.release = asyncio.Semaphore(0)
         self.started = asyncio.Event()
+        self.ended = asyncio.Event()
 
     async def run(self, ctx: JobContext[CountSpec, CountOutput]) -> str:
-        ctx.started(JobState.RUNNING, "counting", total_steps=ctx.job.spec.steps)
-        self.started.set()
-        for n in range(1, ctx.job.spec.steps + 1):
-            await self.release.acquire()
-            if ctx.cancel.cancelled:
-                from engine.errors import Cancelled
-
-                raise Cancelled("JOB_CANCELLED", f"cancelled at step {n}")
-            ctx.record(Counted(n))
-        return f"counted to {ctx.job.spec.steps}"
+        try:
+            ctx.started(JobState.RUNNING, "counting", total_steps=ctx.job.spec.steps)
+            self.started.set()
+            for n in range(1, ctx.job.spec.steps + 1):
+                await self.release.acquire()
+                if ctx.cancel.cancelled:
+                    raise Cancelled("JOB_CANCELLED", f"cancelled at step {n}")
+                ctx.record(Counted(n))
+            return f"counted to {ctx.job.spec.steps}"
+        finally:
+            self.ended.set()
 
     def fold(self, job: Job[CountSpec, CountOutput], payload: object) -> Job[CountSpec, CountOutput]:
         if isinstance(payload, Counted):
@@ -68,18 +70,11 @@ class FlakyStore(InMemoryJobStore[CountSpec, CountOutput]):
         self.down = False
         self.refused = 0
 
-    def _check(self) -> None:
+    async def write(self, job, events, lease) -> None:
         if self.down:
             self.refused += 1
             raise ConnectionError("the database is restarting")
-
-    async def append_events(self, job_id: str, events) -> None:
-        self._check()
-        await super().append_events(job_id, events)
-
-    async def update_job(self, job) -> None:
-        self._check()
-        await super().update_job(job)
+        await super().write(job, events, lease)
 
 
 @pytest.fixture
@@ -87,14 +82,30 @@ def store() -> FlakyStore:
     return FlakyStore()
 
 
+async def make_manager(store, work_dir: Path, slots: JobSlots, queue: InProcessQueue | None = None) -> JobManager:
+    """A manager of the counting kind whose in-process queue runs its jobs."""
+    queue = queue or InProcessQueue()
+    mgr = JobManager(runner=CountRunner(), store=store, queue=queue, work_dir=work_dir, slots=slots,
+                     control_poll_seconds=0.01, watch_poll_seconds=0.05)
+    queue.start_worker({COUNT.name: lambda kind, job_id: mgr.execute(job_id)}, concurrency=slots.max_concurrent_jobs,
+                       name="test")
+    mgr.test_queue = queue  # type: ignore[attr-defined]
+    return mgr
+
+
+async def stop(mgr: JobManager) -> None:
+    """As the server stops: running jobs are told to stop while the queue stops handing out new ones."""
+    for _ in range(100):
+        mgr.runner.release.release()
+    await asyncio.gather(mgr.shutdown(), mgr.test_queue.stop_worker())  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 async def manager(store: FlakyStore, tmp_path: Path):
     slots = JobSlots(1)
-    mgr = JobManager(runner=CountRunner(), store=store, work_dir=tmp_path, slots=slots)
+    mgr = await make_manager(store, tmp_path, slots)
     yield mgr
-    for _ in range(100):
-        mgr.runner.release.release()
-    await mgr.shutdown()
+    await stop(mgr)
     slots.shutdown()
 
 
@@ -175,31 +186,73 @@ async def test_cancel_ends_a_running_job_and_is_refused_once_it_ended(manager):
         await manager.get("nosuchjob")
 
 
-async def test_recovery_requeues_queued_jobs_and_fails_the_ones_that_were_running(store, tmp_path):
-    now = datetime.now(UTC)
-    queued = Job("q1", "count", CountSpec(1), CountOutput(), JobState.QUEUED, now)
-    running = Job("r1", "count", CountSpec(1), CountOutput(), JobState.RUNNING, now)
-    for job in (queued, running):
-        await store.insert_job(job)
+async def test_recovery_queues_again_what_the_store_holds_as_queued(store, tmp_path):
+    queued = Job("q1", "count", CountSpec(1), CountOutput(), JobState.QUEUED, datetime.now(UTC))
+    await store.insert_job(queued)
     slots = JobSlots(1)
-    mgr = JobManager(runner=CountRunner(), store=store, work_dir=tmp_path, slots=slots)
+    mgr = await make_manager(store, tmp_path, slots)
     try:
         await mgr.recover()
         mgr.runner.release.release()
         await _until_ended(mgr, "q1")
         assert (await mgr.get("q1")).state is JobState.SUCCEEDED
-        failed = await mgr.get("r1")
-        assert failed.state is JobState.FAILED
-        assert failed.failure == JobFailure("ABORTED", "SERVER_RESTARTED", "the server restarted while the job ran")
     finally:
-        await mgr.shutdown()
+        await stop(mgr)
         slots.shutdown()
+
+
+async def test_a_worker_that_lost_its_job_writes_nothing_more(store, tmp_path):
+    """Another worker's claim replaces the lease: the first worker's next write is refused (fenced), it stops,
+    and the job's log holds only what its current holder wrote after the takeover."""
+    slots = JobSlots(1)
+    first = await make_manager(store, tmp_path / "a", slots)
+    try:
+        job = await first.submit(first.new_job(CountSpec(3), CountOutput()))
+        await first.runner.started.wait()
+        taken = await store.claim(job.id, "worker-b")  # the other worker, after the first one's heartbeat stopped
+        assert taken is not None and taken.previous_owner == first.worker_id
+        for _ in range(3):
+            first.runner.release.release()
+        await first.runner.ended.wait()
+        await stop(first)  # waits for the worker's last writes (refused) to settle
+        stored = await store.get_job(job.id)
+        assert stored.state is JobState.RUNNING, "the fenced worker ended the job it no longer held"
+        assert not any(isinstance(e.payload, Counted) for e in await store.list_events(job.id, after_sequence=0))
+    finally:
+        await stop(first)
+        slots.shutdown()
+
+
+async def test_pause_and_resume_continue_on_any_worker_and_cancel_works_in_every_state(manager, store):
+    job = await manager.submit(manager.new_job(CountSpec(2), CountOutput()))
+    await manager.runner.started.wait()
+    pausing = await manager.pause(job.id)
+    assert pausing.state is JobState.PAUSING
+    manager.runner.release.release()
+    await _until_ended(manager, job.id)
+    paused = await manager.get(job.id)
+    assert paused.state is JobState.PAUSED
+    with pytest.raises(FailedPrecondition) as caught:
+        await manager.pause(job.id)
+    assert caught.value.reason == "JOB_NOT_PAUSABLE" and caught.value.metadata == {"state": "PAUSED"}
+    running_job = await manager.submit(manager.new_job(CountSpec(1), CountOutput()))
+    with pytest.raises(FailedPrecondition) as caught:
+        await manager.resume(running_job.id)
+    assert caught.value.reason == "JOB_NOT_RESUMABLE"
+    resumed = await manager.resume(job.id)
+    assert resumed.state is JobState.QUEUED
+    cancelled = await manager.cancel(job.id)  # queued again, not yet taken: cancelled at once
+    assert cancelled.state is JobState.CANCELLED
+    states = [e.payload.state for e in await store.list_events(job.id, after_sequence=0)
+              if isinstance(e.payload, StateChanged)]
+    assert states == [JobState.QUEUED, JobState.RUNNING, JobState.PAUSING, JobState.PAUSED, JobState.QUEUED,
+                      JobState.CANCELLED]
 
 
 async def test_kinds_share_one_slot_so_one_job_runs_at_a_time(store, tmp_path):
     slots = JobSlots(1)
-    first = JobManager(runner=CountRunner(), store=store, work_dir=tmp_path / "a", slots=slots)
-    second = JobManager(runner=CountRunner(), store=InMemoryJobStore(), work_dir=tmp_path / "b", slots=slots)
+    first = await make_manager(store, tmp_path / "a", slots)
+    second = await make_manager(InMemoryJobStore(), tmp_path / "b", slots)
     try:
         a = await first.submit(first.new_job(CountSpec(1), CountOutput()))
         b = await second.submit(second.new_job(CountSpec(1), CountOutput()))
@@ -212,8 +265,8 @@ async def test_kinds_share_one_slot_so_one_job_runs_at_a_time(store, tmp_path):
         await _until_ended(second, b.id)
         assert (await second.get(b.id)).state is JobState.SUCCEEDED
     finally:
-        await first.shutdown()
-        await second.shutdown()
+        await stop(first)
+        await stop(second)
         slots.shutdown()
 
 

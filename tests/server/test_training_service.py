@@ -165,20 +165,26 @@ async def test_jobs_and_events_survive_a_restart(make_server):
     assert after[0].snapshot.output_adapter_version == "v1.0"
 
 
-async def test_a_running_job_is_failed_by_a_restart_and_a_queued_one_requeued(make_server):
+async def test_a_restart_hands_the_running_job_to_the_next_worker_and_runs_the_queued_one(make_server):
+    """A server stopping (SIGTERM) stops its running job at the next step and queues it again; the next worker
+    (here the restarted server) continues it, and runs what was queued. The log stays one gapless sequence."""
     first = await make_server()
-    running = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=500)))).training_job
+    running = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=40)))).training_job
     queued = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
     async for event in aiter_events(first.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=running.name))):
         if event.HasField("step_metrics"):
             break
     await first.app.stop(0)
     second = await make_server()
-    stopped = (await second.training.GetTrainingJob(pb.GetTrainingJobRequest(name=running.name))).training_job
-    assert stopped.state == common.JOB_STATE_FAILED
-    assert stopped.error.code == grpc.StatusCode.ABORTED.value[0]
-    done = await watch_all(second.training, queued.name)
+    done = await watch_all(second.training, running.name)
+    events = [m.event for m in done[1:]]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    requeued = [e.state_change for e in events if e.state_change.state == common.JOB_STATE_QUEUED]
+    assert len(requeued) == 2 and "stopped" in requeued[1].message  # accepted, then handed on at the stop
+    assert events[-1].state_change.state == common.JOB_STATE_SUCCEEDED
     assert done[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+    other = await watch_all(second.training, queued.name)
+    assert other[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
 
 
 async def test_create_is_idempotent_by_request_id(client):

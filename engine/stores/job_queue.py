@@ -1,0 +1,105 @@
+"""The job queue on PostgreSQL through procrastinate: workers on many machines share one database.
+
+Why procrastinate (3.x): it gives per-worker concurrency (1 by default here: one model in memory per worker),
+priorities, LISTEN/NOTIFY with polling as the fallback, and worker heartbeats from which stalled jobs are found.
+PgQueuer (1.x) was the other candidate and speaks asyncpg, but its workers take at least two jobs at a time
+(``max_concurrent_tasks`` must be twice the batch size), which would hold a second job hostage on a busy worker.
+
+What procrastinate leaves to its user, done here: a queue item is only "run job <id> of <kind>"; the job itself,
+its lease and its fencing live in our ``jobs`` table (engine.stores.job_store). Stalled items (their worker's
+heartbeat stopped: it was killed, or lost the database) are put back in the queue by every worker's periodic
+check, and the next worker to take one claims the job with a new lease, so the old worker, should it wake up,
+can write nothing. Queueing is idempotent per job (procrastinate's queueing lock), and a job is never run by
+two items at once (its lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+import procrastinate
+from procrastinate import exceptions as pexc
+from procrastinate.schema import SchemaManager
+
+from engine.jobs.ports import JobExecutor
+
+log = logging.getLogger(__name__)
+
+QUEUE = "learning_engine_jobs"
+TASK = "learning_engine.run_job"
+
+
+def procrastinate_schema() -> str:
+    """The SQL of procrastinate's tables and functions (applied once by the migrations)."""
+    return SchemaManager.get_schema()
+
+
+class ProcrastinateQueue:
+    """engine.jobs.ports.JobQueue, and this process's worker when ``start_worker`` is called."""
+
+    def __init__(self, database_url: str, *, heartbeat_seconds: float = 5.0, stalled_seconds: float = 20.0) -> None:
+        self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
+            conninfo=database_url, min_size=1, max_size=4))
+        self._heartbeat = heartbeat_seconds
+        self._stalled = stalled_seconds
+        self._executors: dict[str, JobExecutor] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._rescuer: asyncio.Task[None] | None = None
+
+        @self._app.task(name=TASK, queue=QUEUE, retry=procrastinate.RetryStrategy(max_attempts=20, wait=5))
+        async def run_job(kind: str, job_id: str) -> None:
+            await self._executors[kind](kind, job_id)
+
+        self._task = run_job
+
+    async def open(self) -> None:
+        await self._app.open_async()
+
+    async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
+        try:
+            await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority).defer_async(
+                kind=kind, job_id=job_id)
+        except pexc.AlreadyEnqueued:
+            pass  # already waiting for a worker
+
+    def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
+        """Take jobs from the queue in this process (``concurrency`` at a time), and put stalled ones back."""
+        self._executors = dict(executors)
+        self._worker = asyncio.get_running_loop().create_task(self._app.run_worker_async(
+            queues=[QUEUE], concurrency=concurrency, name=name, wait=True, install_signal_handlers=False,
+            update_heartbeat_interval=self._heartbeat, stalled_worker_timeout=self._stalled,
+            fetch_job_polling_interval=max(self._heartbeat, 1.0), delete_jobs="successful",
+        ))
+        self._rescuer = asyncio.get_running_loop().create_task(self._rescue_stalled())
+
+    async def _rescue_stalled(self) -> None:
+        """Every heartbeat period: put back the items whose worker stopped sending heartbeats."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                for item in await self._app.job_manager.get_stalled_jobs(
+                        queue=QUEUE, seconds_since_heartbeat=self._stalled):
+                    log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
+                                                                                     "args": item.task_kwargs})
+                    try:
+                        await self._app.job_manager.retry_job(item)
+                    except Exception:  # noqa: BLE001 - another worker rescued it first
+                        log.info("stalled item already rescued", extra={"item": item.id})
+                await self._app.job_manager.prune_stalled_workers(self._stalled)
+            except Exception:  # noqa: BLE001 - the database restarting: try at the next period
+                log.warning("could not look for stalled jobs", exc_info=True)
+
+    async def stop_worker(self) -> None:
+        for task in (self._rescuer, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._rescuer = self._worker = None
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        await self._app.close_async()
