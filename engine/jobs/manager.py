@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import shutil
 import threading
@@ -98,6 +99,10 @@ class _LiveJob(Generic[S, O]):
     finished: bool = False
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
+
+    def moved_past(self, seen: int) -> bool:
+        """Whether the job has ended or has more than ``seen`` events."""
+        return self.finished or seen < len(self.events)
 
 
 class JobContext(Generic[S, O]):
@@ -267,7 +272,7 @@ class JobManager(Generic[S, O]):
             if live.finished:
                 return
             async with live.changed:
-                await live.changed.wait_for(lambda seen=index: live.finished or seen < len(live.events))
+                await live.changed.wait_for(functools.partial(live.moved_past, index))
 
     # ---- running ----------------------------------------------------------------
 

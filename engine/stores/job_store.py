@@ -77,7 +77,8 @@ class PostgresJobStore(Generic[S, O]):
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
     ) -> list[Job[S, O]]:
-        clauses, args = ["kind = $1"], [self._kind]
+        clauses = ["kind = $1"]
+        args: list[object] = [self._kind]  # query parameters
         if states:
             args.append([s.value for s in states])
             clauses.append(f"state = ANY(${len(args)}::text[])")
