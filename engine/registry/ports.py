@@ -64,7 +64,7 @@ class ServingRole(enum.StrEnum):
 class ServingState(Protocol):
     """The versions the serving side relies on: active and known-good per base model.
 
-    LoraControl (issue 6) owns and writes this state; the registry only reads it, to
+    LoraControl owns and writes this state; the registry only reads it, to
     refuse deleting or pruning those versions.
     """
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from engine import FisherJobsApi
 from engine.continual.ports import FisherSnapshots
-from engine.continual.runner import FisherJobs
 from engine.continual.spec import snapshot_id_from_name
 from engine.domain import FisherSpace
 from engine.jobs.core import JobEvent
@@ -21,7 +21,7 @@ MAX_REQUEST_ID = 128
 
 
 class FisherService(pb_grpc.FisherServiceServicer):
-    def __init__(self, jobs: FisherJobs, snapshots: FisherSnapshots, *, default_base_model: str,
+    def __init__(self, jobs: FisherJobsApi, snapshots: FisherSnapshots, *, default_base_model: str,
                  default_space: FisherSpace) -> None:
         self._jobs = jobs
         self._snapshots = snapshots

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 
+from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from engine.lora.controller import LoraController
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
@@ -39,12 +39,12 @@ def _reason(reason: str) -> str:
 
 
 class LoraControlService(pb_grpc.LoraControlServiceServicer):
-    def __init__(self, controller: LoraController, *, datasets_dir: Path) -> None:
+    def __init__(self, controller: LoraControlApi, *, datasets_dir: Path) -> None:
         self._control = controller
         self._datasets_dir = datasets_dir
 
     def _check_base_model(self, base_model: str) -> None:
-        mine = self._control.config.base_model
+        mine = self._control.base_model
         if base_model and base_model != mine:
             raise FailedPrecondition(
                 "BASE_MODEL_MISMATCH",

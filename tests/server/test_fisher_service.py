@@ -14,6 +14,18 @@ from learning.v1 import training_pb2 as pb
 from tests.server.conftest import TINY, error_details, spec, watch_all
 
 
+# These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
+# in-memory stores (tests/fixtures/memory_engine.py).
+@pytest.fixture
+async def client(memory_client):
+    return memory_client
+
+
+@pytest.fixture
+def make_server(make_memory_server):
+    return make_memory_server
+
+
 def ewc_spec(parent: str, **ewc) -> pb.TrainingJobSpec:
     request = spec(epochs=2)
     request.parent_adapter_version = parent
@@ -98,7 +110,9 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     assert entries.stats.parameter_count == 2 * 4 * (16 * 64 + 64 * 16)  # A [16, 64] and B [64, 16] each
 
 
-async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(client, data_dir):
+async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(pg_client, data_dir):
+    """Full stack: the snapshot's file on disk and its row in PostgreSQL."""
+    client = pg_client
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     await train(client, spec(epochs=1))
     request = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=common_pb2.JsonlDataset(path="capitals.jsonl"),
