@@ -69,7 +69,8 @@ class ReferenceModel:
         self.model_dir = model_dir
         self.served_name = served_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]  # unannotated
+        # transformers leaves PreTrainedModel.eval unannotated
+        self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]
         self._peft: Any = None
         self._paths: dict[str, str] = {}  # lora_name -> lora_path
         self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)
