@@ -55,6 +55,7 @@ check: setup
 	bash scripts/check_compose.sh
 	$(BIN)/python scripts/settings_reference.py --check README.md
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
+	$(BIN)/mypy
 
 pytest: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider

@@ -7,6 +7,7 @@ engine itself knows nothing of gRPC or protobuf.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
     from engine.feedback.ingest import Prepared
     from engine.jobs.core import Job, JobEvent, JobState
-    from engine.lora.controller import Activation, EvalSummary
-    from engine.lora.state import LoadedLora, LoraStatus
+    from engine.lora.controller import Activation
+    from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.registry.records import AdapterRecord
     from engine.training.spec import TrainingJobSpec, TrainingOutput
 
@@ -63,7 +64,8 @@ class AdaptersApi(Protocol):
     async def list(self, *, base_model: str = "", labels: Mapping[str, str] | None = None, page_size: int,
                    page_token: str = "") -> tuple[list[AdapterRecord], str]: ...
 
-    async def lineage(self, base_model: str, version: str) -> list[AdapterRecord]: ...
+    # ``list`` below names the method above: annotations in this class spell the type ``builtins.list``.
+    async def lineage(self, base_model: str, version: str) -> builtins.list[AdapterRecord]: ...
 
     async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord: ...
 
@@ -73,7 +75,9 @@ class AdaptersApi(Protocol):
 
     async def delete(self, base_model: str, version: str) -> AdapterRecord: ...
 
-    async def prune(self, base_model: str, *, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]: ...
+    async def prune(
+        self, base_model: str, *, keep: int, dry_run: bool = False
+    ) -> tuple[builtins.list[str], builtins.list[str]]: ...
 
 
 class LoraControlApi(Protocol):

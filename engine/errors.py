@@ -8,6 +8,7 @@ code in one table (``server/errors.py``); nothing matches on message strings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,7 +49,8 @@ class EngineError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):  # pickled whole (e.g. raised in a worker process), not as Exception(message)
+    # Pickled whole (e.g. raised in a worker process), not as Exception(message).
+    def __reduce__(self) -> tuple[Callable[..., EngineError], tuple[object, ...]]:
         return _rebuild, (type(self), self.reason, self.message, self.violations, self.metadata)
 
 

@@ -24,14 +24,17 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-from engine.continual.fisher import Diagonal, FisherSpace, trainable_parameters
+from engine.continual.fisher import Diagonal, trainable_parameters
+from engine.domain import FisherSpace
 from engine.errors import FailedPrecondition
 
 QUANTILES = (0.5, 0.9, 0.99)
+T = TypeVar("T")
 
 
 class PenaltyNormalization(StrEnum):
@@ -157,7 +160,7 @@ def replay_count(new_examples: int, fraction: float, available: int) -> int:
     return min(available, round(fraction * new_examples / (1.0 - fraction)))
 
 
-def mix_replay(new: Sequence, earlier: Sequence, fraction: float, seed: int) -> tuple[list, int]:
+def mix_replay(new: Sequence[T], earlier: Sequence[T], fraction: float, seed: int) -> tuple[list[T], int]:
     """``new`` plus a seeded sample of ``earlier`` (see :func:`replay_count`); returns (mixed, replayed)."""
     count = replay_count(len(new), fraction, len(earlier))
     picked = random.Random(seed).sample(list(earlier), count) if count else []

@@ -13,14 +13,26 @@ a cost to the new task (README, Continual learning), so the entries stay the def
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine.continual.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
-from engine.continual.fisher import Diagonal, FisherSpace, space_shapes, trainable_parameters
+from engine.continual.fisher import Diagonal, space_shapes, trainable_parameters
+from engine.domain import FisherSpace
 
 CHUNK_ELEMENTS = 1 << 19  # products per chunk: about 2 MB of float32, so a chunk's passes stay in cache
+Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Pairs = list[tuple[list[torch.Tensor], list[torch.Tensor]]]  # per group: its pairs' B tensors and A tensors
+
+
+def _added(terms: list[torch.Tensor]) -> torch.Tensor:
+    """terms[0] + terms[1] + ..., in order."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 class WeightedProductDrift(torch.autograd.Function):
@@ -32,25 +44,28 @@ class WeightedProductDrift(torch.autograd.Function):
     """
 
     @staticmethod
-    def _chunks(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor):
+    def _chunks(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor) -> list[Chunk]:
         """(b, a, w, anchor) in chunks of about CHUNK_ELEMENTS products; the tensors themselves if all fit."""
         step = max(1, CHUNK_ELEMENTS // (w.shape[1] * w.shape[2]))
         if step >= w.shape[0]:
             return [(b, a, w, anchor)]
-        return list(zip(*(t.split(step) for t in (b, a, w, anchor)), strict=True))
+        return list(zip(torch.split(b, step), torch.split(a, step), torch.split(w, step), torch.split(anchor, step),
+                        strict=True))
 
+    # ``ctx`` is torch's open context object (typed Any by torch): forward keeps ``scale`` on it for backward.
     @staticmethod
-    def forward(ctx, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor,
+    def forward(ctx: Any, b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor,
                 scale: float = 1.0) -> torch.Tensor:
         ctx.save_for_backward(b, a, w, anchor)
         ctx.scale = scale
-        total = sum(torch.baddbmm(d, b_, a_, beta=-1).square_().mul_(w_).sum()
-                    for b_, a_, w_, d in WeightedProductDrift._chunks(b, a, w, anchor))
+        total = _added([torch.baddbmm(d, b_, a_, beta=-1).square_().mul_(w_).sum()
+                        for b_, a_, w_, d in WeightedProductDrift._chunks(b, a, w, anchor)])
         return total.mul_(scale) if scale != 1.0 else total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad_b, grad_a = [], []
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+        grad_b: list[torch.Tensor] = []
+        grad_a: list[torch.Tensor] = []
         for b, a, w, anchor in WeightedProductDrift._chunks(*ctx.saved_tensors):
             g = torch.baddbmm(anchor, b, a, beta=-1).mul_(w).mul_(2 * ctx.scale * grad)  # d/dD
             grad_b.append(torch.bmm(g, a.transpose(1, 2)))
@@ -87,17 +102,17 @@ class ProductEwcPenalty:
                          for side in ("B", "A"))))
             for prefixes in by_shape.values()
         ]
-        self._bound: tuple[int, list[tuple[list[nn.Parameter], list[nn.Parameter]]]] | None = None
+        self._bound: tuple[int, Pairs] | None = None
 
-    def _sum(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]], scale: float = 1.0) -> torch.Tensor:
-        total = None
+    def _sum(self, pairs: Pairs, scale: float = 1.0) -> torch.Tensor:
+        terms: list[torch.Tensor] = []
         for (bs, as_), (_, w, anchor) in zip(pairs, self._groups, strict=True):
             b, a = torch.stack(bs).float(), torch.stack(as_).float()  # .float(): no copy when already float32
-            term = WeightedProductDrift.apply(b, a, w.to(a.device), anchor.to(a.device), scale)
-            total = term if total is None else total + term
-        return total
+            terms.append(WeightedProductDrift.apply(  # type: ignore[no-untyped-call]  # torch leaves apply unannotated
+                b, a, w.to(a.device), anchor.to(a.device), scale))
+        return _added(terms)
 
-    def _pairs(self, tensors: Mapping[str, torch.Tensor]) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    def _pairs(self, tensors: Mapping[str, torch.Tensor]) -> Pairs:
         """Per group, its pairs' B and A tensors taken from ``tensors`` (by canonical name), in group order."""
         return [([tensors[f"{p}.lora_B.weight"] for p in ps], [tensors[f"{p}.lora_A.weight"] for p in ps])
                 for ps, _, _ in self._groups]

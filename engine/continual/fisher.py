@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.continual.spec import NORMALIZATION, FisherEstimator, FisherSpace
+from engine.continual.spec import NORMALIZATION, FisherEstimator
+from engine.domain import FisherSpace
 from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.ports import CancelToken
 from engine.training.datasets import IGNORE_INDEX, EncodedExample, collate
@@ -204,6 +205,12 @@ class Tap:
     inputs: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
+    def activations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and output kept by the last forward pass."""
+        if self.inputs is None or self.output is None:
+            raise RuntimeError(f"no forward pass has reached {self.weight or self.bias} since its last gradient")
+        return self.inputs, self.output
+
 
 class LinearTaps:
     """Forward hooks keeping the input and output of every Linear layer that holds trainable parameters."""
@@ -235,7 +242,7 @@ class LinearTaps:
             )
 
     @staticmethod
-    def _hook(tap: Tap):
+    def _hook(tap: Tap) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             tap.inputs, tap.output = inputs[0], output
 
@@ -243,13 +250,13 @@ class LinearTaps:
 
     def per_sample_grads(self, per_sample_loss: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """(canonical name, [B, *shape] gradients of each sample's loss); consumes the stored activations."""
-        outputs = [t.output for t in self.taps]
-        grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
+        captured = [t.activations() for t in self.taps]
+        grads = torch.autograd.grad(per_sample_loss.sum(), [output for _, output in captured], allow_unused=True)
         batch = per_sample_loss.shape[0]
-        for tap, grad_out in zip(self.taps, grads, strict=True):
-            x = tap.inputs.detach().reshape(batch, -1, tap.inputs.shape[-1]).float()
+        for tap, (inputs, output), grad_out in zip(self.taps, captured, grads, strict=True):
+            x = inputs.detach().reshape(batch, -1, inputs.shape[-1]).float()
             if grad_out is None:
-                grad_out = torch.zeros_like(tap.output)
+                grad_out = torch.zeros_like(output)
             g = grad_out.reshape(batch, -1, grad_out.shape[-1]).float()
             if tap.weight:
                 yield tap.weight, torch.einsum("bto,bti->boi", g, x)
@@ -261,11 +268,11 @@ class LinearTaps:
         """(module prefix, [B, out, in] gradients of each sample's loss with respect to its LoRA product D)."""
         sides = lora_pairs((tap.weight, tap) for tap in self.taps)
         prefixes = list(sides)
-        outputs = [sides[p]["B"].output for p in prefixes]
+        outputs = [sides[p]["B"].activations()[1] for p in prefixes]
         grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
         batch = per_sample_loss.shape[0]
         for prefix, output, grad_out in zip(prefixes, outputs, grads, strict=True):
-            a_in = sides[prefix]["A"].inputs
+            a_in = sides[prefix]["A"].activations()[0]
             x = a_in.detach().reshape(batch, -1, a_in.shape[-1]).float()
             g = (grad_out if grad_out is not None else torch.zeros_like(output)).reshape(batch, -1, output.shape[-1])
             yield prefix, torch.einsum("bto,bti->boi", g.float(), x)
@@ -372,7 +379,7 @@ def naive_fisher(
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
             nll = _per_sample_nll(model, [data[i]], [seed * 1_000_003 + i], pad_id, estimator, device)
-            nll.sum().backward()
+            nll.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         for name, p in params.items():
             grad = p.grad if p.grad is not None else torch.zeros_like(p)
             total[name] += grad.detach().float().cpu().square()

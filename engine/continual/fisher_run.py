@@ -16,15 +16,9 @@ from typing import Any
 from safetensors.torch import load_file
 
 from engine.continual.ewc import check_same_shapes, shapes_of
-from engine.continual.fisher import (
-    Diagonal,
-    FisherEstimator,
-    FisherResult,
-    FisherSpace,
-    compute_fisher,
-    parameter_shapes,
-)
-from engine.domain import Example
+from engine.continual.fisher import Diagonal, FisherResult, compute_fisher, parameter_shapes
+from engine.continual.spec import FisherEstimator
+from engine.domain import Example, FisherSpace
 from engine.errors import FailedPrecondition
 from engine.jobs.ports import CancelToken
 from engine.training.datasets import encode_dataset, pad_token_id

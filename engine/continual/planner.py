@@ -53,7 +53,9 @@ def new_snapshot(
     )
 
 
-def make_penalty(space: FisherSpace, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float):
+def make_penalty(
+    space: FisherSpace, fisher: Diagonal, anchor: Diagonal, ewc_lambda: float
+) -> EwcPenalty | ProductEwcPenalty:
     """The EWC penalty over ``space`` (FISHER_SHAPE_MISMATCH unless ``fisher`` fits the anchor's LoRA shape)."""
     if space is FisherSpace.LORA_PRODUCT:
         return ProductEwcPenalty(fisher, anchor, ewc_lambda)

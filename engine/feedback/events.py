@@ -121,6 +121,15 @@ class FeedbackStats:
         return sum(n for _, n in self.by_kind)
 
 
+# One event laid out as a stored row, in the column order of engine.stores.feedback_store.COLUMNS: tenant_id,
+# client_event_id, kind, rating, correction, dwell_seconds, interaction_id, has_content, messages (JSON),
+# prompt, response, adapter_version, user_id, event_time, received_time, labels (JSON), scrubbed_rules.
+FeedbackRow = tuple[
+    str, str, str, int | None, str | None, float | None, str, bool, str | None, str | None, str | None,
+    str, str, datetime, datetime, str, list[str],
+]
+
+
 @dataclass(frozen=True, slots=True)
 class CopyRows:
     """Records laid out as COPY text-format data (``encode_rows``), with what ``insert`` needs to know of them."""

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
-from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
+from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, FeedbackRow, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
 
 ROLES = frozenset({"system", "user", "assistant"})
@@ -46,7 +46,7 @@ Prepared = tuple[CopyRows, dict[str, int]]  # a batch laid out for the store, an
 
 
 class FeedbackRecordStore(Protocol):
-    def encode(self, records: Sequence[tuple]) -> CopyRows:
+    def encode(self, records: Sequence[FeedbackRow]) -> CopyRows:
         """Lay records out for storage (CPU only; called off the event loop)."""
 
     async def insert(self, rows: CopyRows) -> StoreOutcome: ...
@@ -124,7 +124,7 @@ def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -
         return False
     max_id = limits.max_id_chars
     it = e.interaction
-    ids = (e.client_event_id, e.adapter_version, e.user_id, e.tenant_id, e.interaction_ref)
+    ids: tuple[str, ...] = (e.client_event_id, e.adapter_version, e.user_id, e.tenant_id, e.interaction_ref)
     if it is None:
         if not e.interaction_ref:
             return False
@@ -242,7 +242,7 @@ def _texts(events: Sequence[FeedbackEvent]) -> list[str]:
 
 def to_records(
     events: Sequence[FeedbackEvent], scrubber: Scrubber, received: datetime
-) -> tuple[list[tuple], dict[str, int]]:
+) -> tuple[list[FeedbackRow], dict[str, int]]:
     """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS).
 
     The scrubber first picks, for the whole batch at once, the texts that may hold PII; only those are scrubbed.
@@ -253,7 +253,7 @@ def to_records(
     dumps = json.JSONEncoder(ensure_ascii=False).encode  # non-ASCII as is: no backslash escapes for COPY to escape
     labels_json: dict[tuple[tuple[str, str], ...], str] = {(): "{}"}  # label sets repeat across a batch
     fired_total: dict[str, int] = {}
-    records = []
+    records: list[FeedbackRow] = []
     k = 0  # the index in texts of the event's next non-empty text
     for e in events:
         fired: dict[str, int] = {}
@@ -279,7 +279,8 @@ def to_records(
                 if k in dirty:
                     response = scrub(response, fired)
                 k += 1
-            row_it = (it.interaction_id, True, messages, prompt or None, response)
+            row_it: tuple[str, bool, str | None, str | None, str | None] = (
+                it.interaction_id, True, messages, prompt or None, response)
         else:
             row_it = (e.interaction_ref, False, None, None, None)
         correction = e.correction or None
@@ -288,6 +289,8 @@ def to_records(
                 correction = scrub(correction, fired)
             k += 1
         kind = e.kind
+        if kind is None:  # validate_batch refuses such events first
+            raise ValueError(f"event {e.client_event_id!r} has no kind: only validated events become records")
         records.append((
             e.tenant_id, e.client_event_id, _KIND_TEXT[kind], e.rating if kind is FeedbackKind.RATING else None,
             correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
@@ -382,7 +385,7 @@ class FeedbackIngestor:
 
 def prepare_batch(
     events: Sequence[FeedbackEvent], scrubber: Scrubber, limits: FeedbackLimits, now: datetime,
-    encode: Callable[[Sequence[tuple]], CopyRows],
+    encode: Callable[[Sequence[FeedbackRow]], CopyRows],
 ) -> Prepared:
     """Validate (all or nothing), scrub and lay out one batch received at ``now``: CPU work only, no I/O."""
     validate_batch(events, limits, now)

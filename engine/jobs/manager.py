@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import logging
 import shutil
 import threading
@@ -112,6 +113,10 @@ class _LiveJob(Generic[S, O]):
     unpersisted: list[JobEvent] = field(default_factory=list)
     finished: bool = False
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def moved_past(self, seen: int) -> bool:
+        """Whether the job has ended or has more than ``seen`` events."""
+        return self.finished or seen < len(self.events)
 
 
 class JobContext(Generic[S, O]):
@@ -300,7 +305,7 @@ class JobManager(Generic[S, O]):
             if live.finished:
                 return
             async with live.changed:
-                await live.changed.wait_for(lambda seen=index: live.finished or seen < len(live.events))
+                await live.changed.wait_for(functools.partial(live.moved_past, index))
 
     async def _watch_stored(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
         """Events from the store (the source of truth), woken by its notifications, until the job ends."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from engine.errors import EngineError
 from engine.lora.controller import LoraController
-from engine.lora.state import FeedbackRates, OperationKind
+from engine.lora.state import FeedbackRates, OperationKind, OperationRecord
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ class AutoRollbackConfig:
 
 class AutoRollback:
     def __init__(self, controller: LoraController, rates: FeedbackRates, config: AutoRollbackConfig,
-                 history) -> None:
+                 history: Callable[[str, int], Awaitable[list[OperationRecord]]]) -> None:
         self._controller = controller
         self._rates = rates
         self._config = config
         self._history = history  # LoraStateStore.history
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def _live_since(self, version: str) -> datetime:
         for op in await self._history(self._controller.target, 200):

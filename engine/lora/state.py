@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -150,7 +151,7 @@ class LoraStateStore(Protocol):
 
     async def save_eval(self, base_model: str, summary: EvalSummary) -> None: ...
 
-    def serialised(self, target: str):
+    def serialised(self, target: str) -> AbstractAsyncContextManager[None]:
         """An async context manager that holds a lock on ``target`` across processes."""
         ...
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import json
 import logging
 import shutil
@@ -100,7 +101,8 @@ class AdapterRegistry:
         token = _encode_token(page[-1]) if len(rows) > page_size and page else ""
         return page, token
 
-    async def lineage(self, base_model: str, version: str) -> list[AdapterRecord]:
+    # ``list`` below names the method above: annotations in this class spell the type ``builtins.list``.
+    async def lineage(self, base_model: str, version: str) -> builtins.list[AdapterRecord]:
         """The version, its parent, and so on back to the root (deleted ancestors included)."""
         chain = [await self.get(base_model, version)]
         while chain[-1].parent_version and len(chain) < _MAX_LINEAGE:
@@ -214,7 +216,7 @@ class AdapterRegistry:
             await self._abandon(record, written)
             raise
 
-    async def _abandon(self, record: AdapterRecord, written: list[str]) -> None:
+    async def _abandon(self, record: AdapterRecord, written: builtins.list[str]) -> None:
         """Undo a failed publish as far as possible; never raises."""
         major, minor = record.number
         try:
@@ -294,7 +296,9 @@ class AdapterRegistry:
         log.info("deleted adapter", extra={"base_model": base_model, "version": version})
         return record
 
-    async def prune(self, base_model: str, *, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
+    async def prune(
+        self, base_model: str, *, keep: int, dry_run: bool = False
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Keep the newest ``keep`` versions and every protected one; delete the rest.
         Returns (deleted, kept), newest first."""
         if keep < 1:

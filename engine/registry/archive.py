@@ -12,6 +12,7 @@ All functions here are blocking; callers run them off the event loop.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import tarfile
@@ -79,7 +80,7 @@ def unpack_archive(archive: Path, dest_dir: Path, *, field_path: str = "chunk") 
             source = tar.extractfile(member)
             assert source is not None
             with source, (dest_dir / name).open("wb") as out:
-                for chunk in iter(lambda src=source: src.read(_CHUNK), b""):
+                for chunk in iter(functools.partial(source.read, _CHUNK), b""):
                     out.write(chunk)
     return dest_dir
 

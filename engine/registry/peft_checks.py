@@ -11,11 +11,14 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.domain import LoraSpec
 from engine.errors import InvalidArgument, ViolationCollector
 from engine.registry.archive import CONFIG_FILE, WEIGHTS_FILE, read_small, sha256_file
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PEFT_PREFIX = "base_model.model."
 MAX_LORA_RANK = 256
@@ -61,6 +64,9 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     issues.check(not config.get("modules_to_save"), f"{where}.modules_to_save",
                  "fully trained extra modules are not supported")
     issues.raise_if_any("INVALID_ADAPTER_CONFIG", "invalid adapter config")
+    # Checked above; the asserts tell the type checker so.
+    assert isinstance(rank, int) and isinstance(alpha, int | float) and isinstance(dropout, int | float)
+    assert isinstance(targets, list)
     return LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout),
                     target_modules=tuple(sorted(set(targets))))
 
@@ -158,7 +164,7 @@ def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _digest(model_dir: str, stamp: tuple) -> str:
+def _digest(model_dir: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
     root = Path(model_dir)
     outer = hashlib.sha256()
     for path in sorted(root.glob("*.safetensors")) + [root / "config.json"]:
@@ -179,7 +185,7 @@ def base_model_digest(model_dir: Path) -> str:
 _LORA_LEAF_TYPES = ("Linear", "Embedding", "Conv1D", "Conv1d", "Conv2d", "Linear4bit", "Linear8bitLt")
 
 
-def meta_model(model_dir: Path | str) -> Any:
+def meta_model(model_dir: Path | str) -> nn.Module:
     """The base model's architecture on the meta device (no weights): for names and shapes."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -190,7 +196,9 @@ def meta_model(model_dir: Path | str) -> Any:
         config_dict.pop("quantization_config")
         config = AutoConfig.for_model(**config_dict)
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config)
+        # transformers leaves from_config unannotated
+        model: nn.Module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    return model
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,6 +16,7 @@ import asyncio
 import enum
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,8 +192,8 @@ class ServingClient:
 
     # ---- transport ----------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: dict | None, *, action: str, lora_name: str = "",
-                    retry: bool, timeout: float | None = None) -> tuple[int, str]:
+    async def _call(self, method: str, path: str, body: Mapping[str, object] | None, *, action: str,
+                    lora_name: str = "", retry: bool, timeout: float | None = None) -> tuple[int, str]:
         attempts = 1 + (self.config.retries if retry else 0)
         delay = self.config.backoff_seconds
         for attempt in range(attempts):
@@ -208,7 +209,7 @@ class ServingClient:
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
-    async def _once(self, method: str, path: str, body: dict | None, *, action: str, lora_name: str,
+    async def _once(self, method: str, path: str, body: Mapping[str, object] | None, *, action: str, lora_name: str,
                     timeout: float) -> tuple[int, str]:
         if self._session is None:
             await self.start()

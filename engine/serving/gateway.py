@@ -101,7 +101,7 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the bound (host, port, ...) of the one site
         return self.port
 
     async def stop(self) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class ReferenceModel:
         self.model_dir = model_dir
         self.served_name = served_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        # transformers leaves PreTrainedModel.eval unannotated
+        self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]
         self._peft: Any = None
         self._paths: dict[str, str] = {}  # lora_name -> lora_path
         self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)
@@ -148,7 +150,8 @@ class ReferenceModel:
         eos = self.tokenizer.eos_token_id
         text_ids = [t for t in new if t != eos]
         return Generation(
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
+            # One sequence decodes to one str; transformers types the batch case's list[str] in too.
+            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),  # type: ignore[arg-type]
             tokens=tuple(self.tokenizer.convert_ids_to_tokens(new)),
             token_logprobs=tuple(logprobs),
             prompt_tokens=len(prompt_ids),
@@ -183,7 +186,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
     created = int(time.time())
 
     @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except HttpError as exc:
@@ -257,9 +260,11 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
             ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - malformed messages
             raise HttpError(400, f"cannot apply the chat template: {exc}") from exc
+        # transformers types the result of every flag combination at once; tokenize=True gives token ids,
+        # directly or in a BatchEncoding.
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        gen = await asyncio.to_thread(model.generate, name, list(ids), limit)
+            ids = ids["input_ids"]  # type: ignore[call-overload,index]
+        gen = await asyncio.to_thread(model.generate, name, list(ids), limit)  # type: ignore[arg-type]
         return web.json_response({
             "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
             "model": name, "usage": _usage(gen),
@@ -282,7 +287,7 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = runner.addresses[0][1]  # the bound (host, port, ...) of the one site
     return runner, bound
 
 

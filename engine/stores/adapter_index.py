@@ -128,7 +128,8 @@ class PostgresAdapterIndex:
         self, *, base_model: str, labels: Mapping[str, str], limit: int, after: Cursor | None
     ) -> list[AdapterRecord]:
         """Published versions, newest first; ``after`` is the cursor of the previous page's last row."""
-        clauses, args = ["state = 'PUBLISHED'"], []
+        clauses = ["state = 'PUBLISHED'"]
+        args: list[object] = []  # query parameters
         if base_model:
             args.append(base_model)
             clauses.append(f"base_model = ${len(args)}")

@@ -12,8 +12,9 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from engine.errors import AlreadyExists, NotFound
 
@@ -45,7 +46,7 @@ class LocalArtifactStore:
     async def put_bytes(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, lambda out: out.write(data))
 
-    def _put(self, key: str, write) -> None:
+    def _put(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
@@ -98,7 +99,7 @@ class LocalArtifactStore:
                     pass
 
 
-def _copy_into(path: Path, out) -> None:
+def _copy_into(path: Path, out: BinaryIO) -> None:
     with path.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
 

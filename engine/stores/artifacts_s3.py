@@ -24,6 +24,7 @@ built with short connect timeouts and few retries so an outage is reported in se
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
+from minio.helpers import DictType
 
 from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
@@ -122,7 +124,7 @@ class S3ArtifactStore:
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self.ensure_ready()
-        headers = {"If-None-Match": "*", "Content-Type": "application/octet-stream"}
+        headers: DictType = {"If-None-Match": "*", "Content-Type": "application/octet-stream"}
 
         def put() -> None:
             self._client._execute("PUT", self._bucket, key, body=data, headers=headers)  # noqa: SLF001
@@ -161,7 +163,7 @@ class S3ArtifactStore:
     async def delete(self, keys: Sequence[str]) -> None:
         for key in keys:  # one by one, in order: the manifest goes first
             try:
-                await self._call("delete", lambda k=key: self._client.remove_object(self._bucket, k))
+                await self._call("delete", functools.partial(self._client.remove_object, self._bucket, key))
             except S3Error as exc:
                 if exc.code not in _MISSING:
                     raise self._failed(exc, "delete") from exc

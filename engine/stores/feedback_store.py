@@ -25,12 +25,22 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Final, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from engine.errors import Unavailable
-from engine.feedback.events import AdapterStats, CopyRows, FeedbackKind, FeedbackStats, Judgement, StoreOutcome, Turn
+from engine.feedback.events import (
+    AdapterStats,
+    CopyRows,
+    FeedbackKind,
+    FeedbackRow,
+    FeedbackStats,
+    Judgement,
+    StoreOutcome,
+    Turn,
+)
 
 T = TypeVar("T")
 
@@ -39,7 +49,7 @@ COLUMNS = (
     "has_content", "messages", "prompt", "response", "adapter_version", "user_id", "event_time",
     "received_time", "labels", "scrubbed_rules",
 )
-Record = tuple[Any, ...]  # one row in COLUMNS order; built by engine.feedback.ingest
+Record = FeedbackRow  # one row in COLUMNS order; built by engine.feedback.ingest
 _NULL = "\\N"
 _DELIMITERS_PER_ROW = len(COLUMNS) - 1
 # The columns whose text comes from the client (ids, free text, JSON): the only ones that may need escaping.
@@ -57,7 +67,8 @@ _STAGE = (
     " (LIKE feedback_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 
-_USER = COLUMNS.index("user_id")
+_USER: Final = 12  # a literal index, so that a row's field there is typed (str)
+assert COLUMNS[_USER] == "user_id"
 
 # The fast path's first statement: take the lock, and say whether any user of the batch was ever erased.
 _LOCK_AND_CHECK_ERASED = f"""
@@ -107,9 +118,10 @@ def _escape(value: str) -> str:
 
 def _lines(records: Sequence[Record]) -> list[str]:
     """The COPY lines of the records, each checked and, if a text needs it, laid out again escaped."""
-    lines = []
+    lines: list[str] = []
     add = lines.append
-    received = received_text = None
+    received: datetime | None = None
+    received_text = ""  # set by the first record
     for record in records:
         (tenant, event_id, kind, rating, correction, dwell, interaction_id, has_content, messages, prompt, response,
          adapter_version, user_id, event_time, received_time, labels, rules) = record
@@ -162,7 +174,7 @@ class PostgresFeedbackStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
         try:
             async with self._pool.acquire() as conn:
                 try:
@@ -182,25 +194,26 @@ class PostgresFeedbackStore:
             return StoreOutcome(0, 0, 0)
         users = list(rows.users)
 
-        async def copy(conn: asyncpg.Connection, table: str) -> None:
-            await conn.copy_to_table(table, source=memoryview(rows.data), columns=COLUMNS, format="text")
+        async def copy(conn: PoolConnectionProxy, table: str) -> None:
+            source = memoryview(rows.data)  # asyncpg copies from any buffer (documented); its stubs omit buffers
+            await conn.copy_to_table(table, source=source, columns=COLUMNS, format="text")  # type: ignore[arg-type]
 
-        async def fast(conn: asyncpg.Connection) -> StoreOutcome | None:
+        async def fast(conn: PoolConnectionProxy) -> StoreOutcome | None:
             async with conn.transaction():
                 if await conn.fetchval(_LOCK_AND_CHECK_ERASED, users):
                     return None
                 await copy(conn, "feedback_events")
             return StoreOutcome(rows.count, 0, 0)
 
-        async def staged(conn: asyncpg.Connection) -> StoreOutcome:
+        async def staged(conn: PoolConnectionProxy) -> StoreOutcome:
             async with conn.transaction():
                 await conn.execute(_STAGE)
                 await copy(conn, "feedback_staging")
-                row = await conn.fetchrow(_MOVE)
+                [row] = await conn.fetch(_MOVE)  # one row of counts
             stored, forgotten = int(row["stored"]), int(row["forgotten"])
             return StoreOutcome(stored, rows.count - stored - forgotten, forgotten)
 
-        async def work(conn: asyncpg.Connection) -> StoreOutcome:
+        async def work(conn: PoolConnectionProxy) -> StoreOutcome:
             try:
                 outcome = await fast(conn)
             except asyncpg.UniqueViolationError:  # a resend: the transaction rolled back, take the staged path
@@ -212,7 +225,7 @@ class PostgresFeedbackStore:
     async def delete_user(self, user_id: str) -> int:
         """Delete the user's events and record the erasure; return the count deleted."""
 
-        async def work(conn: asyncpg.Connection) -> int:
+        async def work(conn: PoolConnectionProxy) -> int:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _ERASURE_LOCK)
                 status = await conn.execute("DELETE FROM feedback_events WHERE user_id = $1", user_id)

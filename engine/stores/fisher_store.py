@@ -116,7 +116,8 @@ class FisherSnapshotStore:
         self, *, base_model: str, adapter_version: str, limit: int, before: tuple[datetime, str] | None
     ) -> list[FisherSnapshot]:
         """Newest first; ``before`` is the (create_time, id) of the previous page's last snapshot."""
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[object] = []  # query parameters
         for column, value in (("base_model", base_model), ("adapter_version", adapter_version)):
             if value:
                 args.append(value)

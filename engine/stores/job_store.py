@@ -107,6 +107,7 @@ class PostgresJobStore(Generic[S, O]):
     def __init__(self, pool: asyncpg.Pool, kind: JobKind[S, O], notifications: JobNotifications | None = None) -> None:
         self._pool = pool
         self._kind = kind.name
+        # pydantic needs the kind's types at run time: a type parametrised by values, which no checker can follow
         self._job: TypeAdapter[Job[S, O]] = TypeAdapter(Job[kind.spec_type, kind.output_type])  # type: ignore[name-defined]
         self._events = EventCodec((*CORE_EVENTS, *kind.event_types))
         self._notifications = notifications or JobNotifications(pool)

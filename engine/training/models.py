@@ -117,7 +117,7 @@ def _conversion_matches(out_dir: Path, gguf_file: Path) -> bool:
     if not marker.is_file() or not (out_dir / "config.json").is_file():
         return False
     try:
-        recorded = json.loads(marker.read_text())
+        recorded: dict[str, object] = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
     stat = gguf_file.stat()
@@ -165,7 +165,8 @@ def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
         config_dict.pop("quantization_config", None)
         config_dict.pop("_name_or_path", None)
         config = AutoConfig.for_model(**config_dict)
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # transformers leaves from_config unannotated
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(loaded.state_dict(), strict=True)
         plain.tie_weights()
         del loaded
@@ -230,25 +231,26 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
         tokenizer.pad_token = tokenizer.eos_token
     if quantization is Quantization.NONE:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.to(plan.device)
+        model.to(plan.device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
     else:
         compute_dtype = plan.autocast_dtype or torch.float32
         if quantization is Quantization.NF4:
-            bnb = BitsAndBytesConfig(
+            bnb = BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_compute_dtype=compute_dtype,
                 bnb_4bit_use_double_quant=True,
             )
         else:
-            bnb = BitsAndBytesConfig(load_in_8bit=True)
+            bnb = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]  # as above
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.device}
         )
         from peft import prepare_model_for_kbit_training
 
         # Gradient checkpointing saves GPU memory; on CPU it only costs time.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.device == "cuda")
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]  # peft leaves it unannotated
+            model, use_gradient_checkpointing=plan.device == "cuda")
     model.config.use_cache = False
     for parameter in model.parameters():
         parameter.requires_grad_(False)

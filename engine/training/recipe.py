@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,7 +93,7 @@ def lora_config(spec: LoraSpec) -> Any:
 
     return LoraConfig(
         r=spec.rank,
-        lora_alpha=spec.alpha,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft types it int; scaling is alpha / r, any number
         lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules),
         bias="none",
@@ -158,7 +159,9 @@ def _forward_loss(model: Any, batch: Batch, plan: DevicePlan) -> tuple[torch.Ten
     return weighted_task_loss(logits, batch)
 
 
-def _batches(data: list[EncodedExample], order: list[int], batch_size: int, pad_id: int, device: str):
+def _batches(
+    data: list[EncodedExample], order: list[int], batch_size: int, pad_id: int, device: str
+) -> Iterator[Batch]:
     for start in range(0, len(order), batch_size):
         yield collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
 
@@ -307,7 +310,8 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_epoch, total = total_steps_for(len(data), hp.batch_size, hp.epochs, hp.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, hp.warmup_steps, total)
+    # transformers leaves the scheduler factory unannotated
+    scheduler = get_linear_schedule_with_warmup(optimizer, hp.warmup_steps, total)  # type: ignore[no-untyped-call]
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan
@@ -327,7 +331,7 @@ def _train(
                     task_loss = objective.loss(model, batch, order[n * hp.batch_size : (n + 1) * hp.batch_size], plan)
                 penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
                 loss = task_loss + penalty
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 learning_rate = scheduler.get_last_lr()[0]
