@@ -364,7 +364,7 @@ class JobManager(Generic[S, O]):
         self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
     ) -> Job[S, O]:
         """Move a job no worker holds to ``state``, with its events (Aborted if a worker claimed it meanwhile)."""
-        events = []
+        events: list[object] = []
         if failure is not None and state is JobState.FAILED:
             events.append(Failed(failure))
         events.append(StateChanged(job.state, state, message))

@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted
@@ -32,6 +33,7 @@ S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 CHANNEL = "learning_engine_jobs"
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 
 
 class EventCodec:
@@ -53,7 +55,7 @@ class JobNotifications:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Conn | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._lock = asyncio.Lock()
 
@@ -83,11 +85,11 @@ class JobNotifications:
             conn.add_termination_listener(self._lost)
             self._conn = conn
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, job_id: str) -> None:
-        for event in self._waiters.get(job_id, ()):
+    def _notified(self, _conn: Conn | asyncpg.Connection, _pid: int, _channel: str, job_id: object) -> None:
+        for event in self._waiters.get(str(job_id), ()):
             event.set()
 
-    def _lost(self, _conn: object) -> None:
+    def _lost(self, _conn: Conn | asyncpg.Connection) -> None:
         self._conn = None
         for waiting in self._waiters.values():  # wake everyone to read the store again
             for event in waiting:
@@ -237,7 +239,7 @@ class PostgresJobStore(Generic[S, O]):
         await self._notifications.wait(job_id, timeout)
 
     async def _fence(
-        self, conn: asyncpg.Connection, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None
+        self, conn: Conn, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None
     ) -> None:
         row = await conn.fetchrow("SELECT lease_token, doc FROM jobs WHERE id = $1 FOR UPDATE", job.id)
         if row is None:
@@ -251,7 +253,7 @@ class PostgresJobStore(Generic[S, O]):
         if self._job.validate_json(row["doc"]).last_sequence != job.last_sequence - len(events):
             raise Aborted("JOB_CHANGED", f"job {job.id} changed meanwhile", metadata={"job": job.id})
 
-    async def _append(self, conn: asyncpg.Connection, job_id: str, events: Sequence[JobEvent]) -> None:
+    async def _append(self, conn: Conn, job_id: str, events: Sequence[JobEvent]) -> None:
         records = []
         for ev in events:
             kind, data = self._events.encode(ev.payload)
