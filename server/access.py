@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Role(enum.StrEnum):
     FEEDBACK = "feedback"
     TRAINER = "trainer"
     OPERATOR = "operator"
+    INFERENCE = "inference"  # the OpenAI-compatible gateway (server/http_doors.py); no RPC needs it
 
 
 # What holding a role allows; operator implies everything.
@@ -48,6 +50,7 @@ GRANTS: dict[Role, frozenset[Role]] = {
     Role.FEEDBACK: frozenset({Role.FEEDBACK}),
     Role.TRAINER: frozenset({Role.TRAINER, Role.READER}),
     Role.OPERATOR: frozenset(Role),
+    Role.INFERENCE: frozenset({Role.INFERENCE}),
 }
 
 _R, _F, _T, _O = Role.READER, Role.FEEDBACK, Role.TRAINER, Role.OPERATOR
@@ -206,29 +209,47 @@ class TokenEntry:
     sha256: str
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates, authorizes and rate-limits each call before its handler runs."""
+class Tokens:
+    """The configured bearer tokens: who an ``Authorization`` value belongs to. Shared by every door."""
 
-    def __init__(self, tokens: Iterable[TokenEntry], limiter: RateLimiter) -> None:
-        self._tokens = tuple(tokens)
-        self._limiter = limiter
-        check_method_roles()
+    def __init__(self, entries: Iterable[TokenEntry]) -> None:
+        self._entries = tuple(entries)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._entries)
 
-    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
-        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+    def authenticate(self, header: str) -> Principal | None:
+        """The principal of ``Bearer <token>``, or None for anything else."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         digest = hash_token(token.strip())
         found = None
-        for entry in self._tokens:  # compare every entry in constant time
+        for entry in self._entries:  # compare every entry in constant time
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         return Principal(found.name, found.role) if found else None
+
+
+def tokens_from_settings(settings: Any) -> Tokens:
+    return Tokens(TokenEntry(t.name, Role(t.role), t.sha256) for t in settings.auth_tokens)
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, authorizes and rate-limits each call before its handler runs."""
+
+    def __init__(self, tokens: Iterable[TokenEntry] | Tokens, limiter: RateLimiter) -> None:
+        self._tokens = tokens if isinstance(tokens, Tokens) else Tokens(tokens)
+        self._limiter = limiter
+        check_method_roles()
+
+    @property
+    def enabled(self) -> bool:
+        return self._tokens.enabled
+
+    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
+        return self._tokens.authenticate(next((str(v) for k, v in metadata if k == "authorization"), ""))
 
     async def intercept_service(
         self,
@@ -354,8 +375,20 @@ def from_settings(settings: Any) -> AccessInterceptor:
         limits["feedback"] = RateLimit(
             settings.rate_limit_feedback_per_second, settings.rate_limit_feedback_burst
         )
-    tokens = [TokenEntry(t.name, Role(t.role), t.sha256) for t in settings.auth_tokens]
-    return AccessInterceptor(tokens, RateLimiter(limits))
+    return AccessInterceptor(tokens_from_settings(settings), RateLimiter(limits))
+
+
+def server_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    """The TLS settings (tls_cert_file, tls_key_file, tls_client_ca_file for mTLS) for an HTTP door; None
+    without TLS. The same files, and so the same certificate and client CA, as the gRPC port's."""
+    if settings.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_client_ca_file is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def bind(server: grpc.aio.Server, settings: Any) -> int:

@@ -24,6 +24,8 @@ from engine.serving.gateway import AliasRouter, Gateway
 from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
+from server.access import server_ssl_context, tokens_from_settings
+from server.http_doors import GATEWAY_ROLES, bearer_auth
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,9 @@ async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: A
     ))
     await client.start()
     router = AliasRouter(settings.lora_alias, settings.serving_base_model_name or settings.default_base_model)
-    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds)
-    await gateway.start(settings.host, settings.gateway_port)
+    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds,
+                      middlewares=[bearer_auth(tokens_from_settings(settings), GATEWAY_ROLES)])
+    await gateway.start(settings.host, settings.gateway_port, ssl_context=server_ssl_context(settings))
     store = PostgresLoraStore(pool, PostgresServingState(pool))
     config = ControlConfig(
         base_model=settings.default_base_model, alias=settings.lora_alias,

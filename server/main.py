@@ -87,7 +87,7 @@ class App:
         if self.feedback is not None:
             self.feedback.close()
         if self.metrics is not None:
-            self.metrics.stop()
+            await self.metrics.stop()
         if self.lora is not None:
             await self.lora.stop()
         await self.pool.close()
@@ -241,7 +241,9 @@ async def start(settings: Settings) -> App:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
     log.info(access.describe(settings))
-    metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
+    metrics = MetricsServer(settings) if settings.metrics_port is not None else None
+    if metrics is not None:
+        await metrics.start()
     return App(
         settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
         feedback=feedback,

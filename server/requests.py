@@ -92,13 +92,14 @@ async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 # ---- the U+0000 check --------------------------------------------------------------------------------
 #
-# Reading every string field of a message from Python costs about 3 us an event of a feedback batch, some 10%
-# of the server's whole work on it (bench messages with dwell times, whose doubles hold zero bytes). So the check first lets protobuf (C) keep the strings alone: a request is
-# parsed again as its "string shadow", a message type with the same field numbers declaring only the string
-# fields (as bytes) and the messages leading to them; everything else becomes unknown fields, which are
-# discarded, and the rest is serialised again (about 0.7 us an event, all in C). A zero byte in that can
-# only be a U+0000 in a string or the zero length of an empty string or message, so only then are the
-# request's fields searched one by one (``_locate``), which also names the field.
+# Reading every string field of a message from Python costs about 3 us an event of a feedback batch, some
+# 10% of the server's whole work on it (bench messages with dwell times, whose doubles hold zero bytes). So
+# the check first lets protobuf (C) keep the strings alone: a request is parsed again as its "string
+# shadow", a message type with the same field numbers declaring only the string fields (as bytes) and the
+# messages leading to them; everything else becomes unknown fields, which are discarded, and the rest is
+# serialised again (about 0.7 us an event, all in C). A zero byte in that can only be a U+0000 in a string
+# or the zero length of an empty string or message, so only then are the request's fields searched one by
+# one (``_locate``), which also names the field.
 
 
 def nul_field(message: Message, data: bytes | None = None) -> str | None:

@@ -51,7 +51,7 @@ class AuthToken(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
-    role: Literal["reader", "feedback", "trainer", "operator"]
+    role: Literal["reader", "feedback", "trainer", "operator", "inference"]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the token")
 
 
@@ -163,9 +163,10 @@ class Settings(BaseSettings, LoraControlSettings):
     # ---- access, TLS, limits (server/access.py) --------------------------------
     auth_tokens: tuple[AuthToken, ...] = Field(
         (),
-        description="Bearer tokens as [{name, role, sha256}] (role: reader|feedback|trainer|operator; sha256: hex "
-        "digest of the token, from `learning-engine hash-token`). Empty turns auth off and restricts `host` "
-        "to loopback.",
+        description="Bearer tokens as [{name, role, sha256}] (role: reader|feedback|trainer|operator|inference; "
+        "sha256: hex digest of the token, from `learning-engine hash-token`). They guard every door: gRPC, the "
+        "gateway (role inference, or operator) and /metrics (role reader, or above). Empty turns auth off and "
+        "restricts `host` to loopback.",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (chain); with tls_key_file enables TLS."
