@@ -45,6 +45,7 @@ from learning.v1 import (
 from server import access
 from server.convert import EwcDefaults
 from server.errors import ErrorInterceptor
+from server.health_checks import HealthChecker, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
@@ -55,6 +56,7 @@ from server.services.training import TrainingService
 from server.settings import Settings
 from server.telemetry import MetricsServer, configure_tracing
 from server.telemetry import interceptors as telemetry_interceptors
+from server.version import SERVER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,13 @@ class App:
     lora: LoraRuntime | None = None
     fisher: FisherJobManager | None = None
     feedback: FeedbackService | None = None
+    health_checks: HealthChecker | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
+        if self.health_checks is not None:
+            await self.health_checks.stop()
         await self.health.enter_graceful_shutdown()
         await self.jobs.shutdown()
         if self.fisher is not None:
@@ -119,8 +124,7 @@ def _artifact_store(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings.artifacts_dir)
 
 
-async def _registry(settings: Settings, pool: asyncpg.Pool) -> AdapterRegistry:
-    store = _artifact_store(settings)
+async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore) -> AdapterRegistry:
     try:
         await store.ensure_ready()
     except EngineError as exc:  # retried on first use; the rest of the server can serve meanwhile
@@ -159,7 +163,8 @@ async def start(settings: Settings) -> App:
     sys.setswitchinterval(settings.switch_interval_seconds)
     pool, embedded = await _database(settings)
 
-    registry = await _registry(settings, pool)
+    store = _artifact_store(settings)
+    registry = await _registry(settings, pool, store)
     lora = await start_lora_control(settings, pool, registry)
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
@@ -237,16 +242,16 @@ async def start(settings: Settings) -> App:
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
+    checks = await start_health_checks(health_servicer, settings, pool=pool, store=store, serving=lora.client)
+    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
+                               "version": SERVER_VERSION})
     log.info(access.describe(settings))
     metrics = MetricsServer(settings) if settings.metrics_port is not None else None
     if metrics is not None:
         await metrics.start()
     return App(
         settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
-        feedback=feedback,
+        feedback=feedback, health_checks=checks,
     )
 
 
@@ -257,6 +262,6 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"learning-engine listening on {settings.host}:{app.port}", flush=True)
+    print(f"learning-engine {SERVER_VERSION} listening on {settings.host}:{app.port}", flush=True)
     await stop.wait()
     await app.stop()

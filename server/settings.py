@@ -184,6 +184,16 @@ class Settings(BaseSettings, LoraControlSettings):
     )
     rate_limit_feedback_burst: int = Field(200, ge=1, description="Feedback calls allowed at once.")
 
+    # ---- health (server/health_checks.py) ----------------------------------------
+    health_check_interval_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="How often PostgreSQL, the artifact store and the serving engine are probed; a service whose "
+        "dependency fails its probe is NOT_SERVING in grpc.health.v1 until it answers again.",
+    )
+    health_check_timeout_seconds: float = Field(
+        3.0, gt=0, le=600, description="How long one probe may take before its dependency counts as unreachable."
+    )
+
     # ---- telemetry (server/telemetry.py) ---------------------------------------
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port on `host`; unset disables it, 0 picks a free one."

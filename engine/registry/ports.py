@@ -29,6 +29,11 @@ class ArtifactStore(Protocol):
         """Create the bucket/directory if missing."""
         ...
 
+    async def probe(self) -> None:
+        """Raise (``Unavailable`` when it cannot be reached) unless the store can be written now; for health
+        checks. Creates nothing that lasts."""
+        ...
+
     async def exists(self, key: str) -> bool: ...
 
     async def put_file(self, key: str, path: Path) -> None:

@@ -8,7 +8,7 @@ Any other ``model`` passes through unchanged (and is counted too).
 
 ``/v1/models`` lists models by name only (the engine's entries may carry the adapter's or the
 model's filesystem path as ``root``; those never leave). ``/health`` answers 200 only while the
-serving engine answers its own health check (probed at most once a second), else 503. Who may
+serving engine answers its own health check (probed then, with a 2 s timeout), else 503. Who may
 call and over which transport is the caller's to say: ``middlewares`` (e.g. bearer-token checks)
 wrap every route, and ``start`` takes an SSL context.
 """
@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SERVED_MODEL_HEADER = "x-served-model"
 MODEL_FIELDS = ("id", "object", "created", "owned_by")  # what /v1/models shows of an engine's entry
-HEALTH_PROBE_SECONDS = 1.0
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
@@ -99,7 +97,6 @@ class Gateway:
         self._middlewares = tuple(middlewares)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._probed: tuple[float, bool] = (-HEALTH_PROBE_SECONDS, False)  # (when probed, healthy)
         self.port = 0
 
     def app(self) -> web.Application:
@@ -132,18 +129,15 @@ class Gateway:
             self._session = None
 
     async def upstream_healthy(self) -> bool:
-        """Whether the serving engine answers its health check (probed at most once a second)."""
-        probed, healthy = self._probed
-        if time.monotonic() - probed < HEALTH_PROBE_SECONDS or self._session is None:
-            return healthy
+        """Whether the serving engine answers its health check now."""
+        if self._session is None:
+            return False
         try:
             async with self._session.get(self._upstream + "/health",
                                          timeout=aiohttp.ClientTimeout(total=2)) as response:
-                healthy = response.status == 200
+                return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
-            healthy = False
-        self._probed = (time.monotonic(), healthy)
-        return healthy
+            return False
 
     async def _health(self, request: web.Request) -> web.Response:
         if await self.upstream_healthy():

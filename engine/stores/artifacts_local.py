@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from engine.errors import AlreadyExists, NotFound
+from engine.errors import AlreadyExists, NotFound, Unavailable
 
 
 class LocalArtifactStore:
@@ -35,6 +35,19 @@ class LocalArtifactStore:
 
     async def ensure_ready(self) -> None:
         await asyncio.to_thread(self._root.mkdir, parents=True, exist_ok=True)
+
+    async def probe(self) -> None:
+        await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> None:
+        try:  # a file written and removed: the folder exists, is writable and has room
+            with tempfile.TemporaryFile(prefix=".probe-", dir=self._root) as handle:
+                handle.write(b"ok")
+                handle.flush()
+        except OSError as exc:
+            raise Unavailable(
+                "ARTIFACT_STORE_UNAVAILABLE", f"the artifact directory {self._root} cannot be written: {exc.strerror}",
+            ) from exc
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)

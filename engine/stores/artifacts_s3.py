@@ -102,6 +102,11 @@ class S3ArtifactStore:
                 raise self._failed(exc, "bucket setup") from exc
         self._ready = True
 
+    async def probe(self) -> None:
+        if not await self._call("bucket check", lambda: self._client.bucket_exists(self._bucket)):
+            raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", f"the bucket {self._bucket} does not exist",
+                              metadata={"endpoint": self._endpoint, "bucket": self._bucket})
+
     async def exists(self, key: str) -> bool:
         await self.ensure_ready()
         try:
