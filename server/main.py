@@ -6,9 +6,11 @@ The only place that knows which implementation backs each port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import asyncpg
@@ -54,6 +56,7 @@ from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
+from server.startup import DataDirLock, StartError, describe, port_taken, sweep_scratch
 from server.telemetry import MetricsServer, configure_tracing
 from server.telemetry import interceptors as telemetry_interceptors
 from server.version import SERVER_VERSION
@@ -78,8 +81,13 @@ class App:
     fisher: FisherJobManager | None = None
     feedback: FeedbackService | None = None
     health_checks: HealthChecker | None = None
+    lock: DataDirLock | None = None
+    stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         if self.health_checks is not None:
@@ -98,16 +106,20 @@ class App:
         await self.pool.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+        if self.lock is not None:
+            self.lock.release()
 
 
-async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
+async def _database(settings: Settings, undo: AsyncExitStack) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
     embedded = None
     url = settings.database_url
     if not url:
         embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
-        url = await asyncio.to_thread(embedded.start)
+        url = embedded.start()  # in the main thread, which its keeper process is tied to
+        undo.push_async_callback(asyncio.to_thread, embedded.stop)
         log.info("started embedded PostgreSQL", extra={"pgdata": str(settings.postgres_dir)})
     pool = await postgres.connect(url)
+    undo.push_async_callback(pool.close)
     applied = await postgres.migrate(pool)
     if applied:
         log.info("database migrated", extra={"migrations": applied})
@@ -156,16 +168,30 @@ def feedback_dataset_policy(settings: Settings) -> DatasetPolicy:
 
 
 async def start(settings: Settings) -> App:
+    """Build and start everything. If a part fails (or start-up is cancelled), what had started is stopped
+    again, in reverse order, before the error leaves (``server/startup.py`` says it in one line)."""
+    async with AsyncExitStack() as undo:
+        app = await _start(settings, undo)
+        undo.pop_all()  # started: App.stop() releases it all from now on
+        return app
+
+
+async def _start(settings: Settings, undo: AsyncExitStack) -> App:
+    lock = DataDirLock(settings.data_dir)
+    undo.callback(lock.release)
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    sweep_scratch(settings.work_dir)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     sys.setswitchinterval(settings.switch_interval_seconds)
-    pool, embedded = await _database(settings)
+    pool, embedded = await _database(settings, undo)
 
     store = _artifact_store(settings)
     registry = await _registry(settings, pool, store)
+    await registry.recover()
     lora = await start_lora_control(settings, pool, registry)
+    undo.push_async_callback(lora.stop)
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
@@ -191,6 +217,7 @@ async def start(settings: Settings) -> App:
             training_job=training_store.get_job, datasets_dir=settings.datasets_dir, feedback=feedback_datasets)),
     )
     await jobs.recover()
+    undo.push_async_callback(jobs.shutdown)
     fisher_jobs = FisherJobManager(
         store=PostgresJobStore(pool, FISHER_TABLES), registry=registry, snapshots=snapshots,
         base_model_dir=lambda model_id: resolve_base_model(
@@ -201,6 +228,7 @@ async def start(settings: Settings) -> App:
         max_concurrent_jobs=settings.max_concurrent_jobs, feedback=feedback_datasets,
     )
     await fisher_jobs.recover()
+    undo.push_async_callback(fisher_jobs.shutdown)
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -230,6 +258,7 @@ async def start(settings: Settings) -> App:
         LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
     )
     feedback = build_feedback_service(settings, feedback_store)
+    undo.callback(feedback.close)
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
 
     health_servicer = health.aio.HealthServicer()
@@ -238,30 +267,55 @@ async def start(settings: Settings) -> App:
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = access.bind(server, settings)
+    try:
+        port = access.bind(server, settings)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        raise StartError(f"gRPC port {settings.port} on {settings.host} is in use or cannot be bound; set port")
     await server.start()
+    undo.push_async_callback(server.stop, 0)
     checks = await start_health_checks(health_servicer, settings, pool=pool, store=store, serving=lora.client)
+    undo.push_async_callback(checks.stop)
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
                                "version": SERVER_VERSION})
     log.info(access.describe(settings))
     metrics = MetricsServer(settings) if settings.metrics_port is not None else None
     if metrics is not None:
-        await metrics.start()
+        try:
+            await metrics.start()
+        except OSError as exc:
+            raise port_taken("metrics", settings.host, settings.metrics_port or 0, "metrics_port", exc) from exc
+        undo.push_async_callback(metrics.stop)
     return App(
         settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
-        feedback=feedback, health_checks=checks,
+        feedback=feedback, health_checks=checks, lock=lock,
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    app = await start(settings)
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit status. A failed start is one line
+    on stderr (exit 1); SIGTERM/SIGINT during start-up stops what had started (exit 0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(start(settings))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        print("learning-engine: stopped during start-up", file=sys.stderr, flush=True)
+        return 0
+    if (error := starting.exception()) is not None:
+        stopping.cancel()
+        log.debug("start failed", exc_info=error)
+        print(f"learning-engine: cannot start: {describe(error)}", file=sys.stderr, flush=True)
+        return 1
+    app = starting.result()
     print(f"learning-engine {SERVER_VERSION} listening on {settings.host}:{app.port}", flush=True)
-    await stop.wait()
+    await stopping
     await app.stop()
+    return 0

@@ -34,6 +34,11 @@ class ArtifactStore(Protocol):
         checks. Creates nothing that lasts."""
         ...
 
+    async def remove_partial_writes(self) -> int:
+        """Remove what writes cut short by a crash left beside the objects (e.g. temporary files); returns how
+        many. Only for a store no other process is writing to (called at start)."""
+        ...
+
     async def exists(self, key: str) -> bool: ...
 
     async def put_file(self, key: str, path: Path) -> None:

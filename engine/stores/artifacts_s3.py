@@ -107,6 +107,9 @@ class S3ArtifactStore:
             raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", f"the bucket {self._bucket} does not exist",
                               metadata={"endpoint": self._endpoint, "bucket": self._bucket})
 
+    async def remove_partial_writes(self) -> int:
+        return 0  # an object PUT is all or nothing; multipart uploads cut short are the store's to expire (MinIO: 24 h)
+
     async def exists(self, key: str) -> bool:
         await self.ensure_ready()
         try:
