@@ -14,6 +14,7 @@ handler runs, so neither reveals whether a named resource exists.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import hashlib
@@ -22,13 +23,14 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
+from engine.errors import ResourceExhausted
 from server.errors import status_proto
 from server.handlers import rebuild_handler
 from server.services import SERVICE_DESCRIPTORS
@@ -100,12 +102,18 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
     },
 }
 
-# Calls that spend a principal's rate-limit budget, by bucket.
-RATE_LIMITED: dict[str, str] = {
-    "/learning.v1.TrainingService/CreateTrainingJob": "jobs",
-    "/learning.v1.FisherService/CreateFisherJob": "jobs",
-    "/learning.v1.FeedbackService/SubmitFeedback": "feedback",
-    "/learning.v1.FeedbackService/StreamFeedback": "feedback",
+def _events(request: Any) -> int:
+    return max(1, len(getattr(request, "events", ())))
+
+
+# Calls that spend a principal's rate-limit budget: the bucket, and what one request (or one message of a
+# client stream, charged as it arrives) costs. A job creation costs one; feedback costs its events, so a
+# batch of 10,000 events spends what 10,000 single-event calls do.
+RATE_LIMITED: dict[str, tuple[str, Callable[[Any], int]]] = {
+    "/learning.v1.TrainingService/CreateTrainingJob": ("jobs", lambda _: 1),
+    "/learning.v1.FisherService/CreateFisherJob": ("jobs", lambda _: 1),
+    "/learning.v1.FeedbackService/SubmitFeedback": ("feedback", _events),
+    "/learning.v1.FeedbackService/StreamFeedback": ("feedback", _events),
 }
 
 OPEN_SERVICES = frozenset(
@@ -190,16 +198,16 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
-    def check(self, principal: str, bucket: str) -> float:
+    def check(self, principal: str, bucket: str, cost: float = 1.0) -> float:
         limit = self._limits.get(bucket)
         if limit is None:
             return 0.0
         key = (principal, bucket)
         if key not in self._buckets:
-            if len(self._buckets) > 100_000:  # bound memory against many distinct peers
+            if len(self._buckets) > 100_000:  # bound memory against many distinct principals
                 self._buckets.clear()
             self._buckets[key] = TokenBucket(limit.per_second, limit.burst, self._clock)
-        return self._buckets[key].take()
+        return self._buckets[key].take(min(cost, limit.burst))  # a request larger than the burst waits for all of it
 
 
 @dataclass(frozen=True)
@@ -286,51 +294,74 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _with_principal(
-    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter, bucket: str | None
+    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter,
+    limited: tuple[str, Callable[[Any], int]] | None,
 ) -> grpc.RpcMethodHandler:
-    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            if bucket is None:
-                return
-            key = principal.name if principal.role is not None else _peer_host(context.peer())
-            wait = limiter.check(key, bucket)
-            if wait > 0:
-                await _abort(
-                    context,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "RATE_LIMITED",
-                    f"too many {bucket} calls; retry in {wait:.1f}s",
-                    {"retry_after_seconds": f"{wait:.3f}", "bucket": bucket},
-                )
+    """The handler run as ``principal``, charging its rate-limit bucket per request or stream message.
 
+    Without auth there is one principal, "anonymous": nothing tells callers apart (a connection's port is
+    new each time) and only this machine may call, so all of them share one budget; configure auth_tokens
+    to give each caller its own. The principal is set in the RPC's own task (and never reset: a task's
+    context ends with it), so closing a cancelled server stream elsewhere has nothing to undo.
+    """
+
+    def charge(request: Any) -> None:
+        if limited is None:
+            return
+        bucket, cost = limited
+        wait = limiter.check(principal.name, bucket, cost(request))
+        if wait > 0:
+            raise ResourceExhausted(
+                "RATE_LIMITED", f"too many {bucket} requests; retry in {wait:.1f}s",
+                metadata={"retry_after_seconds": f"{wait:.3f}", "bucket": bucket},
+            )
+
+    async def charged(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            charge(request)
+            yield request
+
+    def admit(request: Any) -> Any:
+        if hasattr(request, "__aiter__"):  # a client stream: each message pays as it arrives
+            return charged(request)
+        charge(request)
+        return request
+
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         if streaming:
 
             async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = _current.set(principal)
+                _current.set(principal)
                 try:
-                    await check(context)
-                    result = behavior(request, context)
-                    if hasattr(result, "__aiter__"):
+                    result = behavior(admit(request), context)
+                except ResourceExhausted as exc:
+                    await _abort_engine(context, exc)
+                    return
+                if hasattr(result, "__aiter__"):
+                    async with contextlib.aclosing(result):
                         async for item in result:
                             yield item
-                    else:
-                        await result
-                finally:
-                    _current.reset(token)
+                else:
+                    await result
 
             return stream_handler
 
         async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = _current.set(principal)
+            _current.set(principal)
             try:
-                await check(context)
-                return await behavior(request, context)
-            finally:
-                _current.reset(token)
+                admitted = admit(request)
+            except ResourceExhausted as exc:
+                await _abort_engine(context, exc)
+                return None
+            return await behavior(admitted, context)
 
         return unary_handler
 
     return rebuild_handler(handler, wrap)
+
+
+async def _abort_engine(context: grpc.aio.ServicerContext, exc: ResourceExhausted) -> None:
+    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc.reason, exc.message, exc.metadata)
 
 
 def _rejecting(
@@ -359,11 +390,6 @@ async def _abort(
     await context.abort_with_status(
         rpc_status.to_status(status_proto(code, message, reason=reason, metadata=metadata))
     )
-
-
-def _peer_host(peer: str) -> str:
-    """'ipv4:127.0.0.1:5555' -> 'ipv4:127.0.0.1' (one bucket per client address when auth is off)."""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def from_settings(settings: Any) -> AccessInterceptor:

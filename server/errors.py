@@ -8,6 +8,7 @@ and a logged traceback.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,8 +150,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in behavior(_checked(request_or_iterator), context):
-                yield item
+            async with contextlib.aclosing(behavior(_checked(request_or_iterator), context)) as items:
+                async for item in items:  # closed here, in this task, even when the call is cancelled
+                    yield item
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, logged

@@ -176,13 +176,20 @@ class Settings(BaseSettings, LoraControlSettings):
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
     )
     rate_limit_jobs_per_minute: float = Field(
-        30.0, ge=0, description="Training/Fisher jobs each principal may create per minute; 0 disables the limit."
+        30.0, ge=0, description="Training/Fisher jobs each principal may create per minute (without auth_tokens: all "
+        "callers together); 0 disables the limit."
     )
     rate_limit_jobs_burst: int = Field(10, ge=1, description="Job creations allowed at once before the rate applies.")
     rate_limit_feedback_per_second: float = Field(
-        50.0, ge=0, description="Feedback calls each principal may make per second; 0 disables the limit."
+        100_000.0, ge=0,
+        description="Feedback events each principal may send per second, SubmitFeedback and StreamFeedback alike "
+        "(a stream message is charged its events as it arrives); about what one server ingests. Without "
+        "auth_tokens all callers share one budget. 0 disables the limit.",
     )
-    rate_limit_feedback_burst: int = Field(200, ge=1, description="Feedback calls allowed at once.")
+    rate_limit_feedback_burst: int = Field(
+        200_000, ge=1, description="Feedback events allowed at once before the rate applies (a batch larger than "
+        "this waits for the whole burst)."
+    )
 
     # ---- health (server/health_checks.py) ----------------------------------------
     health_check_interval_seconds: float = Field(

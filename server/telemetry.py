@@ -5,6 +5,7 @@ The metrics themselves are defined once in ``engine/telemetry.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -74,8 +75,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         result = behavior(request, context)
                         if hasattr(result, "__aiter__"):
-                            async for item in result:
-                                yield item
+                            async with contextlib.aclosing(result):
+                                async for item in result:
+                                    yield item
                         else:
                             await result
                     except BaseException:
