@@ -1,8 +1,10 @@
 """The one settings object: environment variables, an optional YAML file, then CLI flags.
 
 Precedence (highest first): command-line flags, ``LEARNING_ENGINE_*`` environment
-variables (and ``DATABASE_URL``), the YAML file named by ``--config`` or
-``LEARNING_ENGINE_CONFIG``, defaults. Read once at start and validated with
+variables (and ``DATABASE_URL``), secret files in the folder named by
+``LEARNING_ENGINE_SECRETS_DIR`` (one file per setting, named like its environment variable, e.g.
+``/run/secrets/learning_engine_s3_secret_key`` or ``database_url``: Docker/compose secrets), the
+YAML file named by ``--config`` or ``LEARNING_ENGINE_CONFIG``, defaults. Read once at start and validated with
 precise messages; everything else receives it (or parts of it) as arguments.
 """
 
@@ -341,6 +343,8 @@ class Settings(BaseSettings, LoraControlSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("secrets_dir"):
+            sources.append(file_secret_settings)
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
@@ -353,13 +357,22 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
     """
     yaml_file = config_file or (Path(os.environ["LEARNING_ENGINE_CONFIG"]) if os.environ.get(
         "LEARNING_ENGINE_CONFIG") else None)
+    secrets_dir = Path(os.environ["LEARNING_ENGINE_SECRETS_DIR"]) if os.environ.get(
+        "LEARNING_ENGINE_SECRETS_DIR") else None
     cls: type[Settings] = Settings
+    extra: dict[str, Any] = {}
     if yaml_file is not None:
         if not yaml_file.is_file():
             raise SettingsError(f"config file {yaml_file} does not exist")
+        extra["yaml_file"] = yaml_file
+    if secrets_dir is not None:
+        if not secrets_dir.is_dir():
+            raise SettingsError(f"secrets dir {secrets_dir} (LEARNING_ENGINE_SECRETS_DIR) does not exist")
+        extra["secrets_dir"] = secrets_dir
+    if extra:
 
         class FileSettings(Settings):
-            model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": yaml_file})
+            model_config = SettingsConfigDict(**{**Settings.model_config, **extra})
 
         cls = FileSettings
     try:
