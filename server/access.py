@@ -361,7 +361,7 @@ def _with_principal(
 
 
 async def _abort_engine(context: grpc.aio.ServicerContext, exc: ResourceExhausted) -> None:
-    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc.reason, exc.message, exc.metadata)
+    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", exc.message, exc.metadata)
 
 
 def _rejecting(

@@ -12,6 +12,8 @@ import signal
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -19,13 +21,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine import Engine
 from engine.continual.planner import EwcPlanner
-from engine.continual.runner import FisherJobConfig, FisherJobManager
+from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
+from engine.continual.spec import FISHER
 from engine.continual.version_data import VersionDatasets
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
-from engine.jobs.manager import TrainingJobManager
+from engine.jobs.manager import JobManager, JobSlots
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -33,10 +37,12 @@ from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
+from engine.stores.job_store import PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
+from engine.training.runner import TrainingJobs, TrainingRunner
+from engine.training.spec import TRAINING
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,
@@ -47,11 +53,11 @@ from learning.v1 import (
 from server import access
 from server.convert import EwcDefaults
 from server.errors import ErrorInterceptor
-from server.health_checks import HealthChecker, start_health_checks
+from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
-from server.services.feedback import FeedbackService, build_feedback_service
+from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
@@ -66,6 +72,51 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Owned:
+    """What the real engine's parts hold open, released in order by :meth:`close`."""
+
+    pool: asyncpg.Pool | None = None
+    embedded: postgres.EmbeddedPostgres | None = None
+    job_managers: tuple[JobManager[Any, Any], ...] = ()
+    slots: JobSlots | None = None
+    lora: LoraRuntime | None = None
+    store: ArtifactStore | None = None
+    lock: DataDirLock | None = None  # one server per data dir; released last
+
+    def probes(self) -> dict[str, Probe]:
+        """Health probes of the dependencies held open here (an engine on in-memory stores has none)."""
+        pool = self.pool
+        probes: dict[str, Probe] = {}
+        if pool is not None:
+            probes["postgresql"] = lambda: pool.fetchval("SELECT 1")
+        if self.store is not None:
+            probes["artifact_store"] = self.store.probe
+        if self.lora is not None:
+            probes["serving_engine"] = self.lora.client.health
+        return probes
+
+    async def shutdown_jobs(self) -> None:
+        for manager in self.job_managers:
+            await manager.shutdown()
+        if self.slots is not None:
+            self.slots.shutdown()
+
+    async def close(self) -> None:
+        if self.lora is not None:
+            await self.lora.stop()
+            self.lora = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+@dataclass
 class App:
     """A running server and what it owns; ``stop()`` releases all of it."""
 
@@ -73,15 +124,11 @@ class App:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    jobs: TrainingJobManager
-    pool: asyncpg.Pool
-    embedded: postgres.EmbeddedPostgres | None
+    engine: Engine
+    owned: Owned
     metrics: MetricsServer | None = None
-    lora: LoraRuntime | None = None
-    fisher: FisherJobManager | None = None
     feedback: FeedbackService | None = None
     health_checks: HealthChecker | None = None
-    lock: DataDirLock | None = None
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -93,33 +140,23 @@ class App:
         if self.health_checks is not None:
             await self.health_checks.stop()
         await self.health.enter_graceful_shutdown()
-        await self.jobs.shutdown()
-        if self.fisher is not None:
-            await self.fisher.shutdown()
+        await self.owned.shutdown_jobs()
         await self.server.stop(grace)
         if self.feedback is not None:
             self.feedback.close()
         if self.metrics is not None:
             await self.metrics.stop()
-        if self.lora is not None:
-            await self.lora.stop()
-        await self.pool.close()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
-        if self.lock is not None:
-            self.lock.release()
+        await self.owned.close()
 
 
-async def _database(settings: Settings, undo: AsyncExitStack) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
+async def _database(settings: Settings, owned: Owned) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
     embedded = None
     url = settings.database_url
     if not url:
-        embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
+        embedded = owned.embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
         url = embedded.start()  # in the main thread, which its keeper process is tied to
-        undo.push_async_callback(asyncio.to_thread, embedded.stop)
         log.info("started embedded PostgreSQL", extra={"pgdata": str(settings.postgres_dir)})
-    pool = await postgres.connect(url)
-    undo.push_async_callback(pool.close)
+    pool = owned.pool = await postgres.connect(url)
     applied = await postgres.migrate(pool)
     if applied:
         log.info("database migrated", extra={"migrations": applied})
@@ -167,31 +204,22 @@ def feedback_dataset_policy(settings: Settings) -> DatasetPolicy:
     )
 
 
-async def start(settings: Settings) -> App:
-    """Build and start everything. If a part fails (or start-up is cancelled), what had started is stopped
-    again, in reverse order, before the error leaves (``server/startup.py`` says it in one line)."""
-    async with AsyncExitStack() as undo:
-        app = await _start(settings, undo)
-        undo.pop_all()  # started: App.stop() releases it all from now on
-        return app
-
-
-async def _start(settings: Settings, undo: AsyncExitStack) -> App:
-    lock = DataDirLock(settings.data_dir)
-    undo.callback(lock.release)
+def prepare_process(settings: Settings) -> None:
+    """Folders, torch threads and the interpreter's switch interval, once per process."""
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    sweep_scratch(settings.work_dir)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     sys.setswitchinterval(settings.switch_interval_seconds)
-    pool, embedded = await _database(settings, undo)
 
-    store = _artifact_store(settings)
-    registry = await _registry(settings, pool, store)
+
+async def build_engine(settings: Settings, owned: Owned) -> Engine:
+    """The real engine: PostgreSQL, the artifact store, the serving engine; what it opens goes into ``owned``."""
+    pool, _ = await _database(settings, owned)  # held in owned as they open, so a failure below closes them
+    owned.store = _artifact_store(settings)
+    registry = await _registry(settings, pool, owned.store)
     await registry.recover()
-    lora = await start_lora_control(settings, pool, registry)
-    undo.push_async_callback(lora.stop)
+    owned.lora = await start_lora_control(settings, pool, registry)
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
@@ -205,31 +233,88 @@ async def _start(settings: Settings, undo: AsyncExitStack) -> App:
         registry,
         feedback_datasets,
     )
-    training_store = PostgresJobStore(pool)
+    slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
     snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
-    jobs = TrainingJobManager(
-        store=training_store,
-        registry=registry,
-        preparer=preparer,
-        work_dir=settings.work_dir,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
-        ewc=EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
-            training_job=training_store.get_job, datasets_dir=settings.datasets_dir, feedback=feedback_datasets)),
+    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
+        datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
+    training_manager = JobManager(
+        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner),
+        store=PostgresJobStore(pool, TRAINING), work_dir=settings.work_dir, slots=slots,
     )
-    await jobs.recover()
-    undo.push_async_callback(jobs.shutdown)
-    fisher_jobs = FisherJobManager(
-        store=PostgresJobStore(pool, FISHER_TABLES), registry=registry, snapshots=snapshots,
-        base_model_dir=lambda model_id: resolve_base_model(
-            model_id, models=settings.base_models, cache_dir=settings.models_dir
-        ),
-        config=FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size),
-        work_dir=settings.work_dir / "fisher",
-        max_concurrent_jobs=settings.max_concurrent_jobs, feedback=feedback_datasets,
-    )
-    await fisher_jobs.recover()
-    undo.push_async_callback(fisher_jobs.shutdown)
 
+    def base_model_dir(model_id: str) -> Path:
+        return resolve_base_model(model_id, models=settings.base_models, cache_dir=settings.models_dir)
+
+    fisher_config = FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size)
+    fisher_examples = FisherExamples(fisher_config, feedback_datasets)
+    fisher_manager = JobManager(
+        runner=FisherRunner(registry=registry, snapshots=snapshots, base_model_dir=base_model_dir,
+                            config=fisher_config, examples=fisher_examples),
+        store=PostgresJobStore(pool, FISHER), work_dir=settings.work_dir / "fisher", slots=slots,
+    )
+    owned.job_managers = (training_manager, fisher_manager)
+    for manager in owned.job_managers:
+        await manager.recover()
+    return Engine(
+        training=TrainingJobs(training_manager, preparer, planner),
+        fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
+        snapshots=snapshots,
+        adapters=registry,
+        lora=owned.lora.controller,
+        feedback=feedback_ingestor(settings, feedback_store),
+        feedback_records=feedback_store,
+    )
+
+
+def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -> FeedbackService | None:
+    """Register a servicer for every part the engine has; returns the feedback servicer (it owns workers)."""
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        TrainingService(
+            engine.training, default_base_model=settings.default_base_model,
+            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
+        ),
+        server,
+    )
+    fisher_pb2_grpc.add_FisherServiceServicer_to_server(
+        FisherService(engine.fisher, engine.snapshots, default_base_model=settings.default_base_model,
+                      default_space=settings.ewc_fisher_space), server
+    )
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
+        AdapterService(engine.adapters, default_base_model=settings.default_base_model,
+                       scratch_dir=settings.work_dir / "adapter-rpc"),
+        server,
+    )
+    if engine.lora is not None:
+        lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
+            LoraControlService(engine.lora, datasets_dir=settings.datasets_dir), server
+        )
+    if engine.feedback is None or engine.feedback_records is None:
+        return None
+    feedback = build_feedback_service(settings, engine.feedback, engine.feedback_records)
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
+    return feedback
+
+
+async def start(settings: Settings, *, engine: Engine | None = None, owned: Owned | None = None) -> App:
+    """Build the engine (unless one is given, e.g. over in-memory stores) and serve it. If a part fails (or
+    start-up is cancelled), what had started is stopped again before the error leaves (``server/startup.py``
+    says it in one line)."""
+    owned = owned or Owned()
+    async with AsyncExitStack() as undo:
+        undo.push_async_callback(owned.close)
+        undo.push_async_callback(owned.shutdown_jobs)
+        app = await _start(settings, engine, owned, undo)
+        undo.pop_all()  # started: App.stop() releases it all from now on
+        return app
+
+
+async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: AsyncExitStack) -> App:
+    if owned.lock is None:
+        owned.lock = DataDirLock(settings.data_dir)
+    prepare_process(settings)
+    sweep_scratch(settings.work_dir)
+    if engine is None:
+        engine = await build_engine(settings, owned)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -238,29 +323,9 @@ async def _start(settings: Settings, undo: AsyncExitStack) -> App:
     server = grpc.aio.server(
         interceptors=[*telemetry_interceptors(), access.from_settings(settings), ErrorInterceptor()], options=options
     )
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        TrainingService(
-            jobs, default_base_model=settings.default_base_model,
-            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
-        ),
-        server,
-    )
-    fisher_pb2_grpc.add_FisherServiceServicer_to_server(
-        FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model,
-                      default_space=settings.ewc_fisher_space), server
-    )
-    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
-        AdapterService(registry, default_base_model=settings.default_base_model,
-                       scratch_dir=settings.work_dir / "adapter-rpc"),
-        server,
-    )
-    lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
-        LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
-    )
-    feedback = build_feedback_service(settings, feedback_store)
-    undo.callback(feedback.close)
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
-
+    feedback = add_servicers(server, engine, settings)
+    if feedback is not None:
+        undo.callback(feedback.close)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -275,7 +340,7 @@ async def _start(settings: Settings, undo: AsyncExitStack) -> App:
         raise StartError(f"gRPC port {settings.port} on {settings.host} is in use or cannot be bound; set port")
     await server.start()
     undo.push_async_callback(server.stop, 0)
-    checks = await start_health_checks(health_servicer, settings, pool=pool, store=store, serving=lora.client)
+    checks = await start_health_checks(health_servicer, settings, owned.probes())
     undo.push_async_callback(checks.stop)
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
                                "version": SERVER_VERSION})
@@ -287,10 +352,8 @@ async def _start(settings: Settings, undo: AsyncExitStack) -> App:
         except OSError as exc:
             raise port_taken("metrics", settings.host, settings.metrics_port or 0, "metrics_port", exc) from exc
         undo.push_async_callback(metrics.stop)
-    return App(
-        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
-        feedback=feedback, health_checks=checks, lock=lock,
-    )
+    return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback,
+               health_checks=checks)
 
 
 async def serve(settings: Settings) -> int:
