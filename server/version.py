@@ -8,4 +8,4 @@ from importlib.metadata import PackageNotFoundError, version
 try:
     SERVER_VERSION = version("learning-engine")
 except PackageNotFoundError:  # run from a source tree that was never installed
-    SERVER_VERSION = "0+unknown"
+    SERVER_VERSION = "unknown"
