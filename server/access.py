@@ -14,20 +14,23 @@ handler runs, so neither reveals whether a named resource exists.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import hashlib
 import hmac
 import logging
 import math
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
+from engine.errors import ResourceExhausted
 from server.errors import status_proto
 from server.handlers import rebuild_handler
 from server.services import SERVICE_DESCRIPTORS
@@ -40,6 +43,7 @@ class Role(enum.StrEnum):
     FEEDBACK = "feedback"
     TRAINER = "trainer"
     OPERATOR = "operator"
+    INFERENCE = "inference"  # the OpenAI-compatible gateway (server/http_doors.py); no RPC needs it
 
 
 # What holding a role allows; operator implies everything.
@@ -48,6 +52,7 @@ GRANTS: dict[Role, frozenset[Role]] = {
     Role.FEEDBACK: frozenset({Role.FEEDBACK}),
     Role.TRAINER: frozenset({Role.TRAINER, Role.READER}),
     Role.OPERATOR: frozenset(Role),
+    Role.INFERENCE: frozenset({Role.INFERENCE}),
 }
 
 _R, _F, _T, _O = Role.READER, Role.FEEDBACK, Role.TRAINER, Role.OPERATOR
@@ -97,12 +102,18 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
     },
 }
 
-# Calls that spend a principal's rate-limit budget, by bucket.
-RATE_LIMITED: dict[str, str] = {
-    "/learning.v1.TrainingService/CreateTrainingJob": "jobs",
-    "/learning.v1.FisherService/CreateFisherJob": "jobs",
-    "/learning.v1.FeedbackService/SubmitFeedback": "feedback",
-    "/learning.v1.FeedbackService/StreamFeedback": "feedback",
+def _events(request: Any) -> int:
+    return max(1, len(getattr(request, "events", ())))
+
+
+# Calls that spend a principal's rate-limit budget: the bucket, and what one request (or one message of a
+# client stream, charged as it arrives) costs. A job creation costs one; feedback costs its events, so a
+# batch of 10,000 events spends what 10,000 single-event calls do.
+RATE_LIMITED: dict[str, tuple[str, Callable[[Any], int]]] = {
+    "/learning.v1.TrainingService/CreateTrainingJob": ("jobs", lambda _: 1),
+    "/learning.v1.FisherService/CreateFisherJob": ("jobs", lambda _: 1),
+    "/learning.v1.FeedbackService/SubmitFeedback": ("feedback", _events),
+    "/learning.v1.FeedbackService/StreamFeedback": ("feedback", _events),
 }
 
 OPEN_SERVICES = frozenset(
@@ -187,16 +198,16 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
-    def check(self, principal: str, bucket: str) -> float:
+    def check(self, principal: str, bucket: str, cost: float = 1.0) -> float:
         limit = self._limits.get(bucket)
         if limit is None:
             return 0.0
         key = (principal, bucket)
         if key not in self._buckets:
-            if len(self._buckets) > 100_000:  # bound memory against many distinct peers
+            if len(self._buckets) > 100_000:  # bound memory against many distinct principals
                 self._buckets.clear()
             self._buckets[key] = TokenBucket(limit.per_second, limit.burst, self._clock)
-        return self._buckets[key].take()
+        return self._buckets[key].take(min(cost, limit.burst))  # a request larger than the burst waits for all of it
 
 
 @dataclass(frozen=True)
@@ -206,29 +217,47 @@ class TokenEntry:
     sha256: str
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates, authorizes and rate-limits each call before its handler runs."""
+class Tokens:
+    """The configured bearer tokens: who an ``Authorization`` value belongs to. Shared by every door."""
 
-    def __init__(self, tokens: Iterable[TokenEntry], limiter: RateLimiter) -> None:
-        self._tokens = tuple(tokens)
-        self._limiter = limiter
-        check_method_roles()
+    def __init__(self, entries: Iterable[TokenEntry]) -> None:
+        self._entries = tuple(entries)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._entries)
 
-    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
-        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+    def authenticate(self, header: str) -> Principal | None:
+        """The principal of ``Bearer <token>``, or None for anything else."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         digest = hash_token(token.strip())
         found = None
-        for entry in self._tokens:  # compare every entry in constant time
+        for entry in self._entries:  # compare every entry in constant time
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         return Principal(found.name, found.role) if found else None
+
+
+def tokens_from_settings(settings: Any) -> Tokens:
+    return Tokens(TokenEntry(t.name, Role(t.role), t.sha256) for t in settings.auth_tokens)
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, authorizes and rate-limits each call before its handler runs."""
+
+    def __init__(self, tokens: Iterable[TokenEntry] | Tokens, limiter: RateLimiter) -> None:
+        self._tokens = tokens if isinstance(tokens, Tokens) else Tokens(tokens)
+        self._limiter = limiter
+        check_method_roles()
+
+    @property
+    def enabled(self) -> bool:
+        return self._tokens.enabled
+
+    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
+        return self._tokens.authenticate(next((str(v) for k, v in metadata if k == "authorization"), ""))
 
     async def intercept_service(
         self,
@@ -265,51 +294,74 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _with_principal(
-    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter, bucket: str | None
+    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter,
+    limited: tuple[str, Callable[[Any], int]] | None,
 ) -> grpc.RpcMethodHandler:
-    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            if bucket is None:
-                return
-            key = principal.name if principal.role is not None else _peer_host(context.peer())
-            wait = limiter.check(key, bucket)
-            if wait > 0:
-                await _abort(
-                    context,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "RATE_LIMITED",
-                    f"too many {bucket} calls; retry in {wait:.1f}s",
-                    {"retry_after_seconds": f"{wait:.3f}", "bucket": bucket},
-                )
+    """The handler run as ``principal``, charging its rate-limit bucket per request or stream message.
 
+    Without auth there is one principal, "anonymous": nothing tells callers apart (a connection's port is
+    new each time) and only this machine may call, so all of them share one budget; configure auth_tokens
+    to give each caller its own. The principal is set in the RPC's own task (and never reset: a task's
+    context ends with it), so closing a cancelled server stream elsewhere has nothing to undo.
+    """
+
+    def charge(request: Any) -> None:
+        if limited is None:
+            return
+        bucket, cost = limited
+        wait = limiter.check(principal.name, bucket, cost(request))
+        if wait > 0:
+            raise ResourceExhausted(
+                "RATE_LIMITED", f"too many {bucket} requests; retry in {wait:.1f}s",
+                metadata={"retry_after_seconds": f"{wait:.3f}", "bucket": bucket},
+            )
+
+    async def charged(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            charge(request)
+            yield request
+
+    def admit(request: Any) -> Any:
+        if hasattr(request, "__aiter__"):  # a client stream: each message pays as it arrives
+            return charged(request)
+        charge(request)
+        return request
+
+    def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         if streaming:
 
             async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = _current.set(principal)
+                _current.set(principal)
                 try:
-                    await check(context)
-                    result = behavior(request, context)
-                    if hasattr(result, "__aiter__"):
+                    result = behavior(admit(request), context)
+                except ResourceExhausted as exc:
+                    await _abort_engine(context, exc)
+                    return
+                if hasattr(result, "__aiter__"):
+                    async with contextlib.aclosing(result):
                         async for item in result:
                             yield item
-                    else:
-                        await result
-                finally:
-                    _current.reset(token)
+                else:
+                    await result
 
             return stream_handler
 
         async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = _current.set(principal)
+            _current.set(principal)
             try:
-                await check(context)
-                return await behavior(request, context)
-            finally:
-                _current.reset(token)
+                admitted = admit(request)
+            except ResourceExhausted as exc:
+                await _abort_engine(context, exc)
+                return None
+            return await behavior(admitted, context)
 
         return unary_handler
 
     return rebuild_handler(handler, wrap)
+
+
+async def _abort_engine(context: grpc.aio.ServicerContext, exc: ResourceExhausted) -> None:
+    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", exc.message, exc.metadata)
 
 
 def _rejecting(
@@ -340,11 +392,6 @@ async def _abort(
     )
 
 
-def _peer_host(peer: str) -> str:
-    """'ipv4:127.0.0.1:5555' -> 'ipv4:127.0.0.1' (one bucket per client address when auth is off)."""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
-
-
 def from_settings(settings: Any) -> AccessInterceptor:
     """The interceptor configured by ``auth_tokens`` and the ``rate_limit_*`` settings."""
     limits = {}
@@ -354,8 +401,20 @@ def from_settings(settings: Any) -> AccessInterceptor:
         limits["feedback"] = RateLimit(
             settings.rate_limit_feedback_per_second, settings.rate_limit_feedback_burst
         )
-    tokens = [TokenEntry(t.name, Role(t.role), t.sha256) for t in settings.auth_tokens]
-    return AccessInterceptor(tokens, RateLimiter(limits))
+    return AccessInterceptor(tokens_from_settings(settings), RateLimiter(limits))
+
+
+def server_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    """The TLS settings (tls_cert_file, tls_key_file, tls_client_ca_file for mTLS) for an HTTP door; None
+    without TLS. The same files, and so the same certificate and client CA, as the gRPC port's."""
+    if settings.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_client_ca_file is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def bind(server: grpc.aio.Server, settings: Any) -> int:

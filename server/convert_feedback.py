@@ -20,12 +20,37 @@ KIND_FROM_PB: dict[int, FeedbackKind] = {
 KIND_TO_PB: dict[FeedbackKind, int] = {v: k for k, v in KIND_FROM_PB.items()}
 _DEFAULT_STATS_WINDOW = timedelta(days=7)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+# A Timestamp's valid range (google/protobuf/timestamp.proto): 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+_TIME_RANGE = "must lie in 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z with nanos in 0..999999999"
+
+
+class _OutOfRange(Exception):
+    """A request Timestamp outside the range above (raised bare on the hot path; callers name the field)."""
 
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    # Timestamp.ToDatetime is pure Python and shows up at 100k events/s; this is the same value, to the microsecond
-    # (timedelta's positional arguments are days, seconds, microseconds: cheaper than keywords).
-    return _EPOCH + timedelta(0, ts.seconds, ts.nanos // 1000)
+    """The one conversion of a request's Timestamp to a datetime; raises _OutOfRange outside the valid range.
+
+    Timestamp.ToDatetime is pure Python and shows up at 100k events/s; this is the same value, to the microsecond
+    (timedelta's positional arguments are days, seconds, microseconds: cheaper than keywords).
+    """
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+        raise _OutOfRange
+    return _EPOCH + timedelta(0, seconds, nanos // 1000)
+
+
+def request_time(ts: timestamp_pb2.Timestamp, field_path: str, reason: str) -> datetime:
+    """A request Timestamp as a datetime; INVALID_ARGUMENT naming ``field_path`` when it is out of range."""
+    try:
+        return _time(ts)
+    except _OutOfRange:
+        raise InvalidArgument(
+            reason, f"{field_path} is outside the range of a Timestamp",
+            violations=[FieldViolation(field_path, _TIME_RANGE)],
+        ) from None
 
 
 def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
@@ -54,7 +79,25 @@ def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
 
 
 def events_from_pb(msgs) -> list[FeedbackEvent]:
-    return [event_from_pb(m) for m in msgs]
+    try:
+        return [event_from_pb(m) for m in msgs]
+    except _OutOfRange:
+        bad = [i for i, m in enumerate(msgs) if m.HasField("time") and _out_of_range(m.time)]
+        raise InvalidArgument(
+            "INVALID_FEEDBACK",
+            f"{len(bad)} invalid event(s); nothing in this batch was stored. First: events[{bad[0]}].time: "
+            "outside the range of a Timestamp",
+            violations=[FieldViolation(f"events[{i}].time", _TIME_RANGE) for i in bad[:50]],
+            metadata={"first_invalid_index": str(bad[0]), "invalid_events": ",".join(map(str, bad[:20]))},
+        ) from None
+
+
+def _out_of_range(ts: timestamp_pb2.Timestamp) -> bool:
+    try:
+        _time(ts)
+    except _OutOfRange:
+        return True
+    return False
 
 
 def submit_response(result: IngestResult) -> pb.SubmitFeedbackResponse:
@@ -72,8 +115,12 @@ def stream_response(result: IngestResult) -> pb.StreamFeedbackResponse:
 
 
 def window_from_pb(request: pb.GetFeedbackStatsRequest, now: datetime) -> tuple[datetime, datetime]:
-    end = _time(request.end_time) if request.HasField("end_time") else now
-    start = _time(request.start_time) if request.HasField("start_time") else end - _DEFAULT_STATS_WINDOW
+    reason = "INVALID_TIME_WINDOW"
+    end = request_time(request.end_time, "end_time", reason) if request.HasField("end_time") else now
+    if request.HasField("start_time"):
+        start = request_time(request.start_time, "start_time", reason)
+    else:
+        start = end - _DEFAULT_STATS_WINDOW if end - _EARLIEST > _DEFAULT_STATS_WINDOW else _EARLIEST
     if start >= end:
         raise InvalidArgument(
             "INVALID_TIME_WINDOW", "start_time must be before end_time",

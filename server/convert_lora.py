@@ -9,6 +9,7 @@ from learning.v1 import adapter_pb2
 from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as pb
 from server.errors import failure_status
+from server.version import SERVER_VERSION
 
 _KIND = {k: pb.LoraOperationKind.Value(f"LORA_OPERATION_KIND_{k.value}") for k in OperationKind}
 
@@ -43,6 +44,7 @@ def status_to_pb(status: LoraStatus) -> pb.LoraStatus:
         active_version=status.active_version, previous_version=status.previous_version,
         known_good_version=status.known_good_version, alias=status.alias,
         loaded=[loaded_to_pb(a) for a in status.loaded], serving_reachable=status.serving_reachable,
+        server_version=SERVER_VERSION,
     )
     if status.last_operation is not None:
         msg.last_operation.CopyFrom(operation_to_pb(status.last_operation))

@@ -8,6 +8,7 @@ and a logged traceback.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine import errors as e
+from server import requests
 from server.handlers import rebuild_handler
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,27 @@ def code_for(error: e.EngineError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code] if error.code in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
 
 
+# An error echoes parts of the request (names, paths, field values), which can be as long as a message may be.
+# Its status travels in trailers (grpc-message percent-encoded, up to 3 bytes a byte; grpc-status-details-bin
+# base64-encoded), and a client refuses trailers past its metadata limit (16 KiB by default) as INTERNAL. So
+# what is echoed is clipped here, the one place every status is built: at most 512 bytes of message, and a
+# whole Status of at most 6 KiB (about 11 KiB on the wire), trailing field violations dropped to fit.
+MAX_MESSAGE_BYTES = 512
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 256
+MAX_METADATA_BYTES = 256
+MAX_STATUS_BYTES = 6 * 1024
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, saying how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    kept = data[: max(limit - 32, 0)].decode(errors="ignore")
+    return f"{kept}... ({len(text) - len(kept)} more characters)"
+
+
 def status_proto(
     code: grpc.StatusCode,
     message: str,
@@ -38,20 +61,32 @@ def status_proto(
     metadata: dict[str, str] | None = None,
     violations: tuple[e.FieldViolation, ...] = (),
 ) -> status_pb2.Status:
-    """A google.rpc.Status with one ErrorInfo and, if any violations, a BadRequest."""
+    """A google.rpc.Status with one ErrorInfo and, if any violations, a BadRequest; bounded in size (see above)."""
+    meta = {clip(k, 64): clip(v, MAX_METADATA_BYTES) for k, v in (metadata or {}).items()}
+    shown = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field, MAX_FIELD_BYTES), description=clip(v.description, MAX_DESCRIPTION_BYTES))
+        for v in violations
+    ]
+    while True:
+        status = _status(code, clip(message, MAX_MESSAGE_BYTES), reason, meta, shown)
+        if status.ByteSize() <= MAX_STATUS_BYTES or not (shown or meta):
+            return status
+        if shown:
+            shown = shown[: len(shown) // 2]
+            meta["violations_omitted"] = str(len(violations) - len(shown))
+        else:
+            meta = {}
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str],
+            violations: list[error_details_pb2.BadRequest.FieldViolation]) -> status_pb2.Status:
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {}))
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
     details = [info]
     if violations:
         bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in violations
-                ]
-            )
-        )
+        bad.Pack(error_details_pb2.BadRequest(field_violations=violations))
         details.append(bad)
     return status_pb2.Status(code=code.value[0], message=message, details=details)
 
@@ -82,7 +117,7 @@ def code_name(code_value: int) -> str:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, e.EngineError):
-        log.info("rpc error", extra={"method": method, "reason": exc.reason, "error": exc.message})
+        log.info("rpc error", extra={"method": method, "reason": exc.reason, "error": clip(exc.message, 2048)})
         status = engine_error_status(exc)
     elif isinstance(exc, NotImplementedError):  # generated base servicers: RPC not built yet
         status = status_proto(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet",
@@ -93,10 +128,17 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort_with_status(rpc_status.to_status(status))
 
 
+def _checked(request_or_iterator: Any) -> Any:
+    """The request (raising the error of a refused one), or a client stream that raises at a refused message."""
+    if hasattr(request_or_iterator, "__aiter__"):
+        return requests.checked_stream(request_or_iterator)
+    return requests.check(request_or_iterator)
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behavior(request_or_iterator, context)
+            return await behavior(_checked(request_or_iterator), context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, logged
@@ -108,8 +150,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in behavior(request_or_iterator, context):
-                yield item
+            async with contextlib.aclosing(behavior(_checked(request_or_iterator), context)) as items:
+                async for item in items:  # closed here, in this task, even when the call is cancelled
+                    yield item
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, logged
@@ -126,7 +169,8 @@ def _wrap_streaming(behavior: Callable[..., Any], method: str) -> Callable[..., 
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions escaping servicers to statuses with ErrorInfo (see module docstring)."""
+    """Maps exceptions escaping servicers to statuses with ErrorInfo (see module docstring), and decodes
+    every request through ``server.requests`` so that bad bytes become INVALID_ARGUMENT too."""
 
     async def intercept_service(
         self,
@@ -141,4 +185,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
             return _wrap_streaming(behavior, method) if streaming else _wrap_unary(behavior, method)
 
-        return rebuild_handler(handler, wrap)
+        return rebuild_handler(
+            handler, wrap, request_deserializer=requests.checked_deserializer(handler.request_deserializer)
+        )

@@ -11,10 +11,13 @@ import grpc
 Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
 
 
-def rebuild_handler(handler: grpc.RpcMethodHandler, wrap: Wrap) -> grpc.RpcMethodHandler:
-    """The same RPC (serializers, arity) with its behaviour passed through ``wrap``."""
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler, wrap: Wrap, *, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler:
+    """The same RPC (serializers, arity) with its behaviour passed through ``wrap`` (and, if given, another
+    request deserializer)."""
     common = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

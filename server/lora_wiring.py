@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,10 @@ from engine.serving.gateway import AliasRouter, Gateway
 from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
+from server.access import server_ssl_context, tokens_from_settings
+from server.http_doors import GATEWAY_ROLES, bearer_auth
 from server.settings import Settings
+from server.startup import port_taken
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +48,19 @@ class LoraRuntime:
         await self.controller.close()
         await self.gateway.stop()
         await self.client.close()
-        if self.backend is not None and self.backend.returncode is None:
-            self.backend.terminate()
-            try:
-                await asyncio.wait_for(self.backend.wait(), 10)
-            except TimeoutError:
-                self.backend.kill()
-                await self.backend.wait()
+        if self.backend is not None:
+            await _end(self.backend)
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 10)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 def _free_port(host: str) -> int:
@@ -68,9 +79,9 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.serving.reference_backend", "--model", str(model_dir),
         "--served-model-name", settings.default_base_model, "--host", settings.host, "--port", str(port),
-        "--enable-lora", "--threads", str(settings.torch_threads or 1),
+        "--enable-lora", "--threads", str(settings.torch_threads or 1), "--parent-pid", str(os.getpid()),
         stdout=log_file, stderr=log_file,
-    )
+    )  # from the event loop's thread, the main thread, which --parent-pid ties its end to (engine.serving.lifetime)
     log_file.close()
     url = f"http://{settings.host}:{port}"
     probe = ServingClient(ServingConfig(base_url=url, timeout_seconds=2.0, retries=0))
@@ -79,11 +90,13 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
     try:
         while not await probe.health():
             if process.returncode is not None or loop.time() > deadline:
-                process.kill()
                 raise Unavailable("REFERENCE_BACKEND_FAILED",
                                   f"the reference backend did not become healthy; see {settings.data_dir}/"
                                   "reference-backend.log")
             await asyncio.sleep(0.2)
+    except BaseException:  # failed, or start-up cancelled: it must not outlive this
+        await _end(process)
+        raise
     finally:
         await probe.close()
     log.info("started the reference serving backend (development target, not MAX)", extra={"url": url})
@@ -91,10 +104,20 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
 
 
 async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: AdapterRegistry) -> LoraRuntime:
+    """Everything LoraControl runs; if a part fails, the parts started before it are stopped again."""
+    async with AsyncExitStack() as undo:
+        runtime = await _start_lora_control(settings, pool, registry, undo)
+        undo.pop_all()
+        return runtime
+
+
+async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: AdapterRegistry,
+                              undo: AsyncExitStack) -> LoraRuntime:
     backend = None
     url = settings.serving_url
     if url is None:
         backend, url = await start_reference_backend(settings)
+        undo.push_async_callback(_end, backend)
     mode = ServingMode(settings.serving_mode)
     paths = ServingPaths(load=settings.serving_load_path, unload=settings.serving_unload_path,
                          models=settings.serving_models_path) if mode is ServingMode.CUSTOM else ServingPaths()
@@ -104,9 +127,15 @@ async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: A
         backoff_seconds=settings.serving_backoff_seconds,
     ))
     await client.start()
+    undo.push_async_callback(client.close)
     router = AliasRouter(settings.lora_alias, settings.serving_base_model_name or settings.default_base_model)
-    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds)
-    await gateway.start(settings.host, settings.gateway_port)
+    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds,
+                      middlewares=[bearer_auth(tokens_from_settings(settings), GATEWAY_ROLES)])
+    try:
+        await gateway.start(settings.host, settings.gateway_port, ssl_context=server_ssl_context(settings))
+    except OSError as exc:
+        raise port_taken("gateway", settings.host, settings.gateway_port, "gateway_port", exc) from exc
+    undo.push_async_callback(gateway.stop)
     store = PostgresLoraStore(pool, PostgresServingState(pool))
     config = ControlConfig(
         base_model=settings.default_base_model, alias=settings.lora_alias,
@@ -123,6 +152,7 @@ async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: A
     adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
     controller = LoraController(config, client, router, store, adapters)
     await controller.start()
+    undo.push_async_callback(controller.close)
     auto = None
     if settings.auto_rollback_enabled:
         from engine.lora.feedback_rates import FeedbackStatsRates  # noqa: PLC0415
@@ -133,6 +163,7 @@ async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: A
             interval_seconds=settings.auto_rollback_interval_seconds,
         ), store.history)
         auto.start()
+        undo.push_async_callback(auto.stop)
     log.info("LoraControl ready", extra={"serving_url": url, "gateway_port": gateway.port,
                                          "alias": settings.lora_alias})
     return LoraRuntime(controller, gateway, client, auto, backend)

@@ -6,11 +6,13 @@ The only place that knows which implementation backs each port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from learning.v1 import (
 from server import access
 from server.convert import EwcDefaults
 from server.errors import ErrorInterceptor
+from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
@@ -63,8 +66,10 @@ from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
 from server.settings import Settings
+from server.startup import DataDirLock, StartError, describe, port_taken, sweep_scratch
 from server.telemetry import MetricsServer, configure_tracing
 from server.telemetry import interceptors as telemetry_interceptors
+from server.version import SERVER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,20 @@ class Owned:
     lora: LoraRuntime | None = None
     queue: WorkerQueue | None = None
     notifications: JobNotifications | None = None
+    store: ArtifactStore | None = None
+    lock: DataDirLock | None = None  # one server per data dir; released last
+
+    def probes(self) -> dict[str, Probe]:
+        """Health probes of the dependencies held open here (an engine on in-memory stores has none)."""
+        pool = self.pool
+        probes: dict[str, Probe] = {}
+        if pool is not None:
+            probes["postgresql"] = lambda: pool.fetchval("SELECT 1")
+        if self.store is not None:
+            probes["artifact_store"] = self.store.probe
+        if self.lora is not None:
+            probes["serving_engine"] = self.lora.client.health
+        return probes
 
     async def shutdown_jobs(self) -> None:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
@@ -94,14 +113,22 @@ class Owned:
     async def close(self) -> None:
         if self.lora is not None:
             await self.lora.stop()
+            self.lora = None
         if self.queue is not None:
             await self.queue.close()
+            self.queue = None
         if self.notifications is not None:
             await self.notifications.close()
+            self.notifications = None
         if self.pool is not None:
             await self.pool.close()
+            self.pool = None
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 @dataclass
@@ -116,28 +143,35 @@ class App:
     owned: Owned
     metrics: MetricsServer | None = None
     feedback: FeedbackService | None = None
+    health_checks: HealthChecker | None = None
+    stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
+        if self.health_checks is not None:
+            await self.health_checks.stop()
         await self.health.enter_graceful_shutdown()
         await self.owned.shutdown_jobs()
         await self.server.stop(grace)
         if self.feedback is not None:
             self.feedback.close()
         if self.metrics is not None:
-            self.metrics.stop()
+            await self.metrics.stop()
         await self.owned.close()
 
 
-async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None, str]:
+async def _database(settings: Settings, owned: Owned) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None, str]:
     embedded = None
     url = settings.database_url
     if not url:
-        embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
-        url = await asyncio.to_thread(embedded.start)
+        embedded = owned.embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
+        url = embedded.start()  # in the main thread, which its keeper process is tied to
         log.info("started embedded PostgreSQL", extra={"pgdata": str(settings.postgres_dir)})
-    pool = await postgres.connect(url)
+    pool = owned.pool = await postgres.connect(url)
     applied = await postgres.migrate(pool)
     if applied:
         log.info("database migrated", extra={"migrations": applied})
@@ -154,8 +188,7 @@ def _artifact_store(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings.artifacts_dir)
 
 
-async def _registry(settings: Settings, pool: asyncpg.Pool) -> AdapterRegistry:
-    store = _artifact_store(settings)
+async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore) -> AdapterRegistry:
     try:
         await store.ensure_ready()
     except EngineError as exc:  # retried on first use; the rest of the server can serve meanwhile
@@ -206,11 +239,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     """The real engine: PostgreSQL, the artifact store, the job queue and, when ``serve``, the serving engine.
 
     ``work`` runs jobs in this process (default: the ``embedded_worker`` setting). What it opens goes into
-    ``owned``."""
+    ``owned`` as it opens, so a failure part way closes what was opened."""
     work = settings.embedded_worker if work is None else work
-    owned.pool, owned.embedded, url = await _database(settings)
-    pool = owned.pool
-    registry = await _registry(settings, pool)
+    pool, _, url = await _database(settings, owned)
+    owned.store = _artifact_store(settings)
+    registry = await _registry(settings, pool, owned.store)
+    await registry.recover()
     if serve:
         owned.lora = await start_lora_control(settings, pool, registry)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
@@ -300,9 +334,23 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
 
 
 async def start(settings: Settings, *, engine: Engine | None = None, owned: Owned | None = None) -> App:
-    """Build the engine (unless one is given, e.g. over in-memory stores) and serve it."""
-    prepare_process(settings)
+    """Build the engine (unless one is given, e.g. over in-memory stores) and serve it. If a part fails (or
+    start-up is cancelled), what had started is stopped again before the error leaves (``server/startup.py``
+    says it in one line)."""
     owned = owned or Owned()
+    async with AsyncExitStack() as undo:
+        undo.push_async_callback(owned.close)
+        undo.push_async_callback(owned.shutdown_jobs)
+        app = await _start(settings, engine, owned, undo)
+        undo.pop_all()  # started: App.stop() releases it all from now on
+        return app
+
+
+async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: AsyncExitStack) -> App:
+    if owned.lock is None:
+        owned.lock = DataDirLock(settings.data_dir)
+    prepare_process(settings)
+    sweep_scratch(settings.work_dir)
     if engine is None:
         engine = await build_engine(settings, owned)
     options = [
@@ -314,31 +362,61 @@ async def start(settings: Settings, *, engine: Engine | None = None, owned: Owne
         interceptors=[*telemetry_interceptors(), access.from_settings(settings), ErrorInterceptor()], options=options
     )
     feedback = add_servicers(server, engine, settings)
+    if feedback is not None:
+        undo.callback(feedback.close)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = access.bind(server, settings)
+    try:
+        port = access.bind(server, settings)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        raise StartError(f"gRPC port {settings.port} on {settings.host} is in use or cannot be bound; set port")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
+    undo.push_async_callback(server.stop, 0)
+    checks = await start_health_checks(health_servicer, settings, owned.probes())
+    undo.push_async_callback(checks.stop)
+    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
+                               "version": SERVER_VERSION})
     log.info(access.describe(settings))
-    metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
-    return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback)
+    metrics = MetricsServer(settings) if settings.metrics_port is not None else None
+    if metrics is not None:
+        try:
+            await metrics.start()
+        except OSError as exc:
+            raise port_taken("metrics", settings.host, settings.metrics_port or 0, "metrics_port", exc) from exc
+        undo.push_async_callback(metrics.stop)
+    return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback,
+               health_checks=checks)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    app = await start(settings)
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit status. A failed start is one line
+    on stderr (exit 1); SIGTERM/SIGINT during start-up stops what had started (exit 0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"learning-engine listening on {settings.host}:{app.port}", flush=True)
-    await stop.wait()
+    starting = asyncio.ensure_future(start(settings))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        print("learning-engine: stopped during start-up", file=sys.stderr, flush=True)
+        return 0
+    if (error := starting.exception()) is not None:
+        stopping.cancel()
+        log.debug("start failed", exc_info=error)
+        print(f"learning-engine: cannot start: {describe(error)}", file=sys.stderr, flush=True)
+        return 1
+    app = starting.result()
+    print(f"learning-engine {SERVER_VERSION} listening on {settings.host}:{app.port}", flush=True)
+    await stopping
     await app.stop()
+    return 0

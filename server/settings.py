@@ -1,8 +1,10 @@
 """The one settings object: environment variables, an optional YAML file, then CLI flags.
 
 Precedence (highest first): command-line flags, ``LEARNING_ENGINE_*`` environment
-variables (and ``DATABASE_URL``), the YAML file named by ``--config`` or
-``LEARNING_ENGINE_CONFIG``, defaults. Read once at start and validated with
+variables (and ``DATABASE_URL``), secret files in the folder named by
+``LEARNING_ENGINE_SECRETS_DIR`` (one file per setting, named like its environment variable, e.g.
+``/run/secrets/learning_engine_s3_secret_key`` or ``database_url``: Docker/compose secrets), the
+YAML file named by ``--config`` or ``LEARNING_ENGINE_CONFIG``, defaults. Read once at start and validated with
 precise messages; everything else receives it (or parts of it) as arguments.
 """
 
@@ -51,7 +53,7 @@ class AuthToken(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
-    role: Literal["reader", "feedback", "trainer", "operator"]
+    role: Literal["reader", "feedback", "trainer", "operator", "inference"]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the token")
 
 
@@ -179,9 +181,10 @@ class Settings(BaseSettings, LoraControlSettings):
     # ---- access, TLS, limits (server/access.py) --------------------------------
     auth_tokens: tuple[AuthToken, ...] = Field(
         (),
-        description="Bearer tokens as [{name, role, sha256}] (role: reader|feedback|trainer|operator; sha256: hex "
-        "digest of the token, from `learning-engine hash-token`). Empty turns auth off and restricts `host` "
-        "to loopback.",
+        description="Bearer tokens as [{name, role, sha256}] (role: reader|feedback|trainer|operator|inference; "
+        "sha256: hex digest of the token, from `learning-engine hash-token`). They guard every door: gRPC, the "
+        "gateway (role inference, or operator) and /metrics (role reader, or above). Empty turns auth off and "
+        "restricts `host` to loopback.",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (chain); with tls_key_file enables TLS."
@@ -191,13 +194,30 @@ class Settings(BaseSettings, LoraControlSettings):
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
     )
     rate_limit_jobs_per_minute: float = Field(
-        30.0, ge=0, description="Training/Fisher jobs each principal may create per minute; 0 disables the limit."
+        30.0, ge=0, description="Training/Fisher jobs each principal may create per minute (without auth_tokens: all "
+        "callers together); 0 disables the limit."
     )
     rate_limit_jobs_burst: int = Field(10, ge=1, description="Job creations allowed at once before the rate applies.")
     rate_limit_feedback_per_second: float = Field(
-        50.0, ge=0, description="Feedback calls each principal may make per second; 0 disables the limit."
+        100_000.0, ge=0,
+        description="Feedback events each principal may send per second, SubmitFeedback and StreamFeedback alike "
+        "(a stream message is charged its events as it arrives); about what one server ingests. Without "
+        "auth_tokens all callers share one budget. 0 disables the limit.",
     )
-    rate_limit_feedback_burst: int = Field(200, ge=1, description="Feedback calls allowed at once.")
+    rate_limit_feedback_burst: int = Field(
+        200_000, ge=1, description="Feedback events allowed at once before the rate applies (a batch larger than "
+        "this waits for the whole burst)."
+    )
+
+    # ---- health (server/health_checks.py) ----------------------------------------
+    health_check_interval_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="How often PostgreSQL, the artifact store and the serving engine are probed; a service whose "
+        "dependency fails its probe is NOT_SERVING in grpc.health.v1 until it answers again.",
+    )
+    health_check_timeout_seconds: float = Field(
+        3.0, gt=0, le=600, description="How long one probe may take before its dependency counts as unreachable."
+    )
 
     # ---- telemetry (server/telemetry.py) ---------------------------------------
     metrics_port: int | None = Field(
@@ -348,6 +368,8 @@ class Settings(BaseSettings, LoraControlSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("secrets_dir"):
+            sources.append(file_secret_settings)
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
@@ -360,13 +382,22 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
     """
     yaml_file = config_file or (Path(os.environ["LEARNING_ENGINE_CONFIG"]) if os.environ.get(
         "LEARNING_ENGINE_CONFIG") else None)
+    secrets_dir = Path(os.environ["LEARNING_ENGINE_SECRETS_DIR"]) if os.environ.get(
+        "LEARNING_ENGINE_SECRETS_DIR") else None
     cls: type[Settings] = Settings
+    extra: dict[str, Any] = {}
     if yaml_file is not None:
         if not yaml_file.is_file():
             raise SettingsError(f"config file {yaml_file} does not exist")
+        extra["yaml_file"] = yaml_file
+    if secrets_dir is not None:
+        if not secrets_dir.is_dir():
+            raise SettingsError(f"secrets dir {secrets_dir} (LEARNING_ENGINE_SECRETS_DIR) does not exist")
+        extra["secrets_dir"] = secrets_dir
+    if extra:
 
         class FileSettings(Settings):
-            model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": yaml_file})
+            model_config = SettingsConfigDict(**{**Settings.model_config, **extra})
 
         cls = FileSettings
     try:

@@ -5,20 +5,22 @@ The metrics themselves are defined once in ``engine/telemetry.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine import telemetry
+from server.access import server_ssl_context, tokens_from_settings
 from server.handlers import rebuild_handler
+from server.http_doors import METRICS_ROLES, bearer_auth
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         result = behavior(request, context)
                         if hasattr(result, "__aiter__"):
-                            async for item in result:
-                                yield item
+                            async with contextlib.aclosing(result):
+                                async for item in result:
+                                    yield item
                         else:
                             await result
                     except BaseException:
@@ -140,16 +143,37 @@ def interceptors() -> list[grpc.aio.ServerInterceptor]:
 
 
 class MetricsServer:
-    """The Prometheus text endpoint on its own port, in a daemon thread."""
+    """The Prometheus text endpoint on its own port, a door like the others (``server/http_doors.py``): bearer
+    tokens (role reader) and TLS from the settings, on ``host``."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, addr=host, registry=telemetry.REGISTRY)
-        self.port: int = self._server.server_port
-        log.info("serving metrics", extra={"address": f"{host}:{self.port}"})
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runner: web.AppRunner | None = None
+        self.port = 0
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    async def start(self) -> int:
+        settings = self._settings
+        app = web.Application(middlewares=[bearer_auth(tokens_from_settings(settings), METRICS_ROLES)])
+        app.add_routes([web.get("/metrics", _metrics)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, settings.host, settings.metrics_port,
+                           ssl_context=server_ssl_context(settings))
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("serving metrics", extra={"address": f"{settings.host}:{self.port}"})
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(telemetry.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

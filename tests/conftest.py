@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.fixtures import own_postgres as own_postgres_control
 from tests.fixtures.tiny_model import build_tiny_llama
 
 SAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "samples"
@@ -117,3 +118,16 @@ def seaweedfs():
 def s3_bucket(seaweedfs) -> str:
     """A bucket name of its own for each test (created on first use by the code under test)."""
     return f"le-test-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+async def own_postgres():
+    """A PostgreSQL server this test may stop and start: (pgdata, url)."""
+    root = Path(tempfile.mkdtemp(prefix="le-restart-pg-"))
+    root.chmod(0o755)
+    pgdata = root / "data"
+    url = await own_postgres_control.start_postgres(pgdata)
+    yield pgdata, url
+    if (pgdata / "postmaster.pid").exists():
+        await own_postgres_control.stop_postgres(pgdata)
+    shutil.rmtree(root, ignore_errors=True)

@@ -14,8 +14,10 @@ Publishing, in order:
 If step 3 or 4 fails (e.g. the object store is down), what was written is removed when
 possible and the reservation is released, so nothing becomes visible and a retry gets the
 same number; an archive left without a manifest is garbage the next holder of that
-number removes. If the store already holds a manifest the database does not know, the
-publish is refused, the object is left alone and the number is retired (CONFLICT).
+number removes. If the process dies mid-publish, ``recover`` (at the next start) removes its
+partial writes and scratch files and releases its reservation. If the store already holds a
+manifest the database does not know, the publish is refused, the object is left alone and the
+number is retired (CONFLICT).
 
 Every read of an archive (download, warm start) checks its sha256 against the record
 first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
@@ -277,6 +279,21 @@ class AdapterRegistry:
         record = replace(await self.get(base_model, version), eval=result)
         await self._index.update(record)
         return record
+
+    # ---- recovery ----------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """At start: undo what publishes cut short by a dead process left. Removes the store's partial writes
+        and this registry's scratch space, and releases reservations whose publisher is gone (their numbers
+        are handed out again; an archive already stored under one is removed by its next holder).
+        Returns the released versions as ``<base-model> <version>``."""
+        partial = await self._store.remove_partial_writes()
+        await asyncio.to_thread(shutil.rmtree, self._scratch, True)
+        released = [f"{b} {format_version(major, minor)}" for b, major, minor in await self._index.release_stale()]
+        if partial or released:
+            log.warning("cleaned up after publishes cut short by an earlier process",
+                        extra={"partial_writes": partial, "released_reservations": released})
+        return released
 
     # ---- deleting ----------------------------------------------------------------------
 

@@ -37,6 +37,16 @@ class ArtifactStore(Protocol):
         """Create the bucket/directory if missing."""
         ...
 
+    async def probe(self) -> None:
+        """Raise (``Unavailable`` when it cannot be reached) unless the store can be written now; for health
+        checks. Creates nothing that lasts."""
+        ...
+
+    async def remove_partial_writes(self) -> int:
+        """Remove what writes cut short by a crash left beside the objects (e.g. temporary files); returns how
+        many. Only for a store no other process is writing to (called at start)."""
+        ...
+
     async def exists(self, key: str) -> bool: ...
 
     async def put_file(self, key: str, path: Path) -> None:
@@ -93,6 +103,11 @@ class AdapterIndex(Protocol):
 
     async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
         """Retire a number whose artifacts the store already held (never handed out again)."""
+        ...
+
+    async def release_stale(self) -> list[tuple[str, int, int]]:
+        """Release the reservations of publishers that are gone (their process ended mid-publish); returns
+        them as (base_model, major, minor). Those of live publishers, in any process, stay."""
         ...
 
     async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:

@@ -5,6 +5,12 @@ send ``"model": "<alias>"`` here instead; the gateway rewrites it to the active 
 (or the base model while LoRA is disabled), forwards to the serving engine, and counts
 in-flight requests per upstream model so a replaced adapter can be drained before unload.
 Any other ``model`` passes through unchanged (and is counted too).
+
+``/v1/models`` lists models by name only (the engine's entries may carry the adapter's or the
+model's filesystem path as ``root``; those never leave). ``/health`` answers 200 only while the
+serving engine answers its own health check (probed then, with a 2 s timeout), else 503. Who may
+call and over which transport is the caller's to say: ``middlewares`` (e.g. bearer-token checks)
+wrap every route, and ``start`` takes an SSL context.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +29,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 SERVED_MODEL_HEADER = "x-served-model"
+MODEL_FIELDS = ("id", "object", "created", "owned_by")  # what /v1/models shows of an engine's entry
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
@@ -79,28 +89,34 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 class Gateway:
     """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases."""
 
-    def __init__(self, router: AliasRouter, upstream_url: str, *, timeout_seconds: float = 300.0) -> None:
+    def __init__(self, router: AliasRouter, upstream_url: str, *, timeout_seconds: float = 300.0,
+                 middlewares: Sequence[Any] = ()) -> None:
         self.router = router
         self._upstream = upstream_url.rstrip("/")
         self._timeout = timeout_seconds
+        self._middlewares = tuple(middlewares)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=self._middlewares)
         app.add_routes([
             web.post("/v1/chat/completions", self._forward), web.post("/v1/completions", self._forward),
             web.get("/v1/models", self._models), web.get("/health", self._health),
         ])
         return app
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> int:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
         self.port = self._runner.addresses[0][1]  # the bound (host, port, ...) of the one site
         return self.port
 
@@ -112,8 +128,21 @@ class Gateway:
             await self._session.close()
             self._session = None
 
+    async def upstream_healthy(self) -> bool:
+        """Whether the serving engine answers its health check now."""
+        if self._session is None:
+            return False
+        try:
+            async with self._session.get(self._upstream + "/health",
+                                         timeout=aiohttp.ClientTimeout(total=2)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        if await self.upstream_healthy():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "serving engine unreachable"}, status=503)
 
     async def _models(self, request: web.Request) -> web.Response:
         assert self._session is not None
@@ -122,10 +151,11 @@ class Gateway:
                                          timeout=aiohttp.ClientTimeout(total=10)) as response:
                 doc = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return _error(502, f"serving engine unreachable: {exc}", "bad_gateway")
-        data = list(doc.get("data", [])) if isinstance(doc, dict) else []
-        data.insert(0, {"id": self.router.alias, "object": "model", "owned_by": "learning-engine",
-                        "root": self.router.target, "parent": self.router.base_model_name})
+            log.warning("upstream /v1/models failed", extra={"error": str(exc)})
+            return _error(502, "serving engine unreachable", "bad_gateway")
+        entries = doc.get("data", []) if isinstance(doc, dict) else []
+        data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
+        data.insert(0, {"id": self.router.alias, "object": "model", "owned_by": "learning-engine"})
         return web.json_response({"object": "list", "data": data})
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
@@ -164,4 +194,4 @@ class Gateway:
                 return out
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
-            return _error(502, f"serving engine unreachable: {exc}", "bad_gateway")
+            return _error(502, "serving engine unreachable", "bad_gateway")

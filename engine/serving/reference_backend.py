@@ -32,6 +32,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine.serving.lifetime import die_with_parent
+
 log = logging.getLogger(__name__)
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error",
@@ -300,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--parent-pid", type=int, default=0,
+                        help="end (SIGTERM) when this process, the one that started it, ends")
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reference-backend %(message)s")
     if args.threads:
         import torch  # noqa: PLC0415

@@ -4,12 +4,20 @@ Version numbers are handed out by inserting a RESERVED row: the primary key
 (base_model, major, minor) lets exactly one of several racing publishers (in any process)
 have a number, and the loser recomputes. Rows are never removed once published: a deleted
 version stays as a DELETED tombstone, so its number is never reused and lineage stays whole.
+
+A reservation records its owner, a random id per index (so per server process), and while the
+index has reservations outstanding it holds a PostgreSQL session advisory lock on that id on one
+pooled connection. A process killed mid-publish loses its session and so the lock;
+``release_stale`` (at start) frees the RESERVED rows whose owner's lock it can take, and leaves
+those of live publishers, in this process or another, alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
@@ -38,10 +46,50 @@ def _not_found(base_model: str, version: str) -> NotFound:
 class PostgresAdapterIndex:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._owner = secrets.randbits(62) + 1  # this index's reservations; positive, a bigint lock key
+        self._alive: asyncpg.pool.PoolConnectionProxy | None = None  # holds the owner's lock
+        self._outstanding = 0
+        self._guard = asyncio.Lock()
+
+    async def _hold(self) -> None:
+        """Count one more reservation; take the owner's lock first if none is outstanding (or its session died)."""
+        async with self._guard:
+            if self._alive is None or self._alive.is_closed():
+                if self._alive is not None:
+                    await self._pool.release(self._alive)
+                    self._alive = None
+                conn = await self._pool.acquire()
+                try:
+                    await conn.execute("SELECT pg_advisory_lock($1)", self._owner)
+                except BaseException:
+                    await self._pool.release(conn)
+                    raise
+                self._alive = conn
+            self._outstanding += 1
+
+    async def _let_go(self) -> None:
+        """One reservation fewer; with none left, drop the owner's lock and give its connection back."""
+        async with self._guard:
+            self._outstanding = max(0, self._outstanding - 1)
+            if self._outstanding or self._alive is None:
+                return
+            conn, self._alive = self._alive, None
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._owner)
+            await self._pool.release(conn)
 
     async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
         """Take the next free number: a new major line if ``parent_major`` is None, else the next minor
-        in the parent's line. Counts every row (reserved, deleted, conflicting), so numbers never repeat."""
+        in the parent's line. Counts every row (reserved, deleted, conflicting), so numbers never repeat.
+        The reservation ends with ``publish``, ``release`` or ``mark_conflict``."""
+        await self._hold()
+        try:
+            return await self._reserve(base_model, parent_major, request_id)
+        except BaseException:
+            await self._let_go()
+            raise
+
+    async def _reserve(self, base_model: str, parent_major: int | None, request_id: str) -> tuple[int, int]:
         for _ in range(_RESERVE_ATTEMPTS):
             async with self._pool.acquire() as conn:
                 if parent_major is None:
@@ -55,9 +103,9 @@ class PostgresAdapterIndex:
                     major, minor = parent_major, (-1 if top is None else top) + 1
                 try:
                     await conn.execute(
-                        "INSERT INTO adapters (base_model, major, minor, state, request_id)"
-                        " VALUES ($1, $2, $3, 'RESERVED', $4)",
-                        base_model, major, minor, request_id or None,
+                        "INSERT INTO adapters (base_model, major, minor, state, request_id, reserved_by)"
+                        " VALUES ($1, $2, $3, 'RESERVED', $4, $5)",
+                        base_model, major, minor, request_id or None, self._owner,
                     )
                     return major, minor
                 except asyncpg.UniqueViolationError as exc:
@@ -87,22 +135,50 @@ class PostgresAdapterIndex:
                 "UPDATE adapters SET doc = $4::jsonb WHERE base_model = $1 AND major = $2 AND minor = $3",
                 record.base_model, major, minor, _RECORD.dump_json(published).decode(),
             )
+        await self._let_go()
         return published
 
     async def release(self, base_model: str, major: int, minor: int) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "DELETE FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
-                base_model, major, minor,
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "DELETE FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
+                    base_model, major, minor,
+                )
+        finally:
+            await self._let_go()
 
     async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE adapters SET state = 'CONFLICT'"
+                    " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
+                    base_model, major, minor,
+                )
+        finally:
+            await self._let_go()
+
+    async def release_stale(self) -> list[tuple[str, int, int]]:
+        """Delete the RESERVED rows of publishers that are gone (see the module docstring); return them."""
+        released: list[tuple[str, int, int]] = []
         async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE adapters SET state = 'CONFLICT'"
-                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
-                base_model, major, minor,
-            )
+            owners = {r["reserved_by"] for r in await conn.fetch(
+                "SELECT DISTINCT reserved_by FROM adapters WHERE state = 'RESERVED'")}
+            for owner in owners:
+                # Rows from before owners were recorded (NULL) have no lock to ask: only a crash leaves them.
+                if owner is not None and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", owner):
+                    continue  # its publisher is alive
+                try:
+                    rows = await conn.fetch(
+                        "DELETE FROM adapters WHERE state = 'RESERVED' AND reserved_by IS NOT DISTINCT FROM $1"
+                        " RETURNING base_model, major, minor", owner,
+                    )
+                finally:
+                    if owner is not None:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", owner)
+                released += [(r["base_model"], r["major"], r["minor"]) for r in rows]
+        return released
 
     async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
         states = ["PUBLISHED", "DELETED"] if include_deleted else ["PUBLISHED"]

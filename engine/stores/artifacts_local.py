@@ -1,7 +1,8 @@
 """Artifacts in a local directory (the embedded default): ``<root>/<key>``.
 
-Create-only writes: the bytes go to a temporary file in the target folder, are fsynced,
-then ``os.link``-ed to the final name. ``link`` fails if the name exists, so an existing
+Create-only writes: the bytes go to a temporary file (``.tmp-*``) in the target folder, are fsynced,
+then ``os.link``-ed to the final name; a crash between the two leaves the temporary file, which
+``remove_partial_writes`` removes at the next start. ``link`` fails if the name exists, so an existing
 object is never replaced, even by a racing writer in another process; the folder is
 fsynced afterwards so the new name survives a crash.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from engine.errors import AlreadyExists, NotFound
+from engine.errors import AlreadyExists, NotFound, Unavailable
 
 
 class LocalArtifactStore:
@@ -36,6 +37,34 @@ class LocalArtifactStore:
 
     async def ensure_ready(self) -> None:
         await asyncio.to_thread(self._root.mkdir, parents=True, exist_ok=True)
+
+    async def probe(self) -> None:
+        await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> None:
+        try:  # a file written and removed: the folder exists, is writable and has room
+            with tempfile.TemporaryFile(prefix=".probe-", dir=self._root) as handle:
+                handle.write(b"ok")
+                handle.flush()
+        except OSError as exc:
+            raise Unavailable(
+                "ARTIFACT_STORE_UNAVAILABLE", f"the artifact directory {self._root} cannot be written: {exc.strerror}",
+            ) from exc
+
+    async def remove_partial_writes(self) -> int:
+        return await asyncio.to_thread(self._remove_partial_writes)
+
+    def _remove_partial_writes(self) -> int:
+        removed = 0
+        for leftover in list(self._root.rglob(".tmp-*")):  # _put's temporary files, never an object
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+                try:
+                    leftover.parent.rmdir()  # a version folder holding nothing else
+                except OSError:
+                    pass
+        return removed
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)

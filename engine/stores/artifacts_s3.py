@@ -104,6 +104,14 @@ class S3ArtifactStore:
                 raise self._failed(exc, "bucket setup") from exc
         self._ready = True
 
+    async def probe(self) -> None:
+        if not await self._call("bucket check", lambda: self._client.bucket_exists(self._bucket)):
+            raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", f"the bucket {self._bucket} does not exist",
+                              metadata={"endpoint": self._endpoint, "bucket": self._bucket})
+
+    async def remove_partial_writes(self) -> int:
+        return 0  # an object PUT is all or nothing; multipart uploads cut short are the store's to expire (MinIO: 24 h)
+
     async def exists(self, key: str) -> bool:
         await self.ensure_ready()
         try:

@@ -241,6 +241,9 @@ class InMemoryAdapterIndex:
         if row is not None and row.state == "RESERVED":
             row.state = "CONFLICT"
 
+    async def release_stale(self) -> list[tuple[str, int, int]]:
+        return []  # in memory, every publisher lives in this process
+
     async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
         row = self.rows.get((base_model, major, minor))
         states = ("PUBLISHED", "DELETED") if include_deleted else ("PUBLISHED",)

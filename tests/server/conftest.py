@@ -44,17 +44,11 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
                 backends.append(await start_backend(ReferenceModel(tiny_model_dir, TINY)))
             overrides["serving_url"] = backends[0].url
         overrides.setdefault("gateway_port", 0)
-        settings = Settings(
-            host="127.0.0.1",
-            port=0,
-            data_dir=data_dir,
-            database_url=database_url,
-            default_base_model=TINY,
-            base_models={TINY: tiny_model_dir},
-            log_format="text",
-            torch_threads=1,
-            **overrides,
-        )
+        settings = Settings(**{
+            "host": "127.0.0.1", "port": 0, "data_dir": data_dir, "database_url": database_url,
+            "default_base_model": TINY, "base_models": {TINY: tiny_model_dir}, "log_format": "text",
+            "torch_threads": 1, **overrides,
+        })
         app = await start(settings)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
         client = Client(app, channel, pb_grpc.TrainingServiceStub(channel))

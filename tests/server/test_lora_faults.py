@@ -84,6 +84,7 @@ async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_di
     backend.model.load(f"{TINY}@v1.2", cached[v10])
     async with client.app.owned.pool.acquire() as conn:
         await conn.execute("UPDATE lora_targets SET pending_version = 'v1.2', enabled = true")
+    await client.app.stop(0)  # one server per data directory: the crashed one is gone before the restart
     restarted = await make_server(serving_url=backend.url)
     st = await status(restarted)
     assert st.active_version == v11 and st.enabled

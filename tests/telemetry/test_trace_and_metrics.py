@@ -65,8 +65,11 @@ async def test_one_job_leaves_a_trace_and_metrics(make_server, spans: InMemorySp
     assert all(e.parent.span_id == train.context.span_id for e in epochs), "epoch spans nest under the train span"
     assert train.attributes["job"] == name
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=5) as response:
-        page = response.read().decode()
+    def read(url: str) -> str:  # a blocking read off the event loop, which serves /metrics
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    page = await asyncio.to_thread(read, f"http://127.0.0.1:{server.app.metrics.port}/metrics")
     jobs = _samples(page, "learning_engine_jobs")
     assert jobs[(("kind", "training"), ("state", "SUCCEEDED"))] >= 1
     assert jobs[(("kind", "training"), ("state", "RUNNING"))] == 0

