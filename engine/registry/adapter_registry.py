@@ -282,7 +282,7 @@ class AdapterRegistry:
 
     # ---- recovery ----------------------------------------------------------------------
 
-    async def recover(self) -> list[str]:
+    async def recover(self) -> builtins.list[str]:
         """At start: undo what publishes cut short by a dead process left. Removes the store's partial writes
         and this registry's scratch space, and releases reservations whose publisher is gone (their numbers
         are handed out again; an archive already stored under one is removed by its next holder).

@@ -49,7 +49,7 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path, start_timeout_seconds: float = 120.0) -> None:
         self.pgdata = pgdata
         self._timeout = start_timeout_seconds
-        self._keeper: subprocess.Popen | None = None
+        self._keeper: subprocess.Popen[str] | None = None
 
     @property
     def keeper_pid(self) -> int | None:
@@ -65,8 +65,10 @@ class EmbeddedPostgres:
             [sys.executable, "-m", "engine.stores.postgres_keeper", str(self.pgdata), "--parent-pid", str(os.getpid())],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         )
-        ready, _, _ = select.select([self._keeper.stdout], [], [], self._timeout)
-        url = self._keeper.stdout.readline().strip() if ready else ""
+        output = self._keeper.stdout
+        assert output is not None  # stdout=PIPE
+        ready, _, _ = select.select([output], [], [], self._timeout)
+        url = output.readline().strip() if ready else ""
         if not url:
             self.stop()
             raise Unavailable("EMBEDDED_POSTGRES_FAILED",

