@@ -86,8 +86,9 @@ class Claim(Generic[S, O]):
 class LeaseLost(Aborted):
     """The job was taken over by another worker; this one must stop and write nothing more."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__("LEASE_LOST", f"another worker took job {job_id} over", metadata={"job": job_id})
+
+def lease_lost(job_id: str) -> LeaseLost:
+    return LeaseLost("LEASE_LOST", f"another worker took job {job_id} over", metadata={"job": job_id})
 
 
 class JobStore(Protocol[S, O]):

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter
 
 from engine.errors import Aborted
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
-from engine.jobs.ports import Claim, Lease, LeaseLost
+from engine.jobs.ports import Claim, Lease, lease_lost
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -220,7 +220,7 @@ class PostgresJobStore(Generic[S, O]):
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow("SELECT lease_token, requested FROM jobs WHERE id = $1", job_id)
         if row is None or row["lease_token"] != lease.token:
-            raise LeaseLost(job_id)
+            raise lease_lost(job_id)
         return Control(row["requested"]) if row["requested"] else None
 
     async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
@@ -246,7 +246,7 @@ class PostgresJobStore(Generic[S, O]):
             raise Aborted("JOB_GONE", f"job {job.id} is not stored", metadata={"job": job.id})
         if lease is not None:
             if row["lease_token"] != lease.token:
-                raise LeaseLost(job.id)
+                raise lease_lost(job.id)
             return
         if row["lease_token"] is not None:
             raise Aborted("JOB_CLAIMED", f"job {job.id} was claimed by a worker", metadata={"job": job.id})

@@ -25,7 +25,7 @@ from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState
-from engine.jobs.ports import Claim, JobExecutor, Lease, LeaseLost
+from engine.jobs.ports import Claim, JobExecutor, Lease, lease_lost
 from engine.registry.ports import Cursor, ServingRole
 from engine.registry.records import AdapterRecord, format_version
 
@@ -98,7 +98,7 @@ class InMemoryJobStore(Generic[S, O]):
             if held.lease is not None:
                 raise Aborted("JOB_CLAIMED", f"job {job_id} was claimed by a worker", metadata={"job": job_id})
         elif held.lease != lease:
-            raise LeaseLost(job_id)
+            raise lease_lost(job_id)
 
     async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
         self._check(job.id, lease)
