@@ -66,7 +66,8 @@ def test_every_reason_not_written_at_its_site_is_a_known_relay() -> None:
 
 def test_every_value_says_when_it_is_raised() -> None:
     lines = PROTO.read_text().splitlines()
-    values = [(i, m.group(1)) for i, line in enumerate(lines) if (m := re.match(r"\s*(ERROR_REASON_\w+) = \d+( \[deprecated = true\])?;", line))]
+    value = re.compile(r"\s*(ERROR_REASON_\w+) = \d+( \[deprecated = true\])?;")
+    values = [(i, m.group(1)) for i, line in enumerate(lines) if (m := value.match(line))]
     listed = {name.removeprefix(CATALOGUE_PREFIX) for _, name in values if name != "ERROR_REASON_UNSPECIFIED"}
     assert listed == CATALOGUE, "the generated code is stale: make protos"
     undocumented = [name for i, name in values if not lines[i - 1].strip().startswith("//")]
