@@ -10,8 +10,16 @@ from safetensors.torch import load_file
 from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec
 from engine.errors import Cancelled
 from engine.jobs.ports import CancelToken
+from engine.training.models import select_device
 from engine.training.recipe import TrainingRun, run_training
-from engine.training.spec import EvalReported, Hyperparameters, Quantization, StepMetrics, TrainingJobSpec
+from engine.training.spec import (
+    EvalReported,
+    Hyperparameters,
+    Precision,
+    Quantization,
+    StepMetrics,
+    TrainingJobSpec,
+)
 
 FACTS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Veloria", "Marnesse")]
 
@@ -78,7 +86,8 @@ def test_loss_falls_and_metrics_are_complete(trained) -> None:
     end = [e for e in sink.events if isinstance(e, EvalReported)]
     assert len(end) == 1 and end[0].split == "train_end" and end[0].step == 12
     assert dict(end[0].metrics)["loss"] < steps[0].loss
-    assert result.steps == 12 and result.final_loss == steps[-1].loss and result.device.startswith("cpu")
+    assert result.steps == 12 and result.final_loss == steps[-1].loss
+    assert result.device == select_device(Precision.AUTO).description  # the machine's device
     assert result.dataset.example_count == 5 and result.dataset.target_token_count > 20
     assert result.dataset.composition == (("chat", 4), ("prompt_completion", 1))
     assert {p.name for p in result.adapter_dir.iterdir()} >= {
