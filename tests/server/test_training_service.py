@@ -210,3 +210,20 @@ async def test_validate_only_creates_nothing(client):
     assert response.training_job.state == common.JOB_STATE_QUEUED
     listed = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())
     assert list(listed.training_jobs) == []
+
+
+async def test_accumulation_checkpointing_and_packing_are_job_options(client):
+    default = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(epochs=1), validate_only=True))).training_job
+    hp = default.spec.hyperparameters
+    assert (hp.gradient_accumulation_steps, hp.gradient_checkpointing, hp.packing) == (1, False, True)
+
+    asked = spec(epochs=1, batch_size=2, gradient_accumulation_steps=3, gradient_checkpointing=True, packing=False)
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    messages = await watch_all(client.training, job.name)
+    steps = [m.event.step_metrics for m in messages[1:] if m.event.HasField("step_metrics")]
+    assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total_steps == 4 for s in steps)  # 24 examples / (2 x 3)
+    stored = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert stored.state == common.JOB_STATE_SUCCEEDED
+    hp = stored.spec.hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps, hp.gradient_checkpointing, hp.packing) == (2, 3, True, False)
