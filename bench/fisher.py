@@ -6,7 +6,7 @@
    alongside: what the model's own batched passes cost before any per-sample work. Timed at each of
    ``--threads`` in turn (default 1, then 2), then each method at its own best thread count: the loop's
    batch-1 passes gain nothing from a second core, the batched ones do. On a shared machine, threads beyond
-   the idle cores make every figure meaningless (see REFERENCE); the load average is printed first.
+   the idle cores make every figure meaningless (README, Benchmarks); the load average is printed first.
 2. EWC penalty overhead: a LoRA training step (forward, backward, AdamW) with and without the penalty, in
    both spaces (the LoRA entries, the service's default, and the LoRA products), interleaved, medians, at
    the first thread count; plus each penalty alone for SmolLM2-135M's LoRA shapes (r16 on q/k/v/o, 30 layers).
@@ -200,7 +200,7 @@ def main() -> None:
     for space, seconds in alone.items():
         print(f"penalty on the LoRA {space}, forward+backward alone at SmolLM2-135M LoRA shapes "
               f"({count / 1e6:.2f}M parameters, 120 pairs): {seconds * 1e3:.1f} ms, against ~{step_seconds:.1f} s "
-              f"for one batch-8 seq-128 step at ~200 tokens/s (REFERENCE): {seconds / step_seconds:.2%}")
+              f"for one batch-8 seq-128 step at ~200 tokens/s (README, Benchmarks): {seconds / step_seconds:.2%}")
 
 if __name__ == "__main__":
     main()

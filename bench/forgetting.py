@@ -10,7 +10,7 @@ Methods, all starting task B from the same task-A adapter:
 
 Tasks are invented facts (so the base model cannot know them) in two relations: A "capital of a country",
 B "founder of a company". Accuracy is exact match of the greedy completion. Reports R(i,j), ACC and BWT as
-defined in shared/REFERENCE.md, writes JSON and a PNG under bench/results/.
+defined in the README (Continual learning), writes JSON and a PNG under bench/results/.
 
     .venv/bin/python bench/forgetting.py --facts 30 --seeds 0 1 2
     # or one process per seed, then: bench/forgetting.py --merge s0.json s1.json

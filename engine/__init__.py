@@ -1,0 +1,141 @@
+"""The engine's interface to the servicers: one :class:`Engine` holding what each service calls.
+
+Servicers (``server/services``) depend on these protocols, never on the concrete classes; the composition root
+(``server/main.py``) builds the real engine, and tests may build the same facades over in-memory stores. The
+engine itself knows nothing of gRPC or protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from engine.continual.ports import FisherSnapshots
+    from engine.continual.spec import FisherJobSpec, FisherOutput
+    from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
+    from engine.feedback.ingest import Prepared
+    from engine.jobs.core import Job, JobEvent, JobState
+    from engine.lora.controller import Activation, EvalSummary
+    from engine.lora.state import LoadedLora, LoraStatus
+    from engine.registry.records import AdapterRecord
+    from engine.training.spec import TrainingJobSpec, TrainingOutput
+
+S = TypeVar("S")
+O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
+T = TypeVar("T")
+
+
+class Jobs(Protocol[S, O]):
+    """Reading and steering the jobs of one kind."""
+
+    async def get(self, job_id: str) -> Job[S, O]: ...
+
+    async def list(self, *, states: Sequence[JobState], page_size: int,
+                   page_token: str) -> tuple[list[Job[S, O]], str]: ...
+
+    async def cancel(self, job_id: str) -> Job[S, O]: ...
+
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[Job[S, O] | JobEvent]:
+        """The job as it is now, then every event after ``after_sequence``, until it ends."""
+        ...
+
+
+class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "",
+                     validate_only: bool = False) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+
+class FisherJobsApi(Jobs["FisherJobSpec", "FisherOutput"], Protocol):
+    async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> Job[FisherJobSpec, FisherOutput]: ...
+
+
+class AdaptersApi(Protocol):
+    """The adapter registry as the AdapterService uses it."""
+
+    retention_keep: int
+
+    async def get(self, base_model: str, version: str, *, field_path: str = "version") -> AdapterRecord: ...
+
+    async def list(self, *, base_model: str = "", labels: Mapping[str, str] | None = None, page_size: int,
+                   page_token: str = "") -> tuple[list[AdapterRecord], str]: ...
+
+    async def lineage(self, base_model: str, version: str) -> list[AdapterRecord]: ...
+
+    async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord: ...
+
+    async def import_archive(self, *, base_model: str, upload: Path, expected_sha256: str = "",
+                             parent_version: str = "", major_bump: bool = False,
+                             labels: tuple[tuple[str, str], ...] = (), request_id: str = "") -> AdapterRecord: ...
+
+    async def delete(self, base_model: str, version: str) -> AdapterRecord: ...
+
+    async def prune(self, base_model: str, *, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]: ...
+
+
+class LoraControlApi(Protocol):
+    """Serving control as the LoraControlService uses it."""
+
+    @property
+    def base_model(self) -> str:
+        """The base model this process serves."""
+        ...
+
+    async def status(self) -> LoraStatus: ...
+
+    async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
+                       mark_known_good: bool = False) -> Activation: ...
+
+    async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus: ...
+
+    async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus: ...
+
+    async def list_loaded(self) -> tuple[LoadedLora, ...]: ...
+
+    def watch(self) -> AsyncIterator[LoraStatus]: ...
+
+    async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary: ...
+
+
+class FeedbackIngestApi(Protocol):
+    """Feedback ingestion as the FeedbackService uses it (engine.feedback.ingest.FeedbackIngestor)."""
+
+    def now(self) -> datetime: ...
+
+    async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult: ...
+
+    async def stream(self, batches: AsyncIterator[T],
+                     to_events: Callable[[T], Sequence[FeedbackEvent]] | None = None) -> IngestResult: ...
+
+    async def store_prepared(self, batches: AsyncIterator[Awaitable[Prepared]]) -> IngestResult: ...
+
+
+class FeedbackRecordsApi(Protocol):
+    """Statistics and erasure over the stored feedback (engine.stores.feedback_store)."""
+
+    async def stats(self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
+                    rating_positive_min: int, rating_negative_max: int) -> FeedbackStats: ...
+
+    async def delete_user(self, user_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything the servicers call, built once by the composition root."""
+
+    training: TrainingJobsApi
+    fisher: FisherJobsApi
+    snapshots: FisherSnapshots
+    adapters: AdaptersApi
+    lora: LoraControlApi | None = None  # None: this process controls no serving engine
+    feedback: FeedbackIngestApi | None = None  # None: no feedback store (both feedback fields are set or neither)
+    feedback_records: FeedbackRecordsApi | None = None
+
+
+__all__ = [
+    "AdaptersApi", "Engine", "FeedbackIngestApi", "FeedbackRecordsApi", "FisherJobsApi", "Jobs", "LoraControlApi",
+    "TrainingJobsApi",
+]

@@ -67,12 +67,21 @@ class FeedbackSource:
 
 @dataclass(frozen=True)
 class DatasetSummary:
+    """What a run's data was, and where it came from (its provenance), resolved once when the job is created.
+
+    ``source`` and ``objective`` say how to get the same examples again: the JSONL file (checked against
+    ``digest``), or the feedback filters over the fixed window [``window_start``, ``window_end``] built for that
+    objective. Recorded on the job and on the adapter version it produced.
+    """
+
     digest: str = ""
     example_count: int = 0
     composition: tuple[tuple[str, int], ...] = ()
     target_token_count: int = 0
     window_start: datetime | None = None
     window_end: datetime | None = None
+    source: JsonlSource | FeedbackSource | None = None  # None: not known (recorded before provenance existed)
+    objective: Objective | None = None
 
 
 # ---- examples ---------------------------------------------------------------------

@@ -1,6 +1,12 @@
-"""Resource names: ``<collection>/<id>`` (e.g. ``trainingJobs/3f2a...``, ``fisherSnapshots/9c1d...``)."""
+"""Resource names (``<collection>/<id>``, e.g. ``trainingJobs/3f2a...``, ``fisherSnapshots/9c1d...``), page
+tokens."""
 
 from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
 
 from engine.errors import FieldViolation, InvalidArgument
 
@@ -15,3 +21,21 @@ def resource_id(name: str, collection: str, field_path: str = "name") -> str:
             violations=[FieldViolation(field_path, f"must look like {collection}/<id>")],
         )
     return found
+
+
+def encode_page_token(create_time: datetime, item_id: str) -> str:
+    """An opaque cursor after the item created at ``create_time`` with id ``item_id`` (lists newest first)."""
+    raw = json.dumps([create_time.isoformat(), item_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """The (create_time, id) cursor of a token from :func:`encode_page_token`; INVALID_ARGUMENT otherwise."""
+    try:
+        created, item_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created), str(item_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN", "page_token is not one this server issued",
+            violations=[FieldViolation("page_token", "use next_page_token from a previous response")],
+        ) from exc

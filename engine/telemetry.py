@@ -1,7 +1,8 @@
 """Every Prometheus metric and the OpenTelemetry tracer, defined once, with small functions to record.
 
 No gRPC here: the server records RPC latency through :func:`rpc_finished`, the
-job manager records job events through :func:`job_event`, and LoRA control and
+job manager records state changes through :func:`job_state_changed` and training steps
+through :func:`training_step`, and LoRA control and
 feedback code call :func:`swap_finished`, :func:`active_adapter` and
 :func:`feedback_ingested`. Without a configured tracer provider the spans are
 no-ops; without a metrics port nobody scrapes the registry.
@@ -11,9 +12,6 @@ from __future__ import annotations
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from engine.jobs.core import JobEvent, StateChanged
-from engine.training.spec import StepMetrics
 
 tracer = trace.get_tracer("learning_engine.engine")
 
@@ -63,20 +61,21 @@ SWAP_SECONDS = Histogram(
 _job_states: dict[tuple[str, str], str] = {}
 
 
-def job_event(kind: str, job_id: str, event: JobEvent) -> None:
-    """Fold one recorded job event into the job metrics (``kind``: training, fisher)."""
-    payload = event.payload
-    if isinstance(payload, StateChanged):
-        previous = _job_states.pop((kind, job_id), None)
-        if previous is not None:
-            JOBS.labels(kind, previous).dec()
-        JOBS.labels(kind, payload.state.value).inc()
-        if not payload.state.terminal:
-            _job_states[(kind, job_id)] = payload.state.value
-    elif isinstance(payload, StepMetrics):
-        STEPS.inc()
-        STEP_LOSS.set(payload.loss)
-        TOKENS_PER_SECOND.set(payload.tokens_per_second)
+def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> None:
+    """Move one job of ``kind`` (training, fisher) to ``state`` in the jobs-by-state gauge."""
+    previous = _job_states.pop((kind, job_id), None)
+    if previous is not None:
+        JOBS.labels(kind, previous).dec()
+    JOBS.labels(kind, state).inc()
+    if not terminal:
+        _job_states[(kind, job_id)] = state
+
+
+def training_step(loss: float, tokens_per_second: float) -> None:
+    """One optimiser step of a training job."""
+    STEPS.inc()
+    STEP_LOSS.set(loss)
+    TOKENS_PER_SECOND.set(tokens_per_second)
 
 
 def rpc_finished(method: str, code: str, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""``python -m server --host H --port P --data-dir D [--config FILE]``."""
+"""``learning-engine-server --host H --port P --data-dir D [--config FILE]`` (or ``python -m server``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from server.settings import SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Learning Engine gRPC server")
+    parser = argparse.ArgumentParser(prog="learning-engine-server", description="Learning Engine gRPC server")
     parser.add_argument("--host", help="bind address (env LEARNING_ENGINE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (env LEARNING_ENGINE_PORT, default 50051)")
     parser.add_argument("--data-dir", type=Path, help="state directory (env LEARNING_ENGINE_DATA_DIR, default ./var)")

@@ -14,10 +14,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from engine.domain import DatasetSummary, FeedbackSource, FisherSpace, JsonlSource, LoraSpec, Objective
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
-from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, StateChanged, Warned
+from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.spec import (
-    CheckpointSaved,
     EvalReported,
     EwcSpec,
     Hyperparameters,
@@ -234,10 +233,15 @@ def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
 
 
 def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
-    return common.DatasetSummary(
+    msg = common.DatasetSummary(
         digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
         target_token_count=s.target_token_count, window_start=_ts(s.window_start), window_end=_ts(s.window_end),
     )
+    if isinstance(s.source, JsonlSource):
+        msg.jsonl.path = s.source.path
+    elif isinstance(s.source, FeedbackSource):
+        msg.feedback.CopyFrom(feedback_source_to_pb(s.source))
+    return msg
 
 
 def failure_to_pb(f: JobFailure):
@@ -245,7 +249,7 @@ def failure_to_pb(f: JobFailure):
 
 
 def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
-    p = job.progress
+    p, out = job.progress, job.output
     msg = pb.TrainingJob(
         name=job.name,
         request_id=job.request_id,
@@ -258,18 +262,18 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         start_time=_ts(job.start_time),
         end_time=_ts(job.end_time),
         spec=spec_to_pb(job.spec),
-        output_adapter_version=job.output_adapter_version,
-        device=job.device,
+        output_adapter_version=out.adapter_version,
+        device=out.device,
         last_sequence=job.last_sequence,
     )
     if job.failure is not None:
         msg.error.CopyFrom(failure_to_pb(job.failure))
-    if job.dataset is not None:
-        msg.dataset.CopyFrom(dataset_to_pb(job.dataset))
-    if job.latest_metrics is not None:
-        msg.latest_metrics.CopyFrom(metrics_to_pb(job.latest_metrics))
-    if job.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)
-        e = job.ewc_lineage
+    if out.dataset is not None:
+        msg.dataset.CopyFrom(dataset_to_pb(out.dataset))
+    if out.latest_metrics is not None:
+        msg.latest_metrics.CopyFrom(metrics_to_pb(out.latest_metrics))
+    if out.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)
+        e = out.ewc_lineage
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
             parent_adapter_version=e.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
             ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
@@ -299,12 +303,12 @@ def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
         msg.state_change.CopyFrom(state_change_to_pb(p))
     elif isinstance(p, StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
-    elif isinstance(p, CheckpointSaved):
-        msg.checkpoint.CopyFrom(pb.TrainingCheckpoint(step=p.step, uri=p.uri))
     elif isinstance(p, EvalReported):
         msg.eval_result.CopyFrom(pb.TrainingEvalResult(
             step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
         ))
+    elif isinstance(p, Noticed):
+        msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
     elif isinstance(p, Warned):
         msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
     elif isinstance(p, Failed):

@@ -9,11 +9,10 @@ from engine.continual.spec import (
     FisherJobSpec,
     FisherProgress,
     FisherSnapshot,
-    FisherSpace,
 )
-from engine.domain import FeedbackSource, JsonlSource
+from engine.domain import FeedbackSource, FisherSpace, JsonlSource
 from engine.errors import ViolationCollector
-from engine.jobs.core import Failed, JobEvent, StateChanged, Warned
+from engine.jobs.core import Failed, JobEvent, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as pb
@@ -80,7 +79,7 @@ def job_to_pb(job: FisherJob) -> pb.FisherJob:
         progress=common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
                                     total_steps=p.total_steps, eta=_dur(p.eta_seconds)),
         create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
-        spec=spec_to_pb(job.spec), output_snapshot=job.output_snapshot, last_sequence=job.last_sequence,
+        spec=spec_to_pb(job.spec), output_snapshot=job.output.snapshot, last_sequence=job.last_sequence,
     )
     if job.failure is not None:
         msg.error.CopyFrom(failure_to_pb(job.failure))
@@ -95,6 +94,8 @@ def event_to_pb(event: JobEvent) -> pb.FisherJobEvent:
     elif isinstance(p, FisherProgress):
         msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
                                                 samples_per_second=p.samples_per_second))
+    elif isinstance(p, Noticed):
+        msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
     elif isinstance(p, Warned):
         msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
     elif isinstance(p, Failed):

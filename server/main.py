@@ -10,6 +10,8 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -17,13 +19,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine import Engine
 from engine.continual.planner import EwcPlanner
-from engine.continual.runner import FisherJobConfig, FisherJobManager
+from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
+from engine.continual.spec import FISHER
 from engine.continual.version_data import VersionDatasets
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
-from engine.jobs.manager import TrainingJobManager
+from engine.jobs.manager import JobManager, JobSlots
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -31,10 +35,12 @@ from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_store import FISHER_TABLES, PostgresJobStore
+from engine.stores.job_store import PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
+from engine.training.runner import TrainingJobs, TrainingRunner
+from engine.training.spec import TRAINING
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,
@@ -48,7 +54,7 @@ from server.errors import ErrorInterceptor
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
-from server.services.feedback import FeedbackService, build_feedback_service
+from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.training import TrainingService
@@ -61,6 +67,31 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Owned:
+    """What the real engine's parts hold open, released in order by :meth:`close`."""
+
+    pool: asyncpg.Pool | None = None
+    embedded: postgres.EmbeddedPostgres | None = None
+    job_managers: tuple[JobManager[Any, Any], ...] = ()
+    slots: JobSlots | None = None
+    lora: LoraRuntime | None = None
+
+    async def shutdown_jobs(self) -> None:
+        for manager in self.job_managers:
+            await manager.shutdown()
+        if self.slots is not None:
+            self.slots.shutdown()
+
+    async def close(self) -> None:
+        if self.lora is not None:
+            await self.lora.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+@dataclass
 class App:
     """A running server and what it owns; ``stop()`` releases all of it."""
 
@@ -68,31 +99,22 @@ class App:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    jobs: TrainingJobManager
-    pool: asyncpg.Pool
-    embedded: postgres.EmbeddedPostgres | None
+    engine: Engine
+    owned: Owned
     metrics: MetricsServer | None = None
-    lora: LoraRuntime | None = None
-    fisher: FisherJobManager | None = None
     feedback: FeedbackService | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
-        await self.jobs.shutdown()
-        if self.fisher is not None:
-            await self.fisher.shutdown()
+        await self.owned.shutdown_jobs()
         await self.server.stop(grace)
         if self.feedback is not None:
             self.feedback.close()
         if self.metrics is not None:
             self.metrics.stop()
-        if self.lora is not None:
-            await self.lora.stop()
-        await self.pool.close()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        await self.owned.close()
 
 
 async def _database(settings: Settings) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None]:
@@ -151,16 +173,21 @@ def feedback_dataset_policy(settings: Settings) -> DatasetPolicy:
     )
 
 
-async def start(settings: Settings) -> App:
+def prepare_process(settings: Settings) -> None:
+    """Folders, torch threads and the interpreter's switch interval, once per process."""
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     sys.setswitchinterval(settings.switch_interval_seconds)
-    pool, embedded = await _database(settings)
 
+
+async def build_engine(settings: Settings, owned: Owned) -> Engine:
+    """The real engine: PostgreSQL, the artifact store, the serving engine; what it opens goes into ``owned``."""
+    owned.pool, owned.embedded = await _database(settings)
+    pool = owned.pool
     registry = await _registry(settings, pool)
-    lora = await start_lora_control(settings, pool, registry)
+    owned.lora = await start_lora_control(settings, pool, registry)
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
@@ -174,29 +201,74 @@ async def start(settings: Settings) -> App:
         registry,
         feedback_datasets,
     )
-    training_store = PostgresJobStore(pool)
+    slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
     snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
-    jobs = TrainingJobManager(
-        store=training_store,
-        registry=registry,
-        preparer=preparer,
-        work_dir=settings.work_dir,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
-        ewc=EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
-            training_job=training_store.get_job, datasets_dir=settings.datasets_dir, feedback=feedback_datasets)),
+    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
+        datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
+    training_manager = JobManager(
+        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner),
+        store=PostgresJobStore(pool, TRAINING), work_dir=settings.work_dir, slots=slots,
     )
-    await jobs.recover()
-    fisher_jobs = FisherJobManager(
-        store=PostgresJobStore(pool, FISHER_TABLES), registry=registry, snapshots=snapshots,
-        base_model_dir=lambda model_id: resolve_base_model(
-            model_id, models=settings.base_models, cache_dir=settings.models_dir
-        ),
-        config=FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size),
-        work_dir=settings.work_dir / "fisher",
-        max_concurrent_jobs=settings.max_concurrent_jobs, feedback=feedback_datasets,
-    )
-    await fisher_jobs.recover()
 
+    def base_model_dir(model_id: str) -> Path:
+        return resolve_base_model(model_id, models=settings.base_models, cache_dir=settings.models_dir)
+
+    fisher_config = FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size)
+    fisher_examples = FisherExamples(fisher_config, feedback_datasets)
+    fisher_manager = JobManager(
+        runner=FisherRunner(registry=registry, snapshots=snapshots, base_model_dir=base_model_dir,
+                            config=fisher_config, examples=fisher_examples),
+        store=PostgresJobStore(pool, FISHER), work_dir=settings.work_dir / "fisher", slots=slots,
+    )
+    owned.job_managers = (training_manager, fisher_manager)
+    for manager in owned.job_managers:
+        await manager.recover()
+    return Engine(
+        training=TrainingJobs(training_manager, preparer, planner),
+        fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
+        snapshots=snapshots,
+        adapters=registry,
+        lora=owned.lora.controller,
+        feedback=feedback_ingestor(settings, feedback_store),
+        feedback_records=feedback_store,
+    )
+
+
+def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -> FeedbackService | None:
+    """Register a servicer for every part the engine has; returns the feedback servicer (it owns workers)."""
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        TrainingService(
+            engine.training, default_base_model=settings.default_base_model,
+            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
+        ),
+        server,
+    )
+    fisher_pb2_grpc.add_FisherServiceServicer_to_server(
+        FisherService(engine.fisher, engine.snapshots, default_base_model=settings.default_base_model,
+                      default_space=settings.ewc_fisher_space), server
+    )
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
+        AdapterService(engine.adapters, default_base_model=settings.default_base_model,
+                       scratch_dir=settings.work_dir / "adapter-rpc"),
+        server,
+    )
+    if engine.lora is not None:
+        lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
+            LoraControlService(engine.lora, datasets_dir=settings.datasets_dir), server
+        )
+    if engine.feedback is None or engine.feedback_records is None:
+        return None
+    feedback = build_feedback_service(settings, engine.feedback, engine.feedback_records)
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
+    return feedback
+
+
+async def start(settings: Settings, *, engine: Engine | None = None, owned: Owned | None = None) -> App:
+    """Build the engine (unless one is given, e.g. over in-memory stores) and serve it."""
+    prepare_process(settings)
+    owned = owned or Owned()
+    if engine is None:
+        engine = await build_engine(settings, owned)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -205,28 +277,7 @@ async def start(settings: Settings) -> App:
     server = grpc.aio.server(
         interceptors=[*telemetry_interceptors(), access.from_settings(settings), ErrorInterceptor()], options=options
     )
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        TrainingService(
-            jobs, default_base_model=settings.default_base_model,
-            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
-        ),
-        server,
-    )
-    fisher_pb2_grpc.add_FisherServiceServicer_to_server(
-        FisherService(fisher_jobs, snapshots, default_base_model=settings.default_base_model,
-                      default_space=settings.ewc_fisher_space), server
-    )
-    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
-        AdapterService(registry, default_base_model=settings.default_base_model,
-                       scratch_dir=settings.work_dir / "adapter-rpc"),
-        server,
-    )
-    lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
-        LoraControlService(lora.controller, datasets_dir=settings.datasets_dir), server
-    )
-    feedback = build_feedback_service(settings, feedback_store)
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
-
+    feedback = add_servicers(server, engine, settings)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -242,10 +293,7 @@ async def start(settings: Settings) -> App:
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir)})
     log.info(access.describe(settings))
     metrics = MetricsServer(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
-    return App(
-        settings, server, port, health_servicer, jobs, pool, embedded, lora=lora, metrics=metrics, fisher=fisher_jobs,
-        feedback=feedback,
-    )
+    return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback)
 
 
 async def serve(settings: Settings) -> None:

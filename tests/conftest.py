@@ -16,9 +16,32 @@ from tests.fixtures.tiny_model import build_tiny_llama
 SAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "samples"
 
 
+FULL_STACK_FIXTURES = {"pg_admin_url", "seaweedfs", "make_pg_server", "pg_client", "own_postgres"}
+FULL_STACK_DIRS = {"e2e", "cli", "clients"}  # subprocess servers, the CLI, grpcurl, node
+MODEL_FIXTURES = {"tiny_model_dir"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full_stack: needs PostgreSQL, SeaweedFS or a server in another process")
+    config.addinivalue_line("markers", "model: loads a model (the tiny Llama) to train, measure or serve")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tiers. ``make test-fast`` runs neither ``full_stack`` nor ``model`` tests: the job core, the
+    contracts, validation, scrubbing, settings. Then the ``model`` tier (engine math on the tiny Llama and the
+    servicers over the engine on in-memory stores), then the full stack."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & FULL_STACK_FIXTURES or FULL_STACK_DIRS & set(Path(str(item.fspath)).parts):
+            item.add_marker(pytest.mark.full_stack)
+        elif fixtures & MODEL_FIXTURES:
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Tests on shared 2-core machines are faster and steadier with one torch thread (REFERENCE.md)."""
+    """Tests on shared 2-core machines are faster and steadier with one torch thread: when
+    another process takes a core, torch's default two threads slow down many times over."""
     import torch
 
     previous = torch.get_num_threads()

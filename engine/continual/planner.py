@@ -8,12 +8,7 @@ on the adapter), folds in the snapshot the parent itself was trained with (onlin
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from engine.continual.ewc import (
     DEFAULT_PENALTY_NORMALIZATION,
@@ -26,25 +21,20 @@ from engine.continual.ewc import (
 )
 from engine.continual.ewc_product import ProductEwcPenalty
 from engine.continual.fisher import Diagonal, FisherResult, select_samples, space_shapes
-from engine.continual.fisher_run import FisherRun, load_adapter_weights, run_fisher
-from engine.continual.spec import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot
+from engine.continual.fisher_run import FisherRun, load_adapter_weights, measure_model
+from engine.continual.ports import FisherSnapshots
+from engine.continual.spec import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot, snapshot_id_from_name
 from engine.continual.version_data import SNAPSHOT_FIELD, VersionDatasets
 from engine.domain import Example, FisherSpace
 from engine.errors import FailedPrecondition, FieldViolation, NotFound
-from engine.jobs.core import Warned
-from engine.jobs.ports import CancelToken, ProgressSink
+from engine.jobs.core import Noticed, Warned
+from engine.jobs.ports import ProgressSink
+from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.records import lora_shape
-from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
+from engine.training.ports import ContinualPlan, PlanRequest
 from engine.training.spec import EwcLineage, TrainingJobSpec
 
 SPACE_FIELD = "spec.ewc.fisher_space"
-
-
-@dataclass(frozen=True)
-class EwcPlan:
-    penalty: EwcPenalty | ProductEwcPenalty
-    examples: list[Example]
-    lineage: EwcLineage
 
 
 def new_snapshot(
@@ -84,26 +74,18 @@ def check_space(snapshot: FisherSnapshot, space: FisherSpace) -> None:
 
 
 class EwcPlanner:
-    def __init__(
-        self,
-        *,
-        registry: Any,
-        snapshots: FisherSnapshotStore,
-        versions: VersionDatasets,
-        measure: Callable[..., FisherResult] = run_fisher,
-    ) -> None:
+    """The continual planner of training jobs (engine.training.ports.ContinualPlanner): EWC and replay."""
+
+    def __init__(self, *, registry: AdapterRegistry, snapshots: FisherSnapshots, versions: VersionDatasets) -> None:
         self._registry = registry
         self._snapshots = snapshots
         self._versions = versions
-        self._measure = measure
 
-    async def validate(self, spec: TrainingJobSpec) -> None:
+    async def check(self, spec: TrainingJobSpec, parent: AdapterRecord) -> None:
         """Create-time checks: a named snapshot exists and was measured on an adapter of the parent's shape."""
-        if not spec.parent_adapter_version or spec.ewc.disabled or not spec.ewc.fisher_snapshot:
+        if not spec.ewc.fisher_snapshot:
             return
         snapshot = await self._snapshots.get(snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD))
-        parent = await self._registry.get(spec.base_model, spec.parent_adapter_version,
-                                          field_path="spec.parent_adapter_version")
         check_space(snapshot, spec.ewc.space)
         if snapshot.base_model != spec.base_model:
             raise FailedPrecondition(
@@ -123,53 +105,51 @@ class EwcPlanner:
                 metadata={"snapshot": snapshot.name, "parent": parent.version},
             )
 
-    async def plan(
-        self, spec: TrainingJobSpec, parent: Any, parent_dir: Path, base_model_dir: Path,
-        examples: list[Example], sink: ProgressSink, cancel: CancelToken,
-    ) -> EwcPlan:
-        anchor = await asyncio.to_thread(load_adapter_weights, parent_dir)
+    async def plan(self, request: PlanRequest) -> ContinualPlan:
+        spec, parent, sink = request.spec, request.parent, request.sink
+        anchor = await request.in_worker(load_adapter_weights, request.parent_dir)
         if spec.ewc.fisher_snapshot:
             snapshot, fisher = await self._snapshots.load(
                 snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD)
             )
             check_space(snapshot, spec.ewc.space)
         else:
-            snapshot, fisher = await self._measure_parent(spec, parent, parent_dir, base_model_dir, sink, cancel)
+            snapshot, fisher = await self._measure_parent(request)
         check_same_shapes(space_shapes(shapes_of(anchor), spec.ewc.space), shapes_of(fisher),
                           what=f"Fisher snapshot {snapshot.name}", reason="FISHER_SHAPE_MISMATCH")
-        mixed, replayed = examples, 0
+        mixed, replayed = request.examples, 0
         if spec.ewc.replay_fraction > 0:
             earlier = await self._earlier_examples(parent, sink)
-            mixed, replayed = mix_replay(examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
-            sink.emit(Warned("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
-                                             f"the {len(examples)} new ones"))
+            mixed, replayed = mix_replay(request.examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
+            sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
+                                              f"the {len(request.examples)} new ones"))
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
                              spec.ewc.replay_fraction, replayed, spec.ewc.space)
         penalty = make_penalty(spec.ewc.space, fisher, anchor, spec.ewc.ewc_lambda)
-        sink.emit(Warned("EWC_PENALTY_NORMALIZATION", f"penalty over the {penalty.space.value} space, weights "
-                                                      f"{penalty.normalization.value}-normalised from the raw "
-                                                      f"Fisher of {snapshot.name} (stored unchanged)"))
-        return EwcPlan(penalty, mixed, lineage)
+        sink.emit(Noticed("EWC_PENALTY_NORMALIZATION", f"penalty over the {penalty.space.value} space, weights "
+                                                       f"{penalty.normalization.value}-normalised from the raw "
+                                                       f"Fisher of {snapshot.name} (stored unchanged)"))
+        return ContinualPlan(penalty, mixed, replayed, lineage)
 
     # ---- pieces -------------------------------------------------------------------------
 
-    async def _measure_parent(
-        self, spec: TrainingJobSpec, parent: Any, parent_dir: Path, base_model_dir: Path,
-        sink: ProgressSink, cancel: CancelToken,
-    ) -> tuple[FisherSnapshot, Diagonal]:
+    async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal]:
+        spec, parent, sink = request.spec, request.parent, request.sink
         data = await self._versions.of(parent)
         if data.note:
             sink.emit(Warned("PARENT_DATASET_REBUILT", f"{parent.version}: {data.note}"))
         examples = data.examples
         chosen = [examples[i] for i in select_samples(len(examples), DEFAULT_NUM_SAMPLES)]
-        sink.emit(Warned(
+        sink.emit(Noticed(
             "FISHER_COMPUTED_AUTOMATICALLY",
             f"no Fisher snapshot named: measuring the empirical Fisher of {parent.version} on its own "
             f"training data ({len(chosen)} samples) before training",
         ))
-        run = FisherRun(base_model_dir, parent_dir, chosen, FisherEstimator.EMPIRICAL,
+        run = FisherRun(request.model_dir, request.parent_dir, chosen, FisherEstimator.EMPIRICAL,
                         spec.hyperparameters.max_seq_length, spec.hyperparameters.batch_size, space=spec.ewc.space)
-        result = await asyncio.to_thread(self._measure, run, cancel=cancel)
+        model = request.model
+        result: FisherResult = await request.in_worker(
+            lambda: measure_model(model.model, model.tokenizer, run, cancel=request.cancel))
         fisher, accumulated_from = result.diagonal, ""
         if parent.fisher_snapshot:  # online EWC: keep what the parent itself was protecting
             try:
@@ -192,10 +172,10 @@ class EwcPlanner:
             gamma=spec.ewc.gamma,
         ))
         how = f" (gamma {spec.ewc.gamma:g} x {accumulated_from} + this task)" if accumulated_from else ""
-        sink.emit(Warned("FISHER_SNAPSHOT_STORED", f"stored {snapshot.name}{how}; sum {snapshot.stat_sum:.4g}"))
+        sink.emit(Noticed("FISHER_SNAPSHOT_STORED", f"stored {snapshot.name}{how}; sum {snapshot.stat_sum:.4g}"))
         return snapshot, fisher
 
-    async def _earlier_examples(self, parent: Any, sink: ProgressSink) -> list[Example]:
+    async def _earlier_examples(self, parent: AdapterRecord, sink: ProgressSink) -> list[Example]:
         """Examples of every version in the parent's lineage whose data is still known."""
         pooled: list[Example] = []
         for record in await self._registry.lineage(parent.base_model, parent.version):
@@ -208,12 +188,3 @@ class EwcPlanner:
                 sink.emit(Warned("REPLAY_DATASET_REBUILT", f"{record.version}: {data.note}"))
             pooled.extend(data.examples)
         return pooled
-
-
-def with_plan(run: Any, plan: EwcPlan) -> Any:
-    """The training run with the EWC penalty and the replay-mixed examples (appended after the new ones, and
-    labelled for the run's objective, if it has one)."""
-    objective, replayed = run.objective, plan.lineage.replayed_examples
-    if objective is not None and replayed:
-        objective = objective.extended(replayed)
-    return replace(run, penalty=plan.penalty, examples=plan.examples, objective=objective)

@@ -1,32 +1,41 @@
 """Fisher jobs: measure an adapter version on a dataset and store the diagonal as a snapshot.
 
-The lifecycle (queue, events, watch, cancel, recovery) is the shared ``engine.jobs.JobManager``; this
-module says what running one means: PREPARING (fetch the adapter, load the dataset), RUNNING (the
-closed-form Fisher in a worker thread, FisherProgress per batch), then the snapshot is stored.
+The lifecycle (queue, events, watch, cancel, recovery) is the job core (``engine.jobs``); this module says
+what running one means (:class:`FisherRunner`: PREPARING fetches the adapter and loads the dataset, RUNNING
+is the closed-form Fisher in a worker thread with a FisherProgress per batch, then the snapshot is stored)
+and validates a job at create time (:class:`FisherJobs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from engine.continual.fisher import FisherResult, select_samples
 from engine.continual.fisher_run import FisherRun, run_fisher
 from engine.continual.planner import new_snapshot
-from engine.continual.spec import DEFAULT_NUM_SAMPLES, MAX_NUM_SAMPLES, FisherJob, FisherJobSpec, FisherProgress
+from engine.continual.ports import FisherSnapshots
+from engine.continual.spec import (
+    DEFAULT_NUM_SAMPLES,
+    FISHER,
+    MAX_NUM_SAMPLES,
+    FisherJob,
+    FisherJobSpec,
+    FisherOutput,
+    FisherProgress,
+)
 from engine.domain import Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.feedback.dataset import FeedbackDatasetBuilder
-from engine.jobs.core import JobProgress, JobState, Warned
-from engine.jobs.manager import JobManager, _LiveJob, _now
-from engine.jobs.ports import JobStore
-from engine.stores.fisher_store import FisherSnapshotStore
+from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
+from engine.jobs.manager import JobContext, JobManager
+from engine.registry import AdapterRegistry
 from engine.training.datasets import load_jsonl, resolve_dataset_path
+
+MeasureFn = Callable[..., FisherResult]
 
 
 @dataclass(frozen=True)
@@ -36,49 +45,16 @@ class FisherJobConfig:
     batch_size: int = 8
 
 
-class FisherJobManager(JobManager):
-    kind = "fisher"
-    collection = "fisherJobs"
+class FisherExamples:
+    """The examples a Fisher job measures: a JSONL file's, or the wanted answers of a feedback dataset."""
 
-    def __init__(
-        self,
-        *,
-        store: JobStore,
-        registry: Any,
-        snapshots: FisherSnapshotStore,
-        base_model_dir: Callable[[str], Path],
-        config: FisherJobConfig,
-        work_dir: Path,
-        max_concurrent_jobs: int = 1,
-        feedback: FeedbackDatasetBuilder | None = None,
-        measure: Callable[..., FisherResult] = run_fisher,
-    ) -> None:
-        super().__init__(store=store, work_dir=work_dir, max_concurrent_jobs=max_concurrent_jobs)
-        self._registry = registry
-        self._snapshots = snapshots
-        self._base_model_dir = base_model_dir
+    def __init__(self, config: FisherJobConfig, feedback: FeedbackDatasetBuilder | None) -> None:
         self._config = config
         self._feedback = feedback
-        self._measure = measure
 
-    async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> FisherJob:
-        if not 1 <= spec.num_samples <= MAX_NUM_SAMPLES:
-            raise InvalidArgument(
-                "INVALID_NUM_SAMPLES",
-                f"num_samples must lie in [1, {MAX_NUM_SAMPLES}]; leave it unset for {DEFAULT_NUM_SAMPLES}",
-                violations=[FieldViolation("spec.num_samples", "must be at least 1" if spec.num_samples < 1
-                                           else f"must be at most {MAX_NUM_SAMPLES}")],
-            )
-        await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
-        await asyncio.to_thread(self._base_model_dir, spec.base_model)
-        await self._examples(spec)
-        job = FisherJob(id=uuid.uuid4().hex, spec=spec, state=JobState.QUEUED, create_time=_now(),
-                        request_id=request_id)
-        return await self._admit(job)
-
-    async def _examples(self, spec: FisherJobSpec) -> list[Example]:
+    async def of(self, spec: FisherJobSpec) -> list[Example]:
         """The JSONL file's examples, or the wanted answers of a dataset built from feedback now (thumbs up, high
-        ratings, corrections: what the adapter should keep doing; see engine.version_data)."""
+        ratings, corrections: what the adapter should keep doing; see engine.continual.version_data)."""
         if isinstance(spec.dataset, FeedbackSource):
             if self._feedback is None:
                 raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
@@ -90,25 +66,48 @@ class FisherJobManager(JobManager):
                     "answers; the Fisher measures what the adapter should keep doing", metadata={"found": "0"},
                 )
             return wanted
-        return await asyncio.to_thread(load_jsonl, resolve_dataset_path(self._config.datasets_dir, spec.dataset.path))
+        path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
+        return await asyncio.to_thread(load_jsonl, path)
 
-    async def _execute(self, live: _LiveJob, job_dir: Path) -> str:
-        spec: FisherJobSpec = live.job.spec
-        self._transition(live, JobState.PREPARING, "fetching the adapter and loading the dataset")
+
+class FisherRunner:
+    """The Fisher kind of job: see the module docstring."""
+
+    kind = FISHER
+
+    def __init__(
+        self,
+        *,
+        registry: AdapterRegistry,
+        snapshots: FisherSnapshots,
+        base_model_dir: Callable[[str], Path],
+        config: FisherJobConfig,
+        examples: FisherExamples,
+        measure: MeasureFn = run_fisher,
+    ) -> None:
+        self._registry = registry
+        self._snapshots = snapshots
+        self._base_model_dir = base_model_dir
+        self._config = config
+        self._examples = examples
+        self._measure = measure
+
+    async def run(self, ctx: JobContext[FisherJobSpec, FisherOutput]) -> str:
+        spec = ctx.job.spec
+        ctx.transition(JobState.PREPARING, "fetching the adapter and loading the dataset")
         record = await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
-        adapter_dir = await self._registry.fetch(record, job_dir / "adapter")
+        adapter_dir = await self._registry.fetch(record, ctx.work_dir / "adapter")
         model_dir = await asyncio.to_thread(self._base_model_dir, spec.base_model)
-        examples = await self._examples(spec)
+        examples = await self._examples.of(spec)
         if spec.num_samples > len(examples):
-            self._record(live, Warned(
+            ctx.record(Warned(
                 "NUM_SAMPLES_EXCEEDS_DATASET",
                 f"num_samples {spec.num_samples} is more than the dataset's {len(examples)} examples; using all",
             ))
         chosen = [examples[i] for i in select_samples(len(examples), spec.num_samples)]
-        self._transition(live, JobState.RUNNING, f"measuring {len(chosen)} samples ({spec.estimator.value}, "
-                                                 f"{spec.space.value})")
-        self._set(live, start_time=_now(), progress=JobProgress(0, len(chosen)))
-        sink, started = self._sink(live), time.monotonic()
+        ctx.started(JobState.RUNNING, f"measuring {len(chosen)} samples ({spec.estimator.value}, "
+                                      f"{spec.space.value})", total_steps=len(chosen))
+        sink, started = ctx.sink, time.monotonic()
 
         def progress(done: int, total: int) -> None:
             elapsed = time.monotonic() - started
@@ -116,21 +115,57 @@ class FisherJobManager(JobManager):
 
         run = FisherRun(model_dir, adapter_dir, chosen, spec.estimator, self._config.max_seq_length,
                         self._config.batch_size, space=spec.space)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._executor, lambda: self._measure(run, cancel=live.cancel, progress=progress)
-        )
+        result = await ctx.in_worker(lambda: self._measure(run, cancel=ctx.cancel, progress=progress))
         await asyncio.sleep(0)  # let the last progress events land before the job ends
         snapshot = await self._snapshots.save(result.diagonal, new_snapshot(
             result, result.diagonal, base_model=spec.base_model, adapter_version=spec.adapter_version,
             dataset_digest=dataset_digest(chosen),
         ))
-        self._set(live, output_snapshot=snapshot.name)
+        ctx.set_output(FisherOutput(snapshot=snapshot.name))
         return f"stored {snapshot.name}"
 
-    def _fold(self, payload: Any) -> dict:
+    def fold(self, job: FisherJob, payload: object) -> FisherJob:
         if isinstance(payload, FisherProgress):
             rate = payload.samples_per_second
             eta = (payload.samples_total - payload.samples_done) / rate if rate > 0 else None
-            return {"progress": JobProgress(payload.samples_done, payload.samples_total, eta)}
-        return {}
+            return replace(job, progress=JobProgress(payload.samples_done, payload.samples_total, eta))
+        return job
+
+
+class FisherJobs:
+    """The Fisher jobs servicers see: create (validated), get, list, cancel, watch."""
+
+    def __init__(
+        self, manager: JobManager[FisherJobSpec, FisherOutput], *, registry: AdapterRegistry,
+        base_model_dir: Callable[[str], Path], examples: FisherExamples,
+    ) -> None:
+        self._manager = manager
+        self._registry = registry
+        self._base_model_dir = base_model_dir
+        self._examples = examples
+
+    async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> FisherJob:
+        if not 1 <= spec.num_samples <= MAX_NUM_SAMPLES:
+            raise InvalidArgument(
+                "INVALID_NUM_SAMPLES",
+                f"num_samples must lie in [1, {MAX_NUM_SAMPLES}]; leave it unset for {DEFAULT_NUM_SAMPLES}",
+                violations=[FieldViolation("spec.num_samples", "must be at least 1" if spec.num_samples < 1
+                                           else f"must be at most {MAX_NUM_SAMPLES}")],
+            )
+        await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
+        await asyncio.to_thread(self._base_model_dir, spec.base_model)
+        await self._examples.of(spec)
+        return await self._manager.submit(self._manager.new_job(spec, FisherOutput(), request_id=request_id))
+
+    async def get(self, job_id: str) -> FisherJob:
+        return await self._manager.get(job_id)
+
+    async def list(self, *, states: Sequence[JobState], page_size: int,
+                   page_token: str) -> tuple[list[FisherJob], str]:
+        return await self._manager.list(states=states, page_size=page_size, page_token=page_token)
+
+    async def cancel(self, job_id: str) -> FisherJob:
+        return await self._manager.cancel(job_id)
+
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[FisherJob | JobEvent]:
+        return self._manager.watch(job_id, after_sequence=after_sequence)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from engine.domain import LEGACY_FISHER_SPACE, FeedbackSource, FisherSpace, JsonlSource
-from engine.jobs.core import JobFailure, JobProgress, JobState
+from engine.jobs.core import Job, JobKind
+from engine.names import resource_id
 
-# The log-likelihood of a sample is the sum over its completion tokens (see engine/fisher.py).
+# The log-likelihood of a sample is the sum over its completion tokens (see engine/continual/fisher.py).
 NORMALIZATION = "sequence_sum"
 DEFAULT_NUM_SAMPLES = 1000
 MAX_NUM_SAMPLES = 1_000_000
@@ -41,22 +42,14 @@ class FisherProgress:
 
 
 @dataclass(frozen=True)
-class FisherJob:
-    id: str
-    spec: FisherJobSpec
-    state: JobState
-    create_time: datetime
-    request_id: str = ""
-    progress: JobProgress = field(default_factory=JobProgress)
-    failure: JobFailure | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    output_snapshot: str = ""
-    last_sequence: int = 0
+class FisherOutput:
+    """What a Fisher job produced: the snapshot it stored, once SUCCEEDED."""
 
-    @property
-    def name(self) -> str:
-        return f"fisherJobs/{self.id}"
+    snapshot: str = ""
+
+
+FISHER = JobKind("fisher", "fisherJobs", FisherJobSpec, FisherOutput, event_types=(FisherProgress,))
+FisherJob = Job[FisherJobSpec, FisherOutput]
 
 
 @dataclass(frozen=True)
@@ -86,3 +79,8 @@ class FisherSnapshot:
     @property
     def name(self) -> str:
         return f"fisherSnapshots/{self.id}"
+
+
+def snapshot_id_from_name(name: str, field_path: str = "name") -> str:
+    """The id in a snapshot's resource name ``fisherSnapshots/<id>``; INVALID_ARGUMENT otherwise."""
+    return resource_id(name, "fisherSnapshots", field_path)

@@ -2,7 +2,8 @@
 
 A version trained on a JSONL file reads that file again, verified against the digest recorded on the
 version. A version trained on feedback has its dataset rebuilt from PostgreSQL over the window it was built
-on, with its job's filters and objective (``FeedbackDatasetBuilder.rebuild``). Events deleted since, by
+on, with the filters and objective recorded on it as its dataset's provenance
+(``FeedbackDatasetBuilder.rebuild``). Events deleted since, by
 ``DeleteUserFeedback`` or otherwise, are gone from the rebuilt set, so a forgotten user's data never comes
 back through a Fisher or a replay. When events of that window were deleted, or arrived late, the rebuilt set
 differs from the recorded digest, and :class:`VersionData` says so. Of a feedback dataset only the
@@ -14,16 +15,14 @@ alike, so EWC does not protect them and replay does not teach them again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from engine.domain import Example, FeedbackSource, JsonlSource, dataset_digest
+from engine.domain import DatasetSummary, Example, FeedbackSource, JsonlSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition
 from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.registry import AdapterRecord
 from engine.training.datasets import load_jsonl, resolve_dataset_path
-from engine.training.spec import TrainingJob
 
 SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 
@@ -35,28 +34,20 @@ class VersionData:
 
 
 class VersionDatasets:
-    def __init__(
-        self,
-        *,
-        training_job: Callable[[str], Awaitable[TrainingJob | None]],
-        datasets_dir: Path,
-        feedback: FeedbackDatasetBuilder | None = None,
-    ) -> None:
-        self._training_job = training_job
+    def __init__(self, *, datasets_dir: Path, feedback: FeedbackDatasetBuilder | None = None) -> None:
         self._datasets_dir = datasets_dir
         self._feedback = feedback
 
-    async def of(self, record: Any) -> VersionData:
-        """The examples ``record`` (an ``AdapterRecord``) was trained on; FAILED_PRECONDITION if unknown."""
-        job = await self._training_job(record.training_job.removeprefix("trainingJobs/")) \
-            if record.training_job else None
-        source = job.spec.dataset if job is not None else None
+    async def of(self, record: AdapterRecord) -> VersionData:
+        """The examples ``record`` was trained on, from the provenance recorded on it; FAILED_PRECONDITION if
+        it has none (imported, or published before provenance was recorded and its job is gone)."""
+        summary = record.dataset
+        source = summary.source if summary is not None else None
         if isinstance(source, JsonlSource):
             return VersionData(await self._jsonl(record, source))
-        summary = record.dataset
         if isinstance(source, FeedbackSource) and self._feedback is not None and summary is not None \
                 and summary.window_start is not None and summary.window_end is not None:
-            return await self._rebuilt(record, job, source)
+            return await self._rebuilt(record, summary, source)
         raise FailedPrecondition(
             "PARENT_DATASET_UNKNOWN",
             f"the training data of {record.version} is not known here (imported, or its job is gone); "
@@ -64,7 +55,7 @@ class VersionDatasets:
             metadata={"version": record.version},
         )
 
-    async def _jsonl(self, record: Any, source: JsonlSource) -> list[Example]:
+    async def _jsonl(self, record: AdapterRecord, source: JsonlSource) -> list[Example]:
         path = resolve_dataset_path(self._datasets_dir, source.path)
         examples = await asyncio.to_thread(load_jsonl, path)
         if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
@@ -76,11 +67,10 @@ class VersionDatasets:
             )
         return examples
 
-    async def _rebuilt(self, record: Any, job: TrainingJob, source: FeedbackSource) -> VersionData:
-        assert self._feedback is not None and record.dataset is not None
-        summary = record.dataset
+    async def _rebuilt(self, record: AdapterRecord, summary: DatasetSummary, source: FeedbackSource) -> VersionData:
+        assert self._feedback is not None and summary.window_start is not None and summary.window_end is not None
         try:
-            built = await self._feedback.rebuild(source, job.spec.objective, summary.window_start,
+            built = await self._feedback.rebuild(source, summary.objective or Objective.SFT, summary.window_start,
                                                  summary.window_end)
         except FailedPrecondition as exc:
             raise FailedPrecondition(

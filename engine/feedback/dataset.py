@@ -42,8 +42,7 @@ from typing import Protocol
 
 from engine.domain import ChatMessage, Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition
-from engine.feedback.events import FeedbackKind, Turn
-from engine.stores.feedback_store import Judgement
+from engine.feedback.events import FeedbackKind, Judgement, Turn
 
 _PUNCT = re.compile(r"[\W_]+")
 # Lower rank wins when prompts collide.

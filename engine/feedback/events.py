@@ -119,3 +119,27 @@ class FeedbackStats:
     @property
     def total(self) -> int:
         return sum(n for _, n in self.by_kind)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRows:
+    """Records laid out as COPY text-format data (``encode_rows``), with what ``insert`` needs to know of them."""
+
+    data: bytes
+    count: int
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A feedback event with its interaction's content resolved (for dataset building)."""
+
+    interaction_key: str
+    kind: FeedbackKind
+    rating: int
+    correction: str
+    time: datetime
+    messages: tuple[Turn, ...]
+    prompt: str
+    response: str
+    dwell_seconds: float = 0.0

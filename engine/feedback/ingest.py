@@ -22,9 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
-from engine.feedback.events import FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
+from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
-from engine.stores.feedback_store import CopyRows
 
 ROLES = frozenset({"system", "user", "assistant"})
 _KIND_TEXT = {k: k.value for k in FeedbackKind}  # a dict lookup is cheaper than the enum's value property

@@ -1,11 +1,20 @@
-"""The job core's types: states, progress, failures and the events every kind of job records."""
+"""The job core's types: one generic job, its states, progress and failure, and the events every kind records.
+
+A job is ``Job[Spec, Output]``: what every kind shares (id, kind, state, progress, failure, times, request id,
+last sequence) around a kind's own typed ``spec`` (what was asked) and ``output`` (what it produced and
+reports as it runs). A kind is declared once as a :class:`JobKind` (its name, its resource collection, its
+spec, output and event types); adding a kind is a spec, an output and a runner (``engine.jobs.manager``).
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Generic, TypeVar
+
+S = TypeVar("S")  # a kind's spec
+O = TypeVar("O")  # a kind's output  # noqa: E741 - the conventional name of the second type variable here
 
 
 class JobState(enum.StrEnum):
@@ -20,6 +29,9 @@ class JobState(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING)
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class JobFailure:
     metadata: tuple[tuple[str, str], ...] = ()
 
 
+# ---- events every kind records ------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class StateChanged:
     previous: JobState | None
@@ -51,7 +66,17 @@ class StateChanged:
 
 
 @dataclass(frozen=True)
+class Noticed:
+    """Something worth knowing that needs no one's attention (a Fisher was computed, examples were mixed)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Warned:
+    """Something a person should look at (examples skipped, data changed since, an earlier Fisher is gone)."""
+
     code: str
     message: str
 
@@ -61,8 +86,59 @@ class Failed:
     failure: JobFailure
 
 
+CORE_EVENTS: tuple[type, ...] = (StateChanged, Noticed, Warned, Failed)
+
+
 @dataclass(frozen=True)
 class JobEvent:
+    """One entry of a job's event log. ``payload`` is a core event or one of the kind's own event types."""
+
     sequence: int
     time: datetime
-    payload: Any  # typed per kind of job
+    payload: object
+
+
+# ---- the generic job -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind(Generic[S, O]):
+    """A kind of job: ``name`` (e.g. "training"), its resource ``collection`` (e.g. "trainingJobs") and the
+    types of its spec, its output and the events it records beside the core ones."""
+
+    name: str
+    collection: str
+    spec_type: type[S]
+    output_type: type[O]
+    event_types: tuple[type, ...] = ()
+
+    def __post_init__(self) -> None:
+        _COLLECTIONS[self.name] = self.collection
+
+    def resource_name(self, job_id: str) -> str:
+        return f"{self.collection}/{job_id}"
+
+
+_COLLECTIONS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Job(Generic[S, O]):
+    """A job as stored. Replaced (never mutated) on every change."""
+
+    id: str
+    kind: str
+    spec: S
+    output: O
+    state: JobState
+    create_time: datetime
+    request_id: str = ""
+    progress: JobProgress = field(default_factory=JobProgress)
+    failure: JobFailure | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    last_sequence: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{_COLLECTIONS[self.kind]}/{self.id}"

@@ -1,23 +1,26 @@
-"""Ports: the interfaces the engine needs from the outside world.
+"""Ports of the job core: where jobs are stored, where a running job reports, and how it is cancelled.
 
-Implementations live in ``engine/stores`` (PostgreSQL, artifact directories, S3)
-or are in-memory. The server wires them together in its composition root.
+:class:`JobStore` is implemented by ``engine.stores.job_store`` (PostgreSQL) and ``engine.stores.memory``
+(in memory, for tests); the composition root picks one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, TypeVar
 
-from engine.jobs.core import JobEvent, JobState
-from engine.training.spec import EventPayload, TrainingJob
+from engine.jobs.core import Job, JobEvent, JobState
+
+S = TypeVar("S")
+O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 
 class ProgressSink(Protocol):
-    """Where a running job reports. Called from the training thread; must not block long."""
+    """Where a running job reports. Called from any thread; must not block long."""
 
-    def emit(self, payload: EventPayload) -> None: ...
+    def emit(self, payload: object) -> None: ...
 
 
 class CancelToken:
@@ -34,23 +37,29 @@ class CancelToken:
         return self._event.is_set()
 
 
-class JobStore(Protocol):
-    """Durable storage of training jobs and their event logs."""
+class JobStore(Protocol[S, O]):
+    """Durable storage of the jobs of one kind and their event logs."""
 
-    async def insert_job(self, job: TrainingJob) -> TrainingJob:
-        """Insert a new job. If its request_id is taken, return the stored job instead."""
+    async def insert_job(self, job: Job[S, O]) -> Job[S, O]:
+        """Insert a new job. If its request_id is taken (for this kind), return the stored job instead."""
         ...
 
-    async def update_job(self, job: TrainingJob) -> None: ...
+    async def update_job(self, job: Job[S, O]) -> None: ...
 
-    async def get_job(self, job_id: str) -> TrainingJob | None: ...
+    async def get_job(self, job_id: str) -> Job[S, O] | None: ...
 
     async def list_jobs(
-        self, *, states: Sequence[JobState], limit: int, before: tuple[str, str] | None
-    ) -> list[TrainingJob]:
-        """Jobs newest first; ``before`` is the (create_time iso, id) cursor of the previous page."""
+        self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
+    ) -> list[Job[S, O]]:
+        """Jobs newest first; ``before`` is the (create_time, id) cursor of the previous page."""
         ...
 
-    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None: ...
+    async def jobs_in_states(self, states: Sequence[JobState]) -> list[Job[S, O]]:
+        """Every job in one of ``states``, oldest first."""
+        ...
+
+    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        """Append events; one already stored (same sequence) is left as it is, so a retried write is harmless."""
+        ...
 
     async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]: ...

@@ -116,6 +116,10 @@ class LoraController:
         self._reconciled = False
 
     @property
+    def base_model(self) -> str:
+        return self.config.base_model
+
+    @property
     def target(self) -> str:
         return self._client.target
 

@@ -1,4 +1,4 @@
-"""The FeedbackRates port over the Feedback service's per-adapter stats (issue 5).
+"""The FeedbackRates port over the Feedback service's per-adapter stats.
 
 Feedback events carry the ``adapter_version`` the client was served; both the plain version
 (``v1.2``) and the versioned serving name (``<base>@v1.2``) are counted for a version.

@@ -11,6 +11,7 @@ from engine.registry.records import (
     AdapterEval,
     AdapterRecord,
     AdapterSource,
+    PublishRequest,
     format_version,
     parse_version,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "AdapterSource",
     "ArtifactStore",
     "BaseModelResolver",
+    "PublishRequest",
     "ServingRole",
     "ServingState",
     "format_version",

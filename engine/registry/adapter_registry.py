@@ -37,7 +37,6 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from engine.domain import DatasetSummary, FisherSpace
 from engine.errors import (
     AlreadyExists,
     DataLoss,
@@ -47,18 +46,18 @@ from engine.errors import (
     NotFound,
 )
 from engine.registry import archive, peft_checks
-from engine.registry.ports import ArtifactStore, ServingState
+from engine.registry.ports import AdapterIndex, ArtifactStore, ServingState
 from engine.registry.records import (
     ARCHIVE_NAME,
     AdapterEval,
     AdapterRecord,
     AdapterSource,
+    PublishRequest,
     check_base_model_id,
     format_version,
     lora_shape,
     parse_version,
 )
-from engine.stores.adapter_index import PostgresAdapterIndex
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class AdapterRegistry:
     def __init__(
         self,
         *,
-        index: PostgresAdapterIndex,
+        index: AdapterIndex,
         store: ArtifactStore,
         serving: ServingState,
         base_model_dir: BaseModelResolver,
@@ -150,55 +149,37 @@ class AdapterRegistry:
 
     # ---- publishing -------------------------------------------------------------------
 
-    async def publish(
-        self,
-        *,
-        base_model: str,
-        adapter_dir: Path,
-        parent: AdapterRecord | None = None,
-        major_bump: bool = False,
-        source: AdapterSource = AdapterSource.TRAINED,
-        training_job: str = "",
-        dataset: DatasetSummary | None = None,
-        train_loss: float = 0.0,
-        ewc_lambda: float = 0.0,
-        ewc_gamma: float = 0.0,
-        fisher_snapshot: str = "",
-        ewc_fisher_space: FisherSpace | None = None,
-        fisher_file: Path | None = None,
-        labels: tuple[tuple[str, str], ...] = (),
-        request_id: str = "",
-    ) -> AdapterRecord:
-        """Store a PEFT directory as the next version of ``base_model`` (see the module docstring)."""
+    async def publish(self, request: PublishRequest) -> AdapterRecord:
+        """Store a PEFT directory as the next version of its base model (see the module docstring)."""
+        base_model, parent = request.base_model, request.parent
         check_base_model_id(base_model)
         work = await asyncio.to_thread(self._workdir)
         try:
-            lora = await asyncio.to_thread(peft_checks.read_lora_config, adapter_dir)
+            lora = await asyncio.to_thread(peft_checks.read_lora_config, request.adapter_dir)
             archive_path = work / ARCHIVE_NAME
-            sha256, size = await asyncio.to_thread(archive.pack_adapter, adapter_dir, archive_path)
-            fisher_sha = await asyncio.to_thread(archive.sha256_file, fisher_file) if fisher_file else ""
+            sha256, size = await asyncio.to_thread(archive.pack_adapter, request.adapter_dir, archive_path)
             model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
             base_digest = await asyncio.to_thread(peft_checks.base_model_digest, model_dir)
             same_line = (
                 parent is not None
-                and not major_bump
+                and not request.major_bump
                 and lora_shape(parent.lora) == lora_shape(lora)
                 and parent.base_model_digest in ("", base_digest)
             )
             major, minor = await self._index.reserve(
-                base_model, parent.number[0] if same_line and parent else None, request_id
+                base_model, parent.number[0] if same_line and parent else None, request.request_id
             )
             record = AdapterRecord(
                 base_model=base_model, version=format_version(major, minor), lora=lora,
-                create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=source,
+                create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=request.source,
                 base_model_digest=base_digest, parent_version=parent.version if parent else "",
-                training_job=training_job, dataset=dataset, train_loss=train_loss, ewc_lambda=ewc_lambda,
-                ewc_gamma=ewc_gamma, fisher_snapshot=fisher_snapshot, fisher_sha256=fisher_sha,
-                ewc_fisher_space=ewc_fisher_space,
-                labels=tuple(sorted(labels)), request_id=request_id,
+                training_job=request.training_job, dataset=request.dataset, train_loss=request.train_loss,
+                ewc_lambda=request.ewc_lambda, ewc_gamma=request.ewc_gamma, fisher_snapshot=request.fisher_snapshot,
+                ewc_fisher_space=request.ewc_fisher_space, labels=tuple(sorted(request.labels)),
+                request_id=request.request_id,
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))
-            published = await self._store_and_register(record, archive_path, fisher_file)
+            published = await self._store_and_register(record, archive_path)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         log.info("published adapter", extra={"base_model": base_model, "version": published.version,
@@ -206,7 +187,7 @@ class AdapterRegistry:
         await self._retain_after_publish(base_model)
         return published
 
-    async def _store_and_register(self, record: AdapterRecord, archive_path: Path, fisher: Path | None):
+    async def _store_and_register(self, record: AdapterRecord, archive_path: Path) -> AdapterRecord:
         major, minor = record.number
         written: list[str] = []
         try:
@@ -223,9 +204,6 @@ class AdapterRegistry:
             await self._store.delete([record.archive_key, record.fisher_key])
             await self._store.put_file(record.archive_key, archive_path)
             written.append(record.archive_key)
-            if fisher is not None:
-                await self._store.put_file(record.fisher_key, fisher)
-                written.append(record.fisher_key)
             await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
             written.append(record.manifest_key)
             return await self._index.publish(record)
@@ -285,10 +263,10 @@ class AdapterRegistry:
         try:
             peft_dir = await asyncio.to_thread(archive.unpack_archive, upload, work / "peft")
             await asyncio.to_thread(_validate_peft_dir, peft_dir, model_dir)
-            return await self.publish(
+            return await self.publish(PublishRequest(
                 base_model=base_model, adapter_dir=peft_dir, parent=parent, major_bump=major_bump,
                 source=AdapterSource.IMPORTED, labels=labels, request_id=request_id,
-            )
+            ))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 

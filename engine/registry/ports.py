@@ -1,15 +1,23 @@
-"""Ports of the adapter registry: where artifacts live, and what the serving side protects.
+"""Ports of the adapter registry: the index of versions, where artifacts live, and what serving protects.
 
-Implementations: ``engine.stores.artifacts_local`` / ``engine.stores.artifacts_s3`` for
-:class:`ArtifactStore`, ``engine.stores.serving_state`` for :class:`ServingState`.
+Implementations: ``engine.stores.adapter_index`` for :class:`AdapterIndex`, ``engine.stores.artifacts_local`` /
+``engine.stores.artifacts_s3`` for :class:`ArtifactStore`, ``engine.stores.serving_state`` for
+:class:`ServingState`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+
+from engine.registry.records import AdapterRecord
+
+# A page cursor of the version list: (create_time, base_model, major, minor) of the previous page's last row.
+Cursor = tuple[datetime, str, int, int]
 
 
 class ArtifactStore(Protocol):
@@ -56,10 +64,51 @@ class ServingRole(enum.StrEnum):
 class ServingState(Protocol):
     """The versions the serving side relies on: active and known-good per base model.
 
-    LoraControl (issue 6) owns and writes this state; the registry only reads it, to
+    LoraControl owns and writes this state; the registry only reads it, to
     refuse deleting or pruning those versions.
     """
 
     async def protected_versions(self, base_model: str) -> set[str]:
         """Versions of ``base_model`` that are active or the known-good rollback target."""
         ...
+
+
+class AdapterIndex(Protocol):
+    """The version numbers and records of every base model's adapters.
+
+    A number is reserved first (the store decides races: two publishers never get the same number), then
+    published with its record once its artifacts are durable, or released; a deleted version stays as a
+    tombstone, so its number is never handed out again.
+    """
+
+    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
+        """The next free number: a new major line if ``parent_major`` is None, else the next minor in that line."""
+        ...
+
+    async def publish(self, record: AdapterRecord) -> AdapterRecord: ...
+
+    async def release(self, base_model: str, major: int, minor: int) -> None:
+        """Give back a reservation whose publish failed."""
+        ...
+
+    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
+        """Retire a number whose artifacts the store already held (never handed out again)."""
+        ...
+
+    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
+        """NOT_FOUND (ADAPTER_NOT_FOUND) unless published (or deleted, with ``include_deleted``)."""
+        ...
+
+    async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None: ...
+
+    async def list(
+        self, *, base_model: str, labels: Mapping[str, str], limit: int, after: Cursor | None
+    ) -> list[AdapterRecord]:
+        """Published versions, newest first."""
+        ...
+
+    def deleting(self, base_model: str, major: int, minor: int) -> AbstractAsyncContextManager[AdapterRecord]:
+        """Lock a published version; if the body succeeds, it becomes a tombstone."""
+        ...
+
+    async def update(self, record: AdapterRecord) -> None: ...

@@ -11,6 +11,7 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from engine.domain import DatasetSummary, FisherSpace, LoraSpec
 from engine.errors import FieldViolation, InvalidArgument
@@ -128,3 +129,23 @@ class AdapterRecord:
 def lora_shape(lora: LoraSpec) -> tuple[int, frozenset[str]]:
     """What makes two adapters of one base model incompatible: rank and target modules."""
     return lora.rank, frozenset(lora.target_modules)
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """Everything a new version is published from: the PEFT directory and what it was made from."""
+
+    base_model: str
+    adapter_dir: Path
+    parent: AdapterRecord | None = None
+    major_bump: bool = False
+    source: AdapterSource = AdapterSource.TRAINED
+    training_job: str = ""
+    dataset: DatasetSummary | None = None  # with its provenance, so a continuation can get the data again
+    train_loss: float = 0.0
+    ewc_lambda: float = 0.0  # the EWC anchoring a continuation trained with (0: none)
+    ewc_gamma: float = 0.0
+    fisher_snapshot: str = ""
+    ewc_fisher_space: FisherSpace | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    request_id: str = ""

@@ -1,6 +1,6 @@
 """Async HTTP client for a serving engine's LoRA control API (MAX Serve, vLLM, or custom paths).
 
-MAX Serve 26.x (see REFERENCE.md): ``POST /v1/load_lora_adapter`` with exactly
+MAX Serve 26.x (read from its installed source): ``POST /v1/load_lora_adapter`` with exactly
 ``{"lora_name", "lora_path"}``, ``POST /v1/unload_lora_adapter`` with ``{"lora_name"}``,
 ``GET /v1/models``, ``GET /health``. Errors are ``{"error": {"code": "409", "message", ...}}``.
 vLLM serves the same two routes with a plain-text body on success, so any 2xx counts as

@@ -2,7 +2,7 @@
 
 This is NOT MAX Serve. Production targets MAX Serve on a GPU (its LoRA kernels refuse the
 CPU); this process exists so the control plane can be developed and tested end to end on
-a laptop or CI. It implements the same contract as MAX 26.x (REFERENCE.md):
+a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/client.py):
 
 - ``POST /v1/load_lora_adapter`` body exactly ``{"lora_name", "lora_path"}`` (other fields:
   400). Same name and path again: 200 without re-reading files; same name, other path: 409;

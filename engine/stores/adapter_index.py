@@ -12,17 +12,16 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import datetime
 
 import asyncpg
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted, NotFound
+from engine.registry.ports import Cursor
 from engine.registry.records import AdapterRecord, format_version
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
-Cursor = tuple[datetime, str, int, int]
 
 
 def _decode(doc: str) -> AdapterRecord:

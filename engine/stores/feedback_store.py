@@ -24,14 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
 from engine.errors import Unavailable
-from engine.feedback.events import AdapterStats, FeedbackKind, FeedbackStats, StoreOutcome, Turn
+from engine.feedback.events import AdapterStats, CopyRows, FeedbackKind, FeedbackStats, Judgement, StoreOutcome, Turn
 
 T = TypeVar("T")
 
@@ -94,15 +93,6 @@ _CONNECTION_ERRORS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CopyRows:
-    """Records laid out as COPY text-format data (``encode_rows``), with what ``insert`` needs to know of them."""
-
-    data: bytes
-    count: int
-    users: tuple[str, ...]
-
-
 def _escape(value: str) -> str:
     if "\\" in value:
         value = value.replace("\\", "\\\\")
@@ -162,21 +152,6 @@ def encode_rows(records: Sequence[Record]) -> CopyRows:
 
 def user_hash(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """A feedback event with its interaction's content resolved (for dataset building)."""
-
-    interaction_key: str
-    kind: FeedbackKind
-    rating: int
-    correction: str
-    time: datetime
-    messages: tuple[Turn, ...]
-    prompt: str
-    response: str
-    dwell_seconds: float = 0.0
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

@@ -27,7 +27,6 @@ from safetensors.torch import load, save
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import DataLoss, NotFound
-from engine.names import resource_id
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
 
@@ -37,10 +36,6 @@ def header(snapshot: FisherSnapshot) -> dict[str, str]:
     strings (times in ISO 8601) as they are, JSON for the rest."""
     values = _SNAPSHOT.dump_python(snapshot, mode="json", exclude={"path", "sha256", "size_bytes"})
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
-
-
-def snapshot_id_from_name(name: str, field_path: str = "name") -> str:
-    return resource_id(name, "fisherSnapshots", field_path)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -63,7 +58,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class FisherSnapshotStore:
-    """Save, load, list and delete Fisher snapshots (see the module docstring)."""
+    """Save, load, list and delete Fisher snapshots (engine.continual.ports.FisherSnapshots; see the module
+    docstring)."""
 
     def __init__(self, pool: asyncpg.Pool, artifacts_dir: Path) -> None:
         self._pool = pool

@@ -1,6 +1,6 @@
 """Active and known-good adapter versions per base model, in PostgreSQL (table ``serving_state``).
 
-LoraControl (issue 6) writes it with :meth:`PostgresServingState.set_version`; the registry
+LoraControl writes it with :meth:`PostgresServingState.set_version`; the registry
 reads it through the ``ServingState`` port to refuse deleting those versions.
 """
 

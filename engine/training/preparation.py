@@ -1,8 +1,11 @@
-"""Validation of a job spec at create time, and preparation of a run when the job starts.
+"""A training job's inputs, validated and resolved once when the job is created.
 
-Everything that can be checked before a job is accepted is checked here, so bad
-input fails the CreateTrainingJob call itself (INVALID_ARGUMENT / NOT_FOUND)
-rather than a queued job minutes later.
+Everything that can be checked before a job is accepted is checked here, so bad input fails the
+CreateTrainingJob call itself (INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION) rather than a queued job
+minutes later. What validation resolves (the dataset with its digest and, for feedback, its fixed window; the
+parent's record; the base model's directory) is returned as :class:`PreparedInputs` and is what the run uses.
+A job created by an earlier process (requeued after a restart) resolves the same inputs again from the
+provenance recorded on it (:meth:`JobPreparer.resolve`).
 """
 
 from __future__ import annotations
@@ -10,18 +13,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from engine.domain import LORA_FIELDS, DatasetSummary, Example, FeedbackSource, JsonlSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
-from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.feedback.dataset import FeedbackDataset, FeedbackDatasetBuilder
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.training.datasets import load_jsonl, resolve_dataset_path
-from engine.training.kto import KtoObjective
-from engine.training.models import resolve_base_model, select_device
-from engine.training.recipe import TrainingRun
+from engine.training.models import resolve_base_model
 from engine.training.spec import TrainingJobSpec
+
+Window = tuple[datetime | None, datetime | None]  # a feedback dataset's [start, end], as recorded
 
 
 @dataclass(frozen=True)
@@ -34,18 +38,21 @@ class PreparerConfig:
 
 
 @dataclass(frozen=True)
-class _Dataset:
+class ResolvedDataset:
     examples: list[Example]
-    summary: DatasetSummary
-    objective: KtoObjective | None = None
+    summary: DatasetSummary  # digest, composition, window and provenance (source, objective)
+    desirable: tuple[bool, ...] | None = None  # per example, KTO's labels (feedback datasets under KTO)
 
 
 @dataclass(frozen=True)
-class PreparedJob:
-    run: TrainingRun
-    dataset: DatasetSummary
-    device: str
+class PreparedInputs:
+    """What a job runs on, resolved once."""
+
+    spec: TrainingJobSpec  # as it runs: with a parent, the LoRA fields it left unset are the parent's
+    dataset: ResolvedDataset
     parent: AdapterRecord | None
+    model_dir: Path
+    note: str = ""  # set when the inputs were resolved again and differ from those validated
 
 
 class JobPreparer:
@@ -56,34 +63,41 @@ class JobPreparer:
         self._registry = registry
         self._feedback = feedback
 
-    async def validate(self, spec: TrainingJobSpec) -> TrainingJobSpec:
-        """Raise a typed error if the job cannot run; loads and checks the whole dataset.
-
-        Returns the spec to run: with a parent, the LoRA fields it left unset are the parent's.
-        """
+    async def validate(self, spec: TrainingJobSpec) -> PreparedInputs:
+        """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
         self._check_ewc(spec)
-        if spec.parent_adapter_version:
-            spec = inherit_lora(spec, await self._parent(spec))
+        parent = await self._parent(spec) if spec.parent_adapter_version else None
+        if parent is not None:
+            spec = inherit_lora(spec, parent)
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         available = await asyncio.to_thread(module_names, model_dir)
         validate_lora(spec.lora, available)
-        await self._dataset(spec)
-        return spec
+        return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
 
-    async def prepare(self, spec: TrainingJobSpec, job_dir: Path) -> PreparedJob:
+    async def resolve(self, spec: TrainingJobSpec, recorded: DatasetSummary | None) -> PreparedInputs:
+        """The inputs of a job created by an earlier process: the same dataset (the same window, for feedback),
+        checked against the digest ``recorded`` when it was created."""
         parent = await self._parent(spec) if spec.parent_adapter_version else None
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
-        dataset = await self._dataset(spec)
-        plan = select_device(spec.hyperparameters.precision)
-        run = TrainingRun(
-            spec=spec,
-            base_model_dir=model_dir,
-            examples=dataset.examples,
-            output_dir=job_dir / "adapter",
-            parent_adapter_dir=await self._registry.fetch(parent, job_dir / "parent") if parent else None,
-            objective=dataset.objective,
-        )
-        return PreparedJob(run=run, dataset=dataset.summary, device=plan.device, parent=parent)
+        if recorded is None or recorded.digest == "":
+            return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
+        dataset = await self._dataset(spec, window=(recorded.window_start, recorded.window_end))
+        note = ""
+        if dataset.summary.digest != recorded.digest:
+            if isinstance(spec.dataset, JsonlSource):
+                raise FailedPrecondition(
+                    "DATASET_CHANGED",
+                    f"dataset {spec.dataset.path} changed after the job was created (it had {recorded.example_count} "
+                    f"examples, digest {recorded.digest[:12]}; now {dataset.summary.example_count}, "
+                    f"{dataset.summary.digest[:12]}); create the job again to train on it",
+                    metadata={"recorded_digest": recorded.digest, "digest": dataset.summary.digest},
+                )
+            note = (f"the feedback of its window holds {dataset.summary.example_count} examples now against the "
+                    f"{recorded.example_count} validated (events deleted since)")
+        return PreparedInputs(spec, dataset, parent, model_dir, note)
+
+    async def fetch_parent(self, parent: AdapterRecord, dest_dir: Path) -> Path:
+        return await self._registry.fetch(parent, dest_dir)
 
     # ---- pieces -------------------------------------------------------------------
 
@@ -92,19 +106,20 @@ class JobPreparer:
             model_id, models=self._config.base_models, cache_dir=self._config.models_cache_dir
         )
 
-    async def _dataset(self, spec: TrainingJobSpec) -> _Dataset:
-        """Load and check the whole dataset: a JSONL file, or one built from feedback (engine.feedback.dataset)."""
+    async def _dataset(
+        self, spec: TrainingJobSpec, *, window: Window | None = None
+    ) -> ResolvedDataset:
+        """Load and check the whole dataset: a JSONL file, or one built from feedback (engine.feedback.dataset)
+        over the window ending now, or over ``window`` when resolving a created job again."""
         kto = spec.objective is Objective.KTO
         if isinstance(spec.dataset, FeedbackSource):
-            if self._feedback is None:
-                raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
-            built = await self._feedback.build(spec.dataset, spec.objective)
+            built = await self._feedback_dataset(spec.dataset, spec.objective, window)
             summary = DatasetSummary(
                 digest=built.digest, example_count=len(built.examples), composition=built.composition,
-                window_start=built.window_start, window_end=built.window_end,
+                window_start=built.window_start, window_end=built.window_end, source=spec.dataset,
+                objective=spec.objective,
             )
-            return _Dataset(built.examples, summary, KtoObjective(built.desirable) if kto else None)
-        assert isinstance(spec.dataset, JsonlSource)
+            return ResolvedDataset(built.examples, summary, built.desirable if kto else None)
         if kto:
             raise InvalidArgument(
                 "KTO_NEEDS_FEEDBACK",
@@ -114,9 +129,22 @@ class JobPreparer:
         path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
         examples = await asyncio.to_thread(load_jsonl, path)
         summary = DatasetSummary(
-            digest=dataset_digest(examples), example_count=len(examples), composition=(("jsonl", len(examples)),)
+            digest=dataset_digest(examples), example_count=len(examples), composition=(("jsonl", len(examples)),),
+            source=spec.dataset, objective=spec.objective,
         )
-        return _Dataset(examples, summary)
+        return ResolvedDataset(examples, summary)
+
+    async def _feedback_dataset(
+        self, source: FeedbackSource, objective: Objective, window: Window | None
+    ) -> FeedbackDataset:
+        if self._feedback is None:
+            raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
+        if window is None:
+            return await self._feedback.build(source, objective)
+        start, end = window
+        if start is None or end is None:
+            raise FailedPrecondition("DATASET_WINDOW_UNKNOWN", "the job's feedback window was not recorded")
+        return await self._feedback.rebuild(source, objective, start, end)
 
     async def _parent(self, spec: TrainingJobSpec) -> AdapterRecord:
         try:

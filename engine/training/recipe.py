@@ -23,7 +23,7 @@ import torch
 
 from engine.domain import DatasetSummary, Example, LoraSpec, composition, dataset_digest
 from engine.errors import Cancelled, FailedPrecondition
-from engine.jobs.core import Warned
+from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
@@ -204,16 +204,50 @@ def save_adapter(model: Any, output_dir: Path) -> Path:
 # ---- the recipe -----------------------------------------------------------------------
 
 
-def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> TrainingResult:
-    """Fine-tune a LoRA adapter on ``run.examples`` and save it to ``run.output_dir``."""
+@dataclass
+class LoadedModel:
+    """A job's one loaded model: the base with the job's adapter attached (fresh, or the parent's), trainable."""
+
+    model: Any
+    tokenizer: Any
+    plan: DevicePlan
+
+
+def load_for_training(run: TrainingRun) -> LoadedModel:
+    """Seed, load the base model once and attach the job's adapter (a worker thread's work)."""
     hp = run.spec.hyperparameters
-    _check_cancel(cancel, "setup")
     seed_everything(hp.seed)
     plan = select_device(hp.precision)
     base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
+    return LoadedModel(attach_adapter(run, base), tokenizer, plan)
+
+
+def release(loaded: LoadedModel | None) -> None:
+    """Free a loaded model's memory (and the GPU cache)."""
+    if loaded is None:
+        return
+    device = loaded.plan.device
+    loaded.model = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_training(
+    run: TrainingRun, sink: ProgressSink, cancel: CancelToken, loaded: LoadedModel | None = None
+) -> TrainingResult:
+    """Fine-tune a LoRA adapter on ``run.examples`` and save it to ``run.output_dir``.
+
+    ``loaded`` is the job's model when the job loaded it already (e.g. to measure the parent's Fisher first);
+    otherwise it is loaded here. Either way it is released at the end.
+    """
+    hp = run.spec.hyperparameters
     model: Any = None
+    _check_cancel(cancel, "setup")
     try:
-        model = attach_adapter(run, base)
+        if loaded is None:
+            loaded = load_for_training(run)
+        model, tokenizer, plan = loaded.model, loaded.tokenizer, loaded.plan
         encoded = encode_dataset(tokenizer, run.examples, hp.max_seq_length)
         kept = [i for i, e in enumerate(encoded) if e.target_token_count]
         data = [encoded[i] for i in kept]
@@ -243,10 +277,8 @@ def run_training(run: TrainingRun, sink: ProgressSink, cancel: CancelToken) -> T
         adapter_dir = save_adapter(model, run.output_dir)
         return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description)
     finally:
-        del model, base
-        gc.collect()
-        if plan.device == "cuda":
-            torch.cuda.empty_cache()
+        model = None  # the last references go with the loaded model
+        release(loaded)
 
 
 @contextlib.contextmanager
@@ -284,8 +316,8 @@ def _train(
         gradient_checkpointing(model, hp.gradient_checkpointing),
     ):
         if layout.fallback_reason:
-            sink.emit(Warned("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
-                                                    "batches instead (same losses, more padding)"))
+            sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
+                                                     "batches instead (same losses, more padding)"))
         return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft())
 
 

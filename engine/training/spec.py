@@ -1,10 +1,9 @@
-"""Domain types of training jobs: the spec, the events a run reports, and the job as stored."""
+"""Domain types of training jobs: the spec, the events a run reports, its output, and the kind."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from engine.domain import (
     LEGACY_FISHER_SPACE,
@@ -16,7 +15,7 @@ from engine.domain import (
     LoraSpec,
     Objective,
 )
-from engine.jobs.core import Failed, JobFailure, JobProgress, JobState, StateChanged, Warned
+from engine.jobs.core import Job, JobKind
 
 
 class Precision(enum.StrEnum):
@@ -96,19 +95,10 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
-class CheckpointSaved:
-    step: int
-    uri: str
-
-
-@dataclass(frozen=True)
 class EvalReported:
     step: int
     split: str
     metrics: tuple[tuple[str, float], ...]
-
-
-EventPayload = StateChanged | StepMetrics | CheckpointSaved | EvalReported | Warned | Failed
 
 
 @dataclass(frozen=True)
@@ -125,25 +115,15 @@ class EwcLineage:
 
 
 @dataclass(frozen=True)
-class TrainingJob:
-    """A training job as stored. Replaced (never mutated) on every change."""
+class TrainingOutput:
+    """What a training job produced and reports as it runs (the kind's part of the job)."""
 
-    id: str
-    spec: TrainingJobSpec
-    state: JobState
-    create_time: datetime
-    request_id: str = ""
-    progress: JobProgress = field(default_factory=JobProgress)
-    failure: JobFailure | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    output_adapter_version: str = ""
-    dataset: DatasetSummary | None = None
+    adapter_version: str = ""  # the version published, once SUCCEEDED
+    dataset: DatasetSummary | None = None  # resolved at create time; training adds its token count
     latest_metrics: StepMetrics | None = None
     device: str = ""
-    last_sequence: int = 0
-    ewc_lineage: EwcLineage | None = None
+    ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
 
-    @property
-    def name(self) -> str:
-        return f"trainingJobs/{self.id}"
+
+TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput, event_types=(StepMetrics, EvalReported))
+TrainingJob = Job[TrainingJobSpec, TrainingOutput]

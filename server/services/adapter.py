@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
+from engine import AdaptersApi
 from engine.errors import FieldViolation, InvalidArgument, ResourceExhausted
-from engine.registry import AdapterRegistry
 from engine.registry.records import ARCHIVE_NAME
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import adapter_pb2_grpc as pb_grpc
@@ -26,7 +26,7 @@ MAX_REQUEST_ID = 128
 
 
 class AdapterService(pb_grpc.AdapterServiceServicer):
-    def __init__(self, registry: AdapterRegistry, *, default_base_model: str, scratch_dir: Path) -> None:
+    def __init__(self, registry: AdaptersApi, *, default_base_model: str, scratch_dir: Path) -> None:
         self._registry = registry
         self._default_base_model = default_base_model
         self._scratch = scratch_dir

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import grpc
 
-from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits
+from engine import FeedbackIngestApi, FeedbackRecordsApi
+from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, FeedbackRecordStore
 from engine.feedback.scrub import Scrubber
-from engine.stores.feedback_store import PostgresFeedbackStore
 from learning.v1 import feedback_pb2 as pb
 from learning.v1 import feedback_pb2_grpc as pb_grpc
 from server import convert_feedback as convert
@@ -24,8 +24,8 @@ from server.settings import Settings
 class FeedbackService(pb_grpc.FeedbackServiceServicer):
     def __init__(
         self,
-        ingestor: FeedbackIngestor,
-        store: PostgresFeedbackStore,
+        ingestor: FeedbackIngestApi,
+        store: FeedbackRecordsApi,
         *,
         rating_positive_min: int,
         rating_negative_max: int,
@@ -72,21 +72,31 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         return pb.DeleteUserFeedbackResponse(deleted=deleted)
 
 
-def build_feedback_service(settings: Settings, store: PostgresFeedbackStore) -> FeedbackService:
-    """The servicer with its ingestor, configured from the settings (used by the composition root and the bench)."""
-    limits = FeedbackLimits(
+def feedback_limits(settings: Settings) -> FeedbackLimits:
+    return FeedbackLimits(
         max_events_per_batch=settings.feedback_max_events_per_batch, max_text_chars=settings.feedback_max_text_chars
     )
+
+
+def feedback_ingestor(settings: Settings, store: FeedbackRecordStore) -> FeedbackIngestor:
+    """The ingestor over ``store``, configured from the settings."""
     scrubber = Scrubber(settings.feedback_scrub_patterns, enabled=settings.feedback_scrub_enabled)
+    return FeedbackIngestor(store, scrubber, feedback_limits(settings))
+
+
+def build_feedback_service(
+    settings: Settings, ingestor: FeedbackIngestApi, records: FeedbackRecordsApi
+) -> FeedbackService:
+    """The servicer, configured from the settings (used by the composition root and the bench)."""
     workers = None
     if settings.feedback_ingest_processes:
         workers = FeedbackWorkers(
             settings.feedback_ingest_processes, scrub_patterns=settings.feedback_scrub_patterns,
-            scrub_enabled=settings.feedback_scrub_enabled, limits=limits,
+            scrub_enabled=settings.feedback_scrub_enabled, limits=feedback_limits(settings),
         )
     return FeedbackService(
-        FeedbackIngestor(store, scrubber, limits),
-        store,
+        ingestor,
+        records,
         rating_positive_min=settings.feedback_rating_positive_min,
         rating_negative_max=settings.feedback_rating_negative_max,
         workers=workers,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import grpc
 
-from engine.continual.runner import FisherJobManager
-from engine.continual.spec import FisherSpace
+from engine import FisherJobsApi
+from engine.continual.ports import FisherSnapshots
+from engine.continual.spec import snapshot_id_from_name
+from engine.domain import FisherSpace
 from engine.jobs.core import JobEvent
-from engine.jobs.manager import _decode_page_token, _encode_page_token
-from engine.stores.fisher_store import FisherSnapshotStore, snapshot_id_from_name
+from engine.names import decode_page_token, encode_page_token
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc
 from server import convert
@@ -21,7 +21,7 @@ MAX_REQUEST_ID = 128
 
 
 class FisherService(pb_grpc.FisherServiceServicer):
-    def __init__(self, jobs: FisherJobManager, snapshots: FisherSnapshotStore, *, default_base_model: str,
+    def __init__(self, jobs: FisherJobsApi, snapshots: FisherSnapshots, *, default_base_model: str,
                  default_space: FisherSpace) -> None:
         self._jobs = jobs
         self._snapshots = snapshots
@@ -65,14 +65,11 @@ class FisherService(pb_grpc.FisherServiceServicer):
 
     async def ListFisherSnapshots(self, request: pb.ListFisherSnapshotsRequest, context: grpc.aio.ServicerContext):
         size = convert.page_size(request.page_size)
-        before = None
-        if request.page_token:
-            created, snapshot_id = _decode_page_token(request.page_token)
-            before = (datetime.fromisoformat(created), snapshot_id)
+        before = decode_page_token(request.page_token) if request.page_token else None
         rows = await self._snapshots.list(base_model=request.base_model, adapter_version=request.adapter_version,
                                           limit=size + 1, before=before)
         page = rows[:size]
-        token = _encode_page_token(page[-1]) if len(rows) > size and page else ""  # type: ignore[arg-type]
+        token = encode_page_token(page[-1].create_time, page[-1].id) if len(rows) > size and page else ""
         return pb.ListFisherSnapshotsResponse(fisher_snapshots=[fc.snapshot_to_pb(s) for s in page],
                                               next_page_token=token)
 

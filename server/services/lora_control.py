@@ -7,13 +7,14 @@ from pathlib import Path
 
 import grpc
 
+from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from engine.lora.controller import LoraController
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
 from learning.v1 import lora_control_pb2_grpc as pb_grpc
 from server import convert_lora as convert
+from server.access import current_principal
 
 MAX_REASON = 1024
 ACTOR_HEADER = "x-actor"
@@ -21,14 +22,9 @@ ACTOR_HEADER = "x-actor"
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
     """The authenticated principal if auth is on; else the ``x-actor`` header; else the peer address."""
-    try:
-        from server.access import current_principal  # noqa: PLC0415 - auth may be absent
-
-        principal = current_principal()
-        if principal is not None and principal.role is not None:
-            return principal.name
-    except ImportError:
-        pass
+    principal = current_principal()
+    if principal is not None and principal.role is not None:
+        return principal.name
     for key, value in context.invocation_metadata() or ():
         if key == ACTOR_HEADER and isinstance(value, str) and value.strip():
             return value.strip()[:128]
@@ -43,12 +39,12 @@ def _reason(reason: str) -> str:
 
 
 class LoraControlService(pb_grpc.LoraControlServiceServicer):
-    def __init__(self, controller: LoraController, *, datasets_dir: Path) -> None:
+    def __init__(self, controller: LoraControlApi, *, datasets_dir: Path) -> None:
         self._control = controller
         self._datasets_dir = datasets_dir
 
     def _check_base_model(self, base_model: str) -> None:
-        mine = self._control.config.base_model
+        mine = self._control.base_model
         if base_model and base_model != mine:
             raise FailedPrecondition(
                 "BASE_MODEL_MISMATCH",

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from engine import TrainingJobsApi
 from engine.jobs.core import JobEvent
-from engine.jobs.manager import TrainingJobManager
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
@@ -17,7 +17,7 @@ MAX_REQUEST_ID = 128
 
 
 class TrainingService(pb_grpc.TrainingServiceServicer):
-    def __init__(self, jobs: TrainingJobManager, *, default_base_model: str, ewc_defaults: convert.EwcDefaults) -> None:
+    def __init__(self, jobs: TrainingJobsApi, *, default_base_model: str, ewc_defaults: convert.EwcDefaults) -> None:
         self._jobs = jobs
         self._default_base_model = default_base_model
         self._ewc_defaults = ewc_defaults

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from learning.v1 import common_pb2 as common
+from learning.v1 import error_reason_pb2 as reasons
 from learning_engine import AsyncClient, Client, errors
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.server.conftest import spec
@@ -45,6 +46,7 @@ async def test_typed_errors_come_from_error_info(client):
         with pytest.raises(errors.NotFound) as err:
             await sdk.get_training_job("trainingJobs/0123456789abcdef0123456789abcdef")
         assert err.value.reason == "JOB_NOT_FOUND" and err.value.exit_code == 5
+        assert err.value.error_reason == reasons.ERROR_REASON_JOB_NOT_FOUND
         with pytest.raises(errors.InvalidArgument) as err:
             await sdk.create_training_job(spec("missing.jsonl"))
         assert err.value.reason == "DATASET_NOT_FOUND"
@@ -64,9 +66,21 @@ async def test_typed_errors_come_from_error_info(client):
 
 def test_error_table_prefers_reason_then_code():
     assert errors.error_class(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is errors.RateLimited
+    limited = reasons.ERROR_REASON_RATE_LIMITED
+    assert errors.error_class(grpc.StatusCode.RESOURCE_EXHAUSTED, limited) is errors.RateLimited
+    assert errors.error_class(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED") is errors.RequestIdReused
     assert errors.error_class(grpc.StatusCode.RESOURCE_EXHAUSTED, "") is errors.ResourceExhausted
     assert errors.error_class(grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED") is errors.PermissionDenied
     assert errors.error_class(grpc.StatusCode.UNKNOWN, "") is errors.LearningEngineError
+
+
+def test_reasons_come_from_the_catalogue():
+    assert errors.reason_value("SHA256_MISMATCH") == reasons.ERROR_REASON_SHA256_MISMATCH
+    assert errors.reason_name(reasons.ERROR_REASON_SHA256_MISMATCH) == "SHA256_MISMATCH"
+    newer = errors.NotFound(grpc.StatusCode.NOT_FOUND, "from a newer server", reason="SOMETHING_NEW")
+    assert newer.reason == "SOMETHING_NEW" and newer.error_reason == reasons.ERROR_REASON_UNSPECIFIED
+    typed = errors.DataLoss(grpc.StatusCode.DATA_LOSS, "bad download", reason=reasons.ERROR_REASON_NO_HEADER)
+    assert typed.reason == "NO_HEADER" and typed.error_reason == reasons.ERROR_REASON_NO_HEADER
 
 
 async def test_sync_client_watches_to_the_end(client):

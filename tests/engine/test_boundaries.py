@@ -1,4 +1,5 @@
-"""engine/ must stay free of gRPC and protobuf (STYLE.md, practice 1)."""
+"""The engine's shape, kept as tests: no gRPC or protobuf in engine/, no context importing a store, and the
+contexts depending on each other in one direction only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 
+# The shared kernels every context may use, and the bounded contexts with those each may import.
+KERNELS = {"errors", "names", "domain", "telemetry"}
+CONTEXTS = {
+    "jobs": set(),
+    "feedback": set(),
+    "registry": set(),
+    "serving": set(),
+    "training": {"jobs", "feedback", "registry"},
+    "continual": {"jobs", "feedback", "registry", "training"},
+    "lora": {"jobs", "registry", "serving"},
+    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving"},
+}
+
 
 def imported_modules(path: Path) -> set[str]:
     names: set[str] = set()
@@ -16,6 +30,8 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if node.module == "engine":  # from engine import telemetry
+                names.update(f"engine.{alias.name}" for alias in node.names)
     return names
 
 
@@ -29,3 +45,25 @@ def test_engine_imports_neither_grpc_nor_protobuf() -> None:
         or any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
     }
     assert not offenders, sorted(offenders)
+
+
+def test_engine_is_contexts_and_a_few_shared_kernels() -> None:
+    loose = {p.stem for p in ENGINE.glob("*.py")} - {"__init__"}
+    packages = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert loose <= KERNELS, f"loose modules beyond the shared kernels: {sorted(loose - KERNELS)}"
+    assert packages == set(CONTEXTS), f"contexts changed: {sorted(packages ^ set(CONTEXTS))}"
+
+
+def test_contexts_depend_in_one_direction_and_none_imports_a_store() -> None:
+    offenders = []
+    for context, allowed in CONTEXTS.items():
+        for path in (ENGINE / context).rglob("*.py"):
+            for name in imported_modules(path):
+                parts = name.split(".")
+                if parts[0] != "engine" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                if target in KERNELS or target == context or target in allowed:
+                    continue
+                offenders.append(f"{path.relative_to(ENGINE.parent)} imports {name}")
+    assert not offenders, offenders

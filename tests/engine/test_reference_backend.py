@@ -1,4 +1,4 @@
-"""The reference backend honours MAX Serve's LoRA HTTP contract (REFERENCE.md) with real PEFT inference."""
+"""The reference backend honours MAX Serve's LoRA HTTP contract (engine/serving/client.py) with real PEFT inference."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def s3_store(endpoint: str, bucket: str) -> S3ArtifactStore:
                            secure=False, connect_timeout=1.0, retries=1)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.full_stack)])
 def store(request, tmp_path: Path) -> ArtifactStore:
     if request.param == "local":
         return LocalArtifactStore(tmp_path / "artifacts")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound, Unavailable
-from engine.registry import AdapterRegistry, AdapterSource, ServingRole
+from engine.registry import AdapterRegistry, AdapterSource, PublishRequest, ServingRole
 from engine.registry.archive import sha256_file
 from engine.stores import postgres
 from engine.stores.artifacts_local import LocalArtifactStore
@@ -21,16 +21,21 @@ from tests.fixtures.seaweedfs import SeaweedFS
 from tests.registry.conftest import TINY, s3_store
 
 
+def req(adapter_dir, **fields) -> PublishRequest:
+    """What the tests publish: ``adapter_dir`` as a version of the tiny model."""
+    return PublishRequest(base_model=TINY, adapter_dir=adapter_dir, **fields)
+
+
 async def test_versions_follow_parents_shapes_and_requests(registry: AdapterRegistry, make_peft):
-    v10 = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
-    v11 = await registry.publish(base_model=TINY, adapter_dir=make_peft(1), parent=v10, training_job="trainingJobs/a")
-    v12 = await registry.publish(base_model=TINY, adapter_dir=make_peft(2), parent=v11)
-    sibling = await registry.publish(base_model=TINY, adapter_dir=make_peft(3), parent=v10)
-    reshaped = await registry.publish(base_model=TINY, adapter_dir=make_peft(4, rank=8), parent=v12)
-    retargeted = await registry.publish(base_model=TINY, adapter_dir=make_peft(5, targets=("q_proj",)), parent=v10)
-    bumped = await registry.publish(base_model=TINY, adapter_dir=make_peft(6), parent=v10, major_bump=True)
-    fresh = await registry.publish(base_model=TINY, adapter_dir=make_peft(7))
-    child_of_v2 = await registry.publish(base_model=TINY, adapter_dir=make_peft(8, rank=8), parent=reshaped)
+    v10 = await registry.publish(req(make_peft(0)))
+    v11 = await registry.publish(req(make_peft(1), parent=v10, training_job="trainingJobs/a"))
+    v12 = await registry.publish(req(make_peft(2), parent=v11))
+    sibling = await registry.publish(req(make_peft(3), parent=v10))
+    reshaped = await registry.publish(req(make_peft(4, rank=8), parent=v12))
+    retargeted = await registry.publish(req(make_peft(5, targets=("q_proj",)), parent=v10))
+    bumped = await registry.publish(req(make_peft(6), parent=v10, major_bump=True))
+    fresh = await registry.publish(req(make_peft(7)))
+    child_of_v2 = await registry.publish(req(make_peft(8, rank=8), parent=reshaped))
     assert [r.version for r in (v10, v11, v12, sibling, reshaped, retargeted, bumped, fresh, child_of_v2)] == [
         "v1.0", "v1.1", "v1.2", "v1.3", "v2.0", "v3.0", "v4.0", "v5.0", "v2.1",
     ]
@@ -42,14 +47,14 @@ async def test_versions_follow_parents_shapes_and_requests(registry: AdapterRegi
 
 
 async def test_layout_and_manifest(registry: AdapterRegistry, store, make_peft):
-    record = await registry.publish(base_model=TINY, adapter_dir=make_peft(0), labels=(("team", "a"),))
+    record = await registry.publish(req(make_peft(0), labels=(("team", "a"),)))
     assert record.archive_key == "adapters/tiny-llama/v1.0/adapter.tar.gz"
     manifest = json.loads(await store.get_bytes("adapters/tiny-llama/v1.0/metadata.json"))
     assert manifest["sha256"] == record.sha256 and manifest["version"] == "v1.0"
     assert manifest["labels"] == [["team", "a"]]
     assert record.artifact_uri.startswith("s3://" if isinstance(store, S3ArtifactStore) else "file://")
     # Packing is canonical: the same PEFT directory always gives the same digest.
-    again = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+    again = await registry.publish(req(make_peft(0)))
     assert again.sha256 == record.sha256 and again.version == "v2.0"
 
 
@@ -60,13 +65,13 @@ async def test_concurrent_publishes_from_two_processes_get_distinct_versions(
     try:
         first = make_registry(store)
         second = make_registry(store, db_pool=other_pool)
-        root = await first.publish(base_model=TINY, adapter_dir=make_peft(0))
+        root = await first.publish(req(make_peft(0)))
         registries = [first, second] * 4
         children = await asyncio.gather(*(
-            r.publish(base_model=TINY, adapter_dir=make_peft(i + 1), parent=root) for i, r in enumerate(registries)
+            r.publish(req(make_peft(i + 1), parent=root)) for i, r in enumerate(registries)
         ))
         fresh = await asyncio.gather(*(
-            r.publish(base_model=TINY, adapter_dir=make_peft(20 + i)) for i, r in enumerate(registries[:4])
+            r.publish(req(make_peft(20 + i))) for i, r in enumerate(registries[:4])
         ))
     finally:
         await other_pool.close()
@@ -101,12 +106,12 @@ async def test_a_version_already_in_the_store_is_never_overwritten(registry: Ada
     planted = b'{"planted": true}'
     await store.put_bytes("adapters/tiny-llama/v1.0/metadata.json", planted)
     with pytest.raises(AlreadyExists) as err:
-        await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+        await registry.publish(req(make_peft(0)))
     assert err.value.reason == "ARTIFACT_EXISTS"
     assert await store.get_bytes("adapters/tiny-llama/v1.0/metadata.json") == planted
     assert not await store.exists("adapters/tiny-llama/v1.0/adapter.tar.gz")
     assert (await registry.list(base_model=TINY, page_size=10))[0] == []
-    retried = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+    retried = await registry.publish(req(make_peft(0)))
     assert retried.version == "v2.0"  # v1.0 is retired, never reused
 
 
@@ -124,7 +129,7 @@ async def _tamper(store, key: str) -> None:
 
 
 async def test_a_tampered_archive_is_data_loss_and_never_handed_out(registry, store, make_peft, tmp_path: Path):
-    record = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+    record = await registry.publish(req(make_peft(0)))
     ok = tmp_path / "ok.tar.gz"
     await registry.download(TINY, "v1.0", ok)
     assert sha256_file(ok) == record.sha256
@@ -141,9 +146,9 @@ async def test_a_tampered_archive_is_data_loss_and_never_handed_out(registry, st
 
 
 async def test_delete_is_refused_for_protected_versions_and_leaves_a_tombstone(registry, store, make_peft, pool):
-    v10 = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
-    v11 = await registry.publish(base_model=TINY, adapter_dir=make_peft(1), parent=v10)
-    v12 = await registry.publish(base_model=TINY, adapter_dir=make_peft(2), parent=v11)
+    v10 = await registry.publish(req(make_peft(0)))
+    v11 = await registry.publish(req(make_peft(1), parent=v10))
+    v12 = await registry.publish(req(make_peft(2), parent=v11))
     serving = PostgresServingState(pool)
     await serving.set_version(TINY, ServingRole.ACTIVE, "v1.2")
     await serving.set_version(TINY, ServingRole.KNOWN_GOOD, "v1.0")
@@ -162,18 +167,18 @@ async def test_delete_is_refused_for_protected_versions_and_leaves_a_tombstone(r
     chain = await registry.lineage(TINY, "v1.2")
     assert [r.version for r in chain] == ["v1.2", "v1.1", "v1.0"]
     assert chain[1].delete_time is not None and chain[0].delete_time is None
-    again = await registry.publish(base_model=TINY, adapter_dir=make_peft(3), parent=v10)
+    again = await registry.publish(req(make_peft(3), parent=v10))
     assert again.version == "v1.3"  # the deleted number stays retired
     assert v12.version == "v1.2"
 
 
 async def test_retention_keeps_the_newest_and_the_protected(make_registry, store, make_peft, pool):
     registry = make_registry(store, retention_keep=2)
-    root = await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+    root = await registry.publish(req(make_peft(0)))
     await PostgresServingState(pool).set_version(TINY, ServingRole.KNOWN_GOOD, "v1.0")
     parent = root
     for seed in range(1, 5):
-        parent = await registry.publish(base_model=TINY, adapter_dir=make_peft(seed), parent=parent)
+        parent = await registry.publish(req(make_peft(seed), parent=parent))
     listed = [r.version for r in (await registry.list(base_model=TINY, page_size=10))[0]]
     assert listed == ["v1.4", "v1.3", "v1.0"]
     deleted, kept = await registry.prune(TINY, keep=1, dry_run=True)
@@ -183,7 +188,7 @@ async def test_retention_keeps_the_newest_and_the_protected(make_registry, store
 
 async def test_list_pages_and_filters(registry, make_peft):
     for seed, team in enumerate(["a", "b", "a", "a"]):
-        await registry.publish(base_model=TINY, adapter_dir=make_peft(seed), labels=(("team", team),))
+        await registry.publish(req(make_peft(seed), labels=(("team", team),)))
     page1, token = await registry.list(labels={"team": "a"}, page_size=2)
     page2, last = await registry.list(labels={"team": "a"}, page_size=2, page_token=token)
     assert [r.version for r in page1 + page2] == ["v4.0", "v3.0", "v1.0"] and not last
@@ -210,7 +215,7 @@ async def test_s3_dying_mid_publish_registers_nothing_and_a_retry_succeeds(make_
         inner = s3_store(server.endpoint, "le-mid-publish")
         registry = make_registry(_DiesBeforeManifest(inner, server))
         with pytest.raises(Unavailable) as err:
-            await registry.publish(base_model=TINY, adapter_dir=make_peft(0))
+            await registry.publish(req(make_peft(0)))
         assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
         assert (await registry.list(page_size=10))[0] == []
         with pytest.raises(NotFound):
@@ -221,7 +226,7 @@ async def test_s3_dying_mid_publish_registers_nothing_and_a_retry_succeeds(make_
         assert await inner.exists("adapters/tiny-llama/v1.0/adapter.tar.gz")
         assert not await inner.exists("adapters/tiny-llama/v1.0/metadata.json")
         retry = make_registry(inner)
-        record = await retry.publish(base_model=TINY, adapter_dir=make_peft(0), source=AdapterSource.TRAINED)
+        record = await retry.publish(req(make_peft(0), source=AdapterSource.TRAINED))
         assert record.version == "v1.0"
         got = await retry.download(TINY, "v1.0", tmp_path / "a.tar.gz")
         assert sha256_file(tmp_path / "a.tar.gz") == got.sha256

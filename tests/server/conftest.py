@@ -1,4 +1,6 @@
-"""A real in-process gRPC server on port 0, with real PostgreSQL and the tiny Llama."""
+"""Real in-process gRPC servers on port 0 with the tiny Llama: over the real engine on a real PostgreSQL
+(``make_server``, ``client``), or over the same engine facades on in-memory stores (``make_memory_server``,
+``memory_client``: no database, for the servicers' own behaviour)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server.main import App, start
 from server.settings import Settings
+from tests.fixtures.memory_engine import MemoryStores, memory_engine
 from tests.fixtures.serving import start_backend
 
 TINY = "tiny-llama"
@@ -30,8 +33,8 @@ class Client:
 
 
 @pytest.fixture
-async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
-    """Start servers sharing one database and data dir (a second call is a 'restart')."""
+async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
+    """Start servers over the real engine, sharing one database and data dir (a second call is a 'restart')."""
     opened: list[Client] = []
     backends: list = []
 
@@ -42,9 +45,15 @@ async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
             overrides["serving_url"] = backends[0].url
         overrides.setdefault("gateway_port", 0)
         settings = Settings(
-            host="127.0.0.1", port=0, data_dir=data_dir, database_url=database_url,
-            default_base_model=TINY, base_models={TINY: tiny_model_dir}, log_format="text",
-            torch_threads=1, **overrides,
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            database_url=database_url,
+            default_base_model=TINY,
+            base_models={TINY: tiny_model_dir},
+            log_format="text",
+            torch_threads=1,
+            **overrides,
         )
         app = await start(settings)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
@@ -61,8 +70,56 @@ async def make_server(database_url: str, data_dir: Path, tiny_model_dir: Path):
 
 
 @pytest.fixture
+def make_server(make_pg_server: Callable[..., Awaitable[Client]]) -> Callable[..., Awaitable[Client]]:
+    return make_pg_server
+
+
+@pytest.fixture
 async def client(make_server: Callable[..., Awaitable[Client]]) -> Client:
     return await make_server()
+
+
+@pytest.fixture
+async def pg_client(make_pg_server: Callable[..., Awaitable[Client]]) -> Client:
+    """A server over the real engine on PostgreSQL, for tests about what the stores keep."""
+    return await make_pg_server()
+
+
+@pytest.fixture
+async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
+    """Start servers over the engine on in-memory stores; a second call shares the stores (a 'restart')."""
+    stores = MemoryStores()
+    opened: list[Client] = []
+
+    async def make(**overrides) -> Client:
+        overrides.setdefault("gateway_port", 0)
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            default_base_model=TINY,
+            base_models={TINY: tiny_model_dir},
+            log_format="text",
+            torch_threads=1,
+            **overrides,
+        )
+        engine, owned = await memory_engine(settings, stores)
+        app = await start(settings, engine=engine, owned=owned)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        client = Client(app, channel, pb_grpc.TrainingServiceStub(channel))
+        opened.append(client)
+        return client
+
+    make.stores = stores  # type: ignore[attr-defined]
+    yield make
+    for client in opened:
+        await client.channel.close()
+        await client.app.stop(0)
+
+
+@pytest.fixture
+async def memory_client(make_memory_server: Callable[..., Awaitable[Client]]) -> Client:
+    return await make_memory_server()
 
 
 def spec(path: str = "capitals.jsonl", **hyper) -> pb.TrainingJobSpec:

@@ -36,7 +36,7 @@ def stub(client) -> lc_grpc.LoraControlServiceStub:
 
 
 def gateway_url(client) -> str:
-    return f"http://127.0.0.1:{client.app.lora.gateway.port}"
+    return f"http://127.0.0.1:{client.app.owned.lora.gateway.port}"
 
 
 async def ask(client, model: str = "active", max_tokens: int = 5) -> tuple[str, list[float]]:

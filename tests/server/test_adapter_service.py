@@ -63,7 +63,7 @@ def s3_settings(endpoint: str, bucket: str) -> dict:
                 s3_secret_key=SECRET_KEY, s3_secure=False)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.full_stack)])
 async def adapters(request, make_server) -> Adapters:
     if request.param == "local":
         client = await make_server()
@@ -272,7 +272,7 @@ async def test_delete_protection_retention_and_tombstones(adapters: Adapters, pe
     for path in peft_dirs:
         parent = (await import_archive(adapters.stub, tar_dir(path), parent_version=parent)).version
     assert parent == "v1.3"
-    serving = PostgresServingState(adapters.client.app.pool)  # what LoraControl writes
+    serving = PostgresServingState(adapters.client.app.owned.pool)  # what LoraControl writes
     await serving.set_version(TINY, ServingRole.ACTIVE, "v1.3")
     await serving.set_version(TINY, ServingRole.KNOWN_GOOD, "v1.0")
     for version in ("v1.3", "v1.0"):

@@ -13,6 +13,12 @@ from learning.v1 import training_pb2 as pb
 from tests.server.conftest import error_details, spec, watch_all
 
 
+# These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
+# in-memory stores (tests/fixtures/memory_engine.py).
+@pytest.fixture
+async def client(memory_client):
+    return memory_client
+
 async def _create_fails(client, request: pb.CreateTrainingJobRequest) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.training.CreateTrainingJob(request)

@@ -25,7 +25,7 @@ from learning.v1 import fisher_pb2 as fisher_pb
 from learning.v1 import fisher_pb2_grpc as fisher_grpc
 from learning.v1 import training_pb2 as pb
 from server.errors import ErrorInterceptor
-from server.services.feedback import build_feedback_service
+from server.services.feedback import build_feedback_service, feedback_ingestor
 from server.settings import Settings
 from tests.server.conftest import error_details, watch_all
 
@@ -126,7 +126,8 @@ async def test_stream_prepared_in_worker_processes_keeps_order_scrubbing_and_pro
     await postgres.migrate(pool)
     settings = Settings(data_dir=tmp_path, feedback_ingest_processes=2,
                         feedback_scrub_patterns={"ticket": r"\bTCK-\d{6}\b"})
-    service = build_feedback_service(settings, PostgresFeedbackStore(pool))
+    store = PostgresFeedbackStore(pool)
+    service = build_feedback_service(settings, feedback_ingestor(settings, store), store)
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
     fb_grpc.add_FeedbackServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -262,7 +263,7 @@ async def test_postgres_restart_mid_stream_is_unavailable_and_acknowledged_event
     await postgres.migrate(pool)
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
     fb_grpc.add_FeedbackServiceServicer_to_server(
-        build_feedback_service(Settings(data_dir=tmp_path), PostgresFeedbackStore(pool)), server
+        _feedback_service(Settings(data_dir=tmp_path), PostgresFeedbackStore(pool)), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -367,10 +368,11 @@ async def test_training_job_from_feedback_runs_end_to_end(client, objective: int
 
 
 async def _run(client, spec: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, dict[str, str]]:
-    """Create and follow a training job: the finished job, and its warnings by code."""
+    """Create and follow a training job: the finished job, and its notices and warnings by code."""
     created = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec))
     messages = await watch_all(client.training, created.training_job.name)
     warnings = {m.event.warning.code: m.event.warning.message for m in messages[1:] if m.event.HasField("warning")}
+    warnings |= {m.event.notice.code: m.event.notice.message for m in messages[1:] if m.event.HasField("notice")}
     job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
     assert job.state == common.JOB_STATE_SUCCEEDED, job.error
     return job, warnings
@@ -479,3 +481,7 @@ async def test_too_little_feedback_fails_the_create_call_stating_the_count(clien
         await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=pb.TrainingJobSpec(
             jsonl=common.JsonlDataset(path="capitals.jsonl"), objective=pb.OBJECTIVE_KTO)))
     assert error_details(kto_jsonl.value)[0].reason == "KTO_NEEDS_FEEDBACK"
+
+
+def _feedback_service(settings: Settings, store: PostgresFeedbackStore):
+    return build_feedback_service(settings, feedback_ingestor(settings, store), store)

@@ -14,6 +14,18 @@ from learning.v1 import training_pb2 as pb
 from tests.server.conftest import TINY, error_details, spec, watch_all
 
 
+# These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
+# in-memory stores (tests/fixtures/memory_engine.py).
+@pytest.fixture
+async def client(memory_client):
+    return memory_client
+
+
+@pytest.fixture
+def make_server(make_memory_server):
+    return make_memory_server
+
+
 def ewc_spec(parent: str, **ewc) -> pb.TrainingJobSpec:
     request = spec(epochs=2)
     request.parent_adapter_version = parent
@@ -39,10 +51,11 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     product = common_pb2.FISHER_SPACE_LORA_PRODUCT
     v11, events = await train(client, ewc_spec("v1.0", ewc_lambda=80.0, gamma=0.9, fisher_space=product))
     assert v11.output_adapter_version == "v1.1"
-    warnings = [e.warning.code for e in events if e.HasField("warning")]
-    assert warnings[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    notices = [e.notice.code for e in events if e.HasField("notice")]
+    assert notices[:2] == ["FISHER_COMPUTED_AUTOMATICALLY", "FISHER_SNAPSHOT_STORED"]
+    assert not any(e.HasField("warning") for e in events), "the automatic Fisher only informs: notices, no warning"
     running = next(i for i, e in enumerate(events) if e.state_change.state == common_pb2.JOB_STATE_RUNNING)
-    stored = next(i for i, e in enumerate(events) if e.warning.code == "FISHER_SNAPSHOT_STORED")
+    stored = next(i for i, e in enumerate(events) if e.notice.code == "FISHER_SNAPSHOT_STORED")
     assert stored < running, "the Fisher pre-pass is part of preparing, and its events come before RUNNING"
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert steps[0].ewc_penalty == 0.0  # theta == theta* before the first update
@@ -97,7 +110,9 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     assert entries.stats.parameter_count == 2 * 4 * (16 * 64 + 64 * 16)  # A [16, 64] and B [64, 16] each
 
 
-async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(client, data_dir):
+async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(pg_client, data_dir):
+    """Full stack: the snapshot's file on disk and its row in PostgreSQL."""
+    client = pg_client
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
     await train(client, spec(epochs=1))
     request = fisher_pb2.FisherJobSpec(adapter_version="v1.0", jsonl=common_pb2.JsonlDataset(path="capitals.jsonl"),

@@ -95,6 +95,6 @@ async def test_activate_rollback_disable_enable_under_load(make_server, tiny_mod
     watch.cancel()
 
     # the registry refuses to delete what the serving side relies on
-    async with client.app.pool.acquire() as conn:
+    async with client.app.owned.pool.acquire() as conn:
         rows = await conn.fetch("SELECT role, major, minor FROM serving_state WHERE base_model = $1", TINY)
     assert sorted((r["role"], r["major"], r["minor"]) for r in rows) == [("ACTIVE", 1, 0), ("KNOWN_GOOD", 1, 0)]

@@ -50,7 +50,7 @@ async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_di
     # two concurrent activations run one after the other
     first, second = await asyncio.gather(activate(client, v10), activate(client, v11))
     assert first.status.last_operation.version == v10 and second.status.active_version == v11
-    async with client.app.pool.acquire() as conn:
+    async with client.app.owned.pool.acquire() as conn:
         ops = await conn.fetch("SELECT kind, version, start_time, duration_seconds, error FROM lora_operations"
                                " WHERE kind = 'ACTIVATE' ORDER BY id")
     assert [(o["version"], o["error"]) for o in ops[-2:]] == [(v10, None), (v11, None)]
@@ -82,7 +82,7 @@ async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_di
     shutil.rmtree(cached[v11])  # the corrupt local copy: the restart fetches and verifies it again
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY), port=backend.port)
     backend.model.load(f"{TINY}@v1.2", cached[v10])
-    async with client.app.pool.acquire() as conn:
+    async with client.app.owned.pool.acquire() as conn:
         await conn.execute("UPDATE lora_targets SET pending_version = 'v1.2', enabled = true")
     restarted = await make_server(serving_url=backend.url)
     st = await status(restarted)
@@ -90,7 +90,7 @@ async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_di
     assert sorted(a.version for a in st.loaded) == [v10, v11]  # stray gone, known-good and active loaded
     assert st.last_operation.kind == lc.LORA_OPERATION_KIND_RECONCILE and st.last_operation.version == "v1.2"
     assert not st.last_operation.HasField("error")
-    async with restarted.app.pool.acquire() as conn:
+    async with restarted.app.owned.pool.acquire() as conn:
         assert await conn.fetchval("SELECT pending_version FROM lora_targets") == ""
     served, _ = await ask(restarted)
     assert served == f"{TINY}@{v11}"
@@ -140,9 +140,9 @@ async def test_auto_rollback_on_negative_feedback(make_server):
     await activate(client, v10, mark_known_good=True)
     await activate(client, v11)
     rates = InMemoryRates()
-    controller = client.app.lora.controller
+    controller = client.app.owned.lora.controller
     auto = AutoRollback(controller, rates, AutoRollbackConfig(margin=0.1, min_samples=20),
-                        client.app.lora.controller._store.history)
+                        client.app.owned.lora.controller._store.history)
     rates.counts_by_version = {v10: FeedbackCounts(80, 20), v11: FeedbackCounts(5, 5)}
     assert await auto.check_once() == ""  # too few ratings yet
     rates.counts_by_version[v11] = FeedbackCounts(20, 8)  # 28.6% vs 20%: within the margin

@@ -16,6 +16,12 @@ from tests.fixtures.peft_adapters import build_peft_adapter, tar_dir
 from tests.server.conftest import TINY, error_details, spec, watch_all
 
 
+# These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
+# in-memory stores (tests/fixtures/memory_engine.py).
+@pytest.fixture
+async def client(memory_client):
+    return memory_client
+
 async def _import(stub: apb_grpc.AdapterServiceStub, data: bytes) -> apb.Adapter:
     async def requests():
         yield apb.ImportAdapterRequest(metadata=apb.ImportAdapterMetadata(base_model=TINY))

@@ -18,6 +18,19 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import TINY, aiter_events, spec, watch_all
 
+
+# These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
+# in-memory stores (tests/fixtures/memory_engine.py).
+@pytest.fixture
+async def client(memory_client):
+    return memory_client
+
+
+@pytest.fixture
+def make_server(make_memory_server):
+    return make_memory_server
+
+
 TERMINAL = {common.JOB_STATE_SUCCEEDED, common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED}
 
 

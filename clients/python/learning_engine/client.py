@@ -30,6 +30,7 @@ from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import lora_control_pb2 as lora
 from learning.v1 import training_pb2 as training
+from learning.v1.error_reason_pb2 import ERROR_REASON_NO_HEADER, ERROR_REASON_SHA256_MISMATCH
 from learning_engine import errors
 from learning_engine.connection import DEFAULT_TARGET, Connection, TlsConfig
 
@@ -268,14 +269,14 @@ class AsyncClient:
                 handle.close()
         if header is None:
             raise errors.DataLoss(
-                grpc.StatusCode.DATA_LOSS, "download ended without a header", reason="NO_HEADER"
+                grpc.StatusCode.DATA_LOSS, "download ended without a header", reason=ERROR_REASON_NO_HEADER
             )
         if header.sha256 and digest.hexdigest() != header.sha256:
             partial.unlink(missing_ok=True)
             raise errors.DataLoss(
                 grpc.StatusCode.DATA_LOSS,
                 "downloaded archive does not match its sha256",
-                reason="SHA256_MISMATCH",
+                reason=ERROR_REASON_SHA256_MISMATCH,
             )
         partial.replace(path)
         return header.adapter, path

@@ -1,9 +1,10 @@
 """Typed exceptions for every failed call, chosen from the status's ErrorInfo.reason and code.
 
-One table (``_BY_REASON`` first, then ``_BY_CODE``) decides the class; nothing
-here or in callers looks at message strings. Every exception keeps the gRPC
-``code``, the machine-readable ``reason``, ErrorInfo ``metadata`` and the
-BadRequest ``violations``.
+Reasons come from the catalogue ``learning.v1.ErrorReason`` (protos/learning/v1/error_reason.proto):
+the wire reason "JOB_NOT_FOUND" is the value ERROR_REASON_JOB_NOT_FOUND. One table (``_BY_REASON``,
+keyed by catalogue values, first, then ``_BY_CODE``) decides the class; nothing here or in callers
+looks at message strings. Every exception keeps the gRPC ``code``, the wire ``reason`` and its
+catalogue value ``error_reason``, ErrorInfo ``metadata`` and the BadRequest ``violations``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,28 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from learning.v1 import error_reason_pb2
+from learning.v1.error_reason_pb2 import ErrorReason
+
 ERROR_DOMAIN = "learning-engine"
+_PREFIX = "ERROR_REASON_"
+_BY_WIRE_NAME: dict[str, ErrorReason] = {
+    name.removeprefix(_PREFIX): value
+    for name, value in ErrorReason.items()
+    if value != error_reason_pb2.ERROR_REASON_UNSPECIFIED
+}
+
+
+def reason_value(reason: str) -> ErrorReason:
+    """The catalogue value of a wire reason ("JOB_NOT_FOUND"); ERROR_REASON_UNSPECIFIED if it has none."""
+    return _BY_WIRE_NAME.get(reason, error_reason_pb2.ERROR_REASON_UNSPECIFIED)
+
+
+def reason_name(value: ErrorReason) -> str:
+    """The wire reason of a catalogue value: its name without ERROR_REASON_ ("" for UNSPECIFIED)."""
+    if value == error_reason_pb2.ERROR_REASON_UNSPECIFIED:
+        return ""
+    return ErrorReason.Name(value).removeprefix(_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -31,16 +53,21 @@ class LearningEngineError(Exception):
         code: grpc.StatusCode,
         message: str,
         *,
-        reason: str = "",
+        reason: str | ErrorReason = "",
         metadata: dict[str, str] | None = None,
         violations: tuple[FieldViolation, ...] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason
+        self.reason = reason if isinstance(reason, str) else reason_name(reason)
         self.metadata = dict(metadata or {})
         self.violations = violations
+
+    @property
+    def error_reason(self) -> ErrorReason:
+        """The reason in the catalogue; ERROR_REASON_UNSPECIFIED for none, or one newer than this client."""
+        return reason_value(self.reason)
 
     @property
     def exit_code(self) -> int:
@@ -122,9 +149,9 @@ class Internal(LearningEngineError):
     pass
 
 
-_BY_REASON: dict[str, type[LearningEngineError]] = {
-    "RATE_LIMITED": RateLimited,
-    "REQUEST_ID_REUSED": RequestIdReused,
+_BY_REASON: dict[ErrorReason, type[LearningEngineError]] = {
+    error_reason_pb2.ERROR_REASON_RATE_LIMITED: RateLimited,
+    error_reason_pb2.ERROR_REASON_REQUEST_ID_REUSED: RequestIdReused,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[LearningEngineError]] = {
@@ -146,9 +173,10 @@ _BY_CODE: dict[grpc.StatusCode, type[LearningEngineError]] = {
 }
 
 
-def error_class(code: grpc.StatusCode, reason: str) -> type[LearningEngineError]:
-    """The exception class for a status: a specific reason wins, then the code."""
-    return _BY_REASON.get(reason) or _BY_CODE.get(code, LearningEngineError)
+def error_class(code: grpc.StatusCode, reason: str | ErrorReason) -> type[LearningEngineError]:
+    """The exception class for a status: a specific reason (wire name or catalogue value) wins, then the code."""
+    value = reason_value(reason) if isinstance(reason, str) else reason
+    return _BY_REASON.get(value) or _BY_CODE.get(code, LearningEngineError)
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> LearningEngineError:

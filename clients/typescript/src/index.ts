@@ -1,14 +1,16 @@
 /**
  * Learning Engine TypeScript client: the generated learning.v1 services over gRPC (HTTP/2),
- * with an optional bearer token and the server's typed error reason.
+ * with an optional bearer token, and errors read from their google.rpc details and typed by the
+ * catalogue of reasons (learning.v1.ErrorReason).
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
-import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
+import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { AdapterService } from "./gen/learning/v1/adapter_pb.js";
+import { ErrorReason, ErrorReasonSchema } from "./gen/learning/v1/error_reason_pb.js";
 import { FeedbackService } from "./gen/learning/v1/feedback_pb.js";
 import { FisherService } from "./gen/learning/v1/fisher_pb.js";
 import { LoraControlService } from "./gen/learning/v1/lora_control_pb.js";
@@ -16,6 +18,7 @@ import { TrainingService } from "./gen/learning/v1/training_pb.js";
 
 export * from "./gen/learning/v1/adapter_pb.js";
 export * from "./gen/learning/v1/common_pb.js";
+export * from "./gen/learning/v1/error_reason_pb.js";
 export * from "./gen/learning/v1/feedback_pb.js";
 export * from "./gen/learning/v1/fisher_pb.js";
 export * from "./gen/learning/v1/lora_control_pb.js";
@@ -56,37 +59,52 @@ export function createLearningEngineClient(options: ClientOptions): LearningEngi
   };
 }
 
+/** The ErrorInfo domain of every Learning Engine error. */
+export const ERROR_DOMAIN = "learning-engine";
+
+const REASON_PREFIX = "ERROR_REASON_";
+const REASONS: ReadonlyMap<string, ErrorReason> = new Map(
+  ErrorReasonSchema.values
+    .filter((value) => value.number !== ErrorReason.UNSPECIFIED)
+    .map((value) => [value.name.slice(REASON_PREFIX.length), value.number as ErrorReason]),
+);
+
+/** The catalogue value of a wire reason ("JOB_NOT_FOUND" -> ErrorReason.JOB_NOT_FOUND); UNSPECIFIED if unknown. */
+export function errorReason(reason: string): ErrorReason {
+  return REASONS.get(reason) ?? ErrorReason.UNSPECIFIED;
+}
+
 export interface ErrorInfo {
+  /** The stable, machine-readable reason as sent, e.g. "JOB_NOT_FOUND". */
   reason: string;
+  /** The reason in the catalogue (learning.v1.ErrorReason); UNSPECIFIED for one newer than this client. */
+  errorReason: ErrorReason;
   domain: string;
   metadata: Record<string, string>;
 }
 
-/** The google.rpc.ErrorInfo every server error carries (reason is the stable, machine-readable part). */
+/** The google.rpc.ErrorInfo every server error carries (the Learning Engine one if there are several). */
 export function errorInfo(error: unknown): ErrorInfo | undefined {
-  const err = ConnectError.from(error);
-  for (const detail of err.details) {
-    if ("desc" in detail || detail.type !== "google.rpc.ErrorInfo") continue;
-    const info: ErrorInfo = { reason: "", domain: "", metadata: {} };
-    const reader = new BinaryReader(detail.value);
-    while (reader.pos < reader.len) {
-      const [field, wireType] = reader.tag();
-      if (field === 1) info.reason = reader.string();
-      else if (field === 2) info.domain = reader.string();
-      else if (field === 3) {
-        const entry = new BinaryReader(reader.bytes());
-        let key = "";
-        let value = "";
-        while (entry.pos < entry.len) {
-          const [f, w] = entry.tag();
-          if (f === 1) key = entry.string();
-          else if (f === 2) value = entry.string();
-          else entry.skip(w);
-        }
-        info.metadata[key] = value;
-      } else reader.skip(wireType);
-    }
-    return info;
-  }
-  return undefined;
+  const infos = ConnectError.from(error).findDetails(ErrorInfoSchema);
+  const info = infos.find((i) => i.domain === ERROR_DOMAIN) ?? infos[0];
+  if (info === undefined) return undefined;
+  return {
+    reason: info.reason,
+    errorReason: errorReason(info.reason),
+    domain: info.domain,
+    metadata: { ...info.metadata },
+  };
+}
+
+export interface FieldViolation {
+  /** Dotted path of the bad field, e.g. "spec.jsonl.path" or "line[3].messages". */
+  field: string;
+  description: string;
+}
+
+/** The google.rpc.BadRequest field violations of a bad-input error (empty for other errors). */
+export function fieldViolations(error: unknown): FieldViolation[] {
+  return ConnectError.from(error)
+    .findDetails(BadRequestSchema)
+    .flatMap((bad) => bad.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
 }

@@ -6,7 +6,16 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Code, ConnectError, JobState, createLearningEngineClient, errorInfo } from "../src/index.js";
+import {
+  Code,
+  ConnectError,
+  ErrorReason,
+  JobState,
+  createLearningEngineClient,
+  errorInfo,
+  errorReason,
+  fieldViolations,
+} from "../src/index.js";
 
 const baseUrl = process.env.LEARNING_ENGINE_URL;
 if (!baseUrl) throw new Error("set LEARNING_ENGINE_URL to a running server, e.g. http://127.0.0.1:50051");
@@ -62,8 +71,26 @@ test("errors carry a status code and the ErrorInfo reason", async () => {
       assert.equal(error.code, Code.NotFound);
       const info = errorInfo(error);
       assert.equal(info?.reason, "JOB_NOT_FOUND");
+      assert.equal(info?.errorReason, ErrorReason.JOB_NOT_FOUND);
       assert.equal(info?.domain, "learning-engine");
+      assert.deepEqual(fieldViolations(error), []);
       return true;
     },
   );
+  await assert.rejects(
+    client.training.createTrainingJob({ spec: { dataset: { case: "jsonl", value: { path: "missing.jsonl" } } } }),
+    (error: unknown) => {
+      assert.equal(ConnectError.from(error).code, Code.InvalidArgument);
+      assert.equal(errorInfo(error)?.errorReason, ErrorReason.DATASET_NOT_FOUND);
+      assert.deepEqual(fieldViolations(error).map((v) => v.field), ["spec.jsonl.path"]);
+      return true;
+    },
+  );
+});
+
+test("reasons map to the catalogue, and unknown ones to UNSPECIFIED", () => {
+  assert.equal(errorReason("RATE_LIMITED"), ErrorReason.RATE_LIMITED);
+  assert.equal(errorReason("A_REASON_FROM_A_NEWER_SERVER"), ErrorReason.UNSPECIFIED);
+  assert.equal(errorReason("UNSPECIFIED"), ErrorReason.UNSPECIFIED);
+  assert.equal(errorReason(""), ErrorReason.UNSPECIFIED);
 });

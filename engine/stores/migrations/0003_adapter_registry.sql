@@ -1,4 +1,4 @@
--- The adapter registry proper (issue 4).
+-- The adapter registry proper.
 --
 -- A row is a version number: RESERVED while its artifacts are being stored,
 -- PUBLISHED once they are durable, DELETED (a tombstone: artifacts removed, the
@@ -18,7 +18,7 @@ CREATE INDEX adapters_list_idx ON adapters (create_time DESC, base_model DESC, m
 CREATE INDEX adapters_labels_idx ON adapters USING gin (labels);
 CREATE UNIQUE INDEX adapters_request_id_idx ON adapters (base_model, request_id) WHERE request_id IS NOT NULL;
 
--- Which versions the serving side (LoraControl, issue 6) relies on. One row per
+-- Which versions the serving side (LoraControl) relies on. One row per
 -- base model and role. The foreign key makes every writer take a KEY SHARE lock
 -- on the adapter row, so a write here and a delete of that version serialise.
 CREATE TABLE serving_state (

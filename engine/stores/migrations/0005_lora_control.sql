@@ -1,4 +1,4 @@
--- LoraControl (issue 6): per serving target state, the history of operations and eval results.
+-- LoraControl: per serving target state, the history of operations and eval results.
 -- The registry's serving_state table (0003) mirrors active/known-good for DeleteAdapter; both are
 -- written in one transaction by engine/stores/lora_store.py.
 CREATE TABLE lora_targets (

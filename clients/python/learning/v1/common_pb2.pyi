@@ -74,6 +74,14 @@ class JobStateChange(_message.Message):
     message: str
     def __init__(self, previous_state: _Optional[_Union[JobState, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
+class JobNotice(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
 class JobWarning(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -89,7 +97,7 @@ class JobError(_message.Message):
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
-    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end")
+    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback")
     class CompositionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,13 +111,17 @@ class DatasetSummary(_message.Message):
     TARGET_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    JSONL_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     digest: str
     example_count: int
     composition: _containers.ScalarMap[str, int]
     target_token_count: int
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
-    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    jsonl: JsonlDataset
+    feedback: FeedbackDataset
+    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jsonl: _Optional[_Union[JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackDataset, _Mapping]] = ...) -> None: ...
 
 class JsonlDataset(_message.Message):
     __slots__ = ("path",)

@@ -27,15 +27,15 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from learning.v1 import common_pb2 as learning_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18learning/v1/fisher.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x18learning/v1/common.proto\"\xa9\x02\n\rFisherJobSpec\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\t\x12*\n\x05jsonl\x18\x03 \x01(\x0b\x32\x19.learning.v1.JsonlDatasetH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x18\n\x0bnum_samples\x18\x05 \x01(\rH\x01\x88\x01\x01\x12/\n\testimator\x18\x06 \x01(\x0e\x32\x1c.learning.v1.FisherEstimator\x12\'\n\x05space\x18\x07 \x01(\x0e\x32\x18.learning.v1.FisherSpaceB\t\n\x07\x64\x61tasetB\x0e\n\x0c_num_samples\"\x8b\x03\n\tFisherJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.learning.v1.JobState\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x18.learning.v1.JobProgress\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04spec\x18\t \x01(\x0b\x32\x1a.learning.v1.FisherJobSpec\x12\x17\n\x0foutput_snapshot\x18\n \x01(\t\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\"*\n\x0e\x46isherQuantile\x12\t\n\x01q\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"~\n\x0b\x46isherStats\x12\x0b\n\x03sum\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12.\n\tquantiles\x18\x04 \x03(\x0b\x32\x1b.learning.v1.FisherQuantile\x12\x17\n\x0fparameter_count\x18\x05 \x01(\x04\"\x82\x03\n\x0e\x46isherSnapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x04\x12/\n\testimator\x18\x06 \x01(\x0e\x32\x1c.learning.v1.FisherEstimator\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05stats\x18\x08 \x01(\x0b\x32\x18.learning.v1.FisherStats\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x04\x12\x15\n\rnormalization\x18\x0b \x01(\t\x12\x18\n\x10\x61\x63\x63umulated_from\x18\x0c \x01(\t\x12\'\n\x05space\x18\r \x01(\x0e\x32\x18.learning.v1.FisherSpace\"Y\n\x0e\x46isherProgress\x12\x14\n\x0csamples_done\x18\x01 \x01(\x04\x12\x15\n\rsamples_total\x18\x02 \x01(\x04\x12\x1a\n\x12samples_per_second\x18\x03 \x01(\x01\"\x8e\x02\n\x0e\x46isherJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0cstate_change\x18\x03 \x01(\x0b\x32\x1b.learning.v1.JobStateChangeH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.learning.v1.FisherProgressH\x00\x12*\n\x07warning\x18\x05 \x01(\x0b\x32\x17.learning.v1.JobWarningH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.learning.v1.JobErrorH\x00\x42\x06\n\x04kind\"V\n\x16\x43reateFisherJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.learning.v1.FisherJobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"E\n\x17\x43reateFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"#\n\x13GetFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14GetFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"e\n\x15ListFisherJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.learning.v1.JobState\"^\n\x16ListFisherJobsResponse\x12+\n\x0b\x66isher_jobs\x18\x01 \x03(\x0b\x32\x16.learning.v1.FisherJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16\x43\x61ncelFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x17\x43\x61ncelFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"=\n\x15WatchFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"|\n\x16WatchFisherJobResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJobH\x00\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1b.learning.v1.FisherJobEventH\x00\x42\x08\n\x06update\"(\n\x18GetFisherSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x19GetFisherSnapshotResponse\x12\x34\n\x0f\x66isher_snapshot\x18\x01 \x01(\x0b\x32\x1b.learning.v1.FisherSnapshot\"p\n\x1aListFisherSnapshotsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"m\n\x1bListFisherSnapshotsResponse\x12\x35\n\x10\x66isher_snapshots\x18\x01 \x03(\x0b\x32\x1b.learning.v1.FisherSnapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x1b\x44\x65leteFisherSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1e\n\x1c\x44\x65leteFisherSnapshotResponse*\x9a\x01\n\x0f\x46isherEstimator\x12 \n\x1c\x46ISHER_ESTIMATOR_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46ISHER_ESTIMATOR_EMPIRICAL\x10\x01\x12\x1c\n\x18\x46ISHER_ESTIMATOR_SAMPLED\x10\x02\x12\'\n#FISHER_ESTIMATOR_BATCH_MEAN_SQUARED\x10\x03\x32\x93\x06\n\rFisherService\x12\\\n\x0f\x43reateFisherJob\x12#.learning.v1.CreateFisherJobRequest\x1a$.learning.v1.CreateFisherJobResponse\x12S\n\x0cGetFisherJob\x12 .learning.v1.GetFisherJobRequest\x1a!.learning.v1.GetFisherJobResponse\x12Y\n\x0eListFisherJobs\x12\".learning.v1.ListFisherJobsRequest\x1a#.learning.v1.ListFisherJobsResponse\x12\\\n\x0f\x43\x61ncelFisherJob\x12#.learning.v1.CancelFisherJobRequest\x1a$.learning.v1.CancelFisherJobResponse\x12[\n\x0eWatchFisherJob\x12\".learning.v1.WatchFisherJobRequest\x1a#.learning.v1.WatchFisherJobResponse0\x01\x12\x62\n\x11GetFisherSnapshot\x12%.learning.v1.GetFisherSnapshotRequest\x1a&.learning.v1.GetFisherSnapshotResponse\x12h\n\x13ListFisherSnapshots\x12\'.learning.v1.ListFisherSnapshotsRequest\x1a(.learning.v1.ListFisherSnapshotsResponse\x12k\n\x14\x44\x65leteFisherSnapshot\x12(.learning.v1.DeleteFisherSnapshotRequest\x1a).learning.v1.DeleteFisherSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18learning/v1/fisher.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x18learning/v1/common.proto\"\xa9\x02\n\rFisherJobSpec\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\t\x12*\n\x05jsonl\x18\x03 \x01(\x0b\x32\x19.learning.v1.JsonlDatasetH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x18\n\x0bnum_samples\x18\x05 \x01(\rH\x01\x88\x01\x01\x12/\n\testimator\x18\x06 \x01(\x0e\x32\x1c.learning.v1.FisherEstimator\x12\'\n\x05space\x18\x07 \x01(\x0e\x32\x18.learning.v1.FisherSpaceB\t\n\x07\x64\x61tasetB\x0e\n\x0c_num_samples\"\x8b\x03\n\tFisherJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.learning.v1.JobState\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x18.learning.v1.JobProgress\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04spec\x18\t \x01(\x0b\x32\x1a.learning.v1.FisherJobSpec\x12\x17\n\x0foutput_snapshot\x18\n \x01(\t\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\"*\n\x0e\x46isherQuantile\x12\t\n\x01q\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"~\n\x0b\x46isherStats\x12\x0b\n\x03sum\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12.\n\tquantiles\x18\x04 \x03(\x0b\x32\x1b.learning.v1.FisherQuantile\x12\x17\n\x0fparameter_count\x18\x05 \x01(\x04\"\x82\x03\n\x0e\x46isherSnapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x04\x12/\n\testimator\x18\x06 \x01(\x0e\x32\x1c.learning.v1.FisherEstimator\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05stats\x18\x08 \x01(\x0b\x32\x18.learning.v1.FisherStats\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x04\x12\x15\n\rnormalization\x18\x0b \x01(\t\x12\x18\n\x10\x61\x63\x63umulated_from\x18\x0c \x01(\t\x12\'\n\x05space\x18\r \x01(\x0e\x32\x18.learning.v1.FisherSpace\"Y\n\x0e\x46isherProgress\x12\x14\n\x0csamples_done\x18\x01 \x01(\x04\x12\x15\n\rsamples_total\x18\x02 \x01(\x04\x12\x1a\n\x12samples_per_second\x18\x03 \x01(\x01\"\xb8\x02\n\x0e\x46isherJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0cstate_change\x18\x03 \x01(\x0b\x32\x1b.learning.v1.JobStateChangeH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.learning.v1.FisherProgressH\x00\x12*\n\x07warning\x18\x05 \x01(\x0b\x32\x17.learning.v1.JobWarningH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.learning.v1.JobErrorH\x00\x12(\n\x06notice\x18\x07 \x01(\x0b\x32\x16.learning.v1.JobNoticeH\x00\x42\x06\n\x04kind\"V\n\x16\x43reateFisherJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.learning.v1.FisherJobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"E\n\x17\x43reateFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"#\n\x13GetFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14GetFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"e\n\x15ListFisherJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.learning.v1.JobState\"^\n\x16ListFisherJobsResponse\x12+\n\x0b\x66isher_jobs\x18\x01 \x03(\x0b\x32\x16.learning.v1.FisherJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16\x43\x61ncelFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x17\x43\x61ncelFisherJobResponse\x12*\n\nfisher_job\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJob\"=\n\x15WatchFisherJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"|\n\x16WatchFisherJobResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x16.learning.v1.FisherJobH\x00\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1b.learning.v1.FisherJobEventH\x00\x42\x08\n\x06update\"(\n\x18GetFisherSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x19GetFisherSnapshotResponse\x12\x34\n\x0f\x66isher_snapshot\x18\x01 \x01(\x0b\x32\x1b.learning.v1.FisherSnapshot\"p\n\x1aListFisherSnapshotsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"m\n\x1bListFisherSnapshotsResponse\x12\x35\n\x10\x66isher_snapshots\x18\x01 \x03(\x0b\x32\x1b.learning.v1.FisherSnapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x1b\x44\x65leteFisherSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1e\n\x1c\x44\x65leteFisherSnapshotResponse*\x9a\x01\n\x0f\x46isherEstimator\x12 \n\x1c\x46ISHER_ESTIMATOR_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46ISHER_ESTIMATOR_EMPIRICAL\x10\x01\x12\x1c\n\x18\x46ISHER_ESTIMATOR_SAMPLED\x10\x02\x12\'\n#FISHER_ESTIMATOR_BATCH_MEAN_SQUARED\x10\x03\x32\x93\x06\n\rFisherService\x12\\\n\x0f\x43reateFisherJob\x12#.learning.v1.CreateFisherJobRequest\x1a$.learning.v1.CreateFisherJobResponse\x12S\n\x0cGetFisherJob\x12 .learning.v1.GetFisherJobRequest\x1a!.learning.v1.GetFisherJobResponse\x12Y\n\x0eListFisherJobs\x12\".learning.v1.ListFisherJobsRequest\x1a#.learning.v1.ListFisherJobsResponse\x12\\\n\x0f\x43\x61ncelFisherJob\x12#.learning.v1.CancelFisherJobRequest\x1a$.learning.v1.CancelFisherJobResponse\x12[\n\x0eWatchFisherJob\x12\".learning.v1.WatchFisherJobRequest\x1a#.learning.v1.WatchFisherJobResponse0\x01\x12\x62\n\x11GetFisherSnapshot\x12%.learning.v1.GetFisherSnapshotRequest\x1a&.learning.v1.GetFisherSnapshotResponse\x12h\n\x13ListFisherSnapshots\x12\'.learning.v1.ListFisherSnapshotsRequest\x1a(.learning.v1.ListFisherSnapshotsResponse\x12k\n\x14\x44\x65leteFisherSnapshot\x12(.learning.v1.DeleteFisherSnapshotRequest\x1a).learning.v1.DeleteFisherSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'learning.v1.fisher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FISHERESTIMATOR']._serialized_start=2939
-  _globals['_FISHERESTIMATOR']._serialized_end=3093
+  _globals['_FISHERESTIMATOR']._serialized_start=2981
+  _globals['_FISHERESTIMATOR']._serialized_end=3135
   _globals['_FISHERJOBSPEC']._serialized_start=126
   _globals['_FISHERJOBSPEC']._serialized_end=423
   _globals['_FISHERJOB']._serialized_start=426
@@ -49,39 +49,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FISHERPROGRESS']._serialized_start=1384
   _globals['_FISHERPROGRESS']._serialized_end=1473
   _globals['_FISHERJOBEVENT']._serialized_start=1476
-  _globals['_FISHERJOBEVENT']._serialized_end=1746
-  _globals['_CREATEFISHERJOBREQUEST']._serialized_start=1748
-  _globals['_CREATEFISHERJOBREQUEST']._serialized_end=1834
-  _globals['_CREATEFISHERJOBRESPONSE']._serialized_start=1836
-  _globals['_CREATEFISHERJOBRESPONSE']._serialized_end=1905
-  _globals['_GETFISHERJOBREQUEST']._serialized_start=1907
-  _globals['_GETFISHERJOBREQUEST']._serialized_end=1942
-  _globals['_GETFISHERJOBRESPONSE']._serialized_start=1944
-  _globals['_GETFISHERJOBRESPONSE']._serialized_end=2010
-  _globals['_LISTFISHERJOBSREQUEST']._serialized_start=2012
-  _globals['_LISTFISHERJOBSREQUEST']._serialized_end=2113
-  _globals['_LISTFISHERJOBSRESPONSE']._serialized_start=2115
-  _globals['_LISTFISHERJOBSRESPONSE']._serialized_end=2209
-  _globals['_CANCELFISHERJOBREQUEST']._serialized_start=2211
-  _globals['_CANCELFISHERJOBREQUEST']._serialized_end=2249
-  _globals['_CANCELFISHERJOBRESPONSE']._serialized_start=2251
-  _globals['_CANCELFISHERJOBRESPONSE']._serialized_end=2320
-  _globals['_WATCHFISHERJOBREQUEST']._serialized_start=2322
-  _globals['_WATCHFISHERJOBREQUEST']._serialized_end=2383
-  _globals['_WATCHFISHERJOBRESPONSE']._serialized_start=2385
-  _globals['_WATCHFISHERJOBRESPONSE']._serialized_end=2509
-  _globals['_GETFISHERSNAPSHOTREQUEST']._serialized_start=2511
-  _globals['_GETFISHERSNAPSHOTREQUEST']._serialized_end=2551
-  _globals['_GETFISHERSNAPSHOTRESPONSE']._serialized_start=2553
-  _globals['_GETFISHERSNAPSHOTRESPONSE']._serialized_end=2634
-  _globals['_LISTFISHERSNAPSHOTSREQUEST']._serialized_start=2636
-  _globals['_LISTFISHERSNAPSHOTSREQUEST']._serialized_end=2748
-  _globals['_LISTFISHERSNAPSHOTSRESPONSE']._serialized_start=2750
-  _globals['_LISTFISHERSNAPSHOTSRESPONSE']._serialized_end=2859
-  _globals['_DELETEFISHERSNAPSHOTREQUEST']._serialized_start=2861
-  _globals['_DELETEFISHERSNAPSHOTREQUEST']._serialized_end=2904
-  _globals['_DELETEFISHERSNAPSHOTRESPONSE']._serialized_start=2906
-  _globals['_DELETEFISHERSNAPSHOTRESPONSE']._serialized_end=2936
-  _globals['_FISHERSERVICE']._serialized_start=3096
-  _globals['_FISHERSERVICE']._serialized_end=3883
+  _globals['_FISHERJOBEVENT']._serialized_end=1788
+  _globals['_CREATEFISHERJOBREQUEST']._serialized_start=1790
+  _globals['_CREATEFISHERJOBREQUEST']._serialized_end=1876
+  _globals['_CREATEFISHERJOBRESPONSE']._serialized_start=1878
+  _globals['_CREATEFISHERJOBRESPONSE']._serialized_end=1947
+  _globals['_GETFISHERJOBREQUEST']._serialized_start=1949
+  _globals['_GETFISHERJOBREQUEST']._serialized_end=1984
+  _globals['_GETFISHERJOBRESPONSE']._serialized_start=1986
+  _globals['_GETFISHERJOBRESPONSE']._serialized_end=2052
+  _globals['_LISTFISHERJOBSREQUEST']._serialized_start=2054
+  _globals['_LISTFISHERJOBSREQUEST']._serialized_end=2155
+  _globals['_LISTFISHERJOBSRESPONSE']._serialized_start=2157
+  _globals['_LISTFISHERJOBSRESPONSE']._serialized_end=2251
+  _globals['_CANCELFISHERJOBREQUEST']._serialized_start=2253
+  _globals['_CANCELFISHERJOBREQUEST']._serialized_end=2291
+  _globals['_CANCELFISHERJOBRESPONSE']._serialized_start=2293
+  _globals['_CANCELFISHERJOBRESPONSE']._serialized_end=2362
+  _globals['_WATCHFISHERJOBREQUEST']._serialized_start=2364
+  _globals['_WATCHFISHERJOBREQUEST']._serialized_end=2425
+  _globals['_WATCHFISHERJOBRESPONSE']._serialized_start=2427
+  _globals['_WATCHFISHERJOBRESPONSE']._serialized_end=2551
+  _globals['_GETFISHERSNAPSHOTREQUEST']._serialized_start=2553
+  _globals['_GETFISHERSNAPSHOTREQUEST']._serialized_end=2593
+  _globals['_GETFISHERSNAPSHOTRESPONSE']._serialized_start=2595
+  _globals['_GETFISHERSNAPSHOTRESPONSE']._serialized_end=2676
+  _globals['_LISTFISHERSNAPSHOTSREQUEST']._serialized_start=2678
+  _globals['_LISTFISHERSNAPSHOTSREQUEST']._serialized_end=2790
+  _globals['_LISTFISHERSNAPSHOTSRESPONSE']._serialized_start=2792
+  _globals['_LISTFISHERSNAPSHOTSRESPONSE']._serialized_end=2901
+  _globals['_DELETEFISHERSNAPSHOTREQUEST']._serialized_start=2903
+  _globals['_DELETEFISHERSNAPSHOTREQUEST']._serialized_end=2946
+  _globals['_DELETEFISHERSNAPSHOTRESPONSE']._serialized_start=2948
+  _globals['_DELETEFISHERSNAPSHOTRESPONSE']._serialized_end=2978
+  _globals['_FISHERSERVICE']._serialized_start=3138
+  _globals['_FISHERSERVICE']._serialized_end=3925
 # @@protoc_insertion_point(module_scope)

@@ -216,7 +216,7 @@ class TrainingEvalResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., split: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ...) -> None: ...
 
 class TrainingJobEvent(_message.Message):
-    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error")
+    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error", "notice")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class TrainingJobEvent(_message.Message):
     EVAL_RESULT_FIELD_NUMBER: _ClassVar[int]
     WARNING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     state_change: _common_pb2.JobStateChange
@@ -233,7 +234,8 @@ class TrainingJobEvent(_message.Message):
     eval_result: TrainingEvalResult
     warning: _common_pb2.JobWarning
     error: _common_pb2.JobError
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ...) -> None: ...
+    notice: _common_pb2.JobNotice
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("spec", "request_id", "validate_only")

@@ -53,7 +53,6 @@ def connection(
     ctx.obj = Options(target, token, as_json, timeout, tls_from(tls_ca, tls_cert, tls_key, tls_server_name))
 
 
-app.command("serve")(ops.serve)
 app.command("health")(ops.health)
 app.command("train")(jobs.train)
 app.command("fisher")(jobs.fisher_cmd)

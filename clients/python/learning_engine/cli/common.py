@@ -17,9 +17,10 @@ from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
+from learning.v1.error_reason_pb2 import ErrorReason
 from learning_engine.client import AsyncClient
 from learning_engine.connection import TlsConfig
-from learning_engine.errors import LearningEngineError
+from learning_engine.errors import LearningEngineError, reason_name
 
 T = TypeVar("T")
 
@@ -69,11 +70,12 @@ def fail(
     code: grpc.StatusCode,
     message: str,
     *,
-    reason: str = "",
+    reason: str | ErrorReason = "",
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
 ) -> NoReturn:
     """Report an error (JSON on stdout with --json, text on stderr otherwise) and exit with ``code``."""
+    reason = reason if isinstance(reason, str) else reason_name(reason)
     if opts.json:
         print(
             json.dumps(

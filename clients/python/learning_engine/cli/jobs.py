@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import training_pb2 as training
+from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, interrupted, labels, options, out, run
 from learning_engine.client import AsyncClient
 
@@ -88,7 +89,7 @@ def train(
             opts,
             grpc.StatusCode.INVALID_ARGUMENT,
             "name exactly one of --data or --from-feedback",
-            reason="USAGE",
+            reason=ERROR_REASON_USAGE,
         )
     spec = training.TrainingJobSpec(
         base_model=base_model,
@@ -217,7 +218,12 @@ def fisher_cmd(
     """Estimate a diagonal Fisher snapshot (for EWC) from a dataset or from collected feedback."""
     opts = options(ctx)
     if bool(data) == bool(from_feedback):
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name exactly one of --data or --from-feedback", reason="USAGE")
+        fail(
+            opts,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "name exactly one of --data or --from-feedback",
+            reason=ERROR_REASON_USAGE,
+        )
     key = f"FISHER_ESTIMATOR_{estimator.upper()}"
     if key not in fisher.FisherEstimator.keys():
         raise typer.BadParameter(f"unknown estimator {estimator!r}", param_hint="--estimator")

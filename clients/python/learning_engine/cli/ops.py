@@ -17,6 +17,7 @@ from rich.table import Table
 
 from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import lora_control_pb2 as lora
+from learning.v1.error_reason_pb2 import ERROR_REASON_FEEDBACK_LINE_INVALID, ERROR_REASON_METRICS_UNREACHABLE
 from learning_engine.cli.common import as_dict, emit, fail, labels, options, out, run
 from learning_engine.client import AsyncClient
 
@@ -212,7 +213,7 @@ def metrics(
         with urllib.request.urlopen(url, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
             text = response.read().decode()
     except (urllib.error.URLError, OSError) as exc:
-        fail(opts, grpc.StatusCode.UNAVAILABLE, f"cannot read {url}: {exc}", reason="METRICS_UNREACHABLE")
+        fail(opts, grpc.StatusCode.UNAVAILABLE, f"cannot read {url}: {exc}", reason=ERROR_REASON_METRICS_UNREACHABLE)
     samples = [
         {"name": s.name, "labels": s.labels, "value": s.value}
         for family in text_string_to_metric_families(text)
@@ -255,7 +256,7 @@ def feedback_import(
                 opts,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{path}:{number}: {exc}",
-                reason="FEEDBACK_LINE_INVALID",
+                reason=ERROR_REASON_FEEDBACK_LINE_INVALID,
                 violations=[(f"line[{number}]", str(exc))],
             )
 
@@ -277,23 +278,7 @@ def feedback_import(
     )
 
 
-# ---- server side ----------------------------------------------------------------------
-
-
-def serve(
-    host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
-    port: int = typer.Option(None, "--port"),
-    data_dir: Path = typer.Option(None, "--data-dir"),
-    config: Path = typer.Option(None, "--config", help="YAML settings file."),
-) -> None:
-    """Run the gRPC server (same as python -m server)."""
-    from server.__main__ import main as server_main  # noqa: PLC0415 - heavy (torch); only here
-
-    argv = []
-    for flag, value in (("--host", host), ("--port", port), ("--data-dir", data_dir), ("--config", config)):
-        if value is not None:
-            argv += [flag, str(value)]
-    raise typer.Exit(server_main(argv))
+# ---- tokens ---------------------------------------------------------------------------
 
 
 def hash_token(

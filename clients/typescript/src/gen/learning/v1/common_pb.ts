@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/common.proto.
  */
 export const file_learning_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIrCgpKb2JXYXJuaW5nEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIuCghKb2JFcnJvchIiCgZzdGF0dXMYASABKAsyEi5nb29nbGUucnBjLlN0YXR1cyKsAgoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASIcCgxKc29ubERhdGFzZXQSDAoEcGF0aBgBIAEoCSL7AQoPRmVlZGJhY2tEYXRhc2V0EgwKBGRheXMYASABKA0SOAoGbGFiZWxzGAIgAygLMigubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0LkxhYmVsc0VudHJ5EhcKD2FkYXB0ZXJfdmVyc2lvbhgDIAEoCRITCgttaW5fc2FtcGxlcxgEIAEoDRINCgVmb3JjZRgFIAEoCBIYChB0aHVtYnNfdXBfd2VpZ2h0GAYgASgBEhoKEnRodW1ic19kb3duX3dlaWdodBgHIAEoARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIikKCkV2YWxNZXRyaWMSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoASrNAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhcKE0pPQl9TVEFURV9QUkVQQVJJTkcQAhIVChFKT0JfU1RBVEVfUlVOTklORxADEhgKFEpPQl9TVEFURV9DQU5DRUxMSU5HEAQSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAFEhQKEEpPQl9TVEFURV9GQUlMRUQQBhIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAcqbAoLRmlzaGVyU3BhY2USHAoYRklTSEVSX1NQQUNFX1VOU1BFQ0lGSUVEEAASIAocRklTSEVSX1NQQUNFX0xPUkFfUEFSQU1FVEVSUxABEh0KGUZJU0hFUl9TUEFDRV9MT1JBX1BST0RVQ1QQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIpQDCg5EYXRhc2V0U3VtbWFyeRIOCgZkaWdlc3QYASABKAkSFQoNZXhhbXBsZV9jb3VudBgCIAEoBBJBCgtjb21wb3NpdGlvbhgDIAMoCzIsLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5LkNvbXBvc2l0aW9uRW50cnkSGgoSdGFyZ2V0X3Rva2VuX2NvdW50GAQgASgEEjAKDHdpbmRvd19zdGFydBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKd2luZG93X2VuZBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFanNvbmwYByABKAsyGS5sZWFybmluZy52MS5Kc29ubERhdGFzZXRIABIwCghmZWVkYmFjaxgIIAEoCzIcLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldEgAGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4AUIICgZzb3VyY2UiHAoMSnNvbmxEYXRhc2V0EgwKBHBhdGgYASABKAki+wEKD0ZlZWRiYWNrRGF0YXNldBIMCgRkYXlzGAEgASgNEjgKBmxhYmVscxgCIAMoCzIoLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldC5MYWJlbHNFbnRyeRIXCg9hZGFwdGVyX3ZlcnNpb24YAyABKAkSEwoLbWluX3NhbXBsZXMYBCABKA0SDQoFZm9yY2UYBSABKAgSGAoQdGh1bWJzX3VwX3dlaWdodBgGIAEoARIaChJ0aHVtYnNfZG93bl93ZWlnaHQYByABKAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIpCgpFdmFsTWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAEqzQEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIXChNKT0JfU1RBVEVfUFJFUEFSSU5HEAISFQoRSk9CX1NUQVRFX1JVTk5JTkcQAxIYChRKT0JfU1RBVEVfQ0FOQ0VMTElORxAEEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBRIUChBKT0JfU1RBVEVfRkFJTEVEEAYSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAHKmwKC0Zpc2hlclNwYWNlEhwKGEZJU0hFUl9TUEFDRV9VTlNQRUNJRklFRBAAEiAKHEZJU0hFUl9TUEFDRV9MT1JBX1BBUkFNRVRFUlMQARIdChlGSVNIRVJfU1BBQ0VfTE9SQV9QUk9EVUNUEAJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * @generated from message learning.v1.LoraConfig
@@ -128,7 +128,33 @@ export const JobStateChangeSchema: GenMessage<JobStateChange> = /*@__PURE__*/
   messageDesc(file_learning_v1_common, 2);
 
 /**
- * A non-fatal condition worth telling the user about.
+ * Something worth knowing that needs no one's attention, e.g. "FISHER_COMPUTED_AUTOMATICALLY".
+ *
+ * @generated from message learning.v1.JobNotice
+ */
+export type JobNotice = Message<"learning.v1.JobNotice"> & {
+  /**
+   * Machine-readable code.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message learning.v1.JobNotice.
+ * Use `create(JobNoticeSchema)` to create a new message.
+ */
+export const JobNoticeSchema: GenMessage<JobNotice> = /*@__PURE__*/
+  messageDesc(file_learning_v1_common, 3);
+
+/**
+ * A non-fatal condition a person should look at, e.g. "EXAMPLES_WITHOUT_TARGETS".
  *
  * @generated from message learning.v1.JobWarning
  */
@@ -151,7 +177,7 @@ export type JobWarning = Message<"learning.v1.JobWarning"> & {
  * Use `create(JobWarningSchema)` to create a new message.
  */
 export const JobWarningSchema: GenMessage<JobWarning> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 3);
+  messageDesc(file_learning_v1_common, 4);
 
 /**
  * A failure, as sent in event streams; the same status is set on the job.
@@ -170,7 +196,7 @@ export type JobError = Message<"learning.v1.JobError"> & {
  * Use `create(JobErrorSchema)` to create a new message.
  */
 export const JobErrorSchema: GenMessage<JobError> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 4);
+  messageDesc(file_learning_v1_common, 5);
 
 /**
  * The data a job was trained or estimated on.
@@ -215,6 +241,26 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
    * @generated from field: google.protobuf.Timestamp window_end = 6;
    */
   windowEnd?: Timestamp | undefined;
+
+  /**
+   * Where the data came from (its provenance): the same examples can be had again from it.
+   * Unset for records made before provenance was recorded.
+   *
+   * @generated from oneof learning.v1.DatasetSummary.source
+   */
+  source: {
+    /**
+     * @generated from field: learning.v1.JsonlDataset jsonl = 7;
+     */
+    value: JsonlDataset;
+    case: "jsonl";
+  } | {
+    /**
+     * @generated from field: learning.v1.FeedbackDataset feedback = 8;
+     */
+    value: FeedbackDataset;
+    case: "feedback";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -222,7 +268,7 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
  * Use `create(DatasetSummarySchema)` to create a new message.
  */
 export const DatasetSummarySchema: GenMessage<DatasetSummary> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 5);
+  messageDesc(file_learning_v1_common, 6);
 
 /**
  * Names a dataset file below the server's data root (`<data-dir>/datasets/`).
@@ -243,7 +289,7 @@ export type JsonlDataset = Message<"learning.v1.JsonlDataset"> & {
  * Use `create(JsonlDatasetSchema)` to create a new message.
  */
 export const JsonlDatasetSchema: GenMessage<JsonlDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 6);
+  messageDesc(file_learning_v1_common, 7);
 
 /**
  * Builds a dataset from stored feedback events.
@@ -305,7 +351,7 @@ export type FeedbackDataset = Message<"learning.v1.FeedbackDataset"> & {
  * Use `create(FeedbackDatasetSchema)` to create a new message.
  */
 export const FeedbackDatasetSchema: GenMessage<FeedbackDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 7);
+  messageDesc(file_learning_v1_common, 8);
 
 /**
  * One score of an evaluation.
@@ -329,7 +375,7 @@ export type EvalMetric = Message<"learning.v1.EvalMetric"> & {
  * Use `create(EvalMetricSchema)` to create a new message.
  */
 export const EvalMetricSchema: GenMessage<EvalMetric> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 8);
+  messageDesc(file_learning_v1_common, 9);
 
 /**
  * Lifecycle of a long-running job (training or Fisher computation).

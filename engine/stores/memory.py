@@ -1,0 +1,218 @@
+"""In-memory implementations of the storage ports, for tests and for a server without a database.
+
+They keep the same contracts as the PostgreSQL stores (request-id idempotency, newest-first pages, an event
+appended twice stored once), so the engine runs on them unchanged. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import torch
+from safetensors.torch import load, save
+
+from engine.continual.fisher import Diagonal
+from engine.continual.spec import FisherSnapshot
+from engine.errors import Aborted, DataLoss, NotFound
+from engine.jobs.core import Job, JobEvent, JobState
+from engine.registry.ports import Cursor, ServingRole
+from engine.registry.records import AdapterRecord, format_version
+
+S = TypeVar("S")
+O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
+
+
+class InMemoryJobStore(Generic[S, O]):
+    """engine.jobs.ports.JobStore in a dict."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job[S, O]] = {}
+        self.events: dict[str, dict[int, JobEvent]] = {}
+
+    async def insert_job(self, job: Job[S, O]) -> Job[S, O]:
+        if job.request_id:
+            for stored in self.jobs.values():
+                if stored.request_id == job.request_id:
+                    return stored
+        self.jobs[job.id] = job
+        self.events[job.id] = {}
+        return job
+
+    async def update_job(self, job: Job[S, O]) -> None:
+        self.jobs[job.id] = job
+
+    async def get_job(self, job_id: str) -> Job[S, O] | None:
+        return self.jobs.get(job_id)
+
+    async def list_jobs(
+        self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
+    ) -> list[Job[S, O]]:
+        rows = sorted(self.jobs.values(), key=lambda j: (j.create_time, j.id), reverse=True)
+        rows = [j for j in rows if (not states or j.state in states)
+                and (before is None or (j.create_time, j.id) < before)]
+        return rows[:limit]
+
+    async def jobs_in_states(self, states: Sequence[JobState]) -> list[Job[S, O]]:
+        return sorted((j for j in self.jobs.values() if j.state in states), key=lambda j: j.create_time)
+
+    async def append_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        log = self.events[job_id]
+        for event in events:
+            log.setdefault(event.sequence, copy.copy(event))
+
+    async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]:
+        log = self.events.get(job_id, {})
+        return [log[n] for n in sorted(log) if n > after_sequence]
+
+
+@dataclass
+class _Row:
+    state: str  # RESERVED, PUBLISHED, DELETED, CONFLICT (as in engine.stores.adapter_index)
+    record: AdapterRecord | None = None
+    request_id: str = ""
+
+
+def _not_found(base_model: str, version: str) -> NotFound:
+    return NotFound(
+        "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
+        metadata={"base_model": base_model, "version": version},
+    )
+
+
+class InMemoryAdapterIndex:
+    """engine.registry.ports.AdapterIndex in a dict keyed by (base model, major, minor)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int, int], _Row] = {}
+        self._lock = asyncio.Lock()
+
+    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
+        if request_id and any(k[0] == base_model and r.request_id == request_id and r.state == "RESERVED"
+                              for k, r in self.rows.items()):
+            raise Aborted("IMPORT_IN_PROGRESS", f"request_id {request_id!r} is being imported right now; retry",
+                          metadata={"request_id": request_id})
+        mine = [k for k in self.rows if k[0] == base_model]
+        if parent_major is None:
+            key = (base_model, max((k[1] for k in mine), default=0) + 1, 0)
+        else:
+            key = (base_model, parent_major, max((k[2] for k in mine if k[1] == parent_major), default=-1) + 1)
+        self.rows[key] = _Row("RESERVED", request_id=request_id)
+        return key[1], key[2]
+
+    async def publish(self, record: AdapterRecord) -> AdapterRecord:
+        row = self.rows.get((record.base_model, *record.number))
+        if row is None or row.state != "RESERVED":
+            raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
+        published = replace(record, create_time=datetime.now(UTC))
+        row.state, row.record = "PUBLISHED", published
+        return published
+
+    async def release(self, base_model: str, major: int, minor: int) -> None:
+        row = self.rows.get((base_model, major, minor))
+        if row is not None and row.state == "RESERVED":
+            del self.rows[(base_model, major, minor)]
+
+    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
+        row = self.rows.get((base_model, major, minor))
+        if row is not None and row.state == "RESERVED":
+            row.state = "CONFLICT"
+
+    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
+        row = self.rows.get((base_model, major, minor))
+        states = ("PUBLISHED", "DELETED") if include_deleted else ("PUBLISHED",)
+        if row is None or row.record is None or row.state not in states:
+            raise _not_found(base_model, format_version(major, minor))
+        return row.record
+
+    async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
+        for (model, _, _), row in self.rows.items():
+            if model == base_model and row.request_id == request_id and row.state == "PUBLISHED":
+                return row.record
+        return None
+
+    async def list(
+        self, *, base_model: str, labels: Mapping[str, str], limit: int, after: Cursor | None
+    ) -> list[AdapterRecord]:
+        records = [r.record for r in self.rows.values() if r.state == "PUBLISHED" and r.record is not None]
+        records = [r for r in records if (not base_model or r.base_model == base_model)
+                   and all(dict(r.labels).get(k) == v for k, v in labels.items())]
+        keyed = sorted(((r.create_time, r.base_model, *r.number), r) for r in records)
+        keyed.reverse()
+        return [r for key, r in keyed if after is None or key < after][:limit]
+
+    @contextlib.asynccontextmanager
+    async def deleting(self, base_model: str, major: int, minor: int) -> AsyncIterator[AdapterRecord]:
+        async with self._lock:
+            row = self.rows.get((base_model, major, minor))
+            if row is None or row.record is None or row.state != "PUBLISHED":
+                raise _not_found(base_model, format_version(major, minor))
+            yield row.record
+            row.state, row.record = "DELETED", replace(row.record, delete_time=datetime.now(UTC))
+
+    async def update(self, record: AdapterRecord) -> None:
+        row = self.rows.get((record.base_model, *record.number))
+        if row is None or row.state != "PUBLISHED":
+            raise _not_found(record.base_model, record.version)
+        row.record = record
+
+
+class InMemoryServingState:
+    """engine.registry.ports.ServingState: the versions serving relies on, set by the test or the caller."""
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, ServingRole], str] = {}
+
+    async def protected_versions(self, base_model: str) -> set[str]:
+        return {v for (model, _), v in self.versions.items() if model == base_model}
+
+
+class InMemoryFisherSnapshots:
+    """engine.continual.ports.FisherSnapshots: the diagonals as safetensors bytes (verified by sha256 on load)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, tuple[FisherSnapshot, bytes]] = {}
+
+    async def save(self, diagonal: Diagonal, draft: FisherSnapshot) -> FisherSnapshot:
+        snapshot_id = uuid.uuid4().hex
+        tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in diagonal.items()}
+        data = save(tensors)
+        snapshot = replace(draft, id=snapshot_id, path=f"memory:{snapshot_id}",
+                           sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+        self.snapshots[snapshot_id] = (snapshot, data)
+        return snapshot
+
+    async def get(self, snapshot_id: str) -> FisherSnapshot:
+        if snapshot_id not in self.snapshots:
+            name = f"fisherSnapshots/{snapshot_id}"
+            raise NotFound("FISHER_SNAPSHOT_NOT_FOUND", f"Fisher snapshot {name} does not exist",
+                           metadata={"name": name})
+        return self.snapshots[snapshot_id][0]
+
+    async def load(self, snapshot_id: str) -> tuple[FisherSnapshot, Diagonal]:
+        snapshot = await self.get(snapshot_id)
+        data = self.snapshots[snapshot_id][1]
+        if hashlib.sha256(data).hexdigest() != snapshot.sha256:
+            raise DataLoss("FISHER_CHECKSUM_MISMATCH", f"the file of {snapshot.name} does not match its sha256",
+                           metadata={"name": snapshot.name})
+        return snapshot, load(data)
+
+    async def list(
+        self, *, base_model: str, adapter_version: str, limit: int, before: tuple[datetime, str] | None
+    ) -> list[FisherSnapshot]:
+        rows = sorted((s for s, _ in self.snapshots.values()), key=lambda s: (s.create_time, s.id), reverse=True)
+        rows = [s for s in rows if (not base_model or s.base_model == base_model)
+                and (not adapter_version or s.adapter_version == adapter_version)
+                and (before is None or (s.create_time, s.id) < before)]
+        return rows[:limit]
+
+    async def delete(self, snapshot_id: str) -> None:
+        await self.get(snapshot_id)
+        del self.snapshots[snapshot_id]

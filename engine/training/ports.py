@@ -1,0 +1,53 @@
+"""What a training job needs from other contexts, as interfaces: the continual-learning planner.
+
+``engine.continual.planner.EwcPlanner`` implements :class:`ContinualPlanner`; the composition root passes it
+to the training runner, so training never imports the continual context (which builds on training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from engine.domain import Example
+from engine.jobs.ports import CancelToken, ProgressSink
+from engine.registry.records import AdapterRecord
+from engine.training.recipe import LoadedModel, Penalty
+from engine.training.spec import EwcLineage, TrainingJobSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A job continuing ``parent``: what the planner may use to anchor it."""
+
+    spec: TrainingJobSpec
+    parent: AdapterRecord
+    parent_dir: Path  # the parent adapter, fetched and verified
+    model_dir: Path  # the base model
+    examples: list[Example]  # the job's own examples
+    model: LoadedModel  # the job's one loaded model, with the parent's adapter attached (the anchor)
+    in_worker: Callable[..., Awaitable[Any]]  # runs blocking work (a Fisher pass) in the job's worker thread
+    sink: ProgressSink
+    cancel: CancelToken
+
+
+@dataclass(frozen=True)
+class ContinualPlan:
+    penalty: Penalty
+    examples: list[Example]  # the job's examples, then ``replayed`` examples of earlier versions
+    replayed: int
+    lineage: EwcLineage
+
+
+class ContinualPlanner(Protocol):
+    async def check(self, spec: TrainingJobSpec, parent: AdapterRecord) -> None:
+        """Create-time checks of the job's EWC settings against its parent (raise a typed error)."""
+        ...
+
+    async def plan(self, request: PlanRequest) -> ContinualPlan:
+        """The penalty, the replay-mixed examples and the lineage of a continuation."""
+        ...
