@@ -1,1 +1,1 @@
-from tests.server.conftest import client, make_server  # noqa: F401 - re-exported fixtures
+from tests.server.conftest import client, make_pg_server, make_server  # noqa: F401 - re-exported fixtures
