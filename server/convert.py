@@ -106,11 +106,16 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         max_grad_norm=h.max_grad_norm or hd.max_grad_norm,
         precision=_enum(_PRECISION, h.precision, "spec.hyperparameters.precision", issues),
         quantization=_enum(_QUANT, h.quantization, "spec.hyperparameters.quantization", issues),
+        gradient_accumulation_steps=h.gradient_accumulation_steps or hd.gradient_accumulation_steps,
+        gradient_checkpointing=h.gradient_checkpointing,
+        packing=h.packing if h.HasField("packing") else hd.packing,
     )
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
     issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
+    issues.check(hyper.gradient_accumulation_steps <= 1024, "spec.hyperparameters.gradient_accumulation_steps",
+                 "must be at most 1024")
     issues.check(16 <= hyper.max_seq_length <= 32768, "spec.hyperparameters.max_seq_length",
                  "must lie in [16, 32768]")
     e = msg.ewc
@@ -162,6 +167,8 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             warmup_steps=h.warmup_steps, weight_decay=h.weight_decay, max_grad_norm=h.max_grad_norm,
             precision=pb.Precision.Value(f"PRECISION_{h.precision.value}"),
             quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
+            gradient_accumulation_steps=h.gradient_accumulation_steps,
+            gradient_checkpointing=h.gradient_checkpointing, packing=h.packing,
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

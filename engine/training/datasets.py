@@ -203,6 +203,11 @@ class EncodedExample:
     def target_token_count(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
+    @property
+    def predicted_token_count(self) -> int:
+        """Target tokens a next-token loss covers (all but one at position 0, which nothing predicts)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
 
 def _render(tokenizer: Any, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> str:
     text = tokenizer.apply_chat_template(

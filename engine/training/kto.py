@@ -8,13 +8,13 @@ For an example (x, y) the implied reward is the log-ratio of policy to reference
     r(x, y) = log pi_theta(y | x) - log pi_ref(y | x)        (summed over completion tokens)
 
 The reference point z0 estimates KL(pi_theta || pi_ref) from mismatched pairs (x_i, y_j),
-j = i + 1 mod B, within the batch: z0 = max(0, mean_i r(x_i, y_j)), with no gradient.
+j = i + 1 mod B, within the optimiser step's B examples: z0 = max(0, mean_i r(x_i, y_j)), with no gradient.
 The value of an example is
 
     desirable:    v = lambda_D * sigmoid(beta * (r - z0))
     undesirable:  v = lambda_U * sigmoid(beta * (z0 - r))
 
-and the loss is the batch mean of lambda_y - v, i.e. lambda_y * (1 - sigmoid(...)).
+and the loss is the step's mean of lambda_y - v, i.e. lambda_y * (1 - sigmoid(...)).
 The per-example weights (thumbs up 2.0 / thumbs down 0.5 by default) serve as lambda_y.
 
 The reference policy is the same network with the LoRA adapter disabled (``model.disable_adapter()``):
@@ -24,13 +24,15 @@ still the base model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from engine.training.datasets import IGNORE_INDEX, Batch
+from engine.training.batching import StepBatch
+from engine.training.datasets import IGNORE_INDEX, EncodedExample
+from engine.training.packing import ExampleForward
 
 DEFAULT_BETA = 0.1
 
@@ -40,6 +42,25 @@ class KtoLoss:
     loss: torch.Tensor  # scalar, differentiable w.r.t. the policy log-probs
     kl: torch.Tensor  # the reference point z0 (detached)
     rewards: torch.Tensor  # r(x, y) per example (detached)
+
+
+def kl_reference_point(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Tensor) -> torch.Tensor:
+    """z0 = max(0, mean_i r(x_i, y_j)) over the mismatched pairs, without gradient."""
+    return (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
+
+
+def kto_losses(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    kl: torch.Tensor,
+    desirable: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float = DEFAULT_BETA,
+) -> torch.Tensor:
+    """[B] lambda_y * (1 - sigmoid(beta * margin)) of each example, given the reference point ``kl``."""
+    rewards = policy_logps - reference_logps
+    margin = torch.where(desirable, rewards - kl, kl - rewards)
+    return weights.to(rewards.dtype) * (1 - torch.sigmoid(beta * margin))
 
 
 def kto_loss(
@@ -52,83 +73,69 @@ def kto_loss(
     beta: float = DEFAULT_BETA,
 ) -> KtoLoss:
     """The KTO loss from sequence log-probs ([B] each); ``desirable`` is a [B] bool tensor, ``weights`` lambda_y."""
-    kl = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
-    rewards = policy_logps - reference_logps
-    margin = torch.where(desirable, rewards - kl, kl - rewards)
-    losses = weights.to(rewards.dtype) * (1 - torch.sigmoid(beta * margin))
-    return KtoLoss(losses.mean(), kl, rewards.detach())
+    kl = kl_reference_point(policy_kl_logps, reference_kl_logps)
+    losses = kto_losses(policy_logps, reference_logps, kl, desirable, weights, beta)
+    return KtoLoss(losses.mean(), kl, (policy_logps - reference_logps).detach())
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token log-probs over the target tokens (labels != IGNORE_INDEX) of each row: [B]."""
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(dim=-1)
+def mismatched(examples: Sequence[EncodedExample]) -> list[EncodedExample]:
+    """Each example's prompt with the next one's completion (x_i, y_{i+1 mod B}), for the KL estimate."""
+    if len(examples) < 2:
+        return list(examples)
+    pairs = []
+    for i, example in enumerate(examples):
+        following = examples[(i + 1) % len(examples)]
+        first, tail = _first_target(example.labels), _first_target(following.labels)
+        pairs.append(EncodedExample(
+            example.input_ids[:first] + following.input_ids[tail:],
+            [IGNORE_INDEX] * first + following.labels[tail:],
+            example.weight,
+        ))
+    return pairs
 
 
-def mismatched(batch: Batch) -> Batch:
-    """Pair each row's prompt with the next row's completion (x_i, y_{i+1 mod B}), for the KL estimate."""
-    rows = batch.input_ids.shape[0]
-    if rows < 2:
-        return batch
-    lengths = batch.attention_mask.sum(dim=1).tolist()
-    firsts = [_first_target(batch.labels[i]) for i in range(rows)]
-    ids, labels = [], []
-    for i in range(rows):
-        j = (i + 1) % rows
-        prompt = batch.input_ids[i, : firsts[i]]
-        tail_ids = batch.input_ids[j, firsts[j] : lengths[j]]
-        tail_labels = batch.labels[j, firsts[j] : lengths[j]]
-        ids.append(torch.cat([prompt, tail_ids]))
-        labels.append(torch.cat([torch.full_like(prompt, IGNORE_INDEX), tail_labels]))
-    width = max(len(x) for x in ids)
-    input_ids = torch.zeros((rows, width), dtype=batch.input_ids.dtype, device=batch.input_ids.device)
-    out_labels = torch.full_like(input_ids, IGNORE_INDEX)
-    attention = torch.zeros_like(input_ids)
-    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
-        input_ids[i, : len(x)], out_labels[i, : len(y)], attention[i, : len(x)] = x, y, 1
-    return Batch(input_ids, attention, out_labels, batch.weights)
+def _first_target(labels: Sequence[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
 
 
-def _first_target(labels: torch.Tensor) -> int:
-    positions = (labels != IGNORE_INDEX).nonzero()
-    return int(positions[0]) if len(positions) else int(labels.shape[0])
+def _sequence_logps(model: Any, forward: ExampleForward, examples: Sequence[EncodedExample]) -> torch.Tensor:
+    """[n] summed log-probs of each example's target tokens."""
+    return -forward(model, examples)[0]
 
 
 class KtoObjective:
-    """The KTO loss of a training batch; ``desirable[i]`` labels ``run.examples[i]``."""
+    """The KTO loss of a training step; ``desirable[i]`` labels ``run.examples[i]``.
+
+    The reference point z0 is measured over the whole step's mismatched pairs first (no gradient), so a step
+    accumulated over micro-batches has the loss and gradients of one big batch.
+    """
 
     def __init__(self, desirable: Sequence[bool], beta: float = DEFAULT_BETA) -> None:
         self.desirable = tuple(bool(d) for d in desirable)
         self.beta = beta
 
-    def select(self, kept: list[int]) -> KtoObjective:
+    def select(self, kept: Sequence[int]) -> KtoObjective:
         return KtoObjective([self.desirable[i] for i in kept], self.beta)
 
     def extended(self, replayed: int) -> KtoObjective:
         """Replayed examples are what earlier versions were taught to answer: desirable."""
         return KtoObjective([*self.desirable, *([True] * replayed)], self.beta)
 
-    def loss(self, model: Any, batch: Batch, indices: Sequence[int], plan: Any) -> torch.Tensor:
-        labels = torch.tensor([self.desirable[i] for i in indices], device=batch.input_ids.device)
-        kl_batch = mismatched(batch)
-        with plan.autocast():
-            policy = sequence_logps(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
-                                    batch.labels)
-            with torch.no_grad():
-                policy_kl = sequence_logps(
-                    model(input_ids=kl_batch.input_ids, attention_mask=kl_batch.attention_mask).logits,
-                    kl_batch.labels,
-                )
-                with model.disable_adapter():
-                    reference = sequence_logps(
-                        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.labels
-                    )
-                    reference_kl = sequence_logps(
-                        model(input_ids=kl_batch.input_ids, attention_mask=kl_batch.attention_mask).logits,
-                        kl_batch.labels,
-                    )
-        weights = batch.weights.to(policy.device)
-        return kto_loss(policy, reference, policy_kl, reference_kl, labels, weights, self.beta).loss
+    def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
+        micro = step.micro_batches
+        pairs = mismatched(step.examples)
+        with torch.no_grad():
+            policy_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop]) for r in micro])
+            with model.disable_adapter():
+                reference_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop]) for r in micro])
+        kl = kl_reference_point(policy_kl, reference_kl)
+        desirable = torch.tensor([self.desirable[i] for i in step.indices], device=kl.device)
+        weights = torch.tensor([e.weight for e in step.examples], dtype=torch.float32, device=kl.device)
+        for r in micro:
+            part = step.examples[r.start : r.stop]
+            policy = _sequence_logps(model, forward, part)
+            with torch.no_grad(), model.disable_adapter():
+                reference = _sequence_logps(model, forward, part)
+            losses = kto_losses(policy, reference, kl, desirable[r.start : r.stop], weights[r.start : r.stop],
+                                self.beta)
+            yield losses.sum() / len(step.examples)

@@ -8,27 +8,30 @@ step once the ``CancelToken`` is set. It never changes torch's global thread cou
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from engine.domain import DatasetSummary, Example, LoraSpec, composition, dataset_digest
 from engine.errors import Cancelled, FailedPrecondition
-from engine.jobs.core import Warned
+from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
-from engine.training.datasets import IGNORE_INDEX, Batch, EncodedExample, collate, encode_dataset, pad_token_id
+from engine.training.batching import Batching, StepBatch, batching
+from engine.training.datasets import Batch, EncodedExample, encode_dataset, pad_token_id
 from engine.training.models import DevicePlan, load_base_model, make_temp_dir, select_device
+from engine.training.objectives import WeightedSft
+from engine.training.packing import ExampleForward, per_example_nll
 from engine.training.spec import EvalReported, StepMetrics, TrainingJobSpec
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
@@ -53,8 +56,9 @@ class BatchObjective(Protocol):
         each a target to keep producing."""
         ...
 
-    def loss(self, model: Any, batch: Batch, indices: list[int], plan: DevicePlan) -> torch.Tensor:
-        """The task loss of ``batch``, which holds the examples at ``indices``."""
+    def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
+        """Each micro-batch's share of the step's task loss in turn (the shares sum to it); the caller
+        backpropagates one before asking for the next. ``step.indices`` are positions in ``run.examples``."""
         ...
 
 
@@ -141,29 +145,9 @@ def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: in
 
 def weighted_task_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
     """Weighted mean over examples of each example's mean next-token loss on its target tokens."""
-    labels = batch.labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    shifted = logits[:, :-1][mask].float()
-    token_loss = F.cross_entropy(shifted, labels[mask], reduction="none")
-    per_token = torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device)
-    per_token[mask] = token_loss
-    counts = mask.sum(dim=1)
-    per_example = per_token.sum(dim=1) / counts.clamp(min=1)
-    weights = batch.weights.to(per_example.device) * (counts > 0)
-    return (per_example * weights).sum() / weights.sum(), int(mask.sum())
-
-
-def _forward_loss(model: Any, batch: Batch, plan: DevicePlan) -> tuple[torch.Tensor, int]:
-    with plan.autocast():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return weighted_task_loss(logits, batch)
-
-
-def _batches(
-    data: list[EncodedExample], order: list[int], batch_size: int, pad_id: int, device: str
-) -> Iterator[Batch]:
-    for start in range(0, len(order), batch_size):
-        yield collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
+    sums, counts = per_example_nll(logits, batch.labels)
+    weights = batch.weights.to(sums.device) * (counts > 0)
+    return (sums / counts.clamp(min=1) * weights).sum() / weights.sum(), int(counts.sum())
 
 
 @torch.no_grad()
@@ -175,16 +159,19 @@ def evaluate_loss(
     pad_id: int,
     plan: DevicePlan,
     cancel: CancelToken,
+    packing: bool = True,
 ) -> float:
     """Example-weighted mean of per-example token-mean losses, as in training (eval mode, no dropout)."""
     model.eval()
     total, weight = 0.0, 0.0
-    for batch in _batches(data, list(range(len(data))), batch_size, pad_id, plan.device):
-        _check_cancel(cancel, "evaluation")
-        loss, _ = _forward_loss(model, batch, plan)
-        batch_weight = float(batch.weights.sum())
-        total += float(loss) * batch_weight
-        weight += batch_weight
+    with batching(model, data, packing=packing, pad_id=pad_id, plan=plan) as layout:
+        for start in range(0, len(data), batch_size):
+            _check_cancel(cancel, "evaluation")
+            part = data[start : start + batch_size]
+            sums, counts = layout.forward(model, part)
+            weights = torch.tensor([e.weight for e in part], device=sums.device) * (counts > 0)
+            total += float((sums / counts.clamp(min=1) * weights).sum())
+            weight += float(weights.sum())
     model.train()
     return total / weight
 
@@ -282,7 +269,8 @@ def run_training(
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective)
         final_loss, final_task_loss, steps = losses
         train_end = evaluate_loss(
-            model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel
+            model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel,
+            packing=hp.packing,
         )
         sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
         _check_cancel(cancel, "saving")
@@ -291,6 +279,24 @@ def run_training(
     finally:
         model = None  # the last references go with the loaded model
         release(loaded)
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
+    """Recompute each layer's activations in the backward pass instead of keeping them, for the duration.
+
+    Saves activation memory for about one more forward pass of compute. A model that already checkpoints
+    (QLoRA on CUDA) is left as it is.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not enabled or base.is_activation_checkpointing:
+        yield
+        return
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        base.activation_checkpointing_disable()
 
 
 def _train(
@@ -304,12 +310,33 @@ def _train(
     objective: BatchObjective | None = None,
 ) -> tuple[float, float, int]:
     """The optimisation loop; returns (last loss, last task loss, steps done)."""
+    hp = run.spec.hyperparameters
+    with (
+        batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
+        gradient_checkpointing(model, hp.gradient_checkpointing),
+    ):
+        if layout.fallback_reason:
+            sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
+                                                     "batches instead (same losses, more padding)"))
+        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft())
+
+
+def _optimise(
+    model: Any,
+    data: Sequence[EncodedExample],
+    run: TrainingRun,
+    layout: Batching,
+    sink: ProgressSink,
+    cancel: CancelToken,
+    objective: BatchObjective,
+) -> tuple[float, float, int]:
     from transformers import get_linear_schedule_with_warmup
 
     hp = run.spec.hyperparameters
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    per_epoch, total = total_steps_for(len(data), hp.batch_size, hp.epochs, hp.max_steps)
+    per_step = hp.batch_size * hp.gradient_accumulation_steps
+    per_epoch, total = total_steps_for(len(data), per_step, hp.epochs, hp.max_steps)
     # transformers leaves the scheduler factory unannotated
     scheduler = get_linear_schedule_with_warmup(optimizer, hp.warmup_steps, total)  # type: ignore[no-untyped-call]
     generator = torch.Generator().manual_seed(hp.seed)
@@ -320,18 +347,18 @@ def _train(
     while step < total:
         # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
         with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
-            order = torch.randperm(len(data), generator=generator).tolist()
-            for n, batch in enumerate(_batches(data, order, hp.batch_size, pad_id, plan.device)):
+            order = layout.order(data, hp.batch_size, generator)
+            for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
                 if step >= total:
                     break
                 _check_cancel(cancel, f"step {step + 1}")
-                if objective is None:
-                    task_loss, _ = _forward_loss(model, batch, plan)
-                else:
-                    task_loss = objective.loss(model, batch, order[n * hp.batch_size : (n + 1) * hp.batch_size], plan)
-                penalty = run.penalty(model) if run.penalty is not None else task_loss.new_zeros(())
-                loss = task_loss + penalty
-                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+                task_value = 0.0
+                for share in objective.step_losses(model, batch, layout.forward):
+                    share.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+                    task_value += float(share.detach())
+                penalty = run.penalty(model) if run.penalty is not None else torch.zeros(())
+                if penalty.requires_grad:
+                    penalty.backward()  # type: ignore[no-untyped-call]
                 clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 learning_rate = scheduler.get_last_lr()[0]
@@ -340,10 +367,11 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 now = time.monotonic()
-                recent.append((now, recent[-1][1] + int(batch.attention_mask.sum())))
+                recent.append((now, recent[-1][1] + batch.real_tokens))
                 elapsed = now - started
                 window = now - recent[0][0]
-                loss_value, task_value = float(loss.detach()), float(task_loss.detach())
+                penalty_value = float(penalty.detach())
+                loss_value = task_value + penalty_value
                 sink.emit(
                     StepMetrics(
                         step=step,
@@ -351,7 +379,7 @@ def _train(
                         epoch=step / per_epoch,
                         loss=loss_value,
                         task_loss=task_value,
-                        ewc_penalty=float(penalty.detach()),
+                        ewc_penalty=penalty_value,
                         learning_rate=learning_rate,
                         grad_norm=grad_norm,
                         tokens_per_second=(recent[-1][1] - recent[0][1]) / window if window > 0 else 0.0,

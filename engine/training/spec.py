@@ -43,6 +43,13 @@ class Hyperparameters:
     max_grad_norm: float = 1.0
     precision: Precision = Precision.AUTO
     quantization: Quantization = Quantization.NONE
+    # Micro-batches of batch_size examples whose gradients make one optimiser step.
+    gradient_accumulation_steps: int = 1
+    # Recompute activations in the backward pass: less memory, about one more forward pass of compute.
+    gradient_checkpointing: bool = False
+    # Pack each micro-batch's examples into one row, each attending only to itself (engine.training.batching);
+    # the same losses and gradients as padded batches, without computing padding. False: padded batches.
+    packing: bool = True
 
 
 @dataclass(frozen=True)

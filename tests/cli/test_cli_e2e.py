@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.training.models import select_device
+from engine.training.spec import Precision
 from learning.v1 import common_pb2, fisher_pb2, fisher_pb2_grpc
 from server import access
 from server.settings import AuthToken
@@ -65,7 +67,7 @@ async def test_train_watch_deploy_rollback(make_server):
     assert watched.code == 0, watched.err
     assert "SUCCEEDED -> adapter v1.0" in watched.out
     assert "loss" in watched.err and "tok/s" in watched.err and "ETA" in watched.err  # the progress bar
-    assert "RUNNING: training on cpu" in watched.err
+    assert f"RUNNING: training on {select_device(Precision.AUTO).device}" in watched.err
 
     scripted = await cli(port, "--json", *TRAIN, "--major", "--watch")
     assert scripted.code == 0, scripted.err

@@ -17,6 +17,10 @@ from engine.continual.fisher import (
     trainable_parameters,
 )
 from engine.errors import FailedPrecondition
+from engine.training.models import select_device
+from engine.training.spec import Precision
+
+DEVICE = select_device(Precision.FP32).device  # where the lora_model fixture put the model
 
 
 def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
@@ -26,7 +30,7 @@ def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
     taps = LinearTaps(model)
     try:
         with torch.enable_grad():
-            nll = completion_nll(model, data, [0] * len(data), pad, FisherEstimator.EMPIRICAL, "cpu")
+            nll = completion_nll(model, data, [0] * len(data), pad, FisherEstimator.EMPIRICAL, DEVICE)
             grads = dict(taps.per_sample_product_grads(nll))
     finally:
         taps.close()
@@ -34,7 +38,7 @@ def test_per_sample_product_gradient_gives_autograds_lora_gradients(lora_model):
     for n, example in enumerate(data):
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            completion_nll(model, [example], [0], pad, FisherEstimator.EMPIRICAL, "cpu").sum().backward()
+            completion_nll(model, [example], [0], pad, FisherEstimator.EMPIRICAL, DEVICE).sum().backward()
         for prefix, g in grads.items():
             a, b = params[f"{prefix}.lora_A.weight"], params[f"{prefix}.lora_B.weight"]
             for mine, autograds in ((b.detach().T @ g[n], a.grad), (g[n] @ a.detach().T, b.grad)):
@@ -54,7 +58,7 @@ def test_product_fisher_is_the_mean_squared_per_sample_product_gradient(lora_mod
     try:
         for i, example in enumerate(data):
             with torch.enable_grad():
-                nll = completion_nll(model, [example], [3 * 1_000_003 + i], pad, estimator, "cpu")
+                nll = completion_nll(model, [example], [3 * 1_000_003 + i], pad, estimator, DEVICE)
                 for prefix, g in taps.per_sample_product_grads(nll):
                     expected[prefix] = expected.get(prefix, 0) + g[0].square() / len(data)
     finally:

@@ -18,6 +18,10 @@ from engine.continual.fisher import (
 )
 from engine.errors import FailedPrecondition
 from engine.training.datasets import collate
+from engine.training.models import select_device
+from engine.training.spec import Precision
+
+DEVICE = select_device(Precision.FP32).device  # where the lora_model fixture put the model
 
 
 @pytest.mark.parametrize("estimator", [FisherEstimator.EMPIRICAL, FisherEstimator.SAMPLED])
@@ -40,8 +44,8 @@ def test_completion_only_log_likelihood_equals_the_full_logits_one(lora_model, e
     model, data, pad = lora_model
     batch, seeds = [data[i] for i in (8, 0, 4, 2)], [11, 12, 13, 14]  # mixed lengths, so padding and cutting
     with torch.no_grad():
-        full = _per_sample_nll(model, batch, seeds, pad, estimator, "cpu")
-        only = completion_nll(model, batch, seeds, pad, estimator, "cpu")
+        full = _per_sample_nll(model, batch, seeds, pad, estimator, DEVICE)
+        only = completion_nll(model, batch, seeds, pad, estimator, DEVICE)
     assert torch.allclose(only, full, rtol=1e-5, atol=1e-5)
 
 

@@ -15,14 +15,19 @@ from engine.training.spec import Precision
 LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 
 
-def test_select_device_uses_the_cpu_here() -> None:
-    assert not torch.cuda.is_available()
+def test_select_device_follows_the_machine() -> None:
     plan = select_device(Precision.AUTO)
-    assert (plan.device, plan.autocast_dtype) == ("cpu", None)
+    if torch.cuda.is_available():  # a CUDA host: the GPU, in bf16 where it has it
+        bf16 = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        assert (plan.device, plan.autocast_dtype) == ("cuda", bf16)
+    else:
+        assert (plan.device, plan.autocast_dtype) == ("cpu", None)
     assert select_device(Precision.FP32).autocast_dtype is None
+    assert select_device(Precision.FP32).device == plan.device
 
 
 def test_select_device_bf16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU branch, on any machine
     monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
     assert select_device(Precision.BF16).autocast_dtype == torch.bfloat16
     monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
@@ -35,10 +40,22 @@ def test_select_device_bf16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     ("kwargs", "reason"),
     [({"require_cuda": True}, "CUDA_UNAVAILABLE"), ({"num_devices": 2}, "NOT_ENOUGH_DEVICES")],
 )
-def test_select_device_refuses_what_cannot_run_here(kwargs: dict, reason: str) -> None:
+def test_select_device_refuses_what_cannot_run_on_a_cpu(
+    kwargs: dict, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(FailedPrecondition) as info:
         select_device(Precision.AUTO, **kwargs)
     assert info.value.reason == reason
+
+
+def test_select_device_refuses_more_devices_than_the_machine_has() -> None:
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = max(2, available + 1)
+    with pytest.raises(FailedPrecondition) as info:
+        select_device(Precision.AUTO, num_devices=wanted)
+    assert info.value.reason == "NOT_ENOUGH_DEVICES"
+    assert info.value.metadata == {"requested": str(wanted), "available": str(available)}
 
 
 def test_module_names_lists_the_lora_targetable_leaves(tiny_model_dir: Path) -> None:

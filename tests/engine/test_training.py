@@ -10,8 +10,16 @@ from safetensors.torch import load_file
 from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec
 from engine.errors import Cancelled
 from engine.jobs.ports import CancelToken
+from engine.training.models import select_device
 from engine.training.recipe import TrainingRun, run_training
-from engine.training.spec import EvalReported, Hyperparameters, Quantization, StepMetrics, TrainingJobSpec
+from engine.training.spec import (
+    EvalReported,
+    Hyperparameters,
+    Precision,
+    Quantization,
+    StepMetrics,
+    TrainingJobSpec,
+)
 
 FACTS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Veloria", "Marnesse")]
 
@@ -72,9 +80,11 @@ PINNED_LOSSES = [7.595975, 6.119132, 4.909002, 3.979659, 3.357055, 3.099036, 2.6
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the values are pinned for the CPU's fp32 kernels")
-def test_step_losses_are_the_pinned_values(trained) -> None:
-    _, sink = trained
-    assert [s.loss for s in sink.steps] == pytest.approx(PINNED_LOSSES, abs=1e-4)
+def test_step_losses_are_the_pinned_values_packed_and_padded(trained, tiny_model_dir: Path, tmp_path: Path) -> None:
+    _, packed = trained  # packing is the default
+    assert [s.loss for s in packed.steps] == pytest.approx(PINNED_LOSSES, abs=1e-4)
+    _, padded = train(make_run(tiny_model_dir, tmp_path / "padded", packing=False))
+    assert [s.loss for s in padded.steps] == pytest.approx(PINNED_LOSSES, abs=1e-4)
 
 
 def test_loss_falls_and_metrics_are_complete(trained) -> None:
@@ -91,7 +101,8 @@ def test_loss_falls_and_metrics_are_complete(trained) -> None:
     end = [e for e in sink.events if isinstance(e, EvalReported)]
     assert len(end) == 1 and end[0].split == "train_end" and end[0].step == 12
     assert dict(end[0].metrics)["loss"] < steps[0].loss
-    assert result.steps == 12 and result.final_loss == steps[-1].loss and result.device.startswith("cpu")
+    assert result.steps == 12 and result.final_loss == steps[-1].loss
+    assert result.device == select_device(Precision.AUTO).description  # the machine's device
     assert result.dataset.example_count == 5 and result.dataset.target_token_count > 20
     assert result.dataset.composition == (("chat", 4), ("prompt_completion", 1))
     assert {p.name for p in result.adapter_dir.iterdir()} >= {

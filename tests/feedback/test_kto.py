@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from engine.training.datasets import IGNORE_INDEX, Batch
-from engine.training.kto import KtoObjective, kto_loss, mismatched, sequence_logps
+from engine.training.batching import StepBatch
+from engine.training.datasets import IGNORE_INDEX, EncodedExample
+from engine.training.kto import KtoObjective, kto_loss, mismatched
+from engine.training.packing import per_example_nll
 
 
 def sigmoid(x: float) -> float:
@@ -53,24 +55,21 @@ def test_desirable_gradient_raises_and_undesirable_lowers_the_log_prob() -> None
         assert math.copysign(1, float(policy.grad)) == sign
 
 
-def test_sequence_logps_sums_target_tokens_only() -> None:
+def test_sequence_log_probs_sum_target_tokens_only() -> None:
     logits = torch.zeros(1, 4, 3)  # uniform: every token has log-prob -log 3
     labels = torch.tensor([[IGNORE_INDEX, 1, 2, IGNORE_INDEX]])
-    assert float(sequence_logps(logits, labels)) == pytest.approx(-2 * math.log(3))
+    sums, counts = per_example_nll(logits, labels)
+    assert float(-sums[0]) == pytest.approx(-2 * math.log(3)) and counts.tolist() == [2]
 
 
 def test_mismatched_pairs_prompt_i_with_completion_i_plus_1() -> None:
     I = IGNORE_INDEX  # noqa: E741
-    batch = Batch(
-        input_ids=torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]]),
-        attention_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
-        labels=torch.tensor([[I, I, 3, I], [I, 5, 6, 7]]),
-        weights=torch.tensor([1.0, 1.0]),
-    )
-    kl = mismatched(batch)
-    assert kl.input_ids.tolist() == [[1, 2, 5, 6, 7], [4, 3, 0, 0, 0]]
-    assert kl.labels.tolist() == [[I, I, 5, 6, 7], [I, 3, I, I, I]]
-    assert kl.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    first = EncodedExample([1, 2, 3], [I, I, 3])
+    second = EncodedExample([4, 5, 6, 7], [I, 5, 6, 7])
+    kl = mismatched([first, second])
+    assert [e.input_ids for e in kl] == [[1, 2, 5, 6, 7], [4, 3]]
+    assert [e.labels for e in kl] == [[I, I, 5, 6, 7], [I, 3]]
+    assert mismatched([first]) == [first]
 
 
 def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -> None:
@@ -78,8 +77,9 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.domain import Example
-    from engine.training.datasets import collate, encode_example
+    from engine.training.datasets import encode_example
     from engine.training.models import select_device
+    from engine.training.packing import PaddedForward
     from engine.training.spec import Precision
 
     tiny_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -89,16 +89,22 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     examples = [Example(prompt="Capital of France? ", completion="Paris", weight=2.0),
                 Example(prompt="Capital of Spain? ", completion="Lyon", weight=0.5)]
-    batch = collate([encode_example(tiny_tokenizer, e, 64) for e in examples], tiny_tokenizer.pad_token_id or 0)
-    objective = KtoObjective([True, False]).select([0, 1])
     plan = select_device(Precision.FP32)
+    model.to(plan.device)
+    step = StepBatch([encode_example(tiny_tokenizer, e, 64) for e in examples], [0, 1], micro_size=2)
+    forward = PaddedForward(tiny_tokenizer.pad_token_id or 0, plan)
+    objective = KtoObjective([True, False]).select([0, 1])
+
+    def loss() -> torch.Tensor:
+        return sum(objective.step_losses(model, step, forward))
+
     # LoRA B starts at zero: policy == reference, so r = z0 = 0 and each loss is lambda * (1 - sigmoid(0)).
-    assert float(objective.loss(model, batch, [0, 1], plan)) == pytest.approx((2.0 * 0.5 + 0.5 * 0.5) / 2, abs=1e-6)
+    assert float(loss()) == pytest.approx((2.0 * 0.5 + 0.5 * 0.5) / 2, abs=1e-6)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.fill_(0.05)
-    moved = objective.loss(model, batch, [0, 1], plan)
+    moved = loss()
     assert float(moved) != pytest.approx(0.625, abs=1e-4)  # the adapter now changes the policy but not the reference
     moved.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)

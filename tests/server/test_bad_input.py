@@ -88,6 +88,12 @@ async def test_rank_out_of_range(client, rank: int):
     assert [f for f, _ in error_details(err)[1]] == ["spec.lora.rank"]
 
 
+async def test_gradient_accumulation_out_of_range(client):
+    err = await _create_fails(client, pb.CreateTrainingJobRequest(spec=spec(gradient_accumulation_steps=5000)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in error_details(err)[1]] == ["spec.hyperparameters.gradient_accumulation_steps"]
+
+
 async def test_unknown_base_model(client):
     request = pb.CreateTrainingJobRequest(spec=spec())
     request.spec.base_model = "no-such-model"

@@ -12,6 +12,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from engine.training.models import select_device
+from engine.training.spec import Precision
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import TINY, aiter_events, spec, watch_all
@@ -68,7 +70,7 @@ async def test_job_trains_streams_and_publishes_an_adapter(
     assert final.progress.fraction == 1.0 and final.progress.completed_steps == 24
     assert final.dataset.example_count == 24 and len(final.dataset.digest) == 64
     assert final.dataset.target_token_count > 24
-    assert final.device == "cpu"
+    assert final.device == select_device(Precision.AUTO).device  # the machine's: cuda where there is one
     assert final.last_sequence == events[-1].sequence
     assert final.start_time.seconds > 0 and final.end_time.ToDatetime() >= final.start_time.ToDatetime()
 
@@ -227,3 +229,20 @@ async def test_validate_only_creates_nothing(client):
     assert response.training_job.state == common.JOB_STATE_QUEUED
     listed = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())
     assert list(listed.training_jobs) == []
+
+
+async def test_accumulation_checkpointing_and_packing_are_job_options(client):
+    default = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(epochs=1), validate_only=True))).training_job
+    hp = default.spec.hyperparameters
+    assert (hp.gradient_accumulation_steps, hp.gradient_checkpointing, hp.packing) == (1, False, True)
+
+    asked = spec(epochs=1, batch_size=2, gradient_accumulation_steps=3, gradient_checkpointing=True, packing=False)
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    messages = await watch_all(client.training, job.name)
+    steps = [m.event.step_metrics for m in messages[1:] if m.event.HasField("step_metrics")]
+    assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total_steps == 4 for s in steps)  # 24 examples / (2 x 3)
+    stored = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert stored.state == common.JOB_STATE_SUCCEEDED
+    hp = stored.spec.hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps, hp.gradient_checkpointing, hp.packing) == (2, 3, True, False)

@@ -1,0 +1,216 @@
+"""Attention paths that keep the examples packed into one row apart, chosen per model and verified.
+
+A packed row holds several examples end to end, with position ids restarting at 0 for each. Three paths
+make every token attend only to the earlier tokens of its own example:
+
+* ``VARLEN`` (CUDA): transformers' flash-attention 2 path, which reads the example boundaries from the
+  position ids (``cu_seqlens``) and runs the variable-length kernel. Needs the ``flash-attn`` package, a
+  half-precision autocast and a model that supports it.
+* ``SEGMENTS``: this module's attention function (registered with transformers' ``AttentionInterface``):
+  one causal SDPA call per example, boundaries read from the position ids. Exact, and no work on pairs of
+  tokens from different examples. For models whose attention is plain causal (no sliding window, no
+  logit soft-capping). The fastest path measured on CPU (README, Training).
+* ``MASK``: transformers' own packed-sequence detection: with position ids and no padding mask, the model
+  builds a block-diagonal causal mask (also for sliding windows). Exact, but each row costs the full
+  row-length-squared attention; the fallback.
+
+Whichever path is chosen is verified before training: a few short probes packed into one row must give the
+per-example losses they give alone (:func:`isolates`). A model that fails every path trains on padded,
+length-grouped batches instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.training.datasets import EncodedExample
+from engine.training.models import DevicePlan
+from engine.training.packing import PackedForward, PaddedForward
+
+SEGMENTS_IMPLEMENTATION = "packed_segments"
+PROBE_TOKENS = 16
+PROBES = 3
+
+
+class PackedAttention(enum.StrEnum):
+    VARLEN = "flash_attention_2"
+    SEGMENTS = SEGMENTS_IMPLEMENTATION
+    MASK = "mask"  # the model's own implementation (sdpa or eager), with transformers' block-diagonal mask
+
+
+# ---- the per-example segments path ------------------------------------------------------------------
+
+
+def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Per row, the (start, end) of each run of consecutive positions (an example, or a row's padding)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    width = position_ids.shape[1]
+    rows = []
+    for row in starts.tolist():
+        bounds = [i for i, start in enumerate(row) if start] + [width]
+        rows.append(list(zip(bounds[:-1], bounds[1:], strict=True)))
+    return rows
+
+
+def segments_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each run of consecutive position ids; SDPA itself for anything else.
+
+    ``query`` is [B, heads, T, D] and ``key``/``value`` [B, kv_heads, T, D]; returns [B, T, heads, D] as
+    transformers' attention functions do. With a padding mask, or one example per row, this is exactly
+    ``sdpa_attention_forward``.
+    """
+    rows = None
+    if attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2] > 1:
+        rows = _segments(position_ids.expand(query.shape[0], -1))
+    if rows is None or all(len(row) == 1 for row in rows):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    out = []
+    for b, row in enumerate(rows):
+        out.append(torch.cat([
+            F.scaled_dot_product_attention(
+                query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
+            )
+            for s, e in row
+        ], dim=2))
+    return torch.cat(out, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _segments_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """No mask without a padding mask (the segments are the mask); SDPA's mask with one."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    # transformers' mask functions take their arguments by keyword, attention_mask among them
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def register_segments() -> None:
+    """Make ``attn_implementation="packed_segments"`` known to transformers (once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(SEGMENTS_IMPLEMENTATION, segments_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SEGMENTS_IMPLEMENTATION, _segments_mask)
+
+
+# ---- choosing and verifying a path ----------------------------------------------------------------------
+
+
+def _language_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _plain_causal(config: Any) -> bool:
+    """Whether every layer's attention is causal over the whole sequence, with nothing but a softmax."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attn_logit_softcapping", None):
+        return False
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types and any(kind != "full_attention" for kind in layer_types):
+        return False
+    return not (getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True))
+
+
+def candidates(model: Any, plan: DevicePlan) -> list[PackedAttention]:
+    """The paths worth trying for ``model`` on ``plan``, best first (see the module docstring)."""
+    from transformers.utils.import_utils import is_flash_attn_2_available
+
+    base = _language_model(model)
+    order: list[PackedAttention] = []
+    if (plan.device == "cuda" and plan.autocast_dtype in (torch.float16, torch.bfloat16)
+            and is_flash_attn_2_available() and getattr(base, "_supports_flash_attn", False)):
+        order.append(PackedAttention.VARLEN)
+    if getattr(base, "_supports_attention_backend", False) and _plain_causal(base.config):
+        order.append(PackedAttention.SEGMENTS)
+    order.append(PackedAttention.MASK)
+    return order
+
+
+@contextlib.contextmanager
+def packed_attention(model: Any, attention: PackedAttention) -> Iterator[None]:
+    """Switch the model to ``attention`` for the duration, then back to what it was."""
+    register_segments()
+    base = _language_model(model)
+    previous = base.config._attn_implementation
+    wanted = previous if attention is PackedAttention.MASK else attention.value
+    if wanted != previous:
+        base.set_attn_implementation(wanted)
+        if base.config._attn_implementation != wanted:
+            raise RuntimeError(f"{type(base).__name__} cannot switch its attention to {wanted}")
+    try:
+        yield
+    finally:
+        if base.config._attn_implementation != previous:
+            base.set_attn_implementation(previous)
+
+
+def probes(data: Sequence[EncodedExample]) -> list[EncodedExample]:
+    """A few short sequences cut from the data, every position a target."""
+    cut = [e.input_ids[:PROBE_TOKENS] for e in data[:PROBES]]
+    return [EncodedExample(ids, ids) for ids in cut if len(ids) > 1]
+
+
+@torch.no_grad()
+def isolates(model: Any, packed: PackedForward, samples: Sequence[EncodedExample], reference: PaddedForward) -> bool:
+    """Whether ``samples`` packed into one row give the per-example losses they give padded, one per row.
+
+    Run in eval mode (no dropout). Tolerances: 1e-4 relative in fp32 (measured differences are ~1e-7), 5e-2
+    under a half-precision autocast; attending across examples moves these losses far more.
+    """
+    if len(samples) < 2:
+        return True
+    training = model.training
+    model.eval()
+    try:
+        got, counts = packed(model, samples)
+        want, want_counts = reference(model, samples)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    finally:
+        model.train(training)
+    tolerance = 5e-2 if packed.plan.autocast_dtype is not None else 1e-4
+    return bool(torch.equal(counts.cpu(), want_counts.cpu())
+                and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance))
+
+
+def choose_attention(
+    model: Any, data: Sequence[EncodedExample], pad_id: int, plan: DevicePlan, row_tokens: int | None = None,
+) -> PackedAttention | None:
+    """The first path of :func:`candidates` that :func:`isolates` probes cut from ``data``; None if none does."""
+    samples = probes(data)
+    reference = PaddedForward(pad_id, plan)
+    for attention in candidates(model, plan):
+        try:
+            with packed_attention(model, attention):
+                if isolates(model, PackedForward(pad_id, plan, row_tokens), samples, reference):
+                    return attention
+        except (RuntimeError, ValueError, ImportError):
+            continue
+    return None

@@ -1,0 +1,99 @@
+"""How a run's examples become optimiser steps, micro-batches and forward passes.
+
+An optimiser step takes ``batch_size * gradient_accumulation_steps`` examples of the epoch's order; it runs
+as ``gradient_accumulation_steps`` micro-batches of ``batch_size`` examples, one forward and backward pass
+each, whose gradients add up to the step's (the objectives scale each micro-batch's share, so accumulated
+gradients equal one big batch's). How a micro-batch is laid out is the run's :class:`Batching`:
+
+* ``packing: true`` (the default): the micro-batch's examples packed into one row, on the first attention
+  path that isolates them in this model (``engine.training.attention``); same losses and gradients as
+  padded batches, without computing padding.
+* ``packing: true`` on a model where no path isolates the examples: padded batches of similar lengths
+  (length-grouped order), with a warning.
+* ``packing: false``: padded batches in random order, as before packing existed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.training.attention import choose_attention, packed_attention
+from engine.training.datasets import EncodedExample
+from engine.training.models import DevicePlan
+from engine.training.packing import ExampleForward, PackedForward, PaddedForward
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """The examples of one optimiser step and how they split into micro-batches."""
+
+    examples: Sequence[EncodedExample]
+    indices: Sequence[int]  # their positions in the run's data (for per-example labels such as KTO's)
+    micro_size: int
+
+    @property
+    def micro_batches(self) -> list[range]:
+        return [range(start, min(start + self.micro_size, len(self.examples)))
+                for start in range(0, len(self.examples), self.micro_size)]
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+
+@dataclass(frozen=True)
+class Batching:
+    forward: ExampleForward
+    length_grouped: bool  # order each epoch by length groups (padded fallback) instead of at random
+    description: str
+    fallback_reason: str = ""  # why packing was asked for and not used
+
+    def order(self, data: Sequence[EncodedExample], batch_size: int, generator: torch.Generator) -> list[int]:
+        if self.length_grouped:
+            return length_grouped_order([len(e.input_ids) for e in data], batch_size, generator)
+        return torch.randperm(len(data), generator=generator).tolist()
+
+    @staticmethod
+    def steps(data: Sequence[EncodedExample], order: Sequence[int], batch_size: int,
+              accumulation: int) -> Iterator[StepBatch]:
+        per_step = batch_size * accumulation
+        for start in range(0, len(order), per_step):
+            indices = order[start : start + per_step]
+            yield StepBatch([data[i] for i in indices], indices, batch_size)
+
+
+@contextlib.contextmanager
+def batching(model: Any, data: Sequence[EncodedExample], *, packing: bool, pad_id: int,
+             plan: DevicePlan) -> Iterator[Batching]:
+    """The run's layout (see the module docstring), with its attention path in force for the duration."""
+    if not packing:
+        yield Batching(PaddedForward(pad_id, plan), length_grouped=False, description="padded")
+        return
+    attention = choose_attention(model, data, pad_id, plan)
+    if attention is None:
+        yield Batching(
+            PaddedForward(pad_id, plan), length_grouped=True, description="padded, length-grouped",
+            fallback_reason="no attention path of this model keeps examples packed into one row apart",
+        )
+        return
+    with packed_attention(model, attention):
+        yield Batching(PackedForward(pad_id, plan), length_grouped=False,
+                       description=f"packed ({attention.name.lower()} attention)")
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[int]:
+    """A random order whose consecutive ``batch_size`` examples have similar lengths (less padding).
+
+    transformers' own grouping (``get_length_grouped_indices``, its Trainer's ``group_by_length``): random
+    mega-batches of up to 50 batches, each sorted by length, the longest example first.
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    # transformers leaves get_length_grouped_indices unannotated
+    grouped = get_length_grouped_indices(list(lengths), batch_size, generator=generator)  # type: ignore[no-untyped-call]
+    return [int(i) for i in grouped]

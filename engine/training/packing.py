@@ -1,0 +1,148 @@
+"""Batch layouts: what one forward pass over a list of encoded examples looks like, and its per-example losses.
+
+Two layouts compute the same per-example quantities (the summed next-token loss over each example's target
+tokens, and how many target tokens it predicts), so every objective is written once over them:
+
+* :class:`PaddedForward`: one example per row, right-padded, with a padding mask and logits at every
+  position. The layout of the seed method, kept as ``packing: false``.
+* :class:`PackedForward`: the examples laid end to end in rows of at most ``row_tokens`` tokens (one row by
+  default), position ids restarting at 0 for every example, so no pad is computed. Each example attends only
+  to itself: the attention path (``engine.training.attention``) isolates the examples of a row. The LM head
+  runs only where a target token is predicted (the model's own boolean ``logits_to_keep``).
+
+The per-example reduction keeps each example's identity through packing: a position's example index says
+whose loss it adds to, so example weights, KTO labels and anything else per example are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from engine.training.datasets import IGNORE_INDEX, EncodedExample, collate
+from engine.training.models import DevicePlan
+
+
+class ExampleForward(Protocol):
+    """One forward pass over ``examples``: ([n] summed target-token NLL, [n] predicted target-token counts)."""
+
+    def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] summed next-token NLL over each row's target tokens, and [B] their counts, of padded rows."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    token_loss = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")
+    per_token = torch.zeros(targets.shape, dtype=token_loss.dtype, device=token_loss.device)
+    per_token[mask] = token_loss
+    return per_token.sum(dim=1), mask.sum(dim=1)
+
+
+class PaddedForward:
+    """One example per row, right-padded to the longest, with a padding mask; logits at every position."""
+
+    description = "padded"
+
+    def __init__(self, pad_id: int, plan: DevicePlan) -> None:
+        self.pad_id, self.plan = pad_id, plan
+
+    def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = collate(examples, self.pad_id).to(self.plan.device)
+        with self.plan.autocast():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return per_example_nll(logits, batch.labels)
+
+
+# ---- packing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Examples laid end to end in rows; every tensor is [rows, width]."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor  # 0, 1, ... within each example, and again within a row's trailing padding
+    targets: torch.Tensor  # the token a position predicts: the example's next label, IGNORE_INDEX where none
+    example_index: torch.Tensor  # which of the packed examples a position belongs to; -1 on padding
+    count: int  # examples packed
+
+    def to(self, device: str) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device),
+                           self.example_index.to(device), self.count)
+
+
+def assign_rows(lengths: Sequence[int], row_tokens: int | None) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of at most ``row_tokens`` tokens.
+
+    ``None`` (or a budget that holds them all) gives one row, in order. Otherwise first-fit decreasing: the
+    longest example first, each into the first row with room; an example longer than the budget gets a row
+    of its own.
+    """
+    if row_tokens is None or sum(lengths) <= row_tokens:
+        return [list(range(len(lengths)))]
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(max(row_tokens - lengths[i], 0))
+    return rows
+
+
+def pack(examples: Sequence[EncodedExample], pad_id: int, row_tokens: int | None = None) -> PackedBatch:
+    """Lay ``examples`` end to end in rows (see :func:`assign_rows`); rows are right-padded to the longest."""
+    rows = assign_rows([len(e.input_ids) for e in examples], row_tokens)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    targets = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    example_index = torch.full(shape, -1, dtype=torch.long)
+    position_ids = torch.empty(shape, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            example = examples[i]
+            n = len(example.input_ids)
+            input_ids[r, at : at + n] = torch.tensor(example.input_ids, dtype=torch.long)
+            targets[r, at : at + n - 1] = torch.tensor(example.labels[1:], dtype=torch.long)
+            example_index[r, at : at + n] = i
+            position_ids[r, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[r, at:] = torch.arange(width - at)
+    return PackedBatch(input_ids, position_ids, targets, example_index, len(examples))
+
+
+class PackedForward:
+    """Examples packed into rows; each attends only to itself through the model's current attention path.
+
+    The caller sets that path (``engine.training.attention.packed_attention``); this class only lays out the
+    inputs: position ids restarting per example and no padding mask, which is how transformers' attention
+    paths (flash-attention varlen, the block-diagonal mask, and this package's per-example segments) know
+    where one example ends.
+    """
+
+    def __init__(self, pad_id: int, plan: DevicePlan, row_tokens: int | None = None, description: str = "packed"):
+        self.pad_id, self.plan, self.row_tokens, self.description = pad_id, plan, row_tokens, description
+
+    def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.device)
+        keep = batch.targets != IGNORE_INDEX
+        with self.plan.autocast():
+            logits = model(
+                input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False
+            ).logits
+        logits = logits.reshape(-1, logits.shape[-1]).float()
+        token_loss = F.cross_entropy(logits, batch.targets[keep], reduction="none")
+        owner = batch.example_index[keep]
+        sums = torch.zeros(batch.count, dtype=token_loss.dtype, device=token_loss.device)
+        return sums.index_add(0, owner, token_loss), torch.bincount(owner, minlength=batch.count)
