@@ -46,8 +46,16 @@ class Jobs(Protocol[S, O]):
 
 
 class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
-    async def create(self, spec: TrainingJobSpec, *, request_id: str = "",
-                     validate_only: bool = False) -> Job[TrainingJobSpec, TrainingOutput]: ...
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
+                     priority: int = 0) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+    async def pause(self, job_id: str) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+    async def resume(self, job_id: str) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+    async def publish_checkpoint(self, job_id: str, step: int, *, request_id: str = "") -> AdapterRecord:
+        """Publish one of the job's stored checkpoints as a new version."""
+        ...
 
 
 class FisherJobsApi(Jobs["FisherJobSpec", "FisherOutput"], Protocol):

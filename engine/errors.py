@@ -108,6 +108,12 @@ class ResourceExhausted(EngineError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class Unimplemented(EngineError):
+    """The operation exists in the contract but is not built yet."""
+
+    code = "UNIMPLEMENTED"
+
+
 class Cancelled(EngineError):
     """The operation was cancelled on request."""
 

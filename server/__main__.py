@@ -1,4 +1,4 @@
-"""``learning-engine-server --host H --port P --data-dir D [--config FILE]`` (or ``python -m server``)."""
+"""``learning-engine-server [serve|worker] --host H --port P --data-dir D [--config FILE]`` (``python -m server``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from server.settings import SettingsError, load_settings
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="learning-engine-server", description="Learning Engine gRPC server")
+    parser.add_argument("command", nargs="?", choices=("serve", "worker"), default="serve",
+                        help="serve: the gRPC API (with an embedded worker unless embedded_worker is false); "
+                        "worker: run jobs only, sharing the database and artifact store (default: serve)")
     parser.add_argument("--host", help="bind address (env LEARNING_ENGINE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (env LEARNING_ENGINE_PORT, default 50051)")
     parser.add_argument("--data-dir", type=Path, help="state directory (env LEARNING_ENGINE_DATA_DIR, default ./var)")
@@ -26,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from server.main import serve  # noqa: PLC0415 - after logging is configured
+    from server.main import serve, work  # noqa: PLC0415 - after logging is configured
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(work(settings) if args.command == "worker" else serve(settings))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "ListTrainingJobs": _R,
         "CancelTrainingJob": _T,
         "WatchTrainingJob": _R,
+        "PauseTrainingJob": _T,
+        "ResumeTrainingJob": _T,
+        "ListTrainingCheckpoints": _R,
+        "PublishCheckpoint": _T,
     },
     "learning.v1.FisherService": {
         "CreateFisherJob": _T,

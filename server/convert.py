@@ -6,6 +6,7 @@ ever sees complete domain objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,9 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.spec import (
+    CheckpointPolicy,
+    CheckpointRecord,
+    CheckpointSaved,
     EvalReported,
     EwcSpec,
     Hyperparameters,
@@ -80,7 +84,23 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
     return table[value]
 
 
-def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults) -> TrainingJobSpec:
+DEFAULT_CHECKPOINTS = CheckpointPolicy()
+
+
+def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,
+                        issues: ViolationCollector) -> CheckpointPolicy:
+    every_steps = msg.every_steps if msg.HasField("every_steps") else defaults.every_steps
+    every_minutes = msg.every_minutes if msg.HasField("every_minutes") else defaults.every_minutes
+    keep = msg.keep if msg.HasField("keep") else defaults.keep
+    issues.check(every_steps <= 1_000_000, "spec.checkpoints.every_steps", "must be at most 1000000 (0: never)")
+    issues.check(0 <= every_minutes <= 10_080 and math.isfinite(every_minutes), "spec.checkpoints.every_minutes",
+                 "must lie in [0, 10080] (0: never)")
+    issues.check(1 <= keep <= 100, "spec.checkpoints.keep", "must lie in [1, 100]")
+    return CheckpointPolicy(every_steps=every_steps, every_minutes=every_minutes, keep=keep)
+
+
+def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults,
+                 checkpoint_defaults: CheckpointPolicy = DEFAULT_CHECKPOINTS) -> TrainingJobSpec:
     issues = ViolationCollector()
     lora_defaults = LoraSpec()
     lora = LoraSpec(
@@ -138,6 +158,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     else:
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
         dataset = JsonlSource(path="")
+    checkpoints = checkpoints_from_pb(msg.checkpoints, checkpoint_defaults, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     return TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
@@ -150,6 +171,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         major_version_bump=msg.major_version_bump,
         labels=tuple(sorted(msg.labels.items())),
         lora_fields_set=lora_set,
+        checkpoints=checkpoints,
     )
 
 
@@ -179,6 +201,8 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
         ),
         major_version_bump=spec.major_version_bump,
         labels=dict(spec.labels),
+        checkpoints=pb.CheckpointPolicy(every_steps=spec.checkpoints.every_steps,
+                                        every_minutes=spec.checkpoints.every_minutes, keep=spec.checkpoints.keep),
     )
     if isinstance(spec.dataset, JsonlSource):
         msg.jsonl.path = spec.dataset.path
@@ -224,6 +248,14 @@ def _dur(seconds: float | None) -> duration_pb2.Duration | None:
     return dur
 
 
+def checkpoint_to_pb(c: CheckpointRecord) -> pb.TrainingCheckpoint:
+    msg = pb.TrainingCheckpoint(step=c.step, uri=c.uri, loss=c.loss, sha256=c.sha256, size_bytes=c.size_bytes,
+                                create_time=_ts(c.create_time))
+    if c.eval_loss is not None:
+        msg.eval_loss = c.eval_loss
+    return msg
+
+
 def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
     return pb.TrainingStepMetrics(
         step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss, task_loss=m.task_loss,
@@ -265,6 +297,8 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         output_adapter_version=out.adapter_version,
         device=out.device,
         last_sequence=job.last_sequence,
+        worker=job.worker,
+        priority=job.priority,
     )
     if job.failure is not None:
         msg.error.CopyFrom(failure_to_pb(job.failure))
@@ -303,6 +337,8 @@ def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
         msg.state_change.CopyFrom(state_change_to_pb(p))
     elif isinstance(p, StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
+    elif isinstance(p, CheckpointSaved):
+        msg.checkpoint.CopyFrom(checkpoint_to_pb(p.checkpoint))
     elif isinstance(p, EvalReported):
         msg.eval_result.CopyFrom(pb.TrainingEvalResult(
             step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
@@ -334,6 +370,13 @@ def states_from_pb(values) -> list[JobState]:
 
 def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
     return min(requested or default, maximum)
+
+
+def priority_from_pb(value: int) -> int:
+    if not -1000 <= value <= 1000:
+        raise InvalidArgument("INVALID_PRIORITY", "priority must lie in [-1000, 1000]",
+                              violations=[FieldViolation("priority", "must lie in [-1000, 1000]")])
+    return value
 
 
 def check_request_id(value: str, field_path: str, max_length: int) -> None:

@@ -265,7 +265,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         feedback_datasets,
     )
     slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
-    snapshots = FisherSnapshotStore(pool, settings.artifacts_dir)
+    snapshots = FisherSnapshotStore(pool, owned.store)
     planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
         datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -310,6 +310,7 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
         TrainingService(
             engine.training, default_base_model=settings.default_base_model,
             ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
+            checkpoint_defaults=settings.checkpoint_policy,
         ),
         server,
     )
@@ -419,4 +420,45 @@ async def serve(settings: Settings) -> int:
     print(f"learning-engine {SERVER_VERSION} listening on {settings.host}:{app.port}", flush=True)
     await stopping
     await app.stop()
+    return 0
+
+
+async def start_worker(settings: Settings) -> Owned:
+    """A worker without gRPC: the engine's job side on the shared database and artifact store."""
+    owned = Owned()
+    async with AsyncExitStack() as undo:
+        undo.push_async_callback(owned.close)
+        undo.push_async_callback(owned.shutdown_jobs)
+        owned.lock = DataDirLock(settings.data_dir)
+        prepare_process(settings)
+        sweep_scratch(settings.work_dir)
+        await build_engine(settings, owned, serve=False, work=True)
+        undo.pop_all()
+    return owned
+
+
+async def work(settings: Settings) -> int:
+    """``learning-engine-server worker``: run jobs until SIGTERM/SIGINT; running jobs then stop at their next
+    step, keep their progress (checkpoint) and are queued again for another worker."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(start_worker(settings))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        return 0
+    if (error := starting.exception()) is not None:
+        stopping.cancel()
+        print(f"learning-engine worker: cannot start: {describe(error)}", file=sys.stderr, flush=True)
+        return 1
+    owned = starting.result()
+    print(f"learning-engine {SERVER_VERSION} worker {owned.job_managers[0].worker_id} running", flush=True)
+    await stopping
+    await owned.shutdown_jobs()
+    await owned.close()
     return 0

@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from engine.domain import FisherSpace
+from engine.training.spec import CheckpointPolicy
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -92,6 +93,23 @@ class Settings(BaseSettings, LoraControlSettings):
         description="Run jobs in the server process too. False serves the API only; jobs then run in "
         "`learning-engine-server worker` processes sharing the database (and artifact store).",
     )
+    datasets_path: Path | None = Field(
+        None, description="Folder of the JSONL datasets jobs name; unset: <data-dir>/datasets. Workers on other "
+        "machines need the same files: a shared mount (datasets built from feedback live in PostgreSQL).",
+    )
+    artifacts_path: Path | None = Field(
+        None, description="Folder of the local artifact store (artifact_backend local); unset: <data-dir>/artifacts. "
+        "Processes of one machine may share one; workers on several machines use S3/MinIO instead.",
+    )
+    checkpoint_every_steps: int = Field(
+        50, ge=0, le=1_000_000,
+        description="A training job checkpoints every this many optimiser steps (0: never by count), besides at "
+        "pause and shutdown; a job may say otherwise (spec.checkpoints). See README, Durable jobs, for its cost.",
+    )
+    checkpoint_every_minutes: float = Field(
+        10.0, ge=0, le=10_080, description="... and every this many minutes (0: never by time).",
+    )
+    checkpoint_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept per job, newest first.")
     worker_heartbeat_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a worker says it is alive (and looks for stalled jobs).",
     )
@@ -331,6 +349,12 @@ class Settings(BaseSettings, LoraControlSettings):
         return self
 
     @property
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """What a training job that says nothing of checkpoints gets."""
+        return CheckpointPolicy(every_steps=self.checkpoint_every_steps, every_minutes=self.checkpoint_every_minutes,
+                                keep=self.checkpoint_keep)
+
+    @property
     def ewc_lambda_defaults(self) -> dict[FisherSpace, float]:
         """The lambda a job gets when it names none, by the space of its penalty."""
         return {FisherSpace.LORA_PARAMETERS: self.ewc_lambda_default,
@@ -340,11 +364,11 @@ class Settings(BaseSettings, LoraControlSettings):
 
     @property
     def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
+        return self.datasets_path or self.data_dir / "datasets"
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.artifacts_path or self.data_dir / "artifacts"
 
     @property
     def models_dir(self) -> Path:

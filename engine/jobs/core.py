@@ -149,6 +149,7 @@ class Job(Generic[S, O]):
     request_id: str = ""
     priority: int = 0  # higher runs first among queued jobs
     trace_context: tuple[tuple[str, str], ...] = ()  # the creating request's trace, continued by the worker
+    worker: str = ""  # the worker that holds (or last held) the job
     progress: JobProgress = field(default_factory=JobProgress)
     failure: JobFailure | None = None
     start_time: datetime | None = None

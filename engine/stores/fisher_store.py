@@ -1,10 +1,12 @@
-"""Fisher snapshots: diagonals as safetensors files, metadata rows in PostgreSQL.
+"""Fisher snapshots: diagonals as safetensors objects in the artifact store, metadata rows in PostgreSQL.
 
-Files live at ``<artifacts>/fisher/<base-model>/<adapter-version>/<snapshot-id>.safetensors`` and are
-written atomically (temporary file, fsync, rename, fsync of the folder), never as pickles. A snapshot row
-is inserted only after its file is durable; a reader verifies the file's sha256 before using it. The file
-describes itself: its safetensors header holds the snapshot's metadata (:func:`header`), the row's fields
-but the file's own digest and size, so a copied file still says what it measured.
+Objects live at ``fisher/<base-model>/<adapter-version>/<snapshot-id>.safetensors`` in the artifact store (the
+local directory or S3, as the adapters), so a worker on another machine finds them; the store's writes are
+create-only and atomic, never pickles. A snapshot row is inserted only after its object is durable; a reader
+verifies the bytes' sha256 before using them. The object describes itself: its safetensors header holds the
+snapshot's metadata (:func:`header`), the row's fields but the object's own digest and size, so a copied file
+still says what it measured. Snapshots stored before they moved to the artifact store keep their local file
+path (``path`` starting with ``/``) and are read from there.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -27,6 +27,7 @@ from safetensors.torch import load, save
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import DataLoss, NotFound
+from engine.registry.ports import ArtifactStore
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
 
@@ -38,44 +39,26 @@ def header(snapshot: FisherSnapshot) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 class FisherSnapshotStore:
     """Save, load, list and delete Fisher snapshots (engine.continual.ports.FisherSnapshots; see the module
     docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, artifacts_dir: Path) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: ArtifactStore) -> None:
         self._pool = pool
-        self._root = artifacts_dir / "fisher"
+        self._store = store
 
-    def _path(self, base_model: str, adapter_version: str, snapshot_id: str) -> Path:
-        return self._root / base_model / adapter_version / f"{snapshot_id}.safetensors"
+    @staticmethod
+    def _key(base_model: str, adapter_version: str, snapshot_id: str) -> str:
+        return f"fisher/{base_model}/{adapter_version}/{snapshot_id}.safetensors"
 
     async def save(self, diagonal: Diagonal, draft: FisherSnapshot) -> FisherSnapshot:
         """Write the diagonal, then its row: ``draft`` with its id, path, digest and size filled in."""
         snapshot_id = uuid.uuid4().hex
-        path = self._path(draft.base_model, draft.adapter_version, snapshot_id)
+        key = self._key(draft.base_model, draft.adapter_version, snapshot_id)
         tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in diagonal.items()}
         data = await asyncio.to_thread(save, tensors, header(replace(draft, id=snapshot_id)))
-        await asyncio.to_thread(_write_atomically, path, data)
-        snapshot = replace(draft, id=snapshot_id, path=str(path), sha256=hashlib.sha256(data).hexdigest(),
+        await self._store.put_bytes(key, data)
+        snapshot = replace(draft, id=snapshot_id, path=key, sha256=hashlib.sha256(data).hexdigest(),
                            size_bytes=len(data))
         try:
             async with self._pool.acquire() as conn:
@@ -86,7 +69,7 @@ class FisherSnapshotStore:
                     _SNAPSHOT.dump_json(snapshot).decode(),
                 )
         except BaseException:
-            path.unlink(missing_ok=True)
+            await self._store.delete([key])
             raise
         return snapshot
 
@@ -103,8 +86,11 @@ class FisherSnapshotStore:
         """The snapshot and its diagonal, after checking the file against the recorded sha256."""
         snapshot = await self.get(snapshot_id)
         try:
-            data = await asyncio.to_thread(Path(snapshot.path).read_bytes)
-        except FileNotFoundError as exc:
+            if snapshot.path.startswith("/"):  # stored before snapshots moved to the artifact store
+                data = await asyncio.to_thread(Path(snapshot.path).read_bytes)
+            else:
+                data = await self._store.get_bytes(snapshot.path)
+        except (FileNotFoundError, NotFound) as exc:
             raise DataLoss("FISHER_FILE_MISSING", f"the file of {snapshot.name} is missing",
                            metadata={"name": snapshot.name}) from exc
         if hashlib.sha256(data).hexdigest() != snapshot.sha256:
@@ -137,4 +123,7 @@ class FisherSnapshotStore:
         snapshot = await self.get(snapshot_id)
         async with self._pool.acquire() as conn:
             await conn.execute("DELETE FROM fisher_snapshots WHERE id = $1", snapshot_id)
-        await asyncio.to_thread(Path(snapshot.path).unlink, True)
+        if snapshot.path.startswith("/"):
+            await asyncio.to_thread(Path(snapshot.path).unlink, True)
+        else:
+            await self._store.delete([snapshot.path])

@@ -192,9 +192,11 @@ class PostgresJobStore(Generic[S, O]):
             if job.state.terminal or job.state is JobState.PAUSED:
                 return None
             lease = Lease(owner, uuid.uuid4().hex)
-            await conn.execute("UPDATE jobs SET lease_owner = $2, lease_token = $3 WHERE id = $1",
-                               job_id, lease.owner, lease.token)
-        return Claim(job, lease, row["lease_owner"] or "")
+            claimed = replace(job, worker=owner)
+            await conn.execute("UPDATE jobs SET lease_owner = $2, lease_token = $3, doc = $4::jsonb WHERE id = $1",
+                               job_id, lease.owner, lease.token, self._dump(claimed))
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
+        return Claim(claimed, lease, row["lease_owner"] or "")
 
     async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

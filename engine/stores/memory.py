@@ -90,7 +90,9 @@ class InMemoryJobStore(Generic[S, O]):
         held = self.held[job_id]
         previous = held.lease.owner if held.lease is not None else ""
         held.lease = Lease(owner, uuid.uuid4().hex)
-        return Claim(job, held.lease, previous)
+        claimed = self.jobs[job_id] = replace(job, worker=owner)
+        await self._wake()
+        return Claim(claimed, held.lease, previous)
 
     def _check(self, job_id: str, lease: Lease | None) -> None:
         held = self.held[job_id]

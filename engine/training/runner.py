@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from engine import telemetry
+from engine.errors import Unimplemented
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
@@ -132,12 +133,13 @@ class TrainingJobs:
         self._preparer = preparer
         self._planner = planner
 
-    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False) -> TrainingJob:
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
+                     priority: int = 0) -> TrainingJob:
         inputs = await self._preparer.validate(spec)
         if self._planner is not None and inputs.parent is not None and not inputs.spec.ewc.disabled:
             await self._planner.check(inputs.spec, inputs.parent)
         job = self._manager.new_job(inputs.spec, TrainingOutput(dataset=inputs.dataset.summary),
-                                    request_id=request_id)
+                                    request_id=request_id, priority=priority)
         if validate_only:
             return job
         return await self._manager.submit(job, prepared=inputs)
@@ -151,6 +153,15 @@ class TrainingJobs:
 
     async def cancel(self, job_id: str) -> TrainingJob:
         return await self._manager.cancel(job_id)
+
+    async def pause(self, job_id: str) -> TrainingJob:
+        return await self._manager.pause(job_id)
+
+    async def resume(self, job_id: str) -> TrainingJob:
+        return await self._manager.resume(job_id)
+
+    async def publish_checkpoint(self, job_id: str, step: int, *, request_id: str = "") -> AdapterRecord:
+        raise Unimplemented("CHECKPOINT_PUBLISH_UNAVAILABLE", "publishing a checkpoint is not built yet")
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[TrainingJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)

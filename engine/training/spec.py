@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from engine.domain import (
     LEGACY_FISHER_SPACE,
@@ -63,6 +64,15 @@ class EwcSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a job checkpoints besides at pause and shutdown (servers fill in their settings' values)."""
+
+    every_steps: int = 50  # 0: never by step count
+    every_minutes: float = 10.0  # 0: never by time
+    keep: int = 3  # the newest N are kept
+
+
+@dataclass(frozen=True)
 class TrainingJobSpec:
     """Everything a job is asked to do, with defaults filled in. Immutable."""
 
@@ -78,6 +88,7 @@ class TrainingJobSpec:
     # The LoRA fields the request set (names of LoraSpec fields). With a parent, the others come from the
     # parent's adapter and the set ones must equal the parent's; without one, the others are defaults.
     lora_fields_set: tuple[str, ...] = LORA_FIELDS
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,27 @@ class StepMetrics:
     grad_norm: float
     tokens_per_second: float
     eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A stored checkpoint of a training job (engine.training.checkpoint_store)."""
+
+    step: int
+    key: str  # its object in the artifact store
+    uri: str
+    sha256: str
+    size_bytes: int
+    loss: float
+    eval_loss: float | None
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """Event: a checkpoint was stored."""
+
+    checkpoint: CheckpointRecord
 
 
 @dataclass(frozen=True)
@@ -123,7 +155,9 @@ class TrainingOutput:
     latest_metrics: StepMetrics | None = None
     device: str = ""
     ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
+    checkpoints: tuple[CheckpointRecord, ...] = ()  # stored, newest first (at most the policy's keep)
 
 
-TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput, event_types=(StepMetrics, EvalReported))
+TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,
+                   event_types=(StepMetrics, EvalReported, CheckpointSaved))
 TrainingJob = Job[TrainingJobSpec, TrainingOutput]

@@ -8,6 +8,7 @@ import grpc
 
 from engine import TrainingJobsApi
 from engine.jobs.core import JobEvent
+from engine.training.spec import CheckpointPolicy
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
@@ -17,17 +18,21 @@ MAX_REQUEST_ID = 128
 
 
 class TrainingService(pb_grpc.TrainingServiceServicer):
-    def __init__(self, jobs: TrainingJobsApi, *, default_base_model: str, ewc_defaults: convert.EwcDefaults) -> None:
+    def __init__(self, jobs: TrainingJobsApi, *, default_base_model: str, ewc_defaults: convert.EwcDefaults,
+                 checkpoint_defaults: CheckpointPolicy = convert.DEFAULT_CHECKPOINTS) -> None:
         self._jobs = jobs
         self._default_base_model = default_base_model
         self._ewc_defaults = ewc_defaults
+        self._checkpoint_defaults = checkpoint_defaults
 
     async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
         convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = convert.spec_from_pb(
-            request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults
+            request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults,
+            checkpoint_defaults=self._checkpoint_defaults,
         )
-        job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only)
+        job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
+                                      priority=convert.priority_from_pb(request.priority))
         return pb.CreateTrainingJobResponse(training_job=convert.job_to_pb(job))
 
     async def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext):
@@ -57,3 +62,24 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
                 yield pb.WatchTrainingJobResponse(event=convert.event_to_pb(item))
             else:
                 yield pb.WatchTrainingJobResponse(snapshot=convert.job_to_pb(item))
+
+    async def PauseTrainingJob(self, request: pb.PauseTrainingJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.pause(convert.job_id_from_name(request.name))
+        return pb.PauseTrainingJobResponse(training_job=convert.job_to_pb(job))
+
+    async def ResumeTrainingJob(self, request: pb.ResumeTrainingJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.resume(convert.job_id_from_name(request.name))
+        return pb.ResumeTrainingJobResponse(training_job=convert.job_to_pb(job))
+
+    async def ListTrainingCheckpoints(
+        self, request: pb.ListTrainingCheckpointsRequest, context: grpc.aio.ServicerContext
+    ):
+        job = await self._jobs.get(convert.job_id_from_name(request.name))
+        return pb.ListTrainingCheckpointsResponse(
+            checkpoints=[convert.checkpoint_to_pb(c) for c in job.output.checkpoints])
+
+    async def PublishCheckpoint(self, request: pb.PublishCheckpointRequest, context: grpc.aio.ServicerContext):
+        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        record = await self._jobs.publish_checkpoint(convert.job_id_from_name(request.name), request.step,
+                                                     request_id=request.request_id)
+        return pb.PublishCheckpointResponse(adapter_version=record.version)

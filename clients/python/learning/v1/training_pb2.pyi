@@ -93,7 +93,7 @@ class EwcConfig(_message.Message):
     def __init__(self, ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., replay_fraction: _Optional[float] = ..., disabled: _Optional[bool] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels")
+    __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels", "checkpoints")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class TrainingJobSpec(_message.Message):
     EWC_FIELD_NUMBER: _ClassVar[int]
     MAJOR_VERSION_BUMP_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     jsonl: _common_pb2.JsonlDataset
     feedback: _common_pb2.FeedbackDataset
@@ -121,7 +122,18 @@ class TrainingJobSpec(_message.Message):
     ewc: EwcConfig
     major_version_bump: bool
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    checkpoints: CheckpointPolicy
+    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., checkpoints: _Optional[_Union[CheckpointPolicy, _Mapping]] = ...) -> None: ...
+
+class CheckpointPolicy(_message.Message):
+    __slots__ = ("every_steps", "every_minutes", "keep")
+    EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVERY_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    every_steps: int
+    every_minutes: float
+    keep: int
+    def __init__(self, every_steps: _Optional[int] = ..., every_minutes: _Optional[float] = ..., keep: _Optional[int] = ...) -> None: ...
 
 class EwcLineage(_message.Message):
     __slots__ = ("parent_adapter_version", "fisher_snapshot", "ewc_lambda", "gamma", "replay_fraction", "fisher_space")
@@ -140,7 +152,7 @@ class EwcLineage(_message.Message):
     def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence")
+    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +168,8 @@ class TrainingJob(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     EWC_LINEAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
     state: _common_pb2.JobState
@@ -171,7 +185,9 @@ class TrainingJob(_message.Message):
     device: str
     ewc_lineage: EwcLineage
     last_sequence: int
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    worker: str
+    priority: int
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class TrainingStepMetrics(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate", "grad_norm", "tokens_per_second", "eta")
@@ -198,12 +214,22 @@ class TrainingStepMetrics(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., task_loss: _Optional[float] = ..., ewc_penalty: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TrainingCheckpoint(_message.Message):
-    __slots__ = ("step", "uri")
+    __slots__ = ("step", "uri", "loss", "eval_loss", "sha256", "size_bytes", "create_time")
     STEP_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     step: int
     uri: str
-    def __init__(self, step: _Optional[int] = ..., uri: _Optional[str] = ...) -> None: ...
+    loss: float
+    eval_loss: float
+    sha256: str
+    size_bytes: int
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, step: _Optional[int] = ..., uri: _Optional[str] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TrainingEvalResult(_message.Message):
     __slots__ = ("step", "split", "metrics")
@@ -238,14 +264,16 @@ class TrainingJobEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("spec", "request_id", "validate_only")
+    __slots__ = ("spec", "request_id", "validate_only", "priority")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     spec: TrainingJobSpec
     request_id: str
     validate_only: bool
-    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    priority: int
+    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class CreateTrainingJobResponse(_message.Message):
     __slots__ = ("training_job",)
@@ -310,3 +338,55 @@ class WatchTrainingJobResponse(_message.Message):
     snapshot: TrainingJob
     event: TrainingJobEvent
     def __init__(self, snapshot: _Optional[_Union[TrainingJob, _Mapping]] = ..., event: _Optional[_Union[TrainingJobEvent, _Mapping]] = ...) -> None: ...
+
+class PauseTrainingJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PauseTrainingJobResponse(_message.Message):
+    __slots__ = ("training_job",)
+    TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
+    training_job: TrainingJob
+    def __init__(self, training_job: _Optional[_Union[TrainingJob, _Mapping]] = ...) -> None: ...
+
+class ResumeTrainingJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResumeTrainingJobResponse(_message.Message):
+    __slots__ = ("training_job",)
+    TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
+    training_job: TrainingJob
+    def __init__(self, training_job: _Optional[_Union[TrainingJob, _Mapping]] = ...) -> None: ...
+
+class ListTrainingCheckpointsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListTrainingCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[TrainingCheckpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[TrainingCheckpoint, _Mapping]]] = ...) -> None: ...
+
+class PublishCheckpointRequest(_message.Message):
+    __slots__ = ("name", "step", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    step: int
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PublishCheckpointResponse(_message.Message):
+    __slots__ = ("adapter_version",)
+    ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    adapter_version: str
+    def __init__(self, adapter_version: _Optional[str] = ...) -> None: ...

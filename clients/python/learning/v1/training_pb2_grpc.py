@@ -61,6 +61,26 @@ class TrainingServiceStub:
                 request_serializer=learning_dot_v1_dot_training__pb2.WatchTrainingJobRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_training__pb2.WatchTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.PauseTrainingJob = channel.unary_unary(
+                '/learning.v1.TrainingService/PauseTrainingJob',
+                request_serializer=learning_dot_v1_dot_training__pb2.PauseTrainingJobRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_training__pb2.PauseTrainingJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeTrainingJob = channel.unary_unary(
+                '/learning.v1.TrainingService/ResumeTrainingJob',
+                request_serializer=learning_dot_v1_dot_training__pb2.ResumeTrainingJobRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_training__pb2.ResumeTrainingJobResponse.FromString,
+                _registered_method=True)
+        self.ListTrainingCheckpoints = channel.unary_unary(
+                '/learning.v1.TrainingService/ListTrainingCheckpoints',
+                request_serializer=learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.PublishCheckpoint = channel.unary_unary(
+                '/learning.v1.TrainingService/PublishCheckpoint',
+                request_serializer=learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -98,7 +118,38 @@ class TrainingServiceServicer:
 
     def WatchTrainingJob(self, request, context):
         """Streams the job: first a snapshot of its current state, then every event
-        after `after_sequence` (all of them by default), live, until the job ends.
+        after `after_sequence` (all of them by default), live, until the job ends
+        or is paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseTrainingJob(self, request, context):
+        """Pauses a queued or running job: a running one checkpoints at its next step
+        and releases its worker (PAUSING, then PAUSED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTrainingJob(self, request, context):
+        """Queues a paused job again; any worker continues it from its last checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrainingCheckpoints(self, request, context):
+        """Lists a job's stored checkpoints, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishCheckpoint(self, request, context):
+        """Publishes one of a job's checkpoints as a new adapter version (as the job
+        itself would have published it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +182,26 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.WatchTrainingJob,
                     request_deserializer=learning_dot_v1_dot_training__pb2.WatchTrainingJobRequest.FromString,
                     response_serializer=learning_dot_v1_dot_training__pb2.WatchTrainingJobResponse.SerializeToString,
+            ),
+            'PauseTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseTrainingJob,
+                    request_deserializer=learning_dot_v1_dot_training__pb2.PauseTrainingJobRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_training__pb2.PauseTrainingJobResponse.SerializeToString,
+            ),
+            'ResumeTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTrainingJob,
+                    request_deserializer=learning_dot_v1_dot_training__pb2.ResumeTrainingJobRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_training__pb2.ResumeTrainingJobResponse.SerializeToString,
+            ),
+            'ListTrainingCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingCheckpoints,
+                    request_deserializer=learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsResponse.SerializeToString,
+            ),
+            'PublishCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishCheckpoint,
+                    request_deserializer=learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +341,114 @@ class TrainingService:
             '/learning.v1.TrainingService/WatchTrainingJob',
             learning_dot_v1_dot_training__pb2.WatchTrainingJobRequest.SerializeToString,
             learning_dot_v1_dot_training__pb2.WatchTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.TrainingService/PauseTrainingJob',
+            learning_dot_v1_dot_training__pb2.PauseTrainingJobRequest.SerializeToString,
+            learning_dot_v1_dot_training__pb2.PauseTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.TrainingService/ResumeTrainingJob',
+            learning_dot_v1_dot_training__pb2.ResumeTrainingJobRequest.SerializeToString,
+            learning_dot_v1_dot_training__pb2.ResumeTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.TrainingService/ListTrainingCheckpoints',
+            learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsRequest.SerializeToString,
+            learning_dot_v1_dot_training__pb2.ListTrainingCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.TrainingService/PublishCheckpoint',
+            learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.SerializeToString,
+            learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/training.proto.
  */
 export const file_learning_v1_training: GenFile = /*@__PURE__*/
-  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEimQMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEi4QMKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdkYXRhc2V0IrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlIrwECgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQi6gEKE1RyYWluaW5nU3RlcE1ldHJpY3MSDAoEc3RlcBgBIAEoBBITCgt0b3RhbF9zdGVwcxgCIAEoBBINCgVlcG9jaBgDIAEoARIMCgRsb3NzGAQgASgBEhEKCXRhc2tfbG9zcxgFIAEoARITCgtld2NfcGVuYWx0eRgGIAEoARIVCg1sZWFybmluZ19yYXRlGAcgASgBEhEKCWdyYWRfbm9ybRgIIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgJIAEoARImCgNldGEYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iLwoSVHJhaW5pbmdDaGVja3BvaW50EgwKBHN0ZXAYASABKAQSCwoDdXJpGAIgASgJIlsKElRyYWluaW5nRXZhbFJlc3VsdBIMCgRzdGVwGAEgASgEEg0KBXNwbGl0GAIgASgJEigKB21ldHJpY3MYAyADKAsyFy5sZWFybmluZy52MS5FdmFsTWV0cmljIrIDChBUcmFpbmluZ0pvYkV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKDHN0YXRlX2NoYW5nZRgDIAEoCzIbLmxlYXJuaW5nLnYxLkpvYlN0YXRlQ2hhbmdlSAASOAoMc3RlcF9tZXRyaWNzGAQgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljc0gAEjUKCmNoZWNrcG9pbnQYBSABKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ0NoZWNrcG9pbnRIABI2CgtldmFsX3Jlc3VsdBgGIAEoCzIfLmxlYXJuaW5nLnYxLlRyYWluaW5nRXZhbFJlc3VsdEgAEioKB3dhcm5pbmcYByABKAsyFy5sZWFybmluZy52MS5Kb2JXYXJuaW5nSAASJgoFZXJyb3IYCCABKAsyFS5sZWFybmluZy52MS5Kb2JFcnJvckgAEigKBm5vdGljZRgJIAEoCzIWLmxlYXJuaW5nLnYxLkpvYk5vdGljZUgAQgYKBGtpbmQicQoYQ3JlYXRlVHJhaW5pbmdKb2JSZXF1ZXN0EioKBHNwZWMYASABKAsyHC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMSEgoKcmVxdWVzdF9pZBgCIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAMgASgIIksKGUNyZWF0ZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiJQoVR2V0VHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSAoWR2V0VHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiJnChdMaXN0VHJhaW5pbmdKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIlCgZzdGF0ZXMYAyADKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZSJkChhMaXN0VHJhaW5pbmdKb2JzUmVzcG9uc2USLwoNdHJhaW5pbmdfam9icxgBIAMoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChhDYW5jZWxUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJLChlDYW5jZWxUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iIj8KF1dhdGNoVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiggEKGFdhdGNoVHJhaW5pbmdKb2JSZXNwb25zZRIsCghzbmFwc2hvdBgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iSAASLgoFZXZlbnQYAiABKAsyHS5sZWFybmluZy52MS5UcmFpbmluZ0pvYkV2ZW50SABCCAoGdXBkYXRlKkwKCU9iamVjdGl2ZRIZChVPQkpFQ1RJVkVfVU5TUEVDSUZJRUQQABIRCg1PQkpFQ1RJVkVfU0ZUEAESEQoNT0JKRUNUSVZFX0tUTxACKmIKCVByZWNpc2lvbhIZChVQUkVDSVNJT05fVU5TUEVDSUZJRUQQABISCg5QUkVDSVNJT05fQVVUTxABEhIKDlBSRUNJU0lPTl9GUDMyEAISEgoOUFJFQ0lTSU9OX0JGMTYQAypwCgxRdWFudGl6YXRpb24SHAoYUVVBTlRJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFQoRUVVBTlRJWkFUSU9OX05PTkUQARIUChBRVUFOVElaQVRJT05fTkY0EAISFQoRUVVBTlRJWkFUSU9OX0lOVDgQAzL4AwoPVHJhaW5pbmdTZXJ2aWNlEmIKEUNyZWF0ZVRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRJZCg5HZXRUcmFpbmluZ0pvYhIiLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVxdWVzdBojLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVzcG9uc2USXwoQTGlzdFRyYWluaW5nSm9icxIkLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0GiUubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nSm9ic1Jlc3BvbnNlEmIKEUNhbmNlbFRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXNwb25zZRJhChBXYXRjaFRyYWluaW5nSm9iEiQubGVhcm5pbmcudjEuV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QaJS5sZWFybmluZy52MS5XYXRjaFRyYWluaW5nSm9iUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
+  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEimQMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEilQQKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkSMgoLY2hlY2twb2ludHMYCyABKAsyHS5sZWFybmluZy52MS5DaGVja3BvaW50UG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHZGF0YXNldCKGAQoQQ2hlY2twb2ludFBvbGljeRIYCgtldmVyeV9zdGVwcxgBIAEoDUgAiAEBEhoKDWV2ZXJ5X21pbnV0ZXMYAiABKAFIAYgBARIRCgRrZWVwGAMgASgNSAKIAQFCDgoMX2V2ZXJ5X3N0ZXBzQhAKDl9ldmVyeV9taW51dGVzQgcKBV9rZWVwIrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlIt4ECgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQSDgoGd29ya2VyGBAgASgJEhAKCHByaW9yaXR5GBEgASgFIuoBChNUcmFpbmluZ1N0ZXBNZXRyaWNzEgwKBHN0ZXAYASABKAQSEwoLdG90YWxfc3RlcHMYAiABKAQSDQoFZXBvY2gYAyABKAESDAoEbG9zcxgEIAEoARIRCgl0YXNrX2xvc3MYBSABKAESEwoLZXdjX3BlbmFsdHkYBiABKAESFQoNbGVhcm5pbmdfcmF0ZRgHIAEoARIRCglncmFkX25vcm0YCCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYCSABKAESJgoDZXRhGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrgBChJUcmFpbmluZ0NoZWNrcG9pbnQSDAoEc3RlcBgBIAEoBBILCgN1cmkYAiABKAkSDAoEbG9zcxgDIAEoARIWCglldmFsX2xvc3MYBCABKAFIAIgBARIOCgZzaGEyNTYYBSABKAkSEgoKc2l6ZV9ieXRlcxgGIAEoBBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2V2YWxfbG9zcyJbChJUcmFpbmluZ0V2YWxSZXN1bHQSDAoEc3RlcBgBIAEoBBINCgVzcGxpdBgCIAEoCRIoCgdtZXRyaWNzGAMgAygLMhcubGVhcm5pbmcudjEuRXZhbE1ldHJpYyKyAwoQVHJhaW5pbmdKb2JFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEjgKDHN0ZXBfbWV0cmljcxgEIAEoCzIgLmxlYXJuaW5nLnYxLlRyYWluaW5nU3RlcE1ldHJpY3NIABI1CgpjaGVja3BvaW50GAUgASgLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50SAASNgoLZXZhbF9yZXN1bHQYBiABKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ0V2YWxSZXN1bHRIABIqCgd3YXJuaW5nGAcgASgLMhcubGVhcm5pbmcudjEuSm9iV2FybmluZ0gAEiYKBWVycm9yGAggASgLMhUubGVhcm5pbmcudjEuSm9iRXJyb3JIABIoCgZub3RpY2UYCSABKAsyFi5sZWFybmluZy52MS5Kb2JOb3RpY2VIAEIGCgRraW5kIoMBChhDcmVhdGVUcmFpbmluZ0pvYlJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iU3BlYxISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXZhbGlkYXRlX29ubHkYAyABKAgSEAoIcHJpb3JpdHkYBCABKAUiSwoZQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIlChVHZXRUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJIChZHZXRUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iImcKF0xpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBnN0YXRlcxgDIAMoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlImQKGExpc3RUcmFpbmluZ0pvYnNSZXNwb25zZRIvCg10cmFpbmluZ19qb2JzGAEgAygLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGENhbmNlbFRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKGUNhbmNlbFRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiPwoXV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKCAQoYV2F0Y2hUcmFpbmluZ0pvYlJlc3BvbnNlEiwKCHNuYXBzaG90GAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JIABIuCgVldmVudBgCIAEoCzIdLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iRXZlbnRIAEIICgZ1cGRhdGUiJwoXUGF1c2VUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJKChhQYXVzZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiKAoYUmVzdW1lVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwoZUmVzdW1lVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIuCh5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJXCh9MaXN0VHJhaW5pbmdDaGVja3BvaW50c1Jlc3BvbnNlEjQKC2NoZWNrcG9pbnRzGAEgAygLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50IkoKGFB1Ymxpc2hDaGVja3BvaW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBHN0ZXAYAiABKAQSEgoKcmVxdWVzdF9pZBgDIAEoCSI0ChlQdWJsaXNoQ2hlY2twb2ludFJlc3BvbnNlEhcKD2FkYXB0ZXJfdmVyc2lvbhgBIAEoCSpMCglPYmplY3RpdmUSGQoVT0JKRUNUSVZFX1VOU1BFQ0lGSUVEEAASEQoNT0JKRUNUSVZFX1NGVBABEhEKDU9CSkVDVElWRV9LVE8QAipiCglQcmVjaXNpb24SGQoVUFJFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOUFJFQ0lTSU9OX0FVVE8QARISCg5QUkVDSVNJT05fRlAzMhACEhIKDlBSRUNJU0lPTl9CRjE2EAMqcAoMUXVhbnRpemF0aW9uEhwKGFFVQU5USVpBVElPTl9VTlNQRUNJRklFRBAAEhUKEVFVQU5USVpBVElPTl9OT05FEAESFAoQUVVBTlRJWkFUSU9OX05GNBACEhUKEVFVQU5USVpBVElPTl9JTlQ4EAMylwcKD1RyYWluaW5nU2VydmljZRJiChFDcmVhdGVUcmFpbmluZ0pvYhIlLmxlYXJuaW5nLnYxLkNyZWF0ZVRyYWluaW5nSm9iUmVxdWVzdBomLmxlYXJuaW5nLnYxLkNyZWF0ZVRyYWluaW5nSm9iUmVzcG9uc2USWQoOR2V0VHJhaW5pbmdKb2ISIi5sZWFybmluZy52MS5HZXRUcmFpbmluZ0pvYlJlcXVlc3QaIy5sZWFybmluZy52MS5HZXRUcmFpbmluZ0pvYlJlc3BvbnNlEl8KEExpc3RUcmFpbmluZ0pvYnMSJC5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdKb2JzUmVxdWVzdBolLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0pvYnNSZXNwb25zZRJiChFDYW5jZWxUcmFpbmluZ0pvYhIlLmxlYXJuaW5nLnYxLkNhbmNlbFRyYWluaW5nSm9iUmVxdWVzdBomLmxlYXJuaW5nLnYxLkNhbmNlbFRyYWluaW5nSm9iUmVzcG9uc2USYQoQV2F0Y2hUcmFpbmluZ0pvYhIkLmxlYXJuaW5nLnYxLldhdGNoVHJhaW5pbmdKb2JSZXF1ZXN0GiUubGVhcm5pbmcudjEuV2F0Y2hUcmFpbmluZ0pvYlJlc3BvbnNlMAESXwoQUGF1c2VUcmFpbmluZ0pvYhIkLmxlYXJuaW5nLnYxLlBhdXNlVHJhaW5pbmdKb2JSZXF1ZXN0GiUubGVhcm5pbmcudjEuUGF1c2VUcmFpbmluZ0pvYlJlc3BvbnNlEmIKEVJlc3VtZVRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuUmVzdW1lVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuUmVzdW1lVHJhaW5pbmdKb2JSZXNwb25zZRJ0ChdMaXN0VHJhaW5pbmdDaGVja3BvaW50cxIrLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0NoZWNrcG9pbnRzUmVxdWVzdBosLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0NoZWNrcG9pbnRzUmVzcG9uc2USYgoRUHVibGlzaENoZWNrcG9pbnQSJS5sZWFybmluZy52MS5QdWJsaXNoQ2hlY2twb2ludFJlcXVlc3QaJi5sZWFybmluZy52MS5QdWJsaXNoQ2hlY2twb2ludFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
 
 /**
  * Optimiser settings. Zero fields take the server defaults.
@@ -262,6 +262,13 @@ export type TrainingJobSpec = Message<"learning.v1.TrainingJobSpec"> & {
    * @generated from field: map<string, string> labels = 10;
    */
   labels: { [key: string]: string };
+
+  /**
+   * When to checkpoint; unset fields take the server's settings.
+   *
+   * @generated from field: learning.v1.CheckpointPolicy checkpoints = 11;
+   */
+  checkpoints?: CheckpointPolicy | undefined;
 };
 
 /**
@@ -270,6 +277,41 @@ export type TrainingJobSpec = Message<"learning.v1.TrainingJobSpec"> & {
  */
 export const TrainingJobSpecSchema: GenMessage<TrainingJobSpec> = /*@__PURE__*/
   messageDesc(file_learning_v1_training, 2);
+
+/**
+ * When a training job writes checkpoints (besides at pause and at shutdown).
+ *
+ * @generated from message learning.v1.CheckpointPolicy
+ */
+export type CheckpointPolicy = Message<"learning.v1.CheckpointPolicy"> & {
+  /**
+   * Every this many optimiser steps; unset: the server's checkpoint_every_steps.
+   *
+   * @generated from field: optional uint32 every_steps = 1;
+   */
+  everySteps?: number | undefined;
+
+  /**
+   * Every this many minutes; unset: the server's checkpoint_every_minutes.
+   *
+   * @generated from field: optional double every_minutes = 2;
+   */
+  everyMinutes?: number | undefined;
+
+  /**
+   * How many to keep, newest first; unset: the server's checkpoint_keep.
+   *
+   * @generated from field: optional uint32 keep = 3;
+   */
+  keep?: number | undefined;
+};
+
+/**
+ * Describes the message learning.v1.CheckpointPolicy.
+ * Use `create(CheckpointPolicySchema)` to create a new message.
+ */
+export const CheckpointPolicySchema: GenMessage<CheckpointPolicy> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 3);
 
 /**
  * The lineage of an EWC run, as recorded on the job.
@@ -313,7 +355,7 @@ export type EwcLineage = Message<"learning.v1.EwcLineage"> & {
  * Use `create(EwcLineageSchema)` to create a new message.
  */
 export const EwcLineageSchema: GenMessage<EwcLineage> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 3);
+  messageDesc(file_learning_v1_training, 4);
 
 /**
  * A training job: a long-running resource.
@@ -411,6 +453,20 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
    * @generated from field: uint64 last_sequence = 15;
    */
   lastSequence: bigint;
+
+  /**
+   * The worker that holds (or last held) the job, "<host>-<pid>".
+   *
+   * @generated from field: string worker = 16;
+   */
+  worker: string;
+
+  /**
+   * Among queued jobs, higher runs first.
+   *
+   * @generated from field: int32 priority = 17;
+   */
+  priority: number;
 };
 
 /**
@@ -418,7 +474,7 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
  * Use `create(TrainingJobSchema)` to create a new message.
  */
 export const TrainingJobSchema: GenMessage<TrainingJob> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 4);
+  messageDesc(file_learning_v1_training, 5);
 
 /**
  * Metrics of one optimiser step.
@@ -486,10 +542,10 @@ export type TrainingStepMetrics = Message<"learning.v1.TrainingStepMetrics"> & {
  * Use `create(TrainingStepMetricsSchema)` to create a new message.
  */
 export const TrainingStepMetricsSchema: GenMessage<TrainingStepMetrics> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 5);
+  messageDesc(file_learning_v1_training, 6);
 
 /**
- * A checkpoint written during training. Not sent yet: this server does not checkpoint.
+ * A checkpoint written during training (every N steps or M minutes, at pause and at shutdown).
  *
  * @generated from message learning.v1.TrainingCheckpoint
  */
@@ -500,11 +556,42 @@ export type TrainingCheckpoint = Message<"learning.v1.TrainingCheckpoint"> & {
   step: bigint;
 
   /**
-   * Location of the checkpoint, relative to the artifact store.
+   * Where the checkpoint is stored (file:// or s3://).
    *
    * @generated from field: string uri = 2;
    */
   uri: string;
+
+  /**
+   * The training loss at that step.
+   *
+   * @generated from field: double loss = 3;
+   */
+  loss: number;
+
+  /**
+   * The loss on the job's eval split, when it has one.
+   *
+   * @generated from field: optional double eval_loss = 4;
+   */
+  evalLoss?: number | undefined;
+
+  /**
+   * sha256 over the checkpoint's files, checked before it is used.
+   *
+   * @generated from field: string sha256 = 5;
+   */
+  sha256: string;
+
+  /**
+   * @generated from field: uint64 size_bytes = 6;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
 };
 
 /**
@@ -512,7 +599,7 @@ export type TrainingCheckpoint = Message<"learning.v1.TrainingCheckpoint"> & {
  * Use `create(TrainingCheckpointSchema)` to create a new message.
  */
 export const TrainingCheckpointSchema: GenMessage<TrainingCheckpoint> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 6);
+  messageDesc(file_learning_v1_training, 7);
 
 /**
  * An evaluation performed during or after training.
@@ -543,7 +630,7 @@ export type TrainingEvalResult = Message<"learning.v1.TrainingEvalResult"> & {
  * Use `create(TrainingEvalResultSchema)` to create a new message.
  */
 export const TrainingEvalResultSchema: GenMessage<TrainingEvalResult> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 7);
+  messageDesc(file_learning_v1_training, 8);
 
 /**
  * One entry in a job's event log.
@@ -580,8 +667,6 @@ export type TrainingJobEvent = Message<"learning.v1.TrainingJobEvent"> & {
     case: "stepMetrics";
   } | {
     /**
-     * Not sent yet (this server does not checkpoint).
-     *
      * @generated from field: learning.v1.TrainingCheckpoint checkpoint = 5;
      */
     value: TrainingCheckpoint;
@@ -618,7 +703,7 @@ export type TrainingJobEvent = Message<"learning.v1.TrainingJobEvent"> & {
  * Use `create(TrainingJobEventSchema)` to create a new message.
  */
 export const TrainingJobEventSchema: GenMessage<TrainingJobEvent> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 8);
+  messageDesc(file_learning_v1_training, 9);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobRequest
@@ -642,6 +727,13 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
    * @generated from field: bool validate_only = 3;
    */
   validateOnly: boolean;
+
+  /**
+   * Among queued jobs, higher runs first (default 0).
+   *
+   * @generated from field: int32 priority = 4;
+   */
+  priority: number;
 };
 
 /**
@@ -649,7 +741,7 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
  * Use `create(CreateTrainingJobRequestSchema)` to create a new message.
  */
 export const CreateTrainingJobRequestSchema: GenMessage<CreateTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 9);
+  messageDesc(file_learning_v1_training, 10);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobResponse
@@ -666,7 +758,7 @@ export type CreateTrainingJobResponse = Message<"learning.v1.CreateTrainingJobRe
  * Use `create(CreateTrainingJobResponseSchema)` to create a new message.
  */
 export const CreateTrainingJobResponseSchema: GenMessage<CreateTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 10);
+  messageDesc(file_learning_v1_training, 11);
 
 /**
  * @generated from message learning.v1.GetTrainingJobRequest
@@ -685,7 +777,7 @@ export type GetTrainingJobRequest = Message<"learning.v1.GetTrainingJobRequest">
  * Use `create(GetTrainingJobRequestSchema)` to create a new message.
  */
 export const GetTrainingJobRequestSchema: GenMessage<GetTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 11);
+  messageDesc(file_learning_v1_training, 12);
 
 /**
  * @generated from message learning.v1.GetTrainingJobResponse
@@ -702,7 +794,7 @@ export type GetTrainingJobResponse = Message<"learning.v1.GetTrainingJobResponse
  * Use `create(GetTrainingJobResponseSchema)` to create a new message.
  */
 export const GetTrainingJobResponseSchema: GenMessage<GetTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 12);
+  messageDesc(file_learning_v1_training, 13);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsRequest
@@ -735,7 +827,7 @@ export type ListTrainingJobsRequest = Message<"learning.v1.ListTrainingJobsReque
  * Use `create(ListTrainingJobsRequestSchema)` to create a new message.
  */
 export const ListTrainingJobsRequestSchema: GenMessage<ListTrainingJobsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 13);
+  messageDesc(file_learning_v1_training, 14);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsResponse
@@ -759,7 +851,7 @@ export type ListTrainingJobsResponse = Message<"learning.v1.ListTrainingJobsResp
  * Use `create(ListTrainingJobsResponseSchema)` to create a new message.
  */
 export const ListTrainingJobsResponseSchema: GenMessage<ListTrainingJobsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 14);
+  messageDesc(file_learning_v1_training, 15);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobRequest
@@ -776,7 +868,7 @@ export type CancelTrainingJobRequest = Message<"learning.v1.CancelTrainingJobReq
  * Use `create(CancelTrainingJobRequestSchema)` to create a new message.
  */
 export const CancelTrainingJobRequestSchema: GenMessage<CancelTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 15);
+  messageDesc(file_learning_v1_training, 16);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobResponse
@@ -793,7 +885,7 @@ export type CancelTrainingJobResponse = Message<"learning.v1.CancelTrainingJobRe
  * Use `create(CancelTrainingJobResponseSchema)` to create a new message.
  */
 export const CancelTrainingJobResponseSchema: GenMessage<CancelTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 16);
+  messageDesc(file_learning_v1_training, 17);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobRequest
@@ -817,7 +909,7 @@ export type WatchTrainingJobRequest = Message<"learning.v1.WatchTrainingJobReque
  * Use `create(WatchTrainingJobRequestSchema)` to create a new message.
  */
 export const WatchTrainingJobRequestSchema: GenMessage<WatchTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 17);
+  messageDesc(file_learning_v1_training, 18);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobResponse
@@ -850,7 +942,163 @@ export type WatchTrainingJobResponse = Message<"learning.v1.WatchTrainingJobResp
  * Use `create(WatchTrainingJobResponseSchema)` to create a new message.
  */
 export const WatchTrainingJobResponseSchema: GenMessage<WatchTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 18);
+  messageDesc(file_learning_v1_training, 19);
+
+/**
+ * @generated from message learning.v1.PauseTrainingJobRequest
+ */
+export type PauseTrainingJobRequest = Message<"learning.v1.PauseTrainingJobRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message learning.v1.PauseTrainingJobRequest.
+ * Use `create(PauseTrainingJobRequestSchema)` to create a new message.
+ */
+export const PauseTrainingJobRequestSchema: GenMessage<PauseTrainingJobRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 20);
+
+/**
+ * @generated from message learning.v1.PauseTrainingJobResponse
+ */
+export type PauseTrainingJobResponse = Message<"learning.v1.PauseTrainingJobResponse"> & {
+  /**
+   * @generated from field: learning.v1.TrainingJob training_job = 1;
+   */
+  trainingJob?: TrainingJob | undefined;
+};
+
+/**
+ * Describes the message learning.v1.PauseTrainingJobResponse.
+ * Use `create(PauseTrainingJobResponseSchema)` to create a new message.
+ */
+export const PauseTrainingJobResponseSchema: GenMessage<PauseTrainingJobResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 21);
+
+/**
+ * @generated from message learning.v1.ResumeTrainingJobRequest
+ */
+export type ResumeTrainingJobRequest = Message<"learning.v1.ResumeTrainingJobRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message learning.v1.ResumeTrainingJobRequest.
+ * Use `create(ResumeTrainingJobRequestSchema)` to create a new message.
+ */
+export const ResumeTrainingJobRequestSchema: GenMessage<ResumeTrainingJobRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 22);
+
+/**
+ * @generated from message learning.v1.ResumeTrainingJobResponse
+ */
+export type ResumeTrainingJobResponse = Message<"learning.v1.ResumeTrainingJobResponse"> & {
+  /**
+   * @generated from field: learning.v1.TrainingJob training_job = 1;
+   */
+  trainingJob?: TrainingJob | undefined;
+};
+
+/**
+ * Describes the message learning.v1.ResumeTrainingJobResponse.
+ * Use `create(ResumeTrainingJobResponseSchema)` to create a new message.
+ */
+export const ResumeTrainingJobResponseSchema: GenMessage<ResumeTrainingJobResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 23);
+
+/**
+ * @generated from message learning.v1.ListTrainingCheckpointsRequest
+ */
+export type ListTrainingCheckpointsRequest = Message<"learning.v1.ListTrainingCheckpointsRequest"> & {
+  /**
+   * The job, "trainingJobs/{id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message learning.v1.ListTrainingCheckpointsRequest.
+ * Use `create(ListTrainingCheckpointsRequestSchema)` to create a new message.
+ */
+export const ListTrainingCheckpointsRequestSchema: GenMessage<ListTrainingCheckpointsRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 24);
+
+/**
+ * @generated from message learning.v1.ListTrainingCheckpointsResponse
+ */
+export type ListTrainingCheckpointsResponse = Message<"learning.v1.ListTrainingCheckpointsResponse"> & {
+  /**
+   * @generated from field: repeated learning.v1.TrainingCheckpoint checkpoints = 1;
+   */
+  checkpoints: TrainingCheckpoint[];
+};
+
+/**
+ * Describes the message learning.v1.ListTrainingCheckpointsResponse.
+ * Use `create(ListTrainingCheckpointsResponseSchema)` to create a new message.
+ */
+export const ListTrainingCheckpointsResponseSchema: GenMessage<ListTrainingCheckpointsResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 25);
+
+/**
+ * @generated from message learning.v1.PublishCheckpointRequest
+ */
+export type PublishCheckpointRequest = Message<"learning.v1.PublishCheckpointRequest"> & {
+  /**
+   * The job, "trainingJobs/{id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The checkpoint's step (see ListTrainingCheckpoints).
+   *
+   * @generated from field: uint64 step = 2;
+   */
+  step: bigint;
+
+  /**
+   * Idempotency key: a repeat returns the same version.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message learning.v1.PublishCheckpointRequest.
+ * Use `create(PublishCheckpointRequestSchema)` to create a new message.
+ */
+export const PublishCheckpointRequestSchema: GenMessage<PublishCheckpointRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 26);
+
+/**
+ * @generated from message learning.v1.PublishCheckpointResponse
+ */
+export type PublishCheckpointResponse = Message<"learning.v1.PublishCheckpointResponse"> & {
+  /**
+   * The version published, e.g. "v1.2".
+   *
+   * @generated from field: string adapter_version = 1;
+   */
+  adapterVersion: string;
+};
+
+/**
+ * Describes the message learning.v1.PublishCheckpointResponse.
+ * Use `create(PublishCheckpointResponseSchema)` to create a new message.
+ */
+export const PublishCheckpointResponseSchema: GenMessage<PublishCheckpointResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 27);
 
 /**
  * Training objective.
@@ -1005,7 +1253,8 @@ export const TrainingService: GenService<{
   },
   /**
    * Streams the job: first a snapshot of its current state, then every event
-   * after `after_sequence` (all of them by default), live, until the job ends.
+   * after `after_sequence` (all of them by default), live, until the job ends
+   * or is paused.
    *
    * @generated from rpc learning.v1.TrainingService.WatchTrainingJob
    */
@@ -1013,6 +1262,48 @@ export const TrainingService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTrainingJobRequestSchema;
     output: typeof WatchTrainingJobResponseSchema;
+  },
+  /**
+   * Pauses a queued or running job: a running one checkpoints at its next step
+   * and releases its worker (PAUSING, then PAUSED).
+   *
+   * @generated from rpc learning.v1.TrainingService.PauseTrainingJob
+   */
+  pauseTrainingJob: {
+    methodKind: "unary";
+    input: typeof PauseTrainingJobRequestSchema;
+    output: typeof PauseTrainingJobResponseSchema;
+  },
+  /**
+   * Queues a paused job again; any worker continues it from its last checkpoint.
+   *
+   * @generated from rpc learning.v1.TrainingService.ResumeTrainingJob
+   */
+  resumeTrainingJob: {
+    methodKind: "unary";
+    input: typeof ResumeTrainingJobRequestSchema;
+    output: typeof ResumeTrainingJobResponseSchema;
+  },
+  /**
+   * Lists a job's stored checkpoints, newest first.
+   *
+   * @generated from rpc learning.v1.TrainingService.ListTrainingCheckpoints
+   */
+  listTrainingCheckpoints: {
+    methodKind: "unary";
+    input: typeof ListTrainingCheckpointsRequestSchema;
+    output: typeof ListTrainingCheckpointsResponseSchema;
+  },
+  /**
+   * Publishes one of a job's checkpoints as a new adapter version (as the job
+   * itself would have published it).
+   *
+   * @generated from rpc learning.v1.TrainingService.PublishCheckpoint
+   */
+  publishCheckpoint: {
+    methodKind: "unary";
+    input: typeof PublishCheckpointRequestSchema;
+    output: typeof PublishCheckpointResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_learning_v1_training, 0);
