@@ -17,6 +17,7 @@ if [ ${#compose[@]} -gt 0 ]; then
   scratch=$(mktemp -d)
   trap 'rm -rf "$scratch"' EXIT
   cp docker-compose.yaml Dockerfile "$scratch/"
+  mkdir -p "$scratch/scripts" && cp -r scripts/compose "$scratch/scripts/"
   mkdir "$scratch/secrets"
   for name in postgres_password database_url minio_root_user minio_root_password s3_access_key s3_secret_key \
               auth_tokens; do

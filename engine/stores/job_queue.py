@@ -68,26 +68,55 @@ class ProcrastinateQueue:
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
         """Take jobs from the queue in this process (``concurrency`` at a time), and put stalled ones back."""
         self._executors = dict(executors)
-        self._worker = asyncio.get_running_loop().create_task(self._app.run_worker_async(
-            queues=[QUEUE], concurrency=concurrency, name=name, wait=True, install_signal_handlers=False,
-            update_heartbeat_interval=self._heartbeat, stalled_worker_timeout=self._stalled,
-            fetch_job_polling_interval=max(self._heartbeat, 1.0), delete_jobs="successful",
-        ))
+        self._worker = asyncio.get_running_loop().create_task(self._work(concurrency=concurrency, name=name))
         self._rescuer = asyncio.get_running_loop().create_task(self._rescue_stalled())
 
+    async def _work(self, *, concurrency: int, name: str) -> None:
+        """procrastinate's worker, started again when it stops on an error.
+
+        It stops when its database calls fail: the database restarted, or this process was frozen long enough
+        for the others to prune its registration (its next fetch then violates the worker foreign key).
+        Started again, it registers anew.
+        """
+        while True:
+            try:
+                await self._app.run_worker_async(
+                    queues=[QUEUE], concurrency=concurrency, name=name, wait=True, install_signal_handlers=False,
+                    update_heartbeat_interval=self._heartbeat, stalled_worker_timeout=self._stalled,
+                    fetch_job_polling_interval=max(self._heartbeat, 1.0), delete_jobs="successful",
+                )
+                return
+            except Exception:  # noqa: BLE001 - logged; the worker starts again
+                log.warning("the queue worker stopped on an error; starting it again", exc_info=True)
+                await asyncio.sleep(self._heartbeat)
+
     async def _rescue_stalled(self) -> None:
-        """Every heartbeat period: put back the items whose worker stopped sending heartbeats."""
+        """Every heartbeat period: queue again the jobs whose worker stopped sending heartbeats.
+
+        A stalled item is replaced, not retried in place: a fresh item is queued (its lock keeps it waiting
+        while the stalled one is "doing"), then the stalled one is closed as failed. Retried in place, the same
+        item would belong to the new worker and to the stalled one, which, should it wake up, would mark it
+        finished (procrastinate does not check which worker finishes an item) while the new worker runs it,
+        and a later crash of the new worker would leave nothing to rescue. The order makes a crash in between
+        harmless: the next check finds the stalled item again, and its fresh item already queued.
+        """
         while True:
             await asyncio.sleep(self._heartbeat)
             try:
                 for item in await self._app.job_manager.get_stalled_jobs(
                         queue=QUEUE, seconds_since_heartbeat=self._stalled):
                     log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
-                                                                                     "args": item.task_kwargs})
+                                                                                     "task": item.task_kwargs})
+                    with contextlib.suppress(pexc.AlreadyEnqueued):
+                        await self._task.configure(
+                            lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
+                        ).defer_async(**item.task_kwargs)
+                    assert item.id is not None
                     try:
-                        await self._app.job_manager.retry_job(item)
-                    except Exception:  # noqa: BLE001 - another worker rescued it first
-                        log.info("stalled item already rescued", extra={"item": item.id})
+                        await self._app.job_manager.finish_job_by_id_async(
+                            item.id, procrastinate.jobs.Status.FAILED, delete_job=False)
+                    except pexc.ConnectorException:
+                        log.info("stalled item already closed", extra={"item": item.id})
                 await self._app.job_manager.prune_stalled_workers(self._stalled)
             except Exception:  # noqa: BLE001 - the database restarting: try at the next period
                 log.warning("could not look for stalled jobs", exc_info=True)

@@ -46,7 +46,9 @@ def test_every_credential_is_a_secret_without_default():
     assert engine_secrets == {"database_url", "s3_access_key", "s3_secret_key", "auth_tokens"}
     init = SERVICES["minio-init"]["command"][0]
     assert "mc admin user add" in init and "mc admin policy attach" in init
-    policy = json.loads(COMPOSE["configs"]["s3-policy"]["content"])
+    mount = "./scripts/compose/s3-policy.json:/etc/learning-engine/s3-policy.json:ro"
+    assert mount in SERVICES["minio-init"]["volumes"]  # a bind mount: Compose v1 ignores `configs`
+    policy = json.loads((ROOT / "scripts/compose/s3-policy.json").read_text())
     resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
     assert resources == {"arn:aws:s3:::learning-engine", "arn:aws:s3:::learning-engine/*"}
 
