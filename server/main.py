@@ -270,7 +270,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
-        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner),
+        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store),
         store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
         worker_id=worker_id,
     )
@@ -294,7 +294,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
                            concurrency=settings.max_concurrent_jobs, name=worker_id)
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
     return Engine(
-        training=TrainingJobs(training_manager, preparer, planner),
+        training=TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
+                              scratch_dir=settings.work_dir / "checkpoint-publish"),
         fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
         snapshots=snapshots,
         adapters=registry,

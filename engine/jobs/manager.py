@@ -143,8 +143,17 @@ class JobContext(Generic[S, O]):
         """The worker that held the job before this one, when it is resumed after that worker stopped."""
         return self._live.taken_over_from
 
+    @property
+    def lease_token(self) -> str:
+        """This worker's claim on the job: fences what it publishes (engine.registry.PublishRequest.fence)."""
+        return self._live.lease.token
+
     def record(self, payload: object) -> None:
         self._manager.record(self._live, payload)
+
+    async def persist(self) -> None:
+        """Store the job and its events now (raises LeaseLost, or the store's error: nothing is dropped)."""
+        await self._manager.persist(self._live)
 
     def transition(self, state: JobState, message: str) -> None:
         self._manager.transition(self._live, state, message)
@@ -483,6 +492,13 @@ class JobManager(Generic[S, O]):
         self._notify(live)
         if not self._flush_lock.locked():
             self._spawn(self._flush_soon(live))
+
+    async def persist(self, live: _LiveJob[S, O]) -> None:
+        try:
+            await self._flush(live)
+        except LeaseLost:
+            live.cancel.cancel(StopReason.LEASE_LOST)
+            raise
 
     def _notify(self, live: _LiveJob[S, O]) -> None:
         async def wake() -> None:

@@ -157,6 +157,10 @@ class AdapterRegistry:
         """Store a PEFT directory as the next version of its base model (see the module docstring)."""
         base_model, parent = request.base_model, request.parent
         check_base_model_id(base_model)
+        if request.request_id:  # a retried request: the version it published
+            existing = await self._index.by_request_id(base_model, request.request_id)
+            if existing is not None:
+                return existing
         work = await asyncio.to_thread(self._workdir)
         try:
             lora = await asyncio.to_thread(peft_checks.read_lora_config, request.adapter_dir)
@@ -183,7 +187,7 @@ class AdapterRegistry:
                 request_id=request.request_id,
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))
-            published = await self._store_and_register(record, archive_path)
+            published = await self._store_and_register(record, archive_path, request.fence)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         log.info("published adapter", extra={"base_model": base_model, "version": published.version,
@@ -191,7 +195,9 @@ class AdapterRegistry:
         await self._retain_after_publish(base_model)
         return published
 
-    async def _store_and_register(self, record: AdapterRecord, archive_path: Path) -> AdapterRecord:
+    async def _store_and_register(
+        self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None
+    ) -> AdapterRecord:
         major, minor = record.number
         written: list[str] = []
         try:
@@ -210,7 +216,7 @@ class AdapterRegistry:
             written.append(record.archive_key)
             await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
             written.append(record.manifest_key)
-            return await self._index.publish(record)
+            return await self._index.publish(record, fence=fence)
         except AlreadyExists:
             await self._index.mark_conflict(record.base_model, major, minor)
             raise

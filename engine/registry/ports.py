@@ -95,7 +95,10 @@ class AdapterIndex(Protocol):
         """The next free number: a new major line if ``parent_major`` is None, else the next minor in that line."""
         ...
 
-    async def publish(self, record: AdapterRecord) -> AdapterRecord: ...
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+        """Turn the reservation into a version; with ``fence`` (job id, lease token), only while that job's
+        lease holds (LeaseLost otherwise), checked atomically with the registration."""
+        ...
 
     async def release(self, base_model: str, major: int, minor: int) -> None:
         """Give back a reservation whose publish failed."""

@@ -149,3 +149,6 @@ class PublishRequest:
     ewc_fisher_space: FisherSpace | None = None
     labels: tuple[tuple[str, str], ...] = ()
     request_id: str = ""
+    # (job id, lease token): the version is registered only while that job's lease holds, checked in the same
+    # transaction, so a worker that lost its job to another (a zombie) never publishes a second version.
+    fence: tuple[str, str] | None = None

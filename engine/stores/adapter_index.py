@@ -25,6 +25,7 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted, NotFound
+from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
 from engine.registry.records import AdapterRecord, format_version
 
@@ -117,10 +118,16 @@ class PostgresAdapterIndex:
                     continue  # another publisher took this number: recompute
         raise Aborted("VERSION_CONTENTION", f"could not assign a version after {_RESERVE_ATTEMPTS} attempts")
 
-    async def publish(self, record: AdapterRecord) -> AdapterRecord:
-        """Turn the reservation into a version (the artifacts are durable by now)."""
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+        """Turn the reservation into a version (the artifacts are durable by now); with ``fence``, only while the
+        job's lease token is still the one given (the job row is locked until the version is registered, so
+        no other worker can claim the job in between)."""
         major, minor = record.number
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if fence is not None:
+                token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1 FOR SHARE", fence[0])
+                if token != fence[1]:
+                    raise lease_lost(fence[0])
             create_time = await conn.fetchval(
                 "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $4::jsonb, labels = $5::jsonb"
                 " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'"

@@ -13,7 +13,7 @@ import hashlib
 import heapq
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -93,6 +93,10 @@ class InMemoryJobStore(Generic[S, O]):
         claimed = self.jobs[job_id] = replace(job, worker=owner)
         await self._wake()
         return Claim(claimed, held.lease, previous)
+
+    def lease_token(self, job_id: str) -> str | None:
+        held = self.held.get(job_id)
+        return held.lease.token if held is not None and held.lease is not None else None
 
     def _check(self, job_id: str, lease: Lease | None) -> None:
         held = self.held[job_id]
@@ -208,9 +212,10 @@ def _not_found(base_model: str, version: str) -> NotFound:
 class InMemoryAdapterIndex:
     """engine.registry.ports.AdapterIndex in a dict keyed by (base model, major, minor)."""
 
-    def __init__(self) -> None:
+    def __init__(self, leases: Callable[[str], str | None] | None = None) -> None:
         self.rows: dict[tuple[str, int, int], _Row] = {}
         self._lock = asyncio.Lock()
+        self.leases = leases  # a job's current lease token (InMemoryJobStore.lease_token), for fenced publishes
 
     async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
         if request_id and any(k[0] == base_model and r.request_id == request_id and r.state == "RESERVED"
@@ -225,7 +230,9 @@ class InMemoryAdapterIndex:
         self.rows[key] = _Row("RESERVED", request_id=request_id)
         return key[1], key[2]
 
-    async def publish(self, record: AdapterRecord) -> AdapterRecord:
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+        if fence is not None and self.leases is not None and self.leases(fence[0]) != fence[1]:
+            raise lease_lost(fence[0])
         row = self.rows.get((record.base_model, *record.number))
         if row is None or row.state != "RESERVED":
             raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from engine.domain import DatasetSummary, Example, LoraSpec, composition, dataset_digest
-from engine.errors import Cancelled, FailedPrecondition
+from engine.errors import Cancelled, EngineError, FailedPrecondition
 from engine.jobs.core import Noticed, Warned
-from engine.jobs.ports import CancelToken, ProgressSink
+from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
 from engine.training.batching import Batching, StepBatch, batching
@@ -63,6 +63,23 @@ class BatchObjective(Protocol):
 
 
 @dataclass(frozen=True)
+class Checkpointing:
+    """When and where a run saves its state, and the state to resume from (engine.training.runner fills it in).
+
+    A checkpoint is a directory: ``adapter/`` (PEFT's adapter format, publishable as it is) and ``state.pt``
+    (optimiser, scheduler, torch RNG states, the step, the losses and the examples' digest). The data position
+    needs no state: the batch order of every epoch comes from a generator seeded by the job, so a resumed run
+    draws the same orders again and skips the batches already done.
+    """
+
+    every_steps: int  # 0: never by count
+    every_seconds: float  # 0: never by time
+    scratch_dir: Path  # where state directories are written before ``save`` takes them
+    save: Callable[[int, Path, float], None]  # (step, state dir, loss): store it (blocking; called in the run's thread)
+    resume_from: Path | None = None  # an unpacked checkpoint
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     spec: TrainingJobSpec
     base_model_dir: Path
@@ -71,6 +88,7 @@ class TrainingRun:
     parent_adapter_dir: Path | None = None
     penalty: Penalty | None = None
     objective: BatchObjective | None = None  # None: weighted SFT
+    checkpointing: Checkpointing | None = None
 
 
 @dataclass(frozen=True)
@@ -266,7 +284,7 @@ def run_training(
             composition=composition(run.examples),
             target_token_count=sum(e.target_token_count for e in data),
         )
-        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective)
+        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest)
         final_loss, final_task_loss, steps = losses
         train_end = evaluate_loss(
             model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel,
@@ -308,6 +326,7 @@ def _train(
     sink: ProgressSink,
     cancel: CancelToken,
     objective: BatchObjective | None = None,
+    digest: str = "",
 ) -> tuple[float, float, int]:
     """The optimisation loop; returns (last loss, last task loss, steps done)."""
     hp = run.spec.hyperparameters
@@ -318,7 +337,68 @@ def _train(
         if layout.fallback_reason:
             sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
                                                      "batches instead (same losses, more padding)"))
-        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft())
+        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest)
+
+
+STATE_FILE = "state.pt"
+
+
+def _save_checkpoint(
+    ckpt: Checkpointing, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, step: int,
+    losses: tuple[float, float], digest: str, sink: ProgressSink,
+) -> bool:
+    """Save the run's state at ``step`` and hand it to ``ckpt.save``. A failure (a full disk, the store down)
+    fails this checkpoint, not the run: it is reported, nothing partial is left, and the next one is tried."""
+    state_dir: Path | None = None
+    try:
+        ckpt.scratch_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = make_temp_dir(ckpt.scratch_dir, f"step-{step}")
+        with tracer.start_as_current_span("training.checkpoint", attributes={"step": step}):
+            model.save_pretrained(state_dir / "adapter", safe_serialization=True)
+            torch.save({
+                "step": step, "loss": losses[0], "task_loss": losses[1], "digest": digest,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }, state_dir / STATE_FILE)
+            ckpt.save(step, state_dir, losses[0])
+        return True
+    except LeaseLost:
+        raise  # another worker holds the job: stop
+    except (OSError, EngineError) as exc:
+        reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
+        sink.emit(Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: {exc}); "
+                                              "training continues and tries again at the next one"))
+        return False
+    finally:
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _restore_checkpoint(
+    ckpt_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, digest: str, sink: ProgressSink,
+) -> tuple[int, float, float] | None:
+    """Load a checkpoint's adapter weights, optimiser, scheduler and RNG states into the run; its (step, loss,
+    task loss), or None when it was taken on other examples (the run then starts from the beginning)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    if state["digest"] != digest:
+        sink.emit(Warned("CHECKPOINT_DATA_CHANGED", f"the checkpoint of step {state['step']} was taken on other "
+                                                    "examples than this run has; training starts from the beginning"))
+        return None
+    weights = load_file(str(ckpt_dir / "adapter" / "adapter_model.safetensors"))
+    unexpected = list(getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", ()))
+    if unexpected:
+        raise FailedPrecondition("CHECKPOINT_INCOMPATIBLE",
+                                 f"the checkpoint's adapter does not fit this model: {unexpected[:3]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return int(state["step"]), float(state["loss"]), float(state["task_loss"])
 
 
 def _optimise(
@@ -329,10 +409,12 @@ def _optimise(
     sink: ProgressSink,
     cancel: CancelToken,
     objective: BatchObjective,
+    digest: str = "",
 ) -> tuple[float, float, int]:
     from transformers import get_linear_schedule_with_warmup
 
     hp = run.spec.hyperparameters
+    ckpt = run.checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_step = hp.batch_size * hp.gradient_accumulation_steps
@@ -342,15 +424,37 @@ def _optimise(
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan
+    if ckpt is not None and ckpt.resume_from is not None:
+        restored = _restore_checkpoint(ckpt.resume_from, model, optimizer, scheduler, digest=digest, sink=sink)
+        if restored is not None:
+            step, loss_value, task_value = restored
+            sink.emit(Noticed("RESUMED", f"continuing from the checkpoint of step {step} of {total}"))
+    first, saved_step = step, step
     started = time.monotonic()
+    saved_at = started
     recent: collections.deque[tuple[float, int]] = collections.deque([(started, 0)], maxlen=RATE_WINDOW + 1)
+
+    def checkpoint() -> None:
+        nonlocal saved_step, saved_at
+        assert ckpt is not None
+        if step > saved_step and _save_checkpoint(ckpt, model, optimizer, scheduler, step=step,
+                                                   losses=(loss_value, task_value), digest=digest, sink=sink):
+            saved_step = step
+        saved_at = time.monotonic()
+
+    position = 0  # optimiser steps' batches drawn so far, done or (when resuming) skipped
     while step < total:
         # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
         with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
             order = layout.order(data, hp.batch_size, generator)
             for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
+                position += 1
+                if position <= first:
+                    continue  # done before the checkpoint this run resumed from
                 if step >= total:
                     break
+                if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
+                    checkpoint()
                 _check_cancel(cancel, f"step {step + 1}")
                 task_value = 0.0
                 for share in objective.step_losses(model, batch, layout.forward):
@@ -383,8 +487,12 @@ def _optimise(
                         learning_rate=learning_rate,
                         grad_norm=grad_norm,
                         tokens_per_second=(recent[-1][1] - recent[0][1]) / window if window > 0 else 0.0,
-                        eta_seconds=elapsed / step * (total - step),
+                        eta_seconds=elapsed / (step - first) * (total - step),
                     )
                 )
+                if ckpt is not None and step < total and (
+                        (ckpt.every_steps and step % ckpt.every_steps == 0)
+                        or (ckpt.every_seconds and now - saved_at >= ckpt.every_seconds)):
+                    checkpoint()
             epoch_span.set_attribute("step", step)
     return loss_value, task_value, step

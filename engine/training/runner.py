@@ -8,20 +8,45 @@ recipe in a worker thread), then publishing the adapter as a new version with it
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from engine import telemetry
-from engine.errors import Unimplemented
+from engine.errors import DataLoss, NotFound
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
+from engine.jobs.ports import LeaseLost
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
+from engine.registry.ports import ArtifactStore
 from engine.telemetry import tracer
+from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.kto import KtoObjective
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
-from engine.training.recipe import LoadedModel, TrainingResult, TrainingRun, load_for_training, release, run_training
-from engine.training.spec import TRAINING, StepMetrics, TrainingJob, TrainingJobSpec, TrainingOutput
+from engine.training.recipe import (
+    Checkpointing,
+    LoadedModel,
+    TrainingResult,
+    TrainingRun,
+    load_for_training,
+    release,
+    run_training,
+)
+from engine.training.spec import (
+    TRAINING,
+    CheckpointSaved,
+    StepMetrics,
+    TrainingJob,
+    TrainingJobSpec,
+    TrainingOutput,
+)
+
+log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., TrainingResult]
 LoadFn = Callable[[TrainingRun], LoadedModel]
@@ -40,12 +65,14 @@ class TrainingRunner:
         planner: ContinualPlanner | None = None,
         train: TrainFn = run_training,
         load: LoadFn = load_for_training,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self._preparer = preparer
         self._registry = registry
         self._planner = planner
         self._train = train
         self._load = load
+        self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
 
     async def run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
         ctx.transition(JobState.PREPARING, "loading dataset and model")
@@ -73,6 +100,14 @@ class TrainingRunner:
                     else run.objective
                 run = replace(run, penalty=plan.penalty, examples=plan.examples, objective=objective)
                 ctx.set_output(replace(ctx.job.output, ewc_lineage=plan.lineage))
+            if self._artifacts is not None:
+                archive = CheckpointArchive(self._artifacts, ctx.work_dir / "archive")
+                policy = spec.checkpoints
+                run = replace(run, checkpointing=Checkpointing(
+                    every_steps=policy.every_steps, every_seconds=policy.every_minutes * 60,
+                    scratch_dir=ctx.work_dir / "checkpoint", save=self._saver(ctx, archive),
+                    resume_from=await self._resume_point(ctx, archive),
+                ))
         except BaseException:
             release(loaded)
             raise
@@ -83,7 +118,7 @@ class TrainingRunner:
         summary = replace(dataset.summary, target_token_count=result.dataset.target_token_count)
         ctx.set_output(replace(ctx.job.output, dataset=summary))
         with tracer.start_as_current_span("training_job.publish", attributes={"job": ctx.job.name}):
-            record = await self._publish(ctx.job, inputs.parent, result)
+            record = await self._publish(ctx.job, inputs.parent, result, fence=(ctx.job.id, ctx.lease_token))
         ctx.set_output(replace(ctx.job.output, adapter_version=record.version))
         return f"published adapter {record.version}"
 
@@ -104,22 +139,94 @@ class TrainingRunner:
         ctx.set_output(replace(ctx.job.output, dataset=inputs.dataset.summary))
         return inputs
 
-    async def _publish(self, job: TrainingJob, parent: AdapterRecord | None, result: TrainingResult) -> AdapterRecord:
-        spec, lineage = job.spec, job.output.ewc_lineage
-        return await self._registry.publish(PublishRequest(
-            base_model=spec.base_model,
-            adapter_dir=result.adapter_dir,
-            parent=parent,
-            major_bump=spec.major_version_bump,
-            training_job=job.name,
-            dataset=job.output.dataset,
-            train_loss=result.final_task_loss,
-            ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
-            ewc_gamma=lineage.gamma if lineage else 0.0,
-            fisher_snapshot=lineage.fisher_snapshot if lineage else "",
-            ewc_fisher_space=lineage.space if lineage else None,
-            labels=spec.labels,
-        ))
+    async def _publish(self, job: TrainingJob, parent: AdapterRecord | None, result: TrainingResult, *,
+                       fence: tuple[str, str]) -> AdapterRecord:
+        return await self._registry.publish(
+            publish_request(job, parent, result.adapter_dir, result.final_task_loss, fence=fence))
+
+    # ---- checkpoints ------------------------------------------------------------------
+
+    def _saver(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
+               archive: CheckpointArchive) -> Callable[[int, Path, float], None]:
+        """The recipe's ``save``: called in the training thread, it stores the checkpoint on the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def save(step: int, state_dir: Path, loss: float) -> None:
+            asyncio.run_coroutine_threadsafe(self._store_checkpoint(ctx, archive, step, state_dir, loss), loop).result()
+
+        return save
+
+    async def _store_checkpoint(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], archive: CheckpointArchive,
+                                step: int, state_dir: Path, loss: float) -> None:
+        """Upload, record on the job (the record is the index), then prune beyond the policy's keep: only once
+        the job naming the new checkpoint is stored, so a crash never leaves the job pointing at nothing."""
+        record = await archive.save(ctx.job.id, step, ctx.lease_token, state_dir, loss=loss, eval_loss=None)
+        kept = (record, *ctx.job.output.checkpoints)
+        ctx.set_output(replace(ctx.job.output, checkpoints=kept))
+        ctx.record(CheckpointSaved(record))
+        keep = ctx.job.spec.checkpoints.keep
+        if len(kept) <= keep:
+            return
+        try:
+            await ctx.persist()
+        except LeaseLost:
+            raise
+        except Exception:  # noqa: BLE001 - the database restarting: prune at the next checkpoint
+            log.warning("checkpoint stored, older ones kept for now", extra={"job_id": ctx.job.id}, exc_info=True)
+            return
+        old = ctx.job.output.checkpoints[keep:]
+        try:
+            await archive.delete(list(old))
+        except Exception:  # noqa: BLE001 - the store down: the records stay, pruned at the next checkpoint
+            log.warning("old checkpoints not deleted yet", extra={"job_id": ctx.job.id}, exc_info=True)
+            return
+        ctx.set_output(replace(ctx.job.output, checkpoints=ctx.job.output.checkpoints[:keep]))
+
+    async def _resume_point(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
+                            archive: CheckpointArchive) -> Path | None:
+        """The newest usable checkpoint of the job, unpacked; a corrupt or missing one is skipped for the one
+        before it (with a warning); with none usable left the job fails with the reason."""
+        records = ctx.job.output.checkpoints
+        last: DataLoss | None = None
+        for n, record in enumerate(records):
+            try:
+                return await archive.fetch(record, ctx.work_dir / "resume" / f"{record.step}")
+            except DataLoss as exc:
+                last = exc
+                after = "trying the one before" if n + 1 < len(records) else "none is left"
+                ctx.record(Warned("CHECKPOINT_SKIPPED",
+                                  f"the checkpoint of step {record.step} cannot be used ({exc.message}); {after}"))
+                ctx.set_output(replace(ctx.job.output, checkpoints=tuple(
+                    r for r in ctx.job.output.checkpoints if r != record)))
+        if last is not None:
+            message = f"none of the job's {len(records)} checkpoints can be used; the last: {last.message}"
+            if last.reason == "CHECKPOINT_MISSING":
+                raise DataLoss("CHECKPOINT_MISSING", message, metadata=dict(last.metadata))
+            raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", message, metadata=dict(last.metadata))
+        return None
+
+
+def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
+                    fence: tuple[str, str] | None = None, request_id: str = "",
+                    labels: tuple[tuple[str, str], ...] = ()) -> PublishRequest:
+    """What publishing an adapter of ``job`` (its result, or one of its checkpoints) registers."""
+    spec, lineage = job.spec, job.output.ewc_lineage
+    return PublishRequest(
+        base_model=spec.base_model,
+        adapter_dir=adapter_dir,
+        parent=parent,
+        major_bump=spec.major_version_bump,
+        training_job=job.name,
+        dataset=job.output.dataset,
+        train_loss=train_loss,
+        ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
+        ewc_gamma=lineage.gamma if lineage else 0.0,
+        fisher_snapshot=lineage.fisher_snapshot if lineage else "",
+        ewc_fisher_space=lineage.space if lineage else None,
+        labels=tuple(sorted({**dict(spec.labels), **dict(labels)}.items())),
+        request_id=request_id,
+        fence=fence,
+    )
 
 
 class TrainingJobs:
@@ -127,11 +234,15 @@ class TrainingJobs:
 
     def __init__(
         self, manager: JobManager[TrainingJobSpec, TrainingOutput], preparer: JobPreparer,
-        planner: ContinualPlanner | None = None,
+        planner: ContinualPlanner | None = None, *, registry: AdapterRegistry, artifacts: ArtifactStore,
+        scratch_dir: Path,
     ) -> None:
         self._manager = manager
         self._preparer = preparer
         self._planner = planner
+        self._registry = registry
+        self._artifacts = artifacts
+        self._scratch = scratch_dir
 
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0) -> TrainingJob:
@@ -161,7 +272,27 @@ class TrainingJobs:
         return await self._manager.resume(job_id)
 
     async def publish_checkpoint(self, job_id: str, step: int, *, request_id: str = "") -> AdapterRecord:
-        raise Unimplemented("CHECKPOINT_PUBLISH_UNAVAILABLE", "publishing a checkpoint is not built yet")
+        """Publish the adapter of one of the job's stored checkpoints as a new version (labelled with its step),
+        in any state of the job: a child of the job's parent, as the job's own result would be."""
+        job = await self._manager.get(job_id)
+        record = next((c for c in job.output.checkpoints if c.step == step), None)
+        if record is None:
+            steps = ", ".join(str(c.step) for c in job.output.checkpoints) or "none"
+            raise NotFound("CHECKPOINT_NOT_FOUND", f"job {job.name} has no stored checkpoint of step {step} "
+                                                   f"(stored: {steps})", metadata={"name": job.name, "step": str(step)})
+        parent = None
+        if job.spec.parent_adapter_version:
+            parent = await self._registry.get(job.spec.base_model, job.spec.parent_adapter_version)
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="publish-checkpoint-", dir=self._scratch))
+        try:
+            state = await CheckpointArchive(self._artifacts, work / "archive").fetch(record, work / "state")
+            return await self._registry.publish(publish_request(
+                job, parent, state / "adapter", record.loss, request_id=request_id,
+                labels=(("checkpoint_step", str(step)),),
+            ))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[TrainingJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)

@@ -1,10 +1,11 @@
 """Durable jobs across processes: an API server with no worker of its own, and worker processes
 (`learning-engine-server worker`), all on one PostgreSQL and one artifact folder.
 
-Covered with real processes and signals: a worker killed with SIGKILL mid-job (another takes the job over, the
-watch on the API server follows it, one version is published); a worker frozen with SIGSTOP (a zombie: another
-takes over, and once it thaws it writes nothing); a job paused on one worker and resumed on another. Waits are
-on the job's own events (watch streams), never on sleeps.
+Covered with real processes and signals: a worker killed with SIGKILL mid-job after a checkpoint (another takes
+the job over and resumes from that checkpoint, the watch on the API server follows it, one version is published);
+a worker frozen with SIGSTOP (a zombie: another takes over, and once it thaws it writes nothing); a job paused on
+one worker and resumed on another from the pause's checkpoint. Waits are on the job's own events (watch
+streams), never on sleeps.
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ async def _until(stream, predicate) -> list[pb.TrainingJobEvent]:
     raise AssertionError(f"the stream ended first: {seen[-3:]}")
 
 
+def _checkpointed() -> pb.TrainingJobSpec:
+    job_spec = spec(epochs=60)  # 360 steps
+    job_spec.checkpoints.CopyFrom(pb.CheckpointPolicy(every_steps=10, every_minutes=0))
+    return job_spec
+
+
+def _assert_resumed(events: list[pb.TrainingJobEvent]) -> None:
+    """The job continued from its newest checkpoint: the first step after the RESUMED notice follows it."""
+    at = next(i for i, e in enumerate(events) if e.notice.code == "RESUMED")
+    saved = [e.checkpoint.step for e in events[:at] if e.HasField("checkpoint")]
+    first = next(e.step_metrics.step for e in events[at:] if e.HasField("step_metrics"))
+    assert saved and first - 1 == saved[-1] and f"step {saved[-1]} " in events[at].notice.message, (saved, first)
+
+
 def _is_step(event: pb.TrainingJobEvent) -> bool:
     return event.HasField("step_metrics")
 
@@ -123,10 +138,11 @@ async def test_jobs_outlive_their_workers(cluster):
     api, workers = cluster
     first, second = await workers.start(), await workers.start()
 
-    # A worker killed mid-job: the other takes it over; the watch on the API server follows it to the end.
-    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=60)))).training_job
+    # A worker killed mid-job, after a checkpoint: the other takes it over and resumes from that checkpoint;
+    # the watch on the API server follows it to the end.
+    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=_checkpointed()))).training_job
     stream = api.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=created.name))
-    events = await _until(stream, _is_step)
+    events = await _until(stream, lambda e: e.HasField("checkpoint"))
     victim = workers.of(await _job(api, created.name))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -135,6 +151,7 @@ async def test_jobs_outlive_their_workers(cluster):
     assert events[-1].state_change.state == common.JOB_STATE_SUCCEEDED
     taken = [e.notice for e in events if e.notice.code == "TAKEN_OVER"]
     assert len(taken) == 1 and str(victim.pid) in taken[0].message
+    _assert_resumed(events)
     done = await _job(api, created.name)
     survivor = workers.of(done)
     assert survivor.pid != victim.pid and done.output_adapter_version == "v1.0"
@@ -158,8 +175,8 @@ async def test_jobs_outlive_their_workers(cluster):
     assert workers.of(await _job(api, created.name)).pid != zombie.pid
     assert sorted(await _versions(api)) == ["v1.0", "v2.0"]  # one version of this job, not two
 
-    # Paused on one worker, resumed on another.
-    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=60)))).training_job
+    # Paused on one worker, resumed on another from the pause's checkpoint.
+    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=_checkpointed()))).training_job
     stream = api.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=created.name))
     await _until(stream, _is_step)
     holder = workers.of(await _job(api, created.name))
@@ -171,7 +188,7 @@ async def test_jobs_outlive_their_workers(cluster):
     resumed = (await api.training.ResumeTrainingJob(pb.ResumeTrainingJobRequest(name=created.name))).training_job
     assert resumed.state == common.JOB_STATE_QUEUED
     stream = api.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=created.name))
-    await _until(stream, _ended)
+    _assert_resumed(await _until(stream, _ended))
     done = await _job(api, created.name)
     assert done.state == common.JOB_STATE_SUCCEEDED and workers.of(done).pid != holder.pid
     assert {first.pid, second.pid, third.pid} >= {victim.pid, zombie.pid, holder.pid}

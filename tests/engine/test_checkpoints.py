@@ -1,0 +1,123 @@
+"""Checkpoints in the recipe: a run paused at a step and resumed from its checkpoint continues the very loss
+trajectory of an uninterrupted run (dropout on, mid-epoch, warmup and decay); checkpoints come at the policy's
+steps; a checkpoint that cannot be stored fails that checkpoint, not the run; one taken on other examples is
+not resumed from."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.domain import Example
+from engine.errors import Cancelled, Unavailable
+from engine.jobs.core import Noticed, Warned
+from engine.jobs.ports import CancelToken, StopReason
+from engine.training.recipe import Checkpointing, TrainingRun, run_training
+from tests.engine.test_training import RecordingSink, examples, make_run
+
+pytestmark = pytest.mark.model
+
+# Three optimiser steps per epoch (5 examples, batches of 2), so a pause at step 4 is inside an epoch; dropout
+# draws from torch's RNG, which the checkpoint must carry; warmup and linear decay, which the scheduler's does.
+SETTINGS = {"epochs": 4, "batch_size": 2, "warmup_steps": 2, "learning_rate": 2e-2}
+
+
+class Kept:
+    """A ``save`` that keeps each checkpoint directory it is handed, by step."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.steps: list[int] = []
+
+    def __call__(self, step: int, state_dir: Path, loss: float) -> None:
+        shutil.copytree(state_dir, self.root / str(step))
+        self.steps.append(step)
+
+
+def with_checkpoints(run: TrainingRun, save, scratch: Path, *, every_steps: int = 0,
+                     resume_from: Path | None = None) -> TrainingRun:
+    dropout = replace(run.spec, lora=replace(run.spec.lora, dropout=0.1))
+    return replace(run, spec=dropout, checkpointing=Checkpointing(
+        every_steps=every_steps, every_seconds=0, scratch_dir=scratch, save=save, resume_from=resume_from))
+
+
+class PauseAt(RecordingSink):
+    """Pauses the run (as a client's PauseTrainingJob does) once it reports ``step``."""
+
+    def __init__(self, step: int, cancel: CancelToken) -> None:
+        super().__init__()
+        self._step, self._cancel = step, cancel
+
+    def emit(self, payload) -> None:
+        super().emit(payload)
+        if getattr(payload, "step", None) == self._step and not isinstance(payload, Noticed):
+            self._cancel.cancel(StopReason.PAUSE)
+
+
+def test_a_resumed_run_continues_the_uninterrupted_loss_trajectory(tiny_model_dir: Path, tmp_path: Path) -> None:
+    kept = Kept(tmp_path / "kept")
+    whole = RecordingSink()
+    run = with_checkpoints(make_run(tiny_model_dir, tmp_path / "whole", **SETTINGS), kept, tmp_path / "scratch")
+    run_training(run, whole, CancelToken())
+
+    cancel = CancelToken()
+    paused = PauseAt(4, cancel)
+    first = with_checkpoints(make_run(tiny_model_dir, tmp_path / "first", **SETTINGS), kept, tmp_path / "scratch")
+    with pytest.raises(Cancelled):
+        run_training(first, paused, cancel)
+    assert [m.step for m in paused.steps] == [1, 2, 3, 4] and kept.steps == [4]
+    assert not (tmp_path / "first").exists() and list((tmp_path / "scratch").iterdir()) == []
+
+    resumed = RecordingSink()
+    second = with_checkpoints(make_run(tiny_model_dir, tmp_path / "second", **SETTINGS), kept,
+                              tmp_path / "scratch", resume_from=kept.root / "4")
+    run_training(second, resumed, CancelToken())
+    assert [e for e in resumed.events if isinstance(e, Noticed)][0].code == "RESUMED"
+    assert [m.step for m in resumed.steps] == list(range(5, 13))
+    expected = {m.step: m for m in whole.steps}
+    for got in paused.steps + resumed.steps:
+        assert got.loss == pytest.approx(expected[got.step].loss, abs=1e-5), got.step
+        assert got.learning_rate == pytest.approx(expected[got.step].learning_rate, abs=1e-12), got.step
+    a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "second" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_checkpoints_come_at_the_policy_steps_and_a_failed_one_does_not_fail_the_run(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    kept = Kept(tmp_path / "kept")
+    attempts: list[int] = []
+
+    def flaky(step: int, state_dir: Path, loss: float) -> None:
+        attempts.append(step)
+        if step == 4:
+            raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", "the store is down")
+        kept(step, state_dir, loss)
+
+    sink = RecordingSink()
+    run = with_checkpoints(make_run(tiny_model_dir, tmp_path / "out", **SETTINGS), flaky, tmp_path / "scratch",
+                           every_steps=4)
+    result = run_training(run, sink, CancelToken())
+    assert result.steps == 12 and attempts == [4, 8] and kept.steps == [8]  # none at the end: the result is it
+    warned = [e for e in sink.events if isinstance(e, Warned)]
+    assert [w.code for w in warned] == ["CHECKPOINT_FAILED"] and "step 4" in warned[0].message
+    assert list((tmp_path / "scratch").iterdir()) == []  # nothing partial left behind
+    assert sorted(p.name for p in (kept.root / "8").iterdir()) == ["adapter", "state.pt"]
+
+
+def test_a_checkpoint_of_other_examples_is_not_resumed_from(tiny_model_dir: Path, tmp_path: Path) -> None:
+    kept = Kept(tmp_path / "kept")
+    run = with_checkpoints(make_run(tiny_model_dir, tmp_path / "a", **SETTINGS), kept, tmp_path / "s", every_steps=4)
+    run_training(run, RecordingSink(), CancelToken())
+    other = [*examples(), Example(prompt="One more", completion=" example.")]
+    sink = RecordingSink()
+    resumed = with_checkpoints(replace(make_run(tiny_model_dir, tmp_path / "b", **SETTINGS), examples=other),
+                               kept, tmp_path / "s", resume_from=kept.root / "4")
+    run_training(resumed, sink, CancelToken())
+    assert [e.code for e in sink.events if isinstance(e, Warned)] == ["CHECKPOINT_DATA_CHANGED"]
+    assert sink.steps[0].step == 1
