@@ -48,6 +48,7 @@ class ProcrastinateQueue:
         self._executors: dict[str, JobExecutor] = {}
         self._worker: asyncio.Task[None] | None = None
         self._rescuer: asyncio.Task[None] | None = None
+        self._stopping = False
 
         @self._app.task(name=TASK, queue=QUEUE, retry=procrastinate.RetryStrategy(max_attempts=20, wait=5))
         async def run_job(kind: str, job_id: str) -> None:
@@ -76,7 +77,8 @@ class ProcrastinateQueue:
 
         It stops when its database calls fail: the database restarted, or this process was frozen long enough
         for the others to prune its registration (its next fetch then violates the worker foreign key).
-        Started again, it registers anew.
+        Started again, it registers anew. Not once it is being stopped: procrastinate's worker, cancelled,
+        may end with its database error instead of the cancellation.
         """
         while True:
             try:
@@ -87,6 +89,9 @@ class ProcrastinateQueue:
                 )
                 return
             except Exception:  # noqa: BLE001 - logged; the worker starts again
+                current = asyncio.current_task()
+                if self._stopping or (current is not None and current.cancelling()):
+                    raise
                 log.warning("the queue worker stopped on an error; starting it again", exc_info=True)
                 await asyncio.sleep(self._heartbeat)
 
@@ -122,6 +127,7 @@ class ProcrastinateQueue:
                 log.warning("could not look for stalled jobs", exc_info=True)
 
     async def stop_worker(self) -> None:
+        self._stopping = True
         for task in (self._rescuer, self._worker):
             if task is not None:
                 task.cancel()
