@@ -22,6 +22,7 @@ EXPECTED = {
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
     e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.Cancelled: grpc.StatusCode.CANCELLED,
+    e.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
