@@ -27,6 +27,7 @@ from engine.training.spec import (
     Precision,
     Quantization,
     StepMetrics,
+    TrainingDefaults,
     TrainingJob,
     TrainingJobSpec,
 )
@@ -84,7 +85,7 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
     return table[value]
 
 
-DEFAULT_CHECKPOINTS = CheckpointPolicy()
+DEFAULT_TRAINING = TrainingDefaults()
 
 
 def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,
@@ -100,9 +101,11 @@ def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,
 
 
 def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults,
-                 checkpoint_defaults: CheckpointPolicy = DEFAULT_CHECKPOINTS) -> TrainingJobSpec:
+                 defaults: TrainingDefaults = DEFAULT_TRAINING) -> TrainingJobSpec:
+    """The domain spec of a request: what it leaves unset (0, empty, or an optional field not set) is the
+    server's default (``defaults``, from the settings)."""
     issues = ViolationCollector()
-    lora_defaults = LoraSpec()
+    lora_defaults = defaults.lora
     lora = LoraSpec(
         rank=msg.lora.rank or lora_defaults.rank,
         alpha=msg.lora.alpha or lora_defaults.alpha,
@@ -113,7 +116,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         ("rank", msg.lora.rank != 0), ("alpha", msg.lora.alpha != 0), ("dropout", msg.lora.HasField("dropout")),
         ("target_modules", bool(msg.lora.target_modules)),
     ) if given)
-    h, hd = msg.hyperparameters, Hyperparameters()
+    h, hd = msg.hyperparameters, defaults.hyperparameters
     hyper = Hyperparameters(
         epochs=h.epochs or hd.epochs,
         learning_rate=h.learning_rate or hd.learning_rate,
@@ -121,13 +124,13 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         max_seq_length=h.max_seq_length or hd.max_seq_length,
         seed=h.seed if h.HasField("seed") else hd.seed,
         max_steps=h.max_steps,
-        warmup_steps=h.warmup_steps,
+        warmup_steps=h.warmup_steps or hd.warmup_steps,
         weight_decay=h.weight_decay,
         max_grad_norm=h.max_grad_norm or hd.max_grad_norm,
         precision=_enum(_PRECISION, h.precision, "spec.hyperparameters.precision", issues),
         quantization=_enum(_QUANT, h.quantization, "spec.hyperparameters.quantization", issues),
         gradient_accumulation_steps=h.gradient_accumulation_steps or hd.gradient_accumulation_steps,
-        gradient_checkpointing=h.gradient_checkpointing,
+        gradient_checkpointing=h.gradient_checkpointing or hd.gradient_checkpointing,
         packing=h.packing if h.HasField("packing") else hd.packing,
     )
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
@@ -158,7 +161,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     else:
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
         dataset = JsonlSource(path="")
-    checkpoints = checkpoints_from_pb(msg.checkpoints, checkpoint_defaults, issues)
+    checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     return TrainingJobSpec(
         base_model=msg.base_model or default_base_model,

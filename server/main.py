@@ -311,7 +311,7 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
         TrainingService(
             engine.training, default_base_model=settings.default_base_model,
             ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
-            checkpoint_defaults=settings.checkpoint_policy,
+            defaults=settings.training_defaults,
         ),
         server,
     )

@@ -33,8 +33,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from engine.domain import FisherSpace
-from engine.training.spec import CheckpointPolicy
+from engine.domain import DEFAULT_TARGET_MODULES, FisherSpace, LoraSpec
+from engine.registry.peft_checks import MAX_LORA_RANK
+from engine.training.spec import CheckpointPolicy, Hyperparameters, TrainingDefaults
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -100,6 +101,30 @@ class Settings(BaseSettings, LoraControlSettings):
     artifacts_path: Path | None = Field(
         None, description="Folder of the local artifact store (artifact_backend local); unset: <data-dir>/artifacts. "
         "Processes of one machine may share one; workers on several machines use S3/MinIO instead.",
+    )
+    training_lora_rank: int = Field(16, ge=1, le=MAX_LORA_RANK, description="LoRA rank of a job that sets none.")
+    training_lora_alpha: float = Field(32.0, gt=0, le=4096, description="LoRA alpha of a job that sets none "
+                                       "(the update is scaled by alpha / rank).")
+    training_lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout of a job that sets none.")
+    training_lora_target_modules: tuple[str, ...] = Field(
+        DEFAULT_TARGET_MODULES, min_length=1, description="Modules a job's LoRA adapts when it names none.",
+    )
+    training_epochs: int = Field(3, ge=1, le=1000, description="Epochs of a job that sets none.")
+    training_learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate of a job that sets none "
+                                          "(linear warmup, then linear decay to 0).")
+    training_warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Warmup steps of a job that sets none "
+                                       "(a job's 0 means this default).")
+    training_batch_size: int = Field(8, ge=1, le=1024, description="Examples per micro-batch of a job that sets none.")
+    training_gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches per optimiser step of a job that sets none.",
+    )
+    training_max_seq_length: int = Field(512, ge=16, le=32768, description="Tokens per example of a job that sets "
+                                         "none (longer examples are cut).")
+    training_packing: bool = Field(True, description="Packed batches (each example attends only to itself) for a "
+                                   "job that does not say; false: padded batches.")
+    training_gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass for every job (less memory, about one more "
+        "forward pass); a job can also ask for it alone.",
     )
     checkpoint_every_steps: int = Field(
         50, ge=0, le=1_000_000,
@@ -349,10 +374,21 @@ class Settings(BaseSettings, LoraControlSettings):
         return self
 
     @property
-    def checkpoint_policy(self) -> CheckpointPolicy:
-        """What a training job that says nothing of checkpoints gets."""
-        return CheckpointPolicy(every_steps=self.checkpoint_every_steps, every_minutes=self.checkpoint_every_minutes,
-                                keep=self.checkpoint_keep)
+    def training_defaults(self) -> TrainingDefaults:
+        """What a training job gets for what its request leaves unset."""
+        return TrainingDefaults(
+            lora=LoraSpec(rank=self.training_lora_rank, alpha=self.training_lora_alpha,
+                          dropout=self.training_lora_dropout, target_modules=self.training_lora_target_modules),
+            hyperparameters=Hyperparameters(
+                epochs=self.training_epochs, learning_rate=self.training_learning_rate,
+                warmup_steps=self.training_warmup_steps, batch_size=self.training_batch_size,
+                gradient_accumulation_steps=self.training_gradient_accumulation_steps,
+                max_seq_length=self.training_max_seq_length, packing=self.training_packing,
+                gradient_checkpointing=self.training_gradient_checkpointing,
+            ),
+            checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
+                                         every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),
+        )
 
     @property
     def ewc_lambda_defaults(self) -> dict[FisherSpace, float]:

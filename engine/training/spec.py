@@ -73,6 +73,15 @@ class CheckpointPolicy:
 
 
 @dataclass(frozen=True)
+class TrainingDefaults:
+    """What a job gets for what its request leaves unset (servers fill in their settings' values)."""
+
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+
+
+@dataclass(frozen=True)
 class TrainingJobSpec:
     """Everything a job is asked to do, with defaults filled in. Immutable."""
 

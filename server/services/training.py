@@ -8,7 +8,7 @@ import grpc
 
 from engine import TrainingJobsApi
 from engine.jobs.core import JobEvent
-from engine.training.spec import CheckpointPolicy
+from engine.training.spec import TrainingDefaults
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
@@ -19,17 +19,17 @@ MAX_REQUEST_ID = 128
 
 class TrainingService(pb_grpc.TrainingServiceServicer):
     def __init__(self, jobs: TrainingJobsApi, *, default_base_model: str, ewc_defaults: convert.EwcDefaults,
-                 checkpoint_defaults: CheckpointPolicy = convert.DEFAULT_CHECKPOINTS) -> None:
+                 defaults: TrainingDefaults = convert.DEFAULT_TRAINING) -> None:
         self._jobs = jobs
         self._default_base_model = default_base_model
         self._ewc_defaults = ewc_defaults
-        self._checkpoint_defaults = checkpoint_defaults
+        self._defaults = defaults
 
     async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
         convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = convert.spec_from_pb(
             request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults,
-            checkpoint_defaults=self._checkpoint_defaults,
+            defaults=self._defaults,
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
                                       priority=convert.priority_from_pb(request.priority))

@@ -1,0 +1,31 @@
+"""The server's training_* settings are what a job gets for what its request leaves unset; what it sets wins."""
+
+from __future__ import annotations
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import training_pb2 as pb
+from tests.server.conftest import spec
+
+
+async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> None:
+    client = await make_memory_server(
+        training_lora_rank=8, training_lora_alpha=8.0, training_lora_dropout=0.0,
+        training_lora_target_modules=["q_proj", "v_proj"], training_epochs=2, training_learning_rate=1e-3,
+        training_warmup_steps=5, training_batch_size=4, training_gradient_accumulation_steps=2,
+        training_max_seq_length=2048, training_packing=False, training_gradient_checkpointing=True,
+    )
+    bare = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"))
+    job = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=bare, validate_only=True))).training_job
+    lora, h = job.spec.lora, job.spec.hyperparameters
+    assert (lora.rank, lora.alpha, lora.dropout, list(lora.target_modules)) == (8, 8.0, 0.0, ["q_proj", "v_proj"])
+    assert (h.epochs, h.learning_rate, h.warmup_steps, h.batch_size, h.gradient_accumulation_steps,
+            h.max_seq_length, h.packing, h.gradient_checkpointing) == (2, 1e-3, 5, 4, 2, 2048, False, True)
+
+    asked = spec(epochs=1, batch_size=2, learning_rate=5e-3, max_seq_length=128, packing=True)
+    asked.lora.CopyFrom(common.LoraConfig(rank=4, alpha=16, dropout=0.1, target_modules=["k_proj"]))
+    job = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=asked, validate_only=True))).training_job
+    lora, h = job.spec.lora, job.spec.hyperparameters
+    assert (lora.rank, lora.alpha, round(lora.dropout, 6), list(lora.target_modules)) == (4, 16.0, 0.1, ["k_proj"])
+    assert (h.epochs, h.batch_size, h.learning_rate, h.max_seq_length, h.packing) == (1, 2, 5e-3, 128, True)
