@@ -24,21 +24,21 @@ export const file_learning_v1_common: GenFile = /*@__PURE__*/
  */
 export type LoraConfig = Message<"learning.v1.LoraConfig"> & {
   /**
-   * LoRA rank r, 1..256.
+   * LoRA rank r, 1..256; 0 means the default (see TrainingJobSpec.lora; 16).
    *
    * @generated from field: uint32 rank = 1;
    */
   rank: number;
 
   /**
-   * Scaling numerator; the effective scale is alpha / rank.
+   * Scaling numerator; the effective scale is alpha / rank; 0 means the default (32).
    *
    * @generated from field: float alpha = 2;
    */
   alpha: number;
 
   /**
-   * Dropout on the LoRA input; unset means 0.05.
+   * Dropout on the LoRA input; unset means the default (0.05).
    *
    * @generated from field: optional float dropout = 3;
    */

@@ -20,6 +20,8 @@ export const file_learning_v1_training: GenFile = /*@__PURE__*/
 
 /**
  * Optimiser settings. Zero fields take the server defaults.
+ * What a request leaves unset (0 or, for optional fields, not set) is the server's training_* setting; the
+ * defaults named below are those settings' own defaults.
  *
  * @generated from message learning.v1.Hyperparameters
  */
@@ -67,7 +69,7 @@ export type Hyperparameters = Message<"learning.v1.Hyperparameters"> & {
   maxSteps: number;
 
   /**
-   * Linear warm-up steps.
+   * Linear warm-up steps, then linear decay to 0; 0 means the server's training_warmup_steps (0).
    *
    * @generated from field: uint32 warmup_steps = 7;
    */
@@ -107,7 +109,8 @@ export type Hyperparameters = Message<"learning.v1.Hyperparameters"> & {
 
   /**
    * Recompute activations in the backward pass: less memory for about one
-   * more forward pass of compute.
+   * more forward pass of compute. On for every job when the server's
+   * training_gradient_checkpointing is.
    *
    * @generated from field: bool gradient_checkpointing = 13;
    */
@@ -223,6 +226,9 @@ export type TrainingJobSpec = Message<"learning.v1.TrainingJobSpec"> & {
   } | { case: undefined; value?: undefined };
 
   /**
+   * The adapter's shape. With a parent, fields left unset are the parent's (and set ones must equal
+   * them); without one, the server's training_lora_* settings.
+   *
    * @generated from field: learning.v1.LoraConfig lora = 4;
    */
   lora?: LoraConfig | undefined;
