@@ -103,10 +103,11 @@ class Owned:
 
     async def shutdown_jobs(self) -> None:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
-        stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
+        # The jobs first: they are released while the queue's worker still sends heartbeats (stopped first, other
+        # workers would take the stopping worker's jobs for stalled and over).
+        await asyncio.gather(*(m.shutdown() for m in self.job_managers))
         if self.queue is not None:
             await self.queue.stop_worker()
-        await asyncio.gather(*stopping)
         if self.slots is not None:
             self.slots.shutdown()
 

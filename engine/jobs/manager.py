@@ -60,6 +60,7 @@ O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 T = TypeVar("T")
 
 FLUSH_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the store takes the events
+SHUTDOWN_SECONDS = 120  # how long a stopping worker waits for its jobs to checkpoint and be released
 PREPARED_KEPT = 16  # inputs validated here, kept for the local worker (most recent jobs)
 
 
@@ -195,6 +196,8 @@ class JobManager(Generic[S, O]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_lock = asyncio.Lock()
         self._closing = False
+        self._idle = asyncio.Event()  # no job held by this process's worker
+        self._idle.set()
 
     # ---- lifecycle ------------------------------------------------------------
 
@@ -210,7 +213,11 @@ class JobManager(Generic[S, O]):
         for live in list(self._live.values()):
             live.cancel.cancel(StopReason.SHUTDOWN)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
+        deadline = loop.time() + SHUTDOWN_SECONDS
+        # The held jobs first (they checkpoint and are released while this worker still sends heartbeats, so no
+        # other worker takes them over meanwhile), then the writes still in flight.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), SHUTDOWN_SECONDS)
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
 
@@ -404,6 +411,7 @@ class JobManager(Generic[S, O]):
             if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
                 live.taken_over_from = claim.previous_owner or "a stopped worker"
             self._live[job_id] = live
+            self._idle.clear()
             poller = asyncio.get_running_loop().create_task(self._follow_control(live))
             try:
                 with telemetry.tracer.start_as_current_span(
@@ -465,7 +473,8 @@ class JobManager(Generic[S, O]):
                 return
             except Exception:  # noqa: BLE001 - the database restarting: ask again at the next tick
                 continue
-            if control is not None and not live.cancel.cancelled and not live.job.state.terminal:
+            overrides = control is Control.CANCEL and live.cancel.reason in (StopReason.PAUSE, StopReason.SHUTDOWN)
+            if control is not None and (not live.cancel.cancelled or overrides) and not live.job.state.terminal:
                 stop = StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE
                 live.cancel.cancel(stop)
                 state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
@@ -537,11 +546,12 @@ class JobManager(Generic[S, O]):
         """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping)."""
         message = "paused" if state is JobState.PAUSED else f"queued again: worker {self.worker_id} stopped"
         self.transition(live, state, message)
+        pending: Control | None = None
         try:
             for attempt in range(len(FLUSH_RETRY_SECONDS) + 1):
                 try:
                     async with self._flush_lock:
-                        await self._store.release(live.job, list(live.unpersisted), live.lease)
+                        pending = await self._store.release(live.job, list(live.unpersisted), live.lease)
                         live.unpersisted.clear()
                     break
                 except LeaseLost:
@@ -550,6 +560,17 @@ class JobManager(Generic[S, O]):
                     if attempt == len(FLUSH_RETRY_SECONDS):
                         raise
                     await asyncio.sleep(FLUSH_RETRY_SECONDS[attempt])
+            # A request made after this worker last looked is carried out now that the job is unclaimed.
+            if pending is Control.CANCEL:
+                with contextlib.suppress(Aborted):
+                    live.job = await self._write_unclaimed(
+                        live.job, JobState.CANCELLED, "cancelled",
+                        failure=JobFailure("CANCELLED", "JOB_CANCELLED", "cancelled while it was stopping"))
+                    return
+            if pending is Control.PAUSE and state is JobState.QUEUED:
+                with contextlib.suppress(Aborted):
+                    live.job = await self._write_unclaimed(live.job, JobState.PAUSED, "paused")
+                    return
             if state is JobState.QUEUED:
                 await self._queue.enqueue(self.kind.name, live.job.id, priority=live.job.priority)
         finally:
@@ -565,6 +586,8 @@ class JobManager(Generic[S, O]):
             live.finished = True
             live.changed.notify_all()
         self._live.pop(live.job.id, None)
+        if not self._live:
+            self._idle.set()
 
     async def _flush(self, live: _LiveJob[S, O]) -> None:
         """Write the pending events and the job; on failure the events stay pending (nothing is dropped)."""

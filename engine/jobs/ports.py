@@ -37,7 +37,8 @@ class StopReason(enum.StrEnum):
 
 class CancelToken:
     """A flag the training loop checks every step, with why it was set. Set from any thread; the first reason
-    set wins."""
+    set wins, but a cancel overrides a pause or a shutdown (the client asked for more than a stop), and a lost
+    lease overrides everything (nothing more may be written)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -46,7 +47,8 @@ class CancelToken:
 
     def cancel(self, reason: StopReason = StopReason.CANCEL) -> None:
         with self._lock:
-            if self._reason is None:
+            if self._reason is None or reason is StopReason.LEASE_LOST or (
+                    reason is StopReason.CANCEL and self._reason in (StopReason.PAUSE, StopReason.SHUTDOWN)):
                 self._reason = reason
         self._event.set()
 
@@ -133,8 +135,9 @@ class JobStore(Protocol[S, O]):
         """Ask the worker holding the job to cancel or pause it; None if no worker holds it (then act directly)."""
         ...
 
-    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
-        """Write the job (queued again, or paused) and give up the lease, so the next claim starts afresh."""
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> Control | None:
+        """Write the job (queued again, or paused) and give up the lease, so the next claim starts afresh;
+        returns the request that was pending (a cancel asked too late for the worker to see it)."""
         ...
 
     async def wait_for_events(self, job_id: str, timeout: float) -> None:

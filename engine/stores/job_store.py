@@ -208,15 +208,17 @@ class PostgresJobStore(Generic[S, O]):
                 job.id, job.state.value, self._dump(job),
             )
 
-    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> Control | None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._fence(conn, job, events, lease)
+            await self._fence(conn, job, events, lease)  # locks the row
+            pending = await conn.fetchval("SELECT requested FROM jobs WHERE id = $1", job.id)
             await self._append(conn, job.id, events)
             await conn.execute(
                 "UPDATE jobs SET state = $2, doc = $3::jsonb, requested = NULL, lease_owner = NULL,"
                 " lease_token = NULL WHERE id = $1",
                 job.id, job.state.value, self._dump(job),
             )
+        return Control(pending) if pending else None
 
     async def control(self, job_id: str, lease: Lease) -> Control | None:
         async with self._pool.acquire() as conn:
@@ -228,7 +230,7 @@ class PostgresJobStore(Generic[S, O]):
     async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "UPDATE jobs SET requested = COALESCE(requested, $2)"
+                "UPDATE jobs SET requested = CASE WHEN $2 = 'CANCEL' THEN $2 ELSE COALESCE(requested, $2) END"
                 " WHERE id = $1 AND kind = $3 AND lease_token IS NOT NULL RETURNING doc, requested",
                 job_id, control.value, self._kind,
             )

@@ -126,13 +126,15 @@ class InMemoryJobStore(Generic[S, O]):
         held = self.held[job_id]
         if held.lease is None:
             return None
-        if held.requested is None:
+        if held.requested is None or control is Control.CANCEL:  # a cancel overrides a pending pause
             held.requested = control
         return await self.get_job(job_id)
 
-    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> None:
+    async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> Control | None:
         await self.write(job, events, lease)
+        pending = self.held[job.id].requested
         self.held[job.id] = _Held()
+        return pending
 
     async def wait_for_events(self, job_id: str, timeout: float) -> None:
         async with self._changed:

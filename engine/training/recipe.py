@@ -343,9 +343,16 @@ def _train(
 STATE_FILE = "state.pt"
 
 
+def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching) -> dict[str, object]:
+    """What fixes the batches a run draws: the examples (as given, and as kept after tokenising) and the
+    ordering scheme (random, or length-grouped on a padded fallback). A checkpoint resumes only a run with the
+    same key, or its fast-forward would skip other batches than those it trained on."""
+    return {"digest": digest, "kept": len(data), "length_grouped": layout.length_grouped}
+
+
 def _save_checkpoint(
     ckpt: Checkpointing, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, step: int,
-    losses: tuple[float, float], digest: str, sink: ProgressSink,
+    losses: tuple[float, float], data_key: dict[str, object], sink: ProgressSink,
 ) -> bool:
     """Save the run's state at ``step`` and hand it to ``ckpt.save``. A failure (a full disk, the store down)
     fails this checkpoint, not the run: it is reported, nothing partial is left, and the next one is tried."""
@@ -356,16 +363,17 @@ def _save_checkpoint(
         with tracer.start_as_current_span("training.checkpoint", attributes={"step": step}):
             model.save_pretrained(state_dir / "adapter", safe_serialization=True)
             torch.save({
-                "step": step, "loss": losses[0], "task_loss": losses[1], "digest": digest,
+                "step": step, "loss": losses[0], "task_loss": losses[1], "data": data_key,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # the training device's generator only: a worker with another number of GPUs restores it too
+                "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0),
             }, state_dir / STATE_FILE)
             ckpt.save(step, state_dir, losses[0])
         return True
     except LeaseLost:
         raise  # another worker holds the job: stop
-    except (OSError, EngineError) as exc:
+    except (OSError, RuntimeError, EngineError) as exc:  # torch.save reports a full disk as RuntimeError
         reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
         sink.emit(Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: {exc}); "
                                               "training continues and tries again at the next one"))
@@ -376,7 +384,8 @@ def _save_checkpoint(
 
 
 def _restore_checkpoint(
-    ckpt_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, digest: str, sink: ProgressSink,
+    ckpt_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, data_key: dict[str, object],
+    sink: ProgressSink,
 ) -> tuple[int, float, float] | None:
     """Load a checkpoint's adapter weights, optimiser, scheduler and RNG states into the run; its (step, loss,
     task loss), or None when it was taken on other examples (the run then starts from the beginning)."""
@@ -384,9 +393,10 @@ def _restore_checkpoint(
     from safetensors.torch import load_file
 
     state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    if state["digest"] != digest:
+    if state.get("data") != data_key:
         sink.emit(Warned("CHECKPOINT_DATA_CHANGED", f"the checkpoint of step {state['step']} was taken on other "
-                                                    "examples than this run has; training starts from the beginning"))
+                                                    "examples (or another batch order) than this run has; training "
+                                                    "starts from the beginning"))
         return None
     weights = load_file(str(ckpt_dir / "adapter" / "adapter_model.safetensors"))
     unexpected = list(getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", ()))
@@ -396,8 +406,8 @@ def _restore_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    if state["rng_cuda"].numel() and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng_cuda"])
     return int(state["step"]), float(state["loss"]), float(state["task_loss"])
 
 
@@ -424,8 +434,9 @@ def _optimise(
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan
+    data_key = _data_key(digest, data, layout)
     if ckpt is not None and ckpt.resume_from is not None:
-        restored = _restore_checkpoint(ckpt.resume_from, model, optimizer, scheduler, digest=digest, sink=sink)
+        restored = _restore_checkpoint(ckpt.resume_from, model, optimizer, scheduler, data_key=data_key, sink=sink)
         if restored is not None:
             step, loss_value, task_value = restored
             sink.emit(Noticed("RESUMED", f"continuing from the checkpoint of step {step} of {total}"))
@@ -438,7 +449,7 @@ def _optimise(
         nonlocal saved_step, saved_at
         assert ckpt is not None
         if step > saved_step and _save_checkpoint(ckpt, model, optimizer, scheduler, step=step,
-                                                   losses=(loss_value, task_value), digest=digest, sink=sink):
+                                                   losses=(loss_value, task_value), data_key=data_key, sink=sink):
             saved_step = step
         saved_at = time.monotonic()
 
@@ -495,4 +506,6 @@ def _optimise(
                         or (ckpt.every_seconds and now - saved_at >= ckpt.every_seconds)):
                     checkpoint()
             epoch_span.set_attribute("step", step)
+    if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
+        checkpoint()  # stopped after the last step (in the final evaluation): a resume goes straight to it
     return loss_value, task_value, step

@@ -9,6 +9,8 @@ recipe in a worker thread), then publishing the adapter as a new version with it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -17,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine import telemetry
-from engine.errors import DataLoss, NotFound
+from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
 from engine.jobs.ports import LeaseLost
@@ -47,6 +49,8 @@ from engine.training.spec import (
 )
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_STORE_SECONDS = 600  # a checkpoint's upload and record taking longer fails that checkpoint
 
 TrainFn = Callable[..., TrainingResult]
 LoadFn = Callable[[TrainingRun], LoadedModel]
@@ -111,6 +115,9 @@ class TrainingRunner:
         except BaseException:
             release(loaded)
             raise
+        if ctx.cancel.cancelled:  # asked while it was preparing: stop before it says RUNNING
+            release(loaded)
+            raise Cancelled("JOB_CANCELLED", "stopped before training started")
         ctx.started(JobState.RUNNING, f"training on {loaded.plan.device}")
         with tracer.start_as_current_span("training_job.train", attributes={"job": ctx.job.name}):
             result = await ctx.in_worker(self._train, run, ctx.sink, ctx.cancel, loaded)
@@ -141,8 +148,10 @@ class TrainingRunner:
 
     async def _publish(self, job: TrainingJob, parent: AdapterRecord | None, result: TrainingResult, *,
                        fence: tuple[str, str]) -> AdapterRecord:
-        return await self._registry.publish(
-            publish_request(job, parent, result.adapter_dir, result.final_task_loss, fence=fence))
+        """The job's version, fenced by its lease. Its request_id is the job's: a worker that takes the job over
+        after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
+        return await self._registry.publish(publish_request(
+            job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result"))
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -152,7 +161,15 @@ class TrainingRunner:
         loop = asyncio.get_running_loop()
 
         def save(step: int, state_dir: Path, loss: float) -> None:
-            asyncio.run_coroutine_threadsafe(self._store_checkpoint(ctx, archive, step, state_dir, loss), loop).result()
+            future = asyncio.run_coroutine_threadsafe(self._store_checkpoint(ctx, archive, step, state_dir, loss), loop)
+            try:
+                future.result(timeout=CHECKPOINT_STORE_SECONDS)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise Unavailable("ARTIFACT_STORE_UNAVAILABLE",
+                                  f"storing the checkpoint took more than {CHECKPOINT_STORE_SECONDS} s") from None
+            except concurrent.futures.CancelledError:  # the event loop is stopping
+                raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", "the worker is stopping") from None
 
         return save
 
@@ -167,20 +184,15 @@ class TrainingRunner:
         keep = ctx.job.spec.checkpoints.keep
         if len(kept) <= keep:
             return
-        try:
+        old = kept[keep:]
+        ctx.set_output(replace(ctx.job.output, checkpoints=kept[:keep]))
+        try:  # the job without the old ones is stored before they go: a record never names a deleted object
             await ctx.persist()
+            await archive.delete(list(old))
         except LeaseLost:
             raise
-        except Exception:  # noqa: BLE001 - the database restarting: prune at the next checkpoint
-            log.warning("checkpoint stored, older ones kept for now", extra={"job_id": ctx.job.id}, exc_info=True)
-            return
-        old = ctx.job.output.checkpoints[keep:]
-        try:
-            await archive.delete(list(old))
-        except Exception:  # noqa: BLE001 - the store down: the records stay, pruned at the next checkpoint
-            log.warning("old checkpoints not deleted yet", extra={"job_id": ctx.job.id}, exc_info=True)
-            return
-        ctx.set_output(replace(ctx.job.output, checkpoints=ctx.job.output.checkpoints[:keep]))
+        except Exception:  # noqa: BLE001 - the database or the store down: the old objects stay (unrecorded)
+            log.warning("old checkpoints not deleted", extra={"job_id": ctx.job.id}, exc_info=True)
 
     async def _resume_point(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
                             archive: CheckpointArchive) -> Path | None:
@@ -198,6 +210,8 @@ class TrainingRunner:
                                   f"the checkpoint of step {record.step} cannot be used ({exc.message}); {after}"))
                 ctx.set_output(replace(ctx.job.output, checkpoints=tuple(
                     r for r in ctx.job.output.checkpoints if r != record)))
+                with contextlib.suppress(Exception):  # unrecorded now; a store that fails here keeps an orphan
+                    await archive.delete([record])
         if last is not None:
             message = f"none of the job's {len(records)} checkpoints can be used; the last: {last.message}"
             if last.reason == "CHECKPOINT_MISSING":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
-from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState, StateChanged
+from engine.jobs.core import Control, Job, JobEvent, JobKind, JobProgress, JobState, StateChanged
 from engine.jobs.manager import JobContext, JobManager, JobSlots
 from engine.stores.memory import InMemoryJobStore, InProcessQueue
 
@@ -275,3 +275,58 @@ async def test_pages_are_newest_first_with_an_opaque_token(manager):
     page, token = await manager.list(states=[], page_size=2, page_token="")
     rest, end = await manager.list(states=[], page_size=2, page_token=token)
     assert [j.id for j in page + rest] == [j.id for j in reversed(jobs)] and token and end == ""
+
+
+async def test_a_cancel_overrides_a_pause_asked_before_it(manager, store, tmp_path):
+    """Here, on another replica (through the store) and after the worker last looked: the job ends CANCELLED."""
+    job = await manager.submit(manager.new_job(CountSpec(9), CountOutput()))
+    await manager.runner.started.wait()
+    assert (await manager.pause(job.id)).state is JobState.PAUSING
+    assert (await manager.cancel(job.id)).state is JobState.CANCELLING
+    manager.runner.release.release()
+    await _until_ended(manager, job.id)
+    assert (await manager.get(job.id)).state is JobState.CANCELLED
+
+    api = JobManager(runner=CountRunner(), store=store, queue=InProcessQueue(), work_dir=tmp_path / "api",
+                     slots=JobSlots(1))  # a replica without a worker: it steers through the store
+    manager.runner.started.clear()
+    job = await api.submit(api.new_job(CountSpec(9), CountOutput()))
+    await manager.test_queue.enqueue(COUNT.name, job.id)
+    await manager.runner.started.wait()
+    assert (await api.pause(job.id)).state is JobState.PAUSING
+    assert (await api.cancel(job.id)).state is JobState.CANCELLING
+    await _until_recorded(store, job.id, JobState.CANCELLING)  # the worker saw the request
+    manager.runner.release.release()
+    await _until_recorded(store, job.id, JobState.CANCELLED)
+
+
+async def _until_recorded(store, job_id: str, state: JobState) -> None:
+    """Until the job's stored log holds a change to ``state``."""
+    while not any(isinstance(e.payload, StateChanged) and e.payload.state is state
+                  for e in await store.list_events(job_id, after_sequence=0)):
+        await store.wait_for_events(job_id, 0.05)
+
+
+class LateCancelStore(InMemoryJobStore[CountSpec, CountOutput]):
+    """A cancel that reaches the store just as the worker releases the job it paused."""
+
+    async def release(self, job, events, lease):
+        self.held[job.id].requested = Control.CANCEL
+        return await super().release(job, events, lease)
+
+
+async def test_a_cancel_asked_as_the_job_is_released_is_carried_out(tmp_path):
+    store, slots = LateCancelStore(), JobSlots(1)
+    mgr = await make_manager(store, tmp_path, slots)
+    try:
+        job = await mgr.submit(mgr.new_job(CountSpec(9), CountOutput()))
+        await mgr.runner.started.wait()
+        await mgr.pause(job.id)
+        mgr.runner.release.release()
+        await _until_recorded(store, job.id, JobState.CANCELLED)
+        states = [e.payload.state for e in await store.list_events(job.id, after_sequence=0)
+                  if isinstance(e.payload, StateChanged)]
+        assert states == [JobState.QUEUED, JobState.RUNNING, JobState.PAUSING, JobState.PAUSED, JobState.CANCELLED]
+    finally:
+        await stop(mgr)
+        slots.shutdown()
