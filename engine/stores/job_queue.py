@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import procrastinate
 from procrastinate import exceptions as pexc
 from procrastinate.schema import SchemaManager
+from procrastinate.worker import Worker
 
 from engine.jobs.ports import JobExecutor
 
@@ -81,12 +82,15 @@ class ProcrastinateQueue:
         may end with its database error instead of the cancellation.
         """
         while True:
+            worker = Worker(
+                app=self._app, queues=[QUEUE], concurrency=concurrency, name=name, wait=True,
+                install_signal_handlers=False, update_heartbeat_interval=self._heartbeat,
+                stalled_worker_timeout=self._stalled, fetch_job_polling_interval=max(self._heartbeat, 1.0),
+                delete_jobs="successful",
+            )
+            keeper = asyncio.get_running_loop().create_task(self._keep_alive(worker))
             try:
-                await self._app.run_worker_async(
-                    queues=[QUEUE], concurrency=concurrency, name=name, wait=True, install_signal_handlers=False,
-                    update_heartbeat_interval=self._heartbeat, stalled_worker_timeout=self._stalled,
-                    fetch_job_polling_interval=max(self._heartbeat, 1.0), delete_jobs="successful",
-                )
+                await worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
                 return
             except Exception:  # noqa: BLE001 - logged; the worker starts again
                 current = asyncio.current_task()
@@ -94,6 +98,22 @@ class ProcrastinateQueue:
                     raise
                 log.warning("the queue worker stopped on an error; starting it again", exc_info=True)
                 await asyncio.sleep(self._heartbeat)
+            finally:
+                keeper.cancel()
+
+    async def _keep_alive(self, worker: Worker) -> None:
+        """Heartbeats that survive a database error. procrastinate's own heartbeat task ends at its first failed
+        update, and nothing notices (its watch over its side tasks ends as soon as the periodic deferrer, with
+        no periodic task, returns): after a short database outage the worker would run on silent, and every
+        job it holds would be taken for stalled and moved to another worker. Doubled heartbeats are harmless."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            if worker.worker_id is None:
+                continue
+            try:
+                await self._app.job_manager.update_heartbeat(worker.worker_id)
+            except Exception:  # noqa: BLE001 - the database restarting: try at the next period
+                log.info("heartbeat not sent; retrying", exc_info=True)
 
     async def _rescue_stalled(self) -> None:
         """Every heartbeat period: queue again the jobs whose worker stopped sending heartbeats.
