@@ -9,7 +9,7 @@ make every token attend only to the earlier tokens of its own example:
 * ``SEGMENTS``: this module's attention function (registered with transformers' ``AttentionInterface``):
   one causal SDPA call per example, boundaries read from the position ids. Exact, and no work on pairs of
   tokens from different examples. For models whose attention is plain causal (no sliding window, no
-  logit soft-capping). The fastest path measured on CPU (README, Training).
+  logit soft-capping). The default on CPU (bench/train_throughput.py measures the recipe with it).
 * ``MASK``: transformers' own packed-sequence detection: with position ids and no padding mask, the model
   builds a block-diagonal causal mask (also for sliding windows). Exact, but each row costs the full
   row-length-squared attention; the fallback.
