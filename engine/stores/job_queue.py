@@ -85,7 +85,9 @@ class ProcrastinateQueue:
             worker = Worker(
                 app=self._app, queues=[QUEUE], concurrency=concurrency, name=name, wait=True,
                 install_signal_handlers=False, update_heartbeat_interval=self._heartbeat,
-                stalled_worker_timeout=self._stalled, fetch_job_polling_interval=max(self._heartbeat, 1.0),
+                # Polled every second besides LISTEN/NOTIFY: a stalled job's fresh item is inserted while the stalled
+                # one still holds the job's lock, so its notification finds nothing to take yet.
+                stalled_worker_timeout=self._stalled, fetch_job_polling_interval=1.0,
                 delete_jobs="successful",
             )
             keeper = asyncio.get_running_loop().create_task(self._keep_alive(worker))
