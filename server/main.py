@@ -104,11 +104,12 @@ class Owned:
 
     async def shutdown_jobs(self) -> None:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
-        # The jobs first: they are released while the queue's worker still sends heartbeats (stopped first, other
-        # workers would take the stopping worker's jobs for stalled and over).
-        await asyncio.gather(*(m.shutdown() for m in self.job_managers))
+        # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
+        # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
+        stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
         if self.queue is not None:
             await self.queue.stop_worker()
+        await asyncio.gather(*stopping)
         if self.slots is not None:
             self.slots.shutdown()
 
