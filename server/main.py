@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -293,9 +292,6 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     for manager in owned.job_managers:
         await manager.recover()
     if work:
-        # Training imports transformers and peft (seconds) at its first job; a worker taking a job over should
-        # not pay for it then, so it is done now, in the background.
-        asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "peft")
         queue.start_worker({m.kind.name: job_executor(m) for m in owned.job_managers},
                            concurrency=settings.max_concurrent_jobs, name=worker_id)
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
