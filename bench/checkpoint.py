@@ -328,16 +328,9 @@ class Cluster:
 
 async def scratch_database(admin_url: str) -> str:
     """A new database on the server of ``admin_url`` (so these workers take no other job); returns its URL."""
-    import asyncpg
+    from tests.conftest import create_database
 
-    name = f"bench_checkpoint_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = admin_url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    return await create_database(admin_url, "bench_checkpoint")
 
 
 async def drop_database(admin_url: str, url: str) -> None:
