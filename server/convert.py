@@ -18,6 +18,7 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.spec import (
+    MAX_DEVICES,
     CheckpointPolicy,
     CheckpointRecord,
     CheckpointSaved,
@@ -132,11 +133,13 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         gradient_accumulation_steps=h.gradient_accumulation_steps or hd.gradient_accumulation_steps,
         gradient_checkpointing=h.gradient_checkpointing or hd.gradient_checkpointing,
         packing=h.packing if h.HasField("packing") else hd.packing,
+        num_devices=h.num_devices or hd.num_devices,
     )
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
     issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
+    issues.check(h.num_devices <= MAX_DEVICES, "spec.hyperparameters.num_devices", f"must be at most {MAX_DEVICES}")
     issues.check(hyper.gradient_accumulation_steps <= 1024, "spec.hyperparameters.gradient_accumulation_steps",
                  "must be at most 1024")
     issues.check(16 <= hyper.max_seq_length <= 32768, "spec.hyperparameters.max_seq_length",
@@ -193,7 +196,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             precision=pb.Precision.Value(f"PRECISION_{h.precision.value}"),
             quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
             gradient_accumulation_steps=h.gradient_accumulation_steps,
-            gradient_checkpointing=h.gradient_checkpointing, packing=h.packing,
+            gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

@@ -35,7 +35,7 @@ from pydantic_settings import (
 
 from engine.domain import DEFAULT_TARGET_MODULES, FisherSpace, LoraSpec
 from engine.registry.peft_checks import MAX_LORA_RANK
-from engine.training.spec import CheckpointPolicy, Hyperparameters, TrainingDefaults
+from engine.training.spec import MAX_DEVICES, CheckpointPolicy, Hyperparameters, TrainingDefaults
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -122,6 +122,11 @@ class Settings(BaseSettings, LoraControlSettings):
                                          "none (longer examples are cut).")
     training_packing: bool = Field(True, description="Packed batches (each example attends only to itself) for a "
                                    "job that does not say; false: padded batches.")
+    training_num_devices: int = Field(
+        0, ge=0, le=MAX_DEVICES, description="GPUs a job that sets none trains on in parallel (one process each, "
+        "through accelerate); 0: every GPU of the worker running it (one device on a worker without GPUs). With "
+        "several jobs at once per worker (max_concurrent_jobs), give each its share.",
+    )
     training_gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass for every job (less memory, about one more "
         "forward pass); a job can also ask for it alone.",
@@ -385,6 +390,7 @@ class Settings(BaseSettings, LoraControlSettings):
                 gradient_accumulation_steps=self.training_gradient_accumulation_steps,
                 max_seq_length=self.training_max_seq_length, packing=self.training_packing,
                 gradient_checkpointing=self.training_gradient_checkpointing,
+                num_devices=self.training_num_devices,
             ),
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),

@@ -118,6 +118,10 @@ class EwcPenalty:
         flat = [torch.cat([d[n].reshape(-1).float() for n in params]).to(device) for d in (self.fisher, self.anchor)]
         return list(params.values()), flat[0], flat[1]
 
+    def __getstate__(self) -> dict[str, object]:
+        """A copy (in another process: engine.training.distributed) binds to its own model's parameters."""
+        return {**self.__dict__, "_bound": None, "_model_id": None}
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
         # One concatenation and four element-wise ops, whatever the number of LoRA tensors (a loop over
         # 240 tensors costs ~1000 autograd nodes per step).

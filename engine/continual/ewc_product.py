@@ -121,6 +121,10 @@ class ProductEwcPenalty:
         """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
         return self._sum(self._pairs(tensors))
 
+    def __getstate__(self) -> dict[str, object]:
+        """A copy (in another process: engine.training.distributed) binds to its own model's parameters."""
+        return {**self.__dict__, "_bound": None}
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
         if self._bound is None or self._bound[0] != id(model):
             params = trainable_parameters(model)

@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted
+from engine.jobs.codec import EventCodec
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
 from engine.jobs.ports import Claim, Lease, lease_lost
 
@@ -34,20 +35,6 @@ O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 CHANNEL = "learning_engine_jobs"
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
-
-
-class EventCodec:
-    """Event payloads to and from (type name, JSON)."""
-
-    def __init__(self, types: Sequence[type]) -> None:
-        self._adapters: dict[str, TypeAdapter[Any]] = {cls.__name__: TypeAdapter(cls) for cls in types}
-
-    def encode(self, payload: object) -> tuple[str, bytes]:
-        kind = type(payload).__name__
-        return kind, self._adapters[kind].dump_json(payload)
-
-    def decode(self, kind: str, data: str | bytes) -> object:
-        return self._adapters[kind].validate_json(data)
 
 
 class JobNotifications:

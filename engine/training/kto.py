@@ -121,6 +121,10 @@ class KtoObjective:
         """Replayed examples are what earlier versions were taught to answer: desirable."""
         return KtoObjective([*self.desirable, *([True] * replayed)], self.beta)
 
+    def step_weight(self, step: StepBatch) -> float:
+        """The step's loss is the mean over its examples (weights scale each example's loss, not the mean)."""
+        return float(len(step.examples))
+
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
         micro = step.micro_batches
         pairs = mismatched(step.examples)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,18 @@ class DevicePlan:
     device: str  # "cpu" or "cuda"
     autocast_dtype: torch.dtype | None
     description: str
+    index: int = 0  # which CUDA device: a distributed run's local rank (engine.training.distributed)
+
+    @property
+    def torch_device(self) -> str:
+        """Where tensors go: ``cuda:<index>`` or ``cpu``."""
+        return f"cuda:{self.index}" if self.device == "cuda" else "cpu"
+
+    def on_device(self, index: int) -> DevicePlan:
+        """The same plan on another CUDA device (a CPU plan is returned as it is)."""
+        if self.device != "cuda":
+            return self
+        return replace(self, index=index, description=self.description.replace("cuda:0", f"cuda:{index}", 1))
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -51,25 +63,31 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def select_device(precision: Precision, *, require_cuda: bool = False, num_devices: int = 1) -> DevicePlan:
+def device_count(requested: int) -> int:
+    """How many devices a job trains on: ``requested``, or with 0 every GPU of this machine (1 without GPUs).
+
+    More than this machine has is a FailedPrecondition: several devices are CUDA GPUs (a run of several CPU
+    processes, engine.training.distributed, exists for tests and is chosen explicitly, not here).
+    """
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested < 0:
+        raise FailedPrecondition("INVALID_DEVICE_COUNT", f"num_devices must be >= 0, got {requested}")
+    if requested == 0:
+        return max(available, 1)
+    if requested > 1 and requested > available:
+        raise FailedPrecondition(
+            "NOT_ENOUGH_DEVICES",
+            f"{requested} GPUs were requested but this worker has {available}",
+            metadata={"requested": str(requested), "available": str(available)},
+        )
+    return requested
+
+
+def select_device(precision: Precision, *, require_cuda: bool = False) -> DevicePlan:
     """Pick CUDA when available, else CPU; raise FailedPrecondition for requests that cannot run here."""
     cuda = torch.cuda.is_available()
-    available = torch.cuda.device_count() if cuda else 0
     if require_cuda and not cuda:
         raise FailedPrecondition("CUDA_UNAVAILABLE", "a CUDA GPU was required but none is available")
-    if num_devices < 1:
-        raise FailedPrecondition("INVALID_DEVICE_COUNT", f"num_devices must be >= 1, got {num_devices}")
-    if num_devices > 1:
-        if num_devices > available:
-            raise FailedPrecondition(
-                "NOT_ENOUGH_DEVICES",
-                f"{num_devices} GPUs were requested but {available} are available",
-                metadata={"requested": str(num_devices), "available": str(available)},
-            )
-        raise FailedPrecondition(
-            "MULTI_DEVICE_UNSUPPORTED",
-            "training runs on a single device; multi-GPU training is not supported",
-        )
     if cuda:
         name = torch.cuda.get_device_name(0)
         bf16 = torch.cuda.is_bf16_supported()
@@ -231,7 +249,7 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
         tokenizer.pad_token = tokenizer.eos_token
     if quantization is Quantization.NONE:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.to(plan.device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
+        model.to(plan.torch_device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
     else:
         compute_dtype = plan.autocast_dtype or torch.float32
         if quantization is Quantization.NF4:
@@ -244,7 +262,7 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
         else:
             bnb = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]  # as above
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.device}
+            path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.torch_device}
         )
         from peft import prepare_model_for_kbit_training
 

@@ -26,9 +26,16 @@ class WeightedSft:
     def extended(self, replayed: int) -> WeightedSft:
         return self
 
+    @staticmethod
+    def _weights(step: StepBatch) -> torch.Tensor:
+        return torch.tensor([e.weight if e.predicted_token_count else 0.0 for e in step.examples],
+                            dtype=torch.float32)
+
+    def step_weight(self, step: StepBatch) -> float:
+        return float(self._weights(step).sum())
+
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
-        weights = torch.tensor([e.weight if e.predicted_token_count else 0.0 for e in step.examples],
-                               dtype=torch.float32)
+        weights = self._weights(step)
         total = weights.sum()
         for micro in step.micro_batches:
             sums, counts = forward(model, [step.examples[i] for i in micro])

@@ -52,7 +52,7 @@ class PaddedForward:
         self.pad_id, self.plan = pad_id, plan
 
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = collate(examples, self.pad_id).to(self.plan.device)
+        batch = collate(examples, self.pad_id).to(self.plan.torch_device)
         with self.plan.autocast():
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return per_example_nll(logits, batch.labels)
@@ -135,7 +135,7 @@ class PackedForward:
         self.pad_id, self.plan, self.row_tokens, self.description = pad_id, plan, row_tokens, description
 
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.device)
+        batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.torch_device)
         keep = batch.targets != IGNORE_INDEX
         with self.plan.autocast():
             logits = model(

@@ -29,7 +29,7 @@ from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
 from engine.training.batching import Batching, StepBatch, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, pad_token_id
-from engine.training.models import DevicePlan, load_base_model, make_temp_dir, select_device
+from engine.training.models import DevicePlan, device_count, load_base_model, make_temp_dir, select_device
 from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, per_example_nll
 from engine.training.spec import EvalReported, StepMetrics, TrainingJobSpec
@@ -61,6 +61,34 @@ class BatchObjective(Protocol):
         backpropagates one before asking for the next. ``step.indices`` are positions in ``run.examples``."""
         ...
 
+    def step_weight(self, step: StepBatch) -> float:
+        """What the step's loss is an average over (its examples' total weight, or their number): the weight
+        of one process's share of a step when several train it together (:class:`DataParallel`)."""
+        ...
+
+
+class DataParallel(Protocol):
+    """One of several processes training one adapter together (engine.training.distributed): each takes a share
+    of every step's examples; their gradients are averaged, weighted by what each share's loss averages over,
+    so the step is the one a single process would take on all of them."""
+
+    @property
+    def is_main(self) -> bool:
+        """The process that reports, checkpoints and saves (the others compute only)."""
+        ...
+
+    def shard(self, step: StepBatch) -> StepBatch:
+        """This process's share of a step's examples."""
+        ...
+
+    def agree_to_stop(self, cancel: CancelToken) -> None:
+        """Cancel ``cancel`` when any process was asked to stop: all stop at the same step."""
+        ...
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
+        """Replace every process's gradients by their weighted mean; the step's task loss, likewise averaged."""
+        ...
+
 
 @dataclass(frozen=True)
 class Checkpointing:
@@ -89,6 +117,7 @@ class TrainingRun:
     penalty: Penalty | None = None
     objective: BatchObjective | None = None  # None: weighted SFT
     checkpointing: Checkpointing | None = None
+    parallel: DataParallel | None = None  # None: this process trains alone
 
 
 @dataclass(frozen=True)
@@ -229,15 +258,27 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     plan: DevicePlan
+    devices: int = 1  # the job trains on this many (engine.training.distributed when more than one)
+
+    @property
+    def description(self) -> str:
+        return self.plan.description if self.devices == 1 else f"{self.devices} x {self.plan.description}"
 
 
-def load_for_training(run: TrainingRun) -> LoadedModel:
-    """Seed, load the base model once and attach the job's adapter (a worker thread's work)."""
+def load_for_training(run: TrainingRun, plan: DevicePlan | None = None) -> LoadedModel:
+    """Seed, load the base model once and attach the job's adapter (a worker thread's work).
+
+    ``plan``: the device to load on (a distributed run's process); by default the job's own choice, after
+    checking this worker has the devices the job asks for (FailedPrecondition otherwise).
+    """
     hp = run.spec.hyperparameters
+    devices = 1
+    if plan is None:
+        devices = device_count(hp.num_devices)
+        plan = select_device(hp.precision)
     seed_everything(hp.seed)
-    plan = select_device(hp.precision)
     base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
-    return LoadedModel(attach_adapter(run, base), tokenizer, plan)
+    return LoadedModel(attach_adapter(run, base), tokenizer, plan, devices)
 
 
 def release(loaded: LoadedModel | None) -> None:
@@ -292,7 +333,8 @@ def run_training(
         )
         sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
         _check_cancel(cancel, "saving")
-        adapter_dir = save_adapter(model, run.output_dir)
+        adapter_dir = save_adapter(model, run.output_dir) if run.parallel is None or run.parallel.is_main \
+            else run.output_dir
         return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description)
     finally:
         model = None  # the last references go with the loaded model
@@ -445,9 +487,14 @@ def _optimise(
     saved_at = started
     recent: collections.deque[tuple[float, int]] = collections.deque([(started, 0)], maxlen=RATE_WINDOW + 1)
 
+    parallel = run.parallel
+    main = parallel is None or parallel.is_main
+
     def checkpoint() -> None:
         nonlocal saved_step, saved_at
         assert ckpt is not None
+        if not main:
+            return  # every process holds the same state; one stores it
         if step > saved_step and _save_checkpoint(ckpt, model, optimizer, scheduler, step=step,
                                                    losses=(loss_value, task_value), data_key=data_key, sink=sink):
             saved_step = step
@@ -464,16 +511,22 @@ def _optimise(
                     continue  # done before the checkpoint this run resumed from
                 if step >= total:
                     break
+                if parallel is not None:
+                    parallel.agree_to_stop(cancel)
                 if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
                     checkpoint()
                 _check_cancel(cancel, f"step {step + 1}")
+                share_of_step = parallel.shard(batch) if parallel is not None else batch
                 task_value = 0.0
-                for share in objective.step_losses(model, batch, layout.forward):
+                shares = objective.step_losses(model, share_of_step, layout.forward) if share_of_step.examples else ()
+                for share in shares:
                     share.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                     task_value += float(share.detach())
                 penalty = run.penalty(model) if run.penalty is not None else torch.zeros(())
                 if penalty.requires_grad:
                     penalty.backward()  # type: ignore[no-untyped-call]
+                if parallel is not None:  # the penalty is the same in every process: its gradient survives the mean
+                    task_value = parallel.sync_gradients(params, objective.step_weight(share_of_step), task_value)
                 clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 learning_rate = scheduler.get_last_lr()[0]

@@ -27,6 +27,7 @@ from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.telemetry import tracer
 from engine.training.checkpoint_store import CheckpointArchive
+from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
@@ -37,7 +38,6 @@ from engine.training.recipe import (
     TrainingRun,
     load_for_training,
     release,
-    run_training,
 )
 from engine.training.spec import (
     TRAINING,
@@ -67,7 +67,7 @@ class TrainingRunner:
         preparer: JobPreparer,
         registry: AdapterRegistry,
         planner: ContinualPlanner | None = None,
-        train: TrainFn = run_training,
+        train: TrainFn = train_on_devices,
         load: LoadFn = load_for_training,
         artifacts: ArtifactStore | None = None,
     ) -> None:
@@ -118,7 +118,7 @@ class TrainingRunner:
         if ctx.cancel.cancelled:  # asked while it was preparing: stop before it says RUNNING
             release(loaded)
             raise Cancelled("JOB_CANCELLED", "stopped before training started")
-        ctx.started(JobState.RUNNING, f"training on {loaded.plan.device}")
+        ctx.started(JobState.RUNNING, f"training on {loaded.description}")
         with tracer.start_as_current_span("training_job.train", attributes={"job": ctx.job.name}):
             result = await ctx.in_worker(self._train, run, ctx.sink, ctx.cancel, loaded)
         # The resolved summary knows the data's origin (feedback window, composition); training adds the tokens.

@@ -51,6 +51,11 @@ class Hyperparameters:
     # Pack each micro-batch's examples into one row, each attending only to itself (engine.training.batching);
     # the same losses and gradients as padded batches, without computing padding. False: padded batches.
     packing: bool = True
+    # Devices to train on in parallel (engine.training.distributed); 0: every GPU of the worker running the job.
+    num_devices: int = 1
+
+
+MAX_DEVICES = 64  # devices one job may ask for (processes started on one machine)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from engine.domain import LoraSpec
 from engine.errors import FailedPrecondition, InvalidArgument
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.training import models
-from engine.training.models import resolve_base_model, select_device
+from engine.training.models import device_count, resolve_base_model, select_device
 from engine.training.spec import Precision
 
 LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
@@ -36,26 +36,35 @@ def test_select_device_bf16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert info.value.reason == "BF16_UNSUPPORTED"
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "reason"),
-    [({"require_cuda": True}, "CUDA_UNAVAILABLE"), ({"num_devices": 2}, "NOT_ENOUGH_DEVICES")],
-)
-def test_select_device_refuses_what_cannot_run_on_a_cpu(
-    kwargs: dict, reason: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_select_device_refuses_cuda_on_a_machine_without(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(FailedPrecondition) as info:
-        select_device(Precision.AUTO, **kwargs)
-    assert info.value.reason == reason
+        select_device(Precision.AUTO, require_cuda=True)
+    assert info.value.reason == "CUDA_UNAVAILABLE"
 
 
-def test_select_device_refuses_more_devices_than_the_machine_has() -> None:
+def test_device_count_refuses_more_devices_than_the_machine_has() -> None:
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = max(2, available + 1)
     with pytest.raises(FailedPrecondition) as info:
-        select_device(Precision.AUTO, num_devices=wanted)
+        device_count(wanted)
     assert info.value.reason == "NOT_ENOUGH_DEVICES"
     assert info.value.metadata == {"requested": str(wanted), "available": str(available)}
+
+
+def test_device_count_zero_means_every_gpu_or_one_device() -> None:
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert device_count(0) == max(available, 1)
+    assert device_count(1) == 1
+
+
+def test_device_count_on_a_machine_without_gpus_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_count(0) == 1
+    with pytest.raises(FailedPrecondition) as info:
+        device_count(2)
+    assert info.value.reason == "NOT_ENOUGH_DEVICES"
+    assert info.value.metadata == {"requested": "2", "available": "0"}
 
 
 def test_module_names_lists_the_lora_targetable_leaves(tiny_model_dir: Path) -> None:

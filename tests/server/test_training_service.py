@@ -16,7 +16,7 @@ from engine.training.models import select_device
 from engine.training.spec import Precision
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
-from tests.server.conftest import TINY, aiter_events, spec, watch_all
+from tests.server.conftest import TINY, aiter_events, error_details, spec, watch_all
 
 
 # These tests are about the servicers and the engine behind them, not the stores: they run over the engine on
@@ -246,3 +246,23 @@ async def test_accumulation_checkpointing_and_packing_are_job_options(client):
     assert stored.state == common.JOB_STATE_SUCCEEDED
     hp = stored.spec.hyperparameters
     assert (hp.batch_size, hp.gradient_accumulation_steps, hp.gradient_checkpointing, hp.packing) == (2, 3, True, False)
+
+
+async def test_a_job_asking_for_more_gpus_than_its_worker_has_fails_with_the_reason(client):
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    job = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(epochs=1, num_devices=available + 2)))).training_job
+    await watch_all(client.training, job.name)
+    failed = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert failed.state == common.JOB_STATE_FAILED and not failed.output_adapter_version
+    assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert f"{available + 2} GPUs were requested but this worker has {available}" in failed.error.message
+
+
+async def test_num_devices_out_of_range_is_invalid(client):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(num_devices=65)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = error_details(err.value)
+    assert info.reason == "INVALID_TRAINING_SPEC"
+    assert ("spec.hyperparameters.num_devices", "must be at most 64") in violations

@@ -45,7 +45,7 @@ QUANTIZATION_NF4: Quantization
 QUANTIZATION_INT8: Quantization
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Hyperparameters(_message.Message):
     GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     PACKING_FIELD_NUMBER: _ClassVar[int]
+    NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
@@ -74,7 +75,8 @@ class Hyperparameters(_message.Message):
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
     packing: bool
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ...) -> None: ...
+    num_devices: int
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ...) -> None: ...
 
 class EwcConfig(_message.Message):
     __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled", "fisher_space")

@@ -1,0 +1,353 @@
+"""Training one adapter on several devices: one process per device, started by accelerate's launcher.
+
+A job that trains on more than one device (``Hyperparameters.num_devices``) is still run by one worker: its
+thread (:func:`train`) writes the run to a directory and starts ``accelerate launch`` (which starts one
+process per device through torch's elastic launcher, and stops them all when one fails). Each process
+(``python -m engine.training.distributed RUN_DIR``) loads the base model and the job's adapter on its device,
+and runs the same recipe (engine.training.recipe) with a :class:`RankGroup` as the run's ``parallel``: every
+optimiser step, each process takes its share of the step's examples, and their gradients are averaged,
+weighted by what each share's loss averages over, so a step is the step one process would take on all of them
+(the same losses, to rounding; a checkpoint resumes on any number of devices). The main process (rank 0)
+reports, checkpoints and saves; its reports reach the worker through files:
+
+* ``run.pt``: the run (without its checkpoint callback) and the device plan, written by the worker;
+* ``events.jsonl``: the main process's progress events, a JSON object a line, forwarded to the job's sink;
+* ``outbox/step-N``: a checkpoint the main process took, stored by the worker (then removed);
+* ``stop``: written by the worker with the reason when the job is cancelled, paused or its worker stops;
+  the processes agree on it at the start of each step, so all stop at the same one;
+* ``result.pt`` / ``error-<rank>.pt``: how each ended.
+
+Why not torch's DistributedDataParallel wrapper: only the LoRA parameters train, so one all-reduce per step of
+their gradients (a few MB) is all the communication a step needs, and the PEFT model stays unwrapped: KTO's
+reference (the adapter disabled), the EWC penalty (a second backward pass, which DDP's hooks refuse) and
+saving work unchanged. Model sharding (FSDP) for bases that do not fit one device is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import Cancelled, EngineError, Unavailable
+from engine.jobs.codec import EventCodec
+from engine.jobs.core import Noticed, Warned
+from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
+from engine.training.batching import StepBatch
+from engine.training.models import DevicePlan
+from engine.training.recipe import (
+    Checkpointing,
+    LoadedModel,
+    TrainingResult,
+    TrainingRun,
+    load_for_training,
+    release,
+    run_training,
+)
+from engine.training.spec import EvalReported, StepMetrics
+
+log = logging.getLogger(__name__)
+
+REPORTS = EventCodec((StepMetrics, EvalReported, Noticed, Warned))
+POLL_SECONDS = 0.2
+LOG_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the worker hands every process: the run and where it trains."""
+
+    run: TrainingRun  # its checkpointing without the save callback (see ``checkpoint_every``)
+    plan: DevicePlan  # the device kind and precision; each process takes the device of its local rank
+    checkpoint_every: tuple[int, float]  # (steps, seconds), as the job's Checkpointing
+    resume_from: Path | None
+
+
+# ---- the worker's side ----------------------------------------------------------------
+
+
+def train(run: TrainingRun, sink: ProgressSink, cancel: CancelToken,
+          loaded: LoadedModel | None = None) -> TrainingResult:
+    """The training runner's train function: in this thread on one device, through accelerate on several."""
+    if loaded is None or loaded.devices == 1:
+        return run_training(run, sink, cancel, loaded)
+    plan, devices = loaded.plan, loaded.devices
+    release(loaded)  # the processes load their own copies; the device of rank 0 is this one's
+    return run_distributed(run, sink, cancel, plan=plan, processes=devices)
+
+
+def launch_arguments(*, processes: int, device: str, port: int, threads_per_process: int = 1) -> list[str]:
+    """``accelerate launch`` arguments for one machine's ``processes`` (GPUs, or CPU processes over gloo)."""
+    arguments = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--machine_rank", "0",
+                 "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if device == "cpu":
+        arguments += ["--num_cpu_threads_per_process", str(threads_per_process)]
+    return [*arguments, "--module", "engine.training.distributed"]
+
+
+def run_distributed(run: TrainingRun, sink: ProgressSink, cancel: CancelToken, *, plan: DevicePlan,
+                    processes: int) -> TrainingResult:
+    """Train ``run`` on ``processes`` devices of ``plan``'s kind and wait for it, forwarding reports, storing
+    checkpoints and passing on a stop; the main process's result, or the error the run failed with."""
+    ckpt = run.checkpointing
+    scratch = run.output_dir.parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ranks-", dir=scratch) as tmp:
+        run_dir = Path(tmp)
+        (run_dir / "outbox").mkdir()
+        launch = Launch(run=replace(run, checkpointing=None), plan=plan,
+                        checkpoint_every=(ckpt.every_steps, ckpt.every_seconds) if ckpt else (0, 0.0),
+                        resume_from=ckpt.resume_from if ckpt else None)
+        torch.save(launch, run_dir / "run.pt")
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        command = [sys.executable, "-m", "engine.training.distributed", "launch",
+                   *launch_arguments(processes=processes, device=plan.device, port=_free_port(),
+                                     threads_per_process=threads), str(run_dir)]
+        reports = _Reports(run_dir, sink, ckpt.save if ckpt else None)
+        with (run_dir / "launch.log").open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=_child_env())
+            try:
+                _follow(process, run_dir, reports, cancel)
+            finally:
+                if process.poll() is None:  # this thread is leaving early (an error): leave nothing running
+                    process.terminate()
+                    process.wait()
+        return _outcome(process.returncode, run_dir)
+
+
+class _Reports:
+    """The main process's reports, read as they are written: progress to the sink, checkpoints to storage."""
+
+    def __init__(self, run_dir: Path, sink: ProgressSink, save: Callable[[int, Path, float], None] | None) -> None:
+        self._path = run_dir / "events.jsonl"
+        self._sink = sink
+        self._save = save
+        self._offset = 0
+
+    def forward(self) -> None:
+        if not self._path.exists():
+            return
+        with self._path.open("rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next look
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            item = json.loads(line)
+            if item["type"] == "checkpoint":
+                self._store(int(item["step"]), Path(item["dir"]), float(item["loss"]))
+            else:
+                self._sink.emit(REPORTS.decode(item["type"], json.dumps(item["payload"])))
+
+    def _store(self, step: int, state_dir: Path, loss: float) -> None:
+        try:
+            if self._save is not None:
+                self._save(step, state_dir, loss)
+        except LeaseLost:
+            raise
+        except (OSError, EngineError) as exc:
+            reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
+            self._sink.emit(Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: "
+                                                        f"{exc}); training continues and tries again at the next one"))
+        finally:
+            _remove(state_dir)
+
+
+def _follow(process: subprocess.Popen[bytes], run_dir: Path, reports: _Reports, cancel: CancelToken) -> None:
+    stopping = False
+    while True:
+        ended = process.poll() is not None
+        try:
+            reports.forward()
+        except LeaseLost:
+            cancel.cancel(StopReason.LEASE_LOST)
+            _ask_to_stop(run_dir, StopReason.LEASE_LOST)
+            raise
+        if cancel.cancelled and not stopping:
+            _ask_to_stop(run_dir, cancel.reason or StopReason.CANCEL)
+            stopping = True
+        if ended:
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _ask_to_stop(run_dir: Path, reason: StopReason) -> None:
+    tmp = run_dir / "stop.tmp"
+    tmp.write_text(reason.value)
+    os.replace(tmp, run_dir / "stop")
+
+
+def _outcome(returncode: int | None, run_dir: Path) -> TrainingResult:
+    if returncode == 0 and (run_dir / "result.pt").exists():
+        result: TrainingResult = torch.load(run_dir / "result.pt", weights_only=False)
+        return result
+    for path in sorted(run_dir.glob("error-*.pt")):  # rank 0's first: the one that reports
+        error: EngineError = torch.load(path, weights_only=False)
+        raise error
+    output = (run_dir / "launch.log").read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    raise Unavailable("TRAINING_PROCESS_FAILED",
+                         f"the training processes ended with exit code {returncode}: {output}",
+                         metadata={"exit_code": str(returncode)})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _child_env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[2])  # the processes import this tree's engine
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
+
+def launcher_main(arguments: list[str]) -> None:
+    """``accelerate launch`` (in this process), after asking Linux to stop it when the worker's thread that
+    started it ends: a worker killed outright takes its training processes with it (torch's launcher stops
+    its processes when it is stopped)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("training processes will outlive a killed worker (no prctl here)")
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    launch_command(launch_command_parser().parse_args(arguments))
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- each process's side ----------------------------------------------------------------
+
+
+class RankGroup:
+    """engine.training.recipe.DataParallel over torch.distributed's default group (set up by accelerate)."""
+
+    def __init__(self, rank: int, world: int, device: str, stop_file: Path) -> None:
+        self.rank = rank
+        self.world = world
+        self._device = device  # where collectives' tensors live (NCCL needs them on the GPU)
+        self._stop_file = stop_file
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, step: StepBatch) -> StepBatch:
+        """Every ``world``-th example of each micro-batch from this rank's position: shares differ by at most one
+        example per micro-batch (a rank may get none of a small step; it still takes part in the mean)."""
+        picks = [i for micro in step.micro_batches for i in list(micro)[self.rank :: self.world]]
+        return StepBatch([step.examples[i] for i in picks], [step.indices[i] for i in picks],
+                         max(1, math.ceil(step.micro_size / self.world)))
+
+    def agree_to_stop(self, cancel: CancelToken) -> None:
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self._stop_file.exists() else 0.0], device=self._device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not cancel.cancelled:
+            try:
+                reason = StopReason(self._stop_file.read_text().strip())
+            except (OSError, ValueError):
+                reason = StopReason.CANCEL
+            cancel.cancel(reason)
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        head = torch.tensor([weight, task_loss * weight], device=self._device)
+        flat = torch.cat([head, *(g.reshape(-1).float().to(self._device) * weight for g in grads)])
+        dist.all_reduce(flat)
+        total = float(flat[0])
+        scale = 1.0 / total if total > 0 else 0.0
+        offset = 2
+        for p in params:
+            p.grad = (flat[offset : offset + p.numel()] * scale).view_as(p).to(device=p.device, dtype=p.dtype)
+            offset += p.numel()
+        return float(flat[1]) * scale
+
+
+class _ReportFile:
+    """The main process's ProgressSink, and the checkpoint hand-over, as lines of ``events.jsonl``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._path = run_dir / "events.jsonl"
+        self._outbox = run_dir / "outbox"
+
+    def emit(self, payload: object) -> None:
+        kind, data = REPORTS.encode(payload)
+        self._write({"type": kind, "payload": json.loads(data)})
+
+    def save_checkpoint(self, step: int, state_dir: Path, loss: float) -> None:
+        """Checkpointing.save: hand the state directory to the worker, which stores it while training goes on."""
+        handed = self._outbox / f"step-{step}"
+        os.rename(state_dir, handed)
+        self._write({"type": "checkpoint", "step": step, "dir": str(handed), "loss": loss})
+
+    def _write(self, item: dict[str, Any]) -> None:
+        with self._path.open("a") as handle:
+            handle.write(json.dumps(item) + "\n")
+
+
+class _Silent:
+    def emit(self, payload: object) -> None:
+        pass
+
+
+def rank_main(run_dir: Path) -> int:
+    """One process of a distributed run (started by ``accelerate launch``); its exit code."""
+    from accelerate import PartialState
+
+    launch: Launch = torch.load(run_dir / "run.pt", weights_only=False)
+    state = PartialState(cpu=launch.plan.device == "cpu")
+    rank = state.process_index
+    plan = launch.plan.on_device(state.local_process_index)
+    if plan.device == "cuda":
+        torch.cuda.set_device(plan.index)
+    group = RankGroup(rank, state.num_processes, plan.torch_device, run_dir / "stop")
+    report = _ReportFile(run_dir) if group.is_main else None
+    every_steps, every_seconds = launch.checkpoint_every
+    run = replace(launch.run, parallel=group, checkpointing=Checkpointing(
+        every_steps=every_steps, every_seconds=every_seconds, scratch_dir=run_dir / f"scratch-{rank}",
+        save=report.save_checkpoint if report else _never, resume_from=launch.resume_from,
+    ))
+    try:
+        result = run_training(run, report or _Silent(), CancelToken(), load_for_training(run, plan))
+    except EngineError as exc:
+        torch.save(exc, run_dir / f"error-{rank}.pt")
+        return 3 if isinstance(exc, Cancelled) else 1
+    if group.is_main:
+        torch.save(replace(result, device=f"{state.num_processes} x {plan.description}"), run_dir / "result.pt")
+    return 0
+
+
+def _never(step: int, state_dir: Path, loss: float) -> None:
+    raise AssertionError("only the main process checkpoints")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    if sys.argv[1] == "launch":
+        launcher_main(sys.argv[2:])
+    else:
+        sys.exit(rank_main(Path(sys.argv[1])))
