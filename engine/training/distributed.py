@@ -318,7 +318,7 @@ def rank_main(run_dir: Path) -> int:
     """One process of a distributed run (started by ``accelerate launch``); its exit code."""
     from accelerate import PartialState
 
-    launch: Launch = torch.load(run_dir / "run.pt", weights_only=False)
+    launch: Launch = torch.load(run_dir / "run.pt", weights_only=False, map_location="cpu")  # each to its device
     state = PartialState(cpu=launch.plan.device == "cpu")
     rank = state.process_index
     plan = launch.plan.on_device(state.local_process_index)
