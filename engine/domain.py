@@ -130,3 +130,13 @@ def dataset_digest(examples: Sequence[Example]) -> str:
 def composition(examples: Sequence[Example]) -> tuple[tuple[str, int], ...]:
     chat = sum(1 for e in examples if e.is_chat)
     return tuple((k, n) for k, n in (("chat", chat), ("prompt_completion", len(examples) - chat)) if n)
+
+
+@dataclass(frozen=True)
+class BaseRetention:
+    """How much of its base model's general knowledge a trained model keeps (engine.continual.base_knowledge)."""
+
+    retention: float  # kept / cases
+    kept: int  # questions of the base model's suite still answered right
+    cases: int  # questions in the suite (those the base model answers right)
+    lost: tuple[str, ...] = ()  # prompts no longer answered right (the first few)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from engine.domain import DatasetSummary, FeedbackSource, FisherSpace, JsonlSource, LoraSpec, Objective
+from engine.domain import BaseRetention, DatasetSummary, FeedbackSource, FisherSpace, JsonlSource, LoraSpec, Objective
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
@@ -286,6 +286,10 @@ def failure_to_pb(f: JobFailure):
     return failure_status(f.code, f.reason, f.message, dict(f.metadata))
 
 
+def base_retention_to_pb(kept: BaseRetention) -> common.BaseRetention:
+    return common.BaseRetention(retention=kept.retention, kept=kept.kept, cases=kept.cases, lost=list(kept.lost))
+
+
 def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
     p, out = job.progress, job.output
     msg = pb.TrainingJob(
@@ -310,6 +314,8 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         msg.error.CopyFrom(failure_to_pb(job.failure))
     if out.dataset is not None:
         msg.dataset.CopyFrom(dataset_to_pb(out.dataset))
+    if out.base_retention is not None:
+        msg.base_retention.CopyFrom(base_retention_to_pb(out.base_retention))
     if out.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(metrics_to_pb(out.latest_metrics))
     if out.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)

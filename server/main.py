@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
+from engine.continual.base_knowledge import BaseKnowledgeProbe
 from engine.continual.planner import EwcPlanner
 from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
 from engine.continual.spec import FISHER
@@ -230,6 +231,11 @@ def prepare_process(settings: Settings) -> None:
     sys.setswitchinterval(settings.switch_interval_seconds)
 
 
+def knowledge_probe(settings: Settings) -> BaseKnowledgeProbe | None:
+    """What measures base retention after training (its suites cached beside the converted base models)."""
+    return BaseKnowledgeProbe(settings.models_dir) if settings.base_retention_probe else None
+
+
 def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
     async def execute(kind: str, job_id: str) -> None:
         await manager.execute(job_id)
@@ -272,7 +278,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
-        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store),
+        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,
+                              probe=knowledge_probe(settings)),
         store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
         worker_id=worker_id,
     )

@@ -127,6 +127,11 @@ class Settings(BaseSettings, LoraControlSettings):
         "through accelerate); 0: every GPU of the worker running it (one device on a worker without GPUs). With "
         "several jobs at once per worker (max_concurrent_jobs), give each its share.",
     )
+    base_retention_probe: bool = Field(
+        True, description="After training, measure what the model kept of its base model's general knowledge (the "
+        "shipped general questions the base model answers right, asked again: tens of seconds on a CPU) and record "
+        "it on the job and the version.",
+    )
     training_gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass for every job (less memory, about one more "
         "forward pass); a job can also ask for it alone.",

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.domain import DatasetSummary, Example, LoraSpec, composition, dataset_digest
+from engine.domain import BaseRetention, DatasetSummary, Example, LoraSpec, composition, dataset_digest
 from engine.errors import Cancelled, EngineError, FailedPrecondition
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink
@@ -64,6 +64,15 @@ class BatchObjective(Protocol):
     def step_weight(self, step: StepBatch) -> float:
         """What the step's loss is an average over (its examples' total weight, or their number): the weight
         of one process's share of a step when several train it together (:class:`DataParallel`)."""
+        ...
+
+
+class KnowledgeProbe(Protocol):
+    """Measures what a trained model kept of its base model's knowledge (engine.continual.base_knowledge)."""
+
+    def measure(self, model: Any, tokenizer: Any, plan: DevicePlan, *, base_model_dir: Path, quantization: str,
+                step: int, sink: ProgressSink, cancel: CancelToken) -> BaseRetention | None:
+        """Base retention of ``model`` (None when it cannot be measured: the job is told why)."""
         ...
 
 
@@ -118,6 +127,7 @@ class TrainingRun:
     objective: BatchObjective | None = None  # None: weighted SFT
     checkpointing: Checkpointing | None = None
     parallel: DataParallel | None = None  # None: this process trains alone
+    probe: KnowledgeProbe | None = None  # measures base retention after training (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class TrainingResult:
     final_task_loss: float
     dataset: DatasetSummary
     device: str
+    base_retention: BaseRetention | None = None
 
 
 # ---- setup --------------------------------------------------------------------------
@@ -332,10 +343,15 @@ def run_training(
             packing=hp.packing,
         )
         sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
+        main = run.parallel is None or run.parallel.is_main
+        retained: BaseRetention | None = None
+        if run.probe is not None and main:
+            with tracer.start_as_current_span("training.base_retention"):
+                retained = run.probe.measure(model, tokenizer, plan, base_model_dir=run.base_model_dir,
+                                         quantization=hp.quantization.value, step=steps, sink=sink, cancel=cancel)
         _check_cancel(cancel, "saving")
-        adapter_dir = save_adapter(model, run.output_dir) if run.parallel is None or run.parallel.is_main \
-            else run.output_dir
-        return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description)
+        adapter_dir = save_adapter(model, run.output_dir) if main else run.output_dir
+        return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained)
     finally:
         model = None  # the last references go with the loaded model
         release(loaded)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine import telemetry
+from engine.domain import BaseRetention
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
@@ -33,6 +34,7 @@ from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
     Checkpointing,
+    KnowledgeProbe,
     LoadedModel,
     TrainingResult,
     TrainingRun,
@@ -70,6 +72,7 @@ class TrainingRunner:
         train: TrainFn = train_on_devices,
         load: LoadFn = load_for_training,
         artifacts: ArtifactStore | None = None,
+        probe: KnowledgeProbe | None = None,
     ) -> None:
         self._preparer = preparer
         self._registry = registry
@@ -77,6 +80,7 @@ class TrainingRunner:
         self._train = train
         self._load = load
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
+        self._probe = probe  # measures base retention after training (None: not measured)
 
     async def run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
         ctx.transition(JobState.PREPARING, "loading dataset and model")
@@ -89,6 +93,7 @@ class TrainingRunner:
                 spec=spec, base_model_dir=inputs.model_dir, examples=dataset.examples,
                 output_dir=ctx.work_dir / "adapter", parent_adapter_dir=parent_dir,
                 objective=KtoObjective(dataset.desirable) if dataset.desirable is not None else None,
+                probe=self._probe,
             )
             loaded = await ctx.in_worker(self._load, run)
         try:
@@ -123,7 +128,7 @@ class TrainingRunner:
             result = await ctx.in_worker(self._train, run, ctx.sink, ctx.cancel, loaded)
         # The resolved summary knows the data's origin (feedback window, composition); training adds the tokens.
         summary = replace(dataset.summary, target_token_count=result.dataset.target_token_count)
-        ctx.set_output(replace(ctx.job.output, dataset=summary))
+        ctx.set_output(replace(ctx.job.output, dataset=summary, base_retention=result.base_retention))
         with tracer.start_as_current_span("training_job.publish", attributes={"job": ctx.job.name}):
             record = await self._publish(ctx.job, inputs.parent, result, fence=(ctx.job.id, ctx.lease_token))
         ctx.set_output(replace(ctx.job.output, adapter_version=record.version))
@@ -151,7 +156,8 @@ class TrainingRunner:
         """The job's version, fenced by its lease. Its request_id is the job's: a worker that takes the job over
         after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
         return await self._registry.publish(publish_request(
-            job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result"))
+            job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result",
+            base_retention=result.base_retention))
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -222,7 +228,8 @@ class TrainingRunner:
 
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
                     fence: tuple[str, str] | None = None, request_id: str = "",
-                    labels: tuple[tuple[str, str], ...] = ()) -> PublishRequest:
+                    labels: tuple[tuple[str, str], ...] = (),
+                    base_retention: BaseRetention | None = None) -> PublishRequest:
     """What publishing an adapter of ``job`` (its result, or one of its checkpoints) registers."""
     spec, lineage = job.spec, job.output.ewc_lineage
     return PublishRequest(
@@ -233,6 +240,7 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         training_job=job.name,
         dataset=job.output.dataset,
         train_loss=train_loss,
+        base_retention=base_retention,
         ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
         ewc_gamma=lineage.gamma if lineage else 0.0,
         fisher_snapshot=lineage.fisher_snapshot if lineage else "",

@@ -9,6 +9,7 @@ from datetime import datetime
 from engine.domain import (
     LEGACY_FISHER_SPACE,
     LORA_FIELDS,
+    BaseRetention,
     DatasetSummary,
     FeedbackSource,
     FisherSpace,
@@ -170,6 +171,7 @@ class TrainingOutput:
     device: str = ""
     ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
     checkpoints: tuple[CheckpointRecord, ...] = ()  # stored, newest first (at most the policy's keep)
+    base_retention: BaseRetention | None = None  # measured after training (None: not measured)
 
 
 TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,

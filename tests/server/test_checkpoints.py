@@ -49,7 +49,9 @@ async def test_pause_resume_from_checkpoints_and_publish_one(memory_client) -> N
     after = [e async for e in aiter_events(client.training.WatchTrainingJob(
         pb.WatchTrainingJobRequest(name=job.name, after_sequence=job.last_sequence)))]
     warnings = [e.warning for e in after if e.HasField("warning")]
-    assert [w.code for w in warnings] == ["CHECKPOINT_SKIPPED"] and f"step {paused_at}" in warnings[0].message
+    # (the tiny model answers too few general questions right for base retention: the second warning)
+    assert [w.code for w in warnings] == ["CHECKPOINT_SKIPPED", "BASE_RETENTION_NOT_MEASURED"]
+    assert f"step {paused_at}" in warnings[0].message
     notices = [e.notice for e in after if e.HasField("notice")]
     assert [n.code for n in notices] == ["RESUMED"] and f"step {listed[1].step} " in notices[0].message
     steps = [e.step_metrics.step for e in after if e.HasField("step_metrics")]

@@ -100,6 +100,18 @@ class JobError(_message.Message):
     status: _status_pb2.Status
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
+class BaseRetention(_message.Message):
+    __slots__ = ("retention", "kept", "cases", "lost")
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    retention: float
+    kept: int
+    cases: int
+    lost: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, retention: _Optional[float] = ..., kept: _Optional[int] = ..., cases: _Optional[int] = ..., lost: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DatasetSummary(_message.Message):
     __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback")
     class CompositionEntry(_message.Message):

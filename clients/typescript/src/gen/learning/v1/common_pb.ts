@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/common.proto.
  */
 export const file_learning_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIpQDCg5EYXRhc2V0U3VtbWFyeRIOCgZkaWdlc3QYASABKAkSFQoNZXhhbXBsZV9jb3VudBgCIAEoBBJBCgtjb21wb3NpdGlvbhgDIAMoCzIsLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5LkNvbXBvc2l0aW9uRW50cnkSGgoSdGFyZ2V0X3Rva2VuX2NvdW50GAQgASgEEjAKDHdpbmRvd19zdGFydBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKd2luZG93X2VuZBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFanNvbmwYByABKAsyGS5sZWFybmluZy52MS5Kc29ubERhdGFzZXRIABIwCghmZWVkYmFjaxgIIAEoCzIcLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldEgAGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4AUIICgZzb3VyY2UiHAoMSnNvbmxEYXRhc2V0EgwKBHBhdGgYASABKAki+wEKD0ZlZWRiYWNrRGF0YXNldBIMCgRkYXlzGAEgASgNEjgKBmxhYmVscxgCIAMoCzIoLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldC5MYWJlbHNFbnRyeRIXCg9hZGFwdGVyX3ZlcnNpb24YAyABKAkSEwoLbWluX3NhbXBsZXMYBCABKA0SDQoFZm9yY2UYBSABKAgSGAoQdGh1bWJzX3VwX3dlaWdodBgGIAEoARIaChJ0aHVtYnNfZG93bl93ZWlnaHQYByABKAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIpCgpFdmFsTWV0cmljEgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAEq+gEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIXChNKT0JfU1RBVEVfUFJFUEFSSU5HEAISFQoRSk9CX1NUQVRFX1JVTk5JTkcQAxIYChRKT0JfU1RBVEVfQ0FOQ0VMTElORxAEEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBRIUChBKT0JfU1RBVEVfRkFJTEVEEAYSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAHEhUKEUpPQl9TVEFURV9QQVVTSU5HEAgSFAoQSk9CX1NUQVRFX1BBVVNFRBAJKmwKC0Zpc2hlclNwYWNlEhwKGEZJU0hFUl9TUEFDRV9VTlNQRUNJRklFRBAAEiAKHEZJU0hFUl9TUEFDRV9MT1JBX1BBUkFNRVRFUlMQARIdChlGSVNIRVJfU1BBQ0VfTE9SQV9QUk9EVUNUEAJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIk0KDUJhc2VSZXRlbnRpb24SEQoJcmV0ZW50aW9uGAEgASgBEgwKBGtlcHQYAiABKA0SDQoFY2FzZXMYAyABKA0SDAoEbG9zdBgEIAMoCSKUAwoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBWpzb25sGAcgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYCCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABoyChBDb21wb3NpdGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAFCCAoGc291cmNlIhwKDEpzb25sRGF0YXNldBIMCgRwYXRoGAEgASgJIvsBCg9GZWVkYmFja0RhdGFzZXQSDAoEZGF5cxgBIAEoDRI4CgZsYWJlbHMYAiADKAsyKC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXQuTGFiZWxzRW50cnkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhMKC21pbl9zYW1wbGVzGAQgASgNEg0KBWZvcmNlGAUgASgIEhgKEHRodW1ic191cF93ZWlnaHQYBiABKAESGgoSdGh1bWJzX2Rvd25fd2VpZ2h0GAcgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKQoKRXZhbE1ldHJpYxIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgBKvoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFwoTSk9CX1NUQVRFX1BSRVBBUklORxACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSGAoUSk9CX1NUQVRFX0NBTkNFTExJTkcQBBIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAUSFAoQSk9CX1NUQVRFX0ZBSUxFRBAGEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBxIVChFKT0JfU1RBVEVfUEFVU0lORxAIEhQKEEpPQl9TVEFURV9QQVVTRUQQCSpsCgtGaXNoZXJTcGFjZRIcChhGSVNIRVJfU1BBQ0VfVU5TUEVDSUZJRUQQABIgChxGSVNIRVJfU1BBQ0VfTE9SQV9QQVJBTUVURVJTEAESHQoZRklTSEVSX1NQQUNFX0xPUkFfUFJPRFVDVBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * LoRA shape. Zero or empty fields take the server defaults
@@ -203,7 +203,47 @@ export const JobErrorSchema: GenMessage<JobError> = /*@__PURE__*/
 
 /**
  * The data a job was trained or estimated on.
+ * How much of its base model's general knowledge a trained model keeps: of the
+ * shipped general questions the base model answers right (its suite), the
+ * share the trained model still answers right (greedy answers; an answer is
+ * right when an accepted answer appears in it as whole words).
  *
+ * @generated from message learning.v1.BaseRetention
+ */
+export type BaseRetention = Message<"learning.v1.BaseRetention"> & {
+  /**
+   * kept / cases, 0..1.
+   *
+   * @generated from field: double retention = 1;
+   */
+  retention: number;
+
+  /**
+   * @generated from field: uint32 kept = 2;
+   */
+  kept: number;
+
+  /**
+   * @generated from field: uint32 cases = 3;
+   */
+  cases: number;
+
+  /**
+   * Prompts no longer answered right (at most 20).
+   *
+   * @generated from field: repeated string lost = 4;
+   */
+  lost: string[];
+};
+
+/**
+ * Describes the message learning.v1.BaseRetention.
+ * Use `create(BaseRetentionSchema)` to create a new message.
+ */
+export const BaseRetentionSchema: GenMessage<BaseRetention> = /*@__PURE__*/
+  messageDesc(file_learning_v1_common, 6);
+
+/**
  * @generated from message learning.v1.DatasetSummary
  */
 export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
@@ -271,7 +311,7 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
  * Use `create(DatasetSummarySchema)` to create a new message.
  */
 export const DatasetSummarySchema: GenMessage<DatasetSummary> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 6);
+  messageDesc(file_learning_v1_common, 7);
 
 /**
  * Names a dataset file below the server's data root (`<data-dir>/datasets/`).
@@ -292,7 +332,7 @@ export type JsonlDataset = Message<"learning.v1.JsonlDataset"> & {
  * Use `create(JsonlDatasetSchema)` to create a new message.
  */
 export const JsonlDatasetSchema: GenMessage<JsonlDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 7);
+  messageDesc(file_learning_v1_common, 8);
 
 /**
  * Builds a dataset from stored feedback events.
@@ -354,7 +394,7 @@ export type FeedbackDataset = Message<"learning.v1.FeedbackDataset"> & {
  * Use `create(FeedbackDatasetSchema)` to create a new message.
  */
 export const FeedbackDatasetSchema: GenMessage<FeedbackDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 8);
+  messageDesc(file_learning_v1_common, 9);
 
 /**
  * One score of an evaluation.
@@ -378,7 +418,7 @@ export type EvalMetric = Message<"learning.v1.EvalMetric"> & {
  * Use `create(EvalMetricSchema)` to create a new message.
  */
 export const EvalMetricSchema: GenMessage<EvalMetric> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 9);
+  messageDesc(file_learning_v1_common, 10);
 
 /**
  * Lifecycle of a long-running job (training or Fisher computation).

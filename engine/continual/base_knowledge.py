@@ -1,0 +1,186 @@
+"""What the base model knew: a probe of general knowledge, and how much of it a trained adapter keeps.
+
+EWC and replay protect what a version's parent was taught; this measures what the base model knew before any
+adapter. The project ships general questions with short, checkable answers (``data/general_knowledge.jsonl``:
+capitals, geography, science, numbers, language, everyday facts), none of them in any training data. An answer
+is right when one of the question's accepted answers appears in it as whole words (case-insensitive).
+
+* A base model's *suite*: the questions it answers right, each with its own answer as the reference. It is built
+  from the model a job trains, with the adapter disabled (so nothing else is loaded), once per base model and
+  quantization, and cached as a JSON file.
+* *Base retention* of a trained model: the fraction of its base model's suite it still answers right. Answers
+  are greedy, a few dozen tokens, in batches, through the tokenizer's chat template when it has one.
+
+A base model that answers fewer than ten right (a tiny test model) has no usable suite: retention is not
+measured, and the job says so in a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.domain import BaseRetention
+from engine.jobs.core import Warned
+from engine.jobs.ports import CancelToken, ProgressSink
+from engine.registry.peft_checks import base_model_digest
+from engine.training.models import DevicePlan
+from engine.training.spec import EvalReported
+
+MAX_NEW_TOKENS = 16  # a short answer says it early; longer ones ramble into chance matches
+BATCH_SIZE = 16
+LOST_SHOWN = 20  # prompts of lost cases recorded on a version
+MIN_CASES = 10  # a suite of fewer right answers measures chance, not knowledge
+
+Generate = Callable[[Sequence[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Question:
+    prompt: str
+    answers: tuple[str, ...]  # any of them, as whole words, makes an answer right
+
+
+@dataclass(frozen=True)
+class SuiteCase:
+    prompt: str
+    answers: tuple[str, ...]
+    reference: str  # the base model's own answer
+
+
+@dataclass(frozen=True)
+class BaseSuite:
+    key: str  # the base model (digest and quantization) and the questions it was built from
+    asked: int  # questions asked
+    cases: tuple[SuiteCase, ...]  # those the base model answered right
+
+
+def shipped_questions() -> tuple[Question, ...]:
+    text = resources.files("engine.continual").joinpath("data/general_knowledge.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return tuple(Question(row["prompt"], tuple(row["answers"])) for row in rows)
+
+
+def is_right(answer: str, accepted: Sequence[str]) -> bool:
+    """Whether one of ``accepted`` appears in ``answer`` as whole words, ignoring case."""
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, flags=re.IGNORECASE) for a in accepted)
+
+
+def build_suite(questions: Sequence[Question], generate: Generate, key: str) -> BaseSuite:
+    answers = generate([q.prompt for q in questions])
+    cases = tuple(SuiteCase(q.prompt, q.answers, a) for q, a in zip(questions, answers, strict=True)
+                  if is_right(a, q.answers))
+    return BaseSuite(key, len(questions), cases)
+
+
+def retention(suite: BaseSuite, generate: Generate) -> BaseRetention:
+    answers = generate([c.prompt for c in suite.cases])
+    lost = [c.prompt for c, a in zip(suite.cases, answers, strict=True) if not is_right(a, c.answers)]
+    kept = len(suite.cases) - len(lost)
+    return BaseRetention(kept / len(suite.cases), kept, len(suite.cases), tuple(lost[:LOST_SHOWN]))
+
+
+class GreedyAnswers:
+    """A model's greedy answers to prompts, in batches (left-padded), as chat turns when the tokenizer has a
+    chat template. Stops at the end-of-turn token (the template's) or end of sequence."""
+
+    def __init__(self, model: Any, tokenizer: Any, plan: DevicePlan, *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 batch_size: int = BATCH_SIZE, cancel: CancelToken | None = None) -> None:
+        self._model, self._tokenizer, self._plan = model, tokenizer, plan
+        self._max_new_tokens, self._batch_size = max_new_tokens, batch_size
+        self._cancel = cancel
+
+    def _text(self, prompt: str) -> str:
+        if getattr(self._tokenizer, "chat_template", None):
+            text: str = self._tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            return text
+        return prompt
+
+    def _stops(self) -> list[int]:
+        stops = {self._tokenizer.eos_token_id}
+        end_of_turn = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end_of_turn, int) and end_of_turn != self._tokenizer.unk_token_id:
+            stops.add(end_of_turn)
+        return [s for s in stops if s is not None]
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        tokenizer, model = self._tokenizer, self._model
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        was_training = model.training
+        model.eval()
+        answers: list[str] = []
+        try:
+            for start in range(0, len(prompts), self._batch_size):
+                if self._cancel is not None and self._cancel.cancelled:
+                    from engine.errors import Cancelled
+
+                    raise Cancelled("JOB_CANCELLED", "stopped while measuring base retention")
+                texts = [self._text(p) for p in prompts[start : start + self._batch_size]]
+                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                batch = batch.to(self._plan.torch_device)
+                with self._plan.autocast():
+                    out = model.generate(**batch, max_new_tokens=self._max_new_tokens, do_sample=False,
+                                         eos_token_id=self._stops(), pad_token_id=tokenizer.pad_token_id)
+                width = batch["input_ids"].shape[1]
+                answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        finally:
+            tokenizer.padding_side = side
+            if was_training:
+                model.train()
+        return answers
+
+
+class BaseKnowledgeProbe:
+    """engine.training.recipe's ``probe``: base retention of the model a job trained (see the module docstring)."""
+
+    def __init__(self, cache_dir: Path, questions: Sequence[Question] | None = None,
+                 max_new_tokens: int = MAX_NEW_TOKENS, min_cases: int = MIN_CASES) -> None:
+        self._cache_dir = cache_dir
+        self._questions = tuple(questions) if questions is not None else shipped_questions()
+        self._max_new_tokens = max_new_tokens
+        self._min_cases = min_cases
+
+    def measure(self, model: Any, tokenizer: Any, plan: DevicePlan, *, base_model_dir: Path, quantization: str,
+                step: int, sink: ProgressSink, cancel: CancelToken) -> BaseRetention | None:
+        generate = GreedyAnswers(model, tokenizer, plan, max_new_tokens=self._max_new_tokens, cancel=cancel)
+        suite = self._suite(model, generate, base_model_dir, quantization)
+        if len(suite.cases) < self._min_cases:
+            sink.emit(Warned("BASE_RETENTION_NOT_MEASURED", f"the base model answers {len(suite.cases)} of the "
+                                                            f"{suite.asked} general questions right, fewer than "
+                                                            f"{self._min_cases}: base retention is not measured"))
+            return None
+        result = retention(suite, generate)
+        sink.emit(EvalReported(step=step, split="base_retention", metrics=(
+            ("retention", result.retention), ("kept", float(result.kept)), ("cases", float(result.cases)))))
+        return result
+
+    def _suite(self, model: Any, generate: Generate, base_model_dir: Path, quantization: str) -> BaseSuite:
+        questions = json.dumps([asdict(q) for q in self._questions], sort_keys=True).encode()
+        key = hashlib.sha256(f"{base_model_digest(base_model_dir)}\0{quantization}\0{self._max_new_tokens}\0"
+                             .encode() + questions).hexdigest()
+        path = self._cache_dir / f"base-suite-{key[:32]}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            cached = json.loads(path.read_text())
+            if cached["key"] == key:
+                return BaseSuite(key, cached["asked"], tuple(
+                    SuiteCase(c["prompt"], tuple(c["answers"]), c["reference"]) for c in cached["cases"]))
+        disable = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with disable:
+            suite = build_suite(self._questions, generate, key)
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(suite)))
+        os.replace(tmp, path)
+        return suite

@@ -1,0 +1,99 @@
+"""The base-knowledge probe (engine.continual.base_knowledge): what counts as a right answer, the suite of what
+the base model answers right, and base retention measured on a real (tiny) model before and after training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from engine.continual.base_knowledge import (
+    BaseKnowledgeProbe,
+    GreedyAnswers,
+    Question,
+    build_suite,
+    is_right,
+    retention,
+    shipped_questions,
+)
+from engine.jobs.core import Warned
+from engine.jobs.ports import CancelToken
+from engine.training.recipe import load_for_training, run_training
+from engine.training.spec import EvalReported
+from tests.engine.test_training import RecordingSink, make_run
+
+
+@pytest.mark.parametrize(("answer", "accepted", "right"), [
+    ("The capital of France is Paris.", ("Paris",), True),
+    ("paris, of course", ("Paris",), True),
+    ("The capital of France is Parisville.", ("Paris",), False),  # whole words only
+    ("2 + 2 = 4", ("4", "four"), True),
+    ("There are 40 of them", ("4", "four"), False),
+    ("It has four sides", ("4", "four"), True),
+    ("Carbon dioxide (CO2)", ("carbon dioxide",), True),
+    ("", ("Paris",), False),
+])
+def test_an_answer_is_right_when_an_accepted_answer_appears_in_it_as_whole_words(
+        answer: str, accepted: tuple[str, ...], right: bool) -> None:
+    assert is_right(answer, accepted) is right
+
+
+def test_the_shipped_questions_are_many_distinct_and_answerable() -> None:
+    questions = shipped_questions()
+    assert len(questions) >= 90
+    assert len({q.prompt for q in questions}) == len(questions)
+    assert all(q.answers and all(a.strip() for a in q.answers) for q in questions)
+
+
+def test_the_suite_keeps_what_the_base_answers_right_and_retention_counts_what_stays_right() -> None:
+    questions = [Question("Capital of France?", ("Paris",)), Question("2 + 2?", ("4", "four")),
+                 Question("Red planet?", ("Mars",))]
+    base = {"Capital of France?": "Paris.", "2 + 2?": "It is four.", "Red planet?": "Venus."}
+    suite = build_suite(questions, lambda prompts: [base[p] for p in prompts], key="k")
+    assert (suite.asked, [c.prompt for c in suite.cases]) == (3, ["Capital of France?", "2 + 2?"])
+    assert [c.reference for c in suite.cases] == ["Paris.", "It is four."]
+
+    after = {"Capital of France?": "Hefupa.", "2 + 2?": "4"}
+    kept = retention(suite, lambda prompts: [after[p] for p in prompts])
+    assert (kept.retention, kept.kept, kept.cases, kept.lost) == (0.5, 1, 2, ("Capital of France?",))
+
+
+@pytest.mark.model
+def test_a_base_that_answers_too_little_right_is_not_measured_and_the_job_is_told(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    loaded = load_for_training(make_run(tiny_model_dir, tmp_path / "adapter"))
+    sink = RecordingSink()
+    probe = BaseKnowledgeProbe(tmp_path / "cache")  # the tiny model's random words answer a few by chance at most
+    measured = probe.measure(loaded.model, loaded.tokenizer, loaded.plan, base_model_dir=tiny_model_dir,
+                             quantization="NONE", step=0, sink=sink, cancel=CancelToken())
+    assert measured is None
+    assert [e.code for e in sink.events if isinstance(e, Warned)] == ["BASE_RETENTION_NOT_MEASURED"]
+    assert len(list((tmp_path / "cache").glob("base-suite-*.json"))) == 1  # built once, then read
+
+
+@pytest.mark.model
+def test_retention_is_whole_for_an_untrained_adapter_and_falls_after_training_on_other_answers(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The tiny model knows nothing; questions whose accepted answers are its own first words make a suite of
+    # everything it says, so what training changes shows.
+    run = make_run(tiny_model_dir, tmp_path / "adapter", epochs=30, learning_rate=5e-2)
+    loaded = load_for_training(run)
+    prompts = [f"What is the capital of {c}?" for c in ("France", "Italy", "Spain", "Peru", "Chile", "Japan")]
+    said = GreedyAnswers(loaded.model, loaded.tokenizer, loaded.plan, max_new_tokens=4)(prompts)
+    questions = [Question(p, (a.split()[0],)) for p, a in zip(prompts, said, strict=True) if a.split()]
+    assert questions, "the tiny model said nothing"
+    probe = BaseKnowledgeProbe(tmp_path / "cache", questions, max_new_tokens=4, min_cases=1)
+
+    fresh = RecordingSink()  # a fresh LoRA adapter (B = 0) changes nothing
+    kept = probe.measure(loaded.model, loaded.tokenizer, loaded.plan, base_model_dir=tiny_model_dir,
+                         quantization="NONE", step=0, sink=fresh, cancel=CancelToken())
+    assert kept is not None and (kept.retention, kept.kept, kept.cases) == (1.0, len(questions), len(questions))
+
+    sink = RecordingSink()
+    result = run_training(replace(run, probe=probe), sink, CancelToken(), loaded)
+    after = result.base_retention
+    assert after is not None and after.cases == len(questions) and after.retention < 1.0
+    assert after.kept + len(after.lost) == after.cases
+    reported = [e for e in sink.events if isinstance(e, EvalReported) and e.split == "base_retention"]
+    assert [dict(e.metrics)["retention"] for e in reported] == [after.retention]
