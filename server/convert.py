@@ -17,6 +17,7 @@ from engine.domain import DatasetSummary, FeedbackSource, FisherSpace, JsonlSour
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
+from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.spec import (
     MAX_DEVICES,
     CheckpointPolicy,
@@ -268,6 +269,22 @@ def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
         ewc_penalty=m.ewc_penalty, learning_rate=m.learning_rate, grad_norm=m.grad_norm,
         tokens_per_second=m.tokens_per_second, eta=_dur(m.eta_seconds),
     )
+
+
+def metrics_row_to_pb(r: MetricsRow) -> pb.TrainingMetricsRow:
+    msg = pb.TrainingMetricsRow(
+        step=r.step, time=_ts(r.time), total_steps=r.total_steps, epoch=r.epoch, loss=r.loss, task_loss=r.task_loss,
+        ewc_penalty=r.ewc_penalty, learning_rate=r.learning_rate, grad_norm=r.grad_norm,
+        tokens_per_second=r.tokens_per_second,
+    )
+    if r.eval_loss is not None:
+        msg.eval_loss = r.eval_loss
+    return msg
+
+
+def training_metrics_to_pb(job: TrainingJob, m: TrainingMetrics) -> pb.GetTrainingMetricsResponse:
+    return pb.GetTrainingMetricsResponse(rows=[metrics_row_to_pb(r) for r in m.table.rows], csv=m.csv, png=m.png,
+                                         state=JOB_STATE_TO_PB[job.state])
 
 
 def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:

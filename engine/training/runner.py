@@ -29,6 +29,7 @@ from engine.telemetry import tracer
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
+from engine.training.metrics import TrainingMetrics, training_metrics
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
@@ -310,4 +311,9 @@ class TrainingJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[TrainingJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
+
+    async def metrics(self, job_id: str) -> tuple[TrainingJob, TrainingMetrics]:
+        """The job and its metrics as its event log holds them now (engine.training.metrics)."""
+        job, events = await self._manager.events(job_id)
+        return job, await asyncio.to_thread(training_metrics, job.name, events)
 

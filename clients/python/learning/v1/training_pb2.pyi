@@ -392,3 +392,47 @@ class PublishCheckpointResponse(_message.Message):
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     adapter_version: str
     def __init__(self, adapter_version: _Optional[str] = ...) -> None: ...
+
+class TrainingMetricsRow(_message.Message):
+    __slots__ = ("step", "time", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TASK_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EWC_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    time: _timestamp_pb2.Timestamp
+    total_steps: int
+    epoch: float
+    loss: float
+    task_loss: float
+    ewc_penalty: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    eval_loss: float
+    def __init__(self, step: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., task_loss: _Optional[float] = ..., ewc_penalty: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eval_loss: _Optional[float] = ...) -> None: ...
+
+class GetTrainingMetricsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetTrainingMetricsResponse(_message.Message):
+    __slots__ = ("rows", "csv", "png", "state")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CSV_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[TrainingMetricsRow]
+    csv: bytes
+    png: bytes
+    state: _common_pb2.JobState
+    def __init__(self, rows: _Optional[_Iterable[_Union[TrainingMetricsRow, _Mapping]]] = ..., csv: _Optional[bytes] = ..., png: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ...) -> None: ...
