@@ -329,6 +329,10 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         msg.dataset.CopyFrom(dataset_to_pb(out.dataset))
     if out.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(metrics_to_pb(out.latest_metrics))
+    if out.metrics_artifacts is not None:
+        a = out.metrics_artifacts
+        msg.metrics_artifacts.CopyFrom(pb.TrainingMetricsArtifacts(csv_uri=a.csv_uri, png_uri=a.png_uri,
+                                                                   row_count=a.rows))
     if out.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)
         e = out.ewc_lineage
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(

@@ -25,6 +25,7 @@ where there is no value):
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import csv
 import io
@@ -34,7 +35,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from engine.jobs.core import JobEvent
-from engine.training.spec import EvalReported, StepMetrics
+from engine.registry.ports import ArtifactStore
+from engine.training.spec import EvalReported, MetricsArtifacts, StepMetrics, TrainingJob
 
 CSV_COLUMNS = ("step", "time", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate",
                "grad_norm", "tokens_per_second", "eval_loss")
@@ -171,5 +173,21 @@ def training_metrics(title: str, events: Iterable[JobEvent]) -> TrainingMetrics:
     return TrainingMetrics(table, table.to_csv(), render_png(table, title))
 
 
+async def store_metrics(store: ArtifactStore, job: TrainingJob, token: str,
+                        events: Iterable[JobEvent]) -> MetricsArtifacts | None:
+    """Render the job's metrics and store them as ``training-metrics/<job id>/<lease token>/metrics.csv`` and
+    ``loss.png`` (the store is create-only: a worker that takes the job over writes its own); None, and nothing
+    stored, for a job without steps."""
+    report = await asyncio.to_thread(training_metrics, job.name, events)
+    if not report.table.rows:
+        return None
+    prefix = f"training-metrics/{job.id}/{token[:12]}"
+    csv_key, png_key = f"{prefix}/metrics.csv", f"{prefix}/loss.png"
+    await store.put_bytes(csv_key, report.csv)
+    await store.put_bytes(png_key, report.png)
+    return MetricsArtifacts(csv_key=csv_key, csv_uri=store.uri(csv_key), png_key=png_key,
+                            png_uri=store.uri(png_key), rows=len(report.table))
+
+
 __all__ = ["CSV_COLUMNS", "PNG_SIZE", "MetricsRow", "MetricsTable", "TrainingMetrics", "build_table", "render_png",
-           "training_metrics"]
+           "store_metrics", "training_metrics"]

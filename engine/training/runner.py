@@ -3,7 +3,9 @@
 A run: PREPARING (the inputs validated at create time, or resolved again from the job's provenance after a
 restart; the parent fetched; the base model loaded once, with the job's adapter attached; for a continuation
 the continual planner's penalty and replay, measuring the parent's Fisher on that same model), RUNNING (the
-recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage.
+recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage. When the
+job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its metrics.csv and
+loss.png are stored beside it, best effort (engine.training.metrics).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from engine import telemetry
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
-from engine.jobs.ports import LeaseLost
+from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.telemetry import tracer
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
-from engine.training.metrics import TrainingMetrics, training_metrics
+from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
@@ -80,6 +82,16 @@ class TrainingRunner:
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
 
     async def run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
+        try:
+            message = await self._run(ctx)
+        except Exception as exc:
+            if _ends_the_job(exc, ctx.cancel):
+                await self._store_metrics(ctx)
+            raise
+        await self._store_metrics(ctx)
+        return message
+
+    async def _run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
         ctx.transition(JobState.PREPARING, "loading dataset and model")
         with tracer.start_as_current_span("training_job.prepare", attributes={"job": ctx.job.name}):
             inputs = await self._inputs(ctx)
@@ -154,6 +166,22 @@ class TrainingRunner:
         return await self._registry.publish(publish_request(
             job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result"))
 
+    async def _store_metrics(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> None:
+        """The ended job's metrics into the artifact store, recorded on its output. Best effort: a failure is logged
+        and recorded as a warning, and the job ends as it would have (GetTrainingMetrics renders them anyway)."""
+        if self._artifacts is None:
+            return
+        try:
+            stored = await store_metrics(self._artifacts, ctx.job, ctx.lease_token, ctx.events)
+        except Exception as exc:  # noqa: BLE001 - the store down, or full: the job's outcome stands
+            log.warning("training metrics not stored", extra={"job_id": ctx.job.id}, exc_info=True)
+            ctx.record(Warned("METRICS_NOT_STORED", f"metrics.csv and loss.png were not stored "
+                                                    f"({type(exc).__name__}: {exc}); GetTrainingMetrics still "
+                                                    "renders them from the job's events"))
+            return
+        if stored is not None:
+            ctx.set_output(replace(ctx.job.output, metrics_artifacts=stored))
+
     # ---- checkpoints ------------------------------------------------------------------
 
     def _saver(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
@@ -219,6 +247,14 @@ class TrainingRunner:
                 raise DataLoss("CHECKPOINT_MISSING", message, metadata=dict(last.metadata))
             raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", message, metadata=dict(last.metadata))
         return None
+
+
+def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
+    """Whether the job manager ends the job for ``exc`` (FAILED or CANCELLED), rather than pausing it, queueing it
+    again for another worker, or dropping it (its lease lost: nothing more may be written)."""
+    if isinstance(exc, LeaseLost) or cancel.reason is StopReason.LEASE_LOST:
+        return False
+    return not (isinstance(exc, Cancelled) and cancel.keeps_progress)
 
 
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,

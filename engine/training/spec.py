@@ -161,6 +161,17 @@ class EwcLineage:
 
 
 @dataclass(frozen=True)
+class MetricsArtifacts:
+    """A job's metrics.csv and loss.png, stored in the artifact store when it ended (engine.training.metrics)."""
+
+    csv_key: str
+    csv_uri: str
+    png_key: str
+    png_uri: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class TrainingOutput:
     """What a training job produced and reports as it runs (the kind's part of the job)."""
 
@@ -170,6 +181,7 @@ class TrainingOutput:
     device: str = ""
     ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
     checkpoints: tuple[CheckpointRecord, ...] = ()  # stored, newest first (at most the policy's keep)
+    metrics_artifacts: MetricsArtifacts | None = None  # stored when it ended (best effort)
 
 
 TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,

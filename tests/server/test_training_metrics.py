@@ -7,6 +7,7 @@ import csv
 import io
 import struct
 from pathlib import Path
+from urllib.parse import urlparse
 
 import grpc
 import pytest
@@ -60,6 +61,41 @@ async def test_metrics_of_a_running_and_an_ended_job(memory_client) -> None:
     assert [float(r["loss"]) for r in parsed] == [r.loss for r in done.rows]  # exact: shortest round-trip floats
     assert float(parsed[-1]["eval_loss"]) == done.rows[-1].eval_loss and parsed[0]["eval_loss"] == ""
     assert png_size(done.png) == PNG_SIZE
+
+    # The same were stored when it ended, and the job says where.
+    stored = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    artifacts = stored.metrics_artifacts
+    assert artifacts.row_count == 6
+    assert artifacts.csv_uri.startswith("file://") and artifacts.csv_uri.endswith("/metrics.csv")
+    assert Path(urlparse(artifacts.csv_uri).path).read_bytes() == done.csv
+    assert png_size(Path(urlparse(artifacts.png_uri).path).read_bytes()) == PNG_SIZE
+
+
+async def test_a_cancelled_job_stores_its_metrics_and_a_store_failure_only_warns(memory_client, data_dir: Path):
+    client = memory_client
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=500)))).training_job
+    async for event in aiter_events(client.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))):
+        if event.HasField("step_metrics") and event.step_metrics.step == 2:
+            await client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    cancelled = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert cancelled.state == common.JOB_STATE_CANCELLED
+    rows = (await metrics(client, job.name)).rows
+    assert len(rows) >= 2 and cancelled.metrics_artifacts.row_count == len(rows)
+    text = Path(urlparse(cancelled.metrics_artifacts.csv_uri).path).read_text()
+    assert text.startswith(HEADER) and text.count("\n") == len(rows) + 1
+
+    # A store that cannot take the objects (a file stands where their folder goes): a warning, and the job
+    # still succeeds, without a record of them.
+    (data_dir / "artifacts" / "training-metrics").rename(data_dir / "elsewhere")
+    (data_dir / "artifacts" / "training-metrics").write_text("in the way")
+    ok = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
+    events = [m.event for m in await watch_all(client.training, ok.name)]
+    warnings = [e.warning for e in events if e.HasField("warning")]
+    assert [w.code for w in warnings] == ["METRICS_NOT_STORED"] and "NotADirectoryError" in warnings[0].message
+    assert events[-1].state_change.state == common.JOB_STATE_SUCCEEDED
+    final = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=ok.name))).training_job
+    assert final.output_adapter_version and not final.HasField("metrics_artifacts")
+    assert len((await metrics(client, ok.name)).rows) == 6
 
 
 async def test_unknown_and_malformed_names_and_a_job_without_steps(memory_client, data_dir: Path) -> None:

@@ -154,7 +154,7 @@ class EwcLineage(_message.Message):
     def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority")
+    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority", "metrics_artifacts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class TrainingJob(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
     state: _common_pb2.JobState
@@ -189,7 +190,18 @@ class TrainingJob(_message.Message):
     last_sequence: int
     worker: str
     priority: int
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    metrics_artifacts: TrainingMetricsArtifacts
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ..., metrics_artifacts: _Optional[_Union[TrainingMetricsArtifacts, _Mapping]] = ...) -> None: ...
+
+class TrainingMetricsArtifacts(_message.Message):
+    __slots__ = ("csv_uri", "png_uri", "row_count")
+    CSV_URI_FIELD_NUMBER: _ClassVar[int]
+    PNG_URI_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    csv_uri: str
+    png_uri: str
+    row_count: int
+    def __init__(self, csv_uri: _Optional[str] = ..., png_uri: _Optional[str] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class TrainingStepMetrics(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate", "grad_norm", "tokens_per_second", "eta")

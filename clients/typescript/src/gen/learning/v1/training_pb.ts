@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/training.proto.
  */
 export const file_learning_v1_training: GenFile = /*@__PURE__*/
-  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEirgMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBEhMKC251bV9kZXZpY2VzGA8gASgNQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEilQQKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkSMgoLY2hlY2twb2ludHMYCyABKAsyHS5sZWFybmluZy52MS5DaGVja3BvaW50UG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHZGF0YXNldCKGAQoQQ2hlY2twb2ludFBvbGljeRIYCgtldmVyeV9zdGVwcxgBIAEoDUgAiAEBEhoKDWV2ZXJ5X21pbnV0ZXMYAiABKAFIAYgBARIRCgRrZWVwGAMgASgNSAKIAQFCDgoMX2V2ZXJ5X3N0ZXBzQhAKDl9ldmVyeV9taW51dGVzQgcKBV9rZWVwIrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlIt4ECgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQSDgoGd29ya2VyGBAgASgJEhAKCHByaW9yaXR5GBEgASgFIuoBChNUcmFpbmluZ1N0ZXBNZXRyaWNzEgwKBHN0ZXAYASABKAQSEwoLdG90YWxfc3RlcHMYAiABKAQSDQoFZXBvY2gYAyABKAESDAoEbG9zcxgEIAEoARIRCgl0YXNrX2xvc3MYBSABKAESEwoLZXdjX3BlbmFsdHkYBiABKAESFQoNbGVhcm5pbmdfcmF0ZRgHIAEoARIRCglncmFkX25vcm0YCCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYCSABKAESJgoDZXRhGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrgBChJUcmFpbmluZ0NoZWNrcG9pbnQSDAoEc3RlcBgBIAEoBBILCgN1cmkYAiABKAkSDAoEbG9zcxgDIAEoARIWCglldmFsX2xvc3MYBCABKAFIAIgBARIOCgZzaGEyNTYYBSABKAkSEgoKc2l6ZV9ieXRlcxgGIAEoBBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2V2YWxfbG9zcyJbChJUcmFpbmluZ0V2YWxSZXN1bHQSDAoEc3RlcBgBIAEoBBINCgVzcGxpdBgCIAEoCRIoCgdtZXRyaWNzGAMgAygLMhcubGVhcm5pbmcudjEuRXZhbE1ldHJpYyKyAwoQVHJhaW5pbmdKb2JFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEjgKDHN0ZXBfbWV0cmljcxgEIAEoCzIgLmxlYXJuaW5nLnYxLlRyYWluaW5nU3RlcE1ldHJpY3NIABI1CgpjaGVja3BvaW50GAUgASgLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50SAASNgoLZXZhbF9yZXN1bHQYBiABKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ0V2YWxSZXN1bHRIABIqCgd3YXJuaW5nGAcgASgLMhcubGVhcm5pbmcudjEuSm9iV2FybmluZ0gAEiYKBWVycm9yGAggASgLMhUubGVhcm5pbmcudjEuSm9iRXJyb3JIABIoCgZub3RpY2UYCSABKAsyFi5sZWFybmluZy52MS5Kb2JOb3RpY2VIAEIGCgRraW5kIoMBChhDcmVhdGVUcmFpbmluZ0pvYlJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iU3BlYxISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXZhbGlkYXRlX29ubHkYAyABKAgSEAoIcHJpb3JpdHkYBCABKAUiSwoZQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIlChVHZXRUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJIChZHZXRUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iImcKF0xpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBnN0YXRlcxgDIAMoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlImQKGExpc3RUcmFpbmluZ0pvYnNSZXNwb25zZRIvCg10cmFpbmluZ19qb2JzGAEgAygLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGENhbmNlbFRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKGUNhbmNlbFRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiPwoXV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKCAQoYV2F0Y2hUcmFpbmluZ0pvYlJlc3BvbnNlEiwKCHNuYXBzaG90GAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JIABIuCgVldmVudBgCIAEoCzIdLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iRXZlbnRIAEIICgZ1cGRhdGUiJwoXUGF1c2VUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJKChhQYXVzZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiKAoYUmVzdW1lVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwoZUmVzdW1lVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIuCh5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJXCh9MaXN0VHJhaW5pbmdDaGVja3BvaW50c1Jlc3BvbnNlEjQKC2NoZWNrcG9pbnRzGAEgAygLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50IkoKGFB1Ymxpc2hDaGVja3BvaW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBHN0ZXAYAiABKAQSEgoKcmVxdWVzdF9pZBgDIAEoCSI0ChlQdWJsaXNoQ2hlY2twb2ludFJlc3BvbnNlEhcKD2FkYXB0ZXJfdmVyc2lvbhgBIAEoCSKRAgoSVHJhaW5pbmdNZXRyaWNzUm93EgwKBHN0ZXAYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLdG90YWxfc3RlcHMYAyABKAQSDQoFZXBvY2gYBCABKAESDAoEbG9zcxgFIAEoARIRCgl0YXNrX2xvc3MYBiABKAESEwoLZXdjX3BlbmFsdHkYByABKAESFQoNbGVhcm5pbmdfcmF0ZRgIIAEoARIRCglncmFkX25vcm0YCSABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYCiABKAESFgoJZXZhbF9sb3NzGAsgASgBSACIAQFCDAoKX2V2YWxfbG9zcyIpChlHZXRUcmFpbmluZ01ldHJpY3NSZXF1ZXN0EgwKBG5hbWUYASABKAkiiwEKGkdldFRyYWluaW5nTWV0cmljc1Jlc3BvbnNlEi0KBHJvd3MYASADKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ01ldHJpY3NSb3cSCwoDY3N2GAIgASgMEgsKA3BuZxgDIAEoDBIkCgVzdGF0ZRgEIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlKkwKCU9iamVjdGl2ZRIZChVPQkpFQ1RJVkVfVU5TUEVDSUZJRUQQABIRCg1PQkpFQ1RJVkVfU0ZUEAESEQoNT0JKRUNUSVZFX0tUTxACKmIKCVByZWNpc2lvbhIZChVQUkVDSVNJT05fVU5TUEVDSUZJRUQQABISCg5QUkVDSVNJT05fQVVUTxABEhIKDlBSRUNJU0lPTl9GUDMyEAISEgoOUFJFQ0lTSU9OX0JGMTYQAypwCgxRdWFudGl6YXRpb24SHAoYUVVBTlRJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFQoRUVVBTlRJWkFUSU9OX05PTkUQARIUChBRVUFOVElaQVRJT05fTkY0EAISFQoRUVVBTlRJWkFUSU9OX0lOVDgQAzL+BwoPVHJhaW5pbmdTZXJ2aWNlEmIKEUNyZWF0ZVRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRJZCg5HZXRUcmFpbmluZ0pvYhIiLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVxdWVzdBojLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVzcG9uc2USXwoQTGlzdFRyYWluaW5nSm9icxIkLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0GiUubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nSm9ic1Jlc3BvbnNlEmIKEUNhbmNlbFRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXNwb25zZRJhChBXYXRjaFRyYWluaW5nSm9iEiQubGVhcm5pbmcudjEuV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QaJS5sZWFybmluZy52MS5XYXRjaFRyYWluaW5nSm9iUmVzcG9uc2UwARJfChBQYXVzZVRyYWluaW5nSm9iEiQubGVhcm5pbmcudjEuUGF1c2VUcmFpbmluZ0pvYlJlcXVlc3QaJS5sZWFybmluZy52MS5QYXVzZVRyYWluaW5nSm9iUmVzcG9uc2USYgoRUmVzdW1lVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5SZXN1bWVUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5SZXN1bWVUcmFpbmluZ0pvYlJlc3BvbnNlEnQKF0xpc3RUcmFpbmluZ0NoZWNrcG9pbnRzEisubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXF1ZXN0GiwubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXNwb25zZRJiChFQdWJsaXNoQ2hlY2twb2ludBIlLmxlYXJuaW5nLnYxLlB1Ymxpc2hDaGVja3BvaW50UmVxdWVzdBomLmxlYXJuaW5nLnYxLlB1Ymxpc2hDaGVja3BvaW50UmVzcG9uc2USZQoSR2V0VHJhaW5pbmdNZXRyaWNzEiYubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdNZXRyaWNzUmVxdWVzdBonLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nTWV0cmljc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
+  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEirgMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBEhMKC251bV9kZXZpY2VzGA8gASgNQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEilQQKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkSMgoLY2hlY2twb2ludHMYCyABKAsyHS5sZWFybmluZy52MS5DaGVja3BvaW50UG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHZGF0YXNldCKGAQoQQ2hlY2twb2ludFBvbGljeRIYCgtldmVyeV9zdGVwcxgBIAEoDUgAiAEBEhoKDWV2ZXJ5X21pbnV0ZXMYAiABKAFIAYgBARIRCgRrZWVwGAMgASgNSAKIAQFCDgoMX2V2ZXJ5X3N0ZXBzQhAKDl9ldmVyeV9taW51dGVzQgcKBV9rZWVwIrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlIqAFCgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQSDgoGd29ya2VyGBAgASgJEhAKCHByaW9yaXR5GBEgASgFEkAKEW1ldHJpY3NfYXJ0aWZhY3RzGBIgASgLMiUubGVhcm5pbmcudjEuVHJhaW5pbmdNZXRyaWNzQXJ0aWZhY3RzIk8KGFRyYWluaW5nTWV0cmljc0FydGlmYWN0cxIPCgdjc3ZfdXJpGAEgASgJEg8KB3BuZ191cmkYAiABKAkSEQoJcm93X2NvdW50GAMgASgEIuoBChNUcmFpbmluZ1N0ZXBNZXRyaWNzEgwKBHN0ZXAYASABKAQSEwoLdG90YWxfc3RlcHMYAiABKAQSDQoFZXBvY2gYAyABKAESDAoEbG9zcxgEIAEoARIRCgl0YXNrX2xvc3MYBSABKAESEwoLZXdjX3BlbmFsdHkYBiABKAESFQoNbGVhcm5pbmdfcmF0ZRgHIAEoARIRCglncmFkX25vcm0YCCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYCSABKAESJgoDZXRhGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrgBChJUcmFpbmluZ0NoZWNrcG9pbnQSDAoEc3RlcBgBIAEoBBILCgN1cmkYAiABKAkSDAoEbG9zcxgDIAEoARIWCglldmFsX2xvc3MYBCABKAFIAIgBARIOCgZzaGEyNTYYBSABKAkSEgoKc2l6ZV9ieXRlcxgGIAEoBBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX2V2YWxfbG9zcyJbChJUcmFpbmluZ0V2YWxSZXN1bHQSDAoEc3RlcBgBIAEoBBINCgVzcGxpdBgCIAEoCRIoCgdtZXRyaWNzGAMgAygLMhcubGVhcm5pbmcudjEuRXZhbE1ldHJpYyKyAwoQVHJhaW5pbmdKb2JFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEjgKDHN0ZXBfbWV0cmljcxgEIAEoCzIgLmxlYXJuaW5nLnYxLlRyYWluaW5nU3RlcE1ldHJpY3NIABI1CgpjaGVja3BvaW50GAUgASgLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50SAASNgoLZXZhbF9yZXN1bHQYBiABKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ0V2YWxSZXN1bHRIABIqCgd3YXJuaW5nGAcgASgLMhcubGVhcm5pbmcudjEuSm9iV2FybmluZ0gAEiYKBWVycm9yGAggASgLMhUubGVhcm5pbmcudjEuSm9iRXJyb3JIABIoCgZub3RpY2UYCSABKAsyFi5sZWFybmluZy52MS5Kb2JOb3RpY2VIAEIGCgRraW5kIoMBChhDcmVhdGVUcmFpbmluZ0pvYlJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iU3BlYxISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXZhbGlkYXRlX29ubHkYAyABKAgSEAoIcHJpb3JpdHkYBCABKAUiSwoZQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIlChVHZXRUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJIChZHZXRUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iImcKF0xpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBnN0YXRlcxgDIAMoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlImQKGExpc3RUcmFpbmluZ0pvYnNSZXNwb25zZRIvCg10cmFpbmluZ19qb2JzGAEgAygLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGENhbmNlbFRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKGUNhbmNlbFRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiPwoXV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKCAQoYV2F0Y2hUcmFpbmluZ0pvYlJlc3BvbnNlEiwKCHNuYXBzaG90GAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JIABIuCgVldmVudBgCIAEoCzIdLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iRXZlbnRIAEIICgZ1cGRhdGUiJwoXUGF1c2VUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJKChhQYXVzZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiKAoYUmVzdW1lVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwoZUmVzdW1lVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIuCh5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJXCh9MaXN0VHJhaW5pbmdDaGVja3BvaW50c1Jlc3BvbnNlEjQKC2NoZWNrcG9pbnRzGAEgAygLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdDaGVja3BvaW50IkoKGFB1Ymxpc2hDaGVja3BvaW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBHN0ZXAYAiABKAQSEgoKcmVxdWVzdF9pZBgDIAEoCSI0ChlQdWJsaXNoQ2hlY2twb2ludFJlc3BvbnNlEhcKD2FkYXB0ZXJfdmVyc2lvbhgBIAEoCSKRAgoSVHJhaW5pbmdNZXRyaWNzUm93EgwKBHN0ZXAYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLdG90YWxfc3RlcHMYAyABKAQSDQoFZXBvY2gYBCABKAESDAoEbG9zcxgFIAEoARIRCgl0YXNrX2xvc3MYBiABKAESEwoLZXdjX3BlbmFsdHkYByABKAESFQoNbGVhcm5pbmdfcmF0ZRgIIAEoARIRCglncmFkX25vcm0YCSABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYCiABKAESFgoJZXZhbF9sb3NzGAsgASgBSACIAQFCDAoKX2V2YWxfbG9zcyIpChlHZXRUcmFpbmluZ01ldHJpY3NSZXF1ZXN0EgwKBG5hbWUYASABKAkiiwEKGkdldFRyYWluaW5nTWV0cmljc1Jlc3BvbnNlEi0KBHJvd3MYASADKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ01ldHJpY3NSb3cSCwoDY3N2GAIgASgMEgsKA3BuZxgDIAEoDBIkCgVzdGF0ZRgEIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlKkwKCU9iamVjdGl2ZRIZChVPQkpFQ1RJVkVfVU5TUEVDSUZJRUQQABIRCg1PQkpFQ1RJVkVfU0ZUEAESEQoNT0JKRUNUSVZFX0tUTxACKmIKCVByZWNpc2lvbhIZChVQUkVDSVNJT05fVU5TUEVDSUZJRUQQABISCg5QUkVDSVNJT05fQVVUTxABEhIKDlBSRUNJU0lPTl9GUDMyEAISEgoOUFJFQ0lTSU9OX0JGMTYQAypwCgxRdWFudGl6YXRpb24SHAoYUVVBTlRJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFQoRUVVBTlRJWkFUSU9OX05PTkUQARIUChBRVUFOVElaQVRJT05fTkY0EAISFQoRUVVBTlRJWkFUSU9OX0lOVDgQAzL+BwoPVHJhaW5pbmdTZXJ2aWNlEmIKEUNyZWF0ZVRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ3JlYXRlVHJhaW5pbmdKb2JSZXNwb25zZRJZCg5HZXRUcmFpbmluZ0pvYhIiLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVxdWVzdBojLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nSm9iUmVzcG9uc2USXwoQTGlzdFRyYWluaW5nSm9icxIkLmxlYXJuaW5nLnYxLkxpc3RUcmFpbmluZ0pvYnNSZXF1ZXN0GiUubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nSm9ic1Jlc3BvbnNlEmIKEUNhbmNlbFRyYWluaW5nSm9iEiUubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXF1ZXN0GiYubGVhcm5pbmcudjEuQ2FuY2VsVHJhaW5pbmdKb2JSZXNwb25zZRJhChBXYXRjaFRyYWluaW5nSm9iEiQubGVhcm5pbmcudjEuV2F0Y2hUcmFpbmluZ0pvYlJlcXVlc3QaJS5sZWFybmluZy52MS5XYXRjaFRyYWluaW5nSm9iUmVzcG9uc2UwARJfChBQYXVzZVRyYWluaW5nSm9iEiQubGVhcm5pbmcudjEuUGF1c2VUcmFpbmluZ0pvYlJlcXVlc3QaJS5sZWFybmluZy52MS5QYXVzZVRyYWluaW5nSm9iUmVzcG9uc2USYgoRUmVzdW1lVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5SZXN1bWVUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5SZXN1bWVUcmFpbmluZ0pvYlJlc3BvbnNlEnQKF0xpc3RUcmFpbmluZ0NoZWNrcG9pbnRzEisubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXF1ZXN0GiwubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXNwb25zZRJiChFQdWJsaXNoQ2hlY2twb2ludBIlLmxlYXJuaW5nLnYxLlB1Ymxpc2hDaGVja3BvaW50UmVxdWVzdBomLmxlYXJuaW5nLnYxLlB1Ymxpc2hDaGVja3BvaW50UmVzcG9uc2USZQoSR2V0VHJhaW5pbmdNZXRyaWNzEiYubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdNZXRyaWNzUmVxdWVzdBonLmxlYXJuaW5nLnYxLkdldFRyYWluaW5nTWV0cmljc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
 
 /**
  * Optimiser settings. Zero fields take the server defaults.
@@ -484,6 +484,16 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
    * @generated from field: int32 priority = 17;
    */
   priority: number;
+
+  /**
+   * Where the job's metrics were stored when it ended (succeeded, failed or
+   * cancelled, after at least one step). Unset before that, and when storing
+   * them failed (a warning METRICS_NOT_STORED says why); GetTrainingMetrics
+   * renders the same from the job's events at any time.
+   *
+   * @generated from field: learning.v1.TrainingMetricsArtifacts metrics_artifacts = 18;
+   */
+  metricsArtifacts?: TrainingMetricsArtifacts | undefined;
 };
 
 /**
@@ -492,6 +502,42 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
  */
 export const TrainingJobSchema: GenMessage<TrainingJob> = /*@__PURE__*/
   messageDesc(file_learning_v1_training, 5);
+
+/**
+ * A job's metrics in the artifact store, as GetTrainingMetrics returns them when
+ * the job ended.
+ *
+ * @generated from message learning.v1.TrainingMetricsArtifacts
+ */
+export type TrainingMetricsArtifacts = Message<"learning.v1.TrainingMetricsArtifacts"> & {
+  /**
+   * metrics.csv (file:// or s3://).
+   *
+   * @generated from field: string csv_uri = 1;
+   */
+  csvUri: string;
+
+  /**
+   * loss.png, the loss curve.
+   *
+   * @generated from field: string png_uri = 2;
+   */
+  pngUri: string;
+
+  /**
+   * Rows (optimiser steps) in the CSV.
+   *
+   * @generated from field: uint64 row_count = 3;
+   */
+  rowCount: bigint;
+};
+
+/**
+ * Describes the message learning.v1.TrainingMetricsArtifacts.
+ * Use `create(TrainingMetricsArtifactsSchema)` to create a new message.
+ */
+export const TrainingMetricsArtifactsSchema: GenMessage<TrainingMetricsArtifacts> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 6);
 
 /**
  * Metrics of one optimiser step.
@@ -559,7 +605,7 @@ export type TrainingStepMetrics = Message<"learning.v1.TrainingStepMetrics"> & {
  * Use `create(TrainingStepMetricsSchema)` to create a new message.
  */
 export const TrainingStepMetricsSchema: GenMessage<TrainingStepMetrics> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 6);
+  messageDesc(file_learning_v1_training, 7);
 
 /**
  * A checkpoint written during training (every N steps or M minutes, at pause and at shutdown).
@@ -616,7 +662,7 @@ export type TrainingCheckpoint = Message<"learning.v1.TrainingCheckpoint"> & {
  * Use `create(TrainingCheckpointSchema)` to create a new message.
  */
 export const TrainingCheckpointSchema: GenMessage<TrainingCheckpoint> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 7);
+  messageDesc(file_learning_v1_training, 8);
 
 /**
  * An evaluation performed during or after training.
@@ -647,7 +693,7 @@ export type TrainingEvalResult = Message<"learning.v1.TrainingEvalResult"> & {
  * Use `create(TrainingEvalResultSchema)` to create a new message.
  */
 export const TrainingEvalResultSchema: GenMessage<TrainingEvalResult> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 8);
+  messageDesc(file_learning_v1_training, 9);
 
 /**
  * One entry in a job's event log.
@@ -720,7 +766,7 @@ export type TrainingJobEvent = Message<"learning.v1.TrainingJobEvent"> & {
  * Use `create(TrainingJobEventSchema)` to create a new message.
  */
 export const TrainingJobEventSchema: GenMessage<TrainingJobEvent> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 9);
+  messageDesc(file_learning_v1_training, 10);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobRequest
@@ -758,7 +804,7 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
  * Use `create(CreateTrainingJobRequestSchema)` to create a new message.
  */
 export const CreateTrainingJobRequestSchema: GenMessage<CreateTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 10);
+  messageDesc(file_learning_v1_training, 11);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobResponse
@@ -775,7 +821,7 @@ export type CreateTrainingJobResponse = Message<"learning.v1.CreateTrainingJobRe
  * Use `create(CreateTrainingJobResponseSchema)` to create a new message.
  */
 export const CreateTrainingJobResponseSchema: GenMessage<CreateTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 11);
+  messageDesc(file_learning_v1_training, 12);
 
 /**
  * @generated from message learning.v1.GetTrainingJobRequest
@@ -794,7 +840,7 @@ export type GetTrainingJobRequest = Message<"learning.v1.GetTrainingJobRequest">
  * Use `create(GetTrainingJobRequestSchema)` to create a new message.
  */
 export const GetTrainingJobRequestSchema: GenMessage<GetTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 12);
+  messageDesc(file_learning_v1_training, 13);
 
 /**
  * @generated from message learning.v1.GetTrainingJobResponse
@@ -811,7 +857,7 @@ export type GetTrainingJobResponse = Message<"learning.v1.GetTrainingJobResponse
  * Use `create(GetTrainingJobResponseSchema)` to create a new message.
  */
 export const GetTrainingJobResponseSchema: GenMessage<GetTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 13);
+  messageDesc(file_learning_v1_training, 14);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsRequest
@@ -844,7 +890,7 @@ export type ListTrainingJobsRequest = Message<"learning.v1.ListTrainingJobsReque
  * Use `create(ListTrainingJobsRequestSchema)` to create a new message.
  */
 export const ListTrainingJobsRequestSchema: GenMessage<ListTrainingJobsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 14);
+  messageDesc(file_learning_v1_training, 15);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsResponse
@@ -868,7 +914,7 @@ export type ListTrainingJobsResponse = Message<"learning.v1.ListTrainingJobsResp
  * Use `create(ListTrainingJobsResponseSchema)` to create a new message.
  */
 export const ListTrainingJobsResponseSchema: GenMessage<ListTrainingJobsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 15);
+  messageDesc(file_learning_v1_training, 16);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobRequest
@@ -885,7 +931,7 @@ export type CancelTrainingJobRequest = Message<"learning.v1.CancelTrainingJobReq
  * Use `create(CancelTrainingJobRequestSchema)` to create a new message.
  */
 export const CancelTrainingJobRequestSchema: GenMessage<CancelTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 16);
+  messageDesc(file_learning_v1_training, 17);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobResponse
@@ -902,7 +948,7 @@ export type CancelTrainingJobResponse = Message<"learning.v1.CancelTrainingJobRe
  * Use `create(CancelTrainingJobResponseSchema)` to create a new message.
  */
 export const CancelTrainingJobResponseSchema: GenMessage<CancelTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 17);
+  messageDesc(file_learning_v1_training, 18);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobRequest
@@ -926,7 +972,7 @@ export type WatchTrainingJobRequest = Message<"learning.v1.WatchTrainingJobReque
  * Use `create(WatchTrainingJobRequestSchema)` to create a new message.
  */
 export const WatchTrainingJobRequestSchema: GenMessage<WatchTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 18);
+  messageDesc(file_learning_v1_training, 19);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobResponse
@@ -959,7 +1005,7 @@ export type WatchTrainingJobResponse = Message<"learning.v1.WatchTrainingJobResp
  * Use `create(WatchTrainingJobResponseSchema)` to create a new message.
  */
 export const WatchTrainingJobResponseSchema: GenMessage<WatchTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 19);
+  messageDesc(file_learning_v1_training, 20);
 
 /**
  * @generated from message learning.v1.PauseTrainingJobRequest
@@ -976,7 +1022,7 @@ export type PauseTrainingJobRequest = Message<"learning.v1.PauseTrainingJobReque
  * Use `create(PauseTrainingJobRequestSchema)` to create a new message.
  */
 export const PauseTrainingJobRequestSchema: GenMessage<PauseTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 20);
+  messageDesc(file_learning_v1_training, 21);
 
 /**
  * @generated from message learning.v1.PauseTrainingJobResponse
@@ -993,7 +1039,7 @@ export type PauseTrainingJobResponse = Message<"learning.v1.PauseTrainingJobResp
  * Use `create(PauseTrainingJobResponseSchema)` to create a new message.
  */
 export const PauseTrainingJobResponseSchema: GenMessage<PauseTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 21);
+  messageDesc(file_learning_v1_training, 22);
 
 /**
  * @generated from message learning.v1.ResumeTrainingJobRequest
@@ -1010,7 +1056,7 @@ export type ResumeTrainingJobRequest = Message<"learning.v1.ResumeTrainingJobReq
  * Use `create(ResumeTrainingJobRequestSchema)` to create a new message.
  */
 export const ResumeTrainingJobRequestSchema: GenMessage<ResumeTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 22);
+  messageDesc(file_learning_v1_training, 23);
 
 /**
  * @generated from message learning.v1.ResumeTrainingJobResponse
@@ -1027,7 +1073,7 @@ export type ResumeTrainingJobResponse = Message<"learning.v1.ResumeTrainingJobRe
  * Use `create(ResumeTrainingJobResponseSchema)` to create a new message.
  */
 export const ResumeTrainingJobResponseSchema: GenMessage<ResumeTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 23);
+  messageDesc(file_learning_v1_training, 24);
 
 /**
  * @generated from message learning.v1.ListTrainingCheckpointsRequest
@@ -1046,7 +1092,7 @@ export type ListTrainingCheckpointsRequest = Message<"learning.v1.ListTrainingCh
  * Use `create(ListTrainingCheckpointsRequestSchema)` to create a new message.
  */
 export const ListTrainingCheckpointsRequestSchema: GenMessage<ListTrainingCheckpointsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 24);
+  messageDesc(file_learning_v1_training, 25);
 
 /**
  * @generated from message learning.v1.ListTrainingCheckpointsResponse
@@ -1063,7 +1109,7 @@ export type ListTrainingCheckpointsResponse = Message<"learning.v1.ListTrainingC
  * Use `create(ListTrainingCheckpointsResponseSchema)` to create a new message.
  */
 export const ListTrainingCheckpointsResponseSchema: GenMessage<ListTrainingCheckpointsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 25);
+  messageDesc(file_learning_v1_training, 26);
 
 /**
  * @generated from message learning.v1.PublishCheckpointRequest
@@ -1096,7 +1142,7 @@ export type PublishCheckpointRequest = Message<"learning.v1.PublishCheckpointReq
  * Use `create(PublishCheckpointRequestSchema)` to create a new message.
  */
 export const PublishCheckpointRequestSchema: GenMessage<PublishCheckpointRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 26);
+  messageDesc(file_learning_v1_training, 27);
 
 /**
  * @generated from message learning.v1.PublishCheckpointResponse
@@ -1115,7 +1161,7 @@ export type PublishCheckpointResponse = Message<"learning.v1.PublishCheckpointRe
  * Use `create(PublishCheckpointResponseSchema)` to create a new message.
  */
 export const PublishCheckpointResponseSchema: GenMessage<PublishCheckpointResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 27);
+  messageDesc(file_learning_v1_training, 28);
 
 /**
  * One optimiser step of a job's metrics (GetTrainingMetrics), as last reported:
@@ -1202,7 +1248,7 @@ export type TrainingMetricsRow = Message<"learning.v1.TrainingMetricsRow"> & {
  * Use `create(TrainingMetricsRowSchema)` to create a new message.
  */
 export const TrainingMetricsRowSchema: GenMessage<TrainingMetricsRow> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 28);
+  messageDesc(file_learning_v1_training, 29);
 
 /**
  * @generated from message learning.v1.GetTrainingMetricsRequest
@@ -1221,7 +1267,7 @@ export type GetTrainingMetricsRequest = Message<"learning.v1.GetTrainingMetricsR
  * Use `create(GetTrainingMetricsRequestSchema)` to create a new message.
  */
 export const GetTrainingMetricsRequestSchema: GenMessage<GetTrainingMetricsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 29);
+  messageDesc(file_learning_v1_training, 30);
 
 /**
  * @generated from message learning.v1.GetTrainingMetricsResponse
@@ -1265,7 +1311,7 @@ export type GetTrainingMetricsResponse = Message<"learning.v1.GetTrainingMetrics
  * Use `create(GetTrainingMetricsResponseSchema)` to create a new message.
  */
 export const GetTrainingMetricsResponseSchema: GenMessage<GetTrainingMetricsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 30);
+  messageDesc(file_learning_v1_training, 31);
 
 /**
  * Training objective.
