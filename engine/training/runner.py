@@ -50,6 +50,7 @@ from engine.training.spec import (
     TrainingJobSpec,
     TrainingOutput,
 )
+from engine.training.tracking import TrackerRun, Trackers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class TrainingRunner:
         train: TrainFn = train_on_devices,
         load: LoadFn = load_for_training,
         artifacts: ArtifactStore | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self._preparer = preparer
         self._registry = registry
@@ -80,14 +82,21 @@ class TrainingRunner:
         self._train = train
         self._load = load
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
+        self._trackers = trackers  # experiment trackers every job logs to (engine.training.tracking)
+        self._tracking: dict[str, TrackerRun] = {}  # the runs of the jobs running here, by job id
 
     async def run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
+        tracking = await self._start_tracking(ctx)
         try:
             message = await self._run(ctx)
         except Exception as exc:
             if _ends_the_job(exc, ctx.cancel):
                 await self._store_metrics(ctx)
             raise
+        finally:
+            if tracking is not None:
+                del self._tracking[ctx.job.id]
+                await asyncio.to_thread(tracking.close)
         await self._store_metrics(ctx)
         return message
 
@@ -143,6 +152,9 @@ class TrainingRunner:
         return f"published adapter {record.version}"
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
+        tracking = self._tracking.get(job.id)
+        if tracking is not None:
+            tracking.log(payload)
         if isinstance(payload, StepMetrics):
             telemetry.training_step(payload.loss, payload.tokens_per_second)
             return replace(job, output=replace(job.output, latest_metrics=payload),
@@ -165,6 +177,17 @@ class TrainingRunner:
         after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
         return await self._registry.publish(publish_request(
             job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result"))
+
+    async def _start_tracking(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> TrackerRun | None:
+        if self._trackers is None or not self._trackers.names:
+            return None
+        sink = ctx.sink
+
+        def warn(message: str) -> None:
+            sink.emit(Warned("TRACKER_FAILED", message))
+
+        tracking = self._tracking[ctx.job.id] = await ctx.in_worker(self._trackers.start, ctx.job, warn)
+        return tracking
 
     async def _store_metrics(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> None:
         """The ended job's metrics into the artifact store, recorded on its output. Best effort: a failure is logged

@@ -31,8 +31,8 @@ async def metrics(client, name: str) -> pb.GetTrainingMetricsResponse:
     return await client.training.GetTrainingMetrics(pb.GetTrainingMetricsRequest(name=name))
 
 
-async def test_metrics_of_a_running_and_an_ended_job(memory_client) -> None:
-    client = memory_client
+async def test_metrics_of_a_running_and_an_ended_job(make_memory_server, tmp_path: Path) -> None:
+    client = await make_memory_server(training_trackers=("tensorboard",), training_trackers_dir=tmp_path / "tb")
     job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
     live = None
     async for event in aiter_events(client.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))):
@@ -43,8 +43,9 @@ async def test_metrics_of_a_running_and_an_ended_job(memory_client) -> None:
 
     done = await metrics(client, job.name)
     assert done.state == common.JOB_STATE_SUCCEEDED
-    steps = [m.event.step_metrics for m in await watch_all(client.training, job.name)
-             if m.event.HasField("step_metrics")]
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    assert [e.warning.code for e in events if e.HasField("warning")] == []  # the tracker and the store worked
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert [r.step for r in done.rows] == [s.step for s in steps] == list(range(1, 7))  # 24 examples, batch 4
     for row, s in zip(done.rows, steps, strict=True):
         assert (row.total_steps, row.loss, row.task_loss, row.ewc_penalty, row.learning_rate, row.grad_norm,
@@ -69,6 +70,16 @@ async def test_metrics_of_a_running_and_an_ended_job(memory_client) -> None:
     assert artifacts.csv_uri.startswith("file://") and artifacts.csv_uri.endswith("/metrics.csv")
     assert Path(urlparse(artifacts.csv_uri).path).read_bytes() == done.csv
     assert png_size(Path(urlparse(artifacts.png_uri).path).read_bytes()) == PNG_SIZE
+
+    # And logged to TensorBoard (through accelerate's tracker), in the job's own run.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tb" / job.name)).Reload()
+    assert [(e.step, e.value) for e in board.Scalars("loss")] == [
+        (r.step, pytest.approx(r.loss, rel=1e-6)) for r in done.rows]  # TensorBoard keeps float32
+    assert [e.step for e in board.Scalars("learning_rate")] == list(range(1, 7))
+    assert [(e.step, e.value) for e in board.Scalars("eval/train_end/loss")] == [
+        (6, pytest.approx(done.rows[-1].eval_loss, rel=1e-6))]
 
 
 async def test_a_cancelled_job_stores_its_metrics_and_a_store_failure_only_warns(memory_client, data_dir: Path):
