@@ -26,6 +26,7 @@ from engine.training.spec import (
     EvalReported,
     EwcSpec,
     Hyperparameters,
+    ParentFisherProgress,
     Precision,
     Quantization,
     StepMetrics,
@@ -370,6 +371,9 @@ def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
         msg.eval_result.CopyFrom(pb.TrainingEvalResult(
             step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
         ))
+    elif isinstance(p, ParentFisherProgress):
+        msg.parent_fisher_progress.CopyFrom(pb.ParentFisherProgress(
+            samples_done=p.samples_done, samples_total=p.samples_total, samples_per_second=p.samples_per_second))
     elif isinstance(p, Noticed):
         msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
     elif isinstance(p, Warned):

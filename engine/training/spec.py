@@ -148,6 +148,15 @@ class EvalReported:
 
 
 @dataclass(frozen=True)
+class ParentFisherProgress:
+    """Event: samples of the parent's Fisher measured so far, while a continuation prepares (its EWC pre-pass)."""
+
+    samples_done: int
+    samples_total: int
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
 class EwcLineage:
     """What an EWC run was anchored to, resolved when it ran (the snapshot may have been computed then)."""
 
@@ -185,5 +194,5 @@ class TrainingOutput:
 
 
 TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,
-                   event_types=(StepMetrics, EvalReported, CheckpointSaved))
+                   event_types=(StepMetrics, EvalReported, CheckpointSaved, ParentFisherProgress))
 TrainingJob = Job[TrainingJobSpec, TrainingOutput]

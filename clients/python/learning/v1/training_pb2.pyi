@@ -256,7 +256,7 @@ class TrainingEvalResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., split: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ...) -> None: ...
 
 class TrainingJobEvent(_message.Message):
-    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error", "notice")
+    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error", "notice", "parent_fisher_progress")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class TrainingJobEvent(_message.Message):
     WARNING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FISHER_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     state_change: _common_pb2.JobStateChange
@@ -275,7 +276,18 @@ class TrainingJobEvent(_message.Message):
     warning: _common_pb2.JobWarning
     error: _common_pb2.JobError
     notice: _common_pb2.JobNotice
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ...) -> None: ...
+    parent_fisher_progress: ParentFisherProgress
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., parent_fisher_progress: _Optional[_Union[ParentFisherProgress, _Mapping]] = ...) -> None: ...
+
+class ParentFisherProgress(_message.Message):
+    __slots__ = ("samples_done", "samples_total", "samples_per_second")
+    SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    samples_done: int
+    samples_total: int
+    samples_per_second: float
+    def __init__(self, samples_done: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("spec", "request_id", "validate_only", "priority")
