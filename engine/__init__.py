@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.lora.controller import Activation
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.registry.records import AdapterRecord
+    from engine.training.metrics import TrainingMetrics
     from engine.training.spec import TrainingJobSpec, TrainingOutput
 
 S = TypeVar("S")
@@ -55,6 +56,10 @@ class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
 
     async def publish_checkpoint(self, job_id: str, step: int, *, request_id: str = "") -> AdapterRecord:
         """Publish one of the job's stored checkpoints as a new version."""
+        ...
+
+    async def metrics(self, job_id: str) -> tuple[Job[TrainingJobSpec, TrainingOutput], TrainingMetrics]:
+        """The job and its metrics (a table, its CSV and loss curve) from its event log as it is now."""
         ...
 
 

@@ -68,6 +68,7 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "ResumeTrainingJob": _T,
         "ListTrainingCheckpoints": _R,
         "PublishCheckpoint": _T,
+        "GetTrainingMetrics": _R,
     },
     "learning.v1.FisherService": {
         "CreateFisherJob": _T,

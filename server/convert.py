@@ -17,6 +17,7 @@ from engine.domain import BaseRetention, DatasetSummary, FeedbackSource, FisherS
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
+from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.spec import (
     MAX_DEVICES,
     CheckpointPolicy,
@@ -25,6 +26,7 @@ from engine.training.spec import (
     EvalReported,
     EwcSpec,
     Hyperparameters,
+    ParentFisherProgress,
     Precision,
     Quantization,
     StepMetrics,
@@ -270,6 +272,22 @@ def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
     )
 
 
+def metrics_row_to_pb(r: MetricsRow) -> pb.TrainingMetricsRow:
+    msg = pb.TrainingMetricsRow(
+        step=r.step, time=_ts(r.time), total_steps=r.total_steps, epoch=r.epoch, loss=r.loss, task_loss=r.task_loss,
+        ewc_penalty=r.ewc_penalty, learning_rate=r.learning_rate, grad_norm=r.grad_norm,
+        tokens_per_second=r.tokens_per_second,
+    )
+    if r.eval_loss is not None:
+        msg.eval_loss = r.eval_loss
+    return msg
+
+
+def training_metrics_to_pb(job: TrainingJob, m: TrainingMetrics) -> pb.GetTrainingMetricsResponse:
+    return pb.GetTrainingMetricsResponse(rows=[metrics_row_to_pb(r) for r in m.table.rows], csv=m.csv, png=m.png,
+                                         state=JOB_STATE_TO_PB[job.state])
+
+
 def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
     msg = common.DatasetSummary(
         digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
@@ -318,6 +336,10 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         msg.base_retention.CopyFrom(base_retention_to_pb(out.base_retention))
     if out.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(metrics_to_pb(out.latest_metrics))
+    if out.metrics_artifacts is not None:
+        a = out.metrics_artifacts
+        msg.metrics_artifacts.CopyFrom(pb.TrainingMetricsArtifacts(csv_uri=a.csv_uri, png_uri=a.png_uri,
+                                                                   row_count=a.rows))
     if out.ewc_lineage is not None:  # as resolved when the job ran (the snapshot may be computed then)
         e = out.ewc_lineage
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
@@ -355,6 +377,9 @@ def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
         msg.eval_result.CopyFrom(pb.TrainingEvalResult(
             step=p.step, split=p.split, metrics=[common.EvalMetric(name=n, value=v) for n, v in p.metrics],
         ))
+    elif isinstance(p, ParentFisherProgress):
+        msg.parent_fisher_progress.CopyFrom(pb.ParentFisherProgress(
+            samples_done=p.samples_done, samples_total=p.samples_total, samples_per_second=p.samples_per_second))
     elif isinstance(p, Noticed):
         msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
     elif isinstance(p, Warned):

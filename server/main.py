@@ -48,6 +48,7 @@ from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
 from engine.training.runner import TrainingJobs, TrainingRunner
 from engine.training.spec import TRAINING
+from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
     feedback_pb2_grpc,
@@ -279,7 +280,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
         runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,
-                              probe=knowledge_probe(settings)),
+                              probe=knowledge_probe(settings),
+                              trackers=Trackers(settings.training_trackers, settings.trackers_dir)),
         store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
         worker_id=worker_id,
     )

@@ -145,6 +145,16 @@ class Settings(BaseSettings, LoraControlSettings):
         10.0, ge=0, le=10_080, description="... and every this many minutes (0: never by time).",
     )
     checkpoint_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept per job, newest first.")
+    training_trackers: tuple[str, ...] = Field(
+        (), description="Experiment trackers each training job's metrics are also logged to, one run per job, by "
+        "accelerate's tracker classes: tensorboard (the `tracking` extra), wandb, mlflow, aim, comet_ml, clearml, "
+        "dvclive, swanlab, trackio, each configured its usual way (e.g. WANDB_API_KEY). A tracker unknown or whose "
+        "library is not installed stops the server at start; one failing later is a job warning (TRACKER_FAILED).",
+    )
+    training_trackers_dir: Path | None = Field(
+        None, description="Folder of the trackers that log locally (tensorboard, aim); unset: <data-dir>/trackers. "
+        "TensorBoard: `tensorboard --logdir <folder>` (a job's run is trainingJobs/<id>).",
+    )
     worker_heartbeat_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a worker says it is alive (and looks for stalled jobs).",
     )
@@ -308,6 +318,16 @@ class Settings(BaseSettings, LoraControlSettings):
             raise ValueError("; ".join(f"{x.field}: {x.description}" for x in exc.violations)) from None
         return v
 
+    @field_validator("training_trackers")
+    @classmethod
+    def _trackers_available(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if v:  # accelerate imports torch: only when trackers are named
+            from engine.training.tracking import tracker_problems
+
+            if problems := tracker_problems(v):
+                raise ValueError("; ".join(problems))
+        return v
+
     @field_validator("feedback_kto_implicit")
     @classmethod
     def _implicit_over_defaults(cls, v: dict[str, str]) -> dict[str, str]:
@@ -416,6 +436,10 @@ class Settings(BaseSettings, LoraControlSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.data_dir / "artifacts"
+
+    @property
+    def trackers_dir(self) -> Path:
+        return self.training_trackers_dir or self.data_dir / "trackers"
 
     @property
     def models_dir(self) -> Path:

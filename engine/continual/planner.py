@@ -8,6 +8,7 @@ on the adapter), folds in the snapshot the parent itself was trained with (onlin
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from engine.continual.ewc import (
@@ -32,7 +33,7 @@ from engine.jobs.ports import ProgressSink
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.records import lora_shape
 from engine.training.ports import ContinualPlan, PlanRequest
-from engine.training.spec import EwcLineage, TrainingJobSpec
+from engine.training.spec import EwcLineage, ParentFisherProgress, TrainingJobSpec
 
 SPACE_FIELD = "spec.ewc.fisher_space"
 
@@ -149,9 +150,14 @@ class EwcPlanner:
         ))
         run = FisherRun(request.model_dir, request.parent_dir, chosen, FisherEstimator.EMPIRICAL,
                         spec.hyperparameters.max_seq_length, spec.hyperparameters.batch_size, space=spec.ewc.space)
-        model = request.model
+        model, started = request.model, time.monotonic()
+
+        def progress(done: int, total: int) -> None:  # in the worker thread; the sink is thread-safe
+            elapsed = time.monotonic() - started
+            sink.emit(ParentFisherProgress(done, total, done / elapsed if elapsed > 0 else 0.0))
+
         result: FisherResult = await request.in_worker(
-            lambda: measure_model(model.model, model.tokenizer, run, cancel=request.cancel))
+            lambda: measure_model(model.model, model.tokenizer, run, cancel=request.cancel, progress=progress))
         fisher, accumulated_from = result.diagonal, ""
         if parent.fisher_snapshot:  # online EWC: keep what the parent itself was protecting
             try:

@@ -145,6 +145,11 @@ class JobContext(Generic[S, O]):
         return self._live.taken_over_from
 
     @property
+    def events(self) -> list[JobEvent]:
+        """The job's event log so far, also what earlier runs of it recorded (a copy)."""
+        return list(self._live.events)
+
+    @property
     def lease_token(self) -> str:
         """This worker's claim on the job: fences what it publishes (engine.registry.PublishRequest.fence)."""
         return self._live.lease.token
@@ -263,6 +268,14 @@ class JobManager(Generic[S, O]):
             name = self.kind.resource_name(job_id)
             raise NotFound("JOB_NOT_FOUND", f"{self.kind.name} job {name} does not exist", metadata={"name": name})
         return job
+
+    async def events(self, job_id: str) -> tuple[Job[S, O], list[JobEvent]]:
+        """The job and its whole event log so far (a job running here from memory, any other from the store)."""
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.job, list(live.events)
+        job = await self.get(job_id)
+        return job, await self._store.list_events(job_id, after_sequence=0)
 
     async def list(
         self, *, states: Sequence[JobState], page_size: int, page_token: str

@@ -3,7 +3,9 @@
 A run: PREPARING (the inputs validated at create time, or resolved again from the job's provenance after a
 restart; the parent fetched; the base model loaded once, with the job's adapter attached; for a continuation
 the continual planner's penalty and replay, measuring the parent's Fisher on that same model), RUNNING (the
-recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage.
+recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage. When the
+job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its metrics.csv and
+loss.png are stored beside it, best effort (engine.training.metrics).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from engine.domain import BaseRetention
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobContext, JobManager
-from engine.jobs.ports import LeaseLost
+from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.telemetry import tracer
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
+from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
@@ -49,6 +52,7 @@ from engine.training.spec import (
     TrainingJobSpec,
     TrainingOutput,
 )
+from engine.training.tracking import TrackerRun, Trackers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class TrainingRunner:
         load: LoadFn = load_for_training,
         artifacts: ArtifactStore | None = None,
         probe: KnowledgeProbe | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self._preparer = preparer
         self._registry = registry
@@ -81,8 +86,25 @@ class TrainingRunner:
         self._load = load
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
         self._probe = probe  # measures base retention after training (None: not measured)
+        self._trackers = trackers  # experiment trackers every job logs to (engine.training.tracking)
+        self._tracking: dict[str, TrackerRun] = {}  # the runs of the jobs running here, by job id
 
     async def run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
+        tracking = await self._start_tracking(ctx)
+        try:
+            message = await self._run(ctx)
+        except Exception as exc:
+            if _ends_the_job(exc, ctx.cancel):
+                await self._store_metrics(ctx)
+            raise
+        finally:
+            if tracking is not None:
+                del self._tracking[ctx.job.id]
+                await asyncio.to_thread(tracking.close)
+        await self._store_metrics(ctx)
+        return message
+
+    async def _run(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str:
         ctx.transition(JobState.PREPARING, "loading dataset and model")
         with tracer.start_as_current_span("training_job.prepare", attributes={"job": ctx.job.name}):
             inputs = await self._inputs(ctx)
@@ -135,6 +157,9 @@ class TrainingRunner:
         return f"published adapter {record.version}"
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
+        tracking = self._tracking.get(job.id)
+        if tracking is not None:
+            tracking.log(payload)
         if isinstance(payload, StepMetrics):
             telemetry.training_step(payload.loss, payload.tokens_per_second)
             return replace(job, output=replace(job.output, latest_metrics=payload),
@@ -158,6 +183,33 @@ class TrainingRunner:
         return await self._registry.publish(publish_request(
             job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result",
             base_retention=result.base_retention))
+
+    async def _start_tracking(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> TrackerRun | None:
+        if self._trackers is None or not self._trackers.names:
+            return None
+        sink = ctx.sink
+
+        def warn(message: str) -> None:
+            sink.emit(Warned("TRACKER_FAILED", message))
+
+        tracking = self._tracking[ctx.job.id] = await ctx.in_worker(self._trackers.start, ctx.job, warn)
+        return tracking
+
+    async def _store_metrics(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> None:
+        """The ended job's metrics into the artifact store, recorded on its output. Best effort: a failure is logged
+        and recorded as a warning, and the job ends as it would have (GetTrainingMetrics renders them anyway)."""
+        if self._artifacts is None:
+            return
+        try:
+            stored = await store_metrics(self._artifacts, ctx.job, ctx.lease_token, ctx.events)
+        except Exception as exc:  # noqa: BLE001 - the store down, or full: the job's outcome stands
+            log.warning("training metrics not stored", extra={"job_id": ctx.job.id}, exc_info=True)
+            ctx.record(Warned("METRICS_NOT_STORED", f"metrics.csv and loss.png were not stored "
+                                                    f"({type(exc).__name__}: {exc}); GetTrainingMetrics still "
+                                                    "renders them from the job's events"))
+            return
+        if stored is not None:
+            ctx.set_output(replace(ctx.job.output, metrics_artifacts=stored))
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -224,6 +276,14 @@ class TrainingRunner:
                 raise DataLoss("CHECKPOINT_MISSING", message, metadata=dict(last.metadata))
             raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", message, metadata=dict(last.metadata))
         return None
+
+
+def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
+    """Whether the job manager ends the job for ``exc`` (FAILED or CANCELLED), rather than pausing it, queueing it
+    again for another worker, or dropping it (its lease lost: nothing more may be written)."""
+    if isinstance(exc, LeaseLost) or cancel.reason is StopReason.LEASE_LOST:
+        return False
+    return not (isinstance(exc, Cancelled) and cancel.keeps_progress)
 
 
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
@@ -318,4 +378,9 @@ class TrainingJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[TrainingJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
+
+    async def metrics(self, job_id: str) -> tuple[TrainingJob, TrainingMetrics]:
+        """The job and its metrics as its event log holds them now (engine.training.metrics)."""
+        job, events = await self._manager.events(job_id)
+        return job, await asyncio.to_thread(training_metrics, job.name, events)
 

@@ -149,6 +149,15 @@ class EvalReported:
 
 
 @dataclass(frozen=True)
+class ParentFisherProgress:
+    """Event: samples of the parent's Fisher measured so far, while a continuation prepares (its EWC pre-pass)."""
+
+    samples_done: int
+    samples_total: int
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
 class EwcLineage:
     """What an EWC run was anchored to, resolved when it ran (the snapshot may have been computed then)."""
 
@@ -162,6 +171,17 @@ class EwcLineage:
 
 
 @dataclass(frozen=True)
+class MetricsArtifacts:
+    """A job's metrics.csv and loss.png, stored in the artifact store when it ended (engine.training.metrics)."""
+
+    csv_key: str
+    csv_uri: str
+    png_key: str
+    png_uri: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class TrainingOutput:
     """What a training job produced and reports as it runs (the kind's part of the job)."""
 
@@ -172,8 +192,9 @@ class TrainingOutput:
     ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
     checkpoints: tuple[CheckpointRecord, ...] = ()  # stored, newest first (at most the policy's keep)
     base_retention: BaseRetention | None = None  # measured after training (None: not measured)
+    metrics_artifacts: MetricsArtifacts | None = None  # stored when it ended (best effort)
 
 
 TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,
-                   event_types=(StepMetrics, EvalReported, CheckpointSaved))
+                   event_types=(StepMetrics, EvalReported, CheckpointSaved, ParentFisherProgress))
 TrainingJob = Job[TrainingJobSpec, TrainingOutput]

@@ -83,3 +83,7 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         record = await self._jobs.publish_checkpoint(convert.job_id_from_name(request.name), request.step,
                                                      request_id=request.request_id)
         return pb.PublishCheckpointResponse(adapter_version=record.version)
+
+    async def GetTrainingMetrics(self, request: pb.GetTrainingMetricsRequest, context: grpc.aio.ServicerContext):
+        job, metrics = await self._jobs.metrics(convert.job_id_from_name(request.name))
+        return convert.training_metrics_to_pb(job, metrics)

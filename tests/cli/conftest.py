@@ -1,1 +1,6 @@
-from tests.server.conftest import client, make_pg_server, make_server  # noqa: F401 - re-exported fixtures
+from tests.server.conftest import (  # noqa: F401 - re-exported fixtures
+    client,
+    make_memory_server,
+    make_pg_server,
+    make_server,
+)

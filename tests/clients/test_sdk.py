@@ -86,13 +86,15 @@ def test_reasons_come_from_the_catalogue():
 async def test_sync_client_watches_to_the_end(client):
     port = client.app.port
 
-    def use_sync() -> tuple[str, list[int]]:
+    def use_sync() -> tuple[str, list[int], list[int]]:
         with Client(f"127.0.0.1:{port}") as sdk:
             assert sdk.health() == "SERVING"
             job = sdk.create_training_job(spec(epochs=1))
             events = [m.event.sequence for m in sdk.watch_training_job(job.name) if m.HasField("event")]
-            return sdk.get_training_job(job.name).state, events
+            steps = [r.step for r in sdk.get_training_metrics(job.name).rows]
+            return sdk.get_training_job(job.name).state, events, steps
 
-    state, events = await asyncio.to_thread(use_sync)
+    state, events, steps = await asyncio.to_thread(use_sync)
     assert state == common.JOB_STATE_SUCCEEDED
     assert events == list(range(1, len(events) + 1)) and len(events) > 5
+    assert steps == list(range(1, 7))  # GetTrainingMetrics, blocking

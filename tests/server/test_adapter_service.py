@@ -128,6 +128,12 @@ async def test_lineage_metadata_download_and_reimport(adapters: Adapters, tiny_m
     assert await adapters.object_names(f"adapters/{TINY}/v1.0/") == [
         f"adapters/{TINY}/v1.0/adapter.tar.gz", f"adapters/{TINY}/v1.0/metadata.json",
     ]
+    for job in jobs:  # and each job's metrics, stored in the same store when it ended
+        assert job.metrics_artifacts.row_count == 6
+        assert job.metrics_artifacts.csv_uri.startswith("s3://" if adapters.s3 else "file://")
+        names = await adapters.object_names(f"training-metrics/{job.name.removeprefix('trainingJobs/')}/")
+        assert [n.rsplit("/", 1)[1] for n in names] == ["loss.png", "metrics.csv"]
+        assert job.metrics_artifacts.csv_uri.endswith(names[1]) and job.metrics_artifacts.png_uri.endswith(names[0])
 
     header, data, chunks = await download(adapters.stub, "v1.2", chunk_size=4096)
     assert chunks > 1 and header.filename == "adapter.tar.gz"

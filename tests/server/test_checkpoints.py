@@ -33,6 +33,7 @@ async def test_pause_resume_from_checkpoints_and_publish_one(memory_client) -> N
             paused_at = event.step_metrics.step
     job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
     assert job.state == common.JOB_STATE_PAUSED
+    assert not job.HasField("metrics_artifacts")  # paused is not ended: its metrics are stored at the end
     assert saved[:2] == [3, 6] and saved[-1] == paused_at and paused_at >= 7  # the pause's own checkpoint
     listed = (await client.training.ListTrainingCheckpoints(
         pb.ListTrainingCheckpointsRequest(name=job.name))).checkpoints
@@ -60,6 +61,11 @@ async def test_pause_resume_from_checkpoints_and_publish_one(memory_client) -> N
 
     # Publish a checkpoint the job kept: a version of its own, labelled with the step; a repeat is the same.
     done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    # Steps after the checkpoint it resumed from were reported twice; its metrics hold each step once, the last.
+    rows = (await client.training.GetTrainingMetrics(pb.GetTrainingMetricsRequest(name=job.name))).rows
+    assert [r.step for r in rows] == list(range(1, 25)) and done.metrics_artifacts.row_count == 24
+    resumed_losses = [e.step_metrics.loss for e in after if e.HasField("step_metrics")]
+    assert [r.loss for r in rows[listed[1].step:]] == resumed_losses  # those of the resumed run
     kept = (await client.training.ListTrainingCheckpoints(pb.ListTrainingCheckpointsRequest(name=job.name))).checkpoints
     assert done.output_adapter_version == "v1.0" and kept and all(c.step < 24 for c in kept)
     request = pb.PublishCheckpointRequest(name=job.name, step=kept[-1].step, request_id="pick-1")

@@ -176,3 +176,19 @@ async def test_an_rpc_not_built_answers_unimplemented_with_error_info():
         assert info.reason == "NOT_IMPLEMENTED"
     finally:
         await server.stop(0)
+
+
+def test_a_tracker_that_cannot_log_stops_the_server_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]):
+    from server.__main__ import main
+
+    monkeypatch.setenv("LEARNING_ENGINE_TRAINING_TRACKERS", '["tensorboard", "wandb", "visdom"]')
+    assert main(["--data-dir", str(tmp_path)]) == 2  # before anything starts
+    message = capsys.readouterr().err
+    assert "training_trackers" in message
+    assert "tracker 'wandb' needs its library, which is not installed" in message
+    assert "'visdom' is not a tracker accelerate supports (one of aim, " in message
+    assert "'tensorboard'" not in message  # installed (the tracking extra, in dev)
+    monkeypatch.setenv("LEARNING_ENGINE_TRAINING_TRACKERS", '["tensorboard"]')
+    settings = load_settings({"data_dir": tmp_path})
+    assert settings.training_trackers == ("tensorboard",) and settings.trackers_dir == tmp_path / "trackers"

@@ -59,6 +59,11 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     running = next(i for i, e in enumerate(events) if e.state_change.state == common_pb2.JOB_STATE_RUNNING)
     stored = next(i for i, e in enumerate(events) if e.notice.code == "FISHER_SNAPSHOT_STORED")
     assert stored < running, "the Fisher pre-pass is part of preparing, and its events come before RUNNING"
+    computing = next(i for i, e in enumerate(events) if e.notice.code == "FISHER_COMPUTED_AUTOMATICALLY")
+    measured = [(i, e.parent_fisher_progress) for i, e in enumerate(events) if e.HasField("parent_fisher_progress")]
+    assert measured and all(computing < i < stored for i, _ in measured)  # its own progress, between the notices
+    done = [p.samples_done for _, p in measured]
+    assert done == sorted(done) and done[-1] == measured[-1][1].samples_total > 0
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert steps[0].ewc_penalty == 0.0  # theta == theta* before the first update
     assert all(s.ewc_penalty > 0 for s in steps[1:]) and len(steps) > 2

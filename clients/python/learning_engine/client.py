@@ -181,6 +181,12 @@ class AsyncClient:
             lambda m: m.event.sequence if m.HasField("event") else None,
         )
 
+    async def get_training_metrics(self, name: str) -> training.GetTrainingMetricsResponse:
+        """The job's metrics as its event log holds them now: one row per optimiser step, the same as CSV
+        (``.csv``) and a loss-curve PNG (``.png``, empty while the job has no steps)."""
+        request = training.GetTrainingMetricsRequest(name=name)
+        return await self._unary(self.training.GetTrainingMetrics, request)
+
     # ---- fisher -------------------------------------------------------------------
 
     async def create_fisher_job(

@@ -79,6 +79,7 @@ class Client:
     list_training_jobs = _blocking(AsyncClient.list_training_jobs)
     cancel_training_job = _blocking(AsyncClient.cancel_training_job)
     watch_training_job = _blocking_iter(AsyncClient.watch_training_job)
+    get_training_metrics = _blocking(AsyncClient.get_training_metrics)
     create_fisher_job = _blocking(AsyncClient.create_fisher_job)
     get_fisher_job = _blocking(AsyncClient.get_fisher_job)
     list_fisher_jobs = _blocking(AsyncClient.list_fisher_jobs)

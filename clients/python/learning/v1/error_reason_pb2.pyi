@@ -142,6 +142,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_FEEDBACK_LINE_INVALID: _ClassVar[ErrorReason]
     ERROR_REASON_METRICS_UNREACHABLE: _ClassVar[ErrorReason]
     ERROR_REASON_NO_HEADER: _ClassVar[ErrorReason]
+    ERROR_REASON_NO_STEPS_YET: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason
@@ -278,3 +279,4 @@ ERROR_REASON_USAGE: ErrorReason
 ERROR_REASON_FEEDBACK_LINE_INVALID: ErrorReason
 ERROR_REASON_METRICS_UNREACHABLE: ErrorReason
 ERROR_REASON_NO_HEADER: ErrorReason
+ERROR_REASON_NO_STEPS_YET: ErrorReason

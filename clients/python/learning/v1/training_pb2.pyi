@@ -154,7 +154,7 @@ class EwcLineage(_message.Message):
     def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority", "base_retention")
+    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority", "base_retention", "metrics_artifacts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class TrainingJob(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     BASE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
     state: _common_pb2.JobState
@@ -191,7 +192,18 @@ class TrainingJob(_message.Message):
     worker: str
     priority: int
     base_retention: _common_pb2.BaseRetention
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ...) -> None: ...
+    metrics_artifacts: TrainingMetricsArtifacts
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., metrics_artifacts: _Optional[_Union[TrainingMetricsArtifacts, _Mapping]] = ...) -> None: ...
+
+class TrainingMetricsArtifacts(_message.Message):
+    __slots__ = ("csv_uri", "png_uri", "row_count")
+    CSV_URI_FIELD_NUMBER: _ClassVar[int]
+    PNG_URI_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    csv_uri: str
+    png_uri: str
+    row_count: int
+    def __init__(self, csv_uri: _Optional[str] = ..., png_uri: _Optional[str] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class TrainingStepMetrics(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate", "grad_norm", "tokens_per_second", "eta")
@@ -246,7 +258,7 @@ class TrainingEvalResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., split: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ...) -> None: ...
 
 class TrainingJobEvent(_message.Message):
-    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error", "notice")
+    __slots__ = ("sequence", "time", "state_change", "step_metrics", "checkpoint", "eval_result", "warning", "error", "notice", "parent_fisher_progress")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +268,7 @@ class TrainingJobEvent(_message.Message):
     WARNING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FISHER_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     state_change: _common_pb2.JobStateChange
@@ -265,7 +278,18 @@ class TrainingJobEvent(_message.Message):
     warning: _common_pb2.JobWarning
     error: _common_pb2.JobError
     notice: _common_pb2.JobNotice
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ...) -> None: ...
+    parent_fisher_progress: ParentFisherProgress
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., step_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[TrainingCheckpoint, _Mapping]] = ..., eval_result: _Optional[_Union[TrainingEvalResult, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., parent_fisher_progress: _Optional[_Union[ParentFisherProgress, _Mapping]] = ...) -> None: ...
+
+class ParentFisherProgress(_message.Message):
+    __slots__ = ("samples_done", "samples_total", "samples_per_second")
+    SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    samples_done: int
+    samples_total: int
+    samples_per_second: float
+    def __init__(self, samples_done: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("spec", "request_id", "validate_only", "priority")
@@ -394,3 +418,47 @@ class PublishCheckpointResponse(_message.Message):
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     adapter_version: str
     def __init__(self, adapter_version: _Optional[str] = ...) -> None: ...
+
+class TrainingMetricsRow(_message.Message):
+    __slots__ = ("step", "time", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TASK_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EWC_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    time: _timestamp_pb2.Timestamp
+    total_steps: int
+    epoch: float
+    loss: float
+    task_loss: float
+    ewc_penalty: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    eval_loss: float
+    def __init__(self, step: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., task_loss: _Optional[float] = ..., ewc_penalty: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eval_loss: _Optional[float] = ...) -> None: ...
+
+class GetTrainingMetricsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetTrainingMetricsResponse(_message.Message):
+    __slots__ = ("rows", "csv", "png", "state")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CSV_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[TrainingMetricsRow]
+    csv: bytes
+    png: bytes
+    state: _common_pb2.JobState
+    def __init__(self, rows: _Optional[_Iterable[_Union[TrainingMetricsRow, _Mapping]]] = ..., csv: _Optional[bytes] = ..., png: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ...) -> None: ...

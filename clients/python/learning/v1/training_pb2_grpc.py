@@ -81,6 +81,11 @@ class TrainingServiceStub:
                 request_serializer=learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.FromString,
                 _registered_method=True)
+        self.GetTrainingMetrics = channel.unary_unary(
+                '/learning.v1.TrainingService/GetTrainingMetrics',
+                request_serializer=learning_dot_v1_dot_training__pb2.GetTrainingMetricsRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_training__pb2.GetTrainingMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -155,6 +160,17 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingMetrics(self, request, context):
+        """Returns a job's metrics, read from its event log: one row per optimiser
+        step, as typed rows, as CSV and as a loss-curve PNG. Works while the job
+        runs (the table grows) and after it ended, on any server sharing the
+        database. A job without steps yet (queued, preparing, or failed before its
+        first step) is no error: no rows, a CSV of the header alone, an empty PNG.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +218,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.PublishCheckpoint,
                     request_deserializer=learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.FromString,
                     response_serializer=learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.SerializeToString,
+            ),
+            'GetTrainingMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingMetrics,
+                    request_deserializer=learning_dot_v1_dot_training__pb2.GetTrainingMetricsRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_training__pb2.GetTrainingMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +470,33 @@ class TrainingService:
             '/learning.v1.TrainingService/PublishCheckpoint',
             learning_dot_v1_dot_training__pb2.PublishCheckpointRequest.SerializeToString,
             learning_dot_v1_dot_training__pb2.PublishCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.TrainingService/GetTrainingMetrics',
+            learning_dot_v1_dot_training__pb2.GetTrainingMetricsRequest.SerializeToString,
+            learning_dot_v1_dot_training__pb2.GetTrainingMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import grpc
 import typer
-from google.protobuf import duration_pb2
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from google.protobuf import duration_pb2, timestamp_pb2
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.text import Text
 
 from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import training_pb2 as training
-from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
+from learning.v1.error_reason_pb2 import ERROR_REASON_NO_STEPS_YET, ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, interrupted, labels, options, out, run
 from learning_engine.client import AsyncClient
 
-jobs_app = typer.Typer(help="Training jobs: list, get, watch, cancel.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Training jobs: list, get, watch, plot, cancel.", no_args_is_help=True)
 
 _STATE = common.JobState.Name
 
@@ -138,43 +141,99 @@ def _guard_interrupt(ctx: typer.Context, call) -> int:
         interrupted("stopped watching; the job keeps running (learning-engine jobs watch NAME)")
 
 
+class _Elapsed(ProgressColumn):
+    """How long the task's work has run: from its ``since`` field (POSIX seconds) to ``until``, or to now."""
+
+    def render(self, task: Task) -> Text:
+        since, until = task.fields.get("since"), task.fields.get("until")
+        if since is None:
+            return Text("-:--:--", style="progress.elapsed")
+        seconds = max(0, int((until if until is not None else time.time()) - since))
+        return Text(f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}", style="progress.elapsed")
+
+
+def _step_info(m: training.TrainingStepMetrics) -> str:
+    return (
+        f"loss {m.loss:.4f} (task {m.task_loss:.4f} + ewc {m.ewc_penalty:.3g}) lr {m.learning_rate:.2e} "
+        f"{m.tokens_per_second:,.0f} tok/s ETA {_eta(m.eta)}"
+    )
+
+
+def _seconds(ts: timestamp_pb2.Timestamp) -> float | None:
+    return ts.seconds + ts.nanos / 1e9 if ts.seconds or ts.nanos else None
+
+
+class _Bars:
+    """The live bars of a training job: its steps (elapsed time, loss, task loss, EWC penalty, learning rate,
+    tokens/s, ETA) and, for a continuation that measures its parent's Fisher first, that pre-pass."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.steps = progress.add_task("queued", total=None, info="", since=None, until=None)
+        self.fisher: TaskID | None = None
+
+    def snapshot(self, job: training.TrainingJob) -> None:
+        self.progress.update(self.steps, description=_short(job.state).lower(), since=_seconds(job.start_time),
+                             until=_seconds(job.end_time))
+
+    def event(self, event: training.TrainingJobEvent) -> None:
+        at = _seconds(event.time)
+        kind = event.WhichOneof("kind")
+        if kind == "step_metrics":
+            m = event.step_metrics
+            self.progress.update(self.steps, total=m.total_steps, completed=m.step, info=_step_info(m))
+        elif kind == "state_change":
+            state = event.state_change.state
+            fields: dict = {"description": _short(state).lower()}
+            if state == common.JOB_STATE_RUNNING and self.progress.tasks[self.steps].fields["since"] is None:
+                fields["since"] = at
+            if state in _ENDED:
+                fields["until"] = at
+            self.progress.update(self.steps, **fields)
+        elif kind == "notice" and event.notice.code == "FISHER_COMPUTED_AUTOMATICALLY":
+            self._fisher(since=at)
+        elif kind == "parent_fisher_progress":
+            p = event.parent_fisher_progress
+            self.progress.update(self._fisher(since=at), total=p.samples_total, completed=p.samples_done,
+                                 info=f"{p.samples_per_second:,.1f} samples/s")
+        elif kind == "notice" and event.notice.code == "FISHER_SNAPSHOT_STORED" and self.fisher is not None:
+            task = self.progress.tasks[self.fisher]
+            self.progress.update(self.fisher, completed=task.total or 1, total=task.total or 1, until=at)
+
+    def _fisher(self, since: float | None) -> TaskID:
+        if self.fisher is None:
+            self.fisher = self.progress.add_task("parent fisher", total=None, info="", since=since, until=None)
+        return self.fisher
+
+
+_ENDED = (common.JOB_STATE_SUCCEEDED, common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED, common.JOB_STATE_PAUSED)
+
+
 async def follow_training(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
     """Print every update until the job ends; return the exit code its outcome maps to."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TextColumn("ETA {task.fields[eta]}"),
+        _Elapsed(),
+        TextColumn("{task.fields[info]}"),
     )
     final: training.TrainingJob | None = None
     with Progress(*columns, console=err, transient=False, disable=as_json) as progress:
-        bar = progress.add_task("queued", total=None, loss="-", tps="-", eta="-")
+        bars = _Bars(progress)
         async for message in client.watch_training_job(name, after_sequence=after_sequence):
             if as_json:
                 print(json.dumps(as_dict(message)), flush=True)
             if message.HasField("snapshot"):
                 final = message.snapshot
-                progress.update(bar, description=_short(final.state).lower())
+                bars.snapshot(final)
                 continue
             event = message.event
-            if event.HasField("step_metrics"):
-                m = event.step_metrics
-                progress.update(
-                    bar,
-                    total=m.total_steps,
-                    completed=m.step,
-                    loss=f"{m.loss:.4f}",
-                    tps=f"{m.tokens_per_second:,.0f}",
-                    eta=_eta(m.eta),
+            bars.event(event)
+            if event.HasField("state_change") and not as_json:
+                progress.console.print(
+                    f"{_short(event.state_change.state)}: {event.state_change.message}", highlight=False
                 )
-            elif event.HasField("state_change"):
-                progress.update(bar, description=_short(event.state_change.state).lower())
-                if not as_json:
-                    progress.console.print(
-                        f"{_short(event.state_change.state)}: {event.state_change.message}", highlight=False
-                    )
             elif event.HasField("warning") and not as_json:
                 progress.console.print(f"[yellow]warning[/] {event.warning.code}: {event.warning.message}")
     final = await client.get_training_job(name)
@@ -302,6 +361,33 @@ def jobs_watch(
     """Follow a job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
     raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_training(c, opts.json, name, after)))
+
+
+@jobs_app.command("plot")
+def jobs_plot(
+    ctx: typer.Context,
+    name: str,
+    png: Path = typer.Option(Path("loss.png"), "--out", "-o", help="Where to write the loss curve (PNG)."),
+    csv_path: Path = typer.Option(None, "--csv", help="Also write the metrics table (CSV) here."),
+) -> None:
+    """Write a job's loss curve, and its metrics as CSV, as the server has them now (running or ended)."""
+    opts = options(ctx)
+    metrics = run(ctx, lambda c: c.get_training_metrics(name))
+    state = _short(metrics.state)
+    if not metrics.rows:  # nothing is written: a loss.png left from before must not pass for this job's
+        fail(opts, grpc.StatusCode.FAILED_PRECONDITION, f"{name} has no steps yet ({state}): no loss curve to write",
+             reason=ERROR_REASON_NO_STEPS_YET, metadata={"name": name, "state": state})
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(metrics.png)
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path.write_bytes(metrics.csv)
+    last = metrics.rows[-1]
+    written = {"name": name, "state": state, "rows": len(metrics.rows), "png": str(png),
+               "csv": str(csv_path) if csv_path is not None else None}
+    emit(opts, written, lambda: out.print(
+        f"{name} ({state}, step {last.step} of {last.total_steps}) -> {png}"
+        + (f", {csv_path}" if csv_path is not None else ""), highlight=False))
 
 
 @jobs_app.command("cancel")

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/training.proto.
  */
 export const file_learning_v1_training: GenFile = /*@__PURE__*/
-  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEirgMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBEhMKC251bV9kZXZpY2VzGA8gASgNQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEilQQKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkSMgoLY2hlY2twb2ludHMYCyABKAsyHS5sZWFybmluZy52MS5DaGVja3BvaW50UG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHZGF0YXNldCKGAQoQQ2hlY2twb2ludFBvbGljeRIYCgtldmVyeV9zdGVwcxgBIAEoDUgAiAEBEhoKDWV2ZXJ5X21pbnV0ZXMYAiABKAFIAYgBARIRCgRrZWVwGAMgASgNSAKIAQFCDgoMX2V2ZXJ5X3N0ZXBzQhAKDl9ldmVyeV9taW51dGVzQgcKBV9rZWVwIrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlIpIFCgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQSDgoGd29ya2VyGBAgASgJEhAKCHByaW9yaXR5GBEgASgFEjIKDmJhc2VfcmV0ZW50aW9uGB4gASgLMhoubGVhcm5pbmcudjEuQmFzZVJldGVudGlvbiLqAQoTVHJhaW5pbmdTdGVwTWV0cmljcxIMCgRzdGVwGAEgASgEEhMKC3RvdGFsX3N0ZXBzGAIgASgEEg0KBWVwb2NoGAMgASgBEgwKBGxvc3MYBCABKAESEQoJdGFza19sb3NzGAUgASgBEhMKC2V3Y19wZW5hbHR5GAYgASgBEhUKDWxlYXJuaW5nX3JhdGUYByABKAESEQoJZ3JhZF9ub3JtGAggASgBEhkKEXRva2Vuc19wZXJfc2Vjb25kGAkgASgBEiYKA2V0YRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK4AQoSVHJhaW5pbmdDaGVja3BvaW50EgwKBHN0ZXAYASABKAQSCwoDdXJpGAIgASgJEgwKBGxvc3MYAyABKAESFgoJZXZhbF9sb3NzGAQgASgBSACIAQESDgoGc2hhMjU2GAUgASgJEhIKCnNpemVfYnl0ZXMYBiABKAQSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgwKCl9ldmFsX2xvc3MiWwoSVHJhaW5pbmdFdmFsUmVzdWx0EgwKBHN0ZXAYASABKAQSDQoFc3BsaXQYAiABKAkSKAoHbWV0cmljcxgDIAMoCzIXLmxlYXJuaW5nLnYxLkV2YWxNZXRyaWMisgMKEFRyYWluaW5nSm9iRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoMc3RhdGVfY2hhbmdlGAMgASgLMhsubGVhcm5pbmcudjEuSm9iU3RhdGVDaGFuZ2VIABI4CgxzdGVwX21ldHJpY3MYBCABKAsyIC5sZWFybmluZy52MS5UcmFpbmluZ1N0ZXBNZXRyaWNzSAASNQoKY2hlY2twb2ludBgFIAEoCzIfLmxlYXJuaW5nLnYxLlRyYWluaW5nQ2hlY2twb2ludEgAEjYKC2V2YWxfcmVzdWx0GAYgASgLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdFdmFsUmVzdWx0SAASKgoHd2FybmluZxgHIAEoCzIXLmxlYXJuaW5nLnYxLkpvYldhcm5pbmdIABImCgVlcnJvchgIIAEoCzIVLmxlYXJuaW5nLnYxLkpvYkVycm9ySAASKAoGbm90aWNlGAkgASgLMhYubGVhcm5pbmcudjEuSm9iTm90aWNlSABCBgoEa2luZCKDAQoYQ3JlYXRlVHJhaW5pbmdKb2JSZXF1ZXN0EioKBHNwZWMYASABKAsyHC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMSEgoKcmVxdWVzdF9pZBgCIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAMgASgIEhAKCHByaW9yaXR5GAQgASgFIksKGUNyZWF0ZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiJQoVR2V0VHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSAoWR2V0VHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiJnChdMaXN0VHJhaW5pbmdKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIlCgZzdGF0ZXMYAyADKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZSJkChhMaXN0VHJhaW5pbmdKb2JzUmVzcG9uc2USLwoNdHJhaW5pbmdfam9icxgBIAMoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChhDYW5jZWxUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJLChlDYW5jZWxUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iIj8KF1dhdGNoVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiggEKGFdhdGNoVHJhaW5pbmdKb2JSZXNwb25zZRIsCghzbmFwc2hvdBgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iSAASLgoFZXZlbnQYAiABKAsyHS5sZWFybmluZy52MS5UcmFpbmluZ0pvYkV2ZW50SABCCAoGdXBkYXRlIicKF1BhdXNlVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSgoYUGF1c2VUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iIigKGFJlc3VtZVRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKGVJlc3VtZVRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiLgoeTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiVwofTGlzdFRyYWluaW5nQ2hlY2twb2ludHNSZXNwb25zZRI0CgtjaGVja3BvaW50cxgBIAMoCzIfLmxlYXJuaW5nLnYxLlRyYWluaW5nQ2hlY2twb2ludCJKChhQdWJsaXNoQ2hlY2twb2ludFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRzdGVwGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiNAoZUHVibGlzaENoZWNrcG9pbnRSZXNwb25zZRIXCg9hZGFwdGVyX3ZlcnNpb24YASABKAkqTAoJT2JqZWN0aXZlEhkKFU9CSkVDVElWRV9VTlNQRUNJRklFRBAAEhEKDU9CSkVDVElWRV9TRlQQARIRCg1PQkpFQ1RJVkVfS1RPEAIqYgoJUHJlY2lzaW9uEhkKFVBSRUNJU0lPTl9VTlNQRUNJRklFRBAAEhIKDlBSRUNJU0lPTl9BVVRPEAESEgoOUFJFQ0lTSU9OX0ZQMzIQAhISCg5QUkVDSVNJT05fQkYxNhADKnAKDFF1YW50aXphdGlvbhIcChhRVUFOVElaQVRJT05fVU5TUEVDSUZJRUQQABIVChFRVUFOVElaQVRJT05fTk9ORRABEhQKEFFVQU5USVpBVElPTl9ORjQQAhIVChFRVUFOVElaQVRJT05fSU5UOBADMpcHCg9UcmFpbmluZ1NlcnZpY2USYgoRQ3JlYXRlVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5DcmVhdGVUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5DcmVhdGVUcmFpbmluZ0pvYlJlc3BvbnNlElkKDkdldFRyYWluaW5nSm9iEiIubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdKb2JSZXF1ZXN0GiMubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdKb2JSZXNwb25zZRJfChBMaXN0VHJhaW5pbmdKb2JzEiQubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nSm9ic1JlcXVlc3QaJS5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdKb2JzUmVzcG9uc2USYgoRQ2FuY2VsVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5DYW5jZWxUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5DYW5jZWxUcmFpbmluZ0pvYlJlc3BvbnNlEmEKEFdhdGNoVHJhaW5pbmdKb2ISJC5sZWFybmluZy52MS5XYXRjaFRyYWluaW5nSm9iUmVxdWVzdBolLmxlYXJuaW5nLnYxLldhdGNoVHJhaW5pbmdKb2JSZXNwb25zZTABEl8KEFBhdXNlVHJhaW5pbmdKb2ISJC5sZWFybmluZy52MS5QYXVzZVRyYWluaW5nSm9iUmVxdWVzdBolLmxlYXJuaW5nLnYxLlBhdXNlVHJhaW5pbmdKb2JSZXNwb25zZRJiChFSZXN1bWVUcmFpbmluZ0pvYhIlLmxlYXJuaW5nLnYxLlJlc3VtZVRyYWluaW5nSm9iUmVxdWVzdBomLmxlYXJuaW5nLnYxLlJlc3VtZVRyYWluaW5nSm9iUmVzcG9uc2USdAoXTGlzdFRyYWluaW5nQ2hlY2twb2ludHMSKy5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1JlcXVlc3QaLC5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1Jlc3BvbnNlEmIKEVB1Ymxpc2hDaGVja3BvaW50EiUubGVhcm5pbmcudjEuUHVibGlzaENoZWNrcG9pbnRSZXF1ZXN0GiYubGVhcm5pbmcudjEuUHVibGlzaENoZWNrcG9pbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
+  fileDesc("ChpsZWFybmluZy92MS90cmFpbmluZy5wcm90bxILbGVhcm5pbmcudjEirgMKD0h5cGVycGFyYW1ldGVycxIOCgZlcG9jaHMYASABKA0SFQoNbGVhcm5pbmdfcmF0ZRgCIAEoARISCgpiYXRjaF9zaXplGAMgASgNEhYKDm1heF9zZXFfbGVuZ3RoGAQgASgNEhEKBHNlZWQYBSABKARIAIgBARIRCgltYXhfc3RlcHMYBiABKA0SFAoMd2FybXVwX3N0ZXBzGAcgASgNEhQKDHdlaWdodF9kZWNheRgIIAEoARIVCg1tYXhfZ3JhZF9ub3JtGAkgASgBEikKCXByZWNpc2lvbhgKIAEoDjIWLmxlYXJuaW5nLnYxLlByZWNpc2lvbhIvCgxxdWFudGl6YXRpb24YCyABKA4yGS5sZWFybmluZy52MS5RdWFudGl6YXRpb24SIwobZ3JhZGllbnRfYWNjdW11bGF0aW9uX3N0ZXBzGAwgASgNEh4KFmdyYWRpZW50X2NoZWNrcG9pbnRpbmcYDSABKAgSFAoHcGFja2luZxgOIAEoCEgBiAEBEhMKC251bV9kZXZpY2VzGA8gASgNQgcKBV9zZWVkQgoKCF9wYWNraW5nIsUBCglFd2NDb25maWcSFwoKZXdjX2xhbWJkYRgBIAEoAUgAiAEBEhIKBWdhbW1hGAIgASgBSAGIAQESFwoPZmlzaGVyX3NuYXBzaG90GAMgASgJEhcKD3JlcGxheV9mcmFjdGlvbhgEIAEoARIQCghkaXNhYmxlZBgFIAEoCBIuCgxmaXNoZXJfc3BhY2UYBiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZUINCgtfZXdjX2xhbWJkYUIICgZfZ2FtbWEilQQKD1RyYWluaW5nSm9iU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEioKBWpzb25sGAIgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYAyABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIlCgRsb3JhGAQgASgLMhcubGVhcm5pbmcudjEuTG9yYUNvbmZpZxI1Cg9oeXBlcnBhcmFtZXRlcnMYBSABKAsyHC5sZWFybmluZy52MS5IeXBlcnBhcmFtZXRlcnMSKQoJb2JqZWN0aXZlGAYgASgOMhYubGVhcm5pbmcudjEuT2JqZWN0aXZlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YByABKAkSIwoDZXdjGAggASgLMhYubGVhcm5pbmcudjEuRXdjQ29uZmlnEhoKEm1ham9yX3ZlcnNpb25fYnVtcBgJIAEoCBI4CgZsYWJlbHMYCiADKAsyKC5sZWFybmluZy52MS5UcmFpbmluZ0pvYlNwZWMuTGFiZWxzRW50cnkSMgoLY2hlY2twb2ludHMYCyABKAsyHS5sZWFybmluZy52MS5DaGVja3BvaW50UG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHZGF0YXNldCKGAQoQQ2hlY2twb2ludFBvbGljeRIYCgtldmVyeV9zdGVwcxgBIAEoDUgAiAEBEhoKDWV2ZXJ5X21pbnV0ZXMYAiABKAFIAYgBARIRCgRrZWVwGAMgASgNSAKIAQFCDgoMX2V2ZXJ5X3N0ZXBzQhAKDl9ldmVyeV9taW51dGVzQgcKBV9rZWVwIrEBCgpFd2NMaW5lYWdlEh4KFnBhcmVudF9hZGFwdGVyX3ZlcnNpb24YASABKAkSFwoPZmlzaGVyX3NuYXBzaG90GAIgASgJEhIKCmV3Y19sYW1iZGEYAyABKAESDQoFZ2FtbWEYBCABKAESFwoPcmVwbGF5X2ZyYWN0aW9uGAUgASgBEi4KDGZpc2hlcl9zcGFjZRgGIAEoDjIYLmxlYXJuaW5nLnYxLkZpc2hlclNwYWNlItQFCgtUcmFpbmluZ0pvYhIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5sZWFybmluZy52MS5Kb2JTdGF0ZRIqCghwcm9ncmVzcxgEIAEoCzIYLmxlYXJuaW5nLnYxLkpvYlByb2dyZXNzEiEKBWVycm9yGAUgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXMSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRzcGVjGAkgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEh4KFm91dHB1dF9hZGFwdGVyX3ZlcnNpb24YCiABKAkSLAoHZGF0YXNldBgLIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EjgKDmxhdGVzdF9tZXRyaWNzGAwgASgLMiAubGVhcm5pbmcudjEuVHJhaW5pbmdTdGVwTWV0cmljcxIOCgZkZXZpY2UYDSABKAkSLAoLZXdjX2xpbmVhZ2UYDiABKAsyFy5sZWFybmluZy52MS5Fd2NMaW5lYWdlEhUKDWxhc3Rfc2VxdWVuY2UYDyABKAQSDgoGd29ya2VyGBAgASgJEhAKCHByaW9yaXR5GBEgASgFEjIKDmJhc2VfcmV0ZW50aW9uGB4gASgLMhoubGVhcm5pbmcudjEuQmFzZVJldGVudGlvbhJAChFtZXRyaWNzX2FydGlmYWN0cxgSIAEoCzIlLmxlYXJuaW5nLnYxLlRyYWluaW5nTWV0cmljc0FydGlmYWN0cyJPChhUcmFpbmluZ01ldHJpY3NBcnRpZmFjdHMSDwoHY3N2X3VyaRgBIAEoCRIPCgdwbmdfdXJpGAIgASgJEhEKCXJvd19jb3VudBgDIAEoBCLqAQoTVHJhaW5pbmdTdGVwTWV0cmljcxIMCgRzdGVwGAEgASgEEhMKC3RvdGFsX3N0ZXBzGAIgASgEEg0KBWVwb2NoGAMgASgBEgwKBGxvc3MYBCABKAESEQoJdGFza19sb3NzGAUgASgBEhMKC2V3Y19wZW5hbHR5GAYgASgBEhUKDWxlYXJuaW5nX3JhdGUYByABKAESEQoJZ3JhZF9ub3JtGAggASgBEhkKEXRva2Vuc19wZXJfc2Vjb25kGAkgASgBEiYKA2V0YRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK4AQoSVHJhaW5pbmdDaGVja3BvaW50EgwKBHN0ZXAYASABKAQSCwoDdXJpGAIgASgJEgwKBGxvc3MYAyABKAESFgoJZXZhbF9sb3NzGAQgASgBSACIAQESDgoGc2hhMjU2GAUgASgJEhIKCnNpemVfYnl0ZXMYBiABKAQSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgwKCl9ldmFsX2xvc3MiWwoSVHJhaW5pbmdFdmFsUmVzdWx0EgwKBHN0ZXAYASABKAQSDQoFc3BsaXQYAiABKAkSKAoHbWV0cmljcxgDIAMoCzIXLmxlYXJuaW5nLnYxLkV2YWxNZXRyaWMi9wMKEFRyYWluaW5nSm9iRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoMc3RhdGVfY2hhbmdlGAMgASgLMhsubGVhcm5pbmcudjEuSm9iU3RhdGVDaGFuZ2VIABI4CgxzdGVwX21ldHJpY3MYBCABKAsyIC5sZWFybmluZy52MS5UcmFpbmluZ1N0ZXBNZXRyaWNzSAASNQoKY2hlY2twb2ludBgFIAEoCzIfLmxlYXJuaW5nLnYxLlRyYWluaW5nQ2hlY2twb2ludEgAEjYKC2V2YWxfcmVzdWx0GAYgASgLMh8ubGVhcm5pbmcudjEuVHJhaW5pbmdFdmFsUmVzdWx0SAASKgoHd2FybmluZxgHIAEoCzIXLmxlYXJuaW5nLnYxLkpvYldhcm5pbmdIABImCgVlcnJvchgIIAEoCzIVLmxlYXJuaW5nLnYxLkpvYkVycm9ySAASKAoGbm90aWNlGAkgASgLMhYubGVhcm5pbmcudjEuSm9iTm90aWNlSAASQwoWcGFyZW50X2Zpc2hlcl9wcm9ncmVzcxgKIAEoCzIhLmxlYXJuaW5nLnYxLlBhcmVudEZpc2hlclByb2dyZXNzSABCBgoEa2luZCJfChRQYXJlbnRGaXNoZXJQcm9ncmVzcxIUCgxzYW1wbGVzX2RvbmUYASABKAQSFQoNc2FtcGxlc190b3RhbBgCIAEoBBIaChJzYW1wbGVzX3Blcl9zZWNvbmQYAyABKAEigwEKGENyZWF0ZVRyYWluaW5nSm9iUmVxdWVzdBIqCgRzcGVjGAEgASgLMhwubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkSFQoNdmFsaWRhdGVfb25seRgDIAEoCBIQCghwcmlvcml0eRgEIAEoBSJLChlDcmVhdGVUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iIiUKFUdldFRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIkgKFkdldFRyYWluaW5nSm9iUmVzcG9uc2USLgoMdHJhaW5pbmdfam9iGAEgASgLMhgubGVhcm5pbmcudjEuVHJhaW5pbmdKb2IiZwoXTGlzdFRyYWluaW5nSm9ic1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSJQoGc3RhdGVzGAMgAygOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUiZAoYTGlzdFRyYWluaW5nSm9ic1Jlc3BvbnNlEi8KDXRyYWluaW5nX2pvYnMYASADKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKAoYQ2FuY2VsVHJhaW5pbmdKb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwoZQ2FuY2VsVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiI/ChdXYXRjaFRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIoIBChhXYXRjaFRyYWluaW5nSm9iUmVzcG9uc2USLAoIc25hcHNob3QYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYkgAEi4KBWV2ZW50GAIgASgLMh0ubGVhcm5pbmcudjEuVHJhaW5pbmdKb2JFdmVudEgAQggKBnVwZGF0ZSInChdQYXVzZVRyYWluaW5nSm9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIkoKGFBhdXNlVHJhaW5pbmdKb2JSZXNwb25zZRIuCgx0cmFpbmluZ19qb2IYASABKAsyGC5sZWFybmluZy52MS5UcmFpbmluZ0pvYiIoChhSZXN1bWVUcmFpbmluZ0pvYlJlcXVlc3QSDAoEbmFtZRgBIAEoCSJLChlSZXN1bWVUcmFpbmluZ0pvYlJlc3BvbnNlEi4KDHRyYWluaW5nX2pvYhgBIAEoCzIYLmxlYXJuaW5nLnYxLlRyYWluaW5nSm9iIi4KHkxpc3RUcmFpbmluZ0NoZWNrcG9pbnRzUmVxdWVzdBIMCgRuYW1lGAEgASgJIlcKH0xpc3RUcmFpbmluZ0NoZWNrcG9pbnRzUmVzcG9uc2USNAoLY2hlY2twb2ludHMYASADKAsyHy5sZWFybmluZy52MS5UcmFpbmluZ0NoZWNrcG9pbnQiSgoYUHVibGlzaENoZWNrcG9pbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEc3RlcBgCIAEoBBISCgpyZXF1ZXN0X2lkGAMgASgJIjQKGVB1Ymxpc2hDaGVja3BvaW50UmVzcG9uc2USFwoPYWRhcHRlcl92ZXJzaW9uGAEgASgJIpECChJUcmFpbmluZ01ldHJpY3NSb3cSDAoEc3RlcBgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt0b3RhbF9zdGVwcxgDIAEoBBINCgVlcG9jaBgEIAEoARIMCgRsb3NzGAUgASgBEhEKCXRhc2tfbG9zcxgGIAEoARITCgtld2NfcGVuYWx0eRgHIAEoARIVCg1sZWFybmluZ19yYXRlGAggASgBEhEKCWdyYWRfbm9ybRgJIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgKIAEoARIWCglldmFsX2xvc3MYCyABKAFIAIgBAUIMCgpfZXZhbF9sb3NzIikKGUdldFRyYWluaW5nTWV0cmljc1JlcXVlc3QSDAoEbmFtZRgBIAEoCSKLAQoaR2V0VHJhaW5pbmdNZXRyaWNzUmVzcG9uc2USLQoEcm93cxgBIAMoCzIfLmxlYXJuaW5nLnYxLlRyYWluaW5nTWV0cmljc1JvdxILCgNjc3YYAiABKAwSCwoDcG5nGAMgASgMEiQKBXN0YXRlGAQgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUqTAoJT2JqZWN0aXZlEhkKFU9CSkVDVElWRV9VTlNQRUNJRklFRBAAEhEKDU9CSkVDVElWRV9TRlQQARIRCg1PQkpFQ1RJVkVfS1RPEAIqYgoJUHJlY2lzaW9uEhkKFVBSRUNJU0lPTl9VTlNQRUNJRklFRBAAEhIKDlBSRUNJU0lPTl9BVVRPEAESEgoOUFJFQ0lTSU9OX0ZQMzIQAhISCg5QUkVDSVNJT05fQkYxNhADKnAKDFF1YW50aXphdGlvbhIcChhRVUFOVElaQVRJT05fVU5TUEVDSUZJRUQQABIVChFRVUFOVElaQVRJT05fTk9ORRABEhQKEFFVQU5USVpBVElPTl9ORjQQAhIVChFRVUFOVElaQVRJT05fSU5UOBADMv4HCg9UcmFpbmluZ1NlcnZpY2USYgoRQ3JlYXRlVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5DcmVhdGVUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5DcmVhdGVUcmFpbmluZ0pvYlJlc3BvbnNlElkKDkdldFRyYWluaW5nSm9iEiIubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdKb2JSZXF1ZXN0GiMubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdKb2JSZXNwb25zZRJfChBMaXN0VHJhaW5pbmdKb2JzEiQubGVhcm5pbmcudjEuTGlzdFRyYWluaW5nSm9ic1JlcXVlc3QaJS5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdKb2JzUmVzcG9uc2USYgoRQ2FuY2VsVHJhaW5pbmdKb2ISJS5sZWFybmluZy52MS5DYW5jZWxUcmFpbmluZ0pvYlJlcXVlc3QaJi5sZWFybmluZy52MS5DYW5jZWxUcmFpbmluZ0pvYlJlc3BvbnNlEmEKEFdhdGNoVHJhaW5pbmdKb2ISJC5sZWFybmluZy52MS5XYXRjaFRyYWluaW5nSm9iUmVxdWVzdBolLmxlYXJuaW5nLnYxLldhdGNoVHJhaW5pbmdKb2JSZXNwb25zZTABEl8KEFBhdXNlVHJhaW5pbmdKb2ISJC5sZWFybmluZy52MS5QYXVzZVRyYWluaW5nSm9iUmVxdWVzdBolLmxlYXJuaW5nLnYxLlBhdXNlVHJhaW5pbmdKb2JSZXNwb25zZRJiChFSZXN1bWVUcmFpbmluZ0pvYhIlLmxlYXJuaW5nLnYxLlJlc3VtZVRyYWluaW5nSm9iUmVxdWVzdBomLmxlYXJuaW5nLnYxLlJlc3VtZVRyYWluaW5nSm9iUmVzcG9uc2USdAoXTGlzdFRyYWluaW5nQ2hlY2twb2ludHMSKy5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1JlcXVlc3QaLC5sZWFybmluZy52MS5MaXN0VHJhaW5pbmdDaGVja3BvaW50c1Jlc3BvbnNlEmIKEVB1Ymxpc2hDaGVja3BvaW50EiUubGVhcm5pbmcudjEuUHVibGlzaENoZWNrcG9pbnRSZXF1ZXN0GiYubGVhcm5pbmcudjEuUHVibGlzaENoZWNrcG9pbnRSZXNwb25zZRJlChJHZXRUcmFpbmluZ01ldHJpY3MSJi5sZWFybmluZy52MS5HZXRUcmFpbmluZ01ldHJpY3NSZXF1ZXN0GicubGVhcm5pbmcudjEuR2V0VHJhaW5pbmdNZXRyaWNzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
 
 /**
  * Optimiser settings. Zero fields take the server defaults.
@@ -494,6 +494,16 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
    * @generated from field: learning.v1.BaseRetention base_retention = 30;
    */
   baseRetention?: BaseRetention | undefined;
+
+  /**
+   * Where the job's metrics were stored when it ended (succeeded, failed or
+   * cancelled, after at least one step). Unset before that, and when storing
+   * them failed (a warning METRICS_NOT_STORED says why); GetTrainingMetrics
+   * renders the same from the job's events at any time.
+   *
+   * @generated from field: learning.v1.TrainingMetricsArtifacts metrics_artifacts = 18;
+   */
+  metricsArtifacts?: TrainingMetricsArtifacts | undefined;
 };
 
 /**
@@ -502,6 +512,42 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
  */
 export const TrainingJobSchema: GenMessage<TrainingJob> = /*@__PURE__*/
   messageDesc(file_learning_v1_training, 5);
+
+/**
+ * A job's metrics in the artifact store, as GetTrainingMetrics returns them when
+ * the job ended.
+ *
+ * @generated from message learning.v1.TrainingMetricsArtifacts
+ */
+export type TrainingMetricsArtifacts = Message<"learning.v1.TrainingMetricsArtifacts"> & {
+  /**
+   * metrics.csv (file:// or s3://).
+   *
+   * @generated from field: string csv_uri = 1;
+   */
+  csvUri: string;
+
+  /**
+   * loss.png, the loss curve.
+   *
+   * @generated from field: string png_uri = 2;
+   */
+  pngUri: string;
+
+  /**
+   * Rows (optimiser steps) in the CSV.
+   *
+   * @generated from field: uint64 row_count = 3;
+   */
+  rowCount: bigint;
+};
+
+/**
+ * Describes the message learning.v1.TrainingMetricsArtifacts.
+ * Use `create(TrainingMetricsArtifactsSchema)` to create a new message.
+ */
+export const TrainingMetricsArtifactsSchema: GenMessage<TrainingMetricsArtifacts> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 6);
 
 /**
  * Metrics of one optimiser step.
@@ -569,7 +615,7 @@ export type TrainingStepMetrics = Message<"learning.v1.TrainingStepMetrics"> & {
  * Use `create(TrainingStepMetricsSchema)` to create a new message.
  */
 export const TrainingStepMetricsSchema: GenMessage<TrainingStepMetrics> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 6);
+  messageDesc(file_learning_v1_training, 7);
 
 /**
  * A checkpoint written during training (every N steps or M minutes, at pause and at shutdown).
@@ -626,7 +672,7 @@ export type TrainingCheckpoint = Message<"learning.v1.TrainingCheckpoint"> & {
  * Use `create(TrainingCheckpointSchema)` to create a new message.
  */
 export const TrainingCheckpointSchema: GenMessage<TrainingCheckpoint> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 7);
+  messageDesc(file_learning_v1_training, 8);
 
 /**
  * An evaluation performed during or after training.
@@ -657,7 +703,7 @@ export type TrainingEvalResult = Message<"learning.v1.TrainingEvalResult"> & {
  * Use `create(TrainingEvalResultSchema)` to create a new message.
  */
 export const TrainingEvalResultSchema: GenMessage<TrainingEvalResult> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 8);
+  messageDesc(file_learning_v1_training, 9);
 
 /**
  * One entry in a job's event log.
@@ -722,6 +768,12 @@ export type TrainingJobEvent = Message<"learning.v1.TrainingJobEvent"> & {
      */
     value: JobNotice;
     case: "notice";
+  } | {
+    /**
+     * @generated from field: learning.v1.ParentFisherProgress parent_fisher_progress = 10;
+     */
+    value: ParentFisherProgress;
+    case: "parentFisherProgress";
   } | { case: undefined; value?: undefined };
 };
 
@@ -730,7 +782,38 @@ export type TrainingJobEvent = Message<"learning.v1.TrainingJobEvent"> & {
  * Use `create(TrainingJobEventSchema)` to create a new message.
  */
 export const TrainingJobEventSchema: GenMessage<TrainingJobEvent> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 9);
+  messageDesc(file_learning_v1_training, 10);
+
+/**
+ * While a continuation prepares, between the notices FISHER_COMPUTED_AUTOMATICALLY
+ * and FISHER_SNAPSHOT_STORED: samples of the parent's Fisher measured so far
+ * (the EWC pre-pass, when no fisher_snapshot is named).
+ *
+ * @generated from message learning.v1.ParentFisherProgress
+ */
+export type ParentFisherProgress = Message<"learning.v1.ParentFisherProgress"> & {
+  /**
+   * @generated from field: uint64 samples_done = 1;
+   */
+  samplesDone: bigint;
+
+  /**
+   * @generated from field: uint64 samples_total = 2;
+   */
+  samplesTotal: bigint;
+
+  /**
+   * @generated from field: double samples_per_second = 3;
+   */
+  samplesPerSecond: number;
+};
+
+/**
+ * Describes the message learning.v1.ParentFisherProgress.
+ * Use `create(ParentFisherProgressSchema)` to create a new message.
+ */
+export const ParentFisherProgressSchema: GenMessage<ParentFisherProgress> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 11);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobRequest
@@ -768,7 +851,7 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
  * Use `create(CreateTrainingJobRequestSchema)` to create a new message.
  */
 export const CreateTrainingJobRequestSchema: GenMessage<CreateTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 10);
+  messageDesc(file_learning_v1_training, 12);
 
 /**
  * @generated from message learning.v1.CreateTrainingJobResponse
@@ -785,7 +868,7 @@ export type CreateTrainingJobResponse = Message<"learning.v1.CreateTrainingJobRe
  * Use `create(CreateTrainingJobResponseSchema)` to create a new message.
  */
 export const CreateTrainingJobResponseSchema: GenMessage<CreateTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 11);
+  messageDesc(file_learning_v1_training, 13);
 
 /**
  * @generated from message learning.v1.GetTrainingJobRequest
@@ -804,7 +887,7 @@ export type GetTrainingJobRequest = Message<"learning.v1.GetTrainingJobRequest">
  * Use `create(GetTrainingJobRequestSchema)` to create a new message.
  */
 export const GetTrainingJobRequestSchema: GenMessage<GetTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 12);
+  messageDesc(file_learning_v1_training, 14);
 
 /**
  * @generated from message learning.v1.GetTrainingJobResponse
@@ -821,7 +904,7 @@ export type GetTrainingJobResponse = Message<"learning.v1.GetTrainingJobResponse
  * Use `create(GetTrainingJobResponseSchema)` to create a new message.
  */
 export const GetTrainingJobResponseSchema: GenMessage<GetTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 13);
+  messageDesc(file_learning_v1_training, 15);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsRequest
@@ -854,7 +937,7 @@ export type ListTrainingJobsRequest = Message<"learning.v1.ListTrainingJobsReque
  * Use `create(ListTrainingJobsRequestSchema)` to create a new message.
  */
 export const ListTrainingJobsRequestSchema: GenMessage<ListTrainingJobsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 14);
+  messageDesc(file_learning_v1_training, 16);
 
 /**
  * @generated from message learning.v1.ListTrainingJobsResponse
@@ -878,7 +961,7 @@ export type ListTrainingJobsResponse = Message<"learning.v1.ListTrainingJobsResp
  * Use `create(ListTrainingJobsResponseSchema)` to create a new message.
  */
 export const ListTrainingJobsResponseSchema: GenMessage<ListTrainingJobsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 15);
+  messageDesc(file_learning_v1_training, 17);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobRequest
@@ -895,7 +978,7 @@ export type CancelTrainingJobRequest = Message<"learning.v1.CancelTrainingJobReq
  * Use `create(CancelTrainingJobRequestSchema)` to create a new message.
  */
 export const CancelTrainingJobRequestSchema: GenMessage<CancelTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 16);
+  messageDesc(file_learning_v1_training, 18);
 
 /**
  * @generated from message learning.v1.CancelTrainingJobResponse
@@ -912,7 +995,7 @@ export type CancelTrainingJobResponse = Message<"learning.v1.CancelTrainingJobRe
  * Use `create(CancelTrainingJobResponseSchema)` to create a new message.
  */
 export const CancelTrainingJobResponseSchema: GenMessage<CancelTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 17);
+  messageDesc(file_learning_v1_training, 19);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobRequest
@@ -936,7 +1019,7 @@ export type WatchTrainingJobRequest = Message<"learning.v1.WatchTrainingJobReque
  * Use `create(WatchTrainingJobRequestSchema)` to create a new message.
  */
 export const WatchTrainingJobRequestSchema: GenMessage<WatchTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 18);
+  messageDesc(file_learning_v1_training, 20);
 
 /**
  * @generated from message learning.v1.WatchTrainingJobResponse
@@ -969,7 +1052,7 @@ export type WatchTrainingJobResponse = Message<"learning.v1.WatchTrainingJobResp
  * Use `create(WatchTrainingJobResponseSchema)` to create a new message.
  */
 export const WatchTrainingJobResponseSchema: GenMessage<WatchTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 19);
+  messageDesc(file_learning_v1_training, 21);
 
 /**
  * @generated from message learning.v1.PauseTrainingJobRequest
@@ -986,7 +1069,7 @@ export type PauseTrainingJobRequest = Message<"learning.v1.PauseTrainingJobReque
  * Use `create(PauseTrainingJobRequestSchema)` to create a new message.
  */
 export const PauseTrainingJobRequestSchema: GenMessage<PauseTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 20);
+  messageDesc(file_learning_v1_training, 22);
 
 /**
  * @generated from message learning.v1.PauseTrainingJobResponse
@@ -1003,7 +1086,7 @@ export type PauseTrainingJobResponse = Message<"learning.v1.PauseTrainingJobResp
  * Use `create(PauseTrainingJobResponseSchema)` to create a new message.
  */
 export const PauseTrainingJobResponseSchema: GenMessage<PauseTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 21);
+  messageDesc(file_learning_v1_training, 23);
 
 /**
  * @generated from message learning.v1.ResumeTrainingJobRequest
@@ -1020,7 +1103,7 @@ export type ResumeTrainingJobRequest = Message<"learning.v1.ResumeTrainingJobReq
  * Use `create(ResumeTrainingJobRequestSchema)` to create a new message.
  */
 export const ResumeTrainingJobRequestSchema: GenMessage<ResumeTrainingJobRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 22);
+  messageDesc(file_learning_v1_training, 24);
 
 /**
  * @generated from message learning.v1.ResumeTrainingJobResponse
@@ -1037,7 +1120,7 @@ export type ResumeTrainingJobResponse = Message<"learning.v1.ResumeTrainingJobRe
  * Use `create(ResumeTrainingJobResponseSchema)` to create a new message.
  */
 export const ResumeTrainingJobResponseSchema: GenMessage<ResumeTrainingJobResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 23);
+  messageDesc(file_learning_v1_training, 25);
 
 /**
  * @generated from message learning.v1.ListTrainingCheckpointsRequest
@@ -1056,7 +1139,7 @@ export type ListTrainingCheckpointsRequest = Message<"learning.v1.ListTrainingCh
  * Use `create(ListTrainingCheckpointsRequestSchema)` to create a new message.
  */
 export const ListTrainingCheckpointsRequestSchema: GenMessage<ListTrainingCheckpointsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 24);
+  messageDesc(file_learning_v1_training, 26);
 
 /**
  * @generated from message learning.v1.ListTrainingCheckpointsResponse
@@ -1073,7 +1156,7 @@ export type ListTrainingCheckpointsResponse = Message<"learning.v1.ListTrainingC
  * Use `create(ListTrainingCheckpointsResponseSchema)` to create a new message.
  */
 export const ListTrainingCheckpointsResponseSchema: GenMessage<ListTrainingCheckpointsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 25);
+  messageDesc(file_learning_v1_training, 27);
 
 /**
  * @generated from message learning.v1.PublishCheckpointRequest
@@ -1106,7 +1189,7 @@ export type PublishCheckpointRequest = Message<"learning.v1.PublishCheckpointReq
  * Use `create(PublishCheckpointRequestSchema)` to create a new message.
  */
 export const PublishCheckpointRequestSchema: GenMessage<PublishCheckpointRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 26);
+  messageDesc(file_learning_v1_training, 28);
 
 /**
  * @generated from message learning.v1.PublishCheckpointResponse
@@ -1125,7 +1208,157 @@ export type PublishCheckpointResponse = Message<"learning.v1.PublishCheckpointRe
  * Use `create(PublishCheckpointResponseSchema)` to create a new message.
  */
 export const PublishCheckpointResponseSchema: GenMessage<PublishCheckpointResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_training, 27);
+  messageDesc(file_learning_v1_training, 29);
+
+/**
+ * One optimiser step of a job's metrics (GetTrainingMetrics), as last reported:
+ * a job resumed from a checkpoint reports the steps after it again, and those
+ * replace the rows of the run it gave up.
+ *
+ * @generated from message learning.v1.TrainingMetricsRow
+ */
+export type TrainingMetricsRow = Message<"learning.v1.TrainingMetricsRow"> & {
+  /**
+   * @generated from field: uint64 step = 1;
+   */
+  step: bigint;
+
+  /**
+   * When the step was reported.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * @generated from field: uint64 total_steps = 3;
+   */
+  totalSteps: bigint;
+
+  /**
+   * Fractional epoch at the end of the step.
+   *
+   * @generated from field: double epoch = 4;
+   */
+  epoch: number;
+
+  /**
+   * task_loss + ewc_penalty: what the optimiser minimised.
+   *
+   * @generated from field: double loss = 5;
+   */
+  loss: number;
+
+  /**
+   * @generated from field: double task_loss = 6;
+   */
+  taskLoss: number;
+
+  /**
+   * 0 without EWC.
+   *
+   * @generated from field: double ewc_penalty = 7;
+   */
+  ewcPenalty: number;
+
+  /**
+   * The learning rate the step was taken with.
+   *
+   * @generated from field: double learning_rate = 8;
+   */
+  learningRate: number;
+
+  /**
+   * The global gradient norm before clipping.
+   *
+   * @generated from field: double grad_norm = 9;
+   */
+  gradNorm: number;
+
+  /**
+   * @generated from field: double tokens_per_second = 10;
+   */
+  tokensPerSecond: number;
+
+  /**
+   * The loss of an evaluation reported at this step, if any (today the
+   * train_end evaluation: the loss on the training data after the last step).
+   * A row known only from an evaluation has NaN training values.
+   *
+   * @generated from field: optional double eval_loss = 11;
+   */
+  evalLoss?: number | undefined;
+};
+
+/**
+ * Describes the message learning.v1.TrainingMetricsRow.
+ * Use `create(TrainingMetricsRowSchema)` to create a new message.
+ */
+export const TrainingMetricsRowSchema: GenMessage<TrainingMetricsRow> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 30);
+
+/**
+ * @generated from message learning.v1.GetTrainingMetricsRequest
+ */
+export type GetTrainingMetricsRequest = Message<"learning.v1.GetTrainingMetricsRequest"> & {
+  /**
+   * The job, "trainingJobs/{id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message learning.v1.GetTrainingMetricsRequest.
+ * Use `create(GetTrainingMetricsRequestSchema)` to create a new message.
+ */
+export const GetTrainingMetricsRequestSchema: GenMessage<GetTrainingMetricsRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 31);
+
+/**
+ * @generated from message learning.v1.GetTrainingMetricsResponse
+ */
+export type GetTrainingMetricsResponse = Message<"learning.v1.GetTrainingMetricsResponse"> & {
+  /**
+   * One row per step, in step order.
+   *
+   * @generated from field: repeated learning.v1.TrainingMetricsRow rows = 1;
+   */
+  rows: TrainingMetricsRow[];
+
+  /**
+   * The rows as CSV (UTF-8), header first: step, time, total_steps, epoch,
+   * loss, task_loss, ewc_penalty, learning_rate, grad_norm, tokens_per_second,
+   * eval_loss (an empty cell where there is no value).
+   *
+   * @generated from field: bytes csv = 2;
+   */
+  csv: Uint8Array;
+
+  /**
+   * The loss curve, 900x600 PNG: loss, task loss and EWC penalty by step, eval
+   * losses as points, the learning rate below; titled with the job's name.
+   * Empty while the job has no rows.
+   *
+   * @generated from field: bytes png = 3;
+   */
+  png: Uint8Array;
+
+  /**
+   * The job's state when its metrics were read.
+   *
+   * @generated from field: learning.v1.JobState state = 4;
+   */
+  state: JobState;
+};
+
+/**
+ * Describes the message learning.v1.GetTrainingMetricsResponse.
+ * Use `create(GetTrainingMetricsResponseSchema)` to create a new message.
+ */
+export const GetTrainingMetricsResponseSchema: GenMessage<GetTrainingMetricsResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_training, 32);
 
 /**
  * Training objective.
@@ -1331,6 +1564,20 @@ export const TrainingService: GenService<{
     methodKind: "unary";
     input: typeof PublishCheckpointRequestSchema;
     output: typeof PublishCheckpointResponseSchema;
+  },
+  /**
+   * Returns a job's metrics, read from its event log: one row per optimiser
+   * step, as typed rows, as CSV and as a loss-curve PNG. Works while the job
+   * runs (the table grows) and after it ended, on any server sharing the
+   * database. A job without steps yet (queued, preparing, or failed before its
+   * first step) is no error: no rows, a CSV of the header alone, an empty PNG.
+   *
+   * @generated from rpc learning.v1.TrainingService.GetTrainingMetrics
+   */
+  getTrainingMetrics: {
+    methodKind: "unary";
+    input: typeof GetTrainingMetricsRequestSchema;
+    output: typeof GetTrainingMetricsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_learning_v1_training, 0);
