@@ -140,3 +140,16 @@ class BaseRetention:
     kept: int  # questions of the base model's suite still answered right
     cases: int  # questions in the suite (those the base model answers right)
     lost: tuple[str, ...] = ()  # prompts no longer answered right (the first few)
+
+
+class BaseProtectionMethod(enum.StrEnum):
+    """What keeps a job's adapter from forgetting what the base model knew (engine.continual.rehearsal)."""
+
+    NONE = "NONE"
+    SELF_REHEARSAL = "SELF_REHEARSAL"  # the base model's own answers to general prompts, mixed into training
+
+
+@dataclass(frozen=True)
+class BaseProtection:
+    method: BaseProtectionMethod = BaseProtectionMethod.NONE
+    fraction: float = 0.0  # SELF_REHEARSAL: the share of the training set that is the base model's answers

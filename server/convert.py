@@ -13,7 +13,17 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from engine.domain import BaseRetention, DatasetSummary, FeedbackSource, FisherSpace, JsonlSource, LoraSpec, Objective
+from engine.domain import (
+    BaseProtection,
+    BaseProtectionMethod,
+    BaseRetention,
+    DatasetSummary,
+    FeedbackSource,
+    FisherSpace,
+    JsonlSource,
+    LoraSpec,
+    Objective,
+)
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
@@ -89,6 +99,27 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
 
 
 DEFAULT_TRAINING = TrainingDefaults()
+MAX_REHEARSAL_FRACTION = 0.9
+
+_BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NONE,
+                    common.BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod.SELF_REHEARSAL}
+_BASE_PROTECTION_TO_PB = {v: k for k, v in _BASE_PROTECTION.items()}
+
+
+def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection,
+                            issues: ViolationCollector) -> BaseProtection:
+    """What protects the base model's knowledge; unset fields are the server's defaults."""
+    method = defaults.method
+    if msg.method != common.BASE_PROTECTION_METHOD_UNSPECIFIED:
+        method = _enum(_BASE_PROTECTION, msg.method, "spec.base_protection.method", issues)
+    fraction = msg.fraction if msg.HasField("fraction") else defaults.fraction
+    issues.check(0 <= fraction <= MAX_REHEARSAL_FRACTION and math.isfinite(fraction),
+                 "spec.base_protection.fraction", f"must lie in [0, {MAX_REHEARSAL_FRACTION}]")
+    return BaseProtection(method, fraction)
+
+
+def base_protection_to_pb(protection: BaseProtection) -> common.BaseProtection:
+    return common.BaseProtection(method=_BASE_PROTECTION_TO_PB[protection.method], fraction=protection.fraction)
 
 
 def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,
@@ -167,6 +198,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
         dataset = JsonlSource(path="")
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
+    base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     return TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
@@ -180,6 +212,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         labels=tuple(sorted(msg.labels.items())),
         lora_fields_set=lora_set,
         checkpoints=checkpoints,
+        base_protection=base_protection,
     )
 
 
@@ -211,6 +244,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
         labels=dict(spec.labels),
         checkpoints=pb.CheckpointPolicy(every_steps=spec.checkpoints.every_steps,
                                         every_minutes=spec.checkpoints.every_minutes, keep=spec.checkpoints.keep),
+        base_protection=base_protection_to_pb(spec.base_protection),
     )
     if isinstance(spec.dataset, JsonlSource):
         msg.jsonl.path = spec.dataset.path
@@ -334,6 +368,7 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
         msg.dataset.CopyFrom(dataset_to_pb(out.dataset))
     if out.base_retention is not None:
         msg.base_retention.CopyFrom(base_retention_to_pb(out.base_retention))
+    msg.base_rehearsed_examples = out.base_rehearsed_examples
     if out.latest_metrics is not None:
         msg.latest_metrics.CopyFrom(metrics_to_pb(out.latest_metrics))
     if out.metrics_artifacts is not None:

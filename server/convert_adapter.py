@@ -9,7 +9,7 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.registry import AdapterEval, AdapterRecord, AdapterSource
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import common_pb2 as common
-from server.convert import FISHER_SPACE_TO_PB, _ts, base_retention_to_pb, dataset_to_pb
+from server.convert import FISHER_SPACE_TO_PB, _ts, base_protection_to_pb, base_retention_to_pb, dataset_to_pb
 
 _SOURCE = {
     AdapterSource.TRAINED: pb.ADAPTER_SOURCE_TRAINED,
@@ -69,6 +69,9 @@ def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
         msg.eval.CopyFrom(eval_to_pb(record.eval))
     if record.base_retention is not None:
         msg.base_retention.CopyFrom(base_retention_to_pb(record.base_retention))
+    if record.base_protection is not None:
+        msg.base_protection.CopyFrom(base_protection_to_pb(record.base_protection))
+    msg.base_rehearsed_examples = record.base_rehearsed_examples
     return msg
 
 

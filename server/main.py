@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from engine import Engine
 from engine.continual.base_knowledge import BaseKnowledgeProbe
 from engine.continual.planner import EwcPlanner
+from engine.continual.rehearsal import SelfRehearsal
 from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
 from engine.continual.spec import FISHER
 from engine.continual.version_data import VersionDatasets
@@ -280,7 +281,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
         runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,
-                              probe=knowledge_probe(settings),
+                              probe=knowledge_probe(settings), rehearsal=SelfRehearsal(settings.models_dir),
                               trackers=Trackers(settings.training_trackers, settings.trackers_dir)),
         store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
         worker_id=worker_id,

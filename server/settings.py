@@ -33,7 +33,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from engine.domain import DEFAULT_TARGET_MODULES, FisherSpace, LoraSpec
+from engine.domain import DEFAULT_TARGET_MODULES, BaseProtection, BaseProtectionMethod, FisherSpace, LoraSpec
 from engine.registry.peft_checks import MAX_LORA_RANK
 from engine.training.spec import MAX_DEVICES, CheckpointPolicy, Hyperparameters, TrainingDefaults
 from server.settings_lora import LoraControlSettings
@@ -126,6 +126,15 @@ class Settings(BaseSettings, LoraControlSettings):
         0, ge=0, le=MAX_DEVICES, description="GPUs a job that sets none trains on in parallel (one process each, "
         "through accelerate); 0: every GPU of the worker running it (one device on a worker without GPUs). With "
         "several jobs at once per worker (max_concurrent_jobs), give each its share.",
+    )
+    base_protection_method: BaseProtectionMethod = Field(
+        BaseProtectionMethod.NONE, description="What keeps a job's adapter from forgetting what the base model "
+        "knew, for a job that does not say: NONE, or SELF_REHEARSAL (the base model's own answers to the "
+        "project's general prompts mixed into training).",
+    )
+    base_rehearsal_fraction: float = Field(
+        0.2, ge=0, le=0.9, description="SELF_REHEARSAL: the share of a job's training set that is the base "
+        "model's answers, for a job that does not say (capped by the prompts there are).",
     )
     base_retention_probe: bool = Field(
         True, description="After training, measure what the model kept of its base model's general knowledge (the "
@@ -419,6 +428,7 @@ class Settings(BaseSettings, LoraControlSettings):
             ),
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),
+            base_protection=BaseProtection(self.base_protection_method, self.base_rehearsal_fraction),
         )
 
     @property

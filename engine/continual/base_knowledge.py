@@ -167,20 +167,39 @@ class BaseKnowledgeProbe:
         return result
 
     def _suite(self, model: Any, generate: Generate, base_model_dir: Path, quantization: str) -> BaseSuite:
-        questions = json.dumps([asdict(q) for q in self._questions], sort_keys=True).encode()
-        key = hashlib.sha256(f"{base_model_digest(base_model_dir)}\0{quantization}\0{self._max_new_tokens}\0"
-                             .encode() + questions).hexdigest()
-        path = self._cache_dir / f"base-suite-{key[:32]}.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            cached = json.loads(path.read_text())
-            if cached["key"] == key:
-                return BaseSuite(key, cached["asked"], tuple(
-                    SuiteCase(c["prompt"], tuple(c["answers"]), c["reference"]) for c in cached["cases"]))
-        disable = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-        with disable:
-            suite = build_suite(self._questions, generate, key)
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(suite)))
-        os.replace(tmp, path)
-        return suite
+        questions = [asdict(q) for q in self._questions]
+        key = base_key(base_model_dir, quantization, "suite", self._max_new_tokens, questions)
+
+        def build() -> dict[str, Any]:
+            with adapter_disabled(model):
+                return asdict(build_suite(self._questions, generate, key))
+
+        cached = cached_json(self._cache_dir / f"base-suite-{key[:32]}.json", key, build)
+        return BaseSuite(key, cached["asked"], tuple(
+            SuiteCase(c["prompt"], tuple(c["answers"]), c["reference"]) for c in cached["cases"]))
+
+
+def base_key(base_model_dir: Path, quantization: str, *parts: object) -> str:
+    """What a cached product of a base model depends on: its weights, its quantization and ``parts``."""
+    text = json.dumps([base_model_digest(base_model_dir), quantization, *parts], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def adapter_disabled(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """The base model's behaviour: a PEFT model with its adapter disabled (a plain model as it is)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def cached_json(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The JSON object cached at ``path`` for ``key``, or ``build()`` written there atomically (a file written
+    for another key, or unreadable, is built again)."""
+    with contextlib.suppress(OSError, ValueError):
+        cached: dict[str, Any] = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return cached
+    value = {**build(), "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+    return value

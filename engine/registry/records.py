@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from engine.domain import BaseRetention, DatasetSummary, FisherSpace, LoraSpec
+from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec
 from engine.errors import FieldViolation, InvalidArgument
 
 VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
@@ -91,6 +91,8 @@ class AdapterRecord:
     dataset: DatasetSummary | None = None
     train_loss: float = 0.0
     base_retention: BaseRetention | None = None  # of the base model's general knowledge (None: not measured)
+    base_protection: BaseProtection | None = None  # what protected the base model's knowledge (None: not recorded)
+    base_rehearsed_examples: int = 0
     ewc_lambda: float = 0.0
     ewc_gamma: float = 0.0
     fisher_snapshot: str = ""
@@ -145,6 +147,8 @@ class PublishRequest:
     dataset: DatasetSummary | None = None  # with its provenance, so a continuation can get the data again
     train_loss: float = 0.0
     base_retention: BaseRetention | None = None
+    base_protection: BaseProtection | None = None
+    base_rehearsed_examples: int = 0
     ewc_lambda: float = 0.0  # the EWC anchoring a continuation trained with (0: none)
     ewc_gamma: float = 0.0
     fisher_snapshot: str = ""

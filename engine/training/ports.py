@@ -1,12 +1,13 @@
-"""What a training job needs from other contexts, as interfaces: the continual-learning planner.
+"""What a training job needs from other contexts, as interfaces: the continual-learning planner, self-rehearsal.
 
-``engine.continual.planner.EwcPlanner`` implements :class:`ContinualPlanner`; the composition root passes it
-to the training runner, so training never imports the continual context (which builds on training).
+``engine.continual.planner.EwcPlanner`` implements :class:`ContinualPlanner` and
+``engine.continual.rehearsal.SelfRehearsal`` :class:`Rehearsal`; the composition root passes them to the training
+runner, so training never imports the continual context (which builds on training).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from engine.domain import Example
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import AdapterRecord
+from engine.training.models import DevicePlan
 from engine.training.recipe import LoadedModel, Penalty
 from engine.training.spec import EwcLineage, TrainingJobSpec
 
@@ -51,3 +53,17 @@ class ContinualPlanner(Protocol):
     async def plan(self, request: PlanRequest) -> ContinualPlan:
         """The penalty, the replay-mixed examples and the lineage of a continuation."""
         ...
+
+
+@dataclass(frozen=True)
+class RehearsalMix:
+    examples: list[Example]  # the job's examples, then the base model's answers
+    rehearsed: int
+
+
+class Rehearsal(Protocol):
+    """Self-rehearsal (``engine.continual.rehearsal.SelfRehearsal``): the base model's own answers to general
+    prompts, mixed into a job's examples so that they make up ``fraction`` of them."""
+
+    def mix(self, examples: Sequence[Example], fraction: float, seed: int, *, model: Any, tokenizer: Any,
+            plan: DevicePlan, base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix: ...

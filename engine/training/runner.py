@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
@@ -21,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine import telemetry
-from engine.domain import BaseRetention
+from engine.domain import BaseProtectionMethod, BaseRetention
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
-from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
+from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobContext, JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
@@ -33,7 +34,7 @@ from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
 from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
-from engine.training.ports import ContinualPlanner, PlanRequest
+from engine.training.ports import ContinualPlanner, PlanRequest, Rehearsal
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
     Checkpointing,
@@ -77,6 +78,7 @@ class TrainingRunner:
         load: LoadFn = load_for_training,
         artifacts: ArtifactStore | None = None,
         probe: KnowledgeProbe | None = None,
+        rehearsal: Rehearsal | None = None,
         trackers: Trackers | None = None,
     ) -> None:
         self._preparer = preparer
@@ -86,6 +88,7 @@ class TrainingRunner:
         self._load = load
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
         self._probe = probe  # measures base retention after training (None: not measured)
+        self._rehearsal = rehearsal  # the base model's answers for self-rehearsal (None: not available)
         self._trackers = trackers  # experiment trackers every job logs to (engine.training.tracking)
         self._tracking: dict[str, TrackerRun] = {}  # the runs of the jobs running here, by job id
 
@@ -131,6 +134,7 @@ class TrainingRunner:
                     else run.objective
                 run = replace(run, penalty=plan.penalty, examples=plan.examples, objective=objective)
                 ctx.set_output(replace(ctx.job.output, ewc_lineage=plan.lineage))
+            run = await self._rehearse(ctx, run, loaded)
             if self._artifacts is not None:
                 archive = CheckpointArchive(self._artifacts, ctx.work_dir / "archive")
                 policy = spec.checkpoints
@@ -155,6 +159,27 @@ class TrainingRunner:
             record = await self._publish(ctx.job, inputs.parent, result, fence=(ctx.job.id, ctx.lease_token))
         ctx.set_output(replace(ctx.job.output, adapter_version=record.version))
         return f"published adapter {record.version}"
+
+    async def _rehearse(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
+                        loaded: LoadedModel) -> TrainingRun:
+        """Self-rehearsal when the job asks for it: the base model's own answers mixed into its examples."""
+        protection = run.spec.base_protection
+        if protection.method is not BaseProtectionMethod.SELF_REHEARSAL or protection.fraction <= 0:
+            return run
+        if self._rehearsal is None:
+            ctx.record(Warned("BASE_REHEARSAL_UNAVAILABLE", "this worker has no self-rehearsal set up: the job "
+                                                            "trains without it"))
+            return run
+        mix = functools.partial(
+            self._rehearsal.mix, run.examples, protection.fraction, run.spec.hyperparameters.seed,
+            model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=run.base_model_dir,
+            quantization=run.spec.hyperparameters.quantization.value, cancel=ctx.cancel)
+        mixed = await ctx.in_worker(mix)
+        ctx.record(Noticed("BASE_REHEARSAL_MIXED", f"mixed {mixed.rehearsed} of the base model's own answers to "
+                                                   f"general prompts into the {len(run.examples)} training examples"))
+        ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
+        objective = run.objective.extended(mixed.rehearsed) if run.objective and mixed.rehearsed else run.objective
+        return replace(run, examples=mixed.examples, objective=objective)
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
         tracking = self._tracking.get(job.id)
@@ -301,6 +326,8 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         dataset=job.output.dataset,
         train_loss=train_loss,
         base_retention=base_retention,
+        base_protection=spec.base_protection,
+        base_rehearsed_examples=job.output.base_rehearsed_examples,
         ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
         ewc_gamma=lineage.gamma if lineage else 0.0,
         fisher_snapshot=lineage.fisher_snapshot if lineage else "",

@@ -9,6 +9,7 @@ from datetime import datetime
 from engine.domain import (
     LEGACY_FISHER_SPACE,
     LORA_FIELDS,
+    BaseProtection,
     BaseRetention,
     DatasetSummary,
     FeedbackSource,
@@ -85,6 +86,7 @@ class TrainingDefaults:
     lora: LoraSpec = field(default_factory=LoraSpec)
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    base_protection: BaseProtection = field(default_factory=BaseProtection)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class TrainingJobSpec:
     # parent's adapter and the set ones must equal the parent's; without one, the others are defaults.
     lora_fields_set: tuple[str, ...] = LORA_FIELDS
     checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    base_protection: BaseProtection = field(default_factory=BaseProtection)
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class TrainingOutput:
     ewc_lineage: EwcLineage | None = None  # as resolved when it ran (the snapshot may be computed then)
     checkpoints: tuple[CheckpointRecord, ...] = ()  # stored, newest first (at most the policy's keep)
     base_retention: BaseRetention | None = None  # measured after training (None: not measured)
+    base_rehearsed_examples: int = 0  # the base model's answers mixed into training (self-rehearsal)
     metrics_artifacts: MetricsArtifacts | None = None  # stored when it ended (best effort)
 
 

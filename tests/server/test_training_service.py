@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from engine.training.models import select_device
 from engine.training.spec import Precision
+from learning.v1 import adapter_pb2 as adapter_pb
+from learning.v1 import adapter_pb2_grpc as adapter_grpc
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import TINY, aiter_events, error_details, spec, watch_all
@@ -266,3 +268,33 @@ async def test_num_devices_out_of_range_is_invalid(client):
     info, violations = error_details(err.value)
     assert info.reason == "INVALID_TRAINING_SPEC"
     assert ("spec.hyperparameters.num_devices", "must be at most 64") in violations
+
+
+async def test_self_rehearsal_mixes_the_base_models_answers_in_and_is_recorded_on_the_version(client):
+    asked = spec(epochs=1)
+    asked.base_protection.CopyFrom(common.BaseProtection(
+        method=common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, fraction=0.2))
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    assert job.spec.base_protection.method == common.BASE_PROTECTION_METHOD_SELF_REHEARSAL
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert "mixed 6 of the base model's own answers" in notices["BASE_REHEARSAL_MIXED"]  # 0.2 of 24 + 6
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    assert steps[-1].total_steps == 8  # 30 examples in batches of 4
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert done.state == common.JOB_STATE_SUCCEEDED and done.base_rehearsed_examples == 6
+    assert done.dataset.example_count == 24  # the user's data; the rehearsed answers are not part of it
+    version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
+        base_model=TINY, version=done.output_adapter_version))).adapter
+    assert version.base_protection.method == common.BASE_PROTECTION_METHOD_SELF_REHEARSAL
+    assert round(version.base_protection.fraction, 6) == 0.2 and version.base_rehearsed_examples == 6
+
+
+async def test_a_rehearsal_share_out_of_range_is_invalid(client):
+    asked = spec()
+    asked.base_protection.fraction = 0.95
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, violations = error_details(err.value)
+    assert ("spec.base_protection.fraction", "must lie in [0, 0.9]") in violations

@@ -39,7 +39,7 @@ class AdapterEvalSummary(_message.Message):
     def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention")
+    __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention", "base_protection", "base_rehearsed_examples")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class Adapter(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EWC_FISHER_SPACE_FIELD_NUMBER: _ClassVar[int]
     BASE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    BASE_PROTECTION_FIELD_NUMBER: _ClassVar[int]
+    BASE_REHEARSED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     version: str
@@ -93,7 +95,9 @@ class Adapter(_message.Message):
     request_id: str
     ewc_fisher_space: _common_pb2.FisherSpace
     base_retention: _common_pb2.BaseRetention
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., version: _Optional[str] = ..., base_model_digest: _Optional[str] = ..., source: _Optional[_Union[AdapterSource, str]] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., train_loss: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., ewc_gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., eval: _Optional[_Union[AdapterEvalSummary, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., artifact_uri: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., ewc_fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ...) -> None: ...
+    base_protection: _common_pb2.BaseProtection
+    base_rehearsed_examples: int
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., version: _Optional[str] = ..., base_model_digest: _Optional[str] = ..., source: _Optional[_Union[AdapterSource, str]] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., train_loss: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., ewc_gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., eval: _Optional[_Union[AdapterEvalSummary, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., artifact_uri: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., ewc_fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ..., base_rehearsed_examples: _Optional[int] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "base_model", "labels")

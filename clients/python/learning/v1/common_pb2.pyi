@@ -30,6 +30,12 @@ class FisherSpace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FISHER_SPACE_UNSPECIFIED: _ClassVar[FisherSpace]
     FISHER_SPACE_LORA_PARAMETERS: _ClassVar[FisherSpace]
     FISHER_SPACE_LORA_PRODUCT: _ClassVar[FisherSpace]
+
+class BaseProtectionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BASE_PROTECTION_METHOD_UNSPECIFIED: _ClassVar[BaseProtectionMethod]
+    BASE_PROTECTION_METHOD_NONE: _ClassVar[BaseProtectionMethod]
+    BASE_PROTECTION_METHOD_SELF_REHEARSAL: _ClassVar[BaseProtectionMethod]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_PREPARING: JobState
@@ -43,6 +49,9 @@ JOB_STATE_PAUSED: JobState
 FISHER_SPACE_UNSPECIFIED: FisherSpace
 FISHER_SPACE_LORA_PARAMETERS: FisherSpace
 FISHER_SPACE_LORA_PRODUCT: FisherSpace
+BASE_PROTECTION_METHOD_UNSPECIFIED: BaseProtectionMethod
+BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod
+BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -99,6 +108,14 @@ class JobError(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: _status_pb2.Status
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class BaseProtection(_message.Message):
+    __slots__ = ("method", "fraction")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    method: BaseProtectionMethod
+    fraction: float
+    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class BaseRetention(_message.Message):
     __slots__ = ("retention", "kept", "cases", "lost")

@@ -95,7 +95,7 @@ class EwcConfig(_message.Message):
     def __init__(self, ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., replay_fraction: _Optional[float] = ..., disabled: _Optional[bool] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels", "checkpoints")
+    __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels", "checkpoints", "base_protection")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class TrainingJobSpec(_message.Message):
     MAJOR_VERSION_BUMP_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_PROTECTION_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     jsonl: _common_pb2.JsonlDataset
     feedback: _common_pb2.FeedbackDataset
@@ -125,7 +126,8 @@ class TrainingJobSpec(_message.Message):
     major_version_bump: bool
     labels: _containers.ScalarMap[str, str]
     checkpoints: CheckpointPolicy
-    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., checkpoints: _Optional[_Union[CheckpointPolicy, _Mapping]] = ...) -> None: ...
+    base_protection: _common_pb2.BaseProtection
+    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., checkpoints: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ...) -> None: ...
 
 class CheckpointPolicy(_message.Message):
     __slots__ = ("every_steps", "every_minutes", "keep")
@@ -154,7 +156,7 @@ class EwcLineage(_message.Message):
     def __init__(self, parent_adapter_version: _Optional[str] = ..., fisher_snapshot: _Optional[str] = ..., ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority", "base_retention", "metrics_artifacts")
+    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "output_adapter_version", "dataset", "latest_metrics", "device", "ewc_lineage", "last_sequence", "worker", "priority", "base_retention", "base_rehearsed_examples", "metrics_artifacts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +175,7 @@ class TrainingJob(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     BASE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    BASE_REHEARSED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
@@ -192,8 +195,9 @@ class TrainingJob(_message.Message):
     worker: str
     priority: int
     base_retention: _common_pb2.BaseRetention
+    base_rehearsed_examples: int
     metrics_artifacts: TrainingMetricsArtifacts
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., metrics_artifacts: _Optional[_Union[TrainingMetricsArtifacts, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., output_adapter_version: _Optional[str] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., latest_metrics: _Optional[_Union[TrainingStepMetrics, _Mapping]] = ..., device: _Optional[str] = ..., ewc_lineage: _Optional[_Union[EwcLineage, _Mapping]] = ..., last_sequence: _Optional[int] = ..., worker: _Optional[str] = ..., priority: _Optional[int] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., base_rehearsed_examples: _Optional[int] = ..., metrics_artifacts: _Optional[_Union[TrainingMetricsArtifacts, _Mapping]] = ...) -> None: ...
 
 class TrainingMetricsArtifacts(_message.Message):
     __slots__ = ("csv_uri", "png_uri", "row_count")

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/common.proto.
  */
 export const file_learning_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIk0KDUJhc2VSZXRlbnRpb24SEQoJcmV0ZW50aW9uGAEgASgBEgwKBGtlcHQYAiABKA0SDQoFY2FzZXMYAyABKA0SDAoEbG9zdBgEIAMoCSKUAwoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBWpzb25sGAcgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYCCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABoyChBDb21wb3NpdGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAFCCAoGc291cmNlIhwKDEpzb25sRGF0YXNldBIMCgRwYXRoGAEgASgJIvsBCg9GZWVkYmFja0RhdGFzZXQSDAoEZGF5cxgBIAEoDRI4CgZsYWJlbHMYAiADKAsyKC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXQuTGFiZWxzRW50cnkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhMKC21pbl9zYW1wbGVzGAQgASgNEg0KBWZvcmNlGAUgASgIEhgKEHRodW1ic191cF93ZWlnaHQYBiABKAESGgoSdGh1bWJzX2Rvd25fd2VpZ2h0GAcgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKQoKRXZhbE1ldHJpYxIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgBKvoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFwoTSk9CX1NUQVRFX1BSRVBBUklORxACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSGAoUSk9CX1NUQVRFX0NBTkNFTExJTkcQBBIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAUSFAoQSk9CX1NUQVRFX0ZBSUxFRBAGEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBxIVChFKT0JfU1RBVEVfUEFVU0lORxAIEhQKEEpPQl9TVEFURV9QQVVTRUQQCSpsCgtGaXNoZXJTcGFjZRIcChhGSVNIRVJfU1BBQ0VfVU5TUEVDSUZJRUQQABIgChxGSVNIRVJfU1BBQ0VfTE9SQV9QQVJBTUVURVJTEAESHQoZRklTSEVSX1NQQUNFX0xPUkFfUFJPRFVDVBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzImcKDkJhc2VQcm90ZWN0aW9uEjEKBm1ldGhvZBgBIAEoDjIhLmxlYXJuaW5nLnYxLkJhc2VQcm90ZWN0aW9uTWV0aG9kEhUKCGZyYWN0aW9uGAIgASgBSACIAQFCCwoJX2ZyYWN0aW9uIk0KDUJhc2VSZXRlbnRpb24SEQoJcmV0ZW50aW9uGAEgASgBEgwKBGtlcHQYAiABKA0SDQoFY2FzZXMYAyABKA0SDAoEbG9zdBgEIAMoCSKUAwoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBWpzb25sGAcgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYCCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABoyChBDb21wb3NpdGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAFCCAoGc291cmNlIhwKDEpzb25sRGF0YXNldBIMCgRwYXRoGAEgASgJIvsBCg9GZWVkYmFja0RhdGFzZXQSDAoEZGF5cxgBIAEoDRI4CgZsYWJlbHMYAiADKAsyKC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXQuTGFiZWxzRW50cnkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhMKC21pbl9zYW1wbGVzGAQgASgNEg0KBWZvcmNlGAUgASgIEhgKEHRodW1ic191cF93ZWlnaHQYBiABKAESGgoSdGh1bWJzX2Rvd25fd2VpZ2h0GAcgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKQoKRXZhbE1ldHJpYxIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgBKvoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFwoTSk9CX1NUQVRFX1BSRVBBUklORxACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSGAoUSk9CX1NUQVRFX0NBTkNFTExJTkcQBBIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAUSFAoQSk9CX1NUQVRFX0ZBSUxFRBAGEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBxIVChFKT0JfU1RBVEVfUEFVU0lORxAIEhQKEEpPQl9TVEFURV9QQVVTRUQQCSpsCgtGaXNoZXJTcGFjZRIcChhGSVNIRVJfU1BBQ0VfVU5TUEVDSUZJRUQQABIgChxGSVNIRVJfU1BBQ0VfTE9SQV9QQVJBTUVURVJTEAESHQoZRklTSEVSX1NQQUNFX0xPUkFfUFJPRFVDVBACKooBChRCYXNlUHJvdGVjdGlvbk1ldGhvZBImCiJCQVNFX1BST1RFQ1RJT05fTUVUSE9EX1VOU1BFQ0lGSUVEEAASHwobQkFTRV9QUk9URUNUSU9OX01FVEhPRF9OT05FEAESKQolQkFTRV9QUk9URUNUSU9OX01FVEhPRF9TRUxGX1JFSEVBUlNBTBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * LoRA shape. Zero or empty fields take the server defaults
@@ -202,7 +202,34 @@ export const JobErrorSchema: GenMessage<JobError> = /*@__PURE__*/
   messageDesc(file_learning_v1_common, 5);
 
 /**
- * The data a job was trained or estimated on.
+ * @generated from message learning.v1.BaseProtection
+ */
+export type BaseProtection = Message<"learning.v1.BaseProtection"> & {
+  /**
+   * Unspecified means the server's base_protection_method.
+   *
+   * @generated from field: learning.v1.BaseProtectionMethod method = 1;
+   */
+  method: BaseProtectionMethod;
+
+  /**
+   * SELF_REHEARSAL: the share of the training set that is the base model's
+   * answers, 0..0.9 (capped by the prompts there are); unset means the
+   * server's base_rehearsal_fraction.
+   *
+   * @generated from field: optional double fraction = 2;
+   */
+  fraction?: number | undefined;
+};
+
+/**
+ * Describes the message learning.v1.BaseProtection.
+ * Use `create(BaseProtectionSchema)` to create a new message.
+ */
+export const BaseProtectionSchema: GenMessage<BaseProtection> = /*@__PURE__*/
+  messageDesc(file_learning_v1_common, 6);
+
+/**
  * How much of its base model's general knowledge a trained model keeps: of the
  * shipped general questions the base model answers right (its suite), the
  * share the trained model still answers right (greedy answers; an answer is
@@ -241,7 +268,7 @@ export type BaseRetention = Message<"learning.v1.BaseRetention"> & {
  * Use `create(BaseRetentionSchema)` to create a new message.
  */
 export const BaseRetentionSchema: GenMessage<BaseRetention> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 6);
+  messageDesc(file_learning_v1_common, 7);
 
 /**
  * @generated from message learning.v1.DatasetSummary
@@ -311,7 +338,7 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
  * Use `create(DatasetSummarySchema)` to create a new message.
  */
 export const DatasetSummarySchema: GenMessage<DatasetSummary> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 7);
+  messageDesc(file_learning_v1_common, 8);
 
 /**
  * Names a dataset file below the server's data root (`<data-dir>/datasets/`).
@@ -332,7 +359,7 @@ export type JsonlDataset = Message<"learning.v1.JsonlDataset"> & {
  * Use `create(JsonlDatasetSchema)` to create a new message.
  */
 export const JsonlDatasetSchema: GenMessage<JsonlDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 8);
+  messageDesc(file_learning_v1_common, 9);
 
 /**
  * Builds a dataset from stored feedback events.
@@ -394,7 +421,7 @@ export type FeedbackDataset = Message<"learning.v1.FeedbackDataset"> & {
  * Use `create(FeedbackDatasetSchema)` to create a new message.
  */
 export const FeedbackDatasetSchema: GenMessage<FeedbackDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 9);
+  messageDesc(file_learning_v1_common, 10);
 
 /**
  * One score of an evaluation.
@@ -418,7 +445,7 @@ export type EvalMetric = Message<"learning.v1.EvalMetric"> & {
  * Use `create(EvalMetricSchema)` to create a new message.
  */
 export const EvalMetricSchema: GenMessage<EvalMetric> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 10);
+  messageDesc(file_learning_v1_common, 11);
 
 /**
  * Lifecycle of a long-running job (training or Fisher computation).
@@ -537,4 +564,39 @@ export enum FisherSpace {
  */
 export const FisherSpaceSchema: GenEnum<FisherSpace> = /*@__PURE__*/
   enumDesc(file_learning_v1_common, 1);
+
+/**
+ * The data a job was trained or estimated on.
+ * What keeps a job's adapter from forgetting what the base model knew (EWC and
+ * replay keep what its parent was taught).
+ *
+ * @generated from enum learning.v1.BaseProtectionMethod
+ */
+export enum BaseProtectionMethod {
+  /**
+   * @generated from enum value: BASE_PROTECTION_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Nothing.
+   *
+   * @generated from enum value: BASE_PROTECTION_METHOD_NONE = 1;
+   */
+  NONE = 1,
+
+  /**
+   * The base model's own answers to the project's general prompts, mixed
+   * into the training set (no user data is kept for it).
+   *
+   * @generated from enum value: BASE_PROTECTION_METHOD_SELF_REHEARSAL = 2;
+   */
+  SELF_REHEARSAL = 2,
+}
+
+/**
+ * Describes the enum learning.v1.BaseProtectionMethod.
+ */
+export const BaseProtectionMethodSchema: GenEnum<BaseProtectionMethod> = /*@__PURE__*/
+  enumDesc(file_learning_v1_common, 2);
 

@@ -1,0 +1,62 @@
+"""Self-rehearsal: the base model's own answers to general prompts, mixed into a job's training examples.
+
+EWC and replay keep what a version's parent was taught; self-rehearsal keeps what the base model did before
+any adapter, without keeping anybody's data: the project ships general prompts (``data/rehearsal_prompts.jsonl``:
+definitions, short explanations, arithmetic, translation, writing; none of them a question of the base-knowledge
+probe, engine.continual.base_knowledge), the base model answers them greedily (the job's model with its adapter
+disabled: nothing else is loaded), and a seeded sample of these pairs is mixed into the job's examples so that
+they make up ``fraction`` of the set (as replay mixes earlier data, engine.continual.ewc.mix_replay). The
+answers are built once per base model and quantization, and cached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, base_key, cached_json
+from engine.continual.ewc import mix_replay
+from engine.domain import ChatMessage, Example
+from engine.jobs.ports import CancelToken
+from engine.training.models import DevicePlan
+from engine.training.ports import RehearsalMix
+
+MAX_NEW_TOKENS = 48
+
+
+def shipped_prompts() -> tuple[str, ...]:
+    text = resources.files("engine.continual").joinpath("data/rehearsal_prompts.jsonl").read_text()
+    return tuple(json.loads(line)["prompt"] for line in text.splitlines() if line.strip())
+
+
+class SelfRehearsal:
+    """The base model's answers to the shipped general prompts (see the module docstring)."""
+
+    def __init__(self, cache_dir: Path, prompts: Sequence[str] | None = None,
+                 max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+        self._cache_dir = cache_dir
+        self._prompts = tuple(prompts) if prompts is not None else shipped_prompts()
+        self._max_new_tokens = max_new_tokens
+
+    def mix(self, examples: Sequence[Example], fraction: float, seed: int, *, model: Any, tokenizer: Any,
+            plan: DevicePlan, base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix:
+        """``examples`` and a seeded sample of the base model's answers making up ``fraction`` of the result."""
+        pairs = self.pairs(model, tokenizer, plan, base_model_dir, quantization, cancel)
+        mixed, count = mix_replay(examples, pairs, fraction, seed)
+        return RehearsalMix(mixed, count)
+
+    def pairs(self, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path, quantization: str,
+              cancel: CancelToken) -> list[Example]:
+        key = base_key(base_model_dir, quantization, "rehearsal", self._max_new_tokens, list(self._prompts))
+
+        def build() -> dict[str, Any]:
+            generate = GreedyAnswers(model, tokenizer, plan, max_new_tokens=self._max_new_tokens, cancel=cancel)
+            with adapter_disabled(model):
+                answers = generate(self._prompts)
+            return {"pairs": [[p, a] for p, a in zip(self._prompts, answers, strict=True) if a]}
+
+        cached = cached_json(self._cache_dir / f"base-rehearsal-{key[:32]}.json", key, build)
+        return [Example(messages=(ChatMessage("user", p), ChatMessage("assistant", a))) for p, a in cached["pairs"]]
