@@ -1,0 +1,181 @@
+"""Base retention along a chain of versions: what the base model knew, kept (or not) by each protection.
+
+A chain of three versions on SmolLM2-135M-Instruct, each a continuation of the one before, each task invented
+facts of a different kind (so the base model cannot know them):
+  A "What is the capital of <invented country>?", B "Who founded <invented> Industries?",
+  C "What does the word '<invented word>' mean?".
+After each version: its accuracy on every task so far (R, exact match of the greedy answer, as
+bench/forgetting.py), and its *base retention*: the share of the shipped general questions the base model
+answers right that the version still answers right (engine.continual.base_knowledge, the service's own probe).
+
+Methods (the same at every step, A included; a continuation starts from its parent's adapter):
+  plain            sequential LoRA, nothing else;
+  ewc_replay       EWC on the LoRA entries with the Fisher of each parent on its task, accumulated online
+                   (gamma 1), the service's default lambda and normalisation, plus replay of all earlier tasks
+                   (``--replay-fraction``);
+  rehearsal        self-rehearsal: the base model's own answers to the shipped general prompts mixed in
+                   (``--rehearsal-fraction``; engine.continual.rehearsal, as a job does);
+  all              ewc_replay and rehearsal together.
+
+Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
+three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
+JSON under bench/results/.
+
+    .venv/bin/python bench/base_retention.py --seeds 0 --threads 2     # about 40 min a seed on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from forgetting import SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
+
+from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
+from engine.continual.ewc import EwcPenalty, accumulate, mix_replay  # noqa: E402
+from engine.continual.fisher import FisherEstimator  # noqa: E402
+from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
+from engine.domain import ChatMessage, Example, JsonlSource  # noqa: E402
+from engine.jobs.ports import CancelToken  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
+from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
+from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+METHODS = ("plain", "ewc_replay", "rehearsal", "all")
+MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
+            "a tall tree", "a heavy stone", "a bright star", "a narrow street", "a sweet fruit", "an old coin",
+            "a deep lake", "a yellow flower", "a soft blanket", "a fast horse", "a round table", "a silver ring",
+            "a long river", "a green hill", "a warm coat"]
+
+
+def word_task(n: int, seed: int) -> list[Example]:
+    rng = random.Random(20_000 + seed)
+    words: list[str] = []
+    while len(words) < n:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(3))
+        if word not in words:
+            words.append(word)
+    meanings = rng.sample(MEANINGS, n) if n <= len(MEANINGS) else [rng.choice(MEANINGS) for _ in range(n)]
+    return [Example(messages=(ChatMessage("user", f"What does the word '{w}' mean?"),
+                              ChatMessage("assistant", f"'{w.capitalize()}' means {m}.")))
+            for w, m in zip(words, meanings, strict=True)]
+
+
+def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path) -> float:
+    model, tokenizer = load_adapter_model(base_dir, adapter_dir)
+    kept = probe.measure(model, tokenizer, select_device(Precision.FP32), base_model_dir=base_dir,
+                         quantization="NONE", step=0, sink=NullSink(), cancel=CancelToken())
+    del model
+    if kept is None:
+        raise SystemExit("the base model answers too few general questions right to measure retention")
+    return kept.retention
+
+
+def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
+              probe: BaseKnowledgeProbe, pool: list[Example]) -> dict:
+    ewc, rehearse = method in ("ewc_replay", "all"), method in ("rehearsal", "all")
+    parent: Path | None = None
+    fisher = None
+    r: list[list[float]] = []
+    retention: list[float] = []
+    seconds: list[float] = []
+    for step, task in enumerate(tasks):
+        examples = list(task)
+        penalty = None
+        if ewc and parent is not None:
+            earlier = [e for t in tasks[:step] for e in t]
+            examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
+            penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
+        if rehearse:
+            examples, _ = mix_replay(examples, pool, args.rehearsal_fraction, seed + step)
+        out = work / f"s{seed}-{method}-{'ABC'[step]}"
+        seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed))
+        r.append([accuracy(base_dir, out, t) for t in tasks])
+        retention.append(base_retention(probe, base_dir, out))
+        if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
+            new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, 128, 8, seed)).diagonal
+            fisher = new if fisher is None else accumulate(fisher, new, 1.0)
+        parent = out
+        print(f"seed {seed} {method:10s} after {'ABC'[step]}: R={[round(x, 3) for x in r[-1]]} "
+              f"base retention {retention[-1]:.3f} ({seconds[-1]:.0f}s)", flush=True)
+    n = len(tasks)
+    acc = statistics.fmean(r[-1])
+    bwt = statistics.fmean(r[-1][i] - r[i][i] for i in range(n - 1))
+    return {"R": r, "base_retention": retention, "ACC": acc, "BWT": bwt, "train_seconds": seconds,
+            "learnt": [r[i][i] for i in range(n)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--facts", type=int, default=12, help="facts per task")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ewc-lambda", type=float, default=Settings.model_fields["ewc_lambda_default"].default)
+    parser.add_argument("--replay-fraction", type=float, default=0.2)
+    parser.add_argument("--rehearsal-fraction", type=float,
+                        default=Settings.model_fields["base_rehearsal_fraction"].default)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-retention.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}; facts/task {args.facts}; epochs {args.epochs}; lr {args.lr}; "
+          f"EWC lambda {args.ewc_lambda}, replay {args.replay_fraction}; rehearsal {args.rehearsal_fraction}",
+          flush=True)
+    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
+    probe = BaseKnowledgeProbe(args.models_dir)
+    started = time.monotonic()
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
+        work = Path(tmp)
+        loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
+                                               work / "unused"))
+        pool = SelfRehearsal(args.models_dir).pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE",
+                                                    CancelToken())
+        del loaded
+        for seed in args.seeds:
+            task_a, task_b = make_tasks(args.facts, seed)
+            tasks = [task_a, task_b, word_task(args.facts, seed)]
+            for method in args.methods:
+                results[method].append(run_chain(method, tasks, seed, base_dir, args, work, probe, pool))
+    summary = {}
+    print(f"\nmedians over seeds {args.seeds} ({torch.get_num_threads()} threads)")
+    print("method      retention A   B     C      ACC    BWT     learnt (A B C)       s/version")
+    for method, runs in results.items():
+        def med(values: list[float]) -> float:
+            return statistics.median(values)
+
+        row = {"base_retention": [med([x["base_retention"][i] for x in runs]) for i in range(3)],
+               "ACC": med([x["ACC"] for x in runs]), "BWT": med([x["BWT"] for x in runs]),
+               "learnt": [med([x["learnt"][i] for x in runs]) for i in range(3)],
+               "seconds": med([statistics.fmean(x["train_seconds"]) for x in runs])}
+        summary[method] = row
+        print(f"{method:10s}  {row['base_retention'][0]:.3f} {row['base_retention'][1]:.3f} "
+              f"{row['base_retention'][2]:.3f}  {row['ACC']:.3f}  {row['BWT']:+.3f}  "
+              f"{' '.join(f'{x:.2f}' for x in row['learnt'])}     {row['seconds']:.0f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                    "threads": torch.get_num_threads(), "seconds": time.monotonic() - started,
+                                    "runs": results, "summary": summary}, indent=2))
+    print(f"wrote {args.out} in {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
