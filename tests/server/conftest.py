@@ -47,7 +47,7 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
         settings = Settings(**{
             "host": "127.0.0.1", "port": 0, "data_dir": data_dir, "database_url": database_url,
             "default_base_model": TINY, "base_models": {TINY: tiny_model_dir}, "log_format": "text",
-            "torch_threads": 1, **overrides,
+            "torch_threads": 1, "training_num_devices": 1, **overrides,  # (ONE_DEVICE)
         })
         app = await start(settings)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
@@ -61,6 +61,11 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
         await client.app.stop(0)
     for backend in backends:
         await backend.stop()
+
+
+# ONE_DEVICE: jobs train on one device, whatever the host: on a host with several GPUs the default (every GPU)
+# would start one process per GPU for every job; training on several has its own tests
+# (tests/engine/test_distributed.py).
 
 
 @pytest.fixture
@@ -95,6 +100,7 @@ async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
             base_models={TINY: tiny_model_dir},
             log_format="text",
             torch_threads=1,
+            training_num_devices=1,  # (ONE_DEVICE)
             **overrides,
         )
         engine, owned = await memory_engine(settings, stores)
