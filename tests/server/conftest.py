@@ -92,6 +92,7 @@ async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
 
     async def make(**overrides) -> Client:
         overrides.setdefault("gateway_port", 0)
+        overrides.setdefault("training_num_devices", 1)  # (ONE_DEVICE)
         settings = Settings(
             host="127.0.0.1",
             port=0,
@@ -100,7 +101,6 @@ async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
             base_models={TINY: tiny_model_dir},
             log_format="text",
             torch_threads=1,
-            training_num_devices=1,  # (ONE_DEVICE)
             **overrides,
         )
         engine, owned = await memory_engine(settings, stores)
