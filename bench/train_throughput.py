@@ -71,6 +71,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,9 +327,21 @@ def run_ours(model_dir: Path, examples: list[Example], heldout: list[Example], s
     if compiled:
         compile_model(model)  # timed: a job would pay it
     run_training(run, sink, CancelToken(), loaded=loaded)  # evaluates on the data and saves after the last step
+    if compiled:
+        sink.other.append(compile_counters())
     with torch.compiler.set_stance("force_eager"):  # the held-out evaluation as the other methods run it
         heldout_loss = evaluate_held_out(model, tokenizer, heldout, spec, plan)
     return _round(started, sink.step_ends, sink.losses, heldout_loss, memory, reports=sink.other)
+
+
+def compile_counters() -> str:
+    """What torch.compile did in this process: graphs compiled, frames recompiled, graph breaks and why."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    reasons = "; ".join(f"{n}x {reason.splitlines()[0][:90]}" for reason, n in breaks.most_common(2))
+    return (f"torch.compile: {counters['stats']['unique_graphs']} graphs compiled, "
+            f"{sum(counters['recompiles'].values())} recompiles, {sum(breaks.values())} graph breaks ({reasons})")
 
 
 def run_compiled(model_dir: Path, examples: list[Example], heldout: list[Example], spec: TrainingJobSpec,
@@ -359,6 +372,7 @@ def child_round(method: str, threads: int, model_dir: Path, examples: list[Examp
                 spec: TrainingJobSpec, tmp: Path) -> Round:
     """One method's round in this (fresh) process."""
     torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecations, every round
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading and saving bars
@@ -527,11 +541,12 @@ def report(results: dict[str, list[Round]], info: dict[str, Any], args: argparse
           f"{evals['ours']:.4f}, baseline {evals['baseline']:.4f}, {drift:+.2%} (target within 2%: "
           f"{'met' if abs(drift) <= 0.02 else 'NOT met'})")
     if "compiled" in results:
-        print(f"  compiled / ours: real tokens/s {rates['compiled'] / rates['ours']:.2f}x, steady state "
+        print(f"  compiled / ours: real tokens/s {rates['compiled'] / rates['ours']:.3f}x, steady state "
               f"{steady['ours'] / steady['compiled']:.2f}x, peak RSS {peaks['compiled'] / peaks['ours']:.2f}, "
               f"held-out eval loss {evals['compiled'] / evals['ours'] - 1:+.2%}")
-    for text in sorted({t for r in results["ours"] for t in r.reports}):
-        print(f"  ours reported {text}")
+    for method in results:
+        for text in sorted({t for r in results[method] for t in r.reports}):
+            print(f"  {method} reported {text}")
 
 
 if __name__ == "__main__":
