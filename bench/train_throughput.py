@@ -530,8 +530,10 @@ def report(results: dict[str, list[Round]], info: dict[str, Any], args: argparse
               f"(+{grown[method]:.0f} over its start) | held-out eval loss {evals[method]:.4f} | mean training "
               f"loss {statistics.mean(x for r in rounds for x in r.losses):.4f}")
     ratio = rates["ours"] / rates["baseline"]
+    paired = [b.seconds / o.seconds for b, o in zip(results["baseline"], results["ours"], strict=True)]
     print(f"  ours / baseline, real tokens/s: {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); "
-          f"steady state (steps after the first, no set-up): {steady['baseline'] / steady['ours']:.2f}x")
+          f"round by round {', '.join(f'{x:.2f}x' for x in paired)}; steady state (steps after the first, no "
+          f"set-up): {steady['baseline'] / steady['ours']:.2f}x")
     memory = peaks["ours"] / peaks["baseline"]
     print(f"  ours / baseline, peak RSS: {memory:.2f} (target <= 1: {'met' if memory <= 1 else 'NOT met'}); growth "
           f"above the round's start: {grown['ours']:.0f} vs {grown['baseline']:.0f} MiB"
