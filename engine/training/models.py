@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.training.kernels import apply_kernels
 from engine.training.spec import Precision, Quantization
 
 log = logging.getLogger(__name__)
@@ -272,4 +273,5 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization)
     model.config.use_cache = False
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    log.info("fused kernels for %s: %s", path.name, apply_kernels(model, plan))
     return model, tokenizer
