@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from engine.domain import BaseRetention
+from engine.errors import Cancelled
 from engine.jobs.core import Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.peft_checks import base_model_digest
@@ -65,10 +66,14 @@ class BaseSuite:
     cases: tuple[SuiteCase, ...]  # those the base model answered right
 
 
+def shipped_rows(name: str) -> list[dict[str, Any]]:
+    """The rows of one of the JSONL files the project ships in ``engine/continual/data``."""
+    text = resources.files("engine.continual").joinpath(f"data/{name}").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def shipped_questions() -> tuple[Question, ...]:
-    text = resources.files("engine.continual").joinpath("data/general_knowledge.jsonl").read_text()
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return tuple(Question(row["prompt"], tuple(row["answers"])) for row in rows)
+    return tuple(Question(row["prompt"], tuple(row["answers"])) for row in shipped_rows("general_knowledge.jsonl"))
 
 
 def is_right(answer: str, accepted: Sequence[str]) -> bool:
@@ -124,8 +129,6 @@ class GreedyAnswers:
         try:
             for start in range(0, len(prompts), self._batch_size):
                 if self._cancel is not None and self._cancel.cancelled:
-                    from engine.errors import Cancelled
-
                     raise Cancelled("JOB_CANCELLED", "stopped while measuring base retention")
                 texts = [self._text(p) for p in prompts[start : start + self._batch_size]]
                 batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -11,13 +11,11 @@ answers are built once per base model and quantization, and cached.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, base_key, cached_json
+from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, base_key, cached_json, shipped_rows
 from engine.continual.ewc import mix_replay
 from engine.domain import ChatMessage, Example
 from engine.jobs.ports import CancelToken
@@ -28,8 +26,7 @@ MAX_NEW_TOKENS = 48
 
 
 def shipped_prompts() -> tuple[str, ...]:
-    text = resources.files("engine.continual").joinpath("data/rehearsal_prompts.jsonl").read_text()
-    return tuple(json.loads(line)["prompt"] for line in text.splitlines() if line.strip())
+    return tuple(row["prompt"] for row in shipped_rows("rehearsal_prompts.jsonl"))
 
 
 class SelfRehearsal:

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ from engine.training.recipe import (
     LoadedModel,
     TrainingResult,
     TrainingRun,
+    checkpoint_failed,
     load_for_training,
     release,
     run_training,
@@ -159,11 +161,9 @@ class _Reports:
         except LeaseLost:
             raise
         except (OSError, EngineError) as exc:
-            reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
-            self._sink.emit(Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: "
-                                                        f"{exc}); training continues and tries again at the next one"))
+            self._sink.emit(checkpoint_failed(step, exc))
         finally:
-            _remove(state_dir)
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _follow(process: subprocess.Popen[bytes], run_dir: Path, reports: _Reports, cancel: CancelToken) -> None:
@@ -228,12 +228,6 @@ def launcher_main(arguments: list[str]) -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     launch_command(launch_command_parser().parse_args(arguments))
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- each process's side ----------------------------------------------------------------

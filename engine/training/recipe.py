@@ -432,13 +432,18 @@ def _save_checkpoint(
     except LeaseLost:
         raise  # another worker holds the job: stop
     except (OSError, RuntimeError, EngineError) as exc:  # torch.save reports a full disk as RuntimeError
-        reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
-        sink.emit(Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: {exc}); "
-                                              "training continues and tries again at the next one"))
+        sink.emit(checkpoint_failed(step, exc))
         return False
     finally:
         if state_dir is not None:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def checkpoint_failed(step: int, exc: Exception) -> Warned:
+    """The warning of a checkpoint that was not stored: the run goes on and tries again at the next one."""
+    reason = exc.reason if isinstance(exc, EngineError) else type(exc).__name__
+    return Warned("CHECKPOINT_FAILED", f"the checkpoint of step {step} was not stored ({reason}: {exc}); "
+                                       "training continues and tries again at the next one")
 
 
 def _restore_checkpoint(
