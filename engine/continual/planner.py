@@ -109,7 +109,12 @@ class EwcPlanner:
             )
 
     async def plan(self, request: PlanRequest) -> ContinualPlan:
+        """EWC's penalty unless it is disabled, and replay whenever a fraction is asked (with or without EWC)."""
         spec, parent, sink = request.spec, request.parent, request.sink
+        mixed, replayed = await self._replay(request)
+        if spec.ewc.disabled:
+            return ContinualPlan(None, mixed, replayed, EwcLineage(
+                parent.version, "", 0.0, 0.0, spec.ewc.replay_fraction, replayed, spec.ewc.space))
         anchor = await request.in_worker(load_adapter_weights, request.parent_dir)
         if spec.ewc.fisher_snapshot:
             snapshot, fisher = await self._snapshots.load(
@@ -120,12 +125,6 @@ class EwcPlanner:
             snapshot, fisher = await self._measure_parent(request)
         check_same_shapes(space_shapes(shapes_of(anchor), spec.ewc.space), shapes_of(fisher),
                           what=f"Fisher snapshot {snapshot.name}", reason="FISHER_SHAPE_MISMATCH")
-        mixed, replayed = request.examples, 0
-        if spec.ewc.replay_fraction > 0:
-            earlier = await self._earlier_examples(parent, sink)
-            mixed, replayed = mix_replay(request.examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
-            sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
-                                              f"the {len(request.examples)} new ones"))
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
                              spec.ewc.replay_fraction, replayed, spec.ewc.space)
         penalty = make_penalty(spec.ewc.space, fisher, anchor, spec.ewc.ewc_lambda)
@@ -135,6 +134,16 @@ class EwcPlanner:
         return ContinualPlan(penalty, mixed, replayed, lineage)
 
     # ---- pieces -------------------------------------------------------------------------
+
+    async def _replay(self, request: PlanRequest) -> tuple[list[Example], int]:
+        spec = request.spec
+        if spec.ewc.replay_fraction <= 0:
+            return request.examples, 0
+        earlier = await self._earlier_examples(request.parent, request.sink)
+        mixed, replayed = mix_replay(request.examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
+        request.sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
+                                                  f"the {len(request.examples)} new ones"))
+        return mixed, replayed
 
     async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal]:
         spec, parent, sink = request.spec, request.parent, request.sink

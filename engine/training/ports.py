@@ -39,7 +39,7 @@ class PlanRequest:
 
 @dataclass(frozen=True)
 class ContinualPlan:
-    penalty: Penalty
+    penalty: Penalty | None  # None: EWC disabled (replay only)
     examples: list[Example]  # the job's examples, then ``replayed`` examples of earlier versions
     replayed: int
     lineage: EwcLineage

@@ -124,7 +124,7 @@ class TrainingRunner:
         try:
             ctx.set_output(replace(ctx.job.output, device=loaded.plan.device))
             if self._planner is not None and inputs.parent is not None and parent_dir is not None \
-                    and not spec.ewc.disabled:
+                    and (not spec.ewc.disabled or spec.ewc.replay_fraction > 0):
                 plan = await self._planner.plan(PlanRequest(
                     spec=spec, parent=inputs.parent, parent_dir=parent_dir, model_dir=inputs.model_dir,
                     examples=run.examples, model=loaded,
@@ -331,7 +331,7 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
         ewc_gamma=lineage.gamma if lineage else 0.0,
         fisher_snapshot=lineage.fisher_snapshot if lineage else "",
-        ewc_fisher_space=lineage.space if lineage else None,
+        ewc_fisher_space=lineage.space if lineage and lineage.fisher_snapshot else None,  # None: no EWC
         labels=tuple(sorted({**dict(spec.labels), **dict(labels)}.items())),
         request_id=request_id,
         fence=fence,

@@ -181,7 +181,8 @@ export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
   replayFraction: number;
 
   /**
-   * Turn EWC off even when a parent is named (plain continued training).
+   * Turn EWC off even when a parent is named (plain continued training;
+   * replay_fraction still mixes in earlier versions' data).
    *
    * @generated from field: bool disabled = 5;
    */
