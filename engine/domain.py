@@ -142,6 +142,31 @@ class BaseRetention:
     lost: tuple[str, ...] = ()  # prompts no longer answered right (the first few)
 
 
+class SuiteKind(enum.StrEnum):
+    """What a gate suite asks of a candidate (engine.lora.evaluation)."""
+
+    GOLDEN = "golden"  # the operator's suite
+    TARGET = "target"  # the candidate's own data
+    RETENTION = "retention"  # what the versions before it were taught
+    BASE = "base"  # the base model's general knowledge
+
+
+@dataclass(frozen=True)
+class SuiteVerdict:
+    """One suite's outcome in a gate decision."""
+
+    name: str
+    kind: SuiteKind
+    digest: str
+    cases: int
+    metrics: tuple[tuple[str, float], ...]
+    regressions: int
+    passed: bool
+    failed_checks: tuple[str, ...]
+    regressed: tuple[str, ...] = ()  # the prompts that regressed (the first few)
+    note: str = ""
+
+
 class BaseProtectionMethod(enum.StrEnum):
     """What keeps a job's adapter from forgetting what the base model knew (engine.continual.rehearsal)."""
 

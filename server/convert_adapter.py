@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.domain import LEGACY_FISHER_SPACE
+from engine.domain import LEGACY_FISHER_SPACE, SuiteKind, SuiteVerdict
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.lora.state import EvalSummary
 from engine.registry import AdapterEval, AdapterRecord, AdapterSource
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import common_pb2 as common
@@ -19,12 +20,25 @@ MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
 
 
-def eval_to_pb(result: AdapterEval) -> pb.AdapterEvalSummary:
+_SUITE_KIND = {k: pb.EvalSuiteKind.Value(f"EVAL_SUITE_KIND_{k.name}") for k in SuiteKind}
+
+
+def suite_to_pb(v: SuiteVerdict) -> pb.EvalSuiteVerdict:
+    return pb.EvalSuiteVerdict(
+        name=v.name, kind=_SUITE_KIND[v.kind], digest=v.digest, cases=v.cases,
+        metrics=[common.EvalMetric(name=n, value=x) for n, x in v.metrics], regressions=v.regressions,
+        passed=v.passed, failed_checks=list(v.failed_checks), regressed_prompts=list(v.regressed), note=v.note,
+    )
+
+
+def eval_to_pb(result: AdapterEval | EvalSummary) -> pb.AdapterEvalSummary:
+    """A gate decision, as recorded on the version or returned by LoraControl."""
     return pb.AdapterEvalSummary(
         suite_digest=result.suite_digest, baseline_version=result.baseline_version,
         metrics=[common.EvalMetric(name=n, value=v) for n, v in result.metrics],
         regressions=result.regressions, passed=result.passed, report_uris=list(result.report_uris),
-        time=_ts(result.time),
+        time=_ts(result.time), suites=[suite_to_pb(v) for v in result.suites],
+        failed_checks=[f"{v.name}: {check}" for v in result.suites for check in v.failed_checks],
     )
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from engine.lora.state import EvalSummary, LoadedLora, LoraStatus, OperationKind, OperationRecord
-from learning.v1 import adapter_pb2
-from learning.v1 import common_pb2 as common
+from engine.lora.state import LoadedLora, LoraStatus, OperationKind, OperationRecord
 from learning.v1 import lora_control_pb2 as pb
+from server.convert_adapter import eval_to_pb
 from server.errors import failure_status
 from server.version import SERVER_VERSION
 
@@ -35,6 +34,8 @@ def operation_to_pb(op: OperationRecord) -> pb.LoraOperation:
         msg.phase_durations[name].CopyFrom(_duration(seconds))
     if op.error is not None:
         msg.error.CopyFrom(failure_status(op.error.code, op.error.reason, op.error.message, dict(op.error.metadata)))
+    if op.gate is not None:
+        msg.gate.CopyFrom(eval_to_pb(op.gate))
     return msg
 
 
@@ -49,13 +50,3 @@ def status_to_pb(status: LoraStatus) -> pb.LoraStatus:
     if status.last_operation is not None:
         msg.last_operation.CopyFrom(operation_to_pb(status.last_operation))
     return msg
-
-
-def eval_to_pb(summary: EvalSummary) -> adapter_pb2.AdapterEvalSummary:
-    time = timestamp_pb2.Timestamp()
-    time.FromDatetime(summary.time)
-    return adapter_pb2.AdapterEvalSummary(
-        suite_digest=summary.suite_digest, baseline_version=summary.baseline_version,
-        metrics=[common.EvalMetric(name=n, value=v) for n, v in summary.metrics],
-        regressions=summary.regressions, passed=summary.passed, report_uris=list(summary.report_uris), time=time,
-    )

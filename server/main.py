@@ -255,14 +255,15 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     owned.store = _artifact_store(settings)
     registry = await _registry(settings, pool, owned.store)
     await registry.recover()
+    feedback_store = PostgresFeedbackStore(pool)
+    feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
+    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets)
     if serve:
-        owned.lora = await start_lora_control(settings, pool, registry)
+        owned.lora = await start_lora_control(settings, pool, registry, versions)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
                                              stalled_seconds=settings.worker_stalled_seconds)
     await queue.open()
     notifications = owned.notifications = JobNotifications(pool)
-    feedback_store = PostgresFeedbackStore(pool)
-    feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     preparer = JobPreparer(
         PreparerConfig(
             datasets_dir=settings.datasets_dir,
@@ -276,8 +277,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     )
     slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
     snapshots = FisherSnapshotStore(pool, owned.store)
-    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=VersionDatasets(
-        datasets_dir=settings.datasets_dir, feedback=feedback_datasets))
+    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=versions)
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
         runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,

@@ -44,14 +44,32 @@ class LoraControlSettings(BaseModel):
                                          description="Wait for in-flight requests to a replaced adapter before unload.")
     smoke_prompt: str = Field("Hello", min_length=1, description="Prompt of the one smoke request before a switch.")
     eval_suite_path: str = Field(
-        "", description="Golden suite JSONL below <data-dir>/datasets; empty skips the eval gate at activation."
+        "", description="Golden suite JSONL below <data-dir>/datasets, checked at every activation besides the "
+        "gate's own suites; empty: none."
     )
-    eval_max_tokens: int = Field(32, ge=1, le=4096, description="Answer length for golden-suite prompts.")
-    eval_max_regressions: int = Field(3, ge=0, description="Gate: most cases allowed to score worse than baseline.")
-    eval_max_mean_score_drop: float = Field(0.05, ge=0, le=1, description="Gate: largest mean token-F1 drop.")
-    eval_min_pass_rate: float = Field(0.0, ge=0, le=1, description="Gate: smallest fraction of passing cases.")
-    eval_pass_f1: float = Field(0.8, gt=0, le=1, description="A case passes with exact match or this token F1.")
-    eval_regression_tolerance: float = Field(0.05, ge=0, le=1, description="Token-F1 drop that counts as regression.")
+    eval_gate: bool = Field(
+        True, description="The forgetting-aware gate at every activation: the candidate must answer more of its "
+        "own training data than the active version (target), keep what its ancestors and the active version were "
+        "taught (retention), and keep the base model's general knowledge (base)."
+    )
+    eval_max_cases: int = Field(50, ge=1, le=10_000,
+                                description="Gate: most cases of the target and of the retention suite each.")
+    eval_max_forgetting: float = Field(
+        0.1, ge=0, le=1, description="Gate: largest share of the retention cases the active version answers right "
+        "that the candidate may get wrong."
+    )
+    eval_max_base_forgetting: float = Field(
+        0.1, ge=0, le=1, description="Gate: largest drop in base retention below the active version's (the base "
+        "model's own is 1)."
+    )
+    eval_max_tokens: int = Field(32, ge=1, le=4096,
+                                 description="Least answer length for gate prompts (longer for longer references).")
+    eval_max_regressions: int = Field(3, ge=0,
+                                      description="Golden suite: most cases the baseline answers right and the "
+                                      "candidate does not.")
+    eval_max_mean_score_drop: float = Field(0.05, ge=0, le=1, description="Golden suite: largest mean token-F1 drop.")
+    eval_min_pass_rate: float = Field(0.5, ge=0, le=1,
+                                      description="Golden suite: smallest fraction of cases answered right.")
     auto_rollback_enabled: bool = Field(False, description="Roll back automatically on bad feedback.")
     auto_rollback_margin: float = Field(0.1, gt=0, le=1,
                                         description="Negative-rate excess over the known-good that triggers it.")

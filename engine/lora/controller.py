@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from engine.lora import evaluation as ev
 from engine.lora.state import (
     AdapterFetcher,
     EvalSummary,
+    GateInputs,
     LoadedLora,
     LoraStateStore,
     LoraStatus,
@@ -51,7 +52,8 @@ class ControlConfig:
     drain_timeout_seconds: float = 30.0
     smoke_prompt: str = "Hello"
     smoke_max_tokens: int = 4
-    eval_suite: Path | None = None  # None: the gate is skipped
+    eval_suite: Path | None = None  # the operator's golden suite, if any
+    gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
     eval_reports_dir: Path = Path("var/artifacts/evals")
     eval_max_tokens: int = 32
     eval_concurrency: int = 4
@@ -70,6 +72,7 @@ class _Op:
         self.start_wall = datetime.now(UTC)
         self.start = time.perf_counter()
         self.phases: list[tuple[str, float]] = []
+        self.gate: EvalSummary | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -92,14 +95,15 @@ class _Op:
         return OperationRecord(
             kind=self.kind, version=self.version, actor=self.actor, reason=self.reason,
             start_time=self.start_wall, duration_seconds=time.perf_counter() - self.start,
-            phases=tuple(self.phases), error=failure,
+            phases=tuple(self.phases), error=failure, gate=self.gate,
         )
 
 
 class LoraController:
     def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
-                 store: LoraStateStore, adapters: AdapterFetcher) -> None:
+                 store: LoraStateStore, adapters: AdapterFetcher, gate: GateInputs | None = None) -> None:
         self.config = config
+        self._gate = gate if config.gate else None
         self._client = client
         self._router = router
         self._store = store
@@ -200,17 +204,11 @@ class LoraController:
             try:
                 with op.phase("load"):
                     await self._load(name, str(adapter.path))
-                if self.config.eval_suite is not None:
+                if self._gated(self.config.eval_suite):
                     with op.phase("eval"):
-                        summary = await self._evaluate(version, st.active_version, self.config.eval_suite)
+                        summary = op.gate = await self._evaluate(version, st.active_version, self.config.eval_suite)
                     if not summary.passed and not force:
-                        raise FailedPrecondition(
-                            "EVAL_GATE_FAILED",
-                            f"{version} failed the eval gate: {'; '.join(summary.failed_checks)}"
-                            " (set force to activate anyway)",
-                            metadata={"version": version, "report": summary.report_uris[0] if summary.report_uris
-                                      else "", "regressions": str(summary.regressions)},
-                        )
+                        raise _refusal(summary)
                 with op.phase("smoke"):
                     await self._smoke(name)
             except BaseException:
@@ -276,11 +274,11 @@ class LoraController:
         return self.snapshot()
 
     async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary:
-        """Run the golden suite on ``version`` against ``baseline_version`` (None: the active one)."""
+        """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one)."""
         suite = suite or self.config.eval_suite
-        if suite is None:
+        if not self._gated(suite):
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
-                                     "no golden suite is configured; name one with suite_path")
+                                     "no golden suite is configured and the gate is off; name one with suite_path")
         async with self._lock, self._store.serialised(self.target):
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
@@ -436,22 +434,44 @@ class LoraController:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    async def _evaluate(self, version: str, baseline_version: str, suite: Path) -> EvalSummary:
-        cases, digest = await asyncio.to_thread(ev.load_suite, suite)
+    def _gated(self, golden: Path | None) -> bool:
+        return golden is not None or self._gate is not None
+
+    async def _evaluate(self, version: str, baseline_version: str, golden: Path | None) -> EvalSummary:
         base = self._state.base_model
-        candidate = await self._answers(lora_name(base, version), cases)
+        suites: list[ev.Suite] = []
+        if golden is not None:
+            cases, digest = await asyncio.to_thread(ev.load_suite, golden)
+            suites.append(ev.Suite("golden", ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
+        if self._gate is not None:
+            suites += await self._gate.suites(base, version, baseline_version)
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        baseline = await self._answers(baseline_model, cases)
+        verdicts, results = [], []
+        for suite in suites:
+            candidate = await self._answers(lora_name(base, version), suite.cases)
+            baseline = await self._answers(baseline_model, suite.cases)
+            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds)
+            verdicts.append(verdict)
+            results.append(scored)
+        if self._gate is not None:
+            mine = await self._gate.base_retention(base, version)
+            theirs: float | None = 1.0  # the base model keeps all it knows
+            if baseline_version:
+                measured = await self._gate.base_retention(base, baseline_version)
+                theirs = measured.retention if measured else None
+            verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
+                                            self.config.thresholds))
+            results.append(())
         now = datetime.now(UTC)
-        report = ev.score(cases, candidate, baseline, self.config.thresholds, suite_digest=digest,
-                          version=version, baseline_version=baseline_version, time=now)
+        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
+                               results=tuple(results), time=now)
         stamp = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
         out_dir = self.config.eval_reports_dir / base / version / stamp
         paths = await asyncio.to_thread(ev.write_reports, report, out_dir)
         summary = EvalSummary(
-            suite_digest=digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
+            suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
             regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(p.resolve().as_uri() for p in paths), time=now,
+            report_uris=tuple(p.resolve().as_uri() for p in paths), time=now, suites=report.suites,
         )
         await self._store.save_eval(base, summary)
         try:
@@ -460,11 +480,27 @@ class LoraController:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
 
-    async def _answers(self, model: str, cases: list[ev.GoldenCase]) -> list[str]:
+    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase]) -> list[str]:
         gate = asyncio.Semaphore(self.config.eval_concurrency)
 
         async def one(case: ev.GoldenCase) -> str:
             async with gate:
-                return (await self._client.complete(model, case.prompt, max_tokens=self.config.eval_max_tokens)).text
+                budget = ev.token_budget(case, self.config.eval_max_tokens)
+                return (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
 
         return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+def _refusal(summary: EvalSummary) -> FailedPrecondition:
+    """EVAL_GATE_FAILED naming each failed check and the prompts that regressed in a failed suite."""
+    named = [f"{s.name} no longer answers: " + "; ".join(repr(p) for p in s.regressed[:5])
+             + (f" (+{s.regressions - 5} more)" if s.regressions > 5 else "")
+             for s in summary.suites if not s.passed and s.regressed]
+    return FailedPrecondition(
+        "EVAL_GATE_FAILED",
+        f"{summary.version} failed the eval gate: {'; '.join(summary.failed_checks)}"
+        + "".join(f". {n}" for n in named) + " (set force to activate anyway)",
+        metadata={"version": summary.version, "report": summary.report_uris[0] if summary.report_uris else "",
+                  "regressions": str(summary.regressions),
+                  "failed_suites": ",".join(s.name for s in summary.suites if not s.passed)},
+    )

@@ -1,18 +1,29 @@
-"""The eval gate: a golden suite scored with exact match, token F1, BLEU and a regression count.
+"""The gate: suites of cases scored on the answer, one verdict per suite, and the reports.
 
-A suite is JSONL, one case per line: ``{"prompt": ..., "expected": ...}`` or
-``{"prompt": ..., "references": [...]}`` (``reference`` works too). Candidate and baseline
-answer every prompt greedily through the serving engine; scores are computed here.
+A golden suite is JSONL, one case per line: ``{"prompt": ..., "expected": ...}`` or
+``{"prompt": ..., "references": [...]}`` (``reference`` works too), optionally with ``"answer"`` (a string
+or a list): the answer-bearing span, e.g. ``"Tegusu"`` for the reference "The capital of X is Tegusu".
+Candidate and baseline answer every prompt greedily through the serving engine; scores are computed here.
 
-- exact match: the normalised answer (lower case, collapsed whitespace, no trailing
-  punctuation) equals a normalised reference;
-- token F1: SQuAD-style overlap of whitespace tokens, best over the references;
-- BLEU: sacrebleu corpus BLEU over the suite, scaled to 0..1;
-- a case passes if it matches exactly or its token F1 reaches ``pass_f1``;
-- a regression is a case whose token F1 fell by more than ``regression_tolerance``
-  against the baseline.
-The gate fails on more than ``max_regressions`` regressions, a mean token-F1 drop above
-``max_mean_score_drop``, or a pass rate below ``min_pass_rate``.
+A case is answered right when the normalised answer (SQuAD normalisation: lower case, no punctuation, no
+articles, collapsed whitespace) equals a normalised reference, or contains one of its answer spans as whole
+words. A case without an ``answer`` uses its full references as spans, so "The capital of X is Y" never
+passes for "The capital of X is Z", however many words the two share. Token F1 and BLEU (sacrebleu) are
+reported beside it and decide nothing but the golden suite's mean-drop check.
+
+A regression is a case the baseline answers right and the candidate does not. What each kind of suite asks
+(:class:`SuiteKind`):
+
+- golden (the operator's suite): a pass rate of at least ``min_pass_rate``, at most ``max_regressions``
+  regressions, a mean token-F1 drop of at most ``max_mean_score_drop``;
+- target (the candidate's own data): the candidate answers more of it right than the baseline does (or all
+  of it);
+- retention (the data of the candidate's ancestors): of the cases the baseline answers right, the candidate
+  loses at most ``max_forgetting``;
+- base (the base model's general knowledge, as measured on each version after training): the candidate's
+  base retention is at most ``max_base_forgetting`` below the baseline's (the base model's own is 1).
+
+The gate passes when every suite does.
 """
 
 from __future__ import annotations
@@ -20,29 +31,46 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from engine.domain import SuiteKind, SuiteVerdict
 from engine.errors import FailedPrecondition, InvalidArgument
 
 MAX_CASES = 10_000
+MAX_NAMED_REGRESSIONS = 20  # prompts listed per suite on the version and in the operation
+
+__all__ = ["SuiteKind", "SuiteVerdict"]  # re-exported: the gate's vocabulary lives in engine.domain
 
 
 @dataclass(frozen=True)
 class GoldenCase:
     prompt: str
     references: tuple[str, ...]
+    answers: tuple[str, ...] = ()  # answer-bearing spans; () means the references themselves
+    chat: bool = True  # asked as a chat turn; False: as a raw completion of ``prompt``
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    kind: SuiteKind
+    cases: tuple[GoldenCase, ...]
+    digest: str
+    note: str = ""  # where the cases come from, and what was left out
 
 
 @dataclass(frozen=True)
 class GateThresholds:
+    min_pass_rate: float = 0.5
     max_regressions: int = 3
     max_mean_score_drop: float = 0.05
-    min_pass_rate: float = 0.0
-    pass_f1: float = 0.8
-    regression_tolerance: float = 0.05
+    max_forgetting: float = 0.1
+    max_base_forgetting: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,25 +79,52 @@ class CaseResult:
     references: tuple[str, ...]
     candidate: str
     baseline: str
-    candidate_exact: float
-    baseline_exact: float
+    candidate_right: bool
+    baseline_right: bool
     candidate_f1: float
     baseline_f1: float
-    passed: bool
-    regressed: bool
+
+    @property
+    def regressed(self) -> bool:
+        return self.baseline_right and not self.candidate_right
 
 
 @dataclass(frozen=True)
 class EvalReport:
-    suite_digest: str
     version: str
     baseline_version: str
-    metrics: tuple[tuple[str, float], ...]
-    regressions: int
-    passed: bool
-    failed_checks: tuple[str, ...]
-    cases: tuple[CaseResult, ...]
+    suites: tuple[SuiteVerdict, ...]
+    results: tuple[tuple[CaseResult, ...], ...]  # per suite, in the order of ``suites``
     time: datetime
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.suites)
+
+    @property
+    def failed_checks(self) -> tuple[str, ...]:
+        return tuple(f"{s.name}: {check}" for s in self.suites for check in s.failed_checks)
+
+    @property
+    def regressions(self) -> int:
+        return sum(s.regressions for s in self.suites)
+
+    @property
+    def digest(self) -> str:
+        """One digest over the suites scored (name and digest of each)."""
+        return hashlib.sha256("\n".join(f"{s.name}:{s.digest}" for s in self.suites).encode()).hexdigest()
+
+    @property
+    def metrics(self) -> tuple[tuple[str, float], ...]:
+        """Every suite's metrics, named ``<suite>.<metric>``."""
+        return tuple((f"{s.name}.{name}", value) for s in self.suites for name, value in s.metrics)
+
+
+def _strings(value: object, field: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError(f"'{field}' must be a non-empty string or a list of them")
+    return tuple(items)
 
 
 def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
@@ -89,21 +144,47 @@ def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
             refs = tuple(str(r) for r in refs if r is not None)
             if not isinstance(prompt, str) or not prompt or not refs:
                 raise ValueError("needs a non-empty 'prompt' and 'expected' or 'references'")
+            answers = _strings(doc["answer"], "answer") if "answer" in doc else ()
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidArgument("EVAL_SUITE_INVALID", f"{path.name} line {number}: {exc}",
                                   metadata={"path": str(path), "line": str(number)}) from exc
-        cases.append(GoldenCase(prompt, refs))
+        cases.append(GoldenCase(prompt, refs, answers))
     if not cases or len(cases) > MAX_CASES:
         raise InvalidArgument("EVAL_SUITE_INVALID", f"{path.name} must hold 1..{MAX_CASES} cases, has {len(cases)}")
     return cases, hashlib.sha256(raw).hexdigest()
 
 
+def cases_digest(cases: Sequence[GoldenCase]) -> str:
+    """sha256 of the cases' canonical JSON, for suites built rather than read from a file."""
+    doc = [asdict(c) for c in cases]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!?")
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, collapsed whitespace."""
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_budget(case: GoldenCase, floor: int) -> int:
+    """Tokens to let a model answer ``case``: ``floor``, or enough for its longest reference (about three
+    characters a token, so a right answer is never cut short), at most 256."""
+    return max(floor, min(256, max(len(r) for r in case.references) // 3 + 8))
 
 
 def exact_match(prediction: str, references: tuple[str, ...]) -> float:
     return 1.0 if normalise(prediction) in {normalise(r) for r in references} else 0.0
+
+
+def answered(prediction: str, case: GoldenCase) -> bool:
+    """Exact match, or an answer span (the references when the case names none) present as whole words."""
+    if exact_match(prediction, case.references):
+        return True
+    said = f" {normalise(prediction)} "
+    return any(span and f" {span} " in said for span in map(normalise, case.answers or case.references))
 
 
 def token_f1(prediction: str, references: tuple[str, ...]) -> float:
@@ -129,54 +210,99 @@ def corpus_bleu(predictions: list[str], references: list[tuple[str, ...]]) -> fl
     return sacrebleu.corpus_bleu(predictions, streams).score / 100.0
 
 
-def score(
-    cases: list[GoldenCase], candidate: list[str], baseline: list[str], thresholds: GateThresholds, *,
-    suite_digest: str, version: str, baseline_version: str, time: datetime,
-) -> EvalReport:
-    results = []
-    for case, cand, base in zip(cases, candidate, baseline, strict=True):
-        c_em, b_em = exact_match(cand, case.references), exact_match(base, case.references)
-        c_f1, b_f1 = token_f1(cand, case.references), token_f1(base, case.references)
-        results.append(CaseResult(
+def score_suite(suite: Suite, candidate: list[str], baseline: list[str],
+                thresholds: GateThresholds) -> tuple[SuiteVerdict, tuple[CaseResult, ...]]:
+    """The suite's verdict from both models' answers to its cases (in order); a suite without cases passes,
+    with a note saying it was not checked."""
+    if not suite.cases:
+        return SuiteVerdict(name=suite.name, kind=suite.kind, digest=suite.digest, cases=0, metrics=(),
+                            regressions=0, passed=True, failed_checks=(),
+                            note=f"not checked: no cases ({suite.note})" if suite.note else "not checked: no cases"), ()
+    results = tuple(
+        CaseResult(
             prompt=case.prompt, references=case.references, candidate=cand, baseline=base,
-            candidate_exact=c_em, baseline_exact=b_em, candidate_f1=c_f1, baseline_f1=b_f1,
-            passed=c_em == 1.0 or c_f1 >= thresholds.pass_f1,
-            regressed=b_f1 - c_f1 > thresholds.regression_tolerance,
-        ))
+            candidate_right=answered(cand, case), baseline_right=answered(base, case),
+            candidate_f1=token_f1(cand, case.references), baseline_f1=token_f1(base, case.references),
+        )
+        for case, cand, base in zip(suite.cases, candidate, baseline, strict=True)
+    )
     n = len(results)
-    refs = [c.references for c in cases]
+    refs = [c.references for c in suite.cases]
+    known = sum(r.baseline_right for r in results)
+    regressed = [r.prompt for r in results if r.regressed]
     metrics = {
-        "exact_match": sum(r.candidate_exact for r in results) / n,
+        "pass_rate": sum(r.candidate_right for r in results) / n,
+        "baseline_pass_rate": known / n,
+        "exact_match": sum(exact_match(r.candidate, r.references) for r in results) / n,
+        "baseline_exact_match": sum(exact_match(r.baseline, r.references) for r in results) / n,
         "token_f1": sum(r.candidate_f1 for r in results) / n,
-        "bleu": corpus_bleu(candidate, refs),
-        "baseline_exact_match": sum(r.baseline_exact for r in results) / n,
         "baseline_token_f1": sum(r.baseline_f1 for r in results) / n,
+        "bleu": corpus_bleu(candidate, refs),
         "baseline_bleu": corpus_bleu(baseline, refs),
-        "pass_rate": sum(r.passed for r in results) / n,
     }
     metrics["mean_score_drop"] = metrics["baseline_token_f1"] - metrics["token_f1"]
-    regressions = sum(r.regressed for r in results)
+    metrics["forgetting"] = len(regressed) / known if known else 0.0
+    failed = _checks(suite.kind, metrics, len(regressed), thresholds)
+    verdict = SuiteVerdict(
+        name=suite.name, kind=suite.kind, digest=suite.digest, cases=n, metrics=tuple(metrics.items()),
+        regressions=len(regressed), passed=not failed, failed_checks=tuple(failed),
+        regressed=tuple(regressed[:MAX_NAMED_REGRESSIONS]), note=suite.note,
+    )
+    return verdict, results
+
+
+def _checks(kind: SuiteKind, m: dict[str, float], regressions: int, t: GateThresholds) -> list[str]:
     failed = []
-    if regressions > thresholds.max_regressions:
-        failed.append(f"regressions {regressions} > max_regressions {thresholds.max_regressions}")
-    if metrics["mean_score_drop"] > thresholds.max_mean_score_drop:
-        failed.append(f"mean token-F1 drop {metrics['mean_score_drop']:.3f} > max_mean_score_drop "
-                      f"{thresholds.max_mean_score_drop:g}")
-    if metrics["pass_rate"] < thresholds.min_pass_rate:
-        failed.append(f"pass rate {metrics['pass_rate']:.3f} < min_pass_rate {thresholds.min_pass_rate:g}")
-    return EvalReport(
-        suite_digest=suite_digest, version=version, baseline_version=baseline_version,
-        metrics=tuple(metrics.items()), regressions=regressions, passed=not failed,
-        failed_checks=tuple(failed), cases=tuple(results), time=time,
+    if kind is SuiteKind.GOLDEN:
+        if m["pass_rate"] < t.min_pass_rate:
+            failed.append(f"pass rate {m['pass_rate']:.3f} < min_pass_rate {t.min_pass_rate:g}")
+        if regressions > t.max_regressions:
+            failed.append(f"regressions {regressions} > max_regressions {t.max_regressions}")
+        if m["mean_score_drop"] > t.max_mean_score_drop:
+            failed.append(f"mean token-F1 drop {m['mean_score_drop']:.3f} > max_mean_score_drop "
+                          f"{t.max_mean_score_drop:g}")
+    elif kind is SuiteKind.TARGET:
+        if m["pass_rate"] <= m["baseline_pass_rate"] and m["pass_rate"] < 1.0:
+            failed.append(f"no improvement on its own data: pass rate {m['pass_rate']:.3f}, "
+                          f"baseline {m['baseline_pass_rate']:.3f}")
+    elif kind is SuiteKind.RETENTION and m["forgetting"] > t.max_forgetting:
+        failed.append(f"forgot {m['forgetting']:.3f} of what the baseline answers ({regressions} cases) > "
+                      f"max_forgetting {t.max_forgetting:g}")
+    return failed
+
+
+def base_verdict(candidate: float | None, baseline: float | None, lost: Sequence[str],
+                 thresholds: GateThresholds) -> SuiteVerdict:
+    """The base-knowledge suite's verdict from the base retention measured on each version after training
+    (1.0 for the base model itself); it passes with a note when either was not measured."""
+    if candidate is None or baseline is None:
+        which = "the candidate" if candidate is None else "the baseline"
+        return SuiteVerdict(name="base", kind=SuiteKind.BASE, digest="", cases=0, metrics=(), regressions=0,
+                            passed=True, failed_checks=(),
+                            note=f"not checked: the base retention of {which} was not measured")
+    drop = baseline - candidate
+    failed = () if drop <= thresholds.max_base_forgetting else (
+        f"base retention {candidate:.3f} is {drop:.3f} below the baseline's {baseline:.3f} > "
+        f"max_base_forgetting {thresholds.max_base_forgetting:g}",)
+    return SuiteVerdict(
+        name="base", kind=SuiteKind.BASE, digest="", cases=0,
+        metrics=(("base_retention", candidate), ("baseline_base_retention", baseline), ("base_forgetting", drop)),
+        regressions=0, passed=not failed, failed_checks=failed, regressed=tuple(lost[:MAX_NAMED_REGRESSIONS]),
+        note="the base model's general questions, measured on each version after training",
     )
 
 
 def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
     """report.json, report.md and report.png (matplotlib, Agg) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = asdict(report)
-    doc["time"] = report.time.isoformat()
-    doc["metrics"] = dict(report.metrics)
+    doc = {
+        "version": report.version, "baseline_version": report.baseline_version, "time": report.time.isoformat(),
+        "passed": report.passed, "failed_checks": list(report.failed_checks), "regressions": report.regressions,
+        "suites": [
+            {**asdict(s), "metrics": dict(s.metrics), "results": [asdict(r) for r in results]}
+            for s, results in zip(report.suites, report.results, strict=True)
+        ],
+    }
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     md_path = out_dir / "report.md"
@@ -186,30 +312,48 @@ def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
     return [json_path, md_path, png_path]
 
 
+def _labels(report: EvalReport) -> tuple[str, str]:
+    return f"candidate {report.version}", f"baseline {report.baseline_version or 'base model'}"
+
+
 def _markdown(report: EvalReport) -> str:
-    baseline = report.baseline_version or "base model"
-    metrics = dict(report.metrics)
+    candidate, baseline = _labels(report)
     lines = [
-        f"# Eval of {report.version} against {baseline}", "",
-        f"- suite sha256: `{report.suite_digest}`", f"- time: {report.time.isoformat()}",
+        f"# Eval of {report.version} against {report.baseline_version or 'the base model'}", "",
+        f"- time: {report.time.isoformat()}",
         f"- gate: **{'PASSED' if report.passed else 'FAILED'}**"
         + (f" ({'; '.join(report.failed_checks)})" if report.failed_checks else ""),
-        f"- regressions: {report.regressions} of {len(report.cases)} cases", "",
-        "| metric | candidate | baseline |", "|---|---|---|",
+        f"- regressions: {report.regressions}", "",
+        f"| suite | kind | cases | {candidate} | {baseline} | verdict |", "|---|---|---|---|---|---|",
     ]
-    for name in ("exact_match", "token_f1", "bleu"):
-        lines.append(f"| {name} | {metrics[name]:.4f} | {metrics['baseline_' + name]:.4f} |")
-    lines += ["", f"pass rate {metrics['pass_rate']:.4f}, mean token-F1 drop {metrics['mean_score_drop']:.4f}", "",
-              "| # | prompt | expected | candidate | baseline | F1 cand | F1 base | regressed |",
-              "|---|---|---|---|---|---|---|---|"]
+    for s in report.suites:
+        m = dict(s.metrics)
+        key = "base_retention" if s.kind is SuiteKind.BASE else "pass_rate"
+        cand = f"{m[key]:.3f}" if key in m else "-"
+        base = f"{m['baseline_' + key]:.3f}" if "baseline_" + key in m else "-"
+        lines.append(f"| {s.name} | {s.kind.value} | {s.cases} | {cand} | {base} | "
+                     f"{'passed' if s.passed else 'FAILED: ' + '; '.join(s.failed_checks)} |")
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")[:80]
 
-    for i, c in enumerate(report.cases, start=1):
-        lines.append(f"| {i} | {cell(c.prompt)} | {cell(c.references[0])} | {cell(c.candidate)} | "
-                     f"{cell(c.baseline)} | {c.candidate_f1:.2f} | {c.baseline_f1:.2f} | "
-                     f"{'yes' if c.regressed else ''} |")
+    for s, results in zip(report.suites, report.results, strict=True):
+        lines += ["", f"## {s.name} ({s.kind.value})", ""]
+        if s.note:
+            lines += [s.note, ""]
+        m = dict(s.metrics)
+        if results:
+            lines += [f"exact match {m['exact_match']:.3f} (baseline {m['baseline_exact_match']:.3f}), token F1 "
+                      f"{m['token_f1']:.3f} ({m['baseline_token_f1']:.3f}), BLEU {m['bleu']:.3f} "
+                      f"({m['baseline_bleu']:.3f})", "",
+                      "| # | prompt | expected | candidate | baseline | right | regressed |",
+                      "|---|---|---|---|---|---|---|"]
+            for i, r in enumerate(results, start=1):
+                right = f"{'yes' if r.candidate_right else 'no'} / {'yes' if r.baseline_right else 'no'}"
+                lines.append(f"| {i} | {cell(r.prompt)} | {cell(r.references[0])} | {cell(r.candidate)} | "
+                             f"{cell(r.baseline)} | {right} | {'yes' if r.regressed else ''} |")
+        elif s.regressed:
+            lines += ["No longer answered right: " + "; ".join(cell(p) for p in s.regressed)]
     return "\n".join(lines) + "\n"
 
 
@@ -219,14 +363,21 @@ def _chart(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # noqa: PLC0415
 
-    metrics = dict(report.metrics)
-    names = ["exact_match", "token_f1", "bleu"]
+    candidate, baseline = _labels(report)
+    names, cand, base = [], [], []
+    for s in report.suites:
+        m = dict(s.metrics)
+        key = "base_retention" if s.kind is SuiteKind.BASE else "pass_rate"
+        if key in m:
+            names.append(s.name)
+            cand.append(m[key])
+            base.append(m["baseline_" + key])
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [metrics["baseline_" + n] for n in names], width=0.4,
-           label=report.baseline_version or "base model")
-    ax.bar([x + 0.2 for x in xs], [metrics[n] for n in names], width=0.4, label=report.version)
+    ax.bar([x - 0.2 for x in xs], base, width=0.4, label=baseline)
+    ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
     ax.set_xticks(list(xs), names)
+    ax.set_ylabel("answered right (base: retention)")
     ax.set_ylim(0, 1)
     ax.set_title(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
                  f"{report.regressions} regressions")

@@ -9,7 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from engine.domain import BaseRetention, SuiteVerdict
 from engine.jobs.core import JobFailure
+from engine.lora.evaluation import Suite
 
 
 class OperationKind(enum.StrEnum):
@@ -62,6 +64,7 @@ class OperationRecord:
     duration_seconds: float
     phases: tuple[tuple[str, float], ...] = ()
     error: JobFailure | None = None
+    gate: EvalSummary | None = None  # the gate's decision, when the operation ran it
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,18 @@ class LoraStatus:
 
 @dataclass(frozen=True)
 class EvalSummary:
-    """The outcome of a golden-suite run of a candidate against a baseline."""
+    """The gate's decision on a candidate against a baseline: every suite's verdict, and the totals."""
 
-    suite_digest: str
+    suite_digest: str  # over the suites scored
     version: str
     baseline_version: str  # "" means the base model
-    metrics: tuple[tuple[str, float], ...]
+    metrics: tuple[tuple[str, float], ...]  # every suite's, named "<suite>.<metric>"
     regressions: int
     passed: bool
     failed_checks: tuple[str, ...]
     report_uris: tuple[str, ...]
     time: datetime
+    suites: tuple[SuiteVerdict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,18 @@ class AdapterFetcher(Protocol):
 
     async def record_eval(self, base_model: str, summary: EvalSummary) -> None:
         """Attach an eval result to the version's metadata."""
+        ...
+
+
+class GateInputs(Protocol):
+    """What the gate knows of versions besides their answers (engine.lora.suites)."""
+
+    async def suites(self, base_model: str, candidate: str, baseline: str) -> list[Suite]:
+        """The target and retention suites of ``candidate`` against ``baseline`` ("" = the base model)."""
+        ...
+
+    async def base_retention(self, base_model: str, version: str) -> BaseRetention | None:
+        """What ``version`` kept of the base model's general knowledge, None if not measured."""
         ...
 
 

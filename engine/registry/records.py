@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec
+from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
 from engine.errors import FieldViolation, InvalidArgument
 
 VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
@@ -72,6 +72,7 @@ class AdapterEval:
     passed: bool = False
     report_uris: tuple[str, ...] = ()
     time: datetime | None = None
+    suites: tuple[SuiteVerdict, ...] = ()  # each suite's verdict (golden, target, retention, base)
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,14 @@ class PostgresLoraStore:
 
     async def record(self, target: str, op: OperationRecord) -> None:
         error = _FAILURE.dump_json(op.error).decode() if op.error else None
+        gate = _EVAL.dump_json(op.gate).decode() if op.gate else None
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO lora_operations (target, kind, version, actor, reason, start_time,"
-                " duration_seconds, phases, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)",
+                " duration_seconds, phases, error, gate)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb)",
                 target, op.kind.value, op.version, op.actor, op.reason, op.start_time, op.duration_seconds,
-                json.dumps([list(p) for p in op.phases]), error,
+                json.dumps([list(p) for p in op.phases]), error, gate,
             )
 
     async def history(self, target: str, limit: int) -> list[OperationRecord]:
@@ -80,6 +82,7 @@ class PostgresLoraStore:
                 start_time=r["start_time"], duration_seconds=r["duration_seconds"],
                 phases=tuple((str(n), float(s)) for n, s in json.loads(r["phases"])),
                 error=_FAILURE.validate_json(r["error"]) if r["error"] else None,
+                gate=_EVAL.validate_json(r["gate"]) if r["gate"] else None,
             )
             for r in rows
         ]

@@ -16,6 +16,7 @@ from engine import telemetry
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.state import FeedbackCounts
 from engine.serving.reference_backend import ReferenceModel
+from learning.v1 import adapter_pb2 as ad
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY, error_details
@@ -102,7 +103,7 @@ async def test_eval_gate_and_evaluate_adapter(make_server, data_dir: Path):
     suite = data_dir / "datasets" / "golden.jsonl"
     suite.write_text("\n".join(json.dumps({"prompt": f"What is the capital of {c}?", "expected": a}) for c, a in
                                (("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"))) + "\n")
-    client = await make_server(eval_suite_path="golden.jsonl", eval_min_pass_rate=1.0, eval_max_tokens=6)
+    client = await make_server(eval_suite_path="golden.jsonl", eval_max_tokens=6)  # default gate thresholds
     v10 = await train(client)
     message = await _fails(activate(client, v10), grpc.StatusCode.FAILED_PRECONDITION, "EVAL_GATE_FAILED")
     assert "pass rate" in message
@@ -112,7 +113,11 @@ async def test_eval_gate_and_evaluate_adapter(make_server, data_dir: Path):
     assert forced.status.active_version == v10
     assert not forced.eval.passed and forced.eval.baseline_version == "" and len(forced.eval.suite_digest) == 64
     names = {m.name for m in forced.eval.metrics}
-    assert {"exact_match", "token_f1", "bleu", "pass_rate", "mean_score_drop"} <= names
+    assert {f"golden.{n}" for n in ("exact_match", "token_f1", "bleu", "pass_rate", "mean_score_drop")} <= names
+    golden = forced.eval.suites[0]
+    assert [v.name for v in forced.eval.suites] == ["golden"] and golden.kind == ad.EVAL_SUITE_KIND_GOLDEN
+    assert golden.cases == 3 and not golden.passed and golden.failed_checks[0].startswith("pass rate 0.000 <")
+    assert list(forced.eval.failed_checks) == [f"golden: {c}" for c in golden.failed_checks]
     files = [Path(u.removeprefix("file://")) for u in forced.eval.report_uris]
     assert [f.name for f in files] == ["report.json", "report.md", "report.png"]
     assert json.loads(files[0].read_text())["version"] == v10

@@ -16,12 +16,49 @@ class AdapterSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADAPTER_SOURCE_UNSPECIFIED: _ClassVar[AdapterSource]
     ADAPTER_SOURCE_TRAINED: _ClassVar[AdapterSource]
     ADAPTER_SOURCE_IMPORTED: _ClassVar[AdapterSource]
+
+class EvalSuiteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVAL_SUITE_KIND_UNSPECIFIED: _ClassVar[EvalSuiteKind]
+    EVAL_SUITE_KIND_GOLDEN: _ClassVar[EvalSuiteKind]
+    EVAL_SUITE_KIND_TARGET: _ClassVar[EvalSuiteKind]
+    EVAL_SUITE_KIND_RETENTION: _ClassVar[EvalSuiteKind]
+    EVAL_SUITE_KIND_BASE: _ClassVar[EvalSuiteKind]
 ADAPTER_SOURCE_UNSPECIFIED: AdapterSource
 ADAPTER_SOURCE_TRAINED: AdapterSource
 ADAPTER_SOURCE_IMPORTED: AdapterSource
+EVAL_SUITE_KIND_UNSPECIFIED: EvalSuiteKind
+EVAL_SUITE_KIND_GOLDEN: EvalSuiteKind
+EVAL_SUITE_KIND_TARGET: EvalSuiteKind
+EVAL_SUITE_KIND_RETENTION: EvalSuiteKind
+EVAL_SUITE_KIND_BASE: EvalSuiteKind
+
+class EvalSuiteVerdict(_message.Message):
+    __slots__ = ("name", "kind", "digest", "cases", "metrics", "regressions", "passed", "failed_checks", "regressed_prompts", "note")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REGRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    REGRESSED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: EvalSuiteKind
+    digest: str
+    cases: int
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.EvalMetric]
+    regressions: int
+    passed: bool
+    failed_checks: _containers.RepeatedScalarFieldContainer[str]
+    regressed_prompts: _containers.RepeatedScalarFieldContainer[str]
+    note: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[EvalSuiteKind, str]] = ..., digest: _Optional[str] = ..., cases: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., failed_checks: _Optional[_Iterable[str]] = ..., regressed_prompts: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class AdapterEvalSummary(_message.Message):
-    __slots__ = ("suite_digest", "baseline_version", "metrics", "regressions", "passed", "report_uris", "time")
+    __slots__ = ("suite_digest", "baseline_version", "metrics", "regressions", "passed", "report_uris", "time", "suites", "failed_checks")
     SUITE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +66,8 @@ class AdapterEvalSummary(_message.Message):
     PASSED_FIELD_NUMBER: _ClassVar[int]
     REPORT_URIS_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    SUITES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
     suite_digest: str
     baseline_version: str
     metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.EvalMetric]
@@ -36,7 +75,9 @@ class AdapterEvalSummary(_message.Message):
     passed: bool
     report_uris: _containers.RepeatedScalarFieldContainer[str]
     time: _timestamp_pb2.Timestamp
-    def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    suites: _containers.RepeatedCompositeFieldContainer[EvalSuiteVerdict]
+    failed_checks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suites: _Optional[_Iterable[_Union[EvalSuiteVerdict, _Mapping]]] = ..., failed_checks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention", "base_protection", "base_rehearsed_examples")

@@ -28,7 +28,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from learning.v1 import adapter_pb2 as learning_dot_v1_dot_adapter__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elearning/v1/lora_control.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\"\x88\x03\n\rLoraOperation\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.learning.v1.LoraOperationKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x0fphase_durations\x18\x07 \x03(\x0b\x32..learning.v1.LoraOperation.PhaseDurationsEntry\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.Status\x1aP\n\x13PhaseDurationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration:\x02\x38\x01\"A\n\rLoadedAdapter\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xb1\x02\n\nLoraStatus\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x18\n\x10previous_version\x18\x05 \x01(\t\x12\x1a\n\x12known_good_version\x18\x06 \x01(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12*\n\x06loaded\x18\x08 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\x12\x32\n\x0elast_operation\x18\t \x01(\x0b\x32\x1a.learning.v1.LoraOperation\x12\x19\n\x11serving_reachable\x18\n \x01(\x08\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\"\x16\n\x14GetLoraStatusRequest\"@\n\x15GetLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"u\n\x16\x41\x63tivateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x17\n\x0fmark_known_good\x18\x04 \x01(\x08\x12\x12\n\nbase_model\x18\x05 \x01(\t\"q\n\x17\x41\x63tivateAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\x12-\n\x04\x65val\x18\x02 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"(\n\x16RollbackAdapterRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"B\n\x17RollbackAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"#\n\x11\x45nableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"=\n\x12\x45nableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"$\n\x12\x44isableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\">\n\x13\x44isableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"\x1b\n\x19ListLoadedAdaptersRequest\"H\n\x1aListLoadedAdaptersResponse\x12*\n\x06loaded\x18\x01 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\"\x18\n\x16WatchLoraStatusRequest\"B\n\x17WatchLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"k\n\x16\x45valuateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x12\n\nsuite_path\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"H\n\x17\x45valuateAdapterResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary*\x87\x02\n\x11LoraOperationKind\x12#\n\x1fLORA_OPERATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cLORA_OPERATION_KIND_ACTIVATE\x10\x01\x12 \n\x1cLORA_OPERATION_KIND_ROLLBACK\x10\x02\x12\x1e\n\x1aLORA_OPERATION_KIND_ENABLE\x10\x03\x12\x1f\n\x1bLORA_OPERATION_KIND_DISABLE\x10\x04\x12%\n!LORA_OPERATION_KIND_AUTO_ROLLBACK\x10\x05\x12!\n\x1dLORA_OPERATION_KIND_RECONCILE\x10\x06\x32\xee\x05\n\x12LoraControlService\x12V\n\rGetLoraStatus\x12!.learning.v1.GetLoraStatusRequest\x1a\".learning.v1.GetLoraStatusResponse\x12\\\n\x0f\x41\x63tivateAdapter\x12#.learning.v1.ActivateAdapterRequest\x1a$.learning.v1.ActivateAdapterResponse\x12\\\n\x0fRollbackAdapter\x12#.learning.v1.RollbackAdapterRequest\x1a$.learning.v1.RollbackAdapterResponse\x12M\n\nEnableLora\x12\x1e.learning.v1.EnableLoraRequest\x1a\x1f.learning.v1.EnableLoraResponse\x12P\n\x0b\x44isableLora\x12\x1f.learning.v1.DisableLoraRequest\x1a .learning.v1.DisableLoraResponse\x12\x65\n\x12ListLoadedAdapters\x12&.learning.v1.ListLoadedAdaptersRequest\x1a\'.learning.v1.ListLoadedAdaptersResponse\x12^\n\x0fWatchLoraStatus\x12#.learning.v1.WatchLoraStatusRequest\x1a$.learning.v1.WatchLoraStatusResponse0\x01\x12\\\n\x0f\x45valuateAdapter\x12#.learning.v1.EvaluateAdapterRequest\x1a$.learning.v1.EvaluateAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elearning/v1/lora_control.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\"\xb7\x03\n\rLoraOperation\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.learning.v1.LoraOperationKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x0fphase_durations\x18\x07 \x03(\x0b\x32..learning.v1.LoraOperation.PhaseDurationsEntry\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.Status\x12-\n\x04gate\x18\t \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x1aP\n\x13PhaseDurationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration:\x02\x38\x01\"A\n\rLoadedAdapter\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xb1\x02\n\nLoraStatus\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x18\n\x10previous_version\x18\x05 \x01(\t\x12\x1a\n\x12known_good_version\x18\x06 \x01(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12*\n\x06loaded\x18\x08 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\x12\x32\n\x0elast_operation\x18\t \x01(\x0b\x32\x1a.learning.v1.LoraOperation\x12\x19\n\x11serving_reachable\x18\n \x01(\x08\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\"\x16\n\x14GetLoraStatusRequest\"@\n\x15GetLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"u\n\x16\x41\x63tivateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x17\n\x0fmark_known_good\x18\x04 \x01(\x08\x12\x12\n\nbase_model\x18\x05 \x01(\t\"q\n\x17\x41\x63tivateAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\x12-\n\x04\x65val\x18\x02 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"(\n\x16RollbackAdapterRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"B\n\x17RollbackAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"#\n\x11\x45nableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"=\n\x12\x45nableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"$\n\x12\x44isableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\">\n\x13\x44isableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"\x1b\n\x19ListLoadedAdaptersRequest\"H\n\x1aListLoadedAdaptersResponse\x12*\n\x06loaded\x18\x01 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\"\x18\n\x16WatchLoraStatusRequest\"B\n\x17WatchLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"k\n\x16\x45valuateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x12\n\nsuite_path\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"H\n\x17\x45valuateAdapterResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary*\x87\x02\n\x11LoraOperationKind\x12#\n\x1fLORA_OPERATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cLORA_OPERATION_KIND_ACTIVATE\x10\x01\x12 \n\x1cLORA_OPERATION_KIND_ROLLBACK\x10\x02\x12\x1e\n\x1aLORA_OPERATION_KIND_ENABLE\x10\x03\x12\x1f\n\x1bLORA_OPERATION_KIND_DISABLE\x10\x04\x12%\n!LORA_OPERATION_KIND_AUTO_ROLLBACK\x10\x05\x12!\n\x1dLORA_OPERATION_KIND_RECONCILE\x10\x06\x32\xee\x05\n\x12LoraControlService\x12V\n\rGetLoraStatus\x12!.learning.v1.GetLoraStatusRequest\x1a\".learning.v1.GetLoraStatusResponse\x12\\\n\x0f\x41\x63tivateAdapter\x12#.learning.v1.ActivateAdapterRequest\x1a$.learning.v1.ActivateAdapterResponse\x12\\\n\x0fRollbackAdapter\x12#.learning.v1.RollbackAdapterRequest\x1a$.learning.v1.RollbackAdapterResponse\x12M\n\nEnableLora\x12\x1e.learning.v1.EnableLoraRequest\x1a\x1f.learning.v1.EnableLoraResponse\x12P\n\x0b\x44isableLora\x12\x1f.learning.v1.DisableLoraRequest\x1a .learning.v1.DisableLoraResponse\x12\x65\n\x12ListLoadedAdapters\x12&.learning.v1.ListLoadedAdaptersRequest\x1a\'.learning.v1.ListLoadedAdaptersResponse\x12^\n\x0fWatchLoraStatus\x12#.learning.v1.WatchLoraStatusRequest\x1a$.learning.v1.WatchLoraStatusResponse0\x01\x12\\\n\x0f\x45valuateAdapter\x12#.learning.v1.EvaluateAdapterRequest\x1a$.learning.v1.EvaluateAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,48 +37,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._loaded_options = None
   _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_LORAOPERATIONKIND']._serialized_start=1951
-  _globals['_LORAOPERATIONKIND']._serialized_end=2214
+  _globals['_LORAOPERATIONKIND']._serialized_start=1998
+  _globals['_LORAOPERATIONKIND']._serialized_end=2261
   _globals['_LORAOPERATION']._serialized_start=165
-  _globals['_LORAOPERATION']._serialized_end=557
-  _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_start=477
-  _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_end=557
-  _globals['_LOADEDADAPTER']._serialized_start=559
-  _globals['_LOADEDADAPTER']._serialized_end=624
-  _globals['_LORASTATUS']._serialized_start=627
-  _globals['_LORASTATUS']._serialized_end=932
-  _globals['_GETLORASTATUSREQUEST']._serialized_start=934
-  _globals['_GETLORASTATUSREQUEST']._serialized_end=956
-  _globals['_GETLORASTATUSRESPONSE']._serialized_start=958
-  _globals['_GETLORASTATUSRESPONSE']._serialized_end=1022
-  _globals['_ACTIVATEADAPTERREQUEST']._serialized_start=1024
-  _globals['_ACTIVATEADAPTERREQUEST']._serialized_end=1141
-  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_start=1143
-  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_end=1256
-  _globals['_ROLLBACKADAPTERREQUEST']._serialized_start=1258
-  _globals['_ROLLBACKADAPTERREQUEST']._serialized_end=1298
-  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_start=1300
-  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_end=1366
-  _globals['_ENABLELORAREQUEST']._serialized_start=1368
-  _globals['_ENABLELORAREQUEST']._serialized_end=1403
-  _globals['_ENABLELORARESPONSE']._serialized_start=1405
-  _globals['_ENABLELORARESPONSE']._serialized_end=1466
-  _globals['_DISABLELORAREQUEST']._serialized_start=1468
-  _globals['_DISABLELORAREQUEST']._serialized_end=1504
-  _globals['_DISABLELORARESPONSE']._serialized_start=1506
-  _globals['_DISABLELORARESPONSE']._serialized_end=1568
-  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_start=1570
-  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_end=1597
-  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_start=1599
-  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_end=1671
-  _globals['_WATCHLORASTATUSREQUEST']._serialized_start=1673
-  _globals['_WATCHLORASTATUSREQUEST']._serialized_end=1697
-  _globals['_WATCHLORASTATUSRESPONSE']._serialized_start=1699
-  _globals['_WATCHLORASTATUSRESPONSE']._serialized_end=1765
-  _globals['_EVALUATEADAPTERREQUEST']._serialized_start=1767
-  _globals['_EVALUATEADAPTERREQUEST']._serialized_end=1874
-  _globals['_EVALUATEADAPTERRESPONSE']._serialized_start=1876
-  _globals['_EVALUATEADAPTERRESPONSE']._serialized_end=1948
-  _globals['_LORACONTROLSERVICE']._serialized_start=2217
-  _globals['_LORACONTROLSERVICE']._serialized_end=2967
+  _globals['_LORAOPERATION']._serialized_end=604
+  _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_start=524
+  _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_end=604
+  _globals['_LOADEDADAPTER']._serialized_start=606
+  _globals['_LOADEDADAPTER']._serialized_end=671
+  _globals['_LORASTATUS']._serialized_start=674
+  _globals['_LORASTATUS']._serialized_end=979
+  _globals['_GETLORASTATUSREQUEST']._serialized_start=981
+  _globals['_GETLORASTATUSREQUEST']._serialized_end=1003
+  _globals['_GETLORASTATUSRESPONSE']._serialized_start=1005
+  _globals['_GETLORASTATUSRESPONSE']._serialized_end=1069
+  _globals['_ACTIVATEADAPTERREQUEST']._serialized_start=1071
+  _globals['_ACTIVATEADAPTERREQUEST']._serialized_end=1188
+  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_start=1190
+  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_end=1303
+  _globals['_ROLLBACKADAPTERREQUEST']._serialized_start=1305
+  _globals['_ROLLBACKADAPTERREQUEST']._serialized_end=1345
+  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_start=1347
+  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_end=1413
+  _globals['_ENABLELORAREQUEST']._serialized_start=1415
+  _globals['_ENABLELORAREQUEST']._serialized_end=1450
+  _globals['_ENABLELORARESPONSE']._serialized_start=1452
+  _globals['_ENABLELORARESPONSE']._serialized_end=1513
+  _globals['_DISABLELORAREQUEST']._serialized_start=1515
+  _globals['_DISABLELORAREQUEST']._serialized_end=1551
+  _globals['_DISABLELORARESPONSE']._serialized_start=1553
+  _globals['_DISABLELORARESPONSE']._serialized_end=1615
+  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_start=1617
+  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_end=1644
+  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_start=1646
+  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_end=1718
+  _globals['_WATCHLORASTATUSREQUEST']._serialized_start=1720
+  _globals['_WATCHLORASTATUSREQUEST']._serialized_end=1744
+  _globals['_WATCHLORASTATUSRESPONSE']._serialized_start=1746
+  _globals['_WATCHLORASTATUSRESPONSE']._serialized_end=1812
+  _globals['_EVALUATEADAPTERREQUEST']._serialized_start=1814
+  _globals['_EVALUATEADAPTERREQUEST']._serialized_end=1921
+  _globals['_EVALUATEADAPTERRESPONSE']._serialized_start=1923
+  _globals['_EVALUATEADAPTERRESPONSE']._serialized_end=1995
+  _globals['_LORACONTROLSERVICE']._serialized_start=2264
+  _globals['_LORACONTROLSERVICE']._serialized_end=3014
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,7 @@ LORA_OPERATION_KIND_AUTO_ROLLBACK: LoraOperationKind
 LORA_OPERATION_KIND_RECONCILE: LoraOperationKind
 
 class LoraOperation(_message.Message):
-    __slots__ = ("kind", "version", "actor", "reason", "start_time", "duration", "phase_durations", "error")
+    __slots__ = ("kind", "version", "actor", "reason", "start_time", "duration", "phase_durations", "error", "gate")
     class PhaseDurationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class LoraOperation(_message.Message):
     DURATION_FIELD_NUMBER: _ClassVar[int]
     PHASE_DURATIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     kind: LoraOperationKind
     version: str
     actor: str
@@ -55,7 +56,8 @@ class LoraOperation(_message.Message):
     duration: _duration_pb2.Duration
     phase_durations: _containers.MessageMap[str, _duration_pb2.Duration]
     error: _status_pb2.Status
-    def __init__(self, kind: _Optional[_Union[LoraOperationKind, str]] = ..., version: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., phase_durations: _Optional[_Mapping[str, _duration_pb2.Duration]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    gate: _adapter_pb2.AdapterEvalSummary
+    def __init__(self, kind: _Optional[_Union[LoraOperationKind, str]] = ..., version: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., phase_durations: _Optional[_Mapping[str, _duration_pb2.Duration]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., gate: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ...) -> None: ...
 
 class LoadedAdapter(_message.Message):
     __slots__ = ("lora_name", "version", "path")

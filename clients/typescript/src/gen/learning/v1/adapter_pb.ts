@@ -14,10 +14,90 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/adapter.proto.
  */
 export const file_learning_v1_adapter: GenFile = /*@__PURE__*/
-  fileDesc("ChlsZWFybmluZy92MS9hZGFwdGVyLnByb3RvEgtsZWFybmluZy52MSLSAQoSQWRhcHRlckV2YWxTdW1tYXJ5EhQKDHN1aXRlX2RpZ2VzdBgBIAEoCRIYChBiYXNlbGluZV92ZXJzaW9uGAIgASgJEigKB21ldHJpY3MYAyADKAsyFy5sZWFybmluZy52MS5FdmFsTWV0cmljEhMKC3JlZ3Jlc3Npb25zGAQgASgNEg4KBnBhc3NlZBgFIAEoCBITCgtyZXBvcnRfdXJpcxgGIAMoCRIoCgR0aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLgBgoHQWRhcHRlchIMCgRuYW1lGAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIZChFiYXNlX21vZGVsX2RpZ2VzdBgEIAEoCRIqCgZzb3VyY2UYBSABKA4yGi5sZWFybmluZy52MS5BZGFwdGVyU291cmNlEhQKDHRyYWluaW5nX2pvYhgGIAEoCRIWCg5wYXJlbnRfdmVyc2lvbhgHIAEoCRIsCgtsb3JhX2NvbmZpZxgIIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFDb25maWcSLAoHZGF0YXNldBgJIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EhIKCnRyYWluX2xvc3MYCiABKAESEgoKZXdjX2xhbWJkYRgLIAEoARIRCglld2NfZ2FtbWEYDCABKAESFwoPZmlzaGVyX3NuYXBzaG90GA0gASgJEi0KBGV2YWwYDiABKAsyHy5sZWFybmluZy52MS5BZGFwdGVyRXZhbFN1bW1hcnkSEgoKc2l6ZV9ieXRlcxgPIAEoBBIOCgZzaGEyNTYYECABKAkSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKBmxhYmVscxgSIAMoCzIgLmxlYXJuaW5nLnYxLkFkYXB0ZXIuTGFiZWxzRW50cnkSFAoMYXJ0aWZhY3RfdXJpGBMgASgJEi8KC2RlbGV0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBUgASgJEjIKEGV3Y19maXNoZXJfc3BhY2UYFiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZRIyCg5iYXNlX3JldGVudGlvbhgXIAEoCzIaLmxlYXJuaW5nLnYxLkJhc2VSZXRlbnRpb24SNAoPYmFzZV9wcm90ZWN0aW9uGBggASgLMhsubGVhcm5pbmcudjEuQmFzZVByb3RlY3Rpb24SHwoXYmFzZV9yZWhlYXJzZWRfZXhhbXBsZXMYGSABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK9AQoTTGlzdEFkYXB0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRISCgpiYXNlX21vZGVsGAMgASgJEjwKBmxhYmVscxgEIAMoCzIsLmxlYXJuaW5nLnYxLkxpc3RBZGFwdGVyc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJXChRMaXN0QWRhcHRlcnNSZXNwb25zZRImCghhZGFwdGVycxgBIAMoCzIULmxlYXJuaW5nLnYxLkFkYXB0ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKEUdldEFkYXB0ZXJSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDwoHdmVyc2lvbhgCIAEoCSI7ChJHZXRBZGFwdGVyUmVzcG9uc2USJQoHYWRhcHRlchgBIAEoCzIULmxlYXJuaW5nLnYxLkFkYXB0ZXIiUQoWRG93bmxvYWRBZGFwdGVyUmVxdWVzdBISCgpiYXNlX21vZGVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSEgoKY2h1bmtfc2l6ZRgDIAEoDSJzChRBZGFwdGVyQXJjaGl2ZUhlYWRlchIlCgdhZGFwdGVyGAEgASgLMhQubGVhcm5pbmcudjEuQWRhcHRlchIOCgZzaGEyNTYYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIQCghmaWxlbmFtZRgEIAEoCSJnChdEb3dubG9hZEFkYXB0ZXJSZXNwb25zZRIzCgZoZWFkZXIYASABKAsyIS5sZWFybmluZy52MS5BZGFwdGVyQXJjaGl2ZUhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCI7ChREZWxldGVBZGFwdGVyUmVxdWVzdBISCgpiYXNlX21vZGVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkiFwoVRGVsZXRlQWRhcHRlclJlc3BvbnNlIjgKEUdldExpbmVhZ2VSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDwoHdmVyc2lvbhgCIAEoCSI8ChJHZXRMaW5lYWdlUmVzcG9uc2USJgoIYWRhcHRlcnMYASADKAsyFC5sZWFybmluZy52MS5BZGFwdGVyIvIBChVJbXBvcnRBZGFwdGVyTWV0YWRhdGESEgoKYmFzZV9tb2RlbBgBIAEoCRIWCg5wYXJlbnRfdmVyc2lvbhgCIAEoCRIaChJtYWpvcl92ZXJzaW9uX2J1bXAYAyABKAgSPgoGbGFiZWxzGAQgAygLMi4ubGVhcm5pbmcudjEuSW1wb3J0QWRhcHRlck1ldGFkYXRhLkxhYmVsc0VudHJ5Eg4KBnNoYTI1NhgFIAEoCRISCgpyZXF1ZXN0X2lkGAYgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZwoUSW1wb3J0QWRhcHRlclJlcXVlc3QSNgoIbWV0YWRhdGEYASABKAsyIi5sZWFybmluZy52MS5JbXBvcnRBZGFwdGVyTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiPgoVSW1wb3J0QWRhcHRlclJlc3BvbnNlEiUKB2FkYXB0ZXIYASABKAsyFC5sZWFybmluZy52MS5BZGFwdGVyIkkKFFBydW5lQWRhcHRlcnNSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDAoEa2VlcBgCIAEoDRIPCgdkcnlfcnVuGAMgASgIIkgKFVBydW5lQWRhcHRlcnNSZXNwb25zZRIYChBkZWxldGVkX3ZlcnNpb25zGAEgAygJEhUKDWtlcHRfdmVyc2lvbnMYAiADKAkqaAoNQWRhcHRlclNvdXJjZRIeChpBREFQVEVSX1NPVVJDRV9VTlNQRUNJRklFRBAAEhoKFkFEQVBURVJfU09VUkNFX1RSQUlORUQQARIbChdBREFQVEVSX1NPVVJDRV9JTVBPUlRFRBACMu0ECg5BZGFwdGVyU2VydmljZRJTCgxMaXN0QWRhcHRlcnMSIC5sZWFybmluZy52MS5MaXN0QWRhcHRlcnNSZXF1ZXN0GiEubGVhcm5pbmcudjEuTGlzdEFkYXB0ZXJzUmVzcG9uc2USTQoKR2V0QWRhcHRlchIeLmxlYXJuaW5nLnYxLkdldEFkYXB0ZXJSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuR2V0QWRhcHRlclJlc3BvbnNlEl4KD0Rvd25sb2FkQWRhcHRlchIjLmxlYXJuaW5nLnYxLkRvd25sb2FkQWRhcHRlclJlcXVlc3QaJC5sZWFybmluZy52MS5Eb3dubG9hZEFkYXB0ZXJSZXNwb25zZTABElYKDURlbGV0ZUFkYXB0ZXISIS5sZWFybmluZy52MS5EZWxldGVBZGFwdGVyUmVxdWVzdBoiLmxlYXJuaW5nLnYxLkRlbGV0ZUFkYXB0ZXJSZXNwb25zZRJNCgpHZXRMaW5lYWdlEh4ubGVhcm5pbmcudjEuR2V0TGluZWFnZVJlcXVlc3QaHy5sZWFybmluZy52MS5HZXRMaW5lYWdlUmVzcG9uc2USWAoNSW1wb3J0QWRhcHRlchIhLmxlYXJuaW5nLnYxLkltcG9ydEFkYXB0ZXJSZXF1ZXN0GiIubGVhcm5pbmcudjEuSW1wb3J0QWRhcHRlclJlc3BvbnNlKAESVgoNUHJ1bmVBZGFwdGVycxIhLmxlYXJuaW5nLnYxLlBydW5lQWRhcHRlcnNSZXF1ZXN0GiIubGVhcm5pbmcudjEuUHJ1bmVBZGFwdGVyc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_learning_v1_common]);
+  fileDesc("ChlsZWFybmluZy92MS9hZGFwdGVyLnByb3RvEgtsZWFybmluZy52MSL4AQoQRXZhbFN1aXRlVmVyZGljdBIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi5sZWFybmluZy52MS5FdmFsU3VpdGVLaW5kEg4KBmRpZ2VzdBgDIAEoCRINCgVjYXNlcxgEIAEoDRIoCgdtZXRyaWNzGAUgAygLMhcubGVhcm5pbmcudjEuRXZhbE1ldHJpYxITCgtyZWdyZXNzaW9ucxgGIAEoDRIOCgZwYXNzZWQYByABKAgSFQoNZmFpbGVkX2NoZWNrcxgIIAMoCRIZChFyZWdyZXNzZWRfcHJvbXB0cxgJIAMoCRIMCgRub3RlGAogASgJIpgCChJBZGFwdGVyRXZhbFN1bW1hcnkSFAoMc3VpdGVfZGlnZXN0GAEgASgJEhgKEGJhc2VsaW5lX3ZlcnNpb24YAiABKAkSKAoHbWV0cmljcxgDIAMoCzIXLmxlYXJuaW5nLnYxLkV2YWxNZXRyaWMSEwoLcmVncmVzc2lvbnMYBCABKA0SDgoGcGFzc2VkGAUgASgIEhMKC3JlcG9ydF91cmlzGAYgAygJEigKBHRpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBnN1aXRlcxgIIAMoCzIdLmxlYXJuaW5nLnYxLkV2YWxTdWl0ZVZlcmRpY3QSFQoNZmFpbGVkX2NoZWNrcxgJIAMoCSLgBgoHQWRhcHRlchIMCgRuYW1lGAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIZChFiYXNlX21vZGVsX2RpZ2VzdBgEIAEoCRIqCgZzb3VyY2UYBSABKA4yGi5sZWFybmluZy52MS5BZGFwdGVyU291cmNlEhQKDHRyYWluaW5nX2pvYhgGIAEoCRIWCg5wYXJlbnRfdmVyc2lvbhgHIAEoCRIsCgtsb3JhX2NvbmZpZxgIIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFDb25maWcSLAoHZGF0YXNldBgJIAEoCzIbLmxlYXJuaW5nLnYxLkRhdGFzZXRTdW1tYXJ5EhIKCnRyYWluX2xvc3MYCiABKAESEgoKZXdjX2xhbWJkYRgLIAEoARIRCglld2NfZ2FtbWEYDCABKAESFwoPZmlzaGVyX3NuYXBzaG90GA0gASgJEi0KBGV2YWwYDiABKAsyHy5sZWFybmluZy52MS5BZGFwdGVyRXZhbFN1bW1hcnkSEgoKc2l6ZV9ieXRlcxgPIAEoBBIOCgZzaGEyNTYYECABKAkSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKBmxhYmVscxgSIAMoCzIgLmxlYXJuaW5nLnYxLkFkYXB0ZXIuTGFiZWxzRW50cnkSFAoMYXJ0aWZhY3RfdXJpGBMgASgJEi8KC2RlbGV0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBUgASgJEjIKEGV3Y19maXNoZXJfc3BhY2UYFiABKA4yGC5sZWFybmluZy52MS5GaXNoZXJTcGFjZRIyCg5iYXNlX3JldGVudGlvbhgXIAEoCzIaLmxlYXJuaW5nLnYxLkJhc2VSZXRlbnRpb24SNAoPYmFzZV9wcm90ZWN0aW9uGBggASgLMhsubGVhcm5pbmcudjEuQmFzZVByb3RlY3Rpb24SHwoXYmFzZV9yZWhlYXJzZWRfZXhhbXBsZXMYGSABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK9AQoTTGlzdEFkYXB0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRISCgpiYXNlX21vZGVsGAMgASgJEjwKBmxhYmVscxgEIAMoCzIsLmxlYXJuaW5nLnYxLkxpc3RBZGFwdGVyc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJXChRMaXN0QWRhcHRlcnNSZXNwb25zZRImCghhZGFwdGVycxgBIAMoCzIULmxlYXJuaW5nLnYxLkFkYXB0ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKEUdldEFkYXB0ZXJSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDwoHdmVyc2lvbhgCIAEoCSI7ChJHZXRBZGFwdGVyUmVzcG9uc2USJQoHYWRhcHRlchgBIAEoCzIULmxlYXJuaW5nLnYxLkFkYXB0ZXIiUQoWRG93bmxvYWRBZGFwdGVyUmVxdWVzdBISCgpiYXNlX21vZGVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSEgoKY2h1bmtfc2l6ZRgDIAEoDSJzChRBZGFwdGVyQXJjaGl2ZUhlYWRlchIlCgdhZGFwdGVyGAEgASgLMhQubGVhcm5pbmcudjEuQWRhcHRlchIOCgZzaGEyNTYYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIQCghmaWxlbmFtZRgEIAEoCSJnChdEb3dubG9hZEFkYXB0ZXJSZXNwb25zZRIzCgZoZWFkZXIYASABKAsyIS5sZWFybmluZy52MS5BZGFwdGVyQXJjaGl2ZUhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCI7ChREZWxldGVBZGFwdGVyUmVxdWVzdBISCgpiYXNlX21vZGVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkiFwoVRGVsZXRlQWRhcHRlclJlc3BvbnNlIjgKEUdldExpbmVhZ2VSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDwoHdmVyc2lvbhgCIAEoCSI8ChJHZXRMaW5lYWdlUmVzcG9uc2USJgoIYWRhcHRlcnMYASADKAsyFC5sZWFybmluZy52MS5BZGFwdGVyIvIBChVJbXBvcnRBZGFwdGVyTWV0YWRhdGESEgoKYmFzZV9tb2RlbBgBIAEoCRIWCg5wYXJlbnRfdmVyc2lvbhgCIAEoCRIaChJtYWpvcl92ZXJzaW9uX2J1bXAYAyABKAgSPgoGbGFiZWxzGAQgAygLMi4ubGVhcm5pbmcudjEuSW1wb3J0QWRhcHRlck1ldGFkYXRhLkxhYmVsc0VudHJ5Eg4KBnNoYTI1NhgFIAEoCRISCgpyZXF1ZXN0X2lkGAYgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZwoUSW1wb3J0QWRhcHRlclJlcXVlc3QSNgoIbWV0YWRhdGEYASABKAsyIi5sZWFybmluZy52MS5JbXBvcnRBZGFwdGVyTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiPgoVSW1wb3J0QWRhcHRlclJlc3BvbnNlEiUKB2FkYXB0ZXIYASABKAsyFC5sZWFybmluZy52MS5BZGFwdGVyIkkKFFBydW5lQWRhcHRlcnNSZXF1ZXN0EhIKCmJhc2VfbW9kZWwYASABKAkSDAoEa2VlcBgCIAEoDRIPCgdkcnlfcnVuGAMgASgIIkgKFVBydW5lQWRhcHRlcnNSZXNwb25zZRIYChBkZWxldGVkX3ZlcnNpb25zGAEgAygJEhUKDWtlcHRfdmVyc2lvbnMYAiADKAkqaAoNQWRhcHRlclNvdXJjZRIeChpBREFQVEVSX1NPVVJDRV9VTlNQRUNJRklFRBAAEhoKFkFEQVBURVJfU09VUkNFX1RSQUlORUQQARIbChdBREFQVEVSX1NPVVJDRV9JTVBPUlRFRBACKqEBCg1FdmFsU3VpdGVLaW5kEh8KG0VWQUxfU1VJVEVfS0lORF9VTlNQRUNJRklFRBAAEhoKFkVWQUxfU1VJVEVfS0lORF9HT0xERU4QARIaChZFVkFMX1NVSVRFX0tJTkRfVEFSR0VUEAISHQoZRVZBTF9TVUlURV9LSU5EX1JFVEVOVElPThADEhgKFEVWQUxfU1VJVEVfS0lORF9CQVNFEAQy7QQKDkFkYXB0ZXJTZXJ2aWNlElMKDExpc3RBZGFwdGVycxIgLmxlYXJuaW5nLnYxLkxpc3RBZGFwdGVyc1JlcXVlc3QaIS5sZWFybmluZy52MS5MaXN0QWRhcHRlcnNSZXNwb25zZRJNCgpHZXRBZGFwdGVyEh4ubGVhcm5pbmcudjEuR2V0QWRhcHRlclJlcXVlc3QaHy5sZWFybmluZy52MS5HZXRBZGFwdGVyUmVzcG9uc2USXgoPRG93bmxvYWRBZGFwdGVyEiMubGVhcm5pbmcudjEuRG93bmxvYWRBZGFwdGVyUmVxdWVzdBokLmxlYXJuaW5nLnYxLkRvd25sb2FkQWRhcHRlclJlc3BvbnNlMAESVgoNRGVsZXRlQWRhcHRlchIhLmxlYXJuaW5nLnYxLkRlbGV0ZUFkYXB0ZXJSZXF1ZXN0GiIubGVhcm5pbmcudjEuRGVsZXRlQWRhcHRlclJlc3BvbnNlEk0KCkdldExpbmVhZ2USHi5sZWFybmluZy52MS5HZXRMaW5lYWdlUmVxdWVzdBofLmxlYXJuaW5nLnYxLkdldExpbmVhZ2VSZXNwb25zZRJYCg1JbXBvcnRBZGFwdGVyEiEubGVhcm5pbmcudjEuSW1wb3J0QWRhcHRlclJlcXVlc3QaIi5sZWFybmluZy52MS5JbXBvcnRBZGFwdGVyUmVzcG9uc2UoARJWCg1QcnVuZUFkYXB0ZXJzEiEubGVhcm5pbmcudjEuUHJ1bmVBZGFwdGVyc1JlcXVlc3QaIi5sZWFybmluZy52MS5QcnVuZUFkYXB0ZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_learning_v1_common]);
 
 /**
- * Evaluation of a version against a golden suite.
+ * One suite's outcome in a gate decision. A case is answered right when the
+ * answer matches a reference exactly or contains its answer span (or, without
+ * one, a full reference) after normalisation.
+ *
+ * @generated from message learning.v1.EvalSuiteVerdict
+ */
+export type EvalSuiteVerdict = Message<"learning.v1.EvalSuiteVerdict"> & {
+  /**
+   * "golden", "target", "retention" or "base".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: learning.v1.EvalSuiteKind kind = 2;
+   */
+  kind: EvalSuiteKind;
+
+  /**
+   * sha256 of the suite's cases.
+   *
+   * @generated from field: string digest = 3;
+   */
+  digest: string;
+
+  /**
+   * @generated from field: uint32 cases = 4;
+   */
+  cases: number;
+
+  /**
+   * pass_rate, baseline_pass_rate, exact_match, token_f1, bleu (each with a
+   * baseline_ twin), mean_score_drop and forgetting; base_retention,
+   * baseline_base_retention and base_forgetting for the base suite.
+   *
+   * @generated from field: repeated learning.v1.EvalMetric metrics = 5;
+   */
+  metrics: EvalMetric[];
+
+  /**
+   * Cases the baseline answers right and the candidate does not.
+   *
+   * @generated from field: uint32 regressions = 6;
+   */
+  regressions: number;
+
+  /**
+   * @generated from field: bool passed = 7;
+   */
+  passed: boolean;
+
+  /**
+   * @generated from field: repeated string failed_checks = 8;
+   */
+  failedChecks: string[];
+
+  /**
+   * The prompts that regressed (the first 20).
+   *
+   * @generated from field: repeated string regressed_prompts = 9;
+   */
+  regressedPrompts: string[];
+
+  /**
+   * Where the cases come from, what was left out, or why it was not checked.
+   *
+   * @generated from field: string note = 10;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message learning.v1.EvalSuiteVerdict.
+ * Use `create(EvalSuiteVerdictSchema)` to create a new message.
+ */
+export const EvalSuiteVerdictSchema: GenMessage<EvalSuiteVerdict> = /*@__PURE__*/
+  messageDesc(file_learning_v1_adapter, 0);
+
+/**
+ * The eval gate's decision on a version against a baseline.
  *
  * @generated from message learning.v1.AdapterEvalSummary
  */
@@ -60,6 +140,20 @@ export type AdapterEvalSummary = Message<"learning.v1.AdapterEvalSummary"> & {
    * @generated from field: google.protobuf.Timestamp time = 7;
    */
   time?: Timestamp | undefined;
+
+  /**
+   * Every suite's verdict; the gate passed when all did.
+   *
+   * @generated from field: repeated learning.v1.EvalSuiteVerdict suites = 8;
+   */
+  suites: EvalSuiteVerdict[];
+
+  /**
+   * The checks that failed, "<suite>: <check>".
+   *
+   * @generated from field: repeated string failed_checks = 9;
+   */
+  failedChecks: string[];
 };
 
 /**
@@ -67,7 +161,7 @@ export type AdapterEvalSummary = Message<"learning.v1.AdapterEvalSummary"> & {
  * Use `create(AdapterEvalSummarySchema)` to create a new message.
  */
 export const AdapterEvalSummarySchema: GenMessage<AdapterEvalSummary> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 0);
+  messageDesc(file_learning_v1_adapter, 1);
 
 /**
  * @generated from message learning.v1.Adapter
@@ -233,7 +327,7 @@ export type Adapter = Message<"learning.v1.Adapter"> & {
  * Use `create(AdapterSchema)` to create a new message.
  */
 export const AdapterSchema: GenMessage<Adapter> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 1);
+  messageDesc(file_learning_v1_adapter, 2);
 
 /**
  * @generated from message learning.v1.ListAdaptersRequest
@@ -269,7 +363,7 @@ export type ListAdaptersRequest = Message<"learning.v1.ListAdaptersRequest"> & {
  * Use `create(ListAdaptersRequestSchema)` to create a new message.
  */
 export const ListAdaptersRequestSchema: GenMessage<ListAdaptersRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 2);
+  messageDesc(file_learning_v1_adapter, 3);
 
 /**
  * @generated from message learning.v1.ListAdaptersResponse
@@ -291,7 +385,7 @@ export type ListAdaptersResponse = Message<"learning.v1.ListAdaptersResponse"> &
  * Use `create(ListAdaptersResponseSchema)` to create a new message.
  */
 export const ListAdaptersResponseSchema: GenMessage<ListAdaptersResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 3);
+  messageDesc(file_learning_v1_adapter, 4);
 
 /**
  * @generated from message learning.v1.GetAdapterRequest
@@ -315,7 +409,7 @@ export type GetAdapterRequest = Message<"learning.v1.GetAdapterRequest"> & {
  * Use `create(GetAdapterRequestSchema)` to create a new message.
  */
 export const GetAdapterRequestSchema: GenMessage<GetAdapterRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 4);
+  messageDesc(file_learning_v1_adapter, 5);
 
 /**
  * @generated from message learning.v1.GetAdapterResponse
@@ -332,7 +426,7 @@ export type GetAdapterResponse = Message<"learning.v1.GetAdapterResponse"> & {
  * Use `create(GetAdapterResponseSchema)` to create a new message.
  */
 export const GetAdapterResponseSchema: GenMessage<GetAdapterResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 5);
+  messageDesc(file_learning_v1_adapter, 6);
 
 /**
  * @generated from message learning.v1.DownloadAdapterRequest
@@ -361,7 +455,7 @@ export type DownloadAdapterRequest = Message<"learning.v1.DownloadAdapterRequest
  * Use `create(DownloadAdapterRequestSchema)` to create a new message.
  */
 export const DownloadAdapterRequestSchema: GenMessage<DownloadAdapterRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 6);
+  messageDesc(file_learning_v1_adapter, 7);
 
 /**
  * @generated from message learning.v1.AdapterArchiveHeader
@@ -397,7 +491,7 @@ export type AdapterArchiveHeader = Message<"learning.v1.AdapterArchiveHeader"> &
  * Use `create(AdapterArchiveHeaderSchema)` to create a new message.
  */
 export const AdapterArchiveHeaderSchema: GenMessage<AdapterArchiveHeader> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 7);
+  messageDesc(file_learning_v1_adapter, 8);
 
 /**
  * @generated from message learning.v1.DownloadAdapterResponse
@@ -426,7 +520,7 @@ export type DownloadAdapterResponse = Message<"learning.v1.DownloadAdapterRespon
  * Use `create(DownloadAdapterResponseSchema)` to create a new message.
  */
 export const DownloadAdapterResponseSchema: GenMessage<DownloadAdapterResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 8);
+  messageDesc(file_learning_v1_adapter, 9);
 
 /**
  * @generated from message learning.v1.DeleteAdapterRequest
@@ -448,7 +542,7 @@ export type DeleteAdapterRequest = Message<"learning.v1.DeleteAdapterRequest"> &
  * Use `create(DeleteAdapterRequestSchema)` to create a new message.
  */
 export const DeleteAdapterRequestSchema: GenMessage<DeleteAdapterRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 9);
+  messageDesc(file_learning_v1_adapter, 10);
 
 /**
  * @generated from message learning.v1.DeleteAdapterResponse
@@ -461,7 +555,7 @@ export type DeleteAdapterResponse = Message<"learning.v1.DeleteAdapterResponse">
  * Use `create(DeleteAdapterResponseSchema)` to create a new message.
  */
 export const DeleteAdapterResponseSchema: GenMessage<DeleteAdapterResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 10);
+  messageDesc(file_learning_v1_adapter, 11);
 
 /**
  * @generated from message learning.v1.GetLineageRequest
@@ -483,7 +577,7 @@ export type GetLineageRequest = Message<"learning.v1.GetLineageRequest"> & {
  * Use `create(GetLineageRequestSchema)` to create a new message.
  */
 export const GetLineageRequestSchema: GenMessage<GetLineageRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 11);
+  messageDesc(file_learning_v1_adapter, 12);
 
 /**
  * @generated from message learning.v1.GetLineageResponse
@@ -502,7 +596,7 @@ export type GetLineageResponse = Message<"learning.v1.GetLineageResponse"> & {
  * Use `create(GetLineageResponseSchema)` to create a new message.
  */
 export const GetLineageResponseSchema: GenMessage<GetLineageResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 12);
+  messageDesc(file_learning_v1_adapter, 13);
 
 /**
  * @generated from message learning.v1.ImportAdapterMetadata
@@ -546,7 +640,7 @@ export type ImportAdapterMetadata = Message<"learning.v1.ImportAdapterMetadata">
  * Use `create(ImportAdapterMetadataSchema)` to create a new message.
  */
 export const ImportAdapterMetadataSchema: GenMessage<ImportAdapterMetadata> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 13);
+  messageDesc(file_learning_v1_adapter, 14);
 
 /**
  * @generated from message learning.v1.ImportAdapterRequest
@@ -579,7 +673,7 @@ export type ImportAdapterRequest = Message<"learning.v1.ImportAdapterRequest"> &
  * Use `create(ImportAdapterRequestSchema)` to create a new message.
  */
 export const ImportAdapterRequestSchema: GenMessage<ImportAdapterRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 14);
+  messageDesc(file_learning_v1_adapter, 15);
 
 /**
  * @generated from message learning.v1.ImportAdapterResponse
@@ -596,7 +690,7 @@ export type ImportAdapterResponse = Message<"learning.v1.ImportAdapterResponse">
  * Use `create(ImportAdapterResponseSchema)` to create a new message.
  */
 export const ImportAdapterResponseSchema: GenMessage<ImportAdapterResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 15);
+  messageDesc(file_learning_v1_adapter, 16);
 
 /**
  * @generated from message learning.v1.PruneAdaptersRequest
@@ -625,7 +719,7 @@ export type PruneAdaptersRequest = Message<"learning.v1.PruneAdaptersRequest"> &
  * Use `create(PruneAdaptersRequestSchema)` to create a new message.
  */
 export const PruneAdaptersRequestSchema: GenMessage<PruneAdaptersRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 16);
+  messageDesc(file_learning_v1_adapter, 17);
 
 /**
  * @generated from message learning.v1.PruneAdaptersResponse
@@ -647,7 +741,7 @@ export type PruneAdaptersResponse = Message<"learning.v1.PruneAdaptersResponse">
  * Use `create(PruneAdaptersResponseSchema)` to create a new message.
  */
 export const PruneAdaptersResponseSchema: GenMessage<PruneAdaptersResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_adapter, 17);
+  messageDesc(file_learning_v1_adapter, 18);
 
 /**
  * @generated from enum learning.v1.AdapterSource
@@ -674,6 +768,57 @@ export enum AdapterSource {
  */
 export const AdapterSourceSchema: GenEnum<AdapterSource> = /*@__PURE__*/
   enumDesc(file_learning_v1_adapter, 0);
+
+/**
+ * What a suite of the eval gate asks of a candidate.
+ *
+ * @generated from enum learning.v1.EvalSuiteKind
+ */
+export enum EvalSuiteKind {
+  /**
+   * @generated from enum value: EVAL_SUITE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The operator's golden suite: a minimum pass rate, few regressions, a
+   * small mean token-F1 drop.
+   *
+   * @generated from enum value: EVAL_SUITE_KIND_GOLDEN = 1;
+   */
+  GOLDEN = 1,
+
+  /**
+   * What the candidate was trained on: it must answer more of it right than
+   * the baseline does (or all of it).
+   *
+   * @generated from enum value: EVAL_SUITE_KIND_TARGET = 2;
+   */
+  TARGET = 2,
+
+  /**
+   * What the versions before it (and the baseline's lineage) were trained
+   * on: of what the baseline answers right, it may lose at most
+   * max_forgetting.
+   *
+   * @generated from enum value: EVAL_SUITE_KIND_RETENTION = 3;
+   */
+  RETENTION = 3,
+
+  /**
+   * The base model's general knowledge, as base retention measured on each
+   * version after training: at most max_base_forgetting below the baseline's.
+   *
+   * @generated from enum value: EVAL_SUITE_KIND_BASE = 4;
+   */
+  BASE = 4,
+}
+
+/**
+ * Describes the enum learning.v1.EvalSuiteKind.
+ */
+export const EvalSuiteKindSchema: GenEnum<EvalSuiteKind> = /*@__PURE__*/
+  enumDesc(file_learning_v1_adapter, 1);
 
 /**
  * The adapter registry: semantic versions of LoRA adapters per base model,
