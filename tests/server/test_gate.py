@@ -31,6 +31,11 @@ def facts(data_dir: Path, name: str, pairs) -> str:
 
 async def trained(client, path: str, parent: str = "", *, ewc: bool = False, replay: float = 0.0,
                   epochs: int = 40) -> str:
+    return (await trained_by(client, path, parent, ewc=ewc, replay=replay, epochs=epochs)).output_adapter_version
+
+
+async def trained_by(client, path: str, parent: str = "", *, ewc: bool = False, replay: float = 0.0,
+                     epochs: int = 40) -> pb.TrainingJob:
     s = spec(path, epochs=epochs, batch_size=4, learning_rate=2e-2)
     if parent:
         s.parent_adapter_version = parent
@@ -40,7 +45,7 @@ async def trained(client, path: str, parent: str = "", *, ewc: bool = False, rep
     await watch_all(client.training, job.name)
     done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
     assert done.output_adapter_version, done
-    return done.output_adapter_version
+    return done
 
 
 def verdicts(summary: ad.AdapterEvalSummary) -> dict[str, ad.EvalSuiteVerdict]:
@@ -86,3 +91,20 @@ async def test_a_continuation_that_forgets_is_refused_and_one_that_keeps_passes(
     assert f"candidate {kept}" in report and f"baseline {v10}" in report
     evaluated = await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=forgot))
     assert not evaluated.eval.passed and evaluated.eval.baseline_version == kept
+
+
+async def test_replay_without_ewc(make_server, data_dir: Path):
+    """Plain continued training (EWC disabled) still mixes in the parent's examples when asked to."""
+    client = await make_server()
+    v10 = await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
+    job = await trained_by(client, facts(data_dir, "second.jsonl", SECOND), parent=v10, replay=0.5, epochs=1)
+    lineage = job.ewc_lineage
+    assert (lineage.parent_adapter_version, lineage.replay_fraction, lineage.fisher_snapshot) == (v10, 0.5, "")
+    assert lineage.ewc_lambda == 0
+    notices = {m.event.notice.code: m.event.notice.message for m in await watch_all(client.training, job.name)
+               if m.HasField("event") and m.event.HasField("notice")}
+    assert notices["REPLAY_MIXED"] == "mixed 4 examples of earlier versions' datasets into the 4 new ones"
+    assert "FISHER_COMPUTED_AUTOMATICALLY" not in notices
+    adapter = (await ad_grpc.AdapterServiceStub(client.channel).GetAdapter(
+        ad.GetAdapterRequest(version=job.output_adapter_version))).adapter
+    assert adapter.ewc_fisher_space == 0 and adapter.ewc_lambda == 0 and adapter.parent_version == v10
