@@ -30,6 +30,7 @@ from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.spec import (
     MAX_DEVICES,
+    MAX_EVAL_FRACTION,
     CheckpointPolicy,
     CheckpointRecord,
     CheckpointSaved,
@@ -167,11 +168,14 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         gradient_checkpointing=h.gradient_checkpointing or hd.gradient_checkpointing,
         packing=h.packing if h.HasField("packing") else hd.packing,
         num_devices=h.num_devices or hd.num_devices,
+        eval_fraction=h.eval_fraction if h.HasField("eval_fraction") else hd.eval_fraction,
     )
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
     issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
+    issues.check(0 <= hyper.eval_fraction <= MAX_EVAL_FRACTION, "spec.hyperparameters.eval_fraction",
+                 f"must lie in [0, {MAX_EVAL_FRACTION}]")
     issues.check(h.num_devices <= MAX_DEVICES, "spec.hyperparameters.num_devices", f"must be at most {MAX_DEVICES}")
     issues.check(hyper.gradient_accumulation_steps <= 1024, "spec.hyperparameters.gradient_accumulation_steps",
                  "must be at most 1024")
@@ -232,6 +236,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
             gradient_accumulation_steps=h.gradient_accumulation_steps,
             gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
+            eval_fraction=h.eval_fraction,
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

@@ -86,6 +86,10 @@ def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
     if record.base_protection is not None:
         msg.base_protection.CopyFrom(base_protection_to_pb(record.base_protection))
     msg.base_rehearsed_examples = record.base_rehearsed_examples
+    if record.eval_loss is not None:
+        msg.eval_loss = record.eval_loss
+    if record.eval_split is not None:
+        msg.eval_fraction = record.eval_split.eval_fraction
     return msg
 
 

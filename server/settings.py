@@ -35,7 +35,7 @@ from pydantic_settings import (
 
 from engine.domain import DEFAULT_TARGET_MODULES, BaseProtection, BaseProtectionMethod, FisherSpace, LoraSpec
 from engine.registry.peft_checks import MAX_LORA_RANK
-from engine.training.spec import MAX_DEVICES, CheckpointPolicy, Hyperparameters, TrainingDefaults
+from engine.training.spec import MAX_DEVICES, MAX_EVAL_FRACTION, CheckpointPolicy, Hyperparameters, TrainingDefaults
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -126,6 +126,11 @@ class Settings(BaseSettings, LoraControlSettings):
         0, ge=0, le=MAX_DEVICES, description="GPUs a job that sets none trains on in parallel (one process each, "
         "through accelerate); 0: every GPU of the worker running it (one device on a worker without GPUs). With "
         "several jobs at once per worker (max_concurrent_jobs), give each its share.",
+    )
+    training_eval_fraction: float = Field(
+        0.0, ge=0, le=MAX_EVAL_FRACTION, description="Fraction of a job's examples held out by prompt as its eval "
+        "split (their loss at each checkpoint and at the end, on the version as its eval loss), for a job that "
+        "does not say; 0: every example is trained on (small sets of facts: a held-out fact is never learned).",
     )
     base_protection_method: BaseProtectionMethod = Field(
         BaseProtectionMethod.NONE, description="What keeps a job's adapter from forgetting what the base model "
@@ -424,7 +429,7 @@ class Settings(BaseSettings, LoraControlSettings):
                 gradient_accumulation_steps=self.training_gradient_accumulation_steps,
                 max_seq_length=self.training_max_seq_length, packing=self.training_packing,
                 gradient_checkpointing=self.training_gradient_checkpointing,
-                num_devices=self.training_num_devices,
+                num_devices=self.training_num_devices, eval_fraction=self.training_eval_fraction,
             ),
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),

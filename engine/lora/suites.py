@@ -1,8 +1,9 @@
 """The gate's suites built from the registry: a candidate's own data (target) and what the versions before it
 were taught (retention), with the base retention measured on each version (base).
 
-- target: the examples the candidate was trained on, as recorded on it (a JSONL file, verified by digest, or
-  its feedback window rebuilt), each asked as the training asked it;
+- target: the examples of the candidate's dataset, as recorded on it (a JSONL file, verified by digest, or its
+  feedback window rebuilt), each asked as the training asked it: its held-out eval split when its job held one
+  out (engine.splits), else what it was trained on;
 - retention: the examples of the candidate's ancestors and of the baseline's lineage (what is served now and
   what it came from), less the prompts the candidate's own data answers anew (a correction is not
   forgetting).
@@ -23,6 +24,7 @@ from engine.domain import BaseRetention, Example
 from engine.errors import FailedPrecondition
 from engine.lora.evaluation import GoldenCase, Suite, SuiteKind, cases_digest
 from engine.registry import AdapterRecord
+from engine.splits import Split
 
 
 class Lineages(Protocol):  # AdapterRegistry
@@ -53,6 +55,16 @@ def case_of(example: Example) -> GoldenCase | None:
     return GoldenCase(turns[0].content, (turns[1].content.strip(),))
 
 
+def _cases(examples: Iterable[Example], exclude: set[str]) -> list[GoldenCase]:
+    """One case per question (the first answer to a prompt asked twice), less the prompts in ``exclude``."""
+    cases: dict[str, GoldenCase] = {}
+    for example in examples:
+        case = case_of(example)
+        if case is not None and case.prompt not in exclude:
+            cases.setdefault(case.prompt, case)
+    return list(cases.values())
+
+
 def _stable(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()
 
@@ -66,20 +78,28 @@ class LineageSuites:
     async def suites(self, base_model: str, candidate: str, baseline: str) -> list[Suite]:
         """The target suite of ``candidate`` and its retention suite against ``baseline`` ("" = the base model)."""
         chain = await self._registry.lineage(base_model, candidate)
-        mine, own_note = await self._cases(chain[:1], set())
-        own = mine[0] if mine else []
+        mine = chain[0]
+        examples, own_note = await self._examples(mine)
+        rule = mine.eval_split
+        own = _cases([e for e in examples if rule is None or rule.of(e) is Split.EVAL], set())
         earlier = chain[1:]
         if baseline and baseline != candidate:
             seen = {r.version for r in chain}
             earlier += [r for r in await self._registry.lineage(base_model, baseline) if r.version not in seen]
-        asked = {c.prompt for c in own}
-        kept, kept_note = await self._cases(earlier, exclude=asked)
-        target = self._pick([own])
-        retention = self._pick(kept)
+        asked = {c.prompt for c in _cases(examples, set())}  # a correction of an earlier answer is not forgetting
+        kept: list[list[GoldenCase]] = []
+        kept_note = ""
+        for record in earlier:
+            theirs, note = await self._examples(record)
+            kept.append(_cases(theirs, asked))
+            asked |= {c.prompt for c in kept[-1]}
+            kept_note += note
+        target, retention = self._pick([own]), self._pick(kept)
+        what = "held out of" if rule is not None else "trained on"
         names = ", ".join(r.version for r in earlier) or "none"
         return [
             Suite(name="target", kind=SuiteKind.TARGET, cases=tuple(target), digest=cases_digest(target),
-                  note=f"what {candidate} was trained on ({len(target)} of {len(own)} cases){own_note}"),
+                  note=f"the examples {what} by {candidate} ({len(target)} of {len(own)} cases){own_note}"),
             Suite(name="retention", kind=SuiteKind.RETENTION, cases=tuple(retention), digest=cases_digest(retention),
                   note=f"what the versions before it were trained on ({names}; {len(retention)} cases, prompts "
                        f"{candidate} is trained on left out){kept_note}"),
@@ -88,27 +108,13 @@ class LineageSuites:
     async def base_retention(self, base_model: str, version: str) -> BaseRetention | None:
         return (await self._registry.get(base_model, version)).base_retention
 
-    async def _cases(self, records: Iterable[AdapterRecord], exclude: set[str]) -> tuple[list[list[GoldenCase]], str]:
-        """The cases of each version's data (prompts in ``exclude`` or asked before left out), and a note."""
-        per_version: list[list[GoldenCase]] = []
-        notes: list[str] = []
-        seen = set(exclude)
-        for record in records:
-            try:
-                data = await self._versions.of(record)
-            except FailedPrecondition as exc:
-                notes.append(f"{record.version} left out: {exc.message}")
-                continue
-            cases = []
-            for example in data.examples:
-                case = case_of(example)
-                if case is not None and case.prompt not in seen:
-                    seen.add(case.prompt)
-                    cases.append(case)
-            per_version.append(cases)
-            if data.note:
-                notes.append(f"{record.version}: {data.note}")
-        return per_version, "".join(f"; {n}" for n in notes)
+    async def _examples(self, record: AdapterRecord) -> tuple[Sequence[Example], str]:
+        """The version's examples and a note ("; ..."), or none and why, when its data is not known here."""
+        try:
+            data = await self._versions.of(record)
+        except FailedPrecondition as exc:
+            return [], f"; {record.version} left out: {exc.message}"
+        return data.examples, f"; {record.version}: {data.note}" if data.note else ""
 
     def _pick(self, groups: list[list[GoldenCase]]) -> list[GoldenCase]:
         """Up to ``max_cases`` cases in a stable order, taking from each group in turn."""

@@ -182,6 +182,7 @@ class AdapterRegistry:
                 create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=request.source,
                 base_model_digest=base_digest, parent_version=parent.version if parent else "",
                 training_job=request.training_job, dataset=request.dataset, train_loss=request.train_loss,
+                eval_loss=request.eval_loss, eval_split=request.eval_split,
                 base_retention=request.base_retention, base_protection=request.base_protection,
                 base_rehearsed_examples=request.base_rehearsed_examples,
                 ewc_lambda=request.ewc_lambda, ewc_gamma=request.ewc_gamma, fisher_snapshot=request.fisher_snapshot,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
 from engine.errors import FieldViolation, InvalidArgument
+from engine.splits import SplitRule
 
 VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
 BASE_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -91,6 +92,8 @@ class AdapterRecord:
     training_job: str = ""
     dataset: DatasetSummary | None = None
     train_loss: float = 0.0
+    eval_loss: float | None = None  # on the job's eval split (None: it held none out)
+    eval_split: SplitRule | None = None  # how the eval split was held out of ``dataset`` (None: none was)
     base_retention: BaseRetention | None = None  # of the base model's general knowledge (None: not measured)
     base_protection: BaseProtection | None = None  # what protected the base model's knowledge (None: not recorded)
     base_rehearsed_examples: int = 0
@@ -147,6 +150,8 @@ class PublishRequest:
     training_job: str = ""
     dataset: DatasetSummary | None = None  # with its provenance, so a continuation can get the data again
     train_loss: float = 0.0
+    eval_loss: float | None = None
+    eval_split: SplitRule | None = None
     base_retention: BaseRetention | None = None
     base_protection: BaseProtection | None = None
     base_rehearsed_examples: int = 0

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from engine.training.batching import StepBatch
 from engine.training.models import DevicePlan
 from engine.training.recipe import (
     Checkpointing,
+    CheckpointSave,
     LoadedModel,
     TrainingResult,
     TrainingRun,
@@ -133,7 +134,7 @@ def run_distributed(run: TrainingRun, sink: ProgressSink, cancel: CancelToken, *
 class _Reports:
     """The main process's reports, read as they are written: progress to the sink, checkpoints to storage."""
 
-    def __init__(self, run_dir: Path, sink: ProgressSink, save: Callable[[int, Path, float], None] | None) -> None:
+    def __init__(self, run_dir: Path, sink: ProgressSink, save: CheckpointSave | None) -> None:
         self._path = run_dir / "events.jsonl"
         self._sink = sink
         self._save = save
@@ -150,14 +151,16 @@ class _Reports:
         for line in complete.splitlines():
             item = json.loads(line)
             if item["type"] == "checkpoint":
-                self._store(int(item["step"]), Path(item["dir"]), float(item["loss"]))
+                eval_loss = item.get("eval_loss")
+                self._store(int(item["step"]), Path(item["dir"]), float(item["loss"]),
+                            None if eval_loss is None else float(eval_loss))
             else:
                 self._sink.emit(REPORTS.decode(item["type"], json.dumps(item["payload"])))
 
-    def _store(self, step: int, state_dir: Path, loss: float) -> None:
+    def _store(self, step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         try:
             if self._save is not None:
-                self._save(step, state_dir, loss)
+                self._save(step, state_dir, loss, eval_loss)
         except LeaseLost:
             raise
         except (OSError, EngineError) as exc:
@@ -292,11 +295,11 @@ class _ReportFile:
         kind, data = REPORTS.encode(payload)
         self._write({"type": kind, "payload": json.loads(data)})
 
-    def save_checkpoint(self, step: int, state_dir: Path, loss: float) -> None:
+    def save_checkpoint(self, step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         """Checkpointing.save: hand the state directory to the worker, which stores it while training goes on."""
         handed = self._outbox / f"step-{step}"
         os.rename(state_dir, handed)
-        self._write({"type": "checkpoint", "step": step, "dir": str(handed), "loss": loss})
+        self._write({"type": "checkpoint", "step": step, "dir": str(handed), "loss": loss, "eval_loss": eval_loss})
 
     def _write(self, item: dict[str, Any]) -> None:
         with self._path.open("a") as handle:
@@ -335,7 +338,7 @@ def rank_main(run_dir: Path) -> int:
     return 0
 
 
-def _never(step: int, state_dir: Path, loss: float) -> None:
+def _never(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
     raise AssertionError("only the main process checkpoints")
 
 

@@ -19,8 +19,9 @@ where there is no value):
 - ``learning_rate``: the learning rate the step was taken with (warmup, then linear decay).
 - ``grad_norm``: the global gradient norm before clipping.
 - ``tokens_per_second``: target tokens per second over the last few steps.
-- ``eval_loss``: the loss of an evaluation reported at that step, else empty; today the ``train_end``
-  evaluation, the loss on the training data after the last step.
+- ``eval_loss``: the loss on the job's held-out eval split at that step (each checkpoint and the end), else
+  empty; a job without an eval split has the ``train_end`` evaluation's, the loss on the training data after
+  the last step.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from datetime import datetime
 
 from engine.jobs.core import JobEvent
 from engine.registry.ports import ArtifactStore
-from engine.training.spec import EvalReported, MetricsArtifacts, StepMetrics, TrainingJob
+from engine.training.spec import EVAL_SPLIT, EvalReported, MetricsArtifacts, StepMetrics, TrainingJob
 
 CSV_COLUMNS = ("step", "time", "total_steps", "epoch", "loss", "task_loss", "ewc_penalty", "learning_rate",
                "grad_norm", "tokens_per_second", "eval_loss")
@@ -95,7 +96,11 @@ def _cell(value: float | None) -> str:
 
 
 def build_table(events: Iterable[JobEvent]) -> MetricsTable:
-    """The table of a job's event log (events in sequence order; other events are ignored)."""
+    """The table of a job's event log (events in sequence order; other events are ignored). The eval loss is
+    the held-out eval split's when the job has one, else the loss on the training data after the last step."""
+    events = list(events)
+    split = EVAL_SPLIT if any(isinstance(e.payload, EvalReported) and e.payload.split == EVAL_SPLIT
+                              for e in events) else "train_end"
     rows: list[MetricsRow] = []
     for event in events:
         payload = event.payload
@@ -103,7 +108,7 @@ def build_table(events: Iterable[JobEvent]) -> MetricsTable:
             while rows and rows[-1].step >= payload.step:  # a resumed run reports these again
                 rows.pop()
             rows.append(MetricsRow.of(payload, event.time))
-        elif isinstance(payload, EvalReported):
+        elif isinstance(payload, EvalReported) and payload.split == split:
             loss = dict(payload.metrics).get("loss")
             if loss is None:
                 continue

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,11 +28,11 @@ from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
 from engine.training.batching import Batching, StepBatch, batching
-from engine.training.datasets import Batch, EncodedExample, encode_dataset, pad_token_id
+from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
 from engine.training.models import DevicePlan, device_count, load_base_model, make_temp_dir, select_device
 from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, per_example_nll
-from engine.training.spec import EvalReported, StepMetrics, TrainingJobSpec
+from engine.training.spec import EVAL_SPLIT, EvalReported, StepMetrics, TrainingJobSpec
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
 RATE_WINDOW = 10
@@ -99,6 +99,10 @@ class DataParallel(Protocol):
         ...
 
 
+# Stores a checkpoint: (step, state dir, loss, eval-split loss or None); blocking, called in the run's thread.
+CheckpointSave = Callable[[int, Path, float, float | None], None]
+
+
 @dataclass(frozen=True)
 class Checkpointing:
     """When and where a run saves its state, and the state to resume from (engine.training.runner fills it in).
@@ -112,7 +116,7 @@ class Checkpointing:
     every_steps: int  # 0: never by count
     every_seconds: float  # 0: never by time
     scratch_dir: Path  # where state directories are written before ``save`` takes them
-    save: Callable[[int, Path, float], None]  # (step, state dir, loss): store it (blocking; called in the run's thread)
+    save: CheckpointSave
     resume_from: Path | None = None  # an unpacked checkpoint
 
 
@@ -122,6 +126,7 @@ class TrainingRun:
     base_model_dir: Path
     examples: list[Example]
     output_dir: Path
+    eval_examples: list[Example] = field(default_factory=list)  # the eval split: never trained on, its loss reported
     parent_adapter_dir: Path | None = None
     penalty: Penalty | None = None
     objective: BatchObjective | None = None  # None: weighted SFT
@@ -139,6 +144,7 @@ class TrainingResult:
     dataset: DatasetSummary
     device: str
     base_retention: BaseRetention | None = None
+    eval_loss: float | None = None  # on the eval split (None: the run has none)
 
 
 # ---- setup --------------------------------------------------------------------------
@@ -220,9 +226,17 @@ def evaluate_loss(
     packing: bool = True,
 ) -> float:
     """Example-weighted mean of per-example token-mean losses, as in training (eval mode, no dropout)."""
+    with batching(model, data, packing=packing, pad_id=pad_id, plan=plan) as layout:
+        return loss_over(model, layout, data, batch_size=batch_size, cancel=cancel)
+
+
+@torch.no_grad()
+def loss_over(model: Any, layout: Batching, data: list[EncodedExample], *, batch_size: int,
+              cancel: CancelToken) -> float:
+    """:func:`evaluate_loss` in a layout already in force (a training run's, at a checkpoint)."""
     model.eval()
     total, weight = 0.0, 0.0
-    with batching(model, data, packing=packing, pad_id=pad_id, plan=plan) as layout:
+    try:
         for start in range(0, len(data), batch_size):
             _check_cancel(cancel, "evaluation")
             part = data[start : start + batch_size]
@@ -230,7 +244,8 @@ def evaluate_loss(
             weights = torch.tensor([e.weight for e in part], device=sums.device) * (counts > 0)
             total += float((sums / counts.clamp(min=1) * weights).sum())
             weight += float(weights.sum())
-    model.train()
+    finally:
+        model.train()
     return total / weight
 
 
@@ -336,13 +351,20 @@ def run_training(
             composition=composition(run.examples),
             target_token_count=sum(e.target_token_count for e in data),
         )
-        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest)
+        held_out = [e for e in (encode_example(tokenizer, x, hp.max_seq_length) for x in run.eval_examples)
+                    if e.target_token_count]
+        losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
+                        held_out)
         final_loss, final_task_loss, steps = losses
         train_end = evaluate_loss(
             model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel,
             packing=hp.packing,
         )
         sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
+        eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
+                                  plan=plan, cancel=cancel, packing=hp.packing) if held_out else None
+        if eval_loss is not None:
+            sink.emit(EvalReported(step=steps, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
         main = run.parallel is None or run.parallel.is_main
         retained: BaseRetention | None = None
         if run.probe is not None and main:
@@ -351,7 +373,8 @@ def run_training(
                                          quantization=hp.quantization.value, step=steps, sink=sink, cancel=cancel)
         _check_cancel(cancel, "saving")
         adapter_dir = save_adapter(model, run.output_dir) if main else run.output_dir
-        return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained)
+        return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained,
+                              eval_loss)
     finally:
         model = None  # the last references go with the loaded model
         release(loaded)
@@ -385,8 +408,10 @@ def _train(
     cancel: CancelToken,
     objective: BatchObjective | None = None,
     digest: str = "",
+    held_out: list[EncodedExample] | None = None,
 ) -> tuple[float, float, int]:
-    """The optimisation loop; returns (last loss, last task loss, steps done)."""
+    """The optimisation loop; returns (last loss, last task loss, steps done). ``held_out``: the eval split,
+    whose loss each checkpoint reports and records."""
     hp = run.spec.hyperparameters
     with (
         batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
@@ -395,7 +420,7 @@ def _train(
         if layout.fallback_reason:
             sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
                                                      "batches instead (same losses, more padding)"))
-        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest)
+        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest, held_out or [])
 
 
 STATE_FILE = "state.pt"
@@ -410,7 +435,7 @@ def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching) -> 
 
 def _save_checkpoint(
     ckpt: Checkpointing, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, step: int,
-    losses: tuple[float, float], data_key: dict[str, object], sink: ProgressSink,
+    losses: tuple[float, float], eval_loss: float | None, data_key: dict[str, object], sink: ProgressSink,
 ) -> bool:
     """Save the run's state at ``step`` and hand it to ``ckpt.save``. A failure (a full disk, the store down)
     fails this checkpoint, not the run: it is reported, nothing partial is left, and the next one is tried."""
@@ -427,7 +452,7 @@ def _save_checkpoint(
                 # the training device's generator only: a worker with another number of GPUs restores it too
                 "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0),
             }, state_dir / STATE_FILE)
-            ckpt.save(step, state_dir, losses[0])
+            ckpt.save(step, state_dir, losses[0], eval_loss)
         return True
     except LeaseLost:
         raise  # another worker holds the job: stop
@@ -483,6 +508,7 @@ def _optimise(
     cancel: CancelToken,
     objective: BatchObjective,
     digest: str = "",
+    held_out: list[EncodedExample] | None = None,
 ) -> tuple[float, float, int]:
     from transformers import get_linear_schedule_with_warmup
 
@@ -516,9 +542,14 @@ def _optimise(
         assert ckpt is not None
         if not main:
             return  # every process holds the same state; one stores it
-        if step > saved_step and _save_checkpoint(ckpt, model, optimizer, scheduler, step=step,
-                                                   losses=(loss_value, task_value), data_key=data_key, sink=sink):
-            saved_step = step
+        if step > saved_step:
+            eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel) \
+                if held_out and not cancel.cancelled else None
+            if eval_loss is not None:
+                sink.emit(EvalReported(step=step, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
+            if _save_checkpoint(ckpt, model, optimizer, scheduler, step=step, losses=(loss_value, task_value),
+                                eval_loss=eval_loss, data_key=data_key, sink=sink):
+                saved_step = step
         saved_at = time.monotonic()
 
     position = 0  # optimiser steps' batches drawn so far, done or (when resuming) skipped

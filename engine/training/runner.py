@@ -22,13 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine import telemetry
-from engine.domain import BaseProtectionMethod, BaseRetention
+from engine.domain import BaseProtectionMethod, BaseRetention, Example
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobContext, JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
+from engine.splits import Split, SplitRule
 from engine.telemetry import tracer
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
@@ -38,6 +39,7 @@ from engine.training.ports import ContinualPlanner, PlanRequest, Rehearsal
 from engine.training.preparation import JobPreparer, PreparedInputs
 from engine.training.recipe import (
     Checkpointing,
+    CheckpointSave,
     KnowledgeProbe,
     LoadedModel,
     TrainingResult,
@@ -114,10 +116,11 @@ class TrainingRunner:
             spec, dataset = inputs.spec, inputs.dataset
             parent_dir = await self._preparer.fetch_parent(inputs.parent, ctx.work_dir / "parent") \
                 if inputs.parent is not None else None
+            trained, held_out, desirable = self._split(ctx, spec, dataset.examples, dataset.desirable)
             run = TrainingRun(
-                spec=spec, base_model_dir=inputs.model_dir, examples=dataset.examples,
+                spec=spec, base_model_dir=inputs.model_dir, examples=trained, eval_examples=held_out,
                 output_dir=ctx.work_dir / "adapter", parent_adapter_dir=parent_dir,
-                objective=KtoObjective(dataset.desirable) if dataset.desirable is not None else None,
+                objective=KtoObjective(desirable) if desirable is not None else None,
                 probe=self._probe,
             )
             loaded = await ctx.in_worker(self._load, run)
@@ -159,6 +162,27 @@ class TrainingRunner:
             record = await self._publish(ctx.job, inputs.parent, result, fence=(ctx.job.id, ctx.lease_token))
         ctx.set_output(replace(ctx.job.output, adapter_version=record.version))
         return f"published adapter {record.version}"
+
+    @staticmethod
+    def _split(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec, examples: list[Example],
+               desirable: tuple[bool, ...] | None) -> tuple[list[Example], list[Example], tuple[bool, ...] | None]:
+        """(trained on, held out, KTO labels of those trained on) under the job's eval split."""
+        rule = eval_split(spec)
+        if rule is None:
+            return examples, [], desirable
+        sides = [rule.of(e) is Split.EVAL for e in examples]
+        held_out = [e for e, out in zip(examples, sides, strict=True) if out]
+        if not held_out or len(held_out) == len(examples):
+            ctx.record(Warned("EVAL_SPLIT_EMPTY", f"eval_fraction {rule.eval_fraction:g} held out {len(held_out)} "
+                                                  f"of the {len(examples)} examples: every example is trained on "
+                                                  "and no eval loss is reported"))
+            return examples, [], desirable
+        ctx.record(Noticed("EVAL_SPLIT", f"held out {len(held_out)} of {len(examples)} examples as the eval split "
+                                         f"(by prompt, seed {rule.seed}): never trained on"))
+        trained = [e for e, out in zip(examples, sides, strict=True) if not out]
+        labels = tuple(d for d, out in zip(desirable, sides, strict=True) if not out) if desirable is not None \
+            else None
+        return trained, held_out, labels
 
     async def _rehearse(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
                         loaded: LoadedModel) -> TrainingRun:
@@ -207,7 +231,7 @@ class TrainingRunner:
         after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
         return await self._registry.publish(publish_request(
             job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result",
-            base_retention=result.base_retention))
+            base_retention=result.base_retention, eval_loss=result.eval_loss))
 
     async def _start_tracking(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> TrackerRun | None:
         if self._trackers is None or not self._trackers.names:
@@ -239,12 +263,13 @@ class TrainingRunner:
     # ---- checkpoints ------------------------------------------------------------------
 
     def _saver(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
-               archive: CheckpointArchive) -> Callable[[int, Path, float], None]:
+               archive: CheckpointArchive) -> CheckpointSave:
         """The recipe's ``save``: called in the training thread, it stores the checkpoint on the event loop."""
         loop = asyncio.get_running_loop()
 
-        def save(step: int, state_dir: Path, loss: float) -> None:
-            future = asyncio.run_coroutine_threadsafe(self._store_checkpoint(ctx, archive, step, state_dir, loss), loop)
+        def save(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
+            future = asyncio.run_coroutine_threadsafe(
+                self._store_checkpoint(ctx, archive, step, state_dir, loss, eval_loss), loop)
             try:
                 future.result(timeout=CHECKPOINT_STORE_SECONDS)
             except concurrent.futures.TimeoutError:
@@ -257,10 +282,10 @@ class TrainingRunner:
         return save
 
     async def _store_checkpoint(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], archive: CheckpointArchive,
-                                step: int, state_dir: Path, loss: float) -> None:
+                                step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         """Upload, record on the job (the record is the index), then prune beyond the policy's keep: only once
         the job naming the new checkpoint is stored, so a crash never leaves the job pointing at nothing."""
-        record = await archive.save(ctx.job.id, step, ctx.lease_token, state_dir, loss=loss, eval_loss=None)
+        record = await archive.save(ctx.job.id, step, ctx.lease_token, state_dir, loss=loss, eval_loss=eval_loss)
         kept = (record, *ctx.job.output.checkpoints)
         ctx.set_output(replace(ctx.job.output, checkpoints=kept))
         ctx.record(CheckpointSaved(record))
@@ -314,7 +339,7 @@ def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
                     fence: tuple[str, str] | None = None, request_id: str = "",
                     labels: tuple[tuple[str, str], ...] = (),
-                    base_retention: BaseRetention | None = None) -> PublishRequest:
+                    base_retention: BaseRetention | None = None, eval_loss: float | None = None) -> PublishRequest:
     """What publishing an adapter of ``job`` (its result, or one of its checkpoints) registers."""
     spec, lineage = job.spec, job.output.ewc_lineage
     return PublishRequest(
@@ -325,6 +350,8 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         training_job=job.name,
         dataset=job.output.dataset,
         train_loss=train_loss,
+        eval_loss=eval_loss,
+        eval_split=eval_split(spec),
         base_retention=base_retention,
         base_protection=spec.base_protection,
         base_rehearsed_examples=job.output.base_rehearsed_examples,
@@ -336,6 +363,12 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         request_id=request_id,
         fence=fence,
     )
+
+
+def eval_split(spec: TrainingJobSpec) -> SplitRule | None:
+    """How a job holds its eval split out of its dataset: by prompt, with the job's seed (None: it does not)."""
+    fraction = spec.hyperparameters.eval_fraction
+    return SplitRule(eval_fraction=fraction, seed=spec.hyperparameters.seed) if fraction > 0 else None
 
 
 class TrainingJobs:
@@ -398,7 +431,7 @@ class TrainingJobs:
             state = await CheckpointArchive(self._artifacts, work / "archive").fetch(record, work / "state")
             return await self._registry.publish(publish_request(
                 job, parent, state / "adapter", record.loss, request_id=request_id,
-                labels=(("checkpoint_step", str(step)),),
+                labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
             ))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)

@@ -55,8 +55,12 @@ class Hyperparameters:
     packing: bool = True
     # Devices to train on in parallel (engine.training.distributed); 0: every GPU of the worker running the job.
     num_devices: int = 1
+    # Examples held out by prompt (engine.splits) as the job's eval split: their loss at each checkpoint and
+    # at the end, on the version as its eval loss. 0: every example is trained on.
+    eval_fraction: float = 0.0
 
 
+MAX_EVAL_FRACTION = 0.5  # of a job's examples held out as its eval split
 MAX_DEVICES = 64  # devices one job may ask for (processes started on one machine)
 
 
@@ -142,6 +146,9 @@ class CheckpointSaved:
     """Event: a checkpoint was stored."""
 
     checkpoint: CheckpointRecord
+
+
+EVAL_SPLIT = "eval"  # EvalReported.split of the job's held-out eval split (others: "train_end", "base_retention")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ not resumed from."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from engine.errors import Cancelled, Unavailable
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, StopReason
 from engine.training.recipe import Checkpointing, TrainingRun, run_training
+from engine.training.spec import EvalReported
 from tests.engine.test_training import RecordingSink, examples, make_run
 
 pytestmark = pytest.mark.model
@@ -33,10 +35,12 @@ class Kept:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.steps: list[int] = []
+        self.eval_losses: list[float | None] = []
 
-    def __call__(self, step: int, state_dir: Path, loss: float) -> None:
+    def __call__(self, step: int, state_dir: Path, loss: float, eval_loss: float | None = None) -> None:
         shutil.copytree(state_dir, self.root / str(step))
         self.steps.append(step)
+        self.eval_losses.append(eval_loss)
 
 
 def with_checkpoints(run: TrainingRun, save, scratch: Path, *, every_steps: int = 0,
@@ -93,11 +97,11 @@ def test_checkpoints_come_at_the_policy_steps_and_a_failed_one_does_not_fail_the
     kept = Kept(tmp_path / "kept")
     attempts: list[int] = []
 
-    def flaky(step: int, state_dir: Path, loss: float) -> None:
+    def flaky(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         attempts.append(step)
         if step == 4:
             raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", "the store is down")
-        kept(step, state_dir, loss)
+        kept(step, state_dir, loss, eval_loss)
 
     sink = RecordingSink()
     run = with_checkpoints(make_run(tiny_model_dir, tmp_path / "out", **SETTINGS), flaky, tmp_path / "scratch",
@@ -108,6 +112,40 @@ def test_checkpoints_come_at_the_policy_steps_and_a_failed_one_does_not_fail_the
     assert [w.code for w in warned] == ["CHECKPOINT_FAILED"] and "step 4" in warned[0].message
     assert list((tmp_path / "scratch").iterdir()) == []  # nothing partial left behind
     assert sorted(p.name for p in (kept.root / "8").iterdir()) == ["adapter", "state.pt"]
+    assert kept.eval_losses == [None]  # no eval split
+
+
+def test_the_eval_split_is_reported_at_each_checkpoint_and_at_the_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Held-out examples are never trained on; their loss comes with each checkpoint and at the end, and equals
+    a fresh evaluation of the saved adapter on them."""
+    kept = Kept(tmp_path / "kept")
+    sink = RecordingSink()
+    held_out = [Example(prompt=f"Held out {i}:", completion=f" answer {i}") for i in range(3)]
+    run = replace(with_checkpoints(make_run(tiny_model_dir, tmp_path / "out", **SETTINGS), kept, tmp_path / "scratch",
+                                   every_steps=4), eval_examples=held_out)
+    result = run_training(run, sink, CancelToken())
+    evals = [e for e in sink.events if isinstance(e, EvalReported) and e.split == "eval"]
+    assert [e.step for e in evals] == [4, 8, 12]
+    losses = [dict(e.metrics)["loss"] for e in evals]
+    assert kept.steps == [4, 8] and kept.eval_losses == losses[:2]
+    assert result.eval_loss == losses[-1] and all(math.isfinite(x) for x in losses)
+    assert result.dataset.example_count == len(run.examples)  # the held-out ones are not in what it trained on
+    again = evaluate_adapter(tiny_model_dir, tmp_path / "out", held_out)
+    assert again == pytest.approx(result.eval_loss, rel=1e-3)  # rel: bf16 on a CUDA host
+
+
+def evaluate_adapter(model_dir: Path, adapter_dir: Path, held_out: list[Example]) -> float:
+    from peft import PeftModel
+
+    from engine.training.datasets import encode_example, pad_token_id
+    from engine.training.models import Precision, Quantization, load_base_model, select_device
+    from engine.training.recipe import evaluate_loss
+
+    plan = select_device(Precision.AUTO)
+    base, tokenizer = load_base_model(model_dir, plan=plan, quantization=Quantization.NONE)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    data = [encode_example(tokenizer, e, 128) for e in held_out]
+    return evaluate_loss(model, data, batch_size=2, pad_id=pad_token_id(tokenizer), plan=plan, cancel=CancelToken())
 
 
 def test_a_checkpoint_of_other_examples_is_not_resumed_from(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ class PauseAfter(RecordingSink):
 
 
 def checkpointed(run: TrainingRun, kept: dict[int, Path], root: Path, resume_from: Path | None = None) -> TrainingRun:
-    def save(step: int, state_dir: Path, loss: float) -> None:
+    def save(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         kept[step] = shutil.copytree(state_dir, root / f"kept-{step}")
 
     return replace(run, checkpointing=Checkpointing(every_steps=0, every_seconds=0, scratch_dir=root / "scratch",

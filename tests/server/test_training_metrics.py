@@ -13,6 +13,8 @@ import grpc
 import pytest
 
 from engine.training.metrics import CSV_COLUMNS, PNG_SIZE
+from learning.v1 import adapter_pb2 as ad
+from learning.v1 import adapter_pb2_grpc as ad_grpc
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import aiter_events, error_details, spec, watch_all
@@ -134,3 +136,39 @@ async def test_unknown_and_malformed_names_and_a_job_without_steps(memory_client
     empty = await metrics(client, job.name)
     assert empty.state == common.JOB_STATE_FAILED
     assert list(empty.rows) == [] and empty.csv.decode() == HEADER and empty.png == b""
+
+
+async def test_a_held_out_eval_split(make_memory_server) -> None:
+    """eval_fraction holds examples out by prompt: their loss at each checkpoint and at the end, on the
+    checkpoints, in the metrics and on the version; a fraction out of range is INVALID_ARGUMENT."""
+    client = await make_memory_server()
+    s = spec(epochs=2, eval_fraction=0.25)
+    s.checkpoints.every_steps = 2
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=s))).training_job
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:] if m.HasField("event")]
+    notice = next(e.notice.message for e in events if e.HasField("notice") and e.notice.code == "EVAL_SPLIT")
+    held = int(notice.split()[2])
+    assert notice == f"held out {held} of 24 examples as the eval split (by prompt, seed 7): never trained on"
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    total = steps[-1].total_steps
+    assert 0 < held < 24 and total == 2 * -(-(24 - held) // 4)  # only the others are trained on
+    evals = {e.eval_result.step: e.eval_result for e in events if e.HasField("eval_result")
+             and e.eval_result.split == "eval"}
+    assert sorted(evals) == [*range(2, total, 2), total]
+    checkpoints = (await client.training.ListTrainingCheckpoints(
+        pb.ListTrainingCheckpointsRequest(name=job.name))).checkpoints
+    assert checkpoints and all(c.eval_loss == evals[c.step].metrics[0].value for c in checkpoints)
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    adapter = (await ad_grpc.AdapterServiceStub(client.channel).GetAdapter(
+        ad.GetAdapterRequest(version=done.output_adapter_version))).adapter
+    assert adapter.eval_loss == evals[total].metrics[0].value and adapter.eval_fraction == 0.25
+    rows = (await metrics(client, job.name)).rows
+    assert {r.step: r.eval_loss for r in rows if r.HasField("eval_loss")} == {
+        step: e.metrics[0].value for step, e in evals.items()}
+
+    bad = spec(eval_fraction=0.7)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, violations = error_details(err.value)
+    assert violations == [("spec.hyperparameters.eval_fraction", "must lie in [0, 0.5]")]

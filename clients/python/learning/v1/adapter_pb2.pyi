@@ -80,7 +80,7 @@ class AdapterEvalSummary(_message.Message):
     def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suites: _Optional[_Iterable[_Union[EvalSuiteVerdict, _Mapping]]] = ..., failed_checks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention", "base_protection", "base_rehearsed_examples")
+    __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention", "base_protection", "base_rehearsed_examples", "eval_loss", "eval_fraction")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,8 @@ class Adapter(_message.Message):
     BASE_RETENTION_FIELD_NUMBER: _ClassVar[int]
     BASE_PROTECTION_FIELD_NUMBER: _ClassVar[int]
     BASE_REHEARSED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     version: str
@@ -138,7 +140,9 @@ class Adapter(_message.Message):
     base_retention: _common_pb2.BaseRetention
     base_protection: _common_pb2.BaseProtection
     base_rehearsed_examples: int
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., version: _Optional[str] = ..., base_model_digest: _Optional[str] = ..., source: _Optional[_Union[AdapterSource, str]] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., train_loss: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., ewc_gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., eval: _Optional[_Union[AdapterEvalSummary, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., artifact_uri: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., ewc_fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ..., base_rehearsed_examples: _Optional[int] = ...) -> None: ...
+    eval_loss: float
+    eval_fraction: float
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., version: _Optional[str] = ..., base_model_digest: _Optional[str] = ..., source: _Optional[_Union[AdapterSource, str]] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSummary, _Mapping]] = ..., train_loss: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., ewc_gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., eval: _Optional[_Union[AdapterEvalSummary, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., artifact_uri: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., ewc_fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ..., base_retention: _Optional[_Union[_common_pb2.BaseRetention, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ..., base_rehearsed_examples: _Optional[int] = ..., eval_loss: _Optional[float] = ..., eval_fraction: _Optional[float] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "base_model", "labels")

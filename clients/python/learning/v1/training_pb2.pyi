@@ -45,7 +45,7 @@ QUANTIZATION_NF4: Quantization
 QUANTIZATION_INT8: Quantization
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices", "eval_fraction")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class Hyperparameters(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     PACKING_FIELD_NUMBER: _ClassVar[int]
     NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
@@ -76,7 +77,8 @@ class Hyperparameters(_message.Message):
     gradient_checkpointing: bool
     packing: bool
     num_devices: int
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ...) -> None: ...
+    eval_fraction: float
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ..., eval_fraction: _Optional[float] = ...) -> None: ...
 
 class EwcConfig(_message.Message):
     __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled", "fisher_space")
