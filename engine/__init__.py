@@ -116,6 +116,8 @@ class LoraControlApi(Protocol):
 
     async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary: ...
 
+    async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]: ...
+
 
 class FeedbackIngestApi(Protocol):
     """Feedback ingestion as the FeedbackService uses it (engine.feedback.ingest.FeedbackIngestor)."""

@@ -94,6 +94,7 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "ListLoadedAdapters": _R,
         "WatchLoraStatus": _R,
         "EvaluateAdapter": _T,
+        "GetEvaluationReport": _R,
         "ActivateAdapter": _O,
         "RollbackAdapter": _O,
         "EnableLora": _O,

@@ -39,6 +39,7 @@ def eval_to_pb(result: AdapterEval | EvalSummary) -> pb.AdapterEvalSummary:
         regressions=result.regressions, passed=result.passed, report_uris=list(result.report_uris),
         time=_ts(result.time), suites=[suite_to_pb(v) for v in result.suites],
         failed_checks=[f"{v.name}: {check}" for v in result.suites for check in v.failed_checks],
+        evaluation_id=result.id,
     )
 
 

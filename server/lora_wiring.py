@@ -22,6 +22,7 @@ from engine.lora.controller import ControlConfig, LoraController
 from engine.lora.fetch import RegistryAdapters
 from engine.lora.suites import LineageSuites, VersionExamples
 from engine.registry import AdapterRegistry
+from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
 from engine.serving.gateway import AliasRouter, Gateway
 from engine.stores.lora_store import PostgresLoraStore
@@ -105,16 +106,17 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
 
 
 async def start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: AdapterRegistry,
-                             versions: VersionExamples) -> LoraRuntime:
+                             versions: VersionExamples, artifacts: ArtifactStore) -> LoraRuntime:
     """Everything LoraControl runs; if a part fails, the parts started before it are stopped again."""
     async with AsyncExitStack() as undo:
-        runtime = await _start_lora_control(settings, pool, registry, versions, undo)
+        runtime = await _start_lora_control(settings, pool, registry, versions, artifacts, undo)
         undo.pop_all()
         return runtime
 
 
 async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: AdapterRegistry,
-                              versions: VersionExamples, undo: AsyncExitStack) -> LoraRuntime:
+                              versions: VersionExamples, artifacts: ArtifactStore,
+                              undo: AsyncExitStack) -> LoraRuntime:
     backend = None
     url = settings.serving_url
     if url is None:
@@ -144,8 +146,7 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
         served_base_name=settings.serving_base_model_name, drain_timeout_seconds=settings.drain_timeout_seconds,
         smoke_prompt=settings.smoke_prompt,
         eval_suite=(settings.datasets_dir / settings.eval_suite_path) if settings.eval_suite_path else None,
-        gate=settings.eval_gate, eval_reports_dir=settings.artifacts_dir / "evals",
-        eval_max_tokens=settings.eval_max_tokens,
+        gate=settings.eval_gate, eval_max_tokens=settings.eval_max_tokens,
         thresholds=ev.GateThresholds(
             min_pass_rate=settings.eval_min_pass_rate, max_regressions=settings.eval_max_regressions,
             max_mean_score_drop=settings.eval_max_mean_score_drop, max_forgetting=settings.eval_max_forgetting,
@@ -154,7 +155,7 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     )
     adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
     gate = LineageSuites(registry, versions, max_cases=settings.eval_max_cases)
-    controller = LoraController(config, client, router, store, adapters, gate)
+    controller = LoraController(config, client, router, store, adapters, artifacts, gate)
     await controller.start()
     undo.push_async_callback(controller.close)
     auto = None

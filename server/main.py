@@ -259,7 +259,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
     versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets)
     if serve:
-        owned.lora = await start_lora_control(settings, pool, registry, versions)
+        owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
                                              stalled_seconds=settings.worker_stalled_seconds)
     await queue.open()

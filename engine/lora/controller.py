@@ -38,6 +38,7 @@ from engine.lora.state import (
     lora_name,
     version_of,
 )
+from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
 
@@ -54,7 +55,6 @@ class ControlConfig:
     smoke_max_tokens: int = 4
     eval_suite: Path | None = None  # the operator's golden suite, if any
     gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
-    eval_reports_dir: Path = Path("var/artifacts/evals")
     eval_max_tokens: int = 32
     eval_concurrency: int = 4
     thresholds: ev.GateThresholds = ev.GateThresholds()
@@ -101,8 +101,10 @@ class _Op:
 
 class LoraController:
     def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
-                 store: LoraStateStore, adapters: AdapterFetcher, gate: GateInputs | None = None) -> None:
+                 store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
+                 gate: GateInputs | None = None) -> None:
         self.config = config
+        self._reports = reports
         self._gate = gate if config.gate else None
         self._client = client
         self._router = router
@@ -296,6 +298,18 @@ class LoraController:
                 for name in temporary:
                     await self._discard(name, keep=False)
 
+    async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
+        """One stored report file of an evaluation of ``version`` (its latest when ``evaluation`` is empty):
+        (the evaluation, the file's bytes, where it is stored); NotFound EVALUATION_NOT_FOUND without one."""
+        base = self.config.base_model
+        summary = await self._store.latest_eval(base, version, evaluation)
+        if summary is None or not summary.id:
+            which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
+            raise NotFound("EVALUATION_NOT_FOUND", f"{version} has no {which}",
+                           metadata={"version": version, "evaluation_id": evaluation})
+        key = report_key(base, version, summary.id, file)
+        return summary, await self._reports.get_bytes(key), self._reports.uri(key)
+
     async def reconcile(self, *, actor: str = "system", reason: str = "reconcile with the serving engine") -> None:
         """Make the engine and the persisted state agree (after a crash or an engine restart)."""
         async with self._lock, self._store.serialised(self.target):
@@ -465,13 +479,17 @@ class LoraController:
         now = datetime.now(UTC)
         report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
                                results=tuple(results), time=now)
-        stamp = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
-        out_dir = self.config.eval_reports_dir / base / version / stamp
-        paths = await asyncio.to_thread(ev.write_reports, report, out_dir)
+        evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
+        rendered = await asyncio.to_thread(ev.render_reports, report)
+        uris = []
+        for file, data in rendered.items():
+            key = report_key(base, version, evaluation, file)
+            await self._reports.put_bytes(key, data)
+            uris.append(self._reports.uri(key))
         summary = EvalSummary(
             suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
             regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(p.resolve().as_uri() for p in paths), time=now, suites=report.suites,
+            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation,
         )
         await self._store.save_eval(base, summary)
         try:
@@ -489,6 +507,11 @@ class LoraController:
                 return (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
 
         return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
+    """Where one report file of an evaluation is stored (the artifact store's key)."""
+    return f"evaluations/{base_model}/{version}/{evaluation}/{file}"
 
 
 def _refusal(summary: EvalSummary) -> FailedPrecondition:

@@ -292,9 +292,11 @@ def base_verdict(candidate: float | None, baseline: float | None, lost: Sequence
     )
 
 
-def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
-    """report.json, report.md and report.png (matplotlib, Agg) into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+REPORT_FILES = ("report.json", "report.md", "report.html", "report.png")
+
+
+def render_reports(report: EvalReport) -> dict[str, bytes]:
+    """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
     doc = {
         "version": report.version, "baseline_version": report.baseline_version, "time": report.time.isoformat(),
         "passed": report.passed, "failed_checks": list(report.failed_checks), "regressions": report.regressions,
@@ -303,13 +305,23 @@ def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
             for s, results in zip(report.suites, report.results, strict=True)
         ],
     }
-    json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-    md_path = out_dir / "report.md"
-    md_path.write_text(_markdown(report))
-    png_path = out_dir / "report.png"
-    _chart(report, png_path)
-    return [json_path, md_path, png_path]
+    png = _chart(report)
+    return {
+        "report.json": json.dumps(doc, indent=2, ensure_ascii=False).encode(),
+        "report.md": _markdown(report).encode(),
+        "report.html": _html(report, png).encode(),
+        "report.png": png,
+    }
+
+
+def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
+    """The reports of :func:`render_reports` as files in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in render_reports(report).items():
+        (out_dir / name).write_bytes(data)
+        paths.append(out_dir / name)
+    return paths
 
 
 def _labels(report: EvalReport) -> tuple[str, str]:
@@ -357,7 +369,9 @@ def _markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chart(report: EvalReport, path: Path) -> None:
+def _chart(report: EvalReport) -> bytes:
+    import io  # noqa: PLC0415
+
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -383,5 +397,58 @@ def _chart(report: EvalReport, path: Path) -> None:
                  f"{report.regressions} regressions")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
     plt.close(fig)
+    return out.getvalue()
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top}th{background:#f4f4f4}.passed{color:#176b2c;font-weight:bold}.failed{color:#a31515;
+font-weight:bold}tr.regressed td{background:#fde8e8}.note{color:#555}"""
+
+
+def _html(report: EvalReport, png: bytes) -> str:
+    """One self-contained page: the verdict, the chart (inline PNG), one table of suites, one of cases each."""
+    import base64  # noqa: PLC0415
+    from html import escape  # noqa: PLC0415
+
+    candidate, baseline = _labels(report)
+    verdict = "PASSED" if report.passed else "FAILED"
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>Eval of {escape(report.version)}: {verdict}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Eval of {escape(report.version)} against {escape(report.baseline_version or 'the base model')}</h1>",
+        f"<p>Gate: <span class={verdict.lower()}>{verdict}</span>, {report.regressions} regressions, "
+        f"{escape(report.time.isoformat())}</p>",
+    ]
+    if report.failed_checks:
+        parts.append("<ul>" + "".join(f"<li>{escape(c)}</li>" for c in report.failed_checks) + "</ul>")
+    parts.append(f'<img id=chart alt="answered right per suite, {escape(candidate)} against {escape(baseline)}" '
+                 f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    parts.append(f"<table id=suites><tr><th>suite</th><th>kind</th><th>cases</th><th>{escape(candidate)}</th>"
+                 f"<th>{escape(baseline)}</th><th>verdict</th><th>note</th></tr>")
+    for s in report.suites:
+        m = dict(s.metrics)
+        key = "base_retention" if s.kind is SuiteKind.BASE else "pass_rate"
+        cells = [f"{m[k]:.3f}" if k in m else "-" for k in (key, "baseline_" + key)]
+        state = "passed" if s.passed else "failed"
+        said = "passed" if s.passed else "FAILED: " + "; ".join(s.failed_checks)
+        parts.append(f"<tr><td>{escape(s.name)}</td><td>{s.kind.value}</td><td>{s.cases}</td><td>{cells[0]}</td>"
+                     f"<td>{cells[1]}</td><td class={state}>{escape(said)}</td>"
+                     f"<td class=note>{escape(s.note)}</td></tr>")
+    parts.append("</table>")
+    for s, results in zip(report.suites, report.results, strict=True):
+        if not results:
+            continue
+        parts.append(f"<h2>{escape(s.name)}</h2><table class=cases><tr><th>#</th><th>prompt</th><th>expected</th>"
+                     f"<th>{escape(candidate)}</th><th>{escape(baseline)}</th><th>right</th></tr>")
+        for i, r in enumerate(results, start=1):
+            right = f"{'yes' if r.candidate_right else 'no'} / {'yes' if r.baseline_right else 'no'}"
+            parts.append(f"<tr{' class=regressed' if r.regressed else ''}><td>{i}</td><td>{escape(r.prompt)}</td>"
+                         f"<td>{escape(r.references[0])}</td><td>{escape(r.candidate)}</td>"
+                         f"<td>{escape(r.baseline)}</td><td>{right}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

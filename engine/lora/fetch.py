@@ -42,7 +42,7 @@ class RegistryAdapters:
         await self._registry.record_eval(base_model, summary.version, AdapterEval(
             suite_digest=summary.suite_digest, baseline_version=summary.baseline_version,
             metrics=summary.metrics, regressions=summary.regressions, passed=summary.passed,
-            report_uris=summary.report_uris, time=summary.time, suites=summary.suites,
+            report_uris=summary.report_uris, time=summary.time, suites=summary.suites, id=summary.id,
         ))
 
 

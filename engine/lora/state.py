@@ -95,6 +95,7 @@ class EvalSummary:
     report_uris: tuple[str, ...]
     time: datetime
     suites: tuple[SuiteVerdict, ...] = ()
+    id: str = ""  # the evaluation's, under the version: its reports are stored by it
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ class LoraStateStore(Protocol):
     async def history(self, target: str, limit: int) -> list[OperationRecord]: ...
 
     async def save_eval(self, base_model: str, summary: EvalSummary) -> None: ...
+
+    async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
+        """The version's latest evaluation, or the one of id ``evaluation``; None if there is none."""
+        ...
 
     def serialised(self, target: str) -> AbstractAsyncContextManager[None]:
         """An async context manager that holds a lock on ``target`` across processes."""

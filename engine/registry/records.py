@@ -74,6 +74,7 @@ class AdapterEval:
     report_uris: tuple[str, ...] = ()
     time: datetime | None = None
     suites: tuple[SuiteVerdict, ...] = ()  # each suite's verdict (golden, target, retention, base)
+    id: str = ""  # the evaluation's id under the version (its reports are stored by it)
 
 
 @dataclass(frozen=True)

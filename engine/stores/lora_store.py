@@ -98,11 +98,13 @@ class PostgresLoraStore:
                 base_model, summary.version, summary.baseline_version, _EVAL.dump_json(summary).decode(),
             )
 
-    async def latest_eval(self, base_model: str, version: str) -> EvalSummary | None:
+    async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
+        """The version's latest evaluation, or the one of id ``evaluation``."""
         async with self._pool.acquire() as conn:
             doc = await conn.fetchval(
-                "SELECT doc FROM lora_evals WHERE base_model = $1 AND version = $2 ORDER BY id DESC LIMIT 1",
-                base_model, version,
+                "SELECT doc FROM lora_evals WHERE base_model = $1 AND version = $2"
+                " AND ($3 = '' OR doc->>'id' = $3) ORDER BY id DESC LIMIT 1",
+                base_model, version, evaluation,
             )
         return _EVAL.validate_json(doc) if doc else None
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from engine import LoraControlApi
-from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
@@ -18,6 +19,14 @@ from server.access import current_principal
 
 MAX_REASON = 1024
 ACTOR_HEADER = "x-actor"
+EVALUATION_ID = re.compile(r"\d{8}T\d{12}-vs-(base|v\d+\.\d+)")  # engine.lora.controller names them
+_REPORT_FILES = {
+    pb.REPORT_FORMAT_UNSPECIFIED: ("report.html", "text/html; charset=utf-8"),
+    pb.REPORT_FORMAT_HTML: ("report.html", "text/html; charset=utf-8"),
+    pb.REPORT_FORMAT_JSON: ("report.json", "application/json"),
+    pb.REPORT_FORMAT_MARKDOWN: ("report.md", "text/markdown; charset=utf-8"),
+    pb.REPORT_FORMAT_PNG: ("report.png", "image/png"),
+}
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
@@ -95,6 +104,20 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
     ) -> AsyncIterator[pb.WatchLoraStatusResponse]:
         async for status in self._control.watch():
             yield pb.WatchLoraStatusResponse(status=convert.status_to_pb(status))
+
+    async def GetEvaluationReport(self, request: pb.GetEvaluationReportRequest, context: grpc.aio.ServicerContext):
+        version = self._version(request.version)
+        self._check_base_model(request.base_model)
+        issues = ViolationCollector()
+        issues.check(not request.evaluation_id or bool(EVALUATION_ID.fullmatch(request.evaluation_id)),
+                     "evaluation_id", "must be an AdapterEvalSummary's evaluation_id, e.g. "
+                                      "20261203T101500123456-vs-v1.0")
+        issues.check(request.format in _REPORT_FILES, "format", f"unknown report format {request.format}")
+        issues.raise_if_any("INVALID_REPORT_REQUEST", "invalid report request")
+        file, content_type = _REPORT_FILES[request.format]
+        summary, content, uri = await self._control.report(version, request.evaluation_id, file)
+        return pb.GetEvaluationReportResponse(eval=convert.eval_to_pb(summary), content_type=content_type,
+                                              content=content, uri=uri)
 
     async def EvaluateAdapter(self, request: pb.EvaluateAdapterRequest, context: grpc.aio.ServicerContext):
         version = self._version(request.version)

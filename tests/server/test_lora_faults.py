@@ -118,12 +118,34 @@ async def test_eval_gate_and_evaluate_adapter(make_server, data_dir: Path):
     assert [v.name for v in forced.eval.suites] == ["golden"] and golden.kind == ad.EVAL_SUITE_KIND_GOLDEN
     assert golden.cases == 3 and not golden.passed and golden.failed_checks[0].startswith("pass rate 0.000 <")
     assert list(forced.eval.failed_checks) == [f"golden: {c}" for c in golden.failed_checks]
-    files = [Path(u.removeprefix("file://")) for u in forced.eval.report_uris]
-    assert [f.name for f in files] == ["report.json", "report.md", "report.png"]
-    assert json.loads(files[0].read_text())["version"] == v10
-    assert files[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [u.rsplit("/", 1)[1] for u in forced.eval.report_uris] == ["report.json", "report.md", "report.html",
+                                                                      "report.png"]
+    assert f"/evaluations/{TINY}/{v10}/{forced.eval.evaluation_id}/" in forced.eval.report_uris[0]
+    assert forced.eval.evaluation_id.endswith("-vs-base")
     evaluated = await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_path="golden.jsonl"))
     assert evaluated.eval.baseline_version == v10 and evaluated.eval.regressions == 0
+
+    # The reports, from the artifact store: the latest evaluation's, or one named by its id.
+    def report(fmt: int, evaluation: str = ""):
+        return stub(client).GetEvaluationReport(lc.GetEvaluationReportRequest(
+            version=v10, evaluation_id=evaluation, format=fmt))
+    latest = await report(lc.REPORT_FORMAT_JSON)
+    assert latest.content_type == "application/json" and latest.eval.evaluation_id == evaluated.eval.evaluation_id
+    doc = json.loads(latest.content)
+    assert doc["version"] == v10 and doc["baseline_version"] == v10 and doc["suites"][0]["name"] == "golden"
+    first = await report(lc.REPORT_FORMAT_HTML, forced.eval.evaluation_id)
+    page = first.content.decode()
+    assert first.content_type == "text/html; charset=utf-8" and first.uri == forced.eval.report_uris[2]
+    assert "<h1>Eval of v1.0 against the base model</h1>" in page and 'src="data:image/png;base64,' in page
+    assert "What is the capital of France?" in page and "FAILED" in page
+    chart = await report(lc.REPORT_FORMAT_PNG, forced.eval.evaluation_id)
+    assert chart.content[:8] == b"\x89PNG\r\n\x1a\n" and chart.content_type == "image/png"
+    assert (await report(lc.REPORT_FORMAT_MARKDOWN)).content.decode().startswith(f"# Eval of {v10} against {v10}")
+    await _fails(report(lc.REPORT_FORMAT_HTML, "20200101T000000000000-vs-base"), grpc.StatusCode.NOT_FOUND,
+                 "EVALUATION_NOT_FOUND")
+    await _fails(report(lc.REPORT_FORMAT_HTML, "../../etc"), grpc.StatusCode.INVALID_ARGUMENT,
+                 "INVALID_REPORT_REQUEST")
+    await _fails(report(42), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REPORT_REQUEST")
     await _fails(stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_path="../x")),
                  grpc.StatusCode.INVALID_ARGUMENT, "DATASET_PATH_OUTSIDE_ROOT")
 

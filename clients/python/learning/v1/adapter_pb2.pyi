@@ -58,7 +58,7 @@ class EvalSuiteVerdict(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[EvalSuiteKind, str]] = ..., digest: _Optional[str] = ..., cases: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., failed_checks: _Optional[_Iterable[str]] = ..., regressed_prompts: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class AdapterEvalSummary(_message.Message):
-    __slots__ = ("suite_digest", "baseline_version", "metrics", "regressions", "passed", "report_uris", "time", "suites", "failed_checks")
+    __slots__ = ("suite_digest", "baseline_version", "metrics", "regressions", "passed", "report_uris", "time", "suites", "failed_checks", "evaluation_id")
     SUITE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class AdapterEvalSummary(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     SUITES_FIELD_NUMBER: _ClassVar[int]
     FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     suite_digest: str
     baseline_version: str
     metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.EvalMetric]
@@ -77,7 +78,8 @@ class AdapterEvalSummary(_message.Message):
     time: _timestamp_pb2.Timestamp
     suites: _containers.RepeatedCompositeFieldContainer[EvalSuiteVerdict]
     failed_checks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suites: _Optional[_Iterable[_Union[EvalSuiteVerdict, _Mapping]]] = ..., failed_checks: _Optional[_Iterable[str]] = ...) -> None: ...
+    evaluation_id: str
+    def __init__(self, suite_digest: _Optional[str] = ..., baseline_version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.EvalMetric, _Mapping]]] = ..., regressions: _Optional[int] = ..., passed: _Optional[bool] = ..., report_uris: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suites: _Optional[_Iterable[_Union[EvalSuiteVerdict, _Mapping]]] = ..., failed_checks: _Optional[_Iterable[str]] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("name", "base_model", "version", "base_model_digest", "source", "training_job", "parent_version", "lora_config", "dataset", "train_loss", "ewc_lambda", "ewc_gamma", "fisher_snapshot", "eval", "size_bytes", "sha256", "create_time", "labels", "artifact_uri", "delete_time", "request_id", "ewc_fisher_space", "base_retention", "base_protection", "base_rehearsed_examples", "eval_loss", "eval_fraction")

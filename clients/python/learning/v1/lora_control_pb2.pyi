@@ -22,6 +22,14 @@ class LoraOperationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LORA_OPERATION_KIND_DISABLE: _ClassVar[LoraOperationKind]
     LORA_OPERATION_KIND_AUTO_ROLLBACK: _ClassVar[LoraOperationKind]
     LORA_OPERATION_KIND_RECONCILE: _ClassVar[LoraOperationKind]
+
+class ReportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPORT_FORMAT_UNSPECIFIED: _ClassVar[ReportFormat]
+    REPORT_FORMAT_JSON: _ClassVar[ReportFormat]
+    REPORT_FORMAT_MARKDOWN: _ClassVar[ReportFormat]
+    REPORT_FORMAT_HTML: _ClassVar[ReportFormat]
+    REPORT_FORMAT_PNG: _ClassVar[ReportFormat]
 LORA_OPERATION_KIND_UNSPECIFIED: LoraOperationKind
 LORA_OPERATION_KIND_ACTIVATE: LoraOperationKind
 LORA_OPERATION_KIND_ROLLBACK: LoraOperationKind
@@ -29,6 +37,11 @@ LORA_OPERATION_KIND_ENABLE: LoraOperationKind
 LORA_OPERATION_KIND_DISABLE: LoraOperationKind
 LORA_OPERATION_KIND_AUTO_ROLLBACK: LoraOperationKind
 LORA_OPERATION_KIND_RECONCILE: LoraOperationKind
+REPORT_FORMAT_UNSPECIFIED: ReportFormat
+REPORT_FORMAT_JSON: ReportFormat
+REPORT_FORMAT_MARKDOWN: ReportFormat
+REPORT_FORMAT_HTML: ReportFormat
+REPORT_FORMAT_PNG: ReportFormat
 
 class LoraOperation(_message.Message):
     __slots__ = ("kind", "version", "actor", "reason", "start_time", "duration", "phase_durations", "error", "gate")
@@ -200,3 +213,27 @@ class EvaluateAdapterResponse(_message.Message):
     EVAL_FIELD_NUMBER: _ClassVar[int]
     eval: _adapter_pb2.AdapterEvalSummary
     def __init__(self, eval: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ...) -> None: ...
+
+class GetEvaluationReportRequest(_message.Message):
+    __slots__ = ("version", "evaluation_id", "format", "base_model")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    evaluation_id: str
+    format: ReportFormat
+    base_model: str
+    def __init__(self, version: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., format: _Optional[_Union[ReportFormat, str]] = ..., base_model: _Optional[str] = ...) -> None: ...
+
+class GetEvaluationReportResponse(_message.Message):
+    __slots__ = ("eval", "content_type", "content", "uri")
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    eval: _adapter_pb2.AdapterEvalSummary
+    content_type: str
+    content: bytes
+    uri: str
+    def __init__(self, eval: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ..., uri: _Optional[str] = ...) -> None: ...

@@ -76,6 +76,11 @@ class LoraControlServiceStub:
                 request_serializer=learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterResponse.FromString,
                 _registered_method=True)
+        self.GetEvaluationReport = channel.unary_unary(
+                '/learning.v1.LoraControlService/GetEvaluationReport',
+                request_serializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.FromString,
+                _registered_method=True)
 
 
 class LoraControlServiceServicer:
@@ -132,7 +137,16 @@ class LoraControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateAdapter(self, request, context):
-        """Runs the golden suite on a candidate and a baseline version.
+        """Runs the eval gate's suites on a candidate and a baseline version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluationReport(self, request, context):
+        """Returns a report of one of a version's evaluations (the gate's at an
+        activation, or EvaluateAdapter's), stored in the artifact store: JSON,
+        Markdown, a self-contained HTML page with its chart, or the chart (PNG).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +194,11 @@ def add_LoraControlServiceServicer_to_server(servicer, server):
                     servicer.EvaluateAdapter,
                     request_deserializer=learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterRequest.FromString,
                     response_serializer=learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterResponse.SerializeToString,
+            ),
+            'GetEvaluationReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluationReport,
+                    request_deserializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +419,33 @@ class LoraControlService:
             '/learning.v1.LoraControlService/EvaluateAdapter',
             learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterRequest.SerializeToString,
             learning_dot_v1_dot_lora__control__pb2.EvaluateAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluationReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.LoraControlService/GetEvaluationReport',
+            learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.SerializeToString,
+            learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

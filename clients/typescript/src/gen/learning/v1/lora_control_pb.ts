@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/lora_control.proto.
  */
 export const file_learning_v1_lora_control: GenFile = /*@__PURE__*/
-  fileDesc("Ch5sZWFybmluZy92MS9sb3JhX2NvbnRyb2wucHJvdG8SC2xlYXJuaW5nLnYxIrcDCg1Mb3JhT3BlcmF0aW9uEiwKBGtpbmQYASABKA4yHi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uS2luZBIPCgd2ZXJzaW9uGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJHCg9waGFzZV9kdXJhdGlvbnMYByADKAsyLi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uLlBoYXNlRHVyYXRpb25zRW50cnkSIQoFZXJyb3IYCCABKAsyEi5nb29nbGUucnBjLlN0YXR1cxItCgRnYXRlGAkgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5GlAKE1BoYXNlRHVyYXRpb25zRW50cnkSCwoDa2V5GAEgASgJEigKBXZhbHVlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uOgI4ASJBCg1Mb2FkZWRBZGFwdGVyEhEKCWxvcmFfbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEgwKBHBhdGgYAyABKAkisQIKCkxvcmFTdGF0dXMSDgoGdGFyZ2V0GAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSDwoHZW5hYmxlZBgDIAEoCBIWCg5hY3RpdmVfdmVyc2lvbhgEIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAUgASgJEhoKEmtub3duX2dvb2RfdmVyc2lvbhgGIAEoCRINCgVhbGlhcxgHIAEoCRIqCgZsb2FkZWQYCCADKAsyGi5sZWFybmluZy52MS5Mb2FkZWRBZGFwdGVyEjIKDmxhc3Rfb3BlcmF0aW9uGAkgASgLMhoubGVhcm5pbmcudjEuTG9yYU9wZXJhdGlvbhIZChFzZXJ2aW5nX3JlYWNoYWJsZRgKIAEoCBIWCg5zZXJ2ZXJfdmVyc2lvbhgLIAEoCSIWChRHZXRMb3JhU3RhdHVzUmVxdWVzdCJAChVHZXRMb3JhU3RhdHVzUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyJ1ChZBY3RpdmF0ZUFkYXB0ZXJSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSDgoGcmVhc29uGAIgASgJEg0KBWZvcmNlGAMgASgIEhcKD21hcmtfa25vd25fZ29vZBgEIAEoCBISCgpiYXNlX21vZGVsGAUgASgJInEKF0FjdGl2YXRlQWRhcHRlclJlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMSLQoEZXZhbBgCIAEoCzIfLmxlYXJuaW5nLnYxLkFkYXB0ZXJFdmFsU3VtbWFyeSIoChZSb2xsYmFja0FkYXB0ZXJSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSJCChdSb2xsYmFja0FkYXB0ZXJSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzIiMKEUVuYWJsZUxvcmFSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSI9ChJFbmFibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIkChJEaXNhYmxlTG9yYVJlcXVlc3QSDgoGcmVhc29uGAEgASgJIj4KE0Rpc2FibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIbChlMaXN0TG9hZGVkQWRhcHRlcnNSZXF1ZXN0IkgKGkxpc3RMb2FkZWRBZGFwdGVyc1Jlc3BvbnNlEioKBmxvYWRlZBgBIAMoCzIaLmxlYXJuaW5nLnYxLkxvYWRlZEFkYXB0ZXIiGAoWV2F0Y2hMb3JhU3RhdHVzUmVxdWVzdCJCChdXYXRjaExvcmFTdGF0dXNSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzImsKFkV2YWx1YXRlQWRhcHRlclJlcXVlc3QSDwoHdmVyc2lvbhgBIAEoCRIYChBiYXNlbGluZV92ZXJzaW9uGAIgASgJEhIKCnN1aXRlX3BhdGgYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCSJIChdFdmFsdWF0ZUFkYXB0ZXJSZXNwb25zZRItCgRldmFsGAEgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5KocCChFMb3JhT3BlcmF0aW9uS2luZBIjCh9MT1JBX09QRVJBVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASIAocTE9SQV9PUEVSQVRJT05fS0lORF9BQ1RJVkFURRABEiAKHExPUkFfT1BFUkFUSU9OX0tJTkRfUk9MTEJBQ0sQAhIeChpMT1JBX09QRVJBVElPTl9LSU5EX0VOQUJMRRADEh8KG0xPUkFfT1BFUkFUSU9OX0tJTkRfRElTQUJMRRAEEiUKIUxPUkFfT1BFUkFUSU9OX0tJTkRfQVVUT19ST0xMQkFDSxAFEiEKHUxPUkFfT1BFUkFUSU9OX0tJTkRfUkVDT05DSUxFEAYy7gUKEkxvcmFDb250cm9sU2VydmljZRJWCg1HZXRMb3JhU3RhdHVzEiEubGVhcm5pbmcudjEuR2V0TG9yYVN0YXR1c1JlcXVlc3QaIi5sZWFybmluZy52MS5HZXRMb3JhU3RhdHVzUmVzcG9uc2USXAoPQWN0aXZhdGVBZGFwdGVyEiMubGVhcm5pbmcudjEuQWN0aXZhdGVBZGFwdGVyUmVxdWVzdBokLmxlYXJuaW5nLnYxLkFjdGl2YXRlQWRhcHRlclJlc3BvbnNlElwKD1JvbGxiYWNrQWRhcHRlchIjLmxlYXJuaW5nLnYxLlJvbGxiYWNrQWRhcHRlclJlcXVlc3QaJC5sZWFybmluZy52MS5Sb2xsYmFja0FkYXB0ZXJSZXNwb25zZRJNCgpFbmFibGVMb3JhEh4ubGVhcm5pbmcudjEuRW5hYmxlTG9yYVJlcXVlc3QaHy5sZWFybmluZy52MS5FbmFibGVMb3JhUmVzcG9uc2USUAoLRGlzYWJsZUxvcmESHy5sZWFybmluZy52MS5EaXNhYmxlTG9yYVJlcXVlc3QaIC5sZWFybmluZy52MS5EaXNhYmxlTG9yYVJlc3BvbnNlEmUKEkxpc3RMb2FkZWRBZGFwdGVycxImLmxlYXJuaW5nLnYxLkxpc3RMb2FkZWRBZGFwdGVyc1JlcXVlc3QaJy5sZWFybmluZy52MS5MaXN0TG9hZGVkQWRhcHRlcnNSZXNwb25zZRJeCg9XYXRjaExvcmFTdGF0dXMSIy5sZWFybmluZy52MS5XYXRjaExvcmFTdGF0dXNSZXF1ZXN0GiQubGVhcm5pbmcudjEuV2F0Y2hMb3JhU3RhdHVzUmVzcG9uc2UwARJcCg9FdmFsdWF0ZUFkYXB0ZXISIy5sZWFybmluZy52MS5FdmFsdWF0ZUFkYXB0ZXJSZXF1ZXN0GiQubGVhcm5pbmcudjEuRXZhbHVhdGVBZGFwdGVyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_adapter]);
+  fileDesc("Ch5sZWFybmluZy92MS9sb3JhX2NvbnRyb2wucHJvdG8SC2xlYXJuaW5nLnYxIrcDCg1Mb3JhT3BlcmF0aW9uEiwKBGtpbmQYASABKA4yHi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uS2luZBIPCgd2ZXJzaW9uGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJHCg9waGFzZV9kdXJhdGlvbnMYByADKAsyLi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uLlBoYXNlRHVyYXRpb25zRW50cnkSIQoFZXJyb3IYCCABKAsyEi5nb29nbGUucnBjLlN0YXR1cxItCgRnYXRlGAkgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5GlAKE1BoYXNlRHVyYXRpb25zRW50cnkSCwoDa2V5GAEgASgJEigKBXZhbHVlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uOgI4ASJBCg1Mb2FkZWRBZGFwdGVyEhEKCWxvcmFfbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEgwKBHBhdGgYAyABKAkisQIKCkxvcmFTdGF0dXMSDgoGdGFyZ2V0GAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSDwoHZW5hYmxlZBgDIAEoCBIWCg5hY3RpdmVfdmVyc2lvbhgEIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAUgASgJEhoKEmtub3duX2dvb2RfdmVyc2lvbhgGIAEoCRINCgVhbGlhcxgHIAEoCRIqCgZsb2FkZWQYCCADKAsyGi5sZWFybmluZy52MS5Mb2FkZWRBZGFwdGVyEjIKDmxhc3Rfb3BlcmF0aW9uGAkgASgLMhoubGVhcm5pbmcudjEuTG9yYU9wZXJhdGlvbhIZChFzZXJ2aW5nX3JlYWNoYWJsZRgKIAEoCBIWCg5zZXJ2ZXJfdmVyc2lvbhgLIAEoCSIWChRHZXRMb3JhU3RhdHVzUmVxdWVzdCJAChVHZXRMb3JhU3RhdHVzUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyJ1ChZBY3RpdmF0ZUFkYXB0ZXJSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSDgoGcmVhc29uGAIgASgJEg0KBWZvcmNlGAMgASgIEhcKD21hcmtfa25vd25fZ29vZBgEIAEoCBISCgpiYXNlX21vZGVsGAUgASgJInEKF0FjdGl2YXRlQWRhcHRlclJlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMSLQoEZXZhbBgCIAEoCzIfLmxlYXJuaW5nLnYxLkFkYXB0ZXJFdmFsU3VtbWFyeSIoChZSb2xsYmFja0FkYXB0ZXJSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSJCChdSb2xsYmFja0FkYXB0ZXJSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzIiMKEUVuYWJsZUxvcmFSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSI9ChJFbmFibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIkChJEaXNhYmxlTG9yYVJlcXVlc3QSDgoGcmVhc29uGAEgASgJIj4KE0Rpc2FibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIbChlMaXN0TG9hZGVkQWRhcHRlcnNSZXF1ZXN0IkgKGkxpc3RMb2FkZWRBZGFwdGVyc1Jlc3BvbnNlEioKBmxvYWRlZBgBIAMoCzIaLmxlYXJuaW5nLnYxLkxvYWRlZEFkYXB0ZXIiGAoWV2F0Y2hMb3JhU3RhdHVzUmVxdWVzdCJCChdXYXRjaExvcmFTdGF0dXNSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzImsKFkV2YWx1YXRlQWRhcHRlclJlcXVlc3QSDwoHdmVyc2lvbhgBIAEoCRIYChBiYXNlbGluZV92ZXJzaW9uGAIgASgJEhIKCnN1aXRlX3BhdGgYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCSJIChdFdmFsdWF0ZUFkYXB0ZXJSZXNwb25zZRItCgRldmFsGAEgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5IoMBChpHZXRFdmFsdWF0aW9uUmVwb3J0UmVxdWVzdBIPCgd2ZXJzaW9uGAEgASgJEhUKDWV2YWx1YXRpb25faWQYAiABKAkSKQoGZm9ybWF0GAMgASgOMhkubGVhcm5pbmcudjEuUmVwb3J0Rm9ybWF0EhIKCmJhc2VfbW9kZWwYBCABKAkigAEKG0dldEV2YWx1YXRpb25SZXBvcnRSZXNwb25zZRItCgRldmFsGAEgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5EhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIPCgdjb250ZW50GAMgASgMEgsKA3VyaRgEIAEoCSqHAgoRTG9yYU9wZXJhdGlvbktpbmQSIwofTE9SQV9PUEVSQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEiAKHExPUkFfT1BFUkFUSU9OX0tJTkRfQUNUSVZBVEUQARIgChxMT1JBX09QRVJBVElPTl9LSU5EX1JPTExCQUNLEAISHgoaTE9SQV9PUEVSQVRJT05fS0lORF9FTkFCTEUQAxIfChtMT1JBX09QRVJBVElPTl9LSU5EX0RJU0FCTEUQBBIlCiFMT1JBX09QRVJBVElPTl9LSU5EX0FVVE9fUk9MTEJBQ0sQBRIhCh1MT1JBX09QRVJBVElPTl9LSU5EX1JFQ09OQ0lMRRAGKpABCgxSZXBvcnRGb3JtYXQSHQoZUkVQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhYKElJFUE9SVF9GT1JNQVRfSlNPThABEhoKFlJFUE9SVF9GT1JNQVRfTUFSS0RPV04QAhIWChJSRVBPUlRfRk9STUFUX0hUTUwQAxIVChFSRVBPUlRfRk9STUFUX1BORxAEMtgGChJMb3JhQ29udHJvbFNlcnZpY2USVgoNR2V0TG9yYVN0YXR1cxIhLmxlYXJuaW5nLnYxLkdldExvcmFTdGF0dXNSZXF1ZXN0GiIubGVhcm5pbmcudjEuR2V0TG9yYVN0YXR1c1Jlc3BvbnNlElwKD0FjdGl2YXRlQWRhcHRlchIjLmxlYXJuaW5nLnYxLkFjdGl2YXRlQWRhcHRlclJlcXVlc3QaJC5sZWFybmluZy52MS5BY3RpdmF0ZUFkYXB0ZXJSZXNwb25zZRJcCg9Sb2xsYmFja0FkYXB0ZXISIy5sZWFybmluZy52MS5Sb2xsYmFja0FkYXB0ZXJSZXF1ZXN0GiQubGVhcm5pbmcudjEuUm9sbGJhY2tBZGFwdGVyUmVzcG9uc2USTQoKRW5hYmxlTG9yYRIeLmxlYXJuaW5nLnYxLkVuYWJsZUxvcmFSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuRW5hYmxlTG9yYVJlc3BvbnNlElAKC0Rpc2FibGVMb3JhEh8ubGVhcm5pbmcudjEuRGlzYWJsZUxvcmFSZXF1ZXN0GiAubGVhcm5pbmcudjEuRGlzYWJsZUxvcmFSZXNwb25zZRJlChJMaXN0TG9hZGVkQWRhcHRlcnMSJi5sZWFybmluZy52MS5MaXN0TG9hZGVkQWRhcHRlcnNSZXF1ZXN0GicubGVhcm5pbmcudjEuTGlzdExvYWRlZEFkYXB0ZXJzUmVzcG9uc2USXgoPV2F0Y2hMb3JhU3RhdHVzEiMubGVhcm5pbmcudjEuV2F0Y2hMb3JhU3RhdHVzUmVxdWVzdBokLmxlYXJuaW5nLnYxLldhdGNoTG9yYVN0YXR1c1Jlc3BvbnNlMAESXAoPRXZhbHVhdGVBZGFwdGVyEiMubGVhcm5pbmcudjEuRXZhbHVhdGVBZGFwdGVyUmVxdWVzdBokLmxlYXJuaW5nLnYxLkV2YWx1YXRlQWRhcHRlclJlc3BvbnNlEmgKE0dldEV2YWx1YXRpb25SZXBvcnQSJy5sZWFybmluZy52MS5HZXRFdmFsdWF0aW9uUmVwb3J0UmVxdWVzdBooLmxlYXJuaW5nLnYxLkdldEV2YWx1YXRpb25SZXBvcnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_adapter]);
 
 /**
  * @generated from message learning.v1.LoraOperation
@@ -505,6 +505,82 @@ export const EvaluateAdapterResponseSchema: GenMessage<EvaluateAdapterResponse> 
   messageDesc(file_learning_v1_lora_control, 18);
 
 /**
+ * @generated from message learning.v1.GetEvaluationReportRequest
+ */
+export type GetEvaluationReportRequest = Message<"learning.v1.GetEvaluationReportRequest"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * The evaluation (AdapterEvalSummary.evaluation_id); empty means the
+   * version's latest.
+   *
+   * @generated from field: string evaluation_id = 2;
+   */
+  evaluationId: string;
+
+  /**
+   * @generated from field: learning.v1.ReportFormat format = 3;
+   */
+  format: ReportFormat;
+
+  /**
+   * Base model of the version; empty means the serving target's.
+   *
+   * @generated from field: string base_model = 4;
+   */
+  baseModel: string;
+};
+
+/**
+ * Describes the message learning.v1.GetEvaluationReportRequest.
+ * Use `create(GetEvaluationReportRequestSchema)` to create a new message.
+ */
+export const GetEvaluationReportRequestSchema: GenMessage<GetEvaluationReportRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 19);
+
+/**
+ * @generated from message learning.v1.GetEvaluationReportResponse
+ */
+export type GetEvaluationReportResponse = Message<"learning.v1.GetEvaluationReportResponse"> & {
+  /**
+   * The evaluation the report is of.
+   *
+   * @generated from field: learning.v1.AdapterEvalSummary eval = 1;
+   */
+  eval?: AdapterEvalSummary | undefined;
+
+  /**
+   * "application/json", "text/markdown; charset=utf-8",
+   * "text/html; charset=utf-8" or "image/png".
+   *
+   * @generated from field: string content_type = 2;
+   */
+  contentType: string;
+
+  /**
+   * @generated from field: bytes content = 3;
+   */
+  content: Uint8Array;
+
+  /**
+   * Where it is stored.
+   *
+   * @generated from field: string uri = 4;
+   */
+  uri: string;
+};
+
+/**
+ * Describes the message learning.v1.GetEvaluationReportResponse.
+ * Use `create(GetEvaluationReportResponseSchema)` to create a new message.
+ */
+export const GetEvaluationReportResponseSchema: GenMessage<GetEvaluationReportResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 20);
+
+/**
  * @generated from enum learning.v1.LoraOperationKind
  */
 export enum LoraOperationKind {
@@ -549,6 +625,48 @@ export enum LoraOperationKind {
  */
 export const LoraOperationKindSchema: GenEnum<LoraOperationKind> = /*@__PURE__*/
   enumDesc(file_learning_v1_lora_control, 0);
+
+/**
+ * @generated from enum learning.v1.ReportFormat
+ */
+export enum ReportFormat {
+  /**
+   * HTML.
+   *
+   * @generated from enum value: REPORT_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: REPORT_FORMAT_JSON = 1;
+   */
+  JSON = 1,
+
+  /**
+   * @generated from enum value: REPORT_FORMAT_MARKDOWN = 2;
+   */
+  MARKDOWN = 2,
+
+  /**
+   * One self-contained page: the verdict, the chart inlined, every suite and case.
+   *
+   * @generated from enum value: REPORT_FORMAT_HTML = 3;
+   */
+  HTML = 3,
+
+  /**
+   * The chart: share answered right per suite, candidate against baseline.
+   *
+   * @generated from enum value: REPORT_FORMAT_PNG = 4;
+   */
+  PNG = 4,
+}
+
+/**
+ * Describes the enum learning.v1.ReportFormat.
+ */
+export const ReportFormatSchema: GenEnum<ReportFormat> = /*@__PURE__*/
+  enumDesc(file_learning_v1_lora_control, 1);
 
 /**
  * Promotes adapter versions into a serving engine (MAX Serve, vLLM) with an
@@ -625,7 +743,7 @@ export const LoraControlService: GenService<{
     output: typeof WatchLoraStatusResponseSchema;
   },
   /**
-   * Runs the golden suite on a candidate and a baseline version.
+   * Runs the eval gate's suites on a candidate and a baseline version.
    *
    * @generated from rpc learning.v1.LoraControlService.EvaluateAdapter
    */
@@ -633,6 +751,18 @@ export const LoraControlService: GenService<{
     methodKind: "unary";
     input: typeof EvaluateAdapterRequestSchema;
     output: typeof EvaluateAdapterResponseSchema;
+  },
+  /**
+   * Returns a report of one of a version's evaluations (the gate's at an
+   * activation, or EvaluateAdapter's), stored in the artifact store: JSON,
+   * Markdown, a self-contained HTML page with its chart, or the chart (PNG).
+   *
+   * @generated from rpc learning.v1.LoraControlService.GetEvaluationReport
+   */
+  getEvaluationReport: {
+    methodKind: "unary";
+    input: typeof GetEvaluationReportRequestSchema;
+    output: typeof GetEvaluationReportResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_learning_v1_lora_control, 0);
