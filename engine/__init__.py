@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.feedback.ingest import Prepared
     from engine.jobs.core import Job, JobEvent, JobState
     from engine.lora.controller import Activation
+    from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.registry.records import AdapterRecord
     from engine.training.metrics import TrainingMetrics
@@ -114,7 +115,8 @@ class LoraControlApi(Protocol):
 
     def watch(self) -> AsyncIterator[LoraStatus]: ...
 
-    async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary: ...
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+                       progress: Callable[[str, int, int], None] | None = None) -> EvalSummary: ...
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]: ...
 
@@ -150,6 +152,7 @@ class Engine:
     snapshots: FisherSnapshots
     adapters: AdaptersApi
     lora: LoraControlApi | None = None  # None: this process controls no serving engine
+    evaluations: EvaluationJobs | None = None  # set with lora: evaluation jobs run where LoraControl does
     feedback: FeedbackIngestApi | None = None  # None: no feedback store (both feedback fields are set or neither)
     feedback_records: FeedbackRecordsApi | None = None
 

@@ -70,6 +70,13 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "PublishCheckpoint": _T,
         "GetTrainingMetrics": _R,
     },
+    "learning.v1.EvaluationService": {
+        "CreateEvaluationJob": _T,
+        "GetEvaluationJob": _R,
+        "ListEvaluationJobs": _R,
+        "CancelEvaluationJob": _T,
+        "WatchEvaluationJob": _R,
+    },
     "learning.v1.FisherService": {
         "CreateFisherJob": _T,
         "GetFisherJob": _R,

@@ -29,6 +29,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "learning.v1.FisherService": ("postgresql", "artifact_store"),
     "learning.v1.AdapterService": ("postgresql", "artifact_store"),
     "learning.v1.LoraControlService": ("postgresql", "artifact_store", "serving_engine"),
+    "learning.v1.EvaluationService": ("postgresql", "artifact_store", "serving_engine"),
     "learning.v1.FeedbackService": ("postgresql",),
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -35,6 +35,7 @@ from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobExecutor, WorkerQueue
+from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -42,7 +43,7 @@ from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_queue import ProcrastinateQueue
+from engine.stores.job_queue import SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
@@ -52,6 +53,7 @@ from engine.training.spec import TRAINING
 from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
+    evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
@@ -64,6 +66,7 @@ from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
+from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
@@ -261,7 +264,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     if serve:
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
-                                             stalled_seconds=settings.worker_stalled_seconds)
+                                             stalled_seconds=settings.worker_stalled_seconds,
+                                             queues={EVALUATION.name: SERVING_QUEUE})
     await queue.open()
     notifications = owned.notifications = JobNotifications(pool)
     preparer = JobPreparer(
@@ -298,13 +302,23 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         store=PostgresJobStore(pool, FISHER, notifications), queue=queue, work_dir=settings.work_dir / "fisher",
         slots=slots, worker_id=worker_id,
     )
-    owned.job_managers = (training_manager, fisher_manager)
+    # Evaluation jobs need the serving engine: they run where LoraControl does, one at a time, taken from their
+    # own queue by their own worker (a training job never holds their place).
+    evaluation_manager = JobManager(
+        runner=EvaluationRunner(owned.lora.controller, datasets_dir=settings.datasets_dir),
+        store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
+        work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
+    ) if owned.lora is not None else None
+    owned.job_managers = (training_manager, fisher_manager, *([evaluation_manager] if evaluation_manager else []))
     for manager in owned.job_managers:
         await manager.recover()
     if work:
-        queue.start_worker({m.kind.name: job_executor(m) for m in owned.job_managers},
+        queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager)},
                            concurrency=settings.max_concurrent_jobs, name=worker_id)
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
+    if evaluation_manager is not None:
+        queue.start_worker({EVALUATION.name: job_executor(evaluation_manager)}, concurrency=1,
+                           name=f"{worker_id}-serving")
     return Engine(
         training=TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
                               scratch_dir=settings.work_dir / "checkpoint-publish"),
@@ -312,6 +326,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         snapshots=snapshots,
         adapters=registry,
         lora=owned.lora.controller if owned.lora is not None else None,
+        evaluations=EvaluationJobs(evaluation_manager, registry=registry, datasets_dir=settings.datasets_dir)
+        if evaluation_manager is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
     )
@@ -339,6 +355,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
     if engine.lora is not None:
         lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
             LoraControlService(engine.lora, datasets_dir=settings.datasets_dir), server
+        )
+    if engine.evaluations is not None:
+        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
+            EvaluationService(engine.evaluations, default_base_model=settings.default_base_model), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,8 @@ from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (suite being answered, answers so far, answers in all); may raise
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,10 @@ class LoraController:
             try:
                 with op.phase("load"):
                     await self._load(name, str(adapter.path))
-                if self._gated(self.config.eval_suite):
+                goldens = [self.config.eval_suite] if self.config.eval_suite is not None else []
+                if goldens or self._gate is not None:
                     with op.phase("eval"):
-                        summary = op.gate = await self._evaluate(version, st.active_version, self.config.eval_suite)
+                        summary = op.gate = await self._evaluate(version, st.active_version, goldens)
                     if not summary.passed and not force:
                         raise _refusal(summary)
                 with op.phase("smoke"):
@@ -275,10 +278,12 @@ class LoraController:
             op.mark("to_serving")
         return self.snapshot()
 
-    async def evaluate(self, version: str, baseline_version: str | None, suite: Path | None) -> EvalSummary:
-        """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one)."""
-        suite = suite or self.config.eval_suite
-        if not self._gated(suite):
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+                       progress: Progress | None = None) -> EvalSummary:
+        """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
+        golden ``suites`` (none: the configured one); ``progress`` hears of every answer."""
+        goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
+        if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
                                      "no golden suite is configured and the gate is off; name one with suite_path")
         async with self._lock, self._store.serialised(self.target):
@@ -293,7 +298,7 @@ class LoraController:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, suite)
+                return await self._evaluate(version, baseline, goldens, progress)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -448,22 +453,28 @@ class LoraController:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    def _gated(self, golden: Path | None) -> bool:
-        return golden is not None or self._gate is not None
-
-    async def _evaluate(self, version: str, baseline_version: str, golden: Path | None) -> EvalSummary:
+    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
+                        progress: Progress | None = None) -> EvalSummary:
         base = self._state.base_model
         suites: list[ev.Suite] = []
-        if golden is not None:
+        for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
             cases, digest = await asyncio.to_thread(ev.load_suite, golden)
-            suites.append(ev.Suite("golden", ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
+            suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
         if self._gate is not None:
             suites += await self._gate.suites(base, version, baseline_version)
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
+        answered, total = 0, 2 * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
-            candidate = await self._answers(lora_name(base, version), suite.cases)
-            baseline = await self._answers(baseline_model, suite.cases)
+
+            def tick(name: str = suite.name) -> None:
+                nonlocal answered
+                answered += 1
+                if progress is not None:
+                    progress(name, answered, total)
+
+            candidate = await self._answers(lora_name(base, version), suite.cases, tick)
+            baseline = await self._answers(baseline_model, suite.cases, tick)
             verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds)
             verdicts.append(verdict)
             results.append(scored)
@@ -498,13 +509,15 @@ class LoraController:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
 
-    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase]) -> list[str]:
+    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
         gate = asyncio.Semaphore(self.config.eval_concurrency)
 
         async def one(case: ev.GoldenCase) -> str:
             async with gate:
                 budget = ev.token_budget(case, self.config.eval_max_tokens)
-                return (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
+                text = (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
+                tick()
+                return text
 
         return list(await asyncio.gather(*(one(c) for c in cases)))
 

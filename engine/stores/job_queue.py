@@ -11,6 +11,9 @@ heartbeat stopped: it was killed, or lost the database) are put back in the queu
 check, and the next worker to take one claims the job with a new lease, so the old worker, should it wake up,
 can write nothing. Queueing is idempotent per job (procrastinate's queueing lock), and a job is never run by
 two items at once (its lock).
+
+Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
+evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from engine.jobs.ports import JobExecutor
 log = logging.getLogger(__name__)
 
 QUEUE = "learning_engine_jobs"
+SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
 TASK = "learning_engine.run_job"
 
 
@@ -41,15 +45,18 @@ def procrastinate_schema() -> str:
 class ProcrastinateQueue:
     """engine.jobs.ports.JobQueue, and this process's worker when ``start_worker`` is called."""
 
-    def __init__(self, database_url: str, *, heartbeat_seconds: float = 5.0, stalled_seconds: float = 20.0) -> None:
+    def __init__(self, database_url: str, *, heartbeat_seconds: float = 5.0, stalled_seconds: float = 20.0,
+                 queues: Mapping[str, str] | None = None) -> None:
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
             conninfo=database_url, min_size=1, max_size=4))
         self._heartbeat = heartbeat_seconds
         self._stalled = stalled_seconds
         self._executors: dict[str, JobExecutor] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._rescuer: asyncio.Task[None] | None = None
         self._stopping = False
+        self._queues = dict(queues or {})  # kind -> queue, QUEUE for the others
+        self._taken: list[str] = []  # the queues this process's worker takes from
 
         @self._app.task(name=TASK, queue=QUEUE, retry=procrastinate.RetryStrategy(max_attempts=20, wait=5))
         async def run_job(kind: str, job_id: str) -> None:
@@ -62,18 +69,24 @@ class ProcrastinateQueue:
 
     async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
         try:
-            await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority).defer_async(
-                kind=kind, job_id=job_id)
+            await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority,
+                                       queue=self._queues.get(kind, QUEUE)).defer_async(kind=kind, job_id=job_id)
         except pexc.AlreadyEnqueued:
             pass  # already waiting for a worker
 
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
-        """Take jobs from the queue in this process (``concurrency`` at a time), and put stalled ones back."""
-        self._executors = dict(executors)
-        self._worker = asyncio.get_running_loop().create_task(self._work(concurrency=concurrency, name=name))
-        self._rescuer = asyncio.get_running_loop().create_task(self._rescue_stalled())
+        """Take jobs of these kinds from their queues in this process (``concurrency`` at a time), and put stalled
+        ones back. Called again with other kinds (of another queue), it starts a worker of their own: jobs of
+        one queue never wait for a place taken by another's."""
+        self._executors.update(executors)
+        queues = sorted({self._queues.get(kind, QUEUE) for kind in executors})
+        self._taken += queues
+        loop = asyncio.get_running_loop()
+        self._workers.append(loop.create_task(self._work(queues, concurrency=concurrency, name=name)))
+        if self._rescuer is None:
+            self._rescuer = loop.create_task(self._rescue_stalled())
 
-    async def _work(self, *, concurrency: int, name: str) -> None:
+    async def _work(self, queues: list[str], *, concurrency: int, name: str) -> None:
         """procrastinate's worker, started again when it stops on an error.
 
         It stops when its database calls fail: the database restarted, or this process was frozen long enough
@@ -83,7 +96,7 @@ class ProcrastinateQueue:
         """
         while True:
             worker = Worker(
-                app=self._app, queues=[QUEUE], concurrency=concurrency, name=name, wait=True,
+                app=self._app, queues=queues, concurrency=concurrency, name=name, wait=True,
                 install_signal_handlers=False, update_heartbeat_interval=self._heartbeat,
                 # Polled every second besides LISTEN/NOTIFY: a stalled job's fresh item is inserted while the stalled
                 # one still holds the job's lock, so its notification finds nothing to take yet.
@@ -130,13 +143,15 @@ class ProcrastinateQueue:
         while True:
             await asyncio.sleep(self._heartbeat)
             try:
-                for item in await self._app.job_manager.get_stalled_jobs(
-                        queue=QUEUE, seconds_since_heartbeat=self._stalled):
+                stalled = [item for queue in self._taken for item in await self._app.job_manager.get_stalled_jobs(
+                    queue=queue, seconds_since_heartbeat=self._stalled)]
+                for item in stalled:
                     log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
                                                                                      "task": item.task_kwargs})
                     with contextlib.suppress(pexc.AlreadyEnqueued):
                         await self._task.configure(
                             lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
+                            queue=item.queue,
                         ).defer_async(**item.task_kwargs)
                     assert item.id is not None
                     try:
@@ -150,12 +165,12 @@ class ProcrastinateQueue:
 
     async def stop_worker(self) -> None:
         self._stopping = True
-        for task in (self._rescuer, self._worker):
+        for task in (self._rescuer, *self._workers):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._rescuer = self._worker = None
+        self._rescuer, self._workers = None, []
 
     async def close(self) -> None:
         await self.stop_worker()

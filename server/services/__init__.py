@@ -1,6 +1,6 @@
 """The gRPC servicers, and the catalogue of the public services they implement."""
 
-from learning.v1 import adapter_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
+from learning.v1 import adapter_pb2, evaluation_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
 
 SERVICE_DESCRIPTORS = tuple(
     module.DESCRIPTOR.services_by_name[name]
@@ -9,6 +9,7 @@ SERVICE_DESCRIPTORS = tuple(
         (fisher_pb2, "FisherService"),
         (adapter_pb2, "AdapterService"),
         (lora_control_pb2, "LoraControlService"),
+        (evaluation_pb2, "EvaluationService"),
         (feedback_pb2, "FeedbackService"),
     )
 )

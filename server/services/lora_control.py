@@ -124,5 +124,5 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
         suite = resolve_dataset_path(self._datasets_dir, request.suite_path) if request.suite_path else None
-        summary = await self._control.evaluate(version, baseline, suite)
+        summary = await self._control.evaluate(version, baseline, [suite] if suite else [])
         return pb.EvaluateAdapterResponse(eval=convert.eval_to_pb(summary))

@@ -1,0 +1,124 @@
+"""Evaluation jobs: a version against the eval gate's suites and named golden suites, as a job of the typed job
+core (engine.jobs), with per-answer progress.
+
+The job runs where LoraControl runs (it needs the serving engine and its loaded adapters): its kind has its
+own queue, which only serving processes take jobs from (engine.stores.job_queue). It loads what it needs the
+way EvaluateAdapter does (the candidate and the baseline, unloaded again unless serving), scores through
+LoraController.evaluate, and leaves the decision on the version and the reports in the artifact store.
+Cancelling stops it at the next answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from engine.errors import Cancelled
+from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
+from engine.jobs.manager import JobContext, JobManager
+from engine.lora.state import EvalSummary
+from engine.registry import AdapterRegistry
+from engine.training.datasets import resolve_dataset_path
+
+MAX_SUITES = 16
+PROGRESS_EVENTS = 100  # at most about this many progress events a job
+
+
+@dataclass(frozen=True)
+class EvaluationJobSpec:
+    base_model: str
+    version: str
+    baseline_version: str = ""  # "": the version active when the job runs (the base model when none is)
+    suite_paths: tuple[str, ...] = ()  # golden suites below the data root; (): the configured one
+
+
+@dataclass(frozen=True)
+class EvaluationOutput:
+    eval: EvalSummary | None = None  # set on success
+
+
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """Event: answers received so far (each case is answered by candidate and baseline)."""
+
+    suite: str
+    answered: int
+    total: int
+
+
+EVALUATION = JobKind("evaluation", "evaluationJobs", EvaluationJobSpec, EvaluationOutput,
+                     event_types=(EvaluationProgress,))
+EvaluationJob = Job[EvaluationJobSpec, EvaluationOutput]
+
+
+class Evaluator(Protocol):  # the part of engine.lora.controller.LoraController an evaluation job uses
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+                       progress: Callable[[str, int, int], None] | None = None) -> EvalSummary: ...
+
+
+class EvaluationRunner:
+    kind = EVALUATION
+
+    def __init__(self, control: Evaluator, *, datasets_dir: Path) -> None:
+        self._control = control
+        self._datasets_dir = datasets_dir
+
+    async def run(self, ctx: JobContext[EvaluationJobSpec, EvaluationOutput]) -> str:
+        spec = ctx.job.spec
+        ctx.transition(JobState.PREPARING, "reading the suites")
+        paths = [await asyncio.to_thread(resolve_dataset_path, self._datasets_dir, p) for p in spec.suite_paths]
+        ctx.started(JobState.RUNNING, f"evaluating {spec.version} against "
+                                      f"{spec.baseline_version or 'the active version'}")
+        sink, cancel = ctx.sink, ctx.cancel
+
+        def progress(suite: str, answered: int, total: int) -> None:
+            if cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", f"the evaluation was cancelled after {answered} of {total} answers")
+            if answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0:
+                sink.emit(EvaluationProgress(suite, answered, total))
+
+        summary = await self._control.evaluate(spec.version, spec.baseline_version or None, paths,
+                                               progress=progress)
+        await asyncio.sleep(0)  # let the last progress event land before the job ends
+        ctx.set_output(EvaluationOutput(summary))
+        failed = "; ".join(summary.failed_checks)
+        return f"{spec.version}: the gate passes" if summary.passed else f"{spec.version}: the gate fails ({failed})"
+
+    def fold(self, job: EvaluationJob, payload: object) -> EvaluationJob:
+        if isinstance(payload, EvaluationProgress):
+            return replace(job, progress=JobProgress(payload.answered, payload.total))
+        return job
+
+
+class EvaluationJobs:
+    """The evaluation jobs servicers see: create (validated), get, list, cancel, watch."""
+
+    def __init__(self, manager: JobManager[EvaluationJobSpec, EvaluationOutput], *, registry: AdapterRegistry,
+                 datasets_dir: Path) -> None:
+        self._manager = manager
+        self._registry = registry
+        self._datasets_dir = datasets_dir
+
+    async def create(self, spec: EvaluationJobSpec, *, request_id: str = "") -> EvaluationJob:
+        await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
+        if spec.baseline_version:
+            await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
+        for path in spec.suite_paths:
+            await asyncio.to_thread(resolve_dataset_path, self._datasets_dir, path)
+        return await self._manager.submit(self._manager.new_job(spec, EvaluationOutput(), request_id=request_id))
+
+    async def get(self, job_id: str) -> EvaluationJob:
+        return await self._manager.get(job_id)
+
+    async def list(self, *, states: Sequence[JobState], page_size: int,
+                   page_token: str) -> tuple[list[EvaluationJob], str]:
+        return await self._manager.list(states=states, page_size=page_size, page_token=page_token)
+
+    async def cancel(self, job_id: str) -> EvaluationJob:
+        return await self._manager.cancel(job_id)
+
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[EvaluationJob | JobEvent]:
+        return self._manager.watch(job_id, after_sequence=after_sequence)
