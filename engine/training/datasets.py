@@ -30,14 +30,14 @@ DATASET_PATH_FIELD = "spec.jsonl.path"
 # ---- paths --------------------------------------------------------------------
 
 
-def resolve_dataset_path(data_root: Path, relative: str) -> Path:
+def resolve_dataset_path(data_root: Path, relative: str, field_path: str = DATASET_PATH_FIELD) -> Path:
     """Return the real path of ``relative`` if it is an existing file strictly inside ``data_root``."""
 
     def outside(description: str) -> InvalidArgument:
         return InvalidArgument(
             "DATASET_PATH_OUTSIDE_ROOT",
             f"dataset path {relative!r} {description}",
-            violations=[FieldViolation(DATASET_PATH_FIELD, description)],
+            violations=[FieldViolation(field_path, description)],
         )
 
     if not relative or not relative.strip():
@@ -51,12 +51,15 @@ def resolve_dataset_path(data_root: Path, relative: str) -> Path:
     resolved = (root / candidate).resolve()
     if resolved == root or not resolved.is_relative_to(root):
         raise outside("resolves outside the data root")
-    if not resolved.is_file():
-        description = "does not exist" if not resolved.exists() else "is not a regular file"
+    try:
+        description = "" if resolved.is_file() else "is not a regular file" if resolved.exists() else "does not exist"
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        description = f"cannot be looked up ({exc.strerror})"
+    if description:
         raise InvalidArgument(
             "DATASET_NOT_FOUND",
             f"dataset {relative!r} {description}",
-            violations=[FieldViolation(DATASET_PATH_FIELD, description)],
+            violations=[FieldViolation(field_path, description)],
         )
     return resolved
 
@@ -144,8 +147,13 @@ def _parse_line(obj: Any, problems: _LineProblems) -> Example | None:
     return Example(prompt=prompt, completion=completion, weight=weight)
 
 
-def load_jsonl(path: Path, *, max_problems: int = 20) -> list[Example]:
-    """Parse and validate the whole file; raise one InvalidArgument listing up to ``max_problems``."""
+def load_jsonl(path: Path, *, max_problems: int = 20, label: str = "",
+               field_path: str = DATASET_PATH_FIELD) -> list[Example]:
+    """Parse and validate the whole file; raise one InvalidArgument listing up to ``max_problems``.
+
+    ``label`` names the data in messages (default: the file's name); ``field_path`` is the request field an
+    empty file is blamed on."""
+    label = label or path.name
     violations: list[FieldViolation] = []
     examples: list[Example] = []
     with path.open("rb") as handle:
@@ -172,7 +180,7 @@ def load_jsonl(path: Path, *, max_problems: int = 20) -> list[Example]:
         summary = "; ".join(v.description for v in shown[:5])
         raise InvalidArgument(
             "DATASET_INVALID",
-            f"dataset {path.name} has {len(violations)} problem(s): {summary}"
+            f"dataset {label} has {len(violations)} problem(s): {summary}"
             + (f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""),
             violations=shown,
             metadata={"problem_count": str(len(violations)), "problems_not_shown": str(more)},
@@ -180,8 +188,8 @@ def load_jsonl(path: Path, *, max_problems: int = 20) -> list[Example]:
     if not examples:
         raise InvalidArgument(
             "DATASET_EMPTY",
-            f"dataset {path.name} contains no examples",
-            violations=[FieldViolation(DATASET_PATH_FIELD, "the file contains no examples")],
+            f"dataset {label} contains no examples",
+            violations=[FieldViolation(field_path, "the file contains no examples")],
         )
     return examples
 
