@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 if TYPE_CHECKING:
     from engine.continual.ports import FisherSnapshots
     from engine.continual.spec import FisherJobSpec, FisherOutput
+    from engine.errors import ResourceExhausted
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
     from engine.feedback.ingest import Prepared
     from engine.jobs.core import Job, JobEvent, JobState
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
     from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.registry.records import AdapterRecord
+    from engine.splits import SplitRule
     from engine.training.metrics import TrainingMetrics
     from engine.training.spec import TrainingJobSpec, TrainingOutput
+    from engine.training.stored_datasets import DatasetContent, Source, StoredDataset
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -94,6 +97,33 @@ class AdaptersApi(Protocol):
     ) -> tuple[builtins.list[str], builtins.list[str]]: ...
 
 
+class DatasetsApi(Protocol):
+    """Stored datasets as the DatasetService uses them (engine.training.stored_datasets.StoredDatasets)."""
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest dataset accepted (dataset_max_bytes)."""
+        ...
+
+    def too_large(self, size: int, what: str) -> ResourceExhausted:
+        """The error refusing ``what`` of ``size`` bytes (DATASET_TOO_LARGE)."""
+        ...
+
+    async def upload(self, name: str, received: Path, *, split: SplitRule, sha256: str, size_bytes: int,
+                     filename: str = "") -> tuple[StoredDataset, bool]: ...
+
+    async def create(self, name: str, source: Source, *, split: SplitRule) -> tuple[StoredDataset, bool]: ...
+
+    async def validate(self, source: Source | bytes, *, split: SplitRule) -> DatasetContent: ...
+
+    async def get(self, name: str, field_path: str = "name") -> StoredDataset: ...
+
+    async def list(self, *, dataset: str, page_size: int,
+                   page_token: str) -> tuple[builtins.list[StoredDataset], str]: ...
+
+    async def delete(self, name: str) -> builtins.list[StoredDataset]: ...
+
+
 class LoraControlApi(Protocol):
     """Serving control as the LoraControlService uses it."""
 
@@ -155,9 +185,10 @@ class Engine:
     evaluations: EvaluationJobs | None = None  # set with lora: evaluation jobs run where LoraControl does
     feedback: FeedbackIngestApi | None = None  # None: no feedback store (both feedback fields are set or neither)
     feedback_records: FeedbackRecordsApi | None = None
+    datasets: DatasetsApi | None = None  # None: no dataset store (an engine on in-memory stores)
 
 
 __all__ = [
-    "AdaptersApi", "Engine", "FeedbackIngestApi", "FeedbackRecordsApi", "FisherJobsApi", "Jobs", "LoraControlApi",
-    "TrainingJobsApi",
+    "AdaptersApi", "DatasetsApi", "Engine", "FeedbackIngestApi", "FeedbackRecordsApi", "FisherJobsApi", "Jobs",
+    "LoraControlApi", "TrainingJobsApi",
 ]

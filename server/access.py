@@ -1,7 +1,7 @@
 """Access control before any handler runs: bearer tokens, roles per RPC, per-principal rate limits.
 
 ``METHOD_ROLES`` is the one table from RPC to the role it needs. It names every
-method of the five learning.v1 services; :func:`check_method_roles` compares it
+method of the learning.v1 services; :func:`check_method_roles` compares it
 with the proto descriptors at start (and in a test), so an RPC added to a proto
 without a role stops the server from starting. Health and reflection stay open.
 
@@ -113,6 +113,14 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "GetFeedbackStats": _R,
         "DeleteUserFeedback": _O,
     },
+    "learning.v1.DatasetService": {
+        "UploadDataset": _T,
+        "CreateDataset": _T,
+        "GetDataset": _R,
+        "ListDatasets": _R,
+        "DeleteDataset": _T,
+        "ValidateDataset": _R,
+    },
 }
 
 def _events(request: Any) -> int:
@@ -140,7 +148,7 @@ OPEN_SERVICES = frozenset(
 
 
 def all_methods() -> list[str]:
-    """Every RPC of the five services as a gRPC path, read from the descriptors."""
+    """Every RPC of the learning.v1 services as a gRPC path, read from the descriptors."""
     return [f"/{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS for m in s.methods]
 
 

@@ -31,6 +31,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "learning.v1.LoraControlService": ("postgresql", "artifact_store", "serving_engine"),
     "learning.v1.EvaluationService": ("postgresql", "artifact_store", "serving_engine"),
     "learning.v1.FeedbackService": ("postgresql",),
+    "learning.v1.DatasetService": ("postgresql", "artifact_store"),
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

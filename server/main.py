@@ -41,6 +41,7 @@ from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.artifacts_s3 import S3ArtifactStore
+from engine.stores.dataset_store import PostgresDatasetIndex
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_queue import SERVING_QUEUE, ProcrastinateQueue
@@ -50,9 +51,11 @@ from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
 from engine.training.runner import TrainingJobs, TrainingRunner
 from engine.training.spec import TRAINING
+from engine.training.stored_datasets import CatalogConfig, StoredDatasets
 from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
+    dataset_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
@@ -66,6 +69,7 @@ from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
+from server.services.dataset import DatasetService
 from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
@@ -260,6 +264,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     await registry.recover()
     feedback_store = PostgresFeedbackStore(pool)
     feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
+    stored_datasets = StoredDatasets(
+        CatalogConfig(datasets_dir=settings.datasets_dir, scratch_dir=settings.work_dir / "datasets",
+                      max_bytes=settings.dataset_max_bytes),
+        index=PostgresDatasetIndex(pool), store=owned.store, feedback=feedback_datasets,
+        objects=owned.store if isinstance(owned.store, S3ArtifactStore) else None,  # s3:// sources: its client
+    )
     versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets)
     if serve:
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
@@ -330,6 +340,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         if evaluation_manager is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
+        datasets=stored_datasets,
     )
 
 
@@ -352,6 +363,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
                        scratch_dir=settings.work_dir / "adapter-rpc"),
         server,
     )
+    if engine.datasets is not None:
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetService(engine.datasets, scratch_dir=settings.work_dir / "dataset-rpc"), server
+        )
     if engine.lora is not None:
         lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
             LoraControlService(engine.lora, datasets_dir=settings.datasets_dir), server

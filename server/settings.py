@@ -102,6 +102,12 @@ class Settings(BaseSettings, LoraControlSettings):
         None, description="Folder of the local artifact store (artifact_backend local); unset: <data-dir>/artifacts. "
         "Processes of one machine may share one; workers on several machines use S3/MinIO instead.",
     )
+    dataset_max_bytes: int = Field(
+        1 << 30, ge=1, le=1 << 40,
+        description="Largest dataset version accepted, in bytes of JSONL: an upload (UploadDataset: refused as soon "
+        "as the stream passes it), a server file, an S3 object or a feedback window (CreateDataset), content to "
+        "validate (ValidateDataset); RESOURCE_EXHAUSTED DATASET_TOO_LARGE beyond it.",
+    )
     training_lora_rank: int = Field(16, ge=1, le=MAX_LORA_RANK, description="LoRA rank of a job that sets none.")
     training_lora_alpha: float = Field(32.0, gt=0, le=4096, description="LoRA alpha of a job that sets none "
                                        "(the update is scaled by alpha / rank).")

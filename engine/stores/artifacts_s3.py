@@ -168,6 +168,26 @@ class S3ArtifactStore:
                 raise _missing(key) from exc
             raise self._failed(exc, "download") from exc
 
+    # ---- objects of any bucket, read with this store's client (engine.training.stored_datasets.ObjectSource) ----
+
+    async def object_size(self, bucket: str, key: str) -> int | None:
+        """The size of ``s3://bucket/key``, or None if there is no such object (a dataset's s3:// source)."""
+        try:
+            stat = await self._call("stat", lambda: self._client.stat_object(bucket, key))
+        except S3Error as exc:
+            if exc.code in (*_MISSING, "NoSuchBucket"):
+                return None
+            raise self._failed(exc, f"stat of s3://{bucket}/{key}") from exc
+        return int(stat.size or 0)
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None:
+        try:
+            await self._call("download", lambda: self._client.fget_object(bucket, key, str(dest)))
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise _missing(key) from exc
+            raise self._failed(exc, f"download of s3://{bucket}/{key}") from exc
+
     async def delete(self, keys: Sequence[str]) -> None:
         for key in keys:  # one by one, in order: the manifest goes first
             try:

@@ -1,6 +1,14 @@
 """The gRPC servicers, and the catalogue of the public services they implement."""
 
-from learning.v1 import adapter_pb2, evaluation_pb2, feedback_pb2, fisher_pb2, lora_control_pb2, training_pb2
+from learning.v1 import (
+    adapter_pb2,
+    dataset_pb2,
+    evaluation_pb2,
+    feedback_pb2,
+    fisher_pb2,
+    lora_control_pb2,
+    training_pb2,
+)
 
 SERVICE_DESCRIPTORS = tuple(
     module.DESCRIPTOR.services_by_name[name]
@@ -11,6 +19,7 @@ SERVICE_DESCRIPTORS = tuple(
         (lora_control_pb2, "LoraControlService"),
         (evaluation_pb2, "EvaluationService"),
         (feedback_pb2, "FeedbackService"),
+        (dataset_pb2, "DatasetService"),
     )
 )
 SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)

@@ -10,6 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { AdapterService } from "./gen/learning/v1/adapter_pb.js";
+import { DatasetService } from "./gen/learning/v1/dataset_pb.js";
 import { ErrorReason, ErrorReasonSchema } from "./gen/learning/v1/error_reason_pb.js";
 import { FeedbackService } from "./gen/learning/v1/feedback_pb.js";
 import { FisherService } from "./gen/learning/v1/fisher_pb.js";
@@ -18,6 +19,7 @@ import { TrainingService } from "./gen/learning/v1/training_pb.js";
 
 export * from "./gen/learning/v1/adapter_pb.js";
 export * from "./gen/learning/v1/common_pb.js";
+export * from "./gen/learning/v1/dataset_pb.js";
 export * from "./gen/learning/v1/error_reason_pb.js";
 export * from "./gen/learning/v1/feedback_pb.js";
 export * from "./gen/learning/v1/fisher_pb.js";
@@ -38,6 +40,7 @@ export interface LearningEngineClient {
   adapters: Client<typeof AdapterService>;
   lora: Client<typeof LoraControlService>;
   feedback: Client<typeof FeedbackService>;
+  datasets: Client<typeof DatasetService>;
 }
 
 export function createLearningEngineClient(options: ClientOptions): LearningEngineClient {
@@ -56,6 +59,7 @@ export function createLearningEngineClient(options: ClientOptions): LearningEngi
     adapters: createClient(AdapterService, transport),
     lora: createClient(LoraControlService, transport),
     feedback: createClient(FeedbackService, transport),
+    datasets: createClient(DatasetService, transport),
   };
 }
 

@@ -1,0 +1,462 @@
+"""Datasets as resources: named, numbered, immutable versions of JSONL examples (the DatasetService).
+
+A dataset is ``datasets/{dataset}``; its versions are ``datasets/{dataset}/versions/{n}``, numbered 1, 2, ... in
+the order they were stored (a deleted version's number is never given again). A version is made from bytes a
+client uploaded, a file below the datasets directory, an S3 object (read with the artifact store's own client)
+or a window of feedback (frozen as JSONL), always the same way:
+
+1. the bytes are copied to scratch space (so what is checked is what is stored), hashed, and validated line by
+   line by the training path's own validator (``load_jsonl``: INVALID_ARGUMENT with ``line[N].field``
+   violations); nothing is stored unless every line is an example;
+2. under the dataset's lock (:class:`DatasetIndex`), a live version of the same bytes (sha256) and the same
+   split rule is returned as it is; otherwise the bytes go to the artifact store under a key derived from their
+   sha256, ``datasets/{dataset}/{sha256}.jsonl`` (the store's create-only, atomic write), and only then is the
+   version recorded in the index with the next number. A version is listed only once its record exists, and its
+   record only once its bytes are durable, so nothing half-written is ever listed; an upload cut short never
+   reaches step 2.
+
+Each version records the sha256 of its bytes, the digest of its normalised examples (``dataset_digest``, as a
+job's DatasetSummary), its split rule (engine.splits) and the examples per split. A version is deleted only
+while no training job that has not ended, and no published adapter version, names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from engine.domain import Example, FeedbackSource, Objective, composition, dataset_digest
+from engine.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.names import decode_page_token, encode_page_token
+from engine.registry.ports import ArtifactStore
+from engine.splits import Split, SplitRule
+from engine.training.datasets import load_jsonl, resolve_dataset_path
+
+DATASET_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+_NAME_RE = re.compile(r"^datasets/(?P<id>[^/]*)(?:/versions/(?P<version>[^/]*))?$")
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CHUNK = 1 << 20
+
+
+# ---- names --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    """``datasets/{dataset_id}``, or one version of it."""
+
+    dataset_id: str
+    version: int | None = None
+
+    @property
+    def dataset(self) -> str:
+        return f"datasets/{self.dataset_id}"
+
+    def __str__(self) -> str:
+        return self.dataset if self.version is None else f"{self.dataset}/versions/{self.version}"
+
+
+def parse_dataset_name(name: str, field_path: str = "name", *, versioned: bool | None = None) -> DatasetName:
+    """The dataset (and version) ``name`` names; INVALID_ARGUMENT (MALFORMED_NAME) otherwise.
+
+    ``versioned``: True requires ``/versions/{n}``, False forbids it, None takes either. A dataset id is 1-63
+    lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit and without '..',
+    so it is safe as a path segment and an object key."""
+    match = _NAME_RE.match(name)
+    dataset_id = match["id"] if match else ""
+    version = match["version"] if match else None
+    good = bool(match) and bool(DATASET_ID_RE.match(dataset_id)) and ".." not in dataset_id \
+        and (version is None or bool(_VERSION_RE.match(version)))
+    if good and versioned is True and version is None:
+        good = False
+    if good and versioned is False and version is not None:
+        good = False
+    if not good:
+        shape = "datasets/{dataset} or datasets/{dataset}/versions/{n}" if versioned is None else \
+            "datasets/{dataset}/versions/{n}" if versioned else "datasets/{dataset}"
+        raise InvalidArgument(
+            "MALFORMED_NAME",
+            f"{field_path} {name!r} is not a dataset name like {shape}",
+            violations=[FieldViolation(field_path, f"must look like {shape}; {{dataset}}: 1-63 lower-case "
+                                                   "letters, digits, '.', '_' or '-', starting and ending with a "
+                                                   "letter or digit")],
+        )
+    return DatasetName(dataset_id, int(version) if version is not None else None)
+
+
+def parse_s3_uri(uri: str, field_path: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; INVALID_ARGUMENT (MALFORMED_S3_URI) otherwise, also for a key with
+    an empty, '.' or '..' segment."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    segments = key.split("/")
+    problem = ""
+    if not uri.startswith("s3://"):
+        problem = "must start with s3://"
+    elif not _BUCKET_RE.match(bucket) or ".." in bucket:
+        problem = "must name a bucket: 3-63 lower-case letters, digits, '.' and '-'"
+    elif not key or len(key.encode()) > 1024:
+        problem = "must name an object key of 1-1024 bytes after the bucket"
+    elif any(s in ("", ".", "..") for s in segments):
+        problem = "the key must not contain empty, '.' or '..' segments"
+    if problem:
+        raise InvalidArgument("MALFORMED_S3_URI", f"{field_path} {uri!r} {problem}",
+                              violations=[FieldViolation(field_path, problem)])
+    return bucket, key
+
+
+# ---- what a version is ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    train: int = 0
+    eval: int = 0
+    test: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetContent:
+    """What some JSONL bytes hold: their hash and size, their examples' digest and shapes, and the split counts
+    under a rule."""
+
+    sha256: str
+    size_bytes: int
+    digest: str
+    example_count: int
+    composition: tuple[tuple[str, int], ...]
+    split: SplitRule
+    counts: SplitCounts
+
+
+@dataclass(frozen=True)
+class UploadOrigin:
+    filename: str = ""
+    kind: Literal["upload"] = "upload"
+
+
+@dataclass(frozen=True)
+class ServerPathOrigin:
+    path: str  # relative to the datasets directory
+    kind: Literal["server_path"] = "server_path"
+
+
+@dataclass(frozen=True)
+class S3Origin:
+    uri: str
+    kind: Literal["s3"] = "s3"
+
+
+@dataclass(frozen=True)
+class FeedbackOrigin:
+    source: FeedbackSource
+    window_start: datetime
+    window_end: datetime
+    kind: Literal["feedback"] = "feedback"
+
+
+Origin = UploadOrigin | ServerPathOrigin | S3Origin | FeedbackOrigin
+Source = ServerPathOrigin | S3Origin | FeedbackSource  # what CreateDataset and ValidateDataset take
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    """One version: its content, where it came from, and its object in the artifact store."""
+
+    dataset_id: str
+    version: int
+    content: DatasetContent
+    origin: Origin
+    key: str
+    uri: str
+    create_time: datetime
+
+    @property
+    def name(self) -> str:
+        return str(DatasetName(self.dataset_id, self.version))
+
+
+def normalised(rule: SplitRule) -> SplitRule:
+    """A rule that splits nothing is the one rule without a split, whatever its seed (for identity)."""
+    return rule if rule.splits else SplitRule()
+
+
+# ---- ports ----------------------------------------------------------------------------
+
+
+Cursor = tuple[datetime, str]  # (create_time, name) of a listing's last version
+
+
+class DatasetIndex(Protocol):
+    """The versions' records (engine.stores.dataset_store): numbered per dataset, never renumbered."""
+
+    async def register(self, draft: StoredDataset,
+                       store: Callable[[], Awaitable[None]]) -> tuple[StoredDataset, bool]:
+        """Under the dataset's lock: the live version with ``draft``'s sha256 and split rule, if there is one,
+        and False; otherwise ``store()`` (which makes the bytes durable), then ``draft`` recorded with the next
+        version number and its creation time, and True."""
+        ...
+
+    async def get(self, dataset_id: str, version: int | None) -> StoredDataset:
+        """The live version, or the newest live one; NOT_FOUND (STORED_DATASET_NOT_FOUND) otherwise."""
+        ...
+
+    async def list(self, *, dataset_id: str, limit: int, after: Cursor | None) -> list[StoredDataset]:
+        """Live versions (of one dataset, or of all with ``dataset_id`` empty), newest first."""
+        ...
+
+    async def delete(self, dataset_id: str, version: int | None,
+                     remove: Callable[[builtins.list[str]], Awaitable[None]]) -> builtins.list[StoredDataset]:
+        """Under the dataset's lock: refuse (FAILED_PRECONDITION DATASET_IN_USE) if a training job that has not
+        ended or a published adapter version names one of the versions; otherwise record them deleted, then
+        ``remove`` the objects no live version shares; NOT_FOUND if there is no such live version."""
+        ...
+
+
+class ObjectSource(Protocol):
+    """Objects of any bucket, read with the S3 artifact store's client (engine.stores.artifacts_s3)."""
+
+    async def object_size(self, bucket: str, key: str) -> int | None:
+        """The object's size, or None if there is no such object."""
+        ...
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None: ...
+
+
+# ---- the catalogue ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    datasets_dir: Path  # where server paths are resolved (never written)
+    scratch_dir: Path  # copies being checked, removed after each call
+    max_bytes: int  # the largest dataset accepted (dataset_max_bytes)
+
+
+class StoredDatasets:
+    """Create, read, list and delete dataset versions (see the module docstring)."""
+
+    def __init__(self, config: CatalogConfig, *, index: DatasetIndex, store: ArtifactStore,
+                 feedback: FeedbackDatasetBuilder | None = None, objects: ObjectSource | None = None) -> None:
+        self._config = config
+        self._index = index
+        self._store = store
+        self._feedback = feedback
+        self._objects = objects
+
+    @property
+    def max_bytes(self) -> int:
+        return self._config.max_bytes
+
+    def too_large(self, size: int, what: str) -> ResourceExhausted:
+        limit = self._config.max_bytes
+        return ResourceExhausted("DATASET_TOO_LARGE", f"{what} holds {size} bytes, more than the {limit} a dataset "
+                                                      "may hold (dataset_max_bytes); nothing was stored",
+                                 metadata={"limit": str(limit), "size": str(size)})
+
+    # ---- making versions ----------------------------------------------------------------
+
+    async def upload(self, name: str, received: Path, *, split: SplitRule, sha256: str, size_bytes: int,
+                     filename: str = "") -> tuple[StoredDataset, bool]:
+        """A version of the bytes a client sent (``received``, in scratch space the caller owns), after checking
+        them against the size and sha256 it declared."""
+        target = parse_dataset_name(name, "metadata.name", versioned=False)
+        size = await asyncio.to_thread(lambda: received.stat().st_size)
+        if size != size_bytes:
+            raise InvalidArgument(
+                "UPLOAD_SIZE_MISMATCH", f"received {size} bytes, but metadata.size_bytes declared {size_bytes}; "
+                "nothing was stored",
+                violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")],
+                metadata={"declared": str(size_bytes), "received": str(size)})
+        content, _ = await self._inspect(received, split, label=filename or "upload", field_path="chunk",
+                                         expect_sha256=sha256)
+        return await self._register(target, received, content, UploadOrigin(filename))
+
+    async def create(self, name: str, source: Source, *, split: SplitRule) -> tuple[StoredDataset, bool]:
+        """A version from a server path, an S3 object or a window of feedback."""
+        target = parse_dataset_name(name, "name", versioned=False)
+        async with self._scratch() as scratch:
+            path, origin = await self._fetch(source, scratch / "data.jsonl")
+            content, _ = await self._inspect(path, split, label=_label(origin), field_path=_field(origin))
+            return await self._register(target, path, content, origin)
+
+    async def validate(self, source: Source | bytes, *, split: SplitRule) -> DatasetContent:
+        """What a version of ``source`` would hold; stores nothing."""
+        async with self._scratch() as scratch:
+            path = scratch / "data.jsonl"
+            if isinstance(source, bytes):
+                if len(source) > self.max_bytes:
+                    raise self.too_large(len(source), "content")
+                await asyncio.to_thread(path.write_bytes, source)
+                label, field = "content", "content"
+            else:
+                path, origin = await self._fetch(source, path)
+                label, field = _label(origin), _field(origin)
+            content, _ = await self._inspect(path, split, label=label, field_path=field)
+            return content
+
+    async def _register(self, target: DatasetName, path: Path, content: DatasetContent,
+                        origin: Origin) -> tuple[StoredDataset, bool]:
+        key = f"datasets/{target.dataset_id}/{content.sha256}.jsonl"
+        draft = StoredDataset(dataset_id=target.dataset_id, version=0, content=content, origin=origin, key=key,
+                              uri=self._store.uri(key), create_time=datetime.now(UTC))
+
+        async def store() -> None:
+            try:
+                await self._store.put_file(key, path)
+            except AlreadyExists:  # another version of this dataset, or a write whose record never came, holds them
+                await self._check_object(key, content.sha256, str(target))
+
+        return await self._index.register(draft, store)
+
+    # ---- reading ------------------------------------------------------------------------
+
+    async def get(self, name: str, field_path: str = "name") -> StoredDataset:
+        target = parse_dataset_name(name, field_path)
+        return await self._index.get(target.dataset_id, target.version)
+
+    async def list(self, *, dataset: str, page_size: int, page_token: str) -> tuple[list[StoredDataset], str]:
+        dataset_id = parse_dataset_name(dataset, "dataset", versioned=False).dataset_id if dataset else ""
+        after = decode_page_token(page_token) if page_token else None
+        rows = await self._index.list(dataset_id=dataset_id, limit=page_size + 1, after=after)
+        page = rows[:page_size]
+        token = encode_page_token(page[-1].create_time, page[-1].name) if len(rows) > page_size and page else ""
+        return page, token
+
+    async def delete(self, name: str) -> builtins.list[StoredDataset]:
+        target = parse_dataset_name(name)
+        return await self._index.delete(target.dataset_id, target.version, self._store.delete)
+
+    # ---- pieces -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _scratch(self) -> AsyncIterator[Path]:
+        def make() -> Path:
+            self._config.scratch_dir.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="dataset-", dir=self._config.scratch_dir))
+
+        folder = await asyncio.to_thread(make)
+        try:
+            yield folder
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _fetch(self, source: Source, dest: Path) -> tuple[Path, Origin]:
+        """A copy of the source's bytes at ``dest``, and the origin to record."""
+        if isinstance(source, ServerPathOrigin):
+            path = resolve_dataset_path(self._config.datasets_dir, source.path, "server_path")
+            try:
+                size = await asyncio.to_thread(lambda: path.stat().st_size)
+                if size > self.max_bytes:
+                    raise self.too_large(size, source.path)
+                await asyncio.to_thread(shutil.copyfile, path, dest)
+            except OSError as exc:  # e.g. a file the server may not read
+                raise InvalidArgument("DATASET_NOT_FOUND", f"dataset {source.path!r} cannot be read ({exc.strerror})",
+                                      violations=[FieldViolation("server_path", "cannot be read")]) from exc
+            return dest, source
+        if isinstance(source, S3Origin):
+            bucket, key = parse_s3_uri(source.uri, "s3_uri")
+            if self._objects is None:
+                raise FailedPrecondition(
+                    "S3_SOURCES_UNAVAILABLE", "this server's artifact store is not S3 (artifact_backend local), so it "
+                    "reads no s3:// sources; upload the file (UploadDataset) or name a server path",
+                    violations=[FieldViolation("s3_uri", "needs a server with artifact_backend s3")])
+            found = await self._objects.object_size(bucket, key)
+            if found is None:
+                raise InvalidArgument("DATASET_NOT_FOUND", f"there is no object {source.uri}",
+                                      violations=[FieldViolation("s3_uri", "no such object")])
+            if found > self.max_bytes:
+                raise self.too_large(found, source.uri)
+            await self._objects.download(bucket, key, dest)
+            return dest, source
+        if self._feedback is None:
+            raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
+        built = await self._feedback.build(source, Objective.SFT)
+        data = b"".join(_jsonl_line(e) for e in built.examples)
+        if len(data) > self.max_bytes:
+            raise self.too_large(len(data), "the feedback window")
+        await asyncio.to_thread(dest.write_bytes, data)
+        return dest, FeedbackOrigin(source, built.window_start, built.window_end)
+
+    async def _inspect(self, path: Path, split: SplitRule, *, label: str, field_path: str,
+                       expect_sha256: str = "") -> tuple[DatasetContent, builtins.list[Example]]:
+        """Hash ``path`` (matching ``expect_sha256``, if given), validate it with the training path's validator,
+        line by line, and count the splits."""
+
+        def inspect() -> tuple[DatasetContent, builtins.list[Example]]:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise self.too_large(size, label)
+            sha = _sha256(path)
+            if expect_sha256 and sha != expect_sha256:
+                raise InvalidArgument(
+                    "SHA256_MISMATCH", f"the bytes received have sha256 {sha}, not the declared {expect_sha256}; "
+                    "nothing was stored",
+                    violations=[FieldViolation("metadata.sha256", "does not match the bytes sent")],
+                    metadata={"declared": expect_sha256, "received": sha})
+            examples = load_jsonl(path, label=label, field_path=field_path)
+            rule = normalised(split)
+            parts = rule.apply(examples) if rule.splits else {Split.TRAIN: examples}
+            counts = SplitCounts(*(len(parts.get(s, [])) for s in (Split.TRAIN, Split.EVAL, Split.TEST)))
+            return DatasetContent(sha256=sha, size_bytes=size, digest=dataset_digest(examples),
+                                  example_count=len(examples), composition=composition(examples), split=rule,
+                                  counts=counts), examples
+
+        return await asyncio.to_thread(inspect)
+
+    async def _check_object(self, key: str, sha256: str, name: str) -> None:
+        """The object already at a content key must hold that content."""
+        async with self._scratch() as scratch:
+            await self._store.get_file(key, scratch / "existing")
+            if await asyncio.to_thread(_sha256, scratch / "existing") != sha256:
+                raise _checksum_mismatch(name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _jsonl_line(example: Example) -> bytes:
+    """An example as a JSONL line ``load_jsonl`` reads back as the same example (its canonical form)."""
+    return json.dumps(example.canonical(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _label(origin: Origin) -> str:
+    if isinstance(origin, ServerPathOrigin):
+        return origin.path
+    if isinstance(origin, S3Origin):
+        return origin.uri
+    return "from feedback"
+
+
+def _field(origin: Origin) -> str:
+    return {"server_path": "server_path", "s3": "s3_uri"}.get(origin.kind, "feedback")
+
+
+def _checksum_mismatch(name: str) -> DataLoss:
+    return DataLoss("DATASET_CHECKSUM_MISMATCH", f"the stored bytes of {name} do not match their sha256",
+                    metadata={"name": name})
+
