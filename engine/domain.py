@@ -66,6 +66,18 @@ class FeedbackSource:
 
 
 @dataclass(frozen=True)
+class StoredDatasetSource:
+    """A dataset stored by the DatasetService: ``datasets/{dataset}`` (its newest version when a job is created) or
+    ``datasets/{dataset}/versions/{n}``; a job trains on its train split (engine.training.stored_datasets)."""
+
+    name: str
+    kind: Literal["dataset"] = "dataset"
+
+
+DataSource = JsonlSource | FeedbackSource | StoredDatasetSource
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     """What a run's data was, and where it came from (its provenance), resolved once when the job is created.
 
@@ -80,7 +92,7 @@ class DatasetSummary:
     target_token_count: int = 0
     window_start: datetime | None = None
     window_end: datetime | None = None
-    source: JsonlSource | FeedbackSource | None = None  # None: not known (recorded before provenance existed)
+    source: DataSource | None = None  # None: not known (recorded before provenance existed); a stored one pinned
     objective: Objective | None = None
 
 

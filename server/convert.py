@@ -23,6 +23,7 @@ from engine.domain import (
     JsonlSource,
     LoraSpec,
     Objective,
+    StoredDatasetSource,
 )
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
@@ -45,6 +46,7 @@ from engine.training.spec import (
     TrainingJob,
     TrainingJobSpec,
 )
+from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from server.errors import failure_status
@@ -192,14 +194,20 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         space=space,
     )
     source = msg.WhichOneof("dataset")
-    dataset: JsonlSource | FeedbackSource
+    dataset: JsonlSource | FeedbackSource | StoredDatasetSource
     if source == "jsonl":
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
         dataset = JsonlSource(path=msg.jsonl.path)
     elif source == "feedback":
         dataset = feedback_source_from_pb(msg.feedback)
+    elif source == "dataset_name":
+        try:
+            parse_dataset_name(msg.dataset_name, "spec.dataset_name")
+        except InvalidArgument as exc:
+            issues.violations.extend(exc.violations)
+        dataset = StoredDatasetSource(name=msg.dataset_name)
     else:
-        issues.add("spec.dataset", "set spec.jsonl or spec.feedback")
+        issues.add("spec.dataset", "set spec.jsonl, spec.feedback or spec.dataset_name")
         dataset = JsonlSource(path="")
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
@@ -253,6 +261,8 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
     )
     if isinstance(spec.dataset, JsonlSource):
         msg.jsonl.path = spec.dataset.path
+    elif isinstance(spec.dataset, StoredDatasetSource):
+        msg.dataset_name = spec.dataset.name
     else:
         msg.feedback.CopyFrom(feedback_source_to_pb(spec.dataset))
     return msg
@@ -336,6 +346,8 @@ def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
         msg.jsonl.path = s.source.path
     elif isinstance(s.source, FeedbackSource):
         msg.feedback.CopyFrom(feedback_source_to_pb(s.source))
+    elif isinstance(s.source, StoredDatasetSource):
+        msg.dataset_name = s.source.name
     return msg
 
 

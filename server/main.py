@@ -270,7 +270,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         index=PostgresDatasetIndex(pool), store=owned.store, feedback=feedback_datasets,
         objects=owned.store if isinstance(owned.store, S3ArtifactStore) else None,  # s3:// sources: its client
     )
-    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets)
+    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets, stored=stored_datasets)
     if serve:
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
@@ -288,6 +288,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         ),
         registry,
         feedback_datasets,
+        datasets=stored_datasets,
     )
     slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
     snapshots = FisherSnapshotStore(pool, owned.store)

@@ -1,8 +1,9 @@
 """The examples an adapter version was trained on, for its Fisher and for replay (``engine.continual``).
 
 A version trained on a JSONL file reads that file again, verified against the digest recorded on the
-version. A version trained on feedback has its dataset rebuilt from PostgreSQL over the window it was built
-on, with the filters and objective recorded on it as its dataset's provenance
+version; one trained on a stored dataset reads the train split of the dataset version recorded on it (immutable,
+kept while the adapter version is published). A version trained on feedback has its dataset rebuilt from
+PostgreSQL over the window it was built on, with the filters and objective recorded on it as its dataset's provenance
 (``FeedbackDatasetBuilder.rebuild``). Events deleted since, by
 ``DeleteUserFeedback`` or otherwise, are gone from the rebuilt set, so a forgotten user's data never comes
 back through a Fisher or a replay. When events of that window were deleted, or arrived late, the rebuilt set
@@ -18,11 +19,20 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.domain import DatasetSummary, Example, FeedbackSource, JsonlSource, Objective, dataset_digest
-from engine.errors import FailedPrecondition
+from engine.domain import (
+    DatasetSummary,
+    Example,
+    FeedbackSource,
+    JsonlSource,
+    Objective,
+    StoredDatasetSource,
+    dataset_digest,
+)
+from engine.errors import FailedPrecondition, NotFound
 from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.registry import AdapterRecord
 from engine.training.datasets import load_jsonl, resolve_dataset_path
+from engine.training.stored_datasets import StoredDatasets
 
 SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 
@@ -34,9 +44,11 @@ class VersionData:
 
 
 class VersionDatasets:
-    def __init__(self, *, datasets_dir: Path, feedback: FeedbackDatasetBuilder | None = None) -> None:
+    def __init__(self, *, datasets_dir: Path, feedback: FeedbackDatasetBuilder | None = None,
+                 stored: StoredDatasets | None = None) -> None:
         self._datasets_dir = datasets_dir
         self._feedback = feedback
+        self._stored = stored
 
     async def of(self, record: AdapterRecord) -> VersionData:
         """The examples ``record`` was trained on, from the provenance recorded on it; FAILED_PRECONDITION if
@@ -45,6 +57,8 @@ class VersionDatasets:
         source = summary.source if summary is not None else None
         if isinstance(source, JsonlSource):
             return VersionData(await self._jsonl(record, source))
+        if isinstance(source, StoredDatasetSource) and self._stored is not None:
+            return VersionData(await _stored_dataset(self._stored, record, source))
         if isinstance(source, FeedbackSource) and self._feedback is not None and summary is not None \
                 and summary.window_start is not None and summary.window_end is not None:
             return await self._rebuilt(record, summary, source)
@@ -93,3 +107,17 @@ class VersionDatasets:
             f"{summary.example_count} {record.version} was trained on (events deleted or arrived since)"
         )
         return VersionData(examples, note)
+
+
+async def _stored_dataset(stored: StoredDatasets, record: AdapterRecord, source: StoredDatasetSource) -> list[Example]:
+    """The train split of the dataset version ``record`` was trained on."""
+    try:
+        _, examples = await stored.training_examples(source.name, SNAPSHOT_FIELD)
+    except NotFound as exc:  # deleted despite the version (a delete that raced the job publishing it)
+        raise FailedPrecondition(
+            "PARENT_DATASET_UNKNOWN",
+            f"{source.name}, which {record.version} was trained on, is gone; "
+            f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+            metadata={"version": record.version, "dataset": source.name},
+        ) from exc
+    return examples

@@ -16,7 +16,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from engine.domain import LORA_FIELDS, DatasetSummary, Example, FeedbackSource, JsonlSource, Objective, dataset_digest
+from engine.domain import (
+    LORA_FIELDS,
+    DatasetSummary,
+    Example,
+    FeedbackSource,
+    JsonlSource,
+    Objective,
+    StoredDatasetSource,
+    dataset_digest,
+)
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.feedback.dataset import FeedbackDataset, FeedbackDatasetBuilder
 from engine.registry import AdapterRecord, AdapterRegistry
@@ -24,8 +33,10 @@ from engine.registry.peft_checks import module_names, validate_lora
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 from engine.training.models import resolve_base_model
 from engine.training.spec import TrainingJobSpec
+from engine.training.stored_datasets import StoredDatasets
 
 Window = tuple[datetime | None, datetime | None]  # a feedback dataset's [start, end], as recorded
+STORED_FIELD = "spec.dataset_name"
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,13 @@ class PreparedInputs:
 
 class JobPreparer:
     def __init__(
-        self, config: PreparerConfig, registry: AdapterRegistry, feedback: FeedbackDatasetBuilder | None = None
+        self, config: PreparerConfig, registry: AdapterRegistry, feedback: FeedbackDatasetBuilder | None = None,
+        datasets: StoredDatasets | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._feedback = feedback
+        self._datasets = datasets
 
     async def validate(self, spec: TrainingJobSpec) -> PreparedInputs:
         """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
@@ -81,7 +94,8 @@ class JobPreparer:
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         if recorded is None or recorded.digest == "":
             return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
-        dataset = await self._dataset(spec, window=(recorded.window_start, recorded.window_end))
+        pinned = recorded.source if isinstance(recorded.source, StoredDatasetSource) else None
+        dataset = await self._dataset(spec, window=(recorded.window_start, recorded.window_end), pinned=pinned)
         note = ""
         if dataset.summary.digest != recorded.digest:
             if isinstance(spec.dataset, JsonlSource):
@@ -107,10 +121,11 @@ class JobPreparer:
         )
 
     async def _dataset(
-        self, spec: TrainingJobSpec, *, window: Window | None = None
+        self, spec: TrainingJobSpec, *, window: Window | None = None, pinned: StoredDatasetSource | None = None
     ) -> ResolvedDataset:
-        """Load and check the whole dataset: a JSONL file, or one built from feedback (engine.feedback.dataset)
-        over the window ending now, or over ``window`` when resolving a created job again."""
+        """Load and check the whole dataset: a JSONL file, one built from feedback (engine.feedback.dataset)
+        over the window ending now, or over ``window`` when resolving a created job again, or a stored dataset's
+        train split (the version ``pinned`` when resolving a created job again)."""
         kto = spec.objective is Objective.KTO
         if isinstance(spec.dataset, FeedbackSource):
             built = await self._feedback_dataset(spec.dataset, spec.objective, window)
@@ -126,11 +141,24 @@ class JobPreparer:
                 "the KTO objective needs desirable/undesirable labels, which only feedback datasets carry",
                 violations=[FieldViolation("spec.objective", "use OBJECTIVE_KTO with spec.feedback")],
             )
+        if isinstance(spec.dataset, StoredDatasetSource):
+            return await self._stored_dataset(pinned or spec.dataset, spec.objective)
         path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
         examples = await asyncio.to_thread(load_jsonl, path)
         summary = DatasetSummary(
             digest=dataset_digest(examples), example_count=len(examples), composition=(("jsonl", len(examples)),),
             source=spec.dataset, objective=spec.objective,
+        )
+        return ResolvedDataset(examples, summary)
+
+    async def _stored_dataset(self, source: StoredDatasetSource, objective: Objective) -> ResolvedDataset:
+        if self._datasets is None:
+            raise FailedPrecondition("STORED_DATASETS_UNAVAILABLE", "this server has no dataset store",
+                                     violations=[FieldViolation(STORED_FIELD, "use spec.jsonl")])
+        record, examples = await self._datasets.training_examples(source.name, STORED_FIELD)
+        summary = DatasetSummary(
+            digest=dataset_digest(examples), example_count=len(examples), composition=(("dataset", len(examples)),),
+            source=StoredDatasetSource(record.name), objective=objective,
         )
         return ResolvedDataset(examples, summary)
 

@@ -17,6 +17,7 @@ from engine.domain import (
     JsonlSource,
     LoraSpec,
     Objective,
+    StoredDatasetSource,
 )
 from engine.jobs.core import Job, JobKind
 
@@ -98,7 +99,7 @@ class TrainingJobSpec:
     """Everything a job is asked to do, with defaults filled in. Immutable."""
 
     base_model: str
-    dataset: JsonlSource | FeedbackSource
+    dataset: JsonlSource | FeedbackSource | StoredDatasetSource
     lora: LoraSpec = field(default_factory=LoraSpec)
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     objective: Objective = Objective.SFT

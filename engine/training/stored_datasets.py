@@ -16,8 +16,10 @@ or a window of feedback (frozen as JSONL), always the same way:
    reaches step 2.
 
 Each version records the sha256 of its bytes, the digest of its normalised examples (``dataset_digest``, as a
-job's DatasetSummary), its split rule (engine.splits) and the examples per split. A version is deleted only
-while no training job that has not ended, and no published adapter version, names it.
+job's DatasetSummary), its split rule (engine.splits) and the examples per split. A training job naming a
+dataset trains on its train split; the version it resolved to is recorded as the job's and the adapter
+version's dataset provenance, so ``engine.continual.version_data`` finds the same examples again. A version
+is deleted only while no training job that has not ended, and no published adapter version, names it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from engine.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
 )
 from engine.feedback.dataset import FeedbackDatasetBuilder
@@ -345,6 +348,29 @@ class StoredDatasets:
     async def delete(self, name: str) -> builtins.list[StoredDataset]:
         target = parse_dataset_name(name)
         return await self._index.delete(target.dataset_id, target.version, self._store.delete)
+
+    async def training_examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example]]:
+        """The version ``name`` names (its newest, unpinned) and the examples of its train split (all of them
+        without a split rule), read back and checked against the recorded sha256."""
+        target = parse_dataset_name(name, field_path)
+        record = await self._index.get(target.dataset_id, target.version)
+        async with self._scratch() as scratch:
+            path = scratch / "data.jsonl"
+            try:
+                await self._store.get_file(record.key, path)
+            except NotFound as exc:
+                raise DataLoss("ARTIFACT_MISSING", f"the bytes of {record.name} are missing from the artifact store",
+                               metadata={"name": record.name, "key": record.key}) from exc
+            if await asyncio.to_thread(_sha256, path) != record.content.sha256:
+                raise _checksum_mismatch(record.name)
+            examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
+        rule = record.content.split
+        train = rule.apply(examples)[Split.TRAIN] if rule.splits else examples
+        if not train:
+            raise InvalidArgument(
+                "DATASET_EMPTY", f"the train split of {record.name} holds no examples",
+                violations=[FieldViolation(field_path, "the train split of this version is empty")])
+        return record, train
 
     # ---- pieces -------------------------------------------------------------------------
 

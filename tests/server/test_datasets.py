@@ -12,16 +12,20 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine.continual.version_data import VersionDatasets
 from engine.domain import dataset_digest
 from engine.splits import Split, SplitRule
 from engine.training.datasets import load_jsonl
+from learning.v1 import adapter_pb2 as adapter_pb
+from learning.v1 import adapter_pb2_grpc as adapter_grpc
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as pb
 from learning.v1 import dataset_pb2_grpc as pb_grpc
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
+from learning.v1 import training_pb2 as training_pb
 from tests.fixtures.seaweedfs import ACCESS_KEY, SECRET_KEY
-from tests.server.conftest import error_details
+from tests.server.conftest import TINY, error_details, watch_all
 
 LIMIT = 64 * 1024  # dataset_max_bytes of these servers
 SPLIT = pb.SplitRule(eval_fraction=0.25, test_fraction=0.125, seed=3)
@@ -241,6 +245,58 @@ async def test_a_dataset_from_a_feedback_window_is_frozen(make_pg_server):
     code, reason, _ = await refused(stub(client).CreateDataset(pb.CreateDatasetRequest(
         name="datasets/week", feedback=common.FeedbackDataset(days=1, min_samples=10))))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "FEEDBACK_DATASET_TOO_SMALL")
+
+
+async def test_training_by_dataset_name_records_the_version_and_delete_waits_for_its_users(
+    make_pg_server, data_dir: Path
+):
+    client = await make_pg_server()
+    datasets = stub(client)
+    data = (data_dir / "datasets" / "capitals.jsonl").read_bytes()
+    version = (await datasets.UploadDataset(upload_messages("datasets/capitals", data, split=SPLIT))).dataset
+    hyper = training_pb.Hyperparameters(epochs=1, batch_size=4, learning_rate=5e-3, max_seq_length=128, seed=7)
+
+    refused_spec = await refused(client.training.CreateTrainingJob(training_pb.CreateTrainingJobRequest(
+        spec=training_pb.TrainingJobSpec(dataset_name="datasets/nope", hyperparameters=hyper))))
+    assert refused_spec[:2] == (grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND")
+    malformed = await refused(client.training.CreateTrainingJob(training_pb.CreateTrainingJobRequest(
+        spec=training_pb.TrainingJobSpec(dataset_name="datasets/../x", hyperparameters=hyper))))
+    assert malformed[1] == "INVALID_TRAINING_SPEC" and malformed[2][0][0] == "spec.dataset_name"
+
+    created = (await client.training.CreateTrainingJob(training_pb.CreateTrainingJobRequest(
+        spec=training_pb.TrainingJobSpec(dataset_name="datasets/capitals", hyperparameters=hyper)))).training_job
+    assert created.spec.dataset_name == "datasets/capitals"
+    assert created.dataset.dataset_name == version.name  # resolved and pinned when the job was created
+    assert created.dataset.example_count == version.split_counts.train
+    in_use = await refused(datasets.DeleteDataset(pb.DeleteDatasetRequest(name=version.name)))
+    assert in_use[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "DATASET_IN_USE")
+
+    messages = await watch_all(client.training, created.name)
+    job = (await client.training.GetTrainingJob(training_pb.GetTrainingJobRequest(name=created.name))).training_job
+    assert job.state == common.JOB_STATE_SUCCEEDED, messages[-1]
+    steps = [m.event.step_metrics for m in messages if m.HasField("event") and m.event.HasField("step_metrics")]
+    assert steps[-1].total_steps == -(-version.split_counts.train // 4)  # the train split, batches of 4
+    adapter = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(
+        adapter_pb.GetAdapterRequest(version=job.output_adapter_version))).adapter
+    assert adapter.dataset.dataset_name == version.name and adapter.dataset.digest == job.dataset.digest
+
+    # what a continuation of that version finds as its data: the train split, read back from the store
+    engine = client.app.engine
+    record = await engine.adapters.get(TINY, job.output_adapter_version)
+    found = await VersionDatasets(datasets_dir=data_dir / "datasets", stored=engine.datasets).of(record)
+    train = SplitRule(0.25, 0.125, 3).apply(load_jsonl(data_dir / "datasets" / "capitals.jsonl"))[Split.TRAIN]
+    assert found.examples == train and dataset_digest(found.examples) == adapter.dataset.digest
+
+    in_use = await refused(datasets.DeleteDataset(pb.DeleteDatasetRequest(name="datasets/capitals")))
+    assert in_use[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "DATASET_IN_USE")  # the published version
+    await adapter_grpc.AdapterServiceStub(client.channel).DeleteAdapter(
+        adapter_pb.DeleteAdapterRequest(version=job.output_adapter_version))
+    deleted = await datasets.DeleteDataset(pb.DeleteDatasetRequest(name="datasets/capitals"))
+    assert list(deleted.deleted) == [version.name] and stored_files(data_dir) == []
+    gone = await refused(datasets.GetDataset(pb.GetDatasetRequest(name=version.name)))
+    assert gone[:2] == (grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND")
+    again = (await datasets.UploadDataset(upload_messages("datasets/capitals", data, split=SPLIT))).dataset
+    assert again.version == 2  # a deleted version's number is not given again
 
 
 @pytest.mark.full_stack

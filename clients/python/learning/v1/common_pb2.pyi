@@ -130,7 +130,7 @@ class BaseRetention(_message.Message):
     def __init__(self, retention: _Optional[float] = ..., kept: _Optional[int] = ..., cases: _Optional[int] = ..., lost: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
-    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback")
+    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback", "dataset_name")
     class CompositionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class DatasetSummary(_message.Message):
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     JSONL_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAME_FIELD_NUMBER: _ClassVar[int]
     digest: str
     example_count: int
     composition: _containers.ScalarMap[str, int]
@@ -154,7 +155,8 @@ class DatasetSummary(_message.Message):
     window_end: _timestamp_pb2.Timestamp
     jsonl: JsonlDataset
     feedback: FeedbackDataset
-    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jsonl: _Optional[_Union[JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackDataset, _Mapping]] = ...) -> None: ...
+    dataset_name: str
+    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jsonl: _Optional[_Union[JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackDataset, _Mapping]] = ..., dataset_name: _Optional[str] = ...) -> None: ...
 
 class JsonlDataset(_message.Message):
     __slots__ = ("path",)

@@ -33,7 +33,8 @@ class DatasetServiceStub:
     content-addressed: the sha256 of its bytes and the digest of its normalised
     examples are recorded, and storing the same bytes with the same split again
     under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL.
+    store, metadata in PostgreSQL. Training jobs name a dataset in
+    TrainingJobSpec.dataset_name.
     """
 
     def __init__(self, channel):
@@ -82,7 +83,8 @@ class DatasetServiceServicer:
     content-addressed: the sha256 of its bytes and the digest of its normalised
     examples are recorded, and storing the same bytes with the same split again
     under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL.
+    store, metadata in PostgreSQL. Training jobs name a dataset in
+    TrainingJobSpec.dataset_name.
     """
 
     def UploadDataset(self, request_iterator, context):
@@ -186,7 +188,8 @@ class DatasetService:
     content-addressed: the sha256 of its bytes and the digest of its normalised
     examples are recorded, and storing the same bytes with the same split again
     under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL.
+    store, metadata in PostgreSQL. Training jobs name a dataset in
+    TrainingJobSpec.dataset_name.
     """
 
     @staticmethod

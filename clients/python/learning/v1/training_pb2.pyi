@@ -97,7 +97,7 @@ class EwcConfig(_message.Message):
     def __init__(self, ewc_lambda: _Optional[float] = ..., gamma: _Optional[float] = ..., fisher_snapshot: _Optional[str] = ..., replay_fraction: _Optional[float] = ..., disabled: _Optional[bool] = ..., fisher_space: _Optional[_Union[_common_pb2.FisherSpace, str]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "jsonl", "feedback", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels", "checkpoints", "base_protection")
+    __slots__ = ("base_model", "jsonl", "feedback", "dataset_name", "lora", "hyperparameters", "objective", "parent_adapter_version", "ewc", "major_version_bump", "labels", "checkpoints", "base_protection")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class TrainingJobSpec(_message.Message):
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     JSONL_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAME_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +121,7 @@ class TrainingJobSpec(_message.Message):
     base_model: str
     jsonl: _common_pb2.JsonlDataset
     feedback: _common_pb2.FeedbackDataset
+    dataset_name: str
     lora: _common_pb2.LoraConfig
     hyperparameters: Hyperparameters
     objective: Objective
@@ -129,7 +131,7 @@ class TrainingJobSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     checkpoints: CheckpointPolicy
     base_protection: _common_pb2.BaseProtection
-    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., checkpoints: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ...) -> None: ...
+    def __init__(self, base_model: _Optional[str] = ..., jsonl: _Optional[_Union[_common_pb2.JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., dataset_name: _Optional[str] = ..., lora: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., parent_adapter_version: _Optional[str] = ..., ewc: _Optional[_Union[EwcConfig, _Mapping]] = ..., major_version_bump: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., checkpoints: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., base_protection: _Optional[_Union[_common_pb2.BaseProtection, _Mapping]] = ...) -> None: ...
 
 class CheckpointPolicy(_message.Message):
     __slots__ = ("every_steps", "every_minutes", "keep")

@@ -713,7 +713,8 @@ export const ValidateDatasetResponseSchema: GenMessage<ValidateDatasetResponse> 
  * content-addressed: the sha256 of its bytes and the digest of its normalised
  * examples are recorded, and storing the same bytes with the same split again
  * under the same name returns the existing version. Bytes live in the artifact
- * store, metadata in PostgreSQL.
+ * store, metadata in PostgreSQL. Training jobs name a dataset in
+ * TrainingJobSpec.dataset_name.
  *
  * @generated from service learning.v1.DatasetService
  */
