@@ -47,6 +47,7 @@ from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_queue import SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.serving_state import PostgresServingState
+from engine.training.datasets import resolve_dataset_path
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
 from engine.training.runner import TrainingJobs, TrainingRunner
@@ -313,10 +314,13 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         store=PostgresJobStore(pool, FISHER, notifications), queue=queue, work_dir=settings.work_dir / "fisher",
         slots=slots, worker_id=worker_id,
     )
+    def suite_path(relative: str, field_path: str) -> Path:
+        return resolve_dataset_path(settings.datasets_dir, relative, field_path)
+
     # Evaluation jobs need the serving engine: they run where LoraControl does, one at a time, taken from their
     # own queue by their own worker (a training job never holds their place).
     evaluation_manager = JobManager(
-        runner=EvaluationRunner(owned.lora.controller, datasets_dir=settings.datasets_dir),
+        runner=EvaluationRunner(owned.lora.controller, suite_path=suite_path),
         store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
         work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
     ) if owned.lora is not None else None
@@ -337,7 +341,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         snapshots=snapshots,
         adapters=registry,
         lora=owned.lora.controller if owned.lora is not None else None,
-        evaluations=EvaluationJobs(evaluation_manager, registry=registry, datasets_dir=settings.datasets_dir)
+        evaluations=EvaluationJobs(evaluation_manager, registry=registry, suite_path=suite_path)
         if evaluation_manager is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,

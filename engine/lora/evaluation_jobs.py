@@ -21,10 +21,10 @@ from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
-from engine.training.datasets import resolve_dataset_path
 
 MAX_SUITES = 16
 PROGRESS_EVENTS = 100  # at most about this many progress events a job
+SuitePath = Callable[[str, str], Path]  # (path below the data root, the request field) -> the file; raises if bad
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,15 @@ class Evaluator(Protocol):  # the part of engine.lora.controller.LoraController 
 class EvaluationRunner:
     kind = EVALUATION
 
-    def __init__(self, control: Evaluator, *, datasets_dir: Path) -> None:
+    def __init__(self, control: Evaluator, *, suite_path: SuitePath) -> None:
         self._control = control
-        self._datasets_dir = datasets_dir
+        self._suite_path = suite_path
 
     async def run(self, ctx: JobContext[EvaluationJobSpec, EvaluationOutput]) -> str:
         spec = ctx.job.spec
         ctx.transition(JobState.PREPARING, "reading the suites")
-        paths = [await asyncio.to_thread(resolve_dataset_path, self._datasets_dir, p) for p in spec.suite_paths]
+        paths = [await asyncio.to_thread(self._suite_path, p, f"spec.suite_paths[{i}]")
+                 for i, p in enumerate(spec.suite_paths)]
         ctx.started(JobState.RUNNING, f"evaluating {spec.version} against "
                                       f"{spec.baseline_version or 'the active version'}")
         sink, cancel = ctx.sink, ctx.cancel
@@ -97,17 +98,17 @@ class EvaluationJobs:
     """The evaluation jobs servicers see: create (validated), get, list, cancel, watch."""
 
     def __init__(self, manager: JobManager[EvaluationJobSpec, EvaluationOutput], *, registry: AdapterRegistry,
-                 datasets_dir: Path) -> None:
+                 suite_path: SuitePath) -> None:
         self._manager = manager
         self._registry = registry
-        self._datasets_dir = datasets_dir
+        self._suite_path = suite_path
 
     async def create(self, spec: EvaluationJobSpec, *, request_id: str = "") -> EvaluationJob:
         await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
         if spec.baseline_version:
             await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
-        for path in spec.suite_paths:
-            await asyncio.to_thread(resolve_dataset_path, self._datasets_dir, path)
+        for i, path in enumerate(spec.suite_paths):
+            await asyncio.to_thread(self._suite_path, path, f"spec.suite_paths[{i}]")
         return await self._manager.submit(self._manager.new_job(spec, EvaluationOutput(), request_id=request_id))
 
     async def get(self, job_id: str) -> EvaluationJob:
