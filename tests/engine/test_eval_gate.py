@@ -124,7 +124,11 @@ def test_reports_and_suite_loading(tmp_path: Path):
     md = paths[1].read_text()
     assert "| golden | golden | 2 | 0.500 | 1.000 | FAILED: mean token-F1 drop 0.200" in md
     assert "candidate v1.0" in md and "baseline v1.0" in md  # the two sides are told apart
-    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in paths] == list(ev.REPORT_FILES)
+    page = paths[2].read_text()
+    assert page.startswith("<!doctype html>") and "<th>candidate v1.0</th><th>baseline v1.0</th>" in page
+    assert 'class=regressed><td>2</td><td>c</td>' in page  # the regressed case is marked
+    assert paths[3].read_bytes()[:4] == b"\x89PNG"
     assert dict(report.metrics)["golden.pass_rate"] == 0.5
     path.write_text('{"prompt": "a"}\n')
     with pytest.raises(InvalidArgument) as err:
