@@ -16,7 +16,7 @@ alike, so EWC does not protect them and replay does not teach them again.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.domain import (
@@ -31,6 +31,7 @@ from engine.domain import (
 from engine.errors import FailedPrecondition, NotFound
 from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.registry import AdapterRecord
+from engine.splits import Split
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 from engine.training.stored_datasets import StoredDatasets
 
@@ -39,8 +40,9 @@ SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 
 @dataclass(frozen=True)
 class VersionData:
-    examples: list[Example]
+    examples: list[Example]  # what it was trained on
     note: str = ""  # set when the examples are not exactly the dataset recorded on the version
+    held_out: list[Example] = field(default_factory=list)  # its eval split, never trained on
 
 
 class VersionDatasets:
@@ -51,8 +53,18 @@ class VersionDatasets:
         self._stored = stored
 
     async def of(self, record: AdapterRecord) -> VersionData:
-        """The examples ``record`` was trained on, from the provenance recorded on it; FAILED_PRECONDITION if
-        it has none (imported, or published before provenance was recorded and its job is gone)."""
+        """The examples ``record`` was trained on, and those its job held out as its eval split (the split
+        recorded on it), from the provenance recorded on it; FAILED_PRECONDITION if it has none (imported, or
+        published before provenance was recorded and its job is gone)."""
+        data = await self._dataset(record)
+        rule = record.eval_split
+        if rule is None:
+            return data
+        sides = [rule.of(e) for e in data.examples]
+        return VersionData([e for e, s in zip(data.examples, sides, strict=True) if s is Split.TRAIN], data.note,
+                           [e for e, s in zip(data.examples, sides, strict=True) if s is Split.EVAL])
+
+    async def _dataset(self, record: AdapterRecord) -> VersionData:
         summary = record.dataset
         source = summary.source if summary is not None else None
         if isinstance(source, JsonlSource):
@@ -110,9 +122,9 @@ class VersionDatasets:
 
 
 async def _stored_dataset(stored: StoredDatasets, record: AdapterRecord, source: StoredDatasetSource) -> list[Example]:
-    """The train split of the dataset version ``record`` was trained on."""
+    """The dataset version ``record`` was trained on, without its test split."""
     try:
-        _, examples = await stored.training_examples(source.name, SNAPSHOT_FIELD)
+        _, examples, _ = await stored.training_examples(source.name, SNAPSHOT_FIELD)
     except NotFound as exc:  # deleted despite the version (a delete that raced the job publishing it)
         raise FailedPrecondition(
             "PARENT_DATASET_UNKNOWN",

@@ -24,7 +24,6 @@ from engine.domain import BaseRetention, Example
 from engine.errors import FailedPrecondition
 from engine.lora.evaluation import GoldenCase, Suite, SuiteKind, cases_digest
 from engine.registry import AdapterRecord
-from engine.splits import Split
 
 
 class Lineages(Protocol):  # AdapterRegistry
@@ -38,6 +37,8 @@ class TrainedOn(Protocol):  # engine.continual.version_data.VersionData
     def examples(self) -> Sequence[Example]: ...
     @property
     def note(self) -> str: ...
+    @property
+    def held_out(self) -> Sequence[Example]: ...
 
 
 class VersionExamples(Protocol):  # engine.continual.version_data.VersionDatasets
@@ -78,24 +79,22 @@ class LineageSuites:
     async def suites(self, base_model: str, candidate: str, baseline: str) -> list[Suite]:
         """The target suite of ``candidate`` and its retention suite against ``baseline`` ("" = the base model)."""
         chain = await self._registry.lineage(base_model, candidate)
-        mine = chain[0]
-        examples, own_note = await self._examples(mine)
-        rule = mine.eval_split
-        own = _cases([e for e in examples if rule is None or rule.of(e) is Split.EVAL], set())
+        trained, held_out, own_note = await self._examples(chain[0])
+        own = _cases(held_out or trained, set())
         earlier = chain[1:]
         if baseline and baseline != candidate:
             seen = {r.version for r in chain}
             earlier += [r for r in await self._registry.lineage(base_model, baseline) if r.version not in seen]
-        asked = {c.prompt for c in _cases(examples, set())}  # a correction of an earlier answer is not forgetting
+        asked = {c.prompt for c in _cases([*trained, *held_out], set())}  # a correction is not forgetting
         kept: list[list[GoldenCase]] = []
         kept_note = ""
         for record in earlier:
-            theirs, note = await self._examples(record)
+            theirs, _, note = await self._examples(record)
             kept.append(_cases(theirs, asked))
             asked |= {c.prompt for c in kept[-1]}
             kept_note += note
         target, retention = self._pick([own]), self._pick(kept)
-        what = "held out of" if rule is not None else "trained on"
+        what = "held out of" if held_out else "trained on"
         names = ", ".join(r.version for r in earlier) or "none"
         return [
             Suite(name="target", kind=SuiteKind.TARGET, cases=tuple(target), digest=cases_digest(target),
@@ -108,13 +107,14 @@ class LineageSuites:
     async def base_retention(self, base_model: str, version: str) -> BaseRetention | None:
         return (await self._registry.get(base_model, version)).base_retention
 
-    async def _examples(self, record: AdapterRecord) -> tuple[Sequence[Example], str]:
-        """The version's examples and a note ("; ..."), or none and why, when its data is not known here."""
+    async def _examples(self, record: AdapterRecord) -> tuple[Sequence[Example], Sequence[Example], str]:
+        """What the version was trained on, what its job held out, and a note ("; ..."); none and why, when its
+        data is not known here."""
         try:
             data = await self._versions.of(record)
         except FailedPrecondition as exc:
-            return [], f"; {record.version} left out: {exc.message}"
-        return data.examples, f"; {record.version}: {data.note}" if data.note else ""
+            return [], [], f"; {record.version} left out: {exc.message}"
+        return data.examples, data.held_out, f"; {record.version}: {data.note}" if data.note else ""
 
     def _pick(self, groups: list[list[GoldenCase]]) -> list[GoldenCase]:
         """Up to ``max_cases`` cases in a stable order, taking from each group in turn."""

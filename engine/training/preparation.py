@@ -30,6 +30,7 @@ from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, N
 from engine.feedback.dataset import FeedbackDataset, FeedbackDatasetBuilder
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.peft_checks import module_names, validate_lora
+from engine.splits import SplitRule
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 from engine.training.models import resolve_base_model
 from engine.training.spec import TrainingJobSpec
@@ -53,6 +54,7 @@ class ResolvedDataset:
     examples: list[Example]
     summary: DatasetSummary  # digest, composition, window and provenance (source, objective)
     desirable: tuple[bool, ...] | None = None  # per example, KTO's labels (feedback datasets under KTO)
+    split: SplitRule | None = None  # the dataset's own eval split of ``examples`` (a stored dataset's), if any
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,12 @@ class JobPreparer:
         if self._datasets is None:
             raise FailedPrecondition("STORED_DATASETS_UNAVAILABLE", "this server has no dataset store",
                                      violations=[FieldViolation(STORED_FIELD, "use spec.jsonl")])
-        record, examples = await self._datasets.training_examples(source.name, STORED_FIELD)
+        record, examples, split = await self._datasets.training_examples(source.name, STORED_FIELD)
         summary = DatasetSummary(
             digest=dataset_digest(examples), example_count=len(examples), composition=(("dataset", len(examples)),),
             source=StoredDatasetSource(record.name), objective=objective,
         )
-        return ResolvedDataset(examples, summary)
+        return ResolvedDataset(examples, summary, split=split)
 
     async def _feedback_dataset(
         self, source: FeedbackSource, objective: Objective, window: Window | None

@@ -36,7 +36,7 @@ from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
 from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
 from engine.training.ports import ContinualPlanner, PlanRequest, Rehearsal
-from engine.training.preparation import JobPreparer, PreparedInputs
+from engine.training.preparation import JobPreparer, PreparedInputs, ResolvedDataset
 from engine.training.recipe import (
     Checkpointing,
     CheckpointSave,
@@ -116,7 +116,7 @@ class TrainingRunner:
             spec, dataset = inputs.spec, inputs.dataset
             parent_dir = await self._preparer.fetch_parent(inputs.parent, ctx.work_dir / "parent") \
                 if inputs.parent is not None else None
-            trained, held_out, desirable = self._split(ctx, spec, dataset.examples, dataset.desirable)
+            trained, held_out, desirable = self._split(ctx, spec, dataset)
             run = TrainingRun(
                 spec=spec, base_model_dir=inputs.model_dir, examples=trained, eval_examples=held_out,
                 output_dir=ctx.work_dir / "adapter", parent_adapter_dir=parent_dir,
@@ -164,10 +164,15 @@ class TrainingRunner:
         return f"published adapter {record.version}"
 
     @staticmethod
-    def _split(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec, examples: list[Example],
-               desirable: tuple[bool, ...] | None) -> tuple[list[Example], list[Example], tuple[bool, ...] | None]:
-        """(trained on, held out, KTO labels of those trained on) under the job's eval split."""
-        rule = eval_split(spec)
+    def _split(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec, dataset: ResolvedDataset,
+               ) -> tuple[list[Example], list[Example], tuple[bool, ...] | None]:
+        """(trained on, held out, KTO labels of those trained on) under the eval split: the dataset's own (a
+        stored dataset's), else the job's; the rule used is recorded on the job, and on its version."""
+        examples, desirable = dataset.examples, dataset.desirable
+        rule = dataset.split or eval_split(spec)
+        if dataset.split is not None and spec.hyperparameters.eval_fraction > 0:
+            ctx.record(Noticed("EVAL_SPLIT_OF_THE_DATASET", "the dataset's own eval split is held out; the job's "
+                                                            "eval_fraction is not applied on top of it"))
         if rule is None:
             return examples, [], desirable
         sides = [rule.of(e) is Split.EVAL for e in examples]
@@ -179,6 +184,7 @@ class TrainingRunner:
             return examples, [], desirable
         ctx.record(Noticed("EVAL_SPLIT", f"held out {len(held_out)} of {len(examples)} examples as the eval split "
                                          f"(by prompt, seed {rule.seed}): never trained on"))
+        ctx.set_output(replace(ctx.job.output, eval_split=rule))
         trained = [e for e, out in zip(examples, sides, strict=True) if not out]
         labels = tuple(d for d, out in zip(desirable, sides, strict=True) if not out) if desirable is not None \
             else None
@@ -351,7 +357,7 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         dataset=job.output.dataset,
         train_loss=train_loss,
         eval_loss=eval_loss,
-        eval_split=eval_split(spec),
+        eval_split=job.output.eval_split,
         base_retention=base_retention,
         base_protection=spec.base_protection,
         base_rehearsed_examples=job.output.base_rehearsed_examples,

@@ -20,6 +20,7 @@ from engine.domain import (
     StoredDatasetSource,
 )
 from engine.jobs.core import Job, JobKind
+from engine.splits import SplitRule
 
 
 class Precision(enum.StrEnum):
@@ -205,6 +206,7 @@ class TrainingOutput:
     base_retention: BaseRetention | None = None  # measured after training (None: not measured)
     base_rehearsed_examples: int = 0  # the base model's answers mixed into training (self-rehearsal)
     metrics_artifacts: MetricsArtifacts | None = None  # stored when it ended (best effort)
+    eval_split: SplitRule | None = None  # what held its eval split out of ``dataset``'s examples (None: nothing)
 
 
 TRAINING = JobKind("training", "trainingJobs", TrainingJobSpec, TrainingOutput,

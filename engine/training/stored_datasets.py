@@ -349,9 +349,11 @@ class StoredDatasets:
         target = parse_dataset_name(name)
         return await self._index.delete(target.dataset_id, target.version, self._store.delete)
 
-    async def training_examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example]]:
-        """The version ``name`` names (its newest, unpinned) and the examples of its train split (all of them
-        without a split rule), read back and checked against the recorded sha256."""
+    async def training_examples(self, name: str, field_path: str,
+                                ) -> tuple[StoredDataset, builtins.list[Example], SplitRule | None]:
+        """The version ``name`` names (its newest, unpinned), its examples less its test split, and the rule
+        that holds its eval split out of them (None: every one is trained on), read back and checked against
+        the recorded sha256."""
         target = parse_dataset_name(name, field_path)
         record = await self._index.get(target.dataset_id, target.version)
         async with self._scratch() as scratch:
@@ -365,12 +367,16 @@ class StoredDatasets:
                 raise _checksum_mismatch(record.name)
             examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
         rule = record.content.split
-        train = rule.apply(examples)[Split.TRAIN] if rule.splits else examples
+        parts = rule.apply(examples)
+        train = parts[Split.TRAIN]
         if not train:
             raise InvalidArgument(
                 "DATASET_EMPTY", f"the train split of {record.name} holds no examples",
                 violations=[FieldViolation(field_path, "the train split of this version is empty")])
-        return record, train
+        if not rule.splits:
+            return record, examples, None
+        kept = [e for e in examples if rule.of(e) is not Split.TEST]
+        return record, kept, rule if parts[Split.EVAL] else None
 
     # ---- pieces -------------------------------------------------------------------------
 

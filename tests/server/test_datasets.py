@@ -267,7 +267,8 @@ async def test_training_by_dataset_name_records_the_version_and_delete_waits_for
         spec=training_pb.TrainingJobSpec(dataset_name="datasets/capitals", hyperparameters=hyper)))).training_job
     assert created.spec.dataset_name == "datasets/capitals"
     assert created.dataset.dataset_name == version.name  # resolved and pinned when the job was created
-    assert created.dataset.example_count == version.split_counts.train
+    # the train and eval splits (the test split is never used by training): the eval split is held out
+    assert created.dataset.example_count == version.split_counts.train + version.split_counts.eval
     in_use = await refused(datasets.DeleteDataset(pb.DeleteDatasetRequest(name=version.name)))
     assert in_use[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "DATASET_IN_USE")
 
@@ -276,16 +277,24 @@ async def test_training_by_dataset_name_records_the_version_and_delete_waits_for
     assert job.state == common.JOB_STATE_SUCCEEDED, messages[-1]
     steps = [m.event.step_metrics for m in messages if m.HasField("event") and m.event.HasField("step_metrics")]
     assert steps[-1].total_steps == -(-version.split_counts.train // 4)  # the train split, batches of 4
+    notices = {m.event.notice.code: m.event.notice.message for m in messages
+               if m.HasField("event") and m.event.HasField("notice")}
+    assert notices["EVAL_SPLIT"].startswith(f"held out {version.split_counts.eval} of "
+                                            f"{version.split_counts.train + version.split_counts.eval} examples")
     adapter = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(
         adapter_pb.GetAdapterRequest(version=job.output_adapter_version))).adapter
     assert adapter.dataset.dataset_name == version.name and adapter.dataset.digest == job.dataset.digest
+    assert adapter.eval_fraction == 0.25 and adapter.HasField("eval_loss")  # the dataset's own eval split
 
-    # what a continuation of that version finds as its data: the train split, read back from the store
+    # what a continuation of that version finds as its data: the train split (and, apart, the eval split the
+    # gate measures it on), read back from the store
     engine = client.app.engine
     record = await engine.adapters.get(TINY, job.output_adapter_version)
     found = await VersionDatasets(datasets_dir=data_dir / "datasets", stored=engine.datasets).of(record)
-    train = SplitRule(0.25, 0.125, 3).apply(load_jsonl(data_dir / "datasets" / "capitals.jsonl"))[Split.TRAIN]
-    assert found.examples == train and dataset_digest(found.examples) == adapter.dataset.digest
+    parts = SplitRule(0.25, 0.125, 3).apply(load_jsonl(data_dir / "datasets" / "capitals.jsonl"))
+    assert found.examples == parts[Split.TRAIN] and found.held_out == parts[Split.EVAL]
+    assert dataset_digest([e for e in load_jsonl(data_dir / "datasets" / "capitals.jsonl")
+                           if e not in parts[Split.TEST]]) == adapter.dataset.digest
 
     in_use = await refused(datasets.DeleteDataset(pb.DeleteDatasetRequest(name="datasets/capitals")))
     assert in_use[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "DATASET_IN_USE")  # the published version
