@@ -69,6 +69,20 @@ SWAP_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+GATEWAY_REQUESTS = Counter(
+    "learning_engine_gateway_requests",
+    "Completion requests through the gateway, by the upstream model that served them (the adapter's versioned "
+    "name, or the base model) and HTTP status.",
+    ["model", "status"],
+    registry=REGISTRY,
+)
+GATEWAY_SECONDS = Histogram(
+    "learning_engine_gateway_request_duration_seconds",
+    "Gateway completion latency (to the last byte, streams included) by upstream model.",
+    ["model"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 
 
 _job_states: dict[tuple[str, str], str] = {}
@@ -111,6 +125,12 @@ def active_adapter(base_model: str, version: str | None) -> None:
     if version:
         _active[base_model] = version
         ACTIVE_ADAPTER.labels(base_model, version).set(1)
+
+
+def gateway_request(model: str, status: int, seconds: float) -> None:
+    """One completion through the gateway, served by ``model`` (502 when the serving engine did not answer)."""
+    GATEWAY_REQUESTS.labels(model, str(status)).inc()
+    GATEWAY_SECONDS.labels(model).observe(seconds)
 
 
 def swap_finished(kind: str, seconds: float) -> None:

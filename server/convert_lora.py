@@ -45,7 +45,7 @@ def status_to_pb(status: LoraStatus) -> pb.LoraStatus:
         active_version=status.active_version, previous_version=status.previous_version,
         known_good_version=status.known_good_version, alias=status.alias,
         loaded=[loaded_to_pb(a) for a in status.loaded], serving_reachable=status.serving_reachable,
-        server_version=SERVER_VERSION,
+        server_version=SERVER_VERSION, gateway_url=status.gateway_url,
     )
     if status.last_operation is not None:
         msg.last_operation.CopyFrom(operation_to_pb(status.last_operation))

@@ -141,10 +141,12 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
         raise port_taken("gateway", settings.host, settings.gateway_port, "gateway_port", exc) from exc
     undo.push_async_callback(gateway.stop)
     store = PostgresLoraStore(pool, PostgresServingState(pool))
+    scheme = "https" if settings.tls_cert_file is not None else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config = ControlConfig(
         base_model=settings.default_base_model, alias=settings.lora_alias,
         served_base_name=settings.serving_base_model_name, drain_timeout_seconds=settings.drain_timeout_seconds,
-        smoke_prompt=settings.smoke_prompt,
+        smoke_prompt=settings.smoke_prompt, gateway_url=f"{scheme}://{host}:{gateway.port}",
         eval_suite=(settings.datasets_dir / settings.eval_suite_path) if settings.eval_suite_path else None,
         gate=settings.eval_gate, eval_max_tokens=settings.eval_max_tokens,
         thresholds=ev.GateThresholds(

@@ -55,6 +55,7 @@ class ControlConfig:
     drain_timeout_seconds: float = 30.0
     smoke_prompt: str = "Hello"
     smoke_max_tokens: int = 4
+    gateway_url: str = ""  # where clients reach the alias (reported in the status)
     eval_suite: Path | None = None  # the operator's golden suite, if any
     gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
     eval_max_tokens: int = 32
@@ -161,7 +162,7 @@ class LoraController:
             target=self.target, base_model=s.base_model, enabled=s.enabled, active_version=s.active_version,
             previous_version=s.previous_version, known_good_version=s.known_good_version,
             alias=self.config.alias, loaded=self._loaded, last_operation=self._last,
-            serving_reachable=self._reachable,
+            serving_reachable=self._reachable, gateway_url=self.config.gateway_url,
         )
 
     async def status(self) -> LoraStatus:

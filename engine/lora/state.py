@@ -79,6 +79,7 @@ class LoraStatus:
     loaded: tuple[LoadedLora, ...]
     last_operation: OperationRecord | None
     serving_reachable: bool
+    gateway_url: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,15 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from engine import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,8 @@ class Gateway:
         app = web.Application(middlewares=self._middlewares)
         app.add_routes([
             web.post("/v1/chat/completions", self._forward), web.post("/v1/completions", self._forward),
-            web.get("/v1/models", self._models), web.get("/health", self._health),
+            web.get("/v1/models", self._models), web.get("/v1/models/{model:.+}", self._model),
+            web.get("/health", self._health),
         ])
         return app
 
@@ -144,7 +148,8 @@ class Gateway:
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "serving engine unreachable"}, status=503)
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _listed(self) -> list[dict[str, Any]] | None:
+        """The alias, then what the serving engine lists (names only, never paths); None if it is unreachable."""
         assert self._session is not None
         try:
             async with self._session.get(self._upstream + "/v1/models",
@@ -152,11 +157,27 @@ class Gateway:
                 doc = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("upstream /v1/models failed", extra={"error": str(exc)})
-            return _error(502, "serving engine unreachable", "bad_gateway")
+            return None
         entries = doc.get("data", []) if isinstance(doc, dict) else []
         data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
         data.insert(0, {"id": self.router.alias, "object": "model", "owned_by": "learning-engine"})
+        return data
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = await self._listed()
+        if data is None:
+            return _error(502, "serving engine unreachable", "bad_gateway")
         return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        data = await self._listed()
+        if data is None:
+            return _error(502, "serving engine unreachable", "bad_gateway")
+        wanted = request.match_info["model"]
+        found = next((entry for entry in data if entry.get("id") == wanted), None)
+        if found is None:
+            return _error(404, f"model {wanted!r} does not exist", "invalid_request_error")
+        return web.json_response(found)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
@@ -168,13 +189,17 @@ class Gateway:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _error(400, "field 'model' is required", "invalid_request_error")
         upstream = self.router.acquire(body["model"])
+        began, status = time.perf_counter(), 502
         try:
             if upstream != body["model"]:
                 body["model"] = upstream
                 raw = json.dumps(body).encode()
-            return await self._proxy(request, raw, upstream)
+            response = await self._proxy(request, raw, upstream)
+            status = response.status
+            return response
         finally:
             await self.router.release(upstream)
+            telemetry.gateway_request(upstream, status, time.perf_counter() - began)
 
     async def _proxy(self, request: web.Request, raw: bytes, upstream: str) -> web.StreamResponse:
         assert self._session is not None

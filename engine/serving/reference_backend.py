@@ -127,7 +127,8 @@ class ReferenceModel:
             return model
         raise HttpError(404, f"model {model!r} does not exist")
 
-    def generate(self, model: str, prompt_ids: list[int], max_tokens: int) -> Generation:
+    def generate(self, model: str, prompt_ids: list[int], max_tokens: int, streamer: Any = None) -> Generation:
+        """Greedy generation; ``streamer`` (transformers' TextIteratorStreamer) hears the text as it comes."""
         import torch  # noqa: PLC0415
 
         with self._lock:
@@ -135,7 +136,8 @@ class ReferenceModel:
             ids = torch.tensor([prompt_ids])
             kwargs = dict(max_new_tokens=max_tokens, do_sample=False, output_scores=True,
                           return_dict_in_generate=True, attention_mask=torch.ones_like(ids),
-                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                          streamer=streamer)
             with torch.inference_mode():
                 if lora is None and self._peft is not None:
                     with self._peft.disable_adapter():
@@ -219,12 +221,27 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
     async def health(request: web.Request) -> web.Response:
         return web.Response(status=200)
 
-    def _common(body: dict[str, Any]) -> tuple[str, int]:
+    async def one_model(request: web.Request) -> web.Response:
+        wanted = request.match_info["model"]
+        listed = json.loads((await models(request)).text or "{}")["data"]
+        for entry in listed:
+            if entry["id"] == wanted:
+                return web.json_response(entry)
+        raise HttpError(404, f"model {wanted!r} does not exist")
+
+    def _common(body: dict[str, Any], *, chat: bool) -> tuple[str, int]:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise HttpError(400, "field 'model' is required")
-        if body.get("stream"):
-            raise HttpError(400, "streaming is not supported by the reference backend")
+        refused = [f"{key}" for key in ("tools", "tool_choice", "functions", "function_call") if body.get(key)]
+        if body.get("n", 1) != 1:
+            refused.append(f"n={body['n']} (one choice only)")
+        if (body.get("response_format") or {"type": "text"}) != {"type": "text"}:
+            refused.append("response_format other than text")
+        if chat and body.get("logprobs"):
+            refused.append("logprobs on chat completions (the completions endpoint has them)")
+        if refused:
+            raise HttpError(400, f"not supported by the reference backend: {', '.join(refused)}")
         limit = body.get("max_tokens", body.get("max_completion_tokens", 16))
         if not isinstance(limit, int) or not 1 <= limit <= max_tokens_limit:
             raise HttpError(400, f"max_tokens must be an integer in [1, {max_tokens_limit}]")
@@ -235,15 +252,56 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": len(gen.tokens),
                 "total_tokens": gen.prompt_tokens + len(gen.tokens)}
 
-    async def completions(request: web.Request) -> web.Response:
+    async def stream(request: web.Request, name: str, ids: list[int], limit: int, *, chat: bool) -> web.StreamResponse:
+        """OpenAI's server-sent events: a chunk per piece of text as it is generated, the finish reason in the
+        last, then ``[DONE]``."""
+        from transformers import TextIteratorStreamer  # noqa: PLC0415
+
+        streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        ident, kind = (f"chatcmpl-{time.time_ns()}", "chat.completion.chunk") if chat else (
+            f"cmpl-{time.time_ns()}", "text_completion")
+
+        def run() -> Generation:
+            try:
+                return model.generate(name, ids, limit, streamer)
+            finally:
+                streamer.end()  # type: ignore[no-untyped-call]  # a failed generation must not leave the reader waiting
+
+        def chunk(text: str, finish: str | None, first: bool = False) -> bytes:
+            if chat:
+                delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            doc = {"id": ident, "object": kind, "created": int(time.time()), "model": name, "choices": [choice]}
+            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+        generating = asyncio.ensure_future(asyncio.to_thread(run))
+        out = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await out.prepare(request)
+        if chat:
+            await out.write(chunk("", None, first=True))
+        pieces = iter(streamer)
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            if piece:
+                await out.write(chunk(piece, None))
+        gen = await generating
+        await out.write(chunk("", gen.finish_reason))
+        await out.write(b"data: [DONE]\n\n")
+        await out.write_eof()
+        return out
+
+    async def completions(request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        name, limit = _common(body)
+        name, limit = _common(body, chat=False)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HttpError(400, "field 'prompt' must be a string")
         ids = model.tokenizer(prompt)["input_ids"]
+        if body.get("stream"):
+            return await stream(request, name, ids, limit, chat=False)
         gen = await asyncio.to_thread(model.generate, name, ids, limit)
         choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
         if body.get("logprobs") is not None:
@@ -252,9 +310,9 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
                                   "created": int(time.time()), "model": name, "choices": [choice],
                                   "usage": _usage(gen)})
 
-    async def chat(request: web.Request) -> web.Response:
+    async def chat(request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        name, limit = _common(body)
+        name, limit = _common(body, chat=True)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise HttpError(400, "field 'messages' must be a non-empty list")
@@ -266,6 +324,8 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         # directly or in a BatchEncoding.
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]  # type: ignore[call-overload,index]
+        if body.get("stream"):
+            return await stream(request, name, list(ids), limit, chat=True)  # type: ignore[arg-type]
         gen = await asyncio.to_thread(model.generate, name, list(ids), limit)  # type: ignore[arg-type]
         return web.json_response({
             "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
@@ -277,7 +337,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
     app = web.Application(middlewares=[errors])
     app.add_routes([
         web.post("/v1/load_lora_adapter", load), web.post("/v1/unload_lora_adapter", unload),
-        web.get("/v1/models", models), web.get("/health", health),
+        web.get("/v1/models", models), web.get("/v1/models/{model:.+}", one_model), web.get("/health", health),
         web.post("/v1/completions", completions), web.post("/v1/chat/completions", chat),
     ])
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -92,3 +93,45 @@ async def test_completions_honour_the_model_field(tiny_model_dir: Path, adapters
 def test_reference_model_is_thread_safe_to_construct(tiny_model_dir: Path):
     model = ReferenceModel(tiny_model_dir, NAME)
     assert model.adapters() == {} and model.resolve(NAME) is None
+
+
+async def _sse(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, str, list]:
+    """(status, content type, the decoded chunks) of a streamed completion; [DONE] ends it."""
+    async with session.post(url, json=body) as r:
+        text = (await r.read()).decode()
+    events = [line.removeprefix("data: ") for line in text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", text[-200:]
+    return r.status, r.headers["content-type"], [json.loads(e) for e in events[:-1]]
+
+
+async def test_streams_what_it_would_answer_and_refuses_what_it_cannot_do(tiny_model_dir: Path, adapters):
+    async with running_backend(tiny_model_dir, NAME) as be, aiohttp.ClientSession() as s:
+        await _post(s, be.url + "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": str(adapters[0])})
+        chat = {"model": "a", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 12}
+        status, whole = await _post(s, be.url + "/v1/chat/completions", chat)
+        assert status == 200
+        status, kind, chunks = await _sse(s, be.url + "/v1/chat/completions", {**chat, "stream": True})
+        assert status == 200 and kind.startswith("text/event-stream")
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+        said = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert said == whole["choices"][0]["message"]["content"]
+        assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+        plain = {"model": NAME, "prompt": "The capital of France is", "max_tokens": 8}
+        status, whole = await _post(s, be.url + "/v1/completions", plain)
+        status, _, chunks = await _sse(s, be.url + "/v1/completions", {**plain, "stream": True})
+        assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+
+        for extra, said in (({"n": 2}, "n=2"), ({"tools": [{"type": "function"}]}, "tools"),
+                            ({"response_format": {"type": "json_object"}}, "response_format"),
+                            ({"logprobs": True}, "logprobs on chat completions")):
+            status, body = await _post(s, be.url + "/v1/chat/completions", {**chat, **extra})
+            assert status == 400 and said in body["error"]["message"], body
+            assert body["error"]["message"].startswith("not supported by the reference backend: ")
+        status, body = await _post(s, be.url + "/v1/chat/completions", {**chat, "response_format": {"type": "text"}})
+        assert status == 200
+        async with s.get(be.url + "/v1/models/a") as r:
+            assert r.status == 200 and (await r.json())["id"] == "a"
+        async with s.get(be.url + "/v1/models/nope") as r:
+            assert r.status == 404 and "does not exist" in (await r.json())["error"]["message"]

@@ -4,13 +4,16 @@ each under concurrent traffic through the gateway, with the serving adapter chec
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from engine.telemetry import REGISTRY
 from learning.v1 import lora_control_pb2 as lc
 from tests.server.conftest import TINY
-from tests.server.lora_helpers import ACTOR, activate, ask, expected, stub, train, under_load
+from tests.server.lora_helpers import ACTOR, activate, ask, expected, gateway_url, stub, train, under_load
 
 
 async def test_activate_rollback_disable_enable_under_load(make_server, tiny_model_dir: Path):
@@ -98,3 +101,39 @@ async def test_activate_rollback_disable_enable_under_load(make_server, tiny_mod
     async with client.app.owned.pool.acquire() as conn:
         rows = await conn.fetch("SELECT role, major, minor FROM serving_state WHERE base_model = $1", TINY)
     assert sorted((r["role"], r["major"], r["minor"]) for r in rows) == [("ACTIVE", 1, 0), ("KNOWN_GOOD", 1, 0)]
+
+
+async def test_the_gateway_streams_names_its_models_and_counts_per_version(make_server):
+    client = await make_server()
+    v10 = await train(client)
+    await activate(client, v10)
+    status = (await stub(client).GetLoraStatus(lc.GetLoraStatusRequest())).status
+    assert status.gateway_url == gateway_url(client)  # also when gateway_port is 0
+    served = f"{TINY}@{v10}"
+
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("learning_engine_gateway_requests_total",
+                                         {"model": served, "status": code}) or 0.0
+
+    before = count("200")
+    body = {"model": "active", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(status.gateway_url + "/v1/chat/completions", json=body) as r:
+            whole = (await r.json())["choices"][0]["message"]["content"]
+        async with s.post(status.gateway_url + "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status == 200 and r.headers["x-served-model"] == served
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [e.removeprefix("data: ") for e in (await r.read()).decode().split("\n\n") if e]
+        assert events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == whole
+        async with s.post(status.gateway_url + "/v1/chat/completions", json={**body, "n": 3}) as r:
+            assert r.status == 400 and "n=3" in (await r.json())["error"]["message"]
+        for name in ("active", served, TINY):
+            async with s.get(f"{status.gateway_url}/v1/models/{name}") as r:
+                doc = await r.json()
+                assert r.status == 200 and doc["id"] == name and "root" not in doc  # names, never paths
+        async with s.get(status.gateway_url + "/v1/models/nope") as r:
+            assert r.status == 404
+    assert count("200") == before + 2 and count("400") >= 1
+    assert REGISTRY.get_sample_value("learning_engine_gateway_request_duration_seconds_count",
+                                     {"model": served}) >= 3

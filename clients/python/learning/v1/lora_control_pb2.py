@@ -28,7 +28,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from learning.v1 import adapter_pb2 as learning_dot_v1_dot_adapter__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elearning/v1/lora_control.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\"\xb7\x03\n\rLoraOperation\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.learning.v1.LoraOperationKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x0fphase_durations\x18\x07 \x03(\x0b\x32..learning.v1.LoraOperation.PhaseDurationsEntry\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.Status\x12-\n\x04gate\x18\t \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x1aP\n\x13PhaseDurationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration:\x02\x38\x01\"A\n\rLoadedAdapter\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xb1\x02\n\nLoraStatus\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x18\n\x10previous_version\x18\x05 \x01(\t\x12\x1a\n\x12known_good_version\x18\x06 \x01(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12*\n\x06loaded\x18\x08 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\x12\x32\n\x0elast_operation\x18\t \x01(\x0b\x32\x1a.learning.v1.LoraOperation\x12\x19\n\x11serving_reachable\x18\n \x01(\x08\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\"\x16\n\x14GetLoraStatusRequest\"@\n\x15GetLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"u\n\x16\x41\x63tivateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x17\n\x0fmark_known_good\x18\x04 \x01(\x08\x12\x12\n\nbase_model\x18\x05 \x01(\t\"q\n\x17\x41\x63tivateAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\x12-\n\x04\x65val\x18\x02 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"(\n\x16RollbackAdapterRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"B\n\x17RollbackAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"#\n\x11\x45nableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"=\n\x12\x45nableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"$\n\x12\x44isableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\">\n\x13\x44isableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"\x1b\n\x19ListLoadedAdaptersRequest\"H\n\x1aListLoadedAdaptersResponse\x12*\n\x06loaded\x18\x01 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\"\x18\n\x16WatchLoraStatusRequest\"B\n\x17WatchLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"k\n\x16\x45valuateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x12\n\nsuite_path\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"H\n\x17\x45valuateAdapterResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"\x83\x01\n\x1aGetEvaluationReportRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\revaluation_id\x18\x02 \x01(\t\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.learning.v1.ReportFormat\x12\x12\n\nbase_model\x18\x04 \x01(\t\"\x80\x01\n\x1bGetEvaluationReportResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0b\n\x03uri\x18\x04 \x01(\t*\x87\x02\n\x11LoraOperationKind\x12#\n\x1fLORA_OPERATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cLORA_OPERATION_KIND_ACTIVATE\x10\x01\x12 \n\x1cLORA_OPERATION_KIND_ROLLBACK\x10\x02\x12\x1e\n\x1aLORA_OPERATION_KIND_ENABLE\x10\x03\x12\x1f\n\x1bLORA_OPERATION_KIND_DISABLE\x10\x04\x12%\n!LORA_OPERATION_KIND_AUTO_ROLLBACK\x10\x05\x12!\n\x1dLORA_OPERATION_KIND_RECONCILE\x10\x06*\x90\x01\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x12\x15\n\x11REPORT_FORMAT_PNG\x10\x04\x32\xd8\x06\n\x12LoraControlService\x12V\n\rGetLoraStatus\x12!.learning.v1.GetLoraStatusRequest\x1a\".learning.v1.GetLoraStatusResponse\x12\\\n\x0f\x41\x63tivateAdapter\x12#.learning.v1.ActivateAdapterRequest\x1a$.learning.v1.ActivateAdapterResponse\x12\\\n\x0fRollbackAdapter\x12#.learning.v1.RollbackAdapterRequest\x1a$.learning.v1.RollbackAdapterResponse\x12M\n\nEnableLora\x12\x1e.learning.v1.EnableLoraRequest\x1a\x1f.learning.v1.EnableLoraResponse\x12P\n\x0b\x44isableLora\x12\x1f.learning.v1.DisableLoraRequest\x1a .learning.v1.DisableLoraResponse\x12\x65\n\x12ListLoadedAdapters\x12&.learning.v1.ListLoadedAdaptersRequest\x1a\'.learning.v1.ListLoadedAdaptersResponse\x12^\n\x0fWatchLoraStatus\x12#.learning.v1.WatchLoraStatusRequest\x1a$.learning.v1.WatchLoraStatusResponse0\x01\x12\\\n\x0f\x45valuateAdapter\x12#.learning.v1.EvaluateAdapterRequest\x1a$.learning.v1.EvaluateAdapterResponse\x12h\n\x13GetEvaluationReport\x12\'.learning.v1.GetEvaluationReportRequest\x1a(.learning.v1.GetEvaluationReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elearning/v1/lora_control.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\"\xb7\x03\n\rLoraOperation\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.learning.v1.LoraOperationKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x0fphase_durations\x18\x07 \x03(\x0b\x32..learning.v1.LoraOperation.PhaseDurationsEntry\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.Status\x12-\n\x04gate\x18\t \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x1aP\n\x13PhaseDurationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration:\x02\x38\x01\"A\n\rLoadedAdapter\x12\x11\n\tlora_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xc6\x02\n\nLoraStatus\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x18\n\x10previous_version\x18\x05 \x01(\t\x12\x1a\n\x12known_good_version\x18\x06 \x01(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12*\n\x06loaded\x18\x08 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\x12\x32\n\x0elast_operation\x18\t \x01(\x0b\x32\x1a.learning.v1.LoraOperation\x12\x19\n\x11serving_reachable\x18\n \x01(\x08\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x13\n\x0bgateway_url\x18\x0c \x01(\t\"\x16\n\x14GetLoraStatusRequest\"@\n\x15GetLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"u\n\x16\x41\x63tivateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x17\n\x0fmark_known_good\x18\x04 \x01(\x08\x12\x12\n\nbase_model\x18\x05 \x01(\t\"q\n\x17\x41\x63tivateAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\x12-\n\x04\x65val\x18\x02 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"(\n\x16RollbackAdapterRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"B\n\x17RollbackAdapterResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"#\n\x11\x45nableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"=\n\x12\x45nableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"$\n\x12\x44isableLoraRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\">\n\x13\x44isableLoraResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"\x1b\n\x19ListLoadedAdaptersRequest\"H\n\x1aListLoadedAdaptersResponse\x12*\n\x06loaded\x18\x01 \x03(\x0b\x32\x1a.learning.v1.LoadedAdapter\"\x18\n\x16WatchLoraStatusRequest\"B\n\x17WatchLoraStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.learning.v1.LoraStatus\"k\n\x16\x45valuateAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x12\n\nsuite_path\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\"H\n\x17\x45valuateAdapterResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\"\x83\x01\n\x1aGetEvaluationReportRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\revaluation_id\x18\x02 \x01(\t\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.learning.v1.ReportFormat\x12\x12\n\nbase_model\x18\x04 \x01(\t\"\x80\x01\n\x1bGetEvaluationReportResponse\x12-\n\x04\x65val\x18\x01 \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0b\n\x03uri\x18\x04 \x01(\t*\x87\x02\n\x11LoraOperationKind\x12#\n\x1fLORA_OPERATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cLORA_OPERATION_KIND_ACTIVATE\x10\x01\x12 \n\x1cLORA_OPERATION_KIND_ROLLBACK\x10\x02\x12\x1e\n\x1aLORA_OPERATION_KIND_ENABLE\x10\x03\x12\x1f\n\x1bLORA_OPERATION_KIND_DISABLE\x10\x04\x12%\n!LORA_OPERATION_KIND_AUTO_ROLLBACK\x10\x05\x12!\n\x1dLORA_OPERATION_KIND_RECONCILE\x10\x06*\x90\x01\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x12\x15\n\x11REPORT_FORMAT_PNG\x10\x04\x32\xd8\x06\n\x12LoraControlService\x12V\n\rGetLoraStatus\x12!.learning.v1.GetLoraStatusRequest\x1a\".learning.v1.GetLoraStatusResponse\x12\\\n\x0f\x41\x63tivateAdapter\x12#.learning.v1.ActivateAdapterRequest\x1a$.learning.v1.ActivateAdapterResponse\x12\\\n\x0fRollbackAdapter\x12#.learning.v1.RollbackAdapterRequest\x1a$.learning.v1.RollbackAdapterResponse\x12M\n\nEnableLora\x12\x1e.learning.v1.EnableLoraRequest\x1a\x1f.learning.v1.EnableLoraResponse\x12P\n\x0b\x44isableLora\x12\x1f.learning.v1.DisableLoraRequest\x1a .learning.v1.DisableLoraResponse\x12\x65\n\x12ListLoadedAdapters\x12&.learning.v1.ListLoadedAdaptersRequest\x1a\'.learning.v1.ListLoadedAdaptersResponse\x12^\n\x0fWatchLoraStatus\x12#.learning.v1.WatchLoraStatusRequest\x1a$.learning.v1.WatchLoraStatusResponse0\x01\x12\\\n\x0f\x45valuateAdapter\x12#.learning.v1.EvaluateAdapterRequest\x1a$.learning.v1.EvaluateAdapterResponse\x12h\n\x13GetEvaluationReport\x12\'.learning.v1.GetEvaluationReportRequest\x1a(.learning.v1.GetEvaluationReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._loaded_options = None
   _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_LORAOPERATIONKIND']._serialized_start=2263
-  _globals['_LORAOPERATIONKIND']._serialized_end=2526
-  _globals['_REPORTFORMAT']._serialized_start=2529
-  _globals['_REPORTFORMAT']._serialized_end=2673
+  _globals['_LORAOPERATIONKIND']._serialized_start=2284
+  _globals['_LORAOPERATIONKIND']._serialized_end=2547
+  _globals['_REPORTFORMAT']._serialized_start=2550
+  _globals['_REPORTFORMAT']._serialized_end=2694
   _globals['_LORAOPERATION']._serialized_start=165
   _globals['_LORAOPERATION']._serialized_end=604
   _globals['_LORAOPERATION_PHASEDURATIONSENTRY']._serialized_start=524
@@ -48,43 +48,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADEDADAPTER']._serialized_start=606
   _globals['_LOADEDADAPTER']._serialized_end=671
   _globals['_LORASTATUS']._serialized_start=674
-  _globals['_LORASTATUS']._serialized_end=979
-  _globals['_GETLORASTATUSREQUEST']._serialized_start=981
-  _globals['_GETLORASTATUSREQUEST']._serialized_end=1003
-  _globals['_GETLORASTATUSRESPONSE']._serialized_start=1005
-  _globals['_GETLORASTATUSRESPONSE']._serialized_end=1069
-  _globals['_ACTIVATEADAPTERREQUEST']._serialized_start=1071
-  _globals['_ACTIVATEADAPTERREQUEST']._serialized_end=1188
-  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_start=1190
-  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_end=1303
-  _globals['_ROLLBACKADAPTERREQUEST']._serialized_start=1305
-  _globals['_ROLLBACKADAPTERREQUEST']._serialized_end=1345
-  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_start=1347
-  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_end=1413
-  _globals['_ENABLELORAREQUEST']._serialized_start=1415
-  _globals['_ENABLELORAREQUEST']._serialized_end=1450
-  _globals['_ENABLELORARESPONSE']._serialized_start=1452
-  _globals['_ENABLELORARESPONSE']._serialized_end=1513
-  _globals['_DISABLELORAREQUEST']._serialized_start=1515
-  _globals['_DISABLELORAREQUEST']._serialized_end=1551
-  _globals['_DISABLELORARESPONSE']._serialized_start=1553
-  _globals['_DISABLELORARESPONSE']._serialized_end=1615
-  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_start=1617
-  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_end=1644
-  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_start=1646
-  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_end=1718
-  _globals['_WATCHLORASTATUSREQUEST']._serialized_start=1720
-  _globals['_WATCHLORASTATUSREQUEST']._serialized_end=1744
-  _globals['_WATCHLORASTATUSRESPONSE']._serialized_start=1746
-  _globals['_WATCHLORASTATUSRESPONSE']._serialized_end=1812
-  _globals['_EVALUATEADAPTERREQUEST']._serialized_start=1814
-  _globals['_EVALUATEADAPTERREQUEST']._serialized_end=1921
-  _globals['_EVALUATEADAPTERRESPONSE']._serialized_start=1923
-  _globals['_EVALUATEADAPTERRESPONSE']._serialized_end=1995
-  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_start=1998
-  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_end=2129
-  _globals['_GETEVALUATIONREPORTRESPONSE']._serialized_start=2132
-  _globals['_GETEVALUATIONREPORTRESPONSE']._serialized_end=2260
-  _globals['_LORACONTROLSERVICE']._serialized_start=2676
-  _globals['_LORACONTROLSERVICE']._serialized_end=3532
+  _globals['_LORASTATUS']._serialized_end=1000
+  _globals['_GETLORASTATUSREQUEST']._serialized_start=1002
+  _globals['_GETLORASTATUSREQUEST']._serialized_end=1024
+  _globals['_GETLORASTATUSRESPONSE']._serialized_start=1026
+  _globals['_GETLORASTATUSRESPONSE']._serialized_end=1090
+  _globals['_ACTIVATEADAPTERREQUEST']._serialized_start=1092
+  _globals['_ACTIVATEADAPTERREQUEST']._serialized_end=1209
+  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_start=1211
+  _globals['_ACTIVATEADAPTERRESPONSE']._serialized_end=1324
+  _globals['_ROLLBACKADAPTERREQUEST']._serialized_start=1326
+  _globals['_ROLLBACKADAPTERREQUEST']._serialized_end=1366
+  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_start=1368
+  _globals['_ROLLBACKADAPTERRESPONSE']._serialized_end=1434
+  _globals['_ENABLELORAREQUEST']._serialized_start=1436
+  _globals['_ENABLELORAREQUEST']._serialized_end=1471
+  _globals['_ENABLELORARESPONSE']._serialized_start=1473
+  _globals['_ENABLELORARESPONSE']._serialized_end=1534
+  _globals['_DISABLELORAREQUEST']._serialized_start=1536
+  _globals['_DISABLELORAREQUEST']._serialized_end=1572
+  _globals['_DISABLELORARESPONSE']._serialized_start=1574
+  _globals['_DISABLELORARESPONSE']._serialized_end=1636
+  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_start=1638
+  _globals['_LISTLOADEDADAPTERSREQUEST']._serialized_end=1665
+  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_start=1667
+  _globals['_LISTLOADEDADAPTERSRESPONSE']._serialized_end=1739
+  _globals['_WATCHLORASTATUSREQUEST']._serialized_start=1741
+  _globals['_WATCHLORASTATUSREQUEST']._serialized_end=1765
+  _globals['_WATCHLORASTATUSRESPONSE']._serialized_start=1767
+  _globals['_WATCHLORASTATUSRESPONSE']._serialized_end=1833
+  _globals['_EVALUATEADAPTERREQUEST']._serialized_start=1835
+  _globals['_EVALUATEADAPTERREQUEST']._serialized_end=1942
+  _globals['_EVALUATEADAPTERRESPONSE']._serialized_start=1944
+  _globals['_EVALUATEADAPTERRESPONSE']._serialized_end=2016
+  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_start=2019
+  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_end=2150
+  _globals['_GETEVALUATIONREPORTRESPONSE']._serialized_start=2153
+  _globals['_GETEVALUATIONREPORTRESPONSE']._serialized_end=2281
+  _globals['_LORACONTROLSERVICE']._serialized_start=2697
+  _globals['_LORACONTROLSERVICE']._serialized_end=3553
 # @@protoc_insertion_point(module_scope)

@@ -83,7 +83,7 @@ class LoadedAdapter(_message.Message):
     def __init__(self, lora_name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class LoraStatus(_message.Message):
-    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation", "serving_reachable", "server_version")
+    __slots__ = ("target", "base_model", "enabled", "active_version", "previous_version", "known_good_version", "alias", "loaded", "last_operation", "serving_reachable", "server_version", "gateway_url")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class LoraStatus(_message.Message):
     LAST_OPERATION_FIELD_NUMBER: _ClassVar[int]
     SERVING_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_URL_FIELD_NUMBER: _ClassVar[int]
     target: str
     base_model: str
     enabled: bool
@@ -106,7 +107,8 @@ class LoraStatus(_message.Message):
     last_operation: LoraOperation
     serving_reachable: bool
     server_version: str
-    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ..., serving_reachable: _Optional[bool] = ..., server_version: _Optional[str] = ...) -> None: ...
+    gateway_url: str
+    def __init__(self, target: _Optional[str] = ..., base_model: _Optional[str] = ..., enabled: _Optional[bool] = ..., active_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., known_good_version: _Optional[str] = ..., alias: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedAdapter, _Mapping]]] = ..., last_operation: _Optional[_Union[LoraOperation, _Mapping]] = ..., serving_reachable: _Optional[bool] = ..., server_version: _Optional[str] = ..., gateway_url: _Optional[str] = ...) -> None: ...
 
 class GetLoraStatusRequest(_message.Message):
     __slots__ = ()
