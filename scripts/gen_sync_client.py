@@ -146,14 +146,20 @@ def _property(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[list[str], li
         fn.returns] if fn.returns is not None else []
 
 
-def _members(cls: ast.ClassDef) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    return [n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+def _members(cls: ast.ClassDef, tree: ast.Module | None = None) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The class's methods, after those of its bases defined in ``tree`` (the same module)."""
+    inherited: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    for base in cls.bases:
+        if tree is not None and isinstance(base, ast.Name):
+            inherited += _members(_class(tree, base.id), tree)
+    own = [n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    return [fn for fn in inherited if fn.name not in {o.name for o in own}] + own
 
 
-def _twin(twin: Twin, cls: ast.ClassDef) -> tuple[list[str], list[ast.AST]]:
+def _twin(twin: Twin, cls: ast.ClassDef, tree: ast.Module) -> tuple[list[str], list[ast.AST]]:
     lines = ["", "", f"class {twin.name}:", f'    """{twin.doc}"""']
     used: list[ast.AST] = []
-    members = {fn.name: fn for fn in _members(cls)}
+    members = {fn.name: fn for fn in _members(cls, tree)}
     if twin.name == "Client":
         init = members["__init__"]
         signature = ast.unparse(init.args)
@@ -207,7 +213,7 @@ def render() -> str:
     body: list[str] = []
     used: set[str] = {"EventLoopThread", *(t.async_name for t in TWINS)}
     for twin in TWINS:
-        lines, nodes = _twin(twin, _class(trees[twin.source], twin.async_name))
+        lines, nodes = _twin(twin, _class(trees[twin.source], twin.async_name), trees[twin.source])
         body += lines
         used |= _names(nodes)
     init = next(fn for fn in _members(_class(trees["client.py"], "AsyncClient")) if fn.name == "__init__")

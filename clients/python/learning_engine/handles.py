@@ -66,8 +66,8 @@ async def _wait(describe: Callable[[], Awaitable[J]], events: Callable[[int], As
     return job
 
 
-class AsyncTrainingJobHandle:
-    """One training job ("trainingJobs/<id>") of an :class:`AsyncClient`."""
+class _AsyncJobHandle:
+    """What every job handle has: the client it calls through and the job's name."""
 
     def __init__(self, client: AsyncClient, name: str) -> None:
         self._client = client
@@ -79,6 +79,10 @@ class AsyncTrainingJobHandle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._name!r})"
+
+
+class AsyncTrainingJobHandle(_AsyncJobHandle):
+    """One training job ("trainingJobs/<id>") of an :class:`AsyncClient`."""
 
     async def describe(self) -> training.TrainingJob:
         """The job as it is now (GetTrainingJob)."""
@@ -113,19 +117,8 @@ class AsyncTrainingJobHandle:
         return await self._client.publish_checkpoint(self._name, step, request_id=request_id)
 
 
-class AsyncFisherJobHandle:
+class AsyncFisherJobHandle(_AsyncJobHandle):
     """One Fisher job ("fisherJobs/<id>") of an :class:`AsyncClient`; Fisher jobs cannot be paused."""
-
-    def __init__(self, client: AsyncClient, name: str) -> None:
-        self._client = client
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._name!r})"
 
     async def describe(self) -> fisher.FisherJob:
         return await self._client.get_fisher_job(self._name)
@@ -143,19 +136,8 @@ class AsyncFisherJobHandle:
         return await self._client.cancel_fisher_job(self._name)
 
 
-class AsyncEvaluationJobHandle:
+class AsyncEvaluationJobHandle(_AsyncJobHandle):
     """One evaluation job ("evaluationJobs/<id>") of an :class:`AsyncClient`; evaluations cannot be paused."""
-
-    def __init__(self, client: AsyncClient, name: str) -> None:
-        self._client = client
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._name!r})"
 
     async def describe(self) -> evaluation.EvaluationJob:
         return await self._client.get_evaluation_job(self._name)

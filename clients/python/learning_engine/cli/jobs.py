@@ -423,6 +423,13 @@ async def follow_fisher(client: AsyncClient, as_json: bool, name: str, after_seq
     return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
 
+# Options every job list and watch takes.
+_STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...); repeatable.")
+_PAGE_SIZE = typer.Option(20, "--page-size")
+_PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
+_AFTER = typer.Option(0, "--after", help="Resume after this event's sequence number.")
+
+
 def _states(values: list[str] | None) -> list[int]:
     states = []
     for value in values or []:
@@ -463,9 +470,9 @@ def _listed(opts: Options, response, jobs, wide: bool, result: tuple[str, Callab
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context,
-    state: list[str] = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...)."),
-    page_size: int = typer.Option(20, "--page-size"),
-    page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended, and its worker."),
 ) -> None:
     """Recent training jobs, newest first (whole names, at any terminal width)."""
@@ -483,7 +490,7 @@ def jobs_get(ctx: typer.Context, name: str) -> None:
 
 @jobs_app.command("watch")
 def jobs_watch(
-    ctx: typer.Context, name: str, after: int = typer.Option(0, "--after", help="Resume after a sequence.")
+    ctx: typer.Context, name: str, after: int = _AFTER
 ):
     """Follow a job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
@@ -576,9 +583,9 @@ def jobs_publish(
 @fisher_jobs_app.command("list")
 def fisher_jobs_list(
     ctx: typer.Context,
-    state: list[str] = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...)."),
-    page_size: int = typer.Option(20, "--page-size"),
-    page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
 ) -> None:
     """Recent Fisher jobs, newest first (whole names, at any terminal width)."""
@@ -595,7 +602,7 @@ def fisher_jobs_get(ctx: typer.Context, name: str) -> None:
 
 @fisher_jobs_app.command("watch")
 def fisher_jobs_watch(
-    ctx: typer.Context, name: str, after: int = typer.Option(0, "--after", help="Resume after a sequence.")
+    ctx: typer.Context, name: str, after: int = _AFTER
 ) -> None:
     """Follow a Fisher job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
@@ -667,9 +674,9 @@ def _verdict(job: evaluation.EvaluationJob) -> str:
 @evaluation_jobs_app.command("list")
 def evaluation_jobs_list(
     ctx: typer.Context,
-    state: list[str] = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...)."),
-    page_size: int = typer.Option(20, "--page-size"),
-    page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
 ) -> None:
     """Recent evaluation jobs, newest first, with their verdicts (whole names, at any terminal width)."""
@@ -686,7 +693,7 @@ def evaluation_jobs_get(ctx: typer.Context, name: str) -> None:
 
 @evaluation_jobs_app.command("watch")
 def evaluation_jobs_watch(
-    ctx: typer.Context, name: str, after: int = typer.Option(0, "--after", help="Resume after a sequence.")
+    ctx: typer.Context, name: str, after: int = _AFTER
 ) -> None:
     """Follow an evaluation job to its end and show its decision."""
     opts = options(ctx)
