@@ -101,7 +101,7 @@ def adapters_list(
         for a in response.adapters
     ]
     headers = ["base model", "version", "parent", "train loss", "bytes", "created"]
-    emit(options(ctx), response, lambda: out.print(_table(headers, rows)))
+    emit(options(ctx), response, lambda: print_table(_table(headers, rows)))
 
 
 @adapters_app.command("info")
