@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test test-fast check pytest protos docs lint clean
+.PHONY: setup model samples run test test-fast check pytest protos sync-client docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,7 @@ test: setup check pytest
 
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_sync_client.py --check
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/check_protos.sh
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen \
 	  && test -z "$$(git ls-files --others --exclude-standard -- src/gen)"
@@ -71,6 +72,10 @@ protos: setup
 	$(BIN)/buf format -w
 	$(BIN)/python scripts/gen_protos.py
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate
+
+# The blocking client (clients/python/learning_engine/sync.py), from the async client and the job handles.
+sync-client: setup
+	$(BIN)/python scripts/gen_sync_client.py
 
 docs: setup
 	$(BIN)/python scripts/settings_reference.py --update README.md

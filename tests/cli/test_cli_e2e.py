@@ -43,8 +43,8 @@ class Result:
         return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
 
-async def cli(port: int, *args: str, token: str | None = None) -> Result:
-    env = {**os.environ, "LEARNING_ENGINE_TARGET": f"127.0.0.1:{port}", "COLUMNS": "120"}
+async def cli(port: int, *args: str, token: str | None = None, columns: int = 120) -> Result:
+    env = {**os.environ, "LEARNING_ENGINE_TARGET": f"127.0.0.1:{port}", "COLUMNS": str(columns)}
     env.pop("LEARNING_ENGINE_TOKEN", None)
     if token:
         env["LEARNING_ENGINE_TOKEN"] = token

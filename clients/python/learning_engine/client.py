@@ -1,17 +1,26 @@
 """Typed asyncio client over the generated learning.v1 stubs.
 
-Every method takes and returns generated messages (typed by their ``.pyi``
-stubs); every failure raises a :mod:`learning_engine.errors` exception. Job
-watches reconnect after a dropped connection and resume after the last
+One method per RPC of every service in protos/learning/v1 (named after it:
+``PauseTrainingJob`` is ``pause_training_job``; tests/clients/test_sdk_coverage.py
+keeps it so). Every method takes and returns generated messages (typed by their
+``.pyi`` stubs); every failure raises a :mod:`learning_engine.errors` exception.
+Job watches reconnect after a dropped connection and resume after the last
 sequence they delivered, so a caller sees each event exactly once.
+``start_training_job``, ``start_fisher_job`` and ``start_evaluation_job`` return job handles
+(:mod:`learning_engine.handles`). The blocking :class:`learning_engine.Client`
+is generated from this class (scripts/gen_sync_client.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import re
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,18 +30,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from learning.v1 import adapter_pb2 as adapter
 from learning.v1 import (
     adapter_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
+    evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
     training_pb2_grpc,
 )
+from learning.v1 import common_pb2 as common
+from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import lora_control_pb2 as lora
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_NO_HEADER, ERROR_REASON_SHA256_MISMATCH
 from learning_engine import errors
+from learning_engine.archive import pack_adapter_directory, sha256_file
 from learning_engine.connection import DEFAULT_TARGET, Connection, TlsConfig
+from learning_engine.handles import AsyncEvaluationJobHandle, AsyncFisherJobHandle, AsyncTrainingJobHandle
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +84,8 @@ class AsyncClient:
         self.fisher = fisher_pb2_grpc.FisherServiceStub(self._channel)
         self.adapters = adapter_pb2_grpc.AdapterServiceStub(self._channel)
         self.lora = lora_control_pb2_grpc.LoraControlServiceStub(self._channel)
+        self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self._channel)
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -146,12 +164,30 @@ class AsyncClient:
     # ---- training -----------------------------------------------------------------
 
     async def create_training_job(
-        self, spec: training.TrainingJobSpec, *, request_id: str = "", validate_only: bool = False
+        self,
+        spec: training.TrainingJobSpec,
+        *,
+        request_id: str = "",
+        validate_only: bool = False,
+        priority: int = 0,
     ) -> training.TrainingJob:
+        """Create and queue a job; with ``validate_only``, check the spec and its dataset and create nothing (the
+        job returned then is what would run: defaults filled in, the dataset summarised; its name names nothing)."""
         request = training.CreateTrainingJobRequest(
-            spec=spec, request_id=request_id, validate_only=validate_only
+            spec=spec, request_id=request_id, validate_only=validate_only, priority=priority
         )
         return (await self._unary(self.training.CreateTrainingJob, request)).training_job
+
+    async def start_training_job(
+        self, spec: training.TrainingJobSpec, *, request_id: str = "", priority: int = 0
+    ) -> AsyncTrainingJobHandle:
+        """Create a job and return its handle (``wait()``, ``events()``, ``cancel()``, ``pause()``, ...)."""
+        job = await self.create_training_job(spec, request_id=request_id, priority=priority)
+        return AsyncTrainingJobHandle(self, job.name)
+
+    def get_training_job_handle(self, name: str) -> AsyncTrainingJobHandle:
+        """A handle on an existing job ("trainingJobs/<id>"); makes no call."""
+        return AsyncTrainingJobHandle(self, name)
 
     async def get_training_job(self, name: str) -> training.TrainingJob:
         return (
@@ -170,6 +206,16 @@ class AsyncClient:
         request = training.CancelTrainingJobRequest(name=name)
         return (await self._unary(self.training.CancelTrainingJob, request)).training_job
 
+    async def pause_training_job(self, name: str) -> training.TrainingJob:
+        """Pause a queued or running job (a running one checkpoints at its next step: PAUSING, then PAUSED)."""
+        request = training.PauseTrainingJobRequest(name=name)
+        return (await self._unary(self.training.PauseTrainingJob, request)).training_job
+
+    async def resume_training_job(self, name: str) -> training.TrainingJob:
+        """Queue a paused job again; it continues from its last checkpoint."""
+        request = training.ResumeTrainingJobRequest(name=name)
+        return (await self._unary(self.training.ResumeTrainingJob, request)).training_job
+
     def watch_training_job(
         self, name: str, *, after_sequence: int = 0
     ) -> AsyncIterator[training.WatchTrainingJobResponse]:
@@ -180,6 +226,16 @@ class AsyncClient:
             after_sequence,
             lambda m: m.event.sequence if m.HasField("event") else None,
         )
+
+    async def list_training_checkpoints(self, name: str) -> list[training.TrainingCheckpoint]:
+        """The job's stored checkpoints, newest first."""
+        request = training.ListTrainingCheckpointsRequest(name=name)
+        return list((await self._unary(self.training.ListTrainingCheckpoints, request)).checkpoints)
+
+    async def publish_checkpoint(self, name: str, step: int, *, request_id: str = "") -> str:
+        """Publish the job's checkpoint of ``step`` as a new adapter version; returns the version."""
+        request = training.PublishCheckpointRequest(name=name, step=step, request_id=request_id)
+        return (await self._unary(self.training.PublishCheckpoint, request)).adapter_version
 
     async def get_training_metrics(self, name: str) -> training.GetTrainingMetricsResponse:
         """The job's metrics as its event log holds them now: one row per optimiser step, the same as CSV
@@ -195,6 +251,15 @@ class AsyncClient:
         request = fisher.CreateFisherJobRequest(spec=spec, request_id=request_id)
         return (await self._unary(self.fisher.CreateFisherJob, request)).fisher_job
 
+    async def start_fisher_job(self, spec: fisher.FisherJobSpec, *, request_id: str = "") -> AsyncFisherJobHandle:
+        """Create a Fisher job and return its handle (``wait()``, ``events()``, ``cancel()``)."""
+        job = await self.create_fisher_job(spec, request_id=request_id)
+        return AsyncFisherJobHandle(self, job.name)
+
+    def get_fisher_job_handle(self, name: str) -> AsyncFisherJobHandle:
+        """A handle on an existing Fisher job ("fisherJobs/<id>"); makes no call."""
+        return AsyncFisherJobHandle(self, name)
+
     async def get_fisher_job(self, name: str) -> fisher.FisherJob:
         return (await self._unary(self.fisher.GetFisherJob, fisher.GetFisherJobRequest(name=name))).fisher_job
 
@@ -203,6 +268,10 @@ class AsyncClient:
     ) -> fisher.ListFisherJobsResponse:
         request = fisher.ListFisherJobsRequest(states=list(states), page_size=page_size, page_token=page_token)
         return await self._unary(self.fisher.ListFisherJobs, request)
+
+    async def cancel_fisher_job(self, name: str) -> fisher.FisherJob:
+        request = fisher.CancelFisherJobRequest(name=name)
+        return (await self._unary(self.fisher.CancelFisherJob, request)).fisher_job
 
     def watch_fisher_job(
         self, name: str, *, after_sequence: int = 0
@@ -248,10 +317,20 @@ class AsyncClient:
         request = adapter.GetAdapterRequest(base_model=base_model, version=version)
         return (await self._unary(self.adapters.GetAdapter, request)).adapter
 
+    async def get_lineage(self, version: str, *, base_model: str = "") -> list[adapter.Adapter]:
+        """The version, then its parent, and so on to its root (deleted versions included, with delete_time)."""
+        request = adapter.GetLineageRequest(base_model=base_model, version=version)
+        return list((await self._unary(self.adapters.GetLineage, request)).adapters)
+
     async def download_adapter(
-        self, version: str, destination: Path, *, base_model: str = ""
+        self, version: str, destination: Path, *, base_model: str = "", overwrite: bool = False
     ) -> tuple[adapter.Adapter, Path]:
-        """Stream an adapter archive into ``destination`` (a directory); verify its sha256."""
+        """Stream an adapter archive into the directory ``destination`` and verify its sha256.
+
+        The file is named after the version, ``<base model>-<version>.tar.gz``, so versions downloaded into
+        one directory sit side by side. An existing file of that name raises FileExistsError (before anything
+        is written) unless ``overwrite``.
+        """
         request = adapter.DownloadAdapterRequest(
             base_model=base_model, version=version, chunk_size=CHUNK_SIZE
         )
@@ -262,8 +341,11 @@ class AsyncClient:
             async for message in self._stream(self.adapters.DownloadAdapter, request, timeout=self.timeout):
                 if message.HasField("header"):
                     header = message.header
-                    name = Path(header.filename or f"{version}.tar").name
-                    path = destination / name
+                    path = destination / archive_name(header.adapter, header.filename)
+                    if path.exists() and not overwrite:
+                        raise FileExistsError(
+                            errno.EEXIST, f"{path} exists (another download of {header.adapter.version}?)", str(path)
+                        )
                     partial = path.with_name(path.name + ".partial")
                     destination.mkdir(parents=True, exist_ok=True)
                     handle = partial.open("wb")
@@ -289,7 +371,7 @@ class AsyncClient:
 
     async def import_adapter(
         self,
-        archive: Path,
+        source: Path,
         *,
         base_model: str = "",
         parent_version: str = "",
@@ -297,39 +379,74 @@ class AsyncClient:
         labels: dict[str, str] | None = None,
         request_id: str = "",
     ) -> adapter.Adapter:
-        """Upload an adapter archive (metadata first, then chunks)."""
-        data = archive.read_bytes()
-        metadata = adapter.ImportAdapterMetadata(
-            base_model=base_model,
-            parent_version=parent_version,
-            major_version_bump=major_version_bump,
-            labels=labels or {},
-            sha256=hashlib.sha256(data).hexdigest(),
-            request_id=request_id,
-        )
+        """Upload an adapter trained elsewhere (metadata first, then chunks) as a new version.
 
-        def parts() -> Iterable[adapter.ImportAdapterRequest]:
-            yield adapter.ImportAdapterRequest(metadata=metadata)
-            for start in range(0, len(data), CHUNK_SIZE):
-                yield adapter.ImportAdapterRequest(chunk=data[start : start + CHUNK_SIZE])
+        ``source`` is an archive (tar.gz of a PEFT directory) or a PEFT directory itself, holding
+        ``adapter_config.json`` and ``adapter_model.safetensors`` (what PEFT's ``save_pretrained``, Axolotl and
+        LLaMA-Factory write): it is packed here first (:func:`learning_engine.archive.pack_adapter_directory`;
+        a directory without those files raises FileNotFoundError).
+        """
+        with tempfile.TemporaryDirectory(prefix="learning-engine-import-") as scratch:
+            archive = source
+            if source.is_dir():
+                archive = await asyncio.to_thread(pack_adapter_directory, source, Path(scratch) / "adapter.tar.gz")
+            metadata = adapter.ImportAdapterMetadata(
+                base_model=base_model,
+                parent_version=parent_version,
+                major_version_bump=major_version_bump,
+                labels=labels or {},
+                sha256=await asyncio.to_thread(sha256_file, archive),
+                request_id=request_id,
+            )
 
-        return (await self._unary(self.adapters.ImportAdapter, iter(parts()))).adapter
+            def parts() -> Iterator[adapter.ImportAdapterRequest]:
+                yield adapter.ImportAdapterRequest(metadata=metadata)
+                with archive.open("rb") as handle:
+                    for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
+                        yield adapter.ImportAdapterRequest(chunk=chunk)
+
+            return (await self._unary(self.adapters.ImportAdapter, parts())).adapter
 
     async def delete_adapter(self, version: str, *, base_model: str = "") -> None:
         await self._unary(
             self.adapters.DeleteAdapter, adapter.DeleteAdapterRequest(base_model=base_model, version=version)
         )
 
+    async def prune_adapters(
+        self, *, base_model: str = "", keep: int = 0, dry_run: bool = False
+    ) -> adapter.PruneAdaptersResponse:
+        """Apply the retention policy now: keep the newest ``keep`` versions (0: the server's setting)."""
+        request = adapter.PruneAdaptersRequest(base_model=base_model, keep=keep, dry_run=dry_run)
+        return await self._unary(self.adapters.PruneAdapters, request)
+
     # ---- LoRA control -------------------------------------------------------------
 
     async def get_lora_status(self) -> lora.LoraStatus:
         return (await self._unary(self.lora.GetLoraStatus, lora.GetLoraStatusRequest())).status
 
+    def watch_lora_status(self) -> AsyncIterator[lora.LoraStatus]:
+        """The status now, then each change, until the caller stops; re-opened after a dropped connection
+        (each re-opened stream starts with the status as it is then)."""
+        return self._statuses(
+            self._resumable(self.lora.WatchLoraStatus, lambda _: lora.WatchLoraStatusRequest(), 0, lambda m: None)
+        )
+
+    @staticmethod
+    async def _statuses(stream: AsyncIterator[lora.WatchLoraStatusResponse]) -> AsyncIterator[lora.LoraStatus]:
+        async for message in stream:
+            yield message.status
+
     async def activate_adapter(
-        self, version: str, *, reason: str = "", force: bool = False, mark_known_good: bool = False
+        self,
+        version: str,
+        *,
+        reason: str = "",
+        force: bool = False,
+        mark_known_good: bool = False,
+        base_model: str = "",
     ) -> lora.ActivateAdapterResponse:
         request = lora.ActivateAdapterRequest(
-            version=version, reason=reason, force=force, mark_known_good=mark_known_good
+            version=version, reason=reason, force=force, mark_known_good=mark_known_good, base_model=base_model
         )
         return await self._unary(self.lora.ActivateAdapter, request)
 
@@ -344,6 +461,149 @@ class AsyncClient:
     async def disable_lora(self, *, reason: str = "") -> lora.LoraStatus:
         return (await self._unary(self.lora.DisableLora, lora.DisableLoraRequest(reason=reason))).status
 
+    async def list_loaded_adapters(self) -> list[lora.LoadedAdapter]:
+        """What the serving engine reports loaded now."""
+        return list((await self._unary(self.lora.ListLoadedAdapters, lora.ListLoadedAdaptersRequest())).loaded)
+
+    async def evaluate_adapter(
+        self, version: str, *, baseline_version: str = "", suite_path: str = "", base_model: str = ""
+    ) -> adapter.AdapterEvalSummary:
+        """Run the golden suite on ``version`` and a baseline (default: the active version, or the base model)."""
+        request = lora.EvaluateAdapterRequest(
+            version=version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model
+        )
+        return (await self._unary(self.lora.EvaluateAdapter, request)).eval
+
+    async def get_evaluation_report(
+        self,
+        version: str,
+        *,
+        evaluation_id: str = "",
+        format: lora.ReportFormat = lora.REPORT_FORMAT_UNSPECIFIED,
+        base_model: str = "",
+    ) -> lora.GetEvaluationReportResponse:
+        """A stored report of one of the version's evaluations (the latest unless ``evaluation_id``): HTML unless
+        ``format`` says JSON, Markdown or PNG; ``.content`` holds its bytes, ``.eval`` the evaluation."""
+        request = lora.GetEvaluationReportRequest(
+            version=version, evaluation_id=evaluation_id, format=format, base_model=base_model
+        )
+        return await self._unary(self.lora.GetEvaluationReport, request)
+
+    # ---- evaluation jobs ----------------------------------------------------------
+
+    async def create_evaluation_job(
+        self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
+    ) -> evaluation.EvaluationJob:
+        """Evaluate a version against a baseline (the gate's suites and ``spec.suite_paths``) as a job; nothing
+        is activated. The decision goes onto the version and the job's ``eval``."""
+        request = evaluation.CreateEvaluationJobRequest(spec=spec, request_id=request_id)
+        return (await self._unary(self.evaluation.CreateEvaluationJob, request)).evaluation_job
+
+    async def start_evaluation_job(
+        self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
+    ) -> AsyncEvaluationJobHandle:
+        """Create an evaluation job and return its handle (``wait()``, ``events()``, ``cancel()``)."""
+        job = await self.create_evaluation_job(spec, request_id=request_id)
+        return AsyncEvaluationJobHandle(self, job.name)
+
+    def get_evaluation_job_handle(self, name: str) -> AsyncEvaluationJobHandle:
+        """A handle on an existing evaluation job ("evaluationJobs/<id>"); makes no call."""
+        return AsyncEvaluationJobHandle(self, name)
+
+    async def get_evaluation_job(self, name: str) -> evaluation.EvaluationJob:
+        request = evaluation.GetEvaluationJobRequest(name=name)
+        return (await self._unary(self.evaluation.GetEvaluationJob, request)).evaluation_job
+
+    async def list_evaluation_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> evaluation.ListEvaluationJobsResponse:
+        request = evaluation.ListEvaluationJobsRequest(
+            states=list(states), page_size=page_size, page_token=page_token
+        )
+        return await self._unary(self.evaluation.ListEvaluationJobs, request)
+
+    async def cancel_evaluation_job(self, name: str) -> evaluation.EvaluationJob:
+        request = evaluation.CancelEvaluationJobRequest(name=name)
+        return (await self._unary(self.evaluation.CancelEvaluationJob, request)).evaluation_job
+
+    def watch_evaluation_job(
+        self, name: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[evaluation.WatchEvaluationJobResponse]:
+        """Snapshot, then every event until the job ends; survives dropped connections."""
+        return self._resumable(
+            self.evaluation.WatchEvaluationJob,
+            lambda after: evaluation.WatchEvaluationJobRequest(name=name, after_sequence=after),
+            after_sequence,
+            lambda m: m.event.sequence if m.HasField("event") else None,
+        )
+
+    # ---- datasets -----------------------------------------------------------------
+
+    async def upload_dataset(
+        self, name: str, source: Path, *, split: dataset_pb2.SplitRule | None = None, filename: str = ""
+    ) -> dataset_pb2.UploadDatasetResponse:
+        """Upload the JSONL file ``source`` as a version of the dataset ``name`` ("datasets/<dataset>"); its size
+        and sha256 are sent first, then its bytes. The same bytes and split again return the existing version
+        (``created`` false). ``filename`` defaults to the file's name."""
+        size, digest = await asyncio.to_thread(lambda: (source.stat().st_size, sha256_file(source)))
+        metadata = dataset_pb2.UploadDatasetMetadata(
+            name=name, split=split, sha256=digest, size_bytes=size, filename=filename or source.name
+        )
+
+        def parts() -> Iterator[dataset_pb2.UploadDatasetRequest]:
+            yield dataset_pb2.UploadDatasetRequest(metadata=metadata)
+            with source.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
+                    yield dataset_pb2.UploadDatasetRequest(chunk=chunk)
+
+        return await self._unary(self.datasets.UploadDataset, parts())
+
+    async def create_dataset(
+        self,
+        name: str,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        server_path: str = "",
+        s3_uri: str = "",
+        feedback: common.FeedbackDataset | None = None,
+    ) -> dataset_pb2.CreateDatasetResponse:
+        """Store a version of ``name`` from one source: a file below the server's datasets directory, an S3 object,
+        or the examples a window of feedback gives now (frozen)."""
+        request = dataset_pb2.CreateDatasetRequest(name=name, split=split)
+        _one_source(request, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
+        return await self._unary(self.datasets.CreateDataset, request)
+
+    async def get_dataset(self, name: str) -> dataset_pb2.Dataset:
+        """One version ("datasets/<dataset>/versions/<n>"), or a dataset's newest ("datasets/<dataset>")."""
+        return (await self._unary(self.datasets.GetDataset, dataset_pb2.GetDatasetRequest(name=name))).dataset
+
+    async def list_datasets(
+        self, *, dataset: str = "", page_size: int = 0, page_token: str = ""
+    ) -> dataset_pb2.ListDatasetsResponse:
+        """Versions, newest first: of ``dataset`` ("datasets/<dataset>") or of every dataset."""
+        request = dataset_pb2.ListDatasetsRequest(dataset=dataset, page_size=page_size, page_token=page_token)
+        return await self._unary(self.datasets.ListDatasets, request)
+
+    async def delete_dataset(self, name: str) -> list[str]:
+        """Delete a version, or every version of a dataset; returns the versions deleted."""
+        request = dataset_pb2.DeleteDatasetRequest(name=name)
+        return list((await self._unary(self.datasets.DeleteDataset, request)).deleted)
+
+    async def validate_dataset(
+        self,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        content: bytes = b"",
+        server_path: str = "",
+        s3_uri: str = "",
+        feedback: common.FeedbackDataset | None = None,
+    ) -> dataset_pb2.ValidateDatasetResponse:
+        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`); stores
+        nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        request = dataset_pb2.ValidateDatasetRequest(split=split)
+        _one_source(request, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
+        return await self._unary(self.datasets.ValidateDataset, request)
+
     # ---- feedback -----------------------------------------------------------------
 
     async def submit_feedback(
@@ -353,6 +613,61 @@ class AsyncClient:
             self.feedback.SubmitFeedback, feedback.SubmitFeedbackRequest(events=list(events))
         )
 
-    async def get_feedback_stats(self, *, adapter_version: str = "") -> feedback.GetFeedbackStatsResponse:
-        request = feedback.GetFeedbackStatsRequest(adapter_version=adapter_version)
+    async def stream_feedback(
+        self, batches: Iterable[Sequence[feedback.FeedbackEvent]] | AsyncIterable[Sequence[feedback.FeedbackEvent]]
+    ) -> feedback.StreamFeedbackResponse:
+        """Send many batches on one stream, each committed on its own, in order. If the stream fails, the
+        error's ``metadata`` says what was stored (``committed_messages``, ``stored``, ``duplicates``); sending
+        everything again is safe."""
+
+        async def messages() -> AsyncIterator[feedback.StreamFeedbackRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield feedback.StreamFeedbackRequest(events=list(batch))
+            else:
+                for batch in batches:
+                    yield feedback.StreamFeedbackRequest(events=list(batch))
+
+        return await self._unary(self.feedback.StreamFeedback, messages())
+
+    async def get_feedback_stats(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        adapter_version: str = "",
+        tenant_id: str = "",
+    ) -> feedback.GetFeedbackStatsResponse:
+        """Counts of events timed in [start_time, end_time) (default: the 7 days before now), by kind and by
+        adapter version; a naive datetime is taken as UTC."""
+        request = feedback.GetFeedbackStatsRequest(adapter_version=adapter_version, tenant_id=tenant_id)
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
         return await self._unary(self.feedback.GetFeedbackStats, request)
+
+    async def delete_user_feedback(self, user_id: str) -> int:
+        """Forget a user: delete their events and refuse any of theirs timed before now; returns how many
+        events were deleted."""
+        request = feedback.DeleteUserFeedbackRequest(user_id=user_id)
+        return (await self._unary(self.feedback.DeleteUserFeedback, request)).deleted
+
+
+def _one_source(request: Any, **sources: Any) -> None:
+    """Set the one source of a dataset request that is given; the server refuses none or (here) several."""
+    given = {field: value for field, value in sources.items() if value}
+    if len(given) > 1:
+        raise ValueError(f"name one source, not {' and '.join(given)}")
+    for field, value in given.items():
+        if isinstance(value, common.FeedbackDataset):
+            getattr(request, field).CopyFrom(value)
+        else:
+            setattr(request, field, value)
+
+
+def archive_name(described: adapter.Adapter, suggested: str = "") -> str:
+    """``<base model>-<version>.tar.gz``: the file name a download of ``described`` is written to."""
+    suffix = "".join(Path(suggested).suffixes) or ".tar.gz"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", described.base_model) or "adapter"
+    return f"{base}-{described.version}{suffix}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from learning.v1 import error_reason_pb2
@@ -183,11 +183,23 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> LearningEngineE
     """Convert a failed call into its typed exception (reading ErrorInfo and BadRequest)."""
     code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     message = (err.details() if callable(getattr(err, "details", None)) else "") or code.name
-    reason, metadata, violations = "", {}, []
     try:
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
     except ValueError:  # trailers disagree with the status line: keep what the status line said
         status = None
+    return _typed(code, message, status)
+
+
+def from_job_error(status: status_pb2.Status) -> LearningEngineError:
+    """The typed exception for a job's stored ``error`` (a google.rpc.Status with the same details as a call's)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return _typed(code, status.message or code.name, status)
+
+
+def _typed(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> LearningEngineError:
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import jobs, ops, snapshots
+from learning_engine.cli import datasets, jobs, ops, snapshots
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -55,7 +55,9 @@ def connection(
 
 app.command("health")(ops.health)
 app.command("train")(jobs.train)
+app.add_typer(datasets.datasets_app, name="datasets")
 app.command("fisher")(jobs.fisher_cmd)
+app.add_typer(jobs.fisher_jobs_app, name="fisher-jobs")
 app.add_typer(snapshots.snapshots_app, name="snapshots")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(ops.adapters_app, name="adapters")
@@ -64,6 +66,9 @@ app.command("rollback")(ops.rollback)
 app.command("enable")(ops.enable)
 app.command("disable")(ops.disable)
 app.command("status")(ops.status)
+app.command("evaluate")(ops.evaluate)
+app.command("report")(ops.report)
+app.add_typer(jobs.evaluation_jobs_app, name="evaluation-jobs")
 app.command("metrics")(ops.metrics)
 app.add_typer(ops.feedback_app, name="feedback")
 app.command("hash-token")(ops.hash_token)

@@ -12,9 +12,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import typer
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from learning.v1.error_reason_pb2 import ErrorReason
@@ -111,6 +112,24 @@ def emit(opts: Options, message: Message | dict[str, Any], render: Callable[[], 
         render()
     else:
         out.print(key_values(data))
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` whole: nothing in it is cut short with an ellipsis (resource names are pasted into the next
+    command). A table wider than the terminal is printed at its own width, for the terminal to wrap, rather than
+    squeezed: rich's squeezing can cut a cell even when the narrowest layout would have fitted."""
+    needed = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+    width = out.width
+    out.width = max(width, needed)  # print(width=...) cannot go beyond the terminal's width; this can
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
+def when(ts: timestamp_pb2.Timestamp) -> str:
+    """A timestamp as ISO 8601 to the second (UTC), "-" when unset."""
+    return ts.ToDatetime().isoformat(timespec="seconds") if ts.seconds or ts.nanos else "-"
 
 
 def key_values(data: dict[str, Any], title: str | None = None) -> Table:

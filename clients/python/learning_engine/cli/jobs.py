@@ -4,22 +4,46 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import typer
 from google.protobuf import duration_pb2, timestamp_pb2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.table import Column, Table
 from rich.text import Text
 
 from learning.v1 import common_pb2 as common
+from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_NO_STEPS_YET, ERROR_REASON_USAGE
-from learning_engine.cli.common import as_dict, emit, err, fail, interrupted, labels, options, out, run
+from learning_engine.cli.common import (
+    Options,
+    as_dict,
+    emit,
+    err,
+    fail,
+    interrupted,
+    key_values,
+    labels,
+    options,
+    out,
+    print_table,
+    run,
+    when,
+)
+from learning_engine.cli.datasets import dataset_name
+from learning_engine.cli.ops import render_eval
 from learning_engine.client import AsyncClient
 
-jobs_app = typer.Typer(help="Training jobs: list, get, watch, plot, cancel.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Training jobs: list, get, watch, plot, pause, resume, cancel, checkpoints, publish.", no_args_is_help=True
+)
+fisher_jobs_app = typer.Typer(help="Fisher jobs: list, get, watch, cancel.", no_args_is_help=True)
+evaluation_jobs_app = typer.Typer(help="Evaluation jobs: create, list, get, watch, cancel.", no_args_is_help=True)
 
 _STATE = common.JobState.Name
 
@@ -51,6 +75,9 @@ def train(
     data: str = typer.Option(
         None, "--data", "-d", help="JSONL dataset path, relative to the server's datasets dir."
     ),
+    dataset: str = typer.Option(
+        None, "--dataset", help="A stored dataset (see datasets): capitals, or datasets/capitals/versions/2."
+    ),
     from_feedback: int = typer.Option(
         0, "--from-feedback", help="Train on the last N days of feedback instead."
     ),
@@ -79,22 +106,34 @@ def train(
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE, repeatable."),
+    force: bool = typer.Option(
+        False, "--force", help="With --from-feedback: train even with fewer examples than --min-samples."
+    ),
+    objective: str = typer.Option("", "--objective", help="sft | kto (kto needs --from-feedback; sft if empty)."),
+    priority: int = typer.Option(0, "--priority", help="Among queued jobs, higher runs first."),
     request_id: str = typer.Option(
         "", "--request-id", help="Idempotency key: the same id returns the same job."
     ),
-    validate_only: bool = typer.Option(False, "--validate-only", help="Check the request; create nothing."),
+    validate_only: bool = typer.Option(
+        False, "--validate-only", help="Check the spec and its data and show what would run; create nothing."
+    ),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow the job with a live progress bar."),
 ) -> None:
-    """Create a training job from a JSONL dataset or from collected feedback."""
+    """Create a training job from a JSONL file, a stored dataset or collected feedback."""
     opts = options(ctx)
-    if bool(data) == bool(from_feedback):
+    if [bool(data), bool(dataset), bool(from_feedback)].count(True) != 1:
         fail(
             opts,
             grpc.StatusCode.INVALID_ARGUMENT,
-            "name exactly one of --data or --from-feedback",
+            "name exactly one of --data, --dataset or --from-feedback",
             reason=ERROR_REASON_USAGE,
         )
+    if force and not from_feedback:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             "--force applies to --from-feedback (train below --min-samples); a --data file has no minimum",
+             reason=ERROR_REASON_USAGE)
     spec = training.TrainingJobSpec(
+        objective=_objective(objective),
         base_model=base_model,
         lora=common.LoraConfig(rank=rank, alpha=alpha),
         hyperparameters=training.Hyperparameters(
@@ -119,12 +158,19 @@ def train(
     )
     if data:
         spec.jsonl.path = data
+    elif dataset:
+        spec.dataset_name = dataset_name(dataset)
     else:
-        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
+        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples, force=force))
 
     async def call(client: AsyncClient) -> int:
-        job = await client.create_training_job(spec, request_id=request_id, validate_only=validate_only)
-        if not watch or validate_only:
+        job = await client.create_training_job(
+            spec, request_id=request_id, validate_only=validate_only, priority=priority
+        )
+        if validate_only:
+            _validated(opts, job)
+            return 0
+        if not watch:
             emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})"))
             return 0
         if not opts.json:
@@ -132,6 +178,53 @@ def train(
         return await follow_training(client, opts.json, job.name)
 
     raise typer.Exit(_guard_interrupt(ctx, call))
+
+
+_OBJECTIVES = " | ".join(n.removeprefix("OBJECTIVE_").lower() for n in training.Objective.keys()[1:])
+
+
+def _objective(value: str) -> int:
+    if not value:
+        return training.OBJECTIVE_UNSPECIFIED
+    key = f"OBJECTIVE_{value.upper()}"
+    if key not in training.Objective.keys()[1:]:
+        raise typer.BadParameter(f"unknown objective {value!r}; one of {_OBJECTIVES}", param_hint="--objective")
+    return training.Objective.Value(key)
+
+
+def _validated(opts: Options, job: training.TrainingJob) -> None:
+    """What validation found: the data as the job would see it and the spec with the server's defaults filled in.
+    No job exists, so no name or state is shown (--json: the spec and dataset, with "created": false)."""
+    spec, dataset, hp = job.spec, job.dataset, job.spec.hyperparameters
+    source = {
+        "jsonl": spec.jsonl.path, "dataset_name": dataset.dataset_name or spec.dataset_name,
+        "feedback": f"feedback of the last {spec.feedback.days} days",
+    }.get(spec.WhichOneof("dataset") or "", "-")
+    composition = ", ".join(f"{k} {v}" for k, v in sorted(dataset.composition.items()))
+    rows = {
+        "data": f"{source}: {dataset.example_count} examples"
+        + (f", {dataset.target_token_count} target tokens" if dataset.target_token_count else "")
+        + (f" ({composition})" if composition else ""),
+        "base model": spec.base_model,
+        "objective": training.Objective.Name(spec.objective).removeprefix("OBJECTIVE_").lower(),
+        "adapter": f"LoRA r{spec.lora.rank} alpha {spec.lora.alpha:g}",
+        "training": f"{hp.epochs} epochs, lr {hp.learning_rate:g}, batch {hp.batch_size}, "
+        f"max_seq_length {hp.max_seq_length}" + (f", max_steps {hp.max_steps}" if hp.max_steps else ""),
+    }
+    if spec.parent_adapter_version:
+        ewc = spec.ewc
+        rows["continues"] = spec.parent_adapter_version + (
+            " without EWC" if ewc.disabled else
+            f" with EWC lambda {ewc.ewc_lambda:g} gamma {ewc.gamma:g} over "
+            f"{common.FisherSpace.Name(ewc.fisher_space).removeprefix('FISHER_SPACE_').lower()}"
+        ) + (f", replay {ewc.replay_fraction:g}" if ewc.replay_fraction else "")
+    data = {"created": False, "spec": as_dict(spec), "dataset": as_dict(dataset)}
+
+    def render() -> None:
+        out.print("valid; nothing created (without --validate-only this would run):", highlight=False)
+        out.print(key_values(rows))
+
+    emit(opts, data, render)
 
 
 def _guard_interrupt(ctx: typer.Context, call) -> int:
@@ -303,49 +396,90 @@ def fisher_cmd(
         if not watch:
             emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})"))
             return 0
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            disable=opts.json,
-        ) as progress:
-            bar = progress.add_task("fisher", total=None)
-            async for message in client.watch_fisher_job(job.name):
-                if opts.json:
-                    print(json.dumps(as_dict(message)), flush=True)
-                if message.HasField("event") and message.event.HasField("progress"):
-                    p = message.event.progress
-                    progress.update(bar, total=p.samples_total, completed=p.samples_done)
-        done = await client.get_fisher_job(job.name)
-        if not opts.json:
-            out.print(f"{done.name} {_short(done.state)} {done.output_snapshot}", highlight=False)
-        return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
+        return await follow_fisher(client, opts.json, job.name)
 
     raise typer.Exit(_guard_interrupt(ctx, call))
 
 
-@jobs_app.command("list")
-def jobs_list(ctx: typer.Context, page_size: int = typer.Option(20, "--page-size")) -> None:
-    """Recent training jobs, newest first."""
-    opts = options(ctx)
-    response = run(ctx, lambda c: c.list_training_jobs(page_size=page_size))
+async def follow_fisher(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
+    """Show a Fisher job's progress until it ends; return the exit code its outcome maps to."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        disable=as_json,
+    ) as progress:
+        bar = progress.add_task("fisher", total=None)
+        async for message in client.watch_fisher_job(name, after_sequence=after_sequence):
+            if as_json:
+                print(json.dumps(as_dict(message)), flush=True)
+            if message.HasField("event") and message.event.HasField("progress"):
+                p = message.event.progress
+                progress.update(bar, total=p.samples_total, completed=p.samples_done)
+    done = await client.get_fisher_job(name)
+    if not as_json:
+        out.print(f"{done.name} {_short(done.state)} {done.output_snapshot}", highlight=False)
+    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
+
+# Options every job list and watch takes.
+_STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...); repeatable.")
+_PAGE_SIZE = typer.Option(20, "--page-size")
+_PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
+_AFTER = typer.Option(0, "--after", help="Resume after this event's sequence number.")
+
+
+def _states(values: list[str] | None) -> list[int]:
+    states = []
+    for value in values or []:
+        key = f"JOB_STATE_{value.upper()}"
+        if key not in common.JobState.keys()[1:]:
+            names = " | ".join(n.removeprefix("JOB_STATE_").lower() for n in common.JobState.keys()[1:])
+            raise typer.BadParameter(f"unknown state {value!r}; one of {names}", param_hint="--state")
+        states.append(common.JobState.Value(key))
+    return states
+
+
+def _job_table(jobs, wide: bool, result: tuple[str, Callable[[Any], str]], worker: bool = False) -> Table:
+    """Jobs, newest first, their whole names first (to paste into the next command); ``--wide`` adds the rest.
+    ``result`` is the header and the reading of the job's result column (its adapter, snapshot, verdict)."""
+    header, result_of = result
+    columns = [Column("name", no_wrap=True), "state", "progress", Column(header, no_wrap=True)]
+    if wide:
+        columns += ["created", "ended"] + (["worker"] if worker else [])
+    table = Table(*columns, box=None, header_style="bold")
+    for job in jobs:
+        row = [job.name, _short(job.state), f"{job.progress.fraction:.0%}", result_of(job) or "-"]
+        if wide:
+            row += [when(job.create_time), when(job.end_time)] + ([job.worker or "-"] if worker else [])
+        table.add_row(*row)
+    return table
+
+
+def _listed(opts: Options, response, jobs, wide: bool, result: tuple[str, Callable[[Any], str]],
+            worker: bool = False) -> None:
     def render() -> None:
-        from rich.table import Table  # noqa: PLC0415
-
-        table = Table("name", "state", "progress", "adapter", "created")
-        for job in response.training_jobs:
-            table.add_row(
-                job.name,
-                _short(job.state),
-                f"{job.progress.fraction:.0%}",
-                job.output_adapter_version,
-                job.create_time.ToDatetime().isoformat(timespec="seconds"),
-            )
-        out.print(table)
+        print_table(_job_table(jobs, wide, result, worker))
+        if response.next_page_token:
+            err.print(f"more: --page-token {response.next_page_token}", highlight=False)
 
     emit(opts, response, render)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
+    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended, and its worker."),
+) -> None:
+    """Recent training jobs, newest first (whole names, at any terminal width)."""
+    states = _states(state)
+    response = run(ctx, lambda c: c.list_training_jobs(states=states, page_size=page_size, page_token=page_token))
+    _listed(options(ctx), response, response.training_jobs, wide, ("adapter", lambda j: j.output_adapter_version),
+            worker=True)
 
 
 @jobs_app.command("get")
@@ -356,7 +490,7 @@ def jobs_get(ctx: typer.Context, name: str) -> None:
 
 @jobs_app.command("watch")
 def jobs_watch(
-    ctx: typer.Context, name: str, after: int = typer.Option(0, "--after", help="Resume after a sequence.")
+    ctx: typer.Context, name: str, after: int = _AFTER
 ):
     """Follow a job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
@@ -390,11 +524,189 @@ def jobs_plot(
         + (f", {csv_path}" if csv_path is not None else ""), highlight=False))
 
 
+def _steered(ctx: typer.Context, job) -> None:
+    emit(options(ctx), job, lambda: out.print(f"{job.name} {_short(job.state)}", highlight=False))
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(ctx: typer.Context, name: str) -> None:
     """Ask a job to stop; it ends CANCELLED."""
-    job = run(ctx, lambda c: c.cancel_training_job(name))
-    emit(options(ctx), job, lambda: out.print(f"{job.name} {_short(job.state)}"))
+    _steered(ctx, run(ctx, lambda c: c.cancel_training_job(name)))
 
 
-__all__ = ["train", "fisher_cmd", "jobs_app", "follow_training"]
+@jobs_app.command("pause")
+def jobs_pause(ctx: typer.Context, name: str) -> None:
+    """Pause a queued or running job: a running one checkpoints at its next step and frees its worker."""
+    _steered(ctx, run(ctx, lambda c: c.pause_training_job(name)))
+
+
+@jobs_app.command("resume")
+def jobs_resume(ctx: typer.Context, name: str) -> None:
+    """Queue a paused job again; it continues from its last checkpoint."""
+    _steered(ctx, run(ctx, lambda c: c.resume_training_job(name)))
+
+
+@jobs_app.command("checkpoints")
+def jobs_checkpoints(ctx: typer.Context, name: str) -> None:
+    """A job's stored checkpoints, newest first (publish one with jobs publish NAME STEP)."""
+    checkpoints = run(ctx, lambda c: c.list_training_checkpoints(name))
+
+    def render() -> None:
+        if not checkpoints:
+            out.print(f"{name} has no stored checkpoints", highlight=False)
+            return
+        table = Table("step", "loss", "eval loss", "bytes", "created", box=None, header_style="bold")
+        for c in checkpoints:
+            eval_loss = f"{c.eval_loss:.4f}" if c.HasField("eval_loss") else "-"
+            table.add_row(str(c.step), f"{c.loss:.4f}", eval_loss, f"{c.size_bytes:,}", when(c.create_time))
+        print_table(table)
+
+    emit(options(ctx), {"checkpoints": [as_dict(c) for c in checkpoints]}, render)
+
+
+@jobs_app.command("publish")
+def jobs_publish(
+    ctx: typer.Context,
+    name: str,
+    step: int = typer.Argument(..., min=1, help="The checkpoint's step (see jobs checkpoints)."),
+    request_id: str = typer.Option("", "--request-id", help="Idempotency key: the same id returns the same version."),
+) -> None:
+    """Publish one of a job's checkpoints as a new adapter version."""
+    version = run(ctx, lambda c: c.publish_checkpoint(name, step, request_id=request_id))
+    emit(options(ctx), {"name": name, "step": step, "adapter_version": version},
+         lambda: out.print(f"{name} step {step} -> adapter {version}", highlight=False))
+
+
+# ---- Fisher jobs ---------------------------------------------------------------------
+
+
+@fisher_jobs_app.command("list")
+def fisher_jobs_list(
+    ctx: typer.Context,
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
+    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
+) -> None:
+    """Recent Fisher jobs, newest first (whole names, at any terminal width)."""
+    states = _states(state)
+    response = run(ctx, lambda c: c.list_fisher_jobs(states=states, page_size=page_size, page_token=page_token))
+    _listed(options(ctx), response, response.fisher_jobs, wide, ("snapshot", lambda j: j.output_snapshot))
+
+
+@fisher_jobs_app.command("get")
+def fisher_jobs_get(ctx: typer.Context, name: str) -> None:
+    """One Fisher job."""
+    emit(options(ctx), run(ctx, lambda c: c.get_fisher_job(name)))
+
+
+@fisher_jobs_app.command("watch")
+def fisher_jobs_watch(
+    ctx: typer.Context, name: str, after: int = _AFTER
+) -> None:
+    """Follow a Fisher job to its end (reconnecting if the connection drops)."""
+    opts = options(ctx)
+    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_fisher(c, opts.json, name, after)))
+
+
+@fisher_jobs_app.command("cancel")
+def fisher_jobs_cancel(ctx: typer.Context, name: str) -> None:
+    """Ask a Fisher job to stop; it ends CANCELLED."""
+    _steered(ctx, run(ctx, lambda c: c.cancel_fisher_job(name)))
+
+
+
+# ---- evaluation jobs -----------------------------------------------------------------
+
+
+@evaluation_jobs_app.command("create")
+def evaluation_jobs_create(
+    ctx: typer.Context,
+    version: str,
+    baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one then)."),
+    suite: list[str] = typer.Option(None, "--suite", help="A golden suite JSONL below the data root; repeatable."),
+    base_model: str = typer.Option("", "--base-model"),
+    request_id: str = typer.Option("", "--request-id"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow it, then show the decision."),
+) -> None:
+    """Evaluate a version against a baseline as a job (the gate's suites and --suite ones); activates nothing."""
+    opts = options(ctx)
+    spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=suite or [],
+                                        base_model=base_model)
+
+    async def call(client: AsyncClient) -> int:
+        job = await client.create_evaluation_job(spec, request_id=request_id)
+        if not watch:
+            emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})", highlight=False))
+            return 0
+        return await follow_evaluation(client, opts.json, job.name)
+
+    raise typer.Exit(_guard_interrupt(ctx, call))
+
+
+async def follow_evaluation(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
+    """Show an evaluation job's answers suite by suite until it ends, then its decision; return the exit code of
+    its outcome (a version that fails the gate is a job that succeeded: 0)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
+                  disable=as_json) as progress:
+        bars: dict[str, TaskID] = {}
+        async for message in client.watch_evaluation_job(name, after_sequence=after_sequence):
+            if as_json:
+                print(json.dumps(as_dict(message)), flush=True)
+            if message.HasField("event") and message.event.HasField("progress"):
+                p = message.event.progress
+                bar = bars.setdefault(p.suite, progress.add_task(p.suite, total=p.total))
+                progress.update(bar, total=p.total, completed=p.answered)
+    done = await client.get_evaluation_job(name)
+    if not as_json:
+        out.print(f"{done.name} {_short(done.state)}", highlight=False)
+        if done.HasField("eval"):
+            render_eval(done.spec.version, done.eval)
+        if done.HasField("error") and done.error.code:
+            err.print(f"[red]{done.error.message}[/]", highlight=False)
+    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
+
+
+def _verdict(job: evaluation.EvaluationJob) -> str:
+    return ("passed" if job.eval.passed else "failed") if job.HasField("eval") else ""
+
+
+@evaluation_jobs_app.command("list")
+def evaluation_jobs_list(
+    ctx: typer.Context,
+    state: list[str] = _STATE_FILTER,
+    page_size: int = _PAGE_SIZE,
+    page_token: str = _PAGE_TOKEN,
+    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
+) -> None:
+    """Recent evaluation jobs, newest first, with their verdicts (whole names, at any terminal width)."""
+    states = _states(state)
+    response = run(ctx, lambda c: c.list_evaluation_jobs(states=states, page_size=page_size, page_token=page_token))
+    _listed(options(ctx), response, response.evaluation_jobs, wide, ("verdict", _verdict))
+
+
+@evaluation_jobs_app.command("get")
+def evaluation_jobs_get(ctx: typer.Context, name: str) -> None:
+    """One evaluation job, with its decision once it ended."""
+    emit(options(ctx), run(ctx, lambda c: c.get_evaluation_job(name)))
+
+
+@evaluation_jobs_app.command("watch")
+def evaluation_jobs_watch(
+    ctx: typer.Context, name: str, after: int = _AFTER
+) -> None:
+    """Follow an evaluation job to its end and show its decision."""
+    opts = options(ctx)
+    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_evaluation(c, opts.json, name, after)))
+
+
+@evaluation_jobs_app.command("cancel")
+def evaluation_jobs_cancel(ctx: typer.Context, name: str) -> None:
+    """Ask an evaluation job to stop; it ends CANCELLED."""
+    _steered(ctx, run(ctx, lambda c: c.cancel_evaluation_job(name)))
+
+
+__all__ = [
+    "train", "fisher_cmd", "jobs_app", "fisher_jobs_app", "evaluation_jobs_app", "follow_training", "follow_fisher",
+    "follow_evaluation",
+]

@@ -1,34 +1,56 @@
-"""Operations: health, adapters, deploy/rollback/enable/disable/status, metrics, feedback import."""
+"""Operations: health, adapters, deploy/rollback/enable/disable/status/evaluate, metrics, feedback."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import typer
 from google.protobuf import json_format
-from rich.table import Table
+from rich.table import Column, Table
 
+from learning.v1 import adapter_pb2
 from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import lora_control_pb2 as lora
-from learning.v1.error_reason_pb2 import ERROR_REASON_FEEDBACK_LINE_INVALID, ERROR_REASON_METRICS_UNREACHABLE
-from learning_engine.cli.common import as_dict, emit, fail, labels, options, out, run
+from learning.v1.error_reason_pb2 import (
+    ERROR_REASON_FEEDBACK_LINE_INVALID,
+    ERROR_REASON_METRICS_UNREACHABLE,
+    ERROR_REASON_USAGE,
+)
+from learning_engine.cli.common import (
+    as_dict,
+    emit,
+    fail,
+    interrupted,
+    labels,
+    options,
+    out,
+    print_table,
+    run,
+    when,
+)
 from learning_engine.client import AsyncClient
 
-adapters_app = typer.Typer(help="The adapter registry: list, info, download, import.", no_args_is_help=True)
-feedback_app = typer.Typer(help="Feedback: import JSONL events.", no_args_is_help=True)
+adapters_app = typer.Typer(
+    help="The adapter registry: list, info, lineage, download, import, delete, prune.", no_args_is_help=True
+)
+feedback_app = typer.Typer(help="Feedback: import JSONL events, stats, forget a user.", no_args_is_help=True)
 
 SERVICES = (
     "learning.v1.TrainingService",
     "learning.v1.FisherService",
     "learning.v1.AdapterService",
     "learning.v1.LoraControlService",
+    "learning.v1.EvaluationService",
+    "learning.v1.DatasetService",
     "learning.v1.FeedbackService",
 )
 
@@ -46,7 +68,7 @@ def health(ctx: typer.Context) -> None:
         raise typer.Exit(grpc.StatusCode.UNAVAILABLE.value[0])
 
 
-def _table(headers: list[str], rows) -> Table:
+def _table(headers: list[str | Column], rows) -> Table:
     table = Table(*headers)
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
@@ -79,7 +101,7 @@ def adapters_list(
         for a in response.adapters
     ]
     headers = ["base model", "version", "parent", "train loss", "bytes", "created"]
-    emit(options(ctx), response, lambda: out.print(_table(headers, rows)))
+    emit(options(ctx), response, lambda: print_table(_table(headers, rows)))
 
 
 @adapters_app.command("info")
@@ -90,17 +112,42 @@ def adapters_info(
     emit(options(ctx), run(ctx, lambda c: c.get_adapter(version, base_model=base_model)))
 
 
+@adapters_app.command("lineage")
+def adapters_lineage(ctx: typer.Context, version: str, base_model: str = typer.Option("", "--base-model")) -> None:
+    """A version and its parents back to the first (deleted ones included)."""
+    lineage = run(ctx, lambda c: c.get_lineage(version, base_model=base_model))
+    rows = [
+        (
+            a.version,
+            adapter_pb2.AdapterSource.Name(a.source).removeprefix("ADAPTER_SOURCE_").lower(),
+            a.training_job or "-",
+            f"{a.train_loss:.4f}" if a.train_loss else "-",
+            "deleted " + when(a.delete_time) if a.HasField("delete_time") else when(a.create_time),
+        )
+        for a in lineage
+    ]
+    headers = ["version", "source", Column("training job", no_wrap=True), "train loss", "created"]
+    emit(options(ctx), {"adapters": [as_dict(a) for a in lineage]}, lambda: print_table(_table(headers, rows)))
+
+
 @adapters_app.command("download")
 def adapters_download(
     ctx: typer.Context,
     version: str,
     out_dir: Path = typer.Option(Path("."), "--out", "-o", help="Directory to write the archive into."),
     base_model: str = typer.Option("", "--base-model"),
+    force: bool = typer.Option(False, "--force", help="Overwrite the version's archive if the directory holds it."),
 ) -> None:
-    """Download an adapter archive (sha256 verified)."""
-    adapter, path = run(ctx, lambda c: c.download_adapter(version, out_dir, base_model=base_model))
+    """Download an adapter archive as <base model>-<version>.tar.gz (sha256 verified)."""
+    opts = options(ctx)
+    try:
+        adapter, path = run(ctx, lambda c: c.download_adapter(version, out_dir, base_model=base_model,
+                                                              overwrite=force))
+    except FileExistsError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.filename} exists; --force overwrites it",
+             reason=ERROR_REASON_USAGE, metadata={"path": str(exc.filename)})
     emit(
-        options(ctx),
+        opts,
         {"adapter": as_dict(adapter), "path": str(path)},
         lambda: out.print(f"{adapter.version} -> {path}", highlight=False),
     )
@@ -109,26 +156,55 @@ def adapters_download(
 @adapters_app.command("import")
 def adapters_import(
     ctx: typer.Context,
-    archive: Path = typer.Argument(..., exists=True, dir_okay=False, help="Adapter archive to upload."),
+    source: Path = typer.Argument(
+        ..., exists=True, help="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
+        "as PEFT, Axolotl or LLaMA-Factory write it, or a tar.gz of one."
+    ),
     base_model: str = typer.Option("", "--base-model"),
     parent: str = typer.Option("", "--parent"),
     major: bool = typer.Option(False, "--major"),
     label: list[str] = typer.Option(None, "--label"),
     request_id: str = typer.Option("", "--request-id"),
 ) -> None:
-    """Import an externally trained PEFT adapter as a new version."""
-    adapter = run(
-        ctx,
-        lambda c: c.import_adapter(
-            archive,
-            base_model=base_model,
-            parent_version=parent,
-            major_version_bump=major,
-            labels=labels(label),
-            request_id=request_id,
-        ),
-    )
-    emit(options(ctx), adapter, lambda: out.print(f"imported {adapter.base_model} {adapter.version}"))
+    """Import an externally trained PEFT adapter as a new version (a directory is packed here first)."""
+    opts = options(ctx)
+    try:
+        adapter = run(
+            ctx,
+            lambda c: c.import_adapter(
+                source,
+                base_model=base_model,
+                parent_version=parent,
+                major_version_bump=major,
+                labels=labels(label),
+                request_id=request_id,
+            ),
+        )
+    except FileNotFoundError as exc:  # a directory without the adapter's files
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason=ERROR_REASON_USAGE)
+    emit(opts, adapter, lambda: out.print(f"imported {adapter.base_model} {adapter.version}"))
+
+
+@adapters_app.command("delete")
+def adapters_delete(ctx: typer.Context, version: str, base_model: str = typer.Option("", "--base-model")) -> None:
+    """Delete a version's archive (refused while it is active or the known-good one); it stays in lineages."""
+    run(ctx, lambda c: c.delete_adapter(version, base_model=base_model))
+    emit(options(ctx), {"deleted": version}, lambda: out.print(f"deleted {version}", highlight=False))
+
+
+@adapters_app.command("prune")
+def adapters_prune(
+    ctx: typer.Context,
+    keep: int = typer.Option(0, "--keep", min=0, help="Keep this many newest versions (0: the server's setting)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted; delete nothing."),
+    base_model: str = typer.Option("", "--base-model"),
+) -> None:
+    """Apply the retention policy now (the active and known-good versions are always kept)."""
+    response = run(ctx, lambda c: c.prune_adapters(base_model=base_model, keep=keep, dry_run=dry_run))
+    deleted = ", ".join(response.deleted_versions) or "nothing"
+    emit(options(ctx), response, lambda: out.print(
+        f"{'would delete' if dry_run else 'deleted'} {deleted}; kept {', '.join(response.kept_versions) or '-'}",
+        highlight=False))
 
 
 # ---- LoRA control --------------------------------------------------------------------
@@ -161,10 +237,12 @@ def deploy(
     reason: str = typer.Option("", "--reason"),
     force: bool = typer.Option(False, "--force", help="Activate even if the evaluation gate fails."),
     known_good: bool = typer.Option(False, "--known-good", help="Mark as the rollback target."),
+    base_model: str = typer.Option("", "--base-model", help="The version's base model (the serving target's)."),
 ) -> None:
     """Activate an adapter version in the serving engine (hot swap)."""
     response = run(
-        ctx, lambda c: c.activate_adapter(version, reason=reason, force=force, mark_known_good=known_good)
+        ctx, lambda c: c.activate_adapter(version, reason=reason, force=force, mark_known_good=known_good,
+                                          base_model=base_model)
     )
     emit(options(ctx), response, _status_render(response.status))
 
@@ -187,10 +265,100 @@ def disable(ctx: typer.Context, reason: str = typer.Option("", "--reason")) -> N
     emit(options(ctx), status, _status_render(status))
 
 
-def status(ctx: typer.Context) -> None:
+def status(
+    ctx: typer.Context,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Then one line for each change, until Ctrl-C."),
+) -> None:
     """What the serving engine runs now."""
-    current = run(ctx, lambda c: c.get_lora_status())
-    emit(options(ctx), current, _status_render(current))
+    opts = options(ctx)
+    if not watch:
+        current = run(ctx, lambda c: c.get_lora_status())
+        emit(opts, current, _status_render(current))
+        return
+
+    async def follow(client: AsyncClient) -> None:
+        async for changed in client.watch_lora_status():
+            line = _status_line(changed)
+            emit(opts, changed, functools.partial(out.print, line, highlight=False))
+
+    try:
+        run(ctx, follow)
+    except KeyboardInterrupt:
+        interrupted("stopped watching")
+
+
+def _status_line(status: lora.LoraStatus) -> str:
+    line = (f"active {status.active_version or '-'} ({'enabled' if status.enabled else 'disabled'}), "
+            f"known good {status.known_good_version or '-'}, "
+            f"loaded {', '.join(a.version for a in status.loaded) or '-'}")
+    if status.HasField("last_operation"):
+        op = status.last_operation
+        kind = lora.LoraOperationKind.Name(op.kind).removeprefix("LORA_OPERATION_KIND_").lower()
+        line += f"; last: {kind} {op.version}" + (" failed" if op.HasField("error") and op.error.code else "")
+    return line
+
+
+def evaluate(
+    ctx: typer.Context,
+    version: str,
+    baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one)."),
+    suite: str = typer.Option("", "--suite", help="Golden suite JSONL below the data root (default: configured)."),
+    base_model: str = typer.Option("", "--base-model"),
+) -> None:
+    """Run the eval gate's suites on a version against a baseline, without activating anything."""
+    summary = run(ctx, lambda c: c.evaluate_adapter(version, baseline_version=baseline, suite_path=suite,
+                                                    base_model=base_model))
+    emit(options(ctx), summary, lambda: render_eval(version, summary))
+
+
+def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
+    """An evaluation's decision, a row per suite, and where its reports are."""
+    verdict = "passed" if summary.passed else "FAILED"
+    out.print(f"{version} vs {summary.baseline_version or 'the base model'}: {verdict}", highlight=False)
+    rows = []
+    for s in summary.suites:
+        metrics = {m.name: m.value for m in s.metrics}
+        rate, base_rate = metrics.get("pass_rate"), metrics.get("baseline_pass_rate")
+        rows.append((
+            s.name, str(s.cases), "-" if rate is None else f"{rate:.3f}",
+            "-" if base_rate is None else f"{base_rate:.3f}", str(s.regressions),
+            "yes" if s.passed else "no", "; ".join(s.failed_checks) or s.note or "-",
+        ))
+    print_table(_table(["suite", "cases", "pass rate", "baseline", "regressions", "passed", "checks"], rows))
+    for uri in summary.report_uris:
+        out.print(f"report: {uri}", highlight=False)
+
+
+_FORMATS = {"html": lora.REPORT_FORMAT_HTML, "json": lora.REPORT_FORMAT_JSON,
+            "markdown": lora.REPORT_FORMAT_MARKDOWN, "png": lora.REPORT_FORMAT_PNG}
+
+
+def report(
+    ctx: typer.Context,
+    version: str,
+    evaluation: str = typer.Option("", "--evaluation", help="The evaluation's id (the version's latest if empty)."),
+    fmt: str = typer.Option("html", "--format", help=" | ".join(_FORMATS)),
+    out_path: Path = typer.Option(None, "--out", "-o", help="Write it here (needed for png); else to stdout."),
+    base_model: str = typer.Option("", "--base-model"),
+) -> None:
+    """A stored evaluation report of a version (gate or evaluate): HTML page, JSON, Markdown or its chart."""
+    opts = options(ctx)
+    if fmt not in _FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; one of {' | '.join(_FORMATS)}", param_hint="--format")
+    if out_path is None and fmt == "png":
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "a png report needs --out FILE", reason=ERROR_REASON_USAGE)
+    response = run(ctx, lambda c: c.get_evaluation_report(version, evaluation_id=evaluation, format=_FORMATS[fmt],
+                                                          base_model=base_model))
+    if out_path is None:
+        sys.stdout.buffer.write(response.content)
+        sys.stdout.flush()
+        return
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(response.content)
+    written = {"version": version, "evaluation_id": response.eval.evaluation_id, "content_type": response.content_type,
+               "uri": response.uri, "path": str(out_path)}
+    emit(opts, written, lambda: out.print(
+        f"{version} evaluation {response.eval.evaluation_id} ({fmt}) -> {out_path}", highlight=False))
 
 
 # ---- metrics and feedback ---------------------------------------------------------
@@ -243,6 +411,9 @@ def feedback_import(
         ..., exists=True, dir_okay=False, help="JSONL, one FeedbackEvent (proto JSON) a line."
     ),
     batch: int = typer.Option(500, "--batch", min=1, max=10_000),
+    stream: bool = typer.Option(
+        False, "--stream", help="Send the batches on one stream (StreamFeedback) instead of a call each."
+    ),
 ) -> None:
     """Submit feedback events from a JSONL file, in batches; the whole file is checked first."""
     opts = options(ctx)
@@ -261,12 +432,16 @@ def feedback_import(
                 violations=[(f"line[{number}]", str(exc))],
             )
 
+    batches = [events[start : start + batch] for start in range(0, len(events), batch)]
+
     async def call(client: AsyncClient) -> dict[str, int]:
-        totals = {"events": len(events), "stored": 0, "duplicates": 0}
-        for start in range(0, len(events), batch):
-            response = await client.submit_feedback(events[start : start + batch])
+        totals = {"events": len(events), "stored": 0, "duplicates": 0, "forgotten": 0}
+        responses = [await client.stream_feedback(batches)] if stream else [
+            await client.submit_feedback(b) for b in batches]
+        for response in responses:
             totals["stored"] += response.stored
             totals["duplicates"] += response.duplicates
+            totals["forgotten"] += response.forgotten
         return totals
 
     totals = run(ctx, call)
@@ -275,8 +450,51 @@ def feedback_import(
         totals,
         lambda: out.print(
             f"{totals['events']} events: {totals['stored']} stored, {totals['duplicates']} duplicates"
+            + (f", {totals['forgotten']} of forgotten users refused" if totals["forgotten"] else "")
         ),
     )
+
+
+@feedback_app.command("stats")
+def feedback_stats(
+    ctx: typer.Context,
+    days: float = typer.Option(7.0, "--days", min=0, help="The window: this many days before --until."),
+    until: datetime = typer.Option(None, "--until", help="End of the window (ISO date/time, UTC; default: now)."),
+    adapter_version: str = typer.Option("", "--adapter-version", help="Only events on this version."),
+    tenant: str = typer.Option("", "--tenant", help="Only this tenant's events."),
+) -> None:
+    """Feedback counts in a window, by kind and by adapter version (positive: thumbs up, ratings 4-5)."""
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until is not None else datetime.now(UTC)
+    stats = run(ctx, lambda c: c.get_feedback_stats(
+        start_time=end - timedelta(days=days), end_time=end, adapter_version=adapter_version, tenant_id=tenant))
+
+    def render() -> None:
+        start, stop = (t.ToDatetime().isoformat(timespec="seconds") for t in (stats.start_time, stats.end_time))
+        out.print(f"{stats.total} events from {start} to {stop} (UTC)", highlight=False)
+        kinds = [(feedback.FeedbackKind.Name(k.kind).removeprefix("FEEDBACK_KIND_").lower(), str(k.count))
+                 for k in stats.by_kind]
+        if kinds:
+            print_table(_table(["kind", "events"], kinds))
+        versions = [(a.adapter_version or "(base model)", str(a.positive), str(a.negative), f"{a.positive_ratio:.2f}")
+                    for a in stats.by_adapter]
+        if versions:
+            print_table(_table(["adapter", "positive", "negative", "positive ratio"], versions))
+
+    emit(options(ctx), stats, render)
+
+
+@feedback_app.command("forget-user")
+def feedback_forget_user(
+    ctx: typer.Context, user_id: str = typer.Argument(..., help="The user_id their events carry.")
+) -> None:
+    """Right to be forgotten: delete a user's events; any of theirs timed before now is refused from then on."""
+    opts = options(ctx)
+    if not user_id.strip():
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name the user whose feedback to delete",
+             reason=ERROR_REASON_USAGE)
+    deleted = run(ctx, lambda c: c.delete_user_feedback(user_id))
+    emit(opts, {"user_id": user_id, "deleted": deleted},
+         lambda: out.print(f"forgot {user_id}: {deleted} events deleted", highlight=False))
 
 
 # ---- tokens ---------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""datasets: upload, create, list, show, validate and delete stored training datasets (train --dataset NAME)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import typer
+from rich.table import Column, Table
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import dataset_pb2
+from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
+from learning_engine.cli.common import Options, emit, fail, options, out, print_table, run, when
+
+datasets_app = typer.Typer(
+    help="Stored datasets (train --dataset NAME): upload, create, list, get, validate, delete.", no_args_is_help=True
+)
+
+_EVAL = typer.Option(0.0, "--eval-fraction", min=0.0, max=1.0, help="Share of the prompts held out for eval.")
+_TEST = typer.Option(0.0, "--test-fraction", min=0.0, max=1.0, help="Share of the prompts held out for test.")
+_SEED = typer.Option(0, "--seed", min=0, help="Seed of the split.")
+
+
+def dataset_name(name: str) -> str:
+    """``capitals`` or ``datasets/capitals[/versions/N]``, as the server names it."""
+    return name if name.startswith("datasets/") else f"datasets/{name}"
+
+
+def _split(eval_fraction: float, test_fraction: float, seed: int) -> dataset_pb2.SplitRule | None:
+    if not (eval_fraction or test_fraction):
+        return None
+    return dataset_pb2.SplitRule(eval_fraction=eval_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def _counts(counts: dataset_pb2.SplitCounts) -> str:
+    return f"train {counts.train}, eval {counts.eval}, test {counts.test}"
+
+
+def _stored(opts: Options, response: dataset_pb2.UploadDatasetResponse | dataset_pb2.CreateDatasetResponse) -> None:
+    d = response.dataset
+    emit(opts, response, lambda: out.print(
+        f"{'stored' if response.created else 'exists'} {d.name}: {d.example_count} examples "
+        f"({_counts(d.split_counts)})", highlight=False))
+
+
+def _feedback(days: int, min_samples: int, force: bool) -> common.FeedbackDataset | None:
+    return common.FeedbackDataset(days=days, min_samples=min_samples, force=force) if days else None
+
+
+def _one_source(opts: Options, **given: object) -> None:
+    flags = {name: "FILE" if name == "file" else "--" + name.replace("_", "-") for name in given}
+    named = [flags[name] for name, value in given.items() if value]
+    if len(named) != 1:
+        got = f" (got {' and '.join(named)})" if named else ""
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"name exactly one of {', '.join(flags.values())}{got}",
+             reason=ERROR_REASON_USAGE)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL examples (prompt/completion or chat)."),
+    name: str = typer.Option(..., "--name", "-n", help="The dataset: capitals or datasets/capitals."),
+    eval_fraction: float = _EVAL,
+    test_fraction: float = _TEST,
+    seed: int = _SEED,
+) -> None:
+    """Upload a JSONL file as a new version of a dataset (the same bytes and split again: the existing one)."""
+    split = _split(eval_fraction, test_fraction, seed)
+    _stored(options(ctx), run(ctx, lambda c: c.upload_dataset(dataset_name(name), file, split=split)))
+
+
+@datasets_app.command("create")
+def datasets_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The dataset: capitals or datasets/capitals."),
+    server_path: str = typer.Option("", "--server-path", help="A JSONL file below the server's datasets dir."),
+    s3: str = typer.Option("", "--s3", help="An s3://bucket/key JSONL object (servers storing artifacts in S3)."),
+    from_feedback: int = typer.Option(0, "--from-feedback", help="Freeze the last N days of feedback."),
+    min_samples: int = typer.Option(0, "--min-samples", help="With --from-feedback: fewest examples to accept."),
+    force: bool = typer.Option(False, "--force", help="With --from-feedback: store even below --min-samples."),
+    eval_fraction: float = _EVAL,
+    test_fraction: float = _TEST,
+    seed: int = _SEED,
+) -> None:
+    """Store a version of a dataset from a server file, an S3 object or a window of feedback."""
+    opts = options(ctx)
+    _one_source(opts, server_path=server_path, s3=s3, from_feedback=from_feedback)
+    split = _split(eval_fraction, test_fraction, seed)
+    feedback = _feedback(from_feedback, min_samples, force)
+    _stored(opts, run(ctx, lambda c: c.create_dataset(dataset_name(name), split=split, server_path=server_path,
+                                                      s3_uri=s3, feedback=feedback)))
+
+
+_SOURCES = {"upload": "upload", "server_path": "server file", "s3_uri": "s3", "feedback": "feedback"}
+
+
+def _source(d: dataset_pb2.Dataset) -> str:
+    kind = d.WhichOneof("source")
+    if kind == "upload":
+        return f"upload {d.upload.filename}".strip()
+    if kind == "feedback":
+        return f"feedback, {d.feedback.days or 7} days"
+    return str(getattr(d, kind)) if kind else "-"
+
+
+@datasets_app.command("list")
+def datasets_list(
+    ctx: typer.Context,
+    dataset: str = typer.Option("", "--dataset", "-d", help="Only this dataset's versions."),
+    page_size: int = typer.Option(20, "--page-size"),
+    page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
+    wide: bool = typer.Option(False, "--wide", help="Also show where each came from (file, object) and when."),
+) -> None:
+    """Dataset versions, newest first (whole names, at any terminal width)."""
+    response = run(ctx, lambda c: c.list_datasets(dataset=dataset_name(dataset) if dataset else "",
+                                                  page_size=page_size, page_token=page_token))
+
+    def render() -> None:
+        columns = [Column("name", no_wrap=True), "examples", "train/eval/test", "source"]
+        table = Table(*columns, *(["created"] if wide else []), box=None, header_style="bold")
+        for d in response.datasets:
+            c = d.split_counts
+            source = _source(d) if wide else _SOURCES.get(d.WhichOneof("source") or "", "-")
+            table.add_row(d.name, str(d.example_count), f"{c.train}/{c.eval}/{c.test}", source,
+                          *([when(d.create_time)] if wide else []))
+        print_table(table)
+        if response.next_page_token:
+            out.print(f"more: --page-token {response.next_page_token}", highlight=False)
+
+    emit(options(ctx), response, render)
+
+
+@datasets_app.command("get")
+def datasets_get(ctx: typer.Context, name: str = typer.Argument(..., help="A version, or a dataset's newest.")) -> None:
+    """One dataset version: its digest, counts, split and source."""
+    emit(options(ctx), run(ctx, lambda c: c.get_dataset(dataset_name(name))))
+
+
+@datasets_app.command("validate")
+def datasets_validate(
+    ctx: typer.Context,
+    file: Path = typer.Argument(None, exists=True, dir_okay=False, help="A local JSONL file to check."),
+    server_path: str = typer.Option("", "--server-path", help="Or a JSONL file below the server's datasets dir."),
+    s3: str = typer.Option("", "--s3", help="Or an s3://bucket/key JSONL object."),
+    from_feedback: int = typer.Option(0, "--from-feedback", help="Or the last N days of feedback."),
+    eval_fraction: float = _EVAL,
+    test_fraction: float = _TEST,
+    seed: int = _SEED,
+) -> None:
+    """Check examples as a dataset version would be checked, and count them; stores nothing."""
+    opts = options(ctx)
+    _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
+    content = file.read_bytes() if file is not None else b""
+    split = _split(eval_fraction, test_fraction, seed)
+    feedback = _feedback(from_feedback, 0, False)
+    checked = run(ctx, lambda c: c.validate_dataset(split=split, content=content, server_path=server_path,
+                                                    s3_uri=s3, feedback=feedback))
+    shapes = ", ".join(f"{k} {v}" for k, v in sorted(checked.composition.items()))
+    emit(opts, checked, lambda: out.print(
+        f"valid: {checked.example_count} examples ({shapes}; {_counts(checked.split_counts)}), "
+        f"sha256 {checked.sha256}", highlight=False))
+
+
+@datasets_app.command("delete")
+def datasets_delete(
+    ctx: typer.Context, name: str = typer.Argument(..., help="A version, or a dataset (every version of it).")
+) -> None:
+    """Delete a version, or every version of a dataset (refused while a job or an adapter was trained on it)."""
+    deleted = run(ctx, lambda c: c.delete_dataset(dataset_name(name)))
+    emit(options(ctx), {"deleted": deleted}, lambda: out.print(f"deleted {', '.join(deleted)}", highlight=False))
