@@ -110,7 +110,8 @@ async def test_handles_registry_lora_and_feedback(make_server, data_dir: Path, p
             await sdk.validate_dataset(content=b"{}", server_path="capitals.jsonl")
         by_name = training_pb2.TrainingJobSpec(dataset_name="datasets/capitals",
                                                hyperparameters=spec().hyperparameters)
-        assert (await sdk.create_training_job(by_name, validate_only=True)).dataset.example_count == counts.train
+        resolved = (await sdk.create_training_job(by_name, validate_only=True)).dataset
+        assert resolved.example_count == counts.train + counts.eval  # the eval split is held out when it runs
         assert await sdk.delete_dataset("datasets/capitals/versions/1") == ["datasets/capitals/versions/1"]
 
         # Import a PEFT directory as it is (packed by the client, extra files left out), then the archive.
