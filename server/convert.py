@@ -199,7 +199,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
         dataset = JsonlSource(path=msg.jsonl.path)
     elif source == "feedback":
-        dataset = feedback_source_from_pb(msg.feedback)
+        dataset = feedback_source_from_pb(msg.feedback, issues, "spec.feedback")
     elif source == "dataset_name":
         try:
             parse_dataset_name(msg.dataset_name, "spec.dataset_name")
@@ -268,8 +268,18 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
     return msg
 
 
-def feedback_source_from_pb(f: common.FeedbackDataset) -> FeedbackSource:
-    """A dataset built from feedback; zero fields take the defaults (7 days, 100 samples, weights 2.0 / 0.5)."""
+MAX_FEEDBACK_DAYS = 3650  # a window longer than ten years is a mistake (and past a point, a date overflow)
+
+
+def feedback_source_from_pb(f: common.FeedbackDataset, issues: ViolationCollector,
+                            field_path: str) -> FeedbackSource:
+    """A dataset built from feedback, its window and weights checked into ``issues`` (violations named
+    ``<field_path>.days``, ...); zero fields take the defaults (7 days, 100 samples, weights 2.0 / 0.5)."""
+    issues.check(f.days <= MAX_FEEDBACK_DAYS, f"{field_path}.days", f"at most {MAX_FEEDBACK_DAYS}")
+    for name in ("thumbs_up_weight", "thumbs_down_weight"):
+        value = getattr(f, name)
+        issues.check(math.isfinite(value) and value >= 0, f"{field_path}.{name}",
+                     "a finite number >= 0 (0: the default)")
     fd = FeedbackSource()
     return FeedbackSource(
         days=f.days or fd.days,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from engine.domain import FeedbackSource
-from engine.errors import FieldViolation, InvalidArgument
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.splits import SplitRule
 from engine.training.stored_datasets import (
     DatasetContent,
@@ -22,7 +20,6 @@ from learning.v1 import dataset_pb2 as pb
 from server.convert import _ts, feedback_source_from_pb, feedback_source_to_pb
 
 MAX_FILENAME = 255
-MAX_FEEDBACK_DAYS = 3650
 
 
 def split_from_pb(msg: pb.SplitRule, field_path: str) -> SplitRule:
@@ -56,17 +53,10 @@ def source_from_pb(msg: pb.CreateDatasetRequest | pb.ValidateDatasetRequest) -> 
 
 def feedback_from_pb(f: common.FeedbackDataset) -> FeedbackSource:
     """A feedback source of a dataset request, its window and weights checked (INVALID_DATASET_REQUEST)."""
-    violations = []
-    if f.days > MAX_FEEDBACK_DAYS:
-        violations.append(FieldViolation("feedback.days", f"at most {MAX_FEEDBACK_DAYS}"))
-    for name in ("thumbs_up_weight", "thumbs_down_weight"):
-        value = getattr(f, name)
-        if not (math.isfinite(value) and value >= 0):
-            violations.append(FieldViolation(f"feedback.{name}", "a finite number >= 0 (0: the default)"))
-    if violations:
-        raise InvalidArgument("INVALID_DATASET_REQUEST", "invalid feedback source: " + "; ".join(
-            f"{v.field}: {v.description}" for v in violations), violations=violations)
-    return feedback_source_from_pb(f)
+    issues = ViolationCollector()
+    source = feedback_source_from_pb(f, issues, "feedback")
+    issues.raise_if_any("INVALID_DATASET_REQUEST", "invalid feedback source")
+    return source
 
 
 def missing_source() -> InvalidArgument:

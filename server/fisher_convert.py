@@ -47,7 +47,7 @@ def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_spac
     if source == "jsonl":
         issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
     elif source == "feedback":
-        dataset = feedback_source_from_pb(msg.feedback)
+        dataset = feedback_source_from_pb(msg.feedback, issues, "spec.feedback")
     else:
         issues.add("spec.dataset", "set spec.jsonl or spec.feedback (the data the adapter should remember)")
     issues.raise_if_any("INVALID_FISHER_SPEC", "invalid Fisher job spec")

@@ -9,6 +9,8 @@ import grpc
 import pytest
 
 from learning.v1 import common_pb2 as common
+from learning.v1 import fisher_pb2 as fpb
+from learning.v1 import fisher_pb2_grpc as fpb_grpc
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import error_details, spec, watch_all
 
@@ -166,3 +168,19 @@ async def test_a_job_failing_midway_ends_failed_and_the_server_keeps_serving(cli
     ok = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
     done = await watch_all(client.training, ok.name)
     assert done[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+
+
+async def test_a_feedback_window_out_of_range_is_refused_by_training_and_fisher_alike(client):
+    bad = common.FeedbackDataset(days=2**31 - 1, thumbs_up_weight=float("nan"))
+    expected = [("spec.feedback.days", "at most 3650"),
+                ("spec.feedback.thumbs_up_weight", "a finite number >= 0 (0: the default)")]
+    err = await _create_fails(client, pb.CreateTrainingJobRequest(spec=pb.TrainingJobSpec(feedback=bad)))
+    info, violations = error_details(err)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and info.reason == "INVALID_TRAINING_SPEC"
+    assert violations == expected
+    with pytest.raises(grpc.aio.AioRpcError) as fisher:
+        await fpb_grpc.FisherServiceStub(client.channel).CreateFisherJob(fpb.CreateFisherJobRequest(
+            spec=fpb.FisherJobSpec(adapter_version="v1.0", feedback=bad)))
+    info, violations = error_details(fisher.value)
+    assert fisher.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.reason == "INVALID_FISHER_SPEC"
+    assert violations == expected
