@@ -33,7 +33,11 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
                                       priority=convert.priority_from_pb(request.priority))
-        return pb.CreateTrainingJobResponse(training_job=convert.job_to_pb(job))
+        checked = convert.job_to_pb(job)
+        if request.validate_only:  # no job exists: what was checked and resolved, with no name or state
+            for name in ("name", "state", "create_time", "last_sequence"):
+                checked.ClearField(name)
+        return pb.CreateTrainingJobResponse(training_job=checked)
 
     async def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext):
         job = await self._jobs.get(convert.job_id_from_name(request.name))

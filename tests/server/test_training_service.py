@@ -228,7 +228,9 @@ async def test_validate_only_creates_nothing(client):
     response = await client.training.CreateTrainingJob(
         pb.CreateTrainingJobRequest(spec=spec(), validate_only=True)
     )
-    assert response.training_job.state == common.JOB_STATE_QUEUED
+    checked = response.training_job
+    assert (checked.name, checked.state, checked.HasField("create_time")) == ("", common.JOB_STATE_UNSPECIFIED, False)
+    assert checked.dataset.example_count == 24 and checked.spec.hyperparameters.epochs == 2  # what was resolved
     listed = await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())
     assert list(listed.training_jobs) == []
 

@@ -873,7 +873,9 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
   requestId: string;
 
   /**
-   * Validate the spec and dataset without creating a job.
+   * Validate the spec and dataset without creating a job. The response's
+   * job holds what was checked and resolved (the spec with the server's
+   * defaults, the dataset's summary), with no name, state or create_time.
    *
    * @generated from field: bool validate_only = 3;
    */
