@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside counters
 
 tracer = trace.get_tracer("learning_engine.engine")
 
@@ -32,23 +34,39 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge(
     "learning_engine_jobs",
-    "Jobs by kind and state, as seen by this process since it started.",
+    "Jobs this process holds in a state that is not final (created or run here), by kind and state; ended "
+    "jobs leave it (their count is in learning_engine_job_transitions_total).",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+JOB_TRANSITIONS = Counter(
+    "learning_engine_job_transitions",
+    "Jobs entering a state in this process, by kind and state (rate() of SUCCEEDED or FAILED: jobs ending).",
     ["kind", "state"],
     registry=REGISTRY,
 )
 STEP_LOSS = Gauge(
-    "learning_engine_training_step_loss", "Loss of the latest training step.", registry=REGISTRY
+    "learning_engine_training_step_loss", "Loss of the latest step of each training job running here; a job's "
+    "series goes when the job ends.", ["job"], registry=REGISTRY
 )
 TOKENS_PER_SECOND = Gauge(
-    "learning_engine_training_tokens_per_second", "Training throughput at the latest step.", registry=REGISTRY
+    "learning_engine_training_tokens_per_second", "Throughput at the latest step of each training job running "
+    "here; a job's series goes when the job ends.", ["job"], registry=REGISTRY
 )
 STEPS = Counter("learning_engine_training_steps", "Optimiser steps taken.", registry=REGISTRY)
 RPC_SECONDS = Histogram(
     "learning_engine_rpc_duration_seconds",
-    "Server-side RPC latency by method and status code.",
+    "Server-side latency of unary RPCs by method and status code (streams are counted apart).",
     ["method", "code"],
     registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+RPC_STREAMS = Counter(
+    "learning_engine_rpc_streams",
+    "Streaming RPCs ended, by method and status code (their durations are how long clients watch or send, "
+    "not latency).",
+    ["method", "code"],
+    registry=REGISTRY,
 )
 FEEDBACK = Counter(
     "learning_engine_feedback_ingested",
@@ -89,24 +107,36 @@ _job_states: dict[tuple[str, str], str] = {}
 
 
 def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> None:
-    """Move one job of ``kind`` (training, fisher) to ``state`` in the jobs-by-state gauge."""
+    """One job of ``kind`` (training, fisher, evaluation) entered ``state``: counted, and moved in the gauge of
+    jobs held here (which an ended job leaves, with its training series)."""
+    JOB_TRANSITIONS.labels(kind, state).inc()
     previous = _job_states.pop((kind, job_id), None)
     if previous is not None:
         JOBS.labels(kind, previous).dec()
-    JOBS.labels(kind, state).inc()
     if not terminal:
         _job_states[(kind, job_id)] = state
+        JOBS.labels(kind, state).inc()
+        return
+    for gauge in (STEP_LOSS, TOKENS_PER_SECOND):
+        try:
+            gauge.remove(job_id)
+        except KeyError:
+            pass  # it ended before a step
 
 
-def training_step(loss: float, tokens_per_second: float) -> None:
+def training_step(job_id: str, loss: float, tokens_per_second: float) -> None:
     """One optimiser step of a training job."""
     STEPS.inc()
-    STEP_LOSS.set(loss)
-    TOKENS_PER_SECOND.set(tokens_per_second)
+    STEP_LOSS.labels(job_id).set(loss)
+    TOKENS_PER_SECOND.labels(job_id).set(tokens_per_second)
 
 
 def rpc_finished(method: str, code: str, seconds: float) -> None:
     RPC_SECONDS.labels(method, code).observe(seconds)
+
+
+def stream_finished(method: str, code: str) -> None:
+    RPC_STREAMS.labels(method, code).inc()
 
 
 def feedback_ingested(stored: int, duplicates: int = 0) -> None:

@@ -71,7 +71,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             if streaming:
 
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    started, code = time.perf_counter(), "OK"
+                    code = "OK"
                     try:
                         result = behavior(request, context)
                         if hasattr(result, "__aiter__"):
@@ -84,7 +84,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                         code = _code(context, "UNKNOWN")
                         raise
                     finally:
-                        telemetry.rpc_finished(method, _code(context, code), time.perf_counter() - started)
+                        telemetry.stream_finished(method, _code(context, code))
 
                 return stream
 
@@ -98,7 +98,10 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                     code = _code(context, "UNKNOWN")
                     raise
                 finally:
-                    telemetry.rpc_finished(method, _code(context, code), time.perf_counter() - started)
+                    if handler.request_streaming:  # an upload lasts as long as the client sends: not latency
+                        telemetry.stream_finished(method, _code(context, code))
+                    else:
+                        telemetry.rpc_finished(method, _code(context, code), time.perf_counter() - started)
 
             return unary
 

@@ -216,7 +216,7 @@ class TrainingRunner:
         if tracking is not None:
             tracking.log(payload)
         if isinstance(payload, StepMetrics):
-            telemetry.training_step(payload.loss, payload.tokens_per_second)
+            telemetry.training_step(job.id, payload.loss, payload.tokens_per_second)
             return replace(job, output=replace(job.output, latest_metrics=payload),
                            progress=JobProgress(payload.step, payload.total_steps, payload.eta_seconds))
         return job

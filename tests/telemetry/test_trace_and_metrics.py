@@ -70,15 +70,22 @@ async def test_one_job_leaves_a_trace_and_metrics(make_server, spans: InMemorySp
             return response.read().decode()
 
     page = await asyncio.to_thread(read, f"http://127.0.0.1:{server.app.metrics.port}/metrics")
-    jobs = _samples(page, "learning_engine_jobs")
-    assert jobs[(("kind", "training"), ("state", "SUCCEEDED"))] >= 1
-    assert jobs[(("kind", "training"), ("state", "RUNNING"))] == 0
-    assert _samples(page, "learning_engine_training_step_loss")[()] > 0
-    assert _samples(page, "learning_engine_training_tokens_per_second")[()] > 0
+    transitions = _samples(page, "learning_engine_job_transitions_total")
+    assert transitions[(("kind", "training"), ("state", "SUCCEEDED"))] >= 1
+    assert transitions[(("kind", "training"), ("state", "RUNNING"))] >= 1
+    held = _samples(page, "learning_engine_jobs")  # only jobs not ended: an ended one has left
+    assert all(state not in ("SUCCEEDED", "FAILED", "CANCELLED") for (_, (_, state)) in held)
+    assert held.get((("kind", "training"), ("state", "RUNNING")), 0) == 0
+    job_id = name.split("/")[1]  # its training series went with it: nothing stale
+    assert (("job", job_id),) not in _samples(page, "learning_engine_training_step_loss")
+    assert (("job", job_id),) not in _samples(page, "learning_engine_training_tokens_per_second")
+    assert _samples(page, "learning_engine_training_steps_total")[()] >= 1
     latency = _samples(page, "learning_engine_rpc_duration_seconds_count")
     create = (("code", "OK"), ("method", "/learning.v1.TrainingService/CreateTrainingJob"))
     assert latency[create] >= 1
-    assert "learning_engine_feedback_ingested_total" in page or "learning_engine_feedback_ingested" in page
+    watch = (("code", "OK"), ("method", "/learning.v1.TrainingService/WatchTrainingJob"))
+    assert watch not in latency and _samples(page, "learning_engine_rpc_streams_total")[watch] >= 1
+    assert "_created" not in page
 
 
 async def test_a_cancelled_epoch_ends_its_span_with_the_error(make_server, spans: InMemorySpanExporter):
