@@ -32,6 +32,7 @@ from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import ProgressSink
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.records import lora_shape
+from engine.telemetry import tracer
 from engine.training.ports import ContinualPlan, PlanRequest
 from engine.training.spec import EwcLineage, ParentFisherProgress, TrainingJobSpec
 
@@ -122,7 +123,9 @@ class EwcPlanner:
             )
             check_space(snapshot, spec.ewc.space)
         else:
-            snapshot, fisher = await self._measure_parent(request)
+            with tracer.start_as_current_span("training_job.parent_fisher",
+                                              attributes={"parent": parent.version}):
+                snapshot, fisher = await self._measure_parent(request)
         check_same_shapes(space_shapes(shapes_of(anchor), spec.ewc.space), shapes_of(fisher),
                           what=f"Fisher snapshot {snapshot.name}", reason="FISHER_SHAPE_MISMATCH")
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,

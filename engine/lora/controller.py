@@ -79,9 +79,12 @@ class _Op:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the operation, recorded on it and as a span (``lora.<phase>``) under the RPC's."""
         began = time.perf_counter()
+        attributes = {"operation": self.kind.value, "version": self.version}
         try:
-            yield
+            with telemetry.tracer.start_as_current_span(f"lora.{name.split()[0]}", attributes=attributes):
+                yield
         finally:
             self.phases.append((name, time.perf_counter() - began))
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
 from engine import telemetry
 
@@ -188,18 +189,23 @@ class Gateway:
             return _error(400, "request body is not JSON", "invalid_request_error")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _error(400, "field 'model' is required", "invalid_request_error")
-        upstream = self.router.acquire(body["model"])
+        asked = body["model"]
+        upstream = self.router.acquire(asked)
         began, status = time.perf_counter(), 502
-        try:
-            if upstream != body["model"]:
-                body["model"] = upstream
-                raw = json.dumps(body).encode()
-            response = await self._proxy(request, raw, upstream)
-            status = response.status
-            return response
-        finally:
-            await self.router.release(upstream)
-            telemetry.gateway_request(upstream, status, time.perf_counter() - began)
+        with telemetry.tracer.start_as_current_span(
+                f"gateway {request.path}", kind=SpanKind.SERVER,
+                attributes={"model": asked, "upstream": upstream, "stream": bool(body.get("stream"))}) as span:
+            try:
+                if upstream != asked:
+                    body["model"] = upstream
+                    raw = json.dumps(body).encode()
+                response = await self._proxy(request, raw, upstream)
+                status = response.status
+                return response
+            finally:
+                span.set_attribute("http.status_code", status)
+                await self.router.release(upstream)
+                telemetry.gateway_request(upstream, status, time.perf_counter() - began)
 
     async def _proxy(self, request: web.Request, raw: bytes, upstream: str) -> web.StreamResponse:
         assert self._session is not None

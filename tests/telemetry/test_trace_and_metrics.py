@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from tests.server.conftest import spec, watch_all
+from tests.server.lora_helpers import activate, ask
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,41 @@ async def test_a_cancelled_epoch_ends_its_span_with_the_error(make_server, spans
     assert len(epochs) == 1, "the interrupted epoch's span was not ended"
     assert epochs[0].status.status_code == trace.StatusCode.ERROR
     assert any(e.name == "exception" for e in epochs[0].events)
+
+
+async def test_activation_phases_the_parent_fisher_and_the_gateway_have_spans(make_server,
+                                                                              spans: InMemorySpanExporter):
+    server = await make_server()
+    first = await train_one(server)
+    job = (await server.training.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        spec=continuation(first)))).training_job
+    await watch_all(server.training, job.name)
+    done = (await server.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    fisher = [s for s in spans.get_finished_spans() if s.name == "training_job.parent_fisher"]
+    assert [s.attributes["parent"] for s in fisher] == [first]
+    spans.clear()
+    await activate(server, done.output_adapter_version)
+    finished = spans.get_finished_spans()
+    rpc = next(s for s in finished if s.name == "/learning.v1.LoraControlService/ActivateAdapter")
+    phases = {s.name: s for s in finished if s.name.startswith("lora.")}
+    assert {"lora.fetch", "lora.load", "lora.smoke", "lora.switch"} <= set(phases)
+    assert all(s.parent.span_id == rpc.context.span_id for s in phases.values())  # under the RPC's span
+    assert phases["lora.load"].attributes["version"] == done.output_adapter_version
+    await ask(server)
+    gateway = [s for s in spans.get_finished_spans() if s.name == "gateway /v1/completions"]
+    assert len(gateway) == 1 and gateway[0].attributes["model"] == "active"
+    assert gateway[0].attributes["http.status_code"] == 200
+    assert gateway[0].attributes["upstream"].endswith("@" + done.output_adapter_version)
+
+
+async def train_one(server) -> str:
+    job = (await server.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
+    await watch_all(server.training, job.name)
+    return (await server.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job \
+        .output_adapter_version
+
+
+def continuation(parent: str) -> pb.TrainingJobSpec:
+    s = spec(epochs=1)
+    s.parent_adapter_version = parent  # EWC on (the default): the parent's Fisher is measured first
+    return s
