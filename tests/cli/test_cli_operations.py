@@ -227,3 +227,22 @@ async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir
         if watcher.returncode is None:
             watcher.kill()
             await watcher.wait()
+
+
+async def test_train_data_uploads_a_file_of_this_machine(make_server, data_dir: Path, tmp_path: Path) -> None:
+    """`train --data ./x.jsonl` works from any machine: a local file is uploaded (once) and trained on by its
+    stored version; a name that is no local file is still a path below the server's datasets dir."""
+    port = (await make_server(embedded_worker=False)).app.port
+    local = tmp_path / "My Capitals.jsonl"  # not below the server's datasets dir: only this machine has it
+    shutil.copy(data_dir / "datasets" / "capitals.jsonl", local)
+    args = [arg if arg != "capitals.jsonl" else str(local) for arg in TRAIN]
+    first = await cli(port, *args, "--validate-only")
+    assert first.code == 0, first.err
+    assert f"uploaded {local} as datasets/my-capitals/versions/1" in first.err
+    assert "24 examples" in first.out
+    created = await cli(port, "--json", *args)
+    assert created.code == 0, created.err
+    assert "already stored" not in created.out  # --json: stdout is the job alone
+    job = json.loads(created.out)
+    assert job["spec"]["dataset_name"] == "datasets/my-capitals/versions/1" and job["state"] == "JOB_STATE_QUEUED"
+    assert (await cli(port, *TRAIN, "--validate-only")).code == 0  # capitals.jsonl: the server's file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +74,9 @@ def _space(value: str, hint: str) -> int:
 def train(
     ctx: typer.Context,
     data: str = typer.Option(
-        None, "--data", "-d", help="JSONL dataset path, relative to the server's datasets dir."
+        None, "--data", "-d", help="A JSONL file. One on this machine is uploaded first (a stored dataset named "
+        "after the file; the same bytes again reuse its version); otherwise a path relative to the server's "
+        "datasets dir."
     ),
     dataset: str = typer.Option(
         None, "--dataset", help="A stored dataset (see datasets): capitals, or datasets/capitals/versions/2."
@@ -156,14 +159,20 @@ def train(
         major_version_bump=major,
         labels=labels(label),
     )
-    if data:
+    local = Path(data) if data and Path(data).is_file() else None  # uploaded in call(), then named by version
+    if data and local is None:
         spec.jsonl.path = data
     elif dataset:
         spec.dataset_name = dataset_name(dataset)
-    else:
+    elif not data:
         spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples, force=force))
 
     async def call(client: AsyncClient) -> int:
+        if local is not None:
+            uploaded = await client.upload_dataset(f"datasets/{local_dataset_id(local)}", local)
+            spec.dataset_name = uploaded.dataset.name
+            if not opts.json:
+                err.print(f"{'uploaded' if uploaded.created else 'already stored'} {local} as {uploaded.dataset.name}")
         job = await client.create_training_job(
             spec, request_id=request_id, validate_only=validate_only, priority=priority
         )
@@ -190,6 +199,14 @@ def _objective(value: str) -> int:
     if key not in training.Objective.keys()[1:]:
         raise typer.BadParameter(f"unknown objective {value!r}; one of {_OBJECTIVES}", param_hint="--objective")
     return training.Objective.Value(key)
+
+
+def local_dataset_id(path: Path) -> str:
+    """A stored dataset's id for a local file: its name without the extension, in the server's id alphabet
+    (lower-case letters, digits, '.', '_', '-'; a letter or digit at each end; at most 63 characters)."""
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).replace("..", ".")
+    cleaned = re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", cleaned)[:63].rstrip("._-")
+    return cleaned or "dataset"
 
 
 def _validated(opts: Options, job: training.TrainingJob) -> None:
