@@ -172,7 +172,7 @@ async def test_expired_deadline_ends_the_server_side_watch_but_not_the_job(clien
             s.value
             for m in telemetry.REGISTRY.collect()
             for s in m.samples
-            if s.name == "learning_engine_rpc_duration_seconds_count" and s.labels["method"] == method
+            if s.name == "learning_engine_rpc_streams_total" and s.labels["method"] == method
         )
 
     before = watches_ended()
