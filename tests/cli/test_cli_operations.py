@@ -172,6 +172,9 @@ async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir
     assert re.match(r"v1\.1 vs v1\.0: (passed|FAILED)\n", evaluated.out), evaluated.out
     assert "golden" in evaluated.out and "report: file://" in evaluated.out
     assert (await cli(port, "evaluate", "v9.9", "--suite", "golden.jsonl")).code == 5
+    checked = await cli(port, "evaluate", "v1.1", "--baseline", "v1.0", "--suite", "golden.jsonl", "--check")
+    said = re.match(r"v1\.1 vs v1\.0: (passed|FAILED)\n", checked.out)
+    assert said and checked.code == (9 if said.group(1) == "FAILED" else 0), checked.out  # --check: 9 on FAILED
     markdown = await cli(port, "report", "v1.1", "--format", "markdown")
     assert markdown.code == 0 and "v1.1" in markdown.out and "golden" in markdown.out, markdown.err
     chart = await cli(port, "report", "v1.1", "--format", "png", "--out", str(tmp_path / "eval.png"))

@@ -37,7 +37,7 @@ from learning_engine.cli.common import (
     when,
 )
 from learning_engine.cli.datasets import dataset_name
-from learning_engine.cli.ops import render_eval
+from learning_engine.cli.ops import CHECK, GATE_FAILED, render_eval
 from learning_engine.client import AsyncClient
 
 jobs_app = typer.Typer(
@@ -645,6 +645,7 @@ def evaluation_jobs_create(
     base_model: str = typer.Option("", "--base-model"),
     request_id: str = typer.Option("", "--request-id"),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow it, then show the decision."),
+    check: bool = CHECK,
 ) -> None:
     """Evaluate a version against a baseline as a job (the gate's suites and --suite ones); activates nothing."""
     opts = options(ctx)
@@ -656,7 +657,10 @@ def evaluation_jobs_create(
         if not watch:
             emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})", highlight=False))
             return 0
-        return await follow_evaluation(client, opts.json, job.name)
+        code = await follow_evaluation(client, opts.json, job.name)
+        if code == 0 and check and not (await client.get_evaluation_job(job.name)).eval.passed:
+            return GATE_FAILED
+        return code
 
     raise typer.Exit(_guard_interrupt(ctx, call))
 

@@ -298,17 +298,25 @@ def _status_line(status: lora.LoraStatus) -> str:
     return line
 
 
+# --check: a FAILED verdict exits 9, FAILED_PRECONDITION, as the activation it would refuse (for scripts and CI)
+GATE_FAILED = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+CHECK = typer.Option(False, "--check", help="Exit 9 (FAILED_PRECONDITION) when the gate's verdict is FAILED.")
+
+
 def evaluate(
     ctx: typer.Context,
     version: str,
     baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one)."),
     suite: str = typer.Option("", "--suite", help="Golden suite JSONL below the data root (default: configured)."),
     base_model: str = typer.Option("", "--base-model"),
+    check: bool = CHECK,
 ) -> None:
     """Run the eval gate's suites on a version against a baseline, without activating anything."""
     summary = run(ctx, lambda c: c.evaluate_adapter(version, baseline_version=baseline, suite_path=suite,
                                                     base_model=base_model))
     emit(options(ctx), summary, lambda: render_eval(version, summary))
+    if check and not summary.passed:
+        raise typer.Exit(GATE_FAILED)
 
 
 def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
