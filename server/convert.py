@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -26,7 +27,7 @@ from engine.domain import (
     StoredDatasetSource,
 )
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
-from engine.jobs.core import Failed, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
+from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.spec import (
@@ -369,28 +370,46 @@ def base_retention_to_pb(kept: BaseRetention) -> common.BaseRetention:
     return common.BaseRetention(retention=kept.retention, kept=kept.kept, cases=kept.cases, lost=list(kept.lost))
 
 
-def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
-    p, out = job.progress, job.output
-    msg = pb.TrainingJob(
-        name=job.name,
-        request_id=job.request_id,
-        state=JOB_STATE_TO_PB[job.state],
-        progress=common.JobProgress(
-            fraction=p.fraction, completed_steps=p.completed_steps, total_steps=p.total_steps,
-            eta=_dur(p.eta_seconds),
-        ),
-        create_time=_ts(job.create_time),
-        start_time=_ts(job.start_time),
-        end_time=_ts(job.end_time),
-        spec=spec_to_pb(job.spec),
-        output_adapter_version=out.adapter_version,
-        device=out.device,
-        last_sequence=job.last_sequence,
-        worker=job.worker,
-        priority=job.priority,
-    )
+M = TypeVar("M")  # a job kind's protobuf job or event message
+
+
+def job_core_to_pb(job: Job[Any, Any], msg: M) -> M:
+    """``msg`` (a TrainingJob, FisherJob, EvaluationJob) with what every kind of job has set: name, request id,
+    state, progress, times, last sequence and its error."""
+    p = job.progress
+    msg.name, msg.request_id, msg.state = job.name, job.request_id, JOB_STATE_TO_PB[job.state]
+    msg.progress.CopyFrom(common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
+                                             total_steps=p.total_steps, eta=_dur(p.eta_seconds)))
+    for field, value in (("create_time", job.create_time), ("start_time", job.start_time),
+                         ("end_time", job.end_time)):
+        if value is not None:
+            getattr(msg, field).CopyFrom(_ts(value))
+    msg.last_sequence = job.last_sequence
     if job.failure is not None:
         msg.error.CopyFrom(failure_to_pb(job.failure))
+    return msg
+
+
+def core_event_to_pb(payload: object, msg: M) -> M:
+    """``msg`` (a job kind's event) with a payload every kind records: a state change, notice, warning or error;
+    unchanged for the kind's own payloads."""
+    if isinstance(payload, StateChanged):
+        msg.state_change.CopyFrom(state_change_to_pb(payload))
+    elif isinstance(payload, Noticed):
+        msg.notice.CopyFrom(common.JobNotice(code=payload.code, message=payload.message))
+    elif isinstance(payload, Warned):
+        msg.warning.CopyFrom(common.JobWarning(code=payload.code, message=payload.message))
+    elif isinstance(payload, Failed):
+        msg.error.CopyFrom(common.JobError(status=failure_to_pb(payload.failure)))
+    return msg
+
+
+def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
+    out = job.output
+    msg = job_core_to_pb(job, pb.TrainingJob(
+        spec=spec_to_pb(job.spec), output_adapter_version=out.adapter_version, device=out.device,
+        worker=job.worker, priority=job.priority,
+    ))
     if out.dataset is not None:
         msg.dataset.CopyFrom(dataset_to_pb(out.dataset))
     if out.base_retention is not None:
@@ -427,11 +446,9 @@ def state_change_to_pb(p: StateChanged) -> common.JobStateChange:
 
 
 def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
-    msg = pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time))
+    msg = core_event_to_pb(event.payload, pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time)))
     p = event.payload
-    if isinstance(p, StateChanged):
-        msg.state_change.CopyFrom(state_change_to_pb(p))
-    elif isinstance(p, StepMetrics):
+    if isinstance(p, StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
     elif isinstance(p, CheckpointSaved):
         msg.checkpoint.CopyFrom(checkpoint_to_pb(p.checkpoint))
@@ -442,12 +459,6 @@ def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
     elif isinstance(p, ParentFisherProgress):
         msg.parent_fisher_progress.CopyFrom(pb.ParentFisherProgress(
             samples_done=p.samples_done, samples_total=p.samples_total, samples_per_second=p.samples_per_second))
-    elif isinstance(p, Noticed):
-        msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
-    elif isinstance(p, Warned):
-        msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
-    elif isinstance(p, Failed):
-        msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
     return msg
 
 

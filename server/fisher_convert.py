@@ -12,20 +12,17 @@ from engine.continual.spec import (
 )
 from engine.domain import FeedbackSource, FisherSpace, JsonlSource
 from engine.errors import ViolationCollector
-from engine.jobs.core import Failed, JobEvent, Noticed, StateChanged, Warned
+from engine.jobs.core import JobEvent
 from engine.names import resource_id
-from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as pb
 from server.convert import (
     FISHER_SPACE_TO_PB,
-    JOB_STATE_TO_PB,
-    _dur,
     _ts,
-    failure_to_pb,
+    core_event_to_pb,
     feedback_source_from_pb,
     feedback_source_to_pb,
     fisher_space_from_pb,
-    state_change_to_pb,
+    job_core_to_pb,
 )
 
 ESTIMATOR_FROM_PB = {
@@ -73,33 +70,15 @@ def spec_to_pb(spec: FisherJobSpec) -> pb.FisherJobSpec:
 
 
 def job_to_pb(job: FisherJob) -> pb.FisherJob:
-    p = job.progress
-    msg = pb.FisherJob(
-        name=job.name, request_id=job.request_id, state=JOB_STATE_TO_PB[job.state],
-        progress=common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
-                                    total_steps=p.total_steps, eta=_dur(p.eta_seconds)),
-        create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
-        spec=spec_to_pb(job.spec), output_snapshot=job.output.snapshot, last_sequence=job.last_sequence,
-    )
-    if job.failure is not None:
-        msg.error.CopyFrom(failure_to_pb(job.failure))
-    return msg
+    return job_core_to_pb(job, pb.FisherJob(spec=spec_to_pb(job.spec), output_snapshot=job.output.snapshot))
 
 
 def event_to_pb(event: JobEvent) -> pb.FisherJobEvent:
-    msg = pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time))
+    msg = core_event_to_pb(event.payload, pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time)))
     p = event.payload
-    if isinstance(p, StateChanged):
-        msg.state_change.CopyFrom(state_change_to_pb(p))
-    elif isinstance(p, FisherProgress):
+    if isinstance(p, FisherProgress):
         msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
                                                 samples_per_second=p.samples_per_second))
-    elif isinstance(p, Noticed):
-        msg.notice.CopyFrom(common.JobNotice(code=p.code, message=p.message))
-    elif isinstance(p, Warned):
-        msg.warning.CopyFrom(common.JobWarning(code=p.code, message=p.message))
-    elif isinstance(p, Failed):
-        msg.error.CopyFrom(common.JobError(status=failure_to_pb(p.failure)))
     return msg
 
 
