@@ -57,7 +57,7 @@ check: setup
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate && git diff --exit-code -- src/gen \
 	  && test -z "$$(git ls-files --others --exclude-standard -- src/gen)"
 	bash scripts/check_compose.sh
-	$(BIN)/python scripts/settings_reference.py --check README.md
+	$(BIN)/python scripts/settings_reference.py --check docs/configuration.md
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
 	$(BIN)/mypy
 
@@ -78,7 +78,7 @@ sync-client: setup
 	$(BIN)/python scripts/gen_sync_client.py
 
 docs: setup
-	$(BIN)/python scripts/settings_reference.py --update README.md
+	$(BIN)/python scripts/settings_reference.py --update docs/configuration.md
 
 lint: check
 

@@ -1,8 +1,8 @@
 """Print the configuration reference as markdown, generated from the one settings object.
 
     python scripts/settings_reference.py                    # print it
-    python scripts/settings_reference.py --update README.md # rewrite the README section between markers
-    python scripts/settings_reference.py --check README.md  # exit 1 if that section is stale
+    python scripts/settings_reference.py --update docs/configuration.md # rewrite the section between markers
+    python scripts/settings_reference.py --check docs/configuration.md  # exit 1 if that section is stale
 
 Each field's environment variable, type, default and description come from
 ``server.settings.Settings`` (pydantic field metadata), so the reference cannot drift.
