@@ -118,3 +118,12 @@ def test_the_blocking_twins_have_every_method_with_the_same_parameters() -> None
     assert {"wait", "events", "cancel", "pause", "resume"} <= set(dir(TrainingJobHandle))
     for handle in (FisherJobHandle, EvaluationJobHandle):  # jobs that cannot be paused
         assert {"wait", "events", "cancel"} <= set(dir(handle)) and not hasattr(handle, "pause")
+
+
+def test_an_uploads_deadline_grows_with_its_size() -> None:
+    """Uploads (ImportAdapter, UploadDataset) get the client's timeout plus a second per MiB, not the timeout of a
+    unary call for the whole stream; none without a client timeout."""
+    from learning_engine.client import AsyncClient  # noqa: PLC0415
+
+    assert AsyncClient("127.0.0.1:1", timeout=30.0)._upload_timeout(100 * 1024 * 1024) == 130.0
+    assert AsyncClient("127.0.0.1:1", timeout=None)._upload_timeout(5) is None

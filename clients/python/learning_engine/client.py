@@ -58,6 +58,7 @@ U = TypeVar("U")
 # A dropped connection surfaces as UNAVAILABLE; those are the only failures a watch retries.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 CHUNK_SIZE = 1024 * 1024
+UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link an upload's deadline allows for
 
 
 class AsyncClient:
@@ -99,6 +100,11 @@ class AsyncClient:
         await self._channel.close()
 
     # ---- call plumbing ------------------------------------------------------------
+
+    def _upload_timeout(self, size_bytes: int) -> float | None:
+        """An upload's deadline: the client's timeout plus a second per MiB sent (a slow link still finishes a
+        large file); None when the client sets no timeout."""
+        return None if self.timeout is None else self.timeout + size_bytes / UPLOAD_BYTES_PER_SECOND
 
     async def _unary(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None
@@ -405,7 +411,8 @@ class AsyncClient:
                     for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
                         yield adapter.ImportAdapterRequest(chunk=chunk)
 
-            return (await self._unary(self.adapters.ImportAdapter, parts())).adapter
+            timeout = self._upload_timeout(archive.stat().st_size)
+            return (await self._unary(self.adapters.ImportAdapter, parts(), timeout)).adapter
 
     async def delete_adapter(self, version: str, *, base_model: str = "") -> None:
         await self._unary(
@@ -556,7 +563,7 @@ class AsyncClient:
                 for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
                     yield dataset_pb2.UploadDatasetRequest(chunk=chunk)
 
-        return await self._unary(self.datasets.UploadDataset, parts())
+        return await self._unary(self.datasets.UploadDataset, parts(), self._upload_timeout(size))
 
     async def create_dataset(
         self,
