@@ -292,9 +292,6 @@ def base_verdict(candidate: float | None, baseline: float | None, lost: Sequence
     )
 
 
-REPORT_FILES = ("report.json", "report.md", "report.html", "report.png")
-
-
 def render_reports(report: EvalReport) -> dict[str, bytes]:
     """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
     doc = {
@@ -312,16 +309,6 @@ def render_reports(report: EvalReport) -> dict[str, bytes]:
         "report.html": _html(report, png).encode(),
         "report.png": png,
     }
-
-
-def write_reports(report: EvalReport, out_dir: Path) -> list[Path]:
-    """The reports of :func:`render_reports` as files in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, data in render_reports(report).items():
-        (out_dir / name).write_bytes(data)
-        paths.append(out_dir / name)
-    return paths
 
 
 def _labels(report: EvalReport) -> tuple[str, str]:

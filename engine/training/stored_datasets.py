@@ -367,16 +367,15 @@ class StoredDatasets:
                 raise _checksum_mismatch(record.name)
             examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
         rule = record.content.split
-        parts = rule.apply(examples)
-        train = parts[Split.TRAIN]
-        if not train:
+        sides = [rule.of(e) for e in examples]
+        if Split.TRAIN not in sides:
             raise InvalidArgument(
                 "DATASET_EMPTY", f"the train split of {record.name} holds no examples",
                 violations=[FieldViolation(field_path, "the train split of this version is empty")])
         if not rule.splits:
             return record, examples, None
-        kept = [e for e in examples if rule.of(e) is not Split.TEST]
-        return record, kept, rule if parts[Split.EVAL] else None
+        kept = [e for e, side in zip(examples, sides, strict=True) if side is not Split.TEST]
+        return record, kept, rule if Split.EVAL in sides else None
 
     # ---- pieces -------------------------------------------------------------------------
 

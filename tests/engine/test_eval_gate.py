@@ -117,18 +117,18 @@ def test_reports_and_suite_loading(tmp_path: Path):
                            ev.GateThresholds())), results=(golden_results, ()), time=T)
     assert report.regressions == 1 and not report.passed
     assert report.failed_checks == ("golden: mean token-F1 drop 0.200 > max_mean_score_drop 0.05",)
-    paths = ev.write_reports(report, tmp_path / "out")
-    doc = json.loads(paths[0].read_text())
+    rendered = ev.render_reports(report)
+    doc = json.loads(rendered["report.json"])
     assert doc["version"] == "v1.0" and doc["regressions"] == 1
     assert doc["suites"][0]["metrics"]["pass_rate"] == 0.5 and doc["suites"][0]["results"][1]["baseline_right"]
-    md = paths[1].read_text()
+    md = rendered["report.md"].decode()
     assert "| golden | golden | 2 | 0.500 | 1.000 | FAILED: mean token-F1 drop 0.200" in md
     assert "candidate v1.0" in md and "baseline v1.0" in md  # the two sides are told apart
-    assert [p.name for p in paths] == list(ev.REPORT_FILES)
-    page = paths[2].read_text()
+    assert list(rendered) == ["report.json", "report.md", "report.html", "report.png"]
+    page = rendered["report.html"].decode()
     assert page.startswith("<!doctype html>") and "<th>candidate v1.0</th><th>baseline v1.0</th>" in page
     assert 'class=regressed><td>2</td><td>c</td>' in page  # the regressed case is marked
-    assert paths[3].read_bytes()[:4] == b"\x89PNG"
+    assert rendered["report.png"][:4] == b"\x89PNG"
     assert dict(report.metrics)["golden.pass_rate"] == 0.5
     path.write_text('{"prompt": "a"}\n')
     with pytest.raises(InvalidArgument) as err:
