@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from engine.lora.controller import Activation
     from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
+    from engine.pipelines.service import Pipelines
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
     from engine.training.metrics import TrainingMetrics
@@ -194,6 +195,7 @@ class Engine:
     feedback: FeedbackIngestApi | None = None  # None: no feedback store (both feedback fields are set or neither)
     feedback_records: FeedbackRecordsApi | None = None
     datasets: DatasetsApi | None = None  # None: no dataset store (an engine on in-memory stores)
+    pipelines: Pipelines | None = None  # set with lora: pipeline runs roll out where LoraControl runs
 
 
 __all__ = [

@@ -36,6 +36,9 @@ from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
+from engine.pipelines.runner import PipelineRunner
+from engine.pipelines.service import Pipelines, TriggerLoop
+from engine.pipelines.spec import PIPELINE_RUN
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
@@ -44,11 +47,12 @@ from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.dataset_store import PostgresDatasetIndex
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_queue import SERVING_QUEUE, ProcrastinateQueue
+from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
+from engine.stores.pipeline_store import PostgresPipelineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.datasets import resolve_dataset_path
-from engine.training.models import resolve_base_model
+from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
 from engine.training.runner import TrainingJobs, TrainingRunner
 from engine.training.spec import TRAINING
@@ -61,6 +65,7 @@ from learning.v1 import (
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
+    pipeline_pb2_grpc,
     training_pb2_grpc,
 )
 from server import access
@@ -75,6 +80,7 @@ from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
+from server.services.pipeline import PipelineService
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.startup import DataDirLock, StartError, describe, port_taken, sweep_scratch
@@ -98,6 +104,7 @@ class Owned:
     queue: WorkerQueue | None = None
     notifications: JobNotifications | None = None
     store: ArtifactStore | None = None
+    triggers: TriggerLoop | None = None  # pipelines' triggers, in serving processes
     lock: DataDirLock | None = None  # one server per data dir; released last
 
     def probes(self) -> dict[str, Probe]:
@@ -116,6 +123,9 @@ class Owned:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
         # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
         # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
+        if self.triggers is not None:
+            await self.triggers.stop()
+            self.triggers = None
         stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
         if self.queue is not None:
             await self.queue.stop_worker()
@@ -276,7 +286,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
                                              stalled_seconds=settings.worker_stalled_seconds,
-                                             queues={EVALUATION.name: SERVING_QUEUE})
+                                             queues={EVALUATION.name: SERVING_QUEUE,
+                                                     PIPELINE_RUN.name: PIPELINE_QUEUE})
     await queue.open()
     notifications = owned.notifications = JobNotifications(pool)
     preparer = JobPreparer(
@@ -324,7 +335,25 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
         work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
     ) if owned.lora is not None else None
-    owned.job_managers = (training_manager, fisher_manager, *([evaluation_manager] if evaluation_manager else []))
+    training = TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
+                            scratch_dir=settings.work_dir / "checkpoint-publish")
+    pipelines, pipeline_manager = None, None
+    if owned.lora is not None:
+        # Pipeline runs roll out through LoraControl: they too run where it does, from a queue of their own.
+        pipeline_manager = JobManager(
+            runner=PipelineRunner(datasets=stored_datasets, training=training, serving=owned.lora.controller,
+                                  suite_path=suite_path, poll_seconds=settings.pipeline_poll_seconds),
+            store=PostgresJobStore(pool, PIPELINE_RUN, notifications), queue=queue,
+            work_dir=settings.work_dir / "pipelines", slots=JobSlots(settings.pipeline_max_concurrent_runs),
+            worker_id=worker_id,
+        )
+        pipelines = Pipelines(
+            PostgresPipelineStore(pool), pipeline_manager, serving=owned.lora.controller, datasets=stored_datasets,
+            suite_path=suite_path, rating_negative_max=settings.feedback_rating_negative_max,
+            base_model_known=lambda model: model in settings.base_models or model == SMOLLM2_MODEL_ID,
+        )
+    owned.job_managers = (training_manager, fisher_manager,
+                          *(m for m in (evaluation_manager, pipeline_manager) if m is not None))
     for manager in owned.job_managers:
         await manager.recover()
     if work:
@@ -334,9 +363,13 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     if evaluation_manager is not None:
         queue.start_worker({EVALUATION.name: job_executor(evaluation_manager)}, concurrency=1,
                            name=f"{worker_id}-serving")
+    if pipelines is not None and pipeline_manager is not None:
+        queue.start_worker({PIPELINE_RUN.name: job_executor(pipeline_manager)},
+                           concurrency=settings.pipeline_max_concurrent_runs, name=f"{worker_id}-pipelines")
+        owned.triggers = TriggerLoop(pipelines, settings.pipeline_trigger_interval_seconds)
+        owned.triggers.start()
     return Engine(
-        training=TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
-                              scratch_dir=settings.work_dir / "checkpoint-publish"),
+        training=training,
         fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
         snapshots=snapshots,
         adapters=registry,
@@ -346,6 +379,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
         datasets=stored_datasets,
+        pipelines=pipelines,
     )
 
 
@@ -379,6 +413,12 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
     if engine.evaluations is not None:
         evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
             EvaluationService(engine.evaluations, default_base_model=settings.default_base_model), server
+        )
+    if engine.pipelines is not None:
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
+            PipelineService(engine.pipelines, default_base_model=settings.default_base_model,
+                            ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
+                            defaults=settings.training_defaults), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None

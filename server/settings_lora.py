@@ -75,6 +75,15 @@ class LoraControlSettings(BaseModel):
                                         description="Negative-rate excess over the known-good that triggers it.")
     auto_rollback_min_samples: int = Field(50, ge=1, description="Ratings of the active version needed first.")
     auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
+    pipeline_trigger_interval_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How often a serving process looks at the pipelines' triggers (a cron "
+        "tick fires within this much of its time)."
+    )
+    pipeline_max_concurrent_runs: int = Field(8, ge=1, le=256,
+                                              description="Pipeline runs one serving process holds at once (a run "
+                                              "mostly waits for its training job).")
+    pipeline_poll_seconds: float = Field(2.0, gt=0, le=60,
+                                         description="How often a pipeline run looks at the job it waits for.")
 
     @field_validator("serving_url")
     @classmethod

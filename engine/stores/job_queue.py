@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 QUEUE = "learning_engine_jobs"
 SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
+PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there, never waiting behind an evaluation
 TASK = "learning_engine.run_job"
 
 

@@ -7,6 +7,7 @@ from learning.v1 import (
     feedback_pb2,
     fisher_pb2,
     lora_control_pb2,
+    pipeline_pb2,
     training_pb2,
 )
 
@@ -20,6 +21,7 @@ SERVICE_DESCRIPTORS = tuple(
         (evaluation_pb2, "EvaluationService"),
         (feedback_pb2, "FeedbackService"),
         (dataset_pb2, "DatasetService"),
+        (pipeline_pb2, "PipelineService"),
     )
 )
 SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)

@@ -19,7 +19,8 @@ CONTEXTS = {
     "training": {"jobs", "feedback", "registry"},
     "continual": {"jobs", "feedback", "registry", "training"},
     "lora": {"jobs", "registry", "serving"},
-    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving"},
+    "pipelines": {"jobs", "training", "lora"},  # runs train and roll out; the data sources are domain kernels
+    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "pipelines"},
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from learning.v1 import adapter_pb2 as adapter
@@ -36,6 +37,8 @@ from learning.v1 import (
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
     training_pb2_grpc,
 )
 from learning.v1 import common_pb2 as common
@@ -91,6 +94,7 @@ class AsyncClient:
         self.lora = lora_control_pb2_grpc.LoraControlServiceStub(self._channel)
         self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self._channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
+        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -594,6 +598,70 @@ class AsyncClient:
             after_sequence,
             lambda m: m.event.sequence if m.HasField("event") else None,
         )
+
+    # ---- pipelines ----------------------------------------------------------------
+
+    async def create_pipeline(self, pipeline_id: str, pipeline: pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
+        """A pipeline "pipelines/<pipeline_id>": its training template, suites, rollout and triggers."""
+        request = pipeline_pb2.CreatePipelineRequest(pipeline_id=pipeline_id, pipeline=pipeline)
+        return (await self._unary(self.pipelines.CreatePipeline, request)).pipeline
+
+    async def get_pipeline(self, name: str) -> pipeline_pb2.Pipeline:
+        return (await self._unary(self.pipelines.GetPipeline, pipeline_pb2.GetPipelineRequest(name=name))).pipeline
+
+    async def list_pipelines(self, *, page_size: int = 0, page_token: str = "") -> pipeline_pb2.ListPipelinesResponse:
+        request = pipeline_pb2.ListPipelinesRequest(page_size=page_size, page_token=page_token)
+        return await self._unary(self.pipelines.ListPipelines, request)
+
+    async def update_pipeline(self, pipeline: pipeline_pb2.Pipeline,
+                              update_mask: Iterable[str]) -> pipeline_pb2.Pipeline:
+        """Change the fields named in ``update_mask`` (training, suite_paths, rollout, triggers, enabled,
+        description) of the pipeline ``pipeline.name`` to ``pipeline``'s; with ``pipeline.etag`` set, only if it
+        has not changed since."""
+        request = pipeline_pb2.UpdatePipelineRequest(pipeline=pipeline, update_mask=field_mask_pb2.FieldMask(
+            paths=list(update_mask)))
+        return (await self._unary(self.pipelines.UpdatePipeline, request)).pipeline
+
+    async def delete_pipeline(self, name: str) -> None:
+        await self._unary(self.pipelines.DeletePipeline, pipeline_pb2.DeletePipelineRequest(name=name))
+
+    async def run_pipeline(self, name: str, *, reason: str = "", request_id: str = "") -> pipeline_pb2.PipelineRun:
+        """Start a run now; the same ``request_id`` returns the run it started."""
+        request = pipeline_pb2.RunPipelineRequest(name=name, reason=reason, request_id=request_id)
+        return (await self._unary(self.pipelines.RunPipeline, request)).run
+
+    async def list_pipeline_runs(
+        self, pipeline: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pipeline_pb2.ListPipelineRunsResponse:
+        request = pipeline_pb2.ListPipelineRunsRequest(pipeline=pipeline, page_size=page_size,
+                                                       page_token=page_token)
+        return await self._unary(self.pipelines.ListPipelineRuns, request)
+
+    async def get_pipeline_run(self, name: str) -> pipeline_pb2.PipelineRun:
+        return (await self._unary(self.pipelines.GetPipelineRun, pipeline_pb2.GetPipelineRunRequest(name=name))).run
+
+    async def cancel_pipeline_run(self, name: str) -> pipeline_pb2.PipelineRun:
+        request = pipeline_pb2.CancelPipelineRunRequest(name=name)
+        return (await self._unary(self.pipelines.CancelPipelineRun, request)).run
+
+    def watch_pipeline_run(
+        self, name: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[pipeline_pb2.WatchPipelineRunResponse]:
+        """Snapshot, then every event (stages started, progress, ended) until the run ends; survives dropped
+        connections."""
+        return self._resumable(
+            self.pipelines.WatchPipelineRun,
+            lambda after: pipeline_pb2.WatchPipelineRunRequest(name=name, after_sequence=after),
+            after_sequence,
+            lambda m: m.event.sequence if m.HasField("event") else None,
+        )
+
+    async def list_trigger_decisions(
+        self, pipeline: str, *, page_size: int = 0
+    ) -> list[pipeline_pb2.TriggerDecision]:
+        """Why each of the pipeline's triggers fired or was skipped, newest first."""
+        request = pipeline_pb2.ListTriggerDecisionsRequest(pipeline=pipeline, page_size=page_size)
+        return list((await self._unary(self.pipelines.ListTriggerDecisions, request)).decisions)
 
     # ---- datasets -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from learning.v1 import adapter_pb2 as adapter
 from learning.v1 import common_pb2 as common
-from learning.v1 import dataset_pb2
+from learning.v1 import dataset_pb2, pipeline_pb2
 from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
@@ -359,6 +359,51 @@ class Client:
     ) -> Iterator[evaluation.WatchEvaluationJobResponse]:
         """Snapshot, then every event until the job ends; survives dropped connections."""
         return self._loop.iterate(self._async.watch_evaluation_job(name, after_sequence=after_sequence))
+
+    def create_pipeline(self, pipeline_id: str, pipeline: pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
+        """A pipeline "pipelines/<pipeline_id>": its training template, suites, rollout and triggers."""
+        return self._loop.run(self._async.create_pipeline(pipeline_id, pipeline))
+
+    def get_pipeline(self, name: str) -> pipeline_pb2.Pipeline:
+        return self._loop.run(self._async.get_pipeline(name))
+
+    def list_pipelines(self, *, page_size: int = 0, page_token: str = "") -> pipeline_pb2.ListPipelinesResponse:
+        return self._loop.run(self._async.list_pipelines(page_size=page_size, page_token=page_token))
+
+    def update_pipeline(self, pipeline: pipeline_pb2.Pipeline, update_mask: Iterable[str]) -> pipeline_pb2.Pipeline:
+        """Change the fields named in ``update_mask`` (training, suite_paths, rollout, triggers, enabled,
+        description) of the pipeline ``pipeline.name`` to ``pipeline``'s; with ``pipeline.etag`` set, only if it
+        has not changed since."""
+        return self._loop.run(self._async.update_pipeline(pipeline, update_mask))
+
+    def delete_pipeline(self, name: str) -> None:
+        self._loop.run(self._async.delete_pipeline(name))
+
+    def run_pipeline(self, name: str, *, reason: str = "", request_id: str = "") -> pipeline_pb2.PipelineRun:
+        """Start a run now; the same ``request_id`` returns the run it started."""
+        return self._loop.run(self._async.run_pipeline(name, reason=reason, request_id=request_id))
+
+    def list_pipeline_runs(
+        self, pipeline: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pipeline_pb2.ListPipelineRunsResponse:
+        return self._loop.run(self._async.list_pipeline_runs(pipeline, page_size=page_size, page_token=page_token))
+
+    def get_pipeline_run(self, name: str) -> pipeline_pb2.PipelineRun:
+        return self._loop.run(self._async.get_pipeline_run(name))
+
+    def cancel_pipeline_run(self, name: str) -> pipeline_pb2.PipelineRun:
+        return self._loop.run(self._async.cancel_pipeline_run(name))
+
+    def watch_pipeline_run(
+        self, name: str, *, after_sequence: int = 0
+    ) -> Iterator[pipeline_pb2.WatchPipelineRunResponse]:
+        """Snapshot, then every event (stages started, progress, ended) until the run ends; survives dropped
+        connections."""
+        return self._loop.iterate(self._async.watch_pipeline_run(name, after_sequence=after_sequence))
+
+    def list_trigger_decisions(self, pipeline: str, *, page_size: int = 0) -> list[pipeline_pb2.TriggerDecision]:
+        """Why each of the pipeline's triggers fired or was skipped, newest first."""
+        return self._loop.run(self._async.list_trigger_decisions(pipeline, page_size=page_size))
 
     def upload_dataset(
         self, name: str, source: Path, *, split: dataset_pb2.SplitRule | None = None, filename: str = ""

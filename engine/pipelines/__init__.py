@@ -1,0 +1,1 @@
+"""Pipelines: the loop that runs unattended (engine.pipelines.spec)."""

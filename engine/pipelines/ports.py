@@ -1,0 +1,103 @@
+"""What pipelines need from the rest of the engine and from storage, as ports the composition root fills."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.jobs.core import Job
+from engine.lora.controller import Activation
+from engine.lora.state import EvalSummary, LoraStatus
+from engine.pipelines.spec import Pipeline, TriggerDecision
+from engine.training.spec import TrainingJobSpec, TrainingOutput
+
+
+class PipelineStore(Protocol):
+    """Pipelines, their trigger decisions, and what is asked of their runs (engine.stores.pipeline_store)."""
+
+    async def insert(self, pipeline: Pipeline) -> Pipeline:
+        """ALREADY_EXISTS when the id is taken."""
+        ...
+
+    async def get(self, pipeline_id: str) -> Pipeline:
+        """NOT_FOUND PIPELINE_NOT_FOUND."""
+        ...
+
+    async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]: ...
+
+    async def replace(self, pipeline: Pipeline, *, etag: str) -> Pipeline:
+        """ABORTED when ``etag`` is given and the stored pipeline has changed since."""
+        ...
+
+    async def delete(self, pipeline_id: str) -> None: ...
+
+    def locked(self, pipeline_id: str) -> AbstractAsyncContextManager[None]:
+        """Held while deciding whether to start a run: one decision at a time per pipeline, across replicas."""
+        ...
+
+    async def record(self, decision: TriggerDecision) -> bool:
+        """Keep a decision; False when that pipeline's occasion (``key``) was already decided."""
+        ...
+
+    async def decision(self, pipeline_id: str, key: str) -> TriggerDecision | None: ...
+
+    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]: ...
+
+    async def run_ids(self, pipeline_id: str, *, active_only: bool, page_size: int,
+                      page_token: str) -> tuple[builtins.list[str], str]:
+        """The pipeline's runs, newest first (only those not ended with ``active_only``)."""
+        ...
+
+    async def last_run_start(self, pipeline_id: str) -> datetime | None: ...
+
+    async def feedback_count(self, *, since: datetime, labels: Sequence[tuple[str, str]], negative_only: bool,
+                             rating_negative_max: int) -> int:
+        """Feedback events received since ``since`` carrying ``labels`` (only thumbs down and low ratings when
+        asked)."""
+        ...
+
+
+class TrainingJobs(Protocol):
+    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
+                     priority: int = 0) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+    async def get(self, job_id: str) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+    async def cancel(self, job_id: str) -> Job[TrainingJobSpec, TrainingOutput]: ...
+
+
+class Datasets(Protocol):
+    """The part of engine.training.stored_datasets.StoredDatasets a run uses."""
+
+    async def create(self, name: str, source: Any, *, split: Any) -> tuple[Any, bool]: ...
+
+    async def get(self, name: str, field_path: str = "name") -> Any: ...
+
+    async def validate(self, source: Any, *, split: Any) -> Any: ...
+
+
+class Serving(Protocol):
+    """The part of engine.lora.controller.LoraController a run uses."""
+
+    @property
+    def base_model(self) -> str: ...
+
+    async def status(self) -> LoraStatus: ...
+
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+                       progress: Any = None) -> EvalSummary: ...
+
+    async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
+                       mark_known_good: bool = False) -> Activation: ...
+
+
+class DriftSource(Protocol):
+    """The drift statistic of a base model's incoming prompts (engine.drift), for the drift trigger."""
+
+    async def statistic(self, base_model: str, *, window: timedelta) -> tuple[float, float]:
+        """(the statistic, the detector's threshold)."""
+        ...

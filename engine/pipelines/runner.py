@@ -1,0 +1,219 @@
+"""One pipeline run, a job of the typed job core: fix the data, train, evaluate, roll out.
+
+The run is a chain of stages (engine.pipelines.spec.Stage). Each stage's result goes on the run's output and is
+stored before the next begins, so a run taken over after a restart (or resumed after a pause) starts at the
+first stage that has not ended; no stage runs twice to completion:
+
+- DATASET freezes the data: a feedback window becomes a version of the dataset ``pipeline-<id>`` (the same bytes
+  give the same version), a stored dataset named without a version resolves to its newest. A JSONL file needs
+  nothing (the training job records its digest).
+- TRAIN creates one training job continuing the version active at that moment (EWC and replay as the template
+  asks), with request id ``pipelineRuns/<run>/train``: a run resumed between creating the job and storing its
+  name finds the same job, never a second. It waits for the job, forwarding its progress; cancelling the run
+  cancels the job, while a restart leaves it running (it is a job of its own) and the resumed run waits again.
+- EVALUATE runs the forgetting-aware gate (and the pipeline's golden suites) on the new version against the
+  active one. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the failed checks.
+- ROLLOUT activates the version (the activation's own gate runs again against whatever is active by then), or
+  skips when the pipeline only publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.domain import FeedbackSource, JsonlSource, StoredDatasetSource
+from engine.errors import Cancelled, EngineError, FailedPrecondition
+from engine.jobs.core import JobProgress, JobState
+from engine.jobs.manager import JobContext
+from engine.jobs.ports import StopReason
+from engine.pipelines.ports import Datasets, Serving, TrainingJobs
+from engine.pipelines.spec import (
+    PIPELINE_RUN,
+    STAGES,
+    PipelineRun,
+    PipelineRunOutput,
+    PipelineRunSpec,
+    RolloutMode,
+    Stage,
+    StageEnded,
+    StageProgress,
+    StageResult,
+    StageStarted,
+    StageState,
+)
+from engine.splits import SplitRule
+
+SuitePath = Callable[[str, str], Path]
+Ctx = JobContext[PipelineRunSpec, PipelineRunOutput]
+
+
+def dataset_id(pipeline_id: str) -> str:
+    return f"pipeline-{pipeline_id}"
+
+
+class _Outcome:
+    def __init__(self, output: PipelineRunOutput, message: str, resource: str = "",
+                 state: StageState = StageState.SUCCEEDED) -> None:
+        self.output, self.message, self.resource, self.state = output, message, resource, state
+
+
+class PipelineRunner:
+    kind = PIPELINE_RUN
+
+    def __init__(self, *, datasets: Datasets, training: TrainingJobs, serving: Serving, suite_path: SuitePath,
+                 poll_seconds: float = 2.0) -> None:
+        self._datasets = datasets
+        self._training = training
+        self._serving = serving
+        self._suite_path = suite_path
+        self._poll = poll_seconds
+
+    async def run(self, ctx: Ctx) -> str:
+        pipeline = ctx.job.spec.pipeline
+        done = len(ctx.job.output.stages)
+        ctx.started(JobState.RUNNING, f"running {pipeline.name}" + (f" from {STAGES[done].value}" if done else ""),
+                    total_steps=len(STAGES))
+        for stage in STAGES:
+            output = ctx.job.output
+            if output.ended(stage) is not None:
+                continue
+            self._check_cancel(ctx, stage)
+            ctx.record(StageStarted(stage, f"{stage.value.lower()} started"))
+            began = datetime.now(UTC)
+            try:
+                outcome = await self._stage(ctx, stage, output)
+            except Cancelled:
+                raise
+            except EngineError as exc:
+                self._end(ctx, StageResult(stage, StageState.FAILED, exc.message, began, datetime.now(UTC)))
+                await ctx.persist()
+                raise
+            ctx.set_output(outcome.output)
+            self._end(ctx, StageResult(stage, outcome.state, outcome.message, began, datetime.now(UTC),
+                                       outcome.resource))
+            await ctx.persist()
+        out = ctx.job.output
+        return f"{pipeline.name}: {out.version or 'no version'} {out.rollout.lower() or 'published'}"
+
+    def fold(self, job: PipelineRun, payload: object) -> PipelineRun:
+        if isinstance(payload, StageEnded):
+            return replace(job, progress=JobProgress(len(job.output.stages), len(STAGES)))
+        return job
+
+    @staticmethod
+    def _end(ctx: Ctx, result: StageResult) -> None:
+        output = ctx.job.output
+        ctx.set_output(replace(output, stages=(*output.stages, result)))
+        ctx.record(StageEnded(result))
+
+    @staticmethod
+    def _check_cancel(ctx: Ctx, stage: Stage) -> None:
+        if ctx.cancel.cancelled:
+            raise Cancelled("JOB_CANCELLED", f"the run stopped before {stage.value}")
+
+    async def _stage(self, ctx: Ctx, stage: Stage, output: PipelineRunOutput) -> _Outcome:
+        if stage is Stage.DATASET:
+            return await self._dataset(ctx, output)
+        if stage is Stage.TRAIN:
+            return await self._train(ctx, output)
+        if stage is Stage.EVALUATE:
+            return await self._evaluate(ctx, output)
+        return await self._rollout(ctx, output)
+
+    # ---- stages ------------------------------------------------------------------------------
+
+    async def _dataset(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
+        pipeline = ctx.job.spec.pipeline
+        source = pipeline.training.dataset
+        if isinstance(source, JsonlSource):
+            return _Outcome(output, f"{source.path} is read by the training job, which records its digest",
+                            state=StageState.SKIPPED)
+        if isinstance(source, FeedbackSource):
+            stored, new = await self._datasets.create(f"datasets/{dataset_id(pipeline.id)}", source,
+                                                      split=SplitRule())
+            how = "froze" if new else "found the same examples in"
+        else:
+            stored = await self._datasets.get(source.name, "pipeline.training.dataset_name")
+            how = "resolved to"
+        name = f"datasets/{stored.dataset_id}/versions/{stored.version}"
+        return _Outcome(replace(output, dataset=name),
+                        f"{how} {name} ({stored.content.example_count} examples)", name)
+
+    async def _train(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
+        pipeline, run = ctx.job.spec.pipeline, ctx.job
+        if not output.training_job:
+            status = await self._serving.status()
+            parent = status.active_version if status.base_model == pipeline.base_model else ""
+            template = pipeline.training
+            spec = replace(
+                template, base_model=pipeline.base_model, parent_adapter_version=parent,
+                dataset=StoredDatasetSource(output.dataset) if output.dataset else template.dataset,
+                labels=(*template.labels, ("pipeline", pipeline.id), ("pipeline_run", run.id)),
+            )
+            job = await self._training.create(spec, request_id=f"{run.name}/train")
+            output = replace(output, training_job=job.name, parent_version=parent)
+            ctx.set_output(output)
+            await ctx.persist()
+        job_id = output.training_job.split("/", 1)[1]
+        seen = -1
+        while True:
+            job = await self._training.get(job_id)
+            if job.progress.completed_steps != seen:
+                seen = job.progress.completed_steps
+                ctx.record(StageProgress(Stage.TRAIN, seen, job.progress.total_steps, job.state.value))
+            if job.state.terminal:
+                break
+            if ctx.cancel.cancelled:
+                if ctx.cancel.reason is StopReason.CANCEL:
+                    await self._training.cancel(job_id)
+                raise Cancelled("JOB_CANCELLED", f"the run stopped while {output.training_job} was "
+                                                 f"{job.state.value.lower()}")
+            await asyncio.sleep(self._poll)
+        if job.state is not JobState.SUCCEEDED:
+            why = job.failure.message if job.failure else job.state.value.lower()
+            raise FailedPrecondition("PIPELINE_STAGE_FAILED", f"training job {output.training_job} ended "
+                                                              f"{job.state.value}: {why}",
+                                     metadata={"stage": Stage.TRAIN.value, "job": output.training_job})
+        version = job.output.adapter_version
+        base = f" continuing {output.parent_version}" if output.parent_version else " from the base model"
+        return _Outcome(replace(output, version=version), f"{output.training_job} trained {version}{base}",
+                        output.training_job)
+
+    async def _evaluate(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
+        pipeline = ctx.job.spec.pipeline
+        paths = [await asyncio.to_thread(self._suite_path, p, f"pipeline.suite_paths[{i}]")
+                 for i, p in enumerate(pipeline.suite_paths)]
+        try:
+            summary = await self._serving.evaluate(output.version, None, paths)
+        except FailedPrecondition as exc:
+            if exc.reason != "EVAL_SUITE_NOT_CONFIGURED":
+                raise
+            return _Outcome(output, "nothing to evaluate: the gate is off (eval_gate) and no golden suite is named",
+                            state=StageState.SKIPPED)
+        output = replace(output, evaluation_id=summary.id)
+        ctx.set_output(output)
+        against = summary.baseline_version or "the base model"
+        if not summary.passed:
+            failed = "; ".join(summary.failed_checks)
+            raise FailedPrecondition("PIPELINE_GATE_REFUSED", f"the gate refused {output.version} against "
+                                                              f"{against}: {failed}",
+                                     metadata={"version": output.version, "evaluation_id": summary.id,
+                                               "failed_checks": failed})
+        return _Outcome(output, f"the gate passed {output.version} against {against}", summary.id)
+
+    async def _rollout(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
+        pipeline, run = ctx.job.spec.pipeline, ctx.job
+        mode = pipeline.rollout.mode
+        if mode is RolloutMode.NONE:
+            return _Outcome(replace(output, rollout="NONE"), f"{output.version} is published; the pipeline "
+                                                             "does not roll out", state=StageState.SKIPPED)
+        if mode is RolloutMode.CANARY:
+            raise FailedPrecondition("PIPELINE_STAGE_FAILED", "canary rollouts are not built yet",
+                                     metadata={"stage": Stage.ROLLOUT.value})
+        await self._serving.activate(output.version, actor=pipeline.name,
+                                     reason=f"{run.name}: the gate passed (evaluation {output.evaluation_id})")
+        return _Outcome(replace(output, rollout="ACTIVATED"), f"{output.version} is active", output.version)

@@ -1,0 +1,324 @@
+"""Pipelines as the PipelineService uses them, and the trigger loop that starts their runs.
+
+Every serving process runs :class:`TriggerLoop`: every ``interval`` it looks at each enabled pipeline under that
+pipeline's lock (engine.stores.pipeline_store) and decides each trigger's occasion once (engine.pipelines.triggers
+says what the occasions are). An occasion fires a run unless a run of the pipeline has not ended (a cron tick is
+then skipped, and recorded so; a count or drift waits for the run to end) or the data has fewer usable examples
+than the template's ``min_samples`` (skipped with the count found; ``force`` on the template trains anyway).
+A run started by an occasion has the request id ``<pipeline>/<key>``: two replicas that both decide to fire
+start one run. Missed ticks (the service was down) are not replayed one by one: the latest runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from engine.domain import FeedbackSource
+from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument
+from engine.jobs.core import Job, JobEvent, JobState
+from engine.jobs.manager import JobManager
+from engine.pipelines import triggers as tr
+from engine.pipelines.ports import Datasets, DriftSource, PipelineStore, Serving
+from engine.pipelines.spec import (
+    PIPELINE_ID_RE,
+    CronTrigger,
+    DriftTrigger,
+    FeedbackTrigger,
+    Pipeline,
+    PipelineRun,
+    PipelineRunOutput,
+    PipelineRunSpec,
+    RolloutMode,
+    Trigger,
+    TriggerDecision,
+    TriggerKind,
+)
+from engine.splits import SplitRule
+
+log = logging.getLogger(__name__)
+
+SuitePath = Callable[[str, str], Path]
+MAX_TRIGGERS = 16
+MAX_SUITES = 16
+DRIFT_WINDOW = timedelta(days=30)
+
+
+def _invalid(field_path: str, description: str, reason: str = "INVALID_PIPELINE") -> InvalidArgument:
+    return InvalidArgument(reason, f"{field_path}: {description}", violations=[FieldViolation(field_path, description)])
+
+
+class Pipelines:
+    """Create, read, change and run pipelines; their runs are jobs of ``manager``."""
+
+    def __init__(self, store: PipelineStore, manager: JobManager[PipelineRunSpec, PipelineRunOutput], *,
+                 serving: Serving, datasets: Datasets, suite_path: SuitePath,
+                 base_model_known: Callable[[str], bool], rating_negative_max: int = 2,
+                 drift: DriftSource | None = None) -> None:
+        self._store = store
+        self._manager = manager
+        self._serving = serving
+        self._datasets = datasets
+        self._suite_path = suite_path
+        self._base_model_known = base_model_known
+        self._rating_negative_max = rating_negative_max
+        self._drift = drift
+
+    # ---- pipelines ---------------------------------------------------------------------------------
+
+    async def check(self, pipeline: Pipeline, field_prefix: str = "pipeline") -> None:
+        """INVALID_ARGUMENT for a pipeline that cannot work; FAILED_PRECONDITION for a base model this server
+        does not know (or does not serve, when the pipeline rolls out) and for a golden suite that is missing."""
+        if not PIPELINE_ID_RE.match(pipeline.id):
+            raise _invalid("pipeline_id", "lowercase letters, digits and '-', 1 to 40, starting and ending with a "
+                                          "letter or digit")
+        if not self._base_model_known(pipeline.base_model):
+            raise FailedPrecondition("PIPELINE_BASE_MODEL_UNKNOWN",
+                                     f"base model {pipeline.base_model!r} is not one this server knows",
+                                     metadata={"base_model": pipeline.base_model})
+        if pipeline.rollout.mode is not RolloutMode.NONE and pipeline.base_model != self._serving.base_model:
+            raise FailedPrecondition("PIPELINE_NOT_SERVED", f"this server serves {self._serving.base_model}, not "
+                                                            f"{pipeline.base_model}; a pipeline for another base model "
+                                                            "can only publish (rollout mode NONE)",
+                                     metadata={"base_model": pipeline.base_model})
+        rollout = pipeline.rollout
+        if not 0 < rollout.canary_share < 1:
+            raise _invalid(f"{field_prefix}.rollout.canary_share", "must be between 0 and 1 (exclusive)")
+        if rollout.canary_min_requests < 0 or rollout.canary_min_feedback < 0 or rollout.canary_max_minutes <= 0:
+            raise _invalid(f"{field_prefix}.rollout", "minimums must be >= 0 and canary_max_minutes > 0")
+        if not 0 <= rollout.canary_margin <= 1:
+            raise _invalid(f"{field_prefix}.rollout.canary_margin", "must be in [0, 1]")
+        if len(pipeline.triggers) > MAX_TRIGGERS:
+            raise _invalid(f"{field_prefix}.triggers", f"at most {MAX_TRIGGERS}")
+        for i, trigger in enumerate(pipeline.triggers):
+            tr.check_trigger(trigger, f"{field_prefix}.triggers[{i}]")
+            if isinstance(trigger, DriftTrigger) and self._drift is None:
+                raise FailedPrecondition("PIPELINE_DRIFT_NOT_AVAILABLE",
+                                         "this server measures no drift; a drift trigger cannot fire")
+        if len(pipeline.suite_paths) > MAX_SUITES:
+            raise _invalid(f"{field_prefix}.suite_paths", f"at most {MAX_SUITES}")
+        for i, path in enumerate(pipeline.suite_paths):
+            field_path = f"{field_prefix}.suite_paths[{i}]"
+            try:
+                await asyncio.to_thread(self._suite_path, path, field_path)
+            except InvalidArgument as exc:
+                if exc.reason != "DATASET_NOT_FOUND":
+                    raise
+                raise FailedPrecondition("PIPELINE_SUITE_NOT_FOUND", f"{field_path}: suite {path!r} does not exist",
+                                         metadata={"field": field_path, "path": path}) from exc
+
+    async def create(self, pipeline: Pipeline) -> Pipeline:
+        await self.check(pipeline)
+        return await self._store.insert(pipeline)
+
+    async def get(self, pipeline_id: str) -> Pipeline:
+        return await self._store.get(pipeline_id)
+
+    async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]:
+        return await self._store.list(page_size=page_size, page_token=page_token)
+
+    async def update(self, pipeline: Pipeline, *, etag: str = "") -> Pipeline:
+        current = await self._store.get(pipeline.id)
+        changed = replace(pipeline, create_time=current.create_time, base_model=current.base_model)
+        await self.check(changed)
+        return await self._store.replace(changed, etag=etag)
+
+    async def delete(self, pipeline_id: str) -> None:
+        async with self._store.locked(pipeline_id):
+            await self._store.get(pipeline_id)
+            active, _ = await self._store.run_ids(pipeline_id, active_only=True, page_size=1, page_token="")
+            if active:
+                raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of pipelines/{pipeline_id}"
+                                                                " has not ended; cancel it first",
+                                         metadata={"run": f"pipelineRuns/{active[0]}"})
+            await self._store.delete(pipeline_id)
+
+    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
+        await self._store.get(pipeline_id)
+        return await self._store.decisions(pipeline_id, limit=limit)
+
+    # ---- runs --------------------------------------------------------------------------------------
+
+    async def run(self, pipeline_id: str, *, reason: str = "", request_id: str = "") -> PipelineRun:
+        """Start a run now (whether or not the pipeline is enabled); FAILED_PRECONDITION while one has not ended."""
+        async with self._store.locked(pipeline_id):
+            pipeline = await self._store.get(pipeline_id)
+            key = f"manual:{request_id}" if request_id else f"manual:{uuid.uuid4().hex[:12]}"
+            earlier = await self._store.decision(pipeline_id, key) if request_id else None
+            if earlier is not None:  # the same request again: the run it started
+                return await self._manager.get(earlier.run_id)
+            active, _ = await self._store.run_ids(pipeline_id, active_only=True, page_size=1, page_token="")
+            if active:
+                raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of {pipeline.name} has "
+                                                                "not ended; runs of one pipeline never overlap",
+                                         metadata={"run": f"pipelineRuns/{active[0]}"})
+            run = await self._start(pipeline, TriggerKind.MANUAL, key, reason or "run on request")
+            await self._store.record(TriggerDecision(pipeline.id, TriggerKind.MANUAL, key, True,
+                                                     reason or "run on request", datetime.now(UTC), run.id))
+            return run
+
+    async def _start(self, pipeline: Pipeline, kind: TriggerKind, key: str, reason: str) -> PipelineRun:
+        spec = PipelineRunSpec(pipeline=pipeline, trigger=kind, trigger_key=key, reason=reason)
+        job = self._manager.new_job(spec, PipelineRunOutput(), request_id=f"{pipeline.id}/{key}")
+        return await self._manager.submit(job)
+
+    async def get_run(self, run_id: str) -> PipelineRun:
+        return await self._manager.get(run_id)
+
+    async def list_runs(self, pipeline_id: str, *, page_size: int,
+                        page_token: str) -> tuple[builtins.list[PipelineRun], str]:
+        await self._store.get(pipeline_id)
+        ids, token = await self._store.run_ids(pipeline_id, active_only=False, page_size=page_size,
+                                               page_token=page_token)
+        return [await self._manager.get(i) for i in ids], token
+
+    async def cancel_run(self, run_id: str) -> PipelineRun:
+        return await self._manager.cancel(run_id)
+
+    def watch_run(self, run_id: str, *, after_sequence: int = 0) -> AsyncIterator[Job[PipelineRunSpec,
+                                                                                         PipelineRunOutput] | JobEvent]:
+        return self._manager.watch(run_id, after_sequence=after_sequence)
+
+    # ---- triggers ----------------------------------------------------------------------------------
+
+    async def tick(self, now: datetime | None = None) -> builtins.list[TriggerDecision]:
+        """Decide every enabled pipeline's triggers once; returns the decisions this call recorded."""
+        now = now or datetime.now(UTC)
+        made: builtins.list[TriggerDecision] = []
+        token = ""
+        while True:
+            page, token = await self._store.list(page_size=100, page_token=token)
+            for pipeline in page:
+                if pipeline.enabled and pipeline.triggers:
+                    try:
+                        made += await self._decide(pipeline.id, now)
+                    except EngineError as exc:
+                        log.warning("pipeline triggers failed", extra={"pipeline": pipeline.id, "reason": exc.reason,
+                                                                       "error": exc.message})
+            if not token:
+                return made
+
+    async def _decide(self, pipeline_id: str, now: datetime) -> builtins.list[TriggerDecision]:
+        made: builtins.list[TriggerDecision] = []
+        async with self._store.locked(pipeline_id):
+            pipeline = await self._store.get(pipeline_id)  # as it is now, under the lock
+            if not pipeline.enabled:
+                return made
+            active, _ = await self._store.run_ids(pipeline.id, active_only=True, page_size=1, page_token="")
+            since = await self._store.last_run_start(pipeline.id) or pipeline.create_time or now
+            samples: int | None = -1  # not counted yet
+            for trigger in pipeline.triggers:
+                occasion = await self._occasion(pipeline, trigger, now, since)
+                if occasion is None:
+                    continue
+                key, why = occasion
+                if await self._store.decision(pipeline.id, key) is not None:
+                    continue
+                kind = tr.kind_of(trigger)
+                if active:
+                    if isinstance(trigger, CronTrigger):  # a tick is now or never; counts and drift can wait
+                        made += await self._keep(pipeline, kind, key, False, now,
+                                                 f"{why}; skipped: pipelineRuns/{active[0]} has not ended")
+                    continue
+                if samples == -1:
+                    samples = await self._samples(pipeline)
+                source = pipeline.training.dataset
+                if samples is not None and isinstance(source, FeedbackSource) and samples < source.min_samples \
+                        and not source.force:
+                    skip_key = key if isinstance(trigger, CronTrigger) else f"{key}:skipped:{samples}"
+                    made += await self._keep(pipeline, kind, skip_key, False, now,
+                                             f"{why}; skipped: {samples} usable examples in the last {source.days} "
+                                             f"day(s), fewer than min_samples={source.min_samples}", count=samples)
+                    continue
+                run = await self._start(pipeline, kind, key, why)
+                made += await self._keep(pipeline, kind, key, True, now, why, run_id=run.id, count=samples or 0)
+                log.info("pipeline triggered", extra={"pipeline": pipeline.id, "run": run.name, "why": why})
+                break  # one run at a time
+        return made
+
+    async def _keep(self, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool, now: datetime, reason: str,
+                    *, run_id: str = "", count: int = 0) -> builtins.list[TriggerDecision]:
+        decision = TriggerDecision(pipeline.id, kind, key, fired, reason, now, run_id, count)
+        return [decision] if await self._store.record(decision) else []
+
+    async def _occasion(self, pipeline: Pipeline, trigger: Trigger, now: datetime,
+                        since: datetime) -> tuple[str, str] | None:
+        """(key, why) when ``trigger`` has an occasion now, else None."""
+        if isinstance(trigger, CronTrigger):
+            tick = tr.last_tick(trigger, now)
+            if pipeline.create_time is not None and tick <= pipeline.create_time:
+                return None
+            return tr.occasion_key(trigger, tick=tick), f"cron {trigger.expression!r} ({trigger.time_zone}) " \
+                                                        f"ticked at {tr.stamp(tick)}"
+        if isinstance(trigger, FeedbackTrigger):
+            count = await self._store.feedback_count(since=since, labels=_labels(pipeline),
+                                                     negative_only=trigger.negative_only,
+                                                     rating_negative_max=self._rating_negative_max)
+            if count < trigger.count:
+                return None
+            what = "negative feedback events" if trigger.negative_only else "feedback events"
+            return tr.occasion_key(trigger, since=since), f"{count} {what} since {tr.stamp(since)} " \
+                                                          f"(threshold {trigger.count})"
+        assert self._drift is not None  # checked when the pipeline was made
+        statistic, threshold = await self._drift.statistic(pipeline.base_model, window=DRIFT_WINDOW)
+        limit = trigger.threshold or threshold
+        if statistic < limit:
+            return None
+        return tr.occasion_key(trigger, since=since), f"drift {statistic:.4f} at or above {limit:.4f}"
+
+    async def _samples(self, pipeline: Pipeline) -> int | None:
+        """Usable examples in the template's feedback window now; None for data that is not feedback."""
+        source = pipeline.training.dataset
+        if not isinstance(source, FeedbackSource):
+            return None
+        try:
+            content = await self._datasets.validate(replace(source, force=True), split=SplitRule())
+        except FailedPrecondition as exc:
+            if exc.reason == "FEEDBACK_DATASET_EMPTY":
+                return 0
+            raise
+        count: int = content.example_count
+        return count
+
+
+def _labels(pipeline: Pipeline) -> Sequence[tuple[str, str]]:
+    source = pipeline.training.dataset
+    return source.labels if isinstance(source, FeedbackSource) else ()
+
+
+class TriggerLoop:
+    """Calls ``Pipelines.tick`` every ``interval_seconds`` until stopped."""
+
+    def __init__(self, pipelines: Pipelines, interval_seconds: float) -> None:
+        self._pipelines = pipelines
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="pipeline-triggers")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._pipelines.tick()
+            except Exception:  # noqa: BLE001 - the database restarting: try again at the next tick
+                log.exception("pipeline trigger loop failed")
+
+
+__all__ = ["Pipelines", "TriggerLoop", "JobState"]

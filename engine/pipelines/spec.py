@@ -1,0 +1,192 @@
+"""Pipelines: what runs the loop unattended (data -> train -> evaluate -> roll out), and their runs as jobs.
+
+A :class:`Pipeline` names a base model, a training template (a TrainingJobSpec whose ``dataset`` is where the
+data comes from: a feedback window with its filters, or a stored dataset), the golden suites its gate adds to
+the forgetting-aware ones, how it rolls out, and its triggers. A :class:`PipelineRunSpec` is one run of it, a
+job of the typed job core (kind ``pipelineRun``): the pipeline as it was when the run started, and why it
+started. Its output records every stage as it ends, so a run taken over after a restart continues at the first
+stage that has not ended and never runs one twice to completion (engine.pipelines.runner).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from engine.jobs.core import Job, JobKind
+from engine.training.spec import TrainingJobSpec
+
+PIPELINE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+DEFAULT_CRON = "0 2 * * 1"  # weekly, Monday 02:00
+
+
+class RolloutMode(enum.StrEnum):
+    ACTIVATE = "ACTIVATE"  # the whole alias at once, once the gate passes
+    CANARY = "CANARY"  # a share of the traffic first; promoted or rolled back on the figures (engine.lora.canary)
+    NONE = "NONE"  # publish and evaluate only; a person activates
+
+
+@dataclass(frozen=True)
+class Rollout:
+    mode: RolloutMode = RolloutMode.ACTIVATE
+    canary_share: float = 0.1  # CANARY: the candidate's share of the alias's requests
+    canary_min_requests: int = 100  # CANARY: requests the candidate must serve before a decision
+    canary_min_feedback: int = 20  # CANARY: feedback events on the candidate before a decision
+    canary_max_minutes: float = 60.0  # CANARY: decide (on what there is) after this long
+    canary_margin: float = 0.05  # CANARY: how much worse than the active version the candidate may be
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    expression: str = DEFAULT_CRON
+    time_zone: str = "UTC"
+    kind: Literal["cron"] = "cron"
+
+
+@dataclass(frozen=True)
+class FeedbackTrigger:
+    """N feedback events (or only negative ones: thumbs down, a rating at or below the negative threshold) since
+    the pipeline's last run started."""
+
+    count: int
+    negative_only: bool = False
+    kind: Literal["feedback"] = "feedback"
+
+
+@dataclass(frozen=True)
+class DriftTrigger:
+    """The drift statistic of the base model's incoming prompts at or above ``threshold`` (0: the detector's)."""
+
+    threshold: float = 0.0
+    kind: Literal["drift"] = "drift"
+
+
+Trigger = CronTrigger | FeedbackTrigger | DriftTrigger
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    base_model: str
+    training: TrainingJobSpec  # its dataset is the data source; its parent is chosen at each run
+    suite_paths: tuple[str, ...] = ()  # golden suites below the data root, besides the gate's own
+    rollout: Rollout = field(default_factory=Rollout)
+    triggers: tuple[Trigger, ...] = ()
+    enabled: bool = True  # triggers fire only while enabled; RunPipeline works either way
+    description: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"pipelines/{self.id}"
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+
+
+class TriggerKind(enum.StrEnum):
+    MANUAL = "MANUAL"
+    CRON = "CRON"
+    FEEDBACK = "FEEDBACK"
+    NEGATIVE_FEEDBACK = "NEGATIVE_FEEDBACK"
+    DRIFT = "DRIFT"
+
+
+@dataclass(frozen=True)
+class TriggerDecision:
+    """A trigger's verdict at one moment: ``fired`` (a run was started, ``run_id``) or skipped, and why.
+
+    ``key`` names the occasion (a cron tick, a feedback watermark): each occasion is decided once across every
+    replica (engine.stores.pipeline_store)."""
+
+    pipeline_id: str
+    kind: TriggerKind
+    key: str
+    fired: bool
+    reason: str
+    time: datetime
+    run_id: str = ""
+    count: int = 0  # the samples found, when that decided it
+
+
+class Stage(enum.StrEnum):
+    DATASET = "DATASET"  # fix the data: a dataset version (a feedback window frozen at the run's start)
+    TRAIN = "TRAIN"  # a training job continuing the active version (EWC and replay from the template)
+    EVALUATE = "EVALUATE"  # the forgetting-aware gate against the active version, with the golden suites
+    ROLLOUT = "ROLLOUT"  # activate, or a canary that promotes or rolls back
+
+
+STAGES = tuple(Stage)
+
+
+class StageState(enum.StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: Stage
+    state: StageState
+    message: str
+    start_time: datetime
+    end_time: datetime
+    resource: str = ""  # what the stage made or ran: datasets/..., trainingJobs/..., the version, the decision
+
+
+@dataclass(frozen=True)
+class PipelineRunSpec:
+    pipeline: Pipeline  # as it was when the run started
+    trigger: TriggerKind
+    trigger_key: str = ""
+    reason: str = ""  # why the trigger fired, or who ran it
+
+
+@dataclass(frozen=True)
+class PipelineRunOutput:
+    stages: tuple[StageResult, ...] = ()
+    dataset: str = ""  # datasets/{id}/versions/{n}
+    training_job: str = ""  # trainingJobs/{id}, recorded before it is awaited
+    parent_version: str = ""  # the version the run continues ("" from the base model)
+    version: str = ""  # the version it trained
+    evaluation_id: str = ""
+    rollout: str = ""  # what the rollout decided (ACTIVATED, PROMOTED, ROLLED_BACK, ABORTED, NONE)
+
+    def ended(self, stage: Stage) -> StageResult | None:
+        return next((s for s in self.stages if s.stage is stage), None)
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    """Event: a stage began (or, after a restart, began again where it left off)."""
+
+    stage: Stage
+    message: str
+
+
+@dataclass(frozen=True)
+class StageEnded:
+    """Event: a stage ended; its result is also on the run's output."""
+
+    result: StageResult
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """Event: how far the running stage's own job has come (the training job's steps)."""
+
+    stage: Stage
+    completed: int
+    total: int
+    message: str = ""
+
+
+PIPELINE_RUN = JobKind("pipelineRun", "pipelineRuns", PipelineRunSpec, PipelineRunOutput,
+                       event_types=(StageStarted, StageEnded, StageProgress))
+PipelineRun = Job[PipelineRunSpec, PipelineRunOutput]

@@ -1,0 +1,87 @@
+"""When a pipeline's triggers fire: cron ticks (croniter, in the trigger's time zone), feedback counts since the
+last run, and drift. Pure checks and the occasion keys; engine.pipelines.service acts on them.
+
+Every occasion has a key that names it: ``cron:<tick>`` for a tick (UTC, ISO 8601), ``feedback:<since>`` and
+``negative:<since>`` for a count reached since the run that started at ``<since>`` (or the pipeline's creation),
+``drift:<since>`` likewise. A fired occasion starts one run whose request id is ``<pipeline>/<key>``, so however
+many replicas see it at once, one run exists (the job store's unique request id).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+from engine.errors import FieldViolation, InvalidArgument
+from engine.pipelines.spec import CronTrigger, DriftTrigger, FeedbackTrigger, Trigger, TriggerKind
+
+MAX_COUNT = 1_000_000
+
+
+def time_zone(name: str, field_path: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidArgument("INVALID_TIME_ZONE", f"{field_path}: {name!r} is not an IANA time zone",
+                              violations=[FieldViolation(field_path, "not an IANA time zone (e.g. Europe/Paris)")]
+                              ) from exc
+
+
+def check_trigger(trigger: Trigger, field_path: str) -> None:
+    """INVALID_ARGUMENT naming the field for an expression, a time zone or a count that cannot work."""
+    if isinstance(trigger, CronTrigger):
+        if len(trigger.expression.split()) != 5 or not croniter.is_valid(trigger.expression):
+            raise InvalidArgument("INVALID_CRON", f"{field_path}.cron.expression: {trigger.expression!r} is not a "
+                                                  "cron expression",
+                                  violations=[FieldViolation(f"{field_path}.cron.expression",
+                                                             "not a cron expression (e.g. '0 2 * * 1')")])
+        time_zone(trigger.time_zone, f"{field_path}.cron.time_zone")
+    elif isinstance(trigger, FeedbackTrigger):
+        if not 0 < trigger.count <= MAX_COUNT:
+            raise InvalidArgument("INVALID_TRIGGER", f"{field_path}.feedback.count must be in 1..{MAX_COUNT}",
+                                  violations=[FieldViolation(f"{field_path}.feedback.count",
+                                                             f"must be in 1..{MAX_COUNT}")])
+    elif isinstance(trigger, DriftTrigger) and not 0 <= trigger.threshold < float("inf"):
+        raise InvalidArgument("INVALID_TRIGGER", f"{field_path}.drift.threshold must be a finite number >= 0",
+                              violations=[FieldViolation(f"{field_path}.drift.threshold", "must be finite and >= 0")])
+
+
+def last_tick(trigger: CronTrigger, now: datetime) -> datetime:
+    """The latest tick of the schedule at or before ``now`` (in UTC)."""
+    zone = time_zone(trigger.time_zone, "cron.time_zone")
+    minute = now.astimezone(zone).replace(second=0, microsecond=0)
+    if croniter.match(trigger.expression, minute):
+        return minute.astimezone(UTC)
+    tick: datetime = croniter(trigger.expression, minute).get_prev(datetime)
+    return tick.astimezone(UTC)
+
+
+def next_tick(trigger: CronTrigger, now: datetime) -> datetime:
+    zone = time_zone(trigger.time_zone, "cron.time_zone")
+    tick: datetime = croniter(trigger.expression, now.astimezone(zone)).get_next(datetime)
+    return tick.astimezone(UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def kind_of(trigger: Trigger) -> TriggerKind:
+    if isinstance(trigger, CronTrigger):
+        return TriggerKind.CRON
+    if isinstance(trigger, FeedbackTrigger):
+        return TriggerKind.NEGATIVE_FEEDBACK if trigger.negative_only else TriggerKind.FEEDBACK
+    return TriggerKind.DRIFT
+
+
+def occasion_key(trigger: Trigger, *, tick: datetime | None = None, since: datetime | None = None) -> str:
+    """The key of the occasion: a cron ``tick``, or the watermark ``since`` a count or drift is measured from."""
+    if isinstance(trigger, CronTrigger):
+        assert tick is not None
+        return f"cron:{stamp(tick)}"
+    assert since is not None
+    prefix = {TriggerKind.FEEDBACK: "feedback", TriggerKind.NEGATIVE_FEEDBACK: "negative",
+              TriggerKind.DRIFT: "drift"}[kind_of(trigger)]
+    return f"{prefix}:{stamp(since)}"

@@ -1,0 +1,179 @@
+"""Pipelines and their trigger decisions in PostgreSQL (``pipelines``, ``pipeline_trigger_decisions``); the
+pipelines' runs are found among the jobs (kind ``pipelineRun``) by the pipeline id in their spec.
+
+``locked`` holds a session advisory lock per pipeline on its own connection for the block: the replicas that
+evaluate a pipeline's triggers at the same moment decide one after the other, so one of them sees the run the
+other started. A decision's primary key is (pipeline, occasion): recording one twice keeps the first.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from engine.errors import Aborted, AlreadyExists, NotFound
+from engine.names import decode_page_token, encode_page_token
+from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
+
+_PIPELINE = TypeAdapter(Pipeline)
+_LOCK_NAMESPACE = "learning-engine/pipeline/"
+_ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"]  # engine.jobs.core.JobState.terminal
+
+
+def not_found(pipeline_id: str) -> NotFound:
+    return NotFound("PIPELINE_NOT_FOUND", f"pipeline pipelines/{pipeline_id} does not exist",
+                    metadata={"name": f"pipelines/{pipeline_id}"})
+
+
+def _decision(r: asyncpg.Record) -> TriggerDecision:
+    return TriggerDecision(pipeline_id=r["pipeline_id"], kind=TriggerKind(r["kind"]), key=r["key"], fired=r["fired"],
+                           reason=r["reason"], time=r["time"], run_id=r["run_id"], count=r["sample_count"])
+
+
+class PostgresPipelineStore:
+    """engine.pipelines.ports.PipelineStore over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @staticmethod
+    def _decode(doc: str) -> Pipeline:
+        return _PIPELINE.validate_json(doc)
+
+    async def insert(self, pipeline: Pipeline) -> Pipeline:
+        now = datetime.now(UTC)
+        stored = replace(pipeline, create_time=now, update_time=now, etag=uuid.uuid4().hex[:16])
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO pipelines (id, base_model, enabled, etag, create_time, update_time, doc)"
+                " VALUES ($1, $2, $3, $4, $5, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING RETURNING id",
+                stored.id, stored.base_model, stored.enabled, stored.etag, now,
+                _PIPELINE.dump_json(stored).decode(),
+            )
+        if row is None:
+            raise AlreadyExists("PIPELINE_EXISTS", f"pipeline {pipeline.name} already exists",
+                                metadata={"name": pipeline.name})
+        return stored
+
+    async def get(self, pipeline_id: str) -> Pipeline:
+        async with self._pool.acquire() as conn:
+            doc = await conn.fetchval("SELECT doc FROM pipelines WHERE id = $1", pipeline_id)
+        if doc is None:
+            raise not_found(pipeline_id)
+        return self._decode(doc)
+
+    async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]:
+        before = decode_page_token(page_token) if page_token else None
+        async with self._pool.acquire() as conn:
+            if before is None:
+                rows = await conn.fetch("SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1",
+                                        page_size + 1)
+            else:
+                rows = await conn.fetch(
+                    "SELECT doc FROM pipelines WHERE (create_time, id) < ($1, $2)"
+                    " ORDER BY create_time DESC, id DESC LIMIT $3", before[0], before[1], page_size + 1)
+        found = [self._decode(r["doc"]) for r in rows]
+        page = found[:page_size]
+        more = len(found) > page_size and page
+        token = encode_page_token(page[-1].create_time or datetime.now(UTC), page[-1].id) if more else ""
+        return page, token
+
+    async def replace(self, pipeline: Pipeline, *, etag: str) -> Pipeline:
+        stored = replace(pipeline, update_time=datetime.now(UTC), etag=uuid.uuid4().hex[:16])
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "UPDATE pipelines SET enabled = $2, etag = $3, update_time = $4, doc = $5::jsonb"
+                " WHERE id = $1 AND ($6 = '' OR etag = $6) RETURNING id",
+                stored.id, stored.enabled, stored.etag, stored.update_time, _PIPELINE.dump_json(stored).decode(),
+                etag,
+            )
+            if row is None:
+                exists = await conn.fetchval("SELECT 1 FROM pipelines WHERE id = $1", stored.id)
+                if not exists:
+                    raise not_found(stored.id)
+                raise Aborted("PIPELINE_CHANGED", f"{pipeline.name} changed since etag {etag!r}; read it again",
+                              metadata={"name": pipeline.name})
+        return stored
+
+    async def delete(self, pipeline_id: str) -> None:
+        async with self._pool.acquire() as conn:
+            if await conn.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id) == "DELETE 0":
+                raise not_found(pipeline_id)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, pipeline_id: str) -> AsyncIterator[None]:
+        async with self._pool.acquire() as conn:
+            key = _LOCK_NAMESPACE + pipeline_id
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+            try:
+                yield
+            finally:  # (a connection released without this is reset by the pool, which unlocks all)
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+    async def record(self, decision: TriggerDecision) -> bool:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO pipeline_trigger_decisions (pipeline_id, key, kind, fired, reason, run_id,"
+                " sample_count, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT (pipeline_id, key) DO NOTHING RETURNING key",
+                decision.pipeline_id, decision.key, decision.kind.value, decision.fired, decision.reason,
+                decision.run_id, decision.count, decision.time,
+            )
+        return row is not None
+
+    async def decision(self, pipeline_id: str, key: str) -> TriggerDecision | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 AND key = $2", pipeline_id, key)
+        return None if row is None else _decision(row)
+
+    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 ORDER BY time DESC, key LIMIT $2",
+                pipeline_id, limit)
+        return [_decision(r) for r in rows]
+
+    async def run_ids(self, pipeline_id: str, *, active_only: bool, page_size: int,
+                      page_token: str) -> tuple[builtins.list[str], str]:
+        before = decode_page_token(page_token) if page_token else None
+        clauses = ["kind = $1", "doc -> 'spec' -> 'pipeline' ->> 'id' = $2"]
+        args: builtins.list[object] = [PIPELINE_RUN.name, pipeline_id]
+        if active_only:
+            args.append(_ENDED)
+            clauses.append(f"NOT state = ANY(${len(args)}::text[])")
+        if before is not None:
+            args += [before[0], before[1]]
+            clauses.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")
+        args.append(page_size + 1)
+        sql = (f"SELECT id, create_time FROM jobs WHERE {' AND '.join(clauses)}"
+               f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        page = rows[:page_size]
+        token = encode_page_token(page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
+        return [r["id"] for r in page], token
+
+    async def last_run_start(self, pipeline_id: str) -> datetime | None:
+        async with self._pool.acquire() as conn:
+            value: datetime | None = await conn.fetchval(
+                "SELECT max(create_time) FROM jobs WHERE kind = $1 AND doc -> 'spec' -> 'pipeline' ->> 'id' = $2",
+                PIPELINE_RUN.name, pipeline_id)
+        return value
+
+    async def feedback_count(self, *, since: datetime, labels: Sequence[tuple[str, str]], negative_only: bool,
+                             rating_negative_max: int) -> int:
+        async with self._pool.acquire() as conn:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM feedback_events WHERE received_time >= $1 AND labels @> $2::jsonb"
+                " AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
+                since, json.dumps(dict(labels)), negative_only, rating_negative_max)
+        return count

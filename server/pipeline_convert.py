@@ -1,0 +1,149 @@
+"""Protobuf <-> domain conversion for pipelines and their runs, in one place (see server/convert.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.jobs.core import JobEvent
+from engine.names import resource_id
+from engine.pipelines.spec import (
+    DEFAULT_CRON,
+    PIPELINE_ID_RE,
+    CronTrigger,
+    DriftTrigger,
+    FeedbackTrigger,
+    Pipeline,
+    PipelineRun,
+    Rollout,
+    RolloutMode,
+    Stage,
+    StageEnded,
+    StageProgress,
+    StageResult,
+    StageStarted,
+    StageState,
+    Trigger,
+    TriggerDecision,
+    TriggerKind,
+)
+from engine.training.spec import TrainingDefaults
+from learning.v1 import pipeline_pb2 as pb
+from server import convert
+from server.convert import _ts, core_event_to_pb, job_core_to_pb
+
+_MODE = {pb.ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ACTIVATE, pb.ROLLOUT_MODE_ACTIVATE: RolloutMode.ACTIVATE,
+         pb.ROLLOUT_MODE_CANARY: RolloutMode.CANARY, pb.ROLLOUT_MODE_NONE: RolloutMode.NONE}
+_MODE_TO_PB = {RolloutMode.ACTIVATE: pb.ROLLOUT_MODE_ACTIVATE, RolloutMode.CANARY: pb.ROLLOUT_MODE_CANARY,
+               RolloutMode.NONE: pb.ROLLOUT_MODE_NONE}
+_STAGE_TO_PB = {s: pb.PipelineStage.Value(f"PIPELINE_STAGE_{s.value}") for s in Stage}
+_STAGE_STATE_TO_PB = {s: pb.StageState.Value(f"STAGE_STATE_{s.value}") for s in StageState}
+_TRIGGER_KIND_TO_PB = {k: pb.TriggerKind.Value(f"TRIGGER_KIND_{k.value}") for k in TriggerKind}
+UPDATABLE = ("training", "suite_paths", "rollout", "triggers", "enabled", "description")
+
+
+def pipeline_id_from_name(name: str, field_path: str = "name") -> str:
+    found = name.removeprefix("pipelines/") if name.startswith("pipelines/") else ""
+    if not PIPELINE_ID_RE.match(found):
+        raise InvalidArgument("MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like pipelines/<id>",
+                              violations=[FieldViolation(field_path, "must be pipelines/{pipeline_id}")])
+    return found
+
+
+def run_id_from_name(name: str, field_path: str = "name") -> str:
+    return resource_id(name, "pipelineRuns", field_path)
+
+
+def rollout_from_pb(msg: pb.RolloutPolicy) -> Rollout:
+    d = Rollout()
+    return Rollout(mode=_MODE.get(msg.mode, RolloutMode.ACTIVATE), canary_share=msg.canary_share or d.canary_share,
+                   canary_min_requests=msg.canary_min_requests or d.canary_min_requests,
+                   canary_min_feedback=msg.canary_min_feedback or d.canary_min_feedback,
+                   canary_max_minutes=msg.canary_max_minutes or d.canary_max_minutes,
+                   canary_margin=msg.canary_margin if msg.HasField("canary_margin") else d.canary_margin)
+
+
+def rollout_to_pb(r: Rollout) -> pb.RolloutPolicy:
+    return pb.RolloutPolicy(mode=_MODE_TO_PB[r.mode], canary_share=r.canary_share,
+                            canary_min_requests=r.canary_min_requests, canary_min_feedback=r.canary_min_feedback,
+                            canary_max_minutes=r.canary_max_minutes, canary_margin=r.canary_margin)
+
+
+def triggers_from_pb(msgs: Sequence[pb.PipelineTrigger], field_path: str) -> tuple[Trigger, ...]:
+    issues = ViolationCollector()
+    out: list[Trigger] = []
+    for i, t in enumerate(msgs):
+        which = t.WhichOneof("trigger")
+        if which == "cron":
+            out.append(CronTrigger(t.cron.expression or DEFAULT_CRON, t.cron.time_zone or "UTC"))
+        elif which == "feedback":
+            out.append(FeedbackTrigger(t.feedback.count, t.feedback.negative_only))
+        elif which == "drift":
+            out.append(DriftTrigger(t.drift.threshold))
+        else:
+            issues.add(f"{field_path}[{i}]", "set one of cron, feedback or drift")
+    issues.raise_if_any("INVALID_TRIGGER", "invalid pipeline trigger")
+    return tuple(out)
+
+
+def trigger_to_pb(t: Trigger) -> pb.PipelineTrigger:
+    if isinstance(t, CronTrigger):
+        return pb.PipelineTrigger(cron=pb.CronTrigger(expression=t.expression, time_zone=t.time_zone))
+    if isinstance(t, FeedbackTrigger):
+        return pb.PipelineTrigger(feedback=pb.FeedbackCountTrigger(count=t.count, negative_only=t.negative_only))
+    return pb.PipelineTrigger(drift=pb.DriftTrigger(threshold=t.threshold))
+
+
+def pipeline_from_pb(msg: pb.Pipeline, pipeline_id: str, *, default_base_model: str,
+                     ewc_defaults: convert.EwcDefaults, defaults: TrainingDefaults) -> Pipeline:
+    base = msg.base_model or default_base_model
+    training = convert.spec_from_pb(msg.training, default_base_model=base, ewc_defaults=ewc_defaults,
+                                    defaults=defaults)
+    return Pipeline(id=pipeline_id, base_model=base, training=training, suite_paths=tuple(msg.suite_paths),
+                    rollout=rollout_from_pb(msg.rollout), triggers=triggers_from_pb(msg.triggers, "pipeline.triggers"),
+                    enabled=msg.enabled, description=msg.description)
+
+
+def pipeline_to_pb(p: Pipeline) -> pb.Pipeline:
+    msg = pb.Pipeline(name=p.name, base_model=p.base_model, training=convert.spec_to_pb(p.training),
+                      suite_paths=list(p.suite_paths), rollout=rollout_to_pb(p.rollout),
+                      triggers=[trigger_to_pb(t) for t in p.triggers], enabled=p.enabled, description=p.description,
+                      etag=p.etag)
+    for field, value in (("create_time", p.create_time), ("update_time", p.update_time)):
+        if value is not None:
+            getattr(msg, field).CopyFrom(_ts(value))
+    return msg
+
+
+def stage_to_pb(s: StageResult) -> pb.StageResult:
+    return pb.StageResult(stage=_STAGE_TO_PB[s.stage], state=_STAGE_STATE_TO_PB[s.state], message=s.message,
+                          start_time=_ts(s.start_time), end_time=_ts(s.end_time), resource=s.resource)
+
+
+def run_to_pb(run: PipelineRun) -> pb.PipelineRun:
+    spec, out = run.spec, run.output
+    return job_core_to_pb(run, pb.PipelineRun(
+        pipeline=spec.pipeline.name, trigger=_TRIGGER_KIND_TO_PB[spec.trigger], reason=spec.reason,
+        stages=[stage_to_pb(s) for s in out.stages], dataset=out.dataset, training_job=out.training_job,
+        parent_version=out.parent_version, version=out.version, evaluation_id=out.evaluation_id, rollout=out.rollout,
+        pipeline_snapshot=pipeline_to_pb(spec.pipeline),
+    ))
+
+
+def event_to_pb(event: JobEvent) -> pb.PipelineRunEvent:
+    msg = core_event_to_pb(event.payload, pb.PipelineRunEvent(sequence=event.sequence, time=_ts(event.time)))
+    p = event.payload
+    if isinstance(p, StageStarted):
+        msg.stage_started.CopyFrom(pb.StageStarted(stage=_STAGE_TO_PB[p.stage], message=p.message))
+    elif isinstance(p, StageProgress):
+        msg.stage_progress.CopyFrom(pb.StageProgress(stage=_STAGE_TO_PB[p.stage], completed=p.completed,
+                                                     total=p.total, message=p.message))
+    elif isinstance(p, StageEnded):
+        msg.stage_ended.CopyFrom(stage_to_pb(p.result))
+    return msg
+
+
+def decision_to_pb(d: TriggerDecision) -> pb.TriggerDecision:
+    return pb.TriggerDecision(kind=_TRIGGER_KIND_TO_PB[d.kind], key=d.key, fired=d.fired, reason=d.reason,
+                              time=_ts(d.time), run=f"pipelineRuns/{d.run_id}" if d.run_id else "",
+                              sample_count=d.count)

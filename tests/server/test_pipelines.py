@@ -1,0 +1,233 @@
+"""Pipelines through gRPC on the tiny model: feedback arrives, the negative-count trigger fires exactly once across
+two replicas, the run freezes the data, trains a continuation, evaluates and activates; runs survive a restart
+without running a stage twice; cron ticks are decided once; bad input gets clear statuses."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import feedback_pb2 as fb
+from learning.v1 import feedback_pb2_grpc as fb_grpc
+from learning.v1 import pipeline_pb2 as pp
+from learning.v1 import pipeline_pb2_grpc as pp_grpc
+from learning.v1 import training_pb2 as pb
+from tests.server.conftest import error_details
+from tests.server.lora_helpers import status
+from tests.server.test_adapter_service import s3_settings
+
+FACTS = [("Capital of Veloria?", "Marnesse"), ("Capital of Quorvia?", "Talameth"),
+         ("Capital of Brinmark?", "Oskerholm"), ("Capital of Dunmoor?", "Pellacre")]
+HYPER = pb.Hyperparameters(epochs=1, batch_size=4, learning_rate=5e-3, max_seq_length=64, seed=3)
+
+
+def pipelines(client) -> pp_grpc.PipelineServiceStub:
+    return pp_grpc.PipelineServiceStub(client.channel)
+
+
+def event(event_id: str, kind: int, prompt: str, response: str) -> fb.FeedbackEvent:
+    msg = fb.FeedbackEvent(client_event_id=event_id, kind=kind, user_id="u1",
+                           interaction=fb.Interaction(prompt=prompt, response=response))
+    msg.time.FromDatetime(datetime.now(UTC) - timedelta(seconds=30))
+    return msg
+
+
+async def send(client, *events: fb.FeedbackEvent) -> None:
+    await fb_grpc.FeedbackServiceStub(client.channel).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))
+
+
+def from_feedback(**fields) -> pp.Pipeline:
+    training = pb.TrainingJobSpec(feedback=common.FeedbackDataset(days=1, min_samples=5), hyperparameters=HYPER)
+    return pp.Pipeline(training=training, enabled=True, **fields)
+
+
+def from_file(**fields) -> pp.Pipeline:
+    training = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"), hyperparameters=HYPER)
+    return pp.Pipeline(training=training, enabled=True, **fields)
+
+
+async def finished(client, name: str) -> pp.PipelineRun:
+    events = []
+    async for update in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=name)):
+        if update.HasField("event"):
+            events.append(update.event)
+    run = (await pipelines(client).GetPipelineRun(pp.GetPipelineRunRequest(name=name))).run
+    kinds = [e.WhichOneof("kind") for e in events]
+    assert "stage_started" in kinds, kinds
+    return run
+
+
+async def refused(call) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    info, violations = error_details(caught.value)
+    return caught.value.code(), info.reason, violations
+
+
+async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_activates_a_continuation(
+        make_pg_server, seaweedfs, s3_bucket, tmp_path: Path):
+    shared = s3_settings(seaweedfs.endpoint, s3_bucket)
+    one = await make_pg_server(**shared)
+    (tmp_path / "replica2" / "datasets").mkdir(parents=True)
+    two = await make_pg_server(data_dir=tmp_path / "replica2", **shared)
+    trigger = pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=2, negative_only=True))
+    made = (await pipelines(one).CreatePipeline(pp.CreatePipelineRequest(
+        pipeline_id="loop", pipeline=from_feedback(triggers=[trigger])))).pipeline
+    assert made.name == "pipelines/loop" and made.etag and made.training.feedback.min_samples == 5
+    engines = [one.app.engine.pipelines, two.app.engine.pipelines]
+
+    await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[:2])),
+               event("down0", fb.FEEDBACK_KIND_THUMBS_DOWN, "Capital of Nowhere?", "I do not know."))
+    assert await asyncio.gather(*(e.tick() for e in engines)) == [[], []]  # 1 negative of 2: no occasion
+
+    await send(one, event("down1", fb.FEEDBACK_KIND_THUMBS_DOWN, "Capital of Elsewhere?", "No idea."))
+    skipped = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
+    # 4 usable examples (a thumbs-down answer is one too, weighted down), min_samples 5
+    assert [(d.fired, d.count) for d in skipped] == [(False, 4)], skipped
+    assert "fewer than min_samples=5" in skipped[0].reason
+
+    await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[2:], 2)))
+    fired = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
+    assert [(d.fired, d.kind.value) for d in fired] == [(True, "NEGATIVE_FEEDBACK")], fired
+    assert await asyncio.gather(*(e.tick() for e in engines)) == [[], []]  # the run has not ended: waits
+
+    runs = (await pipelines(two).ListPipelineRuns(pp.ListPipelineRunsRequest(pipeline="pipelines/loop"))).runs
+    assert [r.name for r in runs] == [f"pipelineRuns/{fired[0].run_id}"]
+    run = await finished(one, runs[0].name)
+    assert run.state == common.JOB_STATE_SUCCEEDED, run
+    assert [(s.stage, s.state) for s in run.stages] == [
+        (pp.PIPELINE_STAGE_DATASET, pp.STAGE_STATE_SUCCEEDED), (pp.PIPELINE_STAGE_TRAIN, pp.STAGE_STATE_SUCCEEDED),
+        (pp.PIPELINE_STAGE_EVALUATE, pp.STAGE_STATE_SKIPPED), (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_SUCCEEDED)]
+    assert run.dataset == "datasets/pipeline-loop/versions/1" and "6 examples" in run.stages[0].message
+    assert run.trigger == pp.TRIGGER_KIND_NEGATIVE_FEEDBACK and run.rollout == "ACTIVATED"
+    assert (await status(one)).active_version == run.version == "v1.0"
+    job = (await one.training.GetTrainingJob(pb.GetTrainingJobRequest(name=run.training_job))).training_job
+    assert job.spec.dataset_name == run.dataset and dict(job.spec.labels)["pipeline"] == "loop"
+
+    decisions = (await pipelines(one).ListTriggerDecisions(
+        pp.ListTriggerDecisionsRequest(pipeline="pipelines/loop"))).decisions
+    assert [(d.fired, d.run) for d in decisions] == [(True, run.name), (False, "")]
+
+    # the next run continues the active version
+    second = (await pipelines(two).RunPipeline(pp.RunPipelineRequest(name="pipelines/loop", reason="by hand",
+                                                                     request_id="again"))).run
+    again = (await pipelines(one).RunPipeline(pp.RunPipelineRequest(name="pipelines/loop", request_id="again"))).run
+    assert again.name == second.name and second.trigger == pp.TRIGGER_KIND_MANUAL
+    code, reason, _ = await refused(pipelines(one).RunPipeline(pp.RunPipelineRequest(name="pipelines/loop")))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_RUN_ACTIVE")
+    code, reason, _ = await refused(pipelines(one).DeletePipeline(pp.DeletePipelineRequest(name="pipelines/loop")))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_RUN_ACTIVE")
+    second = await finished(two, second.name)
+    assert second.state == common.JOB_STATE_SUCCEEDED, second
+    assert (second.parent_version, second.version) == ("v1.0", "v1.1")
+    assert "found the same examples" in second.stages[0].message  # no new feedback: the same dataset version
+    assert (await status(one)).active_version == "v1.1"
+
+
+async def test_a_run_resumes_after_a_restart_without_running_a_stage_twice(make_pg_server):
+    client = await make_pg_server(pipeline_poll_seconds=0.2)
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="resume", pipeline=from_file()))
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/resume"))).run
+    async for update in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=run.name)):
+        if update.HasField("event") and update.event.WhichOneof("kind") == "stage_progress":
+            break  # training: the run waits for its job
+    await client.channel.close()
+    await client.app.stop(0)
+
+    restarted = await make_pg_server(pipeline_poll_seconds=0.2)
+    done = await finished(restarted, run.name)
+    assert done.state == common.JOB_STATE_SUCCEEDED, done
+    assert [s.stage for s in done.stages] == [pp.PIPELINE_STAGE_DATASET, pp.PIPELINE_STAGE_TRAIN,
+                                              pp.PIPELINE_STAGE_EVALUATE, pp.PIPELINE_STAGE_ROLLOUT]
+    jobs = (await restarted.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
+    assert [j.name for j in jobs] == [done.training_job]  # one training job, however often the run started
+    assert (await status(restarted)).active_version == done.version
+
+
+async def test_the_gate_refusing_stops_the_run_with_the_reason(make_pg_server):
+    client = await make_pg_server(eval_gate=True, eval_max_tokens=4)
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="gated", pipeline=from_file()))
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/gated"))).run
+    done = await finished(client, run.name)
+    assert done.state == common.JOB_STATE_FAILED, done
+    assert done.error.message.startswith(f"the gate refused {done.version}")
+    assert [(s.stage, s.state) for s in done.stages][-1] == (pp.PIPELINE_STAGE_EVALUATE, pp.STAGE_STATE_FAILED)
+    assert (await status(client)).active_version == ""  # nothing rolled out
+
+
+async def test_a_cron_tick_is_decided_once_and_skipped_while_a_run_is_on(make_pg_server):
+    client = await make_pg_server()
+    engine = client.app.engine.pipelines
+    cron = pp.PipelineTrigger(cron=pp.CronTrigger(expression="*/5 * * * *", time_zone="Europe/Paris"))
+    made = (await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(
+        pipeline_id="weekly", pipeline=from_file(triggers=[cron], rollout=pp.RolloutPolicy(
+            mode=pp.ROLLOUT_MODE_NONE))))).pipeline
+    created = made.create_time.ToDatetime(UTC)
+    tick = created.replace(second=0, microsecond=0) + timedelta(minutes=5 - created.minute % 5)
+    assert await engine.tick(tick - timedelta(seconds=1)) == []  # no tick since it was made
+    fired = await engine.tick(tick + timedelta(seconds=10))
+    assert [(d.fired, d.key) for d in fired] == [(True, f"cron:{tick.isoformat().replace('+00:00', 'Z')}")]
+    assert await engine.tick(tick + timedelta(seconds=20)) == []  # the same tick again: decided
+    skipped = await engine.tick(tick + timedelta(minutes=5))
+    assert [d.fired for d in skipped] == [False] and "has not ended" in skipped[0].reason
+    name = f"pipelineRuns/{fired[0].run_id}"
+    await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=name))
+    async for _ in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=name)):
+        pass
+    ended = (await pipelines(client).GetPipelineRun(pp.GetPipelineRunRequest(name=name))).run
+    assert ended.state == common.JOB_STATE_CANCELLED, ended
+    disabled = pp.Pipeline(name="pipelines/weekly", enabled=False)
+    updated = (await pipelines(client).UpdatePipeline(pp.UpdatePipelineRequest(
+        pipeline=disabled, update_mask={"paths": ["enabled"]}))).pipeline
+    assert not updated.enabled and updated.etag != made.etag and list(updated.triggers) == [cron]
+    assert await engine.tick(tick + timedelta(minutes=10)) == []  # disabled: triggers do not fire
+    stale = pp.Pipeline(name="pipelines/weekly", enabled=True, etag=made.etag)
+    code, reason, _ = await refused(pipelines(client).UpdatePipeline(pp.UpdatePipelineRequest(
+        pipeline=stale, update_mask={"paths": ["enabled"]})))
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "PIPELINE_CHANGED")
+
+
+@pytest.mark.parametrize(("pipeline", "code", "reason", "field"), [
+    (from_file(triggers=[pp.PipelineTrigger(cron=pp.CronTrigger(expression="61 * * * *"))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CRON", "pipeline.triggers[0].cron.expression"),
+    (from_file(triggers=[pp.PipelineTrigger(cron=pp.CronTrigger(time_zone="Mars/Olympus"))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIME_ZONE", "pipeline.triggers[0].cron.time_zone"),
+    (from_file(triggers=[pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=0))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRIGGER", "pipeline.triggers[0].feedback.count"),
+    (from_file(triggers=[pp.PipelineTrigger()]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRIGGER", "pipeline.triggers[0]"),
+    (from_file(rollout=pp.RolloutPolicy(canary_share=1.5)),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE", "pipeline.rollout.canary_share"),
+    (from_file(base_model="no-such-model"), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_BASE_MODEL_UNKNOWN", ""),
+    (from_file(suite_paths=["missing.jsonl"]), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_SUITE_NOT_FOUND", ""),
+], ids=["cron", "time-zone", "count", "empty-trigger", "share", "base-model", "suite"])
+async def test_bad_pipelines_are_refused_naming_the_field(client, pipeline, code, reason, field):
+    got = await refused(pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="bad",
+                                                                                  pipeline=pipeline)))
+    assert got[:2] == (code, reason)
+    if field:
+        assert [f for f, _ in got[2]] == [field]
+    missing = await refused(pipelines(client).GetPipeline(pp.GetPipelineRequest(name="pipelines/bad")))
+    assert missing[:2] == (grpc.StatusCode.NOT_FOUND, "PIPELINE_NOT_FOUND")
+
+
+async def test_names_ids_and_duplicates(client):
+    stub_ = pipelines(client)
+    got = await refused(stub_.CreatePipeline(pp.CreatePipelineRequest(pipeline_id="Not_OK", pipeline=from_file())))
+    assert got[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME")
+    await stub_.CreatePipeline(pp.CreatePipelineRequest(pipeline_id="once", pipeline=from_file()))
+    got = await refused(stub_.CreatePipeline(pp.CreatePipelineRequest(pipeline_id="once", pipeline=from_file())))
+    assert got[:2] == (grpc.StatusCode.ALREADY_EXISTS, "PIPELINE_EXISTS")
+    got = await refused(stub_.UpdatePipeline(pp.UpdatePipelineRequest(
+        pipeline=pp.Pipeline(name="pipelines/once"), update_mask={"paths": ["base_model"]})))
+    assert got[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UPDATE_MASK")
+    listed = (await stub_.ListPipelines(pp.ListPipelinesRequest())).pipelines
+    assert [p.name for p in listed] == ["pipelines/once"]
+    await stub_.DeletePipeline(pp.DeletePipelineRequest(name="pipelines/once"))
+    got = await refused(stub_.DeletePipeline(pp.DeletePipelineRequest(name="pipelines/once")))
+    assert got[:2] == (grpc.StatusCode.NOT_FOUND, "PIPELINE_NOT_FOUND")
