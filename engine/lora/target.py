@@ -103,6 +103,9 @@ class _Op:
 
 
 class ServingTarget:
+    """The target's state, engine and alias, and the pieces of operations; engine.lora.controller.LoraController
+    is the operations."""
+
     def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
                  store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
                  gate: GateInputs | None = None, rates: FeedbackRates | None = None) -> None:

@@ -136,7 +136,7 @@ class PostgresLoraStore:
 
     async def save_split_figures(self, split_id: int, figures: TrafficFigures) -> None:
         async with self._pool.acquire() as conn:
-            await conn.execute("UPDATE lora_traffic_splits SET figures = $2::jsonb WHERE id = $1",
+            await conn.execute("UPDATE lora_traffic_splits SET figures = $2::jsonb WHERE id = $1 AND end_time IS NULL",
                                split_id, _json(_FIGURES, figures))
 
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
