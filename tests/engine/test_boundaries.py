@@ -19,7 +19,8 @@ CONTEXTS = {
     "training": {"jobs", "feedback", "registry"},
     "continual": {"jobs", "feedback", "registry", "training"},
     "lora": {"jobs", "registry", "serving"},
-    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving"},
+    "drift": {"registry"},
+    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "drift"},
 }
 
 
