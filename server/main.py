@@ -57,6 +57,7 @@ from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
     dataset_pb2_grpc,
+    drift_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
@@ -65,12 +66,14 @@ from learning.v1 import (
 )
 from server import access
 from server.convert import EwcDefaults
+from server.drift_wiring import drift_detector
 from server.errors import ErrorInterceptor
 from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.dataset import DatasetService
+from server.services.drift import DriftService
 from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
@@ -346,6 +349,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
         datasets=stored_datasets,
+        drift=drift_detector(settings, pool, registry, versions),
     )
 
 
@@ -379,6 +383,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
     if engine.evaluations is not None:
         evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
             EvaluationService(engine.evaluations, default_base_model=settings.default_base_model), server
+        )
+    if engine.drift is not None:
+        drift_pb2_grpc.add_DriftServiceServicer_to_server(
+            DriftService(engine.drift, default_base_model=settings.default_base_model), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None
