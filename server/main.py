@@ -61,6 +61,7 @@ from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
     dataset_pb2_grpc,
+    drift_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
@@ -70,12 +71,14 @@ from learning.v1 import (
 )
 from server import access
 from server.convert import EwcDefaults
+from server.drift_wiring import drift_detector
 from server.errors import ErrorInterceptor
 from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.dataset import DatasetService
+from server.services.drift import DriftService
 from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
@@ -380,6 +383,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         feedback_records=feedback_store,
         datasets=stored_datasets,
         pipelines=pipelines,
+        drift=drift_detector(settings, pool, registry, versions),
     )
 
 
@@ -419,6 +423,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
             PipelineService(engine.pipelines, default_base_model=settings.default_base_model,
                             ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
                             defaults=settings.training_defaults), server
+        )
+    if engine.drift is not None:
+        drift_pb2_grpc.add_DriftServiceServicer_to_server(
+            DriftService(engine.drift, default_base_model=settings.default_base_model), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None

@@ -75,6 +75,10 @@ class LoraControlSettings(BaseModel):
                                         description="Negative-rate excess over the known-good that triggers it.")
     auto_rollback_min_samples: int = Field(50, ge=1, description="Ratings of the active version needed first.")
     auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
+    serving_follow_seconds: float = Field(
+        5.0, gt=0, le=600, description="How often a serving process takes up the LoRA state another serving process "
+        "of the same target recorded (its gateway then routes the alias the same way)."
+    )
     pipeline_trigger_interval_seconds: float = Field(
         30.0, gt=0, le=3600, description="How often a serving process looks at the pipelines' triggers (a cron "
         "tick fires within this much of its time)."

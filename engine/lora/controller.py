@@ -169,12 +169,31 @@ class LoraController:
         )
 
     async def status(self) -> LoraStatus:
-        """The state, with what the engine reports loaded right now (cached if it is unreachable)."""
+        """The state as recorded (another serving process of this target may have changed it), with what the
+        engine reports loaded right now (cached if it is unreachable)."""
+        await self.follow()
         try:
             await self._refresh_loaded()
         except Unavailable:
             self._reachable = False
         return self.snapshot()
+
+    async def follow(self) -> bool:
+        """Take up the state another serving process of this target recorded (a pipeline run it held activated a
+        version, an operator's call reached it): this process's gateway then routes the alias the same way. It
+        loads nothing: serving processes of one target share one serving engine, where the other loaded it.
+        Returns whether anything changed."""
+        if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
+            return False
+        async with self._lock:
+            stored = await self._store.load(self.target, self.config.base_model)
+            if stored == self._state:
+                return False
+            self._state = stored
+            self._point_router()
+            self._last = await self._store.last_operation(self.target)
+            await self._notify()
+        return True
 
     async def list_loaded(self) -> tuple[LoadedLora, ...]:
         await self._refresh_loaded()

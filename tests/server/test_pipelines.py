@@ -17,7 +17,7 @@ from learning.v1 import feedback_pb2_grpc as fb_grpc
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import pipeline_pb2_grpc as pp_grpc
 from learning.v1 import training_pb2 as pb
-from tests.server.conftest import error_details
+from tests.server.conftest import TINY, error_details
 from tests.server.lora_helpers import status
 from tests.server.test_adapter_service import s3_settings
 
@@ -105,7 +105,9 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
         (pp.PIPELINE_STAGE_EVALUATE, pp.STAGE_STATE_SKIPPED), (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_SUCCEEDED)]
     assert run.dataset == "datasets/pipeline-loop/versions/1" and "6 examples" in run.stages[0].message
     assert run.trigger == pp.TRIGGER_KIND_NEGATIVE_FEEDBACK and run.rollout == "ACTIVATED"
-    assert (await status(one)).active_version == run.version == "v1.0"
+    assert (await status(one)).active_version == (await status(two)).active_version == run.version == "v1.0"
+    # whichever replica ran it, both gateways route the alias to it
+    assert {c.app.owned.lora.gateway.router.target for c in (one, two)} == {f"{TINY}@v1.0"}
     job = (await one.training.GetTrainingJob(pb.GetTrainingJobRequest(name=run.training_job))).training_job
     assert job.spec.dataset_name == run.dataset and dict(job.spec.labels)["pipeline"] == "loop"
 
