@@ -86,6 +86,10 @@ class LoraControlSettings(BaseModel):
     pipeline_max_concurrent_runs: int = Field(8, ge=1, le=256,
                                               description="Pipeline runs one serving process holds at once (a run "
                                               "mostly waits for its training job).")
+    pipeline_drift_check_seconds: float = Field(
+        3600.0, gt=0, description="How often a drift trigger measures drift (a report embeds up to "
+        "drift_max_samples prompts of each side with the base model)."
+    )
     pipeline_poll_seconds: float = Field(2.0, gt=0, le=60,
                                          description="How often a pipeline run looks at the job it waits for.")
 

@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.domain import FeedbackSource
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 SuitePath = Callable[[str, str], Path]
 MAX_TRIGGERS = 16
 MAX_SUITES = 16
-DRIFT_WINDOW = timedelta(days=30)
 
 
 def _invalid(field_path: str, description: str, reason: str = "INVALID_PIPELINE") -> InvalidArgument:
@@ -60,7 +59,7 @@ class Pipelines:
     def __init__(self, store: PipelineStore, manager: JobManager[PipelineRunSpec, PipelineRunOutput], *,
                  serving: Serving, datasets: Datasets, suite_path: SuitePath,
                  base_model_known: Callable[[str], bool], rating_negative_max: int = 2,
-                 drift: DriftSource | None = None) -> None:
+                 drift: DriftSource | None = None, drift_check_seconds: float = 3600.0) -> None:
         self._store = store
         self._manager = manager
         self._serving = serving
@@ -69,6 +68,9 @@ class Pipelines:
         self._base_model_known = base_model_known
         self._rating_negative_max = rating_negative_max
         self._drift = drift
+        self._drift_check = drift_check_seconds
+        # base model -> (when measured, statistic, threshold, drifted)
+        self._drift_seen: dict[str, tuple[datetime, float, float, bool]] = {}
 
     # ---- pipelines ---------------------------------------------------------------------------------
 
@@ -265,12 +267,25 @@ class Pipelines:
             what = "negative feedback events" if trigger.negative_only else "feedback events"
             return tr.occasion_key(trigger, since=since), f"{count} {what} since {tr.stamp(since)} " \
                                                           f"(threshold {trigger.count})"
-        assert self._drift is not None  # checked when the pipeline was made
-        statistic, threshold = await self._drift.statistic(pipeline.base_model, window=DRIFT_WINDOW)
-        limit = trigger.threshold or threshold
-        if statistic < limit:
+        statistic, threshold, drifted = await self._drift_now(pipeline.base_model, now)
+        if trigger.threshold:  # the pipeline's own bar on the statistic
+            if statistic < trigger.threshold:
+                return None
+            return tr.occasion_key(trigger, since=since), \
+                f"drift statistic {statistic:.4g} at or above the trigger's {trigger.threshold:.4g}"
+        if not drifted:
             return None
-        return tr.occasion_key(trigger, since=since), f"drift {statistic:.4f} at or above {limit:.4f}"
+        return tr.occasion_key(trigger, since=since), \
+            f"drift statistic {statistic:.4g} over the detector's threshold {threshold:.4g}"
+
+    async def _drift_now(self, base_model: str, now: datetime) -> tuple[float, float, bool]:
+        """The base model's drift, measured at most every ``drift_check_seconds`` (a report embeds prompts)."""
+        assert self._drift is not None  # checked when the pipeline was made
+        seen = self._drift_seen.get(base_model)
+        if seen is None or (now - seen[0]).total_seconds() >= self._drift_check:
+            report = await self._drift.report(base_model)
+            seen = self._drift_seen[base_model] = (now, report.statistic, report.threshold, report.drifted)
+        return seen[1], seen[2], seen[3]
 
     async def _samples(self, pipeline: Pipeline) -> int | None:
         """Usable examples in the template's feedback window now; None for data that is not feedback."""
