@@ -201,7 +201,8 @@ async def follow_run(client: AsyncClient, as_json: bool, name: str, after_sequen
     done = await client.get_pipeline_run(name)
     if not as_json:
         out.print(f"{done.name} {_short(done.state, common.JobState, 'JOB_STATE_')}"
-                  + (f": {done.version} {done.rollout.lower()}" if done.version else ""), highlight=False)
+                  + (f": {done.version}" if done.version else "")
+                  + (f" {done.rollout.lower()}" if done.rollout else ""), highlight=False)
         if done.HasField("error") and done.error.code:
             err.print(f"[red]{done.error.message}[/]", highlight=False)
     return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
