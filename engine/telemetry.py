@@ -193,3 +193,14 @@ def drift_reported(base_model: str, statistic: float, threshold: float, p_value:
     DRIFT_THRESHOLD.labels(base_model).set(threshold)
     DRIFT_P_VALUE.labels(base_model).set(p_value)
     DRIFTED.labels(base_model).set(1.0 if drifted else 0.0)
+
+
+PIPELINE_TRIGGERS = Counter(
+    "learning_engine_pipeline_trigger_decisions",
+    "Pipeline trigger decisions: an occasion (a cron tick, a count reached, drift) fired a run or was skipped.",
+    ["pipeline", "kind", "fired"], registry=REGISTRY,
+)
+
+
+def pipeline_triggered(pipeline: str, kind: str, fired: bool) -> None:
+    PIPELINE_TRIGGERS.labels(pipeline, kind, "true" if fired else "false").inc()

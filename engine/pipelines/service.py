@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine import telemetry
 from engine.domain import FeedbackSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument
 from engine.jobs.core import Job, JobEvent, JobState
@@ -247,7 +248,10 @@ class Pipelines:
     async def _keep(self, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool, now: datetime, reason: str,
                     *, run_id: str = "", count: int = 0) -> builtins.list[TriggerDecision]:
         decision = TriggerDecision(pipeline.id, kind, key, fired, reason, now, run_id, count)
-        return [decision] if await self._store.record(decision) else []
+        if not await self._store.record(decision):
+            return []
+        telemetry.pipeline_triggered(pipeline.id, kind.value, fired)
+        return [decision]
 
     async def _occasion(self, pipeline: Pipeline, trigger: Trigger, now: datetime,
                         since: datetime) -> tuple[str, str] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine import telemetry
 from learning.v1 import common_pb2 as common
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
@@ -100,6 +101,8 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
     await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[2:], 2)))
     fired = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
     assert [(d.fired, d.kind.value) for d in fired] == [(True, "NEGATIVE_FEEDBACK")], fired
+    sample = {"pipeline": "loop", "kind": "NEGATIVE_FEEDBACK", "fired": "true"}
+    assert telemetry.REGISTRY.get_sample_value("learning_engine_pipeline_trigger_decisions_total", sample) == 1
     assert await asyncio.gather(*(e.tick() for e in engines)) == [[], []]  # the run has not ended: waits
 
     runs = (await pipelines(two).ListPipelineRuns(pp.ListPipelineRunsRequest(pipeline="pipelines/loop"))).runs
