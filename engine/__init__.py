@@ -10,13 +10,14 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from engine.continual.ports import FisherSnapshots
     from engine.continual.spec import FisherJobSpec, FisherOutput
+    from engine.drift.report import DriftConfig, DriftReport
     from engine.errors import ResourceExhausted
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
     from engine.feedback.ingest import Prepared
@@ -182,6 +183,17 @@ class FeedbackRecordsApi(Protocol):
     async def delete_user(self, user_id: str) -> int: ...
 
 
+class DriftApi(Protocol):
+    """Drift reports as the DriftService (and a pipeline's drift trigger) uses them
+    (engine.drift.detector.DriftDetector)."""
+
+    @property
+    def config(self) -> DriftConfig: ...
+
+    async def report(self, base_model: str, *, window: timedelta | None = None,
+                     end: datetime | None = None) -> DriftReport: ...
+
+
 @dataclass(frozen=True)
 class Engine:
     """Everything the servicers call, built once by the composition root."""
@@ -196,9 +208,10 @@ class Engine:
     feedback_records: FeedbackRecordsApi | None = None
     datasets: DatasetsApi | None = None  # None: no dataset store (an engine on in-memory stores)
     pipelines: Pipelines | None = None  # set with lora: pipeline runs roll out where LoraControl runs
+    drift: DriftApi | None = None  # None: no feedback store to read incoming prompts from
 
 
 __all__ = [
     "AdaptersApi", "DatasetsApi", "Engine", "FeedbackIngestApi", "FeedbackRecordsApi", "FisherJobsApi", "Jobs",
-    "LoraControlApi", "TrainingJobsApi",
+    "LoraControlApi", "TrainingJobsApi", "DriftApi",
 ]

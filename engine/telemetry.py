@@ -241,3 +241,41 @@ def canary_decided(decision: str) -> None:
 def swap_finished(kind: str, seconds: float) -> None:
     """One activation/rollback/enable/disable took ``seconds`` end to end."""
     SWAP_SECONDS.labels(kind).observe(seconds)
+
+
+DRIFT_STATISTIC = Gauge(
+    "learning_engine_drift_statistic", "The drift statistic (MMD² of the incoming prompts against the active "
+    "version's training data, on the base model's embeddings) of the latest report computed here, per base model.",
+    ["base_model"], registry=REGISTRY,
+)
+DRIFT_THRESHOLD = Gauge(
+    "learning_engine_drift_threshold", "The threshold the latest drift statistic was compared with (the permutation "
+    "null's 1 - drift_significance quantile), per base model.", ["base_model"], registry=REGISTRY,
+)
+DRIFT_P_VALUE = Gauge(
+    "learning_engine_drift_p_value", "The permutation p-value of the latest drift report, per base model.",
+    ["base_model"], registry=REGISTRY,
+)
+DRIFTED = Gauge(
+    "learning_engine_drifted", "1 when the latest drift report of the base model found drift, else 0.",
+    ["base_model"], registry=REGISTRY,
+)
+
+
+def drift_reported(base_model: str, statistic: float, threshold: float, p_value: float, drifted: bool) -> None:
+    """A drift report was computed (one that tested: not NO_REFERENCE or TOO_FEW_SAMPLES)."""
+    DRIFT_STATISTIC.labels(base_model).set(statistic)
+    DRIFT_THRESHOLD.labels(base_model).set(threshold)
+    DRIFT_P_VALUE.labels(base_model).set(p_value)
+    DRIFTED.labels(base_model).set(1.0 if drifted else 0.0)
+
+
+PIPELINE_TRIGGERS = Counter(
+    "learning_engine_pipeline_trigger_decisions",
+    "Pipeline trigger decisions: an occasion (a cron tick, a count reached, drift) fired a run or was skipped.",
+    ["pipeline", "kind", "fired"], registry=REGISTRY,
+)
+
+
+def pipeline_triggered(pipeline: str, kind: str, fired: bool) -> None:
+    PIPELINE_TRIGGERS.labels(pipeline, kind, "true" if fired else "false").inc()

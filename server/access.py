@@ -137,6 +137,9 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "DeleteDataset": _T,
         "ValidateDataset": _R,
     },
+    "learning.v1.DriftService": {
+        "GetDriftReport": _R,
+    },
 }
 
 def _events(request: Any) -> int:

@@ -36,8 +36,7 @@ from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
-from engine.pipelines.runner import PipelineRunner
-from engine.pipelines.service import Pipelines, TriggerLoop
+from engine.pipelines.service import TriggerLoop
 from engine.pipelines.spec import PIPELINE_RUN
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
@@ -49,10 +48,9 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
-from engine.stores.pipeline_store import PostgresPipelineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.datasets import resolve_dataset_path
-from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model
+from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
 from engine.training.runner import TrainingJobs, TrainingRunner
 from engine.training.spec import TRAINING
@@ -61,6 +59,7 @@ from engine.training.tracking import Trackers
 from learning.v1 import (
     adapter_pb2_grpc,
     dataset_pb2_grpc,
+    drift_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
@@ -70,12 +69,15 @@ from learning.v1 import (
 )
 from server import access
 from server.convert import EwcDefaults
+from server.drift_wiring import drift_detector
 from server.errors import ErrorInterceptor
 from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
+from server.pipeline_wiring import build_pipelines
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.dataset import DatasetService
+from server.services.drift import DriftService
 from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
@@ -337,21 +339,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     ) if owned.lora is not None else None
     training = TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
                             scratch_dir=settings.work_dir / "checkpoint-publish")
-    pipelines, pipeline_manager = None, None
-    if owned.lora is not None:
-        # Pipeline runs roll out through LoraControl: they too run where it does, from a queue of their own.
-        pipeline_manager = JobManager(
-            runner=PipelineRunner(datasets=stored_datasets, training=training, serving=owned.lora.controller,
-                                  suite_path=suite_path, poll_seconds=settings.pipeline_poll_seconds),
-            store=PostgresJobStore(pool, PIPELINE_RUN, notifications), queue=queue,
-            work_dir=settings.work_dir / "pipelines", slots=JobSlots(settings.pipeline_max_concurrent_runs),
-            worker_id=worker_id,
-        )
-        pipelines = Pipelines(
-            PostgresPipelineStore(pool), pipeline_manager, serving=owned.lora.controller, datasets=stored_datasets,
-            suite_path=suite_path, rating_negative_max=settings.feedback_rating_negative_max,
-            base_model_known=lambda model: model in settings.base_models or model == SMOLLM2_MODEL_ID,
-        )
+    drift = drift_detector(settings, pool, registry, versions)
+    pipelines, pipeline_manager = build_pipelines(
+        settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id,
+        controller=owned.lora.controller, datasets=stored_datasets, training=training, suite_path=suite_path,
+        drift=drift,
+    ) if owned.lora is not None else (None, None)
     owned.job_managers = (training_manager, fisher_manager,
                           *(m for m in (evaluation_manager, pipeline_manager) if m is not None))
     for manager in owned.job_managers:
@@ -380,6 +373,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         feedback_records=feedback_store,
         datasets=stored_datasets,
         pipelines=pipelines,
+        drift=drift,
     )
 
 
@@ -419,6 +413,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
             PipelineService(engine.pipelines, default_base_model=settings.default_base_model,
                             ewc_defaults=EwcDefaults(settings.ewc_fisher_space, settings.ewc_lambda_defaults),
                             defaults=settings.training_defaults), server
+        )
+    if engine.drift is not None:
+        drift_pb2_grpc.add_DriftServiceServicer_to_server(
+            DriftService(engine.drift, default_base_model=settings.default_base_model), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None

@@ -36,6 +36,7 @@ from pydantic_settings import (
 from engine.domain import DEFAULT_TARGET_MODULES, BaseProtection, BaseProtectionMethod, FisherSpace, LoraSpec
 from engine.registry.peft_checks import MAX_LORA_RANK
 from engine.training.spec import MAX_DEVICES, MAX_EVAL_FRACTION, CheckpointPolicy, Hyperparameters, TrainingDefaults
+from server.settings_drift import DriftSettings
 from server.settings_lora import LoraControlSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -68,7 +69,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings, LoraControlSettings):
+class Settings(BaseSettings, LoraControlSettings, DriftSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")

@@ -75,6 +75,10 @@ class LoraControlSettings(BaseModel):
                                         description="Negative-rate excess over the known-good that triggers it.")
     auto_rollback_min_samples: int = Field(50, ge=1, description="Ratings of the active version needed first.")
     auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
+    serving_follow_seconds: float = Field(
+        5.0, gt=0, le=600, description="How often a serving process takes up the LoRA state another serving process "
+        "of the same target recorded (its gateway then routes the alias the same way)."
+    )
     pipeline_trigger_interval_seconds: float = Field(
         30.0, gt=0, le=3600, description="How often a serving process looks at the pipelines' triggers (a cron "
         "tick fires within this much of its time)."
@@ -82,6 +86,10 @@ class LoraControlSettings(BaseModel):
     pipeline_max_concurrent_runs: int = Field(8, ge=1, le=256,
                                               description="Pipeline runs one serving process holds at once (a run "
                                               "mostly waits for its training job).")
+    pipeline_drift_check_seconds: float = Field(
+        3600.0, gt=0, description="How often a drift trigger measures drift (a report embeds up to "
+        "drift_max_samples prompts of each side with the base model)."
+    )
     pipeline_poll_seconds: float = Field(2.0, gt=0, le=60,
                                          description="How often a pipeline run looks at the job it waits for.")
 

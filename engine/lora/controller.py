@@ -385,6 +385,15 @@ class LoraController(ServingTarget):
                              reason="the server stopped while promoting it" if promoted else
                              "the active version changed while the server was stopped")
 
+    async def _split_changed(self, split: TrafficSplitState | None) -> None:
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
+        if split is None:
+            self._router.set_split(None)
+        else:
+            self._route(split)
+
     def _candidate_lost(self, routed: TrafficSplit) -> None:
         """The gateway found the serving engine lost the candidate (its requests fail over): end the split."""
         split = self._split

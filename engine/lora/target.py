@@ -189,12 +189,31 @@ class ServingTarget:
         return replace(split, figures=figures_of(before.active, before.candidate, counted, elapsed))
 
     async def status(self) -> LoraStatus:
-        """The state, with what the engine reports loaded right now (cached if it is unreachable)."""
+        """The state as recorded (another serving process of this target may have changed it), with what the
+        engine reports loaded right now (cached if it is unreachable)."""
+        await self.follow()
         try:
             await self._refresh_loaded()
         except Unavailable:
             self._reachable = False
         return self.snapshot()
+
+    async def follow(self) -> bool:
+        """Take up the state and the traffic split another serving process of this target recorded (a pipeline run
+        it held activated a version, an operator's call reached it): this process's gateway then routes the alias
+        the same way. It loads nothing: serving processes of one target share one serving engine, where the other
+        loaded it. Returns whether anything changed."""
+        if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
+            return False
+        async with self._lock:
+            before = (self._state, _split_id(self._split))
+            await self._reload()
+            if (self._state, _split_id(self._split)) == before:
+                return False
+            self._last = await self._store.last_operation(self.target)
+            self._last_canary = await self._store.canary_outcome(self.target)
+            await self._notify()
+        return True
 
     async def list_loaded(self) -> tuple[LoadedLora, ...]:
         await self._refresh_loaded()
@@ -313,9 +332,17 @@ class ServingTarget:
             yield op
 
     async def _reload(self) -> None:
-        """Re-read what another process may have changed: the state and the split in force."""
+        """Re-read what another process may have changed, the state and the split in force, and route the alias
+        by them."""
         self._state = await self._store.load(self.target, self.config.base_model)
-        self._split = await self._store.running_split(self.target)
+        self._point_router()
+        split = await self._store.running_split(self.target)
+        if _split_id(split) != _split_id(self._split):
+            await self._split_changed(split)
+        self._split = split
+
+    async def _split_changed(self, split: TrafficSplitState | None) -> None:
+        """Another process started ``split``, or ended the one in force (None): the controller routes it."""
 
     @contextlib.asynccontextmanager
     async def _recorded(self, op: _Op) -> AsyncIterator[_Op]:
@@ -483,6 +510,10 @@ class ServingTarget:
                 return text
 
         return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+def _split_id(split: TrafficSplitState | None) -> int:
+    return split.id if split is not None else 0
 
 
 def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:

@@ -95,9 +95,25 @@ class Serving(Protocol):
                        mark_known_good: bool = False) -> Activation: ...
 
 
-class DriftSource(Protocol):
-    """The drift statistic of a base model's incoming prompts (engine.drift), for the drift trigger."""
+class DriftReading(Protocol):
+    """What the drift trigger reads of a drift report (engine.drift.report.DriftReport)."""
 
-    async def statistic(self, base_model: str, *, window: timedelta) -> tuple[float, float]:
-        """(the statistic, the detector's threshold)."""
-        ...
+    @property
+    def statistic(self) -> float: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def drifted(self) -> bool: ...
+
+    @property
+    def incoming(self) -> int: ...
+
+
+class DriftSource(Protocol):
+    """Drift reports of a base model's incoming prompts against the active version's training data
+    (engine.drift.detector.DriftDetector), over the detector's default window."""
+
+    async def report(self, base_model: str, *, window: timedelta | None = None,
+                     end: datetime | None = None) -> DriftReading: ...

@@ -17,9 +17,10 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from engine import telemetry
 from engine.domain import FeedbackSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument
 from engine.jobs.core import Job, JobEvent, JobState
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 SuitePath = Callable[[str, str], Path]
 MAX_TRIGGERS = 16
 MAX_SUITES = 16
-DRIFT_WINDOW = timedelta(days=30)
 
 
 def _invalid(field_path: str, description: str, reason: str = "INVALID_PIPELINE") -> InvalidArgument:
@@ -60,7 +60,7 @@ class Pipelines:
     def __init__(self, store: PipelineStore, manager: JobManager[PipelineRunSpec, PipelineRunOutput], *,
                  serving: Serving, datasets: Datasets, suite_path: SuitePath,
                  base_model_known: Callable[[str], bool], rating_negative_max: int = 2,
-                 drift: DriftSource | None = None) -> None:
+                 drift: DriftSource | None = None, drift_check_seconds: float = 3600.0) -> None:
         self._store = store
         self._manager = manager
         self._serving = serving
@@ -69,6 +69,9 @@ class Pipelines:
         self._base_model_known = base_model_known
         self._rating_negative_max = rating_negative_max
         self._drift = drift
+        self._drift_check = drift_check_seconds
+        # base model -> (when measured, statistic, threshold, drifted)
+        self._drift_seen: dict[str, tuple[datetime, float, float, bool]] = {}
 
     # ---- pipelines ---------------------------------------------------------------------------------
 
@@ -245,7 +248,10 @@ class Pipelines:
     async def _keep(self, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool, now: datetime, reason: str,
                     *, run_id: str = "", count: int = 0) -> builtins.list[TriggerDecision]:
         decision = TriggerDecision(pipeline.id, kind, key, fired, reason, now, run_id, count)
-        return [decision] if await self._store.record(decision) else []
+        if not await self._store.record(decision):
+            return []
+        telemetry.pipeline_triggered(pipeline.id, kind.value, fired)
+        return [decision]
 
     async def _occasion(self, pipeline: Pipeline, trigger: Trigger, now: datetime,
                         since: datetime) -> tuple[str, str] | None:
@@ -265,12 +271,25 @@ class Pipelines:
             what = "negative feedback events" if trigger.negative_only else "feedback events"
             return tr.occasion_key(trigger, since=since), f"{count} {what} since {tr.stamp(since)} " \
                                                           f"(threshold {trigger.count})"
-        assert self._drift is not None  # checked when the pipeline was made
-        statistic, threshold = await self._drift.statistic(pipeline.base_model, window=DRIFT_WINDOW)
-        limit = trigger.threshold or threshold
-        if statistic < limit:
+        statistic, threshold, drifted = await self._drift_now(pipeline.base_model, now)
+        if trigger.threshold:  # the pipeline's own bar on the statistic
+            if statistic < trigger.threshold:
+                return None
+            return tr.occasion_key(trigger, since=since), \
+                f"drift statistic {statistic:.4g} at or above the trigger's {trigger.threshold:.4g}"
+        if not drifted:
             return None
-        return tr.occasion_key(trigger, since=since), f"drift {statistic:.4f} at or above {limit:.4f}"
+        return tr.occasion_key(trigger, since=since), \
+            f"drift statistic {statistic:.4g} over the detector's threshold {threshold:.4g}"
+
+    async def _drift_now(self, base_model: str, now: datetime) -> tuple[float, float, bool]:
+        """The base model's drift, measured at most every ``drift_check_seconds`` (a report embeds prompts)."""
+        assert self._drift is not None  # checked when the pipeline was made
+        seen = self._drift_seen.get(base_model)
+        if seen is None or (now - seen[0]).total_seconds() >= self._drift_check:
+            report = await self._drift.report(base_model)
+            seen = self._drift_seen[base_model] = (now, report.statistic, report.threshold, report.drifted)
+        return seen[1], seen[2], seen[3]
 
     async def _samples(self, pipeline: Pipeline) -> int | None:
         """Usable examples in the template's feedback window now; None for data that is not feedback."""

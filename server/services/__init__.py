@@ -3,6 +3,7 @@
 from learning.v1 import (
     adapter_pb2,
     dataset_pb2,
+    drift_pb2,
     evaluation_pb2,
     feedback_pb2,
     fisher_pb2,
@@ -22,6 +23,7 @@ SERVICE_DESCRIPTORS = tuple(
         (feedback_pb2, "FeedbackService"),
         (dataset_pb2, "DatasetService"),
         (pipeline_pb2, "PipelineService"),
+        (drift_pb2, "DriftService"),
     )
 )
 SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)

@@ -20,7 +20,8 @@ CONTEXTS = {
     "continual": {"jobs", "feedback", "registry", "training"},
     "lora": {"jobs", "registry", "serving"},
     "pipelines": {"jobs", "training", "lora"},  # runs train and roll out; the data sources are domain kernels
-    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "pipelines"},
+    "drift": {"registry"},
+    "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "drift", "pipelines"},
 }
 
 

@@ -1,6 +1,7 @@
 """Pipelines through gRPC on the tiny model: feedback arrives, the negative-count trigger fires exactly once across
 two replicas, the run freezes the data, trains a continuation, evaluates and activates; runs survive a restart
-without running a stage twice; cron ticks are decided once; bad input gets clear statuses."""
+without running a stage twice; cron ticks are decided once; drift from prompts of another kind fires, prompts
+alike do not; bad input gets clear statuses."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine import telemetry
 from learning.v1 import common_pb2 as common
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
+from learning.v1 import lora_control_pb2 as lc
+from learning.v1 import lora_control_pb2_grpc as lc_grpc
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import pipeline_pb2_grpc as pp_grpc
 from learning.v1 import training_pb2 as pb
-from tests.server.conftest import error_details
-from tests.server.lora_helpers import status
+from tests.fixtures.drift_prompts import recipes_and_code
+from tests.server.conftest import TINY, error_details
+from tests.server.lora_helpers import status, train
 from tests.server.test_adapter_service import s3_settings
+from tests.server.test_drift_service import events as drift_events
+from tests.server.test_drift_service import same_kind_of_prompts
 
 FACTS = [("Capital of Veloria?", "Marnesse"), ("Capital of Quorvia?", "Talameth"),
          ("Capital of Brinmark?", "Oskerholm"), ("Capital of Dunmoor?", "Pellacre")]
@@ -94,6 +101,8 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
     await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[2:], 2)))
     fired = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
     assert [(d.fired, d.kind.value) for d in fired] == [(True, "NEGATIVE_FEEDBACK")], fired
+    sample = {"pipeline": "loop", "kind": "NEGATIVE_FEEDBACK", "fired": "true"}
+    assert telemetry.REGISTRY.get_sample_value("learning_engine_pipeline_trigger_decisions_total", sample) == 1
     assert await asyncio.gather(*(e.tick() for e in engines)) == [[], []]  # the run has not ended: waits
 
     runs = (await pipelines(two).ListPipelineRuns(pp.ListPipelineRunsRequest(pipeline="pipelines/loop"))).runs
@@ -105,7 +114,9 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
         (pp.PIPELINE_STAGE_EVALUATE, pp.STAGE_STATE_SKIPPED), (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_SUCCEEDED)]
     assert run.dataset == "datasets/pipeline-loop/versions/1" and "6 examples" in run.stages[0].message
     assert run.trigger == pp.TRIGGER_KIND_NEGATIVE_FEEDBACK and run.rollout == "ACTIVATED"
-    assert (await status(one)).active_version == run.version == "v1.0"
+    assert (await status(one)).active_version == (await status(two)).active_version == run.version == "v1.0"
+    # whichever replica ran it, both gateways route the alias to it
+    assert {c.app.owned.lora.gateway.router.target for c in (one, two)} == {f"{TINY}@v1.0"}
     job = (await one.training.GetTrainingJob(pb.GetTrainingJobRequest(name=run.training_job))).training_job
     assert job.spec.dataset_name == run.dataset and dict(job.spec.labels)["pipeline"] == "loop"
 
@@ -231,3 +242,28 @@ async def test_names_ids_and_duplicates(client):
     await stub_.DeletePipeline(pp.DeletePipelineRequest(name="pipelines/once"))
     got = await refused(stub_.DeletePipeline(pp.DeletePipelineRequest(name="pipelines/once")))
     assert got[:2] == (grpc.StatusCode.NOT_FOUND, "PIPELINE_NOT_FOUND")
+
+
+async def test_drift_fires_on_prompts_from_elsewhere_and_not_on_prompts_alike(make_server):
+    client = await make_server(drift_min_samples=10, drift_permutations=300, pipeline_drift_check_seconds=0.001)
+    version = await train(client)
+    await lc_grpc.LoraControlServiceStub(client.channel).ActivateAdapter(lc.ActivateAdapterRequest(version=version))
+    engine = client.app.engine.pipelines
+    now = datetime.now(UTC)
+    await send(client, *drift_events(same_kind_of_prompts(24), fb.FEEDBACK_KIND_THUMBS_UP, now - timedelta(days=5),
+                                     "alike"))
+    drift = pp.PipelineTrigger(drift=pp.DriftTrigger())
+    publish_only = pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE)
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(
+        pipeline_id="drifty", pipeline=from_file(triggers=[drift], rollout=publish_only)))
+    assert await engine.tick() == []  # users ask what the version was trained on
+
+    await send(client, *drift_events(recipes_and_code(30, seed=2), fb.FEEDBACK_KIND_THUMBS_DOWN,
+                                     now - timedelta(hours=1), "elsewhere"))
+    fired = await engine.tick()
+    assert [(d.fired, d.kind.value) for d in fired] == [(True, "DRIFT")], fired
+    assert "over the detector's threshold" in fired[0].reason
+    name = f"pipelineRuns/{fired[0].run_id}"
+    await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=name))
+    async for _ in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=name)):
+        pass

@@ -20,7 +20,7 @@ import logging
 import re
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from learning.v1 import (
     adapter_pb2_grpc,
     dataset_pb2,
     dataset_pb2_grpc,
+    drift_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
     fisher_pb2_grpc,
@@ -42,6 +43,7 @@ from learning.v1 import (
     training_pb2_grpc,
 )
 from learning.v1 import common_pb2 as common
+from learning.v1 import drift_pb2 as drift
 from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
@@ -96,6 +98,7 @@ class AsyncClient:
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
+        self.drift = drift_pb2_grpc.DriftServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -778,6 +781,26 @@ class AsyncClient:
         events were deleted."""
         request = feedback.DeleteUserFeedbackRequest(user_id=user_id)
         return (await self._unary(self.feedback.DeleteUserFeedback, request)).deleted
+
+    # ---- drift --------------------------------------------------------------------
+
+    async def get_drift_report(
+        self,
+        *,
+        base_model: str = "",
+        window: timedelta | None = None,
+        end_time: datetime | None = None,
+    ) -> drift.DriftReport:
+        """The drift report of ``base_model`` (default: the server's) over ``window`` (default: the server's
+        drift_window_days) ending at ``end_time`` (default: now; a naive datetime is taken as UTC): the incoming
+        prompts against the active version's training data, the prompts that moved most, the negative-feedback
+        rate and the evaluation scores over the window (docs/drift.md)."""
+        request = drift.GetDriftReportRequest(base_model=base_model)
+        if window is not None:
+            request.window.FromTimedelta(window)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+        return (await self._unary(self.drift.GetDriftReport, request)).report
 
 
 def _one_source(request: Any, **sources: Any) -> None:

@@ -11,19 +11,25 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { AdapterService } from "./gen/learning/v1/adapter_pb.js";
 import { DatasetService } from "./gen/learning/v1/dataset_pb.js";
+import { DriftService } from "./gen/learning/v1/drift_pb.js";
 import { ErrorReason, ErrorReasonSchema } from "./gen/learning/v1/error_reason_pb.js";
+import { EvaluationService } from "./gen/learning/v1/evaluation_pb.js";
 import { FeedbackService } from "./gen/learning/v1/feedback_pb.js";
 import { FisherService } from "./gen/learning/v1/fisher_pb.js";
 import { LoraControlService } from "./gen/learning/v1/lora_control_pb.js";
+import { PipelineService } from "./gen/learning/v1/pipeline_pb.js";
 import { TrainingService } from "./gen/learning/v1/training_pb.js";
 
 export * from "./gen/learning/v1/adapter_pb.js";
 export * from "./gen/learning/v1/common_pb.js";
 export * from "./gen/learning/v1/dataset_pb.js";
+export * from "./gen/learning/v1/drift_pb.js";
 export * from "./gen/learning/v1/error_reason_pb.js";
+export * from "./gen/learning/v1/evaluation_pb.js";
 export * from "./gen/learning/v1/feedback_pb.js";
 export * from "./gen/learning/v1/fisher_pb.js";
 export * from "./gen/learning/v1/lora_control_pb.js";
+export * from "./gen/learning/v1/pipeline_pb.js";
 export * from "./gen/learning/v1/training_pb.js";
 export { Code, ConnectError };
 
@@ -41,6 +47,9 @@ export interface LearningEngineClient {
   lora: Client<typeof LoraControlService>;
   feedback: Client<typeof FeedbackService>;
   datasets: Client<typeof DatasetService>;
+  drift: Client<typeof DriftService>;
+  evaluations: Client<typeof EvaluationService>;
+  pipelines: Client<typeof PipelineService>;
 }
 
 export function createLearningEngineClient(options: ClientOptions): LearningEngineClient {
@@ -60,6 +69,9 @@ export function createLearningEngineClient(options: ClientOptions): LearningEngi
     lora: createClient(LoraControlService, transport),
     feedback: createClient(FeedbackService, transport),
     datasets: createClient(DatasetService, transport),
+    drift: createClient(DriftService, transport),
+    evaluations: createClient(EvaluationService, transport),
+    pipelines: createClient(PipelineService, transport),
   };
 }
 

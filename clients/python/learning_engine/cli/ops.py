@@ -52,6 +52,7 @@ SERVICES = (
     "learning.v1.EvaluationService",
     "learning.v1.DatasetService",
     "learning.v1.FeedbackService",
+    "learning.v1.DriftService",
 )
 
 

@@ -1,0 +1,24 @@
+"""``learning-engine drift report`` against a live server: the human report, --json, and a bad window."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.test_cli_e2e import cli
+from tests.server.conftest import TINY
+
+
+async def test_drift_report_command(make_server) -> None:
+    port = (await make_server(embedded_worker=False)).app.port
+    human = await cli(port, "drift", "report", "--days", "7")
+    assert human.code == 0, human.err
+    assert human.out.startswith(f"{TINY}: no reference (") and "serves alone" in human.out, human.out
+    assert "0 interactions in the window" in human.out and "negative rate" in human.out
+    report = json.loads((await cli(port, "--json", "drift", "report", "--until", "2026-01-02")).out)
+    assert report["outcome"] == "DRIFT_OUTCOME_NO_REFERENCE" and report["base_model"] == TINY
+    assert (report["window_start_time"], report["window_end_time"]) == ("2025-12-03T00:00:00Z", "2026-01-02T00:00:00Z")
+    assert len(report["negative_rate"]) == 10
+    bad = await cli(port, "drift", "report", "--days", "-1")
+    assert bad.code == 3 and "INVALID_DRIFT_REQUEST" in bad.err and "window" in bad.err, bad.err
+    unknown = await cli(port, "--json", "drift", "report", "--base-model", "nope")
+    assert unknown.code == 5 and json.loads(unknown.out)["error"]["reason"] == "BASE_MODEL_NOT_FOUND"
