@@ -216,7 +216,7 @@ async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_s
     await backend.stop()
 
 
-async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server, tiny_model_dir):
+async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server, tiny_model_dir, tmp_path):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     client = await make_server(serving_url=backend.url)
     v10 = await train(client)
@@ -225,6 +225,13 @@ async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server
     await start(client, v11, fast(share=0.5, min_requests=10, min_feedback=4))
     assert await send(client, 10) == {f"{TINY}@{v10}": 5, f"{TINY}@{v11}": 5}
     await asyncio.sleep(0.5)  # a check keeps the counts
+
+    # another serving process of the target routes the same split, counting its own requests
+    (tmp_path / "replica2" / "datasets").mkdir(parents=True)
+    two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2")
+    assert (await status(two)).traffic_split.candidate_version == v11
+    assert await send(two, 4) == {f"{TINY}@{v10}": 2, f"{TINY}@{v11}": 2}
+    await two.app.stop(0)
     await client.app.stop(0)
 
     restarted = await make_server(serving_url=backend.url)
