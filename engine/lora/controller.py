@@ -308,15 +308,15 @@ class LoraController(ServingTarget):
         op.mark("to_serving")
         await self._notify()
 
-    def _route(self, split: TrafficSplitState) -> None:
-        """Send the split's share to its candidate (counting on from its persisted figures) and, for a canary,
-        start its decision loop."""
+    def _route(self, split: TrafficSplitState, *, decide: bool = True) -> None:
+        """Send the split's share to its candidate and, with ``decide`` (this process started the split, or resumes
+        it after a restart: it counts on from its persisted figures), run a canary's decision loop."""
         route = Route(lora_name(self.base_model, split.candidate_version), split.candidate_version)
         routed = TrafficSplit(route, split.share)
-        if split.figures is not None:
+        if decide and split.figures is not None:
             routed.tallies = {Role.ACTIVE: split.figures.active.tally, Role.CANDIDATE: split.figures.candidate.tally}
         self._router.set_split(routed)
-        if split.kind is SplitKind.CANARY and split.policy is not None:
+        if decide and split.kind is SplitKind.CANARY and split.policy is not None:
             self._loop = CanaryLoop(self, split.id, split.policy.check_interval_seconds)
             self._loop.start()
 
@@ -386,13 +386,15 @@ class LoraController(ServingTarget):
                              "the active version changed while the server was stopped")
 
     async def _split_changed(self, split: TrafficSplitState | None) -> None:
+        """Route the split another process started (counting this gateway's requests; its process decides), or
+        stop routing the one it ended."""
         if self._loop is not None:
             await self._loop.stop()
             self._loop = None
         if split is None:
             self._router.set_split(None)
         else:
-            self._route(split)
+            self._route(split, decide=False)
 
     def _candidate_lost(self, routed: TrafficSplit) -> None:
         """The gateway found the serving engine lost the candidate (its requests fail over): end the split."""
