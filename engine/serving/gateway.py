@@ -263,7 +263,7 @@ class Gateway:
         asked = body["model"]
         user = request.headers.get(USER_HEADER, "") or (body["user"] if isinstance(body.get("user"), str) else "")
         pick = self.router.acquire(asked, user)
-        began, status = time.perf_counter(), 502
+        began, status, answer = time.perf_counter(), 502, None
         with telemetry.tracer.start_as_current_span(
                 f"gateway {request.path}", kind=SpanKind.SERVER,
                 attributes={"model": asked, "upstream": pick.upstream, "stream": bool(body.get("stream"))}) as span:
@@ -282,13 +282,15 @@ class Gateway:
                 response, status = await self._relay(request, answer, pick.upstream)
                 return response
             finally:
+                if answer is not None:  # also when the client went away before it was relayed
+                    answer.release()
                 span.set_attribute("http.status_code", status)
                 await self.router.release(pick, status, time.perf_counter() - began)
 
     async def _send(self, path: str, body: bytes | dict[str, Any],
                     upstream: str) -> tuple[aiohttp.ClientResponse | None, str]:
-        """The serving engine's answer (status and headers read; release it) to ``body`` sent to ``upstream``; or
-        None and why, when it did not answer. A dict body is sent with its ``model`` set to ``upstream``."""
+        """The serving engine's answer (status and headers read; the caller releases it) to ``body`` sent to
+        ``upstream``, or None and why when it did not answer. A dict body goes with ``model`` set to ``upstream``."""
         assert self._session is not None
         data = body if isinstance(body, bytes) else json.dumps({**body, "model": upstream}).encode()
         try:
@@ -304,20 +306,17 @@ class Gateway:
                      upstream: str) -> tuple[web.StreamResponse, int]:
         """Stream the engine's answer to the client, naming ``upstream``; (the response, the status to count: 502
         when the engine's stream broke off)."""
+        out = web.StreamResponse(status=answer.status)
+        for key, value in answer.headers.items():
+            if key.lower() not in _HOP_HEADERS:
+                out.headers[key] = value
+        out.headers[SERVED_MODEL_HEADER] = upstream
+        await out.prepare(request)
         try:
-            out = web.StreamResponse(status=answer.status)
-            for key, value in answer.headers.items():
-                if key.lower() not in _HOP_HEADERS:
-                    out.headers[key] = value
-            out.headers[SERVED_MODEL_HEADER] = upstream
-            await out.prepare(request)
-            try:
-                async for chunk in answer.content.iter_any():
-                    await out.write(chunk)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:  # the status is sent: cut the stream short
-                log.warning("upstream stream broke off", extra={"upstream": upstream, "error": str(exc)})
-                return out, 502
-            await out.write_eof()
-            return out, answer.status
-        finally:
-            answer.release()
+            async for chunk in answer.content.iter_any():
+                await out.write(chunk)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:  # the status is sent: cut the stream short
+            log.warning("upstream stream broke off", extra={"upstream": upstream, "error": str(exc)})
+            return out, 502
+        await out.write_eof()
+        return out, answer.status
