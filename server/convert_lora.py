@@ -40,23 +40,26 @@ def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
 
 def policy_from_pb(msg: pb.CanaryPolicy) -> CanaryPolicy:
     """The policy a request asks for: each field it sets, the defaults for the others (checked by the engine)."""
-    d = CanaryPolicy()
+    defaults = CanaryPolicy()
+
+    def value(name: str, default: float) -> float:
+        return getattr(msg, name) if msg.HasField(name) else default
+
     def seconds(name: str, default: float) -> float:  # any Duration's, never overflowing (the engine checks ranges)
-        d = getattr(msg, name)
-        return d.seconds + d.nanos / 1e9 if msg.HasField(name) else default
+        given = getattr(msg, name)
+        return given.seconds + given.nanos / 1e9 if msg.HasField(name) else default
 
     return CanaryPolicy(
-        share=msg.share if msg.HasField("share") else d.share,
-        min_requests=msg.min_requests if msg.HasField("min_requests") else d.min_requests,
-        duration_seconds=seconds("duration", d.duration_seconds),
-        max_duration_seconds=seconds("max_duration", d.max_duration_seconds),
-        feedback_margin=msg.feedback_margin if msg.HasField("feedback_margin") else d.feedback_margin,
-        error_margin=msg.error_margin if msg.HasField("error_margin") else d.error_margin,
-        min_feedback=msg.min_feedback if msg.HasField("min_feedback") else d.min_feedback,
-        error_spike=msg.error_spike if msg.HasField("error_spike") else d.error_spike,
-        error_spike_min_requests=(msg.error_spike_min_requests if msg.HasField("error_spike_min_requests")
-                                  else d.error_spike_min_requests),
-        check_interval_seconds=seconds("check_interval", d.check_interval_seconds),
+        share=value("share", defaults.share),
+        min_requests=int(value("min_requests", defaults.min_requests)),
+        duration_seconds=seconds("duration", defaults.duration_seconds),
+        max_duration_seconds=seconds("max_duration", defaults.max_duration_seconds),
+        feedback_margin=value("feedback_margin", defaults.feedback_margin),
+        error_margin=value("error_margin", defaults.error_margin),
+        min_feedback=int(value("min_feedback", defaults.min_feedback)),
+        error_spike=value("error_spike", defaults.error_spike),
+        error_spike_min_requests=int(value("error_spike_min_requests", defaults.error_spike_min_requests)),
+        check_interval_seconds=seconds("check_interval", defaults.check_interval_seconds),
     )
 
 
