@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
     from engine.feedback.ingest import Prepared
     from engine.jobs.core import Job, JobEvent, JobState
+    from engine.lora.canary import CanaryPolicy
     from engine.lora.controller import Activation
     from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
@@ -149,6 +150,13 @@ class LoraControlApi(Protocol):
 
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
                        progress: Callable[[str, int, int], None] | None = None) -> EvalSummary: ...
+
+    async def start_canary(self, version: str, policy: CanaryPolicy, *, actor: str, reason: str,
+                           force: bool = False) -> LoraStatus: ...
+
+    async def abort_canary(self, *, actor: str, reason: str) -> LoraStatus: ...
+
+    async def set_traffic_split(self, version: str, share: float, *, actor: str, reason: str) -> LoraStatus: ...
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]: ...
 

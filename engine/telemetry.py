@@ -103,6 +103,48 @@ GATEWAY_SECONDS = Histogram(
 )
 
 
+TRAFFIC_REQUESTS = Counter(
+    "learning_engine_traffic_requests",
+    "Requests to the gateway's alias, by the adapter version that served them ('base' for the base model) and "
+    "its role: active, or candidate of a traffic split (canary or manual).",
+    ["version", "role"],
+    registry=REGISTRY,
+)
+TRAFFIC_ERRORS = Counter(
+    "learning_engine_traffic_errors",
+    "Requests to the alias that failed at the serving engine (HTTP 5xx or no answer), by version and role; a "
+    "candidate's failed request retried on the active version counts here for the candidate.",
+    ["version", "role"],
+    registry=REGISTRY,
+)
+TRAFFIC_FAILOVERS = Counter(
+    "learning_engine_traffic_failovers",
+    "Candidate requests the serving engine failed that were retried on the active version, by candidate version.",
+    ["version"],
+    registry=REGISTRY,
+)
+TRAFFIC_SECONDS = Histogram(
+    "learning_engine_traffic_request_duration_seconds",
+    "Latency of requests to the alias (to the last byte) by version and role.",
+    ["version", "role"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+TRAFFIC_SHARE = Gauge(
+    "learning_engine_traffic_share",
+    "Share of the alias's requests each side of the traffic split in force is meant to get, by version and role; "
+    "no series without a split.",
+    ["version", "role"],
+    registry=REGISTRY,
+)
+CANARY_DECISIONS = Counter(
+    "learning_engine_canary_decisions",
+    "Canaries ended, by decision: PROMOTED, ROLLED_BACK (worse, or an error spike) or ABORTED.",
+    ["decision"],
+    registry=REGISTRY,
+)
+
+
 _job_states: dict[tuple[str, str], str] = {}
 
 
@@ -161,6 +203,39 @@ def gateway_request(model: str, status: int, seconds: float) -> None:
     """One completion through the gateway, served by ``model`` (502 when the serving engine did not answer)."""
     GATEWAY_REQUESTS.labels(model, str(status)).inc()
     GATEWAY_SECONDS.labels(model).observe(seconds)
+
+
+def _version_label(version: str) -> str:
+    return version or "base"
+
+
+def traffic_request(version: str, role: str, *, error: bool, seconds: float, failover: bool = False) -> None:
+    """One request to the alias, served (or failed) by ``version`` in ``role`` (active or candidate)."""
+    label = _version_label(version)
+    TRAFFIC_REQUESTS.labels(label, role).inc()
+    TRAFFIC_SECONDS.labels(label, role).observe(seconds)
+    if error:
+        TRAFFIC_ERRORS.labels(label, role).inc()
+    if failover:
+        TRAFFIC_FAILOVERS.labels(label).inc()
+
+
+_shares: list[tuple[str, str]] = []
+
+
+def traffic_share(active: str, candidate: str, share: float) -> None:
+    """The split in force: ``share`` to ``candidate``, the rest to ``active``; share 0 ends it (no series)."""
+    while _shares:
+        TRAFFIC_SHARE.remove(*_shares.pop())
+    if share > 0:
+        for labels, value in (((_version_label(active), "active"), 1.0 - share),
+                              ((_version_label(candidate), "candidate"), share)):
+            TRAFFIC_SHARE.labels(*labels).set(value)
+            _shares.append(labels)
+
+
+def canary_decided(decision: str) -> None:
+    CANARY_DECISIONS.labels(decision).inc()
 
 
 def swap_finished(kind: str, seconds: float) -> None:

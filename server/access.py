@@ -119,6 +119,9 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "RollbackAdapter": _O,
         "EnableLora": _O,
         "DisableLora": _O,
+        "StartCanary": _O,
+        "AbortCanary": _O,
+        "SetTrafficSplit": _O,
     },
     "learning.v1.FeedbackService": {
         "SubmitFeedback": _F,

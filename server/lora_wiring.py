@@ -1,5 +1,5 @@
-"""Builds LoraControl from the settings: serving client, gateway, controller, auto-rollback,
-and the embedded reference backend (a subprocess) when no ``serving_url`` is set.
+"""Builds LoraControl from the settings: serving client, gateway, controller (with the feedback ratings its canaries
+decide on), auto-rollback, and the embedded reference backend (a subprocess) when no ``serving_url`` is set.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from engine.errors import Unavailable
 from engine.lora import evaluation as ev
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.controller import ControlConfig, LoraController
+from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters
 from engine.lora.suites import LineageSuites, VersionExamples
 from engine.registry import AdapterRegistry
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
 from engine.serving.gateway import AliasRouter, Gateway
+from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
@@ -163,15 +165,13 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     )
     adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
     gate = LineageSuites(registry, versions, max_cases=settings.eval_max_cases)
-    controller = LoraController(config, client, router, store, adapters, artifacts, gate)
+    rates = FeedbackStatsRates(PostgresFeedbackStore(pool))  # canaries and auto-rollback read the ratings here
+    controller = LoraController(config, client, router, store, adapters, artifacts, gate, rates)
     await controller.start()
     undo.push_async_callback(controller.close)
     auto = None
     if settings.auto_rollback_enabled:
-        from engine.lora.feedback_rates import FeedbackStatsRates  # noqa: PLC0415
-        from engine.stores.feedback_store import PostgresFeedbackStore  # noqa: PLC0415
-
-        auto = AutoRollback(controller, FeedbackStatsRates(PostgresFeedbackStore(pool)), AutoRollbackConfig(
+        auto = AutoRollback(controller, rates, AutoRollbackConfig(
             margin=settings.auto_rollback_margin, min_samples=settings.auto_rollback_min_samples,
             interval_seconds=settings.auto_rollback_interval_seconds,
         ), store.history)

@@ -44,6 +44,7 @@ class AutoRollback:
         for op in await self._history(self._controller.target, 200):
             if op.error is None and op.version == version and op.kind in (
                 OperationKind.ACTIVATE, OperationKind.ROLLBACK, OperationKind.AUTO_ROLLBACK,
+                OperationKind.CANARY_PROMOTE,
             ):
                 return op.start_time
         return datetime.now(UTC) - self._config.baseline_window

@@ -1,13 +1,20 @@
-"""LoraController: activate, roll back, enable/disable and evaluate adapters on one serving target.
+"""LoraController: activate, roll back, enable/disable adapters on one serving target, and roll a candidate out
+through a traffic split: a canary decided by its policy, or a manual A/B split.
 
 Activation: fetch and verify -> load under ``<base>@<version>`` -> eval gate -> smoke
 request -> persist and switch the alias -> drain the old name -> unload it unless it is
 the known-good one. Nothing changes for clients until the switch, so any failure before
 it leaves the active adapter as it was (a candidate we loaded is unloaded again).
 
-Every operation runs under an asyncio lock and a PostgreSQL advisory lock for the target,
-re-reads the persisted state first (another process may have changed it) and is recorded
-with who asked, why, its phase timings and its error.
+A canary (``start_canary``) goes the same way up to the switch (the gate included, unless forced), then sends its
+policy's share of the alias's requests to the candidate (engine/lora/canary.py) and, from a loop in this process,
+promotes it (the switch, drain and unload of an activation) or takes it out of traffic and unloads it. A manual split
+(``set_traffic_split``) loads a version and splits traffic with no gate and no decision. One split at a time is in
+force; it is persisted, and a restarted server resumes it (its counts as of its last check). Activate, rollback and
+disable end the split in force first (a canary is then aborted). Every start, change and end is a recorded operation
+with both sides' figures.
+
+The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's.
 """
 
 from __future__ import annotations
@@ -15,52 +22,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import math
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 from engine import telemetry
-from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
-from engine.jobs.core import JobFailure
-from engine.lora import evaluation as ev
-from engine.lora.state import (
-    AdapterFetcher,
-    EvalSummary,
-    GateInputs,
-    LoadedLora,
-    LoraStateStore,
-    LoraStatus,
-    OperationKind,
-    OperationRecord,
-    TargetState,
-    lora_name,
-    version_of,
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.lora.canary import (
+    ACTOR,
+    CanaryDecision,
+    CanaryLoop,
+    CanaryOutcome,
+    CanaryPolicy,
+    CanaryState,
+    SplitKind,
+    TrafficSplitState,
+    decide,
 )
-from engine.registry.ports import ArtifactStore
-from engine.serving.client import ServingClient
-from engine.serving.gateway import AliasRouter
+from engine.lora.state import EvalSummary, FeedbackCounts, LoraStatus, OperationKind, lora_name
+from engine.lora.target import ControlConfig, ServingTarget, _Op
+from engine.serving.traffic import Role, Route, TrafficSplit
+
+__all__ = ["Activation", "ControlConfig", "LoraController"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (suite being answered, answers so far, answers in all); may raise
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    base_model: str
-    alias: str
-    served_base_name: str = ""  # the base model's id in /v1/models; "" = discover
-    drain_timeout_seconds: float = 30.0
-    smoke_prompt: str = "Hello"
-    smoke_max_tokens: int = 4
-    gateway_url: str = ""  # where clients reach the alias (reported in the status)
-    eval_suite: Path | None = None  # the operator's golden suite, if any
-    gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
-    eval_max_tokens: int = 32
-    eval_concurrency: int = 4
-    thresholds: ev.GateThresholds = ev.GateThresholds()
+_ENDS = {CanaryDecision.PROMOTED: OperationKind.CANARY_PROMOTE,
+         CanaryDecision.ROLLED_BACK: OperationKind.CANARY_ROLLBACK,
+         CanaryDecision.ABORTED: OperationKind.CANARY_ABORT}
+FAILOVER_ACTOR = "gateway"  # the actor of a split ended because the serving engine lost its candidate
 
 
 @dataclass(frozen=True)
@@ -69,148 +61,22 @@ class Activation:
     eval: EvalSummary | None
 
 
-class _Op:
-    def __init__(self, kind: OperationKind, version: str, actor: str, reason: str) -> None:
-        self.kind, self.version, self.actor, self.reason = kind, version, actor, reason
-        self.start_wall = datetime.now(UTC)
-        self.start = time.perf_counter()
-        self.phases: list[tuple[str, float]] = []
-        self.gate: EvalSummary | None = None
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time a phase of the operation, recorded on it and as a span (``lora.<phase>``) under the RPC's."""
-        began = time.perf_counter()
-        attributes = {"operation": self.kind.value, "version": self.version}
-        try:
-            with telemetry.tracer.start_as_current_span(f"lora.{name.split()[0]}", attributes=attributes):
-                yield
-        finally:
-            self.phases.append((name, time.perf_counter() - began))
-
-    def mark(self, name: str) -> None:
-        """Record the time from the start of the operation to now, e.g. ``to_serving``."""
-        self.phases.append((name, time.perf_counter() - self.start))
-
-    def record(self, error: BaseException | None) -> OperationRecord:
-        failure = None
-        if isinstance(error, EngineError):
-            failure = JobFailure(error.code, error.reason, error.message, tuple(sorted(error.metadata.items())))
-        elif error is not None:
-            failure = JobFailure("INTERNAL", "INTERNAL", "internal error; see the server log")
-        return OperationRecord(
-            kind=self.kind, version=self.version, actor=self.actor, reason=self.reason,
-            start_time=self.start_wall, duration_seconds=time.perf_counter() - self.start,
-            phases=tuple(self.phases), error=failure, gate=self.gate,
-        )
-
-
-class LoraController:
-    def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
-                 store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
-                 gate: GateInputs | None = None) -> None:
-        self.config = config
-        self._reports = reports
-        self._gate = gate if config.gate else None
-        self._client = client
-        self._router = router
-        self._store = store
-        self._adapters = adapters
-        self._lock = asyncio.Lock()
-        self._state = TargetState(target=client.target, base_model=config.base_model)
-        self._loaded: tuple[LoadedLora, ...] = ()
-        self._reachable = False
-        self._last: OperationRecord | None = None
-        self._changed = asyncio.Condition()
-        self._sequence = 0
-        self._closed = False
-        self._paths: dict[str, str] = {}  # lora_name -> local path we loaded it from
-        self._reconciled = False
-
-    @property
-    def base_model(self) -> str:
-        return self.config.base_model
-
-    @property
-    def target(self) -> str:
-        return self._client.target
-
-    @property
-    def state(self) -> TargetState:
-        return self._state
-
-    # ---- lifecycle ------------------------------------------------------------------
+class LoraController(ServingTarget):
+    _loop: CanaryLoop | None = None  # the decision loop of the canary in force
 
     async def start(self) -> None:
-        """Load the persisted state and reconcile it with the engine (retry later if it is down)."""
-        self._state = await self._store.load(self.target, self.config.base_model)
-        self._last = await self._store.last_operation(self.target)
-        self._router.base_model_name = self.config.served_base_name or self.config.base_model
-        self._point_router()
-        try:
-            await self.reconcile()
-        except Unavailable as exc:
-            log.warning("serving engine unreachable at start; will reconcile later", extra={"error": exc.message})
+        """Load the persisted state, reconcile it with the engine (retry later if it is down), and resume the split
+        in force."""
+        self._router.on_candidate_lost = self._candidate_lost
+        await super().start()
+        await self._resume_split()
 
     async def close(self) -> None:
-        async with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-    # ---- reads ----------------------------------------------------------------------
-
-    def snapshot(self) -> LoraStatus:
-        s = self._state
-        return LoraStatus(
-            target=self.target, base_model=s.base_model, enabled=s.enabled, active_version=s.active_version,
-            previous_version=s.previous_version, known_good_version=s.known_good_version,
-            alias=self.config.alias, loaded=self._loaded, last_operation=self._last,
-            serving_reachable=self._reachable, gateway_url=self.config.gateway_url,
-        )
-
-    async def status(self) -> LoraStatus:
-        """The state as recorded (another serving process of this target may have changed it), with what the
-        engine reports loaded right now (cached if it is unreachable)."""
-        await self.follow()
-        try:
-            await self._refresh_loaded()
-        except Unavailable:
-            self._reachable = False
-        return self.snapshot()
-
-    async def follow(self) -> bool:
-        """Take up the state another serving process of this target recorded (a pipeline run it held activated a
-        version, an operator's call reached it): this process's gateway then routes the alias the same way. It
-        loads nothing: serving processes of one target share one serving engine, where the other loaded it.
-        Returns whether anything changed."""
-        if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
-            return False
-        async with self._lock:
-            stored = await self._store.load(self.target, self.config.base_model)
-            if stored == self._state:
-                return False
-            self._state = stored
-            self._point_router()
-            self._last = await self._store.last_operation(self.target)
-            await self._notify()
-        return True
-
-    async def list_loaded(self) -> tuple[LoadedLora, ...]:
-        await self._refresh_loaded()
-        return self._loaded
-
-    async def watch(self) -> AsyncIterator[LoraStatus]:
-        """The current status, then one per change, until the controller closes."""
-        seen = -1
-        while True:
-            async with self._changed:
-                while self._sequence == seen and not self._closed:
-                    await self._changed.wait()
-                if self._closed:
-                    return
-                seen = self._sequence
-                status = self.snapshot()
-            yield status
+        if self._loop is not None:
+            await self._loop.stop()
+        for task in list(self._background):
+            task.cancel()
+        await super().close()
 
     # ---- operations -----------------------------------------------------------------
 
@@ -231,12 +97,7 @@ class LoraController:
             try:
                 with op.phase("load"):
                     await self._load(name, str(adapter.path))
-                goldens = [self.config.eval_suite] if self.config.eval_suite is not None else []
-                if goldens or self._gate is not None:
-                    with op.phase("eval"):
-                        summary = op.gate = await self._evaluate(version, st.active_version, goldens)
-                    if not summary.passed and not force:
-                        raise _refusal(summary)
+                summary = await self._pass_gate(op, version, force=force)
                 with op.phase("smoke"):
                     await self._smoke(name)
             except BaseException:
@@ -245,6 +106,7 @@ class LoraController:
                 raise
             old = st.active_version
             kg = version if mark_known_good else (st.known_good_version or old)
+            await self._end_split_first(op)
             with op.phase("switch"):
                 await self._save(replace(st, active_version=version, previous_version=old or st.previous_version,
                                          known_good_version=kg, pending_version=""))
@@ -275,6 +137,7 @@ class LoraController:
                 with op.phase("smoke"):
                     await self._smoke(name)
             old = st.active_version
+            await self._end_split_first(op)
             with op.phase("switch"):
                 await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
                 self._point_router()
@@ -295,271 +158,268 @@ class LoraController:
                         adapter = await self._adapters.fetch(st.base_model, st.active_version)
                     with op.phase("load"):
                         await self._load(name, str(adapter.path))
+            if not enabled:
+                await self._end_split_first(op)
             with op.phase("switch"):
                 await self._save(replace(st, enabled=enabled))
                 self._point_router()
             op.mark("to_serving")
         return self.snapshot()
 
-    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Progress | None = None) -> EvalSummary:
-        """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
-        golden ``suites`` (none: the configured one); ``progress`` hears of every answer."""
-        goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
-        if not goldens and self._gate is None:
-            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
-                                     "no golden suite is configured and the gate is off; name one with suite_path")
-        async with self._lock, self._store.serialised(self.target):
-            self._state = await self._store.load(self.target, self.config.base_model)
-            await self._refresh_loaded()
-            baseline = self._state.active_version if baseline_version is None else baseline_version
-            temporary = []
-            try:
-                for v in {version, baseline} - {""}:
-                    name = lora_name(self._state.base_model, v)
-                    if name not in self._loaded_names():
-                        adapter = await self._adapters.fetch(self._state.base_model, v)
-                        await self._load(name, str(adapter.path))
-                        temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress)
-            finally:
-                for name in temporary:
-                    await self._discard(name, keep=False)
+    # ---- traffic splits and canaries ------------------------------------------------
 
-    async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
-        """One stored report file of an evaluation of ``version`` (its latest when ``evaluation`` is empty):
-        (the evaluation, the file's bytes, where it is stored); NotFound EVALUATION_NOT_FOUND without one."""
-        base = self.config.base_model
-        summary = await self._store.latest_eval(base, version, evaluation)
-        if summary is None or not summary.id:
-            which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
-            raise NotFound("EVALUATION_NOT_FOUND", f"{version} has no {which}",
-                           metadata={"version": version, "evaluation_id": evaluation})
-        key = report_key(base, version, summary.id, file)
-        return summary, await self._reports.get_bytes(key), self._reports.uri(key)
+    def canary(self) -> CanaryState | None:
+        """The canary in force, with its figures as counted now; None without one."""
+        split = self._split_now()
+        return split if split is not None and split.kind is SplitKind.CANARY else None
 
-    async def reconcile(self, *, actor: str = "system", reason: str = "reconcile with the serving engine") -> None:
-        """Make the engine and the persisted state agree (after a crash or an engine restart)."""
-        async with self._lock, self._store.serialised(self.target):
-            await self._reconcile_locked(actor, reason)
+    async def start_canary(self, version: str, policy: CanaryPolicy, *, actor: str, reason: str,
+                           force: bool = False) -> LoraStatus:
+        """Load ``version``, pass the gate (unless ``force``) and send it ``policy.share`` of the alias's requests;
+        the policy decides from then on. INVALID_CANARY_POLICY, TRAFFIC_SPLIT_RUNNING, NO_ACTIVE_VERSION,
+        INVALID_TRAFFIC_SPLIT (the active version itself), or what an activation refuses with."""
+        policy.check()
+        async with self._operation(OperationKind.CANARY_START, version, actor, reason) as op:
+            await self._open_split(op, SplitKind.CANARY, version, policy.share, policy, force=force)
+        return self.snapshot()
 
-    async def _reconcile_locked(self, actor: str, reason: str) -> None:
-        self._state = await self._store.load(self.target, self.config.base_model)
-        await self._refresh_loaded()
-        self._reconciled = True
-        st = self._state
-        wanted = {v for v in (st.active_version, st.known_good_version) if v}
-        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted]
-        missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
-        if not (strays or missing or st.pending_version):
-            self._point_router()
-            return
-        op = _Op(OperationKind.RECONCILE, st.pending_version, actor, reason)
-        error: EngineError | None = None
-        try:
-            for name in strays:
-                with op.phase(f"unload {name}"):
-                    await self._discard(name, keep=False)
-            for v in missing:
-                with op.phase(f"load {v}"):
-                    adapter = await self._adapters.fetch(st.base_model, v)
-                    await self._load(lora_name(st.base_model, v), str(adapter.path))
-        except EngineError as exc:
-            error = exc
-        await self._save(replace(self._state, pending_version=""))
-        self._point_router()
-        await self._finish(op, error)
-        log.info("reconciled", extra={"unloaded": strays, "loaded": missing, "pending": st.pending_version})
+    async def abort_canary(self, *, actor: str, reason: str) -> LoraStatus:
+        """End the canary in force with no verdict: the candidate leaves traffic and is unloaded. NO_CANARY_RUNNING
+        without one. Works while the serving engine is unreachable."""
+        async with self._operation(OperationKind.CANARY_ABORT, "", actor, reason, needs_engine=False) as op:
+            split = self._split
+            if split is None or split.kind is not SplitKind.CANARY:
+                hint = f"; a manual split to {split.candidate_version} is in force (share 0 ends it)" if split else ""
+                raise FailedPrecondition("NO_CANARY_RUNNING", f"no canary is in force{hint}")
+            op.version = split.candidate_version
+            await self._close_split(op, CanaryDecision.ABORTED)
+        return self.snapshot()
 
-    # ---- pieces ---------------------------------------------------------------------
+    async def set_traffic_split(self, version: str, share: float, *, actor: str, reason: str) -> LoraStatus:
+        """Send ``share`` of the alias's requests to ``version`` (loaded if need be; no gate, no decision) until
+        changed or ended: share 0 ends the manual split (a no-op without one). INVALID_TRAFFIC_SPLIT for a share
+        outside [0, 1) or the active version, TRAFFIC_SPLIT_RUNNING while a canary or a split to another version is
+        in force, NO_ACTIVE_VERSION."""
+        if not (math.isfinite(share) and 0.0 <= share < 1.0):
+            raise InvalidArgument("INVALID_TRAFFIC_SPLIT", f"share must be in [0, 1), got {share}",
+                                  violations=[FieldViolation("share", "must be in [0, 1); 0 ends the split")])
+        async with self._operation(OperationKind.TRAFFIC_SPLIT, version, actor, reason) as op:
+            split = self._split
+            if split is not None and (split.kind is SplitKind.CANARY or (share and split.candidate_version != version)):
+                raise _running(split)
+            if split is not None:  # a new share starts new counts; the old ones are on this operation
+                op.version = split.candidate_version
+                await self._close_split(op, CanaryDecision.ABORTED, unload=not share)
+            if share:
+                await self._open_split(op, SplitKind.MANUAL, version, share, None, loaded=split is not None)
+        return self.snapshot()
 
-    @contextlib.asynccontextmanager
-    async def _operation(self, kind: OperationKind, version: str, actor: str, reason: str) -> AsyncIterator[_Op]:
-        op = _Op(kind, version, actor, reason)
-        async with self._lock, self._store.serialised(self.target):
-            error: BaseException | None = None
-            try:
-                if not self._reconciled:  # the engine was down at start
-                    await self._reconcile_locked("system", "reconcile with the serving engine")
-                self._state = await self._store.load(self.target, self.config.base_model)
-                await self._refresh_loaded()
-                yield op
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                await self._finish(op, error)
+    async def wait_canary(self, version: str, *, poll_seconds: float = 5.0) -> CanaryOutcome:
+        """Once the canary of ``version`` is decided, how (at once if it already was; the store is read again every
+        ``poll_seconds`` for a canary another process runs). NO_CANARY_RUNNING if it never had one."""
+        while True:
+            split = self._split
+            if split is None or split.kind is not SplitKind.CANARY or split.candidate_version != version:
+                outcome = await self._store.canary_outcome(self.target, version)
+                running = await self._store.running_split(self.target)
+                elsewhere = running is not None and running.kind is SplitKind.CANARY and (
+                    running.candidate_version == version)
+                if outcome is not None and not elsewhere:
+                    return outcome
+                if not elsewhere:
+                    raise FailedPrecondition("NO_CANARY_RUNNING", f"no canary of {version} is in force or was decided",
+                                             metadata={"version": version})
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), poll_seconds)
 
-    async def _finish(self, op: _Op, error: BaseException | None) -> None:
-        record = op.record(error)
-        try:
-            await self._store.record(self.target, record)
-        except Exception:  # noqa: BLE001 - history must not mask the operation's own outcome
-            log.exception("could not record a LoraControl operation")
-        self._last = record
-        if error is None and op.kind is not OperationKind.RECONCILE:  # every path, automatic ones included
-            telemetry.swap_finished(op.kind.value.lower(), record.duration_seconds)
+    async def check_canary(self, split_id: int) -> bool:
+        """One check of the canary ``split_id`` (engine/lora/canary.py's loop): count both sides, keep the figures,
+        and end it if the policy decides; False once it is no longer in force."""
+        split = self._split_now()
+        if split is None or split.id != split_id or split.policy is None or split.figures is None:
+            return False
+        ratings = []
+        for v in (split.active_version, split.candidate_version):
+            counts = await self._rates.counts(self.base_model, v, split.start_time) if self._rates else FeedbackCounts()
+            ratings.append(counts)
+        f = split.figures
+        figures = replace(f, active=replace(f.active, positive=ratings[0].positive, negative=ratings[0].negative),
+                          candidate=replace(f.candidate, positive=ratings[1].positive, negative=ratings[1].negative))
+        if self._split is None or self._split.id != split_id:
+            return False
+        self._split = replace(self._split, figures=figures)
+        await self._store.save_split_figures(split_id, figures)
         await self._notify()
+        verdict = decide(split.policy, figures)
+        if verdict is None:
+            return True
+        await self.end_split(split_id, verdict[0], actor=ACTOR, reason=verdict[1])
+        return False
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._sequence += 1
-            self._changed.notify_all()
+    async def end_split(self, split_id: int, decision: CanaryDecision, *, actor: str, reason: str) -> LoraStatus:
+        """End the split ``split_id`` if it is still in force (a canary with ``decision``; a manual split just ends),
+        recorded; nothing if it has ended already. Works while the serving engine is unreachable."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reload()
+            split = self._split
+            if split is not None and split.id == split_id:
+                kind = _ENDS[decision] if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
+                async with self._recorded(_Op(kind, split.candidate_version, actor, reason)) as op:
+                    await self._close_split(op, decision)
+        return self.snapshot()
 
-    async def _save(self, state: TargetState) -> None:
-        await self._store.save(state)
-        self._state = state
-        await self._notify()
+    # ---- pieces of the splits ---------------------------------------------------------
 
-    def _point_router(self) -> None:
-        st = self._state
-        serving = st.active_version if st.enabled and st.active_version else ""
-        self._router.set_target(lora_name(st.base_model, serving) if serving else "")
-        telemetry.active_adapter(st.base_model, serving or None)
-
-    def _loaded_names(self) -> set[str]:
-        return {a.lora_name for a in self._loaded}
-
-    async def _refresh_loaded(self) -> None:
+    async def _open_split(self, op: _Op, kind: SplitKind, version: str, share: float, policy: CanaryPolicy | None,
+                          *, force: bool = False, loaded: bool = False) -> None:
+        """Load ``version`` (a canary's through the gate; nothing if ``loaded``: the same version at a new share),
+        then persist the split and route it."""
+        st, split = self._state, self._split
+        if split is not None:
+            raise _running(split)
+        if not st.active_version or not st.enabled:
+            raise FailedPrecondition("NO_ACTIVE_VERSION", "a traffic split needs an active version the alias serves ("
+                                     + ("LoRA is disabled)" if st.active_version else "none is active)"))
+        if version == st.active_version:
+            raise InvalidArgument("INVALID_TRAFFIC_SPLIT", f"{version} is the active version; split to another",
+                                  violations=[FieldViolation("version", "is the active version")])
+        name = lora_name(st.base_model, version)
+        was_loaded = name in self._loaded_names()
         try:
-            models = await self._client.list_models()
-        except Unavailable:
-            self._reachable = False
+            if not loaded:
+                with op.phase("fetch"):
+                    adapter = await self._adapters.fetch(st.base_model, version)
+                with op.phase("load"):
+                    await self._load(name, str(adapter.path))
+                if kind is SplitKind.CANARY:
+                    await self._pass_gate(op, version, force=force)
+                with op.phase("smoke"):
+                    await self._smoke(name)
+            with op.phase("switch"):
+                opened = await self._store.start_split(self.target, TrafficSplitState(
+                    id=0, kind=kind, active_version=st.active_version, candidate_version=version, share=share,
+                    start_time=datetime.now(UTC), actor=op.actor, reason=op.reason, policy=policy))
+                self._split = opened
+                self._route(opened)
+        except BaseException:
+            await self._discard(name, keep=was_loaded)
             raise
-        self._reachable = True
-        base = self.config.base_model
-        if not self.config.served_base_name:
-            plain = [m.id for m in models if "@" not in m.id]
-            if plain:
-                self._router.base_model_name = plain[0]
-        self._loaded = tuple(
-            LoadedLora(lora_name=m.id, version=version_of(base, m.id), path=m.root or self._paths.get(m.id, ""))
-            for m in models if version_of(base, m.id)
-        )
+        op.mark("to_serving")
+        await self._notify()
 
-    async def _load(self, name: str, path: str) -> None:
-        await self._client.load(name, path)
-        self._paths[name] = path
-        await self._refresh_loaded()
+    def _route(self, split: TrafficSplitState, *, decide: bool = True) -> None:
+        """Send the split's share to its candidate and, with ``decide`` (this process started the split, or resumes
+        it after a restart: it counts on from its persisted figures), run a canary's decision loop."""
+        route = Route(lora_name(self.base_model, split.candidate_version), split.candidate_version)
+        routed = TrafficSplit(route, split.share)
+        if decide and split.figures is not None:
+            routed.tallies = {Role.ACTIVE: split.figures.active.tally, Role.CANDIDATE: split.figures.candidate.tally}
+        self._router.set_split(routed)
+        if decide and split.kind is SplitKind.CANARY and split.policy is not None:
+            self._loop = CanaryLoop(self, split.id, split.policy.check_interval_seconds)
+            self._loop.start()
 
-    async def _smoke(self, name: str) -> None:
-        try:
-            await self._client.complete(name, self.config.smoke_prompt, max_tokens=self.config.smoke_max_tokens)
-        except EngineError as exc:
-            raise FailedPrecondition("SMOKE_TEST_FAILED", f"smoke request to {name} failed: {exc.message}",
-                                     metadata={"lora_name": name, "cause": exc.reason}) from exc
+    async def _close_split(self, op: _Op, decision: CanaryDecision, *, unload: bool = True) -> None:
+        """End the split in force (the locks held), recorded on ``op`` with both sides' figures: a promoted canary's
+        candidate becomes the active version (the old one drained and retired as by an activation); otherwise the
+        candidate leaves traffic and, with ``unload``, is drained and unloaded."""
+        split = self._split_now()
+        assert split is not None and split.figures is not None
+        figures, st = split.figures, self._state
+        op.traffic = figures
+        canary = split.kind is SplitKind.CANARY
+        promote = canary and decision is CanaryDecision.PROMOTED
+        with op.phase("switch"):
+            if promote:
+                await self._save(replace(st, active_version=split.candidate_version,
+                                         previous_version=st.active_version, pending_version="",
+                                         known_good_version=st.known_good_version or st.active_version))
+            await self._store.end_split(split.id, figures, decision if canary else None, op.reason)
+            self._split = None
+            self._router.set_split(None)
+            self._point_router()
+        op.mark("to_serving")
+        if self._loop is not None and self._loop.split_id == split.id:
+            await self._loop.stop()
+            self._loop = None
+        if canary:
+            self._last_canary = CanaryOutcome(split.candidate_version, decision, op.reason, figures, datetime.now(UTC))
+            telemetry.canary_decided(decision.value)
+            log.info("canary ended", extra={"version": split.candidate_version, "decision": decision.value,
+                                            "reason": op.reason})
+        if promote:
+            await self._retire(op, split.active_version)
+        elif unload:
+            name = lora_name(self.base_model, split.candidate_version)
+            with op.phase("drain"):
+                drained = await self._router.drain(name, self.config.drain_timeout_seconds)
+            if drained:
+                with op.phase("unload"):
+                    await self._discard(name, keep=False)
+        await self._notify()
 
-    async def _discard(self, name: str, *, keep: bool) -> None:
-        """Best-effort unload of a name we loaded (never of the active or known-good one)."""
-        st = self._state
-        if keep or version_of(st.base_model, name) in {st.active_version, st.known_good_version}:
+    async def _end_split_first(self, op: _Op) -> None:
+        """``op`` is about to change what the alias serves: the split in force ends first (a canary is aborted),
+        recorded apart, its candidate kept loaded if ``op`` is about to serve it."""
+        split = self._split
+        if split is None:
             return
-        try:
-            await self._client.unload(name)
-        except NotFound:
-            pass
-        except EngineError as exc:
-            log.warning("could not unload", extra={"lora_name": name, "error": exc.message})
-        with contextlib.suppress(EngineError):
-            await self._refresh_loaded()
+        kind = OperationKind.CANARY_ABORT if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
+        why = f"ended by {op.kind.value.lower()} of {op.version or '-'} ({op.actor}: {op.reason or 'no reason given'})"
+        async with self._recorded(_Op(kind, split.candidate_version, op.actor, why)) as ending:
+            await self._close_split(ending, CanaryDecision.ABORTED, unload=split.candidate_version != op.version)
 
-    async def _retire(self, op: _Op, old_version: str) -> None:
-        """Drain the replaced adapter, then unload it unless it is the known-good one."""
-        old = lora_name(self._state.base_model, old_version)
-        with op.phase("drain"):
-            drained = await self._router.drain(old, self.config.drain_timeout_seconds)
-        if old_version == self._state.known_good_version:
+    async def _resume_split(self) -> None:
+        """Route the split persisted in force again, unless the active version changed meanwhile: then it ends
+        (as promoted when its candidate is the active version now: the server stopped while promoting it)."""
+        split, st = self._split, self._state
+        if split is None:
             return
-        if not drained:
-            log.warning("drain timed out; leaving the old adapter loaded", extra={"lora_name": old})
+        if split.active_version == st.active_version and st.enabled:
+            self._route(split)
+            log.info("resumed a traffic split", extra={"kind": split.kind.value, "version": split.candidate_version})
             return
-        with op.phase("unload"):
-            await self._discard(old, keep=False)
+        promoted = split.candidate_version == st.active_version
+        await self.end_split(split.id, CanaryDecision.PROMOTED if promoted else CanaryDecision.ABORTED, actor="system",
+                             reason="the server stopped while promoting it" if promoted else
+                             "the active version changed while the server was stopped")
 
-    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
-                        progress: Progress | None = None) -> EvalSummary:
-        base = self._state.base_model
-        suites: list[ev.Suite] = []
-        for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
-            cases, digest = await asyncio.to_thread(ev.load_suite, golden)
-            suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
-        if self._gate is not None:
-            suites += await self._gate.suites(base, version, baseline_version)
-        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        answered, total = 0, 2 * sum(len(s.cases) for s in suites)
-        verdicts, results = [], []
-        for suite in suites:
+    async def _split_changed(self, split: TrafficSplitState | None) -> None:
+        """Route the split another process started (counting this gateway's requests; its process decides), or
+        stop routing the one it ended."""
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
+        if split is None:
+            self._router.set_split(None)
+        else:
+            self._route(split, decide=False)
 
-            def tick(name: str = suite.name) -> None:
-                nonlocal answered
-                answered += 1
-                if progress is not None:
-                    progress(name, answered, total)
+    def _candidate_lost(self, routed: TrafficSplit) -> None:
+        """The gateway found the serving engine lost the candidate (its requests fail over): end the split."""
+        split = self._split
+        if split is None or split.candidate_version != routed.candidate.version:
+            return
+        self._spawn(self.end_split(split.id, CanaryDecision.ABORTED, actor=FAILOVER_ACTOR,
+                                   reason=f"fail-over to the active version: {routed.lost}"))
 
-            candidate = await self._answers(lora_name(base, version), suite.cases, tick)
-            baseline = await self._answers(baseline_model, suite.cases, tick)
-            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds)
-            verdicts.append(verdict)
-            results.append(scored)
-        if self._gate is not None:
-            mine = await self._gate.base_retention(base, version)
-            theirs: float | None = 1.0  # the base model keeps all it knows
-            if baseline_version:
-                measured = await self._gate.base_retention(base, baseline_version)
-                theirs = measured.retention if measured else None
-            verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
-                                            self.config.thresholds))
-            results.append(())
-        now = datetime.now(UTC)
-        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
-                               results=tuple(results), time=now)
-        evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
-        rendered = await asyncio.to_thread(ev.render_reports, report)
-        uris = []
-        for file, data in rendered.items():
-            key = report_key(base, version, evaluation, file)
-            await self._reports.put_bytes(key, data)
-            uris.append(self._reports.uri(key))
-        summary = EvalSummary(
-            suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
-            regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation,
-        )
-        await self._store.save_eval(base, summary)
-        try:
-            await self._adapters.record_eval(base, summary)
-        except EngineError as exc:
-            log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
-        return summary
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
 
-    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
-        gate = asyncio.Semaphore(self.config.eval_concurrency)
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("ending a traffic split failed", exc_info=t.exception())
 
-        async def one(case: ev.GoldenCase) -> str:
-            async with gate:
-                budget = ev.token_budget(case, self.config.eval_max_tokens)
-                text = (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
-                tick()
-                return text
-
-        return list(await asyncio.gather(*(one(c) for c in cases)))
+        task.add_done_callback(done)
 
 
-def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
-    """Where one report file of an evaluation is stored (the artifact store's key)."""
-    return f"evaluations/{base_model}/{version}/{evaluation}/{file}"
-
-
-def _refusal(summary: EvalSummary) -> FailedPrecondition:
-    """EVAL_GATE_FAILED naming each failed check and the prompts that regressed in a failed suite."""
-    named = [f"{s.name} no longer answers: " + "; ".join(repr(p) for p in s.regressed[:5])
-             + (f" (+{s.regressions - 5} more)" if s.regressions > 5 else "")
-             for s in summary.suites if not s.passed and s.regressed]
+def _running(split: TrafficSplitState) -> FailedPrecondition:
+    how = "AbortCanary ends it" if split.kind is SplitKind.CANARY else "SetTrafficSplit with share 0 ends it"
     return FailedPrecondition(
-        "EVAL_GATE_FAILED",
-        f"{summary.version} failed the eval gate: {'; '.join(summary.failed_checks)}"
-        + "".join(f". {n}" for n in named) + " (set force to activate anyway)",
-        metadata={"version": summary.version, "report": summary.report_uris[0] if summary.report_uris else "",
-                  "regressions": str(summary.regressions),
-                  "failed_suites": ",".join(s.name for s in summary.suites if not s.passed)},
+        "TRAFFIC_SPLIT_RUNNING",
+        f"a {split.kind.value.lower()} split to {split.candidate_version} ({split.share:.0%}) is in force; {how}",
+        metadata={"kind": split.kind.value, "version": split.candidate_version},
     )

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from engine.domain import BaseRetention, SuiteVerdict
 from engine.jobs.core import JobFailure
+from engine.lora.canary import CanaryDecision, CanaryOutcome, TrafficFigures, TrafficSplitState
 from engine.lora.evaluation import Suite
 
 
@@ -21,6 +22,11 @@ class OperationKind(enum.StrEnum):
     DISABLE = "DISABLE"
     AUTO_ROLLBACK = "AUTO_ROLLBACK"
     RECONCILE = "RECONCILE"
+    CANARY_START = "CANARY_START"  # the candidate passed the gate and takes its share
+    CANARY_PROMOTE = "CANARY_PROMOTE"  # decided: the candidate becomes the active version
+    CANARY_ROLLBACK = "CANARY_ROLLBACK"  # decided: worse, an error spike, or no evidence in time
+    CANARY_ABORT = "CANARY_ABORT"  # no verdict: an operator, another operation, or the engine lost the candidate
+    TRAFFIC_SPLIT = "TRAFFIC_SPLIT"  # a manual split set, changed or ended
 
 
 def lora_name(base_model: str, version: str) -> str:
@@ -65,6 +71,7 @@ class OperationRecord:
     phases: tuple[tuple[str, float], ...] = ()
     error: JobFailure | None = None
     gate: EvalSummary | None = None  # the gate's decision, when the operation ran it
+    traffic: TrafficFigures | None = None  # both sides' figures, when the operation ended or changed a split
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class LoraStatus:
     last_operation: OperationRecord | None
     serving_reachable: bool
     gateway_url: str = ""
+    split: TrafficSplitState | None = None  # the traffic split in force, with its figures
+    last_canary: CanaryOutcome | None = None  # how the latest canary ended
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,23 @@ class LoraStateStore(Protocol):
 
     async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
         """The version's latest evaluation, or the one of id ``evaluation``; None if there is none."""
+        ...
+
+    async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:
+        """Persist a split now in force (its id assigned); at most one per target is in force."""
+        ...
+
+    async def save_split_figures(self, split_id: int, figures: TrafficFigures) -> None: ...
+
+    async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
+                        reason: str) -> None:
+        """The split is no longer in force; a canary's ``decision`` and its ``reason`` are kept."""
+        ...
+
+    async def running_split(self, target: str) -> TrafficSplitState | None: ...
+
+    async def canary_outcome(self, target: str, version: str = "") -> CanaryOutcome | None:
+        """How the latest decided canary (of ``version``, when given) ended."""
         ...
 
     def serialised(self, target: str) -> AbstractAsyncContextManager[None]:

@@ -1,4 +1,5 @@
-"""PostgreSQL storage of LoraControl state, operation history and eval results.
+"""PostgreSQL storage of LoraControl state, operation history, eval results and traffic splits (migration 0013:
+at most one split per target in force, a canary's decision kept with it).
 
 ``save`` also writes the registry's ``serving_state`` rows (ACTIVE / KNOWN_GOOD, migration
 0003) through ``PostgresServingState`` before the target row, so DeleteAdapter and pruning
@@ -11,17 +12,29 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
 import asyncpg
 from pydantic import TypeAdapter
 
 from engine.jobs.core import JobFailure
+from engine.lora.canary import (
+    CanaryDecision,
+    CanaryOutcome,
+    CanaryPolicy,
+    SplitKind,
+    TrafficFigures,
+    TrafficSplitState,
+)
 from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
 from engine.registry.ports import ServingRole
 from engine.stores.serving_state import PostgresServingState
 
 _FAILURE = TypeAdapter(JobFailure)
 _EVAL = TypeAdapter(EvalSummary)
+_FIGURES = TypeAdapter(TrafficFigures)
+_POLICY = TypeAdapter(CanaryPolicy)
 _LOCK_NAMESPACE = "learning-engine/lora-control/"
 
 
@@ -65,10 +78,10 @@ class PostgresLoraStore:
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO lora_operations (target, kind, version, actor, reason, start_time,"
-                " duration_seconds, phases, error, gate)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb)",
+                " duration_seconds, phases, error, gate, traffic)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb, $11::jsonb)",
                 target, op.kind.value, op.version, op.actor, op.reason, op.start_time, op.duration_seconds,
-                json.dumps([list(p) for p in op.phases]), error, gate,
+                json.dumps([list(p) for p in op.phases]), error, gate, _json(_FIGURES, op.traffic),
             )
 
     async def history(self, target: str, limit: int) -> list[OperationRecord]:
@@ -83,6 +96,7 @@ class PostgresLoraStore:
                 phases=tuple((str(n), float(s)) for n, s in json.loads(r["phases"])),
                 error=_FAILURE.validate_json(r["error"]) if r["error"] else None,
                 gate=_EVAL.validate_json(r["gate"]) if r["gate"] else None,
+                traffic=_FIGURES.validate_json(r["traffic"]) if r["traffic"] else None,
             )
             for r in rows
         ]
@@ -108,6 +122,51 @@ class PostgresLoraStore:
             )
         return _EVAL.validate_json(doc) if doc else None
 
+    async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:
+        async with self._pool.acquire() as conn:
+            split_id = await conn.fetchval(
+                "INSERT INTO lora_traffic_splits (target, kind, active_version, candidate_version, share, policy,"
+                " actor, reason, start_time, figures) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10::jsonb)"
+                " RETURNING id",
+                target, split.kind.value, split.active_version, split.candidate_version, split.share,
+                _json(_POLICY, split.policy), split.actor, split.reason, split.start_time,
+                _json(_FIGURES, split.figures),
+            )
+        return replace(split, id=split_id)
+
+    async def save_split_figures(self, split_id: int, figures: TrafficFigures) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("UPDATE lora_traffic_splits SET figures = $2::jsonb WHERE id = $1 AND end_time IS NULL",
+                               split_id, _json(_FIGURES, figures))
+
+    async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
+                        reason: str) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE lora_traffic_splits SET end_time = now(), figures = $2::jsonb, decision = $3, end_reason = $4"
+                " WHERE id = $1 AND end_time IS NULL",
+                split_id, _json(_FIGURES, figures), decision.value if decision else None, reason,
+            )
+
+    async def running_split(self, target: str) -> TrafficSplitState | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM lora_traffic_splits WHERE target = $1 AND end_time IS NULL",
+                                      target)
+        return _split(row) if row else None
+
+    async def canary_outcome(self, target: str, version: str = "") -> CanaryOutcome | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM lora_traffic_splits WHERE target = $1 AND ($2 = '' OR candidate_version = $2)"
+                " AND kind = $3 AND decision IS NOT NULL ORDER BY id DESC LIMIT 1",
+                target, version, SplitKind.CANARY.value,
+            )
+        if row is None:
+            return None
+        return CanaryOutcome(version=row["candidate_version"], decision=CanaryDecision(row["decision"]),
+                             reason=row["end_reason"], figures=_FIGURES.validate_json(row["figures"]),
+                             time=row["end_time"])
+
     @contextlib.asynccontextmanager
     async def serialised(self, target: str) -> AsyncIterator[None]:
         """Hold ``pg_advisory_lock`` on the target for the block (a dedicated connection)."""
@@ -118,3 +177,17 @@ class PostgresLoraStore:
                 yield
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+
+def _json(adapter: TypeAdapter[Any], value: object | None) -> str | None:
+    return adapter.dump_json(value).decode() if value is not None else None
+
+
+def _split(row: asyncpg.Record) -> TrafficSplitState:
+    return TrafficSplitState(
+        id=row["id"], kind=SplitKind(row["kind"]), active_version=row["active_version"],
+        candidate_version=row["candidate_version"], share=row["share"], start_time=row["start_time"],
+        actor=row["actor"], reason=row["reason"],
+        policy=_POLICY.validate_json(row["policy"]) if row["policy"] else None,
+        figures=_FIGURES.validate_json(row["figures"]) if row["figures"] else None,
+    )

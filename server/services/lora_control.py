@@ -126,3 +126,24 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         suite = resolve_dataset_path(self._datasets_dir, request.suite_path) if request.suite_path else None
         summary = await self._control.evaluate(version, baseline, [suite] if suite else [])
         return pb.EvaluateAdapterResponse(eval=convert.eval_to_pb(summary))
+
+    async def StartCanary(self, request: pb.StartCanaryRequest, context: grpc.aio.ServicerContext):
+        version = self._version(request.version)
+        self._check_base_model(request.base_model)
+        status = await self._control.start_canary(version, convert.policy_from_pb(request.policy),
+                                                  actor=actor_of(context), reason=_reason(request.reason),
+                                                  force=request.force)
+        return pb.StartCanaryResponse(status=convert.status_to_pb(status))
+
+    async def AbortCanary(self, request: pb.AbortCanaryRequest, context: grpc.aio.ServicerContext):
+        status = await self._control.abort_canary(actor=actor_of(context), reason=_reason(request.reason))
+        return pb.AbortCanaryResponse(status=convert.status_to_pb(status))
+
+    async def SetTrafficSplit(self, request: pb.SetTrafficSplitRequest, context: grpc.aio.ServicerContext):
+        # share 0 ends the split, and needs no version; the engine checks the share itself
+        version = self._version(request.version) if request.share > 0 or request.version else ""
+        self._check_base_model(request.base_model)
+        status = await self._control.set_traffic_split(version, request.share, actor=actor_of(context),
+                                                       reason=_reason(request.reason))
+        return pb.SetTrafficSplitResponse(status=convert.status_to_pb(status))
+

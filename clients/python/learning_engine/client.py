@@ -49,7 +49,11 @@ from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import lora_control_pb2 as lora
 from learning.v1 import training_pb2 as training
-from learning.v1.error_reason_pb2 import ERROR_REASON_NO_HEADER, ERROR_REASON_SHA256_MISMATCH
+from learning.v1.error_reason_pb2 import (
+    ERROR_REASON_NO_CANARY_RUNNING,
+    ERROR_REASON_NO_HEADER,
+    ERROR_REASON_SHA256_MISMATCH,
+)
 from learning_engine import errors
 from learning_engine.archive import pack_adapter_directory, sha256_file
 from learning_engine.connection import DEFAULT_TARGET, Connection, TlsConfig
@@ -502,6 +506,53 @@ class AsyncClient:
             version=version, evaluation_id=evaluation_id, format=format, base_model=base_model
         )
         return await self._unary(self.lora.GetEvaluationReport, request)
+
+    async def start_canary(
+        self,
+        version: str,
+        policy: lora.CanaryPolicy | None = None,
+        *,
+        force: bool = False,
+        reason: str = "",
+        base_model: str = "",
+    ) -> lora.LoraStatus:
+        """Roll ``version`` out as a canary: after the eval gate (unless ``force``) it takes ``policy.share`` of the
+        alias's requests, and the policy (fields left unset: the server's defaults) promotes or rolls it back.
+        ``status.traffic_split`` while it runs; :meth:`wait_canary` for the decision."""
+        request = lora.StartCanaryRequest(
+            version=version, policy=policy, force=force, reason=reason, base_model=base_model
+        )
+        return (await self._unary(self.lora.StartCanary, request)).status
+
+    async def abort_canary(self, *, reason: str = "") -> lora.LoraStatus:
+        """End the canary in force with no verdict: the candidate leaves traffic."""
+        return (await self._unary(self.lora.AbortCanary, lora.AbortCanaryRequest(reason=reason))).status
+
+    async def set_traffic_split(
+        self, version: str, share: float, *, reason: str = "", base_model: str = ""
+    ) -> lora.LoraStatus:
+        """A manual A/B split: ``share`` of the alias's requests to ``version`` (no gate, no decision) until changed;
+        share 0 ends it (``version`` may then be empty)."""
+        request = lora.SetTrafficSplitRequest(version=version, share=share, reason=reason, base_model=base_model)
+        return (await self._unary(self.lora.SetTrafficSplit, request)).status
+
+    async def wait_canary(self, version: str) -> lora.CanaryOutcome:
+        """Follow the status until the canary of ``version`` is decided; how it ended. FailedPrecondition
+        (NO_CANARY_RUNNING) if it neither runs nor was the latest decided."""
+        first = True
+        async for status in self.watch_lora_status():
+            split = status.traffic_split
+            running = (status.HasField("traffic_split") and split.kind == lora.TRAFFIC_SPLIT_KIND_CANARY
+                       and split.candidate_version == version)
+            if not running and status.last_canary.version == version:
+                return status.last_canary
+            if not running and first:
+                raise errors.FailedPrecondition(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"no canary of {version} is in force or was the latest",
+                    reason=ERROR_REASON_NO_CANARY_RUNNING,
+                )
+            first = False
+        raise AssertionError("the status watch ended")  # it re-opens until the caller stops
 
     # ---- evaluation jobs ----------------------------------------------------------
 

@@ -293,6 +293,38 @@ class Client:
             )
         )
 
+    def start_canary(
+        self,
+        version: str,
+        policy: lora.CanaryPolicy | None = None,
+        *,
+        force: bool = False,
+        reason: str = "",
+        base_model: str = "",
+    ) -> lora.LoraStatus:
+        """Roll ``version`` out as a canary: after the eval gate (unless ``force``) it takes ``policy.share`` of the
+        alias's requests, and the policy (fields left unset: the server's defaults) promotes or rolls it back.
+        ``status.traffic_split`` while it runs; :meth:`wait_canary` for the decision."""
+        return self._loop.run(
+            self._async.start_canary(version, policy, force=force, reason=reason, base_model=base_model)
+        )
+
+    def abort_canary(self, *, reason: str = "") -> lora.LoraStatus:
+        """End the canary in force with no verdict: the candidate leaves traffic."""
+        return self._loop.run(self._async.abort_canary(reason=reason))
+
+    def set_traffic_split(
+        self, version: str, share: float, *, reason: str = "", base_model: str = ""
+    ) -> lora.LoraStatus:
+        """A manual A/B split: ``share`` of the alias's requests to ``version`` (no gate, no decision) until changed;
+        share 0 ends it (``version`` may then be empty)."""
+        return self._loop.run(self._async.set_traffic_split(version, share, reason=reason, base_model=base_model))
+
+    def wait_canary(self, version: str) -> lora.CanaryOutcome:
+        """Follow the status until the canary of ``version`` is decided; how it ended. FailedPrecondition
+        (NO_CANARY_RUNNING) if it neither runs nor was the latest decided."""
+        return self._loop.run(self._async.wait_canary(version))
+
     def create_evaluation_job(
         self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
     ) -> evaluation.EvaluationJob:

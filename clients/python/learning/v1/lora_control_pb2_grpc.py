@@ -81,6 +81,21 @@ class LoraControlServiceStub:
                 request_serializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.FromString,
                 _registered_method=True)
+        self.StartCanary = channel.unary_unary(
+                '/learning.v1.LoraControlService/StartCanary',
+                request_serializer=learning_dot_v1_dot_lora__control__pb2.StartCanaryRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_lora__control__pb2.StartCanaryResponse.FromString,
+                _registered_method=True)
+        self.AbortCanary = channel.unary_unary(
+                '/learning.v1.LoraControlService/AbortCanary',
+                request_serializer=learning_dot_v1_dot_lora__control__pb2.AbortCanaryRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_lora__control__pb2.AbortCanaryResponse.FromString,
+                _registered_method=True)
+        self.SetTrafficSplit = channel.unary_unary(
+                '/learning.v1.LoraControlService/SetTrafficSplit',
+                request_serializer=learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitResponse.FromString,
+                _registered_method=True)
 
 
 class LoraControlServiceServicer:
@@ -152,6 +167,33 @@ class LoraControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartCanary(self, request, context):
+        """Loads a candidate version, runs the eval gate on it as an activation does
+        (unless forced), and sends a share of the alias's requests to it; its
+        policy then promotes it or rolls it back (LoraStatus.traffic_split while
+        it runs, LoraStatus.last_canary after). FAILED_PRECONDITION
+        TRAFFIC_SPLIT_RUNNING while a split is in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortCanary(self, request, context):
+        """Ends the canary in force with no verdict: the candidate leaves traffic and
+        is unloaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTrafficSplit(self, request, context):
+        """A manual A/B split: a share of the alias's requests to a version (loaded
+        if need be; no gate, no automatic decision) until changed; share 0 ends it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoraControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +241,21 @@ def add_LoraControlServiceServicer_to_server(servicer, server):
                     servicer.GetEvaluationReport,
                     request_deserializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.FromString,
                     response_serializer=learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.SerializeToString,
+            ),
+            'StartCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCanary,
+                    request_deserializer=learning_dot_v1_dot_lora__control__pb2.StartCanaryRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_lora__control__pb2.StartCanaryResponse.SerializeToString,
+            ),
+            'AbortCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortCanary,
+                    request_deserializer=learning_dot_v1_dot_lora__control__pb2.AbortCanaryRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_lora__control__pb2.AbortCanaryResponse.SerializeToString,
+            ),
+            'SetTrafficSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficSplit,
+                    request_deserializer=learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +503,87 @@ class LoraControlService:
             '/learning.v1.LoraControlService/GetEvaluationReport',
             learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportRequest.SerializeToString,
             learning_dot_v1_dot_lora__control__pb2.GetEvaluationReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.LoraControlService/StartCanary',
+            learning_dot_v1_dot_lora__control__pb2.StartCanaryRequest.SerializeToString,
+            learning_dot_v1_dot_lora__control__pb2.StartCanaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.LoraControlService/AbortCanary',
+            learning_dot_v1_dot_lora__control__pb2.AbortCanaryRequest.SerializeToString,
+            learning_dot_v1_dot_lora__control__pb2.AbortCanaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.LoraControlService/SetTrafficSplit',
+            learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitRequest.SerializeToString,
+            learning_dot_v1_dot_lora__control__pb2.SetTrafficSplitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import datasets, drift, jobs, ops, pipelines, snapshots
+from learning_engine.cli import datasets, drift, jobs, ops, pipelines, rollout, snapshots
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -66,6 +66,8 @@ app.command("rollback")(ops.rollback)
 app.command("enable")(ops.enable)
 app.command("disable")(ops.disable)
 app.command("status")(ops.status)
+app.add_typer(rollout.canary_app, name="canary")
+app.add_typer(rollout.traffic_app, name="traffic")
 app.command("evaluate")(ops.evaluate)
 app.command("report")(ops.report)
 app.add_typer(jobs.evaluation_jobs_app, name="evaluation-jobs")

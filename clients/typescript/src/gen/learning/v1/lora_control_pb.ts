@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/lora_control.proto.
  */
 export const file_learning_v1_lora_control: GenFile = /*@__PURE__*/
-  fileDesc("Ch5sZWFybmluZy92MS9sb3JhX2NvbnRyb2wucHJvdG8SC2xlYXJuaW5nLnYxIrcDCg1Mb3JhT3BlcmF0aW9uEiwKBGtpbmQYASABKA4yHi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uS2luZBIPCgd2ZXJzaW9uGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJHCg9waGFzZV9kdXJhdGlvbnMYByADKAsyLi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uLlBoYXNlRHVyYXRpb25zRW50cnkSIQoFZXJyb3IYCCABKAsyEi5nb29nbGUucnBjLlN0YXR1cxItCgRnYXRlGAkgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5GlAKE1BoYXNlRHVyYXRpb25zRW50cnkSCwoDa2V5GAEgASgJEigKBXZhbHVlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uOgI4ASJBCg1Mb2FkZWRBZGFwdGVyEhEKCWxvcmFfbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEgwKBHBhdGgYAyABKAkixgIKCkxvcmFTdGF0dXMSDgoGdGFyZ2V0GAEgASgJEhIKCmJhc2VfbW9kZWwYAiABKAkSDwoHZW5hYmxlZBgDIAEoCBIWCg5hY3RpdmVfdmVyc2lvbhgEIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAUgASgJEhoKEmtub3duX2dvb2RfdmVyc2lvbhgGIAEoCRINCgVhbGlhcxgHIAEoCRIqCgZsb2FkZWQYCCADKAsyGi5sZWFybmluZy52MS5Mb2FkZWRBZGFwdGVyEjIKDmxhc3Rfb3BlcmF0aW9uGAkgASgLMhoubGVhcm5pbmcudjEuTG9yYU9wZXJhdGlvbhIZChFzZXJ2aW5nX3JlYWNoYWJsZRgKIAEoCBIWCg5zZXJ2ZXJfdmVyc2lvbhgLIAEoCRITCgtnYXRld2F5X3VybBgMIAEoCSIWChRHZXRMb3JhU3RhdHVzUmVxdWVzdCJAChVHZXRMb3JhU3RhdHVzUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyJ1ChZBY3RpdmF0ZUFkYXB0ZXJSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSDgoGcmVhc29uGAIgASgJEg0KBWZvcmNlGAMgASgIEhcKD21hcmtfa25vd25fZ29vZBgEIAEoCBISCgpiYXNlX21vZGVsGAUgASgJInEKF0FjdGl2YXRlQWRhcHRlclJlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMSLQoEZXZhbBgCIAEoCzIfLmxlYXJuaW5nLnYxLkFkYXB0ZXJFdmFsU3VtbWFyeSIoChZSb2xsYmFja0FkYXB0ZXJSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSJCChdSb2xsYmFja0FkYXB0ZXJSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzIiMKEUVuYWJsZUxvcmFSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSI9ChJFbmFibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIkChJEaXNhYmxlTG9yYVJlcXVlc3QSDgoGcmVhc29uGAEgASgJIj4KE0Rpc2FibGVMb3JhUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIbChlMaXN0TG9hZGVkQWRhcHRlcnNSZXF1ZXN0IkgKGkxpc3RMb2FkZWRBZGFwdGVyc1Jlc3BvbnNlEioKBmxvYWRlZBgBIAMoCzIaLmxlYXJuaW5nLnYxLkxvYWRlZEFkYXB0ZXIiGAoWV2F0Y2hMb3JhU3RhdHVzUmVxdWVzdCJCChdXYXRjaExvcmFTdGF0dXNSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzImsKFkV2YWx1YXRlQWRhcHRlclJlcXVlc3QSDwoHdmVyc2lvbhgBIAEoCRIYChBiYXNlbGluZV92ZXJzaW9uGAIgASgJEhIKCnN1aXRlX3BhdGgYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCSJIChdFdmFsdWF0ZUFkYXB0ZXJSZXNwb25zZRItCgRldmFsGAEgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5IoMBChpHZXRFdmFsdWF0aW9uUmVwb3J0UmVxdWVzdBIPCgd2ZXJzaW9uGAEgASgJEhUKDWV2YWx1YXRpb25faWQYAiABKAkSKQoGZm9ybWF0GAMgASgOMhkubGVhcm5pbmcudjEuUmVwb3J0Rm9ybWF0EhIKCmJhc2VfbW9kZWwYBCABKAkigAEKG0dldEV2YWx1YXRpb25SZXBvcnRSZXNwb25zZRItCgRldmFsGAEgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5EhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIPCgdjb250ZW50GAMgASgMEgsKA3VyaRgEIAEoCSqHAgoRTG9yYU9wZXJhdGlvbktpbmQSIwofTE9SQV9PUEVSQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEiAKHExPUkFfT1BFUkFUSU9OX0tJTkRfQUNUSVZBVEUQARIgChxMT1JBX09QRVJBVElPTl9LSU5EX1JPTExCQUNLEAISHgoaTE9SQV9PUEVSQVRJT05fS0lORF9FTkFCTEUQAxIfChtMT1JBX09QRVJBVElPTl9LSU5EX0RJU0FCTEUQBBIlCiFMT1JBX09QRVJBVElPTl9LSU5EX0FVVE9fUk9MTEJBQ0sQBRIhCh1MT1JBX09QRVJBVElPTl9LSU5EX1JFQ09OQ0lMRRAGKpABCgxSZXBvcnRGb3JtYXQSHQoZUkVQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhYKElJFUE9SVF9GT1JNQVRfSlNPThABEhoKFlJFUE9SVF9GT1JNQVRfTUFSS0RPV04QAhIWChJSRVBPUlRfRk9STUFUX0hUTUwQAxIVChFSRVBPUlRfRk9STUFUX1BORxAEMtgGChJMb3JhQ29udHJvbFNlcnZpY2USVgoNR2V0TG9yYVN0YXR1cxIhLmxlYXJuaW5nLnYxLkdldExvcmFTdGF0dXNSZXF1ZXN0GiIubGVhcm5pbmcudjEuR2V0TG9yYVN0YXR1c1Jlc3BvbnNlElwKD0FjdGl2YXRlQWRhcHRlchIjLmxlYXJuaW5nLnYxLkFjdGl2YXRlQWRhcHRlclJlcXVlc3QaJC5sZWFybmluZy52MS5BY3RpdmF0ZUFkYXB0ZXJSZXNwb25zZRJcCg9Sb2xsYmFja0FkYXB0ZXISIy5sZWFybmluZy52MS5Sb2xsYmFja0FkYXB0ZXJSZXF1ZXN0GiQubGVhcm5pbmcudjEuUm9sbGJhY2tBZGFwdGVyUmVzcG9uc2USTQoKRW5hYmxlTG9yYRIeLmxlYXJuaW5nLnYxLkVuYWJsZUxvcmFSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuRW5hYmxlTG9yYVJlc3BvbnNlElAKC0Rpc2FibGVMb3JhEh8ubGVhcm5pbmcudjEuRGlzYWJsZUxvcmFSZXF1ZXN0GiAubGVhcm5pbmcudjEuRGlzYWJsZUxvcmFSZXNwb25zZRJlChJMaXN0TG9hZGVkQWRhcHRlcnMSJi5sZWFybmluZy52MS5MaXN0TG9hZGVkQWRhcHRlcnNSZXF1ZXN0GicubGVhcm5pbmcudjEuTGlzdExvYWRlZEFkYXB0ZXJzUmVzcG9uc2USXgoPV2F0Y2hMb3JhU3RhdHVzEiMubGVhcm5pbmcudjEuV2F0Y2hMb3JhU3RhdHVzUmVxdWVzdBokLmxlYXJuaW5nLnYxLldhdGNoTG9yYVN0YXR1c1Jlc3BvbnNlMAESXAoPRXZhbHVhdGVBZGFwdGVyEiMubGVhcm5pbmcudjEuRXZhbHVhdGVBZGFwdGVyUmVxdWVzdBokLmxlYXJuaW5nLnYxLkV2YWx1YXRlQWRhcHRlclJlc3BvbnNlEmgKE0dldEV2YWx1YXRpb25SZXBvcnQSJy5sZWFybmluZy52MS5HZXRFdmFsdWF0aW9uUmVwb3J0UmVxdWVzdBooLmxlYXJuaW5nLnYxLkdldEV2YWx1YXRpb25SZXBvcnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_adapter]);
+  fileDesc("Ch5sZWFybmluZy92MS9sb3JhX2NvbnRyb2wucHJvdG8SC2xlYXJuaW5nLnYxIuUDCg1Mb3JhT3BlcmF0aW9uEiwKBGtpbmQYASABKA4yHi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uS2luZBIPCgd2ZXJzaW9uGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJHCg9waGFzZV9kdXJhdGlvbnMYByADKAsyLi5sZWFybmluZy52MS5Mb3JhT3BlcmF0aW9uLlBoYXNlRHVyYXRpb25zRW50cnkSIQoFZXJyb3IYCCABKAsyEi5nb29nbGUucnBjLlN0YXR1cxItCgRnYXRlGAkgASgLMh8ubGVhcm5pbmcudjEuQWRhcHRlckV2YWxTdW1tYXJ5EiwKB3RyYWZmaWMYCiABKAsyGy5sZWFybmluZy52MS5UcmFmZmljRmlndXJlcxpQChNQaGFzZUR1cmF0aW9uc0VudHJ5EgsKA2tleRgBIAEoCRIoCgV2YWx1ZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbjoCOAEiQQoNTG9hZGVkQWRhcHRlchIRCglsb3JhX25hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIMCgRwYXRoGAMgASgJIqkDCgpMb3JhU3RhdHVzEg4KBnRhcmdldBgBIAEoCRISCgpiYXNlX21vZGVsGAIgASgJEg8KB2VuYWJsZWQYAyABKAgSFgoOYWN0aXZlX3ZlcnNpb24YBCABKAkSGAoQcHJldmlvdXNfdmVyc2lvbhgFIAEoCRIaChJrbm93bl9nb29kX3ZlcnNpb24YBiABKAkSDQoFYWxpYXMYByABKAkSKgoGbG9hZGVkGAggAygLMhoubGVhcm5pbmcudjEuTG9hZGVkQWRhcHRlchIyCg5sYXN0X29wZXJhdGlvbhgJIAEoCzIaLmxlYXJuaW5nLnYxLkxvcmFPcGVyYXRpb24SGQoRc2VydmluZ19yZWFjaGFibGUYCiABKAgSFgoOc2VydmVyX3ZlcnNpb24YCyABKAkSEwoLZ2F0ZXdheV91cmwYDCABKAkSMAoNdHJhZmZpY19zcGxpdBgNIAEoCzIZLmxlYXJuaW5nLnYxLlRyYWZmaWNTcGxpdBIvCgtsYXN0X2NhbmFyeRgOIAEoCzIaLmxlYXJuaW5nLnYxLkNhbmFyeU91dGNvbWUiFgoUR2V0TG9yYVN0YXR1c1JlcXVlc3QiQAoVR2V0TG9yYVN0YXR1c1Jlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMidQoWQWN0aXZhdGVBZGFwdGVyUmVxdWVzdBIPCgd2ZXJzaW9uGAEgASgJEg4KBnJlYXNvbhgCIAEoCRINCgVmb3JjZRgDIAEoCBIXCg9tYXJrX2tub3duX2dvb2QYBCABKAgSEgoKYmFzZV9tb2RlbBgFIAEoCSJxChdBY3RpdmF0ZUFkYXB0ZXJSZXNwb25zZRInCgZzdGF0dXMYASABKAsyFy5sZWFybmluZy52MS5Mb3JhU3RhdHVzEi0KBGV2YWwYAiABKAsyHy5sZWFybmluZy52MS5BZGFwdGVyRXZhbFN1bW1hcnkiKAoWUm9sbGJhY2tBZGFwdGVyUmVxdWVzdBIOCgZyZWFzb24YASABKAkiQgoXUm9sbGJhY2tBZGFwdGVyUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIjChFFbmFibGVMb3JhUmVxdWVzdBIOCgZyZWFzb24YASABKAkiPQoSRW5hYmxlTG9yYVJlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMiJAoSRGlzYWJsZUxvcmFSZXF1ZXN0Eg4KBnJlYXNvbhgBIAEoCSI+ChNEaXNhYmxlTG9yYVJlc3BvbnNlEicKBnN0YXR1cxgBIAEoCzIXLmxlYXJuaW5nLnYxLkxvcmFTdGF0dXMiGwoZTGlzdExvYWRlZEFkYXB0ZXJzUmVxdWVzdCJIChpMaXN0TG9hZGVkQWRhcHRlcnNSZXNwb25zZRIqCgZsb2FkZWQYASADKAsyGi5sZWFybmluZy52MS5Mb2FkZWRBZGFwdGVyIhgKFldhdGNoTG9yYVN0YXR1c1JlcXVlc3QiQgoXV2F0Y2hMb3JhU3RhdHVzUmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyJrChZFdmFsdWF0ZUFkYXB0ZXJSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSGAoQYmFzZWxpbmVfdmVyc2lvbhgCIAEoCRISCgpzdWl0ZV9wYXRoGAMgASgJEhIKCmJhc2VfbW9kZWwYBCABKAkiSAoXRXZhbHVhdGVBZGFwdGVyUmVzcG9uc2USLQoEZXZhbBgBIAEoCzIfLmxlYXJuaW5nLnYxLkFkYXB0ZXJFdmFsU3VtbWFyeSKDAQoaR2V0RXZhbHVhdGlvblJlcG9ydFJlcXVlc3QSDwoHdmVyc2lvbhgBIAEoCRIVCg1ldmFsdWF0aW9uX2lkGAIgASgJEikKBmZvcm1hdBgDIAEoDjIZLmxlYXJuaW5nLnYxLlJlcG9ydEZvcm1hdBISCgpiYXNlX21vZGVsGAQgASgJIoABChtHZXRFdmFsdWF0aW9uUmVwb3J0UmVzcG9uc2USLQoEZXZhbBgBIAEoCzIfLmxlYXJuaW5nLnYxLkFkYXB0ZXJFdmFsU3VtbWFyeRIUCgxjb250ZW50X3R5cGUYAiABKAkSDwoHY29udGVudBgDIAEoDBILCgN1cmkYBCABKAki4QMKDENhbmFyeVBvbGljeRISCgVzaGFyZRgBIAEoAUgAiAEBEhkKDG1pbl9yZXF1ZXN0cxgCIAEoA0gBiAEBEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDG1heF9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcCg9mZWVkYmFja19tYXJnaW4YBSABKAFIAogBARIZCgxlcnJvcl9tYXJnaW4YBiABKAFIA4gBARIZCgxtaW5fZmVlZGJhY2sYByABKANIBIgBARIYCgtlcnJvcl9zcGlrZRgIIAEoAUgFiAEBEiUKGGVycm9yX3NwaWtlX21pbl9yZXF1ZXN0cxgJIAEoA0gGiAEBEjEKDmNoZWNrX2ludGVydmFsGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl9zaGFyZUIPCg1fbWluX3JlcXVlc3RzQhIKEF9mZWVkYmFja19tYXJnaW5CDwoNX2Vycm9yX21hcmdpbkIPCg1fbWluX2ZlZWRiYWNrQg4KDF9lcnJvcl9zcGlrZUIbChlfZXJyb3Jfc3Bpa2VfbWluX3JlcXVlc3RzIugBCg5WZXJzaW9uVHJhZmZpYxIPCgd2ZXJzaW9uGAEgASgJEhAKCHJlcXVlc3RzGAIgASgDEg4KBmVycm9ycxgDIAEoAxISCgplcnJvcl9yYXRlGAQgASgBEhEKCWZhaWxvdmVycxgFIAEoAxIvCgxtZWFuX2xhdGVuY3kYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRcG9zaXRpdmVfZmVlZGJhY2sYByABKAMSGQoRbmVnYXRpdmVfZmVlZGJhY2sYCCABKAMSFQoNbmVnYXRpdmVfcmF0ZRgJIAEoASKZAQoOVHJhZmZpY0ZpZ3VyZXMSKwoGYWN0aXZlGAEgASgLMhsubGVhcm5pbmcudjEuVmVyc2lvblRyYWZmaWMSLgoJY2FuZGlkYXRlGAIgASgLMhsubGVhcm5pbmcudjEuVmVyc2lvblRyYWZmaWMSKgoHZWxhcHNlZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKlAgoMVHJhZmZpY1NwbGl0EisKBGtpbmQYASABKA4yHS5sZWFybmluZy52MS5UcmFmZmljU3BsaXRLaW5kEhYKDmFjdGl2ZV92ZXJzaW9uGAIgASgJEhkKEWNhbmRpZGF0ZV92ZXJzaW9uGAMgASgJEg0KBXNoYXJlGAQgASgBEikKBnBvbGljeRgFIAEoCzIZLmxlYXJuaW5nLnYxLkNhbmFyeVBvbGljeRINCgVhY3RvchgGIAEoCRIOCgZyZWFzb24YByABKAkSLgoKc3RhcnRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoHZmlndXJlcxgJIAEoCzIbLmxlYXJuaW5nLnYxLlRyYWZmaWNGaWd1cmVzIr4BCg1DYW5hcnlPdXRjb21lEg8KB3ZlcnNpb24YASABKAkSLQoIZGVjaXNpb24YAiABKA4yGy5sZWFybmluZy52MS5DYW5hcnlEZWNpc2lvbhIOCgZyZWFzb24YAyABKAkSLAoHZmlndXJlcxgEIAEoCzIbLmxlYXJuaW5nLnYxLlRyYWZmaWNGaWd1cmVzEi8KC2RlY2lkZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKDAQoSU3RhcnRDYW5hcnlSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSKQoGcG9saWN5GAIgASgLMhkubGVhcm5pbmcudjEuQ2FuYXJ5UG9saWN5Eg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRISCgpiYXNlX21vZGVsGAUgASgJIj4KE1N0YXJ0Q2FuYXJ5UmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyIkChJBYm9ydENhbmFyeVJlcXVlc3QSDgoGcmVhc29uGAEgASgJIj4KE0Fib3J0Q2FuYXJ5UmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyJcChZTZXRUcmFmZmljU3BsaXRSZXF1ZXN0Eg8KB3ZlcnNpb24YASABKAkSDQoFc2hhcmUYAiABKAESDgoGcmVhc29uGAMgASgJEhIKCmJhc2VfbW9kZWwYBCABKAkiQgoXU2V0VHJhZmZpY1NwbGl0UmVzcG9uc2USJwoGc3RhdHVzGAEgASgLMhcubGVhcm5pbmcudjEuTG9yYVN0YXR1cyrLAwoRTG9yYU9wZXJhdGlvbktpbmQSIwofTE9SQV9PUEVSQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEiAKHExPUkFfT1BFUkFUSU9OX0tJTkRfQUNUSVZBVEUQARIgChxMT1JBX09QRVJBVElPTl9LSU5EX1JPTExCQUNLEAISHgoaTE9SQV9PUEVSQVRJT05fS0lORF9FTkFCTEUQAxIfChtMT1JBX09QRVJBVElPTl9LSU5EX0RJU0FCTEUQBBIlCiFMT1JBX09QRVJBVElPTl9LSU5EX0FVVE9fUk9MTEJBQ0sQBRIhCh1MT1JBX09QRVJBVElPTl9LSU5EX1JFQ09OQ0lMRRAGEiQKIExPUkFfT1BFUkFUSU9OX0tJTkRfQ0FOQVJZX1NUQVJUEAcSJgoiTE9SQV9PUEVSQVRJT05fS0lORF9DQU5BUllfUFJPTU9URRAIEicKI0xPUkFfT1BFUkFUSU9OX0tJTkRfQ0FOQVJZX1JPTExCQUNLEAkSJAogTE9SQV9PUEVSQVRJT05fS0lORF9DQU5BUllfQUJPUlQQChIlCiFMT1JBX09QRVJBVElPTl9LSU5EX1RSQUZGSUNfU1BMSVQQCyqQAQoMUmVwb3J0Rm9ybWF0Eh0KGVJFUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIWChJSRVBPUlRfRk9STUFUX0pTT04QARIaChZSRVBPUlRfRk9STUFUX01BUktET1dOEAISFgoSUkVQT1JUX0ZPUk1BVF9IVE1MEAMSFQoRUkVQT1JUX0ZPUk1BVF9QTkcQBCp0ChBUcmFmZmljU3BsaXRLaW5kEiIKHlRSQUZGSUNfU1BMSVRfS0lORF9VTlNQRUNJRklFRBAAEh0KGVRSQUZGSUNfU1BMSVRfS0lORF9DQU5BUlkQARIdChlUUkFGRklDX1NQTElUX0tJTkRfTUFOVUFMEAIqjQEKDkNhbmFyeURlY2lzaW9uEh8KG0NBTkFSWV9ERUNJU0lPTl9VTlNQRUNJRklFRBAAEhwKGENBTkFSWV9ERUNJU0lPTl9QUk9NT1RFRBABEh8KG0NBTkFSWV9ERUNJU0lPTl9ST0xMRURfQkFDSxACEhsKF0NBTkFSWV9ERUNJU0lPTl9BQk9SVEVEEAMy2ggKEkxvcmFDb250cm9sU2VydmljZRJWCg1HZXRMb3JhU3RhdHVzEiEubGVhcm5pbmcudjEuR2V0TG9yYVN0YXR1c1JlcXVlc3QaIi5sZWFybmluZy52MS5HZXRMb3JhU3RhdHVzUmVzcG9uc2USXAoPQWN0aXZhdGVBZGFwdGVyEiMubGVhcm5pbmcudjEuQWN0aXZhdGVBZGFwdGVyUmVxdWVzdBokLmxlYXJuaW5nLnYxLkFjdGl2YXRlQWRhcHRlclJlc3BvbnNlElwKD1JvbGxiYWNrQWRhcHRlchIjLmxlYXJuaW5nLnYxLlJvbGxiYWNrQWRhcHRlclJlcXVlc3QaJC5sZWFybmluZy52MS5Sb2xsYmFja0FkYXB0ZXJSZXNwb25zZRJNCgpFbmFibGVMb3JhEh4ubGVhcm5pbmcudjEuRW5hYmxlTG9yYVJlcXVlc3QaHy5sZWFybmluZy52MS5FbmFibGVMb3JhUmVzcG9uc2USUAoLRGlzYWJsZUxvcmESHy5sZWFybmluZy52MS5EaXNhYmxlTG9yYVJlcXVlc3QaIC5sZWFybmluZy52MS5EaXNhYmxlTG9yYVJlc3BvbnNlEmUKEkxpc3RMb2FkZWRBZGFwdGVycxImLmxlYXJuaW5nLnYxLkxpc3RMb2FkZWRBZGFwdGVyc1JlcXVlc3QaJy5sZWFybmluZy52MS5MaXN0TG9hZGVkQWRhcHRlcnNSZXNwb25zZRJeCg9XYXRjaExvcmFTdGF0dXMSIy5sZWFybmluZy52MS5XYXRjaExvcmFTdGF0dXNSZXF1ZXN0GiQubGVhcm5pbmcudjEuV2F0Y2hMb3JhU3RhdHVzUmVzcG9uc2UwARJcCg9FdmFsdWF0ZUFkYXB0ZXISIy5sZWFybmluZy52MS5FdmFsdWF0ZUFkYXB0ZXJSZXF1ZXN0GiQubGVhcm5pbmcudjEuRXZhbHVhdGVBZGFwdGVyUmVzcG9uc2USaAoTR2V0RXZhbHVhdGlvblJlcG9ydBInLmxlYXJuaW5nLnYxLkdldEV2YWx1YXRpb25SZXBvcnRSZXF1ZXN0GigubGVhcm5pbmcudjEuR2V0RXZhbHVhdGlvblJlcG9ydFJlc3BvbnNlElAKC1N0YXJ0Q2FuYXJ5Eh8ubGVhcm5pbmcudjEuU3RhcnRDYW5hcnlSZXF1ZXN0GiAubGVhcm5pbmcudjEuU3RhcnRDYW5hcnlSZXNwb25zZRJQCgtBYm9ydENhbmFyeRIfLmxlYXJuaW5nLnYxLkFib3J0Q2FuYXJ5UmVxdWVzdBogLmxlYXJuaW5nLnYxLkFib3J0Q2FuYXJ5UmVzcG9uc2USXAoPU2V0VHJhZmZpY1NwbGl0EiMubGVhcm5pbmcudjEuU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBokLmxlYXJuaW5nLnYxLlNldFRyYWZmaWNTcGxpdFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_adapter]);
 
 /**
  * @generated from message learning.v1.LoraOperation
@@ -74,6 +74,13 @@ export type LoraOperation = Message<"learning.v1.LoraOperation"> & {
    * @generated from field: learning.v1.AdapterEvalSummary gate = 9;
    */
   gate?: AdapterEvalSummary | undefined;
+
+  /**
+   * Both sides' figures when the operation ended or changed a traffic split.
+   *
+   * @generated from field: learning.v1.TrafficFigures traffic = 10;
+   */
+  traffic?: TrafficFigures | undefined;
 };
 
 /**
@@ -189,6 +196,21 @@ export type LoraStatus = Message<"learning.v1.LoraStatus"> & {
    * @generated from field: string gateway_url = 12;
    */
   gatewayUrl: string;
+
+  /**
+   * The traffic split in force (a canary, or a manual split), with both
+   * sides' figures; unset without one.
+   *
+   * @generated from field: learning.v1.TrafficSplit traffic_split = 13;
+   */
+  trafficSplit?: TrafficSplit | undefined;
+
+  /**
+   * How the latest canary ended.
+   *
+   * @generated from field: learning.v1.CanaryOutcome last_canary = 14;
+   */
+  lastCanary?: CanaryOutcome | undefined;
 };
 
 /**
@@ -589,6 +611,440 @@ export const GetEvaluationReportResponseSchema: GenMessage<GetEvaluationReportRe
   messageDesc(file_learning_v1_lora_control, 20);
 
 /**
+ * When a canary decides. Unset fields take their defaults.
+ *
+ * @generated from message learning.v1.CanaryPolicy
+ */
+export type CanaryPolicy = Message<"learning.v1.CanaryPolicy"> & {
+  /**
+   * Share of the alias's requests sent to the candidate, in (0, 1). Default 0.1.
+   *
+   * @generated from field: optional double share = 1;
+   */
+  share?: number | undefined;
+
+  /**
+   * Candidate requests before a decision. Default 100. min_requests or
+   * duration must be above 0.
+   *
+   * @generated from field: optional int64 min_requests = 2;
+   */
+  minRequests?: bigint | undefined;
+
+  /**
+   * Least time before a decision. Default 0.
+   *
+   * @generated from field: google.protobuf.Duration duration = 3;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * Without the evidence by then, the candidate is rolled back; 0 means no
+   * limit. Default 24 h.
+   *
+   * @generated from field: google.protobuf.Duration max_duration = 4;
+   */
+  maxDuration?: Duration | undefined;
+
+  /**
+   * How much higher the candidate's negative-feedback rate may be than the
+   * active version's, in [0, 1]. Default 0.05.
+   *
+   * @generated from field: optional double feedback_margin = 5;
+   */
+  feedbackMargin?: number | undefined;
+
+  /**
+   * How much higher its error rate (HTTP 5xx or no answer) may be, in [0, 1].
+   * Default 0.01.
+   *
+   * @generated from field: optional double error_margin = 6;
+   */
+  errorMargin?: number | undefined;
+
+  /**
+   * Ratings each side needs before a decision. Default 20.
+   *
+   * @generated from field: optional int64 min_feedback = 7;
+   */
+  minFeedback?: bigint | undefined;
+
+  /**
+   * A candidate error rate that rolls back at any time, in (0, 1]. Default 0.5.
+   *
+   * @generated from field: optional double error_spike = 8;
+   */
+  errorSpike?: number | undefined;
+
+  /**
+   * Candidate requests before the spike counts. Default 10.
+   *
+   * @generated from field: optional int64 error_spike_min_requests = 9;
+   */
+  errorSpikeMinRequests?: bigint | undefined;
+
+  /**
+   * How often the policy is checked. Default 10 s.
+   *
+   * @generated from field: google.protobuf.Duration check_interval = 10;
+   */
+  checkInterval?: Duration | undefined;
+};
+
+/**
+ * Describes the message learning.v1.CanaryPolicy.
+ * Use `create(CanaryPolicySchema)` to create a new message.
+ */
+export const CanaryPolicySchema: GenMessage<CanaryPolicy> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 21);
+
+/**
+ * What one side of a traffic split served (the gateway's counts) and heard
+ * back (ratings: feedback events whose adapter_version is the version or its
+ * serving name) since the split began.
+ *
+ * @generated from message learning.v1.VersionTraffic
+ */
+export type VersionTraffic = Message<"learning.v1.VersionTraffic"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: int64 requests = 2;
+   */
+  requests: bigint;
+
+  /**
+   * Requests the serving engine failed: HTTP 5xx, or no answer.
+   *
+   * @generated from field: int64 errors = 3;
+   */
+  errors: bigint;
+
+  /**
+   * @generated from field: double error_rate = 4;
+   */
+  errorRate: number;
+
+  /**
+   * Candidate requests the serving engine failed, retried on the active
+   * version.
+   *
+   * @generated from field: int64 failovers = 5;
+   */
+  failovers: bigint;
+
+  /**
+   * To the last byte.
+   *
+   * @generated from field: google.protobuf.Duration mean_latency = 6;
+   */
+  meanLatency?: Duration | undefined;
+
+  /**
+   * @generated from field: int64 positive_feedback = 7;
+   */
+  positiveFeedback: bigint;
+
+  /**
+   * @generated from field: int64 negative_feedback = 8;
+   */
+  negativeFeedback: bigint;
+
+  /**
+   * @generated from field: double negative_rate = 9;
+   */
+  negativeRate: number;
+};
+
+/**
+ * Describes the message learning.v1.VersionTraffic.
+ * Use `create(VersionTrafficSchema)` to create a new message.
+ */
+export const VersionTrafficSchema: GenMessage<VersionTraffic> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 22);
+
+/**
+ * @generated from message learning.v1.TrafficFigures
+ */
+export type TrafficFigures = Message<"learning.v1.TrafficFigures"> & {
+  /**
+   * @generated from field: learning.v1.VersionTraffic active = 1;
+   */
+  active?: VersionTraffic | undefined;
+
+  /**
+   * @generated from field: learning.v1.VersionTraffic candidate = 2;
+   */
+  candidate?: VersionTraffic | undefined;
+
+  /**
+   * Since the split began.
+   *
+   * @generated from field: google.protobuf.Duration elapsed = 3;
+   */
+  elapsed?: Duration | undefined;
+};
+
+/**
+ * Describes the message learning.v1.TrafficFigures.
+ * Use `create(TrafficFiguresSchema)` to create a new message.
+ */
+export const TrafficFiguresSchema: GenMessage<TrafficFigures> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 23);
+
+/**
+ * @generated from message learning.v1.TrafficSplit
+ */
+export type TrafficSplit = Message<"learning.v1.TrafficSplit"> & {
+  /**
+   * @generated from field: learning.v1.TrafficSplitKind kind = 1;
+   */
+  kind: TrafficSplitKind;
+
+  /**
+   * @generated from field: string active_version = 2;
+   */
+  activeVersion: string;
+
+  /**
+   * @generated from field: string candidate_version = 3;
+   */
+  candidateVersion: string;
+
+  /**
+   * Share of the alias's requests sent to the candidate.
+   *
+   * @generated from field: double share = 4;
+   */
+  share: number;
+
+  /**
+   * A canary's policy, every field filled in.
+   *
+   * @generated from field: learning.v1.CanaryPolicy policy = 5;
+   */
+  policy?: CanaryPolicy | undefined;
+
+  /**
+   * @generated from field: string actor = 6;
+   */
+  actor: string;
+
+  /**
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp start_time = 8;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Requests as counted now; ratings as of the canary's last check.
+   *
+   * @generated from field: learning.v1.TrafficFigures figures = 9;
+   */
+  figures?: TrafficFigures | undefined;
+};
+
+/**
+ * Describes the message learning.v1.TrafficSplit.
+ * Use `create(TrafficSplitSchema)` to create a new message.
+ */
+export const TrafficSplitSchema: GenMessage<TrafficSplit> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 24);
+
+/**
+ * @generated from message learning.v1.CanaryOutcome
+ */
+export type CanaryOutcome = Message<"learning.v1.CanaryOutcome"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: learning.v1.CanaryDecision decision = 2;
+   */
+  decision: CanaryDecision;
+
+  /**
+   * Why, with the figures in words.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: learning.v1.TrafficFigures figures = 4;
+   */
+  figures?: TrafficFigures | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp decide_time = 5;
+   */
+  decideTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message learning.v1.CanaryOutcome.
+ * Use `create(CanaryOutcomeSchema)` to create a new message.
+ */
+export const CanaryOutcomeSchema: GenMessage<CanaryOutcome> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 25);
+
+/**
+ * @generated from message learning.v1.StartCanaryRequest
+ */
+export type StartCanaryRequest = Message<"learning.v1.StartCanaryRequest"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: learning.v1.CanaryPolicy policy = 2;
+   */
+  policy?: CanaryPolicy | undefined;
+
+  /**
+   * Start even if the eval gate fails (the decision is still recorded).
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Base model of the version; empty means the serving target's.
+   *
+   * @generated from field: string base_model = 5;
+   */
+  baseModel: string;
+};
+
+/**
+ * Describes the message learning.v1.StartCanaryRequest.
+ * Use `create(StartCanaryRequestSchema)` to create a new message.
+ */
+export const StartCanaryRequestSchema: GenMessage<StartCanaryRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 26);
+
+/**
+ * @generated from message learning.v1.StartCanaryResponse
+ */
+export type StartCanaryResponse = Message<"learning.v1.StartCanaryResponse"> & {
+  /**
+   * @generated from field: learning.v1.LoraStatus status = 1;
+   */
+  status?: LoraStatus | undefined;
+};
+
+/**
+ * Describes the message learning.v1.StartCanaryResponse.
+ * Use `create(StartCanaryResponseSchema)` to create a new message.
+ */
+export const StartCanaryResponseSchema: GenMessage<StartCanaryResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 27);
+
+/**
+ * @generated from message learning.v1.AbortCanaryRequest
+ */
+export type AbortCanaryRequest = Message<"learning.v1.AbortCanaryRequest"> & {
+  /**
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message learning.v1.AbortCanaryRequest.
+ * Use `create(AbortCanaryRequestSchema)` to create a new message.
+ */
+export const AbortCanaryRequestSchema: GenMessage<AbortCanaryRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 28);
+
+/**
+ * @generated from message learning.v1.AbortCanaryResponse
+ */
+export type AbortCanaryResponse = Message<"learning.v1.AbortCanaryResponse"> & {
+  /**
+   * @generated from field: learning.v1.LoraStatus status = 1;
+   */
+  status?: LoraStatus | undefined;
+};
+
+/**
+ * Describes the message learning.v1.AbortCanaryResponse.
+ * Use `create(AbortCanaryResponseSchema)` to create a new message.
+ */
+export const AbortCanaryResponseSchema: GenMessage<AbortCanaryResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 29);
+
+/**
+ * @generated from message learning.v1.SetTrafficSplitRequest
+ */
+export type SetTrafficSplitRequest = Message<"learning.v1.SetTrafficSplitRequest"> & {
+  /**
+   * The version to send `share` to; may be empty with share 0.
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * In [0, 1); 0 ends the manual split.
+   *
+   * @generated from field: double share = 2;
+   */
+  share: number;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Base model of the version; empty means the serving target's.
+   *
+   * @generated from field: string base_model = 4;
+   */
+  baseModel: string;
+};
+
+/**
+ * Describes the message learning.v1.SetTrafficSplitRequest.
+ * Use `create(SetTrafficSplitRequestSchema)` to create a new message.
+ */
+export const SetTrafficSplitRequestSchema: GenMessage<SetTrafficSplitRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 30);
+
+/**
+ * @generated from message learning.v1.SetTrafficSplitResponse
+ */
+export type SetTrafficSplitResponse = Message<"learning.v1.SetTrafficSplitResponse"> & {
+  /**
+   * @generated from field: learning.v1.LoraStatus status = 1;
+   */
+  status?: LoraStatus | undefined;
+};
+
+/**
+ * Describes the message learning.v1.SetTrafficSplitResponse.
+ * Use `create(SetTrafficSplitResponseSchema)` to create a new message.
+ */
+export const SetTrafficSplitResponseSchema: GenMessage<SetTrafficSplitResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_lora_control, 31);
+
+/**
  * @generated from enum learning.v1.LoraOperationKind
  */
 export enum LoraOperationKind {
@@ -626,6 +1082,43 @@ export enum LoraOperationKind {
    * @generated from enum value: LORA_OPERATION_KIND_RECONCILE = 6;
    */
   RECONCILE = 6,
+
+  /**
+   * A canary started: its candidate passed the gate and takes its share.
+   *
+   * @generated from enum value: LORA_OPERATION_KIND_CANARY_START = 7;
+   */
+  CANARY_START = 7,
+
+  /**
+   * A canary's policy promoted its candidate to the active version.
+   *
+   * @generated from enum value: LORA_OPERATION_KIND_CANARY_PROMOTE = 8;
+   */
+  CANARY_PROMOTE = 8,
+
+  /**
+   * A canary's policy rolled its candidate back: worse than the active
+   * version, an error spike, or no evidence in time.
+   *
+   * @generated from enum value: LORA_OPERATION_KIND_CANARY_ROLLBACK = 9;
+   */
+  CANARY_ROLLBACK = 9,
+
+  /**
+   * A canary ended with no verdict: by an operator, by another operation, or
+   * because the serving engine lost the candidate.
+   *
+   * @generated from enum value: LORA_OPERATION_KIND_CANARY_ABORT = 10;
+   */
+  CANARY_ABORT = 10,
+
+  /**
+   * A manual traffic split set, changed or ended.
+   *
+   * @generated from enum value: LORA_OPERATION_KIND_TRAFFIC_SPLIT = 11;
+   */
+  TRAFFIC_SPLIT = 11,
 }
 
 /**
@@ -675,6 +1168,72 @@ export enum ReportFormat {
  */
 export const ReportFormatSchema: GenEnum<ReportFormat> = /*@__PURE__*/
   enumDesc(file_learning_v1_lora_control, 1);
+
+/**
+ * @generated from enum learning.v1.TrafficSplitKind
+ */
+export enum TrafficSplitKind {
+  /**
+   * @generated from enum value: TRAFFIC_SPLIT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Decided by its policy.
+   *
+   * @generated from enum value: TRAFFIC_SPLIT_KIND_CANARY = 1;
+   */
+  CANARY = 1,
+
+  /**
+   * An A/B test: no decision; ended with SetTrafficSplit share 0.
+   *
+   * @generated from enum value: TRAFFIC_SPLIT_KIND_MANUAL = 2;
+   */
+  MANUAL = 2,
+}
+
+/**
+ * Describes the enum learning.v1.TrafficSplitKind.
+ */
+export const TrafficSplitKindSchema: GenEnum<TrafficSplitKind> = /*@__PURE__*/
+  enumDesc(file_learning_v1_lora_control, 2);
+
+/**
+ * @generated from enum learning.v1.CanaryDecision
+ */
+export enum CanaryDecision {
+  /**
+   * @generated from enum value: CANARY_DECISION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: CANARY_DECISION_PROMOTED = 1;
+   */
+  PROMOTED = 1,
+
+  /**
+   * Worse than the active version, an error spike, or no evidence in time.
+   *
+   * @generated from enum value: CANARY_DECISION_ROLLED_BACK = 2;
+   */
+  ROLLED_BACK = 2,
+
+  /**
+   * No verdict: an operator, another operation, or the serving engine lost
+   * the candidate.
+   *
+   * @generated from enum value: CANARY_DECISION_ABORTED = 3;
+   */
+  ABORTED = 3,
+}
+
+/**
+ * Describes the enum learning.v1.CanaryDecision.
+ */
+export const CanaryDecisionSchema: GenEnum<CanaryDecision> = /*@__PURE__*/
+  enumDesc(file_learning_v1_lora_control, 3);
 
 /**
  * Promotes adapter versions into a serving engine (MAX Serve, vLLM) with an
@@ -771,6 +1330,42 @@ export const LoraControlService: GenService<{
     methodKind: "unary";
     input: typeof GetEvaluationReportRequestSchema;
     output: typeof GetEvaluationReportResponseSchema;
+  },
+  /**
+   * Loads a candidate version, runs the eval gate on it as an activation does
+   * (unless forced), and sends a share of the alias's requests to it; its
+   * policy then promotes it or rolls it back (LoraStatus.traffic_split while
+   * it runs, LoraStatus.last_canary after). FAILED_PRECONDITION
+   * TRAFFIC_SPLIT_RUNNING while a split is in force.
+   *
+   * @generated from rpc learning.v1.LoraControlService.StartCanary
+   */
+  startCanary: {
+    methodKind: "unary";
+    input: typeof StartCanaryRequestSchema;
+    output: typeof StartCanaryResponseSchema;
+  },
+  /**
+   * Ends the canary in force with no verdict: the candidate leaves traffic and
+   * is unloaded.
+   *
+   * @generated from rpc learning.v1.LoraControlService.AbortCanary
+   */
+  abortCanary: {
+    methodKind: "unary";
+    input: typeof AbortCanaryRequestSchema;
+    output: typeof AbortCanaryResponseSchema;
+  },
+  /**
+   * A manual A/B split: a share of the alias's requests to a version (loaded
+   * if need be; no gate, no automatic decision) until changed; share 0 ends it.
+   *
+   * @generated from rpc learning.v1.LoraControlService.SetTrafficSplit
+   */
+  setTrafficSplit: {
+    methodKind: "unary";
+    input: typeof SetTrafficSplitRequestSchema;
+    output: typeof SetTrafficSplitResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_learning_v1_lora_control, 0);

@@ -1,0 +1,149 @@
+"""Rollouts through the gateway's alias: canaries (start, status, abort) and manual traffic splits."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import typer
+from google.protobuf import duration_pb2
+from rich.table import Table
+
+from learning.v1 import lora_control_pb2 as lora
+from learning_engine.cli.common import as_dict, emit, options, out, print_table, run, when
+from learning_engine.client import AsyncClient
+
+canary_app = typer.Typer(help="Canary rollouts: start one, see how it goes, abort it.", no_args_is_help=True)
+traffic_app = typer.Typer(help="Traffic splits of the gateway's alias: a manual A/B split.", no_args_is_help=True)
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+# --wait: a canary not promoted exits 9 (FAILED_PRECONDITION), as a gate that refuses (for scripts and CI)
+NOT_PROMOTED = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+
+def _duration(value: str | None, option: str) -> duration_pb2.Duration | None:
+    """``90``, ``90s``, ``10m``, ``2h`` or ``1d`` as a Duration; None when not given."""
+    if value is None:
+        return None
+    found = _DURATION.fullmatch(value.strip())
+    if found is None:
+        raise typer.BadParameter(f"expected a duration such as 90s, 10m, 2h or 1d, got {value!r}", param_hint=option)
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(float(found[1]) * _UNITS[found[2]] * 1e9))
+    return d
+
+
+def _figures_table(figures: lora.TrafficFigures) -> Table:
+    table = Table("side", "version", "requests", "errors", "failed over", "mean latency", "ratings", "negative")
+    for side, v in (("candidate", figures.candidate), ("active", figures.active)):
+        ratings = v.positive_feedback + v.negative_feedback
+        table.add_row(side, v.version, str(v.requests), f"{v.errors} ({v.error_rate:.1%})", str(v.failovers),
+                      f"{v.mean_latency.ToTimedelta().total_seconds() * 1000:.0f} ms", str(ratings),
+                      f"{v.negative_rate:.1%}")
+    return table
+
+
+def _render(status: lora.LoraStatus):
+    def render() -> None:
+        if status.HasField("traffic_split"):
+            split = status.traffic_split
+            kind = lora.TrafficSplitKind.Name(split.kind).removeprefix("TRAFFIC_SPLIT_KIND_").lower()
+            out.print(f"{kind} split: {split.share:.1%} of '{status.alias}' to {split.candidate_version}, the rest to "
+                      f"{split.active_version}; since {when(split.start_time)} by {split.actor}"
+                      + (f" ({split.reason})" if split.reason else ""), highlight=False)
+            print_table(_figures_table(split.figures))
+        else:
+            out.print(f"no traffic split: '{status.alias}' serves {status.active_version or 'the base model'}",
+                      highlight=False)
+        if status.HasField("last_canary"):
+            _render_outcome(status.last_canary, "last canary")
+
+    return render
+
+
+def _render_outcome(outcome: lora.CanaryOutcome, label: str = "canary") -> None:
+    decision = lora.CanaryDecision.Name(outcome.decision).removeprefix("CANARY_DECISION_")
+    out.print(f"{label}: {outcome.version} {decision} at {when(outcome.decide_time)}: {outcome.reason}",
+              highlight=False)
+
+
+def _split_only(status: lora.LoraStatus) -> dict:
+    """What --json prints of a status for these commands: the split in force and the latest canary."""
+    return {key: as_dict(getattr(status, key)) for key in ("traffic_split", "last_canary") if status.HasField(key)}
+
+
+@canary_app.command("start")
+def canary_start(
+    ctx: typer.Context,
+    version: str,
+    share: float = typer.Option(None, "--share", help="Share of the alias's requests, in (0, 1). [0.1]"),
+    min_requests: int = typer.Option(None, "--min-requests", help="Candidate requests before a decision. [100]"),
+    duration: str = typer.Option(None, "--duration", help="Least time before a decision, e.g. 30m. [0]"),
+    max_duration: str = typer.Option(None, "--max-duration",
+                                     help="No evidence by then: rolled back; 0 = no limit. [24h]"),
+    feedback_margin: float = typer.Option(None, "--feedback-margin",
+                                          help="How much higher its negative-feedback rate may be. [0.05]"),
+    error_margin: float = typer.Option(None, "--error-margin", help="How much higher its error rate may be. [0.01]"),
+    min_feedback: int = typer.Option(None, "--min-feedback", help="Ratings each side needs first. [20]"),
+    error_spike: float = typer.Option(None, "--error-spike", help="Error rate that rolls back at any time. [0.5]"),
+    error_spike_min_requests: int = typer.Option(None, "--error-spike-min-requests",
+                                                 help="Candidate requests before a spike counts. [10]"),
+    check_interval: str = typer.Option(None, "--check-interval", help="How often the policy is checked. [10s]"),
+    force: bool = typer.Option(False, "--force", help="Start even if the evaluation gate fails."),
+    reason: str = typer.Option("", "--reason"),
+    base_model: str = typer.Option("", "--base-model", help="The version's base model (the serving target's)."),
+    wait: bool = typer.Option(False, "--wait", help="Then wait for the decision: exit 0 if promoted, else 9."),
+) -> None:
+    """Roll a version out as a canary: after the gate it takes a share of the alias's requests, and its policy
+    promotes it or rolls it back. An option left out takes the server's default (in brackets); durations
+    read 90s, 10m, 2h or 1d (a bare number is seconds)."""
+    policy = lora.CanaryPolicy()
+    for name, value in (("share", share), ("min_requests", min_requests), ("feedback_margin", feedback_margin),
+                        ("error_margin", error_margin), ("min_feedback", min_feedback), ("error_spike", error_spike),
+                        ("error_spike_min_requests", error_spike_min_requests)):
+        if value is not None:
+            setattr(policy, name, value)
+    for name, text in (("duration", duration), ("max_duration", max_duration), ("check_interval", check_interval)):
+        parsed = _duration(text, "--" + name.replace("_", "-"))
+        if parsed is not None:
+            getattr(policy, name).CopyFrom(parsed)
+    opts = options(ctx)
+
+    async def call(client: AsyncClient) -> tuple[lora.LoraStatus, lora.CanaryOutcome | None]:
+        status = await client.start_canary(version, policy, force=force, reason=reason, base_model=base_model)
+        emit(opts, _split_only(status), _render(status))
+        return status, (await client.wait_canary(version) if wait else None)
+
+    _, outcome = run(ctx, call)
+    if outcome is not None:
+        emit(opts, outcome, lambda: _render_outcome(outcome))
+        if outcome.decision != lora.CANARY_DECISION_PROMOTED:
+            raise typer.Exit(NOT_PROMOTED)
+
+
+@canary_app.command("status")
+def canary_status(ctx: typer.Context) -> None:
+    """The split in force with both sides' figures, and how the latest canary ended."""
+    status = run(ctx, lambda c: c.get_lora_status())
+    emit(options(ctx), _split_only(status), _render(status))
+
+
+@canary_app.command("abort")
+def canary_abort(ctx: typer.Context, reason: str = typer.Option("", "--reason")) -> None:
+    """End the canary in force with no verdict: the candidate leaves traffic."""
+    status = run(ctx, lambda c: c.abort_canary(reason=reason))
+    emit(options(ctx), _split_only(status), _render(status))
+
+
+@traffic_app.command("split")
+def traffic_split(
+    ctx: typer.Context,
+    version: str = typer.Argument("", help="The version to send the share to (not needed with --share 0)."),
+    share: float = typer.Option(..., "--share", help="In [0, 1); 0 ends the manual split."),
+    reason: str = typer.Option("", "--reason"),
+    base_model: str = typer.Option("", "--base-model", help="The version's base model (the serving target's)."),
+) -> None:
+    """A manual A/B split of the alias between the active version and another (no gate, no decision)."""
+    status = run(ctx, lambda c: c.set_traffic_split(version, share, reason=reason, base_model=base_model))
+    emit(options(ctx), _split_only(status), _render(status))

@@ -1,0 +1,536 @@
+"""One serving target as LoraControl drives it: its persisted state, the serving engine, the gateway's alias,
+and the pieces every operation is made of (engine/lora/controller.py makes the operations of them).
+
+Every operation runs under an asyncio lock and a PostgreSQL advisory lock for the target,
+re-reads the persisted state first (another process may have changed it) and is recorded
+with who asked, why, its phase timings and its error. A traffic split in force (a canary, or a
+manual A/B split: engine/lora/canary.py) is part of the state: its candidate stays loaded through a
+reconciliation, and the status reports it with both sides' figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine import telemetry
+from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
+from engine.jobs.core import JobFailure
+from engine.lora import evaluation as ev
+from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
+from engine.lora.state import (
+    AdapterFetcher,
+    EvalSummary,
+    FeedbackRates,
+    GateInputs,
+    LoadedLora,
+    LoraStateStore,
+    LoraStatus,
+    OperationKind,
+    OperationRecord,
+    TargetState,
+    lora_name,
+    version_of,
+)
+from engine.registry.ports import ArtifactStore
+from engine.serving.client import ServingClient
+from engine.serving.gateway import AliasRouter
+from engine.serving.traffic import Role
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (suite being answered, answers so far, answers in all); may raise
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    base_model: str
+    alias: str
+    served_base_name: str = ""  # the base model's id in /v1/models; "" = discover
+    drain_timeout_seconds: float = 30.0
+    smoke_prompt: str = "Hello"
+    smoke_max_tokens: int = 4
+    gateway_url: str = ""  # where clients reach the alias (reported in the status)
+    eval_suite: Path | None = None  # the operator's golden suite, if any
+    gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
+    eval_max_tokens: int = 32
+    eval_concurrency: int = 4
+    thresholds: ev.GateThresholds = ev.GateThresholds()
+
+
+class _Op:
+    def __init__(self, kind: OperationKind, version: str, actor: str, reason: str) -> None:
+        self.kind, self.version, self.actor, self.reason = kind, version, actor, reason
+        self.start_wall = datetime.now(UTC)
+        self.start = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+        self.gate: EvalSummary | None = None
+        self.traffic: TrafficFigures | None = None
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the operation, recorded on it and as a span (``lora.<phase>``) under the RPC's."""
+        began = time.perf_counter()
+        attributes = {"operation": self.kind.value, "version": self.version}
+        try:
+            with telemetry.tracer.start_as_current_span(f"lora.{name.split()[0]}", attributes=attributes):
+                yield
+        finally:
+            self.phases.append((name, time.perf_counter() - began))
+
+    def mark(self, name: str) -> None:
+        """Record the time from the start of the operation to now, e.g. ``to_serving``."""
+        self.phases.append((name, time.perf_counter() - self.start))
+
+    def record(self, error: BaseException | None) -> OperationRecord:
+        failure = None
+        if isinstance(error, EngineError):
+            failure = JobFailure(error.code, error.reason, error.message, tuple(sorted(error.metadata.items())))
+        elif error is not None:
+            failure = JobFailure("INTERNAL", "INTERNAL", "internal error; see the server log")
+        return OperationRecord(
+            kind=self.kind, version=self.version, actor=self.actor, reason=self.reason,
+            start_time=self.start_wall, duration_seconds=time.perf_counter() - self.start,
+            phases=tuple(self.phases), error=failure, gate=self.gate, traffic=self.traffic,
+        )
+
+
+class ServingTarget:
+    """The target's state, engine and alias, and the pieces of operations; engine.lora.controller.LoraController
+    is the operations."""
+
+    def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
+                 store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
+                 gate: GateInputs | None = None, rates: FeedbackRates | None = None) -> None:
+        self.config = config
+        self._reports = reports
+        self._gate = gate if config.gate else None
+        self._client = client
+        self._router = router
+        self._store = store
+        self._adapters = adapters
+        self._lock = asyncio.Lock()
+        self._state = TargetState(target=client.target, base_model=config.base_model)
+        self._loaded: tuple[LoadedLora, ...] = ()
+        self._reachable = False
+        self._last: OperationRecord | None = None
+        self._changed = asyncio.Condition()
+        self._sequence = 0
+        self._closed = False
+        self._paths: dict[str, str] = {}  # lora_name -> local path we loaded it from
+        self._reconciled = False
+        self._rates = rates  # each version's ratings, for canaries
+        self._split: TrafficSplitState | None = None  # the split in force, as persisted
+        self._last_canary: CanaryOutcome | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # work started by a request that must not wait for it
+
+    @property
+    def base_model(self) -> str:
+        return self.config.base_model
+
+    @property
+    def target(self) -> str:
+        return self._client.target
+
+    @property
+    def state(self) -> TargetState:
+        return self._state
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the persisted state and reconcile it with the engine (retry later if it is down)."""
+        self._state = await self._store.load(self.target, self.config.base_model)
+        self._last = await self._store.last_operation(self.target)
+        self._split = await self._store.running_split(self.target)
+        self._last_canary = await self._store.canary_outcome(self.target)
+        self._router.base_model_name = self.config.served_base_name or self.config.base_model
+        self._point_router()
+        try:
+            await self.reconcile()
+        except Unavailable as exc:
+            log.warning("serving engine unreachable at start; will reconcile later", extra={"error": exc.message})
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def snapshot(self) -> LoraStatus:
+        s = self._state
+        return LoraStatus(
+            target=self.target, base_model=s.base_model, enabled=s.enabled, active_version=s.active_version,
+            previous_version=s.previous_version, known_good_version=s.known_good_version,
+            alias=self.config.alias, loaded=self._loaded, last_operation=self._last,
+            serving_reachable=self._reachable, gateway_url=self.config.gateway_url,
+            split=self._split_now(), last_canary=self._last_canary,
+        )
+
+    def _split_now(self) -> TrafficSplitState | None:
+        """The split in force with the gateway's counts as they are now (ratings as of its last check)."""
+        split, routed = self._split, self._router.split
+        if split is None:
+            return None
+        before = split.figures or TrafficFigures(VersionFigures(split.active_version),
+                                                 VersionFigures(split.candidate_version))
+        if routed is None or routed.candidate.version != split.candidate_version:
+            return replace(split, figures=before)  # not routed here (yet): as persisted
+        elapsed = (datetime.now(UTC) - split.start_time).total_seconds()
+        counted = (routed.tallies[Role.ACTIVE], routed.tallies[Role.CANDIDATE])
+        return replace(split, figures=figures_of(before.active, before.candidate, counted, elapsed))
+
+    async def status(self) -> LoraStatus:
+        """The state as recorded (another serving process of this target may have changed it), with what the
+        engine reports loaded right now (cached if it is unreachable)."""
+        await self.follow()
+        try:
+            await self._refresh_loaded()
+        except Unavailable:
+            self._reachable = False
+        return self.snapshot()
+
+    async def follow(self) -> bool:
+        """Take up the state and the traffic split another serving process of this target recorded (a pipeline run
+        it held activated a version, an operator's call reached it): this process's gateway then routes the alias
+        the same way. It loads nothing: serving processes of one target share one serving engine, where the other
+        loaded it. Returns whether anything changed."""
+        if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
+            return False
+        async with self._lock:
+            before = (self._state, _split_id(self._split))
+            await self._reload()
+            if (self._state, _split_id(self._split)) == before:
+                return False
+            self._last = await self._store.last_operation(self.target)
+            self._last_canary = await self._store.canary_outcome(self.target)
+            await self._notify()
+        return True
+
+    async def list_loaded(self) -> tuple[LoadedLora, ...]:
+        await self._refresh_loaded()
+        return self._loaded
+
+    async def watch(self) -> AsyncIterator[LoraStatus]:
+        """The current status, then one per change, until the controller closes."""
+        seen = -1
+        while True:
+            async with self._changed:
+                while self._sequence == seen and not self._closed:
+                    await self._changed.wait()
+                if self._closed:
+                    return
+                seen = self._sequence
+                status = self.snapshot()
+            yield status
+
+    # ---- the gate ----------------------------------------------------------------------
+
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+                       progress: Progress | None = None) -> EvalSummary:
+        """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
+        golden ``suites`` (none: the configured one); ``progress`` hears of every answer."""
+        goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
+        if not goldens and self._gate is None:
+            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
+                                     "no golden suite is configured and the gate is off; name one with suite_path")
+        async with self._lock, self._store.serialised(self.target):
+            self._state = await self._store.load(self.target, self.config.base_model)
+            await self._refresh_loaded()
+            baseline = self._state.active_version if baseline_version is None else baseline_version
+            temporary = []
+            try:
+                for v in {version, baseline} - {""}:
+                    name = lora_name(self._state.base_model, v)
+                    if name not in self._loaded_names():
+                        adapter = await self._adapters.fetch(self._state.base_model, v)
+                        await self._load(name, str(adapter.path))
+                        temporary.append(name)
+                return await self._evaluate(version, baseline, goldens, progress)
+            finally:
+                for name in temporary:
+                    await self._discard(name, keep=False)
+
+    async def _pass_gate(self, op: _Op, version: str, *, force: bool) -> EvalSummary | None:
+        """The gate on ``version`` (loaded) against the active version, recorded on ``op``: EVAL_GATE_FAILED if it
+        fails, unless ``force``; None when there is no gate (off, and no golden suite)."""
+        goldens = [self.config.eval_suite] if self.config.eval_suite is not None else []
+        if not goldens and self._gate is None:
+            return None
+        with op.phase("eval"):
+            summary = op.gate = await self._evaluate(version, self._state.active_version, goldens)
+        if not summary.passed and not force:
+            raise _refusal(summary)
+        return summary
+
+    async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
+        """One stored report file of an evaluation of ``version`` (its latest when ``evaluation`` is empty):
+        (the evaluation, the file's bytes, where it is stored); NotFound EVALUATION_NOT_FOUND without one."""
+        base = self.config.base_model
+        summary = await self._store.latest_eval(base, version, evaluation)
+        if summary is None or not summary.id:
+            which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
+            raise NotFound("EVALUATION_NOT_FOUND", f"{version} has no {which}",
+                           metadata={"version": version, "evaluation_id": evaluation})
+        key = report_key(base, version, summary.id, file)
+        return summary, await self._reports.get_bytes(key), self._reports.uri(key)
+
+    async def reconcile(self, *, actor: str = "system", reason: str = "reconcile with the serving engine") -> None:
+        """Make the engine and the persisted state agree (after a crash or an engine restart)."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reconcile_locked(actor, reason)
+
+    async def _reconcile_locked(self, actor: str, reason: str) -> None:
+        await self._reload()
+        await self._refresh_loaded()
+        self._reconciled = True
+        st = self._state
+        candidate = self._split.candidate_version if self._split is not None else ""
+        wanted = {v for v in (st.active_version, st.known_good_version, candidate) if v}
+        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted]
+        missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
+        if not (strays or missing or st.pending_version):
+            self._point_router()
+            return
+        op = _Op(OperationKind.RECONCILE, st.pending_version, actor, reason)
+        error: EngineError | None = None
+        try:
+            for name in strays:
+                with op.phase(f"unload {name}"):
+                    await self._discard(name, keep=False)
+            for v in missing:
+                with op.phase(f"load {v}"):
+                    adapter = await self._adapters.fetch(st.base_model, v)
+                    await self._load(lora_name(st.base_model, v), str(adapter.path))
+        except EngineError as exc:
+            error = exc
+        await self._save(replace(self._state, pending_version=""))
+        self._point_router()
+        await self._finish(op, error)
+        log.info("reconciled", extra={"unloaded": strays, "loaded": missing, "pending": st.pending_version})
+
+    # ---- pieces ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, kind: OperationKind, version: str, actor: str, reason: str, *,
+                         needs_engine: bool = True) -> AsyncIterator[_Op]:
+        async with self._lock, self._store.serialised(self.target), self._recorded(
+                _Op(kind, version, actor, reason)) as op:
+            if needs_engine and not self._reconciled:  # the engine was down at start
+                await self._reconcile_locked("system", "reconcile with the serving engine")
+            await self._reload()
+            if needs_engine:
+                await self._refresh_loaded()
+            yield op
+
+    async def _reload(self) -> None:
+        """Re-read what another process may have changed, the state and the split in force, and route the alias
+        by them."""
+        self._state = await self._store.load(self.target, self.config.base_model)
+        self._point_router()
+        split = await self._store.running_split(self.target)
+        if _split_id(split) != _split_id(self._split):
+            await self._split_changed(split)
+        self._split = split
+
+    async def _split_changed(self, split: TrafficSplitState | None) -> None:
+        """Another process started ``split``, or ended the one in force (None): the controller routes it."""
+
+    @contextlib.asynccontextmanager
+    async def _recorded(self, op: _Op) -> AsyncIterator[_Op]:
+        """Record ``op`` when the block ends, with its error if it raised."""
+        error: BaseException | None = None
+        try:
+            yield op
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._finish(op, error)
+
+    async def _finish(self, op: _Op, error: BaseException | None) -> None:
+        record = op.record(error)
+        try:
+            await self._store.record(self.target, record)
+        except Exception:  # noqa: BLE001 - history must not mask the operation's own outcome
+            log.exception("could not record a LoraControl operation")
+        self._last = record
+        if error is None and op.kind is not OperationKind.RECONCILE:  # every path, automatic ones included
+            telemetry.swap_finished(op.kind.value.lower(), record.duration_seconds)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._sequence += 1
+            self._changed.notify_all()
+
+    async def _save(self, state: TargetState) -> None:
+        await self._store.save(state)
+        self._state = state
+        await self._notify()
+
+    def _point_router(self) -> None:
+        st = self._state
+        serving = st.active_version if st.enabled and st.active_version else ""
+        self._router.set_target(lora_name(st.base_model, serving) if serving else "", serving)
+        telemetry.active_adapter(st.base_model, serving or None)
+
+    def _loaded_names(self) -> set[str]:
+        return {a.lora_name for a in self._loaded}
+
+    async def _refresh_loaded(self) -> None:
+        try:
+            models = await self._client.list_models()
+        except Unavailable:
+            self._reachable = False
+            raise
+        self._reachable = True
+        base = self.config.base_model
+        if not self.config.served_base_name:
+            plain = [m.id for m in models if "@" not in m.id]
+            if plain:
+                self._router.base_model_name = plain[0]
+        self._loaded = tuple(
+            LoadedLora(lora_name=m.id, version=version_of(base, m.id), path=m.root or self._paths.get(m.id, ""))
+            for m in models if version_of(base, m.id)
+        )
+
+    async def _load(self, name: str, path: str) -> None:
+        await self._client.load(name, path)
+        self._paths[name] = path
+        await self._refresh_loaded()
+
+    async def _smoke(self, name: str) -> None:
+        try:
+            await self._client.complete(name, self.config.smoke_prompt, max_tokens=self.config.smoke_max_tokens)
+        except EngineError as exc:
+            raise FailedPrecondition("SMOKE_TEST_FAILED", f"smoke request to {name} failed: {exc.message}",
+                                     metadata={"lora_name": name, "cause": exc.reason}) from exc
+
+    async def _discard(self, name: str, *, keep: bool) -> None:
+        """Best-effort unload of a name we loaded (never of the active, known-good or split candidate one)."""
+        st, split = self._state, self._split
+        kept = {st.active_version, st.known_good_version, split.candidate_version if split is not None else ""}
+        if keep or version_of(st.base_model, name) in kept:
+            return
+        try:
+            await self._client.unload(name)
+        except NotFound:
+            pass
+        except EngineError as exc:
+            log.warning("could not unload", extra={"lora_name": name, "error": exc.message})
+        with contextlib.suppress(EngineError):
+            await self._refresh_loaded()
+
+    async def _retire(self, op: _Op, old_version: str) -> None:
+        """Drain the replaced adapter, then unload it unless it is the known-good one."""
+        old = lora_name(self._state.base_model, old_version)
+        with op.phase("drain"):
+            drained = await self._router.drain(old, self.config.drain_timeout_seconds)
+        if old_version == self._state.known_good_version:
+            return
+        if not drained:
+            log.warning("drain timed out; leaving the old adapter loaded", extra={"lora_name": old})
+            return
+        with op.phase("unload"):
+            await self._discard(old, keep=False)
+
+    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
+                        progress: Progress | None = None) -> EvalSummary:
+        base = self._state.base_model
+        suites: list[ev.Suite] = []
+        for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
+            cases, digest = await asyncio.to_thread(ev.load_suite, golden)
+            suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
+        if self._gate is not None:
+            suites += await self._gate.suites(base, version, baseline_version)
+        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
+        answered, total = 0, 2 * sum(len(s.cases) for s in suites)
+        verdicts, results = [], []
+        for suite in suites:
+
+            def tick(name: str = suite.name) -> None:
+                nonlocal answered
+                answered += 1
+                if progress is not None:
+                    progress(name, answered, total)
+
+            candidate = await self._answers(lora_name(base, version), suite.cases, tick)
+            baseline = await self._answers(baseline_model, suite.cases, tick)
+            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds)
+            verdicts.append(verdict)
+            results.append(scored)
+        if self._gate is not None:
+            mine = await self._gate.base_retention(base, version)
+            theirs: float | None = 1.0  # the base model keeps all it knows
+            if baseline_version:
+                measured = await self._gate.base_retention(base, baseline_version)
+                theirs = measured.retention if measured else None
+            verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
+                                            self.config.thresholds))
+            results.append(())
+        now = datetime.now(UTC)
+        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
+                               results=tuple(results), time=now)
+        evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
+        rendered = await asyncio.to_thread(ev.render_reports, report)
+        uris = []
+        for file, data in rendered.items():
+            key = report_key(base, version, evaluation, file)
+            await self._reports.put_bytes(key, data)
+            uris.append(self._reports.uri(key))
+        summary = EvalSummary(
+            suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
+            regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
+            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation,
+        )
+        await self._store.save_eval(base, summary)
+        try:
+            await self._adapters.record_eval(base, summary)
+        except EngineError as exc:
+            log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
+        return summary
+
+    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
+        gate = asyncio.Semaphore(self.config.eval_concurrency)
+
+        async def one(case: ev.GoldenCase) -> str:
+            async with gate:
+                budget = ev.token_budget(case, self.config.eval_max_tokens)
+                text = (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
+                tick()
+                return text
+
+        return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+def _split_id(split: TrafficSplitState | None) -> int:
+    return split.id if split is not None else 0
+
+
+def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
+    """Where one report file of an evaluation is stored (the artifact store's key)."""
+    return f"evaluations/{base_model}/{version}/{evaluation}/{file}"
+
+
+def _refusal(summary: EvalSummary) -> FailedPrecondition:
+    """EVAL_GATE_FAILED naming each failed check and the prompts that regressed in a failed suite."""
+    named = [f"{s.name} no longer answers: " + "; ".join(repr(p) for p in s.regressed[:5])
+             + (f" (+{s.regressions - 5} more)" if s.regressions > 5 else "")
+             for s in summary.suites if not s.passed and s.regressed]
+    return FailedPrecondition(
+        "EVAL_GATE_FAILED",
+        f"{summary.version} failed the eval gate: {'; '.join(summary.failed_checks)}"
+        + "".join(f". {n}" for n in named) + " (set force to activate anyway)",
+        metadata={"version": summary.version, "report": summary.report_uris[0] if summary.report_uris else "",
+                  "regressions": str(summary.regressions),
+                  "failed_suites": ",".join(s.name for s in summary.suites if not s.passed)},
+    )
