@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine.serving.reference_backend import ReferenceModel
 from learning.v1 import lora_control_pb2, lora_control_pb2_grpc
 from server.health_checks import NEEDS
+from server.services import SERVICE_NAMES
 from server.version import SERVER_VERSION
 from tests.fixtures import own_postgres as pg
 from tests.fixtures.serving import start_backend
@@ -102,3 +103,7 @@ async def test_graceful_shutdown_wins_over_the_checker(make_server):
     except grpc.aio.AioRpcError:
         return
     assert status == NOT_SERVING
+
+
+def test_every_public_service_says_what_it_needs() -> None:
+    assert set(NEEDS) == set(SERVICE_NAMES)  # a service missing here would answer health checks NOT_FOUND
