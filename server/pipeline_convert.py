@@ -31,6 +31,7 @@ from engine.training.spec import TrainingDefaults
 from learning.v1 import pipeline_pb2 as pb
 from server import convert
 from server.convert import _ts, core_event_to_pb, job_core_to_pb
+from server.convert_lora import policy_from_pb, policy_to_pb
 
 _MODE = {pb.ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ACTIVATE, pb.ROLLOUT_MODE_ACTIVATE: RolloutMode.ACTIVATE,
          pb.ROLLOUT_MODE_CANARY: RolloutMode.CANARY, pb.ROLLOUT_MODE_NONE: RolloutMode.NONE}
@@ -55,18 +56,11 @@ def run_id_from_name(name: str, field_path: str = "name") -> str:
 
 
 def rollout_from_pb(msg: pb.RolloutPolicy) -> Rollout:
-    d = Rollout()
-    return Rollout(mode=_MODE.get(msg.mode, RolloutMode.ACTIVATE), canary_share=msg.canary_share or d.canary_share,
-                   canary_min_requests=msg.canary_min_requests or d.canary_min_requests,
-                   canary_min_feedback=msg.canary_min_feedback or d.canary_min_feedback,
-                   canary_max_minutes=msg.canary_max_minutes or d.canary_max_minutes,
-                   canary_margin=msg.canary_margin if msg.HasField("canary_margin") else d.canary_margin)
+    return Rollout(mode=_MODE.get(msg.mode, RolloutMode.ACTIVATE), canary=policy_from_pb(msg.canary))
 
 
 def rollout_to_pb(r: Rollout) -> pb.RolloutPolicy:
-    return pb.RolloutPolicy(mode=_MODE_TO_PB[r.mode], canary_share=r.canary_share,
-                            canary_min_requests=r.canary_min_requests, canary_min_feedback=r.canary_min_feedback,
-                            canary_max_minutes=r.canary_max_minutes, canary_margin=r.canary_margin)
+    return pb.RolloutPolicy(mode=_MODE_TO_PB[r.mode], canary=policy_to_pb(r.canary))
 
 
 def triggers_from_pb(msgs: Sequence[pb.PipelineTrigger], field_path: str) -> tuple[Trigger, ...]:

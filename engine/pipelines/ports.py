@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.jobs.core import Job
+from engine.lora.canary import CanaryOutcome, CanaryPolicy
 from engine.lora.controller import Activation
 from engine.lora.state import EvalSummary, LoraStatus
 from engine.pipelines.spec import Pipeline, TriggerDecision
@@ -93,6 +94,13 @@ class Serving(Protocol):
 
     async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
                        mark_known_good: bool = False) -> Activation: ...
+
+    async def start_canary(self, version: str, policy: CanaryPolicy, *, actor: str, reason: str,
+                           force: bool = False) -> LoraStatus: ...
+
+    async def wait_canary(self, version: str, *, poll_seconds: float = 5.0) -> CanaryOutcome: ...
+
+    async def abort_canary(self, *, actor: str, reason: str) -> LoraStatus: ...
 
 
 class DriftReading(Protocol):

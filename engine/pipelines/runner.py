@@ -30,6 +30,7 @@ from engine.errors import Cancelled, EngineError, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState
 from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
+from engine.lora.canary import CanaryDecision, CanaryOutcome
 from engine.pipelines.ports import Datasets, Serving, TrainingJobs
 from engine.pipelines.spec import (
     PIPELINE_RUN,
@@ -211,9 +212,58 @@ class PipelineRunner:
         if mode is RolloutMode.NONE:
             return _Outcome(replace(output, rollout="NONE"), f"{output.version} is published; the pipeline "
                                                              "does not roll out", state=StageState.SKIPPED)
-        if mode is RolloutMode.CANARY:
-            raise FailedPrecondition("PIPELINE_STAGE_FAILED", "canary rollouts are not built yet",
-                                     metadata={"stage": Stage.ROLLOUT.value})
-        await self._serving.activate(output.version, actor=pipeline.name,
-                                     reason=f"{run.name}: the gate passed (evaluation {output.evaluation_id})")
-        return _Outcome(replace(output, rollout="ACTIVATED"), f"{output.version} is active", output.version)
+        reason = f"{run.name}: the gate passed (evaluation {output.evaluation_id or 'skipped'})"
+        if mode is RolloutMode.CANARY and output.rollout != "ACTIVATED":
+            active = (await self._serving.status()).active_version
+            if active and active != output.version:
+                return await self._canary(ctx, output, reason)
+        await self._serving.activate(output.version, actor=pipeline.name, reason=reason)
+        first = " (no version was active: nothing to compare a canary with)" if mode is RolloutMode.CANARY else ""
+        return _Outcome(replace(output, rollout="ACTIVATED"), f"{output.version} is active{first}", output.version)
+
+    async def _canary(self, ctx: Ctx, output: PipelineRunOutput, reason: str) -> _Outcome:
+        """A share of the traffic for the version until the canary policy promotes or rolls it back. ``rollout``
+        is CANARY on the output (stored) before the canary starts, so a resumed run waits for the canary it
+        started (or its recorded outcome) instead of starting another."""
+        pipeline, version = ctx.job.spec.pipeline, output.version
+        resumed = output.rollout == "CANARY"
+        if not resumed:
+            ctx.set_output(replace(output, rollout="CANARY"))
+            await ctx.persist()
+        try:
+            if not resumed:
+                raise _NotStarted
+            outcome = await self._await_canary(ctx, version)
+        except (_NotStarted, FailedPrecondition) as exc:
+            if isinstance(exc, FailedPrecondition) and exc.reason != "NO_CANARY_RUNNING":
+                raise
+            await self._serving.start_canary(version, pipeline.rollout.canary, actor=pipeline.name, reason=reason)
+            outcome = await self._await_canary(ctx, version)
+        decision = outcome.decision.value
+        output = replace(ctx.job.output, rollout=decision)
+        ctx.set_output(output)
+        if outcome.decision is not CanaryDecision.PROMOTED:
+            how = decision.lower().replace("_", " ")
+            raise FailedPrecondition("PIPELINE_CANARY_FAILED", f"the canary of {version} was {how}: {outcome.reason}",
+                                     metadata={"version": version, "decision": decision})
+        return _Outcome(output, f"the canary promoted {version}: {outcome.reason}", version)
+
+    async def _await_canary(self, ctx: Ctx, version: str) -> CanaryOutcome:
+        """The canary's outcome; cancelling the run aborts the canary, a restart leaves it to the serving process."""
+        waiting = asyncio.ensure_future(self._serving.wait_canary(version, poll_seconds=self._poll))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=self._poll)
+                if done:
+                    return waiting.result()
+                if ctx.cancel.cancelled:
+                    if ctx.cancel.reason is StopReason.CANCEL:
+                        await self._serving.abort_canary(actor=ctx.job.spec.pipeline.name,
+                                                         reason=f"{ctx.job.name} was cancelled")
+                    raise Cancelled("JOB_CANCELLED", f"the run stopped while the canary of {version} was running")
+        finally:
+            waiting.cancel()
+
+
+class _NotStarted(Exception):
+    """The run's canary has not been started yet."""

@@ -90,13 +90,8 @@ class Pipelines:
                                                             f"{pipeline.base_model}; a pipeline for another base model "
                                                             "can only publish (rollout mode NONE)",
                                      metadata={"base_model": pipeline.base_model})
-        rollout = pipeline.rollout
-        if not 0 < rollout.canary_share < 1:
-            raise _invalid(f"{field_prefix}.rollout.canary_share", "must be between 0 and 1 (exclusive)")
-        if rollout.canary_min_requests < 0 or rollout.canary_min_feedback < 0 or rollout.canary_max_minutes <= 0:
-            raise _invalid(f"{field_prefix}.rollout", "minimums must be >= 0 and canary_max_minutes > 0")
-        if not 0 <= rollout.canary_margin <= 1:
-            raise _invalid(f"{field_prefix}.rollout.canary_margin", "must be in [0, 1]")
+        if pipeline.rollout.mode is RolloutMode.CANARY:
+            pipeline.rollout.canary.check(f"{field_prefix}.rollout.canary")
         if len(pipeline.triggers) > MAX_TRIGGERS:
             raise _invalid(f"{field_prefix}.triggers", f"at most {MAX_TRIGGERS}")
         for i, trigger in enumerate(pipeline.triggers):

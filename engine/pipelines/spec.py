@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Literal
 
 from engine.jobs.core import Job, JobKind
+from engine.lora.canary import CanaryPolicy
 from engine.training.spec import TrainingJobSpec
 
 PIPELINE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
@@ -32,11 +33,7 @@ class RolloutMode(enum.StrEnum):
 @dataclass(frozen=True)
 class Rollout:
     mode: RolloutMode = RolloutMode.ACTIVATE
-    canary_share: float = 0.1  # CANARY: the candidate's share of the alias's requests
-    canary_min_requests: int = 100  # CANARY: requests the candidate must serve before a decision
-    canary_min_feedback: int = 20  # CANARY: feedback events on the candidate before a decision
-    canary_max_minutes: float = 60.0  # CANARY: decide (on what there is) after this long
-    canary_margin: float = 0.05  # CANARY: how much worse than the active version the candidate may be
+    canary: CanaryPolicy = field(default_factory=CanaryPolicy)  # CANARY: the share and what decides
 
 
 @dataclass(frozen=True)

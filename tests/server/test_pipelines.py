@@ -1,5 +1,6 @@
 """Pipelines through gRPC on the tiny model: feedback arrives, the negative-count trigger fires exactly once across
-two replicas, the run freezes the data, trains a continuation, evaluates and activates; runs survive a restart
+two replicas, the run freezes the data, trains a continuation, evaluates and activates; a canary run rolls back
+on worse feedback by itself and the next one promotes on better; runs survive a restart
 without running a stage twice; cron ticks are decided once; drift from prompts of another kind fires, prompts
 alike do not; bad input gets clear statuses."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from engine import telemetry
 from learning.v1 import common_pb2 as common
@@ -25,6 +27,8 @@ from tests.fixtures.drift_prompts import recipes_and_code
 from tests.server.conftest import TINY, error_details
 from tests.server.lora_helpers import status, train
 from tests.server.test_adapter_service import s3_settings
+from tests.server.test_canary import rate
+from tests.server.test_canary import send as canary_send
 from tests.server.test_drift_service import events as drift_events
 from tests.server.test_drift_service import same_kind_of_prompts
 
@@ -212,8 +216,8 @@ async def test_a_cron_tick_is_decided_once_and_skipped_while_a_run_is_on(make_pg
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRIGGER", "pipeline.triggers[0].feedback.count"),
     (from_file(triggers=[pp.PipelineTrigger()]),
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRIGGER", "pipeline.triggers[0]"),
-    (from_file(rollout=pp.RolloutPolicy(canary_share=1.5)),
-     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE", "pipeline.rollout.canary_share"),
+    (from_file(rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_CANARY, canary=lc.CanaryPolicy(share=1.5))),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CANARY_POLICY", "pipeline.rollout.canary.share"),
     (from_file(base_model="no-such-model"), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_BASE_MODEL_UNKNOWN", ""),
     (from_file(suite_paths=["missing.jsonl"]), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_SUITE_NOT_FOUND", ""),
 ], ids=["cron", "time-zone", "count", "empty-trigger", "share", "base-model", "suite"])
@@ -267,3 +271,50 @@ async def test_drift_fires_on_prompts_from_elsewhere_and_not_on_prompts_alike(ma
     await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=name))
     async for _ in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=name)):
         pass
+
+
+async def canary_of(client, run_name: str) -> str:
+    """The version the run's canary is trying, once it takes traffic."""
+    for _ in range(600):
+        split = (await status(client)).traffic_split
+        if split.candidate_version:
+            return split.candidate_version
+        run = (await pipelines(client).GetPipelineRun(pp.GetPipelineRunRequest(name=run_name))).run
+        assert run.state not in (common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED), run
+        await asyncio.sleep(0.1)
+    raise AssertionError("the canary never started")
+
+
+async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_on_better(make_server):
+    client = await make_server(pipeline_poll_seconds=0.2)
+    policy = lc.CanaryPolicy(share=0.5, min_requests=10, min_feedback=10, feedback_margin=0.1,
+                             check_interval=duration_pb2.Duration(nanos=200_000_000))
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="careful", pipeline=from_file(
+        rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_CANARY, canary=policy))))
+
+    async def run_now() -> str:
+        return (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/careful"))).run.name
+
+    first = await finished(client, await run_now())  # nothing active yet: nothing to compare a canary with
+    assert (first.state, first.version, first.rollout) == (common.JOB_STATE_SUCCEEDED, "v1.0", "ACTIVATED"), first
+    assert "no version was active" in first.stages[-1].message
+
+    second = await run_now()
+    assert await canary_of(client, second) == "v1.1"
+    assert await canary_send(client, 30) == {f"{TINY}@v1.0": 15, f"{TINY}@v1.1": 15}
+    await rate(client, f"{TINY}@v1.1", up=2, down=8)  # its users complain
+    await rate(client, "v1.0", up=8, down=2)
+    rolled_back = await finished(client, second)
+    assert (rolled_back.state, rolled_back.rollout) == (common.JOB_STATE_FAILED, "ROLLED_BACK"), rolled_back
+    assert rolled_back.error.message.startswith("the canary of v1.1 was rolled back: worse than the active version")
+    assert (await status(client)).active_version == "v1.0"
+
+    third = await run_now()
+    assert await canary_of(client, third) == "v1.2"
+    await canary_send(client, 30)
+    await rate(client, f"{TINY}@v1.2", up=9, down=1)  # its users like it as much as the active's
+    await rate(client, "v1.0", up=8, down=2)
+    promoted = await finished(client, third)
+    assert (promoted.state, promoted.rollout) == (common.JOB_STATE_SUCCEEDED, "PROMOTED"), promoted
+    assert promoted.parent_version == "v1.0" and promoted.stages[-1].message.startswith("the canary promoted v1.2")
+    assert (await status(client)).active_version == "v1.2"

@@ -4,6 +4,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from learning.v1 import common_pb2 as _common_pb2
+from learning.v1 import lora_control_pb2 as _lora_control_pb2
 from learning.v1 import training_pb2 as _training_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -65,20 +66,12 @@ TRIGGER_KIND_NEGATIVE_FEEDBACK: TriggerKind
 TRIGGER_KIND_DRIFT: TriggerKind
 
 class RolloutPolicy(_message.Message):
-    __slots__ = ("mode", "canary_share", "canary_min_requests", "canary_min_feedback", "canary_max_minutes", "canary_margin")
+    __slots__ = ("mode", "canary")
     MODE_FIELD_NUMBER: _ClassVar[int]
-    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
-    CANARY_MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    CANARY_MIN_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
-    CANARY_MAX_MINUTES_FIELD_NUMBER: _ClassVar[int]
-    CANARY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     mode: RolloutMode
-    canary_share: float
-    canary_min_requests: int
-    canary_min_feedback: int
-    canary_max_minutes: float
-    canary_margin: float
-    def __init__(self, mode: _Optional[_Union[RolloutMode, str]] = ..., canary_share: _Optional[float] = ..., canary_min_requests: _Optional[int] = ..., canary_min_feedback: _Optional[int] = ..., canary_max_minutes: _Optional[float] = ..., canary_margin: _Optional[float] = ...) -> None: ...
+    canary: _lora_control_pb2.CanaryPolicy
+    def __init__(self, mode: _Optional[_Union[RolloutMode, str]] = ..., canary: _Optional[_Union[_lora_control_pb2.CanaryPolicy, _Mapping]] = ...) -> None: ...
 
 class CronTrigger(_message.Message):
     __slots__ = ("expression", "time_zone")

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from learning.v1 import common_pb2 as common
+from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
@@ -96,7 +97,8 @@ def pipelines_create(
         triggers.append(pp.PipelineTrigger(drift=pp.DriftTrigger()))
     pipeline = pp.Pipeline(training=spec, suite_paths=suite or [], triggers=triggers, enabled=not disabled,
                            description=description,
-                           rollout=pp.RolloutPolicy(mode=_MODES[rollout], canary_share=canary_share))
+                           rollout=pp.RolloutPolicy(mode=_MODES[rollout], canary=lc.CanaryPolicy(
+                               share=canary_share) if canary_share else None))
     made = run(ctx, lambda c: c.create_pipeline(pipeline_id, pipeline))
     fires = ", ".join(map(_trigger_text, made.triggers)) or "no triggers (pipelines run NAME)"
     emit(opts, made, lambda: out.print(f"created {made.name}: {fires}", highlight=False))
