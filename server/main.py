@@ -353,12 +353,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager)},
                            concurrency=settings.max_concurrent_jobs, name=worker_id)
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
-    if evaluation_manager is not None:
-        queue.start_worker({EVALUATION.name: job_executor(evaluation_manager)}, concurrency=1,
-                           name=f"{worker_id}-serving")
-    if pipelines is not None and pipeline_manager is not None:
-        queue.start_worker({PIPELINE_RUN.name: job_executor(pipeline_manager)},
-                           concurrency=settings.pipeline_max_concurrent_runs, name=f"{worker_id}-pipelines")
+    if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
+        # One worker takes both serving-side queues (each listening worker holds a database connection); each
+        # kind's own slots keep an evaluation from waiting behind pipeline runs, which mostly wait themselves.
+        queue.start_worker({EVALUATION.name: job_executor(evaluation_manager),
+                            PIPELINE_RUN.name: job_executor(pipeline_manager)},
+                           concurrency=1 + settings.pipeline_max_concurrent_runs, name=f"{worker_id}-serving")
         owned.triggers = TriggerLoop(pipelines, settings.pipeline_trigger_interval_seconds)
         owned.triggers.start()
     return Engine(

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 QUEUE = "learning_engine_jobs"
 SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
-PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there, never waiting behind an evaluation
+PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there (one worker takes both)
 TASK = "learning_engine.run_job"
 
 
@@ -48,8 +48,9 @@ class ProcrastinateQueue:
 
     def __init__(self, database_url: str, *, heartbeat_seconds: float = 5.0, stalled_seconds: float = 20.0,
                  queues: Mapping[str, str] | None = None) -> None:
+        # Each running worker holds one connection for LISTEN; the others serve fetches, heartbeats and defers.
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            conninfo=database_url, min_size=1, max_size=4))
+            conninfo=database_url, min_size=1, max_size=8))
         self._heartbeat = heartbeat_seconds
         self._stalled = stalled_seconds
         self._executors: dict[str, JobExecutor] = {}
