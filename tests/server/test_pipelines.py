@@ -1,12 +1,13 @@
 """Pipelines through gRPC on the tiny model: feedback arrives, the negative-count trigger fires exactly once across
-two replicas, the run freezes the data, trains a continuation, evaluates and activates; a canary run rolls back
-on worse feedback by itself and the next one promotes on better; runs survive a restart
+two replicas, the run freezes the data, trains a continuation, evaluates and activates; with the gate on, a canary
+run rolls back on worse feedback by itself and the next one promotes on better; runs survive a restart
 without running a stage twice; cron ticks are decided once; drift from prompts of another kind fires, prompts
 alike do not; bad input gets clear statuses."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -285,12 +286,17 @@ async def canary_of(client, run_name: str) -> str:
     raise AssertionError("the canary never started")
 
 
-async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_on_better(make_server):
-    client = await make_server(pipeline_poll_seconds=0.2)
+async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_on_better(make_server, data_dir):
+    # The gate on: each run learns the facts well enough (as tests/server/test_gate.py does) to pass it.
+    client = await make_server(pipeline_poll_seconds=0.2, eval_gate=True, eval_max_tokens=8)
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FACTS]
+    (data_dir / "datasets" / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    training = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="facts.jsonl"), hyperparameters=pb.Hyperparameters(
+        epochs=40, batch_size=4, learning_rate=2e-2))
     policy = lc.CanaryPolicy(share=0.5, min_requests=10, min_feedback=10, feedback_margin=0.1,
                              check_interval=duration_pb2.Duration(nanos=200_000_000))
-    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="careful", pipeline=from_file(
-        rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_CANARY, canary=policy))))
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="careful", pipeline=pp.Pipeline(
+        training=training, rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_CANARY, canary=policy))))
 
     async def run_now() -> str:
         return (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/careful"))).run.name
@@ -298,6 +304,7 @@ async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_o
     first = await finished(client, await run_now())  # nothing active yet: nothing to compare a canary with
     assert (first.state, first.version, first.rollout) == (common.JOB_STATE_SUCCEEDED, "v1.0", "ACTIVATED"), first
     assert "no version was active" in first.stages[-1].message
+    assert first.stages[2].state == pp.STAGE_STATE_SUCCEEDED and first.stages[2].message.startswith("the gate passed")
 
     second = await run_now()
     assert await canary_of(client, second) == "v1.1"
@@ -317,4 +324,5 @@ async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_o
     promoted = await finished(client, third)
     assert (promoted.state, promoted.rollout) == (common.JOB_STATE_SUCCEEDED, "PROMOTED"), promoted
     assert promoted.parent_version == "v1.0" and promoted.stages[-1].message.startswith("the canary promoted v1.2")
+    assert [s.state for s in promoted.stages[1:3]] == [pp.STAGE_STATE_SUCCEEDED] * 2  # trained, and the gate passed
     assert (await status(client)).active_version == "v1.2"
