@@ -13,7 +13,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import TypeAlias
 
@@ -23,6 +23,7 @@ from pydantic import TypeAdapter
 
 from engine.errors import EngineError, FailedPrecondition, NotFound
 from engine.splits import SplitRule
+from engine.stores.postgres import advisory_lock
 from engine.training.stored_datasets import Cursor, DatasetName, StoredDataset
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,9 @@ class PostgresDatasetIndex:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, dataset_id: str) -> AsyncIterator[Conn]:
+    def _locked(self, dataset_id: str) -> contextlib.AbstractAsyncContextManager[Conn]:
         """A connection holding the dataset's advisory lock for the block."""
-        async with self._pool.acquire() as conn:
-            key = _LOCK_NAMESPACE + dataset_id
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-            try:
-                yield conn
-            finally:  # (a connection released without this is reset by the pool, which unlocks all)
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        return advisory_lock(self._pool, _LOCK_NAMESPACE + dataset_id)
 
     async def register(self, draft: StoredDataset,
                        store: Callable[[], Awaitable[None]]) -> tuple[StoredDataset, bool]:

@@ -29,6 +29,7 @@ from engine.lora.canary import (
 )
 from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
 from engine.registry.ports import ServingRole
+from engine.stores.postgres import advisory_lock
 from engine.stores.serving_state import PostgresServingState
 
 _FAILURE = TypeAdapter(JobFailure)
@@ -170,13 +171,8 @@ class PostgresLoraStore:
     @contextlib.asynccontextmanager
     async def serialised(self, target: str) -> AsyncIterator[None]:
         """Hold ``pg_advisory_lock`` on the target for the block (a dedicated connection)."""
-        async with self._pool.acquire() as conn:
-            key = _LOCK_NAMESPACE + target
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        async with advisory_lock(self._pool, _LOCK_NAMESPACE + target):
+            yield
 
 
 def _json(adapter: TypeAdapter[Any], value: object | None) -> str | None:

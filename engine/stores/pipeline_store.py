@@ -22,6 +22,7 @@ from pydantic import TypeAdapter
 from engine.errors import Aborted, AlreadyExists, NotFound
 from engine.names import decode_page_token, encode_page_token
 from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
+from engine.stores.postgres import advisory_lock
 
 _PIPELINE = TypeAdapter(Pipeline)
 _LOCK_NAMESPACE = "learning-engine/pipeline/"
@@ -110,13 +111,8 @@ class PostgresPipelineStore:
 
     @contextlib.asynccontextmanager
     async def locked(self, pipeline_id: str) -> AsyncIterator[None]:
-        async with self._pool.acquire() as conn:
-            key = _LOCK_NAMESPACE + pipeline_id
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-            try:
-                yield
-            finally:  # (a connection released without this is reset by the pool, which unlocks all)
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id):
+            yield
 
     async def record(self, decision: TriggerDecision) -> bool:
         async with self._pool.acquire() as conn:

@@ -9,18 +9,21 @@ the server, however the server ends. Migrations are the numbered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import select
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
 import psutil
+from asyncpg.pool import PoolConnectionProxy
 
 from engine.errors import Unavailable
 
@@ -109,6 +112,18 @@ def _is_keeper(pid: int, pgdata: Path) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     return "engine.stores.postgres_keeper" in cmdline and str(pgdata) in cmdline
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A connection of ``pool`` holding the session advisory lock named ``key`` for the block: one holder at a
+    time across every process on the database."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        try:
+            yield conn
+        finally:  # (a connection released without this is reset by the pool, which unlocks all)
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
 
 
 async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
