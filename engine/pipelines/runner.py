@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,10 +56,12 @@ def dataset_id(pipeline_id: str) -> str:
     return f"pipeline-{pipeline_id}"
 
 
+@dataclass(frozen=True)
 class _Outcome:
-    def __init__(self, output: PipelineRunOutput, message: str, resource: str = "",
-                 state: StageState = StageState.SUCCEEDED) -> None:
-        self.output, self.message, self.resource, self.state = output, message, resource, state
+    output: PipelineRunOutput
+    message: str
+    resource: str = ""
+    state: StageState = StageState.SUCCEEDED
 
 
 class PipelineRunner:
@@ -226,17 +228,17 @@ class PipelineRunner:
         is CANARY on the output (stored) before the canary starts, so a resumed run waits for the canary it
         started (or its recorded outcome) instead of starting another."""
         pipeline, version = ctx.job.spec.pipeline, output.version
-        resumed = output.rollout == "CANARY"
-        if not resumed:
+        outcome: CanaryOutcome | None = None
+        if output.rollout == "CANARY":  # resumed: the canary this run started, running or decided, if it started
+            try:
+                outcome = await self._await_canary(ctx, version)
+            except FailedPrecondition as exc:
+                if exc.reason != "NO_CANARY_RUNNING":
+                    raise
+        else:
             ctx.set_output(replace(output, rollout="CANARY"))
             await ctx.persist()
-        try:
-            if not resumed:
-                raise _NotStarted
-            outcome = await self._await_canary(ctx, version)
-        except (_NotStarted, FailedPrecondition) as exc:
-            if isinstance(exc, FailedPrecondition) and exc.reason != "NO_CANARY_RUNNING":
-                raise
+        if outcome is None:
             await self._serving.start_canary(version, pipeline.rollout.canary, actor=pipeline.name, reason=reason)
             outcome = await self._await_canary(ctx, version)
         decision = outcome.decision.value
@@ -264,6 +266,3 @@ class PipelineRunner:
         finally:
             waiting.cancel()
 
-
-class _NotStarted(Exception):
-    """The run's canary has not been started yet."""

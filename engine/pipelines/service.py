@@ -23,7 +23,7 @@ from pathlib import Path
 from engine import telemetry
 from engine.domain import FeedbackSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument
-from engine.jobs.core import Job, JobEvent, JobState
+from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
 from engine.pipelines import triggers as tr
 from engine.pipelines.ports import Datasets, DriftSource, PipelineStore, Serving
@@ -333,6 +333,3 @@ class TriggerLoop:
                 await self._pipelines.tick()
             except Exception:  # noqa: BLE001 - the database restarting: try again at the next tick
                 log.exception("pipeline trigger loop failed")
-
-
-__all__ = ["Pipelines", "TriggerLoop", "JobState"]
