@@ -5,7 +5,6 @@ decide on), auto-rollback, and the embedded reference backend (a subprocess) whe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ from engine.lora.controller import ControlConfig, LoraController
 from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters
 from engine.lora.suites import LineageSuites, VersionExamples
+from engine.periodic import Periodic
 from engine.registry import AdapterRegistry
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
@@ -46,13 +46,11 @@ class LoraRuntime:
     client: ServingClient
     auto_rollback: AutoRollback | None
     backend: asyncio.subprocess.Process | None
-    follower: asyncio.Task[None] | None = None
+    follower: Periodic | None = None
 
     async def stop(self) -> None:
         if self.follower is not None:
-            self.follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.follower
+            await self.follower.stop()
         if self.auto_rollback is not None:
             await self.auto_rollback.stop()
         await self.controller.close()
@@ -179,15 +177,10 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
         undo.push_async_callback(auto.stop)
     log.info("LoraControl ready", extra={"serving_url": url, "gateway_port": gateway.port,
                                          "alias": settings.lora_alias})
-    return LoraRuntime(controller, gateway, client, auto, backend,
-                       asyncio.create_task(_follow(controller, settings.serving_follow_seconds), name="lora-follow"))
+    async def follow() -> None:  # (whether anything changed is not a reason to stop)
+        await controller.follow()
 
-
-async def _follow(controller: LoraController, interval: float) -> None:
-    """Keep this process's gateway on the state other serving processes of the target record."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await controller.follow()
-        except Exception:  # noqa: BLE001 - the database restarting: try again at the next tick
-            log.warning("could not read the recorded LoRA state", exc_info=True)
+    # Keep this process's gateway on the state other serving processes of the target record.
+    follower = Periodic("lora-follow", follow, settings.serving_follow_seconds)
+    follower.start()
+    return LoraRuntime(controller, gateway, client, auto, backend, follower)

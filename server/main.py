@@ -36,7 +36,7 @@ from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
-from engine.pipelines.service import TriggerLoop
+from engine.periodic import Periodic
 from engine.pipelines.spec import PIPELINE_RUN
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.stores import postgres
@@ -106,7 +106,7 @@ class Owned:
     queue: WorkerQueue | None = None
     notifications: JobNotifications | None = None
     store: ArtifactStore | None = None
-    triggers: TriggerLoop | None = None  # pipelines' triggers, in serving processes
+    triggers: Periodic | None = None  # pipelines' triggers, in serving processes
     lock: DataDirLock | None = None  # one server per data dir; released last
 
     def probes(self) -> dict[str, Probe]:
@@ -359,7 +359,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         queue.start_worker({EVALUATION.name: job_executor(evaluation_manager),
                             PIPELINE_RUN.name: job_executor(pipeline_manager)},
                            concurrency=1 + settings.pipeline_max_concurrent_runs, name=f"{worker_id}-serving")
-        owned.triggers = TriggerLoop(pipelines, settings.pipeline_trigger_interval_seconds)
+        owned.triggers = Periodic("pipeline-triggers", pipelines.tick, settings.pipeline_trigger_interval_seconds)
         owned.triggers.start()
     return Engine(
         training=training,

@@ -8,15 +8,14 @@ least ``min_samples`` ratings of the active version and a rate above the known-g
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from engine.errors import EngineError
 from engine.lora.controller import LoraController
 from engine.lora.state import FeedbackRates, OperationKind, OperationRecord
+from engine.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class AutoRollback:
         self._rates = rates
         self._config = config
         self._history = history  # LoraStateStore.history
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("lora-auto-rollback", self.check_once, config.interval_seconds)
 
     async def _live_since(self, version: str) -> datetime:
         for op in await self._history(self._controller.target, 200):
@@ -71,23 +70,7 @@ class AutoRollback:
         return reason
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="lora-auto-rollback")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.interval_seconds)
-            try:
-                await self.check_once()
-            except EngineError as exc:
-                log.warning("auto-rollback check failed", extra={"reason": exc.reason, "error": exc.message})
-            except Exception:  # noqa: BLE001 - keep watching
-                log.exception("auto-rollback check crashed")
+        await self._periodic.stop()

@@ -21,7 +21,6 @@ the serving engine loses the candidate (engine/serving/gateway.py fails its requ
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import math
@@ -29,7 +28,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Protocol, TypeAlias
 
-from engine.errors import EngineError, ViolationCollector
+from engine.errors import ViolationCollector
+from engine.periodic import Periodic
 from engine.serving.traffic import Tally
 
 log = logging.getLogger(__name__)
@@ -217,35 +217,15 @@ class CanaryHost(Protocol):
 
 
 class CanaryLoop:
-    """The background decision loop of one canary, in the serving process (as engine.lora.auto_rollback)."""
+    """The background decision loop of one canary, in the serving process: ends once the canary has."""
 
     def __init__(self, host: CanaryHost, split_id: int, interval_seconds: float) -> None:
-        self._host = host
         self.split_id = split_id
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(f"canary-{split_id}", lambda: host.check_canary(split_id), interval_seconds)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"canary-{self.split_id}")
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop the loop; a no-op from the loop's own task (the decision it is acting on ends it anyway)."""
-        task, self._task = self._task, None
-        if task is None or task is asyncio.current_task():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                if not await self._host.check_canary(self.split_id):
-                    return
-            except EngineError as exc:
-                log.warning("canary check failed", extra={"reason": exc.reason, "error": exc.message})
-            except Exception:  # noqa: BLE001 - keep deciding
-                log.exception("canary check crashed")
+        await self._periodic.stop()

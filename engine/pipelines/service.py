@@ -1,10 +1,11 @@
-"""Pipelines as the PipelineService uses them, and the trigger loop that starts their runs.
+"""Pipelines as the PipelineService uses them, and the triggers that start their runs.
 
-Every serving process runs :class:`TriggerLoop`: every ``interval`` it looks at each enabled pipeline under that
-pipeline's lock (engine.stores.pipeline_store) and decides each trigger's occasion once (engine.pipelines.triggers
-says what the occasions are). An occasion fires a run unless a run of the pipeline has not ended (a cron tick is
-then skipped, and recorded so; a count or drift waits for the run to end) or the data has fewer usable examples
-than the template's ``min_samples`` (skipped with the count found; ``force`` on the template trains anyway).
+Every serving process calls :meth:`Pipelines.tick` every ``pipeline_trigger_interval_seconds`` (engine.periodic):
+it looks at each enabled pipeline under that pipeline's lock (engine.stores.pipeline_store) and decides each
+trigger's occasion once (engine.pipelines.triggers says what the occasions are). An occasion fires a run unless a
+run of the pipeline has not ended (a cron tick is then skipped, and recorded so; a count or drift waits for the run
+to end) or the data has fewer usable examples than the template's ``min_samples`` (skipped with the count found;
+``force`` on the template trains anyway).
 A run started by an occasion has the request id ``<pipeline>/<key>``: two replicas that both decide to fire
 start one run. Missed ticks (the service was down) are not replayed one by one: the latest runs once.
 """
@@ -304,32 +305,3 @@ class Pipelines:
 def _labels(pipeline: Pipeline) -> Sequence[tuple[str, str]]:
     source = pipeline.training.dataset
     return source.labels if isinstance(source, FeedbackSource) else ()
-
-
-class TriggerLoop:
-    """Calls ``Pipelines.tick`` every ``interval_seconds`` until stopped."""
-
-    def __init__(self, pipelines: Pipelines, interval_seconds: float) -> None:
-        self._pipelines = pipelines
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="pipeline-triggers")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._pipelines.tick()
-            except Exception:  # noqa: BLE001 - the database restarting: try again at the next tick
-                log.exception("pipeline trigger loop failed")

@@ -10,7 +10,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 
 # The shared kernels every context may use, and the bounded contexts with those each may import.
-KERNELS = {"errors", "names", "domain", "splits", "telemetry"}
+KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic"}
 CONTEXTS = {
     "jobs": set(),
     "feedback": set(),
