@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engine.lora.controller import Activation
     from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
+    from engine.online.service import OnlineSessions
     from engine.pipelines.service import Pipelines
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
@@ -209,6 +210,7 @@ class Engine:
     datasets: DatasetsApi | None = None  # None: no dataset store (an engine on in-memory stores)
     pipelines: Pipelines | None = None  # set with lora: pipeline runs roll out where LoraControl runs
     drift: DriftApi | None = None  # None: no feedback store to read incoming prompts from
+    online: OnlineSessions | None = None  # set with lora: a session's adapter is served where LoraControl runs
 
 
 __all__ = [

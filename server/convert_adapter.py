@@ -15,6 +15,7 @@ from server.convert import FISHER_SPACE_TO_PB, _ts, base_protection_to_pb, base_
 _SOURCE = {
     AdapterSource.TRAINED: pb.ADAPTER_SOURCE_TRAINED,
     AdapterSource.IMPORTED: pb.ADAPTER_SOURCE_IMPORTED,
+    AdapterSource.ONLINE: pb.ADAPTER_SOURCE_ONLINE,
 }
 MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256

@@ -34,6 +34,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "learning.v1.DatasetService": ("postgresql", "artifact_store"),
     "learning.v1.DriftService": ("postgresql", "artifact_store"),
     "learning.v1.PipelineService": ("postgresql", "artifact_store", "serving_engine"),
+    "learning.v1.OnlineLearningService": ("postgresql", "artifact_store", "serving_engine"),
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

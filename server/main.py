@@ -64,6 +64,7 @@ from learning.v1 import (
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
+    online_pb2_grpc,
     pipeline_pb2_grpc,
     training_pb2_grpc,
 )
@@ -73,6 +74,7 @@ from server.drift_wiring import drift_detector
 from server.errors import ErrorInterceptor
 from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
+from server.online_wiring import build_online, online_defaults
 from server.pipeline_wiring import build_pipelines
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
@@ -82,6 +84,7 @@ from server.services.evaluation import EvaluationService
 from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
+from server.services.online import OnlineLearningService
 from server.services.pipeline import PipelineService
 from server.services.training import TrainingService
 from server.settings import Settings
@@ -107,6 +110,7 @@ class Owned:
     notifications: JobNotifications | None = None
     store: ArtifactStore | None = None
     triggers: Periodic | None = None  # pipelines' triggers, in serving processes
+    online_follow: Periodic | None = None  # online sessions' live adapters and gate, in serving processes
     lock: DataDirLock | None = None  # one server per data dir; released last
 
     def probes(self) -> dict[str, Probe]:
@@ -125,9 +129,10 @@ class Owned:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
         # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
         # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
-        if self.triggers is not None:
-            await self.triggers.stop()
-            self.triggers = None
+        for loop in (self.triggers, self.online_follow):
+            if loop is not None:
+                await loop.stop()
+        self.triggers = self.online_follow = None
         stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
         if self.queue is not None:
             await self.queue.stop_worker()
@@ -345,13 +350,17 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         controller=owned.lora.controller, datasets=stored_datasets, training=training, suite_path=suite_path,
         drift=drift,
     ) if owned.lora is not None else (None, None)
-    owned.job_managers = (training_manager, fisher_manager,
+    online, online_manager, online_serving = build_online(
+        settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id, registry=registry,
+        preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora)
+    owned.job_managers = (training_manager, fisher_manager, online_manager,
                           *(m for m in (evaluation_manager, pipeline_manager) if m is not None))
     for manager in owned.job_managers:
         await manager.recover()
     if work:
-        queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager)},
-                           concurrency=settings.max_concurrent_jobs, name=worker_id)
+        # An online session holds its place for as long as it runs: sessions have places of their own.
+        queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager, online_manager)},
+                           concurrency=settings.max_concurrent_jobs + settings.online_max_sessions, name=worker_id)
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
     if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
         # One worker takes both serving-side queues (each listening worker holds a database connection); each
@@ -361,6 +370,9 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
                            concurrency=1 + settings.pipeline_max_concurrent_runs, name=f"{worker_id}-serving")
         owned.triggers = Periodic("pipeline-triggers", pipelines.tick, settings.pipeline_trigger_interval_seconds)
         owned.triggers.start()
+    if online_serving is not None:
+        owned.online_follow = Periodic("online-serving", online_serving.tick, settings.online_follow_seconds)
+        owned.online_follow.start()
     return Engine(
         training=training,
         fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
@@ -374,6 +386,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         datasets=stored_datasets,
         pipelines=pipelines,
         drift=drift,
+        online=online if owned.lora is not None else None,
     )
 
 
@@ -417,6 +430,10 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
     if engine.drift is not None:
         drift_pb2_grpc.add_DriftServiceServicer_to_server(
             DriftService(engine.drift, default_base_model=settings.default_base_model), server
+        )
+    if engine.online is not None:
+        online_pb2_grpc.add_OnlineLearningServiceServicer_to_server(
+            OnlineLearningService(engine.online, online_defaults(settings)), server
         )
     if engine.feedback is None or engine.feedback_records is None:
         return None

@@ -38,6 +38,7 @@ from engine.registry.peft_checks import MAX_LORA_RANK
 from engine.training.spec import MAX_DEVICES, MAX_EVAL_FRACTION, CheckpointPolicy, Hyperparameters, TrainingDefaults
 from server.settings_drift import DriftSettings
 from server.settings_lora import LoraControlSettings
+from server.settings_online import OnlineSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 ImplicitKind = Literal["COPY", "TASK_COMPLETED", "CLICK_THROUGH", "REGENERATE"]
@@ -69,7 +70,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings, LoraControlSettings, DriftSettings):
+class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")

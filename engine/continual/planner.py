@@ -112,10 +112,10 @@ class EwcPlanner:
     async def plan(self, request: PlanRequest) -> ContinualPlan:
         """EWC's penalty unless it is disabled, and replay whenever a fraction is asked (with or without EWC)."""
         spec, parent, sink = request.spec, request.parent, request.sink
-        mixed, replayed = await self._replay(request)
+        mixed, replayed, earlier = await self._replay(request)
         if spec.ewc.disabled:
             return ContinualPlan(None, mixed, replayed, EwcLineage(
-                parent.version, "", 0.0, 0.0, spec.ewc.replay_fraction, replayed, spec.ewc.space))
+                parent.version, "", 0.0, 0.0, spec.ewc.replay_fraction, replayed, spec.ewc.space), earlier)
         anchor = await request.in_worker(load_adapter_weights, request.parent_dir)
         if spec.ewc.fisher_snapshot:
             snapshot, fisher = await self._snapshots.load(
@@ -134,19 +134,21 @@ class EwcPlanner:
         sink.emit(Noticed("EWC_PENALTY_NORMALIZATION", f"penalty over the {penalty.space.value} space, weights "
                                                        f"{penalty.normalization.value}-normalised from the raw "
                                                        f"Fisher of {snapshot.name} (stored unchanged)"))
-        return ContinualPlan(penalty, mixed, replayed, lineage)
+        return ContinualPlan(penalty, mixed, replayed, lineage, earlier)
 
     # ---- pieces -------------------------------------------------------------------------
 
-    async def _replay(self, request: PlanRequest) -> tuple[list[Example], int]:
+    async def _replay(self, request: PlanRequest) -> tuple[list[Example], int, list[Example]]:
+        """(the job's examples with replay mixed in, how many were replayed, the pool they were drawn from)."""
         spec = request.spec
         if spec.ewc.replay_fraction <= 0:
-            return request.examples, 0
+            return request.examples, 0, []
         earlier = await self._earlier_examples(request.parent, request.sink)
         mixed, replayed = mix_replay(request.examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
-        request.sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets into "
-                                                  f"the {len(request.examples)} new ones"))
-        return mixed, replayed
+        if request.examples:
+            request.sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets "
+                                                      f"into the {len(request.examples)} new ones"))
+        return mixed, replayed, earlier
 
     async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal]:
         spec, parent, sink = request.spec, request.parent, request.sink

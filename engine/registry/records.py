@@ -60,6 +60,7 @@ def version_prefix(base_model: str, version: str) -> str:
 class AdapterSource(enum.StrEnum):
     TRAINED = "TRAINED"
     IMPORTED = "IMPORTED"
+    ONLINE = "ONLINE"  # published by an online learning session
 
 
 @dataclass(frozen=True)

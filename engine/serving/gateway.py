@@ -4,7 +4,8 @@ MAX Serve has no alias: a request picks an adapter with ``"model": "<lora_name>"
 send ``"model": "<alias>"`` here instead; the gateway rewrites it to the active lora_name
 (or the base model while LoRA is disabled), forwards to the serving engine, and counts
 in-flight requests per upstream model so a replaced adapter can be drained before unload.
-Any other ``model`` passes through unchanged (and is counted too).
+Other names can be routed too (``set_route``: an online session's ``<base>@<session>`` and the live alias an
+operator opts it into); any other ``model`` passes through unchanged (and is counted too).
 
 During a traffic split (a canary, or a manual A/B test) the alias sends a share of its requests to a
 candidate version (engine/serving/traffic.py: sticky per user with the ``x-user-id`` header or the
@@ -66,6 +67,7 @@ class AliasRouter:
         self.base_model_name = base_model_name
         self._target = Route("")  # lora_name and version; an empty name means the base model
         self._split: TrafficSplit | None = None
+        self._routes: dict[str, Route] = {}  # other names the gateway resolves (never the alias)
         self._inflight: Counter[str] = Counter()
         self._changed = asyncio.Condition()
         # Called (once per split, from the request that found out) when the serving engine lost the candidate.
@@ -80,6 +82,20 @@ class AliasRouter:
         once."""
         self._target = Route(lora_name, version)
 
+    def set_route(self, name: str, lora_name: str, version: str = "") -> None:
+        """Resolve requests for ``name`` to ``lora_name`` from now on (the alias itself is routed by
+        ``set_target``)."""
+        assert name != self.alias
+        self._routes[name] = Route(lora_name, version)
+
+    def drop_route(self, name: str) -> None:
+        self._routes.pop(name, None)
+
+    @property
+    def routes(self) -> dict[str, str]:
+        """The names routed besides the alias, and the upstream model each resolves to."""
+        return {name: route.upstream for name, route in self._routes.items()}
+
     @property
     def split(self) -> TrafficSplit | None:
         return self._split
@@ -92,7 +108,10 @@ class AliasRouter:
 
     def acquire(self, model: str, user: str = "") -> Pick:
         """Resolve ``model`` (of ``user``, for a sticky split) and count it in flight; pair with ``release``."""
-        if model != self.alias:
+        routed = self._routes.get(model)
+        if routed is not None:
+            pick = Pick(routed.upstream, routed.version)
+        elif model != self.alias:
             pick = Pick(model)
         else:
             split = self._split
@@ -221,7 +240,8 @@ class Gateway:
         return web.json_response({"status": "serving engine unreachable"}, status=503)
 
     async def _listed(self) -> list[dict[str, Any]] | None:
-        """The alias, then what the serving engine lists (names only, never paths); None if it is unreachable."""
+        """The alias and the other routed names, then what the serving engine lists (names only, never paths);
+        None if it is unreachable."""
         assert self._session is not None
         try:
             async with self._session.get(self._upstream + "/v1/models",
@@ -232,8 +252,8 @@ class Gateway:
             return None
         entries = doc.get("data", []) if isinstance(doc, dict) else []
         data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
-        data.insert(0, {"id": self.router.alias, "object": "model", "owned_by": "learning-engine"})
-        return data
+        named = [self.router.alias, *sorted(self.router.routes)]
+        return [{"id": name, "object": "model", "owned_by": "learning-engine"} for name in named] + data
 
     async def _models(self, request: web.Request) -> web.Response:
         data = await self._listed()

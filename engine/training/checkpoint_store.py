@@ -61,14 +61,15 @@ def _verify_and_unpack(archive: Path, sha256: str, dest_dir: Path) -> None:
 class CheckpointArchive:
     """Store, fetch and remove a job's checkpoints in an artifact store."""
 
-    def __init__(self, store: ArtifactStore, scratch_dir: Path) -> None:
+    def __init__(self, store: ArtifactStore, scratch_dir: Path, prefix: str = "checkpoints") -> None:
         self._store = store
         self._scratch = scratch_dir
+        self._prefix = prefix  # the keys' first part: one per kind of state kept this way
 
     async def save(self, job_id: str, step: int, token: str, state_dir: Path, *, loss: float,
                    eval_loss: float | None) -> CheckpointRecord:
         """Upload the state saved in ``state_dir`` (then removed) and describe it."""
-        key = f"checkpoints/{job_id}/{step:09d}-{token[:12]}.tar"
+        key = f"{self._prefix}/{job_id}/{step:09d}-{token[:12]}.tar"
         self._scratch.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="checkpoint-", suffix=".tar", dir=self._scratch)
         os.close(fd)

@@ -8,7 +8,7 @@ runner, so training never imports the continual context (which builds on trainin
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -43,6 +43,7 @@ class ContinualPlan:
     examples: list[Example]  # the job's examples, then ``replayed`` examples of earlier versions
     replayed: int
     lineage: EwcLineage
+    earlier: list[Example] = field(default_factory=list)  # the pool replay drew from (empty: no replay asked)
 
 
 class ContinualPlanner(Protocol):

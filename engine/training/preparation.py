@@ -115,6 +115,10 @@ class JobPreparer:
     async def fetch_parent(self, parent: AdapterRecord, dest_dir: Path) -> Path:
         return await self._registry.fetch(parent, dest_dir)
 
+    async def model_dir(self, model_id: str) -> Path:
+        """The base model's directory (a GGUF converted once and cached)."""
+        return await asyncio.to_thread(self._model_dir, model_id)
+
     # ---- pieces -------------------------------------------------------------------
 
     def _model_dir(self, model_id: str) -> Path:

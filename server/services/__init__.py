@@ -8,6 +8,7 @@ from learning.v1 import (
     feedback_pb2,
     fisher_pb2,
     lora_control_pb2,
+    online_pb2,
     pipeline_pb2,
     training_pb2,
 )
@@ -24,6 +25,7 @@ SERVICE_DESCRIPTORS = tuple(
         (dataset_pb2, "DatasetService"),
         (pipeline_pb2, "PipelineService"),
         (drift_pb2, "DriftService"),
+        (online_pb2, "OnlineLearningService"),
     )
 )
 SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)

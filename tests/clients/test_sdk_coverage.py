@@ -34,6 +34,7 @@ NOT_PARAMETERS = {
     "DownloadAdapter": {"chunk_size"},  # the SDK asks for 1 MiB chunks
     "ImportAdapter": {"metadata", "chunk"},  # the metadata's fields are parameters; chunks are read from the file
     "StreamFeedback": {"events"},  # one message per batch of the `batches` parameter
+    "StreamExamples": {"examples"},  # as StreamFeedback
     "UploadDataset": {"metadata", "chunk"},  # as ImportAdapter
 }
 # Messages whose fields are parameters too, but for those the SDK fills in.

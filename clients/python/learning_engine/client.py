@@ -38,6 +38,8 @@ from learning.v1 import (
     feedback_pb2_grpc,
     fisher_pb2_grpc,
     lora_control_pb2_grpc,
+    online_pb2,
+    online_pb2_grpc,
     pipeline_pb2,
     pipeline_pb2_grpc,
     training_pb2_grpc,
@@ -99,6 +101,7 @@ class AsyncClient:
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         self.drift = drift_pb2_grpc.DriftServiceStub(self._channel)
+        self.online = online_pb2_grpc.OnlineLearningServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -665,6 +668,95 @@ class AsyncClient:
         """Why each of the pipeline's triggers fired or was skipped, newest first."""
         request = pipeline_pb2.ListTriggerDecisionsRequest(pipeline=pipeline, page_size=page_size)
         return list((await self._unary(self.pipelines.ListTriggerDecisions, request)).decisions)
+
+    # ---- online learning ----------------------------------------------------------
+
+    async def create_online_session(
+        self, spec: online_pb2.OnlineSessionSpec | None = None, *, session_id: str = "", request_id: str = ""
+    ) -> online_pb2.OnlineSession:
+        """A session "onlineSessions/<session_id>" learning from the examples it is sent, starting from
+        ``spec.start_version`` (default: the active version); unset settings take the server's defaults."""
+        request = online_pb2.CreateOnlineSessionRequest(spec=spec, session_id=session_id, request_id=request_id)
+        return (await self._unary(self.online.CreateOnlineSession, request)).session
+
+    async def get_online_session(self, name: str) -> online_pb2.OnlineSession:
+        return (await self._unary(self.online.GetOnlineSession, online_pb2.GetOnlineSessionRequest(name=name))).session
+
+    async def list_online_sessions(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> online_pb2.ListOnlineSessionsResponse:
+        request = online_pb2.ListOnlineSessionsRequest(page_size=page_size, page_token=page_token)
+        return await self._unary(self.online.ListOnlineSessions, request)
+
+    async def stop_online_session(self, name: str) -> online_pb2.OnlineSession:
+        """Stop learning for good: a last checkpoint, then the session ends CANCELLED."""
+        request = online_pb2.StopOnlineSessionRequest(name=name)
+        return (await self._unary(self.online.StopOnlineSession, request)).session
+
+    async def set_learning_rate(self, name: str, learning_rate: float) -> online_pb2.OnlineSession:
+        """From the session's next update on; (0, 1]."""
+        request = online_pb2.SetLearningRateRequest(name=name, learning_rate=learning_rate)
+        return (await self._unary(self.online.SetLearningRate, request)).session
+
+    async def enable_online_learning(self, name: str) -> online_pb2.OnlineSession:
+        request = online_pb2.EnableOnlineLearningRequest(name=name)
+        return (await self._unary(self.online.EnableOnlineLearning, request)).session
+
+    async def disable_online_learning(self, name: str, *, reason: str = "") -> online_pb2.OnlineSession:
+        """Updates stop (examples are still taken and kept) until enabled again."""
+        request = online_pb2.DisableOnlineLearningRequest(name=name, reason=reason)
+        return (await self._unary(self.online.DisableOnlineLearning, request)).session
+
+    async def force_update(self, name: str) -> online_pb2.OnlineSession:
+        """One update now on what is buffered, even fewer than update_every examples."""
+        return (await self._unary(self.online.ForceUpdate, online_pb2.ForceUpdateRequest(name=name))).session
+
+    async def publish_online_session(self, name: str) -> online_pb2.OnlineSession:
+        """Publish the session's adapter as a version (it then goes through the gate)."""
+        request = online_pb2.PublishOnlineSessionRequest(name=name)
+        return (await self._unary(self.online.PublishOnlineSession, request)).session
+
+    async def get_online_stats(self, name: str) -> online_pb2.OnlineStats:
+        return (await self._unary(self.online.GetOnlineStats, online_pb2.GetOnlineStatsRequest(name=name))).stats
+
+    def watch_online_session(
+        self, name: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[online_pb2.WatchOnlineSessionResponse]:
+        """Snapshot, then every event (updates, publications, loss spikes, warnings) until the session ends;
+        survives dropped connections."""
+        return self._resumable(
+            self.online.WatchOnlineSession,
+            lambda after: online_pb2.WatchOnlineSessionRequest(name=name, after_sequence=after),
+            after_sequence,
+            lambda m: m.event.sequence if m.HasField("event") else None,
+        )
+
+    async def add_examples(
+        self, name: str, examples: Sequence[online_pb2.OnlineExample]
+    ) -> online_pb2.AddExamplesResponse:
+        """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
+        and the response says which."""
+        request = online_pb2.AddExamplesRequest(name=name, examples=list(examples))
+        return await self._unary(self.online.AddExamples, request)
+
+    def stream_examples(
+        self,
+        name: str,
+        batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
+    ) -> AsyncIterator[online_pb2.StreamExamplesResponse]:
+        """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
+        update, and when everything sent has been trained on (or learning is off)."""
+
+        async def messages() -> AsyncIterator[online_pb2.StreamExamplesRequest]:
+            yield online_pb2.StreamExamplesRequest(name=name)
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield online_pb2.StreamExamplesRequest(examples=list(batch))
+            else:
+                for batch in batches:
+                    yield online_pb2.StreamExamplesRequest(examples=list(batch))
+
+        return self._stream(self.online.StreamExamples, messages())
 
     # ---- datasets -----------------------------------------------------------------
 

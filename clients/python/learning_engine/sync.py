@@ -15,7 +15,7 @@ from typing import Any
 
 from learning.v1 import adapter_pb2 as adapter
 from learning.v1 import common_pb2 as common
-from learning.v1 import dataset_pb2, pipeline_pb2
+from learning.v1 import dataset_pb2, online_pb2, pipeline_pb2
 from learning.v1 import drift_pb2 as drift
 from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import feedback_pb2 as feedback
@@ -405,6 +405,68 @@ class Client:
     def list_trigger_decisions(self, pipeline: str, *, page_size: int = 0) -> list[pipeline_pb2.TriggerDecision]:
         """Why each of the pipeline's triggers fired or was skipped, newest first."""
         return self._loop.run(self._async.list_trigger_decisions(pipeline, page_size=page_size))
+
+    def create_online_session(
+        self, spec: online_pb2.OnlineSessionSpec | None = None, *, session_id: str = "", request_id: str = ""
+    ) -> online_pb2.OnlineSession:
+        """A session "onlineSessions/<session_id>" learning from the examples it is sent, starting from
+        ``spec.start_version`` (default: the active version); unset settings take the server's defaults."""
+        return self._loop.run(self._async.create_online_session(spec, session_id=session_id, request_id=request_id))
+
+    def get_online_session(self, name: str) -> online_pb2.OnlineSession:
+        return self._loop.run(self._async.get_online_session(name))
+
+    def list_online_sessions(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> online_pb2.ListOnlineSessionsResponse:
+        return self._loop.run(self._async.list_online_sessions(page_size=page_size, page_token=page_token))
+
+    def stop_online_session(self, name: str) -> online_pb2.OnlineSession:
+        """Stop learning for good: a last checkpoint, then the session ends CANCELLED."""
+        return self._loop.run(self._async.stop_online_session(name))
+
+    def set_learning_rate(self, name: str, learning_rate: float) -> online_pb2.OnlineSession:
+        """From the session's next update on; (0, 1]."""
+        return self._loop.run(self._async.set_learning_rate(name, learning_rate))
+
+    def enable_online_learning(self, name: str) -> online_pb2.OnlineSession:
+        return self._loop.run(self._async.enable_online_learning(name))
+
+    def disable_online_learning(self, name: str, *, reason: str = "") -> online_pb2.OnlineSession:
+        """Updates stop (examples are still taken and kept) until enabled again."""
+        return self._loop.run(self._async.disable_online_learning(name, reason=reason))
+
+    def force_update(self, name: str) -> online_pb2.OnlineSession:
+        """One update now on what is buffered, even fewer than update_every examples."""
+        return self._loop.run(self._async.force_update(name))
+
+    def publish_online_session(self, name: str) -> online_pb2.OnlineSession:
+        """Publish the session's adapter as a version (it then goes through the gate)."""
+        return self._loop.run(self._async.publish_online_session(name))
+
+    def get_online_stats(self, name: str) -> online_pb2.OnlineStats:
+        return self._loop.run(self._async.get_online_stats(name))
+
+    def watch_online_session(
+        self, name: str, *, after_sequence: int = 0
+    ) -> Iterator[online_pb2.WatchOnlineSessionResponse]:
+        """Snapshot, then every event (updates, publications, loss spikes, warnings) until the session ends;
+        survives dropped connections."""
+        return self._loop.iterate(self._async.watch_online_session(name, after_sequence=after_sequence))
+
+    def add_examples(self, name: str, examples: Sequence[online_pb2.OnlineExample]) -> online_pb2.AddExamplesResponse:
+        """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
+        and the response says which."""
+        return self._loop.run(self._async.add_examples(name, examples))
+
+    def stream_examples(
+        self,
+        name: str,
+        batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
+    ) -> Iterator[online_pb2.StreamExamplesResponse]:
+        """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
+        update, and when everything sent has been trained on (or learning is off)."""
+        return self._loop.iterate(self._async.stream_examples(name, batches))
 
     def upload_dataset(
         self, name: str, source: Path, *, split: dataset_pb2.SplitRule | None = None, filename: str = ""

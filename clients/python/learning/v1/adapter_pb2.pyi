@@ -16,6 +16,7 @@ class AdapterSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADAPTER_SOURCE_UNSPECIFIED: _ClassVar[AdapterSource]
     ADAPTER_SOURCE_TRAINED: _ClassVar[AdapterSource]
     ADAPTER_SOURCE_IMPORTED: _ClassVar[AdapterSource]
+    ADAPTER_SOURCE_ONLINE: _ClassVar[AdapterSource]
 
 class EvalSuiteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ class EvalSuiteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ADAPTER_SOURCE_UNSPECIFIED: AdapterSource
 ADAPTER_SOURCE_TRAINED: AdapterSource
 ADAPTER_SOURCE_IMPORTED: AdapterSource
+ADAPTER_SOURCE_ONLINE: AdapterSource
 EVAL_SUITE_KIND_UNSPECIFIED: EvalSuiteKind
 EVAL_SUITE_KIND_GOLDEN: EvalSuiteKind
 EVAL_SUITE_KIND_TARGET: EvalSuiteKind

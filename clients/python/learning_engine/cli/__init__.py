@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import datasets, drift, jobs, ops, pipelines, rollout, snapshots
+from learning_engine.cli import datasets, drift, jobs, online, ops, pipelines, rollout, snapshots
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -76,6 +76,7 @@ app.add_typer(ops.feedback_app, name="feedback")
 app.command("hash-token")(ops.hash_token)
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(pipelines.pipelines_app, name="pipelines")
+app.add_typer(online.online_app, name="online")
 
 
 def main() -> None:

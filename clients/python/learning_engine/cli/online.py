@@ -1,0 +1,220 @@
+"""``online``: sessions that keep a served adapter learning from the examples they are sent (create, list, get,
+stats, send, watch, lr, enable, disable, update, publish, stop)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import typer
+from rich.table import Table
+
+from learning.v1 import common_pb2 as common
+from learning.v1 import online_pb2 as ol
+from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
+from learning_engine.cli.common import Options, as_dict, emit, fail, options, out, print_table, run
+from learning_engine.client import AsyncClient
+
+online_app = typer.Typer(help="Online learning: a served adapter that keeps learning from a stream of examples.",
+                         no_args_is_help=True)
+_OPTIMIZERS = {"adam": ol.ONLINE_OPTIMIZER_ADAM, "adamw": ol.ONLINE_OPTIMIZER_ADAMW, "sgd": ol.ONLINE_OPTIMIZER_SGD}
+BATCH = 50  # examples per message of `online send`
+
+
+def session_name(name: str) -> str:
+    return name if name.startswith("onlineSessions/") else f"onlineSessions/{name}"
+
+
+def _state(value: int) -> str:
+    return common.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+
+
+def _loss(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _stats_line(s: ol.OnlineStats) -> str:
+    return (f"{s.total_updates} updates, {s.total_examples} examples ({s.skipped_examples} skipped, "
+            f"{s.pending_examples} pending, {s.buffer_size} buffered), loss {_loss(s.average_loss)} "
+            f"(last {_loss(s.last_loss)}), lr {s.learning_rate:g}, {'learning' if s.enabled else 'disabled'}")
+
+
+@online_app.command("create")
+def online_create(
+    ctx: typer.Context,
+    session_id: str = typer.Argument("", help="Its id: lowercase letters, digits and '-' (default: generated)."),
+    start_version: str = typer.Option("", "--from", help="The version to start from (default: the active one)."),
+    update_every: int = typer.Option(0, "--update-every", help="New examples per update (10)."),
+    buffer_size: int = typer.Option(0, "--buffer", help="Examples kept for replay (1000)."),
+    learning_rate: float = typer.Option(None, "--lr", help="Learning rate (the server's online_learning_rate)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adam, adamw or sgd."),
+    ewc_lambda: float = typer.Option(None, "--ewc-lambda", help="EWC strength against the start version (0: off)."),
+    replay: float = typer.Option(None, "--replay", help="Share of each update replayed from earlier examples."),
+    publish_every: int = typer.Option(None, "--publish-every", help="Publish a version every N updates (0: only "
+                                                                     "on `online publish`; default 100)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N updates (100)."),
+    live_alias: str = typer.Option("", "--live-alias", help="A name serving the newest publication that passed "
+                                                            "the gate."),
+    base_model: str = typer.Option("", "--base-model", help="Base model id (default: the server's)."),
+) -> None:
+    """Start a session; its adapter is served as <base>@<id> after every update."""
+    opts = options(ctx)
+    if optimizer not in _OPTIMIZERS:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--optimizer must be one of {', '.join(_OPTIMIZERS)}",
+             reason=ERROR_REASON_USAGE)
+    spec = ol.OnlineSessionSpec(base_model=base_model, start_version=start_version, update_every=update_every,
+                                buffer_size=buffer_size, optimizer=_OPTIMIZERS[optimizer],
+                                checkpoint_every=checkpoint_every, live_alias=live_alias,
+                                learning_rate=learning_rate, ewc_lambda=ewc_lambda, replay_fraction=replay,
+                                publish_every=publish_every)
+    made = run(ctx, lambda c: c.create_online_session(spec, session_id=session_id))
+    emit(opts, made, lambda: out.print(f"created {made.name} from {made.spec.start_version}, served as "
+                                       f"{made.live_model}", highlight=False))
+
+
+@online_app.command("list")
+def online_list(ctx: typer.Context, page_size: int = typer.Option(0, "--page-size"),
+                page_token: str = typer.Option("", "--page-token")) -> None:
+    """Sessions, newest first."""
+    response = run(ctx, lambda c: c.list_online_sessions(page_size=page_size, page_token=page_token))
+
+    def render() -> None:
+        table = Table("name", "state", "from", "updates", "examples", "loss", "published", box=None,
+                      header_style="bold")
+        for s in response.sessions:
+            table.add_row(s.name, _state(s.state), s.spec.start_version, str(s.stats.total_updates),
+                          str(s.stats.total_examples), _loss(s.stats.average_loss),
+                          ", ".join(p.version for p in s.publications))
+        print_table(table)
+
+    emit(options(ctx), response, render)
+
+
+@online_app.command("get")
+def online_get(ctx: typer.Context, name: str) -> None:
+    """One session: its settings, stats, live adapter and publications with the gate's verdicts."""
+    emit(options(ctx), run(ctx, lambda c: c.get_online_session(session_name(name))))
+
+
+@online_app.command("stats")
+def online_stats(ctx: typer.Context, name: str) -> None:
+    """Examples, updates, buffer, average loss over the last 100 updates, learning rate, enabled."""
+    stats = run(ctx, lambda c: c.get_online_stats(session_name(name)))
+    emit(options(ctx), stats, lambda: out.print(_stats_line(stats), highlight=False))
+
+
+def _read_examples(opts: Options, path: Path) -> list[ol.OnlineExample]:
+    """A JSONL file of {"prompt", "target"?, "weight"?} lines."""
+    examples = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            examples.append(ol.OnlineExample(prompt=row["prompt"], target=row.get("target", ""),
+                                             weight=row.get("weight")))
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{path}:{number}: not an example ({exc})",
+                 reason=ERROR_REASON_USAGE)
+    return examples
+
+
+@online_app.command("send")
+def online_send(ctx: typer.Context, name: str,
+                file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                            help="JSONL: {\"prompt\": ..., \"target\": ..., \"weight\": ...}")) -> None:
+    """Stream a file's examples to the session, printing its stats after each update, until all are trained on."""
+    opts = options(ctx)
+    examples = _read_examples(opts, file)
+
+    def batches() -> Iterator[list[ol.OnlineExample]]:
+        for start in range(0, len(examples), BATCH):
+            yield examples[start:start + BATCH]
+
+    async def send(client: AsyncClient) -> ol.StreamExamplesResponse:
+        last = ol.StreamExamplesResponse()
+        async for answer in client.stream_examples(session_name(name), batches()):
+            last = answer
+            if opts.json:
+                print(json.dumps(as_dict(answer)), flush=True)
+            else:
+                out.print(_stats_line(answer.stats), highlight=False)
+        return last
+
+    last = run(ctx, send)
+    if not opts.json:
+        out.print(f"sent {last.accepted} examples, {last.refused} refused", highlight=False)
+        for refusal in last.refusals:
+            out.print(f"  {refusal}", highlight=False)
+
+
+@online_app.command("watch")
+def online_watch(ctx: typer.Context, name: str,
+                 after: int = typer.Option(0, "--after", help="Only events after this sequence.")) -> None:
+    """Follow a session's updates, publications and warnings until it ends."""
+    opts = options(ctx)
+
+    async def follow(client: AsyncClient) -> None:
+        async for message in client.watch_online_session(session_name(name), after_sequence=after):
+            if opts.json:
+                print(json.dumps(as_dict(message)), flush=True)
+            elif message.HasField("event"):
+                event = message.event
+                kind = event.WhichOneof("kind")
+                if kind == "updated":
+                    u = event.updated
+                    out.print(f"update {u.update}: loss {u.loss:.4f} on {u.examples} examples (+{u.replayed} "
+                              f"replayed), ewc {u.ewc_penalty:.4g}", highlight=False)
+                elif kind == "published":
+                    out.print(f"published {event.published.version}", highlight=False)
+                elif kind in ("warning", "notice"):
+                    detail = getattr(event, kind)
+                    out.print(f"{detail.code}: {detail.message}", highlight=False)
+                elif kind == "state_change":
+                    out.print(f"{_state(event.state_change.state)}: {event.state_change.message}", highlight=False)
+
+    run(ctx, follow)
+
+
+def _change(ctx: typer.Context, call: Callable[[AsyncClient], Awaitable[ol.OnlineSession]], said: str) -> None:
+    done = run(ctx, call)
+    emit(options(ctx), done, lambda: out.print(f"{done.name}: {said}", highlight=False))
+
+
+@online_app.command("lr")
+def online_lr(ctx: typer.Context, name: str, learning_rate: float) -> None:
+    """Set the learning rate from the next update on."""
+    _change(ctx, lambda c: c.set_learning_rate(session_name(name), learning_rate), f"learning rate {learning_rate:g}")
+
+
+@online_app.command("enable")
+def online_enable(ctx: typer.Context, name: str) -> None:
+    """Resume updates."""
+    _change(ctx, lambda c: c.enable_online_learning(session_name(name)), "learning")
+
+
+@online_app.command("disable")
+def online_disable(ctx: typer.Context, name: str, reason: str = typer.Option("", "--reason")) -> None:
+    """Stop updates; examples are still taken and kept."""
+    _change(ctx, lambda c: c.disable_online_learning(session_name(name), reason=reason), "disabled")
+
+
+@online_app.command("update")
+def online_update(ctx: typer.Context, name: str) -> None:
+    """One update now on what is buffered."""
+    _change(ctx, lambda c: c.force_update(session_name(name)), "update requested")
+
+
+@online_app.command("publish")
+def online_publish(ctx: typer.Context, name: str) -> None:
+    """Publish the session's adapter as a version (then gated)."""
+    _change(ctx, lambda c: c.publish_online_session(session_name(name)), "publication requested")
+
+
+@online_app.command("stop")
+def online_stop(ctx: typer.Context, name: str) -> None:
+    """Stop the session for good (a last checkpoint first)."""
+    _change(ctx, lambda c: c.stop_online_session(session_name(name)), "stopping")

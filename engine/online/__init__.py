@@ -1,0 +1,1 @@
+"""Online learning while serving: sessions that update a served adapter from a live stream of examples."""

@@ -1,0 +1,247 @@
+"""The arithmetic of an online session, run in its worker thread: buffer examples, take one optimiser step.
+
+An update trains on the oldest ``update_every`` examples received and not yet trained on (what there is, on a
+forced update), mixed with replayed earlier ones so that those make up ``replay_fraction`` of the step (sampled from the
+buffer of examples already trained on and from the start version's lineage, as a training job's replay), under
+the EWC penalty against the start version. The step is the training recipe's: the same tokenisation, packed
+forward pass, example-weighted loss, penalty, clipping and optimiser (Adam, AdamW or SGD with weight decay).
+
+What never stops a session: an example with no target token within ``max_seq_length`` is skipped when it
+arrives, and an update whose loss is not finite changes nothing (its examples are counted as skipped). A loss
+above ``loss_spike_factor`` times the median of the last updates' was measured on the weights the previous
+update made: the adapter goes back to the weights before that one (the newest whose loss was fine), and the
+runner disables learning.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.continual.ewc import replay_count
+from engine.domain import ChatMessage, Example
+from engine.online.spec import (
+    LOSS_WINDOW,
+    SPIKE_MIN_UPDATES,
+    SPIKE_WINDOW,
+    OnlineOptimizer,
+    OnlineSessionSpec,
+    OnlineStats,
+    StoredExample,
+)
+from engine.training.batching import batching
+from engine.training.datasets import EncodedExample, encode_example, pad_token_id
+from engine.training.recipe import LoadedModel, Penalty
+
+MICRO_BATCH = 8  # examples per forward pass within an update
+
+
+def to_example(row: StoredExample) -> Example:
+    """A supervised row is a chat turn (what the gateway's chat completions answer); one without a target is
+    text the model learns to continue."""
+    if row.target:
+        return Example(messages=(ChatMessage("user", row.prompt), ChatMessage("assistant", row.target)),
+                       weight=row.weight)
+    return Example(prompt="", completion=row.prompt, weight=row.weight)
+
+
+def make_optimizer(kind: OnlineOptimizer, params: list[torch.nn.Parameter], lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    if kind is OnlineOptimizer.SGD:
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if kind is OnlineOptimizer.ADAM:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    update: int
+    loss: float  # NaN when the update was skipped
+    examples: int
+    replayed: int
+    ewc_penalty: float
+    skipped: str = ""  # why nothing changed ("" : the step was taken)
+    spike_median: float = math.nan  # set when the loss was a spike (the adapter was put back)
+
+
+class OnlineLearner:
+    """One session's model, optimiser, buffer and counters (touched only from its worker thread)."""
+
+    def __init__(self, loaded: LoadedModel, spec: OnlineSessionSpec, *, penalty: Penalty | None = None,
+                 earlier: list[Example] | None = None) -> None:
+        self.loaded = loaded
+        self.spec = spec
+        self.penalty = penalty
+        self.earlier = list(earlier or ())
+        self.params = [p for p in loaded.model.parameters() if p.requires_grad]
+        self._good = self._weights()  # the newest weights whose loss was not a spike
+        self.optimizer = make_optimizer(spec.optimizer, self.params, spec.learning_rate, spec.weight_decay)
+        self.pending: collections.deque[tuple[int, EncodedExample]] = collections.deque()
+        self.buffer: collections.deque[tuple[int, EncodedExample]] = collections.deque(maxlen=spec.buffer_size)
+        self.losses: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW)
+        self.rng = random.Random(spec.seed)
+        self.updates = 0
+        self.total_examples = 0
+        self.skipped = 0
+        self.last_sequence = 0
+        self.last_loss = math.nan
+        self.trained_through = 0  # the sequence number of the last example trained on
+        self.window_first = 0  # the first example trained on since the last publication (0: none yet)
+
+    # ---- examples ------------------------------------------------------------------------------
+
+    def add(self, rows: list[StoredExample]) -> list[str]:
+        """Tokenise and queue ``rows`` (the runner reads no more than the buffer holds); returns a warning per row
+        skipped."""
+        warnings = []
+        tokenizer = self.loaded.tokenizer
+        for row in rows:
+            self.total_examples += 1
+            self.last_sequence = max(self.last_sequence, row.seq)
+            encoded = encode_example(tokenizer, to_example(row), self.spec.max_seq_length)
+            if encoded.predicted_token_count == 0:
+                self.skipped += 1
+                warnings.append(f"example {row.seq} has no target token within max_seq_length="
+                                f"{self.spec.max_seq_length}: skipped")
+                continue
+            self.pending.append((row.seq, encoded))
+        return warnings
+
+    def due(self, forced: bool) -> bool:
+        return bool(self.pending) and (forced or len(self.pending) >= self.spec.update_every)
+
+    # ---- the update ------------------------------------------------------------------------------
+
+    def update(self, learning_rate: float) -> UpdateResult:
+        """One optimiser step on the oldest ``update_every`` pending examples (fewer on a forced update) plus
+        replay (call only when :meth:`due`). A backlog is worked off one update of ``update_every`` at a time."""
+        new = [self.pending.popleft() for _ in range(min(self.spec.update_every, len(self.pending)))]
+        self.window_first = self.window_first or new[0][0]
+        self.trained_through = new[-1][0]
+        pool_size = len(self.buffer) + len(self.earlier)
+        count = replay_count(len(new), self.spec.replay_fraction, pool_size)
+        replayed = [self._replayed(i) for i in self.rng.sample(range(pool_size), count)] if count else []
+        data = [e for _, e in new] + replayed
+        self.updates += 1
+        before = self._weights()
+        loss, penalty = self._step(data, learning_rate)
+        self.buffer.extend(new)
+        if not math.isfinite(loss):
+            self._restore(before)
+            self.skipped += len(new)
+            return UpdateResult(self.updates, math.nan, len(new), len(replayed), math.nan,
+                                skipped=f"the loss was {loss}: nothing changed and its {len(new)} examples are "
+                                        "counted as skipped")
+        self.last_loss = loss
+        spike = self._spike(loss)
+        if spike is not None:
+            # The loss was measured on the weights the previous update made: those are the bad ones.
+            self._restore(self._good)
+            return UpdateResult(self.updates, loss, len(new), len(replayed), penalty, spike_median=spike)
+        self._good = before  # the loss on these weights was fine
+        self.losses.append(loss)
+        return UpdateResult(self.updates, loss, len(new), len(replayed), penalty)
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def _replayed(self, index: int) -> EncodedExample:
+        if index < len(self.buffer):
+            return self.buffer[index][1]
+        example = self.earlier[index - len(self.buffer)]
+        return encode_example(self.loaded.tokenizer, example, self.spec.max_seq_length)
+
+    def _step(self, data: list[EncodedExample], learning_rate: float) -> tuple[float, float]:
+        model, plan = self.loaded.model, self.loaded.plan
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        total_weight = sum(e.weight for e in data if e.predicted_token_count) or 1.0
+        task = 0.0
+        model.train()
+        with batching(model, data, packing=True, pad_id=pad_token_id(self.loaded.tokenizer), plan=plan) as layout:
+            for start in range(0, len(data), MICRO_BATCH):
+                part = data[start:start + MICRO_BATCH]
+                with plan.autocast():
+                    sums, counts = layout.forward(model, part)
+                weights = torch.tensor([e.weight for e in part], device=sums.device) * (counts > 0)
+                share = (sums / counts.clamp(min=1) * weights).sum() / total_weight
+                value = float(share.detach())
+                if not math.isfinite(value):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return value, math.nan
+                share.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+                task += value
+        penalty = self.penalty(model) if self.penalty is not None else torch.zeros(())
+        if not math.isfinite(float(penalty.detach())):
+            self.optimizer.zero_grad(set_to_none=True)
+            return float(penalty.detach()), math.nan
+        if penalty.requires_grad:
+            penalty.backward()  # type: ignore[no-untyped-call]
+        clip = self.spec.max_grad_norm if self.spec.max_grad_norm > 0 else math.inf
+        torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return task + float(penalty.detach()), float(penalty.detach())
+
+    def _spike(self, loss: float) -> float | None:
+        """The median the loss is a spike against, or None."""
+        factor = self.spec.loss_spike_factor
+        if factor <= 0 or len(self.losses) < SPIKE_MIN_UPDATES:
+            return None
+        median = statistics.median(list(self.losses)[-SPIKE_WINDOW:])
+        return median if median > 0 and loss > factor * median else None
+
+    @torch.no_grad()
+    def _restore(self, before: list[torch.Tensor]) -> None:
+        for param, saved in zip(self.params, before, strict=True):
+            param.copy_(saved)
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    def stats(self, *, learning_rate: float, enabled: bool, published: int) -> OnlineStats:
+        return OnlineStats(
+            total_examples=self.total_examples, skipped_examples=self.skipped, total_updates=self.updates,
+            buffer_size=len(self.buffer), pending_examples=len(self.pending),
+            average_loss=statistics.fmean(self.losses) if self.losses else None,
+            last_loss=self.last_loss if math.isfinite(self.last_loss) else None,
+            learning_rate=learning_rate, enabled=enabled, last_sequence=self.last_sequence,
+            published_versions=published,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the adapter: optimiser, counters, and the buffer by sequence number
+        (the examples themselves stay in the database)."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "updates": self.updates, "total": self.total_examples,
+            "skipped": self.skipped, "last_sequence": self.last_sequence,
+            "losses": list(self.losses), "last_loss": self.last_loss, "rng": self.rng.getstate(),
+            "buffer": [seq for seq, _ in self.buffer], "trained_through": self.trained_through,
+            "window_first": self.window_first,
+        }
+
+    def restore(self, state: dict[str, Any], buffered: list[StoredExample]) -> None:
+        """Put back a checkpoint's state; ``buffered`` are the rows of its buffer's sequence numbers."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates, self.total_examples = int(state["updates"]), int(state["total"])
+        self.skipped = int(state["skipped"])
+        self.last_sequence, self.last_loss = int(state["last_sequence"]), float(state["last_loss"])
+        self.losses.extend(float(x) for x in state["losses"])
+        self.rng.setstate(_rng_state(state["rng"]))
+        self.trained_through, self.window_first = int(state["trained_through"]), int(state["window_first"])
+        self._good = self._weights()  # called after the checkpoint's weights were loaded
+        tokenizer = self.loaded.tokenizer
+        self.buffer.extend((row.seq, encode_example(tokenizer, to_example(row), self.spec.max_seq_length))
+                           for row in buffered)
+
+
+def _rng_state(saved: Any) -> tuple[Any, ...]:
+    """random.Random's state as saved (torch.load gives lists back for its tuples)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss

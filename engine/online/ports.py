@@ -1,0 +1,33 @@
+"""What online sessions need from elsewhere, as interfaces: where their examples and controls are kept.
+
+``engine.stores.online_store.PostgresOnlineStore`` implements :class:`OnlineStore`; the composition root passes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from engine.online.spec import Controls, GateVerdict, StoredExample
+
+
+class OnlineStore(Protocol):
+    async def create(self, session_id: str, learning_rate: float) -> None: ...
+
+    async def controls(self, session_id: str) -> Controls:
+        """NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session it does not know."""
+        ...
+
+    async def controls_of(self, session_ids: Sequence[str]) -> dict[str, Controls]: ...
+
+    async def set(self, session_id: str, **changes: Any) -> Controls: ...
+
+    async def request(self, session_id: str, counter: str) -> Controls: ...
+
+    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None: ...
+
+    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0) -> int: ...
+
+    async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
+
+    async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...

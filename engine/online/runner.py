@@ -1,0 +1,314 @@
+"""An online session's run, a job of the typed job core on the training queue of any worker.
+
+PREPARING loads the base model once with the start version's adapter attached (trainable) and, as a training
+job continuing that version would, measures its Fisher on its own training data for the EWC penalty and gathers
+its lineage's data for replay (engine.continual.planner). A checkpoint, when the session has one, puts back the
+adapter, the optimiser, the counters and the buffer.
+
+RUNNING is a loop on the event loop that only waits: it reads new examples from PostgreSQL (from the last
+sequence number read), reads the controls, and hands each update to the job's worker thread
+(engine.online.learner). After an update: the adapter goes to the artifact store as the session's live adapter
+(the serving side loads it under a new name and switches ``<base>@<session>`` to it), the stats go on the job,
+and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is stored or a version published (its
+parent the start version, or the session's previous publication; fenced by the job's lease). A loss spike puts
+the adapter back, disables learning and says why on the controls. ``online_max_update_share`` caps the share of
+wall time updates take (the loop waits after each update in proportion), so a session never starves serving.
+
+StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED. A worker shutting down stores
+one and hands the session to another worker, which goes on from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.domain import JsonlSource
+from engine.errors import Cancelled
+from engine.jobs.core import JobProgress, JobState, Noticed, Warned
+from engine.jobs.manager import JobContext
+from engine.jobs.ports import StopReason
+from engine.online.learner import OnlineLearner, UpdateResult
+from engine.online.ports import OnlineStore
+from engine.online.spec import (
+    ONLINE_SESSION,
+    LiveAdapter,
+    LossSpike,
+    OnlineOutput,
+    OnlineSession,
+    OnlineSessionSpec,
+    Publication,
+    Published,
+    Updated,
+)
+from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
+from engine.registry.ports import ArtifactStore
+from engine.registry.records import AdapterSource
+from engine.training.checkpoint_store import CheckpointArchive
+from engine.training.ports import ContinualPlanner, PlanRequest
+from engine.training.preparation import JobPreparer, inherit_lora
+from engine.training.recipe import LoadedModel, TrainingRun, load_for_training, release, save_adapter
+from engine.training.spec import EwcSpec, Hyperparameters, TrainingJobSpec
+
+Ctx = JobContext[OnlineSessionSpec, OnlineOutput]
+STATE_FILE = "online.pt"
+LIVE_KEPT = 3  # live archives kept in the store (the serving side needs only the newest)
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    poll_seconds: float = 0.5
+    max_update_share: float = 0.5  # of wall time; after an update of t seconds the loop waits t * (1 - s) / s
+    fisher_batch_size: int = 4
+
+
+def training_spec(spec: OnlineSessionSpec, parent: AdapterRecord, fisher_batch_size: int) -> TrainingJobSpec:
+    """The session as the training job continuing its start version would be: what loads the model and plans
+    EWC and replay (its dataset is never read: the session's examples come from its clients)."""
+    ewc = EwcSpec(ewc_lambda=spec.ewc_lambda, replay_fraction=spec.replay_fraction, disabled=spec.ewc_lambda <= 0,
+                  space=parent.ewc_fisher_space or EwcSpec().space)
+    hp = Hyperparameters(max_seq_length=spec.max_seq_length, seed=spec.seed, batch_size=fisher_batch_size)
+    return inherit_lora(TrainingJobSpec(base_model=spec.base_model, dataset=JsonlSource("-"), hyperparameters=hp,
+                                        parent_adapter_version=parent.version, ewc=ewc, lora_fields_set=()), parent)
+
+
+class OnlineRunner:
+    kind = ONLINE_SESSION
+
+    def __init__(self, *, store: OnlineStore, registry: AdapterRegistry, preparer: JobPreparer,
+                 planner: ContinualPlanner | None, artifacts: ArtifactStore, config: OnlineConfig | None = None,
+                 load: Any = load_for_training) -> None:
+        self._store = store
+        self._registry = registry
+        self._preparer = preparer
+        self._planner = planner
+        self._artifacts = artifacts
+        self._config = config or OnlineConfig()
+        self._load = load
+
+    def fold(self, job: OnlineSession, payload: object) -> OnlineSession:
+        if isinstance(payload, Updated):
+            return replace(job, progress=JobProgress(payload.update, 0))
+        return job
+
+    async def run(self, ctx: Ctx) -> str:
+        spec = ctx.job.spec
+        ctx.transition(JobState.PREPARING, f"loading {spec.base_model} with {spec.start_version}")
+        start = await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
+        parent_dir = await self._preparer.fetch_parent(start, ctx.work_dir / "start")
+        model_dir = await self._preparer.model_dir(spec.base_model)
+        tspec = training_spec(spec, start, self._config.fisher_batch_size)
+        run = TrainingRun(spec=tspec, base_model_dir=model_dir, examples=[], output_dir=ctx.work_dir / "unused",
+                          parent_adapter_dir=parent_dir)
+        loaded: LoadedModel = await ctx.in_worker(self._load, run)
+        try:
+            learner = await self._prepare(ctx, tspec, start, parent_dir, model_dir, loaded)
+            if ctx.cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", "stopped before learning started")
+            ctx.started(JobState.RUNNING, f"learning online on {loaded.description} from {spec.start_version}")
+            return await _Session(self, ctx, learner, start).loop()
+        finally:
+            release(loaded)
+
+    async def _prepare(self, ctx: Ctx, tspec: TrainingJobSpec, start: AdapterRecord, parent_dir: Path,
+                       model_dir: Path, loaded: LoadedModel) -> OnlineLearner:
+        spec = ctx.job.spec
+        penalty, earlier, snapshot = None, [], ""
+        if self._planner is not None and (spec.ewc_lambda > 0 or spec.replay_fraction > 0):
+            plan = await self._planner.plan(PlanRequest(
+                spec=tspec, parent=start, parent_dir=parent_dir, model_dir=model_dir, examples=[], model=loaded,
+                in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel))
+            penalty, earlier, snapshot = plan.penalty, plan.earlier, plan.lineage.fisher_snapshot
+        ctx.set_output(replace(ctx.job.output, device=loaded.plan.device, fisher_snapshot=snapshot))
+        learner = OnlineLearner(loaded, spec, penalty=penalty, earlier=earlier)
+        if ctx.job.output.checkpoints:
+            await self._resume(ctx, learner)
+        return learner
+
+    async def _resume(self, ctx: Ctx, learner: OnlineLearner) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        record = ctx.job.output.checkpoints[0]
+        archive = CheckpointArchive(self._artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        folder = await archive.fetch(record, ctx.work_dir / "resume")
+        state = await asyncio.to_thread(torch.load, folder / STATE_FILE, map_location="cpu", weights_only=True)
+        weights = await asyncio.to_thread(load_file, str(folder / "adapter" / "adapter_model.safetensors"))
+        buffered = await self._store.by_sequence(ctx.job.id, state["buffer"])
+
+        def put_back() -> None:
+            set_peft_model_state_dict(learner.loaded.model, weights)
+            learner.restore(state, buffered)
+
+        await ctx.in_worker(put_back)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        ctx.record(Noticed("RESUMED", f"continuing from the checkpoint of update {record.step} (example "
+                                      f"{learner.last_sequence} read, {len(buffered)} in the buffer)"))
+
+
+class _Session:
+    """The running loop of one session (see the module docstring)."""
+
+    def __init__(self, runner: OnlineRunner, ctx: Ctx, learner: OnlineLearner, start: AdapterRecord) -> None:
+        self.r = runner
+        self.ctx = ctx
+        self.learner = learner
+        self.start = start
+        self.id = ctx.job.id
+        self.live_keys: collections.deque[str] = collections.deque()
+        self.resting_until = 0.0
+        self.checkpointed = learner.updates
+
+    @property
+    def spec(self) -> OnlineSessionSpec:
+        return self.ctx.job.spec
+
+    async def loop(self) -> str:
+        ctx, learner = self.ctx, self.learner
+        while True:
+            if ctx.cancel.cancelled:
+                return await self._stop()
+            controls = await self.r._store.controls(self.id)
+            room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
+            rows = await self.r._store.after(self.id, learner.last_sequence, room) if room > 0 else []
+            if rows:
+                warnings = learner.add(rows)
+                if warnings:
+                    ctx.record(Warned("EXAMPLES_SKIPPED", f"{len(warnings)} examples skipped: {warnings[0]}"))
+            output = ctx.job.output
+            forced = controls.force_updates > output.force_updates_seen
+            publish = controls.publish_requests > output.publish_requests_seen
+            updated = False
+            if controls.enabled and time.monotonic() >= self.resting_until and learner.due(forced):
+                await self._update(controls.learning_rate)
+                updated = True
+            if publish and learner.updates > 0:
+                await self._publish()
+            output = ctx.job.output
+            ctx.set_output(replace(
+                output,
+                stats=learner.stats(learning_rate=controls.learning_rate, enabled=controls.enabled,
+                                    published=len(output.publications)),
+                # a forced update is done once one update followed it (or there was nothing to update)
+                force_updates_seen=controls.force_updates if forced and (updated or not learner.pending)
+                else output.force_updates_seen,
+                publish_requests_seen=controls.publish_requests if learner.updates > 0
+                else output.publish_requests_seen,
+            ))
+            if rows or forced or publish or updated:
+                await ctx.persist()
+            if not updated:
+                await asyncio.sleep(self.r._config.poll_seconds)
+
+    async def _update(self, learning_rate: float) -> None:
+        ctx, learner, spec = self.ctx, self.learner, self.spec
+        began = time.monotonic()
+        result: UpdateResult = await ctx.in_worker(learner.update, learning_rate)
+        took = time.monotonic() - began
+        share = self.r._config.max_update_share
+        self.resting_until = time.monotonic() + (took * (1 - share) / share if 0 < share < 1 else 0.0)
+        if result.skipped:
+            ctx.record(Warned("UPDATE_SKIPPED", f"update {result.update}: {result.skipped}"))
+            return
+        if not math.isnan(result.spike_median):
+            factor = result.loss / result.spike_median
+            reason = (f"loss spike at update {result.update}: loss {result.loss:.4g} is {factor:.1f}x the median "
+                      f"{result.spike_median:.4g} of the last updates (limit {spec.loss_spike_factor:g}x); the "
+                      "adapter was put back to its weights before the update that made it")
+            await self.r._store.set(self.id, enabled=False, disabled_reason=reason)
+            ctx.record(LossSpike(result.update, result.loss, result.spike_median, factor))
+            ctx.record(Warned("LEARNING_DISABLED", reason))
+        await self._refresh_live(result.update)
+        stats = learner.stats(learning_rate=learning_rate, enabled=math.isnan(result.spike_median),
+                              published=len(ctx.job.output.publications))
+        ctx.set_output(replace(ctx.job.output, stats=stats))
+        ctx.record(Updated(result.update, result.loss, result.examples, result.replayed, result.ewc_penalty, stats))
+        if spec.publish_every and learner.updates % spec.publish_every == 0:
+            await self._publish()
+        if learner.updates % spec.checkpoint_every == 0:
+            await self._checkpoint()
+
+    async def _save_adapter(self, name: str) -> Path:
+        folder = self.ctx.work_dir / name
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return await self.ctx.in_worker(save_adapter, self.learner.loaded.model, folder)
+
+    async def _refresh_live(self, update: int) -> None:
+        """The adapter as it is now, stored for the serving side to load (the newest few are kept)."""
+        folder = await self._save_adapter("live")
+        archive = CheckpointArchive(self.r._artifacts, self.ctx.work_dir / "archive", prefix="online/live")
+        record = await archive.save(self.id, update, self.ctx.lease_token, folder, loss=0.0, eval_loss=None)
+        self.ctx.set_output(replace(self.ctx.job.output, live=LiveAdapter(update, record.key, record.sha256)))
+        self.live_keys.append(record.key)
+        if len(self.live_keys) > LIVE_KEPT:
+            await self.r._artifacts.delete([self.live_keys.popleft()])
+
+    async def _publish(self) -> None:
+        ctx, learner, spec = self.ctx, self.learner, self.spec
+        done = ctx.job.output.publications
+        if done and done[-1].update == learner.updates:
+            return  # this state is published already
+        parent = self.start
+        if done:
+            parent = await self.r._registry.get(spec.base_model, done[-1].version)
+        folder = await self._save_adapter("publish")
+        first, last = learner.window_first, learner.trained_through
+        try:
+            record = await self.r._registry.publish(PublishRequest(
+                base_model=spec.base_model, adapter_dir=folder, parent=parent, source=AdapterSource.ONLINE,
+                training_job=ctx.job.name, train_loss=learner.stats(learning_rate=0, enabled=True,
+                                                                    published=0).average_loss or 0.0,
+                ewc_lambda=spec.ewc_lambda, fisher_snapshot=ctx.job.output.fisher_snapshot,
+                labels=(("online_session", self.id), ("examples", f"{first}-{last}")),
+                request_id=f"{ctx.job.name}/publish/{learner.updates}", fence=(ctx.job.id, ctx.lease_token),
+            ))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        publication = Publication(record.version, learner.updates, first, last, datetime.now(UTC))
+        learner.window_first = 0
+        ctx.set_output(replace(ctx.job.output, publications=(*done, publication)))
+        ctx.record(Published(publication))
+        await ctx.persist()
+
+    async def _checkpoint(self) -> None:
+        ctx, learner = self.ctx, self.learner
+        if learner.updates == self.checkpointed and ctx.job.output.checkpoints:
+            return
+        folder = ctx.work_dir / "checkpoint"
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+        def write() -> None:
+            learner.loaded.model.save_pretrained(folder / "adapter", safe_serialization=True)
+            torch.save(learner.state(), folder / STATE_FILE)
+
+        await ctx.in_worker(write)
+        archive = CheckpointArchive(self.r._artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        record = await archive.save(self.id, learner.updates, ctx.lease_token, folder,
+                                    loss=learner.last_loss, eval_loss=None)
+        kept = (record, *ctx.job.output.checkpoints)
+        ctx.set_output(replace(ctx.job.output, checkpoints=kept[:CHECKPOINTS_KEPT]))
+        await ctx.persist()
+        self.checkpointed = learner.updates
+        if len(kept) > CHECKPOINTS_KEPT:
+            await archive.delete(list(kept[CHECKPOINTS_KEPT:]))
+
+    async def _stop(self) -> str:
+        """A stop asked by a client (a last checkpoint, then CANCELLED) or by this worker's shutdown or a pause
+        (a checkpoint, then the session goes to another worker); a lost lease writes nothing more."""
+        reason = self.ctx.cancel.reason
+        if reason is not StopReason.LEASE_LOST and self.learner.updates:
+            await self._checkpoint()
+        if reason is StopReason.CANCEL:
+            raise Cancelled("JOB_CANCELLED", f"stopped after {self.learner.updates} updates on "
+                                             f"{self.learner.total_examples} examples")
+        raise Cancelled("JOB_CANCELLED", "stopped to continue later")

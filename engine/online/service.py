@@ -1,0 +1,181 @@
+"""What the OnlineLearningService calls: sessions (jobs of kind ``onlineSession``), their controls and examples."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from engine.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from engine.jobs.core import JobEvent, JobState
+from engine.jobs.manager import JobManager
+from engine.online.ports import OnlineStore
+from engine.online.serving import RUNNING
+from engine.online.spec import Controls, OnlineOutput, OnlineSession, OnlineSessionSpec, OnlineStats, not_found
+from engine.registry import AdapterRegistry
+
+MAX_WEIGHT = 100.0
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session as clients see it: the job and its controls."""
+
+    job: OnlineSession
+    controls: Controls
+
+    def with_job(self, job: OnlineSession) -> SessionView:
+        return replace(self, job=job)
+
+    @property
+    def stats(self) -> OnlineStats:
+        """The worker's figures, with what only the controls know (the setting in force, the API's refusals)."""
+        stats = self.job.output.stats
+        return replace(stats, enabled=self.controls.enabled, learning_rate=self.controls.learning_rate,
+                       skipped_examples=stats.skipped_examples + self.controls.refused_examples)
+
+
+@dataclass(frozen=True)
+class ExampleIn:
+    prompt: str
+    target: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Added:
+    accepted: int
+    refusals: tuple[str, ...]
+    last_sequence: int
+
+
+class OnlineSessions:
+    def __init__(self, manager: JobManager[OnlineSessionSpec, OnlineOutput], store: OnlineStore, *,
+                 registry: AdapterRegistry, active_version: Callable[[str], str], reserved_names: Sequence[str],
+                 max_example_chars: int) -> None:
+        self._manager = manager
+        self._store = store
+        self._registry = registry
+        self._active_version = active_version  # of a base model ("" when none)
+        self._reserved = set(reserved_names)  # names a live alias may not take (the LoraControl alias)
+        self._max_chars = max_example_chars
+
+    async def create(self, spec: OnlineSessionSpec, *, session_id: str = "", request_id: str = "") -> SessionView:
+        if spec.live_alias in self._reserved:
+            raise InvalidArgument("INVALID_ONLINE_SETTING", f"spec.live_alias {spec.live_alias!r} is the serving "
+                                                            "alias LoraControl routes; name another",
+                                  violations=[FieldViolation("spec.live_alias", "must not be the LoraControl alias")])
+        if not spec.start_version:
+            active = self._active_version(spec.base_model)
+            if not active:
+                raise FailedPrecondition("ONLINE_NO_START_VERSION", f"no start_version was named and no version of "
+                                                                    f"{spec.base_model} is active",
+                                         metadata={"base_model": spec.base_model})
+            spec = replace(spec, start_version=active)
+        await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
+        job = self._manager.new_job(spec, OnlineOutput(stats=OnlineStats(learning_rate=spec.learning_rate)),
+                                    request_id=request_id)
+        if session_id:
+            if await self._exists(session_id):
+                raise AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
+                                    metadata={"name": f"onlineSessions/{session_id}"})
+            job = replace(job, id=session_id)
+        await self._store.create(job.id, spec.learning_rate)
+        stored = await self._manager.submit(job)
+        return await self.get(stored.id)
+
+    async def _exists(self, session_id: str) -> bool:
+        try:
+            await self._manager.get(session_id)
+        except NotFound:
+            return False
+        return True
+
+    async def _job(self, session_id: str) -> OnlineSession:
+        try:
+            return await self._manager.get(session_id)
+        except NotFound:
+            raise not_found(session_id) from None
+
+    async def get(self, session_id: str) -> SessionView:
+        job = await self._job(session_id)
+        return SessionView(job, await self._store.controls(session_id))
+
+    async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[SessionView], str]:
+        jobs, token = await self._manager.list(states=(), page_size=page_size, page_token=page_token)
+        controls = await self._store.controls_of([j.id for j in jobs])
+        return [SessionView(j, controls[j.id]) for j in jobs if j.id in controls], token
+
+    async def running(self) -> builtins.list[OnlineSession]:
+        found: builtins.list[OnlineSession] = []
+        token = ""
+        while True:
+            jobs, token = await self._manager.list(states=RUNNING, page_size=100, page_token=token)
+            found.extend(jobs)
+            if not token:
+                return found
+
+    async def _open(self, session_id: str) -> OnlineSession:
+        """The session, FAILED_PRECONDITION once it has ended."""
+        job = await self._job(session_id)
+        if job.state.terminal or job.state is JobState.CANCELLING:
+            raise FailedPrecondition("ONLINE_SESSION_ENDED", f"online session {job.name} has ended "
+                                                             f"({job.state.value})",
+                                     metadata={"name": job.name, "state": job.state.value})
+        return job
+
+    async def stop(self, session_id: str) -> SessionView:
+        await self._open(session_id)
+        job = await self._manager.cancel(session_id)
+        return SessionView(job, await self._store.controls(session_id))
+
+    async def set_learning_rate(self, session_id: str, learning_rate: float) -> SessionView:
+        check_learning_rate(learning_rate, "learning_rate")
+        await self._open(session_id)
+        await self._store.set(session_id, learning_rate=learning_rate)
+        return await self.get(session_id)
+
+    async def set_enabled(self, session_id: str, enabled: bool, reason: str = "") -> SessionView:
+        await self._open(session_id)
+        await self._store.set(session_id, enabled=enabled, disabled_reason="" if enabled else reason)
+        return await self.get(session_id)
+
+    async def request(self, session_id: str, what: str) -> SessionView:
+        """An update now (``force_updates``) or a publication (``publish_requests``)."""
+        await self._open(session_id)
+        await self._store.request(session_id, what)
+        return await self.get(session_id)
+
+    async def add(self, session_id: str, examples: Sequence[ExampleIn], *, offset: int = 0) -> Added:
+        """Store the acceptable ``examples``; the others are refused with why (``offset``: the index of the
+        first in the caller's numbering)."""
+        await self._open(session_id)
+        rows, refusals = [], []
+        for i, example in enumerate(examples, start=offset):
+            why = self._refusal(example)
+            if why:
+                refusals.append(f"examples[{i}]: {why}")
+            else:
+                rows.append((example.prompt, example.target, example.weight))
+        last = await self._store.add(session_id, rows, refused=len(refusals))
+        return Added(len(rows), tuple(refusals), last)
+
+    def _refusal(self, example: ExampleIn) -> str:
+        if not example.prompt.strip():
+            return "empty prompt"
+        size = len(example.prompt) + len(example.target)
+        if size > self._max_chars:
+            return f"{size} characters, over the limit of {self._max_chars}"
+        if not (math.isfinite(example.weight) and 0 <= example.weight <= MAX_WEIGHT):
+            return f"weight {example.weight} is outside [0, {MAX_WEIGHT:g}]"
+        return ""
+
+    def watch(self, session_id: str, *, after_sequence: int = 0) -> AsyncIterator[OnlineSession | JobEvent]:
+        return self._manager.watch(session_id, after_sequence=after_sequence)
+
+
+def check_learning_rate(value: float, field_path: str) -> None:
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise InvalidArgument("INVALID_ONLINE_SETTING", f"{field_path} {value} is outside (0, 1]",
+                              violations=[FieldViolation(field_path, "must be in (0, 1]")])

@@ -1,0 +1,181 @@
+"""Online sessions: a served adapter that keeps learning from the examples its clients send.
+
+A session is a job of the typed job core (kind ``onlineSession``): its :class:`OnlineSessionSpec` is what was
+asked, its :class:`OnlineOutput` what it has done (stats, the adapter it serves now, its publications and
+checkpoints), written only by the worker that holds it. What clients and the serving side change while it runs
+(learning rate, enabled, forced updates and publications, the gate's verdicts, the live alias) is its
+:class:`Controls` row, and its examples are rows of their own (engine.stores.online_store).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.errors import NotFound
+from engine.jobs.core import Job, JobKind
+from engine.training.spec import CheckpointRecord, ParentFisherProgress
+
+SESSION_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+LOSS_WINDOW = 100  # updates the average loss is over
+SPIKE_WINDOW = 20  # updates a spike is judged against (their median)
+SPIKE_MIN_UPDATES = 10  # updates before a spike can be judged
+
+
+class OnlineOptimizer(enum.StrEnum):
+    ADAM = "ADAM"
+    ADAMW = "ADAMW"
+    SGD = "SGD"
+
+
+@dataclass(frozen=True)
+class OnlineSessionSpec:
+    base_model: str
+    start_version: str  # resolved at create time (the active version when none was named)
+    buffer_size: int = 1000
+    update_every: int = 10
+    optimizer: OnlineOptimizer = OnlineOptimizer.ADAMW
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ewc_lambda: float = 0.0  # 0: no EWC
+    replay_fraction: float = 0.5
+    checkpoint_every: int = 100
+    publish_every: int = 100  # 0: only on request
+    max_seq_length: int = 512
+    live_alias: str = ""
+    loss_spike_factor: float = 4.0  # 0: no spike check
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OnlineStats:
+    total_examples: int = 0  # read by the worker
+    skipped_examples: int = 0  # by the worker (no target tokens, non-finite loss)
+    total_updates: int = 0
+    buffer_size: int = 0
+    pending_examples: int = 0
+    average_loss: float | None = None  # None before the first update (JSON has no NaN)
+    last_loss: float | None = None
+    learning_rate: float = 0.0
+    enabled: bool = True
+    last_sequence: int = 0
+    published_versions: int = 0
+
+
+@dataclass(frozen=True)
+class LiveAdapter:
+    """The session's adapter as served after an update: its archive in the artifact store."""
+
+    update: int
+    key: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Publication:
+    version: str
+    update: int
+    first_sequence: int
+    last_sequence: int
+    time: datetime
+
+
+@dataclass(frozen=True)
+class OnlineOutput:
+    stats: OnlineStats = field(default_factory=OnlineStats)
+    live: LiveAdapter | None = None
+    publications: tuple[Publication, ...] = ()
+    checkpoints: tuple[CheckpointRecord, ...] = ()  # newest first
+    device: str = ""
+    fisher_snapshot: str = ""  # what the EWC penalty was measured as ("" : no EWC)
+    force_updates_seen: int = 0
+    publish_requests_seen: int = 0
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    failed_checks: tuple[str, ...] = ()
+    gated: bool = True  # False: the server has no gate (off, and no golden suite), so nothing was checked
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the API and the serving side set on a running session."""
+
+    session_id: str
+    enabled: bool
+    learning_rate: float
+    disabled_reason: str = ""
+    force_updates: int = 0
+    publish_requests: int = 0
+    refused_examples: int = 0
+    alias_version: str = ""
+    gates: tuple[tuple[str, GateVerdict], ...] = ()
+
+    def gate(self, version: str) -> GateVerdict | None:
+        return dict(self.gates).get(version)
+
+
+@dataclass(frozen=True)
+class StoredExample:
+    seq: int
+    prompt: str
+    target: str  # "" : self-supervised
+    weight: float
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Updated:
+    """Event: one update ended; the session's stats after it."""
+
+    update: int
+    loss: float
+    examples: int  # new examples trained on
+    replayed: int
+    ewc_penalty: float
+    stats: OnlineStats
+
+
+@dataclass(frozen=True)
+class Published:
+    """Event: the session's adapter was published as ``version``."""
+
+    publication: Publication
+
+
+@dataclass(frozen=True)
+class LossSpike:
+    """Event: an update's loss was ``factor`` times the median of the ones before; learning was disabled and the
+    adapter put back to its weights before the update that made the weights this loss was measured on."""
+
+    update: int
+    loss: float
+    median: float
+    factor: float
+
+
+ONLINE_SESSION = JobKind("onlineSession", "onlineSessions", OnlineSessionSpec, OnlineOutput,
+                         event_types=(Updated, Published, LossSpike, ParentFisherProgress))
+OnlineSession = Job[OnlineSessionSpec, OnlineOutput]
+
+
+def live_model(base_model: str, session_id: str) -> str:
+    """The name the session's adapter is served under."""
+    return f"{base_model}@{session_id}"
+
+
+def live_adapter_name(base_model: str, session_id: str, update: int) -> str:
+    """The serving engine's name of one refresh (a new name per refresh, so nothing served is unloaded)."""
+    return f"{live_model(base_model, session_id)}-u{update}"
+
+
+def not_found(session_id: str) -> NotFound:
+    return NotFound("ONLINE_SESSION_NOT_FOUND", f"online session onlineSessions/{session_id} does not exist",
+                    metadata={"name": f"onlineSessions/{session_id}"})

@@ -1,0 +1,128 @@
+"""Online sessions' examples and controls in PostgreSQL (``online_examples``, ``online_controls``).
+
+The sessions themselves are jobs (kind ``onlineSession``). Examples get a sequence number as they are stored;
+the worker reads them in order from the last one it read, so a session taken over by another worker goes on
+from its checkpoint without losing or repeating any. A control that asks for something once (an update now, a
+publication) is a counter: the worker acts on each increment it has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from engine.online.spec import Controls, GateVerdict, StoredExample, not_found
+
+_COUNTERS = ("force_updates", "publish_requests")
+_LOCK_NAMESPACE = "learning-engine/online/"
+
+
+def _controls(r: asyncpg.Record) -> Controls:
+    gates = json.loads(r["gates"])
+    return Controls(
+        session_id=r["session_id"], enabled=r["enabled"], learning_rate=r["learning_rate"],
+        disabled_reason=r["disabled_reason"], force_updates=r["force_updates"],
+        publish_requests=r["publish_requests"], refused_examples=r["refused_examples"],
+        alias_version=r["alias_version"],
+        gates=tuple((v, GateVerdict(g["passed"], tuple(g["failed_checks"]), g["gated"]))
+                    for v, g in sorted(gates.items())),
+    )
+
+
+def _example(r: asyncpg.Record) -> StoredExample:
+    return StoredExample(seq=r["seq"], prompt=r["prompt"], target=r["target"], weight=r["weight"])
+
+
+class PostgresOnlineStore:
+    """engine.online.ports.OnlineStore over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # ---- controls ------------------------------------------------------------------------------
+
+    async def create(self, session_id: str, learning_rate: float) -> None:
+        """The session's controls, once (a second create of the same session keeps the first's)."""
+        await self._pool.execute(
+            "INSERT INTO online_controls (session_id, learning_rate) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            session_id, learning_rate)
+
+    async def controls(self, session_id: str) -> Controls:
+        row = await self._pool.fetchrow("SELECT * FROM online_controls WHERE session_id = $1", session_id)
+        if row is None:
+            raise not_found(session_id)
+        return _controls(row)
+
+    async def controls_of(self, session_ids: Sequence[str]) -> dict[str, Controls]:
+        rows = await self._pool.fetch("SELECT * FROM online_controls WHERE session_id = ANY($1::text[])",
+                                      list(session_ids))
+        return {r["session_id"]: _controls(r) for r in rows}
+
+    async def set(self, session_id: str, **changes: Any) -> Controls:
+        """Set ``enabled``, ``disabled_reason``, ``learning_rate`` or ``alias_version``."""
+        allowed = {"enabled", "disabled_reason", "learning_rate", "alias_version"}
+        assert changes and set(changes) <= allowed, changes
+        columns = list(changes)
+        assignments = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns))
+        row = await self._pool.fetchrow(
+            f"UPDATE online_controls SET {assignments}, update_time = now() WHERE session_id = $1 RETURNING *",
+            session_id, *(changes[c] for c in columns))
+        if row is None:
+            raise not_found(session_id)
+        return _controls(row)
+
+    async def request(self, session_id: str, counter: str) -> Controls:
+        """One more request of ``counter`` (``force_updates`` or ``publish_requests``)."""
+        assert counter in _COUNTERS
+        row = await self._pool.fetchrow(
+            f"UPDATE online_controls SET {counter} = {counter} + 1, update_time = now() WHERE session_id = $1"
+            " RETURNING *", session_id)
+        if row is None:
+            raise not_found(session_id)
+        return _controls(row)
+
+    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None:
+        await self._pool.execute(
+            "UPDATE online_controls SET gates = gates || jsonb_build_object($2::text, $3::jsonb),"
+            " update_time = now() WHERE session_id = $1",
+            session_id, version, json.dumps({"passed": verdict.passed, "failed_checks": list(verdict.failed_checks),
+                        "gated": verdict.gated}))
+
+    # ---- examples ------------------------------------------------------------------------------
+
+    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0) -> int:
+        """Store ``rows`` (prompt, target, weight) in order and count ``refused`` ones; the last sequence number
+        stored (0 when none was).
+
+        A session's inserts take a transaction lock on it first, so its sequence numbers are committed in order:
+        a worker that read up to one never finds a smaller one committed later."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + session_id)
+            seqs = await conn.fetch(
+                "INSERT INTO online_examples (session_id, prompt, target, weight)"
+                " SELECT $1, p, t, w FROM unnest($2::text[], $3::text[], $4::float8[]) WITH ORDINALITY AS x(p, t, w, n)"
+                " ORDER BY n RETURNING seq",
+                session_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]) if rows else []
+            if refused:
+                await conn.execute("UPDATE online_controls SET refused_examples = refused_examples + $2"
+                                   " WHERE session_id = $1", session_id, refused)
+        return max((r["seq"] for r in seqs), default=0)
+
+    async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
+        rows = await self._pool.fetch(
+            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq > $2"
+            " ORDER BY seq LIMIT $3", session_id, seq, limit)
+        return [_example(r) for r in rows]
+
+    async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]:
+        rows = await self._pool.fetch(
+            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])"
+            " ORDER BY seq", session_id, list(seqs))
+        return [_example(r) for r in rows]
+
+    async def last_sequence(self, session_id: str) -> int:
+        return int(await self._pool.fetchval(
+            "SELECT coalesce(max(seq), 0) FROM online_examples WHERE session_id = $1", session_id))

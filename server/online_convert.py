@@ -1,0 +1,157 @@
+"""Online sessions between protobuf and the engine: settings with their defaults and ranges, views, stats."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.errors import FieldViolation, InvalidArgument
+from engine.jobs.core import JobEvent
+from engine.online.service import ExampleIn, SessionView, check_learning_rate
+from engine.online.spec import (
+    SESSION_ID_RE,
+    GateVerdict,
+    LossSpike,
+    OnlineOptimizer,
+    OnlineSessionSpec,
+    OnlineStats,
+    Publication,
+    Published,
+    Updated,
+    live_adapter_name,
+    live_model,
+)
+from engine.registry.records import VERSION_RE
+from learning.v1 import online_pb2 as pb
+from server.convert import _ts, core_event_to_pb, job_core_to_pb
+
+_OPTIMIZER = {
+    pb.ONLINE_OPTIMIZER_UNSPECIFIED: OnlineOptimizer.ADAMW, pb.ONLINE_OPTIMIZER_ADAM: OnlineOptimizer.ADAM,
+    pb.ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer.ADAMW, pb.ONLINE_OPTIMIZER_SGD: OnlineOptimizer.SGD,
+}
+_OPTIMIZER_TO_PB = {v: k for k, v in _OPTIMIZER.items() if k != pb.ONLINE_OPTIMIZER_UNSPECIFIED}
+COLLECTION = "onlineSessions"
+
+
+@dataclass(frozen=True)
+class OnlineDefaults:
+    base_model: str
+    learning_rate: float
+    ewc_lambda: float
+    replay_fraction: float
+    max_seq_length: int
+
+
+def _bad(field_path: str, description: str) -> InvalidArgument:
+    return InvalidArgument("INVALID_ONLINE_SETTING", f"{field_path}: {description}",
+                           violations=[FieldViolation(field_path, description)])
+
+
+def session_id_from_name(name: str, field_path: str = "name") -> str:
+    found = name.removeprefix(f"{COLLECTION}/") if name.startswith(f"{COLLECTION}/") else ""
+    if not SESSION_ID_RE.match(found):
+        raise InvalidArgument("MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like "
+                                                f"{COLLECTION}/<id>",
+                              violations=[FieldViolation(field_path, f"must be {COLLECTION}/{{session_id}}")])
+    return found
+
+
+def _count(value: int, default: int, low: int, high: int, field_path: str) -> int:
+    chosen = value or default
+    if not low <= chosen <= high:
+        raise _bad(field_path, f"must be in [{low}, {high}]")
+    return chosen
+
+
+def _fraction(msg: pb.OnlineSessionSpec, name: str, default: float, low: float, high: float) -> float:
+    value = getattr(msg, name) if msg.HasField(name) else default
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _bad(f"spec.{name}", f"must be in [{low:g}, {high:g}]")
+    return float(value)
+
+
+def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineSessionSpec:
+    if msg.start_version and not VERSION_RE.match(msg.start_version):
+        raise _bad("spec.start_version", "must be a version like v1.0")
+    if msg.live_alias and (len(msg.live_alias) > 128 or not msg.live_alias.isprintable() or " " in msg.live_alias):
+        raise _bad("spec.live_alias", "at most 128 printable characters, no spaces")
+    learning_rate = msg.learning_rate if msg.HasField("learning_rate") else defaults.learning_rate
+    check_learning_rate(learning_rate, "spec.learning_rate")
+    return OnlineSessionSpec(
+        base_model=msg.base_model or defaults.base_model,
+        start_version=msg.start_version,
+        buffer_size=_count(msg.buffer_size, 1000, 1, 100_000, "spec.buffer_size"),
+        update_every=_count(msg.update_every, 10, 1, 10_000, "spec.update_every"),
+        optimizer=_OPTIMIZER[msg.optimizer],
+        learning_rate=learning_rate,
+        weight_decay=_fraction(msg, "weight_decay", 0.01, 0, 1),
+        max_grad_norm=_fraction(msg, "max_grad_norm", 1.0, 0, 1e6),
+        ewc_lambda=_fraction(msg, "ewc_lambda", defaults.ewc_lambda, 0, 1e6),
+        replay_fraction=_fraction(msg, "replay_fraction", defaults.replay_fraction, 0, 0.9),
+        checkpoint_every=_count(msg.checkpoint_every, 100, 1, 100_000, "spec.checkpoint_every"),
+        publish_every=_count(msg.publish_every, 100, 0, 100_000, "spec.publish_every")
+        if msg.HasField("publish_every") else 100,
+        max_seq_length=_count(msg.max_seq_length, defaults.max_seq_length, 16, 8192, "spec.max_seq_length"),
+        live_alias=msg.live_alias,
+        loss_spike_factor=_fraction(msg, "loss_spike_factor", 4.0, 0, 1e6),
+    )
+
+
+def spec_to_pb(spec: OnlineSessionSpec) -> pb.OnlineSessionSpec:
+    return pb.OnlineSessionSpec(
+        base_model=spec.base_model, start_version=spec.start_version, buffer_size=spec.buffer_size,
+        update_every=spec.update_every, optimizer=_OPTIMIZER_TO_PB[spec.optimizer], learning_rate=spec.learning_rate,
+        weight_decay=spec.weight_decay, max_grad_norm=spec.max_grad_norm, ewc_lambda=spec.ewc_lambda,
+        replay_fraction=spec.replay_fraction, checkpoint_every=spec.checkpoint_every,
+        publish_every=spec.publish_every, max_seq_length=spec.max_seq_length, live_alias=spec.live_alias,
+        loss_spike_factor=spec.loss_spike_factor,
+    )
+
+
+def stats_to_pb(s: OnlineStats) -> pb.OnlineStats:
+    return pb.OnlineStats(
+        total_examples=s.total_examples, skipped_examples=s.skipped_examples, total_updates=s.total_updates,
+        buffer_size=s.buffer_size, pending_examples=s.pending_examples,
+        average_loss=math.nan if s.average_loss is None else s.average_loss,
+        last_loss=math.nan if s.last_loss is None else s.last_loss, learning_rate=s.learning_rate,
+        enabled=s.enabled, last_sequence=s.last_sequence, published_versions=s.published_versions,
+    )
+
+
+def session_to_pb(view: SessionView) -> pb.OnlineSession:
+    job, controls = view.job, view.controls
+    out = job.output
+    msg = job_core_to_pb(job, pb.OnlineSession(
+        spec=spec_to_pb(job.spec), stats=stats_to_pb(view.stats), live_model=live_model(job.spec.base_model, job.id),
+        alias_version=controls.alias_version, disabled_reason=controls.disabled_reason, device=out.device,
+    ))
+    if out.live is not None:
+        msg.live_adapter = live_adapter_name(job.spec.base_model, job.id, out.live.update)
+    msg.publications.extend(publication_to_pb(p, controls.gate(p.version)) for p in out.publications)
+    return msg
+
+
+def publication_to_pb(p: Publication, verdict: GateVerdict | None = None) -> pb.OnlinePublication:
+    msg = pb.OnlinePublication(version=p.version, update=p.update, first_sequence=p.first_sequence,
+                               last_sequence=p.last_sequence, publish_time=_ts(p.time))
+    if verdict is not None and verdict.gated:
+        msg.gate_passed = verdict.passed
+        msg.failed_checks.extend(verdict.failed_checks)
+    return msg
+
+
+def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
+    msg = core_event_to_pb(event.payload, pb.OnlineSessionEvent(sequence=event.sequence, time=_ts(event.time)))
+    p = event.payload
+    if isinstance(p, Updated):
+        msg.updated.CopyFrom(pb.OnlineUpdate(update=p.update, loss=p.loss, examples=p.examples, replayed=p.replayed,
+                                             ewc_penalty=p.ewc_penalty, stats=stats_to_pb(p.stats)))
+    elif isinstance(p, Published):
+        msg.published.CopyFrom(publication_to_pb(p.publication))
+    elif isinstance(p, LossSpike):
+        msg.loss_spike.CopyFrom(pb.OnlineLossSpike(update=p.update, loss=p.loss, median=p.median, factor=p.factor))
+    return msg
+
+
+def examples_from_pb(examples: list[pb.OnlineExample]) -> list[ExampleIn]:
+    return [ExampleIn(e.prompt, e.target, e.weight if e.HasField("weight") else 1.0) for e in examples]

@@ -1,0 +1,179 @@
+"""OnlineLearningService: validate, convert, call the online sessions, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from engine.errors import FieldViolation, InvalidArgument
+from engine.jobs.core import JobEvent
+from engine.online.service import OnlineSessions
+from engine.online.spec import OnlineStats, Updated
+from learning.v1 import online_pb2 as pb
+from learning.v1 import online_pb2_grpc as pb_grpc
+from server import convert
+from server import online_convert as oc
+
+MAX_REQUEST_ID = 128
+MAX_REASON = 500
+
+
+class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
+    def __init__(self, sessions: OnlineSessions, defaults: oc.OnlineDefaults) -> None:
+        self._sessions = sessions
+        self._defaults = defaults
+
+    async def CreateOnlineSession(self, request: pb.CreateOnlineSessionRequest, context: grpc.aio.ServicerContext):
+        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        session_id = oc.session_id_from_name(f"{oc.COLLECTION}/{request.session_id}", "session_id") \
+            if request.session_id else ""
+        view = await self._sessions.create(oc.spec_from_pb(request.spec, self._defaults), session_id=session_id,
+                                           request_id=request.request_id)
+        return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(view))
+
+    async def GetOnlineSession(self, request: pb.GetOnlineSessionRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.get(oc.session_id_from_name(request.name))
+        return pb.GetOnlineSessionResponse(session=oc.session_to_pb(view))
+
+    async def ListOnlineSessions(self, request: pb.ListOnlineSessionsRequest, context: grpc.aio.ServicerContext):
+        views, token = await self._sessions.list(page_size=convert.page_size(request.page_size),
+                                                 page_token=request.page_token)
+        return pb.ListOnlineSessionsResponse(sessions=[oc.session_to_pb(v) for v in views], next_page_token=token)
+
+    async def StopOnlineSession(self, request: pb.StopOnlineSessionRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.stop(oc.session_id_from_name(request.name))
+        return pb.StopOnlineSessionResponse(session=oc.session_to_pb(view))
+
+    async def SetLearningRate(self, request: pb.SetLearningRateRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.set_learning_rate(oc.session_id_from_name(request.name), request.learning_rate)
+        return pb.SetLearningRateResponse(session=oc.session_to_pb(view))
+
+    async def EnableOnlineLearning(self, request: pb.EnableOnlineLearningRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.set_enabled(oc.session_id_from_name(request.name), True)
+        return pb.EnableOnlineLearningResponse(session=oc.session_to_pb(view))
+
+    async def DisableOnlineLearning(self, request: pb.DisableOnlineLearningRequest,
+                                    context: grpc.aio.ServicerContext):
+        view = await self._sessions.set_enabled(oc.session_id_from_name(request.name), False,
+                                                reason=request.reason[:MAX_REASON] or "disabled by a client")
+        return pb.DisableOnlineLearningResponse(session=oc.session_to_pb(view))
+
+    async def ForceUpdate(self, request: pb.ForceUpdateRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.request(oc.session_id_from_name(request.name), "force_updates")
+        return pb.ForceUpdateResponse(session=oc.session_to_pb(view))
+
+    async def PublishOnlineSession(self, request: pb.PublishOnlineSessionRequest,
+                                   context: grpc.aio.ServicerContext):
+        view = await self._sessions.request(oc.session_id_from_name(request.name), "publish_requests")
+        return pb.PublishOnlineSessionResponse(session=oc.session_to_pb(view))
+
+    async def GetOnlineStats(self, request: pb.GetOnlineStatsRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.get(oc.session_id_from_name(request.name))
+        return pb.GetOnlineStatsResponse(stats=oc.stats_to_pb(view.stats))
+
+    async def WatchOnlineSession(self, request: pb.WatchOnlineSessionRequest, context: grpc.aio.ServicerContext,
+                                 ) -> AsyncIterator[pb.WatchOnlineSessionResponse]:
+        session_id = oc.session_id_from_name(request.name)
+        view = await self._sessions.get(session_id)  # NOT_FOUND before the stream starts
+        async for item in self._sessions.watch(session_id, after_sequence=request.after_sequence):
+            if isinstance(item, JobEvent):
+                yield pb.WatchOnlineSessionResponse(event=oc.event_to_pb(item))
+            else:
+                yield pb.WatchOnlineSessionResponse(snapshot=oc.session_to_pb(view.with_job(item)))
+
+    async def AddExamples(self, request: pb.AddExamplesRequest, context: grpc.aio.ServicerContext):
+        added = await self._sessions.add(oc.session_id_from_name(request.name),
+                                         oc.examples_from_pb(list(request.examples)))
+        return pb.AddExamplesResponse(accepted=added.accepted, refused=len(added.refusals),
+                                      refusals=list(added.refusals), last_sequence=added.last_sequence)
+
+    async def StreamExamples(self, request_iterator: AsyncIterator[pb.StreamExamplesRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamExamplesResponse]:
+        """Stores what the client sends while answering with the stats: once at the start, after each update,
+        and, once the client has closed its side, a last time when the worker has read every example it sent and
+        trained on all that make up a full update (or learning is off)."""
+        iterator = aiter(request_iterator)
+        first = await anext(iterator, None)
+        if first is None or not first.name:
+            raise InvalidArgument("ONLINE_STREAM_UNNAMED", "the first message of the stream must name the session",
+                                  violations=[FieldViolation("name", "required on the first message")])
+        session_id = oc.session_id_from_name(first.name)
+        view = await self._sessions.get(session_id)
+        tally = _Tally()
+        answers: asyncio.Queue[pb.StreamExamplesResponse | None] = asyncio.Queue()
+
+        def answer(stats: OnlineStats) -> pb.StreamExamplesResponse:
+            return pb.StreamExamplesResponse(stats=oc.stats_to_pb(stats), accepted=tally.accepted,
+                                             refused=len(tally.refusals), refusals=tally.refusals[-20:])
+
+        async def receive() -> None:
+            message: pb.StreamExamplesRequest | None = first
+            while message is not None:
+                if message.name and message.name != first.name:
+                    raise InvalidArgument("MALFORMED_NAME", "every message of a stream names the same session",
+                                          violations=[FieldViolation("name", f"must be {first.name} or empty")])
+                added = await self._sessions.add(session_id, oc.examples_from_pb(list(message.examples)),
+                                                 offset=tally.received)
+                tally.add(len(message.examples), added.accepted, added.refusals, added.last_sequence)
+                message = await anext(iterator, None)
+            tally.closed = True
+
+        async def follow() -> None:
+            async for item in self._sessions.watch(session_id, after_sequence=view.job.last_sequence):
+                if isinstance(item, JobEvent) and isinstance(item.payload, Updated):
+                    await answers.put(answer((await self._sessions.get(session_id)).stats))
+            await answers.put(None)  # the session ended
+
+        async def settle() -> None:
+            """After the client closed its side: the last answer once what it sent is read and trained on."""
+            while not tally.closed:
+                await asyncio.sleep(0.1)
+            while True:
+                current = await self._sessions.get(session_id)
+                stats, every = current.stats, current.job.spec.update_every
+                read = current.job.output.stats.last_sequence >= tally.last_sequence
+                if (read and (stats.pending_examples < every or not stats.enabled)) or current.job.state.terminal:
+                    await answers.put(answer(current.stats))
+                    await answers.put(None)
+                    return
+                await asyncio.sleep(0.2)
+
+        yield answer(view.stats)
+        tasks = [asyncio.ensure_future(t()) for t in (receive, follow, settle)]
+        receiving = tasks[0]
+        try:
+            while True:
+                getter = asyncio.ensure_future(answers.get())
+                await asyncio.wait({getter, receiving}, return_when=asyncio.FIRST_COMPLETED)
+                failed = receiving.done() and not receiving.cancelled() and receiving.exception() is not None
+                if failed and not getter.done():  # bad input while receiving: the stream ends with its status
+                    getter.cancel()
+                    raise receiving.exception()  # type: ignore[misc]
+                item = await getter
+                if item is None:
+                    return
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.received = 0
+        self.accepted = 0
+        self.refusals: list[str] = []
+        self.last_sequence = 0
+        self.closed = False
+
+    def add(self, received: int, accepted: int, refusals: tuple[str, ...], last_sequence: int) -> None:
+        self.received += received
+        self.accepted += accepted
+        self.refusals.extend(refusals)
+        self.last_sequence = max(self.last_sequence, last_sequence)

@@ -1,0 +1,38 @@
+"""Online learning's part of the one settings object (mixed into ``server.settings.Settings``): the defaults a
+session gets for what it leaves unset, and how its worker and the serving side run it. See docs/online.md."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from engine.online.runner import OnlineConfig
+
+
+class OnlineSettings(BaseModel):
+    online_learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="Learning rate of an online session that sets none.")
+    online_ewc_lambda: float = Field(
+        0.3, ge=0, le=1e6, description="EWC strength of an online session against the version it starts from "
+        "(its Fisher measured on that version's own training data); 0 turns EWC off.")
+    online_replay_fraction: float = Field(
+        0.5, ge=0, le=0.9, description="Share of each online update's examples replayed from earlier ones (the "
+        "session's buffer and its start version's lineage).")
+    online_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="How often an online session's worker looks for new examples and controls.")
+    online_max_update_share: float = Field(
+        0.5, gt=0, le=1, description="The share of wall time an online session's updates may take: after an update "
+        "of t seconds its worker waits t * (1 - share) / share before the next, so updates never starve serving "
+        "on a shared machine (1: no wait).")
+    online_max_example_chars: int = Field(
+        32_000, ge=100, le=10_000_000, description="Longest online example (prompt and target) accepted; longer "
+        "ones are refused and counted as skipped.")
+    online_max_sessions: int = Field(
+        2, ge=0, le=64, description="Online sessions a worker runs at once, besides its max_concurrent_jobs "
+        "training and Fisher jobs (each session holds its own copy of the model while it runs).")
+    online_follow_seconds: float = Field(
+        1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters and "
+        "gates their publications.")
+
+    def online_config(self, fisher_batch_size: int) -> OnlineConfig:
+        return OnlineConfig(poll_seconds=self.online_poll_seconds, max_update_share=self.online_max_update_share,
+                            fisher_batch_size=fisher_batch_size)

@@ -1,0 +1,44 @@
+"""``learning-engine online`` against a live server: create from a version, send a file of examples (stats after
+each update, a refused line reported), stats, learning rate out of range, publish, stop, and a stop of a stopped
+session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.cli.test_cli_e2e import cli
+from tests.server.lora_helpers import train
+
+
+async def test_online_commands(make_server, tmp_path: Path) -> None:
+    server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)
+    port = server.app.port
+    start = await train(server)
+    made = await cli(port, "online", "create", "notes", "--from", start, "--update-every", "5", "--publish-every",
+                     "0", "--lr", "0.005", "--ewc-lambda", "0", "--replay", "0")
+    assert made.code == 0, made.err
+    assert made.out.strip() == f"created onlineSessions/notes from {start}, served as tiny-llama@notes", made.out
+
+    examples = tmp_path / "examples.jsonl"
+    rows = [{"prompt": f"Note {i}?", "target": f"Remember {i}."} for i in range(12)] + [{"prompt": ""}]
+    examples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sent = await cli(port, "online", "send", "notes", str(examples))
+    assert sent.code == 0, sent.err
+    lines = sent.out.splitlines()
+    assert lines[-2:] == ["sent 12 examples, 1 refused", "  examples[12]: empty prompt"], lines
+    assert lines[-3].startswith("2 updates, 12 examples (1 skipped, 2 pending"), lines  # 2 wait for a third update
+
+    stats = json.loads((await cli(port, "--json", "online", "stats", "notes")).out)
+    assert (stats["total_updates"], stats["total_examples"], stats["enabled"]) == ("2", "12", True), stats
+    bad = await cli(port, "online", "lr", "notes", "3")
+    assert bad.code == 3 and "INVALID_ONLINE_SETTING" in bad.err and "learning_rate" in bad.err, bad.err
+    published = await cli(port, "online", "publish", "notes")
+    assert (published.code, published.out.strip()) == (0, "onlineSessions/notes: publication requested")
+    stopped = await cli(port, "online", "stop", "notes")
+    assert stopped.code == 0, stopped.err
+    watched = await cli(port, "online", "watch", "notes")
+    assert "update 1: loss" in watched.out and "published v1.1" in watched.out, watched.out
+    assert "cancelled: stopped after 2 updates" in watched.out, watched.out
+    again = await cli(port, "online", "stop", "notes")
+    assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
