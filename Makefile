@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test test-fast check pytest protos sync-client docs lint clean
+.PHONY: setup model samples run test test-fast check pytest protos sync-client docs lint clean max-conformance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,24 @@ docs: setup
 	$(BIN)/python scripts/settings_reference.py --update docs/configuration.md
 
 lint: check
+
+# Opt-in, not part of `make test`: Learning Engine's serving client and gateway against real MAX Serve on CPU
+# (docs/serving.md, "Conformance against MAX Serve"). MAX gets a virtualenv of its own: its pins (protobuf 6,
+# transformers 5.12, opentelemetry-sdk < 1.36) are not the server's. About 1.3 GB; the first start compiles
+# the model's graphs for minutes, later starts reuse MAX's cache (~/.cache/modular).
+MAX_VERSION ?= 26.7.0
+MAX_VENV ?= $(DATA_DIR)/max-venv
+MAX_STAMP := $(MAX_VENV)/.installed-$(MAX_VERSION)
+
+$(MAX_STAMP):
+	$(PYTHON) -m venv $(MAX_VENV)
+	$(MAX_VENV)/bin/pip install --quiet --upgrade pip  # Python 3.11's pip 23 finds no opentelemetry set for max[serve]
+	$(MAX_VENV)/bin/pip install --quiet "max[serve]==$(MAX_VERSION)"
+	touch $@
+
+max-conformance: model $(MAX_STAMP)
+	$(BIN)/python scripts/max_conformance.py --max $(MAX_VENV)/bin/max \
+	  --model-dir $(DATA_DIR)/models/SmolLM2-135M-Instruct --log $(DATA_DIR)/max-conformance.log
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(TS)/node_modules

@@ -21,7 +21,6 @@ import asyncpg
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
 from engine.continual.base_knowledge import BaseKnowledgeProbe
@@ -76,6 +75,7 @@ from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
 from server.online_wiring import build_online, online_defaults
 from server.pipeline_wiring import build_pipelines
+from server.reflection import enable_server_reflection
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.dataset import DatasetService
@@ -475,10 +475,7 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
         undo.callback(feedback.close)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    enable_server_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     try:
         port = access.bind(server, settings)
     except RuntimeError:  # grpc says only "Failed to bind"

