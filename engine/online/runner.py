@@ -88,12 +88,9 @@ class OnlineRunner:
     def __init__(self, *, store: OnlineStore, registry: AdapterRegistry, preparer: JobPreparer,
                  planner: ContinualPlanner | None, artifacts: ArtifactStore, config: OnlineConfig | None = None,
                  load: Any = load_for_training) -> None:
-        self._store = store
-        self._registry = registry
+        self._parts = _Parts(store, registry, artifacts, config or OnlineConfig())
         self._preparer = preparer
         self._planner = planner
-        self._artifacts = artifacts
-        self._config = config or OnlineConfig()
         self._load = load
 
     def fold(self, job: OnlineSession, payload: object) -> OnlineSession:
@@ -104,10 +101,10 @@ class OnlineRunner:
     async def run(self, ctx: Ctx) -> str:
         spec = ctx.job.spec
         ctx.transition(JobState.PREPARING, f"loading {spec.base_model} with {spec.start_version}")
-        start = await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
+        start = await self._parts.registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
         parent_dir = await self._preparer.fetch_parent(start, ctx.work_dir / "start")
         model_dir = await self._preparer.model_dir(spec.base_model)
-        tspec = training_spec(spec, start, self._config.fisher_batch_size)
+        tspec = training_spec(spec, start, self._parts.config.fisher_batch_size)
         run = TrainingRun(spec=tspec, base_model_dir=model_dir, examples=[], output_dir=ctx.work_dir / "unused",
                           parent_adapter_dir=parent_dir)
         loaded: LoadedModel = await ctx.in_worker(self._load, run)
@@ -116,7 +113,7 @@ class OnlineRunner:
             if ctx.cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", "stopped before learning started")
             ctx.started(JobState.RUNNING, f"learning online on {loaded.description} from {spec.start_version}")
-            return await _Session(self, ctx, learner, start).loop()
+            return await _Session(self._parts, ctx, learner, start).loop()
         finally:
             release(loaded)
 
@@ -140,11 +137,11 @@ class OnlineRunner:
         from safetensors.torch import load_file
 
         record = ctx.job.output.checkpoints[0]
-        archive = CheckpointArchive(self._artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        archive = CheckpointArchive(self._parts.artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
         folder = await archive.fetch(record, ctx.work_dir / "resume")
         state = await asyncio.to_thread(torch.load, folder / STATE_FILE, map_location="cpu", weights_only=True)
         weights = await asyncio.to_thread(load_file, str(folder / "adapter" / "adapter_model.safetensors"))
-        buffered = await self._store.by_sequence(ctx.job.id, state["buffer"])
+        buffered = await self._parts.store.by_sequence(ctx.job.id, state["buffer"])
 
         def put_back() -> None:
             set_peft_model_state_dict(learner.loaded.model, weights)
@@ -156,11 +153,21 @@ class OnlineRunner:
                                       f"{learner.last_sequence} read, {len(buffered)} in the buffer)"))
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a running session works with."""
+
+    store: OnlineStore
+    registry: AdapterRegistry
+    artifacts: ArtifactStore
+    config: OnlineConfig
+
+
 class _Session:
     """The running loop of one session (see the module docstring)."""
 
-    def __init__(self, runner: OnlineRunner, ctx: Ctx, learner: OnlineLearner, start: AdapterRecord) -> None:
-        self.r = runner
+    def __init__(self, parts: _Parts, ctx: Ctx, learner: OnlineLearner, start: AdapterRecord) -> None:
+        self.r = parts
         self.ctx = ctx
         self.learner = learner
         self.start = start
@@ -178,9 +185,9 @@ class _Session:
         while True:
             if ctx.cancel.cancelled:
                 return await self._stop()
-            controls = await self.r._store.controls(self.id)
+            controls = await self.r.store.controls(self.id)
             room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
-            rows = await self.r._store.after(self.id, learner.last_sequence, room) if room > 0 else []
+            rows = await self.r.store.after(self.id, learner.last_sequence, room) if room > 0 else []
             if rows:
                 warnings = learner.add(rows)
                 if warnings:
@@ -208,14 +215,14 @@ class _Session:
             if rows or forced or publish or updated:
                 await ctx.persist()
             if not updated:
-                await asyncio.sleep(self.r._config.poll_seconds)
+                await asyncio.sleep(self.r.config.poll_seconds)
 
     async def _update(self, learning_rate: float) -> None:
         ctx, learner, spec = self.ctx, self.learner, self.spec
         began = time.monotonic()
         result: UpdateResult = await ctx.in_worker(learner.update, learning_rate)
         took = time.monotonic() - began
-        share = self.r._config.max_update_share
+        share = self.r.config.max_update_share
         self.resting_until = time.monotonic() + (took * (1 - share) / share if 0 < share < 1 else 0.0)
         if result.skipped:
             ctx.record(Warned("UPDATE_SKIPPED", f"update {result.update}: {result.skipped}"))
@@ -225,7 +232,7 @@ class _Session:
             reason = (f"loss spike at update {result.update}: loss {result.loss:.4g} is {factor:.1f}x the median "
                       f"{result.spike_median:.4g} of the last updates (limit {spec.loss_spike_factor:g}x); the "
                       "adapter was put back to its weights before the update that made it")
-            await self.r._store.set(self.id, enabled=False, disabled_reason=reason)
+            await self.r.store.set(self.id, enabled=False, disabled_reason=reason)
             ctx.record(LossSpike(result.update, result.loss, result.spike_median, factor))
             ctx.record(Warned("LEARNING_DISABLED", reason))
         await self._refresh_live(result.update)
@@ -246,12 +253,12 @@ class _Session:
     async def _refresh_live(self, update: int) -> None:
         """The adapter as it is now, stored for the serving side to load (the newest few are kept)."""
         folder = await self._save_adapter("live")
-        archive = CheckpointArchive(self.r._artifacts, self.ctx.work_dir / "archive", prefix="online/live")
+        archive = CheckpointArchive(self.r.artifacts, self.ctx.work_dir / "archive", prefix="online/live")
         record = await archive.save(self.id, update, self.ctx.lease_token, folder, loss=0.0, eval_loss=None)
         self.ctx.set_output(replace(self.ctx.job.output, live=LiveAdapter(update, record.key, record.sha256)))
         self.live_keys.append(record.key)
         if len(self.live_keys) > LIVE_KEPT:
-            await self.r._artifacts.delete([self.live_keys.popleft()])
+            await self.r.artifacts.delete([self.live_keys.popleft()])
 
     async def _publish(self) -> None:
         ctx, learner, spec = self.ctx, self.learner, self.spec
@@ -260,11 +267,11 @@ class _Session:
             return  # this state is published already
         parent = self.start
         if done:
-            parent = await self.r._registry.get(spec.base_model, done[-1].version)
+            parent = await self.r.registry.get(spec.base_model, done[-1].version)
         folder = await self._save_adapter("publish")
         first, last = learner.window_first, learner.trained_through
         try:
-            record = await self.r._registry.publish(PublishRequest(
+            record = await self.r.registry.publish(PublishRequest(
                 base_model=spec.base_model, adapter_dir=folder, parent=parent, source=AdapterSource.ONLINE,
                 training_job=ctx.job.name, train_loss=learner.stats(learning_rate=0, enabled=True,
                                                                     published=0).average_loss or 0.0,
@@ -292,7 +299,7 @@ class _Session:
             torch.save(learner.state(), folder / STATE_FILE)
 
         await ctx.in_worker(write)
-        archive = CheckpointArchive(self.r._artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        archive = CheckpointArchive(self.r.artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
         record = await archive.save(self.id, learner.updates, ctx.lease_token, folder,
                                     loss=learner.last_loss, eval_loss=None)
         kept = (record, *ctx.job.output.checkpoints)

@@ -72,6 +72,16 @@ CHUNK_SIZE = 1024 * 1024
 UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link an upload's deadline allows for
 
 
+async def _each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    """The items of a plain or an async iterable, as an async iterator."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
 class AsyncClient:
     """``async with AsyncClient("host:port", token=...) as client: ...``"""
 
@@ -749,12 +759,8 @@ class AsyncClient:
 
         async def messages() -> AsyncIterator[online_pb2.StreamExamplesRequest]:
             yield online_pb2.StreamExamplesRequest(name=name)
-            if isinstance(batches, AsyncIterable):
-                async for batch in batches:
-                    yield online_pb2.StreamExamplesRequest(examples=list(batch))
-            else:
-                for batch in batches:
-                    yield online_pb2.StreamExamplesRequest(examples=list(batch))
+            async for batch in _each(batches):
+                yield online_pb2.StreamExamplesRequest(examples=list(batch))
 
         return self._stream(self.online.StreamExamples, messages())
 
@@ -842,12 +848,8 @@ class AsyncClient:
         everything again is safe."""
 
         async def messages() -> AsyncIterator[feedback.StreamFeedbackRequest]:
-            if isinstance(batches, AsyncIterable):
-                async for batch in batches:
-                    yield feedback.StreamFeedbackRequest(events=list(batch))
-            else:
-                for batch in batches:
-                    yield feedback.StreamFeedbackRequest(events=list(batch))
+            async for batch in _each(batches):
+                yield feedback.StreamFeedbackRequest(events=list(batch))
 
         return await self._unary(self.feedback.StreamFeedback, messages())
 

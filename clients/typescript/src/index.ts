@@ -17,6 +17,7 @@ import { EvaluationService } from "./gen/learning/v1/evaluation_pb.js";
 import { FeedbackService } from "./gen/learning/v1/feedback_pb.js";
 import { FisherService } from "./gen/learning/v1/fisher_pb.js";
 import { LoraControlService } from "./gen/learning/v1/lora_control_pb.js";
+import { OnlineLearningService } from "./gen/learning/v1/online_pb.js";
 import { PipelineService } from "./gen/learning/v1/pipeline_pb.js";
 import { TrainingService } from "./gen/learning/v1/training_pb.js";
 
@@ -65,6 +66,7 @@ export interface LearningEngineClient {
   drift: Client<typeof DriftService>;
   evaluations: Client<typeof EvaluationService>;
   pipelines: Client<typeof PipelineService>;
+  online: Client<typeof OnlineLearningService>;
 }
 
 export function createLearningEngineClient(options: ClientOptions): LearningEngineClient {
@@ -80,6 +82,7 @@ export function createLearningEngineClient(options: ClientOptions): LearningEngi
     drift: createClient(DriftService, transport),
     evaluations: createClient(EvaluationService, transport),
     pipelines: createClient(PipelineService, transport),
+    online: createClient(OnlineLearningService, transport),
   };
 }
 
