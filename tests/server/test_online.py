@@ -1,6 +1,6 @@
 """Online learning through gRPC on the tiny model: 200 examples streamed into a session move its stats, its
 updates are served live under <base>@<session> (answers change), a version is published, gated and followed by
-the live alias; a session whose server stops goes on from its checkpoint when a server starts again; bad input
+the live alias, and one the forgetting-aware gate refuses is not followed; a session whose server stops goes on from its checkpoint when a server starts again; bad input
 gets clear statuses and never kills a session."""
 
 from __future__ import annotations
@@ -234,3 +234,29 @@ async def _read(client, name: str, examples: int) -> ol.OnlineSession | None:
 async def _published(client, name: str) -> ol.OnlineSession | None:
     found = await session(client, name)
     return found if found.publications else None
+
+
+async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was(make_pg_server, data_dir):
+    from tests.server.test_gate import FIRST, SECOND, facts, trained
+
+    client = await make_pg_server(eval_gate=True, eval_max_tokens=8, **FAST)
+    start = await trained(client, facts(data_dir, "first.jsonl", FIRST))  # learnt: the gate's retention suite
+    made = (await online(client).CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
+        start_version=start, update_every=4, publish_every=0, learning_rate=5e-2, ewc_lambda=0,
+        replay_fraction=0, max_seq_length=64, live_alias="careless")))).session
+    careless = [ol.OnlineExample(prompt=q, target=a) for q, a in SECOND] * 10  # new facts, nothing kept
+    await online(client).AddExamples(ol.AddExamplesRequest(name=made.name, examples=careless))
+    await until(lambda: _updated(client, made.name, 10))
+    await online(client).PublishOnlineSession(ol.PublishOnlineSessionRequest(name=made.name))
+    judged = await until(lambda: _judged(client, made.name))
+    publication = judged.publications[0]
+    assert not publication.gate_passed and publication.failed_checks[0].startswith("retention: forgot"), publication
+    assert judged.alias_version == ""  # still the start version
+    served, _ = await until(lambda: _answer(client, "careless", f"{TINY}@{start}"))
+    await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
+    await until(lambda: _ended(client, made.name))
+
+
+async def _judged(client, name: str) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.publications and found.publications[0].HasField("gate_passed") else None
