@@ -99,7 +99,8 @@ def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: P
                                         max_seq_length=128, seed=seed),
     )
     started = time.monotonic()
-    run_training(TrainingRun(spec, base_dir, examples, out, parent, penalty), NullSink(), CancelToken())
+    run_training(TrainingRun(spec, base_dir, examples, out, parent_adapter_dir=parent, penalty=penalty), NullSink(),
+                 CancelToken())
     return time.monotonic() - started
 
 

@@ -30,6 +30,7 @@ from engine.lora.state import EvalSummary, FetchedAdapter, OperationRecord, Targ
 from engine.serving.client import ServingClient, ServingConfig  # noqa: E402
 from engine.serving.gateway import AliasRouter, Gateway  # noqa: E402
 from engine.serving.reference_backend import ReferenceModel, create_app, start_site  # noqa: E402
+from engine.stores.artifacts_local import LocalArtifactStore  # noqa: E402
 from tests.fixtures.serving import make_adapter  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_llama  # noqa: E402
 
@@ -60,6 +61,15 @@ class MemoryStore:
 
     async def save_eval(self, base_model: str, summary: EvalSummary) -> None:
         pass
+
+    async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
+        return None
+
+    async def running_split(self, target: str) -> None:
+        return None  # this benchmark runs no canary
+
+    async def canary_outcome(self, target: str, version: str = "") -> None:
+        return None
 
     @contextlib.asynccontextmanager
     async def serialised(self, target: str):
@@ -102,8 +112,9 @@ async def main(args: argparse.Namespace) -> None:
     gw_port = await gateway.start("127.0.0.1", 0)
     store = MemoryStore()
     client = ServingClient(ServingConfig(base_url=engine_url))
+    reports = LocalArtifactStore(root / "reports")  # where evaluation reports would go (the gate is off here)
     control = LoraController(ControlConfig(base_model=BASE, alias="active", drain_timeout_seconds=30), client,
-                             router, store, DirFetcher(dirs))
+                             router, store, DirFetcher(dirs), reports)
     await control.start()
     stop, statuses = asyncio.Event(), Counter()
     workers = [asyncio.create_task(traffic(f"http://127.0.0.1:{gw_port}", stop, statuses))
