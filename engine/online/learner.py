@@ -216,18 +216,19 @@ class OnlineLearner:
         )
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps besides the adapter: optimiser, counters, and the buffer by sequence number
-        (the examples themselves stay in the database)."""
+        """What a checkpoint keeps besides the adapter: optimiser, counters, and the buffer and the examples read
+        but not yet trained on, by sequence number (the examples themselves stay in the database)."""
         return {
             "optimizer": self.optimizer.state_dict(), "updates": self.updates, "total": self.total_examples,
             "skipped": self.skipped, "last_sequence": self.last_sequence,
             "losses": list(self.losses), "last_loss": self.last_loss, "rng": self.rng.getstate(),
             "buffer": [seq for seq, _ in self.buffer], "trained_through": self.trained_through,
-            "window_first": self.window_first,
+            "window_first": self.window_first, "pending": [seq for seq, _ in self.pending],
         }
 
-    def restore(self, state: dict[str, Any], buffered: list[StoredExample]) -> None:
-        """Put back a checkpoint's state; ``buffered`` are the rows of its buffer's sequence numbers."""
+    def restore(self, state: dict[str, Any], buffered: list[StoredExample], pending: list[StoredExample]) -> None:
+        """Put back a checkpoint's state; ``buffered`` and ``pending`` are the rows of the sequence numbers its
+        buffer and its pending examples name."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates, self.total_examples = int(state["updates"]), int(state["total"])
         self.skipped = int(state["skipped"])
@@ -236,9 +237,9 @@ class OnlineLearner:
         self.rng.setstate(_rng_state(state["rng"]))
         self.trained_through, self.window_first = int(state["trained_through"]), int(state["window_first"])
         self._good = self._weights()  # called after the checkpoint's weights were loaded
-        tokenizer = self.loaded.tokenizer
-        self.buffer.extend((row.seq, encode_example(tokenizer, to_example(row), self.spec.max_seq_length))
-                           for row in buffered)
+        for rows, into in ((buffered, self.buffer), (pending, self.pending)):
+            into.extend((row.seq, encode_example(self.loaded.tokenizer, to_example(row), self.spec.max_seq_length))
+                        for row in rows)
 
 
 def _rng_state(saved: Any) -> tuple[Any, ...]:

@@ -142,15 +142,17 @@ class OnlineRunner:
         state = await asyncio.to_thread(torch.load, folder / STATE_FILE, map_location="cpu", weights_only=True)
         weights = await asyncio.to_thread(load_file, str(folder / "adapter" / "adapter_model.safetensors"))
         buffered = await self._parts.store.by_sequence(ctx.job.id, state["buffer"])
+        pending = await self._parts.store.by_sequence(ctx.job.id, state["pending"])
 
         def put_back() -> None:
             set_peft_model_state_dict(learner.loaded.model, weights)
-            learner.restore(state, buffered)
+            learner.restore(state, buffered, pending)
 
         await ctx.in_worker(put_back)
         await asyncio.to_thread(shutil.rmtree, folder, True)
         ctx.record(Noticed("RESUMED", f"continuing from the checkpoint of update {record.step} (example "
-                                      f"{learner.last_sequence} read, {len(buffered)} in the buffer)"))
+                                      f"{learner.last_sequence} read, {len(buffered)} in the buffer, {len(pending)} "
+                                      "waiting for an update)"))
 
 
 @dataclass(frozen=True)

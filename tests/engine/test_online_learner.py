@@ -91,12 +91,14 @@ def test_a_loss_spike_puts_back_the_weights_whose_loss_was_fine(tiny_model_dir: 
 
 def test_a_checkpoint_state_restores_counters_optimiser_and_buffer(learner, tiny_model_dir: Path,
                                                                    tmp_path: Path) -> None:
-    learner.add(rows(8))
+    learner.add(rows(10))
     learner.update(1e-2)
     learner.update(1e-2)
     state = learner.state()
+    assert state["buffer"] == list(range(1, 9)) and state["pending"] == [9, 10]
     again = OnlineLearner(loaded(tiny_model_dir, tmp_path / "again"), session())
-    again.restore(state, rows(8))
-    assert (again.updates, again.total_examples, again.last_sequence, len(again.buffer)) == (2, 8, 8, 8)
+    again.restore(state, rows(8), rows(2, start=9))
+    assert (again.updates, again.total_examples, again.last_sequence, len(again.buffer)) == (2, 10, 10, 8)
+    assert [seq for seq, _ in again.pending] == [9, 10]  # read before the checkpoint, trained on after it
     assert again.optimizer.state_dict()["state"].keys() == learner.optimizer.state_dict()["state"].keys()
     assert again.rng.random() == learner.rng.random()

@@ -159,28 +159,29 @@ async def test_a_session_goes_on_from_its_checkpoint_after_a_restart_and_bad_inp
         start_version=start, update_every=5, checkpoint_every=2, publish_every=0, learning_rate=5e-3,
         max_seq_length=64, ewc_lambda=0, replay_fraction=0)))).session
     added = await online(one).AddExamples(ol.AddExamplesRequest(name=made.name, examples=[
-        *facts(20), ol.OnlineExample(prompt="x" * 40_000), ol.OnlineExample(prompt="weighted", weight=-1)]))
-    assert (added.accepted, added.refused) == (20, 2) and added.last_sequence > 0
+        *facts(22), ol.OnlineExample(prompt="x" * 40_000), ol.OnlineExample(prompt="weighted", weight=-1)]))
+    assert (added.accepted, added.refused) == (22, 2) and added.last_sequence > 0
     assert "over the limit" in added.refusals[0] and "weight -1" in added.refusals[1]
     first = await until(lambda: _checkpointed(one, made.name, 4))
-    assert first.stats.total_updates == 4
+    assert (first.stats.total_updates, first.stats.pending_examples) == (4, 2)  # 2 wait for more
 
     await one.app.stop(5)  # shutdown: the session stores a checkpoint and goes back to the queue
     two = await make_pg_server(**FAST)  # a restart (another machine would share the artifact store through S3)
-    await online(two).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(10, start=20)))
+    await online(two).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(10, start=22)))
     resumed = await until(lambda: _updated(two, made.name, 6))
-    assert resumed.stats.total_examples == 30 and resumed.stats.skipped_examples == 2
-    assert resumed.state == common.JOB_STATE_RUNNING
+    assert resumed.stats.total_examples == 32 and resumed.stats.skipped_examples == 2
+    assert resumed.stats.pending_examples == 2 and resumed.state == common.JOB_STATE_RUNNING
     events = [m.event async for m in _watch_until(two, made.name, lambda e: e.updated.update == 6)]
     notices = [e.notice.message for e in events if e.HasField("notice") and e.notice.code == "RESUMED"]
-    assert len(notices) == 1 and "checkpoint of update 4" in notices[0], notices
+    assert len(notices) == 1 and "checkpoint of update 4" in notices[0] and "2 waiting" in notices[0], notices
     assert [e.updated.update for e in events if e.HasField("updated")] == [1, 2, 3, 4, 5, 6]
+    assert [e.updated.examples for e in events if e.HasField("updated")] == [5] * 6  # none lost, none twice
 
     await online(two).DisableOnlineLearning(ol.DisableOnlineLearningRequest(name=made.name, reason="maintenance"))
-    await online(two).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(5, start=30)))
+    await online(two).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(5, start=32)))
     await online(two).ForceUpdate(ol.ForceUpdateRequest(name=made.name))
-    held = await until(lambda: _read(two, made.name, 35))
-    assert held.stats.total_updates == 6 and held.stats.pending_examples == 5 and not held.stats.enabled
+    held = await until(lambda: _read(two, made.name, 37))
+    assert held.stats.total_updates == 6 and held.stats.pending_examples == 7 and not held.stats.enabled
     assert held.disabled_reason == "maintenance"
     await online(two).EnableOnlineLearning(ol.EnableOnlineLearningRequest(name=made.name))
     published = await online(two).PublishOnlineSession(ol.PublishOnlineSessionRequest(name=made.name))
@@ -218,7 +219,7 @@ async def _watch_until(client, name: str, last):
 
 async def _checkpointed(client, name: str, updates: int) -> ol.OnlineSession | None:
     found = await session(client, name)
-    return found if found.stats.total_updates >= updates and found.stats.total_examples == 20 else None
+    return found if found.stats.total_updates >= updates and found.stats.total_examples == 22 else None
 
 
 async def _updated(client, name: str, updates: int) -> ol.OnlineSession | None:
