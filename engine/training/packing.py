@@ -27,20 +27,48 @@ from engine.training.datasets import IGNORE_INDEX, EncodedExample, collate
 from engine.training.models import DevicePlan
 
 
+@dataclass(frozen=True)
+class TargetLogits:
+    """The logits at every position that predicts a target token, with the token each predicts and whose example
+    it is. Two forward passes of one layout over the same examples (with and without the adapter) give the
+    positions in the same order; per-example sums are the same in every layout."""
+
+    logits: torch.Tensor  # [N, vocab], float32
+    targets: torch.Tensor  # [N]
+    owner: torch.Tensor  # [N] the example (0..count-1) each position belongs to
+    count: int  # examples
+
+    def per_example(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[count] sums of a per-position quantity ([N]) by example, and [count] the positions each has."""
+        sums = torch.zeros(self.count, dtype=values.dtype, device=values.device)
+        return sums.index_add(0, self.owner, values), torch.bincount(self.owner, minlength=self.count)
+
+    def nll(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[count] summed next-token NLL over each example's target tokens, and [count] their counts."""
+        return self.per_example(F.cross_entropy(self.logits, self.targets, reduction="none"))
+
+
 class ExampleForward(Protocol):
     """One forward pass over ``examples``: ([n] summed target-token NLL, [n] predicted target-token counts)."""
 
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
+        """The same forward pass, before the loss: the logits at the positions that predict a target token."""
+        ...
+
 
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B] summed next-token NLL over each row's target tokens, and [B] their counts, of padded rows."""
+    return padded_target_logits(logits, labels).nll()
+
+
+def padded_target_logits(logits: torch.Tensor, labels: torch.Tensor) -> TargetLogits:
+    """:class:`TargetLogits` of padded rows' logits ([B, T, vocab]) and labels ([B, T])."""
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    token_loss = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")
-    per_token = torch.zeros(targets.shape, dtype=token_loss.dtype, device=token_loss.device)
-    per_token[mask] = token_loss
-    return per_token.sum(dim=1), mask.sum(dim=1)
+    owner = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)[mask]
+    return TargetLogits(logits[:, :-1][mask].float(), targets[mask], owner, len(labels))
 
 
 class PaddedForward:
@@ -52,10 +80,13 @@ class PaddedForward:
         self.pad_id, self.plan = pad_id, plan
 
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.target_logits(model, examples).nll()
+
+    def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
         batch = collate(examples, self.pad_id).to(self.plan.torch_device)
         with self.plan.autocast():
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return per_example_nll(logits, batch.labels)
+        return padded_target_logits(logits, batch.labels)
 
 
 # ---- packing ---------------------------------------------------------------------------------
@@ -135,14 +166,14 @@ class PackedForward:
         self.pad_id, self.plan, self.row_tokens, self.description = pad_id, plan, row_tokens, description
 
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.target_logits(model, examples).nll()
+
+    def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
         batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.torch_device)
         keep = batch.targets != IGNORE_INDEX
         with self.plan.autocast():
             logits = model(
                 input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False
             ).logits
-        logits = logits.reshape(-1, logits.shape[-1]).float()
-        token_loss = F.cross_entropy(logits, batch.targets[keep], reduction="none")
-        owner = batch.example_index[keep]
-        sums = torch.zeros(batch.count, dtype=token_loss.dtype, device=token_loss.device)
-        return sums.index_add(0, owner, token_loss), torch.bincount(owner, minlength=batch.count)
+        return TargetLogits(logits.reshape(-1, logits.shape[-1]).float(), batch.targets[keep],
+                            batch.example_index[keep], batch.count)
