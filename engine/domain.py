@@ -180,13 +180,21 @@ class SuiteVerdict:
 
 
 class BaseProtectionMethod(enum.StrEnum):
-    """What keeps a job's adapter from forgetting what the base model knew (engine.continual.rehearsal)."""
+    """What keeps a job's adapter from forgetting what the base model knew (engine.continual.rehearsal,
+    engine.training.base_kl)."""
 
     NONE = "NONE"
     SELF_REHEARSAL = "SELF_REHEARSAL"  # the base model's own answers to general prompts, mixed into training
+    BASE_KL = "BASE_KL"  # the same prompts, trained only by a KL term to the base model's distribution on them
 
 
 @dataclass(frozen=True)
 class BaseProtection:
     method: BaseProtectionMethod = BaseProtectionMethod.NONE
-    fraction: float = 0.0  # SELF_REHEARSAL: the share of the training set that is the base model's answers
+    fraction: float = 0.0  # the share of the training set that is the base model's answers (not NONE)
+    kl_weight: float = 0.0  # beta of KL(base || adapted) on those answers (BASE_KL's only loss on them; > 0 there)
+
+    @property
+    def rehearses(self) -> bool:
+        """Whether the base model's answers are mixed into training."""
+        return self.method is not BaseProtectionMethod.NONE and self.fraction > 0

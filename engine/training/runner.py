@@ -31,6 +31,7 @@ from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
 from engine.telemetry import tracer
+from engine.training.base_kl import rehearsal_objective
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
@@ -192,9 +193,11 @@ class TrainingRunner:
 
     async def _rehearse(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
                         loaded: LoadedModel) -> TrainingRun:
-        """Self-rehearsal when the job asks for it: the base model's own answers mixed into its examples."""
+        """Self-rehearsal or BASE_KL when the job asks for it: the base model's own answers mixed into its examples,
+        trained on (SELF_REHEARSAL) and/or held to the base model's distribution by a KL term (BASE_KL, or a
+        kl_weight with SELF_REHEARSAL)."""
         protection = run.spec.base_protection
-        if protection.method is not BaseProtectionMethod.SELF_REHEARSAL or protection.fraction <= 0:
+        if not protection.rehearses:
             return run
         if self._rehearsal is None:
             ctx.record(Warned("BASE_REHEARSAL_UNAVAILABLE", "this worker has no self-rehearsal set up: the job "
@@ -205,10 +208,14 @@ class TrainingRunner:
             model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=run.base_model_dir,
             quantization=run.spec.hyperparameters.quantization.value, cancel=ctx.cancel)
         mixed = await ctx.in_worker(mix)
+        trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
+        kl = f"a KL term to the base model's distribution (weight {protection.kl_weight:g})"
+        how = ("trained on" + (f", with {kl}" if protection.kl_weight > 0 else "")) if trained else f"{kl} only"
         ctx.record(Noticed("BASE_REHEARSAL_MIXED", f"mixed {mixed.rehearsed} of the base model's own answers to "
-                                                   f"general prompts into the {len(run.examples)} training examples"))
+                                                   f"general prompts into the {len(run.examples)} training examples: "
+                                                   f"{how}"))
         ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
-        objective = run.objective.extended(mixed.rehearsed) if run.objective and mixed.rehearsed else run.objective
+        objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.rehearsed)
         return replace(run, examples=mixed.examples, objective=objective)
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
