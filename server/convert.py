@@ -104,9 +104,11 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
 
 DEFAULT_TRAINING = TrainingDefaults()
 MAX_REHEARSAL_FRACTION = 0.9
+MAX_KL_WEIGHT = 100.0
 
 _BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NONE,
-                    common.BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod.SELF_REHEARSAL}
+                    common.BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod.SELF_REHEARSAL,
+                    common.BASE_PROTECTION_METHOD_BASE_KL: BaseProtectionMethod.BASE_KL}
 _BASE_PROTECTION_TO_PB = {v: k for k, v in _BASE_PROTECTION.items()}
 
 
@@ -119,11 +121,18 @@ def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection
     fraction = msg.fraction if msg.HasField("fraction") else defaults.fraction
     issues.check(0 <= fraction <= MAX_REHEARSAL_FRACTION and math.isfinite(fraction),
                  "spec.base_protection.fraction", f"must lie in [0, {MAX_REHEARSAL_FRACTION}]")
-    return BaseProtection(method, fraction)
+    kl_weight = msg.kl_weight if msg.HasField("kl_weight") else defaults.kl_weight
+    if not (0 <= kl_weight <= MAX_KL_WEIGHT and math.isfinite(kl_weight)):
+        issues.add("spec.base_protection.kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
+    elif method is BaseProtectionMethod.BASE_KL and kl_weight == 0:
+        issues.add("spec.base_protection.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's "
+                                                     "answers)")
+    return BaseProtection(method, fraction, kl_weight)
 
 
 def base_protection_to_pb(protection: BaseProtection) -> common.BaseProtection:
-    return common.BaseProtection(method=_BASE_PROTECTION_TO_PB[protection.method], fraction=protection.fraction)
+    return common.BaseProtection(method=_BASE_PROTECTION_TO_PB[protection.method], fraction=protection.fraction,
+                                 kl_weight=protection.kl_weight)
 
 
 def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,

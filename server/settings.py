@@ -142,12 +142,18 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     )
     base_protection_method: BaseProtectionMethod = Field(
         BaseProtectionMethod.NONE, description="What keeps a job's adapter from forgetting what the base model "
-        "knew, for a job that does not say: NONE, or SELF_REHEARSAL (the base model's own answers to the "
-        "project's general prompts mixed into training).",
+        "knew, for a job that does not say: NONE, SELF_REHEARSAL (the base model's own answers to the "
+        "project's general prompts mixed into training), or BASE_KL (the same answers mixed in, trained only by a "
+        "KL term to the base model's distribution on them).",
     )
     base_rehearsal_fraction: float = Field(
-        0.2, ge=0, le=0.9, description="SELF_REHEARSAL: the share of a job's training set that is the base "
+        0.2, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of a job's training set that is the base "
         "model's answers, for a job that does not say (capped by the prompts there are).",
+    )
+    base_kl_weight: float = Field(
+        1.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
+        "training, for a job that does not say: BASE_KL's only loss on them (it must be > 0 there), added to their "
+        "NLL with SELF_REHEARSAL (0: plain self-rehearsal).",
     )
     base_retention_probe: bool = Field(
         True, description="After training, measure what the model kept of its base model's general knowledge (the "
@@ -364,6 +370,13 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
             )
         return self
 
+    @model_validator(mode="after")
+    def _base_kl_has_a_weight(self) -> Settings:
+        if self.base_protection_method is BaseProtectionMethod.BASE_KL and self.base_kl_weight <= 0:
+            raise ValueError("base_protection_method BASE_KL needs base_kl_weight > 0 (its only loss on the base "
+                             "model's answers)")
+        return self
+
     @field_validator("host")
     @classmethod
     def _host_not_empty(cls, v: str) -> str:
@@ -441,7 +454,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
             ),
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),
-            base_protection=BaseProtection(self.base_protection_method, self.base_rehearsal_fraction),
+            base_protection=BaseProtection(self.base_protection_method, self.base_rehearsal_fraction,
+                                           self.base_kl_weight),
         )
 
     @property

@@ -14,7 +14,7 @@ async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> 
         training_warmup_steps=5, training_batch_size=4, training_gradient_accumulation_steps=2,
         training_max_seq_length=2048, training_packing=False, training_gradient_checkpointing=True,
         training_num_devices=4, base_protection_method="SELF_REHEARSAL", base_rehearsal_fraction=0.3,
-        training_eval_fraction=0.1,
+        base_kl_weight=0.25, training_eval_fraction=0.1,
     )
     bare = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"))
     job = (await client.training.CreateTrainingJob(
@@ -24,8 +24,8 @@ async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> 
     assert (h.epochs, h.learning_rate, h.warmup_steps, h.batch_size, h.gradient_accumulation_steps,
             h.max_seq_length, h.packing, h.gradient_checkpointing) == (2, 1e-3, 5, 4, 2, 2048, False, True)
     assert h.num_devices == 4 and round(h.eval_fraction, 6) == 0.1
-    assert (job.spec.base_protection.method, round(job.spec.base_protection.fraction, 6)) == (
-        common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.3)
+    assert (job.spec.base_protection.method, round(job.spec.base_protection.fraction, 6),
+            job.spec.base_protection.kl_weight) == (common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.3, 0.25)
 
     asked = spec(epochs=1, batch_size=2, learning_rate=5e-3, max_seq_length=128, packing=True, eval_fraction=0.0)
     asked.lora.CopyFrom(common.LoraConfig(rank=4, alpha=16, dropout=0.1, target_modules=["k_proj"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import tarfile
 from pathlib import Path
 
@@ -292,11 +293,42 @@ async def test_self_rehearsal_mixes_the_base_models_answers_in_and_is_recorded_o
     assert round(version.base_protection.fraction, 6) == 0.2 and version.base_rehearsed_examples == 6
 
 
-async def test_a_rehearsal_share_out_of_range_is_invalid(client):
+async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_recorded_on_the_version(client):
+    asked = spec(epochs=1)
+    asked.base_protection.CopyFrom(common.BaseProtection(
+        method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2, kl_weight=0.5))
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    assert job.spec.base_protection.method == common.BASE_PROTECTION_METHOD_BASE_KL
+    assert job.spec.base_protection.kl_weight == 0.5
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert notices["BASE_REHEARSAL_MIXED"].endswith(
+        "a KL term to the base model's distribution (weight 0.5) only")
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    assert steps[-1].total_steps == 8 and all(s.task_loss > 0 for s in steps)  # 30 examples in batches of 4
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert done.state == common.JOB_STATE_SUCCEEDED and done.base_rehearsed_examples == 6
+    version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
+        base_model=TINY, version=done.output_adapter_version))).adapter
+    assert version.base_protection.method == common.BASE_PROTECTION_METHOD_BASE_KL
+    assert (round(version.base_protection.fraction, 6), version.base_protection.kl_weight) == (0.2, 0.5)
+    assert version.base_rehearsed_examples == 6
+
+
+@pytest.mark.parametrize(("protection", "field", "description"), [
+    (common.BaseProtection(fraction=0.95), "spec.base_protection.fraction", "must lie in [0, 0.9]"),
+    (common.BaseProtection(kl_weight=-0.1), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
+    (common.BaseProtection(kl_weight=101), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
+    (common.BaseProtection(kl_weight=math.nan), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
+    (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_BASE_KL, kl_weight=0),
+     "spec.base_protection.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's answers)"),
+])
+async def test_a_base_protection_setting_out_of_range_is_invalid(client, protection, field, description):
     asked = spec()
-    asked.base_protection.fraction = 0.95
+    asked.base_protection.CopyFrom(protection)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    _, violations = error_details(err.value)
-    assert ("spec.base_protection.fraction", "must lie in [0, 0.9]") in violations
+    info, violations = error_details(err.value)
+    assert info.reason == "INVALID_TRAINING_SPEC"
+    assert (field, description) in violations

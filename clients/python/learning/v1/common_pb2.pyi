@@ -36,6 +36,7 @@ class BaseProtectionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASE_PROTECTION_METHOD_UNSPECIFIED: _ClassVar[BaseProtectionMethod]
     BASE_PROTECTION_METHOD_NONE: _ClassVar[BaseProtectionMethod]
     BASE_PROTECTION_METHOD_SELF_REHEARSAL: _ClassVar[BaseProtectionMethod]
+    BASE_PROTECTION_METHOD_BASE_KL: _ClassVar[BaseProtectionMethod]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_PREPARING: JobState
@@ -52,6 +53,7 @@ FISHER_SPACE_LORA_PRODUCT: FisherSpace
 BASE_PROTECTION_METHOD_UNSPECIFIED: BaseProtectionMethod
 BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod
 BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod
+BASE_PROTECTION_METHOD_BASE_KL: BaseProtectionMethod
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -110,12 +112,14 @@ class JobError(_message.Message):
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class BaseProtection(_message.Message):
-    __slots__ = ("method", "fraction")
+    __slots__ = ("method", "fraction", "kl_weight")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
+    KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     method: BaseProtectionMethod
     fraction: float
-    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ...) -> None: ...
+    kl_weight: float
+    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ..., kl_weight: _Optional[float] = ...) -> None: ...
 
 class BaseRetention(_message.Message):
     __slots__ = ("retention", "kept", "cases", "lost")
