@@ -15,7 +15,10 @@ Methods (the same at every step, A included; a continuation starts from its pare
                    (``--replay-fraction``);
   rehearsal        self-rehearsal: the base model's own answers to the shipped general prompts mixed in
                    (``--rehearsal-fraction``; engine.continual.rehearsal, as a job does);
-  all              ewc_replay and rehearsal together.
+  all              ewc_replay and rehearsal together;
+  kl               BASE_KL: the same answers of the base model mixed in, trained only by ``--kl-weight`` *
+                   KL(base || adapted) on them (engine.training.base_kl), no NLL;
+  rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL.
 
 Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
@@ -48,14 +51,15 @@ from engine.continual.ewc import EwcPenalty, accumulate, mix_replay  # noqa: E40
 from engine.continual.fisher import FisherEstimator  # noqa: E402
 from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
-from engine.domain import ChatMessage, Example, JsonlSource  # noqa: E402
+from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
+from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
 from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
-METHODS = ("plain", "ewc_replay", "rehearsal", "all")
+METHODS = ("plain", "ewc_replay", "rehearsal", "all", "kl", "rehearsal_kl")
 MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
             "a tall tree", "a heavy stone", "a bright star", "a narrow street", "a sweet fruit", "an old coin",
             "a deep lake", "a yellow flower", "a soft blanket", "a fast horse", "a round table", "a silver ring",
@@ -87,7 +91,10 @@ def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path)
 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
               probe: BaseKnowledgeProbe, pool: list[Example]) -> dict:
-    ewc, rehearse = method in ("ewc_replay", "all"), method in ("rehearsal", "all")
+    ewc = method in ("ewc_replay", "all")
+    rehearse = method in ("rehearsal", "all", "kl", "rehearsal_kl")
+    protection = BaseProtection(BaseProtectionMethod.BASE_KL if method == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
+                                args.rehearsal_fraction, args.kl_weight if method in ("kl", "rehearsal_kl") else 0.0)
     parent: Path | None = None
     fisher = None
     r: list[list[float]] = []
@@ -100,10 +107,14 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             earlier = [e for t in tasks[:step] for e in t]
             examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
+        objective = None
         if rehearse:
-            examples, _ = mix_replay(examples, pool, args.rehearsal_fraction, seed + step)
+            own = len(examples)
+            examples, rehearsed = mix_replay(examples, pool, args.rehearsal_fraction, seed + step)
+            objective = rehearsal_objective(None, protection, own, rehearsed)  # as a job's runner does
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
-        seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed))
+        seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
+                             objective=objective))
         r.append([accuracy(base_dir, out, t) for t in tasks])
         retention.append(base_retention(probe, base_dir, out))
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
@@ -130,6 +141,8 @@ def main() -> None:
     parser.add_argument("--replay-fraction", type=float, default=0.2)
     parser.add_argument("--rehearsal-fraction", type=float,
                         default=Settings.model_fields["base_rehearsal_fraction"].default)
+    parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
+                        help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
@@ -137,7 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}; facts/task {args.facts}; epochs {args.epochs}; lr {args.lr}; "
-          f"EWC lambda {args.ewc_lambda}, replay {args.replay_fraction}; rehearsal {args.rehearsal_fraction}",
+          f"EWC lambda {args.ewc_lambda}, replay {args.replay_fraction}; rehearsal {args.rehearsal_fraction}; "
+          f"KL weight {args.kl_weight}",
           flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     probe = BaseKnowledgeProbe(args.models_dir)
