@@ -100,6 +100,16 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("LEARNING_ENGINE_EWC_FISHER_SPACE", "LORA_ENTRIES")
     with pytest.raises(SettingsError, match="ewc_fisher_space"):
         load_settings()
+    monkeypatch.delenv("LEARNING_ENGINE_EWC_FISHER_SPACE")
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_PROTECTION_METHOD", "BASE_KL")
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_KL_WEIGHT", "0")
+    with pytest.raises(SettingsError, match="BASE_KL needs base_kl_weight > 0"):
+        load_settings()
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_KL_WEIGHT", "101")
+    with pytest.raises(SettingsError, match="base_kl_weight"):
+        load_settings()
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_KL_WEIGHT", "0.5")
+    assert load_settings().training_defaults.base_protection.kl_weight == 0.5
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config_file=tmp_path / "missing.yaml")
 
