@@ -20,7 +20,7 @@ only the adapter's parameters get its gradient, since the base model's are froze
 
 Per example the term is the token mean, weighted by the example's weight like its NLL, and every share is divided
 by the step's total weight (the inner objective's, plus the anchored examples' when they are not in it), so the
-step's loss is that of one big batch whatever the micro-batches, the layout (packed or padded) or the processes.
+step's loss is that of one big batch whatever the micro-batches or the layout (packed or padded).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from engine.domain import BaseProtection, BaseProtectionMethod
 from engine.training.batching import StepBatch
+from engine.training.datasets import EncodedExample
 from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, TargetLogits
 from engine.training.recipe import BatchObjective
@@ -46,7 +47,8 @@ def kl_to_base(adapted: TargetLogits, base: TargetLogits) -> tuple[torch.Tensor,
     return adapted.per_example(per_position)
 
 
-def base_kl(model: Any, forward: ExampleForward, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def base_kl(model: Any, forward: ExampleForward,
+            examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """[n] summed KL(base || adapted) of ``examples`` (differentiable in the adapter), and [n] position counts."""
     with torch.no_grad(), model.disable_adapter():
         base = forward.target_logits(model, examples)
