@@ -1,7 +1,7 @@
 """Online learning through gRPC on the tiny model: 200 examples streamed into a session move its stats, its
 updates are served live under <base>@<session> (answers change), a version is published, gated and followed by
-the live alias, and one the forgetting-aware gate refuses is not followed; a session whose server stops goes on from its checkpoint when a server starts again; bad input
-gets clear statuses and never kills a session."""
+the live alias, and one the forgetting-aware gate refuses is not followed; a session whose server stops goes on
+from its checkpoint when a server starts again; bad input gets clear statuses and never kills a session."""
 
 from __future__ import annotations
 
