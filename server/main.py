@@ -352,7 +352,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     ) if owned.lora is not None else (None, None)
     online, online_manager, online_serving = build_online(
         settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id, registry=registry,
-        preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora)
+        preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora, feedback=feedback_datasets)
     owned.job_managers = (training_manager, fisher_manager, online_manager,
                           *(m for m in (evaluation_manager, pipeline_manager) if m is not None))
     for manager in owned.job_managers:

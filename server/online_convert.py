@@ -94,6 +94,7 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         max_seq_length=_count(msg.max_seq_length, defaults.max_seq_length, 16, 8192, "spec.max_seq_length"),
         live_alias=msg.live_alias,
         loss_spike_factor=_fraction(msg, "loss_spike_factor", 4.0, 0, 1e6),
+        learn_from_feedback=msg.learn_from_feedback,
     )
 
 
@@ -104,7 +105,7 @@ def spec_to_pb(spec: OnlineSessionSpec) -> pb.OnlineSessionSpec:
         weight_decay=spec.weight_decay, max_grad_norm=spec.max_grad_norm, ewc_lambda=spec.ewc_lambda,
         replay_fraction=spec.replay_fraction, checkpoint_every=spec.checkpoint_every,
         publish_every=spec.publish_every, max_seq_length=spec.max_seq_length, live_alias=spec.live_alias,
-        loss_spike_factor=spec.loss_spike_factor,
+        loss_spike_factor=spec.loss_spike_factor, learn_from_feedback=spec.learn_from_feedback,
     )
 
 

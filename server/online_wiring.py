@@ -8,6 +8,7 @@ import asyncpg
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobQueue
 from engine.lora.fetch import RegistryAdapters
+from engine.online.ports import FeedbackExamples
 from engine.online.runner import OnlineRunner
 from engine.online.service import OnlineSessions
 from engine.online.serving import OnlineServing
@@ -26,12 +27,12 @@ from server.settings import Settings
 def build_online(
     settings: Settings, *, pool: asyncpg.Pool, queue: JobQueue, notifications: JobNotifications, worker_id: str,
     registry: AdapterRegistry, preparer: JobPreparer, planner: ContinualPlanner, artifacts: ArtifactStore,
-    lora: LoraRuntime | None,
+    lora: LoraRuntime | None, feedback: FeedbackExamples | None,
 ) -> tuple[OnlineSessions, JobManager[OnlineSessionSpec, OnlineOutput], OnlineServing | None]:
     store = PostgresOnlineStore(pool)
     manager = JobManager(
         runner=OnlineRunner(store=store, registry=registry, preparer=preparer, planner=planner, artifacts=artifacts,
-                            config=settings.online_config(settings.fisher_batch_size)),
+                            config=settings.online_config(settings.fisher_batch_size), feedback=feedback),
         store=PostgresJobStore(pool, ONLINE_SESSION, notifications), queue=queue,
         work_dir=settings.work_dir / "online", slots=JobSlots(max(1, settings.online_max_sessions)),
         worker_id=worker_id,

@@ -1,13 +1,18 @@
-"""What online sessions need from elsewhere, as interfaces: where their examples and controls are kept.
+"""What online sessions need from elsewhere, as interfaces: where their examples and controls are kept, and the
+feedback on their answers.
 
-``engine.stores.online_store.PostgresOnlineStore`` implements :class:`OnlineStore`; the composition root passes it.
+``engine.stores.online_store.PostgresOnlineStore`` implements :class:`OnlineStore` and
+``engine.feedback.dataset.FeedbackDatasetBuilder`` :class:`FeedbackExamples`; the composition root passes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
+from engine.domain import FeedbackSource, Objective
+from engine.feedback.dataset import FeedbackDataset
 from engine.online.spec import Controls, GateVerdict, StoredExample
 
 
@@ -31,3 +36,10 @@ class OnlineStore(Protocol):
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
+
+
+class FeedbackExamples(Protocol):
+    async def rebuild(self, source: FeedbackSource, objective: Objective, start: datetime,
+                      end: datetime) -> FeedbackDataset:
+        """The examples ``source``'s feedback timed in [start, end] gives (FAILED_PRECONDITION when none)."""
+        ...

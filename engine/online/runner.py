@@ -6,7 +6,8 @@ its lineage's data for replay (engine.continual.planner). A checkpoint, when the
 adapter, the optimiser, the counters and the buffer.
 
 RUNNING is a loop on the event loop that only waits: it reads new examples from PostgreSQL (from the last
-sequence number read), reads the controls, and hands each update to the job's worker thread
+sequence number read; with ``learn_from_feedback``, the feedback on the live model's answers is turned into
+examples there first), reads the controls, and hands each update to the job's worker thread
 (engine.online.learner). After an update: the adapter goes to the artifact store as the session's live adapter
 (the serving side loads it under a new name and switches ``<base>@<session>`` to it), the stats go on the job,
 and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is stored or a version published (its
@@ -26,19 +27,19 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.domain import JsonlSource
-from engine.errors import Cancelled
+from engine.domain import Example, FeedbackSource, JsonlSource, Objective
+from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
 from engine.online.learner import OnlineLearner, UpdateResult
-from engine.online.ports import OnlineStore
+from engine.online.ports import FeedbackExamples, OnlineStore
 from engine.online.spec import (
     ONLINE_SESSION,
     LiveAdapter,
@@ -49,6 +50,7 @@ from engine.online.spec import (
     Publication,
     Published,
     Updated,
+    live_model,
 )
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
@@ -63,6 +65,7 @@ Ctx = JobContext[OnlineSessionSpec, OnlineOutput]
 STATE_FILE = "online.pt"
 LIVE_KEPT = 3  # live archives kept in the store (the serving side needs only the newest)
 CHECKPOINTS_KEPT = 2
+FEEDBACK_LAG_SECONDS = 5.0  # feedback is read up to this long ago: events sent a moment late are not missed
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class OnlineConfig:
     poll_seconds: float = 0.5
     max_update_share: float = 0.5  # of wall time; after an update of t seconds the loop waits t * (1 - s) / s
     fisher_batch_size: int = 4
+    feedback_seconds: float = 5.0  # how often a session that learns from feedback reads it
 
 
 def training_spec(spec: OnlineSessionSpec, parent: AdapterRecord, fisher_batch_size: int) -> TrainingJobSpec:
@@ -87,8 +91,8 @@ class OnlineRunner:
 
     def __init__(self, *, store: OnlineStore, registry: AdapterRegistry, preparer: JobPreparer,
                  planner: ContinualPlanner | None, artifacts: ArtifactStore, config: OnlineConfig | None = None,
-                 load: Any = load_for_training) -> None:
-        self._parts = _Parts(store, registry, artifacts, config or OnlineConfig())
+                 feedback: FeedbackExamples | None = None, load: Any = load_for_training) -> None:
+        self._parts = _Parts(store, registry, artifacts, config or OnlineConfig(), feedback)
         self._preparer = preparer
         self._planner = planner
         self._load = load
@@ -163,6 +167,18 @@ class _Parts:
     registry: AdapterRegistry
     artifacts: ArtifactStore
     config: OnlineConfig
+    feedback: FeedbackExamples | None
+
+
+def _row(example: Example) -> tuple[str, str, float] | None:
+    """An example as a session stores it: the last user turn and the answer (earlier turns are not kept)."""
+    if not example.is_chat:
+        return (example.prompt, example.completion, example.weight) if example.prompt.strip() else None
+    users = [m.content for m in example.messages if m.role == "user"]
+    answer = example.messages[-1]
+    if not users or answer.role != "assistant":
+        return None
+    return users[-1], answer.content, example.weight
 
 
 class _Session:
@@ -177,6 +193,7 @@ class _Session:
         self.live_keys: collections.deque[str] = collections.deque()
         self.resting_until = 0.0
         self.checkpointed = learner.updates
+        self.feedback_at = 0.0  # when the feedback was last read (monotonic)
 
     @property
     def spec(self) -> OnlineSessionSpec:
@@ -187,6 +204,8 @@ class _Session:
         while True:
             if ctx.cancel.cancelled:
                 return await self._stop()
+            if self.spec.learn_from_feedback and time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
+                await self._take_feedback()
             controls = await self.r.store.controls(self.id)
             room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
             rows = await self.r.store.after(self.id, learner.last_sequence, room) if room > 0 else []
@@ -246,6 +265,30 @@ class _Session:
             await self._publish()
         if learner.updates % spec.checkpoint_every == 0:
             await self._checkpoint()
+
+    async def _take_feedback(self) -> None:
+        """The feedback on the live model's answers since the last read, as examples (what a training job's
+        feedback dataset keeps of it: corrections, and responses voted for; never a voted-down response)."""
+        ctx, spec = self.ctx, self.spec
+        self.feedback_at = time.monotonic()
+        if self.r.feedback is None:
+            return
+        start = ctx.job.output.feedback_through or ctx.job.create_time
+        end = datetime.now(UTC) - timedelta(seconds=FEEDBACK_LAG_SECONDS)
+        if end <= start:
+            return
+        source = FeedbackSource(adapter_version=live_model(spec.base_model, self.id), min_samples=0)
+        try:
+            found = (await self.r.feedback.rebuild(source, Objective.SFT, start, end)).wanted()
+        except FailedPrecondition:  # none in the window
+            found = []
+        rows = [row for row in map(_row, found) if row is not None]
+        if rows:
+            await self.r.store.add(self.id, rows)
+            ctx.record(Noticed("FEEDBACK_EXAMPLES", f"{len(rows)} examples from the feedback on "
+                                                    f"{source.adapter_version} up to {end:%H:%M:%S} UTC"))
+        ctx.set_output(replace(ctx.job.output, feedback_through=end))
+        await ctx.persist()
 
     async def _save_adapter(self, name: str) -> Path:
         folder = self.ctx.work_dir / name

@@ -48,6 +48,7 @@ class OnlineSessionSpec:
     live_alias: str = ""
     loss_spike_factor: float = 4.0  # 0: no spike check
     seed: int = 0
+    learn_from_feedback: bool = False  # feedback on the live model's answers becomes examples
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class OnlineOutput:
     fisher_snapshot: str = ""  # what the EWC penalty was measured as ("" : no EWC)
     force_updates_seen: int = 0
     publish_requests_seen: int = 0
+    feedback_through: datetime | None = None  # feedback (by event time) up to here has become examples
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ CONTEXTS = {
     "pipelines": {"jobs", "training", "lora"},  # runs train and roll out; the data sources are domain kernels
     "drift": {"registry"},
     # sessions train like a continuation (its EWC and replay) and are served like versions
-    "online": {"jobs", "registry", "training", "continual", "lora", "serving"},
+    "online": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving"},
     "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "drift", "pipelines",
                "online"},
 }

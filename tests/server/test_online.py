@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -261,3 +262,36 @@ async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was
 async def _judged(client, name: str) -> ol.OnlineSession | None:
     found = await session(client, name)
     return found if found.publications and found.publications[0].HasField("gate_passed") else None
+
+
+async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_pg_server):
+    from learning.v1 import feedback_pb2 as fb
+    from tests.server.test_pipelines import event, send
+
+    client = await make_pg_server(online_feedback_seconds=0.2, **FAST)
+    start = await train(client)
+    made = (await online(client).CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
+        start_version=start, update_every=50, learn_from_feedback=True, max_seq_length=64)))).session
+    assert made.spec.learn_from_feedback
+    await until(lambda: _running(client, made.name))
+    events = [event("up", fb.FEEDBACK_KIND_THUMBS_UP, "Capital of Veloria?", "Marnesse."),
+              event("fix", fb.FEEDBACK_KIND_CORRECTION, "Capital of Quorvia?", "Oskerholm."),
+              event("down", fb.FEEDBACK_KIND_THUMBS_DOWN, "Capital of Brinmark?", "No idea."),
+              event("elsewhere", fb.FEEDBACK_KIND_THUMBS_UP, "Capital of Dunmoor?", "Pellacre.")]
+    events[1].correction = "Talameth."
+    for e in events[:3]:
+        e.adapter_version = made.live_model
+        e.time.FromDatetime(datetime.now(UTC))  # after the session started
+    events[3].adapter_version = start  # feedback on another version is not the session's
+    await send(client, *events)
+    taken = await until(lambda: _read(client, made.name, 2), timeout=60)
+    assert taken.stats.pending_examples == 2 and taken.stats.total_updates == 0
+    notices = [m.event.notice.message async for m in _watch_until(
+        client, made.name, lambda e: e.notice.code == "FEEDBACK_EXAMPLES") if m.event.HasField("notice")]
+    assert f"2 examples from the feedback on {made.live_model}" in notices[-1], notices
+    await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
+    await until(lambda: _ended(client, made.name))
+
+
+async def _running(client, name: str) -> bool:
+    return (await session(client, name)).state == common.JOB_STATE_RUNNING

@@ -24,7 +24,7 @@ ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer
 ONLINE_OPTIMIZER_SGD: OnlineOptimizer
 
 class OnlineSessionSpec(_message.Message):
-    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor")
+    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor", "learn_from_feedback")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     START_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class OnlineSessionSpec(_message.Message):
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
     LIVE_ALIAS_FIELD_NUMBER: _ClassVar[int]
     LOSS_SPIKE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    LEARN_FROM_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     start_version: str
     buffer_size: int
@@ -55,7 +56,8 @@ class OnlineSessionSpec(_message.Message):
     max_seq_length: int
     live_alias: str
     loss_spike_factor: float
-    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ...) -> None: ...
+    learn_from_feedback: bool
+    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ...) -> None: ...
 
 class OnlineStats(_message.Message):
     __slots__ = ("total_examples", "skipped_examples", "total_updates", "buffer_size", "pending_examples", "average_loss", "last_loss", "learning_rate", "enabled", "last_sequence", "published_versions")

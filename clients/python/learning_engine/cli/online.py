@@ -59,6 +59,9 @@ def online_create(
     live_alias: str = typer.Option("", "--live-alias", help="A name serving the newest publication that passed "
                                                             "the gate."),
     base_model: str = typer.Option("", "--base-model", help="Base model id (default: the server's)."),
+    learn_from_feedback: bool = typer.Option(False, "--learn-from-feedback",
+                                             help="Corrections and thumbs up on the live model's answers (feedback "
+                                                  "whose adapter_version is <base>@<id>) become examples."),
 ) -> None:
     """Start a session; its adapter is served as <base>@<id> after every update."""
     opts = options(ctx)
@@ -69,7 +72,7 @@ def online_create(
                                 buffer_size=buffer_size, optimizer=_OPTIMIZERS[optimizer],
                                 checkpoint_every=checkpoint_every, live_alias=live_alias,
                                 learning_rate=learning_rate, ewc_lambda=ewc_lambda, replay_fraction=replay,
-                                publish_every=publish_every)
+                                publish_every=publish_every, learn_from_feedback=learn_from_feedback)
     made = run(ctx, lambda c: c.create_online_session(spec, session_id=session_id))
     emit(opts, made, lambda: out.print(f"created {made.name} from {made.spec.start_version}, served as "
                                        f"{made.live_model}", highlight=False))
