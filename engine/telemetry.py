@@ -54,6 +54,15 @@ TOKENS_PER_SECOND = Gauge(
     "here; a job's series goes when the job ends.", ["job"], registry=REGISTRY
 )
 STEPS = Counter("learning_engine_training_steps", "Optimiser steps taken.", registry=REGISTRY)
+ONLINE_UPDATES = Counter(
+    "learning_engine_online_updates", "Updates of the online sessions run here, by outcome: TRAINED, SKIPPED (a loss "
+    "that was not finite; nothing changed) or SPIKE (a loss spike: the adapter was put back, learning disabled).",
+    ["outcome"], registry=REGISTRY,
+)
+ONLINE_LOSS = Gauge(
+    "learning_engine_online_loss", "Loss of the latest update of each online session running here; a session's "
+    "series goes when it ends.", ["session"], registry=REGISTRY
+)
 RPC_SECONDS = Histogram(
     "learning_engine_rpc_duration_seconds",
     "Server-side latency of unary RPCs by method and status code (streams are counted apart).",
@@ -159,11 +168,11 @@ def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> Non
         _job_states[(kind, job_id)] = state
         JOBS.labels(kind, state).inc()
         return
-    for gauge in (STEP_LOSS, TOKENS_PER_SECOND):
+    for gauge in (STEP_LOSS, TOKENS_PER_SECOND, ONLINE_LOSS):
         try:
             gauge.remove(job_id)
         except KeyError:
-            pass  # it ended before a step
+            pass  # it ended before a step, or is of another kind
 
 
 def training_step(job_id: str, loss: float, tokens_per_second: float) -> None:
@@ -171,6 +180,13 @@ def training_step(job_id: str, loss: float, tokens_per_second: float) -> None:
     STEPS.inc()
     STEP_LOSS.labels(job_id).set(loss)
     TOKENS_PER_SECOND.labels(job_id).set(tokens_per_second)
+
+
+def online_update(session_id: str, outcome: str, loss: float) -> None:
+    """One update of an online session (its loss is kept only when it TRAINED)."""
+    ONLINE_UPDATES.labels(outcome).inc()
+    if outcome == "TRAINED":
+        ONLINE_LOSS.labels(session_id).set(loss)
 
 
 def rpc_finished(method: str, code: str, seconds: float) -> None:

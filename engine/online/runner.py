@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from engine import telemetry
 from engine.domain import Example, FeedbackSource, JsonlSource, Objective
 from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
@@ -245,10 +246,13 @@ class _Session:
         took = time.monotonic() - began
         share = self.r.config.max_update_share
         self.resting_until = time.monotonic() + (took * (1 - share) / share if 0 < share < 1 else 0.0)
+        spiked = not math.isnan(result.spike_median)
+        telemetry.online_update(self.id, "SKIPPED" if result.skipped else "SPIKE" if spiked else "TRAINED",
+                                result.loss)
         if result.skipped:
             ctx.record(Warned("UPDATE_SKIPPED", f"update {result.update}: {result.skipped}"))
             return
-        if not math.isnan(result.spike_median):
+        if spiked:
             factor = result.loss / result.spike_median
             reason = (f"loss spike at update {result.update}: loss {result.loss:.4g} is {factor:.1f}x the median "
                       f"{result.spike_median:.4g} of the last updates (limit {spec.loss_spike_factor:g}x); the "

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from engine import telemetry
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import adapter_pb2_grpc as ad_grpc
 from learning.v1 import common_pb2 as common
@@ -87,6 +88,8 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
             yield ol.StreamExamplesRequest(examples=sent[i:i + 20])
             await asyncio.sleep(0.05)
 
+    trained_before = telemetry.REGISTRY.get_sample_value("learning_engine_online_updates_total",
+                                                         {"outcome": "TRAINED"}) or 0
     answers = [a async for a in sessions.StreamExamples(requests())]
     last = answers[-1]
     assert (last.accepted, last.refused) == (200, 1) and "examples[37]: empty prompt" in last.refusals
@@ -97,6 +100,9 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
 
     done = await until(lambda: _published_and_gated(client, made.name))
     assert done.stats.total_updates == 20 and done.stats.total_examples == 200
+    trained = telemetry.REGISTRY.get_sample_value("learning_engine_online_updates_total", {"outcome": "TRAINED"})
+    assert trained - trained_before == 20
+    assert telemetry.REGISTRY.get_sample_value("learning_engine_online_loss", {"session": "guilds"}) > 0
     versions = [p.version for p in done.publications]
     assert len(versions) == 2 and all(p.first_sequence <= p.last_sequence for p in done.publications)
     record = (await ad_grpc.AdapterServiceStub(client.channel).GetAdapter(ad.GetAdapterRequest(
@@ -122,6 +128,7 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
     assert stopped.state in (common.JOB_STATE_CANCELLING, common.JOB_STATE_CANCELLED)
     ended = await until(lambda: _ended(client, made.name))
     assert ended.state == common.JOB_STATE_CANCELLED and "stopped after 20 updates" in ended.error.message
+    assert telemetry.REGISTRY.get_sample_value("learning_engine_online_loss", {"session": "guilds"}) is None
     assert (await refused(sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))))[:2] == (
         grpc.StatusCode.FAILED_PRECONDITION, "ONLINE_SESSION_ENDED")
     assert (await refused(sessions.AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(1)))))[:2] == (
