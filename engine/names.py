@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 
 from engine.errors import FieldViolation, InvalidArgument
@@ -20,6 +21,22 @@ def resource_id(name: str, collection: str, field_path: str = "name") -> str:
             "MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like {collection}/<id>",
             violations=[FieldViolation(field_path, f"must look like {collection}/<id>")],
         )
+    return found
+
+
+# Ids a client chooses (a pipeline's, an online session's): lowercase letters, digits and '-', 1..40, no '-' at
+# either end.
+CHOSEN_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+def chosen_id(name: str, collection: str, id_name: str, field_path: str = "name") -> str:
+    """The id in ``name``, which must be ``<collection>/<id>`` with an id a client chose (:data:`CHOSEN_ID_RE`);
+    INVALID_ARGUMENT otherwise."""
+    found = name.removeprefix(f"{collection}/") if name.startswith(f"{collection}/") else ""
+    if not CHOSEN_ID_RE.match(found):
+        raise InvalidArgument("MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like "
+                                                f"{collection}/<id>",
+                              violations=[FieldViolation(field_path, f"must be {collection}/{{{id_name}}}")])
     return found
 
 

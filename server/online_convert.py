@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
+from engine.names import chosen_id
 from engine.online.service import ExampleIn, SessionView, check_learning_rate
 from engine.online.spec import (
-    SESSION_ID_RE,
     GateVerdict,
     LossSpike,
     OnlineOptimizer,
@@ -48,12 +48,7 @@ def _bad(field_path: str, description: str) -> InvalidArgument:
 
 
 def session_id_from_name(name: str, field_path: str = "name") -> str:
-    found = name.removeprefix(f"{COLLECTION}/") if name.startswith(f"{COLLECTION}/") else ""
-    if not SESSION_ID_RE.match(found):
-        raise InvalidArgument("MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like "
-                                                f"{COLLECTION}/<id>",
-                              violations=[FieldViolation(field_path, f"must be {COLLECTION}/{{session_id}}")])
-    return found
+    return chosen_id(name, COLLECTION, "session_id", field_path)
 
 
 def _count(value: int, default: int, low: int, high: int, field_path: str) -> int:

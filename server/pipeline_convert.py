@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.errors import ViolationCollector
 from engine.jobs.core import JobEvent
-from engine.names import resource_id
+from engine.names import chosen_id, resource_id
 from engine.pipelines.spec import (
     DEFAULT_CRON,
-    PIPELINE_ID_RE,
     CronTrigger,
     DriftTrigger,
     FeedbackTrigger,
@@ -44,11 +43,7 @@ UPDATABLE = ("training", "suite_paths", "rollout", "triggers", "enabled", "descr
 
 
 def pipeline_id_from_name(name: str, field_path: str = "name") -> str:
-    found = name.removeprefix("pipelines/") if name.startswith("pipelines/") else ""
-    if not PIPELINE_ID_RE.match(found):
-        raise InvalidArgument("MALFORMED_NAME", f"{field_path} {name!r} is not a resource name like pipelines/<id>",
-                              violations=[FieldViolation(field_path, "must be pipelines/{pipeline_id}")])
-    return found
+    return chosen_id(name, "pipelines", "pipeline_id", field_path)
 
 
 def run_id_from_name(name: str, field_path: str = "name") -> str:

@@ -42,6 +42,8 @@ from engine.jobs.ports import StopReason
 from engine.online.learner import OnlineLearner, UpdateResult
 from engine.online.ports import FeedbackExamples, OnlineStore
 from engine.online.spec import (
+    CHECKPOINT_PREFIX,
+    LIVE_PREFIX,
     ONLINE_SESSION,
     LiveAdapter,
     LossSpike,
@@ -142,7 +144,7 @@ class OnlineRunner:
         from safetensors.torch import load_file
 
         record = ctx.job.output.checkpoints[0]
-        archive = CheckpointArchive(self._parts.artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        archive = CheckpointArchive(self._parts.artifacts, ctx.work_dir / "archive", prefix=CHECKPOINT_PREFIX)
         folder = await archive.fetch(record, ctx.work_dir / "resume")
         state = await asyncio.to_thread(torch.load, folder / STATE_FILE, map_location="cpu", weights_only=True)
         weights = await asyncio.to_thread(load_file, str(folder / "adapter" / "adapter_model.safetensors"))
@@ -195,6 +197,9 @@ class _Session:
         self.resting_until = 0.0
         self.checkpointed = learner.updates
         self.feedback_at = 0.0  # when the feedback was last read (monotonic)
+        scratch = ctx.work_dir / "archive"
+        self.live_archive = CheckpointArchive(parts.artifacts, scratch, prefix=LIVE_PREFIX)
+        self.checkpoint_archive = CheckpointArchive(parts.artifacts, scratch, prefix=CHECKPOINT_PREFIX)
 
     @property
     def spec(self) -> OnlineSessionSpec:
@@ -302,8 +307,7 @@ class _Session:
     async def _refresh_live(self, update: int) -> None:
         """The adapter as it is now, stored for the serving side to load (the newest few are kept)."""
         folder = await self._save_adapter("live")
-        archive = CheckpointArchive(self.r.artifacts, self.ctx.work_dir / "archive", prefix="online/live")
-        record = await archive.save(self.id, update, self.ctx.lease_token, folder, loss=0.0, eval_loss=None)
+        record = await self.live_archive.save(self.id, update, self.ctx.lease_token, folder, loss=0.0, eval_loss=None)
         self.ctx.set_output(replace(self.ctx.job.output, live=LiveAdapter(update, record.key, record.sha256)))
         self.live_keys.append(record.key)
         if len(self.live_keys) > LIVE_KEPT:
@@ -348,7 +352,7 @@ class _Session:
             torch.save(learner.state(), folder / STATE_FILE)
 
         await ctx.in_worker(write)
-        archive = CheckpointArchive(self.r.artifacts, ctx.work_dir / "archive", prefix="online/checkpoints")
+        archive = self.checkpoint_archive
         record = await archive.save(self.id, learner.updates, ctx.lease_token, folder,
                                     loss=learner.last_loss, eval_loss=None)
         kept = (record, *ctx.job.output.checkpoints)

@@ -29,7 +29,7 @@ from engine.errors import EngineError, FailedPrecondition
 from engine.jobs.core import JobState
 from engine.lora.state import EvalSummary, FetchedAdapter, lora_name
 from engine.online.ports import OnlineStore
-from engine.online.spec import GateVerdict, OnlineSession, live_adapter_name, live_model
+from engine.online.spec import LIVE_PREFIX, GateVerdict, OnlineSession, live_adapter_name, live_model
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
@@ -68,7 +68,7 @@ class OnlineServing:
                  client: ServingClient, router: AliasRouter, gate: Gate, adapters: Fetcher, cache_dir: Path) -> None:
         self._sessions = sessions
         self._store = store
-        self._archive = CheckpointArchive(artifacts, cache_dir / "scratch", prefix="online/live")
+        self._archive = CheckpointArchive(artifacts, cache_dir / "scratch", prefix=LIVE_PREFIX)
         self._client = client
         self._router = router
         self._gate = gate

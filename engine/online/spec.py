@@ -10,7 +10,6 @@ checkpoints), written only by the worker that holds it. What clients and the ser
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -18,10 +17,11 @@ from engine.errors import NotFound
 from engine.jobs.core import Job, JobKind
 from engine.training.spec import CheckpointRecord, ParentFisherProgress
 
-SESSION_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 LOSS_WINDOW = 100  # updates the average loss is over
 SPIKE_WINDOW = 20  # updates a spike is judged against (their median)
 SPIKE_MIN_UPDATES = 10  # updates before a spike can be judged
+LIVE_PREFIX = "online/live"  # artifact-store keys of the live adapters a worker stores and serving processes load
+CHECKPOINT_PREFIX = "online/checkpoints"
 
 
 class OnlineOptimizer(enum.StrEnum):

@@ -11,16 +11,16 @@ stage that has not ended and never runs one twice to completion (engine.pipeline
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from engine.jobs.core import Job, JobKind
 from engine.lora.canary import CanaryPolicy
+from engine.names import CHOSEN_ID_RE
 from engine.training.spec import TrainingJobSpec
 
-PIPELINE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+PIPELINE_ID_RE = CHOSEN_ID_RE
 DEFAULT_CRON = "0 2 * * 1"  # weekly, Monday 02:00
 
 
