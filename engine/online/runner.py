@@ -325,7 +325,7 @@ class _Session:
         first, last = learner.window_first, learner.trained_through
         try:
             record = await self.r.registry.publish(PublishRequest(
-                base_model=spec.base_model, adapter_dir=folder, parent=parent, source=AdapterSource.ONLINE,
+                base_model=spec.base_model, adapter_dir=folder, parent=parent, patch=True, source=AdapterSource.ONLINE,
                 training_job=ctx.job.name, train_loss=learner.stats(learning_rate=0, enabled=True,
                                                                     published=0).average_loss or 0.0,
                 ewc_lambda=spec.ewc_lambda, fisher_snapshot=ctx.job.output.fisher_snapshot,

@@ -12,7 +12,7 @@ from engine.registry.records import (
     AdapterRecord,
     AdapterSource,
     PublishRequest,
-    format_version,
+    VersionNumber,
     parse_version,
 )
 
@@ -26,6 +26,6 @@ __all__ = [
     "PublishRequest",
     "ServingRole",
     "ServingState",
-    "format_version",
+    "VersionNumber",
     "parse_version",
 ]

@@ -1,9 +1,11 @@
 """The adapter registry: semantic versions per base model over immutable, verified artifacts.
 
 Versions: the first adapter of a base model is v1.0. A continuation of a parent gets the
-next minor in the parent's major line (v1.1, v1.2, ...). A new major line (v2.0, ...) starts
-for a fresh adapter, a changed LoRA shape (rank or targets), a changed base model (its
-digest differs from the parent's), or on request.
+next minor in the parent's major line (v1.1, v1.2, ...). A patch of a parent (an online
+session's publication) gets the next patch of the parent's minor version (v1.1 -> v1.1.1,
+v1.1.2, ...; v1.1 is v1.1.0). A new major line (v2.0, ...) starts for a fresh adapter, a
+changed LoRA shape (rank or targets), a changed base model (its digest differs from the
+parent's), or on request.
 
 Publishing, in order:
   1. pack the PEFT directory into a canonical tar.gz and hash it (off the loop);
@@ -49,7 +51,7 @@ from engine.errors import (
     NotFound,
 )
 from engine.registry import archive, peft_checks
-from engine.registry.ports import AdapterIndex, ArtifactStore, ServingState
+from engine.registry.ports import AdapterIndex, ArtifactStore, Cursor, ServingState
 from engine.registry.records import (
     ARCHIVE_NAME,
     AdapterEval,
@@ -57,7 +59,6 @@ from engine.registry.records import (
     AdapterSource,
     PublishRequest,
     check_base_model_id,
-    format_version,
     lora_shape,
     parse_version,
 )
@@ -90,8 +91,7 @@ class AdapterRegistry:
     # ---- reading --------------------------------------------------------------------
 
     async def get(self, base_model: str, version: str, *, field_path: str = "version") -> AdapterRecord:
-        major, minor = parse_version(version, field_path)
-        return await self._index.get(base_model, major, minor)
+        return await self._index.get(base_model, parse_version(version, field_path))
 
     async def list(
         self, *, base_model: str = "", labels: Mapping[str, str] | None = None, page_size: int, page_token: str = ""
@@ -108,8 +108,8 @@ class AdapterRegistry:
         """The version, its parent, and so on back to the root (deleted ancestors included)."""
         chain = [await self.get(base_model, version)]
         while chain[-1].parent_version and len(chain) < _MAX_LINEAGE:
-            major, minor = parse_version(chain[-1].parent_version)
-            chain.append(await self._index.get(base_model, major, minor, include_deleted=True))
+            chain.append(await self._index.get(base_model, parse_version(chain[-1].parent_version),
+                                               include_deleted=True))
         return chain
 
     async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord:
@@ -174,11 +174,9 @@ class AdapterRegistry:
                 and lora_shape(parent.lora) == lora_shape(lora)
                 and parent.base_model_digest in ("", base_digest)
             )
-            major, minor = await self._index.reserve(
-                base_model, parent.number[0] if same_line and parent else None, request.request_id
-            )
+            number = await self._index.reserve(base_model, _under(parent, same_line, request.patch), request.request_id)
             record = AdapterRecord(
-                base_model=base_model, version=format_version(major, minor), lora=lora,
+                base_model=base_model, version=str(number), lora=lora,
                 create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=request.source,
                 base_model_digest=base_digest, parent_version=parent.version if parent else "",
                 training_job=request.training_job, dataset=request.dataset, train_loss=request.train_loss,
@@ -201,7 +199,6 @@ class AdapterRegistry:
     async def _store_and_register(
         self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None
     ) -> AdapterRecord:
-        major, minor = record.number
         written: list[str] = []
         try:
             if await self._store.exists(record.manifest_key):
@@ -221,7 +218,7 @@ class AdapterRegistry:
             written.append(record.manifest_key)
             return await self._index.publish(record, fence=fence)
         except AlreadyExists:
-            await self._index.mark_conflict(record.base_model, major, minor)
+            await self._index.mark_conflict(record.base_model, record.number)
             raise
         except BaseException:
             await self._abandon(record, written)
@@ -229,13 +226,12 @@ class AdapterRegistry:
 
     async def _abandon(self, record: AdapterRecord, written: builtins.list[str]) -> None:
         """Undo a failed publish as far as possible; never raises."""
-        major, minor = record.number
         try:
             await self._store.delete(list(reversed(written)))  # the manifest first
         except Exception:  # noqa: BLE001 - the store may be the thing that failed
             log.warning("could not remove artifacts of a failed publish", extra={"keys": written})
         try:
-            await self._index.release(record.base_model, major, minor)
+            await self._index.release(record.base_model, record.number)
         except Exception:  # noqa: BLE001
             log.exception("could not release the reservation of %s %s", record.base_model, record.version)
 
@@ -298,7 +294,7 @@ class AdapterRegistry:
         Returns the released versions as ``<base-model> <version>``."""
         partial = await self._store.remove_partial_writes()
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
-        released = [f"{b} {format_version(major, minor)}" for b, major, minor in await self._index.release_stale()]
+        released = [f"{b} {number}" for b, number in await self._index.release_stale()]
         if partial or released:
             log.warning("cleaned up after publishes cut short by an earlier process",
                         extra={"partial_writes": partial, "released_reservations": released})
@@ -308,8 +304,7 @@ class AdapterRegistry:
 
     async def delete(self, base_model: str, version: str) -> AdapterRecord:
         """Remove a version's artifacts and keep its row as a tombstone; refused while it is protected."""
-        major, minor = parse_version(version)
-        async with self._index.deleting(base_model, major, minor) as record:
+        async with self._index.deleting(base_model, parse_version(version)) as record:
             protected = await self._serving.protected_versions(base_model)
             if record.version in protected:
                 raise FailedPrecondition(
@@ -375,16 +370,24 @@ def _validate_peft_dir(peft_dir: Path, model_dir: Path) -> None:
     peft_checks.check_shapes(shapes, lora, peft_checks.base_linear_shapes(model_dir))
 
 
+def _under(parent: AdapterRecord | None, same_line: bool, patch: bool) -> tuple[int, ...]:
+    """Where a new version's number comes from (AdapterIndex.reserve): a patch of its parent's minor version
+    (v1.1 -> v1.1.1, v1.1.2 -> v1.1.3), the next minor of its parent's line, or a new major line."""
+    if parent is None or not same_line:
+        return ()
+    return tuple(parent.number[:2]) if patch else (parent.number.major,)
+
+
 def _encode_token(record: AdapterRecord) -> str:
-    major, minor = record.number
-    raw = json.dumps([record.create_time.isoformat(), record.base_model, major, minor]).encode()
+    raw = json.dumps([record.create_time.isoformat(), record.base_model, *record.number]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def _decode_token(token: str) -> tuple[datetime, str, int, int]:
+def _decode_token(token: str) -> Cursor:
     try:
-        created, base_model, major, minor = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(base_model), int(major), int(minor)
+        # A token issued before patch numbers (four parts) continues at patch 0.
+        created, base_model, major, minor, patch = [*json.loads(base64.urlsafe_b64decode(token.encode())), 0][:5]
+        return datetime.fromisoformat(created), str(base_model), int(major), int(minor), int(patch)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise InvalidArgument(
             "INVALID_PAGE_TOKEN", "page_token is not one this server issued",

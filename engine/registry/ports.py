@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from engine.registry.records import AdapterRecord
+from engine.registry.records import AdapterRecord, VersionNumber
 
 # A page cursor of the version list: (create_time, base_model, major, minor) of the previous page's last row.
-Cursor = tuple[datetime, str, int, int]
+Cursor = tuple[datetime, str, int, int, int]  # (create_time, base_model, major, minor, patch) of a page's last row
 
 
 class ArtifactStore(Protocol):
@@ -91,8 +91,9 @@ class AdapterIndex(Protocol):
     tombstone, so its number is never handed out again.
     """
 
-    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
-        """The next free number: a new major line if ``parent_major`` is None, else the next minor in that line."""
+    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
+        """The next free number under ``under``: a new major line for ``()``, the next minor of a line for
+        ``(major,)``, the next patch of a minor version for ``(major, minor)``."""
         ...
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
@@ -100,20 +101,20 @@ class AdapterIndex(Protocol):
         lease holds (LeaseLost otherwise), checked atomically with the registration."""
         ...
 
-    async def release(self, base_model: str, major: int, minor: int) -> None:
+    async def release(self, base_model: str, number: VersionNumber) -> None:
         """Give back a reservation whose publish failed."""
         ...
 
-    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
+    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
         """Retire a number whose artifacts the store already held (never handed out again)."""
         ...
 
-    async def release_stale(self) -> list[tuple[str, int, int]]:
+    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
         """Release the reservations of publishers that are gone (their process ended mid-publish); returns
-        them as (base_model, major, minor). Those of live publishers, in any process, stay."""
+        them as (base_model, number). Those of live publishers, in any process, stay."""
         ...
 
-    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
+    async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:
         """NOT_FOUND (ADAPTER_NOT_FOUND) unless published (or deleted, with ``include_deleted``)."""
         ...
 
@@ -125,7 +126,7 @@ class AdapterIndex(Protocol):
         """Published versions, newest first."""
         ...
 
-    def deleting(self, base_model: str, major: int, minor: int) -> AbstractAsyncContextManager[AdapterRecord]:
+    def deleting(self, base_model: str, number: VersionNumber) -> AbstractAsyncContextManager[AdapterRecord]:
         """Lock a published version; if the body succeeds, it becomes a tombstone."""
         ...
 

@@ -12,12 +12,16 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
 from engine.errors import FieldViolation, InvalidArgument
 from engine.splits import SplitRule
 
-VERSION_RE = re.compile(r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})$")
+# vMAJOR.MINOR, or vMAJOR.MINOR.PATCH for a patch (an online session's publication); patch 0 is never spelled
+VERSION_RE = re.compile(
+    r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})(?:\.(?P<patch>[1-9][0-9]{0,5}))?$"
+)
 BASE_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 ARCHIVE_NAME = "adapter.tar.gz"
@@ -25,20 +29,39 @@ MANIFEST_NAME = "metadata.json"
 FISHER_NAME = "fisher.safetensors"
 
 
-def parse_version(version: str, field_path: str = "version") -> tuple[int, int]:
-    """``"v1.2"`` -> ``(1, 2)``; anything else is INVALID_ARGUMENT on ``field_path``."""
+class VersionNumber(NamedTuple):
+    """A version's number; tuples order them (v1.2 < v1.2.1 < v1.3). Patch 0 is the minor version itself."""
+
+    major: int
+    minor: int
+    patch: int = 0
+
+    def __str__(self) -> str:
+        return f"v{self.major}.{self.minor}" + (f".{self.patch}" if self.patch else "")
+
+
+def next_number(under: tuple[int, ...], top: int | None) -> VersionNumber:
+    """The number after ``top``, the highest taken under ``under`` (None: none is): under ``()`` a new major line,
+    under ``(major,)`` the line's next minor, under ``(major, minor)`` its next patch. Majors and patches count
+    from 1 (v1.0, v1.0.1: patch 0 is the minor version itself), minors from 0."""
+    if len(under) > 2:
+        raise ValueError(f"a version number has three parts; nothing comes under {under}")
+    first = 0 if len(under) == 1 else 1
+    parts = (*under, first if top is None else max(top + 1, first), 0, 0)
+    return VersionNumber(parts[0], parts[1], parts[2])
+
+
+def parse_version(version: str, field_path: str = "version") -> VersionNumber:
+    """``"v1.2"`` -> ``(1, 2, 0)``, ``"v1.2.3"`` -> ``(1, 2, 3)``; anything else is INVALID_ARGUMENT on
+    ``field_path``."""
     match = VERSION_RE.match(version)
     if not match:
         raise InvalidArgument(
             "MALFORMED_VERSION",
-            f"{field_path} {version!r} is not a version like v1.0 or v2.3",
-            violations=[FieldViolation(field_path, "must look like vMAJOR.MINOR, e.g. v1.2")],
+            f"{field_path} {version!r} is not a version like v1.0, v2.3 or v2.3.1",
+            violations=[FieldViolation(field_path, "must look like vMAJOR.MINOR or vMAJOR.MINOR.PATCH, e.g. v1.2")],
         )
-    return int(match["major"]), int(match["minor"])
-
-
-def format_version(major: int, minor: int) -> str:
-    return f"v{major}.{minor}"
+    return VersionNumber(int(match["major"]), int(match["minor"]), int(match["patch"] or 0))
 
 
 def check_base_model_id(base_model: str, field_path: str = "base_model") -> str:
@@ -115,7 +138,7 @@ class AdapterRecord:
         return f"baseModels/{self.base_model}/adapters/{self.version}"
 
     @property
-    def number(self) -> tuple[int, int]:
+    def number(self) -> VersionNumber:
         return parse_version(self.version)
 
     @property
@@ -148,6 +171,7 @@ class PublishRequest:
     adapter_dir: Path
     parent: AdapterRecord | None = None
     major_bump: bool = False
+    patch: bool = False  # a patch of the parent's minor version (v1.1 -> v1.1.1), as an online session publishes
     source: AdapterSource = AdapterSource.TRAINED
     training_job: str = ""
     dataset: DatasetSummary | None = None  # with its provenance, so a continuation can get the data again

@@ -1,7 +1,7 @@
 """The registry's index of versions in PostgreSQL (table ``adapters``, migrations 0002/0003).
 
 Version numbers are handed out by inserting a RESERVED row: the primary key
-(base_model, major, minor) lets exactly one of several racing publishers (in any process)
+(base_model, major, minor, patch; migration 0017) lets exactly one of several racing publishers (in any process)
 have a number, and the loser recomputes. Rows are never removed once published: a deleted
 version stays as a DELETED tombstone, so its number is never reused and lineage stays whole.
 
@@ -27,10 +27,11 @@ from pydantic import TypeAdapter
 from engine.errors import Aborted, NotFound
 from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
-from engine.registry.records import AdapterRecord, format_version
+from engine.registry.records import AdapterRecord, VersionNumber, next_number
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
+_KEY = "base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"  # one version's row
 
 
 def _decode(doc: str) -> AdapterRecord:
@@ -79,36 +80,32 @@ class PostgresAdapterIndex:
                 await conn.execute("SELECT pg_advisory_unlock($1)", self._owner)
             await self._pool.release(conn)
 
-    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
-        """Take the next free number: a new major line if ``parent_major`` is None, else the next minor
-        in the parent's line. Counts every row (reserved, deleted, conflicting), so numbers never repeat.
-        The reservation ends with ``publish``, ``release`` or ``mark_conflict``."""
+    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
+        """Take the next free number under ``under`` (engine.registry.ports.AdapterIndex.reserve). Counts every
+        row (reserved, deleted, conflicting), so numbers never repeat. The reservation ends with ``publish``,
+        ``release`` or ``mark_conflict``."""
         await self._hold()
         try:
-            return await self._reserve(base_model, parent_major, request_id)
+            return await self._reserve(base_model, under, request_id)
         except BaseException:
             await self._let_go()
             raise
 
-    async def _reserve(self, base_model: str, parent_major: int | None, request_id: str) -> tuple[int, int]:
+    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str) -> VersionNumber:
+        part = VersionNumber._fields[len(under)]  # the part that counts up; those before it are ``under``
+        same = "".join(f" AND {name} = ${i + 2}" for i, name in enumerate(VersionNumber._fields[: len(under)]))
         for _ in range(_RESERVE_ATTEMPTS):
             async with self._pool.acquire() as conn:
-                if parent_major is None:
-                    top = await conn.fetchval("SELECT max(major) FROM adapters WHERE base_model = $1", base_model)
-                    major, minor = (top or 0) + 1, 0
-                else:
-                    top = await conn.fetchval(
-                        "SELECT max(minor) FROM adapters WHERE base_model = $1 AND major = $2",
-                        base_model, parent_major,
-                    )
-                    major, minor = parent_major, (-1 if top is None else top) + 1
+                top = await conn.fetchval(f"SELECT max({part}) FROM adapters WHERE base_model = $1{same}",
+                                          base_model, *under)
+                number = next_number(under, top)
                 try:
                     await conn.execute(
-                        "INSERT INTO adapters (base_model, major, minor, state, request_id, reserved_by)"
-                        " VALUES ($1, $2, $3, 'RESERVED', $4, $5)",
-                        base_model, major, minor, request_id or None, self._owner,
+                        "INSERT INTO adapters (base_model, major, minor, patch, state, request_id, reserved_by)"
+                        " VALUES ($1, $2, $3, $4, 'RESERVED', $5, $6)",
+                        base_model, *number, request_id or None, self._owner,
                     )
-                    return major, minor
+                    return number
                 except asyncpg.UniqueViolationError as exc:
                     if exc.constraint_name == "adapters_request_id_idx":
                         raise Aborted(
@@ -122,53 +119,46 @@ class PostgresAdapterIndex:
         """Turn the reservation into a version (the artifacts are durable by now); with ``fence``, only while the
         job's lease token is still the one given (the job row is locked until the version is registered, so
         no other worker can claim the job in between)."""
-        major, minor = record.number
         async with self._pool.acquire() as conn, conn.transaction():
             if fence is not None:
                 token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1 FOR SHARE", fence[0])
                 if token != fence[1]:
                     raise lease_lost(fence[0])
             create_time = await conn.fetchval(
-                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $4::jsonb, labels = $5::jsonb"
-                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'"
-                " RETURNING create_time",
-                record.base_model, major, minor, _RECORD.dump_json(record).decode(),
+                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $5::jsonb, labels = $6::jsonb"
+                f" WHERE {_KEY} AND state = 'RESERVED' RETURNING create_time",
+                record.base_model, *record.number, _RECORD.dump_json(record).decode(),
                 _labels_json(record),
             )
             if create_time is None:
                 raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
             published = replace(record, create_time=create_time)
             await conn.execute(
-                "UPDATE adapters SET doc = $4::jsonb WHERE base_model = $1 AND major = $2 AND minor = $3",
-                record.base_model, major, minor, _RECORD.dump_json(published).decode(),
+                f"UPDATE adapters SET doc = $5::jsonb WHERE {_KEY}",
+                record.base_model, *record.number, _RECORD.dump_json(published).decode(),
             )
         await self._let_go()
         return published
 
-    async def release(self, base_model: str, major: int, minor: int) -> None:
+    async def release(self, base_model: str, number: VersionNumber) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(f"DELETE FROM adapters WHERE {_KEY} AND state = 'RESERVED'", base_model, *number)
+        finally:
+            await self._let_go()
+
+    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(
-                    "DELETE FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
-                    base_model, major, minor,
+                    f"UPDATE adapters SET state = 'CONFLICT' WHERE {_KEY} AND state = 'RESERVED'", base_model, *number
                 )
         finally:
             await self._let_go()
 
-    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE adapters SET state = 'CONFLICT'"
-                    " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'RESERVED'",
-                    base_model, major, minor,
-                )
-        finally:
-            await self._let_go()
-
-    async def release_stale(self) -> list[tuple[str, int, int]]:
+    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
         """Delete the RESERVED rows of publishers that are gone (see the module docstring); return them."""
-        released: list[tuple[str, int, int]] = []
+        released: list[tuple[str, VersionNumber]] = []
         async with self._pool.acquire() as conn:
             owners = {r["reserved_by"] for r in await conn.fetch(
                 "SELECT DISTINCT reserved_by FROM adapters WHERE state = 'RESERVED'")}
@@ -179,24 +169,22 @@ class PostgresAdapterIndex:
                 try:
                     rows = await conn.fetch(
                         "DELETE FROM adapters WHERE state = 'RESERVED' AND reserved_by IS NOT DISTINCT FROM $1"
-                        " RETURNING base_model, major, minor", owner,
+                        " RETURNING base_model, major, minor, patch", owner,
                     )
                 finally:
                     if owner is not None:
                         await conn.execute("SELECT pg_advisory_unlock($1)", owner)
-                released += [(r["base_model"], r["major"], r["minor"]) for r in rows]
+                released += [(r["base_model"], VersionNumber(r["major"], r["minor"], r["patch"])) for r in rows]
         return released
 
-    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
+    async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:
         states = ["PUBLISHED", "DELETED"] if include_deleted else ["PUBLISHED"]
         async with self._pool.acquire() as conn:
             doc = await conn.fetchval(
-                "SELECT doc FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
-                " AND state = ANY($4::text[])",
-                base_model, major, minor, states,
+                f"SELECT doc FROM adapters WHERE {_KEY} AND state = ANY($5::text[])", base_model, *number, states
             )
         if doc is None:
-            raise _not_found(base_model, format_version(major, minor))
+            raise _not_found(base_model, str(number))
         return _decode(doc)
 
     async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
@@ -221,19 +209,19 @@ class PostgresAdapterIndex:
             clauses.append(f"labels @> ${len(args)}::jsonb")
         if after is not None:
             args.extend(after)
-            n = len(args)
-            clauses.append(f"(create_time, base_model, major, minor) < (${n - 3}, ${n - 2}, ${n - 1}, ${n})")
+            marks = ", ".join(f"${i}" for i in range(len(args) - len(after) + 1, len(args) + 1))
+            clauses.append(f"(create_time, base_model, major, minor, patch) < ({marks})")
         args.append(limit)
         sql = (
             f"SELECT doc FROM adapters WHERE {' AND '.join(clauses)}"
-            f" ORDER BY create_time DESC, base_model DESC, major DESC, minor DESC LIMIT ${len(args)}"
+            f" ORDER BY create_time DESC, base_model DESC, major DESC, minor DESC, patch DESC LIMIT ${len(args)}"
         )
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
         return [_decode(r["doc"]) for r in rows]
 
     @contextlib.asynccontextmanager
-    async def deleting(self, base_model: str, major: int, minor: int) -> AsyncIterator[AdapterRecord]:
+    async def deleting(self, base_model: str, number: VersionNumber) -> AsyncIterator[AdapterRecord]:
         """Lock a published version; if the body succeeds, it becomes a DELETED tombstone.
 
         The row lock (FOR UPDATE) conflicts with the KEY SHARE lock every serving_state
@@ -242,30 +230,25 @@ class PostgresAdapterIndex:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             doc = await conn.fetchval(
-                "SELECT doc FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
-                " AND state = 'PUBLISHED' FOR UPDATE",
-                base_model, major, minor,
+                f"SELECT doc FROM adapters WHERE {_KEY} AND state = 'PUBLISHED' FOR UPDATE", base_model, *number
             )
             if doc is None:
-                raise _not_found(base_model, format_version(major, minor))
+                raise _not_found(base_model, str(number))
             record = _decode(doc)
             yield record
             deleted_at = await conn.fetchval("SELECT now()")
             tombstone = replace(record, delete_time=deleted_at)
             await conn.execute(
-                "UPDATE adapters SET state = 'DELETED', delete_time = $4, doc = $5::jsonb"
-                " WHERE base_model = $1 AND major = $2 AND minor = $3",
-                base_model, major, minor, deleted_at, _RECORD.dump_json(tombstone).decode(),
+                f"UPDATE adapters SET state = 'DELETED', delete_time = $5, doc = $6::jsonb WHERE {_KEY}",
+                base_model, *number, deleted_at, _RECORD.dump_json(tombstone).decode(),
             )
 
     async def update(self, record: AdapterRecord) -> None:
         """Replace the stored record of a published version (e.g. to add eval results)."""
-        major, minor = record.number
         async with self._pool.acquire() as conn:
             status = await conn.execute(
-                "UPDATE adapters SET doc = $4::jsonb, labels = $5::jsonb"
-                " WHERE base_model = $1 AND major = $2 AND minor = $3 AND state = 'PUBLISHED'",
-                record.base_model, major, minor, _RECORD.dump_json(record).decode(), _labels_json(record),
+                f"UPDATE adapters SET doc = $5::jsonb, labels = $6::jsonb WHERE {_KEY} AND state = 'PUBLISHED'",
+                record.base_model, *record.number, _RECORD.dump_json(record).decode(), _labels_json(record),
             )
         if status.endswith(" 0"):
             raise _not_found(record.base_model, record.version)

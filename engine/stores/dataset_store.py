@@ -153,8 +153,8 @@ class PostgresDatasetIndex:
             " OR doc -> 'spec' -> 'dataset' ->> 'name' = ANY($1::text[])) ORDER BY create_time",
             names, _ENDED)
         adapters = await conn.fetch(
-            "SELECT base_model, major, minor FROM adapters WHERE state = 'PUBLISHED'"
+            "SELECT base_model, version FROM adapters WHERE state = 'PUBLISHED'"
             " AND doc -> 'dataset' -> 'source' ->> 'name' = ANY($1::text[]) ORDER BY create_time",
             names)
         return [f"trainingJobs/{r['id']}" for r in jobs] + [
-            f"adapter {r['base_model']} v{r['major']}.{r['minor']}" for r in adapters]
+            f"adapter {r['base_model']} {r['version']}" for r in adapters]

@@ -27,7 +27,7 @@ from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState
 from engine.jobs.ports import Claim, JobExecutor, Lease, lease_lost
 from engine.registry.ports import Cursor, ServingRole
-from engine.registry.records import AdapterRecord, format_version
+from engine.registry.records import AdapterRecord, VersionNumber, next_number
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -212,58 +212,55 @@ def _not_found(base_model: str, version: str) -> NotFound:
 
 
 class InMemoryAdapterIndex:
-    """engine.registry.ports.AdapterIndex in a dict keyed by (base model, major, minor)."""
+    """engine.registry.ports.AdapterIndex in a dict keyed by (base model, version number)."""
 
     def __init__(self, leases: Callable[[str], str | None] | None = None) -> None:
-        self.rows: dict[tuple[str, int, int], _Row] = {}
+        self.rows: dict[tuple[str, VersionNumber], _Row] = {}
         self._lock = asyncio.Lock()
         self.leases = leases  # a job's current lease token (InMemoryJobStore.lease_token), for fenced publishes
 
-    async def reserve(self, base_model: str, parent_major: int | None, request_id: str = "") -> tuple[int, int]:
+    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
         if request_id and any(k[0] == base_model and r.request_id == request_id and r.state == "RESERVED"
                               for k, r in self.rows.items()):
             raise Aborted("IMPORT_IN_PROGRESS", f"request_id {request_id!r} is being imported right now; retry",
                           metadata={"request_id": request_id})
-        mine = [k for k in self.rows if k[0] == base_model]
-        if parent_major is None:
-            key = (base_model, max((k[1] for k in mine), default=0) + 1, 0)
-        else:
-            key = (base_model, parent_major, max((k[2] for k in mine if k[1] == parent_major), default=-1) + 1)
-        self.rows[key] = _Row("RESERVED", request_id=request_id)
-        return key[1], key[2]
+        taken = [n[len(under)] for b, n in self.rows if b == base_model and n[: len(under)] == under]
+        number = next_number(under, max(taken, default=None))
+        self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id)
+        return number
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
         if fence is not None and self.leases is not None and self.leases(fence[0]) != fence[1]:
             raise lease_lost(fence[0])
-        row = self.rows.get((record.base_model, *record.number))
+        row = self.rows.get((record.base_model, record.number))
         if row is None or row.state != "RESERVED":
             raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
         published = replace(record, create_time=datetime.now(UTC))
         row.state, row.record = "PUBLISHED", published
         return published
 
-    async def release(self, base_model: str, major: int, minor: int) -> None:
-        row = self.rows.get((base_model, major, minor))
+    async def release(self, base_model: str, number: VersionNumber) -> None:
+        row = self.rows.get((base_model, number))
         if row is not None and row.state == "RESERVED":
-            del self.rows[(base_model, major, minor)]
+            del self.rows[(base_model, number)]
 
-    async def mark_conflict(self, base_model: str, major: int, minor: int) -> None:
-        row = self.rows.get((base_model, major, minor))
+    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
+        row = self.rows.get((base_model, number))
         if row is not None and row.state == "RESERVED":
             row.state = "CONFLICT"
 
-    async def release_stale(self) -> list[tuple[str, int, int]]:
+    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
         return []  # in memory, every publisher lives in this process
 
-    async def get(self, base_model: str, major: int, minor: int, *, include_deleted: bool = False) -> AdapterRecord:
-        row = self.rows.get((base_model, major, minor))
+    async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:
+        row = self.rows.get((base_model, number))
         states = ("PUBLISHED", "DELETED") if include_deleted else ("PUBLISHED",)
         if row is None or row.record is None or row.state not in states:
-            raise _not_found(base_model, format_version(major, minor))
+            raise _not_found(base_model, str(number))
         return row.record
 
     async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
-        for (model, _, _), row in self.rows.items():
+        for (model, _), row in self.rows.items():
             if model == base_model and row.request_id == request_id and row.state == "PUBLISHED":
                 return row.record
         return None
@@ -279,16 +276,16 @@ class InMemoryAdapterIndex:
         return [r for key, r in keyed if after is None or key < after][:limit]
 
     @contextlib.asynccontextmanager
-    async def deleting(self, base_model: str, major: int, minor: int) -> AsyncIterator[AdapterRecord]:
+    async def deleting(self, base_model: str, number: VersionNumber) -> AsyncIterator[AdapterRecord]:
         async with self._lock:
-            row = self.rows.get((base_model, major, minor))
+            row = self.rows.get((base_model, number))
             if row is None or row.record is None or row.state != "PUBLISHED":
-                raise _not_found(base_model, format_version(major, minor))
+                raise _not_found(base_model, str(number))
             yield row.record
             row.state, row.record = "DELETED", replace(row.record, delete_time=datetime.now(UTC))
 
     async def update(self, record: AdapterRecord) -> None:
-        row = self.rows.get((record.base_model, *record.number))
+        row = self.rows.get((record.base_model, record.number))
         if row is None or row.state != "PUBLISHED":
             raise _not_found(record.base_model, record.version)
         row.record = record

@@ -10,7 +10,7 @@ import asyncpg
 
 from engine.errors import NotFound
 from engine.registry.ports import ServingRole
-from engine.registry.records import format_version, parse_version
+from engine.registry.records import VersionNumber, parse_version
 
 
 class PostgresServingState:
@@ -25,19 +25,19 @@ class PostgresServingState:
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT role, major, minor FROM serving_state WHERE base_model = $1", base_model
+                "SELECT role, major, minor, patch FROM serving_state WHERE base_model = $1", base_model
             )
-        return {ServingRole(r["role"]): format_version(r["major"], r["minor"]) for r in rows}
+        return {ServingRole(r["role"]): str(VersionNumber(r["major"], r["minor"], r["patch"])) for r in rows}
 
     async def set_version(self, base_model: str, role: ServingRole, version: str) -> None:
         """Point ``role`` at a published version. Locks the adapter row (KEY SHARE, like the
         foreign key) so this cannot interleave with a delete of that version."""
-        major, minor = parse_version(version)
+        number = parse_version(version)
         async with self._pool.acquire() as conn, conn.transaction():
             published = await conn.fetchval(
-                "SELECT 1 FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3"
+                "SELECT 1 FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"
                 " AND state = 'PUBLISHED' FOR KEY SHARE",
-                base_model, major, minor,
+                base_model, *number,
             )
             if published is None:
                 raise NotFound(
@@ -45,10 +45,10 @@ class PostgresServingState:
                     metadata={"base_model": base_model, "version": version},
                 )
             await conn.execute(
-                "INSERT INTO serving_state (base_model, role, major, minor) VALUES ($1, $2, $3, $4)"
+                "INSERT INTO serving_state (base_model, role, major, minor, patch) VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (base_model, role) DO UPDATE"
-                " SET major = EXCLUDED.major, minor = EXCLUDED.minor, update_time = now()",
-                base_model, role.value, major, minor,
+                " SET major = EXCLUDED.major, minor = EXCLUDED.minor, patch = EXCLUDED.patch, update_time = now()",
+                base_model, role.value, *number,
             )
 
     async def clear(self, base_model: str, role: ServingRole) -> None:

@@ -19,7 +19,7 @@ from server.access import current_principal
 
 MAX_REASON = 1024
 ACTOR_HEADER = "x-actor"
-EVALUATION_ID = re.compile(r"\d{8}T\d{12}-vs-(base|v\d+\.\d+)")  # engine.lora.controller names them
+EVALUATION_ID = re.compile(r"\d{8}T\d{12}-vs-(base|v\d+\.\d+(\.\d+)?)")  # engine.lora.controller names them
 _REPORT_FILES = {
     pb.REPORT_FORMAT_UNSPECIFIED: ("report.html", "text/html; charset=utf-8"),
     pb.REPORT_FORMAT_HTML: ("report.html", "text/html; charset=utf-8"),

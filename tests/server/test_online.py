@@ -104,7 +104,8 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
     assert trained - trained_before == 20
     assert telemetry.REGISTRY.get_sample_value("learning_engine_online_loss", {"session": "guilds"}) > 0
     versions = [p.version for p in done.publications]
-    assert len(versions) == 2 and all(p.first_sequence <= p.last_sequence for p in done.publications)
+    assert versions == [f"{start}.1", f"{start}.2"]  # patches of the start version
+    assert all(p.first_sequence <= p.last_sequence for p in done.publications)
     record = (await ad_grpc.AdapterServiceStub(client.channel).GetAdapter(ad.GetAdapterRequest(
         version=versions[1]))).adapter
     assert record.source == ad.ADAPTER_SOURCE_ONLINE and record.parent_version == versions[0]

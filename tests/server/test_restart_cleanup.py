@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from engine.registry import VersionNumber
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
 from tests.server.conftest import TINY
@@ -25,12 +26,12 @@ async def test_a_restart_cleans_up_after_a_publish_killed_midway(make_server, da
 
     # A publisher that dies mid-publish: its reservation is made, then its sessions end abruptly (as on SIGKILL).
     dead_pool = await postgres.connect(database_url, min_size=1, max_size=2)
-    assert await PostgresAdapterIndex(dead_pool).reserve(TINY, None) == (1, 0)
+    assert await PostgresAdapterIndex(dead_pool).reserve(TINY, ()) == (1, 0, 0)
     dead_pool.terminate()
     # A publisher still at work in another process: its reservation must survive our start.
     live_pool = await postgres.connect(database_url, min_size=1, max_size=2)
     live = PostgresAdapterIndex(live_pool)
-    assert await live.reserve(TINY, None) == (2, 0)
+    assert await live.reserve(TINY, ()) == (2, 0, 0)
 
     # What the dead publish left on disk: a temporary file in its version folder and its scratch folders.
     version_dir = data_dir / "artifacts" / "adapters" / TINY / "v1.0"
@@ -53,5 +54,5 @@ async def test_a_restart_cleans_up_after_a_publish_killed_midway(make_server, da
         work = sorted(str(p.relative_to(data_dir / "work")) for p in (data_dir / "work").rglob("*") if p.is_file())
         assert work == [f"serving-adapters/{TINY}/v1.0-0123456789abcdef/adapter_config.json"]
     finally:
-        await live.release(TINY, 2, 0)
+        await live.release(TINY, VersionNumber(2, 0))
         await live_pool.close()

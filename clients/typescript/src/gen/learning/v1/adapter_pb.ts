@@ -187,7 +187,8 @@ export type Adapter = Message<"learning.v1.Adapter"> & {
   baseModel: string;
 
   /**
-   * Semantic version "vMAJOR.MINOR", e.g. "v1.2".
+   * Semantic version "vMAJOR.MINOR", e.g. "v1.2", or "vMAJOR.MINOR.PATCH" for a patch an online session
+   * published of a version, e.g. "v1.2.1".
    *
    * @generated from field: string version = 3;
    */

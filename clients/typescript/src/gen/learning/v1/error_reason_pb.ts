@@ -681,7 +681,7 @@ export enum ErrorReason {
   ADAPTER_PROTECTED = 62,
 
   /**
-   * INVALID_ARGUMENT: a version that does not look like vMAJOR.MINOR.
+   * INVALID_ARGUMENT: a version that does not look like vMAJOR.MINOR or vMAJOR.MINOR.PATCH.
    *
    * @generated from enum value: ERROR_REASON_MALFORMED_VERSION = 63;
    */
