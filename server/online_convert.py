@@ -10,6 +10,7 @@ from engine.jobs.core import JobEvent
 from engine.names import chosen_id
 from engine.online.service import ExampleIn, SessionView, check_learning_rate
 from engine.online.spec import (
+    FeedbackSpike,
     GateVerdict,
     LossSpike,
     OnlineOptimizer,
@@ -90,6 +91,9 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         live_alias=msg.live_alias,
         loss_spike_factor=_fraction(msg, "loss_spike_factor", 4.0, 0, 1e6),
         learn_from_feedback=msg.learn_from_feedback,
+        negative_feedback_margin=_fraction(msg, "negative_feedback_margin", 0.1, 0, 1),
+        negative_feedback_min_ratings=_count(msg.negative_feedback_min_ratings, 20, 1, 100_000,
+                                             "spec.negative_feedback_min_ratings"),
     )
 
 
@@ -101,6 +105,8 @@ def spec_to_pb(spec: OnlineSessionSpec) -> pb.OnlineSessionSpec:
         replay_fraction=spec.replay_fraction, checkpoint_every=spec.checkpoint_every,
         publish_every=spec.publish_every, max_seq_length=spec.max_seq_length, live_alias=spec.live_alias,
         loss_spike_factor=spec.loss_spike_factor, learn_from_feedback=spec.learn_from_feedback,
+        negative_feedback_margin=spec.negative_feedback_margin,
+        negative_feedback_min_ratings=spec.negative_feedback_min_ratings,
     )
 
 
@@ -122,7 +128,7 @@ def session_to_pb(view: SessionView) -> pb.OnlineSession:
         alias_version=controls.alias_version, disabled_reason=controls.disabled_reason, device=out.device,
     ))
     if out.live is not None:
-        msg.live_adapter = live_adapter_name(job.spec.base_model, job.id, out.live.update)
+        msg.live_adapter = live_adapter_name(job.spec.base_model, job.id, out.live.refresh)
     msg.publications.extend(publication_to_pb(p, controls.gate(p.version)) for p in out.publications)
     return msg
 
@@ -146,6 +152,10 @@ def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
         msg.published.CopyFrom(publication_to_pb(p.publication))
     elif isinstance(p, LossSpike):
         msg.loss_spike.CopyFrom(pb.OnlineLossSpike(update=p.update, loss=p.loss, median=p.median, factor=p.factor))
+    elif isinstance(p, FeedbackSpike):
+        msg.feedback_spike.CopyFrom(pb.OnlineFeedbackSpike(
+            update=p.update, ratings=p.ratings, negative=p.negative, negative_rate=p.negative_rate,
+            baseline_rate=p.baseline_rate, baseline_ratings=p.baseline_ratings, margin=p.margin))
     return msg
 
 

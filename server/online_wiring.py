@@ -7,6 +7,7 @@ import asyncpg
 
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobQueue
+from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters
 from engine.online.ports import FeedbackExamples
 from engine.online.runner import OnlineRunner
@@ -15,6 +16,7 @@ from engine.online.serving import OnlineServing
 from engine.online.spec import ONLINE_SESSION, OnlineOutput, OnlineSessionSpec
 from engine.registry import AdapterRegistry
 from engine.registry.ports import ArtifactStore
+from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.online_store import PostgresOnlineStore
 from engine.training.ports import ContinualPlanner
@@ -32,7 +34,8 @@ def build_online(
     store = PostgresOnlineStore(pool)
     manager = JobManager(
         runner=OnlineRunner(store=store, registry=registry, preparer=preparer, planner=planner, artifacts=artifacts,
-                            config=settings.online_config(settings.fisher_batch_size), feedback=feedback),
+                            config=settings.online_config(settings.fisher_batch_size), feedback=feedback,
+                            rates=FeedbackStatsRates(PostgresFeedbackStore(pool))),
         store=PostgresJobStore(pool, ONLINE_SESSION, notifications), queue=queue,
         work_dir=settings.work_dir / "online", slots=JobSlots(max(1, settings.online_max_sessions)),
         worker_id=worker_id,

@@ -30,12 +30,16 @@ class OnlineSettings(BaseModel):
         2, ge=0, le=64, description="Online sessions a worker runs at once, besides its max_concurrent_jobs "
         "training and Fisher jobs (each session holds its own copy of the model while it runs).")
     online_feedback_seconds: float = Field(
-        5.0, gt=0, le=3600, description="How often a session that learns from feedback turns the feedback on its "
-        "live model's answers into examples.")
+        5.0, gt=0, le=3600, description="How often a session reads the feedback on its live model's answers: to "
+        "turn it into examples (learn_from_feedback) and to check it for a negative-feedback spike.")
+    online_ratings_window_seconds: float = Field(
+        3600.0, gt=0, le=30 * 86400, description="The live model's ratings a negative-feedback spike is judged on: "
+        "those of the last this many seconds (and since the last spike).")
     online_follow_seconds: float = Field(
         1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters and "
         "gates their publications.")
 
     def online_config(self, fisher_batch_size: int) -> OnlineConfig:
         return OnlineConfig(poll_seconds=self.online_poll_seconds, max_update_share=self.online_max_update_share,
-                            fisher_batch_size=fisher_batch_size, feedback_seconds=self.online_feedback_seconds)
+                            fisher_batch_size=fisher_batch_size, feedback_seconds=self.online_feedback_seconds,
+                            ratings_window_seconds=self.online_ratings_window_seconds)

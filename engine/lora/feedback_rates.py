@@ -25,8 +25,11 @@ class FeedbackStatsRates:
         self._pos, self._neg = rating_positive_min, rating_negative_max
 
     async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts:
+        return await self.named(since, version, lora_name(base_model, version))
+
+    async def named(self, since: datetime, *names: str) -> FeedbackCounts:
         positive = negative = 0
-        for name in (version, lora_name(base_model, version)):
+        for name in names:
             stats = await self._source.stats(start=since, end=datetime.now(UTC), adapter_version=name, tenant_id="",
                                              rating_positive_min=self._pos, rating_negative_max=self._neg)
             for item in stats.by_adapter:

@@ -165,6 +165,10 @@ class FeedbackRates(Protocol):
 
     async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts: ...
 
+    async def named(self, since: datetime, *names: str) -> FeedbackCounts:
+        """The ratings of answers served under any of ``names`` (``adapter_version`` as clients sent it)."""
+        ...
+
 
 class LoraStateStore(Protocol):
     async def load(self, target: str, base_model: str) -> TargetState: ...

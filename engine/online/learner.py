@@ -81,6 +81,7 @@ class OnlineLearner:
         self.penalty = penalty
         self.earlier = list(earlier or ())
         self.params = [p for p in loaded.model.parameters() if p.requires_grad]
+        self._start = self._weights()  # the start version's (a negative-feedback spike puts them back)
         self._good = self._weights()  # the newest weights whose loss was not a spike
         self.optimizer = make_optimizer(spec.optimizer, self.params, spec.learning_rate, spec.weight_decay)
         self.pending: collections.deque[tuple[int, EncodedExample]] = collections.deque()
@@ -148,6 +149,15 @@ class OnlineLearner:
         self._good = before  # the loss on these weights was fine
         self.losses.append(loss)
         return UpdateResult(self.updates, loss, len(new), len(replayed), penalty)
+
+    def put_back_start(self) -> None:
+        """The start version's weights again, with a new optimiser (its moments belong to the weights put aside)
+        and no loss history (the loss-spike check starts over). Counters, buffer and pending examples stay."""
+        self._restore(self._start)
+        self._good = self._weights()
+        self.optimizer = make_optimizer(self.spec.optimizer, self.params, self.spec.learning_rate,
+                                        self.spec.weight_decay)
+        self.losses.clear()
 
     def _weights(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.params]

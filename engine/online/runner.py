@@ -12,7 +12,9 @@ examples there first), reads the controls, and hands each update to the job's wo
 (the serving side loads it under a new name and switches ``<base>@<session>`` to it), the stats go on the job,
 and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is stored or a version published (its
 parent the start version, or the session's previous publication; fenced by the job's lease). A loss spike puts
-the adapter back, disables learning and says why on the controls. ``online_max_update_share`` caps the share of
+the adapter back, disables learning and says why on the controls. So does a negative-feedback spike on the live
+model (its ratings, read every ``feedback_seconds``, against the start version's), which also puts the alias
+back on the start version. ``online_max_update_share`` caps the share of
 wall time updates take (the loop waits after each update in proportion), so a session never starves serving.
 
 StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED. A worker shutting down stores
@@ -39,12 +41,14 @@ from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
+from engine.lora.state import FeedbackRates
 from engine.online.learner import OnlineLearner, UpdateResult
 from engine.online.ports import FeedbackExamples, OnlineStore
 from engine.online.spec import (
     CHECKPOINT_PREFIX,
     LIVE_PREFIX,
     ONLINE_SESSION,
+    FeedbackSpike,
     LiveAdapter,
     LossSpike,
     OnlineOutput,
@@ -68,6 +72,7 @@ Ctx = JobContext[OnlineSessionSpec, OnlineOutput]
 STATE_FILE = "online.pt"
 LIVE_KEPT = 3  # live archives kept in the store (the serving side needs only the newest)
 CHECKPOINTS_KEPT = 2
+BASELINE_WINDOW = timedelta(days=7)  # the start version's ratings a negative-feedback spike is judged against
 FEEDBACK_LAG_SECONDS = 5.0  # feedback is read up to this long ago: events sent a moment late are not missed
 
 
@@ -76,7 +81,8 @@ class OnlineConfig:
     poll_seconds: float = 0.5
     max_update_share: float = 0.5  # of wall time; after an update of t seconds the loop waits t * (1 - s) / s
     fisher_batch_size: int = 4
-    feedback_seconds: float = 5.0  # how often a session that learns from feedback reads it
+    feedback_seconds: float = 5.0  # how often a session reads the feedback on its live model
+    ratings_window_seconds: float = 3600.0  # the live model's ratings judged for a negative-feedback spike
 
 
 def training_spec(spec: OnlineSessionSpec, parent: AdapterRecord, fisher_batch_size: int) -> TrainingJobSpec:
@@ -94,8 +100,9 @@ class OnlineRunner:
 
     def __init__(self, *, store: OnlineStore, registry: AdapterRegistry, preparer: JobPreparer,
                  planner: ContinualPlanner | None, artifacts: ArtifactStore, config: OnlineConfig | None = None,
-                 feedback: FeedbackExamples | None = None, load: Any = load_for_training) -> None:
-        self._parts = _Parts(store, registry, artifacts, config or OnlineConfig(), feedback)
+                 feedback: FeedbackExamples | None = None, rates: FeedbackRates | None = None,
+                 load: Any = load_for_training) -> None:
+        self._parts = _Parts(store, registry, artifacts, config or OnlineConfig(), feedback, rates)
         self._preparer = preparer
         self._planner = planner
         self._load = load
@@ -171,6 +178,7 @@ class _Parts:
     artifacts: ArtifactStore
     config: OnlineConfig
     feedback: FeedbackExamples | None
+    rates: FeedbackRates | None
 
 
 def _row(example: Example) -> tuple[str, str, float] | None:
@@ -210,9 +218,13 @@ class _Session:
         while True:
             if ctx.cancel.cancelled:
                 return await self._stop()
-            if self.spec.learn_from_feedback and time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
-                await self._take_feedback()
             controls = await self.r.store.controls(self.id)
+            if time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
+                self.feedback_at = time.monotonic()
+                if self.spec.learn_from_feedback:
+                    await self._take_feedback()
+                if controls.enabled and await self._feedback_spike():
+                    controls = await self.r.store.controls(self.id)
             room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
             rows = await self.r.store.after(self.id, learner.last_sequence, room) if room > 0 else []
             if rows:
@@ -279,7 +291,6 @@ class _Session:
         """The feedback on the live model's answers since the last read, as examples (what a training job's
         feedback dataset keeps of it: corrections, and responses voted for; never a voted-down response)."""
         ctx, spec = self.ctx, self.spec
-        self.feedback_at = time.monotonic()
         if self.r.feedback is None:
             return
         start = ctx.job.output.feedback_through or ctx.job.create_time
@@ -299,6 +310,39 @@ class _Session:
         ctx.set_output(replace(ctx.job.output, feedback_through=end))
         await ctx.persist()
 
+    async def _feedback_spike(self) -> bool:
+        """Whether users rate the live model down: its negative rate over the ratings window (at least
+        ``negative_feedback_min_ratings`` ratings) above the start version's over the last week by more than
+        ``negative_feedback_margin``. If so, learning is disabled, the live model is put back to the start
+        version's weights and the alias to the start version, with the figures."""
+        ctx, spec = self.ctx, self.spec
+        if self.r.rates is None or spec.negative_feedback_margin <= 0:
+            return False
+        now = datetime.now(UTC)
+        since = max(ctx.job.output.ratings_since or ctx.job.create_time,
+                    now - timedelta(seconds=self.r.config.ratings_window_seconds))
+        live = await self.r.rates.named(since, live_model(spec.base_model, self.id))
+        if live.total < spec.negative_feedback_min_ratings:
+            return False
+        start = await self.r.rates.counts(spec.base_model, spec.start_version, now - BASELINE_WINDOW)
+        if live.negative_rate <= start.negative_rate + spec.negative_feedback_margin:
+            return False
+        spike = FeedbackSpike(self.learner.updates, live.total, live.negative, start.negative_rate, start.total,
+                              spec.negative_feedback_margin)
+        reason = (f"negative-feedback spike: {live.negative} of {live.total} ratings of "
+                  f"{live_model(spec.base_model, self.id)} since {since:%H:%M:%S} UTC were negative "
+                  f"({spike.negative_rate:.1%}), above {spec.start_version}'s {start.negative_rate:.1%} of "
+                  f"{start.total} by more than {spec.negative_feedback_margin:.1%}; the live model was put back to "
+                  f"{spec.start_version}'s weights and the alias to {spec.start_version}")
+        await ctx.in_worker(self.learner.put_back_start)
+        await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=spec.start_version)
+        ctx.set_output(replace(ctx.job.output, ratings_since=now))  # what was rated is put aside with it
+        ctx.record(spike)
+        ctx.record(Warned("LEARNING_DISABLED", reason))
+        await self._refresh_live(self.learner.updates)
+        await ctx.persist()
+        return True
+
     async def _save_adapter(self, name: str) -> Path:
         folder = self.ctx.work_dir / name
         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -307,8 +351,12 @@ class _Session:
     async def _refresh_live(self, update: int) -> None:
         """The adapter as it is now, stored for the serving side to load (the newest few are kept)."""
         folder = await self._save_adapter("live")
-        record = await self.live_archive.save(self.id, update, self.ctx.lease_token, folder, loss=0.0, eval_loss=None)
-        self.ctx.set_output(replace(self.ctx.job.output, live=LiveAdapter(update, record.key, record.sha256)))
+        live = self.ctx.job.output.live
+        refresh = (live.refresh if live is not None else 0) + 1
+        record = await self.live_archive.save(self.id, refresh, self.ctx.lease_token, folder, loss=0.0,
+                                              eval_loss=None)
+        self.ctx.set_output(replace(self.ctx.job.output, live=LiveAdapter(update, record.key, record.sha256,
+                                                                          refresh)))
         self.live_keys.append(record.key)
         if len(self.live_keys) > LIVE_KEPT:
             await self.r.artifacts.delete([self.live_keys.popleft()])

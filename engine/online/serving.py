@@ -3,7 +3,7 @@
 ``OnlineServing.tick`` (run periodically, engine.periodic) looks at the sessions that are running:
 
 * A session's newest live adapter (its worker stores one after every update) is fetched, loaded into the
-  serving engine under a new name (``<base>@<session>-u<update>``) and ``<base>@<session>`` is switched to it;
+  serving engine under a new name (``<base>@<session>-r<refresh>``) and ``<base>@<session>`` is switched to it;
   the name it replaces is drained and unloaded. Nothing being served is ever unloaded under a request.
 * Each publication the gate has not judged goes through the forgetting-aware gate against what the session's
   live alias serves (its start version at first), as an activation's would. The verdict is stored on the
@@ -29,7 +29,7 @@ from engine.errors import EngineError, FailedPrecondition
 from engine.jobs.core import JobState
 from engine.lora.state import EvalSummary, FetchedAdapter, lora_name
 from engine.online.ports import OnlineStore
-from engine.online.spec import LIVE_PREFIX, GateVerdict, OnlineSession, live_adapter_name, live_model
+from engine.online.spec import LIVE_PREFIX, GateVerdict, LiveAdapter, OnlineSession, live_adapter_name, live_model
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
@@ -58,7 +58,7 @@ class Fetcher(Protocol):
 
 @dataclass
 class _Served:
-    update: int
+    refresh: int
     name: str
     folder: Path
 
@@ -100,7 +100,7 @@ class OnlineServing:
         prefix = f"{self._gate.base_model}@"
         for name in loaded:
             rest = name.removeprefix(prefix)
-            if name.startswith(prefix) and "-u" in rest and rest.rsplit("-u", 1)[0] not in running:
+            if name.startswith(prefix) and "-r" in rest and rest.rsplit("-r", 1)[0] not in running:
                 with contextlib.suppress(EngineError):
                     await self._client.unload(name)
         self._swept = True
@@ -109,8 +109,8 @@ class OnlineServing:
         """``loaded``: what the serving engine serves now (it may have restarted and lost what was loaded)."""
         live = session.output.live
         served = self._served.get(session.id)
-        if live is not None and (served is None or served.update < live.update or served.name not in loaded):
-            await self._load_live(session, live.update, live.key, live.sha256)
+        if live is not None and (served is None or served.refresh < live.refresh or served.name not in loaded):
+            await self._load_live(session, live)
         controls = await self._store.controls(session.id)
         alias_version = controls.alias_version or session.spec.start_version
         for publication in session.output.publications:
@@ -133,18 +133,18 @@ class OnlineServing:
             raise
         return GateVerdict(passed=summary.passed, failed_checks=summary.failed_checks, gated=True)
 
-    async def _load_live(self, session: OnlineSession, update: int, key: str, sha256: str) -> None:
+    async def _load_live(self, session: OnlineSession, live: LiveAdapter) -> None:
         base = session.spec.base_model
-        folder = self._cache / session.id / f"u{update}"
+        folder = self._cache / session.id / f"r{live.refresh}"
         await asyncio.to_thread(shutil.rmtree, folder, True)
-        await self._archive.fetch(CheckpointRecord(step=update, key=key, uri="", sha256=sha256, size_bytes=0,
-                                                   loss=0.0, eval_loss=None, create_time=session.create_time),
-                                  folder)
-        name = live_adapter_name(base, session.id, update)
+        await self._archive.fetch(CheckpointRecord(step=live.refresh, key=live.key, uri="", sha256=live.sha256,
+                                                   size_bytes=0, loss=0.0, eval_loss=None,
+                                                   create_time=session.create_time), folder)
+        name = live_adapter_name(base, session.id, live.refresh)
         await self._client.load(name, str(folder.resolve()))
         self._router.set_route(live_model(base, session.id), name)
         previous = self._served.get(session.id)
-        self._served[session.id] = _Served(update, name, folder)
+        self._served[session.id] = _Served(live.refresh, name, folder)
         if previous is not None:
             await self._retire(previous)
 

@@ -49,6 +49,8 @@ class OnlineSessionSpec:
     loss_spike_factor: float = 4.0  # 0: no spike check
     seed: int = 0
     learn_from_feedback: bool = False  # feedback on the live model's answers becomes examples
+    negative_feedback_margin: float = 0.1  # a negative-feedback spike on the live model; 0: no check
+    negative_feedback_min_ratings: int = 20  # ratings of the live model in the window before it judges
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class LiveAdapter:
     update: int
     key: str
     sha256: str
+    refresh: int = 0  # counts the session's refreshes (a put-back is one without an update); names the adapter
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class OnlineOutput:
     force_updates_seen: int = 0
     publish_requests_seen: int = 0
     feedback_through: datetime | None = None  # feedback (by event time) up to here has become examples
+    ratings_since: datetime | None = None  # the live model's ratings are judged from here on (None: creation)
 
 
 @dataclass(frozen=True)
@@ -163,8 +167,26 @@ class LossSpike:
     factor: float
 
 
+@dataclass(frozen=True)
+class FeedbackSpike:
+    """Event: the live model's negative-feedback rate exceeded the start version's by more than ``margin``;
+    learning was disabled, the live model put back to the start version's weights and the alias to the start
+    version."""
+
+    update: int
+    ratings: int
+    negative: int
+    baseline_rate: float
+    baseline_ratings: int
+    margin: float
+
+    @property
+    def negative_rate(self) -> float:
+        return self.negative / self.ratings if self.ratings else 0.0
+
+
 ONLINE_SESSION = JobKind("onlineSession", "onlineSessions", OnlineSessionSpec, OnlineOutput,
-                         event_types=(Updated, Published, LossSpike, ParentFisherProgress))
+                         event_types=(Updated, Published, LossSpike, FeedbackSpike, ParentFisherProgress))
 OnlineSession = Job[OnlineSessionSpec, OnlineOutput]
 
 
@@ -173,9 +195,9 @@ def live_model(base_model: str, session_id: str) -> str:
     return f"{base_model}@{session_id}"
 
 
-def live_adapter_name(base_model: str, session_id: str, update: int) -> str:
+def live_adapter_name(base_model: str, session_id: str, refresh: int) -> str:
     """The serving engine's name of one refresh (a new name per refresh, so nothing served is unloaded)."""
-    return f"{live_model(base_model, session_id)}-u{update}"
+    return f"{live_model(base_model, session_id)}-r{refresh}"
 
 
 def not_found(session_id: str) -> NotFound:

@@ -38,7 +38,7 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     stopped = await cli(port, "online", "stop", "notes")
     assert stopped.code == 0, stopped.err
     watched = await cli(port, "online", "watch", "notes")
-    assert "update 1: loss" in watched.out and "published v1.1" in watched.out, watched.out
+    assert "update 1: loss" in watched.out and "published v1.0.1" in watched.out, watched.out
     assert "cancelled: stopped after 2 updates" in watched.out, watched.out
     again = await cli(port, "online", "stop", "notes")
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err

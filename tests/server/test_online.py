@@ -114,7 +114,7 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
 
     # The live name serves the session's newest adapter, which answers differently from where it started.
     served, now = await until(lambda: _answer(client, f"{TINY}@guilds", done.live_adapter))
-    assert served == done.live_adapter == f"{TINY}@guilds-u20"
+    assert served == done.live_adapter == f"{TINY}@guilds-r20"  # refreshed after each of the 20 updates
     assert max(abs(a - b) for a, b in zip(now, before, strict=True)) > 1e-3, (now, before)
     served, _ = await until(lambda: _answer(client, "guilds-live", f"{TINY}@{versions[1]}"))
 
@@ -141,7 +141,7 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
 async def _published_and_gated(client, name: str) -> ol.OnlineSession | None:
     found = await session(client, name)
     ready = len(found.publications) == 2 and found.alias_version == found.publications[-1].version
-    return found if ready and found.live_adapter.endswith("-u20") else None
+    return found if ready and found.live_adapter.endswith("-r20") else None
 
 
 async def _answer(client, model: str, upstream: str):
@@ -299,6 +299,65 @@ async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_
     assert f"2 examples from the feedback on {made.live_model}" in notices[-1], notices
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     await until(lambda: _ended(client, made.name))
+
+
+async def test_a_negative_feedback_spike_on_the_live_model_puts_the_start_version_back(make_pg_server):
+    from learning.v1 import feedback_pb2 as fb
+    from tests.server.test_pipelines import event, send
+
+    client = await make_pg_server(online_feedback_seconds=0.2, **FAST)
+    start = await train(client)
+    await stub(client).ActivateAdapter(lc.ActivateAdapterRequest(version=start), metadata=ACTOR)
+    _, before = await ask(client, "active")
+    sessions = online(client)
+    spec = ol.OnlineSessionSpec(start_version=start, update_every=5, publish_every=0, learning_rate=5e-2, ewc_lambda=0,
+                                replay_fraction=0, max_seq_length=64, live_alias="rated-live",
+                                negative_feedback_min_ratings=4)
+    made = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(session_id="rated", spec=spec))).session
+    assert made.spec.negative_feedback_margin == pytest.approx(0.1)  # on by default
+    await sessions.AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(10)))
+    await until(lambda: _updated(client, made.name, 2))
+    await sessions.PublishOnlineSession(ol.PublishOnlineSessionRequest(name=made.name))
+    moved = await until(lambda: _aliased(client, made.name, f"{start}.1"))
+    served, changed = await until(lambda: _answer(client, made.live_model, moved.live_adapter))
+    assert max(abs(a - b) for a, b in zip(changed, before, strict=True)) > 1e-3
+
+    def rated_down(n: int) -> list[fb.FeedbackEvent]:
+        events = [event(f"down-{i}-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, "Who founded Veloria?", "Nobody.")
+                  for i in range(n)]
+        for e in events:
+            e.adapter_version = made.live_model
+            e.time.FromDatetime(datetime.now(UTC))
+        return events
+
+    await send(client, *rated_down(3))  # fewer ratings than the session judges on
+    await asyncio.sleep(1.5)  # several reads of the ratings
+    assert (await session(client, made.name)).stats.enabled
+    await send(client, *rated_down(1))
+    spiked = await until(lambda: _disabled(client, made.name), timeout=60)
+    assert spiked.disabled_reason.startswith(f"negative-feedback spike: 4 of 4 ratings of {made.live_model}")
+    assert spiked.alias_version == start
+    found = [m.event.feedback_spike async for m in _watch_until(
+        client, made.name, lambda e: e.HasField("feedback_spike")) if m.event.HasField("feedback_spike")]
+    assert (found[-1].ratings, found[-1].negative, found[-1].negative_rate, found[-1].baseline_ratings) == (
+        4, 4, 1.0, 0)
+    # The live model answers as the start version again, under a new name; the alias serves the start version.
+    served, now = await until(lambda: _answer(client, made.live_model, spiked.live_adapter))
+    assert spiked.live_adapter != moved.live_adapter
+    assert max(abs(a - b) for a, b in zip(now, before, strict=True)) < 1e-4
+    await until(lambda: _answer(client, "rated-live", f"{TINY}@{start}"))
+    await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
+    await until(lambda: _ended(client, made.name))
+
+
+async def _aliased(client, name: str, version: str) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.alias_version == version else None
+
+
+async def _disabled(client, name: str) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if not found.stats.enabled and found.disabled_reason else None
 
 
 async def _running(client, name: str) -> bool:

@@ -24,7 +24,7 @@ ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer
 ONLINE_OPTIMIZER_SGD: OnlineOptimizer
 
 class OnlineSessionSpec(_message.Message):
-    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor", "learn_from_feedback")
+    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor", "learn_from_feedback", "negative_feedback_margin", "negative_feedback_min_ratings")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     START_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class OnlineSessionSpec(_message.Message):
     LIVE_ALIAS_FIELD_NUMBER: _ClassVar[int]
     LOSS_SPIKE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     LEARN_FROM_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FEEDBACK_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FEEDBACK_MIN_RATINGS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     start_version: str
     buffer_size: int
@@ -57,7 +59,9 @@ class OnlineSessionSpec(_message.Message):
     live_alias: str
     loss_spike_factor: float
     learn_from_feedback: bool
-    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ...) -> None: ...
+    negative_feedback_margin: float
+    negative_feedback_min_ratings: int
+    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ..., negative_feedback_margin: _Optional[float] = ..., negative_feedback_min_ratings: _Optional[int] = ...) -> None: ...
 
 class OnlineStats(_message.Message):
     __slots__ = ("total_examples", "skipped_examples", "total_updates", "buffer_size", "pending_examples", "average_loss", "last_loss", "learning_rate", "enabled", "last_sequence", "published_versions")
@@ -311,8 +315,26 @@ class OnlineLossSpike(_message.Message):
     factor: float
     def __init__(self, update: _Optional[int] = ..., loss: _Optional[float] = ..., median: _Optional[float] = ..., factor: _Optional[float] = ...) -> None: ...
 
+class OnlineFeedbackSpike(_message.Message):
+    __slots__ = ("update", "ratings", "negative", "negative_rate", "baseline_rate", "baseline_ratings", "margin")
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RATINGS_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    update: int
+    ratings: int
+    negative: int
+    negative_rate: float
+    baseline_rate: float
+    baseline_ratings: int
+    margin: float
+    def __init__(self, update: _Optional[int] = ..., ratings: _Optional[int] = ..., negative: _Optional[int] = ..., negative_rate: _Optional[float] = ..., baseline_rate: _Optional[float] = ..., baseline_ratings: _Optional[int] = ..., margin: _Optional[float] = ...) -> None: ...
+
 class OnlineSessionEvent(_message.Message):
-    __slots__ = ("sequence", "time", "state_change", "notice", "warning", "error", "updated", "published", "loss_spike")
+    __slots__ = ("sequence", "time", "state_change", "notice", "warning", "error", "updated", "published", "loss_spike", "feedback_spike")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +344,7 @@ class OnlineSessionEvent(_message.Message):
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     LOSS_SPIKE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_SPIKE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     state_change: _common_pb2.JobStateChange
@@ -331,7 +354,8 @@ class OnlineSessionEvent(_message.Message):
     updated: OnlineUpdate
     published: OnlinePublication
     loss_spike: OnlineLossSpike
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., updated: _Optional[_Union[OnlineUpdate, _Mapping]] = ..., published: _Optional[_Union[OnlinePublication, _Mapping]] = ..., loss_spike: _Optional[_Union[OnlineLossSpike, _Mapping]] = ...) -> None: ...
+    feedback_spike: OnlineFeedbackSpike
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., updated: _Optional[_Union[OnlineUpdate, _Mapping]] = ..., published: _Optional[_Union[OnlinePublication, _Mapping]] = ..., loss_spike: _Optional[_Union[OnlineLossSpike, _Mapping]] = ..., feedback_spike: _Optional[_Union[OnlineFeedbackSpike, _Mapping]] = ...) -> None: ...
 
 class WatchOnlineSessionRequest(_message.Message):
     __slots__ = ("name", "after_sequence")

@@ -62,6 +62,9 @@ def online_create(
     learn_from_feedback: bool = typer.Option(False, "--learn-from-feedback",
                                              help="Corrections and thumbs up on the live model's answers (feedback "
                                                   "whose adapter_version is <base>@<id>) become examples."),
+    negative_feedback_margin: float = typer.Option(
+        None, "--negative-feedback-margin", help="Disable learning and put the start version back when the live "
+        "model's negative-rating share exceeds the start version's by more than this (0: off; default 0.1)."),
 ) -> None:
     """Start a session; its adapter is served as <base>@<id> after every update."""
     opts = options(ctx)
@@ -72,7 +75,8 @@ def online_create(
                                 buffer_size=buffer_size, optimizer=_OPTIMIZERS[optimizer],
                                 checkpoint_every=checkpoint_every, live_alias=live_alias,
                                 learning_rate=learning_rate, ewc_lambda=ewc_lambda, replay_fraction=replay,
-                                publish_every=publish_every, learn_from_feedback=learn_from_feedback)
+                                publish_every=publish_every, learn_from_feedback=learn_from_feedback,
+                                negative_feedback_margin=negative_feedback_margin)
     made = run(ctx, lambda c: c.create_online_session(spec, session_id=session_id))
     emit(opts, made, lambda: out.print(f"created {made.name} from {made.spec.start_version}, served as "
                                        f"{made.live_model}", highlight=False))
