@@ -167,7 +167,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     checkpoint_every_steps: int = Field(
         50, ge=0, le=1_000_000,
         description="A training job checkpoints every this many optimiser steps (0: never by count), besides at "
-        "pause and shutdown; a job may say otherwise (spec.checkpoints). See README, Durable jobs, for its cost.",
+        "pause and shutdown; a job may say otherwise (spec.checkpoints). See docs/training.md, Durable jobs, for "
+        "its cost.",
     )
     checkpoint_every_minutes: float = Field(
         10.0, ge=0, le=10_080, description="... and every this many minutes (0: never by time).",
@@ -196,7 +197,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         0.001, gt=0, le=0.1,
         description="How long a Python thread of the server may hold the interpreter lock while another waits "
         "(sys.setswitchinterval; Python's default is 0.005). 1 ms lets the event loop keep PostgreSQL fed while "
-        "a thread prepares the next feedback batch: 25% more events/s in process (see README, Benchmarks).",
+        "a thread prepares the next feedback batch: 25% more events/s in process (see docs/benchmarks.md).",
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -205,19 +206,19 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     ewc_lambda_min: float = Field(
         0.001, ge=0,
         description="Smallest EWC lambda a job may ask for. Lambda multiplies the mean-normalised Fisher (mean "
-        "weight 1), so it is the strength of a plain L2 anchor to the parent; see README, Continual learning.",
+        "weight 1), so it is the strength of a plain L2 anchor to the parent; see docs/continual-learning.md.",
     )
     ewc_lambda_max: float = Field(100.0, gt=0, description="Largest EWC lambda a job may ask for.")
     ewc_fisher_space: FisherSpace = Field(
         FisherSpace.LORA_PARAMETERS,
         description="What EWC penalises when a job (or a Fisher job) does not say: LORA_PARAMETERS, the entries of "
         "A and B, or LORA_PRODUCT, each LoRA pair's product B·A. At their chosen lambdas both kept about 40% of "
-        "the earlier task on the test seeds, and the products cost 14x the snapshot size (see README, Continual "
-        "learning).",
+        "the earlier task on the test seeds, and the products cost 14x the snapshot size (see "
+        "docs/continual-learning.md).",
     )
     ewc_lambda_default: float = Field(
         0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PARAMETERS space "
-        "(chosen on held-out tasks; see README, Continual learning).",
+        "(chosen on held-out tasks; see docs/continual-learning.md).",
     )
     ewc_product_lambda_default: float = Field(
         0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "
@@ -250,7 +251,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         0, ge=0, le=64,
         description="Worker processes that parse, validate, scrub and lay out StreamFeedback messages, several "
         "messages of a stream at once (stored in order all the same); 0 does that work in the server process. "
-        "Worth it only with CPU cores to spare beside the server and PostgreSQL (see README, Benchmarks).",
+        "Worth it only with CPU cores to spare beside the server and PostgreSQL (see docs/benchmarks.md).",
     )
     feedback_rating_positive_min: int = Field(4, ge=1, le=5, description="Ratings at or above count as positive.")
     feedback_rating_negative_max: int = Field(2, ge=1, le=5, description="Ratings at or below count as negative.")

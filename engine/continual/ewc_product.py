@@ -7,7 +7,7 @@ under the entry-wise penalty, add up in D. This penalty uses the diagonal Fisher
 ``(lambda / 2) * sum w (B @ A - D*)^2`` with ``w = F_D / mean(F_D)``, the mean normalisation of ``engine.ewc``.
 A job opts in with ``ewc.fisher_space: LORA_PRODUCT``. In the forgetting benchmark it kept no more of the
 earlier task than the entry-wise penalty at the lambdas chosen on validation, and more at a higher lambda at
-a cost to the new task (README, Continual learning), so the entries stay the default.
+a cost to the new task (docs/continual-learning.md), so the entries stay the default.
 """
 
 from __future__ import annotations

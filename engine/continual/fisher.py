@@ -4,7 +4,7 @@ Normalisation (``NORMALIZATION = "sequence_sum"``): the log-likelihood of one sa
 log-probabilities of its observed completion tokens, log p(y | x) = sum_t log p(y_t | x, y_<t), the
 textbook per-example quantity. The Fisher is the mean over samples of the squared per-sample gradient.
 A Fisher of the token-averaged loss would be about T^2 times smaller (T completion tokens), and the EWC
-lambda would then mean something else entirely (see docs in README "Continual learning").
+lambda would then mean something else entirely (see docs/continual-learning.md).
 
 Estimators (``FisherEstimator``):
 

@@ -1,4 +1,4 @@
-"""The README's Python SDK snippet, run as it is written (a script: top-level code, the target and token from the
+"""The Python SDK snippet of docs/clients.md (the README's pointer to the clients), run as it is written (a script: top-level code, the target and token from the
 environment) against a live server: it trains on the sample, writes the loss curve and prints what it says."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import shutil
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 
 
 def python_snippet() -> str:
-    section = README.read_text().split("### Python SDK\n", 1)[1]
+    section = PAGE.read_text().split("## Python SDK\n", 1)[1]
     found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert found, "README: the Python SDK section has no python block"
+    assert found, "docs/clients.md: the Python SDK section has no python block"
     return found.group(1)
 
 
-async def test_the_readme_python_snippet_runs(client, data_dir: Path, tmp_path: Path) -> None:
+async def test_the_documented_python_snippet_runs(client, data_dir: Path, tmp_path: Path) -> None:
     (data_dir / "datasets" / "samples").mkdir()
     shutil.copy(data_dir / "datasets" / "capitals.jsonl", data_dir / "datasets" / "samples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_")}
