@@ -1,5 +1,6 @@
-"""The Python SDK snippet of docs/clients.md (the README's pointer to the clients), run as it is written (a script: top-level code, the target and token from the
-environment) against a live server: it trains on the sample, writes the loss curve and prints what it says."""
+"""The Python SDK snippet of docs/clients.md, run as it is written (a script: top-level code, the target and token
+from the environment) against a live server: it trains on the sample, writes the loss curve and prints what it
+says."""
 
 from __future__ import annotations
 

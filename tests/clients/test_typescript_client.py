@@ -67,8 +67,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tarball = packed / report[0]["filename"]
     with tarfile.open(tarball) as archive:
         members = set(archive.getnames())
-    for shipped in ("package.json", "dist/index.js", "dist/index.d.ts", "dist/gen/learning/v1/error_reason_pb.js",
-                    "examples/quickstart.mjs"):
+    for shipped in ("package.json", "dist/index.js", "dist/index.d.ts", "dist/web.js", "dist/web.d.ts",
+                    "dist/gen/learning/v1/error_reason_pb.js", "examples/quickstart.mjs"):
         assert f"package/{shipped}" in members, f"{shipped} is not in {tarball.name}: {sorted(members)}"
     assert not any(m.startswith(("package/src/", "package/test/", "package/node_modules/")) for m in members)
 
@@ -93,6 +93,29 @@ def test_the_packed_types_check_the_example(app: Path):
     _sync(str(tools / ".bin" / "tsc"), "--noEmit", "--allowJs", "--checkJs", "--strict", "--target", "es2022",
           "--module", "nodenext", "--moduleResolution", "nodenext", "--skipLibCheck",
           "--typeRoots", str(tools / "@types"), "--types", "node", "quickstart.mjs", cwd=app)
+
+
+BROWSER_APP = """
+import { createLearningEngineClient, errorInfo } from "@learning-engine/client%s";
+const client = createLearningEngineClient({ baseUrl: "http://127.0.0.1:8080", token: "t" });
+export const listed = () => client.adapters.listAdapters({}).catch(errorInfo);
+"""
+
+
+def test_the_web_entry_bundles_for_a_browser_and_the_node_entry_does_not(app: Path):
+    """A web app imports `@learning-engine/client/web` (gRPC-Web): bundled for a browser by esbuild from the
+    installed package, it resolves through the package's exports and needs nothing of Node. The Node entry, bundled
+    the same way, fails on Node's modules (connect-node's HTTP/2), which is what the web entry is for."""
+    esbuild = PACKAGE / "node_modules" / ".bin" / "esbuild"
+    results = {}
+    for entry in ("/web", ""):
+        source = app / f"browser{entry.replace('/', '-')}.mjs"
+        source.write_text(BROWSER_APP % entry)
+        results[entry] = subprocess.run(
+            [str(esbuild), source.name, "--bundle", "--platform=browser", "--format=esm", "--outfile=/dev/null"],
+            cwd=app, capture_output=True, text=True, timeout=120)
+    assert results["/web"].returncode == 0, results["/web"].stderr
+    assert results[""].returncode != 0 and '"node:http2"' in results[""].stderr, results[""].stderr
 
 
 async def test_the_example_from_the_packed_package(app: Path, client, tiny_model_dir: Path, tmp_path: Path):

@@ -1,23 +1,19 @@
 /**
- * The client over gRPC-Web, as a browser app uses it: connect-web's transport (fetch) to Envoy's grpc_web
+ * The client's browser entry (src/web.ts), as a browser app uses it: gRPC-Web over fetch to Envoy's grpc_web
  * filter in front of a live server with bearer tokens (GRPC_WEB_URL, LEARNING_ENGINE_TOKEN). Not part of
  * `npm test`: tests/clients/test_grpc_web.py starts the server and Envoy (deploy/envoy/envoy.yaml) and runs it.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { createGrpcWebTransport } from "@connectrpc/connect-web";
-
-import { Code, ConnectError, JobState, bearerToken, createLearningEngineClient, errorInfo } from "../src/index.js";
+import { Code, ConnectError, JobState, createLearningEngineClient, errorInfo } from "../src/web.js";
 
 const baseUrl = process.env.GRPC_WEB_URL;
 const token = process.env.LEARNING_ENGINE_TOKEN;
 if (!baseUrl || !token) throw new Error("set GRPC_WEB_URL (Envoy's gRPC-Web listener) and LEARNING_ENGINE_TOKEN");
 
 function webClient(withToken?: string) {
-  const interceptors = withToken ? [bearerToken(withToken)] : [];
-  const transport = createGrpcWebTransport({ baseUrl: baseUrl!, interceptors });
-  return createLearningEngineClient({ baseUrl: baseUrl!, transport });
+  return createLearningEngineClient({ baseUrl: baseUrl!, token: withToken }); // the browser entry: gRPC-Web
 }
 
 const client = webClient(token);

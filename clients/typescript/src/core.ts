@@ -1,0 +1,142 @@
+/**
+ * What both entries of the Learning Engine TypeScript client share, with no transport of its own: the
+ * generated learning.v1 services and messages, the client over any Connect transport, the bearer token, and
+ * errors read from their google.rpc details and typed by the catalogue of reasons (learning.v1.ErrorReason).
+ * `index.ts` (Node: gRPC over HTTP/2) and `web.ts` (browsers: gRPC-Web) add the transport.
+ *
+ * Generated code lives in src/gen (never edit; `npm run generate`).
+ */
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+
+import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { AdapterService } from "./gen/learning/v1/adapter_pb.js";
+import { DatasetService } from "./gen/learning/v1/dataset_pb.js";
+import { DriftService } from "./gen/learning/v1/drift_pb.js";
+import { ErrorReason, ErrorReasonSchema } from "./gen/learning/v1/error_reason_pb.js";
+import { EvaluationService } from "./gen/learning/v1/evaluation_pb.js";
+import { FeedbackService } from "./gen/learning/v1/feedback_pb.js";
+import { FisherService } from "./gen/learning/v1/fisher_pb.js";
+import { LoraControlService } from "./gen/learning/v1/lora_control_pb.js";
+import { OnlineLearningService } from "./gen/learning/v1/online_pb.js";
+import { PipelineService } from "./gen/learning/v1/pipeline_pb.js";
+import { TrainingService } from "./gen/learning/v1/training_pb.js";
+
+export * from "./gen/learning/v1/adapter_pb.js";
+export * from "./gen/learning/v1/common_pb.js";
+export * from "./gen/learning/v1/dataset_pb.js";
+export * from "./gen/learning/v1/drift_pb.js";
+export * from "./gen/learning/v1/error_reason_pb.js";
+export * from "./gen/learning/v1/evaluation_pb.js";
+export * from "./gen/learning/v1/feedback_pb.js";
+export * from "./gen/learning/v1/fisher_pb.js";
+export * from "./gen/learning/v1/lora_control_pb.js";
+export * from "./gen/learning/v1/online_pb.js";
+export * from "./gen/learning/v1/pipeline_pb.js";
+export * from "./gen/learning/v1/training_pb.js";
+export { Code, ConnectError };
+
+export interface ClientOptions {
+  /**
+   * Node: the gRPC port, e.g. "http://127.0.0.1:50051" (plaintext h2c) or "https://learning.example.com" (TLS).
+   * Browsers (`@learning-engine/client/web`): the gRPC-Web proxy in front of it, e.g. Envoy's
+   * "http://127.0.0.1:8080" (docs/browsers.md).
+   */
+  baseUrl: string;
+  /** Bearer token for servers with auth_tokens configured. */
+  token?: string;
+  /** Another transport than the entry's own; `baseUrl` and `token` are not used then: the transport has its own. */
+  transport?: Transport;
+}
+
+/** Sends `authorization: Bearer <token>` with every call. */
+export function bearerToken(token: string): Interceptor {
+  const header = `Bearer ${token}`;
+  return (next) => async (request) => {
+    request.header.set("authorization", header);
+    return next(request);
+  };
+}
+
+export interface LearningEngineClient {
+  training: Client<typeof TrainingService>;
+  fisher: Client<typeof FisherService>;
+  adapters: Client<typeof AdapterService>;
+  lora: Client<typeof LoraControlService>;
+  feedback: Client<typeof FeedbackService>;
+  datasets: Client<typeof DatasetService>;
+  drift: Client<typeof DriftService>;
+  evaluations: Client<typeof EvaluationService>;
+  pipelines: Client<typeof PipelineService>;
+  online: Client<typeof OnlineLearningService>;
+}
+
+/** The interceptors a transport needs for `options` (the bearer token, if any). */
+export function interceptorsFor(options: ClientOptions): Interceptor[] {
+  return options.token ? [bearerToken(options.token)] : [];
+}
+
+/** Every service's client over one transport. */
+export function clientsOver(transport: Transport): LearningEngineClient {
+  return {
+    training: createClient(TrainingService, transport),
+    fisher: createClient(FisherService, transport),
+    adapters: createClient(AdapterService, transport),
+    lora: createClient(LoraControlService, transport),
+    feedback: createClient(FeedbackService, transport),
+    datasets: createClient(DatasetService, transport),
+    drift: createClient(DriftService, transport),
+    evaluations: createClient(EvaluationService, transport),
+    pipelines: createClient(PipelineService, transport),
+    online: createClient(OnlineLearningService, transport),
+  };
+}
+
+/** The ErrorInfo domain of every Learning Engine error. */
+export const ERROR_DOMAIN = "learning-engine";
+
+const REASON_PREFIX = "ERROR_REASON_";
+const REASONS: ReadonlyMap<string, ErrorReason> = new Map(
+  ErrorReasonSchema.values
+    .filter((value) => value.number !== ErrorReason.UNSPECIFIED)
+    .map((value) => [value.name.slice(REASON_PREFIX.length), value.number as ErrorReason]),
+);
+
+/** The catalogue value of a wire reason ("JOB_NOT_FOUND" -> ErrorReason.JOB_NOT_FOUND); UNSPECIFIED if unknown. */
+export function errorReason(reason: string): ErrorReason {
+  return REASONS.get(reason) ?? ErrorReason.UNSPECIFIED;
+}
+
+export interface ErrorInfo {
+  /** The stable, machine-readable reason as sent, e.g. "JOB_NOT_FOUND". */
+  reason: string;
+  /** The reason in the catalogue (learning.v1.ErrorReason); UNSPECIFIED for one newer than this client. */
+  errorReason: ErrorReason;
+  domain: string;
+  metadata: Record<string, string>;
+}
+
+/** The google.rpc.ErrorInfo every server error carries (the Learning Engine one if there are several). */
+export function errorInfo(error: unknown): ErrorInfo | undefined {
+  const infos = ConnectError.from(error).findDetails(ErrorInfoSchema);
+  const info = infos.find((i) => i.domain === ERROR_DOMAIN) ?? infos[0];
+  if (info === undefined) return undefined;
+  return {
+    reason: info.reason,
+    errorReason: errorReason(info.reason),
+    domain: info.domain,
+    metadata: { ...info.metadata },
+  };
+}
+
+export interface FieldViolation {
+  /** Dotted path of the bad field, e.g. "spec.jsonl.path" or "line[3].messages". */
+  field: string;
+  description: string;
+}
+
+/** The google.rpc.BadRequest field violations of a bad-input error (empty for other errors). */
+export function fieldViolations(error: unknown): FieldViolation[] {
+  return ConnectError.from(error)
+    .findDetails(BadRequestSchema)
+    .flatMap((bad) => bad.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
+}
