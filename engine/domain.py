@@ -74,7 +74,18 @@ class StoredDatasetSource:
     kind: Literal["dataset"] = "dataset"
 
 
-DataSource = JsonlSource | FeedbackSource | StoredDatasetSource
+@dataclass(frozen=True)
+class OnlineExamplesSource:
+    """Examples an online session trained on: its sequence numbers ``first``..``last`` (engine.online), as a
+    session's publication records them; read again from PostgreSQL for a later job's EWC and replay."""
+
+    session_id: str
+    first: int
+    last: int
+    kind: Literal["online"] = "online"
+
+
+DataSource = JsonlSource | FeedbackSource | StoredDatasetSource | OnlineExamplesSource
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from engine.domain import (
     JsonlSource,
     LoraSpec,
     Objective,
+    OnlineExamplesSource,
     StoredDatasetSource,
 )
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
@@ -368,6 +369,10 @@ def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
         msg.feedback.CopyFrom(feedback_source_to_pb(s.source))
     elif isinstance(s.source, StoredDatasetSource):
         msg.dataset_name = s.source.name
+    elif isinstance(s.source, OnlineExamplesSource):
+        msg.online_examples.CopyFrom(common.OnlineExamples(session=f"onlineSessions/{s.source.session_id}",
+                                                           first_sequence=s.source.first,
+                                                           last_sequence=s.source.last))
     return msg
 
 

@@ -47,6 +47,7 @@ from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
+from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.datasets import resolve_dataset_path
 from engine.training.models import resolve_base_model
@@ -288,7 +289,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         index=PostgresDatasetIndex(pool), store=owned.store, feedback=feedback_datasets,
         objects=owned.store if isinstance(owned.store, S3ArtifactStore) else None,  # s3:// sources: its client
     )
-    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets, stored=stored_datasets)
+    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets, stored=stored_datasets,
+                               online=PostgresOnlineStore(pool))  # what online sessions' versions trained on
     if serve:
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,

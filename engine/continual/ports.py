@@ -1,4 +1,5 @@
-"""Storage port of the continual context: Fisher snapshots (``engine.stores.fisher_store`` implements it)."""
+"""Storage ports of the continual context: Fisher snapshots (``engine.stores.fisher_store`` implements it) and the
+examples online sessions trained on (``engine.stores.online_store``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from typing import Protocol
 
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
+from engine.domain import Example
+
+
+class OnlineExampleWindows(Protocol):
+    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
+        """The examples of online session ``session_id`` with sequence numbers ``first``..``last``, in order."""
+        ...
 
 
 class FisherSnapshots(Protocol):

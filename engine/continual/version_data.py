@@ -19,12 +19,14 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.continual.ports import OnlineExampleWindows
 from engine.domain import (
     DatasetSummary,
     Example,
     FeedbackSource,
     JsonlSource,
     Objective,
+    OnlineExamplesSource,
     StoredDatasetSource,
     dataset_digest,
 )
@@ -47,10 +49,11 @@ class VersionData:
 
 class VersionDatasets:
     def __init__(self, *, datasets_dir: Path, feedback: FeedbackDatasetBuilder | None = None,
-                 stored: StoredDatasets | None = None) -> None:
+                 stored: StoredDatasets | None = None, online: OnlineExampleWindows | None = None) -> None:
         self._datasets_dir = datasets_dir
         self._feedback = feedback
         self._stored = stored
+        self._online = online
 
     async def of(self, record: AdapterRecord) -> VersionData:
         """The examples ``record`` was trained on, and those its job held out as its eval split (the split
@@ -71,6 +74,8 @@ class VersionDatasets:
             return VersionData(await self._jsonl(record, source))
         if isinstance(source, StoredDatasetSource) and self._stored is not None:
             return VersionData(await _stored_dataset(self._stored, record, source))
+        if isinstance(source, OnlineExamplesSource) and self._online is not None:
+            return await self._online_window(record, source)
         if isinstance(source, FeedbackSource) and self._feedback is not None and summary is not None \
                 and summary.window_start is not None and summary.window_end is not None:
             return await self._rebuilt(record, summary, source)
@@ -92,6 +97,23 @@ class VersionDatasets:
                 metadata={"version": record.version, "path": source.path},
             )
         return examples
+
+    async def _online_window(self, record: AdapterRecord, source: OnlineExamplesSource) -> VersionData:
+        assert self._online is not None
+        examples = await self._online.window(source.session_id, source.first, source.last)
+        if not examples:
+            raise FailedPrecondition(
+                "PARENT_DATASET_UNKNOWN",
+                f"the examples online session {source.session_id} trained {record.version} on are gone; "
+                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version},
+            )
+        summary = record.dataset
+        note = "" if summary is None or not summary.digest or dataset_digest(examples) == summary.digest else (
+            f"{len(examples)} examples of online session {source.session_id} ({source.first}..{source.last}) differ "
+            f"from the {summary.example_count} {record.version} was trained on"
+        )
+        return VersionData(examples, note)
 
     async def _rebuilt(self, record: AdapterRecord, summary: DatasetSummary, source: FeedbackSource) -> VersionData:
         assert self._feedback is not None and summary.window_start is not None and summary.window_end is not None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from engine.continual.ewc import replay_count
-from engine.domain import ChatMessage, Example
+from engine.domain import Example
 from engine.online.spec import (
     LOSS_WINDOW,
     SPIKE_MIN_UPDATES,
@@ -40,15 +40,6 @@ from engine.training.datasets import EncodedExample, encode_example, pad_token_i
 from engine.training.recipe import LoadedModel, Penalty
 
 MICRO_BATCH = 8  # examples per forward pass within an update
-
-
-def to_example(row: StoredExample) -> Example:
-    """A supervised row is a chat turn (what the gateway's chat completions answer); one without a target is
-    text the model learns to continue."""
-    if row.target:
-        return Example(messages=(ChatMessage("user", row.prompt), ChatMessage("assistant", row.target)),
-                       weight=row.weight)
-    return Example(prompt="", completion=row.prompt, weight=row.weight)
 
 
 def make_optimizer(kind: OnlineOptimizer, params: list[torch.nn.Parameter], lr: float,
@@ -106,7 +97,7 @@ class OnlineLearner:
         for row in rows:
             self.total_examples += 1
             self.last_sequence = max(self.last_sequence, row.seq)
-            encoded = encode_example(tokenizer, to_example(row), self.spec.max_seq_length)
+            encoded = encode_example(tokenizer, row.example(), self.spec.max_seq_length)
             if encoded.predicted_token_count == 0:
                 self.skipped += 1
                 warnings.append(f"example {row.seq} has no target token within max_seq_length="
@@ -248,7 +239,7 @@ class OnlineLearner:
         self.trained_through, self.window_first = int(state["trained_through"]), int(state["window_first"])
         self._good = self._weights()  # called after the checkpoint's weights were loaded
         for rows, into in ((buffered, self.buffer), (pending, self.pending)):
-            into.extend((row.seq, encode_example(self.loaded.tokenizer, to_example(row), self.spec.max_seq_length))
+            into.extend((row.seq, encode_example(self.loaded.tokenizer, row.example(), self.spec.max_seq_length))
                         for row in rows)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from engine.domain import FeedbackSource, Objective
+from engine.domain import Example, FeedbackSource, Objective
 from engine.feedback.dataset import FeedbackDataset
 from engine.online.spec import Controls, GateVerdict, StoredExample
 
@@ -36,6 +36,11 @@ class OnlineStore(Protocol):
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
+
+    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
+        """The session's examples ``first``..``last`` (what a publication trained on; engine.continual reads them
+        again through its OnlineExampleWindows port)."""
+        ...
 
 
 class FeedbackExamples(Protocol):

@@ -36,7 +36,15 @@ from typing import Any
 import torch
 
 from engine import telemetry
-from engine.domain import Example, FeedbackSource, JsonlSource, Objective
+from engine.domain import (
+    DatasetSummary,
+    Example,
+    FeedbackSource,
+    JsonlSource,
+    Objective,
+    OnlineExamplesSource,
+    dataset_digest,
+)
 from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobContext
@@ -371,12 +379,16 @@ class _Session:
             parent = await self.r.registry.get(spec.base_model, done[-1].version)
         folder = await self._save_adapter("publish")
         first, last = learner.window_first, learner.trained_through
+        trained_on = await self.r.store.window(self.id, first, last)  # read again by later jobs' EWC and replay
+        dataset = DatasetSummary(digest=dataset_digest(trained_on), example_count=len(trained_on),
+                                 composition=(("online", len(trained_on)),), objective=Objective.SFT,
+                                 source=OnlineExamplesSource(self.id, first, last))
         try:
             record = await self.r.registry.publish(PublishRequest(
                 base_model=spec.base_model, adapter_dir=folder, parent=parent, patch=True, source=AdapterSource.ONLINE,
                 training_job=ctx.job.name, train_loss=learner.stats(learning_rate=0, enabled=True,
                                                                     published=0).average_loss or 0.0,
-                ewc_lambda=spec.ewc_lambda, fisher_snapshot=ctx.job.output.fisher_snapshot,
+                ewc_lambda=spec.ewc_lambda, fisher_snapshot=ctx.job.output.fisher_snapshot, dataset=dataset,
                 labels=(("online_session", self.id), ("examples", f"{first}-{last}")),
                 request_id=f"{ctx.job.name}/publish/{learner.updates}", fence=(ctx.job.id, ctx.lease_token),
             ))

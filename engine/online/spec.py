@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from engine.domain import ChatMessage, Example
 from engine.errors import NotFound
 from engine.jobs.core import Job, JobKind
 from engine.training.spec import CheckpointRecord, ParentFisherProgress
@@ -132,6 +133,14 @@ class StoredExample:
     prompt: str
     target: str  # "" : self-supervised
     weight: float
+
+    def example(self) -> Example:
+        """A supervised row is a chat turn (what the gateway's chat completions answer); one without a target is
+        text the model learns to continue."""
+        if self.target:
+            return Example(messages=(ChatMessage("user", self.prompt), ChatMessage("assistant", self.target)),
+                           weight=self.weight)
+        return Example(prompt="", completion=self.prompt, weight=self.weight)
 
 
 # ---- events ----------------------------------------------------------------------------------

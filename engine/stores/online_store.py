@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from engine.domain import Example
 from engine.online.spec import Controls, GateVerdict, StoredExample, not_found
 
 _COUNTERS = ("force_updates", "publish_requests")
@@ -122,6 +123,12 @@ class PostgresOnlineStore:
             "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])"
             " ORDER BY seq", session_id, list(seqs))
         return [_example(r) for r in rows]
+
+    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
+        rows = await self._pool.fetch(
+            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq BETWEEN $2 AND $3"
+            " ORDER BY seq", session_id, first, last)
+        return [_example(r).example() for r in rows]
 
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(

@@ -19,7 +19,8 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import online_pb2 as ol
 from learning.v1 import online_pb2_grpc as ol_grpc
-from tests.server.conftest import TINY, error_details
+from learning.v1 import training_pb2 as tr
+from tests.server.conftest import TINY, error_details, spec, watch_all
 from tests.server.lora_helpers import ACTOR, ask, stub, train
 
 FAST = {"online_poll_seconds": 0.05, "online_follow_seconds": 0.1, "online_max_update_share": 1.0}
@@ -110,6 +111,9 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
         version=versions[1]))).adapter
     assert record.source == ad.ADAPTER_SOURCE_ONLINE and record.parent_version == versions[0]
     assert record.training_job == made.name
+    window = record.dataset.online_examples  # what it trained on, read again by later jobs' EWC and replay
+    assert window.session == made.name and window.first_sequence == done.publications[1].first_sequence
+    assert record.dataset.example_count == window.last_sequence - window.first_sequence + 1
     assert done.alias_version == versions[1]  # no gate on this server: each publication is followed
 
     # The live name serves the session's newest adapter, which answers differently from where it started.
@@ -128,6 +132,19 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
     stopped = (await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))).session
     assert stopped.state in (common.JOB_STATE_CANCELLING, common.JOB_STATE_CANCELLED)
     ended = await until(lambda: _ended(client, made.name))
+
+    # A training job continuing the newest publication protects and replays what the session learnt: the
+    # publication's Fisher is measured on its window, and replay draws on every window of the lineage.
+    continuation = spec(epochs=1)
+    continuation.parent_adapter_version = versions[1]
+    continuation.ewc.replay_fraction = 0.5
+    job = (await client.training.CreateTrainingJob(tr.CreateTrainingJobRequest(spec=continuation))).training_job
+    events = [m.event for m in await watch_all(client.training, job.name) if m.HasField("event")]
+    warnings = [e.warning.code for e in events if e.HasField("warning")]
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert "REPLAY_DATASET_UNAVAILABLE" not in warnings and "REPLAY_MIXED" in notices, (warnings, notices)
+    continued = (await client.training.GetTrainingJob(tr.GetTrainingJobRequest(name=job.name))).training_job
+    assert continued.state == common.JOB_STATE_SUCCEEDED, continued.error
     assert ended.state == common.JOB_STATE_CANCELLED and "stopped after 20 updates" in ended.error.message
     assert telemetry.REGISTRY.get_sample_value("learning_engine_online_loss", {"session": "guilds"}) is None
     assert (await refused(sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))))[:2] == (

@@ -134,7 +134,7 @@ class BaseRetention(_message.Message):
     def __init__(self, retention: _Optional[float] = ..., kept: _Optional[int] = ..., cases: _Optional[int] = ..., lost: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
-    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback", "dataset_name")
+    __slots__ = ("digest", "example_count", "composition", "target_token_count", "window_start", "window_end", "jsonl", "feedback", "dataset_name", "online_examples")
     class CompositionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class DatasetSummary(_message.Message):
     JSONL_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     DATASET_NAME_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     digest: str
     example_count: int
     composition: _containers.ScalarMap[str, int]
@@ -160,7 +161,18 @@ class DatasetSummary(_message.Message):
     jsonl: JsonlDataset
     feedback: FeedbackDataset
     dataset_name: str
-    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jsonl: _Optional[_Union[JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackDataset, _Mapping]] = ..., dataset_name: _Optional[str] = ...) -> None: ...
+    online_examples: OnlineExamples
+    def __init__(self, digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., target_token_count: _Optional[int] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jsonl: _Optional[_Union[JsonlDataset, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackDataset, _Mapping]] = ..., dataset_name: _Optional[str] = ..., online_examples: _Optional[_Union[OnlineExamples, _Mapping]] = ...) -> None: ...
+
+class OnlineExamples(_message.Message):
+    __slots__ = ("session", "first_sequence", "last_sequence")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    first_sequence: int
+    last_sequence: int
+    def __init__(self, session: _Optional[str] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class JsonlDataset(_message.Message):
     __slots__ = ("path",)

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/common.proto.
  */
 export const file_learning_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIo0BCg5CYXNlUHJvdGVjdGlvbhIxCgZtZXRob2QYASABKA4yIS5sZWFybmluZy52MS5CYXNlUHJvdGVjdGlvbk1ldGhvZBIVCghmcmFjdGlvbhgCIAEoAUgAiAEBEhYKCWtsX3dlaWdodBgDIAEoAUgBiAEBQgsKCV9mcmFjdGlvbkIMCgpfa2xfd2VpZ2h0Ik0KDUJhc2VSZXRlbnRpb24SEQoJcmV0ZW50aW9uGAEgASgBEgwKBGtlcHQYAiABKA0SDQoFY2FzZXMYAyABKA0SDAoEbG9zdBgEIAMoCSKsAwoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBWpzb25sGAcgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYCCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIWCgxkYXRhc2V0X25hbWUYCSABKAlIABoyChBDb21wb3NpdGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAFCCAoGc291cmNlIhwKDEpzb25sRGF0YXNldBIMCgRwYXRoGAEgASgJIvsBCg9GZWVkYmFja0RhdGFzZXQSDAoEZGF5cxgBIAEoDRI4CgZsYWJlbHMYAiADKAsyKC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXQuTGFiZWxzRW50cnkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhMKC21pbl9zYW1wbGVzGAQgASgNEg0KBWZvcmNlGAUgASgIEhgKEHRodW1ic191cF93ZWlnaHQYBiABKAESGgoSdGh1bWJzX2Rvd25fd2VpZ2h0GAcgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKQoKRXZhbE1ldHJpYxIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgBKvoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFwoTSk9CX1NUQVRFX1BSRVBBUklORxACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSGAoUSk9CX1NUQVRFX0NBTkNFTExJTkcQBBIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAUSFAoQSk9CX1NUQVRFX0ZBSUxFRBAGEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBxIVChFKT0JfU1RBVEVfUEFVU0lORxAIEhQKEEpPQl9TVEFURV9QQVVTRUQQCSpsCgtGaXNoZXJTcGFjZRIcChhGSVNIRVJfU1BBQ0VfVU5TUEVDSUZJRUQQABIgChxGSVNIRVJfU1BBQ0VfTE9SQV9QQVJBTUVURVJTEAESHQoZRklTSEVSX1NQQUNFX0xPUkFfUFJPRFVDVBACKq4BChRCYXNlUHJvdGVjdGlvbk1ldGhvZBImCiJCQVNFX1BST1RFQ1RJT05fTUVUSE9EX1VOU1BFQ0lGSUVEEAASHwobQkFTRV9QUk9URUNUSU9OX01FVEhPRF9OT05FEAESKQolQkFTRV9QUk9URUNUSU9OX01FVEhPRF9TRUxGX1JFSEVBUlNBTBACEiIKHkJBU0VfUFJPVEVDVElPTl9NRVRIT0RfQkFTRV9LTBADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChhsZWFybmluZy92MS9jb21tb24ucHJvdG8SC2xlYXJuaW5nLnYxImMKCkxvcmFDb25maWcSDAoEcmFuaxgBIAEoDRINCgVhbHBoYRgCIAEoAhIUCgdkcm9wb3V0GAMgASgCSACIAQESFgoOdGFyZ2V0X21vZHVsZXMYBCADKAlCCgoIX2Ryb3BvdXQidQoLSm9iUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESFwoPY29tcGxldGVkX3N0ZXBzGAIgASgEEhMKC3RvdGFsX3N0ZXBzGAMgASgEEiYKA2V0YRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2Cg5Kb2JTdGF0ZUNoYW5nZRItCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEiQKBXN0YXRlGAIgASgOMhUubGVhcm5pbmcudjEuSm9iU3RhdGUSDwoHbWVzc2FnZRgDIAEoCSIqCglKb2JOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIisKCkpvYldhcm5pbmcSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIi4KCEpvYkVycm9yEiIKBnN0YXR1cxgBIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIo0BCg5CYXNlUHJvdGVjdGlvbhIxCgZtZXRob2QYASABKA4yIS5sZWFybmluZy52MS5CYXNlUHJvdGVjdGlvbk1ldGhvZBIVCghmcmFjdGlvbhgCIAEoAUgAiAEBEhYKCWtsX3dlaWdodBgDIAEoAUgBiAEBQgsKCV9mcmFjdGlvbkIMCgpfa2xfd2VpZ2h0Ik0KDUJhc2VSZXRlbnRpb24SEQoJcmV0ZW50aW9uGAEgASgBEgwKBGtlcHQYAiABKA0SDQoFY2FzZXMYAyABKA0SDAoEbG9zdBgEIAMoCSLkAwoORGF0YXNldFN1bW1hcnkSDgoGZGlnZXN0GAEgASgJEhUKDWV4YW1wbGVfY291bnQYAiABKAQSQQoLY29tcG9zaXRpb24YAyADKAsyLC5sZWFybmluZy52MS5EYXRhc2V0U3VtbWFyeS5Db21wb3NpdGlvbkVudHJ5EhoKEnRhcmdldF90b2tlbl9jb3VudBgEIAEoBBIwCgx3aW5kb3dfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBWpzb25sGAcgASgLMhkubGVhcm5pbmcudjEuSnNvbmxEYXRhc2V0SAASMAoIZmVlZGJhY2sYCCABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIWCgxkYXRhc2V0X25hbWUYCSABKAlIABI2Cg9vbmxpbmVfZXhhbXBsZXMYCiABKAsyGy5sZWFybmluZy52MS5PbmxpbmVFeGFtcGxlc0gAGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4AUIICgZzb3VyY2UiUAoOT25saW5lRXhhbXBsZXMSDwoHc2Vzc2lvbhgBIAEoCRIWCg5maXJzdF9zZXF1ZW5jZRgCIAEoBBIVCg1sYXN0X3NlcXVlbmNlGAMgASgEIhwKDEpzb25sRGF0YXNldBIMCgRwYXRoGAEgASgJIvsBCg9GZWVkYmFja0RhdGFzZXQSDAoEZGF5cxgBIAEoDRI4CgZsYWJlbHMYAiADKAsyKC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXQuTGFiZWxzRW50cnkSFwoPYWRhcHRlcl92ZXJzaW9uGAMgASgJEhMKC21pbl9zYW1wbGVzGAQgASgNEg0KBWZvcmNlGAUgASgIEhgKEHRodW1ic191cF93ZWlnaHQYBiABKAESGgoSdGh1bWJzX2Rvd25fd2VpZ2h0GAcgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKQoKRXZhbE1ldHJpYxIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgBKvoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFwoTSk9CX1NUQVRFX1BSRVBBUklORxACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSGAoUSk9CX1NUQVRFX0NBTkNFTExJTkcQBBIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAUSFAoQSk9CX1NUQVRFX0ZBSUxFRBAGEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBxIVChFKT0JfU1RBVEVfUEFVU0lORxAIEhQKEEpPQl9TVEFURV9QQVVTRUQQCSpsCgtGaXNoZXJTcGFjZRIcChhGSVNIRVJfU1BBQ0VfVU5TUEVDSUZJRUQQABIgChxGSVNIRVJfU1BBQ0VfTE9SQV9QQVJBTUVURVJTEAESHQoZRklTSEVSX1NQQUNFX0xPUkFfUFJPRFVDVBACKq4BChRCYXNlUHJvdGVjdGlvbk1ldGhvZBImCiJCQVNFX1BST1RFQ1RJT05fTUVUSE9EX1VOU1BFQ0lGSUVEEAASHwobQkFTRV9QUk9URUNUSU9OX01FVEhPRF9OT05FEAESKQolQkFTRV9QUk9URUNUSU9OX01FVEhPRF9TRUxGX1JFSEVBUlNBTBACEiIKHkJBU0VfUFJPVEVDVElPTl9NRVRIT0RfQkFTRV9LTBADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * LoRA shape. Zero or empty fields take the server defaults
@@ -349,6 +349,14 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
      */
     value: string;
     case: "datasetName";
+  } | {
+    /**
+     * Examples of an online session (a version it published).
+     *
+     * @generated from field: learning.v1.OnlineExamples online_examples = 10;
+     */
+    value: OnlineExamples;
+    case: "onlineExamples";
   } | { case: undefined; value?: undefined };
 };
 
@@ -358,6 +366,38 @@ export type DatasetSummary = Message<"learning.v1.DatasetSummary"> & {
  */
 export const DatasetSummarySchema: GenMessage<DatasetSummary> = /*@__PURE__*/
   messageDesc(file_learning_v1_common, 8);
+
+/**
+ * The examples an online session trained on between two publications, by
+ * sequence number (inclusive).
+ *
+ * @generated from message learning.v1.OnlineExamples
+ */
+export type OnlineExamples = Message<"learning.v1.OnlineExamples"> & {
+  /**
+   * "onlineSessions/{id}".
+   *
+   * @generated from field: string session = 1;
+   */
+  session: string;
+
+  /**
+   * @generated from field: uint64 first_sequence = 2;
+   */
+  firstSequence: bigint;
+
+  /**
+   * @generated from field: uint64 last_sequence = 3;
+   */
+  lastSequence: bigint;
+};
+
+/**
+ * Describes the message learning.v1.OnlineExamples.
+ * Use `create(OnlineExamplesSchema)` to create a new message.
+ */
+export const OnlineExamplesSchema: GenMessage<OnlineExamples> = /*@__PURE__*/
+  messageDesc(file_learning_v1_common, 9);
 
 /**
  * Names a dataset file below the server's data root (`<data-dir>/datasets/`).
@@ -378,7 +418,7 @@ export type JsonlDataset = Message<"learning.v1.JsonlDataset"> & {
  * Use `create(JsonlDatasetSchema)` to create a new message.
  */
 export const JsonlDatasetSchema: GenMessage<JsonlDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 9);
+  messageDesc(file_learning_v1_common, 10);
 
 /**
  * Builds a dataset from stored feedback events.
@@ -440,7 +480,7 @@ export type FeedbackDataset = Message<"learning.v1.FeedbackDataset"> & {
  * Use `create(FeedbackDatasetSchema)` to create a new message.
  */
 export const FeedbackDatasetSchema: GenMessage<FeedbackDataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 10);
+  messageDesc(file_learning_v1_common, 11);
 
 /**
  * One score of an evaluation.
@@ -464,7 +504,7 @@ export type EvalMetric = Message<"learning.v1.EvalMetric"> & {
  * Use `create(EvalMetricSchema)` to create a new message.
  */
 export const EvalMetricSchema: GenMessage<EvalMetric> = /*@__PURE__*/
-  messageDesc(file_learning_v1_common, 11);
+  messageDesc(file_learning_v1_common, 12);
 
 /**
  * Lifecycle of a long-running job (training or Fisher computation).
