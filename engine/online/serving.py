@@ -6,7 +6,8 @@
   serving engine under a new name (``<base>@<session>-r<refresh>``) and ``<base>@<session>`` is switched to it;
   the name it replaces is drained and unloaded. Nothing being served is ever unloaded under a request.
 * Each publication the gate has not judged goes through the forgetting-aware gate against what the session's
-  live alias serves (its start version at first), as an activation's would. The verdict is stored on the
+  live alias serves (its start version at first), as an activation's would, in one serving process: each claims
+  it first (``OnlineStore.claim_gate``, with a lease another takes over when it runs out). The verdict is stored on the
   session's controls; one that passes moves the alias (``live_alias``, when the operator named one) to it. One
   that fails leaves the alias where it was.
 * The alias is routed to the version it serves, loaded under that version's usual name.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from engine.training.spec import CheckpointRecord
 log = logging.getLogger(__name__)
 RUNNING = (JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING, JobState.PAUSING, JobState.QUEUED)
 DRAIN_SECONDS = 30.0
+GATE_LEASE_SECONDS = 1800.0  # how long a serving process may take to judge a publication before another may
 
 
 class Sessions(Protocol):
@@ -77,6 +80,7 @@ class OnlineServing:
         self._served: dict[str, _Served] = {}  # session id -> its live adapter loaded here
         self._aliases: dict[str, str] = {}  # session id -> its alias name routed here
         self._swept = False
+        self._owner = secrets.token_hex(8)  # this process, as it claims the gate on a publication
 
     async def tick(self) -> None:
         base = self._gate.base_model
@@ -116,6 +120,8 @@ class OnlineServing:
         for publication in session.output.publications:
             if controls.gate(publication.version) is not None:
                 continue
+            if not await self._store.claim_gate(session.id, publication.version, self._owner, GATE_LEASE_SECONDS):
+                break  # another serving process judges it (the later ones wait: each is judged after it)
             verdict = await self._judge(publication.version, alias_version)
             await self._store.record_gate(session.id, publication.version, verdict)
             if verdict.passed:

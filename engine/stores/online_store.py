@@ -85,10 +85,22 @@ class PostgresOnlineStore:
             raise not_found(session_id)
         return _controls(row)
 
+    async def claim_gate(self, session_id: str, version: str, owner: str, lease_seconds: float) -> bool:
+        """Whether ``owner`` may run the gate on ``version`` now: no verdict yet, and no other owner's claim whose
+        lease still runs. The claim is taken (or renewed) in the same statement, so of several serving processes
+        asking at once exactly one gets it."""
+        claimed = await self._pool.fetchval(
+            "UPDATE online_controls SET gate_claims = gate_claims || jsonb_build_object($2::text,"
+            " jsonb_build_object('owner', $3::text, 'until', now() + make_interval(secs => $4)))"
+            " WHERE session_id = $1 AND NOT gates ? $2 AND (NOT gate_claims ? $2"
+            " OR gate_claims -> $2 ->> 'owner' = $3 OR (gate_claims -> $2 ->> 'until')::timestamptz < now())"
+            " RETURNING true", session_id, version, owner, lease_seconds)
+        return bool(claimed)
+
     async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None:
         await self._pool.execute(
             "UPDATE online_controls SET gates = gates || jsonb_build_object($2::text, $3::jsonb),"
-            " update_time = now() WHERE session_id = $1",
+            " gate_claims = gate_claims - $2::text, update_time = now() WHERE session_id = $1",
             session_id, version, json.dumps({"passed": verdict.passed, "failed_checks": list(verdict.failed_checks),
                         "gated": verdict.gated}))
 
