@@ -93,6 +93,8 @@ class CaseResult:
     baseline_unsupported: tuple[str, ...] = ()
     candidate_judge: JudgeVerdict | None = None  # None: the judge is off
     baseline_judge: JudgeVerdict | None = None
+    candidate_by_judge: bool = False  # right only because the judge says it is correct
+    baseline_by_judge: bool = False
 
     @property
     def regressed(self) -> bool:
@@ -287,13 +289,15 @@ def score_suite(suite: Suite, candidate: list[str], baseline: list[str], thresho
     n = len(suite.cases)
     cand_judged, base_judged = judged if judged is not None else ([None] * n, [None] * n)
 
-    def right(answer: str, case: GoldenCase, verdict: JudgeVerdict | None) -> bool:
-        return answered(answer, case) or (verdict is not None and verdict.correct is True)
+    def by_judge(answer: str, case: GoldenCase, verdict: JudgeVerdict | None) -> bool:
+        return verdict is not None and verdict.correct is True and not answered(answer, case)
 
     results = tuple(
         CaseResult(
             prompt=case.prompt, references=case.references, candidate=cand, baseline=base,
-            candidate_right=right(cand, case, cj), baseline_right=right(base, case, bj),
+            candidate_right=answered(cand, case) or by_judge(cand, case, cj),
+            baseline_right=answered(base, case) or by_judge(base, case, bj),
+            candidate_by_judge=by_judge(cand, case, cj), baseline_by_judge=by_judge(base, case, bj),
             candidate_f1=token_f1(cand, case.references), baseline_f1=token_f1(base, case.references),
             source=case.source,
             candidate_unsupported=unsupported(cand, case.source, case.prompt) if case.source else (),
@@ -402,7 +406,8 @@ def _result_doc(r: CaseResult) -> dict[str, object]:
         for key in ("source", "candidate_unsupported", "baseline_unsupported"):
             del doc[key]
     if r.candidate_judge is None:
-        del doc["candidate_judge"], doc["baseline_judge"]
+        for key in ("candidate_judge", "baseline_judge", "candidate_by_judge", "baseline_by_judge"):
+            del doc[key]
     return doc
 
 
@@ -441,11 +446,11 @@ def _grade(v: JudgeVerdict | None) -> str:
     return said + ("" if v.supported is None else " supported" if v.supported else " UNSUPPORTED")
 
 
-def _right(right: bool, answer: str, case: CaseResult, verdict: JudgeVerdict | None) -> str:
-    if not right:
-        return "no"
-    matched = answered(answer, GoldenCase(case.prompt, case.references))
-    return "yes" if matched or verdict is None else "yes (judge)"
+def _right(r: CaseResult) -> str:
+    """ "yes / no": whether the candidate, then the baseline, answered right ("yes (judge)": by the judge's word)."""
+    return " / ".join("no" if not right else "yes (judge)" if judged else "yes"
+                      for right, judged in ((r.candidate_right, r.candidate_by_judge),
+                                            (r.baseline_right, r.baseline_by_judge)))
 
 
 def _quality(s: SuiteVerdict) -> str:
@@ -506,8 +511,7 @@ def _markdown(report: EvalReport) -> str:
                 lines += [_quality(s), ""]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for i, r in enumerate(results, start=1):
-                right = (f"{_right(r.candidate_right, r.candidate, r, r.candidate_judge)} / "
-                         f"{_right(r.baseline_right, r.baseline, r, r.baseline_judge)}")
+                right = _right(r)
                 row = [str(i), cell(r.prompt), cell(r.references[0]), cell(r.candidate), cell(r.baseline), right,
                        "yes" if r.regressed else ""]
                 if judged:
@@ -551,26 +555,30 @@ def _chart(report: EvalReport) -> bytes:
     from matplotlib import pyplot as plt  # noqa: PLC0415
 
     candidate, baseline = _labels(report)
-    panels = [("answered", "answered right (base: retention)", "answered right per suite")]
-    for key, label in (("judge_score", "judge score (rubric mean, 0 to 1)"),
-                       ("hallucination_rate", "share of answers with unsupported claims")):
+    panels = [("answered", "share answered right (base: retention)", "answered right per suite")]
+    for key, ylabel, title in (("judge_score", "rubric mean score (0 to 1)", "judge score per suite"),
+                               ("hallucination_rate", "share of answers with unsupported claims",
+                                "hallucination rate per suite (lower is better)")):
         if _scores(report, key)[0]:
-            panels.append((key, label, label.split(" (")[0] + " per suite"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), dpi=80, squeeze=False)
+            panels.append((key, ylabel, title))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), dpi=100, squeeze=False)
     for ax, (key, ylabel, title) in zip(axes[0], panels, strict=True):
         names, cand, base = _scores(report, key)
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], base, width=0.4, label=baseline)
-        ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
+        bars = ax.bar([x - 0.2 for x in xs], base, width=0.4, label=baseline)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small")
+        bars = ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small")
         ax.set_xticks(list(xs), names)
         ax.set_xlabel("suite")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.12)
         ax.set_title(title)
-        ax.legend(fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=2)
     fig.suptitle(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
                  f"{report.regressions} regressions")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = io.BytesIO()
     fig.savefig(out, format="png")
     plt.close(fig)
@@ -633,8 +641,7 @@ def _html(report: EvalReport, png: bytes) -> str:
                      + ("<th>judge</th>" if judged else "") + ("<th>unsupported claims</th>" if sourced else "")
                      + "</tr>")
         for i, r in enumerate(results, start=1):
-            right = (f"{_right(r.candidate_right, r.candidate, r, r.candidate_judge)} / "
-                     f"{_right(r.baseline_right, r.baseline, r, r.baseline_judge)}")
+            right = _right(r)
             row = (f"<tr{' class=regressed' if r.regressed else ''}><td>{i}</td><td>{escape(r.prompt)}</td>"
                    f"<td>{escape(r.references[0])}</td><td>{escape(r.candidate)}</td>"
                    f"<td>{escape(r.baseline)}</td><td>{right}</td>")

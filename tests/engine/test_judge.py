@@ -122,6 +122,7 @@ def test_hallucination_rate_and_the_judge_in_the_gate():
     assert "source" not in case and doc["suites"][0]["results"][0]["candidate_hallucinated"] is True
     md = rendered["report.md"].decode()
     assert "| 3 | Colour of the Orvel bird? | Saffron | Deep orange-yellow | Saffron | yes (judge) / yes |" in md
+    assert "| Tegusu, said Mayor Olvar. | Tegusu. | yes / yes |" in md  # the span: right without the judge
     assert "R5 C5 P5 correct supported / R5 C5 P5 correct supported | Mayor, Olvar / - |" in md
     assert "- 3 baseline (no readable RELEVANCE): `I think it is fine`" in md
     page = rendered["report.html"].decode()
