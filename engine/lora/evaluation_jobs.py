@@ -19,6 +19,7 @@ from typing import Protocol
 from engine.errors import Cancelled
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
+from engine.lora.evaluation import load_suite
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
 
@@ -107,8 +108,9 @@ class EvaluationJobs:
         await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
         if spec.baseline_version:
             await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
-        for i, path in enumerate(spec.suite_paths):
-            await asyncio.to_thread(self._suite_path, path, f"spec.suite_paths[{i}]")
+        for i, path in enumerate(spec.suite_paths):  # a missing file or a bad line: refused before a job exists
+            await asyncio.to_thread(load_suite, await asyncio.to_thread(self._suite_path, path,
+                                                                        f"spec.suite_paths[{i}]"))
         return await self._manager.submit(self._manager.new_job(spec, EvaluationOutput(), request_id=request_id))
 
     async def get(self, job_id: str) -> EvaluationJob:

@@ -153,6 +153,9 @@ async def judge_engine(reply):
     async def complete(request: web.Request) -> web.Response:
         body = await request.json()
         asked.append(body)
+        if body["model"] == "absent":  # as the reference backend and MAX answer for a model they do not serve
+            return web.json_response({"error": {"code": "404", "message": "model 'absent' does not exist"}},
+                                     status=404)
         return web.json_response({"choices": [{"message": {"content": reply(body["messages"][0]["content"])}}]})
 
     app = web.Application()
@@ -177,6 +180,10 @@ async def test_the_judge_asks_the_served_model_and_fails_loudly():
                 judge.check("golden", [good, bad, bad])
             assert err.value.reason == "JUDGE_UNPARSEABLE" and err.value.metadata["unparseable"] == "2"
             assert "2 of 3 verdicts of suite golden" in err.value.message and "'Hmm'" in err.value.message
+            with pytest.raises(Unavailable) as err:  # a model the engine does not serve
+                await jg.Judge(client, "absent", jg.JudgeConfig()).grade("Q", "R", "A")
+            assert err.value.reason == "JUDGE_UNAVAILABLE" and err.value.metadata["cause"] == "LORA_NOT_LOADED"
+            assert "model 'absent' does not exist" in err.value.message
     finally:
         await runner.cleanup()
     async with ServingClient(ServingConfig(base_url=url, retries=0, timeout_seconds=2)) as client:
