@@ -163,12 +163,12 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
             max_hallucination_rate=settings.eval_max_hallucination_rate,
             min_judge_score=settings.eval_min_judge_score,
         ),
-        judge=JudgeConfig(model=settings.eval_judge_model, url=settings.eval_judge_url,
+        judge=JudgeConfig(enabled=settings.eval_judge, model=settings.eval_judge_model, url=settings.eval_judge_url,
                           max_tokens=settings.eval_judge_max_tokens,
-                          max_unparseable=settings.eval_judge_max_unparseable) if settings.eval_judge else None,
+                          max_unparseable=settings.eval_judge_max_unparseable),
     )
     judge_client = None
-    if settings.eval_judge and settings.eval_judge_url:
+    if settings.eval_judge_url:  # an evaluation job may ask for the judge when the server does not
         judge_client = ServingClient(ServingConfig(
             base_url=settings.eval_judge_url, mode=ServingMode.CUSTOM, timeout_seconds=settings.serving_timeout_seconds,
             load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,

@@ -78,11 +78,12 @@ class LoraControlSettings(BaseModel):
     eval_judge: bool = Field(
         False, description="LLM-as-judge: a served model grades every answer (relevance, correctness, "
         "completeness, support by the source) with a fixed rubric; a case it calls correct is answered right. "
-        "Off by default: it doubles an evaluation's requests, and a small base model is a poor judge."
+        "Off by default: it doubles an evaluation's requests, and a small base model is a poor judge. An "
+        "evaluation job may turn it on or off for itself (spec.judge)."
     )
     eval_judge_model: str = Field(
         "", max_length=256, description="The judge's model id as its serving engine names it; empty: the base "
-        "model of the serving target."
+        "model of the serving target. An evaluation job may name another (spec.judge_model)."
     )
     eval_judge_url: str = Field(
         "", description="Base URL of another OpenAI-compatible serving engine to ask the judge on (e.g. a larger "

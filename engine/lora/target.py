@@ -25,7 +25,7 @@ from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
-from engine.lora.judge import Judge, JudgeConfig, JudgeVerdict
+from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
 from engine.lora.state import (
     AdapterFetcher,
     EvalSummary,
@@ -64,7 +64,7 @@ class ControlConfig:
     eval_max_tokens: int = 32
     eval_concurrency: int = 4
     thresholds: ev.GateThresholds = ev.GateThresholds()
-    judge: JudgeConfig | None = None  # LLM-as-judge (engine.lora.judge); None: off
+    judge: JudgeConfig = JudgeConfig()  # LLM-as-judge (engine.lora.judge); off unless enabled
 
 
 class _Op:
@@ -239,9 +239,10 @@ class ServingTarget:
     # ---- the gate ----------------------------------------------------------------------
 
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Progress | None = None) -> EvalSummary:
+                       progress: Progress | None = None, judge: JudgeChoice | None = None) -> EvalSummary:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
-        golden ``suites`` (none: the configured one); ``progress`` hears of every answer."""
+        golden ``suites`` (none: the configured one); ``progress`` hears of every answer; ``judge`` overrides the
+        configured LLM judge (None: as configured)."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
@@ -258,7 +259,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress)
+                return await self._evaluate(version, baseline, goldens, progress, judge)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -448,7 +449,7 @@ class ServingTarget:
             await self._discard(old, keep=False)
 
     async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
-                        progress: Progress | None = None) -> EvalSummary:
+                        progress: Progress | None = None, choice: JudgeChoice | None = None) -> EvalSummary:
         base = self._state.base_model
         suites: list[ev.Suite] = []
         for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
@@ -457,7 +458,7 @@ class ServingTarget:
         if self._gate is not None:
             suites += await self._gate.suites(base, version, baseline_version)
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        judge = self._judge()
+        judge = self._judge(choice)
         answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
@@ -509,12 +510,14 @@ class ServingTarget:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
 
-    def _judge(self) -> Judge | None:
-        """The judge of this evaluation: the configured model, or the base model as the engine serves it."""
+    def _judge(self, choice: JudgeChoice | None) -> Judge | None:
+        """The judge of this evaluation, if it is judged: the model it names, the configured one, or the base model
+        as the engine serves it."""
         config = self.config.judge
-        if config is None:
+        if not (choice.on if choice is not None else config.enabled):
             return None
-        return Judge(self._judge_client or self._client, config.model or self._router.base_model_name, config)
+        model = (choice.model if choice is not None else "") or config.model or self._router.base_model_name
+        return Judge(self._judge_client or self._client, model, config)
 
     async def _graded(self, judge: Judge, cases: Sequence[ev.GoldenCase], answers: Sequence[str],
                       tick: Callable[[], None]) -> list[JudgeVerdict]:

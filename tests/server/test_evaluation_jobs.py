@@ -64,6 +64,10 @@ async def test_an_evaluation_job(make_server, data_dir: Path):
      "DATASET_PATH_OUTSIDE_ROOT", ""),
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["x.jsonl"] * 17), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_EVALUATION_SPEC", "spec.suite_paths"),
+    (pb.EvaluationJobSpec(version="v1.0", judge_model="grader"), grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_EVALUATION_SPEC", "spec.judge_model"),  # a judge model without the judge on
+    (pb.EvaluationJobSpec(version="v1.0", judge=7), grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_EVALUATION_SPEC", "spec.judge"),
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["missing.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT,
      "DATASET_NOT_FOUND", "spec.suite_paths[0]"),
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["bad.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT,

@@ -50,21 +50,26 @@ def job_reason(job: pb.EvaluationJob) -> str:
     return ""
 
 
-async def evaluated(client, version: str, suite: str) -> pb.EvaluationJob:
+async def evaluated(client, version: str, suite: str, **spec_fields) -> pb.EvaluationJob:
     jobs = pb_grpc.EvaluationServiceStub(client.channel)
-    spec = pb.EvaluationJobSpec(version=version, suite_paths=[suite])
+    spec = pb.EvaluationJobSpec(version=version, suite_paths=[suite], **spec_fields)
     job = (await jobs.CreateEvaluationJob(pb.CreateEvaluationJobRequest(spec=spec))).evaluation_job
     _ = [m async for m in jobs.WatchEvaluationJob(pb.WatchEvaluationJobRequest(name=job.name))]
     return (await jobs.GetEvaluationJob(pb.GetEvaluationJobRequest(name=job.name))).evaluation_job
 
 
 async def test_a_judge_on_another_engine_grades_every_answer(make_server, data_dir: Path):
+    """The server leaves the judge off; the job asks for it, on the engine and model the settings name."""
     runner, url, asked = await judge_engine(lenient)
     try:
-        client = await make_server(eval_gate=False, eval_max_tokens=8, eval_judge=True, eval_judge_url=url,
+        client = await make_server(eval_gate=False, eval_max_tokens=8, eval_judge_url=url,
                                    eval_judge_model="grader", eval_max_hallucination_rate=1.0)
         v10 = await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
-        done = await evaluated(client, v10, quiz(data_dir))
+        unjudged = await evaluated(client, v10, quiz(data_dir))
+        assert unjudged.state == common.JOB_STATE_SUCCEEDED and asked == []  # off, as the server is
+        assert not any(m.name.startswith("quiz.judge") for m in unjudged.eval.metrics)
+        done = await evaluated(client, v10, quiz(data_dir), judge=pb.EVALUATION_JUDGE_ON)
+        assert done.spec.judge == pb.EVALUATION_JUDGE_ON
     finally:
         await runner.cleanup()
     assert done.state == common.JOB_STATE_SUCCEEDED, done.error
@@ -89,6 +94,7 @@ async def test_a_judge_on_another_engine_grades_every_answer(make_server, data_d
     flagged = sum(bool(r["candidate_unsupported"]) for r in results)  # the judge said supported: only the check
     assert metrics["quiz.hallucination_rate"] == pytest.approx(flagged / 4)
     assert all(r["candidate_hallucinated"] == bool(r["candidate_unsupported"]) for r in results)
+    assert {m.name: m.value for m in unjudged.eval.metrics}["quiz.pass_rate"] < 1.0  # without the judge's word
 
 
 async def test_a_judge_that_rambles_fails_the_evaluation(make_server, data_dir: Path):
@@ -98,7 +104,10 @@ async def test_a_judge_that_rambles_fails_the_evaluation(make_server, data_dir: 
     done = await evaluated(client, v10, quiz(data_dir))
     assert done.state == common.JOB_STATE_FAILED and not done.HasField("eval")
     assert done.error.code == grpc.StatusCode.UNAVAILABLE.value[0] and job_reason(done) == "JUDGE_UNPARSEABLE"
-    assert re.search(r"answered 8 of 8 verdicts of suite quiz in no readable format", done.error.message)
+    assert re.search(r"the judge tiny-llama answered 8 of 8 verdicts of suite quiz in no readable format",
+                     done.error.message)
+    unjudged = await evaluated(client, v10, "quiz.jsonl", judge=pb.EVALUATION_JUDGE_OFF)  # this job without it
+    assert unjudged.state == common.JOB_STATE_SUCCEEDED and unjudged.HasField("eval")
 
 
 async def test_a_judge_that_is_down_fails_the_evaluation_and_the_activation(make_server, data_dir: Path):
