@@ -930,7 +930,8 @@ export enum ErrorReason {
   INVALID_REPORT_REQUEST = 136,
 
   /**
-   * INVALID_ARGUMENT: an evaluation job spec with a missing version or too many suites.
+   * INVALID_ARGUMENT: an evaluation job spec with a missing version, too many suites, an
+   * unknown judge choice, or a judge_model without the judge on.
    *
    * @generated from enum value: ERROR_REASON_INVALID_EVALUATION_SPEC = 137;
    */
