@@ -20,6 +20,7 @@ UNAVAILABLE JUDGE_UNAVAILABLE. Never a silent pass.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,8 +101,39 @@ _SCORE = re.compile(r"^[\s*_`\[(]*([1-5])(?:\s*(?:/|out of)\s*5)?(?![.,]?\d)(?!\
 _YES_NO = re.compile(r"^[\s*_`\[(\"']*(yes|no|true|false)\b", re.IGNORECASE)
 
 
+def _score(value: object) -> int | None:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5 else None
+
+
+def _yes_no(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    said = _YES_NO.match(value) if isinstance(value, str) else None
+    return said.group(1).lower() in {"yes", "true"} if said else None
+
+
+def _from_json(raw: str) -> dict[str, int | bool]:
+    """The keys of the JSON objects in the reply (a model asked for lines may answer ``{"relevance": 4, ...}``);
+    a later object's keys win."""
+    values: dict[str, int | bool] = {}
+    for block in re.findall(r"\{[^{}]*\}", raw):
+        try:
+            doc = json.loads(block)
+        except ValueError:
+            continue
+        for name, value in doc.items() if isinstance(doc, dict) else ():
+            key = str(name).strip().lower()
+            read = _score(value) if key in SCORES else _yes_no(value) if key in _KEYS else None
+            if read is not None:
+                values[key] = read
+    return values
+
+
 def parse(prompt: str, raw: str, *, with_source: bool) -> JudgeVerdict:
-    """Read a verdict from the judge's reply (the last readable line of each key counts)."""
+    """Read a verdict from the judge's reply: the last readable line of each key counts; a key no line gives is
+    taken from a JSON object in the reply, if there is one."""
     values: dict[str, int | bool] = {}
     for key, rest in _LINE.findall(raw):
         key = key.lower()
@@ -113,6 +145,7 @@ def parse(prompt: str, raw: str, *, with_source: bool) -> JudgeVerdict:
             said = _YES_NO.match(rest)
             if said:
                 values[key] = said.group(1).lower() in {"yes", "true"}
+    values = {**_from_json(raw), **values} if "{" in raw else values
     wanted = [*SCORES, *(("supported",) if with_source else ()), "correct"]
     missing = [k.upper() for k in wanted if k not in values]
     if missing:

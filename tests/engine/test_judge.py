@@ -31,6 +31,10 @@ STRICT = "RELEVANCE: 5\nCORRECTNESS: 4\nCOMPLETENESS: 3\nSUPPORTED: yes\nCORRECT
      "On second thought:\nCORRECT: yes", (2, 2, 2, True, True)),  # a key said twice: the last one counts
     ("RELEVANCE (1 to 5): 5 if it addresses the question\nRELEVANCE: 3\nCORRECTNESS: 3\nCOMPLETENESS: 3\n"
      "SUPPORTED: true\nCORRECT: false", (3, 3, 3, True, False)),  # the rubric echoed is not a value
+    ('```json\n{"relevance": 5, "correctness": "2", "completeness": 1, "supported": false, "correct": "no"}\n```',
+     (5, 2, 1, False, False)),  # JSON instead of lines
+    ('RELEVANCE: 4\n{"correctness": 3, "completeness": 3, "supported": "yes", "correct": true, "relevance": 1}',
+     (4, 3, 3, True, True)),  # a line wins over JSON
 ])
 def test_verdicts_are_read_from_rambling_replies(raw, expected):
     v = jg.parse("p", raw, with_source=True)
@@ -45,6 +49,8 @@ def test_verdicts_are_read_from_rambling_replies(raw, expected):
      "no readable RELEVANCE, COMPLETENESS"),  # out of the scale
     ("RELEVANCE: 5\nCORRECTNESS: 5\nCOMPLETENESS: 5\nCORRECT: yes", "no readable SUPPORTED"),
     ("The answer is good and correct.", "no readable RELEVANCE, CORRECTNESS, COMPLETENESS, SUPPORTED, CORRECT"),
+    ('{"relevance": true, "correctness": 6, "completeness": 3, "supported": 1, "correct": "maybe"}',
+     "no readable RELEVANCE, CORRECTNESS, SUPPORTED, CORRECT"),  # JSON of the wrong types or range
 ])
 def test_unreadable_verdicts_are_counted_as_such(raw, problem):
     v = jg.parse("p", raw, with_source=True)
