@@ -163,7 +163,7 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
             max_hallucination_rate=settings.eval_max_hallucination_rate,
             min_judge_score=settings.eval_min_judge_score,
         ),
-        judge=JudgeConfig(enabled=settings.eval_judge, model=settings.eval_judge_model, url=settings.eval_judge_url,
+        judge=JudgeConfig(enabled=settings.eval_judge, model=settings.eval_judge_model,
                           max_tokens=settings.eval_judge_max_tokens,
                           max_unparseable=settings.eval_judge_max_unparseable),
     )

@@ -167,7 +167,6 @@ def parse(prompt: str, raw: str, *, with_source: bool) -> JudgeVerdict:
 class JudgeConfig:
     enabled: bool = False  # whether evaluations are judged unless they say otherwise (JudgeChoice)
     model: str = ""  # the served model id; "": the serving target's base model
-    url: str = ""  # another serving engine's base URL; "": the serving target's engine
     max_tokens: int = 64
     max_unparseable: float = 0.2  # the largest share of a suite's verdicts that may be unparseable
 
