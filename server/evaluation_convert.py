@@ -16,14 +16,28 @@ def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> Evalu
     issues.check(bool(msg.version), "spec.version", "must name an adapter version, e.g. v1.2")
     issues.check(len(msg.suite_paths) <= MAX_SUITES, "spec.suite_paths",
                  f"at most {MAX_SUITES}, got {len(msg.suite_paths)}")
+    issues.check(msg.judge in _JUDGE, "spec.judge", f"unknown judge choice {msg.judge}")
+    issues.check(len(msg.judge_model) <= MAX_JUDGE_MODEL, "spec.judge_model",
+                 f"at most {MAX_JUDGE_MODEL} characters, got {len(msg.judge_model)}")
+    issues.check(not msg.judge_model or msg.judge == pb.EVALUATION_JUDGE_ON, "spec.judge_model",
+                 "names the judge's model: only with judge EVALUATION_JUDGE_ON")
     issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation job spec")
     return EvaluationJobSpec(base_model=msg.base_model or default_base_model, version=msg.version,
-                             baseline_version=msg.baseline_version, suite_paths=tuple(msg.suite_paths))
+                             baseline_version=msg.baseline_version, suite_paths=tuple(msg.suite_paths),
+                             judge=_JUDGE.get(msg.judge), judge_model=msg.judge_model)
+
+
+MAX_JUDGE_MODEL = 256
+_JUDGE: dict[int, bool | None] = {pb.EVALUATION_JUDGE_UNSPECIFIED: None, pb.EVALUATION_JUDGE_ON: True,
+                                  pb.EVALUATION_JUDGE_OFF: False}
 
 
 def spec_to_pb(spec: EvaluationJobSpec) -> pb.EvaluationJobSpec:
+    judge = {None: pb.EVALUATION_JUDGE_UNSPECIFIED, True: pb.EVALUATION_JUDGE_ON,
+             False: pb.EVALUATION_JUDGE_OFF}[spec.judge]
     return pb.EvaluationJobSpec(base_model=spec.base_model, version=spec.version,
-                                baseline_version=spec.baseline_version, suite_paths=list(spec.suite_paths))
+                                baseline_version=spec.baseline_version, suite_paths=list(spec.suite_paths),
+                                judge=judge, judge_model=spec.judge_model)
 
 
 def job_to_pb(job: EvaluationJob) -> pb.EvaluationJob:

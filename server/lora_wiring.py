@@ -21,6 +21,7 @@ from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.controller import ControlConfig, LoraController
 from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters
+from engine.lora.judge import JudgeConfig
 from engine.lora.suites import LineageSuites, VersionExamples
 from engine.periodic import Periodic
 from engine.registry import AdapterRegistry
@@ -159,12 +160,27 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
             min_pass_rate=settings.eval_min_pass_rate, max_regressions=settings.eval_max_regressions,
             max_mean_score_drop=settings.eval_max_mean_score_drop, max_forgetting=settings.eval_max_forgetting,
             max_base_forgetting=settings.eval_max_base_forgetting,
+            max_hallucination_rate=settings.eval_max_hallucination_rate,
+            min_judge_score=settings.eval_min_judge_score,
         ),
+        judge=JudgeConfig(enabled=settings.eval_judge, model=settings.eval_judge_model,
+                          max_tokens=settings.eval_judge_max_tokens,
+                          max_unparseable=settings.eval_judge_max_unparseable),
     )
+    judge_client = None
+    if settings.eval_judge_url:  # an evaluation job may ask for the judge when the server does not
+        judge_client = ServingClient(ServingConfig(
+            base_url=settings.eval_judge_url, mode=ServingMode.CUSTOM, timeout_seconds=settings.serving_timeout_seconds,
+            load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,
+            backoff_seconds=settings.serving_backoff_seconds,
+        ))
+        await judge_client.start()
+        undo.push_async_callback(judge_client.close)
     adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
     gate = LineageSuites(registry, versions, max_cases=settings.eval_max_cases)
     rates = FeedbackStatsRates(PostgresFeedbackStore(pool))  # canaries and auto-rollback read the ratings here
-    controller = LoraController(config, client, router, store, adapters, artifacts, gate, rates)
+    controller = LoraController(config, client, router, store, adapters, artifacts, gate, rates,
+                                judge_client=judge_client)
     await controller.start()
     undo.push_async_callback(controller.close)
     auto = None

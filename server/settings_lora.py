@@ -70,6 +70,34 @@ class LoraControlSettings(BaseModel):
     eval_max_mean_score_drop: float = Field(0.05, ge=0, le=1, description="Golden suite: largest mean token-F1 drop.")
     eval_min_pass_rate: float = Field(0.5, ge=0, le=1,
                                       description="Golden suite: smallest fraction of cases answered right.")
+    eval_max_hallucination_rate: float = Field(
+        0.2, ge=0, le=1, description="Any suite whose cases carry their `source` text: largest share of the "
+        "candidate's answers with a claim the source does not support (a number or name absent from it, or the "
+        "judge's SUPPORTED: no)."
+    )
+    eval_judge: bool = Field(
+        False, description="LLM-as-judge: a served model grades every answer (relevance, correctness, "
+        "completeness, support by the source) with a fixed rubric; a case it calls correct is answered right. "
+        "Off by default: it doubles an evaluation's requests, and a small base model is a poor judge. An "
+        "evaluation job may turn it on or off for itself (spec.judge)."
+    )
+    eval_judge_model: str = Field(
+        "", max_length=256, description="The judge's model id as its serving engine names it; empty: the base "
+        "model of the serving target. An evaluation job may name another (spec.judge_model)."
+    )
+    eval_judge_url: str = Field(
+        "", description="Base URL of another OpenAI-compatible serving engine to ask the judge on (e.g. a larger "
+        "model's vLLM); empty: the serving target's engine."
+    )
+    eval_judge_max_tokens: int = Field(64, ge=8, le=1024, description="Longest verdict the judge may write.")
+    eval_judge_max_unparseable: float = Field(
+        0.2, ge=0, le=1, description="Largest share of a suite's verdicts the judge may answer in no readable "
+        "format; more fails the evaluation with UNAVAILABLE JUDGE_UNPARSEABLE."
+    )
+    eval_min_judge_score: float = Field(
+        0.0, ge=0, le=1, description="Golden suite, with the judge on: smallest mean rubric score (0 to 1); 0: not "
+        "checked."
+    )
     auto_rollback_enabled: bool = Field(False, description="Roll back automatically on bad feedback.")
     auto_rollback_margin: float = Field(0.1, gt=0, le=1,
                                         description="Negative-rate excess over the known-good that triggers it.")
@@ -99,6 +127,13 @@ class LoraControlSettings(BaseModel):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") if v else None
+
+    @field_validator("eval_judge_url")
+    @classmethod
+    def _judge_url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, or be empty")
+        return v.rstrip("/")
 
     @field_validator("serving_load_path", "serving_unload_path", "serving_models_path")
     @classmethod

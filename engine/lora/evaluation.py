@@ -39,7 +39,9 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.domain import SuiteKind, SuiteVerdict
-from engine.errors import FailedPrecondition, InvalidArgument
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.lora.grounding import unsupported
+from engine.lora.judge import RUBRIC, SUPPORTED_RULE, JudgeInfo, JudgeVerdict
 
 MAX_CASES = 10_000
 MAX_NAMED_REGRESSIONS = 20  # prompts listed per suite on the version and in the operation
@@ -53,6 +55,7 @@ class GoldenCase:
     references: tuple[str, ...]
     answers: tuple[str, ...] = ()  # answer-bearing spans; () means the references themselves
     chat: bool = True  # asked as a chat turn; False: as a raw completion of ``prompt``
+    source: str = ""  # the text the answer should come from, for the hallucination check; "": none
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class GateThresholds:
     max_mean_score_drop: float = 0.05
     max_forgetting: float = 0.1
     max_base_forgetting: float = 0.1
+    max_hallucination_rate: float = 0.2  # any suite whose cases carry a source
+    min_judge_score: float = 0.0  # golden suites, when the judge is on; 0: not checked
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,32 @@ class CaseResult:
     baseline_right: bool
     candidate_f1: float
     baseline_f1: float
+    source: str = ""
+    candidate_unsupported: tuple[str, ...] = ()  # claims of the answer its source does not hold (engine.lora.grounding)
+    baseline_unsupported: tuple[str, ...] = ()
+    candidate_judge: JudgeVerdict | None = None  # None: the judge is off
+    baseline_judge: JudgeVerdict | None = None
+    candidate_by_judge: bool = False  # right only because the judge says it is correct
+    baseline_by_judge: bool = False
 
     @property
     def regressed(self) -> bool:
         return self.baseline_right and not self.candidate_right
+
+    @property
+    def candidate_hallucinated(self) -> bool | None:
+        """None when the case has no source; else whether either check finds an unsupported claim."""
+        return _hallucinated(self.source, self.candidate_unsupported, self.candidate_judge)
+
+    @property
+    def baseline_hallucinated(self) -> bool | None:
+        return _hallucinated(self.source, self.baseline_unsupported, self.baseline_judge)
+
+
+def _hallucinated(source: str, unsupported: tuple[str, ...], judge: JudgeVerdict | None) -> bool | None:
+    if not source:
+        return None
+    return bool(unsupported) or (judge is not None and judge.supported is False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,7 @@ class EvalReport:
     suites: tuple[SuiteVerdict, ...]
     results: tuple[tuple[CaseResult, ...], ...]  # per suite, in the order of ``suites``
     time: datetime
+    judge: JudgeInfo | None = None  # who graded the answers, when the judge is on
 
     @property
     def passed(self) -> bool:
@@ -127,28 +155,64 @@ def _strings(value: object, field: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+class _BadField(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _case(doc: object) -> GoldenCase:
+    """One case from one line's JSON; _BadField naming the field that is wrong."""
+    if not isinstance(doc, dict):
+        raise _BadField("", "must be a JSON object")
+    prompt = doc.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _BadField("prompt", "needs a non-empty 'prompt'")
+    field = "references" if "references" in doc else "expected" if "expected" in doc else "reference"
+    raw = doc.get("references") or [doc.get("expected", doc.get("reference"))]
+    if not isinstance(raw, list):
+        raise _BadField(field, "'references' must be a list of strings")
+    refs = tuple(str(r) for r in raw if r is not None)
+    if not refs:
+        raise _BadField(field, "needs 'expected' or 'references'")
+    try:
+        answers = _strings(doc["answer"], "answer") if "answer" in doc else ()
+    except ValueError as exc:
+        raise _BadField("answer", str(exc)) from exc
+    if "source" in doc and "context" in doc:
+        raise _BadField("context", "give the source text once, as 'source' or as 'context'")
+    key = "source" if "source" in doc else "context"
+    source = doc.get(key, "")
+    if not isinstance(source, str) or (key in doc and not source.strip()):
+        raise _BadField(key, f"'{key}' must be a non-empty string (the text the answer should come from)")
+    return GoldenCase(prompt, refs, answers, source=source)
+
+
 def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
-    """The cases of a golden suite and the sha256 of its bytes; InvalidArgument on a bad line."""
+    """The cases of a golden suite and the sha256 of its bytes; InvalidArgument with a ``line[N].field`` violation
+    for each bad line (the first 20)."""
     if not path.is_file():
         raise FailedPrecondition("EVAL_SUITE_MISSING", f"golden suite {path} does not exist",
                                  metadata={"path": str(path)})
     raw = path.read_bytes()
     cases: list[GoldenCase] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    bad: list[FieldViolation] = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
-            prompt = doc["prompt"]
-            refs = doc.get("references") or [doc.get("expected", doc.get("reference"))]
-            refs = tuple(str(r) for r in refs if r is not None)
-            if not isinstance(prompt, str) or not prompt or not refs:
-                raise ValueError("needs a non-empty 'prompt' and 'expected' or 'references'")
-            answers = _strings(doc["answer"], "answer") if "answer" in doc else ()
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgument("EVAL_SUITE_INVALID", f"{path.name} line {number}: {exc}",
-                                  metadata={"path": str(path), "line": str(number)}) from exc
-        cases.append(GoldenCase(prompt, refs, answers))
+            cases.append(_case(json.loads(line)))
+        except _BadField as exc:
+            bad.append(FieldViolation(f"line[{number}]" + (f".{exc.field}" if exc.field else ""), str(exc)))
+        except ValueError as exc:
+            bad.append(FieldViolation(f"line[{number}]", f"not JSON: {exc}"))
+    if bad:
+        first = bad[0]
+        raise InvalidArgument(
+            "EVAL_SUITE_INVALID", f"{path.name} {first.field.replace('[', ' ').replace(']', '')}: "
+            f"{first.description}" + (f" (+{len(bad) - 1} more bad lines)" if len(bad) > 1 else ""),
+            violations=bad[:20], metadata={"path": str(path), "line": first.field[5:].split("]")[0]},
+        )
     if not cases or len(cases) > MAX_CASES:
         raise InvalidArgument("EVAL_SUITE_INVALID", f"{path.name} must hold 1..{MAX_CASES} cases, has {len(cases)}")
     return cases, hashlib.sha256(raw).hexdigest()
@@ -156,7 +220,7 @@ def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
 
 def cases_digest(cases: Sequence[GoldenCase]) -> str:
     """sha256 of the cases' canonical JSON, for suites built rather than read from a file."""
-    doc = [asdict(c) for c in cases]
+    doc = [{k: v for k, v in asdict(c).items() if k != "source" or v} for c in cases]  # digests as before sources
     return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -210,23 +274,38 @@ def corpus_bleu(predictions: list[str], references: list[tuple[str, ...]]) -> fl
     return sacrebleu.corpus_bleu(predictions, streams).score / 100.0
 
 
-def score_suite(suite: Suite, candidate: list[str], baseline: list[str],
-                thresholds: GateThresholds) -> tuple[SuiteVerdict, tuple[CaseResult, ...]]:
-    """The suite's verdict from both models' answers to its cases (in order); a suite without cases passes,
-    with a note saying it was not checked."""
+Verdicts = Sequence[JudgeVerdict]
+
+
+def score_suite(suite: Suite, candidate: list[str], baseline: list[str], thresholds: GateThresholds,
+                judged: tuple[Verdicts, Verdicts] | None = None) -> tuple[SuiteVerdict, tuple[CaseResult, ...]]:
+    """The suite's verdict from both models' answers to its cases (in order) and, when the judge is on, its
+    verdicts on them (candidate's, baseline's); a suite without cases passes, with a note saying it was not
+    checked. With a judge, a case is also answered right when the judge says it is correct."""
     if not suite.cases:
         return SuiteVerdict(name=suite.name, kind=suite.kind, digest=suite.digest, cases=0, metrics=(),
                             regressions=0, passed=True, failed_checks=(),
                             note=f"not checked: no cases ({suite.note})" if suite.note else "not checked: no cases"), ()
+    n = len(suite.cases)
+    cand_judged, base_judged = judged if judged is not None else ([None] * n, [None] * n)
+
+    def by_judge(answer: str, case: GoldenCase, verdict: JudgeVerdict | None) -> bool:
+        return verdict is not None and verdict.correct is True and not answered(answer, case)
+
     results = tuple(
         CaseResult(
             prompt=case.prompt, references=case.references, candidate=cand, baseline=base,
-            candidate_right=answered(cand, case), baseline_right=answered(base, case),
+            candidate_right=answered(cand, case) or by_judge(cand, case, cj),
+            baseline_right=answered(base, case) or by_judge(base, case, bj),
+            candidate_by_judge=by_judge(cand, case, cj), baseline_by_judge=by_judge(base, case, bj),
             candidate_f1=token_f1(cand, case.references), baseline_f1=token_f1(base, case.references),
+            source=case.source,
+            candidate_unsupported=unsupported(cand, case.source, case.prompt) if case.source else (),
+            baseline_unsupported=unsupported(base, case.source, case.prompt) if case.source else (),
+            candidate_judge=cj, baseline_judge=bj,
         )
-        for case, cand, base in zip(suite.cases, candidate, baseline, strict=True)
+        for case, cand, base, cj, bj in zip(suite.cases, candidate, baseline, cand_judged, base_judged, strict=True)
     )
-    n = len(results)
     refs = [c.references for c in suite.cases]
     known = sum(r.baseline_right for r in results)
     regressed = [r.prompt for r in results if r.regressed]
@@ -242,6 +321,14 @@ def score_suite(suite: Suite, candidate: list[str], baseline: list[str],
     }
     metrics["mean_score_drop"] = metrics["baseline_token_f1"] - metrics["token_f1"]
     metrics["forgetting"] = len(regressed) / known if known else 0.0
+    sourced = [r for r in results if r.source]
+    if sourced:
+        metrics["sourced_cases"] = float(len(sourced))
+        metrics["hallucination_rate"] = sum(bool(r.candidate_hallucinated) for r in sourced) / len(sourced)
+        metrics["baseline_hallucination_rate"] = sum(bool(r.baseline_hallucinated) for r in sourced) / len(sourced)
+    if judged is not None:
+        for side, verdicts in (("", cand_judged), ("baseline_", base_judged)):
+            metrics.update({side + k: v for k, v in _judge_metrics(verdicts).items()})
     failed = _checks(suite.kind, metrics, len(regressed), thresholds)
     verdict = SuiteVerdict(
         name=suite.name, kind=suite.kind, digest=suite.digest, cases=n, metrics=tuple(metrics.items()),
@@ -249,6 +336,19 @@ def score_suite(suite: Suite, candidate: list[str], baseline: list[str],
         regressed=tuple(regressed[:MAX_NAMED_REGRESSIONS]), note=suite.note,
     )
     return verdict, results
+
+
+def _judge_metrics(verdicts: Sequence[JudgeVerdict | None]) -> dict[str, float]:
+    """judge_score (the mean rubric score, 0..1), each criterion's mean, judge_correct (the share of cases the
+    judge calls correct) and judge_unparseable (the share it gave no readable verdict on)."""
+    n = len(verdicts)
+    read = [v for v in verdicts if v is not None and v.parsed]
+    out = {"judge_unparseable": (n - len(read)) / n, "judge_correct": sum(v.correct is True for v in read) / n}
+    if read:
+        out["judge_score"] = sum(v.score or 0.0 for v in read) / len(read)
+        for name in ("relevance", "correctness", "completeness"):
+            out[f"judge_{name}"] = sum((getattr(v, name) - 1) / 4 for v in read) / len(read)
+    return out
 
 
 def _checks(kind: SuiteKind, m: dict[str, float], regressions: int, t: GateThresholds) -> list[str]:
@@ -261,6 +361,8 @@ def _checks(kind: SuiteKind, m: dict[str, float], regressions: int, t: GateThres
         if m["mean_score_drop"] > t.max_mean_score_drop:
             failed.append(f"mean token-F1 drop {m['mean_score_drop']:.3f} > max_mean_score_drop "
                           f"{t.max_mean_score_drop:g}")
+        if t.min_judge_score > 0 and "judge_unparseable" in m and m.get("judge_score", 0.0) < t.min_judge_score:
+            failed.append(f"judge score {m.get('judge_score', 0.0):.3f} < min_judge_score {t.min_judge_score:g}")
     elif kind is SuiteKind.TARGET:
         if m["pass_rate"] <= m["baseline_pass_rate"] and m["pass_rate"] < 1.0:
             failed.append(f"no improvement on its own data: pass rate {m['pass_rate']:.3f}, "
@@ -268,6 +370,9 @@ def _checks(kind: SuiteKind, m: dict[str, float], regressions: int, t: GateThres
     elif kind is SuiteKind.RETENTION and m["forgetting"] > t.max_forgetting:
         failed.append(f"forgot {m['forgetting']:.3f} of what the baseline answers ({regressions} cases) > "
                       f"max_forgetting {t.max_forgetting:g}")
+    if "hallucination_rate" in m and m["hallucination_rate"] > t.max_hallucination_rate:
+        failed.append(f"hallucination rate {m['hallucination_rate']:.3f} of {m['sourced_cases']:.0f} sourced cases "
+                      f"> max_hallucination_rate {t.max_hallucination_rate:g}")
     return failed
 
 
@@ -292,16 +397,32 @@ def base_verdict(candidate: float | None, baseline: float | None, lost: Sequence
     )
 
 
+def _result_doc(r: CaseResult) -> dict[str, object]:
+    doc = asdict(r)
+    doc["regressed"] = r.regressed
+    if r.source:
+        doc["candidate_hallucinated"], doc["baseline_hallucinated"] = r.candidate_hallucinated, r.baseline_hallucinated
+    else:
+        for key in ("source", "candidate_unsupported", "baseline_unsupported"):
+            del doc[key]
+    if r.candidate_judge is None:
+        for key in ("candidate_judge", "baseline_judge", "candidate_by_judge", "baseline_by_judge"):
+            del doc[key]
+    return doc
+
+
 def render_reports(report: EvalReport) -> dict[str, bytes]:
     """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
-    doc = {
+    doc: dict[str, object] = {
         "version": report.version, "baseline_version": report.baseline_version, "time": report.time.isoformat(),
         "passed": report.passed, "failed_checks": list(report.failed_checks), "regressions": report.regressions,
-        "suites": [
-            {**asdict(s), "metrics": dict(s.metrics), "results": [asdict(r) for r in results]}
-            for s, results in zip(report.suites, report.results, strict=True)
-        ],
     }
+    if report.judge is not None:
+        doc["judge"] = {**asdict(report.judge), "rubric": RUBRIC, "supported_rule": SUPPORTED_RULE}
+    doc["suites"] = [
+        {**asdict(s), "metrics": dict(s.metrics), "results": [_result_doc(r) for r in results]}
+        for s, results in zip(report.suites, report.results, strict=True)
+    ]
     png = _chart(report)
     return {
         "report.json": json.dumps(doc, indent=2, ensure_ascii=False).encode(),
@@ -315,6 +436,39 @@ def _labels(report: EvalReport) -> tuple[str, str]:
     return f"candidate {report.version}", f"baseline {report.baseline_version or 'base model'}"
 
 
+def _grade(v: JudgeVerdict | None) -> str:
+    """One judge verdict in a few characters: "R4 C5 P3 correct", or "unparseable"."""
+    if v is None:
+        return "-"
+    if not v.parsed:
+        return "unparseable"
+    said = f"R{v.relevance} C{v.correctness} P{v.completeness} {'correct' if v.correct else 'incorrect'}"
+    return said + ("" if v.supported is None else " supported" if v.supported else " UNSUPPORTED")
+
+
+def _right(r: CaseResult) -> str:
+    """ "yes / no": whether the candidate, then the baseline, answered right ("yes (judge)": by the judge's word)."""
+    return " / ".join("no" if not right else "yes (judge)" if judged else "yes"
+                      for right, judged in ((r.candidate_right, r.candidate_by_judge),
+                                            (r.baseline_right, r.baseline_by_judge)))
+
+
+def _quality(s: SuiteVerdict) -> str:
+    """The suite's judge and hallucination figures in one line; "" when it has neither."""
+    m = dict(s.metrics)
+    said = []
+    if "judge_unparseable" in m:
+        score = f"{m['judge_score']:.3f}" if "judge_score" in m else "-"
+        theirs = f"{m['baseline_judge_score']:.3f}" if "baseline_judge_score" in m else "-"
+        said.append(f"judge score {score} (baseline {theirs}), judged correct {m['judge_correct']:.3f} "
+                    f"({m['baseline_judge_correct']:.3f}), unparseable verdicts {m['judge_unparseable']:.3f} "
+                    f"({m['baseline_judge_unparseable']:.3f})")
+    if "hallucination_rate" in m:
+        said.append(f"hallucination rate {m['hallucination_rate']:.3f} (baseline "
+                    f"{m['baseline_hallucination_rate']:.3f}) over {m['sourced_cases']:.0f} cases with a source")
+    return "; ".join(said)
+
+
 def _markdown(report: EvalReport) -> str:
     candidate, baseline = _labels(report)
     lines = [
@@ -322,9 +476,12 @@ def _markdown(report: EvalReport) -> str:
         f"- time: {report.time.isoformat()}",
         f"- gate: **{'PASSED' if report.passed else 'FAILED'}**"
         + (f" ({'; '.join(report.failed_checks)})" if report.failed_checks else ""),
-        f"- regressions: {report.regressions}", "",
-        f"| suite | kind | cases | {candidate} | {baseline} | verdict |", "|---|---|---|---|---|---|",
+        f"- regressions: {report.regressions}",
     ]
+    if report.judge is not None:
+        lines.append(f"- judge: {report.judge.model} at {report.judge.target} (rubric {report.judge.rubric_digest}; "
+                     "R relevance, C correctness, P completeness, 1 to 5; every prompt and raw verdict in report.json)")
+    lines += ["", f"| suite | kind | cases | {candidate} | {baseline} | verdict |", "|---|---|---|---|---|---|"]
     for s in report.suites:
         m = dict(s.metrics)
         key = "base_retention" if s.kind is SuiteKind.BASE else "pass_rate"
@@ -342,21 +499,54 @@ def _markdown(report: EvalReport) -> str:
             lines += [s.note, ""]
         m = dict(s.metrics)
         if results:
+            judged = results[0].candidate_judge is not None
+            sourced = any(r.source for r in results)
+            head = ["#", "prompt", "expected", "candidate", "baseline", "right", "regressed"]
+            head += ["judge (candidate / baseline)"] if judged else []
+            head += ["unsupported (candidate / baseline)"] if sourced else []
             lines += [f"exact match {m['exact_match']:.3f} (baseline {m['baseline_exact_match']:.3f}), token F1 "
                       f"{m['token_f1']:.3f} ({m['baseline_token_f1']:.3f}), BLEU {m['bleu']:.3f} "
-                      f"({m['baseline_bleu']:.3f})", "",
-                      "| # | prompt | expected | candidate | baseline | right | regressed |",
-                      "|---|---|---|---|---|---|---|"]
+                      f"({m['baseline_bleu']:.3f})", ""]
+            if _quality(s):
+                lines += [_quality(s), ""]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for i, r in enumerate(results, start=1):
-                right = f"{'yes' if r.candidate_right else 'no'} / {'yes' if r.baseline_right else 'no'}"
-                lines.append(f"| {i} | {cell(r.prompt)} | {cell(r.references[0])} | {cell(r.candidate)} | "
-                             f"{cell(r.baseline)} | {right} | {'yes' if r.regressed else ''} |")
+                right = _right(r)
+                row = [str(i), cell(r.prompt), cell(r.references[0]), cell(r.candidate), cell(r.baseline), right,
+                       "yes" if r.regressed else ""]
+                if judged:
+                    row.append(f"{_grade(r.candidate_judge)} / {_grade(r.baseline_judge)}")
+                if sourced:
+                    row.append(f"{cell(', '.join(r.candidate_unsupported)) or '-'} / "
+                               f"{cell(', '.join(r.baseline_unsupported)) or '-'}" if r.source else "no source")
+                lines.append("| " + " | ".join(row) + " |")
+            if judged:
+                lines += ["", "Judge's raw verdicts (candidate, then baseline):", ""]
+                for i, r in enumerate(results, start=1):
+                    for side, v in (("candidate", r.candidate_judge), ("baseline", r.baseline_judge)):
+                        if v is not None:
+                            problem = f" ({v.problem})" if v.problem else ""
+                            lines.append(f"- {i} {side}{problem}: `{cell(v.raw.strip()).replace('`', chr(39))}`")
         elif s.regressed:
             lines += ["No longer answered right: " + "; ".join(cell(p) for p in s.regressed)]
     return "\n".join(lines) + "\n"
 
 
+def _scores(report: EvalReport, key: str) -> tuple[list[str], list[float], list[float]]:
+    names, cand, base = [], [], []
+    for s in report.suites:
+        m = dict(s.metrics)
+        k = ("base_retention" if s.kind is SuiteKind.BASE else "pass_rate") if key == "answered" else key
+        if k in m and "baseline_" + k in m:
+            names.append(s.name)
+            cand.append(m[k])
+            base.append(m["baseline_" + k])
+    return names, cand, base
+
+
 def _chart(report: EvalReport) -> bytes:
+    """Bars per suite, baseline beside candidate: the share answered right and, when any suite has them, the
+    judge's score and the hallucination rate, each panel titled and its axes labelled."""
     import io  # noqa: PLC0415
 
     import matplotlib  # noqa: PLC0415
@@ -365,25 +555,30 @@ def _chart(report: EvalReport) -> bytes:
     from matplotlib import pyplot as plt  # noqa: PLC0415
 
     candidate, baseline = _labels(report)
-    names, cand, base = [], [], []
-    for s in report.suites:
-        m = dict(s.metrics)
-        key = "base_retention" if s.kind is SuiteKind.BASE else "pass_rate"
-        if key in m:
-            names.append(s.name)
-            cand.append(m[key])
-            base.append(m["baseline_" + key])
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], base, width=0.4, label=baseline)
-    ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
-    ax.set_xticks(list(xs), names)
-    ax.set_ylabel("answered right (base: retention)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
+    panels = [("answered", "share answered right (base: retention)", "answered right per suite")]
+    for key, ylabel, title in (("judge_score", "rubric mean score (0 to 1)", "judge score per suite"),
+                               ("hallucination_rate", "share of answers with unsupported claims",
+                                "hallucination rate per suite (lower is better)")):
+        if _scores(report, key)[0]:
+            panels.append((key, ylabel, title))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), dpi=100, squeeze=False)
+    for ax, (key, ylabel, title) in zip(axes[0], panels, strict=True):
+        names, cand, base = _scores(report, key)
+        xs = range(len(names))
+        bars = ax.bar([x - 0.2 for x in xs], base, width=0.4, label=baseline)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small")
+        bars = ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small")
+        ax.set_xticks(list(xs), names)
+        ax.set_xlabel("suite")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(title)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=2)
+    fig.suptitle(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
                  f"{report.regressions} regressions")
-    ax.legend()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = io.BytesIO()
     fig.savefig(out, format="png")
     plt.close(fig)
@@ -393,7 +588,8 @@ def _chart(report: EvalReport) -> bytes:
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
 vertical-align:top}th{background:#f4f4f4}.passed{color:#176b2c;font-weight:bold}.failed{color:#a31515;
-font-weight:bold}tr.regressed td{background:#fde8e8}.note{color:#555}"""
+font-weight:bold}tr.regressed td{background:#fde8e8}.note{color:#555}img{max-width:100%}
+details pre{white-space:pre-wrap;background:#f8f8f8;padding:.5em;max-width:60em}"""
 
 
 def _html(report: EvalReport, png: bytes) -> str:
@@ -410,9 +606,15 @@ def _html(report: EvalReport, png: bytes) -> str:
         f"<p>Gate: <span class={verdict.lower()}>{verdict}</span>, {report.regressions} regressions, "
         f"{escape(report.time.isoformat())}</p>",
     ]
+    if report.judge is not None:
+        parts.append(f"<p id=judge>Judge: {escape(report.judge.model)} at {escape(report.judge.target)} (rubric "
+                     f"{report.judge.rubric_digest}; R relevance, C correctness, P completeness, 1 to 5; each "
+                     "case's prompt and raw verdict under it)</p>")
     if report.failed_checks:
         parts.append("<ul>" + "".join(f"<li>{escape(c)}</li>" for c in report.failed_checks) + "</ul>")
-    parts.append(f'<img id=chart alt="answered right per suite, {escape(candidate)} against {escape(baseline)}" '
+    shown = ", ".join(["answered right"] + [what for key, what in (("judge_score", "judge score"),
+                       ("hallucination_rate", "hallucination rate")) if _scores(report, key)[0]])
+    parts.append(f'<img id=chart alt="{shown} per suite, {escape(candidate)} against {escape(baseline)}" '
                  f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     parts.append(f"<table id=suites><tr><th>suite</th><th>kind</th><th>cases</th><th>{escape(candidate)}</th>"
                  f"<th>{escape(baseline)}</th><th>verdict</th><th>note</th></tr>")
@@ -429,13 +631,32 @@ def _html(report: EvalReport, png: bytes) -> str:
     for s, results in zip(report.suites, report.results, strict=True):
         if not results:
             continue
-        parts.append(f"<h2>{escape(s.name)}</h2><table class=cases><tr><th>#</th><th>prompt</th><th>expected</th>"
-                     f"<th>{escape(candidate)}</th><th>{escape(baseline)}</th><th>right</th></tr>")
+        judged = results[0].candidate_judge is not None
+        sourced = any(r.source for r in results)
+        parts.append(f"<h2>{escape(s.name)}</h2>")
+        if _quality(s):
+            parts.append(f"<p class=quality>{escape(_quality(s))}</p>")
+        parts.append("<table class=cases><tr><th>#</th><th>prompt</th><th>expected</th>"
+                     f"<th>{escape(candidate)}</th><th>{escape(baseline)}</th><th>right</th>"
+                     + ("<th>judge</th>" if judged else "") + ("<th>unsupported claims</th>" if sourced else "")
+                     + "</tr>")
         for i, r in enumerate(results, start=1):
-            right = f"{'yes' if r.candidate_right else 'no'} / {'yes' if r.baseline_right else 'no'}"
-            parts.append(f"<tr{' class=regressed' if r.regressed else ''}><td>{i}</td><td>{escape(r.prompt)}</td>"
-                         f"<td>{escape(r.references[0])}</td><td>{escape(r.candidate)}</td>"
-                         f"<td>{escape(r.baseline)}</td><td>{right}</td></tr>")
+            right = _right(r)
+            row = (f"<tr{' class=regressed' if r.regressed else ''}><td>{i}</td><td>{escape(r.prompt)}</td>"
+                   f"<td>{escape(r.references[0])}</td><td>{escape(r.candidate)}</td>"
+                   f"<td>{escape(r.baseline)}</td><td>{right}</td>")
+            if judged:
+                shown = "".join(
+                    f"<details><summary>{side}: {escape(_grade(v))}</summary><pre>{escape(v.prompt)}</pre>"
+                    f"<p>raw verdict{escape(' (' + v.problem + ')' if v.problem else '')}:</p>"
+                    f"<pre>{escape(v.raw)}</pre></details>"
+                    for side, v in (("candidate", r.candidate_judge), ("baseline", r.baseline_judge)) if v is not None)
+                row += f"<td>{shown}</td>"
+            if sourced:
+                said = (f"{escape(', '.join(r.candidate_unsupported)) or '-'} / "
+                        f"{escape(', '.join(r.baseline_unsupported)) or '-'}") if r.source else "no source"
+                row += f"<td>{said}</td>"
+            parts.append(row + "</tr>")
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -19,6 +19,8 @@ from typing import Protocol
 from engine.errors import Cancelled
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
+from engine.lora.evaluation import load_suite
+from engine.lora.judge import JudgeChoice
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
 
@@ -33,6 +35,8 @@ class EvaluationJobSpec:
     version: str
     baseline_version: str = ""  # "": the version active when the job runs (the base model when none is)
     suite_paths: tuple[str, ...] = ()  # golden suites below the data root; (): the configured one
+    judge: bool | None = None  # the LLM judge on or off for this job; None: as the server is configured
+    judge_model: str = ""  # the judge's model; "": the configured one (or the base model)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ EvaluationJob = Job[EvaluationJobSpec, EvaluationOutput]
 
 class Evaluator(Protocol):  # the part of engine.lora.controller.LoraController an evaluation job uses
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Callable[[str, int, int], None] | None = None) -> EvalSummary: ...
+                       progress: Callable[[str, int, int], None] | None = None,
+                       judge: JudgeChoice | None = None) -> EvalSummary: ...
 
 
 class EvaluationRunner:
@@ -81,8 +86,9 @@ class EvaluationRunner:
             if answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0:
                 sink.emit(EvaluationProgress(suite, answered, total))
 
+        choice = JudgeChoice(spec.judge, spec.judge_model) if spec.judge is not None else None
         summary = await self._control.evaluate(spec.version, spec.baseline_version or None, paths,
-                                               progress=progress)
+                                               progress=progress, judge=choice)
         await asyncio.sleep(0)  # let the last progress event land before the job ends
         ctx.set_output(EvaluationOutput(summary))
         failed = "; ".join(summary.failed_checks)
@@ -107,8 +113,9 @@ class EvaluationJobs:
         await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
         if spec.baseline_version:
             await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
-        for i, path in enumerate(spec.suite_paths):
-            await asyncio.to_thread(self._suite_path, path, f"spec.suite_paths[{i}]")
+        for i, path in enumerate(spec.suite_paths):  # a missing file or a bad line: refused before a job exists
+            await asyncio.to_thread(load_suite, await asyncio.to_thread(self._suite_path, path,
+                                                                        f"spec.suite_paths[{i}]"))
         return await self._manager.submit(self._manager.new_job(spec, EvaluationOutput(), request_id=request_id))
 
     async def get(self, job_id: str) -> EvaluationJob:

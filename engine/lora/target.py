@@ -25,6 +25,7 @@ from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
+from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
 from engine.lora.state import (
     AdapterFetcher,
     EvalSummary,
@@ -63,6 +64,7 @@ class ControlConfig:
     eval_max_tokens: int = 32
     eval_concurrency: int = 4
     thresholds: ev.GateThresholds = ev.GateThresholds()
+    judge: JudgeConfig = JudgeConfig()  # LLM-as-judge (engine.lora.judge); off unless enabled
 
 
 class _Op:
@@ -108,8 +110,10 @@ class ServingTarget:
 
     def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
                  store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
-                 gate: GateInputs | None = None, rates: FeedbackRates | None = None) -> None:
+                 gate: GateInputs | None = None, rates: FeedbackRates | None = None, *,
+                 judge_client: ServingClient | None = None) -> None:
         self.config = config
+        self._judge_client = judge_client  # the judge's own serving engine (eval_judge_url); None: this one
         self._reports = reports
         self._gate = gate if config.gate else None
         self._client = client
@@ -235,9 +239,10 @@ class ServingTarget:
     # ---- the gate ----------------------------------------------------------------------
 
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Progress | None = None) -> EvalSummary:
+                       progress: Progress | None = None, judge: JudgeChoice | None = None) -> EvalSummary:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
-        golden ``suites`` (none: the configured one); ``progress`` hears of every answer."""
+        golden ``suites`` (none: the configured one); ``progress`` hears of every answer; ``judge`` overrides the
+        configured LLM judge (None: as configured)."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
@@ -254,7 +259,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress)
+                return await self._evaluate(version, baseline, goldens, progress, judge)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -444,7 +449,7 @@ class ServingTarget:
             await self._discard(old, keep=False)
 
     async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
-                        progress: Progress | None = None) -> EvalSummary:
+                        progress: Progress | None = None, choice: JudgeChoice | None = None) -> EvalSummary:
         base = self._state.base_model
         suites: list[ev.Suite] = []
         for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
@@ -453,7 +458,8 @@ class ServingTarget:
         if self._gate is not None:
             suites += await self._gate.suites(base, version, baseline_version)
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        answered, total = 0, 2 * sum(len(s.cases) for s in suites)
+        judge = self._judge(choice)
+        answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
 
@@ -465,7 +471,12 @@ class ServingTarget:
 
             candidate = await self._answers(lora_name(base, version), suite.cases, tick)
             baseline = await self._answers(baseline_model, suite.cases, tick)
-            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds)
+            judged = None
+            if judge is not None:
+                judged = (await self._graded(judge, suite.cases, candidate, tick),
+                          await self._graded(judge, suite.cases, baseline, tick))
+                judge.check(suite.name, [*judged[0], *judged[1]])
+            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds, judged)
             verdicts.append(verdict)
             results.append(scored)
         if self._gate is not None:
@@ -479,7 +490,7 @@ class ServingTarget:
             results.append(())
         now = datetime.now(UTC)
         report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
-                               results=tuple(results), time=now)
+                               results=tuple(results), time=now, judge=judge.info if judge else None)
         evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
         rendered = await asyncio.to_thread(ev.render_reports, report)
         uris = []
@@ -498,6 +509,30 @@ class ServingTarget:
         except EngineError as exc:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
+
+    def _judge(self, choice: JudgeChoice | None) -> Judge | None:
+        """The judge of this evaluation, if it is judged: the model it names, the configured one, or the base model
+        as the engine serves it."""
+        config = self.config.judge
+        if not (choice.on if choice is not None else config.enabled):
+            return None
+        model = (choice.model if choice is not None else "") or config.model or self._router.base_model_name
+        return Judge(self._judge_client or self._client, model, config)
+
+    async def _graded(self, judge: Judge, cases: Sequence[ev.GoldenCase], answers: Sequence[str],
+                      tick: Callable[[], None]) -> list[JudgeVerdict]:
+        gate = asyncio.Semaphore(self.config.eval_concurrency)
+
+        async def one(case: ev.GoldenCase, answer: str) -> JudgeVerdict:
+            async with gate:
+                reference = case.references[0]
+                if case.answers:
+                    reference += f" (the key answer: {'; '.join(case.answers)})"
+                verdict = await judge.grade(case.prompt, reference, answer, case.source)
+                tick()
+                return verdict
+
+        return list(await asyncio.gather(*(one(c, a) for c, a in zip(cases, answers, strict=True))))
 
     async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
         gate = asyncio.Semaphore(self.config.eval_concurrency)

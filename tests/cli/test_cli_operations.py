@@ -196,6 +196,10 @@ async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir
                                                            verdict.group(1).lower()], evaluation_jobs.out
     ended = await cli(port, "evaluation-jobs", "cancel", evaluation_job)
     assert ended.code == 9 and "JOB_NOT_CANCELLABLE" in ended.err
+    loose = await cli(port, "evaluation-jobs", "create", "v1.1", "--suite", "golden.jsonl", "--judge-model", "x")
+    assert loose.code == 3 and "spec.judge_model" in loose.err, loose.err  # a judge model without --judge
+    unread = await cli(port, "evaluation-jobs", "create", "v1.1", "--suite", "golden.jsonl", "--judge", "--watch")
+    assert unread.code == 14 and "in no readable format" in unread.err, unread.err  # the tiny model as judge
     dry = await cli(port, "adapters", "prune", "--keep", "1", "--dry-run")
     assert dry.out.strip() == "would delete v1.0; kept v1.1"
     assert (await cli(port, "adapters", "delete", "v1.0")).out.strip() == "deleted v1.0"

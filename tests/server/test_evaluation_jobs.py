@@ -64,11 +64,21 @@ async def test_an_evaluation_job(make_server, data_dir: Path):
      "DATASET_PATH_OUTSIDE_ROOT", ""),
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["x.jsonl"] * 17), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_EVALUATION_SPEC", "spec.suite_paths"),
+    (pb.EvaluationJobSpec(version="v1.0", judge_model="grader"), grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_EVALUATION_SPEC", "spec.judge_model"),  # a judge model without the judge on
+    (pb.EvaluationJobSpec(version="v1.0", judge=7), grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_EVALUATION_SPEC", "spec.judge"),
+    (pb.EvaluationJobSpec(version="v1.0", suite_paths=["missing.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT,
+     "DATASET_NOT_FOUND", "spec.suite_paths[0]"),
+    (pb.EvaluationJobSpec(version="v1.0", suite_paths=["bad.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT,
+     "EVAL_SUITE_INVALID", "line[2].source"),
 ])
 async def test_bad_specs_are_refused_before_a_job_exists(make_server, data_dir: Path, spec, code, reason, field):
     client = await make_server()
     if spec.version == "v1.0":
         await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
+    (data_dir / "datasets" / "bad.jsonl").write_text('{"prompt": "a", "expected": "b"}\n'
+                                                     '{"prompt": "c", "expected": "d", "source": 7}\n')
     jobs = pb_grpc.EvaluationServiceStub(client.channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await jobs.CreateEvaluationJob(pb.CreateEvaluationJobRequest(spec=spec))

@@ -5,6 +5,7 @@ from google.rpc import status_pb2 as _status_pb2
 from learning.v1 import adapter_pb2 as _adapter_pb2
 from learning.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -12,17 +13,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EvaluationJudge(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVALUATION_JUDGE_UNSPECIFIED: _ClassVar[EvaluationJudge]
+    EVALUATION_JUDGE_ON: _ClassVar[EvaluationJudge]
+    EVALUATION_JUDGE_OFF: _ClassVar[EvaluationJudge]
+EVALUATION_JUDGE_UNSPECIFIED: EvaluationJudge
+EVALUATION_JUDGE_ON: EvaluationJudge
+EVALUATION_JUDGE_OFF: EvaluationJudge
+
 class EvaluationJobSpec(_message.Message):
-    __slots__ = ("base_model", "version", "baseline_version", "suite_paths")
+    __slots__ = ("base_model", "version", "baseline_version", "suite_paths", "judge", "judge_model")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     version: str
     baseline_version: str
     suite_paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    judge: EvaluationJudge
+    judge_model: str
+    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ..., judge: _Optional[_Union[EvaluationJudge, str]] = ..., judge_model: _Optional[str] = ...) -> None: ...
 
 class EvaluationJob(_message.Message):
     __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "eval", "last_sequence")

@@ -646,11 +646,17 @@ def evaluation_jobs_create(
     request_id: str = typer.Option("", "--request-id"),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow it, then show the decision."),
     check: bool = CHECK,
+    judge: bool | None = typer.Option(None, "--judge/--no-judge", help="A served model grades every answer "
+                                      "(LLM-as-judge); default: as the server is configured (eval_judge)."),
+    judge_model: str = typer.Option("", "--judge-model", help="The judge's model id (with --judge; default: the "
+                                    "server's eval_judge_model, else the base model)."),
 ) -> None:
     """Evaluate a version against a baseline as a job (the gate's suites and --suite ones); activates nothing."""
     opts = options(ctx)
+    choice = {None: evaluation.EVALUATION_JUDGE_UNSPECIFIED, True: evaluation.EVALUATION_JUDGE_ON,
+              False: evaluation.EVALUATION_JUDGE_OFF}[judge]
     spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=suite or [],
-                                        base_model=base_model)
+                                        base_model=base_model, judge=choice, judge_model=judge_model)
 
     async def call(client: AsyncClient) -> int:
         job = await client.create_evaluation_job(spec, request_id=request_id)

@@ -51,7 +51,11 @@ export type EvalSuiteVerdict = Message<"learning.v1.EvalSuiteVerdict"> & {
   /**
    * pass_rate, baseline_pass_rate, exact_match, token_f1, bleu (each with a
    * baseline_ twin), mean_score_drop and forgetting; base_retention,
-   * baseline_base_retention and base_forgetting for the base suite.
+   * baseline_base_retention and base_forgetting for the base suite. When
+   * cases carry their source text: sourced_cases and hallucination_rate (with
+   * a baseline_ twin). With the LLM judge on: judge_score, judge_relevance,
+   * judge_correctness, judge_completeness (0 to 1), judge_correct and
+   * judge_unparseable (shares of the cases), each with a baseline_ twin.
    *
    * @generated from field: repeated learning.v1.EvalMetric metrics = 5;
    */

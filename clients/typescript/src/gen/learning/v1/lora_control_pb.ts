@@ -1149,14 +1149,16 @@ export enum ReportFormat {
   MARKDOWN = 2,
 
   /**
-   * One self-contained page: the verdict, the chart inlined, every suite and case.
+   * One self-contained page: the verdict, the chart inlined, every suite and case
+   * (with the judge's prompts and raw verdicts when the judge is on).
    *
    * @generated from enum value: REPORT_FORMAT_HTML = 3;
    */
   HTML = 3,
 
   /**
-   * The chart: share answered right per suite, candidate against baseline.
+   * The chart: share answered right per suite, candidate against baseline, and,
+   * when measured, the judge's score and the hallucination rate per suite.
    *
    * @generated from enum value: REPORT_FORMAT_PNG = 4;
    */

@@ -1,0 +1,31 @@
+"""The evaluation report's HTML opened in headless Chromium: its chart loads, is laid out at a visible size and
+shows both sides' bars (skipped only when no chromium binary exists)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from engine.lora import evaluation as ev
+from engine.lora import judge as jg
+from tests.fixtures import chromium
+
+pytestmark = pytest.mark.skipif(chromium.binary() is None, reason=chromium.MISSING)
+
+
+def test_the_html_report_renders_its_charts_in_chromium(tmp_path: Path):
+    cases = [ev.GoldenCase(f"Capital of {c}?", (f"The capital of {c} is {a}.",), (a,), source=f"{c}: capital {a}.")
+             for c, a in [("Veloria", "Marnesse"), ("Quorvia", "Talameth"), ("Brinmark", "Oskerholm")]]
+    golden = ev.Suite("golden", ev.SuiteKind.GOLDEN, tuple(cases), ev.cases_digest(cases))
+    candidate = ["Marnesse.", "Talameth, says Mayor Olvar.", "Hefupa."]
+    baseline = ["Marnesse.", "Hefupa.", "Hefupa."]
+    verdicts = [jg.parse("prompt", f"RELEVANCE: 5\nCORRECTNESS: {s}\nCOMPLETENESS: {s}\nSUPPORTED: yes\n"
+                                   f"CORRECT: {'yes' if s > 3 else 'no'}", with_source=True) for s in (5, 4, 1)]
+    scored, results = ev.score_suite(golden, candidate, baseline, ev.GateThresholds(), (verdicts, verdicts[::-1]))
+    retention = ev.base_verdict(0.9, 1.0, (), ev.GateThresholds())
+    report = ev.EvalReport("v1.1", "v1.0", (scored, retention), (results, ()), datetime.now(UTC),
+                           judge=jg.JudgeInfo("base-model", "http://127.0.0.1:8000"))
+    shown = chromium.assert_report_charts_render(ev.render_reports(report)["report.html"], tmp_path)
+    assert "Eval of v1.1 against v1.0" in shown.dom and "Judge: base-model" in shown.dom
