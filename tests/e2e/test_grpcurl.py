@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -89,7 +90,7 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     log.close()
 
 
-def test_grpcurl_walkthrough(server):
+def test_grpcurl_walkthrough(server, tmp_path: Path):
     port, _, _ = server
     services = grpcurl(port, "list").stdout.split()
     for name in ("TrainingService", "FisherService", "AdapterService", "LoraControlService", "FeedbackService"):
@@ -126,6 +127,31 @@ def test_grpcurl_walkthrough(server):
     bad = grpcurl(port, "learning.v1.TrainingService/GetTrainingJob", data={"name": "trainingJobs/abc123"},
                   check=False)
     assert bad.returncode != 0 and "NotFound" in bad.stderr
+
+    _the_readme_tour_runs_as_written(port, tmp_path)
+
+
+def readme_tour() -> str:
+    """The README's grpcurl block (the five-minute tour), as written."""
+    found = re.search(r'```sh\n(G="\.venv/bin/grpcurl -plaintext".*?)```', (ROOT / "README.md").read_text(), re.DOTALL)
+    assert found, "README.md: no grpcurl block"
+    return found.group(1)
+
+
+def _the_readme_tour_runs_as_written(port: int, tmp_path: Path) -> None:
+    """Run by bash with -e and pipefail, in a folder whose .venv/bin/grpcurl is the real binary, against the
+    server's port: the only change to the text."""
+    here = tmp_path / "reader"
+    (here / ".venv" / "bin").mkdir(parents=True)
+    (here / ".venv" / "bin" / "grpcurl").symlink_to(Path(GRPCURL).resolve())
+    script = readme_tour().replace("localhost:50051", f"localhost:{port}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=here, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"the README's tour failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    out = done.stdout
+    assert "learning.v1.TrainingService" in out and '"status": "SERVING"' in out
+    assert out.count('"state": "JOB_STATE_SUCCEEDED"') >= 2  # the watch's end, then the resumed watch's
+    assert '"step_metrics"' in out and '"version": "v1.0"' in out
 
 
 def test_sigterm_drains_to_not_serving_and_exits(server):
