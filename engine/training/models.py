@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.training.kernels import apply_kernels
-from engine.training.spec import Precision, Quantization
+from engine.training.spec import Hyperparameters, Precision, Quantization, Sharding
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,35 @@ def device_count(requested: int) -> int:
             metadata={"requested": str(requested), "available": str(available)},
         )
     return requested
+
+
+def check_sharding(hp: Hyperparameters, objective: Objective, devices: int | None = None) -> None:
+    """FailedPrecondition for a sharded (FSDP) job that cannot run: on a quantized base, with KTO, or (when
+    ``devices`` is known: the number the job resolved to on its worker) on fewer than two devices."""
+    if hp.sharding is not Sharding.FSDP:
+        return
+    if hp.quantization is not Quantization.NONE:
+        raise FailedPrecondition(
+            "FSDP_QUANTIZED_BASE",
+            f"sharding FSDP needs an unquantized base; quantization {hp.quantization.value} loads it through "
+            "bitsandbytes, whose 4/8-bit weights are not sharded here: use sharding NONE (each device holds the "
+            "quantized base) or quantization NONE",
+            metadata={"quantization": hp.quantization.value},
+        )
+    if objective is Objective.KTO:
+        raise FailedPrecondition(
+            "FSDP_OBJECTIVE_UNSUPPORTED",
+            "sharding FSDP trains the SFT objective only: KTO estimates its reference point on each process's "
+            "share of a step, which a sharded run pads to keep its processes in step; use sharding NONE",
+            metadata={"objective": objective.value},
+        )
+    if devices is not None and devices < 2:
+        raise FailedPrecondition(
+            "FSDP_NEEDS_SEVERAL_DEVICES",
+            f"sharding FSDP splits the model across devices, and this job trains on {devices}: set num_devices to "
+            "2 or more on a worker with that many GPUs, or sharding NONE",
+            metadata={"devices": str(devices)},
+        )
 
 
 def select_device(precision: Precision, *, require_cuda: bool = False) -> DevicePlan:

@@ -15,12 +15,15 @@ from accelerate.commands.launch import launch_command_parser
 from safetensors.torch import load_file
 
 from engine.errors import Cancelled
+from engine.jobs.core import Noticed
 from engine.jobs.ports import CancelToken, StopReason
 from engine.training.batching import StepBatch
-from engine.training.distributed import RankGroup, launch_arguments, run_distributed
+from engine.training.datasets import IGNORE_INDEX, EncodedExample
+from engine.training.distributed import RankGroup, ShardedGroup, launch_arguments, run_distributed
 from engine.training.models import DevicePlan, select_device
+from engine.training.objectives import WeightedSft
 from engine.training.recipe import Checkpointing, TrainingRun, run_training
-from engine.training.spec import Precision, StepMetrics
+from engine.training.spec import Precision, Sharding, StepMetrics
 from tests.engine.test_training import RecordingSink, examples, make_run
 
 
@@ -62,12 +65,13 @@ class PauseAfter(RecordingSink):
             self.cancel.cancel(StopReason.PAUSE)
 
 
-def checkpointed(run: TrainingRun, kept: dict[int, Path], root: Path, resume_from: Path | None = None) -> TrainingRun:
+def checkpointed(run: TrainingRun, kept: dict[int, Path], root: Path, resume_from: Path | None = None,
+                 every_steps: int = 0) -> TrainingRun:
     def save(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
         kept[step] = shutil.copytree(state_dir, root / f"kept-{step}")
 
-    return replace(run, checkpointing=Checkpointing(every_steps=0, every_seconds=0, scratch_dir=root / "scratch",
-                                                    save=save, resume_from=resume_from))
+    return replace(run, checkpointing=Checkpointing(every_steps=every_steps, every_seconds=0,
+                                                    scratch_dir=root / "scratch", save=save, resume_from=resume_from))
 
 
 def two_devices() -> DevicePlan:
@@ -105,4 +109,132 @@ def test_two_processes_take_one_processs_steps_and_pause_into_a_checkpoint_one_p
     assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in alone.steps[len(paused) :]], abs=1e-5)
     single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
+
+
+# ---- sharded (FSDP) runs ------------------------------------------------------------------------
+
+
+def test_sharded_launch_asks_accelerate_for_fsdp2_per_decoder_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    args = launch_command_parser().parse_args(
+        [*launch_arguments(processes=2, device="cuda", port=1234, sharding=Sharding.FSDP), "RUN"])
+    assert (args.use_fsdp, args.num_processes, args.training_script_args) == (True, 2, ["RUN"])
+    environment = prepare_multi_gpu_env(args)  # what the launcher gives every process
+    for key, value in environment.items():
+        if key.startswith(("FSDP_", "ACCELERATE_USE_FSDP")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()  # as each process builds it (engine.training.sharding.fsdp_plugin)
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True and plugin.cpu_offload.__class__.__name__ \
+        == "OffloadPolicy"  # no offload: the plain policy
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy  # one unit per _no_split_modules layer
+    plain = launch_command_parser().parse_args([*launch_arguments(processes=2, device="cuda", port=1234), "RUN"])
+    assert plain.multi_gpu and not plain.use_fsdp
+
+
+def test_sharded_shares_keep_every_process_in_step() -> None:
+    data = [EncodedExample([5, 6, 7], [IGNORE_INDEX, 6, 7], weight=2.0 if i == 4 else 1.0) for i in range(7)]
+    step = StepBatch(data[:7], list(range(7)), micro_size=5)  # micro-batches of 5 and 2
+    shares = [ShardedGroup(rank, 3, "cpu", Path("/x")).shard(step) for rank in range(3)]
+    assert all(len(share.micro_batches) == 2 and share.micro_size == 2 for share in shares)
+    real = sorted(i for share in shares for i, e in zip(share.indices, share.examples, strict=True) if e.weight)
+    assert real == list(range(7)), "every example once, with its weight"
+    assert [[e.weight for e in share.examples] for share in shares] == [
+        [1.0, 1.0, 1.0], [1.0, 2.0, 1.0], [1.0, 0.0, 0.0]]  # the third has 1 of the first, 0 of the second
+    assert WeightedSft().step_weight(shares[2]) == 1.0
+
+
+def lora_penalty(model_dir: Path, space: str, seed: int = 3):
+    """An EWC penalty against an anchor near the fresh adapter, with a random Fisher diagonal."""
+    from engine.continual.ewc import EwcPenalty
+    from engine.continual.ewc_product import ProductEwcPenalty
+    from engine.continual.fisher import lora_pairs, trainable_parameters
+    from engine.training.recipe import load_for_training
+
+    loaded = load_for_training(make_run(model_dir, Path("/unused")), select_device(Precision.FP32))
+    params = {n: p.detach().cpu() for n, p in trainable_parameters(loaded.model).items()}
+    generator = torch.Generator().manual_seed(seed)
+    anchor = {n: p + 0.05 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
+    if space == "product":
+        fisher = {prefix: torch.rand((pair["B"].shape[0], pair["A"].shape[1]), generator=generator)
+                  for prefix, pair in lora_pairs(params.items()).items()}
+        return ProductEwcPenalty(fisher, anchor, ewc_lambda=5.0)
+    return EwcPenalty({n: torch.rand(p.shape, generator=generator) for n, p in params.items()}, anchor, 50.0)
+
+
+FSDP_SETTINGS = {"epochs": 8, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 2e-2,
+                 "max_grad_norm": 0.5}
+
+
+def sharded_notice(sink: RecordingSink) -> str:
+    notices = [e.message for e in sink.events if isinstance(e, Noticed) and e.code == "SHARDED"]
+    assert notices, "the processes did not report their model sharded"
+    return notices[0]
+
+
+@pytest.mark.model
+def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Steps of five examples (one weighs 2) in micro-batches of 3 and 2 (shares of 2 | 1 and a filler, then
+    # 1 | 1), an EWC penalty (per parameter, computed on each process's shards) on every step, clipping that
+    # binds; the sharded run starts from one process's checkpoint and saves the adapter itself.
+    penalty = lora_penalty(tiny_model_dir, "parameters")
+    alone, kept = RecordingSink(), {}
+    run_training(checkpointed(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **FSDP_SETTINGS),
+                                      penalty=penalty), kept, tmp_path, every_steps=3), alone, CancelToken())
+    assert len(alone.steps) == 8 and list(kept) == [3, 6]
+    assert any(s.grad_norm > 0.5 for s in alone.steps) and all(s.ewc_penalty > 0 for s in alone.steps)
+
+    together = RecordingSink()
+    run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
+                                        **FSDP_SETTINGS), penalty=penalty), {}, tmp_path, resume_from=kept[3])
+    result = run_distributed(run, together, CancelToken(), plan=two_devices(), processes=2)
+    assert "across 2 processes" in sharded_notice(together) and "2 decoder layers" in sharded_notice(together)
+    assert [s.step for s in together.steps] == list(range(4, 9))
+    for mine, theirs in zip(together.steps, alone.steps[3:], strict=True):
+        assert (mine.loss, mine.task_loss, mine.ewc_penalty, mine.grad_norm) == pytest.approx(
+            (theirs.loss, theirs.task_loss, theirs.ewc_penalty, theirs.grad_norm), abs=1e-5)
+    single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert set(single) == set(weights) and all(weights[k].shape == single[k].shape for k in single)
+    assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
+
+
+@pytest.mark.model
+def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_their_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # As above from the first step, with the product-space penalty (on the LoRA pairs gathered whole), paused
+    # into a checkpoint (gathered whole) that one process resumes to the uninterrupted run's weights.
+    penalty = lora_penalty(tiny_model_dir, "product")
+    alone = RecordingSink()
+    run_training(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **FSDP_SETTINGS), penalty=penalty),
+                 alone, CancelToken())
+    assert any(s.grad_norm > 0.5 for s in alone.steps) and all(s.ewc_penalty > 0 for s in alone.steps)
+
+    cancel, kept = CancelToken(), {}
+    together = PauseAfter(cancel, step=4)
+    run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
+                                        **FSDP_SETTINGS), penalty=penalty), kept, tmp_path)
+    with pytest.raises(Cancelled):
+        run_distributed(run, together, cancel, plan=two_devices(), processes=2)
+    sharded_notice(together)
+    paused = [s.step for s in together.steps]
+    assert paused and paused[-1] < len(alone.steps) and list(kept) == [paused[-1]]
+    for mine, theirs in zip(together.steps, alone.steps, strict=False):
+        assert (mine.loss, mine.task_loss, mine.ewc_penalty, mine.grad_norm) == pytest.approx(
+            (theirs.loss, theirs.task_loss, theirs.ewc_penalty, theirs.grad_norm), abs=1e-5)
+
+    resumed = RecordingSink()
+    rerun = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **FSDP_SETTINGS),
+                                 penalty=penalty), {}, tmp_path, resume_from=kept[paused[-1]])
+    result = run_training(rerun, resumed, CancelToken())
+    assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in alone.steps[len(paused) :]], abs=1e-5)
+    single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert set(single) == set(weights)
     assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
