@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
+from engine.training.models import default_sharding
 from engine.training.spec import (
     MAX_DEVICES,
     MAX_EVAL_FRACTION,
@@ -42,6 +43,7 @@ from engine.training.spec import (
     ParentFisherProgress,
     Precision,
     Quantization,
+    Sharding,
     StepMetrics,
     TrainingDefaults,
     TrainingJob,
@@ -63,6 +65,11 @@ _QUANT = {
     pb.QUANTIZATION_NONE: Quantization.NONE,
     pb.QUANTIZATION_NF4: Quantization.NF4,
     pb.QUANTIZATION_INT8: Quantization.INT8,
+}
+_SHARDING: dict[int, Sharding | None] = {
+    pb.SHARDING_UNSPECIFIED: None,  # the server's default, where the job can be sharded (default_sharding)
+    pb.SHARDING_NONE: Sharding.NONE,
+    pb.SHARDING_FSDP: Sharding.FSDP,
 }
 _OBJECTIVE = {
     pb.OBJECTIVE_UNSPECIFIED: Objective.SFT,
@@ -182,6 +189,9 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         num_devices=h.num_devices or hd.num_devices,
         eval_fraction=h.eval_fraction if h.HasField("eval_fraction") else hd.eval_fraction,
     )
+    objective = _OBJECTIVE.get(msg.objective, Objective.SFT)
+    sharding = _enum(_SHARDING, h.sharding, "spec.hyperparameters.sharding", issues)
+    hyper = replace(hyper, sharding=sharding or default_sharding(hd.sharding, hyper, objective))
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
@@ -227,7 +237,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         dataset=dataset,
         lora=lora,
         hyperparameters=hyper,
-        objective=_OBJECTIVE.get(msg.objective, Objective.SFT),
+        objective=objective,
         parent_adapter_version=msg.parent_adapter_version,
         ewc=ewc,
         major_version_bump=msg.major_version_bump,
@@ -254,7 +264,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
             gradient_accumulation_steps=h.gradient_accumulation_steps,
             gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
-            eval_fraction=h.eval_fraction,
+            eval_fraction=h.eval_fraction, sharding=pb.Sharding.Value(f"SHARDING_{h.sharding.value}"),
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

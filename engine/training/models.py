@@ -85,6 +85,15 @@ def device_count(requested: int) -> int:
     return requested
 
 
+def default_sharding(default: Sharding, hp: Hyperparameters, objective: Objective) -> Sharding:
+    """A server's default sharding for a job that does not ask for one: FSDP only where the job can be sharded
+    as far as its spec tells (an unquantized base, SFT, not one device); elsewhere NONE."""
+    if default is Sharding.FSDP and hp.quantization is Quantization.NONE and objective is Objective.SFT \
+            and hp.num_devices != 1:
+        return Sharding.FSDP
+    return Sharding.NONE
+
+
 def check_sharding(hp: Hyperparameters, objective: Objective, devices: int | None = None) -> None:
     """FailedPrecondition for a sharded (FSDP) job that cannot run: on a quantized base, with KTO, or (when
     ``devices`` is known: the number the job resolved to on its worker) on fewer than two devices."""
