@@ -145,10 +145,9 @@ def full_optimizer_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[s
     if not named:
         return {}
     position = {name: i for i, name in enumerate(_trainable_names(model))}
-    return {
+    return {  # the groups' settings are every process's own (and already by position)
         "state": {position[name]: value for name, value in named["state"].items()},
-        "param_groups": [{**group, "params": [position[name] for name in group["params"]]}
-                         for group in named["param_groups"]],
+        "param_groups": optimizer.state_dict()["param_groups"],
     }
 
 
@@ -164,6 +163,8 @@ def load_optimizer_state(model: Any, optimizer: torch.optim.Optimizer, state: Ma
     }
     _resharded(model)
     set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})  # as saved (torch's copy makes lists)
 
 
 def local_part(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:

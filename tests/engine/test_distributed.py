@@ -23,7 +23,7 @@ from engine.training.distributed import RankGroup, ShardedGroup, launch_argument
 from engine.training.models import DevicePlan, select_device
 from engine.training.objectives import WeightedSft
 from engine.training.recipe import Checkpointing, TrainingRun, run_training
-from engine.training.spec import Precision, Sharding, StepMetrics
+from engine.training.spec import EvalReported, Precision, Sharding, StepMetrics
 from tests.engine.test_training import RecordingSink, examples, make_run
 
 
@@ -181,23 +181,37 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
 ) -> None:
     # Steps of five examples (one weighs 2) in micro-batches of 3 and 2 (shares of 2 | 1 and a filler, then
     # 1 | 1), an EWC penalty (per parameter, computed on each process's shards) on every step, clipping that
-    # binds; the sharded run starts from one process's checkpoint and saves the adapter itself.
+    # binds, an eval split measured at each checkpoint; the sharded run starts from one process's checkpoint,
+    # checkpoints itself (its eval split measured by both processes) and saves the adapter.
     penalty = lora_penalty(tiny_model_dir, "parameters")
     alone, kept = RecordingSink(), {}
     run_training(checkpointed(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **FSDP_SETTINGS),
-                                      penalty=penalty), kept, tmp_path, every_steps=3), alone, CancelToken())
+                                      penalty=penalty, eval_examples=examples()[:2]), kept, tmp_path / "alone",
+                              every_steps=3), alone, CancelToken())
     assert len(alone.steps) == 8 and list(kept) == [3, 6]
     assert any(s.grad_norm > 0.5 for s in alone.steps) and all(s.ewc_penalty > 0 for s in alone.steps)
 
-    together = RecordingSink()
+    together, stored = RecordingSink(), {}
     run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
-                                        **FSDP_SETTINGS), penalty=penalty), {}, tmp_path, resume_from=kept[3])
+                                        **FSDP_SETTINGS), penalty=penalty, eval_examples=examples()[:2]),
+                       stored, tmp_path / "together", resume_from=kept[3], every_steps=3)
     result = run_distributed(run, together, CancelToken(), plan=two_devices(), processes=2)
     assert "across 2 processes" in sharded_notice(together) and "2 decoder layers" in sharded_notice(together)
-    assert [s.step for s in together.steps] == list(range(4, 9))
+    assert [s.step for s in together.steps] == list(range(4, 9)) and list(stored) == [6]
     for mine, theirs in zip(together.steps, alone.steps[3:], strict=True):
         assert (mine.loss, mine.task_loss, mine.ewc_penalty, mine.grad_norm) == pytest.approx(
             (theirs.loss, theirs.task_loss, theirs.ewc_penalty, theirs.grad_norm), abs=1e-5)
+    evaluated = [[(e.step, e.split, e.metrics[0][1]) for e in sink.events if isinstance(e, EvalReported)
+                  and e.step > 3] for sink in (together, alone)]
+    assert [(step, split) for step, split, _ in evaluated[0]] == [(6, "eval"), (8, "train_end"), (8, "eval")]
+    assert [loss for *_, loss in evaluated[0]] == pytest.approx([loss for *_, loss in evaluated[1]], abs=1e-5)
+    sharded_state, single_state = (torch.load(d / "state.pt", weights_only=True) for d in (stored[6], kept[6]))
+    assert sharded_state["optimizer"]["param_groups"] == single_state["optimizer"]["param_groups"]
+    moments = [(sharded_state["optimizer"]["state"][i][m], single_state["optimizer"]["state"][i][m])
+               for i in single_state["optimizer"]["state"] for m in ("exp_avg", "exp_avg_sq")]
+    assert set(sharded_state["optimizer"]["state"]) == set(single_state["optimizer"]["state"]) == set(range(16))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-10) for a, b in moments), \
+        "the sharded run's checkpoint holds one device's optimiser state, by position"
     single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert set(single) == set(weights) and all(weights[k].shape == single[k].shape for k in single)
@@ -208,18 +222,20 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
 def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_their_checkpoint(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # As above from the first step, with the product-space penalty (on the LoRA pairs gathered whole), paused
-    # into a checkpoint (gathered whole) that one process resumes to the uninterrupted run's weights.
+    # As above from the first step, with the product-space penalty (on the LoRA pairs gathered whole) and
+    # gradient checkpointing, paused into a checkpoint (gathered whole) that one process resumes to the
+    # uninterrupted run's weights.
     penalty = lora_penalty(tiny_model_dir, "product")
+    settings = {**FSDP_SETTINGS, "gradient_checkpointing": True}
     alone = RecordingSink()
-    run_training(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **FSDP_SETTINGS), penalty=penalty),
+    run_training(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings), penalty=penalty),
                  alone, CancelToken())
     assert any(s.grad_norm > 0.5 for s in alone.steps) and all(s.ewc_penalty > 0 for s in alone.steps)
 
     cancel, kept = CancelToken(), {}
     together = PauseAfter(cancel, step=4)
     run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
-                                        **FSDP_SETTINGS), penalty=penalty), kept, tmp_path)
+                                        **settings), penalty=penalty), kept, tmp_path)
     with pytest.raises(Cancelled):
         run_distributed(run, together, cancel, plan=two_devices(), processes=2)
     sharded_notice(together)
@@ -230,7 +246,7 @@ def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_thei
             (theirs.loss, theirs.task_loss, theirs.ewc_penalty, theirs.grad_norm), abs=1e-5)
 
     resumed = RecordingSink()
-    rerun = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **FSDP_SETTINGS),
+    rerun = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **settings),
                                  penalty=penalty), {}, tmp_path, resume_from=kept[paused[-1]])
     result = run_training(rerun, resumed, CancelToken())
     assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in alone.steps[len(paused) :]], abs=1e-5)
