@@ -20,7 +20,16 @@ reports, checkpoints and saves; its reports reach the worker through files:
 Why not torch's DistributedDataParallel wrapper: only the LoRA parameters train, so one all-reduce per step of
 their gradients (a few MB) is all the communication a step needs, and the PEFT model stays unwrapped: KTO's
 reference (the adapter disabled), the EWC penalty (a second backward pass, which DDP's hooks refuse) and
-saving work unchanged. Model sharding (FSDP) for bases that do not fit one device is not supported.
+saving work unchanged.
+
+A base that does not fit one device is sharded (``Hyperparameters.sharding`` FSDP): the launch adds
+accelerate's FSDP2 flags, each process loads the model on the host and shards it onto its device
+(engine.training.sharding: torch's ``fully_shard`` per decoder layer, through accelerate), and its group is a
+:class:`ShardedGroup`: FSDP's own reduce-scatter combines the gradients, every process runs the same forward
+and backward passes (zero-weight fillers where a micro-batch has fewer examples than processes), and every
+process takes part in what needs the whole model (evaluations, gathering a checkpoint's or the adapter's
+weights); the main process still reports and writes. Steps, checkpoints and the adapter are those of one
+device (tests/engine/test_distributed.py runs it on two CPU processes over gloo).
 """
 
 from __future__ import annotations
@@ -395,7 +404,8 @@ def rank_main(run_dir: Path) -> int:
         torch.save(exc, run_dir / f"error-{rank}.pt")
         return 3 if isinstance(exc, Cancelled) else 1
     if group.is_main:
-        torch.save(replace(result, device=f"{state.num_processes} x {plan.description}"), run_dir / "result.pt")
+        shared = LoadedModel(None, None, plan, state.num_processes, launch.run.spec.hyperparameters.sharding)
+        torch.save(replace(result, device=shared.description), run_dir / "result.pt")
     return 0
 
 
