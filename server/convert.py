@@ -189,9 +189,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         num_devices=h.num_devices or hd.num_devices,
         eval_fraction=h.eval_fraction if h.HasField("eval_fraction") else hd.eval_fraction,
     )
-    objective = _OBJECTIVE.get(msg.objective, Objective.SFT)
     sharding = _enum(_SHARDING, h.sharding, "spec.hyperparameters.sharding", issues)
-    hyper = replace(hyper, sharding=sharding or default_sharding(hd.sharding, hyper, objective))
+    hyper = replace(hyper, sharding=sharding or Sharding.NONE)
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
@@ -232,12 +231,12 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
-    return TrainingJobSpec(
+    resolved = TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
         dataset=dataset,
         lora=lora,
         hyperparameters=hyper,
-        objective=objective,
+        objective=_OBJECTIVE.get(msg.objective, Objective.SFT),
         parent_adapter_version=msg.parent_adapter_version,
         ewc=ewc,
         major_version_bump=msg.major_version_bump,
@@ -246,6 +245,9 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         checkpoints=checkpoints,
         base_protection=base_protection,
     )
+    if sharding is not None:
+        return resolved
+    return replace(resolved, hyperparameters=replace(hyper, sharding=default_sharding(hd.sharding, resolved)))
 
 
 def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:

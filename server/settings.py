@@ -146,8 +146,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         Sharding.NONE, description="How the devices of a job training on several hold its model, for a job that "
         "does not say: NONE (whole on each; each step's examples shared out) or FSDP (sharded across them per "
         "decoder layer, for bases that do not fit one GPU; slower for those that do). Jobs that cannot be sharded "
-        "(a quantized base, KTO, num_devices 1) train unsharded; a job resolving to one GPU on its worker fails "
-        "FSDP_NEEDS_SEVERAL_DEVICES.",
+        "(a quantized base, KTO or a KL term to the base, num_devices 1) train unsharded; a job resolving to one "
+        "GPU on its worker fails FSDP_NEEDS_SEVERAL_DEVICES.",
     )
     training_eval_fraction: float = Field(
         0.0, ge=0, le=MAX_EVAL_FRACTION, description="Fraction of a job's examples held out by prompt as its eval "

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from engine.domain import Objective
+from engine.domain import BaseProtectionMethod, Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.training.kernels import apply_kernels
-from engine.training.spec import Hyperparameters, Precision, Quantization, Sharding
+from engine.training.spec import Precision, Quantization, Sharding, TrainingJobSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +85,48 @@ def device_count(requested: int) -> int:
     return requested
 
 
-def default_sharding(default: Sharding, hp: Hyperparameters, objective: Objective) -> Sharding:
-    """A server's default sharding for a job that does not ask for one: FSDP only where the job can be sharded
-    as far as its spec tells (an unquantized base, SFT, not one device); elsewhere NONE."""
-    if default is Sharding.FSDP and hp.quantization is Quantization.NONE and objective is Objective.SFT \
-            and hp.num_devices != 1:
-        return Sharding.FSDP
-    return Sharding.NONE
-
-
-def check_sharding(hp: Hyperparameters, objective: Objective, devices: int | None = None) -> None:
-    """FailedPrecondition for a sharded (FSDP) job that cannot run: on a quantized base, with KTO, or (when
-    ``devices`` is known: the number the job resolved to on its worker) on fewer than two devices."""
-    if hp.sharding is not Sharding.FSDP:
-        return
+def sharding_obstacle(spec: TrainingJobSpec) -> FailedPrecondition | None:
+    """Why ``spec`` cannot train sharded (FSDP) whatever its devices, or None."""
+    hp, protection = spec.hyperparameters, spec.base_protection
     if hp.quantization is not Quantization.NONE:
-        raise FailedPrecondition(
+        return FailedPrecondition(
             "FSDP_QUANTIZED_BASE",
             f"sharding FSDP needs an unquantized base; quantization {hp.quantization.value} loads it through "
             "bitsandbytes, whose 4/8-bit weights are not sharded here: use sharding NONE (each device holds the "
             "quantized base) or quantization NONE",
             metadata={"quantization": hp.quantization.value},
         )
-    if objective is Objective.KTO:
-        raise FailedPrecondition(
+    kl_to_base = protection.rehearses and (protection.method is BaseProtectionMethod.BASE_KL
+                                           or protection.kl_weight > 0)
+    if spec.objective is not Objective.SFT or kl_to_base:
+        what = f"the {spec.objective.value} objective" if spec.objective is not Objective.SFT \
+            else "a KL term to the base model (base_protection)"
+        return FailedPrecondition(
             "FSDP_OBJECTIVE_UNSUPPORTED",
-            "sharding FSDP trains the SFT objective only: KTO estimates its reference point on each process's "
-            "share of a step, which a sharded run pads to keep its processes in step; use sharding NONE",
-            metadata={"objective": objective.value},
+            f"sharding FSDP trains the weighted SFT loss only, not {what}: every process of a sharded run must run "
+            "the same forward passes, and these run passes by what each process's share of a step holds (and "
+            "KTO estimates its reference point on each share); use sharding NONE",
+            metadata={"objective": spec.objective.value, "base_protection": protection.method.value},
         )
+    return None
+
+
+def default_sharding(default: Sharding, spec: TrainingJobSpec) -> Sharding:
+    """A server's default sharding for a job that does not ask for one: FSDP only where the job can be sharded
+    as far as its spec tells (:func:`sharding_obstacle`, and not one device); elsewhere NONE."""
+    if default is Sharding.FSDP and spec.hyperparameters.num_devices != 1 and sharding_obstacle(spec) is None:
+        return Sharding.FSDP
+    return Sharding.NONE
+
+
+def check_sharding(spec: TrainingJobSpec, devices: int | None = None) -> None:
+    """FailedPrecondition for a sharded (FSDP) job that cannot run (:func:`sharding_obstacle`) or, when
+    ``devices`` is known (the number the job resolved to on its worker), has fewer than two devices."""
+    if spec.hyperparameters.sharding is not Sharding.FSDP:
+        return
+    obstacle = sharding_obstacle(spec)
+    if obstacle is not None:
+        raise obstacle
     if devices is not None and devices < 2:
         raise FailedPrecondition(
             "FSDP_NEEDS_SEVERAL_DEVICES",

@@ -82,7 +82,7 @@ class JobPreparer:
         """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
         self._check_ewc(spec)
         # the devices a job of num_devices 0 trains on are known on its worker only (checked again there)
-        check_sharding(spec.hyperparameters, spec.objective, spec.hyperparameters.num_devices or None)
+        check_sharding(spec, spec.hyperparameters.num_devices or None)
         parent = await self._parent(spec) if spec.parent_adapter_version else None
         if parent is not None:
             spec = inherit_lora(spec, parent)

@@ -339,7 +339,7 @@ def load_for_training(run: TrainingRun, plan: DevicePlan | None = None) -> Loade
     devices, launch_plan = 1, None
     if plan is None:
         devices = device_count(hp.num_devices)
-        check_sharding(hp, run.spec.objective, devices)
+        check_sharding(run.spec, devices)
         plan = select_device(hp.precision)
         if hp.sharding is Sharding.FSDP:
             plan, launch_plan = HOST, plan

@@ -50,11 +50,25 @@ async def test_what_cannot_be_sharded_is_a_failed_precondition_with_its_reason(c
     assert dict(info.metadata)[metadata[0]] == metadata[1]
 
 
-async def test_kto_is_not_sharded(client):
+def with_base_kl(asked: pb.TrainingJobSpec, method=common.BASE_PROTECTION_METHOD_BASE_KL) -> pb.TrainingJobSpec:
+    asked.base_protection.CopyFrom(common.BaseProtection(method=method, fraction=0.2, kl_weight=0.5))
+    return asked
+
+
+async def test_kto_and_a_kl_term_to_the_base_are_not_sharded(client):
     asked = spec(sharding=pb.SHARDING_FSDP, num_devices=2)
     asked.objective = pb.OBJECTIVE_KTO
     error, info, _ = await refused(client, asked)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"
+    assert dict(info.metadata)["objective"] == "KTO"
+    for method in (common.BASE_PROTECTION_METHOD_BASE_KL, common.BASE_PROTECTION_METHOD_SELF_REHEARSAL):
+        error, info, _ = await refused(client, with_base_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2), method))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"
+        assert "a KL term to the base model" in error.details()
+    plain_rehearsal = spec(sharding=pb.SHARDING_FSDP, num_devices=2)  # the base's answers as examples: SFT
+    plain_rehearsal.base_protection.CopyFrom(common.BaseProtection(
+        method=common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, fraction=0.2, kl_weight=0.0))
+    assert (await create(client, plain_rehearsal)).spec.hyperparameters.sharding == pb.SHARDING_FSDP
 
 
 async def test_sharding_is_kept_on_the_job_and_unset_means_none(client):
@@ -67,7 +81,7 @@ async def test_sharding_is_kept_on_the_job_and_unset_means_none(client):
 async def test_the_servers_default_shards_only_jobs_that_can_be(make_memory_server):
     client = await make_memory_server(training_sharding="FSDP", training_num_devices=0)
     assert (await create(client, spec())).spec.hyperparameters.sharding == pb.SHARDING_FSDP
-    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4)):
+    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4), with_base_kl(spec())):
         assert (await create(client, unshardable)).spec.hyperparameters.sharding == pb.SHARDING_NONE
     kto = spec()  # (KTO needs a feedback dataset to be created: the conversion alone here)
     kto.objective = pb.OBJECTIVE_KTO

@@ -383,7 +383,8 @@ export enum ErrorReason {
   FSDP_NEEDS_SEVERAL_DEVICES = 251,
 
   /**
-   * FAILED_PRECONDITION: sharding FSDP with the KTO objective (metadata: objective).
+   * FAILED_PRECONDITION: sharding FSDP with the KTO objective or a KL term to the base model
+   * (base_protection BASE_KL, or SELF_REHEARSAL with a kl_weight) (metadata: objective, base_protection).
    *
    * @generated from enum value: ERROR_REASON_FSDP_OBJECTIVE_UNSUPPORTED = 252;
    */
