@@ -413,7 +413,7 @@ def _load(run: TrainingRun, plan: DevicePlan, group: RankGroup) -> LoadedModel:
     """This process's model: loaded on its device, or (sharded) loaded on the host and sharded onto it."""
     if not isinstance(group, ShardedGroup):
         return load_for_training(run, plan)
-    loaded = load_for_training(run, HOST)
+    loaded = load_for_training(run, HOST, empty=not group.is_main)  # one copy of the weights on the host
     loaded.model = shard_model(loaded.model, plan.torch_device, is_main=group.is_main)
     loaded.plan = plan
     return loaded

@@ -293,14 +293,25 @@ def resolve_base_model(model_id: str, *, models: Mapping[str, Path], cache_dir: 
 # ---- loading --------------------------------------------------------------------
 
 
-def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization) -> tuple[Any, Any]:
-    """Load an HF-format causal LM and tokenizer for training: frozen base, kbit-prepared if quantized."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization,
+                    empty: bool = False) -> tuple[Any, Any]:
+    """Load an HF-format causal LM and tokenizer for training: frozen base, kbit-prepared if quantized.
+
+    ``empty``: the model's structure only, its parameters on the meta device (buffers real), for a sharded
+    run's process that receives its weights from the first (engine.training.sharding)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if quantization is Quantization.NONE:
+    if empty:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            # transformers leaves from_config unannotated
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                AutoConfig.from_pretrained(path), dtype=torch.float32)
+    elif quantization is Quantization.NONE:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.to(plan.torch_device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
     else:

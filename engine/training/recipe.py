@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,13 +328,14 @@ class LoadedModel:
         return f"{self.devices} x {plan.description}{sharded}"
 
 
-def load_for_training(run: TrainingRun, plan: DevicePlan | None = None) -> LoadedModel:
+def load_for_training(run: TrainingRun, plan: DevicePlan | None = None, *, empty: bool = False) -> LoadedModel:
     """Seed, load the base model once and attach the job's adapter (a worker thread's work).
 
     ``plan``: the device to load on (a distributed run's process); by default the job's own choice, after
     checking this worker has the devices the job asks for, and that its sharding can run on them
     (FailedPrecondition otherwise). A sharded job's copy here is loaded on the host: its base may not fit one
-    device, and its processes load their own (engine.training.distributed).
+    device, and its processes load their own (engine.training.distributed). ``empty``: the structure only, on
+    the meta device, for a sharded run's process that receives the first one's weights.
     """
     hp = run.spec.hyperparameters
     devices, launch_plan = 1, None
@@ -344,8 +346,12 @@ def load_for_training(run: TrainingRun, plan: DevicePlan | None = None) -> Loade
         if hp.sharding is Sharding.FSDP:
             plan, launch_plan = HOST, plan
     seed_everything(hp.seed)
-    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
-    return LoadedModel(attach_adapter(run, base), tokenizer, plan, devices, hp.sharding, launch_plan)
+    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization, empty=empty)
+    with warnings.catch_warnings():
+        if empty:  # a parent's weights loaded into meta parameters: nothing to copy, torch says so for each
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+        model = attach_adapter(run, base)
+    return LoadedModel(model, tokenizer, plan, devices, hp.sharding, launch_plan)
 
 
 HOST = DevicePlan("cpu", None, "cpu, fp32")  # where a sharded run's models are loaded before they are sharded

@@ -2,9 +2,10 @@
 
 A distributed run (engine.training.distributed) with ``Hyperparameters.sharding`` FSDP is launched with
 accelerate's FSDP flags (:data:`FSDP_LAUNCH_ARGUMENTS`: FSDP2, one unit per decoder layer, resharded after
-each forward); each process loads the base on the host, attaches the job's adapter and hands the model to
-accelerate's ``fsdp2_prepare_model``, which applies torch's ``fully_shard`` per decoder layer (the model's
-``_no_split_modules``), to the embeddings and head, and to the root, and moves each process's shards to its
+each forward, the weights loaded once); the first process loads the base on the host, the others build it on
+the meta device, each attaches the job's adapter and hands the model to accelerate's ``fsdp2_prepare_model``,
+which applies torch's ``fully_shard`` per decoder layer (the model's ``_no_split_modules``), to the embeddings
+and head, and to the root, sends each process its shards of the first one's weights and moves them to its
 device. Every parameter, frozen base and LoRA alike, is then a ``DTensor`` sharded on its first dimension.
 
 What differs from a process holding the whole model, and how it is handled here:
@@ -37,6 +38,10 @@ FSDP_LAUNCH_ARGUMENTS = [
     "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (_no_split_modules)
     "--fsdp_reshard_after_forward", "true",  # a layer's whole weights exist only while it runs
     "--fsdp_offload_params", "false",
+    # only the first process loads the weights; the others build the model on the meta device and receive
+    # their shards from it (accelerate's fsdp2_load_full_state_dict): one copy in host memory, not one each
+    # (the launcher asks for sync_module_states with it; FSDP2 itself has no such option)
+    "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true",
     "--fsdp_state_dict_type", "FULL_STATE_DICT",
 ]
 

@@ -131,6 +131,7 @@ def test_sharded_launch_asks_accelerate_for_fsdp2_per_decoder_layer(monkeypatch:
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True and plugin.cpu_offload.__class__.__name__ \
         == "OffloadPolicy"  # no offload: the plain policy
     assert plugin.auto_wrap_policy is transformer_auto_wrap_policy  # one unit per _no_split_modules layer
+    assert plugin.cpu_ram_efficient_loading  # one copy of the weights loaded, the others sent their shards
     plain = launch_command_parser().parse_args([*launch_arguments(processes=2, device="cuda", port=1234), "RUN"])
     assert plain.multi_gpu and not plain.use_fsdp
 
@@ -147,16 +148,23 @@ def test_sharded_shares_keep_every_process_in_step() -> None:
     assert WeightedSft().step_weight(shares[2]) == 1.0
 
 
-def lora_penalty(model_dir: Path, space: str, seed: int = 3):
-    """An EWC penalty against an anchor near the fresh adapter, with a random Fisher diagonal."""
+def lora_penalty(model_dir: Path, space: str, seed: int = 3, parent: Path | None = None):
+    """An EWC penalty against an anchor near the fresh adapter, with a random Fisher diagonal; ``parent``: that
+    adapter saved there, its B made non-zero (a parent to continue from)."""
     from engine.continual.ewc import EwcPenalty
     from engine.continual.ewc_product import ProductEwcPenalty
     from engine.continual.fisher import lora_pairs, trainable_parameters
     from engine.training.recipe import load_for_training
 
     loaded = load_for_training(make_run(model_dir, Path("/unused")), select_device(Precision.FP32))
-    params = {n: p.detach().cpu() for n, p in trainable_parameters(loaded.model).items()}
     generator = torch.Generator().manual_seed(seed)
+    if parent is not None:
+        with torch.no_grad():
+            for name, p in trainable_parameters(loaded.model).items():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+        loaded.model.save_pretrained(parent)
+    params = {n: p.detach().cpu() for n, p in trainable_parameters(loaded.model).items()}
     anchor = {n: p + 0.05 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
     if space == "product":
         fisher = {prefix: torch.rand((pair["B"].shape[0], pair["A"].shape[1]), generator=generator)
@@ -222,20 +230,25 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
 def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_their_checkpoint(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # As above from the first step, with the product-space penalty (on the LoRA pairs gathered whole) and
+    # As above from the first step, continuing a parent adapter (the second process builds the model empty and
+    # is sent the first one's weights), with the product-space penalty (on the LoRA pairs gathered whole) and
     # gradient checkpointing, paused into a checkpoint (gathered whole) that one process resumes to the
     # uninterrupted run's weights.
-    penalty = lora_penalty(tiny_model_dir, "product")
+    penalty = lora_penalty(tiny_model_dir, "product", parent=tmp_path / "parent")
     settings = {**FSDP_SETTINGS, "gradient_checkpointing": True}
+
+    def continuing(run: TrainingRun) -> TrainingRun:
+        return replace(run, penalty=penalty, parent_adapter_dir=tmp_path / "parent")
+
     alone = RecordingSink()
-    run_training(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings), penalty=penalty),
-                 alone, CancelToken())
+    run_training(continuing(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings)), alone,
+                 CancelToken())
     assert any(s.grad_norm > 0.5 for s in alone.steps) and all(s.ewc_penalty > 0 for s in alone.steps)
 
     cancel, kept = CancelToken(), {}
     together = PauseAfter(cancel, step=4)
-    run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
-                                        **settings), penalty=penalty), kept, tmp_path)
+    run = checkpointed(continuing(make_run(tiny_model_dir, tmp_path / "together" / "adapter",
+                                           sharding=Sharding.FSDP, **settings)), kept, tmp_path)
     with pytest.raises(Cancelled):
         run_distributed(run, together, cancel, plan=two_devices(), processes=2)
     sharded_notice(together)
@@ -246,8 +259,8 @@ def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_thei
             (theirs.loss, theirs.task_loss, theirs.ewc_penalty, theirs.grad_norm), abs=1e-5)
 
     resumed = RecordingSink()
-    rerun = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **settings),
-                                 penalty=penalty), {}, tmp_path, resume_from=kept[paused[-1]])
+    rerun = checkpointed(continuing(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **settings)), {},
+                         tmp_path, resume_from=kept[paused[-1]])
     result = run_training(rerun, resumed, CancelToken())
     assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in alone.steps[len(paused) :]], abs=1e-5)
     single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
