@@ -23,8 +23,9 @@ reference (the adapter disabled), the EWC penalty (a second backward pass, which
 saving work unchanged.
 
 A base that does not fit one device is sharded (``Hyperparameters.sharding`` FSDP): the launch adds
-accelerate's FSDP2 flags, each process loads the model on the host and shards it onto its device
-(engine.training.sharding: torch's ``fully_shard`` per decoder layer, through accelerate), and its group is a
+accelerate's FSDP2 flags, the first process loads the model on the host (the others build it empty) and each
+shards it onto its device (engine.training.sharding: torch's ``fully_shard`` per decoder layer, through
+accelerate, which sends every process its shards of the first one's weights), and its group is a
 :class:`ShardedGroup`: FSDP's own reduce-scatter combines the gradients, every process runs the same forward
 and backward passes (zero-weight fillers where a micro-batch has fewer examples than processes), and every
 process takes part in what needs the whole model (evaluations, gathering a checkpoint's or the adapter's
@@ -410,7 +411,8 @@ def rank_main(run_dir: Path) -> int:
 
 
 def _load(run: TrainingRun, plan: DevicePlan, group: RankGroup) -> LoadedModel:
-    """This process's model: loaded on its device, or (sharded) loaded on the host and sharded onto it."""
+    """This process's model: loaded on its device, or (sharded) loaded on the host by the first process, built
+    empty by the others, and sharded onto each one's device."""
     if not isinstance(group, ShardedGroup):
         return load_for_training(run, plan)
     loaded = load_for_training(run, HOST, empty=not group.is_main)  # one copy of the weights on the host
