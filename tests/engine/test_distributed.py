@@ -86,24 +86,31 @@ def two_devices() -> DevicePlan:
 def test_two_processes_take_one_processs_steps_and_pause_into_a_checkpoint_one_process_resumes(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # Five examples of unequal weights (one weighs 2), batches of 4: shares of unequal weight every step.
+    # Five examples of unequal weights (one weighs 2), batches of 4: shares of unequal weight every step; an EWC
+    # penalty, whose gradient (the same in both processes) is added once, after their gradients' mean.
     settings = {"epochs": 30, "batch_size": 4, "learning_rate": 5e-3}
+    penalty = lora_penalty(tiny_model_dir, "parameters")
     alone = RecordingSink()
-    run_training(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings), alone, CancelToken())
+    run_training(replace(make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings), penalty=penalty),
+                 alone, CancelToken())
 
     cancel, kept = CancelToken(), {}
     together = PauseAfter(cancel, step=3)
-    run = checkpointed(make_run(tiny_model_dir, tmp_path / "together" / "adapter", **settings), kept, tmp_path)
+    run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", **settings),
+                               penalty=penalty), kept, tmp_path)
     with pytest.raises(Cancelled):
         run_distributed(run, together, cancel, plan=two_devices(), processes=2)
     paused = [s.step for s in together.steps]
     assert paused and paused[-1] < len(alone.steps), "the pause reached the processes only after the last step"
     assert list(kept) == [paused[-1]], "both processes stopped at one step, and its checkpoint was handed over"
     assert [s.loss for s in together.steps] == pytest.approx([s.loss for s in alone.steps[: len(paused)]], abs=1e-5)
+    assert [s.grad_norm for s in together.steps] == pytest.approx(
+        [s.grad_norm for s in alone.steps[: len(paused)]], abs=1e-5)
+    assert all(s.ewc_penalty > 0 for s in alone.steps)
 
     resumed = RecordingSink()
-    rerun = checkpointed(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **settings), {}, tmp_path,
-                         resume_from=kept[paused[-1]])
+    rerun = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **settings),
+                                 penalty=penalty), {}, tmp_path, resume_from=kept[paused[-1]])
     result = run_training(rerun, resumed, CancelToken())
     assert [s.step for s in resumed.steps] == list(range(paused[-1] + 1, len(alone.steps) + 1))
     assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in alone.steps[len(paused) :]], abs=1e-5)
@@ -170,7 +177,7 @@ def lora_penalty(model_dir: Path, space: str, seed: int = 3, parent: Path | None
         fisher = {prefix: torch.rand((pair["B"].shape[0], pair["A"].shape[1]), generator=generator)
                   for prefix, pair in lora_pairs(params.items()).items()}
         return ProductEwcPenalty(fisher, anchor, ewc_lambda=5.0)
-    return EwcPenalty({n: torch.rand(p.shape, generator=generator) for n, p in params.items()}, anchor, 50.0)
+    return EwcPenalty({n: torch.rand(p.shape, generator=generator) for n, p in params.items()}, anchor, 1.0)
 
 
 FSDP_SETTINGS = {"epochs": 8, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 2e-2,
@@ -218,7 +225,7 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
     moments = [(sharded_state["optimizer"]["state"][i][m], single_state["optimizer"]["state"][i][m])
                for i in single_state["optimizer"]["state"] for m in ("exp_avg", "exp_avg_sq")]
     assert set(sharded_state["optimizer"]["state"]) == set(single_state["optimizer"]["state"]) == set(range(16))
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-10) for a, b in moments), \
+    assert all(float((a - b).abs().max()) <= 1e-5 * float(b.abs().max()) for a, b in moments), \
         "the sharded run's checkpoint holds one device's optimiser state, by position"
     single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
