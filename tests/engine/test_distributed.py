@@ -15,7 +15,7 @@ from accelerate.commands.launch import launch_command_parser
 from safetensors.torch import load_file
 
 from engine.errors import Cancelled
-from engine.jobs.core import Noticed
+from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, StopReason
 from engine.training.batching import StepBatch
 from engine.training.datasets import IGNORE_INDEX, EncodedExample
@@ -180,6 +180,13 @@ def lora_penalty(model_dir: Path, space: str, seed: int = 3, parent: Path | None
     return EwcPenalty({n: torch.rand(p.shape, generator=generator) for n, p in params.items()}, anchor, 1.0)
 
 
+class UnreachableProbe:
+    """A base-retention probe a sharded run must not call (its generation would need every process)."""
+
+    def measure(self, *args, **kwargs):
+        raise AssertionError("base retention measured on a sharded run")
+
+
 FSDP_SETTINGS = {"epochs": 8, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 2e-2,
                  "max_grad_norm": 0.5}
 
@@ -208,9 +215,12 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
 
     together, stored = RecordingSink(), {}
     run = checkpointed(replace(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
-                                        **FSDP_SETTINGS), penalty=penalty, eval_examples=examples()[:2]),
+                                        **FSDP_SETTINGS), penalty=penalty, eval_examples=examples()[:2],
+                               probe=UnreachableProbe()),
                        stored, tmp_path / "together", resume_from=kept[3], every_steps=3)
     result = run_distributed(run, together, CancelToken(), plan=two_devices(), processes=2)
+    assert result.base_retention is None and any(
+        isinstance(e, Warned) and e.code == "BASE_RETENTION_NOT_MEASURED" for e in together.events)
     assert "across 2 processes" in sharded_notice(together) and "2 decoder layers" in sharded_notice(together)
     assert [s.step for s in together.steps] == list(range(4, 9)) and list(stored) == [6]
     for mine, theirs in zip(together.steps, alone.steps[3:], strict=True):
