@@ -155,6 +155,22 @@ def test_sharded_shares_keep_every_process_in_step() -> None:
     assert WeightedSft().step_weight(shares[2]) == 1.0
 
 
+def test_a_share_of_fillers_only_has_zero_loss_and_gradient_not_nan() -> None:
+    # Two examples, three processes: the third's share is one filler; it still runs its pass (FSDP's
+    # collectives), and adds nothing.
+    data = [EncodedExample([5, 6, 7], [IGNORE_INDEX, 6, 7]) for _ in range(2)]
+    share = ShardedGroup(2, 3, "cpu", Path("/x")).shard(StepBatch(data, [0, 1], micro_size=2))
+    assert [e.weight for e in share.examples] == [0.0]
+    losses = torch.tensor([2.5], requires_grad=True)
+
+    def forward(model, examples):
+        return losses * torch.ones(len(examples)), torch.full((len(examples),), 2.0)
+
+    (loss,) = list(WeightedSft().step_losses(None, share, forward))
+    loss.backward()
+    assert float(loss) == 0.0 and float(losses.grad) == 0.0
+
+
 def lora_penalty(model_dir: Path, space: str, seed: int = 3, parent: Path | None = None):
     """An EWC penalty against an anchor near the fresh adapter, with a random Fisher diagonal; ``parent``: that
     adapter saved there, its B made non-zero (a parent to continue from)."""
