@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
+from engine.training.models import default_sharding
 from engine.training.spec import (
     MAX_DEVICES,
     MAX_EVAL_FRACTION,
@@ -43,6 +44,7 @@ from engine.training.spec import (
     ParentFisherProgress,
     Precision,
     Quantization,
+    Sharding,
     StepMetrics,
     TrainingDefaults,
     TrainingJob,
@@ -64,6 +66,11 @@ _QUANT = {
     pb.QUANTIZATION_NONE: Quantization.NONE,
     pb.QUANTIZATION_NF4: Quantization.NF4,
     pb.QUANTIZATION_INT8: Quantization.INT8,
+}
+_SHARDING: dict[int, Sharding | None] = {
+    pb.SHARDING_UNSPECIFIED: None,  # the server's default, where the job can be sharded (default_sharding)
+    pb.SHARDING_NONE: Sharding.NONE,
+    pb.SHARDING_FSDP: Sharding.FSDP,
 }
 _OBJECTIVE = {
     pb.OBJECTIVE_UNSPECIFIED: Objective.SFT,
@@ -183,6 +190,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         num_devices=h.num_devices or hd.num_devices,
         eval_fraction=h.eval_fraction if h.HasField("eval_fraction") else hd.eval_fraction,
     )
+    sharding = _enum(_SHARDING, h.sharding, "spec.hyperparameters.sharding", issues)
+    hyper = replace(hyper, sharding=sharding or Sharding.NONE)
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
@@ -223,7 +232,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
-    return TrainingJobSpec(
+    resolved = TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
         dataset=dataset,
         lora=lora,
@@ -237,6 +246,9 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         checkpoints=checkpoints,
         base_protection=base_protection,
     )
+    if sharding is not None:
+        return resolved
+    return replace(resolved, hyperparameters=replace(hyper, sharding=default_sharding(hd.sharding, resolved)))
 
 
 def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
@@ -255,7 +267,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
             gradient_accumulation_steps=h.gradient_accumulation_steps,
             gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
-            eval_fraction=h.eval_fraction,
+            eval_fraction=h.eval_fraction, sharding=pb.Sharding.Value(f"SHARDING_{h.sharding.value}"),
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

@@ -35,7 +35,14 @@ from pydantic_settings import (
 
 from engine.domain import DEFAULT_TARGET_MODULES, BaseProtection, BaseProtectionMethod, FisherSpace, LoraSpec
 from engine.registry.peft_checks import MAX_LORA_RANK
-from engine.training.spec import MAX_DEVICES, MAX_EVAL_FRACTION, CheckpointPolicy, Hyperparameters, TrainingDefaults
+from engine.training.spec import (
+    MAX_DEVICES,
+    MAX_EVAL_FRACTION,
+    CheckpointPolicy,
+    Hyperparameters,
+    Sharding,
+    TrainingDefaults,
+)
 from server.settings_drift import DriftSettings
 from server.settings_lora import LoraControlSettings
 from server.settings_online import OnlineSettings
@@ -134,6 +141,13 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         0, ge=0, le=MAX_DEVICES, description="GPUs a job that sets none trains on in parallel (one process each, "
         "through accelerate); 0: every GPU of the worker running it (one device on a worker without GPUs). With "
         "several jobs at once per worker (max_concurrent_jobs), give each its share.",
+    )
+    training_sharding: Sharding = Field(
+        Sharding.NONE, description="How the devices of a job training on several hold its model, for a job that "
+        "does not say: NONE (whole on each; each step's examples shared out) or FSDP (sharded across them per "
+        "decoder layer, for bases that do not fit one GPU; slower for those that do). Jobs that cannot be sharded "
+        "(a quantized base, KTO or a KL term to the base, num_devices 1) train unsharded; a job resolving to one "
+        "GPU on its worker fails FSDP_NEEDS_SEVERAL_DEVICES.",
     )
     training_eval_fraction: float = Field(
         0.0, ge=0, le=MAX_EVAL_FRACTION, description="Fraction of a job's examples held out by prompt as its eval "
@@ -452,6 +466,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
                 max_seq_length=self.training_max_seq_length, packing=self.training_packing,
                 gradient_checkpointing=self.training_gradient_checkpointing,
                 num_devices=self.training_num_devices, eval_fraction=self.training_eval_fraction,
+                sharding=self.training_sharding,
             ),
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),

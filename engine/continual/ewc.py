@@ -32,6 +32,7 @@ from torch import nn
 from engine.continual.fisher import Diagonal, trainable_parameters
 from engine.domain import FisherSpace
 from engine.errors import FailedPrecondition
+from engine.training.sharding import local_part, local_tensor, sum_over_shards
 
 QUANTILES = (0.5, 0.9, 0.99)
 T = TypeVar("T")
@@ -115,7 +116,9 @@ class EwcPenalty:
         check_same_shapes(shapes_of(self.fisher), {n: tuple(p.shape) for n, p in params.items()},
                           what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
         device = next(iter(params.values())).device
-        flat = [torch.cat([d[n].reshape(-1).float() for n in params]).to(device) for d in (self.fisher, self.anchor)]
+        # A sharded model's (engine.training.sharding): each process binds its shards' part of F and theta*.
+        flat = [torch.cat([local_part(d[n].float().to(device), p).reshape(-1) for n, p in params.items()])
+                for d in (self.fisher, self.anchor)]
         return list(params.values()), flat[0], flat[1]
 
     def __getstate__(self) -> dict[str, object]:
@@ -128,8 +131,9 @@ class EwcPenalty:
         if self._bound is None or self._model_id != id(model):
             self._bound, self._model_id = self._bind(model), id(model)
         params, fisher, anchor = self._bound
-        drift = torch.cat([p.reshape(-1).float() for p in params]) - anchor
-        return 0.5 * self.ewc_lambda * torch.dot(fisher * drift, drift)
+        drift = torch.cat([local_tensor(p).reshape(-1).float() for p in params]) - anchor
+        # A sum of per-element terms: on shards, each process sums its own and the parts are added up.
+        return sum_over_shards(0.5 * self.ewc_lambda * torch.dot(fisher * drift, drift), params[0])
 
 
 def accumulate(old: Diagonal, new: Diagonal, gamma: float) -> Diagonal:

@@ -21,6 +21,7 @@ from torch import nn
 from engine.continual.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
 from engine.continual.fisher import Diagonal, space_shapes, trainable_parameters
 from engine.domain import FisherSpace
+from engine.training.sharding import whole
 
 CHUNK_ELEMENTS = 1 << 19  # products per chunk: about 2 MB of float32, so a chunk's passes stay in cache
 Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -134,4 +135,9 @@ class ProductEwcPenalty:
             device = next(iter(params.values())).device  # once, not a copy of every weight per step
             self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
             self._bound = (id(model), self._pairs(params))
-        return self._sum(self._bound[1], 0.5 * self.ewc_lambda)
+        pairs = self._bound[1]
+        # B @ A needs whole rows of B and the whole of A: on a sharded model (engine.training.sharding) every
+        # process gathers the LoRA pairs (a few MB) and computes the same penalty, its gradient sliced back
+        # to each process's shards.
+        pairs = [([whole(b) for b in bs], [whole(a) for a in as_]) for bs, as_ in pairs]
+        return self._sum(pairs, 0.5 * self.ewc_lambda)

@@ -20,7 +20,17 @@ reports, checkpoints and saves; its reports reach the worker through files:
 Why not torch's DistributedDataParallel wrapper: only the LoRA parameters train, so one all-reduce per step of
 their gradients (a few MB) is all the communication a step needs, and the PEFT model stays unwrapped: KTO's
 reference (the adapter disabled), the EWC penalty (a second backward pass, which DDP's hooks refuse) and
-saving work unchanged. Model sharding (FSDP) for bases that do not fit one device is not supported.
+saving work unchanged.
+
+A base that does not fit one device is sharded (``Hyperparameters.sharding`` FSDP): the launch adds
+accelerate's FSDP2 flags, the first process loads the model on the host (the others build it empty) and each
+shards it onto its device (engine.training.sharding: torch's ``fully_shard`` per decoder layer, through
+accelerate, which sends every process its shards of the first one's weights), and its group is a
+:class:`ShardedGroup`: FSDP's own reduce-scatter combines the gradients, every process runs the same forward
+and backward passes (zero-weight fillers where a micro-batch has fewer examples than processes), and every
+process takes part in what needs the whole model (evaluations, gathering a checkpoint's or the adapter's
+weights); the main process still reports and writes. Steps, checkpoints and the adapter are those of one
+device (tests/engine/test_distributed.py runs it on two CPU processes over gloo).
 """
 
 from __future__ import annotations
@@ -48,8 +58,10 @@ from engine.jobs.codec import EventCodec
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
 from engine.training.batching import StepBatch
+from engine.training.datasets import EncodedExample
 from engine.training.models import DevicePlan
 from engine.training.recipe import (
+    HOST,
     Checkpointing,
     CheckpointSave,
     LoadedModel,
@@ -60,7 +72,8 @@ from engine.training.recipe import (
     release,
     run_training,
 )
-from engine.training.spec import EvalReported, StepMetrics
+from engine.training.sharding import FSDP_LAUNCH_ARGUMENTS, shard_model, sharding_summary
+from engine.training.spec import EvalReported, Sharding, StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +100,18 @@ def train(run: TrainingRun, sink: ProgressSink, cancel: CancelToken,
     """The training runner's train function: in this thread on one device, through accelerate on several."""
     if loaded is None or loaded.devices == 1:
         return run_training(run, sink, cancel, loaded)
-    plan, devices = loaded.plan, loaded.devices
+    plan, devices = loaded.training_plan, loaded.devices
     release(loaded)  # the processes load their own copies; the device of rank 0 is this one's
     return run_distributed(run, sink, cancel, plan=plan, processes=devices)
 
 
-def launch_arguments(*, processes: int, device: str, port: int, threads_per_process: int = 1) -> list[str]:
-    """``accelerate launch`` arguments for one machine's ``processes`` (GPUs, or CPU processes over gloo)."""
-    arguments = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--machine_rank", "0",
+def launch_arguments(*, processes: int, device: str, port: int, threads_per_process: int = 1,
+                     sharding: Sharding = Sharding.NONE) -> list[str]:
+    """``accelerate launch`` arguments for one machine's ``processes`` (GPUs, or CPU processes over gloo);
+    with ``sharding`` FSDP, accelerate's FSDP2 flags too (engine.training.sharding)."""
+    # accelerate takes one mode: FSDP's launches the same processes as multi-GPU's, with FSDP's environment
+    mode = FSDP_LAUNCH_ARGUMENTS if sharding is Sharding.FSDP else ["--multi_gpu"]
+    arguments = [*mode, "--num_processes", str(processes), "--num_machines", "1", "--machine_rank", "0",
                  "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
     if device == "cpu":
         arguments += ["--num_cpu_threads_per_process", str(threads_per_process)]
@@ -118,7 +135,8 @@ def run_distributed(run: TrainingRun, sink: ProgressSink, cancel: CancelToken, *
         threads = max(1, (os.cpu_count() or 1) // processes)
         command = [sys.executable, "-m", "engine.training.distributed", "launch",
                    *launch_arguments(processes=processes, device=plan.device, port=_free_port(),
-                                     threads_per_process=threads), str(run_dir)]
+                                     threads_per_process=threads, sharding=run.spec.hyperparameters.sharding),
+                   str(run_dir)]
         reports = _Reports(run_dir, sink, ckpt.save if ckpt else None)
         with (run_dir / "launch.log").open("wb") as output:
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=_child_env())
@@ -268,6 +286,16 @@ class RankGroup:
                 reason = StopReason.CANCEL
             cancel.cancel(reason)
 
+    def loss_scale(self, weight: float) -> float:
+        return 1.0  # the gradients are combined by :meth:`sync_gradients`
+
+    def agree(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self._device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
         import torch.distributed as dist
 
@@ -282,6 +310,45 @@ class RankGroup:
             p.grad = (flat[offset : offset + p.numel()] * scale).view_as(p).to(device=p.device, dtype=p.dtype)
             offset += p.numel()
         return float(flat[1]) * scale
+
+
+class ShardedGroup(RankGroup):
+    """The processes of a sharded (FSDP) run: FSDP's own hooks combine the gradients (each layer's
+    reduce-scatter in the backward pass, an average over the processes), so each process's loss is scaled by
+    its share's weight times their number before its backward pass, and the result divided by the step's
+    total weight: the weighted mean, as :meth:`RankGroup.sync_gradients` takes it.
+
+    Every process must run the same forward and backward passes (each is a collective per layer), so a share
+    keeps one micro-batch per micro-batch of the step, each of ``ceil(n / world)`` examples: a process short of
+    examples in one (fewer than processes) pads it with zero-weight copies, which add nothing to the loss."""
+
+    def shard(self, step: StepBatch) -> StepBatch:
+        examples: list[EncodedExample] = []
+        indices: list[int] = []
+        for micro in step.micro_batches:
+            picks = list(micro)[self.rank :: self.world]
+            examples += [step.examples[i] for i in picks]
+            indices += [step.indices[i] for i in picks]
+            fillers = math.ceil(len(micro) / self.world) - len(picks)
+            examples += [replace(step.examples[micro.start], weight=0.0)] * fillers
+            indices += [step.indices[micro.start]] * fillers
+        return StepBatch(examples, indices, max(1, math.ceil(step.micro_size / self.world)))
+
+    def loss_scale(self, weight: float) -> float:
+        return weight * self.world  # FSDP averages over the processes: the sum of weight x gradient
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
+        import torch.distributed as dist
+
+        head = torch.tensor([weight, task_loss * weight], device=self._device)
+        dist.all_reduce(head)
+        total = float(head[0])
+        scale = 1.0 / total if total > 0 else 0.0
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        return float(head[1]) * scale
 
 
 class _ReportFile:
@@ -321,7 +388,8 @@ def rank_main(run_dir: Path) -> int:
     plan = launch.plan.on_device(state.local_process_index)
     if plan.device == "cuda":
         torch.cuda.set_device(plan.index)
-    group = RankGroup(rank, state.num_processes, plan.torch_device, run_dir / "stop")
+    sharded = launch.run.spec.hyperparameters.sharding is Sharding.FSDP
+    group = (ShardedGroup if sharded else RankGroup)(rank, state.num_processes, plan.torch_device, run_dir / "stop")
     report = _ReportFile(run_dir) if group.is_main else None
     every_steps, every_seconds = launch.checkpoint_every
     run = replace(launch.run, parallel=group, checkpointing=Checkpointing(
@@ -329,13 +397,28 @@ def rank_main(run_dir: Path) -> int:
         save=report.save_checkpoint if report else _never, resume_from=launch.resume_from,
     ))
     try:
-        result = run_training(run, report or _Silent(), CancelToken(), load_for_training(run, plan))
+        loaded = _load(run, plan, group)
+        if report is not None and isinstance(group, ShardedGroup):
+            report.emit(Noticed("SHARDED", sharding_summary(loaded.model, group.world)))
+        result = run_training(run, report or _Silent(), CancelToken(), loaded)
     except EngineError as exc:
         torch.save(exc, run_dir / f"error-{rank}.pt")
         return 3 if isinstance(exc, Cancelled) else 1
     if group.is_main:
-        torch.save(replace(result, device=f"{state.num_processes} x {plan.description}"), run_dir / "result.pt")
+        shared = LoadedModel(None, None, plan, state.num_processes, launch.run.spec.hyperparameters.sharding)
+        torch.save(replace(result, device=shared.description), run_dir / "result.pt")
     return 0
+
+
+def _load(run: TrainingRun, plan: DevicePlan, group: RankGroup) -> LoadedModel:
+    """This process's model: loaded on its device, or (sharded) loaded on the host by the first process, built
+    empty by the others, and sharded onto each one's device."""
+    if not isinstance(group, ShardedGroup):
+        return load_for_training(run, plan)
+    loaded = load_for_training(run, HOST, empty=not group.is_main)  # one copy of the weights on the host
+    loaded.model = shard_model(loaded.model, plan.torch_device, is_main=group.is_main)
+    loaded.plan = plan
+    return loaded
 
 
 def _never(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from engine.domain import BaseProtectionMethod, Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.training.kernels import apply_kernels
-from engine.training.spec import Precision, Quantization
+from engine.training.spec import Precision, Quantization, Sharding, TrainingJobSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,57 @@ def device_count(requested: int) -> int:
             metadata={"requested": str(requested), "available": str(available)},
         )
     return requested
+
+
+def sharding_obstacle(spec: TrainingJobSpec) -> FailedPrecondition | None:
+    """Why ``spec`` cannot train sharded (FSDP) whatever its devices, or None."""
+    hp, protection = spec.hyperparameters, spec.base_protection
+    if hp.quantization is not Quantization.NONE:
+        return FailedPrecondition(
+            "FSDP_QUANTIZED_BASE",
+            f"sharding FSDP needs an unquantized base; quantization {hp.quantization.value} loads it through "
+            "bitsandbytes, whose 4/8-bit weights are not sharded here: use sharding NONE (each device holds the "
+            "quantized base) or quantization NONE",
+            metadata={"quantization": hp.quantization.value},
+        )
+    kl_to_base = protection.rehearses and (protection.method is BaseProtectionMethod.BASE_KL
+                                           or protection.kl_weight > 0)
+    if spec.objective is not Objective.SFT or kl_to_base:
+        what = f"the {spec.objective.value} objective" if spec.objective is not Objective.SFT \
+            else "a KL term to the base model (base_protection)"
+        return FailedPrecondition(
+            "FSDP_OBJECTIVE_UNSUPPORTED",
+            f"sharding FSDP trains the weighted SFT loss only, not {what}: every process of a sharded run must run "
+            "the same forward passes, and these run passes by what each process's share of a step holds (and "
+            "KTO estimates its reference point on each share); use sharding NONE",
+            metadata={"objective": spec.objective.value, "base_protection": protection.method.value},
+        )
+    return None
+
+
+def default_sharding(default: Sharding, spec: TrainingJobSpec) -> Sharding:
+    """A server's default sharding for a job that does not ask for one: FSDP only where the job can be sharded
+    as far as its spec tells (:func:`sharding_obstacle`, and not one device); elsewhere NONE."""
+    if default is Sharding.FSDP and spec.hyperparameters.num_devices != 1 and sharding_obstacle(spec) is None:
+        return Sharding.FSDP
+    return Sharding.NONE
+
+
+def check_sharding(spec: TrainingJobSpec, devices: int | None = None) -> None:
+    """FailedPrecondition for a sharded (FSDP) job that cannot run (:func:`sharding_obstacle`) or, when
+    ``devices`` is known (the number the job resolved to on its worker), has fewer than two devices."""
+    if spec.hyperparameters.sharding is not Sharding.FSDP:
+        return
+    obstacle = sharding_obstacle(spec)
+    if obstacle is not None:
+        raise obstacle
+    if devices is not None and devices < 2:
+        raise FailedPrecondition(
+            "FSDP_NEEDS_SEVERAL_DEVICES",
+            f"sharding FSDP splits the model across devices, and this job trains on {devices}: set num_devices to "
+            "2 or more on a worker with that many GPUs, or sharding NONE",
+            metadata={"devices": str(devices)},
+        )
 
 
 def select_device(precision: Precision, *, require_cuda: bool = False) -> DevicePlan:
@@ -241,14 +293,25 @@ def resolve_base_model(model_id: str, *, models: Mapping[str, Path], cache_dir: 
 # ---- loading --------------------------------------------------------------------
 
 
-def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization) -> tuple[Any, Any]:
-    """Load an HF-format causal LM and tokenizer for training: frozen base, kbit-prepared if quantized."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization,
+                    empty: bool = False) -> tuple[Any, Any]:
+    """Load an HF-format causal LM and tokenizer for training: frozen base, kbit-prepared if quantized.
+
+    ``empty``: the model's structure only, its parameters on the meta device (buffers real), for a sharded
+    run's process that receives its weights from the first (engine.training.sharding)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if quantization is Quantization.NONE:
+    if empty:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            # transformers leaves from_config unannotated
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                AutoConfig.from_pretrained(path), dtype=torch.float32)
+    elif quantization is Quantization.NONE:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.to(plan.torch_device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
     else:

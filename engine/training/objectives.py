@@ -36,7 +36,8 @@ class WeightedSft:
 
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
         weights = self._weights(step)
-        total = weights.sum()
+        # 0: a share of fillers only (engine.training.distributed.ShardedGroup): its losses are 0, not 0 / 0
+        total = weights.sum() if weights.sum() > 0 else torch.ones(())
         for micro in step.micro_batches:
             sums, counts = forward(model, [step.examples[i] for i in micro])
             share = weights[micro.start : micro.stop].to(sums.device)

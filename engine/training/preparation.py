@@ -32,7 +32,7 @@ from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.splits import SplitRule
 from engine.training.datasets import load_jsonl, resolve_dataset_path
-from engine.training.models import resolve_base_model
+from engine.training.models import check_sharding, resolve_base_model
 from engine.training.spec import TrainingJobSpec
 from engine.training.stored_datasets import StoredDatasets
 
@@ -81,6 +81,8 @@ class JobPreparer:
     async def validate(self, spec: TrainingJobSpec) -> PreparedInputs:
         """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
         self._check_ewc(spec)
+        # the devices a job of num_devices 0 trains on are known on its worker only (checked again there)
+        check_sharding(spec, spec.hyperparameters.num_devices or None)
         parent = await self._parent(spec) if spec.parent_adapter_version else None
         if parent is not None:
             spec = inherit_lora(spec, parent)

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,25 @@ from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
 from engine.training.batching import Batching, StepBatch, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
-from engine.training.models import DevicePlan, device_count, load_base_model, make_temp_dir, select_device
+from engine.training.models import (
+    DevicePlan,
+    check_sharding,
+    device_count,
+    load_base_model,
+    make_temp_dir,
+    select_device,
+)
 from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, per_example_nll
-from engine.training.spec import EVAL_SPLIT, EvalReported, StepMetrics, TrainingJobSpec
+from engine.training.sharding import (
+    as_float,
+    full_optimizer_state,
+    full_trainable_state,
+    is_sharded,
+    load_optimizer_state,
+    load_trainable_state,
+)
+from engine.training.spec import EVAL_SPLIT, EvalReported, Sharding, StepMetrics, TrainingJobSpec
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
 RATE_WINDOW = 10
@@ -94,8 +110,17 @@ class DataParallel(Protocol):
         """Cancel ``cancel`` when any process was asked to stop: all stop at the same step."""
         ...
 
+    def loss_scale(self, weight: float) -> float:
+        """What this process's share of a step's loss (an average over ``weight``) is multiplied by before its
+        backward pass (1 unless the model's own hooks combine gradients: a sharded model's)."""
+        ...
+
     def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
         """Replace every process's gradients by their weighted mean; the step's task loss, likewise averaged."""
+        ...
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any process (all get the same answer)."""
         ...
 
 
@@ -257,14 +282,15 @@ def _check_cancel(cancel: CancelToken, where: str) -> None:
 # ---- save ---------------------------------------------------------------------------
 
 
-def save_adapter(model: Any, output_dir: Path) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors into ``output_dir`` atomically."""
+def save_adapter(model: Any, output_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors into ``output_dir`` atomically; ``weights``: the
+    adapter's whole weights by parameter name when the model holds only shards of them."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FailedPrecondition("OUTPUT_EXISTS", f"adapter output directory {output_dir} is not empty")
     tmp = make_temp_dir(output_dir.parent, output_dir.name)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         if output_dir.exists():
             output_dir.rmdir()
         os.rename(tmp, output_dir)
@@ -283,28 +309,52 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
-    plan: DevicePlan
+    plan: DevicePlan  # where this copy is
     devices: int = 1  # the job trains on this many (engine.training.distributed when more than one)
+    sharding: Sharding = Sharding.NONE
+    # where the job's processes train when that is not where this copy is (FSDP: this one on the host)
+    launch_plan: DevicePlan | None = None
+
+    @property
+    def training_plan(self) -> DevicePlan:
+        return self.launch_plan or self.plan
 
     @property
     def description(self) -> str:
-        return self.plan.description if self.devices == 1 else f"{self.devices} x {self.plan.description}"
+        plan = self.training_plan
+        if self.devices == 1:
+            return plan.description
+        sharded = ", FSDP (the model sharded across them)" if self.sharding is Sharding.FSDP else ""
+        return f"{self.devices} x {plan.description}{sharded}"
 
 
-def load_for_training(run: TrainingRun, plan: DevicePlan | None = None) -> LoadedModel:
+def load_for_training(run: TrainingRun, plan: DevicePlan | None = None, *, empty: bool = False) -> LoadedModel:
     """Seed, load the base model once and attach the job's adapter (a worker thread's work).
 
     ``plan``: the device to load on (a distributed run's process); by default the job's own choice, after
-    checking this worker has the devices the job asks for (FailedPrecondition otherwise).
+    checking this worker has the devices the job asks for, and that its sharding can run on them
+    (FailedPrecondition otherwise). A sharded job's copy here is loaded on the host: its base may not fit one
+    device, and its processes load their own (engine.training.distributed). ``empty``: the structure only, on
+    the meta device, for a sharded run's process that receives the first one's weights.
     """
     hp = run.spec.hyperparameters
-    devices = 1
+    devices, launch_plan = 1, None
     if plan is None:
         devices = device_count(hp.num_devices)
+        check_sharding(run.spec, devices)
         plan = select_device(hp.precision)
+        if hp.sharding is Sharding.FSDP:
+            plan, launch_plan = HOST, plan
     seed_everything(hp.seed)
-    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization)
-    return LoadedModel(attach_adapter(run, base), tokenizer, plan, devices)
+    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization, empty=empty)
+    with warnings.catch_warnings():
+        if empty:  # a parent's weights loaded into meta parameters: nothing to copy, torch says so for each
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+        model = attach_adapter(run, base)
+    return LoadedModel(model, tokenizer, plan, devices, hp.sharding, launch_plan)
+
+
+HOST = DevicePlan("cpu", None, "cpu, fp32")  # where a sharded run's models are loaded before they are sharded
 
 
 def release(loaded: LoadedModel | None) -> None:
@@ -366,13 +416,18 @@ def run_training(
         if eval_loss is not None:
             sink.emit(EvalReported(step=steps, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
         main = run.parallel is None or run.parallel.is_main
+        sharded = is_sharded(model)
         retained: BaseRetention | None = None
-        if run.probe is not None and main:
+        if run.probe is not None and main and sharded:
+            sink.emit(Warned("BASE_RETENTION_NOT_MEASURED", "base retention is not measured on a sharded (FSDP) "
+                                                            "run: its generation would need every process"))
+        elif run.probe is not None and main:
             with tracer.start_as_current_span("training.base_retention"):
                 retained = run.probe.measure(model, tokenizer, plan, base_model_dir=run.base_model_dir,
                                          quantization=hp.quantization.value, step=steps, sink=sink, cancel=cancel)
         _check_cancel(cancel, "saving")
-        adapter_dir = save_adapter(model, run.output_dir) if main else run.output_dir
+        weights = full_trainable_state(model) if sharded else None  # every process takes part in the gather
+        adapter_dir = save_adapter(model, run.output_dir, weights) if main else run.output_dir
         return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained,
                               eval_loss)
     finally:
@@ -436,18 +491,28 @@ def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching) -> 
 def _save_checkpoint(
     ckpt: Checkpointing, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *, step: int,
     losses: tuple[float, float], eval_loss: float | None, data_key: dict[str, object], sink: ProgressSink,
+    main: bool = True,
 ) -> bool:
     """Save the run's state at ``step`` and hand it to ``ckpt.save``. A failure (a full disk, the store down)
-    fails this checkpoint, not the run: it is reported, nothing partial is left, and the next one is tried."""
+    fails this checkpoint, not the run: it is reported, nothing partial is left, and the next one is tried.
+
+    A sharded model's state is gathered whole first, in the format one device writes (every process takes
+    part; the main process writes it), so the checkpoint resumes on any number of devices."""
+    weights, optimizer_state = None, None
+    if is_sharded(model):
+        weights, optimizer_state = full_trainable_state(model), full_optimizer_state(model, optimizer)
+    if not main:
+        return True
     state_dir: Path | None = None
     try:
         ckpt.scratch_dir.mkdir(parents=True, exist_ok=True)
         state_dir = make_temp_dir(ckpt.scratch_dir, f"step-{step}")
         with tracer.start_as_current_span("training.checkpoint", attributes={"step": step}):
-            model.save_pretrained(state_dir / "adapter", safe_serialization=True)
+            model.save_pretrained(state_dir / "adapter", safe_serialization=True, state_dict=weights)
             torch.save({
                 "step": step, "loss": losses[0], "task_loss": losses[1], "data": data_key,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 # the training device's generator only: a worker with another number of GPUs restores it too
                 "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0),
@@ -487,11 +552,18 @@ def _restore_checkpoint(
                                                     "starts from the beginning"))
         return None
     weights = load_file(str(ckpt_dir / "adapter" / "adapter_model.safetensors"))
-    unexpected = list(getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", ()))
+    sharded = is_sharded(model)
+    if sharded:
+        unexpected = load_trainable_state(model, weights)
+    else:
+        unexpected = list(getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", ()))
     if unexpected:
         raise FailedPrecondition("CHECKPOINT_INCOMPATIBLE",
                                  f"the checkpoint's adapter does not fit this model: {unexpected[:3]}")
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded:
+        load_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"].numel() and torch.cuda.is_available():
@@ -536,11 +608,12 @@ def _optimise(
 
     parallel = run.parallel
     main = parallel is None or parallel.is_main
+    sharded = is_sharded(model)  # then every process takes part in a checkpoint's forwards and gathers
 
     def checkpoint() -> None:
         nonlocal saved_step, saved_at
         assert ckpt is not None
-        if not main:
+        if not main and not sharded:
             return  # every process holds the same state; one stores it
         if step > saved_step:
             eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel) \
@@ -548,7 +621,7 @@ def _optimise(
             if eval_loss is not None:
                 sink.emit(EvalReported(step=step, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
             if _save_checkpoint(ckpt, model, optimizer, scheduler, step=step, losses=(loss_value, task_value),
-                                eval_loss=eval_loss, data_key=data_key, sink=sink):
+                                eval_loss=eval_loss, data_key=data_key, sink=sink, main=main):
                 saved_step = step
         saved_at = time.monotonic()
 
@@ -569,18 +642,23 @@ def _optimise(
                     checkpoint()
                 _check_cancel(cancel, f"step {step + 1}")
                 share_of_step = parallel.shard(batch) if parallel is not None else batch
+                weight = objective.step_weight(share_of_step)
+                scale = parallel.loss_scale(weight) if parallel is not None else 1.0
                 task_value = 0.0
                 shares = objective.step_losses(model, share_of_step, layout.forward) if share_of_step.examples else ()
                 for share in shares:
-                    share.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+                    # torch leaves Tensor.backward unannotated
+                    (share if scale == 1.0 else share * scale).backward()  # type: ignore[no-untyped-call]
                     task_value += float(share.detach())
+                if parallel is not None:
+                    task_value = parallel.sync_gradients(params, weight, task_value)
+                # After the mean: the penalty's gradient is every process's own (the same whole one, or its
+                # shards' part), added once.
                 penalty = run.penalty(model) if run.penalty is not None else torch.zeros(())
                 if penalty.requires_grad:
                     penalty.backward()  # type: ignore[no-untyped-call]
-                if parallel is not None:  # the penalty is the same in every process: its gradient survives the mean
-                    task_value = parallel.sync_gradients(params, objective.step_weight(share_of_step), task_value)
                 clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, clip))  # the norm over all shards
                 learning_rate = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -606,9 +684,12 @@ def _optimise(
                         eta_seconds=elapsed / (step - first) * (total - step),
                     )
                 )
-                if ckpt is not None and step < total and (
-                        (ckpt.every_steps and step % ckpt.every_steps == 0)
-                        or (ckpt.every_seconds and now - saved_at >= ckpt.every_seconds)):
+                due = ckpt is not None and step < total and bool(
+                    (ckpt.every_steps and step % ckpt.every_steps == 0)
+                    or (ckpt.every_seconds and now - saved_at >= ckpt.every_seconds))
+                if sharded and parallel is not None and ckpt is not None and ckpt.every_seconds and step < total:
+                    due = parallel.agree(due)  # the processes' clocks differ; a checkpoint needs all of them
+                if due:
                     checkpoint()
             epoch_span.set_attribute("step", step)
     if cancel.cancelled and cancel.keeps_progress and ckpt is not None:

@@ -126,7 +126,7 @@ class TrainingRunner:
             )
             loaded = await ctx.in_worker(self._load, run)
         try:
-            ctx.set_output(replace(ctx.job.output, device=loaded.plan.device))
+            ctx.set_output(replace(ctx.job.output, device=loaded.training_plan.device))
             if self._planner is not None and inputs.parent is not None and parent_dir is not None \
                     and (not spec.ewc.disabled or spec.ewc.replay_fraction > 0):
                 plan = await self._planner.plan(PlanRequest(

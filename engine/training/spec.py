@@ -35,6 +35,13 @@ class Quantization(enum.StrEnum):
     INT8 = "INT8"
 
 
+class Sharding(enum.StrEnum):
+    """How a job on several devices holds its model (engine.training.distributed)."""
+
+    NONE = "NONE"  # every device holds the whole model; each step's examples are shared out (data parallel)
+    FSDP = "FSDP"  # the base is sharded across the devices per decoder layer (torch FSDP2), data shared out too
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     epochs: int = 3
@@ -57,6 +64,9 @@ class Hyperparameters:
     packing: bool = True
     # Devices to train on in parallel (engine.training.distributed); 0: every GPU of the worker running the job.
     num_devices: int = 1
+    # How the devices hold the model: whole on each (NONE), or sharded per decoder layer (FSDP) for a base that
+    # does not fit one device.
+    sharding: Sharding = Sharding.NONE
     # Examples held out by prompt (engine.splits) as the job's eval split: their loss at each checkpoint and
     # at the end, on the version as its eval loss. 0: every example is trained on.
     eval_fraction: float = 0.0

@@ -32,6 +32,12 @@ class Quantization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUANTIZATION_NONE: _ClassVar[Quantization]
     QUANTIZATION_NF4: _ClassVar[Quantization]
     QUANTIZATION_INT8: _ClassVar[Quantization]
+
+class Sharding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARDING_UNSPECIFIED: _ClassVar[Sharding]
+    SHARDING_NONE: _ClassVar[Sharding]
+    SHARDING_FSDP: _ClassVar[Sharding]
 OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_SFT: Objective
 OBJECTIVE_KTO: Objective
@@ -43,9 +49,12 @@ QUANTIZATION_UNSPECIFIED: Quantization
 QUANTIZATION_NONE: Quantization
 QUANTIZATION_NF4: Quantization
 QUANTIZATION_INT8: Quantization
+SHARDING_UNSPECIFIED: Sharding
+SHARDING_NONE: Sharding
+SHARDING_FSDP: Sharding
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices", "eval_fraction")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices", "eval_fraction", "sharding")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +71,7 @@ class Hyperparameters(_message.Message):
     PACKING_FIELD_NUMBER: _ClassVar[int]
     NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
     EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
@@ -78,7 +88,8 @@ class Hyperparameters(_message.Message):
     packing: bool
     num_devices: int
     eval_fraction: float
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ..., eval_fraction: _Optional[float] = ...) -> None: ...
+    sharding: Sharding
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ..., eval_fraction: _Optional[float] = ..., sharding: _Optional[_Union[Sharding, str]] = ...) -> None: ...
 
 class EwcConfig(_message.Message):
     __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled", "fisher_space")
