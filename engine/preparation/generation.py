@@ -44,7 +44,7 @@ A: <its answer, taken from the text>
 """
 
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
-_KEY = re.compile(r"^[\s>*#_`\-\d.)]*(q|question|a|answer)(?:\s*\d+)?[\s*_`]*[:.)\-–]\s*(.*)$",
+_KEY = re.compile(r"^[\s>*#_`\-\d.)]*(q|question|a|answer)(?:\s*\d+)?[\s*_`]*[:=.)\-–]\s*(.*)$",
                   re.IGNORECASE)
 
 

@@ -5,13 +5,16 @@ down, or one whose every answer is unsupported, fails the job with a reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
+from aiohttp import web
 
+from engine.serving.reference_backend import start_site
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as ds
 from learning.v1 import dataset_pb2_grpc as ds_grpc
@@ -191,5 +194,36 @@ async def test_a_generator_that_invents_or_is_down_fails_the_job(make_server, da
     assert down.state == common.JOB_STATE_FAILED and job_reason(down) == "GENERATOR_UNAVAILABLE"
     assert down.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert f"the generator tiny-llama at {url} could not be asked about chunk 0 of dunmoor.txt" in down.error.message
+    listed = await ds_grpc.DatasetServiceStub(client.channel).ListDatasets(ds.ListDatasetsRequest())
+    assert listed.datasets == []
+
+
+async def test_a_cancelled_preparation_stops_at_the_next_chunk_and_stores_nothing(make_server, data_dir: Path):
+    started = asyncio.Event()
+
+    async def complete(request: web.Request) -> web.Response:
+        body = await request.json()
+        started.set()
+        await asyncio.sleep(0.5)  # a slow generator: the cancel comes while it writes
+        return web.json_response({"choices": [{"message": {"content": writer(body["messages"][0]["content"])}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", complete)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        client = await make_server(prepare_generator_url=f"http://127.0.0.1:{port}")
+        jobs = pb_grpc.DataPreparationServiceStub(client.channel)
+        spec = pb.PreparationJobSpec(dataset="datasets/handbook", documents=documents(data_dir), chunk_chars=200)
+        job = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec))).preparation_job
+        await asyncio.wait_for(started.wait(), 30)
+        await jobs.CancelPreparationJob(pb.CancelPreparationJobRequest(name=job.name))
+        updates = [m async for m in jobs.WatchPreparationJob(pb.WatchPreparationJobRequest(name=job.name))]
+    finally:
+        await runner.cleanup()
+    assert updates[0].HasField("snapshot")
+    done = (await jobs.GetPreparationJob(pb.GetPreparationJobRequest(name=job.name))).preparation_job
+    assert done.state == common.JOB_STATE_CANCELLED and not done.result.dataset_version
+    assert done.progress.completed_steps < done.progress.total_steps == 4
+    assert "the preparation was cancelled after" in done.error.message
     listed = await ds_grpc.DatasetServiceStub(client.channel).ListDatasets(ds.ListDatasetsRequest())
     assert listed.datasets == []
