@@ -13,7 +13,10 @@ A pair is kept only when its chunk supports its answer:
 - at least :data:`MIN_WORD_SUPPORT` of the answer's content words (three letters or more, not a function word)
   occur in the chunk: grounding's claims miss a wrong answer written in lower case ("it is made of glass"), and
   an answer that shares no words with its source was not read from it;
+- its answer is not its question again (small models echo it);
 - its question is not one kept already for the same document (after normalisation).
+
+Words are compared in lower case with a final "s" dropped, so "sources" in the chunk supports "source".
 
 The overlap rule is hand-written: it must be deterministic, cheap and explainable per pair, as grounding's is;
 an entailment model would need a model download and is itself a model to trust.
@@ -149,19 +152,26 @@ def parse(raw: str) -> Reading:
 
 
 def content_words(text: str) -> list[str]:
+    """The words of three letters or more that are not function words, in lower case."""
     return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in FUNCTION_WORDS]
+
+
+def _key(word: str) -> str:
+    return word.removesuffix("s")
 
 
 def check(pair: Pair, chunk: str) -> Verdict:
     """Whether ``chunk`` supports the pair's answer (see the module docstring)."""
+    if normalised_question(pair.answer) == normalised_question(pair.question):
+        return Verdict(pair, "unsupported", "the answer repeats the question")
     missing = unsupported(pair.answer, chunk, pair.question)
     if missing:
         return Verdict(pair, "unsupported", "claims the text lacks: " + ", ".join(missing))
     words = content_words(pair.answer)
-    known = set(content_words(chunk))
+    known = {_key(w) for w in content_words(chunk)}
     if not words:
         return Verdict(pair, "unsupported", "the answer has no content words to check")
-    absent = [w for w in words if w not in known]
+    absent = [w for w in words if _key(w) not in known]
     if len(words) - len(absent) < MIN_WORD_SUPPORT * len(words):
         return Verdict(pair, "unsupported", f"{len(absent)} of {len(words)} of its words are not in the text: "
                                             + ", ".join(dict.fromkeys(absent)))
