@@ -13,7 +13,8 @@ A pair is kept only when its chunk supports its answer:
 - at least :data:`MIN_WORD_SUPPORT` of the answer's content words (three letters or more, not a function word)
   occur in the chunk: grounding's claims miss a wrong answer written in lower case ("it is made of glass"), and
   an answer that shares no words with its source was not read from it;
-- its answer is not its question again (small models echo it);
+- its answer says something its question does not: at least one of its content words is not the question's
+  (small models echo the question, or part of it);
 - its question is not one kept already for the same document (after normalisation).
 
 Words are compared in lower case with a final "s" dropped, so "sources" in the chunk supports "source".
@@ -162,8 +163,6 @@ def _key(word: str) -> str:
 
 def check(pair: Pair, chunk: str) -> Verdict:
     """Whether ``chunk`` supports the pair's answer (see the module docstring)."""
-    if normalised_question(pair.answer) == normalised_question(pair.question):
-        return Verdict(pair, "unsupported", "the answer repeats the question")
     missing = unsupported(pair.answer, chunk, pair.question)
     if missing:
         return Verdict(pair, "unsupported", "claims the text lacks: " + ", ".join(missing))
@@ -171,6 +170,8 @@ def check(pair: Pair, chunk: str) -> Verdict:
     known = {_key(w) for w in content_words(chunk)}
     if not words:
         return Verdict(pair, "unsupported", "the answer has no content words to check")
+    if {_key(w) for w in words} <= {_key(w) for w in content_words(pair.question)}:
+        return Verdict(pair, "unsupported", "the answer only repeats words of the question")
     absent = [w for w in words if _key(w) not in known]
     if len(words) - len(absent) < MIN_WORD_SUPPORT * len(words):
         return Verdict(pair, "unsupported", f"{len(absent)} of {len(words)} of its words are not in the text: "

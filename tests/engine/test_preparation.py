@@ -48,8 +48,10 @@ def test_only_answers_the_chunk_supports_are_kept() -> None:
     assert gen.check(gen.Pair("Where is Marnesse?", "Marnesse is on the Orl river."), CHUNK).kept
     assert gen.check(gen.Pair("Why?", "Yes."), CHUNK).detail == "the answer has no content words to check"
     # an echo of the question (as SmolLM2-135M writes) says nothing
-    echo = gen.check(gen.Pair("The Orl river (Veloria)", "the Orl river, Veloria"), CHUNK)
-    assert echo.problem == "unsupported" and echo.detail == "the answer repeats the question"
+    for question, answer in [("The Orl river (Veloria)", "the Orl river, Veloria"),
+                             ("from the engine (a pipeline's drift trigger)", "from the engine (a")]:
+        echo = gen.check(gen.Pair(question, answer), CHUNK + " The engine has a pipeline.")
+        assert echo.problem == "unsupported" and echo.detail == "the answer only repeats words of the question"
     assert gen.check(gen.Pair("What do people do there?", "They weave wools and sheeps."), CHUNK).kept  # a final s
 
 
