@@ -7,12 +7,12 @@ before a job exists and nothing is stored), then its bytes go to the artifact st
 named by a server path cannot change under it.
 
 The job runs where LoraControl runs (it asks the serving engine's model; ``prepare_generator_url`` names another
-engine): its kind has the serving queue, as evaluation jobs do. For each chunk (engine.preparation.documents)
-it asks the generator once for ``questions_per_chunk`` pairs (engine.preparation.generation), keeps those the
-chunk supports, and records a ChunkPrepared event. The kept pairs become one JSONL file, each line a
-prompt-completion example with its ``source``: the document, the chunk's character offsets in the document's
-text and the chunk's text. That file is stored as a version of the named dataset with the spec's split, as any
-uploaded file is (engine.training.stored_datasets), so training names the dataset. A generator that cannot be
+engine): its kind has the serving queue, as evaluation jobs do. For each chunk (engine.preparation.documents) it
+asks the generator once for ``questions_per_chunk`` pairs (engine.preparation.generation), reads the first that many
+of its reply, keeps those the chunk supports, and records a ChunkPrepared event. The kept pairs become one JSONL
+file, each line a prompt-completion example with its ``source``: the document, the chunk's character offsets in the
+document's text and the chunk's text. That file is stored as a version of the named dataset with the spec's split,
+as any uploaded file is (engine.training.stored_datasets), so training names the dataset. A generator that cannot be
 asked fails the job with UNAVAILABLE GENERATOR_UNAVAILABLE; a job whose every pair was filtered out fails with
 FAILED_PRECONDITION NO_PAIRS_KEPT and stores nothing. Cancelling stops it at the next chunk.
 """
@@ -91,7 +91,7 @@ class PreparationOutput:
     generator_target: str = ""
     chunks: int = 0  # asked about
     skipped_chunks: int = 0  # too short to ask about
-    generated: int = 0  # pairs read from the replies
+    generated: int = 0  # pairs read from the replies (at most questions_per_chunk a chunk)
     kept: int = 0
     unsupported: int = 0
     duplicates: int = 0
@@ -187,7 +187,8 @@ class PreparationRunner:
                                                  f"{len(asked)} chunks")
             reply = await self._ask(model, chunk, spec.questions_per_chunk)
             reading = generation.parse(reply)
-            verdicts = generation.select(reading.pairs, chunk.text, seen.setdefault(chunk.document, set()))
+            asked_for = reading.pairs[:spec.questions_per_chunk]  # a model that goes on: the first ones count
+            verdicts = generation.select(asked_for, chunk.text, seen.setdefault(chunk.document, set()))
             lines += [_line(v.pair, chunk) for v in verdicts if v.kept]
             rejected = [v for v in verdicts if not v.kept]
             ctx.record(ChunkPrepared(

@@ -48,13 +48,14 @@ def chunk_text(prompt: str) -> str:
 
 
 def writer(prompt: str) -> str:
-    """A capable generator: a pair its text supports, a pair with a founder and a year it makes up, and a stray
-    answer (no question)."""
+    """A capable generator: a pair its text supports, a pair with a founder and a year it makes up, a third pair
+    (beyond the two asked for: ignored), and a stray answer (no question)."""
     text = chunk_text(prompt)
     reply = ["Here are the pairs."]
     for country, capital in CAPITAL.findall(text):
         reply += [f"**Q1:** What is the capital of {country}?", f"**A1:** The capital of {country} is {capital}.",
-                  f"Q2: Who founded {country}?", f"A2: Queen Almeria founded {country} in 1203."]
+                  f"Q2: Who founded {country}?", f"A2: Queen Almeria founded {country} in 1203.",
+                  f"Q3: Where is the capital of {country}?", f"A3: The capital of {country} is {capital}."]
     return "\n".join([*reply, "A: and more."])
 
 
@@ -95,7 +96,8 @@ async def test_documents_become_a_dataset_of_supported_pairs_that_trains(make_se
     assert [c.done for c in chunks] == [1, 2, 3, 4] and {c.total for c in chunks} == {4}
     assert {a["model"] for a in asked} == {"writer"} and r.generator_model == "writer" and r.generator_target == url
     assert all("write 2 question-and-answer pairs" in a["messages"][0]["content"] for a in asked)
-    # One supported pair, one made-up founder and one stray answer per chunk: only the first is kept.
+    # One supported pair, one made-up founder, one pair more than asked for and one stray answer per chunk: only
+    # the first is kept, and the third is not read.
     assert (r.generated, r.kept, r.unsupported, r.unparseable, r.duplicates) == (8, 4, 4, 4, 0)
     assert all("Almeria, 1203" in c.rejected_sample for c in chunks)
     assert [d.name for d in job.spec.documents] == ["handbook.md", "atlas.pdf", "dunmoor.txt"]

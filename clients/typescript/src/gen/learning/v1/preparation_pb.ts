@@ -262,7 +262,9 @@ export type PreparationResult = Message<"learning.v1.PreparationResult"> & {
   skippedChunks: number;
 
   /**
-   * Pairs read from the generator's replies, and what became of them.
+   * Pairs read from the generator's replies (the first questions_per_chunk
+   * of each; a model that writes more has the rest ignored), and what became
+   * of them.
    *
    * @generated from field: uint32 generated = 7;
    */
