@@ -349,13 +349,19 @@ class PreparationJobs:
             raise InvalidArgument("INVALID_PREPARATION_SPEC", f"{where} gives neither content nor server_path",
                                   violations=[FieldViolation(where, "set content or server_path")])
         path = await asyncio.to_thread(self._server_path, doc.server_path, f"{where}.server_path")
-        size = await asyncio.to_thread(lambda: path.stat().st_size)
-        if size > self._max_bytes:
-            raise ResourceExhausted(
-                "DOCUMENTS_TOO_LARGE", f"document {doc.server_path} holds {size} bytes, more than the "
-                f"{self._max_bytes} a preparation may read (dataset_max_bytes)",
-                metadata={"limit": str(self._max_bytes), "size": str(size)})
-        return await asyncio.to_thread(path.read_bytes)
+        try:
+            size = await asyncio.to_thread(lambda: path.stat().st_size)
+            if size > self._max_bytes:
+                raise ResourceExhausted(
+                    "DOCUMENTS_TOO_LARGE", f"document {doc.server_path} holds {size} bytes, more than the "
+                    f"{self._max_bytes} a preparation may read (dataset_max_bytes)",
+                    metadata={"limit": str(self._max_bytes), "size": str(size)})
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:  # e.g. a file the server may not read
+            raise InvalidArgument(
+                "DOCUMENT_UNREADABLE", f"document {doc.server_path} cannot be read ({exc.strerror})",
+                violations=[FieldViolation(f"{where}.server_path", "cannot be read")],
+                metadata={"document": doc.name}) from exc
 
     async def get(self, job_id: str) -> PreparationJob:
         return await self._manager.get(job_id)

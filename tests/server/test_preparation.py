@@ -133,7 +133,7 @@ async def test_documents_become_a_dataset_of_supported_pairs_that_trains(make_se
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(make_server, data_dir: Path):
-    client = await make_server()
+    client = await make_server(dataset_max_bytes=100)
     jobs = pb_grpc.DataPreparationServiceStub(client.channel)
     good = pb.PreparationDocument(name="a.md", content=b"Some words to read here.")
 
@@ -170,6 +170,12 @@ async def test_bad_input_is_refused_and_nothing_is_stored(make_server, data_dir:
             spec=request_spec)))
         assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason), (request_spec, got)
         assert any(f == field for f, _ in violations), (reason, violations)
+    (data_dir / "datasets" / "big.md").write_text("word " * 30)
+    too_large = [spec(good, pb.PreparationDocument(name="b.md", content=b"x" * 80)),  # 104 bytes together
+                 spec(pb.PreparationDocument(name="big.md", server_path="big.md"))]
+    for request_spec in too_large:
+        code, reason, _ = await refused(jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=request_spec)))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DOCUMENTS_TOO_LARGE")
     assert (await jobs.ListPreparationJobs(pb.ListPreparationJobsRequest())).preparation_jobs == []
     assert not (data_dir / "artifacts" / "preparations").exists()
     assert (await ds_grpc.DatasetServiceStub(client.channel).ListDatasets(ds.ListDatasetsRequest())).datasets == []
