@@ -222,7 +222,15 @@ async def test_a_cancelled_preparation_stops_at_the_next_chunk_and_stores_nothin
         client = await make_server(prepare_generator_url=f"http://127.0.0.1:{port}")
         jobs = pb_grpc.DataPreparationServiceStub(client.channel)
         spec = pb.PreparationJobSpec(dataset="datasets/handbook", documents=documents(data_dir), chunk_chars=200)
-        job = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec))).preparation_job
+        job = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec, request_id="r-1"))
+               ).preparation_job
+        again = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec, request_id="r-1"))
+                 ).preparation_job
+        assert again.name == job.name  # idempotent by request_id
+        spec.questions_per_chunk = 2
+        code, reason, _ = await refused(jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(
+            spec=spec, request_id="r-1")))
+        assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
         await asyncio.wait_for(started.wait(), 30)
         await jobs.CancelPreparationJob(pb.CancelPreparationJobRequest(name=job.name))
         updates = [m async for m in jobs.WatchPreparationJob(pb.WatchPreparationJobRequest(name=job.name))]
