@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.online.service import OnlineSessions
     from engine.pipelines.service import Pipelines
+    from engine.preparation.jobs import PreparationJobs
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
     from engine.training.metrics import TrainingMetrics
@@ -211,6 +212,7 @@ class Engine:
     pipelines: Pipelines | None = None  # set with lora: pipeline runs roll out where LoraControl runs
     drift: DriftApi | None = None  # None: no feedback store to read incoming prompts from
     online: OnlineSessions | None = None  # set with lora: a session's adapter is served where LoraControl runs
+    preparations: PreparationJobs | None = None  # set with lora and datasets: they ask the serving engine's model
 
 
 __all__ = [

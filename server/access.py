@@ -77,6 +77,13 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "CancelEvaluationJob": _T,
         "WatchEvaluationJob": _R,
     },
+    "learning.v1.DataPreparationService": {
+        "CreatePreparationJob": _T,
+        "GetPreparationJob": _R,
+        "ListPreparationJobs": _R,
+        "CancelPreparationJob": _T,
+        "WatchPreparationJob": _R,
+    },
     "learning.v1.PipelineService": {
         "CreatePipeline": _O,
         "GetPipeline": _R,

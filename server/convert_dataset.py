@@ -8,6 +8,7 @@ from engine.splits import SplitRule
 from engine.training.stored_datasets import (
     DatasetContent,
     FeedbackOrigin,
+    PreparedOrigin,
     S3Origin,
     ServerPathOrigin,
     Source,
@@ -100,6 +101,8 @@ def dataset_to_pb(d: StoredDataset) -> pb.Dataset:
         msg.feedback.CopyFrom(feedback_source_to_pb(origin.source))
         msg.window_start.CopyFrom(_ts(origin.window_start))
         msg.window_end.CopyFrom(_ts(origin.window_end))
+    elif isinstance(origin, PreparedOrigin):
+        msg.prepared.CopyFrom(pb.PreparedDataset(preparation_job=origin.job, documents=list(origin.documents)))
     return msg
 
 

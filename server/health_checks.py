@@ -30,6 +30,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "learning.v1.AdapterService": ("postgresql", "artifact_store"),
     "learning.v1.LoraControlService": ("postgresql", "artifact_store", "serving_engine"),
     "learning.v1.EvaluationService": ("postgresql", "artifact_store", "serving_engine"),
+    "learning.v1.DataPreparationService": ("postgresql", "artifact_store", "serving_engine"),
     "learning.v1.FeedbackService": ("postgresql",),
     "learning.v1.DatasetService": ("postgresql", "artifact_store"),
     "learning.v1.DriftService": ("postgresql", "artifact_store"),

@@ -9,8 +9,9 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -48,8 +49,11 @@ class LoraRuntime:
     auto_rollback: AutoRollback | None
     backend: asyncio.subprocess.Process | None
     follower: Periodic | None = None
+    closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # other clients to close, first
 
     async def stop(self) -> None:
+        for close in self.closing:
+            await close()
         if self.follower is not None:
             await self.follower.stop()
         if self.auto_rollback is not None:

@@ -37,7 +37,9 @@ from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
 from engine.periodic import Periodic
 from engine.pipelines.spec import PIPELINE_RUN
+from engine.preparation.jobs import PREPARATION, GeneratorConfig, PreparationJobs, PreparationRunner
 from engine.registry import AdapterRegistry, ArtifactStore
+from engine.serving.client import ServingClient, ServingConfig, ServingMode
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
 from engine.stores.artifacts_local import LocalArtifactStore
@@ -66,6 +68,7 @@ from learning.v1 import (
     lora_control_pb2_grpc,
     online_pb2_grpc,
     pipeline_pb2_grpc,
+    preparation_pb2_grpc,
     training_pb2_grpc,
 )
 from server import access
@@ -87,6 +90,7 @@ from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.online import OnlineLearningService
 from server.services.pipeline import PipelineService
+from server.services.preparation import DataPreparationService
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.startup import DataDirLock, StartError, describe, port_taken, sweep_scratch
@@ -296,6 +300,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
                                              stalled_seconds=settings.worker_stalled_seconds,
                                              queues={EVALUATION.name: SERVING_QUEUE,
+                                                     PREPARATION.name: SERVING_QUEUE,
                                                      PIPELINE_RUN.name: PIPELINE_QUEUE})
     await queue.open()
     notifications = owned.notifications = JobNotifications(pool)
@@ -344,6 +349,9 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
         work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
     ) if owned.lora is not None else None
+    preparation_manager = await _preparation_manager(settings, owned, pool, stored_datasets,
+                                                                notifications, worker_id) \
+        if owned.lora is not None else None
     training = TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
                             scratch_dir=settings.work_dir / "checkpoint-publish")
     drift = drift_detector(settings, pool, registry, versions)
@@ -356,7 +364,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id, registry=registry,
         preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora, feedback=feedback_datasets)
     owned.job_managers = (training_manager, fisher_manager, online_manager,
-                          *(m for m in (evaluation_manager, pipeline_manager) if m is not None))
+                          *(m for m in (evaluation_manager, preparation_manager, pipeline_manager) if m is not None))
     for manager in owned.job_managers:
         await manager.recover()
     if work:
@@ -367,9 +375,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
         # One worker takes both serving-side queues (each listening worker holds a database connection); each
         # kind's own slots keep an evaluation from waiting behind pipeline runs, which mostly wait themselves.
-        queue.start_worker({EVALUATION.name: job_executor(evaluation_manager),
-                            PIPELINE_RUN.name: job_executor(pipeline_manager)},
-                           concurrency=1 + settings.pipeline_max_concurrent_runs, name=f"{worker_id}-serving")
+        serving_kinds = {EVALUATION.name: job_executor(evaluation_manager),
+                         PIPELINE_RUN.name: job_executor(pipeline_manager)}
+        if preparation_manager is not None:
+            serving_kinds[PREPARATION.name] = job_executor(preparation_manager)
+        queue.start_worker(serving_kinds, concurrency=len(serving_kinds) - 1 + settings.pipeline_max_concurrent_runs,
+                           name=f"{worker_id}-serving")
         owned.triggers = Periodic("pipeline-triggers", pipelines.tick, settings.pipeline_trigger_interval_seconds)
         owned.triggers.start()
     if online_serving is not None:
@@ -389,7 +400,35 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         pipelines=pipelines,
         drift=drift,
         online=online if owned.lora is not None else None,
+        preparations=PreparationJobs(preparation_manager, artifacts=owned.store, server_path=suite_path,
+                                     max_bytes=settings.dataset_max_bytes)
+        if preparation_manager is not None else None,
     )
+
+
+async def _preparation_manager(settings: Settings, owned: Owned, pool: asyncpg.Pool, datasets: StoredDatasets,
+                               notifications: JobNotifications, worker_id: str) -> JobManager[Any, Any]:
+    """Data preparation jobs ask the serving engine's model (or the engine prepare_generator_url names) for
+    question-answer pairs: they run where LoraControl does, one at a time, from the serving queue."""
+    assert owned.lora is not None and owned.store is not None and owned.queue is not None
+    lora = owned.lora
+    generator = lora.client
+    if settings.prepare_generator_url:
+        generator = ServingClient(ServingConfig(
+            base_url=settings.prepare_generator_url, mode=ServingMode.CUSTOM,
+            timeout_seconds=settings.serving_timeout_seconds,
+            load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,
+            backoff_seconds=settings.serving_backoff_seconds,
+        ))
+        await generator.start()
+        lora.closing.append(generator.close)
+    runner = PreparationRunner(
+        generator, artifacts=owned.store, datasets=datasets,
+        config=GeneratorConfig(model=settings.prepare_generator_model, max_tokens=settings.prepare_max_tokens),
+        base_model=lambda: lora.controller.served_base_model)
+    return JobManager(runner=runner, store=PostgresJobStore(pool, PREPARATION, notifications),
+                      queue=owned.queue, work_dir=settings.work_dir / "preparations", slots=JobSlots(1),
+                      worker_id=worker_id)
 
 
 def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -> FeedbackService | None:
@@ -423,6 +462,9 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
         evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
             EvaluationService(engine.evaluations, default_base_model=settings.default_base_model), server
         )
+    if engine.preparations is not None:
+        preparation_pb2_grpc.add_DataPreparationServiceServicer_to_server(
+            DataPreparationService(engine.preparations), server)
     if engine.pipelines is not None:
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(engine.pipelines, default_base_model=settings.default_base_model,

@@ -107,6 +107,17 @@ class LoraControlSettings(BaseModel):
         5.0, gt=0, le=600, description="How often a serving process takes up the LoRA state another serving process "
         "of the same target recorded (its gateway then routes the alias the same way)."
     )
+    prepare_generator_model: str = Field(
+        "", max_length=256, description="The model a data preparation job asks for question-answer pairs, as its "
+        "serving engine names it; empty: the base model of the serving target. A job may name another "
+        "(spec.generator_model)."
+    )
+    prepare_generator_url: str = Field(
+        "", description="Base URL of another OpenAI-compatible serving engine to ask the generator on (e.g. a larger "
+        "model's vLLM); empty: the serving target's engine."
+    )
+    prepare_max_tokens: int = Field(512, ge=16, le=8192,
+                                    description="Longest reply the generator may write about one chunk.")
     pipeline_trigger_interval_seconds: float = Field(
         30.0, gt=0, le=3600, description="How often a serving process looks at the pipelines' triggers (a cron "
         "tick fires within this much of its time)."
@@ -128,7 +139,7 @@ class LoraControlSettings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") if v else None
 
-    @field_validator("eval_judge_url")
+    @field_validator("eval_judge_url", "prepare_generator_url")
     @classmethod
     def _judge_url(cls, v: str) -> str:
         if v and not v.startswith(("http://", "https://")):

@@ -144,6 +144,11 @@ class ServingTarget:
         return self._client.target
 
     @property
+    def served_base_model(self) -> str:
+        """The base model's id as the serving engine names it (configured, or discovered from /v1/models)."""
+        return self._router.base_model_name
+
+    @property
     def state(self) -> TargetState:
         return self._state
 

@@ -177,7 +177,16 @@ class FeedbackOrigin:
     kind: Literal["feedback"] = "feedback"
 
 
-Origin = UploadOrigin | ServerPathOrigin | S3Origin | FeedbackOrigin
+@dataclass(frozen=True)
+class PreparedOrigin:
+    """Question-answer pairs a data preparation job wrote from documents (engine.preparation)."""
+
+    job: str  # "preparationJobs/{id}"
+    documents: tuple[str, ...] = ()  # their file names
+    kind: Literal["prepared"] = "prepared"
+
+
+Origin = UploadOrigin | ServerPathOrigin | S3Origin | FeedbackOrigin | PreparedOrigin
 Source = ServerPathOrigin | S3Origin | FeedbackSource  # what CreateDataset and ValidateDataset take
 
 
@@ -301,6 +310,13 @@ class StoredDatasets:
             path, origin = await self._fetch(source, scratch / "data.jsonl")
             content, _ = await self._inspect(path, split, label=_label(origin), field_path=_field(origin))
             return await self._register(target, path, content, origin)
+
+    async def store_prepared(self, name: str, path: Path, *, split: SplitRule,
+                             origin: PreparedOrigin) -> tuple[StoredDataset, bool]:
+        """A version of the pairs a preparation job wrote to ``path`` (its own file, which it removes)."""
+        target = parse_dataset_name(name, "spec.dataset", versioned=False)
+        content, _ = await self._inspect(path, split, label=_label(origin), field_path="spec.documents")
+        return await self._register(target, path, content, origin)
 
     async def validate(self, source: Source | bytes, *, split: SplitRule) -> DatasetContent:
         """What a version of ``source`` would hold; stores nothing."""
@@ -480,6 +496,8 @@ def _label(origin: Origin) -> str:
         return origin.path
     if isinstance(origin, S3Origin):
         return origin.uri
+    if isinstance(origin, PreparedOrigin):
+        return f"prepared by {origin.job}"
     return "from feedback"
 
 

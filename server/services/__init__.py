@@ -10,6 +10,7 @@ from learning.v1 import (
     lora_control_pb2,
     online_pb2,
     pipeline_pb2,
+    preparation_pb2,
     training_pb2,
 )
 
@@ -26,6 +27,7 @@ SERVICE_DESCRIPTORS = tuple(
         (pipeline_pb2, "PipelineService"),
         (drift_pb2, "DriftService"),
         (online_pb2, "OnlineLearningService"),
+        (preparation_pb2, "DataPreparationService"),
     )
 )
 SERVICE_NAMES = tuple(d.full_name for d in SERVICE_DESCRIPTORS)

@@ -23,8 +23,10 @@ CONTEXTS = {
     "drift": {"registry"},
     # sessions train like a continuation (its EWC and replay) and are served like versions
     "online": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving"},
+    # documents into pairs a served model writes, checked by the evaluations' grounding, stored as datasets
+    "preparation": {"jobs", "registry", "serving", "lora", "training"},
     "stores": {"jobs", "feedback", "registry", "training", "continual", "lora", "serving", "drift", "pipelines",
-               "online"},
+               "online", "preparation"},
 }
 
 

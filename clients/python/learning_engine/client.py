@@ -42,6 +42,8 @@ from learning.v1 import (
     online_pb2_grpc,
     pipeline_pb2,
     pipeline_pb2_grpc,
+    preparation_pb2,
+    preparation_pb2_grpc,
     training_pb2_grpc,
 )
 from learning.v1 import common_pb2 as common
@@ -112,6 +114,7 @@ class AsyncClient:
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         self.drift = drift_pb2_grpc.DriftServiceStub(self._channel)
         self.online = online_pb2_grpc.OnlineLearningServiceStub(self._channel)
+        self.preparation = preparation_pb2_grpc.DataPreparationServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -611,6 +614,43 @@ class AsyncClient:
         return self._resumable(
             self.evaluation.WatchEvaluationJob,
             lambda after: evaluation.WatchEvaluationJobRequest(name=name, after_sequence=after),
+            after_sequence,
+            lambda m: m.event.sequence if m.HasField("event") else None,
+        )
+
+    # ---- data preparation jobs ----------------------------------------------------
+
+    async def create_preparation_job(
+        self, spec: preparation_pb2.PreparationJobSpec, *, request_id: str = ""
+    ) -> preparation_pb2.PreparationJob:
+        """Turn documents into question-answer pairs a served model writes, stored as a version of
+        ``spec.dataset`` once the job succeeds (``result.dataset_version``)."""
+        request = preparation_pb2.CreatePreparationJobRequest(spec=spec, request_id=request_id)
+        return (await self._unary(self.preparation.CreatePreparationJob, request)).preparation_job
+
+    async def get_preparation_job(self, name: str) -> preparation_pb2.PreparationJob:
+        request = preparation_pb2.GetPreparationJobRequest(name=name)
+        return (await self._unary(self.preparation.GetPreparationJob, request)).preparation_job
+
+    async def list_preparation_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> preparation_pb2.ListPreparationJobsResponse:
+        request = preparation_pb2.ListPreparationJobsRequest(
+            states=list(states), page_size=page_size, page_token=page_token
+        )
+        return await self._unary(self.preparation.ListPreparationJobs, request)
+
+    async def cancel_preparation_job(self, name: str) -> preparation_pb2.PreparationJob:
+        request = preparation_pb2.CancelPreparationJobRequest(name=name)
+        return (await self._unary(self.preparation.CancelPreparationJob, request)).preparation_job
+
+    def watch_preparation_job(
+        self, name: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[preparation_pb2.WatchPreparationJobResponse]:
+        """Snapshot, then every event (one per chunk) until the job ends; survives dropped connections."""
+        return self._resumable(
+            self.preparation.WatchPreparationJob,
+            lambda after: preparation_pb2.WatchPreparationJobRequest(name=name, after_sequence=after),
             after_sequence,
             lambda m: m.event.sequence if m.HasField("event") else None,
         )

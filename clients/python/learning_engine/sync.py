@@ -15,7 +15,7 @@ from typing import Any
 
 from learning.v1 import adapter_pb2 as adapter
 from learning.v1 import common_pb2 as common
-from learning.v1 import dataset_pb2, online_pb2, pipeline_pb2
+from learning.v1 import dataset_pb2, online_pb2, pipeline_pb2, preparation_pb2
 from learning.v1 import drift_pb2 as drift
 from learning.v1 import evaluation_pb2 as evaluation
 from learning.v1 import feedback_pb2 as feedback
@@ -360,6 +360,32 @@ class Client:
     ) -> Iterator[evaluation.WatchEvaluationJobResponse]:
         """Snapshot, then every event until the job ends; survives dropped connections."""
         return self._loop.iterate(self._async.watch_evaluation_job(name, after_sequence=after_sequence))
+
+    def create_preparation_job(
+        self, spec: preparation_pb2.PreparationJobSpec, *, request_id: str = ""
+    ) -> preparation_pb2.PreparationJob:
+        """Turn documents into question-answer pairs a served model writes, stored as a version of
+        ``spec.dataset`` once the job succeeds (``result.dataset_version``)."""
+        return self._loop.run(self._async.create_preparation_job(spec, request_id=request_id))
+
+    def get_preparation_job(self, name: str) -> preparation_pb2.PreparationJob:
+        return self._loop.run(self._async.get_preparation_job(name))
+
+    def list_preparation_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> preparation_pb2.ListPreparationJobsResponse:
+        return self._loop.run(
+            self._async.list_preparation_jobs(states=states, page_size=page_size, page_token=page_token)
+        )
+
+    def cancel_preparation_job(self, name: str) -> preparation_pb2.PreparationJob:
+        return self._loop.run(self._async.cancel_preparation_job(name))
+
+    def watch_preparation_job(
+        self, name: str, *, after_sequence: int = 0
+    ) -> Iterator[preparation_pb2.WatchPreparationJobResponse]:
+        """Snapshot, then every event (one per chunk) until the job ends; survives dropped connections."""
+        return self._loop.iterate(self._async.watch_preparation_job(name, after_sequence=after_sequence))
 
     def create_pipeline(self, pipeline_id: str, pipeline: pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
         """A pipeline "pipelines/<pipeline_id>": its training template, suites, rollout and triggers."""

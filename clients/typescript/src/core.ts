@@ -19,6 +19,7 @@ import { FisherService } from "./gen/learning/v1/fisher_pb.js";
 import { LoraControlService } from "./gen/learning/v1/lora_control_pb.js";
 import { OnlineLearningService } from "./gen/learning/v1/online_pb.js";
 import { PipelineService } from "./gen/learning/v1/pipeline_pb.js";
+import { DataPreparationService } from "./gen/learning/v1/preparation_pb.js";
 import { TrainingService } from "./gen/learning/v1/training_pb.js";
 
 export * from "./gen/learning/v1/adapter_pb.js";
@@ -32,6 +33,7 @@ export * from "./gen/learning/v1/fisher_pb.js";
 export * from "./gen/learning/v1/lora_control_pb.js";
 export * from "./gen/learning/v1/online_pb.js";
 export * from "./gen/learning/v1/pipeline_pb.js";
+export * from "./gen/learning/v1/preparation_pb.js";
 export * from "./gen/learning/v1/training_pb.js";
 export { Code, ConnectError };
 
@@ -68,6 +70,7 @@ export interface LearningEngineClient {
   evaluations: Client<typeof EvaluationService>;
   pipelines: Client<typeof PipelineService>;
   online: Client<typeof OnlineLearningService>;
+  preparation: Client<typeof DataPreparationService>;
 }
 
 /** The interceptors a transport needs for `options` (the bearer token, if any). */
@@ -88,6 +91,7 @@ export function clientsOver(transport: Transport): LearningEngineClient {
     evaluations: createClient(EvaluationService, transport),
     pipelines: createClient(PipelineService, transport),
     online: createClient(OnlineLearningService, transport),
+    preparation: createClient(DataPreparationService, transport),
   };
 }
 

@@ -36,8 +36,16 @@ class UploadedDataset(_message.Message):
     filename: str
     def __init__(self, filename: _Optional[str] = ...) -> None: ...
 
+class PreparedDataset(_message.Message):
+    __slots__ = ("preparation_job", "documents")
+    PREPARATION_JOB_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    preparation_job: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, preparation_job: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Dataset(_message.Message):
-    __slots__ = ("name", "dataset", "version", "sha256", "size_bytes", "digest", "example_count", "composition", "split", "split_counts", "create_time", "uri", "upload", "server_path", "s3_uri", "feedback", "window_start", "window_end")
+    __slots__ = ("name", "dataset", "version", "sha256", "size_bytes", "digest", "example_count", "composition", "split", "split_counts", "create_time", "uri", "upload", "server_path", "s3_uri", "feedback", "prepared", "window_start", "window_end")
     class CompositionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +69,7 @@ class Dataset(_message.Message):
     SERVER_PATH_FIELD_NUMBER: _ClassVar[int]
     S3_URI_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -79,9 +88,10 @@ class Dataset(_message.Message):
     server_path: str
     s3_uri: str
     feedback: _common_pb2.FeedbackDataset
+    prepared: PreparedDataset
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., split: _Optional[_Union[SplitRule, _Mapping]] = ..., split_counts: _Optional[_Union[SplitCounts, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uri: _Optional[str] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., server_path: _Optional[str] = ..., s3_uri: _Optional[str] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., digest: _Optional[str] = ..., example_count: _Optional[int] = ..., composition: _Optional[_Mapping[str, int]] = ..., split: _Optional[_Union[SplitRule, _Mapping]] = ..., split_counts: _Optional[_Union[SplitCounts, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uri: _Optional[str] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., server_path: _Optional[str] = ..., s3_uri: _Optional[str] = ..., feedback: _Optional[_Union[_common_pb2.FeedbackDataset, _Mapping]] = ..., prepared: _Optional[_Union[PreparedDataset, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UploadDatasetMetadata(_message.Message):
     __slots__ = ("name", "split", "sha256", "size_bytes", "filename")

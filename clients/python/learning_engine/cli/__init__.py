@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import datasets, drift, jobs, online, ops, pipelines, rollout, snapshots
+from learning_engine.cli import datasets, drift, jobs, online, ops, pipelines, preparation, rollout, snapshots
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -71,6 +71,7 @@ app.add_typer(rollout.traffic_app, name="traffic")
 app.command("evaluate")(ops.evaluate)
 app.command("report")(ops.report)
 app.add_typer(jobs.evaluation_jobs_app, name="evaluation-jobs")
+app.add_typer(preparation.preparation_jobs_app, name="preparation-jobs")
 app.command("metrics")(ops.metrics)
 app.add_typer(ops.feedback_app, name="feedback")
 app.command("hash-token")(ops.hash_token)

@@ -102,6 +102,8 @@ def _source(d: dataset_pb2.Dataset) -> str:
         return f"upload {d.upload.filename}".strip()
     if kind == "feedback":
         return f"feedback, {d.feedback.days or 7} days"
+    if kind == "prepared":
+        return f"prepared by {d.prepared.preparation_job}"
     return str(getattr(d, kind)) if kind else "-"
 
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/dataset.proto.
  */
 export const file_learning_v1_dataset: GenFile = /*@__PURE__*/
-  fileDesc("ChlsZWFybmluZy92MS9kYXRhc2V0LnByb3RvEgtsZWFybmluZy52MSJHCglTcGxpdFJ1bGUSFQoNZXZhbF9mcmFjdGlvbhgBIAEoARIVCg10ZXN0X2ZyYWN0aW9uGAIgASgBEgwKBHNlZWQYAyABKAQiOAoLU3BsaXRDb3VudHMSDQoFdHJhaW4YASABKAQSDAoEZXZhbBgCIAEoBBIMCgR0ZXN0GAMgASgEIiMKD1VwbG9hZGVkRGF0YXNldBIQCghmaWxlbmFtZRgBIAEoCSKABQoHRGF0YXNldBIMCgRuYW1lGAEgASgJEg8KB2RhdGFzZXQYAiABKAkSDwoHdmVyc2lvbhgDIAEoDRIOCgZzaGEyNTYYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoBBIOCgZkaWdlc3QYBiABKAkSFQoNZXhhbXBsZV9jb3VudBgHIAEoBBI6Cgtjb21wb3NpdGlvbhgIIAMoCzIlLmxlYXJuaW5nLnYxLkRhdGFzZXQuQ29tcG9zaXRpb25FbnRyeRIlCgVzcGxpdBgJIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIuCgxzcGxpdF9jb3VudHMYCiABKAsyGC5sZWFybmluZy52MS5TcGxpdENvdW50cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdXJpGAwgASgJEi4KBnVwbG9hZBgNIAEoCzIcLmxlYXJuaW5nLnYxLlVwbG9hZGVkRGF0YXNldEgAEhUKC3NlcnZlcl9wYXRoGA4gASgJSAASEAoGczNfdXJpGA8gASgJSAASMAoIZmVlZGJhY2sYECABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIwCgx3aW5kb3dfc3RhcnQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4AUIICgZzb3VyY2UiggEKFVVwbG9hZERhdGFzZXRNZXRhZGF0YRIMCgRuYW1lGAEgASgJEiUKBXNwbGl0GAIgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEg4KBnNoYTI1NhgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgEEhAKCGZpbGVuYW1lGAUgASgJImcKFFVwbG9hZERhdGFzZXRSZXF1ZXN0EjYKCG1ldGFkYXRhGAEgASgLMiIubGVhcm5pbmcudjEuVXBsb2FkRGF0YXNldE1ldGFkYXRhSAASDwoFY2h1bmsYAiABKAxIAEIGCgRwYXJ0Ik8KFVVwbG9hZERhdGFzZXRSZXNwb25zZRIlCgdkYXRhc2V0GAEgASgLMhQubGVhcm5pbmcudjEuRGF0YXNldBIPCgdjcmVhdGVkGAIgASgIIrABChRDcmVhdGVEYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBXNwbGl0GAIgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEhUKC3NlcnZlcl9wYXRoGAMgASgJSAASEAoGczNfdXJpGAQgASgJSAASMAoIZmVlZGJhY2sYBSABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIAEIICgZzb3VyY2UiTwoVQ3JlYXRlRGF0YXNldFJlc3BvbnNlEiUKB2RhdGFzZXQYASABKAsyFC5sZWFybmluZy52MS5EYXRhc2V0Eg8KB2NyZWF0ZWQYAiABKAgiIQoRR2V0RGF0YXNldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSI7ChJHZXREYXRhc2V0UmVzcG9uc2USJQoHZGF0YXNldBgBIAEoCzIULmxlYXJuaW5nLnYxLkRhdGFzZXQiTQoTTGlzdERhdGFzZXRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIPCgdkYXRhc2V0GAMgASgJIlcKFExpc3REYXRhc2V0c1Jlc3BvbnNlEiYKCGRhdGFzZXRzGAEgAygLMhQubGVhcm5pbmcudjEuRGF0YXNldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoURGVsZXRlRGF0YXNldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIoChVEZWxldGVEYXRhc2V0UmVzcG9uc2USDwoHZGVsZXRlZBgBIAMoCSK3AQoWVmFsaWRhdGVEYXRhc2V0UmVxdWVzdBIlCgVzcGxpdBgBIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIRCgdjb250ZW50GAIgASgMSAASFQoLc2VydmVyX3BhdGgYAyABKAlIABIQCgZzM191cmkYBCABKAlIABIwCghmZWVkYmFjaxgFIAEoCzIcLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldEgAQggKBnNvdXJjZSKUAgoXVmFsaWRhdGVEYXRhc2V0UmVzcG9uc2USDgoGc2hhMjU2GAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSDgoGZGlnZXN0GAMgASgJEhUKDWV4YW1wbGVfY291bnQYBCABKAQSSgoLY29tcG9zaXRpb24YBSADKAsyNS5sZWFybmluZy52MS5WYWxpZGF0ZURhdGFzZXRSZXNwb25zZS5Db21wb3NpdGlvbkVudHJ5Ei4KDHNwbGl0X2NvdW50cxgGIAEoCzIYLmxlYXJuaW5nLnYxLlNwbGl0Q291bnRzGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ATKcBAoORGF0YXNldFNlcnZpY2USWAoNVXBsb2FkRGF0YXNldBIhLmxlYXJuaW5nLnYxLlVwbG9hZERhdGFzZXRSZXF1ZXN0GiIubGVhcm5pbmcudjEuVXBsb2FkRGF0YXNldFJlc3BvbnNlKAESVgoNQ3JlYXRlRGF0YXNldBIhLmxlYXJuaW5nLnYxLkNyZWF0ZURhdGFzZXRSZXF1ZXN0GiIubGVhcm5pbmcudjEuQ3JlYXRlRGF0YXNldFJlc3BvbnNlEk0KCkdldERhdGFzZXQSHi5sZWFybmluZy52MS5HZXREYXRhc2V0UmVxdWVzdBofLmxlYXJuaW5nLnYxLkdldERhdGFzZXRSZXNwb25zZRJTCgxMaXN0RGF0YXNldHMSIC5sZWFybmluZy52MS5MaXN0RGF0YXNldHNSZXF1ZXN0GiEubGVhcm5pbmcudjEuTGlzdERhdGFzZXRzUmVzcG9uc2USVgoNRGVsZXRlRGF0YXNldBIhLmxlYXJuaW5nLnYxLkRlbGV0ZURhdGFzZXRSZXF1ZXN0GiIubGVhcm5pbmcudjEuRGVsZXRlRGF0YXNldFJlc3BvbnNlElwKD1ZhbGlkYXRlRGF0YXNldBIjLmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlcXVlc3QaJC5sZWFybmluZy52MS5WYWxpZGF0ZURhdGFzZXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_learning_v1_common]);
+  fileDesc("ChlsZWFybmluZy92MS9kYXRhc2V0LnByb3RvEgtsZWFybmluZy52MSJHCglTcGxpdFJ1bGUSFQoNZXZhbF9mcmFjdGlvbhgBIAEoARIVCg10ZXN0X2ZyYWN0aW9uGAIgASgBEgwKBHNlZWQYAyABKAQiOAoLU3BsaXRDb3VudHMSDQoFdHJhaW4YASABKAQSDAoEZXZhbBgCIAEoBBIMCgR0ZXN0GAMgASgEIiMKD1VwbG9hZGVkRGF0YXNldBIQCghmaWxlbmFtZRgBIAEoCSI9Cg9QcmVwYXJlZERhdGFzZXQSFwoPcHJlcGFyYXRpb25fam9iGAEgASgJEhEKCWRvY3VtZW50cxgCIAMoCSKyBQoHRGF0YXNldBIMCgRuYW1lGAEgASgJEg8KB2RhdGFzZXQYAiABKAkSDwoHdmVyc2lvbhgDIAEoDRIOCgZzaGEyNTYYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoBBIOCgZkaWdlc3QYBiABKAkSFQoNZXhhbXBsZV9jb3VudBgHIAEoBBI6Cgtjb21wb3NpdGlvbhgIIAMoCzIlLmxlYXJuaW5nLnYxLkRhdGFzZXQuQ29tcG9zaXRpb25FbnRyeRIlCgVzcGxpdBgJIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIuCgxzcGxpdF9jb3VudHMYCiABKAsyGC5sZWFybmluZy52MS5TcGxpdENvdW50cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdXJpGAwgASgJEi4KBnVwbG9hZBgNIAEoCzIcLmxlYXJuaW5nLnYxLlVwbG9hZGVkRGF0YXNldEgAEhUKC3NlcnZlcl9wYXRoGA4gASgJSAASEAoGczNfdXJpGA8gASgJSAASMAoIZmVlZGJhY2sYECABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIwCghwcmVwYXJlZBgTIAEoCzIcLmxlYXJuaW5nLnYxLlByZXBhcmVkRGF0YXNldEgAEjAKDHdpbmRvd19zdGFydBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKd2luZG93X2VuZBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMgoQQ29tcG9zaXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBQggKBnNvdXJjZSKCAQoVVXBsb2FkRGF0YXNldE1ldGFkYXRhEgwKBG5hbWUYASABKAkSJQoFc3BsaXQYAiABKAsyFi5sZWFybmluZy52MS5TcGxpdFJ1bGUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAQSEAoIZmlsZW5hbWUYBSABKAkiZwoUVXBsb2FkRGF0YXNldFJlcXVlc3QSNgoIbWV0YWRhdGEYASABKAsyIi5sZWFybmluZy52MS5VcGxvYWREYXRhc2V0TWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiTwoVVXBsb2FkRGF0YXNldFJlc3BvbnNlEiUKB2RhdGFzZXQYASABKAsyFC5sZWFybmluZy52MS5EYXRhc2V0Eg8KB2NyZWF0ZWQYAiABKAgisAEKFENyZWF0ZURhdGFzZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJQoFc3BsaXQYAiABKAsyFi5sZWFybmluZy52MS5TcGxpdFJ1bGUSFQoLc2VydmVyX3BhdGgYAyABKAlIABIQCgZzM191cmkYBCABKAlIABIwCghmZWVkYmFjaxgFIAEoCzIcLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldEgAQggKBnNvdXJjZSJPChVDcmVhdGVEYXRhc2V0UmVzcG9uc2USJQoHZGF0YXNldBgBIAEoCzIULmxlYXJuaW5nLnYxLkRhdGFzZXQSDwoHY3JlYXRlZBgCIAEoCCIhChFHZXREYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIjsKEkdldERhdGFzZXRSZXNwb25zZRIlCgdkYXRhc2V0GAEgASgLMhQubGVhcm5pbmcudjEuRGF0YXNldCJNChNMaXN0RGF0YXNldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg8KB2RhdGFzZXQYAyABKAkiVwoUTGlzdERhdGFzZXRzUmVzcG9uc2USJgoIZGF0YXNldHMYASADKAsyFC5sZWFybmluZy52MS5EYXRhc2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChREZWxldGVEYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIigKFURlbGV0ZURhdGFzZXRSZXNwb25zZRIPCgdkZWxldGVkGAEgAygJIrcBChZWYWxpZGF0ZURhdGFzZXRSZXF1ZXN0EiUKBXNwbGl0GAEgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEhEKB2NvbnRlbnQYAiABKAxIABIVCgtzZXJ2ZXJfcGF0aBgDIAEoCUgAEhAKBnMzX3VyaRgEIAEoCUgAEjAKCGZlZWRiYWNrGAUgASgLMhwubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0SABCCAoGc291cmNlIpQCChdWYWxpZGF0ZURhdGFzZXRSZXNwb25zZRIOCgZzaGEyNTYYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoBBIOCgZkaWdlc3QYAyABKAkSFQoNZXhhbXBsZV9jb3VudBgEIAEoBBJKCgtjb21wb3NpdGlvbhgFIAMoCzI1LmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlc3BvbnNlLkNvbXBvc2l0aW9uRW50cnkSLgoMc3BsaXRfY291bnRzGAYgASgLMhgubGVhcm5pbmcudjEuU3BsaXRDb3VudHMaMgoQQ29tcG9zaXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBMpwECg5EYXRhc2V0U2VydmljZRJYCg1VcGxvYWREYXRhc2V0EiEubGVhcm5pbmcudjEuVXBsb2FkRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5VcGxvYWREYXRhc2V0UmVzcG9uc2UoARJWCg1DcmVhdGVEYXRhc2V0EiEubGVhcm5pbmcudjEuQ3JlYXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5DcmVhdGVEYXRhc2V0UmVzcG9uc2USTQoKR2V0RGF0YXNldBIeLmxlYXJuaW5nLnYxLkdldERhdGFzZXRSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuR2V0RGF0YXNldFJlc3BvbnNlElMKDExpc3REYXRhc2V0cxIgLmxlYXJuaW5nLnYxLkxpc3REYXRhc2V0c1JlcXVlc3QaIS5sZWFybmluZy52MS5MaXN0RGF0YXNldHNSZXNwb25zZRJWCg1EZWxldGVEYXRhc2V0EiEubGVhcm5pbmcudjEuRGVsZXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5EZWxldGVEYXRhc2V0UmVzcG9uc2USXAoPVmFsaWRhdGVEYXRhc2V0EiMubGVhcm5pbmcudjEuVmFsaWRhdGVEYXRhc2V0UmVxdWVzdBokLmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_learning_v1_common]);
 
 /**
  * How a dataset's examples are split into train, eval and test. An example's
@@ -106,6 +106,34 @@ export type UploadedDataset = Message<"learning.v1.UploadedDataset"> & {
  */
 export const UploadedDatasetSchema: GenMessage<UploadedDataset> = /*@__PURE__*/
   messageDesc(file_learning_v1_dataset, 2);
+
+/**
+ * Pairs a preparation job wrote (DataPreparationService).
+ *
+ * @generated from message learning.v1.PreparedDataset
+ */
+export type PreparedDataset = Message<"learning.v1.PreparedDataset"> & {
+  /**
+   * The job, "preparationJobs/{id}".
+   *
+   * @generated from field: string preparation_job = 1;
+   */
+  preparationJob: string;
+
+  /**
+   * The file names of its documents.
+   *
+   * @generated from field: repeated string documents = 2;
+   */
+  documents: string[];
+};
+
+/**
+ * Describes the message learning.v1.PreparedDataset.
+ * Use `create(PreparedDatasetSchema)` to create a new message.
+ */
+export const PreparedDatasetSchema: GenMessage<PreparedDataset> = /*@__PURE__*/
+  messageDesc(file_learning_v1_dataset, 3);
 
 /**
  * A version of a dataset. Immutable.
@@ -238,6 +266,15 @@ export type Dataset = Message<"learning.v1.Dataset"> & {
      */
     value: FeedbackDataset;
     case: "feedback";
+  } | {
+    /**
+     * Question-answer pairs a preparation job wrote from documents
+     * (DataPreparationService).
+     *
+     * @generated from field: learning.v1.PreparedDataset prepared = 19;
+     */
+    value: PreparedDataset;
+    case: "prepared";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -258,7 +295,7 @@ export type Dataset = Message<"learning.v1.Dataset"> & {
  * Use `create(DatasetSchema)` to create a new message.
  */
 export const DatasetSchema: GenMessage<Dataset> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 3);
+  messageDesc(file_learning_v1_dataset, 4);
 
 /**
  * What an upload is, sent first.
@@ -310,7 +347,7 @@ export type UploadDatasetMetadata = Message<"learning.v1.UploadDatasetMetadata">
  * Use `create(UploadDatasetMetadataSchema)` to create a new message.
  */
 export const UploadDatasetMetadataSchema: GenMessage<UploadDatasetMetadata> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 4);
+  messageDesc(file_learning_v1_dataset, 5);
 
 /**
  * @generated from message learning.v1.UploadDatasetRequest
@@ -343,7 +380,7 @@ export type UploadDatasetRequest = Message<"learning.v1.UploadDatasetRequest"> &
  * Use `create(UploadDatasetRequestSchema)` to create a new message.
  */
 export const UploadDatasetRequestSchema: GenMessage<UploadDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 5);
+  messageDesc(file_learning_v1_dataset, 6);
 
 /**
  * @generated from message learning.v1.UploadDatasetResponse
@@ -369,7 +406,7 @@ export type UploadDatasetResponse = Message<"learning.v1.UploadDatasetResponse">
  * Use `create(UploadDatasetResponseSchema)` to create a new message.
  */
 export const UploadDatasetResponseSchema: GenMessage<UploadDatasetResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 6);
+  messageDesc(file_learning_v1_dataset, 7);
 
 /**
  * @generated from message learning.v1.CreateDatasetRequest
@@ -430,7 +467,7 @@ export type CreateDatasetRequest = Message<"learning.v1.CreateDatasetRequest"> &
  * Use `create(CreateDatasetRequestSchema)` to create a new message.
  */
 export const CreateDatasetRequestSchema: GenMessage<CreateDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 7);
+  messageDesc(file_learning_v1_dataset, 8);
 
 /**
  * @generated from message learning.v1.CreateDatasetResponse
@@ -456,7 +493,7 @@ export type CreateDatasetResponse = Message<"learning.v1.CreateDatasetResponse">
  * Use `create(CreateDatasetResponseSchema)` to create a new message.
  */
 export const CreateDatasetResponseSchema: GenMessage<CreateDatasetResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 8);
+  messageDesc(file_learning_v1_dataset, 9);
 
 /**
  * @generated from message learning.v1.GetDatasetRequest
@@ -476,7 +513,7 @@ export type GetDatasetRequest = Message<"learning.v1.GetDatasetRequest"> & {
  * Use `create(GetDatasetRequestSchema)` to create a new message.
  */
 export const GetDatasetRequestSchema: GenMessage<GetDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 9);
+  messageDesc(file_learning_v1_dataset, 10);
 
 /**
  * @generated from message learning.v1.GetDatasetResponse
@@ -493,7 +530,7 @@ export type GetDatasetResponse = Message<"learning.v1.GetDatasetResponse"> & {
  * Use `create(GetDatasetResponseSchema)` to create a new message.
  */
 export const GetDatasetResponseSchema: GenMessage<GetDatasetResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 10);
+  messageDesc(file_learning_v1_dataset, 11);
 
 /**
  * @generated from message learning.v1.ListDatasetsRequest
@@ -527,7 +564,7 @@ export type ListDatasetsRequest = Message<"learning.v1.ListDatasetsRequest"> & {
  * Use `create(ListDatasetsRequestSchema)` to create a new message.
  */
 export const ListDatasetsRequestSchema: GenMessage<ListDatasetsRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 11);
+  messageDesc(file_learning_v1_dataset, 12);
 
 /**
  * @generated from message learning.v1.ListDatasetsResponse
@@ -553,7 +590,7 @@ export type ListDatasetsResponse = Message<"learning.v1.ListDatasetsResponse"> &
  * Use `create(ListDatasetsResponseSchema)` to create a new message.
  */
 export const ListDatasetsResponseSchema: GenMessage<ListDatasetsResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 12);
+  messageDesc(file_learning_v1_dataset, 13);
 
 /**
  * @generated from message learning.v1.DeleteDatasetRequest
@@ -573,7 +610,7 @@ export type DeleteDatasetRequest = Message<"learning.v1.DeleteDatasetRequest"> &
  * Use `create(DeleteDatasetRequestSchema)` to create a new message.
  */
 export const DeleteDatasetRequestSchema: GenMessage<DeleteDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 13);
+  messageDesc(file_learning_v1_dataset, 14);
 
 /**
  * @generated from message learning.v1.DeleteDatasetResponse
@@ -592,7 +629,7 @@ export type DeleteDatasetResponse = Message<"learning.v1.DeleteDatasetResponse">
  * Use `create(DeleteDatasetResponseSchema)` to create a new message.
  */
 export const DeleteDatasetResponseSchema: GenMessage<DeleteDatasetResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 14);
+  messageDesc(file_learning_v1_dataset, 15);
 
 /**
  * @generated from message learning.v1.ValidateDatasetRequest
@@ -650,7 +687,7 @@ export type ValidateDatasetRequest = Message<"learning.v1.ValidateDatasetRequest
  * Use `create(ValidateDatasetRequestSchema)` to create a new message.
  */
 export const ValidateDatasetRequestSchema: GenMessage<ValidateDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 15);
+  messageDesc(file_learning_v1_dataset, 16);
 
 /**
  * What a version of the content would hold. Invalid content is an error
@@ -703,7 +740,7 @@ export type ValidateDatasetResponse = Message<"learning.v1.ValidateDatasetRespon
  * Use `create(ValidateDatasetResponseSchema)` to create a new message.
  */
 export const ValidateDatasetResponseSchema: GenMessage<ValidateDatasetResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_dataset, 16);
+  messageDesc(file_learning_v1_dataset, 17);
 
 /**
  * Training datasets as resources: JSONL examples uploaded by a client, copied

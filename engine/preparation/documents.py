@@ -1,0 +1,104 @@
+"""Documents into text, and text into chunks with their character offsets.
+
+What is read: plain text (``.txt``), Markdown (``.md``, ``.markdown``) as UTF-8, and PDF (``.pdf``) with pypdf
+(pure Python; text PDFs only: a scanned PDF has no text layer, and OCR is not attempted). Chunks come from
+semantic-text-splitter (a compiled splitter with no Python dependencies): it splits at the largest semantic
+boundary that keeps a chunk within its size (Markdown headings, then paragraphs, sentences, words; plain text
+from paragraphs down) and reports each chunk's character offset in the document's text, which is what a pair's
+source span records. LangChain's splitters need langchain-core (and its dependencies); chonkie needs numpy and
+tokenizers' models for its better chunkers.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+
+from engine.errors import FieldViolation, InvalidArgument
+
+KINDS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".pdf": "pdf"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,254}$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``text`` is ``document_text[start:end]`` (character offsets)."""
+
+    document: str
+    index: int  # within its document, from 0
+    start: int
+    end: int
+    text: str
+
+
+def document_kind(name: str, field_path: str) -> str:
+    """How a document of that name is read ("text", "markdown", "pdf"); INVALID_ARGUMENT for a name that is not
+    a plain file name (no directories, no '..') or an extension not read."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise InvalidArgument(
+            "INVALID_PREPARATION_SPEC", f"{field_path} {name!r} is not a plain file name",
+            violations=[FieldViolation(field_path, "a file name of 1-255 letters, digits, '.', '_', '-' or spaces, "
+                                                   "starting with a letter or digit, without '/' or '..'")])
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix not in KINDS:
+        raise InvalidArgument(
+            "INVALID_PREPARATION_SPEC", f"{field_path} {name!r}: only .txt, .md, .markdown and .pdf documents are read",
+            violations=[FieldViolation(field_path, "must end in .txt, .md, .markdown or .pdf")])
+    return KINDS[suffix]
+
+
+def unreadable(field_path: str, name: str, why: str) -> InvalidArgument:
+    return InvalidArgument("DOCUMENT_UNREADABLE", f"document {name} {why}",
+                           violations=[FieldViolation(field_path, why)], metadata={"document": name})
+
+
+def read_text(name: str, data: bytes, field_path: str) -> str:
+    """The document's text; INVALID_ARGUMENT DOCUMENT_UNREADABLE when there is none to read."""
+    kind = document_kind(name, field_path)
+    if kind == "pdf":
+        text = _pdf_text(name, data, field_path)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise unreadable(field_path, name, f"is not UTF-8 text (byte {exc.start})") from None
+        if "\x00" in text:
+            raise unreadable(field_path, name, "holds NUL characters: not a text file")
+    if not text.strip():
+        scanned = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
+        raise unreadable(field_path, name, f"has no text{scanned}")
+    return text
+
+
+def _pdf_text(name: str, data: bytes, field_path: str) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # it warns on every slightly malformed object
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            raise unreadable(field_path, name, "is an encrypted PDF")
+        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+    except InvalidArgument:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
+            RecursionError) as exc:  # pypdf raises more than its own errors on a broken file
+        raise unreadable(field_path, name, f"is not a PDF pypdf can read ({type(exc).__name__})") from None
+
+
+def chunks(name: str, text: str, *, max_chars: int) -> list[Chunk]:
+    """The document's chunks of at most ``max_chars`` characters, as full as the text's boundaries allow,
+    trimmed, with their offsets in ``text``."""
+    from semantic_text_splitter import MarkdownSplitter, TextSplitter
+
+    capacity = max_chars
+    splitter = MarkdownSplitter(capacity) if KINDS.get("." + name.rsplit(".", 1)[-1].lower()) == "markdown" \
+        else TextSplitter(capacity)
+    found: list[Chunk] = []
+    for offset, piece in splitter.chunk_indices(text):
+        if piece.strip():
+            found.append(Chunk(name, len(found), offset, offset + len(piece), piece))
+    return found

@@ -1,0 +1,393 @@
+"""Data preparation jobs: documents into a dataset version of question-answer pairs, as a job of the typed job
+core (engine.jobs) with per-chunk progress.
+
+At creation every document is read (so a document that cannot be read, or a bad name or number, is refused
+before a job exists and nothing is stored), then its bytes go to the artifact store under their sha256
+(``preparations/documents/{sha256}``): the job names them by digest, so any worker runs it and a document
+named by a server path cannot change under it.
+
+The job runs where LoraControl runs (it asks the serving engine's model; ``prepare_generator_url`` names another
+engine): its kind has the serving queue, as evaluation jobs do. For each chunk (engine.preparation.documents) it
+asks the generator once for ``questions_per_chunk`` pairs (engine.preparation.generation), reads the first that many
+of its reply, keeps those the chunk supports, and records a ChunkPrepared event. The kept pairs become one JSONL
+file, each line a prompt-completion example with its ``source``: the document, the chunk's character offsets in the
+document's text and the chunk's text. That file is stored as a version of the named dataset with the spec's split,
+as any uploaded file is (engine.training.stored_datasets), so training names the dataset. A generator that cannot be
+asked fails the job with UNAVAILABLE GENERATOR_UNAVAILABLE; a job whose every pair was filtered out fails with
+FAILED_PRECONDITION NO_PAIRS_KEPT and stores nothing. Cancelling stops it at the next chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from engine.errors import (
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    EngineError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
+from engine.jobs.manager import JobContext, JobManager
+from engine.preparation import generation
+from engine.preparation.documents import Chunk, chunks, document_kind, read_text
+from engine.registry.ports import ArtifactStore
+from engine.serving.client import Completion
+from engine.splits import SplitRule
+from engine.training.stored_datasets import PreparedOrigin, StoredDataset, parse_dataset_name
+
+MAX_DOCUMENTS = 256
+MAX_QUESTIONS_PER_CHUNK = 10
+DEFAULT_QUESTIONS_PER_CHUNK = 3
+MIN_CHUNK_CHARS, MAX_CHUNK_CHARS, DEFAULT_CHUNK_CHARS = 200, 8000, 1500
+MIN_CHUNK_WORDS = 8  # a chunk with fewer words (a lone heading) is not asked about
+DOCUMENT_PREFIX = "preparations/documents/"
+
+
+# ---- the kind ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    """A document of a job: its file name (its extension says how it is read) and its bytes' digest."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    server_path: str = ""  # where it was read, when a server path named it; "": sent with the request
+
+    @property
+    def key(self) -> str:
+        return DOCUMENT_PREFIX + self.sha256
+
+
+@dataclass(frozen=True)
+class PreparationJobSpec:
+    dataset: str  # "datasets/{dataset}": the version is stored under it
+    documents: tuple[DocumentRef, ...]
+    questions_per_chunk: int = DEFAULT_QUESTIONS_PER_CHUNK
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
+    generator_model: str = ""  # "": the configured one, else the serving target's base model
+    split: SplitRule = field(default_factory=SplitRule)
+
+
+@dataclass(frozen=True)
+class PreparationOutput:
+    dataset: str = ""  # the version stored, "datasets/{dataset}/versions/{n}"; set on success
+    created: bool = False  # False: a version holding the same pairs and split existed already
+    generator_model: str = ""
+    generator_target: str = ""
+    chunks: int = 0  # asked about
+    skipped_chunks: int = 0  # too short to ask about
+    generated: int = 0  # pairs read from the replies (at most questions_per_chunk a chunk)
+    kept: int = 0
+    unsupported: int = 0
+    duplicates: int = 0
+    unparseable: int = 0  # pieces of replies that were no pair
+
+
+@dataclass(frozen=True)
+class ChunkPrepared:
+    """Event: one chunk asked about, and what became of its pairs."""
+
+    document: str
+    chunk: int  # within its document
+    start: int
+    end: int
+    done: int  # chunks asked about so far, all documents
+    total: int
+    kept: int
+    unsupported: int
+    duplicates: int
+    unparseable: int
+    rejected_sample: str = ""  # why the first rejected pair was rejected, if one was
+
+
+PREPARATION = JobKind("preparation", "preparationJobs", PreparationJobSpec, PreparationOutput,
+                      event_types=(ChunkPrepared,))
+PreparationJob = Job[PreparationJobSpec, PreparationOutput]
+
+
+# ---- ports --------------------------------------------------------------------------------
+
+
+class Generator(Protocol):  # engine.serving.client.ServingClient
+    @property
+    def target(self) -> str: ...
+
+    async def complete(self, model: str, prompt: str, *, max_tokens: int, chat: bool = True,
+                       logprobs: bool = False) -> Completion: ...
+
+
+class PreparedDatasets(Protocol):  # engine.training.stored_datasets.StoredDatasets
+    @property
+    def max_bytes(self) -> int: ...
+
+    async def store_prepared(self, name: str, path: Path, *, split: SplitRule,
+                             origin: PreparedOrigin) -> tuple[StoredDataset, bool]: ...
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    model: str = ""  # prepare_generator_model; "": the serving target's base model
+    max_tokens: int = 512  # of one reply
+
+
+# ---- the runner -----------------------------------------------------------------------------
+
+
+class PreparationRunner:
+    kind = PREPARATION
+
+    def __init__(self, generator: Generator, *, artifacts: ArtifactStore, datasets: PreparedDatasets,
+                 config: GeneratorConfig, base_model: Callable[[], str]) -> None:
+        self._generator = generator
+        self._artifacts = artifacts
+        self._datasets = datasets
+        self._config = config
+        self._base_model = base_model
+
+    def model_for(self, spec: PreparationJobSpec) -> str:
+        return spec.generator_model or self._config.model or self._base_model()
+
+    async def run(self, ctx: JobContext[PreparationJobSpec, PreparationOutput]) -> str:
+        spec = ctx.job.spec
+        model = self.model_for(spec)
+        ctx.set_output(PreparationOutput(generator_model=model, generator_target=self._generator.target))
+        ctx.transition(JobState.PREPARING, f"reading {len(spec.documents)} document(s)")
+        pieces: list[Chunk] = []
+        for i, doc in enumerate(spec.documents):
+            text = await self._text(doc, f"spec.documents[{i}]")
+            pieces += await asyncio.to_thread(chunks, doc.name, text, max_chars=spec.chunk_chars)
+        asked = [c for c in pieces if len(c.text.split()) >= MIN_CHUNK_WORDS]
+        ctx.set_output(replace(ctx.job.output, skipped_chunks=len(pieces) - len(asked)))
+        if not asked:
+            raise FailedPrecondition(
+                "NO_PAIRS_KEPT", f"the documents hold no chunk of {MIN_CHUNK_WORDS} words or more to ask about; "
+                "nothing was stored", metadata={"chunks": str(len(pieces))})
+        ctx.started(JobState.RUNNING, f"asking {model} for {spec.questions_per_chunk} pair(s) about each of "
+                                      f"{len(asked)} chunk(s)", total_steps=len(asked))
+        lines: list[bytes] = []
+        seen: dict[str, set[str]] = {}
+        for done, chunk in enumerate(asked, start=1):
+            if ctx.cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", f"the preparation was cancelled after {done - 1} of "
+                                                 f"{len(asked)} chunks")
+            reply = await self._ask(model, chunk, spec.questions_per_chunk)
+            reading = generation.parse(reply)
+            asked_for = reading.pairs[:spec.questions_per_chunk]  # a model that goes on: the first ones count
+            verdicts = generation.select(asked_for, chunk.text, seen.setdefault(chunk.document, set()))
+            lines += [_line(v.pair, chunk) for v in verdicts if v.kept]
+            rejected = [v for v in verdicts if not v.kept]
+            ctx.record(ChunkPrepared(
+                document=chunk.document, chunk=chunk.index, start=chunk.start, end=chunk.end, done=done,
+                total=len(asked), kept=sum(v.kept for v in verdicts),
+                unsupported=sum(v.problem == "unsupported" for v in verdicts),
+                duplicates=sum(v.problem == "duplicate" for v in verdicts), unparseable=reading.unparseable,
+                rejected_sample=f"{rejected[0].pair.question!r}: {rejected[0].detail}"[:300] if rejected else ""))
+        out = ctx.job.output
+        if not lines:
+            raise FailedPrecondition(
+                "NO_PAIRS_KEPT", f"{model} wrote {out.generated} pair(s) about {len(asked)} chunk(s) and none is "
+                f"supported by its chunk ({out.unsupported} unsupported, {out.duplicates} duplicate, "
+                f"{out.unparseable} unparseable); nothing was stored",
+                metadata={"generator_model": model, "generated": str(out.generated), "chunks": str(len(asked))})
+        path = ctx.work_dir / "prepared.jsonl"
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"".join(lines))
+
+        await asyncio.to_thread(write)
+        record, created = await self._datasets.store_prepared(
+            spec.dataset, path, split=spec.split,
+            origin=PreparedOrigin(job=ctx.job.name, documents=tuple(d.name for d in spec.documents)))
+        ctx.set_output(replace(ctx.job.output, dataset=record.name, created=created))
+        split = record.content.counts
+        return (f"{record.name}: {len(lines)} pair(s) kept of {out.generated} from {len(asked)} chunk(s) "
+                f"(train {split.train}, eval {split.eval}, test {split.test})"
+                + ("" if created else "; the same pairs were stored already"))
+
+    async def _text(self, doc: DocumentRef, field_path: str) -> str:
+        try:
+            data = await self._artifacts.get_bytes(doc.key)
+        except NotFound as exc:
+            raise DataLoss("ARTIFACT_MISSING", f"document {doc.name} is missing from the artifact store",
+                           metadata={"document": doc.name, "key": doc.key}) from exc
+        if hashlib.sha256(data).hexdigest() != doc.sha256:
+            raise DataLoss("ARTIFACT_MISSING", f"the stored bytes of document {doc.name} do not match their sha256",
+                           metadata={"document": doc.name, "key": doc.key})
+        return await asyncio.to_thread(read_text, doc.name, data, field_path)
+
+    async def _ask(self, model: str, chunk: Chunk, n: int) -> str:
+        try:
+            reply = await self._generator.complete(model, generation.prompt_for(chunk.text, n),
+                                                   max_tokens=self._config.max_tokens)
+        except EngineError as exc:
+            raise Unavailable(
+                "GENERATOR_UNAVAILABLE", f"the generator {model} at {self._generator.target} could not be asked "
+                f"about chunk {chunk.index} of {chunk.document}: {exc.message}",
+                metadata={"generator_model": model, "target": self._generator.target, "cause": exc.reason},
+            ) from exc
+        return reply.text
+
+    def fold(self, job: PreparationJob, payload: object) -> PreparationJob:
+        if isinstance(payload, ChunkPrepared):
+            out = job.output
+            generated = payload.kept + payload.unsupported + payload.duplicates
+            return replace(job, progress=JobProgress(payload.done, payload.total), output=replace(
+                out, chunks=payload.total, generated=out.generated + generated, kept=out.kept + payload.kept,
+                unsupported=out.unsupported + payload.unsupported, duplicates=out.duplicates + payload.duplicates,
+                unparseable=out.unparseable + payload.unparseable))
+        return job
+
+
+def _line(pair: generation.Pair, chunk: Chunk) -> bytes:
+    doc = {"prompt": pair.question, "completion": pair.answer,
+           "source": {"document": chunk.document, "start": chunk.start, "end": chunk.end, "text": chunk.text}}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# ---- creating jobs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    """A document as a request gives it: its bytes, or a path below the datasets directory."""
+
+    name: str
+    content: bytes | None = None
+    server_path: str = ""
+
+
+@dataclass(frozen=True)
+class PreparationRequest:
+    dataset: str
+    documents: tuple[DocumentInput, ...]
+    questions_per_chunk: int = DEFAULT_QUESTIONS_PER_CHUNK
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
+    generator_model: str = ""
+    split: SplitRule = field(default_factory=SplitRule)
+
+
+ServerPath = Callable[[str, str], Path]  # (path below the datasets directory, request field) -> file; raises if bad
+
+
+class PreparationJobs:
+    """The preparation jobs servicers see: create (validated, documents stored), get, list, cancel, watch."""
+
+    def __init__(self, manager: JobManager[PreparationJobSpec, PreparationOutput], *, artifacts: ArtifactStore,
+                 server_path: ServerPath, max_bytes: int) -> None:
+        self._manager = manager
+        self._artifacts = artifacts
+        self._server_path = server_path
+        self._max_bytes = max_bytes
+
+    async def create(self, request: PreparationRequest, *, request_id: str = "") -> PreparationJob:
+        parse_dataset_name(request.dataset, "spec.dataset", versioned=False)
+        _check_numbers(request)
+        if not request.documents:
+            raise InvalidArgument("INVALID_PREPARATION_SPEC", "name at least one document",
+                                  violations=[FieldViolation("spec.documents", "at least one document")])
+        if len(request.documents) > MAX_DOCUMENTS:
+            raise InvalidArgument("INVALID_PREPARATION_SPEC", f"at most {MAX_DOCUMENTS} documents a job",
+                                  violations=[FieldViolation("spec.documents", f"at most {MAX_DOCUMENTS}")])
+        names: set[str] = set()
+        read: list[tuple[DocumentInput, bytes]] = []
+        total = 0
+        for i, doc in enumerate(request.documents):
+            where = f"spec.documents[{i}]"
+            document_kind(doc.name, f"{where}.name")
+            if doc.name in names:
+                raise InvalidArgument("INVALID_PREPARATION_SPEC", f"two documents are named {doc.name!r}",
+                                      violations=[FieldViolation(f"{where}.name", "names must differ")])
+            names.add(doc.name)
+            data = await self._bytes(doc, where)
+            total += len(data)
+            if total > self._max_bytes:
+                raise ResourceExhausted(
+                    "DOCUMENTS_TOO_LARGE", f"the documents hold more than the {self._max_bytes} bytes a preparation "
+                    "may read (dataset_max_bytes); nothing was stored",
+                    metadata={"limit": str(self._max_bytes), "size": str(total)})
+            await asyncio.to_thread(read_text, doc.name, data, where)  # readable, with text, or refused now
+            read.append((doc, data))
+        refs = []
+        for doc, data in read:  # only once every document is readable
+            ref = DocumentRef(doc.name, hashlib.sha256(data).hexdigest(), len(data), doc.server_path)
+            try:
+                await self._artifacts.put_bytes(ref.key, data)
+            except AlreadyExists:  # the same bytes, sent before (the key is their digest)
+                pass
+            refs.append(ref)
+        spec = PreparationJobSpec(dataset=request.dataset, documents=tuple(refs),
+                                  questions_per_chunk=request.questions_per_chunk, chunk_chars=request.chunk_chars,
+                                  generator_model=request.generator_model, split=request.split)
+        return await self._manager.submit(self._manager.new_job(spec, PreparationOutput(), request_id=request_id))
+
+    async def _bytes(self, doc: DocumentInput, where: str) -> bytes:
+        if doc.content is not None and doc.server_path:
+            raise InvalidArgument("INVALID_PREPARATION_SPEC", f"{where} gives both content and server_path",
+                                  violations=[FieldViolation(where, "set content or server_path, not both")])
+        if doc.content is not None:
+            if not doc.content:
+                raise InvalidArgument("INVALID_PREPARATION_SPEC", f"{where}.content is empty",
+                                      violations=[FieldViolation(f"{where}.content", "must not be empty")])
+            return doc.content
+        if not doc.server_path:
+            raise InvalidArgument("INVALID_PREPARATION_SPEC", f"{where} gives neither content nor server_path",
+                                  violations=[FieldViolation(where, "set content or server_path")])
+        path = await asyncio.to_thread(self._server_path, doc.server_path, f"{where}.server_path")
+        try:
+            size = await asyncio.to_thread(lambda: path.stat().st_size)
+            if size > self._max_bytes:
+                raise ResourceExhausted(
+                    "DOCUMENTS_TOO_LARGE", f"document {doc.server_path} holds {size} bytes, more than the "
+                    f"{self._max_bytes} a preparation may read (dataset_max_bytes)",
+                    metadata={"limit": str(self._max_bytes), "size": str(size)})
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:  # e.g. a file the server may not read
+            raise InvalidArgument(
+                "DOCUMENT_UNREADABLE", f"document {doc.server_path} cannot be read ({exc.strerror})",
+                violations=[FieldViolation(f"{where}.server_path", "cannot be read")],
+                metadata={"document": doc.name}) from exc
+
+    async def get(self, job_id: str) -> PreparationJob:
+        return await self._manager.get(job_id)
+
+    async def list(self, *, states: Sequence[JobState], page_size: int,
+                   page_token: str) -> tuple[list[PreparationJob], str]:
+        return await self._manager.list(states=states, page_size=page_size, page_token=page_token)
+
+    async def cancel(self, job_id: str) -> PreparationJob:
+        return await self._manager.cancel(job_id)
+
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[PreparationJob | JobEvent]:
+        return self._manager.watch(job_id, after_sequence=after_sequence)
+
+
+def _check_numbers(request: PreparationRequest) -> None:
+    violations = []
+    if not 1 <= request.questions_per_chunk <= MAX_QUESTIONS_PER_CHUNK:
+        violations.append(FieldViolation("spec.questions_per_chunk", f"1 to {MAX_QUESTIONS_PER_CHUNK} (0: "
+                                                                     f"{DEFAULT_QUESTIONS_PER_CHUNK})"))
+    if not MIN_CHUNK_CHARS <= request.chunk_chars <= MAX_CHUNK_CHARS:
+        violations.append(FieldViolation("spec.chunk_chars", f"{MIN_CHUNK_CHARS} to {MAX_CHUNK_CHARS} (0: "
+                                                             f"{DEFAULT_CHUNK_CHARS})"))
+    if len(request.generator_model) > 256 or not request.generator_model.isprintable():
+        violations.append(FieldViolation("spec.generator_model", "at most 256 printable characters"))
+    if violations:
+        raise InvalidArgument("INVALID_PREPARATION_SPEC", "invalid preparation spec: "
+                              + "; ".join(f"{v.field} must be {v.description}" for v in violations),
+                              violations=violations)

@@ -1,0 +1,53 @@
+"""DataPreparationService: convert, call the preparation jobs (engine.preparation.jobs), convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from engine.jobs.core import JobEvent
+from engine.preparation.jobs import PreparationJobs
+from learning.v1 import preparation_pb2 as pb
+from learning.v1 import preparation_pb2_grpc as pb_grpc
+from server import convert
+from server import preparation_convert as pc
+
+MAX_REQUEST_ID = 128
+
+
+class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
+    def __init__(self, jobs: PreparationJobs) -> None:
+        self._jobs = jobs
+
+    async def CreatePreparationJob(self, request: pb.CreatePreparationJobRequest,
+                                   context: grpc.aio.ServicerContext):
+        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id)
+        return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(job))
+
+    async def GetPreparationJob(self, request: pb.GetPreparationJobRequest, context: grpc.aio.ServicerContext):
+        job = await self._jobs.get(pc.job_id_from_name(request.name))
+        return pb.GetPreparationJobResponse(preparation_job=pc.job_to_pb(job))
+
+    async def ListPreparationJobs(self, request: pb.ListPreparationJobsRequest, context: grpc.aio.ServicerContext):
+        jobs, token = await self._jobs.list(states=convert.states_from_pb(request.states),
+                                            page_size=convert.page_size(request.page_size),
+                                            page_token=request.page_token)
+        return pb.ListPreparationJobsResponse(preparation_jobs=[pc.job_to_pb(j) for j in jobs],
+                                              next_page_token=token)
+
+    async def CancelPreparationJob(self, request: pb.CancelPreparationJobRequest,
+                                   context: grpc.aio.ServicerContext):
+        job = await self._jobs.cancel(pc.job_id_from_name(request.name))
+        return pb.CancelPreparationJobResponse(preparation_job=pc.job_to_pb(job))
+
+    async def WatchPreparationJob(
+        self, request: pb.WatchPreparationJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchPreparationJobResponse]:
+        job_id = pc.job_id_from_name(request.name)
+        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+            if isinstance(item, JobEvent):
+                yield pb.WatchPreparationJobResponse(event=pc.event_to_pb(item))
+            else:
+                yield pb.WatchPreparationJobResponse(snapshot=pc.job_to_pb(item))
