@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import typer
 from google.protobuf import duration_pb2, timestamp_pb2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
-from rich.table import Column, Table
+from rich.table import Table
 from rich.text import Text
 
 from learning.v1 import common_pb2 as common
@@ -27,7 +25,6 @@ from learning_engine.cli.common import (
     emit,
     err,
     fail,
-    interrupted,
     key_values,
     labels,
     options,
@@ -37,6 +34,18 @@ from learning_engine.cli.common import (
     when,
 )
 from learning_engine.cli.datasets import dataset_name
+from learning_engine.cli.job_views import (
+    AFTER,
+    PAGE_SIZE,
+    PAGE_TOKEN,
+    STATE_FILTER,
+    guard_interrupt,
+    listed,
+    outcome_code,
+    parse_states,
+    short_state,
+    steered,
+)
 from learning_engine.cli.ops import CHECK, GATE_FAILED, render_eval
 from learning_engine.client import AsyncClient
 
@@ -45,13 +54,6 @@ jobs_app = typer.Typer(
 )
 fisher_jobs_app = typer.Typer(help="Fisher jobs: list, get, watch, cancel.", no_args_is_help=True)
 evaluation_jobs_app = typer.Typer(help="Evaluation jobs: create, list, get, watch, cancel.", no_args_is_help=True)
-
-_STATE = common.JobState.Name
-
-
-def _short(state: int) -> str:
-    return _STATE(state).removeprefix("JOB_STATE_")
-
 
 def _eta(value: duration_pb2.Duration) -> str:
     seconds = int(value.seconds)
@@ -180,13 +182,13 @@ def train(
             _validated(opts, job)
             return 0
         if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})"))
+            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})"))
             return 0
         if not opts.json:
             err.print(f"created {job.name}")
         return await follow_training(client, opts.json, job.name)
 
-    raise typer.Exit(_guard_interrupt(ctx, call))
+    raise typer.Exit(guard_interrupt(ctx, call))
 
 
 _OBJECTIVES = " | ".join(n.removeprefix("OBJECTIVE_").lower() for n in training.Objective.keys()[1:])
@@ -244,13 +246,6 @@ def _validated(opts: Options, job: training.TrainingJob) -> None:
     emit(opts, data, render)
 
 
-def _guard_interrupt(ctx: typer.Context, call) -> int:
-    try:
-        return run(ctx, call)
-    except KeyboardInterrupt:
-        interrupted("stopped watching; the job keeps running (learning-engine jobs watch NAME)")
-
-
 class _Elapsed(ProgressColumn):
     """How long the task's work has run: from its ``since`` field (POSIX seconds) to ``until``, or to now."""
 
@@ -283,7 +278,7 @@ class _Bars:
         self.fisher: TaskID | None = None
 
     def snapshot(self, job: training.TrainingJob) -> None:
-        self.progress.update(self.steps, description=_short(job.state).lower(), since=_seconds(job.start_time),
+        self.progress.update(self.steps, description=short_state(job.state).lower(), since=_seconds(job.start_time),
                              until=_seconds(job.end_time))
 
     def event(self, event: training.TrainingJobEvent) -> None:
@@ -294,7 +289,7 @@ class _Bars:
             self.progress.update(self.steps, total=m.total_steps, completed=m.step, info=_step_info(m))
         elif kind == "state_change":
             state = event.state_change.state
-            fields: dict = {"description": _short(state).lower()}
+            fields: dict = {"description": short_state(state).lower()}
             if state == common.JOB_STATE_RUNNING and self.progress.tasks[self.steps].fields["since"] is None:
                 fields["since"] = at
             if state in _ENDED:
@@ -342,13 +337,13 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
             bars.event(event)
             if event.HasField("state_change") and not as_json:
                 progress.console.print(
-                    f"{_short(event.state_change.state)}: {event.state_change.message}", highlight=False
+                    f"{short_state(event.state_change.state)}: {event.state_change.message}", highlight=False
                 )
             elif event.HasField("warning") and not as_json:
                 progress.console.print(f"[yellow]warning[/] {event.warning.code}: {event.warning.message}")
     final = await client.get_training_job(name)
     if not as_json:
-        summary = f"{final.name} {_short(final.state)}"
+        summary = f"{final.name} {short_state(final.state)}"
         if final.output_adapter_version:
             summary += f" -> adapter {final.output_adapter_version}"
         if final.HasField("latest_metrics"):
@@ -356,15 +351,7 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
         out.print(summary, highlight=False)
         if final.HasField("error") and final.error.code:
             err.print(f"[red]{final.error.message}[/]", highlight=False)
-    return _outcome_code(final.state, final.error.code if final.HasField("error") else 0)
-
-
-def _outcome_code(state: int, error_code: int) -> int:
-    if state == common.JOB_STATE_SUCCEEDED:
-        return 0
-    if state == common.JOB_STATE_CANCELLED:
-        return grpc.StatusCode.CANCELLED.value[0]
-    return error_code or grpc.StatusCode.UNKNOWN.value[0]
+    return outcome_code(final.state, final.error.code if final.HasField("error") else 0)
 
 
 def fisher_cmd(
@@ -411,11 +398,11 @@ def fisher_cmd(
     async def call(client: AsyncClient) -> int:
         job = await client.create_fisher_job(spec, request_id=request_id)
         if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})"))
+            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})"))
             return 0
         return await follow_fisher(client, opts.json, job.name)
 
-    raise typer.Exit(_guard_interrupt(ctx, call))
+    raise typer.Exit(guard_interrupt(ctx, call))
 
 
 async def follow_fisher(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
@@ -436,66 +423,22 @@ async def follow_fisher(client: AsyncClient, as_json: bool, name: str, after_seq
                 progress.update(bar, total=p.samples_total, completed=p.samples_done)
     done = await client.get_fisher_job(name)
     if not as_json:
-        out.print(f"{done.name} {_short(done.state)} {done.output_snapshot}", highlight=False)
-    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
-
-
-# Options every job list and watch takes.
-_STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...); repeatable.")
-_PAGE_SIZE = typer.Option(20, "--page-size")
-_PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
-_AFTER = typer.Option(0, "--after", help="Resume after this event's sequence number.")
-
-
-def _states(values: list[str] | None) -> list[int]:
-    states = []
-    for value in values or []:
-        key = f"JOB_STATE_{value.upper()}"
-        if key not in common.JobState.keys()[1:]:
-            names = " | ".join(n.removeprefix("JOB_STATE_").lower() for n in common.JobState.keys()[1:])
-            raise typer.BadParameter(f"unknown state {value!r}; one of {names}", param_hint="--state")
-        states.append(common.JobState.Value(key))
-    return states
-
-
-def _job_table(jobs, wide: bool, result: tuple[str, Callable[[Any], str]], worker: bool = False) -> Table:
-    """Jobs, newest first, their whole names first (to paste into the next command); ``--wide`` adds the rest.
-    ``result`` is the header and the reading of the job's result column (its adapter, snapshot, verdict)."""
-    header, result_of = result
-    columns = [Column("name", no_wrap=True), "state", "progress", Column(header, no_wrap=True)]
-    if wide:
-        columns += ["created", "ended"] + (["worker"] if worker else [])
-    table = Table(*columns, box=None, header_style="bold")
-    for job in jobs:
-        row = [job.name, _short(job.state), f"{job.progress.fraction:.0%}", result_of(job) or "-"]
-        if wide:
-            row += [when(job.create_time), when(job.end_time)] + ([job.worker or "-"] if worker else [])
-        table.add_row(*row)
-    return table
-
-
-def _listed(opts: Options, response, jobs, wide: bool, result: tuple[str, Callable[[Any], str]],
-            worker: bool = False) -> None:
-    def render() -> None:
-        print_table(_job_table(jobs, wide, result, worker))
-        if response.next_page_token:
-            err.print(f"more: --page-token {response.next_page_token}", highlight=False)
-
-    emit(opts, response, render)
+        out.print(f"{done.name} {short_state(done.state)} {done.output_snapshot}", highlight=False)
+    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
 
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context,
-    state: list[str] = _STATE_FILTER,
-    page_size: int = _PAGE_SIZE,
-    page_token: str = _PAGE_TOKEN,
+    state: list[str] = STATE_FILTER,
+    page_size: int = PAGE_SIZE,
+    page_token: str = PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended, and its worker."),
 ) -> None:
     """Recent training jobs, newest first (whole names, at any terminal width)."""
-    states = _states(state)
+    states = parse_states(state)
     response = run(ctx, lambda c: c.list_training_jobs(states=states, page_size=page_size, page_token=page_token))
-    _listed(options(ctx), response, response.training_jobs, wide, ("adapter", lambda j: j.output_adapter_version),
+    listed(options(ctx), response, response.training_jobs, wide, ("adapter", lambda j: j.output_adapter_version),
             worker=True)
 
 
@@ -507,11 +450,11 @@ def jobs_get(ctx: typer.Context, name: str) -> None:
 
 @jobs_app.command("watch")
 def jobs_watch(
-    ctx: typer.Context, name: str, after: int = _AFTER
+    ctx: typer.Context, name: str, after: int = AFTER
 ):
     """Follow a job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
-    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_training(c, opts.json, name, after)))
+    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_training(c, opts.json, name, after)))
 
 
 @jobs_app.command("plot")
@@ -524,7 +467,7 @@ def jobs_plot(
     """Write a job's loss curve, and its metrics as CSV, as the server has them now (running or ended)."""
     opts = options(ctx)
     metrics = run(ctx, lambda c: c.get_training_metrics(name))
-    state = _short(metrics.state)
+    state = short_state(metrics.state)
     if not metrics.rows:  # nothing is written: a loss.png left from before must not pass for this job's
         fail(opts, grpc.StatusCode.FAILED_PRECONDITION, f"{name} has no steps yet ({state}): no loss curve to write",
              reason=ERROR_REASON_NO_STEPS_YET, metadata={"name": name, "state": state})
@@ -541,26 +484,22 @@ def jobs_plot(
         + (f", {csv_path}" if csv_path is not None else ""), highlight=False))
 
 
-def _steered(ctx: typer.Context, job) -> None:
-    emit(options(ctx), job, lambda: out.print(f"{job.name} {_short(job.state)}", highlight=False))
-
-
 @jobs_app.command("cancel")
 def jobs_cancel(ctx: typer.Context, name: str) -> None:
     """Ask a job to stop; it ends CANCELLED."""
-    _steered(ctx, run(ctx, lambda c: c.cancel_training_job(name)))
+    steered(ctx, run(ctx, lambda c: c.cancel_training_job(name)))
 
 
 @jobs_app.command("pause")
 def jobs_pause(ctx: typer.Context, name: str) -> None:
     """Pause a queued or running job: a running one checkpoints at its next step and frees its worker."""
-    _steered(ctx, run(ctx, lambda c: c.pause_training_job(name)))
+    steered(ctx, run(ctx, lambda c: c.pause_training_job(name)))
 
 
 @jobs_app.command("resume")
 def jobs_resume(ctx: typer.Context, name: str) -> None:
     """Queue a paused job again; it continues from its last checkpoint."""
-    _steered(ctx, run(ctx, lambda c: c.resume_training_job(name)))
+    steered(ctx, run(ctx, lambda c: c.resume_training_job(name)))
 
 
 @jobs_app.command("checkpoints")
@@ -600,15 +539,15 @@ def jobs_publish(
 @fisher_jobs_app.command("list")
 def fisher_jobs_list(
     ctx: typer.Context,
-    state: list[str] = _STATE_FILTER,
-    page_size: int = _PAGE_SIZE,
-    page_token: str = _PAGE_TOKEN,
+    state: list[str] = STATE_FILTER,
+    page_size: int = PAGE_SIZE,
+    page_token: str = PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
 ) -> None:
     """Recent Fisher jobs, newest first (whole names, at any terminal width)."""
-    states = _states(state)
+    states = parse_states(state)
     response = run(ctx, lambda c: c.list_fisher_jobs(states=states, page_size=page_size, page_token=page_token))
-    _listed(options(ctx), response, response.fisher_jobs, wide, ("snapshot", lambda j: j.output_snapshot))
+    listed(options(ctx), response, response.fisher_jobs, wide, ("snapshot", lambda j: j.output_snapshot))
 
 
 @fisher_jobs_app.command("get")
@@ -619,17 +558,17 @@ def fisher_jobs_get(ctx: typer.Context, name: str) -> None:
 
 @fisher_jobs_app.command("watch")
 def fisher_jobs_watch(
-    ctx: typer.Context, name: str, after: int = _AFTER
+    ctx: typer.Context, name: str, after: int = AFTER
 ) -> None:
     """Follow a Fisher job to its end (reconnecting if the connection drops)."""
     opts = options(ctx)
-    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_fisher(c, opts.json, name, after)))
+    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_fisher(c, opts.json, name, after)))
 
 
 @fisher_jobs_app.command("cancel")
 def fisher_jobs_cancel(ctx: typer.Context, name: str) -> None:
     """Ask a Fisher job to stop; it ends CANCELLED."""
-    _steered(ctx, run(ctx, lambda c: c.cancel_fisher_job(name)))
+    steered(ctx, run(ctx, lambda c: c.cancel_fisher_job(name)))
 
 
 
@@ -661,14 +600,14 @@ def evaluation_jobs_create(
     async def call(client: AsyncClient) -> int:
         job = await client.create_evaluation_job(spec, request_id=request_id)
         if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})", highlight=False))
+            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})", highlight=False))
             return 0
         code = await follow_evaluation(client, opts.json, job.name)
         if code == 0 and check and not (await client.get_evaluation_job(job.name)).eval.passed:
             return GATE_FAILED
         return code
 
-    raise typer.Exit(_guard_interrupt(ctx, call))
+    raise typer.Exit(guard_interrupt(ctx, call))
 
 
 async def follow_evaluation(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
@@ -686,12 +625,12 @@ async def follow_evaluation(client: AsyncClient, as_json: bool, name: str, after
                 progress.update(bar, total=p.total, completed=p.answered)
     done = await client.get_evaluation_job(name)
     if not as_json:
-        out.print(f"{done.name} {_short(done.state)}", highlight=False)
+        out.print(f"{done.name} {short_state(done.state)}", highlight=False)
         if done.HasField("eval"):
             render_eval(done.spec.version, done.eval)
         if done.HasField("error") and done.error.code:
             err.print(f"[red]{done.error.message}[/]", highlight=False)
-    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
+    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
 
 def _verdict(job: evaluation.EvaluationJob) -> str:
@@ -701,15 +640,15 @@ def _verdict(job: evaluation.EvaluationJob) -> str:
 @evaluation_jobs_app.command("list")
 def evaluation_jobs_list(
     ctx: typer.Context,
-    state: list[str] = _STATE_FILTER,
-    page_size: int = _PAGE_SIZE,
-    page_token: str = _PAGE_TOKEN,
+    state: list[str] = STATE_FILTER,
+    page_size: int = PAGE_SIZE,
+    page_token: str = PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
 ) -> None:
     """Recent evaluation jobs, newest first, with their verdicts (whole names, at any terminal width)."""
-    states = _states(state)
+    states = parse_states(state)
     response = run(ctx, lambda c: c.list_evaluation_jobs(states=states, page_size=page_size, page_token=page_token))
-    _listed(options(ctx), response, response.evaluation_jobs, wide, ("verdict", _verdict))
+    listed(options(ctx), response, response.evaluation_jobs, wide, ("verdict", _verdict))
 
 
 @evaluation_jobs_app.command("get")
@@ -720,17 +659,17 @@ def evaluation_jobs_get(ctx: typer.Context, name: str) -> None:
 
 @evaluation_jobs_app.command("watch")
 def evaluation_jobs_watch(
-    ctx: typer.Context, name: str, after: int = _AFTER
+    ctx: typer.Context, name: str, after: int = AFTER
 ) -> None:
     """Follow an evaluation job to its end and show its decision."""
     opts = options(ctx)
-    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_evaluation(c, opts.json, name, after)))
+    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_evaluation(c, opts.json, name, after)))
 
 
 @evaluation_jobs_app.command("cancel")
 def evaluation_jobs_cancel(ctx: typer.Context, name: str) -> None:
     """Ask an evaluation job to stop; it ends CANCELLED."""
-    _steered(ctx, run(ctx, lambda c: c.cancel_evaluation_job(name)))
+    steered(ctx, run(ctx, lambda c: c.cancel_evaluation_job(name)))
 
 
 __all__ = [

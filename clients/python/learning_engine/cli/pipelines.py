@@ -15,7 +15,7 @@ from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
-from learning_engine.cli.jobs import _guard_interrupt, _outcome_code
+from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.client import AsyncClient
 
 pipelines_app = typer.Typer(help="Pipelines: data -> train -> evaluate -> roll out, on a schedule or a trigger.",
@@ -170,7 +170,7 @@ def pipelines_run(
             return 0
         return await follow_run(client, opts.json, started.name)
 
-    raise typer.Exit(_guard_interrupt(ctx, call))
+    raise typer.Exit(guard_interrupt(ctx, call))
 
 
 @pipelines_app.command("watch")
@@ -178,7 +178,7 @@ def pipelines_watch(ctx: typer.Context, run_: str = typer.Argument(..., metavar=
                     after: int = typer.Option(0, "--after", help="Only events after this sequence.")) -> None:
     """Follow a run stage by stage to its end; exit 0 when it succeeded, 1 when cancelled, else its error code."""
     opts = options(ctx)
-    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_run(c, opts.json, run_name(run_), after)))
+    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_run(c, opts.json, run_name(run_), after)))
 
 
 async def follow_run(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
@@ -207,7 +207,7 @@ async def follow_run(client: AsyncClient, as_json: bool, name: str, after_sequen
                   + (f" {done.rollout.lower()}" if done.rollout else ""), highlight=False)
         if done.HasField("error") and done.error.code:
             err.print(f"[red]{done.error.message}[/]", highlight=False)
-    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
+    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
 
 @pipelines_app.command("runs")

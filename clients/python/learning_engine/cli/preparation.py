@@ -14,17 +14,17 @@ from learning.v1 import preparation_pb2 as preparation
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, run
 from learning_engine.cli.datasets import _EVAL, _SEED, _TEST, _split, dataset_name, datasets_app
-from learning_engine.cli.jobs import (
-    _AFTER,
-    _PAGE_SIZE,
-    _PAGE_TOKEN,
-    _STATE_FILTER,
-    _guard_interrupt,
-    _listed,
-    _outcome_code,
-    _short,
-    _states,
-    _steered,
+from learning_engine.cli.job_views import (
+    AFTER,
+    PAGE_SIZE,
+    PAGE_TOKEN,
+    STATE_FILTER,
+    guard_interrupt,
+    listed,
+    outcome_code,
+    parse_states,
+    short_state,
+    steered,
 )
 from learning_engine.client import AsyncClient
 
@@ -66,11 +66,11 @@ def datasets_prepare(
     async def call(client: AsyncClient) -> int:
         job = await client.create_preparation_job(spec, request_id=request_id)
         if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({_short(job.state)})", highlight=False))
+            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})", highlight=False))
             return 0
         return await follow_preparation(client, opts.json, job.name)
 
-    raise typer.Exit(_guard_interrupt(ctx, call))
+    raise typer.Exit(guard_interrupt(ctx, call))
 
 
 def _summary(job: preparation.PreparationJob) -> str:
@@ -96,13 +96,13 @@ async def follow_preparation(client: AsyncClient, as_json: bool, name: str, afte
                                 description=f"{c.document} #{c.chunk}: {c.kept} kept")
     done = await client.get_preparation_job(name)
     if not as_json:
-        out.print(f"{done.name} {_short(done.state)}: {_summary(done)}", highlight=False)
+        out.print(f"{done.name} {short_state(done.state)}: {_summary(done)}", highlight=False)
         if done.result.dataset_version:
             out.print(f"{'stored' if done.result.created else 'exists'} {done.result.dataset_version} "
                       f"(train --dataset {done.spec.dataset.removeprefix('datasets/')})", highlight=False)
         if done.HasField("error") and done.error.code:
             err.print(f"[red]{done.error.message}[/]", highlight=False)
-    return _outcome_code(done.state, done.error.code if done.HasField("error") else 0)
+    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
 
 def _kept(job: preparation.PreparationJob) -> str:
@@ -112,15 +112,15 @@ def _kept(job: preparation.PreparationJob) -> str:
 @preparation_jobs_app.command("list")
 def preparation_jobs_list(
     ctx: typer.Context,
-    state: list[str] = _STATE_FILTER,
-    page_size: int = _PAGE_SIZE,
-    page_token: str = _PAGE_TOKEN,
+    state: list[str] = STATE_FILTER,
+    page_size: int = PAGE_SIZE,
+    page_token: str = PAGE_TOKEN,
     wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
 ) -> None:
     """Recent preparation jobs, newest first, with the dataset version each stored."""
-    states = _states(state)
+    states = parse_states(state)
     response = run(ctx, lambda c: c.list_preparation_jobs(states=states, page_size=page_size, page_token=page_token))
-    _listed(options(ctx), response, response.preparation_jobs, wide, ("dataset", _kept))
+    listed(options(ctx), response, response.preparation_jobs, wide, ("dataset", _kept))
 
 
 @preparation_jobs_app.command("get")
@@ -130,13 +130,13 @@ def preparation_jobs_get(ctx: typer.Context, name: str) -> None:
 
 
 @preparation_jobs_app.command("watch")
-def preparation_jobs_watch(ctx: typer.Context, name: str, after: int = _AFTER) -> None:
+def preparation_jobs_watch(ctx: typer.Context, name: str, after: int = AFTER) -> None:
     """Follow a preparation job to its end."""
     opts = options(ctx)
-    raise typer.Exit(_guard_interrupt(ctx, lambda c: follow_preparation(c, opts.json, name, after)))
+    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_preparation(c, opts.json, name, after)))
 
 
 @preparation_jobs_app.command("cancel")
 def preparation_jobs_cancel(ctx: typer.Context, name: str) -> None:
     """Ask a preparation job to stop; it ends CANCELLED and stores nothing."""
-    _steered(ctx, run(ctx, lambda c: c.cancel_preparation_job(name)))
+    steered(ctx, run(ctx, lambda c: c.cancel_preparation_job(name)))
