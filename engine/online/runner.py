@@ -277,15 +277,16 @@ class _Session:
         if result.skipped:
             ctx.record(Warned("UPDATE_SKIPPED", f"update {result.update}: {result.skipped}"))
             return
+        await self._refresh_live(result.update)
         if spiked:
             factor = result.loss / result.spike_median
             reason = (f"loss spike at update {result.update}: loss {result.loss:.4g} is {factor:.1f}x the median "
                       f"{result.spike_median:.4g} of the last updates (limit {spec.loss_spike_factor:g}x); the "
                       "adapter was put back to its weights before the update that made it")
+            await ctx.persist()  # a session read as disabled already serves the weights put back
             await self.r.store.set(self.id, enabled=False, disabled_reason=reason)
             ctx.record(LossSpike(result.update, result.loss, result.spike_median, factor))
             ctx.record(Warned("LEARNING_DISABLED", reason))
-        await self._refresh_live(result.update)
         stats = learner.stats(learning_rate=learning_rate, enabled=math.isnan(result.spike_median),
                               published=len(ctx.job.output.publications))
         ctx.set_output(replace(ctx.job.output, stats=stats))
@@ -342,12 +343,15 @@ class _Session:
                   f"({spike.negative_rate:.1%}), above {spec.start_version}'s {start.negative_rate:.1%} of "
                   f"{start.total} by more than {spec.negative_feedback_margin:.1%}; the live model was put back to "
                   f"{spec.start_version}'s weights and the alias to {spec.start_version}")
+        # The live model is put back and stored first, so a session read as disabled already serves the start
+        # weights. The ratings are put aside last: a crash before that finds the same spike again on resume.
         await ctx.in_worker(self.learner.put_back_start)
+        await self._refresh_live(self.learner.updates)
+        await ctx.persist()
         await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=spec.start_version)
-        ctx.set_output(replace(ctx.job.output, ratings_since=now))  # what was rated is put aside with it
+        ctx.set_output(replace(ctx.job.output, ratings_since=now))
         ctx.record(spike)
         ctx.record(Warned("LEARNING_DISABLED", reason))
-        await self._refresh_live(self.learner.updates)
         await ctx.persist()
         return True
 
