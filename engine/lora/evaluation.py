@@ -148,6 +148,16 @@ class EvalReport:
         return tuple((f"{s.name}.{name}", value) for s in self.suites for name, value in s.metrics)
 
 
+def evaluation_basis(suites: Sequence[Suite], base: bool, thresholds: GateThresholds, max_tokens: int,
+                     judge: JudgeInfo | None) -> str:
+    """A digest of what a verdict rests on besides the two versions' weights: the suites scored, whether base
+    retention was checked, the thresholds, the answers' token budget and the judge. Versions are immutable and
+    answers greedy, so an evaluation of the same two versions on the same basis gives the same verdict."""
+    doc = {"suites": [[s.name, s.digest] for s in suites], "base": base, "thresholds": asdict(thresholds),
+           "max_tokens": max_tokens, "judge": asdict(judge) if judge is not None else None}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def _strings(value: object, field: str) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str) and v.strip() for v in items):

@@ -13,8 +13,9 @@ first stage that has not ended; no stage runs twice to completion:
   cancels the job, while a restart leaves it running (it is a job of its own) and the resumed run waits again.
 - EVALUATE runs the forgetting-aware gate (and the pipeline's golden suites) on the new version against the
   active one. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the failed checks.
-- ROLLOUT activates the version (the activation's own gate runs again against whatever is active by then), or
-  skips when the pipeline only publishes.
+- ROLLOUT activates the version, or skips when the pipeline only publishes. The activation's own gate takes
+  EVALUATE's evaluation when it was against the same active version on the same basis, and runs again
+  otherwise.
 """
 
 from __future__ import annotations

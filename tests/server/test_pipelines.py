@@ -305,6 +305,10 @@ async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_o
     assert (first.state, first.version, first.rollout) == (common.JOB_STATE_SUCCEEDED, "v1.0", "ACTIVATED"), first
     assert "no version was active" in first.stages[-1].message
     assert first.stages[2].state == pp.STAGE_STATE_SUCCEEDED and first.stages[2].message.startswith("the gate passed")
+    # the activation's gate took EVALUATE's evaluation (the same baseline, suites and thresholds) as it stands
+    activation = (await status(client)).last_operation
+    assert activation.kind == lc.LORA_OPERATION_KIND_ACTIVATE and activation.gate.passed
+    assert activation.gate.evaluation_id == first.evaluation_id != ""
 
     second = await run_now()
     assert await canary_of(client, second) == "v1.1"
