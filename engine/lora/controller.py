@@ -10,9 +10,13 @@ A canary (``start_canary``) goes the same way up to the switch (the gate include
 policy's share of the alias's requests to the candidate (engine/lora/canary.py) and, from a loop in this process,
 promotes it (the switch, drain and unload of an activation) or takes it out of traffic and unloads it. A manual split
 (``set_traffic_split``) loads a version and splits traffic with no gate and no decision. One split at a time is in
-force; it is persisted, and a restarted server resumes it (its counts as of its last check). Activate, rollback and
-disable end the split in force first (a canary is then aborted). Every start, change and end is a recorded operation
-with both sides' figures.
+force; it is persisted, and a restarted server resumes it. Activate, rollback and disable end the split in force
+first (a canary is then aborted). Every start, change and end is a recorded operation with both sides' figures.
+
+Several serving processes of one target (replicas behind a load balancer) each route the split in their gateway and
+store what it counted on its own row (every ``serving_follow_seconds``, and at each check); a split's counts are
+the sum of the rows, so a canary decides on all of its traffic. One process decides it, under a lease it renews at
+each check: the one that started it, or another once that one stopped renewing (it stopped).
 
 The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's.
 """
@@ -43,7 +47,7 @@ from engine.lora.canary import (
 )
 from engine.lora.state import EvalSummary, FeedbackCounts, LoraStatus, OperationKind, lora_name
 from engine.lora.target import ControlConfig, ServingTarget, _Op
-from engine.serving.traffic import Role, Route, TrafficSplit
+from engine.serving.traffic import Role, Route, Tally, TrafficSplit
 
 __all__ = ["Activation", "ControlConfig", "LoraController"]
 
@@ -74,6 +78,11 @@ class LoraController(ServingTarget):
     async def close(self) -> None:
         if self._loop is not None:
             await self._loop.stop()
+        if self._split is not None:  # what this gateway counted since the last share is kept for the others
+            try:
+                await self._count(self._split)
+            except Exception:  # noqa: BLE001 - closing goes on (the database may be what is going away)
+                log.warning("could not store this gateway's counts of the split in force", exc_info=True)
         for task in list(self._background):
             task.cancel()
         await super().close()
@@ -236,6 +245,13 @@ class LoraController(ServingTarget):
     async def check_canary(self, split_id: int) -> bool:
         """One check of the canary ``split_id`` (engine/lora/canary.py's loop): count both sides, keep the figures,
         and end it if the policy decides; False once it is no longer in force."""
+        split = self._split
+        if split is None or split.id != split_id or split.policy is None:
+            return False
+        if not await self._store.claim_decider(split_id, self._process, _decider_lease(split.policy)):
+            self._loop = None  # another serving process decides it now (this one was thought stopped)
+            return False
+        await self._count(split)
         split = self._split_now()
         if split is None or split.id != split_id or split.policy is None or split.figures is None:
             return False
@@ -302,28 +318,58 @@ class LoraController(ServingTarget):
                     start_time=datetime.now(UTC), actor=op.actor, reason=op.reason, policy=policy))
                 self._split = opened
                 self._route(opened)
+                await self._take_decisions(opened)
         except BaseException:
             await self._discard(name, keep=was_loaded)
             raise
         op.mark("to_serving")
         await self._notify()
 
-    def _route(self, split: TrafficSplitState, *, decide: bool = True) -> None:
-        """Send the split's share to its candidate and, with ``decide`` (this process started the split, or resumes
-        it after a restart: it counts on from its persisted figures), run a canary's decision loop."""
+    def _route(self, split: TrafficSplitState) -> None:
+        """Send the split's share to its candidate. This gateway counts from zero: what this process counted
+        before a restart stays on the row it wrote then, and a split's counts are the sum of every row."""
         route = Route(lora_name(self.base_model, split.candidate_version), split.candidate_version)
-        routed = TrafficSplit(route, split.share)
-        if decide and split.figures is not None:
-            routed.tallies = {Role.ACTIVE: split.figures.active.tally, Role.CANDIDATE: split.figures.candidate.tally}
-        self._router.set_split(routed)
-        if decide and split.kind is SplitKind.CANARY and split.policy is not None:
+        self._router.set_split(TrafficSplit(route, split.share))
+        self._others = (Tally(), Tally())
+
+    async def _take_decisions(self, split: TrafficSplitState) -> None:
+        """Run the canary's decision loop in this process if it can hold the decider's lease: it started the
+        canary, or the process that decided it stopped renewing (it stopped)."""
+        if split.kind is not SplitKind.CANARY or split.policy is None or self._loop is not None:
+            return
+        if await self._store.claim_decider(split.id, self._process, _decider_lease(split.policy)):
             self._loop = CanaryLoop(self, split.id, split.policy.check_interval_seconds)
             self._loop.start()
+            log.info("deciding a canary", extra={"version": split.candidate_version, "split": split.id})
+
+    async def _count(self, split: TrafficSplitState) -> None:
+        """Store what this gateway counted for ``split`` and read what the other serving processes did."""
+        routed = self._router.split
+        if routed is None or routed.candidate.version != split.candidate_version:
+            return
+        await self._store.save_split_tally(split.id, self._process, routed.tallies[Role.ACTIVE],
+                                           routed.tallies[Role.CANDIDATE])
+        others = await self._store.split_tallies(split.id, besides=self._process)
+        if self._split is not None and self._split.id == split.id:
+            self._others = others
+
+    async def follow(self) -> bool:
+        """As ServingTarget.follow, and then this gateway's counts of the split in force are shared with the other
+        serving processes (every ``serving_follow_seconds``), and a canary whose decider stopped is taken over."""
+        changed = await super().follow()
+        split = self._split
+        if split is not None and not self._lock.locked():
+            await self._count(split)
+            if self._split is split:
+                await self._take_decisions(split)
+        return changed
 
     async def _close_split(self, op: _Op, decision: CanaryDecision, *, unload: bool = True) -> None:
         """End the split in force (the locks held), recorded on ``op`` with both sides' figures: a promoted canary's
         candidate becomes the active version (the old one drained and retired as by an activation); otherwise the
         candidate leaves traffic and, with ``unload``, is drained and unloaded."""
+        assert self._split is not None
+        await self._count(self._split)
         split = self._split_now()
         assert split is not None and split.figures is not None
         figures, st = split.figures, self._state
@@ -378,6 +424,7 @@ class LoraController(ServingTarget):
             return
         if split.active_version == st.active_version and st.enabled:
             self._route(split)
+            await self._take_decisions(split)
             log.info("resumed a traffic split", extra={"kind": split.kind.value, "version": split.candidate_version})
             return
         promoted = split.candidate_version == st.active_version
@@ -386,15 +433,15 @@ class LoraController(ServingTarget):
                              "the active version changed while the server was stopped")
 
     async def _split_changed(self, split: TrafficSplitState | None) -> None:
-        """Route the split another process started (counting this gateway's requests; its process decides), or
-        stop routing the one it ended."""
+        """Route the split another process started (counting this gateway's requests for it; that process
+        decides), or stop routing the one it ended."""
         if self._loop is not None:
             await self._loop.stop()
             self._loop = None
         if split is None:
             self._router.set_split(None)
         else:
-            self._route(split, decide=False)
+            self._route(split)
 
     def _candidate_lost(self, routed: TrafficSplit) -> None:
         """The gateway found the serving engine lost the candidate (its requests fail over): end the split."""
@@ -414,6 +461,11 @@ class LoraController(ServingTarget):
                 log.error("ending a traffic split failed", exc_info=t.exception())
 
         task.add_done_callback(done)
+
+
+def _decider_lease(policy: CanaryPolicy) -> float:
+    """How long the deciding process's claim lasts unrenewed: three checks (at least a second)."""
+    return max(1.0, 3 * policy.check_interval_seconds)
 
 
 def _running(split: TrafficSplitState) -> FailedPrecondition:

@@ -14,6 +14,7 @@ from engine.jobs.core import JobFailure
 from engine.lora.canary import CanaryDecision, CanaryOutcome, TrafficFigures, TrafficSplitState
 from engine.lora.evaluation import Suite
 from engine.registry.records import VERSION_RE
+from engine.serving.traffic import Tally
 
 
 class OperationKind(enum.StrEnum):
@@ -109,6 +110,7 @@ class EvalSummary:
     time: datetime
     suites: tuple[SuiteVerdict, ...] = ()
     id: str = ""  # the evaluation's, under the version: its reports are stored by it
+    basis: str = ""  # engine.lora.evaluation.evaluation_basis: what else the verdict rests on ("" before it was kept)
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,19 @@ class LoraStateStore(Protocol):
         ...
 
     async def save_split_figures(self, split_id: int, figures: TrafficFigures) -> None: ...
+
+    async def save_split_tally(self, split_id: int, process: str, active: Tally, candidate: Tally) -> None:
+        """What the gateway of serving process ``process`` counted on each side of the split (its own row)."""
+        ...
+
+    async def split_tallies(self, split_id: int, *, besides: str) -> tuple[Tally, Tally]:
+        """The sums, on each side, of what every serving process but ``besides`` counted for the split."""
+        ...
+
+    async def claim_decider(self, split_id: int, process: str, lease_seconds: float) -> bool:
+        """Whether ``process`` decides the canary ``split_id`` for the next ``lease_seconds``: it did already (the
+        lease renewed), nobody did, or the decider's lease ran out. Exactly one process holds it at a time."""
+        ...
 
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
                         reason: str) -> None:

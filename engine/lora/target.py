@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from engine.lora.state import (
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
-from engine.serving.traffic import Role
+from engine.serving.traffic import Role, Tally, sum_tallies
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ class ServingTarget:
         self._split: TrafficSplitState | None = None  # the split in force, as persisted
         self._last_canary: CanaryOutcome | None = None
         self._background: set[asyncio.Task[Any]] = set()  # work started by a request that must not wait for it
+        self._process = secrets.token_hex(8)  # this serving process, as it counts a split and decides a canary
+        self._others = (Tally(), Tally())  # what the other serving processes counted for the split, as last read
 
     @property
     def base_model(self) -> str:
@@ -185,7 +188,8 @@ class ServingTarget:
         )
 
     def _split_now(self) -> TrafficSplitState | None:
-        """The split in force with the gateway's counts as they are now (ratings as of its last check)."""
+        """The split in force with this gateway's counts as they are now and the other serving processes' as last
+        read (ratings as of the last check)."""
         split, routed = self._split, self._router.split
         if split is None:
             return None
@@ -194,7 +198,8 @@ class ServingTarget:
         if routed is None or routed.candidate.version != split.candidate_version:
             return replace(split, figures=before)  # not routed here (yet): as persisted
         elapsed = (datetime.now(UTC) - split.start_time).total_seconds()
-        counted = (routed.tallies[Role.ACTIVE], routed.tallies[Role.CANDIDATE])
+        counted = (sum_tallies((routed.tallies[Role.ACTIVE], self._others[0])),
+                   sum_tallies((routed.tallies[Role.CANDIDATE], self._others[1])))
         return replace(split, figures=figures_of(before.active, before.candidate, counted, elapsed))
 
     async def status(self) -> LoraStatus:
@@ -276,7 +281,7 @@ class ServingTarget:
         if not goldens and self._gate is None:
             return None
         with op.phase("eval"):
-            summary = op.gate = await self._evaluate(version, self._state.active_version, goldens)
+            summary = op.gate = await self._evaluate(version, self._state.active_version, goldens, reuse=True)
         if not summary.passed and not force:
             raise _refusal(summary)
         return summary
@@ -454,7 +459,11 @@ class ServingTarget:
             await self._discard(old, keep=False)
 
     async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
-                        progress: Progress | None = None, choice: JudgeChoice | None = None) -> EvalSummary:
+                        progress: Progress | None = None, choice: JudgeChoice | None = None, *,
+                        reuse: bool = False) -> EvalSummary:
+        """Evaluate ``version`` against ``baseline_version``. With ``reuse``, the version's latest evaluation
+        stands instead when it was against the same baseline on the same basis (evaluation_basis): a pipeline's
+        EVALUATE and the gate of the activation or canary after it do not answer the same suites twice."""
         base = self._state.base_model
         suites: list[ev.Suite] = []
         for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
@@ -464,6 +473,13 @@ class ServingTarget:
             suites += await self._gate.suites(base, version, baseline_version)
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
         judge = self._judge(choice)
+        basis = ev.evaluation_basis(suites, self._gate is not None, self.config.thresholds,
+                                    self.config.eval_max_tokens, judge.info if judge else None)
+        if reuse:
+            latest = await self._store.latest_eval(base, version)
+            if latest is not None and latest.baseline_version == baseline_version and latest.basis == basis:
+                log.info("the gate reuses an evaluation", extra={"version": version, "evaluation": latest.id})
+                return latest
         answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
@@ -506,7 +522,7 @@ class ServingTarget:
         summary = EvalSummary(
             suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
             regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation,
+            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=basis,
         )
         await self._store.save_eval(base, summary)
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 USER_HEADER = "x-user-id"
@@ -56,6 +57,15 @@ class Tally:
     def plus(self, *, errors: int = 0, failovers: int = 0, seconds: float = 0.0) -> Tally:
         return replace(self, requests=self.requests + 1, errors=self.errors + errors,
                        failovers=self.failovers + failovers, seconds=self.seconds + seconds)
+
+
+def sum_tallies(tallies: Iterable[Tally]) -> Tally:
+    """What several gateways counted on one side, together."""
+    total = Tally()
+    for t in tallies:
+        total = Tally(total.requests + t.requests, total.errors + t.errors, total.failovers + t.failovers,
+                      total.seconds + t.seconds)
+    return total
 
 
 def sticky_fraction(candidate: str, user: str) -> float:

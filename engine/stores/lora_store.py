@@ -1,5 +1,6 @@
 """PostgreSQL storage of LoraControl state, operation history, eval results and traffic splits (migration 0013:
-at most one split per target in force, a canary's decision kept with it).
+at most one split per target in force, a canary's decision kept with it; migration 0019: what each serving
+process's gateway counted for a split, and which process decides a canary, under a lease).
 
 ``save`` also writes the registry's ``serving_state`` rows (ACTIVE / KNOWN_GOOD, migration
 0003) through ``PostgresServingState`` before the target row, so DeleteAdapter and pruning
@@ -29,6 +30,7 @@ from engine.lora.canary import (
 )
 from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
 from engine.registry.ports import ServingRole
+from engine.serving.traffic import Tally, sum_tallies
 from engine.stores.postgres import advisory_lock
 from engine.stores.serving_state import PostgresServingState
 
@@ -36,6 +38,7 @@ _FAILURE = TypeAdapter(JobFailure)
 _EVAL = TypeAdapter(EvalSummary)
 _FIGURES = TypeAdapter(TrafficFigures)
 _POLICY = TypeAdapter(CanaryPolicy)
+_TALLY = TypeAdapter(Tally)
 _LOCK_NAMESPACE = "learning-engine/lora-control/"
 
 
@@ -139,6 +142,32 @@ class PostgresLoraStore:
         async with self._pool.acquire() as conn:
             await conn.execute("UPDATE lora_traffic_splits SET figures = $2::jsonb WHERE id = $1 AND end_time IS NULL",
                                split_id, _json(_FIGURES, figures))
+
+    async def save_split_tally(self, split_id: int, process: str, active: Tally, candidate: Tally) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO lora_split_tallies (split_id, process, active, candidate) VALUES ($1, $2, $3::jsonb,"
+                " $4::jsonb) ON CONFLICT (split_id, process) DO UPDATE SET active = EXCLUDED.active,"
+                " candidate = EXCLUDED.candidate, update_time = now()",
+                split_id, process, _json(_TALLY, active), _json(_TALLY, candidate),
+            )
+
+    async def split_tallies(self, split_id: int, *, besides: str) -> tuple[Tally, Tally]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT active, candidate FROM lora_split_tallies WHERE split_id = $1"
+                                    " AND process <> $2", split_id, besides)
+        return (sum_tallies(_TALLY.validate_json(r["active"]) for r in rows),
+                sum_tallies(_TALLY.validate_json(r["candidate"]) for r in rows))
+
+    async def claim_decider(self, split_id: int, process: str, lease_seconds: float) -> bool:
+        async with self._pool.acquire() as conn:
+            claimed = await conn.fetchval(
+                "UPDATE lora_traffic_splits SET decider = $2, decider_until = now() + make_interval(secs => $3)"
+                " WHERE id = $1 AND end_time IS NULL AND kind = $4"
+                " AND (decider IN ('', $2) OR decider_until IS NULL OR decider_until < now()) RETURNING id",
+                split_id, process, lease_seconds, SplitKind.CANARY.value,
+            )
+        return claimed is not None
 
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
                         reason: str) -> None:

@@ -226,7 +226,7 @@ async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server
     assert await send(client, 10) == {f"{TINY}@{v10}": 5, f"{TINY}@{v11}": 5}
     await asyncio.sleep(0.5)  # a check keeps the counts
 
-    # another serving process of the target routes the same split, counting its own requests
+    # another serving process of the target routes the same split, counting its own requests (kept as it stops)
     (tmp_path / "replica2" / "datasets").mkdir(parents=True)
     two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2")
     assert (await status(two)).traffic_split.candidate_version == v11
@@ -236,14 +236,53 @@ async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server
 
     restarted = await make_server(serving_url=backend.url)
     st = await status(restarted)
-    assert st.traffic_split.candidate_version == v11 and st.traffic_split.figures.candidate.requests == 5
+    assert st.traffic_split.candidate_version == v11 and st.traffic_split.figures.candidate.requests == 7
     assert sorted(a.version for a in st.loaded) == [v10, v11]
     assert await send(restarted, 10) == {f"{TINY}@{v10}": 5, f"{TINY}@{v11}": 5}
     await rate(restarted, v11, up=4, down=0)
     await rate(restarted, v10, up=4, down=0)
     outcome = await asyncio.wait_for(restarted.app.owned.lora.controller.wait_canary(v11), 30)
     assert outcome.decision is CanaryDecision.PROMOTED
-    assert (outcome.figures.candidate.requests, outcome.figures.active.requests) == (10, 10)
+    assert (outcome.figures.candidate.requests, outcome.figures.active.requests) == (12, 12)
     assert (await status(restarted)).active_version == v11
     await restarted.app.stop(0)
+    await backend.stop()
+
+
+async def test_two_serving_processes_count_one_canary_and_the_other_decides_when_the_first_stops(
+        make_server, tiny_model_dir, tmp_path):
+    """Replicas behind a load balancer: each gateway counts its share of the canary's traffic, the decision is
+    on the sum, and when the process deciding it stops, the other takes the decisions over."""
+    backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
+    one = await make_server(serving_url=backend.url, serving_follow_seconds=0.2)
+    v10 = await train(one)
+    v11 = await train(one, parent=v10)
+    await activate(one, v10)
+    (tmp_path / "replica2" / "datasets").mkdir(parents=True)
+    two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", serving_follow_seconds=0.2)
+    await start(one, v11, fast(share=0.5, min_requests=10, min_feedback=4))
+    assert await send(one, 6) == {f"{TINY}@{v10}": 3, f"{TINY}@{v11}": 3}
+    assert (await status(two)).traffic_split.candidate_version == v11
+    assert await send(two, 8) == {f"{TINY}@{v10}": 4, f"{TINY}@{v11}": 4}
+
+    async def counted(client, candidate: int, active: int) -> None:
+        for _ in range(100):
+            figures = (await status(client)).traffic_split.figures
+            if (figures.candidate.requests, figures.active.requests) == (candidate, active):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"counted {figures.candidate.requests} and {figures.active.requests}")
+
+    await counted(one, 7, 7)  # both gateways' requests, in each process's view
+    await counted(two, 7, 7)
+    await one.app.stop(0)  # the deciding process stops, with 7 of the 10 candidate requests the policy wants
+    await rate(two, v11, up=4, down=0)
+    await rate(two, v10, up=4, down=0)
+    assert await send(two, 6) == {f"{TINY}@{v10}": 3, f"{TINY}@{v11}": 3}
+    outcome = await asyncio.wait_for(two.app.owned.lora.controller.wait_canary(v11), 30)
+    assert outcome.decision is CanaryDecision.PROMOTED and outcome.reason.startswith("not worse"), outcome
+    assert (outcome.figures.candidate.requests, outcome.figures.active.requests) == (10, 10)
+    st = await status(two)
+    assert st.active_version == v11 and st.last_operation.actor == "canary"
+    await two.app.stop(0)
     await backend.stop()
