@@ -165,6 +165,37 @@ async def test_a_run_resumes_after_a_restart_without_running_a_stage_twice(make_
     assert (await status(restarted)).active_version == done.version
 
 
+async def test_a_run_stopped_during_its_canary_resumes_it_and_never_starts_a_second(make_pg_server):
+    settings = dict(pipeline_poll_seconds=0.2, serving_follow_seconds=0.2)
+    client = await make_pg_server(**settings)
+    policy = lc.CanaryPolicy(share=0.5, min_requests=6, min_feedback=4, feedback_margin=0.1,
+                             check_interval=duration_pb2.Duration(nanos=200_000_000))
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="steady", pipeline=from_file(
+        rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_CANARY, canary=policy))))
+    first = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/steady"))).run
+    assert (await finished(client, first.name)).rollout == "ACTIVATED"
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/steady"))).run
+    assert await canary_of(client, run.name) == "v1.1"
+    assert await canary_send(client, 4) == {f"{TINY}@v1.0": 2, f"{TINY}@v1.1": 2}
+    await client.channel.close()
+    await client.app.stop(0)  # the run's process stops while the canary waits for evidence
+
+    restarted = await make_pg_server(**settings)
+    assert (await status(restarted)).traffic_split.figures.candidate.requests == 2  # counted before the stop
+    assert await canary_send(restarted, 8) == {f"{TINY}@v1.0": 4, f"{TINY}@v1.1": 4}
+    await rate(restarted, "v1.1", up=4, down=0)
+    await rate(restarted, "v1.0", up=4, down=0)
+    done = await finished(restarted, run.name)
+    assert (done.state, done.rollout) == (common.JOB_STATE_SUCCEEDED, "PROMOTED"), done
+    assert (await status(restarted)).active_version == "v1.1"
+    controller = restarted.app.owned.lora.controller
+    history = await controller._store.history(controller.target, 50)
+    starts = [op.version for op in history if op.kind.value == "CANARY_START"]
+    assert starts == ["v1.1"]  # the resumed run waited for the canary it had started
+    promoted = next(op for op in history if op.kind.value == "CANARY_PROMOTE")
+    assert (promoted.traffic.candidate.requests, promoted.traffic.active.requests) == (6, 6)
+
+
 async def test_the_gate_refusing_stops_the_run_with_the_reason(make_pg_server):
     client = await make_pg_server(eval_gate=True, eval_max_tokens=4)
     await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="gated", pipeline=from_file()))
