@@ -35,3 +35,17 @@ async def test_pipelines_commands(make_server) -> None:
     assert bad.code == 3 and "INVALID_CRON" in bad.err and "pipeline.triggers[0].cron.expression" in bad.err, bad.err
     usage = await cli(port, "pipelines", "create", "two", "--data", "a.jsonl", "--dataset", "b")
     assert usage.code == 3 and "exactly one of" in usage.err
+
+    # a canary rollout with its policy from the options (the rest the server's defaults), as `canary start` takes it
+    careful = await cli(port, "--json", "pipelines", "create", "careful", "--data", "capitals.jsonl", "--rollout",
+                        "canary", "--canary-share", "0.25", "--canary-min-requests", "40", "--canary-min-feedback",
+                        "8", "--canary-max-duration", "2h", "--canary-check-interval", "30s")
+    assert careful.code == 0, careful.err
+    policy = json.loads(careful.out)["rollout"]["canary"]
+    given = {k: policy[k] for k in ("share", "min_requests", "min_feedback", "max_duration", "check_interval")}
+    assert given == {"share": 0.25, "min_requests": "40", "min_feedback": "8", "max_duration": "7200s",
+                     "check_interval": "30s"}, policy
+    assert (policy["feedback_margin"], policy["error_spike"]) == (0.05, 0.5)  # left out: the server's defaults
+    late = await cli(port, "pipelines", "create", "late", "--data", "capitals.jsonl", "--rollout", "canary",
+                     "--canary-duration", "soon")
+    assert late.code == 2 and "Invalid value for --canary-duration" in late.err, late.err  # a usage error

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from learning.v1 import common_pb2 as common
-from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
+from learning_engine.cli.rollout import canary_policy
 from learning_engine.client import AsyncClient
 
 pipelines_app = typer.Typer(help="Pipelines: data -> train -> evaluate -> roll out, on a schedule or a trigger.",
@@ -58,7 +58,18 @@ def pipelines_create(
     on_negative: int = typer.Option(0, "--on-negative", help="Run after N negative feedback events."),
     on_drift: bool = typer.Option(False, "--on-drift", help="Run when the drift detector finds drift."),
     rollout: str = typer.Option("activate", "--rollout", help="activate, canary or none (publish only)."),
-    canary_share: float = typer.Option(0.0, "--canary-share", help="With --rollout canary: its share (0.1)."),
+    canary_share: float = typer.Option(None, "--canary-share", help="With --rollout canary: its share. [0.1]"),
+    canary_min_requests: int = typer.Option(None, "--canary-min-requests",
+                                            help="Candidate requests before a decision. [100]"),
+    canary_min_feedback: int = typer.Option(None, "--canary-min-feedback",
+                                            help="Ratings each side needs first. [20]"),
+    canary_feedback_margin: float = typer.Option(None, "--canary-feedback-margin",
+                                                 help="How much higher its negative-feedback rate may be. [0.05]"),
+    canary_duration: str = typer.Option(None, "--canary-duration", help="Least time before a decision. [0]"),
+    canary_max_duration: str = typer.Option(None, "--canary-max-duration",
+                                            help="No evidence by then: rolled back; 0 = no limit. [24h]"),
+    canary_check_interval: str = typer.Option(None, "--canary-check-interval",
+                                              help="How often the policy is checked. [10s]"),
     suite: list[str] = typer.Option(None, "--suite", help="A golden suite JSONL for the gate; repeatable."),
     epochs: int = typer.Option(0, "--epochs", help="Training epochs (default: the server's)."),
     learning_rate: float = typer.Option(0.0, "--lr", help="Learning rate (default: the server's)."),
@@ -95,10 +106,14 @@ def pipelines_create(
         triggers.append(pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=on_negative, negative_only=True)))
     if on_drift:
         triggers.append(pp.PipelineTrigger(drift=pp.DriftTrigger()))
+    canary = canary_policy(
+        {"share": canary_share, "min_requests": canary_min_requests, "min_feedback": canary_min_feedback,
+         "feedback_margin": canary_feedback_margin},
+        {"duration": canary_duration, "max_duration": canary_max_duration, "check_interval": canary_check_interval},
+        flag_prefix="--canary-")
     pipeline = pp.Pipeline(training=spec, suite_paths=suite or [], triggers=triggers, enabled=not disabled,
-                           description=description,
-                           rollout=pp.RolloutPolicy(mode=_MODES[rollout], canary=lc.CanaryPolicy(
-                               share=canary_share) if canary_share else None))
+                           description=description, rollout=pp.RolloutPolicy(
+                               mode=_MODES[rollout], canary=canary if canary.ByteSize() else None))
     made = run(ctx, lambda c: c.create_pipeline(pipeline_id, pipeline))
     fires = ", ".join(map(_trigger_text, made.triggers)) or "no triggers (pipelines run NAME)"
     emit(opts, made, lambda: out.print(f"created {made.name}: {fires}", highlight=False))

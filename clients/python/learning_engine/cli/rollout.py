@@ -73,6 +73,21 @@ def _split_only(status: lora.LoraStatus) -> dict:
     return {key: as_dict(getattr(status, key)) for key in ("traffic_split", "last_canary") if status.HasField(key)}
 
 
+def canary_policy(numbers: dict[str, float | int | None], durations: dict[str, str | None], *,
+                  flag_prefix: str = "--") -> lora.CanaryPolicy:
+    """A canary policy of the options given by their field names; an option left out (None) takes the server's
+    default. A duration that does not parse names its flag (``flag_prefix`` + the field, dashed)."""
+    policy = lora.CanaryPolicy()
+    for name, value in numbers.items():
+        if value is not None:
+            setattr(policy, name, value)
+    for name, text in durations.items():
+        parsed = _duration(text, flag_prefix + name.replace("_", "-"))
+        if parsed is not None:
+            getattr(policy, name).CopyFrom(parsed)
+    return policy
+
+
 @canary_app.command("start")
 def canary_start(
     ctx: typer.Context,
@@ -98,16 +113,11 @@ def canary_start(
     """Roll a version out as a canary: after the gate it takes a share of the alias's requests, and its policy
     promotes it or rolls it back. An option left out takes the server's default (in brackets); durations
     read 90s, 10m, 2h or 1d (a bare number is seconds)."""
-    policy = lora.CanaryPolicy()
-    for name, value in (("share", share), ("min_requests", min_requests), ("feedback_margin", feedback_margin),
-                        ("error_margin", error_margin), ("min_feedback", min_feedback), ("error_spike", error_spike),
-                        ("error_spike_min_requests", error_spike_min_requests)):
-        if value is not None:
-            setattr(policy, name, value)
-    for name, text in (("duration", duration), ("max_duration", max_duration), ("check_interval", check_interval)):
-        parsed = _duration(text, "--" + name.replace("_", "-"))
-        if parsed is not None:
-            getattr(policy, name).CopyFrom(parsed)
+    policy = canary_policy(
+        {"share": share, "min_requests": min_requests, "feedback_margin": feedback_margin,
+         "error_margin": error_margin, "min_feedback": min_feedback, "error_spike": error_spike,
+         "error_spike_min_requests": error_spike_min_requests},
+        {"duration": duration, "max_duration": max_duration, "check_interval": check_interval})
     opts = options(ctx)
 
     async def call(client: AsyncClient) -> tuple[lora.LoraStatus, lora.CanaryOutcome | None]:
