@@ -509,6 +509,10 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Clients keep a watch stream alive with HTTP/2 pings while nothing is sent (the Python client every 30 s);
+        # gRPC's server default allows one per 5 min without data and answers more with GOAWAY "too_many_pings",
+        # which cut `jobs watch` in a step longer than a minute.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
     configure_tracing(settings)
     server = grpc.aio.server(
