@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from engine.continual.spec import FisherJobSpec, FisherOutput
     from engine.drift.report import DriftConfig, DriftReport
     from engine.errors import ResourceExhausted
-    from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult
+    from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult, UserErasure
     from engine.feedback.ingest import Prepared
     from engine.jobs.core import Job, JobEvent, JobState
     from engine.lora.canary import CanaryPolicy
@@ -182,7 +182,7 @@ class FeedbackRecordsApi(Protocol):
     async def stats(self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
                     rating_positive_min: int, rating_negative_max: int) -> FeedbackStats: ...
 
-    async def delete_user(self, user_id: str) -> int: ...
+    async def delete_user(self, user_id: str) -> UserErasure: ...
 
 
 class DriftApi(Protocol):

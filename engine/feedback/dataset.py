@@ -95,11 +95,16 @@ class FeedbackDataset:
     window_start: datetime
     window_end: datetime
     duplicates_removed: int = 0
+    users: tuple[frozenset[str], ...] = ()  # per example, the users whose feedback made it (for erasure)
 
     def wanted(self) -> list[Example]:
         """The examples whose target is a wanted answer (thumbs up, high rating, correction): what an adapter
         trained on them should keep doing, for its Fisher and for replay."""
         return [e for e, good in zip(self.examples, self.desirable, strict=True) if good]
+
+    def wanted_users(self) -> list[frozenset[str]]:
+        """The users of each of ``wanted()``'s examples, in its order."""
+        return [u for u, good in zip(self.users, self.desirable, strict=True) if good]
 
 
 @dataclass
@@ -114,6 +119,7 @@ class _Interaction:
     implicit_down: int = 0
     correction: str = ""
     latest: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
+    users: set[str] = field(default_factory=set)  # every user whose event went into it
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class _Candidate:
     example: Example
     prompt_key: str
     time: datetime
+    users: frozenset[str] = frozenset()
 
 
 def prompt_key(messages: tuple[Turn, ...], prompt: str) -> str:
@@ -138,15 +145,16 @@ def _example(it: _Interaction, target: str, weight: float) -> Example:
     return Example(prompt=it.prompt, completion=target, weight=weight)
 
 
-def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy, kto: bool) -> list[_Candidate]:
+def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy, kto: bool,
+                users: frozenset[str]) -> list[_Candidate]:
     key = prompt_key(it.messages, it.prompt)
     out: list[_Candidate] = []
     if it.correction:
         out.append(_Candidate("correction", True, _example(it, it.correction, policy.correction_weight), key,
-                              it.latest))
+                              it.latest, users))
         if kto and it.response and it.response.strip() != it.correction.strip():
             out.append(_Candidate("corrected", False, _example(it, it.response, source.thumbs_down_weight), key,
-                                  it.latest))
+                                  it.latest, users))
         return out
     if not it.response:
         return out
@@ -156,11 +164,11 @@ def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy,
         good = it.implicit_up > it.implicit_down
         name, weight = ("implicit_desirable", source.thumbs_up_weight) if good else (
             "implicit_undesirable", source.thumbs_down_weight)
-        return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest)]
+        return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest, users)]
     good = it.up > it.down
     name = ("thumbs_up" if good else "thumbs_down") if it.thumbs else ("rating_high" if good else "rating_low")
     weight = source.thumbs_up_weight if good else source.thumbs_down_weight
-    return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest)]
+    return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest, users)]
 
 
 def _digest(examples: list[Example], desirable: tuple[bool, ...], kto: bool) -> str:
@@ -204,7 +212,7 @@ class FeedbackDatasetBuilder:
         chosen: dict[tuple[str, bool], _Candidate] = {}
         found = 0
         for it in interactions.values():
-            for c in _candidates(it, source, self._policy, kto):
+            for c in _candidates(it, source, self._policy, kto, frozenset(it.users)):
                 found += 1
                 slot = (c.prompt_key, c.desirable if kto else True)
                 best = chosen.get(slot)
@@ -226,6 +234,7 @@ class FeedbackDatasetBuilder:
             window_start=start,
             window_end=end,
             duplicates_removed=found - len(picked),
+            users=tuple(c.users for c in picked),
         )
 
     async def _collect(
@@ -243,6 +252,7 @@ class FeedbackDatasetBuilder:
             if it is None:
                 it = interactions[j.interaction_key] = _Interaction(j.messages, j.prompt, j.response)
             it.latest = max(it.latest, j.time)
+            it.users.update(j.users)
             if j.kind is FeedbackKind.CORRECTION:
                 it.correction = j.correction  # rows arrive in time order: the latest wins
             elif j.kind is FeedbackKind.THUMBS_UP:

@@ -139,6 +139,14 @@ class CopyRows:
     users: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class UserErasure:
+    """What DeleteUserFeedback deleted: the user's events, and the online examples made from them."""
+
+    events: int
+    online_examples: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """A feedback event with its interaction's content resolved (for dataset building)."""
@@ -152,3 +160,4 @@ class Judgement:
     prompt: str
     response: str
     dwell_seconds: float = 0.0
+    users: tuple[str, ...] = ()  # whose data it is: the event's user, and the user whose event carries the content

@@ -19,6 +19,7 @@ import collections
 import math
 import random
 import statistics
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,16 @@ class OnlineLearner:
         self._good = before  # the loss on these weights was fine
         self.losses.append(loss)
         return UpdateResult(self.updates, loss, len(new), len(replayed), penalty)
+
+    def forget(self, present: Collection[int]) -> int:
+        """Drop the buffered and pending examples whose sequence number is not in ``present`` (deleted from the
+        store); returns how many were dropped."""
+        before = len(self.buffer) + len(self.pending)
+        for queue in (self.buffer, self.pending):
+            kept = [item for item in queue if item[0] in present]
+            queue.clear()
+            queue.extend(kept)
+        return before - len(self.buffer) - len(self.pending)
 
     def put_back_start(self) -> None:
         """The start version's weights again, with a new optimiser (its moments belong to the weights put aside)

@@ -7,7 +7,7 @@ feedback on their answers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,7 +35,15 @@ class OnlineStore(Protocol):
 
     async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None: ...
 
-    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0) -> int: ...
+    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0,
+                  users: Sequence[Collection[str]] = ()) -> int:
+        """Store ``rows`` (prompt, target, weight); ``users`` per row: whose feedback it was made from."""
+        ...
+
+    async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:
+        """Which of ``seqs`` are still stored (DeleteUserFeedback deletes the examples made from a user's
+        feedback)."""
+        ...
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
 

@@ -213,6 +213,7 @@ class _Session:
         self.resting_until = 0.0
         self.checkpointed = learner.updates
         self.feedback_at = 0.0  # when the feedback was last read (monotonic)
+        self.erasures_seen = 0  # the session's erasure count (Controls.erasures) acted on
         scratch = ctx.work_dir / "archive"
         self.live_archive = CheckpointArchive(parts.artifacts, scratch, prefix=LIVE_PREFIX)
         self.checkpoint_archive = CheckpointArchive(parts.artifacts, scratch, prefix=CHECKPOINT_PREFIX)
@@ -227,6 +228,8 @@ class _Session:
             if ctx.cancel.cancelled:
                 return await self._stop()
             controls = await self.r.store.controls(self.id)
+            if controls.erasures != self.erasures_seen:
+                await self._forget_erased(controls.erasures)
             if time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
                 self.feedback_at = time.monotonic()
                 if self.spec.learn_from_feedback:
@@ -308,16 +311,32 @@ class _Session:
             return
         source = FeedbackSource(adapter_version=live_model(spec.base_model, self.id), min_samples=0)
         try:
-            found = (await self.r.feedback.rebuild(source, Objective.SFT, start, end)).wanted()
+            built = await self.r.feedback.rebuild(source, Objective.SFT, start, end)
+            found = list(zip(built.wanted(), built.wanted_users(), strict=True))
         except FailedPrecondition:  # none in the window
             found = []
-        rows = [row for row in map(_row, found) if row is not None]
-        if rows:
-            await self.r.store.add(self.id, rows)
+        kept = [(row, users) for row, users in ((_row(e), u) for e, u in found) if row is not None]
+        rows = [row for row, _ in kept]
+        if rows:  # each with its users, so that DeleteUserFeedback deletes it with their events
+            await self.r.store.add(self.id, rows, users=[users for _, users in kept])
             ctx.record(Noticed("FEEDBACK_EXAMPLES", f"{len(rows)} examples from the feedback on "
                                                     f"{source.adapter_version} up to {end:%H:%M:%S} UTC"))
         ctx.set_output(replace(ctx.job.output, feedback_through=end))
         await ctx.persist()
+
+    async def _forget_erased(self, erasures: int) -> None:
+        """DeleteUserFeedback deleted examples of this session: those the learner holds (to train on, or to
+        replay) go too. What earlier updates learnt from them stays in the weights, as in any version trained on
+        them."""
+        learner = self.learner
+        held = [seq for seq, _ in (*learner.buffer, *learner.pending)]
+        present = await self.r.store.present(self.id, held)
+        dropped = await self.ctx.in_worker(learner.forget, present)
+        self.erasures_seen = erasures
+        if dropped:
+            self.ctx.record(Noticed("EXAMPLES_ERASED", f"dropped {dropped} of the examples held in memory: they were "
+                                                       "made from feedback deleted since (DeleteUserFeedback)"))
+            await self.ctx.persist()
 
     async def _feedback_spike(self) -> bool:
         """Whether users rate the live model down: its negative rate over the ratings window (at least

@@ -122,6 +122,7 @@ class Controls:
     refused_examples: int = 0
     alias_version: str = ""
     gates: tuple[tuple[str, GateVerdict], ...] = ()
+    erasures: int = 0  # DeleteUserFeedback calls that deleted examples of the session (migration 0021)
 
     def gate(self, version: str) -> GateVerdict | None:
         return dict(self.gates).get(version)

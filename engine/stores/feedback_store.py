@@ -40,6 +40,7 @@ from engine.feedback.events import (
     Judgement,
     StoreOutcome,
     Turn,
+    UserErasure,
 )
 
 T = TypeVar("T")
@@ -222,19 +223,26 @@ class PostgresFeedbackStore:
 
         return await self._run(work)
 
-    async def delete_user(self, user_id: str) -> int:
-        """Delete the user's events and record the erasure; return the count deleted."""
+    async def delete_user(self, user_id: str) -> UserErasure:
+        """Delete the user's events and the online examples made from them (migration 0021; each session they
+        were taken into counts an erasure, so that its worker drops them from memory too), and record the
+        erasure."""
 
-        async def work(conn: PoolConnectionProxy) -> int:
+        async def work(conn: PoolConnectionProxy) -> UserErasure:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _ERASURE_LOCK)
                 status = await conn.execute("DELETE FROM feedback_events WHERE user_id = $1", user_id)
+                examples = await conn.fetch("DELETE FROM online_examples WHERE users @> ARRAY[$1]::text[]"
+                                            " RETURNING session_id", user_id)
+                await conn.execute("UPDATE online_controls SET erasures = erasures + 1, update_time = now()"
+                                   " WHERE session_id = ANY($1::text[])",
+                                   sorted({r["session_id"] for r in examples}))
                 await conn.execute(
                     "INSERT INTO feedback_erasures (user_hash, erased_at) VALUES ($1, now())"
                     " ON CONFLICT (user_hash) DO UPDATE SET erased_at = excluded.erased_at",
                     user_hash(user_id),
                 )
-            return int(status.split()[-1])
+            return UserErasure(int(status.split()[-1]), len(examples))
 
         return await self._run(work)
 
@@ -280,12 +288,12 @@ class PostgresFeedbackStore:
         sql = """
             SELECT CASE WHEN e.interaction_id <> '' THEN 'i:' || e.tenant_id || ':' || e.interaction_id
                         ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
-                   e.kind, e.rating, e.correction, e.event_time, e.dwell_seconds,
-                   COALESCE(c.messages, e.messages) AS messages,
+                   e.kind, e.rating, e.correction, e.event_time, e.dwell_seconds, e.user_id,
+                   c.user_id AS carrier_user_id, COALESCE(c.messages, e.messages) AS messages,
                    COALESCE(c.prompt, e.prompt) AS prompt, COALESCE(c.response, e.response) AS response
             FROM feedback_events e
             LEFT JOIN LATERAL (
-                SELECT x.messages, x.prompt, x.response FROM feedback_events x
+                SELECT x.messages, x.prompt, x.response, x.user_id FROM feedback_events x
                 WHERE x.tenant_id = e.tenant_id AND x.interaction_id = e.interaction_id
                   AND x.has_content AND x.interaction_id <> ''
                 ORDER BY x.event_time LIMIT 1
@@ -313,6 +321,7 @@ class PostgresFeedbackStore:
                         interaction_key=r["key"], kind=FeedbackKind(r["kind"]), rating=r["rating"] or 0,
                         correction=r["correction"] or "", time=r["event_time"], messages=messages,
                         prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
+                        users=tuple(u for u in {r["user_id"], r["carrier_user_id"] or ""} if u),
                     )
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc

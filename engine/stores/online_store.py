@@ -9,7 +9,7 @@ publication) is a counter: the worker acts on each increment it has not seen.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -27,7 +27,7 @@ def _controls(r: asyncpg.Record) -> Controls:
         session_id=r["session_id"], enabled=r["enabled"], learning_rate=r["learning_rate"],
         disabled_reason=r["disabled_reason"], force_updates=r["force_updates"],
         publish_requests=r["publish_requests"], refused_examples=r["refused_examples"],
-        alias_version=r["alias_version"],
+        alias_version=r["alias_version"], erasures=r["erasures"],
         gates=tuple((v, GateVerdict(g["passed"], tuple(g["failed_checks"]), g["gated"]))
                     for v, g in sorted(gates.items())),
     )
@@ -106,19 +106,23 @@ class PostgresOnlineStore:
 
     # ---- examples ------------------------------------------------------------------------------
 
-    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0) -> int:
+    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0,
+                  users: Sequence[Collection[str]] = ()) -> int:
         """Store ``rows`` (prompt, target, weight) in order and count ``refused`` ones; the last sequence number
-        stored (0 when none was).
+        stored (0 when none was). ``users``, per row when given: whose feedback it was made from.
 
         A session's inserts take a transaction lock on it first, so its sequence numbers are committed in order:
         a worker that read up to one never finds a smaller one committed later."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + session_id)
+            owners = [json.dumps(sorted(u)) for u in users] if users else ["[]"] * len(rows)
+            assert len(owners) == len(rows)
             seqs = await conn.fetch(
-                "INSERT INTO online_examples (session_id, prompt, target, weight)"
-                " SELECT $1, p, t, w FROM unnest($2::text[], $3::text[], $4::float8[]) WITH ORDINALITY AS x(p, t, w, n)"
+                "INSERT INTO online_examples (session_id, prompt, target, weight, users)"
+                " SELECT $1, p, t, w, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
+                " FROM unnest($2::text[], $3::text[], $4::float8[], $5::text[]) WITH ORDINALITY AS x(p, t, w, u, n)"
                 " ORDER BY n RETURNING seq",
-                session_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]) if rows else []
+                session_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], owners) if rows else []
             if refused:
                 await conn.execute("UPDATE online_controls SET refused_examples = refused_examples + $2"
                                    " WHERE session_id = $1", session_id, refused)
@@ -129,6 +133,11 @@ class PostgresOnlineStore:
             "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq > $2"
             " ORDER BY seq LIMIT $3", session_id, seq, limit)
         return [_example(r) for r in rows]
+
+    async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:
+        rows = await self._pool.fetch("SELECT seq FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])",
+                                      session_id, list(seqs))
+        return frozenset(r["seq"] for r in rows)
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]:
         rows = await self._pool.fetch(

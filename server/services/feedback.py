@@ -68,8 +68,8 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
             self.workers.close()
 
     async def DeleteUserFeedback(self, request: pb.DeleteUserFeedbackRequest, context: grpc.aio.ServicerContext):
-        deleted = await self._store.delete_user(convert.user_id_from_pb(request.user_id))
-        return pb.DeleteUserFeedbackResponse(deleted=deleted)
+        erased = await self._store.delete_user(convert.user_id_from_pb(request.user_id))
+        return pb.DeleteUserFeedbackResponse(deleted=erased.events, online_examples_deleted=erased.online_examples)
 
 
 def feedback_limits(settings: Settings) -> FeedbackLimits:

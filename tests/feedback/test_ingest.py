@@ -125,7 +125,7 @@ async def test_text_is_scrubbed_before_storage_and_rules_recorded(ingestor, pool
 
 async def test_forgetting_a_user_deletes_and_refuses_resends(ingestor, store, pool) -> None:
     await ingestor.submit([event("a1", user="alice"), event("a2", user="alice"), event("b1", user="bob")])
-    assert await store.delete_user("alice") == 2
+    assert (await store.delete_user("alice")).events == 2
     assert await ids(pool) == ["b1"]
     resend = await ingestor.submit([
         event("a1", user="alice"), event("a3", user="alice", age=timedelta(0)), event("b2", user="bob"),
@@ -138,7 +138,7 @@ async def test_forgetting_a_user_deletes_and_refuses_resends(ingestor, store, po
     assert later.stored == 1
     stored_hashes = [r["user_hash"] for r in await pool.fetch("SELECT user_hash FROM feedback_erasures")]
     assert len(stored_hashes) == 1 and "alice" not in stored_hashes[0]
-    assert await store.delete_user("alice") == 1  # a4
+    assert (await store.delete_user("alice")).events == 1  # a4
 
 
 async def _batches(*batches: Sequence[FeedbackEvent]) -> AsyncIterator[Sequence[FeedbackEvent]]:

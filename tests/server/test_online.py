@@ -293,6 +293,7 @@ async def _judged(client, name: str) -> ol.OnlineSession | None:
 
 async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_pg_server):
     from learning.v1 import feedback_pb2 as fb
+    from learning.v1 import feedback_pb2_grpc as fb_grpc
     from tests.server.test_pipelines import event, send
 
     client = await make_pg_server(online_feedback_seconds=0.2, **FAST)
@@ -306,6 +307,7 @@ async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_
               event("down", fb.FEEDBACK_KIND_THUMBS_DOWN, "Capital of Brinmark?", "No idea."),
               event("elsewhere", fb.FEEDBACK_KIND_THUMBS_UP, "Capital of Dunmoor?", "Pellacre.")]
     events[1].correction = "Talameth."
+    events[1].user_id = "u2"
     for e in events[:3]:
         e.adapter_version = made.live_model
         e.time.FromDatetime(datetime.now(UTC))  # after the session started
@@ -316,8 +318,25 @@ async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_
     notices = [m.event.notice.message async for m in _watch_until(
         client, made.name, lambda e: e.notice.code == "FEEDBACK_EXAMPLES") if m.event.HasField("notice")]
     assert f"2 examples from the feedback on {made.live_model}" in notices[-1], notices
+
+    # A user forgotten: the example made from their feedback goes with it, from the store and from the session
+    erased = await fb_grpc.FeedbackServiceStub(client.channel).DeleteUserFeedback(
+        fb.DeleteUserFeedbackRequest(user_id="u1"))
+    assert (erased.deleted, erased.online_examples_deleted) == (3, 1)  # the thumbs up on Veloria was u1's
+    left = await until(lambda: _pending(client, made.name, 1), timeout=60)
+    assert left.stats.pending_examples == 1
+    rows = await PostgresOnlineStore(client.app.owned.pool).after(made.name.removeprefix("onlineSessions/"), 0, 10)
+    assert [(r.prompt, r.target) for r in rows] == [("Capital of Quorvia?", "Talameth.")]
+    dropped = [m.event.notice.message async for m in _watch_until(
+        client, made.name, lambda e: e.notice.code == "EXAMPLES_ERASED") if m.event.HasField("notice")]
+    assert dropped[-1].startswith("dropped 1 of the examples held in memory"), dropped
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     await until(lambda: _ended(client, made.name))
+
+
+async def _pending(client, name: str, count: int) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.stats.pending_examples == count else None
 
 
 async def test_a_negative_feedback_spike_on_the_live_model_puts_the_start_version_back(make_pg_server):

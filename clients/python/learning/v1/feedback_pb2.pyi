@@ -193,7 +193,9 @@ class DeleteUserFeedbackRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class DeleteUserFeedbackResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "online_examples_deleted")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_EXAMPLES_DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
-    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+    online_examples_deleted: int
+    def __init__(self, deleted: _Optional[int] = ..., online_examples_deleted: _Optional[int] = ...) -> None: ...
