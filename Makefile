@@ -62,7 +62,7 @@ check: setup
 	$(BIN)/mypy
 
 pytest: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 # The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
 test-fast: setup
