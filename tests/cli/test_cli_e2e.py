@@ -109,6 +109,15 @@ async def test_train_watch_deploy_rollback(make_server):
     assert ewc["gamma"] == 0.8 and ewc["ewc_lambda"] == 0.3  # the product space's default lambda, filled in
     unknown = await cli(port, *TRAIN, "--parent", "v1.0", "--fisher-space", "weights")
     assert unknown.code == 2 and "lora_parameters | lora_product" in unknown.err  # refused before any call
+    protected = await cli(port, "--json", *TRAIN, "--base-protection", "base_kl", "--base-kl-weight", "4",
+                          "--validate-only")
+    assert protected.code == 0, protected.out + protected.err
+    kept = protected.json_lines()[0]["spec"]["base_protection"]
+    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.2, "kl_weight": 4.0}, kept
+    too_much = await cli(port, *TRAIN, "--base-protection", "self_rehearsal", "--base-fraction", "0.95")
+    assert too_much.code == 3 and "spec.base_protection.fraction" in too_much.err, too_much.err
+    nameless = await cli(port, *TRAIN, "--base-protection", "forget_nothing")
+    assert nameless.code == 2 and "none | self_rehearsal | base_kl" in nameless.err, nameless.err
     products = await cli(port, "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
                          "--space", "lora_product", "--samples", "4", "--watch")
     assert products.code == 0, products.out + products.err

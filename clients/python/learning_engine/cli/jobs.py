@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import typer
@@ -60,17 +61,37 @@ def _eta(value: duration_pb2.Duration) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-_SPACES = " | ".join(n.removeprefix("FISHER_SPACE_").lower() for n in common.FisherSpace.keys()[1:])
+def _choices(enum: Any, prefix: str) -> str:
+    return " | ".join(n.removeprefix(prefix).lower() for n in enum.keys()[1:])
+
+
+def short_enum(enum: Any, prefix: str, value: str, hint: str) -> int:
+    """A protobuf enum's value from its short name ("lora_product" for FISHER_SPACE_LORA_PRODUCT); empty is
+    unspecified (the server's default); another name is a usage error naming ``hint``."""
+    if not value:
+        return 0
+    key = f"{prefix}{value.upper()}"
+    if key not in enum.keys()[1:]:
+        raise typer.BadParameter(f"unknown value {value!r}; one of {_choices(enum, prefix)}", param_hint=hint)
+    return int(enum.Value(key))
+
+
+_SPACES = _choices(common.FisherSpace, "FISHER_SPACE_")
+_PROTECTIONS = _choices(common.BaseProtectionMethod, "BASE_PROTECTION_METHOD_")
 
 
 def _space(value: str, hint: str) -> int:
-    """A FisherSpace from its short name ("lora_product"); empty is unspecified (the server's default)."""
-    if not value:
-        return common.FISHER_SPACE_UNSPECIFIED
-    key = f"FISHER_SPACE_{value.upper()}"
-    if key not in common.FisherSpace.keys()[1:]:
-        raise typer.BadParameter(f"unknown space {value!r}; one of {_SPACES}", param_hint=hint)
-    return common.FisherSpace.Value(key)
+    return short_enum(common.FisherSpace, "FISHER_SPACE_", value, hint)
+
+
+def base_protection(method: str, fraction: float | None, kl_weight: float | None,
+                    flag: str = "--base-protection") -> common.BaseProtection | None:
+    """What keeps the base model's knowledge, from the options (None when none is given: the server's
+    defaults)."""
+    if not method and fraction is None and kl_weight is None:
+        return None
+    return common.BaseProtection(method=short_enum(common.BaseProtectionMethod, "BASE_PROTECTION_METHOD_", method,
+                                                   flag), fraction=fraction, kl_weight=kl_weight)
 
 
 def train(
@@ -108,6 +129,16 @@ def train(
         0.0, "--replay-fraction", help="Share of the data replayed from earlier versions' datasets (0..0.9)."
     ),
     no_ewc: bool = typer.Option(False, "--no-ewc", help="Disable EWC for a continued adapter."),
+    protection: str = typer.Option(
+        "", "--base-protection", help=f"What keeps the base model's knowledge: {_PROTECTIONS} (server default "
+        "if empty)."
+    ),
+    base_fraction: float = typer.Option(
+        None, "--base-fraction", help="Share of the training set that is the base model's answers (0..0.9)."
+    ),
+    base_kl_weight: float = typer.Option(
+        None, "--base-kl-weight", help="Weight of the KL term to the base model on those answers (0..100)."
+    ),
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE, repeatable."),
@@ -160,6 +191,7 @@ def train(
         ),
         major_version_bump=major,
         labels=labels(label),
+        base_protection=base_protection(protection, base_fraction, base_kl_weight),
     )
     local = Path(data) if data and Path(data).is_file() else None  # uploaded in call(), then named by version
     if data and local is None:
@@ -191,16 +223,8 @@ def train(
     raise typer.Exit(guard_interrupt(ctx, call))
 
 
-_OBJECTIVES = " | ".join(n.removeprefix("OBJECTIVE_").lower() for n in training.Objective.keys()[1:])
-
-
 def _objective(value: str) -> int:
-    if not value:
-        return training.OBJECTIVE_UNSPECIFIED
-    key = f"OBJECTIVE_{value.upper()}"
-    if key not in training.Objective.keys()[1:]:
-        raise typer.BadParameter(f"unknown objective {value!r}; one of {_OBJECTIVES}", param_hint="--objective")
-    return training.Objective.Value(key)
+    return short_enum(training.Objective, "OBJECTIVE_", value, "--objective")
 
 
 def local_dataset_id(path: Path) -> str:

@@ -15,6 +15,7 @@ from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
+from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import canary_policy
 from learning_engine.client import AsyncClient
 
@@ -74,6 +75,12 @@ def pipelines_create(
     epochs: int = typer.Option(0, "--epochs", help="Training epochs (default: the server's)."),
     learning_rate: float = typer.Option(0.0, "--lr", help="Learning rate (default: the server's)."),
     replay: float = typer.Option(0.0, "--replay", help="Share of earlier versions' examples replayed."),
+    protection: str = typer.Option("", "--base-protection", help="What keeps the base model's knowledge: none | "
+                                   "self_rehearsal | base_kl (server default if empty)."),
+    base_fraction: float = typer.Option(None, "--base-fraction",
+                                        help="Share of the training set that is the base model's answers."),
+    base_kl_weight: float = typer.Option(None, "--base-kl-weight",
+                                         help="Weight of the KL term to the base model on those answers."),
     disabled: bool = typer.Option(False, "--disabled", help="Create it with its triggers off."),
     description: str = typer.Option("", "--description"),
 ) -> None:
@@ -88,7 +95,8 @@ def pipelines_create(
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--rollout must be one of {', '.join(_MODES)}",
              reason=ERROR_REASON_USAGE)
     spec = training.TrainingJobSpec(hyperparameters=training.Hyperparameters(epochs=epochs,
-                                                                             learning_rate=learning_rate))
+                                                                             learning_rate=learning_rate),
+                                    base_protection=base_protection(protection, base_fraction, base_kl_weight))
     if from_feedback:
         spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
     elif data:
