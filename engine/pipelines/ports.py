@@ -55,10 +55,10 @@ class PipelineStore(Protocol):
 
     async def last_run_start(self, pipeline_id: str) -> datetime | None: ...
 
-    async def feedback_count(self, *, since: datetime, labels: Sequence[tuple[str, str]], negative_only: bool,
-                             rating_negative_max: int) -> int:
-        """Feedback events received since ``since`` carrying ``labels`` (only thumbs down and low ratings when
-        asked)."""
+    async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
+                             negative_only: bool, rating_negative_max: int) -> int:
+        """Feedback events on ``base_model`` (and those that recorded no base model) received since ``since``
+        carrying ``labels`` (only thumbs down and low ratings when asked)."""
         ...
 
 
