@@ -294,7 +294,8 @@ class Pipelines:
         if not isinstance(source, FeedbackSource):
             return None
         try:
-            content = await self._datasets.validate(replace(source, force=True), split=SplitRule())
+            content = await self._datasets.validate(replace(source, force=True), split=SplitRule(),
+                                                    base_model=pipeline.base_model)
         except FailedPrecondition as exc:
             if exc.reason == "FEEDBACK_DATASET_EMPTY":
                 return 0
