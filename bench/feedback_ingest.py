@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.feedback.events import FeedbackEvent  # noqa: E402
-from engine.feedback.ingest import to_records  # noqa: E402
+from engine.feedback.ingest import FeedbackBases, to_records  # noqa: E402
 from engine.feedback.scrub import Scrubber  # noqa: E402
 from engine.stores import postgres  # noqa: E402
 from engine.stores.feedback_store import COLUMNS, PostgresFeedbackStore, encode_rows  # noqa: E402
@@ -159,7 +159,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
     domain: list[list[FeedbackEvent]] = [events_from_pb(m.events) for m in messages]
     scrubber = Scrubber()
     received = datetime.now(UTC)
-    batches = [to_records(d, scrubber, received)[0] for d in domain]
+    bases = FeedbackBases("SmolLM2-135M-Instruct")  # the server's default base model, which the events leave unset
+    batches = [to_records(d, scrubber, received, bases)[0] for d in domain]
     payload = sum(m.ByteSize() for m in messages)
 
     server = await asyncio.create_subprocess_exec(

@@ -75,6 +75,7 @@ def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
         msg.tenant_id,
         _time(msg.time) if msg.HasField("time") else None,
         tuple([(key, labels[key]) for key in labels]) if labels else (),
+        msg.base_model,
     )
 
 

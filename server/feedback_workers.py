@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 
 from engine.errors import Unavailable
-from engine.feedback.ingest import FeedbackLimits, Prepared, prepare_batch
+from engine.feedback.ingest import FeedbackBases, FeedbackLimits, Prepared, prepare_batch
 from engine.feedback.scrub import Scrubber
 from engine.stores.feedback_store import encode_rows
 from learning.v1 import feedback_pb2 as pb
@@ -34,18 +34,21 @@ from server.convert_feedback import events_from_pb
 log = logging.getLogger(__name__)
 _scrubber: Scrubber | None = None
 _limits: FeedbackLimits | None = None
+_bases: FeedbackBases | None = None
 
 
-def _start_worker(scrub_patterns: Mapping[str, str], scrub_enabled: bool, limits: FeedbackLimits) -> None:
-    global _scrubber, _limits
+def _start_worker(scrub_patterns: Mapping[str, str], scrub_enabled: bool, limits: FeedbackLimits,
+                  bases: FeedbackBases) -> None:
+    global _scrubber, _limits, _bases
     _scrubber = Scrubber(scrub_patterns, enabled=scrub_enabled)
     _limits = limits
+    _bases = bases
 
 
 def _prepare(data: bytes, now: datetime) -> Prepared:
-    assert _scrubber is not None and _limits is not None, "worker not started"
+    assert _scrubber is not None and _limits is not None and _bases is not None, "worker not started"
     events = events_from_pb(pb.StreamFeedbackRequest.FromString(data).events)
-    return prepare_batch(events, _scrubber, _limits, now, encode_rows)
+    return prepare_batch(events, _scrubber, _limits, now, encode_rows, _bases)
 
 
 def _ready() -> bool:
@@ -56,10 +59,11 @@ class FeedbackWorkers:
     """A pool of worker processes preparing StreamFeedback messages; ``close()`` stops them."""
 
     def __init__(
-        self, processes: int, *, scrub_patterns: Mapping[str, str], scrub_enabled: bool, limits: FeedbackLimits
+        self, processes: int, *, scrub_patterns: Mapping[str, str], scrub_enabled: bool, limits: FeedbackLimits,
+        bases: FeedbackBases,
     ) -> None:
         self.processes = processes
-        self._initargs = (dict(scrub_patterns), scrub_enabled, limits)
+        self._initargs = (dict(scrub_patterns), scrub_enabled, limits, bases)
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:

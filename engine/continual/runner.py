@@ -58,7 +58,7 @@ class FisherExamples:
         if isinstance(spec.dataset, FeedbackSource):
             if self._feedback is None:
                 raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
-            built = await self._feedback.build(spec.dataset, Objective.SFT)
+            built = await self._feedback.build(spec.dataset, Objective.SFT, base_model=spec.base_model)
             wanted = built.wanted()
             if not wanted:
                 raise FailedPrecondition(

@@ -119,7 +119,7 @@ class VersionDatasets:
         assert self._feedback is not None and summary.window_start is not None and summary.window_end is not None
         try:
             built = await self._feedback.rebuild(source, summary.objective or Objective.SFT, summary.window_start,
-                                                 summary.window_end)
+                                                 summary.window_end, base_model=record.base_model)
         except FailedPrecondition as exc:
             raise FailedPrecondition(
                 "PARENT_FEEDBACK_GONE",

@@ -90,9 +90,9 @@ class DriftDetector:
         start, end = self.check(base_model, window, end)
         began = time.perf_counter()
         cfg = self.config
-        incoming = await self._source.incoming(start=start, end=end, limit=cfg.max_samples)
+        incoming = await self._source.incoming(base_model, start=start, end=end, limit=cfg.max_samples)
         buckets = await self._source.feedback_buckets(
-            start=start, end=end, buckets=cfg.buckets, rating_positive_min=self._ratings[0],
+            base_model, start=start, end=end, buckets=cfg.buckets, rating_positive_min=self._ratings[0],
             rating_negative_max=self._ratings[1])
         evaluations = await self._source.evaluations(base_model, start=start, end=end, limit=cfg.max_evaluations)
         version, reference, note = await self._reference(base_model)

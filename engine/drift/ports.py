@@ -32,14 +32,16 @@ class IncomingPrompts:
 
 
 class DriftSource(Protocol):
-    async def incoming(self, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
-        """Up to ``limit`` prompts of distinct interactions in [start, end), chosen by a stable hash of the
-        interaction (the same ones every time); erased users' are left out."""
+    async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
+        """Up to ``limit`` prompts of distinct interactions the base model's feedback (and feedback that recorded
+        no base model) carried in [start, end), chosen by a stable hash of the interaction (the same ones every
+        time); erased users' are left out."""
         ...
 
-    async def feedback_buckets(self, *, start: datetime, end: datetime, buckets: int, rating_positive_min: int,
-                               rating_negative_max: int) -> list[FeedbackBucket]:
-        """Positive and negative explicit feedback in ``buckets`` equal parts of [start, end), in order."""
+    async def feedback_buckets(self, base_model: str, *, start: datetime, end: datetime, buckets: int,
+                               rating_positive_min: int, rating_negative_max: int) -> list[FeedbackBucket]:
+        """Positive and negative explicit feedback on the base model (and feedback that recorded no base model) in
+        ``buckets`` equal parts of [start, end), in order."""
         ...
 
     async def evaluations(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> list[EvalPoint]:

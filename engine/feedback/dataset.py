@@ -1,6 +1,7 @@
 """Training datasets built from stored feedback.
 
-Events in the look-back window (filtered by labels and adapter version) are grouped by
+Events in the look-back window (filtered by labels and adapter version, and by base model: a job's
+own, with the events that recorded none, stored before events had a base model) are grouped by
 interaction; each interaction's explicit signals are combined:
 
 - thumbs up and ratings >= ``rating_positive_min`` (default 4) vote for the response,
@@ -59,7 +60,7 @@ DEFAULT_IMPLICIT: tuple[tuple[FeedbackKind, bool], ...] = (
 class JudgementReader(Protocol):
     def judgements(
         self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str],
-        kinds: Collection[FeedbackKind] = EXPLICIT_KINDS,
+        kinds: Collection[FeedbackKind] = EXPLICIT_KINDS, base_model: str = "",
     ) -> AsyncIterator[Judgement]: ...
 
 
@@ -191,24 +192,25 @@ class FeedbackDatasetBuilder:
         self._policy = policy
         self._clock = clock
 
-    async def build(self, source: FeedbackSource, objective: Objective) -> FeedbackDataset:
-        """Build the dataset; FAILED_PRECONDITION below ``min_samples`` (stating the count) unless ``force``."""
+    async def build(self, source: FeedbackSource, objective: Objective, *, base_model: str = "") -> FeedbackDataset:
+        """Build the dataset from the feedback on ``base_model`` ("" for every base model's, e.g. a stored dataset,
+        which belongs to none); FAILED_PRECONDITION below ``min_samples`` (stating the count) unless ``force``."""
         end = self._clock()
-        return await self._build(source, objective, end - timedelta(days=source.days), end, check=True)
+        return await self._build(source, objective, end - timedelta(days=source.days), end, base_model, check=True)
 
     async def rebuild(self, source: FeedbackSource, objective: Objective, start: datetime,
-                      end: datetime) -> FeedbackDataset:
-        """The dataset ``source`` gave over the window [start, end], from the feedback stored now.
+                      end: datetime, *, base_model: str = "") -> FeedbackDataset:
+        """The dataset ``source`` gave over the window [start, end] for ``base_model``, from the feedback stored now.
 
         For what an earlier version was trained on (its Fisher, replay): events deleted since (the right to be
         forgotten) are gone from it, and no minimum applies; FAILED_PRECONDITION if nothing is left.
         """
-        return await self._build(source, objective, start, end, check=False)
+        return await self._build(source, objective, start, end, base_model, check=False)
 
-    async def _build(self, source: FeedbackSource, objective: Objective, start: datetime, end: datetime, *,
-                     check: bool) -> FeedbackDataset:
+    async def _build(self, source: FeedbackSource, objective: Objective, start: datetime, end: datetime,
+                     base_model: str, *, check: bool) -> FeedbackDataset:
         kto = objective is Objective.KTO
-        interactions = await self._collect(source, start, end, kto)
+        interactions = await self._collect(source, start, end, base_model, kto)
         chosen: dict[tuple[str, bool], _Candidate] = {}
         found = 0
         for it in interactions.values():
@@ -220,7 +222,7 @@ class FeedbackDatasetBuilder:
                                                                              -best.time.timestamp()):
                     chosen[slot] = c
         picked = sorted(chosen.values(), key=lambda c: (c.time, c.prompt_key, c.desirable))
-        self._check_size(len(picked), source if check else replace(source, min_samples=0), objective)
+        self._check_size(len(picked), source if check else replace(source, min_samples=0), objective, base_model)
         examples = [c.example for c in picked]
         desirable = tuple(c.desirable for c in picked)
         counts: dict[str, int] = {}
@@ -238,7 +240,7 @@ class FeedbackDatasetBuilder:
         )
 
     async def _collect(
-        self, source: FeedbackSource, start: datetime, end: datetime, kto: bool
+        self, source: FeedbackSource, start: datetime, end: datetime, base_model: str, kto: bool
     ) -> dict[str, _Interaction]:
         policy = self._policy
         implicit = dict(policy.implicit) if kto else {}
@@ -246,7 +248,8 @@ class FeedbackDatasetBuilder:
         kinds = EXPLICIT_KINDS + (policy.implicit_kinds() if kto else ())
         interactions: dict[str, _Interaction] = {}
         async for j in self._reader.judgements(
-            start=start, end=end, adapter_version=source.adapter_version, labels=dict(source.labels), kinds=kinds
+            start=start, end=end, adapter_version=source.adapter_version, labels=dict(source.labels), kinds=kinds,
+            base_model=base_model,
         ):
             it = interactions.get(j.interaction_key)
             if it is None:
@@ -273,8 +276,8 @@ class FeedbackDatasetBuilder:
         return interactions
 
     @staticmethod
-    def _check_size(found: int, source: FeedbackSource, objective: Objective) -> None:
-        filters = []
+    def _check_size(found: int, source: FeedbackSource, objective: Objective, base_model: str) -> None:
+        filters = [f"base_model={base_model}"] if base_model else []
         if source.adapter_version:
             filters.append(f"adapter_version={source.adapter_version}")
         filters += [f"{k}={v}" for k, v in source.labels]

@@ -63,6 +63,7 @@ class FeedbackEvent:
     tenant_id: str = ""
     time: datetime | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    base_model: str = ""  # as submitted; "" derives it (engine.feedback.ingest.FeedbackBases)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,10 @@ class FeedbackStats:
 
 # One event laid out as a stored row, in the column order of engine.stores.feedback_store.COLUMNS: tenant_id,
 # client_event_id, kind, rating, correction, dwell_seconds, interaction_id, has_content, messages (JSON),
-# prompt, response, adapter_version, user_id, event_time, received_time, labels (JSON), scrubbed_rules.
+# prompt, response, adapter_version, user_id, event_time, received_time, labels (JSON), scrubbed_rules, base_model.
 FeedbackRow = tuple[
     str, str, str, int | None, str | None, float | None, str, bool, str | None, str | None, str | None,
-    str, str, datetime, datetime, str, list[str],
+    str, str, datetime, datetime, str, list[str], str,
 ]
 
 

@@ -9,6 +9,10 @@ validated and scrubbed while the previous one is being written (``stream``: in a
 process; ``store_prepared``: batches the caller prepared, e.g. in worker processes, several at once).
 When the stream fails, the error's metadata says how far it got: ``committed_messages`` (that many
 first messages are stored, no later one is), ``stored`` and ``duplicates``.
+
+Each event is stored with its base model (``FeedbackBases.of``): the one it names, else the one of its
+``adapter_version`` when that is a serving name ``<base>@<version>``, else the server's default. A base
+model the server does not know is a violation of the event's ``base_model`` like any other.
 """
 
 from __future__ import annotations
@@ -42,6 +46,35 @@ class FeedbackLimits:
     max_violations: int = 50
 
 
+@dataclass(frozen=True)
+class FeedbackBases:
+    """The base models a server knows (``known``, which always holds ``default``), and its default one."""
+
+    default: str
+    known: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.default:
+            raise ValueError("a server's default base model must be set")
+        object.__setattr__(self, "known", frozenset({*self.known, self.default}))
+
+    def of(self, e: FeedbackEvent) -> str | None:
+        """The base model ``e`` is stored with: the one it names, else the one its ``adapter_version`` names as a
+        serving name ``<base>@<version>`` (engine.lora.state.lora_name; an online session's live name is alike),
+        else the default. None when that base model is not known here, or when the event names one base model
+        and its ``adapter_version`` is a serving name of another known one (``_check_base`` says which)."""
+        named = e.base_model
+        version = e.adapter_version
+        served = version.rpartition("@")[0] if "@" in version else ""
+        if named:
+            if named not in self.known or (served and served != named and served in self.known):
+                return None
+            return named
+        if served:
+            return served if served in self.known else None
+        return self.default
+
+
 Prepared = tuple[CopyRows, dict[str, int]]  # a batch laid out for the store, and the scrubbing rules that fired
 
 
@@ -56,7 +89,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def validate_batch(events: Sequence[FeedbackEvent], limits: FeedbackLimits, now: datetime) -> None:
+def validate_batch(
+    events: Sequence[FeedbackEvent], limits: FeedbackLimits, now: datetime, bases: FeedbackBases
+) -> None:
     """Raise one InvalidArgument (reason INVALID_FEEDBACK) naming every bad field of every bad event."""
     issues = ViolationCollector()
     if len(events) > limits.max_events_per_batch:
@@ -65,10 +100,10 @@ def validate_batch(events: Sequence[FeedbackEvent], limits: FeedbackLimits, now:
     bad: list[int] = []
     latest = now + limits.max_future_skew
     for i, event in enumerate(events):
-        if _plainly_valid(event, limits, latest):
+        if _plainly_valid(event, limits, latest, bases):
             continue
         before = len(issues.violations)
-        _check_event(event, f"events[{i}]", limits, latest, issues)
+        _check_event(event, f"events[{i}]", limits, latest, bases, issues)
         if len(issues.violations) > before:
             bad.append(i)
             if len(issues.violations) >= limits.max_violations:
@@ -101,7 +136,7 @@ def _check_id(value: str, path: str, limits: FeedbackLimits, issues: ViolationCo
         issues.add(path, f"must be at most {limits.max_id_chars} printable characters")
 
 
-def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -> bool:
+def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime, bases: FeedbackBases) -> bool:
     """True only when ``_check_event`` would find nothing: the common case, decided without building a field path.
 
     False means "look closer" and sends the event through ``_check_event``, which names the problems.
@@ -147,6 +182,8 @@ def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -
         return False
     if e.time is not None and e.time > latest:
         return False
+    if bases.of(e) is None:
+        return False
     labels = e.labels
     if labels:
         if len(labels) > limits.max_labels:
@@ -159,7 +196,8 @@ def _plainly_valid(e: FeedbackEvent, limits: FeedbackLimits, latest: datetime) -
 
 
 def _check_event(
-    e: FeedbackEvent, at: str, limits: FeedbackLimits, latest: datetime, issues: ViolationCollector
+    e: FeedbackEvent, at: str, limits: FeedbackLimits, latest: datetime, bases: FeedbackBases,
+    issues: ViolationCollector,
 ) -> None:
     _check_id(e.client_event_id, f"{at}.client_event_id", limits, issues, required=True)
     if e.kind is None:
@@ -186,12 +224,30 @@ def _check_event(
     if e.time is not None and e.time > latest:
         issues.add(f"{at}.time", "is in the future")
     _check_interaction(e, at, limits, issues)
+    _check_base(e, at, bases, issues)
     if len(e.labels) > limits.max_labels:
         issues.add(f"{at}.labels", f"at most {limits.max_labels} labels")
     for key, value in e.labels:
         if not key or len(key) > limits.max_label_chars or len(value) > limits.max_label_chars:
             issues.add(f"{at}.labels[{key[:40]!r}]", f"keys must be non-empty; keys and values at most "
                                                      f"{limits.max_label_chars} characters")
+
+
+def _check_base(e: FeedbackEvent, at: str, bases: FeedbackBases, issues: ViolationCollector) -> None:
+    if bases.of(e) is not None:
+        return
+    named, version = e.base_model, e.adapter_version
+    served = version.rpartition("@")[0]
+    known = ", ".join(sorted(bases.known))
+    if named and named not in bases.known:
+        issues.add(f"{at}.base_model", f"{named[:128]!r} is not a base model of this server (known: {known})")
+    elif named:
+        issues.add(f"{at}.base_model", f"is {named!r}, but adapter_version {version!r} is a serving name of "
+                                       f"base model {served!r}")
+    else:
+        issues.add(f"{at}.base_model", f"is unset, and adapter_version {version[:128]!r} names base model "
+                                       f"{served[:128]!r}, which this server does not know; set base_model "
+                                       f"(known: {known})")
 
 
 def _check_interaction(e: FeedbackEvent, at: str, limits: FeedbackLimits, issues: ViolationCollector) -> None:
@@ -241,9 +297,10 @@ def _texts(events: Sequence[FeedbackEvent]) -> list[str]:
 
 
 def to_records(
-    events: Sequence[FeedbackEvent], scrubber: Scrubber, received: datetime
+    events: Sequence[FeedbackEvent], scrubber: Scrubber, received: datetime, bases: FeedbackBases
 ) -> tuple[list[FeedbackRow], dict[str, int]]:
-    """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS).
+    """Scrub the free text and lay each event out as a row (engine.stores.feedback_store.COLUMNS), with its base
+    model (``FeedbackBases.of``).
 
     The scrubber first picks, for the whole batch at once, the texts that may hold PII; only those are scrubbed.
     """
@@ -289,13 +346,16 @@ def to_records(
                 correction = scrub(correction, fired)
             k += 1
         kind = e.kind
-        if kind is None:  # validate_batch refuses such events first
-            raise ValueError(f"event {e.client_event_id!r} has no kind: only validated events become records")
+        base = bases.of(e)
+        if kind is None or base is None:  # validate_batch refuses such events first
+            raise ValueError(f"event {e.client_event_id!r} has no kind or an unknown base model: only validated "
+                             "events become records")
         records.append((
             e.tenant_id, e.client_event_id, _KIND_TEXT[kind], e.rating if kind is FeedbackKind.RATING else None,
             correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
             e.adapter_version, e.user_id, e.time or received, received,
             labels_json.get(e.labels) or labels_json.setdefault(e.labels, dumps(dict(e.labels))), list(fired),
+            base,
         ))
         if fired:
             for rule, n in fired.items():
@@ -306,11 +366,12 @@ def to_records(
 class FeedbackIngestor:
     def __init__(
         self, store: FeedbackRecordStore, scrubber: Scrubber, limits: FeedbackLimits = FeedbackLimits(),
-        *, clock: Callable[[], datetime] = _now,
+        *, bases: FeedbackBases, clock: Callable[[], datetime] = _now,
     ) -> None:
         self._store = store
         self._scrubber = scrubber
         self._limits = limits
+        self.bases = bases
         self._clock = clock
 
     def now(self) -> datetime:
@@ -319,7 +380,7 @@ class FeedbackIngestor:
 
     def prepare(self, events: Sequence[FeedbackEvent]) -> Prepared:
         """Validate, scrub and lay out one batch received now (CPU only: call it off the event loop)."""
-        return prepare_batch(events, self._scrubber, self._limits, self._clock(), self._store.encode)
+        return prepare_batch(events, self._scrubber, self._limits, self._clock(), self._store.encode, self.bases)
 
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""
@@ -385,11 +446,11 @@ class FeedbackIngestor:
 
 def prepare_batch(
     events: Sequence[FeedbackEvent], scrubber: Scrubber, limits: FeedbackLimits, now: datetime,
-    encode: Callable[[Sequence[FeedbackRow]], CopyRows],
+    encode: Callable[[Sequence[FeedbackRow]], CopyRows], bases: FeedbackBases,
 ) -> Prepared:
     """Validate (all or nothing), scrub and lay out one batch received at ``now``: CPU work only, no I/O."""
-    validate_batch(events, limits, now)
-    records, fired = to_records(events, scrubber, now)
+    validate_batch(events, limits, now, bases)
+    records, fired = to_records(events, scrubber, now, bases)
     return encode(records), fired
 
 

@@ -1,7 +1,9 @@
 """The FeedbackRates port over the Feedback service's per-adapter stats.
 
 Feedback events carry the ``adapter_version`` the client was served; both the plain version
-(``v1.2``) and the versioned serving name (``<base>@v1.2``) are counted for a version.
+(``v1.2``) and the versioned serving name (``<base>@v1.2``) are counted for a version, of the
+feedback on its base model only (and feedback stored before events recorded a base model), so
+that a ``v1.2`` of another base model sharing the database is not counted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class StatsSource(Protocol):
     """What ``PostgresFeedbackStore.stats`` offers: per-adapter positive/negative counts in a window."""
 
     async def stats(self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
-                    rating_positive_min: int, rating_negative_max: int) -> Any: ...
+                    rating_positive_min: int, rating_negative_max: int, base_model: str = "") -> Any: ...
 
 
 class FeedbackStatsRates:
@@ -25,13 +27,14 @@ class FeedbackStatsRates:
         self._pos, self._neg = rating_positive_min, rating_negative_max
 
     async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts:
-        return await self.named(since, version, lora_name(base_model, version))
+        return await self.named(since, version, lora_name(base_model, version), base_model=base_model)
 
-    async def named(self, since: datetime, *names: str) -> FeedbackCounts:
+    async def named(self, since: datetime, *names: str, base_model: str = "") -> FeedbackCounts:
         positive = negative = 0
         for name in names:
             stats = await self._source.stats(start=since, end=datetime.now(UTC), adapter_version=name, tenant_id="",
-                                             rating_positive_min=self._pos, rating_negative_max=self._neg)
+                                             rating_positive_min=self._pos, rating_negative_max=self._neg,
+                                             base_model=base_model)
             for item in stats.by_adapter:
                 if item.adapter_version == name:
                     positive += item.positive

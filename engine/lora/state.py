@@ -167,8 +167,9 @@ class FeedbackRates(Protocol):
 
     async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts: ...
 
-    async def named(self, since: datetime, *names: str) -> FeedbackCounts:
-        """The ratings of answers served under any of ``names`` (``adapter_version`` as clients sent it)."""
+    async def named(self, since: datetime, *names: str, base_model: str = "") -> FeedbackCounts:
+        """The ratings of answers served under any of ``names`` (``adapter_version`` as clients sent it), of the
+        feedback on ``base_model`` ("" for every base model's) and feedback that recorded no base model."""
         ...
 
 

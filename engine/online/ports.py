@@ -57,6 +57,7 @@ class OnlineStore(Protocol):
 
 class FeedbackExamples(Protocol):
     async def rebuild(self, source: FeedbackSource, objective: Objective, start: datetime,
-                      end: datetime) -> FeedbackDataset:
-        """The examples ``source``'s feedback timed in [start, end] gives (FAILED_PRECONDITION when none)."""
+                      end: datetime, *, base_model: str = "") -> FeedbackDataset:
+        """The examples ``source``'s feedback on ``base_model`` timed in [start, end] gives (FAILED_PRECONDITION
+        when none)."""
         ...

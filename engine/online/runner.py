@@ -311,7 +311,7 @@ class _Session:
             return
         source = FeedbackSource(adapter_version=live_model(spec.base_model, self.id), min_samples=0)
         try:
-            built = await self.r.feedback.rebuild(source, Objective.SFT, start, end)
+            built = await self.r.feedback.rebuild(source, Objective.SFT, start, end, base_model=spec.base_model)
             found = list(zip(built.wanted(), built.wanted_users(), strict=True))
         except FailedPrecondition:  # none in the window
             found = []
@@ -349,7 +349,7 @@ class _Session:
         now = datetime.now(UTC)
         since = max(ctx.job.output.ratings_since or ctx.job.create_time,
                     now - timedelta(seconds=self.r.config.ratings_window_seconds))
-        live = await self.r.rates.named(since, live_model(spec.base_model, self.id))
+        live = await self.r.rates.named(since, live_model(spec.base_model, self.id), base_model=spec.base_model)
         if live.total < spec.negative_feedback_min_ratings:
             return False
         start = await self.r.rates.counts(spec.base_model, spec.start_version, now - BASELINE_WINDOW)

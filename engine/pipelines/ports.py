@@ -55,10 +55,10 @@ class PipelineStore(Protocol):
 
     async def last_run_start(self, pipeline_id: str) -> datetime | None: ...
 
-    async def feedback_count(self, *, since: datetime, labels: Sequence[tuple[str, str]], negative_only: bool,
-                             rating_negative_max: int) -> int:
-        """Feedback events received since ``since`` carrying ``labels`` (only thumbs down and low ratings when
-        asked)."""
+    async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
+                             negative_only: bool, rating_negative_max: int) -> int:
+        """Feedback events on ``base_model`` (and those that recorded no base model) received since ``since``
+        carrying ``labels`` (only thumbs down and low ratings when asked)."""
         ...
 
 
@@ -74,11 +74,13 @@ class TrainingJobs(Protocol):
 class Datasets(Protocol):
     """The part of engine.training.stored_datasets.StoredDatasets a run uses."""
 
-    async def create(self, name: str, source: Any, *, split: Any) -> tuple[Any, bool]: ...
+    async def create(self, name: str, source: Any, *, split: Any, base_model: str = "") -> tuple[Any, bool]:
+        """A version of ``source``; a feedback window reads the feedback on ``base_model`` (the pipeline's)."""
+        ...
 
     async def get(self, name: str, field_path: str = "name") -> Any: ...
 
-    async def validate(self, source: Any, *, split: Any) -> Any: ...
+    async def validate(self, source: Any, *, split: Any, base_model: str = "") -> Any: ...
 
 
 class Serving(Protocol):

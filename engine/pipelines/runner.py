@@ -138,7 +138,7 @@ class PipelineRunner:
                             state=StageState.SKIPPED)
         if isinstance(source, FeedbackSource):
             stored, new = await self._datasets.create(f"datasets/{dataset_id(pipeline.id)}", source,
-                                                      split=SplitRule())
+                                                      split=SplitRule(), base_model=pipeline.base_model)
             how = "froze" if new else "found the same examples in"
         else:
             stored = await self._datasets.get(source.name, "pipeline.training.dataset_name")

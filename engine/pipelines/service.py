@@ -259,7 +259,8 @@ class Pipelines:
             return tr.occasion_key(trigger, tick=tick), f"cron {trigger.expression!r} ({trigger.time_zone}) " \
                                                         f"ticked at {tr.stamp(tick)}"
         if isinstance(trigger, FeedbackTrigger):
-            count = await self._store.feedback_count(since=since, labels=_labels(pipeline),
+            count = await self._store.feedback_count(base_model=pipeline.base_model, since=since,
+                                                     labels=_labels(pipeline),
                                                      negative_only=trigger.negative_only,
                                                      rating_negative_max=self._rating_negative_max)
             if count < trigger.count:
@@ -293,7 +294,8 @@ class Pipelines:
         if not isinstance(source, FeedbackSource):
             return None
         try:
-            content = await self._datasets.validate(replace(source, force=True), split=SplitRule())
+            content = await self._datasets.validate(replace(source, force=True), split=SplitRule(),
+                                                    base_model=pipeline.base_model)
         except FailedPrecondition as exc:
             if exc.reason == "FEEDBACK_DATASET_EMPTY":
                 return 0

@@ -1,5 +1,8 @@
 """What drift reports read from PostgreSQL: the interactions feedback carried, feedback counts over time, and the
-evaluations recorded (implements engine.drift.ports.DriftSource; no tables of its own)."""
+evaluations recorded (implements engine.drift.ports.DriftSource; no tables of its own).
+
+Feedback is read per base model: its events, and those that recorded none (base_model '', stored before
+migration 0020), which count for every base model."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ WITH seen AS (
                     ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
                e.prompt, e.messages, e.event_time
         FROM feedback_events e
-        WHERE e.has_content AND e.event_time >= $1 AND e.event_time < $2
+        WHERE e.has_content AND e.event_time >= $1 AND e.event_time < $2 AND e.base_model IN ($4, '')
           AND NOT EXISTS (
               SELECT 1 FROM feedback_erasures f
               WHERE f.user_hash = encode(sha256(convert_to(e.user_id, 'UTF8')), 'hex')
@@ -43,6 +46,7 @@ SELECT width_bucket(extract(epoch FROM event_time)::float8, $3::float8, $4::floa
        count(*) FILTER (WHERE kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $7)) AS negative
 FROM feedback_events
 WHERE event_time >= $1 AND event_time < $2 AND kind IN ('THUMBS_UP', 'THUMBS_DOWN', 'RATING')
+  AND base_model IN ($8, '')
 GROUP BY bucket
 """
 
@@ -73,15 +77,15 @@ class PostgresDriftSource:
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
 
-    async def incoming(self, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
-        rows = await self._fetch(_INCOMING, start, end, limit)
+    async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
+        rows = await self._fetch(_INCOMING, start, end, limit, base_model)
         prompts = tuple(p for p in (_prompt(r["prompt"], r["messages"]) for r in rows) if p)
         return IncomingPrompts(prompts, int(rows[0]["total"]) if rows else 0)
 
-    async def feedback_buckets(self, *, start: datetime, end: datetime, buckets: int, rating_positive_min: int,
-                               rating_negative_max: int) -> list[FeedbackBucket]:
+    async def feedback_buckets(self, base_model: str, *, start: datetime, end: datetime, buckets: int,
+                               rating_positive_min: int, rating_negative_max: int) -> list[FeedbackBucket]:
         rows = await self._fetch(_BUCKETS, start, end, start.timestamp(), end.timestamp(), buckets,
-                                 rating_positive_min, rating_negative_max)
+                                 rating_positive_min, rating_negative_max, base_model)
         counts = {int(r["bucket"]): (int(r["positive"]), int(r["negative"])) for r in rows}
         width = (end - start) / buckets
         return [FeedbackBucket(start + i * width, end if i == buckets - 1 else start + (i + 1) * width,

@@ -48,7 +48,7 @@ T = TypeVar("T")
 COLUMNS = (
     "tenant_id", "client_event_id", "kind", "rating", "correction", "dwell_seconds", "interaction_id",
     "has_content", "messages", "prompt", "response", "adapter_version", "user_id", "event_time",
-    "received_time", "labels", "scrubbed_rules",
+    "received_time", "labels", "scrubbed_rules", "base_model",
 )
 Record = FeedbackRow  # one row in COLUMNS order; built by engine.feedback.ingest
 _NULL = "\\N"
@@ -56,7 +56,7 @@ _DELIMITERS_PER_ROW = len(COLUMNS) - 1
 # The columns whose text comes from the client (ids, free text, JSON): the only ones that may need escaping.
 _TEXTS = tuple(COLUMNS.index(c) for c in (
     "tenant_id", "client_event_id", "correction", "interaction_id", "messages", "prompt", "response",
-    "adapter_version", "user_id", "labels",
+    "adapter_version", "user_id", "labels", "base_model",
 ))
 
 _EXPLICIT = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
@@ -125,7 +125,7 @@ def _lines(records: Sequence[Record]) -> list[str]:
     received_text = ""  # set by the first record
     for record in records:
         (tenant, event_id, kind, rating, correction, dwell, interaction_id, has_content, messages, prompt, response,
-         adapter_version, user_id, event_time, received_time, labels, rules) = record
+         adapter_version, user_id, event_time, received_time, labels, rules, base_model) = record
         if received_time is not received:
             received, received_text = received_time, received_time.isoformat()
         fields = (
@@ -134,7 +134,7 @@ def _lines(records: Sequence[Record]) -> list[str]:
             "t" if has_content else "f", _NULL if messages is None else messages, _NULL if prompt is None else prompt,
             _NULL if response is None else response, adapter_version, user_id,
             received_text if event_time is received_time else event_time.isoformat(), received_text, labels,
-            "{" + ",".join(rules) + "}" if rules else "{}",
+            "{" + ",".join(rules) + "}" if rules else "{}", base_model,
         )
         line = "\t".join(fields)
         nulls = ((rating is None) + (correction is None) + (dwell is None) + (messages is None) + (prompt is None)
@@ -248,17 +248,20 @@ class PostgresFeedbackStore:
 
     async def stats(
         self, *, start: datetime, end: datetime, adapter_version: str, tenant_id: str,
-        rating_positive_min: int, rating_negative_max: int,
+        rating_positive_min: int, rating_negative_max: int, base_model: str = "",
     ) -> FeedbackStats:
+        """Counts of the events in [start, end) matching the filters ("" matches all); ``base_model`` also matches
+        the events that recorded none (stored before events had one: they count for every base model)."""
         sql = (
             "SELECT adapter_version, kind, count(*) AS n,"
             " count(*) FILTER (WHERE kind = 'RATING' AND rating >= $5) AS high,"
             " count(*) FILTER (WHERE kind = 'RATING' AND rating <= $6) AS low"
             " FROM feedback_events WHERE event_time >= $1 AND event_time < $2"
             " AND ($3 = '' OR adapter_version = $3) AND ($4 = '' OR tenant_id = $4)"
+            " AND ($7 = '' OR base_model = $7 OR base_model = '')"
             " GROUP BY adapter_version, kind"
         )
-        args = (start, end, adapter_version, tenant_id, rating_positive_min, rating_negative_max)
+        args = (start, end, adapter_version, tenant_id, rating_positive_min, rating_negative_max, base_model)
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         by_kind: dict[FeedbackKind, int] = {}
         votes: dict[str, list[int]] = {}
@@ -277,10 +280,11 @@ class PostgresFeedbackStore:
 
     async def judgements(
         self, *, start: datetime, end: datetime, adapter_version: str, labels: dict[str, str],
-        kinds: Collection[FeedbackKind] = _EXPLICIT, batch: int = 2000,
+        kinds: Collection[FeedbackKind] = _EXPLICIT, base_model: str = "", batch: int = 2000,
     ) -> AsyncIterator[Judgement]:
         """Events of ``kinds`` (default: the explicit ones) in [start, end) matching the filters, with referenced
-        interactions resolved.
+        interactions resolved. ``base_model`` ("" for all) keeps that base model's events and those that recorded
+        none (stored before events had one), as stats does.
 
         Events whose interaction cannot be resolved (e.g. its carrier was erased) are left out, and so
         are events of erased users (belt and braces: erasure deletes them too).
@@ -302,13 +306,14 @@ class PostgresFeedbackStore:
               AND e.kind = ANY ($5::text[])
               AND ($3 = '' OR e.adapter_version = $3)
               AND e.labels @> $4::jsonb
+              AND ($6 = '' OR e.base_model = $6 OR e.base_model = '')
               AND NOT EXISTS (
                   SELECT 1 FROM feedback_erasures f
                   WHERE f.user_hash = encode(sha256(convert_to(e.user_id, 'UTF8')), 'hex')
                     AND e.event_time <= f.erased_at)
             ORDER BY e.event_time, e.tenant_id, e.client_event_id
         """
-        args = (start, end, adapter_version, json.dumps(labels), [FeedbackKind(k).value for k in kinds])
+        args = (start, end, adapter_version, json.dumps(labels), [FeedbackKind(k).value for k in kinds], base_model)
         try:
             async with self._pool.acquire() as conn, conn.transaction(readonly=True):
                 async for r in conn.cursor(sql, *args, prefetch=batch):

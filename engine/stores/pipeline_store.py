@@ -165,11 +165,12 @@ class PostgresPipelineStore:
                 PIPELINE_RUN.name, pipeline_id)
         return value
 
-    async def feedback_count(self, *, since: datetime, labels: Sequence[tuple[str, str]], negative_only: bool,
-                             rating_negative_max: int) -> int:
+    async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
+                             negative_only: bool, rating_negative_max: int) -> int:
+        # Events that recorded no base model ('', stored before migration 0020) count for every base model.
         async with self._pool.acquire() as conn:
             count: int = await conn.fetchval(
-                "SELECT count(*) FROM feedback_events WHERE received_time >= $1 AND labels @> $2::jsonb"
-                " AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
-                since, json.dumps(dict(labels)), negative_only, rating_negative_max)
+                "SELECT count(*) FROM feedback_events WHERE base_model IN ($5, '') AND received_time >= $1"
+                " AND labels @> $2::jsonb AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
+                since, json.dumps(dict(labels)), negative_only, rating_negative_max, base_model)
         return count

@@ -136,7 +136,7 @@ class JobPreparer:
         train split (the version ``pinned`` when resolving a created job again)."""
         kto = spec.objective is Objective.KTO
         if isinstance(spec.dataset, FeedbackSource):
-            built = await self._feedback_dataset(spec.dataset, spec.objective, window)
+            built = await self._feedback_dataset(spec.dataset, spec.objective, window, spec.base_model)
             summary = DatasetSummary(
                 digest=built.digest, example_count=len(built.examples), composition=built.composition,
                 window_start=built.window_start, window_end=built.window_end, source=spec.dataset,
@@ -171,16 +171,17 @@ class JobPreparer:
         return ResolvedDataset(examples, summary, split=split)
 
     async def _feedback_dataset(
-        self, source: FeedbackSource, objective: Objective, window: Window | None
+        self, source: FeedbackSource, objective: Objective, window: Window | None, base_model: str
     ) -> FeedbackDataset:
+        """The job's feedback window: the feedback on its base model (and feedback that recorded none)."""
         if self._feedback is None:
             raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
         if window is None:
-            return await self._feedback.build(source, objective)
+            return await self._feedback.build(source, objective, base_model=base_model)
         start, end = window
         if start is None or end is None:
             raise FailedPrecondition("DATASET_WINDOW_UNKNOWN", "the job's feedback window was not recorded")
-        return await self._feedback.rebuild(source, objective, start, end)
+        return await self._feedback.rebuild(source, objective, start, end, base_model=base_model)
 
     async def _parent(self, spec: TrainingJobSpec) -> AdapterRecord:
         try:

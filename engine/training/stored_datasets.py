@@ -303,11 +303,13 @@ class StoredDatasets:
                                          expect_sha256=sha256)
         return await self._register(target, received, content, UploadOrigin(filename))
 
-    async def create(self, name: str, source: Source, *, split: SplitRule) -> tuple[StoredDataset, bool]:
-        """A version from a server path, an S3 object or a window of feedback."""
+    async def create(self, name: str, source: Source, *, split: SplitRule,
+                     base_model: str = "") -> tuple[StoredDataset, bool]:
+        """A version from a server path, an S3 object or a window of feedback (on ``base_model``, e.g. a pipeline's;
+        "" for every base model's)."""
         target = parse_dataset_name(name, "name", versioned=False)
         async with self._scratch() as scratch:
-            path, origin = await self._fetch(source, scratch / "data.jsonl")
+            path, origin = await self._fetch(source, scratch / "data.jsonl", base_model)
             content, _ = await self._inspect(path, split, label=_label(origin), field_path=_field(origin))
             return await self._register(target, path, content, origin)
 
@@ -318,8 +320,9 @@ class StoredDatasets:
         content, _ = await self._inspect(path, split, label=_label(origin), field_path="spec.documents")
         return await self._register(target, path, content, origin)
 
-    async def validate(self, source: Source | bytes, *, split: SplitRule) -> DatasetContent:
-        """What a version of ``source`` would hold; stores nothing."""
+    async def validate(self, source: Source | bytes, *, split: SplitRule, base_model: str = "") -> DatasetContent:
+        """What a version of ``source`` would hold (a feedback window: on ``base_model``, as ``create``); stores
+        nothing."""
         async with self._scratch() as scratch:
             path = scratch / "data.jsonl"
             if isinstance(source, bytes):
@@ -328,7 +331,7 @@ class StoredDatasets:
                 await asyncio.to_thread(path.write_bytes, source)
                 label, field = "content", "content"
             else:
-                path, origin = await self._fetch(source, path)
+                path, origin = await self._fetch(source, path, base_model)
                 label, field = _label(origin), _field(origin)
             content, _ = await self._inspect(path, split, label=label, field_path=field)
             return content
@@ -407,7 +410,7 @@ class StoredDatasets:
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
-    async def _fetch(self, source: Source, dest: Path) -> tuple[Path, Origin]:
+    async def _fetch(self, source: Source, dest: Path, base_model: str = "") -> tuple[Path, Origin]:
         """A copy of the source's bytes at ``dest``, and the origin to record."""
         if isinstance(source, ServerPathOrigin):
             path = resolve_dataset_path(self._config.datasets_dir, source.path, "server_path")
@@ -437,7 +440,7 @@ class StoredDatasets:
             return dest, source
         if self._feedback is None:
             raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
-        built = await self._feedback.build(source, Objective.SFT)
+        built = await self._feedback.build(source, Objective.SFT, base_model=base_model)
         data = b"".join(_jsonl_line(e) for e in built.examples)
         if len(data) > self.max_bytes:
             raise self.too_large(len(data), "the feedback window")

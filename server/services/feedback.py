@@ -12,13 +12,14 @@ from datetime import UTC, datetime
 import grpc
 
 from engine import FeedbackIngestApi, FeedbackRecordsApi
-from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, FeedbackRecordStore
+from engine.errors import FieldViolation, InvalidArgument
+from engine.feedback.ingest import FeedbackBases, FeedbackIngestor, FeedbackLimits, FeedbackRecordStore
 from engine.feedback.scrub import Scrubber
 from learning.v1 import feedback_pb2 as pb
 from learning.v1 import feedback_pb2_grpc as pb_grpc
 from server import convert_feedback as convert
 from server.feedback_workers import FeedbackWorkers
-from server.settings import Settings
+from server.settings import DEFAULT_BASE_MODEL, Settings
 
 
 class FeedbackService(pb_grpc.FeedbackServiceServicer):
@@ -29,10 +30,12 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         *,
         rating_positive_min: int,
         rating_negative_max: int,
+        bases: FeedbackBases,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         workers: FeedbackWorkers | None = None,
     ) -> None:
         self._ingestor = ingestor
+        self._bases = bases
         self.workers = workers
         self._store = store
         self._rating_positive_min = rating_positive_min
@@ -56,9 +59,19 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
 
     async def GetFeedbackStats(self, request: pb.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext):
         start, end = convert.window_from_pb(request, self._clock())
+        base_model = request.base_model
+        if base_model and base_model not in self._bases.known:
+            known = ", ".join(sorted(self._bases.known))
+            raise InvalidArgument(
+                "UNKNOWN_BASE_MODEL", f"base_model {base_model[:128]!r} is not a base model of this server "
+                                      f"(known: {known})",
+                violations=[FieldViolation("base_model", f"must be one of {known}, or empty for all")],
+                metadata={"base_model": base_model[:128]},
+            )
         stats = await self._store.stats(
             start=start, end=end, adapter_version=request.adapter_version, tenant_id=request.tenant_id,
             rating_positive_min=self._rating_positive_min, rating_negative_max=self._rating_negative_max,
+            base_model=base_model,
         )
         return convert.stats_to_pb(stats)
 
@@ -78,10 +91,15 @@ def feedback_limits(settings: Settings) -> FeedbackLimits:
     )
 
 
+def feedback_bases(settings: Settings) -> FeedbackBases:
+    """The base models feedback may be about: the configured ones, the built-in one and the default."""
+    return FeedbackBases(settings.default_base_model, frozenset({*settings.base_models, DEFAULT_BASE_MODEL}))
+
+
 def feedback_ingestor(settings: Settings, store: FeedbackRecordStore) -> FeedbackIngestor:
     """The ingestor over ``store``, configured from the settings."""
     scrubber = Scrubber(settings.feedback_scrub_patterns, enabled=settings.feedback_scrub_enabled)
-    return FeedbackIngestor(store, scrubber, feedback_limits(settings))
+    return FeedbackIngestor(store, scrubber, feedback_limits(settings), bases=feedback_bases(settings))
 
 
 def build_feedback_service(
@@ -93,11 +111,13 @@ def build_feedback_service(
         workers = FeedbackWorkers(
             settings.feedback_ingest_processes, scrub_patterns=settings.feedback_scrub_patterns,
             scrub_enabled=settings.feedback_scrub_enabled, limits=feedback_limits(settings),
+            bases=feedback_bases(settings),
         )
     return FeedbackService(
         ingestor,
         records,
         rating_positive_min=settings.feedback_rating_positive_min,
         rating_negative_max=settings.feedback_rating_negative_max,
+        bases=feedback_bases(settings),
         workers=workers,
     )

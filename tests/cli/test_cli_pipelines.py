@@ -38,8 +38,9 @@ async def test_pipelines_commands(make_server) -> None:
 
     # a canary rollout with its policy from the options (the rest the server's defaults), as `canary start` takes it
     careful = await cli(port, "--json", "pipelines", "create", "careful", "--data", "capitals.jsonl", "--rollout",
-                        "canary", "--base-protection", "base_kl", "--canary-share", "0.25", "--canary-min-requests", "40", "--canary-min-feedback",
-                        "8", "--canary-max-duration", "2h", "--canary-check-interval", "30s")
+                        "canary", "--base-protection", "base_kl", "--canary-share", "0.25", "--canary-min-requests",
+                        "40", "--canary-min-feedback", "8", "--canary-max-duration", "2h", "--canary-check-interval",
+                        "30s")
     assert careful.code == 0, careful.err
     assert json.loads(careful.out)["training"]["base_protection"]["method"] == "BASE_PROTECTION_METHOD_BASE_KL"
     policy = json.loads(careful.out)["rollout"]["canary"]

@@ -66,10 +66,10 @@ class Source:
     buckets: list[FeedbackBucket] = field(default_factory=list)
     evals: list[EvalPoint] = field(default_factory=list)
 
-    async def incoming(self, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
+    async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
         return IncomingPrompts(stable_sample(self.prompts, limit), len(self.prompts))
 
-    async def feedback_buckets(self, *, start, end, buckets, rating_positive_min, rating_negative_max):
+    async def feedback_buckets(self, base_model, *, start, end, buckets, rating_positive_min, rating_negative_max):
         return self.buckets
 
     async def evaluations(self, base_model, *, start, end, limit):

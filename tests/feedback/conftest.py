@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Turn
-from engine.feedback.ingest import FeedbackIngestor
+from engine.feedback.ingest import FeedbackBases, FeedbackIngestor
 from engine.feedback.scrub import Scrubber
 from engine.stores import postgres
 from engine.stores.feedback_store import PostgresFeedbackStore
 from tests.conftest import create_database
 
 NOW = datetime.now(UTC)
+# A server of two base models, base-a its default.
+BASES = FeedbackBases("base-a", frozenset({"base-b"}))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,7 @@ def store(pool) -> PostgresFeedbackStore:
 
 @pytest.fixture
 def ingestor(store: PostgresFeedbackStore) -> FeedbackIngestor:
-    return FeedbackIngestor(store, Scrubber())
+    return FeedbackIngestor(store, Scrubber(), bases=BASES)
 
 
 def event(

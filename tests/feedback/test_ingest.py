@@ -13,7 +13,7 @@ from engine.feedback.events import FeedbackEvent, FeedbackKind, Interaction, Tur
 from engine.feedback.ingest import FeedbackIngestor, FeedbackLimits, to_records
 from engine.feedback.scrub import Scrubber
 from engine.stores.feedback_store import encode_rows
-from tests.feedback.conftest import NOW, event
+from tests.feedback.conftest import BASES, NOW, event
 
 
 async def ids(pool) -> list[str]:
@@ -97,7 +97,7 @@ async def test_each_rule_of_validation(ingestor, bad: FeedbackEvent, field: str)
 
 
 async def test_batch_size_limit(store) -> None:
-    small = FeedbackIngestor(store, Scrubber(), FeedbackLimits(max_events_per_batch=2))
+    small = FeedbackIngestor(store, Scrubber(), FeedbackLimits(max_events_per_batch=2), bases=BASES)
     with pytest.raises(InvalidArgument) as err:
         await small.submit([event("a"), event("b"), event("c")])
     assert err.value.violations[0].field == "events"
@@ -209,7 +209,7 @@ async def test_texts_with_copy_special_characters_are_stored_exactly(ingestor, p
 
 async def test_ratings_dwell_times_and_event_times_are_stored_exactly(store, pool) -> None:
     when = datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
-    ingestor = FeedbackIngestor(store, Scrubber(), clock=lambda: when + timedelta(seconds=1))
+    ingestor = FeedbackIngestor(store, Scrubber(), bases=BASES, clock=lambda: when + timedelta(seconds=1))
     await ingestor.submit([
         event("r", FeedbackKind.RATING, rating=4, age=NOW - when),
         event("d", FeedbackKind.DWELL_TIME, dwell_seconds=0.1 + 0.2, age=NOW - when),
@@ -241,6 +241,6 @@ def test_copy_layout_escapes_exactly_the_texts_that_need_it() -> None:
         event("r", FeedbackKind.RATING, rating=5), event("d", FeedbackKind.DWELL_TIME, dwell_seconds=0.1 + 0.2),
         FeedbackEvent("ref", FeedbackKind.COPY, interaction_ref="i\t1", user_id="u"),
     ]
-    records, _ = to_records(events, Scrubber(), NOW)
+    records, _ = to_records(events, Scrubber(), NOW, BASES)
     expected = "".join("\t".join("\\N" if v is None else escape(text(v)) for v in r) + "\n" for r in records)
     assert encode_rows(records).data.decode() == expected

@@ -900,10 +900,14 @@ class AsyncClient:
         end_time: datetime | None = None,
         adapter_version: str = "",
         tenant_id: str = "",
+        base_model: str = "",
     ) -> feedback.GetFeedbackStatsResponse:
         """Counts of events timed in [start_time, end_time) (default: the 7 days before now), by kind and by
-        adapter version; a naive datetime is taken as UTC."""
-        request = feedback.GetFeedbackStatsRequest(adapter_version=adapter_version, tenant_id=tenant_id)
+        adapter version; a naive datetime is taken as UTC. ``base_model`` counts only that base model's events
+        (and those stored before events recorded one)."""
+        request = feedback.GetFeedbackStatsRequest(
+            adapter_version=adapter_version, tenant_id=tenant_id, base_model=base_model
+        )
         if start_time is not None:
             request.start_time.FromDatetime(start_time)
         if end_time is not None:

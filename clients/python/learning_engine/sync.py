@@ -566,12 +566,18 @@ class Client:
         end_time: datetime | None = None,
         adapter_version: str = "",
         tenant_id: str = "",
+        base_model: str = "",
     ) -> feedback.GetFeedbackStatsResponse:
         """Counts of events timed in [start_time, end_time) (default: the 7 days before now), by kind and by
-        adapter version; a naive datetime is taken as UTC."""
+        adapter version; a naive datetime is taken as UTC. ``base_model`` counts only that base model's events
+        (and those stored before events recorded one)."""
         return self._loop.run(
             self._async.get_feedback_stats(
-                start_time=start_time, end_time=end_time, adapter_version=adapter_version, tenant_id=tenant_id
+                start_time=start_time,
+                end_time=end_time,
+                adapter_version=adapter_version,
+                tenant_id=tenant_id,
+                base_model=base_model,
             )
         )
 

@@ -54,7 +54,7 @@ class Interaction(_message.Message):
     def __init__(self, interaction_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
 
 class FeedbackEvent(_message.Message):
-    __slots__ = ("client_event_id", "kind", "rating", "correction", "dwell_seconds", "interaction", "interaction_ref", "adapter_version", "user_id", "tenant_id", "time", "labels")
+    __slots__ = ("client_event_id", "kind", "rating", "correction", "dwell_seconds", "interaction", "interaction_ref", "adapter_version", "user_id", "tenant_id", "time", "labels", "base_model")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class FeedbackEvent(_message.Message):
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     client_event_id: str
     kind: FeedbackKind
     rating: int
@@ -86,7 +87,8 @@ class FeedbackEvent(_message.Message):
     tenant_id: str
     time: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, client_event_id: _Optional[str] = ..., kind: _Optional[_Union[FeedbackKind, str]] = ..., rating: _Optional[int] = ..., correction: _Optional[str] = ..., dwell_seconds: _Optional[float] = ..., interaction: _Optional[_Union[Interaction, _Mapping]] = ..., interaction_ref: _Optional[str] = ..., adapter_version: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    base_model: str
+    def __init__(self, client_event_id: _Optional[str] = ..., kind: _Optional[_Union[FeedbackKind, str]] = ..., rating: _Optional[int] = ..., correction: _Optional[str] = ..., dwell_seconds: _Optional[float] = ..., interaction: _Optional[_Union[Interaction, _Mapping]] = ..., interaction_ref: _Optional[str] = ..., adapter_version: _Optional[str] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
     __slots__ = ("events",)
@@ -141,16 +143,18 @@ class StreamFeedbackResponse(_message.Message):
     def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., scrubbed: _Optional[_Mapping[str, int]] = ..., forgotten: _Optional[int] = ..., messages: _Optional[int] = ...) -> None: ...
 
 class GetFeedbackStatsRequest(_message.Message):
-    __slots__ = ("start_time", "end_time", "adapter_version", "tenant_id")
+    __slots__ = ("start_time", "end_time", "adapter_version", "tenant_id", "base_model")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     adapter_version: str
     tenant_id: str
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter_version: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+    base_model: str
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter_version: _Optional[str] = ..., tenant_id: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class FeedbackKindCount(_message.Message):
     __slots__ = ("kind", "count")

@@ -471,11 +471,15 @@ def feedback_stats(
     until: datetime = typer.Option(None, "--until", help="End of the window (ISO date/time, UTC; default: now)."),
     adapter_version: str = typer.Option("", "--adapter-version", help="Only events on this version."),
     tenant: str = typer.Option("", "--tenant", help="Only this tenant's events."),
+    base_model: str = typer.Option(
+        "", "--base-model", help="Only events on this base model (and those stored before events recorded one)."
+    ),
 ) -> None:
     """Feedback counts in a window, by kind and by adapter version (positive: thumbs up, ratings 4-5)."""
     end = until.replace(tzinfo=until.tzinfo or UTC) if until is not None else datetime.now(UTC)
     stats = run(ctx, lambda c: c.get_feedback_stats(
-        start_time=end - timedelta(days=days), end_time=end, adapter_version=adapter_version, tenant_id=tenant))
+        start_time=end - timedelta(days=days), end_time=end, adapter_version=adapter_version, tenant_id=tenant,
+        base_model=base_model))
 
     def render() -> None:
         start, stop = (t.ToDatetime().isoformat(timespec="seconds") for t in (stats.start_time, stats.end_time))
