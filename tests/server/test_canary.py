@@ -51,6 +51,17 @@ async def send(client, n: int, user: str = "") -> Counter[str]:
     return served
 
 
+async def counted(client, candidate: int, active: int) -> None:
+    """Wait until the split in force reads these requests on each side, in this process's view (its gateway's counts
+    and the other serving processes' as last read)."""
+    for _ in range(100):
+        figures = (await status(client)).traffic_split.figures
+        if (figures.candidate.requests, figures.active.requests) == (candidate, active):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"counted {figures.candidate.requests} and {figures.active.requests}")
+
+
 async def rate(client, adapter_version: str, up: int, down: int) -> None:
     """Thumbs up and down from users who were served ``adapter_version`` (a version or its serving name)."""
     kinds = [fb.FEEDBACK_KIND_THUMBS_UP] * up + [fb.FEEDBACK_KIND_THUMBS_DOWN] * down
@@ -264,14 +275,6 @@ async def test_two_serving_processes_count_one_canary_and_the_other_decides_when
     assert await send(one, 6) == {f"{TINY}@{v10}": 3, f"{TINY}@{v11}": 3}
     assert (await status(two)).traffic_split.candidate_version == v11
     assert await send(two, 8) == {f"{TINY}@{v10}": 4, f"{TINY}@{v11}": 4}
-
-    async def counted(client, candidate: int, active: int) -> None:
-        for _ in range(100):
-            figures = (await status(client)).traffic_split.figures
-            if (figures.candidate.requests, figures.active.requests) == (candidate, active):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"counted {figures.candidate.requests} and {figures.active.requests}")
 
     await counted(one, 7, 7)  # both gateways' requests, in each process's view
     await counted(two, 7, 7)

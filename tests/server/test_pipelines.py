@@ -28,7 +28,7 @@ from tests.fixtures.drift_prompts import recipes_and_code
 from tests.server.conftest import TINY, error_details
 from tests.server.lora_helpers import status, train
 from tests.server.test_adapter_service import s3_settings
-from tests.server.test_canary import rate
+from tests.server.test_canary import counted, rate
 from tests.server.test_canary import send as canary_send
 from tests.server.test_drift_service import events as drift_events
 from tests.server.test_drift_service import same_kind_of_prompts
@@ -365,6 +365,9 @@ async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_o
     # each replica's gateway takes half the alias's requests; the canary counts both
     assert await canary_send(client, 16) == {f"{TINY}@v1.0": 8, f"{TINY}@v1.1": 8}
     assert await canary_send(two, 14) == {f"{TINY}@v1.0": 7, f"{TINY}@v1.1": 7}
+    # each process shares its gateway's counts every serving_follow_seconds: both read the sum before the ratings
+    # can decide the canary (it would decide on the counts as they stood then)
+    await asyncio.gather(*(counted(replica, 15, 15) for replica in (client, two)))
     await rate(client, f"{TINY}@v1.1", up=2, down=8)  # its users complain
     await rate(client, "v1.0", up=8, down=2)
     rolled_back = await finished(two, second)
