@@ -249,10 +249,12 @@ class ServingTarget:
     # ---- the gate ----------------------------------------------------------------------
 
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Progress | None = None, judge: JudgeChoice | None = None) -> EvalSummary:
+                       progress: Progress | None = None, judge: JudgeChoice | None = None,
+                       reuse: bool = False) -> EvalSummary:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
         golden ``suites`` (none: the configured one); ``progress`` hears of every answer; ``judge`` overrides the
-        configured LLM judge (None: as configured)."""
+        configured LLM judge (None: as configured); with ``reuse``, the version's latest evaluation stands when it
+        was against the same baseline on the same basis."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
@@ -269,7 +271,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress, judge)
+                return await self._evaluate(version, baseline, goldens, progress, judge, reuse=reuse)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)

@@ -12,7 +12,9 @@ first stage that has not ended; no stage runs twice to completion:
   name finds the same job, never a second. It waits for the job, forwarding its progress; cancelling the run
   cancels the job, while a restart leaves it running (it is a job of its own) and the resumed run waits again.
 - EVALUATE runs the forgetting-aware gate (and the pipeline's golden suites) on the new version against the
-  active one. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the failed checks.
+  active one. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the failed checks. A run resumed
+  after its evaluation was stored (and before the stage's end was) takes that evaluation instead of answering
+  the suites again, as long as it was against the same active version on the same basis.
 - ROLLOUT activates the version, or skips when the pipeline only publishes. The activation's own gate takes
   EVALUATE's evaluation when it was against the same active version on the same basis, and runs again
   otherwise.
@@ -192,7 +194,7 @@ class PipelineRunner:
         paths = [await asyncio.to_thread(self._suite_path, p, f"pipeline.suite_paths[{i}]")
                  for i, p in enumerate(pipeline.suite_paths)]
         try:
-            summary = await self._serving.evaluate(output.version, None, paths)
+            summary = await self._serving.evaluate(output.version, None, paths, reuse=True)
         except FailedPrecondition as exc:
             if exc.reason != "EVAL_SUITE_NOT_CONFIGURED":
                 raise

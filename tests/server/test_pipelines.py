@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2
@@ -163,6 +164,41 @@ async def test_a_run_resumes_after_a_restart_without_running_a_stage_twice(make_
     jobs = (await restarted.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
     assert [j.name for j in jobs] == [done.training_job]  # one training job, however often the run started
     assert (await status(restarted)).active_version == done.version
+
+
+async def test_a_run_stopped_during_its_evaluation_resumes_there_and_stores_one_evaluation(make_pg_server, data_dir,
+                                                                                            database_url: str):
+    """A stop while the gate answers (or just after it stored its evaluation): the resumed run evaluates once in
+    all, by running the gate if the first attempt was cut off, or by taking the evaluation it stored."""
+    settings = dict(pipeline_poll_seconds=0.2, eval_gate=True, eval_max_tokens=8)
+    client = await make_pg_server(**settings)
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FACTS]
+    (data_dir / "datasets" / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    training = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="facts.jsonl"), hyperparameters=pb.Hyperparameters(
+        epochs=40, batch_size=4, learning_rate=2e-2))
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="judged", pipeline=pp.Pipeline(
+        training=training, enabled=True)))
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/judged"))).run
+    async for update in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=run.name)):
+        if update.HasField("event") and update.event.WhichOneof("kind") == "stage_ended" \
+                and update.event.stage_ended.stage == pp.PIPELINE_STAGE_TRAIN:
+            break  # the gate begins
+    await client.channel.close()
+    await client.app.stop(0)
+
+    restarted = await make_pg_server(**settings)
+    done = await finished(restarted, run.name)
+    assert (done.state, done.version, done.rollout) == (common.JOB_STATE_SUCCEEDED, "v1.0", "ACTIVATED"), done
+    assert [s.stage for s in done.stages] == [pp.PIPELINE_STAGE_DATASET, pp.PIPELINE_STAGE_TRAIN,
+                                              pp.PIPELINE_STAGE_EVALUATE, pp.PIPELINE_STAGE_ROLLOUT]
+    assert done.stages[2].message.startswith("the gate passed v1.0")
+    connection = await asyncpg.connect(database_url)
+    try:
+        stored = await connection.fetch("SELECT doc->>'id' AS id FROM lora_evals WHERE version = 'v1.0'")
+    finally:
+        await connection.close()
+    assert [r["id"] for r in stored] == [done.evaluation_id]  # one evaluation, taken by the activation's gate too
+    assert (await status(restarted)).last_operation.gate.evaluation_id == done.evaluation_id
 
 
 async def test_a_run_stopped_during_its_canary_resumes_it_and_never_starts_a_second(make_pg_server):
