@@ -1,7 +1,7 @@
 """Every command the README and docs/ show is one the service and the CLI take.
 
 The walkthroughs that depend on each other are run for real elsewhere (the README's Python snippet in
-tests/clients/test_readme_snippet.py, grpcurl against a server process in tests/e2e). Here every shell block of
+tests/clients/test_sdk_snippet.py, grpcurl against a server process in tests/e2e). Here every shell block of
 every page is read, and each command in it is checked against the contracts, so a renamed field, method, command
 or option breaks a test instead of a reader:
 
