@@ -129,6 +129,10 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
                                           "(linear warmup, then linear decay to 0).")
     training_warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Warmup steps of a job that sets none "
                                        "(a job's 0 means this default).")
+    training_max_grad_norm: float = Field(
+        1.0, gt=0, le=1e6, description="Gradient clipping of a job that sets none: each optimiser step's gradients "
+        "are scaled down to this global norm when theirs is larger (a job's 0 means this default).",
+    )
     training_batch_size: int = Field(8, ge=1, le=1024, description="Examples per micro-batch of a job that sets none.")
     training_gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches per optimiser step of a job that sets none.",
@@ -461,7 +465,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
                           dropout=self.training_lora_dropout, target_modules=self.training_lora_target_modules),
             hyperparameters=Hyperparameters(
                 epochs=self.training_epochs, learning_rate=self.training_learning_rate,
-                warmup_steps=self.training_warmup_steps, batch_size=self.training_batch_size,
+                warmup_steps=self.training_warmup_steps, max_grad_norm=self.training_max_grad_norm,
+                batch_size=self.training_batch_size,
                 gradient_accumulation_steps=self.training_gradient_accumulation_steps,
                 max_seq_length=self.training_max_seq_length, packing=self.training_packing,
                 gradient_checkpointing=self.training_gradient_checkpointing,
