@@ -228,6 +228,8 @@ class _Session:
             if ctx.cancel.cancelled:
                 return await self._stop()
             controls = await self.r.store.controls(self.id)
+            if controls.refused_examples > ctx.job.output.refused_warned:
+                await self._warn_refused(controls.refused_examples)
             if controls.erasures != self.erasures_seen:
                 await self._forget_erased(controls.erasures)
             if time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
@@ -298,6 +300,18 @@ class _Session:
             await self._publish()
         if learner.updates % spec.checkpoint_every == 0:
             await self._checkpoint()
+
+    async def _warn_refused(self, refused: int) -> None:
+        """Examples the API refused on arrival since the last warning (it counts them on the controls; the response
+        that sent them named each and why): one EXAMPLES_REFUSED warning for them, stored at once with the count it
+        covers, so that it is given once, also across a restart."""
+        ctx = self.ctx
+        new = refused - ctx.job.output.refused_warned
+        ctx.set_output(replace(ctx.job.output, refused_warned=refused))
+        ctx.record(Warned("EXAMPLES_REFUSED", f"{new} example{'' if new == 1 else 's'} refused on arrival ({refused} "
+                                              "in all); the AddExamples or StreamExamples response that sent "
+                                              f"{'it' if new == 1 else 'them'} said which and why"))
+        await ctx.persist()
 
     async def _take_feedback(self) -> None:
         """The feedback on the live model's answers since the last read, as examples (what a training job's

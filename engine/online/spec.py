@@ -100,6 +100,7 @@ class OnlineOutput:
     publish_requests_seen: int = 0
     feedback_through: datetime | None = None  # feedback (by event time) up to here has become examples
     ratings_since: datetime | None = None  # the live model's ratings are judged from here on (None: creation)
+    refused_warned: int = 0  # of Controls.refused_examples, how many an EXAMPLES_REFUSED warning has covered
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,10 @@ async def test_streamed_examples_update_the_live_model_publish_a_version_and_mov
 
     done = await until(lambda: _published_and_gated(client, made.name))
     assert done.stats.total_updates == 20 and done.stats.total_examples == 200
+    # The refused example is also a warning on the session's own events, stored before the last update.
+    events = [m.event async for m in _watch_until(client, made.name, lambda e: e.updated.update == 20)]
+    assert [e.warning.message.split(";")[0] for e in events if e.warning.code == "EXAMPLES_REFUSED"] == [
+        "1 example refused on arrival (1 in all)"], [e.warning for e in events if e.HasField("warning")]
     trained = telemetry.REGISTRY.get_sample_value("learning_engine_online_updates_total", {"outcome": "TRAINED"})
     assert trained - trained_before == 20
     assert telemetry.REGISTRY.get_sample_value("learning_engine_online_loss", {"session": "guilds"}) > 0
@@ -201,6 +205,8 @@ async def test_a_session_goes_on_from_its_checkpoint_after_a_restart_and_bad_inp
     events = [m.event async for m in _watch_until(two, made.name, lambda e: e.updated.update == 6)]
     notices = [e.notice.message for e in events if e.HasField("notice") and e.notice.code == "RESUMED"]
     assert len(notices) == 1 and "checkpoint of update 4" in notices[0] and "2 waiting" in notices[0], notices
+    refusals = [e.warning.message for e in events if e.warning.code == "EXAMPLES_REFUSED"]  # stored before the stop
+    assert len(refusals) == 1 and refusals[0].startswith("2 examples refused on arrival (2 in all)"), refusals
     assert [e.updated.update for e in events if e.HasField("updated")] == [1, 2, 3, 4, 5, 6]
     assert [e.updated.examples for e in events if e.HasField("updated")] == [5] * 6  # none lost, none twice
 
