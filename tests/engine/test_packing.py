@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec
+from engine.continual.fisher import compute_fisher, trainable_parameters
+from engine.continual.planner import make_penalty
+from engine.domain import ChatMessage, Example, FisherSpace, JsonlSource, LoraSpec
 from engine.jobs.ports import CancelToken
 from engine.training.attention import PackedAttention, candidates, choose_attention, isolates, packed_attention
 from engine.training.batching import Batching, StepBatch, batching, length_grouped_order
@@ -104,6 +106,49 @@ def test_accumulated_gradients_equal_one_big_batch(lora_model, packing: bool) ->
             assert_same(accumulated, big)
 
 
+def parent_penalty(model, examples: list[EncodedExample], pad: int, space: FisherSpace, ewc_lambda: float = 1.0):
+    """The EWC penalty against a parent: ``model``'s adapter moved a little, its Fisher measured on ``examples``
+    (as a continuation's pre-pass measures it)."""
+    generator = torch.Generator().manual_seed(11)
+    anchor = {n: p.detach().cpu() + 0.05 * torch.randn(p.shape, generator=generator)
+              for n, p in trainable_parameters(model).items()}
+    fisher = compute_fisher(model, examples, space=space, batch_size=4, pad_id=pad).diagonal
+    model.train()
+    return make_penalty(space, fisher, anchor, ewc_lambda)
+
+
+@pytest.mark.parametrize("space", list(FisherSpace))
+def test_the_ewc_penalty_and_the_step_it_adds_to_are_the_same_packed(lora_model, space: FisherSpace) -> None:
+    """With EWC on, a step's penalty, its loss (task loss + penalty) and its gradients are those of padded batches:
+    the penalty is added once after the micro-batches' task losses, as the recipe does."""
+    model, data, pad = lora_model
+    plan = select_device(Precision.FP32)
+    examples = weighted(data)
+    penalty = parent_penalty(model, examples, pad, space)
+
+    def ewc_step(forward) -> tuple[float, tuple[float, dict[str, torch.Tensor]]]:
+        model.zero_grad(set_to_none=True)
+        task = 0.0
+        for share in WeightedSft().step_losses(model, StepBatch(examples, list(range(len(examples))), 4), forward):
+            share.backward()
+            task += float(share.detach())
+        value = penalty(model)
+        value.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        return float(value.detach()), (task + float(value.detach()), grads)
+
+    padded_penalty, padded = ewc_step(PaddedForward(pad, plan))
+    with batching(model, examples, packing=True, pad_id=pad, plan=plan) as layout:
+        assert layout.description.startswith("packed")
+        packed_penalty, packed = ewc_step(layout.forward)
+    task_only = step_result(model, WeightedSft(), examples, PaddedForward(pad, plan), micro_size=4)
+    assert padded_penalty > 0.1 * task_only[0]  # the penalty counts in the loss ...
+    assert any(not torch.allclose(padded[1][n], g, rtol=1e-3, atol=1e-4) for n, g in task_only[1].items())  # and grads
+    assert packed_penalty == pytest.approx(padded_penalty, rel=TOLERANCE, abs=TOLERANCE)
+    assert_same(packed, padded)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(lora_model) -> None:
     model, data, pad = lora_model
     plan = select_device(Precision.FP32)
@@ -195,7 +240,7 @@ def facts() -> list[Example]:
         Example(prompt="The quick brown fox", completion=" jumps over the lazy dog.", weight=0.5)]
 
 
-def job_steps(model_dir: Path, out: Path, **hyperparameters) -> list[StepMetrics]:
+def job_steps(model_dir: Path, out: Path, penalty=None, **hyperparameters) -> list[StepMetrics]:
     settings = {"epochs": 2, "batch_size": 4, "learning_rate": 3e-2, "seed": 5, "max_seq_length": 64}
     spec = TrainingJobSpec(base_model="tiny", dataset=JsonlSource("facts.jsonl"),
                            lora=LoraSpec(rank=4, alpha=8, dropout=0.0),
@@ -206,8 +251,8 @@ def job_steps(model_dir: Path, out: Path, **hyperparameters) -> list[StepMetrics
         def emit(self, payload) -> None:
             events.append(payload)
 
-    run_training(TrainingRun(spec=spec, base_model_dir=model_dir, examples=facts(), output_dir=out), Sink(),
-                 CancelToken())
+    run_training(TrainingRun(spec=spec, base_model_dir=model_dir, examples=facts(), output_dir=out,
+                             penalty=penalty), Sink(), CancelToken())
     return [e for e in events if isinstance(e, StepMetrics)]
 
 
@@ -219,6 +264,23 @@ def test_a_packed_job_trains_like_a_padded_one(tiny_model_dir: Path, tmp_path: P
         assert got.loss == pytest.approx(want.loss, rel=1e-4)
         assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-4)
     assert packed[-1].loss < packed[0].loss
+
+
+@pytest.mark.parametrize("space", list(FisherSpace))
+def test_a_packed_job_with_ewc_trains_like_a_padded_one(tiny_model_dir: Path, tmp_path: Path, lora_model,
+                                                        space: FisherSpace) -> None:
+    """A continuation's whole run (the adapter the recipe builds on the same base, same LoRA shapes as the
+    fixture's, B = 0 at the start): the same penalty, loss and gradient norm at every step packed as padded."""
+    model, data, pad = lora_model
+    # One penalty per run (a penalty binds to the first model it sees); lambda: about the task loss at the start.
+    packed = job_steps(tiny_model_dir, tmp_path / "packed", penalty=parent_penalty(model, data, pad, space, 0.25))
+    padded = job_steps(tiny_model_dir, tmp_path / "padded", penalty=parent_penalty(model, data, pad, space, 0.25),
+                       packing=False)
+    assert len(packed) == len(padded) == 4 and all(s.ewc_penalty > 0 for s in padded)
+    for got, want in zip(packed, padded, strict=True):
+        assert got.ewc_penalty == pytest.approx(want.ewc_penalty, rel=1e-4)
+        assert got.loss == pytest.approx(want.loss, rel=1e-4)
+        assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-4)
 
 
 def test_an_accumulating_job_steps_once_per_accumulated_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
