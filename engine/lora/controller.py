@@ -27,10 +27,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from engine import telemetry
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
@@ -46,7 +44,7 @@ from engine.lora.canary import (
     decide,
 )
 from engine.lora.state import EvalSummary, FeedbackCounts, LoraStatus, OperationKind, lora_name
-from engine.lora.target import ControlConfig, ServingTarget, _Op
+from engine.lora.target import ControlConfig, ServingTarget, _Op, to_the_end
 from engine.serving.traffic import Role, Route, Tally, TrafficSplit
 
 __all__ = ["Activation", "ControlConfig", "LoraController"]
@@ -83,12 +81,11 @@ class LoraController(ServingTarget):
                 await self._count(self._split)
             except Exception:  # noqa: BLE001 - closing goes on (the database may be what is going away)
                 log.warning("could not store this gateway's counts of the split in force", exc_info=True)
-        for task in list(self._background):
-            task.cancel()
         await super().close()
 
     # ---- operations -----------------------------------------------------------------
 
+    @to_the_end
     async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
                        mark_known_good: bool = False) -> Activation:
         summary: EvalSummary | None = None
@@ -125,6 +122,7 @@ class LoraController(ServingTarget):
                 await self._retire(op, old)
         return Activation(self.snapshot(), summary)
 
+    @to_the_end
     async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:
         kind = OperationKind.AUTO_ROLLBACK if automatic else OperationKind.ROLLBACK
         async with self._operation(kind, "", actor, reason) as op:
@@ -155,6 +153,7 @@ class LoraController(ServingTarget):
                 await self._retire(op, old)
         return self.snapshot()
 
+    @to_the_end
     async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus:
         kind = OperationKind.ENABLE if enabled else OperationKind.DISABLE
         async with self._operation(kind, self._state.active_version, actor, reason) as op:
@@ -182,6 +181,7 @@ class LoraController(ServingTarget):
         split = self._split_now()
         return split if split is not None and split.kind is SplitKind.CANARY else None
 
+    @to_the_end
     async def start_canary(self, version: str, policy: CanaryPolicy, *, actor: str, reason: str,
                            force: bool = False) -> LoraStatus:
         """Load ``version``, pass the gate (unless ``force``) and send it ``policy.share`` of the alias's requests;
@@ -192,6 +192,7 @@ class LoraController(ServingTarget):
             await self._open_split(op, SplitKind.CANARY, version, policy.share, policy, force=force)
         return self.snapshot()
 
+    @to_the_end
     async def abort_canary(self, *, actor: str, reason: str) -> LoraStatus:
         """End the canary in force with no verdict: the candidate leaves traffic and is unloaded. NO_CANARY_RUNNING
         without one. Works while the serving engine is unreachable."""
@@ -204,6 +205,7 @@ class LoraController(ServingTarget):
             await self._close_split(op, CanaryDecision.ABORTED)
         return self.snapshot()
 
+    @to_the_end
     async def set_traffic_split(self, version: str, share: float, *, actor: str, reason: str) -> LoraStatus:
         """Send ``share`` of the alias's requests to ``version`` (loaded if need be; no gate, no decision) until
         changed or ended: share 0 ends the manual split (a no-op without one). INVALID_TRAFFIC_SPLIT for a share
@@ -449,18 +451,7 @@ class LoraController(ServingTarget):
         if split is None or split.candidate_version != routed.candidate.version:
             return
         self._spawn(self.end_split(split.id, CanaryDecision.ABORTED, actor=FAILOVER_ACTOR,
-                                   reason=f"fail-over to the active version: {routed.lost}"))
-
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("ending a traffic split failed", exc_info=t.exception())
-
-        task.add_done_callback(done)
+                                   reason=f"fail-over to the active version: {routed.lost}"), "ending a traffic split")
 
 
 def _decider_lease(policy: CanaryPolicy) -> float:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from engine import telemetry
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
@@ -66,6 +67,26 @@ class ControlConfig:
     eval_concurrency: int = 4
     thresholds: ev.GateThresholds = ev.GateThresholds()
     judge: JudgeConfig = JudgeConfig()  # LLM-as-judge (engine.lora.judge); off unless enabled
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S", bound="ServingTarget")
+
+
+def to_the_end(operation: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+               ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """An operation on the serving target runs to its end even if its caller goes away (a client's deadline, a
+    dropped connection, a cancelled pipeline run): it finishes, or fails and unloads what it loaded, and is
+    recorded; the caller, while it waits, gets its result. Interrupted, an activation would leave its candidate
+    loaded and its record unexplained. Stopping the server interrupts it (ServingTarget.close); the next start
+    reconciles the engine with the stored state."""
+
+    @functools.wraps(operation)
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(self._spawn(operation(self, *args, **kwargs), operation.__name__))
+
+    return run
 
 
 class _Op:
@@ -171,9 +192,32 @@ class ServingTarget:
             log.warning("serving engine unreachable at start; will reconcile later", extra={"error": exc.message})
 
     async def close(self) -> None:
+        """Interrupt the work still running (operations whose callers went away, splits being ended) and wait until
+        it has undone what it can, then wake the watchers."""
+        running = list(self._background)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         async with self._changed:
             self._closed = True
             self._changed.notify_all()
+
+    def _spawn(self, work: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
+        """Run ``work`` as a task of its own, kept until it ends (close interrupts it); its failure is logged, as
+        nothing may be waiting for it."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[T]) -> None:
+            self._background.discard(t)
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, EngineError):
+                log.warning("%s ended: %s", what, error.message, extra={"reason": error.reason})
+            elif error is not None:
+                log.error("%s failed", what, exc_info=error)
+
+        task.add_done_callback(done)
+        return task
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -248,6 +292,7 @@ class ServingTarget:
 
     # ---- the gate ----------------------------------------------------------------------
 
+    @to_the_end
     async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
                        progress: Progress | None = None, judge: JudgeChoice | None = None,
                        reuse: bool = False) -> EvalSummary:

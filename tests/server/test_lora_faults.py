@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -187,3 +188,33 @@ async def test_auto_rollback_on_negative_feedback(make_server):
     assert _metric("learning_engine_active_adapter", base_model=TINY, version=v10) == 1
     assert _metric("learning_engine_active_adapter", base_model=TINY, version=v11) == 0
     assert await auto.check_once() == ""  # on known-good now: nothing to do
+
+
+class SlowToLoad(ReferenceModel):
+    """A serving engine that takes a second to load an adapter (SmolLM2's gate takes minutes on a CPU)."""
+
+    def load(self, name: str, path: str) -> bool:
+        time.sleep(1.0)
+        return super().load(name, path)
+
+
+async def test_an_activation_whose_caller_goes_away_runs_to_its_end(make_server, tiny_model_dir: Path):
+    """A client's deadline passes (the SDK's default is 30 s), or its connection drops, while the activation loads
+    and evaluates: the activation goes on to its end and is recorded as it ended, not cut off halfway with its
+    candidate left loaded and an INTERNAL error on record."""
+    backend = await start_backend(SlowToLoad(tiny_model_dir, TINY))
+    client = await make_server(serving_url=backend.url)
+    v10 = await train(client)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub(client).ActivateAdapter(lc.ActivateAdapterRequest(version=v10, reason="first"), timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await status(client)).active_version == ""  # still loading
+    for _ in range(100):
+        st = await status(client)
+        if st.last_operation.version == v10:
+            break
+        await asyncio.sleep(0.1)
+    assert st.active_version == v10 and not st.last_operation.HasField("error"), st
+    assert st.last_operation.reason == "first" and st.last_operation.duration.ToTimedelta() > timedelta(seconds=1)
+    assert [a.version for a in st.loaded] == [v10]
+    await backend.stop()
