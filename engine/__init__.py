@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 if TYPE_CHECKING:
     from engine.continual.ports import FisherSnapshots
     from engine.continual.spec import FisherJobSpec, FisherOutput
+    from engine.domain import Example
     from engine.drift.report import DriftConfig, DriftReport
     from engine.errors import ResourceExhausted
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult, UserErasure
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from engine.jobs.core import Job, JobEvent, JobState
     from engine.lora.canary import CanaryPolicy
     from engine.lora.controller import Activation
+    from engine.lora.evaluation import Suite
     from engine.lora.evaluation_jobs import EvaluationJobs
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.online.service import OnlineSessions
@@ -129,6 +131,9 @@ class DatasetsApi(Protocol):
 
     async def delete(self, name: str) -> builtins.list[StoredDataset]: ...
 
+    async def test_examples(self, name: str, field_path: str,
+                            ) -> tuple[StoredDataset, builtins.list[Example], bool]: ...
+
 
 class LoraControlApi(Protocol):
     """Serving control as the LoraControlService uses it."""
@@ -151,7 +156,7 @@ class LoraControlApi(Protocol):
 
     def watch(self) -> AsyncIterator[LoraStatus]: ...
 
-    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path | Suite] = (), *,
                        progress: Callable[[str, int, int], None] | None = None) -> EvalSummary: ...
 
     async def start_canary(self, version: str, policy: CanaryPolicy, *, actor: str, reason: str,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from engine.errors import ViolationCollector
+from engine.errors import InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.lora.evaluation_jobs import MAX_SUITES, EvaluationJob, EvaluationJobSpec, EvaluationProgress
 from engine.names import resource_id
+from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import evaluation_pb2 as pb
 from server.convert import _ts, core_event_to_pb, job_core_to_pb
 from server.convert_adapter import eval_to_pb
@@ -14,8 +15,14 @@ from server.convert_adapter import eval_to_pb
 def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> EvaluationJobSpec:
     issues = ViolationCollector()
     issues.check(bool(msg.version), "spec.version", "must name an adapter version, e.g. v1.2")
-    issues.check(len(msg.suite_paths) <= MAX_SUITES, "spec.suite_paths",
-                 f"at most {MAX_SUITES}, got {len(msg.suite_paths)}")
+    suites = len(msg.suite_paths) + len(msg.suite_datasets)
+    issues.check(suites <= MAX_SUITES, "spec.suite_datasets" if msg.suite_datasets else "spec.suite_paths",
+                 f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), got {suites}")
+    for i, name in enumerate(msg.suite_datasets):
+        try:
+            parse_dataset_name(name, f"spec.suite_datasets[{i}]")
+        except InvalidArgument as exc:
+            issues.violations.extend(exc.violations)
     issues.check(msg.judge in _JUDGE, "spec.judge", f"unknown judge choice {msg.judge}")
     issues.check(len(msg.judge_model) <= MAX_JUDGE_MODEL, "spec.judge_model",
                  f"at most {MAX_JUDGE_MODEL} characters, got {len(msg.judge_model)}")
@@ -24,7 +31,8 @@ def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> Evalu
     issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation job spec")
     return EvaluationJobSpec(base_model=msg.base_model or default_base_model, version=msg.version,
                              baseline_version=msg.baseline_version, suite_paths=tuple(msg.suite_paths),
-                             judge=_JUDGE.get(msg.judge), judge_model=msg.judge_model)
+                             judge=_JUDGE.get(msg.judge), judge_model=msg.judge_model,
+                             suite_datasets=tuple(msg.suite_datasets))
 
 
 MAX_JUDGE_MODEL = 256
@@ -37,11 +45,12 @@ def spec_to_pb(spec: EvaluationJobSpec) -> pb.EvaluationJobSpec:
              False: pb.EVALUATION_JUDGE_OFF}[spec.judge]
     return pb.EvaluationJobSpec(base_model=spec.base_model, version=spec.version,
                                 baseline_version=spec.baseline_version, suite_paths=list(spec.suite_paths),
-                                judge=judge, judge_model=spec.judge_model)
+                                judge=judge, judge_model=spec.judge_model, suite_datasets=list(spec.suite_datasets))
 
 
 def job_to_pb(job: EvaluationJob) -> pb.EvaluationJob:
-    msg = job_core_to_pb(job, pb.EvaluationJob(spec=spec_to_pb(job.spec)))
+    msg = job_core_to_pb(job, pb.EvaluationJob(spec=spec_to_pb(job.spec),
+                                               resolved_suite_datasets=list(job.output.suite_datasets)))
     if job.output.eval is not None:
         msg.eval.CopyFrom(eval_to_pb(job.output.eval))
     return msg

@@ -34,6 +34,7 @@ from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobExecutor, WorkerQueue
+from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
 from engine.periodic import Periodic
 from engine.pipelines.spec import PIPELINE_RUN
@@ -342,10 +343,12 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     def suite_path(relative: str, field_path: str) -> Path:
         return resolve_dataset_path(settings.datasets_dir, relative, field_path)
 
+    dataset_suites = DatasetSuites(stored_datasets)  # stored dataset versions as golden suites
+
     # Evaluation jobs need the serving engine: they run where LoraControl does, one at a time, taken from their
     # own queue by their own worker (a training job never holds their place).
     evaluation_manager = JobManager(
-        runner=EvaluationRunner(owned.lora.controller, suite_path=suite_path),
+        runner=EvaluationRunner(owned.lora.controller, suite_path=suite_path, datasets=dataset_suites),
         store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
         work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
     ) if owned.lora is not None else None
@@ -392,7 +395,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         snapshots=snapshots,
         adapters=registry,
         lora=owned.lora.controller if owned.lora is not None else None,
-        evaluations=EvaluationJobs(evaluation_manager, registry=registry, suite_path=suite_path)
+        evaluations=EvaluationJobs(evaluation_manager, registry=registry, suite_path=suite_path,
+                                   datasets=dataset_suites)
         if evaluation_manager is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,
@@ -456,7 +460,9 @@ def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -
         )
     if engine.lora is not None:
         lora_control_pb2_grpc.add_LoraControlServiceServicer_to_server(
-            LoraControlService(engine.lora, datasets_dir=settings.datasets_dir), server
+            LoraControlService(engine.lora, datasets_dir=settings.datasets_dir,
+                               datasets=DatasetSuites(engine.datasets) if engine.datasets is not None else None),
+            server,
         )
     if engine.evaluations is not None:
         evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(

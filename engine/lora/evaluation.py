@@ -579,7 +579,10 @@ def _chart(report: EvalReport) -> bytes:
         ax.bar_label(bars, fmt="%.2f", fontsize="small")
         bars = ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=candidate)
         ax.bar_label(bars, fmt="%.2f", fontsize="small")
-        ax.set_xticks(list(xs), names)
+        if any(len(n) > 12 for n in names):  # e.g. a dataset's suite, datasets/{dataset}/versions/{n}: slanted
+            ax.set_xticks(list(xs), names, rotation=30, ha="right", rotation_mode="anchor", fontsize="small")
+        else:
+            ax.set_xticks(list(xs), names)
         ax.set_xlabel("suite")
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.12)

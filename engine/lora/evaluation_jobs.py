@@ -1,6 +1,11 @@
 """Evaluation jobs: a version against the eval gate's suites and named golden suites, as a job of the typed job
 core (engine.jobs), with per-answer progress.
 
+Golden suites are files below the data root (``suite_paths``) or stored dataset versions (``suite_datasets``,
+engine.lora.dataset_suites). A dataset named without a version is pinned to its newest version when the job is
+created (``EvaluationOutput.suite_datasets``), as a training job pins the dataset it trains on, so a version stored
+while the job waits in the queue changes nothing.
+
 The job runs where LoraControl runs (it needs the serving engine and its loaded adapters): its kind has its
 own queue, which only serving processes take jobs from (engine.stores.job_queue). It loads what it needs the
 way EvaluateAdapter does (the candidate and the baseline, unloaded again unless serving), scores through
@@ -19,7 +24,8 @@ from typing import Protocol
 from engine.errors import Cancelled
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
-from engine.lora.evaluation import load_suite
+from engine.lora.dataset_suites import DatasetSuites
+from engine.lora.evaluation import Suite, load_suite
 from engine.lora.judge import JudgeChoice
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
@@ -34,14 +40,16 @@ class EvaluationJobSpec:
     base_model: str
     version: str
     baseline_version: str = ""  # "": the version active when the job runs (the base model when none is)
-    suite_paths: tuple[str, ...] = ()  # golden suites below the data root; (): the configured one
+    suite_paths: tuple[str, ...] = ()  # golden suites below the data root; () and no suite_datasets: the configured one
     judge: bool | None = None  # the LLM judge on or off for this job; None: as the server is configured
     judge_model: str = ""  # the judge's model; "": the configured one (or the base model)
+    suite_datasets: tuple[str, ...] = ()  # stored dataset versions as golden suites, as asked ("datasets/x" or pinned)
 
 
 @dataclass(frozen=True)
 class EvaluationOutput:
     eval: EvalSummary | None = None  # set on success
+    suite_datasets: tuple[str, ...] = ()  # spec.suite_datasets pinned to their versions when the job was created
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ EvaluationJob = Job[EvaluationJobSpec, EvaluationOutput]
 
 
 class Evaluator(Protocol):  # the part of engine.lora.controller.LoraController an evaluation job uses
-    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path | Suite] = (), *,
                        progress: Callable[[str, int, int], None] | None = None,
                        judge: JudgeChoice | None = None) -> EvalSummary: ...
 
@@ -67,15 +75,19 @@ class Evaluator(Protocol):  # the part of engine.lora.controller.LoraController 
 class EvaluationRunner:
     kind = EVALUATION
 
-    def __init__(self, control: Evaluator, *, suite_path: SuitePath) -> None:
+    def __init__(self, control: Evaluator, *, suite_path: SuitePath, datasets: DatasetSuites) -> None:
         self._control = control
         self._suite_path = suite_path
+        self._datasets = datasets
 
     async def run(self, ctx: JobContext[EvaluationJobSpec, EvaluationOutput]) -> str:
         spec = ctx.job.spec
         ctx.transition(JobState.PREPARING, "reading the suites")
-        paths = [await asyncio.to_thread(self._suite_path, p, f"spec.suite_paths[{i}]")
-                 for i, p in enumerate(spec.suite_paths)]
+        goldens: list[Path | Suite] = [await asyncio.to_thread(self._suite_path, p, f"spec.suite_paths[{i}]")
+                                       for i, p in enumerate(spec.suite_paths)]
+        pinned = ctx.job.output.suite_datasets or spec.suite_datasets
+        goldens += [await self._datasets.suite(name, f"spec.suite_datasets[{i}]")
+                    for i, name in enumerate(pinned)]
         ctx.started(JobState.RUNNING, f"evaluating {spec.version} against "
                                       f"{spec.baseline_version or 'the active version'}")
         sink, cancel = ctx.sink, ctx.cancel
@@ -87,10 +99,10 @@ class EvaluationRunner:
                 sink.emit(EvaluationProgress(suite, answered, total))
 
         choice = JudgeChoice(spec.judge, spec.judge_model) if spec.judge is not None else None
-        summary = await self._control.evaluate(spec.version, spec.baseline_version or None, paths,
+        summary = await self._control.evaluate(spec.version, spec.baseline_version or None, goldens,
                                                progress=progress, judge=choice)
         await asyncio.sleep(0)  # let the last progress event land before the job ends
-        ctx.set_output(EvaluationOutput(summary))
+        ctx.set_output(replace(ctx.job.output, eval=summary))
         failed = "; ".join(summary.failed_checks)
         return f"{spec.version}: the gate passes" if summary.passed else f"{spec.version}: the gate fails ({failed})"
 
@@ -104,10 +116,11 @@ class EvaluationJobs:
     """The evaluation jobs servicers see: create (validated), get, list, cancel, watch."""
 
     def __init__(self, manager: JobManager[EvaluationJobSpec, EvaluationOutput], *, registry: AdapterRegistry,
-                 suite_path: SuitePath) -> None:
+                 suite_path: SuitePath, datasets: DatasetSuites) -> None:
         self._manager = manager
         self._registry = registry
         self._suite_path = suite_path
+        self._datasets = datasets
 
     async def create(self, spec: EvaluationJobSpec, *, request_id: str = "") -> EvaluationJob:
         await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
@@ -116,7 +129,10 @@ class EvaluationJobs:
         for i, path in enumerate(spec.suite_paths):  # a missing file or a bad line: refused before a job exists
             await asyncio.to_thread(load_suite, await asyncio.to_thread(self._suite_path, path,
                                                                         f"spec.suite_paths[{i}]"))
-        return await self._manager.submit(self._manager.new_job(spec, EvaluationOutput(), request_id=request_id))
+        pinned = tuple([(await self._datasets.suite(name, f"spec.suite_datasets[{i}]")).name
+                        for i, name in enumerate(spec.suite_datasets)])  # unknown, empty or unusable: refused here
+        job = self._manager.new_job(spec, EvaluationOutput(suite_datasets=pinned), request_id=request_id)
+        return await self._manager.submit(job)
 
     async def get(self, job_id: str) -> EvaluationJob:
         return await self._manager.get(job_id)
@@ -130,3 +146,4 @@ class EvaluationJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[EvaluationJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
+

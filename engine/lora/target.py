@@ -293,17 +293,18 @@ class ServingTarget:
     # ---- the gate ----------------------------------------------------------------------
 
     @to_the_end
-    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
-                       progress: Progress | None = None, judge: JudgeChoice | None = None,
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path | ev.Suite] = (),
+                       *, progress: Progress | None = None, judge: JudgeChoice | None = None,
                        reuse: bool = False) -> EvalSummary:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
-        golden ``suites`` (none: the configured one); ``progress`` hears of every answer; ``judge`` overrides the
-        configured LLM judge (None: as configured); with ``reuse``, the version's latest evaluation stands when it
-        was against the same baseline on the same basis."""
+        golden ``suites``, files or suites already built (none: the configured one); ``progress`` hears of every
+        answer; ``judge`` overrides the configured LLM judge (None: as configured); with ``reuse``, the version's
+        latest evaluation stands when it was against the same baseline on the same basis."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
-                                     "no golden suite is configured and the gate is off; name one with suite_path")
+                                     "no golden suite is configured and the gate is off; name one with suite_path "
+                                     "or suite_datasets")
         async with self._lock, self._store.serialised(self.target):
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
@@ -505,7 +506,7 @@ class ServingTarget:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path],
+    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
                         progress: Progress | None = None, choice: JudgeChoice | None = None, *,
                         reuse: bool = False) -> EvalSummary:
         """Evaluate ``version`` against ``baseline_version``. With ``reuse``, the version's latest evaluation
@@ -513,7 +514,10 @@ class ServingTarget:
         EVALUATE and the gate of the activation or canary after it do not answer the same suites twice."""
         base = self._state.base_model
         suites: list[ev.Suite] = []
-        for golden in goldens:  # each named by its file's stem: golden.jsonl is "golden"
+        for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
+            if isinstance(golden, ev.Suite):
+                suites.append(golden)
+                continue
             cases, digest = await asyncio.to_thread(ev.load_suite, golden)
             suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
         if self._gate is not None:

@@ -373,6 +373,38 @@ class StoredDatasets:
         """The version ``name`` names (its newest, unpinned), its examples less its test split, and the rule
         that holds its eval split out of them (None: every one is trained on), read back and checked against
         the recorded sha256."""
+        record, examples = await self._examples(name, field_path)
+        rule = record.content.split
+        sides = [rule.of(e) for e in examples]
+        if Split.TRAIN not in sides:
+            raise InvalidArgument(
+                "DATASET_EMPTY", f"the train split of {record.name} holds no examples",
+                violations=[FieldViolation(field_path, "the train split of this version is empty")])
+        if not rule.splits:
+            return record, examples, None
+        kept = [e for e, side in zip(examples, sides, strict=True) if side is not Split.TEST]
+        return record, kept, rule if Split.EVAL in sides else None
+
+    async def test_examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example], bool]:
+        """The version ``name`` names (its newest, unpinned), the examples of its test split, the part no job
+        trains on, and True; or, for a version without a split rule, all its examples and False. INVALID_ARGUMENT
+        (DATASET_EMPTY) when its split rule leaves its test split empty."""
+        record, examples = await self._examples(name, field_path)
+        rule = record.content.split
+        if not rule.splits:
+            return record, examples, False
+        test = rule.apply(examples)[Split.TEST]
+        if not test:
+            raise InvalidArgument(
+                "DATASET_EMPTY", f"the test split of {record.name} holds no examples (its split rule: eval_fraction "
+                f"{rule.eval_fraction:g}, test_fraction {rule.test_fraction:g}); store a version with a "
+                "test_fraction to evaluate on",
+                violations=[FieldViolation(field_path, "the test split of this version is empty")])
+        return record, test, True
+
+    async def _examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example]]:
+        """The version ``name`` names (its newest, unpinned) and its examples, read back and checked against the
+        recorded sha256."""
         target = parse_dataset_name(name, field_path)
         record = await self._index.get(target.dataset_id, target.version)
         async with self._scratch() as scratch:
@@ -385,16 +417,7 @@ class StoredDatasets:
             if await asyncio.to_thread(_sha256, path) != record.content.sha256:
                 raise _checksum_mismatch(record.name)
             examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
-        rule = record.content.split
-        sides = [rule.of(e) for e in examples]
-        if Split.TRAIN not in sides:
-            raise InvalidArgument(
-                "DATASET_EMPTY", f"the train split of {record.name} holds no examples",
-                violations=[FieldViolation(field_path, "the train split of this version is empty")])
-        if not rule.splits:
-            return record, examples, None
-        kept = [e for e, side in zip(examples, sides, strict=True) if side is not Split.TEST]
-        return record, kept, rule if Split.EVAL in sides else None
+        return record, examples
 
     # ---- pieces -------------------------------------------------------------------------
 

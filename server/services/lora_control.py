@@ -10,6 +10,9 @@ import grpc
 
 from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
+from engine.lora.dataset_suites import DatasetSuites
+from engine.lora.evaluation import Suite
+from engine.lora.evaluation_jobs import MAX_SUITES
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
@@ -48,9 +51,11 @@ def _reason(reason: str) -> str:
 
 
 class LoraControlService(pb_grpc.LoraControlServiceServicer):
-    def __init__(self, controller: LoraControlApi, *, datasets_dir: Path) -> None:
+    def __init__(self, controller: LoraControlApi, *, datasets_dir: Path,
+                 datasets: DatasetSuites | None = None) -> None:
         self._control = controller
         self._datasets_dir = datasets_dir
+        self._datasets = datasets  # None: no dataset store (suite_datasets refused)
 
     def _check_base_model(self, base_model: str) -> None:
         mine = self._control.base_model
@@ -123,8 +128,19 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         version = self._version(request.version)
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
-        suite = resolve_dataset_path(self._datasets_dir, request.suite_path) if request.suite_path else None
-        summary = await self._control.evaluate(version, baseline, [suite] if suite else [])
+        suites = bool(request.suite_path) + len(request.suite_datasets)
+        if suites > MAX_SUITES:
+            raise InvalidArgument("INVALID_EVALUATION_SPEC", f"at most {MAX_SUITES} suites in all, got {suites}",
+                                  violations=[FieldViolation("suite_datasets", f"at most {MAX_SUITES} suites in all "
+                                                                               "(suite_path and suite_datasets)")])
+        goldens: list[Path | Suite] = [resolve_dataset_path(self._datasets_dir, request.suite_path, "suite_path")] \
+            if request.suite_path else []
+        for i, name in enumerate(request.suite_datasets):
+            if self._datasets is None:
+                raise FailedPrecondition("STORED_DATASETS_UNAVAILABLE", "this server has no dataset store",
+                                         violations=[FieldViolation("suite_datasets", "needs a dataset store")])
+            goldens.append(await self._datasets.suite(name, f"suite_datasets[{i}]"))
+        summary = await self._control.evaluate(version, baseline, goldens)
         return pb.EvaluateAdapterResponse(eval=convert.eval_to_pb(summary))
 
     async def StartCanary(self, request: pb.StartCanaryRequest, context: grpc.aio.ServicerContext):

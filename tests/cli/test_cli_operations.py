@@ -2,7 +2,8 @@
 job lists with whole names at 80 columns, pause/resume/cancel, checkpoints, Fisher and evaluation jobs, datasets,
 feedback (a stream, stats, forgetting a user, train --force), the registry (importing a PEFT directory,
 downloads named by version and never overwritten unless --force, lineage, prune, delete), evaluate and its
-reports, and status --watch.
+reports (a local suite uploaded as a dataset from another directory, the HTML report fetched there), and status
+--watch.
 
 The server runs no worker (``embedded_worker=False``): jobs stay QUEUED until a command steers them, and no test
 here trains. (Evaluation jobs run all the same, on the worker of the process that serves LoraControl.)
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli_e2e import CLI, TRAIN, cli
+from tests.cli.test_cli_preparation import cli_in
 from tests.fixtures.peft_adapters import build_peft_adapter
 from tests.server.conftest import TINY
 
@@ -182,6 +184,31 @@ async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir
     assert (await cli(port, "report", "v1.1", "--format", "png")).code == 3  # a PNG on a terminal: no
     unknown = await cli(port, "--json", "report", "v1.1", "--evaluation", "20200101T000000000000-vs-v1.0")
     assert unknown.code == 5 and unknown.json_lines()[0]["error"]["reason"] == "EVALUATION_NOT_FOUND", unknown.out
+    # From another directory than the server's: a local suite is uploaded as a dataset and evaluated on, by name
+    # (--suite-dataset) too, and the HTML report of that evaluation is fetched there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "Local Quiz.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is the capital of country {i}?"},
+        {"role": "assistant", "content": f"City {i}."}]}) + "\n" for i in range(3)))
+    local = await cli_in(elsewhere, port, "evaluate", "v1.1", "--baseline", "v1.0", "--suite", "Local Quiz.jsonl")
+    assert local.code == 0, local.err
+    assert "uploaded Local Quiz.jsonl as datasets/local-quiz/versions/1" in local.err
+    assert re.search(r"^│ datasets/local-quiz/versions/1 +│ 3 ", local.out, re.MULTILINE), local.out
+    named = await cli_in(elsewhere, port, "--json", "evaluate", "v1.1", "--baseline", "v1.0",
+                         "--suite-dataset", "local-quiz", "--suite-dataset", "datasets/local-quiz/versions/1")
+    assert named.code == 0 and not named.err, named.err
+    assert [s["name"] for s in json.loads(named.out)["suites"]] == ["datasets/local-quiz/versions/1"] * 2
+    fetched = await cli_in(elsewhere, port, "report", "v1.1", "--format", "html", "--out", "v1.1.html")
+    assert fetched.code == 0, fetched.err
+    page = (elsewhere / "v1.1.html").read_text()
+    assert "datasets/local-quiz/versions/1" in page and "<img id=chart" in page and "City 2." in page
+    as_job = await cli_in(elsewhere, port, "evaluation-jobs", "create", "v1.1", "--baseline", "v1.0", "--suite",
+                          "Local Quiz.jsonl", "--watch")
+    assert as_job.code == 0 and "already stored Local Quiz.jsonl as datasets/local-quiz/versions/1" in as_job.err
+    assert "SUCCEEDED" in as_job.out and "datasets/local-quiz/versions/1" in as_job.out, as_job.out
+    unknown_dataset = await cli_in(elsewhere, port, "evaluate", "v1.1", "--suite-dataset", "nope")
+    assert unknown_dataset.code == 5 and "STORED_DATASET_NOT_FOUND" in unknown_dataset.err, unknown_dataset.err
     unconfigured = await cli(port, "evaluate", "v1.1")  # no --suite, none configured, and the gate is off here
     assert unconfigured.code == 9 and "EVAL_SUITE_NOT_CONFIGURED" in unconfigured.err
     judged = await cli(port, "evaluation-jobs", "create", "v1.1", "--baseline", "v1.0", "--suite", "golden.jsonl",

@@ -1,5 +1,6 @@
 """Evaluation jobs through gRPC: a version against the gate's suites and a named golden suite, as a job with
-progress, its decision on the version and its reports in the store; bad specs refused before a job exists."""
+progress, its decision on the version and its reports in the store; an uploaded dataset's test split as a golden
+suite (pinned to its version, as EvaluateAdapter takes it too); bad specs refused before a job exists."""
 
 from __future__ import annotations
 
@@ -9,15 +10,37 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine.domain import ChatMessage, Example
+from engine.splits import Split, SplitRule
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import adapter_pb2_grpc as ad_grpc
 from learning.v1 import common_pb2 as common
+from learning.v1 import dataset_pb2 as ds
+from learning.v1 import dataset_pb2_grpc as ds_grpc
 from learning.v1 import evaluation_pb2 as pb
 from learning.v1 import evaluation_pb2_grpc as pb_grpc
 from learning.v1 import lora_control_pb2 as lc
 from tests.server.conftest import error_details
 from tests.server.lora_helpers import stub
-from tests.server.test_gate import FIRST, facts, trained
+from tests.server.test_datasets import upload_messages
+from tests.server.test_gate import FIRST, SECOND, facts, trained
+
+# A dataset in the training format: eight facts, a second answer to one of them, and a conversation of two turns
+# (which makes no case), split half into test by prompt.
+TEST_SPLIT = SplitRule(test_fraction=0.5, seed=2)
+QUIZ = [((q, f"The answer is {a}."),) for q, a in [*FIRST, *SECOND]] + [
+    (("Capital of Dunmoor?", "Pellacre, on the coast."),),
+    (("Tell me of river 1.", "It is long."), ("How long?", "Ninety leagues.")),
+]
+
+
+def chat(turns) -> Example:
+    return Example(messages=tuple(ChatMessage(role, text) for q, a in turns
+                                  for role, text in (("user", q), ("assistant", a))))
+
+
+def jsonl(examples) -> bytes:
+    return "".join(json.dumps(e.canonical()) + "\n" for e in examples).encode()
 
 
 async def test_an_evaluation_job(make_server, data_dir: Path):
@@ -57,6 +80,99 @@ async def test_an_evaluation_job(make_server, data_dir: Path):
     assert [j.name for j in listed] == [job.name]
 
 
+async def test_an_uploaded_datasets_test_split_as_a_golden_suite(make_server, data_dir: Path):
+    """A stored dataset is a golden suite of the cases of its test split (the part no job trains on), named by the
+    version the job pinned when it was created; a version without a split rule is all its examples, said so in
+    the note. The same suite through EvaluateAdapter has the same digest, so it enters the basis the same way."""
+    client = await make_server()
+    datasets, jobs = ds_grpc.DatasetServiceStub(client.channel), pb_grpc.EvaluationServiceStub(client.channel)
+    v10 = await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
+    examples = [chat(turns) for turns in QUIZ]
+    split = ds.SplitRule(test_fraction=TEST_SPLIT.test_fraction, seed=TEST_SPLIT.seed)
+    stored = (await datasets.UploadDataset(upload_messages("datasets/quiz", jsonl(examples), split=split))).dataset
+    assert stored.name == "datasets/quiz/versions/1"
+    held_out = [e for e in examples if TEST_SPLIT.of(e) is Split.TEST]
+    asked = list(dict.fromkeys(e.messages[0].content for e in held_out if len(e.messages) == 2))
+    assert 2 <= len(asked) < len(held_out) < len(examples)  # the split and the data do what this test is about
+    assert "Capital of Dunmoor?" in asked  # asked once, with both answers
+
+    spec = pb.EvaluationJobSpec(version=v10, suite_datasets=["datasets/quiz"])
+    job = (await jobs.CreateEvaluationJob(pb.CreateEvaluationJobRequest(spec=spec))).evaluation_job
+    assert list(job.resolved_suite_datasets) == ["datasets/quiz/versions/1"]
+    assert list(job.spec.suite_datasets) == ["datasets/quiz"]  # as asked
+    newer = await datasets.UploadDataset(upload_messages("datasets/quiz", jsonl(examples[:4]), split=split))
+    assert newer.dataset.name == "datasets/quiz/versions/2"  # stored after the job was created: not evaluated
+    updates = [m async for m in jobs.WatchEvaluationJob(pb.WatchEvaluationJobRequest(name=job.name))]
+    progress = [m.event.progress for m in updates if m.HasField("event") and m.event.HasField("progress")]
+    assert {p.suite for p in progress} == {"datasets/quiz/versions/1"}
+    assert progress[-1].answered == progress[-1].total == 2 * len(asked)
+    done = (await jobs.GetEvaluationJob(pb.GetEvaluationJobRequest(name=job.name))).evaluation_job
+    assert done.state == common.JOB_STATE_SUCCEEDED, done.error
+    [suite] = done.eval.suites
+    assert (suite.name, suite.kind, suite.cases) == ("datasets/quiz/versions/1", ad.EVAL_SUITE_KIND_GOLDEN, len(asked))
+    assert suite.note.startswith("the test split of datasets/quiz/versions/1"), suite.note
+    assert "1 conversation of several turns left out" in suite.note
+    report = await stub(client).GetEvaluationReport(lc.GetEvaluationReportRequest(
+        version=v10, evaluation_id=done.eval.evaluation_id, format=lc.REPORT_FORMAT_JSON))
+    cases = json.loads(report.content)["suites"][0]["results"]
+    assert [c["prompt"] for c in cases] == asked  # the test split's questions, none of those trained on
+    dunmoor = next(c for c in cases if c["prompt"] == "Capital of Dunmoor?")
+    assert dunmoor["references"] == ["The answer is Pellacre.", "Pellacre, on the coast."]
+    page = await stub(client).GetEvaluationReport(lc.GetEvaluationReportRequest(
+        version=v10, evaluation_id=done.eval.evaluation_id, format=lc.REPORT_FORMAT_HTML))
+    assert "datasets/quiz/versions/1" in page.content.decode()
+
+    direct = (await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(
+        version=v10, suite_datasets=["datasets/quiz/versions/1"]))).eval
+    assert [(s.name, s.digest) for s in direct.suites] == [(suite.name, suite.digest)]
+    plain = (await datasets.UploadDataset(upload_messages("datasets/whole", jsonl(examples[:3])))).dataset
+    whole = (await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(
+        version=v10, suite_datasets=[plain.name]))).eval.suites
+    assert [(s.name, s.cases) for s in whole] == [("datasets/whole/versions/1", 3)]
+    assert "no split rule" in whole[0].note
+
+
+BAD_SUITE_DATASETS = [
+    (["datasets/nope"], grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND", ""),
+    (["datasets/quiz", "Quiz.jsonl"], grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME", "suite_datasets[1]"),
+    (["datasets/quiz/versions/0"], grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME", "suite_datasets[0]"),
+    (["datasets/quiz/versions/7"], grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND", ""),
+    (["datasets/quiz", "datasets/eval-only"], grpc.StatusCode.INVALID_ARGUMENT, "DATASET_EMPTY", "suite_datasets[1]"),
+    (["datasets/talk"], grpc.StatusCode.INVALID_ARGUMENT, "EVAL_SUITE_INVALID", "suite_datasets[0]"),
+    (["datasets/quiz"] * 17, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVALUATION_SPEC", "suite_datasets"),
+]
+
+
+async def test_bad_suite_datasets_are_refused(make_server, data_dir: Path):
+    """As a job's spec (refused before a job exists, the fields under spec.) and in EvaluateAdapter: an unknown
+    dataset or version, a malformed name, a test split that is empty (a rule without test_fraction) or makes no
+    case (conversations of several turns only), more than 16 suites."""
+    client = await make_server()
+    v10 = await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
+    datasets = ds_grpc.DatasetServiceStub(client.channel)
+    examples = jsonl(chat(turns) for turns in QUIZ)
+    for name, data, split in [("quiz", examples, ds.SplitRule(test_fraction=0.5, seed=2)),
+                              ("eval-only", examples, ds.SplitRule(eval_fraction=0.5)),
+                              ("talk", jsonl([chat(QUIZ[-1])]), None)]:
+        await datasets.UploadDataset(upload_messages(f"datasets/{name}", data, split=split))
+    jobs = pb_grpc.EvaluationServiceStub(client.channel)
+    for suites, code, reason, field in BAD_SUITE_DATASETS:
+        for prefix, call in [
+            ("spec.", jobs.CreateEvaluationJob(pb.CreateEvaluationJobRequest(
+                spec=pb.EvaluationJobSpec(version=v10, suite_datasets=suites)))),
+            ("", stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_datasets=suites))),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == code, (suites, err.value.details())
+            info, violations = error_details(err.value)
+            # a malformed name in a job's spec is one of the spec's violations (as a training job's dataset_name)
+            assert info.reason == ("INVALID_EVALUATION_SPEC" if reason == "MALFORMED_NAME" and prefix else reason)
+            if field:
+                assert [f for f, _ in violations] == [prefix + field], (suites, violations)
+    assert (await jobs.ListEvaluationJobs(pb.ListEvaluationJobsRequest())).evaluation_jobs == []
+
+
 @pytest.mark.parametrize(("spec", "code", "reason", "field"), [
     (pb.EvaluationJobSpec(), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVALUATION_SPEC", "spec.version"),
     (pb.EvaluationJobSpec(version="v9.0"), grpc.StatusCode.NOT_FOUND, "ADAPTER_NOT_FOUND", ""),
@@ -64,6 +180,8 @@ async def test_an_evaluation_job(make_server, data_dir: Path):
      "DATASET_PATH_OUTSIDE_ROOT", ""),
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["x.jsonl"] * 17), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_EVALUATION_SPEC", "spec.suite_paths"),
+    (pb.EvaluationJobSpec(version="v1.0", suite_paths=["x.jsonl"] * 9, suite_datasets=["datasets/x"] * 8),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVALUATION_SPEC", "spec.suite_datasets"),  # 17 in all
     (pb.EvaluationJobSpec(version="v1.0", judge_model="grader"), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_EVALUATION_SPEC", "spec.judge_model"),  # a judge model without the judge on
     (pb.EvaluationJobSpec(version="v1.0", judge=7), grpc.StatusCode.INVALID_ARGUMENT,

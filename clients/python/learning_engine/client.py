@@ -500,11 +500,20 @@ class AsyncClient:
         return list((await self._unary(self.lora.ListLoadedAdapters, lora.ListLoadedAdaptersRequest())).loaded)
 
     async def evaluate_adapter(
-        self, version: str, *, baseline_version: str = "", suite_path: str = "", base_model: str = ""
+        self,
+        version: str,
+        *,
+        baseline_version: str = "",
+        suite_path: str = "",
+        base_model: str = "",
+        suite_datasets: Iterable[str] = (),
     ) -> adapter.AdapterEvalSummary:
-        """Run the golden suite on ``version`` and a baseline (default: the active version, or the base model)."""
+        """Run the gate's suites and the golden ones on ``version`` and a baseline (default: the active version, or
+        the base model): ``suite_path`` below the server's datasets dir, ``suite_datasets`` stored dataset versions
+        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite."""
         request = lora.EvaluateAdapterRequest(
-            version=version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model
+            version=version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model,
+            suite_datasets=list(suite_datasets),
         )
         return (await self._unary(self.lora.EvaluateAdapter, request)).eval
 
@@ -575,8 +584,9 @@ class AsyncClient:
     async def create_evaluation_job(
         self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
     ) -> evaluation.EvaluationJob:
-        """Evaluate a version against a baseline (the gate's suites and ``spec.suite_paths``) as a job; nothing
-        is activated. The decision goes onto the version and the job's ``eval``."""
+        """Evaluate a version against a baseline (the gate's suites, ``spec.suite_paths`` and
+        ``spec.suite_datasets``) as a job; nothing is activated. The decision goes onto the version and the job's
+        ``eval``."""
         request = evaluation.CreateEvaluationJobRequest(spec=spec, request_id=request_id)
         return (await self._unary(self.evaluation.CreateEvaluationJob, request)).evaluation_job
 

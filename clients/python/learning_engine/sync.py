@@ -268,12 +268,24 @@ class Client:
         return self._loop.run(self._async.list_loaded_adapters())
 
     def evaluate_adapter(
-        self, version: str, *, baseline_version: str = "", suite_path: str = "", base_model: str = ""
+        self,
+        version: str,
+        *,
+        baseline_version: str = "",
+        suite_path: str = "",
+        base_model: str = "",
+        suite_datasets: Iterable[str] = (),
     ) -> adapter.AdapterEvalSummary:
-        """Run the golden suite on ``version`` and a baseline (default: the active version, or the base model)."""
+        """Run the gate's suites and the golden ones on ``version`` and a baseline (default: the active version, or
+        the base model): ``suite_path`` below the server's datasets dir, ``suite_datasets`` stored dataset versions
+        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite."""
         return self._loop.run(
             self._async.evaluate_adapter(
-                version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model
+                version,
+                baseline_version=baseline_version,
+                suite_path=suite_path,
+                base_model=base_model,
+                suite_datasets=suite_datasets,
             )
         )
 
@@ -328,8 +340,9 @@ class Client:
     def create_evaluation_job(
         self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
     ) -> evaluation.EvaluationJob:
-        """Evaluate a version against a baseline (the gate's suites and ``spec.suite_paths``) as a job; nothing
-        is activated. The decision goes onto the version and the job's ``eval``."""
+        """Evaluate a version against a baseline (the gate's suites, ``spec.suite_paths`` and
+        ``spec.suite_datasets``) as a job; nothing is activated. The decision goes onto the version and the job's
+        ``eval``."""
         return self._loop.run(self._async.create_evaluation_job(spec, request_id=request_id))
 
     def start_evaluation_job(self, spec: evaluation.EvaluationJobSpec, *, request_id: str = "") -> EvaluationJobHandle:

@@ -23,23 +23,25 @@ EVALUATION_JUDGE_ON: EvaluationJudge
 EVALUATION_JUDGE_OFF: EvaluationJudge
 
 class EvaluationJobSpec(_message.Message):
-    __slots__ = ("base_model", "version", "baseline_version", "suite_paths", "judge", "judge_model")
+    __slots__ = ("base_model", "version", "baseline_version", "suite_paths", "judge", "judge_model", "suite_datasets")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATHS_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     version: str
     baseline_version: str
     suite_paths: _containers.RepeatedScalarFieldContainer[str]
     judge: EvaluationJudge
     judge_model: str
-    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ..., judge: _Optional[_Union[EvaluationJudge, str]] = ..., judge_model: _Optional[str] = ...) -> None: ...
+    suite_datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ..., judge: _Optional[_Union[EvaluationJudge, str]] = ..., judge_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluationJob(_message.Message):
-    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "eval", "last_sequence")
+    __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "eval", "last_sequence", "resolved_suite_datasets")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class EvaluationJob(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
     state: _common_pb2.JobState
@@ -62,7 +65,8 @@ class EvaluationJob(_message.Message):
     spec: EvaluationJobSpec
     eval: _adapter_pb2.AdapterEvalSummary
     last_sequence: int
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[EvaluationJobSpec, _Mapping]] = ..., eval: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    resolved_suite_datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[EvaluationJobSpec, _Mapping]] = ..., eval: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ..., last_sequence: _Optional[int] = ..., resolved_suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluationProgress(_message.Message):
     __slots__ = ("suite", "answered", "total")

@@ -235,16 +235,18 @@ class WatchLoraStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[LoraStatus, _Mapping]] = ...) -> None: ...
 
 class EvaluateAdapterRequest(_message.Message):
-    __slots__ = ("version", "baseline_version", "suite_path", "base_model")
+    __slots__ = ("version", "baseline_version", "suite_path", "base_model", "suite_datasets")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATH_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
     version: str
     baseline_version: str
     suite_path: str
     base_model: str
-    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
+    suite_datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ..., base_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateAdapterResponse(_message.Message):
     __slots__ = ("eval",)

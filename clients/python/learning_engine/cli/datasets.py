@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,8 @@ from rich.table import Column, Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, emit, fail, options, out, print_table, run, when
+from learning_engine.cli.common import Options, emit, err, fail, options, out, print_table, run, when
+from learning_engine.client import AsyncClient
 
 datasets_app = typer.Typer(
     help="Stored datasets (train --dataset NAME): upload, create, list, get, validate, delete.", no_args_is_help=True
@@ -25,6 +27,29 @@ _SEED = typer.Option(0, "--seed", min=0, help="Seed of the split.")
 def dataset_name(name: str) -> str:
     """``capitals`` or ``datasets/capitals[/versions/N]``, as the server names it."""
     return name if name.startswith("datasets/") else f"datasets/{name}"
+
+
+def local_dataset_id(path: Path) -> str:
+    """A stored dataset's id for a local file: its name without the extension, in the server's id alphabet
+    (lower-case letters, digits, '.', '_', '-'; a letter or digit at each end; at most 63 characters)."""
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).replace("..", ".")
+    cleaned = re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", cleaned)[:63].rstrip("._-")
+    return cleaned or "dataset"
+
+
+def local_file(value: str) -> Path | None:
+    """``value`` as a file on this machine, or None: then it names a path below the server's datasets dir."""
+    return Path(value) if value and Path(value).is_file() else None
+
+
+async def upload_local(client: AsyncClient, local: Path, *, quiet: bool) -> str:
+    """Upload a file of this machine as the stored dataset named after it, without a split rule (the same bytes
+    again reuse their version), say so on stderr unless ``quiet``, and return the version's name
+    (``datasets/{dataset}/versions/{n}``): how ``train --data`` and ``evaluate --suite`` send a local file."""
+    uploaded = await client.upload_dataset(f"datasets/{local_dataset_id(local)}", local)
+    if not quiet:
+        err.print(f"{'uploaded' if uploaded.created else 'already stored'} {local} as {uploaded.dataset.name}")
+    return uploaded.dataset.name
 
 
 def _split(eval_fraction: float, test_fraction: float, seed: int) -> dataset_pb2.SplitRule | None:

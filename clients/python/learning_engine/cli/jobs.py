@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from learning_engine.cli.common import (
     run,
     when,
 )
-from learning_engine.cli.datasets import dataset_name
+from learning_engine.cli.datasets import dataset_name, local_file, upload_local
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -47,7 +46,7 @@ from learning_engine.cli.job_views import (
     short_state,
     steered,
 )
-from learning_engine.cli.ops import CHECK, GATE_FAILED, render_eval
+from learning_engine.cli.ops import CHECK, GATE_FAILED, SUITE_DATASET_HELP, SUITE_HELP, golden_suites, render_eval
 from learning_engine.client import AsyncClient
 
 jobs_app = typer.Typer(
@@ -193,7 +192,7 @@ def train(
         labels=labels(label),
         base_protection=base_protection(protection, base_fraction, base_kl_weight),
     )
-    local = Path(data) if data and Path(data).is_file() else None  # uploaded in call(), then named by version
+    local = local_file(data)  # uploaded in call(), then named by version
     if data and local is None:
         spec.jsonl.path = data
     elif dataset:
@@ -203,10 +202,7 @@ def train(
 
     async def call(client: AsyncClient) -> int:
         if local is not None:
-            uploaded = await client.upload_dataset(f"datasets/{local_dataset_id(local)}", local)
-            spec.dataset_name = uploaded.dataset.name
-            if not opts.json:
-                err.print(f"{'uploaded' if uploaded.created else 'already stored'} {local} as {uploaded.dataset.name}")
+            spec.dataset_name = await upload_local(client, local, quiet=opts.json)
         job = await client.create_training_job(
             spec, request_id=request_id, validate_only=validate_only, priority=priority
         )
@@ -225,14 +221,6 @@ def train(
 
 def _objective(value: str) -> int:
     return short_enum(training.Objective, "OBJECTIVE_", value, "--objective")
-
-
-def local_dataset_id(path: Path) -> str:
-    """A stored dataset's id for a local file: its name without the extension, in the server's id alphabet
-    (lower-case letters, digits, '.', '_', '-'; a letter or digit at each end; at most 63 characters)."""
-    cleaned = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).replace("..", ".")
-    cleaned = re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", cleaned)[:63].rstrip("._-")
-    return cleaned or "dataset"
 
 
 def _validated(opts: Options, job: training.TrainingJob) -> None:
@@ -604,7 +592,8 @@ def evaluation_jobs_create(
     ctx: typer.Context,
     version: str,
     baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one then)."),
-    suite: list[str] = typer.Option(None, "--suite", help="A golden suite JSONL below the data root; repeatable."),
+    suite: list[str] = typer.Option(None, "--suite", help=SUITE_HELP + " Repeatable."),
+    suite_dataset: list[str] = typer.Option(None, "--suite-dataset", help=SUITE_DATASET_HELP),
     base_model: str = typer.Option("", "--base-model"),
     request_id: str = typer.Option("", "--request-id"),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow it, then show the decision."),
@@ -614,14 +603,18 @@ def evaluation_jobs_create(
     judge_model: str = typer.Option("", "--judge-model", help="The judge's model id (with --judge; default: the "
                                     "server's eval_judge_model, else the base model)."),
 ) -> None:
-    """Evaluate a version against a baseline as a job (the gate's suites and --suite ones); activates nothing."""
+    """Evaluate a version against a baseline as a job (the gate's suites, --suite and --suite-dataset ones);
+    activates nothing."""
     opts = options(ctx)
     choice = {None: evaluation.EVALUATION_JUDGE_UNSPECIFIED, True: evaluation.EVALUATION_JUDGE_ON,
               False: evaluation.EVALUATION_JUDGE_OFF}[judge]
-    spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=suite or [],
+    paths, local = golden_suites(suite or [])
+    spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=paths,
                                         base_model=base_model, judge=choice, judge_model=judge_model)
 
     async def call(client: AsyncClient) -> int:
+        uploaded = [await upload_local(client, file, quiet=opts.json) for file in local]
+        spec.suite_datasets.extend([*uploaded, *(dataset_name(d) for d in suite_dataset or [])])
         job = await client.create_evaluation_job(spec, request_id=request_id)
         if not watch:
             emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})", highlight=False))

@@ -37,6 +37,7 @@ from learning_engine.cli.common import (
     run,
     when,
 )
+from learning_engine.cli.datasets import dataset_name, local_file, upload_local
 from learning_engine.client import AsyncClient
 
 adapters_app = typer.Typer(
@@ -304,18 +305,41 @@ GATE_FAILED = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 CHECK = typer.Option(False, "--check", help="Exit 9 (FAILED_PRECONDITION) when the gate's verdict is FAILED.")
 
 
+SUITE_HELP = ("A golden suite. A JSONL file on this machine (training format: messages, or prompt and "
+              "completion) is uploaded first as the stored dataset named after it, without a split rule, and "
+              "evaluated whole; otherwise a golden suite JSONL below the server's datasets dir.")
+SUITE_DATASET_HELP = ("A stored dataset as a golden suite, its test split (all of it without a split rule): "
+                      "capitals, or datasets/capitals/versions/2. Repeatable.")
+
+
+def golden_suites(values: list[str]) -> tuple[list[str], list[Path]]:
+    """--suite values: the paths below the server's datasets dir, and the files of this machine to upload."""
+    local = [file for file in map(local_file, values) if file is not None]
+    return [v for v in values if local_file(v) is None], local
+
+
 def evaluate(
     ctx: typer.Context,
     version: str,
     baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one)."),
-    suite: str = typer.Option("", "--suite", help="Golden suite JSONL below the data root (default: configured)."),
+    suite: str = typer.Option("", "--suite", help=SUITE_HELP + " Default, with no --suite-dataset either: the "
+                              "configured suite."),
+    suite_dataset: list[str] = typer.Option(None, "--suite-dataset", help=SUITE_DATASET_HELP),
     base_model: str = typer.Option("", "--base-model"),
     check: bool = CHECK,
 ) -> None:
     """Run the eval gate's suites on a version against a baseline, without activating anything."""
-    summary = run(ctx, lambda c: c.evaluate_adapter(version, baseline_version=baseline, suite_path=suite,
-                                                    base_model=base_model))
-    emit(options(ctx), summary, lambda: render_eval(version, summary))
+    opts = options(ctx)
+    local = local_file(suite)
+
+    async def call(client: AsyncClient) -> adapter_pb2.AdapterEvalSummary:
+        uploaded = [await upload_local(client, local, quiet=opts.json)] if local is not None else []
+        return await client.evaluate_adapter(
+            version, baseline_version=baseline, suite_path="" if local is not None else suite, base_model=base_model,
+            suite_datasets=[*uploaded, *(dataset_name(d) for d in suite_dataset or [])])
+
+    summary = run(ctx, call)
+    emit(opts, summary, lambda: render_eval(version, summary))
     if check and not summary.passed:
         raise typer.Exit(GATE_FAILED)
 

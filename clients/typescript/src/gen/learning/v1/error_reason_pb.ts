@@ -954,8 +954,9 @@ export enum ErrorReason {
   INVALID_REPORT_REQUEST = 136,
 
   /**
-   * INVALID_ARGUMENT: an evaluation job spec with a missing version, too many suites, an
-   * unknown judge choice, or a judge_model without the judge on.
+   * INVALID_ARGUMENT: an evaluation job spec with a missing version, too many suites, a
+   * malformed suite dataset name, an unknown judge choice, or a judge_model without the
+   * judge on; an EvaluateAdapter request with too many suites.
    *
    * @generated from enum value: ERROR_REASON_INVALID_EVALUATION_SPEC = 137;
    */
