@@ -94,12 +94,17 @@ class AsyncClient:
         token: str | None = None,
         tls: TlsConfig | None = None,
         timeout: float | None = 30.0,
+        operation_timeout: float | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         reconnect_attempts: int = 30,
         reconnect_delay: float = 0.5,
     ) -> None:
         self.connection = Connection(target, token, tls, tuple(channel_options))
         self.timeout = timeout
+        # The serving operations (activate, rollback, enable, disable, evaluate, canaries, splits) load adapters,
+        # run the gate and drain: minutes for a small model on a CPU. They run to their end on the server whether
+        # or not the caller waits, so by default the caller waits as long as they take.
+        self.operation_timeout = operation_timeout
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay = reconnect_delay
         self._channel = self.connection.open()
@@ -136,8 +141,15 @@ class AsyncClient:
     async def _unary(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None
     ) -> T:
+        return await self._call(method, request, timeout or self.timeout)
+
+    async def _operation(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        """A serving operation: its deadline is ``operation_timeout`` (none by default)."""
+        return await self._call(method, request, self.operation_timeout)
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
         try:
-            return await method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+            return await method(request, metadata=self._metadata, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise errors.from_rpc_error(err) from None
 
@@ -482,18 +494,18 @@ class AsyncClient:
         request = lora.ActivateAdapterRequest(
             version=version, reason=reason, force=force, mark_known_good=mark_known_good, base_model=base_model
         )
-        return await self._unary(self.lora.ActivateAdapter, request)
+        return await self._operation(self.lora.ActivateAdapter, request)
 
     async def rollback_adapter(self, *, reason: str = "") -> lora.LoraStatus:
         return (
-            await self._unary(self.lora.RollbackAdapter, lora.RollbackAdapterRequest(reason=reason))
+            await self._operation(self.lora.RollbackAdapter, lora.RollbackAdapterRequest(reason=reason))
         ).status
 
     async def enable_lora(self, *, reason: str = "") -> lora.LoraStatus:
-        return (await self._unary(self.lora.EnableLora, lora.EnableLoraRequest(reason=reason))).status
+        return (await self._operation(self.lora.EnableLora, lora.EnableLoraRequest(reason=reason))).status
 
     async def disable_lora(self, *, reason: str = "") -> lora.LoraStatus:
-        return (await self._unary(self.lora.DisableLora, lora.DisableLoraRequest(reason=reason))).status
+        return (await self._operation(self.lora.DisableLora, lora.DisableLoraRequest(reason=reason))).status
 
     async def list_loaded_adapters(self) -> list[lora.LoadedAdapter]:
         """What the serving engine reports loaded now."""
@@ -515,7 +527,7 @@ class AsyncClient:
             version=version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model,
             suite_datasets=list(suite_datasets),
         )
-        return (await self._unary(self.lora.EvaluateAdapter, request)).eval
+        return (await self._operation(self.lora.EvaluateAdapter, request)).eval
 
     async def get_evaluation_report(
         self,
@@ -547,11 +559,11 @@ class AsyncClient:
         request = lora.StartCanaryRequest(
             version=version, policy=policy, force=force, reason=reason, base_model=base_model
         )
-        return (await self._unary(self.lora.StartCanary, request)).status
+        return (await self._operation(self.lora.StartCanary, request)).status
 
     async def abort_canary(self, *, reason: str = "") -> lora.LoraStatus:
         """End the canary in force with no verdict: the candidate leaves traffic."""
-        return (await self._unary(self.lora.AbortCanary, lora.AbortCanaryRequest(reason=reason))).status
+        return (await self._operation(self.lora.AbortCanary, lora.AbortCanaryRequest(reason=reason))).status
 
     async def set_traffic_split(
         self, version: str, share: float, *, reason: str = "", base_model: str = ""
@@ -559,7 +571,7 @@ class AsyncClient:
         """A manual A/B split: ``share`` of the alias's requests to ``version`` (no gate, no decision) until changed;
         share 0 ends it (``version`` may then be empty)."""
         request = lora.SetTrafficSplitRequest(version=version, share=share, reason=reason, base_model=base_model)
-        return (await self._unary(self.lora.SetTrafficSplit, request)).status
+        return (await self._operation(self.lora.SetTrafficSplit, request)).status
 
     async def wait_canary(self, version: str) -> lora.CanaryOutcome:
         """Follow the status until the canary of ``version`` is decided; how it ended. FailedPrecondition

@@ -36,7 +36,8 @@ def connection(
         None, "--token", envvar="LEARNING_ENGINE_TOKEN", help="Bearer token.", show_default=False
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds for each unary call."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds for each unary call but the serving "
+        "operations (deploy, rollback, evaluate, canary, split), which wait as long as the gate and the swap take."),
     tls_ca: Path = typer.Option(
         None, "--tls-ca", envvar="LEARNING_ENGINE_TLS_CA", help="CA bundle; enables TLS."
     ),
