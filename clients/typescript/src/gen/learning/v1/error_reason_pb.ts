@@ -554,8 +554,8 @@ export enum ErrorReason {
   INVALID_DATASET_REQUEST = 188,
 
   /**
-   * FAILED_PRECONDITION: a training job names a stored dataset on a server without a dataset
-   * store (an engine on in-memory stores).
+   * FAILED_PRECONDITION: a training job or an evaluation names a stored dataset on a server
+   * without a dataset store (an engine on in-memory stores).
    *
    * @generated from enum value: ERROR_REASON_STORED_DATASETS_UNAVAILABLE = 189;
    */
