@@ -128,7 +128,12 @@ def test_grpcurl_walkthrough(server, tmp_path: Path):
                   check=False)
     assert bad.returncode != 0 and "NotFound" in bad.stderr
 
+
+def test_the_readme_tours_run_as_written(server, tmp_path: Path):
+    """The README's grpcurl block, then its CLI block, against one server, as a reader runs them in turn."""
+    port, _, _ = server
     _the_readme_tour_runs_as_written(port, tmp_path)
+    _the_readme_cli_tour_runs_as_written(port)
 
 
 def readme_tour() -> str:
@@ -152,6 +157,43 @@ def _the_readme_tour_runs_as_written(port: int, tmp_path: Path) -> None:
     assert "learning.v1.TrainingService" in out and '"status": "SERVING"' in out
     assert out.count('"state": "JOB_STATE_SUCCEEDED"') >= 2  # the watch's end, then the resumed watch's
     assert '"step_metrics"' in out and '"version": "v1.0"' in out
+
+
+def readme_cli_tour() -> list[str]:
+    """The README's CLI block (the loop after the grpcurl tour), a command a line, each with its comment."""
+    found = re.search(r"```sh\n(learning-engine train .*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert found, "README.md: no CLI block"
+    return [line for line in found.group(1).splitlines() if line.strip()]
+
+
+def _the_readme_cli_tour_runs_as_written(port: int) -> None:
+    """Each line run by bash from the repository's root (where the README's reader is, with `make run` serving),
+    the CLI aimed at the server by LEARNING_ENGINE_TARGET, nothing in the text changed. A line's exit status is
+    the one its comment states as "(exit N)", else 0; on the tiny model the gate refuses what it refuses on
+    SmolLM2 (three epochs teach neither the capitals)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_")}
+    env["LEARNING_ENGINE_TARGET"] = f"127.0.0.1:{port}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["COLUMNS"] = "200"
+    outputs: list[str] = []
+    for line in readme_cli_tour():
+        stated = re.search(r"\(exit (\d+)\)", line.partition("#")[2])
+        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        expected = int(stated.group(1)) if stated else 0
+        assert done.returncode == expected, (
+            f"README line {line!r}: exit {done.returncode}, the README says {expected}:\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        outputs.append(done.stdout + done.stderr)
+    train, refused, forced, imported, continued, evaluated, canary, status = outputs
+    assert "SUCCEEDED -> adapter v2.0" in train
+    assert "EVAL_GATE_FAILED" in refused and "v2.0 failed the eval gate" in refused
+    assert re.search(r"active\s+│ v2\.0 ", forced) and "ACTIVATE v2.0" in forced
+    assert "8 events: 8 stored, 0 duplicates" in imported
+    assert "SUCCEEDED -> adapter v2.1" in continued and "parent fisher" in continued  # EWC against v2.0
+    assert "v2.1 vs v2.0: FAILED" in evaluated and "no improvement on its own data" in evaluated
+    assert "retention" in evaluated and "report: " in evaluated
+    assert "10.0% of 'active' to v2.1, the rest to v2.0" in canary
+    assert "10.0% of 'active' to v2.1" in status and re.search(r"candidate\s+│ v2\.1 ", status), status
 
 
 def test_sigterm_drains_to_not_serving_and_exits(server):

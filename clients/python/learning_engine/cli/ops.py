@@ -38,6 +38,7 @@ from learning_engine.cli.common import (
     when,
 )
 from learning_engine.cli.datasets import dataset_name, local_file, upload_local
+from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
 
 adapters_app = typer.Typer(
@@ -229,6 +230,7 @@ def _status_render(status: lora.LoraStatus):
                 ("last operation", f"{lora.LoraOperationKind.Name(op.kind)} {op.version} by {op.actor}")
             )
         out.print(_table(["", ""], rows))
+        render_split(status)
 
     return render
 
@@ -293,6 +295,8 @@ def _status_line(status: lora.LoraStatus) -> str:
     line = (f"active {status.active_version or '-'} ({'enabled' if status.enabled else 'disabled'}), "
             f"known good {status.known_good_version or '-'}, "
             f"loaded {', '.join(a.version for a in status.loaded) or '-'}")
+    if status.HasField("traffic_split"):
+        line += f"; {status.traffic_split.share:.1%} to {status.traffic_split.candidate_version}"
     if status.HasField("last_operation"):
         op = status.last_operation
         kind = lora.LoraOperationKind.Name(op.kind).removeprefix("LORA_OPERATION_KIND_").lower()

@@ -44,15 +44,22 @@ def _figures_table(figures: lora.TrafficFigures) -> Table:
     return table
 
 
+def render_split(status: lora.LoraStatus) -> None:
+    """The traffic split in force, a line and both sides' figures (nothing without one)."""
+    if not status.HasField("traffic_split"):
+        return
+    split = status.traffic_split
+    kind = lora.TrafficSplitKind.Name(split.kind).removeprefix("TRAFFIC_SPLIT_KIND_").lower()
+    out.print(f"{kind} split: {split.share:.1%} of '{status.alias}' to {split.candidate_version}, the rest to "
+              f"{split.active_version}; since {when(split.start_time)} by {split.actor}"
+              + (f" ({split.reason})" if split.reason else ""), highlight=False)
+    print_table(_figures_table(split.figures))
+
+
 def _render(status: lora.LoraStatus):
     def render() -> None:
         if status.HasField("traffic_split"):
-            split = status.traffic_split
-            kind = lora.TrafficSplitKind.Name(split.kind).removeprefix("TRAFFIC_SPLIT_KIND_").lower()
-            out.print(f"{kind} split: {split.share:.1%} of '{status.alias}' to {split.candidate_version}, the rest to "
-                      f"{split.active_version}; since {when(split.start_time)} by {split.actor}"
-                      + (f" ({split.reason})" if split.reason else ""), highlight=False)
-            print_table(_figures_table(split.figures))
+            render_split(status)
         else:
             out.print(f"no traffic split: '{status.alias}' serves {status.active_version or 'the base model'}",
                       highlight=False)
