@@ -194,6 +194,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     hyper = replace(hyper, sharding=sharding or Sharding.NONE)
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
+    issues.check(0 <= h.max_grad_norm <= 1e6, "spec.hyperparameters.max_grad_norm",
+                 "must lie in [0, 1e6] (0: the server's training_max_grad_norm)")
     issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
     issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
     issues.check(0 <= hyper.eval_fraction <= MAX_EVAL_FRACTION, "spec.hyperparameters.eval_fraction",

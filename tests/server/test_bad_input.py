@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -94,6 +95,14 @@ async def test_gradient_accumulation_out_of_range(client):
     err = await _create_fails(client, pb.CreateTrainingJobRequest(spec=spec(gradient_accumulation_steps=5000)))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in error_details(err)[1]] == ["spec.hyperparameters.gradient_accumulation_steps"]
+
+
+@pytest.mark.parametrize("field,value", [("max_grad_norm", -1.0), ("max_grad_norm", 1e7), ("max_grad_norm", math.nan),
+                                         ("weight_decay", -0.1), ("learning_rate", -1e-3)])
+async def test_optimiser_settings_out_of_range(client, field: str, value: float):
+    err = await _create_fails(client, pb.CreateTrainingJobRequest(spec=spec(**{field: value})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in error_details(err)[1]] == [f"spec.hyperparameters.{field}"]
 
 
 async def test_unknown_base_model(client):

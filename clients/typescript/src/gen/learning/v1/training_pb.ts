@@ -83,7 +83,8 @@ export type Hyperparameters = Message<"learning.v1.Hyperparameters"> & {
   weightDecay: number;
 
   /**
-   * Gradient clipping by global norm; 0 means 1.0.
+   * Gradient clipping by global norm, [0, 1e6]; 0 means the server's
+   * training_max_grad_norm (1.0).
    *
    * @generated from field: double max_grad_norm = 9;
    */
