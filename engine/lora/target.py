@@ -117,6 +117,9 @@ class _Op:
         failure = None
         if isinstance(error, EngineError):
             failure = JobFailure(error.code, error.reason, error.message, tuple(sorted(error.metadata.items())))
+        elif isinstance(error, asyncio.CancelledError):  # only ServingTarget.close: to_the_end shields callers'
+            failure = JobFailure("UNAVAILABLE", "OPERATION_INTERRUPTED", "interrupted: its serving process stopped "
+                                 "before it ended; the next start reconciles the serving engine, run it again")
         elif error is not None:
             failure = JobFailure("INTERNAL", "INTERNAL", "internal error; see the server log")
         return OperationRecord(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from engine import telemetry
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
@@ -217,4 +218,23 @@ async def test_an_activation_whose_caller_goes_away_runs_to_its_end(make_server,
     assert st.active_version == v10 and not st.last_operation.HasField("error"), st
     assert st.last_operation.reason == "first" and st.last_operation.duration.ToTimedelta() > timedelta(seconds=1)
     assert [a.version for a in st.loaded] == [v10]
+    await backend.stop()
+
+
+async def test_an_activation_interrupted_by_its_server_stopping_is_recorded_as_interrupted(make_server,
+                                                                                         tiny_model_dir: Path):
+    """The server stops while an activation loads: the operation is cut short (the next start reconciles), and its
+    record says so with a catalogued reason, not INTERNAL."""
+    backend = await start_backend(SlowToLoad(tiny_model_dir, TINY))
+    client = await make_server(serving_url=backend.url)
+    v10 = await train(client)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub(client).ActivateAdapter(lc.ActivateAdapterRequest(version=v10, reason="first"), timeout=0.3)
+    await client.app.owned.lora.controller.close()  # what a server stop does
+    st = await status(client)
+    assert st.last_operation.version == v10 and st.last_operation.kind == lc.LORA_OPERATION_KIND_ACTIVATE
+    assert st.last_operation.error.code == grpc.StatusCode.UNAVAILABLE.value[0], st.last_operation
+    info = error_details_pb2.ErrorInfo()
+    assert st.last_operation.error.details[0].Unpack(info) and info.reason == "OPERATION_INTERRUPTED", info
+    assert st.active_version == ""
     await backend.stop()
