@@ -933,9 +933,9 @@ export enum ErrorReason {
 
   /**
    * UNAVAILABLE: the error recorded on a LoraControl operation (an activation, rollback,
-   * evaluation, canary or split change) that its serving process stopped before it ended; what
-   * it had loaded is unloaded, and the next start reconciles the serving engine with the stored
-   * state. Run it again.
+   * evaluation, canary or split change) that its serving process stopped before it ended; the
+   * next start reconciles the serving engine with the stored state (unloading what the operation
+   * had loaded). Run it again.
    *
    * @generated from enum value: ERROR_REASON_OPERATION_INTERRUPTED = 270;
    */
