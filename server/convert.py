@@ -41,6 +41,7 @@ from engine.training.spec import (
     EvalReported,
     EwcSpec,
     Hyperparameters,
+    LrSchedule,
     ParentFisherProgress,
     Precision,
     Quantization,
@@ -71,6 +72,12 @@ _SHARDING: dict[int, Sharding | None] = {
     pb.SHARDING_UNSPECIFIED: None,  # the server's default, where the job can be sharded (default_sharding)
     pb.SHARDING_NONE: Sharding.NONE,
     pb.SHARDING_FSDP: Sharding.FSDP,
+}
+_LR_SCHEDULE: dict[int, LrSchedule | None] = {
+    pb.LR_SCHEDULE_UNSPECIFIED: None,  # the server's training_lr_schedule
+    pb.LR_SCHEDULE_LINEAR: LrSchedule.LINEAR,
+    pb.LR_SCHEDULE_COSINE: LrSchedule.COSINE,
+    pb.LR_SCHEDULE_CONSTANT: LrSchedule.CONSTANT,
 }
 _OBJECTIVE = {
     pb.OBJECTIVE_UNSPECIFIED: Objective.SFT,
@@ -180,6 +187,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         seed=h.seed if h.HasField("seed") else hd.seed,
         max_steps=h.max_steps,
         warmup_steps=h.warmup_steps or hd.warmup_steps,
+        lr_schedule=_enum(_LR_SCHEDULE, h.lr_schedule, "spec.hyperparameters.lr_schedule", issues) or hd.lr_schedule,
         weight_decay=h.weight_decay,
         max_grad_norm=h.max_grad_norm or hd.max_grad_norm,
         precision=_enum(_PRECISION, h.precision, "spec.hyperparameters.precision", issues),
@@ -270,6 +278,7 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             gradient_accumulation_steps=h.gradient_accumulation_steps,
             gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
             eval_fraction=h.eval_fraction, sharding=pb.Sharding.Value(f"SHARDING_{h.sharding.value}"),
+            lr_schedule=pb.LrSchedule.Value(f"LR_SCHEDULE_{h.lr_schedule.value}"),
         ),
         objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
         parent_adapter_version=spec.parent_adapter_version,

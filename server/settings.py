@@ -40,6 +40,7 @@ from engine.training.spec import (
     MAX_EVAL_FRACTION,
     CheckpointPolicy,
     Hyperparameters,
+    LrSchedule,
     Sharding,
     TrainingDefaults,
 )
@@ -129,6 +130,10 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
                                           "(linear warmup, then linear decay to 0).")
     training_warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Warmup steps of a job that sets none "
                                        "(a job's 0 means this default).")
+    training_lr_schedule: LrSchedule = Field(
+        LrSchedule.LINEAR, description="How the learning rate of a job that sets no schedule moves after its warm-up "
+        "to its last step: LINEAR (down to 0), COSINE (half a cosine wave down to 0) or CONSTANT (the peak rate).",
+    )
     training_max_grad_norm: float = Field(
         1.0, gt=0, le=1e6, description="Gradient clipping of a job that sets none: each optimiser step's gradients "
         "are scaled down to this global norm when theirs is larger (a job's 0 means this default).",
@@ -465,7 +470,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
                           dropout=self.training_lora_dropout, target_modules=self.training_lora_target_modules),
             hyperparameters=Hyperparameters(
                 epochs=self.training_epochs, learning_rate=self.training_learning_rate,
-                warmup_steps=self.training_warmup_steps, max_grad_norm=self.training_max_grad_norm,
+                warmup_steps=self.training_warmup_steps, lr_schedule=self.training_lr_schedule,
+                max_grad_norm=self.training_max_grad_norm,
                 batch_size=self.training_batch_size,
                 gradient_accumulation_steps=self.training_gradient_accumulation_steps,
                 max_seq_length=self.training_max_seq_length, packing=self.training_packing,

@@ -48,10 +48,12 @@ from engine.training.sharding import (
     load_optimizer_state,
     load_trainable_state,
 )
-from engine.training.spec import EVAL_SPLIT, EvalReported, Sharding, StepMetrics, TrainingJobSpec
+from engine.training.spec import EVAL_SPLIT, EvalReported, LrSchedule, Sharding, StepMetrics, TrainingJobSpec
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
 RATE_WINDOW = 10
+# transformers' scheduler names; CONSTANT keeps the warm-up, as LINEAR and COSINE do
+_SCHEDULERS = {LrSchedule.LINEAR: "linear", LrSchedule.COSINE: "cosine", LrSchedule.CONSTANT: "constant_with_warmup"}
 
 
 class Penalty(Protocol):
@@ -582,7 +584,7 @@ def _optimise(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
 ) -> tuple[float, float, int]:
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_scheduler
 
     hp = run.spec.hyperparameters
     ckpt = run.checkpointing
@@ -590,8 +592,8 @@ def _optimise(
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_step = hp.batch_size * hp.gradient_accumulation_steps
     per_epoch, total = total_steps_for(len(data), per_step, hp.epochs, hp.max_steps)
-    # transformers leaves the scheduler factory unannotated
-    scheduler = get_linear_schedule_with_warmup(optimizer, hp.warmup_steps, total)  # type: ignore[no-untyped-call]
+    scheduler = get_scheduler(_SCHEDULERS[hp.lr_schedule], optimizer, num_warmup_steps=hp.warmup_steps,
+                              num_training_steps=total)
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan

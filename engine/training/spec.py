@@ -35,6 +35,14 @@ class Quantization(enum.StrEnum):
     INT8 = "INT8"
 
 
+class LrSchedule(enum.StrEnum):
+    """The learning rate after the warm-up, to the last step: transformers' scheduler of the same name."""
+
+    LINEAR = "LINEAR"  # straight down to 0
+    COSINE = "COSINE"  # half a cosine wave down to 0
+    CONSTANT = "CONSTANT"  # the peak rate to the end
+
+
 class Sharding(enum.StrEnum):
     """How a job on several devices holds its model (engine.training.distributed)."""
 
@@ -51,6 +59,7 @@ class Hyperparameters:
     seed: int = 0
     max_steps: int = 0  # 0 = no limit
     warmup_steps: int = 0
+    lr_schedule: LrSchedule = LrSchedule.LINEAR  # after the warm-up
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: Precision = Precision.AUTO

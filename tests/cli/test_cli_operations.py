@@ -55,7 +55,10 @@ async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir
     checked = await cli(port, *TRAIN, "--validate-only")
     assert checked.code == 0, checked.err
     assert "valid; nothing created" in checked.out and "capitals.jsonl: 24 examples" in checked.out
-    assert "2 epochs, lr 0.005, batch 4, max_seq_length 128" in checked.out and f"{TINY}" in checked.out
+    assert "2 epochs, lr 0.005 (linear), batch 4, max_seq_length 128" in checked.out and f"{TINY}" in checked.out
+    cosine = await cli(port, *TRAIN, "--lr-schedule", "cosine", "--warmup-steps", "3", "--validate-only")
+    assert "lr 0.005 (cosine after 3 warm-up steps)" in cosine.out, cosine.out
+    assert (await cli(port, *TRAIN, "--lr-schedule", "exponential")).code == 2
     assert "created" not in checked.out.replace("nothing created", "") and "trainingJobs/" not in checked.out
     assert json.loads((await cli(port, "--json", "jobs", "list")).out) == {}  # nothing was created
     kto = await cli(port, *TRAIN, "--objective", "kto", "--validate-only")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from engine.training.recipe import TrainingRun, run_training
 from engine.training.spec import (
     EvalReported,
     Hyperparameters,
+    LrSchedule,
     Precision,
     Quantization,
     StepMetrics,
@@ -85,6 +87,17 @@ def test_step_losses_are_the_pinned_values_packed_and_padded(trained, tiny_model
     assert [s.loss for s in packed.steps] == pytest.approx(PINNED_LOSSES, abs=1e-4)
     _, padded = train(make_run(tiny_model_dir, tmp_path / "padded", packing=False))
     assert [s.loss for s in padded.steps] == pytest.approx(PINNED_LOSSES, abs=1e-4)
+
+
+@pytest.mark.parametrize("schedule", [LrSchedule.COSINE, LrSchedule.CONSTANT])
+def test_the_learning_rate_follows_the_schedule_after_its_warm_up(tiny_model_dir: Path, tmp_path: Path,
+                                                                   schedule: LrSchedule) -> None:
+    peak, warmup, total = 3e-2, 2, 6
+    _, sink = train(make_run(tiny_model_dir, tmp_path, epochs=total, warmup_steps=warmup, lr_schedule=schedule))
+    after = {LrSchedule.COSINE: lambda i: 0.5 * (1 + math.cos(math.pi * (i - warmup) / (total - warmup))),
+             LrSchedule.CONSTANT: lambda i: 1.0}[schedule]
+    expected = [peak * (i / warmup if i < warmup else after(i)) for i in range(total)]
+    assert [s.learning_rate for s in sink.steps] == pytest.approx(expected)
 
 
 def test_loss_falls_and_metrics_are_complete(trained) -> None:

@@ -105,6 +105,12 @@ async def test_optimiser_settings_out_of_range(client, field: str, value: float)
     assert [f for f, _ in error_details(err)[1]] == [f"spec.hyperparameters.{field}"]
 
 
+async def test_unknown_lr_schedule(client):
+    err = await _create_fails(client, pb.CreateTrainingJobRequest(spec=spec(lr_schedule=99)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in error_details(err)[1]] == ["spec.hyperparameters.lr_schedule"]
+
+
 async def test_unknown_base_model(client):
     request = pb.CreateTrainingJobRequest(spec=spec())
     request.spec.base_model = "no-such-model"

@@ -38,6 +38,13 @@ class Sharding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHARDING_UNSPECIFIED: _ClassVar[Sharding]
     SHARDING_NONE: _ClassVar[Sharding]
     SHARDING_FSDP: _ClassVar[Sharding]
+
+class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LR_SCHEDULE_UNSPECIFIED: _ClassVar[LrSchedule]
+    LR_SCHEDULE_LINEAR: _ClassVar[LrSchedule]
+    LR_SCHEDULE_COSINE: _ClassVar[LrSchedule]
+    LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
 OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_SFT: Objective
 OBJECTIVE_KTO: Objective
@@ -52,9 +59,13 @@ QUANTIZATION_INT8: Quantization
 SHARDING_UNSPECIFIED: Sharding
 SHARDING_NONE: Sharding
 SHARDING_FSDP: Sharding
+LR_SCHEDULE_UNSPECIFIED: LrSchedule
+LR_SCHEDULE_LINEAR: LrSchedule
+LR_SCHEDULE_COSINE: LrSchedule
+LR_SCHEDULE_CONSTANT: LrSchedule
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices", "eval_fraction", "sharding")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "max_seq_length", "seed", "max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "quantization", "gradient_accumulation_steps", "gradient_checkpointing", "packing", "num_devices", "eval_fraction", "sharding", "lr_schedule")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +83,7 @@ class Hyperparameters(_message.Message):
     NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
     EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SHARDING_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
@@ -89,7 +101,8 @@ class Hyperparameters(_message.Message):
     num_devices: int
     eval_fraction: float
     sharding: Sharding
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ..., eval_fraction: _Optional[float] = ..., sharding: _Optional[_Union[Sharding, str]] = ...) -> None: ...
+    lr_schedule: LrSchedule
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[_Union[Precision, str]] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., gradient_accumulation_steps: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ..., num_devices: _Optional[int] = ..., eval_fraction: _Optional[float] = ..., sharding: _Optional[_Union[Sharding, str]] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ...) -> None: ...
 
 class EwcConfig(_message.Message):
     __slots__ = ("ewc_lambda", "gamma", "fisher_snapshot", "replay_fraction", "disabled", "fisher_space")

@@ -113,6 +113,10 @@ def train(
     parent: str = typer.Option("", "--parent", help="Continue from this adapter version (EWC applies)."),
     epochs: int = typer.Option(0, "--epochs"),
     learning_rate: float = typer.Option(0.0, "--learning-rate", "--lr"),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Steps of linear warm-up (server default if 0)."),
+    lr_schedule: str = typer.Option(
+        "", "--lr-schedule", help="After the warm-up: linear | cosine | constant (server default if empty)."
+    ),
     batch_size: int = typer.Option(0, "--batch-size"),
     max_seq_length: int = typer.Option(0, "--max-seq-length"),
     max_steps: int = typer.Option(0, "--max-steps"),
@@ -174,6 +178,8 @@ def train(
         hyperparameters=training.Hyperparameters(
             epochs=epochs,
             learning_rate=learning_rate,
+            warmup_steps=warmup_steps,
+            lr_schedule=short_enum(training.LrSchedule, "LR_SCHEDULE_", lr_schedule, "--lr-schedule"),
             batch_size=batch_size,
             max_seq_length=max_seq_length,
             max_steps=max_steps,
@@ -239,7 +245,9 @@ def _validated(opts: Options, job: training.TrainingJob) -> None:
         "base model": spec.base_model,
         "objective": training.Objective.Name(spec.objective).removeprefix("OBJECTIVE_").lower(),
         "adapter": f"LoRA r{spec.lora.rank} alpha {spec.lora.alpha:g}",
-        "training": f"{hp.epochs} epochs, lr {hp.learning_rate:g}, batch {hp.batch_size}, "
+        "training": f"{hp.epochs} epochs, lr {hp.learning_rate:g} "
+        f"({training.LrSchedule.Name(hp.lr_schedule).removeprefix('LR_SCHEDULE_').lower()}"
+        + (f" after {hp.warmup_steps} warm-up steps" if hp.warmup_steps else "") + f"), batch {hp.batch_size}, "
         f"max_seq_length {hp.max_seq_length}" + (f", max_steps {hp.max_steps}" if hp.max_steps else ""),
     }
     if spec.parent_adapter_version:
