@@ -39,7 +39,7 @@ _MODE_TO_PB = {RolloutMode.ACTIVATE: pb.ROLLOUT_MODE_ACTIVATE, RolloutMode.CANAR
 _STAGE_TO_PB = {s: pb.PipelineStage.Value(f"PIPELINE_STAGE_{s.value}") for s in Stage}
 _STAGE_STATE_TO_PB = {s: pb.StageState.Value(f"STAGE_STATE_{s.value}") for s in StageState}
 _TRIGGER_KIND_TO_PB = {k: pb.TriggerKind.Value(f"TRIGGER_KIND_{k.value}") for k in TriggerKind}
-UPDATABLE = ("training", "suite_paths", "rollout", "triggers", "enabled", "description")
+UPDATABLE = ("training", "suite_paths", "suite_datasets", "rollout", "triggers", "enabled", "description")
 
 
 def pipeline_id_from_name(name: str, field_path: str = "name") -> str:
@@ -89,13 +89,15 @@ def pipeline_from_pb(msg: pb.Pipeline, pipeline_id: str, *, default_base_model: 
     training = convert.spec_from_pb(msg.training, default_base_model=base, ewc_defaults=ewc_defaults,
                                     defaults=defaults)
     return Pipeline(id=pipeline_id, base_model=base, training=training, suite_paths=tuple(msg.suite_paths),
+                    suite_datasets=tuple(msg.suite_datasets),
                     rollout=rollout_from_pb(msg.rollout), triggers=triggers_from_pb(msg.triggers, "pipeline.triggers"),
                     enabled=msg.enabled, description=msg.description)
 
 
 def pipeline_to_pb(p: Pipeline) -> pb.Pipeline:
     msg = pb.Pipeline(name=p.name, base_model=p.base_model, training=convert.spec_to_pb(p.training),
-                      suite_paths=list(p.suite_paths), rollout=rollout_to_pb(p.rollout),
+                      suite_paths=list(p.suite_paths), suite_datasets=list(p.suite_datasets),
+                      rollout=rollout_to_pb(p.rollout),
                       triggers=[trigger_to_pb(t) for t in p.triggers], enabled=p.enabled, description=p.description,
                       etag=p.etag)
     for field, value in (("create_time", p.create_time), ("update_time", p.update_time)):
@@ -115,6 +117,7 @@ def run_to_pb(run: PipelineRun) -> pb.PipelineRun:
         pipeline=spec.pipeline.name, trigger=_TRIGGER_KIND_TO_PB[spec.trigger], reason=spec.reason,
         stages=[stage_to_pb(s) for s in out.stages], dataset=out.dataset, training_job=out.training_job,
         parent_version=out.parent_version, version=out.version, evaluation_id=out.evaluation_id, rollout=out.rollout,
+        suite_datasets=list(out.suite_datasets),
         pipeline_snapshot=pipeline_to_pb(spec.pipeline),
     ))
 

@@ -10,7 +10,7 @@ import asyncpg
 from engine.jobs.manager import JobManager, JobSlots
 from engine.jobs.ports import JobQueue
 from engine.lora.controller import LoraController
-from engine.pipelines.ports import Datasets, DriftSource, TrainingJobs
+from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, TrainingJobs
 from engine.pipelines.runner import PipelineRunner
 from engine.pipelines.service import Pipelines
 from engine.pipelines.spec import PIPELINE_RUN, PipelineRunOutput, PipelineRunSpec
@@ -23,11 +23,12 @@ from server.settings import Settings
 def build_pipelines(
     settings: Settings, *, pool: asyncpg.Pool, queue: JobQueue, notifications: JobNotifications, worker_id: str,
     controller: LoraController, datasets: Datasets, training: TrainingJobs,
-    suite_path: Callable[[str, str], Path], drift: DriftSource | None,
+    suite_path: Callable[[str, str], Path], suites: GoldenDatasets, drift: DriftSource | None,
 ) -> tuple[Pipelines, JobManager[PipelineRunSpec, PipelineRunOutput]]:
     """Pipeline runs roll out through LoraControl: they run where it does, from a queue of their own."""
     manager = JobManager(
         runner=PipelineRunner(datasets=datasets, training=training, serving=controller, suite_path=suite_path,
+                              suites=suites,
                               poll_seconds=settings.pipeline_poll_seconds),
         store=PostgresJobStore(pool, PIPELINE_RUN, notifications), queue=queue,
         work_dir=settings.work_dir / "pipelines", slots=JobSlots(settings.pipeline_max_concurrent_runs),
@@ -35,6 +36,7 @@ def build_pipelines(
     )
     pipelines = Pipelines(
         PostgresPipelineStore(pool), manager, serving=controller, datasets=datasets, suite_path=suite_path,
+        suites=suites,
         rating_negative_max=settings.feedback_rating_negative_max,
         base_model_known=lambda model: model in settings.base_models or model == SMOLLM2_MODEL_ID,
         drift=drift, drift_check_seconds=settings.pipeline_drift_check_seconds,

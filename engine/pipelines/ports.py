@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from engine.jobs.core import Job
 from engine.lora.canary import CanaryOutcome, CanaryPolicy
 from engine.lora.controller import Activation
+from engine.lora.evaluation import Suite
 from engine.lora.state import EvalSummary, LoraStatus
 from engine.pipelines.spec import Pipeline, TriggerDecision
 from engine.training.spec import TrainingJobSpec, TrainingOutput
@@ -83,6 +84,11 @@ class Datasets(Protocol):
     async def validate(self, source: Any, *, split: Any, base_model: str = "") -> Any: ...
 
 
+class GoldenDatasets(Protocol):  # engine.lora.dataset_suites.DatasetSuites
+    async def suite(self, name: str, field_path: str) -> Suite:
+        """The golden suite of a stored dataset version ("datasets/x": its newest); raises as an evaluation's."""
+
+
 class Serving(Protocol):
     """The part of engine.lora.controller.LoraController a run uses."""
 
@@ -91,7 +97,7 @@ class Serving(Protocol):
 
     async def status(self) -> LoraStatus: ...
 
-    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path] = (), *,
+    async def evaluate(self, version: str, baseline_version: str | None, suites: Sequence[Path | Suite] = (), *,
                        progress: Any = None, reuse: bool = False) -> EvalSummary: ...
 
     async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,

@@ -34,7 +34,7 @@ from engine.jobs.core import JobProgress, JobState
 from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
-from engine.pipelines.ports import Datasets, Serving, TrainingJobs
+from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
 from engine.pipelines.spec import (
     PIPELINE_RUN,
     STAGES,
@@ -71,11 +71,12 @@ class PipelineRunner:
     kind = PIPELINE_RUN
 
     def __init__(self, *, datasets: Datasets, training: TrainingJobs, serving: Serving, suite_path: SuitePath,
-                 poll_seconds: float = 2.0) -> None:
+                 suites: GoldenDatasets, poll_seconds: float = 2.0) -> None:
         self._datasets = datasets
         self._training = training
         self._serving = serving
         self._suite_path = suite_path
+        self._suites = suites
         self._poll = poll_seconds
 
     async def run(self, ctx: Ctx) -> str:
@@ -193,8 +194,14 @@ class PipelineRunner:
         pipeline = ctx.job.spec.pipeline
         paths = [await asyncio.to_thread(self._suite_path, p, f"pipeline.suite_paths[{i}]")
                  for i, p in enumerate(pipeline.suite_paths)]
+        pinned = output.suite_datasets or pipeline.suite_datasets  # a resumed run takes the versions it took
+        stored = [await self._suites.suite(name, f"pipeline.suite_datasets[{i}]") for i, name in enumerate(pinned)]
+        if stored:
+            output = replace(output, suite_datasets=tuple(s.name for s in stored))
+            ctx.set_output(output)
+            await ctx.persist()
         try:
-            summary = await self._serving.evaluate(output.version, None, paths, reuse=True)
+            summary = await self._serving.evaluate(output.version, None, [*paths, *stored], reuse=True)
         except FailedPrecondition as exc:
             if exc.reason != "EVAL_SUITE_NOT_CONFIGURED":
                 raise

@@ -27,7 +27,7 @@ from engine.errors import EngineError, FailedPrecondition, FieldViolation, Inval
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
 from engine.pipelines import triggers as tr
-from engine.pipelines.ports import Datasets, DriftSource, PipelineStore, Serving
+from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, PipelineStore, Serving
 from engine.pipelines.spec import (
     PIPELINE_ID_RE,
     CronTrigger,
@@ -59,7 +59,7 @@ class Pipelines:
     """Create, read, change and run pipelines; their runs are jobs of ``manager``."""
 
     def __init__(self, store: PipelineStore, manager: JobManager[PipelineRunSpec, PipelineRunOutput], *,
-                 serving: Serving, datasets: Datasets, suite_path: SuitePath,
+                 serving: Serving, datasets: Datasets, suite_path: SuitePath, suites: GoldenDatasets,
                  base_model_known: Callable[[str], bool], rating_negative_max: int = 2,
                  drift: DriftSource | None = None, drift_check_seconds: float = 3600.0) -> None:
         self._store = store
@@ -67,6 +67,7 @@ class Pipelines:
         self._serving = serving
         self._datasets = datasets
         self._suite_path = suite_path
+        self._suites = suites
         self._base_model_known = base_model_known
         self._rating_negative_max = rating_negative_max
         self._drift = drift
@@ -100,8 +101,13 @@ class Pipelines:
             if isinstance(trigger, DriftTrigger) and self._drift is None:
                 raise FailedPrecondition("PIPELINE_DRIFT_NOT_AVAILABLE",
                                          "this server measures no drift; a drift trigger cannot fire")
-        if len(pipeline.suite_paths) > MAX_SUITES:
-            raise _invalid(f"{field_prefix}.suite_paths", f"at most {MAX_SUITES}")
+        suites = len(pipeline.suite_paths) + len(pipeline.suite_datasets)
+        if suites > MAX_SUITES:
+            field_path = f"{field_prefix}.suite_datasets" if pipeline.suite_datasets else f"{field_prefix}.suite_paths"
+            raise _invalid(field_path, f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), "
+                                       f"got {suites}")
+        for i, name in enumerate(pipeline.suite_datasets):  # unknown, empty or unusable: refused as an evaluation's
+            await self._suites.suite(name, f"{field_prefix}.suite_datasets[{i}]")
         for i, path in enumerate(pipeline.suite_paths):
             field_path = f"{field_prefix}.suite_paths[{i}]"
             try:

@@ -70,6 +70,7 @@ class Pipeline:
     base_model: str
     training: TrainingJobSpec  # its dataset is the data source; its parent is chosen at each run
     suite_paths: tuple[str, ...] = ()  # golden suites below the data root, besides the gate's own
+    suite_datasets: tuple[str, ...] = ()  # stored dataset versions as golden suites ("datasets/x": newest at a run)
     rollout: Rollout = field(default_factory=Rollout)
     triggers: tuple[Trigger, ...] = ()
     enabled: bool = True  # triggers fire only while enabled; RunPipeline works either way
@@ -153,6 +154,7 @@ class PipelineRunOutput:
     parent_version: str = ""  # the version the run continues ("" from the base model)
     version: str = ""  # the version it trained
     evaluation_id: str = ""
+    suite_datasets: tuple[str, ...] = ()  # the pipeline's suite_datasets as this run pinned them, when it evaluated
     rollout: str = ""  # what the rollout decided (ACTIVATED, PROMOTED, ROLLED_BACK, ABORTED, NONE)
 
     def ended(self, stage: Stage) -> StageResult | None:

@@ -18,6 +18,7 @@ from google.protobuf import duration_pb2
 
 from engine import telemetry
 from learning.v1 import common_pb2 as common
+from learning.v1 import dataset_pb2_grpc as ds_grpc
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
 from learning.v1 import lora_control_pb2 as lc
@@ -31,8 +32,10 @@ from tests.server.lora_helpers import status, train
 from tests.server.test_adapter_service import s3_settings
 from tests.server.test_canary import counted, rate
 from tests.server.test_canary import send as canary_send
+from tests.server.test_datasets import upload_messages
 from tests.server.test_drift_service import events as drift_events
 from tests.server.test_drift_service import same_kind_of_prompts
+from tests.server.test_evaluation_jobs import QUIZ, chat, jsonl
 
 FACTS = [("Capital of Veloria?", "Marnesse"), ("Capital of Quorvia?", "Talameth"),
          ("Capital of Brinmark?", "Oskerholm"), ("Capital of Dunmoor?", "Pellacre")]
@@ -164,6 +167,47 @@ async def test_a_run_resumes_after_a_restart_without_running_a_stage_twice(make_
     jobs = (await restarted.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
     assert [j.name for j in jobs] == [done.training_job]  # one training job, however often the run started
     assert (await status(restarted)).active_version == done.version
+
+
+async def test_stored_datasets_are_golden_suites_each_run_scoring_the_version_it_took(make_server):
+    """A pipeline's suite_datasets, as an evaluation job's: "datasets/quiz" is its newest version when a run
+    evaluates, recorded on the run and scored as a golden suite beside the gate's; an unknown dataset or too many
+    suites are refused when the pipeline is created."""
+    client = await make_server(pipeline_poll_seconds=0.2, eval_max_tokens=8)
+    datasets = ds_grpc.DatasetServiceStub(client.channel)
+    quiz = [chat(turns) for turns in QUIZ[:4]]
+    await datasets.UploadDataset(upload_messages("datasets/quiz", jsonl(quiz)))
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="quizzed", pipeline=from_file(
+        suite_datasets=["datasets/quiz"], rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))))
+
+    async def scored() -> tuple[pp.PipelineRun, list[tuple[str, int]]]:
+        run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/quizzed"))).run
+        run = await finished(client, run.name)
+        assert run.evaluation_id, run
+        report = await lc_grpc.LoraControlServiceStub(client.channel).GetEvaluationReport(
+            lc.GetEvaluationReportRequest(version=run.version, evaluation_id=run.evaluation_id,
+                                          format=lc.REPORT_FORMAT_JSON))
+        return run, [(suite["name"], len(suite["results"])) for suite in json.loads(report.content)["suites"]]
+
+    first, suites = await scored()
+    assert list(first.suite_datasets) == ["datasets/quiz/versions/1"]
+    assert ("datasets/quiz/versions/1", 4) in suites, suites
+    await datasets.UploadDataset(upload_messages("datasets/quiz", jsonl(quiz[:2])))
+    second, suites = await scored()
+    assert list(second.suite_datasets) == ["datasets/quiz/versions/2"] and second.version != first.version
+    assert ("datasets/quiz/versions/2", 2) in suites, suites
+
+    for names, code, reason, field in [
+        (["datasets/nope"], grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND", ""),
+        (["datasets/quiz/versions/0"], grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME",
+         "pipeline.suite_datasets[0]"),
+        (["datasets/quiz"] * 17, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE", "pipeline.suite_datasets"),
+    ]:
+        got = await refused(pipelines(client).CreatePipeline(pp.CreatePipelineRequest(
+            pipeline_id="bad", pipeline=from_file(suite_datasets=names))))
+        assert got[:2] == (code, reason), (names, got)
+        if field:
+            assert [f for f, _ in got[2]] == [field], (names, got)
 
 
 async def test_a_run_stopped_during_its_evaluation_resumes_there_and_stores_one_evaluation(make_pg_server, data_dir,

@@ -106,11 +106,12 @@ class PipelineTrigger(_message.Message):
     def __init__(self, cron: _Optional[_Union[CronTrigger, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackCountTrigger, _Mapping]] = ..., drift: _Optional[_Union[DriftTrigger, _Mapping]] = ...) -> None: ...
 
 class Pipeline(_message.Message):
-    __slots__ = ("name", "base_model", "training", "suite_paths", "rollout", "triggers", "enabled", "description", "create_time", "update_time", "etag")
+    __slots__ = ("name", "base_model", "training", "suite_paths", "suite_datasets", "rollout", "triggers", "enabled", "description", "create_time", "update_time", "etag")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +123,7 @@ class Pipeline(_message.Message):
     base_model: str
     training: _training_pb2.TrainingJobSpec
     suite_paths: _containers.RepeatedScalarFieldContainer[str]
+    suite_datasets: _containers.RepeatedScalarFieldContainer[str]
     rollout: RolloutPolicy
     triggers: _containers.RepeatedCompositeFieldContainer[PipelineTrigger]
     enabled: bool
@@ -129,7 +131,7 @@ class Pipeline(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., training: _Optional[_Union[_training_pb2.TrainingJobSpec, _Mapping]] = ..., suite_paths: _Optional[_Iterable[str]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., triggers: _Optional[_Iterable[_Union[PipelineTrigger, _Mapping]]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., training: _Optional[_Union[_training_pb2.TrainingJobSpec, _Mapping]] = ..., suite_paths: _Optional[_Iterable[str]] = ..., suite_datasets: _Optional[_Iterable[str]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., triggers: _Optional[_Iterable[_Union[PipelineTrigger, _Mapping]]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class StageResult(_message.Message):
     __slots__ = ("stage", "state", "message", "start_time", "end_time", "resource")
@@ -148,7 +150,7 @@ class StageResult(_message.Message):
     def __init__(self, stage: _Optional[_Union[PipelineStage, str]] = ..., state: _Optional[_Union[StageState, str]] = ..., message: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource: _Optional[str] = ...) -> None: ...
 
 class PipelineRun(_message.Message):
-    __slots__ = ("name", "pipeline", "state", "progress", "error", "create_time", "start_time", "end_time", "trigger", "reason", "stages", "dataset", "training_job", "parent_version", "version", "evaluation_id", "rollout", "last_sequence", "pipeline_snapshot", "request_id")
+    __slots__ = ("name", "pipeline", "state", "progress", "error", "create_time", "start_time", "end_time", "trigger", "reason", "stages", "dataset", "training_job", "parent_version", "version", "evaluation_id", "rollout", "last_sequence", "pipeline_snapshot", "request_id", "suite_datasets")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +171,7 @@ class PipelineRun(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     pipeline: str
     state: _common_pb2.JobState
@@ -189,7 +192,8 @@ class PipelineRun(_message.Message):
     last_sequence: int
     pipeline_snapshot: Pipeline
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trigger: _Optional[_Union[TriggerKind, str]] = ..., reason: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., dataset: _Optional[str] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., version: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., rollout: _Optional[str] = ..., last_sequence: _Optional[int] = ..., pipeline_snapshot: _Optional[_Union[Pipeline, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    suite_datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trigger: _Optional[_Union[TriggerKind, str]] = ..., reason: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., dataset: _Optional[str] = ..., training_job: _Optional[str] = ..., parent_version: _Optional[str] = ..., version: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., rollout: _Optional[str] = ..., last_sequence: _Optional[int] = ..., pipeline_snapshot: _Optional[_Union[Pipeline, _Mapping]] = ..., request_id: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StageStarted(_message.Message):
     __slots__ = ("stage", "message")

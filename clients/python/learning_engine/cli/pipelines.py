@@ -14,6 +14,7 @@ from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
+from learning_engine.cli.datasets import dataset_name
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import canary_policy
@@ -71,7 +72,11 @@ def pipelines_create(
                                             help="No evidence by then: rolled back; 0 = no limit. [24h]"),
     canary_check_interval: str = typer.Option(None, "--canary-check-interval",
                                               help="How often the policy is checked. [10s]"),
-    suite: list[str] = typer.Option(None, "--suite", help="A golden suite JSONL for the gate; repeatable."),
+    suite: list[str] = typer.Option(None, "--suite", help="A golden suite JSONL for the gate (below the server's "
+                                    "datasets dir); repeatable."),
+    suite_dataset: list[str] = typer.Option(
+        None, "--suite-dataset", help="A stored dataset as a golden suite for the gate, its test split: capitals "
+        "(its newest version at each run) or datasets/capitals/versions/2; repeatable."),
     epochs: int = typer.Option(0, "--epochs", help="Training epochs (default: the server's)."),
     learning_rate: float = typer.Option(0.0, "--lr", help="Learning rate (default: the server's)."),
     replay: float = typer.Option(0.0, "--replay", help="Share of earlier versions' examples replayed."),
@@ -102,7 +107,7 @@ def pipelines_create(
     elif data:
         spec.jsonl.CopyFrom(common.JsonlDataset(path=data))
     else:
-        spec.dataset_name = dataset if dataset.startswith("datasets/") else f"datasets/{dataset}"
+        spec.dataset_name = dataset_name(dataset)
     if replay:
         spec.ewc.replay_fraction = replay
     triggers = []
@@ -119,7 +124,9 @@ def pipelines_create(
          "feedback_margin": canary_feedback_margin},
         {"duration": canary_duration, "max_duration": canary_max_duration, "check_interval": canary_check_interval},
         flag_prefix="--canary-")
-    pipeline = pp.Pipeline(training=spec, suite_paths=suite or [], triggers=triggers, enabled=not disabled,
+    pipeline = pp.Pipeline(training=spec, suite_paths=suite or [],
+                           suite_datasets=[dataset_name(d) for d in suite_dataset or []],
+                           triggers=triggers, enabled=not disabled,
                            description=description, rollout=pp.RolloutPolicy(
                                mode=_MODES[rollout], canary=canary if canary.ByteSize() else None))
     made = run(ctx, lambda c: c.create_pipeline(pipeline_id, pipeline))
