@@ -10,9 +10,13 @@ no-ops; without a metrics port nobody scrapes the registry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from engine.jobs.core import JobState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside counters
 
@@ -36,6 +40,13 @@ JOBS = Gauge(
     "learning_engine_jobs",
     "Jobs this process holds in a state that is not final (created or run here), by kind and state; ended "
     "jobs leave it (their count is in learning_engine_job_transitions_total).",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+JOBS_STORED = Gauge(
+    "learning_engine_jobs_stored",
+    "Jobs in the database by kind and state, whichever process created or ran them, read when /metrics is "
+    "scraped (every state of a kind present, 0 where none; as last read if the database did not answer).",
     ["kind", "state"],
     registry=REGISTRY,
 )
@@ -173,6 +184,18 @@ def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> Non
             gauge.remove(job_id)
         except KeyError:
             pass  # it ended before a step, or is of another kind
+
+
+def jobs_stored(counts: Mapping[tuple[str, str], int]) -> None:
+    """The jobs the database holds, by (kind, state): every state of each kind read now or before, 0 where none."""
+    kinds = {kind for kind, _ in counts} | _stored_kinds
+    _stored_kinds.update(kinds)
+    for kind in kinds:
+        for state in JobState:
+            JOBS_STORED.labels(kind, state.value).set(counts.get((kind, state.value), 0))
+
+
+_stored_kinds: set[str] = set()
 
 
 def training_step(job_id: str, loss: float, tokens_per_second: float) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from engine import Engine
+from engine import Engine, telemetry
 from engine.continual.base_knowledge import BaseKnowledgeProbe
 from engine.continual.planner import EwcPlanner
 from engine.continual.rehearsal import SelfRehearsal
@@ -49,7 +50,7 @@ from engine.stores.dataset_store import PostgresDatasetIndex
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
 from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
-from engine.stores.job_store import JobNotifications, PostgresJobStore
+from engine.stores.job_store import JobNotifications, PostgresJobStore, count_jobs
 from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.datasets import resolve_dataset_path
@@ -543,7 +544,7 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
                                "version": SERVER_VERSION})
     log.info(access.describe(settings))
-    metrics = MetricsServer(settings) if settings.metrics_port is not None else None
+    metrics = MetricsServer(settings, refresh=_stored_jobs(owned.pool)) if settings.metrics_port is not None else None
     if metrics is not None:
         try:
             await metrics.start()
@@ -552,6 +553,18 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
         undo.push_async_callback(metrics.stop)
     return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback,
                health_checks=checks)
+
+
+def _stored_jobs(pool: asyncpg.Pool | None) -> Callable[[], Awaitable[None]] | None:
+    """What /metrics reads from the database at each scrape: the jobs by kind and state (none on in-memory
+    stores)."""
+    if pool is None:
+        return None
+
+    async def refresh() -> None:
+        telemetry.jobs_stored(await count_jobs(pool))
+
+    return refresh
 
 
 async def serve(settings: Settings) -> int:

@@ -5,6 +5,7 @@ The metrics themselves are defined once in ``engine/telemetry.py``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -149,15 +150,16 @@ class MetricsServer:
     """The Prometheus text endpoint on its own port, a door like the others (``server/http_doors.py``): bearer
     tokens (role reader) and TLS from the settings, on ``host``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self._settings = settings
+        self._refresh = refresh  # brings what the database knows (the jobs by state) up to date before a scrape
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> int:
         settings = self._settings
         app = web.Application(middlewares=[bearer_auth(tokens_from_settings(settings), METRICS_ROLES)])
-        app.add_routes([web.get("/metrics", _metrics)])
+        app.add_routes([web.get("/metrics", self._metrics)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.host, settings.metrics_port,
@@ -177,6 +179,14 @@ class MetricsServer:
             self._runner = None
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(telemetry.REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self._refresh is not None:
+            try:
+                await asyncio.wait_for(self._refresh(), REFRESH_SECONDS)
+            except Exception:  # noqa: BLE001 - the rest of the page is served; those series stay as last read
+                log.warning("could not read the jobs by state from the database for /metrics", exc_info=True)
+        body = generate_latest(telemetry.REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+REFRESH_SECONDS = 5.0  # a scrape waits at most this long for the database

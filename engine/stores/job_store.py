@@ -37,6 +37,12 @@ CHANNEL = "learning_engine_jobs"
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 
 
+async def count_jobs(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
+    """How many jobs the database holds, by (kind, state)."""
+    rows = await pool.fetch("SELECT kind, state, count(*) AS n FROM jobs GROUP BY kind, state")
+    return {(row["kind"], row["state"]): row["n"] for row in rows}
+
+
 class JobNotifications:
     """One LISTEN connection per pool, waking the waiters of each job when its rows change (any replica)."""
 

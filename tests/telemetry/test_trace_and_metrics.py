@@ -89,6 +89,30 @@ async def test_one_job_leaves_a_trace_and_metrics(make_server, spans: InMemorySp
     assert "_created" not in page
 
 
+async def test_the_jobs_by_state_are_what_the_database_holds_across_a_restart(make_server):
+    """The process-wide gauge counts what this process holds; learning_engine_jobs_stored counts the database's
+    jobs, so a restarted server (or another replica) reports the jobs that ended before it started."""
+    first = await make_server()
+    for _ in range(2):
+        job = (await first.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))).training_job
+        assert (await watch_all(first.training, job.name))[-1].event.state_change.state == common.JOB_STATE_SUCCEEDED
+    await first.channel.close()
+    await first.app.stop(0)
+    restarted = await make_server(metrics_port=0, embedded_worker=False)
+    queued = await restarted.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=1)))
+    assert queued.training_job.state == common.JOB_STATE_QUEUED  # no worker here: it stays queued
+
+    def read(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    page = await asyncio.to_thread(read, f"http://127.0.0.1:{restarted.app.metrics.port}/metrics")
+    stored = _samples(page, "learning_engine_jobs_stored")
+    training = {state: n for ((_, kind), (_, state)), n in stored.items() if kind == "training"}
+    assert training["SUCCEEDED"] == 2 and training["QUEUED"] == 1, training
+    assert training["RUNNING"] == training["FAILED"] == 0  # every state of the kind, none stale
+
+
 async def test_a_cancelled_epoch_ends_its_span_with_the_error(make_server, spans: InMemorySpanExporter):
     server = await make_server()
     spans.clear()
