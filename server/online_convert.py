@@ -90,7 +90,7 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         start_version=msg.start_version,
         buffer_size=_count(msg.buffer_size, 1000, 1, 100_000, "spec.buffer_size"),
         update_every=_count(msg.update_every, 10, 1, 10_000, "spec.update_every"),
-        optimizer=_OPTIMIZER[msg.optimizer],
+        optimizer=_choice(_OPTIMIZER, msg.optimizer, "spec.optimizer", "OnlineOptimizer"),
         learning_rate=learning_rate,
         weight_decay=_fraction(msg, "weight_decay", 0.01, 0, 1),
         max_grad_norm=_fraction(msg, "max_grad_norm", 1.0, 0, 1e6),

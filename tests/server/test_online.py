@@ -432,7 +432,7 @@ async def test_a_kto_session_learns_from_labelled_examples_and_refuses_what_its_
     kto = ol.OnlineSessionSpec(start_version=start, loss=ol.ONLINE_LOSS_KTO, update_every=4, publish_every=0,
                                learning_rate=5e-3, max_seq_length=64, ewc_lambda=0, replay_fraction=0,
                                learn_from_feedback=True)
-    for field, value in (("loss", 7),):  # an enum value this server does not know
+    for field, value in (("loss", 7), ("optimizer", 9)):  # enum values this server does not know
         bad = ol.OnlineSessionSpec(start_version=start)
         setattr(bad, field, value)
         code, reason, violations = await refused(sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
