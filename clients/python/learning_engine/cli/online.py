@@ -68,7 +68,8 @@ def online_create(
         None, "--negative-feedback-margin", help="Disable learning and put the start version back when the live "
         "model's negative-rating share exceeds the start version's by more than this (0: off; default 0.1)."),
     loss: str = typer.Option("sft", "--loss", help="sft, or kto: learn from examples labelled desirable or not "
-                                                   "(each needs a target and a label; about twice the compute)."),
+                                                   "(each needs a target and a label; updates take about 2.5 times "
+                                                   "as long)."),
 ) -> None:
     """Start a session; its adapter is served as <base>@<id> after every update."""
     opts = options(ctx)
