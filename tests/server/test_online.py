@@ -486,6 +486,21 @@ async def test_a_kto_session_learns_from_labelled_examples_and_refuses_what_its_
     await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     await until(lambda: _ended(client, made.name))
 
+    # A job continuing the publication measures its Fisher on, and replays, only the answers to give.
+    continuation = spec(epochs=1)
+    continuation.parent_adapter_version = record.version
+    continuation.ewc.replay_fraction = 0.5
+    job = (await client.training.CreateTrainingJob(tr.CreateTrainingJobRequest(spec=continuation))).training_job
+    events = [m.event for m in await watch_all(client.training, job.name) if m.HasField("event")]
+    warnings = {e.warning.code: e.warning.message for e in events if e.HasField("warning")}
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert not {"PARENT_DATASET_REBUILT", "REPLAY_DATASET_REBUILT", "REPLAY_DATASET_UNAVAILABLE"} & set(warnings), \
+        warnings  # the labelled window's digest is the one recorded
+    assert "training data (6 samples)" in notices["FISHER_COMPUTED_AUTOMATICALLY"], notices
+    assert "REPLAY_MIXED" in notices, notices
+    continued = (await client.training.GetTrainingJob(tr.GetTrainingJobRequest(name=job.name))).training_job
+    assert continued.state == common.JOB_STATE_SUCCEEDED, continued.error
+
     # An SFT session refuses an answer labelled undesirable (it would imitate it) and takes one labelled desirable.
     plain = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
         start_version=start, update_every=4, publish_every=0, max_seq_length=64)))).session
