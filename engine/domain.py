@@ -89,6 +89,25 @@ DataSource = JsonlSource | FeedbackSource | StoredDatasetSource | OnlineExamples
 
 
 @dataclass(frozen=True)
+class OnlineExamples:
+    """Examples of an online session's window, in order, with KTO's labels when its session learnt by KTO."""
+
+    examples: list[Example]
+    desirable: tuple[bool, ...] | None = None  # per example (a KTO session's); None: an SFT session's
+
+    @property
+    def digest(self) -> str:
+        return dataset_digest(self.examples, self.desirable)
+
+    def wanted(self) -> list[Example]:
+        """The examples whose target is an answer to give: what a version trained on them should keep doing
+        (a KTO session's undesirable ones left out, as of a feedback dataset)."""
+        if self.desirable is None:
+            return list(self.examples)
+        return [e for e, good in zip(self.examples, self.desirable, strict=True) if good]
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     """What a run's data was, and where it came from (its provenance), resolved once when the job is created.
 
@@ -140,11 +159,14 @@ class Example:
         return body
 
 
-def dataset_digest(examples: Sequence[Example]) -> str:
-    """sha256 (hex) of the canonical JSON of the normalised examples; independent of file formatting."""
+def dataset_digest(examples: Sequence[Example], desirable: Sequence[bool] | None = None) -> str:
+    """sha256 (hex) of the canonical JSON of the normalised examples; independent of file formatting.
+    ``desirable``: KTO's label of each example, put in its line (a KTO dataset's digest)."""
     digest = hashlib.sha256()
-    for example in examples:
-        line = json.dumps(example.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    labels: Sequence[bool | None] = [None] * len(examples) if desirable is None else desirable
+    for example, label in zip(examples, labels, strict=True):
+        body = example.canonical() if label is None else {**example.canonical(), "desirable": label}
+        line = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         digest.update(line.encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from engine.domain import Objective
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
 from engine.names import chosen_id
-from engine.online.service import ExampleIn, SessionView, check_learning_rate
+from engine.online.service import SessionView, check_learning_rate
 from engine.online.spec import (
     FeedbackSpike,
     GateVerdict,
     LossSpike,
+    NewExample,
     OnlineOptimizer,
     OnlineSessionSpec,
     OnlineStats,
@@ -31,6 +33,10 @@ _OPTIMIZER = {
     pb.ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer.ADAMW, pb.ONLINE_OPTIMIZER_SGD: OnlineOptimizer.SGD,
 }
 _OPTIMIZER_TO_PB = {v: k for k, v in _OPTIMIZER.items() if k != pb.ONLINE_OPTIMIZER_UNSPECIFIED}
+_LOSS = {
+    pb.ONLINE_LOSS_UNSPECIFIED: Objective.SFT, pb.ONLINE_LOSS_SFT: Objective.SFT, pb.ONLINE_LOSS_KTO: Objective.KTO,
+}
+_LOSS_TO_PB = {v: k for k, v in _LOSS.items() if k != pb.ONLINE_LOSS_UNSPECIFIED}
 COLLECTION = "onlineSessions"
 
 
@@ -59,6 +65,12 @@ def _count(value: int, default: int, low: int, high: int, field_path: str) -> in
     return chosen
 
 
+def _choice(table: dict, value: int, field_path: str, enum: str):
+    if value not in table:
+        raise _bad(field_path, f"unknown {enum} value {value}")
+    return table[value]
+
+
 def _fraction(msg: pb.OnlineSessionSpec, name: str, default: float, low: float, high: float) -> float:
     value = getattr(msg, name) if msg.HasField(name) else default
     if not (math.isfinite(value) and low <= value <= high):
@@ -78,7 +90,7 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         start_version=msg.start_version,
         buffer_size=_count(msg.buffer_size, 1000, 1, 100_000, "spec.buffer_size"),
         update_every=_count(msg.update_every, 10, 1, 10_000, "spec.update_every"),
-        optimizer=_OPTIMIZER[msg.optimizer],
+        optimizer=_choice(_OPTIMIZER, msg.optimizer, "spec.optimizer", "OnlineOptimizer"),
         learning_rate=learning_rate,
         weight_decay=_fraction(msg, "weight_decay", 0.01, 0, 1),
         max_grad_norm=_fraction(msg, "max_grad_norm", 1.0, 0, 1e6),
@@ -94,6 +106,7 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         negative_feedback_margin=_fraction(msg, "negative_feedback_margin", 0.1, 0, 1),
         negative_feedback_min_ratings=_count(msg.negative_feedback_min_ratings, 20, 1, 100_000,
                                              "spec.negative_feedback_min_ratings"),
+        loss=_choice(_LOSS, msg.loss, "spec.loss", "OnlineLoss"),
     )
 
 
@@ -106,7 +119,7 @@ def spec_to_pb(spec: OnlineSessionSpec) -> pb.OnlineSessionSpec:
         publish_every=spec.publish_every, max_seq_length=spec.max_seq_length, live_alias=spec.live_alias,
         loss_spike_factor=spec.loss_spike_factor, learn_from_feedback=spec.learn_from_feedback,
         negative_feedback_margin=spec.negative_feedback_margin,
-        negative_feedback_min_ratings=spec.negative_feedback_min_ratings,
+        negative_feedback_min_ratings=spec.negative_feedback_min_ratings, loss=_LOSS_TO_PB[spec.loss],
     )
 
 
@@ -159,5 +172,6 @@ def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
     return msg
 
 
-def examples_from_pb(examples: list[pb.OnlineExample]) -> list[ExampleIn]:
-    return [ExampleIn(e.prompt, e.target, e.weight if e.HasField("weight") else 1.0) for e in examples]
+def examples_from_pb(examples: list[pb.OnlineExample]) -> list[NewExample]:
+    return [NewExample(e.prompt, e.target, e.weight if e.HasField("weight") else 1.0,
+                       e.desirable if e.HasField("desirable") else None) for e in examples]

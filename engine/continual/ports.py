@@ -8,12 +8,13 @@ from typing import Protocol
 
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
-from engine.domain import Example
+from engine.domain import OnlineExamples
 
 
 class OnlineExampleWindows(Protocol):
-    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
-        """The examples of online session ``session_id`` with sequence numbers ``first``..``last``, in order."""
+    async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
+        """The examples of online session ``session_id`` with sequence numbers ``first``..``last``, in order, with
+        their KTO labels when the session learnt by KTO."""
         ...
 
 

@@ -99,19 +99,23 @@ class VersionDatasets:
         return examples
 
     async def _online_window(self, record: AdapterRecord, source: OnlineExamplesSource) -> VersionData:
+        """The window's examples to give (of a KTO session's, the undesirable ones are left out, as of a feedback
+        dataset), checked against the digest of the whole window recorded on the version."""
         assert self._online is not None
-        examples = await self._online.window(source.session_id, source.first, source.last)
+        window = await self._online.window(source.session_id, source.first, source.last)
+        examples = window.wanted()
         if not examples:
+            gone = "are gone" if not window.examples else "left are all undesirable (KTO)"
             raise FailedPrecondition(
                 "PARENT_DATASET_UNKNOWN",
-                f"the examples online session {source.session_id} trained {record.version} on are gone; "
+                f"the examples online session {source.session_id} trained {record.version} on {gone}; "
                 f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
                 metadata={"version": record.version},
             )
         summary = record.dataset
-        note = "" if summary is None or not summary.digest or dataset_digest(examples) == summary.digest else (
-            f"{len(examples)} examples of online session {source.session_id} ({source.first}..{source.last}) differ "
-            f"from the {summary.example_count} {record.version} was trained on"
+        note = "" if summary is None or not summary.digest or window.digest == summary.digest else (
+            f"{len(window.examples)} examples of online session {source.session_id} ({source.first}..{source.last}) "
+            f"differ from the {summary.example_count} {record.version} was trained on"
         )
         return VersionData(examples, note)
 

@@ -32,8 +32,6 @@ examples in deduplication. SFT ignores implicit signals.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection
@@ -173,14 +171,7 @@ def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy,
 
 
 def _digest(examples: list[Example], desirable: tuple[bool, ...], kto: bool) -> str:
-    if not kto:
-        return dataset_digest(examples)
-    digest = hashlib.sha256()
-    for example, label in zip(examples, desirable, strict=True):
-        body = {**example.canonical(), "desirable": label}
-        digest.update(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    return dataset_digest(examples, desirable if kto else None)
 
 
 class FeedbackDatasetBuilder:

@@ -4,13 +4,16 @@ An update trains on the oldest ``update_every`` examples received and not yet tr
 forced update), mixed with replayed earlier ones so that those make up ``replay_fraction`` of the step (sampled from the
 buffer of examples already trained on and from the start version's lineage, as a training job's replay), under
 the EWC penalty against the start version. The step is the training recipe's: the same tokenisation, packed
-forward pass, example-weighted loss, penalty, clipping and optimiser (Adam, AdamW or SGD with weight decay).
+forward pass, objective, penalty, clipping and optimiser (Adam, AdamW or SGD with weight decay). The objective is
+the session's ``loss``: the recipe's example-weighted SFT loss, or its KTO loss (engine.training.kto) on the
+examples' labels, with the adapter disabled as the reference model. Examples replayed from the buffer keep their
+labels; those replayed from the start version's lineage are answers to give (desirable), as in a training job.
 
 What never stops a session: an example with no target token within ``max_seq_length`` is skipped when it
-arrives, and an update whose loss is not finite changes nothing (its examples are counted as skipped). A loss
-above ``loss_spike_factor`` times the median of the last updates' was measured on the weights the previous
-update made: the adapter goes back to the weights before that one (the newest whose loss was fine), and the
-runner disables learning.
+arrives (so is one without the label and target KTO needs, which the API refuses before), and an update whose
+loss is not finite changes nothing (its examples are counted as skipped). A loss above ``loss_spike_factor``
+times the median of the last updates' was measured on the weights the previous update made: the adapter goes
+back to the weights before that one (the newest whose loss was fine), and the runner disables learning.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 
 from engine.continual.ewc import replay_count
-from engine.domain import Example
+from engine.domain import Example, Objective
 from engine.online.spec import (
     LOSS_WINDOW,
     SPIKE_MIN_UPDATES,
@@ -36,9 +39,11 @@ from engine.online.spec import (
     OnlineStats,
     StoredExample,
 )
-from engine.training.batching import batching
+from engine.training.batching import StepBatch, batching
 from engine.training.datasets import EncodedExample, encode_example, pad_token_id
-from engine.training.recipe import LoadedModel, Penalty
+from engine.training.kto import KtoObjective
+from engine.training.objectives import WeightedSft
+from engine.training.recipe import BatchObjective, LoadedModel, Penalty
 
 MICRO_BATCH = 8  # examples per forward pass within an update
 
@@ -50,6 +55,15 @@ def make_optimizer(kind: OnlineOptimizer, params: list[torch.nn.Parameter], lr: 
     if kind is OnlineOptimizer.ADAM:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@dataclass(frozen=True)
+class Held:
+    """An example the learner holds, to train on or to replay."""
+
+    seq: int
+    encoded: EncodedExample
+    desirable: bool = True  # KTO's label (an SFT session's examples are all answers to give)
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,8 @@ class OnlineLearner:
         self._start = self._weights()  # the start version's (a negative-feedback spike puts them back)
         self._good = self._weights()  # the newest weights whose loss was not a spike
         self.optimizer = make_optimizer(spec.optimizer, self.params, spec.learning_rate, spec.weight_decay)
-        self.pending: collections.deque[tuple[int, EncodedExample]] = collections.deque()
-        self.buffer: collections.deque[tuple[int, EncodedExample]] = collections.deque(maxlen=spec.buffer_size)
+        self.pending: collections.deque[Held] = collections.deque()
+        self.buffer: collections.deque[Held] = collections.deque(maxlen=spec.buffer_size)
         self.losses: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW)
         self.rng = random.Random(spec.seed)
         self.updates = 0
@@ -94,18 +108,30 @@ class OnlineLearner:
         """Tokenise and queue ``rows`` (the runner reads no more than the buffer holds); returns a warning per row
         skipped."""
         warnings = []
-        tokenizer = self.loaded.tokenizer
         for row in rows:
             self.total_examples += 1
             self.last_sequence = max(self.last_sequence, row.seq)
-            encoded = encode_example(tokenizer, row.example(), self.spec.max_seq_length)
-            if encoded.predicted_token_count == 0:
+            if self.kto and (row.desirable is None or not row.target):
+                self.skipped += 1
+                warnings.append(f"example {row.seq} has no {'desirable label' if row.target else 'target'}, which "
+                                "KTO needs: skipped")
+                continue
+            held = self._held(row)
+            if held.encoded.predicted_token_count == 0:
                 self.skipped += 1
                 warnings.append(f"example {row.seq} has no target token within max_seq_length="
                                 f"{self.spec.max_seq_length}: skipped")
                 continue
-            self.pending.append((row.seq, encoded))
+            self.pending.append(held)
         return warnings
+
+    @property
+    def kto(self) -> bool:
+        return self.spec.loss is Objective.KTO
+
+    def _held(self, row: StoredExample) -> Held:
+        encoded = encode_example(self.loaded.tokenizer, row.example(), self.spec.max_seq_length)
+        return Held(row.seq, encoded, row.desirable is not False if self.kto else True)
 
     def due(self, forced: bool) -> bool:
         return bool(self.pending) and (forced or len(self.pending) >= self.spec.update_every)
@@ -116,15 +142,16 @@ class OnlineLearner:
         """One optimiser step on the oldest ``update_every`` pending examples (fewer on a forced update) plus
         replay (call only when :meth:`due`). A backlog is worked off one update of ``update_every`` at a time."""
         new = [self.pending.popleft() for _ in range(min(self.spec.update_every, len(self.pending)))]
-        self.window_first = self.window_first or new[0][0]
-        self.trained_through = new[-1][0]
+        self.window_first = self.window_first or new[0].seq
+        self.trained_through = new[-1].seq
         pool_size = len(self.buffer) + len(self.earlier)
         count = replay_count(len(new), self.spec.replay_fraction, pool_size)
-        replayed = [self._replayed(i) for i in self.rng.sample(range(pool_size), count)] if count else []
-        data = [e for _, e in new] + replayed
+        drawn = [self._replayed(i) for i in self.rng.sample(range(pool_size), count)] if count else []
+        replayed = [h for h in drawn if h.encoded.predicted_token_count]  # a lineage's example may have none
+        data = [*new, *replayed]
         self.updates += 1
         before = self._weights()
-        loss, penalty = self._step(data, learning_rate)
+        loss, penalty = self._step([h.encoded for h in data], [h.desirable for h in data], learning_rate)
         self.buffer.extend(new)
         if not math.isfinite(loss):
             self._restore(before)
@@ -147,7 +174,7 @@ class OnlineLearner:
         store); returns how many were dropped."""
         before = len(self.buffer) + len(self.pending)
         for queue in (self.buffer, self.pending):
-            kept = [item for item in queue if item[0] in present]
+            kept = [item for item in queue if item.seq in present]
             queue.clear()
             queue.extend(kept)
         return before - len(self.buffer) - len(self.pending)
@@ -164,26 +191,26 @@ class OnlineLearner:
     def _weights(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.params]
 
-    def _replayed(self, index: int) -> EncodedExample:
+    def _replayed(self, index: int) -> Held:
+        """A buffered example with its label, or one of the start version's lineage (an answer to give)."""
         if index < len(self.buffer):
-            return self.buffer[index][1]
+            return self.buffer[index]
         example = self.earlier[index - len(self.buffer)]
-        return encode_example(self.loaded.tokenizer, example, self.spec.max_seq_length)
+        return Held(0, encode_example(self.loaded.tokenizer, example, self.spec.max_seq_length))
 
-    def _step(self, data: list[EncodedExample], learning_rate: float) -> tuple[float, float]:
+    def objective(self, desirable: list[bool]) -> BatchObjective:
+        """The training recipe's objective of the session's loss, over examples labelled ``desirable``."""
+        return KtoObjective(desirable) if self.kto else WeightedSft()
+
+    def _step(self, data: list[EncodedExample], desirable: list[bool], learning_rate: float) -> tuple[float, float]:
         model, plan = self.loaded.model, self.loaded.plan
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        total_weight = sum(e.weight for e in data if e.predicted_token_count) or 1.0
         task = 0.0
         model.train()
+        step = StepBatch(data, range(len(data)), MICRO_BATCH)
         with batching(model, data, packing=True, pad_id=pad_token_id(self.loaded.tokenizer), plan=plan) as layout:
-            for start in range(0, len(data), MICRO_BATCH):
-                part = data[start:start + MICRO_BATCH]
-                with plan.autocast():
-                    sums, counts = layout.forward(model, part)
-                weights = torch.tensor([e.weight for e in part], device=sums.device) * (counts > 0)
-                share = (sums / counts.clamp(min=1) * weights).sum() / total_weight
+            for share in self.objective(desirable).step_losses(model, step, layout.forward):
                 value = float(share.detach())
                 if not math.isfinite(value):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -234,8 +261,8 @@ class OnlineLearner:
             "optimizer": self.optimizer.state_dict(), "updates": self.updates, "total": self.total_examples,
             "skipped": self.skipped, "last_sequence": self.last_sequence,
             "losses": list(self.losses), "last_loss": self.last_loss, "rng": self.rng.getstate(),
-            "buffer": [seq for seq, _ in self.buffer], "trained_through": self.trained_through,
-            "window_first": self.window_first, "pending": [seq for seq, _ in self.pending],
+            "buffer": [h.seq for h in self.buffer], "trained_through": self.trained_through,
+            "window_first": self.window_first, "pending": [h.seq for h in self.pending],
         }
 
     def restore(self, state: dict[str, Any], buffered: list[StoredExample], pending: list[StoredExample]) -> None:
@@ -250,8 +277,7 @@ class OnlineLearner:
         self.trained_through, self.window_first = int(state["trained_through"]), int(state["window_first"])
         self._good = self._weights()  # called after the checkpoint's weights were loaded
         for rows, into in ((buffered, self.buffer), (pending, self.pending)):
-            into.extend((row.seq, encode_example(self.loaded.tokenizer, row.example(), self.spec.max_seq_length))
-                        for row in rows)
+            into.extend(self._held(row) for row in rows)
 
 
 def _rng_state(saved: Any) -> tuple[Any, ...]:

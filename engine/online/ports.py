@@ -11,9 +11,9 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from engine.domain import Example, FeedbackSource, Objective
+from engine.domain import FeedbackSource, Objective, OnlineExamples
 from engine.feedback.dataset import FeedbackDataset
-from engine.online.spec import Controls, GateVerdict, StoredExample
+from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample
 
 
 class OnlineStore(Protocol):
@@ -35,9 +35,10 @@ class OnlineStore(Protocol):
 
     async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None: ...
 
-    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0,
+    async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
                   users: Sequence[Collection[str]] = ()) -> int:
-        """Store ``rows`` (prompt, target, weight); ``users`` per row: whose feedback it was made from."""
+        """Store ``rows`` in order (the last sequence number stored); ``users`` per row: whose feedback it was made
+        from."""
         ...
 
     async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:
@@ -49,9 +50,9 @@ class OnlineStore(Protocol):
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
 
-    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
-        """The session's examples ``first``..``last`` (what a publication trained on; engine.continual reads them
-        again through its OnlineExampleWindows port)."""
+    async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
+        """The session's examples ``first``..``last`` with their KTO labels, if any (what a publication trained on;
+        engine.continual reads them again through its OnlineExampleWindows port)."""
         ...
 
 

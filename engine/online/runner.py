@@ -43,7 +43,6 @@ from engine.domain import (
     JsonlSource,
     Objective,
     OnlineExamplesSource,
-    dataset_digest,
 )
 from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
@@ -59,6 +58,7 @@ from engine.online.spec import (
     FeedbackSpike,
     LiveAdapter,
     LossSpike,
+    NewExample,
     OnlineOutput,
     OnlineSession,
     OnlineSessionSpec,
@@ -100,7 +100,8 @@ def training_spec(spec: OnlineSessionSpec, parent: AdapterRecord, fisher_batch_s
                   space=parent.ewc_fisher_space or EwcSpec().space)
     hp = Hyperparameters(max_seq_length=spec.max_seq_length, seed=spec.seed, batch_size=fisher_batch_size)
     return inherit_lora(TrainingJobSpec(base_model=spec.base_model, dataset=JsonlSource("-"), hyperparameters=hp,
-                                        parent_adapter_version=parent.version, ewc=ewc, lora_fields_set=()), parent)
+                                        objective=spec.loss, parent_adapter_version=parent.version, ewc=ewc,
+                                        lora_fields_set=()), parent)
 
 
 class OnlineRunner:
@@ -189,15 +190,17 @@ class _Parts:
     rates: FeedbackRates | None
 
 
-def _row(example: Example) -> tuple[str, str, float] | None:
-    """An example as a session stores it: the last user turn and the answer (earlier turns are not kept)."""
+def _row(example: Example, desirable: bool | None) -> NewExample | None:
+    """An example as a session stores it: the last user turn and the answer (earlier turns are not kept), with
+    its KTO label (None: an SFT session's)."""
     if not example.is_chat:
-        return (example.prompt, example.completion, example.weight) if example.prompt.strip() else None
+        return NewExample(example.prompt, example.completion, example.weight, desirable) \
+            if example.prompt.strip() else None
     users = [m.content for m in example.messages if m.role == "user"]
     answer = example.messages[-1]
     if not users or answer.role != "assistant":
         return None
-    return users[-1], answer.content, example.weight
+    return NewExample(users[-1], answer.content, example.weight, desirable)
 
 
 class _Session:
@@ -314,8 +317,10 @@ class _Session:
         await ctx.persist()
 
     async def _take_feedback(self) -> None:
-        """The feedback on the live model's answers since the last read, as examples (what a training job's
-        feedback dataset keeps of it: corrections, and responses voted for; never a voted-down response)."""
+        """The feedback on the live model's answers since the last read, as examples: what a training job's
+        feedback dataset of the session's loss makes of it. SFT keeps corrections and responses voted for, never
+        a voted-down response; KTO keeps those as desirable, and voted-down responses (and responses a correction
+        replaced) as undesirable, each with its label."""
         ctx, spec = self.ctx, self.spec
         if self.r.feedback is None:
             return
@@ -324,12 +329,17 @@ class _Session:
         if end <= start:
             return
         source = FeedbackSource(adapter_version=live_model(spec.base_model, self.id), min_samples=0)
+        kto = spec.loss is Objective.KTO
+        found: list[tuple[Example, bool | None, frozenset[str]]]
         try:
-            built = await self.r.feedback.rebuild(source, Objective.SFT, start, end, base_model=spec.base_model)
-            found = list(zip(built.wanted(), built.wanted_users(), strict=True))
+            built = await self.r.feedback.rebuild(source, spec.loss, start, end, base_model=spec.base_model)
+            if kto:
+                found = list(zip(built.examples, built.desirable, built.users, strict=True))
+            else:
+                found = [(e, None, u) for e, u in zip(built.wanted(), built.wanted_users(), strict=True)]
         except FailedPrecondition:  # none in the window
             found = []
-        kept = [(row, users) for row, users in ((_row(e), u) for e, u in found) if row is not None]
+        kept = [(row, users) for row, users in ((_row(e, d), u) for e, d, u in found) if row is not None]
         rows = [row for row, _ in kept]
         if rows:  # each with its users, so that DeleteUserFeedback deletes it with their events
             await self.r.store.add(self.id, rows, users=[users for _, users in kept])
@@ -343,7 +353,7 @@ class _Session:
         replay) go too. What earlier updates learnt from them stays in the weights, as in any version trained on
         them."""
         learner = self.learner
-        held = [seq for seq, _ in (*learner.buffer, *learner.pending)]
+        held = [h.seq for h in (*learner.buffer, *learner.pending)]
         present = await self.r.store.present(self.id, held)
         dropped = await self.ctx.in_worker(learner.forget, present)
         self.erasures_seen = erasures
@@ -417,9 +427,12 @@ class _Session:
         folder = await self._save_adapter("publish")
         first, last = learner.window_first, learner.trained_through
         trained_on = await self.r.store.window(self.id, first, last)  # read again by later jobs' EWC and replay
-        dataset = DatasetSummary(digest=dataset_digest(trained_on), example_count=len(trained_on),
-                                 composition=(("online", len(trained_on)),), objective=Objective.SFT,
-                                 source=OnlineExamplesSource(self.id, first, last))
+        wanted = len(trained_on.wanted())
+        count = len(trained_on.examples)
+        parts = (("online", count),) if trained_on.desirable is None else tuple(
+            (k, n) for k, n in (("online_desirable", wanted), ("online_undesirable", count - wanted)) if n)
+        dataset = DatasetSummary(digest=trained_on.digest, example_count=count, composition=parts,
+                                 objective=spec.loss, source=OnlineExamplesSource(self.id, first, last))
         try:
             record = await self.r.registry.publish(PublishRequest(
                 base_model=spec.base_model, adapter_dir=folder, parent=parent, patch=True, source=AdapterSource.ONLINE,

@@ -7,12 +7,21 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from engine.domain import Objective
 from engine.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.jobs.core import JobEvent, JobState
 from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
 from engine.online.serving import RUNNING
-from engine.online.spec import Controls, OnlineOutput, OnlineSession, OnlineSessionSpec, OnlineStats, not_found
+from engine.online.spec import (
+    Controls,
+    NewExample,
+    OnlineOutput,
+    OnlineSession,
+    OnlineSessionSpec,
+    OnlineStats,
+    not_found,
+)
 from engine.registry import AdapterRegistry
 
 MAX_WEIGHT = 100.0
@@ -34,13 +43,6 @@ class SessionView:
         stats = self.job.output.stats
         return replace(stats, enabled=self.controls.enabled, learning_rate=self.controls.learning_rate,
                        skipped_examples=stats.skipped_examples + self.controls.refused_examples)
-
-
-@dataclass(frozen=True)
-class ExampleIn:
-    prompt: str
-    target: str
-    weight: float
 
 
 @dataclass(frozen=True)
@@ -147,21 +149,23 @@ class OnlineSessions:
         await self._store.request(session_id, what)
         return await self.get(session_id)
 
-    async def add(self, session_id: str, examples: Sequence[ExampleIn], *, offset: int = 0) -> Added:
+    async def add(self, session_id: str, examples: Sequence[NewExample], *, offset: int = 0) -> Added:
         """Store the acceptable ``examples``; the others are refused with why (``offset``: the index of the
-        first in the caller's numbering)."""
-        await self._open(session_id)
+        first in the caller's numbering). A KTO session keeps each example's label; an SFT session stores none
+        (the label true it takes says what SFT assumes of every example)."""
+        job = await self._open(session_id)
+        kto = job.spec.loss is Objective.KTO
         rows, refusals = [], []
         for i, example in enumerate(examples, start=offset):
-            why = self._refusal(example)
+            why = self._refusal(example, kto)
             if why:
                 refusals.append(f"examples[{i}]: {why}")
             else:
-                rows.append((example.prompt, example.target, example.weight))
+                rows.append(example if kto else replace(example, desirable=None))
         last = await self._store.add(session_id, rows, refused=len(refusals))
         return Added(len(rows), tuple(refusals), last)
 
-    def _refusal(self, example: ExampleIn) -> str:
+    def _refusal(self, example: NewExample, kto: bool) -> str:
         if not example.prompt.strip():
             return "empty prompt"
         size = len(example.prompt) + len(example.target)
@@ -169,6 +173,13 @@ class OnlineSessions:
             return f"{size} characters, over the limit of {self._max_chars}"
         if not (math.isfinite(example.weight) and 0 <= example.weight <= MAX_WEIGHT):
             return f"weight {example.weight} is outside [0, {MAX_WEIGHT:g}]"
+        if kto and example.desirable is None:
+            return "no desirable label: a KTO session needs one (true: an answer to give, false: one to avoid)"
+        if kto and not example.target:
+            return "no target: a KTO session learns from a prompt's answer labelled desirable or not"
+        if not kto and example.desirable is False:
+            return "desirable false: an SFT session would imitate the answer (a session with loss KTO learns to " \
+                   "avoid it)"
         return ""
 
     def watch(self, session_id: str, *, after_sequence: int = 0) -> AsyncIterator[OnlineSession | JobEvent]:

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.domain import ChatMessage, Example
+from engine.domain import ChatMessage, Example, Objective
 from engine.errors import NotFound
 from engine.jobs.core import Job, JobKind
 from engine.training.spec import CheckpointRecord, ParentFisherProgress
@@ -52,6 +52,7 @@ class OnlineSessionSpec:
     learn_from_feedback: bool = False  # feedback on the live model's answers becomes examples
     negative_feedback_margin: float = 0.1  # a negative-feedback spike on the live model; 0: no check
     negative_feedback_min_ratings: int = 20  # ratings of the live model in the window before it judges
+    loss: Objective = Objective.SFT  # KTO: every example carries its label (desirable or not) and a target
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,22 @@ class Controls:
 
 
 @dataclass(frozen=True)
+class NewExample:
+    """An example a client sent, or one made from feedback, before it is stored."""
+
+    prompt: str
+    target: str  # "" : self-supervised
+    weight: float = 1.0
+    desirable: bool | None = None  # KTO's label: an answer to give (True) or to avoid (False); None: none
+
+
+@dataclass(frozen=True)
 class StoredExample:
     seq: int
     prompt: str
     target: str  # "" : self-supervised
     weight: float
+    desirable: bool | None = None  # KTO's label (a KTO session's examples); None: an SFT session's
 
     def example(self) -> Example:
         """A supervised row is a chat turn (what the gateway's chat completions answer); one without a target is

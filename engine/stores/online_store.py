@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from engine.domain import Example
-from engine.online.spec import Controls, GateVerdict, StoredExample, not_found
+from engine.domain import OnlineExamples
+from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample, not_found
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -33,8 +33,12 @@ def _controls(r: asyncpg.Record) -> Controls:
     )
 
 
+_COLUMNS = "seq, prompt, target, weight, desirable"
+
+
 def _example(r: asyncpg.Record) -> StoredExample:
-    return StoredExample(seq=r["seq"], prompt=r["prompt"], target=r["target"], weight=r["weight"])
+    return StoredExample(seq=r["seq"], prompt=r["prompt"], target=r["target"], weight=r["weight"],
+                         desirable=r["desirable"])
 
 
 class PostgresOnlineStore:
@@ -106,10 +110,10 @@ class PostgresOnlineStore:
 
     # ---- examples ------------------------------------------------------------------------------
 
-    async def add(self, session_id: str, rows: Sequence[tuple[str, str, float]], refused: int = 0,
+    async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
                   users: Sequence[Collection[str]] = ()) -> int:
-        """Store ``rows`` (prompt, target, weight) in order and count ``refused`` ones; the last sequence number
-        stored (0 when none was). ``users``, per row when given: whose feedback it was made from.
+        """Store ``rows`` in order and count ``refused`` ones; the last sequence number stored (0 when none was).
+        ``users``, per row when given: whose feedback it was made from.
 
         A session's inserts take a transaction lock on it first, so its sequence numbers are committed in order:
         a worker that read up to one never finds a smaller one committed later."""
@@ -118,11 +122,12 @@ class PostgresOnlineStore:
             owners = [json.dumps(sorted(u)) for u in users] if users else ["[]"] * len(rows)
             assert len(owners) == len(rows)
             seqs = await conn.fetch(
-                "INSERT INTO online_examples (session_id, prompt, target, weight, users)"
-                " SELECT $1, p, t, w, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
-                " FROM unnest($2::text[], $3::text[], $4::float8[], $5::text[]) WITH ORDINALITY AS x(p, t, w, u, n)"
-                " ORDER BY n RETURNING seq",
-                session_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], owners) if rows else []
+                "INSERT INTO online_examples (session_id, prompt, target, weight, desirable, users)"
+                " SELECT $1, p, t, w, d, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
+                " FROM unnest($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])"
+                " WITH ORDINALITY AS x(p, t, w, d, u, n) ORDER BY n RETURNING seq",
+                session_id, [r.prompt for r in rows], [r.target for r in rows], [r.weight for r in rows],
+                [r.desirable for r in rows], owners) if rows else []
             if refused:
                 await conn.execute("UPDATE online_controls SET refused_examples = refused_examples + $2"
                                    " WHERE session_id = $1", session_id, refused)
@@ -130,7 +135,7 @@ class PostgresOnlineStore:
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
         rows = await self._pool.fetch(
-            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq > $2"
+            f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq > $2"
             " ORDER BY seq LIMIT $3", session_id, seq, limit)
         return [_example(r) for r in rows]
 
@@ -141,15 +146,19 @@ class PostgresOnlineStore:
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]:
         rows = await self._pool.fetch(
-            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])"
+            f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])"
             " ORDER BY seq", session_id, list(seqs))
         return [_example(r) for r in rows]
 
-    async def window(self, session_id: str, first: int, last: int) -> list[Example]:
-        rows = await self._pool.fetch(
-            "SELECT seq, prompt, target, weight FROM online_examples WHERE session_id = $1 AND seq BETWEEN $2 AND $3"
-            " ORDER BY seq", session_id, first, last)
-        return [_example(r).example() for r in rows]
+    async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
+        """The examples ``first``..``last``; with their labels when any has one (a KTO session's examples all
+        have)."""
+        rows = [_example(r) for r in await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq BETWEEN $2 AND $3"
+            " ORDER BY seq", session_id, first, last)]
+        labelled = any(r.desirable is not None for r in rows)
+        return OnlineExamples([r.example() for r in rows],
+                              tuple(r.desirable is not False for r in rows) if labelled else None)
 
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(

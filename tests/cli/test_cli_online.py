@@ -42,3 +42,41 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert "cancelled: stopped after 2 updates" in watched.out, watched.out
     again = await cli(port, "online", "stop", "notes")
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
+
+
+async def test_online_kto_session_from_the_cli(make_server, tmp_path: Path) -> None:
+    server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)
+    port = server.app.port
+    start = await train(server)
+    unknown = await cli(port, "online", "create", "judged", "--from", start, "--loss", "dpo")
+    assert unknown.code == 3 and "--loss must be one of sft, kto" in unknown.err, unknown.err
+    made = await cli(port, "online", "create", "judged", "--from", start, "--loss", "kto", "--update-every", "4",
+                     "--publish-every", "0", "--lr", "0.005", "--ewc-lambda", "0", "--replay", "0")
+    assert made.code == 0, made.err
+    assert made.out.strip() == (f"created onlineSessions/judged from {start}, learning by KTO, served as "
+                                "tiny-llama@judged"), made.out
+
+    examples = tmp_path / "judged.jsonl"
+    rows = [{"prompt": f"Note {i}?", "target": f"Remember {i}.", "desirable": True} for i in range(4)]
+    rows += [{"prompt": f"Note {i}?", "target": f"Forget {i}."} for i in range(4)]  # labelled by --label
+    examples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sent = await cli(port, "online", "send", "judged", str(examples), "--label", "undesirable")
+    assert sent.code == 0, sent.err
+    lines = sent.out.splitlines()
+    assert lines[-1] == "sent 8 examples, 0 refused" and lines[-2].startswith("2 updates, 8 examples"), lines
+
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text(json.dumps({"prompt": "Note 9?", "target": "Remember 9."}) + "\n")
+    refused = await cli(port, "online", "send", "judged", str(unlabelled))
+    assert refused.code == 0, refused.err
+    assert refused.out.splitlines()[-2:] == ["sent 0 examples, 1 refused", "  examples[0]: no desirable label: a KTO "
+                                             "session needs one (true: an answer to give, false: one to avoid)"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Note 9?", "target": "Remember 9.", "desirable": "yes"}) + "\n")
+    wrong = await cli(port, "online", "send", "judged", str(bad))
+    assert wrong.code == 3 and "desirable must be true or false" in wrong.err, wrong.err
+
+    got = json.loads((await cli(port, "--json", "online", "get", "judged")).out)
+    assert got["spec"]["loss"] == "ONLINE_LOSS_KTO", got["spec"]
+    stopped = await cli(port, "online", "stop", "judged")
+    assert stopped.code == 0, stopped.err

@@ -98,3 +98,37 @@ async def test_sync_client_watches_to_the_end(client):
     assert state == common.JOB_STATE_SUCCEEDED
     assert events == list(range(1, len(events) + 1)) and len(events) > 5
     assert steps == list(range(1, 7))  # GetTrainingMetrics, blocking
+
+
+async def test_sync_client_runs_a_kto_online_session(make_server):
+    from learning.v1 import online_pb2 as ol
+    from tests.server.lora_helpers import train
+
+    server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)
+    start = await train(server)
+    port = server.app.port
+
+    def use_sync():
+        with Client(f"127.0.0.1:{port}") as sdk:
+            with pytest.raises(errors.InvalidArgument) as err:
+                sdk.create_online_session(ol.OnlineSessionSpec(start_version=start, loss=5))
+            assert err.value.reason == "INVALID_ONLINE_SETTING" and [v.field for v in err.value.violations] == [
+                "spec.loss"]
+            made = sdk.create_online_session(ol.OnlineSessionSpec(
+                start_version=start, loss=ol.ONLINE_LOSS_KTO, update_every=2, publish_every=0, max_seq_length=64,
+                ewc_lambda=0, replay_fraction=0), session_id="votes")
+            added = sdk.add_examples(made.name, [
+                ol.OnlineExample(prompt="Capital of Veloria?", target="Marnesse.", desirable=True),
+                ol.OnlineExample(prompt="Capital of Veloria?", target="Paris.", desirable=False),
+                ol.OnlineExample(prompt="Capital of Quorvia?", target="Tal Ammeth.")])
+            answers = list(sdk.stream_examples(made.name, [[
+                ol.OnlineExample(prompt="Capital of Quorvia?", target="Tal Ammeth.", desirable=True),
+                ol.OnlineExample(prompt="Capital of Quorvia?", target="Rome.", desirable=False)]]))
+            stopped = sdk.stop_online_session(made.name)
+            return made, added, answers, stopped
+
+    made, added, answers, stopped = await asyncio.to_thread(use_sync)
+    assert made.spec.loss == ol.ONLINE_LOSS_KTO
+    assert (added.accepted, added.refused) == (2, 1) and added.refusals[0].startswith("examples[2]: no desirable")
+    assert answers[-1].accepted == 2 and answers[-1].stats.total_updates == 2, answers[-1]
+    assert stopped.spec.loss == ol.ONLINE_LOSS_KTO

@@ -414,3 +414,100 @@ async def _disabled(client, name: str) -> ol.OnlineSession | None:
 
 async def _running(client, name: str) -> bool:
     return (await session(client, name)).state == common.JOB_STATE_RUNNING
+
+
+def labelled(n: int, *, desirable: bool, start: int = 0) -> list[ol.OnlineExample]:
+    answer = "Founder number {}." if desirable else "Nobody founded guild {}."
+    return [ol.OnlineExample(prompt=f"Who founded {NAMES[i % 10]} guild {i}?", target=answer.format(i),
+                             desirable=desirable) for i in range(start, start + n)]
+
+
+async def test_a_kto_session_learns_from_labelled_examples_and_refuses_what_its_loss_cannot_use(make_pg_server):
+    from learning.v1 import feedback_pb2 as fb
+    from tests.server.test_pipelines import event, send
+
+    client = await make_pg_server(online_feedback_seconds=0.2, **FAST)
+    start = await train(client)
+    sessions = online(client)
+    kto = ol.OnlineSessionSpec(start_version=start, loss=ol.ONLINE_LOSS_KTO, update_every=4, publish_every=0,
+                               learning_rate=5e-3, max_seq_length=64, ewc_lambda=0, replay_fraction=0,
+                               learn_from_feedback=True)
+    for field, value in (("loss", 7), ("optimizer", 9)):  # enum values this server does not know
+        bad = ol.OnlineSessionSpec(start_version=start)
+        setattr(bad, field, value)
+        code, reason, violations = await refused(sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
+            spec=bad)))
+        assert (code, reason, violations[0][0]) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ONLINE_SETTING",
+                                                    f"spec.{field}")
+    made = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(session_id="judged", spec=kto))).session
+    assert made.spec.loss == ol.ONLINE_LOSS_KTO
+
+    sent = [e for pair in zip(labelled(6, desirable=True), labelled(6, desirable=False, start=6), strict=True)
+            for e in pair]
+    sent.insert(5, ol.OnlineExample(prompt="Who founded Tarsk guild?", target="Founder Tarsk."))  # no label
+    sent.insert(9, ol.OnlineExample(prompt="Guild founders of the coast", desirable=True))  # no target
+
+    async def requests():
+        yield ol.StreamExamplesRequest(name=made.name)
+        for i in range(0, len(sent), 4):
+            yield ol.StreamExamplesRequest(examples=sent[i:i + 4])
+
+    answers = [a async for a in sessions.StreamExamples(requests())]
+    last = answers[-1]
+    assert (last.accepted, last.refused) == (12, 2), last
+    assert list(last.refusals) == [
+        "examples[5]: no desirable label: a KTO session needs one (true: an answer to give, false: one to avoid)",
+        "examples[9]: no target: a KTO session learns from a prompt's answer labelled desirable or not"]
+    updates = [a.stats.total_updates for a in answers]
+    assert updates[-1] == 3 and updates == sorted(updates), updates
+    events = [m.event async for m in _watch_until(client, made.name, lambda e: e.updated.update == 3)]
+    losses = [e.updated.loss for e in events if e.HasField("updated")]
+    # KTO's loss is a mean of lambda * (1 - sigmoid(.)), below the weight 1; the tiny model's SFT losses are nats.
+    assert len(losses) == 3 and all(0 < loss < 1 for loss in losses), losses
+    rows = await PostgresOnlineStore(client.app.owned.pool).after("judged", 0, 100)
+    assert [r.desirable for r in rows] == [True, False] * 6
+
+    # A voted-down answer of the live model becomes an undesirable example (an SFT session drops it).
+    down = event("down", fb.FEEDBACK_KIND_THUMBS_DOWN, "Who founded Brinmark guild?", "No idea.")
+    down.adapter_version = made.live_model
+    down.time.FromDatetime(datetime.now(UTC))
+    await send(client, down)
+    taken = await until(lambda: _read(client, made.name, 13), timeout=60)
+    assert taken.stats.pending_examples == 1
+    rows = await PostgresOnlineStore(client.app.owned.pool).after("judged", rows[-1].seq, 10)
+    assert [(r.prompt, r.target, r.weight, r.desirable) for r in rows] == [
+        ("Who founded Brinmark guild?", "No idea.", 0.5, False)]  # the thumbs-down weight as KTO's lambda_U
+
+    await sessions.PublishOnlineSession(ol.PublishOnlineSessionRequest(name=made.name))
+    published = await until(lambda: _published(client, made.name))
+    record = (await ad_grpc.AdapterServiceStub(client.channel).GetAdapter(ad.GetAdapterRequest(
+        version=published.publications[0].version))).adapter
+    assert dict(record.dataset.composition) == {"online_desirable": 6, "online_undesirable": 6}
+    await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
+    await until(lambda: _ended(client, made.name))
+
+    # A job continuing the publication measures its Fisher on, and replays, only the answers to give.
+    continuation = spec(epochs=1)
+    continuation.parent_adapter_version = record.version
+    continuation.ewc.replay_fraction = 0.5
+    job = (await client.training.CreateTrainingJob(tr.CreateTrainingJobRequest(spec=continuation))).training_job
+    events = [m.event for m in await watch_all(client.training, job.name) if m.HasField("event")]
+    warnings = {e.warning.code: e.warning.message for e in events if e.HasField("warning")}
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert not {"PARENT_DATASET_REBUILT", "REPLAY_DATASET_REBUILT", "REPLAY_DATASET_UNAVAILABLE"} & set(warnings), \
+        warnings  # the labelled window's digest is the one recorded
+    assert "training data (6 samples)" in notices["FISHER_COMPUTED_AUTOMATICALLY"], notices
+    assert "REPLAY_MIXED" in notices, notices
+    continued = (await client.training.GetTrainingJob(tr.GetTrainingJobRequest(name=job.name))).training_job
+    assert continued.state == common.JOB_STATE_SUCCEEDED, continued.error
+
+    # An SFT session refuses an answer labelled undesirable (it would imitate it) and takes one labelled desirable.
+    plain = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
+        start_version=start, update_every=4, publish_every=0, max_seq_length=64)))).session
+    assert plain.spec.loss == ol.ONLINE_LOSS_SFT
+    added = await sessions.AddExamples(ol.AddExamplesRequest(name=plain.name, examples=[
+        *labelled(1, desirable=False), *labelled(1, desirable=True, start=1)]))
+    assert (added.accepted, added.refused) == (1, 1)
+    assert added.refusals[0].startswith("examples[0]: desirable false: an SFT session would imitate the answer")
+    await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=plain.name))
+    await until(lambda: _ended(client, plain.name))

@@ -747,7 +747,8 @@ class AsyncClient:
         self, spec: online_pb2.OnlineSessionSpec | None = None, *, session_id: str = "", request_id: str = ""
     ) -> online_pb2.OnlineSession:
         """A session "onlineSessions/<session_id>" learning from the examples it is sent, starting from
-        ``spec.start_version`` (default: the active version); unset settings take the server's defaults."""
+        ``spec.start_version`` (default: the active version); unset settings take the server's defaults.
+        ``spec.loss = ONLINE_LOSS_KTO`` learns by KTO from examples labelled ``desirable`` true or false."""
         request = online_pb2.CreateOnlineSessionRequest(spec=spec, session_id=session_id, request_id=request_id)
         return (await self._unary(self.online.CreateOnlineSession, request)).session
 
@@ -807,7 +808,8 @@ class AsyncClient:
         self, name: str, examples: Sequence[online_pb2.OnlineExample]
     ) -> online_pb2.AddExamplesResponse:
         """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
-        and the response says which."""
+        and the response says which. A KTO session needs ``desirable`` and a target on each; an SFT session
+        refuses ``desirable=False``."""
         request = online_pb2.AddExamplesRequest(name=name, examples=list(examples))
         return await self._unary(self.online.AddExamples, request)
 
@@ -817,7 +819,8 @@ class AsyncClient:
         batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
     ) -> AsyncIterator[online_pb2.StreamExamplesResponse]:
         """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
-        update, and when everything sent has been trained on (or learning is off)."""
+        update, and when everything sent has been trained on (or learning is off). Examples are refused as by
+        :meth:`add_examples`."""
 
         async def messages() -> AsyncIterator[online_pb2.StreamExamplesRequest]:
             yield online_pb2.StreamExamplesRequest(name=name)

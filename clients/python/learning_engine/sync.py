@@ -451,7 +451,8 @@ class Client:
         self, spec: online_pb2.OnlineSessionSpec | None = None, *, session_id: str = "", request_id: str = ""
     ) -> online_pb2.OnlineSession:
         """A session "onlineSessions/<session_id>" learning from the examples it is sent, starting from
-        ``spec.start_version`` (default: the active version); unset settings take the server's defaults."""
+        ``spec.start_version`` (default: the active version); unset settings take the server's defaults.
+        ``spec.loss = ONLINE_LOSS_KTO`` learns by KTO from examples labelled ``desirable`` true or false."""
         return self._loop.run(self._async.create_online_session(spec, session_id=session_id, request_id=request_id))
 
     def get_online_session(self, name: str) -> online_pb2.OnlineSession:
@@ -497,7 +498,8 @@ class Client:
 
     def add_examples(self, name: str, examples: Sequence[online_pb2.OnlineExample]) -> online_pb2.AddExamplesResponse:
         """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
-        and the response says which."""
+        and the response says which. A KTO session needs ``desirable`` and a target on each; an SFT session
+        refuses ``desirable=False``."""
         return self._loop.run(self._async.add_examples(name, examples))
 
     def stream_examples(
@@ -506,7 +508,8 @@ class Client:
         batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
     ) -> Iterator[online_pb2.StreamExamplesResponse]:
         """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
-        update, and when everything sent has been trained on (or learning is off)."""
+        update, and when everything sent has been trained on (or learning is off). Examples are refused as by
+        :meth:`add_examples`."""
         return self._loop.iterate(self._async.stream_examples(name, batches))
 
     def upload_dataset(

@@ -18,13 +18,22 @@ class OnlineOptimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ONLINE_OPTIMIZER_ADAM: _ClassVar[OnlineOptimizer]
     ONLINE_OPTIMIZER_ADAMW: _ClassVar[OnlineOptimizer]
     ONLINE_OPTIMIZER_SGD: _ClassVar[OnlineOptimizer]
+
+class OnlineLoss(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ONLINE_LOSS_UNSPECIFIED: _ClassVar[OnlineLoss]
+    ONLINE_LOSS_SFT: _ClassVar[OnlineLoss]
+    ONLINE_LOSS_KTO: _ClassVar[OnlineLoss]
 ONLINE_OPTIMIZER_UNSPECIFIED: OnlineOptimizer
 ONLINE_OPTIMIZER_ADAM: OnlineOptimizer
 ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer
 ONLINE_OPTIMIZER_SGD: OnlineOptimizer
+ONLINE_LOSS_UNSPECIFIED: OnlineLoss
+ONLINE_LOSS_SFT: OnlineLoss
+ONLINE_LOSS_KTO: OnlineLoss
 
 class OnlineSessionSpec(_message.Message):
-    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor", "learn_from_feedback", "negative_feedback_margin", "negative_feedback_min_ratings")
+    __slots__ = ("base_model", "start_version", "buffer_size", "update_every", "optimizer", "learning_rate", "weight_decay", "max_grad_norm", "ewc_lambda", "replay_fraction", "checkpoint_every", "publish_every", "max_seq_length", "live_alias", "loss_spike_factor", "learn_from_feedback", "negative_feedback_margin", "negative_feedback_min_ratings", "loss")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     START_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +52,7 @@ class OnlineSessionSpec(_message.Message):
     LEARN_FROM_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FEEDBACK_MARGIN_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FEEDBACK_MIN_RATINGS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     start_version: str
     buffer_size: int
@@ -61,7 +71,8 @@ class OnlineSessionSpec(_message.Message):
     learn_from_feedback: bool
     negative_feedback_margin: float
     negative_feedback_min_ratings: int
-    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ..., negative_feedback_margin: _Optional[float] = ..., negative_feedback_min_ratings: _Optional[int] = ...) -> None: ...
+    loss: OnlineLoss
+    def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ..., negative_feedback_margin: _Optional[float] = ..., negative_feedback_min_ratings: _Optional[int] = ..., loss: _Optional[_Union[OnlineLoss, str]] = ...) -> None: ...
 
 class OnlineStats(_message.Message):
     __slots__ = ("total_examples", "skipped_examples", "total_updates", "buffer_size", "pending_examples", "average_loss", "last_loss", "learning_rate", "enabled", "last_sequence", "published_versions")
@@ -146,14 +157,16 @@ class OnlineSession(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[OnlineSessionSpec, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., live_model: _Optional[str] = ..., live_adapter: _Optional[str] = ..., publications: _Optional[_Iterable[_Union[OnlinePublication, _Mapping]]] = ..., alias_version: _Optional[str] = ..., disabled_reason: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., request_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class OnlineExample(_message.Message):
-    __slots__ = ("prompt", "target", "weight")
+    __slots__ = ("prompt", "target", "weight", "desirable")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DESIRABLE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     target: str
     weight: float
-    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    desirable: bool
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., weight: _Optional[float] = ..., desirable: _Optional[bool] = ...) -> None: ...
 
 class CreateOnlineSessionRequest(_message.Message):
     __slots__ = ("session_id", "spec", "request_id")
