@@ -241,13 +241,14 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         dataset = JsonlSource(path="")
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
+    objective = _enum(_OBJECTIVE, msg.objective, "spec.objective", issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     resolved = TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
         dataset=dataset,
         lora=lora,
         hyperparameters=hyper,
-        objective=_OBJECTIVE.get(msg.objective, Objective.SFT),
+        objective=objective,
         parent_adapter_version=msg.parent_adapter_version,
         ewc=ewc,
         major_version_bump=msg.major_version_bump,

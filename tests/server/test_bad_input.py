@@ -111,6 +111,14 @@ async def test_unknown_lr_schedule(client):
     assert [f for f, _ in error_details(err)[1]] == ["spec.hyperparameters.lr_schedule"]
 
 
+async def test_unknown_objective(client):
+    request = pb.CreateTrainingJobRequest(spec=spec())
+    request.spec.objective = 42  # a value a newer client may send: refused, not trained as SFT
+    err = await _create_fails(client, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in error_details(err)[1]] == ["spec.objective"]
+
+
 async def test_unknown_base_model(client):
     request = pb.CreateTrainingJobRequest(spec=spec())
     request.spec.base_model = "no-such-model"
