@@ -57,7 +57,7 @@ class SplitRule:
         return self.of_prompt(prompt_of(example))
 
     def of_prompt(self, prompt: str) -> Split:
-        """The split of whatever asks ``prompt`` (a golden case: its prompt as it is written)."""
+        """The split of whatever asks ``prompt`` (a golden case: its ``prompt`` alone, not as a chat turn)."""
         at = _position(self.seed, prompt)
         if at < self.test_fraction:
             return Split.TEST

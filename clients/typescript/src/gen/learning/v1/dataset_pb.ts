@@ -21,7 +21,7 @@ export const file_learning_v1_dataset: GenFile = /*@__PURE__*/
  * split depends only on the seed and its normalised prompt, so two answers to
  * one question never straddle train and eval, and a dataset that grows keeps
  * every earlier example where it was. Both fractions 0 (or no rule): every
- * example trains. A golden case's split is decided by its prompt, as written.
+ * example trains. A golden case's split depends on its "prompt" alone.
  *
  * @generated from message learning.v1.SplitRule
  */
