@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
@@ -345,7 +346,8 @@ def golden_jsonl(cases) -> bytes:
     return "".join(json.dumps(c) + "\n" for c in cases).encode()
 
 
-async def test_golden_cases_are_a_kind_of_dataset_checked_split_and_never_trained_on(make_pg_server, data_dir: Path):
+async def test_golden_cases_are_a_kind_of_dataset_checked_split_and_never_trained_on(make_pg_server, data_dir: Path,
+                                                                                      database_url: str):
     """A version of kind golden is read line by line by the golden suites' parser, counted and split by prompt,
     content-addressed per kind; bad lines are refused with their violations and nothing stored; training on it is
     refused with the field named; ValidateDataset checks either kind."""
@@ -425,6 +427,17 @@ async def test_golden_cases_are_a_kind_of_dataset_checked_split_and_never_traine
         assert [f for f, _ in violations] == ["spec.dataset_name"]
     listed_jobs = await client.training.ListTrainingJobs(training_pb.ListTrainingJobsRequest())
     assert list(listed_jobs.training_jobs) == []
-    plain = (await datasets.UploadDataset(upload_messages(
-        "datasets/capitals", (data_dir / "datasets" / "capitals.jsonl").read_bytes()))).dataset
+    capitals = (data_dir / "datasets" / "capitals.jsonl").read_bytes()
+    plain = (await datasets.UploadDataset(upload_messages("datasets/capitals", capitals))).dataset
     assert plain.kind == pb.DATASET_KIND_TRAINING
+    connection = await asyncpg.connect(database_url)
+    try:  # a record stored before kinds existed: no kind in it, the column's default
+        await connection.execute("UPDATE datasets SET doc = doc #- '{content,kind}', kind = DEFAULT WHERE name = $1",
+                                 plain.name)
+        assert await connection.fetchval("SELECT doc -> 'content' ? 'kind' FROM datasets WHERE name = $1",
+                                         plain.name) is False
+    finally:
+        await connection.close()
+    assert (await datasets.GetDataset(pb.GetDatasetRequest(name=plain.name))).dataset == plain
+    again = await datasets.UploadDataset(upload_messages("datasets/capitals", capitals))
+    assert not again.created and again.dataset == plain
