@@ -406,7 +406,8 @@ export const UploadDatasetRequestSchema: GenMessage<UploadDatasetRequest> = /*@_
  */
 export type UploadDatasetResponse = Message<"learning.v1.UploadDatasetResponse"> & {
   /**
-   * The version stored, or the existing one holding the same bytes and split.
+   * The version stored, or the existing one holding the same bytes, split and
+   * kind.
    *
    * @generated from field: learning.v1.Dataset dataset = 1;
    */
@@ -501,7 +502,8 @@ export const CreateDatasetRequestSchema: GenMessage<CreateDatasetRequest> = /*@_
  */
 export type CreateDatasetResponse = Message<"learning.v1.CreateDatasetResponse"> & {
   /**
-   * The version stored, or the existing one holding the same bytes and split.
+   * The version stored, or the existing one holding the same bytes, split and
+   * kind.
    *
    * @generated from field: learning.v1.Dataset dataset = 1;
    */
