@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 
 from engine import telemetry
 from learning.v1 import common_pb2 as common
@@ -229,6 +230,20 @@ async def test_a_golden_dataset_is_a_pipelines_suite_and_never_its_data(make_ser
     assert list(gated.suite_datasets) == ["datasets/golden"]
     listed = (await pipelines(client).ListPipelines(pp.ListPipelinesRequest())).pipelines
     assert [p.name for p in listed] == ["pipelines/gated"]
+
+    # a dataset stored as golden after the pipeline was made: the run that takes it fails before training
+    later = from_file(rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))
+    later.training.dataset_name = "datasets/later"  # no such dataset yet: a run resolves it when it starts
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="later", pipeline=later))
+    await datasets.UploadDataset(upload_messages("datasets/later", golden_jsonl(GOLDEN), kind=ds.DATASET_KIND_GOLDEN))
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/later"))).run
+    run = await finished(client, run.name)
+    [detail] = [d for d in run.error.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    info = error_details_pb2.ErrorInfo()
+    detail.Unpack(info)
+    assert (run.state, run.error.code) == (common.JOB_STATE_FAILED, grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    assert (info.reason, info.metadata["field"]) == ("GOLDEN_DATASET_NOT_TRAINABLE", "pipeline.training.dataset_name")
+    assert not run.training_job, run
 
 
 async def test_a_run_stopped_during_its_evaluation_resumes_there_and_stores_one_evaluation(make_pg_server, data_dir,
