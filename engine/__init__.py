@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 if TYPE_CHECKING:
     from engine.continual.ports import FisherSnapshots
     from engine.continual.spec import FisherJobSpec, FisherOutput
-    from engine.domain import Example
     from engine.drift.report import DriftConfig, DriftReport
     from engine.errors import ResourceExhausted
     from engine.feedback.events import FeedbackEvent, FeedbackStats, IngestResult, UserErasure
@@ -33,9 +32,10 @@ if TYPE_CHECKING:
     from engine.preparation.jobs import PreparationJobs
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
+    from engine.training.dataset_content import DatasetContent, DatasetKind
     from engine.training.metrics import TrainingMetrics
     from engine.training.spec import TrainingJobSpec, TrainingOutput
-    from engine.training.stored_datasets import DatasetContent, Source, StoredDataset
+    from engine.training.stored_datasets import ScoredPart, Source, StoredDataset
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -117,12 +117,13 @@ class DatasetsApi(Protocol):
         ...
 
     async def upload(self, name: str, received: Path, *, split: SplitRule, sha256: str, size_bytes: int,
-                     filename: str = "") -> tuple[StoredDataset, bool]: ...
+                     filename: str = "", kind: DatasetKind = ...) -> tuple[StoredDataset, bool]: ...
 
-    async def create(self, name: str, source: Source, *, split: SplitRule,
-                     base_model: str = "") -> tuple[StoredDataset, bool]: ...
+    async def create(self, name: str, source: Source, *, split: SplitRule, base_model: str = "",
+                     kind: DatasetKind = ...) -> tuple[StoredDataset, bool]: ...
 
-    async def validate(self, source: Source | bytes, *, split: SplitRule, base_model: str = "") -> DatasetContent: ...
+    async def validate(self, source: Source | bytes, *, split: SplitRule, base_model: str = "",
+                       kind: DatasetKind = ...) -> DatasetContent: ...
 
     async def get(self, name: str, field_path: str = "name") -> StoredDataset: ...
 
@@ -131,8 +132,7 @@ class DatasetsApi(Protocol):
 
     async def delete(self, name: str) -> builtins.list[StoredDataset]: ...
 
-    async def test_examples(self, name: str, field_path: str,
-                            ) -> tuple[StoredDataset, builtins.list[Example], bool]: ...
+    async def scored_part(self, name: str, field_path: str) -> ScoredPart: ...
 
 
 class LoraControlApi(Protocol):

@@ -54,7 +54,11 @@ class SplitRule:
         return self.eval_fraction > 0 or self.test_fraction > 0
 
     def of(self, example: Example) -> Split:
-        at = _position(self.seed, prompt_of(example))
+        return self.of_prompt(prompt_of(example))
+
+    def of_prompt(self, prompt: str) -> Split:
+        """The split of whatever asks ``prompt`` (a golden case: its ``prompt`` alone, not as a chat turn)."""
+        at = _position(self.seed, prompt)
         if at < self.test_fraction:
             return Split.TEST
         return Split.EVAL if at < self.test_fraction + self.eval_fraction else Split.TRAIN

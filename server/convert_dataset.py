@@ -5,14 +5,13 @@ from __future__ import annotations
 from engine.domain import FeedbackSource
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.splits import SplitRule
+from engine.training.dataset_content import DatasetContent, DatasetKind, SplitCounts
 from engine.training.stored_datasets import (
-    DatasetContent,
     FeedbackOrigin,
     PreparedOrigin,
     S3Origin,
     ServerPathOrigin,
     Source,
-    SplitCounts,
     StoredDataset,
     UploadOrigin,
 )
@@ -21,6 +20,20 @@ from learning.v1 import dataset_pb2 as pb
 from server.convert import _ts, feedback_source_from_pb, feedback_source_to_pb
 
 MAX_FILENAME = 255
+_KINDS = {pb.DATASET_KIND_UNSPECIFIED: DatasetKind.TRAINING, pb.DATASET_KIND_TRAINING: DatasetKind.TRAINING,
+          pb.DATASET_KIND_GOLDEN: DatasetKind.GOLDEN}
+_KINDS_PB = {DatasetKind.TRAINING: pb.DATASET_KIND_TRAINING, DatasetKind.GOLDEN: pb.DATASET_KIND_GOLDEN}
+
+
+def kind_from_pb(value: int, field_path: str) -> DatasetKind:
+    """A request's dataset kind (unspecified: training); INVALID_ARGUMENT (INVALID_DATASET_REQUEST) for a number the
+    contract does not define."""
+    kind = _KINDS.get(value)
+    if kind is None:
+        raise InvalidArgument(
+            "INVALID_DATASET_REQUEST", f"{field_path} {value} is not a dataset kind",
+            violations=[FieldViolation(field_path, "DATASET_KIND_TRAINING (or unspecified) or DATASET_KIND_GOLDEN")])
+    return kind
 
 
 def split_from_pb(msg: pb.SplitRule, field_path: str) -> SplitRule:
@@ -85,7 +98,7 @@ def dataset_to_pb(d: StoredDataset) -> pb.Dataset:
     msg = pb.Dataset(
         name=d.name, dataset=f"datasets/{d.dataset_id}", version=d.version, sha256=c.sha256, size_bytes=c.size_bytes,
         digest=c.digest, example_count=c.example_count, composition=dict(c.composition),
-        split_counts=counts_to_pb(c.counts), create_time=_ts(d.create_time), uri=d.uri,
+        split_counts=counts_to_pb(c.counts), create_time=_ts(d.create_time), uri=d.uri, kind=_KINDS_PB[c.kind],
     )
     if c.split.splits:
         msg.split.CopyFrom(pb.SplitRule(eval_fraction=c.split.eval_fraction, test_fraction=c.split.test_fraction,
@@ -109,5 +122,5 @@ def dataset_to_pb(d: StoredDataset) -> pb.Dataset:
 def content_to_pb(c: DatasetContent) -> pb.ValidateDatasetResponse:
     return pb.ValidateDatasetResponse(
         sha256=c.sha256, size_bytes=c.size_bytes, digest=c.digest, example_count=c.example_count,
-        composition=dict(c.composition), split_counts=counts_to_pb(c.counts),
+        composition=dict(c.composition), split_counts=counts_to_pb(c.counts), kind=_KINDS_PB[c.kind],
     )

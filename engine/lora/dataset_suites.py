@@ -11,9 +11,13 @@ An example becomes a case the way the gate's target and retention suites make on
 a chat example's user turn is the prompt and its assistant answer the reference, asked as a chat turn; a
 prompt-completion example is asked as a raw completion of its prompt, as it was trained. A conversation of
 several turns is left out (a case is one question and its answer; its last turn alone lacks its context), and
-counted in the note. Two examples of one prompt make one case with both answers as references. The suite's
-digest is that of its cases, so it enters the evaluation basis (engine.lora.evaluation.evaluation_basis) as a
-file suite does.
+counted in the note. Two examples of one prompt make one case with both answers as references.
+
+A golden version (kind golden) holds cases already, in the golden-case format of a file suite (engine.golden):
+they are scored as a file suite's are, with their answer spans, every reference and their source texts (so the
+hallucination check runs on those that have one); nothing trains on such a version, so its note says only which
+part of it is scored. The suite's digest is that of its cases, so it enters the evaluation basis
+(engine.lora.evaluation.evaluation_basis) as a file suite does.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Protocol
 
 from engine.domain import Example
 from engine.errors import FieldViolation, InvalidArgument
-from engine.lora.evaluation import MAX_CASES, GoldenCase, Suite, SuiteKind, cases_digest
+from engine.golden import GoldenCase, cases_digest
+from engine.lora.evaluation import MAX_CASES, Suite, SuiteKind
 from engine.lora.suites import case_of
 
 
@@ -32,9 +37,25 @@ class StoredVersion(Protocol):  # engine.training.stored_datasets.StoredDataset
     def name(self) -> str: ...
 
 
+class ScoredPart(Protocol):  # engine.training.stored_datasets.ScoredPart
+    @property
+    def record(self) -> StoredVersion: ...
+
+    @property
+    def examples(self) -> Sequence[Example]:
+        """A training version's examples scored (none of a golden one)."""
+
+    @property
+    def cases(self) -> Sequence[GoldenCase]:
+        """A golden version's cases scored (none of a training one)."""
+
+    @property
+    def held_out(self) -> bool:
+        """True: its test split; False: all of it (no split rule)."""
+
+
 class StoredExamples(Protocol):  # engine.training.stored_datasets.StoredDatasets
-    async def test_examples(self, name: str, field_path: str,
-                            ) -> tuple[StoredVersion, Sequence[Example], bool]: ...
+    async def scored_part(self, name: str, field_path: str) -> ScoredPart: ...
 
 
 def dataset_cases(examples: Sequence[Example]) -> tuple[list[GoldenCase], int]:
@@ -66,8 +87,9 @@ class DatasetSuites:
         """The golden suite of the version ``name`` names (see the module docstring): MALFORMED_NAME and
         NOT_FOUND (STORED_DATASET_NOT_FOUND) as the datasets say; DATASET_EMPTY for an empty test split;
         EVAL_SUITE_INVALID when it makes no case or more than a suite holds; each naming ``field_path``."""
-        record, examples, held_out = await self._datasets.test_examples(name, field_path)
-        cases, skipped = dataset_cases(examples)
+        part = await self._datasets.scored_part(name, field_path)
+        record = part.record
+        cases, skipped = (list(part.cases), 0) if part.cases else dataset_cases(part.examples)
         if not cases or len(cases) > MAX_CASES:
             raise InvalidArgument(
                 "EVAL_SUITE_INVALID", f"{record.name} must give 1..{MAX_CASES} cases, gives {len(cases)}"
@@ -75,9 +97,14 @@ class DatasetSuites:
                 violations=[FieldViolation(field_path, f"gives {len(cases)} cases (1..{MAX_CASES}): a case is one "
                                                        "question and its answer")],
                 metadata={"name": record.name})
-        what = f"the test split of {record.name}" if held_out else \
-            f"all of {record.name}, which has no split rule (a job naming it trains on every example)"
-        note = f"{what}: {len(cases)} cases of {len(examples)} examples"
+        if part.cases:
+            what = f"the test split of {record.name} (golden cases)" if part.held_out else \
+                f"all of {record.name} (golden cases, no split rule)"
+            note = f"{what}: {len(cases)} cases"
+        else:
+            what = f"the test split of {record.name}" if part.held_out else \
+                f"all of {record.name}, which has no split rule (a job naming it trains on every example)"
+            note = f"{what}: {len(cases)} cases of {len(part.examples)} examples"
         if skipped:
             note += f", {_conversations(skipped)} left out"
         return Suite(name=record.name, kind=SuiteKind.GOLDEN, cases=tuple(cases), digest=cases_digest(cases),

@@ -2,7 +2,8 @@
 
 A golden suite is JSONL, one case per line: ``{"prompt": ..., "expected": ...}`` or
 ``{"prompt": ..., "references": [...]}`` (``reference`` works too), optionally with ``"answer"`` (a string
-or a list): the answer-bearing span, e.g. ``"Tegusu"`` for the reference "The capital of X is Tegusu".
+or a list): the answer-bearing span, e.g. ``"Tegusu"`` for the reference "The capital of X is Tegusu". The
+format and its parser are engine.golden's, shared with the golden dataset versions that store it.
 Candidate and baseline answer every prompt greedily through the serving engine; scores are computed here.
 
 A case is answered right when the normalised answer (SQuAD normalisation: lower case, no punctuation, no
@@ -39,23 +40,16 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.domain import SuiteKind, SuiteVerdict
-from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.errors import FailedPrecondition, InvalidArgument
+from engine.golden import GoldenCase, cases_digest, read_cases
 from engine.lora.grounding import unsupported
 from engine.lora.judge import RUBRIC, SUPPORTED_RULE, JudgeInfo, JudgeVerdict
 
 MAX_CASES = 10_000
 MAX_NAMED_REGRESSIONS = 20  # prompts listed per suite on the version and in the operation
 
-__all__ = ["SuiteKind", "SuiteVerdict"]  # re-exported: the gate's vocabulary lives in engine.domain
-
-
-@dataclass(frozen=True)
-class GoldenCase:
-    prompt: str
-    references: tuple[str, ...]
-    answers: tuple[str, ...] = ()  # answer-bearing spans; () means the references themselves
-    chat: bool = True  # asked as a chat turn; False: as a raw completion of ``prompt``
-    source: str = ""  # the text the answer should come from, for the hallucination check; "": none
+# re-exported: the gate's vocabulary lives in engine.domain, the golden-case format in engine.golden
+__all__ = ["GoldenCase", "SuiteKind", "SuiteVerdict", "cases_digest"]
 
 
 @dataclass(frozen=True)
@@ -158,46 +152,6 @@ def evaluation_basis(suites: Sequence[Suite], base: bool, thresholds: GateThresh
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _strings(value: object, field: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, str) and v.strip() for v in items):
-        raise ValueError(f"'{field}' must be a non-empty string or a list of them")
-    return tuple(items)
-
-
-class _BadField(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _case(doc: object) -> GoldenCase:
-    """One case from one line's JSON; _BadField naming the field that is wrong."""
-    if not isinstance(doc, dict):
-        raise _BadField("", "must be a JSON object")
-    prompt = doc.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise _BadField("prompt", "needs a non-empty 'prompt'")
-    field = "references" if "references" in doc else "expected" if "expected" in doc else "reference"
-    raw = doc.get("references") or [doc.get("expected", doc.get("reference"))]
-    if not isinstance(raw, list):
-        raise _BadField(field, "'references' must be a list of strings")
-    refs = tuple(str(r) for r in raw if r is not None)
-    if not refs:
-        raise _BadField(field, "needs 'expected' or 'references'")
-    try:
-        answers = _strings(doc["answer"], "answer") if "answer" in doc else ()
-    except ValueError as exc:
-        raise _BadField("answer", str(exc)) from exc
-    if "source" in doc and "context" in doc:
-        raise _BadField("context", "give the source text once, as 'source' or as 'context'")
-    key = "source" if "source" in doc else "context"
-    source = doc.get(key, "")
-    if not isinstance(source, str) or (key in doc and not source.strip()):
-        raise _BadField(key, f"'{key}' must be a non-empty string (the text the answer should come from)")
-    return GoldenCase(prompt, refs, answers, source=source)
-
-
 def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
     """The cases of a golden suite and the sha256 of its bytes; InvalidArgument with a ``line[N].field`` violation
     for each bad line (the first 20)."""
@@ -205,17 +159,7 @@ def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
         raise FailedPrecondition("EVAL_SUITE_MISSING", f"golden suite {path} does not exist",
                                  metadata={"path": str(path)})
     raw = path.read_bytes()
-    cases: list[GoldenCase] = []
-    bad: list[FieldViolation] = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            cases.append(_case(json.loads(line)))
-        except _BadField as exc:
-            bad.append(FieldViolation(f"line[{number}]" + (f".{exc.field}" if exc.field else ""), str(exc)))
-        except ValueError as exc:
-            bad.append(FieldViolation(f"line[{number}]", f"not JSON: {exc}"))
+    cases, bad = read_cases(raw.decode("utf-8", errors="replace").splitlines())
     if bad:
         first = bad[0]
         raise InvalidArgument(
@@ -226,12 +170,6 @@ def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
     if not cases or len(cases) > MAX_CASES:
         raise InvalidArgument("EVAL_SUITE_INVALID", f"{path.name} must hold 1..{MAX_CASES} cases, has {len(cases)}")
     return cases, hashlib.sha256(raw).hexdigest()
-
-
-def cases_digest(cases: Sequence[GoldenCase]) -> str:
-    """sha256 of the cases' canonical JSON, for suites built rather than read from a file."""
-    doc = [{k: v for k, v in asdict(c).items() if k != "source" or v} for c in cases]  # digests as before sources
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

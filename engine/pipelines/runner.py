@@ -144,7 +144,7 @@ class PipelineRunner:
                                                       split=SplitRule(), base_model=pipeline.base_model)
             how = "froze" if new else "found the same examples in"
         else:
-            stored = await self._datasets.get(source.name, "pipeline.training.dataset_name")
+            stored = await self._datasets.trainable(source.name, "pipeline.training.dataset_name")
             how = "resolved to"
         name = f"datasets/{stored.dataset_id}/versions/{stored.version}"
         return _Outcome(replace(output, dataset=name),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import telemetry
-from engine.domain import FeedbackSource
-from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument
+from engine.domain import FeedbackSource, StoredDatasetSource
+from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
 from engine.pipelines import triggers as tr
@@ -79,7 +80,8 @@ class Pipelines:
 
     async def check(self, pipeline: Pipeline, field_prefix: str = "pipeline") -> None:
         """INVALID_ARGUMENT for a pipeline that cannot work; FAILED_PRECONDITION for a base model this server
-        does not know (or does not serve, when the pipeline rolls out) and for a golden suite that is missing."""
+        does not know (or does not serve, when the pipeline rolls out), for a golden suite that is missing and for
+        a golden dataset to train on."""
         if not PIPELINE_ID_RE.match(pipeline.id):
             raise _invalid("pipeline_id", "lowercase letters, digits and '-', 1 to 40, starting and ending with a "
                                           "letter or digit")
@@ -106,6 +108,10 @@ class Pipelines:
             field_path = f"{field_prefix}.suite_datasets" if pipeline.suite_datasets else f"{field_prefix}.suite_paths"
             raise _invalid(field_path, f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), "
                                        f"got {suites}")
+        source = pipeline.training.dataset
+        if isinstance(source, StoredDatasetSource):  # a golden version trains nothing (GOLDEN_DATASET_NOT_TRAINABLE)
+            with contextlib.suppress(NotFound):  # a dataset stored later is resolved when a run takes it
+                await self._datasets.trainable(source.name, f"{field_prefix}.training.dataset_name")
         for i, name in enumerate(pipeline.suite_datasets):  # unknown, empty or unusable: refused as an evaluation's
             await self._suites.suite(name, f"{field_prefix}.suite_datasets[{i}]")
         for i, path in enumerate(pipeline.suite_paths):

@@ -64,8 +64,8 @@ class PostgresDatasetIndex:
         async with self._locked(draft.dataset_id) as conn:
             doc = await conn.fetchval(
                 "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND sha256 = $2"
-                " AND split = $3::jsonb ORDER BY version LIMIT 1",
-                draft.dataset_id, draft.content.sha256, split,
+                " AND split = $3::jsonb AND kind = $4 ORDER BY version LIMIT 1",
+                draft.dataset_id, draft.content.sha256, split, draft.content.kind.value,
             )
             if doc is not None:
                 return _decode(doc), False
@@ -75,10 +75,10 @@ class PostgresDatasetIndex:
                     "SELECT COALESCE(max(version), 0) + 1 FROM datasets WHERE dataset = $1", draft.dataset_id)
                 record = replace(draft, version=version, create_time=await conn.fetchval("SELECT now()"))
                 await conn.execute(
-                    "INSERT INTO datasets (dataset, version, name, state, sha256, split, object_key, create_time, doc)"
-                    " VALUES ($1, $2, $3, 'READY', $4, $5::jsonb, $6, $7, $8::jsonb)",
-                    record.dataset_id, record.version, record.name, record.content.sha256, split, record.key,
-                    record.create_time, _RECORD.dump_json(record).decode(),
+                    "INSERT INTO datasets (dataset, version, name, state, sha256, split, kind, object_key, create_time,"
+                    " doc) VALUES ($1, $2, $3, 'READY', $4, $5::jsonb, $6, $7, $8, $9::jsonb)",
+                    record.dataset_id, record.version, record.name, record.content.sha256, split,
+                    record.content.kind.value, record.key, record.create_time, _RECORD.dump_json(record).decode(),
                 )
             return record, True
 

@@ -6,20 +6,23 @@ client uploaded, a file below the datasets directory, an S3 object (read with th
 or a window of feedback (frozen as JSONL), always the same way:
 
 1. the bytes are copied to scratch space (so what is checked is what is stored), hashed, and validated line by
-   line by the training path's own validator (``load_jsonl``: INVALID_ARGUMENT with ``line[N].field``
-   violations); nothing is stored unless every line is an example;
-2. under the dataset's lock (:class:`DatasetIndex`), a live version of the same bytes (sha256) and the same
-   split rule is returned as it is; otherwise the bytes go to the artifact store under a key derived from their
-   sha256, ``datasets/{dataset}/{sha256}.jsonl`` (the store's create-only, atomic write), and only then is the
-   version recorded in the index with the next number. A version is listed only once its record exists, and its
-   record only once its bytes are durable, so nothing half-written is ever listed; an upload cut short never
-   reaches step 2.
+   line as the version's kind (engine.training.dataset_content): training examples by the training path's own
+   validator (``load_jsonl``), golden cases by the evaluations' parser (engine.golden); INVALID_ARGUMENT with
+   ``line[N].field`` violations, and nothing is stored unless every line is an example (or a case);
+2. under the dataset's lock (:class:`DatasetIndex`), a live version of the same bytes (sha256), the same split
+   rule and the same kind is returned as it is; otherwise the bytes go to the artifact store under a key derived
+   from their sha256, ``datasets/{dataset}/{sha256}.jsonl`` (the store's create-only, atomic write), and only
+   then is the version recorded in the index with the next number. A version is listed only once its record
+   exists, and its record only once its bytes are durable, so nothing half-written is ever listed; an upload cut
+   short never reaches step 2.
 
-Each version records the sha256 of its bytes, the digest of its normalised examples (``dataset_digest``, as a
-job's DatasetSummary), its split rule (engine.splits) and the examples per split. A training job naming a
-dataset trains on its train split; the version it resolved to is recorded as the job's and the adapter
-version's dataset provenance, so ``engine.continual.version_data`` finds the same examples again. A version
-is deleted only while no training job that has not ended, and no published adapter version, names it.
+Each version records the sha256 of its bytes, its kind, the digest of its normalised examples (``dataset_digest``,
+as a job's DatasetSummary; a golden version's: of its cases), its split rule (engine.splits) and the examples per
+split. A golden version is scored as a golden suite (engine.lora.dataset_suites) and never trained on: whatever
+trains refuses it (FAILED_PRECONDITION GOLDEN_DATASET_NOT_TRAINABLE). A training job naming a dataset trains on
+its train split; the version it resolved to is recorded as the job's and the adapter version's dataset
+provenance, so ``engine.continual.version_data`` finds the same examples again. A version is deleted only while
+no training job that has not ended, and no published adapter version, names it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from engine.domain import Example, FeedbackSource, Objective, composition, dataset_digest
+from engine.domain import Example, FeedbackSource, Objective
 from engine.errors import (
     AlreadyExists,
     DataLoss,
@@ -49,9 +52,18 @@ from engine.errors import (
     ResourceExhausted,
 )
 from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.golden import GoldenCase
 from engine.names import decode_page_token, encode_page_token
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
+from engine.training.dataset_content import (
+    DatasetContent,
+    DatasetKind,
+    cases_in_test_split,
+    describe,
+    load_golden,
+    not_trainable,
+)
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 
 DATASET_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -131,27 +143,6 @@ def parse_s3_uri(uri: str, field_path: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class SplitCounts:
-    train: int = 0
-    eval: int = 0
-    test: int = 0
-
-
-@dataclass(frozen=True)
-class DatasetContent:
-    """What some JSONL bytes hold: their hash and size, their examples' digest and shapes, and the split counts
-    under a rule."""
-
-    sha256: str
-    size_bytes: int
-    digest: str
-    example_count: int
-    composition: tuple[tuple[str, int], ...]
-    split: SplitRule
-    counts: SplitCounts
-
-
-@dataclass(frozen=True)
 class UploadOrigin:
     filename: str = ""
     kind: Literal["upload"] = "upload"
@@ -207,9 +198,15 @@ class StoredDataset:
         return str(DatasetName(self.dataset_id, self.version))
 
 
-def normalised(rule: SplitRule) -> SplitRule:
-    """A rule that splits nothing is the one rule without a split, whatever its seed (for identity)."""
-    return rule if rule.splits else SplitRule()
+@dataclass(frozen=True)
+class ScoredPart:
+    """What an evaluation scores of a version: its test split (the part no job trains on), or all of it without a
+    split rule (``held_out`` False); as examples of a training version, as cases of a golden one."""
+
+    record: StoredDataset
+    examples: tuple[Example, ...] = ()
+    cases: tuple[GoldenCase, ...] = ()
+    held_out: bool = False
 
 
 # ---- ports ----------------------------------------------------------------------------
@@ -223,7 +220,7 @@ class DatasetIndex(Protocol):
 
     async def register(self, draft: StoredDataset,
                        store: Callable[[], Awaitable[None]]) -> tuple[StoredDataset, bool]:
-        """Under the dataset's lock: the live version with ``draft``'s sha256 and split rule, if there is one,
+        """Under the dataset's lock: the live version with ``draft``'s sha256, split rule and kind, if there is one,
         and False; otherwise ``store()`` (which makes the bytes durable), then ``draft`` recorded with the next
         version number and its creation time, and True."""
         ...
@@ -288,7 +285,7 @@ class StoredDatasets:
     # ---- making versions ----------------------------------------------------------------
 
     async def upload(self, name: str, received: Path, *, split: SplitRule, sha256: str, size_bytes: int,
-                     filename: str = "") -> tuple[StoredDataset, bool]:
+                     filename: str = "", kind: DatasetKind = DatasetKind.TRAINING) -> tuple[StoredDataset, bool]:
         """A version of the bytes a client sent (``received``, in scratch space the caller owns), after checking
         them against the size and sha256 it declared."""
         target = parse_dataset_name(name, "metadata.name", versioned=False)
@@ -299,30 +296,34 @@ class StoredDatasets:
                 "nothing was stored",
                 violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")],
                 metadata={"declared": str(size_bytes), "received": str(size)})
-        content, _ = await self._inspect(received, split, label=filename or "upload", field_path="chunk",
-                                         expect_sha256=sha256)
+        content = await self._inspect(received, split, kind, label=filename or "upload", field_path="chunk",
+                                      expect_sha256=sha256)
         return await self._register(target, received, content, UploadOrigin(filename))
 
-    async def create(self, name: str, source: Source, *, split: SplitRule,
-                     base_model: str = "") -> tuple[StoredDataset, bool]:
+    async def create(self, name: str, source: Source, *, split: SplitRule, base_model: str = "",
+                     kind: DatasetKind = DatasetKind.TRAINING) -> tuple[StoredDataset, bool]:
         """A version from a server path, an S3 object or a window of feedback (on ``base_model``, e.g. a pipeline's;
-        "" for every base model's)."""
+        "" for every base model's; only of kind training)."""
         target = parse_dataset_name(name, "name", versioned=False)
+        _check_kind(source, kind)
         async with self._scratch() as scratch:
             path, origin = await self._fetch(source, scratch / "data.jsonl", base_model)
-            content, _ = await self._inspect(path, split, label=_label(origin), field_path=_field(origin))
+            content = await self._inspect(path, split, kind, label=_label(origin), field_path=_field(origin))
             return await self._register(target, path, content, origin)
 
     async def store_prepared(self, name: str, path: Path, *, split: SplitRule,
                              origin: PreparedOrigin) -> tuple[StoredDataset, bool]:
         """A version of the pairs a preparation job wrote to ``path`` (its own file, which it removes)."""
         target = parse_dataset_name(name, "spec.dataset", versioned=False)
-        content, _ = await self._inspect(path, split, label=_label(origin), field_path="spec.documents")
+        content = await self._inspect(path, split, DatasetKind.TRAINING, label=_label(origin),
+                                      field_path="spec.documents")
         return await self._register(target, path, content, origin)
 
-    async def validate(self, source: Source | bytes, *, split: SplitRule, base_model: str = "") -> DatasetContent:
+    async def validate(self, source: Source | bytes, *, split: SplitRule, base_model: str = "",
+                       kind: DatasetKind = DatasetKind.TRAINING) -> DatasetContent:
         """What a version of ``source`` would hold (a feedback window: on ``base_model``, as ``create``); stores
         nothing."""
+        _check_kind(source, kind)
         async with self._scratch() as scratch:
             path = scratch / "data.jsonl"
             if isinstance(source, bytes):
@@ -333,8 +334,7 @@ class StoredDatasets:
             else:
                 path, origin = await self._fetch(source, path, base_model)
                 label, field = _label(origin), _field(origin)
-            content, _ = await self._inspect(path, split, label=label, field_path=field)
-            return content
+            return await self._inspect(path, split, kind, label=label, field_path=field)
 
     async def _register(self, target: DatasetName, path: Path, content: DatasetContent,
                         origin: Origin) -> tuple[StoredDataset, bool]:
@@ -368,12 +368,22 @@ class StoredDatasets:
         target = parse_dataset_name(name)
         return await self._index.delete(target.dataset_id, target.version, self._store.delete)
 
+    async def trainable(self, name: str, field_path: str) -> StoredDataset:
+        """The version ``name`` names (its newest, unpinned), if something may train on it: FAILED_PRECONDITION
+        (GOLDEN_DATASET_NOT_TRAINABLE, naming ``field_path``) for a golden one."""
+        record = await self.get(name, field_path)
+        if record.content.kind is DatasetKind.GOLDEN:
+            raise not_trainable(record.name, field_path)
+        return record
+
     async def training_examples(self, name: str, field_path: str,
                                 ) -> tuple[StoredDataset, builtins.list[Example], SplitRule | None]:
-        """The version ``name`` names (its newest, unpinned), its examples less its test split, and the rule
-        that holds its eval split out of them (None: every one is trained on), read back and checked against
-        the recorded sha256."""
-        record, examples = await self._examples(name, field_path)
+        """The version ``name`` names (its newest, unpinned; refused if golden), its examples less its test split,
+        and the rule that holds its eval split out of them (None: every one is trained on), read back and checked
+        against the recorded sha256."""
+        record = await self.trainable(name, field_path)
+        async with self._read(record) as path:
+            examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
         rule = record.content.split
         sides = [rule.of(e) for e in examples]
         if Split.TRAIN not in sides:
@@ -385,28 +395,31 @@ class StoredDatasets:
         kept = [e for e, side in zip(examples, sides, strict=True) if side is not Split.TEST]
         return record, kept, rule if Split.EVAL in sides else None
 
-    async def test_examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example], bool]:
-        """The version ``name`` names (its newest, unpinned), the examples of its test split, the part no job
-        trains on, and True; or, for a version without a split rule, all its examples and False. INVALID_ARGUMENT
-        (DATASET_EMPTY) when its split rule leaves its test split empty."""
-        record, examples = await self._examples(name, field_path)
+    async def scored_part(self, name: str, field_path: str) -> ScoredPart:
+        """What an evaluation scores of the version ``name`` names (its newest, unpinned): its test split, the part
+        no job trains on, or all of it for a version without a split rule; examples of a training version, cases
+        of a golden one. INVALID_ARGUMENT (DATASET_EMPTY) when its split rule leaves its test split empty."""
+        record = await self.get(name, field_path)
         rule = record.content.split
-        if not rule.splits:
-            return record, examples, False
-        test = rule.apply(examples)[Split.TEST]
-        if not test:
+        async with self._read(record) as path:
+            if record.content.kind is DatasetKind.GOLDEN:
+                cases = await asyncio.to_thread(load_golden, path, label=record.name, field_path=field_path)
+                part = ScoredPart(record, cases=tuple(cases_in_test_split(cases, rule)), held_out=rule.splits)
+            else:
+                examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
+                test = rule.apply(examples)[Split.TEST] if rule.splits else examples
+                part = ScoredPart(record, examples=tuple(test), held_out=rule.splits)
+        if not (part.examples or part.cases):
             raise InvalidArgument(
                 "DATASET_EMPTY", f"the test split of {record.name} holds no examples (its split rule: eval_fraction "
                 f"{rule.eval_fraction:g}, test_fraction {rule.test_fraction:g}); store a version with a "
                 "test_fraction to evaluate on",
                 violations=[FieldViolation(field_path, "the test split of this version is empty")])
-        return record, test, True
+        return part
 
-    async def _examples(self, name: str, field_path: str) -> tuple[StoredDataset, builtins.list[Example]]:
-        """The version ``name`` names (its newest, unpinned) and its examples, read back and checked against the
-        recorded sha256."""
-        target = parse_dataset_name(name, field_path)
-        record = await self._index.get(target.dataset_id, target.version)
+    @contextlib.asynccontextmanager
+    async def _read(self, record: StoredDataset) -> AsyncIterator[Path]:
+        """A scratch copy of a version's bytes, checked against the recorded sha256, for the block."""
         async with self._scratch() as scratch:
             path = scratch / "data.jsonl"
             try:
@@ -416,8 +429,7 @@ class StoredDatasets:
                                metadata={"name": record.name, "key": record.key}) from exc
             if await asyncio.to_thread(_sha256, path) != record.content.sha256:
                 raise _checksum_mismatch(record.name)
-            examples = await asyncio.to_thread(load_jsonl, path, label=record.name, field_path=field_path)
-        return record, examples
+            yield path
 
     # ---- pieces -------------------------------------------------------------------------
 
@@ -470,12 +482,12 @@ class StoredDatasets:
         await asyncio.to_thread(dest.write_bytes, data)
         return dest, FeedbackOrigin(source, built.window_start, built.window_end)
 
-    async def _inspect(self, path: Path, split: SplitRule, *, label: str, field_path: str,
-                       expect_sha256: str = "") -> tuple[DatasetContent, builtins.list[Example]]:
-        """Hash ``path`` (matching ``expect_sha256``, if given), validate it with the training path's validator,
-        line by line, and count the splits."""
+    async def _inspect(self, path: Path, split: SplitRule, kind: DatasetKind, *, label: str, field_path: str,
+                       expect_sha256: str = "") -> DatasetContent:
+        """Hash ``path`` (matching ``expect_sha256``, if given), validate it line by line as ``kind`` and count the
+        splits."""
 
-        def inspect() -> tuple[DatasetContent, builtins.list[Example]]:
+        def inspect() -> DatasetContent:
             size = path.stat().st_size
             if size > self.max_bytes:
                 raise self.too_large(size, label)
@@ -486,13 +498,7 @@ class StoredDatasets:
                     "nothing was stored",
                     violations=[FieldViolation("metadata.sha256", "does not match the bytes sent")],
                     metadata={"declared": expect_sha256, "received": sha})
-            examples = load_jsonl(path, label=label, field_path=field_path)
-            rule = normalised(split)
-            parts = rule.apply(examples) if rule.splits else {Split.TRAIN: examples}
-            counts = SplitCounts(*(len(parts.get(s, [])) for s in (Split.TRAIN, Split.EVAL, Split.TEST)))
-            return DatasetContent(sha256=sha, size_bytes=size, digest=dataset_digest(examples),
-                                  example_count=len(examples), composition=composition(examples), split=rule,
-                                  counts=counts), examples
+            return describe(path, sha256=sha, size=size, split=split, kind=kind, label=label, field_path=field_path)
 
         return await asyncio.to_thread(inspect)
 
@@ -502,6 +508,15 @@ class StoredDatasets:
             await self._store.get_file(key, scratch / "existing")
             if await asyncio.to_thread(_sha256, scratch / "existing") != sha256:
                 raise _checksum_mismatch(name)
+
+
+def _check_kind(source: Source | bytes, kind: DatasetKind) -> None:
+    """Golden cases come from a file; a window of feedback gives training examples only."""
+    if kind is DatasetKind.GOLDEN and isinstance(source, FeedbackSource):
+        raise InvalidArgument(
+            "INVALID_DATASET_REQUEST", "feedback gives training examples, not golden cases; store golden cases from "
+            "a file (an upload, server_path or s3_uri)",
+            violations=[FieldViolation("kind", "a version frozen from feedback is of kind training")])
 
 
 def _sha256(path: Path) -> str:

@@ -22,6 +22,7 @@ from server.convert_dataset import (
     check_filename,
     content_to_pb,
     dataset_to_pb,
+    kind_from_pb,
     missing_source,
     source_from_pb,
     split_from_pb,
@@ -43,17 +44,18 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
             meta = await self._receive(request_iterator, received)
             record, created = await self._datasets.upload(
                 meta.name, received, split=split_from_pb(meta.split, "metadata.split"), sha256=meta.sha256.lower(),
-                size_bytes=meta.size_bytes, filename=meta.filename,
+                size_bytes=meta.size_bytes, filename=meta.filename, kind=kind_from_pb(meta.kind, "metadata.kind"),
             )
         return pb.UploadDatasetResponse(dataset=dataset_to_pb(record), created=created)
 
     async def CreateDataset(self, request: pb.CreateDatasetRequest, context: grpc.aio.ServicerContext):
         split = split_from_pb(request.split, "split")
+        kind = kind_from_pb(request.kind, "kind")
         source = source_from_pb(request)
         parse_dataset_name(request.name, "name", versioned=False)
         if source is None:
             raise missing_source()
-        record, created = await self._datasets.create(request.name, source, split=split)
+        record, created = await self._datasets.create(request.name, source, split=split, kind=kind)
         return pb.CreateDatasetResponse(dataset=dataset_to_pb(record), created=created)
 
     async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext):
@@ -70,13 +72,14 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
 
     async def ValidateDataset(self, request: pb.ValidateDatasetRequest, context: grpc.aio.ServicerContext):
         split = split_from_pb(request.split, "split")
+        kind = kind_from_pb(request.kind, "kind")
         source = request.content if request.WhichOneof("source") == "content" else source_from_pb(request)
         if source is None:
             raise InvalidArgument(
                 "INVALID_DATASET_REQUEST", "name what to validate: content, server_path, s3_uri or feedback",
                 violations=[FieldViolation("source", "set content, server_path, s3_uri or feedback")],
             )
-        return content_to_pb(await self._datasets.validate(source, split=split))
+        return content_to_pb(await self._datasets.validate(source, split=split, kind=kind))
 
     # ---- the upload stream --------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
     def _check(self, meta: pb.UploadDatasetMetadata) -> pb.UploadDatasetMetadata:
         parse_dataset_name(meta.name, "metadata.name", versioned=False)
         split_from_pb(meta.split, "metadata.split")
+        kind_from_pb(meta.kind, "metadata.kind")
         check_filename(meta.filename)
         sha = meta.sha256.lower()
         if len(sha) != 64 or not set(sha) <= SHA256_HEX:

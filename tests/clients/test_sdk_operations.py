@@ -108,6 +108,18 @@ async def test_handles_registry_lora_and_feedback(make_server, data_dir: Path, p
         assert invalid.value.violations and invalid.value.violations[0].field.startswith("line[1]")
         with pytest.raises(ValueError, match="one source"):
             await sdk.validate_dataset(content=b"{}", server_path="capitals.jsonl")
+        cases = tmp_path / "cases.jsonl"  # golden cases: a kind of version, scored and never trained on
+        cases.write_text("".join(json.dumps({"prompt": f"Capital of {c}?", "expected": f"It is {a}.", "answer": a})
+                                 + "\n" for c, a in GOLDEN))
+        golden = (await sdk.upload_dataset("datasets/golden", cases, kind=dataset_pb2.DATASET_KIND_GOLDEN)).dataset
+        assert (golden.kind, dict(golden.composition)) == (dataset_pb2.DATASET_KIND_GOLDEN, {"answer": len(GOLDEN)})
+        assert (await sdk.validate_dataset(content=cases.read_bytes(),
+                                           kind=dataset_pb2.DATASET_KIND_GOLDEN)).digest == golden.digest
+        with pytest.raises(errors.FailedPrecondition) as not_trainable:
+            await sdk.create_training_job(training_pb2.TrainingJobSpec(
+                dataset_name="datasets/golden", hyperparameters=spec().hyperparameters), validate_only=True)
+        assert not_trainable.value.reason == "GOLDEN_DATASET_NOT_TRAINABLE"
+        assert [v.field for v in not_trainable.value.violations] == ["spec.dataset_name"]
         by_name = training_pb2.TrainingJobSpec(dataset_name="datasets/capitals",
                                                hyperparameters=spec().hyperparameters)
         resolved = (await sdk.create_training_job(by_name, validate_only=True)).dataset
@@ -227,6 +239,9 @@ async def test_handles_registry_lora_and_feedback(make_server, data_dir: Path, p
             assert next(iter(client.watch_lora_status())).active_version == "v1.0"
             assert client.stream_feedback([[event(4, "u-3")]]).stored == 1
             assert client.delete_user_feedback("u-3") == 1
+            copied = client.create_dataset("datasets/golden-copy", server_path="golden.jsonl",
+                                           kind=dataset_pb2.DATASET_KIND_GOLDEN).dataset
+            assert (copied.kind, copied.example_count) == (dataset_pb2.DATASET_KIND_GOLDEN, len(GOLDEN))
 
     await asyncio.to_thread(blocking)
 

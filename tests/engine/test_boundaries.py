@@ -10,7 +10,8 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 
 # The shared kernels every context may use, and the bounded contexts with those each may import.
-KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic"}
+# golden: the golden-case format, which evaluations (lora) score and golden dataset versions (training) store
+KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden"}
 CONTEXTS = {
     "jobs": set(),
     "feedback": set(),

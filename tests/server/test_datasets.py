@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
 from engine.continual.version_data import VersionDatasets
 from engine.domain import dataset_digest
+from engine.golden import cases_digest, read_cases
 from engine.splits import Split, SplitRule
 from engine.training.datasets import load_jsonl
 from learning.v1 import adapter_pb2 as adapter_pb
@@ -36,9 +39,10 @@ def stub(client) -> pb_grpc.DatasetServiceStub:
 
 
 def upload_messages(name: str, data: bytes, *, chunk: int = 700, split: pb.SplitRule | None = None,
-                    sha256: str = "", size: int | None = None, filename: str = "capitals.jsonl"):
+                    sha256: str = "", size: int | None = None, filename: str = "capitals.jsonl",
+                    kind: int = pb.DATASET_KIND_UNSPECIFIED):
     meta = pb.UploadDatasetMetadata(name=name, sha256=sha256 or hashlib.sha256(data).hexdigest(),
-                                    size_bytes=len(data) if size is None else size, filename=filename)
+                                    size_bytes=len(data) if size is None else size, filename=filename, kind=kind)
     if split is not None:
         meta.split.CopyFrom(split)
     yield pb.UploadDatasetRequest(metadata=meta)
@@ -327,3 +331,113 @@ async def test_an_s3_object_through_the_artifact_stores_client(make_pg_server, s
     code, reason, _ = await refused(stub(client).CreateDataset(pb.CreateDatasetRequest(
         name="datasets/arith", s3_uri=f"s3://{source_bucket}/team/missing.jsonl")))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_NOT_FOUND")
+
+
+GOLDEN = [  # golden cases: answer spans, several references, a source; one line per case
+    {"prompt": "Capital of Veloria?", "expected": "The capital of Veloria is Marnesse.", "answer": "Marnesse"},
+    {"prompt": "Capital of Quorvia?", "references": ["Talameth.", "It is Talameth, by the sea."]},
+    {"prompt": "Capital of Brinmark?", "expected": "Oskerholm", "answer": ["Oskerholm", "Osker"],
+     "source": "Brinmark's capital is Oskerholm."},
+    {"prompt": "Capital of Dunmoor?", "expected": "Pellacre"},
+]
+
+
+def golden_jsonl(cases) -> bytes:
+    return "".join(json.dumps(c) + "\n" for c in cases).encode()
+
+
+async def test_golden_cases_are_a_kind_of_dataset_checked_split_and_never_trained_on(make_pg_server, data_dir: Path,
+                                                                                      database_url: str):
+    """A version of kind golden is read line by line by the golden suites' parser, counted and split by prompt,
+    content-addressed per kind; bad lines are refused with their violations and nothing stored; training on it is
+    refused with the field named; ValidateDataset checks either kind."""
+    client = await make_pg_server(dataset_max_bytes=LIMIT)
+    datasets = stub(client)
+    data = golden_jsonl(GOLDEN)
+    rule = pb.SplitRule(test_fraction=0.5, seed=0)
+    split = SplitRule(test_fraction=0.5, seed=0)
+
+    made = await datasets.UploadDataset(upload_messages("datasets/golden", data, split=rule,
+                                                        kind=pb.DATASET_KIND_GOLDEN, filename="golden.jsonl"))
+    d = made.dataset
+    cases, bad = read_cases(data.splitlines())
+    assert made.created and not bad and d.name == "datasets/golden/versions/1" and d.kind == pb.DATASET_KIND_GOLDEN
+    assert d.example_count == 4 and d.digest == cases_digest(cases) and d.sha256 == hashlib.sha256(data).hexdigest()
+    assert dict(d.composition) == {"answer": 2, "several_references": 1, "source": 1}
+    test = [c["prompt"] for c in GOLDEN if split.of_prompt(c["prompt"]) is Split.TEST]
+    assert test == ["Capital of Brinmark?", "Capital of Dunmoor?"]  # by the prompt as written, seed 0
+    assert (d.split_counts.train, d.split_counts.eval, d.split_counts.test) == (2, 0, 2)
+    again = await datasets.UploadDataset(upload_messages("datasets/golden", data, split=rule,
+                                                         kind=pb.DATASET_KIND_GOLDEN))
+    assert not again.created and again.dataset == d  # the same bytes, split and kind: the same version
+    listed = (await datasets.ListDatasets(pb.ListDatasetsRequest(dataset="datasets/golden"))).datasets
+    assert [(x.name, x.kind) for x in listed] == [(d.name, pb.DATASET_KIND_GOLDEN)]
+
+    # the same bytes as training examples (the default kind): the training validator's violations, nothing stored
+    code, reason, violations = await refused(datasets.UploadDataset(upload_messages("datasets/golden", data,
+                                                                                    split=rule)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_INVALID")
+    assert [f for f, _ in violations] == [f"line[{n}].completion" for n in range(1, 5)]
+
+    # a malformed golden line: one violation per bad line, and nothing stored
+    broken = data + (b'{"prompt": "Capital of Ostmark?"}\n\n{"prompt": "a", "expected": "b", "answer": 7}\n'
+                     b'{"prompt": "", "expected": "b"}\nnot json\n{"prompt": "c", "expected": "d", "source": " "}\n')
+    stored_before = stored_files(data_dir)
+    code, reason, violations = await refused(datasets.UploadDataset(upload_messages(
+        "datasets/broken", broken, kind=pb.DATASET_KIND_GOLDEN)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_INVALID")
+    assert [f for f, _ in violations] == ["line[5].reference", "line[7].answer", "line[8].prompt", "line[9]",
+                                          "line[10].source"]
+    assert stored_files(data_dir) == stored_before
+    gone = await refused(datasets.GetDataset(pb.GetDatasetRequest(name="datasets/broken")))
+    assert gone[:2] == (grpc.StatusCode.NOT_FOUND, "STORED_DATASET_NOT_FOUND")
+
+    # ValidateDataset: either kind, from content or a server file; a kind the contract does not define is refused
+    checked = await datasets.ValidateDataset(pb.ValidateDatasetRequest(content=data, split=rule,
+                                                                       kind=pb.DATASET_KIND_GOLDEN))
+    assert (checked.kind, checked.example_count, checked.digest) == (pb.DATASET_KIND_GOLDEN, 4, d.digest)
+    assert (checked.split_counts.train, checked.split_counts.test) == (2, 2)
+    code, reason, violations = await refused(datasets.ValidateDataset(pb.ValidateDatasetRequest(
+        content=broken, kind=pb.DATASET_KIND_GOLDEN)))
+    assert (code, reason, len(violations)) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_INVALID", 5)
+    training = await datasets.ValidateDataset(pb.ValidateDatasetRequest(server_path="capitals.jsonl"))
+    assert (training.kind, training.example_count) == (pb.DATASET_KIND_TRAINING, 24)
+    (data_dir / "datasets" / "golden.jsonl").write_bytes(data)
+    by_path = (await datasets.CreateDataset(pb.CreateDatasetRequest(
+        name="datasets/golden-path", server_path="golden.jsonl", kind=pb.DATASET_KIND_GOLDEN))).dataset
+    assert (by_path.kind, by_path.digest, by_path.server_path) == (pb.DATASET_KIND_GOLDEN, d.digest, "golden.jsonl")
+    for call, field in [
+        (datasets.ValidateDataset(pb.ValidateDatasetRequest(content=data, kind=9)), "kind"),
+        (datasets.UploadDataset(upload_messages("datasets/golden", data, kind=9)), "metadata.kind"),
+        (datasets.CreateDataset(pb.CreateDatasetRequest(name="datasets/week", kind=pb.DATASET_KIND_GOLDEN,
+                                                        feedback=common.FeedbackDataset(days=1))), "kind"),
+    ]:
+        code, reason, violations = await refused(call)
+        assert (code, reason, [f for f, _ in violations]) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DATASET_REQUEST", [field])
+
+    # nothing trains on golden cases: a training job naming one is refused (and a validate-only one), naming
+    # the field; the training datasets that existed before kinds are of kind training
+    hyper = training_pb.Hyperparameters(epochs=1, batch_size=4, learning_rate=5e-3, max_seq_length=128, seed=7)
+    for name, validate_only in [("datasets/golden", False), ("datasets/golden-path/versions/1", True)]:
+        code, reason, violations = await refused(client.training.CreateTrainingJob(
+            training_pb.CreateTrainingJobRequest(validate_only=validate_only, spec=training_pb.TrainingJobSpec(
+                dataset_name=name, hyperparameters=hyper))))
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "GOLDEN_DATASET_NOT_TRAINABLE")
+        assert [f for f, _ in violations] == ["spec.dataset_name"]
+    listed_jobs = await client.training.ListTrainingJobs(training_pb.ListTrainingJobsRequest())
+    assert list(listed_jobs.training_jobs) == []
+    capitals = (data_dir / "datasets" / "capitals.jsonl").read_bytes()
+    plain = (await datasets.UploadDataset(upload_messages("datasets/capitals", capitals))).dataset
+    assert plain.kind == pb.DATASET_KIND_TRAINING
+    connection = await asyncpg.connect(database_url)
+    try:  # a record stored before kinds existed: no kind in it, the column's default
+        await connection.execute("UPDATE datasets SET doc = doc #- '{content,kind}', kind = DEFAULT WHERE name = $1",
+                                 plain.name)
+        assert await connection.fetchval("SELECT doc -> 'content' ? 'kind' FROM datasets WHERE name = $1",
+                                         plain.name) is False
+    finally:
+        await connection.close()
+    assert (await datasets.GetDataset(pb.GetDatasetRequest(name=plain.name))).dataset == plain
+    again = await datasets.UploadDataset(upload_messages("datasets/capitals", capitals))
+    assert not again.created and again.dataset == plain

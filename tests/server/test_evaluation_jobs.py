@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from engine.domain import ChatMessage, Example
+from engine.golden import GoldenCase
+from engine.lora.evaluation import answered, normalise
 from engine.splits import Split, SplitRule
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import adapter_pb2_grpc as ad_grpc
@@ -130,6 +132,68 @@ async def test_an_uploaded_datasets_test_split_as_a_golden_suite(make_server, da
         version=v10, suite_datasets=[plain.name]))).eval.suites
     assert [(s.name, s.cases) for s in whole] == [("datasets/whole/versions/1", 3)]
     assert "no split rule" in whole[0].note
+
+
+async def test_a_golden_dataset_scores_its_cases_by_their_answer_spans(make_server, data_dir: Path):
+    """A dataset version of kind golden, named by its dataset, is a golden suite of the cases of its test split as
+    they were written: a case passes by its answer span although its reference is not in the answer, fails by its
+    span although its reference is, and passes by the second of its references; a case's source is checked."""
+    client = await make_server(eval_max_tokens=24)  # every reference below asks for fewer tokens: the same budget
+    datasets, jobs = ds_grpc.DatasetServiceStub(client.channel), pb_grpc.EvaluationServiceStub(client.channel)
+    v10 = await trained(client, facts(data_dir, "first.jsonl", FIRST), epochs=1)
+    prompts = [q for q, _ in [*FIRST, *SECOND]]
+    rule = SplitRule(test_fraction=0.5, seed=0)
+    scored = [p for p in prompts if rule.of_prompt(p) is Split.TEST]
+    assert len(scored) == 3
+
+    # what v1.0 answers those prompts (greedy: the same answer to the same question within the same budget)
+    probe = "".join(json.dumps({"prompt": p, "expected": "-"}) + "\n" for p in scored).encode()
+    await datasets.UploadDataset(upload_messages("datasets/probe", probe, kind=ds.DATASET_KIND_GOLDEN))
+    first = (await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(
+        version=v10, suite_datasets=["datasets/probe"]))).eval
+    answers = {c["prompt"]: c["candidate"] for c in await report_cases(client, v10, first.evaluation_id)}
+    words = {p: normalise(answers[p]).split() for p in scored}
+    contained = max(scored, key=lambda p: len(words[p]))  # an answer of several words: not an exact match below
+    spanned, second = (p for p in scored if p != contained)
+    assert all(words.values()) and len(words[contained]) > 1, answers
+    cases = {
+        spanned: {"expected": "Nothing of the kind.", "answer": words[spanned][0], "source": "Nothing to see."},
+        contained: {"expected": words[contained][0], "answer": "Zyxwvut"},
+        second: {"references": ["Nothing of the kind.", words[second][-1]]},
+    }
+    assert not answered(answers[spanned], GoldenCase(spanned, ("Nothing of the kind.",)))  # not without its span
+    assert answered(answers[contained], GoldenCase(contained, (words[contained][0],)))  # but for its span
+    lines = [{"prompt": p, **cases.get(p, {"expected": "Held back."})} for p in prompts]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    split = ds.SplitRule(test_fraction=rule.test_fraction, seed=rule.seed)
+    stored = (await datasets.UploadDataset(upload_messages("datasets/golden", data, split=split,
+                                                           kind=ds.DATASET_KIND_GOLDEN))).dataset
+    assert (stored.kind, stored.split_counts.test, stored.split_counts.train) == (ds.DATASET_KIND_GOLDEN, 3, 5)
+
+    spec = pb.EvaluationJobSpec(version=v10, suite_datasets=["datasets/golden"])
+    job = (await jobs.CreateEvaluationJob(pb.CreateEvaluationJobRequest(spec=spec))).evaluation_job
+    assert list(job.resolved_suite_datasets) == [stored.name]
+    _ = [m async for m in jobs.WatchEvaluationJob(pb.WatchEvaluationJobRequest(name=job.name))]
+    done = (await jobs.GetEvaluationJob(pb.GetEvaluationJobRequest(name=job.name))).evaluation_job
+    assert done.state == common.JOB_STATE_SUCCEEDED, done.error
+    [suite] = done.eval.suites
+    assert (suite.name, suite.kind, suite.cases) == (stored.name, ad.EVAL_SUITE_KIND_GOLDEN, 3)
+    assert suite.note == f"the test split of {stored.name} (golden cases): 3 cases", suite.note
+    metrics = {m.name: m.value for m in suite.metrics}
+    assert metrics["pass_rate"] == pytest.approx(2 / 3) and metrics["sourced_cases"] == 1
+    results = {c["prompt"]: c for c in await report_cases(client, v10, done.eval.evaluation_id)}
+    assert list(results) == scored  # the test split only, in order
+    assert {p: c["candidate"] for p, c in results.items()} == answers
+    assert {p: c["candidate_right"] for p, c in results.items()} == {spanned: True, contained: False, second: True}
+    assert results[second]["references"] == ["Nothing of the kind.", words[second][-1]]
+    assert results[spanned]["source"] == "Nothing to see."
+
+
+async def report_cases(client, version: str, evaluation_id: str) -> list[dict]:
+    """The cases of an evaluation's first suite, as its JSON report has them."""
+    report = await stub(client).GetEvaluationReport(lc.GetEvaluationReportRequest(
+        version=version, evaluation_id=evaluation_id, format=lc.REPORT_FORMAT_JSON))
+    return json.loads(report.content)["suites"][0]["results"]
 
 
 BAD_SUITE_DATASETS = [

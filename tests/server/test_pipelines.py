@@ -15,9 +15,11 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 
 from engine import telemetry
 from learning.v1 import common_pb2 as common
+from learning.v1 import dataset_pb2 as ds
 from learning.v1 import dataset_pb2_grpc as ds_grpc
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
@@ -32,7 +34,7 @@ from tests.server.lora_helpers import status, train
 from tests.server.test_adapter_service import s3_settings
 from tests.server.test_canary import counted, rate
 from tests.server.test_canary import send as canary_send
-from tests.server.test_datasets import upload_messages
+from tests.server.test_datasets import GOLDEN, golden_jsonl, upload_messages
 from tests.server.test_drift_service import events as drift_events
 from tests.server.test_drift_service import same_kind_of_prompts
 from tests.server.test_evaluation_jobs import QUIZ, chat, jsonl
@@ -208,6 +210,40 @@ async def test_stored_datasets_are_golden_suites_each_run_scoring_the_version_it
         assert got[:2] == (code, reason), (names, got)
         if field:
             assert [f for f, _ in got[2]] == [field], (names, got)
+
+
+async def test_a_golden_dataset_is_a_pipelines_suite_and_never_its_data(make_server):
+    """A dataset version of kind golden: taken as a golden suite (suite_datasets), refused as the data a pipeline
+    trains on when the pipeline is created, naming the field."""
+    client = await make_server()
+    datasets = ds_grpc.DatasetServiceStub(client.channel)
+    await datasets.UploadDataset(upload_messages("datasets/golden", golden_jsonl(GOLDEN),
+                                                 kind=ds.DATASET_KIND_GOLDEN))
+    trains_on_it = from_file(rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))
+    trains_on_it.training.dataset_name = "datasets/golden"  # instead of the file
+    code, reason, violations = await refused(pipelines(client).CreatePipeline(pp.CreatePipelineRequest(
+        pipeline_id="golden", pipeline=trains_on_it)))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "GOLDEN_DATASET_NOT_TRAINABLE")
+    assert [f for f, _ in violations] == ["pipeline.training.dataset_name"]
+    gated = (await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="gated", pipeline=from_file(
+        suite_datasets=["datasets/golden"], rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))))).pipeline
+    assert list(gated.suite_datasets) == ["datasets/golden"]
+    listed = (await pipelines(client).ListPipelines(pp.ListPipelinesRequest())).pipelines
+    assert [p.name for p in listed] == ["pipelines/gated"]
+
+    # a dataset stored as golden after the pipeline was made: the run that takes it fails before training
+    later = from_file(rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))
+    later.training.dataset_name = "datasets/later"  # no such dataset yet: a run resolves it when it starts
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="later", pipeline=later))
+    await datasets.UploadDataset(upload_messages("datasets/later", golden_jsonl(GOLDEN), kind=ds.DATASET_KIND_GOLDEN))
+    run = (await pipelines(client).RunPipeline(pp.RunPipelineRequest(name="pipelines/later"))).run
+    run = await finished(client, run.name)
+    [detail] = [d for d in run.error.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    info = error_details_pb2.ErrorInfo()
+    detail.Unpack(info)
+    assert (run.state, run.error.code) == (common.JOB_STATE_FAILED, grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    assert (info.reason, info.metadata["field"]) == ("GOLDEN_DATASET_NOT_TRAINABLE", "pipeline.training.dataset_name")
+    assert not run.training_job, run
 
 
 async def test_a_run_stopped_during_its_evaluation_resumes_there_and_stores_one_evaluation(make_pg_server, data_dir,

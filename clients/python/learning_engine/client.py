@@ -832,14 +832,22 @@ class AsyncClient:
     # ---- datasets -----------------------------------------------------------------
 
     async def upload_dataset(
-        self, name: str, source: Path, *, split: dataset_pb2.SplitRule | None = None, filename: str = ""
+        self,
+        name: str,
+        source: Path,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        filename: str = "",
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.UploadDatasetResponse:
         """Upload the JSONL file ``source`` as a version of the dataset ``name`` ("datasets/<dataset>"); its size
-        and sha256 are sent first, then its bytes. The same bytes and split again return the existing version
+        and sha256 are sent first, then its bytes. ``kind``: training examples (unspecified) or golden cases
+        (``DATASET_KIND_GOLDEN``: ``{"prompt", "expected" | "references", "answer"?, "source"?}`` lines, scored as
+        a golden suite, never trained on). The same bytes, split and kind again return the existing version
         (``created`` false). ``filename`` defaults to the file's name."""
         size, digest = await asyncio.to_thread(lambda: (source.stat().st_size, sha256_file(source)))
         metadata = dataset_pb2.UploadDatasetMetadata(
-            name=name, split=split, sha256=digest, size_bytes=size, filename=filename or source.name
+            name=name, split=split, sha256=digest, size_bytes=size, filename=filename or source.name, kind=kind
         )
 
         def parts() -> Iterator[dataset_pb2.UploadDatasetRequest]:
@@ -858,10 +866,12 @@ class AsyncClient:
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.CreateDatasetResponse:
         """Store a version of ``name`` from one source: a file below the server's datasets directory, an S3 object,
-        or the examples a window of feedback gives now (frozen)."""
-        request = dataset_pb2.CreateDatasetRequest(name=name, split=split)
+        or the examples a window of feedback gives now (frozen; training examples only). ``kind`` as
+        :meth:`upload_dataset`'s."""
+        request = dataset_pb2.CreateDatasetRequest(name=name, split=split, kind=kind)
         _one_source(request, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
         return await self._unary(self.datasets.CreateDataset, request)
 
@@ -889,10 +899,11 @@ class AsyncClient:
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.ValidateDatasetResponse:
-        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`); stores
-        nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
-        request = dataset_pb2.ValidateDatasetRequest(split=split)
+        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
+        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        request = dataset_pb2.ValidateDatasetRequest(split=split, kind=kind)
         _one_source(request, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
         return await self._unary(self.datasets.ValidateDataset, request)
 

@@ -513,12 +513,20 @@ class Client:
         return self._loop.iterate(self._async.stream_examples(name, batches))
 
     def upload_dataset(
-        self, name: str, source: Path, *, split: dataset_pb2.SplitRule | None = None, filename: str = ""
+        self,
+        name: str,
+        source: Path,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        filename: str = "",
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.UploadDatasetResponse:
         """Upload the JSONL file ``source`` as a version of the dataset ``name`` ("datasets/<dataset>"); its size
-        and sha256 are sent first, then its bytes. The same bytes and split again return the existing version
+        and sha256 are sent first, then its bytes. ``kind``: training examples (unspecified) or golden cases
+        (``DATASET_KIND_GOLDEN``: ``{"prompt", "expected" | "references", "answer"?, "source"?}`` lines, scored as
+        a golden suite, never trained on). The same bytes, split and kind again return the existing version
         (``created`` false). ``filename`` defaults to the file's name."""
-        return self._loop.run(self._async.upload_dataset(name, source, split=split, filename=filename))
+        return self._loop.run(self._async.upload_dataset(name, source, split=split, filename=filename, kind=kind))
 
     def create_dataset(
         self,
@@ -528,11 +536,15 @@ class Client:
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.CreateDatasetResponse:
         """Store a version of ``name`` from one source: a file below the server's datasets directory, an S3 object,
-        or the examples a window of feedback gives now (frozen)."""
+        or the examples a window of feedback gives now (frozen; training examples only). ``kind`` as
+        :meth:`upload_dataset`'s."""
         return self._loop.run(
-            self._async.create_dataset(name, split=split, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
+            self._async.create_dataset(
+                name, split=split, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
+            )
         )
 
     def get_dataset(self, name: str) -> dataset_pb2.Dataset:
@@ -557,12 +569,13 @@ class Client:
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.ValidateDatasetResponse:
-        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`); stores
-        nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
+        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
         return self._loop.run(
             self._async.validate_dataset(
-                split=split, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback
+                split=split, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
             )
         )
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from learning.v1 import common_pb2 as learning_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19learning/v1/dataset.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18learning/v1/common.proto\"G\n\tSplitRule\x12\x15\n\reval_fraction\x18\x01 \x01(\x01\x12\x15\n\rtest_fraction\x18\x02 \x01(\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"8\n\x0bSplitCounts\x12\r\n\x05train\x18\x01 \x01(\x04\x12\x0c\n\x04\x65val\x18\x02 \x01(\x04\x12\x0c\n\x04test\x18\x03 \x01(\x04\"#\n\x0fUploadedDataset\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\"=\n\x0fPreparedDataset\x12\x17\n\x0fpreparation_job\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\"\xb2\x05\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x15\n\rexample_count\x18\x07 \x01(\x04\x12:\n\x0b\x63omposition\x18\x08 \x03(\x0b\x32%.learning.v1.Dataset.CompositionEntry\x12%\n\x05split\x18\t \x01(\x0b\x32\x16.learning.v1.SplitRule\x12.\n\x0csplit_counts\x18\n \x01(\x0b\x32\x18.learning.v1.SplitCounts\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03uri\x18\x0c \x01(\t\x12.\n\x06upload\x18\r \x01(\x0b\x32\x1c.learning.v1.UploadedDatasetH\x00\x12\x15\n\x0bserver_path\x18\x0e \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x0f \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x10 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x30\n\x08prepared\x18\x13 \x01(\x0b\x32\x1c.learning.v1.PreparedDatasetH\x00\x12\x30\n\x0cwindow_start\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x08\n\x06source\"\x82\x01\n\x15UploadDatasetMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05split\x18\x02 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\"g\n\x14UploadDatasetRequest\x12\x36\n\x08metadata\x18\x01 \x01(\x0b\x32\".learning.v1.UploadDatasetMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\x15UploadDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xb0\x01\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05split\x18\x02 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x15\n\x0bserver_path\x18\x03 \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x04 \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x42\x08\n\x06source\"O\n\x15\x43reateDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12GetDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\"M\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.learning.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x44\x65leteDatasetResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"\xb7\x01\n\x16ValidateDatasetRequest\x12%\n\x05split\x18\x01 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0bserver_path\x18\x03 \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x04 \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x42\x08\n\x06source\"\x94\x02\n\x17ValidateDatasetResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x15\n\rexample_count\x18\x04 \x01(\x04\x12J\n\x0b\x63omposition\x18\x05 \x03(\x0b\x32\x35.learning.v1.ValidateDatasetResponse.CompositionEntry\x12.\n\x0csplit_counts\x18\x06 \x01(\x0b\x32\x18.learning.v1.SplitCounts\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\x9c\x04\n\x0e\x44\x61tasetService\x12X\n\rUploadDataset\x12!.learning.v1.UploadDatasetRequest\x1a\".learning.v1.UploadDatasetResponse(\x01\x12V\n\rCreateDataset\x12!.learning.v1.CreateDatasetRequest\x1a\".learning.v1.CreateDatasetResponse\x12M\n\nGetDataset\x12\x1e.learning.v1.GetDatasetRequest\x1a\x1f.learning.v1.GetDatasetResponse\x12S\n\x0cListDatasets\x12 .learning.v1.ListDatasetsRequest\x1a!.learning.v1.ListDatasetsResponse\x12V\n\rDeleteDataset\x12!.learning.v1.DeleteDatasetRequest\x1a\".learning.v1.DeleteDatasetResponse\x12\\\n\x0fValidateDataset\x12#.learning.v1.ValidateDatasetRequest\x1a$.learning.v1.ValidateDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19learning/v1/dataset.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18learning/v1/common.proto\"G\n\tSplitRule\x12\x15\n\reval_fraction\x18\x01 \x01(\x01\x12\x15\n\rtest_fraction\x18\x02 \x01(\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"8\n\x0bSplitCounts\x12\r\n\x05train\x18\x01 \x01(\x04\x12\x0c\n\x04\x65val\x18\x02 \x01(\x04\x12\x0c\n\x04test\x18\x03 \x01(\x04\"#\n\x0fUploadedDataset\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\"=\n\x0fPreparedDataset\x12\x17\n\x0fpreparation_job\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\"\xda\x05\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x15\n\rexample_count\x18\x07 \x01(\x04\x12:\n\x0b\x63omposition\x18\x08 \x03(\x0b\x32%.learning.v1.Dataset.CompositionEntry\x12%\n\x05split\x18\t \x01(\x0b\x32\x16.learning.v1.SplitRule\x12.\n\x0csplit_counts\x18\n \x01(\x0b\x32\x18.learning.v1.SplitCounts\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03uri\x18\x0c \x01(\t\x12.\n\x06upload\x18\r \x01(\x0b\x32\x1c.learning.v1.UploadedDatasetH\x00\x12\x15\n\x0bserver_path\x18\x0e \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x0f \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x10 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x30\n\x08prepared\x18\x13 \x01(\x0b\x32\x1c.learning.v1.PreparedDatasetH\x00\x12\x30\n\x0cwindow_start\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04kind\x18\x14 \x01(\x0e\x32\x18.learning.v1.DatasetKind\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x08\n\x06source\"\xaa\x01\n\x15UploadDatasetMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05split\x18\x02 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12&\n\x04kind\x18\x06 \x01(\x0e\x32\x18.learning.v1.DatasetKind\"g\n\x14UploadDatasetRequest\x12\x36\n\x08metadata\x18\x01 \x01(\x0b\x32\".learning.v1.UploadDatasetMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\x15UploadDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xd8\x01\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05split\x18\x02 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x15\n\x0bserver_path\x18\x03 \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x04 \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12&\n\x04kind\x18\x06 \x01(\x0e\x32\x18.learning.v1.DatasetKindB\x08\n\x06source\"O\n\x15\x43reateDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12GetDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.learning.v1.Dataset\"M\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.learning.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x44\x65leteDatasetResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"\xdf\x01\n\x16ValidateDatasetRequest\x12%\n\x05split\x18\x01 \x01(\x0b\x32\x16.learning.v1.SplitRule\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0bserver_path\x18\x03 \x01(\tH\x00\x12\x10\n\x06s3_uri\x18\x04 \x01(\tH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12&\n\x04kind\x18\x06 \x01(\x0e\x32\x18.learning.v1.DatasetKindB\x08\n\x06source\"\xbc\x02\n\x17ValidateDatasetResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x15\n\rexample_count\x18\x04 \x01(\x04\x12J\n\x0b\x63omposition\x18\x05 \x03(\x0b\x32\x35.learning.v1.ValidateDatasetResponse.CompositionEntry\x12.\n\x0csplit_counts\x18\x06 \x01(\x0b\x32\x18.learning.v1.SplitCounts\x12&\n\x04kind\x18\x07 \x01(\x0e\x32\x18.learning.v1.DatasetKind\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*_\n\x0b\x44\x61tasetKind\x12\x1c\n\x18\x44\x41TASET_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x41TASET_KIND_TRAINING\x10\x01\x12\x17\n\x13\x44\x41TASET_KIND_GOLDEN\x10\x02\x32\x9c\x04\n\x0e\x44\x61tasetService\x12X\n\rUploadDataset\x12!.learning.v1.UploadDatasetRequest\x1a\".learning.v1.UploadDatasetResponse(\x01\x12V\n\rCreateDataset\x12!.learning.v1.CreateDatasetRequest\x1a\".learning.v1.CreateDatasetResponse\x12M\n\nGetDataset\x12\x1e.learning.v1.GetDatasetRequest\x1a\x1f.learning.v1.GetDatasetResponse\x12S\n\x0cListDatasets\x12 .learning.v1.ListDatasetsRequest\x1a!.learning.v1.ListDatasetsResponse\x12V\n\rDeleteDataset\x12!.learning.v1.DeleteDatasetRequest\x1a\".learning.v1.DeleteDatasetResponse\x12\\\n\x0fValidateDataset\x12#.learning.v1.ValidateDatasetRequest\x1a$.learning.v1.ValidateDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASET_COMPOSITIONENTRY']._serialized_options = b'8\001'
   _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._loaded_options = None
   _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._serialized_options = b'8\001'
+  _globals['_DATASETKIND']._serialized_start=2613
+  _globals['_DATASETKIND']._serialized_end=2708
   _globals['_SPLITRULE']._serialized_start=101
   _globals['_SPLITRULE']._serialized_end=172
   _globals['_SPLITCOUNTS']._serialized_start=174
@@ -46,37 +48,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREPAREDDATASET']._serialized_start=269
   _globals['_PREPAREDDATASET']._serialized_end=330
   _globals['_DATASET']._serialized_start=333
-  _globals['_DATASET']._serialized_end=1023
-  _globals['_DATASET_COMPOSITIONENTRY']._serialized_start=963
-  _globals['_DATASET_COMPOSITIONENTRY']._serialized_end=1013
-  _globals['_UPLOADDATASETMETADATA']._serialized_start=1026
-  _globals['_UPLOADDATASETMETADATA']._serialized_end=1156
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=1158
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=1261
-  _globals['_UPLOADDATASETRESPONSE']._serialized_start=1263
-  _globals['_UPLOADDATASETRESPONSE']._serialized_end=1342
-  _globals['_CREATEDATASETREQUEST']._serialized_start=1345
-  _globals['_CREATEDATASETREQUEST']._serialized_end=1521
-  _globals['_CREATEDATASETRESPONSE']._serialized_start=1523
-  _globals['_CREATEDATASETRESPONSE']._serialized_end=1602
-  _globals['_GETDATASETREQUEST']._serialized_start=1604
-  _globals['_GETDATASETREQUEST']._serialized_end=1637
-  _globals['_GETDATASETRESPONSE']._serialized_start=1639
-  _globals['_GETDATASETRESPONSE']._serialized_end=1698
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1700
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1777
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1779
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1866
-  _globals['_DELETEDATASETREQUEST']._serialized_start=1868
-  _globals['_DELETEDATASETREQUEST']._serialized_end=1904
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=1906
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=1946
-  _globals['_VALIDATEDATASETREQUEST']._serialized_start=1949
-  _globals['_VALIDATEDATASETREQUEST']._serialized_end=2132
-  _globals['_VALIDATEDATASETRESPONSE']._serialized_start=2135
-  _globals['_VALIDATEDATASETRESPONSE']._serialized_end=2411
-  _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._serialized_start=963
-  _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._serialized_end=1013
-  _globals['_DATASETSERVICE']._serialized_start=2414
-  _globals['_DATASETSERVICE']._serialized_end=2954
+  _globals['_DATASET']._serialized_end=1063
+  _globals['_DATASET_COMPOSITIONENTRY']._serialized_start=1003
+  _globals['_DATASET_COMPOSITIONENTRY']._serialized_end=1053
+  _globals['_UPLOADDATASETMETADATA']._serialized_start=1066
+  _globals['_UPLOADDATASETMETADATA']._serialized_end=1236
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=1238
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=1341
+  _globals['_UPLOADDATASETRESPONSE']._serialized_start=1343
+  _globals['_UPLOADDATASETRESPONSE']._serialized_end=1422
+  _globals['_CREATEDATASETREQUEST']._serialized_start=1425
+  _globals['_CREATEDATASETREQUEST']._serialized_end=1641
+  _globals['_CREATEDATASETRESPONSE']._serialized_start=1643
+  _globals['_CREATEDATASETRESPONSE']._serialized_end=1722
+  _globals['_GETDATASETREQUEST']._serialized_start=1724
+  _globals['_GETDATASETREQUEST']._serialized_end=1757
+  _globals['_GETDATASETRESPONSE']._serialized_start=1759
+  _globals['_GETDATASETRESPONSE']._serialized_end=1818
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1820
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1897
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1899
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1986
+  _globals['_DELETEDATASETREQUEST']._serialized_start=1988
+  _globals['_DELETEDATASETREQUEST']._serialized_end=2024
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=2026
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=2066
+  _globals['_VALIDATEDATASETREQUEST']._serialized_start=2069
+  _globals['_VALIDATEDATASETREQUEST']._serialized_end=2292
+  _globals['_VALIDATEDATASETRESPONSE']._serialized_start=2295
+  _globals['_VALIDATEDATASETRESPONSE']._serialized_end=2611
+  _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._serialized_start=1003
+  _globals['_VALIDATEDATASETRESPONSE_COMPOSITIONENTRY']._serialized_end=1053
+  _globals['_DATASETSERVICE']._serialized_start=2711
+  _globals['_DATASETSERVICE']._serialized_end=3251
 # @@protoc_insertion_point(module_scope)

@@ -26,15 +26,17 @@ if _version_not_supported:
 
 
 class DatasetServiceStub:
-    """Training datasets as resources: JSONL examples uploaded by a client, copied
-    from a file on the server or an S3 object, or frozen from a window of
-    feedback. A dataset is named "datasets/{dataset}" and holds immutable,
-    numbered versions ("datasets/{dataset}/versions/{version}"), each
-    content-addressed: the sha256 of its bytes and the digest of its normalised
-    examples are recorded, and storing the same bytes with the same split again
-    under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL. Training jobs name a dataset in
-    TrainingJobSpec.dataset_name.
+    """Datasets as resources: JSONL uploaded by a client, copied from a file on the
+    server or an S3 object, or frozen from a window of feedback. A dataset is
+    named "datasets/{dataset}" and holds immutable, numbered versions
+    ("datasets/{dataset}/versions/{version}"), each of a kind (DatasetKind):
+    training examples, or golden cases. Each is content-addressed: the sha256 of
+    its bytes and the digest of its normalised lines are recorded, and storing
+    the same bytes with the same split and kind again under the same name
+    returns the existing version. Bytes live in the artifact store, metadata in
+    PostgreSQL. Training jobs name a training dataset in
+    TrainingJobSpec.dataset_name; evaluations name either kind as a golden suite
+    (EvaluationJobSpec.suite_datasets).
     """
 
     def __init__(self, channel):
@@ -76,23 +78,25 @@ class DatasetServiceStub:
 
 
 class DatasetServiceServicer:
-    """Training datasets as resources: JSONL examples uploaded by a client, copied
-    from a file on the server or an S3 object, or frozen from a window of
-    feedback. A dataset is named "datasets/{dataset}" and holds immutable,
-    numbered versions ("datasets/{dataset}/versions/{version}"), each
-    content-addressed: the sha256 of its bytes and the digest of its normalised
-    examples are recorded, and storing the same bytes with the same split again
-    under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL. Training jobs name a dataset in
-    TrainingJobSpec.dataset_name.
+    """Datasets as resources: JSONL uploaded by a client, copied from a file on the
+    server or an S3 object, or frozen from a window of feedback. A dataset is
+    named "datasets/{dataset}" and holds immutable, numbered versions
+    ("datasets/{dataset}/versions/{version}"), each of a kind (DatasetKind):
+    training examples, or golden cases. Each is content-addressed: the sha256 of
+    its bytes and the digest of its normalised lines are recorded, and storing
+    the same bytes with the same split and kind again under the same name
+    returns the existing version. Bytes live in the artifact store, metadata in
+    PostgreSQL. Training jobs name a training dataset in
+    TrainingJobSpec.dataset_name; evaluations name either kind as a golden suite
+    (EvaluationJobSpec.suite_datasets).
     """
 
     def UploadDataset(self, request_iterator, context):
         """Uploads a JSONL file: a metadata message first, then the file's bytes in
         chunks. The bytes are checked against the declared size and sha256 and
-        validated line by line (INVALID_ARGUMENT with `line[N].field` violations)
-        before anything is stored; a stream that ends early or is cut stores
-        nothing.
+        validated line by line as the declared kind (INVALID_ARGUMENT with
+        `line[N].field` violations) before anything is stored; a stream that ends
+        early or is cut stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,9 +135,9 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ValidateDataset(self, request, context):
-        """Runs the checks of CreateDataset (the training path's line-level
-        validation) on some content and reports what a version of it would hold;
-        stores nothing.
+        """Runs the checks of CreateDataset (line by line, as the training path or
+        the golden suites read them, by kind) on some content and reports what a
+        version of it would hold; stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,15 +185,17 @@ def add_DatasetServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DatasetService:
-    """Training datasets as resources: JSONL examples uploaded by a client, copied
-    from a file on the server or an S3 object, or frozen from a window of
-    feedback. A dataset is named "datasets/{dataset}" and holds immutable,
-    numbered versions ("datasets/{dataset}/versions/{version}"), each
-    content-addressed: the sha256 of its bytes and the digest of its normalised
-    examples are recorded, and storing the same bytes with the same split again
-    under the same name returns the existing version. Bytes live in the artifact
-    store, metadata in PostgreSQL. Training jobs name a dataset in
-    TrainingJobSpec.dataset_name.
+    """Datasets as resources: JSONL uploaded by a client, copied from a file on the
+    server or an S3 object, or frozen from a window of feedback. A dataset is
+    named "datasets/{dataset}" and holds immutable, numbered versions
+    ("datasets/{dataset}/versions/{version}"), each of a kind (DatasetKind):
+    training examples, or golden cases. Each is content-addressed: the sha256 of
+    its bytes and the digest of its normalised lines are recorded, and storing
+    the same bytes with the same split and kind again under the same name
+    returns the existing version. Bytes live in the artifact store, metadata in
+    PostgreSQL. Training jobs name a training dataset in
+    TrainingJobSpec.dataset_name; evaluations name either kind as a golden suite
+    (EvaluationJobSpec.suite_datasets).
     """
 
     @staticmethod

@@ -1,7 +1,10 @@
-"""datasets: upload, create, list, show, validate and delete stored training datasets (train --dataset NAME)."""
+"""datasets: upload, create, list, show, validate and delete stored datasets: training examples (train --dataset
+NAME) or golden cases (evaluate --suite-dataset NAME)."""
 
 from __future__ import annotations
 
+import enum
+import json
 import re
 from pathlib import Path
 
@@ -16,12 +19,27 @@ from learning_engine.cli.common import Options, emit, err, fail, options, out, p
 from learning_engine.client import AsyncClient
 
 datasets_app = typer.Typer(
-    help="Stored datasets (train --dataset NAME): upload, create, list, get, validate, delete.", no_args_is_help=True
+    help="Stored datasets, training examples (train --dataset NAME) or golden cases (evaluate --suite-dataset NAME): "
+         "upload, create, list, get, validate, delete.", no_args_is_help=True
 )
+
+
+class Kind(enum.StrEnum):
+    """What a dataset's lines are (DatasetKind)."""
+
+    training = "training"
+    golden = "golden"
+
+
+KINDS = {Kind.training: dataset_pb2.DATASET_KIND_TRAINING, Kind.golden: dataset_pb2.DATASET_KIND_GOLDEN}
+GOLDEN_KEYS = ("expected", "references", "reference")  # a line holding one is a golden case (engine.golden)
 
 _EVAL = typer.Option(0.0, "--eval-fraction", min=0.0, max=1.0, help="Share of the prompts held out for eval.")
 _TEST = typer.Option(0.0, "--test-fraction", min=0.0, max=1.0, help="Share of the prompts held out for test.")
 _SEED = typer.Option(0, "--seed", min=0, help="Seed of the split.")
+_KIND = typer.Option(Kind.training, "--kind", help="What the lines are: training examples (messages, or prompt and "
+                     "completion), or golden cases (prompt with expected or references, optionally answer and source) "
+                     "that evaluations score and nothing trains on.")
 
 
 def dataset_name(name: str) -> str:
@@ -42,14 +60,39 @@ def local_file(value: str) -> Path | None:
     return Path(value) if value and Path(value).is_file() else None
 
 
-async def upload_local(client: AsyncClient, local: Path, *, quiet: bool) -> str:
+async def upload_local(client: AsyncClient, local: Path, *, quiet: bool, kind: Kind = Kind.training,
+                       why: str = "") -> str:
     """Upload a file of this machine as the stored dataset named after it, without a split rule (the same bytes
-    again reuse their version), say so on stderr unless ``quiet``, and return the version's name
-    (``datasets/{dataset}/versions/{n}``): how ``train --data`` and ``evaluate --suite`` send a local file."""
-    uploaded = await client.upload_dataset(f"datasets/{local_dataset_id(local)}", local)
+    again reuse their version), say so on stderr unless ``quiet`` (with ``why`` it is of its kind), and return the
+    version's name (``datasets/{dataset}/versions/{n}``): how ``train --data`` and ``evaluate --suite`` send a local
+    file."""
+    uploaded = await client.upload_dataset(f"datasets/{local_dataset_id(local)}", local, kind=KINDS[kind])
     if not quiet:
-        err.print(f"{'uploaded' if uploaded.created else 'already stored'} {local} as {uploaded.dataset.name}")
+        err.print(f"{'uploaded' if uploaded.created else 'already stored'} {local} as {uploaded.dataset.name}"
+                  + (f" ({why})" if why else ""), highlight=False)
     return uploaded.dataset.name
+
+
+def suite_kind(local: Path) -> tuple[Kind, str]:
+    """The kind a local suite file is uploaded as, and why, from its first line that is not blank: golden cases
+    when it is a JSON object with "expected", "references" or "reference" (the golden-suite format), else training
+    examples. Only that line is looked at; the server checks every line as the kind chosen."""
+    with local.open("rb") as handle:
+        first = next((line for line in handle if line.strip()), b"")
+    try:
+        doc = json.loads(first)
+    except ValueError:
+        doc = None
+    key = next((k for k in GOLDEN_KEYS if isinstance(doc, dict) and k in doc), "")
+    if key:
+        return Kind.golden, f'golden cases: its first line has "{key}"'
+    return Kind.training, "training examples: its first line has no \"expected\" or \"references\""
+
+
+async def upload_suite(client: AsyncClient, local: Path, *, quiet: bool) -> str:
+    """``upload_local`` for a suite file of this machine, of the kind its first line shows (:func:`suite_kind`)."""
+    kind, why = suite_kind(local)
+    return await upload_local(client, local, quiet=quiet, kind=kind, why=why)
 
 
 def _split(eval_fraction: float, test_fraction: float, seed: int) -> dataset_pb2.SplitRule | None:
@@ -62,10 +105,14 @@ def _counts(counts: dataset_pb2.SplitCounts) -> str:
     return f"train {counts.train}, eval {counts.eval}, test {counts.test}"
 
 
+def _lines(count: int, kind: int) -> str:
+    return f"{count} golden cases" if kind == dataset_pb2.DATASET_KIND_GOLDEN else f"{count} examples"
+
+
 def _stored(opts: Options, response: dataset_pb2.UploadDatasetResponse | dataset_pb2.CreateDatasetResponse) -> None:
     d = response.dataset
     emit(opts, response, lambda: out.print(
-        f"{'stored' if response.created else 'exists'} {d.name}: {d.example_count} examples "
+        f"{'stored' if response.created else 'exists'} {d.name}: {_lines(d.example_count, d.kind)} "
         f"({_counts(d.split_counts)})", highlight=False))
 
 
@@ -85,15 +132,18 @@ def _one_source(opts: Options, **given: object) -> None:
 @datasets_app.command("upload")
 def datasets_upload(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL examples (prompt/completion or chat)."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL examples (prompt/completion or chat), "
+                                "or golden cases with --kind golden."),
     name: str = typer.Option(..., "--name", "-n", help="The dataset: capitals or datasets/capitals."),
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
+    kind: Kind = _KIND,
 ) -> None:
-    """Upload a JSONL file as a new version of a dataset (the same bytes and split again: the existing one)."""
+    """Upload a JSONL file as a new version of a dataset (the same bytes, split and kind again: the existing one)."""
     split = _split(eval_fraction, test_fraction, seed)
-    _stored(options(ctx), run(ctx, lambda c: c.upload_dataset(dataset_name(name), file, split=split)))
+    _stored(options(ctx), run(ctx, lambda c: c.upload_dataset(dataset_name(name), file, split=split,
+                                                              kind=KINDS[kind])))
 
 
 @datasets_app.command("create")
@@ -108,14 +158,15 @@ def datasets_create(
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
+    kind: Kind = _KIND,
 ) -> None:
-    """Store a version of a dataset from a server file, an S3 object or a window of feedback."""
+    """Store a version of a dataset from a server file, an S3 object or a window of feedback (training only)."""
     opts = options(ctx)
     _one_source(opts, server_path=server_path, s3=s3, from_feedback=from_feedback)
     split = _split(eval_fraction, test_fraction, seed)
     feedback = _feedback(from_feedback, min_samples, force)
     _stored(opts, run(ctx, lambda c: c.create_dataset(dataset_name(name), split=split, server_path=server_path,
-                                                      s3_uri=s3, feedback=feedback)))
+                                                      s3_uri=s3, feedback=feedback, kind=KINDS[kind])))
 
 
 _SOURCES = {"upload": "upload", "server_path": "server file", "s3_uri": "s3", "feedback": "feedback"}
@@ -140,7 +191,7 @@ def datasets_list(
     page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
     wide: bool = typer.Option(False, "--wide", help="Also show where each came from (file, object) and when."),
 ) -> None:
-    """Dataset versions, newest first (whole names, at any terminal width)."""
+    """Dataset versions, newest first (whole names, at any terminal width); golden cases are counted as "N golden"."""
     response = run(ctx, lambda c: c.list_datasets(dataset=dataset_name(dataset) if dataset else "",
                                                   page_size=page_size, page_token=page_token))
 
@@ -150,7 +201,8 @@ def datasets_list(
         for d in response.datasets:
             c = d.split_counts
             source = _source(d) if wide else _SOURCES.get(d.WhichOneof("source") or "", "-")
-            table.add_row(d.name, str(d.example_count), f"{c.train}/{c.eval}/{c.test}", source,
+            count = f"{d.example_count} golden" if d.kind == dataset_pb2.DATASET_KIND_GOLDEN else str(d.example_count)
+            table.add_row(d.name, count, f"{c.train}/{c.eval}/{c.test}", source,
                           *([when(d.create_time)] if wide else []))
         print_table(table)
         if response.next_page_token:
@@ -175,19 +227,20 @@ def datasets_validate(
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
+    kind: Kind = _KIND,
 ) -> None:
-    """Check examples as a dataset version would be checked, and count them; stores nothing."""
+    """Check examples (or golden cases) as a dataset version would be checked, and count them; stores nothing."""
     opts = options(ctx)
     _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
     content = file.read_bytes() if file is not None else b""
     split = _split(eval_fraction, test_fraction, seed)
     feedback = _feedback(from_feedback, 0, False)
     checked = run(ctx, lambda c: c.validate_dataset(split=split, content=content, server_path=server_path,
-                                                    s3_uri=s3, feedback=feedback))
+                                                    s3_uri=s3, feedback=feedback, kind=KINDS[kind]))
     shapes = ", ".join(f"{k} {v}" for k, v in sorted(checked.composition.items()))
     emit(opts, checked, lambda: out.print(
-        f"valid: {checked.example_count} examples ({shapes}; {_counts(checked.split_counts)}), "
-        f"sha256 {checked.sha256}", highlight=False))
+        f"valid: {_lines(checked.example_count, checked.kind)} ({shapes + '; ' if shapes else ''}"
+        f"{_counts(checked.split_counts)}), sha256 {checked.sha256}", highlight=False))
 
 
 @datasets_app.command("delete")

@@ -33,7 +33,7 @@ from learning_engine.cli.common import (
     run,
     when,
 )
-from learning_engine.cli.datasets import dataset_name, local_file, upload_local
+from learning_engine.cli.datasets import dataset_name, local_file, upload_local, upload_suite
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -621,7 +621,7 @@ def evaluation_jobs_create(
                                         base_model=base_model, judge=choice, judge_model=judge_model)
 
     async def call(client: AsyncClient) -> int:
-        uploaded = [await upload_local(client, file, quiet=opts.json) for file in local]
+        uploaded = [await upload_suite(client, file, quiet=opts.json) for file in local]
         spec.suite_datasets.extend([*uploaded, *(dataset_name(d) for d in suite_dataset or [])])
         job = await client.create_evaluation_job(spec, request_id=request_id)
         if not watch:

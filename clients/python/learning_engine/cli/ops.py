@@ -37,7 +37,7 @@ from learning_engine.cli.common import (
     run,
     when,
 )
-from learning_engine.cli.datasets import dataset_name, local_file, upload_local
+from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
 
@@ -309,9 +309,11 @@ GATE_FAILED = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 CHECK = typer.Option(False, "--check", help="Exit 9 (FAILED_PRECONDITION) when the gate's verdict is FAILED.")
 
 
-SUITE_HELP = ("A golden suite. A JSONL file on this machine (training format: messages, or prompt and "
-              "completion) is uploaded first as the stored dataset named after it, without a split rule, and "
-              "evaluated whole; otherwise a golden suite JSONL below the server's datasets dir.")
+SUITE_HELP = ("A golden suite. A JSONL file on this machine is uploaded first as the stored dataset named after it, "
+              "without a split rule, and evaluated whole: as golden cases when its first line has \"expected\", "
+              "\"references\" or \"reference\" (the golden-suite format: answer spans and sources kept), else as "
+              "training examples (messages, or prompt and completion); the kind chosen is printed. Otherwise a "
+              "golden suite JSONL below the server's datasets dir.")
 SUITE_DATASET_HELP = ("A stored dataset as a golden suite, its test split (all of it without a split rule): "
                       "capitals, or datasets/capitals/versions/2. Repeatable.")
 
@@ -337,7 +339,7 @@ def evaluate(
     local = local_file(suite)
 
     async def call(client: AsyncClient) -> adapter_pb2.AdapterEvalSummary:
-        uploaded = [await upload_local(client, local, quiet=opts.json)] if local is not None else []
+        uploaded = [await upload_suite(client, local, quiet=opts.json)] if local is not None else []
         return await client.evaluate_adapter(
             version, baseline_version=baseline, suite_path="" if local is not None else suite, base_model=base_model,
             suite_datasets=[*uploaded, *(dataset_name(d) for d in suite_dataset or [])])

@@ -2,8 +2,8 @@
 // @generated from file learning/v1/dataset.proto (package learning.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { FeedbackDataset } from "./common_pb.js";
@@ -14,14 +14,14 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/dataset.proto.
  */
 export const file_learning_v1_dataset: GenFile = /*@__PURE__*/
-  fileDesc("ChlsZWFybmluZy92MS9kYXRhc2V0LnByb3RvEgtsZWFybmluZy52MSJHCglTcGxpdFJ1bGUSFQoNZXZhbF9mcmFjdGlvbhgBIAEoARIVCg10ZXN0X2ZyYWN0aW9uGAIgASgBEgwKBHNlZWQYAyABKAQiOAoLU3BsaXRDb3VudHMSDQoFdHJhaW4YASABKAQSDAoEZXZhbBgCIAEoBBIMCgR0ZXN0GAMgASgEIiMKD1VwbG9hZGVkRGF0YXNldBIQCghmaWxlbmFtZRgBIAEoCSI9Cg9QcmVwYXJlZERhdGFzZXQSFwoPcHJlcGFyYXRpb25fam9iGAEgASgJEhEKCWRvY3VtZW50cxgCIAMoCSKyBQoHRGF0YXNldBIMCgRuYW1lGAEgASgJEg8KB2RhdGFzZXQYAiABKAkSDwoHdmVyc2lvbhgDIAEoDRIOCgZzaGEyNTYYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoBBIOCgZkaWdlc3QYBiABKAkSFQoNZXhhbXBsZV9jb3VudBgHIAEoBBI6Cgtjb21wb3NpdGlvbhgIIAMoCzIlLmxlYXJuaW5nLnYxLkRhdGFzZXQuQ29tcG9zaXRpb25FbnRyeRIlCgVzcGxpdBgJIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIuCgxzcGxpdF9jb3VudHMYCiABKAsyGC5sZWFybmluZy52MS5TcGxpdENvdW50cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdXJpGAwgASgJEi4KBnVwbG9hZBgNIAEoCzIcLmxlYXJuaW5nLnYxLlVwbG9hZGVkRGF0YXNldEgAEhUKC3NlcnZlcl9wYXRoGA4gASgJSAASEAoGczNfdXJpGA8gASgJSAASMAoIZmVlZGJhY2sYECABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIwCghwcmVwYXJlZBgTIAEoCzIcLmxlYXJuaW5nLnYxLlByZXBhcmVkRGF0YXNldEgAEjAKDHdpbmRvd19zdGFydBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKd2luZG93X2VuZBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMgoQQ29tcG9zaXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBQggKBnNvdXJjZSKCAQoVVXBsb2FkRGF0YXNldE1ldGFkYXRhEgwKBG5hbWUYASABKAkSJQoFc3BsaXQYAiABKAsyFi5sZWFybmluZy52MS5TcGxpdFJ1bGUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAQSEAoIZmlsZW5hbWUYBSABKAkiZwoUVXBsb2FkRGF0YXNldFJlcXVlc3QSNgoIbWV0YWRhdGEYASABKAsyIi5sZWFybmluZy52MS5VcGxvYWREYXRhc2V0TWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiTwoVVXBsb2FkRGF0YXNldFJlc3BvbnNlEiUKB2RhdGFzZXQYASABKAsyFC5sZWFybmluZy52MS5EYXRhc2V0Eg8KB2NyZWF0ZWQYAiABKAgisAEKFENyZWF0ZURhdGFzZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJQoFc3BsaXQYAiABKAsyFi5sZWFybmluZy52MS5TcGxpdFJ1bGUSFQoLc2VydmVyX3BhdGgYAyABKAlIABIQCgZzM191cmkYBCABKAlIABIwCghmZWVkYmFjaxgFIAEoCzIcLmxlYXJuaW5nLnYxLkZlZWRiYWNrRGF0YXNldEgAQggKBnNvdXJjZSJPChVDcmVhdGVEYXRhc2V0UmVzcG9uc2USJQoHZGF0YXNldBgBIAEoCzIULmxlYXJuaW5nLnYxLkRhdGFzZXQSDwoHY3JlYXRlZBgCIAEoCCIhChFHZXREYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIjsKEkdldERhdGFzZXRSZXNwb25zZRIlCgdkYXRhc2V0GAEgASgLMhQubGVhcm5pbmcudjEuRGF0YXNldCJNChNMaXN0RGF0YXNldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg8KB2RhdGFzZXQYAyABKAkiVwoUTGlzdERhdGFzZXRzUmVzcG9uc2USJgoIZGF0YXNldHMYASADKAsyFC5sZWFybmluZy52MS5EYXRhc2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChREZWxldGVEYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIigKFURlbGV0ZURhdGFzZXRSZXNwb25zZRIPCgdkZWxldGVkGAEgAygJIrcBChZWYWxpZGF0ZURhdGFzZXRSZXF1ZXN0EiUKBXNwbGl0GAEgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEhEKB2NvbnRlbnQYAiABKAxIABIVCgtzZXJ2ZXJfcGF0aBgDIAEoCUgAEhAKBnMzX3VyaRgEIAEoCUgAEjAKCGZlZWRiYWNrGAUgASgLMhwubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0SABCCAoGc291cmNlIpQCChdWYWxpZGF0ZURhdGFzZXRSZXNwb25zZRIOCgZzaGEyNTYYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoBBIOCgZkaWdlc3QYAyABKAkSFQoNZXhhbXBsZV9jb3VudBgEIAEoBBJKCgtjb21wb3NpdGlvbhgFIAMoCzI1LmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlc3BvbnNlLkNvbXBvc2l0aW9uRW50cnkSLgoMc3BsaXRfY291bnRzGAYgASgLMhgubGVhcm5pbmcudjEuU3BsaXRDb3VudHMaMgoQQ29tcG9zaXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBMpwECg5EYXRhc2V0U2VydmljZRJYCg1VcGxvYWREYXRhc2V0EiEubGVhcm5pbmcudjEuVXBsb2FkRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5VcGxvYWREYXRhc2V0UmVzcG9uc2UoARJWCg1DcmVhdGVEYXRhc2V0EiEubGVhcm5pbmcudjEuQ3JlYXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5DcmVhdGVEYXRhc2V0UmVzcG9uc2USTQoKR2V0RGF0YXNldBIeLmxlYXJuaW5nLnYxLkdldERhdGFzZXRSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuR2V0RGF0YXNldFJlc3BvbnNlElMKDExpc3REYXRhc2V0cxIgLmxlYXJuaW5nLnYxLkxpc3REYXRhc2V0c1JlcXVlc3QaIS5sZWFybmluZy52MS5MaXN0RGF0YXNldHNSZXNwb25zZRJWCg1EZWxldGVEYXRhc2V0EiEubGVhcm5pbmcudjEuRGVsZXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5EZWxldGVEYXRhc2V0UmVzcG9uc2USXAoPVmFsaWRhdGVEYXRhc2V0EiMubGVhcm5pbmcudjEuVmFsaWRhdGVEYXRhc2V0UmVxdWVzdBokLmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_learning_v1_common]);
+  fileDesc("ChlsZWFybmluZy92MS9kYXRhc2V0LnByb3RvEgtsZWFybmluZy52MSJHCglTcGxpdFJ1bGUSFQoNZXZhbF9mcmFjdGlvbhgBIAEoARIVCg10ZXN0X2ZyYWN0aW9uGAIgASgBEgwKBHNlZWQYAyABKAQiOAoLU3BsaXRDb3VudHMSDQoFdHJhaW4YASABKAQSDAoEZXZhbBgCIAEoBBIMCgR0ZXN0GAMgASgEIiMKD1VwbG9hZGVkRGF0YXNldBIQCghmaWxlbmFtZRgBIAEoCSI9Cg9QcmVwYXJlZERhdGFzZXQSFwoPcHJlcGFyYXRpb25fam9iGAEgASgJEhEKCWRvY3VtZW50cxgCIAMoCSLaBQoHRGF0YXNldBIMCgRuYW1lGAEgASgJEg8KB2RhdGFzZXQYAiABKAkSDwoHdmVyc2lvbhgDIAEoDRIOCgZzaGEyNTYYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoBBIOCgZkaWdlc3QYBiABKAkSFQoNZXhhbXBsZV9jb3VudBgHIAEoBBI6Cgtjb21wb3NpdGlvbhgIIAMoCzIlLmxlYXJuaW5nLnYxLkRhdGFzZXQuQ29tcG9zaXRpb25FbnRyeRIlCgVzcGxpdBgJIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIuCgxzcGxpdF9jb3VudHMYCiABKAsyGC5sZWFybmluZy52MS5TcGxpdENvdW50cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdXJpGAwgASgJEi4KBnVwbG9hZBgNIAEoCzIcLmxlYXJuaW5nLnYxLlVwbG9hZGVkRGF0YXNldEgAEhUKC3NlcnZlcl9wYXRoGA4gASgJSAASEAoGczNfdXJpGA8gASgJSAASMAoIZmVlZGJhY2sYECABKAsyHC5sZWFybmluZy52MS5GZWVkYmFja0RhdGFzZXRIABIwCghwcmVwYXJlZBgTIAEoCzIcLmxlYXJuaW5nLnYxLlByZXBhcmVkRGF0YXNldEgAEjAKDHdpbmRvd19zdGFydBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKd2luZG93X2VuZBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoEa2luZBgUIAEoDjIYLmxlYXJuaW5nLnYxLkRhdGFzZXRLaW5kGjIKEENvbXBvc2l0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4AUIICgZzb3VyY2UiqgEKFVVwbG9hZERhdGFzZXRNZXRhZGF0YRIMCgRuYW1lGAEgASgJEiUKBXNwbGl0GAIgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEg4KBnNoYTI1NhgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgEEhAKCGZpbGVuYW1lGAUgASgJEiYKBGtpbmQYBiABKA4yGC5sZWFybmluZy52MS5EYXRhc2V0S2luZCJnChRVcGxvYWREYXRhc2V0UmVxdWVzdBI2CghtZXRhZGF0YRgBIAEoCzIiLmxlYXJuaW5nLnYxLlVwbG9hZERhdGFzZXRNZXRhZGF0YUgAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCJPChVVcGxvYWREYXRhc2V0UmVzcG9uc2USJQoHZGF0YXNldBgBIAEoCzIULmxlYXJuaW5nLnYxLkRhdGFzZXQSDwoHY3JlYXRlZBgCIAEoCCLYAQoUQ3JlYXRlRGF0YXNldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIlCgVzcGxpdBgCIAEoCzIWLmxlYXJuaW5nLnYxLlNwbGl0UnVsZRIVCgtzZXJ2ZXJfcGF0aBgDIAEoCUgAEhAKBnMzX3VyaRgEIAEoCUgAEjAKCGZlZWRiYWNrGAUgASgLMhwubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0SAASJgoEa2luZBgGIAEoDjIYLmxlYXJuaW5nLnYxLkRhdGFzZXRLaW5kQggKBnNvdXJjZSJPChVDcmVhdGVEYXRhc2V0UmVzcG9uc2USJQoHZGF0YXNldBgBIAEoCzIULmxlYXJuaW5nLnYxLkRhdGFzZXQSDwoHY3JlYXRlZBgCIAEoCCIhChFHZXREYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIjsKEkdldERhdGFzZXRSZXNwb25zZRIlCgdkYXRhc2V0GAEgASgLMhQubGVhcm5pbmcudjEuRGF0YXNldCJNChNMaXN0RGF0YXNldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg8KB2RhdGFzZXQYAyABKAkiVwoUTGlzdERhdGFzZXRzUmVzcG9uc2USJgoIZGF0YXNldHMYASADKAsyFC5sZWFybmluZy52MS5EYXRhc2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChREZWxldGVEYXRhc2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIigKFURlbGV0ZURhdGFzZXRSZXNwb25zZRIPCgdkZWxldGVkGAEgAygJIt8BChZWYWxpZGF0ZURhdGFzZXRSZXF1ZXN0EiUKBXNwbGl0GAEgASgLMhYubGVhcm5pbmcudjEuU3BsaXRSdWxlEhEKB2NvbnRlbnQYAiABKAxIABIVCgtzZXJ2ZXJfcGF0aBgDIAEoCUgAEhAKBnMzX3VyaRgEIAEoCUgAEjAKCGZlZWRiYWNrGAUgASgLMhwubGVhcm5pbmcudjEuRmVlZGJhY2tEYXRhc2V0SAASJgoEa2luZBgGIAEoDjIYLmxlYXJuaW5nLnYxLkRhdGFzZXRLaW5kQggKBnNvdXJjZSK8AgoXVmFsaWRhdGVEYXRhc2V0UmVzcG9uc2USDgoGc2hhMjU2GAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSDgoGZGlnZXN0GAMgASgJEhUKDWV4YW1wbGVfY291bnQYBCABKAQSSgoLY29tcG9zaXRpb24YBSADKAsyNS5sZWFybmluZy52MS5WYWxpZGF0ZURhdGFzZXRSZXNwb25zZS5Db21wb3NpdGlvbkVudHJ5Ei4KDHNwbGl0X2NvdW50cxgGIAEoCzIYLmxlYXJuaW5nLnYxLlNwbGl0Q291bnRzEiYKBGtpbmQYByABKA4yGC5sZWFybmluZy52MS5EYXRhc2V0S2luZBoyChBDb21wb3NpdGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEqXwoLRGF0YXNldEtpbmQSHAoYREFUQVNFVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVREFUQVNFVF9LSU5EX1RSQUlOSU5HEAESFwoTREFUQVNFVF9LSU5EX0dPTERFThACMpwECg5EYXRhc2V0U2VydmljZRJYCg1VcGxvYWREYXRhc2V0EiEubGVhcm5pbmcudjEuVXBsb2FkRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5VcGxvYWREYXRhc2V0UmVzcG9uc2UoARJWCg1DcmVhdGVEYXRhc2V0EiEubGVhcm5pbmcudjEuQ3JlYXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5DcmVhdGVEYXRhc2V0UmVzcG9uc2USTQoKR2V0RGF0YXNldBIeLmxlYXJuaW5nLnYxLkdldERhdGFzZXRSZXF1ZXN0Gh8ubGVhcm5pbmcudjEuR2V0RGF0YXNldFJlc3BvbnNlElMKDExpc3REYXRhc2V0cxIgLmxlYXJuaW5nLnYxLkxpc3REYXRhc2V0c1JlcXVlc3QaIS5sZWFybmluZy52MS5MaXN0RGF0YXNldHNSZXNwb25zZRJWCg1EZWxldGVEYXRhc2V0EiEubGVhcm5pbmcudjEuRGVsZXRlRGF0YXNldFJlcXVlc3QaIi5sZWFybmluZy52MS5EZWxldGVEYXRhc2V0UmVzcG9uc2USXAoPVmFsaWRhdGVEYXRhc2V0EiMubGVhcm5pbmcudjEuVmFsaWRhdGVEYXRhc2V0UmVxdWVzdBokLmxlYXJuaW5nLnYxLlZhbGlkYXRlRGF0YXNldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_learning_v1_common]);
 
 /**
  * How a dataset's examples are split into train, eval and test. An example's
  * split depends only on the seed and its normalised prompt, so two answers to
  * one question never straddle train and eval, and a dataset that grows keeps
  * every earlier example where it was. Both fractions 0 (or no rule): every
- * example trains.
+ * example trains. A golden case's split depends on its "prompt" alone.
  *
  * @generated from message learning.v1.SplitRule
  */
@@ -186,14 +186,18 @@ export type Dataset = Message<"learning.v1.Dataset"> & {
   digest: string;
 
   /**
-   * Examples in the version, all splits together.
+   * Examples (golden cases, for kind golden) in the version, all splits
+   * together.
    *
    * @generated from field: uint64 example_count = 7;
    */
   exampleCount: bigint;
 
   /**
-   * Examples by shape: {"chat": n, "prompt_completion": m}.
+   * Examples by shape: {"chat": n, "prompt_completion": m}. For golden cases,
+   * how many carry an answer span ("answer"), more than one reference
+   * ("several_references") and a source text ("source"); a case counts under
+   * each it carries, and a count of 0 is left out.
    *
    * @generated from field: map<string, uint64> composition = 8;
    */
@@ -288,6 +292,14 @@ export type Dataset = Message<"learning.v1.Dataset"> & {
    * @generated from field: google.protobuf.Timestamp window_end = 18;
    */
   windowEnd?: Timestamp | undefined;
+
+  /**
+   * What its lines are: DATASET_KIND_TRAINING (every version stored before
+   * kinds existed) or DATASET_KIND_GOLDEN; never unspecified.
+   *
+   * @generated from field: learning.v1.DatasetKind kind = 20;
+   */
+  kind: DatasetKind;
 };
 
 /**
@@ -340,6 +352,13 @@ export type UploadDatasetMetadata = Message<"learning.v1.UploadDatasetMetadata">
    * @generated from field: string filename = 5;
    */
   filename: string;
+
+  /**
+   * What the file's lines are; unspecified: training examples.
+   *
+   * @generated from field: learning.v1.DatasetKind kind = 6;
+   */
+  kind: DatasetKind;
 };
 
 /**
@@ -387,7 +406,8 @@ export const UploadDatasetRequestSchema: GenMessage<UploadDatasetRequest> = /*@_
  */
 export type UploadDatasetResponse = Message<"learning.v1.UploadDatasetResponse"> & {
   /**
-   * The version stored, or the existing one holding the same bytes and split.
+   * The version stored, or the existing one holding the same bytes, split and
+   * kind.
    *
    * @generated from field: learning.v1.Dataset dataset = 1;
    */
@@ -454,12 +474,20 @@ export type CreateDatasetRequest = Message<"learning.v1.CreateDatasetRequest"> &
     /**
      * The examples a training job on this feedback would get now (SFT),
      * frozen: later feedback, and later erasures, do not change the version.
+     * Only of kind training.
      *
      * @generated from field: learning.v1.FeedbackDataset feedback = 5;
      */
     value: FeedbackDataset;
     case: "feedback";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * What the source's lines are; unspecified: training examples.
+   *
+   * @generated from field: learning.v1.DatasetKind kind = 6;
+   */
+  kind: DatasetKind;
 };
 
 /**
@@ -474,7 +502,8 @@ export const CreateDatasetRequestSchema: GenMessage<CreateDatasetRequest> = /*@_
  */
 export type CreateDatasetResponse = Message<"learning.v1.CreateDatasetResponse"> & {
   /**
-   * The version stored, or the existing one holding the same bytes and split.
+   * The version stored, or the existing one holding the same bytes, split and
+   * kind.
    *
    * @generated from field: learning.v1.Dataset dataset = 1;
    */
@@ -680,6 +709,13 @@ export type ValidateDatasetRequest = Message<"learning.v1.ValidateDatasetRequest
     value: FeedbackDataset;
     case: "feedback";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * What the lines are to be; unspecified: training examples.
+   *
+   * @generated from field: learning.v1.DatasetKind kind = 6;
+   */
+  kind: DatasetKind;
 };
 
 /**
@@ -721,7 +757,7 @@ export type ValidateDatasetResponse = Message<"learning.v1.ValidateDatasetRespon
   exampleCount: bigint;
 
   /**
-   * Examples by shape: {"chat": n, "prompt_completion": m}.
+   * As Dataset.composition.
    *
    * @generated from field: map<string, uint64> composition = 5;
    */
@@ -733,6 +769,13 @@ export type ValidateDatasetResponse = Message<"learning.v1.ValidateDatasetRespon
    * @generated from field: learning.v1.SplitCounts split_counts = 6;
    */
   splitCounts?: SplitCounts | undefined;
+
+  /**
+   * The kind the content was validated as (never unspecified).
+   *
+   * @generated from field: learning.v1.DatasetKind kind = 7;
+   */
+  kind: DatasetKind;
 };
 
 /**
@@ -743,15 +786,60 @@ export const ValidateDatasetResponseSchema: GenMessage<ValidateDatasetResponse> 
   messageDesc(file_learning_v1_dataset, 17);
 
 /**
- * Training datasets as resources: JSONL examples uploaded by a client, copied
- * from a file on the server or an S3 object, or frozen from a window of
- * feedback. A dataset is named "datasets/{dataset}" and holds immutable,
- * numbered versions ("datasets/{dataset}/versions/{version}"), each
- * content-addressed: the sha256 of its bytes and the digest of its normalised
- * examples are recorded, and storing the same bytes with the same split again
- * under the same name returns the existing version. Bytes live in the artifact
- * store, metadata in PostgreSQL. Training jobs name a dataset in
- * TrainingJobSpec.dataset_name.
+ * What the lines of a dataset version are.
+ *
+ * @generated from enum learning.v1.DatasetKind
+ */
+export enum DatasetKind {
+  /**
+   * Unset in a request: DATASET_KIND_TRAINING. A Dataset always says which.
+   *
+   * @generated from enum value: DATASET_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Training examples, one a line: {"messages": [...]} ending with an assistant
+   * turn, or {"prompt", "completion"}, either with an optional "weight" > 0.
+   * Training jobs train on its train split; its test split scores as a golden
+   * suite, each answer a whole reference.
+   *
+   * @generated from enum value: DATASET_KIND_TRAINING = 1;
+   */
+  TRAINING = 1,
+
+  /**
+   * Golden cases, one a line, as a golden suite file: {"prompt", "expected"} or
+   * {"prompt", "references": [...]}, optionally "answer" (a string or a list:
+   * the span a right answer contains) and "source" or "context" (the text the
+   * answer should come from, for the hallucination check). It scores as a
+   * golden suite (its test split, or all of it without a split rule) with its
+   * answer spans, references and sources; nothing trains on it
+   * (FAILED_PRECONDITION GOLDEN_DATASET_NOT_TRAINABLE). Not from feedback.
+   *
+   * @generated from enum value: DATASET_KIND_GOLDEN = 2;
+   */
+  GOLDEN = 2,
+}
+
+/**
+ * Describes the enum learning.v1.DatasetKind.
+ */
+export const DatasetKindSchema: GenEnum<DatasetKind> = /*@__PURE__*/
+  enumDesc(file_learning_v1_dataset, 0);
+
+/**
+ * Datasets as resources: JSONL uploaded by a client, copied from a file on the
+ * server or an S3 object, or frozen from a window of feedback. A dataset is
+ * named "datasets/{dataset}" and holds immutable, numbered versions
+ * ("datasets/{dataset}/versions/{version}"), each of a kind (DatasetKind):
+ * training examples, or golden cases. Each is content-addressed: the sha256 of
+ * its bytes and the digest of its normalised lines are recorded, and storing
+ * the same bytes with the same split and kind again under the same name
+ * returns the existing version. Bytes live in the artifact store, metadata in
+ * PostgreSQL. Training jobs name a training dataset in
+ * TrainingJobSpec.dataset_name; evaluations name either kind as a golden suite
+ * (EvaluationJobSpec.suite_datasets).
  *
  * @generated from service learning.v1.DatasetService
  */
@@ -759,9 +847,9 @@ export const DatasetService: GenService<{
   /**
    * Uploads a JSONL file: a metadata message first, then the file's bytes in
    * chunks. The bytes are checked against the declared size and sha256 and
-   * validated line by line (INVALID_ARGUMENT with `line[N].field` violations)
-   * before anything is stored; a stream that ends early or is cut stores
-   * nothing.
+   * validated line by line as the declared kind (INVALID_ARGUMENT with
+   * `line[N].field` violations) before anything is stored; a stream that ends
+   * early or is cut stores nothing.
    *
    * @generated from rpc learning.v1.DatasetService.UploadDataset
    */
@@ -815,9 +903,9 @@ export const DatasetService: GenService<{
     output: typeof DeleteDatasetResponseSchema;
   },
   /**
-   * Runs the checks of CreateDataset (the training path's line-level
-   * validation) on some content and reports what a version of it would hold;
-   * stores nothing.
+   * Runs the checks of CreateDataset (line by line, as the training path or
+   * the golden suites read them, by kind) on some content and reports what a
+   * version of it would hold; stores nothing.
    *
    * @generated from rpc learning.v1.DatasetService.ValidateDataset
    */
