@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.errors import InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
-from engine.lora.evaluation_jobs import MAX_SUITES, EvaluationJob, EvaluationJobSpec, EvaluationProgress
+from engine.lora.evaluation_jobs import EvaluationJob, EvaluationJobSpec, EvaluationProgress, check_suite_count
 from engine.names import resource_id
 from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import evaluation_pb2 as pb
@@ -15,9 +15,8 @@ from server.convert_adapter import eval_to_pb
 def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> EvaluationJobSpec:
     issues = ViolationCollector()
     issues.check(bool(msg.version), "spec.version", "must name an adapter version, e.g. v1.2")
-    suites = len(msg.suite_paths) + len(msg.suite_datasets)
-    issues.check(suites <= MAX_SUITES, "spec.suite_datasets" if msg.suite_datasets else "spec.suite_paths",
-                 f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), got {suites}")
+    check_suite_count(issues, len(msg.suite_paths), len(msg.suite_datasets), files_field="spec.suite_paths",
+                      datasets_field="spec.suite_datasets")
     for i, name in enumerate(msg.suite_datasets):
         try:
             parse_dataset_name(name, f"spec.suite_datasets[{i}]")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import Cancelled
+from engine.errors import Cancelled, ViolationCollector
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
 from engine.lora.dataset_suites import DatasetSuites
@@ -33,6 +33,16 @@ from engine.registry import AdapterRegistry
 MAX_SUITES = 16
 PROGRESS_EVENTS = 100  # at most about this many progress events a job
 SuitePath = Callable[[str, str], Path]  # (path below the data root, the request field) -> the file; raises if bad
+
+
+def check_suite_count(issues: ViolationCollector, files: int, datasets: int, *, files_field: str,
+                      datasets_field: str) -> None:
+    """At most MAX_SUITES golden suites in all, files and stored datasets together (a job's spec, EvaluateAdapter):
+    the violation names the datasets' field when there are any (the list that tipped it over), else the files'."""
+    count = files + datasets
+    issues.check(count <= MAX_SUITES, datasets_field if datasets else files_field,
+                 f"at most {MAX_SUITES} suites in all ({files_field.rsplit('.', 1)[-1]} and "
+                 f"{datasets_field.rsplit('.', 1)[-1]}), got {count}")
 
 
 @dataclass(frozen=True)
@@ -146,4 +156,3 @@ class EvaluationJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[EvaluationJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
-

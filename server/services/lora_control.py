@@ -12,7 +12,7 @@ from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation import Suite
-from engine.lora.evaluation_jobs import MAX_SUITES
+from engine.lora.evaluation_jobs import check_suite_count
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
@@ -128,11 +128,10 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         version = self._version(request.version)
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
-        suites = bool(request.suite_path) + len(request.suite_datasets)
-        if suites > MAX_SUITES:
-            raise InvalidArgument("INVALID_EVALUATION_SPEC", f"at most {MAX_SUITES} suites in all, got {suites}",
-                                  violations=[FieldViolation("suite_datasets", f"at most {MAX_SUITES} suites in all "
-                                                                               "(suite_path and suite_datasets)")])
+        issues = ViolationCollector()
+        check_suite_count(issues, bool(request.suite_path), len(request.suite_datasets), files_field="suite_path",
+                          datasets_field="suite_datasets")
+        issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation request")
         goldens: list[Path | Suite] = [resolve_dataset_path(self._datasets_dir, request.suite_path, "suite_path")] \
             if request.suite_path else []
         for i, name in enumerate(request.suite_datasets):
