@@ -89,6 +89,17 @@ def to_the_end(operation: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
     return run
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What an evaluation scores, resolved before anything is loaded or answered."""
+
+    version: str
+    baseline_version: str
+    suites: tuple[ev.Suite, ...]
+    judge: Judge | None
+    basis: str  # engine.lora.evaluation.evaluation_basis
+
+
 class _Op:
     def __init__(self, kind: OperationKind, version: str, actor: str, reason: str) -> None:
         self.kind, self.version, self.actor, self.reason = kind, version, actor, reason
@@ -309,6 +320,10 @@ class ServingTarget:
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
             baseline = self._state.active_version if baseline_version is None else baseline_version
+            plan = await self._plan(version, baseline, goldens, judge)
+            kept = await self._reusable(plan) if reuse else None
+            if kept is not None:
+                return kept  # nothing loaded, nothing answered
             temporary = []
             try:
                 for v in {version, baseline} - {""}:
@@ -317,7 +332,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress, judge, reuse=reuse)
+                return await self._score(plan, progress)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -329,7 +344,8 @@ class ServingTarget:
         if not goldens and self._gate is None:
             return None
         with op.phase("eval"):
-            summary = op.gate = await self._evaluate(version, self._state.active_version, goldens, reuse=True)
+            plan = await self._plan(version, self._state.active_version, goldens, None)
+            summary = op.gate = await self._reusable(plan) or await self._score(plan)
         if not summary.passed and not force:
             raise _refusal(summary)
         return summary
@@ -506,12 +522,10 @@ class ServingTarget:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
-                        progress: Progress | None = None, choice: JudgeChoice | None = None, *,
-                        reuse: bool = False) -> EvalSummary:
-        """Evaluate ``version`` against ``baseline_version``. With ``reuse``, the version's latest evaluation
-        stands instead when it was against the same baseline on the same basis (evaluation_basis): a pipeline's
-        EVALUATE and the gate of the activation or canary after it do not answer the same suites twice."""
+    async def _plan(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
+                    choice: JudgeChoice | None) -> _Plan:
+        """What evaluating ``version`` against ``baseline_version`` scores (the golden suites read, the gate's
+        built) and on what basis; nothing is loaded or answered."""
         base = self._state.base_model
         suites: list[ev.Suite] = []
         for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
@@ -522,15 +536,26 @@ class ServingTarget:
             suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
         if self._gate is not None:
             suites += await self._gate.suites(base, version, baseline_version)
-        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
         judge = self._judge(choice)
         basis = ev.evaluation_basis(suites, self._gate is not None, self.config.thresholds,
                                     self.config.eval_max_tokens, judge.info if judge else None)
-        if reuse:
-            latest = await self._store.latest_eval(base, version)
-            if latest is not None and latest.baseline_version == baseline_version and latest.basis == basis:
-                log.info("the gate reuses an evaluation", extra={"version": version, "evaluation": latest.id})
-                return latest
+        return _Plan(version, baseline_version, tuple(suites), judge, basis)
+
+    async def _reusable(self, plan: _Plan) -> EvalSummary | None:
+        """The version's latest evaluation when it was against the same baseline on the same basis
+        (evaluation_basis), else None: a pipeline's EVALUATE and the gate of the activation or canary after it do
+        not answer the same suites twice. It only reads the store, so callers ask it before loading anything."""
+        latest = await self._store.latest_eval(self._state.base_model, plan.version)
+        if latest is None or latest.baseline_version != plan.baseline_version or latest.basis != plan.basis:
+            return None
+        log.info("the gate reuses an evaluation", extra={"version": plan.version, "evaluation": latest.id})
+        return latest
+
+    async def _score(self, plan: _Plan, progress: Progress | None = None) -> EvalSummary:
+        """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision."""
+        base, version, baseline_version = self._state.base_model, plan.version, plan.baseline_version
+        suites, judge = plan.suites, plan.judge
+        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
         answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
@@ -573,7 +598,7 @@ class ServingTarget:
         summary = EvalSummary(
             suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
             regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=basis,
+            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=plan.basis,
         )
         await self._store.save_eval(base, summary)
         try:
