@@ -116,10 +116,15 @@ def _hallucinated(source: str, unsupported: tuple[str, ...], judge: JudgeVerdict
     return bool(unsupported) or (judge is not None and judge.supported is False)
 
 
+def described(version: str) -> str:
+    """A candidate or baseline as reports and messages name it: the version, or "the base model" for ""."""
+    return version or "the base model"
+
+
 @dataclass(frozen=True)
 class EvalReport:
-    version: str
-    baseline_version: str
+    version: str  # "": the base model itself
+    baseline_version: str  # "": the base model
     suites: tuple[SuiteVerdict, ...]
     results: tuple[tuple[CaseResult, ...], ...]  # per suite, in the order of ``suites``
     time: datetime
@@ -424,7 +429,8 @@ def _result_doc(r: CaseResult) -> dict[str, object]:
 def render_reports(report: EvalReport) -> dict[str, bytes]:
     """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
     doc: dict[str, object] = {
-        "version": report.version, "baseline_version": report.baseline_version, "time": report.time.isoformat(),
+        "version": report.version, "base_model_itself": not report.version,
+        "baseline_version": report.baseline_version, "time": report.time.isoformat(),
         "passed": report.passed, "failed_checks": list(report.failed_checks), "regressions": report.regressions,
     }
     if report.judge is not None:
@@ -443,7 +449,7 @@ def render_reports(report: EvalReport) -> dict[str, bytes]:
 
 
 def _labels(report: EvalReport) -> tuple[str, str]:
-    return f"candidate {report.version}", f"baseline {report.baseline_version or 'base model'}"
+    return f"candidate {report.version or 'base model'}", f"baseline {report.baseline_version or 'base model'}"
 
 
 def _grade(v: JudgeVerdict | None) -> str:
@@ -482,7 +488,7 @@ def _quality(s: SuiteVerdict) -> str:
 def _markdown(report: EvalReport) -> str:
     candidate, baseline = _labels(report)
     lines = [
-        f"# Eval of {report.version} against {report.baseline_version or 'the base model'}", "",
+        f"# Eval of {described(report.version)} against {described(report.baseline_version)}", "",
         f"- time: {report.time.isoformat()}",
         f"- gate: **{'PASSED' if report.passed else 'FAILED'}**"
         + (f" ({'; '.join(report.failed_checks)})" if report.failed_checks else ""),
@@ -589,7 +595,7 @@ def _chart(report: EvalReport) -> bytes:
         ax.set_title(title)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncols=2)
-    fig.suptitle(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
+    fig.suptitle(f"{described(report.version)}: gate {'passed' if report.passed else 'FAILED'}, "
                  f"{report.regressions} regressions")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = io.BytesIO()
@@ -614,8 +620,8 @@ def _html(report: EvalReport, png: bytes) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>Eval of {escape(report.version)}: {verdict}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Eval of {escape(report.version)} against {escape(report.baseline_version or 'the base model')}</h1>",
+        f"<title>Eval of {escape(described(report.version))}: {verdict}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Eval of {escape(described(report.version))} against {escape(described(report.baseline_version))}</h1>",
         f"<p>Gate: <span class={verdict.lower()}>{verdict}</span>, {report.regressions} regressions, "
         f"{escape(report.time.isoformat())}</p>",
     ]

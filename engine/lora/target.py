@@ -98,6 +98,7 @@ class _Plan:
     suites: tuple[ev.Suite, ...]
     judge: Judge | None
     basis: str  # engine.lora.evaluation.evaluation_basis
+    gated: bool  # the gate's own suites (target, retention, base) are scored: the gate is on and it is a version
 
 
 class _Op:
@@ -310,8 +311,17 @@ class ServingTarget:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
         golden ``suites``, files or suites already built (none: the configured one); ``progress`` hears of every
         answer; ``judge`` overrides the configured LLM judge (None: as configured); with ``reuse``, the version's
-        latest evaluation stands when it was against the same baseline on the same basis."""
+        latest evaluation stands when it was against the same baseline on the same basis.
+
+        ``version`` "" is the base model itself: it has no training data or lineage of its own, so it is scored on
+        the golden suites only (EVAL_SUITE_NOT_CONFIGURED without one); against itself when the baseline is the base
+        model too, answered once."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
+        if not goldens and not version:
+            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
+                                     "the base model itself is scored on golden suites only (it has no training data "
+                                     "of its own) and none is configured; name one with suite_paths, suite_path or "
+                                     "suite_datasets")
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
                                      "no golden suite is configured and the gate is off; name one with suite_path "
@@ -351,13 +361,14 @@ class ServingTarget:
         return summary
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
-        """One stored report file of an evaluation of ``version`` (its latest when ``evaluation`` is empty):
-        (the evaluation, the file's bytes, where it is stored); NotFound EVALUATION_NOT_FOUND without one."""
+        """One stored report file of an evaluation of ``version`` ("": the base model itself; its latest when
+        ``evaluation`` is empty): (the evaluation, the file's bytes, where it is stored); NotFound
+        EVALUATION_NOT_FOUND without one."""
         base = self.config.base_model
         summary = await self._store.latest_eval(base, version, evaluation)
         if summary is None or not summary.id:
             which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
-            raise NotFound("EVALUATION_NOT_FOUND", f"{version} has no {which}",
+            raise NotFound("EVALUATION_NOT_FOUND", f"{ev.described(version)} has no {which}",
                            metadata={"version": version, "evaluation_id": evaluation})
         key = report_key(base, version, summary.id, file)
         return summary, await self._reports.get_bytes(key), self._reports.uri(key)
@@ -534,12 +545,13 @@ class ServingTarget:
                 continue
             cases, digest = await asyncio.to_thread(ev.load_suite, golden)
             suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
-        if self._gate is not None:
+        gated = self._gate is not None and bool(version)  # the base model itself has no data or lineage of its own
+        if self._gate is not None and gated:
             suites += await self._gate.suites(base, version, baseline_version)
         judge = self._judge(choice)
-        basis = ev.evaluation_basis(suites, self._gate is not None, self.config.thresholds,
-                                    self.config.eval_max_tokens, judge.info if judge else None)
-        return _Plan(version, baseline_version, tuple(suites), judge, basis)
+        basis = ev.evaluation_basis(suites, gated, self.config.thresholds, self.config.eval_max_tokens,
+                                    judge.info if judge else None)
+        return _Plan(version, baseline_version, tuple(suites), judge, basis, gated)
 
     async def _reusable(self, plan: _Plan) -> EvalSummary | None:
         """The version's latest evaluation when it was against the same baseline on the same basis
@@ -552,11 +564,14 @@ class ServingTarget:
         return latest
 
     async def _score(self, plan: _Plan, progress: Progress | None = None) -> EvalSummary:
-        """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision."""
+        """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision.
+        When both sides are one model (the base model against itself), it answers once for both."""
         base, version, baseline_version = self._state.base_model, plan.version, plan.baseline_version
         suites, judge = plan.suites, plan.judge
+        candidate_model = lora_name(base, version) if version else self._router.base_model_name
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
+        same = candidate_model == baseline_model
+        answered, total = 0, (2 if judge else 1) * (1 if same else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
 
@@ -566,17 +581,17 @@ class ServingTarget:
                 if progress is not None:
                     progress(name, answered, total)
 
-            candidate = await self._answers(lora_name(base, version), suite.cases, tick)
-            baseline = await self._answers(baseline_model, suite.cases, tick)
+            candidate = await self._answers(candidate_model, suite.cases, tick)
+            baseline = candidate if same else await self._answers(baseline_model, suite.cases, tick)
             judged = None
             if judge is not None:
-                judged = (await self._graded(judge, suite.cases, candidate, tick),
-                          await self._graded(judge, suite.cases, baseline, tick))
+                graded = await self._graded(judge, suite.cases, candidate, tick)
+                judged = (graded, graded if same else await self._graded(judge, suite.cases, baseline, tick))
                 judge.check(suite.name, [*judged[0], *judged[1]])
             verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds, judged)
             verdicts.append(verdict)
             results.append(scored)
-        if self._gate is not None:
+        if self._gate is not None and plan.gated:
             mine = await self._gate.base_retention(base, version)
             theirs: float | None = 1.0  # the base model keeps all it knows
             if baseline_version:
@@ -601,6 +616,8 @@ class ServingTarget:
             report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=plan.basis,
         )
         await self._store.save_eval(base, summary)
+        if not version:  # the base model itself has no adapter record
+            return summary
         try:
             await self._adapters.record_eval(base, summary)
         except EngineError as exc:
@@ -648,9 +665,13 @@ def _split_id(split: TrafficSplitState | None) -> int:
     return split.id if split is not None else 0
 
 
+BASE_MODEL_REPORTS = "base-model"  # the folder of the base model's own evaluations, beside its versions' folders
+
+
 def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
-    """Where one report file of an evaluation is stored (the artifact store's key)."""
-    return f"evaluations/{base_model}/{version}/{evaluation}/{file}"
+    """Where one report file of an evaluation of ``version`` ("": the base model itself) is stored (the artifact
+    store's key)."""
+    return f"evaluations/{base_model}/{version or BASE_MODEL_REPORTS}/{evaluation}/{file}"
 
 
 def _refusal(summary: EvalSummary) -> FailedPrecondition:

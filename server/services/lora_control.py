@@ -66,12 +66,23 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                 metadata={"requested": base_model, "served": mine},
             )
 
-    def _version(self, version: str, field_path: str = "version") -> str:
+    def _version(self, version: str, field_path: str = "version", *, hint: str = "") -> str:
         if not version:
-            raise InvalidArgument("MISSING_VERSION", f"{field_path} is required",
-                                  violations=[FieldViolation(field_path, "required, e.g. v1.2")])
+            raise InvalidArgument("MISSING_VERSION", f"{field_path} is required{hint}",
+                                  violations=[FieldViolation(field_path, f"required, e.g. v1.2{hint}")])
         parse_version(version, field_path)
         return version
+
+    def _candidate(self, version: str, base_model_itself: bool, reason: str) -> str:
+        """The version a request evaluates (or reports on), or "" for the base model itself: then ``version`` must
+        be empty (INVALID_ARGUMENT ``reason``)."""
+        if not base_model_itself:
+            return self._version(version, hint=" (or set base_model_itself for the base model itself)")
+        if version:
+            raise InvalidArgument(reason, f"version {version!r} and base_model_itself name two candidates; give one",
+                                  violations=[FieldViolation("version", "must be empty with base_model_itself (the "
+                                                                        "base model itself, not a version)")])
+        return ""
 
     async def GetLoraStatus(self, request: pb.GetLoraStatusRequest, context: grpc.aio.ServicerContext):
         return pb.GetLoraStatusResponse(status=convert.status_to_pb(await self._control.status()))
@@ -111,7 +122,7 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
             yield pb.WatchLoraStatusResponse(status=convert.status_to_pb(status))
 
     async def GetEvaluationReport(self, request: pb.GetEvaluationReportRequest, context: grpc.aio.ServicerContext):
-        version = self._version(request.version)
+        version = self._candidate(request.version, request.base_model_itself, "INVALID_REPORT_REQUEST")
         self._check_base_model(request.base_model)
         issues = ViolationCollector()
         issues.check(not request.evaluation_id or bool(EVALUATION_ID.fullmatch(request.evaluation_id)),
@@ -125,7 +136,7 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                                               content=content, uri=uri)
 
     async def EvaluateAdapter(self, request: pb.EvaluateAdapterRequest, context: grpc.aio.ServicerContext):
-        version = self._version(request.version)
+        version = self._candidate(request.version, request.base_model_itself, "INVALID_EVALUATION_SPEC")
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
         issues = ViolationCollector()

@@ -152,7 +152,8 @@ class LoraControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateAdapter(self, request, context):
-        """Runs the eval gate's suites on a candidate and a baseline version.
+        """Runs the eval gate's suites on a candidate and a baseline version (or the
+        golden suites on the base model itself: base_model_itself).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
