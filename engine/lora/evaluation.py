@@ -40,6 +40,7 @@ from pathlib import Path
 
 from engine.domain import SuiteKind, SuiteVerdict
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.lora import lineage
 from engine.lora.grounding import unsupported
 from engine.lora.judge import RUBRIC, SUPPORTED_RULE, JudgeInfo, JudgeVerdict
 
@@ -129,6 +130,7 @@ class EvalReport:
     results: tuple[tuple[CaseResult, ...], ...]  # per suite, in the order of ``suites``
     time: datetime
     judge: JudgeInfo | None = None  # who graded the answers, when the judge is on
+    learning_curve: lineage.LearningCurve | None = None  # the candidate's scores across its lineage
 
     @property
     def passed(self) -> bool:
@@ -427,7 +429,8 @@ def _result_doc(r: CaseResult) -> dict[str, object]:
 
 
 def render_reports(report: EvalReport) -> dict[str, bytes]:
-    """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
+    """The report as JSON, Markdown, a self-contained HTML page (its charts inlined) and the charts as PNG: the
+    suites' bars (report.png) and, with the report's lineage, the learning curve across it (lineage.png)."""
     doc: dict[str, object] = {
         "version": report.version, "base_model_itself": not report.version,
         "baseline_version": report.baseline_version, "time": report.time.isoformat(),
@@ -440,11 +443,15 @@ def render_reports(report: EvalReport) -> dict[str, bytes]:
         for s, results in zip(report.suites, report.results, strict=True)
     ]
     png = _chart(report)
+    curve = lineage.chart(report.learning_curve) if report.learning_curve is not None else b""
+    if report.learning_curve is not None:
+        doc["lineage"] = lineage.as_doc(report.learning_curve)
     return {
         "report.json": json.dumps(doc, indent=2, ensure_ascii=False).encode(),
         "report.md": _markdown(report).encode(),
-        "report.html": _html(report, png).encode(),
+        "report.html": _html(report, png, curve).encode(),
         "report.png": png,
+        **({"lineage.png": curve} if curve else {}),
     }
 
 
@@ -505,6 +512,8 @@ def _markdown(report: EvalReport) -> str:
         base = f"{m['baseline_' + key]:.3f}" if "baseline_" + key in m else "-"
         lines.append(f"| {s.name} | {s.kind.value} | {s.cases} | {cand} | {base} | "
                      f"{'passed' if s.passed else 'FAILED: ' + '; '.join(s.failed_checks)} |")
+    if report.learning_curve is not None:
+        lines += lineage.markdown(report.learning_curve)
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")[:80]
@@ -611,8 +620,9 @@ font-weight:bold}tr.regressed td{background:#fde8e8}.note{color:#555}img{max-wid
 details pre{white-space:pre-wrap;background:#f8f8f8;padding:.5em;max-width:60em}"""
 
 
-def _html(report: EvalReport, png: bytes) -> str:
-    """One self-contained page: the verdict, the chart (inline PNG), one table of suites, one of cases each."""
+def _html(report: EvalReport, png: bytes, curve: bytes = b"") -> str:
+    """One self-contained page: the verdict, the charts (inline PNG: the suites' bars, the learning curve across the
+    lineage), one table of suites, one of cases each."""
     import base64  # noqa: PLC0415
     from html import escape  # noqa: PLC0415
 
@@ -635,6 +645,8 @@ def _html(report: EvalReport, png: bytes) -> str:
                        ("hallucination_rate", "hallucination rate")) if _scores(report, key)[0]])
     parts.append(f'<img id=chart alt="{shown} per suite, {escape(candidate)} against {escape(baseline)}" '
                  f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if report.learning_curve is not None:
+        parts.append(lineage.html(report.learning_curve, curve))
     parts.append(f"<table id=suites><tr><th>suite</th><th>kind</th><th>cases</th><th>{escape(candidate)}</th>"
                  f"<th>{escape(baseline)}</th><th>verdict</th><th>note</th></tr>")
     for s in report.suites:

@@ -26,6 +26,7 @@ from engine import telemetry
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
+from engine.lora import lineage
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
 from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
 from engine.lora.state import (
@@ -601,9 +602,11 @@ class ServingTarget:
                                             self.config.thresholds))
             results.append(())
         now = datetime.now(UTC)
-        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
-                               results=tuple(results), time=now, judge=judge.info if judge else None)
         evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
+        curve = await self._learning_curve(version, verdicts, evaluation)
+        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
+                               results=tuple(results), time=now, judge=judge.info if judge else None,
+                               learning_curve=curve)
         rendered = await asyncio.to_thread(ev.render_reports, report)
         uris = []
         for file, data in rendered.items():
@@ -623,6 +626,16 @@ class ServingTarget:
         except EngineError as exc:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
+
+    async def _learning_curve(self, version: str, verdicts: Sequence[ev.SuiteVerdict],
+                              evaluation: str) -> lineage.LearningCurve:
+        """The scores of ``version``'s lineage (as the registry records it) on the suites of this evaluation, from
+        their stored evaluations and the base model's own (engine.lora.lineage)."""
+        base = self._state.base_model
+        chain = await self._adapters.lineage(base, version) if version else [""]
+        stored = await self._store.evaluations(base, ["", *chain[1:lineage.MAX_VERSIONS]],
+                                               per_version=lineage.PER_VERSION) if version else []
+        return lineage.learning_curve(chain, stored, verdicts, evaluation)
 
     def _judge(self, choice: JudgeChoice | None) -> Judge | None:
         """The judge of this evaluation, if it is judged: the model it names, the configured one, or the base model

@@ -29,6 +29,7 @@ _REPORT_FILES = {
     pb.REPORT_FORMAT_JSON: ("report.json", "application/json"),
     pb.REPORT_FORMAT_MARKDOWN: ("report.md", "text/markdown; charset=utf-8"),
     pb.REPORT_FORMAT_PNG: ("report.png", "image/png"),
+    pb.REPORT_FORMAT_LINEAGE_PNG: ("lineage.png", "image/png"),
 }
 
 

@@ -283,8 +283,9 @@ async def test_train_data_uploads_a_file_of_this_machine(make_server, data_dir: 
 
 
 async def test_evaluating_the_base_model_itself(make_server, data_dir: Path, tmp_path: Path) -> None:
-    """`evaluate --base-model-itself` (and as a job, and its report): the base model on the golden suites only, against
-    itself while no version is active; naming a version too, or no golden suite, is refused."""
+    """`evaluate --base-model-itself` (and as a job, and its reports, the learning curve's chart too): the base model
+    on the golden suites only, against itself while no version is active; naming a version too, or no golden suite,
+    is refused."""
     (data_dir / "datasets" / "golden.jsonl").write_text(
         json.dumps({"prompt": "What is the capital of France?", "expected": "Paris"}) + "\n")
     port = (await make_server(eval_max_tokens=4)).app.port
@@ -295,6 +296,9 @@ async def test_evaluating_the_base_model_itself(make_server, data_dir: Path, tmp
     fetched = await cli(port, "report", "--base-model-itself", "--format", "html", "--out", str(tmp_path / "b.html"))
     assert fetched.code == 0 and fetched.out.startswith("the base model evaluation "), fetched.err
     assert "Eval of the base model against the base model" in (tmp_path / "b.html").read_text()
+    curve = await cli(port, "report", "--base-model-itself", "--format", "lineage-png", "-o", str(tmp_path / "c.png"))
+    assert curve.code == 0 and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", curve.err
+    assert (await cli(port, "report", "--base-model-itself", "--format", "lineage-png")).code == 3  # needs --out
     as_job = await cli(port, "evaluation-jobs", "create", "--base-model-itself", "--suite", "golden.jsonl", "--watch")
     assert as_job.code == 0 and "SUCCEEDED" in as_job.out, as_job.err
     assert re.search(r"^the base model vs the base model: (passed|FAILED)$", as_job.out, re.MULTILINE), as_job.out

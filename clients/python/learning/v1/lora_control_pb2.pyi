@@ -35,6 +35,7 @@ class ReportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPORT_FORMAT_MARKDOWN: _ClassVar[ReportFormat]
     REPORT_FORMAT_HTML: _ClassVar[ReportFormat]
     REPORT_FORMAT_PNG: _ClassVar[ReportFormat]
+    REPORT_FORMAT_LINEAGE_PNG: _ClassVar[ReportFormat]
 
 class TrafficSplitKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +66,7 @@ REPORT_FORMAT_JSON: ReportFormat
 REPORT_FORMAT_MARKDOWN: ReportFormat
 REPORT_FORMAT_HTML: ReportFormat
 REPORT_FORMAT_PNG: ReportFormat
+REPORT_FORMAT_LINEAGE_PNG: ReportFormat
 TRAFFIC_SPLIT_KIND_UNSPECIFIED: TrafficSplitKind
 TRAFFIC_SPLIT_KIND_CANARY: TrafficSplitKind
 TRAFFIC_SPLIT_KIND_MANUAL: TrafficSplitKind

@@ -162,7 +162,8 @@ class LoraControlServiceServicer:
     def GetEvaluationReport(self, request, context):
         """Returns a report of one of a version's evaluations (the gate's at an
         activation, or EvaluateAdapter's), stored in the artifact store: JSON,
-        Markdown, a self-contained HTML page with its chart, or the chart (PNG).
+        Markdown, a self-contained HTML page with its charts, or either chart
+        (PNG): the suites' scores, or the learning curve across the lineage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

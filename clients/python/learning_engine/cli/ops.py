@@ -375,7 +375,8 @@ def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
 
 
 _FORMATS = {"html": lora.REPORT_FORMAT_HTML, "json": lora.REPORT_FORMAT_JSON,
-            "markdown": lora.REPORT_FORMAT_MARKDOWN, "png": lora.REPORT_FORMAT_PNG}
+            "markdown": lora.REPORT_FORMAT_MARKDOWN, "png": lora.REPORT_FORMAT_PNG,
+            "lineage-png": lora.REPORT_FORMAT_LINEAGE_PNG}  # lineage-png: the learning curve across the lineage
 
 
 def report(
@@ -383,7 +384,8 @@ def report(
     version: str = typer.Argument("", help="The version evaluated (none with --base-model-itself)."),
     evaluation: str = typer.Option("", "--evaluation", help="The evaluation's id (the version's latest if empty)."),
     fmt: str = typer.Option("html", "--format", help=" | ".join(_FORMATS)),
-    out_path: Path = typer.Option(None, "--out", "-o", help="Write it here (needed for png); else to stdout."),
+    out_path: Path = typer.Option(None, "--out", "-o", help="Write it here (needed for png and lineage-png); else "
+                                  "to stdout."),
     base_model: str = typer.Option("", "--base-model"),
     base_model_itself: bool = typer.Option(False, "--base-model-itself",
                                            help="A report of an evaluation of the base model itself."),
@@ -393,8 +395,8 @@ def report(
     opts = options(ctx)
     if fmt not in _FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; one of {' | '.join(_FORMATS)}", param_hint="--format")
-    if out_path is None and fmt == "png":
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "a png report needs --out FILE", reason=ERROR_REASON_USAGE)
+    if out_path is None and fmt.endswith("png"):
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"a {fmt} report needs --out FILE", reason=ERROR_REASON_USAGE)
     response = run(ctx, lambda c: c.get_evaluation_report(version, evaluation_id=evaluation, format=_FORMATS[fmt],
                                                           base_model=base_model, base_model_itself=base_model_itself))
     if out_path is None:
