@@ -546,13 +546,13 @@ class ServingTarget:
                 continue
             cases, digest = await asyncio.to_thread(ev.load_suite, golden)
             suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
-        gated = self._gate is not None and bool(version)  # the base model itself has no data or lineage of its own
-        if self._gate is not None and gated:
-            suites += await self._gate.suites(base, version, baseline_version)
+        gate = self._gate if version else None  # the base model itself has no data or lineage of its own
+        if gate is not None:
+            suites += await gate.suites(base, version, baseline_version)
         judge = self._judge(choice)
-        basis = ev.evaluation_basis(suites, gated, self.config.thresholds, self.config.eval_max_tokens,
+        basis = ev.evaluation_basis(suites, gate is not None, self.config.thresholds, self.config.eval_max_tokens,
                                     judge.info if judge else None)
-        return _Plan(version, baseline_version, tuple(suites), judge, basis, gated)
+        return _Plan(version, baseline_version, tuple(suites), judge, basis, gate is not None)
 
     async def _reusable(self, plan: _Plan) -> EvalSummary | None:
         """The version's latest evaluation when it was against the same baseline on the same basis
@@ -592,11 +592,12 @@ class ServingTarget:
             verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds, judged)
             verdicts.append(verdict)
             results.append(scored)
-        if self._gate is not None and plan.gated:
-            mine = await self._gate.base_retention(base, version)
+        gate = self._gate if plan.gated else None
+        if gate is not None:
+            mine = await gate.base_retention(base, version)
             theirs: float | None = 1.0  # the base model keeps all it knows
             if baseline_version:
-                measured = await self._gate.base_retention(base, baseline_version)
+                measured = await gate.base_retention(base, baseline_version)
                 theirs = measured.retention if measured else None
             verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
                                             self.config.thresholds))
