@@ -65,6 +65,9 @@ class MemoryStore:
     async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
         return None
 
+    async def evaluations(self, base_model: str, versions, *, per_version: int) -> list[EvalSummary]:
+        return []
+
     async def running_split(self, target: str) -> None:
         return None  # this benchmark runs no canary
 
@@ -85,6 +88,9 @@ class DirFetcher:
 
     async def record_eval(self, base_model: str, summary: EvalSummary) -> None:
         pass
+
+    async def lineage(self, base_model: str, version: str) -> list[str]:
+        return [version]
 
 
 async def traffic(url: str, stop: asyncio.Event, statuses: Counter) -> None:

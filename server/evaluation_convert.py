@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.errors import InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
-from engine.lora.evaluation_jobs import MAX_SUITES, EvaluationJob, EvaluationJobSpec, EvaluationProgress
+from engine.lora.evaluation_jobs import EvaluationJob, EvaluationJobSpec, EvaluationProgress, check_suite_count
 from engine.names import resource_id
 from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import evaluation_pb2 as pb
@@ -14,10 +14,14 @@ from server.convert_adapter import eval_to_pb
 
 def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> EvaluationJobSpec:
     issues = ViolationCollector()
-    issues.check(bool(msg.version), "spec.version", "must name an adapter version, e.g. v1.2")
-    suites = len(msg.suite_paths) + len(msg.suite_datasets)
-    issues.check(suites <= MAX_SUITES, "spec.suite_datasets" if msg.suite_datasets else "spec.suite_paths",
-                 f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), got {suites}")
+    if msg.base_model_itself:
+        issues.check(not msg.version, "spec.version", "must be empty with base_model_itself (the base model itself is "
+                                                      "evaluated, not a version)")
+    else:
+        issues.check(bool(msg.version), "spec.version", "must name an adapter version, e.g. v1.2 (or set "
+                                                        "base_model_itself to evaluate the base model itself)")
+    check_suite_count(issues, len(msg.suite_paths), len(msg.suite_datasets), files_field="spec.suite_paths",
+                      datasets_field="spec.suite_datasets")
     for i, name in enumerate(msg.suite_datasets):
         try:
             parse_dataset_name(name, f"spec.suite_datasets[{i}]")
@@ -45,7 +49,8 @@ def spec_to_pb(spec: EvaluationJobSpec) -> pb.EvaluationJobSpec:
              False: pb.EVALUATION_JUDGE_OFF}[spec.judge]
     return pb.EvaluationJobSpec(base_model=spec.base_model, version=spec.version,
                                 baseline_version=spec.baseline_version, suite_paths=list(spec.suite_paths),
-                                judge=judge, judge_model=spec.judge_model, suite_datasets=list(spec.suite_datasets))
+                                judge=judge, judge_model=spec.judge_model, suite_datasets=list(spec.suite_datasets),
+                                base_model_itself=spec.base_model_itself)
 
 
 def job_to_pb(job: EvaluationJob) -> pb.EvaluationJob:

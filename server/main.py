@@ -397,7 +397,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         adapters=registry,
         lora=owned.lora.controller if owned.lora is not None else None,
         evaluations=EvaluationJobs(evaluation_manager, registry=registry, suite_path=suite_path,
-                                   datasets=dataset_suites)
+                                   datasets=dataset_suites, base_model=settings.default_base_model,
+                                   configured_suite=bool(settings.eval_suite_path))
         if evaluation_manager is not None else None,
         feedback=feedback_ingestor(settings, feedback_store),
         feedback_records=feedback_store,

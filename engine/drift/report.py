@@ -62,10 +62,11 @@ class FeedbackBucket:
 
 @dataclass(frozen=True)
 class EvalPoint:
-    """One recorded evaluation of a version of the base model (LoraControl's gate or an evaluation job)."""
+    """One recorded evaluation of a version of the base model, or of the base model itself (LoraControl's gate or an
+    evaluation job)."""
 
     time: datetime
-    version: str
+    version: str  # "": the base model itself
     baseline_version: str
     passed: bool
     metrics: tuple[tuple[str, float], ...]

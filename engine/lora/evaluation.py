@@ -42,6 +42,7 @@ from pathlib import Path
 from engine.domain import SuiteKind, SuiteVerdict
 from engine.errors import FailedPrecondition, InvalidArgument
 from engine.golden import GoldenCase, cases_digest, read_cases
+from engine.lora import lineage
 from engine.lora.grounding import unsupported
 from engine.lora.judge import RUBRIC, SUPPORTED_RULE, JudgeInfo, JudgeVerdict
 
@@ -110,14 +111,20 @@ def _hallucinated(source: str, unsupported: tuple[str, ...], judge: JudgeVerdict
     return bool(unsupported) or (judge is not None and judge.supported is False)
 
 
+def described(version: str) -> str:
+    """A candidate or baseline as reports and messages name it: the version, or "the base model" for ""."""
+    return version or "the base model"
+
+
 @dataclass(frozen=True)
 class EvalReport:
-    version: str
-    baseline_version: str
+    version: str  # "": the base model itself
+    baseline_version: str  # "": the base model
     suites: tuple[SuiteVerdict, ...]
     results: tuple[tuple[CaseResult, ...], ...]  # per suite, in the order of ``suites``
     time: datetime
     judge: JudgeInfo | None = None  # who graded the answers, when the judge is on
+    learning_curve: lineage.LearningCurve | None = None  # the candidate's scores across its lineage
 
     @property
     def passed(self) -> bool:
@@ -360,9 +367,11 @@ def _result_doc(r: CaseResult) -> dict[str, object]:
 
 
 def render_reports(report: EvalReport) -> dict[str, bytes]:
-    """The report as JSON, Markdown, a self-contained HTML page (its chart inlined) and the chart as PNG."""
+    """The report as JSON, Markdown, a self-contained HTML page (its charts inlined) and the charts as PNG: the
+    suites' bars (report.png) and, with the report's lineage, the learning curve across it (lineage.png)."""
     doc: dict[str, object] = {
-        "version": report.version, "baseline_version": report.baseline_version, "time": report.time.isoformat(),
+        "version": report.version, "base_model_itself": not report.version,
+        "baseline_version": report.baseline_version, "time": report.time.isoformat(),
         "passed": report.passed, "failed_checks": list(report.failed_checks), "regressions": report.regressions,
     }
     if report.judge is not None:
@@ -372,16 +381,20 @@ def render_reports(report: EvalReport) -> dict[str, bytes]:
         for s, results in zip(report.suites, report.results, strict=True)
     ]
     png = _chart(report)
+    curve = lineage.chart(report.learning_curve) if report.learning_curve is not None else b""
+    if report.learning_curve is not None:
+        doc["lineage"] = lineage.as_doc(report.learning_curve)
     return {
         "report.json": json.dumps(doc, indent=2, ensure_ascii=False).encode(),
         "report.md": _markdown(report).encode(),
-        "report.html": _html(report, png).encode(),
+        "report.html": _html(report, png, curve).encode(),
         "report.png": png,
+        **({"lineage.png": curve} if curve else {}),
     }
 
 
 def _labels(report: EvalReport) -> tuple[str, str]:
-    return f"candidate {report.version}", f"baseline {report.baseline_version or 'base model'}"
+    return f"candidate {report.version or 'base model'}", f"baseline {report.baseline_version or 'base model'}"
 
 
 def _grade(v: JudgeVerdict | None) -> str:
@@ -420,7 +433,7 @@ def _quality(s: SuiteVerdict) -> str:
 def _markdown(report: EvalReport) -> str:
     candidate, baseline = _labels(report)
     lines = [
-        f"# Eval of {report.version} against {report.baseline_version or 'the base model'}", "",
+        f"# Eval of {described(report.version)} against {described(report.baseline_version)}", "",
         f"- time: {report.time.isoformat()}",
         f"- gate: **{'PASSED' if report.passed else 'FAILED'}**"
         + (f" ({'; '.join(report.failed_checks)})" if report.failed_checks else ""),
@@ -437,6 +450,8 @@ def _markdown(report: EvalReport) -> str:
         base = f"{m['baseline_' + key]:.3f}" if "baseline_" + key in m else "-"
         lines.append(f"| {s.name} | {s.kind.value} | {s.cases} | {cand} | {base} | "
                      f"{'passed' if s.passed else 'FAILED: ' + '; '.join(s.failed_checks)} |")
+    if report.learning_curve is not None:
+        lines += lineage.markdown(report.learning_curve)
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")[:80]
@@ -527,7 +542,7 @@ def _chart(report: EvalReport) -> bytes:
         ax.set_title(title)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncols=2)
-    fig.suptitle(f"{report.version}: gate {'passed' if report.passed else 'FAILED'}, "
+    fig.suptitle(f"{described(report.version)}: gate {'passed' if report.passed else 'FAILED'}, "
                  f"{report.regressions} regressions")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = io.BytesIO()
@@ -543,8 +558,9 @@ font-weight:bold}tr.regressed td{background:#fde8e8}.note{color:#555}img{max-wid
 details pre{white-space:pre-wrap;background:#f8f8f8;padding:.5em;max-width:60em}"""
 
 
-def _html(report: EvalReport, png: bytes) -> str:
-    """One self-contained page: the verdict, the chart (inline PNG), one table of suites, one of cases each."""
+def _html(report: EvalReport, png: bytes, curve: bytes = b"") -> str:
+    """One self-contained page: the verdict, the charts (inline PNG: the suites' bars, the learning curve across the
+    lineage), one table of suites, one of cases each."""
     import base64  # noqa: PLC0415
     from html import escape  # noqa: PLC0415
 
@@ -552,8 +568,8 @@ def _html(report: EvalReport, png: bytes) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>Eval of {escape(report.version)}: {verdict}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Eval of {escape(report.version)} against {escape(report.baseline_version or 'the base model')}</h1>",
+        f"<title>Eval of {escape(described(report.version))}: {verdict}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Eval of {escape(described(report.version))} against {escape(described(report.baseline_version))}</h1>",
         f"<p>Gate: <span class={verdict.lower()}>{verdict}</span>, {report.regressions} regressions, "
         f"{escape(report.time.isoformat())}</p>",
     ]
@@ -567,6 +583,8 @@ def _html(report: EvalReport, png: bytes) -> str:
                        ("hallucination_rate", "hallucination rate")) if _scores(report, key)[0]])
     parts.append(f'<img id=chart alt="{shown} per suite, {escape(candidate)} against {escape(baseline)}" '
                  f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if report.learning_curve is not None:
+        parts.append(lineage.html(report.learning_curve, curve))
     parts.append(f"<table id=suites><tr><th>suite</th><th>kind</th><th>cases</th><th>{escape(candidate)}</th>"
                  f"<th>{escape(baseline)}</th><th>verdict</th><th>note</th></tr>")
     for s in report.suites:

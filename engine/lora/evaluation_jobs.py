@@ -1,5 +1,5 @@
-"""Evaluation jobs: a version against the eval gate's suites and named golden suites, as a job of the typed job
-core (engine.jobs), with per-answer progress.
+"""Evaluation jobs: a version against the eval gate's suites and named golden suites, or the base model itself
+against named golden suites, as a job of the typed job core (engine.jobs), with per-answer progress.
 
 Golden suites are files below the data root (``suite_paths``) or stored dataset versions (``suite_datasets``,
 engine.lora.dataset_suites). A dataset named without a version is pinned to its newest version when the job is
@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import Cancelled
+from engine.errors import Cancelled, FailedPrecondition, ViolationCollector
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobContext, JobManager
 from engine.lora.dataset_suites import DatasetSuites
-from engine.lora.evaluation import Suite, load_suite
+from engine.lora.evaluation import Suite, described, load_suite
 from engine.lora.judge import JudgeChoice
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
@@ -35,15 +35,30 @@ PROGRESS_EVENTS = 100  # at most about this many progress events a job
 SuitePath = Callable[[str, str], Path]  # (path below the data root, the request field) -> the file; raises if bad
 
 
+def check_suite_count(issues: ViolationCollector, files: int, datasets: int, *, files_field: str,
+                      datasets_field: str) -> None:
+    """At most MAX_SUITES golden suites in all, files and stored datasets together (a job's spec, EvaluateAdapter):
+    the violation names the datasets' field when there are any (the list that tipped it over), else the files'."""
+    count = files + datasets
+    issues.check(count <= MAX_SUITES, datasets_field if datasets else files_field,
+                 f"at most {MAX_SUITES} suites in all ({files_field.rsplit('.', 1)[-1]} and "
+                 f"{datasets_field.rsplit('.', 1)[-1]}), got {count}")
+
+
 @dataclass(frozen=True)
 class EvaluationJobSpec:
     base_model: str
-    version: str
+    version: str  # "": the base model itself (base_model_itself), scored on golden suites only
     baseline_version: str = ""  # "": the version active when the job runs (the base model when none is)
     suite_paths: tuple[str, ...] = ()  # golden suites below the data root; () and no suite_datasets: the configured one
     judge: bool | None = None  # the LLM judge on or off for this job; None: as the server is configured
     judge_model: str = ""  # the judge's model; "": the configured one (or the base model)
     suite_datasets: tuple[str, ...] = ()  # stored dataset versions as golden suites, as asked ("datasets/x" or pinned)
+
+    @property
+    def base_model_itself(self) -> bool:
+        """Whether the base model itself is evaluated (no adapter) rather than a version."""
+        return not self.version
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class EvaluationRunner:
         pinned = ctx.job.output.suite_datasets or spec.suite_datasets
         goldens += [await self._datasets.suite(name, f"spec.suite_datasets[{i}]")
                     for i, name in enumerate(pinned)]
-        ctx.started(JobState.RUNNING, f"evaluating {spec.version} against "
+        ctx.started(JobState.RUNNING, f"evaluating {described(spec.version)} against "
                                       f"{spec.baseline_version or 'the active version'}")
         sink, cancel = ctx.sink, ctx.cancel
 
@@ -104,7 +119,8 @@ class EvaluationRunner:
         await asyncio.sleep(0)  # let the last progress event land before the job ends
         ctx.set_output(replace(ctx.job.output, eval=summary))
         failed = "; ".join(summary.failed_checks)
-        return f"{spec.version}: the gate passes" if summary.passed else f"{spec.version}: the gate fails ({failed})"
+        shown = described(spec.version)
+        return f"{shown}: the gate passes" if summary.passed else f"{shown}: the gate fails ({failed})"
 
     def fold(self, job: EvaluationJob, payload: object) -> EvaluationJob:
         if isinstance(payload, EvaluationProgress):
@@ -116,14 +132,26 @@ class EvaluationJobs:
     """The evaluation jobs servicers see: create (validated), get, list, cancel, watch."""
 
     def __init__(self, manager: JobManager[EvaluationJobSpec, EvaluationOutput], *, registry: AdapterRegistry,
-                 suite_path: SuitePath, datasets: DatasetSuites) -> None:
+                 suite_path: SuitePath, datasets: DatasetSuites, base_model: str, configured_suite: bool) -> None:
         self._manager = manager
         self._registry = registry
         self._suite_path = suite_path
         self._datasets = datasets
+        self._base_model = base_model  # the one the serving target serves: what the jobs evaluate
+        self._configured_suite = configured_suite  # whether the server has a golden suite (eval_suite_path)
 
     async def create(self, spec: EvaluationJobSpec, *, request_id: str = "") -> EvaluationJob:
-        await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
+        if spec.base_model != self._base_model:
+            raise FailedPrecondition("BASE_MODEL_MISMATCH", f"this serving target serves base model "
+                                                            f"{self._base_model}, not {spec.base_model}",
+                                     metadata={"requested": spec.base_model, "served": self._base_model})
+        if not spec.base_model_itself:
+            await self._registry.get(spec.base_model, spec.version, field_path="spec.version")
+        elif not (spec.suite_paths or spec.suite_datasets or self._configured_suite):
+            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
+                                     "the base model itself is scored on golden suites only (it has no training data "
+                                     "of its own) and none is configured; name one with spec.suite_paths or "
+                                     "spec.suite_datasets")
         if spec.baseline_version:
             await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
         for i, path in enumerate(spec.suite_paths):  # a missing file or a bad line: refused before a job exists
@@ -146,4 +174,3 @@ class EvaluationJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[EvaluationJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
-

@@ -45,6 +45,9 @@ class RegistryAdapters:
             report_uris=summary.report_uris, time=summary.time, suites=summary.suites, id=summary.id,
         ))
 
+    async def lineage(self, base_model: str, version: str) -> list[str]:
+        return [record.version for record in await self._registry.lineage(base_model, version)]
+
 
 def _publish_dir(staging: Path, dest: Path) -> None:
     if dest.exists():  # a half-written directory from a crash: replace it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -149,6 +150,10 @@ class AdapterFetcher(Protocol):
         """Attach an eval result to the version's metadata."""
         ...
 
+    async def lineage(self, base_model: str, version: str) -> list[str]:
+        """The version and the versions it continues, back to the root (deleted ones included), the version first."""
+        ...
+
 
 class GateInputs(Protocol):
     """What the gate knows of versions besides their answers (engine.lora.suites)."""
@@ -190,6 +195,10 @@ class LoraStateStore(Protocol):
 
     async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
         """The version's latest evaluation, or the one of id ``evaluation``; None if there is none."""
+        ...
+
+    async def evaluations(self, base_model: str, versions: Sequence[str], *, per_version: int) -> list[EvalSummary]:
+        """The newest ``per_version`` evaluations of each of ``versions`` ("": the base model itself), newest first."""
         ...
 
     async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:

@@ -26,6 +26,7 @@ from engine import telemetry
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
+from engine.lora import lineage
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
 from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
 from engine.lora.state import (
@@ -87,6 +88,18 @@ def to_the_end(operation: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
         return await asyncio.shield(self._spawn(operation(self, *args, **kwargs), operation.__name__))
 
     return run
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an evaluation scores, resolved before anything is loaded or answered."""
+
+    version: str
+    baseline_version: str
+    suites: tuple[ev.Suite, ...]
+    judge: Judge | None
+    basis: str  # engine.lora.evaluation.evaluation_basis
+    gated: bool  # the gate's own suites (target, retention, base) are scored: the gate is on and it is a version
 
 
 class _Op:
@@ -302,8 +315,17 @@ class ServingTarget:
         """Run the gate's suites on ``version`` against ``baseline_version`` (None: the active one), with the
         golden ``suites``, files or suites already built (none: the configured one); ``progress`` hears of every
         answer; ``judge`` overrides the configured LLM judge (None: as configured); with ``reuse``, the version's
-        latest evaluation stands when it was against the same baseline on the same basis."""
+        latest evaluation stands when it was against the same baseline on the same basis.
+
+        ``version`` "" is the base model itself: it has no training data or lineage of its own, so it is scored on
+        the golden suites only (EVAL_SUITE_NOT_CONFIGURED without one); against itself when the baseline is the base
+        model too, answered once."""
         goldens = list(suites) or ([self.config.eval_suite] if self.config.eval_suite is not None else [])
+        if not goldens and not version:
+            raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
+                                     "the base model itself is scored on golden suites only (it has no training data "
+                                     "of its own) and none is configured; name one with suite_paths, suite_path or "
+                                     "suite_datasets")
         if not goldens and self._gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
                                      "no golden suite is configured and the gate is off; name one with suite_path "
@@ -312,6 +334,10 @@ class ServingTarget:
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
             baseline = self._state.active_version if baseline_version is None else baseline_version
+            plan = await self._plan(version, baseline, goldens, judge)
+            kept = await self._reusable(plan) if reuse else None
+            if kept is not None:
+                return kept  # nothing loaded, nothing answered
             temporary = []
             try:
                 for v in {version, baseline} - {""}:
@@ -320,7 +346,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._evaluate(version, baseline, goldens, progress, judge, reuse=reuse)
+                return await self._score(plan, progress)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -332,19 +358,21 @@ class ServingTarget:
         if not goldens and self._gate is None:
             return None
         with op.phase("eval"):
-            summary = op.gate = await self._evaluate(version, self._state.active_version, goldens, reuse=True)
+            plan = await self._plan(version, self._state.active_version, goldens, None)
+            summary = op.gate = await self._reusable(plan) or await self._score(plan)
         if not summary.passed and not force:
             raise _refusal(summary)
         return summary
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
-        """One stored report file of an evaluation of ``version`` (its latest when ``evaluation`` is empty):
-        (the evaluation, the file's bytes, where it is stored); NotFound EVALUATION_NOT_FOUND without one."""
+        """One stored report file of an evaluation of ``version`` ("": the base model itself; its latest when
+        ``evaluation`` is empty): (the evaluation, the file's bytes, where it is stored); NotFound
+        EVALUATION_NOT_FOUND without one."""
         base = self.config.base_model
         summary = await self._store.latest_eval(base, version, evaluation)
         if summary is None or not summary.id:
             which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
-            raise NotFound("EVALUATION_NOT_FOUND", f"{version} has no {which}",
+            raise NotFound("EVALUATION_NOT_FOUND", f"{ev.described(version)} has no {which}",
                            metadata={"version": version, "evaluation_id": evaluation})
         key = report_key(base, version, summary.id, file)
         return summary, await self._reports.get_bytes(key), self._reports.uri(key)
@@ -509,12 +537,10 @@ class ServingTarget:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    async def _evaluate(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
-                        progress: Progress | None = None, choice: JudgeChoice | None = None, *,
-                        reuse: bool = False) -> EvalSummary:
-        """Evaluate ``version`` against ``baseline_version``. With ``reuse``, the version's latest evaluation
-        stands instead when it was against the same baseline on the same basis (evaluation_basis): a pipeline's
-        EVALUATE and the gate of the activation or canary after it do not answer the same suites twice."""
+    async def _plan(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
+                    choice: JudgeChoice | None) -> _Plan:
+        """What evaluating ``version`` against ``baseline_version`` scores (the golden suites read, the gate's
+        built) and on what basis; nothing is loaded or answered."""
         base = self._state.base_model
         suites: list[ev.Suite] = []
         for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
@@ -523,18 +549,33 @@ class ServingTarget:
                 continue
             cases, digest = await asyncio.to_thread(ev.load_suite, golden)
             suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
-        if self._gate is not None:
-            suites += await self._gate.suites(base, version, baseline_version)
-        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
+        gate = self._gate if version else None  # the base model itself has no data or lineage of its own
+        if gate is not None:
+            suites += await gate.suites(base, version, baseline_version)
         judge = self._judge(choice)
-        basis = ev.evaluation_basis(suites, self._gate is not None, self.config.thresholds,
-                                    self.config.eval_max_tokens, judge.info if judge else None)
-        if reuse:
-            latest = await self._store.latest_eval(base, version)
-            if latest is not None and latest.baseline_version == baseline_version and latest.basis == basis:
-                log.info("the gate reuses an evaluation", extra={"version": version, "evaluation": latest.id})
-                return latest
-        answered, total = 0, (4 if judge else 2) * sum(len(s.cases) for s in suites)
+        basis = ev.evaluation_basis(suites, gate is not None, self.config.thresholds, self.config.eval_max_tokens,
+                                    judge.info if judge else None)
+        return _Plan(version, baseline_version, tuple(suites), judge, basis, gate is not None)
+
+    async def _reusable(self, plan: _Plan) -> EvalSummary | None:
+        """The version's latest evaluation when it was against the same baseline on the same basis
+        (evaluation_basis), else None: a pipeline's EVALUATE and the gate of the activation or canary after it do
+        not answer the same suites twice. It only reads the store, so callers ask it before loading anything."""
+        latest = await self._store.latest_eval(self._state.base_model, plan.version)
+        if latest is None or latest.baseline_version != plan.baseline_version or latest.basis != plan.basis:
+            return None
+        log.info("the gate reuses an evaluation", extra={"version": plan.version, "evaluation": latest.id})
+        return latest
+
+    async def _score(self, plan: _Plan, progress: Progress | None = None) -> EvalSummary:
+        """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision.
+        When both sides are one model (the base model against itself), it answers once for both."""
+        base, version, baseline_version = self._state.base_model, plan.version, plan.baseline_version
+        suites, judge = plan.suites, plan.judge
+        candidate_model = lora_name(base, version) if version else self._router.base_model_name
+        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
+        same = candidate_model == baseline_model
+        answered, total = 0, (2 if judge else 1) * (1 if same else 2) * sum(len(s.cases) for s in suites)
         verdicts, results = [], []
         for suite in suites:
 
@@ -544,29 +585,32 @@ class ServingTarget:
                 if progress is not None:
                     progress(name, answered, total)
 
-            candidate = await self._answers(lora_name(base, version), suite.cases, tick)
-            baseline = await self._answers(baseline_model, suite.cases, tick)
+            candidate = await self._answers(candidate_model, suite.cases, tick)
+            baseline = candidate if same else await self._answers(baseline_model, suite.cases, tick)
             judged = None
             if judge is not None:
-                judged = (await self._graded(judge, suite.cases, candidate, tick),
-                          await self._graded(judge, suite.cases, baseline, tick))
+                graded = await self._graded(judge, suite.cases, candidate, tick)
+                judged = (graded, graded if same else await self._graded(judge, suite.cases, baseline, tick))
                 judge.check(suite.name, [*judged[0], *judged[1]])
             verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds, judged)
             verdicts.append(verdict)
             results.append(scored)
-        if self._gate is not None:
-            mine = await self._gate.base_retention(base, version)
+        gate = self._gate if plan.gated else None
+        if gate is not None:
+            mine = await gate.base_retention(base, version)
             theirs: float | None = 1.0  # the base model keeps all it knows
             if baseline_version:
-                measured = await self._gate.base_retention(base, baseline_version)
+                measured = await gate.base_retention(base, baseline_version)
                 theirs = measured.retention if measured else None
             verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
                                             self.config.thresholds))
             results.append(())
         now = datetime.now(UTC)
-        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
-                               results=tuple(results), time=now, judge=judge.info if judge else None)
         evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
+        curve = await self._learning_curve(version, verdicts, evaluation)
+        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
+                               results=tuple(results), time=now, judge=judge.info if judge else None,
+                               learning_curve=curve)
         rendered = await asyncio.to_thread(ev.render_reports, report)
         uris = []
         for file, data in rendered.items():
@@ -576,14 +620,26 @@ class ServingTarget:
         summary = EvalSummary(
             suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
             regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=basis,
+            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=plan.basis,
         )
         await self._store.save_eval(base, summary)
+        if not version:  # the base model itself has no adapter record
+            return summary
         try:
             await self._adapters.record_eval(base, summary)
         except EngineError as exc:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
+
+    async def _learning_curve(self, version: str, verdicts: Sequence[ev.SuiteVerdict],
+                              evaluation: str) -> lineage.LearningCurve:
+        """The scores of ``version``'s lineage (as the registry records it) on the suites of this evaluation, from
+        their stored evaluations and the base model's own (engine.lora.lineage)."""
+        base = self._state.base_model
+        chain = await self._adapters.lineage(base, version) if version else [""]
+        stored = await self._store.evaluations(base, ["", *chain[1:lineage.MAX_VERSIONS]],
+                                               per_version=lineage.PER_VERSION) if version else []
+        return lineage.learning_curve(chain, stored, verdicts, evaluation)
 
     def _judge(self, choice: JudgeChoice | None) -> Judge | None:
         """The judge of this evaluation, if it is judged: the model it names, the configured one, or the base model
@@ -626,9 +682,13 @@ def _split_id(split: TrafficSplitState | None) -> int:
     return split.id if split is not None else 0
 
 
+BASE_MODEL_REPORTS = "base-model"  # the folder of the base model's own evaluations, beside its versions' folders
+
+
 def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
-    """Where one report file of an evaluation is stored (the artifact store's key)."""
-    return f"evaluations/{base_model}/{version}/{evaluation}/{file}"
+    """Where one report file of an evaluation of ``version`` ("": the base model itself) is stored (the artifact
+    store's key)."""
+    return f"evaluations/{base_model}/{version or BASE_MODEL_REPORTS}/{evaluation}/{file}"
 
 
 def _refusal(summary: EvalSummary) -> FailedPrecondition:

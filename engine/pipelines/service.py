@@ -24,9 +24,10 @@ from pathlib import Path
 
 from engine import telemetry
 from engine.domain import FeedbackSource, StoredDatasetSource
-from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
+from engine.lora.evaluation_jobs import check_suite_count
 from engine.pipelines import triggers as tr
 from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, PipelineStore, Serving
 from engine.pipelines.spec import (
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 SuitePath = Callable[[str, str], Path]
 MAX_TRIGGERS = 16
-MAX_SUITES = 16
 
 
 def _invalid(field_path: str, description: str, reason: str = "INVALID_PIPELINE") -> InvalidArgument:
@@ -103,11 +103,10 @@ class Pipelines:
             if isinstance(trigger, DriftTrigger) and self._drift is None:
                 raise FailedPrecondition("PIPELINE_DRIFT_NOT_AVAILABLE",
                                          "this server measures no drift; a drift trigger cannot fire")
-        suites = len(pipeline.suite_paths) + len(pipeline.suite_datasets)
-        if suites > MAX_SUITES:
-            field_path = f"{field_prefix}.suite_datasets" if pipeline.suite_datasets else f"{field_prefix}.suite_paths"
-            raise _invalid(field_path, f"at most {MAX_SUITES} suites in all (suite_paths and suite_datasets), "
-                                       f"got {suites}")
+        issues = ViolationCollector()
+        check_suite_count(issues, len(pipeline.suite_paths), len(pipeline.suite_datasets),
+                          files_field=f"{field_prefix}.suite_paths", datasets_field=f"{field_prefix}.suite_datasets")
+        issues.raise_if_any("INVALID_PIPELINE", "invalid pipeline")
         source = pipeline.training.dataset
         if isinstance(source, StoredDatasetSource):  # a golden version trains nothing (GOLDEN_DATASET_NOT_TRAINABLE)
             with contextlib.suppress(NotFound):  # a dataset stored later is resolved when a run takes it

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -125,6 +125,16 @@ class PostgresLoraStore:
                 base_model, version, evaluation,
             )
         return _EVAL.validate_json(doc) if doc else None
+
+    async def evaluations(self, base_model: str, versions: Sequence[str], *, per_version: int) -> list[EvalSummary]:
+        async with self._pool.acquire() as conn:
+            docs = await conn.fetch(
+                "SELECT doc FROM (SELECT id, doc, row_number() OVER (PARTITION BY version ORDER BY id DESC) AS n"
+                " FROM lora_evals WHERE base_model = $1 AND version = ANY($2::text[])) newest"
+                " WHERE n <= $3 ORDER BY id DESC",
+                base_model, list(versions), per_version,
+            )
+        return [_EVAL.validate_json(row["doc"]) for row in docs]
 
     async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:
         async with self._pool.acquire() as conn:

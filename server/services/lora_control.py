@@ -12,7 +12,7 @@ from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation import Suite
-from engine.lora.evaluation_jobs import MAX_SUITES
+from engine.lora.evaluation_jobs import check_suite_count
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
 from learning.v1 import lora_control_pb2 as pb
@@ -29,6 +29,7 @@ _REPORT_FILES = {
     pb.REPORT_FORMAT_JSON: ("report.json", "application/json"),
     pb.REPORT_FORMAT_MARKDOWN: ("report.md", "text/markdown; charset=utf-8"),
     pb.REPORT_FORMAT_PNG: ("report.png", "image/png"),
+    pb.REPORT_FORMAT_LINEAGE_PNG: ("lineage.png", "image/png"),
 }
 
 
@@ -66,12 +67,23 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                 metadata={"requested": base_model, "served": mine},
             )
 
-    def _version(self, version: str, field_path: str = "version") -> str:
+    def _version(self, version: str, field_path: str = "version", *, hint: str = "") -> str:
         if not version:
-            raise InvalidArgument("MISSING_VERSION", f"{field_path} is required",
-                                  violations=[FieldViolation(field_path, "required, e.g. v1.2")])
+            raise InvalidArgument("MISSING_VERSION", f"{field_path} is required{hint}",
+                                  violations=[FieldViolation(field_path, f"required, e.g. v1.2{hint}")])
         parse_version(version, field_path)
         return version
+
+    def _candidate(self, version: str, base_model_itself: bool, reason: str) -> str:
+        """The version a request evaluates (or reports on), or "" for the base model itself: then ``version`` must
+        be empty (INVALID_ARGUMENT ``reason``)."""
+        if not base_model_itself:
+            return self._version(version, hint=" (or set base_model_itself for the base model itself)")
+        if version:
+            raise InvalidArgument(reason, f"version {version!r} and base_model_itself name two candidates; give one",
+                                  violations=[FieldViolation("version", "must be empty with base_model_itself (the "
+                                                                        "base model itself, not a version)")])
+        return ""
 
     async def GetLoraStatus(self, request: pb.GetLoraStatusRequest, context: grpc.aio.ServicerContext):
         return pb.GetLoraStatusResponse(status=convert.status_to_pb(await self._control.status()))
@@ -111,7 +123,7 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
             yield pb.WatchLoraStatusResponse(status=convert.status_to_pb(status))
 
     async def GetEvaluationReport(self, request: pb.GetEvaluationReportRequest, context: grpc.aio.ServicerContext):
-        version = self._version(request.version)
+        version = self._candidate(request.version, request.base_model_itself, "INVALID_REPORT_REQUEST")
         self._check_base_model(request.base_model)
         issues = ViolationCollector()
         issues.check(not request.evaluation_id or bool(EVALUATION_ID.fullmatch(request.evaluation_id)),
@@ -125,14 +137,13 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                                               content=content, uri=uri)
 
     async def EvaluateAdapter(self, request: pb.EvaluateAdapterRequest, context: grpc.aio.ServicerContext):
-        version = self._version(request.version)
+        version = self._candidate(request.version, request.base_model_itself, "INVALID_EVALUATION_SPEC")
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
-        suites = bool(request.suite_path) + len(request.suite_datasets)
-        if suites > MAX_SUITES:
-            raise InvalidArgument("INVALID_EVALUATION_SPEC", f"at most {MAX_SUITES} suites in all, got {suites}",
-                                  violations=[FieldViolation("suite_datasets", f"at most {MAX_SUITES} suites in all "
-                                                                               "(suite_path and suite_datasets)")])
+        issues = ViolationCollector()
+        check_suite_count(issues, bool(request.suite_path), len(request.suite_datasets), files_field="suite_path",
+                          datasets_field="suite_datasets")
+        issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation request")
         goldens: list[Path | Suite] = [resolve_dataset_path(self._datasets_dir, request.suite_path, "suite_path")] \
             if request.suite_path else []
         for i, name in enumerate(request.suite_datasets):

@@ -283,3 +283,29 @@ async def test_train_data_uploads_a_file_of_this_machine(make_server, data_dir: 
     job = json.loads(created.out)
     assert job["spec"]["dataset_name"] == "datasets/my-capitals/versions/1" and job["state"] == "JOB_STATE_QUEUED"
     assert (await cli(port, *TRAIN, "--validate-only")).code == 0  # capitals.jsonl: the server's file
+
+
+async def test_evaluating_the_base_model_itself(make_server, data_dir: Path, tmp_path: Path) -> None:
+    """`evaluate --base-model-itself` (and as a job, and its reports, the learning curve's chart too): the base model
+    on the golden suites only, against itself while no version is active; naming a version too, or no golden suite,
+    is refused."""
+    (data_dir / "datasets" / "golden.jsonl").write_text(
+        json.dumps({"prompt": "What is the capital of France?", "expected": "Paris"}) + "\n")
+    port = (await make_server(eval_max_tokens=4)).app.port
+    evaluated = await cli(port, "evaluate", "--base-model-itself", "--suite", "golden.jsonl")
+    assert evaluated.code == 0, evaluated.err
+    assert re.match(r"the base model vs the base model: (passed|FAILED)\n", evaluated.out), evaluated.out
+    assert re.search(r"^│ golden +│ 1 ", evaluated.out, re.MULTILINE), evaluated.out
+    fetched = await cli(port, "report", "--base-model-itself", "--format", "html", "--out", str(tmp_path / "b.html"))
+    assert fetched.code == 0 and fetched.out.startswith("the base model evaluation "), fetched.err
+    assert "Eval of the base model against the base model" in (tmp_path / "b.html").read_text()
+    curve = await cli(port, "report", "--base-model-itself", "--format", "lineage-png", "-o", str(tmp_path / "c.png"))
+    assert curve.code == 0 and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", curve.err
+    assert (await cli(port, "report", "--base-model-itself", "--format", "lineage-png")).code == 3  # needs --out
+    as_job = await cli(port, "evaluation-jobs", "create", "--base-model-itself", "--suite", "golden.jsonl", "--watch")
+    assert as_job.code == 0 and "SUCCEEDED" in as_job.out, as_job.err
+    assert re.search(r"^the base model vs the base model: (passed|FAILED)$", as_job.out, re.MULTILINE), as_job.out
+    both = await cli(port, "evaluate", "v1.0", "--base-model-itself", "--suite", "golden.jsonl")
+    assert both.code == 3 and "INVALID_EVALUATION_SPEC" in both.err, both.err
+    unconfigured = await cli(port, "evaluation-jobs", "create", "--base-model-itself")
+    assert unconfigured.code == 9 and "EVAL_SUITE_NOT_CONFIGURED" in unconfigured.err, unconfigured.err

@@ -121,7 +121,7 @@ async def test_eval_gate_and_evaluate_adapter(make_server, data_dir: Path):
     assert golden.cases == 3 and not golden.passed and golden.failed_checks[0].startswith("pass rate 0.000 <")
     assert list(forced.eval.failed_checks) == [f"golden: {c}" for c in golden.failed_checks]
     assert [u.rsplit("/", 1)[1] for u in forced.eval.report_uris] == ["report.json", "report.md", "report.html",
-                                                                      "report.png"]
+                                                                      "report.png", "lineage.png"]
     assert f"/evaluations/{TINY}/{v10}/{forced.eval.evaluation_id}/" in forced.eval.report_uris[0]
     assert forced.eval.evaluation_id.endswith("-vs-base")
     evaluated = await stub(client).EvaluateAdapter(lc.EvaluateAdapterRequest(version=v10, suite_path="golden.jsonl"))

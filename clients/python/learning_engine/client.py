@@ -513,34 +513,39 @@ class AsyncClient:
 
     async def evaluate_adapter(
         self,
-        version: str,
+        version: str = "",
         *,
         baseline_version: str = "",
         suite_path: str = "",
         base_model: str = "",
         suite_datasets: Iterable[str] = (),
+        base_model_itself: bool = False,
     ) -> adapter.AdapterEvalSummary:
         """Run the gate's suites and the golden ones on ``version`` and a baseline (default: the active version, or
         the base model): ``suite_path`` below the server's datasets dir, ``suite_datasets`` stored dataset versions
-        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite."""
+        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite. With
+        ``base_model_itself`` (and no ``version``), the base model itself is evaluated, on the golden suites only."""
         request = lora.EvaluateAdapterRequest(
             version=version, baseline_version=baseline_version, suite_path=suite_path, base_model=base_model,
-            suite_datasets=list(suite_datasets),
+            suite_datasets=list(suite_datasets), base_model_itself=base_model_itself,
         )
         return (await self._operation(self.lora.EvaluateAdapter, request)).eval
 
     async def get_evaluation_report(
         self,
-        version: str,
+        version: str = "",
         *,
         evaluation_id: str = "",
         format: lora.ReportFormat = lora.REPORT_FORMAT_UNSPECIFIED,
         base_model: str = "",
+        base_model_itself: bool = False,
     ) -> lora.GetEvaluationReportResponse:
-        """A stored report of one of the version's evaluations (the latest unless ``evaluation_id``): HTML unless
-        ``format`` says JSON, Markdown or PNG; ``.content`` holds its bytes, ``.eval`` the evaluation."""
+        """A stored report of one of the version's evaluations (the latest unless ``evaluation_id``; of the base
+        model itself with ``base_model_itself`` and no ``version``): HTML unless ``format`` says JSON, Markdown or
+        PNG; ``.content`` holds its bytes, ``.eval`` the evaluation."""
         request = lora.GetEvaluationReportRequest(
-            version=version, evaluation_id=evaluation_id, format=format, base_model=base_model
+            version=version, evaluation_id=evaluation_id, format=format, base_model=base_model,
+            base_model_itself=base_model_itself,
         )
         return await self._unary(self.lora.GetEvaluationReport, request)
 
@@ -598,7 +603,8 @@ class AsyncClient:
     ) -> evaluation.EvaluationJob:
         """Evaluate a version against a baseline (the gate's suites, ``spec.suite_paths`` and
         ``spec.suite_datasets``) as a job; nothing is activated. The decision goes onto the version and the job's
-        ``eval``."""
+        ``eval``. ``spec.base_model_itself`` (and no ``spec.version``) evaluates the base model itself, on the golden
+        suites only."""
         request = evaluation.CreateEvaluationJobRequest(spec=spec, request_id=request_id)
         return (await self._unary(self.evaluation.CreateEvaluationJob, request)).evaluation_job
 

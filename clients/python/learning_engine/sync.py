@@ -271,16 +271,18 @@ class Client:
 
     def evaluate_adapter(
         self,
-        version: str,
+        version: str = "",
         *,
         baseline_version: str = "",
         suite_path: str = "",
         base_model: str = "",
         suite_datasets: Iterable[str] = (),
+        base_model_itself: bool = False,
     ) -> adapter.AdapterEvalSummary:
         """Run the gate's suites and the golden ones on ``version`` and a baseline (default: the active version, or
         the base model): ``suite_path`` below the server's datasets dir, ``suite_datasets`` stored dataset versions
-        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite."""
+        ("datasets/<dataset>" or ".../versions/<n>", each its test split); neither: the configured suite. With
+        ``base_model_itself`` (and no ``version``), the base model itself is evaluated, on the golden suites only."""
         return self._loop.run(
             self._async.evaluate_adapter(
                 version,
@@ -288,22 +290,29 @@ class Client:
                 suite_path=suite_path,
                 base_model=base_model,
                 suite_datasets=suite_datasets,
+                base_model_itself=base_model_itself,
             )
         )
 
     def get_evaluation_report(
         self,
-        version: str,
+        version: str = "",
         *,
         evaluation_id: str = "",
         format: lora.ReportFormat = lora.REPORT_FORMAT_UNSPECIFIED,
         base_model: str = "",
+        base_model_itself: bool = False,
     ) -> lora.GetEvaluationReportResponse:
-        """A stored report of one of the version's evaluations (the latest unless ``evaluation_id``): HTML unless
-        ``format`` says JSON, Markdown or PNG; ``.content`` holds its bytes, ``.eval`` the evaluation."""
+        """A stored report of one of the version's evaluations (the latest unless ``evaluation_id``; of the base
+        model itself with ``base_model_itself`` and no ``version``): HTML unless ``format`` says JSON, Markdown or
+        PNG; ``.content`` holds its bytes, ``.eval`` the evaluation."""
         return self._loop.run(
             self._async.get_evaluation_report(
-                version, evaluation_id=evaluation_id, format=format, base_model=base_model
+                version,
+                evaluation_id=evaluation_id,
+                format=format,
+                base_model=base_model,
+                base_model_itself=base_model_itself,
             )
         )
 
@@ -344,7 +353,8 @@ class Client:
     ) -> evaluation.EvaluationJob:
         """Evaluate a version against a baseline (the gate's suites, ``spec.suite_paths`` and
         ``spec.suite_datasets``) as a job; nothing is activated. The decision goes onto the version and the job's
-        ``eval``."""
+        ``eval``. ``spec.base_model_itself`` (and no ``spec.version``) evaluates the base model itself, on the golden
+        suites only."""
         return self._loop.run(self._async.create_evaluation_job(spec, request_id=request_id))
 
     def start_evaluation_job(self, spec: evaluation.EvaluationJobSpec, *, request_id: str = "") -> EvaluationJobHandle:

@@ -28,43 +28,43 @@ from learning.v1 import adapter_pb2 as learning_dot_v1_dot_adapter__pb2
 from learning.v1 import common_pb2 as learning_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clearning/v1/evaluation.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\x1a\x18learning/v1/common.proto\"\xc1\x01\n\x11\x45valuationJobSpec\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x13\n\x0bsuite_paths\x18\x04 \x03(\t\x12+\n\x05judge\x18\x05 \x01(\x0e\x32\x1c.learning.v1.EvaluationJudge\x12\x13\n\x0bjudge_model\x18\x06 \x01(\t\x12\x16\n\x0esuite_datasets\x18\x07 \x03(\t\"\xca\x03\n\rEvaluationJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.learning.v1.JobState\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x18.learning.v1.JobProgress\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04spec\x18\t \x01(\x0b\x32\x1e.learning.v1.EvaluationJobSpec\x12-\n\x04\x65val\x18\n \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\x12\x1f\n\x17resolved_suite_datasets\x18\x0c \x03(\t\"D\n\x12\x45valuationProgress\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"\xc0\x02\n\x12\x45valuationJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0cstate_change\x18\x03 \x01(\x0b\x32\x1b.learning.v1.JobStateChangeH\x00\x12\x33\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.learning.v1.EvaluationProgressH\x00\x12*\n\x07warning\x18\x05 \x01(\x0b\x32\x17.learning.v1.JobWarningH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.learning.v1.JobErrorH\x00\x12(\n\x06notice\x18\x07 \x01(\x0b\x32\x16.learning.v1.JobNoticeH\x00\x42\x06\n\x04kind\"^\n\x1a\x43reateEvaluationJobRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.learning.v1.EvaluationJobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x1b\x43reateEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"\'\n\x17GetEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x18GetEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"i\n\x19ListEvaluationJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.learning.v1.JobState\"j\n\x1aListEvaluationJobsResponse\x12\x33\n\x0f\x65valuation_jobs\x18\x01 \x03(\x0b\x32\x1a.learning.v1.EvaluationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1a\x43\x61ncelEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1b\x43\x61ncelEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"A\n\x19WatchEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x88\x01\n\x1aWatchEvaluationJobResponse\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJobH\x00\x12\x30\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1f.learning.v1.EvaluationJobEventH\x00\x42\x08\n\x06update*f\n\x0f\x45valuationJudge\x12 \n\x1c\x45VALUATION_JUDGE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VALUATION_JUDGE_ON\x10\x01\x12\x18\n\x14\x45VALUATION_JUDGE_OFF\x10\x02\x32\x98\x04\n\x11\x45valuationService\x12h\n\x13\x43reateEvaluationJob\x12\'.learning.v1.CreateEvaluationJobRequest\x1a(.learning.v1.CreateEvaluationJobResponse\x12_\n\x10GetEvaluationJob\x12$.learning.v1.GetEvaluationJobRequest\x1a%.learning.v1.GetEvaluationJobResponse\x12\x65\n\x12ListEvaluationJobs\x12&.learning.v1.ListEvaluationJobsRequest\x1a\'.learning.v1.ListEvaluationJobsResponse\x12h\n\x13\x43\x61ncelEvaluationJob\x12\'.learning.v1.CancelEvaluationJobRequest\x1a(.learning.v1.CancelEvaluationJobResponse\x12g\n\x12WatchEvaluationJob\x12&.learning.v1.WatchEvaluationJobRequest\x1a\'.learning.v1.WatchEvaluationJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clearning/v1/evaluation.proto\x12\x0blearning.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19learning/v1/adapter.proto\x1a\x18learning/v1/common.proto\"\xdc\x01\n\x11\x45valuationJobSpec\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x13\n\x0bsuite_paths\x18\x04 \x03(\t\x12+\n\x05judge\x18\x05 \x01(\x0e\x32\x1c.learning.v1.EvaluationJudge\x12\x13\n\x0bjudge_model\x18\x06 \x01(\t\x12\x16\n\x0esuite_datasets\x18\x07 \x03(\t\x12\x19\n\x11\x62\x61se_model_itself\x18\x08 \x01(\x08\"\xca\x03\n\rEvaluationJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.learning.v1.JobState\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x18.learning.v1.JobProgress\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04spec\x18\t \x01(\x0b\x32\x1e.learning.v1.EvaluationJobSpec\x12-\n\x04\x65val\x18\n \x01(\x0b\x32\x1f.learning.v1.AdapterEvalSummary\x12\x15\n\rlast_sequence\x18\x0b \x01(\x04\x12\x1f\n\x17resolved_suite_datasets\x18\x0c \x03(\t\"D\n\x12\x45valuationProgress\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"\xc0\x02\n\x12\x45valuationJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0cstate_change\x18\x03 \x01(\x0b\x32\x1b.learning.v1.JobStateChangeH\x00\x12\x33\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.learning.v1.EvaluationProgressH\x00\x12*\n\x07warning\x18\x05 \x01(\x0b\x32\x17.learning.v1.JobWarningH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.learning.v1.JobErrorH\x00\x12(\n\x06notice\x18\x07 \x01(\x0b\x32\x16.learning.v1.JobNoticeH\x00\x42\x06\n\x04kind\"^\n\x1a\x43reateEvaluationJobRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.learning.v1.EvaluationJobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x1b\x43reateEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"\'\n\x17GetEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x18GetEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"i\n\x19ListEvaluationJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.learning.v1.JobState\"j\n\x1aListEvaluationJobsResponse\x12\x33\n\x0f\x65valuation_jobs\x18\x01 \x03(\x0b\x32\x1a.learning.v1.EvaluationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1a\x43\x61ncelEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1b\x43\x61ncelEvaluationJobResponse\x12\x32\n\x0e\x65valuation_job\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJob\"A\n\x19WatchEvaluationJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x88\x01\n\x1aWatchEvaluationJobResponse\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.learning.v1.EvaluationJobH\x00\x12\x30\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1f.learning.v1.EvaluationJobEventH\x00\x42\x08\n\x06update*f\n\x0f\x45valuationJudge\x12 \n\x1c\x45VALUATION_JUDGE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VALUATION_JUDGE_ON\x10\x01\x12\x18\n\x14\x45VALUATION_JUDGE_OFF\x10\x02\x32\x98\x04\n\x11\x45valuationService\x12h\n\x13\x43reateEvaluationJob\x12\'.learning.v1.CreateEvaluationJobRequest\x1a(.learning.v1.CreateEvaluationJobResponse\x12_\n\x10GetEvaluationJob\x12$.learning.v1.GetEvaluationJobRequest\x1a%.learning.v1.GetEvaluationJobResponse\x12\x65\n\x12ListEvaluationJobs\x12&.learning.v1.ListEvaluationJobsRequest\x1a\'.learning.v1.ListEvaluationJobsResponse\x12h\n\x13\x43\x61ncelEvaluationJob\x12\'.learning.v1.CancelEvaluationJobRequest\x1a(.learning.v1.CancelEvaluationJobResponse\x12g\n\x12WatchEvaluationJob\x12&.learning.v1.WatchEvaluationJobRequest\x1a\'.learning.v1.WatchEvaluationJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'learning.v1.evaluation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVALUATIONJUDGE']._serialized_start=2054
-  _globals['_EVALUATIONJUDGE']._serialized_end=2156
+  _globals['_EVALUATIONJUDGE']._serialized_start=2081
+  _globals['_EVALUATIONJUDGE']._serialized_end=2183
   _globals['_EVALUATIONJOBSPEC']._serialized_start=157
-  _globals['_EVALUATIONJOBSPEC']._serialized_end=350
-  _globals['_EVALUATIONJOB']._serialized_start=353
-  _globals['_EVALUATIONJOB']._serialized_end=811
-  _globals['_EVALUATIONPROGRESS']._serialized_start=813
-  _globals['_EVALUATIONPROGRESS']._serialized_end=881
-  _globals['_EVALUATIONJOBEVENT']._serialized_start=884
-  _globals['_EVALUATIONJOBEVENT']._serialized_end=1204
-  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_start=1206
-  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_end=1300
-  _globals['_CREATEEVALUATIONJOBRESPONSE']._serialized_start=1302
-  _globals['_CREATEEVALUATIONJOBRESPONSE']._serialized_end=1383
-  _globals['_GETEVALUATIONJOBREQUEST']._serialized_start=1385
-  _globals['_GETEVALUATIONJOBREQUEST']._serialized_end=1424
-  _globals['_GETEVALUATIONJOBRESPONSE']._serialized_start=1426
-  _globals['_GETEVALUATIONJOBRESPONSE']._serialized_end=1504
-  _globals['_LISTEVALUATIONJOBSREQUEST']._serialized_start=1506
-  _globals['_LISTEVALUATIONJOBSREQUEST']._serialized_end=1611
-  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_start=1613
-  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_end=1719
-  _globals['_CANCELEVALUATIONJOBREQUEST']._serialized_start=1721
-  _globals['_CANCELEVALUATIONJOBREQUEST']._serialized_end=1763
-  _globals['_CANCELEVALUATIONJOBRESPONSE']._serialized_start=1765
-  _globals['_CANCELEVALUATIONJOBRESPONSE']._serialized_end=1846
-  _globals['_WATCHEVALUATIONJOBREQUEST']._serialized_start=1848
-  _globals['_WATCHEVALUATIONJOBREQUEST']._serialized_end=1913
-  _globals['_WATCHEVALUATIONJOBRESPONSE']._serialized_start=1916
-  _globals['_WATCHEVALUATIONJOBRESPONSE']._serialized_end=2052
-  _globals['_EVALUATIONSERVICE']._serialized_start=2159
-  _globals['_EVALUATIONSERVICE']._serialized_end=2695
+  _globals['_EVALUATIONJOBSPEC']._serialized_end=377
+  _globals['_EVALUATIONJOB']._serialized_start=380
+  _globals['_EVALUATIONJOB']._serialized_end=838
+  _globals['_EVALUATIONPROGRESS']._serialized_start=840
+  _globals['_EVALUATIONPROGRESS']._serialized_end=908
+  _globals['_EVALUATIONJOBEVENT']._serialized_start=911
+  _globals['_EVALUATIONJOBEVENT']._serialized_end=1231
+  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_start=1233
+  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_end=1327
+  _globals['_CREATEEVALUATIONJOBRESPONSE']._serialized_start=1329
+  _globals['_CREATEEVALUATIONJOBRESPONSE']._serialized_end=1410
+  _globals['_GETEVALUATIONJOBREQUEST']._serialized_start=1412
+  _globals['_GETEVALUATIONJOBREQUEST']._serialized_end=1451
+  _globals['_GETEVALUATIONJOBRESPONSE']._serialized_start=1453
+  _globals['_GETEVALUATIONJOBRESPONSE']._serialized_end=1531
+  _globals['_LISTEVALUATIONJOBSREQUEST']._serialized_start=1533
+  _globals['_LISTEVALUATIONJOBSREQUEST']._serialized_end=1638
+  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_start=1640
+  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_end=1746
+  _globals['_CANCELEVALUATIONJOBREQUEST']._serialized_start=1748
+  _globals['_CANCELEVALUATIONJOBREQUEST']._serialized_end=1790
+  _globals['_CANCELEVALUATIONJOBRESPONSE']._serialized_start=1792
+  _globals['_CANCELEVALUATIONJOBRESPONSE']._serialized_end=1873
+  _globals['_WATCHEVALUATIONJOBREQUEST']._serialized_start=1875
+  _globals['_WATCHEVALUATIONJOBREQUEST']._serialized_end=1940
+  _globals['_WATCHEVALUATIONJOBRESPONSE']._serialized_start=1943
+  _globals['_WATCHEVALUATIONJOBRESPONSE']._serialized_end=2079
+  _globals['_EVALUATIONSERVICE']._serialized_start=2186
+  _globals['_EVALUATIONSERVICE']._serialized_end=2722
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ EVALUATION_JUDGE_ON: EvaluationJudge
 EVALUATION_JUDGE_OFF: EvaluationJudge
 
 class EvaluationJobSpec(_message.Message):
-    __slots__ = ("base_model", "version", "baseline_version", "suite_paths", "judge", "judge_model", "suite_datasets")
+    __slots__ = ("base_model", "version", "baseline_version", "suite_paths", "judge", "judge_model", "suite_datasets", "base_model_itself")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class EvaluationJobSpec(_message.Message):
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_ITSELF_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     version: str
     baseline_version: str
@@ -38,7 +39,8 @@ class EvaluationJobSpec(_message.Message):
     judge: EvaluationJudge
     judge_model: str
     suite_datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ..., judge: _Optional[_Union[EvaluationJudge, str]] = ..., judge_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+    base_model_itself: bool
+    def __init__(self, base_model: _Optional[str] = ..., version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_paths: _Optional[_Iterable[str]] = ..., judge: _Optional[_Union[EvaluationJudge, str]] = ..., judge_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ..., base_model_itself: _Optional[bool] = ...) -> None: ...
 
 class EvaluationJob(_message.Message):
     __slots__ = ("name", "request_id", "state", "progress", "error", "create_time", "start_time", "end_time", "spec", "eval", "last_sequence", "resolved_suite_datasets")

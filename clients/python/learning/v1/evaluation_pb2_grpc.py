@@ -28,7 +28,8 @@ if _version_not_supported:
 class EvaluationServiceStub:
     """Evaluation jobs: a version against the eval gate's suites (its own data,
     what the versions before it were taught, base retention) and named golden
-    suites, answered by the serving engine, as a job with per-answer progress.
+    suites, or the base model itself against named golden suites, answered by
+    the serving engine, as a job with per-answer progress.
     Its reports go to the artifact store (LoraControlService.GetEvaluationReport)
     and its decision onto the version (Adapter.eval), as an activation's would;
     nothing is activated. Runs in a process that serves LoraControl.
@@ -70,7 +71,8 @@ class EvaluationServiceStub:
 class EvaluationServiceServicer:
     """Evaluation jobs: a version against the eval gate's suites (its own data,
     what the versions before it were taught, base retention) and named golden
-    suites, answered by the serving engine, as a job with per-answer progress.
+    suites, or the base model itself against named golden suites, answered by
+    the serving engine, as a job with per-answer progress.
     Its reports go to the artifact store (LoraControlService.GetEvaluationReport)
     and its decision onto the version (Adapter.eval), as an activation's would;
     nothing is activated. Runs in a process that serves LoraControl.
@@ -148,7 +150,8 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
 class EvaluationService:
     """Evaluation jobs: a version against the eval gate's suites (its own data,
     what the versions before it were taught, base retention) and named golden
-    suites, answered by the serving engine, as a job with per-answer progress.
+    suites, or the base model itself against named golden suites, answered by
+    the serving engine, as a job with per-answer progress.
     Its reports go to the artifact store (LoraControlService.GetEvaluationReport)
     and its decision onto the version (Adapter.eval), as an activation's would;
     nothing is activated. Runs in a process that serves LoraControl.

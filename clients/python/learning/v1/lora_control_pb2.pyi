@@ -35,6 +35,7 @@ class ReportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPORT_FORMAT_MARKDOWN: _ClassVar[ReportFormat]
     REPORT_FORMAT_HTML: _ClassVar[ReportFormat]
     REPORT_FORMAT_PNG: _ClassVar[ReportFormat]
+    REPORT_FORMAT_LINEAGE_PNG: _ClassVar[ReportFormat]
 
 class TrafficSplitKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +66,7 @@ REPORT_FORMAT_JSON: ReportFormat
 REPORT_FORMAT_MARKDOWN: ReportFormat
 REPORT_FORMAT_HTML: ReportFormat
 REPORT_FORMAT_PNG: ReportFormat
+REPORT_FORMAT_LINEAGE_PNG: ReportFormat
 TRAFFIC_SPLIT_KIND_UNSPECIFIED: TrafficSplitKind
 TRAFFIC_SPLIT_KIND_CANARY: TrafficSplitKind
 TRAFFIC_SPLIT_KIND_MANUAL: TrafficSplitKind
@@ -235,18 +237,20 @@ class WatchLoraStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[LoraStatus, _Mapping]] = ...) -> None: ...
 
 class EvaluateAdapterRequest(_message.Message):
-    __slots__ = ("version", "baseline_version", "suite_path", "base_model", "suite_datasets")
+    __slots__ = ("version", "baseline_version", "suite_path", "base_model", "suite_datasets", "base_model_itself")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUITE_PATH_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     SUITE_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_ITSELF_FIELD_NUMBER: _ClassVar[int]
     version: str
     baseline_version: str
     suite_path: str
     base_model: str
     suite_datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ..., base_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+    base_model_itself: bool
+    def __init__(self, version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., suite_path: _Optional[str] = ..., base_model: _Optional[str] = ..., suite_datasets: _Optional[_Iterable[str]] = ..., base_model_itself: _Optional[bool] = ...) -> None: ...
 
 class EvaluateAdapterResponse(_message.Message):
     __slots__ = ("eval",)
@@ -255,16 +259,18 @@ class EvaluateAdapterResponse(_message.Message):
     def __init__(self, eval: _Optional[_Union[_adapter_pb2.AdapterEvalSummary, _Mapping]] = ...) -> None: ...
 
 class GetEvaluationReportRequest(_message.Message):
-    __slots__ = ("version", "evaluation_id", "format", "base_model")
+    __slots__ = ("version", "evaluation_id", "format", "base_model", "base_model_itself")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_ITSELF_FIELD_NUMBER: _ClassVar[int]
     version: str
     evaluation_id: str
     format: ReportFormat
     base_model: str
-    def __init__(self, version: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., format: _Optional[_Union[ReportFormat, str]] = ..., base_model: _Optional[str] = ...) -> None: ...
+    base_model_itself: bool
+    def __init__(self, version: _Optional[str] = ..., evaluation_id: _Optional[str] = ..., format: _Optional[_Union[ReportFormat, str]] = ..., base_model: _Optional[str] = ..., base_model_itself: _Optional[bool] = ...) -> None: ...
 
 class GetEvaluationReportResponse(_message.Message):
     __slots__ = ("eval", "content_type", "content", "uri")

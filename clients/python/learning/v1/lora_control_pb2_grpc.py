@@ -152,7 +152,8 @@ class LoraControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateAdapter(self, request, context):
-        """Runs the eval gate's suites on a candidate and a baseline version.
+        """Runs the eval gate's suites on a candidate and a baseline version (or the
+        golden suites on the base model itself: base_model_itself).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,7 +162,8 @@ class LoraControlServiceServicer:
     def GetEvaluationReport(self, request, context):
         """Returns a report of one of a version's evaluations (the gate's at an
         activation, or EvaluateAdapter's), stored in the artifact store: JSON,
-        Markdown, a self-contained HTML page with its chart, or the chart (PNG).
+        Markdown, a self-contained HTML page with its charts, or either chart
+        (PNG): the suites' scores, or the learning curve across the lineage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

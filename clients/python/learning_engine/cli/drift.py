@@ -58,7 +58,8 @@ def drift_report(
                              f"{b.negative_rate:.2f}") for b in report.negative_rate]))
         if report.eval_scores:
             print_table(_table(["evaluated", "version", "against", "passed", "metrics"],
-                               [(when(e.time), e.version, e.baseline_version or "base", "yes" if e.passed else "no",
+                               [(when(e.time), e.version or "base", e.baseline_version or "base",
+                                 "yes" if e.passed else "no",
                                  ", ".join(f"{m.name}={m.value:.3f}" for m in e.metrics if m.name.endswith(
                                      ("pass_rate", "mean_score"))))
                                 for e in report.eval_scores]))

@@ -46,7 +46,17 @@ from learning_engine.cli.job_views import (
     short_state,
     steered,
 )
-from learning_engine.cli.ops import CHECK, GATE_FAILED, SUITE_DATASET_HELP, SUITE_HELP, golden_suites, render_eval
+from learning_engine.cli.ops import (
+    BASE_MODEL_ITSELF,
+    CHECK,
+    GATE_FAILED,
+    SUITE_DATASET_HELP,
+    SUITE_HELP,
+    VERSION_ARGUMENT,
+    candidate_name,
+    golden_suites,
+    render_eval,
+)
 from learning_engine.client import AsyncClient
 
 jobs_app = typer.Typer(
@@ -598,7 +608,7 @@ def fisher_jobs_cancel(ctx: typer.Context, name: str) -> None:
 @evaluation_jobs_app.command("create")
 def evaluation_jobs_create(
     ctx: typer.Context,
-    version: str,
+    version: str = VERSION_ARGUMENT,
     baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one then)."),
     suite: list[str] = typer.Option(None, "--suite", help=SUITE_HELP + " Repeatable."),
     suite_dataset: list[str] = typer.Option(None, "--suite-dataset", help=SUITE_DATASET_HELP),
@@ -610,15 +620,17 @@ def evaluation_jobs_create(
                                       "(LLM-as-judge); default: as the server is configured (eval_judge)."),
     judge_model: str = typer.Option("", "--judge-model", help="The judge's model id (with --judge; default: the "
                                     "server's eval_judge_model, else the base model)."),
+    base_model_itself: bool = BASE_MODEL_ITSELF,
 ) -> None:
-    """Evaluate a version against a baseline as a job (the gate's suites, --suite and --suite-dataset ones);
-    activates nothing."""
+    """Evaluate a version against a baseline as a job (the gate's suites, --suite and --suite-dataset ones), or the
+    base model itself (--base-model-itself: the golden suites only); activates nothing."""
     opts = options(ctx)
     choice = {None: evaluation.EVALUATION_JUDGE_UNSPECIFIED, True: evaluation.EVALUATION_JUDGE_ON,
               False: evaluation.EVALUATION_JUDGE_OFF}[judge]
     paths, local = golden_suites(suite or [])
     spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=paths,
-                                        base_model=base_model, judge=choice, judge_model=judge_model)
+                                        base_model=base_model, judge=choice, judge_model=judge_model,
+                                        base_model_itself=base_model_itself)
 
     async def call(client: AsyncClient) -> int:
         uploaded = [await upload_suite(client, file, quiet=opts.json) for file in local]
@@ -652,7 +664,7 @@ async def follow_evaluation(client: AsyncClient, as_json: bool, name: str, after
     if not as_json:
         out.print(f"{done.name} {short_state(done.state)}", highlight=False)
         if done.HasField("eval"):
-            render_eval(done.spec.version, done.eval)
+            render_eval(candidate_name(done.spec.version), done.eval)
         if done.HasField("error") and done.error.code:
             err.print(f"[red]{done.error.message}[/]", highlight=False)
     return outcome_code(done.state, done.error.code if done.HasField("error") else 0)

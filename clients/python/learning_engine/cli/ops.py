@@ -316,6 +316,15 @@ SUITE_HELP = ("A golden suite. A JSONL file on this machine is uploaded first as
               "golden suite JSONL below the server's datasets dir.")
 SUITE_DATASET_HELP = ("A stored dataset as a golden suite, its test split (all of it without a split rule): "
                       "capitals, or datasets/capitals/versions/2. Repeatable.")
+VERSION_ARGUMENT = typer.Argument("", help="The version evaluated, e.g. v1.2 (none with --base-model-itself).")
+BASE_MODEL_ITSELF = typer.Option(False, "--base-model-itself", help="Evaluate the base model itself (no adapter) "
+                                 "instead of a version: on the golden suites only (it has no training data of its "
+                                 "own), against the active version (itself when none is).")
+
+
+def candidate_name(version: str) -> str:
+    """The candidate as the CLI shows it: the version, or "the base model" (--base-model-itself)."""
+    return version or "the base model"
 
 
 def golden_suites(values: list[str]) -> tuple[list[str], list[Path]]:
@@ -326,15 +335,17 @@ def golden_suites(values: list[str]) -> tuple[list[str], list[Path]]:
 
 def evaluate(
     ctx: typer.Context,
-    version: str,
+    version: str = VERSION_ARGUMENT,
     baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one)."),
     suite: str = typer.Option("", "--suite", help=SUITE_HELP + " Default, with no --suite-dataset either: the "
                               "configured suite."),
     suite_dataset: list[str] = typer.Option(None, "--suite-dataset", help=SUITE_DATASET_HELP),
     base_model: str = typer.Option("", "--base-model"),
+    base_model_itself: bool = BASE_MODEL_ITSELF,
     check: bool = CHECK,
 ) -> None:
-    """Run the eval gate's suites on a version against a baseline, without activating anything."""
+    """Run the eval gate's suites on a version (or the golden suites on the base model itself) against a baseline,
+    without activating anything."""
     opts = options(ctx)
     local = local_file(suite)
 
@@ -342,10 +353,11 @@ def evaluate(
         uploaded = [await upload_suite(client, local, quiet=opts.json)] if local is not None else []
         return await client.evaluate_adapter(
             version, baseline_version=baseline, suite_path="" if local is not None else suite, base_model=base_model,
-            suite_datasets=[*uploaded, *(dataset_name(d) for d in suite_dataset or [])])
+            suite_datasets=[*uploaded, *(dataset_name(d) for d in suite_dataset or [])],
+            base_model_itself=base_model_itself)
 
     summary = run(ctx, call)
-    emit(opts, summary, lambda: render_eval(version, summary))
+    emit(opts, summary, lambda: render_eval(candidate_name(version), summary))
     if check and not summary.passed:
         raise typer.Exit(GATE_FAILED)
 
@@ -369,25 +381,30 @@ def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
 
 
 _FORMATS = {"html": lora.REPORT_FORMAT_HTML, "json": lora.REPORT_FORMAT_JSON,
-            "markdown": lora.REPORT_FORMAT_MARKDOWN, "png": lora.REPORT_FORMAT_PNG}
+            "markdown": lora.REPORT_FORMAT_MARKDOWN, "png": lora.REPORT_FORMAT_PNG,
+            "lineage-png": lora.REPORT_FORMAT_LINEAGE_PNG}  # lineage-png: the learning curve across the lineage
 
 
 def report(
     ctx: typer.Context,
-    version: str,
+    version: str = typer.Argument("", help="The version evaluated (none with --base-model-itself)."),
     evaluation: str = typer.Option("", "--evaluation", help="The evaluation's id (the version's latest if empty)."),
     fmt: str = typer.Option("html", "--format", help=" | ".join(_FORMATS)),
-    out_path: Path = typer.Option(None, "--out", "-o", help="Write it here (needed for png); else to stdout."),
+    out_path: Path = typer.Option(None, "--out", "-o", help="Write it here (needed for png and lineage-png); else "
+                                  "to stdout."),
     base_model: str = typer.Option("", "--base-model"),
+    base_model_itself: bool = typer.Option(False, "--base-model-itself",
+                                           help="A report of an evaluation of the base model itself."),
 ) -> None:
-    """A stored evaluation report of a version (gate or evaluate): HTML page, JSON, Markdown or its chart."""
+    """A stored evaluation report of a version (gate or evaluate), or of the base model itself: HTML page, JSON,
+    Markdown or its chart."""
     opts = options(ctx)
     if fmt not in _FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; one of {' | '.join(_FORMATS)}", param_hint="--format")
-    if out_path is None and fmt == "png":
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "a png report needs --out FILE", reason=ERROR_REASON_USAGE)
+    if out_path is None and fmt.endswith("png"):
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"a {fmt} report needs --out FILE", reason=ERROR_REASON_USAGE)
     response = run(ctx, lambda c: c.get_evaluation_report(version, evaluation_id=evaluation, format=_FORMATS[fmt],
-                                                          base_model=base_model))
+                                                          base_model=base_model, base_model_itself=base_model_itself))
     if out_path is None:
         sys.stdout.buffer.write(response.content)
         sys.stdout.flush()
@@ -397,7 +414,7 @@ def report(
     written = {"version": version, "evaluation_id": response.eval.evaluation_id, "content_type": response.content_type,
                "uri": response.uri, "path": str(out_path)}
     emit(opts, written, lambda: out.print(
-        f"{version} evaluation {response.eval.evaluation_id} ({fmt}) -> {out_path}", highlight=False))
+        f"{candidate_name(version)} evaluation {response.eval.evaluation_id} ({fmt}) -> {out_path}", highlight=False))
 
 
 # ---- metrics and feedback ---------------------------------------------------------

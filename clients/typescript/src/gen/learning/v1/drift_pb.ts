@@ -125,8 +125,9 @@ export const FeedbackRateBucketSchema: GenMessage<FeedbackRateBucket> = /*@__PUR
   messageDesc(file_learning_v1_drift, 2);
 
 /**
- * One recorded evaluation of a version of the base model (the gate's or an
- * evaluation job's): its decision and every suite's metrics.
+ * One recorded evaluation of a version of the base model, or of the base
+ * model itself (the gate's or an evaluation job's): its decision and every
+ * suite's metrics.
  *
  * @generated from message learning.v1.EvalScore
  */
@@ -137,6 +138,8 @@ export type EvalScore = Message<"learning.v1.EvalScore"> & {
   time?: Timestamp | undefined;
 
   /**
+   * Empty means the base model itself (EvaluationJobSpec.base_model_itself).
+   *
    * @generated from field: string version = 2;
    */
   version: string;

@@ -952,7 +952,8 @@ export enum ErrorReason {
   OPERATION_INTERRUPTED = 270,
 
   /**
-   * FAILED_PRECONDITION: an evaluation without a golden suite configured or named.
+   * FAILED_PRECONDITION: an evaluation without a golden suite configured or named, with the
+   * gate off or of the base model itself (which is scored on golden suites only).
    *
    * @generated from enum value: ERROR_REASON_EVAL_SUITE_NOT_CONFIGURED = 94;
    */
@@ -967,16 +968,18 @@ export enum ErrorReason {
   EVALUATION_NOT_FOUND = 135,
 
   /**
-   * INVALID_ARGUMENT: a GetEvaluationReport with a malformed evaluation_id or an unknown format.
+   * INVALID_ARGUMENT: a GetEvaluationReport with a malformed evaluation_id, an unknown format,
+   * or a version named with base_model_itself.
    *
    * @generated from enum value: ERROR_REASON_INVALID_REPORT_REQUEST = 136;
    */
   INVALID_REPORT_REQUEST = 136,
 
   /**
-   * INVALID_ARGUMENT: an evaluation job spec with a missing version, too many suites, a
-   * malformed suite dataset name, an unknown judge choice, or a judge_model without the
-   * judge on; an EvaluateAdapter request with too many suites.
+   * INVALID_ARGUMENT: an evaluation job spec with a missing version (or one named with
+   * base_model_itself), too many suites, a malformed suite dataset name, an unknown judge
+   * choice, or a judge_model without the judge on; an EvaluateAdapter request with too many
+   * suites, or a version named with base_model_itself.
    *
    * @generated from enum value: ERROR_REASON_INVALID_EVALUATION_SPEC = 137;
    */
