@@ -226,8 +226,9 @@ class LoraController(ServingTarget):
         return self.snapshot()
 
     async def wait_canary(self, version: str, *, poll_seconds: float = 5.0) -> CanaryOutcome:
-        """Once the canary of ``version`` is decided, how (at once if it already was; the store is read again every
-        ``poll_seconds`` for a canary another process runs). NO_CANARY_RUNNING if it never had one."""
+        """Once the canary of ``version`` is decided and its ending recorded, how (at once if it already was; the store
+        is read again every ``poll_seconds`` for a canary another process runs). NO_CANARY_RUNNING if it never had
+        one."""
         while True:
             split = self._split
             if split is None or split.kind is not SplitKind.CANARY or split.candidate_version != version:
@@ -236,7 +237,8 @@ class LoraController(ServingTarget):
                 elsewhere = running is not None and running.kind is SplitKind.CANARY and (
                     running.candidate_version == version)
                 if outcome is not None and not elsewhere:
-                    return outcome
+                    async with self._lock:  # an ending this process runs is recorded first: the status shows it
+                        return outcome
                 if not elsewhere:
                     raise FailedPrecondition("NO_CANARY_RUNNING", f"no canary of {version} is in force or was decided",
                                              metadata={"version": version})
