@@ -65,6 +65,11 @@ class ArtifactStore(Protocol):
         """Remove objects, in the given order; missing ones are fine."""
         ...
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under ``prefix`` (e.g. ``online/live/``), sorted; for sweeps of what a crash
+        left."""
+        ...
+
 
 class ServingRole(enum.StrEnum):
     ACTIVE = "ACTIVE"
