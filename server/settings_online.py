@@ -36,8 +36,8 @@ class OnlineSettings(BaseModel):
         3600.0, gt=0, le=30 * 86400, description="The live model's ratings a negative-feedback spike is judged on: "
         "those of the last this many seconds (and since the last spike).")
     online_follow_seconds: float = Field(
-        1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters and "
-        "gates their publications.")
+        1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters, "
+        "gates their publications and routes their live aliases (also those kept after a session ended).")
 
     def online_config(self, fisher_batch_size: int) -> OnlineConfig:
         return OnlineConfig(poll_seconds=self.online_poll_seconds, max_update_share=self.online_max_update_share,

@@ -309,8 +309,9 @@ class AdapterRegistry:
             if record.version in protected:
                 raise FailedPrecondition(
                     "ADAPTER_PROTECTED",
-                    f"{base_model} {record.version} is active or the known-good rollback target; "
-                    "promote or roll back to another version first",
+                    f"{base_model} {record.version} is active, the known-good rollback target or served by an "
+                    "online session's live alias; promote or roll back to another version, or move or remove the "
+                    "alias, first",
                     metadata={"base_model": base_model, "version": record.version},
                 )
             await self._store.delete([record.manifest_key, record.archive_key, record.fisher_key])

@@ -77,14 +77,16 @@ class ServingRole(enum.StrEnum):
 
 
 class ServingState(Protocol):
-    """The versions the serving side relies on: active and known-good per base model.
+    """The versions the serving side relies on: active and known-good per base model, and those online sessions'
+    live aliases serve.
 
-    LoraControl owns and writes this state; the registry only reads it, to
+    LoraControl and the online sessions own this state; the registry only reads it, to
     refuse deleting or pruning those versions.
     """
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        """Versions of ``base_model`` that are active or the known-good rollback target."""
+        """Versions of ``base_model`` that are active, the known-good rollback target, or served by a live
+        alias."""
         ...
 
 
