@@ -72,6 +72,10 @@ class OnlineStore(Protocol):
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
 
+    async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:
+        """Delete the session's examples but those in the ``keep`` windows (first, last); how many went."""
+        ...
+
     async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
         """The session's examples ``first``..``last`` with their KTO labels, if any (what a publication trained on;
         engine.continual reads them again through its OnlineExampleWindows port)."""

@@ -28,6 +28,7 @@ from engine.registry import AdapterRegistry
 from engine.registry.records import parse_version
 
 MAX_WEIGHT = 100.0
+ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,16 @@ class OnlineSessions:
         token = ""
         while True:
             jobs, token = await self._manager.list(states=RUNNING, page_size=100, page_token=token)
+            found.extend(jobs)
+            if not token:
+                return found
+
+    async def ended(self) -> builtins.list[OnlineSession]:
+        """Every session that has ended (succeeded, failed or stopped)."""
+        found: builtins.list[OnlineSession] = []
+        token = ""
+        while True:
+            jobs, token = await self._manager.list(states=ENDED, page_size=100, page_token=token)
             found.extend(jobs)
             if not token:
                 return found

@@ -238,6 +238,14 @@ class PostgresOnlineStore:
         return OnlineExamples([r.example() for r in rows],
                               tuple(r.desirable is not False for r in rows) if labelled else None)
 
+    async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:
+        """Delete the session's examples but those in the ``keep`` windows (first, last); how many went."""
+        firsts, lasts = [first for first, _ in keep], [last for _, last in keep]
+        return int(await self._pool.fetchval(
+            "WITH gone AS (DELETE FROM online_examples e WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM"
+            " unnest($2::int8[], $3::int8[]) AS w(first, last) WHERE e.seq BETWEEN w.first AND w.last) RETURNING 1)"
+            " SELECT count(*) FROM gone", session_id, firsts, lasts))
+
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(
             "SELECT coalesce(max(seq), 0) FROM online_examples WHERE session_id = $1", session_id))

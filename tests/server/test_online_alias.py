@@ -1,12 +1,14 @@
 """What online sessions leave when they end, through gRPC on the tiny model: the live alias keeps serving the
 session's publication that passed the gate after StopOnlineSession, after a server restart (LoraControl's
-reconciliation leaves it loaded), until an operator moves or removes it; one that never served more than the start
-version ends with the session, with a warning."""
+reconciliation leaves it loaded), until an operator moves or removes it; the retention sweep deletes an ended
+session's examples after the retention (but the window of a published version) and the live archives nothing
+reads any more, and never touches a running session's."""
 
 from __future__ import annotations
 
 import grpc
 
+from engine.stores.online_store import PostgresOnlineStore
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import adapter_pb2_grpc as ad_grpc
 from learning.v1 import common_pb2 as common
@@ -139,3 +141,68 @@ async def test_a_session_without_a_publication_that_passed_ends_its_alias_with_a
         f"the live alias 'brief-live' ended with the session: no publication of it passed the gate (0 published), "
         f"so it served only the start version {start}; it is no longer routed")
     await until(lambda: _unrouted(client.app.owned.lora.gateway.router, "brief-live"))
+
+
+async def test_the_sweep_deletes_ended_sessions_examples_after_the_retention_but_published_windows(
+        make_pg_server):
+    retention = 8.0  # seconds
+    client = await make_pg_server(**FAST, online_retention_days=retention / 86_400, online_sweep_seconds=0.3)
+    start = await train(client)
+    sessions = online(client)
+    store = PostgresOnlineStore(client.app.owned.pool)
+    artifacts = client.app.owned.store
+    await artifacts.put_bytes("online/live/ghost/000000001-abcdef.tar", b"left by a worker that crashed")
+
+    running = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
+        session_id="running", spec=_spec(start)))).session
+    published = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
+        session_id="published", spec=_spec(start)))).session
+    unpublished = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
+        session_id="unpublished", spec=_spec(start, update_every=100)))).session
+    await sessions.AddExamples(ol.AddExamplesRequest(name=running.name, examples=facts(5)))
+    await sessions.AddExamples(ol.AddExamplesRequest(name=published.name, examples=facts(10)))
+    await sessions.AddExamples(ol.AddExamplesRequest(name=unpublished.name, examples=facts(4)))
+    await until(lambda: _updated(client, running.name, 1))
+    await until(lambda: _updated(client, published.name, 2))
+    await sessions.PublishOnlineSession(ol.PublishOnlineSessionRequest(name=published.name))
+    window = (await until(lambda: _publication(client, published.name))).publications[0]
+    assert window.last_sequence - window.first_sequence == 9
+    await sessions.AddExamples(ol.AddExamplesRequest(name=published.name, examples=facts(3, start=10)))
+    await until(lambda: _read(client, published.name, 13))
+    for name in (published.name, unpublished.name):
+        await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=name))
+        await until(lambda name=name: _ended(client, name))
+    # Nothing of an ended session is deleted before its retention ran out ...
+    assert [len(await store.after(s, 0, 100)) for s in ("published", "unpublished")] == [13, 4]
+
+    # ... then its examples are, but the window of its publication, which a job continuing the version reads again.
+    async def swept() -> bool:
+        return not await store.after("unpublished", 0, 100) and len(await store.after("published", 0, 100)) == 10
+
+    await until(swept, timeout=60)
+    left = await store.after("published", 0, 100)
+    assert [r.seq for r in left] == list(range(window.first_sequence, window.last_sequence + 1))
+    assert len(await store.after("running", 0, 100)) == 5  # a running session's are never touched
+    live = await artifacts.list_keys("online/live/")
+    assert live and all(k.startswith("online/live/running/") for k in live), live  # the others' and the ghost's go
+
+    # Once its version is deleted (and nothing descends from it), nothing reads the window any more.
+    await ad_grpc.AdapterServiceStub(client.channel).DeleteAdapter(ad.DeleteAdapterRequest(version=window.version))
+    await until(lambda: _gone(store, "published"), timeout=60)
+    assert len(await store.after("running", 0, 100)) == 5
+    await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=running.name))
+    await until(lambda: _ended(client, running.name))
+
+
+async def _publication(client, name: str) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.publications else None
+
+
+async def _read(client, name: str, examples: int) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.stats.total_examples >= examples else None
+
+
+async def _gone(store: PostgresOnlineStore, session_id: str) -> bool:
+    return not await store.after(session_id, 0, 100)
