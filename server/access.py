@@ -107,6 +107,8 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "DisableOnlineLearning": _O,
         "ForceUpdate": _O,
         "PublishOnlineSession": _O,
+        "MoveLiveAlias": _O,
+        "RemoveLiveAlias": _O,
         "GetOnlineStats": _R,
         "WatchOnlineSession": _R,
         "StreamExamples": _F,

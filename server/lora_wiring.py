@@ -31,6 +31,7 @@ from engine.serving.client import ServingClient, ServingConfig, ServingMode, Ser
 from engine.serving.gateway import AliasRouter, Gateway
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.lora_store import PostgresLoraStore
+from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
 from server.access import server_ssl_context, tokens_from_settings
@@ -184,7 +185,8 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     gate = LineageSuites(registry, versions, max_cases=settings.eval_max_cases)
     rates = FeedbackStatsRates(PostgresFeedbackStore(pool))  # canaries and auto-rollback read the ratings here
     controller = LoraController(config, client, router, store, adapters, artifacts, gate, rates,
-                                judge_client=judge_client)
+                                judge_client=judge_client,
+                                routed=PostgresOnlineStore(pool))  # online sessions' live aliases: never unloaded
     await controller.start()
     undo.push_async_callback(controller.close)
     auto = None

@@ -79,7 +79,7 @@ from server.drift_wiring import drift_detector
 from server.errors import ErrorInterceptor
 from server.health_checks import HealthChecker, Probe, start_health_checks
 from server.lora_wiring import LoraRuntime, start_lora_control
-from server.online_wiring import build_online, online_defaults
+from server.online_wiring import build_online, online_defaults, online_retention
 from server.pipeline_wiring import build_pipelines
 from server.reflection import enable_server_reflection
 from server.services import SERVICE_NAMES
@@ -118,6 +118,7 @@ class Owned:
     store: ArtifactStore | None = None
     triggers: Periodic | None = None  # pipelines' triggers, in serving processes
     online_follow: Periodic | None = None  # online sessions' live adapters and gate, in serving processes
+    online_sweep: Periodic | None = None  # what ended online sessions leave (examples past retention, archives)
     lock: DataDirLock | None = None  # one server per data dir; released last
 
     def probes(self) -> dict[str, Probe]:
@@ -136,10 +137,10 @@ class Owned:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
         # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
         # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
-        for loop in (self.triggers, self.online_follow):
+        for loop in (self.triggers, self.online_follow, self.online_sweep):
             if loop is not None:
                 await loop.stop()
-        self.triggers = self.online_follow = None
+        self.triggers = self.online_follow = self.online_sweep = None
         stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
         if self.queue is not None:
             await self.queue.stop_worker()
@@ -233,7 +234,7 @@ async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore
     return AdapterRegistry(
         index=PostgresAdapterIndex(pool),
         store=store,
-        serving=PostgresServingState(pool),
+        serving=PostgresServingState(pool, aliases=PostgresOnlineStore(pool)),  # live aliases' versions too
         base_model_dir=lambda model_id: resolve_base_model(
             model_id, models=settings.base_models, cache_dir=settings.models_dir
         ),
@@ -390,6 +391,9 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     if online_serving is not None:
         owned.online_follow = Periodic("online-serving", online_serving.tick, settings.online_follow_seconds)
         owned.online_follow.start()
+    retention = online_retention(settings, pool=pool, sessions=online, registry=registry, artifacts=owned.store)
+    owned.online_sweep = Periodic("online-retention", retention.sweep, settings.online_sweep_seconds)
+    owned.online_sweep.start()
     return Engine(
         training=training,
         fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),

@@ -11,6 +11,7 @@ from engine.jobs.core import JobEvent
 from engine.names import chosen_id
 from engine.online.service import SessionView, check_learning_rate
 from engine.online.spec import (
+    AliasState,
     FeedbackSpike,
     GateVerdict,
     LossSpike,
@@ -37,6 +38,11 @@ _LOSS = {
     pb.ONLINE_LOSS_UNSPECIFIED: Objective.SFT, pb.ONLINE_LOSS_SFT: Objective.SFT, pb.ONLINE_LOSS_KTO: Objective.KTO,
 }
 _LOSS_TO_PB = {v: k for k, v in _LOSS.items() if k != pb.ONLINE_LOSS_UNSPECIFIED}
+_ALIAS_STATE_TO_PB = {
+    AliasState.NONE: pb.LIVE_ALIAS_STATE_UNSPECIFIED, AliasState.FOLLOWING: pb.LIVE_ALIAS_STATE_FOLLOWING,
+    AliasState.KEPT: pb.LIVE_ALIAS_STATE_KEPT, AliasState.ENDED: pb.LIVE_ALIAS_STATE_ENDED,
+    AliasState.REMOVED: pb.LIVE_ALIAS_STATE_REMOVED,
+}
 COLLECTION = "onlineSessions"
 
 
@@ -139,6 +145,7 @@ def session_to_pb(view: SessionView) -> pb.OnlineSession:
     msg = job_core_to_pb(job, pb.OnlineSession(
         spec=spec_to_pb(job.spec), stats=stats_to_pb(view.stats), live_model=live_model(job.spec.base_model, job.id),
         alias_version=controls.alias_version, disabled_reason=controls.disabled_reason, device=out.device,
+        alias_state=_ALIAS_STATE_TO_PB[controls.alias_state],
     ))
     if out.live is not None:
         msg.live_adapter = live_adapter_name(job.spec.base_model, job.id, out.live.refresh)

@@ -3,6 +3,8 @@ the serving side that loads sessions' live adapters and gates their publications
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 
 from engine.jobs.manager import JobManager, JobSlots
@@ -10,6 +12,7 @@ from engine.jobs.ports import JobQueue
 from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters
 from engine.online.ports import FeedbackExamples
+from engine.online.retention import OnlineRetention
 from engine.online.runner import OnlineRunner
 from engine.online.service import OnlineSessions
 from engine.online.serving import OnlineServing
@@ -55,6 +58,13 @@ def build_online(
         cache_dir=settings.work_dir / "online-live",
     ) if lora is not None else None
     return sessions, manager, serving
+
+
+def online_retention(settings: Settings, *, pool: asyncpg.Pool, sessions: OnlineSessions, registry: AdapterRegistry,
+                     artifacts: ArtifactStore) -> OnlineRetention:
+    """The sweep of ended sessions' examples and of live archives nothing reads any more."""
+    return OnlineRetention(sessions=sessions, store=PostgresOnlineStore(pool), artifacts=artifacts,
+                           versions=registry, retention=timedelta(days=settings.online_retention_days))
 
 
 def online_defaults(settings: Settings) -> OnlineDefaults:

@@ -354,7 +354,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     s3_region: str = Field("us-east-1", description="S3 region (MinIO ignores it).")
     adapter_retention_keep: int = Field(
         0, ge=0, le=100_000,
-        description="Keep the newest N versions per base model (plus active/known-good ones); older ones are "
+        description="Keep the newest N versions per base model (plus active/known-good ones and those online "
+        "sessions' live aliases serve); older ones are "
         "deleted after each publish and by PruneAdapters. 0 keeps every version.",
     )
 

@@ -36,8 +36,18 @@ class OnlineSettings(BaseModel):
         3600.0, gt=0, le=30 * 86400, description="The live model's ratings a negative-feedback spike is judged on: "
         "those of the last this many seconds (and since the last spike).")
     online_follow_seconds: float = Field(
-        1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters and "
-        "gates their publications.")
+        1.0, gt=0, le=600, description="How often a serving process loads online sessions' new live adapters, "
+        "gates their publications and routes their live aliases (also those kept after a session ended).")
+
+    online_retention_days: float = Field(
+        30.0, ge=0, le=36_500, description="Days an ended online session's examples are kept in PostgreSQL (to look "
+        "into what it learnt from), after which the periodic sweep deletes them; the windows published versions "
+        "trained on are kept for as long as a later job may read them again (docs/online.md). 0: at the first sweep "
+        "after the session ends.")
+    online_sweep_seconds: float = Field(
+        3600.0, gt=0, le=86_400, description="How often each server sweeps what online sessions leave: ended "
+        "sessions' examples past online_retention_days, and the live adapters' archives of sessions that ended "
+        "(or that a crashed worker left).")
 
     def online_config(self, fisher_batch_size: int) -> OnlineConfig:
         return OnlineConfig(poll_seconds=self.online_poll_seconds, max_update_share=self.online_max_update_share,

@@ -265,9 +265,12 @@ class JobManager(Generic[S, O]):
             return live.job
         job = await self._store.get_job(job_id)
         if job is None:
-            name = self.kind.resource_name(job_id)
-            raise NotFound("JOB_NOT_FOUND", f"{self.kind.name} job {name} does not exist", metadata={"name": name})
+            raise self._not_found(job_id)
         return job
+
+    def _not_found(self, job_id: str) -> NotFound:
+        name = self.kind.resource_name(job_id)
+        return NotFound("JOB_NOT_FOUND", f"{self.kind.name} job {name} does not exist", metadata={"name": name})
 
     async def events(self, job_id: str) -> tuple[Job[S, O], list[JobEvent]]:
         """The job and its whole event log so far (a job running here from memory, any other from the store)."""
@@ -310,6 +313,25 @@ class JobManager(Generic[S, O]):
                 continue  # changed meanwhile: look again
             await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
             return resumed
+        raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
+
+    async def note(self, job_id: str, payload: object) -> Job[S, O]:
+        """Add an event to the log of a job that has ended: what became of something it left behind (an online
+        session's live alias). Only for an ended job, which no worker writes to any more."""
+        for attempt in range(len(FLUSH_RETRY_SECONDS)):
+            job = await self._store.get_job(job_id)  # the stored log, which this is added to
+            if job is None:
+                raise self._not_found(job_id)
+            try:
+                if not job.state.terminal:  # its end is being stored (or it has not ended: the caller's error)
+                    raise Aborted("JOB_CHANGED", f"job {job_id} has not ended")
+                event = JobEvent(job.last_sequence + 1, now(), payload)
+                updated = replace(job, last_sequence=event.sequence)
+                await self._store.write(updated, [event], None)
+            except Aborted:  # another event was added meanwhile: look again
+                await asyncio.sleep(FLUSH_RETRY_SECONDS[attempt])
+                continue
+            return updated
         raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
 
     async def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[Job[S, O] | JobEvent]:

@@ -123,8 +123,9 @@ class JobStore(Protocol[S, O]):
 
     async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
         """Append ``events`` and store ``job``, atomically. With a lease the write is fenced: LeaseLost if another
-        claim replaced it. Events already stored (same sequence) are left as they are, so a retry is harmless.
-        Without a lease the job must be unclaimed (Aborted otherwise)."""
+        claim replaced it. Events already stored (same sequence) are left as they are, so a retry is harmless, and
+        a stored job whose log went further is kept. Without a lease the job must be unclaimed or ended (its
+        worker writes nothing more to it), with its stored log as the caller read it (Aborted otherwise)."""
         ...
 
     async def control(self, job_id: str, lease: Lease) -> Control | None:

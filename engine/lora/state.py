@@ -178,6 +178,13 @@ class FeedbackRates(Protocol):
         ...
 
 
+class RoutedElsewhere(Protocol):
+    """Versions the gateway routes under other names than the alias (an online session's live alias, which may
+    outlive its session): LoraControl never unloads them, in an operation or a reconciliation."""
+
+    async def routed_versions(self, base_model: str) -> set[str]: ...
+
+
 class LoraStateStore(Protocol):
     async def load(self, target: str, base_model: str) -> TargetState: ...
 

@@ -5,7 +5,8 @@ Every operation runs under an asyncio lock and a PostgreSQL advisory lock for th
 re-reads the persisted state first (another process may have changed it) and is recorded
 with who asked, why, its phase timings and its error. A traffic split in force (a canary, or a
 manual A/B split: engine/lora/canary.py) is part of the state: its candidate stays loaded through a
-reconciliation, and the status reports it with both sides' figures.
+reconciliation, and the status reports it with both sides' figures. Versions the gateway routes under other names
+(``RoutedElsewhere``: an online session's live alias) are never unloaded here either.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine.lora.state import (
     LoraStatus,
     OperationKind,
     OperationRecord,
+    RoutedElsewhere,
     TargetState,
     lora_name,
     version_of,
@@ -149,8 +151,9 @@ class ServingTarget:
     def __init__(self, config: ControlConfig, client: ServingClient, router: AliasRouter,
                  store: LoraStateStore, adapters: AdapterFetcher, reports: ArtifactStore,
                  gate: GateInputs | None = None, rates: FeedbackRates | None = None, *,
-                 judge_client: ServingClient | None = None) -> None:
+                 judge_client: ServingClient | None = None, routed: RoutedElsewhere | None = None) -> None:
         self.config = config
+        self._routed = routed  # versions other names route, never unloaded here
         self._judge_client = judge_client  # the judge's own serving engine (eval_judge_url); None: this one
         self._reports = reports
         self._gate = gate if config.gate else None
@@ -389,7 +392,8 @@ class ServingTarget:
         st = self._state
         candidate = self._split.candidate_version if self._split is not None else ""
         wanted = {v for v in (st.active_version, st.known_good_version, candidate) if v}
-        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted]
+        elsewhere = await self._routed_elsewhere()  # kept loaded, but loaded by whoever routes them
+        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted | elsewhere]
         missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
         if not (strays or missing or st.pending_version):
             self._point_router()
@@ -509,11 +513,23 @@ class ServingTarget:
             raise FailedPrecondition("SMOKE_TEST_FAILED", f"smoke request to {name} failed: {exc.message}",
                                      metadata={"lora_name": name, "cause": exc.reason}) from exc
 
+    async def _routed_elsewhere(self) -> set[str]:
+        return await self._routed.routed_versions(self.config.base_model) if self._routed is not None else set()
+
+    async def release(self, version: str) -> None:
+        """Unload ``version``, which another name routed until now (an online session's live alias moved off it,
+        or removed), unless LoraControl or another such name still uses it; under the operations' lock, so it never
+        interleaves with an activation that may be loading it."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reload()
+            await self._discard(lora_name(self.config.base_model, version), keep=False)
+
     async def _discard(self, name: str, *, keep: bool) -> None:
-        """Best-effort unload of a name we loaded (never of the active, known-good or split candidate one)."""
+        """Best-effort unload of a name we loaded (never of the active, known-good or split candidate one, nor of
+        one another name routes)."""
         st, split = self._state, self._split
         kept = {st.active_version, st.known_good_version, split.candidate_version if split is not None else ""}
-        if keep or version_of(st.base_model, name) in kept:
+        if keep or version_of(st.base_model, name) in kept | await self._routed_elsewhere():
             return
         try:
             await self._client.unload(name)

@@ -17,7 +17,13 @@ from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample
 
 
 class OnlineStore(Protocol):
-    async def create(self, session_id: str, learning_rate: float) -> None: ...
+    async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
+                     live_alias: str = "", request_id: str = "") -> None:
+        """The session's controls; FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) for a ``live_alias`` another session
+        of ``base_model`` holds (but one created by the same ``request_id``)."""
+        ...
+
+    async def discard(self, session_id: str) -> None: ...
 
     async def controls(self, session_id: str) -> Controls:
         """NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session it does not know."""
@@ -28,6 +34,22 @@ class OnlineStore(Protocol):
     async def set(self, session_id: str, **changes: Any) -> Controls: ...
 
     async def request(self, session_id: str, counter: str) -> Controls: ...
+
+    async def aliases(self, base_model: str) -> list[Controls]:
+        """The sessions of ``base_model`` whose live alias is routed (FOLLOWING or KEPT)."""
+        ...
+
+    async def end_alias(self, session_id: str) -> Controls | None:
+        """Settle the alias of an ended session (KEPT or ENDED); None when it was not FOLLOWING."""
+        ...
+
+    async def move_alias(self, session_id: str, version: str) -> Controls | None:
+        """None when the session's alias is not routed."""
+        ...
+
+    async def remove_alias(self, session_id: str) -> Controls | None:
+        """None when the session's alias is not routed."""
+        ...
 
     async def claim_gate(self, session_id: str, version: str, owner: str, lease_seconds: float) -> bool:
         """Whether ``owner`` (one serving process) runs the gate on ``version``: exactly one process at a time."""
@@ -49,6 +71,10 @@ class OnlineStore(Protocol):
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
+
+    async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:
+        """Delete the session's examples but those in the ``keep`` windows (first, last); how many went."""
+        ...
 
     async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
         """The session's examples ``first``..``last`` with their KTO labels, if any (what a publication trained on;

@@ -1,4 +1,5 @@
-"""What the OnlineLearningService calls: sessions (jobs of kind ``onlineSession``), their controls and examples."""
+"""What the OnlineLearningService calls: sessions (jobs of kind ``onlineSession``), their controls and examples, and
+their live aliases (which outlive them: engine.online.serving)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
 from engine.online.serving import RUNNING
 from engine.online.spec import (
+    AliasState,
     Controls,
     NewExample,
     OnlineOutput,
@@ -23,8 +25,10 @@ from engine.online.spec import (
     not_found,
 )
 from engine.registry import AdapterRegistry
+from engine.registry.records import parse_version
 
 MAX_WEIGHT = 100.0
+ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,15 @@ class OnlineSessions:
                 raise AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
                                     metadata={"name": f"onlineSessions/{session_id}"})
             job = replace(job, id=session_id)
-        await self._store.create(job.id, spec.learning_rate)
-        stored = await self._manager.submit(job)
+        await self._store.create(job.id, spec.learning_rate, base_model=spec.base_model,
+                                 start_version=spec.start_version, live_alias=spec.live_alias, request_id=request_id)
+        try:
+            stored = await self._manager.submit(job)
+        except BaseException:
+            await self._store.discard(job.id)
+            raise
+        if stored.id != job.id:  # its request_id made a session before: that one, and these controls go
+            await self._store.discard(job.id)
         return await self.get(stored.id)
 
     async def _exists(self, session_id: str) -> bool:
@@ -104,6 +115,14 @@ class OnlineSessions:
         job = await self._job(session_id)
         return SessionView(job, await self._store.controls(session_id))
 
+    async def job(self, session_id: str) -> OnlineSession:
+        """NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session that does not exist."""
+        return await self._job(session_id)
+
+    async def note(self, session_id: str, payload: object) -> None:
+        """An event on the log of a session that has ended (what became of its live alias)."""
+        await self._manager.note(session_id, payload)
+
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[SessionView], str]:
         jobs, token = await self._manager.list(states=(), page_size=page_size, page_token=page_token)
         controls = await self._store.controls_of([j.id for j in jobs])
@@ -117,6 +136,45 @@ class OnlineSessions:
             found.extend(jobs)
             if not token:
                 return found
+
+    async def ended(self) -> builtins.list[OnlineSession]:
+        """Every session that has ended (succeeded, failed or stopped)."""
+        found: builtins.list[OnlineSession] = []
+        token = ""
+        while True:
+            jobs, token = await self._manager.list(states=ENDED, page_size=100, page_token=token)
+            found.extend(jobs)
+            if not token:
+                return found
+
+    async def move_alias(self, session_id: str, version: str) -> SessionView:
+        """Point the session's live alias at ``version`` (of its base model), without the gate: an operator's
+        choice. While the session runs, its next publication that passes the gate moves it again."""
+        parse_version(version, "version")  # a malformed one is INVALID_ARGUMENT whatever the session
+        job = await self._job(session_id)
+        await self._registry.get(job.spec.base_model, version, field_path="version")
+        controls = await self._store.move_alias(session_id, version)
+        if controls is None:
+            raise await self._no_alias(job)
+        return SessionView(job, controls)
+
+    async def remove_alias(self, session_id: str) -> SessionView:
+        """The session's live alias is no longer routed, on any serving process from its next look."""
+        job = await self._job(session_id)
+        controls = await self._store.remove_alias(session_id)
+        if controls is None:
+            raise await self._no_alias(job)
+        return SessionView(job, controls)
+
+    async def _no_alias(self, job: OnlineSession) -> FailedPrecondition:
+        controls = await self._store.controls(job.id)
+        why = {AliasState.NONE: "names no live alias", AliasState.ENDED: f"ended its live alias "
+               f"{controls.live_alias!r} with it (no publication passed the gate)",
+               AliasState.REMOVED: f"had its live alias {controls.live_alias!r} removed"}.get(
+                   controls.alias_state, "has no live alias routed")
+        return FailedPrecondition("ONLINE_NO_LIVE_ALIAS", f"online session {job.name} {why}",
+                                  metadata={"name": job.name, "live_alias": controls.live_alias,
+                                            "alias_state": controls.alias_state.value or "NONE"})
 
     async def _open(self, session_id: str) -> OnlineSession:
         """The session, FAILED_PRECONDITION once it has ended."""

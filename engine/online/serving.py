@@ -10,10 +10,17 @@
   it first (``OnlineStore.claim_gate``, with a lease another takes over when it runs out). The verdict is stored on the
   session's controls; one that passes moves the alias (``live_alias``, when the operator named one) to it. One
   that fails leaves the alias where it was.
-* The alias is routed to the version it serves, loaded under that version's usual name.
+* Every live alias that is routed (the controls' ``AliasState``: FOLLOWING a session, or KEPT after it) is routed
+  to the version it serves, loaded under that version's usual name. A version an alias leaves (moved, or the
+  alias removed) is drained and handed to LoraControl, which unloads it unless it serves it too.
 
-A session that ended has its live adapter unloaded and its names dropped; a serving process that starts
-unloads the live adapters of sessions that are no longer running (left by a crash).
+A session that ended has its live adapter unloaded and ``<base>@<session>`` dropped. Its live alias outlives it:
+once the gate has judged every publication, one serving process settles it (``OnlineStore.end_alias``, exactly
+once) and says so on the session's events. An alias moved off the start version (a publication passed the gate,
+or an operator or a feedback spike chose a version) is KEPT on that version, in every serving process and across
+restarts (it is read from the controls at each tick), until an operator moves it or removes it; one that only
+ever served the start version by default ENDS (a LIVE_ALIAS_ENDED warning) and is no longer routed. A serving
+process that starts unloads the live adapters of sessions that are no longer running (left by a crash).
 """
 
 from __future__ import annotations
@@ -27,11 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import EngineError, FailedPrecondition
-from engine.jobs.core import JobState
+from engine.errors import EngineError, FailedPrecondition, NotFound
+from engine.jobs.core import JobState, Noticed, Warned
 from engine.lora.state import EvalSummary, FetchedAdapter, lora_name
 from engine.online.ports import OnlineStore
-from engine.online.spec import LIVE_PREFIX, GateVerdict, LiveAdapter, OnlineSession, live_adapter_name, live_model
+from engine.online.spec import (
+    LIVE_PREFIX,
+    AliasState,
+    Controls,
+    GateVerdict,
+    LiveAdapter,
+    OnlineSession,
+    live_adapter_name,
+    live_model,
+)
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
@@ -47,12 +63,26 @@ GATE_LEASE_SECONDS = 1800.0  # how long a serving process may take to judge a pu
 class Sessions(Protocol):
     async def running(self) -> list[OnlineSession]: ...
 
+    async def job(self, session_id: str) -> OnlineSession:
+        """NOT_FOUND for a session that does not exist."""
+        ...
+
+    async def note(self, session_id: str, payload: object) -> None:
+        """An event on the log of a session that has ended."""
+        ...
+
 
 class Gate(Protocol):
+    """LoraControl, as the serving side of sessions uses it."""
+
     @property
     def base_model(self) -> str: ...
 
     async def evaluate(self, version: str, baseline_version: str | None) -> EvalSummary: ...
+
+    async def release(self, version: str) -> None:
+        """Unload ``version`` unless LoraControl or another live alias still uses it."""
+        ...
 
 
 class Fetcher(Protocol):
@@ -78,7 +108,7 @@ class OnlineServing:
         self._adapters = adapters
         self._cache = cache_dir
         self._served: dict[str, _Served] = {}  # session id -> its live adapter loaded here
-        self._aliases: dict[str, str] = {}  # session id -> its alias name routed here
+        self._routed: dict[str, str] = {}  # live alias -> the version it is routed to here
         self._swept = False
         self._owner = secrets.token_hex(8)  # this process, as it claims the gate on a publication
 
@@ -86,18 +116,32 @@ class OnlineServing:
         base = self._gate.base_model
         sessions = [s for s in await self._sessions.running() if s.spec.base_model == base]
         running = {s.id for s in sessions}
-        if not sessions and not self._served and not self._aliases and self._swept:
+        held = {c.session_id: c for c in await self._store.aliases(base)}
+        if not (sessions or held or self._served or self._routed) and self._swept:
             return
         loaded = {m.id for m in await self._client.list_models()}
         if not self._swept:
             await self._sweep(running, loaded)
-        for session_id in [i for i in {*self._served, *self._aliases} if i not in running]:
+        for session_id in [i for i in self._served if i not in running]:
             await self._end(session_id)
         for session in sessions:
             try:
-                await self._follow(session, loaded)
+                controls = await self._follow(session, loaded)
             except EngineError as exc:  # the next tick tries again
                 log.warning("online session not followed", extra={"session": session.id, "error": exc.message})
+                continue
+            if session.id in held:
+                held[session.id] = controls
+        for session_id, controls in list(held.items()):
+            if session_id in running or controls.alias_state is not AliasState.FOLLOWING:
+                continue
+            try:
+                held[session_id] = await self._settle(controls)
+            except EngineError as exc:
+                log.warning("live alias of an ended session not settled", extra={"session": session_id,
+                                                                                 "error": exc.message})
+        await self._route_aliases({c.live_alias: c.alias_serves for c in held.values() if c.alias_state.routed},
+                                  loaded)
 
     async def _sweep(self, running: set[str], loaded: set[str]) -> None:
         """Unload live adapters of sessions that are not running (a serving process that crashed left them)."""
@@ -109,26 +153,60 @@ class OnlineServing:
                     await self._client.unload(name)
         self._swept = True
 
-    async def _follow(self, session: OnlineSession, loaded: set[str]) -> None:
+    async def _follow(self, session: OnlineSession, loaded: set[str]) -> Controls:
         """``loaded``: what the serving engine serves now (it may have restarted and lost what was loaded)."""
         live = session.output.live
         served = self._served.get(session.id)
         if live is not None and (served is None or served.refresh < live.refresh or served.name not in loaded):
             await self._load_live(session, live)
-        controls = await self._store.controls(session.id)
+        controls, _ = await self._judge_publications(session, await self._store.controls(session.id))
+        return controls
+
+    async def _judge_publications(self, session: OnlineSession, controls: Controls) -> tuple[Controls, bool]:
+        """The gate's verdict on each publication it has not judged, in order, against what the alias serves; one
+        that passes moves the alias. Whether every one is judged (False: another process judges one now)."""
         alias_version = controls.alias_version or session.spec.start_version
         for publication in session.output.publications:
             if controls.gate(publication.version) is not None:
                 continue
             if not await self._store.claim_gate(session.id, publication.version, self._owner, GATE_LEASE_SECONDS):
-                break  # another serving process judges it (the later ones wait: each is judged after it)
+                return controls, False  # another serving process judges it (the later ones wait: each after it)
             verdict = await self._judge(publication.version, alias_version)
             await self._store.record_gate(session.id, publication.version, verdict)
             if verdict.passed:
                 alias_version = publication.version
-                await self._store.set(session.id, alias_version=alias_version)
-        if session.spec.live_alias:
-            await self._route_alias(session.id, session.spec.live_alias, alias_version, loaded)
+                controls = await self._store.set(session.id, alias_version=alias_version)
+        return controls, True
+
+    async def _settle(self, controls: Controls) -> Controls:
+        """The live alias of a session that is not running: once the session has ended and the gate has judged
+        its publications, KEPT or ENDED (engine.online.ports.OnlineStore.end_alias), said on its events by the one
+        serving process that settled it."""
+        try:
+            job = await self._sessions.job(controls.session_id)
+        except NotFound:  # the session is gone: nothing to follow or tell
+            return await self._store.end_alias(controls.session_id) or controls
+        if not job.state.terminal:  # paused, or queued again: the alias goes on following it
+            return controls
+        controls, judged = await self._judge_publications(job, controls)
+        if not judged:
+            return controls
+        settled = await self._store.end_alias(job.id)
+        if settled is None:  # another serving process settled it
+            return await self._store.controls(job.id)
+        alias, version = settled.live_alias, settled.alias_version
+        if settled.alias_state is AliasState.KEPT:
+            await self._sessions.note(job.id, Noticed(
+                "LIVE_ALIAS_KEPT", f"the live alias {alias!r} keeps serving {version} now that the session has "
+                                   "ended, until an operator moves it (MoveLiveAlias) or removes it "
+                                   "(RemoveLiveAlias)"))
+        else:
+            published = len(job.output.publications)
+            await self._sessions.note(job.id, Warned(
+                "LIVE_ALIAS_ENDED", f"the live alias {alias!r} ended with the session: no publication of it passed "
+                                    f"the gate ({published} published), so it served only the start version "
+                                    f"{job.spec.start_version}; it is no longer routed"))
+        return settled
 
     async def _judge(self, version: str, baseline: str) -> GateVerdict:
         try:
@@ -162,23 +240,45 @@ class OnlineServing:
             log.warning("live adapter still busy; left loaded", extra={"lora_name": served.name})
         await asyncio.to_thread(shutil.rmtree, served.folder, True)
 
-    async def _route_alias(self, session_id: str, alias: str, version: str, loaded: set[str]) -> None:
+    async def _route_aliases(self, wanted: dict[str, str], loaded: set[str]) -> None:
+        """Route each alias of ``wanted`` to the version it serves; drop the others this process routed."""
+        for alias, version in wanted.items():
+            try:
+                await self._route_alias(alias, version, loaded)
+            except EngineError as exc:  # the next tick tries again
+                log.warning("live alias not routed", extra={"live_alias": alias, "version": version,
+                                                            "error": exc.message})
+        for alias in [a for a in self._routed if a not in wanted]:
+            self._router.drop_route(alias)
+            await self._release(self._routed.pop(alias))
+
+    async def _route_alias(self, alias: str, version: str, loaded: set[str]) -> None:
         name = lora_name(self._gate.base_model, version)
-        if self._router.routes.get(alias) == name and name in loaded:
+        previous = self._routed.get(alias)
+        if previous == version and self._router.routes.get(alias) == name and name in loaded:
             return
         if name not in loaded:
             adapter = await self._adapters.fetch(self._gate.base_model, version)
             await self._client.load(name, str(adapter.path))
+            loaded.add(name)
         self._router.set_route(alias, name, version)
-        self._aliases[session_id] = alias
+        self._routed[alias] = version
+        if previous is not None and previous != version:
+            await self._release(previous)
+
+    async def _release(self, version: str) -> None:
+        """A version an alias of this process left: drained, then unloaded unless something still uses it."""
+        if version in self._routed.values():
+            return
+        if await self._router.drain(lora_name(self._gate.base_model, version), DRAIN_SECONDS):
+            await self._gate.release(version)
+        else:
+            log.warning("version an alias left still busy; left loaded", extra={"version": version})
 
     async def _end(self, session_id: str) -> None:
-        """A session that ended: its names are no longer routed and its live adapter is unloaded (the versions it
-        published stay in the registry, to activate like any other)."""
+        """A session that is no longer running: ``<base>@<session>`` is no longer routed and its live adapter is
+        unloaded (its live alias is settled apart: ``_settle``)."""
         self._router.drop_route(live_model(self._gate.base_model, session_id))
-        alias = self._aliases.pop(session_id, None)
-        if alias is not None:
-            self._router.drop_route(alias)
         served = self._served.pop(session_id, None)
         if served is not None:
             await self._retire(served)

@@ -111,9 +111,23 @@ class GateVerdict:
     gated: bool = True  # False: the server has no gate (off, and no golden suite), so nothing was checked
 
 
+class AliasState(enum.StrEnum):
+    """Where a session's live alias is (migration 0024)."""
+
+    NONE = ""  # the session named none
+    FOLLOWING = "FOLLOWING"  # the session runs: the alias follows its publications that pass the gate
+    KEPT = "KEPT"  # the session ended: the alias serves alias_version until an operator moves or removes it
+    ENDED = "ENDED"  # the session ended with no publication that passed the gate: the alias is not routed
+    REMOVED = "REMOVED"  # an operator removed it: not routed
+
+    @property
+    def routed(self) -> bool:
+        return self in (AliasState.FOLLOWING, AliasState.KEPT)
+
+
 @dataclass(frozen=True)
 class Controls:
-    """What the API and the serving side set on a running session."""
+    """What the API and the serving side set on a session (while it runs, and its live alias after)."""
 
     session_id: str
     enabled: bool
@@ -122,12 +136,21 @@ class Controls:
     force_updates: int = 0
     publish_requests: int = 0
     refused_examples: int = 0
-    alias_version: str = ""
+    alias_version: str = ""  # what the live alias serves ("" : the start version)
     gates: tuple[tuple[str, GateVerdict], ...] = ()
     erasures: int = 0  # DeleteUserFeedback calls that deleted examples of the session (migration 0021)
+    base_model: str = ""
+    start_version: str = ""
+    live_alias: str = ""
+    alias_state: AliasState = AliasState.NONE
 
     def gate(self, version: str) -> GateVerdict | None:
         return dict(self.gates).get(version)
+
+    @property
+    def alias_serves(self) -> str:
+        """The version the live alias serves while it is routed."""
+        return self.alias_version or self.start_version
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
+from engine.domain import DataSource
 from engine.errors import (
     AlreadyExists,
     DataLoss,
@@ -111,6 +112,31 @@ class AdapterRegistry:
             chain.append(await self._index.get(base_model, parse_version(chain[-1].parent_version),
                                                include_deleted=True))
         return chain
+
+    async def sources_in_use(self) -> builtins.list[DataSource]:
+        """The data sources of every published version and of its ancestors (deleted ones included): what a job
+        continuing one of them may read again (engine.continual: its Fisher on the parent's data, replay of the
+        lineage's). Each version is read once."""
+        seen: dict[tuple[str, str], AdapterRecord] = {}
+        token = ""
+        while True:
+            page, token = await self.list(page_size=1000, page_token=token)
+            for record in page:
+                current: AdapterRecord | None = record
+                while current is not None and (current.base_model, current.version) not in seen:
+                    seen[(current.base_model, current.version)] = current
+                    current = await self._parent(current)
+            if not token:
+                break
+        return [r.dataset.source for r in seen.values() if r.dataset is not None and r.dataset.source is not None]
+
+    async def _parent(self, record: AdapterRecord) -> AdapterRecord | None:
+        if not record.parent_version:
+            return None
+        try:
+            return await self._index.get(record.base_model, parse_version(record.parent_version), include_deleted=True)
+        except NotFound:  # never published (an imported version's parent from elsewhere)
+            return None
 
     async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord:
         """Copy the version's archive to ``dest`` and verify it; DATA_LOSS (and no file) if it was altered."""
@@ -309,8 +335,9 @@ class AdapterRegistry:
             if record.version in protected:
                 raise FailedPrecondition(
                     "ADAPTER_PROTECTED",
-                    f"{base_model} {record.version} is active or the known-good rollback target; "
-                    "promote or roll back to another version first",
+                    f"{base_model} {record.version} is active, the known-good rollback target or served by an "
+                    "online session's live alias; promote or roll back to another version, or move or remove the "
+                    "alias, first",
                     metadata={"base_model": base_model, "version": record.version},
                 )
             await self._store.delete([record.manifest_key, record.archive_key, record.fisher_key])

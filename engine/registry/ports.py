@@ -65,6 +65,11 @@ class ArtifactStore(Protocol):
         """Remove objects, in the given order; missing ones are fine."""
         ...
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under ``prefix`` (e.g. ``online/live/``), sorted; for sweeps of what a crash
+        left."""
+        ...
+
 
 class ServingRole(enum.StrEnum):
     ACTIVE = "ACTIVE"
@@ -72,14 +77,16 @@ class ServingRole(enum.StrEnum):
 
 
 class ServingState(Protocol):
-    """The versions the serving side relies on: active and known-good per base model.
+    """The versions the serving side relies on: active and known-good per base model, and those online sessions'
+    live aliases serve.
 
-    LoraControl owns and writes this state; the registry only reads it, to
+    LoraControl and the online sessions own this state; the registry only reads it, to
     refuse deleting or pruning those versions.
     """
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        """Versions of ``base_model`` that are active or the known-good rollback target."""
+        """Versions of ``base_model`` that are active, the known-good rollback target, or served by a live
+        alias."""
         ...
 
 

@@ -113,6 +113,18 @@ class LocalArtifactStore:
     async def delete(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self._delete, list(keys))
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_keys, prefix)
+
+    def _list_keys(self, prefix: str) -> list[str]:
+        folder = prefix.rsplit("/", 1)[0]  # the objects under prefix are in this folder or below it
+        top = self._path(folder) if folder else self._root
+        if not top.is_dir():
+            return []
+        keys = (p.relative_to(self._root).as_posix() for p in top.rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-"))  # not _put's temporary files
+        return sorted(k for k in keys if k.startswith(prefix))
+
     def _delete(self, keys: list[str]) -> None:
         folders = set()
         for key in keys:

@@ -196,6 +196,16 @@ class S3ArtifactStore:
                 if exc.code not in _MISSING:
                     raise self._failed(exc, "delete") from exc
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        def names() -> list[str]:
+            objects = self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+            return sorted(str(o.object_name) for o in objects if o.object_name)
+
+        try:
+            return await self._call("list", names)
+        except S3Error as exc:
+            raise self._failed(exc, "list") from exc
+
     async def delete_prefix(self, prefix: str) -> None:
         """Remove every object under ``prefix`` (tests and tools)."""
 

@@ -196,9 +196,10 @@ class PostgresJobStore(Generic[S, O]):
             await self._fence(conn, job, events, lease)
             await self._append(conn, job.id, events)
             ended = "NULL" if job.state.terminal else "requested"
-            await conn.execute(
-                f"UPDATE jobs SET state = $2, doc = $3::jsonb, requested = {ended} WHERE id = $1",
-                job.id, job.state.value, self._dump(job),
+            await conn.execute(  # never back to an earlier log (a worker's late flush after an ended job's note)
+                f"UPDATE jobs SET state = $2, doc = $3::jsonb, requested = {ended} WHERE id = $1"
+                " AND (doc ->> 'last_sequence')::bigint <= $4",
+                job.id, job.state.value, self._dump(job), job.last_sequence,
             )
 
     async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> Control | None:
@@ -245,9 +246,10 @@ class PostgresJobStore(Generic[S, O]):
             if row["lease_token"] != lease.token:
                 raise lease_lost(job.id)
             return
-        if row["lease_token"] is not None:
+        stored = self._job.validate_json(row["doc"])
+        if row["lease_token"] is not None and not stored.state.terminal:  # an ended job's worker let go of it
             raise Aborted("JOB_CLAIMED", f"job {job.id} was claimed by a worker", metadata={"job": job.id})
-        if self._job.validate_json(row["doc"]).last_sequence != job.last_sequence - len(events):
+        if stored.last_sequence != job.last_sequence - len(events):
             raise Aborted("JOB_CHANGED", f"job {job.id} changed meanwhile", metadata={"job": job.id})
 
     async def _append(self, conn: Conn, job_id: str, events: Sequence[JobEvent]) -> None:

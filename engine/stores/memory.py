@@ -101,7 +101,7 @@ class InMemoryJobStore(Generic[S, O]):
     def _check(self, job_id: str, lease: Lease | None) -> None:
         held = self.held[job_id]
         if lease is None:
-            if held.lease is not None:
+            if held.lease is not None and not self.jobs[job_id].state.terminal:  # an ended job's worker let go
                 raise Aborted("JOB_CLAIMED", f"job {job_id} was claimed by a worker", metadata={"job": job_id})
         elif held.lease != lease:
             raise lease_lost(job_id)
@@ -113,7 +113,8 @@ class InMemoryJobStore(Generic[S, O]):
         log = self.events[job.id]
         for event in events:
             log.setdefault(event.sequence, copy.copy(event))
-        self.jobs[job.id] = job
+        if self.jobs[job.id].last_sequence <= job.last_sequence:  # never back to an earlier log
+            self.jobs[job.id] = job
         if job.state.terminal:
             self.held[job.id].requested = None
         await self._wake()

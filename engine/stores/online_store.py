@@ -4,10 +4,14 @@ The sessions themselves are jobs (kind ``onlineSession``). Examples get a sequen
 the worker reads them in order from the last one it read, so a session taken over by another worker goes on
 from its checkpoint without losing or repeating any. A control that asks for something once (an update now, a
 publication) is a counter: the worker acts on each increment it has not seen.
+
+The controls also hold the session's live alias (migration 0024): its name, and its state, which outlives the
+session (``AliasState``). A name is held by one session at a time per base model (FOLLOWING or KEPT).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -15,7 +19,8 @@ from typing import Any
 import asyncpg
 
 from engine.domain import OnlineExamples
-from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample, not_found
+from engine.errors import FailedPrecondition
+from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -30,7 +35,12 @@ def _controls(r: asyncpg.Record) -> Controls:
         alias_version=r["alias_version"], erasures=r["erasures"],
         gates=tuple((v, GateVerdict(g["passed"], tuple(g["failed_checks"]), g["gated"]))
                     for v, g in sorted(gates.items())),
+        base_model=r["base_model"], start_version=r["start_version"], live_alias=r["live_alias"],
+        alias_state=AliasState(r["alias_state"]),
     )
+
+
+_ROUTED = "alias_state IN ('FOLLOWING', 'KEPT')"
 
 
 _COLUMNS = "seq, prompt, target, weight, desirable"
@@ -49,11 +59,37 @@ class PostgresOnlineStore:
 
     # ---- controls ------------------------------------------------------------------------------
 
-    async def create(self, session_id: str, learning_rate: float) -> None:
-        """The session's controls, once (a second create of the same session keeps the first's)."""
-        await self._pool.execute(
-            "INSERT INTO online_controls (session_id, learning_rate) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            session_id, learning_rate)
+    async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
+                     live_alias: str = "", request_id: str = "") -> None:
+        """The session's controls, once (a second create of the same session keeps the first's). A ``live_alias``
+        is taken for the session, under a lock on the name: FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) while another
+        session of ``base_model`` holds it, unless that session was created by the same ``request_id`` (this create
+        is its retry, and the controls made here are the caller's to discard)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            state = AliasState.NONE
+            if live_alias:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                   f"{_LOCK_NAMESPACE}alias/{base_model}/{live_alias}")
+                holder = await conn.fetchrow(
+                    f"SELECT c.session_id, j.request_id FROM online_controls c LEFT JOIN jobs j ON j.id = c.session_id"
+                    f" WHERE c.base_model = $1 AND c.live_alias = $2 AND c.{_ROUTED} AND c.session_id <> $3",
+                    base_model, live_alias, session_id)
+                if holder is None:
+                    state = AliasState.FOLLOWING
+                elif not request_id or holder["request_id"] != request_id:
+                    held = f"onlineSessions/{holder['session_id']}"
+                    raise FailedPrecondition(
+                        "ONLINE_ALIAS_IN_USE", f"the live alias {live_alias!r} is held by {held}; remove it there "
+                        "first (RemoveLiveAlias), or name another",
+                        metadata={"live_alias": live_alias, "held_by": held})
+            await conn.execute(
+                "INSERT INTO online_controls (session_id, learning_rate, base_model, start_version, live_alias,"
+                " alias_state) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                session_id, learning_rate, base_model, start_version, live_alias, state.value)
+
+    async def discard(self, session_id: str) -> None:
+        """The controls of a session that was never stored (its create returned another by its request_id)."""
+        await self._pool.execute("DELETE FROM online_controls WHERE session_id = $1", session_id)
 
     async def controls(self, session_id: str) -> Controls:
         row = await self._pool.fetchrow("SELECT * FROM online_controls WHERE session_id = $1", session_id)
@@ -67,11 +103,14 @@ class PostgresOnlineStore:
         return {r["session_id"]: _controls(r) for r in rows}
 
     async def set(self, session_id: str, **changes: Any) -> Controls:
-        """Set ``enabled``, ``disabled_reason``, ``learning_rate`` or ``alias_version``."""
+        """Set ``enabled``, ``disabled_reason``, ``learning_rate`` or ``alias_version`` (only while the alias
+        follows the session, or it has none: a kept or removed alias keeps what it serves, or served)."""
         allowed = {"enabled", "disabled_reason", "learning_rate", "alias_version"}
         assert changes and set(changes) <= allowed, changes
         columns = list(changes)
-        assignments = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns))
+        assignments = ", ".join(
+            f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') THEN ${i + 2} ELSE alias_version END"
+            if c == "alias_version" else f"{c} = ${i + 2}" for i, c in enumerate(columns))
         row = await self._pool.fetchrow(
             f"UPDATE online_controls SET {assignments}, update_time = now() WHERE session_id = $1 RETURNING *",
             session_id, *(changes[c] for c in columns))
@@ -88,6 +127,45 @@ class PostgresOnlineStore:
         if row is None:
             raise not_found(session_id)
         return _controls(row)
+
+    # ---- live aliases ----------------------------------------------------------------------------
+
+    async def aliases(self, base_model: str) -> list[Controls]:
+        """The sessions of ``base_model`` whose live alias is routed (FOLLOWING or KEPT)."""
+        rows = await self._pool.fetch(f"SELECT * FROM online_controls WHERE base_model = $1 AND {_ROUTED}",
+                                      base_model)
+        return [_controls(r) for r in rows]
+
+    async def routed_versions(self, base_model: str) -> builtins.set[str]:
+        """The versions the live aliases of ``base_model`` serve (engine.lora.target.RoutedElsewhere)."""
+        rows = await self._pool.fetch(
+            f"SELECT DISTINCT CASE WHEN alias_version = '' THEN start_version ELSE alias_version END AS version"
+            f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
+        return {r["version"] for r in rows if r["version"]}
+
+    async def end_alias(self, session_id: str) -> Controls | None:
+        """Settle the alias of a session that ended: KEPT on the version it serves when one was chosen for it (a
+        publication that passed the gate, an operator's, a feedback spike's start version), ENDED when it still
+        serves the start version by default. None when it no longer follows the session (settled already, by
+        another serving process too)."""
+        row = await self._pool.fetchrow(
+            "UPDATE online_controls SET alias_state = CASE WHEN alias_version = '' THEN 'ENDED' ELSE 'KEPT' END,"
+            " update_time = now() WHERE session_id = $1 AND alias_state = 'FOLLOWING' RETURNING *", session_id)
+        return _controls(row) if row is not None else None
+
+    async def move_alias(self, session_id: str, version: str) -> Controls | None:
+        """Point a routed alias at ``version``; None when the session's alias is not routed."""
+        row = await self._pool.fetchrow(
+            f"UPDATE online_controls SET alias_version = $2, update_time = now() WHERE session_id = $1 AND {_ROUTED}"
+            " RETURNING *", session_id, version)
+        return _controls(row) if row is not None else None
+
+    async def remove_alias(self, session_id: str) -> Controls | None:
+        """REMOVED, for a routed alias; None when the session's alias is not routed."""
+        row = await self._pool.fetchrow(
+            f"UPDATE online_controls SET alias_state = 'REMOVED', update_time = now() WHERE session_id = $1"
+            f" AND {_ROUTED} RETURNING *", session_id)
+        return _controls(row) if row is not None else None
 
     async def claim_gate(self, session_id: str, version: str, owner: str, lease_seconds: float) -> bool:
         """Whether ``owner`` may run the gate on ``version`` now: no verdict yet, and no other owner's claim whose
@@ -159,6 +237,14 @@ class PostgresOnlineStore:
         labelled = any(r.desirable is not None for r in rows)
         return OnlineExamples([r.example() for r in rows],
                               tuple(r.desirable is not False for r in rows) if labelled else None)
+
+    async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:
+        """Delete the session's examples but those in the ``keep`` windows (first, last); how many went."""
+        firsts, lasts = [first for first, _ in keep], [last for _, last in keep]
+        return int(await self._pool.fetchval(
+            "WITH gone AS (DELETE FROM online_examples e WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM"
+            " unnest($2::int8[], $3::int8[]) AS w(first, last) WHERE e.seq BETWEEN w.first AND w.last) RETURNING 1)"
+            " SELECT count(*) FROM gone", session_id, firsts, lasts))
 
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(

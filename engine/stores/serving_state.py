@@ -1,7 +1,8 @@
 """Active and known-good adapter versions per base model, in PostgreSQL (table ``serving_state``).
 
 LoraControl writes it with :meth:`PostgresServingState.set_version`; the registry
-reads it through the ``ServingState`` port to refuse deleting those versions.
+reads it through the ``ServingState`` port to refuse deleting those versions, and those
+the live aliases of online sessions serve (``aliases``: engine.stores.online_store).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncpg
 
 from engine.errors import NotFound
+from engine.lora.state import RoutedElsewhere
 from engine.registry.ports import ServingRole
 from engine.registry.records import VersionNumber, parse_version
 
@@ -16,11 +18,13 @@ from engine.registry.records import VersionNumber, parse_version
 class PostgresServingState:
     """ServingState (see engine.registry.ports) plus the writer LoraControl uses."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, aliases: RoutedElsewhere | None = None) -> None:
         self._pool = pool
+        self._aliases = aliases  # what online sessions' live aliases serve: protected too
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        return set((await self.versions(base_model)).values())
+        aliased = await self._aliases.routed_versions(base_model) if self._aliases is not None else set()
+        return set((await self.versions(base_model)).values()) | aliased
 
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
         async with self._pool.acquire() as conn:

@@ -70,6 +70,14 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         view = await self._sessions.request(oc.session_id_from_name(request.name), "publish_requests")
         return pb.PublishOnlineSessionResponse(session=oc.session_to_pb(view))
 
+    async def MoveLiveAlias(self, request: pb.MoveLiveAliasRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.move_alias(oc.session_id_from_name(request.name), request.version)
+        return pb.MoveLiveAliasResponse(session=oc.session_to_pb(view))
+
+    async def RemoveLiveAlias(self, request: pb.RemoveLiveAliasRequest, context: grpc.aio.ServicerContext):
+        view = await self._sessions.remove_alias(oc.session_id_from_name(request.name))
+        return pb.RemoveLiveAliasResponse(session=oc.session_to_pb(view))
+
     async def GetOnlineStats(self, request: pb.GetOnlineStatsRequest, context: grpc.aio.ServicerContext):
         view = await self._sessions.get(oc.session_id_from_name(request.name))
         return pb.GetOnlineStatsResponse(stats=oc.stats_to_pb(view.stats))

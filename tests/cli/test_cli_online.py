@@ -1,9 +1,10 @@
 """``learning-engine online`` against a live server: create from a version, send a file of examples (stats after
 each update, a refused line reported), stats, learning rate out of range, publish, stop, and a stop of a stopped
-session."""
+session; its live alias kept after the stop, then moved and removed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     port = server.app.port
     start = await train(server)
     made = await cli(port, "online", "create", "notes", "--from", start, "--update-every", "5", "--publish-every",
-                     "0", "--lr", "0.005", "--ewc-lambda", "0", "--replay", "0")
+                     "0", "--lr", "0.005", "--ewc-lambda", "0", "--replay", "0", "--live-alias", "notes-live")
     assert made.code == 0, made.err
     assert made.out.strip() == f"created onlineSessions/notes from {start}, served as tiny-llama@notes", made.out
 
@@ -42,6 +43,22 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert "cancelled: stopped after 2 updates" in watched.out, watched.out
     again = await cli(port, "online", "stop", "notes")
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
+
+    # The live alias outlives the session (kept on the publication), until moved or removed.
+    for _ in range(100):
+        got = json.loads((await cli(port, "--json", "online", "get", "notes")).out)
+        if got.get("alias_state") == "LIVE_ALIAS_STATE_KEPT":
+            break
+        await asyncio.sleep(0.1)
+    assert (got.get("alias_state"), got["alias_version"]) == ("LIVE_ALIAS_STATE_KEPT", "v1.0.1"), got
+    listed = await cli(port, "online", "list")
+    assert "notes-live: v1.0.1 (kept)" in listed.out, listed.out
+    moved = await cli(port, "online", "move-alias", "notes", start)
+    assert (moved.code, moved.out.strip()) == (0, f"onlineSessions/notes: notes-live: {start} (kept)"), moved
+    removed = await cli(port, "online", "remove-alias", "notes")
+    assert (removed.code, removed.out.strip()) == (0, f"onlineSessions/notes: notes-live: {start} (removed)")
+    gone = await cli(port, "online", "remove-alias", "notes")
+    assert gone.code == 9 and "ONLINE_NO_LIVE_ALIAS" in gone.err, gone.err
 
 
 async def test_online_kto_session_from_the_cli(make_server, tmp_path: Path) -> None:

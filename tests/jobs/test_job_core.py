@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
-from engine.jobs.core import Control, Job, JobEvent, JobKind, JobProgress, JobState, StateChanged
+from engine.jobs.core import Control, Job, JobEvent, JobKind, JobProgress, JobState, Noticed, StateChanged
 from engine.jobs.manager import JobContext, JobManager, JobSlots
 from engine.stores.memory import InMemoryJobStore, InProcessQueue
 
@@ -184,6 +184,20 @@ async def test_cancel_ends_a_running_job_and_is_refused_once_it_ended(manager):
     assert caught.value.metadata == {"state": "CANCELLED"}
     with pytest.raises(NotFound):
         await manager.get("nosuchjob")
+
+
+async def test_a_job_that_ended_takes_a_note_on_its_log_and_a_late_write_of_its_worker_keeps_it(manager, store):
+    job = await manager.submit(manager.new_job(CountSpec(1), CountOutput()))
+    manager.runner.release.release()
+    await _until_ended(manager, job.id)
+    ended = await manager.get(job.id)
+    assert store.lease_token(job.id) is not None  # its worker's lease is left on it, but guards nothing any more
+    noted = await manager.note(job.id, Noticed("LEFT_BEHIND", "what became of what it left"))
+    assert noted.last_sequence == ended.last_sequence + 1 and noted.state is JobState.SUCCEEDED
+    await store.write(ended, [], store.held[job.id].lease)  # a late flush of the job as its worker last had it
+    assert (await manager.get(job.id)).last_sequence == noted.last_sequence
+    items = await _until_ended(manager, job.id)  # a watcher sees the note after the end
+    assert items[-1].payload == Noticed("LEFT_BEHIND", "what became of what it left")
 
 
 async def test_recovery_queues_again_what_the_store_holds_as_queued(store, tmp_path):

@@ -101,6 +101,19 @@ async def test_the_store_refuses_to_overwrite(store, tmp_path: Path):
     assert await store.get_bytes("adapters/m/v1.0/adapter.tar.gz") == b"archive"
 
 
+async def test_the_store_lists_the_keys_under_a_prefix(store):
+    await store.ensure_ready()
+    for key in ("online/live/a/000000002-x.tar", "online/live/a/000000001-x.tar", "online/live/b/000000001-y.tar",
+                "online/livestock.tar", "online/checkpoints/a/000000001-x.tar"):
+        await store.put_bytes(key, b"archive")
+    assert await store.list_keys("online/live/") == [
+        "online/live/a/000000001-x.tar", "online/live/a/000000002-x.tar", "online/live/b/000000001-y.tar"]
+    assert await store.list_keys("online/live/b") == ["online/live/b/000000001-y.tar"]
+    assert await store.list_keys("nothing/here/") == []
+    await store.delete(["online/live/b/000000001-y.tar"])
+    assert await store.list_keys("online/live/b/") == []
+
+
 async def test_a_version_already_in_the_store_is_never_overwritten(registry: AdapterRegistry, store, make_peft):
     await store.ensure_ready()
     planted = b'{"planted": true}'

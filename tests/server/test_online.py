@@ -1,7 +1,9 @@
 """Online learning through gRPC on the tiny model: 200 examples streamed into a session move its stats, its
 updates are served live under <base>@<session> (answers change), a version is published, gated and followed by
-the live alias, and one the forgetting-aware gate refuses is not followed; a session whose server stops goes on
-from its checkpoint when a server starts again; bad input gets clear statuses and never kills a session."""
+the live alias, and one the forgetting-aware gate refuses is not followed (the alias then ends with the session); a
+session whose server stops goes on from its checkpoint when a server starts again; bad input gets clear statuses and
+never kills a session. What outlives a session (its live alias, its examples until the retention sweep) is tested
+in tests/server/test_online_alias.py."""
 
 from __future__ import annotations
 
@@ -290,6 +292,19 @@ async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was
     served, _ = await until(lambda: _answer(client, "careless", f"{TINY}@{start}"))
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     await until(lambda: _ended(client, made.name))
+    # No publication passed: the alias, which only served the start version, ends with the session and says so.
+    ended = await until(lambda: _alias_ended(client, made.name))
+    assert ended.alias_version == "" and ended.publications[0].version != start
+    said = [m.event.warning.message async for m in _watch_until(
+        client, made.name, lambda e: e.warning.code == "LIVE_ALIAS_ENDED") if m.event.HasField("warning")]
+    assert said[-1] == (f"the live alias 'careless' ended with the session: no publication of it passed the gate "
+                        f"(1 published), so it served only the start version {start}; it is no longer routed")
+    await until(lambda: _unrouted(client.app.owned.lora.gateway.router, "careless"))
+
+
+async def _alias_ended(client, name: str) -> ol.OnlineSession | None:
+    found = await session(client, name)
+    return found if found.alias_state == ol.LIVE_ALIAS_STATE_ENDED else None
 
 
 async def _judged(client, name: str) -> ol.OnlineSession | None:

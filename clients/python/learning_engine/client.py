@@ -798,6 +798,18 @@ class AsyncClient:
     async def get_online_stats(self, name: str) -> online_pb2.OnlineStats:
         return (await self._unary(self.online.GetOnlineStats, online_pb2.GetOnlineStatsRequest(name=name))).stats
 
+    async def move_live_alias(self, name: str, version: str) -> online_pb2.OnlineSession:
+        """Point the session's live alias at ``version`` (no gate: the caller's choice). While the session runs, its
+        next publication that passes the gate moves it again; after it ended, the alias serves ``version`` until
+        moved again or removed."""
+        request = online_pb2.MoveLiveAliasRequest(name=name, version=version)
+        return (await self._unary(self.online.MoveLiveAlias, request)).session
+
+    async def remove_live_alias(self, name: str) -> online_pb2.OnlineSession:
+        """Stop routing the session's live alias (also one kept after the session ended); the name is free again."""
+        request = online_pb2.RemoveLiveAliasRequest(name=name)
+        return (await self._unary(self.online.RemoveLiveAlias, request)).session
+
     def watch_online_session(
         self, name: str, *, after_sequence: int = 0
     ) -> AsyncIterator[online_pb2.WatchOnlineSessionResponse]:

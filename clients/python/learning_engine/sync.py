@@ -499,6 +499,16 @@ class Client:
     def get_online_stats(self, name: str) -> online_pb2.OnlineStats:
         return self._loop.run(self._async.get_online_stats(name))
 
+    def move_live_alias(self, name: str, version: str) -> online_pb2.OnlineSession:
+        """Point the session's live alias at ``version`` (no gate: the caller's choice). While the session runs, its
+        next publication that passes the gate moves it again; after it ended, the alias serves ``version`` until
+        moved again or removed."""
+        return self._loop.run(self._async.move_live_alias(name, version))
+
+    def remove_live_alias(self, name: str) -> online_pb2.OnlineSession:
+        """Stop routing the session's live alias (also one kept after the session ended); the name is free again."""
+        return self._loop.run(self._async.remove_live_alias(name))
+
     def watch_online_session(
         self, name: str, *, after_sequence: int = 0
     ) -> Iterator[online_pb2.WatchOnlineSessionResponse]:

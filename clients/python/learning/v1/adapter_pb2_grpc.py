@@ -100,7 +100,9 @@ class AdapterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAdapter(self, request, context):
-        """Refused while the version is active or the known-good rollback target.
+        """Refused while the version is active, the known-good rollback target, or
+        served by an online session's live alias (also one kept after the
+        session ended).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

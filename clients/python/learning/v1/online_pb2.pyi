@@ -12,6 +12,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LiveAliasState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIVE_ALIAS_STATE_UNSPECIFIED: _ClassVar[LiveAliasState]
+    LIVE_ALIAS_STATE_FOLLOWING: _ClassVar[LiveAliasState]
+    LIVE_ALIAS_STATE_KEPT: _ClassVar[LiveAliasState]
+    LIVE_ALIAS_STATE_ENDED: _ClassVar[LiveAliasState]
+    LIVE_ALIAS_STATE_REMOVED: _ClassVar[LiveAliasState]
+
 class OnlineOptimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ONLINE_OPTIMIZER_UNSPECIFIED: _ClassVar[OnlineOptimizer]
@@ -24,6 +32,11 @@ class OnlineLoss(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ONLINE_LOSS_UNSPECIFIED: _ClassVar[OnlineLoss]
     ONLINE_LOSS_SFT: _ClassVar[OnlineLoss]
     ONLINE_LOSS_KTO: _ClassVar[OnlineLoss]
+LIVE_ALIAS_STATE_UNSPECIFIED: LiveAliasState
+LIVE_ALIAS_STATE_FOLLOWING: LiveAliasState
+LIVE_ALIAS_STATE_KEPT: LiveAliasState
+LIVE_ALIAS_STATE_ENDED: LiveAliasState
+LIVE_ALIAS_STATE_REMOVED: LiveAliasState
 ONLINE_OPTIMIZER_UNSPECIFIED: OnlineOptimizer
 ONLINE_OPTIMIZER_ADAM: OnlineOptimizer
 ONLINE_OPTIMIZER_ADAMW: OnlineOptimizer
@@ -119,7 +132,7 @@ class OnlinePublication(_message.Message):
     def __init__(self, version: _Optional[str] = ..., update: _Optional[int] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., gate_passed: _Optional[bool] = ..., failed_checks: _Optional[_Iterable[str]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class OnlineSession(_message.Message):
-    __slots__ = ("name", "spec", "state", "stats", "live_model", "live_adapter", "publications", "alias_version", "disabled_reason", "error", "create_time", "start_time", "end_time", "device", "request_id", "progress", "last_sequence")
+    __slots__ = ("name", "spec", "state", "stats", "live_model", "live_adapter", "publications", "alias_version", "disabled_reason", "error", "create_time", "start_time", "end_time", "device", "request_id", "progress", "last_sequence", "alias_state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +150,7 @@ class OnlineSession(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: OnlineSessionSpec
     state: _common_pb2.JobState
@@ -154,7 +168,8 @@ class OnlineSession(_message.Message):
     request_id: str
     progress: _common_pb2.JobProgress
     last_sequence: int
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[OnlineSessionSpec, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., live_model: _Optional[str] = ..., live_adapter: _Optional[str] = ..., publications: _Optional[_Iterable[_Union[OnlinePublication, _Mapping]]] = ..., alias_version: _Optional[str] = ..., disabled_reason: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., request_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    alias_state: LiveAliasState
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[OnlineSessionSpec, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., live_model: _Optional[str] = ..., live_adapter: _Optional[str] = ..., publications: _Optional[_Iterable[_Union[OnlinePublication, _Mapping]]] = ..., alias_version: _Optional[str] = ..., disabled_reason: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., request_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., last_sequence: _Optional[int] = ..., alias_state: _Optional[_Union[LiveAliasState, str]] = ...) -> None: ...
 
 class OnlineExample(_message.Message):
     __slots__ = ("prompt", "target", "weight", "desirable")
@@ -413,6 +428,32 @@ class AddExamplesRequest(_message.Message):
     name: str
     examples: _containers.RepeatedCompositeFieldContainer[OnlineExample]
     def __init__(self, name: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[OnlineExample, _Mapping]]] = ...) -> None: ...
+
+class MoveLiveAliasRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class MoveLiveAliasResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: OnlineSession
+    def __init__(self, session: _Optional[_Union[OnlineSession, _Mapping]] = ...) -> None: ...
+
+class RemoveLiveAliasRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveLiveAliasResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: OnlineSession
+    def __init__(self, session: _Optional[_Union[OnlineSession, _Mapping]] = ...) -> None: ...
 
 class AddExamplesResponse(_message.Message):
     __slots__ = ("accepted", "refused", "refusals", "last_sequence")

@@ -41,9 +41,16 @@ class OnlineLearningServiceStub:
     is the version the session started from (or its previous publication) and
     goes through the forgetting-aware gate. An operator opts a name into
     following the session (`live_alias`): it serves the newest publication that
-    passed the gate, never one that failed. A loss spike disables learning,
-    puts the served adapter back to its weights before the update that made
-    the spike, and is recorded with its figures.
+    passed the gate, never one that failed. The alias outlives the session: once
+    the session ends (stopped or failed) and the gate has judged its
+    publications, the alias keeps serving the version it serves then, on every
+    serving process and across restarts, until an operator moves it
+    (MoveLiveAlias) or removes it (RemoveLiveAlias); one that only ever served
+    the start version ends with the session (a LIVE_ALIAS_ENDED warning on the
+    session's events). The session's own names ("<base_model>@<id>") end with
+    it. A loss spike disables learning, puts the served adapter back to its
+    weights before the update that made the spike, and is recorded with its
+    figures.
     """
 
     def __init__(self, channel):
@@ -117,6 +124,16 @@ class OnlineLearningServiceStub:
                 request_serializer=learning_dot_v1_dot_online__pb2.AddExamplesRequest.SerializeToString,
                 response_deserializer=learning_dot_v1_dot_online__pb2.AddExamplesResponse.FromString,
                 _registered_method=True)
+        self.MoveLiveAlias = channel.unary_unary(
+                '/learning.v1.OnlineLearningService/MoveLiveAlias',
+                request_serializer=learning_dot_v1_dot_online__pb2.MoveLiveAliasRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_online__pb2.MoveLiveAliasResponse.FromString,
+                _registered_method=True)
+        self.RemoveLiveAlias = channel.unary_unary(
+                '/learning.v1.OnlineLearningService/RemoveLiveAlias',
+                request_serializer=learning_dot_v1_dot_online__pb2.RemoveLiveAliasRequest.SerializeToString,
+                response_deserializer=learning_dot_v1_dot_online__pb2.RemoveLiveAliasResponse.FromString,
+                _registered_method=True)
 
 
 class OnlineLearningServiceServicer:
@@ -135,9 +152,16 @@ class OnlineLearningServiceServicer:
     is the version the session started from (or its previous publication) and
     goes through the forgetting-aware gate. An operator opts a name into
     following the session (`live_alias`): it serves the newest publication that
-    passed the gate, never one that failed. A loss spike disables learning,
-    puts the served adapter back to its weights before the update that made
-    the spike, and is recorded with its figures.
+    passed the gate, never one that failed. The alias outlives the session: once
+    the session ends (stopped or failed) and the gate has judged its
+    publications, the alias keeps serving the version it serves then, on every
+    serving process and across restarts, until an operator moves it
+    (MoveLiveAlias) or removes it (RemoveLiveAlias); one that only ever served
+    the start version ends with the session (a LIVE_ALIAS_ENDED warning on the
+    session's events). The session's own names ("<base_model>@<id>") end with
+    it. A loss spike disables learning, puts the served adapter back to its
+    weights before the update that made the spike, and is recorded with its
+    figures.
     """
 
     def CreateOnlineSession(self, request, context):
@@ -163,7 +187,8 @@ class OnlineLearningServiceServicer:
 
     def StopOnlineSession(self, request, context):
         """Stops learning for good: the session ends CANCELLED after its last
-        checkpoint. FAILED_PRECONDITION for a session that has ended.
+        checkpoint. FAILED_PRECONDITION for a session that has ended. Its live
+        alias, if any, is then settled (alias_state KEPT or ENDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +255,32 @@ class OnlineLearningServiceServicer:
 
     def AddExamples(self, request, context):
         """The same for clients that cannot stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveLiveAlias(self, request, context):
+        """Points the session's live alias at `version`, a version of the session's
+        base model, from now on: an operator's choice, without the gate. While the
+        session runs, its next publication that passes the gate moves the alias
+        again; after it ended, the alias serves `version` until moved again or
+        removed. Every serving process routes it within online_follow_seconds.
+        FAILED_PRECONDITION (ONLINE_NO_LIVE_ALIAS) unless the alias is routed
+        (alias_state FOLLOWING or KEPT), NOT_FOUND for a version that does not
+        exist, INVALID_ARGUMENT for a malformed one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveLiveAlias(self, request, context):
+        """Ends the session's live alias: every serving process stops routing it
+        within online_follow_seconds, and the version it served is unloaded
+        unless something else serves it. A running session goes on learning and
+        publishing, with no alias following it; the name is free for another
+        session. FAILED_PRECONDITION (ONLINE_NO_LIVE_ALIAS) unless the alias is
+        routed (alias_state FOLLOWING or KEPT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +354,16 @@ def add_OnlineLearningServiceServicer_to_server(servicer, server):
                     request_deserializer=learning_dot_v1_dot_online__pb2.AddExamplesRequest.FromString,
                     response_serializer=learning_dot_v1_dot_online__pb2.AddExamplesResponse.SerializeToString,
             ),
+            'MoveLiveAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLiveAlias,
+                    request_deserializer=learning_dot_v1_dot_online__pb2.MoveLiveAliasRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_online__pb2.MoveLiveAliasResponse.SerializeToString,
+            ),
+            'RemoveLiveAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveLiveAlias,
+                    request_deserializer=learning_dot_v1_dot_online__pb2.RemoveLiveAliasRequest.FromString,
+                    response_serializer=learning_dot_v1_dot_online__pb2.RemoveLiveAliasResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'learning.v1.OnlineLearningService', rpc_method_handlers)
@@ -327,9 +388,16 @@ class OnlineLearningService:
     is the version the session started from (or its previous publication) and
     goes through the forgetting-aware gate. An operator opts a name into
     following the session (`live_alias`): it serves the newest publication that
-    passed the gate, never one that failed. A loss spike disables learning,
-    puts the served adapter back to its weights before the update that made
-    the spike, and is recorded with its figures.
+    passed the gate, never one that failed. The alias outlives the session: once
+    the session ends (stopped or failed) and the gate has judged its
+    publications, the alias keeps serving the version it serves then, on every
+    serving process and across restarts, until an operator moves it
+    (MoveLiveAlias) or removes it (RemoveLiveAlias); one that only ever served
+    the start version ends with the session (a LIVE_ALIAS_ENDED warning on the
+    session's events). The session's own names ("<base_model>@<id>") end with
+    it. A loss spike disables learning, puts the served adapter back to its
+    weights before the update that made the spike, and is recorded with its
+    figures.
     """
 
     @staticmethod
@@ -673,6 +741,60 @@ class OnlineLearningService:
             '/learning.v1.OnlineLearningService/AddExamples',
             learning_dot_v1_dot_online__pb2.AddExamplesRequest.SerializeToString,
             learning_dot_v1_dot_online__pb2.AddExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLiveAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.OnlineLearningService/MoveLiveAlias',
+            learning_dot_v1_dot_online__pb2.MoveLiveAliasRequest.SerializeToString,
+            learning_dot_v1_dot_online__pb2.MoveLiveAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveLiveAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learning.v1.OnlineLearningService/RemoveLiveAlias',
+            learning_dot_v1_dot_online__pb2.RemoveLiveAliasRequest.SerializeToString,
+            learning_dot_v1_dot_online__pb2.RemoveLiveAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,

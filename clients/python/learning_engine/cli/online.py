@@ -1,5 +1,6 @@
 """``online``: sessions that keep a served adapter learning from the examples they are sent (create, list, get,
-stats, send, watch, lr, enable, disable, update, publish, stop)."""
+stats, send, watch, lr, enable, disable, update, publish, stop), and their live aliases, which outlive them
+(move-alias, remove-alias)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def _state(value: int) -> str:
 
 def _loss(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _alias(s: ol.OnlineSession) -> str:
+    """The live alias, what it serves and its state: ``notes-live: v1.1.2 (kept)``."""
+    if not s.spec.live_alias:
+        return "-"
+    state = ol.LiveAliasState.Name(s.alias_state).removeprefix("LIVE_ALIAS_STATE_").lower()
+    return f"{s.spec.live_alias}: {s.alias_version or s.spec.start_version} ({state})"
 
 
 def _stats_line(s: ol.OnlineStats) -> str:
@@ -98,12 +107,12 @@ def online_list(ctx: typer.Context, page_size: int = typer.Option(0, "--page-siz
     response = run(ctx, lambda c: c.list_online_sessions(page_size=page_size, page_token=page_token))
 
     def render() -> None:
-        table = Table("name", "state", "from", "updates", "examples", "loss", "published", box=None,
+        table = Table("name", "state", "from", "updates", "examples", "loss", "published", "live alias", box=None,
                       header_style="bold")
         for s in response.sessions:
             table.add_row(s.name, _state(s.state), s.spec.start_version, str(s.stats.total_updates),
                           str(s.stats.total_examples), _loss(s.stats.average_loss),
-                          ", ".join(p.version for p in s.publications))
+                          ", ".join(p.version for p in s.publications), _alias(s))
         print_table(table)
 
     emit(options(ctx), response, render)
@@ -245,3 +254,18 @@ def online_publish(ctx: typer.Context, name: str) -> None:
 def online_stop(ctx: typer.Context, name: str) -> None:
     """Stop the session for good (a last checkpoint first)."""
     _change(ctx, lambda c: c.stop_online_session(session_name(name)), "stopping")
+
+
+@online_app.command("move-alias")
+def online_move_alias(ctx: typer.Context, name: str, version: str) -> None:
+    """Point the session's live alias at VERSION (no gate); after the session ended it stays there until moved or
+    removed."""
+    done = run(ctx, lambda c: c.move_live_alias(session_name(name), version))
+    emit(options(ctx), done, lambda: out.print(f"{done.name}: {_alias(done)}", highlight=False))
+
+
+@online_app.command("remove-alias")
+def online_remove_alias(ctx: typer.Context, name: str) -> None:
+    """Stop routing the session's live alias, also one kept after the session ended."""
+    done = run(ctx, lambda c: c.remove_live_alias(session_name(name)))
+    emit(options(ctx), done, lambda: out.print(f"{done.name}: {_alias(done)}", highlight=False))

@@ -892,7 +892,9 @@ export const AdapterService: GenService<{
     output: typeof DownloadAdapterResponseSchema;
   },
   /**
-   * Refused while the version is active or the known-good rollback target.
+   * Refused while the version is active, the known-good rollback target, or
+   * served by an online session's live alias (also one kept after the
+   * session ended).
    *
    * @generated from rpc learning.v1.AdapterService.DeleteAdapter
    */

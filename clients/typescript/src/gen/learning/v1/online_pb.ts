@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file learning/v1/online.proto.
  */
 export const file_learning_v1_online: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWFybmluZy92MS9vbmxpbmUucHJvdG8SC2xlYXJuaW5nLnYxItUFChFPbmxpbmVTZXNzaW9uU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEhUKDXN0YXJ0X3ZlcnNpb24YAiABKAkSEwoLYnVmZmVyX3NpemUYAyABKA0SFAoMdXBkYXRlX2V2ZXJ5GAQgASgNEi8KCW9wdGltaXplchgFIAEoDjIcLmxlYXJuaW5nLnYxLk9ubGluZU9wdGltaXplchIaCg1sZWFybmluZ19yYXRlGAYgASgBSACIAQESGQoMd2VpZ2h0X2RlY2F5GAcgASgBSAGIAQESGgoNbWF4X2dyYWRfbm9ybRgIIAEoAUgCiAEBEhcKCmV3Y19sYW1iZGEYCSABKAFIA4gBARIcCg9yZXBsYXlfZnJhY3Rpb24YCiABKAFIBIgBARIYChBjaGVja3BvaW50X2V2ZXJ5GAsgASgNEhoKDXB1Ymxpc2hfZXZlcnkYDCABKA1IBYgBARIWCg5tYXhfc2VxX2xlbmd0aBgNIAEoDRISCgpsaXZlX2FsaWFzGA4gASgJEh4KEWxvc3Nfc3Bpa2VfZmFjdG9yGA8gASgBSAaIAQESGwoTbGVhcm5fZnJvbV9mZWVkYmFjaxgQIAEoCBIlChhuZWdhdGl2ZV9mZWVkYmFja19tYXJnaW4YESABKAFIB4gBARIlCh1uZWdhdGl2ZV9mZWVkYmFja19taW5fcmF0aW5ncxgSIAEoDRIlCgRsb3NzGBMgASgOMhcubGVhcm5pbmcudjEuT25saW5lTG9zc0IQCg5fbGVhcm5pbmdfcmF0ZUIPCg1fd2VpZ2h0X2RlY2F5QhAKDl9tYXhfZ3JhZF9ub3JtQg0KC19ld2NfbGFtYmRhQhIKEF9yZXBsYXlfZnJhY3Rpb25CEAoOX3B1Ymxpc2hfZXZlcnlCFAoSX2xvc3Nfc3Bpa2VfZmFjdG9yQhsKGV9uZWdhdGl2ZV9mZWVkYmFja19tYXJnaW4iiQIKC09ubGluZVN0YXRzEhYKDnRvdGFsX2V4YW1wbGVzGAEgASgEEhgKEHNraXBwZWRfZXhhbXBsZXMYAiABKAQSFQoNdG90YWxfdXBkYXRlcxgDIAEoBBITCgtidWZmZXJfc2l6ZRgEIAEoDRIYChBwZW5kaW5nX2V4YW1wbGVzGAUgASgNEhQKDGF2ZXJhZ2VfbG9zcxgGIAEoARIRCglsYXN0X2xvc3MYByABKAESFQoNbGVhcm5pbmdfcmF0ZRgIIAEoARIPCgdlbmFibGVkGAkgASgIEhUKDWxhc3Rfc2VxdWVuY2UYCiABKAQSGgoScHVibGlzaGVkX3ZlcnNpb25zGAsgASgEItYBChFPbmxpbmVQdWJsaWNhdGlvbhIPCgd2ZXJzaW9uGAEgASgJEg4KBnVwZGF0ZRgCIAEoBBIWCg5maXJzdF9zZXF1ZW5jZRgDIAEoBBIVCg1sYXN0X3NlcXVlbmNlGAQgASgEEhgKC2dhdGVfcGFzc2VkGAUgASgISACIAQESFQoNZmFpbGVkX2NoZWNrcxgGIAMoCRIwCgxwdWJsaXNoX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg4KDF9nYXRlX3Bhc3NlZCLDBAoNT25saW5lU2Vzc2lvbhIMCgRuYW1lGAEgASgJEiwKBHNwZWMYAiABKAsyHi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uU3BlYxIkCgVzdGF0ZRgDIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEicKBXN0YXRzGAQgASgLMhgubGVhcm5pbmcudjEuT25saW5lU3RhdHMSEgoKbGl2ZV9tb2RlbBgFIAEoCRIUCgxsaXZlX2FkYXB0ZXIYBiABKAkSNAoMcHVibGljYXRpb25zGAcgAygLMh4ubGVhcm5pbmcudjEuT25saW5lUHVibGljYXRpb24SFQoNYWxpYXNfdmVyc2lvbhgIIAEoCRIXCg9kaXNhYmxlZF9yZWFzb24YCSABKAkSIQoFZXJyb3IYCiABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldmljZRgOIAEoCRISCgpyZXF1ZXN0X2lkGA8gASgJEioKCHByb2dyZXNzGBAgASgLMhgubGVhcm5pbmcudjEuSm9iUHJvZ3Jlc3MSFQoNbGFzdF9zZXF1ZW5jZRgRIAEoBCJ1Cg1PbmxpbmVFeGFtcGxlEg4KBnByb21wdBgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSEwoGd2VpZ2h0GAMgASgBSACIAQESFgoJZGVzaXJhYmxlGAQgASgISAGIAQFCCQoHX3dlaWdodEIMCgpfZGVzaXJhYmxlInIKGkNyZWF0ZU9ubGluZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSLAoEc3BlYxgCIAEoCzIeLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb25TcGVjEhIKCnJlcXVlc3RfaWQYAyABKAkiSgobQ3JlYXRlT25saW5lU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIicKF0dldE9ubGluZVNlc3Npb25SZXF1ZXN0EgwKBG5hbWUYASABKAkiRwoYR2V0T25saW5lU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIkIKGUxpc3RPbmxpbmVTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiYwoaTGlzdE9ubGluZVNlc3Npb25zUmVzcG9uc2USLAoIc2Vzc2lvbnMYASADKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChhTdG9wT25saW5lU2Vzc2lvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJIChlTdG9wT25saW5lU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIj0KFlNldExlYXJuaW5nUmF0ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIVCg1sZWFybmluZ19yYXRlGAIgASgBIkYKF1NldExlYXJuaW5nUmF0ZVJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIisKG0VuYWJsZU9ubGluZUxlYXJuaW5nUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKHEVuYWJsZU9ubGluZUxlYXJuaW5nUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iPAocRGlzYWJsZU9ubGluZUxlYXJuaW5nUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJMCh1EaXNhYmxlT25saW5lTGVhcm5pbmdSZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhoubGVhcm5pbmcudjEuT25saW5lU2Vzc2lvbiIiChJGb3JjZVVwZGF0ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJCChNGb3JjZVVwZGF0ZVJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIisKG1B1Ymxpc2hPbmxpbmVTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIksKHFB1Ymxpc2hPbmxpbmVTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iJQoVR2V0T25saW5lU3RhdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiQQoWR2V0T25saW5lU3RhdHNSZXNwb25zZRInCgVzdGF0cxgBIAEoCzIYLmxlYXJuaW5nLnYxLk9ubGluZVN0YXRzIo4BCgxPbmxpbmVVcGRhdGUSDgoGdXBkYXRlGAEgASgEEgwKBGxvc3MYAiABKAESEAoIZXhhbXBsZXMYAyABKA0SEAoIcmVwbGF5ZWQYBCABKA0SEwoLZXdjX3BlbmFsdHkYBSABKAESJwoFc3RhdHMYBiABKAsyGC5sZWFybmluZy52MS5PbmxpbmVTdGF0cyJPCg9PbmxpbmVMb3NzU3Bpa2USDgoGdXBkYXRlGAEgASgEEgwKBGxvc3MYAiABKAESDgoGbWVkaWFuGAMgASgBEg4KBmZhY3RvchgEIAEoASKgAQoTT25saW5lRmVlZGJhY2tTcGlrZRIOCgZ1cGRhdGUYASABKAQSDwoHcmF0aW5ncxgCIAEoBBIQCghuZWdhdGl2ZRgDIAEoBBIVCg1uZWdhdGl2ZV9yYXRlGAQgASgBEhUKDWJhc2VsaW5lX3JhdGUYBSABKAESGAoQYmFzZWxpbmVfcmF0aW5ncxgGIAEoBBIOCgZtYXJnaW4YByABKAEi3gMKEk9ubGluZVNlc3Npb25FdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgxzdGF0ZV9jaGFuZ2UYAyABKAsyGy5sZWFybmluZy52MS5Kb2JTdGF0ZUNoYW5nZUgAEigKBm5vdGljZRgEIAEoCzIWLmxlYXJuaW5nLnYxLkpvYk5vdGljZUgAEioKB3dhcm5pbmcYBSABKAsyFy5sZWFybmluZy52MS5Kb2JXYXJuaW5nSAASJgoFZXJyb3IYBiABKAsyFS5sZWFybmluZy52MS5Kb2JFcnJvckgAEiwKB3VwZGF0ZWQYByABKAsyGS5sZWFybmluZy52MS5PbmxpbmVVcGRhdGVIABIzCglwdWJsaXNoZWQYCCABKAsyHi5sZWFybmluZy52MS5PbmxpbmVQdWJsaWNhdGlvbkgAEjIKCmxvc3Nfc3Bpa2UYCSABKAsyHC5sZWFybmluZy52MS5PbmxpbmVMb3NzU3Bpa2VIABI6Cg5mZWVkYmFja19zcGlrZRgKIAEoCzIgLmxlYXJuaW5nLnYxLk9ubGluZUZlZWRiYWNrU3Bpa2VIAEIGCgRraW5kIkEKGVdhdGNoT25saW5lU2Vzc2lvblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKIAQoaV2F0Y2hPbmxpbmVTZXNzaW9uUmVzcG9uc2USLgoIc25hcHNob3QYASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uSAASMAoFZXZlbnQYAiABKAsyHy5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uRXZlbnRIAEIICgZ1cGRhdGUiUwoVU3RyZWFtRXhhbXBsZXNSZXF1ZXN0EgwKBG5hbWUYASABKAkSLAoIZXhhbXBsZXMYAiADKAsyGi5sZWFybmluZy52MS5PbmxpbmVFeGFtcGxlInYKFlN0cmVhbUV4YW1wbGVzUmVzcG9uc2USJwoFc3RhdHMYASABKAsyGC5sZWFybmluZy52MS5PbmxpbmVTdGF0cxIQCghhY2NlcHRlZBgCIAEoBBIPCgdyZWZ1c2VkGAMgASgEEhAKCHJlZnVzYWxzGAQgAygJIlAKEkFkZEV4YW1wbGVzUmVxdWVzdBIMCgRuYW1lGAEgASgJEiwKCGV4YW1wbGVzGAIgAygLMhoubGVhcm5pbmcudjEuT25saW5lRXhhbXBsZSJhChNBZGRFeGFtcGxlc1Jlc3BvbnNlEhAKCGFjY2VwdGVkGAEgASgEEg8KB3JlZnVzZWQYAiABKAQSEAoIcmVmdXNhbHMYAyADKAkSFQoNbGFzdF9zZXF1ZW5jZRgEIAEoBCqEAQoPT25saW5lT3B0aW1pemVyEiAKHE9OTElORV9PUFRJTUlaRVJfVU5TUEVDSUZJRUQQABIZChVPTkxJTkVfT1BUSU1JWkVSX0FEQU0QARIaChZPTkxJTkVfT1BUSU1JWkVSX0FEQU1XEAISGAoUT05MSU5FX09QVElNSVpFUl9TR0QQAypTCgpPbmxpbmVMb3NzEhsKF09OTElORV9MT1NTX1VOU1BFQ0lGSUVEEAASEwoPT05MSU5FX0xPU1NfU0ZUEAESEwoPT05MSU5FX0xPU1NfS1RPEAIynAoKFU9ubGluZUxlYXJuaW5nU2VydmljZRJoChNDcmVhdGVPbmxpbmVTZXNzaW9uEicubGVhcm5pbmcudjEuQ3JlYXRlT25saW5lU2Vzc2lvblJlcXVlc3QaKC5sZWFybmluZy52MS5DcmVhdGVPbmxpbmVTZXNzaW9uUmVzcG9uc2USXwoQR2V0T25saW5lU2Vzc2lvbhIkLmxlYXJuaW5nLnYxLkdldE9ubGluZVNlc3Npb25SZXF1ZXN0GiUubGVhcm5pbmcudjEuR2V0T25saW5lU2Vzc2lvblJlc3BvbnNlEmUKEkxpc3RPbmxpbmVTZXNzaW9ucxImLmxlYXJuaW5nLnYxLkxpc3RPbmxpbmVTZXNzaW9uc1JlcXVlc3QaJy5sZWFybmluZy52MS5MaXN0T25saW5lU2Vzc2lvbnNSZXNwb25zZRJiChFTdG9wT25saW5lU2Vzc2lvbhIlLmxlYXJuaW5nLnYxLlN0b3BPbmxpbmVTZXNzaW9uUmVxdWVzdBomLmxlYXJuaW5nLnYxLlN0b3BPbmxpbmVTZXNzaW9uUmVzcG9uc2USXAoPU2V0TGVhcm5pbmdSYXRlEiMubGVhcm5pbmcudjEuU2V0TGVhcm5pbmdSYXRlUmVxdWVzdBokLmxlYXJuaW5nLnYxLlNldExlYXJuaW5nUmF0ZVJlc3BvbnNlEmsKFEVuYWJsZU9ubGluZUxlYXJuaW5nEigubGVhcm5pbmcudjEuRW5hYmxlT25saW5lTGVhcm5pbmdSZXF1ZXN0GikubGVhcm5pbmcudjEuRW5hYmxlT25saW5lTGVhcm5pbmdSZXNwb25zZRJuChVEaXNhYmxlT25saW5lTGVhcm5pbmcSKS5sZWFybmluZy52MS5EaXNhYmxlT25saW5lTGVhcm5pbmdSZXF1ZXN0GioubGVhcm5pbmcudjEuRGlzYWJsZU9ubGluZUxlYXJuaW5nUmVzcG9uc2USUAoLRm9yY2VVcGRhdGUSHy5sZWFybmluZy52MS5Gb3JjZVVwZGF0ZVJlcXVlc3QaIC5sZWFybmluZy52MS5Gb3JjZVVwZGF0ZVJlc3BvbnNlEmsKFFB1Ymxpc2hPbmxpbmVTZXNzaW9uEigubGVhcm5pbmcudjEuUHVibGlzaE9ubGluZVNlc3Npb25SZXF1ZXN0GikubGVhcm5pbmcudjEuUHVibGlzaE9ubGluZVNlc3Npb25SZXNwb25zZRJZCg5HZXRPbmxpbmVTdGF0cxIiLmxlYXJuaW5nLnYxLkdldE9ubGluZVN0YXRzUmVxdWVzdBojLmxlYXJuaW5nLnYxLkdldE9ubGluZVN0YXRzUmVzcG9uc2USZwoSV2F0Y2hPbmxpbmVTZXNzaW9uEiYubGVhcm5pbmcudjEuV2F0Y2hPbmxpbmVTZXNzaW9uUmVxdWVzdBonLmxlYXJuaW5nLnYxLldhdGNoT25saW5lU2Vzc2lvblJlc3BvbnNlMAESXQoOU3RyZWFtRXhhbXBsZXMSIi5sZWFybmluZy52MS5TdHJlYW1FeGFtcGxlc1JlcXVlc3QaIy5sZWFybmluZy52MS5TdHJlYW1FeGFtcGxlc1Jlc3BvbnNlKAEwARJQCgtBZGRFeGFtcGxlcxIfLmxlYXJuaW5nLnYxLkFkZEV4YW1wbGVzUmVxdWVzdBogLmxlYXJuaW5nLnYxLkFkZEV4YW1wbGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
+  fileDesc("ChhsZWFybmluZy92MS9vbmxpbmUucHJvdG8SC2xlYXJuaW5nLnYxItUFChFPbmxpbmVTZXNzaW9uU3BlYxISCgpiYXNlX21vZGVsGAEgASgJEhUKDXN0YXJ0X3ZlcnNpb24YAiABKAkSEwoLYnVmZmVyX3NpemUYAyABKA0SFAoMdXBkYXRlX2V2ZXJ5GAQgASgNEi8KCW9wdGltaXplchgFIAEoDjIcLmxlYXJuaW5nLnYxLk9ubGluZU9wdGltaXplchIaCg1sZWFybmluZ19yYXRlGAYgASgBSACIAQESGQoMd2VpZ2h0X2RlY2F5GAcgASgBSAGIAQESGgoNbWF4X2dyYWRfbm9ybRgIIAEoAUgCiAEBEhcKCmV3Y19sYW1iZGEYCSABKAFIA4gBARIcCg9yZXBsYXlfZnJhY3Rpb24YCiABKAFIBIgBARIYChBjaGVja3BvaW50X2V2ZXJ5GAsgASgNEhoKDXB1Ymxpc2hfZXZlcnkYDCABKA1IBYgBARIWCg5tYXhfc2VxX2xlbmd0aBgNIAEoDRISCgpsaXZlX2FsaWFzGA4gASgJEh4KEWxvc3Nfc3Bpa2VfZmFjdG9yGA8gASgBSAaIAQESGwoTbGVhcm5fZnJvbV9mZWVkYmFjaxgQIAEoCBIlChhuZWdhdGl2ZV9mZWVkYmFja19tYXJnaW4YESABKAFIB4gBARIlCh1uZWdhdGl2ZV9mZWVkYmFja19taW5fcmF0aW5ncxgSIAEoDRIlCgRsb3NzGBMgASgOMhcubGVhcm5pbmcudjEuT25saW5lTG9zc0IQCg5fbGVhcm5pbmdfcmF0ZUIPCg1fd2VpZ2h0X2RlY2F5QhAKDl9tYXhfZ3JhZF9ub3JtQg0KC19ld2NfbGFtYmRhQhIKEF9yZXBsYXlfZnJhY3Rpb25CEAoOX3B1Ymxpc2hfZXZlcnlCFAoSX2xvc3Nfc3Bpa2VfZmFjdG9yQhsKGV9uZWdhdGl2ZV9mZWVkYmFja19tYXJnaW4iiQIKC09ubGluZVN0YXRzEhYKDnRvdGFsX2V4YW1wbGVzGAEgASgEEhgKEHNraXBwZWRfZXhhbXBsZXMYAiABKAQSFQoNdG90YWxfdXBkYXRlcxgDIAEoBBITCgtidWZmZXJfc2l6ZRgEIAEoDRIYChBwZW5kaW5nX2V4YW1wbGVzGAUgASgNEhQKDGF2ZXJhZ2VfbG9zcxgGIAEoARIRCglsYXN0X2xvc3MYByABKAESFQoNbGVhcm5pbmdfcmF0ZRgIIAEoARIPCgdlbmFibGVkGAkgASgIEhUKDWxhc3Rfc2VxdWVuY2UYCiABKAQSGgoScHVibGlzaGVkX3ZlcnNpb25zGAsgASgEItYBChFPbmxpbmVQdWJsaWNhdGlvbhIPCgd2ZXJzaW9uGAEgASgJEg4KBnVwZGF0ZRgCIAEoBBIWCg5maXJzdF9zZXF1ZW5jZRgDIAEoBBIVCg1sYXN0X3NlcXVlbmNlGAQgASgEEhgKC2dhdGVfcGFzc2VkGAUgASgISACIAQESFQoNZmFpbGVkX2NoZWNrcxgGIAMoCRIwCgxwdWJsaXNoX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg4KDF9nYXRlX3Bhc3NlZCL1BAoNT25saW5lU2Vzc2lvbhIMCgRuYW1lGAEgASgJEiwKBHNwZWMYAiABKAsyHi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uU3BlYxIkCgVzdGF0ZRgDIAEoDjIVLmxlYXJuaW5nLnYxLkpvYlN0YXRlEicKBXN0YXRzGAQgASgLMhgubGVhcm5pbmcudjEuT25saW5lU3RhdHMSEgoKbGl2ZV9tb2RlbBgFIAEoCRIUCgxsaXZlX2FkYXB0ZXIYBiABKAkSNAoMcHVibGljYXRpb25zGAcgAygLMh4ubGVhcm5pbmcudjEuT25saW5lUHVibGljYXRpb24SFQoNYWxpYXNfdmVyc2lvbhgIIAEoCRIXCg9kaXNhYmxlZF9yZWFzb24YCSABKAkSIQoFZXJyb3IYCiABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldmljZRgOIAEoCRISCgpyZXF1ZXN0X2lkGA8gASgJEioKCHByb2dyZXNzGBAgASgLMhgubGVhcm5pbmcudjEuSm9iUHJvZ3Jlc3MSFQoNbGFzdF9zZXF1ZW5jZRgRIAEoBBIwCgthbGlhc19zdGF0ZRgSIAEoDjIbLmxlYXJuaW5nLnYxLkxpdmVBbGlhc1N0YXRlInUKDU9ubGluZUV4YW1wbGUSDgoGcHJvbXB0GAEgASgJEg4KBnRhcmdldBgCIAEoCRITCgZ3ZWlnaHQYAyABKAFIAIgBARIWCglkZXNpcmFibGUYBCABKAhIAYgBAUIJCgdfd2VpZ2h0QgwKCl9kZXNpcmFibGUicgoaQ3JlYXRlT25saW5lU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIsCgRzcGVjGAIgASgLMh4ubGVhcm5pbmcudjEuT25saW5lU2Vzc2lvblNwZWMSEgoKcmVxdWVzdF9pZBgDIAEoCSJKChtDcmVhdGVPbmxpbmVTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iJwoXR2V0T25saW5lU2Vzc2lvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJHChhHZXRPbmxpbmVTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iQgoZTGlzdE9ubGluZVNlc3Npb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJjChpMaXN0T25saW5lU2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGFN0b3BPbmxpbmVTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIkgKGVN0b3BPbmxpbmVTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iPQoWU2V0TGVhcm5pbmdSYXRlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhUKDWxlYXJuaW5nX3JhdGUYAiABKAEiRgoXU2V0TGVhcm5pbmdSYXRlUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iKwobRW5hYmxlT25saW5lTGVhcm5pbmdSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwocRW5hYmxlT25saW5lTGVhcm5pbmdSZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhoubGVhcm5pbmcudjEuT25saW5lU2Vzc2lvbiI8ChxEaXNhYmxlT25saW5lTGVhcm5pbmdSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJIkwKHURpc2FibGVPbmxpbmVMZWFybmluZ1Jlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uIiIKEkZvcmNlVXBkYXRlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkIKE0ZvcmNlVXBkYXRlUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iKwobUHVibGlzaE9ubGluZVNlc3Npb25SZXF1ZXN0EgwKBG5hbWUYASABKAkiSwocUHVibGlzaE9ubGluZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhoubGVhcm5pbmcudjEuT25saW5lU2Vzc2lvbiIlChVHZXRPbmxpbmVTdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJBChZHZXRPbmxpbmVTdGF0c1Jlc3BvbnNlEicKBXN0YXRzGAEgASgLMhgubGVhcm5pbmcudjEuT25saW5lU3RhdHMijgEKDE9ubGluZVVwZGF0ZRIOCgZ1cGRhdGUYASABKAQSDAoEbG9zcxgCIAEoARIQCghleGFtcGxlcxgDIAEoDRIQCghyZXBsYXllZBgEIAEoDRITCgtld2NfcGVuYWx0eRgFIAEoARInCgVzdGF0cxgGIAEoCzIYLmxlYXJuaW5nLnYxLk9ubGluZVN0YXRzIk8KD09ubGluZUxvc3NTcGlrZRIOCgZ1cGRhdGUYASABKAQSDAoEbG9zcxgCIAEoARIOCgZtZWRpYW4YAyABKAESDgoGZmFjdG9yGAQgASgBIqABChNPbmxpbmVGZWVkYmFja1NwaWtlEg4KBnVwZGF0ZRgBIAEoBBIPCgdyYXRpbmdzGAIgASgEEhAKCG5lZ2F0aXZlGAMgASgEEhUKDW5lZ2F0aXZlX3JhdGUYBCABKAESFQoNYmFzZWxpbmVfcmF0ZRgFIAEoARIYChBiYXNlbGluZV9yYXRpbmdzGAYgASgEEg4KBm1hcmdpbhgHIAEoASLeAwoST25saW5lU2Vzc2lvbkV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKDHN0YXRlX2NoYW5nZRgDIAEoCzIbLmxlYXJuaW5nLnYxLkpvYlN0YXRlQ2hhbmdlSAASKAoGbm90aWNlGAQgASgLMhYubGVhcm5pbmcudjEuSm9iTm90aWNlSAASKgoHd2FybmluZxgFIAEoCzIXLmxlYXJuaW5nLnYxLkpvYldhcm5pbmdIABImCgVlcnJvchgGIAEoCzIVLmxlYXJuaW5nLnYxLkpvYkVycm9ySAASLAoHdXBkYXRlZBgHIAEoCzIZLmxlYXJuaW5nLnYxLk9ubGluZVVwZGF0ZUgAEjMKCXB1Ymxpc2hlZBgIIAEoCzIeLmxlYXJuaW5nLnYxLk9ubGluZVB1YmxpY2F0aW9uSAASMgoKbG9zc19zcGlrZRgJIAEoCzIcLmxlYXJuaW5nLnYxLk9ubGluZUxvc3NTcGlrZUgAEjoKDmZlZWRiYWNrX3NwaWtlGAogASgLMiAubGVhcm5pbmcudjEuT25saW5lRmVlZGJhY2tTcGlrZUgAQgYKBGtpbmQiQQoZV2F0Y2hPbmxpbmVTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIogBChpXYXRjaE9ubGluZVNlc3Npb25SZXNwb25zZRIuCghzbmFwc2hvdBgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb25IABIwCgVldmVudBgCIAEoCzIfLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb25FdmVudEgAQggKBnVwZGF0ZSJTChVTdHJlYW1FeGFtcGxlc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIsCghleGFtcGxlcxgCIAMoCzIaLmxlYXJuaW5nLnYxLk9ubGluZUV4YW1wbGUidgoWU3RyZWFtRXhhbXBsZXNSZXNwb25zZRInCgVzdGF0cxgBIAEoCzIYLmxlYXJuaW5nLnYxLk9ubGluZVN0YXRzEhAKCGFjY2VwdGVkGAIgASgEEg8KB3JlZnVzZWQYAyABKAQSEAoIcmVmdXNhbHMYBCADKAkiUAoSQWRkRXhhbXBsZXNSZXF1ZXN0EgwKBG5hbWUYASABKAkSLAoIZXhhbXBsZXMYAiADKAsyGi5sZWFybmluZy52MS5PbmxpbmVFeGFtcGxlIjUKFE1vdmVMaXZlQWxpYXNSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCSJEChVNb3ZlTGl2ZUFsaWFzUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmxlYXJuaW5nLnYxLk9ubGluZVNlc3Npb24iJgoWUmVtb3ZlTGl2ZUFsaWFzUmVxdWVzdBIMCgRuYW1lGAEgASgJIkYKF1JlbW92ZUxpdmVBbGlhc1Jlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5sZWFybmluZy52MS5PbmxpbmVTZXNzaW9uImEKE0FkZEV4YW1wbGVzUmVzcG9uc2USEAoIYWNjZXB0ZWQYASABKAQSDwoHcmVmdXNlZBgCIAEoBBIQCghyZWZ1c2FscxgDIAMoCRIVCg1sYXN0X3NlcXVlbmNlGAQgASgEKqcBCg5MaXZlQWxpYXNTdGF0ZRIgChxMSVZFX0FMSUFTX1NUQVRFX1VOU1BFQ0lGSUVEEAASHgoaTElWRV9BTElBU19TVEFURV9GT0xMT1dJTkcQARIZChVMSVZFX0FMSUFTX1NUQVRFX0tFUFQQAhIaChZMSVZFX0FMSUFTX1NUQVRFX0VOREVEEAMSHAoYTElWRV9BTElBU19TVEFURV9SRU1PVkVEEAQqhAEKD09ubGluZU9wdGltaXplchIgChxPTkxJTkVfT1BUSU1JWkVSX1VOU1BFQ0lGSUVEEAASGQoVT05MSU5FX09QVElNSVpFUl9BREFNEAESGgoWT05MSU5FX09QVElNSVpFUl9BREFNVxACEhgKFE9OTElORV9PUFRJTUlaRVJfU0dEEAMqUwoKT25saW5lTG9zcxIbChdPTkxJTkVfTE9TU19VTlNQRUNJRklFRBAAEhMKD09OTElORV9MT1NTX1NGVBABEhMKD09OTElORV9MT1NTX0tUTxACMtILChVPbmxpbmVMZWFybmluZ1NlcnZpY2USaAoTQ3JlYXRlT25saW5lU2Vzc2lvbhInLmxlYXJuaW5nLnYxLkNyZWF0ZU9ubGluZVNlc3Npb25SZXF1ZXN0GigubGVhcm5pbmcudjEuQ3JlYXRlT25saW5lU2Vzc2lvblJlc3BvbnNlEl8KEEdldE9ubGluZVNlc3Npb24SJC5sZWFybmluZy52MS5HZXRPbmxpbmVTZXNzaW9uUmVxdWVzdBolLmxlYXJuaW5nLnYxLkdldE9ubGluZVNlc3Npb25SZXNwb25zZRJlChJMaXN0T25saW5lU2Vzc2lvbnMSJi5sZWFybmluZy52MS5MaXN0T25saW5lU2Vzc2lvbnNSZXF1ZXN0GicubGVhcm5pbmcudjEuTGlzdE9ubGluZVNlc3Npb25zUmVzcG9uc2USYgoRU3RvcE9ubGluZVNlc3Npb24SJS5sZWFybmluZy52MS5TdG9wT25saW5lU2Vzc2lvblJlcXVlc3QaJi5sZWFybmluZy52MS5TdG9wT25saW5lU2Vzc2lvblJlc3BvbnNlElwKD1NldExlYXJuaW5nUmF0ZRIjLmxlYXJuaW5nLnYxLlNldExlYXJuaW5nUmF0ZVJlcXVlc3QaJC5sZWFybmluZy52MS5TZXRMZWFybmluZ1JhdGVSZXNwb25zZRJrChRFbmFibGVPbmxpbmVMZWFybmluZxIoLmxlYXJuaW5nLnYxLkVuYWJsZU9ubGluZUxlYXJuaW5nUmVxdWVzdBopLmxlYXJuaW5nLnYxLkVuYWJsZU9ubGluZUxlYXJuaW5nUmVzcG9uc2USbgoVRGlzYWJsZU9ubGluZUxlYXJuaW5nEikubGVhcm5pbmcudjEuRGlzYWJsZU9ubGluZUxlYXJuaW5nUmVxdWVzdBoqLmxlYXJuaW5nLnYxLkRpc2FibGVPbmxpbmVMZWFybmluZ1Jlc3BvbnNlElAKC0ZvcmNlVXBkYXRlEh8ubGVhcm5pbmcudjEuRm9yY2VVcGRhdGVSZXF1ZXN0GiAubGVhcm5pbmcudjEuRm9yY2VVcGRhdGVSZXNwb25zZRJrChRQdWJsaXNoT25saW5lU2Vzc2lvbhIoLmxlYXJuaW5nLnYxLlB1Ymxpc2hPbmxpbmVTZXNzaW9uUmVxdWVzdBopLmxlYXJuaW5nLnYxLlB1Ymxpc2hPbmxpbmVTZXNzaW9uUmVzcG9uc2USWQoOR2V0T25saW5lU3RhdHMSIi5sZWFybmluZy52MS5HZXRPbmxpbmVTdGF0c1JlcXVlc3QaIy5sZWFybmluZy52MS5HZXRPbmxpbmVTdGF0c1Jlc3BvbnNlEmcKEldhdGNoT25saW5lU2Vzc2lvbhImLmxlYXJuaW5nLnYxLldhdGNoT25saW5lU2Vzc2lvblJlcXVlc3QaJy5sZWFybmluZy52MS5XYXRjaE9ubGluZVNlc3Npb25SZXNwb25zZTABEl0KDlN0cmVhbUV4YW1wbGVzEiIubGVhcm5pbmcudjEuU3RyZWFtRXhhbXBsZXNSZXF1ZXN0GiMubGVhcm5pbmcudjEuU3RyZWFtRXhhbXBsZXNSZXNwb25zZSgBMAESUAoLQWRkRXhhbXBsZXMSHy5sZWFybmluZy52MS5BZGRFeGFtcGxlc1JlcXVlc3QaIC5sZWFybmluZy52MS5BZGRFeGFtcGxlc1Jlc3BvbnNlElYKDU1vdmVMaXZlQWxpYXMSIS5sZWFybmluZy52MS5Nb3ZlTGl2ZUFsaWFzUmVxdWVzdBoiLmxlYXJuaW5nLnYxLk1vdmVMaXZlQWxpYXNSZXNwb25zZRJcCg9SZW1vdmVMaXZlQWxpYXMSIy5sZWFybmluZy52MS5SZW1vdmVMaXZlQWxpYXNSZXF1ZXN0GiQubGVhcm5pbmcudjEuUmVtb3ZlTGl2ZUFsaWFzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_learning_v1_common]);
 
 /**
  * A session's settings. Zero or unset fields take the defaults shown.
@@ -119,7 +119,9 @@ export type OnlineSessionSpec = Message<"learning.v1.OnlineSessionSpec"> & {
 
   /**
    * A name the gateway serves as the session's newest publication that passed
-   * the gate (empty: none). It must not be the LoraControl alias.
+   * the gate (empty: none), kept after the session ends (LiveAliasState). It
+   * must not be the LoraControl alias, nor an alias another session of the
+   * base model holds (FAILED_PRECONDITION ONLINE_ALIAS_IN_USE).
    *
    * @generated from field: string live_alias = 14;
    */
@@ -362,7 +364,8 @@ export type OnlineSession = Message<"learning.v1.OnlineSession"> & {
   publications: OnlinePublication[];
 
   /**
-   * The version live_alias serves (empty: the start version).
+   * The version live_alias serves (empty: the start version); once the alias
+   * is ENDED or REMOVED, the one it served last.
    *
    * @generated from field: string alias_version = 8;
    */
@@ -420,6 +423,13 @@ export type OnlineSession = Message<"learning.v1.OnlineSession"> & {
    * @generated from field: uint64 last_sequence = 17;
    */
   lastSequence: bigint;
+
+  /**
+   * Whether spec.live_alias is routed, and why not.
+   *
+   * @generated from field: learning.v1.LiveAliasState alias_state = 18;
+   */
+  aliasState: LiveAliasState;
 };
 
 /**
@@ -1195,6 +1205,81 @@ export const AddExamplesRequestSchema: GenMessage<AddExamplesRequest> = /*@__PUR
   messageDesc(file_learning_v1_online, 33);
 
 /**
+ * @generated from message learning.v1.MoveLiveAliasRequest
+ */
+export type MoveLiveAliasRequest = Message<"learning.v1.MoveLiveAliasRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * e.g. "v1.1.2".
+   *
+   * @generated from field: string version = 2;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message learning.v1.MoveLiveAliasRequest.
+ * Use `create(MoveLiveAliasRequestSchema)` to create a new message.
+ */
+export const MoveLiveAliasRequestSchema: GenMessage<MoveLiveAliasRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_online, 34);
+
+/**
+ * @generated from message learning.v1.MoveLiveAliasResponse
+ */
+export type MoveLiveAliasResponse = Message<"learning.v1.MoveLiveAliasResponse"> & {
+  /**
+   * @generated from field: learning.v1.OnlineSession session = 1;
+   */
+  session?: OnlineSession | undefined;
+};
+
+/**
+ * Describes the message learning.v1.MoveLiveAliasResponse.
+ * Use `create(MoveLiveAliasResponseSchema)` to create a new message.
+ */
+export const MoveLiveAliasResponseSchema: GenMessage<MoveLiveAliasResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_online, 35);
+
+/**
+ * @generated from message learning.v1.RemoveLiveAliasRequest
+ */
+export type RemoveLiveAliasRequest = Message<"learning.v1.RemoveLiveAliasRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message learning.v1.RemoveLiveAliasRequest.
+ * Use `create(RemoveLiveAliasRequestSchema)` to create a new message.
+ */
+export const RemoveLiveAliasRequestSchema: GenMessage<RemoveLiveAliasRequest> = /*@__PURE__*/
+  messageDesc(file_learning_v1_online, 36);
+
+/**
+ * @generated from message learning.v1.RemoveLiveAliasResponse
+ */
+export type RemoveLiveAliasResponse = Message<"learning.v1.RemoveLiveAliasResponse"> & {
+  /**
+   * @generated from field: learning.v1.OnlineSession session = 1;
+   */
+  session?: OnlineSession | undefined;
+};
+
+/**
+ * Describes the message learning.v1.RemoveLiveAliasResponse.
+ * Use `create(RemoveLiveAliasResponseSchema)` to create a new message.
+ */
+export const RemoveLiveAliasResponseSchema: GenMessage<RemoveLiveAliasResponse> = /*@__PURE__*/
+  messageDesc(file_learning_v1_online, 37);
+
+/**
  * @generated from message learning.v1.AddExamplesResponse
  */
 export type AddExamplesResponse = Message<"learning.v1.AddExamplesResponse"> & {
@@ -1229,7 +1314,59 @@ export type AddExamplesResponse = Message<"learning.v1.AddExamplesResponse"> & {
  * Use `create(AddExamplesResponseSchema)` to create a new message.
  */
 export const AddExamplesResponseSchema: GenMessage<AddExamplesResponse> = /*@__PURE__*/
-  messageDesc(file_learning_v1_online, 34);
+  messageDesc(file_learning_v1_online, 38);
+
+/**
+ * Where a session's live alias is.
+ *
+ * @generated from enum learning.v1.LiveAliasState
+ */
+export enum LiveAliasState {
+  /**
+   * The session named no live alias.
+   *
+   * @generated from enum value: LIVE_ALIAS_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The session runs (or has ended and its publications await the gate): the
+   * alias serves its newest publication that passed the gate, or the start
+   * version before one did.
+   *
+   * @generated from enum value: LIVE_ALIAS_STATE_FOLLOWING = 1;
+   */
+  FOLLOWING = 1,
+
+  /**
+   * The session has ended: the alias serves alias_version on every serving
+   * process until an operator moves or removes it.
+   *
+   * @generated from enum value: LIVE_ALIAS_STATE_KEPT = 2;
+   */
+  KEPT = 2,
+
+  /**
+   * The session ended before any publication passed the gate: the alias,
+   * which only served the start version, is no longer routed.
+   *
+   * @generated from enum value: LIVE_ALIAS_STATE_ENDED = 3;
+   */
+  ENDED = 3,
+
+  /**
+   * An operator removed it (RemoveLiveAlias): no longer routed.
+   *
+   * @generated from enum value: LIVE_ALIAS_STATE_REMOVED = 4;
+   */
+  REMOVED = 4,
+}
+
+/**
+ * Describes the enum learning.v1.LiveAliasState.
+ */
+export const LiveAliasStateSchema: GenEnum<LiveAliasState> = /*@__PURE__*/
+  enumDesc(file_learning_v1_online, 0);
 
 /**
  * @generated from enum learning.v1.OnlineOptimizer
@@ -1262,7 +1399,7 @@ export enum OnlineOptimizer {
  * Describes the enum learning.v1.OnlineOptimizer.
  */
 export const OnlineOptimizerSchema: GenEnum<OnlineOptimizer> = /*@__PURE__*/
-  enumDesc(file_learning_v1_online, 0);
+  enumDesc(file_learning_v1_online, 1);
 
 /**
  * What an update minimises on the session's examples.
@@ -1301,7 +1438,7 @@ export enum OnlineLoss {
  * Describes the enum learning.v1.OnlineLoss.
  */
 export const OnlineLossSchema: GenEnum<OnlineLoss> = /*@__PURE__*/
-  enumDesc(file_learning_v1_online, 1);
+  enumDesc(file_learning_v1_online, 2);
 
 /**
  * Online learning while serving. A session, "onlineSessions/{id}", starts from
@@ -1319,9 +1456,16 @@ export const OnlineLossSchema: GenEnum<OnlineLoss> = /*@__PURE__*/
  * is the version the session started from (or its previous publication) and
  * goes through the forgetting-aware gate. An operator opts a name into
  * following the session (`live_alias`): it serves the newest publication that
- * passed the gate, never one that failed. A loss spike disables learning,
- * puts the served adapter back to its weights before the update that made
- * the spike, and is recorded with its figures.
+ * passed the gate, never one that failed. The alias outlives the session: once
+ * the session ends (stopped or failed) and the gate has judged its
+ * publications, the alias keeps serving the version it serves then, on every
+ * serving process and across restarts, until an operator moves it
+ * (MoveLiveAlias) or removes it (RemoveLiveAlias); one that only ever served
+ * the start version ends with the session (a LIVE_ALIAS_ENDED warning on the
+ * session's events). The session's own names ("<base_model>@<id>") end with
+ * it. A loss spike disables learning, puts the served adapter back to its
+ * weights before the update that made the spike, and is recorded with its
+ * figures.
  *
  * @generated from service learning.v1.OnlineLearningService
  */
@@ -1356,7 +1500,8 @@ export const OnlineLearningService: GenService<{
   },
   /**
    * Stops learning for good: the session ends CANCELLED after its last
-   * checkpoint. FAILED_PRECONDITION for a session that has ended.
+   * checkpoint. FAILED_PRECONDITION for a session that has ended. Its live
+   * alias, if any, is then settled (alias_state KEPT or ENDED).
    *
    * @generated from rpc learning.v1.OnlineLearningService.StopOnlineSession
    */
@@ -1455,6 +1600,38 @@ export const OnlineLearningService: GenService<{
     methodKind: "unary";
     input: typeof AddExamplesRequestSchema;
     output: typeof AddExamplesResponseSchema;
+  },
+  /**
+   * Points the session's live alias at `version`, a version of the session's
+   * base model, from now on: an operator's choice, without the gate. While the
+   * session runs, its next publication that passes the gate moves the alias
+   * again; after it ended, the alias serves `version` until moved again or
+   * removed. Every serving process routes it within online_follow_seconds.
+   * FAILED_PRECONDITION (ONLINE_NO_LIVE_ALIAS) unless the alias is routed
+   * (alias_state FOLLOWING or KEPT), NOT_FOUND for a version that does not
+   * exist, INVALID_ARGUMENT for a malformed one.
+   *
+   * @generated from rpc learning.v1.OnlineLearningService.MoveLiveAlias
+   */
+  moveLiveAlias: {
+    methodKind: "unary";
+    input: typeof MoveLiveAliasRequestSchema;
+    output: typeof MoveLiveAliasResponseSchema;
+  },
+  /**
+   * Ends the session's live alias: every serving process stops routing it
+   * within online_follow_seconds, and the version it served is unloaded
+   * unless something else serves it. A running session goes on learning and
+   * publishing, with no alias following it; the name is free for another
+   * session. FAILED_PRECONDITION (ONLINE_NO_LIVE_ALIAS) unless the alias is
+   * routed (alias_state FOLLOWING or KEPT).
+   *
+   * @generated from rpc learning.v1.OnlineLearningService.RemoveLiveAlias
+   */
+  removeLiveAlias: {
+    methodKind: "unary";
+    input: typeof RemoveLiveAliasRequestSchema;
+    output: typeof RemoveLiveAliasResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_learning_v1_online, 0);
