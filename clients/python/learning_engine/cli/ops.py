@@ -369,13 +369,15 @@ def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
     rows = []
     for s in summary.suites:
         metrics = {m.name: m.value for m in s.metrics}
-        rate, base_rate = metrics.get("pass_rate"), metrics.get("baseline_pass_rate")
+        # the base suite asks nothing itself: its score is each side's base retention, measured after training
+        score = "base_retention" if s.kind == adapter_pb2.EVAL_SUITE_KIND_BASE else "pass_rate"
+        rate, base_rate = metrics.get(score), metrics.get(f"baseline_{score}")
         rows.append((
-            s.name, str(s.cases), "-" if rate is None else f"{rate:.3f}",
+            s.name, str(s.cases) if s.cases else "-", "-" if rate is None else f"{rate:.3f}",
             "-" if base_rate is None else f"{base_rate:.3f}", str(s.regressions),
             "yes" if s.passed else "no", "; ".join(s.failed_checks) or s.note or "-",
         ))
-    print_table(_table(["suite", "cases", "pass rate", "baseline", "regressions", "passed", "checks"], rows))
+    print_table(_table(["suite", "cases", "score", "baseline", "regressions", "passed", "checks"], rows))
     for uri in summary.report_uris:
         out.print(f"report: {uri}", highlight=False)
 
