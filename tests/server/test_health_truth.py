@@ -41,8 +41,10 @@ async def _statuses(health: health_pb2_grpc.HealthStub) -> dict[str, int]:
     return {s: (await health.Check(health_pb2.HealthCheckRequest(service=s))).status for s in (*NEEDS, "")}
 
 
-async def test_services_follow_their_dependencies_down_and_up(make_server, own_postgres, seaweedfs, s3_bucket,
+async def test_services_follow_their_dependencies_down_and_up(own_postgres, make_server, seaweedfs, s3_bucket,
                                                               tiny_model_dir):
+    # own_postgres first: set up before the server and so torn down after it (a server stopped after its database
+    # waits about a minute for the job queue's worker to give up on it)
     pgdata, database_url = own_postgres
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     serving = await TcpProxy(backend.port).start()
