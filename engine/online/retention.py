@@ -1,4 +1,5 @@
-"""What online sessions leave behind once they end, swept periodically (engine.periodic): examples and live archives.
+"""What online sessions leave behind once they end, swept periodically (engine.periodic): examples, live archives
+and checkpoints.
 
 **Examples** stay in PostgreSQL while their session runs (its worker reads them, replays its buffer from them, and
 a worker that takes the session over reads them again) and for ``retention`` after it ended. Then they are deleted,
@@ -9,8 +10,9 @@ their version (or a descendant) is published; deleting the version frees them fo
 
 **Live archives** (``online/live/<session>/...`` in the artifact store): the serving side loads the newest one of a
 running session. A worker keeps the last few it stored and deletes older ones, but the end of the session leaves
-the last ones, and a worker that crashed leaves all of its own. Nothing reads those of a session that has ended, or
-that does not exist: they go at the next sweep. A running session's are never touched.
+the last ones, and a worker that crashed leaves all of its own. **Checkpoints** (``online/checkpoints/<session>/...``)
+are what a worker taking a running session over resumes from. Nothing reads either of a session that has ended (it
+never runs again), or that does not exist: they go at the next sweep. A running session's are never touched.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Protocol
 from engine.domain import DataSource, OnlineExamplesSource
 from engine.errors import NotFound
 from engine.online.ports import OnlineStore
-from engine.online.spec import LIVE_PREFIX, OnlineSession
+from engine.online.spec import CHECKPOINT_PREFIX, LIVE_PREFIX, OnlineSession
 from engine.registry.ports import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class VersionSources(Protocol):
 class Swept:
     sessions: int  # ended sessions past their retention whose examples were swept
     examples: int  # examples deleted
-    archives: int  # live archives deleted
+    archives: int  # live archives and checkpoints deleted
 
 
 class OnlineRetention:
@@ -83,10 +85,11 @@ class OnlineRetention:
         return kept
 
     async def _sweep_archives(self, ended: set[str]) -> int:
-        """The live archives of sessions that ended or do not exist."""
+        """The live archives and checkpoints of sessions that ended or do not exist."""
         by_session: defaultdict[str, list[str]] = defaultdict(list)
-        for key in await self._artifacts.list_keys(f"{LIVE_PREFIX}/"):
-            by_session[key.removeprefix(f"{LIVE_PREFIX}/").split("/", 1)[0]].append(key)
+        for prefix in (LIVE_PREFIX, CHECKPOINT_PREFIX):
+            for key in await self._artifacts.list_keys(f"{prefix}/"):
+                by_session[key.removeprefix(f"{prefix}/").split("/", 1)[0]].append(key)
         doomed: list[str] = []
         for session_id, keys in by_session.items():
             if session_id not in ended:

@@ -152,6 +152,7 @@ async def test_the_sweep_deletes_ended_sessions_examples_after_the_retention_but
     store = PostgresOnlineStore(client.app.owned.pool)
     artifacts = client.app.owned.store
     await artifacts.put_bytes("online/live/ghost/000000001-abcdef.tar", b"left by a worker that crashed")
+    await artifacts.put_bytes("online/checkpoints/ghost/000000001-abcdef.tar", b"left by a worker that crashed")
 
     running = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(
         session_id="running", spec=_spec(start)))).session
@@ -185,6 +186,8 @@ async def test_the_sweep_deletes_ended_sessions_examples_after_the_retention_but
     assert len(await store.after("running", 0, 100)) == 5  # a running session's are never touched
     live = await artifacts.list_keys("online/live/")
     assert live and all(k.startswith("online/live/running/") for k in live), live  # the others' and the ghost's go
+    checkpoints = await artifacts.list_keys("online/checkpoints/")
+    assert all(k.startswith("online/checkpoints/running/") for k in checkpoints), checkpoints  # likewise
 
     # Once its version is deleted (and nothing descends from it), nothing reads the window any more.
     await ad_grpc.AdapterServiceStub(client.channel).DeleteAdapter(ad.DeleteAdapterRequest(version=window.version))
