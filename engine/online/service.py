@@ -129,20 +129,18 @@ class OnlineSessions:
         return [SessionView(j, controls[j.id]) for j in jobs if j.id in controls], token
 
     async def running(self) -> builtins.list[OnlineSession]:
-        found: builtins.list[OnlineSession] = []
-        token = ""
-        while True:
-            jobs, token = await self._manager.list(states=RUNNING, page_size=100, page_token=token)
-            found.extend(jobs)
-            if not token:
-                return found
+        return await self._every(RUNNING)
 
     async def ended(self) -> builtins.list[OnlineSession]:
         """Every session that has ended (succeeded, failed or stopped)."""
+        return await self._every(ENDED)
+
+    async def _every(self, states: Sequence[JobState]) -> builtins.list[OnlineSession]:
+        """Every session in one of ``states``, page by page."""
         found: builtins.list[OnlineSession] = []
         token = ""
         while True:
-            jobs, token = await self._manager.list(states=ENDED, page_size=100, page_token=token)
+            jobs, token = await self._manager.list(states=states, page_size=100, page_token=token)
             found.extend(jobs)
             if not token:
                 return found
