@@ -186,6 +186,9 @@ def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> Non
             pass  # it ended before a step, or is of another kind
 
 
+_stored_kinds: set[str] = set()  # every kind jobs_stored has seen: its states stay as series, 0 once none is left
+
+
 def jobs_stored(counts: Mapping[tuple[str, str], int]) -> None:
     """The jobs the database holds, by (kind, state): every state of each kind read now or before, 0 where none."""
     kinds = {kind for kind, _ in counts} | _stored_kinds
@@ -193,9 +196,6 @@ def jobs_stored(counts: Mapping[tuple[str, str], int]) -> None:
     for kind in kinds:
         for state in JobState:
             JOBS_STORED.labels(kind, state.value).set(counts.get((kind, state.value), 0))
-
-
-_stored_kinds: set[str] = set()
 
 
 def training_step(job_id: str, loss: float, tokens_per_second: float) -> None:

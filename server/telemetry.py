@@ -146,6 +146,9 @@ def interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [aio_server_interceptor(), RpcMetricsInterceptor()]
 
 
+REFRESH_SECONDS = 5.0  # a scrape waits at most this long for the database
+
+
 class MetricsServer:
     """The Prometheus text endpoint on its own port, a door like the others (``server/http_doors.py``): bearer
     tokens (role reader) and TLS from the settings, on ``host``."""
@@ -178,7 +181,6 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-
     async def _metrics(self, request: web.Request) -> web.Response:
         if self._refresh is not None:
             try:
@@ -187,6 +189,3 @@ class MetricsServer:
                 log.warning("could not read the jobs by state from the database for /metrics", exc_info=True)
         body = generate_latest(telemetry.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-REFRESH_SECONDS = 5.0  # a scrape waits at most this long for the database
