@@ -47,13 +47,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 from forgetting import SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
 
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
-from engine.continual.ewc import EwcPenalty, accumulate, mix_replay  # noqa: E402
+from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_count  # noqa: E402
 from engine.continual.fisher import FisherEstimator  # noqa: E402
 from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
+from engine.training.batching import Rotation  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
 from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
@@ -107,14 +108,14 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             earlier = [e for t in tasks[:step] for e in t]
             examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
-        objective = None
-        if rehearse:
-            own = len(examples)
-            examples, rehearsed = mix_replay(examples, pool, args.rehearsal_fraction, seed + step)
-            objective = rehearsal_objective(None, protection, own, rehearsed)  # as a job's runner does
+        objective, rotation = None, None
+        if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
+            per_epoch = replay_count(len(examples), args.rehearsal_fraction, len(pool))
+            objective = rehearsal_objective(None, protection, len(examples), len(pool))
+            examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
-                             objective=objective))
+                             objective=objective, rotation=rotation))
         r.append([accuracy(base_dir, out, t) for t in tasks])
         retention.append(base_retention(probe, base_dir, out))
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)

@@ -91,7 +91,7 @@ class NullSink:
 
 
 def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: Path | None = None,
-          penalty=None, seed: int = 0, objective=None) -> float:
+          penalty=None, seed: int = 0, objective=None, rotation=None) -> float:
     spec = TrainingJobSpec(
         base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
         lora=LoraSpec(rank=16, alpha=32, dropout=0.05),
@@ -100,7 +100,7 @@ def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: P
     )
     started = time.monotonic()
     run_training(TrainingRun(spec, base_dir, examples, out, parent_adapter_dir=parent, penalty=penalty,
-                             objective=objective), NullSink(), CancelToken())
+                             objective=objective, rotation=rotation), NullSink(), CancelToken())
     return time.monotonic() - started
 
 

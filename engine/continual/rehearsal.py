@@ -4,9 +4,12 @@ EWC and replay keep what a version's parent was taught; self-rehearsal keeps wha
 any adapter, without keeping anybody's data: the project ships general prompts (``data/rehearsal_prompts.jsonl``:
 definitions, short explanations, arithmetic, translation, writing; none of them a question of the base-knowledge
 probe, engine.continual.base_knowledge), the base model answers them greedily (the job's model with its adapter
-disabled: nothing else is loaded), and a seeded sample of these pairs is mixed into the job's examples so that
-they make up ``fraction`` of the set (as replay mixes earlier data, engine.continual.ewc.mix_replay). The
-answers are built once per base model and quantization, and cached.
+disabled: nothing else is loaded), and these pairs are added to the job's examples as a pool that the training
+loop takes in rotation (engine.training.batching.EpochRows): each epoch trains the next few of a seeded order of
+the pool, as many as make up ``fraction`` of the epoch's examples (the count replay mixes in,
+engine.continual.ewc.replay_count), so an epoch costs what a sample of that size would, and the job's epochs go
+through every prompt rather than the same few. The answers are built once per base model and quantization, and
+cached.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, base_key, cached_json, shipped_rows
-from engine.continual.ewc import mix_replay
+from engine.continual.ewc import replay_count
 from engine.domain import ChatMessage, Example
 from engine.jobs.ports import CancelToken
 from engine.training.models import DevicePlan
@@ -38,12 +41,15 @@ class SelfRehearsal:
         self._prompts = tuple(prompts) if prompts is not None else shipped_prompts()
         self._max_new_tokens = max_new_tokens
 
-    def mix(self, examples: Sequence[Example], fraction: float, seed: int, *, model: Any, tokenizer: Any,
-            plan: DevicePlan, base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix:
-        """``examples`` and a seeded sample of the base model's answers making up ``fraction`` of the result."""
+    def mix(self, examples: Sequence[Example], fraction: float, *, model: Any, tokenizer: Any, plan: DevicePlan,
+            base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix:
+        """``examples`` then the base model's answers, of which an epoch trains ``fraction`` of its examples' worth
+        (the training loop's seeded rotation picks which)."""
         pairs = self.pairs(model, tokenizer, plan, base_model_dir, quantization, cancel)
-        mixed, count = mix_replay(examples, pairs, fraction, seed)
-        return RehearsalMix(mixed, count)
+        per_epoch = replay_count(len(examples), fraction, len(pairs))
+        if not per_epoch:
+            return RehearsalMix(list(examples), 0, 0)
+        return RehearsalMix([*examples, *pairs], per_epoch, len(pairs))
 
     def pairs(self, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path, quantization: str,
               cancel: CancelToken) -> list[Example]:

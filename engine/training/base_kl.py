@@ -26,6 +26,7 @@ step's loss is that of one big batch whatever the micro-batches or the layout (p
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,21 +39,67 @@ from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, TargetLogits
 from engine.training.recipe import BatchObjective
 
+REFERENCE_TOP_K = 64  # the base model's most likely tokens kept per position; the rest is one outcome
 
-def kl_to_base(adapted: TargetLogits, base: TargetLogits) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n] summed KL(base || adapted) over each example's target positions, and [n] how many positions it has."""
-    base_logp = F.log_softmax(base.logits, dim=-1)
-    adapted_logp = F.log_softmax(adapted.logits, dim=-1)
-    per_position = (base_logp.exp() * (base_logp - adapted_logp)).sum(dim=-1)
-    return adapted.per_example(per_position)
+
+@dataclass(frozen=True)
+class Reference:
+    """The base model's next-token distribution at target positions, as the KL sees it: its ``REFERENCE_TOP_K``
+    most likely tokens and all the others as one outcome. The KL over that partition is a lower bound of the full
+    one (merging outcomes never raises a KL) and close to it where the base model is confident, as at its own
+    greedy answers; it is what lets a job keep the reference instead of computing it again (see the module
+    docstring)."""
+
+    ids: torch.Tensor  # [N, k] the tokens kept
+    logp: torch.Tensor  # [N, k] their log-probabilities
+    rest: torch.Tensor  # [N] the log of the probability of every other token
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> Reference:
+        logp = F.log_softmax(logits.float(), dim=-1)
+        top, ids = logp.topk(min(REFERENCE_TOP_K, logp.shape[-1] - 1), dim=-1)
+        return cls(ids, top, _log_rest(logp, ids))
+
+    def rows(self, mask: torch.Tensor) -> Reference:
+        return Reference(self.ids[mask], self.logp[mask], self.rest[mask])
+
+    @staticmethod
+    def aligned(parts: Sequence[Reference], owner: torch.Tensor) -> Reference:
+        """``parts[k]`` (example k's positions, in order) placed where ``owner`` says example k's positions are."""
+        first = parts[0]
+        ids = first.ids.new_empty((len(owner), first.ids.shape[1]))
+        logp = first.logp.new_empty((len(owner), first.logp.shape[1]))
+        rest = first.rest.new_empty(len(owner))
+        for k, part in enumerate(parts):
+            at = owner == k
+            ids[at], logp[at], rest[at] = part.ids, part.logp, part.rest
+        return Reference(ids, logp, rest)
+
+
+def _log_rest(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[N] log of the probability of the tokens not in ``ids`` ([N, k]) under ``logp`` ([N, vocab])."""
+    return torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)
+
+
+def kl_to_reference(adapted: torch.Tensor, reference: Reference) -> torch.Tensor:
+    """[N] KL(base || adapted) over the reference's partition, from the adapted model's logits ([N, vocab])."""
+    logq = F.log_softmax(adapted.float(), dim=-1)
+    kept = (reference.logp.exp() * (reference.logp - logq.gather(-1, reference.ids))).sum(dim=-1)
+    return kept + reference.rest.exp() * (reference.rest - _log_rest(logq, reference.ids))
+
+
+def base_reference(model: Any, forward: ExampleForward, examples: Sequence[EncodedExample]) -> TargetLogits:
+    """The base model's target logits of ``examples``: the job's model with its adapter disabled, no gradient."""
+    with torch.no_grad(), model.disable_adapter():
+        return forward.target_logits(model, examples)
 
 
 def base_kl(model: Any, forward: ExampleForward,
             examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """[n] summed KL(base || adapted) of ``examples`` (differentiable in the adapter), and [n] position counts."""
-    with torch.no_grad(), model.disable_adapter():
-        base = forward.target_logits(model, examples)
-    return kl_to_base(forward.target_logits(model, examples), base)
+    reference = Reference.of(base_reference(model, forward, examples).logits)
+    adapted = forward.target_logits(model, examples)
+    return adapted.per_example(kl_to_reference(adapted.logits, reference))
 
 
 class BaseKlObjective:
@@ -65,6 +112,20 @@ class BaseKlObjective:
 
     def __init__(self, inner: BatchObjective, anchored: Sequence[bool], weight: float, *, trained: bool) -> None:
         self.inner, self.anchored, self.weight, self.trained = inner, tuple(anchored), weight, trained
+        self._references: dict[int, Reference] = {}  # by the example's index in the run: the base model never moves
+
+    def _kl(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
+            indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :func:`base_kl`, with each example's reference computed the first time it is seen and kept."""
+        missing = [k for k, i in enumerate(indices) if i not in self._references]
+        if missing:
+            base = base_reference(model, forward, [examples[k] for k in missing])
+            computed = Reference.of(base.logits)
+            for j, k in enumerate(missing):
+                self._references[indices[k]] = computed.rows(base.owner == j)
+        adapted = forward.target_logits(model, examples)
+        reference = Reference.aligned([self._references[i] for i in indices], adapted.owner)
+        return adapted.per_example(kl_to_reference(adapted.logits, reference))
 
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
@@ -111,7 +172,8 @@ class BaseKlObjective:
                 yield share * (own / total)
         weights = self._weights(anchored)
         for micro in anchored.micro_batches:
-            sums, counts = base_kl(model, forward, [anchored.examples[k] for k in micro])
+            sums, counts = self._kl(model, forward, [anchored.examples[k] for k in micro],
+                                    [anchored.indices[k] for k in micro])
             share = weights[micro.start : micro.stop].to(sums.device)
             yield self.weight * (sums / counts.clamp(min=1) * share).sum() / total
 

@@ -47,11 +47,48 @@ class StepBatch:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """The last ``pool`` of a run's examples are trained ``per_epoch`` at a time, in rotation (see
+    :class:`EpochRows`): self-rehearsal's answers of the base model, engine.continual.rehearsal."""
+
+    pool: int
+    per_epoch: int
+
+
+class EpochRows:
+    """Which of a run's examples each epoch trains: all of them, or, with a rotating pool, every other one and the
+    next ``per_epoch`` of the pool in a seeded order of it. An epoch then costs ``per_epoch`` of the pool whatever
+    its size, and the epochs together go through all of it (the next epoch starts where this one stopped). A
+    function of the epoch's number only, so a resumed run draws the same rows again."""
+
+    def __init__(self, size: int, pool: Sequence[int] = (), per_epoch: int = 0, seed: int = 0) -> None:
+        pooled = set(pool)
+        self.fixed = [i for i in range(size) if i not in pooled]
+        shuffled = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.pool = [pool[i] for i in shuffled]
+        self.per_epoch = min(per_epoch, len(self.pool))
+
+    @property
+    def size(self) -> int:
+        """Examples an epoch trains."""
+        return len(self.fixed) + self.per_epoch
+
+    def rows(self, epoch: int) -> list[int]:
+        start = epoch * self.per_epoch
+        return self.fixed + [self.pool[(start + j) % len(self.pool)] for j in range(self.per_epoch)]
+
+
+@dataclass(frozen=True)
 class Batching:
     forward: ExampleForward
     length_grouped: bool  # order each epoch by length groups (padded fallback) instead of at random
     description: str
     fallback_reason: str = ""  # why packing was asked for and not used
+
+    def epoch_order(self, data: Sequence[EncodedExample], rows: Sequence[int], batch_size: int,
+                    generator: torch.Generator) -> list[int]:
+        """The order of an epoch training ``rows`` of ``data`` (indices into ``data``)."""
+        return [rows[i] for i in self.order([data[i] for i in rows], batch_size, generator)]
 
     def order(self, data: Sequence[EncodedExample], batch_size: int, generator: torch.Generator) -> list[int]:
         if self.length_grouped:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from engine.domain import Example
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import AdapterRecord
+from engine.training.batching import Rotation
 from engine.training.models import DevicePlan
 from engine.training.recipe import LoadedModel, Penalty
 from engine.training.spec import EwcLineage, TrainingJobSpec
@@ -58,13 +59,18 @@ class ContinualPlanner(Protocol):
 
 @dataclass(frozen=True)
 class RehearsalMix:
-    examples: list[Example]  # the job's examples, then the base model's answers
-    rehearsed: int
+    examples: list[Example]  # the job's examples, then the base model's answers (a pool trained in rotation)
+    rehearsed: int  # the answers an epoch trains: ``fraction`` of its examples
+    pool: int  # the answers after the job's examples
+
+    @property
+    def rotation(self) -> Rotation:
+        return Rotation(self.pool, self.rehearsed)
 
 
 class Rehearsal(Protocol):
     """Self-rehearsal (``engine.continual.rehearsal.SelfRehearsal``): the base model's own answers to general
-    prompts, mixed into a job's examples so that they make up ``fraction`` of them."""
+    prompts, mixed into a job's examples so that they make up ``fraction`` of each epoch's."""
 
-    def mix(self, examples: Sequence[Example], fraction: float, seed: int, *, model: Any, tokenizer: Any,
+    def mix(self, examples: Sequence[Example], fraction: float, *, model: Any, tokenizer: Any,
             plan: DevicePlan, base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix: ...

@@ -28,7 +28,7 @@ from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink
 from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
-from engine.training.batching import Batching, StepBatch, batching
+from engine.training.batching import Batching, EpochRows, Rotation, StepBatch, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
 from engine.training.models import (
     DevicePlan,
@@ -160,6 +160,7 @@ class TrainingRun:
     checkpointing: Checkpointing | None = None
     parallel: DataParallel | None = None  # None: this process trains alone
     probe: KnowledgeProbe | None = None  # measures base retention after training (None: not measured)
+    rotation: Rotation | None = None  # the last examples are a pool trained a few at a time (None: all, every epoch)
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,10 @@ def run_training(
         kept = [i for i, e in enumerate(encoded) if e.target_token_count]
         data = [encoded[i] for i in kept]
         objective = run.objective.select(kept) if run.objective is not None else None
+        pooled_from = len(run.examples) - (run.rotation.pool if run.rotation is not None else 0)
+        pool = [j for j, i in enumerate(kept) if i >= pooled_from]
+        epochs = EpochRows(len(data), pool, run.rotation.per_epoch if run.rotation is not None else 0,
+                           hp.seed + 1)
         if len(data) < len(encoded):
             sink.emit(
                 Warned(
@@ -406,11 +411,11 @@ def run_training(
         held_out = [e for e in (encode_example(tokenizer, x, hp.max_seq_length) for x in run.eval_examples)
                     if e.target_token_count]
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
-                        held_out)
+                        held_out, epochs)
         final_loss, final_task_loss, steps = losses
-        train_end = evaluate_loss(
-            model, data, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer), plan=plan, cancel=cancel,
-            packing=hp.packing,
+        train_end = evaluate_loss(  # on the examples every epoch trains (a rotating pool's are not the job's own)
+            model, [data[i] for i in epochs.fixed], batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
+            plan=plan, cancel=cancel, packing=hp.packing,
         )
         sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
         eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
@@ -466,9 +471,10 @@ def _train(
     objective: BatchObjective | None = None,
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
+    epochs: EpochRows | None = None,
 ) -> tuple[float, float, int]:
     """The optimisation loop; returns (last loss, last task loss, steps done). ``held_out``: the eval split,
-    whose loss each checkpoint reports and records."""
+    whose loss each checkpoint reports and records; ``epochs``: which examples each epoch trains (None: all)."""
     hp = run.spec.hyperparameters
     with (
         batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
@@ -477,17 +483,21 @@ def _train(
         if layout.fallback_reason:
             sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
                                                      "batches instead (same losses, more padding)"))
-        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest, held_out or [])
+        return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest, held_out or [],
+                         epochs or EpochRows(len(data)))
 
 
 STATE_FILE = "state.pt"
 
 
-def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching) -> dict[str, object]:
-    """What fixes the batches a run draws: the examples (as given, and as kept after tokenising) and the
-    ordering scheme (random, or length-grouped on a padded fallback). A checkpoint resumes only a run with the
-    same key, or its fast-forward would skip other batches than those it trained on."""
-    return {"digest": digest, "kept": len(data), "length_grouped": layout.length_grouped}
+def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching, epochs: EpochRows) -> dict[str, object]:
+    """What fixes the batches a run draws: the examples (as given, and as kept after tokenising), the rows of an
+    epoch and the ordering scheme (random, or length-grouped on a padded fallback). A checkpoint resumes only a
+    run with the same key, or its fast-forward would skip other batches than those it trained on."""
+    key: dict[str, object] = {"digest": digest, "kept": len(data), "length_grouped": layout.length_grouped}
+    if epochs.pool:
+        key["rotation"] = [len(epochs.pool), epochs.per_epoch]
+    return key
 
 
 def _save_checkpoint(
@@ -583,6 +593,7 @@ def _optimise(
     objective: BatchObjective,
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
+    epochs: EpochRows | None = None,
 ) -> tuple[float, float, int]:
     from transformers import get_scheduler
 
@@ -591,13 +602,14 @@ def _optimise(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_step = hp.batch_size * hp.gradient_accumulation_steps
-    per_epoch, total = total_steps_for(len(data), per_step, hp.epochs, hp.max_steps)
+    epochs = epochs or EpochRows(len(data))
+    per_epoch, total = total_steps_for(epochs.size, per_step, hp.epochs, hp.max_steps)
     scheduler = get_scheduler(_SCHEDULERS[hp.lr_schedule], optimizer, num_warmup_steps=hp.warmup_steps,
                               num_training_steps=total)
     generator = torch.Generator().manual_seed(hp.seed)
     model.train()
     step, loss_value, task_value = 0, math.nan, math.nan
-    data_key = _data_key(digest, data, layout)
+    data_key = _data_key(digest, data, layout, epochs)
     if ckpt is not None and ckpt.resume_from is not None:
         restored = _restore_checkpoint(ckpt.resume_from, model, optimizer, scheduler, data_key=data_key, sink=sink)
         if restored is not None:
@@ -628,10 +640,12 @@ def _optimise(
         saved_at = time.monotonic()
 
     position = 0  # optimiser steps' batches drawn so far, done or (when resuming) skipped
+    epoch = 0
     while step < total:
         # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
         with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
-            order = layout.order(data, hp.batch_size, generator)
+            order = layout.epoch_order(data, epochs.rows(epoch), hp.batch_size, generator)
+            epoch += 1
             for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
                 position += 1
                 if position <= first:

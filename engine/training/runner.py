@@ -204,19 +204,20 @@ class TrainingRunner:
                                                             "trains without it"))
             return run
         mix = functools.partial(
-            self._rehearsal.mix, run.examples, protection.fraction, run.spec.hyperparameters.seed,
-            model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=run.base_model_dir,
+            self._rehearsal.mix, run.examples, protection.fraction, model=loaded.model, tokenizer=loaded.tokenizer,
+            plan=loaded.plan, base_model_dir=run.base_model_dir,
             quantization=run.spec.hyperparameters.quantization.value, cancel=ctx.cancel)
         mixed = await ctx.in_worker(mix)
         trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
         kl = f"a KL term to the base model's distribution (weight {protection.kl_weight:g})"
         how = ("trained on" + (f", with {kl}" if protection.kl_weight > 0 else "")) if trained else f"{kl} only"
         ctx.record(Noticed("BASE_REHEARSAL_MIXED", f"mixed {mixed.rehearsed} of the base model's own answers to "
-                                                   f"general prompts into the {len(run.examples)} training examples: "
-                                                   f"{how}"))
+                                                   f"general prompts into each epoch of the {len(run.examples)} "
+                                                   f"training examples, in rotation over {mixed.pool}: {how}"))
         ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
-        objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.rehearsed)
-        return replace(run, examples=mixed.examples, objective=objective)
+        objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.pool)
+        return replace(run, examples=mixed.examples, objective=objective,
+                       rotation=mixed.rotation if mixed.pool else None)
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
         tracking = self._tracking.get(job.id)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.domain import BaseProtection, BaseProtectionMethod
 from engine.jobs.ports import CancelToken
+from engine.training import base_kl as base_kl_module
 from engine.training.base_kl import BaseKlObjective, base_kl, rehearsal_objective
-from engine.training.batching import StepBatch, batching
+from engine.training.batching import EpochRows, Rotation, StepBatch, batching
 from engine.training.datasets import encode_dataset, pad_token_id
 from engine.training.kto import KtoObjective
 from engine.training.models import select_device
@@ -160,3 +162,90 @@ def test_a_run_with_the_term_trains(tiny_model_dir: Path, tmp_path: Path) -> Non
     steps = [e for e in sink.events if isinstance(e, StepMetrics)]
     assert result.steps == len(steps) == 6 and all(s.task_loss > 0 for s in steps)
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def full_kl(model, forward, examples) -> torch.Tensor:
+    """[n] per-token mean KL(base || adapted) over the whole vocabulary, for comparison."""
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = forward.target_logits(model, examples)
+        adapted = forward.target_logits(model, examples)
+        p = F.log_softmax(base.logits, dim=-1)
+        sums, counts = adapted.per_example((p.exp() * (p - F.log_softmax(adapted.logits, dim=-1))).sum(dim=-1))
+    return sums / counts
+
+
+def test_the_kept_tokens_and_the_rest_bound_the_full_kl_from_below_and_all_tokens_give_it(
+        lora_model, monkeypatch) -> None:
+    model, data, pad = lora_model
+    forward = PaddedForward(pad, PLAN)
+    full = full_kl(model, forward, data)
+    with torch.no_grad():
+        kept = mean_kl(model, forward, data)
+    assert float(kept.min()) > 0 and bool((kept <= full + 1e-6).all())  # merging outcomes never raises a KL
+    monkeypatch.setattr(base_kl_module, "REFERENCE_TOP_K", 10**9)  # every token but one kept: the rest is that one
+    with torch.no_grad():
+        torch.testing.assert_close(mean_kl(model, forward, data), full, rtol=1e-4, atol=1e-6)
+
+
+def test_each_examples_reference_is_computed_once_and_stays_the_base_models(lora_model, monkeypatch) -> None:
+    model, data, pad = lora_model
+    forward = PaddedForward(pad, PLAN)
+    passes: list[int] = []
+    real = base_kl_module.base_reference
+
+    def counted(model, forward, examples):
+        passes.append(len(examples))
+        return real(model, forward, examples)
+
+    monkeypatch.setattr(base_kl_module, "base_reference", counted)
+    examples = weighted(data)
+    anchored = [i % 2 == 0 for i in range(len(examples))]
+    objective = BaseKlObjective(WeightedSft(), anchored, 0.7, trained=False)
+    first = step_result(model, objective, examples, forward, micro_size=2)
+    assert sum(passes) == sum(anchored)  # one base forward per anchored example
+    with torch.no_grad():  # the adapter moves; the base model does not
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    kept = step_result(model, objective, examples, forward, micro_size=3)
+    assert sum(passes) == sum(anchored)  # no base forward again
+    fresh = step_result(model, BaseKlObjective(WeightedSft(), anchored, 0.7, trained=False), examples, forward)
+    assert_same(kept, fresh)
+    assert kept[0] != pytest.approx(first[0])
+
+
+def test_a_rotating_pool_trains_a_few_of_it_each_epoch_and_all_of_it_over_the_epochs() -> None:
+    rows = EpochRows(10, pool=[6, 7, 8, 9, 4], per_epoch=2, seed=3)
+    assert rows.size == 7 and rows.fixed == [0, 1, 2, 3, 5]
+    epochs = [rows.rows(e) for e in range(5)]
+    assert all(r[:5] == [0, 1, 2, 3, 5] and len(r) == 7 for r in epochs)
+    drawn = [i for r in epochs for i in r[5:]]
+    assert sorted(drawn) == sorted([6, 7, 8, 9, 4] * 2)  # 5 epochs of 2: every pooled example twice
+    assert [rows.rows(e) for e in range(5)] == epochs  # the same again (a resumed run's)
+    assert EpochRows(4).rows(7) == [0, 1, 2, 3] and EpochRows(4, [3], per_epoch=5).size == 4
+
+
+def test_a_run_with_a_rotating_pool_takes_its_share_of_each_epoch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = make_run(tiny_model_dir, tmp_path / "out", epochs=3, batch_size=3)
+    own = len(run.examples)  # 5, and a pool of 6 of which an epoch takes 1: 6 examples, 2 steps an epoch
+    pool = [replace(e, weight=1.0) for e in run.examples] + run.examples[:1]
+    objective = rehearsal_objective(None, BaseProtection(BaseProtectionMethod.BASE_KL, 0.2, 1.0), own, len(pool))
+    seen: list[int] = []
+
+    class Recording(BaseKlObjective):
+        def select(self, kept):
+            assert kept == list(range(own + len(pool)))  # every example has a target
+            return self
+
+        def step_losses(self, model, step, forward):
+            seen.extend(step.indices)
+            return super().step_losses(model, step, forward)
+
+    recording = Recording(objective.inner, objective.anchored, objective.weight, trained=objective.trained)
+    run = replace(run, examples=[*run.examples, *pool], objective=recording, rotation=Rotation(len(pool), 1))
+    sink = RecordingSink()
+    result = run_training(run, sink, CancelToken())
+    assert result.steps == 6 and [e.total_steps for e in sink.events if isinstance(e, StepMetrics)][-1] == 6
+    assert sorted(i for i in seen if i < own) == sorted(list(range(own)) * 3)
+    assert len([i for i in seen if i >= own]) == 3 and len({i for i in seen if i >= own}) == 3
