@@ -14,8 +14,10 @@ constant, needs no sampling, and punishes most what the base model found likely 
 the policy (RLHF), which nothing here does.
 
 The reference is the same network with the adapter disabled (``model.disable_adapter()``, as KTO does), computed
-under ``torch.no_grad`` and only on the anchored examples: a job pays one more forward pass (no backward) over the
-rehearsal rows. At the adapter's initialisation (LoRA B = 0) the adapted model is the base model and the term is 0;
+under ``torch.no_grad`` and only on the anchored examples, the first time each is trained: the base model never
+moves, so the objective keeps each example's reference (:class:`Reference`: per position, the base model's 64 most
+likely tokens and the rest as one outcome, a few hundred kilobytes for the shipped prompts) and a job pays one
+forward pass without backward per rehearsed answer, not one per answer and epoch. At the adapter's initialisation (LoRA B = 0) the adapted model is the base model and the term is 0;
 only the adapter's parameters get its gradient, since the base model's are frozen.
 
 Per example the term is the token mean, weighted by the example's weight like its NLL, and every share is divided
