@@ -170,8 +170,9 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "KL term to the base model's distribution on them).",
     )
     base_rehearsal_fraction: float = Field(
-        0.2, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of a job's training set that is the base "
-        "model's answers, for a job that does not say (capped by the prompts there are).",
+        0.2, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
+        "model's answers (taken in rotation from all of them), for a job that does not say (capped by the prompts "
+        "there are).",
     )
     base_kl_weight: float = Field(
         1.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "

@@ -322,7 +322,7 @@ export type Adapter = Message<"learning.v1.Adapter"> & {
 
   /**
    * What protected the base model's knowledge while it trained, and how many
-   * of the base model's answers were mixed in (self-rehearsal).
+   * of the base model's answers each epoch trained (in rotation).
    *
    * @generated from field: learning.v1.BaseProtection base_protection = 24;
    */

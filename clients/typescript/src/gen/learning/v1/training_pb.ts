@@ -547,7 +547,8 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
   baseRetention?: BaseRetention | undefined;
 
   /**
-   * The base model's answers mixed into training (self-rehearsal).
+   * The base model's answers each epoch trained (self-rehearsal, BASE_KL),
+   * taken in rotation from all of them.
    *
    * @generated from field: uint32 base_rehearsed_examples = 31;
    */
