@@ -1,0 +1,99 @@
+"""What a base protection costs in training time: the same job trained plain and protected, interleaved.
+
+One job of invented facts (bench/forgetting.py's task A) on SmolLM2-135M-Instruct, LoRA r16 as the forgetting
+benchmarks, trained ``--repeats`` times with each protection in turn (plain, BASE_KL, plain, BASE_KL, ...), so both
+see the same load on a shared machine. Each protected job starts from nothing as a job does: its base references are
+computed the first time each rehearsed answer is trained (engine.training.base_kl), inside the timed job. The base
+model's answers to the shipped prompts are built once before the timing (a job finds them cached). Prints each
+method's median seconds per job, and the ratio to plain.
+
+    .venv/bin/python bench/base_protection_cost.py --threads 1 --epochs 6 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from forgetting import make_tasks, train  # noqa: E402
+
+from engine.continual.ewc import replay_count  # noqa: E402
+from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
+from engine.domain import BaseProtection, BaseProtectionMethod, JsonlSource  # noqa: E402
+from engine.jobs.ports import CancelToken  # noqa: E402
+from engine.training.base_kl import rehearsal_objective  # noqa: E402
+from engine.training.batching import Rotation  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
+from engine.training.spec import TrainingJobSpec  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+DEFAULTS = Settings.model_fields
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--facts", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fractions", type=float, nargs="+",
+                        default=[DEFAULTS["base_rehearsal_fraction"].default])
+    parser.add_argument("--kl-weight", type=float, default=DEFAULTS["base_kl_weight"].default)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}; facts {args.facts}; epochs {args.epochs}; "
+          f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
+    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
+    task, _ = make_tasks(args.facts, 0)
+    seconds: dict[str, list[float]] = {"plain": [], **{f"BASE_KL {f:g}": [] for f in args.fractions}}
+    with tempfile.TemporaryDirectory(prefix="le-base-cost-") as tmp:
+        work = Path(tmp)
+        loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
+                                               work / "unused"))
+        pool = SelfRehearsal(args.models_dir).pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE",
+                                                    CancelToken())
+        del loaded
+        for repeat in range(args.repeats):
+            for name in seconds:
+                examples, objective, rotation = list(task), None, None
+                if name != "plain":
+                    fraction = float(name.split()[1])
+                    protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight)
+                    objective = rehearsal_objective(None, protection, len(task), len(pool))
+                    examples = [*task, *pool]
+                    rotation = Rotation(len(pool), replay_count(len(task), fraction, len(pool)))
+                taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,
+                              rotation=rotation)
+                seconds[name].append(taken)
+                print(f"repeat {repeat} {name:14s} {taken:6.1f} s", flush=True)
+    plain = statistics.median(seconds["plain"])
+    summary = {}
+    print(f"\nmedians of {args.repeats} ({torch.get_num_threads()} threads)")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        summary[name] = {"median_seconds": median, "ratio_to_plain": median / plain}
+        print(f"{name:14s} {median:6.1f} s per job   x{median / plain:.3f} of plain")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                    "threads": torch.get_num_threads(), "seconds": seconds, "summary": summary},
+                                   indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
