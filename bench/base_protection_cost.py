@@ -3,8 +3,9 @@
 One job of invented facts (bench/forgetting.py's task A) on SmolLM2-135M-Instruct, LoRA r16 as the forgetting
 benchmarks, trained ``--repeats`` times with each protection in turn (plain, BASE_KL, plain, BASE_KL, ...), so both
 see the same load on a shared machine. Each protected job starts from nothing as a job does: its base references are
-computed the first time each rehearsed answer is trained (engine.training.base_kl), inside the timed job. The base
-model's answers to the shipped prompts are built once before the timing (a job finds them cached). Prints each
+given, as a job's self-rehearsal gives them: the base model's answers to the shipped prompts and their base
+references are built once before the timing (that one-off cost per base model is printed), and a job finds them
+cached. Prints each
 method's median seconds per job, and the ratio to plain.
 
     .venv/bin/python bench/base_protection_cost.py --threads 1 --epochs 6 --repeats 3
@@ -17,6 +18,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -65,8 +67,12 @@ def main() -> None:
         work = Path(tmp)
         loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
                                                work / "unused"))
-        pool = SelfRehearsal(args.models_dir).pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE",
-                                                    CancelToken())
+        rehearsal = SelfRehearsal(args.models_dir)
+        pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
+        built = time.monotonic()
+        references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
+                                          CancelToken())  # as a job's self-rehearsal does (cached once built)
+        print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
         del loaded
         for repeat in range(args.repeats):
             for name in seconds:
@@ -74,7 +80,7 @@ def main() -> None:
                 if name != "plain":
                     fraction = float(name.split()[1])
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight)
-                    objective = rehearsal_objective(None, protection, len(task), len(pool))
+                    objective = rehearsal_objective(None, protection, len(task), len(pool), references)
                     examples = [*task, *pool]
                     rotation = Rotation(len(pool), replay_count(len(task), fraction, len(pool)))
                 taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,

@@ -91,7 +91,7 @@ def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path)
 
 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
-              probe: BaseKnowledgeProbe, pool: list[Example]) -> dict:
+              probe: BaseKnowledgeProbe, pool: list[Example], references: list) -> dict:
     ewc = method in ("ewc_replay", "all")
     rehearse = method in ("rehearsal", "all", "kl", "rehearsal_kl")
     protection = BaseProtection(BaseProtectionMethod.BASE_KL if method == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
@@ -111,7 +111,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             per_epoch = replay_count(len(examples), args.rehearsal_fraction, len(pool))
-            objective = rehearsal_objective(None, protection, len(examples), len(pool))
+            objective = rehearsal_objective(None, protection, len(examples), len(pool), references)
             examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
@@ -164,14 +164,19 @@ def main() -> None:
         work = Path(tmp)
         loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
                                                work / "unused"))
-        pool = SelfRehearsal(args.models_dir).pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE",
-                                                    CancelToken())
+        rehearsal = SelfRehearsal(args.models_dir)
+        pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
+        built = time.monotonic()
+        references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
+                                          CancelToken())  # as a job's self-rehearsal does (cached once built)
+        print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
         del loaded
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]
             for method in args.methods:
-                results[method].append(run_chain(method, tasks, seed, base_dir, args, work, probe, pool))
+                results[method].append(run_chain(method, tasks, seed, base_dir, args, work, probe, pool,
+                                                  references))
     summary = {}
     print(f"\nmedians over seeds {args.seeds} ({torch.get_num_threads()} threads)")
     print("method      retention A   B     C      ACC    BWT     learnt (A B C)       s/version")

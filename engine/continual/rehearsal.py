@@ -14,6 +14,7 @@ cached.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, bas
 from engine.continual.ewc import replay_count
 from engine.domain import ChatMessage, Example
 from engine.jobs.ports import CancelToken
+from engine.training.base_kl import REFERENCE_TOP_K, Reference, load_references, references_of, save_references
+from engine.training.datasets import encode_dataset, pad_token_id
 from engine.training.models import DevicePlan
+from engine.training.packing import PaddedForward
 from engine.training.ports import RehearsalMix
 
 MAX_NEW_TOKENS = 48
@@ -42,14 +46,36 @@ class SelfRehearsal:
         self._max_new_tokens = max_new_tokens
 
     def mix(self, examples: Sequence[Example], fraction: float, *, model: Any, tokenizer: Any, plan: DevicePlan,
-            base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix:
+            base_model_dir: Path, quantization: str, max_seq_length: int, cancel: CancelToken) -> RehearsalMix:
         """``examples`` then the base model's answers, of which an epoch trains ``fraction`` of its examples' worth
-        (the training loop's seeded rotation picks which)."""
+        (the training loop's seeded rotation picks which), with the answers' base references."""
         pairs = self.pairs(model, tokenizer, plan, base_model_dir, quantization, cancel)
         per_epoch = replay_count(len(examples), fraction, len(pairs))
         if not per_epoch:
             return RehearsalMix(list(examples), 0, 0)
-        return RehearsalMix([*examples, *pairs], per_epoch, len(pairs))
+        references = self.references(pairs, model, tokenizer, plan, base_model_dir, quantization, max_seq_length,
+                                     cancel)
+        return RehearsalMix([*examples, *pairs], per_epoch, len(pairs), tuple(references))
+
+    def references(self, pairs: Sequence[Example], model: Any, tokenizer: Any, plan: DevicePlan,
+                   base_model_dir: Path, quantization: str, max_seq_length: int,
+                   cancel: CancelToken) -> list[Reference]:
+        """The base model's :class:`Reference` at each answer's positions, as a job encodes them, for the KL term
+        (engine.training.base_kl): computed once per base model, quantization, precision and encoding (one forward
+        pass per answer), and cached."""
+        encoded = encode_dataset(tokenizer, list(pairs), max_seq_length)
+        rows = hashlib.sha256()
+        for e in encoded:
+            rows.update(repr((e.input_ids, e.labels)).encode())
+        key = base_key(base_model_dir, quantization, "reference", REFERENCE_TOP_K, plan.device,
+                       str(plan.autocast_dtype), rows.hexdigest())
+        path = self._cache_dir / f"base-reference-{key[:32]}.safetensors"
+        cached = load_references(path, key)
+        if cached is not None and len(cached) == len(encoded):
+            return cached
+        built = references_of(model, PaddedForward(pad_token_id(tokenizer), plan), encoded, cancel=cancel)
+        save_references(path, key, built)
+        return built
 
     def pairs(self, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path, quantization: str,
               cancel: CancelToken) -> list[Example]:

@@ -14,11 +14,12 @@ constant, needs no sampling, and punishes most what the base model found likely 
 the policy (RLHF), which nothing here does.
 
 The reference is the same network with the adapter disabled (``model.disable_adapter()``, as KTO does), computed
-under ``torch.no_grad`` and only on the anchored examples, the first time each is trained: the base model never
-moves, so the objective keeps each example's reference (:class:`Reference`: per position, the base model's 64 most
-likely tokens and the rest as one outcome, a few hundred kilobytes for the shipped prompts) and a job pays one
-forward pass without backward per rehearsed answer, not one per answer and epoch. At the adapter's initialisation (LoRA B = 0) the adapted model is the base model and the term is 0;
-only the adapter's parameters get its gradient, since the base model's are frozen.
+under ``torch.no_grad`` and only on the anchored examples. The base model never moves, so an example's reference
+(:class:`Reference`: per position, the base model's 64 most likely tokens and the rest as one outcome, about 1.5 MB
+for the shipped prompts) is computed once: given with the objective (self-rehearsal computes the shipped answers'
+once per base model and caches them beside the answers, engine.continual.rehearsal), else the first time the
+example is trained, and kept. At the adapter's initialisation (LoRA B = 0) the adapted model is the base model and
+the term is 0; only the adapter's parameters get its gradient, since the base model's are frozen.
 
 Per example the term is the token mean, weighted by the example's weight like its NLL, and every share is divided
 by the step's total weight (the inner objective's, plus the anchored examples' when they are not in it), so the
@@ -27,14 +28,20 @@ step's loss is that of one big batch whatever the micro-batches or the layout (p
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from engine.domain import BaseProtection, BaseProtectionMethod
+from engine.errors import Cancelled
+from engine.jobs.ports import CancelToken
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
 from engine.training.objectives import WeightedSft
@@ -68,14 +75,63 @@ class Reference:
     @staticmethod
     def aligned(parts: Sequence[Reference], owner: torch.Tensor) -> Reference:
         """``parts[k]`` (example k's positions, in order) placed where ``owner`` says example k's positions are."""
-        first = parts[0]
-        ids = first.ids.new_empty((len(owner), first.ids.shape[1]))
-        logp = first.logp.new_empty((len(owner), first.logp.shape[1]))
-        rest = first.rest.new_empty(len(owner))
+        first, device = parts[0], owner.device
+        ids = torch.empty((len(owner), first.ids.shape[1]), dtype=first.ids.dtype, device=device)
+        logp = torch.empty((len(owner), first.logp.shape[1]), dtype=first.logp.dtype, device=device)
+        rest = torch.empty(len(owner), dtype=first.rest.dtype, device=device)
         for k, part in enumerate(parts):
             at = owner == k
-            ids[at], logp[at], rest[at] = part.ids, part.logp, part.rest
+            ids[at], logp[at], rest[at] = part.ids.to(device), part.logp.to(device), part.rest.to(device)
         return Reference(ids, logp, rest)
+
+
+def references_of(model: Any, forward: ExampleForward, examples: Sequence[EncodedExample], *,
+                  batch_size: int = 8, cancel: CancelToken | None = None) -> list[Reference]:
+    """Each example's :class:`Reference` (the base model's, at its target positions), on the CPU."""
+    out: list[Reference] = []
+    for start in range(0, len(examples), batch_size):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("JOB_CANCELLED", "cancelled while computing the base model's references")
+        chunk = examples[start : start + batch_size]
+        base = base_reference(model, forward, chunk)
+        computed = Reference.of(base.logits)
+        for j in range(len(chunk)):
+            row = computed.rows(base.owner == j)
+            out.append(Reference(row.ids.cpu(), row.logp.cpu(), row.rest.cpu()))
+    return out
+
+
+def save_references(path: Path, key: str, references: Sequence[Reference]) -> None:
+    """``references`` written to ``path`` (safetensors, with ``key``) atomically: a reader sees all or none."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{n}": getattr(r, name).contiguous() for n, r in enumerate(references)
+               for name in ("ids", "logp", "rest")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata={"key": key, "count": str(len(references))})
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_references(path: Path, key: str) -> list[Reference] | None:
+    """The references saved at ``path`` for ``key``; None when there are none (or they are for another key, or
+    unreadable: they are computed again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("key") != key:
+                return None
+            return [Reference(*(f.get_tensor(f"{name}.{n}") for name in ("ids", "logp", "rest")))
+                    for n in range(int(metadata["count"]))]
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
 
 
 def _log_rest(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -112,9 +168,13 @@ class BaseKlObjective:
     on them.
     """
 
-    def __init__(self, inner: BatchObjective, anchored: Sequence[bool], weight: float, *, trained: bool) -> None:
+    def __init__(self, inner: BatchObjective, anchored: Sequence[bool], weight: float, *, trained: bool,
+                 references: Sequence[Reference | None] | None = None) -> None:
         self.inner, self.anchored, self.weight, self.trained = inner, tuple(anchored), weight, trained
-        self._references: dict[int, Reference] = {}  # by the example's index in the run: the base model never moves
+        # Each example's reference, by its index in the run: given (computed before, e.g. cached on disk), or
+        # computed the first time it is trained and kept, since the base model never moves.
+        self.references = tuple(references) if references is not None else (None,) * len(self.anchored)
+        self._references = {i: r for i, r in enumerate(self.references) if r is not None}
 
     def _kl(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
             indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,18 +191,21 @@ class BaseKlObjective:
 
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
-                       trained: bool) -> BaseKlObjective:
-        """Over ``own`` examples followed by ``rehearsed`` of the base model's answers (engine.continual.rehearsal);
-        ``inner`` covers the ``own`` ones (it is extended over the rest, which it sees only when ``trained``)."""
-        return cls(inner.extended(rehearsed), [False] * own + [True] * rehearsed, weight, trained=trained)
+                       trained: bool, references: Sequence[Reference] | None = None) -> BaseKlObjective:
+        """Over ``own`` examples followed by ``rehearsed`` of the base model's answers (engine.continual.rehearsal),
+        with those answers' ``references`` when known; ``inner`` covers the ``own`` ones (it is extended over the
+        rest, which it sees only when ``trained``)."""
+        given = [None] * own + list(references) if references is not None else None
+        return cls(inner.extended(rehearsed), [False] * own + [True] * rehearsed, weight, trained=trained,
+                   references=given)
 
     def select(self, kept: list[int]) -> BaseKlObjective:
         return BaseKlObjective(self.inner.select(kept), [self.anchored[i] for i in kept], self.weight,
-                               trained=self.trained)
+                               trained=self.trained, references=[self.references[i] for i in kept])
 
     def extended(self, replayed: int) -> BaseKlObjective:
         return BaseKlObjective(self.inner.extended(replayed), [*self.anchored, *([False] * replayed)], self.weight,
-                               trained=self.trained)
+                               trained=self.trained, references=[*self.references, *([None] * replayed)])
 
     def _parts(self, step: StepBatch) -> tuple[StepBatch, StepBatch]:
         """(the inner objective's examples of the step, the anchored ones that predict a target token)."""
@@ -181,13 +244,14 @@ class BaseKlObjective:
 
 
 def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtection, own: int,
-                        rehearsed: int) -> BatchObjective | None:
+                        rehearsed: int, references: Sequence[Reference] | None = None) -> BatchObjective | None:
     """The objective of ``own`` examples followed by ``rehearsed`` of the base model's answers, under ``protection``
-    (``objective``: the own examples' objective; None: weighted SFT)."""
+    (``objective``: the own examples' objective; None: weighted SFT; ``references``: the answers' base references
+    when known)."""
     if not rehearsed:
         return objective
     trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
     if protection.kl_weight > 0 or not trained:
         return BaseKlObjective.over_rehearsal(objective or WeightedSft(), own, rehearsed, protection.kl_weight,
-                                              trained=trained)
+                                              trained=trained, references=references)
     return objective.extended(rehearsed) if objective is not None else None

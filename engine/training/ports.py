@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from engine.domain import Example
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import AdapterRecord
+from engine.training.base_kl import Reference
 from engine.training.batching import Rotation
 from engine.training.models import DevicePlan
 from engine.training.recipe import LoadedModel, Penalty
@@ -62,6 +63,7 @@ class RehearsalMix:
     examples: list[Example]  # the job's examples, then the base model's answers (a pool trained in rotation)
     rehearsed: int  # the answers an epoch trains: ``fraction`` of its examples
     pool: int  # the answers after the job's examples
+    references: tuple[Reference, ...] = ()  # the base model's at each answer (engine.training.base_kl)
 
     @property
     def rotation(self) -> Rotation:
@@ -73,4 +75,5 @@ class Rehearsal(Protocol):
     prompts, mixed into a job's examples so that they make up ``fraction`` of each epoch's."""
 
     def mix(self, examples: Sequence[Example], fraction: float, *, model: Any, tokenizer: Any,
-            plan: DevicePlan, base_model_dir: Path, quantization: str, cancel: CancelToken) -> RehearsalMix: ...
+            plan: DevicePlan, base_model_dir: Path, quantization: str, max_seq_length: int,
+            cancel: CancelToken) -> RehearsalMix: ...

@@ -206,7 +206,8 @@ class TrainingRunner:
         mix = functools.partial(
             self._rehearsal.mix, run.examples, protection.fraction, model=loaded.model, tokenizer=loaded.tokenizer,
             plan=loaded.plan, base_model_dir=run.base_model_dir,
-            quantization=run.spec.hyperparameters.quantization.value, cancel=ctx.cancel)
+            quantization=run.spec.hyperparameters.quantization.value,
+            max_seq_length=run.spec.hyperparameters.max_seq_length, cancel=ctx.cancel)
         mixed = await ctx.in_worker(mix)
         trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
         kl = f"a KL term to the base model's distribution (weight {protection.kl_weight:g})"
@@ -215,7 +216,8 @@ class TrainingRunner:
                                                    f"general prompts into each epoch of the {len(run.examples)} "
                                                    f"training examples, in rotation over {mixed.pool}: {how}"))
         ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
-        objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.pool)
+        objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.pool,
+                                        mixed.references)
         return replace(run, examples=mixed.examples, objective=objective,
                        rotation=mixed.rotation if mixed.pool else None)
 

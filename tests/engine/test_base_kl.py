@@ -249,3 +249,21 @@ def test_a_run_with_a_rotating_pool_takes_its_share_of_each_epoch(tiny_model_dir
     assert result.steps == 6 and [e.total_steps for e in sink.events if isinstance(e, StepMetrics)][-1] == 6
     assert sorted(i for i in seen if i < own) == sorted(list(range(own)) * 3)
     assert len([i for i in seen if i >= own]) == 3 and len({i for i in seen if i >= own}) == 3
+
+
+def test_references_given_with_the_objective_spare_its_base_forward_and_give_the_same_step(lora_model,
+                                                                                            monkeypatch) -> None:
+    model, data, pad = lora_model
+    forward = PaddedForward(pad, PLAN)
+    examples = weighted(data)
+    anchored = [i >= 4 for i in range(len(examples))]
+    given = [r if a else None for r, a in zip(base_kl_module.references_of(model, forward, examples, batch_size=3),
+                                               anchored, strict=True)]
+    fresh = step_result(model, BaseKlObjective(WeightedSft(), anchored, 0.7, trained=False), examples, forward)
+
+    def refused(*args):
+        raise AssertionError("no base forward with the references given")
+
+    monkeypatch.setattr(base_kl_module, "base_reference", refused)
+    objective = BaseKlObjective(WeightedSft(), anchored, 0.7, trained=False, references=given)
+    assert_same(step_result(model, objective.select(list(range(len(examples)))), examples, forward), fresh)

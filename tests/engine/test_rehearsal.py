@@ -29,7 +29,7 @@ def test_the_base_models_answers_are_mixed_in_at_the_share_asked_whatever_the_ad
     loaded = load_for_training(make_run(tiny_model_dir, tmp_path / "adapter"))
     prompts = [f"Name a colour number {i}." for i in range(12)]
     args = {"model": loaded.model, "tokenizer": loaded.tokenizer, "plan": loaded.plan,
-            "base_model_dir": tiny_model_dir, "quantization": "NONE", "cancel": CancelToken()}
+            "base_model_dir": tiny_model_dir, "quantization": "NONE", "max_seq_length": 64, "cancel": CancelToken()}
     rehearsal = SelfRehearsal(tmp_path / "cache", prompts, max_new_tokens=6)
     own = examples() * 4  # 20
     mixed = rehearsal.mix(own, 0.2, **args)
@@ -40,6 +40,10 @@ def test_the_base_models_answers_are_mixed_in_at_the_share_asked_whatever_the_ad
     assert [e.messages[0].content for e in added] == prompts
     assert all(e.is_chat and e.messages[1].content for e in added)
     assert len(list((tmp_path / "cache").glob("base-rehearsal-*.json"))) == 1
+    # With each answer's base reference for the KL term, computed once and cached.
+    assert len(mixed.references) == 12 and all(r.ids.shape[0] == r.logp.shape[0] > 0 for r in mixed.references)
+    assert len(list((tmp_path / "cache").glob("base-reference-*.safetensors"))) == 1
+    assert_same_references(rehearsal.mix(own, 0.2, **args).references, mixed.references)
 
     # The answers are the base model's: an adapter that changes the model's outputs changes nothing here.
     with torch.no_grad():
@@ -48,3 +52,12 @@ def test_the_base_models_answers_are_mixed_in_at_the_share_asked_whatever_the_ad
                 parameter.add_(0.5)
     again = SelfRehearsal(tmp_path / "other-cache", prompts, max_new_tokens=6).mix(own, 0.2, **args)
     assert again.examples == mixed.examples
+    assert_same_references(again.references, mixed.references)
+
+
+def assert_same_references(got, want) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g.ids, w.ids)
+        torch.testing.assert_close(g.logp, w.logp, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.rest, w.rest, rtol=1e-5, atol=1e-6)
