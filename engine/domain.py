@@ -224,7 +224,7 @@ class BaseProtectionMethod(enum.StrEnum):
 @dataclass(frozen=True)
 class BaseProtection:
     method: BaseProtectionMethod = BaseProtectionMethod.NONE
-    fraction: float = 0.0  # the share of the training set that is the base model's answers (not NONE)
+    fraction: float = 0.0  # the share of each epoch's examples that is the base model's answers (not NONE)
     kl_weight: float = 0.0  # beta of KL(base || adapted) on those answers (BASE_KL's only loss on them; > 0 there)
 
     @property

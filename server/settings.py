@@ -164,18 +164,19 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "does not say; 0: every example is trained on (small sets of facts: a held-out fact is never learned).",
     )
     base_protection_method: BaseProtectionMethod = Field(
-        BaseProtectionMethod.NONE, description="What keeps a job's adapter from forgetting what the base model "
+        BaseProtectionMethod.BASE_KL, description="What keeps a job's adapter from forgetting what the base model "
         "knew, for a job that does not say: NONE, SELF_REHEARSAL (the base model's own answers to the "
         "project's general prompts mixed into training), or BASE_KL (the same answers mixed in, trained only by a "
-        "KL term to the base model's distribution on them).",
+        "KL term to the base model's distribution on them; a job that asks to be sharded with FSDP, which cannot "
+        "run that term, rehearses them as plain examples instead).",
     )
     base_rehearsal_fraction: float = Field(
-        0.2, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
+        0.15, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
         "model's answers (taken in rotation from all of them), for a job that does not say (capped by the prompts "
         "there are).",
     )
     base_kl_weight: float = Field(
-        1.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
+        8.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
         "training, for a job that does not say: BASE_KL's only loss on them (it must be > 0 there), added to their "
         "NLL with SELF_REHEARSAL (0: plain self-rehearsal).",
     )

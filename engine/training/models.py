@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.domain import BaseProtectionMethod, Objective
+from engine.domain import BaseProtection, BaseProtectionMethod, Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.training.kernels import apply_kernels
 from engine.training.spec import Precision, Quantization, Sharding, TrainingJobSpec
@@ -117,6 +117,16 @@ def default_sharding(default: Sharding, spec: TrainingJobSpec) -> Sharding:
     if default is Sharding.FSDP and spec.hyperparameters.num_devices != 1 and sharding_obstacle(spec) is None:
         return Sharding.FSDP
     return Sharding.NONE
+
+
+def default_base_protection(default: BaseProtection, spec: TrainingJobSpec) -> BaseProtection:
+    """A server's default base protection for a job that does not choose one: as configured, but without its KL
+    term for a job that asks to be sharded (FSDP), which cannot run it (:func:`sharding_obstacle`): that job
+    rehearses the base model's answers as plain examples (SELF_REHEARSAL, kl_weight 0) instead of being refused
+    for a default it did not choose."""
+    if spec.hyperparameters.sharding is not Sharding.FSDP or not default.rehearses:
+        return default
+    return BaseProtection(BaseProtectionMethod.SELF_REHEARSAL, default.fraction, 0.0)
 
 
 def check_sharding(spec: TrainingJobSpec, devices: int | None = None) -> None:

@@ -113,7 +113,7 @@ async def test_train_watch_deploy_rollback(make_server):
                           "--validate-only")
     assert protected.code == 0, protected.out + protected.err
     kept = protected.json_lines()[0]["spec"]["base_protection"]
-    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.2, "kl_weight": 4.0}, kept
+    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.15, "kl_weight": 4.0}, kept  # (default)
     too_much = await cli(port, *TRAIN, "--base-protection", "self_rehearsal", "--base-fraction", "0.95")
     assert too_much.code == 3 and "spec.base_protection.fraction" in too_much.err, too_much.err
     nameless = await cli(port, *TRAIN, "--base-protection", "forget_nothing")

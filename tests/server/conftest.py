@@ -49,6 +49,7 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
             "default_base_model": TINY, "base_models": {TINY: tiny_model_dir}, "log_format": "text",
             "torch_threads": 1, "training_num_devices": 1,  # (ONE_DEVICE)
             "eval_gate": False,  # (GATE_OFF)
+            "base_protection_method": "NONE",  # (BASE_OFF)
             **overrides,
         })
         app = await start(settings)
@@ -68,6 +69,12 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
 # GATE_OFF: activations skip the forgetting-aware gate unless a test turns it on. The tiny model answers nothing
 # right after the few steps most tests train, so the gate would refuse those versions; the gate has its own tests
 # (tests/server/test_gate.py, tests/engine/test_eval_gate.py).
+
+# BASE_OFF: jobs train without the default base protection (BASE_KL) unless a test asks for it. With it every
+# epoch also trains a share of the base model's answers to the shipped general prompts, which changes the steps
+# and the time of every job the tests count; the protection has its own tests (tests/engine/test_base_kl.py,
+# tests/engine/test_rehearsal.py, the base protection tests of tests/server/test_training_service.py), and
+# tests/server/test_training_defaults.py holds what an unconfigured server applies.
 
 # ONE_DEVICE: jobs train on one device, whatever the host: on a host with several GPUs the default (every GPU)
 # would start one process per GPU for every job; training on several has its own tests
@@ -99,6 +106,7 @@ async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
     async def make(**overrides) -> Client:
         overrides.setdefault("gateway_port", 0)
         overrides.setdefault("training_num_devices", 1)  # (ONE_DEVICE)
+        overrides.setdefault("base_protection_method", "NONE")  # (BASE_OFF)
         settings = Settings(
             host="127.0.0.1",
             port=0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.domain import BaseProtectionMethod
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from server.settings import SettingsError, load_settings
@@ -57,3 +58,10 @@ async def test_an_unconfigured_server_keeps_the_built_in_values(make_memory_serv
 def test_a_training_default_out_of_range_stops_the_server(value: str) -> None:
     with pytest.raises(SettingsError, match="training_max_grad_norm"):
         load_settings({"training_max_grad_norm": value})
+
+
+def test_the_built_in_base_protection_is_a_kl_term_to_the_base_model() -> None:
+    """What a server applies to a job that says nothing about it (chosen by bench/base_retention.py and
+    bench/base_protection_cost.py: docs/continual-learning.md)."""
+    protection = load_settings({}).training_defaults.base_protection
+    assert (protection.method, protection.fraction, protection.kl_weight) == (BaseProtectionMethod.BASE_KL, 0.15, 8.0)

@@ -105,3 +105,17 @@ async def test_a_sharded_job_on_a_worker_with_one_device_fails_with_the_reason(m
     assert failed.state == common.JOB_STATE_FAILED and not failed.output_adapter_version
     assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "sharding FSDP splits the model across devices, and this job trains on 1" in failed.error.message
+
+
+async def test_a_sharded_job_gets_the_default_protection_without_its_kl_term(make_memory_server):
+    client = await make_memory_server(base_protection_method="BASE_KL", base_rehearsal_fraction=0.15,
+                                      base_kl_weight=8.0)
+    sharded = await create(client, spec(sharding=pb.SHARDING_FSDP, num_devices=2))
+    assert sharded.spec.hyperparameters.sharding == pb.SHARDING_FSDP
+    protection = sharded.spec.base_protection  # the base model's answers rehearsed as plain examples
+    assert (protection.method, round(protection.fraction, 6), protection.kl_weight) == (
+        common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.15, 0.0)
+    alone = (await create(client, spec())).spec.base_protection  # not sharded: the default as it is
+    assert (alone.method, alone.kl_weight) == (common.BASE_PROTECTION_METHOD_BASE_KL, 8.0)
+    error, info, _ = await refused(client, with_base_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2)))
+    assert info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"  # asked for by the job: refused, as before
