@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,17 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from base_retention import rehearsal_pool  # noqa: E402
 from forgetting import make_tasks, train  # noqa: E402
 
 from engine.continual.ewc import replay_count  # noqa: E402
-from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
-from engine.domain import BaseProtection, BaseProtectionMethod, JsonlSource  # noqa: E402
-from engine.jobs.ports import CancelToken  # noqa: E402
+from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
-from engine.training.spec import TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 DEFAULTS = Settings.model_fields
@@ -65,15 +61,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {"plain": [], **{f"BASE_KL {f:g}": [] for f in args.fractions}}
     with tempfile.TemporaryDirectory(prefix="le-base-cost-") as tmp:
         work = Path(tmp)
-        loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
-                                               work / "unused"))
-        rehearsal = SelfRehearsal(args.models_dir)
-        pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
-        built = time.monotonic()
-        references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
-                                          CancelToken())  # as a job's self-rehearsal does (cached once built)
-        print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
-        del loaded
+        pool, references = rehearsal_pool(base_dir, args.models_dir, work)
         for repeat in range(args.repeats):
             for name in seconds:
                 examples, objective, rotation = list(task), None, None

@@ -90,6 +90,20 @@ def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path)
     return kept.retention
 
 
+def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path) -> tuple[list[Example], list]:
+    """The base model's answers to the shipped prompts and their base references, as a job's self-rehearsal
+    builds them (cached under ``models_dir`` once built; the first build's time is printed)."""
+    loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
+                                           work / "unused"))
+    rehearsal = SelfRehearsal(models_dir)
+    pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
+    built = time.monotonic()
+    references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
+                                      CancelToken())
+    print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
+    return pool, references
+
+
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
               probe: BaseKnowledgeProbe, pool: list[Example], references: list) -> dict:
     ewc = method in ("ewc_replay", "all")
@@ -162,15 +176,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
-        loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
-                                               work / "unused"))
-        rehearsal = SelfRehearsal(args.models_dir)
-        pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
-        built = time.monotonic()
-        references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
-                                          CancelToken())  # as a job's self-rehearsal does (cached once built)
-        print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
-        del loaded
+        pool, references = rehearsal_pool(base_dir, args.models_dir, work)
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]
