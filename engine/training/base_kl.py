@@ -15,7 +15,7 @@ the policy (RLHF), which nothing here does.
 
 The reference is the same network with the adapter disabled (``model.disable_adapter()``, as KTO does), computed
 under ``torch.no_grad`` and only on the anchored examples. The base model never moves, so an example's reference
-(:class:`Reference`: per position, the base model's 64 most likely tokens and the rest as one outcome, about 1.5 MB
+(:class:`Reference`: per position, the base model's 64 most likely tokens and the rest as one outcome, about 2.4 MB
 for the shipped prompts) is computed once: given with the objective (self-rehearsal computes the shipped answers'
 once per base model and caches them beside the answers, engine.continual.rehearsal), else the first time the
 example is trained, and kept. At the adapter's initialisation (LoRA B = 0) the adapted model is the base model and
@@ -112,6 +112,7 @@ def save_references(path: Path, key: str, references: Sequence[Reference]) -> No
     os.close(handle)
     try:
         save_file(tensors, tmp, metadata={"key": key, "count": str(len(references))})
+        os.chmod(tmp, 0o644)  # as the other cached files (mkstemp makes it the owner's only)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
