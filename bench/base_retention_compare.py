@@ -1,0 +1,97 @@
+"""Combine reports of ``bench/base_retention.py`` runs into one table and one plot: base retention after each
+version of the chain, per method and setting, medians over the seeds every report gives.
+
+A method is labelled by its settings (``kl`` by its rehearsal fraction and KL weight); a seed's later report
+replaces an earlier one's. Reports of the first versions only (``--versions 1``, validation looks) are left out.
+
+    .venv/bin/python bench/base_retention_compare.py bench/results/base-retention-s[3-6]-kl015-w8.json \
+        --out bench/results/base-retention-compare.json --plot bench/results/base-retention.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+VERSIONS = 3
+
+
+def label(method: str, config: dict) -> str:
+    fraction, weight = float(config["rehearsal_fraction"]), float(config["kl_weight"])
+    return {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
+            "rehearsal": f"self-rehearsal {fraction:g}",
+            "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
+            "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}"}[method]
+
+
+def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
+    """label -> seed -> that seed's chain (base retention, learnt, ACC, BWT, seconds)."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        report = json.loads(path.read_text())
+        config = report["config"]
+        if int(config.get("versions", VERSIONS)) != VERSIONS:
+            continue
+        seeds = json.loads(config["seeds"]) if config["seeds"].startswith("[") else [int(config["seeds"])]
+        for method, chains in report["runs"].items():
+            for seed, chain in zip(seeds, chains, strict=True):
+                runs.setdefault(label(method, config), {})[seed] = chain
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    runs = collect(args.reports)
+    table = {}
+    print("| method | seeds | base retention after A | after B | after C | ACC | BWT | new task learnt | s / version |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, seeds in runs.items():
+        chains = list(seeds.values())
+
+        def med(values: list[float]) -> float:
+            return statistics.median(values)
+
+        row = {"seeds": sorted(seeds),
+               "base_retention": [med([c["base_retention"][i] for c in chains]) for i in range(VERSIONS)],
+               "ACC": med([c["ACC"] for c in chains]), "BWT": med([c["BWT"] for c in chains]),
+               "learnt": [med([c["learnt"][i] for c in chains]) for i in range(VERSIONS)],
+               "seconds": med([statistics.fmean(c["train_seconds"]) for c in chains])}
+        table[name] = row
+        seed_list = ", ".join(str(s) for s in row["seeds"])
+        print(f"| {name} | {seed_list} | " + " | ".join(f"{x:.3f}" for x in row["base_retention"])
+              + f" | {row['ACC']:.3f} | {row['BWT']:+.3f} | " + " ".join(f"{x:.2f}" for x in row["learnt"])
+              + f" | {row['seconds']:.0f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"reports": [str(p) for p in args.reports], "table": table}, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for n, (name, seeds) in enumerate(runs.items()):
+            colour = f"C{n}"
+            for chain in seeds.values():
+                ax.plot(range(1, VERSIONS + 1), chain["base_retention"], color=colour, alpha=0.25, linewidth=1)
+            ax.plot(range(1, VERSIONS + 1), table[name]["base_retention"], color=colour, linewidth=2.5, marker="o",
+                    label=f"{name} (median of {len(seeds)} seeds)")
+        ax.axhline(0.9, color="grey", linestyle="--", linewidth=1, label="target 0.9")
+        ax.set_xticks(range(1, VERSIONS + 1), ["after A", "after B", "after C"])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("base retention")
+        ax.set_title("SmolLM2-135M-Instruct, a chain of three versions", fontsize=10)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
