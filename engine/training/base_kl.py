@@ -181,11 +181,8 @@ class BaseKlObjective:
             indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """As :func:`base_kl`, with each example's reference computed the first time it is seen and kept."""
         missing = [k for k, i in enumerate(indices) if i not in self._references]
-        if missing:
-            base = base_reference(model, forward, [examples[k] for k in missing])
-            computed = Reference.of(base.logits)
-            for j, k in enumerate(missing):
-                self._references[indices[k]] = computed.rows(base.owner == j)
+        computed = references_of(model, forward, [examples[k] for k in missing], batch_size=max(1, len(missing)))
+        self._references.update((indices[k], r) for k, r in zip(missing, computed, strict=True))
         adapted = forward.target_logits(model, examples)
         reference = Reference.aligned([self._references[i] for i in indices], adapted.owner)
         return adapted.per_example(kl_to_reference(adapted.logits, reference))
