@@ -18,7 +18,12 @@ Methods (the same at every step, A included; a continuation starts from its pare
   all              ewc_replay and rehearsal together;
   kl               BASE_KL: the same answers of the base model mixed in, trained only by ``--kl-weight`` *
                    KL(base || adapted) on them (engine.training.base_kl), no NLL;
-  rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL.
+  rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL;
+  ewc_base         EWC against the base model in the product space: ``--base-ewc-lambda / 2 * sum w (B @ A)^2``
+                   over the LoRA pairs (engine.continual.ewc_product, anchored at B @ A = 0, the base model's
+                   weights), ``w`` the base model's diagonal Fisher of each adapted weight on its own answers to
+                   the rehearsal prompts (measured once, on a fresh adapter: B = 0 leaves the product's gradient,
+                   the weight's, well defined); no rehearsed rows are trained.
 
 Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
@@ -44,14 +49,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from forgetting import SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
+from forgetting import LORA, SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
 
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_count  # noqa: E402
-from engine.continual.fisher import FisherEstimator  # noqa: E402
-from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
+from engine.continual.fisher import FisherEstimator, trainable_parameters  # noqa: E402
+from engine.continual.fisher_run import (  # noqa: E402
+    FisherRun,
+    load_adapter_model,
+    load_adapter_weights,
+    measure_model,
+    run_fisher,
+)
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
-from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
+from engine.domain import (  # noqa: E402
+    BaseProtection,
+    BaseProtectionMethod,
+    ChatMessage,
+    Example,
+    FisherSpace,
+    JsonlSource,
+)
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
@@ -60,7 +79,7 @@ from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
-METHODS = ("plain", "ewc_replay", "rehearsal", "all", "kl", "rehearsal_kl")
+METHODS = ("plain", "ewc_replay", "rehearsal", "all", "kl", "rehearsal_kl", "ewc_base")
 MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
             "a tall tree", "a heavy stone", "a bright star", "a narrow street", "a sweet fruit", "an old coin",
             "a deep lake", "a yellow flower", "a soft blanket", "a fast horse", "a round table", "a silver ring",
@@ -104,8 +123,23 @@ def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path) -> tuple[list[E
     return pool, references
 
 
+def base_fisher(base_dir: Path, pool: list[Example], work: Path) -> tuple[dict, dict]:
+    """``ewc_base``'s weights and anchor: the base model's diagonal Fisher of each adapted weight on its own answers
+    to the rehearsal prompts (the product space, on a fresh adapter) and that adapter's tensors (B = 0)."""
+    spec = TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA)
+    loaded = load_for_training(TrainingRun(spec, base_dir, [], work / "unused"))
+    anchor = {n: p.detach().float().clone() for n, p in trainable_parameters(loaded.model).items()}
+    started = time.monotonic()
+    fisher = measure_model(loaded.model, loaded.tokenizer, FisherRun(
+        base_dir, work, pool, FisherEstimator.EMPIRICAL, 128, 8, 0, FisherSpace.LORA_PRODUCT)).diagonal
+    print(f"the base model's product-space Fisher on {len(pool)} answers: {time.monotonic() - started:.1f} s",
+          flush=True)
+    return fisher, anchor
+
+
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
-              probe: BaseKnowledgeProbe, pool: list[Example], references: list) -> dict:
+              probe: BaseKnowledgeProbe, pool: list[Example], references: list,
+              base_ewc: tuple[dict, dict] | None) -> dict:
     ewc = method in ("ewc_replay", "all")
     rehearse = method in ("rehearsal", "all", "kl", "rehearsal_kl")
     protection = BaseProtection(BaseProtectionMethod.BASE_KL if method == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
@@ -122,6 +156,8 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             earlier = [e for t in tasks[:step] for e in t]
             examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
+        if method == "ewc_base":
+            penalty = ProductEwcPenalty(*base_ewc, args.base_ewc_lambda)
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             per_epoch = replay_count(len(examples), args.rehearsal_fraction, len(pool))
@@ -158,6 +194,8 @@ def main() -> None:
                         default=Settings.model_fields["base_rehearsal_fraction"].default)
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
+    parser.add_argument("--base-ewc-lambda", type=float, default=1.0,
+                        help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--versions", type=int, default=3, choices=(1, 2, 3),
                         help="train only the first versions of the chain (a quicker look at a setting)")
@@ -177,12 +215,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
         pool, references = rehearsal_pool(base_dir, args.models_dir, work)
+        base_ewc = base_fisher(base_dir, pool, work) if "ewc_base" in args.methods else None
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]
             for method in args.methods:
                 results[method].append(run_chain(method, tasks, seed, base_dir, args, work, probe, pool,
-                                                  references))
+                                                  references, base_ewc))
     summary = {}
     print(f"\nmedians over seeds {args.seeds} ({torch.get_num_threads()} threads)")
     print("method      retention A   B     C      ACC    BWT     learnt (A B C)       s/version")
@@ -201,6 +240,7 @@ def main() -> None:
               f"{' '.join(f'{x:.2f}' for x in row['learnt'])}     {row['seconds']:.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                    "rehearsal_pool": {"answers": len(pool), "first": pool[0].messages[0].content},
                                     "threads": torch.get_num_threads(), "seconds": time.monotonic() - started,
                                     "runs": results, "summary": summary}, indent=2))
     print(f"wrote {args.out} in {time.monotonic() - started:.0f}s")

@@ -18,12 +18,20 @@ from pathlib import Path
 VERSIONS = 3
 
 
-def label(method: str, config: dict) -> str:
+LONG_FORM_POOL = 79  # the rehearsal pool before the short questions: reports from then do not name their pool
+
+
+def label(method: str, report: dict) -> str:
+    config = report["config"]
     fraction, weight = float(config["rehearsal_fraction"]), float(config["kl_weight"])
-    return {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
+    pool = (f"{report['rehearsal_pool']['answers']} short questions" if "rehearsal_pool" in report
+            else f"{LONG_FORM_POOL} long-form prompts")
+    name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
             "rehearsal": f"self-rehearsal {fraction:g}",
             "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
-            "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}"}[method]
+            "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}",
+            "ewc_base": f"EWC on the base, lambda {float(config.get('base_ewc_lambda', 0)):g}"}[method]
+    return name if method in ("plain", "ewc_replay") else f"{name}, {pool}"
 
 
 def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
@@ -37,7 +45,7 @@ def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
         seeds = json.loads(config["seeds"]) if config["seeds"].startswith("[") else [int(config["seeds"])]
         for method, chains in report["runs"].items():
             for seed, chain in zip(seeds, chains, strict=True):
-                runs.setdefault(label(method, config), {})[seed] = chain
+                runs.setdefault(label(method, report), {})[seed] = chain
     return runs
 
 

@@ -85,6 +85,9 @@ def make_tasks(n: int, seed: int) -> tuple[list[Example], list[Example]]:
     return task_a, task_b
 
 
+LORA = LoraSpec(rank=16, alpha=32, dropout=0.05)  # every version's adapter
+
+
 class NullSink:
     def emit(self, payload) -> None:
         pass
@@ -94,7 +97,7 @@ def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: P
           penalty=None, seed: int = 0, objective=None, rotation=None) -> float:
     spec = TrainingJobSpec(
         base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
-        lora=LoraSpec(rank=16, alpha=32, dropout=0.05),
+        lora=LORA,
         hyperparameters=Hyperparameters(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                                         max_seq_length=128, seed=seed),
     )
