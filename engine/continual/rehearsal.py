@@ -1,15 +1,17 @@
 """Self-rehearsal: the base model's own answers to general prompts, mixed into a job's training examples.
 
 EWC and replay keep what a version's parent was taught; self-rehearsal keeps what the base model did before
-any adapter, without keeping anybody's data: the project ships general prompts (``data/rehearsal_prompts.jsonl``:
-definitions, short explanations, arithmetic, translation, writing; none of them a question of the base-knowledge
-probe, engine.continual.base_knowledge), the base model answers them greedily (the job's model with its adapter
+any adapter, without keeping anybody's data: the project ships general questions with short answers
+(``data/rehearsal_prompts.jsonl``: capitals and places, people and companies, word meanings, science, arithmetic,
+calendar, language; none of them a question of the base-knowledge probe, engine.continual.base_knowledge, though
+of the same kinds), the base model answers them greedily (the job's model with its adapter
 disabled: nothing else is loaded), and these pairs are added to the job's examples as a pool that the training
 loop takes in rotation (engine.training.batching.EpochRows): each epoch trains the next few of a seeded order of
 the pool, as many as make up ``fraction`` of the epoch's examples (the count replay mixes in,
 engine.continual.ewc.replay_count), so an epoch costs what a sample of that size would, and the job's epochs go
 through every prompt rather than the same few. The answers are built once per base model and quantization, and
-cached.
+cached. (The pool was long-form prompts, explanations and writing, before; held to the base model on those, an
+adapter taught invented facts kept fewer of the base model's short answers: docs/continual-learning.md.)
 """
 
 from __future__ import annotations
