@@ -26,11 +26,13 @@ def label(method: str, report: dict) -> str:
     fraction, weight = float(config["rehearsal_fraction"]), float(config["kl_weight"])
     pool = (f"{report['rehearsal_pool']['answers']} short questions" if "rehearsal_pool" in report
             else f"{LONG_FORM_POOL} long-form prompts")
-    name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
-            "rehearsal": f"self-rehearsal {fraction:g}",
-            "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
-            "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}",
-            "ewc_base": f"EWC on the base, lambda {float(config.get('base_ewc_lambda', 0)):g}"}[method]
+    if method == "ewc_base":  # its lambda is in the reports that have the method
+        name = f"EWC on the base, lambda {float(config['base_ewc_lambda']):g}"
+    else:
+        name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
+                "rehearsal": f"self-rehearsal {fraction:g}",
+                "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
+                "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}"}[method]
     return name if method in ("plain", "ewc_replay") else f"{name}, {pool}"
 
 
