@@ -10,15 +10,16 @@ answers right that the version still answers right (engine.continual.base_knowle
 
 Methods (the same at every step, A included; a continuation starts from its parent's adapter):
   plain            sequential LoRA, nothing else;
-  ewc_replay       EWC on the LoRA entries with the Fisher of each parent on its task, accumulated online
-                   (gamma 1), the service's default lambda and normalisation, plus replay of all earlier tasks
-                   (``--replay-fraction``);
+  ewc              EWC on the LoRA entries with the Fisher of each parent on its task, accumulated online
+                   (gamma 1), the service's default lambda and normalisation;
+  ewc_replay       that, plus replay of all earlier tasks (``--replay-fraction``);
   rehearsal        self-rehearsal: the base model's own answers to the shipped general prompts mixed in
                    (``--rehearsal-fraction``; engine.continual.rehearsal, as a job does);
   all              ewc_replay and rehearsal together;
   kl               BASE_KL: the same answers of the base model mixed in, trained only by ``--kl-weight`` *
                    KL(base || adapted) on them (engine.training.base_kl), no NLL;
   rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL;
+  ewc_kl, ewc_replay_kl   ewc and ewc_replay with BASE_KL (ewc_kl: a continuation at the service's defaults);
   ewc_base         EWC against the base model in the product space: ``--base-ewc-lambda / 2 * sum w (B @ A)^2``
                    over the LoRA pairs (engine.continual.ewc_product, anchored at B @ A = 0, the base model's
                    weights), ``w`` the base model's diagonal Fisher of each adapted weight on its own answers to
@@ -79,7 +80,12 @@ from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
-METHODS = ("plain", "ewc_replay", "rehearsal", "all", "kl", "rehearsal_kl", "ewc_base")
+METHODS = {  # name: (EWC against the parent, replay of the earlier tasks, what protects the base model)
+    "plain": (False, False, None), "ewc": (True, False, None), "ewc_replay": (True, True, None),
+    "rehearsal": (False, False, "rehearsal"), "all": (True, True, "rehearsal"), "kl": (False, False, "kl"),
+    "rehearsal_kl": (False, False, "rehearsal_kl"), "ewc_kl": (True, False, "kl"), "ewc_replay_kl": (True, True, "kl"),
+    "ewc_base": (False, False, "ewc_base"),
+}
 MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
             "a tall tree", "a heavy stone", "a bright star", "a narrow street", "a sweet fruit", "an old coin",
             "a deep lake", "a yellow flower", "a soft blanket", "a fast horse", "a round table", "a silver ring",
@@ -140,10 +146,10 @@ def base_fisher(base_dir: Path, pool: list[Example], work: Path) -> tuple[dict, 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
               probe: BaseKnowledgeProbe, pool: list[Example], references: list,
               base_ewc: tuple[dict, dict] | None) -> dict:
-    ewc = method in ("ewc_replay", "all")
-    rehearse = method in ("rehearsal", "all", "kl", "rehearsal_kl")
-    protection = BaseProtection(BaseProtectionMethod.BASE_KL if method == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
-                                args.rehearsal_fraction, args.kl_weight if method in ("kl", "rehearsal_kl") else 0.0)
+    ewc, replay, base = METHODS[method]
+    rehearse = base in ("rehearsal", "kl", "rehearsal_kl")
+    protection = BaseProtection(BaseProtectionMethod.BASE_KL if base == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
+                                args.rehearsal_fraction, args.kl_weight if base in ("kl", "rehearsal_kl") else 0.0)
     parent: Path | None = None
     fisher = None
     r: list[list[float]] = []
@@ -152,11 +158,12 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     for step, task in enumerate(tasks):
         examples = list(task)
         penalty = None
-        if ewc and parent is not None:
+        if replay and parent is not None:
             earlier = [e for t in tasks[:step] for e in t]
             examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
+        if ewc and parent is not None:
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
-        if method == "ewc_base":
+        if base == "ewc_base":
             penalty = ProductEwcPenalty(*base_ewc, args.base_ewc_lambda)
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
@@ -215,7 +222,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
         pool, references = rehearsal_pool(base_dir, args.models_dir, work)
-        base_ewc = base_fisher(base_dir, pool, work) if "ewc_base" in args.methods else None
+        base_ewc = base_fisher(base_dir, pool, work) if any(METHODS[m][2] == "ewc_base" for m in args.methods) else None
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]

@@ -32,8 +32,10 @@ def label(method: str, report: dict) -> str:
         name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
                 "rehearsal": f"self-rehearsal {fraction:g}",
                 "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
-                "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}"}[method]
-    return name if method in ("plain", "ewc_replay") else f"{name}, {pool}"
+                "ewc": "EWC", "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}",
+                "ewc_kl": f"EWC + BASE_KL {fraction:g} / {weight:g}",
+                "ewc_replay_kl": f"EWC + replay + BASE_KL {fraction:g} / {weight:g}"}[method]
+    return name if method in ("plain", "ewc", "ewc_replay") else f"{name}, {pool}"
 
 
 def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
