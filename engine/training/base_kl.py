@@ -28,9 +28,6 @@ step's loss is that of one big batch whatever the micro-batches or the layout (p
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +39,7 @@ import torch.nn.functional as F
 from engine.domain import BaseProtection, BaseProtectionMethod
 from engine.errors import Cancelled
 from engine.jobs.ports import CancelToken
+from engine.tensor_cache import load_tensors, save_tensors
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
 from engine.training.objectives import WeightedSft
@@ -103,35 +101,20 @@ def references_of(model: Any, forward: ExampleForward, examples: Sequence[Encode
 
 def save_references(path: Path, key: str, references: Sequence[Reference]) -> None:
     """``references`` written to ``path`` (safetensors, with ``key``) atomically: a reader sees all or none."""
-    from safetensors.torch import save_file
-
-    tensors = {f"{name}.{n}": getattr(r, name).contiguous() for n, r in enumerate(references)
-               for name in ("ids", "logp", "rest")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata={"key": key, "count": str(len(references))})
-        os.chmod(tmp, 0o644)  # as the other cached files (mkstemp makes it the owner's only)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    save_tensors(path, key, {f"{name}.{n}": getattr(r, name) for n, r in enumerate(references)
+                             for name in ("ids", "logp", "rest")})
 
 
 def load_references(path: Path, key: str) -> list[Reference] | None:
     """The references saved at ``path`` for ``key``; None when there are none (or they are for another key, or
     unreadable: they are computed again)."""
-    from safetensors import safe_open
-
+    tensors = load_tensors(path, key)
+    if tensors is None or len(tensors) % 3:
+        return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("key") != key:
-                return None
-            return [Reference(*(f.get_tensor(f"{name}.{n}") for name in ("ids", "logp", "rest")))
-                    for n in range(int(metadata["count"]))]
-    except (OSError, ValueError, KeyError, RuntimeError):
+        return [Reference(*(tensors[f"{name}.{n}"] for name in ("ids", "logp", "rest")))
+                for n in range(len(tensors) // 3)]
+    except KeyError:
         return None
 
 
