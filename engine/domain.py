@@ -219,6 +219,7 @@ class BaseProtectionMethod(enum.StrEnum):
     NONE = "NONE"
     SELF_REHEARSAL = "SELF_REHEARSAL"  # the base model's own answers to general prompts, mixed into training
     BASE_KL = "BASE_KL"  # the same prompts, trained only by a KL term to the base model's distribution on them
+    EWC_BASE = "EWC_BASE"  # no rows: EWC holding each LoRA product B @ A near 0 (engine.continual.base_ewc)
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,9 @@ class BaseProtection:
     method: BaseProtectionMethod = BaseProtectionMethod.NONE
     fraction: float = 0.0  # the share of each epoch's examples that is the base model's answers (not NONE)
     kl_weight: float = 0.0  # beta of KL(base || adapted) on those answers (BASE_KL's only loss on them; > 0 there)
+    ewc_lambda: float = 0.0  # EWC_BASE: the weight of its penalty (> 0 there)
 
     @property
     def rehearses(self) -> bool:
         """Whether the base model's answers are mixed into training."""
-        return self.method is not BaseProtectionMethod.NONE and self.fraction > 0
+        return self.method in (BaseProtectionMethod.SELF_REHEARSAL, BaseProtectionMethod.BASE_KL) and self.fraction > 0

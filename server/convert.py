@@ -120,10 +120,12 @@ def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
 DEFAULT_TRAINING = TrainingDefaults()
 MAX_REHEARSAL_FRACTION = 0.9
 MAX_KL_WEIGHT = 100.0
+MAX_BASE_EWC_LAMBDA = 10_000.0
 
 _BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NONE,
                     common.BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod.SELF_REHEARSAL,
-                    common.BASE_PROTECTION_METHOD_BASE_KL: BaseProtectionMethod.BASE_KL}
+                    common.BASE_PROTECTION_METHOD_BASE_KL: BaseProtectionMethod.BASE_KL,
+                    common.BASE_PROTECTION_METHOD_EWC_BASE: BaseProtectionMethod.EWC_BASE}
 _BASE_PROTECTION_TO_PB = {v: k for k, v in _BASE_PROTECTION.items()}
 
 
@@ -142,12 +144,17 @@ def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection
     elif method is BaseProtectionMethod.BASE_KL and kl_weight == 0:
         issues.add("spec.base_protection.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's "
                                                      "answers)")
-    return BaseProtection(method, fraction, kl_weight)
+    ewc_lambda = msg.ewc_lambda if msg.HasField("ewc_lambda") else defaults.ewc_lambda
+    if not (0 <= ewc_lambda <= MAX_BASE_EWC_LAMBDA and math.isfinite(ewc_lambda)):
+        issues.add("spec.base_protection.ewc_lambda", f"must lie in [0, {MAX_BASE_EWC_LAMBDA:g}]")
+    elif method is BaseProtectionMethod.EWC_BASE and ewc_lambda == 0:
+        issues.add("spec.base_protection.ewc_lambda", "must be > 0 with EWC_BASE (its only term)")
+    return BaseProtection(method, fraction, kl_weight, ewc_lambda)
 
 
 def base_protection_to_pb(protection: BaseProtection) -> common.BaseProtection:
     return common.BaseProtection(method=_BASE_PROTECTION_TO_PB[protection.method], fraction=protection.fraction,
-                                 kl_weight=protection.kl_weight)
+                                 kl_weight=protection.kl_weight, ewc_lambda=protection.ewc_lambda)
 
 
 def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,

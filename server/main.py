@@ -24,6 +24,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine import Engine, telemetry
+from engine.continual.base_ewc import BaseEwc
 from engine.continual.base_knowledge import BaseKnowledgeProbe
 from engine.continual.planner import EwcPlanner
 from engine.continual.rehearsal import SelfRehearsal
@@ -271,6 +272,14 @@ def knowledge_probe(settings: Settings) -> BaseKnowledgeProbe | None:
     return BaseKnowledgeProbe(settings.models_dir) if settings.base_retention_probe else None
 
 
+def base_protections(settings: Settings) -> dict[str, Any]:
+    """A training runner's base protections (TrainingRunner's ``rehearsal`` and ``base_ewc``): the base model's
+    answers for self-rehearsal and BASE_KL, and EWC against the base model on the same answers, all cached beside
+    the converted base models."""
+    rehearsal = SelfRehearsal(settings.models_dir)
+    return {"rehearsal": rehearsal, "base_ewc": BaseEwc(settings.models_dir, rehearsal)}
+
+
 def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
     async def execute(kind: str, job_id: str) -> None:
         await manager.execute(job_id)
@@ -325,7 +334,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     training_manager = JobManager(
         runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,
-                              probe=knowledge_probe(settings), rehearsal=SelfRehearsal(settings.models_dir),
+                              probe=knowledge_probe(settings), **base_protections(settings),
                               trackers=Trackers(settings.training_trackers, settings.trackers_dir)),
         store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
         worker_id=worker_id,

@@ -168,7 +168,9 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "knew, for a job that does not say: NONE, SELF_REHEARSAL (the base model's own answers to the "
         "project's general prompts mixed into training), or BASE_KL (the same answers mixed in, trained only by a "
         "KL term to the base model's distribution on them; a job that asks to be sharded with FSDP, which cannot "
-        "run that term, rehearses them as plain examples instead).",
+        "run that term, rehearses them as plain examples instead), or EWC_BASE (no answers mixed in: an EWC "
+        "penalty holding each LoRA product near the base model's weights, weighted by the base model's Fisher on "
+        "its answers).",
     )
     base_rehearsal_fraction: float = Field(
         0.15, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
@@ -179,6 +181,10 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         8.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
         "training, for a job that does not say: BASE_KL's only loss on them (it must be > 0 there), added to their "
         "NLL with SELF_REHEARSAL (0: plain self-rehearsal).",
+    )
+    base_ewc_lambda: float = Field(
+        1.0, ge=0, le=10_000, description="EWC_BASE: the weight of its penalty on each LoRA product B @ A (the "
+        "base model's Fisher mean-normalised), for a job that does not say (it must be > 0 there).",
     )
     base_retention_probe: bool = Field(
         True, description="After training, measure what the model kept of its base model's general knowledge (the "
@@ -402,6 +408,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         if self.base_protection_method is BaseProtectionMethod.BASE_KL and self.base_kl_weight <= 0:
             raise ValueError("base_protection_method BASE_KL needs base_kl_weight > 0 (its only loss on the base "
                              "model's answers)")
+        if self.base_protection_method is BaseProtectionMethod.EWC_BASE and self.base_ewc_lambda <= 0:
+            raise ValueError("base_protection_method EWC_BASE needs base_ewc_lambda > 0 (its only term)")
         return self
 
     @field_validator("host")
@@ -485,7 +493,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),
             base_protection=BaseProtection(self.base_protection_method, self.base_rehearsal_fraction,
-                                           self.base_kl_weight),
+                                           self.base_kl_weight, self.base_ewc_lambda),
         )
 
     @property

@@ -70,6 +70,15 @@ class RehearsalMix:
         return Rotation(self.pool, self.rehearsed)
 
 
+class BaseEwc(Protocol):
+    """EWC against the base model (``engine.continual.base_ewc.BaseEwc``): a job's penalty for EWC_BASE."""
+
+    def penalty(self, ewc_lambda: float, *, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path,
+                quantization: str, max_seq_length: int, cancel: CancelToken) -> tuple[Penalty, int]:
+        """The penalty, and the number of the base model's answers its Fisher was measured on."""
+        ...
+
+
 class Rehearsal(Protocol):
     """Self-rehearsal (``engine.continual.rehearsal.SelfRehearsal``): the base model's own answers to general
     prompts, mixed into a job's examples so that they make up ``fraction`` of each epoch's."""

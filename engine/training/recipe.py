@@ -62,6 +62,19 @@ class Penalty(Protocol):
     def __call__(self, model: torch.nn.Module) -> torch.Tensor: ...
 
 
+class AddedPenalties:
+    """Penalties added up (EWC against a parent and EWC against the base model, engine.continual.base_ewc)."""
+
+    def __init__(self, *parts: Penalty) -> None:
+        self.parts = parts
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        total = self.parts[0](model)
+        for part in self.parts[1:]:
+            total = total + part(model)
+        return total
+
+
 class BatchObjective(Protocol):
     """An objective replacing the weighted SFT loss (e.g. engine.kto.KtoObjective), per-example aware."""
 

@@ -36,9 +36,10 @@ from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
 from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
-from engine.training.ports import ContinualPlanner, PlanRequest, Rehearsal
+from engine.training.ports import BaseEwc, ContinualPlanner, PlanRequest, Rehearsal
 from engine.training.preparation import JobPreparer, PreparedInputs, ResolvedDataset
 from engine.training.recipe import (
+    AddedPenalties,
     Checkpointing,
     CheckpointSave,
     KnowledgeProbe,
@@ -82,6 +83,7 @@ class TrainingRunner:
         artifacts: ArtifactStore | None = None,
         probe: KnowledgeProbe | None = None,
         rehearsal: Rehearsal | None = None,
+        base_ewc: BaseEwc | None = None,
         trackers: Trackers | None = None,
     ) -> None:
         self._preparer = preparer
@@ -92,6 +94,7 @@ class TrainingRunner:
         self._artifacts = artifacts  # where checkpoints go (None: the job does not checkpoint)
         self._probe = probe  # measures base retention after training (None: not measured)
         self._rehearsal = rehearsal  # the base model's answers for self-rehearsal (None: not available)
+        self._base_ewc = base_ewc  # EWC against the base model (None: not available)
         self._trackers = trackers  # experiment trackers every job logs to (engine.training.tracking)
         self._tracking: dict[str, TrackerRun] = {}  # the runs of the jobs running here, by job id
 
@@ -139,6 +142,7 @@ class TrainingRunner:
                 run = replace(run, penalty=plan.penalty, examples=plan.examples, objective=objective)
                 ctx.set_output(replace(ctx.job.output, ewc_lineage=plan.lineage))
             run = await self._rehearse(ctx, run, loaded)
+            run = await self._hold_to_base(ctx, run, loaded)
             if self._artifacts is not None:
                 archive = CheckpointArchive(self._artifacts, ctx.work_dir / "archive")
                 policy = spec.checkpoints
@@ -220,6 +224,27 @@ class TrainingRunner:
                                         mixed.references)
         return replace(run, examples=mixed.examples, objective=objective,
                        rotation=mixed.rotation if mixed.pool else None)
+
+    async def _hold_to_base(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
+                            loaded: LoadedModel) -> TrainingRun:
+        """EWC_BASE when the job asks for it: its penalty added to the run's (EWC against a parent, if any)."""
+        protection = run.spec.base_protection
+        if protection.method is not BaseProtectionMethod.EWC_BASE:
+            return run
+        if self._base_ewc is None:
+            ctx.record(Warned("BASE_EWC_UNAVAILABLE", "this worker has no EWC against the base model set up: the "
+                                                      "job trains without it"))
+            return run
+        measure = functools.partial(
+            self._base_ewc.penalty, protection.ewc_lambda, model=loaded.model, tokenizer=loaded.tokenizer,
+            plan=loaded.plan, base_model_dir=run.base_model_dir,
+            quantization=run.spec.hyperparameters.quantization.value,
+            max_seq_length=run.spec.hyperparameters.max_seq_length, cancel=ctx.cancel)
+        penalty, answers = await ctx.in_worker(measure)
+        ctx.record(Noticed("BASE_EWC", f"EWC against the base model (lambda {protection.ewc_lambda:g}): each LoRA "
+                                       f"product held near 0, weighted by the base model's Fisher on its answers to "
+                                       f"{answers} general questions"))
+        return replace(run, penalty=AddedPenalties(run.penalty, penalty) if run.penalty is not None else penalty)
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:
         tracking = self._tracking.get(job.id)

@@ -113,11 +113,18 @@ async def test_train_watch_deploy_rollback(make_server):
                           "--validate-only")
     assert protected.code == 0, protected.out + protected.err
     kept = protected.json_lines()[0]["spec"]["base_protection"]
-    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.15, "kl_weight": 4.0}, kept  # (default)
+    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.15, "kl_weight": 4.0,
+                    "ewc_lambda": 1.0}, kept  # the fraction and lambda: the server's defaults
+    held = await cli(port, "--json", *TRAIN, "--base-protection", "ewc_base", "--base-ewc-lambda", "2",
+                     "--validate-only")
+    assert held.code == 0, held.out + held.err
+    held_spec = held.json_lines()[0]["spec"]["base_protection"]
+    assert (held_spec["method"], held_spec["ewc_lambda"]) == ("BASE_PROTECTION_METHOD_EWC_BASE", 2.0), held_spec
     too_much = await cli(port, *TRAIN, "--base-protection", "self_rehearsal", "--base-fraction", "0.95")
     assert too_much.code == 3 and "spec.base_protection.fraction" in too_much.err, too_much.err
     nameless = await cli(port, *TRAIN, "--base-protection", "forget_nothing")
-    assert nameless.code == 2 and "none | self_rehearsal | base_kl" in nameless.err, nameless.err
+    assert nameless.code == 2 and all(m in nameless.err for m in ("none |", "self_rehearsal", "base_kl", "ewc_base")), \
+        nameless.err  # (the error box wraps the list where the terminal's width says)
     products = await cli(port, "fisher", "--data", "capitals.jsonl", "--adapter-version", "v1.0",
                          "--space", "lora_product", "--samples", "4", "--watch")
     assert products.code == 0, products.out + products.err

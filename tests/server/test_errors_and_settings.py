@@ -110,6 +110,12 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch: pytest.
         load_settings()
     monkeypatch.setenv("LEARNING_ENGINE_BASE_KL_WEIGHT", "0.5")
     assert load_settings().training_defaults.base_protection.kl_weight == 0.5
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_PROTECTION_METHOD", "EWC_BASE")
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_EWC_LAMBDA", "0")
+    with pytest.raises(SettingsError, match="EWC_BASE needs base_ewc_lambda > 0"):
+        load_settings()
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_EWC_LAMBDA", "3")
+    assert load_settings().training_defaults.base_protection.ewc_lambda == 3
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(config_file=tmp_path / "missing.yaml")
 

@@ -315,8 +315,37 @@ async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_
     assert version.base_rehearsed_examples == 6
 
 
+async def test_ewc_against_the_base_model_adds_its_penalty_and_is_recorded_on_the_version(client, data_dir: Path):
+    asked = spec(epochs=2)
+    asked.base_protection.CopyFrom(common.BaseProtection(method=common.BASE_PROTECTION_METHOD_EWC_BASE,
+                                                         ewc_lambda=50))
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    assert (job.spec.base_protection.method, job.spec.base_protection.ewc_lambda) == (
+        common.BASE_PROTECTION_METHOD_EWC_BASE, 50)
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert notices["BASE_EWC"].startswith("EWC against the base model (lambda 50)")
+    assert "BASE_REHEARSAL_MIXED" not in notices  # no rows mixed in
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    assert steps[-1].total_steps == 12  # the 24 examples alone, in batches of 4, twice
+    assert steps[0].ewc_penalty == 0  # B = 0: the base model's weights
+    assert all(s.ewc_penalty > 0 for s in steps[1:])  # B @ A moved away from them
+    assert all(math.isclose(s.loss, s.task_loss + s.ewc_penalty, rel_tol=1e-5) for s in steps)
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert done.state == common.JOB_STATE_SUCCEEDED and done.base_rehearsed_examples == 0
+    version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
+        base_model=TINY, version=done.output_adapter_version))).adapter
+    assert (version.base_protection.method, version.base_protection.ewc_lambda) == (
+        common.BASE_PROTECTION_METHOD_EWC_BASE, 50)
+    assert len(list((data_dir / "models").glob("base-fisher-*.safetensors"))) == 1  # measured once, kept
+
+
 @pytest.mark.parametrize(("protection", "field", "description"), [
     (common.BaseProtection(fraction=0.95), "spec.base_protection.fraction", "must lie in [0, 0.9]"),
+    (common.BaseProtection(ewc_lambda=-1), "spec.base_protection.ewc_lambda", "must lie in [0, 10000]"),
+    (common.BaseProtection(ewc_lambda=math.inf), "spec.base_protection.ewc_lambda", "must lie in [0, 10000]"),
+    (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_EWC_BASE, ewc_lambda=0),
+     "spec.base_protection.ewc_lambda", "must be > 0 with EWC_BASE (its only term)"),
     (common.BaseProtection(kl_weight=-0.1), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
     (common.BaseProtection(kl_weight=101), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
     (common.BaseProtection(kl_weight=math.nan), "spec.base_protection.kl_weight", "must lie in [0, 100]"),

@@ -37,6 +37,7 @@ class BaseProtectionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASE_PROTECTION_METHOD_NONE: _ClassVar[BaseProtectionMethod]
     BASE_PROTECTION_METHOD_SELF_REHEARSAL: _ClassVar[BaseProtectionMethod]
     BASE_PROTECTION_METHOD_BASE_KL: _ClassVar[BaseProtectionMethod]
+    BASE_PROTECTION_METHOD_EWC_BASE: _ClassVar[BaseProtectionMethod]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_PREPARING: JobState
@@ -54,6 +55,7 @@ BASE_PROTECTION_METHOD_UNSPECIFIED: BaseProtectionMethod
 BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod
 BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod
 BASE_PROTECTION_METHOD_BASE_KL: BaseProtectionMethod
+BASE_PROTECTION_METHOD_EWC_BASE: BaseProtectionMethod
 
 class LoraConfig(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -112,14 +114,16 @@ class JobError(_message.Message):
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class BaseProtection(_message.Message):
-    __slots__ = ("method", "fraction", "kl_weight")
+    __slots__ = ("method", "fraction", "kl_weight", "ewc_lambda")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EWC_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     method: BaseProtectionMethod
     fraction: float
     kl_weight: float
-    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ..., kl_weight: _Optional[float] = ...) -> None: ...
+    ewc_lambda: float
+    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ..., kl_weight: _Optional[float] = ..., ewc_lambda: _Optional[float] = ...) -> None: ...
 
 class BaseRetention(_message.Message):
     __slots__ = ("retention", "kept", "cases", "lost")

@@ -93,14 +93,15 @@ def _space(value: str, hint: str) -> int:
     return short_enum(common.FisherSpace, "FISHER_SPACE_", value, hint)
 
 
-def base_protection(method: str, fraction: float | None, kl_weight: float | None,
+def base_protection(method: str, fraction: float | None, kl_weight: float | None, ewc_lambda: float | None = None,
                     flag: str = "--base-protection") -> common.BaseProtection | None:
     """What keeps the base model's knowledge, from the options (None when none is given: the server's
     defaults)."""
-    if not method and fraction is None and kl_weight is None:
+    if not method and fraction is None and kl_weight is None and ewc_lambda is None:
         return None
     return common.BaseProtection(method=short_enum(common.BaseProtectionMethod, "BASE_PROTECTION_METHOD_", method,
-                                                   flag), fraction=fraction, kl_weight=kl_weight)
+                                                   flag), fraction=fraction, kl_weight=kl_weight,
+                                 ewc_lambda=ewc_lambda)
 
 
 def train(
@@ -151,6 +152,9 @@ def train(
     ),
     base_kl_weight: float = typer.Option(
         None, "--base-kl-weight", help="Weight of the KL term to the base model on those answers (0..100)."
+    ),
+    base_ewc_lambda: float = typer.Option(
+        None, "--base-ewc-lambda", help="ewc_base: weight of the EWC penalty against the base model (0..10000)."
     ),
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
@@ -206,7 +210,7 @@ def train(
         ),
         major_version_bump=major,
         labels=labels(label),
-        base_protection=base_protection(protection, base_fraction, base_kl_weight),
+        base_protection=base_protection(protection, base_fraction, base_kl_weight, base_ewc_lambda),
     )
     local = local_file(data)  # uploaded in call(), then named by version
     if data and local is None:

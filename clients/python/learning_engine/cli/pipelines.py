@@ -81,11 +81,13 @@ def pipelines_create(
     learning_rate: float = typer.Option(0.0, "--lr", help="Learning rate (default: the server's)."),
     replay: float = typer.Option(0.0, "--replay", help="Share of earlier versions' examples replayed."),
     protection: str = typer.Option("", "--base-protection", help="What keeps the base model's knowledge: none | "
-                                   "self_rehearsal | base_kl (server default if empty)."),
+                                   "self_rehearsal | base_kl | ewc_base (server default if empty)."),
     base_fraction: float = typer.Option(None, "--base-fraction",
                                         help="Share of the training set that is the base model's answers."),
     base_kl_weight: float = typer.Option(None, "--base-kl-weight",
                                          help="Weight of the KL term to the base model on those answers."),
+    base_ewc_lambda: float = typer.Option(None, "--base-ewc-lambda",
+                                          help="ewc_base: weight of the EWC penalty against the base model."),
     disabled: bool = typer.Option(False, "--disabled", help="Create it with its triggers off."),
     description: str = typer.Option("", "--description"),
 ) -> None:
@@ -101,7 +103,8 @@ def pipelines_create(
              reason=ERROR_REASON_USAGE)
     spec = training.TrainingJobSpec(hyperparameters=training.Hyperparameters(epochs=epochs,
                                                                              learning_rate=learning_rate),
-                                    base_protection=base_protection(protection, base_fraction, base_kl_weight))
+                                    base_protection=base_protection(protection, base_fraction, base_kl_weight,
+                                                                    base_ewc_lambda))
     if from_feedback:
         spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
     elif data:
