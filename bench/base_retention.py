@@ -20,11 +20,10 @@ Methods (the same at every step, A included; a continuation starts from its pare
                    KL(base || adapted) on them (engine.training.base_kl), no NLL;
   rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL;
   ewc_kl, ewc_replay_kl   ewc and ewc_replay with BASE_KL (ewc_kl: a continuation at the service's defaults);
-  ewc_base         EWC against the base model in the product space: ``--base-ewc-lambda / 2 * sum w (B @ A)^2``
-                   over the LoRA pairs (engine.continual.ewc_product, anchored at B @ A = 0, the base model's
-                   weights), ``w`` the base model's diagonal Fisher of each adapted weight on its own answers to
-                   the rehearsal prompts (measured once, on a fresh adapter: B = 0 leaves the product's gradient,
-                   the weight's, well defined); no rehearsed rows are trained.
+  ewc_base         EWC_BASE, EWC against the base model in the product space (engine.continual.base_ewc, as a
+                   job does): ``--base-ewc-lambda / 2 * sum w (B @ A)^2`` over the LoRA pairs, ``w`` the base
+                   model's diagonal Fisher of each adapted weight on its own answers to the rehearsal prompts; no
+                   rehearsed rows are trained.
 
 Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
@@ -52,26 +51,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from forgetting import LORA, SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
 
+from engine.continual.base_ewc import BaseEwc  # noqa: E402
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_count  # noqa: E402
 from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
-from engine.continual.fisher import FisherEstimator, trainable_parameters  # noqa: E402
-from engine.continual.fisher_run import (  # noqa: E402
-    FisherRun,
-    load_adapter_model,
-    load_adapter_weights,
-    measure_model,
-    run_fisher,
-)
+from engine.continual.fisher import FisherEstimator  # noqa: E402
+from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
-from engine.domain import (  # noqa: E402
-    BaseProtection,
-    BaseProtectionMethod,
-    ChatMessage,
-    Example,
-    FisherSpace,
-    JsonlSource,
-)
+from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
@@ -129,23 +116,23 @@ def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path) -> tuple[list[E
     return pool, references
 
 
-def base_fisher(base_dir: Path, pool: list[Example], work: Path) -> tuple[dict, dict]:
-    """``ewc_base``'s weights and anchor: the base model's diagonal Fisher of each adapted weight on its own answers
-    to the rehearsal prompts (the product space, on a fresh adapter) and that adapter's tensors (B = 0)."""
-    spec = TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA)
-    loaded = load_for_training(TrainingRun(spec, base_dir, [], work / "unused"))
-    anchor = {n: p.detach().float().clone() for n, p in trainable_parameters(loaded.model).items()}
+def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float) -> ProductEwcPenalty:
+    """``ewc_base``'s penalty, as a job's EWC_BASE builds it (engine.continual.base_ewc; its Fisher cached under
+    ``models_dir`` once measured; the first measurement's time is printed)."""
+    loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
+                                           [], work / "unused"))
     started = time.monotonic()
-    fisher = measure_model(loaded.model, loaded.tokenizer, FisherRun(
-        base_dir, work, pool, FisherEstimator.EMPIRICAL, 128, 8, 0, FisherSpace.LORA_PRODUCT)).diagonal
-    print(f"the base model's product-space Fisher on {len(pool)} answers: {time.monotonic() - started:.1f} s",
+    penalty, answers = BaseEwc(models_dir, SelfRehearsal(models_dir)).penalty(
+        ewc_lambda, model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=base_dir,
+        quantization="NONE", max_seq_length=128, cancel=CancelToken())
+    print(f"the base model's product-space Fisher on {answers} answers: {time.monotonic() - started:.1f} s",
           flush=True)
-    return fisher, anchor
+    return penalty
 
 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
               probe: BaseKnowledgeProbe, pool: list[Example], references: list,
-              base_ewc: tuple[dict, dict] | None) -> dict:
+              base_ewc: ProductEwcPenalty | None) -> dict:
     ewc, replay, base = METHODS[method]
     rehearse = base in ("rehearsal", "kl", "rehearsal_kl")
     protection = BaseProtection(BaseProtectionMethod.BASE_KL if base == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
@@ -164,7 +151,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         if ewc and parent is not None:
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
         if base == "ewc_base":
-            penalty = ProductEwcPenalty(*base_ewc, args.base_ewc_lambda)
+            penalty = base_ewc
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             per_epoch = replay_count(len(examples), args.rehearsal_fraction, len(pool))
@@ -201,7 +188,7 @@ def main() -> None:
                         default=Settings.model_fields["base_rehearsal_fraction"].default)
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
-    parser.add_argument("--base-ewc-lambda", type=float, default=1.0,
+    parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
                         help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--versions", type=int, default=3, choices=(1, 2, 3),
@@ -222,7 +209,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
         pool, references = rehearsal_pool(base_dir, args.models_dir, work)
-        base_ewc = base_fisher(base_dir, pool, work) if any(METHODS[m][2] == "ewc_base" for m in args.methods) else None
+        base_ewc = base_penalty(base_dir, args.models_dir, work, args.base_ewc_lambda) \
+            if any(METHODS[m][2] == "ewc_base" for m in args.methods) else None
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]
