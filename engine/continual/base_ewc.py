@@ -30,8 +30,8 @@ from engine.continual.rehearsal import SelfRehearsal
 from engine.continual.spec import FisherEstimator
 from engine.domain import FisherSpace
 from engine.jobs.ports import CancelToken
-from engine.tensor_cache import load_tensors, save_tensors
 from engine.training.models import DevicePlan
+from engine.training.tensor_cache import load_tensors, save_tensors
 
 
 @contextlib.contextmanager
