@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example
@@ -65,6 +66,16 @@ CHECKPOINT_STORE_SECONDS = 600  # a checkpoint's upload and record taking longer
 
 TrainFn = Callable[..., TrainingResult]
 LoadFn = Callable[[TrainingRun], LoadedModel]
+
+
+def _base_inputs(ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
+                 loaded: LoadedModel) -> dict[str, Any]:
+    """What the base protections build from (engine.training.ports' Rehearsal and BaseEwc): the job's model, the
+    base model it was loaded from and how the job encodes its rows."""
+    hp = run.spec.hyperparameters
+    return {"model": loaded.model, "tokenizer": loaded.tokenizer, "plan": loaded.plan,
+            "base_model_dir": run.base_model_dir, "quantization": hp.quantization.value,
+            "max_seq_length": hp.max_seq_length, "cancel": ctx.cancel}
 
 
 class TrainingRunner:
@@ -207,11 +218,8 @@ class TrainingRunner:
             ctx.record(Warned("BASE_REHEARSAL_UNAVAILABLE", "this worker has no self-rehearsal set up: the job "
                                                             "trains without it"))
             return run
-        mix = functools.partial(
-            self._rehearsal.mix, run.examples, protection.fraction, model=loaded.model, tokenizer=loaded.tokenizer,
-            plan=loaded.plan, base_model_dir=run.base_model_dir,
-            quantization=run.spec.hyperparameters.quantization.value,
-            max_seq_length=run.spec.hyperparameters.max_seq_length, cancel=ctx.cancel)
+        mix = functools.partial(self._rehearsal.mix, run.examples, protection.fraction,
+                                **_base_inputs(ctx, run, loaded))
         mixed = await ctx.in_worker(mix)
         trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
         kl = f"a KL term to the base model's distribution (weight {protection.kl_weight:g})"
@@ -235,11 +243,7 @@ class TrainingRunner:
             ctx.record(Warned("BASE_EWC_UNAVAILABLE", "this worker has no EWC against the base model set up: the "
                                                       "job trains without it"))
             return run
-        measure = functools.partial(
-            self._base_ewc.penalty, protection.ewc_lambda, model=loaded.model, tokenizer=loaded.tokenizer,
-            plan=loaded.plan, base_model_dir=run.base_model_dir,
-            quantization=run.spec.hyperparameters.quantization.value,
-            max_seq_length=run.spec.hyperparameters.max_seq_length, cancel=ctx.cancel)
+        measure = functools.partial(self._base_ewc.penalty, protection.ewc_lambda, **_base_inputs(ctx, run, loaded))
         penalty, answers = await ctx.in_worker(measure)
         ctx.record(Noticed("BASE_EWC", f"EWC against the base model (lambda {protection.ewc_lambda:g}): each LoRA "
                                        f"product held near 0, weighted by the base model's Fisher on its answers to "
