@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.peft_checks import base_model_digest
 from engine.training.models import DevicePlan
 from engine.training.spec import EvalReported
+from engine.training.tensor_cache import write_atomically
 
 MAX_NEW_TOKENS = 16  # a short answer says it early; longer ones ramble into chance matches
 BATCH_SIZE = 16
@@ -201,8 +201,5 @@ def cached_json(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> di
         if isinstance(cached, dict) and cached.get("key") == key:
             return cached
     value = {**build(), "key": key}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(value)))
     return value
