@@ -178,7 +178,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "there are).",
     )
     base_kl_weight: float = Field(
-        8.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
+        2.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
         "training, for a job that does not say: BASE_KL's only loss on them (it must be > 0 there), added to their "
         "NLL with SELF_REHEARSAL (0: plain self-rehearsal).",
     )
@@ -248,8 +248,9 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "docs/continual-learning.md).",
     )
     ewc_lambda_default: float = Field(
-        0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PARAMETERS space "
-        "(chosen on held-out tasks; see docs/continual-learning.md).",
+        0.1, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PARAMETERS space "
+        "(chosen on held-out tasks together with base_kl_weight, since a continuation has both by default; see "
+        "docs/continual-learning.md).",
     )
     ewc_product_lambda_default: float = Field(
         0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "

@@ -87,7 +87,7 @@ MAX_DEVICES = 64  # devices one job may ask for (processes started on one machin
 
 @dataclass(frozen=True)
 class EwcSpec:
-    ewc_lambda: float = 0.3  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
+    ewc_lambda: float = 0.1  # strength of the mean-normalised penalty (engine/ewc.py); servers pass their setting
     gamma: float = 1.0
     fisher_snapshot: str = ""
     replay_fraction: float = 0.0

@@ -122,7 +122,7 @@ async def test_lineage_metadata_download_and_reimport(adapters: Adapters, tiny_m
         assert adapter.base_model_digest == chain[0].base_model_digest and len(adapter.base_model_digest) == 64
         assert adapter.train_loss > 0 and len(adapter.sha256) == 64 and adapter.size_bytes > 0
         assert adapter.artifact_uri.startswith("s3://" if adapters.s3 else "file://")
-    assert chain[0].ewc_lambda == pytest.approx(0.3) and chain[0].ewc_gamma == 1.0 and chain[2].ewc_lambda == 0.0
+    assert chain[0].ewc_lambda == pytest.approx(0.1) and chain[0].ewc_gamma == 1.0 and chain[2].ewc_lambda == 0.0
     got = (await adapters.stub.GetAdapter(pb.GetAdapterRequest(base_model=TINY, version="v1.1"))).adapter
     assert got == chain[1]
     assert await adapters.object_names(f"adapters/{TINY}/v1.0/") == [

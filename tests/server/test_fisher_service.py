@@ -106,11 +106,11 @@ async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_s
     v13, events = await train(client, ewc_spec("v1.2"))
     assert "EARLIER_FISHER_OTHER_SPACE" in [e.warning.code for e in events if e.HasField("warning")]
     assert v13.ewc_lineage.fisher_space == v13.spec.ewc.fisher_space == common_pb2.FISHER_SPACE_LORA_PARAMETERS
-    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.3)  # ewc_lambda_default
+    assert v13.ewc_lineage.ewc_lambda == pytest.approx(0.1)  # ewc_lambda_default
     assert v12.ewc_lineage.ewc_lambda == pytest.approx(0.2)  # ewc_product_lambda_default
     v13_adapter = (await adapters.GetAdapter(adapter_pb2.GetAdapterRequest(version="v1.3"))).adapter
     assert (v13_adapter.ewc_lambda, v13_adapter.ewc_fisher_space) == (
-        pytest.approx(0.3), common_pb2.FISHER_SPACE_LORA_PARAMETERS)
+        pytest.approx(0.1), common_pb2.FISHER_SPACE_LORA_PARAMETERS)
     entries = (await fisher.GetFisherSnapshot(
         fisher_pb2.GetFisherSnapshotRequest(name=v13.ewc_lineage.fisher_snapshot))).fisher_snapshot
     assert entries.space == common_pb2.FISHER_SPACE_LORA_PARAMETERS and entries.accumulated_from == ""
