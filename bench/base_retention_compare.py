@@ -1,8 +1,9 @@
 """Combine reports of ``bench/base_retention.py`` runs into one table and one plot: base retention after each
 version of the chain, per method and setting, medians over the seeds every report gives.
 
-A method is labelled by its settings (``kl`` by its rehearsal fraction and KL weight); a seed's later report
-replaces an earlier one's. Reports of the first versions only (``--versions 1``, validation looks) are left out.
+A method is labelled by its settings (``kl`` by its rehearsal fraction and KL weight, EWC by its lambda); a
+seed's later report replaces an earlier one's. Reports of the first versions only (``--versions 1``,
+validation looks) are left out.
 
     .venv/bin/python bench/base_retention_compare.py bench/results/base-retention-s[3-6]-kl015-w8.json \
         --out bench/results/base-retention-compare.json --plot bench/results/base-retention.png
@@ -24,6 +25,7 @@ LONG_FORM_POOL = 79  # the rehearsal pool before the short questions: reports fr
 def label(method: str, report: dict) -> str:
     config = report["config"]
     fraction, weight = float(config["rehearsal_fraction"]), float(config["kl_weight"])
+    ewc = f"EWC {float(config['ewc_lambda']):g}"  # the lambda tells the defaults of different times apart
     pool = (f"{report['rehearsal_pool']['answers']} short questions" if "rehearsal_pool" in report
             else f"{LONG_FORM_POOL} long-form prompts")
     if method == "ewc_base":  # its lambda is in the reports that have the method
@@ -32,9 +34,9 @@ def label(method: str, report: dict) -> str:
         name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
                 "rehearsal": f"self-rehearsal {fraction:g}",
                 "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
-                "ewc": "EWC", "ewc_replay": "EWC + replay", "all": f"EWC + replay + self-rehearsal {fraction:g}",
-                "ewc_kl": f"EWC + BASE_KL {fraction:g} / {weight:g}",
-                "ewc_replay_kl": f"EWC + replay + BASE_KL {fraction:g} / {weight:g}"}[method]
+                "ewc": ewc, "ewc_replay": f"{ewc} + replay", "all": f"{ewc} + replay + self-rehearsal {fraction:g}",
+                "ewc_kl": f"{ewc} + BASE_KL {fraction:g} / {weight:g}",
+                "ewc_replay_kl": f"{ewc} + replay + BASE_KL {fraction:g} / {weight:g}"}[method]
     return name if method in ("plain", "ewc", "ewc_replay") else f"{name}, {pool}"
 
 
