@@ -89,7 +89,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = plt.subplots(figsize=(6.4, 4.0 + 0.2 * len(runs)))  # the legend goes below the axes
         for n, (name, seeds) in enumerate(runs.items()):
             colour = f"C{n}"
             for chain in seeds.values():
@@ -101,7 +101,7 @@ def main() -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel("base retention")
         ax.set_title("SmolLM2-135M-Instruct, a chain of three versions", fontsize=10)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
