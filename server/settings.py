@@ -254,7 +254,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     )
     ewc_product_lambda_default: float = Field(
         0.3, gt=0, description="EWC lambda when a job names none and its penalty is in the LORA_PRODUCT space "
-        "(chosen on held-out tasks the same way).",
+        "(chosen on held-out tasks as the entries' 0.3 was, without the base protection; not chosen again with it).",
     )
 
     # ---- feedback (engine/feedback) ----------------------------------------------
