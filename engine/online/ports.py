@@ -20,7 +20,8 @@ class OnlineStore(Protocol):
     async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
                      live_alias: str = "", request_id: str = "") -> None:
         """The session's controls; FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) for a ``live_alias`` another session
-        of ``base_model`` holds (but one created by the same ``request_id``)."""
+        of ``base_model`` holds (but one created by the same ``request_id``); NOT_FOUND (ADAPTER_NOT_FOUND) when
+        ``start_version`` is not published."""
         ...
 
     async def discard(self, session_id: str) -> None: ...
@@ -44,7 +45,8 @@ class OnlineStore(Protocol):
         ...
 
     async def move_alias(self, session_id: str, version: str) -> Controls | None:
-        """None when the session's alias is not routed."""
+        """None when the session's alias is not routed; an alias never moves to a version that is not published,
+        nor while its delete runs (the controls say where it is)."""
         ...
 
     async def remove_alias(self, session_id: str) -> Controls | None:

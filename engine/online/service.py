@@ -25,7 +25,7 @@ from engine.online.spec import (
     not_found,
 )
 from engine.registry import AdapterRegistry
-from engine.registry.records import parse_version
+from engine.registry.records import parse_version, version_not_found
 
 MAX_WEIGHT = 100.0
 ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
@@ -154,6 +154,8 @@ class OnlineSessions:
         controls = await self._store.move_alias(session_id, version)
         if controls is None:
             raise await self._no_alias(job)
+        if controls.alias_version != version:  # deleted since the look above: the alias stays where it was
+            raise version_not_found(job.spec.base_model, version)
         return SessionView(job, controls)
 
     async def remove_alias(self, session_id: str) -> SessionView:

@@ -173,9 +173,9 @@ class OnlineServing:
                 return controls, False  # another serving process judges it (the later ones wait: each after it)
             verdict = await self._judge(publication.version, alias_version)
             await self._store.record_gate(session.id, publication.version, verdict)
-            if verdict.passed:
-                alias_version = publication.version
-                controls = await self._store.set(session.id, alias_version=alias_version)
+            if verdict.passed:  # the alias stays where it is if the version was deleted meanwhile
+                controls = await self._store.set(session.id, alias_version=publication.version)
+                alias_version = controls.alias_version or session.spec.start_version
         return controls, True
 
     async def _settle(self, controls: Controls) -> Controls:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
-from engine.errors import FieldViolation, InvalidArgument
+from engine.errors import FieldViolation, InvalidArgument, NotFound
 from engine.splits import SplitRule
 
 # vMAJOR.MINOR, or vMAJOR.MINOR.PATCH for a patch (an online session's publication); patch 0 is never spelled
@@ -62,6 +62,14 @@ def parse_version(version: str, field_path: str = "version") -> VersionNumber:
             violations=[FieldViolation(field_path, "must look like vMAJOR.MINOR or vMAJOR.MINOR.PATCH, e.g. v1.2")],
         )
     return VersionNumber(int(match["major"]), int(match["minor"]), int(match["patch"] or 0))
+
+
+def version_not_found(base_model: str, version: str) -> NotFound:
+    """NOT_FOUND (ADAPTER_NOT_FOUND): ``version`` of ``base_model`` is not published."""
+    return NotFound(
+        "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
+        metadata={"base_model": base_model, "version": version},
+    )
 
 
 def check_base_model_id(base_model: str, field_path: str = "base_model") -> str:

@@ -24,25 +24,28 @@ from dataclasses import replace
 import asyncpg
 from pydantic import TypeAdapter
 
-from engine.errors import Aborted, NotFound
+from engine.errors import Aborted
 from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
-from engine.registry.records import AdapterRecord, VersionNumber, next_number
+from engine.registry.records import AdapterRecord, VersionNumber, next_number, version_not_found
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
 _KEY = "base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"  # one version's row
 
 
+def published_and_held(base_model: str, first: int) -> str:
+    """SQL that is true while the version whose base model is the SQL ``base_model`` and whose major, minor and
+    patch are the parameters ``$first`` to ``$first + 2`` is PUBLISHED, and that holds its row with a KEY SHARE
+    lock until the transaction ends. A delete locks the row FOR UPDATE (``deleting``) before it reads what is
+    protected, so a writer that points something at a version through this (an active version, a live alias)
+    either commits first, and the delete sees it, or waits for the delete and finds a tombstone."""
+    return (f"EXISTS (SELECT 1 FROM adapters a WHERE a.base_model = {base_model} AND a.major = ${first}"
+            f" AND a.minor = ${first + 1} AND a.patch = ${first + 2} AND a.state = 'PUBLISHED' FOR KEY SHARE)")
+
+
 def _decode(doc: str) -> AdapterRecord:
     return _RECORD.validate_json(doc)
-
-
-def _not_found(base_model: str, version: str) -> NotFound:
-    return NotFound(
-        "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
-        metadata={"base_model": base_model, "version": version},
-    )
 
 
 class PostgresAdapterIndex:
@@ -184,7 +187,7 @@ class PostgresAdapterIndex:
                 f"SELECT doc FROM adapters WHERE {_KEY} AND state = ANY($5::text[])", base_model, *number, states
             )
         if doc is None:
-            raise _not_found(base_model, str(number))
+            raise version_not_found(base_model, str(number))
         return _decode(doc)
 
     async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
@@ -233,7 +236,7 @@ class PostgresAdapterIndex:
                 f"SELECT doc FROM adapters WHERE {_KEY} AND state = 'PUBLISHED' FOR UPDATE", base_model, *number
             )
             if doc is None:
-                raise _not_found(base_model, str(number))
+                raise version_not_found(base_model, str(number))
             record = _decode(doc)
             yield record
             deleted_at = await conn.fetchval("SELECT now()")
@@ -251,7 +254,7 @@ class PostgresAdapterIndex:
                 record.base_model, *record.number, _RECORD.dump_json(record).decode(), _labels_json(record),
             )
         if status.endswith(" 0"):
-            raise _not_found(record.base_model, record.version)
+            raise version_not_found(record.base_model, record.version)
 
 
 def _json(value: object) -> str:

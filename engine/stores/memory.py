@@ -27,7 +27,7 @@ from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState
 from engine.jobs.ports import Claim, JobExecutor, Lease, lease_lost
 from engine.registry.ports import Cursor, ServingRole
-from engine.registry.records import AdapterRecord, VersionNumber, next_number
+from engine.registry.records import AdapterRecord, VersionNumber, next_number, version_not_found
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -205,12 +205,6 @@ class _Row:
     request_id: str = ""
 
 
-def _not_found(base_model: str, version: str) -> NotFound:
-    return NotFound(
-        "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
-        metadata={"base_model": base_model, "version": version},
-    )
-
 
 class InMemoryAdapterIndex:
     """engine.registry.ports.AdapterIndex in a dict keyed by (base model, version number)."""
@@ -257,7 +251,7 @@ class InMemoryAdapterIndex:
         row = self.rows.get((base_model, number))
         states = ("PUBLISHED", "DELETED") if include_deleted else ("PUBLISHED",)
         if row is None or row.record is None or row.state not in states:
-            raise _not_found(base_model, str(number))
+            raise version_not_found(base_model, str(number))
         return row.record
 
     async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
@@ -281,14 +275,14 @@ class InMemoryAdapterIndex:
         async with self._lock:
             row = self.rows.get((base_model, number))
             if row is None or row.record is None or row.state != "PUBLISHED":
-                raise _not_found(base_model, str(number))
+                raise version_not_found(base_model, str(number))
             yield row.record
             row.state, row.record = "DELETED", replace(row.record, delete_time=datetime.now(UTC))
 
     async def update(self, record: AdapterRecord) -> None:
         row = self.rows.get((record.base_model, record.number))
         if row is None or row.state != "PUBLISHED":
-            raise _not_found(record.base_model, record.version)
+            raise version_not_found(record.base_model, record.version)
         row.record = record
 
 

@@ -21,6 +21,8 @@ import asyncpg
 from engine.domain import OnlineExamples
 from engine.errors import FailedPrecondition
 from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found
+from engine.registry.records import parse_version, version_not_found
+from engine.stores.adapter_index import published_and_held
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -41,6 +43,16 @@ def _controls(r: asyncpg.Record) -> Controls:
 
 
 _ROUTED = "alias_state IN ('FOLLOWING', 'KEPT')"
+
+
+def _published(version: str, first: int, base_model: str = "online_controls.base_model") -> tuple[str, list[int]]:
+    """SQL true while ``version`` of ``base_model`` (SQL: the row's, by default) is published, holding it against
+    a delete until the statement's transaction ends (engine.stores.adapter_index.published_and_held: what a live
+    alias serves is protected, so the delete either sees the alias or the alias does not move), and its
+    parameters from ``$first``. An empty version (none named) is always true."""
+    if not version:
+        return "TRUE", []
+    return published_and_held(base_model, first), list(parse_version(version))
 
 
 _COLUMNS = "seq, prompt, target, weight, desirable"
@@ -64,8 +76,12 @@ class PostgresOnlineStore:
         """The session's controls, once (a second create of the same session keeps the first's). A ``live_alias``
         is taken for the session, under a lock on the name: FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) while another
         session of ``base_model`` holds it, unless that session was created by the same ``request_id`` (this create
-        is its retry, and the controls made here are the caller's to discard)."""
+        is its retry, and the controls made here are the caller's to discard). NOT_FOUND (ADAPTER_NOT_FOUND)
+        when ``start_version``, which the alias serves until it moves, is no longer published."""
         async with self._pool.acquire() as conn, conn.transaction():
+            published, number = _published(start_version, 2, "$1::text")
+            if not await conn.fetchval(f"SELECT {published}", base_model, *number):
+                raise version_not_found(base_model, start_version)
             state = AliasState.NONE
             if live_alias:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -104,16 +120,18 @@ class PostgresOnlineStore:
 
     async def set(self, session_id: str, **changes: Any) -> Controls:
         """Set ``enabled``, ``disabled_reason``, ``learning_rate`` or ``alias_version`` (only while the alias
-        follows the session, or it has none: a kept or removed alias keeps what it serves, or served)."""
+        follows the session, or it has none: a kept or removed alias keeps what it serves, or served; and only
+        to a version still published: the returned controls say where the alias is)."""
         allowed = {"enabled", "disabled_reason", "learning_rate", "alias_version"}
         assert changes and set(changes) <= allowed, changes
         columns = list(changes)
+        published, number = _published(changes.get("alias_version", ""), len(columns) + 2)
         assignments = ", ".join(
-            f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') THEN ${i + 2} ELSE alias_version END"
-            if c == "alias_version" else f"{c} = ${i + 2}" for i, c in enumerate(columns))
+            f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') AND {published} THEN ${i + 2}"
+            " ELSE alias_version END" if c == "alias_version" else f"{c} = ${i + 2}" for i, c in enumerate(columns))
         row = await self._pool.fetchrow(
             f"UPDATE online_controls SET {assignments}, update_time = now() WHERE session_id = $1 RETURNING *",
-            session_id, *(changes[c] for c in columns))
+            session_id, *(changes[c] for c in columns), *number)
         if row is None:
             raise not_found(session_id)
         return _controls(row)
@@ -154,10 +172,12 @@ class PostgresOnlineStore:
         return _controls(row) if row is not None else None
 
     async def move_alias(self, session_id: str, version: str) -> Controls | None:
-        """Point a routed alias at ``version``; None when the session's alias is not routed."""
+        """Point a routed alias at ``version`` if it is still published (the returned controls say where the alias
+        is); None when the session's alias is not routed."""
+        published, number = _published(version, 3)
         row = await self._pool.fetchrow(
-            f"UPDATE online_controls SET alias_version = $2, update_time = now() WHERE session_id = $1 AND {_ROUTED}"
-            " RETURNING *", session_id, version)
+            f"UPDATE online_controls SET alias_version = CASE WHEN {published} THEN $2 ELSE alias_version END,"
+            f" update_time = now() WHERE session_id = $1 AND {_ROUTED} RETURNING *", session_id, version, *number)
         return _controls(row) if row is not None else None
 
     async def remove_alias(self, session_id: str) -> Controls | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine.errors import NotFound
 from engine.lora.state import RoutedElsewhere
 from engine.registry.ports import ServingRole
-from engine.registry.records import VersionNumber, parse_version
+from engine.registry.records import VersionNumber, parse_version, version_not_found
+from engine.stores.adapter_index import published_and_held
 
 
 class PostgresServingState:
@@ -34,20 +34,13 @@ class PostgresServingState:
         return {ServingRole(r["role"]): str(VersionNumber(r["major"], r["minor"], r["patch"])) for r in rows}
 
     async def set_version(self, base_model: str, role: ServingRole, version: str) -> None:
-        """Point ``role`` at a published version. Locks the adapter row (KEY SHARE, like the
-        foreign key) so this cannot interleave with a delete of that version."""
+        """Point ``role`` at a published version. Holds the adapter row (``published_and_held``) so this cannot
+        interleave with a delete of that version."""
         number = parse_version(version)
         async with self._pool.acquire() as conn, conn.transaction():
-            published = await conn.fetchval(
-                "SELECT 1 FROM adapters WHERE base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"
-                " AND state = 'PUBLISHED' FOR KEY SHARE",
-                base_model, *number,
-            )
-            if published is None:
-                raise NotFound(
-                    "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
-                    metadata={"base_model": base_model, "version": version},
-                )
+            published = await conn.fetchval(f"SELECT {published_and_held('$1', 2)}", base_model, *number)
+            if not published:
+                raise version_not_found(base_model, version)
             await conn.execute(
                 "INSERT INTO serving_state (base_model, role, major, minor, patch) VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (base_model, role) DO UPDATE"

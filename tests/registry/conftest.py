@@ -42,10 +42,11 @@ def store(request, tmp_path: Path) -> ArtifactStore:
 
 @pytest.fixture
 def make_registry(pool, tiny_model_dir: Path, tmp_path: Path) -> Callable[..., AdapterRegistry]:
-    def make(store: ArtifactStore, *, db_pool=None, retention_keep: int = 0) -> AdapterRegistry:
+    def make(store: ArtifactStore, *, db_pool=None, retention_keep: int = 0, aliases=None) -> AdapterRegistry:
+        """``aliases``: what online sessions' live aliases serve, protected from deletes as the server's are."""
         db = db_pool or pool
         return AdapterRegistry(
-            index=PostgresAdapterIndex(db), store=store, serving=PostgresServingState(db),
+            index=PostgresAdapterIndex(db), store=store, serving=PostgresServingState(db, aliases),
             base_model_dir=lambda model_id: {TINY: tiny_model_dir}[model_id],
             scratch_dir=tmp_path / "scratch", retention_keep=retention_keep,
         )
