@@ -160,15 +160,21 @@ class BaseKlObjective:
         self.references = tuple(references) if references is not None else (None,) * len(self.anchored)
         self._references = {i: r for i, r in enumerate(self.references) if r is not None}
 
+    def _reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
+                      indices: Sequence[int]) -> list[Reference]:
+        """The examples' references, each computed the first time it is seen and kept."""
+        missing = [k for k, i in enumerate(indices) if i not in self._references]
+        if missing:
+            computed = references_of(model, forward, [examples[k] for k in missing], batch_size=len(missing))
+            self._references.update((indices[k], r) for k, r in zip(missing, computed, strict=True))
+        return [self._references[i] for i in indices]
+
     def _kl(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
             indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """As :func:`base_kl`, with each example's reference computed the first time it is seen and kept."""
-        missing = [k for k, i in enumerate(indices) if i not in self._references]
-        computed = references_of(model, forward, [examples[k] for k in missing], batch_size=max(1, len(missing)))
-        self._references.update((indices[k], r) for k, r in zip(missing, computed, strict=True))
+        references = self._reference_of(model, forward, examples, indices)
         adapted = forward.target_logits(model, examples)
-        reference = Reference.aligned([self._references[i] for i in indices], adapted.owner)
-        return adapted.per_example(kl_to_reference(adapted.logits, reference))
+        return adapted.per_example(kl_to_reference(adapted.logits, Reference.aligned(references, adapted.owner)))
 
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
@@ -211,6 +217,9 @@ class BaseKlObjective:
         total = self.step_weight(step)
         if total <= 0:
             return
+        if isinstance(self.inner, WeightedSft):
+            yield from self._one_pass(model, step, forward, total)
+            return
         inner, anchored = self._parts(step)
         own = self.inner.step_weight(inner) if inner.examples else 0.0
         if own > 0:
@@ -222,6 +231,37 @@ class BaseKlObjective:
                                     [anchored.indices[k] for k in micro])
             share = weights[micro.start : micro.stop].to(sums.device)
             yield self.weight * (sums / counts.clamp(min=1) * share).sum() / total
+
+
+    def _one_pass(self, model: Any, step: StepBatch, forward: ExampleForward, total: float) -> Iterator[torch.Tensor]:
+        """The step's loss with one forward pass per micro-batch over all its examples, the NLL of the inner ones
+        and the KL of the anchored ones taken from the same logits: weighted SFT's loss is a function of them
+        alone (another inner objective, such as KTO with its own reference passes, trains its part apart). Two
+        passes, one per part, cost more than one over both on a CPU (the fixed cost of running every layer), and
+        the value is the same."""
+        inner, anchored = self._parts(step)
+        in_inner, in_anchored = set(inner.indices), set(anchored.indices)
+        nll_weights = torch.tensor([e.weight if i in in_inner and e.predicted_token_count else 0.0
+                                    for e, i in zip(step.examples, step.indices, strict=True)])
+        kl_weights = torch.tensor([e.weight if i in in_anchored else 0.0
+                                   for e, i in zip(step.examples, step.indices, strict=True)])
+        for micro in step.micro_batches:
+            examples = [step.examples[k] for k in micro]
+            adapted = forward.target_logits(model, examples)
+            nll, counts = adapted.nll()
+            per_token, device = counts.clamp(min=1), nll.device
+            loss = (nll / per_token * nll_weights[micro.start : micro.stop].to(device)).sum()
+            held = [j for j, k in enumerate(micro) if kl_weights[k] > 0]
+            if held:
+                references = self._reference_of(model, forward, [examples[j] for j in held],
+                                                [step.indices[micro[j]] for j in held])
+                order = torch.full((len(examples),), -1, dtype=torch.long, device=device)  # example -> its reference
+                order[torch.tensor(held, device=device)] = torch.arange(len(held), device=device)
+                at = order[adapted.owner] >= 0
+                kl = kl_to_reference(adapted.logits[at], Reference.aligned(references, order[adapted.owner[at]]))
+                sums = torch.zeros(len(examples), dtype=kl.dtype, device=device).index_add(0, adapted.owner[at], kl)
+                loss = loss + self.weight * (sums / per_token * kl_weights[micro.start : micro.stop].to(device)).sum()
+            yield loss / total
 
 
 def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtection, own: int,

@@ -267,3 +267,34 @@ def test_references_given_with_the_objective_spare_its_base_forward_and_give_the
     monkeypatch.setattr(base_kl_module, "base_reference", refused)
     objective = BaseKlObjective(WeightedSft(), anchored, 0.7, trained=False, references=given)
     assert_same(step_result(model, objective.select(list(range(len(examples)))), examples, forward), fresh)
+
+
+class CountedForward:
+    """A forward that counts the adapted model's passes (the base model's, for references, are not asked for)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.passes = inner, 0
+
+    def __call__(self, model, examples):
+        return self.target_logits(model, examples).nll()
+
+    def target_logits(self, model, examples):
+        self.passes += 1
+        return self.inner.target_logits(model, examples)
+
+
+def test_with_weighted_sft_both_terms_come_from_one_pass_per_micro_batch(lora_model) -> None:
+    """The task's NLL and the anchored examples' KL are taken from the same logits (two passes cost more on a
+    CPU than one over both); KTO, with its own reference passes, trains its part apart. The values are the same
+    either way (the tests above), and with the references given no base forward runs."""
+    model, data, pad = lora_model
+    examples = weighted(data)  # 9: micro-batches of 3
+    anchored = [i % 3 == 1 for i in range(len(examples))]
+    references = base_kl_module.references_of(model, PaddedForward(pad, PLAN), examples)
+    passes = []
+    for inner in (WeightedSft(), KtoObjective([i % 2 == 0 for i in range(len(examples))])):
+        forward = CountedForward(PaddedForward(pad, PLAN))
+        objective = BaseKlObjective(inner, anchored, 0.5, trained=False, references=references)
+        list(objective.step_losses(model, StepBatch(examples, list(range(len(examples))), 3), forward))
+        passes.append(forward.passes)
+    assert passes[0] == 3 and passes[1] > 3  # KTO: its own part and the anchored part, each in micro-batches
