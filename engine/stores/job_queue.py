@@ -14,6 +14,11 @@ two items at once (its lock).
 
 Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
 evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs.
+
+Stopping does not rely on cancellation alone. On Python 3.11 ``asyncio.wait_for`` drops a cancellation that lands
+as the future it waits on completes (CPython gh-86296, fixed in 3.12 only), and psycopg_pool waits for a connection
+with it: a task cancelled just as it is handed a connection runs on as if nothing happened. So every loop here
+also ends on a flag set by ``stop_worker``, and procrastinate's workers are asked to stop besides being cancelled.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class ProcrastinateQueue:
         self._stalled = stalled_seconds
         self._executors: dict[str, JobExecutor] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._running: set[Worker] = set()  # procrastinate's workers in their run(), to be asked to stop
         self._rescuer: asyncio.Task[None] | None = None
         self._stopping = False
         self._queues = dict(queues or {})  # kind -> queue, QUEUE for the others
@@ -96,7 +102,7 @@ class ProcrastinateQueue:
         Started again, it registers anew. Not once it is being stopped: procrastinate's worker, cancelled,
         may end with its database error instead of the cancellation.
         """
-        while True:
+        while not self._stopping:
             worker = Worker(
                 app=self._app, queues=queues, concurrency=concurrency, name=name, wait=True,
                 install_signal_handlers=False, update_heartbeat_interval=self._heartbeat,
@@ -105,6 +111,7 @@ class ProcrastinateQueue:
                 stalled_worker_timeout=self._stalled, fetch_job_polling_interval=1.0,
                 delete_jobs="successful",
             )
+            self._running.add(worker)  # before run(), which forgets a stop asked before it started
             keeper = asyncio.get_running_loop().create_task(self._keep_alive(worker))
             try:
                 await worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
@@ -116,6 +123,7 @@ class ProcrastinateQueue:
                 log.warning("the queue worker stopped on an error; starting it again", exc_info=True)
                 await asyncio.sleep(self._heartbeat)
             finally:
+                self._running.discard(worker)
                 keeper.cancel()
 
     async def _keep_alive(self, worker: Worker) -> None:
@@ -123,7 +131,7 @@ class ProcrastinateQueue:
         update, and nothing notices (its watch over its side tasks ends as soon as the periodic deferrer, with
         no periodic task, returns): after a short database outage the worker would run on silent, and every
         job it holds would be taken for stalled and moved to another worker. Doubled heartbeats are harmless."""
-        while True:
+        while worker in self._running:
             await asyncio.sleep(self._heartbeat)
             if worker.worker_id is None:
                 continue
@@ -142,7 +150,7 @@ class ProcrastinateQueue:
         and a later crash of the new worker would leave nothing to rescue. The order makes a crash in between
         harmless: the next check finds the stalled item again, and its fresh item already queued.
         """
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._heartbeat)
             try:
                 stalled = [item for queue in self._taken for item in await self._app.job_manager.get_stalled_jobs(
@@ -166,7 +174,12 @@ class ProcrastinateQueue:
                 log.warning("could not look for stalled jobs", exc_info=True)
 
     async def stop_worker(self) -> None:
+        """Stop this process's workers and wait for them. Each procrastinate worker is asked to stop (it lets its
+        running jobs end and unregisters) as well as cancelled: its ``run()`` stops on its cancellation only once
+        it has shielded its loop, and before that, registering, a lost cancellation would leave it running."""
         self._stopping = True
+        for worker in self._running:
+            worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
         for task in (self._rescuer, *self._workers):
             if task is not None:
                 task.cancel()

@@ -1,9 +1,11 @@
 """The PostgreSQL job queue (procrastinate) on a real database: a worker whose heartbeat update failed once keeps
-its job (procrastinate's own heartbeat task ends at its first error; the queue keeps the heartbeats going)."""
+its job (procrastinate's own heartbeat task ends at its first error; the queue keeps the heartbeats going), and a
+worker stops when asked even if the cancellation that asks it is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import pytest
@@ -52,5 +54,43 @@ async def test_a_failed_heartbeat_does_not_hand_a_running_job_to_another_worker(
         assert runs == ["job-1"] and failures == 2
     finally:
         finish.set()
+        await queue.close()
+        await pool.close()
+
+
+async def test_a_worker_stops_even_if_its_cancellation_is_lost(database_url: str) -> None:
+    """Python 3.11's ``asyncio.wait_for`` drops a cancellation that lands as the awaited future completes
+    (CPython gh-86296), and psycopg_pool waits for a connection with it. A server stopped right after it started
+    could cancel its worker just as procrastinate's ``Worker.run`` got its connection to register, before it
+    shields its loop from cancellation: the worker then ran on and the stop waited for it forever. Lost here on
+    purpose, at the same point."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    await migrate(pool)
+    queue = ProcrastinateQueue(database_url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED)
+    await queue.open()
+    manager = queue._app.job_manager
+    register = manager.register_worker
+    registering = asyncio.Event()
+
+    async def losing_the_cancellation() -> int:
+        registering.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what wait_for does when its future is done as well
+            await asyncio.sleep(60)
+        return await register()
+
+    async def execute(kind: str, job_id: str) -> None:
+        raise AssertionError("no job was queued")
+
+    manager.register_worker = losing_the_cancellation  # type: ignore[method-assign]
+    try:
+        queue.start_worker({"count": execute}, concurrency=1, name="test")
+        await asyncio.wait_for(registering.wait(), 30)
+        # Not under a timeout: stop_worker awaits the worker, and a timeout would cancel the worker once more.
+        stopping = asyncio.ensure_future(queue.stop_worker())
+        done, _ = await asyncio.wait({stopping}, timeout=20)
+        assert done, "the worker did not stop"
+        workers = await pool.fetchval("SELECT count(*) FROM procrastinate_workers")
+        assert workers == 0, "the stopped worker is still registered"
+    finally:
         await queue.close()
         await pool.close()
