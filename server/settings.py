@@ -173,7 +173,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         "its answers).",
     )
     base_rehearsal_fraction: float = Field(
-        0.15, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
+        0.3, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
         "model's answers (taken in rotation from all of them), for a job that does not say (capped by the prompts "
         "there are).",
     )

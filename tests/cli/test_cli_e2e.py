@@ -113,7 +113,7 @@ async def test_train_watch_deploy_rollback(make_server):
                           "--validate-only")
     assert protected.code == 0, protected.out + protected.err
     kept = protected.json_lines()[0]["spec"]["base_protection"]
-    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.15, "kl_weight": 4.0,
+    assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.3, "kl_weight": 4.0,
                     "ewc_lambda": 1.0}, kept  # the fraction and lambda: the server's defaults
     held = await cli(port, "--json", *TRAIN, "--base-protection", "ewc_base", "--base-ewc-lambda", "2",
                      "--validate-only")

@@ -64,4 +64,4 @@ def test_the_built_in_base_protection_is_a_kl_term_to_the_base_model() -> None:
     """What a server applies to a job that says nothing about it (chosen by bench/base_retention.py and
     bench/base_protection_cost.py: docs/continual-learning.md)."""
     protection = load_settings({}).training_defaults.base_protection
-    assert (protection.method, protection.fraction, protection.kl_weight) == (BaseProtectionMethod.BASE_KL, 0.15, 2.0)
+    assert (protection.method, protection.fraction, protection.kl_weight) == (BaseProtectionMethod.BASE_KL, 0.3, 2.0)
