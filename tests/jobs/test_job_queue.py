@@ -18,11 +18,22 @@ pytestmark = pytest.mark.full_stack
 HEARTBEAT, STALLED = 0.2, 1.0
 
 
-async def test_a_failed_heartbeat_does_not_hand_a_running_job_to_another_worker(database_url: str) -> None:
+@pytest.fixture
+async def opened(database_url: str):
+    """(a pool on a migrated database, a queue opened on it), closed after the test."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     await migrate(pool)
     queue = ProcrastinateQueue(database_url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED)
     await queue.open()
+    try:
+        yield pool, queue
+    finally:
+        await queue.close()
+        await pool.close()
+
+
+async def test_a_failed_heartbeat_does_not_hand_a_running_job_to_another_worker(opened) -> None:
+    pool, queue = opened
     manager = queue._app.job_manager
     update = manager.update_heartbeat
     failures = 0
@@ -54,20 +65,15 @@ async def test_a_failed_heartbeat_does_not_hand_a_running_job_to_another_worker(
         assert runs == ["job-1"] and failures == 2
     finally:
         finish.set()
-        await queue.close()
-        await pool.close()
 
 
-async def test_a_worker_stops_even_if_its_cancellation_is_lost(database_url: str) -> None:
+async def test_a_worker_stops_even_if_its_cancellation_is_lost(opened) -> None:
     """Python 3.11's ``asyncio.wait_for`` drops a cancellation that lands as the awaited future completes
     (CPython gh-86296), and psycopg_pool waits for a connection with it. A server stopped right after it started
     could cancel its worker just as procrastinate's ``Worker.run`` got its connection to register, before it
     shields its loop from cancellation: the worker then ran on and the stop waited for it forever. Lost here on
     purpose, at the same point."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    await migrate(pool)
-    queue = ProcrastinateQueue(database_url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED)
-    await queue.open()
+    pool, queue = opened
     manager = queue._app.job_manager
     register = manager.register_worker
     registering = asyncio.Event()
@@ -82,15 +88,11 @@ async def test_a_worker_stops_even_if_its_cancellation_is_lost(database_url: str
         raise AssertionError("no job was queued")
 
     manager.register_worker = losing_the_cancellation  # type: ignore[method-assign]
-    try:
-        queue.start_worker({"count": execute}, concurrency=1, name="test")
-        await asyncio.wait_for(registering.wait(), 30)
-        # Not under a timeout: stop_worker awaits the worker, and a timeout would cancel the worker once more.
-        stopping = asyncio.ensure_future(queue.stop_worker())
-        done, _ = await asyncio.wait({stopping}, timeout=20)
-        assert done, "the worker did not stop"
-        workers = await pool.fetchval("SELECT count(*) FROM procrastinate_workers")
-        assert workers == 0, "the stopped worker is still registered"
-    finally:
-        await queue.close()
-        await pool.close()
+    queue.start_worker({"count": execute}, concurrency=1, name="test")
+    await asyncio.wait_for(registering.wait(), 30)
+    # Not under a timeout: stop_worker awaits the worker, and a timeout would cancel the worker once more.
+    stopping = asyncio.ensure_future(queue.stop_worker())
+    done, _ = await asyncio.wait({stopping}, timeout=20)
+    assert done, "the worker did not stop"
+    workers = await pool.fetchval("SELECT count(*) FROM procrastinate_workers")
+    assert workers == 0, "the stopped worker is still registered"
