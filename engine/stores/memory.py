@@ -205,7 +205,6 @@ class _Row:
     request_id: str = ""
 
 
-
 class InMemoryAdapterIndex:
     """engine.registry.ports.AdapterIndex in a dict keyed by (base model, version number)."""
 

@@ -232,7 +232,6 @@ class BaseKlObjective:
             share = weights[micro.start : micro.stop].to(sums.device)
             yield self.weight * (sums / counts.clamp(min=1) * share).sum() / total
 
-
     def _one_pass(self, model: Any, step: StepBatch, forward: ExampleForward, total: float) -> Iterator[torch.Tensor]:
         """The step's loss with one forward pass per micro-batch over all its examples, the NLL of the inner ones
         and the KL of the anchored ones taken from the same logits: weighted SFT's loss is a function of them
