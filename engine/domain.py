@@ -137,12 +137,17 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: either ``messages`` (chat) or ``prompt`` + ``completion``."""
+    """One training example: either ``messages`` (chat) or ``prompt`` + ``completion``.
+
+    ``unfinished``: the last assistant turn (or the completion) stops before its end, as a generation cut at its
+    token limit does; it is trained without the end-of-turn (end-of-sequence) target, which would teach stopping
+    there."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str = ""
     completion: str = ""
     weight: float = 1.0
+    unfinished: bool = False
 
     @property
     def is_chat(self) -> bool:
@@ -156,6 +161,8 @@ class Example:
         else:
             body = {"prompt": self.prompt, "completion": self.completion}
         body["weight"] = float(self.weight)
+        if self.unfinished:
+            body["unfinished"] = True
         return body
 
 

@@ -119,13 +119,18 @@ class GreedyAnswers:
             stops.add(end_of_turn)
         return [s for s in stops if s is not None]
 
-    @torch.no_grad()
     def __call__(self, prompts: Sequence[str]) -> list[str]:
+        return [text for text, _ in self.answers(prompts)]
+
+    @torch.no_grad()
+    def answers(self, prompts: Sequence[str]) -> list[tuple[str, bool]]:
+        """Each prompt's answer, and whether it ended (a stop token) rather than reaching ``max_new_tokens``."""
         tokenizer, model = self._tokenizer, self._model
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         was_training = model.training
         model.eval()
-        answers: list[str] = []
+        answers: list[tuple[str, bool]] = []
+        stops = self._stops()
         try:
             for start in range(0, len(prompts), self._batch_size):
                 if self._cancel is not None and self._cancel.cancelled:
@@ -135,9 +140,10 @@ class GreedyAnswers:
                 batch = batch.to(self._plan.torch_device)
                 with self._plan.autocast():
                     out = model.generate(**batch, max_new_tokens=self._max_new_tokens, do_sample=False,
-                                         eos_token_id=self._stops(), pad_token_id=tokenizer.pad_token_id)
+                                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
                 width = batch["input_ids"].shape[1]
-                answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+                answers += [(tokenizer.decode(row[width:], skip_special_tokens=True).strip(),
+                             any(int(t) in stops for t in row[width:])) for row in out]
         finally:
             tokenizer.padding_side = side
             if was_training:

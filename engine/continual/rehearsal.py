@@ -81,13 +81,17 @@ class SelfRehearsal:
 
     def pairs(self, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path, quantization: str,
               cancel: CancelToken) -> list[Example]:
-        key = base_key(base_model_dir, quantization, "rehearsal", self._max_new_tokens, list(self._prompts))
+        """The base model's answers to the prompts (those it answers), each an example; an answer cut at
+        ``max_new_tokens`` is ``unfinished`` (trained without an end-of-turn target)."""
+        key = base_key(base_model_dir, quantization, "rehearsal", self._max_new_tokens, "ended",
+                       list(self._prompts))
 
         def build() -> dict[str, Any]:
             generate = GreedyAnswers(model, tokenizer, plan, max_new_tokens=self._max_new_tokens, cancel=cancel)
             with adapter_disabled(model):
-                answers = generate(self._prompts)
-            return {"pairs": [[p, a] for p, a in zip(self._prompts, answers, strict=True) if a]}
+                answers = generate.answers(self._prompts)
+            return {"pairs": [[p, a, ended] for p, (a, ended) in zip(self._prompts, answers, strict=True) if a]}
 
         cached = cached_json(self._cache_dir / f"base-rehearsal-{key[:32]}.json", key, build)
-        return [Example(messages=(ChatMessage("user", p), ChatMessage("assistant", a))) for p, a in cached["pairs"]]
+        return [Example(messages=(ChatMessage("user", p), ChatMessage("assistant", a)), unfinished=not ended)
+                for p, a, ended in cached["pairs"]]

@@ -228,8 +228,11 @@ def _render(tokenizer: Any, messages: Sequence[ChatMessage], *, add_generation_p
     return text
 
 
-def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return the character spans of each assistant turn (with end-of-turn)."""
+def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage],
+                     unfinished: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and return the character spans of each assistant turn (with end-of-turn).
+    ``unfinished``: the last turn is cut (see ``Example.unfinished``): the text ends with its content, without
+    the end-of-turn marker, when the template renders the content as it is (else the turn is kept whole)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise FailedPrecondition("CHAT_TEMPLATE_MISSING", "the base model's tokenizer has no chat template")
     full = _render(tokenizer, messages, add_generation_prompt=False)
@@ -246,6 +249,10 @@ def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage]) -> tuple[s
                 "so assistant turns cannot be located",
             )
         end = len(through.rstrip())  # keep the end-of-turn marker, drop the trailing newline
+        content = message.content.strip()
+        if unfinished and i == len(messages) - 1 and content and through.find(content, len(prefix)) >= 0:
+            end = through.find(content, len(prefix)) + len(content)
+            full = full[:end]
         if end > len(prefix):
             spans.append((len(prefix), end))
     return full, spans
@@ -254,14 +261,14 @@ def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage]) -> tuple[s
 def encode_example(tokenizer: Any, example: Example, max_seq_length: int) -> EncodedExample:
     """Tokenise one example; labels are IGNORE_INDEX except on assistant/completion tokens."""
     if example.is_chat:
-        text, spans = _assistant_spans(tokenizer, example.messages)
+        text, spans = _assistant_spans(tokenizer, example.messages, example.unfinished)
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         eos: list[int] = []
     else:
         text = example.prompt + example.completion
         spans = [(len(example.prompt), len(text))]
         encoding = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and not example.unfinished else []
     input_ids = list(encoding["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
     for index, (start, end) in enumerate(encoding["offset_mapping"]):

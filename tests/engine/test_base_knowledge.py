@@ -97,3 +97,22 @@ def test_retention_is_whole_for_an_untrained_adapter_and_falls_after_training_on
     assert after.kept + len(after.lost) == after.cases
     reported = [e for e in sink.events if isinstance(e, EvalReported) and e.split == "base_retention"]
     assert [dict(e.metrics)["retention"] for e in reported] == [after.retention]
+
+
+@pytest.mark.model
+def test_an_answer_has_ended_only_when_the_model_stopped_before_the_limit(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    loaded = load_for_training(make_run(tiny_model_dir, tmp_path / "adapter"))
+    tokenizer, prompts = loaded.tokenizer, ["What is the capital of France?", "Name a colour."]
+    answers = GreedyAnswers(loaded.model, tokenizer, loaded.plan, max_new_tokens=3)
+    cut = answers.answers(prompts)
+    assert [ended for _, ended in cut] == [False, False]  # the tiny model never says its stop token first
+    # Make the first token it says to the first prompt a stop token: that answer now ends there.
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}], tokenize=False,
+                                         add_generation_prompt=True)
+    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.plan.torch_device)
+    first = int(loaded.model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1])
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first)
+    said, ended = answers.answers(prompts[:1])[0]
+    assert ended and said == tokenizer.decode([first], skip_special_tokens=True).strip()
+    assert answers(prompts[:1]) == [said]  # the texts alone, as the probe reads them

@@ -189,6 +189,25 @@ def test_prompt_completion_labels_cover_the_completion_and_eos(tiny_tokenizer) -
     assert labelled_text(tiny_tokenizer, encoded) == " Madrid.<|im_end|>"
 
 
+def test_an_unfinished_answer_is_trained_without_its_end(tiny_tokenizer) -> None:
+    # A generation cut at its token limit did not end there: its end-of-turn (end-of-sequence) is no target.
+    turns = (ChatMessage("user", "Describe Paris."), ChatMessage("assistant", "Paris is the capital of"))
+    cut = encode_example(tiny_tokenizer, Example(messages=turns, unfinished=True), 512)
+    whole = encode_example(tiny_tokenizer, Example(messages=turns), 512)
+    assert labelled_text(tiny_tokenizer, cut) == "Paris is the capital of"
+    assert tiny_tokenizer.decode(cut.input_ids).endswith("<|im_start|>assistant\nParis is the capital of")
+    assert cut.input_ids == whole.input_ids[:len(cut.input_ids)] and len(cut.input_ids) < len(whole.input_ids)
+    # Earlier turns of a conversation keep theirs; only the last one is cut.
+    longer = Example(messages=(ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello."), *turns),
+                     unfinished=True)
+    assert labelled_text(tiny_tokenizer, encode_example(tiny_tokenizer, longer, 512)) == \
+        "Hello.<|im_end|>Paris is the capital of"
+    completion = Example(prompt="The capital of Spain is", completion=" Mad", unfinished=True)
+    assert labelled_text(tiny_tokenizer, encode_example(tiny_tokenizer, completion, 512)) == " Mad"
+    assert Example(messages=turns, unfinished=True).canonical()["unfinished"] is True
+    assert "unfinished" not in Example(messages=turns).canonical()  # datasets' digests are unchanged
+
+
 def test_truncation_keeps_the_start_and_can_leave_no_target(tiny_tokenizer) -> None:
     example = Example(prompt="What is the capital of France? " * 4, completion="Paris")
     encoded = encode_example(tiny_tokenizer, example, 8)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.continual.base_knowledge import GreedyAnswers
 from engine.continual.ewc import replay_count
 from engine.continual.rehearsal import SelfRehearsal, shipped_prompts
 from engine.jobs.ports import CancelToken
@@ -40,6 +41,9 @@ def test_the_base_models_answers_are_mixed_in_at_the_share_asked_whatever_the_ad
     added = mixed.examples[20:]
     assert [e.messages[0].content for e in added] == prompts
     assert all(e.is_chat and e.messages[1].content for e in added)
+    # An answer cut at the token limit is unfinished: trained without an end-of-turn target.
+    said = GreedyAnswers(loaded.model, loaded.tokenizer, loaded.plan, max_new_tokens=6).answers(prompts)
+    assert [e.unfinished for e in added] == [not ended for _, ended in said]
     assert len(list((tmp_path / "cache").glob("base-rehearsal-*.json"))) == 1
     # With each answer's base reference for the KL term, computed once and cached.
     assert len(mixed.references) == 12 and all(r.ids.shape[0] == r.logp.shape[0] > 0 for r in mixed.references)
