@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from base_retention import rehearsal_pool  # noqa: E402
+from base_retention import REHEARSAL_TOKENS, rehearsal_pool, rehearsed_rows  # noqa: E402
 from forgetting import make_tasks, train  # noqa: E402
 
-from engine.continual.ewc import replay_count  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
@@ -48,6 +47,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fractions", type=float, nargs="+",
                         default=[DEFAULTS["base_rehearsal_fraction"].default])
+    parser.add_argument("--answer-tokens", type=int, nargs="+", default=[REHEARSAL_TOKENS],
+                        help="the longest rehearsed answer, in tokens (several: each fraction with each)")
+    parser.add_argument("--group", type=int, nargs="+", default=[1],
+                        help="rehearsed answers a row (several: each with each)")
     parser.add_argument("--kl-weight", type=float, default=DEFAULTS["base_kl_weight"].default)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
@@ -58,30 +61,34 @@ def main() -> None:
           f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     task, _ = make_tasks(args.facts, 0)
-    seconds: dict[str, list[float]] = {"plain": [], **{f"BASE_KL {f:g}": [] for f in args.fractions}}
+    variants = {f"BASE_KL {f:g} {t}t g{g}": (f, t, g) for f in args.fractions for t in args.answer_tokens
+                for g in args.group}
+    seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
     with tempfile.TemporaryDirectory(prefix="le-base-cost-") as tmp:
         work = Path(tmp)
-        pool, references = rehearsal_pool(base_dir, args.models_dir, work)
+        pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
+                 for g in args.group}
         for repeat in range(args.repeats):
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
                 if name != "plain":
-                    fraction = float(name.split()[1])
+                    fraction, tokens, group = variants[name]
+                    pool, references = pools[tokens, group]
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight)
                     objective = rehearsal_objective(None, protection, len(task), len(pool), references)
                     examples = [*task, *pool]
-                    rotation = Rotation(len(pool), replay_count(len(task), fraction, len(pool)))
+                    rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group))
                 taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,
                               rotation=rotation)
                 seconds[name].append(taken)
-                print(f"repeat {repeat} {name:14s} {taken:6.1f} s", flush=True)
+                print(f"repeat {repeat} {name:20s} {taken:6.1f} s", flush=True)
     plain = statistics.median(seconds["plain"])
     summary = {}
     print(f"\nmedians of {args.repeats} ({torch.get_num_threads()} threads)")
     for name, values in seconds.items():
         median = statistics.median(values)
         summary[name] = {"median_seconds": median, "ratio_to_plain": median / plain}
-        print(f"{name:14s} {median:6.1f} s per job   x{median / plain:.3f} of plain")
+        print(f"{name:20s} {median:6.1f} s per job   x{median / plain:.3f} of plain")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
                                     "threads": torch.get_num_threads(), "seconds": seconds, "summary": summary},

@@ -57,6 +57,7 @@ from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_coun
 from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
 from engine.continual.fisher import FisherEstimator  # noqa: E402
 from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
@@ -102,13 +103,18 @@ def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path)
     return kept.retention
 
 
-def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path) -> tuple[list[Example], list]:
-    """The base model's answers to the shipped prompts and their base references, as a job's self-rehearsal
-    builds them (cached under ``models_dir`` once built; the first build's time is printed)."""
+def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: int = REHEARSAL_TOKENS,
+                   group: int = 1) -> tuple[list[Example], list]:
+    """The base model's answers (at most ``answer_tokens`` each) to the shipped prompts and their base references,
+    as a job's self-rehearsal builds them (cached under ``models_dir`` once built; the first build's time is
+    printed)."""
     loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
                                            work / "unused"))
-    rehearsal = SelfRehearsal(models_dir)
+    rehearsal = SelfRehearsal(models_dir, max_new_tokens=answer_tokens)
     pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
+    if group > 1:  # conversations of ``group`` question-answer turns under one system prompt, weighed as that many
+        pool = [Example(messages=tuple(m for e in pool[i : i + group] for m in e.messages),
+                        weight=len(pool[i : i + group])) for i in range(0, len(pool), group)]
     built = time.monotonic()
     references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
                                       CancelToken())
@@ -128,6 +134,11 @@ def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float
     print(f"the base model's product-space Fisher on {answers} answers: {time.monotonic() - started:.1f} s",
           flush=True)
     return penalty
+
+
+def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
+    """Rows of the pool an epoch trains: as many answers as a job mixes in (replay_count), ``group`` a row."""
+    return min(rows, -(-replay_count(own, fraction, rows * group) // group))
 
 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
@@ -154,7 +165,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             penalty = base_ewc
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
-            per_epoch = replay_count(len(examples), args.rehearsal_fraction, len(pool))
+            per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(pool), args.group)
             objective = rehearsal_objective(None, protection, len(examples), len(pool), references)
             examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
@@ -186,6 +197,10 @@ def main() -> None:
     parser.add_argument("--replay-fraction", type=float, default=0.2)
     parser.add_argument("--rehearsal-fraction", type=float,
                         default=Settings.model_fields["base_rehearsal_fraction"].default)
+    parser.add_argument("--answer-tokens", type=int, default=REHEARSAL_TOKENS,
+                        help="the longest rehearsed answer of the base model, in tokens")
+    parser.add_argument("--group", type=int, default=1,
+                        help="rehearsed answers a row (one conversation of that many turns)")
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
     parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
@@ -208,7 +223,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
-        pool, references = rehearsal_pool(base_dir, args.models_dir, work)
+        pool, references = rehearsal_pool(base_dir, args.models_dir, work, args.answer_tokens,
+                                           args.group)
         base_ewc = base_penalty(base_dir, args.models_dir, work, args.base_ewc_lambda) \
             if any(METHODS[m][2] == "ewc_base" for m in args.methods) else None
         for seed in args.seeds:
