@@ -22,11 +22,8 @@ example is trained, and kept. At the adapter's initialisation (LoRA B = 0) the a
 the term is 0; only the adapter's parameters get its gradient, since the base model's are frozen.
 
 Per example the term is the token mean, weighted by the example's weight like its NLL, and every share is divided
-by the step's weight: the inner objective's (a step of anchored examples only: theirs), so the step's loss is that
-of one big batch whatever the micro-batches or the layout (packed or padded). The term adds to the task's mean
-loss and does not dilute it: the answers ride in the job's own steps (engine.training.batching.Batching.steps),
-and a task's gradient in a step is what it would be without them (counting the anchored examples in the
-denominator made the task learn about a quarter slower at a share of 0.3, in as many steps as plain).
+by the step's total weight (the inner objective's, plus the anchored examples' when they are not in it), so the
+step's loss is that of one big batch whatever the micro-batches or the layout (packed or padded).
 """
 
 from __future__ import annotations
@@ -214,7 +211,7 @@ class BaseKlObjective:
     def step_weight(self, step: StepBatch) -> float:
         inner, anchored = self._parts(step)
         own = self.inner.step_weight(inner) if inner.examples else 0.0
-        return own if own > 0 or self.trained else float(self._weights(anchored).sum())
+        return own if self.trained else own + float(self._weights(anchored).sum())
 
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
         total = self.step_weight(step)
