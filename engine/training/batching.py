@@ -16,8 +16,7 @@ gradients equal one big batch's). How a micro-batch is laid out is the run's :cl
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,18 +73,6 @@ class EpochRows:
         """Examples an epoch trains."""
         return len(self.fixed) + self.per_epoch
 
-    @property
-    def riding(self) -> frozenset[int]:
-        """The pool's rows: they ride in the steps of the others (:meth:`Batching.steps`)."""
-        return frozenset(self.pool)
-
-    def steps_per_epoch(self, per_step: int) -> int:
-        """Optimiser steps an epoch makes: those of the fixed rows, the pool's riding in them up to as many as
-        they are, and steps of their own for the rest (:meth:`Batching.steps`)."""
-        if not self.per_epoch:
-            return math.ceil(self.size / per_step)
-        return math.ceil(len(self.fixed) / per_step) + math.ceil(max(0, self.per_epoch - len(self.fixed)) / per_step)
-
     def rows(self, epoch: int) -> list[int]:
         start = epoch * self.per_epoch
         return self.fixed + [self.pool[(start + j) % len(self.pool)] for j in range(self.per_epoch)]
@@ -109,33 +96,11 @@ class Batching:
         return torch.randperm(len(data), generator=generator).tolist()
 
     @staticmethod
-    def steps(data: Sequence[EncodedExample], order: Sequence[int], batch_size: int, accumulation: int,
-              riding: Collection[int] = frozenset()) -> Iterator[StepBatch]:
-        """The optimiser steps of an epoch in ``order``: ``batch_size * accumulation`` examples a step, in
-        micro-batches of ``batch_size``.
-
-        ``riding`` rows (self-rehearsal's answers of the base model) add no steps: the others make the steps, and
-        these are dealt among them in turn, a step taking at most as many as its own rows; each of the step's
-        micro-batches takes its share, so it runs as many passes as without them, each longer (at most twice
-        as long). On a CPU a pass costs much the same for few rows as for more (every layer's weights are read
-        either way), so rows riding in passes that run anyway cost little, where rows making passes of their own
-        cost a pass each. Riders beyond that (a fraction above a half) make steps of their own after."""
+    def steps(data: Sequence[EncodedExample], order: Sequence[int], batch_size: int,
+              accumulation: int) -> Iterator[StepBatch]:
         per_step = batch_size * accumulation
-        own = [i for i in order if i not in riding]
-        riders = [i for i in order if i in riding]
-        chunks = [own[start : start + per_step] for start in range(0, len(own), per_step)]
-        rides: list[list[int]] = [[] for _ in chunks]
-        while riders and any(len(r) < len(c) for r, c in zip(rides, chunks, strict=True)):
-            for ride, chunk in zip(rides, chunks, strict=True):
-                if riders and len(ride) < len(chunk):
-                    ride.append(riders.pop(0))
-        for chunk, ride in zip(chunks, rides, strict=True):
-            indices = chunk + ride
-            passes = math.ceil(len(chunk) / batch_size)
-            yield StepBatch([data[i] for i in indices], indices, math.ceil(len(indices) / passes) if ride
-                            else batch_size)
-        for start in range(0, len(riders), per_step):
-            indices = riders[start : start + per_step]
+        for start in range(0, len(order), per_step):
+            indices = order[start : start + per_step]
             yield StepBatch([data[i] for i in indices], indices, batch_size)
 
 

@@ -238,8 +238,9 @@ def attach_adapter(run: TrainingRun, base_model: Any) -> Any:
     return PeftModel.from_pretrained(base_model, run.parent_adapter_dir, config=config, is_trainable=True)
 
 
-def total_steps_for(per_epoch: int, epochs: int, max_steps: int) -> tuple[int, int]:
+def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
     """(steps per epoch, total optimiser steps); ``max_steps`` > 0 caps the total."""
+    per_epoch = math.ceil(n_examples / batch_size)
     total = per_epoch * epochs
     return per_epoch, min(total, max_steps) if max_steps > 0 else total
 
@@ -507,8 +508,8 @@ def _data_key(digest: str, data: Sequence[EncodedExample], layout: Batching, epo
     epoch and the ordering scheme (random, or length-grouped on a padded fallback). A checkpoint resumes only a
     run with the same key, or its fast-forward would skip other batches than those it trained on."""
     key: dict[str, object] = {"digest": digest, "kept": len(data), "length_grouped": layout.length_grouped}
-    if epochs.pool:  # riding in the other rows' steps (a checkpoint from before they did draws other batches)
-        key["rotation"] = [len(epochs.pool), epochs.per_epoch, "riding"]
+    if epochs.pool:
+        key["rotation"] = [len(epochs.pool), epochs.per_epoch]
     return key
 
 
@@ -615,7 +616,7 @@ def _optimise(
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_step = hp.batch_size * hp.gradient_accumulation_steps
     epochs = epochs or EpochRows(len(data))
-    per_epoch, total = total_steps_for(epochs.steps_per_epoch(per_step), hp.epochs, hp.max_steps)
+    per_epoch, total = total_steps_for(epochs.size, per_step, hp.epochs, hp.max_steps)
     scheduler = get_scheduler(_SCHEDULERS[hp.lr_schedule], optimizer, num_warmup_steps=hp.warmup_steps,
                               num_training_steps=total)
     generator = torch.Generator().manual_seed(hp.seed)
@@ -658,7 +659,7 @@ def _optimise(
         with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
             order = layout.epoch_order(data, epochs.rows(epoch), hp.batch_size, generator)
             epoch += 1
-            for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps, epochs.riding):
+            for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
                 position += 1
                 if position <= first:
                     continue  # done before the checkpoint this run resumed from

@@ -118,11 +118,11 @@ def test_grpcurl_walkthrough(server, tmp_path: Path):
     assert "snapshot" in watched[0]
     events = [m["event"] for m in watched[1:]]
     steps = [e["step_metrics"] for e in events if "step_metrics" in e]
-    # 2 epochs of the sample's 24 examples, 3 steps of 8 an epoch, and by the default base protection (BASE_KL,
-    # 0.3 of each epoch) 10 of the base model's answers an epoch riding in those steps
+    # 2 epochs of the sample's 24 examples and, by the default base protection (BASE_KL, 0.3 of each epoch),
+    # 10 of the base model's answers: 34 an epoch, 5 steps of up to 8
     mixed = [e["notice"]["message"] for e in events if e.get("notice", {}).get("code") == "BASE_REHEARSAL_MIXED"]
     assert mixed and mixed[0].startswith("mixed 10 of the base model's own answers"), mixed
-    assert len(steps) == 6 and steps[-1]["loss"] < steps[0]["loss"]
+    assert len(steps) == 10 and steps[-1]["loss"] < steps[0]["loss"]
     assert events[-1]["state_change"]["state"] == "JOB_STATE_SUCCEEDED"
 
     job = json.loads(grpcurl(port, "learning.v1.TrainingService/GetTrainingJob", data={"name": name}).stdout)

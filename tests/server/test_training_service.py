@@ -283,7 +283,7 @@ async def test_self_rehearsal_mixes_the_base_models_answers_in_and_is_recorded_o
     notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
     assert "mixed 6 of the base model's own answers" in notices["BASE_REHEARSAL_MIXED"]  # 0.2 of 24 + 6
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
-    assert steps[-1].total_steps == 6  # the 24 examples in batches of 4, the 6 answers riding in their steps
+    assert steps[-1].total_steps == 8  # 30 examples in batches of 4
     done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
     assert done.state == common.JOB_STATE_SUCCEEDED and done.base_rehearsed_examples == 6
     assert done.dataset.example_count == 24  # the user's data; the rehearsed answers are not part of it
@@ -305,7 +305,7 @@ async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_
     assert notices["BASE_REHEARSAL_MIXED"].endswith(
         "a KL term to the base model's distribution (weight 0.5) only")
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
-    assert steps[-1].total_steps == 6 and all(s.task_loss > 0 for s in steps)  # 24 in batches of 4, 6 riding
+    assert steps[-1].total_steps == 8 and all(s.task_loss > 0 for s in steps)  # 30 examples in batches of 4
     done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
     assert done.state == common.JOB_STATE_SUCCEEDED and done.base_rehearsed_examples == 6
     version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
