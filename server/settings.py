@@ -175,8 +175,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     base_rehearsal_fraction: float = Field(
         0.3, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
         "model's answers (taken in rotation from all of them), for a job that does not say (capped by the prompts "
-        "there are). They ride in the steps of the job's own examples (up to one an example; beyond that, steps of "
-        "their own), so a job makes as many steps as without them, each a little longer.",
+        "there are).",
     )
     base_kl_weight: float = Field(
         2.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "

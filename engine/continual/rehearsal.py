@@ -9,12 +9,11 @@ disabled: nothing else is loaded), and these pairs are added to the job's exampl
 loop takes in rotation (engine.training.batching.EpochRows): each epoch trains the next few of a seeded order of
 the pool, as many as make up ``fraction`` of the epoch's examples (the count replay mixes in,
 engine.continual.ewc.replay_count), so an epoch costs what a sample of that size would, and the job's epochs go
-through every prompt rather than the same few. These rows ride in the steps of the job's own rows
-(engine.training.batching.Batching.steps): they add no steps and no passes, only rows to passes that run anyway.
-Each answer is the base model's first ``MAX_NEW_TOKENS`` tokens (an answer cut there is ``unfinished``: no
-end-of-turn target). The answers are built once per base model and quantization, and cached. (The pool was
-long-form prompts, explanations and writing, before; held to the base model on those, an adapter taught invented
-facts kept fewer of the base model's short answers: docs/continual-learning.md.)
+through every prompt rather than the same few. Each answer is the base model's first ``MAX_NEW_TOKENS`` tokens
+(an answer cut there is ``unfinished``: no end-of-turn target). The answers are built once per base model and
+quantization, and cached. (The pool was long-form prompts, explanations and writing, before; held to the base
+model on those, an adapter taught invented facts kept fewer of the base model's short answers:
+docs/continual-learning.md.)
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ from engine.training.packing import PaddedForward
 from engine.training.ports import RehearsalMix
 
 # A short answer says it early (the base-knowledge probe reads 16 tokens too); the rest of a long one made a
-# rehearsed row 35% longer than the job's own rows and kept no more (docs/continual-learning.md).
+# rehearsed row 35% longer than the job's own rows and kept no more on the validation seeds
+# (docs/continual-learning.md).
 MAX_NEW_TOKENS = 16
 
 

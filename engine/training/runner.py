@@ -226,8 +226,7 @@ class TrainingRunner:
         how = ("trained on" + (f", with {kl}" if protection.kl_weight > 0 else "")) if trained else f"{kl} only"
         ctx.record(Noticed("BASE_REHEARSAL_MIXED", f"mixed {mixed.rehearsed} of the base model's own answers to "
                                                    f"general prompts into each epoch of the {len(run.examples)} "
-                                                   f"training examples (riding in their steps, up to one an "
-                                                   f"example), in rotation over {mixed.pool}: {how}"))
+                                                   f"training examples, in rotation over {mixed.pool}: {how}"))
         ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
         objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.pool,
                                         mixed.references)

@@ -215,8 +215,7 @@ export type BaseProtection = Message<"learning.v1.BaseProtection"> & {
   /**
    * SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the
    * base model's answers, 0..0.9 (an epoch takes the next ones in rotation,
-   * so the epochs go through all of them; capped by the prompts there are;
-   * they ride in the steps of the job's own examples, up to one an example);
+   * so the epochs go through all of them; capped by the prompts there are);
    * unset means the server's base_rehearsal_fraction.
    *
    * @generated from field: optional double fraction = 2;
