@@ -3,8 +3,8 @@ version of the chain, per method and setting, medians over the seeds every repor
 
 A method is labelled by its settings (``kl`` by its rehearsal fraction and KL weight, EWC by its lambda); a
 seed's later report replaces an earlier one's. Reports of the first versions only (``--versions 1``,
-validation looks) are left out. A whole chain's report that names its answers' length (``--answer-tokens``) comes
-from an engine whose rehearsed answers ride in the job's own steps; before, they made steps of their own.
+validation looks) are left out. Reports since ``--answer-tokens`` name their answers' length; the seeds 3-6
+reports ``*-ride.json`` say the commit whose answers rode in the job's own steps (reverted since).
 
     .venv/bin/python bench/base_retention_compare.py bench/results/base-retention-s[3-6]-kl015-w8.json \
         --out bench/results/base-retention-compare.json --plot bench/results/base-retention.png
@@ -29,8 +29,10 @@ def label(method: str, report: dict) -> str:
     ewc = f"EWC {float(config['ewc_lambda']):g}"  # the lambda tells the defaults of different times apart
     pool = (f"{report['rehearsal_pool']['answers']} short questions" if "rehearsal_pool" in report
             else f"{LONG_FORM_POOL} long-form prompts")
-    if "answer_tokens" in config:  # reports since the answers ride in the job's steps name their answers' length
-        pool += f", {config['answer_tokens']}-token answers riding"
+    if "answer_tokens" in config:
+        pool += f", {config['answer_tokens']}-token answers"
+    if "answers_ride" in report:  # the engine of one commit, whose answers rode in the job's steps (reverted)
+        pool += f", riding ({report['answers_ride']['commit']})"
     if method == "ewc_base":  # its lambda is in the reports that have the method
         name = f"EWC on the base, lambda {float(config['base_ewc_lambda']):g}"
     else:
