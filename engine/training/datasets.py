@@ -250,8 +250,9 @@ def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage],
             )
         end = len(through.rstrip())  # keep the end-of-turn marker, drop the trailing newline
         content = message.content.strip()
-        if unfinished and i == len(messages) - 1 and content and through.find(content, len(prefix)) >= 0:
-            end = through.find(content, len(prefix)) + len(content)
+        at = through.find(content, len(prefix)) if unfinished and i == len(messages) - 1 and content else -1
+        if at >= 0:
+            end = at + len(content)
             full = full[:end]
         if end > len(prefix):
             spans.append((len(prefix), end))
