@@ -6,7 +6,9 @@ see the same load on a shared machine. Each protected job starts from nothing as
 given, as a job's self-rehearsal gives them: the base model's answers to the shipped prompts and their base
 references are built once before the timing (that one-off cost per base model is printed), and a job finds them
 cached. Prints each
-method's median seconds per job, and the ratio to plain.
+method's median seconds per job, and the ratio to plain; and beside it the tokens each job trains (the job's own
+rows every epoch, and the rehearsed rows an epoch takes at the pool's mean length), and their ratio: on a CPU a
+forward and backward pass costs about in proportion to its tokens, so the two ratios should be close.
 
     .venv/bin/python bench/base_protection_cost.py --threads 1 --epochs 6 --repeats 3
 """
@@ -21,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +35,7 @@ from forgetting import make_tasks, train  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
+from engine.training.datasets import encode_dataset  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -64,10 +68,24 @@ def main() -> None:
     variants = {f"BASE_KL {f:g} {t}t g{g}": (f, t, g) for f in args.fractions for t in args.answer_tokens
                 for g in args.group}
     seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+
+    def tokens_of(examples: list) -> list[int]:
+        return [len(e.input_ids) for e in encode_dataset(tokenizer, examples, 128)]
+
+    own_tokens = sum(tokens_of(task))
+    trained_tokens: dict[str, float] = {"plain": float(own_tokens * args.epochs)}
     with tempfile.TemporaryDirectory(prefix="le-base-cost-") as tmp:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
                  for g in args.group}
+        for name, (fraction, answer_tokens, group) in variants.items():
+            pool, _ = pools[answer_tokens, group]
+            rows = tokens_of(pool)
+            per_epoch = rehearsed_rows(len(task), fraction, len(pool), group)
+            trained_tokens[name] = (own_tokens + per_epoch * statistics.mean(rows)) * args.epochs
+            print(f"{name}: {per_epoch} rehearsed rows an epoch of {statistics.mean(rows):.1f} tokens on average, "
+                  f"beside {len(task)} rows of {own_tokens} tokens", flush=True)
         for repeat in range(args.repeats):
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
@@ -87,8 +105,11 @@ def main() -> None:
     print(f"\nmedians of {args.repeats} ({torch.get_num_threads()} threads)")
     for name, values in seconds.items():
         median = statistics.median(values)
-        summary[name] = {"median_seconds": median, "ratio_to_plain": median / plain}
-        print(f"{name:20s} {median:6.1f} s per job   x{median / plain:.3f} of plain")
+        token_ratio = trained_tokens[name] / trained_tokens["plain"]
+        summary[name] = {"median_seconds": median, "ratio_to_plain": median / plain, "tokens": trained_tokens[name],
+                         "token_ratio_to_plain": token_ratio}
+        print(f"{name:20s} {median:6.1f} s per job   x{median / plain:.3f} of plain   "
+              f"{trained_tokens[name]:8.0f} tokens   x{token_ratio:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
                                     "threads": torch.get_num_threads(), "seconds": seconds, "summary": summary},
