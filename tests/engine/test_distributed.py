@@ -268,7 +268,9 @@ def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_thei
     # gradient checkpointing, paused into a checkpoint (gathered whole) that one process resumes to the
     # uninterrupted run's weights.
     penalty = lora_penalty(tiny_model_dir, "product", parent=tmp_path / "parent")
-    settings = {**FSDP_SETTINGS, "gradient_checkpointing": True}
+    # 24 steps: the pause after step 4 travels from the relayed step report to a stop file the processes read each
+    # step, so on a loaded machine they take a few more steps before it lands; 8 steps let them end first.
+    settings = {**FSDP_SETTINGS, "epochs": 24, "gradient_checkpointing": True}
 
     def continuing(run: TrainingRun) -> TrainingRun:
         return replace(run, penalty=penalty, parent_adapter_dir=tmp_path / "parent")
