@@ -95,12 +95,15 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.4, 4.0 + 0.2 * len(runs)))  # the legend goes below the axes
+        palette = plt.get_cmap("tab20")
         for n, (name, seeds) in enumerate(runs.items()):
-            colour = f"C{n}"
+            # ten dark hues, then their light shades with square markers and dashes: no two rows look alike
+            second = (n // 10) % 2
+            colour, style = palette((2 * n) % 20 + second), ("--", "s") if second else ("-", "o")
             for chain in seeds.values():
                 ax.plot(range(1, VERSIONS + 1), chain["base_retention"], color=colour, alpha=0.25, linewidth=1)
-            ax.plot(range(1, VERSIONS + 1), table[name]["base_retention"], color=colour, linewidth=2.5, marker="o",
-                    label=f"{name} (median of {len(seeds)} seeds)")
+            ax.plot(range(1, VERSIONS + 1), table[name]["base_retention"], color=colour, linewidth=2.5,
+                    linestyle=style[0], marker=style[1], label=f"{name} (median of {len(seeds)} seeds)")
         ax.axhline(0.9, color="grey", linestyle="--", linewidth=1, label="target 0.9")
         ax.set_xticks(range(1, VERSIONS + 1), ["after A", "after B", "after C"])
         ax.set_ylim(0, 1)
