@@ -175,7 +175,8 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
     base_rehearsal_fraction: float = Field(
         0.3, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
         "model's answers (taken in rotation from all of them), for a job that does not say (capped by the prompts "
-        "there are).",
+        "there are). A fraction f adds f / (1 - f) of the job's rows, and training time grows about as the tokens "
+        "do: 0.3 adds 43% of a small job's rows (1.4x its time at 12 facts; see docs/continual-learning.md).",
     )
     base_kl_weight: float = Field(
         2.0, ge=0, le=100, description="The weight of KL(base || adapted) on the base model's answers mixed into "
