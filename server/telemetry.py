@@ -184,7 +184,8 @@ class MetricsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self._refresh is not None:
             try:
-                await asyncio.wait_for(self._refresh(), REFRESH_SECONDS)
+                async with asyncio.timeout(REFRESH_SECONDS):
+                    await self._refresh()
             except Exception:  # noqa: BLE001 - the rest of the page is served; those series stay as last read
                 log.warning("could not read the jobs by state from the database for /metrics", exc_info=True)
         body = generate_latest(telemetry.REGISTRY)

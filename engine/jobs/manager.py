@@ -222,7 +222,8 @@ class JobManager(Generic[S, O]):
         # The held jobs first (they checkpoint and are released while this worker still sends heartbeats, so no
         # other worker takes them over meanwhile), then the writes still in flight.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), SHUTDOWN_SECONDS)
+            async with asyncio.timeout(SHUTDOWN_SECONDS):
+                await self._idle.wait()
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
 

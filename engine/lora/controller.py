@@ -244,7 +244,8 @@ class LoraController(ServingTarget):
                                              metadata={"version": version})
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), poll_seconds)
+                    async with asyncio.timeout(poll_seconds):
+                        await self._changed.wait()
 
     async def check_canary(self, split_id: int) -> bool:
         """One check of the canary ``split_id`` (engine/lora/canary.py's loop): count both sides, keep the figures,

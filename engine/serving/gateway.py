@@ -168,7 +168,8 @@ class AliasRouter:
                 await self._changed.wait_for(lambda: self.inflight(upstream) == 0)
 
         try:
-            await asyncio.wait_for(quiet(), timeout)
+            async with asyncio.timeout(timeout):
+                await quiet()
             return True
         except TimeoutError:
             return False

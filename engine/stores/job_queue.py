@@ -19,6 +19,8 @@ Stopping does not rely on cancellation alone. On Python 3.11 ``asyncio.wait_for`
 as the future it waits on completes (CPython gh-86296, fixed in 3.12 only), and psycopg_pool waits for a connection
 with it: a task cancelled just as it is handed a connection runs on as if nothing happened. So every loop here
 also ends on a flag set by ``stop_worker``, and procrastinate's workers are asked to stop besides being cancelled.
+The project's own timed waits use ``asyncio.timeout``, which runs the wait in the task itself and keeps a
+cancellation.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class JobNotifications:
         self._waiters.setdefault(job_id, set()).add(event)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await event.wait()
         finally:
             waiting = self._waiters.get(job_id, set())
             waiting.discard(event)

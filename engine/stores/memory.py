@@ -140,7 +140,8 @@ class InMemoryJobStore(Generic[S, O]):
     async def wait_for_events(self, job_id: str, timeout: float) -> None:
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
 
     async def _wake(self) -> None:
         async with self._changed:

@@ -344,3 +344,16 @@ async def test_a_cancel_asked_as_the_job_is_released_is_carried_out(tmp_path):
     finally:
         await stop(mgr)
         slots.shutdown()
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_stays_cancelled():
+    # On Python 3.11 asyncio.wait_for returned the result of a wait woken in the same turn as its cancellation, and
+    # the cancellation was lost (a worker asked to stop would wait on); the store's timed wait keeps it.
+    store = InMemoryJobStore[CountSpec, CountOutput]()
+    waiter = asyncio.create_task(store.wait_for_events("some-job", 30))
+    await asyncio.sleep(0)  # it waits on the store's condition
+    async with store._changed:
+        store._changed.notify_all()
+        waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
