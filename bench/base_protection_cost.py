@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from base_retention import REHEARSAL_TOKENS, rehearsal_pool, rehearsed_rows  # noqa: E402
-from forgetting import make_tasks, train  # noqa: E402
+from forgetting import MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
     def tokens_of(examples: list) -> list[int]:
-        return [len(e.input_ids) for e in encode_dataset(tokenizer, examples, 128)]
+        return [len(e.input_ids) for e in encode_dataset(tokenizer, examples, MAX_SEQ_LENGTH)]
 
     own_tokens = sum(tokens_of(task))
     trained_tokens: dict[str, float] = {"plain": float(own_tokens * args.epochs)}

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from forgetting import LORA, SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
+from forgetting import LORA, MAX_SEQ_LENGTH, SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
 
 from engine.continual.base_ewc import BaseEwc  # noqa: E402
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
@@ -116,8 +116,8 @@ def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: 
         pool = [Example(messages=tuple(m for e in pool[i : i + group] for m in e.messages),
                         weight=len(pool[i : i + group])) for i in range(0, len(pool), group)]
     built = time.monotonic()
-    references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", 128,
-                                      CancelToken())
+    references = rehearsal.references(pool, loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE",
+                                      MAX_SEQ_LENGTH, CancelToken())
     print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
     return pool, references
 
@@ -130,7 +130,7 @@ def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float
     started = time.monotonic()
     penalty, answers = BaseEwc(models_dir, SelfRehearsal(models_dir)).penalty(
         ewc_lambda, model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=base_dir,
-        quantization="NONE", max_seq_length=128, cancel=CancelToken())
+        quantization="NONE", max_seq_length=MAX_SEQ_LENGTH, cancel=CancelToken())
     print(f"the base model's product-space Fisher on {answers} answers: {time.monotonic() - started:.1f} s",
           flush=True)
     return penalty
@@ -174,7 +174,8 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         r.append([accuracy(base_dir, out, t) for t in tasks])
         retention.append(base_retention(probe, base_dir, out))
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
-            new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, 128, 8, seed)).diagonal
+            new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
+                                       seed)).diagonal
             fisher = new if fisher is None else accumulate(fisher, new, 1.0)
         parent = out
         print(f"seed {seed} {method:10s} after {'ABC'[step]}: R={[round(x, 3) for x in r[-1]]} "

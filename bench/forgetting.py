@@ -86,6 +86,7 @@ def make_tasks(n: int, seed: int) -> tuple[list[Example], list[Example]]:
 
 
 LORA = LoraSpec(rank=16, alpha=32, dropout=0.05)  # every version's adapter
+MAX_SEQ_LENGTH = 128  # every job's, and what its Fisher and any count of its tokens encode at
 
 
 class NullSink:
@@ -99,7 +100,7 @@ def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: P
         base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
         lora=LORA,
         hyperparameters=Hyperparameters(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
-                                        max_seq_length=128, seed=seed),
+                                        max_seq_length=MAX_SEQ_LENGTH, seed=seed),
     )
     started = time.monotonic()
     run_training(TrainingRun(spec, base_dir, examples, out, parent_adapter_dir=parent, penalty=penalty,
@@ -154,10 +155,10 @@ def run_seed(seed: int, base_dir: Path, args, work: Path) -> dict:
     r_a = [accuracy(base_dir, a_dir, task_a), accuracy(base_dir, a_dir, task_b)]
     started = time.monotonic()
     estimator = FisherEstimator(args.estimator)
-    fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, 128, 8, seed))
+    fisher = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, MAX_SEQ_LENGTH, 8, seed))
     t_fisher = time.monotonic() - started
     anchor = load_adapter_weights(a_dir)
-    product_raw = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, 128, 8, seed,
+    product_raw = run_fisher(FisherRun(base_dir, a_dir, task_a, estimator, MAX_SEQ_LENGTH, 8, seed,
                                        space=FisherSpace.LORA_PRODUCT)).diagonal
     stats = diagonal_stats(fisher.diagonal)
     weights = EwcPenalty(fisher.diagonal, anchor, args.ewc_lambda, args.normalization).fisher
