@@ -6,6 +6,8 @@ DATA_DIR ?= $(or $(LEARNING_ENGINE_DATA_DIR),var)
 PORT ?= $(or $(LEARNING_ENGINE_PORT),50051)
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
+# Test worker processes (pytest-xdist); each starts its own PostgreSQL and SeaweedFS. 0 runs in this process.
+PYTEST_WORKERS ?= 2
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
@@ -62,11 +64,11 @@ check: setup
 	$(BIN)/mypy
 
 pytest: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider --durations=25
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25
 
 # The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
 test-fast: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -m "not full_stack and not model"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -m "not full_stack and not model"
 
 protos: setup
 	$(BIN)/buf format -w
