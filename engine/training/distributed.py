@@ -62,16 +62,14 @@ from engine.training.datasets import EncodedExample
 from engine.training.models import DevicePlan
 from engine.training.recipe import (
     HOST,
-    Checkpointing,
-    CheckpointSave,
     LoadedModel,
     TrainingResult,
     TrainingRun,
-    checkpoint_failed,
     load_for_training,
     release,
     run_training,
 )
+from engine.training.run_state import Checkpointing, CheckpointSave, checkpoint_failed
 from engine.training.sharding import FSDP_LAUNCH_ARGUMENTS, shard_model, sharding_summary
 from engine.training.spec import EvalReported, Sharding, StepMetrics
 

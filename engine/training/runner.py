@@ -41,8 +41,6 @@ from engine.training.ports import BaseEwc, ContinualPlanner, PlanRequest, Rehear
 from engine.training.preparation import JobPreparer, PreparedInputs, ResolvedDataset
 from engine.training.recipe import (
     AddedPenalties,
-    Checkpointing,
-    CheckpointSave,
     KnowledgeProbe,
     LoadedModel,
     TrainingResult,
@@ -50,6 +48,7 @@ from engine.training.recipe import (
     load_for_training,
     release,
 )
+from engine.training.run_state import Checkpointing, CheckpointSave
 from engine.training.spec import (
     TRAINING,
     CheckpointSaved,

@@ -22,7 +22,8 @@ from engine.training.datasets import IGNORE_INDEX, EncodedExample
 from engine.training.distributed import RankGroup, ShardedGroup, launch_arguments, run_distributed
 from engine.training.models import DevicePlan, select_device
 from engine.training.objectives import WeightedSft
-from engine.training.recipe import Checkpointing, TrainingRun, run_training
+from engine.training.recipe import TrainingRun, run_training
+from engine.training.run_state import Checkpointing
 from engine.training.spec import EvalReported, Precision, Sharding, StepMetrics
 from tests.engine.test_training import RecordingSink, examples, make_run
 
