@@ -20,6 +20,8 @@ Methods (the same at every step, A included; a continuation starts from its pare
                    KL(base || adapted) on them (engine.training.base_kl), no NLL;
   rehearsal_kl     self-rehearsal with that KL term on the rehearsed answers as well as their NLL;
   ewc_kl, ewc_replay_kl   ewc and ewc_replay with BASE_KL (ewc_kl: a continuation at the service's defaults);
+  replay_kl        replay of all earlier tasks with BASE_KL, no EWC (a job's ``ewc: {disabled: true,
+                   replay_fraction: ...}``): the earlier tasks held by their data, not by the parent's weights;
   ewc_base         EWC_BASE, EWC against the base model in the product space (engine.continual.base_ewc, as a
                    job does): ``--base-ewc-lambda / 2 * sum w (B @ A)^2`` over the LoRA pairs, ``w`` the base
                    model's diagonal Fisher of each adapted weight on its own answers to the rehearsal prompts; no
@@ -72,6 +74,7 @@ METHODS = {  # name: (EWC against the parent, replay of the earlier tasks, what 
     "plain": (False, False, None), "ewc": (True, False, None), "ewc_replay": (True, True, None),
     "rehearsal": (False, False, "rehearsal"), "all": (True, True, "rehearsal"), "kl": (False, False, "kl"),
     "rehearsal_kl": (False, False, "rehearsal_kl"), "ewc_kl": (True, False, "kl"), "ewc_replay_kl": (True, True, "kl"),
+    "replay_kl": (False, True, "kl"),
     "ewc_base": (False, False, "ewc_base"),
 }
 MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
@@ -93,14 +96,16 @@ def word_task(n: int, seed: int) -> list[Example]:
             for w, m in zip(words, meanings, strict=True)]
 
 
-def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path) -> float:
+def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path) -> tuple[float, list[str]]:
+    """The share of the base model's right answers the version keeps, and the prompts it lost (the probe records
+    the first 20)."""
     model, tokenizer = load_adapter_model(base_dir, adapter_dir)
     kept = probe.measure(model, tokenizer, select_device(Precision.FP32), base_model_dir=base_dir,
                          quantization="NONE", step=0, sink=NullSink(), cancel=CancelToken())
     del model
     if kept is None:
         raise SystemExit("the base model answers too few general questions right to measure retention")
-    return kept.retention
+    return kept.retention, list(kept.lost)
 
 
 def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: int = REHEARSAL_TOKENS,
@@ -152,6 +157,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     fisher = None
     r: list[list[float]] = []
     retention: list[float] = []
+    lost: list[list[str]] = []
     seconds: list[float] = []
     for step, task in enumerate(tasks):
         examples = list(task)
@@ -172,7 +178,9 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
                              objective=objective, rotation=rotation))
         r.append([accuracy(base_dir, out, t) for t in tasks])
-        retention.append(base_retention(probe, base_dir, out))
+        kept, lost_now = base_retention(probe, base_dir, out)
+        retention.append(kept)
+        lost.append(lost_now)
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
             new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
                                        seed)).diagonal
@@ -183,7 +191,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     n = len(tasks)
     acc = statistics.fmean(r[-1])
     bwt = statistics.fmean(r[-1][i] - r[i][i] for i in range(n - 1)) if n > 1 else 0.0
-    return {"R": r, "base_retention": retention, "ACC": acc, "BWT": bwt, "train_seconds": seconds,
+    return {"R": r, "base_retention": retention, "base_lost": lost, "ACC": acc, "BWT": bwt, "train_seconds": seconds,
             "learnt": [r[i][i] for i in range(n)]}
 
 

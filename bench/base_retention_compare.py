@@ -6,6 +6,10 @@ seed's later report replaces an earlier one's. Reports of the first versions onl
 validation looks) are left out. Reports since ``--answer-tokens`` name their answers' length; the seeds 3-6
 reports ``*-ride.json`` say the commit whose answers rode in the job's own steps (reverted since).
 
+Reports that record the probe's lost questions per version (``base_lost``, since the ``replay_kl`` runs) also get
+a second table: of the questions a chain lost after A, how many it still lost after C, and how many it lost after
+C that it had kept after A (per seed, then summed): whether what the first version broke stays broken.
+
     .venv/bin/python bench/base_retention_compare.py bench/results/base-retention-s[3-6]-kl015-w8.json \
         --out bench/results/base-retention-compare.json --plot bench/results/base-retention.png
 """
@@ -15,7 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.continual.base_knowledge import LOST_SHOWN  # noqa: E402 - the lost questions a version records
 
 VERSIONS = 3
 
@@ -41,7 +49,8 @@ def label(method: str, report: dict) -> str:
                 "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
                 "ewc": ewc, "ewc_replay": f"{ewc} + replay", "all": f"{ewc} + replay + self-rehearsal {fraction:g}",
                 "ewc_kl": f"{ewc} + BASE_KL {fraction:g} / {weight:g}",
-                "ewc_replay_kl": f"{ewc} + replay + BASE_KL {fraction:g} / {weight:g}"}[method]
+                "ewc_replay_kl": f"{ewc} + replay + BASE_KL {fraction:g} / {weight:g}",
+                "replay_kl": f"replay + BASE_KL {fraction:g} / {weight:g}, no EWC"}[method]
     return name if method in ("plain", "ewc", "ewc_replay") else f"{name}, {pool}"
 
 
@@ -58,6 +67,33 @@ def collect(paths: list[Path]) -> dict[str, dict[int, dict]]:
             for seed, chain in zip(seeds, chains, strict=True):
                 runs.setdefault(label(method, report), {})[seed] = chain
     return runs
+
+
+def lost_after_a(runs: dict[str, dict[int, dict]]) -> dict[str, dict[str, int]]:
+    """Per label whose chains record their lost questions: of those lost after A, how many are still lost after
+    C and how many came back; and how many were lost after C that A had kept. Printed as a table."""
+    table: dict[str, dict[str, int]] = {}
+    for name, seeds in runs.items():
+        # the probe records a version's first LOST_SHOWN lost questions: a chain that lost more is left out
+        chains = [c for c in seeds.values() if len(c.get("base_lost", ())) == VERSIONS
+                  and all(len(lost) < LOST_SHOWN for lost in c["base_lost"])]
+        if not chains:
+            continue
+        row = {"seeds": len(chains), "lost_after_a": 0, "still_lost_after_c": 0, "back_by_c": 0, "newly_lost_by_c": 0}
+        for chain in chains:
+            after_a, after_c = set(chain["base_lost"][0]), set(chain["base_lost"][-1])
+            row["lost_after_a"] += len(after_a)
+            row["still_lost_after_c"] += len(after_a & after_c)
+            row["back_by_c"] += len(after_a - after_c)
+            row["newly_lost_by_c"] += len(after_c - after_a)
+        table[name] = row
+    if table:
+        print("\n| method | seeds | lost after A | of those, still lost after C | back by C "
+              "| lost after C, kept after A |\n|---|---|---|---|---|---|")
+        for name, row in table.items():
+            print(f"| {name} | {row['seeds']} | {row['lost_after_a']} | {row['still_lost_after_c']} | "
+                  f"{row['back_by_c']} | {row['newly_lost_by_c']} |")
+    return table
 
 
 def main() -> None:
@@ -86,8 +122,10 @@ def main() -> None:
         print(f"| {name} | {seed_list} | " + " | ".join(f"{x:.3f}" for x in row["base_retention"])
               + f" | {row['ACC']:.3f} | {row['BWT']:+.3f} | " + " ".join(f"{x:.2f}" for x in row["learnt"])
               + f" | {row['seconds']:.0f} |")
+    lost = lost_after_a(runs)
     if args.out:
-        args.out.write_text(json.dumps({"reports": [str(p) for p in args.reports], "table": table}, indent=2))
+        args.out.write_text(json.dumps({"reports": [str(p) for p in args.reports], "table": table,
+                                        "lost_after_a": lost}, indent=2))
     if args.plot:
         import matplotlib
 
