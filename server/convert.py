@@ -31,7 +31,7 @@ from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
-from engine.training.models import default_base_protection, default_sharding
+from engine.training.models import default_sharding
 from engine.training.spec import (
     MAX_DEVICES,
     MAX_EVAL_FRACTION,
@@ -264,10 +264,6 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         checkpoints=checkpoints,
         base_protection=base_protection,
     )
-    chosen = msg.base_protection.method != common.BASE_PROTECTION_METHOD_UNSPECIFIED \
-        or msg.base_protection.HasField("kl_weight")
-    if not chosen:
-        resolved = replace(resolved, base_protection=default_base_protection(base_protection, resolved))
     if sharding is not None:
         return resolved
     return replace(resolved, hyperparameters=replace(hyper, sharding=default_sharding(hd.sharding, resolved)))

@@ -155,7 +155,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         Sharding.NONE, description="How the devices of a job training on several hold its model, for a job that "
         "does not say: NONE (whole on each; each step's examples shared out) or FSDP (sharded across them per "
         "decoder layer, for bases that do not fit one GPU; slower for those that do). Jobs that cannot be sharded "
-        "(a quantized base, KTO or a KL term to the base, num_devices 1) train unsharded; a job resolving to one "
+        "(a quantized base, KTO, num_devices 1) train unsharded; a job resolving to one "
         "GPU on its worker fails FSDP_NEEDS_SEVERAL_DEVICES.",
     )
     training_eval_fraction: float = Field(
@@ -167,8 +167,7 @@ class Settings(BaseSettings, LoraControlSettings, DriftSettings, OnlineSettings)
         BaseProtectionMethod.BASE_KL, description="What keeps a job's adapter from forgetting what the base model "
         "knew, for a job that does not say: NONE, SELF_REHEARSAL (the base model's own answers to the "
         "project's general prompts mixed into training), or BASE_KL (the same answers mixed in, trained only by a "
-        "KL term to the base model's distribution on them; a job that asks to be sharded with FSDP, which cannot "
-        "run that term, rehearses them as plain examples instead), or EWC_BASE (no answers mixed in: an EWC "
+        "KL term to the base model's distribution on them), or EWC_BASE (no answers mixed in: an EWC "
         "penalty holding each LoRA product near the base model's weights, weighted by the base model's Fisher on "
         "its answers).",
     )

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.domain import BaseProtection, BaseProtectionMethod
-from engine.errors import Cancelled
+from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.ports import CancelToken
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
@@ -160,6 +160,11 @@ class BaseKlObjective:
         self.references = tuple(references) if references is not None else (None,) * len(self.anchored)
         self._references = {i: r for i, r in enumerate(self.references) if r is not None}
 
+    @property
+    def references_missing(self) -> int:
+        """How many anchored examples have no reference given (each costs a base forward pass when first seen)."""
+        return sum(1 for i, anchored in enumerate(self.anchored) if anchored and i not in self._references)
+
     def _reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
                       indices: Sequence[int]) -> list[Reference]:
         """The examples' references, each computed the first time it is seen and kept."""
@@ -215,10 +220,12 @@ class BaseKlObjective:
 
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
         total = self.step_weight(step)
-        if total <= 0:
-            return
         if isinstance(self.inner, WeightedSft):
-            yield from self._one_pass(model, step, forward, total)
+            # 0: a share of fillers only (a sharded run's, engine.training.distributed.ShardedGroup), which runs
+            # its passes as every process of the run must: its losses are 0, not 0 / 0 (as WeightedSft's)
+            yield from self._one_pass(model, step, forward, total if total > 0 else 1.0)
+            return
+        if total <= 0:
             return
         inner, anchored = self._parts(step)
         own = self.inner.step_weight(inner) if inner.examples else 0.0
@@ -261,6 +268,22 @@ class BaseKlObjective:
                 sums = torch.zeros(len(examples), dtype=kl.dtype, device=device).index_add(0, adapted.owner[at], kl)
                 loss = loss + self.weight * (sums / per_token * kl_weights[micro.start : micro.stop].to(device)).sum()
             yield loss / total
+
+
+def check_shardable(objective: BatchObjective | None) -> None:
+    """FailedPrecondition for a KL term a sharded (FSDP) run cannot train: one whose references are not all given
+    (a reference computed when its example is first seen is a forward pass of the process holding that example
+    only, and every process of a sharded run must run the same passes) or whose inner objective is not weighted
+    SFT (whose passes follow what each process's share holds)."""
+    if not isinstance(objective, BaseKlObjective):
+        return
+    if objective.references_missing or not isinstance(objective.inner, WeightedSft):
+        raise FailedPrecondition(
+            "FSDP_OBJECTIVE_UNSUPPORTED",
+            f"a sharded run trains a KL term to the base model only with weighted SFT and every reference computed "
+            f"beforehand; {objective.references_missing} of its anchored examples have none",
+            metadata={"references_missing": str(objective.references_missing)},
+        )
 
 
 def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtection, own: int,

@@ -57,6 +57,7 @@ from engine.errors import Cancelled, EngineError, Unavailable
 from engine.jobs.codec import EventCodec
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
+from engine.training.base_kl import check_shardable
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
 from engine.training.models import DevicePlan
@@ -120,6 +121,8 @@ def run_distributed(run: TrainingRun, sink: ProgressSink, cancel: CancelToken, *
                     processes: int) -> TrainingResult:
     """Train ``run`` on ``processes`` devices of ``plan``'s kind and wait for it, forwarding reports, storing
     checkpoints and passing on a stop; the main process's result, or the error the run failed with."""
+    if run.spec.hyperparameters.sharding is Sharding.FSDP:
+        check_shardable(run.objective)
     ckpt = run.checkpointing
     scratch = run.output_dir.parent
     scratch.mkdir(parents=True, exist_ok=True)

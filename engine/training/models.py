@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.domain import BaseProtection, BaseProtectionMethod, Objective
+from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.training.kernels import apply_kernels
 from engine.training.spec import Precision, Quantization, Sharding, TrainingJobSpec
@@ -87,7 +87,7 @@ def device_count(requested: int) -> int:
 
 def sharding_obstacle(spec: TrainingJobSpec) -> FailedPrecondition | None:
     """Why ``spec`` cannot train sharded (FSDP) whatever its devices, or None."""
-    hp, protection = spec.hyperparameters, spec.base_protection
+    hp = spec.hyperparameters
     if hp.quantization is not Quantization.NONE:
         return FailedPrecondition(
             "FSDP_QUANTIZED_BASE",
@@ -96,17 +96,14 @@ def sharding_obstacle(spec: TrainingJobSpec) -> FailedPrecondition | None:
             "quantized base) or quantization NONE",
             metadata={"quantization": hp.quantization.value},
         )
-    kl_to_base = protection.rehearses and (protection.method is BaseProtectionMethod.BASE_KL
-                                           or protection.kl_weight > 0)
-    if spec.objective is not Objective.SFT or kl_to_base:
-        what = f"the {spec.objective.value} objective" if spec.objective is not Objective.SFT \
-            else "a KL term to the base model (base_protection)"
+    if spec.objective is not Objective.SFT:
         return FailedPrecondition(
             "FSDP_OBJECTIVE_UNSUPPORTED",
-            f"sharding FSDP trains the weighted SFT loss only, not {what}: every process of a sharded run must run "
-            "the same forward passes, and these run passes by what each process's share of a step holds (and "
-            "KTO estimates its reference point on each share); use sharding NONE",
-            metadata={"objective": spec.objective.value, "base_protection": protection.method.value},
+            f"sharding FSDP trains the weighted SFT loss (with or without a KL term to the base model), not the "
+            f"{spec.objective.value} objective: every process of a sharded run must run the same forward passes, and "
+            "KTO runs its reference passes by what each process's share holds and estimates its reference point on "
+            "each share; use sharding NONE",
+            metadata={"objective": spec.objective.value},
         )
     return None
 
@@ -117,16 +114,6 @@ def default_sharding(default: Sharding, spec: TrainingJobSpec) -> Sharding:
     if default is Sharding.FSDP and spec.hyperparameters.num_devices != 1 and sharding_obstacle(spec) is None:
         return Sharding.FSDP
     return Sharding.NONE
-
-
-def default_base_protection(default: BaseProtection, spec: TrainingJobSpec) -> BaseProtection:
-    """A server's default base protection for a job that does not choose one: as configured, but without its KL
-    term for a job that asks to be sharded (FSDP), which cannot run it (:func:`sharding_obstacle`): that job
-    rehearses the base model's answers as plain examples (SELF_REHEARSAL, kl_weight 0) instead of being refused
-    for a default it did not choose."""
-    if spec.hyperparameters.sharding is not Sharding.FSDP or not default.rehearses:
-        return default
-    return BaseProtection(BaseProtectionMethod.SELF_REHEARSAL, default.fraction, 0.0)
 
 
 def check_sharding(spec: TrainingJobSpec, devices: int | None = None) -> None:

@@ -14,15 +14,18 @@ import torch
 from accelerate.commands.launch import launch_command_parser
 from safetensors.torch import load_file
 
-from engine.errors import Cancelled
+from engine.domain import BaseProtection, BaseProtectionMethod
+from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, StopReason
-from engine.training.batching import StepBatch
-from engine.training.datasets import IGNORE_INDEX, EncodedExample
+from engine.training.base_kl import references_of, rehearsal_objective
+from engine.training.batching import Rotation, StepBatch
+from engine.training.datasets import IGNORE_INDEX, EncodedExample, encode_dataset, pad_token_id
 from engine.training.distributed import RankGroup, ShardedGroup, launch_arguments, run_distributed
 from engine.training.models import DevicePlan, select_device
 from engine.training.objectives import WeightedSft
-from engine.training.recipe import TrainingRun, run_training
+from engine.training.packing import PaddedForward
+from engine.training.recipe import TrainingRun, load_for_training, release, run_training
 from engine.training.run_state import Checkpointing
 from engine.training.spec import EvalReported, Precision, Sharding, StepMetrics
 from tests.engine.test_training import RecordingSink, examples, make_run
@@ -303,3 +306,50 @@ def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_thei
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert set(single) == set(weights)
     assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
+
+
+@pytest.mark.model
+def test_fsdp_two_processes_hold_the_adapter_to_the_base_as_one_process_does(tiny_model_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    # The job's five examples and a pool of four of the base model's answers, two an epoch in rotation, held to the
+    # base model by the KL term (BASE_KL) with references computed beforehand, as a job's self-rehearsal gives
+    # them: micro-batches whose KL positions are on one process, shares of fillers only. The sharded run takes the
+    # one-process run's steps and ends at its weights.
+    settings = {**FSDP_SETTINGS, "epochs": 6}
+    run = make_run(tiny_model_dir, tmp_path / "alone" / "adapter", **settings)
+    pool = [replace(e, weight=1.0) for e in run.examples[:4]]
+    loaded = load_for_training(run, select_device(Precision.FP32))
+    encoded = encode_dataset(loaded.tokenizer, pool, run.spec.hyperparameters.max_seq_length)
+    references = references_of(loaded.model, PaddedForward(pad_token_id(loaded.tokenizer), loaded.training_plan),
+                               encoded)
+    release(loaded)
+    protection = BaseProtection(BaseProtectionMethod.BASE_KL, 0.3, 2.0)
+
+    def protected(run: TrainingRun) -> TrainingRun:
+        objective = rehearsal_objective(None, protection, len(run.examples), len(pool), references)
+        return replace(run, examples=[*run.examples, *pool], objective=objective, rotation=Rotation(len(pool), 2))
+
+    alone = RecordingSink()
+    run_training(protected(run), alone, CancelToken())
+    assert len(alone.steps) == 12 and all(s.task_loss > 0 for s in alone.steps)
+
+    together = RecordingSink()
+    sharded = protected(make_run(tiny_model_dir, tmp_path / "together" / "adapter", sharding=Sharding.FSDP,
+                                 **settings))
+    result = run_distributed(replace(sharded, probe=UnreachableProbe()), together, CancelToken(),
+                             plan=two_devices(), processes=2)
+    assert "across 2 processes" in sharded_notice(together)
+    for mine, theirs in zip(together.steps, alone.steps, strict=True):  # gradients near 5: relative rounding
+        assert (mine.loss, mine.grad_norm) == pytest.approx((theirs.loss, theirs.grad_norm), rel=1e-5, abs=1e-5)
+    single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    # Adam divides each entry's step by that entry's own gradient scale, so an entry whose gradients are near 0
+    # carries the reduction's rounding into its weight: 9e-5 at most here (one lora_A entry; weights up to 0.21)
+    assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 2e-4
+
+    # Without its references a sharded run cannot hold to the base model: a reference computed when its example
+    # is first seen is a forward pass of one process. Refused before any process starts.
+    lazy = replace(sharded, objective=rehearsal_objective(None, protection, 5, len(pool)))
+    with pytest.raises(FailedPrecondition) as refused:
+        run_distributed(lazy, RecordingSink(), CancelToken(), plan=two_devices(), processes=2)
+    assert refused.value.reason == "FSDP_OBJECTIVE_UNSUPPORTED" and "4 of its anchored examples" in str(refused.value)

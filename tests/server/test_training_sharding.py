@@ -1,6 +1,7 @@
-"""Hyperparameters.sharding through the API: validated at create (unknown values, what cannot be sharded), the
-server's training_sharding default applied only where a job can be sharded, and a job that resolves to one
-device on its worker failing with the reason. The sharded training itself: tests/engine/test_distributed.py."""
+"""Hyperparameters.sharding through the API: validated at create (unknown values, what cannot be sharded: a
+quantized base, KTO), the server's training_sharding default applied only where a job can be sharded, and a job
+that resolves to one device on its worker failing with the reason. The sharded training itself:
+tests/engine/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -55,20 +56,16 @@ def with_base_kl(asked: pb.TrainingJobSpec, method=common.BASE_PROTECTION_METHOD
     return asked
 
 
-async def test_kto_and_a_kl_term_to_the_base_are_not_sharded(client):
+async def test_kto_is_not_sharded_and_a_kl_term_to_the_base_is(client):
     asked = spec(sharding=pb.SHARDING_FSDP, num_devices=2)
     asked.objective = pb.OBJECTIVE_KTO
     error, info, _ = await refused(client, asked)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"
     assert dict(info.metadata)["objective"] == "KTO"
     for method in (common.BASE_PROTECTION_METHOD_BASE_KL, common.BASE_PROTECTION_METHOD_SELF_REHEARSAL):
-        error, info, _ = await refused(client, with_base_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2), method))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"
-        assert "a KL term to the base model" in error.details()
-    plain_rehearsal = spec(sharding=pb.SHARDING_FSDP, num_devices=2)  # the base's answers as examples: SFT
-    plain_rehearsal.base_protection.CopyFrom(common.BaseProtection(
-        method=common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, fraction=0.2, kl_weight=0.0))
-    assert (await create(client, plain_rehearsal)).spec.hyperparameters.sharding == pb.SHARDING_FSDP
+        job = await create(client, with_base_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2), method))
+        assert job.spec.hyperparameters.sharding == pb.SHARDING_FSDP
+        assert (job.spec.base_protection.method, job.spec.base_protection.kl_weight) == (method, 0.5)
 
 
 async def test_sharding_is_kept_on_the_job_and_unset_means_none(client):
@@ -81,7 +78,8 @@ async def test_sharding_is_kept_on_the_job_and_unset_means_none(client):
 async def test_the_servers_default_shards_only_jobs_that_can_be(make_memory_server):
     client = await make_memory_server(training_sharding="FSDP", training_num_devices=0)
     assert (await create(client, spec())).spec.hyperparameters.sharding == pb.SHARDING_FSDP
-    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4), with_base_kl(spec())):
+    assert (await create(client, with_base_kl(spec()))).spec.hyperparameters.sharding == pb.SHARDING_FSDP
+    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4)):
         assert (await create(client, unshardable)).spec.hyperparameters.sharding == pb.SHARDING_NONE
     kto = spec()  # (KTO needs a feedback dataset to be created: the conversion alone here)
     kto.objective = pb.OBJECTIVE_KTO
@@ -107,15 +105,11 @@ async def test_a_sharded_job_on_a_worker_with_one_device_fails_with_the_reason(m
     assert "sharding FSDP splits the model across devices, and this job trains on 1" in failed.error.message
 
 
-async def test_a_sharded_job_gets_the_default_protection_without_its_kl_term(make_memory_server):
+async def test_a_sharded_job_gets_the_default_protection_as_it_is(make_memory_server):
     client = await make_memory_server(base_protection_method="BASE_KL", base_rehearsal_fraction=0.15,
                                       base_kl_weight=8.0)
-    sharded = await create(client, spec(sharding=pb.SHARDING_FSDP, num_devices=2))
-    assert sharded.spec.hyperparameters.sharding == pb.SHARDING_FSDP
-    protection = sharded.spec.base_protection  # the base model's answers rehearsed as plain examples
-    assert (protection.method, round(protection.fraction, 6), protection.kl_weight) == (
-        common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.15, 0.0)
-    alone = (await create(client, spec())).spec.base_protection  # not sharded: the default as it is
-    assert (alone.method, alone.kl_weight) == (common.BASE_PROTECTION_METHOD_BASE_KL, 8.0)
-    error, info, _ = await refused(client, with_base_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2)))
-    assert info.reason == "FSDP_OBJECTIVE_UNSUPPORTED"  # asked for by the job: refused, as before
+    for asked in (spec(sharding=pb.SHARDING_FSDP, num_devices=2), spec()):
+        job = await create(client, asked)
+        protection = job.spec.base_protection  # the KL term, sharded or not (tests/engine/test_distributed.py)
+        assert (protection.method, round(protection.fraction, 6), protection.kl_weight) == (
+            common.BASE_PROTECTION_METHOD_BASE_KL, 0.15, 8.0)

@@ -383,8 +383,8 @@ export enum ErrorReason {
   FSDP_NEEDS_SEVERAL_DEVICES = 251,
 
   /**
-   * FAILED_PRECONDITION: sharding FSDP with the KTO objective or a KL term to the base model
-   * (base_protection BASE_KL, or SELF_REHEARSAL with a kl_weight) (metadata: objective, base_protection).
+   * FAILED_PRECONDITION: sharding FSDP with the KTO objective (metadata: objective), or a run holding the
+   * adapter to the base model whose references were not computed beforehand (metadata: references_missing).
    *
    * @generated from enum value: ERROR_REASON_FSDP_OBJECTIVE_UNSUPPORTED = 252;
    */

@@ -151,8 +151,8 @@ export type Hyperparameters = Message<"learning.v1.Hyperparameters"> & {
   /**
    * How the devices hold the model: whole on each (NONE) or sharded across
    * them (FSDP); unspecified means the server's training_sharding, for a job
-   * that can be sharded (an unquantized base, SFT without a KL term to the
-   * base, num_devices not 1), else NONE.
+   * that can be sharded (an unquantized base, SFT, num_devices not 1), else
+   * NONE.
    *
    * @generated from field: learning.v1.Sharding sharding = 17;
    */
@@ -1554,8 +1554,8 @@ export enum Sharding {
    * one unit per decoder layer), for a base that does not fit one device;
    * each step's examples are shared out too. Same steps, checkpoints and
    * adapter as on one device. Needs num_devices of 2 or more, an unquantized
-   * base and the SFT objective without a KL term to the base model
-   * (base_protection): otherwise FAILED_PRECONDITION
+   * base and the SFT objective (with or without a KL term to the base model,
+   * base_protection): otherwise FAILED_PRECONDITION
    * (FSDP_NEEDS_SEVERAL_DEVICES, FSDP_QUANTIZED_BASE, FSDP_OBJECTIVE_UNSUPPORTED).
    *
    * @generated from enum value: SHARDING_FSDP = 2;
