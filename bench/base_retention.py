@@ -25,7 +25,8 @@ Methods (the same at every step, A included; a continuation starts from its pare
   ewc_base         EWC_BASE, EWC against the base model in the product space (engine.continual.base_ewc, as a
                    job does): ``--base-ewc-lambda / 2 * sum w (B @ A)^2`` over the LoRA pairs, ``w`` the base
                    model's diagonal Fisher of each adapted weight on its own answers to the rehearsal prompts; no
-                   rehearsed rows are trained.
+                   rehearsed rows are trained;
+  ewc_kl_base      ewc_kl with the EWC_BASE penalty added (no job can ask for both yet: one method a job).
 
 Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
@@ -66,7 +67,7 @@ from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
-from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
+from engine.training.recipe import AddedPenalties, TrainingRun, load_for_training  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -75,7 +76,7 @@ METHODS = {  # name: (EWC against the parent, replay of the earlier tasks, what 
     "rehearsal": (False, False, "rehearsal"), "all": (True, True, "rehearsal"), "kl": (False, False, "kl"),
     "rehearsal_kl": (False, False, "rehearsal_kl"), "ewc_kl": (True, False, "kl"), "ewc_replay_kl": (True, True, "kl"),
     "replay_kl": (False, True, "kl"),
-    "ewc_base": (False, False, "ewc_base"),
+    "ewc_base": (False, False, "ewc_base"), "ewc_kl_base": (True, False, "kl+ewc_base"),
 }
 MEANINGS = ["a small red bird", "a cold wind from the north", "a kind of bread", "a wooden boat", "a quiet song",
             "a tall tree", "a heavy stone", "a bright star", "a narrow street", "a sweet fruit", "an old coin",
@@ -150,9 +151,10 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
               probe: BaseKnowledgeProbe, pool: list[Example], references: list,
               base_ewc: ProductEwcPenalty | None) -> dict:
     ewc, replay, base = METHODS[method]
-    rehearse = base in ("rehearsal", "kl", "rehearsal_kl")
-    protection = BaseProtection(BaseProtectionMethod.BASE_KL if base == "kl" else BaseProtectionMethod.SELF_REHEARSAL,
-                                args.rehearsal_fraction, args.kl_weight if base in ("kl", "rehearsal_kl") else 0.0)
+    rehearse = base in ("rehearsal", "kl", "rehearsal_kl", "kl+ewc_base")
+    kl_only = base in ("kl", "kl+ewc_base")
+    protection = BaseProtection(BaseProtectionMethod.BASE_KL if kl_only else BaseProtectionMethod.SELF_REHEARSAL,
+                                args.rehearsal_fraction, args.kl_weight if kl_only or base == "rehearsal_kl" else 0.0)
     parent: Path | None = None
     fisher = None
     r: list[list[float]] = []
@@ -169,6 +171,8 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
         if base == "ewc_base":
             penalty = base_ewc
+        if base == "kl+ewc_base":
+            penalty = AddedPenalties(penalty, base_ewc) if penalty is not None else base_ewc
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(pool), args.group)
@@ -235,7 +239,7 @@ def main() -> None:
         pool, references = rehearsal_pool(base_dir, args.models_dir, work, args.answer_tokens,
                                            args.group)
         base_ewc = base_penalty(base_dir, args.models_dir, work, args.base_ewc_lambda) \
-            if any(METHODS[m][2] == "ewc_base" for m in args.methods) else None
+            if any(METHODS[m][2] in ("ewc_base", "kl+ewc_base") for m in args.methods) else None
         for seed in args.seeds:
             task_a, task_b = make_tasks(args.facts, seed)
             tasks = [task_a, task_b, word_task(args.facts, seed)][:args.versions]

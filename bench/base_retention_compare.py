@@ -43,6 +43,9 @@ def label(method: str, report: dict) -> str:
         pool += f", riding ({report['answers_ride']['commit']})"
     if method == "ewc_base":  # its lambda is in the reports that have the method
         name = f"EWC on the base, lambda {float(config['base_ewc_lambda']):g}"
+    elif method == "ewc_kl_base":
+        name = (f"{ewc} + BASE_KL {fraction:g} / {weight:g} + EWC on the base, lambda "
+                f"{float(config['base_ewc_lambda']):g}")
     else:
         name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
                 "rehearsal": f"self-rehearsal {fraction:g}",
