@@ -277,11 +277,16 @@ def check_shardable(objective: BatchObjective | None) -> None:
     SFT (whose passes follow what each process's share holds)."""
     if not isinstance(objective, BaseKlObjective):
         return
-    if objective.references_missing or not isinstance(objective.inner, WeightedSft):
+    if not isinstance(objective.inner, WeightedSft):
         raise FailedPrecondition(
             "FSDP_OBJECTIVE_UNSUPPORTED",
-            f"a sharded run trains a KL term to the base model only with weighted SFT and every reference computed "
-            f"beforehand; {objective.references_missing} of its anchored examples have none",
+            f"a sharded run trains a KL term to the base model beside weighted SFT only, not beside "
+            f"{type(objective.inner).__name__}", metadata={"objective": type(objective.inner).__name__})
+    if objective.references_missing:
+        raise FailedPrecondition(
+            "FSDP_OBJECTIVE_UNSUPPORTED",
+            f"a sharded run trains a KL term to the base model only with every reference computed beforehand; "
+            f"{objective.references_missing} of its anchored examples have none",
             metadata={"references_missing": str(objective.references_missing)},
         )
 
