@@ -99,7 +99,7 @@ def word_task(n: int, seed: int) -> list[Example]:
 
 def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path) -> tuple[float, list[str]]:
     """The share of the base model's right answers the version keeps, and the prompts it lost (the probe records
-    the first 20)."""
+    the first LOST_SHOWN, engine.continual.base_knowledge)."""
     model, tokenizer = load_adapter_model(base_dir, adapter_dir)
     kept = probe.measure(model, tokenizer, select_device(Precision.FP32), base_model_dir=base_dir,
                          quantization="NONE", step=0, sink=NullSink(), cancel=CancelToken())

@@ -273,16 +273,9 @@ class BaseKlObjective:
 def check_shardable(objective: BatchObjective | None) -> None:
     """FailedPrecondition for a KL term a sharded (FSDP) run cannot train: one whose references are not all given
     (a reference computed when its example is first seen is a forward pass of the process holding that example
-    only, and every process of a sharded run must run the same passes) or whose inner objective is not weighted
-    SFT (whose passes follow what each process's share holds)."""
-    if not isinstance(objective, BaseKlObjective):
-        return
-    if not isinstance(objective.inner, WeightedSft):
-        raise FailedPrecondition(
-            "FSDP_OBJECTIVE_UNSUPPORTED",
-            f"a sharded run trains a KL term to the base model beside weighted SFT only, not beside "
-            f"{type(objective.inner).__name__}", metadata={"objective": type(objective.inner).__name__})
-    if objective.references_missing:
+    only, and every process of a sharded run must run the same passes). The objective beside it is the spec's,
+    which :func:`engine.training.models.sharding_obstacle` checks: weighted SFT, whose KL comes from its one pass."""
+    if isinstance(objective, BaseKlObjective) and objective.references_missing:
         raise FailedPrecondition(
             "FSDP_OBJECTIVE_UNSUPPORTED",
             f"a sharded run trains a KL term to the base model only with every reference computed beforehand; "
