@@ -29,6 +29,7 @@ from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
 from engine.lora import lineage
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
+from engine.lora.eval_report import render_reports
 from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
 from engine.lora.state import (
     AdapterFetcher,
@@ -627,7 +628,7 @@ class ServingTarget:
         report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
                                results=tuple(results), time=now, judge=judge.info if judge else None,
                                learning_curve=curve)
-        rendered = await asyncio.to_thread(ev.render_reports, report)
+        rendered = await asyncio.to_thread(render_reports, report)
         uris = []
         for file, data in rendered.items():
             key = report_key(base, version, evaluation, file)

@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import InvalidArgument
 from engine.lora import evaluation as ev
+from engine.lora.eval_report import render_reports
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 K = ev.SuiteKind
@@ -117,7 +118,7 @@ def test_reports_and_suite_loading(tmp_path: Path):
                            ev.GateThresholds())), results=(golden_results, ()), time=T)
     assert report.regressions == 1 and not report.passed
     assert report.failed_checks == ("golden: mean token-F1 drop 0.200 > max_mean_score_drop 0.05",)
-    rendered = ev.render_reports(report)
+    rendered = render_reports(report)
     doc = json.loads(rendered["report.json"])
     assert doc["version"] == "v1.0" and doc["regressions"] == 1
     assert doc["suites"][0]["metrics"]["pass_rate"] == 0.5 and doc["suites"][0]["results"][1]["baseline_right"]

@@ -15,6 +15,7 @@ from engine.errors import InvalidArgument, Unavailable
 from engine.lora import evaluation as ev
 from engine.lora import grounding
 from engine.lora import judge as jg
+from engine.lora.eval_report import render_reports
 from engine.serving.client import ServingClient, ServingConfig
 from engine.serving.reference_backend import start_site
 
@@ -120,7 +121,7 @@ def test_hallucination_rate_and_the_judge_in_the_gate():
     assert with_judge.failed_checks == ("judge score 0.750 < min_judge_score 0.9",)
 
     report = ev.EvalReport("v1.1", "v1.0", (with_judge,), (results,), T, judge=jg.JudgeInfo("base", "http://e"))
-    rendered = ev.render_reports(report)
+    rendered = render_reports(report)
     doc = json.loads(rendered["report.json"])
     assert doc["judge"]["model"] == "base" and doc["judge"]["rubric"] == jg.RUBRIC
     case = doc["suites"][0]["results"][2]

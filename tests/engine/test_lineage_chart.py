@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from engine.domain import SuiteKind, SuiteVerdict
 from engine.lora import evaluation as ev
 from engine.lora import lineage
+from engine.lora.eval_report import render_reports
 
 K = SuiteKind
 
@@ -82,7 +83,7 @@ def test_a_long_lineage_charts_its_newest_versions():
 def test_every_report_format_carries_the_curve():
     curve = lineage.learning_curve(CHAIN, STORED, NOW, "e7")
     report = ev.EvalReport("v1.2", "v1.1", NOW, ((),) * 4, datetime(2026, 1, 1, tzinfo=UTC), learning_curve=curve)
-    files = ev.render_reports(report)
+    files = render_reports(report)
     assert list(files) == ["report.json", "report.md", "report.html", "report.png", "lineage.png"]
     assert files["lineage.png"][:8] == b"\x89PNG\r\n\x1a\n" and files["lineage.png"] != files["report.png"]
     doc = json.loads(files["report.json"])["lineage"]
@@ -96,5 +97,5 @@ def test_every_report_format_carries_the_curve():
     page = files["report.html"].decode()
     assert page.count("<img id=") == 2 and '<img id=lineage alt="learning curve across the lineage of v1.2' in page
     assert "<tr><td>retention</td><td>-</td><td>-</td><td>-</td><td>0.750</td></tr>" in page
-    plain = ev.render_reports(ev.EvalReport("v1.2", "v1.1", NOW, ((),) * 4, datetime(2026, 1, 1, tzinfo=UTC)))
+    plain = render_reports(ev.EvalReport("v1.2", "v1.1", NOW, ((),) * 4, datetime(2026, 1, 1, tzinfo=UTC)))
     assert "lineage.png" not in plain and "id=lineage" not in plain["report.html"].decode()

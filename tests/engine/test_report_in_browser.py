@@ -13,6 +13,7 @@ import pytest
 from engine.lora import evaluation as ev
 from engine.lora import judge as jg
 from engine.lora import lineage
+from engine.lora.eval_report import render_reports
 from tests.fixtures import chromium
 
 pytestmark = pytest.mark.skipif(chromium.binary() is None, reason=chromium.MISSING)
@@ -40,7 +41,7 @@ def test_the_html_report_renders_its_charts_in_chromium(tmp_path: Path):
     curve = lineage.learning_curve(["v1.1", "v1.0"], stored, (scored, retention), "e3")
     report = ev.EvalReport("v1.1", "v1.0", (scored, retention), (results, ()), datetime.now(UTC),
                            judge=jg.JudgeInfo("base-model", "http://127.0.0.1:8000"), learning_curve=curve)
-    shown = chromium.assert_report_charts_render(ev.render_reports(report)["report.html"], tmp_path)
+    shown = chromium.assert_report_charts_render(render_reports(report)["report.html"], tmp_path)
     assert "Eval of v1.1 against v1.0" in shown.dom and "Judge: base-model" in shown.dom
     assert "Learning curve across the lineage of v1.1" in shown.dom and "<th>base model</th><th>v1.0</th>" in shown.dom
     assert chromium.colour_share(shown.screenshot, chromium.FIRST_CURVE) > 0.00005  # the golden suite's line
