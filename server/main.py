@@ -34,7 +34,8 @@ from engine.continual.version_data import VersionDatasets
 from engine.errors import EngineError
 from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
 from engine.feedback.events import FeedbackKind
-from engine.jobs.manager import JobManager, JobSlots
+from engine.jobs.context import JobSlots
+from engine.jobs.manager import JobManager
 from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner

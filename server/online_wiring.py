@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from engine.jobs.manager import JobManager, JobSlots
+from engine.jobs.context import JobSlots
+from engine.jobs.manager import JobManager
 from engine.jobs.ports import JobQueue
 from engine.lora.feedback_rates import FeedbackStatsRates
 from engine.lora.fetch import RegistryAdapters

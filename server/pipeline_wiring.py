@@ -7,7 +7,8 @@ from pathlib import Path
 
 import asyncpg
 
-from engine.jobs.manager import JobManager, JobSlots
+from engine.jobs.context import JobSlots
+from engine.jobs.manager import JobManager
 from engine.jobs.ports import JobQueue
 from engine.lora.controller import LoraController
 from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, TrainingJobs

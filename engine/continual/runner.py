@@ -30,8 +30,9 @@ from engine.continual.spec import (
 from engine.domain import Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.jobs.context import JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
-from engine.jobs.manager import JobContext, JobManager
+from engine.jobs.manager import JobManager
 from engine.registry import AdapterRegistry
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 

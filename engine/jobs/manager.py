@@ -14,7 +14,8 @@
   PAUSED, or QUEUED again for any worker.
 
 A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
-process share one :class:`JobSlots`: how many jobs run at once (each holds a model) and their threads.
+process share one :class:`~engine.jobs.context.JobSlots`: how many jobs run at once (each holds a model) and
+their threads.
 """
 
 from __future__ import annotations
@@ -22,21 +23,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import functools
 import logging
 import shutil
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from engine import telemetry
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
+from engine.jobs.context import JobContext, JobRunner, JobSlots, LiveJob, now
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
@@ -44,140 +42,22 @@ from engine.jobs.core import (
     Job,
     JobEvent,
     JobFailure,
-    JobKind,
     JobProgress,
     JobState,
     Noticed,
     StateChanged,
 )
-from engine.jobs.ports import CancelToken, JobQueue, JobStore, Lease, LeaseLost, ProgressSink, StopReason
+from engine.jobs.ports import JobQueue, JobStore, LeaseLost, StopReason
 from engine.names import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
-T = TypeVar("T")
 
 FLUSH_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the store takes the events
 SHUTDOWN_SECONDS = 120  # how long a stopping worker waits for its jobs to checkpoint and be released
 PREPARED_KEPT = 16  # inputs validated here, kept for the local worker (most recent jobs)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-class JobSlots:
-    """How many jobs run at once in this process across every kind, and the worker threads they run in."""
-
-    def __init__(self, max_concurrent_jobs: int = 1) -> None:
-        self.max_concurrent_jobs = max_concurrent_jobs
-        self.executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="job")
-        self._semaphore: asyncio.Semaphore | None = None
-
-    @property
-    def semaphore(self) -> asyncio.Semaphore:
-        if self._semaphore is None:  # made on first use, inside the running loop
-            self._semaphore = asyncio.Semaphore(self.max_concurrent_jobs)
-        return self._semaphore
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-class JobRunner(Protocol[S, O]):
-    """What running one kind of job means."""
-
-    kind: JobKind[S, O]
-
-    async def run(self, ctx: JobContext[S, O]) -> str:
-        """Do the job, reporting through ``ctx``; return the message of its SUCCEEDED state. Stops with
-        ``Cancelled`` once ``ctx.cancel`` is set (after a checkpoint if ``ctx.cancel.keeps_progress``)."""
-        ...
-
-    def fold(self, job: Job[S, O], payload: object) -> Job[S, O]:
-        """The job with one of the kind's own events folded in (e.g. step metrics into progress)."""
-        ...
-
-
-@dataclass
-class _LiveJob(Generic[S, O]):
-    """A job this process's worker holds, with its complete event log."""
-
-    job: Job[S, O]
-    events: list[JobEvent]
-    lease: Lease
-    prepared: object = None  # what validation resolved at create time, if this process created the job
-    taken_over_from: str = ""  # the worker that held it before, if it was resumed after that worker stopped
-    cancel: CancelToken = field(default_factory=CancelToken)
-    unpersisted: list[JobEvent] = field(default_factory=list)
-    finished: bool = False
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    def moved_past(self, seen: int) -> bool:
-        """Whether the job has ended or has more than ``seen`` events."""
-        return self.finished or seen < len(self.events)
-
-
-class JobContext(Generic[S, O]):
-    """What a runner sees of its job: the job as it is now, how to report, stop and run blocking work."""
-
-    def __init__(self, manager: JobManager[S, O], live: _LiveJob[S, O], work_dir: Path) -> None:
-        self._manager = manager
-        self._live = live
-        self.work_dir = work_dir
-        self.cancel = live.cancel
-        self.sink: ProgressSink = _LoopSink(asyncio.get_running_loop(), self.record)
-
-    @property
-    def job(self) -> Job[S, O]:
-        return self._live.job
-
-    @property
-    def prepared(self) -> object:
-        """What create-time validation resolved (None when another process created the job)."""
-        return self._live.prepared
-
-    @property
-    def taken_over_from(self) -> str:
-        """The worker that held the job before this one, when it is resumed after that worker stopped."""
-        return self._live.taken_over_from
-
-    @property
-    def events(self) -> list[JobEvent]:
-        """The job's event log so far, also what earlier runs of it recorded (a copy)."""
-        return list(self._live.events)
-
-    @property
-    def lease_token(self) -> str:
-        """This worker's claim on the job: fences what it publishes (engine.registry.PublishRequest.fence)."""
-        return self._live.lease.token
-
-    def record(self, payload: object) -> None:
-        self._manager.record(self._live, payload)
-
-    async def persist(self) -> None:
-        """Store the job and its events now (raises LeaseLost, or the store's error: nothing is dropped)."""
-        await self._manager.persist(self._live)
-
-    def transition(self, state: JobState, message: str) -> None:
-        self._manager.transition(self._live, state, message)
-
-    def started(self, state: JobState, message: str, *, total_steps: int = 0) -> None:
-        """Enter ``state`` (RUNNING) now: sets start_time (the first time), and the step count when known."""
-        job = self._live.job
-        self._live.job = replace(job, start_time=job.start_time or now(),
-                                 progress=JobProgress(0, total_steps) if total_steps else job.progress)
-        self.transition(state, message)
-
-    def set_output(self, output: O) -> None:
-        self._live.job = replace(self._live.job, output=output)
-
-    async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work in a job worker thread; spans it opens nest under the caller's."""
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._manager.slots.executor, context.run, fn, *args)
 
 
 class JobManager(Generic[S, O]):
@@ -196,7 +76,7 @@ class JobManager(Generic[S, O]):
         self._work_dir = work_dir
         self._control_poll = control_poll_seconds
         self._watch_poll = watch_poll_seconds
-        self._live: dict[str, _LiveJob[S, O]] = {}
+        self._live: dict[str, LiveJob[S, O]] = {}
         self._prepared: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_lock = asyncio.Lock()
@@ -348,7 +228,7 @@ class JobManager(Generic[S, O]):
         async for event in self._watch_stored(job_id, seen):
             yield event
 
-    async def _watch_live(self, live: _LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
+    async def _watch_live(self, live: LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
         index = next((i for i, ev in enumerate(live.events) if ev.sequence > after), len(live.events))
         while True:
             while index < len(live.events):
@@ -443,7 +323,7 @@ class JobManager(Generic[S, O]):
                 return
             job = claim.job
             events = await self._store.list_events(job_id, after_sequence=0)
-            live = _LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
+            live = LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
             if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
                 live.taken_over_from = claim.previous_owner or "a stopped worker"
             self._live[job_id] = live
@@ -459,7 +339,7 @@ class JobManager(Generic[S, O]):
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
 
-    async def _run(self, live: _LiveJob[S, O]) -> None:
+    async def _run(self, live: LiveJob[S, O]) -> None:
         job_dir = self._work_dir / live.job.id
         release_as: JobState | None = None
         try:
@@ -498,7 +378,7 @@ class JobManager(Generic[S, O]):
                 await self._close(live)
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    async def _follow_control(self, live: _LiveJob[S, O]) -> None:
+    async def _follow_control(self, live: LiveJob[S, O]) -> None:
         """Act on requests made through the store (from other replicas), and notice a lost lease."""
         while not live.finished:
             await asyncio.sleep(self._control_poll)
@@ -518,11 +398,11 @@ class JobManager(Generic[S, O]):
 
     # ---- event log --------------------------------------------------------------
 
-    def record(self, live: _LiveJob[S, O], payload: object) -> None:
+    def record(self, live: LiveJob[S, O], payload: object) -> None:
         """Append one event (on the loop thread) and fold it into the job."""
         self._record(live, payload)
 
-    def _record(self, live: _LiveJob[S, O], payload: object) -> None:
+    def _record(self, live: LiveJob[S, O], payload: object) -> None:
         if live.cancel.reason is StopReason.LEASE_LOST:
             return  # another worker owns the log now
         event = JobEvent(live.job.last_sequence + 1, now(), payload)
@@ -538,27 +418,27 @@ class JobManager(Generic[S, O]):
         if not self._flush_lock.locked():
             self._spawn(self._flush_soon(live))
 
-    async def persist(self, live: _LiveJob[S, O]) -> None:
+    async def persist(self, live: LiveJob[S, O]) -> None:
         try:
             await self._flush(live)
         except LeaseLost:
             live.cancel.cancel(StopReason.LEASE_LOST)
             raise
 
-    def _notify(self, live: _LiveJob[S, O]) -> None:
+    def _notify(self, live: LiveJob[S, O]) -> None:
         async def wake() -> None:
             async with live.changed:
                 live.changed.notify_all()
 
         self._spawn(wake())
 
-    def transition(self, live: _LiveJob[S, O], state: JobState, message: str) -> None:
+    def transition(self, live: LiveJob[S, O], state: JobState, message: str) -> None:
         previous = live.job.state
         live.job = replace(live.job, state=state)
         self._record(live, StateChanged(previous, state, message))
 
     def _finish(
-        self, live: _LiveJob[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
+        self, live: LiveJob[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
     ) -> None:
         live.job = replace(live.job, end_time=now(), failure=failure if state is not JobState.SUCCEEDED else None)
         if state is JobState.SUCCEEDED:
@@ -569,7 +449,7 @@ class JobManager(Generic[S, O]):
         self.transition(live, state, message)
         log.info("job ended", extra={"job_id": live.job.id, "state": state.value})
 
-    async def _close(self, live: _LiveJob[S, O]) -> None:
+    async def _close(self, live: LiveJob[S, O]) -> None:
         """Persist the ended job, then end its watch streams: once a stream ends, reads see the end state."""
         try:
             await self._flush_until_stored(live)
@@ -578,7 +458,7 @@ class JobManager(Generic[S, O]):
         finally:
             await self._forget(live)
 
-    async def _release(self, live: _LiveJob[S, O], state: JobState) -> None:
+    async def _release(self, live: LiveJob[S, O], state: JobState) -> None:
         """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping)."""
         message = "paused" if state is JobState.PAUSED else f"queued again: worker {self.worker_id} stopped"
         self.transition(live, state, message)
@@ -612,12 +492,12 @@ class JobManager(Generic[S, O]):
         finally:
             await self._forget(live)
 
-    async def _drop(self, live: _LiveJob[S, O]) -> None:
+    async def _drop(self, live: LiveJob[S, O]) -> None:
         """Forget a job another worker took over, writing nothing."""
         live.unpersisted.clear()
         await self._forget(live)
 
-    async def _forget(self, live: _LiveJob[S, O]) -> None:
+    async def _forget(self, live: LiveJob[S, O]) -> None:
         async with live.changed:
             live.finished = True
             live.changed.notify_all()
@@ -625,14 +505,14 @@ class JobManager(Generic[S, O]):
         if not self._live:
             self._idle.set()
 
-    async def _flush(self, live: _LiveJob[S, O]) -> None:
+    async def _flush(self, live: LiveJob[S, O]) -> None:
         """Write the pending events and the job; on failure the events stay pending (nothing is dropped)."""
         async with self._flush_lock:
             batch = list(live.unpersisted)
             await self._store.write(live.job, batch, live.lease)
             del live.unpersisted[: len(batch)]
 
-    async def _flush_soon(self, live: _LiveJob[S, O]) -> None:
+    async def _flush_soon(self, live: LiveJob[S, O]) -> None:
         """A background flush after an event; if the store is down, later events or the job's end retry it."""
         try:
             await self._flush(live)
@@ -641,7 +521,7 @@ class JobManager(Generic[S, O]):
         except Exception as exc:  # noqa: BLE001 - kept pending; retried by the next flush
             log.warning("job events not stored yet; will retry", extra={"job_id": live.job.id, "error": str(exc)})
 
-    async def _flush_until_stored(self, live: _LiveJob[S, O]) -> None:
+    async def _flush_until_stored(self, live: LiveJob[S, O]) -> None:
         """Flush, retrying with backoff while the store is unreachable (a job's end must be stored)."""
         attempt = 0
         while True:
@@ -668,23 +548,4 @@ class JobManager(Generic[S, O]):
         return task
 
 
-class _LoopSink:
-    """ProgressSink that hands events from worker threads to the event loop, in the order they happen.
-
-    On the loop's own thread it records at once, so an event emitted by async code is not overtaken
-    by a state change recorded right after it.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, record: Callable[[object], None]) -> None:
-        self._loop = loop
-        self._record = record
-        self._loop_thread = threading.get_ident()  # built on the loop's thread (JobContext)
-
-    def emit(self, payload: object) -> None:
-        if threading.get_ident() == self._loop_thread:
-            self._record(payload)
-        else:
-            self._loop.call_soon_threadsafe(self._record, payload)
-
-
-__all__ = ["ACTIVE_STATES", "JobContext", "JobManager", "JobRunner", "JobSlots"]
+__all__ = ["ACTIVE_STATES", "JobManager"]

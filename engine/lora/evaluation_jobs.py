@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.errors import Cancelled, FailedPrecondition, ViolationCollector
+from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
-from engine.jobs.manager import JobContext, JobManager
+from engine.jobs.manager import JobManager
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation import Suite, described, load_suite
 from engine.lora.judge import JudgeChoice

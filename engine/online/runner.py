@@ -45,8 +45,8 @@ from engine.domain import (
     OnlineExamplesSource,
 )
 from engine.errors import Cancelled, FailedPrecondition
+from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
-from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
 from engine.lora.state import FeedbackRates
 from engine.online.learner import OnlineLearner, UpdateResult

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from engine.domain import FeedbackSource, JsonlSource, StoredDatasetSource
 from engine.errors import Cancelled, EngineError, FailedPrecondition
+from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState
-from engine.jobs.manager import JobContext
 from engine.jobs.ports import StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs

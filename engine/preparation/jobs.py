@@ -39,8 +39,9 @@ from engine.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
-from engine.jobs.manager import JobContext, JobManager
+from engine.jobs.manager import JobManager
 from engine.preparation import generation
 from engine.preparation.documents import Chunk, chunks, document_kind, read_text
 from engine.registry.ports import ArtifactStore

@@ -25,8 +25,9 @@ from typing import Any
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
+from engine.jobs.context import JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
-from engine.jobs.manager import JobContext, JobManager
+from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore

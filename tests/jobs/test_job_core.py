@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
+from engine.jobs.context import JobContext, JobSlots
 from engine.jobs.core import Control, Job, JobEvent, JobKind, JobProgress, JobState, Noticed, StateChanged
-from engine.jobs.manager import JobContext, JobManager, JobSlots
+from engine.jobs.manager import JobManager
 from engine.stores.memory import InMemoryJobStore, InProcessQueue
 
 
