@@ -1,7 +1,7 @@
 """The engine's interface to the servicers: one :class:`Engine` holding what each service calls.
 
 Servicers (``server/services``) depend on these protocols, never on the concrete classes; the composition root
-(``server/main.py``) builds the real engine, and tests may build the same facades over in-memory stores. The
+(``server/engine_wiring.py``) builds the real engine, and tests may build the same facades over in-memory stores. The
 engine itself knows nothing of gRPC or protobuf.
 """
 

@@ -1,4 +1,4 @@
-"""Builds the drift detector from the settings (called by the composition root, server/main.py)."""
+"""Builds the drift detector from the settings (called by the composition root, server/engine_wiring.py)."""
 
 from __future__ import annotations
 

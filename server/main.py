@@ -1,6 +1,7 @@
-"""Composition root: builds every dependency from the settings and serves gRPC.
+"""Composition root: serves the engine over gRPC (or runs only its job side, ``learning-engine-server worker``).
 
-The only place that knows which implementation backs each port.
+With server.engine_wiring, which builds the engine's parts from the settings, the only place that knows which
+implementation backs each port.
 """
 
 from __future__ import annotations
@@ -8,15 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
@@ -24,44 +21,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine import Engine, telemetry
-from engine.continual.base_ewc import BaseEwc
-from engine.continual.base_knowledge import BaseKnowledgeProbe
-from engine.continual.planner import EwcPlanner
-from engine.continual.rehearsal import SelfRehearsal
-from engine.continual.runner import FisherExamples, FisherJobConfig, FisherJobs, FisherRunner
-from engine.continual.spec import FISHER
-from engine.continual.version_data import VersionDatasets
-from engine.errors import EngineError
-from engine.feedback.dataset import DatasetPolicy, FeedbackDatasetBuilder
-from engine.feedback.events import FeedbackKind
-from engine.jobs.context import JobSlots
-from engine.jobs.manager import JobManager
-from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.dataset_suites import DatasetSuites
-from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
-from engine.periodic import Periodic
-from engine.pipelines.spec import PIPELINE_RUN
-from engine.preparation.jobs import PREPARATION, GeneratorConfig, PreparationJobs, PreparationRunner
-from engine.registry import AdapterRegistry, ArtifactStore
-from engine.serving.client import ServingClient, ServingConfig, ServingMode
-from engine.stores import postgres
-from engine.stores.adapter_index import PostgresAdapterIndex
-from engine.stores.artifacts_local import LocalArtifactStore
-from engine.stores.artifacts_s3 import S3ArtifactStore
-from engine.stores.dataset_store import PostgresDatasetIndex
-from engine.stores.feedback_store import PostgresFeedbackStore
-from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
-from engine.stores.job_store import JobNotifications, PostgresJobStore, count_jobs
-from engine.stores.online_store import PostgresOnlineStore
-from engine.stores.serving_state import PostgresServingState
-from engine.training.datasets import resolve_dataset_path
-from engine.training.models import resolve_base_model
-from engine.training.preparation import JobPreparer, PreparerConfig
-from engine.training.runner import TrainingJobs, TrainingRunner
-from engine.training.spec import TRAINING
-from engine.training.stored_datasets import CatalogConfig, StoredDatasets
-from engine.training.tracking import Trackers
+from engine.stores.job_store import count_jobs
 from learning.v1 import (
     adapter_pb2_grpc,
     dataset_pb2_grpc,
@@ -77,19 +38,17 @@ from learning.v1 import (
 )
 from server import access
 from server.convert import EwcDefaults
-from server.drift_wiring import drift_detector
+from server.engine_wiring import Owned, build_engine
 from server.errors import ErrorInterceptor
-from server.health_checks import HealthChecker, Probe, start_health_checks
-from server.lora_wiring import LoraRuntime, start_lora_control
-from server.online_wiring import build_online, online_defaults, online_retention
-from server.pipeline_wiring import build_pipelines
+from server.health_checks import HealthChecker, start_health_checks
+from server.online_wiring import online_defaults
 from server.reflection import enable_server_reflection
 from server.services import SERVICE_NAMES
 from server.services.adapter import AdapterService
 from server.services.dataset import DatasetService
 from server.services.drift import DriftService
 from server.services.evaluation import EvaluationService
-from server.services.feedback import FeedbackService, build_feedback_service, feedback_ingestor
+from server.services.feedback import FeedbackService, build_feedback_service
 from server.services.fisher import FisherService
 from server.services.lora_control import LoraControlService
 from server.services.online import OnlineLearningService
@@ -103,72 +62,6 @@ from server.telemetry import interceptors as telemetry_interceptors
 from server.version import SERVER_VERSION
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class Owned:
-    """What the real engine's parts hold open, released in order by :meth:`close`."""
-
-    pool: asyncpg.Pool | None = None
-    embedded: postgres.EmbeddedPostgres | None = None
-    job_managers: tuple[JobManager[Any, Any], ...] = ()
-    slots: JobSlots | None = None
-    lora: LoraRuntime | None = None
-    queue: WorkerQueue | None = None
-    notifications: JobNotifications | None = None
-    store: ArtifactStore | None = None
-    triggers: Periodic | None = None  # pipelines' triggers, in serving processes
-    online_follow: Periodic | None = None  # online sessions' live adapters and gate, in serving processes
-    online_sweep: Periodic | None = None  # what ended online sessions leave (examples past retention, archives)
-    lock: DataDirLock | None = None  # one server per data dir; released last
-
-    def probes(self) -> dict[str, Probe]:
-        """Health probes of the dependencies held open here (an engine on in-memory stores has none)."""
-        pool = self.pool
-        probes: dict[str, Probe] = {}
-        if pool is not None:
-            probes["postgresql"] = lambda: pool.fetchval("SELECT 1")
-        if self.store is not None:
-            probes["artifact_store"] = self.store.probe
-        if self.lora is not None:
-            probes["serving_engine"] = self.lora.client.health
-        return probes
-
-    async def shutdown_jobs(self) -> None:
-        """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
-        # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
-        # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
-        for loop in (self.triggers, self.online_follow, self.online_sweep):
-            if loop is not None:
-                await loop.stop()
-        self.triggers = self.online_follow = self.online_sweep = None
-        stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
-        if self.queue is not None:
-            await self.queue.stop_worker()
-        await asyncio.gather(*stopping)
-        if self.slots is not None:
-            self.slots.shutdown()
-
-    async def close(self) -> None:
-        if self.lora is not None:
-            await self.lora.stop()
-            self.lora = None
-        if self.queue is not None:
-            await self.queue.close()
-            self.queue = None
-        if self.notifications is not None:
-            await self.notifications.close()
-            self.notifications = None
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
-            self.embedded = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
 
 
 @dataclass
@@ -204,61 +97,6 @@ class App:
         await self.owned.close()
 
 
-async def _database(settings: Settings, owned: Owned) -> tuple[asyncpg.Pool, postgres.EmbeddedPostgres | None, str]:
-    embedded = None
-    url = settings.database_url
-    if not url:
-        embedded = owned.embedded = postgres.EmbeddedPostgres(settings.postgres_dir.resolve())
-        url = embedded.start()  # in the main thread, which its keeper process is tied to
-        log.info("started embedded PostgreSQL", extra={"pgdata": str(settings.postgres_dir)})
-    pool = owned.pool = await postgres.connect(url)
-    applied = await postgres.migrate(pool)
-    if applied:
-        log.info("database migrated", extra={"migrations": applied})
-    return pool, embedded, url
-
-
-def _artifact_store(settings: Settings) -> ArtifactStore:
-    if settings.artifact_backend == "s3":
-        return S3ArtifactStore(
-            endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key.get_secret_value(), secure=settings.s3_secure,
-            region=settings.s3_region,
-        )
-    return LocalArtifactStore(settings.artifacts_dir)
-
-
-async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore) -> AdapterRegistry:
-    try:
-        await store.ensure_ready()
-    except EngineError as exc:  # retried on first use; the rest of the server can serve meanwhile
-        log.warning("artifact store not ready", extra={"reason": exc.reason, "error": exc.message})
-    return AdapterRegistry(
-        index=PostgresAdapterIndex(pool),
-        store=store,
-        serving=PostgresServingState(pool, aliases=PostgresOnlineStore(pool)),  # live aliases' versions too
-        base_model_dir=lambda model_id: resolve_base_model(
-            model_id, models=settings.base_models, cache_dir=settings.models_dir
-        ),
-        scratch_dir=settings.work_dir / "registry",
-        retention_keep=settings.adapter_retention_keep,
-    )
-
-
-def feedback_dataset_policy(settings: Settings) -> DatasetPolicy:
-    """How feedback becomes examples, from the settings."""
-    return DatasetPolicy(
-        rating_positive_min=settings.feedback_rating_positive_min,
-        rating_negative_max=settings.feedback_rating_negative_max,
-        correction_weight=settings.feedback_correction_weight,
-        implicit=tuple(
-            (FeedbackKind(kind), label == "desirable")
-            for kind, label in settings.feedback_kto_implicit.items() if label != "ignore"
-        ),
-        dwell_desirable_seconds=settings.feedback_kto_dwell_desirable_seconds,
-    )
-
-
 def prepare_process(settings: Settings) -> None:
     """Folders, torch threads and the interpreter's switch interval, once per process."""
     for folder in (settings.datasets_dir, settings.artifacts_dir, settings.models_dir, settings.work_dir):
@@ -266,189 +104,6 @@ def prepare_process(settings: Settings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     sys.setswitchinterval(settings.switch_interval_seconds)
-
-
-def knowledge_probe(settings: Settings) -> BaseKnowledgeProbe | None:
-    """What measures base retention after training (its suites cached beside the converted base models)."""
-    return BaseKnowledgeProbe(settings.models_dir) if settings.base_retention_probe else None
-
-
-def base_protections(settings: Settings) -> dict[str, Any]:
-    """A training runner's base protections (TrainingRunner's ``rehearsal`` and ``base_ewc``): the base model's
-    answers for self-rehearsal and BASE_KL, and EWC against the base model on the same answers, all cached beside
-    the converted base models."""
-    rehearsal = SelfRehearsal(settings.models_dir)
-    return {"rehearsal": rehearsal, "base_ewc": BaseEwc(settings.models_dir, rehearsal)}
-
-
-def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
-    async def execute(kind: str, job_id: str) -> None:
-        await manager.execute(job_id)
-
-    return execute
-
-
-async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, work: bool | None = None) -> Engine:
-    """The real engine: PostgreSQL, the artifact store, the job queue and, when ``serve``, the serving engine.
-
-    ``work`` runs jobs in this process (default: the ``embedded_worker`` setting). What it opens goes into
-    ``owned`` as it opens, so a failure part way closes what was opened."""
-    work = settings.embedded_worker if work is None else work
-    pool, _, url = await _database(settings, owned)
-    owned.store = _artifact_store(settings)
-    registry = await _registry(settings, pool, owned.store)
-    await registry.recover()
-    feedback_store = PostgresFeedbackStore(pool)
-    feedback_datasets = FeedbackDatasetBuilder(feedback_store, feedback_dataset_policy(settings))
-    stored_datasets = StoredDatasets(
-        CatalogConfig(datasets_dir=settings.datasets_dir, scratch_dir=settings.work_dir / "datasets",
-                      max_bytes=settings.dataset_max_bytes),
-        index=PostgresDatasetIndex(pool), store=owned.store, feedback=feedback_datasets,
-        objects=owned.store if isinstance(owned.store, S3ArtifactStore) else None,  # s3:// sources: its client
-    )
-    versions = VersionDatasets(datasets_dir=settings.datasets_dir, feedback=feedback_datasets, stored=stored_datasets,
-                               online=PostgresOnlineStore(pool))  # what online sessions' versions trained on
-    if serve:
-        owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
-    queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
-                                             stalled_seconds=settings.worker_stalled_seconds,
-                                             queues={EVALUATION.name: SERVING_QUEUE,
-                                                     PREPARATION.name: SERVING_QUEUE,
-                                                     PIPELINE_RUN.name: PIPELINE_QUEUE})
-    await queue.open()
-    notifications = owned.notifications = JobNotifications(pool)
-    preparer = JobPreparer(
-        PreparerConfig(
-            datasets_dir=settings.datasets_dir,
-            models_cache_dir=settings.models_dir,
-            base_models=settings.base_models,
-            ewc_lambda_min=settings.ewc_lambda_min,
-            ewc_lambda_max=settings.ewc_lambda_max,
-        ),
-        registry,
-        feedback_datasets,
-        datasets=stored_datasets,
-    )
-    slots = owned.slots = JobSlots(settings.max_concurrent_jobs)  # training and Fisher jobs share one limit
-    snapshots = FisherSnapshotStore(pool, owned.store)
-    planner = EwcPlanner(registry=registry, snapshots=snapshots, versions=versions)
-    worker_id = f"{socket.gethostname()}-{os.getpid()}"
-    training_manager = JobManager(
-        runner=TrainingRunner(preparer=preparer, registry=registry, planner=planner, artifacts=owned.store,
-                              probe=knowledge_probe(settings), **base_protections(settings),
-                              trackers=Trackers(settings.training_trackers, settings.trackers_dir)),
-        store=PostgresJobStore(pool, TRAINING, notifications), queue=queue, work_dir=settings.work_dir, slots=slots,
-        worker_id=worker_id,
-    )
-
-    def base_model_dir(model_id: str) -> Path:
-        return resolve_base_model(model_id, models=settings.base_models, cache_dir=settings.models_dir)
-
-    fisher_config = FisherJobConfig(datasets_dir=settings.datasets_dir, batch_size=settings.fisher_batch_size)
-    fisher_examples = FisherExamples(fisher_config, feedback_datasets)
-    fisher_manager = JobManager(
-        runner=FisherRunner(registry=registry, snapshots=snapshots, base_model_dir=base_model_dir,
-                            config=fisher_config, examples=fisher_examples),
-        store=PostgresJobStore(pool, FISHER, notifications), queue=queue, work_dir=settings.work_dir / "fisher",
-        slots=slots, worker_id=worker_id,
-    )
-    def suite_path(relative: str, field_path: str) -> Path:
-        return resolve_dataset_path(settings.datasets_dir, relative, field_path)
-
-    dataset_suites = DatasetSuites(stored_datasets)  # stored dataset versions as golden suites
-
-    # Evaluation jobs need the serving engine: they run where LoraControl does, one at a time, taken from their
-    # own queue by their own worker (a training job never holds their place).
-    evaluation_manager = JobManager(
-        runner=EvaluationRunner(owned.lora.controller, suite_path=suite_path, datasets=dataset_suites),
-        store=PostgresJobStore(pool, EVALUATION, notifications), queue=queue,
-        work_dir=settings.work_dir / "evaluations", slots=JobSlots(1), worker_id=worker_id,
-    ) if owned.lora is not None else None
-    preparation_manager = await _preparation_manager(settings, owned, pool, stored_datasets,
-                                                                notifications, worker_id) \
-        if owned.lora is not None else None
-    training = TrainingJobs(training_manager, preparer, planner, registry=registry, artifacts=owned.store,
-                            scratch_dir=settings.work_dir / "checkpoint-publish")
-    drift = drift_detector(settings, pool, registry, versions)
-    pipelines, pipeline_manager = build_pipelines(
-        settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id,
-        controller=owned.lora.controller, datasets=stored_datasets, training=training, suite_path=suite_path,
-        suites=dataset_suites, drift=drift,
-    ) if owned.lora is not None else (None, None)
-    online, online_manager, online_serving = build_online(
-        settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id, registry=registry,
-        preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora, feedback=feedback_datasets)
-    owned.job_managers = (training_manager, fisher_manager, online_manager,
-                          *(m for m in (evaluation_manager, preparation_manager, pipeline_manager) if m is not None))
-    for manager in owned.job_managers:
-        await manager.recover()
-    if work:
-        # An online session holds its place for as long as it runs: sessions have places of their own.
-        queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager, online_manager)},
-                           concurrency=settings.max_concurrent_jobs + settings.online_max_sessions, name=worker_id)
-        log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
-    if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
-        # One worker takes both serving-side queues (each listening worker holds a database connection); each
-        # kind's own slots keep an evaluation from waiting behind pipeline runs, which mostly wait themselves.
-        serving_kinds = {EVALUATION.name: job_executor(evaluation_manager),
-                         PIPELINE_RUN.name: job_executor(pipeline_manager)}
-        if preparation_manager is not None:
-            serving_kinds[PREPARATION.name] = job_executor(preparation_manager)
-        queue.start_worker(serving_kinds, concurrency=len(serving_kinds) - 1 + settings.pipeline_max_concurrent_runs,
-                           name=f"{worker_id}-serving")
-        owned.triggers = Periodic("pipeline-triggers", pipelines.tick, settings.pipeline_trigger_interval_seconds)
-        owned.triggers.start()
-    if online_serving is not None:
-        owned.online_follow = Periodic("online-serving", online_serving.tick, settings.online_follow_seconds)
-        owned.online_follow.start()
-    retention = online_retention(settings, pool=pool, sessions=online, registry=registry, artifacts=owned.store)
-    owned.online_sweep = Periodic("online-retention", retention.sweep, settings.online_sweep_seconds)
-    owned.online_sweep.start()
-    return Engine(
-        training=training,
-        fisher=FisherJobs(fisher_manager, registry=registry, base_model_dir=base_model_dir, examples=fisher_examples),
-        snapshots=snapshots,
-        adapters=registry,
-        lora=owned.lora.controller if owned.lora is not None else None,
-        evaluations=EvaluationJobs(evaluation_manager, registry=registry, suite_path=suite_path,
-                                   datasets=dataset_suites, base_model=settings.default_base_model,
-                                   configured_suite=bool(settings.eval_suite_path))
-        if evaluation_manager is not None else None,
-        feedback=feedback_ingestor(settings, feedback_store),
-        feedback_records=feedback_store,
-        datasets=stored_datasets,
-        pipelines=pipelines,
-        drift=drift,
-        online=online if owned.lora is not None else None,
-        preparations=PreparationJobs(preparation_manager, artifacts=owned.store, server_path=suite_path,
-                                     max_bytes=settings.dataset_max_bytes)
-        if preparation_manager is not None else None,
-    )
-
-
-async def _preparation_manager(settings: Settings, owned: Owned, pool: asyncpg.Pool, datasets: StoredDatasets,
-                               notifications: JobNotifications, worker_id: str) -> JobManager[Any, Any]:
-    """Data preparation jobs ask the serving engine's model (or the engine prepare_generator_url names) for
-    question-answer pairs: they run where LoraControl does, one at a time, from the serving queue."""
-    assert owned.lora is not None and owned.store is not None and owned.queue is not None
-    lora = owned.lora
-    generator = lora.client
-    if settings.prepare_generator_url:
-        generator = ServingClient(ServingConfig(
-            base_url=settings.prepare_generator_url, mode=ServingMode.CUSTOM,
-            timeout_seconds=settings.serving_timeout_seconds,
-            load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,
-            backoff_seconds=settings.serving_backoff_seconds,
-        ))
-        await generator.start()
-        lora.closing.append(generator.close)
-    runner = PreparationRunner(
-        generator, artifacts=owned.store, datasets=datasets,
-        config=GeneratorConfig(model=settings.prepare_generator_model, max_tokens=settings.prepare_max_tokens),
-        base_model=lambda: lora.controller.served_base_model)
-    return JobManager(runner=runner, store=PostgresJobStore(pool, PREPARATION, notifications),
-                      queue=owned.queue, work_dir=settings.work_dir / "preparations", slots=JobSlots(1),
-                      worker_id=worker_id)
 
 
 def add_servicers(server: grpc.aio.Server, engine: Engine, settings: Settings) -> FeedbackService | None:

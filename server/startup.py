@@ -1,4 +1,4 @@
-"""What starting and stopping the server needs besides building its parts (``server/main.py``).
+"""What starting and stopping the server needs besides building its parts (``server/engine_wiring.py``).
 
 - ``StartError``: a start that failed, said in one line (``describe``), e.g. "gateway port 8088 is in
   use; set gateway_port"; the composition root prints that line instead of a traceback, after

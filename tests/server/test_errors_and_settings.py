@@ -152,7 +152,7 @@ async def test_the_server_applies_its_thread_switch_interval(make_server) -> Non
 
 def test_implicit_signal_labels_override_the_defaults_kind_by_kind(monkeypatch: pytest.MonkeyPatch):
     from engine.feedback.events import FeedbackKind
-    from server.main import feedback_dataset_policy
+    from server.engine_wiring import feedback_dataset_policy
 
     monkeypatch.delenv("LEARNING_ENGINE_CONFIG", raising=False)
     default = feedback_dataset_policy(load_settings())
