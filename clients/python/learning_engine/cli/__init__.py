@@ -13,7 +13,19 @@ from pathlib import Path
 
 import typer
 
-from learning_engine.cli import datasets, drift, jobs, online, ops, pipelines, preparation, rollout, snapshots
+from learning_engine.cli import (
+    datasets,
+    drift,
+    evaluation,
+    fisher,
+    jobs,
+    online,
+    ops,
+    pipelines,
+    preparation,
+    rollout,
+    snapshots,
+)
 from learning_engine.cli.common import Options, tls_from
 from learning_engine.connection import DEFAULT_TARGET
 
@@ -57,8 +69,8 @@ def connection(
 app.command("health")(ops.health)
 app.command("train")(jobs.train)
 app.add_typer(datasets.datasets_app, name="datasets")
-app.command("fisher")(jobs.fisher_cmd)
-app.add_typer(jobs.fisher_jobs_app, name="fisher-jobs")
+app.command("fisher")(fisher.fisher_cmd)
+app.add_typer(fisher.fisher_jobs_app, name="fisher-jobs")
 app.add_typer(snapshots.snapshots_app, name="snapshots")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(ops.adapters_app, name="adapters")
@@ -71,7 +83,7 @@ app.add_typer(rollout.canary_app, name="canary")
 app.add_typer(rollout.traffic_app, name="traffic")
 app.command("evaluate")(ops.evaluate)
 app.command("report")(ops.report)
-app.add_typer(jobs.evaluation_jobs_app, name="evaluation-jobs")
+app.add_typer(evaluation.evaluation_jobs_app, name="evaluation-jobs")
 app.add_typer(preparation.preparation_jobs_app, name="preparation-jobs")
 app.command("metrics")(ops.metrics)
 app.add_typer(ops.feedback_app, name="feedback")

@@ -1,4 +1,4 @@
-"""train, fisher and jobs: create jobs and follow them with a live progress bar."""
+"""train and jobs: create training jobs and follow them with a live progress bar."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from learning.v1 import common_pb2 as common
-from learning.v1 import evaluation_pb2 as evaluation
-from learning.v1 import fisher_pb2 as fisher
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_NO_STEPS_YET, ERROR_REASON_USAGE
 from learning_engine.cli.common import (
@@ -33,7 +31,7 @@ from learning_engine.cli.common import (
     run,
     when,
 )
-from learning_engine.cli.datasets import dataset_name, local_file, upload_local, upload_suite
+from learning_engine.cli.datasets import dataset_name, local_file, upload_local
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -46,24 +44,11 @@ from learning_engine.cli.job_views import (
     short_state,
     steered,
 )
-from learning_engine.cli.ops import (
-    BASE_MODEL_ITSELF,
-    CHECK,
-    GATE_FAILED,
-    SUITE_DATASET_HELP,
-    SUITE_HELP,
-    VERSION_ARGUMENT,
-    candidate_name,
-    golden_suites,
-    render_eval,
-)
 from learning_engine.client import AsyncClient
 
 jobs_app = typer.Typer(
     help="Training jobs: list, get, watch, plot, pause, resume, cancel, checkpoints, publish.", no_args_is_help=True
 )
-fisher_jobs_app = typer.Typer(help="Fisher jobs: list, get, watch, cancel.", no_args_is_help=True)
-evaluation_jobs_app = typer.Typer(help="Evaluation jobs: create, list, get, watch, cancel.", no_args_is_help=True)
 
 def _eta(value: duration_pb2.Duration) -> str:
     seconds = int(value.seconds)
@@ -85,11 +70,11 @@ def short_enum(enum: Any, prefix: str, value: str, hint: str) -> int:
     return int(enum.Value(key))
 
 
-_SPACES = _choices(common.FisherSpace, "FISHER_SPACE_")
+SPACES = _choices(common.FisherSpace, "FISHER_SPACE_")
 _PROTECTIONS = _choices(common.BaseProtectionMethod, "BASE_PROTECTION_METHOD_")
 
 
-def _space(value: str, hint: str) -> int:
+def parse_fisher_space(value: str, hint: str) -> int:
     return short_enum(common.FisherSpace, "FISHER_SPACE_", value, hint)
 
 
@@ -137,7 +122,7 @@ def train(
     ewc_lambda: float = typer.Option(None, "--ewc-lambda", help="EWC strength (server default if unset)."),
     ewc_gamma: float = typer.Option(None, "--ewc-gamma", help="Decay of earlier versions' importance (1.0)."),
     fisher_space: str = typer.Option(
-        "", "--fisher-space", help=f"What the EWC penalty is over: {_SPACES} (server default if empty)."
+        "", "--fisher-space", help=f"What the EWC penalty is over: {SPACES} (server default if empty)."
     ),
     replay_fraction: float = typer.Option(
         0.0, "--replay-fraction", help="Share of the data replayed from earlier versions' datasets (0..0.9)."
@@ -204,7 +189,7 @@ def train(
             ewc_lambda=ewc_lambda,
             gamma=ewc_gamma,
             fisher_snapshot=fisher_snapshot,
-            fisher_space=_space(fisher_space, "--fisher-space"),
+            fisher_space=parse_fisher_space(fisher_space, "--fisher-space"),
             replay_fraction=replay_fraction,
             disabled=no_ewc,
         ),
@@ -388,79 +373,6 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
     return outcome_code(final.state, final.error.code if final.HasField("error") else 0)
 
 
-def fisher_cmd(
-    ctx: typer.Context,
-    data: str = typer.Option(None, "--data", "-d", help="JSONL dataset path on the server."),
-    from_feedback: int = typer.Option(
-        0, "--from-feedback", help="Measure the wanted answers of the last N days of feedback instead."
-    ),
-    min_samples: int = typer.Option(0, "--min-samples", help="With --from-feedback: fewest examples to accept."),
-    adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
-    base_model: str = typer.Option("", "--base-model"),
-    samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
-    estimator: str = typer.Option(
-        "empirical", "--estimator", help="empirical | sampled | batch_mean_squared"
-    ),
-    space: str = typer.Option("", "--space", help=f"{_SPACES} (server default if empty)."),
-    request_id: str = typer.Option("", "--request-id"),
-    watch: bool = typer.Option(False, "--watch", "-w"),
-) -> None:
-    """Estimate a diagonal Fisher snapshot (for EWC) from a dataset or from collected feedback."""
-    opts = options(ctx)
-    if bool(data) == bool(from_feedback):
-        fail(
-            opts,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "name exactly one of --data or --from-feedback",
-            reason=ERROR_REASON_USAGE,
-        )
-    key = f"FISHER_ESTIMATOR_{estimator.upper()}"
-    if key not in fisher.FisherEstimator.keys():
-        raise typer.BadParameter(f"unknown estimator {estimator!r}", param_hint="--estimator")
-    spec = fisher.FisherJobSpec(
-        base_model=base_model,
-        adapter_version=adapter_version,
-        num_samples=samples,
-        estimator=fisher.FisherEstimator.Value(key),
-        space=_space(space, "--space"),
-    )
-    if data:
-        spec.jsonl.path = data
-    else:
-        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
-
-    async def call(client: AsyncClient) -> int:
-        job = await client.create_fisher_job(spec, request_id=request_id)
-        if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})"))
-            return 0
-        return await follow_fisher(client, opts.json, job.name)
-
-    raise typer.Exit(guard_interrupt(ctx, call))
-
-
-async def follow_fisher(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
-    """Show a Fisher job's progress until it ends; return the exit code its outcome maps to."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        disable=as_json,
-    ) as progress:
-        bar = progress.add_task("fisher", total=None)
-        async for message in client.watch_fisher_job(name, after_sequence=after_sequence):
-            if as_json:
-                print(json.dumps(as_dict(message)), flush=True)
-            if message.HasField("event") and message.event.HasField("progress"):
-                p = message.event.progress
-                progress.update(bar, total=p.samples_total, completed=p.samples_done)
-    done = await client.get_fisher_job(name)
-    if not as_json:
-        out.print(f"{done.name} {short_state(done.state)} {done.output_snapshot}", highlight=False)
-    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
-
-
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context,
@@ -567,153 +479,4 @@ def jobs_publish(
          lambda: out.print(f"{name} step {step} -> adapter {version}", highlight=False))
 
 
-# ---- Fisher jobs ---------------------------------------------------------------------
-
-
-@fisher_jobs_app.command("list")
-def fisher_jobs_list(
-    ctx: typer.Context,
-    state: list[str] = STATE_FILTER,
-    page_size: int = PAGE_SIZE,
-    page_token: str = PAGE_TOKEN,
-    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
-) -> None:
-    """Recent Fisher jobs, newest first (whole names, at any terminal width)."""
-    states = parse_states(state)
-    response = run(ctx, lambda c: c.list_fisher_jobs(states=states, page_size=page_size, page_token=page_token))
-    listed(options(ctx), response, response.fisher_jobs, wide, ("snapshot", lambda j: j.output_snapshot))
-
-
-@fisher_jobs_app.command("get")
-def fisher_jobs_get(ctx: typer.Context, name: str) -> None:
-    """One Fisher job."""
-    emit(options(ctx), run(ctx, lambda c: c.get_fisher_job(name)))
-
-
-@fisher_jobs_app.command("watch")
-def fisher_jobs_watch(
-    ctx: typer.Context, name: str, after: int = AFTER
-) -> None:
-    """Follow a Fisher job to its end (reconnecting if the connection drops)."""
-    opts = options(ctx)
-    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_fisher(c, opts.json, name, after)))
-
-
-@fisher_jobs_app.command("cancel")
-def fisher_jobs_cancel(ctx: typer.Context, name: str) -> None:
-    """Ask a Fisher job to stop; it ends CANCELLED."""
-    steered(ctx, run(ctx, lambda c: c.cancel_fisher_job(name)))
-
-
-
-# ---- evaluation jobs -----------------------------------------------------------------
-
-
-@evaluation_jobs_app.command("create")
-def evaluation_jobs_create(
-    ctx: typer.Context,
-    version: str = VERSION_ARGUMENT,
-    baseline: str = typer.Option("", "--baseline", help="Version to compare with (default: the active one then)."),
-    suite: list[str] = typer.Option(None, "--suite", help=SUITE_HELP + " Repeatable."),
-    suite_dataset: list[str] = typer.Option(None, "--suite-dataset", help=SUITE_DATASET_HELP),
-    base_model: str = typer.Option("", "--base-model"),
-    request_id: str = typer.Option("", "--request-id"),
-    watch: bool = typer.Option(False, "--watch", "-w", help="Follow it, then show the decision."),
-    check: bool = CHECK,
-    judge: bool | None = typer.Option(None, "--judge/--no-judge", help="A served model grades every answer "
-                                      "(LLM-as-judge); default: as the server is configured (eval_judge)."),
-    judge_model: str = typer.Option("", "--judge-model", help="The judge's model id (with --judge; default: the "
-                                    "server's eval_judge_model, else the base model)."),
-    base_model_itself: bool = BASE_MODEL_ITSELF,
-) -> None:
-    """Evaluate a version against a baseline as a job (the gate's suites, --suite and --suite-dataset ones), or the
-    base model itself (--base-model-itself: the golden suites only); activates nothing."""
-    opts = options(ctx)
-    choice = {None: evaluation.EVALUATION_JUDGE_UNSPECIFIED, True: evaluation.EVALUATION_JUDGE_ON,
-              False: evaluation.EVALUATION_JUDGE_OFF}[judge]
-    paths, local = golden_suites(suite or [])
-    spec = evaluation.EvaluationJobSpec(version=version, baseline_version=baseline, suite_paths=paths,
-                                        base_model=base_model, judge=choice, judge_model=judge_model,
-                                        base_model_itself=base_model_itself)
-
-    async def call(client: AsyncClient) -> int:
-        uploaded = [await upload_suite(client, file, quiet=opts.json) for file in local]
-        spec.suite_datasets.extend([*uploaded, *(dataset_name(d) for d in suite_dataset or [])])
-        job = await client.create_evaluation_job(spec, request_id=request_id)
-        if not watch:
-            emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})", highlight=False))
-            return 0
-        code = await follow_evaluation(client, opts.json, job.name)
-        if code == 0 and check and not (await client.get_evaluation_job(job.name)).eval.passed:
-            return GATE_FAILED
-        return code
-
-    raise typer.Exit(guard_interrupt(ctx, call))
-
-
-async def follow_evaluation(client: AsyncClient, as_json: bool, name: str, after_sequence: int = 0) -> int:
-    """Show an evaluation job's answers suite by suite until it ends, then its decision; return the exit code of
-    its outcome (a version that fails the gate is a job that succeeded: 0)."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
-                  disable=as_json) as progress:
-        bars: dict[str, TaskID] = {}
-        async for message in client.watch_evaluation_job(name, after_sequence=after_sequence):
-            if as_json:
-                print(json.dumps(as_dict(message)), flush=True)
-            if message.HasField("event") and message.event.HasField("progress"):
-                p = message.event.progress
-                bar = bars.setdefault(p.suite, progress.add_task(p.suite, total=p.total))
-                progress.update(bar, total=p.total, completed=p.answered)
-    done = await client.get_evaluation_job(name)
-    if not as_json:
-        out.print(f"{done.name} {short_state(done.state)}", highlight=False)
-        if done.HasField("eval"):
-            render_eval(candidate_name(done.spec.version), done.eval)
-        if done.HasField("error") and done.error.code:
-            err.print(f"[red]{done.error.message}[/]", highlight=False)
-    return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
-
-
-def _verdict(job: evaluation.EvaluationJob) -> str:
-    return ("passed" if job.eval.passed else "failed") if job.HasField("eval") else ""
-
-
-@evaluation_jobs_app.command("list")
-def evaluation_jobs_list(
-    ctx: typer.Context,
-    state: list[str] = STATE_FILTER,
-    page_size: int = PAGE_SIZE,
-    page_token: str = PAGE_TOKEN,
-    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
-) -> None:
-    """Recent evaluation jobs, newest first, with their verdicts (whole names, at any terminal width)."""
-    states = parse_states(state)
-    response = run(ctx, lambda c: c.list_evaluation_jobs(states=states, page_size=page_size, page_token=page_token))
-    listed(options(ctx), response, response.evaluation_jobs, wide, ("verdict", _verdict))
-
-
-@evaluation_jobs_app.command("get")
-def evaluation_jobs_get(ctx: typer.Context, name: str) -> None:
-    """One evaluation job, with its decision once it ended."""
-    emit(options(ctx), run(ctx, lambda c: c.get_evaluation_job(name)))
-
-
-@evaluation_jobs_app.command("watch")
-def evaluation_jobs_watch(
-    ctx: typer.Context, name: str, after: int = AFTER
-) -> None:
-    """Follow an evaluation job to its end and show its decision."""
-    opts = options(ctx)
-    raise typer.Exit(guard_interrupt(ctx, lambda c: follow_evaluation(c, opts.json, name, after)))
-
-
-@evaluation_jobs_app.command("cancel")
-def evaluation_jobs_cancel(ctx: typer.Context, name: str) -> None:
-    """Ask an evaluation job to stop; it ends CANCELLED."""
-    steered(ctx, run(ctx, lambda c: c.cancel_evaluation_job(name)))
-
-
-__all__ = [
-    "train", "fisher_cmd", "jobs_app", "fisher_jobs_app", "evaluation_jobs_app", "follow_training", "follow_fisher",
-    "follow_evaluation",
-]
+__all__ = ["SPACES", "base_protection", "parse_fisher_space", "follow_training", "jobs_app", "train"]
