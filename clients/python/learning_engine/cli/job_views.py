@@ -1,5 +1,5 @@
-"""What every job command (training, Fisher and evaluation jobs in cli/jobs.py, pipelines, preparations) shares:
-the list and watch options, state names and filters, the job table, the exit code of a job's outcome, and the
+"""What every job command (training, Fisher and evaluation jobs, pipelines, preparations) shares: the list and
+watch options, state names and filters, the job table, the exit code of a job's outcome, and the
 answer to Ctrl-C while watching."""
 
 from __future__ import annotations
