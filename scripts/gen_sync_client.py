@@ -4,7 +4,8 @@ Usage:
     python scripts/gen_sync_client.py          # (re)generate
     python scripts/gen_sync_client.py --check  # exit 1 if the checked-in file is stale
 
-Every public method and property of ``AsyncClient`` (learning_engine/client.py) and of the job handles
+Every public method and property of ``AsyncClient`` (learning_engine/client.py, with those of its bases in the
+package: learning_engine/calls.py, client_jobs.py, client_serving.py, client_data.py) and of the job handles
 (learning_engine/handles.py) becomes one of the same name, parameters and docstring on ``Client``,
 ``TrainingJobHandle``, ``FisherJobHandle`` and ``EvaluationJobHandle``, which runs it on the client's event-loop thread
 (learning_engine/_loop.py): a coroutine's result is returned, an async iterator becomes an iterator, and an
@@ -48,6 +49,7 @@ TWINS = (
 # Names rewritten in signatures: the async types become their blocking twins.
 RENAMES = {"AsyncIterator": "Iterator", **{t.async_name: t.name for t in TWINS}}
 HANDLES = {t.name for t in TWINS if t.name != "Client"}
+_TREES: dict[str, ast.Module] = {}  # the package's modules read so far (_tree)
 HEADER = '''"""The blocking client: :class:`Client` has every method of
 :class:`~learning_engine.client.AsyncClient`, with the same parameters, run on a private event-loop
 thread; the job handles likewise.
@@ -146,14 +148,41 @@ def _property(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[list[str], li
         fn.returns] if fn.returns is not None else []
 
 
-def _members(cls: ast.ClassDef, tree: ast.Module | None = None) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    """The class's methods, after those of its bases defined in ``tree`` (the same module)."""
-    inherited: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+def _tree(source: str) -> ast.Module:
+    """A module of the package, parsed once (``source`` is its file name in PACKAGE)."""
+    if source not in _TREES:
+        _TREES[source] = ast.parse((PACKAGE / source).read_text())
+    return _TREES[source]
+
+
+def _base(name: str, tree: ast.Module) -> tuple[ast.ClassDef, ast.Module]:
+    """A base class named in ``tree``: defined there, or imported from another module of the package."""
+    if any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
+        return _class(tree, name), tree
+    statement = _imports(tree).get(name, "")
+    if not statement.startswith("from learning_engine."):
+        raise SystemExit(f"base class {name}: not defined in the package")
+    module = _tree(statement.removeprefix("from learning_engine.").split(" import ")[0] + ".py")
+    return _class(module, name), module
+
+
+def _mro(cls: ast.ClassDef, tree: ast.Module) -> list[ast.ClassDef]:
+    """The class and its bases in the package, as Python's method resolution order lists them: depth first, left
+    to right, each class at its last place (what C3 gives for the mixins of one base the client has)."""
+    order = [cls]
     for base in cls.bases:
-        if tree is not None and isinstance(base, ast.Name):
-            inherited += _members(_class(tree, base.id), tree)
-    own = [n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    return [fn for fn in inherited if fn.name not in {o.name for o in own}] + own
+        if isinstance(base, ast.Name):
+            order += _mro(*_base(base.id, tree))
+    return [c for i, c in enumerate(order) if c not in order[i + 1:]]
+
+
+def _members(cls: ast.ClassDef, tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The class's methods, its bases' (in the package) first, each as the method resolution order finds it."""
+    found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for owner in reversed(_mro(cls, tree)):
+        for fn in (n for n in owner.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            found[fn.name] = fn
+    return list(found.values())
 
 
 def _twin(twin: Twin, cls: ast.ClassDef, tree: ast.Module) -> tuple[list[str], list[ast.AST]]:
@@ -201,22 +230,22 @@ def _twin(twin: Twin, cls: ast.ClassDef, tree: ast.Module) -> tuple[list[str], l
 
 
 def render() -> str:
-    trees = {t.source: ast.parse((PACKAGE / t.source).read_text()) for t in TWINS}
+    body: list[str] = []
+    used: set[str] = {"EventLoopThread", *(t.async_name for t in TWINS)}
+    for twin in TWINS:
+        lines, nodes = _twin(twin, _class(_tree(twin.source), twin.async_name), _tree(twin.source))
+        body += lines
+        used |= _names(nodes)
     imports: dict[str, str] = {}
-    for tree in trees.values():
+    for tree in _TREES.values():  # the twins' modules and their bases'
         imports.update(_imports(tree))
     imports |= {
         "Iterator": "from collections.abc import Iterator",
         "EventLoopThread": "from learning_engine._loop import EventLoopThread",
         **{t.async_name: f"from learning_engine.{t.source[:-3]} import {t.async_name}" for t in TWINS},
     }
-    body: list[str] = []
-    used: set[str] = {"EventLoopThread", *(t.async_name for t in TWINS)}
-    for twin in TWINS:
-        lines, nodes = _twin(twin, _class(trees[twin.source], twin.async_name), trees[twin.source])
-        body += lines
-        used |= _names(nodes)
-    init = next(fn for fn in _members(_class(trees["client.py"], "AsyncClient")) if fn.name == "__init__")
+    client = _tree("client.py")
+    init = next(fn for fn in _members(_class(client, "AsyncClient"), client) if fn.name == "__init__")
     body += [
         "",
         "",

@@ -68,106 +68,110 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def health(self, service: str = "") -> str:
-        """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN for ``service`` ("" = the server)."""
-        return self._loop.run(self._async.health(service))
+    def upload_dataset(
+        self,
+        name: str,
+        source: Path,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        filename: str = "",
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
+    ) -> dataset_pb2.UploadDatasetResponse:
+        """Upload the JSONL file ``source`` as a version of the dataset ``name`` ("datasets/<dataset>"); its size
+        and sha256 are sent first, then its bytes. ``kind``: training examples (unspecified) or golden cases
+        (``DATASET_KIND_GOLDEN``: ``{"prompt", "expected" | "references", "answer"?, "source"?}`` lines, scored as
+        a golden suite, never trained on). The same bytes, split and kind again return the existing version
+        (``created`` false). ``filename`` defaults to the file's name."""
+        return self._loop.run(self._async.upload_dataset(name, source, split=split, filename=filename, kind=kind))
 
-    def create_training_job(
-        self, spec: training.TrainingJobSpec, *, request_id: str = "", validate_only: bool = False, priority: int = 0
-    ) -> training.TrainingJob:
-        """Create and queue a job; with ``validate_only``, check the spec and its dataset and create nothing (the
-        job returned then is what would run: defaults filled in, the dataset summarised; its name names nothing)."""
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        server_path: str = "",
+        s3_uri: str = "",
+        feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
+    ) -> dataset_pb2.CreateDatasetResponse:
+        """Store a version of ``name`` from one source: a file below the server's datasets directory, an S3 object,
+        or the examples a window of feedback gives now (frozen; training examples only). ``kind`` as
+        :meth:`upload_dataset`'s."""
         return self._loop.run(
-            self._async.create_training_job(spec, request_id=request_id, validate_only=validate_only, priority=priority)
-        )
-
-    def start_training_job(
-        self, spec: training.TrainingJobSpec, *, request_id: str = "", priority: int = 0
-    ) -> TrainingJobHandle:
-        """Create a job and return its handle (``wait()``, ``events()``, ``cancel()``, ``pause()``, ...)."""
-        return TrainingJobHandle(
-            self._loop, self._loop.run(self._async.start_training_job(spec, request_id=request_id, priority=priority))
-        )
-
-    def get_training_job_handle(self, name: str) -> TrainingJobHandle:
-        """A handle on an existing job ("trainingJobs/<id>"); makes no call."""
-        return TrainingJobHandle(self._loop, self._async.get_training_job_handle(name))
-
-    def get_training_job(self, name: str) -> training.TrainingJob:
-        return self._loop.run(self._async.get_training_job(name))
-
-    def list_training_jobs(
-        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
-    ) -> training.ListTrainingJobsResponse:
-        return self._loop.run(self._async.list_training_jobs(states=states, page_size=page_size, page_token=page_token))
-
-    def cancel_training_job(self, name: str) -> training.TrainingJob:
-        return self._loop.run(self._async.cancel_training_job(name))
-
-    def pause_training_job(self, name: str) -> training.TrainingJob:
-        """Pause a queued or running job (a running one checkpoints at its next step: PAUSING, then PAUSED)."""
-        return self._loop.run(self._async.pause_training_job(name))
-
-    def resume_training_job(self, name: str) -> training.TrainingJob:
-        """Queue a paused job again; it continues from its last checkpoint."""
-        return self._loop.run(self._async.resume_training_job(name))
-
-    def watch_training_job(self, name: str, *, after_sequence: int = 0) -> Iterator[training.WatchTrainingJobResponse]:
-        """Snapshot, then every event until the job ends; survives dropped connections."""
-        return self._loop.iterate(self._async.watch_training_job(name, after_sequence=after_sequence))
-
-    def list_training_checkpoints(self, name: str) -> list[training.TrainingCheckpoint]:
-        """The job's stored checkpoints, newest first."""
-        return self._loop.run(self._async.list_training_checkpoints(name))
-
-    def publish_checkpoint(self, name: str, step: int, *, request_id: str = "") -> str:
-        """Publish the job's checkpoint of ``step`` as a new adapter version; returns the version."""
-        return self._loop.run(self._async.publish_checkpoint(name, step, request_id=request_id))
-
-    def get_training_metrics(self, name: str) -> training.GetTrainingMetricsResponse:
-        """The job's metrics as its event log holds them now: one row per optimiser step, the same as CSV
-        (``.csv``) and a loss-curve PNG (``.png``, empty while the job has no steps)."""
-        return self._loop.run(self._async.get_training_metrics(name))
-
-    def create_fisher_job(self, spec: fisher.FisherJobSpec, *, request_id: str = "") -> fisher.FisherJob:
-        return self._loop.run(self._async.create_fisher_job(spec, request_id=request_id))
-
-    def start_fisher_job(self, spec: fisher.FisherJobSpec, *, request_id: str = "") -> FisherJobHandle:
-        """Create a Fisher job and return its handle (``wait()``, ``events()``, ``cancel()``)."""
-        return FisherJobHandle(self._loop, self._loop.run(self._async.start_fisher_job(spec, request_id=request_id)))
-
-    def get_fisher_job_handle(self, name: str) -> FisherJobHandle:
-        """A handle on an existing Fisher job ("fisherJobs/<id>"); makes no call."""
-        return FisherJobHandle(self._loop, self._async.get_fisher_job_handle(name))
-
-    def get_fisher_job(self, name: str) -> fisher.FisherJob:
-        return self._loop.run(self._async.get_fisher_job(name))
-
-    def list_fisher_jobs(
-        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
-    ) -> fisher.ListFisherJobsResponse:
-        return self._loop.run(self._async.list_fisher_jobs(states=states, page_size=page_size, page_token=page_token))
-
-    def cancel_fisher_job(self, name: str) -> fisher.FisherJob:
-        return self._loop.run(self._async.cancel_fisher_job(name))
-
-    def watch_fisher_job(self, name: str, *, after_sequence: int = 0) -> Iterator[fisher.WatchFisherJobResponse]:
-        return self._loop.iterate(self._async.watch_fisher_job(name, after_sequence=after_sequence))
-
-    def list_fisher_snapshots(
-        self, *, base_model: str = "", adapter_version: str = "", page_size: int = 0, page_token: str = ""
-    ) -> fisher.ListFisherSnapshotsResponse:
-        return self._loop.run(
-            self._async.list_fisher_snapshots(
-                base_model=base_model, adapter_version=adapter_version, page_size=page_size, page_token=page_token
+            self._async.create_dataset(
+                name, split=split, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
             )
         )
 
-    def get_fisher_snapshot(self, name: str) -> fisher.FisherSnapshot:
-        return self._loop.run(self._async.get_fisher_snapshot(name))
+    def get_dataset(self, name: str) -> dataset_pb2.Dataset:
+        """One version ("datasets/<dataset>/versions/<n>"), or a dataset's newest ("datasets/<dataset>")."""
+        return self._loop.run(self._async.get_dataset(name))
 
-    def delete_fisher_snapshot(self, name: str) -> None:
-        self._loop.run(self._async.delete_fisher_snapshot(name))
+    def list_datasets(
+        self, *, dataset: str = "", page_size: int = 0, page_token: str = ""
+    ) -> dataset_pb2.ListDatasetsResponse:
+        """Versions, newest first: of ``dataset`` ("datasets/<dataset>") or of every dataset."""
+        return self._loop.run(self._async.list_datasets(dataset=dataset, page_size=page_size, page_token=page_token))
+
+    def delete_dataset(self, name: str) -> list[str]:
+        """Delete a version, or every version of a dataset; returns the versions deleted."""
+        return self._loop.run(self._async.delete_dataset(name))
+
+    def validate_dataset(
+        self,
+        *,
+        split: dataset_pb2.SplitRule | None = None,
+        content: bytes = b"",
+        server_path: str = "",
+        s3_uri: str = "",
+        feedback: common.FeedbackDataset | None = None,
+        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
+    ) -> dataset_pb2.ValidateDatasetResponse:
+        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
+        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        return self._loop.run(
+            self._async.validate_dataset(
+                split=split, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
+            )
+        )
+
+    def submit_feedback(self, events: Sequence[feedback.FeedbackEvent]) -> feedback.SubmitFeedbackResponse:
+        return self._loop.run(self._async.submit_feedback(events))
+
+    def stream_feedback(
+        self, batches: Iterable[Sequence[feedback.FeedbackEvent]] | AsyncIterable[Sequence[feedback.FeedbackEvent]]
+    ) -> feedback.StreamFeedbackResponse:
+        """Send many batches on one stream, each committed on its own, in order. If the stream fails, the
+        error's ``metadata`` says what was stored (``committed_messages``, ``stored``, ``duplicates``); sending
+        everything again is safe."""
+        return self._loop.run(self._async.stream_feedback(batches))
+
+    def get_feedback_stats(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        adapter_version: str = "",
+        tenant_id: str = "",
+        base_model: str = "",
+    ) -> feedback.GetFeedbackStatsResponse:
+        """Counts of events timed in [start_time, end_time) (default: the 7 days before now), by kind and by
+        adapter version; a naive datetime is taken as UTC. ``base_model`` counts only that base model's events
+        (and those stored before events recorded one)."""
+        return self._loop.run(
+            self._async.get_feedback_stats(
+                start_time=start_time,
+                end_time=end_time,
+                adapter_version=adapter_version,
+                tenant_id=tenant_id,
+                base_model=base_model,
+            )
+        )
+
+    def delete_user_feedback(self, user_id: str) -> int:
+        """Forget a user: delete their events and refuse any of theirs timed before now; returns how many
+        events were deleted."""
+        return self._loop.run(self._async.delete_user_feedback(user_id))
 
     def list_adapters(
         self, *, base_model: str = "", labels: dict[str, str] | None = None, page_size: int = 0, page_token: str = ""
@@ -347,6 +351,112 @@ class Client:
         """Follow the status until the canary of ``version`` is decided; how it ended. FailedPrecondition
         (NO_CANARY_RUNNING) if it neither runs nor was the latest decided."""
         return self._loop.run(self._async.wait_canary(version))
+
+    def get_drift_report(
+        self, *, base_model: str = "", window: timedelta | None = None, end_time: datetime | None = None
+    ) -> drift.DriftReport:
+        """The drift report of ``base_model`` (default: the server's) over ``window`` (default: the server's
+        drift_window_days) ending at ``end_time`` (default: now; a naive datetime is taken as UTC): the incoming
+        prompts against the active version's training data, the prompts that moved most, the negative-feedback
+        rate and the evaluation scores over the window (docs/drift.md)."""
+        return self._loop.run(self._async.get_drift_report(base_model=base_model, window=window, end_time=end_time))
+
+    def create_training_job(
+        self, spec: training.TrainingJobSpec, *, request_id: str = "", validate_only: bool = False, priority: int = 0
+    ) -> training.TrainingJob:
+        """Create and queue a job; with ``validate_only``, check the spec and its dataset and create nothing (the
+        job returned then is what would run: defaults filled in, the dataset summarised; its name names nothing)."""
+        return self._loop.run(
+            self._async.create_training_job(spec, request_id=request_id, validate_only=validate_only, priority=priority)
+        )
+
+    def start_training_job(
+        self, spec: training.TrainingJobSpec, *, request_id: str = "", priority: int = 0
+    ) -> TrainingJobHandle:
+        """Create a job and return its handle (``wait()``, ``events()``, ``cancel()``, ``pause()``, ...)."""
+        return TrainingJobHandle(
+            self._loop, self._loop.run(self._async.start_training_job(spec, request_id=request_id, priority=priority))
+        )
+
+    def get_training_job_handle(self, name: str) -> TrainingJobHandle:
+        """A handle on an existing job ("trainingJobs/<id>"); makes no call."""
+        return TrainingJobHandle(self._loop, self._async.get_training_job_handle(name))
+
+    def get_training_job(self, name: str) -> training.TrainingJob:
+        return self._loop.run(self._async.get_training_job(name))
+
+    def list_training_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> training.ListTrainingJobsResponse:
+        return self._loop.run(self._async.list_training_jobs(states=states, page_size=page_size, page_token=page_token))
+
+    def cancel_training_job(self, name: str) -> training.TrainingJob:
+        return self._loop.run(self._async.cancel_training_job(name))
+
+    def pause_training_job(self, name: str) -> training.TrainingJob:
+        """Pause a queued or running job (a running one checkpoints at its next step: PAUSING, then PAUSED)."""
+        return self._loop.run(self._async.pause_training_job(name))
+
+    def resume_training_job(self, name: str) -> training.TrainingJob:
+        """Queue a paused job again; it continues from its last checkpoint."""
+        return self._loop.run(self._async.resume_training_job(name))
+
+    def watch_training_job(self, name: str, *, after_sequence: int = 0) -> Iterator[training.WatchTrainingJobResponse]:
+        """Snapshot, then every event until the job ends; survives dropped connections."""
+        return self._loop.iterate(self._async.watch_training_job(name, after_sequence=after_sequence))
+
+    def list_training_checkpoints(self, name: str) -> list[training.TrainingCheckpoint]:
+        """The job's stored checkpoints, newest first."""
+        return self._loop.run(self._async.list_training_checkpoints(name))
+
+    def publish_checkpoint(self, name: str, step: int, *, request_id: str = "") -> str:
+        """Publish the job's checkpoint of ``step`` as a new adapter version; returns the version."""
+        return self._loop.run(self._async.publish_checkpoint(name, step, request_id=request_id))
+
+    def get_training_metrics(self, name: str) -> training.GetTrainingMetricsResponse:
+        """The job's metrics as its event log holds them now: one row per optimiser step, the same as CSV
+        (``.csv``) and a loss-curve PNG (``.png``, empty while the job has no steps)."""
+        return self._loop.run(self._async.get_training_metrics(name))
+
+    def create_fisher_job(self, spec: fisher.FisherJobSpec, *, request_id: str = "") -> fisher.FisherJob:
+        return self._loop.run(self._async.create_fisher_job(spec, request_id=request_id))
+
+    def start_fisher_job(self, spec: fisher.FisherJobSpec, *, request_id: str = "") -> FisherJobHandle:
+        """Create a Fisher job and return its handle (``wait()``, ``events()``, ``cancel()``)."""
+        return FisherJobHandle(self._loop, self._loop.run(self._async.start_fisher_job(spec, request_id=request_id)))
+
+    def get_fisher_job_handle(self, name: str) -> FisherJobHandle:
+        """A handle on an existing Fisher job ("fisherJobs/<id>"); makes no call."""
+        return FisherJobHandle(self._loop, self._async.get_fisher_job_handle(name))
+
+    def get_fisher_job(self, name: str) -> fisher.FisherJob:
+        return self._loop.run(self._async.get_fisher_job(name))
+
+    def list_fisher_jobs(
+        self, *, states: Iterable[int] = (), page_size: int = 0, page_token: str = ""
+    ) -> fisher.ListFisherJobsResponse:
+        return self._loop.run(self._async.list_fisher_jobs(states=states, page_size=page_size, page_token=page_token))
+
+    def cancel_fisher_job(self, name: str) -> fisher.FisherJob:
+        return self._loop.run(self._async.cancel_fisher_job(name))
+
+    def watch_fisher_job(self, name: str, *, after_sequence: int = 0) -> Iterator[fisher.WatchFisherJobResponse]:
+        return self._loop.iterate(self._async.watch_fisher_job(name, after_sequence=after_sequence))
+
+    def list_fisher_snapshots(
+        self, *, base_model: str = "", adapter_version: str = "", page_size: int = 0, page_token: str = ""
+    ) -> fisher.ListFisherSnapshotsResponse:
+        return self._loop.run(
+            self._async.list_fisher_snapshots(
+                base_model=base_model, adapter_version=adapter_version, page_size=page_size, page_token=page_token
+            )
+        )
+
+    def get_fisher_snapshot(self, name: str) -> fisher.FisherSnapshot:
+        return self._loop.run(self._async.get_fisher_snapshot(name))
+
+    def delete_fisher_snapshot(self, name: str) -> None:
+        self._loop.run(self._async.delete_fisher_snapshot(name))
 
     def create_evaluation_job(
         self, spec: evaluation.EvaluationJobSpec, *, request_id: str = ""
@@ -532,119 +642,9 @@ class Client:
         :meth:`add_examples`."""
         return self._loop.iterate(self._async.stream_examples(name, batches))
 
-    def upload_dataset(
-        self,
-        name: str,
-        source: Path,
-        *,
-        split: dataset_pb2.SplitRule | None = None,
-        filename: str = "",
-        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
-    ) -> dataset_pb2.UploadDatasetResponse:
-        """Upload the JSONL file ``source`` as a version of the dataset ``name`` ("datasets/<dataset>"); its size
-        and sha256 are sent first, then its bytes. ``kind``: training examples (unspecified) or golden cases
-        (``DATASET_KIND_GOLDEN``: ``{"prompt", "expected" | "references", "answer"?, "source"?}`` lines, scored as
-        a golden suite, never trained on). The same bytes, split and kind again return the existing version
-        (``created`` false). ``filename`` defaults to the file's name."""
-        return self._loop.run(self._async.upload_dataset(name, source, split=split, filename=filename, kind=kind))
-
-    def create_dataset(
-        self,
-        name: str,
-        *,
-        split: dataset_pb2.SplitRule | None = None,
-        server_path: str = "",
-        s3_uri: str = "",
-        feedback: common.FeedbackDataset | None = None,
-        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
-    ) -> dataset_pb2.CreateDatasetResponse:
-        """Store a version of ``name`` from one source: a file below the server's datasets directory, an S3 object,
-        or the examples a window of feedback gives now (frozen; training examples only). ``kind`` as
-        :meth:`upload_dataset`'s."""
-        return self._loop.run(
-            self._async.create_dataset(
-                name, split=split, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
-            )
-        )
-
-    def get_dataset(self, name: str) -> dataset_pb2.Dataset:
-        """One version ("datasets/<dataset>/versions/<n>"), or a dataset's newest ("datasets/<dataset>")."""
-        return self._loop.run(self._async.get_dataset(name))
-
-    def list_datasets(
-        self, *, dataset: str = "", page_size: int = 0, page_token: str = ""
-    ) -> dataset_pb2.ListDatasetsResponse:
-        """Versions, newest first: of ``dataset`` ("datasets/<dataset>") or of every dataset."""
-        return self._loop.run(self._async.list_datasets(dataset=dataset, page_size=page_size, page_token=page_token))
-
-    def delete_dataset(self, name: str) -> list[str]:
-        """Delete a version, or every version of a dataset; returns the versions deleted."""
-        return self._loop.run(self._async.delete_dataset(name))
-
-    def validate_dataset(
-        self,
-        *,
-        split: dataset_pb2.SplitRule | None = None,
-        content: bytes = b"",
-        server_path: str = "",
-        s3_uri: str = "",
-        feedback: common.FeedbackDataset | None = None,
-        kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
-    ) -> dataset_pb2.ValidateDatasetResponse:
-        """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
-        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
-        return self._loop.run(
-            self._async.validate_dataset(
-                split=split, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind
-            )
-        )
-
-    def submit_feedback(self, events: Sequence[feedback.FeedbackEvent]) -> feedback.SubmitFeedbackResponse:
-        return self._loop.run(self._async.submit_feedback(events))
-
-    def stream_feedback(
-        self, batches: Iterable[Sequence[feedback.FeedbackEvent]] | AsyncIterable[Sequence[feedback.FeedbackEvent]]
-    ) -> feedback.StreamFeedbackResponse:
-        """Send many batches on one stream, each committed on its own, in order. If the stream fails, the
-        error's ``metadata`` says what was stored (``committed_messages``, ``stored``, ``duplicates``); sending
-        everything again is safe."""
-        return self._loop.run(self._async.stream_feedback(batches))
-
-    def get_feedback_stats(
-        self,
-        *,
-        start_time: datetime | None = None,
-        end_time: datetime | None = None,
-        adapter_version: str = "",
-        tenant_id: str = "",
-        base_model: str = "",
-    ) -> feedback.GetFeedbackStatsResponse:
-        """Counts of events timed in [start_time, end_time) (default: the 7 days before now), by kind and by
-        adapter version; a naive datetime is taken as UTC. ``base_model`` counts only that base model's events
-        (and those stored before events recorded one)."""
-        return self._loop.run(
-            self._async.get_feedback_stats(
-                start_time=start_time,
-                end_time=end_time,
-                adapter_version=adapter_version,
-                tenant_id=tenant_id,
-                base_model=base_model,
-            )
-        )
-
-    def delete_user_feedback(self, user_id: str) -> int:
-        """Forget a user: delete their events and refuse any of theirs timed before now; returns how many
-        events were deleted."""
-        return self._loop.run(self._async.delete_user_feedback(user_id))
-
-    def get_drift_report(
-        self, *, base_model: str = "", window: timedelta | None = None, end_time: datetime | None = None
-    ) -> drift.DriftReport:
-        """The drift report of ``base_model`` (default: the server's) over ``window`` (default: the server's
-        drift_window_days) ending at ``end_time`` (default: now; a naive datetime is taken as UTC): the incoming
-        prompts against the active version's training data, the prompts that moved most, the negative-feedback
-        rate and the evaluation scores over the window (docs/drift.md)."""
-        return self._loop.run(self._async.get_drift_report(base_model=base_model, window=window, end_time=end_time))
+    def health(self, service: str = "") -> str:
+        """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN for ``service`` ("" = the server)."""
+        return self._loop.run(self._async.health(service))
 
 
 class TrainingJobHandle:
