@@ -1,5 +1,6 @@
 """One serving target as LoraControl drives it: its persisted state, the serving engine, the gateway's alias,
-and the pieces every operation is made of (engine/lora/controller.py makes the operations of them).
+and the pieces every operation is made of (engine/lora/controller.py makes the operations of them; evaluations are
+scored by engine/lora/scoring.py).
 
 Every operation runs under an asyncio lock and a PostgreSQL advisory lock for the target,
 re-reads the persisted state first (another process may have changed it) and is recorded
@@ -27,10 +28,9 @@ from engine import telemetry
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
-from engine.lora import lineage
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
-from engine.lora.eval_report import render_reports
-from engine.lora.judge import Judge, JudgeChoice, JudgeConfig, JudgeVerdict
+from engine.lora.judge import JudgeChoice, JudgeConfig
+from engine.lora.scoring import EvalScorer, Progress, refusal
 from engine.lora.state import (
     AdapterFetcher,
     EvalSummary,
@@ -52,9 +52,6 @@ from engine.serving.gateway import AliasRouter
 from engine.serving.traffic import Role, Tally, sum_tallies
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]  # (suite being answered, answers so far, answers in all); may raise
-
 
 @dataclass(frozen=True)
 class ControlConfig:
@@ -91,18 +88,6 @@ def to_the_end(operation: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
         return await asyncio.shield(self._spawn(operation(self, *args, **kwargs), operation.__name__))
 
     return run
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What an evaluation scores, resolved before anything is loaded or answered."""
-
-    version: str
-    baseline_version: str
-    suites: tuple[ev.Suite, ...]
-    judge: Judge | None
-    basis: str  # engine.lora.evaluation.evaluation_basis
-    gated: bool  # the gate's own suites (target, retention, base) are scored: the gate is on and it is a version
 
 
 class _Op:
@@ -155,9 +140,7 @@ class ServingTarget:
                  judge_client: ServingClient | None = None, routed: RoutedElsewhere | None = None) -> None:
         self.config = config
         self._routed = routed  # versions other names route, never unloaded here
-        self._judge_client = judge_client  # the judge's own serving engine (eval_judge_url); None: this one
-        self._reports = reports
-        self._gate = gate if config.gate else None
+        self._scorer = EvalScorer(config, client, router, store, adapters, reports, gate, judge_client=judge_client)
         self._client = client
         self._router = router
         self._store = store
@@ -330,7 +313,7 @@ class ServingTarget:
                                      "the base model itself is scored on golden suites only (it has no training data "
                                      "of its own) and none is configured; name one with suite_paths, suite_path or "
                                      "suite_datasets")
-        if not goldens and self._gate is None:
+        if not goldens and self._scorer.gate is None:
             raise FailedPrecondition("EVAL_SUITE_NOT_CONFIGURED",
                                      "no golden suite is configured and the gate is off; name one with suite_path "
                                      "or suite_datasets")
@@ -338,8 +321,8 @@ class ServingTarget:
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
             baseline = self._state.active_version if baseline_version is None else baseline_version
-            plan = await self._plan(version, baseline, goldens, judge)
-            kept = await self._reusable(plan) if reuse else None
+            plan = await self._scorer.plan(version, baseline, goldens, judge)
+            kept = await self._scorer.reusable(plan) if reuse else None
             if kept is not None:
                 return kept  # nothing loaded, nothing answered
             temporary = []
@@ -350,7 +333,7 @@ class ServingTarget:
                         adapter = await self._adapters.fetch(self._state.base_model, v)
                         await self._load(name, str(adapter.path))
                         temporary.append(name)
-                return await self._score(plan, progress)
+                return await self._scorer.score(plan, progress)
             finally:
                 for name in temporary:
                     await self._discard(name, keep=False)
@@ -359,27 +342,18 @@ class ServingTarget:
         """The gate on ``version`` (loaded) against the active version, recorded on ``op``: EVAL_GATE_FAILED if it
         fails, unless ``force``; None when there is no gate (off, and no golden suite)."""
         goldens = [self.config.eval_suite] if self.config.eval_suite is not None else []
-        if not goldens and self._gate is None:
+        if not goldens and self._scorer.gate is None:
             return None
         with op.phase("eval"):
-            plan = await self._plan(version, self._state.active_version, goldens, None)
-            summary = op.gate = await self._reusable(plan) or await self._score(plan)
+            plan = await self._scorer.plan(version, self._state.active_version, goldens, None)
+            summary = op.gate = await self._scorer.reusable(plan) or await self._scorer.score(plan)
         if not summary.passed and not force:
-            raise _refusal(summary)
+            raise refusal(summary)
         return summary
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
-        """One stored report file of an evaluation of ``version`` ("": the base model itself; its latest when
-        ``evaluation`` is empty): (the evaluation, the file's bytes, where it is stored); NotFound
-        EVALUATION_NOT_FOUND without one."""
-        base = self.config.base_model
-        summary = await self._store.latest_eval(base, version, evaluation)
-        if summary is None or not summary.id:
-            which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"
-            raise NotFound("EVALUATION_NOT_FOUND", f"{ev.described(version)} has no {which}",
-                           metadata={"version": version, "evaluation_id": evaluation})
-        key = report_key(base, version, summary.id, file)
-        return summary, await self._reports.get_bytes(key), self._reports.uri(key)
+        """One stored report file of an evaluation of ``version`` (EvalScorer.report)."""
+        return await self._scorer.report(version, evaluation, file)
 
     async def reconcile(self, *, actor: str = "system", reason: str = "reconcile with the serving engine") -> None:
         """Make the engine and the persisted state agree (after a crash or an engine restart)."""
@@ -554,170 +528,5 @@ class ServingTarget:
         with op.phase("unload"):
             await self._discard(old, keep=False)
 
-    async def _plan(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
-                    choice: JudgeChoice | None) -> _Plan:
-        """What evaluating ``version`` against ``baseline_version`` scores (the golden suites read, the gate's
-        built) and on what basis; nothing is loaded or answered."""
-        base = self._state.base_model
-        suites: list[ev.Suite] = []
-        for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
-            if isinstance(golden, ev.Suite):
-                suites.append(golden)
-                continue
-            cases, digest = await asyncio.to_thread(ev.load_suite, golden)
-            suites.append(ev.Suite(golden.stem, ev.SuiteKind.GOLDEN, tuple(cases), digest, note=golden.name))
-        gate = self._gate if version else None  # the base model itself has no data or lineage of its own
-        if gate is not None:
-            suites += await gate.suites(base, version, baseline_version)
-        judge = self._judge(choice)
-        basis = ev.evaluation_basis(suites, gate is not None, self.config.thresholds, self.config.eval_max_tokens,
-                                    judge.info if judge else None)
-        return _Plan(version, baseline_version, tuple(suites), judge, basis, gate is not None)
-
-    async def _reusable(self, plan: _Plan) -> EvalSummary | None:
-        """The version's latest evaluation when it was against the same baseline on the same basis
-        (evaluation_basis), else None: a pipeline's EVALUATE and the gate of the activation or canary after it do
-        not answer the same suites twice. It only reads the store, so callers ask it before loading anything."""
-        latest = await self._store.latest_eval(self._state.base_model, plan.version)
-        if latest is None or latest.baseline_version != plan.baseline_version or latest.basis != plan.basis:
-            return None
-        log.info("the gate reuses an evaluation", extra={"version": plan.version, "evaluation": latest.id})
-        return latest
-
-    async def _score(self, plan: _Plan, progress: Progress | None = None) -> EvalSummary:
-        """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision.
-        When both sides are one model (the base model against itself), it answers once for both."""
-        base, version, baseline_version = self._state.base_model, plan.version, plan.baseline_version
-        suites, judge = plan.suites, plan.judge
-        candidate_model = lora_name(base, version) if version else self._router.base_model_name
-        baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
-        same = candidate_model == baseline_model
-        answered, total = 0, (2 if judge else 1) * (1 if same else 2) * sum(len(s.cases) for s in suites)
-        verdicts, results = [], []
-        for suite in suites:
-
-            def tick(name: str = suite.name) -> None:
-                nonlocal answered
-                answered += 1
-                if progress is not None:
-                    progress(name, answered, total)
-
-            candidate = await self._answers(candidate_model, suite.cases, tick)
-            baseline = candidate if same else await self._answers(baseline_model, suite.cases, tick)
-            judged = None
-            if judge is not None:
-                graded = await self._graded(judge, suite.cases, candidate, tick)
-                judged = (graded, graded if same else await self._graded(judge, suite.cases, baseline, tick))
-                judge.check(suite.name, [*judged[0], *judged[1]])
-            verdict, scored = ev.score_suite(suite, candidate, baseline, self.config.thresholds, judged)
-            verdicts.append(verdict)
-            results.append(scored)
-        gate = self._gate if plan.gated else None
-        if gate is not None:
-            mine = await gate.base_retention(base, version)
-            theirs: float | None = 1.0  # the base model keeps all it knows
-            if baseline_version:
-                measured = await gate.base_retention(base, baseline_version)
-                theirs = measured.retention if measured else None
-            verdicts.append(ev.base_verdict(mine.retention if mine else None, theirs, mine.lost if mine else (),
-                                            self.config.thresholds))
-            results.append(())
-        now = datetime.now(UTC)
-        evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
-        curve = await self._learning_curve(version, verdicts, evaluation)
-        report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
-                               results=tuple(results), time=now, judge=judge.info if judge else None,
-                               learning_curve=curve)
-        rendered = await asyncio.to_thread(render_reports, report)
-        uris = []
-        for file, data in rendered.items():
-            key = report_key(base, version, evaluation, file)
-            await self._reports.put_bytes(key, data)
-            uris.append(self._reports.uri(key))
-        summary = EvalSummary(
-            suite_digest=report.digest, version=version, baseline_version=baseline_version, metrics=report.metrics,
-            regressions=report.regressions, passed=report.passed, failed_checks=report.failed_checks,
-            report_uris=tuple(uris), time=now, suites=report.suites, id=evaluation, basis=plan.basis,
-        )
-        await self._store.save_eval(base, summary)
-        if not version:  # the base model itself has no adapter record
-            return summary
-        try:
-            await self._adapters.record_eval(base, summary)
-        except EngineError as exc:
-            log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
-        return summary
-
-    async def _learning_curve(self, version: str, verdicts: Sequence[ev.SuiteVerdict],
-                              evaluation: str) -> lineage.LearningCurve:
-        """The scores of ``version``'s lineage (as the registry records it) on the suites of this evaluation, from
-        their stored evaluations and the base model's own (engine.lora.lineage)."""
-        base = self._state.base_model
-        chain = await self._adapters.lineage(base, version) if version else [""]
-        stored = await self._store.evaluations(base, ["", *chain[1:lineage.MAX_VERSIONS]],
-                                               per_version=lineage.PER_VERSION) if version else []
-        return lineage.learning_curve(chain, stored, verdicts, evaluation)
-
-    def _judge(self, choice: JudgeChoice | None) -> Judge | None:
-        """The judge of this evaluation, if it is judged: the model it names, the configured one, or the base model
-        as the engine serves it."""
-        config = self.config.judge
-        if not (choice.on if choice is not None else config.enabled):
-            return None
-        model = (choice.model if choice is not None else "") or config.model or self._router.base_model_name
-        return Judge(self._judge_client or self._client, model, config)
-
-    async def _graded(self, judge: Judge, cases: Sequence[ev.GoldenCase], answers: Sequence[str],
-                      tick: Callable[[], None]) -> list[JudgeVerdict]:
-        gate = asyncio.Semaphore(self.config.eval_concurrency)
-
-        async def one(case: ev.GoldenCase, answer: str) -> JudgeVerdict:
-            async with gate:
-                reference = case.references[0]
-                if case.answers:
-                    reference += f" (the key answer: {'; '.join(case.answers)})"
-                verdict = await judge.grade(case.prompt, reference, answer, case.source)
-                tick()
-                return verdict
-
-        return list(await asyncio.gather(*(one(c, a) for c, a in zip(cases, answers, strict=True))))
-
-    async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
-        gate = asyncio.Semaphore(self.config.eval_concurrency)
-
-        async def one(case: ev.GoldenCase) -> str:
-            async with gate:
-                budget = ev.token_budget(case, self.config.eval_max_tokens)
-                text = (await self._client.complete(model, case.prompt, max_tokens=budget, chat=case.chat)).text
-                tick()
-                return text
-
-        return list(await asyncio.gather(*(one(c) for c in cases)))
-
-
 def _split_id(split: TrafficSplitState | None) -> int:
     return split.id if split is not None else 0
-
-
-BASE_MODEL_REPORTS = "base-model"  # the folder of the base model's own evaluations, beside its versions' folders
-
-
-def report_key(base_model: str, version: str, evaluation: str, file: str) -> str:
-    """Where one report file of an evaluation of ``version`` ("": the base model itself) is stored (the artifact
-    store's key)."""
-    return f"evaluations/{base_model}/{version or BASE_MODEL_REPORTS}/{evaluation}/{file}"
-
-
-def _refusal(summary: EvalSummary) -> FailedPrecondition:
-    """EVAL_GATE_FAILED naming each failed check and the prompts that regressed in a failed suite."""
-    named = [f"{s.name} no longer answers: " + "; ".join(repr(p) for p in s.regressed[:5])
-             + (f" (+{s.regressions - 5} more)" if s.regressions > 5 else "")
-             for s in summary.suites if not s.passed and s.regressed]
-    return FailedPrecondition(
-        "EVAL_GATE_FAILED",
-        f"{summary.version} failed the eval gate: {'; '.join(summary.failed_checks)}"
-        + "".join(f". {n}" for n in named) + " (set force to activate anyway)",
-        metadata={"version": summary.version, "report": summary.report_uris[0] if summary.report_uris else "",
-                  "regressions": str(summary.regressions),
-                  "failed_suites": ",".join(s.name for s in summary.suites if not s.passed)},
-    )
