@@ -14,9 +14,11 @@ from pathlib import Path
 import typer
 
 from learning_engine.cli import (
+    adapters,
     datasets,
     drift,
     evaluation,
+    feedback,
     fisher,
     jobs,
     online,
@@ -73,7 +75,7 @@ app.command("fisher")(fisher.fisher_cmd)
 app.add_typer(fisher.fisher_jobs_app, name="fisher-jobs")
 app.add_typer(snapshots.snapshots_app, name="snapshots")
 app.add_typer(jobs.jobs_app, name="jobs")
-app.add_typer(ops.adapters_app, name="adapters")
+app.add_typer(adapters.adapters_app, name="adapters")
 app.command("deploy")(ops.deploy)
 app.command("rollback")(ops.rollback)
 app.command("enable")(ops.enable)
@@ -86,7 +88,7 @@ app.command("report")(ops.report)
 app.add_typer(evaluation.evaluation_jobs_app, name="evaluation-jobs")
 app.add_typer(preparation.preparation_jobs_app, name="preparation-jobs")
 app.command("metrics")(ops.metrics)
-app.add_typer(ops.feedback_app, name="feedback")
+app.add_typer(feedback.feedback_app, name="feedback")
 app.command("hash-token")(ops.hash_token)
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(pipelines.pipelines_app, name="pipelines")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -16,7 +16,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.measure import Measurement
-from rich.table import Table
+from rich.table import Column, Table
 
 from learning.v1.error_reason_pb2 import ErrorReason
 from learning_engine.client import AsyncClient
@@ -130,6 +130,14 @@ def print_table(table: Table) -> None:
 def when(ts: timestamp_pb2.Timestamp) -> str:
     """A timestamp as ISO 8601 to the second (UTC), "-" when unset."""
     return ts.ToDatetime().isoformat(timespec="seconds") if ts.seconds or ts.nanos else "-"
+
+
+def grid(headers: list[str | Column], rows: Iterable[Iterable[object]]) -> Table:
+    """A table of ``rows`` under ``headers``, each cell as text."""
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    return table
 
 
 def key_values(data: dict[str, Any], title: str | None = None) -> Table:

@@ -1,4 +1,4 @@
-"""Operations: health, adapters, deploy/rollback/enable/disable/status/evaluate, metrics, feedback."""
+"""Operations: health, deploy/rollback/enable/disable/status/evaluate/report, metrics, hash-token."""
 
 from __future__ import annotations
 
@@ -9,42 +9,30 @@ import secrets
 import sys
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import typer
-from google.protobuf import json_format
-from rich.table import Column, Table
 
 from learning.v1 import adapter_pb2
-from learning.v1 import feedback_pb2 as feedback
 from learning.v1 import lora_control_pb2 as lora
 from learning.v1.error_reason_pb2 import (
-    ERROR_REASON_FEEDBACK_LINE_INVALID,
     ERROR_REASON_METRICS_UNREACHABLE,
     ERROR_REASON_USAGE,
 )
 from learning_engine.cli.common import (
-    as_dict,
     emit,
     fail,
+    grid,
     interrupted,
-    labels,
     options,
     out,
     print_table,
     run,
-    when,
 )
 from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
-
-adapters_app = typer.Typer(
-    help="The adapter registry: list, info, lineage, download, import, delete, prune.", no_args_is_help=True
-)
-feedback_app = typer.Typer(help="Feedback: import JSONL events, stats, forget a user.", no_args_is_help=True)
 
 SERVICES = (
     "learning.v1.TrainingService",
@@ -66,148 +54,9 @@ def health(ctx: typer.Context) -> None:
         return {name or "server": await client.health(name) for name in ("", *SERVICES)}
 
     statuses = run(ctx, call)
-    emit(opts, statuses, lambda: out.print(_table(["service", "status"], statuses.items())))
+    emit(opts, statuses, lambda: out.print(grid(["service", "status"], statuses.items())))
     if any(status != "SERVING" for status in statuses.values()):
         raise typer.Exit(grpc.StatusCode.UNAVAILABLE.value[0])
-
-
-def _table(headers: list[str | Column], rows) -> Table:
-    table = Table(*headers)
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
-    return table
-
-
-# ---- adapters ------------------------------------------------------------------------
-
-
-@adapters_app.command("list")
-def adapters_list(
-    ctx: typer.Context,
-    base_model: str = typer.Option("", "--base-model"),
-    label: list[str] = typer.Option(None, "--label", help="KEY=VALUE filter, repeatable."),
-    page_size: int = typer.Option(50, "--page-size"),
-) -> None:
-    """Published adapter versions."""
-    response = run(
-        ctx, lambda c: c.list_adapters(base_model=base_model, labels=labels(label), page_size=page_size)
-    )
-    rows = [
-        (
-            a.base_model,
-            a.version,
-            a.parent_version or "-",
-            f"{a.train_loss:.4f}",
-            f"{a.size_bytes:,}",
-            a.create_time.ToDatetime().isoformat(timespec="seconds"),
-        )
-        for a in response.adapters
-    ]
-    headers = ["base model", "version", "parent", "train loss", "bytes", "created"]
-    emit(options(ctx), response, lambda: print_table(_table(headers, rows)))
-
-
-@adapters_app.command("info")
-def adapters_info(
-    ctx: typer.Context, version: str, base_model: str = typer.Option("", "--base-model")
-) -> None:
-    """One adapter version with its lineage and evaluation."""
-    emit(options(ctx), run(ctx, lambda c: c.get_adapter(version, base_model=base_model)))
-
-
-@adapters_app.command("lineage")
-def adapters_lineage(ctx: typer.Context, version: str, base_model: str = typer.Option("", "--base-model")) -> None:
-    """A version and its parents back to the first (deleted ones included)."""
-    lineage = run(ctx, lambda c: c.get_lineage(version, base_model=base_model))
-    rows = [
-        (
-            a.version,
-            adapter_pb2.AdapterSource.Name(a.source).removeprefix("ADAPTER_SOURCE_").lower(),
-            a.training_job or "-",
-            f"{a.train_loss:.4f}" if a.train_loss else "-",
-            "deleted " + when(a.delete_time) if a.HasField("delete_time") else when(a.create_time),
-        )
-        for a in lineage
-    ]
-    headers = ["version", "source", Column("training job", no_wrap=True), "train loss", "created"]
-    emit(options(ctx), {"adapters": [as_dict(a) for a in lineage]}, lambda: print_table(_table(headers, rows)))
-
-
-@adapters_app.command("download")
-def adapters_download(
-    ctx: typer.Context,
-    version: str,
-    out_dir: Path = typer.Option(Path("."), "--out", "-o", help="Directory to write the archive into."),
-    base_model: str = typer.Option("", "--base-model"),
-    force: bool = typer.Option(False, "--force", help="Overwrite the version's archive if the directory holds it."),
-) -> None:
-    """Download an adapter archive as <base model>-<version>.tar.gz (sha256 verified)."""
-    opts = options(ctx)
-    try:
-        adapter, path = run(ctx, lambda c: c.download_adapter(version, out_dir, base_model=base_model,
-                                                              overwrite=force))
-    except FileExistsError as exc:
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.filename} exists; --force overwrites it",
-             reason=ERROR_REASON_USAGE, metadata={"path": str(exc.filename)})
-    emit(
-        opts,
-        {"adapter": as_dict(adapter), "path": str(path)},
-        lambda: out.print(f"{adapter.version} -> {path}", highlight=False),
-    )
-
-
-@adapters_app.command("import")
-def adapters_import(
-    ctx: typer.Context,
-    source: Path = typer.Argument(
-        ..., exists=True, help="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
-        "as PEFT, Axolotl or LLaMA-Factory write it, or a tar.gz of one."
-    ),
-    base_model: str = typer.Option("", "--base-model"),
-    parent: str = typer.Option("", "--parent"),
-    major: bool = typer.Option(False, "--major"),
-    label: list[str] = typer.Option(None, "--label"),
-    request_id: str = typer.Option("", "--request-id"),
-) -> None:
-    """Import an externally trained PEFT adapter as a new version (a directory is packed here first)."""
-    opts = options(ctx)
-    try:
-        adapter = run(
-            ctx,
-            lambda c: c.import_adapter(
-                source,
-                base_model=base_model,
-                parent_version=parent,
-                major_version_bump=major,
-                labels=labels(label),
-                request_id=request_id,
-            ),
-        )
-    except FileNotFoundError as exc:  # a directory without the adapter's files
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason=ERROR_REASON_USAGE)
-    emit(opts, adapter, lambda: out.print(f"imported {adapter.base_model} {adapter.version}"))
-
-
-@adapters_app.command("delete")
-def adapters_delete(ctx: typer.Context, version: str, base_model: str = typer.Option("", "--base-model")) -> None:
-    """Delete a version's archive (refused while it is active or the known-good one); it stays in lineages."""
-    run(ctx, lambda c: c.delete_adapter(version, base_model=base_model))
-    emit(options(ctx), {"deleted": version}, lambda: out.print(f"deleted {version}", highlight=False))
-
-
-@adapters_app.command("prune")
-def adapters_prune(
-    ctx: typer.Context,
-    keep: int = typer.Option(0, "--keep", min=0, help="Keep this many newest versions (0: the server's setting)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted; delete nothing."),
-    base_model: str = typer.Option("", "--base-model"),
-) -> None:
-    """Apply the retention policy now (the active and known-good versions are always kept)."""
-    response = run(ctx, lambda c: c.prune_adapters(base_model=base_model, keep=keep, dry_run=dry_run))
-    deleted = ", ".join(response.deleted_versions) or "nothing"
-    emit(options(ctx), response, lambda: out.print(
-        f"{'would delete' if dry_run else 'deleted'} {deleted}; kept {', '.join(response.kept_versions) or '-'}",
-        highlight=False))
 
 
 # ---- LoRA control --------------------------------------------------------------------
@@ -229,7 +78,7 @@ def _status_render(status: lora.LoraStatus):
             rows.append(
                 ("last operation", f"{lora.LoraOperationKind.Name(op.kind)} {op.version} by {op.actor}")
             )
-        out.print(_table(["", ""], rows))
+        out.print(grid(["", ""], rows))
         render_split(status)
 
     return render
@@ -377,7 +226,7 @@ def render_eval(version: str, summary: adapter_pb2.AdapterEvalSummary) -> None:
             "-" if base_rate is None else f"{base_rate:.3f}", str(s.regressions),
             "yes" if s.passed else "no", "; ".join(s.failed_checks) or s.note or "-",
         ))
-    print_table(_table(["suite", "cases", "score", "baseline", "regressions", "passed", "checks"], rows))
+    print_table(grid(["suite", "cases", "score", "baseline", "regressions", "passed", "checks"], rows))
     for uri in summary.report_uris:
         out.print(f"report: {uri}", highlight=False)
 
@@ -419,7 +268,7 @@ def report(
         f"{candidate_name(version)} evaluation {response.eval.evaluation_id} ({fmt}) -> {out_path}", highlight=False))
 
 
-# ---- metrics and feedback ---------------------------------------------------------
+# ---- metrics ---------------------------------------------------------------------
 
 
 def metrics(
@@ -451,7 +300,7 @@ def metrics(
         opts,
         {"samples": samples},
         lambda: out.print(
-            _table(
+            grid(
                 ["metric", "labels", "value"],
                 (
                     (s["name"], ",".join(f"{k}={v}" for k, v in s["labels"].items()), f"{s['value']:g}")
@@ -460,103 +309,6 @@ def metrics(
             )
         ),
     )
-
-
-@feedback_app.command("import")
-def feedback_import(
-    ctx: typer.Context,
-    path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="JSONL, one FeedbackEvent (proto JSON) a line."
-    ),
-    batch: int = typer.Option(500, "--batch", min=1, max=10_000),
-    stream: bool = typer.Option(
-        False, "--stream", help="Send the batches on one stream (StreamFeedback) instead of a call each."
-    ),
-) -> None:
-    """Submit feedback events from a JSONL file, in batches; the whole file is checked first."""
-    opts = options(ctx)
-    events: list[feedback.FeedbackEvent] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            events.append(json_format.Parse(line, feedback.FeedbackEvent()))
-        except json_format.ParseError as exc:
-            fail(
-                opts,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{path}:{number}: {exc}",
-                reason=ERROR_REASON_FEEDBACK_LINE_INVALID,
-                violations=[(f"line[{number}]", str(exc))],
-            )
-
-    batches = [events[start : start + batch] for start in range(0, len(events), batch)]
-
-    async def call(client: AsyncClient) -> dict[str, int]:
-        totals = {"events": len(events), "stored": 0, "duplicates": 0, "forgotten": 0}
-        responses = [await client.stream_feedback(batches)] if stream else [
-            await client.submit_feedback(b) for b in batches]
-        for response in responses:
-            totals["stored"] += response.stored
-            totals["duplicates"] += response.duplicates
-            totals["forgotten"] += response.forgotten
-        return totals
-
-    totals = run(ctx, call)
-    emit(
-        opts,
-        totals,
-        lambda: out.print(
-            f"{totals['events']} events: {totals['stored']} stored, {totals['duplicates']} duplicates"
-            + (f", {totals['forgotten']} of forgotten users refused" if totals["forgotten"] else "")
-        ),
-    )
-
-
-@feedback_app.command("stats")
-def feedback_stats(
-    ctx: typer.Context,
-    days: float = typer.Option(7.0, "--days", min=0, help="The window: this many days before --until."),
-    until: datetime = typer.Option(None, "--until", help="End of the window (ISO date/time, UTC; default: now)."),
-    adapter_version: str = typer.Option("", "--adapter-version", help="Only events on this version."),
-    tenant: str = typer.Option("", "--tenant", help="Only this tenant's events."),
-    base_model: str = typer.Option(
-        "", "--base-model", help="Only events on this base model (and those stored before events recorded one)."
-    ),
-) -> None:
-    """Feedback counts in a window, by kind and by adapter version (positive: thumbs up, ratings 4-5)."""
-    end = until.replace(tzinfo=until.tzinfo or UTC) if until is not None else datetime.now(UTC)
-    stats = run(ctx, lambda c: c.get_feedback_stats(
-        start_time=end - timedelta(days=days), end_time=end, adapter_version=adapter_version, tenant_id=tenant,
-        base_model=base_model))
-
-    def render() -> None:
-        start, stop = (t.ToDatetime().isoformat(timespec="seconds") for t in (stats.start_time, stats.end_time))
-        out.print(f"{stats.total} events from {start} to {stop} (UTC)", highlight=False)
-        kinds = [(feedback.FeedbackKind.Name(k.kind).removeprefix("FEEDBACK_KIND_").lower(), str(k.count))
-                 for k in stats.by_kind]
-        if kinds:
-            print_table(_table(["kind", "events"], kinds))
-        versions = [(a.adapter_version or "(base model)", str(a.positive), str(a.negative), f"{a.positive_ratio:.2f}")
-                    for a in stats.by_adapter]
-        if versions:
-            print_table(_table(["adapter", "positive", "negative", "positive ratio"], versions))
-
-    emit(options(ctx), stats, render)
-
-
-@feedback_app.command("forget-user")
-def feedback_forget_user(
-    ctx: typer.Context, user_id: str = typer.Argument(..., help="The user_id their events carry.")
-) -> None:
-    """Right to be forgotten: delete a user's events; any of theirs timed before now is refused from then on."""
-    opts = options(ctx)
-    if not user_id.strip():
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name the user whose feedback to delete",
-             reason=ERROR_REASON_USAGE)
-    deleted = run(ctx, lambda c: c.delete_user_feedback(user_id))
-    emit(opts, {"user_id": user_id, "deleted": deleted},
-         lambda: out.print(f"forgot {user_id}: {deleted} events deleted", highlight=False))
 
 
 # ---- tokens ---------------------------------------------------------------------------
