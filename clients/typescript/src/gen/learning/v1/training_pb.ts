@@ -183,7 +183,7 @@ export type EwcConfig = Message<"learning.v1.EwcConfig"> & {
   /**
    * Penalty strength, in [ewc_lambda_min, ewc_lambda_max] of the server (0.001..100 unless configured);
    * unset means the server's default for the fisher_space: ewc_lambda_default for LORA_PARAMETERS,
-   * ewc_product_lambda_default for LORA_PRODUCT (0.3 both, unless configured).
+   * ewc_product_lambda_default for LORA_PRODUCT (0.1 and 0.3 unless configured).
    *
    * @generated from field: optional double ewc_lambda = 1;
    */
