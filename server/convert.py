@@ -1,4 +1,4 @@
-"""Protobuf <-> domain conversion for training jobs, in one place.
+"""Protobuf <-> domain conversion for training jobs, in one place (what every kind of job shares: convert_jobs.py).
 
 Defaults documented in the .proto files are filled in here, so the engine only
 ever sees complete domain objects.
@@ -9,10 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, TypeVar
-
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from engine.domain import (
     BaseProtection,
@@ -27,8 +23,8 @@ from engine.domain import (
     OnlineExamplesSource,
     StoredDatasetSource,
 )
-from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
-from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
+from engine.errors import InvalidArgument, ViolationCollector
+from engine.jobs.core import JobEvent
 from engine.names import resource_id
 from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.models import default_sharding
@@ -54,7 +50,7 @@ from engine.training.spec import (
 from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
-from server.errors import failure_status
+from server.convert_jobs import JOB_STATE_TO_PB, core_event_to_pb, duration_to_pb, job_core_to_pb, timestamp_to_pb
 
 _PRECISION = {
     pb.PRECISION_UNSPECIFIED: Precision.AUTO,
@@ -84,9 +80,6 @@ _OBJECTIVE = {
     pb.OBJECTIVE_SFT: Objective.SFT,
     pb.OBJECTIVE_KTO: Objective.KTO,
 }
-JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
-JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
-
 
 FISHER_SPACE_FROM_PB = {
     common.FISHER_SPACE_LORA_PARAMETERS: FisherSpace.LORA_PARAMETERS,
@@ -341,25 +334,9 @@ def feedback_source_to_pb(f: FeedbackSource) -> common.FeedbackDataset:
     )
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def _dur(seconds: float | None) -> duration_pb2.Duration | None:
-    if seconds is None:
-        return None
-    dur = duration_pb2.Duration()
-    dur.FromNanoseconds(int(seconds * 1e9))
-    return dur
-
-
 def checkpoint_to_pb(c: CheckpointRecord) -> pb.TrainingCheckpoint:
     msg = pb.TrainingCheckpoint(step=c.step, uri=c.uri, loss=c.loss, sha256=c.sha256, size_bytes=c.size_bytes,
-                                create_time=_ts(c.create_time))
+                                create_time=timestamp_to_pb(c.create_time))
     if c.eval_loss is not None:
         msg.eval_loss = c.eval_loss
     return msg
@@ -369,13 +346,14 @@ def metrics_to_pb(m: StepMetrics) -> pb.TrainingStepMetrics:
     return pb.TrainingStepMetrics(
         step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss, task_loss=m.task_loss,
         ewc_penalty=m.ewc_penalty, learning_rate=m.learning_rate, grad_norm=m.grad_norm,
-        tokens_per_second=m.tokens_per_second, eta=_dur(m.eta_seconds),
+        tokens_per_second=m.tokens_per_second, eta=duration_to_pb(m.eta_seconds),
     )
 
 
 def metrics_row_to_pb(r: MetricsRow) -> pb.TrainingMetricsRow:
     msg = pb.TrainingMetricsRow(
-        step=r.step, time=_ts(r.time), total_steps=r.total_steps, epoch=r.epoch, loss=r.loss, task_loss=r.task_loss,
+        step=r.step, time=timestamp_to_pb(r.time), total_steps=r.total_steps, epoch=r.epoch, loss=r.loss,
+        task_loss=r.task_loss,
         ewc_penalty=r.ewc_penalty, learning_rate=r.learning_rate, grad_norm=r.grad_norm,
         tokens_per_second=r.tokens_per_second,
     )
@@ -392,7 +370,8 @@ def training_metrics_to_pb(job: TrainingJob, m: TrainingMetrics) -> pb.GetTraini
 def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
     msg = common.DatasetSummary(
         digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
-        target_token_count=s.target_token_count, window_start=_ts(s.window_start), window_end=_ts(s.window_end),
+        target_token_count=s.target_token_count, window_start=timestamp_to_pb(s.window_start),
+        window_end=timestamp_to_pb(s.window_end),
     )
     if isinstance(s.source, JsonlSource):
         msg.jsonl.path = s.source.path
@@ -407,46 +386,8 @@ def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
     return msg
 
 
-def failure_to_pb(f: JobFailure):
-    return failure_status(f.code, f.reason, f.message, dict(f.metadata))
-
-
 def base_retention_to_pb(kept: BaseRetention) -> common.BaseRetention:
     return common.BaseRetention(retention=kept.retention, kept=kept.kept, cases=kept.cases, lost=list(kept.lost))
-
-
-M = TypeVar("M")  # a job kind's protobuf job or event message
-
-
-def job_core_to_pb(job: Job[Any, Any], msg: M) -> M:
-    """``msg`` (a TrainingJob, FisherJob, EvaluationJob) with what every kind of job has set: name, request id,
-    state, progress, times, last sequence and its error."""
-    p = job.progress
-    msg.name, msg.request_id, msg.state = job.name, job.request_id, JOB_STATE_TO_PB[job.state]
-    msg.progress.CopyFrom(common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
-                                             total_steps=p.total_steps, eta=_dur(p.eta_seconds)))
-    for field, value in (("create_time", job.create_time), ("start_time", job.start_time),
-                         ("end_time", job.end_time)):
-        if value is not None:
-            getattr(msg, field).CopyFrom(_ts(value))
-    msg.last_sequence = job.last_sequence
-    if job.failure is not None:
-        msg.error.CopyFrom(failure_to_pb(job.failure))
-    return msg
-
-
-def core_event_to_pb(payload: object, msg: M) -> M:
-    """``msg`` (a job kind's event) with a payload every kind records: a state change, notice, warning or error;
-    unchanged for the kind's own payloads."""
-    if isinstance(payload, StateChanged):
-        msg.state_change.CopyFrom(state_change_to_pb(payload))
-    elif isinstance(payload, Noticed):
-        msg.notice.CopyFrom(common.JobNotice(code=payload.code, message=payload.message))
-    elif isinstance(payload, Warned):
-        msg.warning.CopyFrom(common.JobWarning(code=payload.code, message=payload.message))
-    elif isinstance(payload, Failed):
-        msg.error.CopyFrom(common.JobError(status=failure_to_pb(payload.failure)))
-    return msg
 
 
 def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
@@ -483,15 +424,8 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
     return msg
 
 
-def state_change_to_pb(p: StateChanged) -> common.JobStateChange:
-    return common.JobStateChange(
-        previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
-        state=JOB_STATE_TO_PB[p.state], message=p.message,
-    )
-
-
 def event_to_pb(event: JobEvent) -> pb.TrainingJobEvent:
-    msg = core_event_to_pb(event.payload, pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.TrainingJobEvent())
     p = event.payload
     if isinstance(p, StepMetrics):
         msg.step_metrics.CopyFrom(metrics_to_pb(p))
@@ -511,32 +445,3 @@ def job_id_from_name(name: str, field_path: str = "name") -> str:
     return resource_id(name, "trainingJobs", field_path)
 
 
-def states_from_pb(values) -> list[JobState]:
-    issues = ViolationCollector()
-    states = []
-    for i, v in enumerate(values):
-        if v in JOB_STATE_FROM_PB:
-            states.append(JOB_STATE_FROM_PB[v])
-        else:
-            issues.add(f"states[{i}]", f"unknown or unspecified job state {v}")
-    issues.raise_if_any("INVALID_STATE_FILTER", "invalid state filter")
-    return states
-
-
-def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
-    return min(requested or default, maximum)
-
-
-def priority_from_pb(value: int) -> int:
-    if not -1000 <= value <= 1000:
-        raise InvalidArgument("INVALID_PRIORITY", "priority must lie in [-1000, 1000]",
-                              violations=[FieldViolation("priority", "must lie in [-1000, 1000]")])
-    return value
-
-
-def check_request_id(value: str, field_path: str, max_length: int) -> None:
-    if len(value) > max_length or not value.isprintable():
-        raise InvalidArgument(
-            "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
-            violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
-        )

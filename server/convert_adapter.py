@@ -10,7 +10,8 @@ from engine.lora.state import EvalSummary
 from engine.registry import AdapterEval, AdapterRecord, AdapterSource
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import common_pb2 as common
-from server.convert import FISHER_SPACE_TO_PB, _ts, base_protection_to_pb, base_retention_to_pb, dataset_to_pb
+from server.convert import FISHER_SPACE_TO_PB, base_protection_to_pb, base_retention_to_pb, dataset_to_pb
+from server.convert_jobs import timestamp_to_pb
 
 _SOURCE = {
     AdapterSource.TRAINED: pb.ADAPTER_SOURCE_TRAINED,
@@ -38,7 +39,7 @@ def eval_to_pb(result: AdapterEval | EvalSummary) -> pb.AdapterEvalSummary:
         suite_digest=result.suite_digest, baseline_version=result.baseline_version,
         metrics=[common.EvalMetric(name=n, value=v) for n, v in result.metrics],
         regressions=result.regressions, passed=result.passed, report_uris=list(result.report_uris),
-        time=_ts(result.time), suites=[suite_to_pb(v) for v in result.suites],
+        time=timestamp_to_pb(result.time), suites=[suite_to_pb(v) for v in result.suites],
         failed_checks=[f"{v.name}: {check}" for v in result.suites for check in v.failed_checks],
         evaluation_id=result.id,
     )
@@ -72,10 +73,10 @@ def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
         fisher_snapshot=record.fisher_snapshot,
         size_bytes=record.size_bytes,
         sha256=record.sha256,
-        create_time=_ts(record.create_time),
+        create_time=timestamp_to_pb(record.create_time),
         labels=dict(record.labels),
         artifact_uri=record.artifact_uri,
-        delete_time=_ts(record.delete_time),
+        delete_time=timestamp_to_pb(record.delete_time),
         request_id=record.request_id,
         ewc_fisher_space=_ewc_space_to_pb(record),
     )

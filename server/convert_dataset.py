@@ -17,7 +17,8 @@ from engine.training.stored_datasets import (
 )
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as pb
-from server.convert import _ts, feedback_source_from_pb, feedback_source_to_pb
+from server.convert import feedback_source_from_pb, feedback_source_to_pb
+from server.convert_jobs import timestamp_to_pb
 
 MAX_FILENAME = 255
 _KINDS = {pb.DATASET_KIND_UNSPECIFIED: DatasetKind.TRAINING, pb.DATASET_KIND_TRAINING: DatasetKind.TRAINING,
@@ -98,7 +99,8 @@ def dataset_to_pb(d: StoredDataset) -> pb.Dataset:
     msg = pb.Dataset(
         name=d.name, dataset=f"datasets/{d.dataset_id}", version=d.version, sha256=c.sha256, size_bytes=c.size_bytes,
         digest=c.digest, example_count=c.example_count, composition=dict(c.composition),
-        split_counts=counts_to_pb(c.counts), create_time=_ts(d.create_time), uri=d.uri, kind=_KINDS_PB[c.kind],
+        split_counts=counts_to_pb(c.counts), create_time=timestamp_to_pb(d.create_time), uri=d.uri,
+        kind=_KINDS_PB[c.kind],
     )
     if c.split.splits:
         msg.split.CopyFrom(pb.SplitRule(eval_fraction=c.split.eval_fraction, test_fraction=c.split.test_fraction,
@@ -112,8 +114,8 @@ def dataset_to_pb(d: StoredDataset) -> pb.Dataset:
         msg.s3_uri = origin.uri
     elif isinstance(origin, FeedbackOrigin):
         msg.feedback.CopyFrom(feedback_source_to_pb(origin.source))
-        msg.window_start.CopyFrom(_ts(origin.window_start))
-        msg.window_end.CopyFrom(_ts(origin.window_end))
+        msg.window_start.CopyFrom(timestamp_to_pb(origin.window_start))
+        msg.window_end.CopyFrom(timestamp_to_pb(origin.window_end))
     elif isinstance(origin, PreparedOrigin):
         msg.prepared.CopyFrom(pb.PreparedDataset(preparation_job=origin.job, documents=list(origin.documents)))
     return msg

@@ -8,8 +8,8 @@ from engine.drift.report import DriftOutcome, DriftReport
 from engine.errors import FieldViolation, InvalidArgument
 from learning.v1 import common_pb2 as common
 from learning.v1 import drift_pb2 as pb
-from server.convert import _ts
 from server.convert_feedback import request_time
+from server.convert_jobs import timestamp_to_pb
 
 REASON = "INVALID_DRIFT_REQUEST"
 
@@ -37,8 +37,8 @@ def request_from_pb(request: pb.GetDriftReportRequest, *,
 
 def report_to_pb(report: DriftReport) -> pb.DriftReport:
     return pb.DriftReport(
-        base_model=report.base_model, window_start_time=_ts(report.window_start),
-        window_end_time=_ts(report.window_end), outcome=_OUTCOMES[report.outcome], drifted=report.drifted,
+        base_model=report.base_model, window_start_time=timestamp_to_pb(report.window_start),
+        window_end_time=timestamp_to_pb(report.window_end), outcome=_OUTCOMES[report.outcome], drifted=report.drifted,
         reference_version=report.reference_version, statistic_name=report.statistic_name,
         statistic=report.statistic, threshold=report.threshold, p_value=report.p_value,
         significance=report.significance, permutations=report.permutations, incoming_samples=report.incoming,
@@ -46,10 +46,10 @@ def report_to_pb(report: DriftReport) -> pb.DriftReport:
         reference_total=report.reference_total,
         moved=[pb.MovedPrompt(prompt=m.prompt, distance=m.distance, nearest_reference=m.nearest_reference)
                for m in report.moved],
-        negative_rate=[pb.FeedbackRateBucket(start_time=_ts(b.start), end_time=_ts(b.end), positive=b.positive,
-                                             negative=b.negative, negative_rate=b.negative_rate)
+        negative_rate=[pb.FeedbackRateBucket(start_time=timestamp_to_pb(b.start), end_time=timestamp_to_pb(b.end),
+                                             positive=b.positive, negative=b.negative, negative_rate=b.negative_rate)
                        for b in report.negative_rate],
-        eval_scores=[pb.EvalScore(time=_ts(e.time), version=e.version, baseline_version=e.baseline_version,
+        eval_scores=[pb.EvalScore(time=timestamp_to_pb(e.time), version=e.version, baseline_version=e.baseline_version,
                                   passed=e.passed, evaluation_id=e.evaluation_id,
                                   metrics=[common.EvalMetric(name=n, value=v) for n, v in e.metrics])
                      for e in report.evaluations],

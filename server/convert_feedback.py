@@ -130,7 +130,7 @@ def window_from_pb(request: pb.GetFeedbackStatsRequest, now: datetime) -> tuple[
     return start, end
 
 
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -147,8 +147,8 @@ def stats_to_pb(stats: FeedbackStats) -> pb.GetFeedbackStatsResponse:
             for a in stats.by_adapter
         ],
         total=stats.total,
-        start_time=_ts(stats.start_time),
-        end_time=_ts(stats.end_time),
+        start_time=timestamp_to_pb(stats.start_time),
+        end_time=timestamp_to_pb(stats.end_time),
     )
 
 

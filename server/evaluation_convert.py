@@ -8,8 +8,8 @@ from engine.lora.evaluation_jobs import EvaluationJob, EvaluationJobSpec, Evalua
 from engine.names import resource_id
 from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import evaluation_pb2 as pb
-from server.convert import _ts, core_event_to_pb, job_core_to_pb
 from server.convert_adapter import eval_to_pb
+from server.convert_jobs import core_event_to_pb, job_core_to_pb
 
 
 def spec_from_pb(msg: pb.EvaluationJobSpec, *, default_base_model: str) -> EvaluationJobSpec:
@@ -62,7 +62,7 @@ def job_to_pb(job: EvaluationJob) -> pb.EvaluationJob:
 
 
 def event_to_pb(event: JobEvent) -> pb.EvaluationJobEvent:
-    msg = core_event_to_pb(event.payload, pb.EvaluationJobEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.EvaluationJobEvent())
     p = event.payload
     if isinstance(p, EvaluationProgress):
         msg.progress.CopyFrom(pb.EvaluationProgress(suite=p.suite, answered=p.answered, total=p.total))

@@ -15,15 +15,8 @@ from engine.errors import ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.names import resource_id
 from learning.v1 import fisher_pb2 as pb
-from server.convert import (
-    FISHER_SPACE_TO_PB,
-    _ts,
-    core_event_to_pb,
-    feedback_source_from_pb,
-    feedback_source_to_pb,
-    fisher_space_from_pb,
-    job_core_to_pb,
-)
+from server.convert import FISHER_SPACE_TO_PB, feedback_source_from_pb, feedback_source_to_pb, fisher_space_from_pb
+from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 
 ESTIMATOR_FROM_PB = {
     pb.FISHER_ESTIMATOR_UNSPECIFIED: FisherEstimator.EMPIRICAL,
@@ -74,7 +67,7 @@ def job_to_pb(job: FisherJob) -> pb.FisherJob:
 
 
 def event_to_pb(event: JobEvent) -> pb.FisherJobEvent:
-    msg = core_event_to_pb(event.payload, pb.FisherJobEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.FisherJobEvent())
     p = event.payload
     if isinstance(p, FisherProgress):
         msg.progress.CopyFrom(pb.FisherProgress(samples_done=p.samples_done, samples_total=p.samples_total,
@@ -85,7 +78,7 @@ def event_to_pb(event: JobEvent) -> pb.FisherJobEvent:
 def snapshot_to_pb(s: FisherSnapshot) -> pb.FisherSnapshot:
     return pb.FisherSnapshot(
         name=s.name, base_model=s.base_model, adapter_version=s.adapter_version, dataset_digest=s.dataset_digest,
-        sample_count=s.sample_count, estimator=ESTIMATOR_TO_PB[s.estimator], create_time=_ts(s.create_time),
+        sample_count=s.sample_count, estimator=ESTIMATOR_TO_PB[s.estimator], create_time=timestamp_to_pb(s.create_time),
         stats=pb.FisherStats(sum=s.stat_sum, max=s.stat_max, mean=s.stat_mean, parameter_count=s.parameter_count,
                              quantiles=[pb.FisherQuantile(q=q, value=v) for q, v in s.quantiles]),
         sha256=s.sha256, size_bytes=s.size_bytes, normalization=s.normalization,

@@ -27,7 +27,7 @@ from engine.online.spec import (
 )
 from engine.registry.records import VERSION_RE
 from learning.v1 import online_pb2 as pb
-from server.convert import _ts, core_event_to_pb, job_core_to_pb
+from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 
 _OPTIMIZER = {
     pb.ONLINE_OPTIMIZER_UNSPECIFIED: OnlineOptimizer.ADAMW, pb.ONLINE_OPTIMIZER_ADAM: OnlineOptimizer.ADAM,
@@ -155,7 +155,7 @@ def session_to_pb(view: SessionView) -> pb.OnlineSession:
 
 def publication_to_pb(p: Publication, verdict: GateVerdict | None = None) -> pb.OnlinePublication:
     msg = pb.OnlinePublication(version=p.version, update=p.update, first_sequence=p.first_sequence,
-                               last_sequence=p.last_sequence, publish_time=_ts(p.time))
+                               last_sequence=p.last_sequence, publish_time=timestamp_to_pb(p.time))
     if verdict is not None and verdict.gated:
         msg.gate_passed = verdict.passed
         msg.failed_checks.extend(verdict.failed_checks)
@@ -163,7 +163,7 @@ def publication_to_pb(p: Publication, verdict: GateVerdict | None = None) -> pb.
 
 
 def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
-    msg = core_event_to_pb(event.payload, pb.OnlineSessionEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.OnlineSessionEvent())
     p = event.payload
     if isinstance(p, Updated):
         msg.updated.CopyFrom(pb.OnlineUpdate(update=p.update, loss=p.loss, examples=p.examples, replayed=p.replayed,

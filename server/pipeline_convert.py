@@ -29,7 +29,7 @@ from engine.pipelines.spec import (
 from engine.training.spec import TrainingDefaults
 from learning.v1 import pipeline_pb2 as pb
 from server import convert
-from server.convert import _ts, core_event_to_pb, job_core_to_pb
+from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 from server.convert_lora import policy_from_pb, policy_to_pb
 
 _MODE = {pb.ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ACTIVATE, pb.ROLLOUT_MODE_ACTIVATE: RolloutMode.ACTIVATE,
@@ -102,13 +102,14 @@ def pipeline_to_pb(p: Pipeline) -> pb.Pipeline:
                       etag=p.etag)
     for field, value in (("create_time", p.create_time), ("update_time", p.update_time)):
         if value is not None:
-            getattr(msg, field).CopyFrom(_ts(value))
+            getattr(msg, field).CopyFrom(timestamp_to_pb(value))
     return msg
 
 
 def stage_to_pb(s: StageResult) -> pb.StageResult:
     return pb.StageResult(stage=_STAGE_TO_PB[s.stage], state=_STAGE_STATE_TO_PB[s.state], message=s.message,
-                          start_time=_ts(s.start_time), end_time=_ts(s.end_time), resource=s.resource)
+                          start_time=timestamp_to_pb(s.start_time), end_time=timestamp_to_pb(s.end_time),
+                          resource=s.resource)
 
 
 def run_to_pb(run: PipelineRun) -> pb.PipelineRun:
@@ -123,7 +124,7 @@ def run_to_pb(run: PipelineRun) -> pb.PipelineRun:
 
 
 def event_to_pb(event: JobEvent) -> pb.PipelineRunEvent:
-    msg = core_event_to_pb(event.payload, pb.PipelineRunEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.PipelineRunEvent())
     p = event.payload
     if isinstance(p, StageStarted):
         msg.stage_started.CopyFrom(pb.StageStarted(stage=_STAGE_TO_PB[p.stage], message=p.message))
@@ -137,5 +138,5 @@ def event_to_pb(event: JobEvent) -> pb.PipelineRunEvent:
 
 def decision_to_pb(d: TriggerDecision) -> pb.TriggerDecision:
     return pb.TriggerDecision(kind=_TRIGGER_KIND_TO_PB[d.kind], key=d.key, fired=d.fired, reason=d.reason,
-                              time=_ts(d.time), run=f"pipelineRuns/{d.run_id}" if d.run_id else "",
+                              time=timestamp_to_pb(d.time), run=f"pipelineRuns/{d.run_id}" if d.run_id else "",
                               sample_count=d.count)

@@ -15,8 +15,8 @@ from engine.preparation.jobs import (
 )
 from learning.v1 import dataset_pb2
 from learning.v1 import preparation_pb2 as pb
-from server.convert import _ts, core_event_to_pb, job_core_to_pb
 from server.convert_dataset import split_from_pb
+from server.convert_jobs import core_event_to_pb, job_core_to_pb
 
 
 def request_from_pb(msg: pb.PreparationJobSpec) -> PreparationRequest:
@@ -59,7 +59,7 @@ def job_to_pb(job: PreparationJob) -> pb.PreparationJob:
 
 
 def event_to_pb(event: JobEvent) -> pb.PreparationJobEvent:
-    msg = core_event_to_pb(event.payload, pb.PreparationJobEvent(sequence=event.sequence, time=_ts(event.time)))
+    msg = core_event_to_pb(event, pb.PreparationJobEvent())
     p = event.payload
     if isinstance(p, ChunkPrepared):
         msg.chunk.CopyFrom(pb.ChunkPrepared(

@@ -15,8 +15,8 @@ from engine.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from engine.registry.records import ARCHIVE_NAME
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import adapter_pb2_grpc as pb_grpc
-from server.convert import check_request_id, page_size
 from server.convert_adapter import adapter_to_pb, labels_from_pb, required_version
+from server.convert_jobs import check_request_id, page_size
 
 DEFAULT_CHUNK = 1 << 20
 MIN_CHUNK = 4 << 10

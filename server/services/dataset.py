@@ -17,7 +17,6 @@ from engine.errors import FieldViolation, InvalidArgument
 from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import dataset_pb2 as pb
 from learning.v1 import dataset_pb2_grpc as pb_grpc
-from server.convert import page_size
 from server.convert_dataset import (
     check_filename,
     content_to_pb,
@@ -27,6 +26,7 @@ from server.convert_dataset import (
     source_from_pb,
     split_from_pb,
 )
+from server.convert_jobs import page_size
 
 SHA256_HEX = frozenset("0123456789abcdef")
 

@@ -10,8 +10,8 @@ from engine.jobs.core import JobEvent
 from engine.lora.evaluation_jobs import EvaluationJobs
 from learning.v1 import evaluation_pb2 as pb
 from learning.v1 import evaluation_pb2_grpc as pb_grpc
-from server import convert
 from server import evaluation_convert as ec
+from server.convert_jobs import check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -22,7 +22,7 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
         self._default_base_model = default_base_model
 
     async def CreateEvaluationJob(self, request: pb.CreateEvaluationJobRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = ec.spec_from_pb(request.spec, default_base_model=self._default_base_model)
         job = await self._jobs.create(spec, request_id=request.request_id)
         return pb.CreateEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
@@ -32,8 +32,8 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
         return pb.GetEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
     async def ListEvaluationJobs(self, request: pb.ListEvaluationJobsRequest, context: grpc.aio.ServicerContext):
-        jobs, token = await self._jobs.list(states=convert.states_from_pb(request.states),
-                                            page_size=convert.page_size(request.page_size),
+        jobs, token = await self._jobs.list(states=states_from_pb(request.states),
+                                            page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListEvaluationJobsResponse(evaluation_jobs=[ec.job_to_pb(j) for j in jobs], next_page_token=token)
 

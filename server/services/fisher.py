@@ -14,8 +14,8 @@ from engine.jobs.core import JobEvent
 from engine.names import decode_page_token, encode_page_token
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc
-from server import convert
 from server import fisher_convert as fc
+from server.convert_jobs import check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -29,7 +29,7 @@ class FisherService(pb_grpc.FisherServiceServicer):
         self._default_space = default_space
 
     async def CreateFisherJob(self, request: pb.CreateFisherJobRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model,
                                default_space=self._default_space)
         job = await self._jobs.create(spec, request_id=request.request_id)
@@ -40,8 +40,8 @@ class FisherService(pb_grpc.FisherServiceServicer):
         return pb.GetFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
     async def ListFisherJobs(self, request: pb.ListFisherJobsRequest, context: grpc.aio.ServicerContext):
-        jobs, token = await self._jobs.list(states=convert.states_from_pb(request.states),
-                                            page_size=convert.page_size(request.page_size),
+        jobs, token = await self._jobs.list(states=states_from_pb(request.states),
+                                            page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListFisherJobsResponse(fisher_jobs=[fc.job_to_pb(j) for j in jobs], next_page_token=token)
 
@@ -64,7 +64,7 @@ class FisherService(pb_grpc.FisherServiceServicer):
         return pb.GetFisherSnapshotResponse(fisher_snapshot=fc.snapshot_to_pb(snapshot))
 
     async def ListFisherSnapshots(self, request: pb.ListFisherSnapshotsRequest, context: grpc.aio.ServicerContext):
-        size = convert.page_size(request.page_size)
+        size = page_size(request.page_size)
         before = decode_page_token(request.page_token) if request.page_token else None
         rows = await self._snapshots.list(base_model=request.base_model, adapter_version=request.adapter_version,
                                           limit=size + 1, before=before)

@@ -14,8 +14,8 @@ from engine.online.service import OnlineSessions
 from engine.online.spec import OnlineStats, Updated
 from learning.v1 import online_pb2 as pb
 from learning.v1 import online_pb2_grpc as pb_grpc
-from server import convert
 from server import online_convert as oc
+from server.convert_jobs import check_request_id, page_size
 
 MAX_REQUEST_ID = 128
 MAX_REASON = 500
@@ -27,7 +27,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         self._defaults = defaults
 
     async def CreateOnlineSession(self, request: pb.CreateOnlineSessionRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         session_id = oc.session_id_from_name(f"{oc.COLLECTION}/{request.session_id}", "session_id") \
             if request.session_id else ""
         view = await self._sessions.create(oc.spec_from_pb(request.spec, self._defaults), session_id=session_id,
@@ -39,7 +39,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         return pb.GetOnlineSessionResponse(session=oc.session_to_pb(view))
 
     async def ListOnlineSessions(self, request: pb.ListOnlineSessionsRequest, context: grpc.aio.ServicerContext):
-        views, token = await self._sessions.list(page_size=convert.page_size(request.page_size),
+        views, token = await self._sessions.list(page_size=page_size(request.page_size),
                                                  page_token=request.page_token)
         return pb.ListOnlineSessionsResponse(sessions=[oc.session_to_pb(v) for v in views], next_page_token=token)
 

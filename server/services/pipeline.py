@@ -15,6 +15,7 @@ from learning.v1 import pipeline_pb2 as pb
 from learning.v1 import pipeline_pb2_grpc as pb_grpc
 from server import convert
 from server import pipeline_convert as pc
+from server.convert_jobs import check_request_id, page_size
 
 MAX_REQUEST_ID = 128
 MAX_DESCRIPTION = 2000
@@ -46,7 +47,7 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         return pb.GetPipelineResponse(pipeline=pc.pipeline_to_pb(pipeline))
 
     async def ListPipelines(self, request: pb.ListPipelinesRequest, context: grpc.aio.ServicerContext):
-        found, token = await self._pipelines.list(page_size=convert.page_size(request.page_size),
+        found, token = await self._pipelines.list(page_size=page_size(request.page_size),
                                                   page_token=request.page_token)
         return pb.ListPipelinesResponse(pipelines=[pc.pipeline_to_pb(p) for p in found], next_page_token=token)
 
@@ -75,14 +76,14 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         return pb.DeletePipelineResponse()
 
     async def RunPipeline(self, request: pb.RunPipelineRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         run = await self._pipelines.run(pc.pipeline_id_from_name(request.name), reason=request.reason[:500],
                                         request_id=request.request_id)
         return pb.RunPipelineResponse(run=pc.run_to_pb(run))
 
     async def ListPipelineRuns(self, request: pb.ListPipelineRunsRequest, context: grpc.aio.ServicerContext):
         runs, token = await self._pipelines.list_runs(pc.pipeline_id_from_name(request.pipeline, "pipeline"),
-                                                      page_size=convert.page_size(request.page_size),
+                                                      page_size=page_size(request.page_size),
                                                       page_token=request.page_token)
         return pb.ListPipelineRunsResponse(runs=[pc.run_to_pb(r) for r in runs], next_page_token=token)
 
@@ -107,5 +108,5 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
     async def ListTriggerDecisions(self, request: pb.ListTriggerDecisionsRequest,
                                    context: grpc.aio.ServicerContext):
         decisions = await self._pipelines.decisions(pc.pipeline_id_from_name(request.pipeline, "pipeline"),
-                                                    limit=convert.page_size(request.page_size, maximum=500))
+                                                    limit=page_size(request.page_size, maximum=500))
         return pb.ListTriggerDecisionsResponse(decisions=[pc.decision_to_pb(d) for d in decisions])

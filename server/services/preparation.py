@@ -10,8 +10,8 @@ from engine.jobs.core import JobEvent
 from engine.preparation.jobs import PreparationJobs
 from learning.v1 import preparation_pb2 as pb
 from learning.v1 import preparation_pb2_grpc as pb_grpc
-from server import convert
 from server import preparation_convert as pc
+from server.convert_jobs import check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -22,7 +22,7 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
 
     async def CreatePreparationJob(self, request: pb.CreatePreparationJobRequest,
                                    context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id)
         return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
@@ -31,8 +31,8 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
         return pb.GetPreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
     async def ListPreparationJobs(self, request: pb.ListPreparationJobsRequest, context: grpc.aio.ServicerContext):
-        jobs, token = await self._jobs.list(states=convert.states_from_pb(request.states),
-                                            page_size=convert.page_size(request.page_size),
+        jobs, token = await self._jobs.list(states=states_from_pb(request.states),
+                                            page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListPreparationJobsResponse(preparation_jobs=[pc.job_to_pb(j) for j in jobs],
                                               next_page_token=token)

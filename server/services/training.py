@@ -12,7 +12,7 @@ from engine.training.spec import TrainingDefaults
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
-from server.convert import page_size
+from server.convert_jobs import check_request_id, page_size, priority_from_pb, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -26,13 +26,13 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         self._defaults = defaults
 
     async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = convert.spec_from_pb(
             request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults,
             defaults=self._defaults,
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
-                                      priority=convert.priority_from_pb(request.priority))
+                                      priority=priority_from_pb(request.priority))
         checked = convert.job_to_pb(job)
         if request.validate_only:  # no job exists: what was checked and resolved, with no name or state
             for name in ("name", "state", "create_time", "last_sequence"):
@@ -45,7 +45,7 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
 
     async def ListTrainingJobs(self, request: pb.ListTrainingJobsRequest, context: grpc.aio.ServicerContext):
         jobs, token = await self._jobs.list(
-            states=convert.states_from_pb(request.states),
+            states=states_from_pb(request.states),
             page_size=page_size(request.page_size),
             page_token=request.page_token,
         )
@@ -83,7 +83,7 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
             checkpoints=[convert.checkpoint_to_pb(c) for c in job.output.checkpoints])
 
     async def PublishCheckpoint(self, request: pb.PublishCheckpointRequest, context: grpc.aio.ServicerContext):
-        convert.check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         record = await self._jobs.publish_checkpoint(convert.job_id_from_name(request.name), request.step,
                                                      request_id=request.request_id)
         return pb.PublishCheckpointResponse(adapter_version=record.version)

@@ -1,0 +1,112 @@
+"""Protobuf <-> domain conversion every kind of job shares: times, states, a job's common fields and events, its
+error, and the checks of list and create requests (request ids, state filters, page sizes, priorities).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
+from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
+from learning.v1 import common_pb2 as common
+from server.errors import failure_status
+
+JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
+
+
+def timestamp_to_pb(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def duration_to_pb(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    dur = duration_pb2.Duration()
+    dur.FromNanoseconds(int(seconds * 1e9))
+    return dur
+
+
+def failure_to_pb(f: JobFailure):
+    return failure_status(f.code, f.reason, f.message, dict(f.metadata))
+
+
+M = TypeVar("M")  # a job kind's protobuf job or event message
+
+
+def job_core_to_pb(job: Job[Any, Any], msg: M) -> M:
+    """``msg`` (a TrainingJob, FisherJob, EvaluationJob) with what every kind of job has set: name, request id,
+    state, progress, times, last sequence and its error."""
+    p = job.progress
+    msg.name, msg.request_id, msg.state = job.name, job.request_id, JOB_STATE_TO_PB[job.state]
+    msg.progress.CopyFrom(common.JobProgress(fraction=p.fraction, completed_steps=p.completed_steps,
+                                             total_steps=p.total_steps, eta=duration_to_pb(p.eta_seconds)))
+    for field, value in (("create_time", job.create_time), ("start_time", job.start_time),
+                         ("end_time", job.end_time)):
+        if value is not None:
+            getattr(msg, field).CopyFrom(timestamp_to_pb(value))
+    msg.last_sequence = job.last_sequence
+    if job.failure is not None:
+        msg.error.CopyFrom(failure_to_pb(job.failure))
+    return msg
+
+
+def core_event_to_pb(event: JobEvent, msg: M) -> M:
+    """``msg`` (a job kind's event) with its sequence and time, and a payload every kind records: a state change,
+    notice, warning or error (the kind's own payloads are left to it)."""
+    msg.sequence, payload = event.sequence, event.payload
+    msg.time.CopyFrom(timestamp_to_pb(event.time))
+    if isinstance(payload, StateChanged):
+        msg.state_change.CopyFrom(state_change_to_pb(payload))
+    elif isinstance(payload, Noticed):
+        msg.notice.CopyFrom(common.JobNotice(code=payload.code, message=payload.message))
+    elif isinstance(payload, Warned):
+        msg.warning.CopyFrom(common.JobWarning(code=payload.code, message=payload.message))
+    elif isinstance(payload, Failed):
+        msg.error.CopyFrom(common.JobError(status=failure_to_pb(payload.failure)))
+    return msg
+
+
+def state_change_to_pb(p: StateChanged) -> common.JobStateChange:
+    return common.JobStateChange(
+        previous_state=JOB_STATE_TO_PB[p.previous] if p.previous else common.JOB_STATE_UNSPECIFIED,
+        state=JOB_STATE_TO_PB[p.state], message=p.message,
+    )
+
+
+def states_from_pb(values) -> list[JobState]:
+    issues = ViolationCollector()
+    states = []
+    for i, v in enumerate(values):
+        if v in JOB_STATE_FROM_PB:
+            states.append(JOB_STATE_FROM_PB[v])
+        else:
+            issues.add(f"states[{i}]", f"unknown or unspecified job state {v}")
+    issues.raise_if_any("INVALID_STATE_FILTER", "invalid state filter")
+    return states
+
+
+def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
+    return min(requested or default, maximum)
+
+
+def priority_from_pb(value: int) -> int:
+    if not -1000 <= value <= 1000:
+        raise InvalidArgument("INVALID_PRIORITY", "priority must lie in [-1000, 1000]",
+                              violations=[FieldViolation("priority", "must lie in [-1000, 1000]")])
+    return value
+
+
+def check_request_id(value: str, field_path: str, max_length: int) -> None:
+    if len(value) > max_length or not value.isprintable():
+        raise InvalidArgument(
+            "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
+            violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
+        )
