@@ -153,8 +153,11 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     ewc, replay, base = METHODS[method]
     rehearse = base in ("rehearsal", "kl", "rehearsal_kl", "kl+ewc_base")
     kl_only = base in ("kl", "kl+ewc_base")
-    protection = BaseProtection(BaseProtectionMethod.BASE_KL if kl_only else BaseProtectionMethod.SELF_REHEARSAL,
-                                args.rehearsal_fraction, args.kl_weight if kl_only or base == "rehearsal_kl" else 0.0)
+    def protection(step: int) -> BaseProtection:
+        weight = args.kl_weight if step == 0 or args.continuation_kl_weight is None else args.continuation_kl_weight
+        return BaseProtection(BaseProtectionMethod.BASE_KL if kl_only else BaseProtectionMethod.SELF_REHEARSAL,
+                              args.rehearsal_fraction, weight if kl_only or base == "rehearsal_kl" else 0.0)
+
     parent: Path | None = None
     fisher = None
     r: list[list[float]] = []
@@ -176,7 +179,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(pool), args.group)
-            objective = rehearsal_objective(None, protection, len(examples), len(pool), references)
+            objective = rehearsal_objective(None, protection(step), len(examples), len(pool), references)
             examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
@@ -216,6 +219,8 @@ def main() -> None:
                         help="rehearsed answers a row (one conversation of that many turns)")
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
+    parser.add_argument("--continuation-kl-weight", type=float, default=None,
+                        help="the KL weight of the versions after the first (default: --kl-weight)")
     parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
                         help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

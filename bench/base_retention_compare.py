@@ -33,7 +33,9 @@ LONG_FORM_POOL = 79  # the rehearsal pool before the short questions: reports fr
 
 def label(method: str, report: dict) -> str:
     config = report["config"]
-    fraction, weight = float(config["rehearsal_fraction"]), float(config["kl_weight"])
+    fraction, weight = float(config["rehearsal_fraction"]), f"{float(config['kl_weight']):g}"
+    if config.get("continuation_kl_weight", "None") != "None":  # the versions after the first at another weight
+        weight += f" (continuations {float(config['continuation_kl_weight']):g})"
     ewc = f"EWC {float(config['ewc_lambda']):g}"  # the lambda tells the defaults of different times apart
     pool = (f"{report['rehearsal_pool']['answers']} short questions" if "rehearsal_pool" in report
             else f"{LONG_FORM_POOL} long-form prompts")
@@ -44,16 +46,16 @@ def label(method: str, report: dict) -> str:
     if method == "ewc_base":  # its lambda is in the reports that have the method
         name = f"EWC on the base, lambda {float(config['base_ewc_lambda']):g}"
     elif method == "ewc_kl_base":
-        name = (f"{ewc} + BASE_KL {fraction:g} / {weight:g} + EWC on the base, lambda "
+        name = (f"{ewc} + BASE_KL {fraction:g} / {weight} + EWC on the base, lambda "
                 f"{float(config['base_ewc_lambda']):g}")
     else:
-        name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight:g}",
+        name = {"plain": "plain LoRA", "kl": f"BASE_KL {fraction:g} / {weight}",
                 "rehearsal": f"self-rehearsal {fraction:g}",
-                "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight:g}",
+                "rehearsal_kl": f"self-rehearsal {fraction:g} + KL {weight}",
                 "ewc": ewc, "ewc_replay": f"{ewc} + replay", "all": f"{ewc} + replay + self-rehearsal {fraction:g}",
-                "ewc_kl": f"{ewc} + BASE_KL {fraction:g} / {weight:g}",
-                "ewc_replay_kl": f"{ewc} + replay + BASE_KL {fraction:g} / {weight:g}",
-                "replay_kl": f"replay + BASE_KL {fraction:g} / {weight:g}, no EWC"}[method]
+                "ewc_kl": f"{ewc} + BASE_KL {fraction:g} / {weight}",
+                "ewc_replay_kl": f"{ewc} + replay + BASE_KL {fraction:g} / {weight}",
+                "replay_kl": f"replay + BASE_KL {fraction:g} / {weight}, no EWC"}[method]
     return name if method in ("plain", "ewc", "ewc_replay") else f"{name}, {pool}"
 
 
