@@ -66,8 +66,9 @@ from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Exa
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
+from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
-from engine.training.recipe import AddedPenalties, TrainingRun, load_for_training  # noqa: E402
+from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 

@@ -72,7 +72,8 @@ from engine.stores.artifacts_local import LocalArtifactStore  # noqa: E402
 from engine.training.checkpoint_store import CheckpointArchive  # noqa: E402
 from engine.training.datasets import encode_dataset  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.training.recipe import TrainingRun, run_training  # noqa: E402
+from engine.training.recipe import run_training  # noqa: E402
+from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.run_state import Checkpointing  # noqa: E402
 from engine.training.spec import CheckpointRecord, Hyperparameters, StepMetrics, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402

@@ -45,8 +45,9 @@ from engine.domain import (  # noqa: E402
     LoraSpec,  # noqa: E402
 )
 from engine.training.datasets import collate, encode_dataset, pad_token_id  # noqa: E402
+from engine.training.loading import lora_config  # noqa: E402
 from engine.training.models import load_base_model, select_device  # noqa: E402
-from engine.training.recipe import lora_config, weighted_task_loss  # noqa: E402
+from engine.training.recipe import weighted_task_loss  # noqa: E402
 from engine.training.spec import Precision, Quantization  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_llama  # noqa: E402
 

@@ -46,7 +46,8 @@ from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adap
 from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec  # noqa: E402  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.training.recipe import TrainingRun, run_training  # noqa: E402
+from engine.training.recipe import run_training  # noqa: E402
+from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.spec import Hyperparameters, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 

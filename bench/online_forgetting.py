@@ -41,8 +41,9 @@ from engine.continual.fisher_run import FisherRun, load_adapter_weights, run_fis
 from engine.domain import Example, JsonlSource, LoraSpec  # noqa: E402
 from engine.online.learner import OnlineLearner  # noqa: E402
 from engine.online.spec import OnlineSessionSpec, StoredExample  # noqa: E402
+from engine.training.loading import load_for_training, save_adapter  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.training.recipe import TrainingRun, load_for_training, save_adapter  # noqa: E402
+from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.spec import Hyperparameters, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 

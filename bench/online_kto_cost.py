@@ -31,8 +31,9 @@ from forgetting import make_tasks  # noqa: E402
 from engine.domain import JsonlSource, LoraSpec, Objective  # noqa: E402
 from engine.online.learner import OnlineLearner  # noqa: E402
 from engine.online.spec import OnlineSessionSpec, StoredExample  # noqa: E402
+from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
-from engine.training.recipe import TrainingRun, load_for_training  # noqa: E402
+from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.spec import Hyperparameters, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
 

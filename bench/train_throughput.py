@@ -88,20 +88,15 @@ from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec  # noqa: E
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.attention import choose_attention  # noqa: E402
 from engine.training.datasets import IGNORE_INDEX, encode_dataset, encode_example, pad_token_id  # noqa: E402
+from engine.training.loading import load_for_training, lora_config, seed_everything  # noqa: E402
 from engine.training.models import (  # noqa: E402
     SMOLLM2_MODEL_ID,
     load_base_model,
     resolve_base_model,
     select_device,
 )
-from engine.training.recipe import (  # noqa: E402
-    TrainingRun,
-    evaluate_loss,
-    load_for_training,
-    lora_config,
-    run_training,
-    seed_everything,
-)
+from engine.training.recipe import evaluate_loss, run_training  # noqa: E402
+from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.spec import Hyperparameters, StepMetrics, TrainingJobSpec  # noqa: E402
 
 # ---- the data ----------------------------------------------------------------------------------------------

@@ -42,8 +42,9 @@ from engine.online.spec import (
 from engine.training.batching import StepBatch, batching
 from engine.training.datasets import EncodedExample, encode_example, pad_token_id
 from engine.training.kto import KtoObjective
+from engine.training.loading import LoadedModel
 from engine.training.objectives import WeightedSft
-from engine.training.recipe import BatchObjective, LoadedModel, Penalty
+from engine.training.run import BatchObjective, Penalty
 
 MICRO_BATCH = 8  # examples per forward pass within an update
 

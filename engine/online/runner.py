@@ -71,9 +71,10 @@ from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.registry.records import AdapterSource
 from engine.training.checkpoint_store import CheckpointArchive
+from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
 from engine.training.ports import ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, inherit_lora
-from engine.training.recipe import LoadedModel, TrainingRun, load_for_training, release, save_adapter
+from engine.training.run import TrainingRun
 from engine.training.spec import EwcSpec, Hyperparameters, TrainingJobSpec
 
 Ctx = JobContext[OnlineSessionSpec, OnlineOutput]

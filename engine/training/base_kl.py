@@ -43,7 +43,7 @@ from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
 from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, TargetLogits
-from engine.training.recipe import BatchObjective
+from engine.training.run import BatchObjective
 from engine.training.tensor_cache import load_tensors, save_tensors
 
 REFERENCE_TOP_K = 64  # the base model's most likely tokens kept per position; the rest is one outcome

@@ -60,16 +60,10 @@ from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
 from engine.training.base_kl import check_shardable
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
+from engine.training.loading import HOST, LoadedModel, load_for_training, release
 from engine.training.models import DevicePlan
-from engine.training.recipe import (
-    HOST,
-    LoadedModel,
-    TrainingResult,
-    TrainingRun,
-    load_for_training,
-    release,
-    run_training,
-)
+from engine.training.recipe import run_training
+from engine.training.run import TrainingResult, TrainingRun
 from engine.training.run_state import Checkpointing, CheckpointSave, checkpoint_failed
 from engine.training.sharding import FSDP_LAUNCH_ARGUMENTS, shard_model, sharding_summary
 from engine.training.spec import EvalReported, Sharding, StepMetrics
@@ -256,7 +250,7 @@ def launcher_main(arguments: list[str]) -> None:
 
 
 class RankGroup:
-    """engine.training.recipe.DataParallel over torch.distributed's default group (set up by accelerate)."""
+    """engine.training.run.DataParallel over torch.distributed's default group (set up by accelerate)."""
 
     def __init__(self, rank: int, world: int, device: str, stop_file: Path) -> None:
         self.rank = rank

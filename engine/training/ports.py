@@ -17,8 +17,9 @@ from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import AdapterRecord
 from engine.training.base_kl import Reference
 from engine.training.batching import Rotation
+from engine.training.loading import LoadedModel
 from engine.training.models import DevicePlan
-from engine.training.recipe import LoadedModel, Penalty
+from engine.training.run import Penalty
 from engine.training.spec import EwcLineage, TrainingJobSpec
 
 T = TypeVar("T")

@@ -9,44 +9,34 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import math
-import os
-import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from engine.domain import BaseRetention, DatasetSummary, Example, LoraSpec, composition, dataset_digest
-from engine.errors import Cancelled, FailedPrecondition
+from engine.domain import BaseRetention, DatasetSummary, composition, dataset_digest
+from engine.errors import Cancelled
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
-from engine.registry.peft_checks import module_names, validate_lora
 from engine.telemetry import tracer
-from engine.training.batching import Batching, EpochRows, Rotation, StepBatch, batching
+from engine.training.batching import Batching, EpochRows, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
+from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
 from engine.training.models import (
     DevicePlan,
-    check_sharding,
-    device_count,
-    load_base_model,
-    make_temp_dir,
-    select_device,
 )
 from engine.training.objectives import WeightedSft
-from engine.training.packing import ExampleForward, per_example_nll
-from engine.training.run_state import Checkpointing, data_key, restore_state, save_state
+from engine.training.packing import per_example_nll
+from engine.training.run import BatchObjective, TrainingResult, TrainingRun
+from engine.training.run_state import data_key, restore_state, save_state
 from engine.training.sharding import (
     as_float,
     full_trainable_state,
     is_sharded,
 )
-from engine.training.spec import EVAL_SPLIT, EvalReported, LrSchedule, Sharding, StepMetrics, TrainingJobSpec
+from engine.training.spec import EVAL_SPLIT, EvalReported, LrSchedule, StepMetrics
 
 # Steps over which tokens_per_second is measured: the current throughput, not the average since start.
 RATE_WINDOW = 10
@@ -54,165 +44,7 @@ RATE_WINDOW = 10
 _SCHEDULERS = {LrSchedule.LINEAR: "linear", LrSchedule.COSINE: "cosine", LrSchedule.CONSTANT: "constant_with_warmup"}
 
 
-class Penalty(Protocol):
-    """A regulariser over the trainable parameters (e.g. EWC), added to the task loss every step."""
-
-    def __call__(self, model: torch.nn.Module) -> torch.Tensor: ...
-
-
-class AddedPenalties:
-    """Penalties added up (EWC against a parent and EWC against the base model, engine.continual.base_ewc)."""
-
-    def __init__(self, *parts: Penalty) -> None:
-        self.parts = parts
-
-    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        total = self.parts[0](model)
-        for part in self.parts[1:]:
-            total = total + part(model)
-        return total
-
-
-class BatchObjective(Protocol):
-    """An objective replacing the weighted SFT loss (e.g. engine.kto.KtoObjective), per-example aware."""
-
-    def select(self, kept: list[int]) -> BatchObjective:
-        """The objective over the examples at positions ``kept`` of ``run.examples``, renumbered 0..n-1."""
-        ...
-
-    def extended(self, replayed: int) -> BatchObjective:
-        """The objective over ``run.examples`` followed by ``replayed`` examples of earlier versions (replay),
-        each a target to keep producing."""
-        ...
-
-    def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
-        """Each micro-batch's share of the step's task loss in turn (the shares sum to it); the caller
-        backpropagates one before asking for the next. ``step.indices`` are positions in ``run.examples``."""
-        ...
-
-    def step_weight(self, step: StepBatch) -> float:
-        """What the step's loss is an average over (its examples' total weight, or their number): the weight
-        of one process's share of a step when several train it together (:class:`DataParallel`)."""
-        ...
-
-
-class KnowledgeProbe(Protocol):
-    """Measures what a trained model kept of its base model's knowledge (engine.continual.base_knowledge)."""
-
-    def measure(self, model: Any, tokenizer: Any, plan: DevicePlan, *, base_model_dir: Path, quantization: str,
-                step: int, sink: ProgressSink, cancel: CancelToken) -> BaseRetention | None:
-        """Base retention of ``model`` (None when it cannot be measured: the job is told why)."""
-        ...
-
-
-class DataParallel(Protocol):
-    """One of several processes training one adapter together (engine.training.distributed): each takes a share
-    of every step's examples; their gradients are averaged, weighted by what each share's loss averages over,
-    so the step is the one a single process would take on all of them."""
-
-    @property
-    def is_main(self) -> bool:
-        """The process that reports, checkpoints and saves (the others compute only)."""
-        ...
-
-    def shard(self, step: StepBatch) -> StepBatch:
-        """This process's share of a step's examples."""
-        ...
-
-    def agree_to_stop(self, cancel: CancelToken) -> None:
-        """Cancel ``cancel`` when any process was asked to stop: all stop at the same step."""
-        ...
-
-    def loss_scale(self, weight: float) -> float:
-        """What this process's share of a step's loss (an average over ``weight``) is multiplied by before its
-        backward pass (1 unless the model's own hooks combine gradients: a sharded model's)."""
-        ...
-
-    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, task_loss: float) -> float:
-        """Replace every process's gradients by their weighted mean; the step's task loss, likewise averaged."""
-        ...
-
-    def agree(self, flag: bool) -> bool:
-        """Whether ``flag`` holds in any process (all get the same answer)."""
-        ...
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    spec: TrainingJobSpec
-    base_model_dir: Path
-    examples: list[Example]
-    output_dir: Path
-    eval_examples: list[Example] = field(default_factory=list)  # the eval split: never trained on, its loss reported
-    parent_adapter_dir: Path | None = None
-    penalty: Penalty | None = None
-    objective: BatchObjective | None = None  # None: weighted SFT
-    checkpointing: Checkpointing | None = None
-    parallel: DataParallel | None = None  # None: this process trains alone
-    probe: KnowledgeProbe | None = None  # measures base retention after training (None: not measured)
-    rotation: Rotation | None = None  # the last examples are a pool trained a few at a time (None: all, every epoch)
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    adapter_dir: Path
-    steps: int
-    final_loss: float
-    final_task_loss: float
-    dataset: DatasetSummary
-    device: str
-    base_retention: BaseRetention | None = None
-    eval_loss: float | None = None  # on the eval split (None: the run has none)
-
-
 # ---- setup --------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
-    set_seed(seed)
-
-
-def lora_config(spec: LoraSpec) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft types it int; scaling is alpha / r, any number
-        lora_dropout=spec.dropout,
-        target_modules=list(spec.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def attach_adapter(run: TrainingRun, base_model: Any) -> Any:
-    """Wrap the base model with a fresh LoRA adapter, or the parent adapter (trainable) for a warm start."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if run.parent_adapter_dir is None:
-        validate_lora(run.spec.lora, module_names(run.base_model_dir))
-        return get_peft_model(base_model, lora_config(run.spec.lora))
-    if not (run.parent_adapter_dir / "adapter_config.json").is_file():
-        raise FailedPrecondition(
-            "PARENT_ADAPTER_UNAVAILABLE",
-            f"parent adapter {run.parent_adapter_dir} has no adapter_config.json",
-        )
-    config = LoraConfig.from_pretrained(str(run.parent_adapter_dir))
-    wanted = run.spec.lora
-    if (config.r, float(config.lora_alpha), set(config.target_modules)) != (
-        wanted.rank, float(wanted.alpha), set(wanted.target_modules),
-    ):  # the job was created with the parent's shape (engine.preparation.inherit_lora); the parent changed?
-        raise FailedPrecondition(
-            "PARENT_LORA_MISMATCH",
-            f"the parent adapter has rank {config.r}, alpha {config.lora_alpha}, targets "
-            f"{sorted(config.target_modules)}; the job asks for rank {wanted.rank}, alpha {wanted.alpha:g}, "
-            f"targets {sorted(wanted.target_modules)}",
-        )
-    config.lora_dropout = wanted.dropout  # a training setting, not part of the shape
-    config.inference_mode = False
-    return PeftModel.from_pretrained(base_model, run.parent_adapter_dir, config=config, is_trainable=True)
 
 
 def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -272,93 +104,7 @@ def _check_cancel(cancel: CancelToken, where: str) -> None:
         raise Cancelled("JOB_CANCELLED", f"training was cancelled during {where}")
 
 
-# ---- save ---------------------------------------------------------------------------
-
-
-def save_adapter(model: Any, output_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors into ``output_dir`` atomically; ``weights``: the
-    adapter's whole weights by parameter name when the model holds only shards of them."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FailedPrecondition("OUTPUT_EXISTS", f"adapter output directory {output_dir} is not empty")
-    tmp = make_temp_dir(output_dir.parent, output_dir.name)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
-
-
 # ---- the recipe -----------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    """A job's one loaded model: the base with the job's adapter attached (fresh, or the parent's), trainable."""
-
-    model: Any
-    tokenizer: Any
-    plan: DevicePlan  # where this copy is
-    devices: int = 1  # the job trains on this many (engine.training.distributed when more than one)
-    sharding: Sharding = Sharding.NONE
-    # where the job's processes train when that is not where this copy is (FSDP: this one on the host)
-    launch_plan: DevicePlan | None = None
-
-    @property
-    def training_plan(self) -> DevicePlan:
-        return self.launch_plan or self.plan
-
-    @property
-    def description(self) -> str:
-        plan = self.training_plan
-        if self.devices == 1:
-            return plan.description
-        sharded = ", FSDP (the model sharded across them)" if self.sharding is Sharding.FSDP else ""
-        return f"{self.devices} x {plan.description}{sharded}"
-
-
-def load_for_training(run: TrainingRun, plan: DevicePlan | None = None, *, empty: bool = False) -> LoadedModel:
-    """Seed, load the base model once and attach the job's adapter (a worker thread's work).
-
-    ``plan``: the device to load on (a distributed run's process); by default the job's own choice, after
-    checking this worker has the devices the job asks for, and that its sharding can run on them
-    (FailedPrecondition otherwise). A sharded job's copy here is loaded on the host: its base may not fit one
-    device, and its processes load their own (engine.training.distributed). ``empty``: the structure only, on
-    the meta device, for a sharded run's process that receives the first one's weights.
-    """
-    hp = run.spec.hyperparameters
-    devices, launch_plan = 1, None
-    if plan is None:
-        devices = device_count(hp.num_devices)
-        check_sharding(run.spec, devices)
-        plan = select_device(hp.precision)
-        if hp.sharding is Sharding.FSDP:
-            plan, launch_plan = HOST, plan
-    seed_everything(hp.seed)
-    base, tokenizer = load_base_model(run.base_model_dir, plan=plan, quantization=hp.quantization, empty=empty)
-    with warnings.catch_warnings():
-        if empty:  # a parent's weights loaded into meta parameters: nothing to copy, torch says so for each
-            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
-        model = attach_adapter(run, base)
-    return LoadedModel(model, tokenizer, plan, devices, hp.sharding, launch_plan)
-
-
-HOST = DevicePlan("cpu", None, "cpu, fp32")  # where a sharded run's models are loaded before they are sharded
-
-
-def release(loaded: LoadedModel | None) -> None:
-    """Free a loaded model's memory (and the GPU cache)."""
-    if loaded is None:
-        return
-    device = loaded.plan.device
-    loaded.model = None
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def run_training(

@@ -37,18 +37,11 @@ from engine.training.base_kl import rehearsal_objective
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
 from engine.training.kto import KtoObjective
+from engine.training.loading import LoadedModel, load_for_training, release
 from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
 from engine.training.ports import BaseEwc, ContinualPlanner, PlanRequest, Rehearsal
 from engine.training.preparation import JobPreparer, PreparedInputs, ResolvedDataset
-from engine.training.recipe import (
-    AddedPenalties,
-    KnowledgeProbe,
-    LoadedModel,
-    TrainingResult,
-    TrainingRun,
-    load_for_training,
-    release,
-)
+from engine.training.run import AddedPenalties, KnowledgeProbe, TrainingResult, TrainingRun
 from engine.training.run_state import Checkpointing, CheckpointSave
 from engine.training.spec import (
     TRAINING,

@@ -10,8 +10,8 @@ from torch import nn
 
 from engine.domain import ChatMessage, Example, LoraSpec
 from engine.training.datasets import encode_dataset, pad_token_id
+from engine.training.loading import lora_config
 from engine.training.models import load_base_model, select_device
-from engine.training.recipe import lora_config
 from engine.training.spec import Precision, Quantization
 
 

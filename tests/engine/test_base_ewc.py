@@ -12,7 +12,7 @@ from engine.continual.base_ewc import BaseEwc, lora_b_zeroed
 from engine.continual.fisher import trainable_parameters
 from engine.continual.rehearsal import SelfRehearsal
 from engine.jobs.ports import CancelToken
-from engine.training.recipe import load_for_training
+from engine.training.loading import load_for_training
 from tests.engine.test_training import make_run
 
 pytestmark = pytest.mark.model

@@ -18,10 +18,11 @@ from engine.training.base_kl import BaseKlObjective, base_kl, rehearsal_objectiv
 from engine.training.batching import EpochRows, Rotation, StepBatch, batching
 from engine.training.datasets import encode_dataset, pad_token_id
 from engine.training.kto import KtoObjective
+from engine.training.loading import load_for_training
 from engine.training.models import select_device
 from engine.training.objectives import WeightedSft
 from engine.training.packing import PackedForward, PaddedForward
-from engine.training.recipe import load_for_training, run_training
+from engine.training.recipe import run_training
 from engine.training.spec import Precision, StepMetrics
 from tests.engine.test_packing import TOLERANCE, assert_same, step_result, weighted
 from tests.engine.test_training import RecordingSink, examples, make_run

@@ -19,7 +19,8 @@ from engine.continual.base_knowledge import (
 )
 from engine.jobs.core import Warned
 from engine.jobs.ports import CancelToken
-from engine.training.recipe import load_for_training, run_training
+from engine.training.loading import load_for_training
+from engine.training.recipe import run_training
 from engine.training.spec import EvalReported
 from tests.engine.test_training import RecordingSink, make_run
 

@@ -18,7 +18,8 @@ from engine.domain import Example
 from engine.errors import Cancelled, Unavailable
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, StopReason
-from engine.training.recipe import TrainingRun, run_training
+from engine.training.recipe import run_training
+from engine.training.run import TrainingRun
 from engine.training.run_state import Checkpointing
 from engine.training.spec import EvalReported
 from tests.engine.test_training import RecordingSink, examples, make_run

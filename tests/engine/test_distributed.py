@@ -22,10 +22,12 @@ from engine.training.base_kl import references_of, rehearsal_objective
 from engine.training.batching import Rotation, StepBatch
 from engine.training.datasets import IGNORE_INDEX, EncodedExample, encode_dataset, pad_token_id
 from engine.training.distributed import RankGroup, ShardedGroup, launch_arguments, run_distributed
+from engine.training.loading import load_for_training, release
 from engine.training.models import DevicePlan, select_device
 from engine.training.objectives import WeightedSft
 from engine.training.packing import PaddedForward
-from engine.training.recipe import TrainingRun, load_for_training, release, run_training
+from engine.training.recipe import run_training
+from engine.training.run import TrainingRun
 from engine.training.run_state import Checkpointing
 from engine.training.spec import EvalReported, Precision, Sharding, StepMetrics
 from tests.engine.test_training import RecordingSink, examples, make_run
@@ -181,7 +183,7 @@ def lora_penalty(model_dir: Path, space: str, seed: int = 3, parent: Path | None
     from engine.continual.ewc import EwcPenalty
     from engine.continual.ewc_product import ProductEwcPenalty
     from engine.continual.fisher import lora_pairs, trainable_parameters
-    from engine.training.recipe import load_for_training
+    from engine.training.loading import load_for_training
 
     loaded = load_for_training(make_run(model_dir, Path("/unused")), select_device(Precision.FP32))
     generator = torch.Generator().manual_seed(seed)

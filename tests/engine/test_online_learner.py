@@ -18,9 +18,11 @@ from engine.online.learner import OnlineLearner
 from engine.online.spec import OnlineOptimizer, OnlineSessionSpec, StoredExample
 from engine.training.datasets import EncodedExample, pad_token_id
 from engine.training.kto import KtoObjective
+from engine.training.loading import load_for_training, save_adapter
 from engine.training.objectives import WeightedSft
 from engine.training.packing import PaddedForward
-from engine.training.recipe import TrainingRun, load_for_training, run_training, save_adapter
+from engine.training.recipe import run_training
+from engine.training.run import TrainingRun
 from engine.training.spec import Hyperparameters, StepMetrics, TrainingJobSpec
 
 

@@ -19,7 +19,8 @@ from engine.training.kto import KtoObjective
 from engine.training.models import select_device
 from engine.training.objectives import WeightedSft
 from engine.training.packing import PackedForward, PaddedForward, assign_rows, pack
-from engine.training.recipe import TrainingRun, gradient_checkpointing, run_training
+from engine.training.recipe import gradient_checkpointing, run_training
+from engine.training.run import TrainingRun
 from engine.training.spec import Hyperparameters, Precision, StepMetrics, TrainingJobSpec
 
 TOLERANCE = 1e-5

@@ -12,7 +12,7 @@ from engine.continual.base_knowledge import GreedyAnswers
 from engine.continual.ewc import replay_count
 from engine.continual.rehearsal import SelfRehearsal, shipped_prompts
 from engine.jobs.ports import CancelToken
-from engine.training.recipe import load_for_training
+from engine.training.loading import load_for_training
 from tests.engine.test_training import examples, make_run
 
 

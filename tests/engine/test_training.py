@@ -12,7 +12,8 @@ from engine.domain import ChatMessage, Example, JsonlSource, LoraSpec
 from engine.errors import Cancelled
 from engine.jobs.ports import CancelToken
 from engine.training.models import select_device
-from engine.training.recipe import TrainingRun, run_training
+from engine.training.recipe import run_training
+from engine.training.run import TrainingRun
 from engine.training.spec import (
     EvalReported,
     Hyperparameters,
