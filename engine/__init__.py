@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
     from engine.training.dataset_content import DatasetContent, DatasetKind
+    from engine.training.dataset_records import ScoredPart, Source, StoredDataset
     from engine.training.metrics import TrainingMetrics
     from engine.training.spec import TrainingJobSpec, TrainingOutput
-    from engine.training.stored_datasets import ScoredPart, Source, StoredDataset
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core

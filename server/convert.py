@@ -26,6 +26,7 @@ from engine.domain import (
 from engine.errors import InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.names import resource_id
+from engine.training.dataset_records import parse_dataset_name
 from engine.training.metrics import MetricsRow, TrainingMetrics
 from engine.training.models import default_sharding
 from engine.training.spec import (
@@ -47,7 +48,6 @@ from engine.training.spec import (
     TrainingJob,
     TrainingJobSpec,
 )
-from engine.training.stored_datasets import parse_dataset_name
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from server.convert_jobs import JOB_STATE_TO_PB, core_event_to_pb, duration_to_pb, job_core_to_pb, timestamp_to_pb

@@ -6,7 +6,7 @@ from engine.domain import FeedbackSource
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.splits import SplitRule
 from engine.training.dataset_content import DatasetContent, DatasetKind, SplitCounts
-from engine.training.stored_datasets import (
+from engine.training.dataset_records import (
     FeedbackOrigin,
     PreparedOrigin,
     S3Origin,

@@ -6,7 +6,7 @@ from engine.errors import InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.lora.evaluation_jobs import EvaluationJob, EvaluationJobSpec, EvaluationProgress, check_suite_count
 from engine.names import resource_id
-from engine.training.stored_datasets import parse_dataset_name
+from engine.training.dataset_records import parse_dataset_name
 from learning.v1 import evaluation_pb2 as pb
 from server.convert_adapter import eval_to_pb
 from server.convert_jobs import core_event_to_pb, job_core_to_pb

@@ -32,12 +32,12 @@ from engine.lora.evaluation import MAX_CASES, Suite, SuiteKind
 from engine.lora.suites import case_of
 
 
-class StoredVersion(Protocol):  # engine.training.stored_datasets.StoredDataset
+class StoredVersion(Protocol):  # engine.training.dataset_records.StoredDataset
     @property
     def name(self) -> str: ...
 
 
-class ScoredPart(Protocol):  # engine.training.stored_datasets.ScoredPart
+class ScoredPart(Protocol):  # engine.training.dataset_records.ScoredPart
     @property
     def record(self) -> StoredVersion: ...
 

@@ -47,7 +47,7 @@ from engine.preparation.documents import Chunk, chunks, document_kind, read_text
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import Completion
 from engine.splits import SplitRule
-from engine.training.stored_datasets import PreparedOrigin, StoredDataset, parse_dataset_name
+from engine.training.dataset_records import PreparedOrigin, StoredDataset, parse_dataset_name
 
 MAX_DOCUMENTS = 256
 MAX_QUESTIONS_PER_CHUNK = 10

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 from engine.errors import EngineError, FailedPrecondition, NotFound
 from engine.splits import SplitRule
 from engine.stores.postgres import advisory_lock
-from engine.training.stored_datasets import Cursor, DatasetName, StoredDataset
+from engine.training.dataset_records import Cursor, DatasetName, StoredDataset
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import grpc
 
 from engine import DatasetsApi
 from engine.errors import FieldViolation, InvalidArgument
-from engine.training.stored_datasets import parse_dataset_name
+from engine.training.dataset_records import parse_dataset_name
 from learning.v1 import dataset_pb2 as pb
 from learning.v1 import dataset_pb2_grpc as pb_grpc
 from server.convert_dataset import (
