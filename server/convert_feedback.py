@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from engine.errors import FieldViolation, InvalidArgument
 from engine.feedback.events import FeedbackEvent, FeedbackKind, FeedbackStats, IngestResult, Interaction, Turn
 from learning.v1 import feedback_pb2 as pb
+from server.convert_jobs import timestamp_to_pb
 
 KIND_FROM_PB: dict[int, FeedbackKind] = {
     pb.FeedbackKind.Value(f"FEEDBACK_KIND_{k.value}"): k for k in FeedbackKind
@@ -128,12 +129,6 @@ def window_from_pb(request: pb.GetFeedbackStatsRequest, now: datetime) -> tuple[
             violations=[FieldViolation("start_time", "must be before end_time")],
         )
     return start, end
-
-
-def timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def stats_to_pb(stats: FeedbackStats) -> pb.GetFeedbackStatsResponse:

@@ -153,7 +153,6 @@ class JobContext(Generic[S, O]):
         return await asyncio.get_running_loop().run_in_executor(self._manager.slots.executor, context.run, fn, *args)
 
 
-
 class LoopSink:
     """ProgressSink that hands events from worker threads to the event loop, in the order they happen.
 

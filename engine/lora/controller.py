@@ -18,7 +18,8 @@ store what it counted on its own row (every ``serving_follow_seconds``, and at e
 the sum of the rows, so a canary decides on all of its traffic. One process decides it, under a lease it renews at
 each check: the one that started it, or another once that one stopped renewing (it stopped).
 
-The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's.
+The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's; the
+gate's scoring is engine/lora/scoring.py's.
 """
 
 from __future__ import annotations

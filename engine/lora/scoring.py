@@ -38,6 +38,7 @@ Progress = Callable[[str, int, int], None]  # (suite being answered, answers so 
 class ScorePlan:
     """What an evaluation scores, resolved before anything is loaded or answered."""
 
+    base_model: str  # as the target's stored state names it
     version: str
     baseline_version: str
     suites: tuple[ev.Suite, ...]
@@ -53,7 +54,6 @@ class EvalScorer:
                  adapters: AdapterFetcher, reports: ArtifactStore, gate: GateInputs | None = None, *,
                  judge_client: ServingClient | None = None) -> None:
         self.config = config
-        self.base_model = config.base_model
         self.gate = gate if config.gate else None  # the forgetting-aware suites; None when the gate is off
         self._client = client
         self._judge_client = judge_client  # the judge's own serving engine (eval_judge_url); None: this one
@@ -62,11 +62,10 @@ class EvalScorer:
         self._adapters = adapters
         self._reports = reports
 
-    async def plan(self, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
+    async def plan(self, base: str, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
                    choice: JudgeChoice | None) -> ScorePlan:
-        """What evaluating ``version`` against ``baseline_version`` scores (the golden suites read, the gate's
-        built) and on what basis; nothing is loaded or answered."""
-        base = self.base_model
+        """What evaluating ``version`` of ``base`` against ``baseline_version`` scores (the golden suites read, the
+        gate's built) and on what basis; nothing is loaded or answered."""
         suites: list[ev.Suite] = []
         for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
             if isinstance(golden, ev.Suite):
@@ -80,13 +79,13 @@ class EvalScorer:
         judge = self._judge(choice)
         basis = ev.evaluation_basis(suites, gate is not None, self.config.thresholds, self.config.eval_max_tokens,
                                     judge.info if judge else None)
-        return ScorePlan(version, baseline_version, tuple(suites), judge, basis, gate is not None)
+        return ScorePlan(base, version, baseline_version, tuple(suites), judge, basis, gate is not None)
 
     async def reusable(self, plan: ScorePlan) -> EvalSummary | None:
         """The version's latest evaluation when it was against the same baseline on the same basis
         (evaluation_basis), else None: a pipeline's EVALUATE and the gate of the activation or canary after it do
         not answer the same suites twice. It only reads the store, so callers ask it before loading anything."""
-        latest = await self._store.latest_eval(self.base_model, plan.version)
+        latest = await self._store.latest_eval(plan.base_model, plan.version)
         if latest is None or latest.baseline_version != plan.baseline_version or latest.basis != plan.basis:
             return None
         log.info("the gate reuses an evaluation", extra={"version": plan.version, "evaluation": latest.id})
@@ -95,7 +94,7 @@ class EvalScorer:
     async def score(self, plan: ScorePlan, progress: Progress | None = None) -> EvalSummary:
         """Answer ``plan``'s suites with both sides (loaded), score them, and store the reports and the decision.
         When both sides are one model (the base model against itself), it answers once for both."""
-        base, version, baseline_version = self.base_model, plan.version, plan.baseline_version
+        base, version, baseline_version = plan.base_model, plan.version, plan.baseline_version
         suites, judge = plan.suites, plan.judge
         candidate_model = lora_name(base, version) if version else self._router.base_model_name
         baseline_model = lora_name(base, baseline_version) if baseline_version else self._router.base_model_name
@@ -132,7 +131,7 @@ class EvalScorer:
             results.append(())
         now = datetime.now(UTC)
         evaluation = f"{now:%Y%m%dT%H%M%S%f}-vs-{baseline_version or 'base'}"
-        curve = await self._learning_curve(version, verdicts, evaluation)
+        curve = await self._learning_curve(base, version, verdicts, evaluation)
         report = ev.EvalReport(version=version, baseline_version=baseline_version, suites=tuple(verdicts),
                                results=tuple(results), time=now, judge=judge.info if judge else None,
                                learning_curve=curve)
@@ -156,11 +155,10 @@ class EvalScorer:
             log.warning("could not attach the eval to the adapter record", extra={"error": exc.message})
         return summary
 
-    async def _learning_curve(self, version: str, verdicts: Sequence[ev.SuiteVerdict],
+    async def _learning_curve(self, base: str, version: str, verdicts: Sequence[ev.SuiteVerdict],
                               evaluation: str) -> lineage.LearningCurve:
         """The scores of ``version``'s lineage (as the registry records it) on the suites of this evaluation, from
         their stored evaluations and the base model's own (engine.lora.lineage)."""
-        base = self.base_model
         chain = await self._adapters.lineage(base, version) if version else [""]
         stored = await self._store.evaluations(base, ["", *chain[1:lineage.MAX_VERSIONS]],
                                                per_version=lineage.PER_VERSION) if version else []
@@ -206,7 +204,7 @@ class EvalScorer:
         """One stored report file of an evaluation of ``version`` ("": the base model itself; its latest when
         ``evaluation`` is empty): (the evaluation, the file's bytes, where it is stored); NotFound
         EVALUATION_NOT_FOUND without one."""
-        base = self.base_model
+        base = self.config.base_model
         summary = await self._store.latest_eval(base, version, evaluation)
         if summary is None or not summary.id:
             which = f"evaluation {evaluation!r}" if evaluation else "evaluation with stored reports"

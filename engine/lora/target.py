@@ -321,7 +321,7 @@ class ServingTarget:
             self._state = await self._store.load(self.target, self.config.base_model)
             await self._refresh_loaded()
             baseline = self._state.active_version if baseline_version is None else baseline_version
-            plan = await self._scorer.plan(version, baseline, goldens, judge)
+            plan = await self._scorer.plan(self._state.base_model, version, baseline, goldens, judge)
             kept = await self._scorer.reusable(plan) if reuse else None
             if kept is not None:
                 return kept  # nothing loaded, nothing answered
@@ -345,7 +345,7 @@ class ServingTarget:
         if not goldens and self._scorer.gate is None:
             return None
         with op.phase("eval"):
-            plan = await self._scorer.plan(version, self._state.active_version, goldens, None)
+            plan = await self._scorer.plan(self._state.base_model, version, self._state.active_version, goldens, None)
             summary = op.gate = await self._scorer.reusable(plan) or await self._scorer.score(plan)
         if not summary.passed and not force:
             raise refusal(summary)

@@ -168,7 +168,7 @@ class S3ArtifactStore:
                 raise _missing(key) from exc
             raise self._failed(exc, "download") from exc
 
-    # ---- objects of any bucket, read with this store's client (engine.training.stored_datasets.ObjectSource) ----
+    # ---- objects of any bucket, read with this store's client (engine.training.dataset_records.ObjectSource) ----
 
     async def object_size(self, bucket: str, key: str) -> int | None:
         """The size of ``s3://bucket/key``, or None if there is no such object (a dataset's s3:// source)."""

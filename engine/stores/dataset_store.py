@@ -49,7 +49,7 @@ def _not_found(dataset_id: str, version: int | None) -> NotFound:
 
 
 class PostgresDatasetIndex:
-    """DatasetIndex (see engine.training.stored_datasets) over the ``datasets`` table."""
+    """DatasetIndex (see engine.training.dataset_records) over the ``datasets`` table."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

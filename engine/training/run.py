@@ -16,9 +16,7 @@ import torch
 from engine.domain import BaseRetention, DatasetSummary, Example
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.training.batching import Rotation, StepBatch
-from engine.training.models import (
-    DevicePlan,
-)
+from engine.training.models import DevicePlan
 from engine.training.packing import ExampleForward
 from engine.training.run_state import Checkpointing
 from engine.training.spec import TrainingJobSpec
