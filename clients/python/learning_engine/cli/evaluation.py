@@ -22,6 +22,7 @@ from learning_engine.cli.job_views import (
     PAGE_SIZE,
     PAGE_TOKEN,
     STATE_FILTER,
+    WIDE,
     guard_interrupt,
     listed,
     outcome_code,
@@ -120,7 +121,7 @@ def evaluation_jobs_list(
     state: list[str] = STATE_FILTER,
     page_size: int = PAGE_SIZE,
     page_token: str = PAGE_TOKEN,
-    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
+    wide: bool = WIDE,
 ) -> None:
     """Recent evaluation jobs, newest first, with their verdicts (whole names, at any terminal width)."""
     states = parse_states(state)

@@ -39,6 +39,7 @@ STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queu
 PAGE_SIZE = typer.Option(20, "--page-size")
 PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
 AFTER = typer.Option(0, "--after", help="Resume after this event's sequence number.")
+WIDE = typer.Option(False, "--wide", help="Also show when each job was created and ended.")
 
 
 def parse_states(values: list[str] | None) -> list[int]:

@@ -19,6 +19,7 @@ from learning_engine.cli.job_views import (
     PAGE_SIZE,
     PAGE_TOKEN,
     STATE_FILTER,
+    WIDE,
     guard_interrupt,
     listed,
     outcome_code,
@@ -115,7 +116,7 @@ def preparation_jobs_list(
     state: list[str] = STATE_FILTER,
     page_size: int = PAGE_SIZE,
     page_token: str = PAGE_TOKEN,
-    wide: bool = typer.Option(False, "--wide", help="Also show when each job was created and ended."),
+    wide: bool = WIDE,
 ) -> None:
     """Recent preparation jobs, newest first, with the dataset version each stored."""
     states = parse_states(state)
