@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from engine.model_build import BUILDING
+
 
 class BaseModelEmbedder:
     def __init__(self, model_dir: Callable[[str], Path], *, max_tokens: int = 128, batch_size: int = 16,
@@ -60,7 +62,8 @@ class BaseModelEmbedder:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
-        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        with BUILDING:
+            model = AutoModel.from_pretrained(path, dtype=torch.float32)
         model.eval()
         self._loaded = (base_model, model, tokenizer)
         return model, tokenizer

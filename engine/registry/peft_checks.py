@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from engine.domain import LoraSpec
 from engine.errors import InvalidArgument, ViolationCollector
+from engine.model_build import BUILDING
 from engine.registry.archive import CONFIG_FILE, WEIGHTS_FILE, read_small, sha256_file
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def meta_model(model_dir: Path | str) -> nn.Module:
     if "quantization_config" in config_dict:
         config_dict.pop("quantization_config")
         config = AutoConfig.for_model(**config_dict)
-    with init_empty_weights():
+    with BUILDING, init_empty_weights():
         # transformers leaves from_config unannotated
         model: nn.Module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     return model

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine.model_build import BUILDING
 from engine.serving.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class ReferenceModel:
         self.served_name = served_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # transformers leaves PreTrainedModel.eval unannotated
-        self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]
+        with BUILDING:
+            self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]
         self._peft: Any = None
         self._paths: dict[str, str] = {}  # lora_name -> lora_path
         self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)

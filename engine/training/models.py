@@ -20,6 +20,7 @@ import torch
 
 from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.model_build import BUILDING
 from engine.training.kernels import apply_kernels
 from engine.training.spec import Precision, Quantization, Sharding, TrainingJobSpec
 
@@ -227,14 +228,16 @@ def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
         if _conversion_matches(out_dir, gguf_file):
             return out_dir
         log.info("converting %s to an HF copy in %s", gguf_file, out_dir)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        with BUILDING:
+            loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         config_dict = loaded.config.to_dict()
         config_dict.pop("quantization_config", None)
         config_dict.pop("_name_or_path", None)
         config = AutoConfig.for_model(**config_dict)
         # transformers leaves from_config unannotated
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        with BUILDING:
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(loaded.state_dict(), strict=True)
         plain.tie_weights()
         del loaded
@@ -304,12 +307,13 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization,
     if empty:
         from accelerate import init_empty_weights
 
-        with init_empty_weights(include_buffers=False):
+        with BUILDING, init_empty_weights(include_buffers=False):
             # transformers leaves from_config unannotated
             model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
                 AutoConfig.from_pretrained(path), dtype=torch.float32)
     elif quantization is Quantization.NONE:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with BUILDING:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.to(plan.torch_device)  # type: ignore[arg-type]  # transformers types its wrapped Module.to as taking a model
     else:
         compute_dtype = plan.autocast_dtype or torch.float32
@@ -322,9 +326,10 @@ def load_base_model(path: Path, *, plan: DevicePlan, quantization: Quantization,
             )
         else:
             bnb = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]  # as above
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.torch_device}
-        )
+        with BUILDING:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, quantization_config=bnb, device_map={"": plan.torch_device}
+            )
         from peft import prepare_model_for_kbit_training
 
         # Gradient checkpointing saves GPU memory; on CPU it only costs time.

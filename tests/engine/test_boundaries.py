@@ -11,7 +11,7 @@ FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 
 # The shared kernels every context may use, and the bounded contexts with those each may import.
 # golden: the golden-case format, which evaluations (lora) score and golden dataset versions (training) store
-KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden"}
+KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden", "model_build"}
 CONTEXTS = {
     "jobs": set(),
     "feedback": set(),
