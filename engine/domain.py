@@ -235,6 +235,9 @@ class BaseProtection:
     fraction: float = 0.0  # the share of each epoch's examples that is the base model's answers (not NONE)
     kl_weight: float = 0.0  # beta of KL(base || adapted) on those answers (BASE_KL's only loss on them; > 0 there)
     ewc_lambda: float = 0.0  # EWC_BASE: the weight of its penalty (> 0 there)
+    # SELF_REHEARSAL, BASE_KL: the weight of KL(base || adapted) at the job's own rows' context positions (those
+    # predicting no target token: the prompt and the chat markup); 0 off
+    prompt_kl_weight: float = 0.0
 
     @property
     def rehearses(self) -> bool:

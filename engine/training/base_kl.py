@@ -153,17 +153,36 @@ class BaseKlObjective:
     """
 
     def __init__(self, inner: BatchObjective, anchored: Sequence[bool], weight: float, *, trained: bool,
-                 references: Sequence[Reference | None] | None = None) -> None:
+                 references: Sequence[Reference | None] | None = None, prompt_weight: float = 0.0) -> None:
         self.inner, self.anchored, self.weight, self.trained = inner, tuple(anchored), weight, trained
+        self.prompt_weight = prompt_weight
         # Each example's reference, by its index in the run: given (computed before, e.g. cached on disk), or
         # computed the first time it is trained and kept, since the base model never moves.
         self.references = tuple(references) if references is not None else (None,) * len(self.anchored)
         self._references = {i: r for i, r in enumerate(self.references) if r is not None}
+        # With a prompt weight: each own example's reference at its context positions, computed when first seen.
+        self._context_references: dict[int, Reference] = {}
 
     @property
     def references_missing(self) -> int:
-        """How many anchored examples have no reference given (each costs a base forward pass when first seen)."""
-        return sum(1 for i, anchored in enumerate(self.anchored) if anchored and i not in self._references)
+        """How many examples have a reference not given (each costs a base forward pass when first seen): the
+        anchored ones without theirs, and with a prompt weight every own one (its context's)."""
+        missing = sum(1 for i, anchored in enumerate(self.anchored) if anchored and i not in self._references)
+        return missing + (self.anchored.count(False) if self.prompt_weight > 0 else 0)
+
+    def _context_reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
+                              indices: Sequence[int]) -> list[Reference]:
+        """The examples' references at their context positions (the base model's), computed when first seen."""
+        missing = [k for k, i in enumerate(indices) if i not in self._context_references]
+        if missing:
+            chunk = [examples[k] for k in missing]
+            with torch.no_grad(), model.disable_adapter():
+                base = forward.context_logits(model, chunk, [True] * len(chunk))[1]
+            computed = Reference.of(base.logits)
+            for j, k in enumerate(missing):
+                row = computed.rows(base.owner == j)
+                self._context_references[indices[k]] = Reference(row.ids.cpu(), row.logp.cpu(), row.rest.cpu())
+        return [self._context_references[i] for i in indices]
 
     def _reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
                       indices: Sequence[int]) -> list[Reference]:
@@ -183,21 +202,24 @@ class BaseKlObjective:
 
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
-                       trained: bool, references: Sequence[Reference] | None = None) -> BaseKlObjective:
+                       trained: bool, references: Sequence[Reference] | None = None,
+                       prompt_weight: float = 0.0) -> BaseKlObjective:
         """Over ``own`` examples followed by ``rehearsed`` of the base model's answers (engine.continual.rehearsal),
         with those answers' ``references`` when known; ``inner`` covers the ``own`` ones (it is extended over the
         rest, which it sees only when ``trained``)."""
         given = [None] * own + list(references) if references is not None else None
         return cls(inner.extended(rehearsed), [False] * own + [True] * rehearsed, weight, trained=trained,
-                   references=given)
+                   references=given, prompt_weight=prompt_weight)
 
     def select(self, kept: list[int]) -> BaseKlObjective:
         return BaseKlObjective(self.inner.select(kept), [self.anchored[i] for i in kept], self.weight,
-                               trained=self.trained, references=[self.references[i] for i in kept])
+                               trained=self.trained, references=[self.references[i] for i in kept],
+                               prompt_weight=self.prompt_weight)
 
     def extended(self, replayed: int) -> BaseKlObjective:
         return BaseKlObjective(self.inner.extended(replayed), [*self.anchored, *([False] * replayed)], self.weight,
-                               trained=self.trained, references=[*self.references, *([None] * replayed)])
+                               trained=self.trained, references=[*self.references, *([None] * replayed)],
+                               prompt_weight=self.prompt_weight)
 
     def _parts(self, step: StepBatch) -> tuple[StepBatch, StepBatch]:
         """(the inner objective's examples of the step, the anchored ones that predict a target token)."""
@@ -238,6 +260,14 @@ class BaseKlObjective:
                                     [anchored.indices[k] for k in micro])
             share = weights[micro.start : micro.stop].to(sums.device)
             yield self.weight * (sums / counts.clamp(min=1) * share).sum() / total
+        if self.prompt_weight > 0:  # the own examples' context positions, in a pass of their own here
+            positions = range(len(step.examples))
+            mine = [k for k in positions if not self.anchored[step.indices[k]]]
+            own_part = StepBatch([step.examples[k] for k in mine], [step.indices[k] for k in mine], step.micro_size)
+            for micro in own_part.micro_batches:
+                _, context = forward.context_logits(model, [own_part.examples[k] for k in micro], [True] * len(micro))
+                if len(context.owner):
+                    yield self.prompt_weight * self._context_kl(model, forward, own_part, micro, context) / total
 
     def _one_pass(self, model: Any, step: StepBatch, forward: ExampleForward, total: float) -> Iterator[torch.Tensor]:
         """The step's loss with one forward pass per micro-batch over all its examples, the NLL of the inner ones
@@ -253,7 +283,11 @@ class BaseKlObjective:
                                    for e, i in zip(step.examples, step.indices, strict=True)])
         for micro in step.micro_batches:
             examples = [step.examples[k] for k in micro]
-            adapted = forward.target_logits(model, examples)
+            own = [not self.anchored[step.indices[k]] for k in micro]
+            if self.prompt_weight > 0 and any(own):
+                adapted, context = forward.context_logits(model, examples, own)
+            else:
+                adapted, context = forward.target_logits(model, examples), None
             nll, counts = adapted.nll()
             per_token, device = counts.clamp(min=1), nll.device
             loss = (nll / per_token * nll_weights[micro.start : micro.stop].to(device)).sum()
@@ -267,7 +301,24 @@ class BaseKlObjective:
                 kl = kl_to_reference(adapted.logits[at], Reference.aligned(references, order[adapted.owner[at]]))
                 sums = torch.zeros(len(examples), dtype=kl.dtype, device=device).index_add(0, adapted.owner[at], kl)
                 loss = loss + self.weight * (sums / per_token * kl_weights[micro.start : micro.stop].to(device)).sum()
+            if context is not None and len(context.owner):
+                loss = loss + self.prompt_weight * self._context_kl(model, forward, step, micro, context)
             yield loss / total
+
+    def _context_kl(self, model: Any, forward: ExampleForward, step: StepBatch, micro: range,
+                    context: TargetLogits) -> torch.Tensor:
+        """The weighted sum over the micro-batch's own examples of their token-mean KL(base || adapted) at their
+        context positions (the prompt's and the chat markup's next tokens)."""
+        held = sorted(set(context.owner.tolist()))
+        references = self._context_reference_of(model, forward, [step.examples[micro[j]] for j in held],
+                                                [step.indices[micro[j]] for j in held])
+        device = context.logits.device
+        order = torch.full((len(micro),), -1, dtype=torch.long, device=device)  # example -> its reference
+        order[torch.tensor(held, device=device)] = torch.arange(len(held), device=device)
+        sums, counts = context.per_example(kl_to_reference(context.logits,
+                                                           Reference.aligned(references, order[context.owner])))
+        weights = torch.tensor([step.examples[k].weight for k in micro], dtype=sums.dtype, device=device)
+        return (sums / counts.clamp(min=1) * weights).sum()
 
 
 def check_shardable(objective: BatchObjective | None) -> None:
@@ -292,7 +343,8 @@ def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtec
     if not rehearsed:
         return objective
     trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
-    if protection.kl_weight > 0 or not trained:
+    if protection.kl_weight > 0 or protection.prompt_kl_weight > 0 or not trained:
         return BaseKlObjective.over_rehearsal(objective or WeightedSft(), own, rehearsed, protection.kl_weight,
-                                              trained=trained, references=references)
+                                              trained=trained, references=references,
+                                              prompt_weight=protection.prompt_kl_weight)
     return objective.extended(rehearsed) if objective is not None else None

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.training.datasets import IGNORE_INDEX, EncodedExample, collate
+from engine.training.datasets import IGNORE_INDEX, Batch, EncodedExample, collate
 from engine.training.models import DevicePlan
 
 
@@ -57,6 +57,13 @@ class ExampleForward(Protocol):
         """The same forward pass, before the loss: the logits at the positions that predict a target token."""
         ...
 
+    def context_logits(self, model: Any, examples: Sequence[EncodedExample],
+                       context: Sequence[bool]) -> tuple[TargetLogits, TargetLogits]:
+        """The same forward pass, with also the logits at the positions of the ``context`` examples that predict
+        no target token (their prompt's and chat markup's next tokens, ``targets`` the token each predicts):
+        (the target positions' logits, as :meth:`target_logits`, the context positions')."""
+        ...
+
 
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B] summed next-token NLL over each row's target tokens, and [B] their counts, of padded rows."""
@@ -71,6 +78,22 @@ def padded_target_logits(logits: torch.Tensor, labels: torch.Tensor) -> TargetLo
     return TargetLogits(logits[:, :-1][mask].float(), targets[mask], owner, len(labels))
 
 
+def _context_mask(next_ids: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor,
+                  context: Sequence[bool]) -> torch.Tensor:
+    """Where a position predicts a token of its example (``next_ids``) that is no target, in a ``context`` example
+    (``owner``: each position's example, -1 on padding)."""
+    flagged = torch.tensor([*context, False], dtype=torch.bool, device=owner.device)  # [-1] -> the padding's False
+    return (next_ids != IGNORE_INDEX) & (targets == IGNORE_INDEX) & flagged[owner]
+
+
+def split_logits(logits: torch.Tensor, is_target: torch.Tensor, targets: torch.Tensor, next_ids: torch.Tensor,
+                 owner: torch.Tensor, count: int) -> tuple[TargetLogits, TargetLogits]:
+    """Logits kept at target and context positions ([N, vocab], in one order) as the two :class:`TargetLogits`."""
+    logits = logits.float()
+    return (TargetLogits(logits[is_target], targets[is_target], owner[is_target], count),
+            TargetLogits(logits[~is_target], next_ids[~is_target], owner[~is_target], count))
+
+
 class PaddedForward:
     """One example per row, right-padded to the longest, with a padding mask; logits at every position."""
 
@@ -83,10 +106,23 @@ class PaddedForward:
         return self.target_logits(model, examples).nll()
 
     def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
+        batch, logits = self._forward(model, examples)
+        return padded_target_logits(logits, batch.labels)
+
+    def context_logits(self, model: Any, examples: Sequence[EncodedExample],
+                       context: Sequence[bool]) -> tuple[TargetLogits, TargetLogits]:
+        batch, logits = self._forward(model, examples)
+        targets = batch.labels[:, 1:]
+        next_ids = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, IGNORE_INDEX)
+        owner = torch.arange(len(examples), device=targets.device)[:, None].expand_as(targets)
+        keep = (targets != IGNORE_INDEX) | _context_mask(next_ids, targets, owner, context)
+        return split_logits(logits[:, :-1][keep], (targets != IGNORE_INDEX)[keep], targets[keep], next_ids[keep],
+                            owner[keep], len(examples))
+
+    def _forward(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[Batch, torch.Tensor]:
         batch = collate(examples, self.pad_id).to(self.plan.torch_device)
         with self.plan.autocast():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return padded_target_logits(logits, batch.labels)
+            return batch, model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
 
 
 # ---- packing ---------------------------------------------------------------------------------
@@ -99,12 +135,13 @@ class PackedBatch:
     input_ids: torch.Tensor
     position_ids: torch.Tensor  # 0, 1, ... within each example, and again within a row's trailing padding
     targets: torch.Tensor  # the token a position predicts: the example's next label, IGNORE_INDEX where none
+    next_ids: torch.Tensor  # the example's next input token, target or not; IGNORE_INDEX at its end and on padding
     example_index: torch.Tensor  # which of the packed examples a position belongs to; -1 on padding
     count: int  # examples packed
 
     def to(self, device: str) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device),
-                           self.example_index.to(device), self.count)
+                           self.next_ids.to(device), self.example_index.to(device), self.count)
 
 
 def assign_rows(lengths: Sequence[int], row_tokens: int | None) -> list[list[int]]:
@@ -137,6 +174,7 @@ def pack(examples: Sequence[EncodedExample], pad_id: int, row_tokens: int | None
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     targets = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    next_ids = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     example_index = torch.full(shape, -1, dtype=torch.long)
     position_ids = torch.empty(shape, dtype=torch.long)
     for r, row in enumerate(rows):
@@ -146,11 +184,12 @@ def pack(examples: Sequence[EncodedExample], pad_id: int, row_tokens: int | None
             n = len(example.input_ids)
             input_ids[r, at : at + n] = torch.tensor(example.input_ids, dtype=torch.long)
             targets[r, at : at + n - 1] = torch.tensor(example.labels[1:], dtype=torch.long)
+            next_ids[r, at : at + n - 1] = torch.tensor(example.input_ids[1:], dtype=torch.long)
             example_index[r, at : at + n] = i
             position_ids[r, at : at + n] = torch.arange(n)
             at += n
         position_ids[r, at:] = torch.arange(width - at)
-    return PackedBatch(input_ids, position_ids, targets, example_index, len(examples))
+    return PackedBatch(input_ids, position_ids, targets, next_ids, example_index, len(examples))
 
 
 class PackedForward:
@@ -171,9 +210,21 @@ class PackedForward:
     def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
         batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.torch_device)
         keep = batch.targets != IGNORE_INDEX
+        return TargetLogits(self._logits(model, batch, keep).float(), batch.targets[keep], batch.example_index[keep],
+                            batch.count)
+
+    def context_logits(self, model: Any, examples: Sequence[EncodedExample],
+                       context: Sequence[bool]) -> tuple[TargetLogits, TargetLogits]:
+        batch = pack(examples, self.pad_id, self.row_tokens).to(self.plan.torch_device)
+        is_target = batch.targets != IGNORE_INDEX
+        keep = is_target | _context_mask(batch.next_ids, batch.targets, batch.example_index, context)
+        return split_logits(self._logits(model, batch, keep), is_target[keep], batch.targets[keep],
+                            batch.next_ids[keep], batch.example_index[keep], batch.count)
+
+    def _logits(self, model: Any, batch: PackedBatch, keep: torch.Tensor) -> torch.Tensor:
+        """[keep.sum(), vocab] the logits at the ``keep`` positions, in order (the LM head runs only there)."""
         with self.plan.autocast():
-            logits = model(
+            logits: torch.Tensor = model(
                 input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False
             ).logits
-        return TargetLogits(logits.reshape(-1, logits.shape[-1]).float(), batch.targets[keep],
-                            batch.example_index[keep], batch.count)
+        return logits.reshape(-1, logits.shape[-1])
