@@ -142,12 +142,22 @@ def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection
         issues.add("spec.base_protection.ewc_lambda", f"must lie in [0, {MAX_BASE_EWC_LAMBDA:g}]")
     elif method is BaseProtectionMethod.EWC_BASE and ewc_lambda == 0:
         issues.add("spec.base_protection.ewc_lambda", "must be > 0 with EWC_BASE (its only term)")
-    return BaseProtection(method, fraction, kl_weight, ewc_lambda)
+    protection = BaseProtection(method, fraction, kl_weight, ewc_lambda)
+    prompt_kl_weight = msg.prompt_kl_weight if msg.HasField("prompt_kl_weight") else defaults.prompt_kl_weight
+    if not (0 <= prompt_kl_weight <= MAX_KL_WEIGHT and math.isfinite(prompt_kl_weight)):
+        issues.add("spec.base_protection.prompt_kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
+    elif not protection.rehearses:  # the term rides on the rehearsal's objective; a default does not apply here
+        issues.check(not (msg.HasField("prompt_kl_weight") and prompt_kl_weight > 0),
+                     "spec.base_protection.prompt_kl_weight",
+                     "applies only with SELF_REHEARSAL or BASE_KL and a fraction > 0")
+        prompt_kl_weight = 0.0
+    return replace(protection, prompt_kl_weight=prompt_kl_weight)
 
 
 def base_protection_to_pb(protection: BaseProtection) -> common.BaseProtection:
     return common.BaseProtection(method=_BASE_PROTECTION_TO_PB[protection.method], fraction=protection.fraction,
-                                 kl_weight=protection.kl_weight, ewc_lambda=protection.ewc_lambda)
+                                 kl_weight=protection.kl_weight, ewc_lambda=protection.ewc_lambda,
+                                 prompt_kl_weight=protection.prompt_kl_weight)
 
 
 def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,

@@ -87,6 +87,12 @@ class TrainingSettings(BaseModel):
         "training, for a job that does not say: BASE_KL's only loss on them (it must be > 0 there), added to their "
         "NLL with SELF_REHEARSAL (0: plain self-rehearsal).",
     )
+    base_prompt_kl_weight: float = Field(
+        0.0, ge=0, le=100, description="SELF_REHEARSAL, BASE_KL: the weight of KL(base || adapted) at the job's own "
+        "rows' positions that predict no target token (their prompt and chat markup), for a job that does not say; "
+        "0 is off (measured, it kept no more of the base model and slowed a continuation's task; see "
+        "docs/continual-learning.md).",
+    )
     base_ewc_lambda: float = Field(
         1.0, ge=0, le=10_000, description="EWC_BASE: the weight of its penalty on each LoRA product B @ A (the "
         "base model's Fisher mean-normalised), for a job that does not say (it must be > 0 there).",
@@ -199,7 +205,7 @@ class TrainingSettings(BaseModel):
             checkpoints=CheckpointPolicy(every_steps=self.checkpoint_every_steps,
                                          every_minutes=self.checkpoint_every_minutes, keep=self.checkpoint_keep),
             base_protection=BaseProtection(self.base_protection_method, self.base_rehearsal_fraction,
-                                           self.base_kl_weight, self.base_ewc_lambda),
+                                           self.base_kl_weight, self.base_ewc_lambda, self.base_prompt_kl_weight),
         )
 
     @property

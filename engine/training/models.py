@@ -106,6 +106,14 @@ def sharding_obstacle(spec: TrainingJobSpec) -> FailedPrecondition | None:
             "each share; use sharding NONE",
             metadata={"objective": spec.objective.value},
         )
+    if spec.base_protection.prompt_kl_weight > 0:
+        return FailedPrecondition(
+            "FSDP_PROMPT_KL_UNSUPPORTED",
+            "sharding FSDP does not train the KL term at the training examples' prompt positions: each example's "
+            "base reference there is computed by the process that first trains it, and every process of a sharded "
+            "run must run the same forward passes; use prompt_kl_weight 0 or sharding NONE",
+            metadata={"prompt_kl_weight": f"{spec.base_protection.prompt_kl_weight:g}"},
+        )
     return None
 
 

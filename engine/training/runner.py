@@ -217,6 +217,9 @@ class TrainingRunner:
         trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
         kl = f"a KL term to the base model's distribution (weight {protection.kl_weight:g})"
         how = ("trained on" + (f", with {kl}" if protection.kl_weight > 0 else "")) if trained else f"{kl} only"
+        if protection.prompt_kl_weight > 0:
+            how += (f"; and the same KL term at the training examples' prompt positions (weight "
+                    f"{protection.prompt_kl_weight:g})")
         ctx.record(Noticed("BASE_REHEARSAL_MIXED", f"mixed {mixed.rehearsed} of the base model's own answers to "
                                                    f"general prompts into each epoch of the {len(run.examples)} "
                                                    f"training examples, in rotation over {mixed.pool}: {how}"))

@@ -18,7 +18,7 @@ async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> 
         training_warmup_steps=5, training_lr_schedule="COSINE", training_max_grad_norm=0.5, training_batch_size=4,
         training_gradient_accumulation_steps=2, training_max_seq_length=2048, training_packing=False,
         training_gradient_checkpointing=True, training_num_devices=4, base_protection_method="SELF_REHEARSAL",
-        base_rehearsal_fraction=0.3, base_kl_weight=0.25, training_eval_fraction=0.1,
+        base_rehearsal_fraction=0.3, base_kl_weight=0.25, base_prompt_kl_weight=0.75, training_eval_fraction=0.1,
     )
     bare = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"))
     job = (await client.training.CreateTrainingJob(
@@ -31,6 +31,7 @@ async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> 
     assert h.lr_schedule == pb.LR_SCHEDULE_COSINE
     assert (job.spec.base_protection.method, round(job.spec.base_protection.fraction, 6),
             job.spec.base_protection.kl_weight) == (common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.3, 0.25)
+    assert job.spec.base_protection.prompt_kl_weight == 0.75
 
     asked = spec(epochs=1, batch_size=2, learning_rate=5e-3, max_seq_length=128, packing=True, eval_fraction=0.0,
                  max_grad_norm=2.0, lr_schedule=pb.LR_SCHEDULE_CONSTANT)

@@ -315,6 +315,30 @@ async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_
     assert version.base_rehearsed_examples == 6
 
 
+async def test_the_kl_term_at_the_prompt_positions_is_named_and_recorded_on_the_version(client):
+    asked = spec(epochs=1)
+    asked.base_protection.CopyFrom(common.BaseProtection(
+        method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2, kl_weight=0.5, prompt_kl_weight=1.5))
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
+    assert job.spec.base_protection.prompt_kl_weight == 1.5
+    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
+    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
+    assert notices["BASE_REHEARSAL_MIXED"].endswith(
+        "only; and the same KL term at the training examples' prompt positions (weight 1.5)")
+    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
+    assert steps and all(s.task_loss > 0 for s in steps)
+    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
+    assert done.state == common.JOB_STATE_SUCCEEDED
+    version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
+        base_model=TINY, version=done.output_adapter_version))).adapter
+    assert (version.base_protection.kl_weight, version.base_protection.prompt_kl_weight) == (0.5, 1.5)
+    none = spec()
+    none.base_protection.CopyFrom(common.BaseProtection(method=common.BASE_PROTECTION_METHOD_NONE))
+    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=none, validate_only=True))
+           ).training_job
+    assert job.spec.base_protection.prompt_kl_weight == 0  # nothing it could ride on
+
+
 async def test_ewc_against_the_base_model_adds_its_penalty_and_is_recorded_on_the_version(client, data_dir: Path):
     asked = spec(epochs=2)
     asked.base_protection.CopyFrom(common.BaseProtection(method=common.BASE_PROTECTION_METHOD_EWC_BASE,
@@ -351,6 +375,13 @@ async def test_ewc_against_the_base_model_adds_its_penalty_and_is_recorded_on_th
     (common.BaseProtection(kl_weight=math.nan), "spec.base_protection.kl_weight", "must lie in [0, 100]"),
     (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_BASE_KL, kl_weight=0),
      "spec.base_protection.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's answers)"),
+    (common.BaseProtection(prompt_kl_weight=-1), "spec.base_protection.prompt_kl_weight", "must lie in [0, 100]"),
+    (common.BaseProtection(prompt_kl_weight=math.inf), "spec.base_protection.prompt_kl_weight",
+     "must lie in [0, 100]"),
+    (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_NONE, prompt_kl_weight=1),
+     "spec.base_protection.prompt_kl_weight", "applies only with SELF_REHEARSAL or BASE_KL and a fraction > 0"),
+    (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0, prompt_kl_weight=1),
+     "spec.base_protection.prompt_kl_weight", "applies only with SELF_REHEARSAL or BASE_KL and a fraction > 0"),
 ])
 async def test_a_base_protection_setting_out_of_range_is_invalid(client, protection, field, description):
     asked = spec()

@@ -56,6 +56,18 @@ def with_base_kl(asked: pb.TrainingJobSpec, method=common.BASE_PROTECTION_METHOD
     return asked
 
 
+def with_prompt_kl(asked: pb.TrainingJobSpec) -> pb.TrainingJobSpec:
+    asked.base_protection.CopyFrom(common.BaseProtection(method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2,
+                                                         kl_weight=0.5, prompt_kl_weight=1.0))
+    return asked
+
+
+async def test_a_kl_term_at_the_prompt_positions_is_not_sharded(client):
+    error, info, _ = await refused(client, with_prompt_kl(spec(sharding=pb.SHARDING_FSDP, num_devices=2)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "FSDP_PROMPT_KL_UNSUPPORTED"
+    assert dict(info.metadata)["prompt_kl_weight"] == "1"
+
+
 async def test_kto_is_not_sharded_and_a_kl_term_to_the_base_is(client):
     asked = spec(sharding=pb.SHARDING_FSDP, num_devices=2)
     asked.objective = pb.OBJECTIVE_KTO
@@ -79,7 +91,7 @@ async def test_the_servers_default_shards_only_jobs_that_can_be(make_memory_serv
     client = await make_memory_server(training_sharding="FSDP", training_num_devices=0)
     assert (await create(client, spec())).spec.hyperparameters.sharding == pb.SHARDING_FSDP
     assert (await create(client, with_base_kl(spec()))).spec.hyperparameters.sharding == pb.SHARDING_FSDP
-    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4)):
+    for unshardable in (spec(num_devices=1), spec(quantization=pb.QUANTIZATION_NF4), with_prompt_kl(spec())):
         assert (await create(client, unshardable)).spec.hyperparameters.sharding == pb.SHARDING_NONE
     kto = spec()  # (KTO needs a feedback dataset to be created: the conversion alone here)
     kto.objective = pb.OBJECTIVE_KTO

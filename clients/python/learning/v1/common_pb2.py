@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18learning/v1/common.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"c\n\nLoraConfig\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x14\n\x07\x64ropout\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\tB\n\n\x08_dropout\"u\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompleted_steps\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"v\n\x0eJobStateChange\x12-\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x15.learning.v1.JobState\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.learning.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\"*\n\tJobNotice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"+\n\nJobWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\".\n\x08JobError\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xb5\x01\n\x0e\x42\x61seProtection\x12\x31\n\x06method\x18\x01 \x01(\x0e\x32!.learning.v1.BaseProtectionMethod\x12\x15\n\x08\x66raction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tkl_weight\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\newc_lambda\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x0b\n\t_fractionB\x0c\n\n_kl_weightB\r\n\x0b_ewc_lambda\"M\n\rBaseRetention\x12\x11\n\tretention\x18\x01 \x01(\x01\x12\x0c\n\x04kept\x18\x02 \x01(\r\x12\r\n\x05\x63\x61ses\x18\x03 \x01(\r\x12\x0c\n\x04lost\x18\x04 \x03(\t\"\xe4\x03\n\x0e\x44\x61tasetSummary\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rexample_count\x18\x02 \x01(\x04\x12\x41\n\x0b\x63omposition\x18\x03 \x03(\x0b\x32,.learning.v1.DatasetSummary.CompositionEntry\x12\x1a\n\x12target_token_count\x18\x04 \x01(\x04\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05jsonl\x18\x07 \x01(\x0b\x32\x19.learning.v1.JsonlDatasetH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x08 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x16\n\x0c\x64\x61taset_name\x18\t \x01(\tH\x00\x12\x36\n\x0fonline_examples\x18\n \x01(\x0b\x32\x1b.learning.v1.OnlineExamplesH\x00\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x08\n\x06source\"P\n\x0eOnlineExamples\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\"\x1c\n\x0cJsonlDataset\x12\x0c\n\x04path\x18\x01 \x01(\t\"\xfb\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kDataset\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\r\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.learning.v1.FeedbackDataset.LabelsEntry\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x13\n\x0bmin_samples\x18\x04 \x01(\r\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x18\n\x10thumbs_up_weight\x18\x06 \x01(\x01\x12\x1a\n\x12thumbs_down_weight\x18\x07 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\nEvalMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01*\xfa\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n\x13JOB_STATE_PREPARING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x15\n\x11JOB_STATE_PAUSING\x10\x08\x12\x14\n\x10JOB_STATE_PAUSED\x10\t*l\n\x0b\x46isherSpace\x12\x1c\n\x18\x46ISHER_SPACE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46ISHER_SPACE_LORA_PARAMETERS\x10\x01\x12\x1d\n\x19\x46ISHER_SPACE_LORA_PRODUCT\x10\x02*\xd3\x01\n\x14\x42\x61seProtectionMethod\x12&\n\"BASE_PROTECTION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41SE_PROTECTION_METHOD_NONE\x10\x01\x12)\n%BASE_PROTECTION_METHOD_SELF_REHEARSAL\x10\x02\x12\"\n\x1e\x42\x41SE_PROTECTION_METHOD_BASE_KL\x10\x03\x12#\n\x1f\x42\x41SE_PROTECTION_METHOD_EWC_BASE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18learning/v1/common.proto\x12\x0blearning.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"c\n\nLoraConfig\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x14\n\x07\x64ropout\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\tB\n\n\x08_dropout\"u\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompleted_steps\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"v\n\x0eJobStateChange\x12-\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x15.learning.v1.JobState\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.learning.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\"*\n\tJobNotice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"+\n\nJobWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\".\n\x08JobError\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xe9\x01\n\x0e\x42\x61seProtection\x12\x31\n\x06method\x18\x01 \x01(\x0e\x32!.learning.v1.BaseProtectionMethod\x12\x15\n\x08\x66raction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tkl_weight\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\newc_lambda\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10prompt_kl_weight\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x0b\n\t_fractionB\x0c\n\n_kl_weightB\r\n\x0b_ewc_lambdaB\x13\n\x11_prompt_kl_weight\"M\n\rBaseRetention\x12\x11\n\tretention\x18\x01 \x01(\x01\x12\x0c\n\x04kept\x18\x02 \x01(\r\x12\r\n\x05\x63\x61ses\x18\x03 \x01(\r\x12\x0c\n\x04lost\x18\x04 \x03(\t\"\xe4\x03\n\x0e\x44\x61tasetSummary\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rexample_count\x18\x02 \x01(\x04\x12\x41\n\x0b\x63omposition\x18\x03 \x03(\x0b\x32,.learning.v1.DatasetSummary.CompositionEntry\x12\x1a\n\x12target_token_count\x18\x04 \x01(\x04\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05jsonl\x18\x07 \x01(\x0b\x32\x19.learning.v1.JsonlDatasetH\x00\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x08 \x01(\x0b\x32\x1c.learning.v1.FeedbackDatasetH\x00\x12\x16\n\x0c\x64\x61taset_name\x18\t \x01(\tH\x00\x12\x36\n\x0fonline_examples\x18\n \x01(\x0b\x32\x1b.learning.v1.OnlineExamplesH\x00\x1a\x32\n\x10\x43ompositionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x08\n\x06source\"P\n\x0eOnlineExamples\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\"\x1c\n\x0cJsonlDataset\x12\x0c\n\x04path\x18\x01 \x01(\t\"\xfb\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kDataset\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\r\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.learning.v1.FeedbackDataset.LabelsEntry\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x13\n\x0bmin_samples\x18\x04 \x01(\r\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x18\n\x10thumbs_up_weight\x18\x06 \x01(\x01\x12\x1a\n\x12thumbs_down_weight\x18\x07 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\nEvalMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01*\xfa\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n\x13JOB_STATE_PREPARING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x15\n\x11JOB_STATE_PAUSING\x10\x08\x12\x14\n\x10JOB_STATE_PAUSED\x10\t*l\n\x0b\x46isherSpace\x12\x1c\n\x18\x46ISHER_SPACE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46ISHER_SPACE_LORA_PARAMETERS\x10\x01\x12\x1d\n\x19\x46ISHER_SPACE_LORA_PRODUCT\x10\x02*\xd3\x01\n\x14\x42\x61seProtectionMethod\x12&\n\"BASE_PROTECTION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41SE_PROTECTION_METHOD_NONE\x10\x01\x12)\n%BASE_PROTECTION_METHOD_SELF_REHEARSAL\x10\x02\x12\"\n\x1e\x42\x41SE_PROTECTION_METHOD_BASE_KL\x10\x03\x12#\n\x1f\x42\x41SE_PROTECTION_METHOD_EWC_BASE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETSUMMARY_COMPOSITIONENTRY']._serialized_options = b'8\001'
   _globals['_FEEDBACKDATASET_LABELSENTRY']._loaded_options = None
   _globals['_FEEDBACKDATASET_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1768
-  _globals['_JOBSTATE']._serialized_end=2018
-  _globals['_FISHERSPACE']._serialized_start=2020
-  _globals['_FISHERSPACE']._serialized_end=2128
-  _globals['_BASEPROTECTIONMETHOD']._serialized_start=2131
-  _globals['_BASEPROTECTIONMETHOD']._serialized_end=2342
+  _globals['_JOBSTATE']._serialized_start=1820
+  _globals['_JOBSTATE']._serialized_end=2070
+  _globals['_FISHERSPACE']._serialized_start=2072
+  _globals['_FISHERSPACE']._serialized_end=2180
+  _globals['_BASEPROTECTIONMETHOD']._serialized_start=2183
+  _globals['_BASEPROTECTIONMETHOD']._serialized_end=2394
   _globals['_LORACONFIG']._serialized_start=131
   _globals['_LORACONFIG']._serialized_end=230
   _globals['_JOBPROGRESS']._serialized_start=232
@@ -57,21 +57,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBERROR']._serialized_start=560
   _globals['_JOBERROR']._serialized_end=606
   _globals['_BASEPROTECTION']._serialized_start=609
-  _globals['_BASEPROTECTION']._serialized_end=790
-  _globals['_BASERETENTION']._serialized_start=792
-  _globals['_BASERETENTION']._serialized_end=869
-  _globals['_DATASETSUMMARY']._serialized_start=872
-  _globals['_DATASETSUMMARY']._serialized_end=1356
-  _globals['_DATASETSUMMARY_COMPOSITIONENTRY']._serialized_start=1296
-  _globals['_DATASETSUMMARY_COMPOSITIONENTRY']._serialized_end=1346
-  _globals['_ONLINEEXAMPLES']._serialized_start=1358
-  _globals['_ONLINEEXAMPLES']._serialized_end=1438
-  _globals['_JSONLDATASET']._serialized_start=1440
-  _globals['_JSONLDATASET']._serialized_end=1468
-  _globals['_FEEDBACKDATASET']._serialized_start=1471
-  _globals['_FEEDBACKDATASET']._serialized_end=1722
-  _globals['_FEEDBACKDATASET_LABELSENTRY']._serialized_start=1677
-  _globals['_FEEDBACKDATASET_LABELSENTRY']._serialized_end=1722
-  _globals['_EVALMETRIC']._serialized_start=1724
-  _globals['_EVALMETRIC']._serialized_end=1765
+  _globals['_BASEPROTECTION']._serialized_end=842
+  _globals['_BASERETENTION']._serialized_start=844
+  _globals['_BASERETENTION']._serialized_end=921
+  _globals['_DATASETSUMMARY']._serialized_start=924
+  _globals['_DATASETSUMMARY']._serialized_end=1408
+  _globals['_DATASETSUMMARY_COMPOSITIONENTRY']._serialized_start=1348
+  _globals['_DATASETSUMMARY_COMPOSITIONENTRY']._serialized_end=1398
+  _globals['_ONLINEEXAMPLES']._serialized_start=1410
+  _globals['_ONLINEEXAMPLES']._serialized_end=1490
+  _globals['_JSONLDATASET']._serialized_start=1492
+  _globals['_JSONLDATASET']._serialized_end=1520
+  _globals['_FEEDBACKDATASET']._serialized_start=1523
+  _globals['_FEEDBACKDATASET']._serialized_end=1774
+  _globals['_FEEDBACKDATASET_LABELSENTRY']._serialized_start=1729
+  _globals['_FEEDBACKDATASET_LABELSENTRY']._serialized_end=1774
+  _globals['_EVALMETRIC']._serialized_start=1776
+  _globals['_EVALMETRIC']._serialized_end=1817
 # @@protoc_insertion_point(module_scope)

@@ -114,16 +114,18 @@ class JobError(_message.Message):
     def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class BaseProtection(_message.Message):
-    __slots__ = ("method", "fraction", "kl_weight", "ewc_lambda")
+    __slots__ = ("method", "fraction", "kl_weight", "ewc_lambda", "prompt_kl_weight")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     EWC_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     method: BaseProtectionMethod
     fraction: float
     kl_weight: float
     ewc_lambda: float
-    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ..., kl_weight: _Optional[float] = ..., ewc_lambda: _Optional[float] = ...) -> None: ...
+    prompt_kl_weight: float
+    def __init__(self, method: _Optional[_Union[BaseProtectionMethod, str]] = ..., fraction: _Optional[float] = ..., kl_weight: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., prompt_kl_weight: _Optional[float] = ...) -> None: ...
 
 class BaseRetention(_message.Message):
     __slots__ = ("retention", "kept", "cases", "lost")

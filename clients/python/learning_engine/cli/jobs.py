@@ -79,14 +79,15 @@ def parse_fisher_space(value: str, hint: str) -> int:
 
 
 def base_protection(method: str, fraction: float | None, kl_weight: float | None, ewc_lambda: float | None = None,
+                    prompt_kl_weight: float | None = None,
                     flag: str = "--base-protection") -> common.BaseProtection | None:
     """What keeps the base model's knowledge, from the options (None when none is given: the server's
     defaults)."""
-    if not method and fraction is None and kl_weight is None and ewc_lambda is None:
+    if not method and fraction is None and kl_weight is None and ewc_lambda is None and prompt_kl_weight is None:
         return None
     return common.BaseProtection(method=short_enum(common.BaseProtectionMethod, "BASE_PROTECTION_METHOD_", method,
                                                    flag), fraction=fraction, kl_weight=kl_weight,
-                                 ewc_lambda=ewc_lambda)
+                                 ewc_lambda=ewc_lambda, prompt_kl_weight=prompt_kl_weight)
 
 
 def train(
@@ -140,6 +141,10 @@ def train(
     ),
     base_ewc_lambda: float = typer.Option(
         None, "--base-ewc-lambda", help="ewc_base: weight of the EWC penalty against the base model (0..10000)."
+    ),
+    base_prompt_kl_weight: float = typer.Option(
+        None, "--base-prompt-kl-weight", help="Weight of the KL term to the base model at the training examples' "
+        "prompt positions (0..100)."
     ),
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
@@ -195,7 +200,8 @@ def train(
         ),
         major_version_bump=major,
         labels=labels(label),
-        base_protection=base_protection(protection, base_fraction, base_kl_weight, base_ewc_lambda),
+        base_protection=base_protection(protection, base_fraction, base_kl_weight, base_ewc_lambda,
+                                        base_prompt_kl_weight),
     )
     local = local_file(data)  # uploaded in call(), then named by version
     if data and local is None:

@@ -88,6 +88,9 @@ def pipelines_create(
                                          help="Weight of the KL term to the base model on those answers."),
     base_ewc_lambda: float = typer.Option(None, "--base-ewc-lambda",
                                           help="ewc_base: weight of the EWC penalty against the base model."),
+    base_prompt_kl_weight: float = typer.Option(None, "--base-prompt-kl-weight",
+                                                help="Weight of the KL term to the base model at the training "
+                                                "examples' prompt positions."),
     disabled: bool = typer.Option(False, "--disabled", help="Create it with its triggers off."),
     description: str = typer.Option("", "--description"),
 ) -> None:
@@ -104,7 +107,7 @@ def pipelines_create(
     spec = training.TrainingJobSpec(hyperparameters=training.Hyperparameters(epochs=epochs,
                                                                              learning_rate=learning_rate),
                                     base_protection=base_protection(protection, base_fraction, base_kl_weight,
-                                                                    base_ewc_lambda))
+                                                                    base_ewc_lambda, base_prompt_kl_weight))
     if from_feedback:
         spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
     elif data:
