@@ -32,6 +32,11 @@ async def test_settings_fill_what_a_request_leaves_unset(make_memory_server) -> 
     assert (job.spec.base_protection.method, round(job.spec.base_protection.fraction, 6),
             job.spec.base_protection.kl_weight) == (common.BASE_PROTECTION_METHOD_SELF_REHEARSAL, 0.3, 0.25)
     assert job.spec.base_protection.prompt_kl_weight == 0.75
+    none = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"),
+                              base_protection=common.BaseProtection(method=common.BASE_PROTECTION_METHOD_NONE))
+    job = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=none, validate_only=True))).training_job
+    assert job.spec.base_protection.prompt_kl_weight == 0  # the default has nothing to ride on: not applied
 
     asked = spec(epochs=1, batch_size=2, learning_rate=5e-3, max_seq_length=128, packing=True, eval_fraction=0.0,
                  max_grad_norm=2.0, lr_schedule=pb.LR_SCHEDULE_CONSTANT)

@@ -293,17 +293,23 @@ async def test_self_rehearsal_mixes_the_base_models_answers_in_and_is_recorded_o
     assert round(version.base_protection.fraction, 6) == 0.2 and version.base_rehearsed_examples == 6
 
 
-async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_recorded_on_the_version(client):
+@pytest.mark.parametrize(("prompt_kl_weight", "how"), [
+    (None, "a KL term to the base model's distribution (weight 0.5) only"),
+    (1.5, "a KL term to the base model's distribution (weight 0.5) only; and the same KL term at the training "
+          "examples' prompt positions (weight 1.5)"),
+])
+async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_recorded_on_the_version(
+        client, prompt_kl_weight, how):
     asked = spec(epochs=1)
     asked.base_protection.CopyFrom(common.BaseProtection(
-        method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2, kl_weight=0.5))
+        method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2, kl_weight=0.5, prompt_kl_weight=prompt_kl_weight))
     job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
     assert job.spec.base_protection.method == common.BASE_PROTECTION_METHOD_BASE_KL
     assert job.spec.base_protection.kl_weight == 0.5
+    assert job.spec.base_protection.prompt_kl_weight == (prompt_kl_weight or 0)  # unset: the server's 0
     events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
     notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
-    assert notices["BASE_REHEARSAL_MIXED"].endswith(
-        "a KL term to the base model's distribution (weight 0.5) only")
+    assert notices["BASE_REHEARSAL_MIXED"].endswith(how)
     steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
     assert steps[-1].total_steps == 8 and all(s.task_loss > 0 for s in steps)  # 30 examples in batches of 4
     done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
@@ -311,32 +317,9 @@ async def test_base_kl_holds_the_base_models_answers_to_its_distribution_and_is_
     version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
         base_model=TINY, version=done.output_adapter_version))).adapter
     assert version.base_protection.method == common.BASE_PROTECTION_METHOD_BASE_KL
-    assert (round(version.base_protection.fraction, 6), version.base_protection.kl_weight) == (0.2, 0.5)
+    assert (round(version.base_protection.fraction, 6), version.base_protection.kl_weight,
+            version.base_protection.prompt_kl_weight) == (0.2, 0.5, prompt_kl_weight or 0)
     assert version.base_rehearsed_examples == 6
-
-
-async def test_the_kl_term_at_the_prompt_positions_is_named_and_recorded_on_the_version(client):
-    asked = spec(epochs=1)
-    asked.base_protection.CopyFrom(common.BaseProtection(
-        method=common.BASE_PROTECTION_METHOD_BASE_KL, fraction=0.2, kl_weight=0.5, prompt_kl_weight=1.5))
-    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=asked))).training_job
-    assert job.spec.base_protection.prompt_kl_weight == 1.5
-    events = [m.event for m in (await watch_all(client.training, job.name))[1:]]
-    notices = {e.notice.code: e.notice.message for e in events if e.HasField("notice")}
-    assert notices["BASE_REHEARSAL_MIXED"].endswith(
-        "only; and the same KL term at the training examples' prompt positions (weight 1.5)")
-    steps = [e.step_metrics for e in events if e.HasField("step_metrics")]
-    assert steps and all(s.task_loss > 0 for s in steps)
-    done = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))).training_job
-    assert done.state == common.JOB_STATE_SUCCEEDED
-    version = (await adapter_grpc.AdapterServiceStub(client.channel).GetAdapter(adapter_pb.GetAdapterRequest(
-        base_model=TINY, version=done.output_adapter_version))).adapter
-    assert (version.base_protection.kl_weight, version.base_protection.prompt_kl_weight) == (0.5, 1.5)
-    none = spec()
-    none.base_protection.CopyFrom(common.BaseProtection(method=common.BASE_PROTECTION_METHOD_NONE))
-    job = (await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=none, validate_only=True))
-           ).training_job
-    assert job.spec.base_protection.prompt_kl_weight == 0  # nothing it could ride on
 
 
 async def test_ewc_against_the_base_model_adds_its_penalty_and_is_recorded_on_the_version(client, data_dir: Path):
