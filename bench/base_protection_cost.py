@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, nargs="+", default=[1],
                         help="rehearsed answers a row (several: each with each)")
     parser.add_argument("--kl-weight", type=float, default=DEFAULTS["base_kl_weight"].default)
+    parser.add_argument("--prompt-kl-weights", type=float, nargs="+",
+                        default=[DEFAULTS["base_prompt_kl_weight"].default],
+                        help="the KL weight at the job's own rows' prompt positions (several: each with each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
@@ -65,8 +68,8 @@ def main() -> None:
           f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     task, _ = make_tasks(args.facts, 0)
-    variants = {f"BASE_KL {f:g} {t}t g{g}": (f, t, g) for f in args.fractions for t in args.answer_tokens
-                for g in args.group}
+    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else ""): (f, t, g, w) for f in args.fractions
+                for t in args.answer_tokens for g in args.group for w in args.prompt_kl_weights}
     seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
@@ -79,7 +82,7 @@ def main() -> None:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
                  for g in args.group}
-        for name, (fraction, answer_tokens, group) in variants.items():
+        for name, (fraction, answer_tokens, group, _) in variants.items():
             pool, _ = pools[answer_tokens, group]
             rows = tokens_of(pool)
             per_epoch = rehearsed_rows(len(task), fraction, len(pool), group)
@@ -90,9 +93,10 @@ def main() -> None:
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
                 if name != "plain":
-                    fraction, tokens, group = variants[name]
+                    fraction, tokens, group, prompt_weight = variants[name]
                     pool, references = pools[tokens, group]
-                    protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight)
+                    protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight,
+                                                prompt_kl_weight=prompt_weight)
                     objective = rehearsal_objective(None, protection, len(task), len(pool), references)
                     examples = [*task, *pool]
                     rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group))

@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -157,7 +158,8 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     def protection(step: int) -> BaseProtection:
         weight = args.kl_weight if step == 0 or args.continuation_kl_weight is None else args.continuation_kl_weight
         return BaseProtection(BaseProtectionMethod.BASE_KL if kl_only else BaseProtectionMethod.SELF_REHEARSAL,
-                              args.rehearsal_fraction, weight if kl_only or base == "rehearsal_kl" else 0.0)
+                              args.rehearsal_fraction, weight if kl_only or base == "rehearsal_kl" else 0.0,
+                              prompt_kl_weight=args.prompt_kl_weight)
 
     parent: Path | None = None
     fisher = None
@@ -184,13 +186,15 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
-                             objective=objective, rotation=rotation))
+                             objective=objective, rotation=rotation,
+                             lora=replace(LORA, rank=args.lora_rank, alpha=LORA.alpha * args.lora_rank / LORA.rank)))
         r.append([accuracy(base_dir, out, t) for t in tasks])
         kept, lost_now = base_retention(probe, base_dir, out)
         retention.append(kept)
         lost.append(lost_now)
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
-            new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
+            measured = [*task, *pool] if args.fisher_rehearsal else task
+            new = run_fisher(FisherRun(base_dir, out, measured, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
                                        seed)).diagonal
             fisher = new if fisher is None else accumulate(fisher, new, 1.0)
         parent = out
@@ -222,6 +226,13 @@ def main() -> None:
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
     parser.add_argument("--continuation-kl-weight", type=float, default=None,
                         help="the KL weight of the versions after the first (default: --kl-weight)")
+    parser.add_argument("--prompt-kl-weight", type=float, default=0.0,
+                        help="the weight of KL(base || adapted) at the prompt positions of the job's own rows")
+    parser.add_argument("--lora-rank", type=int, default=LORA.rank,
+                        help="every version's LoRA rank (alpha scaled with it, so alpha / rank stays the same)")
+    parser.add_argument("--fisher-rehearsal", action="store_true",
+                        help="ewc*: each version's Fisher on its task and on the base model's rehearsed answers, so "
+                        "a continuation's EWC also holds what keeps the parent's general answers")
     parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
                         help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

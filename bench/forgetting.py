@@ -96,10 +96,10 @@ class NullSink:
 
 
 def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: Path | None = None,
-          penalty=None, seed: int = 0, objective=None, rotation=None) -> float:
+          penalty=None, seed: int = 0, objective=None, rotation=None, lora: LoraSpec = LORA) -> float:
     spec = TrainingJobSpec(
         base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
-        lora=LORA,
+        lora=lora,
         hyperparameters=Hyperparameters(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                                         max_seq_length=MAX_SEQ_LENGTH, seed=seed),
     )
