@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from tests.cli.test_cli_e2e import cli
@@ -44,13 +45,14 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     again = await cli(port, "online", "stop", "notes")
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
 
-    # The live alias outlives the session (kept on the publication), until moved or removed.
-    for _ in range(100):
+    # The live alias outlives the session (kept on the publication, once the gate judged it), until moved or removed.
+    deadline = time.monotonic() + 300  # a deadline, not a count of calls: each is a CLI process, slow on a busy host
+    while True:
         got = json.loads((await cli(port, "--json", "online", "get", "notes")).out)
-        if got.get("alias_state") == "LIVE_ALIAS_STATE_KEPT":
+        if got.get("alias_state") == "LIVE_ALIAS_STATE_KEPT" or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
-    assert (got.get("alias_state"), got["alias_version"]) == ("LIVE_ALIAS_STATE_KEPT", "v1.0.1"), got
+    assert (got.get("alias_state"), got.get("alias_version")) == ("LIVE_ALIAS_STATE_KEPT", "v1.0.1"), got
     listed = await cli(port, "online", "list")
     assert "notes-live: v1.0.1 (kept)" in listed.out, listed.out
     moved = await cli(port, "online", "move-alias", "notes", start)
