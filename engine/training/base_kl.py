@@ -70,6 +70,13 @@ class Reference:
     def rows(self, mask: torch.Tensor) -> Reference:
         return Reference(self.ids[mask], self.logp[mask], self.rest[mask])
 
+    @classmethod
+    def per_example(cls, base: TargetLogits) -> list[Reference]:
+        """Each example's reference from the base model's logits ``base`` (its positions, in order), on the CPU."""
+        computed = cls.of(base.logits)
+        rows = (computed.rows(base.owner == j) for j in range(base.count))
+        return [Reference(row.ids.cpu(), row.logp.cpu(), row.rest.cpu()) for row in rows]
+
     @staticmethod
     def aligned(parts: Sequence[Reference], owner: torch.Tensor) -> Reference:
         """``parts[k]`` (example k's positions, in order) placed where ``owner`` says example k's positions are."""
@@ -90,12 +97,7 @@ def references_of(model: Any, forward: ExampleForward, examples: Sequence[Encode
     for start in range(0, len(examples), batch_size):
         if cancel is not None and cancel.cancelled:
             raise Cancelled("JOB_CANCELLED", "cancelled while computing the base model's references")
-        chunk = examples[start : start + batch_size]
-        base = base_reference(model, forward, chunk)
-        computed = Reference.of(base.logits)
-        for j in range(len(chunk)):
-            row = computed.rows(base.owner == j)
-            out.append(Reference(row.ids.cpu(), row.logp.cpu(), row.rest.cpu()))
+        out.extend(Reference.per_example(base_reference(model, forward, examples[start : start + batch_size])))
     return out
 
 
@@ -128,6 +130,17 @@ def kl_to_reference(adapted: torch.Tensor, reference: Reference) -> torch.Tensor
     logq = F.log_softmax(adapted.float(), dim=-1)
     kept = (reference.logp.exp() * (reference.logp - logq.gather(-1, reference.ids))).sum(dim=-1)
     return kept + reference.rest.exp() * (reference.rest - _log_rest(logq, reference.ids))
+
+
+def summed_kl(logits: torch.Tensor, owner: torch.Tensor, held: Sequence[int], references: Sequence[Reference],
+              count: int) -> torch.Tensor:
+    """[count] each example's summed KL(base || adapted) over its positions (``logits`` [N, vocab], ``owner`` [N]
+    their examples, all among ``held``; ``references[k]`` is example ``held[k]``'s); 0 for an example not held."""
+    device = logits.device
+    order = torch.full((count,), -1, dtype=torch.long, device=device)  # example -> its reference
+    order[torch.tensor(held, device=device)] = torch.arange(len(held), device=device)
+    kl = kl_to_reference(logits, Reference.aligned(references, order[owner]))
+    return torch.zeros(count, dtype=kl.dtype, device=device).index_add(0, owner, kl)
 
 
 def base_reference(model: Any, forward: ExampleForward, examples: Sequence[EncodedExample]) -> TargetLogits:
@@ -178,10 +191,8 @@ class BaseKlObjective:
             chunk = [examples[k] for k in missing]
             with torch.no_grad(), model.disable_adapter():
                 base = forward.context_logits(model, chunk, [True] * len(chunk))[1]
-            computed = Reference.of(base.logits)
-            for j, k in enumerate(missing):
-                row = computed.rows(base.owner == j)
-                self._context_references[indices[k]] = Reference(row.ids.cpu(), row.logp.cpu(), row.rest.cpu())
+            self._context_references.update(
+                (indices[k], r) for k, r in zip(missing, Reference.per_example(base), strict=True))
         return [self._context_references[i] for i in indices]
 
     def _reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
@@ -221,15 +232,22 @@ class BaseKlObjective:
                                trained=self.trained, references=[*self.references, *([None] * replayed)],
                                prompt_weight=self.prompt_weight)
 
+    @staticmethod
+    def _part(step: StepBatch, keep: list[int]) -> StepBatch:
+        """The step's examples at the positions ``keep``, micro-batched as the step is."""
+        return StepBatch([step.examples[k] for k in keep], [step.indices[k] for k in keep], step.micro_size)
+
+    def _own(self, step: StepBatch) -> list[int]:
+        """The positions of the step's own (not anchored) examples."""
+        return [k for k in range(len(step.examples)) if not self.anchored[step.indices[k]]]
+
     def _parts(self, step: StepBatch) -> tuple[StepBatch, StepBatch]:
         """(the inner objective's examples of the step, the anchored ones that predict a target token)."""
-        def part(keep: list[int]) -> StepBatch:
-            return StepBatch([step.examples[k] for k in keep], [step.indices[k] for k in keep], step.micro_size)
-
         positions = range(len(step.examples))
         anchored = [k for k in positions if self.anchored[step.indices[k]]]
-        inner = list(positions) if self.trained else [k for k in positions if not self.anchored[step.indices[k]]]
-        return part(inner), part([k for k in anchored if step.examples[k].predicted_token_count])
+        inner = list(positions) if self.trained else self._own(step)
+        predicting = [k for k in anchored if step.examples[k].predicted_token_count]
+        return self._part(step, inner), self._part(step, predicting)
 
     @staticmethod
     def _weights(step: StepBatch) -> torch.Tensor:
@@ -261,9 +279,7 @@ class BaseKlObjective:
             share = weights[micro.start : micro.stop].to(sums.device)
             yield self.weight * (sums / counts.clamp(min=1) * share).sum() / total
         if self.prompt_weight > 0:  # the own examples' context positions, in a pass of their own here
-            positions = range(len(step.examples))
-            mine = [k for k in positions if not self.anchored[step.indices[k]]]
-            own_part = StepBatch([step.examples[k] for k in mine], [step.indices[k] for k in mine], step.micro_size)
+            own_part = self._part(step, self._own(step))
             for micro in own_part.micro_batches:
                 _, context = forward.context_logits(model, [own_part.examples[k] for k in micro], [True] * len(micro))
                 if len(context.owner):
@@ -295,11 +311,8 @@ class BaseKlObjective:
             if held:
                 references = self._reference_of(model, forward, [examples[j] for j in held],
                                                 [step.indices[micro[j]] for j in held])
-                order = torch.full((len(examples),), -1, dtype=torch.long, device=device)  # example -> its reference
-                order[torch.tensor(held, device=device)] = torch.arange(len(held), device=device)
-                at = order[adapted.owner] >= 0
-                kl = kl_to_reference(adapted.logits[at], Reference.aligned(references, order[adapted.owner[at]]))
-                sums = torch.zeros(len(examples), dtype=kl.dtype, device=device).index_add(0, adapted.owner[at], kl)
+                at = torch.isin(adapted.owner, torch.tensor(held, device=device))
+                sums = summed_kl(adapted.logits[at], adapted.owner[at], held, references, len(examples))
                 loss = loss + self.weight * (sums / per_token * kl_weights[micro.start : micro.stop].to(device)).sum()
             if context is not None and len(context.owner):
                 loss = loss + self.prompt_weight * self._context_kl(model, forward, step, micro, context)
@@ -312,13 +325,10 @@ class BaseKlObjective:
         held = sorted(set(context.owner.tolist()))
         references = self._context_reference_of(model, forward, [step.examples[micro[j]] for j in held],
                                                 [step.indices[micro[j]] for j in held])
-        device = context.logits.device
-        order = torch.full((len(micro),), -1, dtype=torch.long, device=device)  # example -> its reference
-        order[torch.tensor(held, device=device)] = torch.arange(len(held), device=device)
-        sums, counts = context.per_example(kl_to_reference(context.logits,
-                                                           Reference.aligned(references, order[context.owner])))
-        weights = torch.tensor([step.examples[k].weight for k in micro], dtype=sums.dtype, device=device)
-        return (sums / counts.clamp(min=1) * weights).sum()
+        sums = summed_kl(context.logits, context.owner, held, references, len(micro))
+        counts = torch.bincount(context.owner, minlength=len(micro)).clamp(min=1)
+        weights = torch.tensor([step.examples[k].weight for k in micro], dtype=sums.dtype, device=sums.device)
+        return (sums / counts * weights).sum()
 
 
 def check_shardable(objective: BatchObjective | None) -> None:

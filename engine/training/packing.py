@@ -115,9 +115,10 @@ class PaddedForward:
         targets = batch.labels[:, 1:]
         next_ids = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, IGNORE_INDEX)
         owner = torch.arange(len(examples), device=targets.device)[:, None].expand_as(targets)
-        keep = (targets != IGNORE_INDEX) | _context_mask(next_ids, targets, owner, context)
-        return split_logits(logits[:, :-1][keep], (targets != IGNORE_INDEX)[keep], targets[keep], next_ids[keep],
-                            owner[keep], len(examples))
+        is_target = targets != IGNORE_INDEX
+        keep = is_target | _context_mask(next_ids, targets, owner, context)
+        return split_logits(logits[:, :-1][keep], is_target[keep], targets[keep], next_ids[keep], owner[keep],
+                            len(examples))
 
     def _forward(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[Batch, torch.Tensor]:
         batch = collate(examples, self.pad_id).to(self.plan.torch_device)
