@@ -28,6 +28,7 @@ from engine.errors import Aborted
 from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
 from engine.registry.records import AdapterRecord, VersionNumber, next_number, version_not_found
+from engine.stores.postgres import holding_rows
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
@@ -121,8 +122,8 @@ class PostgresAdapterIndex:
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
         """Turn the reservation into a version (the artifacts are durable by now); with ``fence``, only while the
         job's lease token is still the one given (the job row is locked until the version is registered, so
-        no other worker can claim the job in between)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        no other worker can claim the job in between; engine.stores.postgres.holding_rows)."""
+        async with holding_rows(self._pool) as conn:
             if fence is not None:
                 token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1 FOR SHARE", fence[0])
                 if token != fence[1]:

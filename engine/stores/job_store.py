@@ -9,6 +9,10 @@ against that token in the same transaction, so a worker whose job was taken over
 cancel or pause of a claimed job is a ``requested`` flag the holding worker reads. Every write notifies the
 channel ``learning_engine_jobs`` with the job id, which wakes watchers on every replica; the stored log stays
 the source of truth (a lost notification only delays a watcher until its next poll).
+
+A write, a claim and a release lock the job's row (FOR UPDATE) for the few statements of one transaction, which
+PostgreSQL ends if it is left idle (engine.stores.postgres.holding_rows): a worker frozen inside one does not block
+the takeover of its job. Its write fails and is retried, and the retry finds its lease lost.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from engine.errors import Aborted
 from engine.jobs.codec import EventCodec
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
 from engine.jobs.ports import Claim, Lease, lease_lost
+from engine.stores.postgres import holding_rows
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -176,7 +181,7 @@ class PostgresJobStore(Generic[S, O]):
         return [JobEvent(r["sequence"], r["time"], self._events.decode(r["type"], r["payload"])) for r in rows]
 
     async def claim(self, job_id: str, owner: str) -> Claim[S, O] | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with holding_rows(self._pool) as conn:
             row = await conn.fetchrow(
                 "SELECT doc, lease_owner FROM jobs WHERE id = $1 AND kind = $2 FOR UPDATE", job_id, self._kind
             )
@@ -193,7 +198,7 @@ class PostgresJobStore(Generic[S, O]):
         return Claim(claimed, lease, row["lease_owner"] or "")
 
     async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with holding_rows(self._pool) as conn:
             await self._fence(conn, job, events, lease)
             await self._append(conn, job.id, events)
             ended = "NULL" if job.state.terminal else "requested"
@@ -204,7 +209,7 @@ class PostgresJobStore(Generic[S, O]):
             )
 
     async def release(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease) -> Control | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with holding_rows(self._pool) as conn:
             await self._fence(conn, job, events, lease)  # locks the row
             pending = await conn.fetchval("SELECT requested FROM jobs WHERE id = $1", job.id)
             await self._append(conn, job.id, events)
@@ -223,7 +228,7 @@ class PostgresJobStore(Generic[S, O]):
         return Control(row["requested"]) if row["requested"] else None
 
     async def request(self, job_id: str, control: Control) -> Job[S, O] | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with holding_rows(self._pool) as conn:
             row = await conn.fetchrow(
                 "UPDATE jobs SET requested = CASE WHEN $2 = 'CANCEL' THEN $2 ELSE COALESCE(requested, $2) END"
                 " WHERE id = $1 AND kind = $3 AND lease_token IS NOT NULL RETURNING doc, requested",

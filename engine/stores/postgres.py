@@ -126,6 +126,22 @@ async def advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[PoolConne
             await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
 
 
+ROW_HOLD_SECONDS = 10.0  # how long a transaction that locks shared rows may sit idle (its statements take milliseconds)
+
+
+@contextlib.asynccontextmanager
+async def holding_rows(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A connection of ``pool`` in a transaction that PostgreSQL ends once it has been idle for ``ROW_HOLD_SECONDS``
+    (``idle_in_transaction_session_timeout``, for this transaction only), for the short transactions that lock the
+    rows other processes wait for: a job's (its writes, a claim, a publication fenced by its lease). A process
+    stopped inside one (frozen, or cut off with its connection left open) would otherwise hold them until its
+    connection closed, and a worker taking its job over would wait as long. Its next statement fails instead, and
+    the transaction has written nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{ROW_HOLD_SECONDS * 1000:.0f}ms'")
+        yield conn
+
+
 async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool to ``url``, with retries while the server comes up."""
     delay = 0.2
