@@ -46,12 +46,17 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
 
     # The live alias outlives the session (kept on the publication, once the gate judged it), until moved or removed.
-    deadline = time.monotonic() + 300  # a deadline, not a count of calls: each is a CLI process, slow on a busy host
+    deadline = time.monotonic() + 120  # a deadline, not a count of calls: each is a CLI process, slow on a busy host
     while True:
         got = json.loads((await cli(port, "--json", "online", "get", "notes")).out)
         if got.get("alias_state") == "LIVE_ALIAS_STATE_KEPT" or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
+    if got.get("alias_state") != "LIVE_ALIAS_STATE_KEPT":  # what to look at if it fails
+        follower = server.app.owned.online_follow
+        watched = await cli(port, "online", "watch", "notes")
+        got["follower running"] = follower is not None and follower.running
+        got["events"] = watched.out
     assert (got.get("alias_state"), got.get("alias_version")) == ("LIVE_ALIAS_STATE_KEPT", "v1.0.1"), got
     listed = await cli(port, "online", "list")
     assert "notes-live: v1.0.1 (kept)" in listed.out, listed.out
