@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import pytest
@@ -125,15 +126,21 @@ async def test_a_cancelled_epoch_ends_its_span_with_the_error(make_server, spans
         if message.HasField("event") and event.HasField("step_metrics") and not cancelled:
             await server.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
             cancelled = True
+    # The epoch span ends as the cancellation unwinds the training thread. On a busy host the cancel may land in a
+    # later epoch than the first step's: the epochs before it ended as usual.
     epochs = []
-    for _ in range(40):  # the epoch span ends as the cancellation unwinds the training thread
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         epochs = [s for s in spans.get_finished_spans() if s.name == "training.epoch"]
-        if epochs:
+        if epochs and epochs[-1].status.status_code == trace.StatusCode.ERROR:
             break
         await asyncio.sleep(0.05)
-    assert len(epochs) == 1, "the interrupted epoch's span was not ended"
-    assert epochs[0].status.status_code == trace.StatusCode.ERROR
-    assert any(e.name == "exception" for e in epochs[0].events)
+    assert epochs, "the interrupted epoch's span was not ended"
+    *whole, interrupted = epochs
+    assert interrupted.status.status_code == trace.StatusCode.ERROR
+    assert any(e.name == "exception" for e in interrupted.events)
+    assert all(e.status.status_code != trace.StatusCode.ERROR for e in whole)
+    assert len(epochs) < 50, "the cancel did not interrupt the job"
 
 
 async def test_activation_phases_the_parent_fisher_and_the_gateway_have_spans(make_server,
