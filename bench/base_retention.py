@@ -32,6 +32,11 @@ Prints, per method and medians over seeds: base retention after A, B and C, the 
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
 JSON under bench/results/.
 
+``--scales 0.8 0.6`` also looks at each version moved back toward its parent (the base model for A) after it was
+trained: every LoRA factor at ``parent + scale * (own - parent)`` (for A, the B factors alone: the update times
+``scale`` exactly), scored as the version is (R and base retention, under ``scaled`` in the report). The chain
+goes on from the version as trained: what shrinking the update would buy, not a chain of shrunk versions.
+
     .venv/bin/python bench/base_retention.py --seeds 0 --threads 2     # about 40 min a seed on 2 cores
 """
 
@@ -60,7 +65,13 @@ from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_count  # noqa: E402
 from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
 from engine.continual.fisher import FisherEstimator  # noqa: E402
-from engine.continual.fisher_run import FisherRun, load_adapter_model, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.fisher_run import (  # noqa: E402
+    ADAPTER_WEIGHTS,
+    FisherRun,
+    load_adapter_model,
+    load_adapter_weights,
+    run_fisher,
+)
 from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
@@ -144,6 +155,25 @@ def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float
     return penalty
 
 
+def scaled_adapter(adapter: Path, parent: Path | None, scale: float, out: Path) -> Path:
+    """A copy of ``adapter`` moved back toward ``parent`` by ``scale`` (see the module docstring)."""
+    import shutil  # noqa: PLC0415
+
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    shutil.copytree(adapter, out, dirs_exist_ok=True)
+    own = load_file(adapter / ADAPTER_WEIGHTS)
+    before = load_file(parent / ADAPTER_WEIGHTS) if parent is not None else None
+    moved = {}
+    for name, tensor in own.items():
+        if before is not None:
+            moved[name] = before[name] + scale * (tensor - before[name])
+        else:
+            moved[name] = tensor * scale if "lora_B" in name else tensor
+    save_file(moved, out / ADAPTER_WEIGHTS)
+    return out
+
+
 def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
     """Rows of the pool an epoch trains: as many answers as a job mixes in (replay_count), ``group`` a row."""
     return min(rows, -(-replay_count(own, fraction, rows * group) // group))
@@ -167,6 +197,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     retention: list[float] = []
     lost: list[list[str]] = []
     seconds: list[float] = []
+    scaled: dict[str, dict[str, list]] = {f"{x:g}": {"R": [], "base_retention": []} for x in args.scales}
     for step, task in enumerate(tasks):
         examples = list(task)
         penalty = None
@@ -192,6 +223,13 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         kept, lost_now = base_retention(probe, base_dir, out)
         retention.append(kept)
         lost.append(lost_now)
+        for x in args.scales:
+            moved = scaled_adapter(out, parent, x, work / f"{out.name}-x{x:g}")
+            scaled[f"{x:g}"]["R"].append([accuracy(base_dir, moved, t) for t in tasks])
+            scaled[f"{x:g}"]["base_retention"].append(base_retention(probe, base_dir, moved)[0])
+            print(f"seed {seed} {method:10s} after {'ABC'[step]} x{x:g}: "
+                  f"R={[round(v, 3) for v in scaled[f'{x:g}']['R'][-1]]} "
+                  f"base retention {scaled[f'{x:g}']['base_retention'][-1]:.3f}", flush=True)
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
             measured = [*task, *pool] if args.fisher_rehearsal else task
             new = run_fisher(FisherRun(base_dir, out, measured, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
@@ -204,7 +242,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
     acc = statistics.fmean(r[-1])
     bwt = statistics.fmean(r[-1][i] - r[i][i] for i in range(n - 1)) if n > 1 else 0.0
     return {"R": r, "base_retention": retention, "base_lost": lost, "ACC": acc, "BWT": bwt, "train_seconds": seconds,
-            "learnt": [r[i][i] for i in range(n)]}
+            "learnt": [r[i][i] for i in range(n)], "scaled": scaled}
 
 
 def main() -> None:
@@ -238,6 +276,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--versions", type=int, default=3, choices=(1, 2, 3),
                         help="train only the first versions of the chain (a quicker look at a setting)")
+    parser.add_argument("--scales", type=float, nargs="*", default=[],
+                        help="also score each version moved back toward its parent by these factors")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-retention.json")
