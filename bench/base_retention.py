@@ -37,6 +37,18 @@ trained: every LoRA factor at ``parent + scale * (own - parent)`` (for A, the B 
 ``scale`` exactly), scored as the version is (R and base retention, under ``scaled`` in the report). The chain
 goes on from the version as trained: what shrinking the update would buy, not a chain of shrunk versions.
 
+``--disturbed-share 0.5`` gives a continuation the rehearsed answers its parent disturbs most instead of the whole
+pool: before it trains, the parent's KL(base || parent) at each rehearsed answer (token mean, against the base
+model's references) is measured, and the continuation's pool is the given share of the answers with the largest,
+so the same epochs go through each of them more often (a first version, whose parent is the base model, takes the
+whole pool).
+
+``--extra-prompts FILE`` rehearses more general prompts (one a line) beside the shipped ones: a larger pool, the same
+answers an epoch.
+
+``--bare-rehearsal`` rehearses each answer under an empty system prompt instead of the chat template's default one
+(15 tokens fewer of a row's 52): the base model's references are taken in that context too.
+
     .venv/bin/python bench/base_retention.py --seeds 0 --threads 2     # about 40 min a seed on 2 cores
 """
 
@@ -73,7 +85,7 @@ from engine.continual.fisher_run import (  # noqa: E402
     run_fisher,
 )
 from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noqa: E402
-from engine.continual.rehearsal import SelfRehearsal  # noqa: E402
+from engine.continual.rehearsal import SelfRehearsal, shipped_prompts  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
@@ -123,14 +135,18 @@ def base_retention(probe: BaseKnowledgeProbe, base_dir: Path, adapter_dir: Path)
 
 
 def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: int = REHEARSAL_TOKENS,
-                   group: int = 1) -> tuple[list[Example], list]:
+                   group: int = 1, extra: Path | None = None, bare: bool = False) -> tuple[list[Example], list]:
     """The base model's answers (at most ``answer_tokens`` each) to the shipped prompts and their base references,
     as a job's self-rehearsal builds them (cached under ``models_dir`` once built; the first build's time is
     printed)."""
     loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x")), base_dir, [],
                                            work / "unused"))
-    rehearsal = SelfRehearsal(models_dir, max_new_tokens=answer_tokens)
+    prompts = [*shipped_prompts(), *(line.strip() for line in extra.read_text().splitlines() if line.strip())] \
+        if extra is not None else None
+    rehearsal = SelfRehearsal(models_dir, prompts, max_new_tokens=answer_tokens)
     pool = rehearsal.pairs(loaded.model, loaded.tokenizer, loaded.plan, base_dir, "NONE", CancelToken())
+    if bare:  # an empty system prompt in place of the chat template's default one: shorter rows
+        pool = [replace(e, messages=(ChatMessage("system", ""), *e.messages)) for e in pool]
     if group > 1:  # conversations of ``group`` question-answer turns under one system prompt, weighed as that many
         pool = [Example(messages=tuple(m for e in pool[i : i + group] for m in e.messages),
                         weight=len(pool[i : i + group])) for i in range(0, len(pool), group)]
@@ -174,6 +190,28 @@ def scaled_adapter(adapter: Path, parent: Path | None, scale: float, out: Path) 
     return out
 
 
+def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Path, share: float) -> list[int]:
+    """The indices of the ``share`` of ``pool`` whose answers ``parent`` moves furthest from the base model (its
+    token-mean KL(base || parent) against ``references``), most disturbed first."""
+    from engine.training.base_kl import Reference, kl_to_reference  # noqa: PLC0415
+    from engine.training.datasets import encode_dataset, pad_token_id  # noqa: PLC0415
+    from engine.training.packing import PaddedForward  # noqa: PLC0415
+
+    model, tokenizer = load_adapter_model(base_dir, parent)
+    forward = PaddedForward(pad_token_id(tokenizer), select_device(Precision.FP32))
+    encoded = encode_dataset(tokenizer, pool, MAX_SEQ_LENGTH)
+    scores: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), 8):
+            adapted = forward.target_logits(model, encoded[start : start + 8])
+            kl = kl_to_reference(adapted.logits, Reference.aligned(references[start : start + 8], adapted.owner))
+            sums, counts = adapted.per_example(kl)
+            scores.extend((sums / counts.clamp(min=1)).tolist())
+    del model
+    ranked = sorted(range(len(pool)), key=lambda i: -scores[i])
+    return ranked[: max(1, round(share * len(pool)))]
+
+
 def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
     """Rows of the pool an epoch trains: as many answers as a job mixes in (replay_count), ``group`` a row."""
     return min(rows, -(-replay_count(own, fraction, rows * group) // group))
@@ -212,9 +250,13 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             penalty = AddedPenalties(penalty, base_ewc) if penalty is not None else base_ewc
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
-            per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(pool), args.group)
-            objective = rehearsal_objective(None, protection(step), len(examples), len(pool), references)
-            examples, rotation = [*examples, *pool], Rotation(len(pool), per_epoch)
+            rows, refs = pool, references
+            if args.disturbed_share < 1 and parent is not None:
+                chosen = disturbed(pool, references, base_dir, parent, args.disturbed_share)
+                rows, refs = [pool[i] for i in chosen], [references[i] for i in chosen]
+            per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(rows), args.group)
+            objective = rehearsal_objective(None, protection(step), len(examples), len(rows), refs)
+            examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
                              objective=objective, rotation=rotation,
@@ -276,6 +318,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--versions", type=int, default=3, choices=(1, 2, 3),
                         help="train only the first versions of the chain (a quicker look at a setting)")
+    parser.add_argument("--extra-prompts", type=Path, default=None,
+                        help="a file of more general prompts, one a line, rehearsed beside the shipped ones")
+    parser.add_argument("--bare-rehearsal", action="store_true",
+                        help="rehearsed rows under an empty system prompt instead of the template's default one")
+    parser.add_argument("--disturbed-share", type=float, default=1.0,
+                        help="a continuation rehearses only this share of the answers its parent disturbs most")
     parser.add_argument("--scales", type=float, nargs="*", default=[],
                         help="also score each version moved back toward its parent by these factors")
     parser.add_argument("--threads", type=int, default=2)
@@ -294,7 +342,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="le-base-retention-") as tmp:
         work = Path(tmp)
         pool, references = rehearsal_pool(base_dir, args.models_dir, work, args.answer_tokens,
-                                           args.group)
+                                           args.group, args.extra_prompts, args.bare_rehearsal)
         base_ewc = base_penalty(base_dir, args.models_dir, work, args.base_ewc_lambda) \
             if any(METHODS[m][2] in ("ewc_base", "kl+ewc_base") for m in args.methods) else None
         for seed in args.seeds:
