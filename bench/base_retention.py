@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,6 +66,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,10 +90,12 @@ from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noq
 from engine.continual.rehearsal import SelfRehearsal, shipped_prompts  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
 from engine.jobs.ports import CancelToken  # noqa: E402
-from engine.training.base_kl import rehearsal_objective  # noqa: E402
+from engine.training.base_kl import Reference, kl_to_reference, rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
+from engine.training.datasets import encode_dataset, pad_token_id  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
+from engine.training.packing import PaddedForward  # noqa: E402
 from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -173,10 +177,6 @@ def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float
 
 def scaled_adapter(adapter: Path, parent: Path | None, scale: float, out: Path) -> Path:
     """A copy of ``adapter`` moved back toward ``parent`` by ``scale`` (see the module docstring)."""
-    import shutil  # noqa: PLC0415
-
-    from safetensors.torch import load_file, save_file  # noqa: PLC0415
-
     shutil.copytree(adapter, out, dirs_exist_ok=True)
     own = load_file(adapter / ADAPTER_WEIGHTS)
     before = load_file(parent / ADAPTER_WEIGHTS) if parent is not None else None
@@ -193,10 +193,6 @@ def scaled_adapter(adapter: Path, parent: Path | None, scale: float, out: Path) 
 def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Path, share: float) -> list[int]:
     """The indices of the ``share`` of ``pool`` whose answers ``parent`` moves furthest from the base model (its
     token-mean KL(base || parent) against ``references``), most disturbed first."""
-    from engine.training.base_kl import Reference, kl_to_reference  # noqa: PLC0415
-    from engine.training.datasets import encode_dataset, pad_token_id  # noqa: PLC0415
-    from engine.training.packing import PaddedForward  # noqa: PLC0415
-
     model, tokenizer = load_adapter_model(base_dir, parent)
     forward = PaddedForward(pad_token_id(tokenizer), select_device(Precision.FP32))
     encoded = encode_dataset(tokenizer, pool, MAX_SEQ_LENGTH)
