@@ -10,7 +10,7 @@ cancel or pause of a claimed job is a ``requested`` flag the holding worker read
 channel ``learning_engine_jobs`` with the job id, which wakes watchers on every replica; the stored log stays
 the source of truth (a lost notification only delays a watcher until its next poll).
 
-A write, a claim and a release lock the job's row (FOR UPDATE) for the few statements of one transaction, which
+A write, a claim, a release and a request lock the job's row for the few statements of one transaction, which
 PostgreSQL ends if it is left idle (engine.stores.postgres.holding_rows): a worker frozen inside one does not block
 the takeover of its job. Its write fails and is retried, and the retry finds its lease lost.
 """
