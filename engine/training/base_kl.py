@@ -175,12 +175,14 @@ class BaseKlObjective:
         self._references = {i: r for i, r in enumerate(self.references) if r is not None}
         # With a prompt weight: each own example's reference at its context positions, computed when first seen.
         self._context_references: dict[int, Reference] = {}
+        # Which examples carry the KL term: none at weight 0 (self-rehearsal without it, beside a prompt weight)
+        self._held = tuple(a and weight > 0 for a in self.anchored)
 
     @property
     def references_missing(self) -> int:
         """How many examples have a reference not given (each costs a base forward pass when first seen): the
-        anchored ones without theirs, and with a prompt weight every own one (its context's)."""
-        missing = sum(1 for i, anchored in enumerate(self.anchored) if anchored and i not in self._references)
+        anchored ones the KL term holds without theirs, and with a prompt weight every own one (its context's)."""
+        missing = sum(1 for i, held in enumerate(self._held) if held and i not in self._references)
         return missing + (self.anchored.count(False) if self.prompt_weight > 0 else 0)
 
     def _context_reference_of(self, model: Any, forward: ExampleForward, examples: Sequence[EncodedExample],
@@ -242,11 +244,11 @@ class BaseKlObjective:
         return [k for k in range(len(step.examples)) if not self.anchored[step.indices[k]]]
 
     def _parts(self, step: StepBatch) -> tuple[StepBatch, StepBatch]:
-        """(the inner objective's examples of the step, the anchored ones that predict a target token)."""
+        """(the inner objective's examples of the step, the ones held by the KL term that predict a target token)."""
         positions = range(len(step.examples))
-        anchored = [k for k in positions if self.anchored[step.indices[k]]]
+        held = [k for k in positions if self._held[step.indices[k]]]
         inner = list(positions) if self.trained else self._own(step)
-        predicting = [k for k in anchored if step.examples[k].predicted_token_count]
+        predicting = [k for k in held if step.examples[k].predicted_token_count]
         return self._part(step, inner), self._part(step, predicting)
 
     @staticmethod

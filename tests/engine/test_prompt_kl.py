@@ -58,6 +58,29 @@ def test_the_loss_adds_each_own_examples_prompt_kl_to_the_weighted_mean(lora_mod
     assert got == pytest.approx(without + float((w * 0.5 * context * own).sum() / w.sum()), rel=TOLERANCE)
 
 
+def test_self_rehearsal_without_a_kl_weight_holds_no_rehearsed_row(lora_model, monkeypatch) -> None:
+    """SELF_REHEARSAL at kl_weight 0 beside a prompt weight: the rehearsed rows are trained on (their NLL) and
+    carry no KL term, so none of them needs the base model's reference (it would be computed and weighted by 0)."""
+    monkeypatch.setattr(base_kl_module, "REFERENCE_TOP_K", 10**9)  # the partition is exact: the full KL
+    model, data, pad = lora_model
+    examples = weighted(data)
+    forward = PaddedForward(pad, PLAN)
+    anchored = [i >= 6 for i in range(len(examples))]
+    objective = BaseKlObjective(WeightedSft(), anchored, 0.0, trained=True, prompt_weight=0.5)
+    assert objective.references_missing == anchored.count(False)  # the own rows' contexts only
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("a rehearsed row's reference was computed at KL weight 0")
+
+    monkeypatch.setattr(base_kl_module, "references_of", no_reference)
+    got, _ = step_result(model, objective, examples, forward)
+    nll, _ = step_result(model, WeightedSft(), examples, forward)
+    w = torch.tensor([e.weight for e in examples])
+    own = ~torch.tensor(anchored)
+    context = context_kl_by_hand(model, examples, pad)
+    assert got == pytest.approx(nll + float((w * 0.5 * context * own).sum() / w.sum()), rel=TOLERANCE)
+
+
 @pytest.mark.parametrize("row_tokens", [None, 48])
 def test_packed_padded_and_micro_batched_steps_are_the_same(lora_model, row_tokens) -> None:
     model, data, pad = lora_model
