@@ -76,7 +76,7 @@ from forgetting import LORA, MAX_SEQ_LENGTH, SYLLABLES, NullSink, accuracy, make
 
 from engine.continual.base_ewc import BaseEwc  # noqa: E402
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
-from engine.continual.ewc import EwcPenalty, accumulate, mix_replay, replay_count  # noqa: E402
+from engine.continual.ewc import accumulate, mix_replay, replay_count  # noqa: E402
 from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
 from engine.continual.fisher import FisherEstimator  # noqa: E402
 from engine.continual.fisher_run import (  # noqa: E402
@@ -86,9 +86,17 @@ from engine.continual.fisher_run import (  # noqa: E402
     load_adapter_weights,
     run_fisher,
 )
+from engine.continual.planner import make_penalty  # noqa: E402
 from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noqa: E402
 from engine.continual.rehearsal import SelfRehearsal, shipped_prompts  # noqa: E402
-from engine.domain import BaseProtection, BaseProtectionMethod, ChatMessage, Example, JsonlSource  # noqa: E402
+from engine.domain import (  # noqa: E402
+    BaseProtection,
+    BaseProtectionMethod,
+    ChatMessage,
+    Example,
+    FisherSpace,
+    JsonlSource,
+)
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import Reference, kl_to_reference, rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
@@ -239,7 +247,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             earlier = [e for t in tasks[:step] for e in t]
             examples, _ = mix_replay(examples, earlier, args.replay_fraction, seed)
         if ewc and parent is not None:
-            penalty = EwcPenalty(fisher, load_adapter_weights(parent), args.ewc_lambda)
+            penalty = make_penalty(args.fisher_space, fisher, load_adapter_weights(parent), args.ewc_lambda)
         if base == "ewc_base":
             penalty = base_ewc
         if base == "kl+ewc_base":
@@ -271,7 +279,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         if ewc:  # the new version's Fisher on its task, accumulated online (the service's gamma 1)
             measured = [*task, *pool] if args.fisher_rehearsal else task
             new = run_fisher(FisherRun(base_dir, out, measured, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
-                                       seed)).diagonal
+                                       seed, args.fisher_space)).diagonal
             fisher = new if fisher is None else accumulate(fisher, new, 1.0)
         parent = out
         print(f"seed {seed} {method:10s} after {'ABC'[step]}: R={[round(x, 3) for x in r[-1]]} "
@@ -309,6 +317,10 @@ def main() -> None:
     parser.add_argument("--fisher-rehearsal", action="store_true",
                         help="ewc*: each version's Fisher on its task and on the base model's rehearsed answers, so "
                         "a continuation's EWC also holds what keeps the parent's general answers")
+    parser.add_argument("--fisher-space", type=FisherSpace, default=FisherSpace.LORA_PARAMETERS,
+                        choices=list(FisherSpace),
+                        help="ewc*: what a continuation's EWC holds, the LoRA entries or each pair's product B @ A "
+                        "(the service's ewc.fisher_space)")
     parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
                         help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
