@@ -26,7 +26,9 @@ Methods (the same at every step, A included; a continuation starts from its pare
                    job does): ``--base-ewc-lambda / 2 * sum w (B @ A)^2`` over the LoRA pairs, ``w`` the base
                    model's diagonal Fisher of each adapted weight on its own answers to the rehearsal prompts; no
                    rehearsed rows are trained;
-  ewc_kl_base      ewc_kl with the EWC_BASE penalty added (no job can ask for both yet: one method a job).
+  ewc_kl_base      ewc_kl with the EWC_BASE penalty added (no job can ask for both yet: one method a job); with
+                   ``--base-ewc-at-parent`` a continuation's is anchored at its parent's products and a first
+                   version has none.
 
 Prints, per method and medians over seeds: base retention after A, B and C, the chain's ACC and BWT (over the
 three tasks), each new task's accuracy right after it was learnt, and the training time per version; writes
@@ -251,7 +253,12 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         if base == "ewc_base":
             penalty = base_ewc
         if base == "kl+ewc_base":
-            penalty = AddedPenalties(penalty, base_ewc) if penalty is not None else base_ewc
+            held = base_ewc
+            if args.base_ewc_at_parent:  # the base model's Fisher, anchored at the parent's products
+                held = ProductEwcPenalty(base_ewc.raw_fisher, load_adapter_weights(parent), base_ewc.ewc_lambda) \
+                    if parent is not None else None
+            if held is not None:
+                penalty = AddedPenalties(penalty, held) if penalty is not None else held
         objective, rotation = None, None
         if rehearse:  # as a job's runner does: the pool after the examples, a fraction of each epoch in rotation
             rows, refs = pool, references
@@ -317,6 +324,10 @@ def main() -> None:
     parser.add_argument("--fisher-rehearsal", action="store_true",
                         help="ewc*: each version's Fisher on its task and on the base model's rehearsed answers, so "
                         "a continuation's EWC also holds what keeps the parent's general answers")
+    parser.add_argument("--base-ewc-at-parent", action="store_true",
+                        help="ewc_kl_base: a continuation's penalty of the base model's Fisher is anchored at its "
+                        "parent's products B @ A instead of at 0 (holding what the parent still gives of the base "
+                        "model's answers, not pulling it back to the base model); a first version has none")
     parser.add_argument("--fisher-space", type=FisherSpace, default=FisherSpace.LORA_PARAMETERS,
                         choices=list(FisherSpace),
                         help="ewc*: what a continuation's EWC holds, the LoRA entries or each pair's product B @ A "
