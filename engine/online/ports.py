@@ -40,8 +40,9 @@ class OnlineStore(Protocol):
         """The sessions of ``base_model`` whose live alias is routed (FOLLOWING or KEPT)."""
         ...
 
-    async def end_alias(self, session_id: str) -> Controls | None:
-        """Settle the alias of an ended session (KEPT or ENDED); None when it was not FOLLOWING."""
+    async def end_alias(self, session_id: str, *, untouched_for: float = 0.0) -> Controls | None:
+        """Settle the alias of an ended session (KEPT or ENDED); None when it was not FOLLOWING, or its controls
+        changed within the last ``untouched_for`` seconds."""
         ...
 
     async def move_alias(self, session_id: str, version: str) -> Controls | None:

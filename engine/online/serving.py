@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 RUNNING = (JobState.PREPARING, JobState.RUNNING, JobState.CANCELLING, JobState.PAUSING, JobState.QUEUED)
 DRAIN_SECONDS = 30.0
 GATE_LEASE_SECONDS = 1800.0  # how long a serving process may take to judge a publication before another may
+# How long the controls of a session whose job is not stored are left alone: a create stores the controls (and takes
+# the alias name) first and the job after, so a look between the two finds no job; one that never got its job (its
+# server stopped between the two) has its alias ended once its controls are this old.
+UNSTORED_SESSION_SECONDS = 300.0
 
 
 class Sessions(Protocol):
@@ -184,8 +188,9 @@ class OnlineServing:
         serving process that settled it."""
         try:
             job = await self._sessions.job(controls.session_id)
-        except NotFound:  # the session is gone: nothing to follow or tell
-            return await self._store.end_alias(controls.session_id) or controls
+        except NotFound:  # not stored yet (a create under way), or never will be: nothing to follow or tell
+            return await self._store.end_alias(controls.session_id, untouched_for=UNSTORED_SESSION_SECONDS) \
+                or controls
         if not job.state.terminal:  # paused, or queued again: the alias goes on following it
             return controls
         controls, judged = await self._judge_publications(job, controls)

@@ -161,14 +161,15 @@ class PostgresOnlineStore:
             f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
         return {r["version"] for r in rows if r["version"]}
 
-    async def end_alias(self, session_id: str) -> Controls | None:
+    async def end_alias(self, session_id: str, *, untouched_for: float = 0.0) -> Controls | None:
         """Settle the alias of a session that ended: KEPT on the version it serves when one was chosen for it (a
         publication that passed the gate, an operator's, a feedback spike's start version), ENDED when it still
         serves the start version by default. None when it no longer follows the session (settled already, by
-        another serving process too)."""
+        another serving process too), or its controls changed within the last ``untouched_for`` seconds."""
         row = await self._pool.fetchrow(
             "UPDATE online_controls SET alias_state = CASE WHEN alias_version = '' THEN 'ENDED' ELSE 'KEPT' END,"
-            " update_time = now() WHERE session_id = $1 AND alias_state = 'FOLLOWING' RETURNING *", session_id)
+            " update_time = now() WHERE session_id = $1 AND alias_state = 'FOLLOWING'"
+            " AND update_time <= now() - make_interval(secs => $2) RETURNING *", session_id, untouched_for)
         return _controls(row) if row is not None else None
 
     async def move_alias(self, session_id: str, version: str) -> Controls | None:

@@ -2,12 +2,17 @@
 session's publication that passed the gate after StopOnlineSession, after a server restart (LoraControl's
 reconciliation leaves it loaded), until an operator moves or removes it; the retention sweep deletes an ended
 session's examples after the retention (but the window of a published version) and the live archives nothing
-reads any more, and never touches a running session's."""
+reads any more, and never touches a running session's; an alias whose session's create is still under way (its
+controls stored, its job not yet) goes on following it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
+from engine.online.serving import UNSTORED_SESSION_SECONDS
+from engine.online.spec import AliasState
 from engine.stores.online_store import PostgresOnlineStore
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import adapter_pb2_grpc as ad_grpc
@@ -209,3 +214,27 @@ async def _read(client, name: str, examples: int) -> ol.OnlineSession | None:
 
 async def _gone(store: PostgresOnlineStore, session_id: str) -> bool:
     return not await store.after(session_id, 0, 100)
+
+
+async def test_an_alias_whose_session_is_not_stored_yet_follows_it_until_its_controls_are_old(make_pg_server):
+    """A create stores a session's controls (taking its alias name) before its job: a serving process looking in
+    between finds the alias FOLLOWING a session that does not exist yet, and must leave it (it once ended it, so
+    the session's publications never moved it). Controls that never got their job (a server stopped between the
+    two) end their alias once they are older than a create can take."""
+    client = await make_pg_server(**FAST)
+    start = await train(client)
+    store = PostgresOnlineStore(client.app.owned.pool)
+    await store.create("unstored", 5e-3, base_model=TINY, start_version=start, live_alias="early-live")
+    # followed: routed to the start version by a look of the serving loop that found no session
+    await until(lambda: _answer(client, "early-live", f"{TINY}@{start}"))
+    await asyncio.sleep(1.0)  # ten more looks (0.1 s apart)
+    assert (await store.controls("unstored")).alias_state is AliasState.FOLLOWING
+    await client.app.owned.pool.execute(
+        "UPDATE online_controls SET update_time = now() - make_interval(secs => $1) WHERE session_id = 'unstored'",
+        UNSTORED_SESSION_SECONDS + 1)
+    await until(lambda: _alias_of(store, "unstored", AliasState.ENDED))
+    await until(lambda: _unrouted(client.app.owned.lora.gateway.router, "early-live"))
+
+
+async def _alias_of(store: PostgresOnlineStore, session_id: str, state: AliasState) -> bool:
+    return (await store.controls(session_id)).alias_state is state
