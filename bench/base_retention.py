@@ -100,7 +100,7 @@ from engine.domain import (  # noqa: E402
     JsonlSource,
 )
 from engine.jobs.ports import CancelToken  # noqa: E402
-from engine.training.base_kl import Reference, kl_to_reference, rehearsal_objective  # noqa: E402
+from engine.training.base_kl import per_example_kl, rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
 from engine.training.datasets import encode_dataset, pad_token_id  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
@@ -210,8 +210,7 @@ def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Pat
     with torch.no_grad():
         for start in range(0, len(encoded), 8):
             adapted = forward.target_logits(model, encoded[start : start + 8])
-            kl = kl_to_reference(adapted.logits, Reference.aligned(references[start : start + 8], adapted.owner))
-            sums, counts = adapted.per_example(kl)
+            sums, counts = per_example_kl(adapted, references[start : start + 8])
             scores.extend((sums / counts.clamp(min=1)).tolist())
     del model
     ranked = sorted(range(len(pool)), key=lambda i: -scores[i])

@@ -132,6 +132,12 @@ def kl_to_reference(adapted: torch.Tensor, reference: Reference) -> torch.Tensor
     return kept + reference.rest.exp() * (reference.rest - _log_rest(logq, reference.ids))
 
 
+def per_example_kl(adapted: TargetLogits, references: Sequence[Reference]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n] each example's summed KL(base || adapted) at its target positions against its reference
+    (``references[i]``: example i's), and [n] its position counts."""
+    return adapted.per_example(kl_to_reference(adapted.logits, Reference.aligned(references, adapted.owner)))
+
+
 def summed_kl(logits: torch.Tensor, owner: torch.Tensor, held: Sequence[int], references: Sequence[Reference],
               count: int) -> torch.Tensor:
     """[count] each example's summed KL(base || adapted) over its positions (``logits`` [N, vocab], ``owner`` [N]
@@ -211,7 +217,7 @@ class BaseKlObjective:
         """As :func:`base_kl`, with each example's reference computed the first time it is seen and kept."""
         references = self._reference_of(model, forward, examples, indices)
         adapted = forward.target_logits(model, examples)
-        return adapted.per_example(kl_to_reference(adapted.logits, Reference.aligned(references, adapted.owner)))
+        return per_example_kl(adapted, references)
 
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
