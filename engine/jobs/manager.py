@@ -15,7 +15,8 @@
 
 A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
 process share one :class:`~engine.jobs.context.JobSlots`: how many jobs run at once (each holds a model) and
-their threads.
+their threads. Writing a job's events to the store, and letting go of a held job, is the manager's base class,
+:class:`~engine.jobs.event_log.JobEventLog`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TypeVar
 
 from engine import telemetry
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
@@ -38,15 +39,14 @@ from engine.jobs.context import JobContext, JobRunner, JobSlots, LiveJob, now
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
-    Failed,
     Job,
     JobEvent,
     JobFailure,
-    JobProgress,
     JobState,
     Noticed,
     StateChanged,
 )
+from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
 from engine.jobs.ports import JobQueue, JobStore, LeaseLost, StopReason
 from engine.names import decode_page_token, encode_page_token
 
@@ -55,12 +55,11 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
-FLUSH_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the store takes the events
 SHUTDOWN_SECONDS = 120  # how long a stopping worker waits for its jobs to checkpoint and be released
 PREPARED_KEPT = 16  # inputs validated here, kept for the local worker (most recent jobs)
 
 
-class JobManager(Generic[S, O]):
+class JobManager(JobEventLog[S, O]):
     """The lifecycle of one kind of job; see the module docstring."""
 
     def __init__(
@@ -292,22 +291,6 @@ class JobManager(Generic[S, O]):
                 "JOB_NOT_PAUSABLE", f"job {job.name} is {job.state.value}", metadata={"state": job.state.value},
             )
 
-    async def _write_unclaimed(
-        self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
-    ) -> Job[S, O]:
-        """Move a job no worker holds to ``state``, with its events (Aborted if a worker claimed it meanwhile)."""
-        events: list[object] = []
-        if failure is not None and state is JobState.FAILED:
-            events.append(Failed(failure))
-        events.append(StateChanged(job.state, state, message))
-        logged = [JobEvent(job.last_sequence + i + 1, now(), p) for i, p in enumerate(events)]
-        ended = state.terminal
-        updated = replace(job, state=state, last_sequence=logged[-1].sequence, failure=failure,
-                          end_time=now() if ended else job.end_time)
-        await self._store.write(updated, logged, None)
-        telemetry.job_state_changed(self.kind.name, job.id, state.value, ended)
-        return updated
-
     # ---- worker -----------------------------------------------------------------
 
     async def execute(self, job_id: str) -> None:
@@ -396,156 +379,6 @@ class JobManager(Generic[S, O]):
                 state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
                 self.transition(live, state, f"{control.value.lower()} requested")
 
-    # ---- event log --------------------------------------------------------------
-
-    def record(self, live: LiveJob[S, O], payload: object) -> None:
-        """Append one event (on the loop thread) and fold it into the job."""
-        self._record(live, payload)
-
-    def _record(self, live: LiveJob[S, O], payload: object) -> None:
-        if live.cancel.reason is StopReason.LEASE_LOST:
-            return  # another worker owns the log now
-        event = JobEvent(live.job.last_sequence + 1, now(), payload)
-        job = replace(live.job, last_sequence=event.sequence)
-        if not isinstance(payload, (StateChanged, Failed)):
-            job = self.runner.fold(job, payload)
-        live.job = job
-        if isinstance(payload, StateChanged):
-            telemetry.job_state_changed(self.kind.name, job.id, payload.state.value, payload.state.terminal)
-        live.events.append(event)
-        live.unpersisted.append(event)
-        self._notify(live)
-        if not self._flush_lock.locked():
-            self._spawn(self._flush_soon(live))
-
-    async def persist(self, live: LiveJob[S, O]) -> None:
-        try:
-            await self._flush(live)
-        except LeaseLost:
-            live.cancel.cancel(StopReason.LEASE_LOST)
-            raise
-
-    def _notify(self, live: LiveJob[S, O]) -> None:
-        async def wake() -> None:
-            async with live.changed:
-                live.changed.notify_all()
-
-        self._spawn(wake())
-
-    def transition(self, live: LiveJob[S, O], state: JobState, message: str) -> None:
-        previous = live.job.state
-        live.job = replace(live.job, state=state)
-        self._record(live, StateChanged(previous, state, message))
-
-    def _finish(
-        self, live: LiveJob[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
-    ) -> None:
-        live.job = replace(live.job, end_time=now(), failure=failure if state is not JobState.SUCCEEDED else None)
-        if state is JobState.SUCCEEDED:
-            total = live.job.progress.total_steps
-            live.job = replace(live.job, progress=JobProgress(total, total, 0.0))
-        if failure is not None and state is JobState.FAILED:
-            self._record(live, Failed(failure))
-        self.transition(live, state, message)
-        log.info("job ended", extra={"job_id": live.job.id, "state": state.value})
-
-    async def _close(self, live: LiveJob[S, O]) -> None:
-        """Persist the ended job, then end its watch streams: once a stream ends, reads see the end state."""
-        try:
-            await self._flush_until_stored(live)
-        except LeaseLost:
-            pass
-        finally:
-            await self._forget(live)
-
-    async def _release(self, live: LiveJob[S, O], state: JobState) -> None:
-        """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping)."""
-        message = "paused" if state is JobState.PAUSED else f"queued again: worker {self.worker_id} stopped"
-        self.transition(live, state, message)
-        pending: Control | None = None
-        try:
-            for attempt in range(len(FLUSH_RETRY_SECONDS) + 1):
-                try:
-                    async with self._flush_lock:
-                        pending = await self._store.release(live.job, list(live.unpersisted), live.lease)
-                        live.unpersisted.clear()
-                    break
-                except LeaseLost:
-                    return
-                except Exception:  # noqa: BLE001 - the database restarting
-                    if attempt == len(FLUSH_RETRY_SECONDS):
-                        raise
-                    await asyncio.sleep(FLUSH_RETRY_SECONDS[attempt])
-            # A request made after this worker last looked is carried out now that the job is unclaimed.
-            if pending is Control.CANCEL:
-                with contextlib.suppress(Aborted):
-                    live.job = await self._write_unclaimed(
-                        live.job, JobState.CANCELLED, "cancelled",
-                        failure=JobFailure("CANCELLED", "JOB_CANCELLED", "cancelled while it was stopping"))
-                    return
-            if pending is Control.PAUSE and state is JobState.QUEUED:
-                with contextlib.suppress(Aborted):
-                    live.job = await self._write_unclaimed(live.job, JobState.PAUSED, "paused")
-                    return
-            if state is JobState.QUEUED:
-                await self._queue.enqueue(self.kind.name, live.job.id, priority=live.job.priority)
-        finally:
-            await self._forget(live)
-
-    async def _drop(self, live: LiveJob[S, O]) -> None:
-        """Forget a job another worker took over, writing nothing."""
-        live.unpersisted.clear()
-        await self._forget(live)
-
-    async def _forget(self, live: LiveJob[S, O]) -> None:
-        async with live.changed:
-            live.finished = True
-            live.changed.notify_all()
-        self._live.pop(live.job.id, None)
-        if not self._live:
-            self._idle.set()
-
-    async def _flush(self, live: LiveJob[S, O]) -> None:
-        """Write the pending events and the job; on failure the events stay pending (nothing is dropped)."""
-        async with self._flush_lock:
-            batch = list(live.unpersisted)
-            await self._store.write(live.job, batch, live.lease)
-            del live.unpersisted[: len(batch)]
-
-    async def _flush_soon(self, live: LiveJob[S, O]) -> None:
-        """A background flush after an event; if the store is down, later events or the job's end retry it."""
-        try:
-            await self._flush(live)
-        except LeaseLost:
-            live.cancel.cancel(StopReason.LEASE_LOST)
-        except Exception as exc:  # noqa: BLE001 - kept pending; retried by the next flush
-            log.warning("job events not stored yet; will retry", extra={"job_id": live.job.id, "error": str(exc)})
-
-    async def _flush_until_stored(self, live: LiveJob[S, O]) -> None:
-        """Flush, retrying with backoff while the store is unreachable (a job's end must be stored)."""
-        attempt = 0
-        while True:
-            try:
-                await self._flush(live)
-                return
-            except LeaseLost:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database restarting; try again
-                if self._closing and attempt >= len(FLUSH_RETRY_SECONDS):
-                    log.error("could not store the end of a job before shutdown",
-                              extra={"job_id": live.job.id, "error": str(exc)})
-                    raise
-                delay = FLUSH_RETRY_SECONDS[min(attempt, len(FLUSH_RETRY_SECONDS) - 1)]
-                log.warning("job state not stored yet; retrying",
-                            extra={"job_id": live.job.id, "error": str(exc), "retry_in_seconds": delay})
-                attempt += 1
-                await asyncio.sleep(delay)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]
