@@ -44,8 +44,9 @@ from engine.lora.canary import (
     TrafficSplitState,
     decide,
 )
+from engine.lora.operation import ControlConfig, RecordedOperation, to_the_end
 from engine.lora.state import EvalSummary, FeedbackCounts, LoraStatus, OperationKind, lora_name
-from engine.lora.target import ControlConfig, ServingTarget, _Op, to_the_end
+from engine.lora.target import ServingTarget
 from engine.serving.traffic import Role, Route, Tally, TrafficSplit
 
 __all__ = ["Activation", "ControlConfig", "LoraController"]
@@ -287,14 +288,14 @@ class LoraController(ServingTarget):
             split = self._split
             if split is not None and split.id == split_id:
                 kind = _ENDS[decision] if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
-                async with self._recorded(_Op(kind, split.candidate_version, actor, reason)) as op:
+                async with self._recorded(RecordedOperation(kind, split.candidate_version, actor, reason)) as op:
                     await self._close_split(op, decision)
         return self.snapshot()
 
     # ---- pieces of the splits ---------------------------------------------------------
 
-    async def _open_split(self, op: _Op, kind: SplitKind, version: str, share: float, policy: CanaryPolicy | None,
-                          *, force: bool = False, loaded: bool = False) -> None:
+    async def _open_split(self, op: RecordedOperation, kind: SplitKind, version: str, share: float,
+                          policy: CanaryPolicy | None, *, force: bool = False, loaded: bool = False) -> None:
         """Load ``version`` (a canary's through the gate; nothing if ``loaded``: the same version at a new share),
         then persist the split and route it."""
         st, split = self._state, self._split
@@ -370,7 +371,7 @@ class LoraController(ServingTarget):
                 await self._take_decisions(split)
         return changed
 
-    async def _close_split(self, op: _Op, decision: CanaryDecision, *, unload: bool = True) -> None:
+    async def _close_split(self, op: RecordedOperation, decision: CanaryDecision, *, unload: bool = True) -> None:
         """End the split in force (the locks held), recorded on ``op`` with both sides' figures: a promoted canary's
         candidate becomes the active version (the old one drained and retired as by an activation); otherwise the
         candidate leaves traffic and, with ``unload``, is drained and unloaded."""
@@ -411,7 +412,7 @@ class LoraController(ServingTarget):
                     await self._discard(name, keep=False)
         await self._notify()
 
-    async def _end_split_first(self, op: _Op) -> None:
+    async def _end_split_first(self, op: RecordedOperation) -> None:
         """``op`` is about to change what the alias serves: the split in force ends first (a canary is aborted),
         recorded apart, its candidate kept loaded if ``op`` is about to serve it."""
         split = self._split
@@ -419,7 +420,7 @@ class LoraController(ServingTarget):
             return
         kind = OperationKind.CANARY_ABORT if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
         why = f"ended by {op.kind.value.lower()} of {op.version or '-'} ({op.actor}: {op.reason or 'no reason given'})"
-        async with self._recorded(_Op(kind, split.candidate_version, op.actor, why)) as ending:
+        async with self._recorded(RecordedOperation(kind, split.candidate_version, op.actor, why)) as ending:
             await self._close_split(ending, CanaryDecision.ABORTED, unload=split.candidate_version != op.version)
 
     async def _resume_split(self) -> None:

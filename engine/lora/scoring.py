@@ -27,7 +27,7 @@ from engine.serving.client import ServingClient
 from engine.serving.gateway import AliasRouter
 
 if TYPE_CHECKING:
-    from engine.lora.target import ControlConfig
+    from engine.lora.operation import ControlConfig
 
 log = logging.getLogger(__name__)
 

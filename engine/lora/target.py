@@ -1,6 +1,7 @@
 """One serving target as LoraControl drives it: its persisted state, the serving engine, the gateway's alias,
 and the pieces every operation is made of (engine/lora/controller.py makes the operations of them; evaluations are
-scored by engine/lora/scoring.py).
+scored by engine/lora/scoring.py; engine/lora/operation.py holds the settings operations run under, and how one is
+recorded and run to its end).
 
 Every operation runs under an asyncio lock and a PostgreSQL advisory lock for the target,
 re-reads the persisted state first (another process may have changed it) and is recorded
@@ -14,22 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from engine import telemetry
 from engine.errors import EngineError, FailedPrecondition, NotFound, Unavailable
-from engine.jobs.core import JobFailure
 from engine.lora import evaluation as ev
 from engine.lora.canary import CanaryOutcome, TrafficFigures, TrafficSplitState, VersionFigures, figures_of
-from engine.lora.judge import JudgeChoice, JudgeConfig
+from engine.lora.judge import JudgeChoice
+from engine.lora.operation import ControlConfig, RecordedOperation, to_the_end
 from engine.lora.scoring import EvalScorer, Progress, refusal
 from engine.lora.state import (
     AdapterFetcher,
@@ -53,81 +52,7 @@ from engine.serving.traffic import Role, Tally, sum_tallies
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class ControlConfig:
-    base_model: str
-    alias: str
-    served_base_name: str = ""  # the base model's id in /v1/models; "" = discover
-    drain_timeout_seconds: float = 30.0
-    smoke_prompt: str = "Hello"
-    smoke_max_tokens: int = 4
-    gateway_url: str = ""  # where clients reach the alias (reported in the status)
-    eval_suite: Path | None = None  # the operator's golden suite, if any
-    gate: bool = True  # the forgetting-aware suites (target, retention, base) on every activation
-    eval_max_tokens: int = 32
-    eval_concurrency: int = 4
-    thresholds: ev.GateThresholds = ev.GateThresholds()
-    judge: JudgeConfig = JudgeConfig()  # LLM-as-judge (engine.lora.judge); off unless enabled
-
-
-P = ParamSpec("P")
 T = TypeVar("T")
-S = TypeVar("S", bound="ServingTarget")
-
-
-def to_the_end(operation: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
-               ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    """An operation on the serving target runs to its end even if its caller goes away (a client's deadline, a
-    dropped connection, a cancelled pipeline run): it finishes, or fails and unloads what it loaded, and is
-    recorded; the caller, while it waits, gets its result. Interrupted, an activation would leave its candidate
-    loaded and its record unexplained. Stopping the server interrupts it (ServingTarget.close); the next start
-    reconciles the engine with the stored state."""
-
-    @functools.wraps(operation)
-    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.shield(self._spawn(operation(self, *args, **kwargs), operation.__name__))
-
-    return run
-
-
-class _Op:
-    def __init__(self, kind: OperationKind, version: str, actor: str, reason: str) -> None:
-        self.kind, self.version, self.actor, self.reason = kind, version, actor, reason
-        self.start_wall = datetime.now(UTC)
-        self.start = time.perf_counter()
-        self.phases: list[tuple[str, float]] = []
-        self.gate: EvalSummary | None = None
-        self.traffic: TrafficFigures | None = None
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time a phase of the operation, recorded on it and as a span (``lora.<phase>``) under the RPC's."""
-        began = time.perf_counter()
-        attributes = {"operation": self.kind.value, "version": self.version}
-        try:
-            with telemetry.tracer.start_as_current_span(f"lora.{name.split()[0]}", attributes=attributes):
-                yield
-        finally:
-            self.phases.append((name, time.perf_counter() - began))
-
-    def mark(self, name: str) -> None:
-        """Record the time from the start of the operation to now, e.g. ``to_serving``."""
-        self.phases.append((name, time.perf_counter() - self.start))
-
-    def record(self, error: BaseException | None) -> OperationRecord:
-        failure = None
-        if isinstance(error, EngineError):
-            failure = JobFailure(error.code, error.reason, error.message, tuple(sorted(error.metadata.items())))
-        elif isinstance(error, asyncio.CancelledError):  # only ServingTarget.close: to_the_end shields callers'
-            failure = JobFailure("UNAVAILABLE", "OPERATION_INTERRUPTED", "interrupted: its serving process stopped "
-                                 "before it ended; the next start reconciles the serving engine, run it again")
-        elif error is not None:
-            failure = JobFailure("INTERNAL", "INTERNAL", "internal error; see the server log")
-        return OperationRecord(
-            kind=self.kind, version=self.version, actor=self.actor, reason=self.reason,
-            start_time=self.start_wall, duration_seconds=time.perf_counter() - self.start,
-            phases=tuple(self.phases), error=failure, gate=self.gate, traffic=self.traffic,
-        )
 
 
 class ServingTarget:
@@ -338,7 +263,7 @@ class ServingTarget:
                 for name in temporary:
                     await self._discard(name, keep=False)
 
-    async def _pass_gate(self, op: _Op, version: str, *, force: bool) -> EvalSummary | None:
+    async def _pass_gate(self, op: RecordedOperation, version: str, *, force: bool) -> EvalSummary | None:
         """The gate on ``version`` (loaded) against the active version, recorded on ``op``: EVAL_GATE_FAILED if it
         fails, unless ``force``; None when there is no gate (off, and no golden suite)."""
         goldens = [self.config.eval_suite] if self.config.eval_suite is not None else []
@@ -373,7 +298,7 @@ class ServingTarget:
         if not (strays or missing or st.pending_version):
             self._point_router()
             return
-        op = _Op(OperationKind.RECONCILE, st.pending_version, actor, reason)
+        op = RecordedOperation(OperationKind.RECONCILE, st.pending_version, actor, reason)
         error: EngineError | None = None
         try:
             for name in strays:
@@ -394,9 +319,9 @@ class ServingTarget:
 
     @contextlib.asynccontextmanager
     async def _operation(self, kind: OperationKind, version: str, actor: str, reason: str, *,
-                         needs_engine: bool = True) -> AsyncIterator[_Op]:
+                         needs_engine: bool = True) -> AsyncIterator[RecordedOperation]:
         async with self._lock, self._store.serialised(self.target), self._recorded(
-                _Op(kind, version, actor, reason)) as op:
+                RecordedOperation(kind, version, actor, reason)) as op:
             if needs_engine and not self._reconciled:  # the engine was down at start
                 await self._reconcile_locked("system", "reconcile with the serving engine")
             await self._reload()
@@ -418,7 +343,7 @@ class ServingTarget:
         """Another process started ``split``, or ended the one in force (None): the controller routes it."""
 
     @contextlib.asynccontextmanager
-    async def _recorded(self, op: _Op) -> AsyncIterator[_Op]:
+    async def _recorded(self, op: RecordedOperation) -> AsyncIterator[RecordedOperation]:
         """Record ``op`` when the block ends, with its error if it raised."""
         error: BaseException | None = None
         try:
@@ -429,7 +354,7 @@ class ServingTarget:
         finally:
             await self._finish(op, error)
 
-    async def _finish(self, op: _Op, error: BaseException | None) -> None:
+    async def _finish(self, op: RecordedOperation, error: BaseException | None) -> None:
         record = op.record(error)
         try:
             await self._store.record(self.target, record)
@@ -515,7 +440,7 @@ class ServingTarget:
         with contextlib.suppress(EngineError):
             await self._refresh_loaded()
 
-    async def _retire(self, op: _Op, old_version: str) -> None:
+    async def _retire(self, op: RecordedOperation, old_version: str) -> None:
         """Drain the replaced adapter, then unload it unless it is the known-good one."""
         old = lora_name(self._state.base_model, old_version)
         with op.phase("drain"):
