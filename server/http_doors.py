@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from server.access import Role, Tokens
+from server.access import Tokens
+from server.roles import Role
 
 GATEWAY_ROLES: dict[str, Role] = {
     "/v1/chat/completions": Role.INFERENCE,

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from server import access
+from server import access, roles
 from server.settings import AuthToken
 from tests.clients.test_typescript_client import PACKAGE, _ensure_node_modules, _run
 from tests.server.conftest import make_memory_server  # noqa: F401 - the fixture
@@ -51,7 +51,7 @@ def _cors(config: dict) -> dict:
 @pytest.fixture
 async def envoy(make_memory_server, tmp_path: Path):  # noqa: F811 - the imported fixture
     """The server (auth on) and Envoy in front of it: (Envoy's URL, the allowed origin)."""
-    token = AuthToken(name="web", role=access.Role.OPERATOR.value, sha256=access.hash_token(TOKEN))
+    token = AuthToken(name="web", role=roles.Role.OPERATOR.value, sha256=access.hash_token(TOKEN))
     server = await make_memory_server(auth_tokens=(token,))
     config = yaml.safe_load(CONFIG.read_text())
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]

@@ -14,22 +14,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from learning_engine import AsyncClient, errors
-from server import access
-from server.access import GRANTS, Role
+from server import access, roles
+from server.roles import GRANTS, Role
 from server.settings import AuthToken, SettingsError, load_settings
 from tests.server.conftest import error_details, spec
 
 TOKENS = {role: f"{role.value}-secret-token-0123456789" for role in Role}
 AUTH = tuple(AuthToken(name=f"{r.value}-user", role=r.value, sha256=access.hash_token(t)) for r, t in TOKENS.items())
-METHODS = {f"/{s.full_name}/{m.name}": m for s in access.SERVICE_DESCRIPTORS for m in s.methods}
+METHODS = {f"/{s.full_name}/{m.name}": m for s in roles.SERVICE_DESCRIPTORS for m in s.methods}
 CREDENTIALS = [*Role, "none", "wrong"]
 
 
 def test_every_rpc_has_a_role_and_the_table_has_nothing_else():
     assert len(METHODS) >= 30
-    missing = [m for m in METHODS if access.role_for(m) is None]
-    assert missing == [], f"RPCs without a role in server/access.py METHOD_ROLES: {missing}"
-    access.check_method_roles()  # and no stale entries
+    missing = [m for m in METHODS if roles.role_for(m) is None]
+    assert missing == [], f"RPCs without a role in server/roles.py METHOD_ROLES: {missing}"
+    roles.check_method_roles()  # and no stale entries
 
 
 def _metadata(credential) -> tuple[tuple[str, str], ...]:
@@ -73,7 +73,7 @@ async def test_every_role_against_every_rpc(make_server):
             results[(path, credential)] = await _call(server.channel, path, credential)
     wrong = []
     for (path, credential), code in results.items():
-        needed = access.role_for(path)
+        needed = roles.role_for(path)
         if credential in ("none", "wrong"):
             expected_denial = grpc.StatusCode.UNAUTHENTICATED
         elif needed not in GRANTS[credential]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.access import Role
+from server.roles import Role
 from tests.fixtures.certs import make_certs
 from tests.security.test_access import AUTH, TOKENS
 

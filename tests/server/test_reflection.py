@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from server import access
+from server import access, roles
 from server.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME, v1_file_descriptor
 from server.services import SERVICE_NAMES
 from server.settings import AuthToken
@@ -64,7 +64,7 @@ def test_v1_file_is_upstream_v1():
 
 async def test_v1_lists_and_describes_without_a_token(make_memory_server):
     secret = access.hash_token("operator-0123456789abcdef")
-    token = AuthToken(name="ops", role=access.Role.OPERATOR.value, sha256=secret)
+    token = AuthToken(name="ops", role=roles.Role.OPERATOR.value, sha256=secret)
     server = await make_memory_server(auth_tokens=(token,))  # reflection stays open, as health does
     listed, described, unknown = await _ask_v1(
         server.channel,
