@@ -100,8 +100,8 @@ from engine.domain import (  # noqa: E402
     JsonlSource,
 )
 from engine.jobs.ports import CancelToken  # noqa: E402
-from engine.training.base_kl import per_example_kl, rehearsal_objective  # noqa: E402
-from engine.training.batching import Rotation  # noqa: E402
+from engine.training.base_kl import Reference, per_example_kl, rehearsal_objective  # noqa: E402
+from engine.training.batching import FALLING, FLAT, RISING, Rotation  # noqa: E402
 from engine.training.datasets import encode_dataset, pad_token_id  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
@@ -217,6 +217,20 @@ def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Pat
     return ranked[: max(1, round(share * len(pool)))]
 
 
+def parent_references(pool: list[Example], base_dir: Path, parent: Path) -> list:
+    """``parent``'s references at ``pool``'s answers (its distribution there, as the base model's are taken): a
+    continuation's KL held to what its parent gives instead of to the base model."""
+    model, tokenizer = load_adapter_model(base_dir, parent)
+    forward = PaddedForward(pad_token_id(tokenizer), select_device(Precision.FP32))
+    encoded = encode_dataset(tokenizer, pool, MAX_SEQ_LENGTH)
+    out: list = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), 8):
+            out.extend(Reference.per_example(forward.target_logits(model, encoded[start : start + 8])))
+    del model
+    return out
+
+
 def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
     """Rows of the pool an epoch trains: as many answers as a job mixes in (replay_count), ``group`` a row."""
     return min(rows, -(-replay_count(own, fraction, rows * group) // group))
@@ -264,9 +278,12 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             if args.disturbed_share < 1 and parent is not None:
                 chosen = disturbed(pool, references, base_dir, parent, args.disturbed_share)
                 rows, refs = [pool[i] for i in chosen], [references[i] for i in chosen]
+            if args.parent_reference and parent is not None:
+                refs = parent_references(rows, base_dir, parent)
             per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(rows), args.group)
             objective = rehearsal_objective(None, protection(step), len(examples), len(rows), refs)
-            examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch)
+            examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch, args.rehearsal_scale,
+                                                                  args.rehearsal_shape)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
                              objective=objective, rotation=rotation,
@@ -312,6 +329,11 @@ def main() -> None:
                         help="the longest rehearsed answer of the base model, in tokens")
     parser.add_argument("--group", type=int, default=1,
                         help="rehearsed answers a row (one conversation of that many turns)")
+    parser.add_argument("--rehearsal-shape", choices=[FLAT, FALLING, RISING], default=FLAT,
+                        help="FALLING, RISING: each epoch rehearses --rehearsal-scale times its count by the fraction, "
+                             "times the share of the job ahead of (FALLING) or behind (RISING) the epoch's middle")
+    parser.add_argument("--rehearsal-scale", type=float, default=1.0,
+                        help="with a FALLING or RISING shape: 1 rehearses half the answers FLAT does, 2 as many")
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
     parser.add_argument("--continuation-kl-weight", type=float, default=None,
@@ -340,6 +362,9 @@ def main() -> None:
                         help="a file of more general prompts, one a line, rehearsed beside the shipped ones")
     parser.add_argument("--bare-rehearsal", action="store_true",
                         help="rehearsed rows under an empty system prompt instead of the template's default one")
+    parser.add_argument("--parent-reference", action="store_true",
+                        help="a continuation's KL term held to its parent's distribution at the rehearsed answers "
+                             "instead of the base model's")
     parser.add_argument("--disturbed-share", type=float, default=1.0,
                         help="a continuation rehearses only this share of the answers its parent disturbs most")
     parser.add_argument("--scales", type=float, nargs="*", default=[],
