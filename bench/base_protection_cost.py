@@ -34,7 +34,7 @@ from forgetting import MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
-from engine.training.batching import RISING, EpochRows, Rotation  # noqa: E402
+from engine.training.batching import Rotation  # noqa: E402
 from engine.training.datasets import encode_dataset  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -59,9 +59,6 @@ def main() -> None:
     parser.add_argument("--prompt-kl-weights", type=float, nargs="+",
                         default=[DEFAULTS["base_prompt_kl_weight"].default],
                         help="the KL weight at the job's own rows' prompt positions (several: each with each)")
-    parser.add_argument("--rising", type=float, nargs="+", default=[0.0],
-                        help="0: each epoch the same rehearsed rows; > 0: each epoch's count times this times the "
-                             "share of the job behind the epoch's middle (RISING; several: each with each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
@@ -71,9 +68,8 @@ def main() -> None:
           f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     task, _ = make_tasks(args.facts, 0)
-    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else "") + (f" rising {p:g}" if p else ""):
-                (f, t, g, w, p) for f in args.fractions for t in args.answer_tokens for g in args.group
-                for w in args.prompt_kl_weights for p in args.rising}
+    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else ""): (f, t, g, w) for f in args.fractions
+                for t in args.answer_tokens for g in args.group for w in args.prompt_kl_weights}
     seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
@@ -86,27 +82,24 @@ def main() -> None:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
                  for g in args.group}
-        for name, (fraction, answer_tokens, group, _, rising) in variants.items():
+        for name, (fraction, answer_tokens, group, _) in variants.items():
             pool, _ = pools[answer_tokens, group]
             rows = tokens_of(pool)
             per_epoch = rehearsed_rows(len(task), fraction, len(pool), group)
-            drawn = EpochRows(len(pool), range(len(pool)), per_epoch, scale=rising, shape=RISING, epochs=args.epochs)
-            rehearsed = sum(drawn.drawn(e) for e in range(args.epochs))
-            trained_tokens[name] = own_tokens * args.epochs + rehearsed * statistics.mean(rows)
-            print(f"{name}: {rehearsed / args.epochs:.2f} rehearsed rows an epoch of {statistics.mean(rows):.1f} "
-                  f"tokens on average, beside {len(task)} rows of {own_tokens} tokens", flush=True)
+            trained_tokens[name] = (own_tokens + per_epoch * statistics.mean(rows)) * args.epochs
+            print(f"{name}: {per_epoch} rehearsed rows an epoch of {statistics.mean(rows):.1f} tokens on average, "
+                  f"beside {len(task)} rows of {own_tokens} tokens", flush=True)
         for repeat in range(args.repeats):
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
                 if name != "plain":
-                    fraction, tokens, group, prompt_weight, rising = variants[name]
+                    fraction, tokens, group, prompt_weight = variants[name]
                     pool, references = pools[tokens, group]
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight,
                                                 prompt_kl_weight=prompt_weight)
                     objective = rehearsal_objective(None, protection, len(task), len(pool), references)
                     examples = [*task, *pool]
-                    rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group), rising,
-                                        RISING)
+                    rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group))
                 taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,
                               rotation=rotation)
                 seconds[name].append(taken)

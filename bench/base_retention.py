@@ -101,7 +101,7 @@ from engine.domain import (  # noqa: E402
 )
 from engine.jobs.ports import CancelToken  # noqa: E402
 from engine.training.base_kl import Reference, per_example_kl, rehearsal_objective  # noqa: E402
-from engine.training.batching import FALLING, FLAT, RISING, Rotation  # noqa: E402
+from engine.training.batching import Rotation  # noqa: E402
 from engine.training.datasets import encode_dataset, pad_token_id  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
@@ -282,8 +282,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
                 refs = parent_references(rows, base_dir, parent)
             per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(rows), args.group)
             objective = rehearsal_objective(None, protection(step), len(examples), len(rows), refs)
-            examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch, args.rehearsal_scale,
-                                                                  args.rehearsal_shape)
+            examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
                              objective=objective, rotation=rotation,
@@ -329,11 +328,6 @@ def main() -> None:
                         help="the longest rehearsed answer of the base model, in tokens")
     parser.add_argument("--group", type=int, default=1,
                         help="rehearsed answers a row (one conversation of that many turns)")
-    parser.add_argument("--rehearsal-shape", choices=[FLAT, FALLING, RISING], default=FLAT,
-                        help="FALLING, RISING: each epoch rehearses --rehearsal-scale times its count by the fraction, "
-                             "times the share of the job ahead of (FALLING) or behind (RISING) the epoch's middle")
-    parser.add_argument("--rehearsal-scale", type=float, default=1.0,
-                        help="with a FALLING or RISING shape: 1 rehearses half the answers FLAT does, 2 as many")
     parser.add_argument("--kl-weight", type=float, default=Settings.model_fields["base_kl_weight"].default,
                         help="kl, rehearsal_kl: the weight of KL(base || adapted) on the rehearsed answers")
     parser.add_argument("--continuation-kl-weight", type=float, default=None,

@@ -46,56 +46,36 @@ class StepBatch:
         return sum(len(e.input_ids) for e in self.examples)
 
 
-FLAT, FALLING, RISING = "FLAT", "FALLING", "RISING"
-
-
 @dataclass(frozen=True)
 class Rotation:
     """The last ``pool`` of a run's examples are trained ``per_epoch`` at a time, in rotation (see
-    :class:`EpochRows`): self-rehearsal's answers of the base model, engine.continual.rehearsal. ``scale`` > 0:
-    each epoch trains ``per_epoch * scale`` times its ``shape`` instead: FALLING, the share of the run still ahead
-    at the epoch's middle (more answers while a linear learning rate is high, none at the end); RISING, the share
-    behind it (none at first, most at the end)."""
+    :class:`EpochRows`): self-rehearsal's answers of the base model, engine.continual.rehearsal."""
 
     pool: int
     per_epoch: int
-    scale: float = 0.0
-    shape: str = FLAT
 
 
 class EpochRows:
     """Which of a run's examples each epoch trains: all of them, or, with a rotating pool, every other one and the
-    next ``per_epoch`` of the pool in a seeded order of it (``scale`` > 0: a count of a ``shape`` over the ``epochs``,
-    see :class:`Rotation`). An epoch then costs its count of the pool whatever its size, and the epochs together go
-    through all of it (the next epoch starts where this one stopped). A function of the epoch's number only, so a
-    resumed run draws the same rows again."""
+    next ``per_epoch`` of the pool in a seeded order of it. An epoch then costs ``per_epoch`` of the pool whatever
+    its size, and the epochs together go through all of it (the next epoch starts where this one stopped). A
+    function of the epoch's number only, so a resumed run draws the same rows again."""
 
-    def __init__(self, size: int, pool: Sequence[int] = (), per_epoch: int = 0, seed: int = 0, *,
-                 scale: float = 0.0, shape: str = FLAT, epochs: int = 1) -> None:
+    def __init__(self, size: int, pool: Sequence[int] = (), per_epoch: int = 0, seed: int = 0) -> None:
         pooled = set(pool)
         self.fixed = [i for i in range(size) if i not in pooled]
         shuffled = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
         self.pool = [pool[i] for i in shuffled]
         self.per_epoch = min(per_epoch, len(self.pool))
-        self.scale = scale if shape != FLAT else 0.0
-        self.shape = shape
-        self._epochs = max(epochs, 1)
 
-    def drawn(self, epoch: int) -> int:
-        """Examples of the pool epoch ``epoch`` (from 0) trains."""
-        if self.scale <= 0:
-            return self.per_epoch
-        behind = min(1.0, (epoch + 0.5) / self._epochs)
-        share = behind if self.shape == RISING else 1.0 - behind
-        return min(len(self.pool), round(self.per_epoch * self.scale * share))
-
-    def size(self, epoch: int) -> int:
-        """Examples epoch ``epoch`` trains."""
-        return len(self.fixed) + self.drawn(epoch)
+    @property
+    def size(self) -> int:
+        """Examples an epoch trains."""
+        return len(self.fixed) + self.per_epoch
 
     def rows(self, epoch: int) -> list[int]:
-        start = sum(self.drawn(e) for e in range(epoch)) if self.scale > 0 else epoch * self.per_epoch
-        return self.fixed + [self.pool[(start + j) % len(self.pool)] for j in range(self.drawn(epoch))]
+        start = epoch * self.per_epoch
+        return self.fixed + [self.pool[(start + j) % len(self.pool)] for j in range(self.per_epoch)]
 
 
 @dataclass(frozen=True)

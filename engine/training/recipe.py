@@ -21,7 +21,7 @@ from engine.errors import Cancelled
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.telemetry import tracer
-from engine.training.batching import FLAT, Batching, EpochRows, batching
+from engine.training.batching import Batching, EpochRows, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
 from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
 from engine.training.models import (
@@ -47,10 +47,10 @@ _SCHEDULERS = {LrSchedule.LINEAR: "linear", LrSchedule.COSINE: "cosine", LrSched
 # ---- setup --------------------------------------------------------------------------
 
 
-def total_steps_for(rows: EpochRows, batch_size: int, epochs: int, max_steps: int) -> tuple[list[int], int]:
-    """(each epoch's optimiser steps, total optimiser steps); ``max_steps`` > 0 caps the total."""
-    per_epoch = [math.ceil(rows.size(e) / batch_size) for e in range(epochs)]
-    total = sum(per_epoch)
+def total_steps_for(n_examples: int, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
+    """(steps per epoch, total optimiser steps); ``max_steps`` > 0 caps the total."""
+    per_epoch = math.ceil(n_examples / batch_size)
+    total = per_epoch * epochs
     return per_epoch, min(total, max_steps) if max_steps > 0 else total
 
 
@@ -129,8 +129,7 @@ def run_training(
         pooled_from = len(run.examples) - (run.rotation.pool if run.rotation is not None else 0)
         pool = [j for j, i in enumerate(kept) if i >= pooled_from]
         epochs = EpochRows(len(data), pool, run.rotation.per_epoch if run.rotation is not None else 0,
-                           hp.seed + 1, scale=run.rotation.scale if run.rotation is not None else 0.0,
-                           shape=run.rotation.shape if run.rotation is not None else FLAT, epochs=hp.epochs)
+                           hp.seed + 1)
         if len(data) < len(encoded):
             sink.emit(
                 Warned(
@@ -244,7 +243,7 @@ def _optimise(
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     per_step = hp.batch_size * hp.gradient_accumulation_steps
     epochs = epochs or EpochRows(len(data))
-    per_epoch, total = total_steps_for(epochs, per_step, hp.epochs, hp.max_steps)
+    per_epoch, total = total_steps_for(epochs.size, per_step, hp.epochs, hp.max_steps)
     scheduler = get_scheduler(_SCHEDULERS[hp.lr_schedule], optimizer, num_warmup_steps=hp.warmup_steps,
                               num_training_steps=total)
     generator = torch.Generator().manual_seed(hp.seed)
@@ -284,10 +283,10 @@ def _optimise(
     epoch = 0
     while step < total:
         # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
-        with tracer.start_as_current_span("training.epoch", attributes={"epoch": epoch + 1}) as epoch_span:
+        with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
             order = layout.epoch_order(data, epochs.rows(epoch), hp.batch_size, generator)
             epoch += 1
-            for within, batch in enumerate(layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps)):
+            for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
                 position += 1
                 if position <= first:
                     continue  # done before the checkpoint this run resumed from
@@ -331,7 +330,7 @@ def _optimise(
                     StepMetrics(
                         step=step,
                         total_steps=total,
-                        epoch=epoch - 1 + (within + 1) / per_epoch[epoch - 1],
+                        epoch=step / per_epoch,
                         loss=loss_value,
                         task_loss=task_value,
                         ewc_penalty=penalty_value,

@@ -60,8 +60,7 @@ def data_key(digest: str, data: Sequence[EncodedExample], layout: Batching, epoc
     run with the same key, or its fast-forward would skip other batches than those it trained on."""
     key: dict[str, object] = {"digest": digest, "kept": len(data), "length_grouped": layout.length_grouped}
     if epochs.pool:
-        shaped = [epochs.shape, epochs.scale] if epochs.scale > 0 else []
-        key["rotation"] = [len(epochs.pool), epochs.per_epoch, *shaped]
+        key["rotation"] = [len(epochs.pool), epochs.per_epoch]
     return key
 
 

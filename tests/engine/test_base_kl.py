@@ -218,13 +218,13 @@ def test_each_examples_reference_is_computed_once_and_stays_the_base_models(lora
 
 def test_a_rotating_pool_trains_a_few_of_it_each_epoch_and_all_of_it_over_the_epochs() -> None:
     rows = EpochRows(10, pool=[6, 7, 8, 9, 4], per_epoch=2, seed=3)
-    assert rows.size(0) == 7 and rows.fixed == [0, 1, 2, 3, 5]
+    assert rows.size == 7 and rows.fixed == [0, 1, 2, 3, 5]
     epochs = [rows.rows(e) for e in range(5)]
     assert all(r[:5] == [0, 1, 2, 3, 5] and len(r) == 7 for r in epochs)
     drawn = [i for r in epochs for i in r[5:]]
     assert sorted(drawn) == sorted([6, 7, 8, 9, 4] * 2)  # 5 epochs of 2: every pooled example twice
     assert [rows.rows(e) for e in range(5)] == epochs  # the same again (a resumed run's)
-    assert EpochRows(4).rows(7) == [0, 1, 2, 3] and EpochRows(4, [3], per_epoch=5).size(9) == 4
+    assert EpochRows(4).rows(7) == [0, 1, 2, 3] and EpochRows(4, [3], per_epoch=5).size == 4
 
 
 def test_a_run_with_a_rotating_pool_takes_its_share_of_each_epoch(tiny_model_dir: Path, tmp_path: Path) -> None:
