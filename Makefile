@@ -75,7 +75,8 @@ protos: setup
 	$(BIN)/python scripts/gen_protos.py
 	cd $(TS) && PATH=$(abspath $(BIN)):$$PATH npm run --silent generate
 
-# The blocking client (clients/python/learning_engine/sync.py), from the async client and the job handles.
+# The blocking client (clients/python/learning_engine/sync.py, with its mixins and job handles in sync_*.py), from
+# the async client and the job handles.
 sync-client: setup
 	$(BIN)/python scripts/gen_sync_client.py
 
