@@ -21,6 +21,7 @@ parent, so importance from every earlier version keeps acting on later ones.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,7 +109,7 @@ class EwcPenalty:
         self.anchor = anchor
         self.ewc_lambda = float(ewc_lambda)
         self._bound: tuple[list[nn.Parameter], torch.Tensor, torch.Tensor] | None = None
-        self._model_id: int | None = None
+        self._model: weakref.ref[nn.Module] | None = None  # what _bound is of (not id(): a freed model's is reused)
 
     def _bind(self, model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torch.Tensor]:
         """The model's parameters in order, with F and theta* flattened to match their concatenation."""
@@ -123,13 +124,13 @@ class EwcPenalty:
 
     def __getstate__(self) -> dict[str, object]:
         """A copy (in another process: engine.training.distributed) binds to its own model's parameters."""
-        return {**self.__dict__, "_bound": None, "_model_id": None}
+        return {**self.__dict__, "_bound": None, "_model": None}
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         # One concatenation and four element-wise ops, whatever the number of LoRA tensors (a loop over
         # 240 tensors costs ~1000 autograd nodes per step).
-        if self._bound is None or self._model_id != id(model):
-            self._bound, self._model_id = self._bind(model), id(model)
+        if self._bound is None or self._model is None or self._model() is not model:
+            self._bound, self._model = self._bind(model), weakref.ref(model)
         params, fisher, anchor = self._bound
         drift = torch.cat([local_tensor(p).reshape(-1).float() for p in params]) - anchor
         # A sum of per-element terms: on shards, each process sums its own and the parts are added up.

@@ -12,6 +12,7 @@ a cost to the new task (docs/continual-learning.md), so the entries stay the def
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,7 +104,8 @@ class ProductEwcPenalty:
                          for side in ("B", "A"))))
             for prefixes in by_shape.values()
         ]
-        self._bound: tuple[int, Pairs] | None = None
+        # The model bound to and its pairs (a weak reference, not id(): a freed model's id is reused)
+        self._bound: tuple[weakref.ref[nn.Module], Pairs] | None = None
 
     def _sum(self, pairs: Pairs, scale: float = 1.0) -> torch.Tensor:
         terms: list[torch.Tensor] = []
@@ -127,14 +129,14 @@ class ProductEwcPenalty:
         return {**self.__dict__, "_bound": None}
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
-        if self._bound is None or self._bound[0] != id(model):
+        if self._bound is None or self._bound[0]() is not model:
             params = trainable_parameters(model)
             check_same_shapes({p: tuple(w.shape[1:]) for ps, w, _ in self._groups for p in ps},
                               space_shapes(shapes_of(params), self.space),
                               what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
             device = next(iter(params.values())).device  # once, not a copy of every weight per step
             self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
-            self._bound = (id(model), self._pairs(params))
+            self._bound = (weakref.ref(model), self._pairs(params))
         pairs = self._bound[1]
         # B @ A needs whole rows of B and the whole of A: on a sharded model (engine.training.sharding) every
         # process gathers the LoRA pairs (a few MB) and computes the same penalty, its gradient sliced back

@@ -1,5 +1,6 @@
 """EWC on the LoRA product D = B @ A: per-sample gradients of D against autograd, batching independence, and
-the penalty against a hand computation."""
+the penalty against a hand computation; and either penalty (entries or products) bound to each model it is called
+with."""
 
 from __future__ import annotations
 
@@ -125,3 +126,32 @@ def test_the_fused_product_drift_has_autograds_gradients(shape, chunks):
     expected = torch.autograd.grad(plain, (b, a))
     for mine, reference in zip(torch.autograd.grad(fused, (b, a)), expected, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+
+
+class _Pair(nn.Module):
+    """One LoRA pair under its canonical names, m.lora_A.weight [1, 2] and m.lora_B.weight [2, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = nn.Module()
+        self.m.lora_A = nn.Linear(2, 1, bias=False)
+        self.m.lora_B = nn.Linear(1, 2, bias=False)
+
+
+@pytest.mark.parametrize("space", ["entries", "products"])
+def test_a_penalty_holds_each_model_it_is_called_with_even_one_where_a_freed_model_was(space):
+    """A penalty binds to a model's parameters on the first call; called with another model, it binds to that
+    one. A model made after another is freed often takes its address (its id()), so twenty models in turn
+    would mostly find the penalty still bound to a freed one, their own parameters without its gradient."""
+    from engine.continual.ewc import EwcPenalty
+
+    zeros = {n: torch.zeros_like(p) for n, p in trainable_parameters(_Pair()).items()}
+    if space == "entries":
+        penalty = EwcPenalty({n: torch.ones_like(t) for n, t in zeros.items()}, zeros, ewc_lambda=1.0)
+    else:
+        penalty = ProductEwcPenalty({"m": torch.ones(2, 2)}, zeros, ewc_lambda=1.0)
+    for _ in range(20):
+        model = _Pair()
+        penalty(model).backward()
+        assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
+        del model
