@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import random
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -88,8 +88,34 @@ def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]
     return {n: tuple(t.shape) for n, t in tensors.items()}
 
 
+B = TypeVar("B")
+
+
+class ModelBound(Generic[B]):
+    """What a penalty derives from the model it is called with (its parameters, and what goes with them), kept
+    while it is called with that model and derived again for another. The model is held by a weak reference: by
+    its ``id()``, a model made where a freed one had been would pass for it, and its parameters go without the
+    penalty's gradient. A copy (in another process: engine.training.distributed) holds nothing, and binds to its
+    own model's parameters there."""
+
+    def __init__(self) -> None:
+        self._model: weakref.ref[nn.Module] | None = None
+        self._value: B | None = None
+
+    def of(self, model: nn.Module, bind: Callable[[nn.Module], B]) -> B:
+        value = self._value
+        if value is None or self._model is None or self._model() is not model:
+            value = bind(model)
+            self._value, self._model = value, weakref.ref(model)
+        return value
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_model": None, "_value": None}
+
+
 class EwcPenalty:
-    """``engine.training.Penalty``: (lambda/2) * sum w (theta - theta*)^2, bound to a model on first call.
+    """``engine.training.Penalty``: (lambda/2) * sum w (theta - theta*)^2, bound to the model it is called with
+    (:class:`ModelBound`).
 
     ``fisher`` is the raw diagonal (kept as given in ``raw_fisher``); ``w`` is it scaled per
     ``normalization`` (see the module docstring).
@@ -108,8 +134,7 @@ class EwcPenalty:
         self.fisher = normalise_fisher(fisher, self.normalization)
         self.anchor = anchor
         self.ewc_lambda = float(ewc_lambda)
-        self._bound: tuple[list[nn.Parameter], torch.Tensor, torch.Tensor] | None = None
-        self._model: weakref.ref[nn.Module] | None = None  # what _bound is of (not id(): a freed model's is reused)
+        self._bound: ModelBound[tuple[list[nn.Parameter], torch.Tensor, torch.Tensor]] = ModelBound()
 
     def _bind(self, model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torch.Tensor]:
         """The model's parameters in order, with F and theta* flattened to match their concatenation."""
@@ -122,16 +147,10 @@ class EwcPenalty:
                 for d in (self.fisher, self.anchor)]
         return list(params.values()), flat[0], flat[1]
 
-    def __getstate__(self) -> dict[str, object]:
-        """A copy (in another process: engine.training.distributed) binds to its own model's parameters."""
-        return {**self.__dict__, "_bound": None, "_model": None}
-
     def __call__(self, model: nn.Module) -> torch.Tensor:
         # One concatenation and four element-wise ops, whatever the number of LoRA tensors (a loop over
         # 240 tensors costs ~1000 autograd nodes per step).
-        if self._bound is None or self._model is None or self._model() is not model:
-            self._bound, self._model = self._bind(model), weakref.ref(model)
-        params, fisher, anchor = self._bound
+        params, fisher, anchor = self._bound.of(model, self._bind)
         drift = torch.cat([local_tensor(p).reshape(-1).float() for p in params]) - anchor
         # A sum of per-element terms: on shards, each process sums its own and the parts are added up.
         return sum_over_shards(0.5 * self.ewc_lambda * torch.dot(fisher * drift, drift), params[0])

@@ -12,14 +12,19 @@ a cost to the new task (docs/continual-learning.md), so the entries stay the def
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from engine.continual.ewc import DEFAULT_PENALTY_NORMALIZATION, check_same_shapes, normalise_fisher, shapes_of
+from engine.continual.ewc import (
+    DEFAULT_PENALTY_NORMALIZATION,
+    ModelBound,
+    check_same_shapes,
+    normalise_fisher,
+    shapes_of,
+)
 from engine.continual.fisher import Diagonal, space_shapes, trainable_parameters
 from engine.domain import FisherSpace
 from engine.training.sharding import whole
@@ -104,8 +109,7 @@ class ProductEwcPenalty:
                          for side in ("B", "A"))))
             for prefixes in by_shape.values()
         ]
-        # The model bound to and its pairs (a weak reference, not id(): a freed model's id is reused)
-        self._bound: tuple[weakref.ref[nn.Module], Pairs] | None = None
+        self._bound: ModelBound[Pairs] = ModelBound()
 
     def _sum(self, pairs: Pairs, scale: float = 1.0) -> torch.Tensor:
         terms: list[torch.Tensor] = []
@@ -124,20 +128,18 @@ class ProductEwcPenalty:
         """sum_D w (B @ A - D*)^2 over LoRA tensors by canonical name (live parameters or a saved adapter)."""
         return self._sum(self._pairs(tensors))
 
-    def __getstate__(self) -> dict[str, object]:
-        """A copy (in another process: engine.training.distributed) binds to its own model's parameters."""
-        return {**self.__dict__, "_bound": None}
+    def _bind(self, model: nn.Module) -> Pairs:
+        """The model's pairs, with the Fisher and the anchor moved to their device."""
+        params = trainable_parameters(model)
+        check_same_shapes({p: tuple(w.shape[1:]) for ps, w, _ in self._groups for p in ps},
+                          space_shapes(shapes_of(params), self.space),
+                          what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
+        device = next(iter(params.values())).device  # once, not a copy of every weight per step
+        self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
+        return self._pairs(params)
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
-        if self._bound is None or self._bound[0]() is not model:
-            params = trainable_parameters(model)
-            check_same_shapes({p: tuple(w.shape[1:]) for ps, w, _ in self._groups for p in ps},
-                              space_shapes(shapes_of(params), self.space),
-                              what="the Fisher snapshot", reason="FISHER_SHAPE_MISMATCH")
-            device = next(iter(params.values())).device  # once, not a copy of every weight per step
-            self._groups = [(ps, w.to(device), anchor.to(device)) for ps, w, anchor in self._groups]
-            self._bound = (weakref.ref(model), self._pairs(params))
-        pairs = self._bound[1]
+        pairs = self._bound.of(model, self._bind)
         # B @ A needs whole rows of B and the whole of A: on a sharded model (engine.training.sharding) every
         # process gathers the LoRA pairs (a few MB) and computes the same penalty, its gradient sliced back
         # to each process's shards.
