@@ -64,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,7 +106,7 @@ from engine.training.batching import Rotation  # noqa: E402
 from engine.training.datasets import encode_dataset, pad_token_id  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
 from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model, select_device  # noqa: E402
-from engine.training.packing import PaddedForward  # noqa: E402
+from engine.training.packing import PaddedForward, TargetLogits  # noqa: E402
 from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
 from engine.training.spec import Precision, TrainingJobSpec  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -200,19 +201,23 @@ def scaled_adapter(adapter: Path, parent: Path | None, scale: float, out: Path) 
     return out
 
 
-def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Path, share: float) -> list[int]:
-    """The indices of the ``share`` of ``pool`` whose answers ``parent`` moves furthest from the base model (its
-    token-mean KL(base || parent) against ``references``), most disturbed first."""
+def parent_logits(pool: list[Example], base_dir: Path, parent: Path) -> Iterator[tuple[int, TargetLogits]]:
+    """``parent``'s target logits at ``pool``'s answers, eight at a time, each with the index of its first."""
     model, tokenizer = load_adapter_model(base_dir, parent)
     forward = PaddedForward(pad_token_id(tokenizer), select_device(Precision.FP32))
     encoded = encode_dataset(tokenizer, pool, MAX_SEQ_LENGTH)
-    scores: list[float] = []
     with torch.no_grad():
         for start in range(0, len(encoded), 8):
-            adapted = forward.target_logits(model, encoded[start : start + 8])
-            sums, counts = per_example_kl(adapted, references[start : start + 8])
-            scores.extend((sums / counts.clamp(min=1)).tolist())
-    del model
+            yield start, forward.target_logits(model, encoded[start : start + 8])
+
+
+def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Path, share: float) -> list[int]:
+    """The indices of the ``share`` of ``pool`` whose answers ``parent`` moves furthest from the base model (its
+    token-mean KL(base || parent) against ``references``), most disturbed first."""
+    scores: list[float] = []
+    for start, adapted in parent_logits(pool, base_dir, parent):
+        sums, counts = per_example_kl(adapted, references[start : start + adapted.count])
+        scores.extend((sums / counts.clamp(min=1)).tolist())
     ranked = sorted(range(len(pool)), key=lambda i: -scores[i])
     return ranked[: max(1, round(share * len(pool)))]
 
@@ -220,15 +225,7 @@ def disturbed(pool: list[Example], references: list, base_dir: Path, parent: Pat
 def parent_references(pool: list[Example], base_dir: Path, parent: Path) -> list:
     """``parent``'s references at ``pool``'s answers (its distribution there, as the base model's are taken): a
     continuation's KL held to what its parent gives instead of to the base model."""
-    model, tokenizer = load_adapter_model(base_dir, parent)
-    forward = PaddedForward(pad_token_id(tokenizer), select_device(Precision.FP32))
-    encoded = encode_dataset(tokenizer, pool, MAX_SEQ_LENGTH)
-    out: list = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), 8):
-            out.extend(Reference.per_example(forward.target_logits(model, encoded[start : start + 8])))
-    del model
-    return out
+    return [r for _, adapted in parent_logits(pool, base_dir, parent) for r in Reference.per_example(adapted)]
 
 
 def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
