@@ -168,9 +168,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = details.method
         handler = await continuation(details)
         if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
@@ -201,9 +201,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _with_principal(
-    handler: grpc.RpcMethodHandler, principal: Principal, limiter: RateLimiter,
+    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal, limiter: RateLimiter,
     limited: tuple[str, Callable[[Any], int]] | None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler run as ``principal``, charging its rate-limit bucket per request or stream message.
 
     Without auth there is one principal, "anonymous": nothing tells callers apart (a connection's port is
@@ -237,7 +237,7 @@ def _with_principal(
     def wrap(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         if streaming:
 
-            async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def stream_handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 _current.set(principal)
                 try:
                     result = behavior(admit(request), context)
@@ -253,7 +253,7 @@ def _with_principal(
 
             return stream_handler
 
-        async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current.set(principal)
             try:
                 admitted = admit(request)
@@ -267,19 +267,19 @@ def _with_principal(
     return rebuild_handler(handler, wrap)
 
 
-async def _abort_engine(context: grpc.aio.ServicerContext, exc: ResourceExhausted) -> None:
+async def _abort_engine(context: grpc.aio.ServicerContext[Any, Any], exc: ResourceExhausted) -> None:
     await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", exc.message, exc.metadata)
 
 
 def _rejecting(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     code: grpc.StatusCode,
     reason: str,
     message: str,
     metadata: dict[str, str] | None = None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     def wrap(_behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
-        async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def reject(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await _abort(context, code, reason, message, metadata)
 
         return reject
@@ -288,7 +288,7 @@ def _rejecting(
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext,
+    context: grpc.aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
     reason: str,
     message: str,

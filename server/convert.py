@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar, cast
 
 from engine.domain import (
     BaseProtection,
@@ -96,14 +97,18 @@ class EwcDefaults:
     lambdas: Mapping[FisherSpace, float]
 
 
-def fisher_space_from_pb(value: int, default: FisherSpace, field_path: str,
+def fisher_space_from_pb(value: common.FisherSpace, default: FisherSpace, field_path: str,
                          issues: ViolationCollector) -> FisherSpace:
     if value == common.FISHER_SPACE_UNSPECIFIED:
         return default
     return _enum(FISHER_SPACE_FROM_PB, value, field_path, issues)
 
 
-def _enum(table: dict, value: int, field_path: str, issues: ViolationCollector):
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _enum(table: Mapping[K, V], value: K, field_path: str, issues: ViolationCollector) -> V:
     if value not in table:
         issues.add(field_path, f"unknown enum value {value}")
         return next(iter(table.values()))
@@ -284,14 +289,15 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
             epochs=h.epochs, learning_rate=h.learning_rate, batch_size=h.batch_size,
             max_seq_length=h.max_seq_length, seed=h.seed, max_steps=h.max_steps,
             warmup_steps=h.warmup_steps, weight_decay=h.weight_decay, max_grad_norm=h.max_grad_norm,
-            precision=pb.Precision.Value(f"PRECISION_{h.precision.value}"),
-            quantization=pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}"),
+            precision=cast(pb.Precision, pb.Precision.Value(f"PRECISION_{h.precision.value}")),
+            quantization=cast(pb.Quantization, pb.Quantization.Value(f"QUANTIZATION_{h.quantization.value}")),
             gradient_accumulation_steps=h.gradient_accumulation_steps,
             gradient_checkpointing=h.gradient_checkpointing, packing=h.packing, num_devices=h.num_devices,
-            eval_fraction=h.eval_fraction, sharding=pb.Sharding.Value(f"SHARDING_{h.sharding.value}"),
-            lr_schedule=pb.LrSchedule.Value(f"LR_SCHEDULE_{h.lr_schedule.value}"),
+            eval_fraction=h.eval_fraction,
+            sharding=cast(pb.Sharding, pb.Sharding.Value(f"SHARDING_{h.sharding.value}")),
+            lr_schedule=cast(pb.LrSchedule, pb.LrSchedule.Value(f"LR_SCHEDULE_{h.lr_schedule.value}")),
         ),
-        objective=pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}"),
+        objective=cast(pb.Objective, pb.Objective.Value(f"OBJECTIVE_{spec.objective.value}")),
         parent_adapter_version=spec.parent_adapter_version,
         ewc=pb.EwcConfig(
             ewc_lambda=spec.ewc.ewc_lambda, gamma=spec.ewc.gamma, fisher_snapshot=spec.ewc.fisher_snapshot,
@@ -425,11 +431,11 @@ def job_to_pb(job: TrainingJob) -> pb.TrainingJob:
             fisher_space=FISHER_SPACE_TO_PB[e.space],
         ))
     elif job.spec.parent_adapter_version and not job.spec.ewc.disabled:
-        e = job.spec.ewc
+        ewc = job.spec.ewc
         msg.ewc_lineage.CopyFrom(pb.EwcLineage(
-            parent_adapter_version=job.spec.parent_adapter_version, fisher_snapshot=e.fisher_snapshot,
-            ewc_lambda=e.ewc_lambda, gamma=e.gamma, replay_fraction=e.replay_fraction,
-            fisher_space=FISHER_SPACE_TO_PB[e.space],
+            parent_adapter_version=job.spec.parent_adapter_version, fisher_snapshot=ewc.fisher_snapshot,
+            ewc_lambda=ewc.ewc_lambda, gamma=ewc.gamma, replay_fraction=ewc.replay_fraction,
+            fisher_space=FISHER_SPACE_TO_PB[ewc.space],
         ))
     return msg
 

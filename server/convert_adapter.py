@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 from engine.domain import LEGACY_FISHER_SPACE, SuiteKind, SuiteVerdict
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
@@ -22,7 +23,7 @@ MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
 
 
-_SUITE_KIND = {k: pb.EvalSuiteKind.Value(f"EVAL_SUITE_KIND_{k.name}") for k in SuiteKind}
+_SUITE_KIND = {k: cast(pb.EvalSuiteKind, pb.EvalSuiteKind.Value(f"EVAL_SUITE_KIND_{k.name}")) for k in SuiteKind}
 
 
 def suite_to_pb(v: SuiteVerdict) -> pb.EvalSuiteVerdict:
@@ -45,7 +46,7 @@ def eval_to_pb(result: AdapterEval | EvalSummary) -> pb.AdapterEvalSummary:
     )
 
 
-def _ewc_space_to_pb(record: AdapterRecord) -> int:
+def _ewc_space_to_pb(record: AdapterRecord) -> common.FisherSpace:
     """The record's EWC space; one trained with EWC before spaces were recorded was on the entries."""
     if record.ewc_fisher_space is not None:
         return FISHER_SPACE_TO_PB[record.ewc_fisher_space]

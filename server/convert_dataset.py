@@ -21,8 +21,10 @@ from server.convert import feedback_source_from_pb, feedback_source_to_pb
 from server.convert_jobs import timestamp_to_pb
 
 MAX_FILENAME = 255
-_KINDS = {pb.DATASET_KIND_UNSPECIFIED: DatasetKind.TRAINING, pb.DATASET_KIND_TRAINING: DatasetKind.TRAINING,
-          pb.DATASET_KIND_GOLDEN: DatasetKind.GOLDEN}
+_KINDS: dict[int, DatasetKind] = {
+    pb.DATASET_KIND_UNSPECIFIED: DatasetKind.TRAINING, pb.DATASET_KIND_TRAINING: DatasetKind.TRAINING,
+    pb.DATASET_KIND_GOLDEN: DatasetKind.GOLDEN,
+}
 _KINDS_PB = {DatasetKind.TRAINING: pb.DATASET_KIND_TRAINING, DatasetKind.GOLDEN: pb.DATASET_KIND_GOLDEN}
 
 

@@ -6,7 +6,9 @@ HasField checks beyond the two that carry meaning: interaction and time).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from google.protobuf import timestamp_pb2
 
@@ -15,10 +17,10 @@ from engine.feedback.events import FeedbackEvent, FeedbackKind, FeedbackStats, I
 from learning.v1 import feedback_pb2 as pb
 from server.convert_jobs import timestamp_to_pb
 
-KIND_FROM_PB: dict[int, FeedbackKind] = {
-    pb.FeedbackKind.Value(f"FEEDBACK_KIND_{k.value}"): k for k in FeedbackKind
+KIND_FROM_PB: dict[pb.FeedbackKind, FeedbackKind] = {
+    cast(pb.FeedbackKind, pb.FeedbackKind.Value(f"FEEDBACK_KIND_{k.value}")): k for k in FeedbackKind
 }
-KIND_TO_PB: dict[FeedbackKind, int] = {v: k for k, v in KIND_FROM_PB.items()}
+KIND_TO_PB: dict[FeedbackKind, pb.FeedbackKind] = {v: k for k, v in KIND_FROM_PB.items()}
 _DEFAULT_STATS_WINDOW = timedelta(days=7)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -80,7 +82,7 @@ def event_from_pb(msg: pb.FeedbackEvent) -> FeedbackEvent:
     )
 
 
-def events_from_pb(msgs) -> list[FeedbackEvent]:
+def events_from_pb(msgs: Sequence[pb.FeedbackEvent]) -> list[FeedbackEvent]:
     try:
         return [event_from_pb(m) for m in msgs]
     except _OutOfRange:

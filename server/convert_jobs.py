@@ -4,20 +4,26 @@ error, and the checks of list and create requests (request ids, state filters, p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import status_pb2
 
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import Failed, Job, JobEvent, JobFailure, JobState, Noticed, StateChanged, Warned
 from learning.v1 import common_pb2 as common
 from server.errors import failure_status
 
-JOB_STATE_TO_PB = {s: common.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+JOB_STATE_TO_PB = {s: cast(common.JobState, common.JobState.Value(f"JOB_STATE_{s.value}")) for s in JobState}
 JOB_STATE_FROM_PB = {v: k for k, v in JOB_STATE_TO_PB.items()}
 
 
+@overload
+def timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def timestamp_to_pb(value: None) -> None: ...
 def timestamp_to_pb(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
@@ -34,11 +40,34 @@ def duration_to_pb(seconds: float | None) -> duration_pb2.Duration | None:
     return dur
 
 
-def failure_to_pb(f: JobFailure):
+def failure_to_pb(f: JobFailure) -> status_pb2.Status:
     return failure_status(f.code, f.reason, f.message, dict(f.metadata))
 
 
-M = TypeVar("M")  # a job kind's protobuf job or event message
+class JobMessage(Protocol):
+    """The fields every kind's protobuf job message has (TrainingJob, FisherJob, ...)."""
+
+    name: str
+    request_id: str
+    state: common.JobState
+    progress: common.JobProgress
+    last_sequence: int
+    error: status_pb2.Status
+
+
+class JobEventMessage(Protocol):
+    """The fields every kind's protobuf job event message has (TrainingJobEvent, FisherJobEvent, ...)."""
+
+    sequence: int
+    time: timestamp_pb2.Timestamp
+    state_change: common.JobStateChange
+    notice: common.JobNotice
+    warning: common.JobWarning
+    error: common.JobError
+
+
+M = TypeVar("M", bound=JobMessage)  # a job kind's protobuf job message
+E = TypeVar("E", bound=JobEventMessage)  # a job kind's protobuf event message
 
 
 def job_core_to_pb(job: Job[Any, Any], msg: M) -> M:
@@ -58,7 +87,7 @@ def job_core_to_pb(job: Job[Any, Any], msg: M) -> M:
     return msg
 
 
-def core_event_to_pb(event: JobEvent, msg: M) -> M:
+def core_event_to_pb(event: JobEvent, msg: E) -> E:
     """``msg`` (a job kind's event) with its sequence and time, and a payload every kind records: a state change,
     notice, warning or error (the kind's own payloads are left to it)."""
     msg.sequence, payload = event.sequence, event.payload
@@ -81,7 +110,7 @@ def state_change_to_pb(p: StateChanged) -> common.JobStateChange:
     )
 
 
-def states_from_pb(values) -> list[JobState]:
+def states_from_pb(values: Iterable[common.JobState]) -> list[JobState]:
     issues = ViolationCollector()
     states = []
     for i, v in enumerate(values):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -21,9 +22,11 @@ from server.convert_adapter import eval_to_pb
 from server.errors import failure_status
 from server.version import SERVER_VERSION
 
-_KIND = {k: pb.LoraOperationKind.Value(f"LORA_OPERATION_KIND_{k.value}") for k in OperationKind}
-_SPLIT_KIND = {k: pb.TrafficSplitKind.Value(f"TRAFFIC_SPLIT_KIND_{k.value}") for k in SplitKind}
-_DECISION = {d: pb.CanaryDecision.Value(f"CANARY_DECISION_{d.value}") for d in CanaryDecision}
+_KIND = {k: cast(pb.LoraOperationKind, pb.LoraOperationKind.Value(f"LORA_OPERATION_KIND_{k.value}"))
+         for k in OperationKind}
+_SPLIT_KIND = {k: cast(pb.TrafficSplitKind, pb.TrafficSplitKind.Value(f"TRAFFIC_SPLIT_KIND_{k.value}"))
+               for k in SplitKind}
+_DECISION = {d: cast(pb.CanaryDecision, pb.CanaryDecision.Value(f"CANARY_DECISION_{d.value}")) for d in CanaryDecision}
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine import errors as e
@@ -111,11 +111,8 @@ def internal_status() -> status_pb2.Status:
     return status_proto(grpc.StatusCode.INTERNAL, "internal error; see the server log", reason="INTERNAL")
 
 
-def code_name(code_value: int) -> str:
-    return code_pb2.Code.Name(code_value)
 
-
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     if isinstance(exc, e.EngineError):
         log.info("rpc error", extra={"method": method, "reason": exc.reason, "error": clip(exc.message, 2048)})
         status = engine_error_status(exc)
@@ -136,7 +133,7 @@ def _checked(request_or_iterator: Any) -> Any:
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
-    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(_checked(request_or_iterator), context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
@@ -147,8 +144,8 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
-    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _wrap_stream(behavior: Callable[..., AsyncGenerator[Any, None]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async with contextlib.aclosing(behavior(_checked(request_or_iterator), context)) as items:
                 async for item in items:  # closed here, in this task, even when the call is cancelled
@@ -174,9 +171,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

@@ -119,7 +119,7 @@ class FeedbackWorkers:
 
     def pids(self) -> list[int]:
         """The worker processes' ids (for tests and operators)."""
-        return [p.pid for p in (self._executor._processes or {}).values()]  # no public accessor
+        return [p.pid for p in (self._executor._processes or {}).values() if p.pid is not None]  # no public accessor
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from engine.continual.spec import (
     DEFAULT_NUM_SAMPLES,
     FisherEstimator,
@@ -24,7 +26,8 @@ ESTIMATOR_FROM_PB = {
     pb.FISHER_ESTIMATOR_SAMPLED: FisherEstimator.SAMPLED,
     pb.FISHER_ESTIMATOR_BATCH_MEAN_SQUARED: FisherEstimator.BATCH_MEAN_SQUARED,
 }
-ESTIMATOR_TO_PB = {e: pb.FisherEstimator.Value(f"FISHER_ESTIMATOR_{e.value}") for e in FisherEstimator}
+ESTIMATOR_TO_PB = {e: cast(pb.FisherEstimator, pb.FisherEstimator.Value(f"FISHER_ESTIMATOR_{e.value}"))
+                   for e in FisherEstimator}
 
 
 def spec_from_pb(msg: pb.FisherJobSpec, *, default_base_model: str, default_space: FisherSpace) -> FisherJobSpec:

@@ -12,8 +12,8 @@ Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
 
 
 def rebuild_handler(
-    handler: grpc.RpcMethodHandler, wrap: Wrap, *, request_deserializer: Callable[[bytes], Any] | None = None
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], wrap: Wrap, *, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The same RPC (serializers, arity) with its behaviour passed through ``wrap`` (and, if given, another
     request deserializer)."""
     common = {
@@ -26,4 +26,5 @@ def rebuild_handler(
         return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **common)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **common)
+    assert handler.stream_stream is not None  # a method handler has exactly one behaviour
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **common)

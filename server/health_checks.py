@@ -18,7 +18,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import _async as health_aio  # health.aio at run time; the stubs declare it here
+from grpc_health.v1 import health_pb2
+
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +45,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthChecker:
-    def __init__(self, servicer: health.aio.HealthServicer, probes: Mapping[str, Probe], *,
+    def __init__(self, servicer: health_aio.HealthServicer, probes: Mapping[str, Probe], *,
                  interval_seconds: float, timeout_seconds: float) -> None:
         self._servicer = servicer
         self._probes = dict(probes)
         self._interval = interval_seconds
         self._timeout = timeout_seconds
         self._up: dict[str, bool] = {}
-        self._pending: dict[str, asyncio.Task] = {}  # probes that outlived their timeout, still running
-        self._task: asyncio.Task | None = None
+        self._pending: dict[str, asyncio.Task[object]] = {}  # probes that outlived their timeout, still running
+        self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> dict[str, bool]:
         """Probe every dependency once (concurrently) and set every service's status; returns what answered."""
@@ -113,7 +116,7 @@ class HealthChecker:
         self._pending.clear()
 
 
-async def start_health_checks(servicer: health.aio.HealthServicer, settings, probes: Mapping[str, Probe]
+async def start_health_checks(servicer: health_aio.HealthServicer, settings: Settings, probes: Mapping[str, Probe]
                               ) -> HealthChecker:
     """A checker of ``probes`` (by dependency name), checked once and then running in the background."""
     checker = HealthChecker(servicer, probes, interval_seconds=settings.health_check_interval_seconds,

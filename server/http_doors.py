@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server.access import Tokens
 from server.roles import Role
@@ -39,8 +40,7 @@ def _refusal(status: int, message: str, kind: str) -> web.Response:
     return response
 
 
-def bearer_auth(tokens: Tokens, roles: Mapping[str, Role]) -> Callable[[web.Request, Handler], Awaitable[
-        web.StreamResponse]]:
+def bearer_auth(tokens: Tokens, roles: Mapping[str, Role]) -> Middleware:
     """aiohttp middleware applying ``tokens`` to every path but ``OPEN_PATHS``; ``roles`` says what each path needs.
 
     A path not in ``roles`` still needs a valid token (then it is the router's 404 or 405), so an unauthenticated

@@ -81,7 +81,8 @@ async def _end(process: asyncio.subprocess.Process) -> None:
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def start_reference_backend(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:

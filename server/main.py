@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio  # health.aio at run time; the stubs declare it here
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine import Engine, telemetry
 from engine.lora.dataset_suites import DatasetSuites
@@ -71,7 +72,7 @@ class App:
     settings: Settings
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     engine: Engine
     owned: Owned
     metrics: MetricsServer | None = None
@@ -198,7 +199,7 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     feedback = add_servicers(server, engine, settings)
     if feedback is not None:
         undo.callback(feedback.close)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_server_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     try:

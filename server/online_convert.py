@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from engine.domain import Objective
 from engine.errors import FieldViolation, InvalidArgument
@@ -71,7 +73,11 @@ def _count(value: int, default: int, low: int, high: int, field_path: str) -> in
     return chosen
 
 
-def _choice(table: dict, value: int, field_path: str, enum: str):
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _choice(table: Mapping[K, V], value: K, field_path: str, enum: str) -> V:
     if value not in table:
         raise _bad(field_path, f"unknown {enum} value {value}")
     return table[value]

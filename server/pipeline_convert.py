@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from engine.errors import ViolationCollector
 from engine.jobs.core import JobEvent
@@ -36,9 +37,9 @@ _MODE = {pb.ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ACTIVATE, pb.ROLLOUT_MODE_ACTI
          pb.ROLLOUT_MODE_CANARY: RolloutMode.CANARY, pb.ROLLOUT_MODE_NONE: RolloutMode.NONE}
 _MODE_TO_PB = {RolloutMode.ACTIVATE: pb.ROLLOUT_MODE_ACTIVATE, RolloutMode.CANARY: pb.ROLLOUT_MODE_CANARY,
                RolloutMode.NONE: pb.ROLLOUT_MODE_NONE}
-_STAGE_TO_PB = {s: pb.PipelineStage.Value(f"PIPELINE_STAGE_{s.value}") for s in Stage}
-_STAGE_STATE_TO_PB = {s: pb.StageState.Value(f"STAGE_STATE_{s.value}") for s in StageState}
-_TRIGGER_KIND_TO_PB = {k: pb.TriggerKind.Value(f"TRIGGER_KIND_{k.value}") for k in TriggerKind}
+_STAGE_TO_PB = {s: cast(pb.PipelineStage, pb.PipelineStage.Value(f"PIPELINE_STAGE_{s.value}")) for s in Stage}
+_STAGE_STATE_TO_PB = {s: cast(pb.StageState, pb.StageState.Value(f"STAGE_STATE_{s.value}")) for s in StageState}
+_TRIGGER_KIND_TO_PB = {k: cast(pb.TriggerKind, pb.TriggerKind.Value(f"TRIGGER_KIND_{k.value}")) for k in TriggerKind}
 UPDATABLE = ("training", "suite_paths", "suite_datasets", "rollout", "triggers", "enabled", "description")
 
 

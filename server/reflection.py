@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import _async as reflection_aio  # reflection.aio at run time; the stubs declare it here
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 V1ALPHA_SERVICE_NAME: str = reflection.SERVICE_NAME
@@ -50,8 +51,9 @@ def _register_v1(pool: descriptor_pool.DescriptorPool) -> None:
 def enable_server_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection for ``service_names`` (and both reflection services) as v1alpha and as v1."""
     _register_v1(descriptor_pool.Default())
-    servicer = reflection.aio.ReflectionServicer((*service_names, V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    servicer = reflection_aio.ReflectionServicer((*service_names, V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME))
+    # types-grpcio-reflection leaves the generated add_ServerReflectionServicer_to_server unannotated
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     v1 = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

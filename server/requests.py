@@ -145,7 +145,7 @@ def _holds_strings(descriptor: Descriptor, visiting: frozenset[str]) -> bool:
     inner = visiting | {descriptor.full_name}
     return any(
         field.type == FieldDescriptor.TYPE_STRING
-        or (field.type == FieldDescriptor.TYPE_MESSAGE and _holds_strings(field.message_type, inner))
+        or (field.type == FieldDescriptor.TYPE_MESSAGE and _holds_strings(_message_type(field), inner))
         for field in descriptor.fields
     )
 
@@ -164,12 +164,18 @@ def _add_shadow(descriptor: Descriptor, file: descriptor_pb2.FileDescriptorProto
         if field.type == FieldDescriptor.TYPE_STRING:
             shadow.field.add(name=field.name, number=field.number, type=FieldDescriptor.TYPE_BYTES, label=label)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            target = field.message_type
+            target = _message_type(field)
             if _add_shadow(target, file, names, _holds_strings(target, frozenset())
                            or target.full_name in names):
                 shadow.field.add(name=field.name, number=field.number, type=FieldDescriptor.TYPE_MESSAGE,
                                  type_name=f".{file.package}.{names[target.full_name]}", label=label)
     return True
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    """The type of a message field (the stubs allow None: what ``message_type`` is for any other field)."""
+    assert field.message_type is not None
+    return field.message_type
 
 
 def _locate(message: Message, prefix: str) -> str | None:
@@ -182,7 +188,7 @@ def _locate(message: Message, prefix: str) -> str | None:
                 if NUL in text:
                     return f"{path}[{i}]" if field.is_repeated else path
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
+            if _message_type(field).GetOptions().map_entry:
                 for key in value:
                     shown = _shown_key(key)
                     if isinstance(key, str) and NUL in key:

@@ -40,7 +40,8 @@ from server.settings_training import TrainingSettings
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 ImplicitKind = Literal["COPY", "TASK_COMPLETED", "CLICK_THROUGH", "REGENERATE"]
-DEFAULT_KTO_IMPLICIT: dict[str, str] = {
+KtoLabel = Literal["desirable", "undesirable", "ignore"]
+DEFAULT_KTO_IMPLICIT: dict[ImplicitKind, KtoLabel] = {
     "COPY": "desirable", "TASK_COMPLETED": "desirable", "CLICK_THROUGH": "desirable", "REGENERATE": "undesirable",
 }
 
@@ -155,7 +156,7 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     feedback_correction_weight: float = Field(
         1.0, gt=0, le=100, description="Example weight of a correction in datasets built from feedback."
     )
-    feedback_kto_implicit: dict[ImplicitKind, Literal["desirable", "undesirable", "ignore"]] = Field(
+    feedback_kto_implicit: dict[ImplicitKind, KtoLabel] = Field(
         default_factory=lambda: dict(DEFAULT_KTO_IMPLICIT),
         description="KTO labels from implicit signals, for interactions without explicit feedback (explicit "
         "feedback always wins). Entries override these defaults one kind at a time; `ignore` leaves a kind out. "
@@ -247,7 +248,7 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
 
     @field_validator("feedback_kto_implicit")
     @classmethod
-    def _implicit_over_defaults(cls, v: dict[str, str]) -> dict[str, str]:
+    def _implicit_over_defaults(cls, v: dict[ImplicitKind, KtoLabel]) -> dict[ImplicitKind, KtoLabel]:
         return {**DEFAULT_KTO_IMPLICIT, **v}
 
     @model_validator(mode="after")
@@ -362,7 +363,7 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
     secrets_dir = Path(os.environ["LEARNING_ENGINE_SECRETS_DIR"]) if os.environ.get(
         "LEARNING_ENGINE_SECRETS_DIR") else None
     cls: type[Settings] = Settings
-    extra: dict[str, Any] = {}
+    extra: SettingsConfigDict = {}
     if yaml_file is not None:
         if not yaml_file.is_file():
             raise SettingsError(f"config file {yaml_file} does not exist")

@@ -161,7 +161,7 @@ class LoraControlSettings(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _ports_differ(self):
+    def _ports_differ(self) -> LoraControlSettings:
         ports = [getattr(self, "port", None), self.gateway_port,
                  self.reference_backend_port if self.serving_url is None else None]
         used = [p for p in ports if p]

@@ -76,7 +76,7 @@ class DataDirLock:
 
 def sweep_scratch(work_dir: Path) -> list[str]:
     """Remove what an earlier run left in the scratch space (see the module docstring); returns what went."""
-    removed = []
+    removed: list[str] = []
     if not work_dir.is_dir():
         return removed
     for entry in work_dir.iterdir():

@@ -60,9 +60,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -71,7 +71,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         def timed(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
             if streaming:
 
-                async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                     code = "OK"
                     try:
                         result = behavior(request, context)
@@ -89,7 +89,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
                 return stream
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started, code = time.perf_counter(), "OK"
                 try:
                     response = await behavior(request, context)
@@ -132,7 +132,7 @@ def observe_response(method: str, response: Any) -> None:
         log.warning("could not record metrics", extra={"method": method}, exc_info=True)
 
 
-def _code(context: grpc.aio.ServicerContext, default: str) -> str:
+def _code(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
@@ -143,7 +143,8 @@ def _code(context: grpc.aio.ServicerContext, default: str) -> str:
 
 def interceptors() -> list[grpc.aio.ServerInterceptor]:
     """Tracing outermost (its span covers everything), then latency."""
-    return [aio_server_interceptor(), RpcMetricsInterceptor()]
+    # opentelemetry-instrumentation-grpc leaves aio_server_interceptor unannotated
+    return [aio_server_interceptor(), RpcMetricsInterceptor()]  # type: ignore[no-untyped-call]
 
 
 REFRESH_SECONDS = 5.0  # a scrape waits at most this long for the database

@@ -34,7 +34,11 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
     def _base(self, base_model: str) -> str:
         return base_model or self._default_base_model
 
-    async def ListAdapters(self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext):
+    async def ListAdapters(
+        self,
+        request: pb.ListAdaptersRequest,
+        context: grpc.aio.ServicerContext[pb.ListAdaptersRequest, pb.ListAdaptersResponse],
+    ) -> pb.ListAdaptersResponse:
         records, token = await self._registry.list(
             base_model=request.base_model,
             labels=dict(labels_from_pb(request.labels)),
@@ -43,12 +47,18 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         )
         return pb.ListAdaptersResponse(adapters=[adapter_to_pb(r) for r in records], next_page_token=token)
 
-    async def GetAdapter(self, request: pb.GetAdapterRequest, context: grpc.aio.ServicerContext):
+    async def GetAdapter(
+        self,
+        request: pb.GetAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.GetAdapterRequest, pb.GetAdapterResponse],
+    ) -> pb.GetAdapterResponse:
         record = await self._registry.get(self._base(request.base_model), required_version(request.version))
         return pb.GetAdapterResponse(adapter=adapter_to_pb(record))
 
     async def DownloadAdapter(
-        self, request: pb.DownloadAdapterRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DownloadAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadAdapterRequest, pb.DownloadAdapterResponse],
     ) -> AsyncIterator[pb.DownloadAdapterResponse]:
         chunk_size = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
         folder = await asyncio.to_thread(self._tempdir)
@@ -67,17 +77,27 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
-    async def DeleteAdapter(self, request: pb.DeleteAdapterRequest, context: grpc.aio.ServicerContext):
+    async def DeleteAdapter(
+        self,
+        request: pb.DeleteAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteAdapterRequest, pb.DeleteAdapterResponse],
+    ) -> pb.DeleteAdapterResponse:
         await self._registry.delete(self._base(request.base_model), required_version(request.version))
         return pb.DeleteAdapterResponse()
 
-    async def GetLineage(self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext):
+    async def GetLineage(
+        self,
+        request: pb.GetLineageRequest,
+        context: grpc.aio.ServicerContext[pb.GetLineageRequest, pb.GetLineageResponse],
+    ) -> pb.GetLineageResponse:
         chain = await self._registry.lineage(self._base(request.base_model), required_version(request.version))
         return pb.GetLineageResponse(adapters=[adapter_to_pb(r) for r in chain])
 
     async def ImportAdapter(
-        self, request_iterator: AsyncIterator[pb.ImportAdapterRequest], context: grpc.aio.ServicerContext
-    ):
+        self,
+        request_iterator: AsyncIterator[pb.ImportAdapterRequest],
+        context: grpc.aio.ServicerContext[pb.ImportAdapterRequest, pb.ImportAdapterResponse],
+    ) -> pb.ImportAdapterResponse:
         folder = await asyncio.to_thread(self._tempdir)
         try:
             upload = folder / "upload"
@@ -96,7 +116,11 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
-    async def PruneAdapters(self, request: pb.PruneAdaptersRequest, context: grpc.aio.ServicerContext):
+    async def PruneAdapters(
+        self,
+        request: pb.PruneAdaptersRequest,
+        context: grpc.aio.ServicerContext[pb.PruneAdaptersRequest, pb.PruneAdaptersResponse],
+    ) -> pb.PruneAdaptersResponse:
         keep = request.keep or self._registry.retention_keep
         if keep < 1:
             raise InvalidArgument(

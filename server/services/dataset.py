@@ -37,8 +37,10 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
         self._scratch = scratch_dir
 
     async def UploadDataset(
-        self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: grpc.aio.ServicerContext
-    ):
+        self,
+        request_iterator: AsyncIterator[pb.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext[pb.UploadDatasetRequest, pb.UploadDatasetResponse],
+    ) -> pb.UploadDatasetResponse:
         async with self._folder() as folder:
             received = folder / "upload.jsonl"
             meta = await self._receive(request_iterator, received)
@@ -48,7 +50,11 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
             )
         return pb.UploadDatasetResponse(dataset=dataset_to_pb(record), created=created)
 
-    async def CreateDataset(self, request: pb.CreateDatasetRequest, context: grpc.aio.ServicerContext):
+    async def CreateDataset(
+        self,
+        request: pb.CreateDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.CreateDatasetRequest, pb.CreateDatasetResponse],
+    ) -> pb.CreateDatasetResponse:
         split = split_from_pb(request.split, "split")
         kind = kind_from_pb(request.kind, "kind")
         source = source_from_pb(request)
@@ -58,19 +64,35 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
         record, created = await self._datasets.create(request.name, source, split=split, kind=kind)
         return pb.CreateDatasetResponse(dataset=dataset_to_pb(record), created=created)
 
-    async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext):
+    async def GetDataset(
+        self,
+        request: pb.GetDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.GetDatasetRequest, pb.GetDatasetResponse],
+    ) -> pb.GetDatasetResponse:
         return pb.GetDatasetResponse(dataset=dataset_to_pb(await self._datasets.get(request.name)))
 
-    async def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.aio.ServicerContext):
+    async def ListDatasets(
+        self,
+        request: pb.ListDatasetsRequest,
+        context: grpc.aio.ServicerContext[pb.ListDatasetsRequest, pb.ListDatasetsResponse],
+    ) -> pb.ListDatasetsResponse:
         records, token = await self._datasets.list(dataset=request.dataset, page_size=page_size(request.page_size),
                                                    page_token=request.page_token)
         return pb.ListDatasetsResponse(datasets=[dataset_to_pb(r) for r in records], next_page_token=token)
 
-    async def DeleteDataset(self, request: pb.DeleteDatasetRequest, context: grpc.aio.ServicerContext):
+    async def DeleteDataset(
+        self,
+        request: pb.DeleteDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteDatasetRequest, pb.DeleteDatasetResponse],
+    ) -> pb.DeleteDatasetResponse:
         deleted = await self._datasets.delete(request.name)
         return pb.DeleteDatasetResponse(deleted=[r.name for r in deleted])
 
-    async def ValidateDataset(self, request: pb.ValidateDatasetRequest, context: grpc.aio.ServicerContext):
+    async def ValidateDataset(
+        self,
+        request: pb.ValidateDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.ValidateDatasetRequest, pb.ValidateDatasetResponse],
+    ) -> pb.ValidateDatasetResponse:
         split = split_from_pb(request.split, "split")
         kind = kind_from_pb(request.kind, "kind")
         source = request.content if request.WhichOneof("source") == "content" else source_from_pb(request)

@@ -15,7 +15,10 @@ class DriftService(pb_grpc.DriftServiceServicer):
         self._drift = drift
         self._default_base_model = default_base_model
 
-    async def GetDriftReport(self, request: pb.GetDriftReportRequest, context: grpc.aio.ServicerContext):
+    async def GetDriftReport(
+        self, request: pb.GetDriftReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetDriftReportRequest, pb.GetDriftReportResponse],
+    ) -> pb.GetDriftReportResponse:
         base_model, window, end = convert_drift.request_from_pb(request, default_base_model=self._default_base_model)
         report = await self._drift.report(base_model, window=window, end=end)
         return pb.GetDriftReportResponse(report=convert_drift.report_to_pb(report))

@@ -21,28 +21,46 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
         self._jobs = jobs
         self._default_base_model = default_base_model
 
-    async def CreateEvaluationJob(self, request: pb.CreateEvaluationJobRequest, context: grpc.aio.ServicerContext):
+    async def CreateEvaluationJob(
+        self,
+        request: pb.CreateEvaluationJobRequest,
+        context: grpc.aio.ServicerContext[pb.CreateEvaluationJobRequest, pb.CreateEvaluationJobResponse],
+    ) -> pb.CreateEvaluationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = ec.spec_from_pb(request.spec, default_base_model=self._default_base_model)
         job = await self._jobs.create(spec, request_id=request.request_id)
         return pb.CreateEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
-    async def GetEvaluationJob(self, request: pb.GetEvaluationJobRequest, context: grpc.aio.ServicerContext):
+    async def GetEvaluationJob(
+        self,
+        request: pb.GetEvaluationJobRequest,
+        context: grpc.aio.ServicerContext[pb.GetEvaluationJobRequest, pb.GetEvaluationJobResponse],
+    ) -> pb.GetEvaluationJobResponse:
         job = await self._jobs.get(ec.job_id_from_name(request.name))
         return pb.GetEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
-    async def ListEvaluationJobs(self, request: pb.ListEvaluationJobsRequest, context: grpc.aio.ServicerContext):
+    async def ListEvaluationJobs(
+        self,
+        request: pb.ListEvaluationJobsRequest,
+        context: grpc.aio.ServicerContext[pb.ListEvaluationJobsRequest, pb.ListEvaluationJobsResponse],
+    ) -> pb.ListEvaluationJobsResponse:
         jobs, token = await self._jobs.list(states=states_from_pb(request.states),
                                             page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListEvaluationJobsResponse(evaluation_jobs=[ec.job_to_pb(j) for j in jobs], next_page_token=token)
 
-    async def CancelEvaluationJob(self, request: pb.CancelEvaluationJobRequest, context: grpc.aio.ServicerContext):
+    async def CancelEvaluationJob(
+        self,
+        request: pb.CancelEvaluationJobRequest,
+        context: grpc.aio.ServicerContext[pb.CancelEvaluationJobRequest, pb.CancelEvaluationJobResponse],
+    ) -> pb.CancelEvaluationJobResponse:
         job = await self._jobs.cancel(ec.job_id_from_name(request.name))
         return pb.CancelEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
     async def WatchEvaluationJob(
-        self, request: pb.WatchEvaluationJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchEvaluationJobRequest,
+        context: grpc.aio.ServicerContext[pb.WatchEvaluationJobRequest, pb.WatchEvaluationJobResponse],
     ) -> AsyncIterator[pb.WatchEvaluationJobResponse]:
         job_id = ec.job_id_from_name(request.name)
         async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):

@@ -42,13 +42,19 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         self._rating_negative_max = rating_negative_max
         self._clock = clock
 
-    async def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.aio.ServicerContext):
+    async def SubmitFeedback(
+        self,
+        request: pb.SubmitFeedbackRequest,
+        context: grpc.aio.ServicerContext[pb.SubmitFeedbackRequest, pb.SubmitFeedbackResponse],
+    ) -> pb.SubmitFeedbackResponse:
         result = await self._ingestor.submit(convert.events_from_pb(request.events))
         return convert.submit_response(result)
 
     async def StreamFeedback(
-        self, request_iterator: AsyncIterator[pb.StreamFeedbackRequest], context: grpc.aio.ServicerContext
-    ):
+        self,
+        request_iterator: AsyncIterator[pb.StreamFeedbackRequest],
+        context: grpc.aio.ServicerContext[pb.StreamFeedbackRequest, pb.StreamFeedbackResponse],
+    ) -> pb.StreamFeedbackResponse:
         if self.workers is not None:
             prepared = self.workers.prepare_stream(request_iterator, self._ingestor.now)
             return convert.stream_response(await self._ingestor.store_prepared(prepared))
@@ -57,7 +63,11 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         result = await self._ingestor.stream(request_iterator, lambda message: convert.events_from_pb(message.events))
         return convert.stream_response(result)
 
-    async def GetFeedbackStats(self, request: pb.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext):
+    async def GetFeedbackStats(
+        self,
+        request: pb.GetFeedbackStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetFeedbackStatsRequest, pb.GetFeedbackStatsResponse],
+    ) -> pb.GetFeedbackStatsResponse:
         start, end = convert.window_from_pb(request, self._clock())
         base_model = request.base_model
         if base_model and base_model not in self._bases.known:
@@ -80,7 +90,11 @@ class FeedbackService(pb_grpc.FeedbackServiceServicer):
         if self.workers is not None:
             self.workers.close()
 
-    async def DeleteUserFeedback(self, request: pb.DeleteUserFeedbackRequest, context: grpc.aio.ServicerContext):
+    async def DeleteUserFeedback(
+        self,
+        request: pb.DeleteUserFeedbackRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteUserFeedbackRequest, pb.DeleteUserFeedbackResponse],
+    ) -> pb.DeleteUserFeedbackResponse:
         erased = await self._store.delete_user(convert.user_id_from_pb(request.user_id))
         return pb.DeleteUserFeedbackResponse(deleted=erased.events, online_examples_deleted=erased.online_examples)
 

@@ -28,29 +28,47 @@ class FisherService(pb_grpc.FisherServiceServicer):
         self._default_base_model = default_base_model
         self._default_space = default_space
 
-    async def CreateFisherJob(self, request: pb.CreateFisherJobRequest, context: grpc.aio.ServicerContext):
+    async def CreateFisherJob(
+        self,
+        request: pb.CreateFisherJobRequest,
+        context: grpc.aio.ServicerContext[pb.CreateFisherJobRequest, pb.CreateFisherJobResponse],
+    ) -> pb.CreateFisherJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model,
                                default_space=self._default_space)
         job = await self._jobs.create(spec, request_id=request.request_id)
         return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
-    async def GetFisherJob(self, request: pb.GetFisherJobRequest, context: grpc.aio.ServicerContext):
+    async def GetFisherJob(
+        self,
+        request: pb.GetFisherJobRequest,
+        context: grpc.aio.ServicerContext[pb.GetFisherJobRequest, pb.GetFisherJobResponse],
+    ) -> pb.GetFisherJobResponse:
         job = await self._jobs.get(fc.job_id_from_name(request.name))
         return pb.GetFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
-    async def ListFisherJobs(self, request: pb.ListFisherJobsRequest, context: grpc.aio.ServicerContext):
+    async def ListFisherJobs(
+        self,
+        request: pb.ListFisherJobsRequest,
+        context: grpc.aio.ServicerContext[pb.ListFisherJobsRequest, pb.ListFisherJobsResponse],
+    ) -> pb.ListFisherJobsResponse:
         jobs, token = await self._jobs.list(states=states_from_pb(request.states),
                                             page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListFisherJobsResponse(fisher_jobs=[fc.job_to_pb(j) for j in jobs], next_page_token=token)
 
-    async def CancelFisherJob(self, request: pb.CancelFisherJobRequest, context: grpc.aio.ServicerContext):
+    async def CancelFisherJob(
+        self,
+        request: pb.CancelFisherJobRequest,
+        context: grpc.aio.ServicerContext[pb.CancelFisherJobRequest, pb.CancelFisherJobResponse],
+    ) -> pb.CancelFisherJobResponse:
         job = await self._jobs.cancel(fc.job_id_from_name(request.name))
         return pb.CancelFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
     async def WatchFisherJob(
-        self, request: pb.WatchFisherJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchFisherJobRequest,
+        context: grpc.aio.ServicerContext[pb.WatchFisherJobRequest, pb.WatchFisherJobResponse],
     ) -> AsyncIterator[pb.WatchFisherJobResponse]:
         job_id = fc.job_id_from_name(request.name)
         async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
@@ -59,11 +77,19 @@ class FisherService(pb_grpc.FisherServiceServicer):
             else:
                 yield pb.WatchFisherJobResponse(snapshot=fc.job_to_pb(item))
 
-    async def GetFisherSnapshot(self, request: pb.GetFisherSnapshotRequest, context: grpc.aio.ServicerContext):
+    async def GetFisherSnapshot(
+        self,
+        request: pb.GetFisherSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.GetFisherSnapshotRequest, pb.GetFisherSnapshotResponse],
+    ) -> pb.GetFisherSnapshotResponse:
         snapshot = await self._snapshots.get(snapshot_id_from_name(request.name))
         return pb.GetFisherSnapshotResponse(fisher_snapshot=fc.snapshot_to_pb(snapshot))
 
-    async def ListFisherSnapshots(self, request: pb.ListFisherSnapshotsRequest, context: grpc.aio.ServicerContext):
+    async def ListFisherSnapshots(
+        self,
+        request: pb.ListFisherSnapshotsRequest,
+        context: grpc.aio.ServicerContext[pb.ListFisherSnapshotsRequest, pb.ListFisherSnapshotsResponse],
+    ) -> pb.ListFisherSnapshotsResponse:
         size = page_size(request.page_size)
         before = decode_page_token(request.page_token) if request.page_token else None
         rows = await self._snapshots.list(base_model=request.base_model, adapter_version=request.adapter_version,
@@ -74,7 +100,9 @@ class FisherService(pb_grpc.FisherServiceServicer):
                                               next_page_token=token)
 
     async def DeleteFisherSnapshot(
-        self, request: pb.DeleteFisherSnapshotRequest, context: grpc.aio.ServicerContext
-    ):
+        self,
+        request: pb.DeleteFisherSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteFisherSnapshotRequest, pb.DeleteFisherSnapshotResponse],
+    ) -> pb.DeleteFisherSnapshotResponse:
         await self._snapshots.delete(snapshot_id_from_name(request.name))
         return pb.DeleteFisherSnapshotResponse()

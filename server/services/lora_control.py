@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -19,6 +20,7 @@ from learning.v1 import lora_control_pb2 as pb
 from learning.v1 import lora_control_pb2_grpc as pb_grpc
 from server import convert_lora as convert
 from server.access import current_principal
+from server.convert_adapter import eval_to_pb
 
 MAX_REASON = 1024
 ACTOR_HEADER = "x-actor"
@@ -33,7 +35,7 @@ _REPORT_FILES = {
 }
 
 
-def actor_of(context: grpc.aio.ServicerContext) -> str:
+def actor_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The authenticated principal if auth is on; else the ``x-actor`` header; else the peer address."""
     principal = current_principal()
     if principal is not None and principal.role is not None:
@@ -85,10 +87,16 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                                                                         "base model itself, not a version)")])
         return ""
 
-    async def GetLoraStatus(self, request: pb.GetLoraStatusRequest, context: grpc.aio.ServicerContext):
+    async def GetLoraStatus(
+        self, request: pb.GetLoraStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetLoraStatusRequest, pb.GetLoraStatusResponse],
+    ) -> pb.GetLoraStatusResponse:
         return pb.GetLoraStatusResponse(status=convert.status_to_pb(await self._control.status()))
 
-    async def ActivateAdapter(self, request: pb.ActivateAdapterRequest, context: grpc.aio.ServicerContext):
+    async def ActivateAdapter(
+        self, request: pb.ActivateAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.ActivateAdapterRequest, pb.ActivateAdapterResponse],
+    ) -> pb.ActivateAdapterResponse:
         version = self._version(request.version)
         self._check_base_model(request.base_model)
         result = await self._control.activate(
@@ -97,32 +105,48 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         )
         response = pb.ActivateAdapterResponse(status=convert.status_to_pb(result.status))
         if result.eval is not None:
-            response.eval.CopyFrom(convert.eval_to_pb(result.eval))
+            response.eval.CopyFrom(eval_to_pb(result.eval))
         return response
 
-    async def RollbackAdapter(self, request: pb.RollbackAdapterRequest, context: grpc.aio.ServicerContext):
+    async def RollbackAdapter(
+        self, request: pb.RollbackAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.RollbackAdapterRequest, pb.RollbackAdapterResponse],
+    ) -> pb.RollbackAdapterResponse:
         status = await self._control.rollback(actor=actor_of(context), reason=_reason(request.reason))
         return pb.RollbackAdapterResponse(status=convert.status_to_pb(status))
 
-    async def EnableLora(self, request: pb.EnableLoraRequest, context: grpc.aio.ServicerContext):
+    async def EnableLora(
+        self, request: pb.EnableLoraRequest,
+        context: grpc.aio.ServicerContext[pb.EnableLoraRequest, pb.EnableLoraResponse],
+    ) -> pb.EnableLoraResponse:
         status = await self._control.set_enabled(True, actor=actor_of(context), reason=_reason(request.reason))
         return pb.EnableLoraResponse(status=convert.status_to_pb(status))
 
-    async def DisableLora(self, request: pb.DisableLoraRequest, context: grpc.aio.ServicerContext):
+    async def DisableLora(
+        self, request: pb.DisableLoraRequest,
+        context: grpc.aio.ServicerContext[pb.DisableLoraRequest, pb.DisableLoraResponse],
+    ) -> pb.DisableLoraResponse:
         status = await self._control.set_enabled(False, actor=actor_of(context), reason=_reason(request.reason))
         return pb.DisableLoraResponse(status=convert.status_to_pb(status))
 
-    async def ListLoadedAdapters(self, request: pb.ListLoadedAdaptersRequest, context: grpc.aio.ServicerContext):
+    async def ListLoadedAdapters(
+        self, request: pb.ListLoadedAdaptersRequest,
+        context: grpc.aio.ServicerContext[pb.ListLoadedAdaptersRequest, pb.ListLoadedAdaptersResponse],
+    ) -> pb.ListLoadedAdaptersResponse:
         loaded = await self._control.list_loaded()
         return pb.ListLoadedAdaptersResponse(loaded=[convert.loaded_to_pb(a) for a in loaded])
 
     async def WatchLoraStatus(
-        self, request: pb.WatchLoraStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchLoraStatusRequest,
+        context: grpc.aio.ServicerContext[pb.WatchLoraStatusRequest, pb.WatchLoraStatusResponse],
     ) -> AsyncIterator[pb.WatchLoraStatusResponse]:
         async for status in self._control.watch():
             yield pb.WatchLoraStatusResponse(status=convert.status_to_pb(status))
 
-    async def GetEvaluationReport(self, request: pb.GetEvaluationReportRequest, context: grpc.aio.ServicerContext):
+    async def GetEvaluationReport(
+        self, request: pb.GetEvaluationReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetEvaluationReportRequest, pb.GetEvaluationReportResponse],
+    ) -> pb.GetEvaluationReportResponse:
         version = self._candidate(request.version, request.base_model_itself, "INVALID_REPORT_REQUEST")
         self._check_base_model(request.base_model)
         issues = ViolationCollector()
@@ -133,10 +157,13 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         issues.raise_if_any("INVALID_REPORT_REQUEST", "invalid report request")
         file, content_type = _REPORT_FILES[request.format]
         summary, content, uri = await self._control.report(version, request.evaluation_id, file)
-        return pb.GetEvaluationReportResponse(eval=convert.eval_to_pb(summary), content_type=content_type,
+        return pb.GetEvaluationReportResponse(eval=eval_to_pb(summary), content_type=content_type,
                                               content=content, uri=uri)
 
-    async def EvaluateAdapter(self, request: pb.EvaluateAdapterRequest, context: grpc.aio.ServicerContext):
+    async def EvaluateAdapter(
+        self, request: pb.EvaluateAdapterRequest,
+        context: grpc.aio.ServicerContext[pb.EvaluateAdapterRequest, pb.EvaluateAdapterResponse],
+    ) -> pb.EvaluateAdapterResponse:
         version = self._candidate(request.version, request.base_model_itself, "INVALID_EVALUATION_SPEC")
         self._check_base_model(request.base_model)
         baseline = self._version(request.baseline_version, "baseline_version") if request.baseline_version else None
@@ -152,9 +179,12 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                                          violations=[FieldViolation("suite_datasets", "needs a dataset store")])
             goldens.append(await self._datasets.suite(name, f"suite_datasets[{i}]"))
         summary = await self._control.evaluate(version, baseline, goldens)
-        return pb.EvaluateAdapterResponse(eval=convert.eval_to_pb(summary))
+        return pb.EvaluateAdapterResponse(eval=eval_to_pb(summary))
 
-    async def StartCanary(self, request: pb.StartCanaryRequest, context: grpc.aio.ServicerContext):
+    async def StartCanary(
+        self, request: pb.StartCanaryRequest,
+        context: grpc.aio.ServicerContext[pb.StartCanaryRequest, pb.StartCanaryResponse],
+    ) -> pb.StartCanaryResponse:
         version = self._version(request.version)
         self._check_base_model(request.base_model)
         status = await self._control.start_canary(version, convert.policy_from_pb(request.policy),
@@ -162,11 +192,17 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
                                                   force=request.force)
         return pb.StartCanaryResponse(status=convert.status_to_pb(status))
 
-    async def AbortCanary(self, request: pb.AbortCanaryRequest, context: grpc.aio.ServicerContext):
+    async def AbortCanary(
+        self, request: pb.AbortCanaryRequest,
+        context: grpc.aio.ServicerContext[pb.AbortCanaryRequest, pb.AbortCanaryResponse],
+    ) -> pb.AbortCanaryResponse:
         status = await self._control.abort_canary(actor=actor_of(context), reason=_reason(request.reason))
         return pb.AbortCanaryResponse(status=convert.status_to_pb(status))
 
-    async def SetTrafficSplit(self, request: pb.SetTrafficSplitRequest, context: grpc.aio.ServicerContext):
+    async def SetTrafficSplit(
+        self, request: pb.SetTrafficSplitRequest,
+        context: grpc.aio.ServicerContext[pb.SetTrafficSplitRequest, pb.SetTrafficSplitResponse],
+    ) -> pb.SetTrafficSplitResponse:
         # share 0 ends the split, and needs no version; the engine checks the share itself
         version = self._version(request.version) if request.share > 0 or request.version else ""
         self._check_base_model(request.base_model)

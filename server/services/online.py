@@ -26,7 +26,10 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         self._sessions = sessions
         self._defaults = defaults
 
-    async def CreateOnlineSession(self, request: pb.CreateOnlineSessionRequest, context: grpc.aio.ServicerContext):
+    async def CreateOnlineSession(
+        self, request: pb.CreateOnlineSessionRequest,
+        context: grpc.aio.ServicerContext[pb.CreateOnlineSessionRequest, pb.CreateOnlineSessionResponse],
+    ) -> pb.CreateOnlineSessionResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         session_id = oc.session_id_from_name(f"{oc.COLLECTION}/{request.session_id}", "session_id") \
             if request.session_id else ""
@@ -34,56 +37,89 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
                                            request_id=request.request_id)
         return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(view))
 
-    async def GetOnlineSession(self, request: pb.GetOnlineSessionRequest, context: grpc.aio.ServicerContext):
+    async def GetOnlineSession(
+        self, request: pb.GetOnlineSessionRequest,
+        context: grpc.aio.ServicerContext[pb.GetOnlineSessionRequest, pb.GetOnlineSessionResponse],
+    ) -> pb.GetOnlineSessionResponse:
         view = await self._sessions.get(oc.session_id_from_name(request.name))
         return pb.GetOnlineSessionResponse(session=oc.session_to_pb(view))
 
-    async def ListOnlineSessions(self, request: pb.ListOnlineSessionsRequest, context: grpc.aio.ServicerContext):
+    async def ListOnlineSessions(
+        self, request: pb.ListOnlineSessionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListOnlineSessionsRequest, pb.ListOnlineSessionsResponse],
+    ) -> pb.ListOnlineSessionsResponse:
         views, token = await self._sessions.list(page_size=page_size(request.page_size),
                                                  page_token=request.page_token)
         return pb.ListOnlineSessionsResponse(sessions=[oc.session_to_pb(v) for v in views], next_page_token=token)
 
-    async def StopOnlineSession(self, request: pb.StopOnlineSessionRequest, context: grpc.aio.ServicerContext):
+    async def StopOnlineSession(
+        self, request: pb.StopOnlineSessionRequest,
+        context: grpc.aio.ServicerContext[pb.StopOnlineSessionRequest, pb.StopOnlineSessionResponse],
+    ) -> pb.StopOnlineSessionResponse:
         view = await self._sessions.stop(oc.session_id_from_name(request.name))
         return pb.StopOnlineSessionResponse(session=oc.session_to_pb(view))
 
-    async def SetLearningRate(self, request: pb.SetLearningRateRequest, context: grpc.aio.ServicerContext):
+    async def SetLearningRate(
+        self, request: pb.SetLearningRateRequest,
+        context: grpc.aio.ServicerContext[pb.SetLearningRateRequest, pb.SetLearningRateResponse],
+    ) -> pb.SetLearningRateResponse:
         view = await self._sessions.set_learning_rate(oc.session_id_from_name(request.name), request.learning_rate)
         return pb.SetLearningRateResponse(session=oc.session_to_pb(view))
 
-    async def EnableOnlineLearning(self, request: pb.EnableOnlineLearningRequest, context: grpc.aio.ServicerContext):
+    async def EnableOnlineLearning(
+        self, request: pb.EnableOnlineLearningRequest,
+        context: grpc.aio.ServicerContext[pb.EnableOnlineLearningRequest, pb.EnableOnlineLearningResponse],
+    ) -> pb.EnableOnlineLearningResponse:
         view = await self._sessions.set_enabled(oc.session_id_from_name(request.name), True)
         return pb.EnableOnlineLearningResponse(session=oc.session_to_pb(view))
 
-    async def DisableOnlineLearning(self, request: pb.DisableOnlineLearningRequest,
-                                    context: grpc.aio.ServicerContext):
+    async def DisableOnlineLearning(
+        self, request: pb.DisableOnlineLearningRequest,
+        context: grpc.aio.ServicerContext[pb.DisableOnlineLearningRequest, pb.DisableOnlineLearningResponse],
+    ) -> pb.DisableOnlineLearningResponse:
         view = await self._sessions.set_enabled(oc.session_id_from_name(request.name), False,
                                                 reason=request.reason[:MAX_REASON] or "disabled by a client")
         return pb.DisableOnlineLearningResponse(session=oc.session_to_pb(view))
 
-    async def ForceUpdate(self, request: pb.ForceUpdateRequest, context: grpc.aio.ServicerContext):
+    async def ForceUpdate(
+        self, request: pb.ForceUpdateRequest,
+        context: grpc.aio.ServicerContext[pb.ForceUpdateRequest, pb.ForceUpdateResponse],
+    ) -> pb.ForceUpdateResponse:
         view = await self._sessions.request(oc.session_id_from_name(request.name), "force_updates")
         return pb.ForceUpdateResponse(session=oc.session_to_pb(view))
 
-    async def PublishOnlineSession(self, request: pb.PublishOnlineSessionRequest,
-                                   context: grpc.aio.ServicerContext):
+    async def PublishOnlineSession(
+        self, request: pb.PublishOnlineSessionRequest,
+        context: grpc.aio.ServicerContext[pb.PublishOnlineSessionRequest, pb.PublishOnlineSessionResponse],
+    ) -> pb.PublishOnlineSessionResponse:
         view = await self._sessions.request(oc.session_id_from_name(request.name), "publish_requests")
         return pb.PublishOnlineSessionResponse(session=oc.session_to_pb(view))
 
-    async def MoveLiveAlias(self, request: pb.MoveLiveAliasRequest, context: grpc.aio.ServicerContext):
+    async def MoveLiveAlias(
+        self, request: pb.MoveLiveAliasRequest,
+        context: grpc.aio.ServicerContext[pb.MoveLiveAliasRequest, pb.MoveLiveAliasResponse],
+    ) -> pb.MoveLiveAliasResponse:
         view = await self._sessions.move_alias(oc.session_id_from_name(request.name), request.version)
         return pb.MoveLiveAliasResponse(session=oc.session_to_pb(view))
 
-    async def RemoveLiveAlias(self, request: pb.RemoveLiveAliasRequest, context: grpc.aio.ServicerContext):
+    async def RemoveLiveAlias(
+        self, request: pb.RemoveLiveAliasRequest,
+        context: grpc.aio.ServicerContext[pb.RemoveLiveAliasRequest, pb.RemoveLiveAliasResponse],
+    ) -> pb.RemoveLiveAliasResponse:
         view = await self._sessions.remove_alias(oc.session_id_from_name(request.name))
         return pb.RemoveLiveAliasResponse(session=oc.session_to_pb(view))
 
-    async def GetOnlineStats(self, request: pb.GetOnlineStatsRequest, context: grpc.aio.ServicerContext):
+    async def GetOnlineStats(
+        self, request: pb.GetOnlineStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetOnlineStatsRequest, pb.GetOnlineStatsResponse],
+    ) -> pb.GetOnlineStatsResponse:
         view = await self._sessions.get(oc.session_id_from_name(request.name))
         return pb.GetOnlineStatsResponse(stats=oc.stats_to_pb(view.stats))
 
-    async def WatchOnlineSession(self, request: pb.WatchOnlineSessionRequest, context: grpc.aio.ServicerContext,
-                                 ) -> AsyncIterator[pb.WatchOnlineSessionResponse]:
+    async def WatchOnlineSession(
+        self, request: pb.WatchOnlineSessionRequest,
+        context: grpc.aio.ServicerContext[pb.WatchOnlineSessionRequest, pb.WatchOnlineSessionResponse],
+    ) -> AsyncIterator[pb.WatchOnlineSessionResponse]:
         session_id = oc.session_id_from_name(request.name)
         view = await self._sessions.get(session_id)  # NOT_FOUND before the stream starts
         async for item in self._sessions.watch(session_id, after_sequence=request.after_sequence):
@@ -92,14 +128,19 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
             else:
                 yield pb.WatchOnlineSessionResponse(snapshot=oc.session_to_pb(view.with_job(item)))
 
-    async def AddExamples(self, request: pb.AddExamplesRequest, context: grpc.aio.ServicerContext):
+    async def AddExamples(
+        self, request: pb.AddExamplesRequest,
+        context: grpc.aio.ServicerContext[pb.AddExamplesRequest, pb.AddExamplesResponse],
+    ) -> pb.AddExamplesResponse:
         added = await self._sessions.add(oc.session_id_from_name(request.name),
                                          oc.examples_from_pb(list(request.examples)))
         return pb.AddExamplesResponse(accepted=added.accepted, refused=len(added.refusals),
                                       refusals=list(added.refusals), last_sequence=added.last_sequence)
 
-    async def StreamExamples(self, request_iterator: AsyncIterator[pb.StreamExamplesRequest],
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamExamplesResponse]:
+    async def StreamExamples(
+        self, request_iterator: AsyncIterator[pb.StreamExamplesRequest],
+        context: grpc.aio.ServicerContext[pb.StreamExamplesRequest, pb.StreamExamplesResponse],
+    ) -> AsyncIterator[pb.StreamExamplesResponse]:
         """Stores what the client sends while answering with the stats: once at the start, after each update,
         and, once the client has closed its side, a last time when the worker has read every example it sent and
         trained on all that make up a full update (or learning is off)."""
@@ -156,10 +197,10 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
             while True:
                 getter = asyncio.ensure_future(answers.get())
                 await asyncio.wait({getter, receiving}, return_when=asyncio.FIRST_COMPLETED)
-                failed = receiving.done() and not receiving.cancelled() and receiving.exception() is not None
-                if failed and not getter.done():  # bad input while receiving: the stream ends with its status
+                exc = receiving.exception() if receiving.done() and not receiving.cancelled() else None
+                if exc is not None and not getter.done():  # bad input while receiving: the stream ends with its status
                     getter.cancel()
-                    raise receiving.exception()  # type: ignore[misc]
+                    raise exc
                 item = await getter
                 if item is None:
                     return

@@ -10,6 +10,7 @@ import grpc
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
 from engine.pipelines.service import Pipelines
+from engine.pipelines.spec import Pipeline
 from engine.training.spec import TrainingDefaults
 from learning.v1 import pipeline_pb2 as pb
 from learning.v1 import pipeline_pb2_grpc as pb_grpc
@@ -29,7 +30,7 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         self._ewc_defaults = ewc_defaults
         self._defaults = defaults
 
-    def _from_pb(self, msg: pb.Pipeline, pipeline_id: str):
+    def _from_pb(self, msg: pb.Pipeline, pipeline_id: str) -> Pipeline:
         if len(msg.description) > MAX_DESCRIPTION:
             raise InvalidArgument("INVALID_PIPELINE", f"pipeline.description: at most {MAX_DESCRIPTION} characters",
                                   violations=[FieldViolation("pipeline.description",
@@ -37,21 +38,33 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         return pc.pipeline_from_pb(msg, pipeline_id, default_base_model=self._default_base_model,
                                    ewc_defaults=self._ewc_defaults, defaults=self._defaults)
 
-    async def CreatePipeline(self, request: pb.CreatePipelineRequest, context: grpc.aio.ServicerContext):
+    async def CreatePipeline(
+        self, request: pb.CreatePipelineRequest,
+        context: grpc.aio.ServicerContext[pb.CreatePipelineRequest, pb.CreatePipelineResponse],
+    ) -> pb.CreatePipelineResponse:
         pipeline_id = pc.pipeline_id_from_name(f"pipelines/{request.pipeline_id}", "pipeline_id")
         created = await self._pipelines.create(self._from_pb(request.pipeline, pipeline_id))
         return pb.CreatePipelineResponse(pipeline=pc.pipeline_to_pb(created))
 
-    async def GetPipeline(self, request: pb.GetPipelineRequest, context: grpc.aio.ServicerContext):
+    async def GetPipeline(
+        self, request: pb.GetPipelineRequest,
+        context: grpc.aio.ServicerContext[pb.GetPipelineRequest, pb.GetPipelineResponse],
+    ) -> pb.GetPipelineResponse:
         pipeline = await self._pipelines.get(pc.pipeline_id_from_name(request.name))
         return pb.GetPipelineResponse(pipeline=pc.pipeline_to_pb(pipeline))
 
-    async def ListPipelines(self, request: pb.ListPipelinesRequest, context: grpc.aio.ServicerContext):
+    async def ListPipelines(
+        self, request: pb.ListPipelinesRequest,
+        context: grpc.aio.ServicerContext[pb.ListPipelinesRequest, pb.ListPipelinesResponse],
+    ) -> pb.ListPipelinesResponse:
         found, token = await self._pipelines.list(page_size=page_size(request.page_size),
                                                   page_token=request.page_token)
         return pb.ListPipelinesResponse(pipelines=[pc.pipeline_to_pb(p) for p in found], next_page_token=token)
 
-    async def UpdatePipeline(self, request: pb.UpdatePipelineRequest, context: grpc.aio.ServicerContext):
+    async def UpdatePipeline(
+        self, request: pb.UpdatePipelineRequest,
+        context: grpc.aio.ServicerContext[pb.UpdatePipelineRequest, pb.UpdatePipelineResponse],
+    ) -> pb.UpdatePipelineResponse:
         pipeline_id = pc.pipeline_id_from_name(request.pipeline.name, "pipeline.name")
         paths = list(request.update_mask.paths)
         bad = [p for p in paths if p not in pc.UPDATABLE]
@@ -71,32 +84,48 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         updated = await self._pipelines.update(changed, etag=request.pipeline.etag)
         return pb.UpdatePipelineResponse(pipeline=pc.pipeline_to_pb(updated))
 
-    async def DeletePipeline(self, request: pb.DeletePipelineRequest, context: grpc.aio.ServicerContext):
+    async def DeletePipeline(
+        self, request: pb.DeletePipelineRequest,
+        context: grpc.aio.ServicerContext[pb.DeletePipelineRequest, pb.DeletePipelineResponse],
+    ) -> pb.DeletePipelineResponse:
         await self._pipelines.delete(pc.pipeline_id_from_name(request.name))
         return pb.DeletePipelineResponse()
 
-    async def RunPipeline(self, request: pb.RunPipelineRequest, context: grpc.aio.ServicerContext):
+    async def RunPipeline(
+        self, request: pb.RunPipelineRequest,
+        context: grpc.aio.ServicerContext[pb.RunPipelineRequest, pb.RunPipelineResponse],
+    ) -> pb.RunPipelineResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         run = await self._pipelines.run(pc.pipeline_id_from_name(request.name), reason=request.reason[:500],
                                         request_id=request.request_id)
         return pb.RunPipelineResponse(run=pc.run_to_pb(run))
 
-    async def ListPipelineRuns(self, request: pb.ListPipelineRunsRequest, context: grpc.aio.ServicerContext):
+    async def ListPipelineRuns(
+        self, request: pb.ListPipelineRunsRequest,
+        context: grpc.aio.ServicerContext[pb.ListPipelineRunsRequest, pb.ListPipelineRunsResponse],
+    ) -> pb.ListPipelineRunsResponse:
         runs, token = await self._pipelines.list_runs(pc.pipeline_id_from_name(request.pipeline, "pipeline"),
                                                       page_size=page_size(request.page_size),
                                                       page_token=request.page_token)
         return pb.ListPipelineRunsResponse(runs=[pc.run_to_pb(r) for r in runs], next_page_token=token)
 
-    async def GetPipelineRun(self, request: pb.GetPipelineRunRequest, context: grpc.aio.ServicerContext):
+    async def GetPipelineRun(
+        self, request: pb.GetPipelineRunRequest,
+        context: grpc.aio.ServicerContext[pb.GetPipelineRunRequest, pb.GetPipelineRunResponse],
+    ) -> pb.GetPipelineRunResponse:
         run = await self._pipelines.get_run(pc.run_id_from_name(request.name))
         return pb.GetPipelineRunResponse(run=pc.run_to_pb(run))
 
-    async def CancelPipelineRun(self, request: pb.CancelPipelineRunRequest, context: grpc.aio.ServicerContext):
+    async def CancelPipelineRun(
+        self, request: pb.CancelPipelineRunRequest,
+        context: grpc.aio.ServicerContext[pb.CancelPipelineRunRequest, pb.CancelPipelineRunResponse],
+    ) -> pb.CancelPipelineRunResponse:
         run = await self._pipelines.cancel_run(pc.run_id_from_name(request.name))
         return pb.CancelPipelineRunResponse(run=pc.run_to_pb(run))
 
     async def WatchPipelineRun(
-        self, request: pb.WatchPipelineRunRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchPipelineRunRequest,
+        context: grpc.aio.ServicerContext[pb.WatchPipelineRunRequest, pb.WatchPipelineRunResponse],
     ) -> AsyncIterator[pb.WatchPipelineRunResponse]:
         run_id = pc.run_id_from_name(request.name)
         async for item in self._pipelines.watch_run(run_id, after_sequence=request.after_sequence):
@@ -105,8 +134,10 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
             else:
                 yield pb.WatchPipelineRunResponse(snapshot=pc.run_to_pb(item))
 
-    async def ListTriggerDecisions(self, request: pb.ListTriggerDecisionsRequest,
-                                   context: grpc.aio.ServicerContext):
+    async def ListTriggerDecisions(
+        self, request: pb.ListTriggerDecisionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListTriggerDecisionsRequest, pb.ListTriggerDecisionsResponse],
+    ) -> pb.ListTriggerDecisionsResponse:
         decisions = await self._pipelines.decisions(pc.pipeline_id_from_name(request.pipeline, "pipeline"),
                                                     limit=page_size(request.page_size, maximum=500))
         return pb.ListTriggerDecisionsResponse(decisions=[pc.decision_to_pb(d) for d in decisions])

@@ -20,30 +20,46 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
     def __init__(self, jobs: PreparationJobs) -> None:
         self._jobs = jobs
 
-    async def CreatePreparationJob(self, request: pb.CreatePreparationJobRequest,
-                                   context: grpc.aio.ServicerContext):
+    async def CreatePreparationJob(
+        self,
+        request: pb.CreatePreparationJobRequest,
+        context: grpc.aio.ServicerContext[pb.CreatePreparationJobRequest, pb.CreatePreparationJobResponse],
+    ) -> pb.CreatePreparationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id)
         return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
-    async def GetPreparationJob(self, request: pb.GetPreparationJobRequest, context: grpc.aio.ServicerContext):
+    async def GetPreparationJob(
+        self,
+        request: pb.GetPreparationJobRequest,
+        context: grpc.aio.ServicerContext[pb.GetPreparationJobRequest, pb.GetPreparationJobResponse],
+    ) -> pb.GetPreparationJobResponse:
         job = await self._jobs.get(pc.job_id_from_name(request.name))
         return pb.GetPreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
-    async def ListPreparationJobs(self, request: pb.ListPreparationJobsRequest, context: grpc.aio.ServicerContext):
+    async def ListPreparationJobs(
+        self,
+        request: pb.ListPreparationJobsRequest,
+        context: grpc.aio.ServicerContext[pb.ListPreparationJobsRequest, pb.ListPreparationJobsResponse],
+    ) -> pb.ListPreparationJobsResponse:
         jobs, token = await self._jobs.list(states=states_from_pb(request.states),
                                             page_size=page_size(request.page_size),
                                             page_token=request.page_token)
         return pb.ListPreparationJobsResponse(preparation_jobs=[pc.job_to_pb(j) for j in jobs],
                                               next_page_token=token)
 
-    async def CancelPreparationJob(self, request: pb.CancelPreparationJobRequest,
-                                   context: grpc.aio.ServicerContext):
+    async def CancelPreparationJob(
+        self,
+        request: pb.CancelPreparationJobRequest,
+        context: grpc.aio.ServicerContext[pb.CancelPreparationJobRequest, pb.CancelPreparationJobResponse],
+    ) -> pb.CancelPreparationJobResponse:
         job = await self._jobs.cancel(pc.job_id_from_name(request.name))
         return pb.CancelPreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
     async def WatchPreparationJob(
-        self, request: pb.WatchPreparationJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchPreparationJobRequest,
+        context: grpc.aio.ServicerContext[pb.WatchPreparationJobRequest, pb.WatchPreparationJobResponse],
     ) -> AsyncIterator[pb.WatchPreparationJobResponse]:
         job_id = pc.job_id_from_name(request.name)
         async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):

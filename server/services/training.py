@@ -25,7 +25,11 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         self._ewc_defaults = ewc_defaults
         self._defaults = defaults
 
-    async def CreateTrainingJob(self, request: pb.CreateTrainingJobRequest, context: grpc.aio.ServicerContext):
+    async def CreateTrainingJob(
+        self,
+        request: pb.CreateTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.CreateTrainingJobRequest, pb.CreateTrainingJobResponse],
+    ) -> pb.CreateTrainingJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = convert.spec_from_pb(
             request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults,
@@ -39,11 +43,19 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
                 checked.ClearField(name)
         return pb.CreateTrainingJobResponse(training_job=checked)
 
-    async def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext):
+    async def GetTrainingJob(
+        self,
+        request: pb.GetTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.GetTrainingJobRequest, pb.GetTrainingJobResponse],
+    ) -> pb.GetTrainingJobResponse:
         job = await self._jobs.get(convert.job_id_from_name(request.name))
         return pb.GetTrainingJobResponse(training_job=convert.job_to_pb(job))
 
-    async def ListTrainingJobs(self, request: pb.ListTrainingJobsRequest, context: grpc.aio.ServicerContext):
+    async def ListTrainingJobs(
+        self,
+        request: pb.ListTrainingJobsRequest,
+        context: grpc.aio.ServicerContext[pb.ListTrainingJobsRequest, pb.ListTrainingJobsResponse],
+    ) -> pb.ListTrainingJobsResponse:
         jobs, token = await self._jobs.list(
             states=states_from_pb(request.states),
             page_size=page_size(request.page_size),
@@ -53,12 +65,18 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
             training_jobs=[convert.job_to_pb(j) for j in jobs], next_page_token=token
         )
 
-    async def CancelTrainingJob(self, request: pb.CancelTrainingJobRequest, context: grpc.aio.ServicerContext):
+    async def CancelTrainingJob(
+        self,
+        request: pb.CancelTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.CancelTrainingJobRequest, pb.CancelTrainingJobResponse],
+    ) -> pb.CancelTrainingJobResponse:
         job = await self._jobs.cancel(convert.job_id_from_name(request.name))
         return pb.CancelTrainingJobResponse(training_job=convert.job_to_pb(job))
 
     async def WatchTrainingJob(
-        self, request: pb.WatchTrainingJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.WatchTrainingJobRequest, pb.WatchTrainingJobResponse],
     ) -> AsyncIterator[pb.WatchTrainingJobResponse]:
         job_id = convert.job_id_from_name(request.name)
         async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
@@ -67,27 +85,45 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
             else:
                 yield pb.WatchTrainingJobResponse(snapshot=convert.job_to_pb(item))
 
-    async def PauseTrainingJob(self, request: pb.PauseTrainingJobRequest, context: grpc.aio.ServicerContext):
+    async def PauseTrainingJob(
+        self,
+        request: pb.PauseTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.PauseTrainingJobRequest, pb.PauseTrainingJobResponse],
+    ) -> pb.PauseTrainingJobResponse:
         job = await self._jobs.pause(convert.job_id_from_name(request.name))
         return pb.PauseTrainingJobResponse(training_job=convert.job_to_pb(job))
 
-    async def ResumeTrainingJob(self, request: pb.ResumeTrainingJobRequest, context: grpc.aio.ServicerContext):
+    async def ResumeTrainingJob(
+        self,
+        request: pb.ResumeTrainingJobRequest,
+        context: grpc.aio.ServicerContext[pb.ResumeTrainingJobRequest, pb.ResumeTrainingJobResponse],
+    ) -> pb.ResumeTrainingJobResponse:
         job = await self._jobs.resume(convert.job_id_from_name(request.name))
         return pb.ResumeTrainingJobResponse(training_job=convert.job_to_pb(job))
 
     async def ListTrainingCheckpoints(
-        self, request: pb.ListTrainingCheckpointsRequest, context: grpc.aio.ServicerContext
-    ):
+        self,
+        request: pb.ListTrainingCheckpointsRequest,
+        context: grpc.aio.ServicerContext[pb.ListTrainingCheckpointsRequest, pb.ListTrainingCheckpointsResponse],
+    ) -> pb.ListTrainingCheckpointsResponse:
         job = await self._jobs.get(convert.job_id_from_name(request.name))
         return pb.ListTrainingCheckpointsResponse(
             checkpoints=[convert.checkpoint_to_pb(c) for c in job.output.checkpoints])
 
-    async def PublishCheckpoint(self, request: pb.PublishCheckpointRequest, context: grpc.aio.ServicerContext):
+    async def PublishCheckpoint(
+        self,
+        request: pb.PublishCheckpointRequest,
+        context: grpc.aio.ServicerContext[pb.PublishCheckpointRequest, pb.PublishCheckpointResponse],
+    ) -> pb.PublishCheckpointResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         record = await self._jobs.publish_checkpoint(convert.job_id_from_name(request.name), request.step,
                                                      request_id=request.request_id)
         return pb.PublishCheckpointResponse(adapter_version=record.version)
 
-    async def GetTrainingMetrics(self, request: pb.GetTrainingMetricsRequest, context: grpc.aio.ServicerContext):
+    async def GetTrainingMetrics(
+        self,
+        request: pb.GetTrainingMetricsRequest,
+        context: grpc.aio.ServicerContext[pb.GetTrainingMetricsRequest, pb.GetTrainingMetricsResponse],
+    ) -> pb.GetTrainingMetricsResponse:
         job, metrics = await self._jobs.metrics(convert.job_id_from_name(request.name))
         return convert.training_metrics_to_pb(job, metrics)
