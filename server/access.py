@@ -324,9 +324,14 @@ def server_ssl_context(settings: Any) -> ssl.SSLContext | None:
     return context
 
 
+def netloc(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:50051``), as gRPC targets and URLs write them."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def bind(server: grpc.aio.Server, settings: Any) -> int:
     """Listen on host:port with TLS (and mTLS) when configured, plaintext otherwise; return the port."""
-    address = f"{settings.host}:{settings.port}"
+    address = netloc(settings.host, settings.port)
     if settings.tls_cert_file is None:
         return server.add_insecure_port(address)
     ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None

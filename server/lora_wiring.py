@@ -34,7 +34,7 @@ from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
 from engine.training.models import resolve_base_model
-from server.access import server_ssl_context, tokens_from_settings
+from server.access import netloc, server_ssl_context, tokens_from_settings
 from server.http_doors import GATEWAY_ROLES, bearer_auth
 from server.settings import Settings
 from server.startup import port_taken
@@ -78,6 +78,9 @@ async def _end(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+BACKEND_HOST = "127.0.0.1"  # where the embedded reference backend listens
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -90,16 +93,19 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
     model_dir: Path = await asyncio.to_thread(
         resolve_base_model, settings.default_base_model, models=settings.base_models, cache_dir=settings.models_dir
     )
-    port = settings.reference_backend_port or _free_port(settings.host)
+    # On loopback whatever ``host`` is: the gateway, in this process, is its only caller, and it has no tokens or TLS
+    # of its own (anyone reaching it could load and unload adapters).
+    host = BACKEND_HOST
+    port = settings.reference_backend_port or _free_port(host)
     log_file = (settings.data_dir / "reference-backend.log").open("ab")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.serving.reference_backend", "--model", str(model_dir),
-        "--served-model-name", settings.default_base_model, "--host", settings.host, "--port", str(port),
+        "--served-model-name", settings.default_base_model, "--host", host, "--port", str(port),
         "--enable-lora", "--threads", str(settings.torch_threads or 1), "--parent-pid", str(os.getpid()),
         stdout=log_file, stderr=log_file,
     )  # from the event loop's thread, the main thread, which --parent-pid ties its end to (engine.serving.lifetime)
     log_file.close()
-    url = f"http://{settings.host}:{port}"
+    url = f"http://{host}:{port}"
     probe = ServingClient(ServingConfig(base_url=url, timeout_seconds=2.0, retries=0))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.reference_backend_start_timeout_seconds
@@ -156,11 +162,10 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     undo.push_async_callback(gateway.stop)
     store = PostgresLoraStore(pool, PostgresServingState(pool))
     scheme = "https" if settings.tls_cert_file is not None else "http"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config = ControlConfig(
         base_model=settings.default_base_model, alias=settings.lora_alias,
         served_base_name=settings.serving_base_model_name, drain_timeout_seconds=settings.drain_timeout_seconds,
-        smoke_prompt=settings.smoke_prompt, gateway_url=f"{scheme}://{host}:{gateway.port}",
+        smoke_prompt=settings.smoke_prompt, gateway_url=f"{scheme}://{netloc(settings.host, gateway.port)}",
         eval_suite=(settings.datasets_dir / settings.eval_suite_path) if settings.eval_suite_path else None,
         gate=settings.eval_gate, eval_max_tokens=settings.eval_max_tokens,
         thresholds=ev.GateThresholds(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import grpc
@@ -200,6 +201,24 @@ def test_without_auth_only_loopback_may_be_bound():
     assert load_settings({"host": "0.0.0.0", "auth_tokens": AUTH}).host == "0.0.0.0"
     with pytest.raises(SettingsError, match="sha256"):
         load_settings({"auth_tokens": [{"name": "x", "role": "reader", "sha256": "plaintext-token"}]})
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+async def test_a_server_on_the_ipv6_loopback_answers_there(make_server):
+    """``host: "::1"`` passes the settings' loopback rule; the gRPC port is bound as ``[::1]:port`` and answers."""
+    server = await make_server(host="::1")
+    async with grpc.aio.insecure_channel(f"[::1]:{server.app.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_start_log_says_auth_is_off(make_server, caplog):
