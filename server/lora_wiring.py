@@ -204,7 +204,7 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
         ), store.history)
         auto.start()
         undo.push_async_callback(auto.stop)
-    log.info("LoraControl ready", extra={"serving_url": url, "gateway_port": gateway.port,
+    log.info("LoraControl ready", extra={"serving_url": client.target, "gateway_port": gateway.port,
                                          "alias": settings.lora_alias})
     async def follow() -> None:  # (whether anything changed is not a reason to stop)
         await controller.follow()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from engine.errors import AlreadyExists, EngineError, FailedPrecondition, NotFound, Unavailable
 
@@ -114,6 +115,8 @@ class ServingClient:
     def __init__(self, config: ServingConfig) -> None:
         self.config = config
         self._base = config.base_url.rstrip("/")
+        # What messages, metadata, logs and the serving state show: the URL without any user and password in it.
+        self._shown = str(URL(self._base).with_user(None))
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -134,7 +137,8 @@ class ServingClient:
 
     @property
     def target(self) -> str:
-        return self._base
+        """The engine's URL as shown (no credentials)."""
+        return self._shown
 
     # ---- the LoRA control API -----------------------------------------------------
 
@@ -223,13 +227,13 @@ class ServingClient:
                 status = response.status
         except TimeoutError as exc:
             raise _Retryable(Unavailable(
-                "SERVING_TIMEOUT", f"serving engine at {self._base} did not answer {action} within {timeout:g} s",
-                metadata={"action": action, "target": self._base},
+                "SERVING_TIMEOUT", f"serving engine at {self._shown} did not answer {action} within {timeout:g} s",
+                metadata={"action": action, "target": self._shown},
             )) from exc
         except aiohttp.ClientError as exc:
             raise _Retryable(Unavailable(
-                "SERVING_UNAVAILABLE", f"serving engine at {self._base} is unreachable ({action}): {exc}",
-                metadata={"action": action, "target": self._base},
+                "SERVING_UNAVAILABLE", f"serving engine at {self._shown} is unreachable ({action}): {exc}",
+                metadata={"action": action, "target": self._shown},
             )) from exc
         if 200 <= status < 300:
             return status, text

@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -136,3 +137,27 @@ async def test_unreachable_and_slow_engines_are_unavailable():
             assert err.value.reason == "SERVING_TIMEOUT"
     finally:
         await runner.cleanup()
+
+
+async def test_credentials_in_the_url_reach_the_engine_and_nothing_shows_them():
+    """A serving_url may carry a user and password (basic auth in front of the engine): the requests send them, but
+    errors, their metadata (which callers receive) and the target (logs, the stored serving state) never do."""
+    async def models(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != aiohttp.BasicAuth("ops", "s3cret-pass").encode():
+            return web.json_response({"error": {"code": "401", "message": "who are you"}}, status=401)
+        return web.json_response({"data": [{"id": "base", "object": "model"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        async with client(f"http://ops:s3cret-pass@127.0.0.1:{port}") as c:
+            assert [m.id for m in await c.list_models()] == ["base"]
+            assert c.target == f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+    async with client("http://ops:s3cret-pass@127.0.0.1:9") as c:  # nothing listens on the discard port
+        with pytest.raises(Unavailable) as err:
+            await c.list_models()
+    shown = [err.value.message, *err.value.metadata.values(), c.target]
+    assert not [s for s in shown if "s3cret" in s or "ops@" in s], shown
