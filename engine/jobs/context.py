@@ -73,6 +73,8 @@ class LiveJob(Generic[S, O]):
     taken_over_from: str = ""  # the worker that held it before, if it was resumed after that worker stopped
     cancel: CancelToken = field(default_factory=CancelToken)
     unpersisted: list[JobEvent] = field(default_factory=list)
+    flush_scheduled: bool = False  # a background flush is on its way: it writes what is recorded until it runs
+    releasing: bool = False  # the worker is letting go of it: a cancel or pause now goes through the store
     finished: bool = False
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 

@@ -83,7 +83,8 @@ class JobEventLog(Generic[S, O]):
         live.events.append(event)
         live.unpersisted.append(event)
         self._notify(live)
-        if not self._flush_lock.locked():
+        if not (live.flush_scheduled or live.releasing):  # else that flush, or the release, writes it
+            live.flush_scheduled = True
             self._spawn(self._flush_soon(live))
 
     async def persist(self, live: LiveJob[S, O]) -> None:
@@ -127,7 +128,12 @@ class JobEventLog(Generic[S, O]):
             await self._forget(live)
 
     async def _release(self, live: LiveJob[S, O], state: JobState) -> None:
-        """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping)."""
+        """Stop holding the job: PAUSED (a client paused it) or QUEUED again (this worker is stopping).
+
+        From here on nothing is added to the job's log in memory: a cancel or pause asked meanwhile goes through
+        the store, where the release finds it pending (and carries it out below) or, asked after it, finds the
+        job unclaimed."""
+        live.releasing = True
         message = "paused" if state is JobState.PAUSED else f"queued again: worker {self.worker_id} stopped"
         self.transition(live, state, message)
         pending: Control | None = None
@@ -135,8 +141,9 @@ class JobEventLog(Generic[S, O]):
             for attempt in range(len(FLUSH_RETRY_SECONDS) + 1):
                 try:
                     async with self._flush_lock:
-                        pending = await self._store.release(live.job, list(live.unpersisted), live.lease)
-                        live.unpersisted.clear()
+                        batch = list(live.unpersisted)
+                        pending = await self._store.release(live.job, batch, live.lease)
+                        del live.unpersisted[: len(batch)]
                     break
                 except LeaseLost:
                     return
@@ -174,11 +181,15 @@ class JobEventLog(Generic[S, O]):
             self._idle.set()
 
     async def _flush(self, live: LiveJob[S, O]) -> None:
-        """Write the pending events and the job; on failure the events stay pending (nothing is dropped)."""
+        """Write the pending events and the job, again while events were recorded during the write (unless the
+        job is being released, which writes them); on failure the events stay pending (nothing is dropped)."""
         async with self._flush_lock:
-            batch = list(live.unpersisted)
-            await self._store.write(live.job, batch, live.lease)
-            del live.unpersisted[: len(batch)]
+            while True:
+                batch = list(live.unpersisted)
+                await self._store.write(live.job, batch, live.lease)
+                del live.unpersisted[: len(batch)]
+                if not live.unpersisted or live.releasing:
+                    return
 
     async def _flush_soon(self, live: LiveJob[S, O]) -> None:
         """A background flush after an event; if the store is down, later events or the job's end retry it."""
@@ -188,6 +199,8 @@ class JobEventLog(Generic[S, O]):
             live.cancel.cancel(StopReason.LEASE_LOST)
         except Exception as exc:  # noqa: BLE001 - kept pending; retried by the next flush
             log.warning("job events not stored yet; will retry", extra={"job_id": live.job.id, "error": str(exc)})
+        finally:
+            live.flush_scheduled = False  # an event recorded from now on schedules the next
 
     async def _flush_until_stored(self, live: LiveJob[S, O]) -> None:
         """Flush, retrying with backoff while the store is unreachable (a job's end must be stored)."""

@@ -129,7 +129,10 @@ class JobManager(JobEventLog[S, O]):
                     f"request_id {job.request_id!r} was used for a different job ({stored.name})",
                     metadata={"request_id": job.request_id, "job": stored.name},
                 )
-            return await self.get(stored.id)
+            current = await self.get(stored.id)
+            if current.state is JobState.QUEUED:  # the first submit may have stored it but failed to queue it
+                await self._queue.enqueue(self.kind.name, current.id, priority=current.priority)
+            return current
         telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, False)
         if prepared is not None:
             self._prepared[job.id] = prepared
@@ -182,6 +185,8 @@ class JobManager(JobEventLog[S, O]):
         """Queue a paused job again; any worker continues it from its last checkpoint."""
         for _ in range(5):
             job = await self.get(job_id)
+            if job.state is JobState.QUEUED:  # maybe the retry of a resume that stored it but failed to queue it:
+                await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)  # queued, then refused
             if job.state is not JobState.PAUSED:
                 raise FailedPrecondition(
                     "JOB_NOT_RESUMABLE", f"job {job.name} is {job.state.value}; only a PAUSED job can be resumed",
@@ -262,11 +267,16 @@ class JobManager(JobEventLog[S, O]):
             live = self._live.get(job_id)
             job = live.job if live is not None else await self.get(job_id)
             self._check_steerable(job, control)
-            if live is not None:  # held by this process's worker
+            if live is not None and not live.releasing:  # held by this process's worker
                 if job.state not in (JobState.CANCELLING, stopping):
                     live.cancel.cancel(StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE)
                     self.transition(live, stopping, f"{control.value.lower()} requested")
+                # Stored as well, as a request made on another replica is: should this worker stop before it
+                # carries the request out (a crash, a lost heartbeat), the worker taking the job over does.
+                await self._store.request(job_id, control)
                 return live.job
+            # Any other job, or one this worker is letting go of: its release carries out a request stored before
+            # it, and a request made after it finds the job unclaimed.
             requested = await self._store.request(job_id, control)
             if requested is not None:  # a worker elsewhere holds it; it acts at its next step
                 return requested
@@ -296,11 +306,13 @@ class JobManager(JobEventLog[S, O]):
     async def execute(self, job_id: str) -> None:
         """Run one job the queue handed to this worker (called by the queue; never raises for the job's own
         failures, which end the job FAILED)."""
-        if self._closing:  # this worker is stopping: leave the job to another
-            job = await self.get(job_id)
-            await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
+        if self._closing:
+            await self._leave(job_id)
             return
         async with self.slots.semaphore:
+            if self._closing:  # it began stopping while the job waited for a slot
+                await self._leave(job_id)
+                return
             claim = await self._store.claim(job_id, self.worker_id)
             if claim is None:  # ended or paused meanwhile
                 return
@@ -316,19 +328,26 @@ class JobManager(JobEventLog[S, O]):
                 with telemetry.tracer.start_as_current_span(
                         f"{self.kind.name}_job.run", context=telemetry.carried_context(job.trace_context),
                         attributes={"job": job.name, "worker": self.worker_id}):
-                    await self._run(live)
+                    await self._run(live, claim.requested)
             finally:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
 
-    async def _run(self, live: LiveJob[S, O]) -> None:
+    async def _leave(self, job_id: str) -> None:
+        """This worker is stopping: leave the job to another (queued again; it waits while this item ends)."""
+        job = await self.get(job_id)
+        await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
+
+    async def _run(self, live: LiveJob[S, O], requested: Control | None) -> None:
         job_dir = self._work_dir / live.job.id
         release_as: JobState | None = None
         try:
             if live.taken_over_from:
                 self._record(live, Noticed("TAKEN_OVER", f"the worker running this job ({live.taken_over_from}) "
                                                          f"stopped; {self.worker_id} continues it"))
+            if requested is not None:  # accepted by the worker that held it before, which stopped before acting
+                self._stop_for(live, requested)
             if live.cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", "stopped before it started")
             message = await self.runner.run(JobContext(self, live, job_dir))
@@ -362,23 +381,31 @@ class JobManager(JobEventLog[S, O]):
             shutil.rmtree(job_dir, ignore_errors=True)
 
     async def _follow_control(self, live: LiveJob[S, O]) -> None:
-        """Act on requests made through the store (from other replicas), and notice a lost lease."""
-        while not live.finished:
+        """Act on requests made through the store (from other replicas), and notice a lost lease; until the job
+        is let go of (its release carries out what is pending then)."""
+        while not (live.finished or live.releasing):
             await asyncio.sleep(self._control_poll)
             try:
                 control = await self._store.control(live.job.id, live.lease)
             except LeaseLost:
-                live.cancel.cancel(StopReason.LEASE_LOST)
+                if not live.releasing:  # a released job's lease is gone too
+                    live.cancel.cancel(StopReason.LEASE_LOST)
                 return
             except Exception:  # noqa: BLE001 - the database restarting: ask again at the next tick
                 continue
-            overrides = control is Control.CANCEL and live.cancel.reason in (StopReason.PAUSE, StopReason.SHUTDOWN)
-            if control is not None and (not live.cancel.cancelled or overrides) and not live.job.state.terminal:
-                stop = StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE
-                live.cancel.cancel(stop)
-                state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
-                self.transition(live, state, f"{control.value.lower()} requested")
+            if control is not None:
+                self._stop_for(live, control)
 
+    def _stop_for(self, live: LiveJob[S, O], control: Control) -> None:
+        """Stop the run at its next step for a request found in the store (a cancel overrides a pause or a
+        shutdown), and record it unless the job is already in its stopping state."""
+        overrides = control is Control.CANCEL and live.cancel.reason in (StopReason.PAUSE, StopReason.SHUTDOWN)
+        if live.releasing or live.job.state.terminal or (live.cancel.cancelled and not overrides):
+            return
+        live.cancel.cancel(StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE)
+        state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
+        if live.job.state is not state:
+            self.transition(live, state, f"{control.value.lower()} requested")
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]

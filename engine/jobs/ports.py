@@ -77,12 +77,14 @@ class Lease:
 
 @dataclass(frozen=True)
 class Claim(Generic[S, O]):
-    """A job a worker just took: the job as stored, its new lease, and the worker that held it before (empty
-    unless the job was taken over from a worker that stopped)."""
+    """A job a worker just took: the job as stored, its new lease, the worker that held it before (empty unless
+    the job was taken over from a worker that stopped) and the request pending on it (a cancel or pause that
+    worker accepted but stopped before carrying out)."""
 
     job: Job[S, O]
     lease: Lease
     previous_owner: str = ""
+    requested: Control | None = None
 
 
 class LeaseLost(Aborted):
@@ -147,7 +149,8 @@ class JobStore(Protocol[S, O]):
 
 
 class JobQueue(Protocol):
-    """Hands queued jobs to workers: at least once, a job at a time per worker slot, higher priority first."""
+    """Hands queued jobs to workers: at least once, a job at a time per worker slot, higher priority first, and
+    never one job to two workers at once (a job queued again while it runs waits until that run ends)."""
 
     async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
         """Queue a job for a worker; queueing one that is already waiting is a no-op."""

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Mapping
 
 import procrastinate
+import psycopg
 from procrastinate import exceptions as pexc
 from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
@@ -48,6 +49,29 @@ TASK = "learning_engine.run_job"
 def procrastinate_schema() -> str:
     """The SQL of procrastinate's tables and functions (applied once by the migrations)."""
     return SchemaManager.get_schema()
+
+
+class SteadyWorker(Worker):
+    """procrastinate's worker, which goes on taking jobs after a fetch failed.
+
+    procrastinate's own stops at a failed fetch (the database restarting) and, stopping, waits for every job it runs
+    to end, with no limit, before it unregisters: a training run or an online session holds it for hours, and all
+    that time nothing new is taken. It must wait, as its unregistration would leave their items without a worker, to
+    be taken for stalled and moved to other workers. Here a failed fetch is tried again at the next poll, under the
+    same registration, while the running jobs go on (the queue keeps its heartbeats). If the registration itself is
+    gone (this process was frozen long enough for the others to prune it: the fetch violates the worker foreign key),
+    the worker registers anew; the items it ran under the old one have no worker already and are being queued again.
+    Relies on ``_fetch_and_process_jobs`` (procrastinate 3.10, pinned), which raises what the fetch raised.
+    """
+
+    async def _fetch_and_process_jobs(self) -> None:
+        try:
+            await super()._fetch_and_process_jobs()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
+        except Exception as exc:  # noqa: BLE001 - logged; fetched again at the next poll or notification
+            log.warning("could not take a job from the queue; trying again", exc_info=True)
+            if isinstance(exc.__cause__, psycopg.errors.ForeignKeyViolation):
+                with contextlib.suppress(Exception):  # else at the next failed fetch
+                    self.worker_id = await self.app.job_manager.register_worker()
 
 
 class ProcrastinateQueue:
@@ -99,13 +123,12 @@ class ProcrastinateQueue:
     async def _work(self, queues: list[str], *, concurrency: int, name: str) -> None:
         """procrastinate's worker, started again when it stops on an error.
 
-        It stops when its database calls fail: the database restarted, or this process was frozen long enough
-        for the others to prune its registration (its next fetch then violates the worker foreign key).
-        Started again, it registers anew. Not once it is being stopped: procrastinate's worker, cancelled,
-        may end with its database error instead of the cancellation.
+        A failed fetch does not stop it (:class:`SteadyWorker`); registering does, when the database is away as it
+        starts. Not once it is being stopped: procrastinate's worker, cancelled, may end with its database error
+        instead of the cancellation.
         """
         while not self._stopping:
-            worker = Worker(
+            worker = SteadyWorker(
                 app=self._app, queues=queues, concurrency=concurrency, name=name, wait=True,
                 install_signal_handlers=False, update_heartbeat_interval=self._heartbeat,
                 # Polled every second besides LISTEN/NOTIFY: a stalled job's fresh item is inserted while the stalled

@@ -6,9 +6,10 @@ name in ``type``: the core events and the kind's own (``JobKind.event_types``).
 
 Leases: a worker claims a job by writing a new ``lease_token``; every write it makes afterwards is checked
 against that token in the same transaction, so a worker whose job was taken over writes nothing. A client's
-cancel or pause of a claimed job is a ``requested`` flag the holding worker reads. Every write notifies the
-channel ``learning_engine_jobs`` with the job id, which wakes watchers on every replica; the stored log stays
-the source of truth (a lost notification only delays a watcher until its next poll).
+cancel or pause of a claimed job is a ``requested`` flag the holding worker reads (and a worker taking the job
+over, should the holder stop first). Every write notifies the channel ``learning_engine_jobs`` with the job id,
+which wakes watchers on every replica; the stored log stays the source of truth (a lost notification only delays
+a watcher until its next poll).
 
 A write, a claim, a release and a request lock the job's row for the few statements of one transaction, which
 PostgreSQL ends if it is left idle (engine.stores.postgres.holding_rows): a worker frozen inside one does not block
@@ -183,7 +184,8 @@ class PostgresJobStore(Generic[S, O]):
     async def claim(self, job_id: str, owner: str) -> Claim[S, O] | None:
         async with holding_rows(self._pool) as conn:
             row = await conn.fetchrow(
-                "SELECT doc, lease_owner FROM jobs WHERE id = $1 AND kind = $2 FOR UPDATE", job_id, self._kind
+                "SELECT doc, lease_owner, requested FROM jobs WHERE id = $1 AND kind = $2 FOR UPDATE",
+                job_id, self._kind,
             )
             if row is None:
                 return None
@@ -195,7 +197,8 @@ class PostgresJobStore(Generic[S, O]):
             await conn.execute("UPDATE jobs SET lease_owner = $2, lease_token = $3, doc = $4::jsonb WHERE id = $1",
                                job_id, lease.owner, lease.token, self._dump(claimed))
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
-        return Claim(claimed, lease, row["lease_owner"] or "")
+        requested = Control(row["requested"]) if row["requested"] else None
+        return Claim(claimed, lease, row["lease_owner"] or "", requested)
 
     async def write(self, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None) -> None:
         async with holding_rows(self._pool) as conn:

@@ -92,7 +92,7 @@ class InMemoryJobStore(Generic[S, O]):
         held.lease = Lease(owner, uuid.uuid4().hex)
         claimed = self.jobs[job_id] = replace(job, worker=owner)
         await self._wake()
-        return Claim(claimed, held.lease, previous)
+        return Claim(claimed, held.lease, previous, held.requested)
 
     def lease_token(self, job_id: str) -> str | None:
         held = self.held.get(job_id)
@@ -150,11 +150,14 @@ class InMemoryJobStore(Generic[S, O]):
 
 class InProcessQueue:
     """engine.jobs.ports.WorkerQueue within this process: waiting jobs run by priority, then in the order queued,
-    ``concurrency`` at a time. Nothing survives the process: a restart queues again what the store holds."""
+    ``concurrency`` at a time; a job queued again while it runs waits for that run to end (as procrastinate's lock
+    keeps it). Nothing survives the process: a restart queues again what the store holds."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str, str]] = []
         self._waiting: set[str] = set()
+        self._running: set[str] = set()
+        self._held: dict[str, tuple[int, int, str, str]] = {}  # queued again while running: back after the run
         self._counter = 0
         self._ready = asyncio.Condition()
         self._executors: dict[str, JobExecutor] = {}
@@ -191,12 +194,24 @@ class InProcessQueue:
                 await self._ready.wait_for(lambda: self._stopping or bool(self._heap))
                 if self._stopping:
                     return
-                _, _, kind, job_id = heapq.heappop(self._heap)
-            self._waiting.discard(job_id)
+                item = heapq.heappop(self._heap)
+                _, _, kind, job_id = item
+                if job_id in self._running:
+                    self._held[job_id] = item  # still waiting (queueing it again is a no-op)
+                    continue
+                self._waiting.discard(job_id)
+                self._running.add(job_id)
             try:
                 await self._executors[kind](kind, job_id)
             except Exception:  # noqa: BLE001 - a job's own failure is recorded on it; keep serving
                 logging.getLogger(__name__).exception("job executor failed", extra={"job_id": job_id})
+            finally:
+                self._running.discard(job_id)
+                held = self._held.pop(job_id, None)
+            if held is not None:
+                heapq.heappush(self._heap, held)
+                async with self._ready:
+                    self._ready.notify()
 
 
 @dataclass

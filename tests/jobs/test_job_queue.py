@@ -1,6 +1,8 @@
 """The PostgreSQL job queue (procrastinate) on a real database: a worker whose heartbeat update failed once keeps
-its job (procrastinate's own heartbeat task ends at its first error; the queue keeps the heartbeats going), and a
-worker stops when asked even if the cancellation that asks it is lost."""
+its job (procrastinate's own heartbeat task ends at its first error; the queue keeps the heartbeats going), one
+whose fetch failed once goes on taking jobs beside the one it runs (procrastinate's own stops and waits for it),
+one whose registration was pruned registers anew, and a worker stops when asked even if the cancellation that
+asks it is lost."""
 
 from __future__ import annotations
 
@@ -96,3 +98,60 @@ async def test_a_worker_stops_even_if_its_cancellation_is_lost(opened) -> None:
     assert done, "the worker did not stop"
     workers = await pool.fetchval("SELECT count(*) FROM procrastinate_workers")
     assert workers == 0, "the stopped worker is still registered"
+
+
+async def test_a_failed_fetch_does_not_stop_a_worker_taking_jobs_beside_the_one_it_runs(opened) -> None:
+    """procrastinate's worker stops at a failed fetch and, stopping, waits for its running jobs to end (a training
+    run: hours) before another worker could start in its place: no job was taken all that time."""
+    pool, queue = opened
+    manager = queue._app.job_manager
+    fetch = manager.fetch_job
+    blip, blipped = asyncio.Event(), asyncio.Event()
+
+    async def flaky(queues, worker_id):  # the database restarting once, while the first job runs
+        if blip.is_set() and not blipped.is_set():
+            blipped.set()
+            raise ConnectionError("the database is restarting")
+        return await fetch(queues=queues, worker_id=worker_id)
+
+    manager.fetch_job = flaky  # type: ignore[method-assign]
+    started = {"job-1": asyncio.Event(), "job-2": asyncio.Event()}
+    finish = asyncio.Event()
+
+    async def execute(kind: str, job_id: str) -> None:
+        started[job_id].set()
+        if job_id == "job-1":
+            await finish.wait()
+
+    try:
+        queue.start_worker({"count": execute}, concurrency=2, name="test")
+        await queue.enqueue("count", "job-1")
+        await asyncio.wait_for(started["job-1"].wait(), 30)
+        blip.set()
+        await asyncio.wait_for(blipped.wait(), 30)  # the next poll (every second) fails
+        await queue.enqueue("count", "job-2")
+        try:
+            await asyncio.wait_for(started["job-2"].wait(), 30)  # while job-1 runs on
+        except TimeoutError:
+            raise AssertionError("after a failed fetch the worker took no job until its running one ended") from None
+    finally:
+        finish.set()
+
+
+async def test_a_worker_whose_registration_was_pruned_registers_anew(opened) -> None:
+    """A process frozen for longer than the stalled timeout finds its registration pruned by the others: its
+    fetches then violate the worker foreign key until it registers again, which it does."""
+    pool, queue = opened
+    started = asyncio.Event()
+
+    async def execute(kind: str, job_id: str) -> None:
+        started.set()
+
+    queue.start_worker({"count": execute}, concurrency=1, name="test")
+    async with asyncio.timeout(30):
+        while not await pool.fetchval("SELECT count(*) FROM procrastinate_workers"):
+            await asyncio.sleep(0.05)
+    await pool.execute("DELETE FROM procrastinate_workers")  # pruned, as another worker's check does
+    await queue.enqueue("count", "job-1")
+    await asyncio.wait_for(started.wait(), 30)
+    assert await pool.fetchval("SELECT count(*) FROM procrastinate_workers") == 1
