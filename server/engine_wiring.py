@@ -165,7 +165,7 @@ async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore
     return AdapterRegistry(
         index=PostgresAdapterIndex(pool),
         store=store,
-        serving=PostgresServingState(pool, aliases=PostgresOnlineStore(pool)),  # live aliases' versions too
+        serving=PostgresServingState(pool, sessions=PostgresOnlineStore(pool)),  # online sessions' too
         base_model_dir=lambda model_id: resolve_base_model(
             model_id, models=settings.base_models, cache_dir=settings.models_dir
         ),

@@ -101,7 +101,7 @@ class OnlineLearner:
         self.last_sequence = 0
         self.last_loss = math.nan
         self.trained_through = 0  # the sequence number of the last example trained on
-        self.window_first = 0  # the first example trained on since the last publication (0: none yet)
+        self.window_first = 0  # the first example the next publication claims (0: the first trained on)
 
     # ---- examples ------------------------------------------------------------------------------
 
@@ -169,6 +169,13 @@ class OnlineLearner:
         self._good = before  # the loss on these weights was fine
         self.losses.append(loss)
         return UpdateResult(self.updates, loss, len(new), len(replayed), penalty)
+
+    def published(self, last: int) -> None:
+        """A publication claimed the examples up to ``last``: the next one claims those after them, so that the
+        windows of a session's publications follow each other without overlapping. (A session resumed from a
+        checkpoint older than its last publication comes back to it having trained again on its examples, maybe
+        not update for update, as a forced update takes what there was: its next window still starts here.)"""
+        self.window_first = last + 1
 
     def forget(self, present: Collection[int]) -> int:
         """Drop the buffered and pending examples whose sequence number is not in ``present`` (deleted from the

@@ -420,8 +420,9 @@ class _Session:
     async def _publish(self) -> None:
         ctx, learner, spec = self.ctx, self.learner, self.spec
         done = ctx.job.output.publications
-        if done and done[-1].update == learner.updates:
-            return  # this state is published already
+        if done and done[-1].update == learner.updates:  # published already (reached again after a resume)
+            learner.published(done[-1].last_sequence)
+            return
         parent = self.start
         if done:
             parent = await self.r.registry.get(spec.base_model, done[-1].version)
@@ -446,7 +447,7 @@ class _Session:
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
         publication = Publication(record.version, learner.updates, first, last, datetime.now(UTC))
-        learner.window_first = 0
+        learner.published(last)
         ctx.set_output(replace(ctx.job.output, publications=(*done, publication)))
         ctx.record(Published(publication))
         await ctx.persist()

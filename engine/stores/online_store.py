@@ -20,6 +20,7 @@ import asyncpg
 
 from engine.domain import OnlineExamples
 from engine.errors import FailedPrecondition
+from engine.jobs.core import JobState
 from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found
 from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
@@ -160,6 +161,19 @@ class PostgresOnlineStore:
             f"SELECT DISTINCT CASE WHEN alias_version = '' THEN start_version ELSE alias_version END AS version"
             f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
         return {r["version"] for r in rows if r["version"]}
+
+    async def protected_versions(self, base_model: str) -> builtins.set[str]:
+        """The versions of ``base_model`` online sessions rely on, which must stay published: those their live
+        aliases serve (``routed_versions``), and, for each session that has not ended, its start version (a worker
+        that takes it over or resumes it loads that version) and its latest publication (its next one's parent).
+        Controls whose job is not stored yet are a session being created: its start version counts."""
+        rows = await self._pool.fetch(
+            "SELECT c.start_version, j.doc -> 'output' -> 'publications' -> -1 ->> 'version' AS latest"
+            " FROM online_controls c LEFT JOIN jobs j ON j.id = c.session_id"
+            " WHERE c.base_model = $1 AND (j.id IS NULL OR j.state <> ALL($2::text[]))",
+            base_model, [s.value for s in JobState if s.terminal])
+        working = {v for r in rows for v in (r["start_version"], r["latest"]) if v}
+        return working | await self.routed_versions(base_model)
 
     async def end_alias(self, session_id: str, *, untouched_for: float = 0.0) -> Controls | None:
         """Settle the alias of a session that ended: KEPT on the version it serves when one was chosen for it (a

@@ -1,30 +1,38 @@
 """Active and known-good adapter versions per base model, in PostgreSQL (table ``serving_state``).
 
 LoraControl writes it with :meth:`PostgresServingState.set_version`; the registry
-reads it through the ``ServingState`` port to refuse deleting those versions, and those
-the live aliases of online sessions serve (``aliases``: engine.stores.online_store).
+reads it through the ``ServingState`` port to refuse deleting or pruning those versions, and those
+online sessions rely on (``sessions``: engine.stores.online_store's ``protected_versions``, the versions their
+live aliases serve and a running session's start version and latest publication).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import asyncpg
 
-from engine.lora.state import RoutedElsewhere
 from engine.registry.ports import ServingRole
 from engine.registry.records import VersionNumber, parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 
 
+class SessionVersions(Protocol):
+    """The versions online sessions rely on (engine.stores.online_store.PostgresOnlineStore)."""
+
+    async def protected_versions(self, base_model: str) -> set[str]: ...
+
+
 class PostgresServingState:
     """ServingState (see engine.registry.ports) plus the writer LoraControl uses."""
 
-    def __init__(self, pool: asyncpg.Pool, aliases: RoutedElsewhere | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, sessions: SessionVersions | None = None) -> None:
         self._pool = pool
-        self._aliases = aliases  # what online sessions' live aliases serve: protected too
+        self._sessions = sessions  # what online sessions rely on: protected too
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        aliased = await self._aliases.routed_versions(base_model) if self._aliases is not None else set()
-        return set((await self.versions(base_model)).values()) | aliased
+        relied_on = await self._sessions.protected_versions(base_model) if self._sessions is not None else set()
+        return set((await self.versions(base_model)).values()) | relied_on
 
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
         async with self._pool.acquire() as conn:
