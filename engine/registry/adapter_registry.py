@@ -12,17 +12,26 @@ Publishing, in order:
   2. reserve the version number with a PostgreSQL row (the primary key decides races);
   3. store the archive (and a Fisher snapshot), then ``metadata.json`` last, all
      create-only: a version whose manifest exists is never overwritten;
-  4. only then mark the row PUBLISHED: from here on it is a version.
+  4. only then mark the row PUBLISHED: from here on it is a version. This step runs to its end
+     even if the publish is cancelled meanwhile, and once it has succeeded nothing is undone.
 If step 3 or 4 fails (e.g. the object store is down), what was written is removed when
 possible and the reservation is released, so nothing becomes visible and a retry gets the
 same number; an archive left without a manifest is garbage the next holder of that
-number removes. If the process dies mid-publish, ``recover`` (at the next start) removes its
-partial writes and scratch files and releases its reservation. If the store already holds a
-manifest the database does not know, the publish is refused, the object is left alone and the
-number is retired (CONFLICT).
+number removes. If the reservation was lost meanwhile (RESERVATION_LOST: freed as stale,
+see engine.stores.adapter_index), the number may be another publisher's by now: only the
+manifest this publish created is removed, the archive is left to that holder. If the
+process dies mid-publish, ``recover`` (at the next start) removes its partial writes and
+scratch files and releases its reservation. If the store already holds a manifest the
+database does not know, the publish is refused, the object is left alone and the number is
+retired (CONFLICT).
 
 Every read of an archive (download, warm start) checks its sha256 against the record
 first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
+
+Deleting turns the row into a tombstone first and removes the artifacts after (a delete while
+the store is down fails before, and changes nothing): a delete cut short leaves files of a
+version no longer listed (deleting it again removes them), never a listed version without
+its files.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import asyncio
 import base64
 import binascii
 import builtins
+import contextlib
 import json
 import logging
 import shutil
@@ -44,6 +54,7 @@ from pydantic import TypeAdapter
 
 from engine.domain import DataSource
 from engine.errors import (
+    Aborted,
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
@@ -55,6 +66,7 @@ from engine.registry import archive, peft_checks
 from engine.registry.ports import AdapterIndex, ArtifactStore, Cursor, ServingState
 from engine.registry.records import (
     ARCHIVE_NAME,
+    RESERVATION_LOST,
     AdapterEval,
     AdapterRecord,
     AdapterSource,
@@ -160,6 +172,7 @@ class AdapterRegistry:
         try:
             await self._store.get_file(record.archive_key, dest)
         except NotFound as exc:
+            await self._index.get(record.base_model, record.number)  # NOT_FOUND if it was deleted meanwhile
             raise DataLoss(
                 "ARTIFACT_MISSING", f"the archive of {record.base_model} {record.version} is missing from the store",
                 metadata={"base_model": record.base_model, "version": record.version, "key": record.archive_key},
@@ -226,6 +239,7 @@ class AdapterRegistry:
         self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None
     ) -> AdapterRecord:
         written: list[str] = []
+        registration: asyncio.Task[AdapterRecord] | None = None
         try:
             if await self._store.exists(record.manifest_key):
                 raise AlreadyExists(
@@ -242,16 +256,21 @@ class AdapterRegistry:
             written.append(record.archive_key)
             await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
             written.append(record.manifest_key)
-            return await self._index.publish(record, fence=fence)
+            registration = asyncio.ensure_future(self._index.publish(record, fence=fence))
+            return await _to_the_end(registration)
         except AlreadyExists:
             await self._index.mark_conflict(record.base_model, record.number)
             raise
-        except BaseException:
-            await self._abandon(record, written)
+        except BaseException as exc:
+            failure = exc if registration is None else _failure(registration)
+            if failure is not None:  # else it is a version, cancelled only after it was registered
+                lost = isinstance(failure, Aborted) and failure.reason == RESERVATION_LOST
+                await self._abandon(record, [k for k in written if k == record.manifest_key] if lost else written)
             raise
 
     async def _abandon(self, record: AdapterRecord, written: builtins.list[str]) -> None:
-        """Undo a failed publish as far as possible; never raises."""
+        """Undo a failed publish as far as possible (remove ``written``, give the reservation back); never
+        raises."""
         try:
             await self._store.delete(list(reversed(written)))  # the manifest first
         except Exception:  # noqa: BLE001 - the store may be the thing that failed
@@ -329,18 +348,29 @@ class AdapterRegistry:
     # ---- deleting ----------------------------------------------------------------------
 
     async def delete(self, base_model: str, version: str) -> AdapterRecord:
-        """Remove a version's artifacts and keep its row as a tombstone; refused while it is protected."""
-        async with self._index.deleting(base_model, parse_version(version)) as record:
-            protected = await self._serving.protected_versions(base_model)
-            if record.version in protected:
-                raise FailedPrecondition(
-                    "ADAPTER_PROTECTED",
-                    f"{base_model} {record.version} is active, the known-good rollback target or served by an "
-                    "online session's live alias; promote or roll back to another version, or move or remove the "
-                    "alias, first",
-                    metadata={"base_model": base_model, "version": record.version},
-                )
-            await self._store.delete([record.manifest_key, record.archive_key, record.fisher_key])
+        """Keep a version's row as a tombstone, then remove its artifacts (see the module docstring); refused while
+        it is protected. A version deleted before is NOT_FOUND, and what a delete cut short left of it goes."""
+        number = parse_version(version)
+        try:
+            async with self._index.deleting(base_model, number) as record:
+                protected = await self._serving.protected_versions(base_model)
+                if record.version in protected:
+                    raise FailedPrecondition(
+                        "ADAPTER_PROTECTED",
+                        f"{base_model} {record.version} is active, the known-good rollback target, or relied on by "
+                        "an online session (served by its live alias, or the start version or latest publication "
+                        "of one not ended); promote or roll back to another version, move or remove the alias, or "
+                        "stop the session, first",
+                        metadata={"base_model": base_model, "version": record.version},
+                    )
+                await self._store.probe()  # a store that is down now fails the delete before the tombstone
+        except NotFound:
+            with contextlib.suppress(NotFound):  # never published at all
+                gone = await self._index.get(base_model, number, include_deleted=True)
+                if gone.delete_time is not None:
+                    await self._store.delete([gone.manifest_key, gone.archive_key, gone.fisher_key])
+            raise
+        await self._store.delete([record.manifest_key, record.archive_key, record.fisher_key])
         log.info("deleted adapter", extra={"base_model": base_model, "version": version})
         return record
 
@@ -389,6 +419,25 @@ class AdapterRegistry:
     def _workdir(self) -> Path:
         self._scratch.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="registry-", dir=self._scratch))
+
+
+async def _to_the_end(task: asyncio.Task[AdapterRecord]) -> AdapterRecord:
+    """``task``'s result, waiting for it to end even if the caller is cancelled meanwhile (the cancel is raised
+    once it has ended): a registration is never cut short, and its outcome is known."""
+    cancel: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:
+            cancel = exc
+    if cancel is not None:
+        raise cancel
+    return task.result()
+
+
+def _failure(task: asyncio.Task[AdapterRecord]) -> BaseException | None:
+    """Why a finished ``task`` failed; None if it succeeded."""
+    return asyncio.CancelledError() if task.cancelled() else task.exception()
 
 
 def _validate_peft_dir(peft_dir: Path, model_dir: Path) -> None:

@@ -85,8 +85,8 @@ class ServingState(Protocol):
     """
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        """Versions of ``base_model`` that are active, the known-good rollback target, or served by a live
-        alias."""
+        """Versions of ``base_model`` that are active, the known-good rollback target, or relied on by an online
+        session: served by a live alias, or the start version or latest publication of a session not ended."""
         ...
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
-from engine.errors import FieldViolation, InvalidArgument, NotFound
+from engine.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from engine.splits import SplitRule
 
 # vMAJOR.MINOR, or vMAJOR.MINOR.PATCH for a patch (an online session's publication); patch 0 is never spelled
@@ -68,6 +68,18 @@ def version_not_found(base_model: str, version: str) -> NotFound:
     """NOT_FOUND (ADAPTER_NOT_FOUND): ``version`` of ``base_model`` is not published."""
     return NotFound(
         "ADAPTER_NOT_FOUND", f"adapter {version} of base model {base_model} does not exist",
+        metadata={"base_model": base_model, "version": version},
+    )
+
+
+RESERVATION_LOST = "RESERVATION_LOST"
+
+
+def reservation_lost(base_model: str, version: str) -> Aborted:
+    """ABORTED (RESERVATION_LOST): the reservation of ``version`` is no longer its publisher's (freed as stale, the
+    number perhaps another's by now); the publish registered nothing and a retry takes a new reservation."""
+    return Aborted(
+        RESERVATION_LOST, f"the reservation of {base_model} {version} was lost before it was published; retry",
         metadata={"base_model": base_model, "version": version},
     )
 

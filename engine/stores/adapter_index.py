@@ -9,7 +9,11 @@ A reservation records its owner, a random id per index (so per server process), 
 index has reservations outstanding it holds a PostgreSQL session advisory lock on that id on one
 pooled connection. A process killed mid-publish loses its session and so the lock;
 ``release_stale`` (at start) frees the RESERVED rows whose owner's lock it can take, and leaves
-those of live publishers, in this process or another, alone.
+those of live publishers, in this process or another, alone. A session can also drop under a live
+publisher (a PostgreSQL restart, a proxy closing an idle connection); its rows may then be freed
+and the numbers handed out again, so every change of a reservation (``publish``, ``release``,
+``mark_conflict``) applies only to a row its owner still holds: a publisher whose reservation is
+gone gets ABORTED RESERVATION_LOST and never publishes over another's.
 """
 
 from __future__ import annotations
@@ -27,12 +31,19 @@ from pydantic import TypeAdapter
 from engine.errors import Aborted
 from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
-from engine.registry.records import AdapterRecord, VersionNumber, next_number, version_not_found
+from engine.registry.records import (
+    AdapterRecord,
+    VersionNumber,
+    next_number,
+    reservation_lost,
+    version_not_found,
+)
 from engine.stores.postgres import holding_rows
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
 _KEY = "base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"  # one version's row
+_HELD = f"{_KEY} AND state = 'RESERVED' AND reserved_by = $5"  # one version's row, while its owner ($5) holds it
 
 
 def published_and_held(base_model: str, first: int) -> str:
@@ -60,7 +71,7 @@ class PostgresAdapterIndex:
     async def _hold(self) -> None:
         """Count one more reservation; take the owner's lock first if none is outstanding (or its session died)."""
         async with self._guard:
-            if self._alive is None or self._alive.is_closed():
+            if self._alive is None or _dropped(self._alive):
                 if self._alive is not None:
                     await self._pool.release(self._alive)
                     self._alive = None
@@ -80,9 +91,14 @@ class PostgresAdapterIndex:
             if self._outstanding or self._alive is None:
                 return
             conn, self._alive = self._alive, None
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await conn.execute("SELECT pg_advisory_unlock($1)", self._owner)
-            await self._pool.release(conn)
+            try:
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", self._owner)
+            except BaseException:
+                conn.terminate()  # cut short (cancelled): its session ends, and the owner's lock with it
+                raise
+            finally:
+                await self._pool.release(conn)
 
     async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
         """Take the next free number under ``under`` (engine.registry.ports.AdapterIndex.reserve). Counts every
@@ -129,13 +145,13 @@ class PostgresAdapterIndex:
                 if token != fence[1]:
                     raise lease_lost(fence[0])
             create_time = await conn.fetchval(
-                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $5::jsonb, labels = $6::jsonb"
-                f" WHERE {_KEY} AND state = 'RESERVED' RETURNING create_time",
-                record.base_model, *record.number, _RECORD.dump_json(record).decode(),
+                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $6::jsonb, labels = $7::jsonb"
+                f" WHERE {_HELD} RETURNING create_time",
+                record.base_model, *record.number, self._owner, _RECORD.dump_json(record).decode(),
                 _labels_json(record),
             )
             if create_time is None:
-                raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
+                raise reservation_lost(record.base_model, record.version)
             published = replace(record, create_time=create_time)
             await conn.execute(
                 f"UPDATE adapters SET doc = $5::jsonb WHERE {_KEY}",
@@ -145,17 +161,19 @@ class PostgresAdapterIndex:
         return published
 
     async def release(self, base_model: str, number: VersionNumber) -> None:
+        """Free the reservation if this index still holds it (one that is gone is another's business now)."""
         try:
             async with self._pool.acquire() as conn:
-                await conn.execute(f"DELETE FROM adapters WHERE {_KEY} AND state = 'RESERVED'", base_model, *number)
+                await conn.execute(f"DELETE FROM adapters WHERE {_HELD}", base_model, *number, self._owner)
         finally:
             await self._let_go()
 
     async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
+        """Retire the number if this index still holds its reservation."""
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(
-                    f"UPDATE adapters SET state = 'CONFLICT' WHERE {_KEY} AND state = 'RESERVED'", base_model, *number
+                    f"UPDATE adapters SET state = 'CONFLICT' WHERE {_HELD}", base_model, *number, self._owner
                 )
         finally:
             await self._let_go()
@@ -256,6 +274,15 @@ class PostgresAdapterIndex:
             )
         if status.endswith(" 0"):
             raise version_not_found(record.base_model, record.version)
+
+
+def _dropped(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether the session of a pooled connection has ended (asyncpg detaches the proxy of one that died, and
+    then even ``is_closed`` raises)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _json(value: object) -> str:

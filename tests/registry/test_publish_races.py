@@ -1,0 +1,256 @@
+"""Publishes, deletes and downloads cut short or overtaken, against real PostgreSQL and both artifact stores: a
+reservation freed under its publisher, a cancel after the version was registered or while the owner's lock is
+given back, a delete cut short, a download overtaken by a delete, and request ids of retired or deleted numbers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.errors import Aborted, AlreadyExists, NotFound
+from engine.registry import AdapterRegistry, PublishRequest
+from engine.registry.archive import sha256_file
+from engine.stores import postgres
+from engine.stores.adapter_index import PostgresAdapterIndex
+from tests.registry.conftest import TINY
+
+
+def req(adapter_dir, **fields) -> PublishRequest:
+    """What the tests publish: ``adapter_dir`` as a version of the tiny model."""
+    return PublishRequest(base_model=TINY, adapter_dir=adapter_dir, **fields)
+
+
+class _Crash(BaseException):
+    """The process dies here (nothing after it runs, not even ``except Exception``)."""
+
+
+class _GatedManifest:
+    """Delegates to a store; a manifest write waits for ``go`` (``at_manifest`` is set once it does)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.at_manifest, self.go = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        if key.endswith("metadata.json"):
+            self.at_manifest.set()
+            await self.go.wait()
+        await self._inner.put_bytes(key, data)
+
+
+async def test_a_publisher_whose_reservation_was_freed_never_publishes_over_the_next_holders(
+    make_registry, store, make_peft, database_url, tmp_path: Path
+):
+    """A's lock session drops mid-publish (a PostgreSQL restart, a proxy closing it); another process starting
+    frees A's reservation and B takes the number, replacing A's archive. A is ABORTED and leaves B's files alone;
+    B's version holds B's archive."""
+    store_a, store_b = _GatedManifest(store), _GatedManifest(store)
+    registry_a = make_registry(store_a)
+    pool_b = await postgres.connect(database_url, max_size=5)  # another process
+    tasks: list[asyncio.Task] = []
+    try:
+        registry_b = make_registry(store_b, db_pool=pool_b)
+        tasks.append(a := asyncio.create_task(registry_a.publish(req(make_peft(0)))))
+        await store_a.at_manifest.wait()  # A has stored its archive of v1.0
+        pid = registry_a._index._alive.get_server_pid()  # noqa: SLF001 - the session holding A's lock
+        assert await pool_b.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)  # waits until it is gone
+        assert await registry_b.recover() == ["tiny-llama v1.0"]
+        tasks.append(b := asyncio.create_task(registry_b.publish(req(make_peft(1)))))
+        await store_b.at_manifest.wait()  # B holds v1.0 and has replaced A's archive with its own
+        store_a.go.set()
+        with pytest.raises(Aborted) as lost:
+            await a
+        assert lost.value.reason == "RESERVATION_LOST"
+        store_b.go.set()
+        record_b = await b
+        assert record_b.version == "v1.0"
+        got = await registry_a.download(TINY, "v1.0", tmp_path / "v1.0.tar.gz")
+        assert got.sha256 == record_b.sha256 == sha256_file(tmp_path / "v1.0.tar.gz")
+        assert (await registry_a.publish(req(make_peft(0)))).version == "v2.0"  # A's retry
+    finally:
+        store_a.go.set()
+        store_b.go.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool_b.close()
+
+
+async def test_a_publisher_whose_lock_session_dropped_takes_its_lock_again(pool, database_url):
+    """With a reservation outstanding, the session holding the owner's lock ends: the next reservation takes the
+    lock on a new session, and a starting process leaves both reservations alone."""
+    index = PostgresAdapterIndex(pool)
+    first = await index.reserve(TINY, ())
+    pid = index._alive.get_server_pid()  # noqa: SLF001
+    assert await pool.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    second = await index.reserve(TINY, ())
+    other = await postgres.connect(database_url, max_size=2)
+    try:
+        assert await PostgresAdapterIndex(other).release_stale() == []
+    finally:
+        await other.close()
+    await index.release(TINY, second)
+    await index.release(TINY, first)
+    assert await pool.fetchval("SELECT count(*) FROM adapters") == 0
+
+
+class _SlowToReturn(PostgresAdapterIndex):
+    """Registers a version, then takes until ``go`` to return (the round trips after the commit)."""
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.registered, self.go = asyncio.Event(), asyncio.Event()
+
+    async def publish(self, record, *, fence=None):
+        published = await super().publish(record, fence=fence)
+        self.registered.set()
+        await self.go.wait()
+        return published
+
+
+async def test_a_publish_cancelled_after_its_version_was_registered_keeps_its_files(
+    make_registry, store, make_peft, pool, tmp_path: Path
+):
+    registry = make_registry(store)
+    index = registry._index = _SlowToReturn(pool)  # noqa: SLF001
+    task = asyncio.create_task(registry.publish(req(make_peft(0))))
+    await index.registered.wait()
+    task.cancel()  # e.g. the ImportAdapter client's deadline expires now
+    index.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    listed, _ = await registry.list(base_model=TINY, page_size=10)
+    assert [r.version for r in listed] == ["v1.0"]
+    got = await registry.download(TINY, "v1.0", tmp_path / "v1.0.tar.gz")
+    assert got.sha256 == listed[0].sha256
+
+
+def _gating_unlock(entered: asyncio.Event) -> type[asyncpg.Connection]:
+    """A connection class whose unlock of an owner's lock waits forever once it has set ``entered`` (a network
+    round trip that a cancel cuts short)."""
+
+    class GatedUnlock(asyncpg.Connection):
+        async def execute(self, query: str, *args, timeout: float | None = None) -> str:
+            if query == "SELECT pg_advisory_unlock($1)":
+                entered.set()
+                await asyncio.Event().wait()
+            return await super().execute(query, *args, timeout=timeout)
+
+    return GatedUnlock
+
+
+async def test_a_cancel_while_the_owners_lock_is_given_back_neither_keeps_it_nor_stalls_later_reservations(
+    pool, database_url
+):
+    entered = asyncio.Event()
+    gated = await asyncpg.create_pool(database_url, min_size=1, max_size=5, connection_class=_gating_unlock(entered))
+    try:
+        index = PostgresAdapterIndex(gated)
+        number = await index.reserve(TINY, ())
+        release = asyncio.create_task(index.release(TINY, number))
+        await entered.wait()
+        release.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await release
+        # The owner's lock went with its session: the next reservation takes it again (it waited forever before).
+        again = await asyncio.wait_for(index.reserve(TINY, ()), 30)
+        assert again == number
+        assert await pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == 1
+    finally:
+        gated.terminate()
+
+
+class _DiesInDelete:
+    """Delegates to a store; the process dies before or after the store's deletes, as ``dies`` says."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.dies = ""
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def delete(self, keys) -> None:
+        if self.dies == "before":
+            raise _Crash()
+        await self._inner.delete(keys)
+        if self.dies == "after":
+            raise _Crash()
+
+
+@pytest.mark.parametrize("dies", ["before", "after"])
+async def test_a_delete_cut_short_leaves_no_listed_version_without_files_and_running_it_again_removes_them(
+    make_registry, store, make_peft, dies: str
+):
+    dying = _DiesInDelete(store)
+    registry = make_registry(dying)
+    record = await registry.publish(req(make_peft(0)))
+    dying.dies = dies
+    with pytest.raises(_Crash):
+        await registry.delete(TINY, "v1.0")
+    dying.dies = ""
+    assert (await registry.list(base_model=TINY, page_size=10))[0] == []  # a tombstone, files or not
+    with pytest.raises(NotFound):
+        await registry.get(TINY, "v1.0")
+    with pytest.raises(NotFound):
+        await registry.delete(TINY, "v1.0")
+    for key in (record.manifest_key, record.archive_key):
+        assert not await store.exists(key)
+
+
+class _GatedDownload:
+    """Delegates to a store; reading an archive waits for ``go`` (``reading`` is set once it does)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.reading, self.go = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def get_file(self, key: str, dest: Path) -> None:
+        self.reading.set()
+        await self.go.wait()
+        await self._inner.get_file(key, dest)
+
+
+async def test_a_download_overtaken_by_a_delete_is_not_found_not_data_loss(
+    make_registry, store, make_peft, tmp_path: Path
+):
+    gated = _GatedDownload(store)
+    registry = make_registry(gated)
+    await registry.publish(req(make_peft(0)))
+    download = asyncio.create_task(registry.download(TINY, "v1.0", tmp_path / "v1.0.tar.gz"))
+    await gated.reading.wait()  # it has read the record; a large archive on a slow link
+    await registry.delete(TINY, "v1.0")
+    gated.go.set()
+    with pytest.raises(NotFound) as gone:
+        await download
+    assert gone.value.reason == "ADAPTER_NOT_FOUND"
+
+
+async def test_a_request_id_whose_number_was_retired_publishes_under_the_next(
+    registry: AdapterRegistry, store, make_peft
+):
+    await store.ensure_ready()
+    await store.put_bytes("adapters/tiny-llama/v1.0/metadata.json", b'{"planted": true}')
+    with pytest.raises(AlreadyExists):
+        await registry.publish(req(make_peft(0), request_id="trainingJobs/j1/result"))
+    retried = await registry.publish(req(make_peft(0), request_id="trainingJobs/j1/result"))
+    assert retried.version == "v2.0"
+    again = await registry.publish(req(make_peft(0), request_id="trainingJobs/j1/result"))
+    assert again == retried
+
+
+async def test_a_request_id_whose_version_was_deleted_can_be_published_again(registry: AdapterRegistry, make_peft):
+    await registry.publish(req(make_peft(0), request_id="imp-1"))
+    await registry.delete(TINY, "v1.0")
+    republished = await registry.publish(req(make_peft(0), request_id="imp-1"))
+    assert republished.version == "v2.0"
+    assert await registry.publish(req(make_peft(0), request_id="imp-1")) == republished
