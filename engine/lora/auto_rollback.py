@@ -2,8 +2,9 @@
 
 Compares the negative-feedback rate of the active version since it went live with the
 known-good version's over a look-back window, through the ``FeedbackRates`` port. With at
-least ``min_samples`` ratings of the active version and a rate above the known-good's plus
-``margin``, it rolls back and records why (actor ``auto-rollback``).
+least ``min_samples`` ratings of each version and a rate above the known-good's plus
+``margin``, it rolls back and records why (actor ``auto-rollback``): from the version it judged only,
+nothing if another one became active meanwhile (LoraController.rollback_from).
 """
 
 from __future__ import annotations
@@ -58,14 +59,17 @@ class AutoRollback:
         now = datetime.now(UTC)
         new = await self._rates.counts(st.base_model, active, since)
         old = await self._rates.counts(st.base_model, good, now - self._config.baseline_window)
-        if new.total < self._config.min_samples:
+        if min(new.total, old.total) < self._config.min_samples:  # no evidence about one side: no comparison
             return ""
         if new.negative_rate <= old.negative_rate + self._config.margin:
             return ""
         reason = (f"negative feedback rate of {active} is {new.negative_rate:.1%} over {new.total} ratings, "
                   f"above known-good {good}'s {old.negative_rate:.1%} over {old.total} by more than "
                   f"{self._config.margin:.1%}")
-        await self._controller.rollback(actor=ACTOR, reason=reason, automatic=True)
+        if await self._controller.rollback_from(active, actor=ACTOR, reason=reason) is None:
+            log.info("auto-rollback skipped: the active version changed while it was judged",
+                     extra={"judged": active})
+            return ""
         log.warning("auto-rollback", extra={"from": active, "to": good, "reason": reason})
         return reason
 

@@ -128,32 +128,51 @@ class LoraController(ServingTarget):
     async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:
         kind = OperationKind.AUTO_ROLLBACK if automatic else OperationKind.ROLLBACK
         async with self._operation(kind, "", actor, reason) as op:
-            st = self._state
-            target = st.known_good_version
-            op.version = target
-            if not target:
-                raise FailedPrecondition("NO_KNOWN_GOOD_VERSION", "there is no known-good version to roll back to")
-            if target == st.active_version:
-                raise FailedPrecondition("ALREADY_ON_KNOWN_GOOD",
-                                         f"the known-good version {target} is already active",
-                                         metadata={"version": target})
-            name = lora_name(st.base_model, target)
-            if name not in self._loaded_names():
-                with op.phase("fetch"):
-                    adapter = await self._adapters.fetch(st.base_model, target)
-                with op.phase("load"):
-                    await self._load(name, str(adapter.path))
-                with op.phase("smoke"):
-                    await self._smoke(name)
-            old = st.active_version
-            await self._end_split_first(op)
-            with op.phase("switch"):
-                await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
-                self._point_router()
-            op.mark("to_serving")
-            if old:
-                await self._retire(op, old)
+            await self._roll_back(op)
         return self.snapshot()
+
+    @to_the_end
+    async def rollback_from(self, version: str, *, actor: str, reason: str) -> LoraStatus | None:
+        """Roll back automatically from ``version``, the active version the caller judged: None, with nothing done
+        or recorded, if another version is active (or LoRA disabled) by the time the locks are held."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reload()
+            if self._state.active_version != version or not self._state.enabled:
+                return None
+            async with self._recorded(RecordedOperation(OperationKind.AUTO_ROLLBACK, "", actor, reason)) as op:
+                if not self._reconciled:  # the engine was down at start
+                    await self._reconcile_locked("system", "reconcile with the serving engine")
+                await self._refresh_loaded()
+                await self._roll_back(op)
+        return self.snapshot()
+
+    async def _roll_back(self, op: RecordedOperation) -> None:
+        """Switch the alias back to the known-good version (the locks held)."""
+        st = self._state
+        target = st.known_good_version
+        op.version = target
+        if not target:
+            raise FailedPrecondition("NO_KNOWN_GOOD_VERSION", "there is no known-good version to roll back to")
+        if target == st.active_version:
+            raise FailedPrecondition("ALREADY_ON_KNOWN_GOOD",
+                                     f"the known-good version {target} is already active",
+                                     metadata={"version": target})
+        name = lora_name(st.base_model, target)
+        if name not in self._loaded_names():
+            with op.phase("fetch"):
+                adapter = await self._adapters.fetch(st.base_model, target)
+            with op.phase("load"):
+                await self._load(name, str(adapter.path))
+            with op.phase("smoke"):
+                await self._smoke(name)
+        old = st.active_version
+        await self._end_split_first(op)
+        with op.phase("switch"):
+            await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
+            self._point_router()
+        op.mark("to_serving")
+        if old:
+            await self._retire(op, old)
 
     @to_the_end
     async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus:

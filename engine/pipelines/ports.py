@@ -128,6 +128,9 @@ class DriftReading(Protocol):
     @property
     def incoming(self) -> int: ...
 
+    @property
+    def reference_version(self) -> str: ...  # the active version measured against ("" when none is active)
+
 
 class DriftSource(Protocol):
     """Drift reports of a base model's incoming prompts against the active version's training data

@@ -29,7 +29,7 @@ from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
 from engine.lora.evaluation_jobs import check_suite_count
 from engine.pipelines import triggers as tr
-from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, PipelineStore, Serving
+from engine.pipelines.ports import Datasets, DriftReading, DriftSource, GoldenDatasets, PipelineStore, Serving
 from engine.pipelines.spec import (
     PIPELINE_ID_RE,
     CronTrigger,
@@ -73,8 +73,8 @@ class Pipelines:
         self._rating_negative_max = rating_negative_max
         self._drift = drift
         self._drift_check = drift_check_seconds
-        # base model -> (when measured, statistic, threshold, drifted)
-        self._drift_seen: dict[str, tuple[datetime, float, float, bool]] = {}
+        # base model -> (when measured, the reading; None if measuring failed)
+        self._drift_seen: dict[str, tuple[datetime, DriftReading | None]] = {}
 
     # ---- pipelines ---------------------------------------------------------------------------------
 
@@ -211,6 +211,8 @@ class Pipelines:
                     except EngineError as exc:
                         log.warning("pipeline triggers failed", extra={"pipeline": pipeline.id, "reason": exc.reason,
                                                                        "error": exc.message})
+                    except Exception:  # noqa: BLE001 - one pipeline's failure leaves the others' decisions be
+                        log.exception("pipeline triggers failed", extra={"pipeline": pipeline.id})
             if not token:
                 return made
 
@@ -265,7 +267,8 @@ class Pipelines:
         """(key, why) when ``trigger`` has an occasion now, else None."""
         if isinstance(trigger, CronTrigger):
             tick = tr.last_tick(trigger, now)
-            if pipeline.create_time is not None and tick <= pipeline.create_time:
+            changed = pipeline.update_time or pipeline.create_time  # no tick from before it was created or changed
+            if changed is not None and tick <= changed:
                 return None
             return tr.occasion_key(trigger, tick=tick), f"cron {trigger.expression!r} ({trigger.time_zone}) " \
                                                         f"ticked at {tr.stamp(tick)}"
@@ -279,25 +282,35 @@ class Pipelines:
             what = "negative feedback events" if trigger.negative_only else "feedback events"
             return tr.occasion_key(trigger, since=since), f"{count} {what} since {tr.stamp(since)} " \
                                                           f"(threshold {trigger.count})"
-        statistic, threshold, drifted = await self._drift_now(pipeline.base_model, now)
-        if trigger.threshold:  # the pipeline's own bar on the statistic
-            if statistic < trigger.threshold:
-                return None
-            return tr.occasion_key(trigger, since=since), \
-                f"drift statistic {statistic:.4g} at or above the trigger's {trigger.threshold:.4g}"
-        if not drifted:
+        reading = await self._drift_now(pipeline.base_model, now)
+        if reading is None:
             return None
-        return tr.occasion_key(trigger, since=since), \
-            f"drift statistic {statistic:.4g} over the detector's threshold {threshold:.4g}"
+        against = reading.reference_version or "none"
+        if trigger.threshold:  # the pipeline's own bar on the statistic
+            if reading.statistic < trigger.threshold:
+                return None
+            return tr.occasion_key(trigger, reference=reading.reference_version), \
+                f"drift statistic {reading.statistic:.4g} against {against} at or above the trigger's " \
+                f"{trigger.threshold:.4g}"
+        if not reading.drifted:
+            return None
+        return tr.occasion_key(trigger, reference=reading.reference_version), \
+            f"drift statistic {reading.statistic:.4g} against {against} over the detector's threshold " \
+            f"{reading.threshold:.4g}"
 
-    async def _drift_now(self, base_model: str, now: datetime) -> tuple[float, float, bool]:
-        """The base model's drift, measured at most every ``drift_check_seconds`` (a report embeds prompts)."""
+    async def _drift_now(self, base_model: str, now: datetime) -> DriftReading | None:
+        """The base model's drift, measured at most every ``drift_check_seconds`` (a report embeds prompts); None
+        if the measurement failed (logged, and not tried again before the next check either)."""
         assert self._drift is not None  # checked when the pipeline was made
         seen = self._drift_seen.get(base_model)
         if seen is None or (now - seen[0]).total_seconds() >= self._drift_check:
-            report = await self._drift.report(base_model)
-            seen = self._drift_seen[base_model] = (now, report.statistic, report.threshold, report.drifted)
-        return seen[1], seen[2], seen[3]
+            reading: DriftReading | None = None
+            try:
+                reading = await self._drift.report(base_model)
+            except Exception:  # noqa: BLE001 - no reading: the trigger does not fire, the next check tries again
+                log.exception("drift measurement failed", extra={"base_model": base_model})
+            seen = self._drift_seen[base_model] = (now, reading)
+        return seen[1]
 
     async def _samples(self, pipeline: Pipeline) -> int | None:
         """Usable examples in the template's feedback window now; None for data that is not feedback."""

@@ -3,7 +3,9 @@ last run, and drift. Pure checks and the occasion keys; engine.pipelines.service
 
 Every occasion has a key that names it: ``cron:<tick>`` for a tick (UTC, ISO 8601), ``feedback:<since>`` and
 ``negative:<since>`` for a count reached since the run that started at ``<since>`` (or the pipeline's creation),
-``drift:<since>`` likewise. A fired occasion starts one run whose request id is ``<pipeline>/<key>``, so however
+``drift:<version>`` for drift measured against the active version ``<version>``: once per active version, so a run
+that leaves the active version as it was (publish only, refused by the gate, canary rolled back) does not make the
+same drift another occasion. A fired occasion starts one run whose request id is ``<pipeline>/<key>``, so however
 many replicas see it at once, one run exists (the job store's unique request id).
 """
 
@@ -49,13 +51,13 @@ def check_trigger(trigger: Trigger, field_path: str) -> None:
 
 
 def last_tick(trigger: CronTrigger, now: datetime) -> datetime:
-    """The latest tick of the schedule at or before ``now`` (in UTC)."""
+    """The latest tick of the schedule at or before ``now`` (in UTC). A tick is a wall time of the trigger's time
+    zone: one that clocks falling back show twice is one tick, at its first instant (croniter names both)."""
     zone = time_zone(trigger.time_zone, "cron.time_zone")
     minute = now.astimezone(zone).replace(second=0, microsecond=0)
-    if croniter.match(trigger.expression, minute):
-        return minute.astimezone(UTC)
-    tick: datetime = croniter(trigger.expression, minute).get_prev(datetime)
-    return tick.astimezone(UTC)
+    tick: datetime = minute if croniter.match(trigger.expression, minute) else (
+        croniter(trigger.expression, minute).get_prev(datetime))
+    return tick.replace(fold=0).astimezone(UTC)
 
 
 def next_tick(trigger: CronTrigger, now: datetime) -> datetime:
@@ -76,12 +78,16 @@ def kind_of(trigger: Trigger) -> TriggerKind:
     return TriggerKind.DRIFT
 
 
-def occasion_key(trigger: Trigger, *, tick: datetime | None = None, since: datetime | None = None) -> str:
-    """The key of the occasion: a cron ``tick``, or the watermark ``since`` a count or drift is measured from."""
+def occasion_key(trigger: Trigger, *, tick: datetime | None = None, since: datetime | None = None,
+                 reference: str | None = None) -> str:
+    """The key of the occasion: a cron ``tick``, the watermark ``since`` a count is measured from, or the
+    ``reference`` version a drift is measured against."""
     if isinstance(trigger, CronTrigger):
         assert tick is not None
         return f"cron:{stamp(tick)}"
+    if isinstance(trigger, DriftTrigger):
+        assert reference is not None
+        return f"drift:{reference or '-'}"
     assert since is not None
-    prefix = {TriggerKind.FEEDBACK: "feedback", TriggerKind.NEGATIVE_FEEDBACK: "negative",
-              TriggerKind.DRIFT: "drift"}[kind_of(trigger)]
+    prefix = "negative" if trigger.negative_only else "feedback"
     return f"{prefix}:{stamp(since)}"
