@@ -101,7 +101,9 @@ class LoraControlSettings(BaseModel):
     auto_rollback_enabled: bool = Field(False, description="Roll back automatically on bad feedback.")
     auto_rollback_margin: float = Field(0.1, gt=0, le=1,
                                         description="Negative-rate excess over the known-good that triggers it.")
-    auto_rollback_min_samples: int = Field(50, ge=1, description="Ratings of the active version needed first.")
+    auto_rollback_min_samples: int = Field(
+        50, ge=1, description="Ratings of each of the active and the known-good version (in its 7-day window) "
+        "needed first.")
     auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
     serving_follow_seconds: float = Field(
         5.0, gt=0, le=600, description="How often a serving process takes up the LoRA state another serving process "
