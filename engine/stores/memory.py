@@ -27,7 +27,7 @@ from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState
 from engine.jobs.ports import Claim, JobExecutor, Lease, lease_lost
 from engine.registry.ports import Cursor, ServingRole
-from engine.registry.records import AdapterRecord, VersionNumber, next_number, version_not_found
+from engine.registry.records import AdapterRecord, VersionNumber, next_number, reservation_lost, version_not_found
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -244,7 +244,7 @@ class InMemoryAdapterIndex:
             raise lease_lost(fence[0])
         row = self.rows.get((record.base_model, record.number))
         if row is None or row.state != "RESERVED":
-            raise Aborted("RESERVATION_LOST", f"the reservation of {record.version} disappeared")
+            raise reservation_lost(record.base_model, record.version)
         published = replace(record, create_time=datetime.now(UTC))
         row.state, row.record = "PUBLISHED", published
         return published

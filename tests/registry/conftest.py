@@ -43,7 +43,8 @@ def store(request, tmp_path: Path) -> ArtifactStore:
 @pytest.fixture
 def make_registry(pool, tiny_model_dir: Path, tmp_path: Path) -> Callable[..., AdapterRegistry]:
     def make(store: ArtifactStore, *, db_pool=None, retention_keep: int = 0, aliases=None) -> AdapterRegistry:
-        """``aliases``: what online sessions' live aliases serve, protected from deletes as the server's are."""
+        """``aliases``: the online store, whose sessions' versions (their live aliases', a running one's start and
+        latest) are protected from deletes as the server's are."""
         db = db_pool or pool
         return AdapterRegistry(
             index=PostgresAdapterIndex(db), store=store, serving=PostgresServingState(db, aliases),
