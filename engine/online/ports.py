@@ -66,6 +66,19 @@ class OnlineStore(Protocol):
         from."""
         ...
 
+    async def feedback_through(self, session_id: str) -> datetime | None:
+        """How far (by event time) the feedback on the session's live model has become examples: the session's
+        watermark, None before its first read. NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session it does not
+        know."""
+        ...
+
+    async def add_feedback(self, session_id: str, rows: Sequence[NewExample], users: Sequence[Collection[str]],
+                           *, since: datetime | None, through: datetime) -> bool:
+        """Store ``rows`` made from the feedback timed in [``since``, ``through``) (``users`` per row, as for
+        ``add``) and move the watermark from ``since`` to ``through``, atomically; False, storing nothing, when
+        the watermark is no longer ``since`` (the window was read already)."""
+        ...
+
     async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:
         """Which of ``seqs`` are still stored (DeleteUserFeedback deletes the examples made from a user's
         feedback)."""

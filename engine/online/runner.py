@@ -321,10 +321,22 @@ class _Session:
         """The feedback on the live model's answers since the last read, as examples: what a training job's
         feedback dataset of the session's loss makes of it. SFT keeps corrections and responses voted for, never
         a voted-down response; KTO keeps those as desirable, and voted-down responses (and responses a correction
-        replaced) as undesirable, each with its label."""
+        replaced) as undesirable, each with its label.
+
+        The last read ends at the store's watermark, not at the job's ``feedback_through`` (the copy the API
+        shows): the store moves it in the transaction that stores the window's examples, and the job is stored
+        after. A worker that dies (or fails to store the job) in between leaves the window read, so the worker
+        going on from the job does not make the same feedback into examples, and train on them, twice."""
         ctx, spec = self.ctx, self.spec
         if self.r.feedback is None:
             return
+        stored = await self.r.store.feedback_through(self.id)
+        shown = ctx.job.output.feedback_through
+        # The store's is later after a crash between the two writes: the job shows it from now on. The job's copy is
+        # later only where a worker of an earlier server version read on after migration 0027 copied it to the
+        # store: that window was made into examples too, so the read starts after it.
+        if stored is not None and (shown is None or stored > shown):
+            ctx.set_output(replace(ctx.job.output, feedback_through=stored))
         start = ctx.job.output.feedback_through or ctx.job.create_time
         end = datetime.now(UTC) - timedelta(seconds=FEEDBACK_LAG_SECONDS)
         if end <= start:
@@ -342,8 +354,11 @@ class _Session:
             found = []
         kept = [(row, users) for row, users in ((_row(e, d), u) for e, d, u in found) if row is not None]
         rows = [row for row, _ in kept]
-        if rows:  # each with its users, so that DeleteUserFeedback deletes it with their events
-            await self.r.store.add(self.id, rows, users=[users for _, users in kept])
+        # each with its users, so that DeleteUserFeedback deletes it with their events
+        if not await self.r.store.add_feedback(self.id, rows, [users for _, users in kept], since=stored,
+                                               through=end):
+            return  # read already, by a worker that held the session before this one; the next read goes on after it
+        if rows:
             ctx.record(Noticed("FEEDBACK_EXAMPLES", f"{len(rows)} examples from the feedback on "
                                                     f"{source.adapter_version} up to {end:%H:%M:%S} UTC"))
         ctx.set_output(replace(ctx.job.output, feedback_through=end))

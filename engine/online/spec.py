@@ -99,7 +99,9 @@ class OnlineOutput:
     fisher_snapshot: str = ""  # what the EWC penalty was measured as ("" : no EWC)
     force_updates_seen: int = 0
     publish_requests_seen: int = 0
-    feedback_through: datetime | None = None  # feedback (by event time) up to here has become examples
+    # feedback (by event time) up to here has become examples: what the API shows, a copy of the store's watermark
+    # (OnlineStore.feedback_through), which moves with the examples and is what a resumed session goes on from
+    feedback_through: datetime | None = None
     ratings_since: datetime | None = None  # the live model's ratings are judged from here on (None: creation)
     refused_warned: int = 0  # of Controls.refused_examples, how many an EXAMPLES_REFUSED warning has covered
 

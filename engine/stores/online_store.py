@@ -7,6 +7,10 @@ publication) is a counter: the worker acts on each increment it has not seen.
 
 The controls also hold the session's live alias (migration 0024): its name, and its state, which outlives the
 session (``AliasState``). A name is held by one session at a time per base model (FOLLOWING or KEPT).
+
+And the session's feedback watermark (migration 0027): how far the feedback on its live model has become examples.
+It moves in the transaction that stores the examples a window of feedback made (``add_feedback``), so a window is
+made into examples once, whatever happens to the worker between that and storing its job.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Collection, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from engine.domain import OnlineExamples
 from engine.errors import FailedPrecondition
@@ -27,6 +33,7 @@ from engine.stores.adapter_index import published_and_held
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 
 
 def _controls(r: asyncpg.Record) -> Controls:
@@ -64,6 +71,30 @@ def _example(r: asyncpg.Record) -> StoredExample:
                          desirable=r["desirable"])
 
 
+async def _lock(conn: Conn, session_id: str) -> None:
+    """The session's transaction lock, which every insert of its examples takes first, so that its sequence
+    numbers are committed in order: a worker that read up to one never finds a smaller one committed later."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + session_id)
+
+
+async def _insert(conn: Conn, session_id: str, rows: Sequence[NewExample],
+                  users: Sequence[Collection[str]]) -> list[int]:
+    """Insert ``rows`` in order (``users`` per row when given: whose feedback it was made from), in the caller's
+    transaction, which holds the session's lock (``_lock``); their sequence numbers."""
+    if not rows:
+        return []
+    owners = [json.dumps(sorted(u)) for u in users] if users else ["[]"] * len(rows)
+    assert len(owners) == len(rows)
+    seqs = await conn.fetch(
+        "INSERT INTO online_examples (session_id, prompt, target, weight, desirable, users)"
+        " SELECT $1, p, t, w, d, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
+        " FROM unnest($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])"
+        " WITH ORDINALITY AS x(p, t, w, d, u, n) ORDER BY n RETURNING seq",
+        session_id, [r.prompt for r in rows], [r.target for r in rows], [r.weight for r in rows],
+        [r.desirable for r in rows], owners)
+    return [r["seq"] for r in seqs]
+
+
 class PostgresOnlineStore:
     """engine.online.ports.OnlineStore over an asyncpg pool."""
 
@@ -80,9 +111,10 @@ class PostgresOnlineStore:
         is its retry, and the controls made here are the caller's to discard). NOT_FOUND (ADAPTER_NOT_FOUND)
         when ``start_version``, which the alias serves until it moves, is no longer published."""
         async with self._pool.acquire() as conn, conn.transaction():
-            published, number = _published(start_version, 2, "$1::text")
-            if not await conn.fetchval(f"SELECT {published}", base_model, *number):
-                raise version_not_found(base_model, start_version)
+            if start_version:  # an empty one names nothing to hold
+                published, number = _published(start_version, 2, "$1::text")
+                if not await conn.fetchval(f"SELECT {published}", base_model, *number):
+                    raise version_not_found(base_model, start_version)
             state = AliasState.NONE
             if live_alias:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -226,25 +258,46 @@ class PostgresOnlineStore:
     async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
                   users: Sequence[Collection[str]] = ()) -> int:
         """Store ``rows`` in order and count ``refused`` ones; the last sequence number stored (0 when none was).
-        ``users``, per row when given: whose feedback it was made from.
-
-        A session's inserts take a transaction lock on it first, so its sequence numbers are committed in order:
-        a worker that read up to one never finds a smaller one committed later."""
+        ``users``, per row when given: whose feedback it was made from."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + session_id)
-            owners = [json.dumps(sorted(u)) for u in users] if users else ["[]"] * len(rows)
-            assert len(owners) == len(rows)
-            seqs = await conn.fetch(
-                "INSERT INTO online_examples (session_id, prompt, target, weight, desirable, users)"
-                " SELECT $1, p, t, w, d, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
-                " FROM unnest($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])"
-                " WITH ORDINALITY AS x(p, t, w, d, u, n) ORDER BY n RETURNING seq",
-                session_id, [r.prompt for r in rows], [r.target for r in rows], [r.weight for r in rows],
-                [r.desirable for r in rows], owners) if rows else []
+            await _lock(conn, session_id)
+            seqs = await _insert(conn, session_id, rows, users)
             if refused:
                 await conn.execute("UPDATE online_controls SET refused_examples = refused_examples + $2"
                                    " WHERE session_id = $1", session_id, refused)
-        return max((r["seq"] for r in seqs), default=0)
+        return max(seqs, default=0)
+
+    async def feedback_through(self, session_id: str) -> datetime | None:
+        """How far (by event time) the feedback on the session's live model has become examples; None before its
+        first read."""
+        row = await self._pool.fetchrow("SELECT feedback_through FROM online_controls WHERE session_id = $1",
+                                        session_id)
+        if row is None:
+            raise not_found(session_id)
+        through: datetime | None = row["feedback_through"]
+        return through
+
+    async def add_feedback(self, session_id: str, rows: Sequence[NewExample], users: Sequence[Collection[str]],
+                           *, since: datetime | None, through: datetime) -> bool:
+        """Store ``rows``, made from the feedback timed from the session's watermark (``since``) to ``through``,
+        and move the watermark to ``through``, in one transaction: a window's examples are stored if and only if
+        the watermark passes it, so a worker that dies before it stores the job still finds the window read.
+        False, storing nothing, when the watermark is no longer ``since``: the window was read already (by a
+        worker that held the session before this one and had not stopped yet)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            # the session's lock first, as every insert of its examples takes it, then its controls' row
+            await _lock(conn, session_id)
+            row = await conn.fetchrow("SELECT feedback_through FROM online_controls WHERE session_id = $1"
+                                      " FOR UPDATE", session_id)
+            if row is None:
+                raise not_found(session_id)
+            if row["feedback_through"] != since:
+                return False
+            await _insert(conn, session_id, rows, users)
+            # update_time stays: it says when a client or the serving side last changed the controls
+            await conn.execute("UPDATE online_controls SET feedback_through = $2 WHERE session_id = $1",
+                               session_id, through)
+        return True
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
         rows = await self._pool.fetch(

@@ -77,3 +77,12 @@ async def test_retention_keeps_a_running_sessions_start_version_though_it_has_no
     deleted, _ = await registry.prune(TINY, keep=1)
     assert start.version not in deleted and later.version not in deleted, deleted
     assert (await registry.get(TINY, start.version)).version == start.version
+
+
+async def test_a_session_created_without_a_start_version_holds_none(pool) -> None:  # noqa: F811 - fixture
+    """The store takes a session with no start version (a base model's own), which protects nothing: a create
+    without one once failed on a query argument it had no placeholder for."""
+    store = PostgresOnlineStore(pool)
+    await store.create("s0", 1e-3, base_model=TINY)
+    assert await store.protected_versions(TINY) == set()
+    assert await store.feedback_through("s0") is None
