@@ -214,15 +214,18 @@ class LoraController(ServingTarget):
         return self.snapshot()
 
     @to_the_end
-    async def abort_canary(self, *, actor: str, reason: str) -> LoraStatus:
+    async def abort_canary(self, *, actor: str, reason: str, version: str = "") -> LoraStatus:
         """End the canary in force with no verdict: the candidate leaves traffic and is unloaded. NO_CANARY_RUNNING
-        without one. Works while the serving engine is unreachable."""
-        async with self._operation(OperationKind.CANARY_ABORT, "", actor, reason, needs_engine=False) as op:
-            split = self._split
-            if split is None or split.kind is not SplitKind.CANARY:
-                hint = f"; a manual split to {split.candidate_version} is in force (share 0 ends it)" if split else ""
-                raise FailedPrecondition("NO_CANARY_RUNNING", f"no canary is in force{hint}")
-            op.version = split.candidate_version
+        without one. With ``version``, only that version's canary: when another version's is in force, that one
+        is left running and the call is NO_CANARY_RUNNING too (metadata: both versions), since the caller's canary
+        has ended and the one in force is someone else's (a pipeline run cancelled after its canary ended must not
+        abort the next one). Works while the serving engine is unreachable."""
+        async with self._operation(OperationKind.CANARY_ABORT, version, actor, reason, needs_engine=False) as op:
+            split = self._split  # as the store has it now (the operation reloaded it), not as last followed
+            canary = split if split is not None and split.kind is SplitKind.CANARY else None
+            if canary is None or (version and canary.candidate_version != version):
+                raise _no_canary(version, split)
+            op.version = canary.candidate_version
             await self._close_split(op, CanaryDecision.ABORTED)
         return self.snapshot()
 
@@ -481,6 +484,21 @@ class LoraController(ServingTarget):
 def _decider_lease(policy: CanaryPolicy) -> float:
     """How long the deciding process's claim lasts unrenewed: three checks (at least a second)."""
     return max(1.0, 3 * policy.check_interval_seconds)
+
+
+def _no_canary(version: str, split: TrafficSplitState | None) -> FailedPrecondition:
+    """NO_CANARY_RUNNING for an abort of the canary in force (of ``version``, if given) that found ``split``."""
+    of = f" of {version}" if version else ""
+    metadata = {"version": version} if version else {}
+    if split is None:
+        return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force", metadata=metadata)
+    if split.kind is SplitKind.CANARY:
+        return FailedPrecondition(
+            "NO_CANARY_RUNNING", f"no canary{of} is in force; the canary of {split.candidate_version} is, and "
+                                 "was left running (abort it by its own version)",
+            metadata={**metadata, "running_version": split.candidate_version})
+    return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force; a manual split to "
+                                                   f"{split.candidate_version} is (share 0 ends it)", metadata=metadata)
 
 
 def _running(split: TrafficSplitState) -> FailedPrecondition:

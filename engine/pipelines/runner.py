@@ -270,9 +270,18 @@ class PipelineRunner:
                     return waiting.result()
                 if ctx.cancel.cancelled:
                     if ctx.cancel.reason is StopReason.CANCEL:
-                        await self._serving.abort_canary(actor=ctx.job.spec.pipeline.name,
-                                                         reason=f"{ctx.job.name} was cancelled")
+                        await self._abort_canary(ctx, version)
                     raise Cancelled("JOB_CANCELLED", f"the run stopped while the canary of {version} was running")
         finally:
             waiting.cancel()
 
+    async def _abort_canary(self, ctx: Ctx, version: str) -> None:
+        """Abort the run's own canary, by its version: the canary in force may be another by now (the run's ended
+        and an operator's or another pipeline's began, or this process had not yet followed that), and that one is
+        not the run's to end. None of the run's in force is nothing to abort."""
+        try:
+            await self._serving.abort_canary(actor=ctx.job.spec.pipeline.name, reason=f"{ctx.job.name} was cancelled",
+                                             version=version)
+        except FailedPrecondition as exc:
+            if exc.reason != "NO_CANARY_RUNNING":
+                raise

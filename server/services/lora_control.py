@@ -196,7 +196,10 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         self, request: pb.AbortCanaryRequest,
         context: grpc.aio.ServicerContext[pb.AbortCanaryRequest, pb.AbortCanaryResponse],
     ) -> pb.AbortCanaryResponse:
-        status = await self._control.abort_canary(actor=actor_of(context), reason=_reason(request.reason))
+        # no version aborts whatever canary is in force; one names the canary meant, and no other is aborted
+        version = self._version(request.version) if request.version else ""
+        status = await self._control.abort_canary(actor=actor_of(context), reason=_reason(request.reason),
+                                                  version=version)
         return pb.AbortCanaryResponse(status=convert.status_to_pb(status))
 
     async def SetTrafficSplit(

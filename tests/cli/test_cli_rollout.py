@@ -54,7 +54,9 @@ async def test_traffic_split_and_canary_commands(make_server, adapters: list[Pat
     status = await cli(port, "canary", "status")
     assert status.out.startswith("canary split: 10.0% of 'active' to v1.0, the rest to v2.0")
     assert "last canary: v2.0 PROMOTED" in status.out
-    aborted = await cli(port, "--json", "canary", "abort", "--reason", "enough")
+    other = await cli(port, "canary", "abort", "v2.0")
+    assert other.code == 9 and "NO_CANARY_RUNNING" in other.err and "v1.0" in other.err, other.err
+    aborted = await cli(port, "--json", "canary", "abort", "v1.0", "--reason", "enough")
     assert aborted.code == 0, aborted.err
     last = json.loads(aborted.out)
     assert "traffic_split" not in last and last["last_canary"]["decision"] == "CANARY_DECISION_ABORTED"

@@ -253,9 +253,11 @@ class ServingCalls(Calls):
         )
         return (await self._operation(self.lora.StartCanary, request)).status
 
-    async def abort_canary(self, *, reason: str = "") -> lora.LoraStatus:
-        """End the canary in force with no verdict: the candidate leaves traffic."""
-        return (await self._operation(self.lora.AbortCanary, lora.AbortCanaryRequest(reason=reason))).status
+    async def abort_canary(self, *, reason: str = "", version: str = "") -> lora.LoraStatus:
+        """End the canary in force with no verdict: the candidate leaves traffic. With ``version``, only that
+        version's canary: another version's in force is left running, FailedPrecondition (NO_CANARY_RUNNING)."""
+        request = lora.AbortCanaryRequest(reason=reason, version=version)
+        return (await self._operation(self.lora.AbortCanary, request)).status
 
     async def set_traffic_split(
         self, version: str, share: float, *, reason: str = "", base_model: str = ""

@@ -185,9 +185,10 @@ class SyncServingCalls(SyncCalls):
             self._async.start_canary(version, policy, force=force, reason=reason, base_model=base_model)
         )
 
-    def abort_canary(self, *, reason: str = "") -> lora.LoraStatus:
-        """End the canary in force with no verdict: the candidate leaves traffic."""
-        return self._loop.run(self._async.abort_canary(reason=reason))
+    def abort_canary(self, *, reason: str = "", version: str = "") -> lora.LoraStatus:
+        """End the canary in force with no verdict: the candidate leaves traffic. With ``version``, only that
+        version's canary: another version's in force is left running, FailedPrecondition (NO_CANARY_RUNNING)."""
+        return self._loop.run(self._async.abort_canary(reason=reason, version=version))
 
     def set_traffic_split(
         self, version: str, share: float, *, reason: str = "", base_model: str = ""

@@ -397,10 +397,12 @@ class StartCanaryResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[LoraStatus, _Mapping]] = ...) -> None: ...
 
 class AbortCanaryRequest(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "version")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, reason: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class AbortCanaryResponse(_message.Message):
     __slots__ = ("status",)

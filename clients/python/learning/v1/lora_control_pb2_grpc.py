@@ -182,7 +182,8 @@ class LoraControlServiceServicer:
 
     def AbortCanary(self, request, context):
         """Ends the canary in force with no verdict: the candidate leaves traffic and
-        is unloaded.
+        is unloaded. With a version, only that version's canary: another
+        version's in force is FAILED_PRECONDITION NO_CANARY_RUNNING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -147,9 +147,13 @@ def canary_status(ctx: typer.Context) -> None:
 
 
 @canary_app.command("abort")
-def canary_abort(ctx: typer.Context, reason: str = typer.Option("", "--reason")) -> None:
+def canary_abort(
+    ctx: typer.Context,
+    version: str = typer.Argument("", help="Only this version's canary (another's in force is left running)."),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
     """End the canary in force with no verdict: the candidate leaves traffic."""
-    status = run(ctx, lambda c: c.abort_canary(reason=reason))
+    status = run(ctx, lambda c: c.abort_canary(reason=reason, version=version))
     emit(options(ctx), _split_only(status), _render(status))
 
 

@@ -1119,8 +1119,9 @@ export enum ErrorReason {
   TRAFFIC_SPLIT_RUNNING = 190,
 
   /**
-   * FAILED_PRECONDITION: AbortCanary with no canary in force; waiting on the canary of a version that
-   * never had one (metadata: version).
+   * FAILED_PRECONDITION: AbortCanary with no canary in force, or with a version and no canary of it in force
+   * (metadata: version; running_version when another version's canary is); waiting on the canary of a version
+   * that never had one (metadata: version).
    *
    * @generated from enum value: ERROR_REASON_NO_CANARY_RUNNING = 191;
    */
