@@ -11,7 +11,8 @@
   another (after its heartbeat stopped) can write nothing more. A write that fails (the database restarting)
   keeps its events pending and is retried: the stored log never has a gap. A cancel, pause or shutdown stops
   the run at its next step; pause and shutdown keep the progress (the runner checkpoints), and the job is then
-  PAUSED, or QUEUED again for any worker.
+  PAUSED, or QUEUED again for any worker. Should the queue's last attempt at a job fail around its run (the store
+  unreachable at every attempt), the job is ended FAILED, not left active with nothing queued to run it.
 
 A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
 process share one :class:`~engine.jobs.context.JobSlots`: how many jobs run at once (each holds a model) and
@@ -39,6 +40,7 @@ from engine.jobs.context import JobContext, JobRunner, JobSlots, LiveJob, now
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
+    Failed,
     Job,
     JobEvent,
     JobFailure,
@@ -47,7 +49,7 @@ from engine.jobs.core import (
     StateChanged,
 )
 from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
-from engine.jobs.ports import JobQueue, JobStore, LeaseLost, StopReason
+from engine.jobs.ports import JobQueue, JobStore, LeaseLost, QueueAttempt, StopReason, queue_attempt
 from engine.names import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -305,34 +307,81 @@ class JobManager(JobEventLog[S, O]):
 
     async def execute(self, job_id: str) -> None:
         """Run one job the queue handed to this worker (called by the queue; never raises for the job's own
-        failures, which end the job FAILED)."""
-        if self._closing:
-            await self._leave(job_id)
-            return
-        async with self.slots.semaphore:
-            if self._closing:  # it began stopping while the job waited for a slot
+        failures, which end the job FAILED).
+
+        It raises when something around the run fails (the store, taking the job, reading its log or storing how
+        its run ended), and the queue runs it again; after the queue's last attempt (``queue_attempt``) nothing
+        would, so the job is ended here instead."""
+        doing = "while it was left to another worker"
+        try:
+            if self._closing:
                 await self._leave(job_id)
                 return
+            async with self.slots.semaphore:
+                if self._closing:  # it began stopping while the job waited for a slot
+                    await self._leave(job_id)
+                    return
+                doing = "as the job was claimed"
+                claim = await self._store.claim(job_id, self.worker_id)
+                if claim is None:  # ended or paused meanwhile
+                    return
+                # A failure from here on leaves the job claimed but not run; the next attempt claims it anew (a
+                # claim replaces any lease), on this worker or another.
+                job = claim.job
+                doing = "as the job's event log was read"
+                events = await self._store.list_events(job_id, after_sequence=0)
+                live = LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
+                if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
+                    live.taken_over_from = claim.previous_owner or "a stopped worker"
+                self._live[job_id] = live
+                self._idle.clear()
+                doing = "as the end of the job's run was stored"
+                poller = asyncio.get_running_loop().create_task(self._follow_control(live))
+                try:
+                    with telemetry.tracer.start_as_current_span(
+                            f"{self.kind.name}_job.run", context=telemetry.carried_context(job.trace_context),
+                            attributes={"job": job.name, "worker": self.worker_id}):
+                        await self._run(live, claim.requested)
+                finally:
+                    poller.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await poller
+        except Exception as exc:
+            attempt = queue_attempt.get()
+            if attempt is not None and attempt.last:
+                await self._give_up(job_id, attempt, doing, exc)
+            raise
+
+    async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception) -> None:
+        """The queue's last attempt at the job failed: end the job FAILED, or it would stay active with no queue
+        item to run it, and its watchers would wait for ever. Claimed anew (whatever held it, this attempt or a
+        worker that stopped, writes nothing after this) and written once: if the store fails here as well, the
+        job is left as it is and the failure logged (a restart's recovery queues it again if it is QUEUED)."""
+        log.error("the job queue's last attempt at a job failed; ending the job",
+                  extra={"job_id": job_id, "kind": self.kind.name, "attempts": attempt.number},
+                  exc_info=(type(error), error, error.__traceback__))
+        message = (f"the job queue gave up on this job: its last attempt (of {attempt.number}) failed {doing} "
+                   f"({type(error).__name__})")
+        failure = JobFailure("UNAVAILABLE", "JOB_QUEUE_RETRIES_EXHAUSTED", message,
+                             (("attempts", str(attempt.number)),))
+        try:
             claim = await self._store.claim(job_id, self.worker_id)
-            if claim is None:  # ended or paused meanwhile
+            if claim is None:  # it ended, or was paused, meanwhile
                 return
             job = claim.job
-            events = await self._store.list_events(job_id, after_sequence=0)
-            live = LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
-            if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
-                live.taken_over_from = claim.previous_owner or "a stopped worker"
-            self._live[job_id] = live
-            self._idle.clear()
-            poller = asyncio.get_running_loop().create_task(self._follow_control(live))
-            try:
-                with telemetry.tracer.start_as_current_span(
-                        f"{self.kind.name}_job.run", context=telemetry.carried_context(job.trace_context),
-                        attributes={"job": job.name, "worker": self.worker_id}):
-                    await self._run(live, claim.requested)
-            finally:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            logged = [JobEvent(job.last_sequence + 1, now(), Failed(failure)),
+                      JobEvent(job.last_sequence + 2, now(), StateChanged(job.state, JobState.FAILED, message))]
+            ended = replace(job, state=JobState.FAILED, failure=failure, end_time=now(),
+                            last_sequence=logged[-1].sequence)
+            await self._store.write(ended, logged, claim.lease)
+        except LeaseLost:  # a worker took it meanwhile (the stalled item's replacement): it is that worker's
+            log.info("a job the job queue gave up on was taken by another worker", extra={"job_id": job_id})
+            return
+        except Exception:  # noqa: BLE001 - once only: the queue is done with the job, and so is this worker
+            log.exception("could not end a job the job queue gave up on; it stays as it is",
+                          extra={"job_id": job_id, "kind": self.kind.name})
+            return
+        telemetry.job_state_changed(self.kind.name, job_id, JobState.FAILED.value, True)
 
     async def _leave(self, job_id: str) -> None:
         """This worker is stopping: leave the job to another (queued again; it waits while this item ends)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -160,11 +161,28 @@ class JobQueue(Protocol):
 JobExecutor = Callable[[str, str], Awaitable[None]]  # (kind, job id): runs a job a worker took from the queue
 
 
+@dataclass(frozen=True)
+class QueueAttempt:
+    """Which run of its queue item an executor is: ``number`` (1 the first time) and whether it is the ``last``
+    (should it raise, the queue will not run the item again)."""
+
+    number: int
+    last: bool
+
+
+# Set by a WorkerQueue around each executor call. An executor that raises is run again by the queue, unless that
+# attempt was the last: the executor then ends the job itself (JobManager.execute), else the job would stay active
+# with nothing queued to run it. A context variable rather than an argument: the composition root builds executors
+# as plain (kind, job id) callables.
+queue_attempt: ContextVar[QueueAttempt | None] = ContextVar("queue_attempt", default=None)
+
+
 class WorkerQueue(JobQueue, Protocol):
     """A queue this process can also work from."""
 
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
-        """Take jobs in this process, ``concurrency`` at a time, each run by its kind's executor."""
+        """Take jobs in this process, ``concurrency`` at a time, each run by its kind's executor with
+        ``queue_attempt`` set."""
         ...
 
     async def stop_worker(self) -> None:

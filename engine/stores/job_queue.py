@@ -10,7 +10,10 @@ its lease and its fencing live in our ``jobs`` table (engine.stores.job_store). 
 heartbeat stopped: it was killed, or lost the database) are put back in the queue by every worker's periodic
 check, and the next worker to take one claims the job with a new lease, so the old worker, should it wake up,
 can write nothing. Queueing is idempotent per job (procrastinate's queueing lock), and a job is never run by
-two items at once (its lock).
+two items at once (its lock). An item whose run raised (the store unreachable) is run again, a few times; its
+last attempt is told to the job manager (``queue_attempt``), which then ends the job instead of leaving it active
+with nothing queued. Successful items are deleted as they end; the others (failed, cancelled) are deleted a
+retention period later by the same periodic check that puts stalled items back: the jobs' own records stay.
 
 Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
 evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs.
@@ -36,7 +39,7 @@ from procrastinate import exceptions as pexc
 from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
 
-from engine.jobs.ports import JobExecutor
+from engine.jobs.ports import JobExecutor, QueueAttempt, queue_attempt
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,12 @@ class ProcrastinateQueue:
     """engine.jobs.ports.JobQueue, and this process's worker when ``start_worker`` is called."""
 
     def __init__(self, database_url: str, *, heartbeat_seconds: float = 5.0, stalled_seconds: float = 20.0,
-                 queues: Mapping[str, str] | None = None) -> None:
+                 queues: Mapping[str, str] | None = None, retries: int = 20, retry_wait_seconds: int = 5,
+                 retention_hours: int = 7 * 24, prune_every_seconds: float = 3600.0) -> None:
+        """``retries``: how many times an item whose executor raised is run again, ``retry_wait_seconds`` apart
+        (after the last, the executor ends the job: ``queue_attempt``). Items that ended (failed: closed as
+        stalled, or out of retries; cancelled, aborted) are deleted ``retention_hours`` after they ended, checked
+        every ``prune_every_seconds``."""
         # Each running worker holds one connection for LISTEN; the others serve fetches, heartbeats and defers.
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
             conninfo=database_url, min_size=1, max_size=8))
@@ -91,10 +99,21 @@ class ProcrastinateQueue:
         self._stopping = False
         self._queues = dict(queues or {})  # kind -> queue, QUEUE for the others
         self._taken: list[str] = []  # the queues this process's worker takes from
+        self._retention_hours = retention_hours
+        self._prune_every = prune_every_seconds
 
-        @self._app.task(name=TASK, queue=QUEUE, retry=procrastinate.RetryStrategy(max_attempts=20, wait=5))
-        async def run_job(kind: str, job_id: str) -> None:
-            await self._executors[kind](kind, job_id)
+        # procrastinate's max_attempts counts the runs after the first: an item is run again while its earlier
+        # runs (the item's ``attempts``) are fewer (RetryStrategy.get_retry_decision; no retry_exceptions here,
+        # so the exception does not matter). The run that finds them reached is the last.
+        @self._app.task(name=TASK, queue=QUEUE, pass_context=True,
+                        retry=procrastinate.RetryStrategy(max_attempts=retries, wait=retry_wait_seconds))
+        async def run_job(context: procrastinate.JobContext, kind: str, job_id: str) -> None:
+            earlier = context.job.attempts
+            attempt = queue_attempt.set(QueueAttempt(earlier + 1, last=earlier >= retries))
+            try:
+                await self._executors[kind](kind, job_id)
+            finally:
+                queue_attempt.reset(attempt)
 
         self._task = run_job
 
@@ -118,7 +137,7 @@ class ProcrastinateQueue:
         loop = asyncio.get_running_loop()
         self._workers.append(loop.create_task(self._work(queues, concurrency=concurrency, name=name)))
         if self._rescuer is None:
-            self._rescuer = loop.create_task(self._rescue_stalled())
+            self._rescuer = loop.create_task(self._look_after_items())
 
     async def _work(self, queues: list[str], *, concurrency: int, name: str) -> None:
         """procrastinate's worker, started again when it stops on an error.
@@ -165,8 +184,36 @@ class ProcrastinateQueue:
             except Exception:  # noqa: BLE001 - the database restarting: try at the next period
                 log.info("heartbeat not sent; retrying", exc_info=True)
 
+    async def _look_after_items(self) -> None:
+        """Every heartbeat period put stalled items back (``_rescue_stalled``); every ``prune_every_seconds``,
+        from the first period on, delete old ended items (``_prune``). A failure of either is logged, and it is
+        tried again at its next period."""
+        next_prune = 0.0
+        while not self._stopping:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._rescue_stalled()
+            except Exception:  # noqa: BLE001 - the database restarting: try at the next period
+                log.warning("could not look for stalled jobs", exc_info=True)
+            if asyncio.get_running_loop().time() >= next_prune:
+                next_prune = asyncio.get_running_loop().time() + self._prune_every
+                try:
+                    await self._prune()
+                except Exception:  # noqa: BLE001 - the database restarting: try at the next period
+                    log.warning("could not delete old queue items", exc_info=True)
+
+    async def _prune(self) -> None:
+        """Delete the items of this process's queues that ended more than ``retention_hours`` ago, with their
+        procrastinate events (a foreign key cascades). Successful items are deleted as they end; the others,
+        kept a while to be looked at, would otherwise pile up for ever: a stalled item is closed failed, an item
+        out of retries ends failed. Only procrastinate's items: a job's own record (``jobs``) is kept."""
+        for queue in self._taken:
+            await self._app.job_manager.delete_old_jobs(
+                nb_hours=self._retention_hours, queue=queue, include_failed=True, include_cancelled=True,
+                include_aborted=True)
+
     async def _rescue_stalled(self) -> None:
-        """Every heartbeat period: queue again the jobs whose worker stopped sending heartbeats.
+        """Queue again the jobs whose worker stopped sending heartbeats.
 
         A stalled item is replaced, not retried in place: a fresh item is queued (its lock keeps it waiting
         while the stalled one is "doing"), then the stalled one is closed as failed. Retried in place, the same
@@ -175,28 +222,23 @@ class ProcrastinateQueue:
         and a later crash of the new worker would leave nothing to rescue. The order makes a crash in between
         harmless: the next check finds the stalled item again, and its fresh item already queued.
         """
-        while not self._stopping:
-            await asyncio.sleep(self._heartbeat)
+        stalled = [item for queue in self._taken for item in await self._app.job_manager.get_stalled_jobs(
+            queue=queue, seconds_since_heartbeat=self._stalled)]
+        for item in stalled:
+            log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
+                                                                             "task": item.task_kwargs})
+            with contextlib.suppress(pexc.AlreadyEnqueued):
+                await self._task.configure(
+                    lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
+                    queue=item.queue,
+                ).defer_async(**item.task_kwargs)
+            assert item.id is not None
             try:
-                stalled = [item for queue in self._taken for item in await self._app.job_manager.get_stalled_jobs(
-                    queue=queue, seconds_since_heartbeat=self._stalled)]
-                for item in stalled:
-                    log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
-                                                                                     "task": item.task_kwargs})
-                    with contextlib.suppress(pexc.AlreadyEnqueued):
-                        await self._task.configure(
-                            lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
-                            queue=item.queue,
-                        ).defer_async(**item.task_kwargs)
-                    assert item.id is not None
-                    try:
-                        await self._app.job_manager.finish_job_by_id_async(
-                            item.id, procrastinate.jobs.Status.FAILED, delete_job=False)
-                    except pexc.ConnectorException:
-                        log.info("stalled item already closed", extra={"item": item.id})
-                await self._app.job_manager.prune_stalled_workers(self._stalled)
-            except Exception:  # noqa: BLE001 - the database restarting: try at the next period
-                log.warning("could not look for stalled jobs", exc_info=True)
+                await self._app.job_manager.finish_job_by_id_async(
+                    item.id, procrastinate.jobs.Status.FAILED, delete_job=False)
+            except pexc.ConnectorException:
+                log.info("stalled item already closed", extra={"item": item.id})
+        await self._app.job_manager.prune_stalled_workers(self._stalled)
 
     async def stop_worker(self) -> None:
         """Stop this process's workers and wait for them. Each procrastinate worker is asked to stop (it lets its

@@ -25,7 +25,7 @@ from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState
-from engine.jobs.ports import Claim, JobExecutor, Lease, lease_lost
+from engine.jobs.ports import Claim, JobExecutor, Lease, QueueAttempt, lease_lost, queue_attempt
 from engine.registry.ports import Cursor, ServingRole
 from engine.registry.records import AdapterRecord, VersionNumber, next_number, reservation_lost, version_not_found
 
@@ -151,7 +151,9 @@ class InMemoryJobStore(Generic[S, O]):
 class InProcessQueue:
     """engine.jobs.ports.WorkerQueue within this process: waiting jobs run by priority, then in the order queued,
     ``concurrency`` at a time; a job queued again while it runs waits for that run to end (as procrastinate's lock
-    keeps it). Nothing survives the process: a restart queues again what the store holds."""
+    keeps it). An item is run once: a failed one is not retried, so every attempt is the last (``queue_attempt``)
+    and its executor ends a job it could not run. Nothing survives the process: a restart queues again what the
+    store holds."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str, str]] = []
@@ -201,11 +203,13 @@ class InProcessQueue:
                     continue
                 self._waiting.discard(job_id)
                 self._running.add(job_id)
+            attempt = queue_attempt.set(QueueAttempt(1, last=True))
             try:
                 await self._executors[kind](kind, job_id)
             except Exception:  # noqa: BLE001 - a job's own failure is recorded on it; keep serving
                 logging.getLogger(__name__).exception("job executor failed", extra={"job_id": job_id})
             finally:
+                queue_attempt.reset(attempt)
                 self._running.discard(job_id)
                 held = self._held.pop(job_id, None)
             if held is not None:
