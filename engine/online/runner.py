@@ -333,7 +333,7 @@ class _Session:
         stored = await self.r.store.feedback_through(self.id)
         shown = ctx.job.output.feedback_through
         # The store's is later after a crash between the two writes: the job shows it from now on. The job's copy is
-        # later only where a worker of an earlier server version read on after migration 0027 copied it to the
+        # later only where a worker of an earlier server version read on after migration 0026 copied it to the
         # store: that window was made into examples too, so the read starts after it.
         if stored is not None and (shown is None or stored > shown):
             ctx.set_output(replace(ctx.job.output, feedback_through=stored))

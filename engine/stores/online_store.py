@@ -8,7 +8,7 @@ publication) is a counter: the worker acts on each increment it has not seen.
 The controls also hold the session's live alias (migration 0024): its name, and its state, which outlives the
 session (``AliasState``). A name is held by one session at a time per base model (FOLLOWING or KEPT).
 
-And the session's feedback watermark (migration 0027): how far the feedback on its live model has become examples.
+And the session's feedback watermark (migration 0026): how far the feedback on its live model has become examples.
 It moves in the transaction that stores the examples a window of feedback made (``add_feedback``), so a window is
 made into examples once, whatever happens to the worker between that and storing its job.
 """

@@ -158,7 +158,7 @@ async def test_a_worker_that_dies_before_storing_its_job_leaves_the_window_read(
 async def test_a_job_later_than_the_store_is_read_on_from(
     pool, start_version: str, tmp_path: Path  # noqa: F811 - fixtures
 ) -> None:
-    """A session a worker of an earlier server version read feedback for after migration 0027 copied its job's
+    """A session a worker of an earlier server version read feedback for after migration 0026 copied its job's
     watermark: the job's is later, and what it read (stored as examples then) is not read again."""
     world = _World(pool, tmp_path, start_version)
     before = datetime.now(UTC) - timedelta(minutes=30)
@@ -201,13 +201,13 @@ async def test_the_watermark_moves_with_the_examples_and_only_from_where_the_wri
     assert missing.value.reason == "ONLINE_SESSION_NOT_FOUND"
 
 
-async def test_migration_0027_takes_each_sessions_watermark_from_its_job(
+async def test_migration_0026_takes_each_sessions_watermark_from_its_job(
     pg_admin_url: str, make_registry, make_peft, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """A database migrated before 0027 with two sessions, one whose job had read feedback: the migration copies its
+    """A database migrated before 0026 with two sessions, one whose job had read feedback: the migration copies its
     watermark to the store."""
     files = postgres._migration_files()
-    monkeypatch.setattr(postgres, "_migration_files", lambda: [f for f in files if f[0] < 27])
+    monkeypatch.setattr(postgres, "_migration_files", lambda: [f for f in files if f[0] < 26])
     pool = await postgres.connect(await create_database(pg_admin_url), max_size=4)  # noqa: F811 - not the fixture
     try:
         await postgres.migrate(pool)
@@ -222,7 +222,7 @@ async def test_migration_0027_takes_each_sessions_watermark_from_its_job(
                                       create_time=datetime.now(UTC)))
         monkeypatch.undo()
         applied = await postgres.migrate(pool)
-        assert [n for n in applied if n.startswith("0027_")] == ["0027_online_feedback_through.sql"]
+        assert [n for n in applied if n.startswith("0026_")] == ["0026_online_feedback_through.sql"]
         assert await store.feedback_through("read") == read_to
         assert await store.feedback_through("unread") is None
     finally:
