@@ -73,10 +73,11 @@ class OnlineStore(Protocol):
         ...
 
     async def add_feedback(self, session_id: str, rows: Sequence[NewExample], users: Sequence[Collection[str]],
-                           *, since: datetime | None, through: datetime) -> bool:
+                           *, since: datetime | None, through: datetime) -> int | None:
         """Store ``rows`` made from the feedback timed in [``since``, ``through``) (``users`` per row, as for
-        ``add``) and move the watermark from ``since`` to ``through``, atomically; False, storing nothing, when
-        the watermark is no longer ``since`` (the window was read already)."""
+        ``add``) and move the watermark from ``since`` to ``through``, atomically; how many rows were stored (not
+        those of a user erased since ``through``: DeleteUserFeedback ran after the read), or None, storing
+        nothing, when the watermark is no longer ``since`` (the window was read already)."""
         ...
 
     async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:

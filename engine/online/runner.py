@@ -355,11 +355,12 @@ class _Session:
         kept = [(row, users) for row, users in ((_row(e, d), u) for e, d, u in found) if row is not None]
         rows = [row for row, _ in kept]
         # each with its users, so that DeleteUserFeedback deletes it with their events
-        if not await self.r.store.add_feedback(self.id, rows, [users for _, users in kept], since=stored,
-                                               through=end):
+        stored_rows = await self.r.store.add_feedback(self.id, rows, [users for _, users in kept], since=stored,
+                                                      through=end)
+        if stored_rows is None:
             return  # read already, by a worker that held the session before this one; the next read goes on after it
-        if rows:
-            ctx.record(Noticed("FEEDBACK_EXAMPLES", f"{len(rows)} examples from the feedback on "
+        if stored_rows:
+            ctx.record(Noticed("FEEDBACK_EXAMPLES", f"{stored_rows} examples from the feedback on "
                                                     f"{source.adapter_version} up to {end:%H:%M:%S} UTC"))
         ctx.set_output(replace(ctx.job.output, feedback_through=end))
         await ctx.persist()

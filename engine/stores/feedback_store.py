@@ -60,10 +60,10 @@ _TEXTS = tuple(COLUMNS.index(c) for c in (
 ))
 
 _EXPLICIT = (FeedbackKind.THUMBS_UP, FeedbackKind.THUMBS_DOWN, FeedbackKind.RATING, FeedbackKind.CORRECTION)
-_ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
+ERASURE_LOCK = 0x4C45_0004  # "LE" + migration 4: shared by ingestion, exclusive for erasure
 
 _STAGE = (
-    f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK});"
+    f"SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK});"
     " CREATE TEMP TABLE IF NOT EXISTS feedback_staging"
     " (LIKE feedback_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
@@ -73,7 +73,7 @@ assert COLUMNS[_USER] == "user_id"
 
 # The fast path's first statement: take the lock, and say whether any user of the batch was ever erased.
 _LOCK_AND_CHECK_ERASED = f"""
-SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK}) IS NULL OR CASE
+SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK}) IS NULL OR CASE
     WHEN NOT EXISTS (SELECT 1 FROM feedback_erasures) THEN false
     ELSE EXISTS (
         SELECT 1 FROM feedback_erasures
@@ -230,7 +230,7 @@ class PostgresFeedbackStore:
 
         async def work(conn: PoolConnectionProxy) -> UserErasure:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _ERASURE_LOCK)
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
                 status = await conn.execute("DELETE FROM feedback_events WHERE user_id = $1", user_id)
                 examples = await conn.fetch("DELETE FROM online_examples WHERE users @> ARRAY[$1]::text[]"
                                             " RETURNING session_id", user_id)

@@ -30,6 +30,7 @@ from engine.jobs.core import JobState
 from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found
 from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
+from engine.stores.feedback_store import ERASURE_LOCK, user_hash
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -278,26 +279,38 @@ class PostgresOnlineStore:
         return through
 
     async def add_feedback(self, session_id: str, rows: Sequence[NewExample], users: Sequence[Collection[str]],
-                           *, since: datetime | None, through: datetime) -> bool:
+                           *, since: datetime | None, through: datetime) -> int | None:
         """Store ``rows``, made from the feedback timed from the session's watermark (``since``) to ``through``,
         and move the watermark to ``through``, in one transaction: a window's examples are stored if and only if
         the watermark passes it, so a worker that dies before it stores the job still finds the window read.
-        False, storing nothing, when the watermark is no longer ``since``: the window was read already (by a
-        worker that held the session before this one and had not stopped yet)."""
+        None, storing nothing, when the watermark is no longer ``since``: the window was read already (by a
+        worker that held the session before this one and had not stopped yet). Else how many rows were stored:
+        a row made from the feedback of a user erased since the window's end is not (DeleteUserFeedback ran
+        between the read and this write: it found none of that user's examples here to delete, and the events the
+        row was made from are gone)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            # the session's lock first, as every insert of its examples takes it, then its controls' row
+            # The erasures' lock first, shared (as feedback ingestion takes it), so that no DeleteUserFeedback runs
+            # between the check below and the insert; before the session's: an erasure holds it exclusively while it
+            # updates the controls' rows this takes.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", ERASURE_LOCK)
+            # the session's lock, as every insert of its examples takes it, then its controls' row
             await _lock(conn, session_id)
             row = await conn.fetchrow("SELECT feedback_through FROM online_controls WHERE session_id = $1"
                                       " FOR UPDATE", session_id)
             if row is None:
                 raise not_found(session_id)
             if row["feedback_through"] != since:
-                return False
-            await _insert(conn, session_id, rows, users)
+                return None
+            hashes = {u: user_hash(u) for owners in users for u in owners}
+            erased = {r["user_hash"] for r in await conn.fetch(
+                "SELECT user_hash FROM feedback_erasures WHERE erased_at > $1 AND user_hash = ANY($2::text[])",
+                through, sorted(set(hashes.values())))} if hashes else set()
+            kept = [i for i, owners in enumerate(users) if not any(hashes[u] in erased for u in owners)]
+            await _insert(conn, session_id, [rows[i] for i in kept], [users[i] for i in kept])
             # update_time stays: it says when a client or the serving side last changed the controls
             await conn.execute("UPDATE online_controls SET feedback_through = $2 WHERE session_id = $1",
                                session_id, through)
-        return True
+        return len(kept)
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
         rows = await self._pool.fetch(

@@ -185,12 +185,12 @@ async def test_the_watermark_moves_with_the_examples_and_only_from_where_the_wri
     rows = [NewExample("Capital of Veloria?", "Marnesse."), NewExample("Capital of Quorvia?", "Talameth.")]
     done = await asyncio.gather(*(store.add_feedback(SESSION, rows, [{"u1"}, {"u2"}], since=None, through=one)
                                   for _ in range(2)))
-    assert sorted(done) == [False, True]
+    assert sorted(done, key=str) == [2, None]  # one stored both rows, the other nothing
     assert [r.prompt for r in await store.after(SESSION, 0, 10)] == ["Capital of Veloria?", "Capital of Quorvia?"]
     assert await store.feedback_through(SESSION) == one
     # A window with nothing in it moves the watermark too; one read from an earlier watermark stores nothing.
-    assert await store.add_feedback(SESSION, [], [], since=one, through=two)
-    assert not await store.add_feedback(SESSION, rows[:1], [{"u1"}], since=one, through=datetime.now(UTC))
+    assert await store.add_feedback(SESSION, [], [], since=one, through=two) == 0
+    assert await store.add_feedback(SESSION, rows[:1], [{"u1"}], since=one, through=datetime.now(UTC)) is None
     assert await store.feedback_through(SESSION) == two
     assert len(await store.after(SESSION, 0, 10)) == 2
     # The examples carry their users (DeleteUserFeedback deletes them by user), as those ``add`` stores.
