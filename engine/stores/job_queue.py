@@ -87,6 +87,8 @@ class ProcrastinateQueue:
         (after the last, the executor ends the job: ``queue_attempt``). Items that ended (failed: closed as
         stalled, or out of retries; cancelled, aborted) are deleted ``retention_hours`` after they ended, checked
         every ``prune_every_seconds``."""
+        if retries < 1:  # procrastinate reads max_attempts=0 as no limit: the item would be run again for ever
+            raise ValueError(f"retries must be at least 1, got {retries}")
         # Each running worker holds one connection for LISTEN; the others serve fetches, heartbeats and defers.
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
             conninfo=database_url, min_size=1, max_size=8))

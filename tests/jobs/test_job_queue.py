@@ -327,3 +327,10 @@ async def test_a_job_claimed_by_an_attempt_that_failed_is_claimed_again_by_the_n
         assert (await api.get(job.id)).state is JobState.SUCCEEDED and store.claims == 2
         states = [i.payload.state for i in items if isinstance(i, JobEvent) and isinstance(i.payload, StateChanged)]
         assert states == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
+
+
+def test_a_queue_that_would_never_give_up_is_refused(database_url: str) -> None:
+    """No retries at all would tell every run it is the last, while procrastinate reads max_attempts=0 as no
+    limit and runs a failed item again for ever: the constructor refuses it."""
+    with pytest.raises(ValueError, match="retries must be at least 1"):
+        ProcrastinateQueue(database_url, retries=0)
