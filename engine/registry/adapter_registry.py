@@ -9,21 +9,31 @@ parent's), or on request.
 
 Publishing, in order:
   1. pack the PEFT directory into a canonical tar.gz and hash it (off the loop);
-  2. reserve the version number with a PostgreSQL row (the primary key decides races);
-  3. store the archive (and a Fisher snapshot), then ``metadata.json`` last, all
-     create-only: a version whose manifest exists is never overwritten;
-  4. only then mark the row PUBLISHED: from here on it is a version. This step runs to its end
-     even if the publish is cancelled meanwhile, and once it has succeeded nothing is undone.
-If step 3 or 4 fails (e.g. the object store is down), what was written is removed when
-possible and the reservation is released, so nothing becomes visible and a retry gets the
-same number; an archive left without a manifest is garbage the next holder of that
-number removes. If the reservation was lost meanwhile (RESERVATION_LOST: freed as stale,
-see engine.stores.adapter_index), the number may be another publisher's by now: only the
-manifest this publish created is removed, the archive is left to that holder. If the
-process dies mid-publish, ``recover`` (at the next start) removes its partial writes and
-scratch files and releases its reservation. If the store already holds a manifest the
-database does not know, the publish is refused, the object is left alone and the number is
-retired (CONFLICT).
+  2. reserve the version number with a PostgreSQL row (the primary key decides races) for this
+     publish attempt, a random token (engine.registry.records.new_attempt);
+  3. store the archive under a key of the attempt's own,
+     ``adapters/<base-model>/<version>/<attempt>.adapter.tar.gz``, then ``metadata.json`` (the
+     version's key, naming the archive's) last, all create-only: a version whose manifest exists is
+     never overwritten;
+  4. only then mark the row PUBLISHED, if the attempt still holds it: from here on it is a version.
+     This step runs to its end even if the publish is cancelled meanwhile, and once it has
+     succeeded nothing is undone.
+Readers follow the record's keys; versions published before attempts keep theirs
+(``<version>/adapter.tar.gz``). A number can change hands: a reservation freed as stale (its
+publisher froze, its lock session dropped; see engine.stores.adapter_index) is handed out again,
+and two attempts may be storing one number's objects at once. Only the manifest's key is shared,
+and its create-only write decides: the attempt whose write fails is refused (ARTIFACT_EXISTS) and
+the attempt that lost its reservation cannot register what it wrote (RESERVATION_LOST). If step 3
+or 4 fails (e.g. the object store is down, the publish is cancelled, the reservation was lost),
+what this attempt wrote is removed when possible, and only that: every key it wrote is its own, so
+it never removes another attempt's archive. The reservation is released if the attempt still holds
+it, so nothing becomes visible and a retry gets the same number. What a failed attempt could not
+remove (the store down, the process dead) is an orphan: the next attempt to take the number removes
+every object under the version's prefix but the manifest before it writes (no attempt that could
+still register the number wrote them), and ``recover`` (at the next start) removes the archives of
+the reservations it frees, with the store's partial writes and the scratch files. If the store
+already holds a manifest the database does not know, the publish is refused, the manifest and
+what is beside it are left alone and the number is retired (CONFLICT).
 
 Every read of an archive (download, warm start) checks its sha256 against the record
 first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
@@ -54,7 +64,6 @@ from pydantic import TypeAdapter
 
 from engine.domain import DataSource
 from engine.errors import (
-    Aborted,
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
@@ -66,13 +75,15 @@ from engine.registry import archive, peft_checks
 from engine.registry.ports import AdapterIndex, ArtifactStore, Cursor, ServingState
 from engine.registry.records import (
     ARCHIVE_NAME,
-    RESERVATION_LOST,
+    FISHER_NAME,
     AdapterEval,
     AdapterRecord,
     AdapterSource,
     PublishRequest,
+    attempt_key,
     check_base_model_id,
     lora_shape,
+    new_attempt,
     parse_version,
 )
 
@@ -213,7 +224,10 @@ class AdapterRegistry:
                 and lora_shape(parent.lora) == lora_shape(lora)
                 and parent.base_model_digest in ("", base_digest)
             )
-            number = await self._index.reserve(base_model, _under(parent, same_line, request.patch), request.request_id)
+            attempt = new_attempt()
+            number = await self._index.reserve(
+                base_model, _under(parent, same_line, request.patch), request.request_id, attempt
+            )
             record = AdapterRecord(
                 base_model=base_model, version=str(number), lora=lora,
                 create_time=datetime.now(UTC), sha256=sha256, size_bytes=size, source=request.source,
@@ -224,7 +238,7 @@ class AdapterRegistry:
                 base_rehearsed_examples=request.base_rehearsed_examples,
                 ewc_lambda=request.ewc_lambda, ewc_gamma=request.ewc_gamma, fisher_snapshot=request.fisher_snapshot,
                 ewc_fisher_space=request.ewc_fisher_space, labels=tuple(sorted(request.labels)),
-                request_id=request.request_id,
+                request_id=request.request_id, attempt=attempt,
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))
             published = await self._store_and_register(record, archive_path, request.fence)
@@ -249,34 +263,54 @@ class AdapterRegistry:
                     "under the next version.",
                     metadata={"key": record.manifest_key, "version": record.version},
                 )
-            # Objects here without a manifest are leftovers of a failed publish of this number,
-            # which we now hold exclusively (the reservation row).
-            await self._store.delete([record.archive_key, record.fisher_key])
+            await self._remove_orphans(record)
             await self._store.put_file(record.archive_key, archive_path)
             written.append(record.archive_key)
+            # Create-only, and the one key another attempt at this number writes too: if one got here first, this
+            # write fails (ARTIFACT_EXISTS, below) and this attempt registers nothing; if this one did, the other's
+            # fails. Either way the manifest names the archive of the attempt that may register the number.
             await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
             written.append(record.manifest_key)
             registration = asyncio.ensure_future(self._index.publish(record, fence=fence))
             return await _to_the_end(registration)
         except AlreadyExists:
-            await self._index.mark_conflict(record.base_model, record.number)
+            # The manifest was there before us (the check above or our write): it is not ours and stays. What we
+            # wrote beside it is, under keys of this attempt's own.
+            await self._abandon(record, written, conflict=True)
             raise
         except BaseException as exc:
             failure = exc if registration is None else _failure(registration)
             if failure is not None:  # else it is a version, cancelled only after it was registered
-                lost = isinstance(failure, Aborted) and failure.reason == RESERVATION_LOST
-                await self._abandon(record, [k for k in written if k == record.manifest_key] if lost else written)
+                # Also when the reservation was lost (RESERVATION_LOST, or not known yet: the store failed, the
+                # publish was cancelled) and the number is another attempt's by now: every key in ``written`` is
+                # this attempt's own (its manifest too, as its create-only write succeeded), never the other's.
+                await self._abandon(record, written)
             raise
 
-    async def _abandon(self, record: AdapterRecord, written: builtins.list[str]) -> None:
-        """Undo a failed publish as far as possible (remove ``written``, give the reservation back); never
-        raises."""
+    async def _remove_orphans(self, record: AdapterRecord) -> None:
+        """Remove what earlier attempts at ``record``'s number left under its prefix (no manifest is there: the
+        caller checked). This attempt holds the number's reservation, and a reservation is one attempt's, so the
+        attempts that wrote these can never register it: they died, or lost their reservation and fail (and
+        remove their own, if they still can). The manifest's key is left out, should such an attempt write it
+        meanwhile: that one decides, as ever (ARTIFACT_EXISTS)."""
+        orphans = [k for k in await self._store.list_keys(record.prefix) if k != record.manifest_key]
+        if orphans:
+            log.warning("removing what failed publishes of this number left", extra={"keys": orphans})
+            await self._store.delete(orphans)
+
+    async def _abandon(self, record: AdapterRecord, written: builtins.list[str], *, conflict: bool = False) -> None:
+        """Undo a failed publish as far as possible: remove ``written`` (this attempt's own keys), then give the
+        reservation back, or retire the number (``conflict``), if this attempt still holds it. Never raises
+        anything but the index's failure to retire."""
         try:
             await self._store.delete(list(reversed(written)))  # the manifest first
         except Exception:  # noqa: BLE001 - the store may be the thing that failed
             log.warning("could not remove artifacts of a failed publish", extra={"keys": written})
+        if conflict:
+            await self._index.mark_conflict(record.base_model, record.number, record.attempt)
+            return
         try:
-            await self._index.release(record.base_model, record.number)
+            await self._index.release(record.base_model, record.number, record.attempt)
         except Exception:  # noqa: BLE001
             log.exception("could not release the reservation of %s %s", record.base_model, record.version)
 
@@ -334,12 +368,22 @@ class AdapterRegistry:
 
     async def recover(self) -> builtins.list[str]:
         """At start: undo what publishes cut short by a dead process left. Removes the store's partial writes
-        and this registry's scratch space, and releases reservations whose publisher is gone (their numbers
-        are handed out again; an archive already stored under one is removed by its next holder).
-        Returns the released versions as ``<base-model> <version>``."""
+        and this registry's scratch space, releases reservations whose publisher is gone (their numbers are
+        handed out again) and removes the objects their attempts may have stored (a manifest, whose key is the
+        version's, stays: see ``_store_and_register``). What cannot be removed now (the store down) the next
+        attempt at that number removes. Returns the released versions as ``<base-model> <version>``."""
         partial = await self._store.remove_partial_writes()
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
-        released = [f"{b} {number}" for b, number in await self._index.release_stale()]
+        stale = await self._index.release_stale()
+        # Those attempts can never register their numbers (a reservation is one attempt's), and their keys are
+        # their own, so their objects go even if a new holder of the number is at work already.
+        orphans = [attempt_key(b, str(number), attempt, name)
+                   for b, number, attempt in stale for name in (ARCHIVE_NAME, FISHER_NAME)]
+        try:
+            await self._store.delete(orphans)
+        except Exception:  # noqa: BLE001 - a store down at start is no reason not to start
+            log.warning("could not remove the objects of publishes cut short", extra={"keys": orphans})
+        released = [f"{b} {number}" for b, number, _ in stale]
         if partial or released:
             log.warning("cleaned up after publishes cut short by an earlier process",
                         extra={"partial_writes": partial, "released_reservations": released})

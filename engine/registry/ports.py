@@ -21,7 +21,7 @@ Cursor = tuple[datetime, str, int, int, int]  # (create_time, base_model, major,
 
 
 class ArtifactStore(Protocol):
-    """Immutable objects under slash-separated keys, e.g. ``adapters/m/v1.0/adapter.tar.gz``.
+    """Immutable objects under slash-separated keys, e.g. ``adapters/m/v1.0/metadata.json``.
 
     Writes are create-only: writing an existing key raises ``AlreadyExists("ARTIFACT_EXISTS")``
     and leaves the existing object as it was. A store that cannot be reached raises
@@ -95,30 +95,38 @@ class AdapterIndex(Protocol):
 
     A number is reserved first (the store decides races: two publishers never get the same number), then
     published with its record once its artifacts are durable, or released; a deleted version stays as a
-    tombstone, so its number is never handed out again.
+    tombstone, so its number is never handed out again. A reservation is one publish attempt's: publishing,
+    releasing or retiring it takes effect only while that attempt (``record.attempt``, ``attempt``) still holds
+    it, so an attempt whose reservation was freed as stale never changes the number's next holder's, even in the
+    same process.
     """
 
-    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
+    async def reserve(
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+    ) -> VersionNumber:
         """The next free number under ``under``: a new major line for ``()``, the next minor of a line for
-        ``(major,)``, the next patch of a minor version for ``(major, minor)``."""
+        ``(major,)``, the next patch of a minor version for ``(major, minor)``; held by ``attempt``."""
         ...
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
-        """Turn the reservation into a version; with ``fence`` (job id, lease token), only while that job's
-        lease holds (LeaseLost otherwise), checked atomically with the registration."""
+        """Turn ``record.attempt``'s reservation into a version (RESERVATION_LOST unless it still holds it); with
+        ``fence`` (job id, lease token), only while that job's lease holds (LeaseLost otherwise), checked
+        atomically with the registration."""
         ...
 
-    async def release(self, base_model: str, number: VersionNumber) -> None:
-        """Give back a reservation whose publish failed."""
+    async def release(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
+        """Give back ``attempt``'s reservation, whose publish failed."""
         ...
 
-    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
-        """Retire a number whose artifacts the store already held (never handed out again)."""
+    async def mark_conflict(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
+        """Retire a number whose manifest the store already held (never handed out again), if ``attempt`` holds
+        it."""
         ...
 
-    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
-        """Release the reservations of publishers that are gone (their process ended mid-publish); returns
-        them as (base_model, number). Those of live publishers, in any process, stay."""
+    async def release_stale(self) -> list[tuple[str, VersionNumber, str]]:
+        """Release the reservations of publishers that are gone (their process ended mid-publish, or their lock
+        session did); returns them as (base_model, number, attempt), so the objects of those attempts can be
+        removed. Those of live publishers, in any process, stay."""
         ...
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:

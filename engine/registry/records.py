@@ -1,14 +1,16 @@
 """What the registry stores about a version: semantic version numbers and the adapter record.
 
 A record is the persisted metadata of one version (its lineage, what it was trained on,
-its artifact's sha256), kept apart from runtime settings. It is stored as JSON in
-PostgreSQL and, at publish time, as ``metadata.json`` beside the archive.
+its artifact's sha256, the publish attempt whose objects it names), kept apart from runtime
+settings. It is stored as JSON in PostgreSQL and, at publish time, as ``metadata.json`` beside
+the archive.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +102,20 @@ def version_prefix(base_model: str, version: str) -> str:
     return f"adapters/{base_model}/{version}/"
 
 
+def new_attempt() -> str:
+    """A publish attempt's token: the reservation it takes and every object it stores but the manifest carry it."""
+    return secrets.token_hex(8)
+
+
+def attempt_key(base_model: str, version: str, attempt: str, name: str) -> str:
+    """The key of the object ``name`` (ARCHIVE_NAME, FISHER_NAME) a publish ``attempt`` of ``version`` stores:
+    ``adapters/<base-model>/<version>/<attempt>.<name>``. A number can change hands (a reservation freed as stale),
+    so two attempts may publish one number; keys of their own mean neither ever writes, or cleans up, the other's
+    objects. Only the manifest's key is the version's, and its create-only write decides between them. An
+    ``attempt`` of "" is the layout of versions published before attempts: ``<version>/<name>``."""
+    return version_prefix(base_model, version) + (f"{attempt}.{name}" if attempt else name)
+
+
 class AdapterSource(enum.StrEnum):
     TRAINED = "TRAINED"
     IMPORTED = "IMPORTED"
@@ -152,6 +168,7 @@ class AdapterRecord:
     artifact_uri: str = ""
     request_id: str = ""
     delete_time: datetime | None = None
+    attempt: str = ""  # the publish attempt whose objects these are (attempt_key); "": published before attempts
 
     @property
     def name(self) -> str:
@@ -167,7 +184,7 @@ class AdapterRecord:
 
     @property
     def archive_key(self) -> str:
-        return self.prefix + ARCHIVE_NAME
+        return attempt_key(self.base_model, self.version, self.attempt, ARCHIVE_NAME)
 
     @property
     def manifest_key(self) -> str:
@@ -175,7 +192,9 @@ class AdapterRecord:
 
     @property
     def fisher_key(self) -> str:
-        return self.prefix + FISHER_NAME
+        """A Fisher snapshot beside the archive: publishes no longer store one (engine.stores.fisher_store keeps
+        snapshots), but versions published before may have one, removed with them."""
+        return attempt_key(self.base_model, self.version, self.attempt, FISHER_NAME)
 
 
 def lora_shape(lora: LoraSpec) -> tuple[int, frozenset[str]]:

@@ -13,7 +13,10 @@ those of live publishers, in this process or another, alone. A session can also 
 publisher (a PostgreSQL restart, a proxy closing an idle connection); its rows may then be freed
 and the numbers handed out again, so every change of a reservation (``publish``, ``release``,
 ``mark_conflict``) applies only to a row its owner still holds: a publisher whose reservation is
-gone gets ABORTED RESERVATION_LOST and never publishes over another's.
+gone gets ABORTED RESERVATION_LOST and never publishes over another's. The owner is a process, so a
+row also records the publish attempt that reserved it (``attempt``, migration 0027), and a change
+needs both: after its lock session dropped, a process may reserve the same number again for another
+publish, and the first attempt, its objects perhaps swept as orphans by then, must not register it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from engine.stores.postgres import holding_rows
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
 _KEY = "base_model = $1 AND major = $2 AND minor = $3 AND patch = $4"  # one version's row
-_HELD = f"{_KEY} AND state = 'RESERVED' AND reserved_by = $5"  # one version's row, while its owner ($5) holds it
+# one version's row, while its owner ($5) holds it for the same publish attempt ($6)
+_HELD = f"{_KEY} AND state = 'RESERVED' AND reserved_by = $5 AND attempt = $6"
 
 
 def published_and_held(base_model: str, first: int) -> str:
@@ -100,18 +104,20 @@ class PostgresAdapterIndex:
             finally:
                 await self._pool.release(conn)
 
-    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
-        """Take the next free number under ``under`` (engine.registry.ports.AdapterIndex.reserve). Counts every
-        row (reserved, deleted, conflicting), so numbers never repeat. The reservation ends with ``publish``,
-        ``release`` or ``mark_conflict``."""
+    async def reserve(
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+    ) -> VersionNumber:
+        """Take the next free number under ``under`` for ``attempt`` (engine.registry.ports.AdapterIndex.reserve).
+        Counts every row (reserved, deleted, conflicting), so numbers never repeat. The reservation ends with
+        ``publish``, ``release`` or ``mark_conflict``."""
         await self._hold()
         try:
-            return await self._reserve(base_model, under, request_id)
+            return await self._reserve(base_model, under, request_id, attempt)
         except BaseException:
             await self._let_go()
             raise
 
-    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str) -> VersionNumber:
+    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str) -> VersionNumber:
         part = VersionNumber._fields[len(under)]  # the part that counts up; those before it are ``under``
         same = "".join(f" AND {name} = ${i + 2}" for i, name in enumerate(VersionNumber._fields[: len(under)]))
         for _ in range(_RESERVE_ATTEMPTS):
@@ -121,9 +127,9 @@ class PostgresAdapterIndex:
                 number = next_number(under, top)
                 try:
                     await conn.execute(
-                        "INSERT INTO adapters (base_model, major, minor, patch, state, request_id, reserved_by)"
-                        " VALUES ($1, $2, $3, $4, 'RESERVED', $5, $6)",
-                        base_model, *number, request_id or None, self._owner,
+                        "INSERT INTO adapters (base_model, major, minor, patch, state, request_id, reserved_by,"
+                        " attempt) VALUES ($1, $2, $3, $4, 'RESERVED', $5, $6, $7)",
+                        base_model, *number, request_id or None, self._owner, attempt,
                     )
                     return number
                 except asyncpg.UniqueViolationError as exc:
@@ -145,9 +151,9 @@ class PostgresAdapterIndex:
                 if token != fence[1]:
                     raise lease_lost(fence[0])
             create_time = await conn.fetchval(
-                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $6::jsonb, labels = $7::jsonb"
+                "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $7::jsonb, labels = $8::jsonb"
                 f" WHERE {_HELD} RETURNING create_time",
-                record.base_model, *record.number, self._owner, _RECORD.dump_json(record).decode(),
+                record.base_model, *record.number, self._owner, record.attempt, _RECORD.dump_json(record).decode(),
                 _labels_json(record),
             )
             if create_time is None:
@@ -160,27 +166,28 @@ class PostgresAdapterIndex:
         await self._let_go()
         return published
 
-    async def release(self, base_model: str, number: VersionNumber) -> None:
-        """Free the reservation if this index still holds it (one that is gone is another's business now)."""
+    async def release(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
+        """Free ``attempt``'s reservation if it still holds it (one that is gone is another's business now)."""
         try:
             async with self._pool.acquire() as conn:
-                await conn.execute(f"DELETE FROM adapters WHERE {_HELD}", base_model, *number, self._owner)
+                await conn.execute(f"DELETE FROM adapters WHERE {_HELD}", base_model, *number, self._owner, attempt)
         finally:
             await self._let_go()
 
-    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
-        """Retire the number if this index still holds its reservation."""
+    async def mark_conflict(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
+        """Retire the number if ``attempt`` still holds its reservation."""
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(
-                    f"UPDATE adapters SET state = 'CONFLICT' WHERE {_HELD}", base_model, *number, self._owner
+                    f"UPDATE adapters SET state = 'CONFLICT' WHERE {_HELD}", base_model, *number, self._owner, attempt
                 )
         finally:
             await self._let_go()
 
-    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
-        """Delete the RESERVED rows of publishers that are gone (see the module docstring); return them."""
-        released: list[tuple[str, VersionNumber]] = []
+    async def release_stale(self) -> list[tuple[str, VersionNumber, str]]:
+        """Delete the RESERVED rows of publishers that are gone (see the module docstring); return them as
+        (base_model, number, attempt)."""
+        released: list[tuple[str, VersionNumber, str]] = []
         async with self._pool.acquire() as conn:
             owners = {r["reserved_by"] for r in await conn.fetch(
                 "SELECT DISTINCT reserved_by FROM adapters WHERE state = 'RESERVED'")}
@@ -191,12 +198,13 @@ class PostgresAdapterIndex:
                 try:
                     rows = await conn.fetch(
                         "DELETE FROM adapters WHERE state = 'RESERVED' AND reserved_by IS NOT DISTINCT FROM $1"
-                        " RETURNING base_model, major, minor, patch", owner,
+                        " RETURNING base_model, major, minor, patch, attempt", owner,
                     )
                 finally:
                     if owner is not None:
                         await conn.execute("SELECT pg_advisory_unlock($1)", owner)
-                released += [(r["base_model"], VersionNumber(r["major"], r["minor"], r["patch"])) for r in rows]
+                released += [(r["base_model"], VersionNumber(r["major"], r["minor"], r["patch"]), r["attempt"])
+                             for r in rows]
         return released
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:

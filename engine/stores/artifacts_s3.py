@@ -5,11 +5,11 @@ The SDK is synchronous, so every call runs in a worker thread (``asyncio.to_thre
 No overwrite, although ``Minio.put_object`` cannot send ``If-None-Match``:
 
 * The registry reserves a version number in PostgreSQL before it writes anything (the
-  primary key decides races), so within one registry database exactly one publisher at a
-  time writes under a version's prefix.
-* Large objects (the archive, a Fisher snapshot) are checked with ``stat_object`` before
-  ``fput_object``; an existing key is refused. With the reservation this is race-free
-  among publishers sharing the database.
+  primary key decides races), and every object a publish writes but the manifest has a key
+  of that publish attempt's own (engine.registry.records.attempt_key), so no two publishers
+  ever write one such key, even when a number changes hands (a reservation freed as stale).
+* Large objects (the archive) are checked with ``stat_object`` before ``fput_object``; an
+  existing key is refused. With keys of their attempt's own this is race-free.
 * The manifest (``metadata.json``), the object whose presence makes a version published,
   is small and is written with one signed ``PUT`` carrying ``If-None-Match: *`` through the
   SDK's request layer (``Minio._execute``, which signs any headers). The store itself then

@@ -223,6 +223,7 @@ class _Row:
     state: str  # RESERVED, PUBLISHED, DELETED, CONFLICT (as in engine.stores.adapter_index)
     record: AdapterRecord | None = None
     request_id: str = ""
+    attempt: str = ""  # the publish attempt holding a reservation
 
 
 class InMemoryAdapterIndex:
@@ -233,37 +234,39 @@ class InMemoryAdapterIndex:
         self._lock = asyncio.Lock()
         self.leases = leases  # a job's current lease token (InMemoryJobStore.lease_token), for fenced publishes
 
-    async def reserve(self, base_model: str, under: tuple[int, ...], request_id: str = "") -> VersionNumber:
+    async def reserve(
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+    ) -> VersionNumber:
         if request_id and any(k[0] == base_model and r.request_id == request_id and r.state == "RESERVED"
                               for k, r in self.rows.items()):
             raise Aborted("IMPORT_IN_PROGRESS", f"request_id {request_id!r} is being imported right now; retry",
                           metadata={"request_id": request_id})
         taken = [n[len(under)] for b, n in self.rows if b == base_model and n[: len(under)] == under]
         number = next_number(under, max(taken, default=None))
-        self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id)
+        self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id, attempt=attempt)
         return number
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
         if fence is not None and self.leases is not None and self.leases(fence[0]) != fence[1]:
             raise lease_lost(fence[0])
         row = self.rows.get((record.base_model, record.number))
-        if row is None or row.state != "RESERVED":
+        if row is None or row.state != "RESERVED" or row.attempt != record.attempt:
             raise reservation_lost(record.base_model, record.version)
         published = replace(record, create_time=datetime.now(UTC))
         row.state, row.record = "PUBLISHED", published
         return published
 
-    async def release(self, base_model: str, number: VersionNumber) -> None:
+    async def release(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
         row = self.rows.get((base_model, number))
-        if row is not None and row.state == "RESERVED":
+        if row is not None and row.state == "RESERVED" and row.attempt == attempt:
             del self.rows[(base_model, number)]
 
-    async def mark_conflict(self, base_model: str, number: VersionNumber) -> None:
+    async def mark_conflict(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
         row = self.rows.get((base_model, number))
-        if row is not None and row.state == "RESERVED":
+        if row is not None and row.state == "RESERVED" and row.attempt == attempt:
             row.state = "CONFLICT"
 
-    async def release_stale(self) -> list[tuple[str, VersionNumber]]:
+    async def release_stale(self) -> list[tuple[str, VersionNumber, str]]:
         return []  # in memory, every publisher lives in this process
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:

@@ -207,7 +207,8 @@ async def test_migration_0026_takes_each_sessions_watermark_from_its_job(
     """A database migrated before 0026 with two sessions, one whose job had read feedback: the migration copies its
     watermark to the store."""
     files = postgres._migration_files()
-    monkeypatch.setattr(postgres, "_migration_files", lambda: [f for f in files if f[0] < 26])
+    # every migration but 0026 (the registry's later ones too, which publishing the start version needs)
+    monkeypatch.setattr(postgres, "_migration_files", lambda: [f for f in files if f[0] != 26])
     pool = await postgres.connect(await create_database(pg_admin_url), max_size=4)  # noqa: F811 - not the fixture
     try:
         await postgres.migrate(pool)

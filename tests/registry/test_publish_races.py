@@ -48,8 +48,8 @@ async def test_a_publisher_whose_reservation_was_freed_never_publishes_over_the_
     make_registry, store, make_peft, database_url, tmp_path: Path
 ):
     """A's lock session drops mid-publish (a PostgreSQL restart, a proxy closing it); another process starting
-    frees A's reservation and B takes the number, replacing A's archive. A is ABORTED and leaves B's files alone;
-    B's version holds B's archive."""
+    frees A's reservation and B takes the number, removing A's archive (an orphan to B) and storing its own. A is
+    ABORTED and leaves B's files alone; B's version holds B's archive."""
     store_a, store_b = _GatedManifest(store), _GatedManifest(store)
     registry_a = make_registry(store_a)
     pool_b = await postgres.connect(database_url, max_size=5)  # another process
@@ -62,7 +62,7 @@ async def test_a_publisher_whose_reservation_was_freed_never_publishes_over_the_
         assert await pool_b.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)  # waits until it is gone
         assert await registry_b.recover() == ["tiny-llama v1.0"]
         tasks.append(b := asyncio.create_task(registry_b.publish(req(make_peft(1)))))
-        await store_b.at_manifest.wait()  # B holds v1.0 and has replaced A's archive with its own
+        await store_b.at_manifest.wait()  # B holds v1.0 and has stored its archive (A's is gone)
         store_a.go.set()
         with pytest.raises(Aborted) as lost:
             await a

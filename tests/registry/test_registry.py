@@ -48,9 +48,13 @@ async def test_versions_follow_parents_shapes_and_requests(registry: AdapterRegi
 
 async def test_layout_and_manifest(registry: AdapterRegistry, store, make_peft):
     record = await registry.publish(req(make_peft(0), labels=(("team", "a"),)))
-    assert record.archive_key == "adapters/tiny-llama/v1.0/adapter.tar.gz"
+    # The archive's key is its publish attempt's own; the manifest's is the version's, and names the archive's.
+    assert record.archive_key == f"adapters/tiny-llama/v1.0/{record.attempt}.adapter.tar.gz"
+    assert await store.list_keys("adapters/tiny-llama/v1.0/") == [record.archive_key,
+                                                                  "adapters/tiny-llama/v1.0/metadata.json"]
     manifest = json.loads(await store.get_bytes("adapters/tiny-llama/v1.0/metadata.json"))
     assert manifest["sha256"] == record.sha256 and manifest["version"] == "v1.0"
+    assert manifest["attempt"] == record.attempt
     assert manifest["labels"] == [["team", "a"]]
     assert record.artifact_uri.startswith("s3://" if isinstance(store, S3ArtifactStore) else "file://")
     # Packing is canonical: the same PEFT directory always gives the same digest.
@@ -122,7 +126,7 @@ async def test_a_version_already_in_the_store_is_never_overwritten(registry: Ada
         await registry.publish(req(make_peft(0)))
     assert err.value.reason == "ARTIFACT_EXISTS"
     assert await store.get_bytes("adapters/tiny-llama/v1.0/metadata.json") == planted
-    assert not await store.exists("adapters/tiny-llama/v1.0/adapter.tar.gz")
+    assert await store.list_keys("adapters/tiny-llama/v1.0/") == ["adapters/tiny-llama/v1.0/metadata.json"]
     assert (await registry.list(base_model=TINY, page_size=10))[0] == []
     retried = await registry.publish(req(make_peft(0)))
     assert retried.version == "v2.0"  # v1.0 is retired, never reused
@@ -235,12 +239,13 @@ async def test_s3_dying_mid_publish_registers_nothing_and_a_retry_succeeds(make_
             await registry.get(TINY, "v1.0")
         server.start()
         # The archive went up before the outage and could not be cleaned up; without a manifest
-        # it is garbage, not a version, and the retry (holding the number) replaces it.
-        assert await inner.exists("adapters/tiny-llama/v1.0/adapter.tar.gz")
-        assert not await inner.exists("adapters/tiny-llama/v1.0/metadata.json")
+        # it is garbage, not a version, and the retry (holding the number) removes it.
+        [orphan] = await inner.list_keys("adapters/tiny-llama/v1.0/")
+        assert orphan.endswith(".adapter.tar.gz")
         retry = make_registry(inner)
         record = await retry.publish(req(make_peft(0), source=AdapterSource.TRAINED))
         assert record.version == "v1.0"
+        assert await inner.list_keys("adapters/tiny-llama/v1.0/") == [record.archive_key, record.manifest_key]
         got = await retry.download(TINY, "v1.0", tmp_path / "a.tar.gz")
         assert sha256_file(tmp_path / "a.tar.gz") == got.sha256
     finally:

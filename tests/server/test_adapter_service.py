@@ -125,9 +125,10 @@ async def test_lineage_metadata_download_and_reimport(adapters: Adapters, tiny_m
     assert chain[0].ewc_lambda == pytest.approx(0.1) and chain[0].ewc_gamma == 1.0 and chain[2].ewc_lambda == 0.0
     got = (await adapters.stub.GetAdapter(pb.GetAdapterRequest(base_model=TINY, version="v1.1"))).adapter
     assert got == chain[1]
-    assert await adapters.object_names(f"adapters/{TINY}/v1.0/") == [
-        f"adapters/{TINY}/v1.0/adapter.tar.gz", f"adapters/{TINY}/v1.0/metadata.json",
-    ]
+    # The archive's key is its publish attempt's own (<attempt>.adapter.tar.gz), the manifest's the version's.
+    archive_key, manifest_key = await adapters.object_names(f"adapters/{TINY}/v1.0/")
+    assert archive_key.endswith(".adapter.tar.gz") and chain[2].artifact_uri.endswith(archive_key)
+    assert manifest_key == f"adapters/{TINY}/v1.0/metadata.json"
     for job in jobs:  # and each job's metrics, stored in the same store when it ended
         assert job.metrics_artifacts.row_count == 6
         assert job.metrics_artifacts.csv_uri.startswith("s3://" if adapters.s3 else "file://")
@@ -262,7 +263,9 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
 
 async def test_tampered_artifact_is_data_loss_and_never_loaded(adapters: Adapters, peft_dirs: list[Path]):
     adapter = await import_archive(adapters.stub, tar_dir(peft_dirs[0]))
-    await adapters.tamper(f"adapters/{TINY}/{adapter.version}/adapter.tar.gz")
+    [archive_key] = [k for k in await adapters.object_names(f"adapters/{TINY}/{adapter.version}/")
+                     if k.endswith(".adapter.tar.gz")]
+    await adapters.tamper(archive_key)
     stream = adapters.stub.DownloadAdapter(pb.DownloadAdapterRequest(version=adapter.version))
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -78,9 +78,10 @@ async def test_job_trains_streams_and_publishes_an_adapter(
     assert final.start_time.seconds > 0 and final.end_time.ToDatetime() >= final.start_time.ToDatetime()
 
     version_dir = data_dir / "artifacts" / "adapters" / TINY / "v1.0"
-    assert sorted(p.name for p in version_dir.iterdir()) == ["adapter.tar.gz", "metadata.json"]
+    archive_name, manifest_name = sorted(p.name for p in version_dir.iterdir())
+    assert archive_name.endswith(".adapter.tar.gz") and manifest_name == "metadata.json"  # <attempt>.adapter.tar.gz
     adapter_dir = tmp_path / "v1.0"
-    with tarfile.open(version_dir / "adapter.tar.gz") as archive:
+    with tarfile.open(version_dir / archive_name) as archive:
         assert sorted(archive.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
         archive.extractall(adapter_dir, filter="data")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
