@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.ports import CancelToken, Lease, ProgressSink
@@ -59,6 +59,20 @@ class JobRunner(Protocol[S, O]):
 
     def fold(self, job: Job[S, O], payload: object) -> Job[S, O]:
         """The job with one of the kind's own events folded in (e.g. step metrics into progress)."""
+        ...
+
+
+@runtime_checkable
+class CancelHook(Protocol[S, O]):
+    """What a :class:`JobRunner` whose runs leave something in force beyond themselves (a pipeline run's canary)
+    adds, for a cancel no run of the job carries out: the job was queued or paused (the manager ends it in the
+    store), being let go of by its worker (the release ends it), or taken up with the cancel pending (it ends before
+    its run starts). A running job's cancel is the runner's own (``run`` ends it); a runner without this hook has
+    nothing to end."""
+
+    async def cancelled_while_idle(self, job: Job[S, O]) -> Sequence[object]:
+        """``job`` is stored CANCELLED: end what its runs left in force. Returns what to add to its log (notices,
+        warnings: what became of it). A failure to end it is the runner's to report that way: the cancel stands."""
         ...
 
 
@@ -174,4 +188,4 @@ class LoopSink:
             self._loop.call_soon_threadsafe(self._record, payload)
 
 
-__all__ = ["JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "now"]
+__all__ = ["CancelHook", "JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "now"]

@@ -5,7 +5,9 @@
 - **API** (any replica): ``submit`` stores a QUEUED job with its first event and hands it to the
   :class:`~engine.jobs.ports.JobQueue`; ``get``/``list``/``watch`` read it (a job running in this process is
   read from memory, any other from the store, whose notifications wake watchers on other replicas);
-  ``cancel``/``pause``/``resume`` act on an unclaimed job directly and ask the worker holding a claimed one.
+  ``cancel``/``pause``/``resume`` act on an unclaimed job directly and ask the worker holding a claimed one. A
+  cancel no run of the job carries out (the job unclaimed, being released, or not yet started) is followed by the
+  runner's :class:`~engine.jobs.context.CancelHook`, if it has one, for what earlier runs left in force.
 - **Worker** (``execute``, called by the queue): claims the job with a new lease (a fencing token), runs the
   runner, and writes its events through to the store fenced by that lease, so a worker that lost the job to
   another (after its heartbeat stopped) can write nothing more. A write that fails (the database restarting)
@@ -36,7 +38,7 @@ from typing import TypeVar
 
 from engine import telemetry
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
-from engine.jobs.context import JobContext, JobRunner, JobSlots, LiveJob, now
+from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, now
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
@@ -283,14 +285,30 @@ class JobManager(JobEventLog[S, O]):
             if requested is not None:  # a worker elsewhere holds it; it acts at its next step
                 return requested
             try:  # unclaimed (queued or paused): act now
-                if control is Control.CANCEL:
-                    return await self._write_unclaimed(job, JobState.CANCELLED, "cancelled before it ran",
-                                                       failure=JobFailure("CANCELLED", "JOB_CANCELLED",
-                                                                          "cancelled before it ran"))
-                return await self._write_unclaimed(job, JobState.PAUSED, "paused before it ran")
+                if control is Control.PAUSE:
+                    return await self._write_unclaimed(job, JobState.PAUSED, "paused before it ran")
+                cancelled = await self._write_unclaimed(job, JobState.CANCELLED, "cancelled before it ran",
+                                                        failure=JobFailure("CANCELLED", "JOB_CANCELLED",
+                                                                           "cancelled before it ran"))
             except Aborted:
                 continue  # a worker claimed it meanwhile: ask that worker
+            return await self._cancelled_while_idle(cancelled)
         raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
+
+    async def _cancelled_while_idle(self, job: Job[S, O]) -> Job[S, O]:
+        """``job`` was just stored CANCELLED with no run of it to act on the cancel (an earlier run may have left
+        something in force, a pipeline run its canary): the runner's :class:`CancelHook`, if it has one, ends that,
+        and what it says of it is added to the ended job's log. Whatever fails here is logged: the cancel stands."""
+        runner = self.runner
+        if not isinstance(runner, CancelHook):
+            return job
+        try:
+            for payload in await runner.cancelled_while_idle(job):
+                job = await self.note(job.id, payload)
+        except Exception:  # noqa: BLE001 - the job is cancelled already; its caller must learn that, not this
+            log.exception("a cancelled job's runner could not end what its runs left in force",
+                          extra={"job_id": job.id, "kind": self.kind.name})
+        return job
 
     def _check_steerable(self, job: Job[S, O], control: Control) -> None:
         if job.state.terminal:
@@ -391,6 +409,7 @@ class JobManager(JobEventLog[S, O]):
     async def _run(self, live: LiveJob[S, O], requested: Control | None) -> None:
         job_dir = self._work_dir / live.job.id
         release_as: JobState | None = None
+        ran = False  # whether the runner got the job (then a cancel is its to carry out)
         try:
             if live.taken_over_from:
                 self._record(live, Noticed("TAKEN_OVER", f"the worker running this job ({live.taken_over_from}) "
@@ -399,6 +418,7 @@ class JobManager(JobEventLog[S, O]):
                 self._stop_for(live, requested)
             if live.cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", "stopped before it started")
+            ran = True
             message = await self.runner.run(JobContext(self, live, job_dir))
             self._finish(live, JobState.SUCCEEDED, message)
         except (Cancelled, LeaseLost) as exc:
@@ -428,6 +448,10 @@ class JobManager(JobEventLog[S, O]):
             else:
                 await self._close(live)
             shutil.rmtree(job_dir, ignore_errors=True)
+        # Cancelled with no run of it acting on the cancel: as it was let go of (the release carried out a cancel
+        # asked meanwhile), or before its run started (a cancel its previous worker accepted and did not act on).
+        if live.job.state is JobState.CANCELLED and (release_as is not None or not ran):
+            await self._cancelled_while_idle(live.job)
 
     async def _follow_control(self, live: LiveJob[S, O]) -> None:
         """Act on requests made through the store (from other replicas), and notice a lost lease; until the job

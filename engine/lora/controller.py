@@ -347,11 +347,12 @@ class LoraController(ServingTarget):
                     start_time=datetime.now(UTC), actor=op.actor, reason=op.reason, policy=policy))
                 self._split = opened
                 self._route(opened)
-                await self._take_decisions(opened)
         except BaseException:
             await self._discard(name, keep=was_loaded)
             raise
         op.mark("to_serving")
+        # The split is stored and routed: it has started, whatever its decider's claim does now.
+        await self._take_decisions(opened, started=True)
         await self._notify()
 
     def _route(self, split: TrafficSplitState) -> None:
@@ -361,12 +362,26 @@ class LoraController(ServingTarget):
         self._router.set_split(TrafficSplit(route, split.share))
         self._others = (Tally(), Tally())
 
-    async def _take_decisions(self, split: TrafficSplitState) -> None:
+    async def _take_decisions(self, split: TrafficSplitState, *, started: bool = False) -> None:
         """Run the canary's decision loop in this process if it can hold the decider's lease: it started the
-        canary, or the process that decided it stopped renewing (it stopped)."""
+        canary (``started``: just now), or the process that decided it stopped renewing (it stopped).
+
+        A canary this process just started has its loop even if the claim fails (the database, for that call):
+        each check of the loop claims the lease before anything else (check_canary), so the first that can claims
+        it, and should another process's follow have claimed it meanwhile, the loop ends there. Failing the start
+        instead would leave a canary in force that its caller (a pipeline run) was told did not start, and that
+        nothing here decides."""
         if split.kind is not SplitKind.CANARY or split.policy is None or self._loop is not None:
             return
-        if await self._store.claim_decider(split.id, self._process, _decider_lease(split.policy)):
+        try:
+            claimed = await self._store.claim_decider(split.id, self._process, _decider_lease(split.policy))
+        except Exception:
+            if not started:
+                raise
+            log.warning("could not claim a canary's decider as it started; its decision loop claims it at each check",
+                        extra={"version": split.candidate_version, "split": split.id}, exc_info=True)
+            claimed = True
+        if claimed:
             self._loop = CanaryLoop(self, split.id, split.policy.check_interval_seconds)
             self._loop.start()
             log.info("deciding a canary", extra={"version": split.candidate_version, "split": split.id})

@@ -17,12 +17,14 @@ first stage that has not ended; no stage runs twice to completion:
   the suites again, as long as it was against the same active version on the same basis.
 - ROLLOUT activates the version, or skips when the pipeline only publishes. The activation's own gate takes
   EVALUATE's evaluation when it was against the same active version on the same basis, and runs again
-  otherwise.
+  otherwise. With a canary, cancelling the run aborts the run's canary (by its version) wherever the run was:
+  running (the run does), or paused, queued or stopping (the job core calls ``cancelled_while_idle``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -31,7 +33,7 @@ from pathlib import Path
 from engine.domain import FeedbackSource, JsonlSource, StoredDatasetSource
 from engine.errors import Cancelled, EngineError, FailedPrecondition
 from engine.jobs.context import JobContext
-from engine.jobs.core import JobProgress, JobState
+from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
@@ -50,6 +52,8 @@ from engine.pipelines.spec import (
     StageState,
 )
 from engine.splits import SplitRule
+
+log = logging.getLogger(__name__)
 
 SuitePath = Callable[[str, str], Path]
 Ctx = JobContext[PipelineRunSpec, PipelineRunOutput]
@@ -270,18 +274,43 @@ class PipelineRunner:
                     return waiting.result()
                 if ctx.cancel.cancelled:
                     if ctx.cancel.reason is StopReason.CANCEL:
-                        await self._abort_canary(ctx, version)
+                        await self._abort_canary(ctx.job, version)
                     raise Cancelled("JOB_CANCELLED", f"the run stopped while the canary of {version} was running")
         finally:
             waiting.cancel()
 
-    async def _abort_canary(self, ctx: Ctx, version: str) -> None:
+    async def cancelled_while_idle(self, job: PipelineRun) -> list[object]:
+        """The job core's hook (engine.jobs.context.CancelHook) for a run cancelled with none of it running: paused,
+        queued again after its worker stopped, or stopping. A canary it started is aborted as a running run's is,
+        lest the policy promote the version of a run that was cancelled. The abort works while the serving engine
+        is unreachable; should it fail all the same (the database), the run's log says so and the canary goes on
+        until its policy decides it or someone aborts it."""
+        version = job.output.version
+        if job.output.rollout != "CANARY" or not version:  # no canary started (or it was decided before the stop)
+            return []
+        try:
+            aborted = await self._abort_canary(job, version)
+        except Exception as exc:  # noqa: BLE001 - the run is cancelled whatever becomes of its canary
+            why = exc.message if isinstance(exc, EngineError) else type(exc).__name__
+            log.warning("could not abort a cancelled pipeline run's canary",
+                        extra={"job_id": job.id, "version": version, "error": why})
+            return [Warned("CANARY_NOT_ABORTED", f"the canary of {version} this run started could not be aborted "
+                                                 f"({why}): it goes on until its policy decides it, unless aborted "
+                                                 f"(AbortCanary with version {version})")]
+        if not aborted:  # it never started, or it has ended (decided, or aborted by someone else)
+            return []
+        return [Noticed("CANARY_ABORTED", f"aborted the canary of {version} this run started: the run was "
+                                          "cancelled while none of it was running")]
+
+    async def _abort_canary(self, run: PipelineRun, version: str) -> bool:
         """Abort the run's own canary, by its version: the canary in force may be another by now (the run's ended
         and an operator's or another pipeline's began, or this process had not yet followed that), and that one is
-        not the run's to end. None of the run's in force is nothing to abort."""
+        not the run's to end. None of the run's in force is nothing to abort (False)."""
         try:
-            await self._serving.abort_canary(actor=ctx.job.spec.pipeline.name, reason=f"{ctx.job.name} was cancelled",
+            await self._serving.abort_canary(actor=run.spec.pipeline.name, reason=f"{run.name} was cancelled",
                                              version=version)
         except FailedPrecondition as exc:
             if exc.reason != "NO_CANARY_RUNNING":
                 raise
+            return False
+        return True
