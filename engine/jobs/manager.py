@@ -51,7 +51,7 @@ from engine.jobs.core import (
     StateChanged,
 )
 from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
-from engine.jobs.ports import JobQueue, JobStore, LeaseLost, QueueAttempt, StopReason, queue_attempt
+from engine.jobs.ports import Claim, JobQueue, JobStore, LeaseLost, QueueAttempt, StopReason, queue_attempt
 from engine.names import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -327,10 +327,11 @@ class JobManager(JobEventLog[S, O]):
         """Run one job the queue handed to this worker (called by the queue; never raises for the job's own
         failures, which end the job FAILED).
 
-        It raises when something around the run fails (the store, taking the job, reading its log or storing how
-        its run ended), and the queue runs it again; after the queue's last attempt (``queue_attempt``) nothing
-        would, so the job is ended here instead."""
+        It raises when something around the run fails (the store, taking the job or reading its log), and the
+        queue runs it again; after the queue's last attempt (``queue_attempt``) nothing would, so the job is
+        ended here instead, when that is this attempt's to do (``_give_up``)."""
         doing = "while it was left to another worker"
+        claim: Claim[S, O] | None = None
         try:
             if self._closing:
                 await self._leave(job_id)
@@ -353,7 +354,7 @@ class JobManager(JobEventLog[S, O]):
                     live.taken_over_from = claim.previous_owner or "a stopped worker"
                 self._live[job_id] = live
                 self._idle.clear()
-                doing = "as the end of the job's run was stored"
+                doing = ""  # the run decides the job's end from here on
                 poller = asyncio.get_running_loop().create_task(self._follow_control(live))
                 try:
                     with telemetry.tracer.start_as_current_span(
@@ -366,15 +367,20 @@ class JobManager(JobEventLog[S, O]):
                         await poller
         except Exception as exc:
             attempt = queue_attempt.get()
-            if attempt is not None and attempt.last:
-                await self._give_up(job_id, attempt, doing, exc)
+            if attempt is not None and attempt.last and doing:
+                await self._give_up(job_id, attempt, doing, exc, claim)
             raise
 
-    async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception) -> None:
-        """The queue's last attempt at the job failed: end the job FAILED, or it would stay active with no queue
-        item to run it, and its watchers would wait for ever. Claimed anew (whatever held it, this attempt or a
-        worker that stopped, writes nothing after this) and written once: if the store fails here as well, the
-        job is left as it is and the failure logged (a restart's recovery queues it again if it is QUEUED)."""
+    async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception,
+                       claim: Claim[S, O] | None) -> None:
+        """The queue's last attempt at the job failed before its run began: end the job, or it would stay active
+        with no queue item to run it, and its watchers would wait for ever. FAILED, or as a cancel or pause asked
+        of it meanwhile says (CANCELLED, PAUSED: resumable). Never taken from another worker: with the claim this
+        attempt made, under its lease (a worker that took the job over since holds another); without one (the
+        claim is what failed), only if no worker holds the job, as a cancel ends a queued job. Written once: if
+        the store fails here as well, or a worker holds the job, it is left as it is and logged. A failure after
+        the run began (storing its end) is not this: the run decided how the job ends, and that is not overruled
+        here."""
         log.error("the job queue's last attempt at a job failed; ending the job",
                   extra={"job_id": job_id, "kind": self.kind.name, "attempts": attempt.number},
                   exc_info=(type(error), error, error.__traceback__))
@@ -383,23 +389,43 @@ class JobManager(JobEventLog[S, O]):
         failure = JobFailure("UNAVAILABLE", "JOB_QUEUE_RETRIES_EXHAUSTED", message,
                              (("attempts", str(attempt.number)),))
         try:
-            claim = await self._store.claim(job_id, self.worker_id)
-            if claim is None:  # it ended, or was paused, meanwhile
+            job = await self._store.get_job(job_id)  # as stored now: its log may have grown since the claim
+            if job is None or job.state.terminal or job.state is JobState.PAUSED:
                 return
-            job = claim.job
-            logged = [JobEvent(job.last_sequence + 1, now(), Failed(failure)),
-                      JobEvent(job.last_sequence + 2, now(), StateChanged(job.state, JobState.FAILED, message))]
-            ended = replace(job, state=JobState.FAILED, failure=failure, end_time=now(),
-                            last_sequence=logged[-1].sequence)
-            await self._store.write(ended, logged, claim.lease)
-        except LeaseLost:  # a worker took it meanwhile (the stalled item's replacement): it is that worker's
-            log.info("a job the job queue gave up on was taken by another worker", extra={"job_id": job_id})
+            if claim is None:
+                ended = await self._write_unclaimed(job, JobState.FAILED, message, failure=failure)
+            else:
+                requested = await self._store.control(job_id, claim.lease) or claim.requested
+                if requested is Control.PAUSE:
+                    state, note = JobState.PAUSED, f"paused as asked: {message}"
+                elif requested is Control.CANCEL:
+                    state, note = JobState.CANCELLED, f"cancelled as asked: {message}"
+                else:
+                    state, note = JobState.FAILED, message
+                ended = await self._end_claimed(job, claim, state, note, failure)
+        except (LeaseLost, Aborted):  # a worker took it meanwhile, or holds it (the stalled item's replacement)
+            log.info("a job the job queue gave up on is held by another worker", extra={"job_id": job_id})
             return
         except Exception:  # noqa: BLE001 - once only: the queue is done with the job, and so is this worker
             log.exception("could not end a job the job queue gave up on; it stays as it is",
                           extra={"job_id": job_id, "kind": self.kind.name})
             return
-        telemetry.job_state_changed(self.kind.name, job_id, JobState.FAILED.value, True)
+        if ended.state is JobState.CANCELLED:
+            await self._cancelled_while_idle(ended)
+
+    async def _end_claimed(self, job: Job[S, O], claim: Claim[S, O], state: JobState, message: str,
+                           failure: JobFailure) -> Job[S, O]:
+        """Move ``job``, claimed by ``claim``, to ``state`` under its lease, and let go of it."""
+        events: list[object] = [Failed(failure)] if state is JobState.FAILED else []
+        events.append(StateChanged(job.state, state, message))
+        logged = [JobEvent(job.last_sequence + i + 1, now(), p) for i, p in enumerate(events)]
+        failed = failure if state is JobState.FAILED else (
+            JobFailure("CANCELLED", "JOB_CANCELLED", message) if state is JobState.CANCELLED else None)
+        ended = replace(job, state=state, failure=failed, last_sequence=logged[-1].sequence,
+                        end_time=now() if state.terminal else job.end_time)
+        await self._store.release(ended, logged, claim.lease)
+        telemetry.job_state_changed(self.kind.name, job.id, state.value, state.terminal)
+        return ended
 
     async def _leave(self, job_id: str) -> None:
         """This worker is stopping: leave the job to another (queued again; it waits while this item ends)."""

@@ -21,12 +21,19 @@ WAIT = 10  # seconds: only how long a broken test takes to fail
 
 class FailingStore(InMemoryJobStore[CountSpec, CountOutput]):
     """``claim`` fails ``claims`` times; after a claim succeeds, the next ``list_events`` of the claimed job (the
-    worker reading its log) fails ``reads`` times. A database restarting, or a defect."""
+    worker reading its log) fails ``reads`` times; a write of a job no worker holds fails ``writes`` times. A
+    database restarting, or a defect."""
 
-    def __init__(self, *, claims: int = 0, reads: int = 0) -> None:
+    def __init__(self, *, claims: int = 0, reads: int = 0, writes: int = 0) -> None:
         super().__init__()
-        self.claims, self.reads = claims, reads
+        self.claims, self.reads, self.writes = claims, reads, writes
         self.claimed: set[str] = set()
+
+    async def write(self, job, events, lease):
+        if self.writes and lease is None:
+            self.writes -= 1
+            raise ConnectionError("the database is restarting")
+        return await super().write(job, events, lease)
 
     async def claim(self, job_id, owner):
         if self.claims:
@@ -77,8 +84,8 @@ async def test_a_job_its_queue_could_not_run_ends_failed_and_its_watchers_see_it
 
 
 async def test_a_job_the_store_cannot_end_either_is_logged_and_the_worker_goes_on(tmp_path: Path, caplog):
-    """The store fails the end as well (its claim): the job is left as it is, once, logged; the next job runs."""
-    store, slots = FailingStore(claims=2), JobSlots(1)
+    """The store fails the end as well (its write): the job is left as it is, once, logged; the next job runs."""
+    store, slots = FailingStore(claims=1, writes=1), JobSlots(1)
     mgr = await make_manager(store, tmp_path, slots)
     try:
         with caplog.at_level(logging.ERROR, logger="engine.jobs.manager"):
@@ -87,7 +94,7 @@ async def test_a_job_the_store_cannot_end_either_is_logged_and_the_worker_goes_o
             job = await mgr.submit(mgr.new_job(CountSpec(1), CountOutput()))
             items = await _watched(mgr, job.id)
         assert items[-1].payload.state is JobState.SUCCEEDED
-        assert (await store.get_job(stuck.id)).state is JobState.QUEUED and store.claims == 0
+        assert (await store.get_job(stuck.id)).state is JobState.QUEUED and store.writes == 0
         assert any("could not end a job" in r.getMessage() for r in caplog.records)
     finally:
         await stop(mgr)
