@@ -214,16 +214,19 @@ class LoraController(ServingTarget):
         return self.snapshot()
 
     @to_the_end
-    async def abort_canary(self, *, actor: str, reason: str, version: str = "") -> LoraStatus:
+    async def abort_canary(self, *, actor: str, reason: str, version: str = "", split_id: int = 0) -> LoraStatus:
         """End the canary in force with no verdict: the candidate leaves traffic and is unloaded. NO_CANARY_RUNNING
         without one. With ``version``, only that version's canary: when another version's is in force, that one
         is left running and the call is NO_CANARY_RUNNING too (metadata: both versions), since the caller's canary
         has ended and the one in force is someone else's (a pipeline run cancelled after its canary ended must not
-        abort the next one). Works while the serving engine is unreachable."""
+        abort the next one). With ``split_id`` (the id of the split a StartCanary opened, as its status showed
+        it), only that canary: one of the same version started since by someone else is left running too. Works
+        while the serving engine is unreachable."""
         async with self._operation(OperationKind.CANARY_ABORT, version, actor, reason, needs_engine=False) as op:
             split = self._split  # as the store has it now (the operation reloaded it), not as last followed
             canary = split if split is not None and split.kind is SplitKind.CANARY else None
-            if canary is None or (version and canary.candidate_version != version):
+            if (canary is None or (version and canary.candidate_version != version)
+                    or (split_id and canary.id != split_id)):
                 raise _no_canary(version, split)
             op.version = canary.candidate_version
             await self._close_split(op, CanaryDecision.ABORTED)
@@ -508,10 +511,14 @@ def _no_canary(version: str, split: TrafficSplitState | None) -> FailedPrecondit
     if split is None:
         return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force", metadata=metadata)
     if split.kind is SplitKind.CANARY:
-        return FailedPrecondition(
-            "NO_CANARY_RUNNING", f"no canary{of} is in force; the canary of {split.candidate_version} is, and "
-                                 "was left running (abort it by its own version)",
-            metadata={**metadata, "running_version": split.candidate_version})
+        if split.candidate_version == version:  # of the version asked, but not the split asked
+            message = (f"the canary of {version} asked for has ended; another canary of {version}, started since, "
+                       "is in force and was left running")
+        else:
+            message = (f"no canary{of} is in force; the canary of {split.candidate_version} is, and was left running "
+                       "(abort it by its own version)")
+        return FailedPrecondition("NO_CANARY_RUNNING", message,
+                                  metadata={**metadata, "running_version": split.candidate_version})
     return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force; a manual split to "
                                                    f"{split.candidate_version} is (share 0 ends it)", metadata=metadata)
 

@@ -110,8 +110,9 @@ class Serving(Protocol):
 
     async def wait_canary(self, version: str, *, poll_seconds: float = 5.0) -> CanaryOutcome: ...
 
-    async def abort_canary(self, *, actor: str, reason: str, version: str = "") -> LoraStatus:
-        """With ``version``, only that version's canary (NO_CANARY_RUNNING when none of it is in force)."""
+    async def abort_canary(self, *, actor: str, reason: str, version: str = "", split_id: int = 0) -> LoraStatus:
+        """With ``version``, only that version's canary; with ``split_id``, only the canary of that split
+        (NO_CANARY_RUNNING when none such is in force)."""
         ...
 
 

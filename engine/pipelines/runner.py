@@ -253,7 +253,11 @@ class PipelineRunner:
             ctx.set_output(replace(output, rollout="CANARY"))
             await ctx.persist()
         if outcome is None:
-            await self._serving.start_canary(version, pipeline.rollout.canary, actor=pipeline.name, reason=reason)
+            status = await self._serving.start_canary(version, pipeline.rollout.canary, actor=pipeline.name,
+                                                      reason=reason)
+            if status.split is not None and status.split.candidate_version == version:  # which canary is the run's
+                ctx.set_output(replace(ctx.job.output, canary_split=status.split.id))
+                await ctx.persist()
             outcome = await self._await_canary(ctx, version)
         decision = outcome.decision.value
         output = replace(ctx.job.output, rollout=decision)
@@ -303,12 +307,13 @@ class PipelineRunner:
                                           "cancelled while none of it was running")]
 
     async def _abort_canary(self, run: PipelineRun, version: str) -> bool:
-        """Abort the run's own canary, by its version: the canary in force may be another by now (the run's ended
-        and an operator's or another pipeline's began, or this process had not yet followed that), and that one is
-        not the run's to end. None of the run's in force is nothing to abort (False)."""
+        """Abort the run's own canary, by its version and the split it opened (when the run recorded it): the canary
+        in force may be another by now (the run's ended and an operator's or another pipeline's began, of another
+        version or the same, or this process had not yet followed that), and that one is not the run's to end. None
+        of the run's in force is nothing to abort (False)."""
         try:
             await self._serving.abort_canary(actor=run.spec.pipeline.name, reason=f"{run.name} was cancelled",
-                                             version=version)
+                                             version=version, split_id=run.output.canary_split)
         except FailedPrecondition as exc:
             if exc.reason != "NO_CANARY_RUNNING":
                 raise

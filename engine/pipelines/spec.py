@@ -156,6 +156,7 @@ class PipelineRunOutput:
     evaluation_id: str = ""
     suite_datasets: tuple[str, ...] = ()  # the pipeline's suite_datasets as this run pinned them, when it evaluated
     rollout: str = ""  # what the rollout decided (ACTIVATED, PROMOTED, ROLLED_BACK, ABORTED, NONE)
+    canary_split: int = 0  # the split id of the canary the run started (0: none, or not known: stopped as it started)
 
     def ended(self, stage: Stage) -> StageResult | None:
         return next((s for s in self.stages if s.stage is stage), None)
