@@ -20,6 +20,7 @@ from engine.registry.records import AdapterRecord, VersionNumber
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
 from tests.registry.conftest import TINY
+from tests.registry.test_publish_races import _GatedManifest
 
 V10 = f"adapters/{TINY}/v1.0/"
 
@@ -27,27 +28,6 @@ V10 = f"adapters/{TINY}/v1.0/"
 def req(adapter_dir, **fields) -> PublishRequest:
     """What the tests publish: ``adapter_dir`` as a version of the tiny model."""
     return PublishRequest(base_model=TINY, adapter_dir=adapter_dir, **fields)
-
-
-class _GatedManifest:
-    """Delegates to a store; a manifest write waits for ``go`` (``at_manifest`` is set once it does), then fails
-    with ``fail`` if that is set (the store erring at that moment)."""
-
-    def __init__(self, inner) -> None:
-        self._inner = inner
-        self.at_manifest, self.go = asyncio.Event(), asyncio.Event()
-        self.fail: BaseException | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    async def put_bytes(self, key: str, data: bytes) -> None:
-        if key.endswith("metadata.json"):
-            self.at_manifest.set()
-            await self.go.wait()
-            if self.fail is not None:
-                raise self.fail
-        await self._inner.put_bytes(key, data)
 
 
 class _GatedRegistration(PostgresAdapterIndex):

@@ -28,11 +28,13 @@ class _Crash(BaseException):
 
 
 class _GatedManifest:
-    """Delegates to a store; a manifest write waits for ``go`` (``at_manifest`` is set once it does)."""
+    """Delegates to a store; a manifest write waits for ``go`` (``at_manifest`` is set once it does), then fails
+    with ``fail`` if that is set (the store erring at that moment)."""
 
     def __init__(self, inner) -> None:
         self._inner = inner
         self.at_manifest, self.go = asyncio.Event(), asyncio.Event()
+        self.fail: BaseException | None = None
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -41,6 +43,8 @@ class _GatedManifest:
         if key.endswith("metadata.json"):
             self.at_manifest.set()
             await self.go.wait()
+            if self.fail is not None:
+                raise self.fail
         await self._inner.put_bytes(key, data)
 
 
