@@ -28,10 +28,11 @@ or 4 fails (e.g. the object store is down, the publish is cancelled, the reserva
 what this attempt wrote is removed when possible, and only that: every key it wrote is its own, so
 it never removes another attempt's archive. The reservation is released if the attempt still holds
 it, so nothing becomes visible and a retry gets the same number. What a failed attempt could not
-remove (the store down, the process dead) is an orphan: the next attempt to take the number removes
-every object under the version's prefix but the manifest before it writes (no attempt that could
-still register the number wrote them), and ``recover`` (at the next start) removes the archives of
-the reservations it frees, with the store's partial writes and the scratch files. If the store
+remove (the store down, the process dead) is an orphan: the attempt that registers the number
+removes every other object under the version's prefix once it has (none of their attempts can
+register it then; sweeping any earlier would let an attempt that lost its reservation, unaware,
+sweep away the archive of the one that took the number over), and ``recover`` (at the next start)
+removes the archives of the reservations it frees, with the store's partial writes and the scratch files. If the store
 already holds a manifest the database does not know, the publish is refused, the manifest and
 what is beside it are left alone and the number is retired (CONFLICT).
 
@@ -242,6 +243,7 @@ class AdapterRegistry:
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))
             published = await self._store_and_register(record, archive_path, request.fence)
+            await self._remove_orphans(published)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         log.info("published adapter", extra={"base_model": base_model, "version": published.version,
@@ -263,7 +265,6 @@ class AdapterRegistry:
                     "under the next version.",
                     metadata={"key": record.manifest_key, "version": record.version},
                 )
-            await self._remove_orphans(record)
             await self._store.put_file(record.archive_key, archive_path)
             written.append(record.archive_key)
             # Create-only, and the one key another attempt at this number writes too: if one got here first, this
@@ -288,15 +289,21 @@ class AdapterRegistry:
             raise
 
     async def _remove_orphans(self, record: AdapterRecord) -> None:
-        """Remove what earlier attempts at ``record``'s number left under its prefix (no manifest is there: the
-        caller checked). This attempt holds the number's reservation, and a reservation is one attempt's, so the
-        attempts that wrote these can never register it: they died, or lost their reservation and fail (and
-        remove their own, if they still can). The manifest's key is left out, should such an attempt write it
-        meanwhile: that one decides, as ever (ARTIFACT_EXISTS)."""
-        orphans = [k for k in await self._store.list_keys(record.prefix) if k != record.manifest_key]
-        if orphans:
-            log.warning("removing what failed publishes of this number left", extra={"keys": orphans})
-            await self._store.delete(orphans)
+        """Once ``record`` is registered (a version: no other attempt can register its number any more), remove
+        what earlier attempts at the number left under its prefix, its own archive and manifest aside: they died,
+        or lost their reservation (and remove their own, if they still can). Only after the registration: an
+        attempt that lost its reservation cannot get here, so it never sweeps away the archive of the attempt
+        that took the number over. Best effort: the version is published whatever becomes of the sweep (what it
+        cannot remove stays as garbage, logged: a registered number is never handed out again)."""
+        try:
+            keys = await self._store.list_keys(record.prefix)
+            orphans = [k for k in keys if k not in (record.manifest_key, record.archive_key)]
+            if orphans:
+                log.warning("removing what failed publishes of this number left", extra={"keys": orphans})
+                await self._store.delete(orphans)
+        except Exception:  # noqa: BLE001 - the version is published; leftovers are only garbage
+            log.warning("could not remove what failed publishes of this number left",
+                        extra={"version": record.version}, exc_info=True)
 
     async def _abandon(self, record: AdapterRecord, written: builtins.list[str], *, conflict: bool = False) -> None:
         """Undo a failed publish as far as possible: remove ``written`` (this attempt's own keys), then give the

@@ -230,3 +230,64 @@ async def test_a_reservation_is_its_attempts_even_when_its_process_takes_the_num
     assert published.attempt == "second"
     assert (await index.get(TINY, first)).attempt == "second"
 
+
+
+class _GatedArchive:
+    """Delegates to a store; the first listing or archive write, whichever comes first, waits for ``go``
+    (``at_archive`` is set once it does): the publisher freezes after its manifest check, before it touches anything
+    under the version's folder."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.at_archive, self.go = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def _freeze(self) -> None:
+        if not self.at_archive.is_set():
+            self.at_archive.set()
+            await self.go.wait()
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        await self._freeze()
+        return await self._inner.list_keys(prefix)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await self._freeze()
+        await self._inner.put_file(key, path)
+
+
+async def test_an_attempt_that_lost_its_number_before_it_wrote_leaves_the_next_holders_version_whole(
+    make_registry, store, make_peft, database_url, tmp_path: Path
+):
+    """A frozen between its manifest check and its writes loses v1.0 to B, which publishes it whole; A wakes, writes
+    its archive, is refused at the manifest and removes only its own. (Leftovers used to be swept before the writes,
+    by an attempt that might have lost its number meanwhile: A's sweep removed B's published archive.)"""
+    gated = _GatedArchive(store)
+    registry_a = make_registry(gated)
+    registry_a._scratch = tmp_path / "scratch-a"  # noqa: SLF001 - A's own process: B's recovery does not clear it
+    pool_b = await postgres.connect(database_url, max_size=5)  # another process
+    a: asyncio.Task[AdapterRecord] | None = None
+    try:
+        registry_b = make_registry(store, db_pool=pool_b)
+        a = asyncio.create_task(registry_a.publish(req(make_peft(0))))
+        async with asyncio.timeout(30):
+            await gated.at_archive.wait()  # A holds v1.0, found no manifest, and freezes
+        await _lose_reservation(registry_a, pool_b)
+        assert await registry_b.recover() == ["tiny-llama v1.0"]
+        record_b = await registry_b.publish(req(make_peft(1)))
+        assert record_b.version == "v1.0"
+
+        gated.go.set()  # A wakes: its archive under its own key, then its manifest write is refused
+        with pytest.raises(AlreadyExists):
+            await a
+
+        got = await registry_b.download(TINY, "v1.0", tmp_path / "v1.0.tar.gz")  # B's published version
+        assert got == record_b and sha256_file(tmp_path / "v1.0.tar.gz") == record_b.sha256
+        assert await store.list_keys(V10) == sorted([record_b.archive_key, record_b.manifest_key])
+    finally:
+        gated.go.set()
+        if a is not None:
+            await asyncio.gather(a, return_exceptions=True)
+        await pool_b.close()
