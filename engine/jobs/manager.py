@@ -367,8 +367,11 @@ class JobManager(JobEventLog[S, O]):
                         await poller
         except Exception as exc:
             attempt = queue_attempt.get()
-            if attempt is not None and attempt.last and doing:
-                await self._give_up(job_id, attempt, doing, exc, claim)
+            if attempt is not None and attempt.last:
+                if doing:
+                    await self._give_up(job_id, attempt, doing, exc, claim)
+                else:  # the run began and decided how the job ends; storing that failed: another attempt will
+                    await self._queue_again(job_id, exc)
             raise
 
     async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception,
@@ -376,11 +379,12 @@ class JobManager(JobEventLog[S, O]):
         """The queue's last attempt at the job failed before its run began: end the job, or it would stay active
         with no queue item to run it, and its watchers would wait for ever. FAILED, or as a cancel or pause asked
         of it meanwhile says (CANCELLED, PAUSED: resumable). Never taken from another worker: with the claim this
-        attempt made, under its lease (a worker that took the job over since holds another); without one (the
-        claim is what failed), only if no worker holds the job, as a cancel ends a queued job. Written once: if
-        the store fails here as well, or a worker holds the job, it is left as it is and logged. A failure after
-        the run began (storing its end) is not this: the run decided how the job ends, and that is not overruled
-        here."""
+        attempt made, under its lease (a worker that took the job over since holds another, and runs it); without
+        one (the claim is what failed), only if no worker holds the job, as a cancel ends a queued job. A job
+        another worker holds that way may be one whose worker stopped (the item failing here was the one to take
+        it over): it is queued again, to be taken over by a later attempt, or found ended or paused by its
+        holder. Written once: if the store fails here as well, it is left as it is and logged. A failure after
+        the run began (storing its end) is not this: the run decided how the job ends (``_queue_again``)."""
         log.error("the job queue's last attempt at a job failed; ending the job",
                   extra={"job_id": job_id, "kind": self.kind.name, "attempts": attempt.number},
                   exc_info=(type(error), error, error.__traceback__))
@@ -403,8 +407,11 @@ class JobManager(JobEventLog[S, O]):
                 else:
                     state, note = JobState.FAILED, message
                 ended = await self._end_claimed(job, claim, state, note, failure)
-        except (LeaseLost, Aborted):  # a worker took it meanwhile, or holds it (the stalled item's replacement)
-            log.info("a job the job queue gave up on is held by another worker", extra={"job_id": job_id})
+        except LeaseLost:  # a worker took it over meanwhile (it holds its own queue item)
+            log.info("a job the job queue gave up on was taken over by another worker", extra={"job_id": job_id})
+            return
+        except Aborted:  # a worker holds it: alive (running it) or stopped (this item was to take it over)
+            await self._queue_again(job_id, error)
             return
         except Exception:  # noqa: BLE001 - once only: the queue is done with the job, and so is this worker
             log.exception("could not end a job the job queue gave up on; it stays as it is",
@@ -412,6 +419,22 @@ class JobManager(JobEventLog[S, O]):
             return
         if ended.state is JobState.CANCELLED:
             await self._cancelled_while_idle(ended)
+
+    async def _queue_again(self, job_id: str, error: Exception) -> None:
+        """The queue's last attempt is over and the job is not this attempt's to end: queue it again, so that it is
+        never left active with nothing queued (a fresh item waits while this one ends, as procrastinate's lock
+        keeps it; its first run claims the job, and finds it ended or paused if a worker holding it ended it). A
+        pause or cancel asked of it comes with that claim, as a stopped worker's does."""
+        log.warning("queueing again a job the job queue's last attempt could not end",
+                    extra={"job_id": job_id, "kind": self.kind.name, "error": type(error).__name__})
+        try:
+            job = await self._store.get_job(job_id)
+            if job is None or job.state.terminal or job.state is JobState.PAUSED:
+                return
+            await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
+        except Exception:  # noqa: BLE001 - the store down: a restart's recovery queues it if it is QUEUED
+            log.exception("could not queue again a job the job queue gave up on",
+                          extra={"job_id": job_id, "kind": self.kind.name})
 
     async def _end_claimed(self, job: Job[S, O], claim: Claim[S, O], state: JobState, message: str,
                            failure: JobFailure) -> Job[S, O]:

@@ -34,7 +34,7 @@ from engine.domain import FeedbackSource, JsonlSource, StoredDatasetSource
 from engine.errors import Cancelled, EngineError, FailedPrecondition
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
-from engine.jobs.ports import StopReason
+from engine.jobs.ports import LeaseLost, StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
 from engine.pipelines.spec import (
@@ -257,7 +257,14 @@ class PipelineRunner:
                                                       reason=reason)
             if status.split is not None and status.split.candidate_version == version:  # which canary is the run's
                 ctx.set_output(replace(ctx.job.output, canary_split=status.split.id))
-                await ctx.persist()
+                try:
+                    await ctx.persist()
+                except LeaseLost:
+                    raise
+                except Exception:  # noqa: BLE001 - kept pending, stored by the run's next write; failing the run
+                    # here would leave its canary in force, with nothing waiting on it, to promote a failed run
+                    log.warning("the run's canary split is not stored yet", extra={"job_id": ctx.job.id},
+                                exc_info=True)
             outcome = await self._await_canary(ctx, version)
         decision = outcome.decision.value
         output = replace(ctx.job.output, rollout=decision)

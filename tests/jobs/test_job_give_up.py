@@ -163,3 +163,61 @@ async def test_a_request_made_of_the_job_is_carried_out_by_the_attempt_that_give
     finally:
         await stop(mgr)
         slots.shutdown()
+
+
+async def test_a_job_a_stopped_worker_held_is_queued_again_when_the_last_attempt_cannot_claim_it(
+        tmp_path: Path) -> None:
+    """The job's worker stopped holding it (its lease stands); the item meant to take it over fails to claim it on
+    its last attempt. The job is not this attempt's to end (a holder may be running it), nor left with nothing
+    queued: it is queued again, and the next item takes it over and runs it."""
+    store, slots = FailingStore(claims=1), JobSlots(1)
+    mgr = await make_manager(store, tmp_path, slots)  # its in-process queue: every attempt is the last
+    try:
+        job = mgr.new_job(CountSpec(1), CountOutput())
+        await store.insert_job(replace(job, last_sequence=1),
+                               [JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))])
+        assert await InMemoryJobStore.claim(store, job.id, "worker-x") is not None  # it took it, then stopped
+        await mgr.test_queue.enqueue(COUNT.name, job.id)  # the stalled item's replacement
+        async with asyncio.timeout(WAIT):
+            await mgr.runner.started.wait()  # taken over by the item queued again
+        assert store.claims == 0
+        mgr.runner.release.release()
+        items = await _watched(mgr, job.id)
+        assert items[-1].payload.state is JobState.SUCCEEDED
+    finally:
+        await stop(mgr)
+        slots.shutdown()
+
+
+class ReleaseDownStore(InMemoryJobStore[CountSpec, CountOutput]):
+    """``release`` fails ``releases`` times (the database restarting for longer than a release's retries)."""
+
+    def __init__(self, releases: int) -> None:
+        super().__init__()
+        self.releases = releases
+
+    async def release(self, job, events, lease):
+        if self.releases:
+            self.releases -= 1
+            raise ConnectionError("the database is restarting")
+        return await super().release(job, events, lease)
+
+
+async def test_a_paused_job_whose_release_failed_on_the_last_attempt_is_paused_by_the_next(tmp_path: Path) -> None:
+    """The run began, was paused, and could not store its release (PAUSED) within its retries, on the queue's last
+    attempt: the job is queued again, and the next attempt claims it with the pause asked of it and pauses it."""
+    store, slots = ReleaseDownStore(releases=6), JobSlots(1)  # one more than a release's retries
+    mgr = await make_manager(store, tmp_path, slots)  # every attempt is the last
+    try:
+        job = await mgr.submit(mgr.new_job(CountSpec(2), CountOutput()))
+        async with asyncio.timeout(WAIT):
+            await mgr.runner.started.wait()
+        await mgr.pause(job.id)
+        mgr.runner.release.release()
+        async with asyncio.timeout(30):  # the release's retries (0.2 + 0.5 + 1 + 2 + 5 s), then the next attempt
+            while (stored := await store.get_job(job.id)).state is not JobState.PAUSED:
+                await asyncio.sleep(0.1)
+        assert store.releases == 0 and stored.state is JobState.PAUSED
+    finally:
+        await stop(mgr)
+        slots.shutdown()
