@@ -61,6 +61,9 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     config.write_text(yaml.safe_dump({
         "default_base_model": "tiny-llama", "base_models": {"tiny-llama": str(tiny_model_dir)},
         "torch_threads": 1, "log_format": "text", "gateway_port": _free_port(),
+        # Time in-flight RPCs get on SIGTERM: the health watch of the SIGTERM test is one, and the default 10 s
+        # would all be spent waiting on it (nothing here asserts how long the grace is).
+        "shutdown_grace_seconds": 2,
     }))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_") and k != "DATABASE_URL"}
@@ -76,7 +79,7 @@ def server(tmp_path: Path, tiny_model_dir: Path):
             raise AssertionError(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
         if grpcurl(port, "grpc.health.v1.Health/Check", check=False).returncode == 0:
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     else:
         proc.kill()
         raise AssertionError("server did not become healthy")
@@ -90,7 +93,13 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     log.close()
 
 
-def test_grpcurl_walkthrough(server, tmp_path: Path):
+def test_grpcurl_walkthrough_then_sigterm_drains_to_not_serving_and_exits(server):
+    """The walkthrough, then SIGTERM on the same server (one server start fewer than a server for each)."""
+    _grpcurl_walkthrough(server)
+    _sigterm_drains_to_not_serving_and_exits(server)
+
+
+def _grpcurl_walkthrough(server) -> None:
     port, _, _ = server
     services = grpcurl(port, "list").stdout.split()
     for name in ("TrainingService", "FisherService", "AdapterService", "LoraControlService", "FeedbackService"):
@@ -200,7 +209,7 @@ def _the_readme_cli_tour_runs_as_written(port: int) -> None:
     assert "10.0% of 'active' to v2.1" in status and re.search(r"candidate\s+│ v2\.1 ", status), status
 
 
-def test_sigterm_drains_to_not_serving_and_exits(server):
+def _sigterm_drains_to_not_serving_and_exits(server) -> None:
     port, proc, log_path = server
     watcher = subprocess.Popen(
         [GRPCURL, "-plaintext", "-d", "{}", f"127.0.0.1:{port}", "grpc.health.v1.Health/Watch"],

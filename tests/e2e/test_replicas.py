@@ -22,6 +22,7 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import pipeline_pb2 as pp
 from tests.e2e.test_grpcurl import _free_port
+from tests.e2e.test_start_and_stop import FAST_RECONNECT
 from tests.server.conftest import TINY
 from tests.server.test_pipelines import FACTS, event, finished, from_feedback, pipelines, send
 
@@ -41,9 +42,9 @@ async def _serving(root: Path, name: str, database_url: str, shared: dict[str, o
     log = data_dir / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "server", "--data-dir", str(data_dir), "--config", str(config)],
                             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=FAST_RECONNECT)
     health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(240):
+    for _ in range(600):
         assert proc.poll() is None, f"{name} exited: {log.read_text()[-3000:]}"
         try:
             answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
@@ -51,7 +52,7 @@ async def _serving(root: Path, name: str, database_url: str, shared: dict[str, o
                 return proc, SimpleNamespace(channel=channel), log
         except grpc.aio.AioRpcError:
             pass
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     raise AssertionError(f"{name} did not become healthy: {log.read_text()[-3000:]}")
 
 

@@ -38,9 +38,10 @@ class Workers:
         self._url = database_url
         self._shared = shared
         self.procs: dict[int, subprocess.Popen[str]] = {}
+        self._started = 0
 
     async def start(self) -> subprocess.Popen[str]:
-        n = len(self.procs)
+        n, self._started = self._started, self._started + 1  # before the wait: starts may overlap
         data_dir = self._root / f"worker-{n}"
         data_dir.mkdir(parents=True)
         config = data_dir / "config.yaml"
@@ -106,8 +107,14 @@ async def _until(stream, predicate) -> list[pb.TrainingJobEvent]:
     raise AssertionError(f"the stream ended first: {seen[-3:]}")
 
 
+# Long enough that each job is still running when it is killed, frozen or paused after its first checkpoint or
+# step, with a margin for a loaded machine (nothing counts the steps): 180 steps of 6 an epoch. 60 epochs took
+# twice as long.
+EPOCHS = 30
+
+
 def _checkpointed() -> pb.TrainingJobSpec:
-    job_spec = spec(epochs=60)  # 360 steps
+    job_spec = spec(epochs=EPOCHS)  # 180 steps
     job_spec.checkpoints.CopyFrom(pb.CheckpointPolicy(every_steps=10, every_minutes=0))
     return job_spec
 
@@ -136,7 +143,7 @@ async def _versions(api) -> list[str]:
 
 async def test_jobs_outlive_their_workers(cluster):
     api, workers = cluster
-    first, second = await workers.start(), await workers.start()
+    first, second = await asyncio.gather(workers.start(), workers.start())  # (each loads torch: together)
 
     # A worker killed mid-job, after a checkpoint: the other takes it over and resumes from that checkpoint;
     # the watch on the API server follows it to the end.
@@ -159,7 +166,7 @@ async def test_jobs_outlive_their_workers(cluster):
 
     # A frozen worker (a zombie) is taken over; once thawed it writes nothing, and one version is published.
     third = await workers.start()
-    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=60)))).training_job
+    created = (await api.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec(epochs=EPOCHS)))).training_job
     stream = api.training.WatchTrainingJob(pb.WatchTrainingJobRequest(name=created.name))
     events = await _until(stream, _is_step)
     zombie = workers.of(await _job(api, created.name))
