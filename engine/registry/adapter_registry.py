@@ -26,7 +26,9 @@ and its create-only write decides: the attempt whose write fails is refused (ART
 the attempt that lost its reservation cannot register what it wrote (RESERVATION_LOST). If step 3
 or 4 fails (e.g. the object store is down, the publish is cancelled, the reservation was lost),
 what this attempt wrote is removed when possible, and only that: every key it wrote is its own, so
-it never removes another attempt's archive. The reservation is released if the attempt still holds
+it never removes another attempt's archive; a registration that failed with no answer from the database (its
+connection dropped as it committed) is asked about again first, and what it registered is the version. The
+reservation is released if the attempt still holds
 it, so nothing becomes visible and a retry gets the same number. What a failed attempt could not
 remove (the store down, the process dead) is an orphan: the attempt that registers the number
 removes every other object under the version's prefix once it has (none of their attempts can
@@ -67,6 +69,7 @@ from engine.domain import DataSource
 from engine.errors import (
     AlreadyExists,
     DataLoss,
+    EngineError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -282,11 +285,35 @@ class AdapterRegistry:
         except BaseException as exc:
             failure = exc if registration is None else _failure(registration)
             if failure is not None:  # else it is a version, cancelled only after it was registered
+                if registration is not None and not isinstance(failure, EngineError):
+                    # The registration's outcome is not known (the connection dropped as it committed, its
+                    # answer lost): removing the files of a version it registered would lose that version.
+                    registered, known = await self._registration_of(record)
+                    if registered is not None:
+                        log.warning("a publish's registration answered with an error but had registered it",
+                                    extra={"version": record.version, "error": repr(failure)})
+                        return registered
+                    if not known:
+                        raise  # left as it is: the files stay, and the reservation (a restart frees it)
                 # Also when the reservation was lost (RESERVATION_LOST, or not known yet: the store failed, the
                 # publish was cancelled) and the number is another attempt's by now: every key in ``written`` is
                 # this attempt's own (its manifest too, as its create-only write succeeded), never the other's.
                 await self._abandon(record, written)
             raise
+
+    async def _registration_of(self, record: AdapterRecord) -> tuple[AdapterRecord | None, bool]:
+        """Whether ``record``'s attempt registered it, asked again after its registration failed with no answer
+        from the database: (the version, True) if it did, (None, True) if it did not, (None, False) if the
+        database cannot say now either."""
+        try:
+            stored = await self._index.get(record.base_model, record.number)
+        except NotFound:
+            return None, True
+        except Exception:  # noqa: BLE001 - the database still away: not known
+            log.warning("could not learn whether a publish was registered; its files are kept",
+                        extra={"version": record.version}, exc_info=True)
+            return None, False
+        return (stored, True) if stored.attempt == record.attempt else (None, True)
 
     async def _remove_orphans(self, record: AdapterRecord) -> None:
         """Once ``record`` is registered (a version: no other attempt can register its number any more), remove
