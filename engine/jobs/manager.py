@@ -330,7 +330,7 @@ class JobManager(JobEventLog[S, O]):
         It raises when something around the run fails (the store, taking the job or reading its log), and the
         queue runs it again; after the queue's last attempt (``queue_attempt``) nothing would, so the job is
         ended here instead, when that is this attempt's to do (``_give_up``)."""
-        doing = "while it was left to another worker"
+        doing = ""  # while it is left to another worker (this one stopping), nothing for this attempt to end
         claim: Claim[S, O] | None = None
         try:
             if self._closing:
@@ -370,8 +370,8 @@ class JobManager(JobEventLog[S, O]):
             if attempt is not None and attempt.last:
                 if doing:
                     await self._give_up(job_id, attempt, doing, exc, claim)
-                else:  # the run began and decided how the job ends; storing that failed: another attempt will
-                    await self._queue_again(job_id, exc)
+                else:  # not this attempt's to end (the run began and decided how; or this worker is stopping and
+                    await self._queue_again(job_id, exc)  # could not leave it to another): another attempt will
             raise
 
     async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception,
