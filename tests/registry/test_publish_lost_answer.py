@@ -51,3 +51,22 @@ async def test_a_registration_that_did_not_commit_is_abandoned(
     assert await store.list_keys(V10) == []
     registry._index = PostgresAdapterIndex(pool)  # noqa: SLF001 - the database answers again
     assert (await registry.publish(req(make_peft(1)))).version == "v1.0"
+
+
+class _Away(_LostAnswer):
+    """As ``_LostAnswer`` (committed), and the database stays away for the question that follows."""
+
+    async def get(self, base_model, number, *, include_deleted=False):
+        raise ConnectionRefusedError("the database is away")
+
+
+async def test_a_registration_no_one_can_say_anything_of_keeps_its_files(
+    make_registry, store, make_peft, pool  # noqa: F811 - fixtures
+) -> None:
+    registry = make_registry(store)
+    registry._index = _Away(pool, committed=True)  # noqa: SLF001
+    with pytest.raises(ConnectionResetError):
+        await registry.publish(req(make_peft(0)))
+    registry._index = PostgresAdapterIndex(pool)  # noqa: SLF001 - the database answers again: it was registered
+    record = await registry.get(TINY, "v1.0")
+    assert await store.list_keys(V10) == sorted([record.archive_key, record.manifest_key])
