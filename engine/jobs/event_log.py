@@ -21,7 +21,7 @@ from engine import telemetry
 from engine.errors import Aborted
 from engine.jobs.context import JobRunner, LiveJob, now
 from engine.jobs.core import Control, Failed, Job, JobEvent, JobFailure, JobKind, JobProgress, JobState, StateChanged
-from engine.jobs.ports import JobQueue, JobStore, LeaseLost, StopReason
+from engine.jobs.ports import JobQueue, JobStore, Lease, LeaseLost, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,15 @@ class JobEventLog(Generic[S, O]):
     _closing: bool
     _idle: asyncio.Event  # no job held by this process's worker
 
-    # ---- a job no worker holds ------------------------------------------------------
+    # ---- a job no run of it holds --------------------------------------------------
 
-    async def _write_unclaimed(
-        self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None
+    async def _write_idle(
+        self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None,
+        lease: Lease | None = None,
     ) -> Job[S, O]:
-        """Move a job no worker holds to ``state``, with its events (Aborted if a worker claimed it meanwhile)."""
+        """Move a job no run of it holds to ``state``, with its events: one no worker holds (Aborted if a worker
+        claimed it meanwhile), or, with ``lease``, one this worker claimed but never ran, moved under that lease
+        and let go of (LeaseLost if another worker took it over meanwhile)."""
         events: list[object] = []
         if failure is not None and state is JobState.FAILED:
             events.append(Failed(failure))
@@ -60,7 +63,10 @@ class JobEventLog(Generic[S, O]):
         ended = state.terminal
         updated = replace(job, state=state, last_sequence=logged[-1].sequence, failure=failure,
                           end_time=now() if ended else job.end_time)
-        await self._store.write(updated, logged, None)
+        if lease is None:
+            await self._store.write(updated, logged, None)
+        else:
+            await self._store.release(updated, logged, lease)
         telemetry.job_state_changed(self.kind.name, job.id, state.value, ended)
         return updated
 
@@ -154,13 +160,13 @@ class JobEventLog(Generic[S, O]):
             # A request made after this worker last looked is carried out now that the job is unclaimed.
             if pending is Control.CANCEL:
                 with contextlib.suppress(Aborted):
-                    live.job = await self._write_unclaimed(
+                    live.job = await self._write_idle(
                         live.job, JobState.CANCELLED, "cancelled",
                         failure=JobFailure("CANCELLED", "JOB_CANCELLED", "cancelled while it was stopping"))
                     return
             if pending is Control.PAUSE and state is JobState.QUEUED:
                 with contextlib.suppress(Aborted):
-                    live.job = await self._write_unclaimed(live.job, JobState.PAUSED, "paused")
+                    live.job = await self._write_idle(live.job, JobState.PAUSED, "paused")
                     return
             if state is JobState.QUEUED:
                 await self._queue.enqueue(self.kind.name, live.job.id, priority=live.job.priority)

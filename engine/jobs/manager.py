@@ -14,7 +14,8 @@
   keeps its events pending and is retried: the stored log never has a gap. A cancel, pause or shutdown stops
   the run at its next step; pause and shutdown keep the progress (the runner checkpoints), and the job is then
   PAUSED, or QUEUED again for any worker. Should the queue's last attempt at a job fail around its run (the store
-  unreachable at every attempt), the job is ended FAILED, not left active with nothing queued to run it.
+  unreachable at every attempt), the job is ended FAILED, or queued again when it is not that attempt's to end; it
+  is never left active with nothing queued to run it.
 
 A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
 process share one :class:`~engine.jobs.context.JobSlots`: how many jobs run at once (each holds a model) and
@@ -42,7 +43,6 @@ from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, Liv
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
-    Failed,
     Job,
     JobEvent,
     JobFailure,
@@ -197,7 +197,7 @@ class JobManager(JobEventLog[S, O]):
                     metadata={"state": job.state.value},
                 )
             try:
-                resumed = await self._write_unclaimed(job, JobState.QUEUED, "resumed")
+                resumed = await self._write_idle(job, JobState.QUEUED, "resumed")
             except Aborted:
                 continue  # changed meanwhile: look again
             await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
@@ -286,8 +286,8 @@ class JobManager(JobEventLog[S, O]):
                 return requested
             try:  # unclaimed (queued or paused): act now
                 if control is Control.PAUSE:
-                    return await self._write_unclaimed(job, JobState.PAUSED, "paused before it ran")
-                cancelled = await self._write_unclaimed(job, JobState.CANCELLED, "cancelled before it ran",
+                    return await self._write_idle(job, JobState.PAUSED, "paused before it ran")
+                cancelled = await self._write_idle(job, JobState.CANCELLED, "cancelled before it ran",
                                                         failure=JobFailure("CANCELLED", "JOB_CANCELLED",
                                                                            "cancelled before it ran"))
             except Aborted:
@@ -397,16 +397,17 @@ class JobManager(JobEventLog[S, O]):
             if job is None or job.state.terminal or job.state is JobState.PAUSED:
                 return
             if claim is None:
-                ended = await self._write_unclaimed(job, JobState.FAILED, message, failure=failure)
+                ended = await self._write_idle(job, JobState.FAILED, message, failure=failure)
             else:
                 requested = await self._store.control(job_id, claim.lease) or claim.requested
                 if requested is Control.PAUSE:
-                    state, note = JobState.PAUSED, f"paused as asked: {message}"
+                    state, note, why = JobState.PAUSED, f"paused as asked: {message}", None
                 elif requested is Control.CANCEL:
-                    state, note = JobState.CANCELLED, f"cancelled as asked: {message}"
+                    note = f"cancelled as asked: {message}"
+                    state, why = JobState.CANCELLED, JobFailure("CANCELLED", "JOB_CANCELLED", note)
                 else:
-                    state, note = JobState.FAILED, message
-                ended = await self._end_claimed(job, claim, state, note, failure)
+                    state, note, why = JobState.FAILED, message, failure
+                ended = await self._write_idle(job, state, note, failure=why, lease=claim.lease)
         except LeaseLost:  # a worker took it over meanwhile (it holds its own queue item)
             log.info("a job the job queue gave up on was taken over by another worker", extra={"job_id": job_id})
             return
@@ -435,20 +436,6 @@ class JobManager(JobEventLog[S, O]):
         except Exception:  # noqa: BLE001 - the store down: a restart's recovery queues it if it is QUEUED
             log.exception("could not queue again a job the job queue gave up on",
                           extra={"job_id": job_id, "kind": self.kind.name})
-
-    async def _end_claimed(self, job: Job[S, O], claim: Claim[S, O], state: JobState, message: str,
-                           failure: JobFailure) -> Job[S, O]:
-        """Move ``job``, claimed by ``claim``, to ``state`` under its lease, and let go of it."""
-        events: list[object] = [Failed(failure)] if state is JobState.FAILED else []
-        events.append(StateChanged(job.state, state, message))
-        logged = [JobEvent(job.last_sequence + i + 1, now(), p) for i, p in enumerate(events)]
-        failed = failure if state is JobState.FAILED else (
-            JobFailure("CANCELLED", "JOB_CANCELLED", message) if state is JobState.CANCELLED else None)
-        ended = replace(job, state=state, failure=failed, last_sequence=logged[-1].sequence,
-                        end_time=now() if state.terminal else job.end_time)
-        await self._store.release(ended, logged, claim.lease)
-        telemetry.job_state_changed(self.kind.name, job.id, state.value, state.terminal)
-        return ended
 
     async def _leave(self, job_id: str) -> None:
         """This worker is stopping: leave the job to another (queued again; it waits while this item ends)."""
