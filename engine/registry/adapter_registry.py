@@ -20,23 +20,23 @@ Publishing, in order:
      succeeded nothing is undone.
 Readers follow the record's keys; versions published before attempts keep theirs
 (``<version>/adapter.tar.gz``). A number can change hands: a reservation freed as stale (its
-publisher froze, its lock session dropped; see engine.stores.adapter_index) is handed out again,
-and two attempts may be storing one number's objects at once. Only the manifest's key is shared,
-and its create-only write decides: the attempt whose write fails is refused (ARTIFACT_EXISTS) and
-the attempt that lost its reservation cannot register what it wrote (RESERVATION_LOST). If step 3
-or 4 fails (e.g. the object store is down, the publish is cancelled, the reservation was lost),
-what this attempt wrote is removed when possible, and only that: every key it wrote is its own, so
-it never removes another attempt's archive; a registration that failed with no answer from the database (its
-connection dropped as it committed) is asked about again first, and what it registered is the version. The
-reservation is released if the attempt still holds
-it, so nothing becomes visible and a retry gets the same number. What a failed attempt could not
-remove (the store down, the process dead) is an orphan: the attempt that registers the number
-removes every other object under the version's prefix once it has (none of their attempts can
-register it then; sweeping any earlier would let an attempt that lost its reservation, unaware,
-sweep away the archive of the one that took the number over), and ``recover`` (at the next start)
-removes the archives of the reservations it frees, with the store's partial writes and the scratch files. If the store
-already holds a manifest the database does not know, the publish is refused, the manifest and
-what is beside it are left alone and the number is retired (CONFLICT).
+publisher froze, its lock session dropped; see engine.stores.adapter_index) is handed out again, and
+two attempts may be storing one number's objects at once. Only the manifest's key is shared, and its
+create-only write decides: the attempt whose write fails is refused (ARTIFACT_EXISTS) and the
+attempt that lost its reservation cannot register what it wrote (RESERVATION_LOST). If step 3 or 4
+fails (e.g. the object store is down, the publish is cancelled, the reservation was lost), what this
+attempt wrote is removed when possible, and only that: every key it wrote is its own, so it never
+removes another attempt's archive; a registration that failed with no answer from the database (its
+connection dropped as it committed) is asked about again first, and what it registered is the
+version. The reservation is released if the attempt still holds it, so nothing becomes visible and a
+retry gets the same number. What a failed attempt could not remove (the store down, the process
+dead) is an orphan: the attempt that registers the number removes every other object under the
+version's prefix once it has (none of their attempts can register it then; sweeping any earlier
+would let an attempt that lost its reservation, unaware, sweep away the archive of the one that took
+the number over), and ``recover`` (at the next start) removes the archives of the reservations it
+frees, with the store's partial writes and the scratch files. If the store already holds a manifest
+the database does not know, the publish is refused, the manifest and what is beside it are left
+alone and the number is retired (CONFLICT).
 
 Every read of an archive (download, warm start) checks its sha256 against the record
 first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
@@ -404,8 +404,8 @@ class AdapterRegistry:
         """At start: undo what publishes cut short by a dead process left. Removes the store's partial writes
         and this registry's scratch space, releases reservations whose publisher is gone (their numbers are
         handed out again) and removes the objects their attempts may have stored (a manifest, whose key is the
-        version's, stays: see ``_store_and_register``). What cannot be removed now (the store down) the next
-        attempt at that number removes. Returns the released versions as ``<base-model> <version>``."""
+        version's, stays: see ``_store_and_register``). What cannot be removed now (the store down) the attempt
+        that registers that number removes. Returns the released versions as ``<base-model> <version>``."""
         partial = await self._store.remove_partial_writes()
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
         stale = await self._index.release_stale()
