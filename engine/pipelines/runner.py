@@ -17,8 +17,9 @@ first stage that has not ended; no stage runs twice to completion:
   the suites again, as long as it was against the same active version on the same basis.
 - ROLLOUT activates the version, or skips when the pipeline only publishes. The activation's own gate takes
   EVALUATE's evaluation when it was against the same active version on the same basis, and runs again
-  otherwise. With a canary, cancelling the run aborts the run's canary (by its version) wherever the run was:
-  running (the run does), or paused, queued or stopping (the job core calls ``cancelled_while_idle``).
+  otherwise. With a canary, cancelling the run aborts the run's canary (by its version and the split it opened)
+  wherever the run was: running (the run does), or paused, queued or stopping (the job core calls
+  ``cancelled_while_idle``).
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ class PipelineRunner:
                     return waiting.result()
                 if ctx.cancel.cancelled:
                     if ctx.cancel.reason is StopReason.CANCEL:
-                        await self._abort_canary(ctx.job, version)
+                        await self._abort_canary(ctx.job)
                     raise Cancelled("JOB_CANCELLED", f"the run stopped while the canary of {version} was running")
         finally:
             waiting.cancel()
@@ -300,7 +301,7 @@ class PipelineRunner:
         if job.output.rollout != "CANARY" or not version:  # no canary started (or it was decided before the stop)
             return []
         try:
-            aborted = await self._abort_canary(job, version)
+            aborted = await self._abort_canary(job)
         except Exception as exc:  # noqa: BLE001 - the run is cancelled whatever becomes of its canary
             why = exc.message if isinstance(exc, EngineError) else type(exc).__name__
             log.warning("could not abort a cancelled pipeline run's canary",
@@ -313,14 +314,14 @@ class PipelineRunner:
         return [Noticed("CANARY_ABORTED", f"aborted the canary of {version} this run started: the run was "
                                           "cancelled while none of it was running")]
 
-    async def _abort_canary(self, run: PipelineRun, version: str) -> bool:
+    async def _abort_canary(self, run: PipelineRun) -> bool:
         """Abort the run's own canary, by its version and the split it opened (when the run recorded it): the canary
         in force may be another by now (the run's ended and an operator's or another pipeline's began, of another
         version or the same, or this process had not yet followed that), and that one is not the run's to end. None
         of the run's in force is nothing to abort (False)."""
         try:
             await self._serving.abort_canary(actor=run.spec.pipeline.name, reason=f"{run.name} was cancelled",
-                                             version=version, split_id=run.output.canary_split)
+                                             version=run.output.version, split_id=run.output.canary_split)
         except FailedPrecondition as exc:
             if exc.reason != "NO_CANARY_RUNNING":
                 raise
