@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from base_retention import REHEARSAL_TOKENS, rehearsal_pool, rehearsed_rows  # noqa: E402
 from forgetting import MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
-from engine.continual.rehearsal import shared_start  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
 from engine.training.batching import Rotation  # noqa: E402
@@ -60,9 +59,6 @@ def main() -> None:
     parser.add_argument("--prompt-kl-weights", type=float, nargs="+",
                         default=[DEFAULTS["base_prompt_kl_weight"].default],
                         help="the KL weight at the job's own rows' prompt positions (several: each with each)")
-    parser.add_argument("--rows", nargs="+", choices=["prefixed", "whole"], default=["prefixed"],
-                        help="rehearsed rows after their shared prefix run once without gradient (a job's way), or "
-                             "whole in the pass of the job's rows (several: each with each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
@@ -72,9 +68,8 @@ def main() -> None:
           f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     task, _ = make_tasks(args.facts, 0)
-    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else "") + (f" {r}" if len(args.rows) > 1 else ""):
-                (f, t, g, w, r) for f in args.fractions for t in args.answer_tokens for g in args.group
-                for w in args.prompt_kl_weights for r in args.rows}
+    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else ""): (f, t, g, w) for f in args.fractions
+                for t in args.answer_tokens for g in args.group for w in args.prompt_kl_weights}
     seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
@@ -87,25 +82,22 @@ def main() -> None:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
                  for g in args.group}
-        prefixes = {key: shared_start(pool, tokenizer, MAX_SEQ_LENGTH) for key, (pool, _) in pools.items()}
-        for name, (fraction, answer_tokens, group, _, how) in variants.items():
+        for name, (fraction, answer_tokens, group, _) in variants.items():
             pool, _ = pools[answer_tokens, group]
             rows = tokens_of(pool)
             per_epoch = rehearsed_rows(len(task), fraction, len(pool), group)
             trained_tokens[name] = (own_tokens + per_epoch * statistics.mean(rows)) * args.epochs
-            shared = f", {prefixes[answer_tokens, group]} of them shared" if how == "prefixed" else ", run whole"
-            print(f"{name}: {per_epoch} rehearsed rows an epoch of {statistics.mean(rows):.1f} tokens on average"
-                  f"{shared}, beside {len(task)} rows of {own_tokens} tokens", flush=True)
+            print(f"{name}: {per_epoch} rehearsed rows an epoch of {statistics.mean(rows):.1f} tokens on average, "
+                  f"beside {len(task)} rows of {own_tokens} tokens", flush=True)
         for repeat in range(args.repeats):
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
                 if name != "plain":
-                    fraction, tokens, group, prompt_weight, how = variants[name]
+                    fraction, tokens, group, prompt_weight = variants[name]
                     pool, references = pools[tokens, group]
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight,
                                                 prompt_kl_weight=prompt_weight)
-                    objective = rehearsal_objective(None, protection, len(task), len(pool), references,
-                                                    prefixes[tokens, group] if how == "prefixed" else 0)
+                    objective = rehearsal_objective(None, protection, len(task), len(pool), references)
                     examples = [*task, *pool]
                     rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group))
                 taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,

@@ -51,9 +51,6 @@ answers an epoch.
 ``--bare-rehearsal`` rehearses each answer under an empty system prompt instead of the chat template's default one
 (15 tokens fewer of a row's 52): the base model's references are taken in that context too.
 
-``--whole-rehearsal`` runs each rehearsed row whole in the pass of the job's rows, as jobs did before the rows' shared
-start (the chat template's system turn) ran once a micro-batch without gradient.
-
     .venv/bin/python bench/base_retention.py --seeds 0 --threads 2     # about 40 min a seed on 2 cores
 """
 
@@ -73,7 +70,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,7 +91,7 @@ from engine.continual.fisher_run import (  # noqa: E402
 )
 from engine.continual.planner import make_penalty  # noqa: E402
 from engine.continual.rehearsal import MAX_NEW_TOKENS as REHEARSAL_TOKENS  # noqa: E402
-from engine.continual.rehearsal import SelfRehearsal, shared_start, shipped_prompts  # noqa: E402
+from engine.continual.rehearsal import SelfRehearsal, shipped_prompts  # noqa: E402
 from engine.domain import (  # noqa: E402
     BaseProtection,
     BaseProtectionMethod,
@@ -174,12 +170,6 @@ def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: 
                                       MAX_SEQ_LENGTH, CancelToken())
     print(f"the base model's references of {len(pool)} answers: {time.monotonic() - built:.1f} s", flush=True)
     return pool, references
-
-
-def pool_prefix(base_dir: Path, pool: list[Example]) -> int:
-    """The leading tokens the pool's rows share, as a job's self-rehearsal finds them (run once a micro-batch without
-    gradient by the KL term)."""
-    return shared_start(pool, AutoTokenizer.from_pretrained(base_dir), MAX_SEQ_LENGTH)
 
 
 def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float) -> ProductEwcPenalty:
@@ -288,8 +278,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
             if args.parent_reference and parent is not None:
                 refs = parent_references(rows, base_dir, parent)
             per_epoch = rehearsed_rows(len(examples), args.rehearsal_fraction, len(rows), args.group)
-            objective = rehearsal_objective(None, protection(step), len(examples), len(rows), refs,
-                                            0 if args.whole_rehearsal else pool_prefix(base_dir, rows))
+            objective = rehearsal_objective(None, protection(step), len(examples), len(rows), refs)
             examples, rotation = [*examples, *rows], Rotation(len(rows), per_epoch)
         out = work / f"s{seed}-{method}-{'ABC'[step]}"
         seconds.append(train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=seed,
@@ -362,9 +351,6 @@ def main() -> None:
                         help="train only the first versions of the chain (a quicker look at a setting)")
     parser.add_argument("--extra-prompts", type=Path, default=None,
                         help="a file of more general prompts, one a line, rehearsed beside the shipped ones")
-    parser.add_argument("--whole-rehearsal", action="store_true",
-                        help="rehearsed rows run whole, in the pass of the job's rows, instead of after their shared "
-                             "prefix (the chat template's start) run once without gradient, as a job does")
     parser.add_argument("--bare-rehearsal", action="store_true",
                         help="rehearsed rows under an empty system prompt instead of the template's default one")
     parser.add_argument("--parent-reference", action="store_true",

@@ -30,7 +30,7 @@ from engine.jobs.ports import CancelToken
 from engine.training.base_kl import REFERENCE_TOP_K, Reference, load_references, references_of, save_references
 from engine.training.datasets import encode_dataset, pad_token_id
 from engine.training.models import DevicePlan
-from engine.training.packing import PaddedForward, shared_prefix
+from engine.training.packing import PaddedForward
 from engine.training.ports import RehearsalMix
 
 # A short answer says it early (the base-knowledge probe reads 16 tokens too); the rest of a long one made a
@@ -41,13 +41,6 @@ MAX_NEW_TOKENS = 16
 
 def shipped_prompts() -> tuple[str, ...]:
     return tuple(row["prompt"] for row in shipped_rows("rehearsal_prompts.jsonl"))
-
-
-def shared_start(pairs: Sequence[Example], tokenizer: Any, max_seq_length: int) -> int:
-    """How many leading tokens the rows of ``pairs`` share as a job encodes them (the chat template's system turn
-    and the start of the user's: engine.training.packing.shared_prefix), which the KL term runs once a
-    micro-batch without gradient."""
-    return shared_prefix(encode_dataset(tokenizer, list(pairs), max_seq_length))
 
 
 class SelfRehearsal:
@@ -69,8 +62,7 @@ class SelfRehearsal:
             return RehearsalMix(list(examples), 0, 0)
         references = self.references(pairs, model, tokenizer, plan, base_model_dir, quantization, max_seq_length,
                                      cancel)
-        return RehearsalMix([*examples, *pairs], per_epoch, len(pairs), tuple(references),
-                            shared_start(pairs, tokenizer, max_seq_length))
+        return RehearsalMix([*examples, *pairs], per_epoch, len(pairs), tuple(references))
 
     def references(self, pairs: Sequence[Example], model: Any, tokenizer: Any, plan: DevicePlan,
                    base_model_dir: Path, quantization: str, max_seq_length: int,

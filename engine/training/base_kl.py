@@ -28,7 +28,6 @@ step's loss is that of one big batch whatever the micro-batches or the layout (p
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,6 @@ from engine.training.objectives import WeightedSft
 from engine.training.packing import ExampleForward, TargetLogits
 from engine.training.run import BatchObjective
 from engine.training.tensor_cache import load_tensors, save_tensors
-
-_log = logging.getLogger(__name__)
 
 REFERENCE_TOP_K = 64  # the base model's most likely tokens kept per position; the rest is one outcome
 
@@ -175,14 +172,9 @@ class BaseKlObjective:
     """
 
     def __init__(self, inner: BatchObjective, anchored: Sequence[bool], weight: float, *, trained: bool,
-                 references: Sequence[Reference | None] | None = None, prompt_weight: float = 0.0,
-                 prefix: int = 0) -> None:
+                 references: Sequence[Reference | None] | None = None, prompt_weight: float = 0.0) -> None:
         self.inner, self.anchored, self.weight, self.trained = inner, tuple(anchored), weight, trained
         self.prompt_weight = prompt_weight
-        # The leading tokens every anchored example shares (engine.training.packing.shared_prefix): run once a
-        # micro-batch without gradient, the context of each one's rest (see _sft_passes). 0: they run whole.
-        self.prefix = prefix
-        self._prefix_checked = False
         # Each example's reference, by its index in the run: given (computed before, e.g. cached on disk), or
         # computed the first time it is trained and kept, since the base model never moves.
         self.references = tuple(references) if references is not None else (None,) * len(self.anchored)
@@ -230,28 +222,23 @@ class BaseKlObjective:
     @classmethod
     def over_rehearsal(cls, inner: BatchObjective, own: int, rehearsed: int, weight: float, *,
                        trained: bool, references: Sequence[Reference] | None = None,
-                       prompt_weight: float = 0.0, prefix: int = 0) -> BaseKlObjective:
+                       prompt_weight: float = 0.0) -> BaseKlObjective:
         """Over ``own`` examples followed by ``rehearsed`` of the base model's answers (engine.continual.rehearsal),
-        with those answers' ``references`` when known and the ``prefix`` they share; ``inner`` covers the ``own``
-        ones (it is extended over the rest, which it sees only when ``trained``)."""
+        with those answers' ``references`` when known; ``inner`` covers the ``own`` ones (it is extended over the
+        rest, which it sees only when ``trained``)."""
         given = [None] * own + list(references) if references is not None else None
         return cls(inner.extended(rehearsed), [False] * own + [True] * rehearsed, weight, trained=trained,
-                   references=given, prompt_weight=prompt_weight, prefix=prefix)
+                   references=given, prompt_weight=prompt_weight)
 
     def select(self, kept: list[int]) -> BaseKlObjective:
         return BaseKlObjective(self.inner.select(kept), [self.anchored[i] for i in kept], self.weight,
                                trained=self.trained, references=[self.references[i] for i in kept],
-                               prompt_weight=self.prompt_weight, prefix=self.prefix)
+                               prompt_weight=self.prompt_weight)
 
     def extended(self, replayed: int) -> BaseKlObjective:
         return BaseKlObjective(self.inner.extended(replayed), [*self.anchored, *([False] * replayed)], self.weight,
                                trained=self.trained, references=[*self.references, *([None] * replayed)],
-                               prompt_weight=self.prompt_weight, prefix=self.prefix)
-
-    def whole_rows(self) -> BaseKlObjective:
-        """The same objective with the anchored examples run whole, in the pass of the step's other examples."""
-        return BaseKlObjective(self.inner, self.anchored, self.weight, trained=self.trained,
-                               references=self.references, prompt_weight=self.prompt_weight)
+                               prompt_weight=self.prompt_weight)
 
     @staticmethod
     def _part(step: StepBatch, keep: list[int]) -> StepBatch:
@@ -284,7 +271,7 @@ class BaseKlObjective:
         if isinstance(self.inner, WeightedSft):
             # 0: a share of fillers only (a sharded run's, engine.training.distributed.ShardedGroup), which runs
             # its passes as every process of the run must: its losses are 0, not 0 / 0 (as WeightedSft's)
-            yield from self._sft_passes(model, step, forward, total if total > 0 else 1.0)
+            yield from self._one_pass(model, step, forward, total if total > 0 else 1.0)
             return
         if total <= 0:
             return
@@ -306,18 +293,12 @@ class BaseKlObjective:
                 if len(context.owner):
                     yield self.prompt_weight * self._context_kl(model, forward, own_part, micro, context) / total
 
-    def _sft_passes(self, model: Any, step: StepBatch, forward: ExampleForward, total: float) -> Iterator[torch.Tensor]:
-        """The step's loss when the inner objective is weighted SFT, whose loss is a function of the logits alone
-        (another, such as KTO with its own reference passes, trains its part apart): per micro-batch, the NLL of
-        the inner examples and the KL of the anchored ones from the logits of one forward pass over all of them.
-
-        With a shared ``prefix``, the micro-batch's anchored examples run in a second pass, after that prefix
-        (:meth:`ExampleForward.prefixed_target_logits`): the same logits, so the same loss, for a little over half
-        a rehearsed row's cost on a CPU, where a pass costs about its tokens and a backward pass twice a forward
-        one, and the prefix (the chat template's system turn, 24 of a rehearsed row's 53 tokens for SmolLM2)
-        runs once without gradient. What the KL term then holds is the answers given that context, not the
-        context's own processing: the gradient reaches the adapter through the question's and the answer's
-        positions only."""
+    def _one_pass(self, model: Any, step: StepBatch, forward: ExampleForward, total: float) -> Iterator[torch.Tensor]:
+        """The step's loss with one forward pass per micro-batch over all its examples, the NLL of the inner ones
+        and the KL of the anchored ones taken from the same logits: weighted SFT's loss is a function of them
+        alone (another inner objective, such as KTO with its own reference passes, trains its part apart). Two
+        passes, one per part, cost more than one over both on a CPU (the fixed cost of running every layer), and
+        the value is the same."""
         inner, anchored = self._parts(step)
         in_inner, in_anchored = set(inner.indices), set(anchored.indices)
         nll_weights = torch.tensor([e.weight if i in in_inner and e.predicted_token_count else 0.0
@@ -325,58 +306,27 @@ class BaseKlObjective:
         kl_weights = torch.tensor([e.weight if i in in_anchored else 0.0
                                    for e, i in zip(step.examples, step.indices, strict=True)])
         for micro in step.micro_batches:
-            prefixed = [k for k in micro if kl_weights[k] > 0] if self._prefixes(model, forward, step, micro) else []
-            whole = [k for k in micro if k not in prefixed]
-            shares = [self._pass_loss(model, step, forward, part, nll_weights, kl_weights, prefixed=part is prefixed)
-                      for part in (whole, prefixed) if part]
-            yield sum(shares[1:], shares[0]) / total
+            examples = [step.examples[k] for k in micro]
+            own = [not self.anchored[step.indices[k]] for k in micro]
+            if self.prompt_weight > 0 and any(own):
+                adapted, context = forward.context_logits(model, examples, own)
+            else:
+                adapted, context = forward.target_logits(model, examples), None
+            nll, counts = adapted.nll()
+            per_token, device = counts.clamp(min=1), nll.device
+            loss = (nll / per_token * nll_weights[micro.start : micro.stop].to(device)).sum()
+            held = [j for j, k in enumerate(micro) if kl_weights[k] > 0]
+            if held:
+                references = self._reference_of(model, forward, [examples[j] for j in held],
+                                                [step.indices[micro[j]] for j in held])
+                at = torch.isin(adapted.owner, torch.tensor(held, device=device))
+                sums = summed_kl(adapted.logits[at], adapted.owner[at], held, references, len(examples))
+                loss = loss + self.weight * (sums / per_token * kl_weights[micro.start : micro.stop].to(device)).sum()
+            if context is not None and len(context.owner):
+                loss = loss + self.prompt_weight * self._context_kl(model, forward, step, micro, context)
+            yield loss / total
 
-    def _pass_loss(self, model: Any, step: StepBatch, forward: ExampleForward, part: list[int],
-                   nll_weights: torch.Tensor, kl_weights: torch.Tensor, *, prefixed: bool) -> torch.Tensor:
-        """The weighted NLL and KL of the step's examples at ``part``, from one pass over them."""
-        examples = [step.examples[k] for k in part]
-        own = [not self.anchored[step.indices[k]] for k in part]
-        context = None
-        if prefixed:
-            adapted = forward.prefixed_target_logits(model, examples, self.prefix)
-        elif self.prompt_weight > 0 and any(own):
-            adapted, context = forward.context_logits(model, examples, own)
-        else:
-            adapted = forward.target_logits(model, examples)
-        nll, counts = adapted.nll()
-        per_token, device = counts.clamp(min=1), nll.device
-        loss = (nll / per_token * nll_weights[part].to(device)).sum()
-        held = [j for j, k in enumerate(part) if kl_weights[k] > 0]
-        if held:
-            references = self._reference_of(model, forward, [examples[j] for j in held],
-                                            [step.indices[part[j]] for j in held])
-            at = torch.isin(adapted.owner, torch.tensor(held, device=device))
-            sums = summed_kl(adapted.logits[at], adapted.owner[at], held, references, len(examples))
-            loss = loss + self.weight * (sums / per_token * kl_weights[part].to(device)).sum()
-        if context is not None and len(context.owner):
-            loss = loss + self.prompt_weight * self._context_kl(model, forward, step, part, context)
-        return loss
-
-    def _prefixes(self, model: Any, forward: ExampleForward, step: StepBatch, micro: range) -> bool:
-        """Whether the anchored examples run after their shared prefix (see :meth:`_sft_passes`): when there is one
-        and the model keeps the prefix's cache in training (one checkpointing its activations drops it), and
-        once the first such examples, run both ways without dropout, gave the same losses (as every packed
-        attention path is checked before training, engine.training.attention); else they run whole."""
-        if not self.prefix or _checkpoints(model):
-            return False
-        if not self._prefix_checked:
-            rows = [step.examples[k] for k in micro if self._held[step.indices[k]]
-                    and step.examples[k].predicted_token_count]
-            if not rows:
-                return True
-            self._prefix_checked = True
-            if not _same_losses(model, forward, rows, self.prefix):
-                _log.warning("rows after their shared prefix did not give the losses of whole rows in this model: "
-                             "the rehearsed rows run whole")
-                self.prefix = 0
-        return bool(self.prefix)
-
-    def _context_kl(self, model: Any, forward: ExampleForward, step: StepBatch, micro: Sequence[int],
+    def _context_kl(self, model: Any, forward: ExampleForward, step: StepBatch, micro: range,
                     context: TargetLogits) -> torch.Tensor:
         """The weighted sum over the micro-batch's own examples of their token-mean KL(base || adapted) at their
         context positions (the prompt's and the chat markup's next tokens)."""
@@ -387,41 +337,6 @@ class BaseKlObjective:
         counts = torch.bincount(context.owner, minlength=len(micro)).clamp(min=1)
         weights = torch.tensor([step.examples[k].weight for k in micro], dtype=sums.dtype, device=sums.device)
         return (sums / counts * weights).sum()
-
-
-def _checkpoints(model: Any) -> bool:
-    """Whether ``model`` (or the transformers model under its PEFT wrapper) checkpoints its layers' activations."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the first, its new name
-        if hasattr(base, name):
-            return bool(getattr(base, name))
-    return False
-
-
-@torch.no_grad()
-def _same_losses(model: Any, forward: ExampleForward, rows: Sequence[EncodedExample], prefix: int) -> bool:
-    """Whether ``rows`` after their shared ``prefix`` give the per-example NLL they give whole (in eval mode: no
-    dropout); tolerances as engine.training.attention.isolates'."""
-    training = model.training
-    model.eval()
-    try:
-        got, counts = forward.prefixed_target_logits(model, rows, prefix).nll()
-        want, want_counts = forward.target_logits(model, rows).nll()
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    finally:
-        model.train(training)
-    tolerance = 5e-2 if forward.plan.autocast_dtype is not None else 1e-4
-    return bool(torch.equal(counts.cpu(), want_counts.cpu())
-                and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance))
-
-
-def shardable(objective: BatchObjective | None) -> BatchObjective | None:
-    """``objective`` as a sharded (FSDP) run trains it (:func:`check_shardable`): a KL term's anchored examples run
-    whole, in the pass of the step's other examples, since every process must run the same passes and a process's
-    share of a micro-batch may hold none of them."""
-    check_shardable(objective)
-    return objective.whole_rows() if isinstance(objective, BaseKlObjective) else objective
 
 
 def check_shardable(objective: BatchObjective | None) -> None:
@@ -439,16 +354,15 @@ def check_shardable(objective: BatchObjective | None) -> None:
 
 
 def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtection, own: int,
-                        rehearsed: int, references: Sequence[Reference] | None = None,
-                        prefix: int = 0) -> BatchObjective | None:
+                        rehearsed: int, references: Sequence[Reference] | None = None) -> BatchObjective | None:
     """The objective of ``own`` examples followed by ``rehearsed`` of the base model's answers, under ``protection``
     (``objective``: the own examples' objective; None: weighted SFT; ``references``: the answers' base references
-    when known; ``prefix``: the leading tokens the answers' rows share, run once without gradient)."""
+    when known)."""
     if not rehearsed:
         return objective
     trained = protection.method is BaseProtectionMethod.SELF_REHEARSAL
     if protection.kl_weight > 0 or protection.prompt_kl_weight > 0 or not trained:
         return BaseKlObjective.over_rehearsal(objective or WeightedSft(), own, rehearsed, protection.kl_weight,
                                               trained=trained, references=references,
-                                              prompt_weight=protection.prompt_kl_weight, prefix=prefix)
+                                              prompt_weight=protection.prompt_kl_weight)
     return objective.extended(rehearsed) if objective is not None else None

@@ -57,7 +57,7 @@ from engine.errors import Cancelled, EngineError, Unavailable
 from engine.jobs.codec import EventCodec
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
-from engine.training.base_kl import shardable
+from engine.training.base_kl import check_shardable
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
 from engine.training.loading import HOST, LoadedModel, load_for_training, release
@@ -116,7 +116,7 @@ def run_distributed(run: TrainingRun, sink: ProgressSink, cancel: CancelToken, *
     """Train ``run`` on ``processes`` devices of ``plan``'s kind and wait for it, forwarding reports, storing
     checkpoints and passing on a stop; the main process's result, or the error the run failed with."""
     if run.spec.hyperparameters.sharding is Sharding.FSDP:
-        run = replace(run, objective=shardable(run.objective))
+        check_shardable(run.objective)
     ckpt = run.checkpointing
     scratch = run.output_dir.parent
     scratch.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,6 @@ class TargetLogits:
 class ExampleForward(Protocol):
     """One forward pass over ``examples``: ([n] summed target-token NLL, [n] predicted target-token counts)."""
 
-    plan: DevicePlan
-
     def __call__(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def target_logits(self, model: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
@@ -64,11 +62,6 @@ class ExampleForward(Protocol):
         """The same forward pass, with also the logits at the positions of the ``context`` examples that predict
         no target token (their prompt's and chat markup's next tokens, ``targets`` the token each predicts):
         (the target positions' logits, as :meth:`target_logits`, the context positions')."""
-        ...
-
-    def prefixed_target_logits(self, model: Any, examples: Sequence[EncodedExample], prefix: int) -> TargetLogits:
-        """The target logits of ``examples``, which share their first ``prefix`` tokens, that prefix run once and
-        without gradient (:func:`prefixed_target_logits`)."""
         ...
 
 
@@ -101,52 +94,6 @@ def split_logits(logits: torch.Tensor, is_target: torch.Tensor, targets: torch.T
             TargetLogits(logits[~is_target], next_ids[~is_target], owner[~is_target], count))
 
 
-def shared_prefix(examples: Sequence[EncodedExample]) -> int:
-    """How many leading tokens every one of ``examples`` shares, short of the position that predicts the first
-    target token of any (its logits must come from the rest) and of each one's last token."""
-    if not examples:
-        return 0
-    shared = 0
-    for column in zip(*(e.input_ids for e in examples), strict=False):
-        if any(token != column[0] for token in column):
-            break
-        shared += 1
-    first_targets = (next((i for i, label in enumerate(e.labels) if label != IGNORE_INDEX), len(e.labels))
-                     for e in examples)
-    return max(0, min(shared, min(first_targets) - 1, min(len(e.input_ids) for e in examples) - 1))
-
-
-def prefixed_target_logits(model: Any, examples: Sequence[EncodedExample], prefix: int, pad_id: int,
-                           plan: DevicePlan) -> TargetLogits:
-    """The target logits of ``examples``, which share their first ``prefix`` tokens (:func:`shared_prefix`): the
-    prefix runs once, without gradient, and its keys and values (transformers' cache) are every example's context
-    for the rest, which runs right-padded with a padding mask over prefix and rest.
-
-    The values are those of a pass over the whole examples; the gradient is not: nothing reaches the adapter
-    through the prefix's positions, whose backward pass is what this saves (with the prefix's forward pass run
-    once, not once an example). A model that checkpoints its layers' activations drops the cache in training
-    (transformers), so it must run the examples whole."""
-    device = plan.torch_device
-    head = torch.tensor([examples[0].input_ids[:prefix]], dtype=torch.long, device=device)
-    with torch.no_grad(), plan.autocast():
-        cache = model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
-    cache.batch_repeat_interleave(len(examples))
-    rest = collate([EncodedExample(e.input_ids[prefix:], e.labels[prefix:], e.weight) for e in examples],
-                   pad_id).to(device)
-    rows, width = rest.input_ids.shape
-    targets = rest.labels[:, 1:]
-    keep = torch.zeros((rows, width), dtype=torch.bool, device=device)
-    keep[:, :-1] = targets != IGNORE_INDEX
-    mask = torch.cat([torch.ones((rows, prefix), dtype=rest.attention_mask.dtype, device=device),
-                      rest.attention_mask], dim=1)
-    positions = torch.arange(prefix, prefix + width, device=device).expand(rows, -1)
-    with plan.autocast():
-        logits = model(input_ids=rest.input_ids, attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
-    owner = torch.arange(rows, device=device)[:, None].expand(rows, width)[keep]
-    return TargetLogits(logits.reshape(-1, logits.shape[-1]).float(), targets[keep[:, :-1]], owner, rows)
-
-
 class PaddedForward:
     """One example per row, right-padded to the longest, with a padding mask; logits at every position."""
 
@@ -172,9 +119,6 @@ class PaddedForward:
         keep = is_target | _context_mask(next_ids, targets, owner, context)
         return split_logits(logits[:, :-1][keep], is_target[keep], targets[keep], next_ids[keep], owner[keep],
                             len(examples))
-
-    def prefixed_target_logits(self, model: Any, examples: Sequence[EncodedExample], prefix: int) -> TargetLogits:
-        return prefixed_target_logits(model, examples, prefix, self.pad_id, self.plan)
 
     def _forward(self, model: Any, examples: Sequence[EncodedExample]) -> tuple[Batch, torch.Tensor]:
         batch = collate(examples, self.pad_id).to(self.plan.torch_device)
@@ -277,9 +221,6 @@ class PackedForward:
         keep = is_target | _context_mask(batch.next_ids, batch.targets, batch.example_index, context)
         return split_logits(self._logits(model, batch, keep), is_target[keep], batch.targets[keep],
                             batch.next_ids[keep], batch.example_index[keep], batch.count)
-
-    def prefixed_target_logits(self, model: Any, examples: Sequence[EncodedExample], prefix: int) -> TargetLogits:
-        return prefixed_target_logits(model, examples, prefix, self.pad_id, self.plan)
 
     def _logits(self, model: Any, batch: PackedBatch, keep: torch.Tensor) -> torch.Tensor:
         """[keep.sum(), vocab] the logits at the ``keep`` positions, in order (the LM head runs only there)."""

@@ -65,7 +65,6 @@ class RehearsalMix:
     rehearsed: int  # the answers an epoch trains: ``fraction`` of its examples
     pool: int  # the answers after the job's examples
     references: tuple[Reference, ...] = ()  # the base model's at each answer (engine.training.base_kl)
-    prefix: int = 0  # the leading tokens every answer's row shares (engine.training.packing.shared_prefix)
 
     @property
     def rotation(self) -> Rotation:

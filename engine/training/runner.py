@@ -225,7 +225,7 @@ class TrainingRunner:
                                                    f"training examples, in rotation over {mixed.pool}: {how}"))
         ctx.set_output(replace(ctx.job.output, base_rehearsed_examples=mixed.rehearsed))
         objective = rehearsal_objective(run.objective, protection, len(run.examples), mixed.pool,
-                                        mixed.references, mixed.prefix)
+                                        mixed.references)
         return replace(run, examples=mixed.examples, objective=objective,
                        rotation=mixed.rotation if mixed.pool else None)
 
