@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from engine.errors import FieldViolation, InvalidArgument
 
@@ -50,9 +50,37 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
     """The (create_time, id) cursor of a token from :func:`encode_page_token`; INVALID_ARGUMENT otherwise."""
     try:
         created, item_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(item_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(
-            "INVALID_PAGE_TOKEN", "page_token is not one this server issued",
-            violations=[FieldViolation("page_token", "use next_page_token from a previous response")],
-        ) from exc
+        return cursor_time(created), cursor_text(item_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
+        raise invalid_page_token() from exc
+
+
+def invalid_page_token() -> InvalidArgument:
+    """The error of a page token this server did not issue (or cannot read)."""
+    return InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not one this server issued",
+                           violations=[FieldViolation("page_token", "use next_page_token from a previous response")])
+
+
+def cursor_time(value: object) -> datetime:
+    """A page token's time, one PostgreSQL can hold; ValueError or OverflowError otherwise (a token is base64 JSON
+    anyone can build: a time before year 1 or after 9999 in UTC would fail in the query, not as bad input)."""
+    when = datetime.fromisoformat(str(value))
+    if when.tzinfo is not None:
+        when.astimezone(UTC)
+    return when
+
+
+def cursor_text(value: object) -> str:
+    """A page token's text, one PostgreSQL can hold (no NUL); ValueError otherwise."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("a NUL in a page token")
+    return text
+
+
+def cursor_int(value: object) -> int:
+    """A page token's number, one PostgreSQL's integer can hold; ValueError otherwise."""
+    number = int(str(value))
+    if not 0 <= number < 2**31:
+        raise ValueError(f"{number} is out of range")
+    return number

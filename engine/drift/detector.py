@@ -27,6 +27,8 @@ from engine.drift.statistic import two_sample_test
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.registry import ServingRole
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)  # the earliest time a request or PostgreSQL can hold
+
 
 def prompt_of(example: Example) -> str:
     """What the example asks: its prompt, or the last user turn of its conversation."""
@@ -71,6 +73,9 @@ class DriftDetector:
             problems.append(FieldViolation("end_time", "must carry a time zone"))
         elif end > now + timedelta(minutes=5):
             problems.append(FieldViolation("end_time", "must not be in the future"))
+        elif timedelta(0) < window <= self.config.max_window and end - _EARLIEST < window:
+            problems.append(FieldViolation("end_time", f"leaves no room for a window of {window.total_seconds():g}s "
+                                                       f"after 0001-01-01"))
         if problems:
             raise InvalidArgument("INVALID_DRIFT_REQUEST",
                                   "invalid drift report request: " + "; ".join(f"{p.field}: {p.description}"

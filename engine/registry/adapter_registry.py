@@ -75,6 +75,7 @@ from engine.errors import (
     InvalidArgument,
     NotFound,
 )
+from engine.names import cursor_int, cursor_text, cursor_time, invalid_page_token
 from engine.registry import archive, peft_checks
 from engine.registry.ports import AdapterIndex, ArtifactStore, Cursor, ServingState
 from engine.registry.records import (
@@ -541,9 +542,6 @@ def _decode_token(token: str) -> Cursor:
     try:
         # A token issued before patch numbers (four parts) continues at patch 0.
         created, base_model, major, minor, patch = [*json.loads(base64.urlsafe_b64decode(token.encode())), 0][:5]
-        return datetime.fromisoformat(created), str(base_model), int(major), int(minor), int(patch)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(
-            "INVALID_PAGE_TOKEN", "page_token is not one this server issued",
-            violations=[FieldViolation("page_token", "use next_page_token from a previous response")],
-        ) from exc
+        return cursor_time(created), cursor_text(base_model), cursor_int(major), cursor_int(minor), cursor_int(patch)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
+        raise invalid_page_token() from exc

@@ -1,0 +1,72 @@
+"""Input a client can forge that is well formed on the wire but out of what the server or PostgreSQL can hold: a
+drift report's end too close to the earliest timestamp for its window, and page tokens (base64 JSON anyone can
+build) with a time before year 1 in UTC or a NUL in their id. Each is INVALID_ARGUMENT with the field, not
+INTERNAL."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from learning.v1 import adapter_pb2, adapter_pb2_grpc
+from learning.v1 import dataset_pb2 as pb
+from learning.v1 import dataset_pb2_grpc as pb_grpc
+from learning.v1 import drift_pb2 as dp
+from learning.v1 import drift_pb2_grpc as dp_grpc
+from learning.v1 import training_pb2 as tp
+from tests.server.conftest import error_details
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+async def test_a_drift_report_ending_too_near_the_earliest_timestamp_for_its_window(pg_client) -> None:
+    # A valid Timestamp (year 1), with the default 30-day window: the window would start before 0001-01-01.
+    request = dp.GetDriftReportRequest(end_time=timestamp(datetime(1, 1, 5, tzinfo=UTC)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await dp_grpc.DriftServiceStub(pg_client.channel).GetDriftReport(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    info, violations = error_details(err.value)
+    assert info.reason == "INVALID_DRIFT_REQUEST" and [f for f, _ in violations] == ["end_time"]
+
+
+def adapter_token(cursor: list[str]) -> str:
+    """The adapter list's own cursor (time, base model, version numbers) with the same forged parts."""
+    return base64.urlsafe_b64encode(json.dumps([*cursor, 1, 0, 0]).encode()).decode()
+
+
+async def test_a_forged_adapter_page_token_with_a_number_out_of_range(pg_client) -> None:
+    token = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00+00:00", "m", 2**40, 0, 0]).encode()).decode()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter_pb2_grpc.AdapterServiceStub(pg_client.channel).ListAdapters(
+            adapter_pb2.ListAdaptersRequest(page_token=token))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+@pytest.mark.parametrize("cursor", [
+    ["2026-01-01T00:00:00+00:00", "datasets/a\x00/versions/1"],  # a NUL in the cursor's id
+    ["0001-01-01T00:00:00+05:00", "datasets/a/versions/1"],  # before 0001-01-01 in UTC
+    ["9999-12-31T23:00:00-05:00", "datasets/a/versions/1"],  # after 9999 in UTC
+], ids=["nul", "before-year-1", "after-9999"])
+async def test_a_forged_page_token_is_invalid_in_every_list(pg_client, cursor) -> None:
+    token = base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
+    calls = [
+        pb_grpc.DatasetServiceStub(pg_client.channel).ListDatasets(pb.ListDatasetsRequest(page_token=token)),
+        pg_client.training.ListTrainingJobs(tp.ListTrainingJobsRequest(page_token=token)),
+        adapter_pb2_grpc.AdapterServiceStub(pg_client.channel).ListAdapters(
+            adapter_pb2.ListAdaptersRequest(page_token=adapter_token(cursor))),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        info, violations = error_details(err.value)
+        assert info.reason == "INVALID_PAGE_TOKEN" and [f for f, _ in violations] == ["page_token"]
