@@ -8,7 +8,9 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
   400). Same name and path again: 200 without re-reading files; same name, other path: 409;
   unreadable adapter: 400; started without ``--enable-lora``: 501.
 - ``POST /v1/unload_lora_adapter`` body ``{"lora_name"}``: 200, or 404 if not loaded.
-- Errors: ``{"error": {"code": "409", "message": ..., "param": "", "type": "conflict_error"}}``.
+- Errors: ``{"error": {"code": "409", "message": ..., "param": "", "type": "conflict_error"}}``; an empty
+  prompt is a 400; a generation failing after a stream has begun ends it with that error as an event, then
+  ``data: [DONE]``.
 - ``GET /v1/models``, ``GET /health``, and greedy ``POST /v1/chat/completions`` and
   ``/v1/completions`` with real transformers + PEFT inference that honours ``model``.
 
@@ -48,10 +50,12 @@ class HttpError(Exception):
         self.message = message
 
 
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"code": str(status), "message": message, "param": "", "type": _ERROR_TYPES.get(status, "error")}}
+
+
 def error_response(status: int, message: str) -> web.Response:
-    body = {"error": {"code": str(status), "message": message, "param": "",
-                      "type": _ERROR_TYPES.get(status, "error")}}
-    return web.json_response(body, status=status)
+    return web.json_response(error_body(status, message), status=status)
 
 
 @dataclass(frozen=True)
@@ -287,8 +291,14 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
             if piece:
                 await out.write(chunk(piece, None))
-        gen = await generating
-        await out.write(chunk("", gen.finish_reason))
+        try:
+            gen = await generating
+        except Exception as exc:  # noqa: BLE001 - the answer has begun (200 sent): the stream says what failed
+            log.exception("generation failed mid-stream")
+            failed = error_body(500, f"generation failed: {type(exc).__name__}: {exc}")
+            await out.write(b"data: " + json.dumps(failed).encode() + b"\n\n")
+        else:
+            await out.write(chunk("", gen.finish_reason))
         await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
         return out
@@ -302,6 +312,8 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         if not isinstance(prompt, str):
             raise HttpError(400, "field 'prompt' must be a string")
         ids = model.tokenizer(prompt)["input_ids"]
+        if not ids:  # nothing to continue from (a tokenizer that adds no start token, and an empty prompt)
+            raise HttpError(400, "field 'prompt' must not be empty")
         if body.get("stream"):
             return await stream(request, name, ids, limit, chat=False)
         gen = await asyncio.to_thread(model.generate, name, ids, limit)
