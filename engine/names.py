@@ -9,6 +9,7 @@ import json
 import re
 from datetime import UTC, datetime
 
+from engine import json_input
 from engine.errors import FieldViolation, InvalidArgument
 
 
@@ -49,7 +50,7 @@ def encode_page_token(create_time: datetime, item_id: str) -> str:
 def decode_page_token(token: str) -> tuple[datetime, str]:
     """The (create_time, id) cursor of a token from :func:`encode_page_token`; INVALID_ARGUMENT otherwise."""
     try:
-        created, item_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        created, item_id = json_input.loads(base64.urlsafe_b64decode(token.encode()))
         return cursor_time(created), cursor_text(item_id)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise invalid_page_token() from exc

@@ -20,11 +20,11 @@ UNAVAILABLE JUDGE_UNAVAILABLE. Never a silent pass.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine import json_input
 from engine.errors import EngineError, Unavailable
 from engine.serving.client import ServingClient
 
@@ -120,7 +120,7 @@ def _from_json(raw: str) -> dict[str, int | bool]:
     values: dict[str, int | bool] = {}
     for block in re.findall(r"\{[^{}]*\}", raw):
         try:
-            doc = json.loads(block)
+            doc = json_input.loads(block)
         except ValueError:
             continue
         for name, value in doc.items() if isinstance(doc, dict) else ():

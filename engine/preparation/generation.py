@@ -25,11 +25,11 @@ an entailment model would need a model download and is itself a model to trust.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine import json_input
 from engine.lora.grounding import FUNCTION_WORDS, unsupported
 
 MIN_WORD_SUPPORT = 0.5
@@ -93,7 +93,7 @@ def _from_json(raw: str) -> list[Pair] | None:
     if start < 0 or end <= start:
         return None
     try:
-        doc = json.loads(raw[start:end + 1])
+        doc = json_input.loads(raw[start:end + 1])
     except ValueError:
         return None
     if not isinstance(doc, list):

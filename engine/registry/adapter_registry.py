@@ -65,6 +65,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
+from engine import json_input
 from engine.domain import DataSource
 from engine.errors import (
     AlreadyExists,
@@ -541,7 +542,7 @@ def _encode_token(record: AdapterRecord) -> str:
 def _decode_token(token: str) -> Cursor:
     try:
         # A token issued before patch numbers (four parts) continues at patch 0.
-        created, base_model, major, minor, patch = [*json.loads(base64.urlsafe_b64decode(token.encode())), 0][:5]
+        created, base_model, major, minor, patch = [*json_input.loads(base64.urlsafe_b64decode(token.encode())), 0][:5]
         return cursor_time(created), cursor_text(base_model), cursor_int(major), cursor_int(minor), cursor_int(patch)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise invalid_page_token() from exc

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine import json_input
 from engine.domain import LoraSpec
 from engine.errors import InvalidArgument, ViolationCollector
 from engine.model_build import BUILDING
@@ -36,7 +36,7 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     """The LoRA shape in ``adapter_config.json``; INVALID_ARGUMENT listing every problem."""
     where = CONFIG_FILE
     try:
-        config = json.loads(read_small(adapter_dir / CONFIG_FILE))
+        config = json_input.loads(read_small(adapter_dir / CONFIG_FILE))
     except (OSError, ValueError) as exc:
         raise _invalid("MALFORMED_ADAPTER_CONFIG", where, f"is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
@@ -85,7 +85,7 @@ def tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
         if length > min(_MAX_HEADER, size - 8):
             raise _invalid("MALFORMED_SAFETENSORS", field_path, "has an impossible header length")
         try:
-            header = json.loads(handle.read(length))
+            header = json_input.loads(handle.read(length))
         except ValueError as exc:
             raise _invalid("MALFORMED_SAFETENSORS", field_path, f"has a header that is not JSON: {exc}") from exc
     if not isinstance(header, dict):

@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine import json_input
 from engine.model_build import BUILDING
 from engine.serving.lifetime import die_with_parent
 
@@ -171,7 +172,7 @@ class ReferenceModel:
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.text())
+        body = json_input.loads(await request.text())
     except ValueError as exc:
         raise HttpError(400, f"request body is not JSON: {exc}") from exc
     if not isinstance(body, dict):

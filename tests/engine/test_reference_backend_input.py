@@ -1,5 +1,5 @@
 """The reference backend answers a client's bad input with a 4xx, never a 500 nor a broken stream: an empty prompt
-(nothing to continue from) is a 400 streamed or not; and a generation that fails after a stream has begun (its 200
+(nothing to continue from) is a 400 streamed or not, as is a body nested too deeply to parse; and a generation that fails after a stream has begun (its 200
 sent) ends the stream with an error event and ``[DONE]``, not a cut connection."""
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ async def test_an_empty_prompt_is_a_400(tiny_model_dir, stream: bool) -> None:
             answer = await r.json()
         assert r.status == 400, answer
         assert answer["error"]["code"] == "400" and "prompt" in answer["error"]["message"]
+
+
+async def test_a_body_nested_too_deeply_is_a_400(tiny_model_dir) -> None:
+    async with running_backend(tiny_model_dir, "tiny-llama") as be, aiohttp.ClientSession() as s:
+        async with s.post(be.url + "/v1/completions", data="[" * 100_000) as r:
+            answer = await r.json()
+        assert r.status == 400 and "not JSON" in answer["error"]["message"], answer
 
 
 async def test_a_generation_failing_mid_stream_ends_it_with_an_error_event(tiny_model_dir, monkeypatch) -> None:

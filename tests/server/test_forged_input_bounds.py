@@ -38,9 +38,10 @@ async def test_a_drift_report_ending_too_near_the_earliest_timestamp_for_its_win
     assert info.reason == "INVALID_DRIFT_REQUEST" and [f for f, _ in violations] == ["end_time"]
 
 
-def adapter_token(cursor: list[str]) -> str:
+def adapter_token(cursor: list[str] | str) -> str:
     """The adapter list's own cursor (time, base model, version numbers) with the same forged parts."""
-    return base64.urlsafe_b64encode(json.dumps([*cursor, 1, 0, 0]).encode()).decode()
+    raw = cursor.encode() if isinstance(cursor, str) else json.dumps([*cursor, 1, 0, 0]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
 
 
 async def test_a_forged_adapter_page_token_with_a_number_out_of_range(pg_client) -> None:
@@ -55,9 +56,11 @@ async def test_a_forged_adapter_page_token_with_a_number_out_of_range(pg_client)
     ["2026-01-01T00:00:00+00:00", "datasets/a\x00/versions/1"],  # a NUL in the cursor's id
     ["0001-01-01T00:00:00+05:00", "datasets/a/versions/1"],  # before 0001-01-01 in UTC
     ["9999-12-31T23:00:00-05:00", "datasets/a/versions/1"],  # after 9999 in UTC
-], ids=["nul", "before-year-1", "after-9999"])
+    "[" * 100_000,  # nested deeper than json can parse: a RecursionError, not a ValueError
+], ids=["nul", "before-year-1", "after-9999", "too-deep"])
 async def test_a_forged_page_token_is_invalid_in_every_list(pg_client, cursor) -> None:
-    token = base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
+    raw = cursor.encode() if isinstance(cursor, str) else json.dumps(cursor).encode()
+    token = base64.urlsafe_b64encode(raw).decode()
     calls = [
         pb_grpc.DatasetServiceStub(pg_client.channel).ListDatasets(pb.ListDatasetsRequest(page_token=token)),
         pg_client.training.ListTrainingJobs(tp.ListTrainingJobsRequest(page_token=token)),
