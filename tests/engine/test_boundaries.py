@@ -11,7 +11,8 @@ FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 
 # The shared kernels every context may use, and the bounded contexts with those each may import.
 # golden: the golden-case format, which evaluations (lora) score and golden dataset versions (training) store
-KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden", "model_build"}
+# json_input: how every context reads JSON from outside the process (too deep nesting a ValueError)
+KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden", "model_build", "json_input"}
 CONTEXTS = {
     "jobs": set(),
     "feedback": set(),

@@ -1,6 +1,7 @@
 """The reference backend answers a client's bad input with a 4xx, never a 500 nor a broken stream: an empty prompt
-(nothing to continue from) is a 400 streamed or not, as is a body nested too deeply to parse; and a generation that fails after a stream has begun (its 200
-sent) ends the stream with an error event and ``[DONE]``, not a cut connection."""
+(nothing to continue from) is a 400 streamed or not, as is a body nested too deeply to parse; and a generation that
+fails after a stream has begun (its 200 sent) ends the stream with an error event and ``[DONE]``, not a cut
+connection."""
 
 from __future__ import annotations
 
