@@ -15,18 +15,18 @@ from pydantic import TypeAdapter
 from engine.drift.ports import IncomingPrompts
 from engine.drift.report import EvalPoint, FeedbackBucket
 from engine.lora.state import EvalSummary
-from engine.stores.feedback_store import _CONNECTION_ERRORS, _unavailable
+from engine.stores.feedback_store import _CONNECTION_ERRORS, INTERACTION_KEY, _unavailable
 
 _EVAL = TypeAdapter(EvalSummary)
 
-# One row per interaction (the first event carrying its content), erased users' left out, a stable sample of them
-# by the md5 of the interaction's key, and how many there were in all.
-_INCOMING = """
+# One row per interaction (the first event carrying its content; keyed as datasets key them, see INTERACTION_KEY),
+# erased users' left out, a stable sample of them by the md5 of the interaction's key, and how many there were in
+# all. Resent erased events are never stored (ingestion refuses them), so nothing more is needed to leave them out.
+_INCOMING = f"""
 WITH seen AS (
     SELECT DISTINCT ON (key) key, prompt, messages
     FROM (
-        SELECT CASE WHEN e.interaction_id <> '' THEN 'i:' || e.tenant_id || ':' || e.interaction_id
-                    ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
+        SELECT {INTERACTION_KEY} AS key,
                e.prompt, e.messages, e.event_time
         FROM feedback_events e
         WHERE e.has_content AND e.event_time >= $1 AND e.event_time < $2 AND e.base_model IN ($4, '')

@@ -6,14 +6,18 @@ Ingestion of one batch is one transaction, stored whole or not at all, and idemp
 streams bytes to PostgreSQL); then one of two paths:
 
 - fast (the common case: new events of users never erased): COPY straight into ``feedback_events``;
-- staged (when the fast COPY hits a key already stored, i.e. a resend, or a user of the batch was
-  erased): COPY into a per-connection temporary staging table, then ``INSERT ... SELECT ... ON
-  CONFLICT DO NOTHING`` leaving out erased users' events. A failed fast attempt rolls back whole, so
-  nothing is stored twice.
+- staged (when the fast COPY hits a key already stored, i.e. a resend, or the batch may hold erased
+  events: a user of the batch was erased, or an event of it was): COPY into a per-connection
+  temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` leaving out erased
+  events. A failed fast attempt rolls back whole, so nothing is stored twice.
 
-Ingestion holds a shared transaction-level advisory lock and erasure an exclusive one, so a
-user's erasure never interleaves with a batch that is being stored: once DeleteUserFeedback
-returns, no event of that user timed before it can be (or become) stored.
+Erased events are those of an erased user timed at or before the erasure (``feedback_erasures``), and
+those whose identity (tenant_id, client_event_id) an erasure deleted (``feedback_erased_events``,
+migration 0028: a digest of each), whatever their time: a resent event may carry a later one (none, so
+it is stamped with its arrival; or a client clock running ahead). Ingestion holds a shared
+transaction-level advisory lock and erasure an exclusive one, so a user's erasure never interleaves
+with a batch that is being stored: once DeleteUserFeedback returns, no event of that user timed before
+it, and none of the events it deleted, can be (or become) stored.
 
 Connection-level failures (the server restarting, refusing connections, a dropped socket)
 become ``engine.errors.Unavailable``; SQL errors stay what they are (bugs surface as INTERNAL).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Final, TypeVar
@@ -71,22 +76,48 @@ _STAGE = (
 _USER: Final = 12  # a literal index, so that a row's field there is typed (str)
 assert COLUMNS[_USER] == "user_id"
 
-# The fast path's first statement: take the lock, and say whether any user of the batch was ever erased.
-_LOCK_AND_CHECK_ERASED = f"""
-SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK}) IS NULL OR CASE
+
+def event_digest(alias: str) -> str:
+    """SQL: the digest an erasure keeps of the identity of the event (row) ``alias`` (migration 0028)."""
+    return (f"sha256(convert_to(length({alias}.tenant_id) || ':' || {alias}.tenant_id || ':' || "
+            f"{alias}.client_event_id, 'UTF8'))")
+
+
+# SQL: the key events of ``feedback_events e`` are grouped into interactions by: the tenant and the interaction id,
+# or, for an event that names none, the tenant and the event id. The tenant's length comes first, so that ids
+# holding ':' cannot make two tenants' keys one (tenant "acme:eu" and interaction "42" against tenant "acme" and
+# interaction "eu:42"). Datasets (``judgements``) and drift (engine/stores/drift_store.py) use it.
+INTERACTION_KEY = (
+    "CASE WHEN e.interaction_id <> '' THEN 'i:' || length(e.tenant_id) || ':' || e.tenant_id || ':' || e.interaction_id"
+    " ELSE 'e:' || length(e.tenant_id) || ':' || e.tenant_id || ':' || e.client_event_id END"
+)
+
+# The fast path's first statement, run once the lock is taken (a statement of its own, so that this one sees the
+# erasures committed while it waited): whether any user of the batch was ever erased, and whether any event was.
+_CHECK_ERASED = """
+SELECT CASE
     WHEN NOT EXISTS (SELECT 1 FROM feedback_erasures) THEN false
     ELSE EXISTS (
         SELECT 1 FROM feedback_erasures
         WHERE user_hash = ANY (SELECT encode(sha256(convert_to(u, 'UTF8')), 'hex') FROM unnest($1::text[]) AS u))
-    END
+    END AS users, EXISTS (SELECT 1 FROM feedback_erased_events) AS events
 """
 
-_MOVE = """
+# Then, when some event was ever erased: whether one of the batch's (its tenants and event ids) was.
+_CHECK_ERASED_EVENTS = f"""
+SELECT EXISTS (
+    SELECT 1 FROM unnest($1::text[], $2::text[]) AS b (tenant_id, client_event_id)
+    JOIN feedback_erased_events x ON x.event_digest = {event_digest("b")})
+"""
+
+_MOVE = f"""
 WITH erased AS (
     SELECT s.tenant_id, s.client_event_id
     FROM feedback_staging s
-    JOIN feedback_erasures e ON e.user_hash = encode(sha256(convert_to(s.user_id, 'UTF8')), 'hex')
-    WHERE s.event_time <= e.erased_at
+    WHERE EXISTS (
+        SELECT 1 FROM feedback_erasures e
+        WHERE e.user_hash = encode(sha256(convert_to(s.user_id, 'UTF8')), 'hex') AND s.event_time <= e.erased_at)
+       OR EXISTS (SELECT 1 FROM feedback_erased_events x WHERE x.event_digest = {event_digest("s")})
 ), moved AS (
     INSERT INTO feedback_events
     SELECT s.* FROM feedback_staging s
@@ -96,6 +127,17 @@ WITH erased AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM moved) AS stored, (SELECT count(*) FROM erased) AS forgotten
+"""
+
+# DeleteUserFeedback's deletion of the user's events: it keeps the digest of each, and counts them.
+_DELETE_EVENTS = f"""
+WITH gone AS (
+    DELETE FROM feedback_events WHERE user_id = $1 RETURNING tenant_id, client_event_id
+), kept AS (
+    INSERT INTO feedback_erased_events (event_digest) SELECT {event_digest("g")} FROM gone g
+    ON CONFLICT (event_digest) DO NOTHING
+)
+SELECT count(*) FROM gone
 """
 
 _CONNECTION_ERRORS = (
@@ -152,6 +194,28 @@ def _lines(records: Sequence[Record]) -> list[str]:
     return lines
 
 
+_ESCAPED = re.compile(rb"\\(.)")
+_UNESCAPED = {b"\\": b"\\", b"t": b"\t", b"n": b"\n", b"r": b"\r"}
+
+
+def _unescape(field: bytes) -> str:
+    if b"\\" in field:
+        field = _ESCAPED.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(1)), field)
+    return field.decode()
+
+
+def identities(rows: CopyRows) -> tuple[list[str], list[str]]:
+    """The tenants and event ids of the rows, read back from their COPY data (``_lines``: the first two fields)."""
+    tenants: list[str] = []
+    event_ids: list[str] = []
+    for line in rows.data.split(b"\n"):
+        if line:
+            tenant, event_id, _ = line.split(b"\t", 2)
+            tenants.append(_unescape(tenant))
+            event_ids.append(_unescape(event_id))
+    return tenants, event_ids
+
+
 def encode_rows(records: Sequence[Record]) -> CopyRows:
     """Lay records out as COPY text-format data: one line per record, tab-separated, NULL as \\N.
 
@@ -201,7 +265,12 @@ class PostgresFeedbackStore:
 
         async def fast(conn: PoolConnectionProxy) -> StoreOutcome | None:
             async with conn.transaction():
-                if await conn.fetchval(_LOCK_AND_CHECK_ERASED, users):
+                await conn.execute(f"SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK})")
+                erased = await conn.fetchrow(_CHECK_ERASED, users)
+                assert erased is not None  # one row
+                if erased["users"]:
+                    return None
+                if erased["events"] and await conn.fetchval(_CHECK_ERASED_EVENTS, *identities(rows)):
                     return None
                 await copy(conn, "feedback_events")
             return StoreOutcome(rows.count, 0, 0)
@@ -226,12 +295,13 @@ class PostgresFeedbackStore:
     async def delete_user(self, user_id: str) -> UserErasure:
         """Delete the user's events and the online examples made from them (migration 0021; each session they
         were taken into counts an erasure, so that its worker drops them from memory too), and record the
-        erasure."""
+        erasure: the user's (a hash of the id, with its time) and each deleted event's (a digest of its tenant
+        and id, migration 0028), so that ingestion refuses the events again when resent, whatever their time."""
 
         async def work(conn: PoolConnectionProxy) -> UserErasure:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
-                status = await conn.execute("DELETE FROM feedback_events WHERE user_id = $1", user_id)
+                events = await conn.fetchval(_DELETE_EVENTS, user_id)
                 examples = await conn.fetch("DELETE FROM online_examples WHERE users @> ARRAY[$1]::text[]"
                                             " RETURNING session_id", user_id)
                 await conn.execute("UPDATE online_controls SET erasures = erasures + 1, update_time = now()"
@@ -242,7 +312,7 @@ class PostgresFeedbackStore:
                     " ON CONFLICT (user_hash) DO UPDATE SET erased_at = excluded.erased_at",
                     user_hash(user_id),
                 )
-            return UserErasure(int(status.split()[-1]), len(examples))
+            return UserErasure(int(events), len(examples))
 
         return await self._run(work)
 
@@ -289,9 +359,8 @@ class PostgresFeedbackStore:
         Events whose interaction cannot be resolved (e.g. its carrier was erased) are left out, and so
         are events of erased users (belt and braces: erasure deletes them too).
         """
-        sql = """
-            SELECT CASE WHEN e.interaction_id <> '' THEN 'i:' || e.tenant_id || ':' || e.interaction_id
-                        ELSE 'e:' || e.tenant_id || ':' || e.client_event_id END AS key,
+        sql = f"""
+            SELECT {INTERACTION_KEY} AS key,
                    e.kind, e.rating, e.correction, e.event_time, e.dwell_seconds, e.user_id,
                    c.user_id AS carrier_user_id, COALESCE(c.messages, e.messages) AS messages,
                    COALESCE(c.prompt, e.prompt) AS prompt, COALESCE(c.response, e.response) AS response

@@ -31,7 +31,7 @@ async def feedback_database_url(pg_admin_url: str):
 @pytest.fixture
 async def pool(feedback_database_url: str):
     pool = await postgres.connect(feedback_database_url, max_size=4)
-    await pool.execute("TRUNCATE feedback_events, feedback_erasures")
+    await pool.execute("TRUNCATE feedback_events, feedback_erasures, feedback_erased_events")
     yield pool
     await pool.close()
 
