@@ -3,7 +3,8 @@ through a traffic split: a canary decided by its policy, or a manual A/B split.
 
 Activation: fetch and verify -> load under ``<base>@<version>`` -> eval gate -> smoke
 request -> persist and switch the alias -> drain the old name -> unload it unless it is
-the known-good one. Nothing changes for clients until the switch, so any failure before
+the known-good one. A known-good version the activation replaces (``mark_known_good``) is drained and unloaded too,
+unless a role still needs it. Nothing changes for clients until the switch, so any failure before
 it leaves the active adapter as it was (a candidate we loaded is unloaded again).
 
 A canary (``start_canary``) goes the same way up to the switch (the gate included, unless forced), then sends its
@@ -97,6 +98,7 @@ class LoraController(ServingTarget):
             if version == st.active_version and name in self._loaded_names():
                 if mark_known_good and st.known_good_version != version:
                     await self._save(replace(st, known_good_version=version))
+                    await self._retire_known_good(op, st.known_good_version)
                 return Activation(self.snapshot(), None)
             with op.phase("fetch"):
                 adapter = await self._adapters.fetch(st.base_model, version)
@@ -122,7 +124,25 @@ class LoraController(ServingTarget):
             op.mark("to_serving")
             if old and old != version:
                 await self._retire(op, old)
+            if st.known_good_version not in {kg, old}:  # (the old active version was retired just above)
+                await self._retire_known_good(op, st.known_good_version)
         return Activation(self.snapshot(), summary)
+
+    async def _retire_known_good(self, op: RecordedOperation, replaced: str) -> None:
+        """``replaced`` was the known-good version until ``op`` marked another (the switch done, the locks held):
+        drained and unloaded unless a role still needs it (the active version, a split's either side, a version
+        another name routes: ``_discard`` keeps those). Loaded, it would hold a LoRA slot (and on MAX GPU memory)
+        until the next start's reconciliation."""
+        name = lora_name(self._state.base_model, replaced)
+        if not replaced or replaced == self._state.known_good_version or name not in self._loaded_names():
+            return
+        with op.phase(f"drain {name}"):
+            drained = await self._router.drain(name, self.config.drain_timeout_seconds)
+        if not drained:
+            log.warning("drain timed out; leaving the replaced known-good adapter loaded", extra={"lora_name": name})
+            return
+        with op.phase(f"unload {name}"):
+            await self._discard(name, keep=False)
 
     @to_the_end
     async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:

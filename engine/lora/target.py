@@ -9,6 +9,13 @@ with who asked, why, its phase timings and its error. A traffic split in force (
 manual A/B split: engine/lora/canary.py) is part of the state: its candidate stays loaded through a
 reconciliation, and the status reports it with both sides' figures. Versions the gateway routes under other names
 (``RoutedElsewhere``: an online session's live alias) are never unloaded here either.
+
+The serving engine may lose what it had loaded (restarted, redeployed, OOM-killed): the state is reconciled with it
+at start, again whenever the periodic follow finds a version the state needs loaded (the active, the known-good, a
+split's candidate) missing from it, and again on the first contact after it was unreachable. Such a reconciliation
+runs under the operations' locks and re-reads the state and the engine under them, so it never loads back a version
+an operation (of this or another serving process) has just unloaded, and serving processes sharing one engine load
+each missing version once (the second finds nothing to do).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -54,6 +62,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+REPAIR_RETRY_SECONDS = (5.0, 300.0)  # a reconciliation that failed is tried again after 5 s, doubling up to 300 s
+
 
 class ServingTarget:
     """The target's state, engine and alias, and the pieces of operations; engine.lora.controller.LoraController
@@ -79,7 +89,10 @@ class ServingTarget:
         self._sequence = 0
         self._closed = False
         self._paths: dict[str, str] = {}  # lora_name -> local path we loaded it from
-        self._reconciled = False
+        self._reconciled = False  # reconciled with the engine since this process last found it unreachable
+        self._repair: asyncio.Task[None] | None = None  # a reconciliation the follow started
+        self._repair_failures = 0
+        self._repair_after = 0.0  # (monotonic) a failed reconciliation is not tried again before
         self._rates = rates  # each version's ratings, for canaries
         self._split: TrafficSplitState | None = None  # the split in force, as persisted
         self._last_canary: CanaryOutcome | None = None
@@ -187,19 +200,57 @@ class ServingTarget:
     async def follow(self) -> bool:
         """Take up the state and the traffic split another serving process of this target recorded (a pipeline run
         it held activated a version, an operator's call reached it): this process's gateway then routes the alias
-        the same way. It loads nothing: serving processes of one target share one serving engine, where the other
-        loaded it. Returns whether anything changed."""
+        the same way. It loads nothing a change of state asks for: serving processes of one target share one
+        serving engine, where the other loaded it. It does look at what the engine has loaded: when a version the
+        state needs loaded is missing (the engine restarted), or the engine is reachable again after it was not, it
+        starts a reconciliation (``_repair``). Returns whether the state changed."""
         if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
             return False
-        async with self._lock:
+        async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
             before = (self._state, _split_id(self._split))
             await self._reload()
-            if (self._state, _split_id(self._split)) == before:
-                return False
-            self._last = await self._store.last_operation(self.target)
-            self._last_canary = await self._store.canary_outcome(self.target)
-            await self._notify()
-        return True
+            changed = (self._state, _split_id(self._split)) != before
+            if changed:
+                self._last = await self._store.last_operation(self.target)
+                self._last_canary = await self._store.canary_outcome(self.target)
+                await self._notify()
+            why = await self._reconcile_needed()
+        if why:
+            self._start_repair(why)
+        return changed
+
+    async def _reconcile_needed(self) -> str:
+        """Why the engine must be reconciled with the state now ("": it need not, or cannot be now), as the follow
+        reads it (the reconciliation reads the state and the engine again under both locks)."""
+        try:
+            await self._refresh_loaded()
+        except Unavailable:
+            return ""  # reconciled on the first contact after this (``_reconciled`` is cleared)
+        if time.monotonic() < self._repair_after:
+            return ""
+        missing = sorted(v for v in self._wanted() if lora_name(self._state.base_model, v) not in self._loaded_names())
+        if missing:
+            return f"the serving engine no longer has {', '.join(missing)} loaded (it restarted?)"
+        return "" if self._reconciled else "the serving engine is reachable again"
+
+    def _start_repair(self, why: str) -> None:
+        """Reconcile in a task of its own (one at a time), so the follow does not wait for the target's lock,
+        which another serving process's operation may hold for minutes."""
+        if self._repair is None or self._repair.done():
+            self._repair = self._spawn(self._repair_engine(why), "reconciling with the serving engine")
+
+    async def _repair_engine(self, why: str) -> None:
+        failed = True
+        try:
+            async with self._lock, self._store.serialised(self.target):
+                failed = await self._reconcile_locked("system", f"reconcile with the serving engine: {why}")
+        finally:
+            if failed:  # tried again later, less and less often, rather than at every follow
+                first, most = REPAIR_RETRY_SECONDS
+                self._repair_after = time.monotonic() + min(most, first * 2 ** self._repair_failures)
+                self._repair_failures += 1
+            else:
+                self._repair_failures, self._repair_after = 0, 0.0
 
     async def list_loaded(self) -> tuple[LoadedLora, ...]:
         await self._refresh_loaded()
@@ -285,19 +336,19 @@ class ServingTarget:
         async with self._lock, self._store.serialised(self.target):
             await self._reconcile_locked(actor, reason)
 
-    async def _reconcile_locked(self, actor: str, reason: str) -> None:
+    async def _reconcile_locked(self, actor: str, reason: str) -> bool:
+        """Reconcile (the locks held); whether it failed to load or unload something (recorded on its operation)."""
         await self._reload()
         await self._refresh_loaded()
         self._reconciled = True
         st = self._state
-        candidate = self._split.candidate_version if self._split is not None else ""
-        wanted = {v for v in (st.active_version, st.known_good_version, candidate) if v}
+        wanted = self._wanted()
         elsewhere = await self._routed_elsewhere()  # kept loaded, but loaded by whoever routes them
         strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted | elsewhere]
         missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
         if not (strays or missing or st.pending_version):
             self._point_router()
-            return
+            return False
         op = RecordedOperation(OperationKind.RECONCILE, st.pending_version, actor, reason)
         error: EngineError | None = None
         try:
@@ -314,6 +365,13 @@ class ServingTarget:
         self._point_router()
         await self._finish(op, error)
         log.info("reconciled", extra={"unloaded": strays, "loaded": missing, "pending": st.pending_version})
+        return error is not None
+
+    def _wanted(self) -> set[str]:
+        """The versions the state needs loaded: the active and known-good ones, and a split's candidate."""
+        st = self._state
+        candidate = self._split.candidate_version if self._split is not None else ""
+        return {v for v in (st.active_version, st.known_good_version, candidate) if v}
 
     # ---- pieces ---------------------------------------------------------------------
 
@@ -389,6 +447,7 @@ class ServingTarget:
             models = await self._client.list_models()
         except Unavailable:
             self._reachable = False
+            self._reconciled = False  # it may come back empty (restarted): reconciled on the next contact
             raise
         self._reachable = True
         base = self.config.base_model
@@ -425,10 +484,12 @@ class ServingTarget:
             await self._discard(lora_name(self.config.base_model, version), keep=False)
 
     async def _discard(self, name: str, *, keep: bool) -> None:
-        """Best-effort unload of a name we loaded (never of the active, known-good or split candidate one, nor of
-        one another name routes)."""
+        """Best-effort unload of a name we loaded (never of the active, known-good or either side of a split's one,
+        nor of one another name routes)."""
         st, split = self._state, self._split
-        kept = {st.active_version, st.known_good_version, split.candidate_version if split is not None else ""}
+        kept = {st.active_version, st.known_good_version}
+        if split is not None:
+            kept |= {split.active_version, split.candidate_version}
         if keep or version_of(st.base_model, name) in kept | await self._routed_elsewhere():
             return
         try:
