@@ -153,7 +153,8 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     await client.start()
     undo.push_async_callback(client.close)
     router = AliasRouter(settings.lora_alias, settings.serving_base_model_name or settings.default_base_model)
-    gateway = Gateway(router, url, timeout_seconds=settings.serving_load_timeout_seconds,
+    gateway = Gateway(router, url, timeout_seconds=settings.gateway_read_timeout_seconds,
+                      connect_timeout_seconds=settings.serving_timeout_seconds,
                       middlewares=[bearer_auth(tokens_from_settings(settings), GATEWAY_ROLES)])
     try:
         await gateway.start(settings.host, settings.gateway_port, ssl_context=server_ssl_context(settings))

@@ -27,7 +27,10 @@ class LoraControlSettings(BaseModel):
     serving_base_model_name: str = Field(
         "", description="The base model's id in the engine's /v1/models; empty takes the first non-adapter entry."
     )
-    serving_timeout_seconds: float = Field(10.0, gt=0, le=600, description="Timeout of list/health/smoke calls.")
+    serving_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="Timeout of list/health/smoke calls, and of connecting to the engine for a "
+        "completion through the gateway."
+    )
     serving_load_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Timeout of load/unload calls.")
     serving_retries: int = Field(3, ge=0, le=10, description="Retries of idempotent serving calls.")
     serving_backoff_seconds: float = Field(0.2, ge=0, le=30, description="First retry delay; doubles each time.")
@@ -35,6 +38,12 @@ class LoraControlSettings(BaseModel):
                             description="The `model` name clients send to the gateway to get the active adapter.")
     gateway_port: int = Field(8088, ge=0, le=65535,
                               description="Port of the OpenAI-compatible routing gateway on `host`; 0 picks one.")
+    gateway_read_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="Longest the serving engine may stay silent on a completion through the "
+        "gateway: before the first byte of its answer (a whole answer, unstreamed) and between chunks of a stream; a "
+        "stream that keeps producing tokens is never cut. Past it the request fails (502; a stream is broken off). "
+        "Connecting is bounded by serving_timeout_seconds."
+    )
     reference_backend_port: int = Field(0, ge=0, le=65535,
                                         description="Port of the embedded reference backend; 0 picks a free one.")
     reference_backend_start_timeout_seconds: float = Field(

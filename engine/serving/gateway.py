@@ -5,7 +5,10 @@ send ``"model": "<alias>"`` here instead; the gateway rewrites it to the active 
 (or the base model while LoRA is disabled), forwards to the serving engine, and counts
 in-flight requests per upstream model so a replaced adapter can be drained before unload.
 Other names can be routed too (``set_route``: an online session's ``<base>@<session>`` and the live alias an
-operator opts it into); any other ``model`` passes through unchanged (and is counted too).
+operator opts it into); any other ``model`` passes through unchanged (and is counted too). The per-model metrics
+are labelled only with names the gateway knows (the upstream it resolved, the base model, or a model the serving
+engine listed when the gateway last asked), any other name under ``other`` (``OTHER_MODEL``): a client cannot grow
+the metric series without limit by making names up.
 
 During a traffic split (a canary, or a manual A/B test) the alias sends a share of its requests to a
 candidate version (engine/serving/traffic.py: sticky per user with the ``x-user-id`` header or the
@@ -13,6 +16,13 @@ body's ``user``, dealt in turn otherwise), and each side's requests, errors and 
 A candidate request the serving engine fails (no answer, HTTP 5xx, or a 404 because it no longer
 knows the candidate) is retried once on the active version; no answer or a 404 means the engine lost
 the candidate, and the split sends nothing more to it (``AliasRouter.on_candidate_lost`` hears of it).
+A client that goes away before its answer is relayed whole is counted with status 499 (client closed request, as
+nginx does): the client's doing, no error of the serving engine, so not in a split's error tally.
+
+The timeout on the serving engine bounds its silence, never the whole answer: connecting, then each read (before
+the first byte, and between chunks of a stream), so a stream that keeps producing tokens is relayed however long
+it runs. When the engine stops answering or drops the connection after the status was sent, the gateway breaks
+the client's connection too (the client sees an error, not a clean end that looks complete); that counts as 502.
 
 ``/v1/models`` lists models by name only (the engine's entries may carry the adapter's or the
 model's filesystem path as ``root``; those never leave). ``/health`` answers 200 only while the
@@ -37,12 +47,15 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from engine import telemetry
+from engine import json_input, telemetry
 from engine.serving.traffic import USER_HEADER, Role, Route, TrafficSplit
 
 log = logging.getLogger(__name__)
 
 SERVED_MODEL_HEADER = "x-served-model"
+OTHER_MODEL = "other"  # the metric label of every model name the gateway does not know
+CLIENT_CLOSED = 499  # the status counted for a client that went away before its answer was relayed (nginx's)
+LISTING_REFRESH_SECONDS = 30.0  # how often an unknown name the engine served may make the gateway re-read its list
 MODEL_FIELDS = ("id", "object", "created", "owned_by")  # what /v1/models shows of an engine's entry
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
@@ -50,12 +63,14 @@ _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive
 @dataclass(frozen=True)
 class Pick:
     """Where one request goes: the upstream name, its adapter version, and its side of the alias (None: the
-    request named that model itself), with the split that chose it (None: no split was on)."""
+    request named that model itself), with the split that chose it (None: no split was on). ``passed`` is True
+    when the gateway did not resolve the name (the client's own string, passed through)."""
 
     upstream: str
     version: str = ""
     role: Role | None = None
     split: TrafficSplit | None = None
+    passed: bool = False
 
 
 class AliasRouter:
@@ -69,6 +84,7 @@ class AliasRouter:
         self._split: TrafficSplit | None = None
         self._routes: dict[str, Route] = {}  # other names the gateway resolves (never the alias)
         self._inflight: Counter[str] = Counter()
+        self._listed: frozenset[str] = frozenset()  # the model names the serving engine listed when last asked
         self._changed = asyncio.Condition()
         # Called (once per split, from the request that found out) when the serving engine lost the candidate.
         self.on_candidate_lost: Callable[[TrafficSplit], None] | None = None
@@ -112,7 +128,7 @@ class AliasRouter:
         if routed is not None:
             pick = Pick(routed.upstream, routed.version)
         elif model != self.alias:
-            pick = Pick(model)
+            pick = Pick(model, passed=True)
         else:
             split = self._split
             role = split.side(user) if split is not None else Role.ACTIVE
@@ -121,14 +137,32 @@ class AliasRouter:
         self._inflight[pick.upstream] += 1
         return pick
 
+    def engine_listed(self, names: Sequence[str]) -> None:
+        """The model names the serving engine lists now (replacing what it listed before)."""
+        self._listed = frozenset(names)
+
+    def knows(self, model: str) -> bool:
+        """Whether ``model`` is a name the gateway knows: the base model, a version the alias or a routed name
+        resolves to, or a model the serving engine listed when last asked."""
+        split = self._split
+        return (model in self._listed or model in (self.base_model_name, self.target)
+                or (split is not None and model == split.candidate.upstream)
+                or any(model == route.upstream for route in self._routes.values()))
+
+    def label(self, pick: Pick) -> str:
+        """The metric label of ``pick``: its upstream if the gateway resolved it or knows the name, else
+        ``OTHER_MODEL`` (a client's made-up names must not each make a series)."""
+        return pick.upstream if not pick.passed or self.knows(pick.upstream) else OTHER_MODEL
+
     async def release(self, pick: Pick, status: int, seconds: float) -> None:
-        """The request ``pick`` ended with HTTP ``status`` (502 when the serving engine did not answer)."""
+        """The request ``pick`` ended with HTTP ``status`` (502 when the serving engine did not answer or broke
+        off; 499 when the client went away, which is no error)."""
         error = status >= 500
         if pick.role is not None:
             if pick.split is not None:
                 pick.split.count(pick.role, error=error, seconds=seconds)
             telemetry.traffic_request(pick.version, pick.role.value, error=error, seconds=seconds)
-        telemetry.gateway_request(pick.upstream, status, seconds)
+        telemetry.gateway_request(self.label(pick), status, seconds)
         await self._done(pick.upstream)
 
     async def fail_over(self, pick: Pick, status: int, seconds: float, why: str) -> Pick:
@@ -140,7 +174,7 @@ class AliasRouter:
         assert split is not None and pick.role is Role.CANDIDATE
         split.count(Role.CANDIDATE, error=True, failover=True, seconds=seconds)
         telemetry.traffic_request(pick.version, Role.CANDIDATE.value, error=True, seconds=seconds, failover=True)
-        telemetry.gateway_request(pick.upstream, status or 502, seconds)
+        telemetry.gateway_request(self.label(pick), status or 502, seconds)
         await self._done(pick.upstream)
         if status in (0, 404) and split.lose(why) and self.on_candidate_lost is not None:
             self.on_candidate_lost(split)
@@ -182,16 +216,23 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 
 class Gateway:
-    """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases."""
+    """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases.
+
+    ``timeout_seconds`` is the longest the serving engine may stay silent on a completion (before the first byte of
+    its answer, and between chunks), ``connect_timeout_seconds`` the longest connecting to it may take; neither
+    bounds a whole answer."""
 
     def __init__(self, router: AliasRouter, upstream_url: str, *, timeout_seconds: float = 300.0,
-                 middlewares: Sequence[Any] = ()) -> None:
+                 connect_timeout_seconds: float = 10.0, middlewares: Sequence[Any] = ()) -> None:
         self.router = router
         self._upstream = upstream_url.rstrip("/")
-        self._timeout = timeout_seconds
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds,
+                                              sock_read=timeout_seconds)
         self._middlewares = tuple(middlewares)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._refresh: asyncio.Task[Any] | None = None  # a re-read of the engine's model list under way
+        self._refreshed_at = float("-inf")
         self.port = 0
 
     def app(self) -> web.Application:
@@ -217,6 +258,10 @@ class Gateway:
         return self.port
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+            self._refresh = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -253,6 +298,7 @@ class Gateway:
             return None
         entries = doc.get("data", []) if isinstance(doc, dict) else []
         data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
+        self.router.engine_listed([entry["id"] for entry in data if isinstance(entry.get("id"), str)])
         named = [self.router.alias, *sorted(self.router.routes)]
         return [{"id": name, "object": "model", "owned_by": "learning-engine"} for name in named] + data
 
@@ -261,6 +307,22 @@ class Gateway:
         if data is None:
             return _error(502, "serving engine unreachable", "bad_gateway")
         return web.json_response({"object": "list", "data": data})
+
+    def _relist_soon(self) -> None:
+        """Re-read the engine's model list in the background (at most every ``LISTING_REFRESH_SECONDS``), so a
+        model it serves that the gateway did not know gets its own metric label from then on."""
+        now = time.monotonic()
+        if self._session is None or self._refresh is not None or now - self._refreshed_at < LISTING_REFRESH_SECONDS:
+            return
+        self._refreshed_at = now
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._refresh = None
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("re-reading the serving engine's models failed", exc_info=task.exception())
+
+        self._refresh = asyncio.create_task(self._listed())
+        self._refresh.add_done_callback(done)
 
     async def _model(self, request: web.Request) -> web.Response:
         data = await self._listed()
@@ -276,7 +338,7 @@ class Gateway:
         assert self._session is not None
         raw = await request.read()
         try:
-            body = json.loads(raw)
+            body = json_input.loads(raw)
         except ValueError:
             return _error(400, "request body is not JSON", "invalid_request_error")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -307,6 +369,8 @@ class Gateway:
                     answer.release()
                 span.set_attribute("http.status_code", status)
                 await self.router.release(pick, status, time.perf_counter() - began)
+                if pick.passed and status < 400 and not self.router.knows(pick.upstream):
+                    self._relist_soon()  # the engine served a name the gateway does not know: may it list it?
 
     async def _send(self, path: str, body: bytes | dict[str, Any],
                     upstream: str) -> tuple[aiohttp.ClientResponse | None, str]:
@@ -316,8 +380,7 @@ class Gateway:
         data = body if isinstance(body, bytes) else json.dumps({**body, "model": upstream}).encode()
         try:
             answer = await self._session.post(self._upstream + path, data=data,
-                                              headers={"content-type": "application/json"},
-                                              timeout=aiohttp.ClientTimeout(total=self._timeout))
+                                              headers={"content-type": "application/json"}, timeout=self._timeout)
             return answer, ""
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
@@ -326,18 +389,29 @@ class Gateway:
     async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse,
                      upstream: str) -> tuple[web.StreamResponse, int]:
         """Stream the engine's answer to the client, naming ``upstream``; (the response, the status to count: 502
-        when the engine's stream broke off)."""
+        when the engine's stream broke off or went silent, 499 when the client went away)."""
         out = web.StreamResponse(status=answer.status)
         for key, value in answer.headers.items():
             if key.lower() not in _HOP_HEADERS:
                 out.headers[key] = value
         out.headers[SERVED_MODEL_HEADER] = upstream
-        await out.prepare(request)
+        chunks = answer.content.iter_any()
         try:
-            async for chunk in answer.content.iter_any():
+            await out.prepare(request)
+            while True:
+                try:  # reading from the serving engine: its failures are its errors
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("upstream stream broke off", extra={"upstream": upstream, "error": repr(exc)})
+                    # The status is sent: break the client's connection so it sees an error, not a clean end.
+                    if request.transport is not None:
+                        request.transport.close()
+                    return out, 502
                 await out.write(chunk)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:  # the status is sent: cut the stream short
-            log.warning("upstream stream broke off", extra={"upstream": upstream, "error": str(exc)})
-            return out, 502
-        await out.write_eof()
+            await out.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionError) as exc:  # writing to the client: it went away
+            log.info("client went away", extra={"upstream": upstream, "error": repr(exc)})
+            return out, CLIENT_CLOSED
         return out, answer.status
