@@ -2,10 +2,11 @@
 that store it (engine.training.stored_datasets, kind golden).
 
 JSONL, one case per line: ``{"prompt": ..., "expected": ...}`` or ``{"prompt": ..., "references": [...]}``
-(``reference`` works too), optionally with ``"answer"`` (a string or a list): the answer-bearing span, e.g.
-``"Tegusu"`` for the reference "The capital of X is Tegusu"; and ``"source"`` (or ``"context"``): the text the
+(``reference`` works too; each a non-empty string or a list of non-empty strings, as ``answer`` is), optionally
+with ``"answer"`` (a string or a list): the answer-bearing span, e.g. ``"Tegusu"`` for the reference "The capital
+of X is Tegusu"; and ``"source"`` (or ``"context"``): the text the
 answer should come from, for the hallucination check. Blank lines are skipped. A bad line is one ``line[N].field``
-violation (``line[N]`` alone when the line is no JSON object at all).
+violation (``line[N]`` alone when the line is no JSON object at all, nested too deeply included).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from engine import json_input
 from engine.errors import FieldViolation
 
 
@@ -29,7 +31,7 @@ class GoldenCase:
 
 def _strings(value: object, field: str) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, str) and v.strip() for v in items):
+    if not items or not all(isinstance(v, str) and v.strip() for v in items):
         raise ValueError(f"'{field}' must be a non-empty string or a list of them")
     return tuple(items)
 
@@ -48,12 +50,12 @@ def _case(doc: object) -> GoldenCase:
     if not isinstance(prompt, str) or not prompt:
         raise _BadField("prompt", "needs a non-empty 'prompt'")
     field = "references" if "references" in doc else "expected" if "expected" in doc else "reference"
-    raw = doc.get("references") or [doc.get("expected", doc.get("reference"))]
-    if not isinstance(raw, list):
-        raise _BadField(field, "'references' must be a list of strings")
-    refs = tuple(str(r) for r in raw if r is not None)
-    if not refs:
+    if field not in doc:
         raise _BadField(field, "needs 'expected' or 'references'")
+    try:
+        refs = _strings(doc[field], field)
+    except ValueError as exc:
+        raise _BadField(field, str(exc)) from exc
     try:
         answers = _strings(doc["answer"], "answer") if "answer" in doc else ()
     except ValueError as exc:
@@ -82,11 +84,14 @@ def read_cases(lines: Iterable[str | bytes]) -> tuple[list[GoldenCase], list[Fie
         if not line.strip():
             continue
         try:
-            cases.append(_case(json.loads(line)))
-        except _BadField as exc:
-            bad.append(FieldViolation(f"line[{number}]" + (f".{exc.field}" if exc.field else ""), str(exc)))
+            doc = json_input.loads(line)  # a line nested too deeply is a ValueError too
         except ValueError as exc:
             bad.append(FieldViolation(f"line[{number}]", f"not JSON: {exc}"))
+            continue
+        try:
+            cases.append(_case(doc))
+        except _BadField as exc:
+            bad.append(FieldViolation(f"line[{number}]" + (f".{exc.field}" if exc.field else ""), str(exc)))
     return cases, bad
 
 

@@ -26,7 +26,7 @@ from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobManager
 from engine.lora.dataset_suites import DatasetSuites
-from engine.lora.evaluation import Suite, described, load_suite
+from engine.lora.evaluation import Suite, check_suite_names, described, load_suite
 from engine.lora.judge import JudgeChoice
 from engine.lora.state import EvalSummary
 from engine.registry import AdapterRegistry
@@ -155,6 +155,9 @@ class EvaluationJobs:
                                      "spec.suite_datasets")
         if spec.baseline_version:
             await self._registry.get(spec.base_model, spec.baseline_version, field_path="spec.baseline_version")
+        issues = ViolationCollector()  # a suite named as the gate's or another's: refused before a job exists
+        check_suite_names(issues, spec.suite_paths, "spec.suite_paths")
+        issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation job spec")
         for i, path in enumerate(spec.suite_paths):  # a missing file or a bad line: refused before a job exists
             await asyncio.to_thread(load_suite, await asyncio.to_thread(self._suite_path, path,
                                                                         f"spec.suite_paths[{i}]"))

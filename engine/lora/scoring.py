@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from engine.errors import EngineError, FailedPrecondition, NotFound
+from engine.errors import EngineError, FailedPrecondition, NotFound, ViolationCollector
 from engine.lora import evaluation as ev
 from engine.lora import lineage
 from engine.lora.eval_report import render_reports
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from engine.lora.operation import ControlConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Progress = Callable[[str, int, int], None]  # (suite being answered, answers so far, answers in all); may raise
 
@@ -65,7 +66,11 @@ class EvalScorer:
     async def plan(self, base: str, version: str, baseline_version: str, goldens: Sequence[Path | ev.Suite],
                    choice: JudgeChoice | None) -> ScorePlan:
         """What evaluating ``version`` of ``base`` against ``baseline_version`` scores (the golden suites read, the
-        gate's built) and on what basis; nothing is loaded or answered."""
+        gate's built) and on what basis; nothing is loaded or answered. INVALID_ARGUMENT (INVALID_EVALUATION_SPEC)
+        when a golden suite's name is the gate's or another's (engine.lora.evaluation.check_suite_names)."""
+        issues = ViolationCollector()  # refused before anything is read, loaded or answered
+        ev.check_suite_names(issues, [g for g in goldens if not isinstance(g, ev.Suite)], "suite_paths")
+        issues.raise_if_any("INVALID_EVALUATION_SPEC", "the evaluation's suites are not told apart")
         suites: list[ev.Suite] = []
         for golden in goldens:  # a file is named by its stem (golden.jsonl is "golden"); a built suite by itself
             if isinstance(golden, ev.Suite):
@@ -186,7 +191,7 @@ class EvalScorer:
                 tick()
                 return verdict
 
-        return list(await asyncio.gather(*(one(c, a) for c, a in zip(cases, answers, strict=True))))
+        return await _all([one(c, a) for c, a in zip(cases, answers, strict=True)])
 
     async def _answers(self, model: str, cases: Sequence[ev.GoldenCase], tick: Callable[[], None]) -> list[str]:
         gate = asyncio.Semaphore(self.config.eval_concurrency)
@@ -198,7 +203,7 @@ class EvalScorer:
                 tick()
                 return text
 
-        return list(await asyncio.gather(*(one(c) for c in cases)))
+        return await _all([one(c) for c in cases])
 
     async def report(self, version: str, evaluation: str, file: str) -> tuple[EvalSummary, bytes, str]:
         """One stored report file of an evaluation of ``version`` ("": the base model itself; its latest when
@@ -212,6 +217,21 @@ class EvalScorer:
                            metadata={"version": version, "evaluation_id": evaluation})
         key = report_key(base, version, summary.id, file)
         return summary, await self._reports.get_bytes(key), self._reports.uri(key)
+
+
+async def _all(coros: Sequence[Coroutine[object, object, T]]) -> list[T]:
+    """Every coroutine's result, in order, run concurrently. On the first failure (a request failing, the
+    progress callback raising Cancelled) or when the caller is cancelled, the others are cancelled and waited for
+    before that error is raised: none still waiting for its turn goes on to ask the serving engine after the
+    evaluation has ended (asyncio.gather alone would leave them running)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 BASE_MODEL_REPORTS = "base-model"  # the folder of the base model's own evaluations, beside its versions' folders

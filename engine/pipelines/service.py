@@ -27,6 +27,7 @@ from engine.domain import FeedbackSource, StoredDatasetSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
+from engine.lora.evaluation import check_suite_names
 from engine.lora.evaluation_jobs import check_suite_count
 from engine.pipelines import triggers as tr
 from engine.pipelines.ports import Datasets, DriftReading, DriftSource, GoldenDatasets, PipelineStore, Serving
@@ -106,6 +107,7 @@ class Pipelines:
         issues = ViolationCollector()
         check_suite_count(issues, len(pipeline.suite_paths), len(pipeline.suite_datasets),
                           files_field=f"{field_prefix}.suite_paths", datasets_field=f"{field_prefix}.suite_datasets")
+        check_suite_names(issues, pipeline.suite_paths, f"{field_prefix}.suite_paths")
         issues.raise_if_any("INVALID_PIPELINE", "invalid pipeline")
         source = pipeline.training.dataset
         if isinstance(source, StoredDatasetSource):  # a golden version trains nothing (GOLDEN_DATASET_NOT_TRAINABLE)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from engine import json_input
 from engine.domain import ChatMessage, Example
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
@@ -167,9 +168,10 @@ def load_jsonl(path: Path, *, max_problems: int = 20, label: str = "",
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.add("", f"invalid JSON ({exc.msg} at column {exc.colno})")
+                obj = json_input.loads(text)  # a line nested too deeply is a ValueError too
+            except ValueError as exc:
+                why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                problems.add("", f"invalid JSON ({why})")
                 continue
             example = _parse_line(obj, problems)
             if example is not None:
