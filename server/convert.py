@@ -51,7 +51,14 @@ from engine.training.spec import (
 )
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
-from server.convert_jobs import JOB_STATE_TO_PB, core_event_to_pb, duration_to_pb, job_core_to_pb, timestamp_to_pb
+from server.convert_jobs import (
+    JOB_STATE_TO_PB,
+    check_finite,
+    core_event_to_pb,
+    duration_to_pb,
+    job_core_to_pb,
+    timestamp_to_pb,
+)
 
 _PRECISION = {
     pb.PRECISION_UNSPECIFIED: Precision.AUTO,
@@ -119,6 +126,7 @@ DEFAULT_TRAINING = TrainingDefaults()
 MAX_REHEARSAL_FRACTION = 0.9
 MAX_KL_WEIGHT = 100.0
 MAX_BASE_EWC_LAMBDA = 10_000.0
+MAX_SEED = 2**32 - 1  # what the run seeds (numpy's generator) takes
 
 _BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NONE,
                     common.BASE_PROTECTION_METHOD_SELF_REHEARSAL: BaseProtectionMethod.SELF_REHEARSAL,
@@ -215,6 +223,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     )
     sharding = _enum(_SHARDING, h.sharding, "spec.hyperparameters.sharding", issues)
     hyper = replace(hyper, sharding=sharding or Sharding.NONE)
+    issues.check(hyper.seed <= MAX_SEED, "spec.hyperparameters.seed", f"must lie in [0, {MAX_SEED}] (2**32 - 1)")
     issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
     issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     issues.check(0 <= h.max_grad_norm <= 1e6, "spec.hyperparameters.max_grad_norm",
@@ -257,6 +266,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
     base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
     objective = _enum(_OBJECTIVE, msg.objective, "spec.objective", issues)
+    labels = _labels(msg.labels, "spec.labels", issues)
+    _check_finite(msg, issues)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     resolved = TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
@@ -267,7 +278,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         parent_adapter_version=msg.parent_adapter_version,
         ewc=ewc,
         major_version_bump=msg.major_version_bump,
-        labels=tuple(sorted(msg.labels.items())),
+        labels=labels,
         lora_fields_set=lora_set,
         checkpoints=checkpoints,
         base_protection=base_protection,
@@ -334,13 +345,36 @@ def feedback_source_from_pb(f: common.FeedbackDataset, issues: ViolationCollecto
     fd = FeedbackSource()
     return FeedbackSource(
         days=f.days or fd.days,
-        labels=tuple(sorted(f.labels.items())),
+        labels=_labels(f.labels, f"{field_path}.labels", issues),
         adapter_version=f.adapter_version,
         min_samples=f.min_samples or fd.min_samples,
         force=f.force,
         thumbs_up_weight=f.thumbs_up_weight or fd.thumbs_up_weight,
         thumbs_down_weight=f.thumbs_down_weight or fd.thumbs_down_weight,
     )
+
+
+def _check_finite(msg: pb.TrainingJobSpec, issues: ViolationCollector) -> None:
+    """Every float of the spec must be finite (an infinite or NaN one was stored as null, and the job could not be
+    read): each one that is not is named by its exact path, unless a range check above named it already (it keeps
+    that check's words)."""
+    finite = ViolationCollector()
+    check_finite(msg, "spec", finite)
+    named = {v.field for v in issues.violations}
+    issues.violations.extend(v for v in finite.violations if v.field not in named)
+
+
+def _labels(labels: Mapping[str, str], field_path: str, issues: ViolationCollector) -> tuple[tuple[str, str], ...]:
+    """``labels`` checked as AdapterService checks an adapter's (labels_from_pb: at most 64, keys and values
+    printable, keys 1..256 characters, values at most 256), into ``issues``: a training job's labels are copied onto
+    the adapter it publishes, and a feedback dataset's select feedback by the labels it was given."""
+    from server.convert_adapter import labels_from_pb  # noqa: PLC0415 - that module imports this one
+
+    try:
+        return labels_from_pb(labels, field_path)
+    except InvalidArgument as exc:
+        issues.violations.extend(exc.violations)
+        return ()
 
 
 def feedback_source_to_pb(f: FeedbackSource) -> common.FeedbackDataset:

@@ -1,14 +1,18 @@
 """Protobuf <-> domain conversion every kind of job shares: times, states, a job's common fields and events, its
-error, and the checks of list and create requests (request ids, state filters, page sizes, priorities).
+error, and the checks of list, watch and create requests (request ids, state filters, page sizes, priorities,
+watch positions, and that a spec's numbers are finite).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
@@ -139,3 +143,45 @@ def check_request_id(value: str, field_path: str, max_length: int) -> None:
             "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
             violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
         )
+
+
+MAX_SEQUENCE = 2**63 - 1  # the largest event sequence a job can have (the store's bigint)
+
+
+def after_sequence_from_pb(value: int) -> int:
+    """A Watch* request's ``after_sequence`` (a uint64): values past the largest sequence any job can reach are
+    clamped to it, so they watch for nothing after the snapshot, as any value past the job's last event does."""
+    return min(value, MAX_SEQUENCE)
+
+
+def check_finite(msg: Message, field_path: str, issues: ViolationCollector) -> None:
+    """Add a violation, named by its exact path (``spec.lora.alpha``), for every float or double of ``msg``, its
+    sub-messages, repeated fields and maps included, that is infinite or NaN: no setting takes one, and a stored
+    job could not hold it."""
+    for field, value in msg.ListFields():
+        path = f"{field_path}.{field.name}"
+        if field.type in _FLOAT_TYPES:
+            values = value if _is_repeated(field) else [value]
+            for i, v in enumerate(values):
+                if not math.isfinite(v):
+                    issues.add(f"{path}[{i}]" if _is_repeated(field) else path, "must be a finite number")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                for key, item in value.items():
+                    if value_field.type in _FLOAT_TYPES and not math.isfinite(item):
+                        issues.add(f"{path}[{key}]", "must be a finite number")
+                    elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                        check_finite(item, f"{path}[{key}]", issues)
+            elif _is_repeated(field):
+                for i, item in enumerate(value):
+                    check_finite(item, f"{path}[{i}]", issues)
+            else:
+                check_finite(value, path, issues)
+
+
+_FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE})
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)

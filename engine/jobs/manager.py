@@ -127,12 +127,7 @@ class JobManager(JobEventLog[S, O]):
         first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
         stored = await self._store.insert_job(replace(job, last_sequence=1), [first])
         if stored.id != job.id:  # request_id seen before
-            if stored.spec != job.spec:
-                raise AlreadyExists(
-                    "REQUEST_ID_REUSED",
-                    f"request_id {job.request_id!r} was used for a different job ({stored.name})",
-                    metadata={"request_id": job.request_id, "job": stored.name},
-                )
+            _same_request(job, stored)
             current = await self.get(stored.id)
             if current.state is JobState.QUEUED:  # the first submit may have stored it but failed to queue it
                 await self._queue.enqueue(self.kind.name, current.id, priority=current.priority)
@@ -144,6 +139,14 @@ class JobManager(JobEventLog[S, O]):
                 self._prepared.popitem(last=False)
         log.info("job created", extra={"job_id": job.id, "kind": self.kind.name})
         await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
+        return stored
+
+    async def check_request(self, job: Job[S, O]) -> Job[S, O] | None:
+        """What ``submit`` would find under ``job``'s request_id, storing nothing (a validate_only request): the
+        stored job of that request_id, None if there is none, REQUEST_ID_REUSED if it has another spec."""
+        stored = await self._store.job_for_request(job.request_id) if job.request_id else None
+        if stored is not None:
+            _same_request(job, stored)
         return stored
 
     async def get(self, job_id: str) -> Job[S, O]:
@@ -515,6 +518,16 @@ class JobManager(JobEventLog[S, O]):
         state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
         if live.job.state is not state:
             self.transition(live, state, f"{control.value.lower()} requested")
+
+
+def _same_request(job: Job[S, O], stored: Job[S, O]) -> None:
+    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``job``'s request_id, asked for the same."""
+    if stored.spec != job.spec:
+        raise AlreadyExists(
+            "REQUEST_ID_REUSED",
+            f"request_id {job.request_id!r} was used for a different job ({stored.name})",
+            metadata={"request_id": job.request_id, "job": stored.name},
+        )
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]

@@ -108,6 +108,10 @@ class JobStore(Protocol[S, O]):
         """The job; a non-terminal job with a pending control request shows as CANCELLING / PAUSING."""
         ...
 
+    async def job_for_request(self, request_id: str) -> Job[S, O] | None:
+        """The job ``insert_job`` stored under ``request_id`` (for this kind), if any."""
+        ...
+
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
     ) -> list[Job[S, O]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -221,7 +222,7 @@ def validate_lora(spec: LoraSpec, available: frozenset[str]) -> None:
     """Raise InvalidArgument with every bad LoRA field; UNKNOWN_TARGET_MODULES if only targets are wrong."""
     numbers = ViolationCollector()
     numbers.check(1 <= spec.rank <= MAX_LORA_RANK, "spec.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
-    numbers.check(spec.alpha > 0, "spec.lora.alpha", "must be > 0")
+    numbers.check(0 < spec.alpha < math.inf, "spec.lora.alpha", "must be a finite number > 0")
     numbers.check(0 <= spec.dropout < 1, "spec.lora.dropout", "must be in [0, 1)")
     targets = ViolationCollector()
     unknown = sorted(set(spec.target_modules) - available)

@@ -27,6 +27,7 @@ from safetensors.torch import load, save
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import DataLoss, NotFound
+from engine.jobs.codec import dump_json
 from engine.registry.ports import ArtifactStore
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
@@ -66,7 +67,7 @@ class FisherSnapshotStore:
                     "INSERT INTO fisher_snapshots (id, base_model, adapter_version, create_time, doc)"
                     " VALUES ($1, $2, $3, $4, $5::jsonb)",
                     snapshot.id, snapshot.base_model, snapshot.adapter_version, snapshot.create_time,
-                    _SNAPSHOT.dump_json(snapshot).decode(),
+                    dump_json(_SNAPSHOT, snapshot).decode(),
                 )
         except BaseException:
             await self._store.delete([key])

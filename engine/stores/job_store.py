@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted
-from engine.jobs.codec import EventCodec
+from engine.jobs.codec import EventCodec, dump_json
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
 from engine.jobs.ports import Claim, Lease, lease_lost
 from engine.stores.postgres import holding_rows
@@ -122,7 +122,10 @@ class PostgresJobStore(Generic[S, O]):
         return job
 
     def _dump(self, job: Job[S, O]) -> str:
-        return self._job.dump_json(job).decode()
+        """The job as JSON, a number JSON cannot hold written so that it reads back (engine.jobs.codec.dump_json). A
+        request holding one is refused (server.convert_jobs.check_finite), but a number a run measures (a diverged
+        loss) may be one: a stored job always reads back."""
+        return dump_json(self._job, job).decode()
 
     async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -140,6 +143,14 @@ class PostgresJobStore(Generic[S, O]):
                 return self._decode(existing)
             await self._append(conn, job.id, events)
         return job
+
+    async def job_for_request(self, request_id: str) -> Job[S, O] | None:
+        if not request_id:
+            return None
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT doc, requested FROM jobs WHERE kind = $1 AND request_id = $2",
+                                      self._kind, request_id)
+        return None if row is None else self._decode(row["doc"], row["requested"])
 
     async def get_job(self, job_id: str) -> Job[S, O] | None:
         async with self._pool.acquire() as conn:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from pydantic import TypeAdapter
 
+from engine.jobs.codec import dump_json
 from engine.jobs.core import JobFailure
 from engine.lora.canary import (
     CanaryDecision,
@@ -77,8 +78,8 @@ class PostgresLoraStore:
             )
 
     async def record(self, target: str, op: OperationRecord) -> None:
-        error = _FAILURE.dump_json(op.error).decode() if op.error else None
-        gate = _EVAL.dump_json(op.gate).decode() if op.gate else None
+        error = dump_json(_FAILURE, op.error).decode() if op.error else None
+        gate = dump_json(_EVAL, op.gate).decode() if op.gate else None
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO lora_operations (target, kind, version, actor, reason, start_time,"
@@ -113,7 +114,7 @@ class PostgresLoraStore:
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO lora_evals (base_model, version, baseline_version, doc) VALUES ($1, $2, $3, $4::jsonb)",
-                base_model, summary.version, summary.baseline_version, _EVAL.dump_json(summary).decode(),
+                base_model, summary.version, summary.baseline_version, dump_json(_EVAL, summary).decode(),
             )
 
     async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
@@ -215,7 +216,7 @@ class PostgresLoraStore:
 
 
 def _json(adapter: TypeAdapter[Any], value: object | None) -> str | None:
-    return adapter.dump_json(value).decode() if value is not None else None
+    return dump_json(adapter, value).decode() if value is not None else None
 
 
 def _split(row: asyncpg.Record) -> TrafficSplitState:

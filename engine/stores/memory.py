@@ -49,15 +49,21 @@ class InMemoryJobStore(Generic[S, O]):
         self._changed = asyncio.Condition()
 
     async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
-        if job.request_id:
-            for stored in self.jobs.values():
-                if stored.request_id == job.request_id:
-                    return stored
+        stored = await self.job_for_request(job.request_id)
+        if stored is not None:
+            return stored
         self.jobs[job.id] = job
         self.events[job.id] = {e.sequence: e for e in events}
         self.held[job.id] = _Held()
         await self._wake()
         return job
+
+    async def job_for_request(self, request_id: str) -> Job[S, O] | None:
+        if request_id:
+            for stored in self.jobs.values():
+                if stored.request_id == request_id:
+                    return stored
+        return None
 
     async def get_job(self, job_id: str) -> Job[S, O] | None:
         job = self.jobs.get(job_id)

@@ -20,6 +20,7 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted, AlreadyExists, NotFound
+from engine.jobs.codec import dump_json
 from engine.names import decode_page_token, encode_page_token
 from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
 from engine.stores.postgres import advisory_lock
@@ -57,7 +58,7 @@ class PostgresPipelineStore:
                 "INSERT INTO pipelines (id, base_model, enabled, etag, create_time, update_time, doc)"
                 " VALUES ($1, $2, $3, $4, $5, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING RETURNING id",
                 stored.id, stored.base_model, stored.enabled, stored.etag, now,
-                _PIPELINE.dump_json(stored).decode(),
+                dump_json(_PIPELINE, stored).decode(),
             )
         if row is None:
             raise AlreadyExists("PIPELINE_EXISTS", f"pipeline {pipeline.name} already exists",
@@ -93,7 +94,7 @@ class PostgresPipelineStore:
             row = await conn.fetchrow(
                 "UPDATE pipelines SET enabled = $2, etag = $3, update_time = $4, doc = $5::jsonb"
                 " WHERE id = $1 AND ($6 = '' OR etag = $6) RETURNING id",
-                stored.id, stored.enabled, stored.etag, stored.update_time, _PIPELINE.dump_json(stored).decode(),
+                stored.id, stored.enabled, stored.etag, stored.update_time, dump_json(_PIPELINE, stored).decode(),
                 etag,
             )
             if row is None:

@@ -11,6 +11,8 @@ provenance recorded on it (:meth:`JobPreparer.resolve`).
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -81,6 +83,7 @@ class JobPreparer:
     async def validate(self, spec: TrainingJobSpec) -> PreparedInputs:
         """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
         self._check_ewc(spec)
+        check_target_modules(spec)  # before a parent's shape is compared with them
         # the devices a job of num_devices 0 trains on are known on its worker only (checked again there)
         check_sharding(spec, spec.hyperparameters.num_devices or None)
         parent = await self._parent(spec) if spec.parent_adapter_version else None
@@ -201,13 +204,26 @@ class JobPreparer:
         issues = ViolationCollector()
         ewc = spec.ewc
         low, high = self._config.ewc_lambda_min, self._config.ewc_lambda_max
-        if spec.parent_adapter_version and not ewc.disabled:
+        if not math.isfinite(ewc.ewc_lambda):  # unused without a parent, yet a number the job stores
+            issues.add("spec.ewc.ewc_lambda", "must be a finite number")
+        elif spec.parent_adapter_version and not ewc.disabled:
             issues.check(low <= ewc.ewc_lambda <= high, "spec.ewc.ewc_lambda",
                          f"must lie in [{low:g}, {high:g}], got {ewc.ewc_lambda:g}")
         issues.check(0.0 < ewc.gamma <= 1.0, "spec.ewc.gamma", f"must lie in (0, 1], got {ewc.gamma:g}")
         issues.check(0.0 <= ewc.replay_fraction <= 0.9, "spec.ewc.replay_fraction",
                      f"must lie in [0, 0.9], got {ewc.replay_fraction:g}")
         issues.raise_if_any("INVALID_EWC_CONFIG", "invalid EWC settings")
+
+
+def check_target_modules(spec: TrainingJobSpec) -> None:
+    """INVALID_LORA_CONFIG when the spec names a target module more than once (a set the parent's could only be
+    told apart from by its length, and a PEFT config that lists a module twice)."""
+    repeated = sorted(name for name, n in collections.Counter(spec.lora.target_modules).items() if n > 1)
+    if repeated:
+        raise InvalidArgument(
+            "INVALID_LORA_CONFIG", "invalid LoRA configuration",
+            violations=[FieldViolation("spec.lora.target_modules", f"names {', '.join(repeated)} more than once")],
+        )
 
 
 def inherit_lora(spec: TrainingJobSpec, parent: AdapterRecord) -> TrainingJobSpec:

@@ -434,7 +434,8 @@ class TrainingJobs:
             await self._planner.check(inputs.spec, inputs.parent)
         job = self._manager.new_job(inputs.spec, TrainingOutput(dataset=inputs.dataset.summary),
                                     request_id=request_id, priority=priority)
-        if validate_only:
+        if validate_only:  # answered as the real request would be, a reused request_id included
+            await self._manager.check_request(job)
             return job
         return await self._manager.submit(job, prepared=inputs)
 

@@ -11,7 +11,7 @@ from engine.lora.evaluation_jobs import EvaluationJobs
 from learning.v1 import evaluation_pb2 as pb
 from learning.v1 import evaluation_pb2_grpc as pb_grpc
 from server import evaluation_convert as ec
-from server.convert_jobs import check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -63,7 +63,8 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
         context: grpc.aio.ServicerContext[pb.WatchEvaluationJobRequest, pb.WatchEvaluationJobResponse],
     ) -> AsyncIterator[pb.WatchEvaluationJobResponse]:
         job_id = ec.job_id_from_name(request.name)
-        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._jobs.watch(job_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchEvaluationJobResponse(event=ec.event_to_pb(item))
             else:

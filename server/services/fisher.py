@@ -15,7 +15,7 @@ from engine.names import decode_page_token, encode_page_token
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc
 from server import fisher_convert as fc
-from server.convert_jobs import check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -71,7 +71,8 @@ class FisherService(pb_grpc.FisherServiceServicer):
         context: grpc.aio.ServicerContext[pb.WatchFisherJobRequest, pb.WatchFisherJobResponse],
     ) -> AsyncIterator[pb.WatchFisherJobResponse]:
         job_id = fc.job_id_from_name(request.name)
-        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._jobs.watch(job_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchFisherJobResponse(event=fc.event_to_pb(item))
             else:

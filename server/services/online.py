@@ -15,7 +15,7 @@ from engine.online.spec import OnlineStats, Updated
 from learning.v1 import online_pb2 as pb
 from learning.v1 import online_pb2_grpc as pb_grpc
 from server import online_convert as oc
-from server.convert_jobs import check_request_id, page_size
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size
 
 MAX_REQUEST_ID = 128
 MAX_REASON = 500
@@ -122,7 +122,8 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
     ) -> AsyncIterator[pb.WatchOnlineSessionResponse]:
         session_id = oc.session_id_from_name(request.name)
         view = await self._sessions.get(session_id)  # NOT_FOUND before the stream starts
-        async for item in self._sessions.watch(session_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._sessions.watch(session_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchOnlineSessionResponse(event=oc.event_to_pb(item))
             else:

@@ -16,7 +16,7 @@ from learning.v1 import pipeline_pb2 as pb
 from learning.v1 import pipeline_pb2_grpc as pb_grpc
 from server import convert
 from server import pipeline_convert as pc
-from server.convert_jobs import check_request_id, page_size
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size
 
 MAX_REQUEST_ID = 128
 MAX_DESCRIPTION = 2000
@@ -128,7 +128,8 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         context: grpc.aio.ServicerContext[pb.WatchPipelineRunRequest, pb.WatchPipelineRunResponse],
     ) -> AsyncIterator[pb.WatchPipelineRunResponse]:
         run_id = pc.run_id_from_name(request.name)
-        async for item in self._pipelines.watch_run(run_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._pipelines.watch_run(run_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchPipelineRunResponse(event=pc.event_to_pb(item))
             else:

@@ -11,7 +11,7 @@ from engine.preparation.jobs import PreparationJobs
 from learning.v1 import preparation_pb2 as pb
 from learning.v1 import preparation_pb2_grpc as pb_grpc
 from server import preparation_convert as pc
-from server.convert_jobs import check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -62,7 +62,8 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
         context: grpc.aio.ServicerContext[pb.WatchPreparationJobRequest, pb.WatchPreparationJobResponse],
     ) -> AsyncIterator[pb.WatchPreparationJobResponse]:
         job_id = pc.job_id_from_name(request.name)
-        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._jobs.watch(job_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchPreparationJobResponse(event=pc.event_to_pb(item))
             else:

@@ -12,7 +12,7 @@ from engine.training.spec import TrainingDefaults
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
-from server.convert_jobs import check_request_id, page_size, priority_from_pb, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, priority_from_pb, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -79,7 +79,8 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         context: grpc.aio.ServicerContext[pb.WatchTrainingJobRequest, pb.WatchTrainingJobResponse],
     ) -> AsyncIterator[pb.WatchTrainingJobResponse]:
         job_id = convert.job_id_from_name(request.name)
-        async for item in self._jobs.watch(job_id, after_sequence=request.after_sequence):
+        after = after_sequence_from_pb(request.after_sequence)
+        async for item in self._jobs.watch(job_id, after_sequence=after):
             if isinstance(item, JobEvent):
                 yield pb.WatchTrainingJobResponse(event=convert.event_to_pb(item))
             else:

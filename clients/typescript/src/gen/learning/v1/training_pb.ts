@@ -55,7 +55,7 @@ export type Hyperparameters = Message<"learning.v1.Hyperparameters"> & {
   maxSeqLength: number;
 
   /**
-   * Random seed; unset means 0.
+   * Random seed, 0..4294967295 (2^32 - 1, what the run's generators take); unset means 0.
    *
    * @generated from field: optional uint64 seed = 5;
    */
@@ -317,7 +317,8 @@ export type TrainingJobSpec = Message<"learning.v1.TrainingJobSpec"> & {
   majorVersionBump: boolean;
 
   /**
-   * Free-form labels copied onto the resulting adapter.
+   * Free-form labels copied onto the resulting adapter, checked as an adapter's: at most 64,
+   * keys 1..256 printable characters, values at most 256 printable characters.
    *
    * @generated from field: map<string, string> labels = 10;
    */
@@ -1070,7 +1071,8 @@ export type WatchTrainingJobRequest = Message<"learning.v1.WatchTrainingJobReque
   name: string;
 
   /**
-   * Send only events with a larger sequence number (resume); 0 sends all.
+   * Send only events with a larger sequence number (resume); 0 sends all. A value past the largest
+   * sequence a job can have (2^63 - 1) is taken as that one: the snapshot, then no event.
    *
    * @generated from field: uint64 after_sequence = 2;
    */
