@@ -127,9 +127,8 @@ class Calls:
         request: Any,
         *,
         timeout: float | None = None,
-        wait_for_ready: bool = False,
     ) -> AsyncIterator[Any]:
-        call = method(request, metadata=self._metadata, timeout=timeout, wait_for_ready=wait_for_ready)
+        call = method(request, metadata=self._metadata, timeout=timeout)
         try:
             async for item in call:
                 yield item
@@ -138,6 +137,22 @@ class Calls:
         finally:
             call.cancel()
 
+    def _ready_timeout(self, attempt: int) -> float:
+        """How long reconnect ``attempt`` (1, 2, ...) waits for the channel to be ready: as long as the pause before
+        it, at least a second (a connection to make) and at most 5 s (the channel's longest reconnect backoff, so
+        it tries at least once in that time)."""
+        return min(max(self.reconnect_delay * attempt, 1.0), 5.0)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the channel to be ready; else raise Unavailable."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            raise errors.Unavailable(
+                grpc.StatusCode.UNAVAILABLE, f"{self.connection.target} not reachable within {timeout:g}s"
+            ) from None
+
     async def _resumable(
         self,
         method: Callable[..., Any],
@@ -145,19 +160,25 @@ class Calls:
         after_sequence: int,
         sequence_of: Callable[[Any], int | None],
     ) -> AsyncIterator[Any]:
-        """Watch a job; after UNAVAILABLE, re-open it after the last sequence seen.
+        """Watch a job (or the serving status); after UNAVAILABLE, re-open it after the last sequence seen.
 
-        Each re-opened stream starts with a fresh snapshot, which is delivered too.
+        Each re-opened stream starts with a fresh snapshot, which is delivered too. Each reconnect attempt waits a
+        bounded time for the server (:meth:`_ready_timeout`) and counts as one failure when it is not there; after
+        ``reconnect_attempts`` failures in a row the watch raises Unavailable. Any message received after a
+        reconnect shows it worked and starts the count again: the budget is for one outage, not the watch's life.
         """
         last, failures = after_sequence, 0
         while True:
             try:
-                async for message in self._stream(method, make_request(last), wait_for_ready=failures > 0):
+                if failures:
+                    await self._wait_ready(self._ready_timeout(failures))
+                async for message in self._stream(method, make_request(last)):
+                    failures = 0  # the (re)connection works
                     sequence = sequence_of(message)
                     if sequence is not None:
                         if sequence <= last:
                             continue  # already delivered before the reconnect
-                        last, failures = sequence, 0
+                        last = sequence
                     yield message
                 return
             except errors.LearningEngineError as err:

@@ -61,8 +61,12 @@ class ServingCalls(Calls):
 
         The file is named after the version, ``<base model>-<version>.tar.gz``, so versions downloaded into
         one directory sit side by side. An existing file of that name raises FileExistsError (before anything
-        is written) unless ``overwrite``.
+        is written) unless ``overwrite``. A ``destination`` (or a parent of it) that exists and is not a directory
+        raises NotADirectoryError, before anything is asked of the server.
         """
+        not_a_directory = next((p for p in (destination, *destination.parents) if p.exists()), destination)
+        if not_a_directory.exists() and not not_a_directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{not_a_directory} is not a directory", str(not_a_directory))
         request = adapter.DownloadAdapterRequest(
             base_model=base_model, version=version, chunk_size=CHUNK_SIZE
         )

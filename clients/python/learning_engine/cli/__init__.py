@@ -3,7 +3,8 @@
 Exit codes follow the gRPC status of the failed call (0 OK, 3 INVALID_ARGUMENT,
 5 NOT_FOUND, 7 PERMISSION_DENIED, 12 UNIMPLEMENTED, 14 UNAVAILABLE,
 16 UNAUTHENTICATED, ...). ``train --watch`` exits with the job's outcome:
-0 succeeded, 1 cancelled, else the code of the job's error. Interrupted: 130.
+0 succeeded, 1 cancelled, 10 (ABORTED) paused, else the code of the job's error.
+A command line refused before calling exits 3 (USAGE). Interrupted: 130.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def connection(
         None, "--tls-server-name", help="Expected server name in its certificate."
     ),
 ) -> None:
-    ctx.obj = Options(target, token, as_json, timeout, tls_from(tls_ca, tls_cert, tls_key, tls_server_name))
+    opts = ctx.obj = Options(target, token, as_json, timeout, None)  # errors reading the TLS files are reported
+    opts.tls = tls_from(opts, tls_ca, tls_cert, tls_key, tls_server_name)  # as --json asks
 
 
 app.command("health")(ops.health)

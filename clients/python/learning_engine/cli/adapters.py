@@ -86,7 +86,8 @@ def adapters_lineage(ctx: typer.Context, version: str, base_model: str = typer.O
 def adapters_download(
     ctx: typer.Context,
     version: str,
-    out_dir: Path = typer.Option(Path("."), "--out", "-o", help="Directory to write the archive into."),
+    out_dir: Path = typer.Option(Path("."), "--out", "-o", help="Directory to write the archive into (made if "
+                                 "missing)."),
     base_model: str = typer.Option("", "--base-model"),
     force: bool = typer.Option(False, "--force", help="Overwrite the version's archive if the directory holds it."),
 ) -> None:
@@ -95,7 +96,10 @@ def adapters_download(
     try:
         adapter, path = run(ctx, lambda c: c.download_adapter(version, out_dir, base_model=base_model,
                                                               overwrite=force))
-    except FileExistsError as exc:
+    except NotADirectoryError as exc:  # --out (or a parent of it) is a file: --force would not help
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--out must be a directory: {exc.filename} is not one",
+             reason=ERROR_REASON_USAGE, metadata={"path": str(exc.filename)})
+    except FileExistsError as exc:  # the version's archive is in the directory already
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.filename} exists; --force overwrites it",
              reason=ERROR_REASON_USAGE, metadata={"path": str(exc.filename)})
     emit(

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
 
-from learning.v1.error_reason_pb2 import ErrorReason
+from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE, ErrorReason
 from learning_engine.client import AsyncClient
 from learning_engine.connection import TlsConfig
 from learning_engine.errors import LearningEngineError, reason_name
@@ -159,14 +159,47 @@ def labels(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
+def local_bytes(opts: Options, path: Path, what: str = "") -> bytes:
+    """The bytes of a file on this machine. One that cannot be read (missing, a directory, not allowed) is a usage
+    error naming ``what`` (the option it was given to, if any) and the path: one line, exit 3, never a traceback."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{_local(what, path)}: cannot read it ({exc.strerror or exc})",
+             reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
+
+
+def local_text(opts: Options, path: Path, what: str = "") -> str:
+    """A file on this machine as UTF-8 text (JSONL); one that cannot be read, or is not UTF-8 text, is a usage
+    error as in :func:`local_bytes`."""
+    data = local_bytes(opts, path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             f"{_local(what, path)}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
+             reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
+
+
+def _local(what: str, path: Path) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
 def tls_from(
-    ca: Path | None, cert: Path | None, key: Path | None, server_name: str | None
+    opts: Options, ca: Path | None, cert: Path | None, key: Path | None, server_name: str | None
 ) -> TlsConfig | None:
+    """The TLS material the --tls-* options name, read here (a file that cannot be read is a usage error naming
+    its option); None without any of them."""
     if not (ca or cert or key or server_name):
         return None
     if (cert is None) != (key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
-    return TlsConfig.from_files(ca, cert, key, server_name)
+    return TlsConfig(
+        root_certificates=local_bytes(opts, ca, "--tls-ca") if ca else None,
+        client_certificate=local_bytes(opts, cert, "--tls-cert") if cert else None,
+        client_key=local_bytes(opts, key, "--tls-key") if key else None,
+        server_name_override=server_name,
+    )
 
 
 def interrupted(message: str) -> NoReturn:

@@ -15,7 +15,18 @@ from rich.table import Column, Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, emit, err, fail, options, out, print_table, run, when
+from learning_engine.cli.common import (
+    Options,
+    emit,
+    err,
+    fail,
+    local_bytes,
+    options,
+    out,
+    print_table,
+    run,
+    when,
+)
 from learning_engine.client import AsyncClient
 
 datasets_app = typer.Typer(
@@ -232,7 +243,7 @@ def datasets_validate(
     """Check examples (or golden cases) as a dataset version would be checked, and count them; stores nothing."""
     opts = options(ctx)
     _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
-    content = file.read_bytes() if file is not None else b""
+    content = local_bytes(opts, file) if file is not None else b""
     split = _split(eval_fraction, test_fraction, seed)
     feedback = _feedback(from_feedback, 0, False)
     checked = run(ctx, lambda c: c.validate_dataset(split=split, content=content, server_path=server_path,

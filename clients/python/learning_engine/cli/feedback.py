@@ -18,6 +18,7 @@ from learning_engine.cli.common import (
     emit,
     fail,
     grid,
+    local_text,
     options,
     out,
     print_table,
@@ -42,7 +43,7 @@ def feedback_import(
     """Submit feedback events from a JSONL file, in batches; the whole file is checked first."""
     opts = options(ctx)
     events: list[feedback.FeedbackEvent] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(local_text(opts, path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

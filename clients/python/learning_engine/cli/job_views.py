@@ -27,10 +27,14 @@ def guard_interrupt(ctx: typer.Context, call) -> int:
 
 
 def outcome_code(state: int, error_code: int) -> int:
+    """The exit code of a watch that ended with the job in ``state``: 0 succeeded, 1 (CANCELLED) cancelled,
+    10 (ABORTED) paused (stopped before its end: resume it and watch again), else the code of the job's error."""
     if state == common.JOB_STATE_SUCCEEDED:
         return 0
     if state == common.JOB_STATE_CANCELLED:
         return grpc.StatusCode.CANCELLED.value[0]
+    if state == common.JOB_STATE_PAUSED:
+        return grpc.StatusCode.ABORTED.value[0]
     return error_code or grpc.StatusCode.UNKNOWN.value[0]
 
 

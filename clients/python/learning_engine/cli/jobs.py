@@ -376,6 +376,9 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
         out.print(summary, highlight=False)
         if final.HasField("error") and final.error.code:
             err.print(f"[red]{final.error.message}[/]", highlight=False)
+        if final.state == common.JOB_STATE_PAUSED:
+            err.print(f"paused: learning-engine jobs resume {final.name}, then jobs watch {final.name}",
+                      highlight=False)
     return outcome_code(final.state, final.error.code if final.HasField("error") else 0)
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import online_pb2 as ol
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, as_dict, emit, fail, options, out, print_table, run
+from learning_engine.cli.common import Options, as_dict, emit, fail, local_text, options, out, print_table, run
 from learning_engine.client import AsyncClient
 
 online_app = typer.Typer(help="Online learning: a served adapter that keeps learning from a stream of examples.",
@@ -135,7 +135,7 @@ def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.Onl
     """A JSONL file of {"prompt", "target"?, "weight"?, "desirable"?} lines; ``label``: the desirable label of the
     lines without one (None: none)."""
     examples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(local_text(opts, path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -270,6 +271,8 @@ def report(
 
 # ---- metrics ---------------------------------------------------------------------
 
+_METRICS_SCHEMES = ("http", "https", "file")  # what urllib reads a Prometheus page from
+
 
 def metrics(
     ctx: typer.Context,
@@ -284,18 +287,25 @@ def metrics(
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     opts = options(ctx)
+    if urllib.parse.urlsplit(url).scheme.lower() not in _METRICS_SCHEMES:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             f"--url {url}: not an http(s) URL such as http://127.0.0.1:9464/metrics", reason=ERROR_REASON_USAGE)
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {opts.token}"} if opts.token else {})
     try:
         with urllib.request.urlopen(request, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+            body = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         fail(opts, grpc.StatusCode.UNAVAILABLE, f"cannot read {url}: {exc}", reason=ERROR_REASON_METRICS_UNREACHABLE)
-    samples = [
-        {"name": s.name, "labels": s.labels, "value": s.value}
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if all_metrics or s.name.startswith("learning_engine_")
-    ]
+    try:
+        samples = [
+            {"name": s.name, "labels": s.labels, "value": s.value}
+            for family in text_string_to_metric_families(body.decode("utf-8"))
+            for s in family.samples
+            if all_metrics or s.name.startswith("learning_engine_")
+        ]
+    except ValueError as exc:  # UnicodeDecodeError too: not text at all
+        fail(opts, grpc.StatusCode.UNAVAILABLE, f"{url} answered with something that is not Prometheus text "
+             f"({str(exc)[:120]}): is it the server's metrics endpoint?", reason=ERROR_REASON_METRICS_UNREACHABLE)
     emit(
         opts,
         {"samples": samples},

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from learning.v1 import preparation_pb2 as preparation
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import as_dict, emit, err, fail, options, out, run
+from learning_engine.cli.common import as_dict, emit, err, fail, local_bytes, options, out, run
 from learning_engine.cli.datasets import _EVAL, _SEED, _TEST, _split, dataset_name, datasets_app
 from learning_engine.cli.job_views import (
     AFTER,
@@ -55,7 +55,7 @@ def datasets_prepare(
     """Turn documents into question-answer pairs a served model writes about each chunk (kept only when the chunk
     supports the answer), stored as a new version of a dataset."""
     opts = options(ctx)
-    documents = [preparation.PreparationDocument(name=f.name, content=f.read_bytes()) for f in files or []]
+    documents = [preparation.PreparationDocument(name=f.name, content=local_bytes(opts, f)) for f in files or []]
     documents += [preparation.PreparationDocument(name=Path(p).name, server_path=p) for p in server_path or []]
     if not documents:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name at least one document: FILE... or --server-path",
