@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.domain import BaseRetention, DatasetSummary, composition, dataset_digest
-from engine.errors import Cancelled
+from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.telemetry import tracer
@@ -102,6 +102,24 @@ def loss_over(model: Any, layout: Batching, data: list[EncodedExample], *, batch
 def _check_cancel(cancel: CancelToken, where: str) -> None:
     if cancel.cancelled:
         raise Cancelled("JOB_CANCELLED", f"training was cancelled during {where}")
+
+
+def _check_finite(step: int, loss: float, grad_norm: float, learning_rate: float) -> None:
+    """FailedPrecondition TRAINING_DIVERGED when a step's loss or gradient norm is not a finite number, before the
+    optimiser applies it: a NaN or infinite gradient would turn the adapter's weights into NaN, and the job would
+    publish a version that answers nothing. (Training runs in fp32 or bf16, with no fp16 loss scaler whose
+    overflowing steps are skipped by design, so a non-finite value here is the run diverging.) Every process of a
+    distributed run sees the same values (the loss and the norm are over all of them), so all stop alike."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    raise FailedPrecondition(
+        "TRAINING_DIVERGED",
+        f"training diverged at step {step}: loss {loss:g}, gradient norm {grad_norm:g} at learning rate "
+        f"{learning_rate:g}; the adapter was not changed by that step and nothing is published (a lower "
+        f"learning_rate, or max_grad_norm, usually helps)",
+        metadata={"step": str(step), "loss": f"{loss:g}", "grad_norm": f"{grad_norm:g}",
+                  "learning_rate": f"{learning_rate:g}"},
+    )
 
 
 # ---- the recipe -----------------------------------------------------------------------
@@ -316,6 +334,8 @@ def _optimise(
                 clip = hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf
                 grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, clip))  # the norm over all shards
                 learning_rate = scheduler.get_last_lr()[0]
+                penalty_value = float(penalty.detach())
+                _check_finite(step + 1, task_value + penalty_value, grad_norm, learning_rate)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -324,7 +344,6 @@ def _optimise(
                 recent.append((now, recent[-1][1] + batch.real_tokens))
                 elapsed = now - started
                 window = now - recent[0][0]
-                penalty_value = float(penalty.detach())
                 loss_value = task_value + penalty_value
                 sink.emit(
                     StepMetrics(
