@@ -58,7 +58,9 @@ def read_text(name: str, data: bytes, field_path: str) -> str:
     """The document's text; INVALID_ARGUMENT DOCUMENT_UNREADABLE when there is none to read."""
     kind = document_kind(name, field_path)
     if kind == "pdf":
-        text = _pdf_text(name, data, field_path)
+        # pypdf decodes ToUnicode maps with surrogatepass: pair split surrogates, and a lone one (which no UTF-8
+        # writer can encode) becomes U+FFFD
+        text = _pdf_text(name, data, field_path).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     else:
         try:
             text = data.decode("utf-8-sig")
@@ -74,7 +76,6 @@ def read_text(name: str, data: bytes, field_path: str) -> str:
 
 def _pdf_text(name: str, data: bytes, field_path: str) -> str:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # it warns on every slightly malformed object
     try:
@@ -84,8 +85,8 @@ def _pdf_text(name: str, data: bytes, field_path: str) -> str:
         return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
     except InvalidArgument:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
-            RecursionError) as exc:  # pypdf raises more than its own errors on a broken file
+    except Exception as exc:  # noqa: BLE001 - pypdf raises nearly anything on a broken file (its own errors, and
+        # ValueError, KeyError, AssertionError, NotImplementedError for an unknown filter, DependencyError, ...)
         raise unreadable(field_path, name, f"is not a PDF pypdf can read ({type(exc).__name__})") from None
 
 

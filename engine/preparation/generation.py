@@ -47,7 +47,10 @@ Q: <a question about the text>
 A: <its answer, taken from the text>
 """
 
-_WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
+# Scripts written without spaces (CJK ideographs, kana, hangul): each character is a word.
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORD = re.compile(rf"[{_UNSPACED}]|(?:(?![{_UNSPACED}])[^\W\d_]){{3,}}", re.UNICODE)
+_ANY_WORD = re.compile(rf"[{_UNSPACED}]|[^\s{_UNSPACED}]+")
 _KEY = re.compile(r"^[\s>*#_`\-\d.)]*(q|question|a|answer)(?:\s*\d+)?[\s*_`]*[:=.)\-–]\s*(.*)$",
                   re.IGNORECASE)
 
@@ -155,6 +158,12 @@ def parse(raw: str) -> Reading:
 def content_words(text: str) -> list[str]:
     """The words of three letters or more that are not function words, in lower case."""
     return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in FUNCTION_WORDS]
+
+
+def word_count(text: str) -> int:
+    """The words of ``text``: whitespace-separated runs, each character of a script written without spaces counted
+    as one (a chunk of Chinese has no spaces at all)."""
+    return len(_ANY_WORD.findall(text))
 
 
 def _key(word: str) -> str:

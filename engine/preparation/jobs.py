@@ -172,7 +172,7 @@ class PreparationRunner:
         for i, doc in enumerate(spec.documents):
             text = await self._text(doc, f"spec.documents[{i}]")
             pieces += await asyncio.to_thread(chunks, doc.name, text, max_chars=spec.chunk_chars)
-        asked = [c for c in pieces if len(c.text.split()) >= MIN_CHUNK_WORDS]
+        asked = [c for c in pieces if generation.word_count(c.text) >= MIN_CHUNK_WORDS]
         ctx.set_output(replace(ctx.job.output, skipped_chunks=len(pieces) - len(asked)))
         if not asked:
             raise FailedPrecondition(
@@ -324,18 +324,19 @@ class PreparationJobs:
                     metadata={"limit": str(self._max_bytes), "size": str(total)})
             await asyncio.to_thread(read_text, doc.name, data, where)  # readable, with text, or refused now
             read.append((doc, data))
-        refs = []
-        for doc, data in read:  # only once every document is readable
-            ref = DocumentRef(doc.name, hashlib.sha256(data).hexdigest(), len(data), doc.server_path)
+        refs = [DocumentRef(doc.name, hashlib.sha256(data).hexdigest(), len(data), doc.server_path)
+                for doc, data in read]
+        spec = PreparationJobSpec(dataset=request.dataset, documents=tuple(refs),
+                                  questions_per_chunk=request.questions_per_chunk, chunk_chars=request.chunk_chars,
+                                  generator_model=request.generator_model, split=request.split)
+        job = self._manager.new_job(spec, PreparationOutput(), request_id=request_id)
+        await self._manager.check_request(job)  # a reused request_id is refused before anything is stored
+        for ref, (_, data) in zip(refs, read, strict=True):  # only once every document is readable
             try:
                 await self._artifacts.put_bytes(ref.key, data)
             except AlreadyExists:  # the same bytes, sent before (the key is their digest)
                 pass
-            refs.append(ref)
-        spec = PreparationJobSpec(dataset=request.dataset, documents=tuple(refs),
-                                  questions_per_chunk=request.questions_per_chunk, chunk_chars=request.chunk_chars,
-                                  generator_model=request.generator_model, split=request.split)
-        return await self._manager.submit(self._manager.new_job(spec, PreparationOutput(), request_id=request_id))
+        return await self._manager.submit(job)
 
     async def _bytes(self, doc: DocumentInput, where: str) -> bytes:
         if doc.content is not None and doc.server_path:
