@@ -66,8 +66,10 @@ def session_id_from_name(name: str, field_path: str = "name") -> str:
     return chosen_id(name, COLLECTION, "session_id", field_path)
 
 
-def _count(value: int, default: int, low: int, high: int, field_path: str) -> int:
-    chosen = value or default
+def _count(value: int, default: int, low: int, high: int, field_path: str, *, given: bool = False) -> int:
+    """``value`` within [low, high]; unset (0) is ``default``, unless the field has presence and was ``given``
+    (``publish_every: 0`` means something of its own)."""
+    chosen = value if given else value or default
     if not low <= chosen <= high:
         raise _bad(field_path, f"must be in [{low}, {high}]")
     return chosen
@@ -97,11 +99,16 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         raise _bad("spec.live_alias", "at most 128 printable characters, no spaces")
     learning_rate = msg.learning_rate if msg.HasField("learning_rate") else defaults.learning_rate
     check_learning_rate(learning_rate, "spec.learning_rate")
+    buffer_size = _count(msg.buffer_size, 1000, 1, 100_000, "spec.buffer_size")
+    update_every = _count(msg.update_every, 10, 1, 10_000, "spec.update_every")
+    if update_every > buffer_size:  # the worker holds at most buffer_size pending examples: no update would be due
+        raise _bad("spec.update_every", f"must be at most spec.buffer_size ({buffer_size}): an update waits for "
+                                        f"update_every examples, of which the session holds at most buffer_size")
     return OnlineSessionSpec(
         base_model=msg.base_model or defaults.base_model,
         start_version=msg.start_version,
-        buffer_size=_count(msg.buffer_size, 1000, 1, 100_000, "spec.buffer_size"),
-        update_every=_count(msg.update_every, 10, 1, 10_000, "spec.update_every"),
+        buffer_size=buffer_size,
+        update_every=update_every,
         optimizer=_choice(_OPTIMIZER, msg.optimizer, "spec.optimizer", "OnlineOptimizer"),
         learning_rate=learning_rate,
         weight_decay=_fraction(msg, "weight_decay", 0.01, 0, 1),
@@ -109,8 +116,8 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
         ewc_lambda=_fraction(msg, "ewc_lambda", defaults.ewc_lambda, 0, 1e6),
         replay_fraction=_fraction(msg, "replay_fraction", defaults.replay_fraction, 0, 0.9),
         checkpoint_every=_count(msg.checkpoint_every, 100, 1, 100_000, "spec.checkpoint_every"),
-        publish_every=_count(msg.publish_every, 100, 0, 100_000, "spec.publish_every")
-        if msg.HasField("publish_every") else 100,
+        publish_every=_count(msg.publish_every, 100, 0, 100_000, "spec.publish_every",
+                             given=msg.HasField("publish_every")),
         max_seq_length=_count(msg.max_seq_length, defaults.max_seq_length, 16, 8192, "spec.max_seq_length"),
         live_alias=msg.live_alias,
         loss_spike_factor=_fraction(msg, "loss_spike_factor", 4.0, 0, 1e6),

@@ -82,6 +82,9 @@ class OnlineSessions:
         await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
         job = self._manager.new_job(spec, OnlineOutput(stats=OnlineStats(learning_rate=spec.learning_rate)),
                                     request_id=request_id)
+        prior = await self._manager.check_request(job)  # a retry (the same request_id): the session it made
+        if prior is not None:
+            return await self.get(prior.id)
         if session_id:
             if await self._exists(session_id):
                 raise AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
