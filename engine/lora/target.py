@@ -90,6 +90,7 @@ class ServingTarget:
         self._closed = False
         self._paths: dict[str, str] = {}  # lora_name -> local path we loaded it from
         self._reconciled = False  # reconciled with the engine since this process last found it unreachable
+        self._engine_reads = 0  # the engine's model lists asked for (so status() need not ask twice)
         self._repair: asyncio.Task[None] | None = None  # a reconciliation the follow started
         self._repair_failures = 0
         self._repair_after = 0.0  # (monotonic) a failed reconciliation is not tried again before
@@ -190,11 +191,13 @@ class ServingTarget:
     async def status(self) -> LoraStatus:
         """The state as recorded (another serving process of this target may have changed it), with what the
         engine reports loaded right now (cached if it is unreachable)."""
+        reads = self._engine_reads
         await self.follow()
-        try:
-            await self._refresh_loaded()
-        except Unavailable:
-            self._reachable = False
+        if self._engine_reads == reads:  # the follow did not read the engine (an operation holds the lock)
+            try:
+                await self._refresh_loaded()
+            except Unavailable:
+                self._reachable = False
         return self.snapshot()
 
     async def follow(self) -> bool:
@@ -443,6 +446,7 @@ class ServingTarget:
         return {a.lora_name for a in self._loaded}
 
     async def _refresh_loaded(self) -> None:
+        self._engine_reads += 1
         try:
             models = await self._client.list_models()
         except Unavailable:
