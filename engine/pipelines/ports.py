@@ -49,12 +49,15 @@ class PipelineStore(Protocol):
 
     async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]: ...
 
-    async def run_ids(self, pipeline_id: str, *, active_only: bool, page_size: int,
+    async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
                       page_token: str) -> tuple[builtins.list[str], str]:
-        """The pipeline's runs, newest first (only those not ended with ``active_only``)."""
+        """The pipeline's runs, newest first (only those not ended with ``active_only``): those of this pipeline,
+        not of an earlier one deleted under the same id (told apart by the creation time a run's spec records)."""
         ...
 
-    async def last_run_start(self, pipeline_id: str) -> datetime | None: ...
+    async def last_run_start(self, pipeline: Pipeline) -> datetime | None:
+        """When the newest of the pipeline's runs (as ``run_ids`` finds them) started; None before its first."""
+        ...
 
     async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
                              negative_only: bool, rating_negative_max: int) -> int:

@@ -230,13 +230,27 @@ class PipelineRunner:
             return _Outcome(replace(output, rollout="NONE"), f"{output.version} is published; the pipeline "
                                                              "does not roll out", state=StageState.SKIPPED)
         reason = f"{run.name}: the gate passed (evaluation {output.evaluation_id or 'skipped'})"
+        if mode is RolloutMode.CANARY and output.rollout == "CANARY":
+            # resumed after the canary was to start: that canary decides, whatever is active now (a promoted canary
+            # has made its version the active one; activating it again would report what the run did not do)
+            return await self._canary(ctx, output, reason)
         if mode is RolloutMode.CANARY and output.rollout != "ACTIVATED":
             active = (await self._serving.status()).active_version
             if active and active != output.version:
                 return await self._canary(ctx, output, reason)
+        return await self._activate(ctx, output, reason)
+
+    async def _activate(self, ctx: Ctx, output: PipelineRunOutput, reason: str, *, already: bool = False) -> _Outcome:
+        """Activate the version (``already``: it is active already, no canary of it having started: activating it
+        again only makes sure it is loaded)."""
+        pipeline = ctx.job.spec.pipeline
         await self._serving.activate(output.version, actor=pipeline.name, reason=reason)
-        first = " (no version was active: nothing to compare a canary with)" if mode is RolloutMode.CANARY else ""
-        return _Outcome(replace(output, rollout="ACTIVATED"), f"{output.version} is active{first}", output.version)
+        why = ""
+        if already:
+            why = " (it was active already when the run resumed; no canary of it had started)"
+        elif pipeline.rollout.mode is RolloutMode.CANARY:
+            why = " (no version was active: nothing to compare a canary with)"
+        return _Outcome(replace(output, rollout="ACTIVATED"), f"{output.version} is active{why}", output.version)
 
     async def _canary(self, ctx: Ctx, output: PipelineRunOutput, reason: str) -> _Outcome:
         """A share of the traffic for the version until the canary policy promotes or rolls it back. ``rollout``
@@ -250,6 +264,10 @@ class PipelineRunner:
             except FailedPrecondition as exc:
                 if exc.reason != "NO_CANARY_RUNNING":
                     raise
+            if outcome is None:  # stopped before its canary started: as a run that had not got that far
+                active = (await self._serving.status()).active_version
+                if not active or active == version:  # nothing to compare a canary with
+                    return await self._activate(ctx, output, reason, already=active == version)
         else:
             ctx.set_output(replace(output, rollout="CANARY"))
             await ctx.persist()

@@ -6,8 +6,11 @@ trigger's occasion once (engine.pipelines.triggers says what the occasions are).
 run of the pipeline has not ended (a cron tick is then skipped, and recorded so; a count or drift waits for the run
 to end) or the data has fewer usable examples than the template's ``min_samples`` (skipped with the count found;
 ``force`` on the template trains anyway).
-A run started by an occasion has the request id ``<pipeline>/<key>``: two replicas that both decide to fire
-start one run. Missed ticks (the service was down) are not replayed one by one: the latest runs once.
+A run started by an occasion has the request id ``<pipeline>/<created>/<key>`` (engine.pipelines.triggers.request_id):
+two replicas that both decide to fire start one run, and a pipeline created again under a deleted one's id does not
+meet the runs of its predecessor. Missed ticks (the service was down) are not replayed one by one: the latest runs
+once. A trigger that cannot be decided (a failure of its own) is logged and recorded as a decision that did not
+fire, with why, and the pipeline's other triggers are decided all the same.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from croniter import CroniterError
 
 from engine import telemetry
 from engine.domain import FeedbackSource, StoredDatasetSource
@@ -143,8 +148,8 @@ class Pipelines:
 
     async def delete(self, pipeline_id: str) -> None:
         async with self._store.locked(pipeline_id):
-            await self._store.get(pipeline_id)
-            active, _ = await self._store.run_ids(pipeline_id, active_only=True, page_size=1, page_token="")
+            pipeline = await self._store.get(pipeline_id)
+            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
             if active:
                 raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of pipelines/{pipeline_id}"
                                                                 " has not ended; cancel it first",
@@ -165,7 +170,7 @@ class Pipelines:
             earlier = await self._store.decision(pipeline_id, key) if request_id else None
             if earlier is not None:  # the same request again: the run it started
                 return await self._manager.get(earlier.run_id)
-            active, _ = await self._store.run_ids(pipeline_id, active_only=True, page_size=1, page_token="")
+            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
             if active:
                 raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of {pipeline.name} has "
                                                                 "not ended; runs of one pipeline never overlap",
@@ -177,7 +182,8 @@ class Pipelines:
 
     async def _start(self, pipeline: Pipeline, kind: TriggerKind, key: str, reason: str) -> PipelineRun:
         spec = PipelineRunSpec(pipeline=pipeline, trigger=kind, trigger_key=key, reason=reason)
-        job = self._manager.new_job(spec, PipelineRunOutput(), request_id=f"{pipeline.id}/{key}")
+        request_id = tr.request_id(pipeline.id, pipeline.create_time, key)  # this pipeline's, not a predecessor's
+        job = self._manager.new_job(spec, PipelineRunOutput(), request_id=request_id)
         return await self._manager.submit(job)
 
     async def get_run(self, run_id: str) -> PipelineRun:
@@ -185,8 +191,8 @@ class Pipelines:
 
     async def list_runs(self, pipeline_id: str, *, page_size: int,
                         page_token: str) -> tuple[builtins.list[PipelineRun], str]:
-        await self._store.get(pipeline_id)
-        ids, token = await self._store.run_ids(pipeline_id, active_only=False, page_size=page_size,
+        pipeline = await self._store.get(pipeline_id)
+        ids, token = await self._store.run_ids(pipeline, active_only=False, page_size=page_size,
                                                page_token=page_token)
         return [await self._manager.get(i) for i in ids], token
 
@@ -224,37 +230,71 @@ class Pipelines:
             pipeline = await self._store.get(pipeline_id)  # as it is now, under the lock
             if not pipeline.enabled:
                 return made
-            active, _ = await self._store.run_ids(pipeline.id, active_only=True, page_size=1, page_token="")
-            since = await self._store.last_run_start(pipeline.id) or pipeline.create_time or now
+            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
+            since = await self._store.last_run_start(pipeline) or pipeline.create_time or now
             samples: int | None = -1  # not counted yet
-            for trigger in pipeline.triggers:
-                occasion = await self._occasion(pipeline, trigger, now, since)
-                if occasion is None:
-                    continue
-                key, why = occasion
-                if await self._store.decision(pipeline.id, key) is not None:
-                    continue
+            for i, trigger in enumerate(pipeline.triggers):
                 kind = tr.kind_of(trigger)
-                if active:
-                    if isinstance(trigger, CronTrigger):  # a tick is now or never; counts and drift can wait
-                        made += await self._keep(pipeline, kind, key, False, now,
-                                                 f"{why}; skipped: pipelineRuns/{active[0]} has not ended")
-                    continue
-                if samples == -1:
-                    samples = await self._samples(pipeline)
-                source = pipeline.training.dataset
-                if samples is not None and isinstance(source, FeedbackSource) and samples < source.min_samples \
-                        and not source.force:
-                    skip_key = key if isinstance(trigger, CronTrigger) else f"{key}:skipped:{samples}"
-                    made += await self._keep(pipeline, kind, skip_key, False, now,
-                                             f"{why}; skipped: {samples} usable examples in the last {source.days} "
-                                             f"day(s), fewer than min_samples={source.min_samples}", count=samples)
-                    continue
-                run = await self._start(pipeline, kind, key, why)
-                made += await self._keep(pipeline, kind, key, True, now, why, run_id=run.id, count=samples or 0)
-                log.info("pipeline triggered", extra={"pipeline": pipeline.id, "run": run.name, "why": why})
-                break  # one run at a time
+                key = ""
+                started = False
+                try:  # one trigger that cannot be decided (a bug, a schedule that matches no date) leaves the others
+                    occasion = await self._occasion(pipeline, trigger, now, since)
+                    if occasion is None:
+                        continue
+                    key, why = occasion
+                    if await self._store.decision(pipeline.id, key) is not None:
+                        continue
+                    if active:
+                        if isinstance(trigger, CronTrigger):  # a tick is now or never; counts and drift can wait
+                            made += await self._keep(pipeline, kind, key, False, now,
+                                                     f"{why}; skipped: pipelineRuns/{active[0]} has not ended")
+                        continue
+                    if samples == -1:
+                        samples = await self._samples(pipeline)
+                    source = pipeline.training.dataset
+                    if samples is not None and isinstance(source, FeedbackSource) and samples < source.min_samples \
+                            and not source.force:
+                        skip_key = key if isinstance(trigger, CronTrigger) else f"{key}:skipped:{samples}"
+                        made += await self._keep(pipeline, kind, skip_key, False, now,
+                                                 f"{why}; skipped: {samples} usable examples in the last "
+                                                 f"{source.days} day(s), fewer than min_samples={source.min_samples}",
+                                                 count=samples)
+                        continue
+                    run = await self._start(pipeline, kind, key, why)
+                    started = True
+                    made += await self._keep(pipeline, kind, key, True, now, why, run_id=run.id, count=samples or 0)
+                    log.info("pipeline triggered", extra={"pipeline": pipeline.id, "run": run.name, "why": why})
+                except Exception as exc:  # noqa: BLE001 - logged and recorded; the next trigger is decided still
+                    made += await self._failed(pipeline, i, trigger, key, now, exc)
+                if started:
+                    break  # one run at a time
         return made
+
+    async def _failed(self, pipeline: Pipeline, index: int, trigger: Trigger, key: str, now: datetime,
+                      exc: Exception) -> builtins.list[TriggerDecision]:
+        """Log a trigger that could not be decided and record it as a decision that did not fire, once per
+        occasion (or trigger, when its occasion is not known) and cause: its key is not the occasion's, which the
+        next tick decides again."""
+        field_path = f"triggers[{index}]"
+        if isinstance(exc, EngineError):
+            cause, what = exc.reason, exc.message
+            log.warning("pipeline trigger failed", extra={"pipeline": pipeline.id, "trigger": field_path,
+                                                          "key": key, "reason": exc.reason, "error": exc.message})
+        else:
+            cause = type(exc).__name__
+            what = f"{cause} (see the server log)"
+            if isinstance(exc, CroniterError):
+                what = f"cron {getattr(trigger, 'expression', '')!r} has no tick: {exc}"
+            log.error("pipeline trigger failed", exc_info=exc,
+                      extra={"pipeline": pipeline.id, "trigger": field_path, "key": key})
+        failed_key = f"{key or _trigger_label(trigger)}:failed:{cause}"
+        reason = f"{pipeline.name} {field_path} ({_trigger_label(trigger)}) could not be decided: {what}"
+        try:
+            return await self._keep(pipeline, tr.kind_of(trigger), failed_key, False, now, reason)
+        except Exception:  # noqa: BLE001 - the store failing too: the log says it
+            log.exception("pipeline trigger failure not recorded", extra={"pipeline": pipeline.id,
+                                                                          "trigger": field_path})
+            return []
 
     async def _keep(self, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool, now: datetime, reason: str,
                     *, run_id: str = "", count: int = 0) -> builtins.list[TriggerDecision]:
@@ -328,6 +368,15 @@ class Pipelines:
             raise
         count: int = content.example_count
         return count
+
+
+def _trigger_label(trigger: Trigger) -> str:
+    """The trigger as a failed decision's key names it when it has no occasion to name."""
+    if isinstance(trigger, CronTrigger):
+        return f"cron:{trigger.expression} {trigger.time_zone or 'UTC'}"
+    if isinstance(trigger, FeedbackTrigger):
+        return f"{'negative' if trigger.negative_only else 'feedback'}:count={trigger.count}"
+    return f"drift:threshold={trigger.threshold:g}"
 
 
 def _labels(pipeline: Pipeline) -> Sequence[tuple[str, str]]:

@@ -5,8 +5,13 @@ Every occasion has a key that names it: ``cron:<tick>`` for a tick (UTC, ISO 860
 ``negative:<since>`` for a count reached since the run that started at ``<since>`` (or the pipeline's creation),
 ``drift:<version>`` for drift measured against the active version ``<version>``: once per active version, so a run
 that leaves the active version as it was (publish only, refused by the gate, canary rolled back) does not make the
-same drift another occasion. A fired occasion starts one run whose request id is ``<pipeline>/<key>``, so however
-many replicas see it at once, one run exists (the job store's unique request id).
+same drift another occasion. A fired occasion starts one run whose request id is ``<pipeline>/<created>/<key>``
+(:func:`request_id`), so however many replicas see it at once, one run exists (the job store's unique request id);
+``<created>`` is the pipeline's creation time, which tells a pipeline from an earlier one deleted under the same id,
+whose runs (jobs) outlive it.
+
+A cron expression is refused (INVALID_CRON) unless its schedule has a tick both before and after now: croniter
+accepts fields that name no date (``0 2 30 2 *``, February 30th), whose every tick would raise.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import zoneinfo
 from datetime import UTC, datetime
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from engine.errors import FieldViolation, InvalidArgument
 from engine.pipelines.spec import CronTrigger, DriftTrigger, FeedbackTrigger, Trigger, TriggerKind
@@ -40,6 +45,15 @@ def check_trigger(trigger: Trigger, field_path: str) -> None:
                                   violations=[FieldViolation(f"{field_path}.cron.expression",
                                                              "not a cron expression (e.g. '0 2 * * 1')")])
         time_zone(trigger.time_zone, f"{field_path}.cron.time_zone")
+        try:  # croniter searches a bounded span of years: fields that name no date (February 30th) find no tick
+            now = datetime.now(UTC)
+            last_tick(trigger, now)
+            next_tick(trigger, now)
+        except CroniterError as exc:
+            raise InvalidArgument("INVALID_CRON", f"{field_path}.cron.expression: {trigger.expression!r} matches no "
+                                                  "date",
+                                  violations=[FieldViolation(f"{field_path}.cron.expression",
+                                                             "matches no date (e.g. February 30th)")]) from exc
     elif isinstance(trigger, FeedbackTrigger):
         if not 0 < trigger.count <= MAX_COUNT:
             raise InvalidArgument("INVALID_TRIGGER", f"{field_path}.feedback.count must be in 1..{MAX_COUNT}",
@@ -64,6 +78,14 @@ def next_tick(trigger: CronTrigger, now: datetime) -> datetime:
     zone = time_zone(trigger.time_zone, "cron.time_zone")
     tick: datetime = croniter(trigger.expression, now.astimezone(zone)).get_next(datetime)
     return tick.astimezone(UTC)
+
+
+def request_id(pipeline_id: str, created: datetime | None, key: str) -> str:
+    """The request id of the run an occasion (``key``) of the pipeline created at ``created`` starts. The creation
+    time is the pipeline's incarnation: one deleted and created again under the same id has another (its runs are
+    found by it too, engine.stores.pipeline_store)."""
+    when = created.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ") if created is not None else "-"
+    return f"{pipeline_id}/{when}/{key}"
 
 
 def stamp(moment: datetime) -> str:

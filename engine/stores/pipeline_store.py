@@ -1,5 +1,8 @@
 """Pipelines and their trigger decisions in PostgreSQL (``pipelines``, ``pipeline_trigger_decisions``); the
-pipelines' runs are found among the jobs (kind ``pipelineRun``) by the pipeline id in their spec.
+pipelines' runs are found among the jobs (kind ``pipelineRun``) by the pipeline as their spec records it: its id and
+its creation time, since a run (a job) outlives its pipeline, and a pipeline created again under a deleted one's id is
+another pipeline, whose runs are its own. Every run records the creation time of its pipeline (runs stored before
+this rule too), so no migration is needed; a run that records none is matched by the id alone.
 
 ``locked`` holds a session advisory lock per pipeline on its own connection for the block: the replicas that
 evaluate a pipeline's triggers at the same moment decide one after the other, so one of them sees the run the
@@ -28,6 +31,11 @@ from engine.stores.postgres import advisory_lock
 _PIPELINE = TypeAdapter(Pipeline)
 _LOCK_NAMESPACE = "learning-engine/pipeline/"
 _ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"]  # engine.jobs.core.JobState.terminal
+# A run (a job) of the pipeline $2 created at $3: the pipeline as the run's spec recorded it, by id (the index
+# jobs_pipeline_idx) and creation time (compared as a time, not as the text the JSON holds).
+_OF_PIPELINE = ("doc -> 'spec' -> 'pipeline' ->> 'id' = $2 AND ($3::timestamptz IS NULL"
+                " OR doc -> 'spec' -> 'pipeline' ->> 'create_time' IS NULL"
+                " OR (doc -> 'spec' -> 'pipeline' ->> 'create_time')::timestamptz = $3::timestamptz)")
 
 
 def not_found(pipeline_id: str) -> NotFound:
@@ -139,11 +147,11 @@ class PostgresPipelineStore:
                 pipeline_id, limit)
         return [_decision(r) for r in rows]
 
-    async def run_ids(self, pipeline_id: str, *, active_only: bool, page_size: int,
+    async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
                       page_token: str) -> tuple[builtins.list[str], str]:
         before = decode_page_token(page_token) if page_token else None
-        clauses = ["kind = $1", "doc -> 'spec' -> 'pipeline' ->> 'id' = $2"]
-        args: builtins.list[object] = [PIPELINE_RUN.name, pipeline_id]
+        clauses = ["kind = $1", _OF_PIPELINE]
+        args: builtins.list[object] = [PIPELINE_RUN.name, pipeline.id, pipeline.create_time]
         if active_only:
             args.append(_ENDED)
             clauses.append(f"NOT state = ANY(${len(args)}::text[])")
@@ -159,11 +167,11 @@ class PostgresPipelineStore:
         token = encode_page_token(page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
         return [r["id"] for r in page], token
 
-    async def last_run_start(self, pipeline_id: str) -> datetime | None:
+    async def last_run_start(self, pipeline: Pipeline) -> datetime | None:
         async with self._pool.acquire() as conn:
             value: datetime | None = await conn.fetchval(
-                "SELECT max(create_time) FROM jobs WHERE kind = $1 AND doc -> 'spec' -> 'pipeline' ->> 'id' = $2",
-                PIPELINE_RUN.name, pipeline_id)
+                f"SELECT max(create_time) FROM jobs WHERE kind = $1 AND {_OF_PIPELINE}",
+                PIPELINE_RUN.name, pipeline.id, pipeline.create_time)
         return value
 
     async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
