@@ -437,10 +437,11 @@ class AdapterRegistry:
                 if record.version in protected:
                     raise FailedPrecondition(
                         "ADAPTER_PROTECTED",
-                        f"{base_model} {record.version} is active, the known-good rollback target, or relied on by "
-                        "an online session (served by its live alias, or the start version or latest publication "
-                        "of one not ended); promote or roll back to another version, move or remove the alias, or "
-                        "stop the session, first",
+                        f"{base_model} {record.version} is active, the known-good rollback target, being activated, "
+                        "the candidate of a traffic split in force (a canary), or relied on by an online session "
+                        "(served by its live alias, or the start version or latest publication of one not ended); "
+                        "promote or roll back to another version, end the split, move or remove the alias, or stop "
+                        "the session, first",
                         metadata={"base_model": base_model, "version": record.version},
                     )
                 await self._store.probe()  # a store that is down now fails the delete before the tombstone

@@ -44,7 +44,8 @@ class ArtifactStore(Protocol):
 
     async def remove_partial_writes(self) -> int:
         """Remove what writes cut short by a crash left beside the objects (e.g. temporary files); returns how
-        many. Only for a store no other process is writing to (called at start)."""
+        many. Called at every process start: a write in flight in another process sharing the store is left alone
+        (the local store's writers hold a lock on their temporary files; S3 keeps no partial object)."""
         ...
 
     async def exists(self, key: str) -> bool: ...
@@ -85,8 +86,9 @@ class ServingState(Protocol):
     """
 
     async def protected_versions(self, base_model: str) -> set[str]:
-        """Versions of ``base_model`` that are active, the known-good rollback target, or relied on by an online
-        session: served by a live alias, or the start version or latest publication of a session not ended."""
+        """Versions of ``base_model`` that are active, the known-good rollback target, being activated (a pending
+        version), the candidate of a traffic split in force (a canary), or relied on by an online session: served by
+        a live alias, or the start version or latest publication of a session not ended."""
         ...
 
 

@@ -2,14 +2,20 @@
 
 Create-only writes: the bytes go to a temporary file (``.tmp-*``) in the target folder, are fsynced,
 then ``os.link``-ed to the final name; a crash between the two leaves the temporary file, which
-``remove_partial_writes`` removes at the next start. ``link`` fails if the name exists, so an existing
-object is never replaced, even by a racing writer in another process; the folder is
-fsynced afterwards so the new name survives a crash.
+``remove_partial_writes`` removes at the next start. The writer holds an exclusive ``flock`` on its temporary file
+from its creation until it is removed (the kernel drops it when the writer dies), and ``remove_partial_writes`` only
+removes temporary files it can lock: a write in flight in another process sharing the folder (the processes of one
+machine may share it) is left alone. ``link`` fails if the name exists, so an existing object is never replaced,
+even by a racing writer in another process; the folder is fsynced afterwards so the new name survives a crash, and
+each folder a write creates (one level at a time) or a delete removes has its parent fsynced too, so the path to a
+new object survives a crash as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -18,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from engine.errors import AlreadyExists, NotFound, Unavailable
+
+_TEMPORARY_ATTEMPTS = 10
 
 
 class LocalArtifactStore:
@@ -55,15 +63,16 @@ class LocalArtifactStore:
         return await asyncio.to_thread(self._remove_partial_writes)
 
     def _remove_partial_writes(self) -> int:
+        """Remove the temporary files whose writer is gone: those no writer holds locked (see ``_temporary``)."""
         removed = 0
         for leftover in list(self._root.rglob(".tmp-*")):  # _put's temporary files, never an object
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
+            if leftover.is_file() and _remove_unlocked(leftover):
                 removed += 1
                 try:
                     leftover.parent.rmdir()  # a version folder holding nothing else
                 except OSError:
-                    pass
+                    continue
+                _fsync_dir(leftover.parent.parent)
         return removed
 
     async def exists(self, key: str) -> bool:
@@ -77,10 +86,9 @@ class LocalArtifactStore:
 
     def _put(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        fd, tmp_name = self._temporary(final.parent)
+        try:  # the lock on the temporary file is held until it is removed (closing ``fd`` releases it)
+            with os.fdopen(fd, "wb", closefd=False) as out:
                 write(out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -93,7 +101,52 @@ class LocalArtifactStore:
                 ) from None
             _fsync_dir(final.parent)
         finally:
-            os.unlink(tmp_name)
+            try:
+                os.unlink(tmp_name)
+            finally:
+                os.close(fd)
+
+    def _temporary(self, folder: Path) -> tuple[int, str]:
+        """A new temporary file in ``folder`` (created, one level at a time, if missing), open and exclusively
+        locked: ``remove_partial_writes`` leaves it alone until its descriptor is closed. It retries when a sweep
+        (or a delete's ``rmdir``) removed the folder or the file before the lock was taken."""
+        for _ in range(_TEMPORARY_ATTEMPTS):
+            self._make_folders(folder)
+            try:
+                fd, name = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            except FileNotFoundError:  # the folder went meanwhile (empty, a sweep or delete removed it)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits only for a sweep that locked it first (and removes it)
+                if os.path.samestat(os.stat(name), os.fstat(fd)):
+                    return fd, name
+            except FileNotFoundError:  # a sweep locked it before this writer did, and removed it
+                pass
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+                raise
+            os.close(fd)
+        raise Unavailable("ARTIFACT_STORE_UNAVAILABLE",
+                          f"could not create a temporary file in {folder}: it was removed each time")
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents one level at a time, fsyncing the parent of each folder created,
+        so that its name survives a crash (up to the root)."""
+        missing: list[Path] = []
+        current = folder
+        while not current.is_dir():
+            missing.append(current)
+            if current == current.parent:
+                break
+            current = current.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:  # another writer created it (and fsyncs its parent)
+                continue
+            _fsync_dir(new.parent)
 
     async def get_file(self, key: str, dest: Path) -> None:
         await asyncio.to_thread(self._get_file, key, dest)
@@ -137,12 +190,36 @@ class LocalArtifactStore:
                 try:
                     folder.rmdir()  # only when empty
                 except OSError:
-                    pass
+                    continue
+                _fsync_dir(folder.parent)  # the folder's name is gone from its parent durably too
 
 
 def _copy_into(path: Path, out: BinaryIO) -> None:
     with path.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _remove_unlocked(path: Path) -> bool:
+    """Remove a temporary file unless its writer still holds it locked (a write in flight, in any process of this
+    machine); whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # its writer finished meanwhile
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer's
+            return False
+        try:
+            if not os.path.samestat(os.stat(path), os.fstat(fd)):
+                return False
+        except FileNotFoundError:
+            return False
+        os.unlink(path)  # still locked: its writer, were it to lock it now, finds it gone and starts over
+        return True
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

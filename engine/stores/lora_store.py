@@ -3,9 +3,12 @@ at most one split per target in force, a canary's decision kept with it; migrati
 process's gateway counted for a split, and which process decides a canary, under a lease).
 
 ``save`` also writes the registry's ``serving_state`` rows (ACTIVE / KNOWN_GOOD, migration
-0003) through ``PostgresServingState`` before the target row, so DeleteAdapter and pruning
-never remove a version the serving side relies on. ``serialised`` holds a session-level advisory lock per target, so
-operations from two server processes run one after the other.
+0003) through ``PostgresServingState``, with the target row, in one transaction that first holds the row of each
+version it names (active, known-good, pending), so DeleteAdapter and pruning never remove a version the serving side
+relies on, not even between two of the writes, and a failed save changes nothing. ``start_split`` holds its candidate
+the same way (a split's candidate and a pending version are protected too: ``PostgresServingState``).
+``serialised`` holds a session-level advisory lock per target, so operations from two server processes run one after
+the other.
 """
 
 from __future__ import annotations
@@ -60,14 +63,15 @@ class PostgresLoraStore:
         )
 
     async def save(self, state: TargetState) -> None:
-        """Protect the versions first (registry ``serving_state``), then persist the target state."""
-        for role, version in ((ServingRole.ACTIVE, state.active_version),
-                              (ServingRole.KNOWN_GOOD, state.known_good_version)):
-            if version:
-                await self._serving.set_version(state.base_model, role, version)
-            else:
-                await self._serving.clear(state.base_model, role)
-        async with self._pool.acquire() as conn:
+        """Persist the target state and the registry's ``serving_state`` roles in one transaction, which first holds
+        every version the state names (NOT_FOUND, and nothing changed, if one is not published): a delete of one of
+        them waits for the commit and then finds it protected, even the outgoing active version becoming the
+        known-good one."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._serving.hold(conn, state.base_model,
+                                     (state.active_version, state.known_good_version, state.pending_version))
+            await self._serving.write_roles(conn, state.base_model, {ServingRole.ACTIVE: state.active_version,
+                                                                     ServingRole.KNOWN_GOOD: state.known_good_version})
             await conn.execute(
                 "INSERT INTO lora_targets (target, base_model, enabled, active_version, previous_version,"
                 " known_good_version, pending_version, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
@@ -138,7 +142,11 @@ class PostgresLoraStore:
         return [_EVAL.validate_json(row["doc"]) for row in docs]
 
     async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:
-        async with self._pool.acquire() as conn:
+        """Store a split in force; NOT_FOUND (and nothing stored) unless its candidate is a published version of the
+        target's base model, whose row is held until the split is stored: from then on it is protected."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            base_model = await conn.fetchval("SELECT base_model FROM lora_targets WHERE target = $1", target)
+            await self._serving.hold(conn, base_model or "", [split.candidate_version])
             split_id = await conn.fetchval(
                 "INSERT INTO lora_traffic_splits (target, kind, active_version, candidate_version, share, policy,"
                 " actor, reason, start_time, figures) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10::jsonb)"

@@ -1,20 +1,33 @@
 """Active and known-good adapter versions per base model, in PostgreSQL (table ``serving_state``).
 
-LoraControl writes it with :meth:`PostgresServingState.set_version`; the registry
-reads it through the ``ServingState`` port to refuse deleting or pruning those versions, and those
-online sessions rely on (``sessions``: engine.stores.online_store's ``protected_versions``, the versions their
-live aliases serve and a running session's start version and latest publication).
+LoraControl writes it (engine.stores.lora_store's ``save``, through :meth:`PostgresServingState.hold` and
+:meth:`PostgresServingState.write_roles` in its own transaction, or :meth:`PostgresServingState.set_version`); the
+registry reads it through the ``ServingState`` port to refuse deleting or pruning those versions, those LoraControl
+serves besides (an activation's pending version and a traffic split's candidate, from ``lora_targets`` and
+``lora_traffic_splits``), and those online sessions rely on (``sessions``: engine.stores.online_store's
+``protected_versions``, the versions their live aliases serve and a running session's start version and latest
+publication).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from engine.registry.ports import ServingRole
 from engine.registry.records import VersionNumber, parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
+
+# What LoraControl serves besides the roles: an activation under way (its pending version, loaded and being checked)
+# and a traffic split in force (its candidate takes a share of the traffic; a canary's may become active).
+_SERVED_BESIDES = (
+    "SELECT pending_version AS version FROM lora_targets WHERE base_model = $1 AND pending_version <> ''"
+    " UNION SELECT s.candidate_version FROM lora_traffic_splits s JOIN lora_targets t ON t.target = s.target"
+    " WHERE t.base_model = $1 AND s.end_time IS NULL"
+)
 
 
 class SessionVersions(Protocol):
@@ -24,7 +37,7 @@ class SessionVersions(Protocol):
 
 
 class PostgresServingState:
-    """ServingState (see engine.registry.ports) plus the writer LoraControl uses."""
+    """ServingState (see engine.registry.ports) plus the writers LoraControl uses."""
 
     def __init__(self, pool: asyncpg.Pool, sessions: SessionVersions | None = None) -> None:
         self._pool = pool
@@ -32,7 +45,9 @@ class PostgresServingState:
 
     async def protected_versions(self, base_model: str) -> set[str]:
         relied_on = await self._sessions.protected_versions(base_model) if self._sessions is not None else set()
-        return set((await self.versions(base_model)).values()) | relied_on
+        async with self._pool.acquire() as conn:
+            served = {r["version"] for r in await conn.fetch(_SERVED_BESIDES, base_model)}
+        return set((await self.versions(base_model)).values()) | served | relied_on
 
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
         async with self._pool.acquire() as conn:
@@ -42,22 +57,39 @@ class PostgresServingState:
         return {ServingRole(r["role"]): str(VersionNumber(r["major"], r["minor"], r["patch"])) for r in rows}
 
     async def set_version(self, base_model: str, role: ServingRole, version: str) -> None:
-        """Point ``role`` at a published version. Holds the adapter row (``published_and_held``) so this cannot
-        interleave with a delete of that version."""
-        number = parse_version(version)
+        """Point ``role`` at a published version (NOT_FOUND otherwise), in a transaction of its own."""
         async with self._pool.acquire() as conn, conn.transaction():
-            published = await conn.fetchval(f"SELECT {published_and_held('$1', 2)}", base_model, *number)
-            if not published:
-                raise version_not_found(base_model, version)
-            await conn.execute(
-                "INSERT INTO serving_state (base_model, role, major, minor, patch) VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT (base_model, role) DO UPDATE"
-                " SET major = EXCLUDED.major, minor = EXCLUDED.minor, patch = EXCLUDED.patch, update_time = now()",
-                base_model, role.value, *number,
-            )
+            await self.hold(conn, base_model, [version])
+            await self.write_roles(conn, base_model, {role: version})
 
     async def clear(self, base_model: str, role: ServingRole) -> None:
         async with self._pool.acquire() as conn:
-            await conn.execute(
-                "DELETE FROM serving_state WHERE base_model = $1 AND role = $2", base_model, role.value
-            )
+            await self.write_roles(conn, base_model, {role: ""})
+
+    @staticmethod
+    async def hold(conn: PoolConnectionProxy, base_model: str, versions: Iterable[str]) -> None:
+        """Hold the rows of ``versions`` (KEY SHARE, ``published_and_held``) until ``conn``'s transaction ends;
+        NOT_FOUND unless each is published (the caller's transaction then rolls back, changing nothing).
+        A delete locks the row before it reads what is protected, so a transaction that holds a version's row
+        before it makes the version protected either commits first, and the delete sees it, or waits for the
+        delete and finds a tombstone."""
+        for version in sorted({v for v in versions if v}, key=parse_version):
+            if not await conn.fetchval(f"SELECT {published_and_held('$1', 2)}", base_model, *parse_version(version)):
+                raise version_not_found(base_model, version)
+
+    @staticmethod
+    async def write_roles(conn: PoolConnectionProxy, base_model: str, roles: Mapping[ServingRole, str]) -> None:
+        """Point each role at its version ("": the role is cleared) on ``conn``: inside the caller's transaction,
+        after it has ``hold``-ed every version named."""
+        for role, version in roles.items():
+            if version:
+                await conn.execute(
+                    "INSERT INTO serving_state (base_model, role, major, minor, patch) VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (base_model, role) DO UPDATE SET major = EXCLUDED.major, minor = EXCLUDED.minor,"
+                    " patch = EXCLUDED.patch, update_time = now()",
+                    base_model, role.value, *parse_version(version),
+                )
+            else:
+                await conn.execute(
+                    "DELETE FROM serving_state WHERE base_model = $1 AND role = $2", base_model, role.value
+                )
