@@ -1,14 +1,18 @@
 /**
  * What both entries of the Learning Engine TypeScript client share, with no transport of its own: the
  * generated learning.v1 services and messages, the client over any Connect transport, the bearer token, and
- * errors read from their google.rpc details and typed by the catalogue of reasons (learning.v1.ErrorReason).
- * `index.ts` (Node: gRPC over HTTP/2) and `web.ts` (browsers: gRPC-Web) add the transport.
+ * errors read from their google.rpc details and typed by the catalogue of reasons (learning.v1.ErrorReason), a
+ * call's (ConnectError) as a finished job's (its google.rpc.Status), and the google.rpc messages with a `registry`
+ * for toJson. `index.ts` (Node: gRPC over HTTP/2) and `web.ts` (browsers: gRPC-Web) add the transport.
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
+import { type DescMessage, type MessageShape, createRegistry, isMessage } from "@bufbuild/protobuf";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 
-import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema, file_google_rpc_error_details } from "./gen/google/rpc/error_details_pb.js";
+import { StatusSchema, file_google_rpc_status } from "./gen/google/rpc/status_pb.js";
 import { AdapterService } from "./gen/learning/v1/adapter_pb.js";
 import { DatasetService } from "./gen/learning/v1/dataset_pb.js";
 import { DriftService } from "./gen/learning/v1/drift_pb.js";
@@ -35,7 +39,17 @@ export * from "./gen/learning/v1/online_pb.js";
 export * from "./gen/learning/v1/pipeline_pb.js";
 export * from "./gen/learning/v1/preparation_pb.js";
 export * from "./gen/learning/v1/training_pb.js";
+// google.rpc: Status (a job's `error`, JobError.status) and the error details (ErrorInfo, BadRequest, ...). The
+// message type ErrorInfo is the one name not re-exported: `ErrorInfo` here is errorInfo()'s result (below).
+export * from "./gen/google/rpc/error_details_pb.js";
+export * from "./gen/google/rpc/status_pb.js";
 export { Code, ConnectError };
+
+/**
+ * The google.rpc types a message's `google.protobuf.Any` fields hold (the details of a job's `error`), for JSON:
+ * `toJsonString(TrainingJobSchema, job, { registry })`; without it, a job with an error does not convert.
+ */
+export const registry = createRegistry(file_google_rpc_status, file_google_rpc_error_details);
 
 export interface ClientOptions {
   /**
@@ -119,9 +133,27 @@ export interface ErrorInfo {
   metadata: Record<string, string>;
 }
 
-/** The google.rpc.ErrorInfo every server error carries (the Learning Engine one if there are several). */
+/**
+ * The details of one type in `error`: a google.rpc.Status message (a finished job's `error`, a watch event's
+ * JobError.status) or else a call's error (a ConnectError, or anything ConnectError.from wraps).
+ */
+function detailsOf<Desc extends DescMessage>(error: unknown, schema: Desc): MessageShape<Desc>[] {
+  if (isMessage(error, StatusSchema)) {
+    return error.details.flatMap((any) => {
+      const detail = anyUnpack(any, schema);
+      return detail === undefined ? [] : [detail];
+    });
+  }
+  return ConnectError.from(error).findDetails(schema);
+}
+
+/**
+ * The google.rpc.ErrorInfo every server error carries (the Learning Engine one if there are several): of a call's
+ * error (a ConnectError), or of a failed or cancelled job's (`job.error`, JobError.status: a google.rpc.Status).
+ * undefined for an error without one (e.g. a job with no error: `errorInfo(job.error)`).
+ */
 export function errorInfo(error: unknown): ErrorInfo | undefined {
-  const infos = ConnectError.from(error).findDetails(ErrorInfoSchema);
+  const infos = detailsOf(error, ErrorInfoSchema);
   const info = infos.find((i) => i.domain === ERROR_DOMAIN) ?? infos[0];
   if (info === undefined) return undefined;
   return {
@@ -138,9 +170,11 @@ export interface FieldViolation {
   description: string;
 }
 
-/** The google.rpc.BadRequest field violations of a bad-input error (empty for other errors). */
+/**
+ * The google.rpc.BadRequest field violations of a bad-input error (empty for other errors): a call's, or a job's
+ * google.rpc.Status as errorInfo reads it.
+ */
 export function fieldViolations(error: unknown): FieldViolation[] {
-  return ConnectError.from(error)
-    .findDetails(BadRequestSchema)
+  return detailsOf(error, BadRequestSchema)
     .flatMap((bad) => bad.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
 }
