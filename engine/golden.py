@@ -6,7 +6,8 @@ JSONL, one case per line: ``{"prompt": ..., "expected": ...}`` or ``{"prompt": .
 with ``"answer"`` (a string or a list): the answer-bearing span, e.g. ``"Tegusu"`` for the reference "The capital
 of X is Tegusu"; and ``"source"`` (or ``"context"``): the text the
 answer should come from, for the hallucination check. Blank lines are skipped. A bad line is one ``line[N].field``
-violation (``line[N]`` alone when the line is no JSON object at all, nested too deeply included).
+violation (``line[N]`` alone when the line is no JSON object at all, nested too deeply included, or holds a string
+that is no Unicode text: a lone UTF-16 surrogate escape such as ``"\\ud800"``).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def read_cases(lines: Iterable[str | bytes]) -> tuple[list[GoldenCase], list[Fie
         if not line.strip():
             continue
         try:
-            doc = json_input.loads(line)  # a line nested too deeply is a ValueError too
+            doc = json_input.loads(line)  # a line nested too deeply, or no Unicode text, is a ValueError too
         except ValueError as exc:
             bad.append(FieldViolation(f"line[{number}]", f"not JSON: {exc}"))
             continue

@@ -288,8 +288,9 @@ DRIFT_STATISTIC = Gauge(
     ["base_model"], registry=REGISTRY,
 )
 DRIFT_THRESHOLD = Gauge(
-    "learning_engine_drift_threshold", "The threshold the latest drift statistic was compared with (the permutation "
-    "null's 1 - drift_significance quantile), per base model.", ["base_model"], registry=REGISTRY,
+    "learning_engine_drift_threshold", "The statistic over which the latest drift test said drifted (where its p-value "
+    "falls to drift_significance, about the permutation null's 1 - drift_significance quantile), per base model.",
+    ["base_model"], registry=REGISTRY,
 )
 DRIFT_P_VALUE = Gauge(
     "learning_engine_drift_p_value", "The permutation p-value of the latest drift report, per base model.",

@@ -101,7 +101,8 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     )
     artifacts_path: Path | None = Field(
         None, description="Folder of the local artifact store (artifact_backend local); unset: <data-dir>/artifacts. "
-        "Processes of one machine may share one; workers on several machines use S3/MinIO instead.",
+        "Processes of one machine may share one (a process starting removes only the temporary files of writes "
+        "whose process is gone); workers on several machines use S3/MinIO instead.",
     )
     dataset_max_bytes: int = Field(
         1 << 30, ge=1, le=1 << 40,

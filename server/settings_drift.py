@@ -15,8 +15,8 @@ class DriftSettings(BaseModel):
         30.0, gt=0, le=366, description="The window of a drift report that names none: the feedback of the last "
         "this many days.")
     drift_significance: float = Field(
-        0.05, gt=0, lt=1, description="Level of the drift test: the threshold is the (1 - this) quantile of the "
-        "statistic over random splits of the pooled prompts; lower flags drift less often by chance.")
+        0.05, gt=0, lt=1, description="Level of the drift test: drift when the p-value (the share of random splits "
+        "of the pooled prompts at least as far apart) is at most this; lower flags drift less often by chance.")
     drift_permutations: int = Field(
         500, ge=20, le=100_000, description="Random splits the drift threshold and p-value are calibrated on.")
     drift_max_samples: int = Field(

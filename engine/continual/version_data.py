@@ -30,7 +30,7 @@ from engine.domain import (
     StoredDatasetSource,
     dataset_digest,
 )
-from engine.errors import FailedPrecondition, NotFound
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.registry import AdapterRecord
 from engine.splits import Split
@@ -87,8 +87,22 @@ class VersionDatasets:
         )
 
     async def _jsonl(self, record: AdapterRecord, source: JsonlSource) -> list[Example]:
-        path = resolve_dataset_path(self._datasets_dir, source.path)
-        examples = await asyncio.to_thread(load_jsonl, path)
+        """The examples of the JSONL file ``record`` was trained on, checked against the digest recorded on it.
+
+        The file is the operator's, under the datasets directory, and may be gone (cleaned up after training) or no
+        longer a valid dataset; that is not a fault of the request that asks for the version's data (it names no
+        path): the training data is not known here, FAILED_PRECONDITION PARENT_DATASET_UNKNOWN saying why, as
+        PARENT_DATASET_CHANGED says the file changed."""
+        try:
+            path = resolve_dataset_path(self._datasets_dir, source.path)
+            examples = await asyncio.to_thread(load_jsonl, path)
+        except InvalidArgument as exc:
+            raise FailedPrecondition(
+                "PARENT_DATASET_UNKNOWN",
+                f"{source.path}, which {record.version} was trained on, cannot be read back ({exc.message}); "
+                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                metadata={"version": record.version, "path": source.path},
+            ) from exc
         if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
             raise FailedPrecondition(
                 "PARENT_DATASET_CHANGED",

@@ -3,10 +3,10 @@
 Incoming: the prompts of the interactions that feedback carried in the window (a stable sample of at most
 ``max_samples``). Reference: the prompts the active version was trained on (its train split, as
 engine.continual.version_data reads it back; a stable sample too). With no active version (the base model serves
-alone) or an active version whose training data is not known here (imported, its feedback deleted), there is
-nothing to compare with: the report says NO_REFERENCE and why, and still carries the feedback and evaluation
-series. Feedback holds no base model: a server serves one (LoraControl's), so every base model's report reads the
-same feedback; name the base model that is served.
+alone) or an active version whose training data is not known here (imported, its feedback deleted, its JSONL
+file removed or no longer valid), there is nothing to compare with: the report says NO_REFERENCE and why, and still
+carries the feedback and evaluation series. Feedback holds no base model: a server serves one (LoraControl's), so
+every base model's report reads the same feedback; name the base model that is served.
 
 The embeddings and the test run off the event loop, one report at a time.
 """
@@ -111,7 +111,9 @@ class DriftDetector:
             else:
                 async with self._lock:
                     test = await asyncio.to_thread(self._test, base_model, incoming.prompts, sample)
-                outcome = DriftOutcome.DRIFTED if test.statistic > test.threshold else DriftOutcome.NO_DRIFT
+                # The p-value's own count decides (the threshold is where that decision flips: statistic >
+                # threshold says the same; engine.drift.statistic.decision_threshold).
+                outcome = DriftOutcome.DRIFTED if test.p_value <= cfg.significance else DriftOutcome.NO_DRIFT
         report = DriftReport(
             base_model=base_model, window_start=start, window_end=end, outcome=outcome, reference_version=version,
             statistic=test.statistic if test else 0.0, threshold=test.threshold if test else 0.0,

@@ -12,7 +12,7 @@ STATISTIC = "mmd2_rbf_base_model_embeddings"
 
 class DriftOutcome(enum.StrEnum):
     NO_DRIFT = "NO_DRIFT"  # tested: the incoming prompts look like the training data
-    DRIFTED = "DRIFTED"  # tested: the statistic is over the threshold
+    DRIFTED = "DRIFTED"  # tested: the p-value is at most the significance (the statistic is over the threshold)
     NO_REFERENCE = "NO_REFERENCE"  # nothing to compare with: no active version, or its training data is unknown
     TOO_FEW_SAMPLES = "TOO_FEW_SAMPLES"  # fewer incoming or reference prompts than min_samples: not tested
 
@@ -23,7 +23,7 @@ class DriftConfig:
 
     window: timedelta = timedelta(days=30)  # the window of a request that names none
     max_window: timedelta = timedelta(days=366)
-    significance: float = 0.05  # the permutation test's level: the threshold is the null's (1 - this) quantile
+    significance: float = 0.05  # the permutation test's level: drifted means p-value <= this
     permutations: int = 500
     max_samples: int = 256  # prompts taken of each side, chosen by a stable hash (the same ones every time)
     min_samples: int = 20  # fewer on either side: TOO_FEW_SAMPLES, not tested
@@ -75,7 +75,8 @@ class EvalPoint:
 
 @dataclass(frozen=True)
 class TwoSampleTest:
-    """The two-sample test: the statistic, the threshold it is compared with and its p-value."""
+    """The two-sample test: the statistic, its p-value, and the threshold: the statistic over it is exactly the
+    p-value at most the significance (engine.drift.statistic.decision_threshold)."""
 
     statistic: float
     threshold: float
@@ -92,7 +93,7 @@ class DriftReport:
     outcome: DriftOutcome
     reference_version: str  # the active version compared with ("" when none is active)
     statistic: float  # 0 when not tested
-    threshold: float  # 0 when not tested; drifted means statistic > threshold
+    threshold: float  # 0 when not tested; drifted means p_value <= significance, and so statistic > threshold
     p_value: float  # 1 when not tested
     significance: float
     permutations: int

@@ -9,15 +9,19 @@ with k(a, b) = exp(-|a - b|² / (2 σ²)) and σ the median distance between all
 heuristic, fixed before permuting). Under "the same distribution" the statistic is near 0 (it can be negative).
 How far from 0 is far is not a fixed number (it depends on the sample sizes and the embeddings), so it is
 calibrated on the data: the prompts are pooled and split at random ``permutations`` times
-(``scipy.stats.permutation_test``), and the threshold is the (1 - significance) quantile of the statistics of
-those splits. Over it, the split between incoming and reference is one that random splits rarely match: drift.
-The p-value is the share of random splits at least as far apart (with scipy's +1 correction).
+(``scipy.stats.permutation_test``; every split, when there are no more). The p-value is the share of splits at
+least as far apart (with scipy's +1 correction for random splits; exact when every split is tested); drifted
+means p-value <= significance: the split between incoming and reference is one that random splits rarely match.
+The threshold is the split statistic that decision flips at (about the null's (1 - significance) quantile, taken
+by the same count as the p-value), so drifted also means statistic > threshold.
 
 The kernel matrix is computed once; each random split then costs one product with it (a batch of splits, one
 matrix product).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -90,14 +94,44 @@ def two_sample_test(incoming: Matrix, reference: Matrix, *, permutations: int, s
         n_resamples=permutations, alternative="greater", rng=np.random.default_rng(seed), batch=64,
     )
     null = np.asarray(result.null_distribution, dtype=np.float64)
-    value = mmd2(kernel, n)
+    # The statistic the p-value was counted against (the null's own function: mmd2 up to rounding).
+    value, p_value = float(result.statistic), float(result.pvalue)
+    # scipy tests every split when there are no more than ``permutations`` of them (the p-value is then exact: no
+    # +1, the real split is one of them), else ``permutations`` random ones (+1 on both sides of the share).
+    exact = permutations >= math.comb(n + m, n)
     return TwoSampleTest(
         statistic=value,
-        threshold=float(np.quantile(null, 1.0 - significance)),
-        p_value=float(result.pvalue),
+        threshold=decision_threshold(null, value, p_value <= significance, significance=significance,
+                                     adjustment=0 if exact else 1),
+        p_value=p_value,
         permutations=len(null),
         moved=farthest(incoming, reference, incoming_texts, reference_texts, moved) if moved else (),
     )
+
+
+def decision_threshold(null: npt.NDArray[np.float64], observed: float, drifted: bool, *, significance: float,
+                       adjustment: int) -> float:
+    """The null statistic the decision flips at: ``observed`` over it is drifted, at or under it is not.
+
+    The p-value is (k + adjustment) / (N + adjustment), k of the N null statistics at least ``observed``; drifted
+    means p-value <= significance, so k at most K, the largest count whose p-value (computed as scipy computes it)
+    is at most the significance: ``observed`` must be over the (K + 1)-th largest null statistic. +inf when no
+    count gives one that small (too few splits for the significance: nothing can drift), -inf when every one does.
+    scipy counts a null statistic within a relative 100 ulp of ``observed`` as equal to it; a split that close to
+    the threshold is not drifted and its threshold is ``observed`` itself, so "statistic > threshold" and
+    "p-value <= significance" always say the same."""
+    total = len(null) + adjustment
+    allowed = min(max(math.floor(significance * total) - adjustment, -1), len(null))
+    while allowed < len(null) and (allowed + 1 + adjustment) / total <= significance:
+        allowed += 1
+    while allowed >= 0 and (allowed + adjustment) / total > significance:
+        allowed -= 1
+    if allowed < 0:
+        return math.inf
+    if allowed >= len(null):
+        return -math.inf
+    flip = float(-np.partition(-null, allowed)[allowed])  # the (allowed + 1)-th largest
+    return flip if drifted else max(flip, observed)
 
 
 def farthest(incoming: Matrix, reference: Matrix, incoming_texts: tuple[str, ...], reference_texts: tuple[str, ...],

@@ -49,7 +49,7 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     issues.check(isinstance(rank, int) and 1 <= rank <= MAX_LORA_RANK, f"{where}.r",
                  f"must be an integer in 1..{MAX_LORA_RANK}, got {rank!r}")
     alpha = config.get("lora_alpha")
-    issues.check(isinstance(alpha, int | float) and alpha > 0, f"{where}.lora_alpha", f"must be > 0, got {alpha!r}")
+    issues.check(_finite_positive(alpha), f"{where}.lora_alpha", f"must be a finite number > 0, got {alpha!r}")
     dropout = config.get("lora_dropout", 0.0)
     issues.check(isinstance(dropout, int | float) and 0 <= dropout < 1, f"{where}.lora_dropout",
                  f"must be in [0, 1), got {dropout!r}")
@@ -72,6 +72,18 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     return LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout),
                     target_modules=tuple(sorted(set(targets))))
 
+
+
+def _finite_positive(value: object) -> bool:
+    """A JSON number (not a boolean) that a float holds, finite and > 0: JSON numbers have no size limit, so a
+    400-digit integer parses (and overflows float) and 1e400 parses as infinity."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number > 0
 
 def tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes from the safetensors header, checked for consistency; no tensor is loaded."""

@@ -92,10 +92,14 @@ def _parse_weight(obj: dict[str, Any], problems: _LineProblems) -> float:
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         problems.add("weight", "must be a number")
         return 1.0
-    if not math.isfinite(weight) or weight <= 0:
+    try:
+        value = float(weight)
+    except OverflowError:  # an integer too large for a float (JSON has no size limit: 400 digits parse)
+        value = math.inf
+    if not math.isfinite(value) or value <= 0:
         problems.add("weight", "must be a finite number > 0")
         return 1.0
-    return float(weight)
+    return value
 
 
 def _parse_messages(raw: Any, problems: _LineProblems) -> tuple[ChatMessage, ...]:
@@ -168,7 +172,7 @@ def load_jsonl(path: Path, *, max_problems: int = 20, label: str = "",
             if not text.strip():
                 continue
             try:
-                obj = json_input.loads(text)  # a line nested too deeply is a ValueError too
+                obj = json_input.loads(text)  # a line nested too deeply, or no Unicode text, is a ValueError too
             except ValueError as exc:
                 why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
                 problems.add("", f"invalid JSON ({why})")
