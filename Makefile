@@ -40,7 +40,8 @@ $(NODE_STAMP): $(TS)/package-lock.json $(TS)/package.json
 
 setup: $(STAMP) $(NODE_STAMP)
 
-model: setup
+# Serving needs only the Python side: the TypeScript toolchain (npm) is for `make check` and the tests.
+model: $(STAMP)
 	$(BIN)/python scripts/prepare_base_model.py --data-dir $(DATA_DIR)
 
 samples:

@@ -317,6 +317,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="steps of linear warm-up before the linear decay (a job's warmup_steps; 0, the default)")
     parser.add_argument("--ewc-lambda", type=float, default=Settings.model_fields["ewc_lambda_default"].default)
     parser.add_argument("--replay-fraction", type=float, default=0.2)
     parser.add_argument("--rehearsal-fraction", type=float,

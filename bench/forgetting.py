@@ -101,7 +101,8 @@ def train(base_dir: Path, examples: list[Example], out: Path, args, *, parent: P
         base_model=SMOLLM2_MODEL_ID, dataset=JsonlSource("bench.jsonl"),
         lora=lora,
         hyperparameters=Hyperparameters(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
-                                        max_seq_length=MAX_SEQ_LENGTH, seed=seed),
+                                        max_seq_length=MAX_SEQ_LENGTH, seed=seed,
+                                        warmup_steps=getattr(args, "warmup_steps", 0)),
     )
     started = time.monotonic()
     run_training(TrainingRun(spec, base_dir, examples, out, parent_adapter_dir=parent, penalty=penalty,
