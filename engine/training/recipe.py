@@ -166,12 +166,13 @@ def run_training(
                     if e.target_token_count]
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
                         held_out, epochs)
-        final_loss, final_task_loss, steps = losses
+        final_loss, final_task_loss, steps, last_epoch_task_loss = losses
         train_end = evaluate_loss(  # on the examples every epoch trains (a rotating pool's are not the job's own)
             model, [data[i] for i in epochs.fixed], batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
             plan=plan, cancel=cancel, packing=hp.packing,
-        )
-        sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
+        ) if epochs.fixed else None
+        if train_end is not None:
+            sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
         eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
                                   plan=plan, cancel=cancel, packing=hp.packing) if held_out else None
         if eval_loss is not None:
@@ -190,7 +191,7 @@ def run_training(
         weights = full_trainable_state(model) if sharded else None  # every process takes part in the gather
         adapter_dir = save_adapter(model, run.output_dir, weights) if main else run.output_dir
         return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained,
-                              eval_loss)
+                              eval_loss, train_loss=train_end if train_end is not None else last_epoch_task_loss)
     finally:
         model = None  # the last references go with the loaded model
         release(loaded)
@@ -226,9 +227,10 @@ def _train(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
-) -> tuple[float, float, int]:
-    """The optimisation loop; returns (last loss, last task loss, steps done). ``held_out``: the eval split,
-    whose loss each checkpoint reports and records; ``epochs``: which examples each epoch trains (None: all)."""
+) -> tuple[float, float, int, float]:
+    """The optimisation loop; returns (last loss, last task loss, steps done, the mean task loss of the steps of
+    the last epoch this run took steps in). ``held_out``: the eval split, whose loss each checkpoint reports and
+    records; ``epochs``: which examples each epoch trains (None: all)."""
     hp = run.spec.hyperparameters
     with (
         batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
@@ -252,7 +254,7 @@ def _optimise(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     from transformers import get_scheduler
 
     hp = run.spec.hyperparameters
@@ -299,11 +301,13 @@ def _optimise(
 
     position = 0  # optimiser steps' batches drawn so far, done or (when resuming) skipped
     epoch = 0
+    epoch_task: list[float] = []  # the task losses of the steps taken in the epoch under way (or the last one)
     while step < total:
         # A context manager: an epoch that raises (cancel, NaN) still ends its span, with the error recorded.
         with tracer.start_as_current_span("training.epoch", attributes={"epoch": step // per_epoch + 1}) as epoch_span:
             order = layout.epoch_order(data, epochs.rows(epoch), hp.batch_size, generator)
             epoch += 1
+            this_epoch: list[float] = []
             for batch in layout.steps(data, order, hp.batch_size, hp.gradient_accumulation_steps):
                 position += 1
                 if position <= first:
@@ -345,6 +349,8 @@ def _optimise(
                 elapsed = now - started
                 window = now - recent[0][0]
                 loss_value = task_value + penalty_value
+                this_epoch.append(task_value)
+                epoch_task = this_epoch
                 sink.emit(
                     StepMetrics(
                         step=step,
@@ -369,4 +375,4 @@ def _optimise(
             epoch_span.set_attribute("step", step)
     if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
         checkpoint()  # stopped after the last step (in the final evaluation): a resume goes straight to it
-    return loss_value, task_value, step
+    return loss_value, task_value, step, math.fsum(epoch_task) / len(epoch_task) if epoch_task else math.nan

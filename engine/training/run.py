@@ -6,6 +6,7 @@ KL term to the base model), a probe of the base model's knowledge, and the proce
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +126,13 @@ class TrainingRun:
 class TrainingResult:
     adapter_dir: Path
     steps: int
-    final_loss: float
-    final_task_loss: float
+    final_loss: float  # the last optimiser step's loss (a single, often small, batch)
+    final_task_loss: float  # the last optimiser step's task loss
     dataset: DatasetSummary
     device: str
     base_retention: BaseRetention | None = None
     eval_loss: float | None = None  # on the eval split (None: the run has none)
+    # The job's train loss (what the version it publishes records as Adapter.train_loss): the ``train_end``
+    # evaluation's, the loss on the examples every epoch trains measured after the last step; when that was not
+    # measured (no such examples), the mean task loss of the last epoch's steps. NaN: neither is known.
+    train_loss: float = math.nan

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -271,7 +272,9 @@ class TrainingRunner:
         """The job's version, fenced by its lease. Its request_id is the job's: a worker that takes the job over
         after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
         return await self._registry.publish(publish_request(
-            job, parent, result.adapter_dir, result.final_task_loss, fence=fence, request_id=f"{job.name}/result",
+            job, parent, result.adapter_dir,
+            result.train_loss if math.isfinite(result.train_loss) else result.final_task_loss,  # NaN: not measured
+            fence=fence, request_id=f"{job.name}/result",
             base_retention=result.base_retention, eval_loss=result.eval_loss))
 
     async def _start_tracking(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> TrackerRun | None:

@@ -18,6 +18,7 @@ from learning_engine.cli.common import (
     fail,
     grid,
     labels,
+    local_path,
     options,
     out,
     print_table,
@@ -113,7 +114,7 @@ def adapters_download(
 def adapters_import(
     ctx: typer.Context,
     source: Path = typer.Argument(
-        ..., exists=True, help="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
+        ..., help="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
         "as PEFT, Axolotl or LLaMA-Factory write it, or a tar.gz of one."
     ),
     base_model: str = typer.Option("", "--base-model"),
@@ -124,6 +125,7 @@ def adapters_import(
 ) -> None:
     """Import an externally trained PEFT adapter as a new version (a directory is packed here first)."""
     opts = options(ctx)
+    local_path(opts, source, directory_ok=True)
     try:
         adapter = run(
             ctx,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -169,6 +170,22 @@ def local_bytes(opts: Options, path: Path, what: str = "") -> bytes:
              reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
 
 
+def local_path(opts: Options, path: Path, what: str = "", *, directory_ok: bool = False) -> Path:
+    """``path`` once it is a file on this machine that can be read (or, with ``directory_ok``, a directory that can
+    be listed); else a usage error as in :func:`local_bytes` (one line, exit 3, the JSON error object with --json).
+    For a path argument the command hands on (to the client, which reads it later) rather than reads here."""
+    try:
+        if directory_ok and path.is_dir():
+            os.listdir(path)
+        else:
+            with path.open("rb"):
+                pass
+    except OSError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{_local(what, path)}: cannot read it ({exc.strerror or exc})",
+             reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
+    return path
+
+
 def local_text(opts: Options, path: Path, what: str = "") -> str:
     """A file on this machine as UTF-8 text (JSONL); one that cannot be read, or is not UTF-8 text, is a usage
     error as in :func:`local_bytes`."""
@@ -193,7 +210,9 @@ def tls_from(
     if not (ca or cert or key or server_name):
         return None
     if (cert is None) != (key is None):
-        raise typer.BadParameter("--tls-cert and --tls-key go together")
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             f"--tls-cert and --tls-key go together: {'--tls-key' if key is None else '--tls-cert'} is missing",
+             reason=ERROR_REASON_USAGE)
     return TlsConfig(
         root_certificates=local_bytes(opts, ca, "--tls-ca") if ca else None,
         client_certificate=local_bytes(opts, cert, "--tls-cert") if cert else None,

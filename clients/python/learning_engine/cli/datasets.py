@@ -21,6 +21,7 @@ from learning_engine.cli.common import (
     err,
     fail,
     local_bytes,
+    local_path,
     options,
     out,
     print_table,
@@ -143,7 +144,7 @@ def _one_source(opts: Options, **given: object) -> None:
 @datasets_app.command("upload")
 def datasets_upload(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL examples (prompt/completion or chat), "
+    file: Path = typer.Argument(..., help="JSONL examples (prompt/completion or chat), "
                                 "or golden cases with --kind golden."),
     name: str = typer.Option(..., "--name", "-n", help="The dataset: capitals or datasets/capitals."),
     eval_fraction: float = _EVAL,
@@ -152,6 +153,7 @@ def datasets_upload(
     kind: Kind = _KIND,
 ) -> None:
     """Upload a JSONL file as a new version of a dataset (the same bytes, split and kind again: the existing one)."""
+    local_path(options(ctx), file)
     split = _split(eval_fraction, test_fraction, seed)
     _stored(options(ctx), run(ctx, lambda c: c.upload_dataset(dataset_name(name), file, split=split,
                                                               kind=KINDS[kind])))
@@ -231,7 +233,7 @@ def datasets_get(ctx: typer.Context, name: str = typer.Argument(..., help="A ver
 @datasets_app.command("validate")
 def datasets_validate(
     ctx: typer.Context,
-    file: Path = typer.Argument(None, exists=True, dir_okay=False, help="A local JSONL file to check."),
+    file: Path = typer.Argument(None, help="A local JSONL file to check."),
     server_path: str = typer.Option("", "--server-path", help="Or a JSONL file below the server's datasets dir."),
     s3: str = typer.Option("", "--s3", help="Or an s3://bucket/key JSONL object."),
     from_feedback: int = typer.Option(0, "--from-feedback", help="Or the last N days of feedback."),

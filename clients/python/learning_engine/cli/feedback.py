@@ -33,7 +33,7 @@ feedback_app = typer.Typer(help="Feedback: import JSONL events, stats, forget a 
 def feedback_import(
     ctx: typer.Context,
     path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="JSONL, one FeedbackEvent (proto JSON) a line."
+        ..., help="JSONL, one FeedbackEvent (proto JSON) a line."
     ),
     batch: int = typer.Option(500, "--batch", min=1, max=10_000),
     stream: bool = typer.Option(

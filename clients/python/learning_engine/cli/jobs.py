@@ -45,6 +45,7 @@ from learning_engine.cli.job_views import (
     steered,
 )
 from learning_engine.client import AsyncClient
+from learning_engine.errors import LearningEngineError
 
 jobs_app = typer.Typer(
     help="Training jobs: list, get, watch, plot, pause, resume, cancel, checkpoints, publish.", no_args_is_help=True
@@ -336,6 +337,30 @@ class _Bars:
         return self.fisher
 
 
+def _train_end_loss(event: training.TrainingJobEvent, seen: float | None) -> float | None:
+    """The loss of a "train_end" evaluation event (the training set's loss after the last step), else ``seen``."""
+    if event.WhichOneof("kind") == "eval_result" and event.eval_result.split == "train_end":
+        return next((m.value for m in event.eval_result.metrics if m.name == "loss"), seen)
+    return seen
+
+
+async def _loss_summary(client: AsyncClient, job: training.TrainingJob, train_end: float | None) -> str:
+    """" (final loss X)": the job's train loss, the loss on its training set after the last step (its
+    "train_end" evaluation, which the version it published records as its train loss); a job that has none (it
+    did not get that far) shows its last optimiser step's loss as such, the loss of that one batch."""
+    if train_end is None and job.output_adapter_version:  # its evaluation came before the events watched
+        try:
+            published = await client.get_adapter(job.output_adapter_version, base_model=job.spec.base_model)
+            train_end = published.train_loss or None
+        except LearningEngineError:  # e.g. deleted since: the summary goes without it
+            pass
+    if train_end is not None:
+        return f" (final loss {train_end:.4f})"
+    if job.HasField("latest_metrics") and job.latest_metrics.step:
+        return f" (last step loss {job.latest_metrics.loss:.4f})"
+    return ""
+
+
 _ENDED = (common.JOB_STATE_SUCCEEDED, common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED, common.JOB_STATE_PAUSED)
 
 
@@ -349,6 +374,7 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
         TextColumn("{task.fields[info]}"),
     )
     final: training.TrainingJob | None = None
+    train_end: float | None = None  # the job's train loss, from its "train_end" evaluation, once seen
     with Progress(*columns, console=err, transient=False, disable=as_json) as progress:
         bars = _Bars(progress)
         async for message in client.watch_training_job(name, after_sequence=after_sequence):
@@ -360,6 +386,7 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
                 continue
             event = message.event
             bars.event(event)
+            train_end = _train_end_loss(event, train_end)
             if event.HasField("state_change") and not as_json:
                 progress.console.print(
                     f"{short_state(event.state_change.state)}: {event.state_change.message}", highlight=False
@@ -371,8 +398,7 @@ async def follow_training(client: AsyncClient, as_json: bool, name: str, after_s
         summary = f"{final.name} {short_state(final.state)}"
         if final.output_adapter_version:
             summary += f" -> adapter {final.output_adapter_version}"
-        if final.HasField("latest_metrics"):
-            summary += f" (final loss {final.latest_metrics.loss:.4f})"
+        summary += await _loss_summary(client, final, train_end)
         out.print(summary, highlight=False)
         if final.HasField("error") and final.error.code:
             err.print(f"[red]{final.error.message}[/]", highlight=False)

@@ -153,7 +153,7 @@ def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.Onl
 
 @online_app.command("send")
 def online_send(ctx: typer.Context, name: str,
-                file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                file: Path = typer.Argument(...,
                                             help="JSONL: {\"prompt\": ..., \"target\": ..., \"weight\": ..., "
                                                  "\"desirable\": true|false}"),
                 label: str = typer.Option("", "--label", help="desirable or undesirable: the label of the lines "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
+import pkgutil
 import secrets
 import sys
 import urllib.error
@@ -35,16 +37,17 @@ from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
 
-SERVICES = (
-    "learning.v1.TrainingService",
-    "learning.v1.FisherService",
-    "learning.v1.AdapterService",
-    "learning.v1.LoraControlService",
-    "learning.v1.EvaluationService",
-    "learning.v1.DatasetService",
-    "learning.v1.FeedbackService",
-    "learning.v1.DriftService",
-)
+
+def proto_services() -> tuple[str, ...]:
+    """Every service the learning.v1 protos define ("learning.v1.TrainingService", ...), from their generated
+    modules, by file name: the server serves each and reports the health of each under that name."""
+    package = importlib.import_module("learning.v1")
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.endswith("_pb2"))
+    return tuple(service.full_name for module in modules
+                 for service in importlib.import_module(f"learning.v1.{module}").DESCRIPTOR.services_by_name.values())
+
+
+SERVICES = proto_services()
 
 
 def health(ctx: typer.Context) -> None:

@@ -37,7 +37,7 @@ preparation_jobs_app = typer.Typer(help="Data preparation jobs (datasets prepare
 def datasets_prepare(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The dataset to store the pairs in: handbook or datasets/handbook."),
-    files: list[Path] = typer.Argument(None, exists=True, dir_okay=False,
+    files: list[Path] = typer.Argument(None,
                                        help="Local documents (.txt, .md, .markdown, .pdf), sent with the request."),
     server_path: list[str] = typer.Option(None, "--server-path", help="A document below the server's datasets dir; "
                                           "repeatable."),

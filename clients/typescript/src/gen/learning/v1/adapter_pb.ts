@@ -231,6 +231,10 @@ export type Adapter = Message<"learning.v1.Adapter"> & {
   dataset?: DatasetSummary | undefined;
 
   /**
+   * The training job's train loss: its "train_end" evaluation, the loss on the examples every epoch trains measured
+   * after the last step (without such examples, the mean task loss of its last epoch's steps); for a published
+   * checkpoint, that checkpoint's step loss. 0 for an imported adapter.
+   *
    * @generated from field: double train_loss = 10;
    */
   trainLoss: number;

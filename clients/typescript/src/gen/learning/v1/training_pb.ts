@@ -498,7 +498,12 @@ export type TrainingJob = Message<"learning.v1.TrainingJob"> & {
   dataset?: DatasetSummary | undefined;
 
   /**
-   * Last reported metrics.
+   * The metrics of the last optimiser step reported: its loss is that one
+   * batch's (often a small last batch, or only the base model's rehearsed
+   * answers, whose loss is a KL term), not the job's train loss. The job's
+   * train loss is its "train_end" evaluation (TrainingEvalResult): the loss on
+   * the examples every epoch trains, measured after the last step; the version
+   * it publishes records it as Adapter.train_loss.
    *
    * @generated from field: learning.v1.TrainingStepMetrics latest_metrics = 12;
    */
@@ -747,8 +752,13 @@ export type TrainingEvalResult = Message<"learning.v1.TrainingEvalResult"> & {
 
   /**
    * "eval": the job's held-out eval split (at each checkpoint and at the
-   * end); "train_end": the training data after the last step;
-   * "base_retention": the base model's general questions.
+   * end); "train_end": the training data after the last step (the example-
+   * weighted mean loss of the examples every epoch trains, the base model's
+   * rotating rehearsed answers left out): the job's train loss, which the
+   * version it publishes records as Adapter.train_loss (a job with no such
+   * examples has no "train_end"; its version records the mean task loss of
+   * its last epoch's steps); "base_retention": the base model's general
+   * questions.
    *
    * @generated from field: string split = 2;
    */
