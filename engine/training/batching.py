@@ -43,6 +43,7 @@ class StepBatch:
 
     @property
     def real_tokens(self) -> int:
+        """Every token of the step's rows, prompt and targets (padding is not a row's): ``tokens_per_second``."""
         return sum(len(e.input_ids) for e in self.examples)
 
 

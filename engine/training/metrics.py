@@ -18,7 +18,8 @@ where there is no value):
 - ``ewc_penalty``: the EWC penalty against the parent (0 without EWC).
 - ``learning_rate``: the learning rate the step was taken with (warmup, then linear decay).
 - ``grad_norm``: the global gradient norm before clipping.
-- ``tokens_per_second``: target tokens per second over the last few steps.
+- ``tokens_per_second``: tokens per second over the last few steps, every token of the rows (prompt, markup and
+  targets; no padding): the work a step does, not only what it trains on.
 - ``eval_loss``: the loss on the job's held-out eval split at that step (each checkpoint and the end), else
   empty; a job without an eval split has the ``train_end`` evaluation's, the loss on the training data after
   the last step.

@@ -665,6 +665,9 @@ export type TrainingStepMetrics = Message<"learning.v1.TrainingStepMetrics"> & {
   gradNorm: number;
 
   /**
+   * Tokens per second over the last 10 steps: every token of the steps' rows
+   * (prompt, chat markup and targets), padding not counted.
+   *
    * @generated from field: double tokens_per_second = 9;
    */
   tokensPerSecond: number;
@@ -1351,6 +1354,8 @@ export type TrainingMetricsRow = Message<"learning.v1.TrainingMetricsRow"> & {
   gradNorm: number;
 
   /**
+   * As StepMetrics.tokens_per_second.
+   *
    * @generated from field: double tokens_per_second = 10;
    */
   tokensPerSecond: number;
