@@ -79,12 +79,8 @@ class VersionDatasets:
         if isinstance(source, FeedbackSource) and self._feedback is not None and summary is not None \
                 and summary.window_start is not None and summary.window_end is not None:
             return await self._rebuilt(record, summary, source)
-        raise FailedPrecondition(
-            "PARENT_DATASET_UNKNOWN",
-            f"the training data of {record.version} is not known here (imported, or its job is gone); "
-            f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-            metadata={"version": record.version},
-        )
+        raise _unknown(record, f"the training data of {record.version} is not known here (imported, or its job is "
+                               "gone)")
 
     async def _jsonl(self, record: AdapterRecord, source: JsonlSource) -> list[Example]:
         """The examples of the JSONL file ``record`` was trained on, checked against the digest recorded on it.
@@ -97,12 +93,8 @@ class VersionDatasets:
             path = resolve_dataset_path(self._datasets_dir, source.path)
             examples = await asyncio.to_thread(load_jsonl, path)
         except InvalidArgument as exc:
-            raise FailedPrecondition(
-                "PARENT_DATASET_UNKNOWN",
-                f"{source.path}, which {record.version} was trained on, cannot be read back ({exc.message}); "
-                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-                metadata={"version": record.version, "path": source.path},
-            ) from exc
+            raise _unknown(record, f"{source.path}, which {record.version} was trained on, cannot be read back "
+                                   f"({exc.message})", path=source.path) from exc
         if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
             raise FailedPrecondition(
                 "PARENT_DATASET_CHANGED",
@@ -166,10 +158,14 @@ async def _stored_dataset(stored: StoredDatasets, record: AdapterRecord, source:
     try:
         _, examples, _ = await stored.training_examples(source.name, SNAPSHOT_FIELD)
     except NotFound as exc:  # deleted despite the version (a delete that raced the job publishing it)
-        raise FailedPrecondition(
-            "PARENT_DATASET_UNKNOWN",
-            f"{source.name}, which {record.version} was trained on, is gone; "
-            f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-            metadata={"version": record.version, "dataset": source.name},
-        ) from exc
+        raise _unknown(record, f"{source.name}, which {record.version} was trained on, is gone",
+                       dataset=source.name) from exc
     return examples
+
+
+def _unknown(record: AdapterRecord, why: str, **metadata: str) -> FailedPrecondition:
+    """PARENT_DATASET_UNKNOWN: ``record``'s training data cannot be read back here, ``why``; what to do instead."""
+    return FailedPrecondition(
+        "PARENT_DATASET_UNKNOWN", f"{why}; name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+        metadata={"version": record.version, **metadata},
+    )
