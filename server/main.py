@@ -215,15 +215,24 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
                                "version": SERVER_VERSION})
     log.info(access.describe(settings))
-    metrics = MetricsServer(settings, refresh=_stored_jobs(owned.pool)) if settings.metrics_port is not None else None
-    if metrics is not None:
-        try:
-            await metrics.start()
-        except OSError as exc:
-            raise port_taken("metrics", settings.host, settings.metrics_port or 0, "metrics_port", exc) from exc
-        undo.push_async_callback(metrics.stop)
+    metrics = await start_metrics(settings, owned, undo)
     return App(settings, server, port, health_servicer, engine, owned, metrics=metrics, feedback=feedback,
                health_checks=checks)
+
+
+async def start_metrics(settings: Settings, owned: Owned, undo: AsyncExitStack) -> MetricsServer | None:
+    """``/metrics`` on ``metrics_port`` (None when unset), behind the HTTP doors' tokens and TLS, reading the stored
+    jobs from ``owned``'s database at each scrape; ``undo`` stops it if the rest of start-up fails. A serving process
+    and a worker alike (a worker's page holds the training series of the jobs it runs)."""
+    if settings.metrics_port is None:
+        return None
+    metrics = MetricsServer(settings, refresh=_stored_jobs(owned.pool))
+    try:
+        await metrics.start()
+    except OSError as exc:
+        raise port_taken("metrics", settings.host, settings.metrics_port, "metrics_port", exc) from exc
+    undo.push_async_callback(metrics.stop)
+    return metrics
 
 
 def _stored_jobs(pool: asyncpg.Pool | None) -> Callable[[], Awaitable[None]] | None:
@@ -266,8 +275,29 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-async def start_worker(settings: Settings) -> Owned:
-    """A worker without gRPC: the engine's job side on the shared database and artifact store."""
+@dataclass
+class Worker:
+    """A running ``learning-engine-server worker`` and what it owns; ``stop()`` releases all of it."""
+
+    owned: Owned
+    metrics: MetricsServer | None = None
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Running jobs stop at their next step (queued again for another worker), then /metrics, then the rest."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.owned.shutdown_jobs()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        await self.owned.close()
+
+
+async def start_worker(settings: Settings) -> Worker:
+    """A worker without gRPC: the engine's job side on the shared database and artifact store. Its job spans go to
+    ``otlp_endpoint`` and its metrics (the training series of the jobs it runs) to ``metrics_port``, as a serving
+    process's do."""
     owned = Owned()
     async with AsyncExitStack() as undo:
         undo.push_async_callback(owned.close)
@@ -275,9 +305,11 @@ async def start_worker(settings: Settings) -> Owned:
         owned.lock = DataDirLock(settings.data_dir)
         prepare_process(settings)
         sweep_scratch(settings.work_dir)
+        configure_tracing(settings)
         await build_engine(settings, owned, serve=False, work=True)
-        undo.pop_all()
-    return owned
+        metrics = await start_metrics(settings, owned, undo)
+        undo.pop_all()  # started: Worker.stop() releases it all from now on
+    return Worker(owned, metrics)
 
 
 async def work(settings: Settings) -> int:
@@ -299,9 +331,8 @@ async def work(settings: Settings) -> int:
         stopping.cancel()
         print(f"learning-engine worker: cannot start: {describe(error)}", file=sys.stderr, flush=True)
         return 1
-    owned = starting.result()
-    print(f"learning-engine {SERVER_VERSION} worker {owned.job_managers[0].worker_id} running", flush=True)
+    worker = starting.result()
+    print(f"learning-engine {SERVER_VERSION} worker {worker.owned.job_managers[0].worker_id} running", flush=True)
     await stopping
-    await owned.shutdown_jobs()
-    await owned.close()
+    await worker.stop()
     return 0

@@ -14,8 +14,10 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit
 
+import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the environment)
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -28,10 +30,11 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from server.settings_drift import DriftSettings
 from server.settings_lora import LoraControlSettings
@@ -60,6 +63,48 @@ class AuthToken(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the token")
 
 
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user information replaced by ``***``, however broken the URL (an
+    unescaped '/', '#' or '@' in the password): everything between the user's ':' and the last '@' goes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url or ":" in url else url
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{rest[at:]}"
+
+
+def check_database_url(url: str) -> str:
+    """``url`` if it is a PostgreSQL URL the database driver can read; ValueError saying why (never showing the
+    password) otherwise."""
+    problem = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not an integer (e.g. the start of a password holding a '/')
+    except ValueError:
+        parts, port = None, None
+        problem = "its port is not a number"
+    if parts is not None:
+        after_host = url.partition("://")[2].partition(parts.netloc)[2] if parts.netloc else ""
+        if parts.scheme not in ("postgres", "postgresql"):
+            problem = "its scheme must be postgresql:// or postgres://"
+        elif not parts.hostname and not parse_qs(parts.query).get("host"):
+            problem = "it names no host"
+        elif "@" in after_host:
+            problem = "an '@' follows its host"
+        elif port == 0:
+            problem = "its port must be 1-65535"
+    if problem is None:
+        return url
+    raise ValueError(
+        f"{masked_url(url)} is not a valid PostgreSQL URL ({problem}); expected "
+        "postgresql://user:password@host[:port]/database. Percent-encode special characters in the user and password "
+        "(/ as %2F, + as %2B, # as %23, @ as %40, : as %3A, % as %25)"
+    )
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -70,7 +115,10 @@ def is_loopback(host: str) -> bool:
 
 
 class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSettings, OnlineSettings):
-    model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a value refused (a database_url with its password, a secret) never reaches an error text
+    model_config = SettingsConfigDict(env_prefix="LEARNING_ENGINE_", extra="forbid", frozen=True,
+                                      hide_input_in_errors=True)
+    _config_data: ClassVar[dict[str, Any] | None] = None  # the YAML file's settings (load_settings)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -78,7 +126,9 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     database_url: str | None = Field(
         None,
         validation_alias=AliasChoices("LEARNING_ENGINE_DATABASE_URL", "DATABASE_URL", "database_url"),
-        description="PostgreSQL URL; unset starts an embedded PostgreSQL under <data-dir>/postgres.",
+        description="PostgreSQL URL, postgresql://user:password@host[:port]/database (special characters in the "
+        "user and password percent-encoded: / as %2F, + as %2B, # as %23, @ as %40); unset starts an embedded "
+        "PostgreSQL under <data-dir>/postgres.",
     )
     default_base_model: str = Field(DEFAULT_BASE_MODEL, description="Base model id used when a job names none.")
     base_models: dict[str, Path] = Field(
@@ -235,6 +285,11 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
         "deleted after each publish and by PruneAdapters. 0 keeps every version.",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        return check_database_url(v) if v is not None else None
+
     @field_validator("feedback_scrub_patterns")
     @classmethod
     def _scrub_patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
@@ -349,8 +404,9 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if settings_cls.model_config.get("secrets_dir"):
             sources.append(file_secret_settings)
-        if settings_cls.model_config.get("yaml_file"):
-            sources.append(YamlConfigSettingsSource(settings_cls))
+        config_data = getattr(settings_cls, "_config_data", None)
+        if config_data is not None:
+            sources.append(InitSettingsSource(settings_cls, config_data))
         return tuple(sources)
 
 
@@ -365,18 +421,16 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
         "LEARNING_ENGINE_SECRETS_DIR") else None
     cls: type[Settings] = Settings
     extra: SettingsConfigDict = {}
-    if yaml_file is not None:
-        if not yaml_file.is_file():
-            raise SettingsError(f"config file {yaml_file} does not exist")
-        extra["yaml_file"] = yaml_file
+    config_data = _read_config_file(yaml_file) if yaml_file is not None else None
     if secrets_dir is not None:
         if not secrets_dir.is_dir():
             raise SettingsError(f"secrets dir {secrets_dir} (LEARNING_ENGINE_SECRETS_DIR) does not exist")
         extra["secrets_dir"] = secrets_dir
-    if extra:
+    if extra or config_data is not None:
 
         class FileSettings(Settings):
             model_config = SettingsConfigDict(**{**Settings.model_config, **extra})
+            _config_data = config_data
 
         cls = FileSettings
     try:
@@ -386,3 +440,44 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
             f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         ]
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    except SourceError as exc:  # a value pydantic-settings could not even parse (not JSON where JSON is due)
+        raise SettingsError("invalid settings:\n  " + _unparsable(exc, secrets_dir)) from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML file's settings: a mapping (an empty file is none); SettingsError naming the file otherwise."""
+    if not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise SettingsError(f"config file {path} is not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(
+            f"config file {path} must be a YAML mapping of settings (key: value lines, e.g. `port: 50051`), "
+            f"not a {type(data).__name__}"
+        )
+    return {str(key): value for key, value in data.items()}
+
+
+def _unparsable(exc: SourceError, secrets_dir: Path | None) -> str:
+    """One line for a value pydantic-settings could not parse: the setting, where it came from, that it is JSON.
+    Never the value (it may be a secret)."""
+    found = re.search(r'field "([^"]+)" from source "([^"]+)"', str(exc))
+    if found is None:
+        return f"{exc}; structured values (lists, mappings) are written as JSON"
+    field, source = found.groups()
+    variable = f"LEARNING_ENGINE_{field.upper()}"
+    origin = (f"the secret file {secrets_dir / variable.lower()}"
+              if source.startswith("Secrets") and secrets_dir is not None else f"the environment variable {variable}")
+    return (f"{field}: {origin} is not valid JSON; structured values (lists, mappings) are written as "
+            """JSON, e.g. ["q_proj", "v_proj"] or {"name": "value"} (strings in double quotes)""")

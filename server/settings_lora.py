@@ -173,9 +173,17 @@ class LoraControlSettings(BaseModel):
 
     @model_validator(mode="after")
     def _ports_differ(self) -> LoraControlSettings:
-        ports = [getattr(self, "port", None), self.gateway_port,
-                 self.reference_backend_port if self.serving_url is None else None]
-        used = [p for p in ports if p]
-        if len(used) != len(set(used)):
-            raise ValueError(f"port, gateway_port and reference_backend_port must differ, got {used}")
+        # metrics_port is the server's (telemetry settings): checked here, before anything starts, with the others
+        ports = {"port": getattr(self, "port", None), "gateway_port": self.gateway_port,
+                 "reference_backend_port": self.reference_backend_port if self.serving_url is None else None,
+                 "metrics_port": getattr(self, "metrics_port", None)}
+        by_port: dict[int, list[str]] = {}
+        for name, port in ports.items():
+            if port:  # 0 picks a free one, None is off
+                by_port.setdefault(port, []).append(name)
+        clashes = [f"{' and '.join(names)} are all {port}" if len(names) > 2 else
+                   f"{' and '.join(names)} are both {port}" for port, names in by_port.items() if len(names) > 1]
+        if clashes:
+            raise ValueError(f"port, gateway_port, reference_backend_port and metrics_port must differ: "
+                             f"{'; '.join(clashes)}")
         return self

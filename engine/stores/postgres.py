@@ -149,11 +149,19 @@ async def holding_rows(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[
 
 
 async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool to ``url``, with retries while the server comes up."""
+    """A pool to ``url``, with retries while the server comes up. A ``url`` the driver cannot read is Unavailable
+    DATABASE_UNAVAILABLE at once, whose message never holds the URL (nor the driver's words about it, which quote
+    pieces of it: the start of a password holding an unescaped '/', read as the port)."""
     delay = 0.2
     for attempt in range(8):
         try:
             return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        except ValueError:  # asyncpg's DSN parsing (ClientConfigurationError is a ValueError too)
+            raise Unavailable(
+                "DATABASE_UNAVAILABLE",
+                "database_url is not a PostgreSQL URL the driver can read (postgresql://user:password@host[:port]/"
+                "database); percent-encode special characters in the user and password (/ as %2F, + as %2B, "
+                "# as %23, @ as %40)") from None
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if attempt == 7:
                 raise Unavailable("DATABASE_UNAVAILABLE", f"cannot connect to PostgreSQL: {exc}") from exc

@@ -1,0 +1,155 @@
+"""Settings that cannot be read are one "invalid settings" message and exit 2, never a traceback; a
+database_url's password never reaches a message (settings, start error)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import server.main as server_main
+from engine.errors import Unavailable
+from engine.stores import postgres
+from server.__main__ import main as server_cli
+from server.settings import Settings, SettingsError, load_settings
+from server.startup import describe
+
+PASSWORDS = ["s3cr/et+Kq", "s3cr#etKq", "s3cr?et", "1234/et"]  # e.g. `openssl rand -base64 24` makes '/' and '+'
+
+
+@pytest.fixture
+def no_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEARNING_ENGINE_CONFIG", raising=False)
+    monkeypatch.delenv("LEARNING_ENGINE_SECRETS_DIR", raising=False)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("LEARNING_ENGINE_TRAINING_LORA_TARGET_MODULES", "q_proj,v_proj"),  # not JSON
+    ("LEARNING_ENGINE_AUTH_TOKENS", "[{'name': 'ops'}]"),  # single quotes: not JSON
+    ("LEARNING_ENGINE_BASE_MODELS", "{SmolLM2: /models/x}"),
+])
+def test_a_malformed_json_variable_is_a_settings_error_not_a_traceback(
+        variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], no_files) -> None:
+    monkeypatch.setenv(variable, value)
+    status = server_cli(["--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2, f"exit {status} (settings errors exit 2); stderr: {err!r}"
+    field = variable.removeprefix("LEARNING_ENGINE_").lower()
+    assert err.startswith("invalid settings:"), f"not the settings message: {err!r}"
+    assert field in err and variable in err, f"the message names neither {field} nor {variable}: {err!r}"
+    assert "JSON" in err, f"the message does not say structured values are JSON: {err!r}"
+    assert "Traceback" not in err, err
+
+
+def test_a_malformed_secret_file_is_a_settings_error_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_files) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "learning_engine_auth_tokens").write_text("[{'name': 'ops'}]")
+    monkeypatch.setenv("LEARNING_ENGINE_SECRETS_DIR", str(secrets))
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"data_dir": tmp_path})
+    message = str(caught.value)
+    assert "auth_tokens" in message and str(secrets) in message and "JSON" in message, message
+    assert "'ops'" not in message, f"the file's content (it may be a secret) is in the message: {message!r}"
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("- port: 6000\n", "must be a YAML mapping"),
+    ("port: [6000\n", "is not valid YAML"),
+    ("just words\n", "must be a YAML mapping"),
+])
+def test_a_config_file_that_is_no_mapping_is_a_settings_error_not_a_traceback(
+        content: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_files) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(content)
+    status = server_cli(["--data-dir", str(tmp_path), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert status == 2, f"exit {status} (settings errors exit 2); stderr: {err!r}"
+    assert f"config file {config} {problem}" in err, f"the message does not name the file and its fault: {err!r}"
+
+
+def test_an_empty_config_file_and_a_mapping_still_load(tmp_path: Path, no_files) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_settings(config_file=empty).port == 50051
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 6001\nbase_models:\n  tiny: /models/tiny\n")
+    settings = load_settings({"gateway_port": 8090}, config_file=config)
+    assert (settings.port, settings.gateway_port, settings.base_models) == (6001, 8090, {"tiny": Path("/models/tiny")})
+    assert load_settings({"port": 6002}, config_file=config).port == 6002, "a flag must win over the file"
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_a_database_url_with_an_unescaped_password_is_refused_by_the_settings_without_the_password(
+        password: str, monkeypatch: pytest.MonkeyPatch, no_files) -> None:
+    url = f"postgresql://learning:{password}@127.0.0.1:5432/learning"
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "database_url" in message.lower(), f"the message does not name database_url: {message!r}"
+    assert "postgresql://learning:***@127.0.0.1:5432/learning" in message, f"no masked URL shown: {message!r}"
+    assert "percent-encode" in message.lower(), f"the message does not say to percent-encode: {message!r}"
+    assert password[:4] not in message, f"the password leaks into the settings error: {message!r}"
+    with pytest.raises(ValueError) as direct:  # Settings(...) itself: pydantic's text shows no input either
+        Settings(database_url=url)
+    assert password[:4] not in str(direct.value), f"the password leaks into the ValidationError: {direct.value}"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://learning:p%2Fw%2Bd%23x@db:5432/learning", "postgres://db/learning", "postgresql://u@db/x",
+    "postgresql:///learning?host=/var/run/postgresql",
+])
+def test_a_well_formed_database_url_is_kept(url: str, no_files) -> None:
+    assert load_settings({"database_url": url}).database_url == url
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("mysql://u:secret@db/x", "scheme"), ("postgresql:///x", "host"), ("postgresql://u:secret@db:port/x", "port"),
+])
+def test_a_database_url_that_is_no_postgresql_url_is_refused(url: str, problem: str, no_files) -> None:
+    with pytest.raises(SettingsError, match=problem) as caught:
+        load_settings({"database_url": url})
+    assert "secret" not in str(caught.value), f"the password leaks: {caught.value}"
+
+
+async def test_a_dsn_the_driver_cannot_read_is_unavailable_without_the_dsn() -> None:
+    url = "postgresql://learning:s3cr/et+Kq@127.0.0.1:1/learning"
+    with pytest.raises(Unavailable) as caught:
+        await asyncio.wait_for(postgres.connect(url), 30)
+    text = describe(caught.value)
+    assert "s3cr" not in text and "et+Kq" not in text, f"the DSN leaks into the error: {text!r}"
+    assert "database_url" in text and "percent-encode" in text, f"the error does not say what to fix: {text!r}"
+    assert caught.value.__suppress_context__, "the driver's ValueError (quoting the DSN) must not be chained"
+
+
+@pytest.mark.parametrize("password", PASSWORDS[:2])
+async def test_a_database_url_password_never_reaches_the_start_error(
+        password: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Settings built past their validation (model_copy does not validate): connect's own guard holds.
+    settings = Settings(data_dir=tmp_path).model_copy(
+        update={"database_url": f"postgresql://learning:{password}@127.0.0.1:1/learning"})
+    status = await asyncio.wait_for(server_main.serve(settings), 60)
+    err = capsys.readouterr().err
+    assert status == 1, f"exit {status}; stderr: {err!r}"
+    assert "cannot start" in err and "database_url" in err, f"the start error does not name database_url: {err!r}"
+    assert "s3cr" not in err, f"the password leaks into the start error: {err!r}"
+
+
+@pytest.mark.parametrize("same_as", ["port", "gateway_port", "reference_backend_port"])
+def test_metrics_port_on_a_port_already_taken_by_the_server_is_refused_by_the_settings(
+        same_as: str, no_files) -> None:
+    ports = {"port": 50051, "gateway_port": 8088, "reference_backend_port": 8099}
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**ports, "metrics_port": ports[same_as]})
+    message = str(caught.value)
+    assert f"{same_as} and metrics_port are both {ports[same_as]}" in message, (
+        f"the clash of metrics_port with {same_as} is not named: {message!r}")
+
+
+def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
+    assert load_settings({"metrics_port": 0, "port": 0, "gateway_port": 0}).metrics_port == 0
+    assert load_settings({"metrics_port": 9464}).metrics_port == 9464
