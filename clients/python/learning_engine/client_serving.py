@@ -71,7 +71,8 @@ class ServingCalls(Calls):
             base_model=base_model, version=version, chunk_size=CHUNK_SIZE
         )
         header: adapter.AdapterArchiveHeader | None = None
-        digest, path, partial = hashlib.sha256(), Path(), Path()
+        digest, path = hashlib.sha256(), Path()
+        partial: Path | None = None  # a temporary file of this download's own (two downloads never share one)
         handle = None
         try:
             async for message in self._stream(self.adapters.DownloadAdapter, request, timeout=self.timeout):
@@ -82,28 +83,33 @@ class ServingCalls(Calls):
                         raise FileExistsError(
                             errno.EEXIST, f"{path} exists (another download of {header.adapter.version}?)", str(path)
                         )
-                    partial = path.with_name(path.name + ".partial")
                     destination.mkdir(parents=True, exist_ok=True)
-                    handle = partial.open("wb")
+                    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept past the block
+                        dir=destination, prefix=f".{path.name}.", suffix=".partial", delete=False)
+                    partial = Path(handle.name)
                 elif handle is not None:
                     handle.write(message.chunk)
                     digest.update(message.chunk)
-        finally:
+            if header is None:
+                raise errors.DataLoss(
+                    grpc.StatusCode.DATA_LOSS, "download ended without a header", reason=ERROR_REASON_NO_HEADER
+                )
+            if header.sha256 and digest.hexdigest() != header.sha256:
+                raise errors.DataLoss(
+                    grpc.StatusCode.DATA_LOSS,
+                    "downloaded archive does not match its sha256",
+                    reason=ERROR_REASON_SHA256_MISMATCH,
+                )
+            assert handle is not None and partial is not None  # the header opened them
+            handle.close()
+            partial.replace(path)
+            partial = None
+            return header.adapter, path
+        finally:  # a download that did not end with its archive in place leaves nothing behind
             if handle is not None:
                 handle.close()
-        if header is None:
-            raise errors.DataLoss(
-                grpc.StatusCode.DATA_LOSS, "download ended without a header", reason=ERROR_REASON_NO_HEADER
-            )
-        if header.sha256 and digest.hexdigest() != header.sha256:
-            partial.unlink(missing_ok=True)
-            raise errors.DataLoss(
-                grpc.StatusCode.DATA_LOSS,
-                "downloaded archive does not match its sha256",
-                reason=ERROR_REASON_SHA256_MISMATCH,
-            )
-        partial.replace(path)
-        return header.adapter, path
+            if partial is not None:
+                partial.unlink(missing_ok=True)
 
     async def import_adapter(
         self,
