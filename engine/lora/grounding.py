@@ -30,13 +30,14 @@ _TOKEN = re.compile(r"\w+(?:[.,'’]\w+)*")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|\n\s*$")
 
 
+# A number as written in prose: digits, a decimal part (thousands commas are dropped first). Not what float()
+# reads, which takes words ("Infinity", "nan", "inf") and "1_000": a name such as "Nan" is no number.
+_NUMERIC = re.compile(r"\d+(?:\.\d+)*")
+
+
 def _number(token: str) -> str | None:
-    plain = token.replace(",", "")
-    try:
-        float(plain)
-    except ValueError:
-        return None
-    return plain.rstrip(".")
+    plain = token.replace(",", "").rstrip(".")
+    return plain if _NUMERIC.fullmatch(plain) else None
 
 
 def claims(answer: str) -> list[str]:

@@ -198,3 +198,12 @@ async def test_the_judge_asks_the_served_model_and_fails_loudly():
             await jg.Judge(client, "judge-model", jg.JudgeConfig()).grade("Q", "R", "A")
     assert err.value.reason == "JUDGE_UNAVAILABLE" and err.value.metadata["cause"] == "SERVING_UNAVAILABLE"
     assert err.value.metadata["judge_model"] == "judge-model"
+
+
+def test_words_float_reads_are_names_not_numbers():
+    """float() reads "Infinity", "NaN" and "inf": as numbers their case was kept, so an answer's "Infinity" was not
+    found in a source's "infinity" (names are compared lower-cased), and "Nan" was a number, not a name."""
+    source = "The loop runs to infinity; Nan Olvar wrote it in 1,204."
+    assert grounding.unsupported("It runs to Infinity.", source) == ()
+    assert grounding.unsupported("Nan Olvar wrote it in 1204.", source) == ()
+    assert grounding.claims("Nan wrote 3.5 pages in 1_000 days.") == ["Nan", "3.5"]
