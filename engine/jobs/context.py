@@ -78,11 +78,14 @@ class CancelHook(Protocol[S, O]):
 
 @dataclass
 class LiveJob(Generic[S, O]):
-    """A job this process's worker holds, with its complete event log."""
+    """A job this process's worker holds, with its complete event log (``events``; those up to ``stored`` are in
+    the store, the rest are being written: a worker that loses the job drops them, and the job's next holder
+    records its own events under those sequence numbers)."""
 
     job: Job[S, O]
     events: list[JobEvent]
     lease: Lease
+    stored: int = 0  # the sequence of the last event the store holds: what a watcher may be shown
     prepared: object = None  # what validation resolved at create time, if this process created the job
     taken_over_from: str = ""  # the worker that held it before, if it was resumed after that worker stopped
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -93,8 +96,8 @@ class LiveJob(Generic[S, O]):
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def moved_past(self, seen: int) -> bool:
-        """Whether the job has ended or has more than ``seen`` events."""
-        return self.finished or seen < len(self.events)
+        """Whether the job was let go of, or the store holds events after sequence ``seen``."""
+        return self.finished or seen < self.stored
 
 
 class JobHost(Protocol[S, O]):

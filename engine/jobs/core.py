@@ -47,6 +47,20 @@ class Control(enum.StrEnum):
     CANCEL = "CANCEL"
     PAUSE = "PAUSE"
 
+    @property
+    def stopping(self) -> JobState:
+        """The state a job a worker holds is shown in once this is asked of it (CANCELLING, PAUSING)."""
+        return JobState.CANCELLING if self is Control.CANCEL else JobState.PAUSING
+
+
+def shown_state(state: JobState, requested: Control | None) -> JobState:
+    """The state a job is shown (and listed) in: as stored, but a job a worker holds that a client asked to stop
+    is in that request's stopping state (the worker acts on it at its next step). The stores' one definition of
+    it (engine.stores.job_store.SHOWN_STATE_SQL says the same in SQL)."""
+    if requested is not None and state.claimed:
+        return requested.stopping
+    return state
+
 
 @dataclass(frozen=True)
 class JobProgress:

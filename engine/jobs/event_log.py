@@ -1,9 +1,11 @@
 """How a :class:`~engine.jobs.manager.JobManager` writes its jobs' events to the store, and lets go of a job it held.
 
 ``JobEventLog[S, O]``, the manager's base class, is that writing half. An event the running job records is appended
-in memory (watchers in this process see it at once) and written through to the store in the background, fenced by
-the job's lease, so a worker that lost the job to another writes nothing more. A write that fails (the database
-restarting) keeps its events pending and is retried: the stored log never has a gap. When the run stops, the job is
+in memory and written through to the store at once in the background, fenced by the job's lease, so a worker that
+lost the job to another writes nothing more. Watchers are shown an event once it is stored (``LiveJob.stored``, woken
+as it advances), never before: the events a worker that lost its job had not stored are dropped, and the job's next
+holder records its own under those sequence numbers. A write that fails (the database restarting) keeps its events
+pending and is retried: the stored log never has a gap. When the run stops, the job is
 closed (its end stored before its watch streams end), released (PAUSED, or QUEUED again for any worker, carrying
 out a cancel or pause asked meanwhile) or, taken over by another worker, dropped unwritten. A job no worker holds
 is moved directly, its events with it.
@@ -87,8 +89,7 @@ class JobEventLog(Generic[S, O]):
         if isinstance(payload, StateChanged):
             telemetry.job_state_changed(self.kind.name, job.id, payload.state.value, payload.state.terminal)
         live.events.append(event)
-        live.unpersisted.append(event)
-        self._notify(live)
+        live.unpersisted.append(event)  # watchers are woken once it is stored (_stored)
         if not (live.flush_scheduled or live.releasing):  # else that flush, or the release, writes it
             live.flush_scheduled = True
             self._spawn(self._flush_soon(live))
@@ -100,12 +101,12 @@ class JobEventLog(Generic[S, O]):
             live.cancel.cancel(StopReason.LEASE_LOST)
             raise
 
-    def _notify(self, live: LiveJob[S, O]) -> None:
-        async def wake() -> None:
+    async def _stored(self, live: LiveJob[S, O], batch: list[JobEvent]) -> None:
+        """``batch`` was just written: its events may be shown to watchers now; wake them."""
+        if batch:
+            live.stored = max(live.stored, batch[-1].sequence)
             async with live.changed:
                 live.changed.notify_all()
-
-        self._spawn(wake())
 
     def transition(self, live: LiveJob[S, O], state: JobState, message: str) -> None:
         previous = live.job.state
@@ -150,6 +151,7 @@ class JobEventLog(Generic[S, O]):
                         batch = list(live.unpersisted)
                         pending = await self._store.release(live.job, batch, live.lease)
                         del live.unpersisted[: len(batch)]
+                        await self._stored(live, batch)
                     break
                 except LeaseLost:
                     return
@@ -194,17 +196,31 @@ class JobEventLog(Generic[S, O]):
                 batch = list(live.unpersisted)
                 await self._store.write(live.job, batch, live.lease)
                 del live.unpersisted[: len(batch)]
+                await self._stored(live, batch)
                 if not live.unpersisted or live.releasing:
                     return
 
     async def _flush_soon(self, live: LiveJob[S, O]) -> None:
-        """A background flush after an event; if the store is down, later events or the job's end retry it."""
+        """A background flush after an event, writing as well what is recorded until it is done. If the store is
+        down it is retried with backoff (watchers see the events once they are stored), until the job is let go
+        of: its end or release writes what is pending then."""
+        attempt = 0
         try:
-            await self._flush(live)
-        except LeaseLost:
-            live.cancel.cancel(StopReason.LEASE_LOST)
-        except Exception as exc:  # noqa: BLE001 - kept pending; retried by the next flush
-            log.warning("job events not stored yet; will retry", extra={"job_id": live.job.id, "error": str(exc)})
+            while True:
+                try:
+                    await self._flush(live)
+                    return
+                except LeaseLost:
+                    live.cancel.cancel(StopReason.LEASE_LOST)
+                    return
+                except Exception as exc:  # noqa: BLE001 - kept pending; retried below
+                    delay = FLUSH_RETRY_SECONDS[min(attempt, len(FLUSH_RETRY_SECONDS) - 1)]
+                    log.warning("job events not stored yet; will retry",
+                                extra={"job_id": live.job.id, "error": str(exc), "retry_in_seconds": delay})
+                attempt += 1
+                await asyncio.sleep(delay)
+                if live.finished or live.releasing or live.cancel.reason is StopReason.LEASE_LOST:
+                    return
         finally:
             live.flush_scheduled = False  # an event recorded from now on schedules the next
 

@@ -163,20 +163,35 @@ class JobManager(JobEventLog[S, O]):
         return NotFound("JOB_NOT_FOUND", f"{self.kind.name} job {name} does not exist", metadata={"name": name})
 
     async def events(self, job_id: str) -> tuple[Job[S, O], list[JobEvent]]:
-        """The job and its whole event log so far (a job running here from memory, any other from the store)."""
+        """The job and its whole stored event log so far (a job running here from memory, any other from the
+        store)."""
         live = self._live.get(job_id)
         if live is not None:
-            return live.job, list(live.events)
+            return live.job, [e for e in live.events if e.sequence <= live.stored]
         job = await self.get(job_id)
         return job, await self._store.list_events(job_id, after_sequence=0)
 
     async def list(
         self, *, states: Sequence[JobState], page_size: int, page_token: str
     ) -> tuple[list[Job[S, O]], str]:
+        """A page of jobs, newest first, in ``states`` (any, if empty) as they are shown: a job running here as it
+        is in memory, which may be ahead of the store (then it is left out if its state is not asked for, and the
+        page filled from further on)."""
         before = decode_page_token(page_token) if page_token else None
-        jobs = await self._store.list_jobs(states=states, limit=page_size + 1, before=before)
+        wanted = page_size + 1  # one more tells whether there is a next page
+        jobs: list[Job[S, O]] = []
+        while len(jobs) < wanted:
+            limit = wanted - len(jobs)
+            stored = await self._store.list_jobs(states=states, limit=limit, before=before)
+            for j in stored:
+                shown = self._live[j.id].job if j.id in self._live else j
+                if not states or shown.state in states:
+                    jobs.append(shown)
+            if len(stored) < limit:
+                break
+            before = (stored[-1].create_time, stored[-1].id)
         more = len(jobs) > page_size
-        jobs = [self._live[j.id].job if j.id in self._live else j for j in jobs[:page_size]]
+        jobs = jobs[:page_size]
         token = encode_page_token(jobs[-1].create_time, jobs[-1].id) if more and jobs else ""
         return jobs, token
 
@@ -240,15 +255,19 @@ class JobManager(JobEventLog[S, O]):
             yield event
 
     async def _watch_live(self, live: LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
+        """The events of a job this worker holds, from memory, each once the store holds it (woken as the store
+        takes them), until the worker lets go of the job. What it recorded and had not stored then is never shown:
+        a worker that lost the job drops it, and the stored log (``_watch_stored``) goes on from there."""
         index = next((i for i, ev in enumerate(live.events) if ev.sequence > after), len(live.events))
         while True:
-            while index < len(live.events):
+            while index < len(live.events) and live.events[index].sequence <= live.stored:
+                after = live.events[index].sequence
                 yield live.events[index]
                 index += 1
             if live.finished:
                 return
             async with live.changed:
-                await live.changed.wait_for(functools.partial(live.moved_past, index))
+                await live.changed.wait_for(functools.partial(live.moved_past, after))
 
     async def _watch_stored(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
         """Events from the store (the source of truth), woken by its notifications, until the job ends."""
@@ -269,7 +288,7 @@ class JobManager(JobEventLog[S, O]):
     # ---- steering -------------------------------------------------------------------
 
     async def _steer(self, job_id: str, control: Control) -> Job[S, O]:
-        stopping = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
+        stopping = control.stopping
         for _ in range(5):
             live = self._live.get(job_id)
             job = live.job if live is not None else await self.get(job_id)
@@ -352,7 +371,8 @@ class JobManager(JobEventLog[S, O]):
                 job = claim.job
                 doing = "as the job's event log was read"
                 events = await self._store.list_events(job_id, after_sequence=0)
-                live = LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None))
+                live = LiveJob(job=job, events=events, lease=claim.lease, prepared=self._prepared.pop(job_id, None),
+                               stored=events[-1].sequence if events else 0)
                 if job.state.claimed:  # its worker stopped (it crashed, or lost its heartbeat): take it over
                     live.taken_over_from = claim.previous_owner or "a stopped worker"
                 self._live[job_id] = live
@@ -515,7 +535,7 @@ class JobManager(JobEventLog[S, O]):
         if live.releasing or live.job.state.terminal or (live.cancel.cancelled and not overrides):
             return
         live.cancel.cancel(StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE)
-        state = JobState.CANCELLING if control is Control.CANCEL else JobState.PAUSING
+        state = control.stopping
         if live.job.state is not state:
             self.transition(live, state, f"{control.value.lower()} requested")
 

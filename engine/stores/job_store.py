@@ -32,7 +32,7 @@ from pydantic import TypeAdapter
 
 from engine.errors import Aborted
 from engine.jobs.codec import EventCodec, dump_json
-from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState
+from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState, shown_state
 from engine.jobs.ports import Claim, Lease, lease_lost
 from engine.stores.postgres import holding_rows
 
@@ -41,6 +41,18 @@ O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 CHANNEL = "learning_engine_jobs"
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
+
+
+def _shown_state_sql() -> str:
+    """engine.jobs.core.shown_state over a ``jobs`` row's ``state`` and ``requested`` columns (what ``_decode``
+    shows), built from the same definitions so that a list filters on the state it shows."""
+    claimed = ", ".join(f"'{s.value}'" for s in JobState if s.claimed)
+    stopping = " ".join(f"WHEN '{c.value}' THEN '{c.stopping.value}'" for c in Control)
+    return (f"(CASE WHEN requested IS NOT NULL AND state IN ({claimed})"
+            f" THEN (CASE requested {stopping} ELSE state END) ELSE state END)")
+
+
+SHOWN_STATE_SQL = _shown_state_sql()
 
 
 async def count_jobs(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
@@ -115,11 +127,11 @@ class PostgresJobStore(Generic[S, O]):
         self._notifications = notifications or JobNotifications(pool)
 
     def _decode(self, doc: str, requested: str | None = None) -> Job[S, O]:
+        """The stored job as it is shown: in its stopping state while a request waits for its worker
+        (engine.jobs.core.shown_state; SHOWN_STATE_SQL, which lists filter on, says the same)."""
         job = self._job.validate_json(doc)
-        if requested and not job.state.terminal and job.state.claimed:
-            state = JobState.CANCELLING if requested == Control.CANCEL.value else JobState.PAUSING
-            return replace(job, state=state)
-        return job
+        state = shown_state(job.state, Control(requested) if requested else None)
+        return job if state is job.state else replace(job, state=state)
 
     def _dump(self, job: Job[S, O]) -> str:
         """The job as JSON, a number JSON cannot hold written so that it reads back (engine.jobs.codec.dump_json). A
@@ -164,7 +176,7 @@ class PostgresJobStore(Generic[S, O]):
         args: list[object] = [self._kind]
         if states:
             args.append([s.value for s in states])
-            clauses.append(f"state = ANY(${len(args)}::text[])")
+            clauses.append(f"{SHOWN_STATE_SQL} = ANY(${len(args)}::text[])")  # as listed: as _decode shows it
         if before is not None:
             args.extend(before)
             clauses.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")

@@ -24,7 +24,7 @@ from safetensors.torch import load, save
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
 from engine.errors import Aborted, DataLoss, NotFound
-from engine.jobs.core import Control, Job, JobEvent, JobState
+from engine.jobs.core import Control, Job, JobEvent, JobState, shown_state
 from engine.jobs.ports import Claim, JobExecutor, Lease, QueueAttempt, lease_lost, queue_attempt
 from engine.registry.ports import Cursor, ServingRole
 from engine.registry.records import AdapterRecord, VersionNumber, next_number, reservation_lost, version_not_found
@@ -62,23 +62,23 @@ class InMemoryJobStore(Generic[S, O]):
         if request_id:
             for stored in self.jobs.values():
                 if stored.request_id == request_id:
-                    return stored
+                    return self._shown(stored)
         return None
 
     async def get_job(self, job_id: str) -> Job[S, O] | None:
         job = self.jobs.get(job_id)
-        if job is None:
-            return None
-        requested = self.held[job_id].requested
-        if requested is not None and not job.state.terminal and job.state.claimed:
-            return replace(job, state=JobState.CANCELLING if requested is Control.CANCEL else JobState.PAUSING)
-        return job
+        return None if job is None else self._shown(job)
+
+    def _shown(self, job: Job[S, O]) -> Job[S, O]:
+        """The stored job as it is shown and listed (engine.jobs.core.shown_state, as the PostgreSQL store)."""
+        state = shown_state(job.state, self.held[job.id].requested)
+        return job if state is job.state else replace(job, state=state)
 
     async def list_jobs(
         self, *, states: Sequence[JobState], limit: int, before: tuple[datetime, str] | None
     ) -> list[Job[S, O]]:
-        rows = sorted(self.jobs.values(), key=lambda j: (j.create_time, j.id), reverse=True)
-        rows = [j for j in rows if (not states or j.state in states)
+        rows = sorted(map(self._shown, self.jobs.values()), key=lambda j: (j.create_time, j.id), reverse=True)
+        rows = [j for j in rows if (not states or j.state in states)  # the state shown, as get_job shows it
                 and (before is None or (j.create_time, j.id) < before)]
         return rows[:limit]
 
