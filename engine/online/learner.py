@@ -174,8 +174,9 @@ class OnlineLearner:
         """A publication claimed the examples up to ``last``: the next one claims those after them, so that the
         windows of a session's publications follow each other without overlapping. (A session resumed from a
         checkpoint older than its last publication comes back to it having trained again on its examples, maybe
-        not update for update, as a forced update takes what there was: its next window still starts here.)"""
-        self.window_first = last + 1
+        not update for update, as a forced update takes what there was: its next window still starts here; the
+        runner says so when it takes the session over.) A window never moves back."""
+        self.window_first = max(self.window_first, last + 1)
 
     def forget(self, present: Collection[int]) -> int:
         """Drop the buffered and pending examples whose sequence number is not in ``present`` (deleted from the

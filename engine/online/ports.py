@@ -7,7 +7,7 @@ feedback on their answers.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,7 +32,11 @@ class OnlineStore(Protocol):
 
     async def controls_of(self, session_ids: Sequence[str]) -> dict[str, Controls]: ...
 
-    async def set(self, session_id: str, **changes: Any) -> Controls: ...
+    async def set(self, session_id: str, *, verdicts: Mapping[str, GateVerdict] | None = None,
+                  **changes: Any) -> Controls:
+        """Change the controls (``enabled``, ``disabled_reason``, ``learning_rate``, ``alias_version``) and record
+        ``verdicts`` on those of their versions the gate has not judged, in one write."""
+        ...
 
     async def request(self, session_id: str, counter: str) -> Controls: ...
 
@@ -58,7 +62,10 @@ class OnlineStore(Protocol):
         """Whether ``owner`` (one serving process) runs the gate on ``version``: exactly one process at a time."""
         ...
 
-    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None: ...
+    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> Controls:
+        """Record ``verdict`` on ``version`` unless one is recorded already, and move the alias to it when this one,
+        recorded, passed, in one write; the controls after."""
+        ...
 
     async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
                   users: Sequence[Collection[str]] = ()) -> int:
@@ -86,6 +93,10 @@ class OnlineStore(Protocol):
         ...
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
+
+    async def count_after(self, session_id: str, seq: int) -> int:
+        """How many of the session's examples are stored after ``seq`` (received, not read yet)."""
+        ...
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
 

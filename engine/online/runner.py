@@ -13,11 +13,13 @@ examples there first), reads the controls, and hands each update to the job's wo
 and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is stored or a version published (its
 parent the start version, or the session's previous publication; fenced by the job's lease). A loss spike puts
 the adapter back, disables learning and says why on the controls. So does a negative-feedback spike on the live
-model (its ratings, read every ``feedback_seconds``, against the start version's), which also puts the alias
-back on the start version. ``online_max_update_share`` caps the share of
+model (its ratings, read every ``feedback_seconds``, against the start version's), which also stores a
+checkpoint of the start version's weights it put back and puts the alias back on the start version, failing the
+gate of every publication not judged yet in the same write. ``online_max_update_share`` caps the share of
 wall time updates take (the loop waits after each update in proportion), so a session never starves serving.
 
-StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED. A worker shutting down stores
+StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED, saying how many examples
+received were never trained on (an EXAMPLES_NOT_TRAINED warning). A worker shutting down stores
 one and hands the session to another worker, which goes on from it.
 """
 
@@ -55,6 +57,7 @@ from engine.online.spec import (
     CHECKPOINT_PREFIX,
     LIVE_PREFIX,
     ONLINE_SESSION,
+    SPIKE_VERDICT,
     FeedbackSpike,
     LiveAdapter,
     LossSpike,
@@ -215,7 +218,15 @@ class _Session:
         self.id = ctx.job.id
         self.live_keys: collections.deque[str] = collections.deque()
         self.resting_until = 0.0
-        self.checkpointed = learner.updates
+        # The weights (or the optimiser, the counters) changed since the last checkpoint: an update, or a
+        # negative-feedback spike putting the start version's weights back, did it. A learner just built or just
+        # restored from its checkpoint has nothing a checkpoint would add.
+        self.changed = False
+        done = ctx.job.output.publications
+        if done:
+            # A learner restored from a checkpoint older than the session's last publication (or, with none, from
+            # the start version) trains again on examples that publication claimed: the next window starts after it.
+            learner.published(done[-1].last_sequence)
         self.feedback_at = 0.0  # when the feedback was last read (monotonic)
         self.erasures_seen = 0  # the session's erasure count (Controls.erasures) acted on
         scratch = ctx.work_dir / "archive"
@@ -277,6 +288,7 @@ class _Session:
         ctx, learner, spec = self.ctx, self.learner, self.spec
         began = time.monotonic()
         result: UpdateResult = await ctx.in_worker(learner.update, learning_rate)
+        self.changed = True  # also a skipped update: its counters and optimiser moved
         took = time.monotonic() - began
         share = self.r.config.max_update_share
         self.resting_until = time.monotonic() + (took * (1 - share) / share if 0 < share < 1 else 0.0)
@@ -404,11 +416,18 @@ class _Session:
                   f"{start.total} by more than {spec.negative_feedback_margin:.1%}; the live model was put back to "
                   f"{spec.start_version}'s weights and the alias to {spec.start_version}")
         # The live model is put back and stored first, so a session read as disabled already serves the start
-        # weights. The ratings are put aside last: a crash before that finds the same spike again on resume.
+        # weights, and checkpointed (with the job), so a worker that goes on from here, after a stop or a crash,
+        # resumes the start weights and not those users rated down. The ratings are put aside last: a crash before
+        # that finds the same spike again on resume.
         await ctx.in_worker(self.learner.put_back_start)
+        self.changed = True
         await self._refresh_live(self.learner.updates)
-        await ctx.persist()
-        await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=spec.start_version)
+        await self._checkpoint()
+        # Learning off, the alias back on the start version and a failed verdict on every publication the gate has
+        # not judged yet, in one write: the gate, which judges a publication against what the alias serves and
+        # moves it onto one that passes, never moves it back onto weights of before the spike.
+        await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=spec.start_version,
+                               verdicts={p.version: SPIKE_VERDICT for p in ctx.job.output.publications})
         ctx.set_output(replace(ctx.job.output, ratings_since=now))
         ctx.record(spike)
         ctx.record(Warned("LEARNING_DISABLED", reason))
@@ -434,10 +453,22 @@ class _Session:
             await self.r.artifacts.delete([self.live_keys.popleft()])
 
     async def _publish(self) -> None:
+        """Publish the adapter as it is now, claiming the examples trained on since the last publication. Nothing
+        is published, with a PUBLISH_SKIPPED notice, when the session's last publication is at this update or a
+        later one (a worker that resumed from an older checkpoint: its weights are older than that publication's,
+        which it would follow as a child), or when no example was trained on since it."""
         ctx, learner, spec = self.ctx, self.learner, self.spec
         done = ctx.job.output.publications
-        if done and done[-1].update == learner.updates:  # published already (reached again after a resume)
-            learner.published(done[-1].last_sequence)
+        skipped = ""
+        if done and learner.updates <= done[-1].update:
+            skipped = (f"{done[-1].version} was published at update {done[-1].update}, which this session has not "
+                       "gone past since it resumed from an older checkpoint; the next publication after that update "
+                       f"follows on from {done[-1].version}")
+        elif learner.trained_through < learner.window_first:
+            skipped = (f"no example was trained on since {done[-1].version if done else 'the last publication'}, "
+                       f"whose window ended at example {learner.window_first - 1}")
+        if skipped:
+            ctx.record(Noticed("PUBLISH_SKIPPED", f"nothing published at update {learner.updates}: {skipped}"))
             return
         parent = self.start
         if done:
@@ -470,7 +501,7 @@ class _Session:
 
     async def _checkpoint(self) -> None:
         ctx, learner = self.ctx, self.learner
-        if learner.updates == self.checkpointed and ctx.job.output.checkpoints:
+        if not self.changed and ctx.job.output.checkpoints:
             return
         folder = ctx.work_dir / "checkpoint"
         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -483,10 +514,11 @@ class _Session:
         archive = self.checkpoint_archive
         record = await archive.save(self.id, learner.updates, ctx.lease_token, folder,
                                     loss=learner.last_loss, eval_loss=None)
-        kept = (record, *ctx.job.output.checkpoints)
+        # a second checkpoint at the same update (a feedback spike's) is stored under the same key: it replaces it
+        kept = (record, *(c for c in ctx.job.output.checkpoints if c.key != record.key))
         ctx.set_output(replace(ctx.job.output, checkpoints=kept[:CHECKPOINTS_KEPT]))
         await ctx.persist()
-        self.checkpointed = learner.updates
+        self.changed = False
         if len(kept) > CHECKPOINTS_KEPT:
             await archive.delete(list(kept[CHECKPOINTS_KEPT:]))
 
@@ -494,9 +526,28 @@ class _Session:
         """A stop asked by a client (a last checkpoint, then CANCELLED) or by this worker's shutdown or a pause
         (a checkpoint, then the session goes to another worker); a lost lease writes nothing more."""
         reason = self.ctx.cancel.reason
-        if reason is not StopReason.LEASE_LOST and self.learner.updates:
+        if reason is not StopReason.LEASE_LOST and self.changed:
             await self._checkpoint()
         if reason is StopReason.CANCEL:
-            raise Cancelled("JOB_CANCELLED", f"stopped after {self.learner.updates} updates on "
-                                             f"{self.learner.total_examples} examples")
+            raise Cancelled("JOB_CANCELLED", await self._untrained())
         raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+
+    async def _untrained(self) -> str:
+        """The end of a session a client stopped: what it trained on, and the examples it received and never will
+        train on (those waiting for a full update, and those stored and not read yet), with an EXAMPLES_NOT_TRAINED
+        warning when there are any."""
+        learner = self.learner
+        waiting = len(learner.pending)
+        unread = await self.r.store.count_after(self.id, learner.last_sequence)
+        trained = max(0, learner.total_examples - learner.skipped - waiting)
+        said = f"stopped after {learner.updates} updates on {trained} examples"
+        untrained = waiting + unread
+        if not untrained:
+            return said
+        what = (f"{untrained} example{'' if untrained == 1 else 's'} received {'was' if untrained == 1 else 'were'} "
+                f"not trained on ({waiting} waiting for a full update of {self.spec.update_every}, {unread} not "
+                "read yet)")
+        self.ctx.record(Warned("EXAMPLES_NOT_TRAINED", f"{what}: the session stopped, so no update will train on "
+                                                       "them; they stay in its examples until the retention "
+                                                       "deletes them"))
+        return f"{said}; {what}"

@@ -8,8 +8,10 @@
 * Each publication the gate has not judged goes through the forgetting-aware gate against what the session's
   live alias serves (its start version at first), as an activation's would, in one serving process: each claims
   it first (``OnlineStore.claim_gate``, with a lease another takes over when it runs out). The verdict is stored on the
-  session's controls; one that passes moves the alias (``live_alias``, when the operator named one) to it. One
-  that fails leaves the alias where it was.
+  session's controls; one that passes moves the alias (``live_alias``, when the operator named one) to it, in the
+  same write. One that fails leaves the alias where it was. A publication deleted before it was judged gets a failed
+  verdict ("deleted"); one made before a negative-feedback spike has one already (the spike's, "feedback_spike"),
+  so the gate never moves the alias back onto weights the spike put aside.
 * Every live alias that is routed (the controls' ``AliasState``: FOLLOWING a session, or KEPT after it) is routed
   to the version it serves, loaded under that version's usual name. A version an alias leaves (moved, or the
   alias removed) is drained and handed to LoraControl, which unloads it unless it serves it too.
@@ -39,6 +41,7 @@ from engine.jobs.core import JobState, Noticed, Warned
 from engine.lora.state import EvalSummary, FetchedAdapter, lora_name
 from engine.online.ports import OnlineStore
 from engine.online.spec import (
+    DELETED_VERDICT,
     LIVE_PREFIX,
     AliasState,
     Controls,
@@ -176,10 +179,11 @@ class OnlineServing:
             if not await self._store.claim_gate(session.id, publication.version, self._owner, GATE_LEASE_SECONDS):
                 return controls, False  # another serving process judges it (the later ones wait: each after it)
             verdict = await self._judge(publication.version, alias_version)
-            await self._store.record_gate(session.id, publication.version, verdict)
-            if verdict.passed:  # the alias stays where it is if the version was deleted meanwhile
-                controls = await self._store.set(session.id, alias_version=publication.version)
-                alias_version = controls.alias_version or session.spec.start_version
+            # One that passes moves the alias in the same write, unless a verdict was recorded meanwhile (a
+            # negative-feedback spike's, which put the alias back); the alias stays where it is if the version was
+            # deleted meanwhile.
+            controls = await self._store.record_gate(session.id, publication.version, verdict)
+            alias_version = controls.alias_version or session.spec.start_version
         return controls, True
 
     async def _settle(self, controls: Controls) -> Controls:
@@ -214,11 +218,18 @@ class OnlineServing:
         return settled
 
     async def _judge(self, version: str, baseline: str) -> GateVerdict:
+        """The gate's verdict on ``version``; a failed one ("deleted") when it was deleted before it was judged
+        (DeleteAdapter, or retention once it is no longer the session's latest publication), so the gate goes on
+        with the next publication instead of trying it again at every tick."""
         try:
             summary = await self._gate.evaluate(version, baseline)
         except FailedPrecondition as exc:
             if exc.reason == "EVAL_SUITE_NOT_CONFIGURED":  # no gate here: as an activation, nothing to pass
                 return GateVerdict(passed=True, gated=False)
+            raise
+        except NotFound as exc:
+            if exc.reason == "ADAPTER_NOT_FOUND" and exc.metadata.get("version", version) == version:
+                return DELETED_VERDICT
             raise
         return GateVerdict(passed=summary.passed, failed_checks=summary.failed_checks, gated=True)
 

@@ -113,6 +113,13 @@ class GateVerdict:
     gated: bool = True  # False: the server has no gate (off, and no golden suite), so nothing was checked
 
 
+# The verdicts on a publication that no gate judged: the weights a negative-feedback spike put aside (the spike
+# records it on every publication the gate had not judged, so none of them moves the live alias), and a version
+# deleted before the gate judged it.
+SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("feedback_spike",))
+DELETED_VERDICT = GateVerdict(passed=False, failed_checks=("deleted",))
+
+
 class AliasState(enum.StrEnum):
     """Where a session's live alias is (migration 0024)."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -49,6 +49,10 @@ def _controls(r: asyncpg.Record) -> Controls:
         base_model=r["base_model"], start_version=r["start_version"], live_alias=r["live_alias"],
         alias_state=AliasState(r["alias_state"]),
     )
+
+
+def _verdict(verdict: GateVerdict) -> dict[str, Any]:
+    return {"passed": verdict.passed, "failed_checks": list(verdict.failed_checks), "gated": verdict.gated}
 
 
 _ROUTED = "alias_state IN ('FOLLOWING', 'KEPT')"
@@ -152,20 +156,31 @@ class PostgresOnlineStore:
                                       list(session_ids))
         return {r["session_id"]: _controls(r) for r in rows}
 
-    async def set(self, session_id: str, **changes: Any) -> Controls:
+    async def set(self, session_id: str, *, verdicts: Mapping[str, GateVerdict] | None = None,
+                  **changes: Any) -> Controls:
         """Set ``enabled``, ``disabled_reason``, ``learning_rate`` or ``alias_version`` (only while the alias
         follows the session, or it has none: a kept or removed alias keeps what it serves, or served; and only
-        to a version still published: the returned controls say where the alias is)."""
+        to a version still published: the returned controls say where the alias is). ``verdicts``: gate verdicts
+        recorded, in the same statement, on those of their versions the gate has not judged (a verdict recorded
+        already stays; a serving process judging one now finds it judged when it records its own)."""
         allowed = {"enabled", "disabled_reason", "learning_rate", "alias_version"}
-        assert changes and set(changes) <= allowed, changes
+        assert (changes or verdicts) and set(changes) <= allowed, changes
         columns = list(changes)
-        published, number = _published(changes.get("alias_version", ""), len(columns) + 2)
-        assignments = ", ".join(
-            f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') AND {published} THEN ${i + 2}"
-            " ELSE alias_version END" if c == "alias_version" else f"{c} = ${i + 2}" for i, c in enumerate(columns))
+        values: list[Any] = [changes[c] for c in columns]
+        assignments = [f"{c} = ${i + 2}" for i, c in enumerate(columns) if c != "alias_version"]
+        if verdicts:
+            values += [json.dumps({v: _verdict(g) for v, g in verdicts.items()}), list(verdicts)]
+            # jsonb ||: the right-hand side's key wins, so a verdict already recorded stays
+            assignments.append(f"gates = ${len(values)}::jsonb || gates, gate_claims = gate_claims - "
+                               f"${len(values) + 1}::text[]")
+        if "alias_version" in changes:
+            published, number = _published(changes["alias_version"], len(values) + 2)
+            values += number
+            assignments.append(f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') AND {published}"
+                               f" THEN ${columns.index('alias_version') + 2} ELSE alias_version END")
         row = await self._pool.fetchrow(
-            f"UPDATE online_controls SET {assignments}, update_time = now() WHERE session_id = $1 RETURNING *",
-            session_id, *(changes[c] for c in columns), *number)
+            f"UPDATE online_controls SET {', '.join(assignments)}, update_time = now() WHERE session_id = $1"
+            " RETURNING *", session_id, *values)
         if row is None:
             raise not_found(session_id)
         return _controls(row)
@@ -247,12 +262,22 @@ class PostgresOnlineStore:
             " RETURNING true", session_id, version, owner, lease_seconds)
         return bool(claimed)
 
-    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> None:
-        await self._pool.execute(
-            "UPDATE online_controls SET gates = gates || jsonb_build_object($2::text, $3::jsonb),"
-            " gate_claims = gate_claims - $2::text, update_time = now() WHERE session_id = $1",
-            session_id, version, json.dumps({"passed": verdict.passed, "failed_checks": list(verdict.failed_checks),
-                        "gated": verdict.gated}))
+    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> Controls:
+        """Record the gate's ``verdict`` on ``version`` unless one is recorded already (a negative-feedback spike
+        records a failed one on the publications the gate had not judged), and, in the same statement, move the
+        alias to it when this verdict, recorded, passed (only while the alias follows the session or it has
+        none, and only to a version still published, as ``set``). The controls after."""
+        published, number = _published(version, 5)
+        row = await self._pool.fetchrow(
+            "UPDATE online_controls SET"
+            f" alias_version = CASE WHEN $4 AND NOT gates ? $2 AND alias_state IN ('', 'FOLLOWING') AND {published}"
+            " THEN $2 ELSE alias_version END,"
+            " gates = CASE WHEN gates ? $2 THEN gates ELSE gates || jsonb_build_object($2::text, $3::jsonb) END,"
+            " gate_claims = gate_claims - $2::text, update_time = now() WHERE session_id = $1 RETURNING *",
+            session_id, version, json.dumps(_verdict(verdict)), verdict.passed, *number)
+        if row is None:
+            raise not_found(session_id)
+        return _controls(row)
 
     # ---- examples ------------------------------------------------------------------------------
 
@@ -346,6 +371,10 @@ class PostgresOnlineStore:
             "WITH gone AS (DELETE FROM online_examples e WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM"
             " unnest($2::int8[], $3::int8[]) AS w(first, last) WHERE e.seq BETWEEN w.first AND w.last) RETURNING 1)"
             " SELECT count(*) FROM gone", session_id, firsts, lasts))
+
+    async def count_after(self, session_id: str, seq: int) -> int:
+        return int(await self._pool.fetchval(
+            "SELECT count(*) FROM online_examples WHERE session_id = $1 AND seq > $2", session_id, seq))
 
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(

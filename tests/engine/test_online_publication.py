@@ -6,16 +6,22 @@ update for update)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
+
 from engine.domain import OnlineExamples
 from engine.online.learner import OnlineLearner
 from engine.online.runner import OnlineConfig, _Parts, _Session
-from engine.online.spec import OnlineOutput, StoredExample
+from engine.online.spec import AliasState, Controls, GateVerdict, OnlineOutput, StoredExample
 from engine.registry import PublishRequest
-from tests.engine.test_online_learner import loaded, rows, session
+from engine.training.spec import CheckpointRecord
+from tests.engine.test_online_learner import loaded, rows, session, weights
 
 
 class _Ctx:
@@ -23,15 +29,17 @@ class _Ctx:
 
     def __init__(self, work_dir: Path, output: OnlineOutput) -> None:
         self.job = SimpleNamespace(id="s1", name="onlineSessions/s1", spec=session(replay_fraction=0.0),
-                                   output=output)
+                                   output=output, create_time=datetime.now(UTC) - timedelta(hours=1))
         self.work_dir = work_dir
         self.lease_token = "t" * 24
+        self.cancel = SimpleNamespace(cancelled=False, reason=None)
+        self.recorded: list[object] = []
 
     def set_output(self, output: OnlineOutput) -> None:
         self.job.output = output
 
     def record(self, payload: object) -> None:
-        pass
+        self.recorded.append(payload)
 
     async def persist(self) -> None:
         pass
@@ -53,14 +61,89 @@ class _Registry:
 
 
 class _Store:
+    """The session's examples: every window holds its examples; ``unread`` are stored after what was read."""
+
+    def __init__(self, unread: int = 0) -> None:
+        self.unread = unread
+
     async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
         return OnlineExamples([r.example() for r in rows(max(0, last - first + 1), first)])
 
+    async def count_after(self, session_id: str, seq: int) -> int:
+        return self.unread
 
-def _session(learner: OnlineLearner, work_dir: Path, output: OnlineOutput, registry: _Registry) -> _Session:
-    parts = _Parts(store=_Store(), registry=registry, artifacts=None, config=OnlineConfig(),  # type: ignore[arg-type]
-                   feedback=None, rates=None)
-    return _Session(parts, _Ctx(work_dir, output), learner, SimpleNamespace(version="v1.0"))  # type: ignore[arg-type]
+
+class _Controls(_Store):
+    """The session's examples (as a _Store), and its controls as engine.stores.online_store keeps them, for the
+    runner and the serving side: a gate verdict is recorded once (a later one on the same version changes nothing)
+    and moves the alias, in the same write, when it passes; ``set``'s verdicts go on the versions not judged yet.
+    ``judging`` runs as a serving process records a verdict, before the write (what another process does
+    meanwhile)."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__()
+        self.c = Controls(**{"session_id": "s1", "enabled": True, "learning_rate": 1e-4, "base_model": "tiny",
+                             "start_version": "v1.0", "live_alias": "notes-live",
+                             "alias_state": AliasState.FOLLOWING, **fields})
+        self.judging: Callable[[], Awaitable[None]] | None = None
+
+    async def controls(self, session_id: str) -> Controls:
+        return self.c
+
+    async def claim_gate(self, session_id: str, version: str, owner: str, lease_seconds: float) -> bool:
+        return self.c.gate(version) is None
+
+    async def record_gate(self, session_id: str, version: str, verdict: GateVerdict) -> Controls:
+        if self.judging is not None:
+            await self.judging()
+        if self.c.gate(version) is None:
+            self.c = replace(self.c, gates=(*self.c.gates, (version, verdict)),
+                             alias_version=version if verdict.passed else self.c.alias_version)
+        return self.c
+
+    async def set(self, session_id: str, *, verdicts: dict[str, GateVerdict] | None = None,
+                  **changes: Any) -> Controls:
+        new = tuple((v, g) for v, g in (verdicts or {}).items() if self.c.gate(v) is None)
+        self.c = replace(self.c, gates=(*self.c.gates, *new), **changes)
+        return self.c
+
+
+class _Archive:
+    """A checkpoint archive that keeps, per checkpoint, the weights the learner had when it was stored."""
+
+    def __init__(self, learner: OnlineLearner) -> None:
+        self.learner = learner
+        self.saved: list[list[torch.Tensor]] = []
+
+    async def save(self, job_id: str, step: int, token: str, folder: Path, **_: Any) -> CheckpointRecord:
+        self.saved.append(weights(self.learner))
+        return CheckpointRecord(step=step, key=f"k{len(self.saved)}", uri="", sha256="", size_bytes=0, loss=0.0,
+                                eval_loss=None, create_time=datetime.now(UTC))
+
+    async def delete(self, records: list[CheckpointRecord]) -> None:
+        pass
+
+
+class _Rates:
+    """Ratings that make a negative-feedback spike: 25 of the live model's last 30 negative, the start version's
+    10%."""
+
+    async def named(self, since: datetime, *names: str, base_model: str = "") -> SimpleNamespace:
+        return SimpleNamespace(total=30, negative=25, negative_rate=25 / 30)
+
+    async def counts(self, base_model: str, version: str, since: datetime) -> SimpleNamespace:
+        return SimpleNamespace(total=100, negative_rate=0.1)
+
+
+def _session(learner: OnlineLearner, work_dir: Path, output: OnlineOutput, registry: _Registry, *,
+             store: Any = None, rates: Any = None) -> _Session:
+    """A running session on ``learner`` (its stores faked: ``store`` by default a _Store; ``rates`` the feedback's
+    ratings), whose checkpoints go to an _Archive."""
+    parts = _Parts(store=store or _Store(), registry=registry, artifacts=None,  # type: ignore[arg-type]
+                   config=OnlineConfig(), feedback=None, rates=rates)
+    running = _Session(parts, _Ctx(work_dir, output), learner, SimpleNamespace(version="v1.0"))  # type: ignore[arg-type]
+    running.checkpoint_archive = _Archive(learner)  # type: ignore[assignment]
+    return running
 
 
 def _windows(registry: _Registry) -> list[tuple[int, int]]:
