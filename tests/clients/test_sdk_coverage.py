@@ -121,10 +121,14 @@ def test_the_blocking_twins_have_every_method_with_the_same_parameters() -> None
         assert {"wait", "events", "cancel"} <= set(dir(handle)) and not hasattr(handle, "pause")
 
 
-def test_an_uploads_deadline_grows_with_its_size() -> None:
+async def test_an_uploads_deadline_grows_with_its_size() -> None:
     """Uploads (ImportAdapter, UploadDataset) get the client's timeout plus a second per MiB, not the timeout of a
-    unary call for the whole stream; none without a client timeout."""
+    unary call for the whole stream; none without a client timeout. (In a running loop: an AsyncClient's channel
+    needs one, and a synchronous test has none once an earlier asynchronous test in its worker closed its own.)"""
     from learning_engine.client import AsyncClient  # noqa: PLC0415
 
-    assert AsyncClient("127.0.0.1:1", timeout=30.0)._upload_timeout(100 * 1024 * 1024) == 130.0
-    assert AsyncClient("127.0.0.1:1", timeout=None)._upload_timeout(5) is None
+    timed, untimed = AsyncClient("127.0.0.1:1", timeout=30.0), AsyncClient("127.0.0.1:1", timeout=None)
+    assert timed._upload_timeout(100 * 1024 * 1024) == 130.0
+    assert untimed._upload_timeout(5) is None
+    await timed.close()
+    await untimed.close()
