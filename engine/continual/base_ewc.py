@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.continual.base_knowledge import base_key
+from engine.continual.base_knowledge import base_key, plan_parts
 from engine.continual.ewc_product import ProductEwcPenalty
 from engine.continual.fisher import space_shapes, trainable_parameters
 from engine.continual.fisher_run import FisherRun, measure_model
@@ -63,8 +63,8 @@ class BaseEwc:
         pairs = self._rehearsal.pairs(model, tokenizer, plan, base_model_dir, quantization, cancel)
         params = trainable_parameters(model)
         shapes = space_shapes({n: tuple(p.shape) for n, p in params.items()}, FisherSpace.LORA_PRODUCT)
-        key = base_key(base_model_dir, quantization, "product-fisher", plan.device, str(plan.autocast_dtype),
-                       max_seq_length, sorted((n, list(s)) for n, s in shapes.items()),
+        key = base_key(base_model_dir, quantization, "product-fisher", *plan_parts(plan), max_seq_length,
+                       sorted((n, list(s)) for n, s in shapes.items()),
                        [[(m.role, m.content) for m in e.messages] for e in pairs])
         path = self._cache_dir / f"base-fisher-{key[:32]}.safetensors"
         fisher = load_tensors(path, key)

@@ -61,7 +61,7 @@ class SuiteCase:
 
 @dataclass(frozen=True)
 class BaseSuite:
-    key: str  # the base model (digest and quantization) and the questions it was built from
+    key: str  # the base model (digest and quantization), the device and precision, and the questions asked
     asked: int  # questions asked
     cases: tuple[SuiteCase, ...]  # those the base model answered right
 
@@ -164,7 +164,7 @@ class BaseKnowledgeProbe:
     def measure(self, model: Any, tokenizer: Any, plan: DevicePlan, *, base_model_dir: Path, quantization: str,
                 step: int, sink: ProgressSink, cancel: CancelToken) -> BaseRetention | None:
         generate = GreedyAnswers(model, tokenizer, plan, max_new_tokens=self._max_new_tokens, cancel=cancel)
-        suite = self._suite(model, generate, base_model_dir, quantization)
+        suite = self._suite(model, generate, plan, base_model_dir, quantization)
         if len(suite.cases) < self._min_cases:
             sink.emit(Warned("BASE_RETENTION_NOT_MEASURED", f"the base model answers {len(suite.cases)} of the "
                                                             f"{suite.asked} general questions right, fewer than "
@@ -175,9 +175,11 @@ class BaseKnowledgeProbe:
             ("retention", result.retention), ("kept", float(result.kept)), ("cases", float(result.cases)))))
         return result
 
-    def _suite(self, model: Any, generate: Generate, base_model_dir: Path, quantization: str) -> BaseSuite:
+    def _suite(self, model: Any, generate: Generate, plan: DevicePlan, base_model_dir: Path,
+               quantization: str) -> BaseSuite:
         questions = [asdict(q) for q in self._questions]
-        key = base_key(base_model_dir, quantization, "suite", self._max_new_tokens, questions)
+        # the base model's answers at this device and precision: a job at another precision gets its own suite
+        key = base_key(base_model_dir, quantization, "suite", self._max_new_tokens, *plan_parts(plan), questions)
 
         def build() -> dict[str, Any]:
             with adapter_disabled(model):
@@ -192,6 +194,12 @@ def base_key(base_model_dir: Path, quantization: str, *parts: object) -> str:
     """What a cached product of a base model depends on: its weights, its quantization and ``parts``."""
     text = json.dumps([base_model_digest(base_model_dir), quantization, *parts], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_parts(plan: DevicePlan) -> tuple[str, str]:
+    """The parts of a cached product's :func:`base_key` that say where it was computed: the device kind and the
+    autocast dtype (a GPU's answers, logits and gradients, at fp32 or under bf16 autocast, differ from the CPU's)."""
+    return plan.device, str(plan.autocast_dtype)
 
 
 def adapter_disabled(model: Any) -> contextlib.AbstractContextManager[Any]:

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.continual.base_knowledge import GreedyAnswers, adapter_disabled, base_key, cached_json, shipped_rows
+from engine.continual.base_knowledge import (
+    GreedyAnswers,
+    adapter_disabled,
+    base_key,
+    cached_json,
+    plan_parts,
+    shipped_rows,
+)
 from engine.continual.ewc import replay_count
 from engine.domain import ChatMessage, Example
 from engine.jobs.ports import CancelToken
@@ -74,8 +81,8 @@ class SelfRehearsal:
         rows = hashlib.sha256()
         for e in encoded:
             rows.update(repr((e.input_ids, e.labels)).encode())
-        key = base_key(base_model_dir, quantization, "reference", REFERENCE_TOP_K, plan.device,
-                       str(plan.autocast_dtype), rows.hexdigest())
+        key = base_key(base_model_dir, quantization, "reference", REFERENCE_TOP_K, *plan_parts(plan),
+                       rows.hexdigest())
         path = self._cache_dir / f"base-reference-{key[:32]}.safetensors"
         cached = load_references(path, key)
         if cached is not None and len(cached) == len(encoded):
@@ -89,7 +96,7 @@ class SelfRehearsal:
         """The base model's answers to the prompts (those it answers), each an example; an answer cut at
         ``max_new_tokens`` is ``unfinished`` (trained without an end-of-turn target)."""
         key = base_key(base_model_dir, quantization, "rehearsal", self._max_new_tokens, "ended",
-                       list(self._prompts))
+                       *plan_parts(plan), list(self._prompts))  # greedy answers at this device and precision
 
         def build() -> dict[str, Any]:
             generate = GreedyAnswers(model, tokenizer, plan, max_new_tokens=self._max_new_tokens, cancel=cancel)

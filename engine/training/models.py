@@ -149,7 +149,9 @@ def select_device(precision: Precision, *, require_cuda: bool = False) -> Device
         raise FailedPrecondition("CUDA_UNAVAILABLE", "a CUDA GPU was required but none is available")
     if cuda:
         name = torch.cuda.get_device_name(0)
-        bf16 = torch.cuda.is_bf16_supported()
+        # native bf16 only (compute capability 8.0+): torch's default also counts GPUs that merely emulate it
+        # (T4, V100: 7.x), where bf16 autocast is slow, so AUTO takes fp32 there and BF16 is refused
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         if precision is Precision.BF16 and not bf16:
             raise FailedPrecondition("BF16_UNSUPPORTED", f"GPU {name} does not support bf16")
         if precision in (Precision.AUTO, Precision.BF16) and bf16:

@@ -7,7 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from engine.continual import rehearsal
 from engine.continual.base_knowledge import (
     BaseKnowledgeProbe,
     GreedyAnswers,
@@ -20,6 +22,7 @@ from engine.continual.base_knowledge import (
 from engine.jobs.core import Warned
 from engine.jobs.ports import CancelToken
 from engine.training.loading import load_for_training
+from engine.training.models import DevicePlan
 from engine.training.recipe import run_training
 from engine.training.spec import EvalReported
 from tests.engine.test_training import RecordingSink, make_run
@@ -61,6 +64,39 @@ def test_the_suite_keeps_what_the_base_answers_right_and_retention_counts_what_s
 
 
 @pytest.mark.model
+def test_the_suite_and_the_base_answers_are_cached_per_device_and_precision(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job in FP32 and one under bf16 autocast (AUTO on a GPU) on one base: each its own suite and answers,
+    # computed at its precision; the same plan again reads its cache.
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    fp32, bf16 = DevicePlan("cpu", None, "cpu, fp32"), DevicePlan("cpu", torch.bfloat16, "cpu, bf16 autocast")
+    asked: list[str] = []
+
+    def generate(prompts):
+        asked.extend(prompts)
+        return ["4" for _ in prompts]
+
+    class Answers:
+        def __init__(self, model, tokenizer, plan, **kwargs) -> None:
+            pass
+
+        def answers(self, prompts):
+            return [(a, True) for a in generate(prompts)]
+
+    monkeypatch.setattr(rehearsal, "GreedyAnswers", Answers)
+    probe = BaseKnowledgeProbe(tmp_path / "cache", [Question("What is 2 + 2?", ("4",))], min_cases=1)
+    answers = rehearsal.SelfRehearsal(tmp_path / "cache", ["Say a number."])
+    suites = [probe._suite(object(), generate, plan, base, "none") for plan in (fp32, bf16, fp32)]
+    pairs = [answers.pairs(object(), None, plan, base, "none", CancelToken()) for plan in (fp32, bf16, fp32)]
+    assert suites[0].key != suites[1].key and suites[2].key == suites[0].key
+    assert pairs[0] == pairs[1] == pairs[2]
+    cache = tmp_path / "cache"
+    assert len(list(cache.glob("base-suite-*.json"))) == len(list(cache.glob("base-rehearsal-*.json"))) == 2
+    assert asked == ["What is 2 + 2?", "What is 2 + 2?", "Say a number.", "Say a number."]  # twice each, not thrice
+
+
 def test_a_base_that_answers_too_little_right_is_not_measured_and_the_job_is_told(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     loaded = load_for_training(make_run(tiny_model_dir, tmp_path / "adapter"))

@@ -30,7 +30,8 @@ from engine.training.recipe import run_training
 from engine.training.run import TrainingRun
 from engine.training.run_state import Checkpointing
 from engine.training.spec import EvalReported, Precision, Sharding, StepMetrics
-from tests.engine.test_training import RecordingSink, examples, make_run
+from tests.engine.test_training import RecordingSink, examples
+from tests.engine.test_training import make_run as make_any_run
 
 
 def test_launch_arguments_are_accelerates_for_gpus() -> None:
@@ -80,8 +81,15 @@ def checkpointed(run: TrainingRun, kept: dict[int, Path], root: Path, resume_fro
                                                     scratch_dir=root / "scratch", save=save, resume_from=resume_from))
 
 
+def make_run(model_dir: Path, out: Path, **hyperparameters) -> TrainingRun:
+    """The training tests' run pinned to FP32 (on a GPU, AUTO would train under bf16 autocast): these tests compare
+    runs on one and on two processes to 1e-5, and the two processes' plan is :func:`two_devices`'."""
+    return make_any_run(model_dir, out, precision=Precision.FP32, **hyperparameters)
+
+
 def two_devices() -> DevicePlan:
-    """Two GPUs where the machine has them, else two CPU processes; like the one-process run it is compared to."""
+    """Two GPUs where the machine has them, else two CPU processes, in FP32; like the one-process run it is
+    compared to (:func:`make_run`)."""
     plan = select_device(Precision.FP32)
     if plan.device == "cuda" and torch.cuda.device_count() < 2:
         pytest.skip("one GPU: the one-process run is on it, two processes would be on the CPU (other rounding)")

@@ -73,9 +73,11 @@ def test_batch_mean_squared_is_its_own_estimator_and_is_smaller(lora_model):
 def test_sequence_nll_sums_the_completion_tokens(lora_model):
     model, data, pad = lora_model
     batch = collate(data[:3], pad)
+    device = next(model.parameters()).device  # the fixture's model is on the plan's device (a GPU where there is one)
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    got = sequence_nll(logits, batch.labels)
+        logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    got = sequence_nll(logits, batch.labels.to(device)).cpu()
+    logits = logits.cpu()
     for row in range(3):
         logp = torch.log_softmax(logits[row, :-1].float(), dim=-1)
         targets = batch.labels[row, 1:]

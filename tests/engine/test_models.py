@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 def test_select_device_follows_the_machine() -> None:
     plan = select_device(Precision.AUTO)
     if torch.cuda.is_available():  # a CUDA host: the GPU, in bf16 where it has it
-        bf16 = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        bf16 = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
         assert (plan.device, plan.autocast_dtype) == ("cuda", bf16)
     else:
         assert (plan.device, plan.autocast_dtype) == ("cpu", None)
@@ -34,6 +35,37 @@ def test_select_device_bf16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FailedPrecondition) as info:
         select_device(Precision.BF16)
     assert info.value.reason == "BF16_UNSUPPORTED"
+
+
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, name: str, major: int) -> None:
+    """A CUDA host with one GPU of compute capability ``major``.x, seen through torch's own is_bf16_supported."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: SimpleNamespace(major=major, minor=5))
+    # as on a 7.x GPU: a bf16 tensor can be made there (emulated), so torch's default calls bf16 supported
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+
+
+@pytest.mark.parametrize("name", ["Tesla T4", "Tesla V100-SXM2-16GB"])
+def test_select_device_on_a_gpu_that_only_emulates_bf16(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    fake_gpu(monkeypatch, name, major=7)
+    assert torch.cuda.is_bf16_supported()  # torch's default counts the emulation
+    plan = select_device(Precision.AUTO)  # AUTO: fp32 on the GPU, not emulated bf16
+    assert (plan.device, plan.autocast_dtype) == ("cuda", None) and name in plan.description
+    assert select_device(Precision.FP32).autocast_dtype is None
+    with pytest.raises(FailedPrecondition) as info:
+        select_device(Precision.BF16)
+    assert info.value.reason == "BF16_UNSUPPORTED" and name in str(info.value)
+
+
+def test_select_device_on_a_gpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", major=8)
+    assert select_device(Precision.AUTO).autocast_dtype == torch.bfloat16
+    assert select_device(Precision.BF16).autocast_dtype == torch.bfloat16
+    assert select_device(Precision.FP32).autocast_dtype is None
 
 
 def test_select_device_refuses_cuda_on_a_machine_without(monkeypatch: pytest.MonkeyPatch) -> None:

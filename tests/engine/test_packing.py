@@ -242,7 +242,10 @@ def facts() -> list[Example]:
 
 
 def job_steps(model_dir: Path, out: Path, penalty=None, **hyperparameters) -> list[StepMetrics]:
-    settings = {"epochs": 2, "batch_size": 4, "learning_rate": 3e-2, "seed": 5, "max_seq_length": 64}
+    """A whole job's step metrics, pinned to FP32: the jobs compared here must agree to 1e-4, and on a GPU
+    AUTO would train under bf16 autocast, whose rounding differs between layouts."""
+    settings = {"epochs": 2, "batch_size": 4, "learning_rate": 3e-2, "seed": 5, "max_seq_length": 64,
+                "precision": Precision.FP32}
     spec = TrainingJobSpec(base_model="tiny", dataset=JsonlSource("facts.jsonl"),
                            lora=LoraSpec(rank=4, alpha=8, dropout=0.0),
                            hyperparameters=Hyperparameters(**{**settings, **hyperparameters}))

@@ -28,10 +28,12 @@ def context_kl_by_hand(model, data, pad) -> torch.Tensor:
     """[n] each example's token mean of the full KL(base || adapted) over the positions t that predict its token
     t + 1, which is no target: from padded logits at every position, the adapter off and on."""
     batch = collate(data, pad)
+    device = next(model.parameters()).device  # the fixture's model is on the plan's device (a GPU where there is one)
+    inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
     with torch.no_grad():
         with model.disable_adapter():
-            base = F.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
-        adapted = F.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
+            base = F.log_softmax(model(**inputs).logits, -1).cpu()
+        adapted = F.log_softmax(model(**inputs).logits, -1).cpu()
     out = []
     for i, example in enumerate(data):
         at = [t for t in range(len(example.input_ids) - 1) if example.labels[t + 1] == IGNORE_INDEX]

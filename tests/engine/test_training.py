@@ -218,7 +218,7 @@ def test_warm_start_begins_from_the_parent_weights(trained, tiny_model_dir: Path
     seen = {n.replace(".default", ""): t for n, t in penalty.first_seen.items()}
     assert set(seen) == set(saved) and len(saved) == 2 * 4 * 2  # A and B of q/k/v/o in 2 layers
     for name, tensor in saved.items():
-        torch.testing.assert_close(seen[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(seen[name].cpu(), tensor, rtol=0, atol=0)  # first_seen: on the model's device
 
 
 def test_qlora_nf4_trains_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
