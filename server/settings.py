@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the environment)
 from pydantic import (
@@ -90,8 +90,6 @@ def check_database_url(url: str) -> str:
         after_host = url.partition("://")[2].partition(parts.netloc)[2] if parts.netloc else ""
         if parts.scheme not in ("postgres", "postgresql"):
             problem = "its scheme must be postgresql:// or postgres://"
-        elif not parts.hostname and not parse_qs(parts.query).get("host"):
-            problem = "it names no host"
         elif "@" in after_host:
             problem = "an '@' follows its host"
         elif port == 0:

@@ -102,13 +102,15 @@ def test_a_database_url_with_an_unescaped_password_is_refused_by_the_settings_wi
 @pytest.mark.parametrize("url", [
     "postgresql://learning:p%2Fw%2Bd%23x@db:5432/learning", "postgres://db/learning", "postgresql://u@db/x",
     "postgresql:///learning?host=/var/run/postgresql",
+    "postgresql:///learning",  # no host: the driver's default (PGHOST, else the local socket), as libpq's
 ])
 def test_a_well_formed_database_url_is_kept(url: str, no_files) -> None:
     assert load_settings({"database_url": url}).database_url == url
 
 
 @pytest.mark.parametrize("url, problem", [
-    ("mysql://u:secret@db/x", "scheme"), ("postgresql:///x", "host"), ("postgresql://u:secret@db:port/x", "port"),
+    ("mysql://u:secret@db/x", "scheme"), ("postgresql://u:1234/secret@db/x", "'@' follows its host"),
+    ("postgresql://u:secret@db:port/x", "port"),
 ])
 def test_a_database_url_that_is_no_postgresql_url_is_refused(url: str, problem: str, no_files) -> None:
     with pytest.raises(SettingsError, match=problem) as caught:
