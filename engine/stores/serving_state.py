@@ -62,10 +62,6 @@ class PostgresServingState:
             await self.hold(conn, base_model, [version])
             await self.write_roles(conn, base_model, {role: version})
 
-    async def clear(self, base_model: str, role: ServingRole) -> None:
-        async with self._pool.acquire() as conn:
-            await self.write_roles(conn, base_model, {role: ""})
-
     @staticmethod
     async def hold(conn: PoolConnectionProxy, base_model: str, versions: Iterable[str]) -> None:
         """Hold the rows of ``versions`` (KEY SHARE, ``published_and_held``) until ``conn``'s transaction ends;
