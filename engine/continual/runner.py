@@ -54,19 +54,12 @@ class FisherExamples:
         self._feedback = feedback
 
     async def of(self, spec: FisherJobSpec) -> list[Example]:
-        """The JSONL file's examples, or the wanted answers of a dataset built from feedback now (thumbs up, high
-        ratings, corrections: what the adapter should keep doing; see engine.continual.version_data)."""
+        """The JSONL file's examples, or those of an SFT dataset built from feedback now: the wanted answers (thumbs
+        up, high ratings, corrections), what the adapter should keep doing; a voted-down answer is never one."""
         if isinstance(spec.dataset, FeedbackSource):
             if self._feedback is None:
                 raise FailedPrecondition("FEEDBACK_DATASETS_UNAVAILABLE", "this server has no feedback store")
-            built = await self._feedback.build(spec.dataset, Objective.SFT, base_model=spec.base_model)
-            wanted = built.wanted()
-            if not wanted:
-                raise FailedPrecondition(
-                    "NO_WANTED_FEEDBACK", f"the {len(built.examples)} feedback examples found are all rejected "
-                    "answers; the Fisher measures what the adapter should keep doing", metadata={"found": "0"},
-                )
-            return wanted
+            return (await self._feedback.build(spec.dataset, Objective.SFT, base_model=spec.base_model)).examples
         path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
         return await asyncio.to_thread(load_jsonl, path)
 

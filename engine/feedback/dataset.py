@@ -9,13 +9,13 @@ interaction; each interaction's explicit signals are combined:
 - the latest correction becomes a supervised target (prompt -> corrected text).
 
 SFT (supervised): a corrected interaction yields the correction (weight ``correction_weight``);
-otherwise a response voted for yields itself at ``thumbs_up_weight`` (2.0) and one voted against
-at ``thumbs_down_weight`` (0.5), as in the seed design. Note that SFT still imitates a voted-down
-response, only less; KTO does not.
+otherwise a response voted for yields itself at ``thumbs_up_weight`` (2.0). A response voted
+against yields nothing: SFT imitates every target it trains, and a user who voted a response
+down does not want it imitated (the seed design trained it at ``thumbs_down_weight``, only less).
 
 KTO: every example is labelled desirable or undesirable. Corrections and responses voted for are
-desirable; responses voted against, and responses that needed a correction, are undesirable. The
-weights above act as KTO's lambda_D / lambda_U.
+desirable; responses voted against, and responses that needed a correction, are undesirable, at
+``thumbs_down_weight`` (0.5): the two thumbs weights act as KTO's lambda_D / lambda_U.
 
 Near-identical prompts (equal after Unicode normalisation, case folding and collapsing punctuation
 and whitespace) are deduplicated, per label for KTO: corrections win over votes, thumbs over
@@ -165,6 +165,8 @@ def _candidates(it: _Interaction, source: FeedbackSource, policy: DatasetPolicy,
             "implicit_undesirable", source.thumbs_down_weight)
         return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest, users)]
     good = it.up > it.down
+    if not good and not kto:
+        return out  # SFT imitates its targets: a response voted against is never one
     name = ("thumbs_up" if good else "thumbs_down") if it.thumbs else ("rating_high" if good else "rating_low")
     weight = source.thumbs_up_weight if good else source.thumbs_down_weight
     return [_Candidate(name, good, _example(it, it.response, weight), key, it.latest, users)]

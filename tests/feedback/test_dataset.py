@@ -32,8 +32,9 @@ async def test_thumbs_weighted_corrections_as_targets_window_and_composition(ing
         event("old", UP, prompt="p7", response="stale", age=timedelta(days=8)),  # outside 7 days
     ])
     built = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
-    assert pairs(built) == [("p1", "good", 2.0), ("p2", "bad", 0.5), ("p3", "right", 1.0), ("p4", "great", 2.0)]
-    assert dict(built.composition) == {"thumbs_up": 1, "thumbs_down": 1, "correction": 1, "rating_high": 1}
+    # a response voted down is never a target: SFT would imitate it (KTO takes it as undesirable, below)
+    assert pairs(built) == [("p1", "good", 2.0), ("p3", "right", 1.0), ("p4", "great", 2.0)]
+    assert dict(built.composition) == {"thumbs_up": 1, "correction": 1, "rating_high": 1}
     assert built.window_end - built.window_start == timedelta(days=7)
     assert len(built.digest) == 64
 
@@ -43,7 +44,7 @@ async def test_thumbs_weighted_corrections_as_targets_window_and_composition(ing
     custom = FeedbackSource(min_samples=1, thumbs_up_weight=3.0, thumbs_down_weight=0.25)
     policy = DatasetPolicy(correction_weight=1.5)
     weights = [w for _, _, w in pairs(await FeedbackDatasetBuilder(store, policy).build(custom, Objective.SFT))]
-    assert weights == [3.0, 0.25, 1.5, 3.0]
+    assert weights == [3.0, 1.5, 3.0]
 
 
 async def test_votes_of_one_interaction_combine_by_reference(ingestor, store) -> None:
@@ -79,11 +80,11 @@ async def test_near_identical_prompts_are_deduplicated(ingestor, store) -> None:
         event("5", UP, prompt="capital of spain", response="Madrid.", age=timedelta(hours=1)),
     ])
     sft = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
-    # per prompt: the newest thumbs-up beats older ones and beats thumbs-down; a correction beats votes
+    # per prompt: the newest thumbs-up beats older ones (a thumbs-down is no SFT target); a correction beats votes
     assert sorted(pairs(sft)) == [
         ("Capital of Spain?", "Madrid", 1.0), ("what is the capital of france", "Paris!", 2.0),
     ]
-    assert sft.duplicates_removed == 3
+    assert sft.duplicates_removed == 2
 
 
 async def test_kto_labels_from_thumbs_ratings_and_corrections(ingestor, store) -> None:
@@ -184,8 +185,10 @@ async def test_kto_labels_from_implicit_signals_only_where_there_is_no_explicit_
     ]  # dwell time is ignored without a threshold
     assert dict(kto.composition) == {"implicit_desirable": 3, "implicit_undesirable": 1, "thumbs_down": 1}
 
-    sft = await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
-    assert pairs(sft) == [("p6", "bad", 0.5)]  # SFT ignores implicit signals
+    # SFT ignores implicit signals, and the one explicit signal is a thumbs-down, which it never imitates
+    with pytest.raises(FailedPrecondition) as empty:
+        await FeedbackDatasetBuilder(store).build(ANY, Objective.SFT)
+    assert empty.value.reason == "FEEDBACK_DATASET_EMPTY"
 
     dwell_60 = await FeedbackDatasetBuilder(store, DatasetPolicy(dwell_desirable_seconds=60)).build(ANY, Objective.KTO)
     assert ("p5", "read", 2.0, True) in labelled(dwell_60)

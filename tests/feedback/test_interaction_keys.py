@@ -21,10 +21,10 @@ async def test_interactions_of_two_tenants_are_not_merged_in_datasets(ingestor, 
     """Tenant "acme:eu" with interaction "42" and tenant "acme" with interaction "eu:42" are two interactions."""
     await ingestor.submit([
         event("e1", FeedbackKind.THUMBS_UP, tenant="acme:eu", interaction_id="42", prompt="p-eu", response="good"),
-        event("e2", FeedbackKind.THUMBS_DOWN, tenant="acme", interaction_id="eu:42", prompt="p-other",
-              response="bad"),
+        event("e2", FeedbackKind.THUMBS_UP, tenant="acme", interaction_id="eu:42", prompt="p-other",
+              response="fine"),
     ])
-    assert await sft(store) == [("p-eu", "good"), ("p-other", "bad")]
+    assert await sft(store) == [("p-eu", "good"), ("p-other", "fine")]
 
 
 async def test_events_without_interaction_id_of_two_tenants_are_not_merged_in_datasets(ingestor, store) -> None:

@@ -154,14 +154,16 @@ async def test_a_pipelines_feedback_trigger_counts_its_base_models_feedback(serv
     # Another base model's complaints do not fire this one's trigger.
     await stub(server).SubmitFeedback(fb.SubmitFeedbackRequest(events=[
         *(ev(f"other-down-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, base_model=OTHER) for n in range(3)),
-        ev("tiny-up"), ev("tiny-down-0", fb.FEEDBACK_KIND_THUMBS_DOWN)]))
+        *(ev(f"other-up-{n}", base_model=OTHER) for n in range(3)),
+        ev("tiny-up-0"), ev("tiny-up-1"), ev("tiny-down-0", fb.FEEDBACK_KIND_THUMBS_DOWN)]))
     assert await engine.tick() == []
 
-    # Its own second complaint does; the window then holds its own 3 examples, not the other's 3 (min_samples 5).
+    # Its own second complaint does; the window then holds its own 2 usable examples (the answers voted up; one
+    # voted down is no SFT target), not the other's 3 too, which would make the 5 of min_samples.
     await stub(server).SubmitFeedback(fb.SubmitFeedbackRequest(events=[
         ev("tiny-down-1", fb.FEEDBACK_KIND_THUMBS_DOWN, adapter_version=f"{TINY}@v1.0")]))
     decided = await engine.tick()
-    assert [(d.fired, d.kind.value, d.count) for d in decided] == [(False, "NEGATIVE_FEEDBACK", 3)], decided
+    assert [(d.fired, d.kind.value, d.count) for d in decided] == [(False, "NEGATIVE_FEEDBACK", 2)], decided
     assert "fewer than min_samples=5" in decided[0].reason
 
 

@@ -298,7 +298,7 @@ def _feedback_spec(objective: int, **dataset) -> pb.TrainingJobSpec:
 async def test_training_job_from_feedback_runs_end_to_end(client, objective: int) -> None:
     await _seed_capitals(client)
     created = await client.training.CreateTrainingJob(
-        pb.CreateTrainingJobRequest(spec=_feedback_spec(objective, days=1, min_samples=10))
+        pb.CreateTrainingJobRequest(spec=_feedback_spec(objective, days=1, min_samples=9))
     )
     messages = await watch_all(client.training, created.training_job.name)
     states = [m.event.state_change.state for m in messages[1:] if m.event.HasField("state_change")]
@@ -306,8 +306,8 @@ async def test_training_job_from_feedback_runs_end_to_end(client, objective: int
     steps = [m.event.step_metrics for m in messages[1:] if m.event.HasField("step_metrics")]
     job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
     summary = job.dataset
-    if objective == pb.OBJECTIVE_SFT:
-        assert dict(summary.composition) == {"thumbs_up": 8, "thumbs_down": 8, "correction": 1}
+    if objective == pb.OBJECTIVE_SFT:  # the thumbs-down answers are never imitated
+        assert dict(summary.composition) == {"thumbs_up": 8, "correction": 1}
     else:
         assert dict(summary.composition) == {"thumbs_up": 8, "thumbs_down": 8, "correction": 1, "corrected": 1}
         # Step 1 starts with policy == reference (LoRA B = 0), so r = z0 = 0 and each example's loss is exactly
@@ -341,7 +341,7 @@ async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_wi
                minutes_ago=30)
     assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=[carol]))).stored == 1
     v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_SFT, days=1, min_samples=10))
-    assert v10.output_adapter_version == "v1.0" and v10.dataset.example_count == 18
+    assert v10.output_adapter_version == "v1.0" and v10.dataset.example_count == 10
     forgotten = await feedback(client).DeleteUserFeedback(fb.DeleteUserFeedbackRequest(user_id="carol"))
     assert forgotten.deleted == 1
 
@@ -351,9 +351,9 @@ async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_wi
     v11, warnings = await _run(client, spec)
     assert v11.output_adapter_version == "v1.1" and v11.ewc_lineage.parent_adapter_version == "v1.0"
     # v1.0's data is rebuilt from the feedback stored now: carol's example is gone from its Fisher and replay,
-    # which take its 9 wanted answers (8 thumbs up, 1 correction), not the 8 thumbs-down ones.
-    assert "17 examples now against the 18 v1.0 was trained on" in warnings["PARENT_DATASET_REBUILT"]
-    assert "17 examples now" in warnings["REPLAY_DATASET_REBUILT"]
+    # which take its 9 wanted answers (8 thumbs up, 1 correction).
+    assert "9 examples now against the 10 v1.0 was trained on" in warnings["PARENT_DATASET_REBUILT"]
+    assert "9 examples now" in warnings["REPLAY_DATASET_REBUILT"]
     assert "(9 samples)" in warnings["FISHER_COMPUTED_AUTOMATICALLY"]
     assert "mixed 9 examples of earlier versions' datasets into the 18 new ones" in warnings["REPLAY_MIXED"]
     fisher = fisher_grpc.FisherServiceStub(client.channel)
@@ -388,7 +388,8 @@ async def test_a_parent_whose_feedback_is_all_forgotten_fails_its_child_and_reje
     events += [ev(f"frank-{n}", fb.FEEDBACK_KIND_THUMBS_DOWN, prompt=f"Who painted picture {n}? ",
                   response="Nobody.", user="frank") for n in range(3)]
     assert (await feedback(client).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))).stored == 6
-    v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_SFT, days=1, min_samples=3))
+    # KTO, which trains on the rejected answers too (SFT never imitates them)
+    v10, _ = await _run(client, _feedback_spec(pb.OBJECTIVE_KTO, days=1, min_samples=3))
     child = pb.TrainingJobSpec(jsonl=common.JsonlDataset(path="capitals.jsonl"), parent_adapter_version="v1.0",
                                hyperparameters=pb.Hyperparameters(epochs=1, batch_size=4, max_seq_length=96))
 
@@ -416,8 +417,8 @@ async def test_a_parent_whose_feedback_is_all_forgotten_fails_its_child_and_reje
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await fisher_grpc.FisherServiceStub(client.channel).CreateFisherJob(
             fisher_pb.CreateFisherJobRequest(spec=spec))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_details(err.value)[0].reason == "NO_WANTED_FEEDBACK"
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # a rejected answer is no example of SFT's
+    assert error_details(err.value)[0].reason == "FEEDBACK_DATASET_EMPTY"
 
 
 async def test_too_little_feedback_fails_the_create_call_stating_the_count(client) -> None:
@@ -426,8 +427,8 @@ async def test_too_little_feedback_fails_the_create_call_stating_the_count(clien
         await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=_feedback_spec(pb.OBJECTIVE_SFT)))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info, _ = error_details(err.value)
-    assert info.reason == "FEEDBACK_DATASET_TOO_SMALL" and info.metadata["found"] == "17"
-    assert "found 17 usable feedback examples" in err.value.details() and "min_samples=100" in err.value.details()
+    assert info.reason == "FEEDBACK_DATASET_TOO_SMALL" and info.metadata["found"] == "9"
+    assert "found 9 usable feedback examples" in err.value.details() and "min_samples=100" in err.value.details()
     forced = await client.training.CreateTrainingJob(pb.CreateTrainingJobRequest(
         spec=_feedback_spec(pb.OBJECTIVE_SFT, force=True), validate_only=True))
     assert forced.training_job.spec.feedback.force

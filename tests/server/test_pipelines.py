@@ -57,7 +57,7 @@ async def send(client, *events: fb.FeedbackEvent) -> None:
 
 
 def from_feedback(**fields) -> pp.Pipeline:
-    training = pb.TrainingJobSpec(feedback=common.FeedbackDataset(days=1, min_samples=5), hyperparameters=HYPER)
+    training = pb.TrainingJobSpec(feedback=common.FeedbackDataset(days=1, min_samples=4), hyperparameters=HYPER)
     return pp.Pipeline(training=training, enabled=True, **fields)
 
 
@@ -98,7 +98,7 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
     trigger = pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=2, negative_only=True))
     made = (await pipelines(one).CreatePipeline(pp.CreatePipelineRequest(
         pipeline_id="loop", pipeline=from_feedback(triggers=[trigger])))).pipeline
-    assert made.name == "pipelines/loop" and made.etag and made.training.feedback.min_samples == 5
+    assert made.name == "pipelines/loop" and made.etag and made.training.feedback.min_samples == 4
     engines = [one.app.engine.pipelines, two.app.engine.pipelines]
 
     await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[:2])),
@@ -107,9 +107,9 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
 
     await send(one, event("down1", fb.FEEDBACK_KIND_THUMBS_DOWN, "Capital of Elsewhere?", "No idea."))
     skipped = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
-    # 4 usable examples (a thumbs-down answer is one too, weighted down), min_samples 5
-    assert [(d.fired, d.count) for d in skipped] == [(False, 4)], skipped
-    assert "fewer than min_samples=5" in skipped[0].reason
+    # 2 usable examples (a voted-down answer is none: SFT would imitate it), min_samples 4
+    assert [(d.fired, d.count) for d in skipped] == [(False, 2)], skipped
+    assert "fewer than min_samples=4" in skipped[0].reason
 
     await send(one, *(event(f"up{i}", fb.FEEDBACK_KIND_THUMBS_UP, q, a) for i, (q, a) in enumerate(FACTS[2:], 2)))
     fired = [d for made in await asyncio.gather(*(e.tick() for e in engines)) for d in made]
@@ -125,7 +125,7 @@ async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_acti
     assert [(s.stage, s.state) for s in run.stages] == [
         (pp.PIPELINE_STAGE_DATASET, pp.STAGE_STATE_SUCCEEDED), (pp.PIPELINE_STAGE_TRAIN, pp.STAGE_STATE_SUCCEEDED),
         (pp.PIPELINE_STAGE_EVALUATE, pp.STAGE_STATE_SKIPPED), (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_SUCCEEDED)]
-    assert run.dataset == "datasets/pipeline-loop/versions/1" and "6 examples" in run.stages[0].message
+    assert run.dataset == "datasets/pipeline-loop/versions/1" and "4 examples" in run.stages[0].message
     assert run.trigger == pp.TRIGGER_KIND_NEGATIVE_FEEDBACK and run.rollout == "ACTIVATED"
     assert (await status(one)).active_version == (await status(two)).active_version == run.version == "v1.0"
     # whichever replica ran it, both gateways route the alias to it

@@ -482,7 +482,9 @@ export type FeedbackDataset = Message<"learning.v1.FeedbackDataset"> & {
 
   /**
    * Example weights by signal; zero means the server default
-   * (thumbs up 2.0, thumbs down 0.5).
+   * (thumbs up 2.0, thumbs down 0.5). SFT never trains on a response voted
+   * down (it would imitate it); KTO takes it as undesirable at the
+   * thumbs-down weight.
    *
    * @generated from field: double thumbs_up_weight = 6;
    */

@@ -662,7 +662,8 @@ export enum ErrorReason {
   NO_FISHER_SAMPLES = 51,
 
   /**
-   * FAILED_PRECONDITION: the feedback of a Fisher job holds only rejected answers.
+   * FAILED_PRECONDITION: the feedback of a Fisher job holds only rejected answers. No longer
+   * raised: a feedback dataset holds no rejected answer (FEEDBACK_DATASET_EMPTY says so).
    *
    * @generated from enum value: ERROR_REASON_NO_WANTED_FEEDBACK = 52;
    */
