@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -218,13 +219,28 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def make_temp_dir(parent: Path, name: str) -> Path:
     """A fresh temp dir next to its final location, with normal (umask) permissions instead of 0700."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def _remove_leftover_temp_dirs(out_dir: Path) -> None:
+    """Remove what a killed conversion left beside ``out_dir``: its make_temp_dir dir (``.<name>.`` and
+    mkdtemp's 8 characters) or the ``.<name>.stale`` copy. Call under the conversion's lock: then no live
+    conversion owns one. Other names (``.<name>.lock``, another model's ``.<name>.v2.xxxxxxxx``) stay."""
+    leftover = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:stale|[a-z0-9_]{{8}})")
+    for path in out_dir.parent.iterdir():
+        if leftover.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            log.info("removing %s, left by an interrupted conversion", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
@@ -235,6 +251,7 @@ def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
     if not gguf_file.is_file():
         raise FailedPrecondition("BASE_MODEL_UNAVAILABLE", f"GGUF file {gguf_file} does not exist")
     with _file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        _remove_leftover_temp_dirs(out_dir)
         if _conversion_matches(out_dir, gguf_file):
             return out_dir
         log.info("converting %s to an HF copy in %s", gguf_file, out_dir)
@@ -263,6 +280,11 @@ def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
                 "mtime_ns": stat.st_mtime_ns,
             }
             (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            # safetensors writes its file 0600: other users (a service user, MAX Serve's container) read the copy
+            mode = 0o666 & ~_umask()
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    os.chmod(path, mode)
             if out_dir.exists():
                 stale = out_dir.with_name(f".{out_dir.name}.stale")
                 shutil.rmtree(stale, ignore_errors=True)
