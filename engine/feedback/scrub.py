@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,9 +153,10 @@ BUILTIN_RULES = ("email", "card", "ipv6", "ipv4", "phone")
 
 
 def luhn_valid(digits: str) -> bool:
+    """Luhn check of any Unicode decimal digits (``\\d`` matches fullwidth, Arabic-Indic, ... ones too)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
+        d = unicodedata.decimal(ch)
         if i % 2 == 1:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
