@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the environment)
 from pydantic import (
@@ -63,15 +63,33 @@ class AuthToken(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the token")
 
 
+# libpq's secret parameters (password, sslpassword) in a URL's query: name=value pairs split on '&'
+_QUERY_PARAM = re.compile(r"([^&=]*)=[^&]*")
+# ... and in a keyword/value string ("host=db password=x"): a value quoted with '...' (perhaps unclosed) or unquoted,
+# either with backslash escapes (an escaped space does not end an unquoted value)
+_KEYWORD_PASSWORD = re.compile(r"(\w*password\s*=\s*)(?:'(?:\\.|[^'\\])*'|'.*|(?:\\.|\S)*)",
+                               re.IGNORECASE | re.DOTALL)
+
+
+def _masked_param(match: re.Match[str]) -> str:
+    # libpq and asyncpg percent-decode the names too: p%61ssword= is a password
+    return f"{match[1]}=***" if "password" in unquote(match[1]).lower() else match[0]
+
+
 def masked_url(url: str) -> str:
-    """``url`` with the password of its user information replaced by ``***``, however broken the URL (an
-    unescaped '/', '#' or '@' in the password): everything between the user's ':' and the last '@' goes."""
+    """``url`` with its passwords replaced by ``***``: the user information's, however broken the URL (an
+    unescaped '/', '#' or '@' in the password: everything between the user's ':' and the last '@' goes), a
+    ``password=`` query parameter's, and those of a libpq keyword/value string (``host=db password=x``)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return "***" if "@" in url or ":" in url else url
+        masked = _KEYWORD_PASSWORD.sub(r"\1***", url)
+        return "***" if "@" in masked or ":" in masked else masked
+    # the query first: an '@' in a query parameter's password must not pass for the user information's end
+    path, question, query = rest.partition("?")
+    rest = path + question + _QUERY_PARAM.sub(_masked_param, query)
     at = rest.rfind("@")
     if at < 0:
-        return url
+        return f"{scheme}://{rest}"
     user, colon, _ = rest[:at].partition(":")
     return f"{scheme}://{user}{':***' if colon else ''}{rest[at:]}"
 
