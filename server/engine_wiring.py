@@ -292,7 +292,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     drift = drift_detector(settings, pool, registry, versions)
     pipelines, pipeline_manager = build_pipelines(
         settings, pool=pool, queue=queue, notifications=notifications, worker_id=worker_id,
-        controller=owned.lora.controller, datasets=stored_datasets, training=training, suite_path=suite_path,
+        controller=owned.lora.controller, datasets=stored_datasets, training=training,
+        check_training=preparer.check_request, suite_path=suite_path,
         suites=dataset_suites, drift=drift,
     ) if owned.lora is not None else (None, None)
     online, online_manager, online_serving = build_online(

@@ -13,7 +13,7 @@ from engine.jobs.ports import JobQueue
 from engine.lora.controller import LoraController
 from engine.pipelines.ports import Datasets, DriftSource, GoldenDatasets, TrainingJobs
 from engine.pipelines.runner import PipelineRunner
-from engine.pipelines.service import Pipelines
+from engine.pipelines.service import Pipelines, TrainingCheck
 from engine.pipelines.spec import PIPELINE_RUN, PipelineRunOutput, PipelineRunSpec
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.pipeline_store import PostgresPipelineStore
@@ -23,7 +23,7 @@ from server.settings import Settings
 
 def build_pipelines(
     settings: Settings, *, pool: asyncpg.Pool, queue: JobQueue, notifications: JobNotifications, worker_id: str,
-    controller: LoraController, datasets: Datasets, training: TrainingJobs,
+    controller: LoraController, datasets: Datasets, training: TrainingJobs, check_training: TrainingCheck,
     suite_path: Callable[[str, str], Path], suites: GoldenDatasets, drift: DriftSource | None,
 ) -> tuple[Pipelines, JobManager[PipelineRunSpec, PipelineRunOutput]]:
     """Pipeline runs roll out through LoraControl: they run where it does, from a queue of their own."""
@@ -40,6 +40,7 @@ def build_pipelines(
         suites=suites,
         rating_negative_max=settings.feedback_rating_negative_max,
         base_model_known=lambda model: model in settings.base_models or model == SMOLLM2_MODEL_ID,
+        check_training=check_training,
         drift=drift, drift_check_seconds=settings.pipeline_drift_check_seconds,
     )
     return pipelines, manager

@@ -20,7 +20,7 @@ import builtins
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from pathlib import Path
 from croniter import CroniterError
 
 from engine import telemetry
-from engine.domain import FeedbackSource, StoredDatasetSource
+from engine.domain import FeedbackSource, Objective, StoredDatasetSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
@@ -51,10 +51,12 @@ from engine.pipelines.spec import (
     TriggerKind,
 )
 from engine.splits import SplitRule
+from engine.training.spec import TrainingJobSpec
 
 log = logging.getLogger(__name__)
 
 SuitePath = Callable[[str, str], Path]
+TrainingCheck = Callable[[TrainingJobSpec, str], Awaitable[object]]  # JobPreparer.check_request
 MAX_TRIGGERS = 16
 
 
@@ -67,7 +69,7 @@ class Pipelines:
 
     def __init__(self, store: PipelineStore, manager: JobManager[PipelineRunSpec, PipelineRunOutput], *,
                  serving: Serving, datasets: Datasets, suite_path: SuitePath, suites: GoldenDatasets,
-                 base_model_known: Callable[[str], bool], rating_negative_max: int = 2,
+                 base_model_known: Callable[[str], bool], check_training: TrainingCheck, rating_negative_max: int = 2,
                  drift: DriftSource | None = None, drift_check_seconds: float = 3600.0) -> None:
         self._store = store
         self._manager = manager
@@ -76,6 +78,7 @@ class Pipelines:
         self._suite_path = suite_path
         self._suites = suites
         self._base_model_known = base_model_known
+        self._check_training = check_training
         self._rating_negative_max = rating_negative_max
         self._drift = drift
         self._drift_check = drift_check_seconds
@@ -85,9 +88,10 @@ class Pipelines:
     # ---- pipelines ---------------------------------------------------------------------------------
 
     async def check(self, pipeline: Pipeline, field_prefix: str = "pipeline") -> None:
-        """INVALID_ARGUMENT for a pipeline that cannot work; FAILED_PRECONDITION for a base model this server
-        does not know (or does not serve, when the pipeline rolls out), for a golden suite that is missing and for
-        a golden dataset to train on."""
+        """INVALID_ARGUMENT for a pipeline that cannot work (a training template is checked as a training job's
+        spec is, but for its data); FAILED_PRECONDITION for a base model this server does not know (or does not
+        serve, when the pipeline rolls out), for a golden suite that is missing and for a golden dataset to train
+        on."""
         if not PIPELINE_ID_RE.match(pipeline.id):
             raise _invalid("pipeline_id", "lowercase letters, digits and '-', 1 to 40, starting and ending with a "
                                           "letter or digit")
@@ -114,6 +118,12 @@ class Pipelines:
                           files_field=f"{field_prefix}.suite_paths", datasets_field=f"{field_prefix}.suite_datasets")
         check_suite_names(issues, pipeline.suite_paths, f"{field_prefix}.suite_paths")
         issues.raise_if_any("INVALID_PIPELINE", "invalid pipeline")
+        # what a training job refuses whatever the data (which may arrive later): every run would fail to train
+        await self._check_training(pipeline.training, f"{field_prefix}.training")
+        if pipeline.training.objective is Objective.KTO:  # KTO_NEEDS_FEEDBACK at every run's training stage
+            raise _invalid(f"{field_prefix}.training.objective", "a run trains on the dataset version it freezes "
+                           "its data into, which holds no desirable/undesirable labels: KTO cannot run in a "
+                           "pipeline (an online session learns with KTO from feedback)", "KTO_NEEDS_FEEDBACK")
         source = pipeline.training.dataset
         if isinstance(source, StoredDatasetSource):  # a golden version trains nothing (GOLDEN_DATASET_NOT_TRAINABLE)
             with contextlib.suppress(NotFound):  # a dataset stored later is resolved when a run takes it

@@ -230,19 +230,20 @@ def module_names(model_dir: Path) -> frozenset[str]:
     return _module_names(str(Path(model_dir).resolve()))
 
 
-def validate_lora(spec: LoraSpec, available: frozenset[str]) -> None:
-    """Raise InvalidArgument with every bad LoRA field; UNKNOWN_TARGET_MODULES if only targets are wrong."""
+def validate_lora(spec: LoraSpec, available: frozenset[str], field_prefix: str = "spec") -> None:
+    """Raise InvalidArgument with every bad LoRA field (named under ``field_prefix``); UNKNOWN_TARGET_MODULES if only
+    targets are wrong."""
     numbers = ViolationCollector()
-    numbers.check(1 <= spec.rank <= MAX_LORA_RANK, "spec.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
-    numbers.check(0 < spec.alpha < math.inf, "spec.lora.alpha", "must be a finite number > 0")
-    numbers.check(0 <= spec.dropout < 1, "spec.lora.dropout", "must be in [0, 1)")
+    numbers.check(1 <= spec.rank <= MAX_LORA_RANK, f"{field_prefix}.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
+    numbers.check(0 < spec.alpha < math.inf, f"{field_prefix}.lora.alpha", "must be a finite number > 0")
+    numbers.check(0 <= spec.dropout < 1, f"{field_prefix}.lora.dropout", "must be in [0, 1)")
     targets = ViolationCollector()
     unknown = sorted(set(spec.target_modules) - available)
     if not spec.target_modules:
-        targets.add("spec.lora.target_modules", "must name at least one module")
+        targets.add(f"{field_prefix}.lora.target_modules", "must name at least one module")
     elif unknown:
         targets.add(
-            "spec.lora.target_modules",
+            f"{field_prefix}.lora.target_modules",
             f"unknown module(s) {', '.join(unknown)}; the base model has {', '.join(sorted(available))}",
         )
     if targets.violations and not numbers.violations:

@@ -82,17 +82,31 @@ class JobPreparer:
 
     async def validate(self, spec: TrainingJobSpec) -> PreparedInputs:
         """Check that the job can run and resolve its inputs; raise a typed error otherwise."""
-        self._check_ewc(spec)
-        check_target_modules(spec)  # before a parent's shape is compared with them
-        # the devices a job of num_devices 0 trains on are known on its worker only (checked again there)
-        check_sharding(spec, spec.hyperparameters.num_devices or None)
+        model_dir = await self.check_request(spec)  # before a parent's shape is compared with its LoRA fields
         parent = await self._parent(spec) if spec.parent_adapter_version else None
         if parent is not None:
             spec = inherit_lora(spec, parent)
+        return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
+
+    async def check_request(self, spec: TrainingJobSpec, field_prefix: str = "spec") -> Path:
+        """The checks a spec fails whatever data, parent or feedback there is, with its fields named under
+        ``field_prefix``: run on each job, and on a pipeline's training template (engine.pipelines.service), which
+        would otherwise fail every run it starts. Returns the base model's directory."""
+        self._check_ewc(spec, field_prefix)
+        check_target_modules(spec, field_prefix)
+        # the devices a job of num_devices 0 trains on are known on its worker only (checked again there)
+        check_sharding(spec, spec.hyperparameters.num_devices or None)
+        if spec.objective is Objective.KTO and not isinstance(spec.dataset, FeedbackSource):
+            raise InvalidArgument(
+                "KTO_NEEDS_FEEDBACK",
+                "the KTO objective needs desirable/undesirable labels, which only feedback datasets carry",
+                violations=[FieldViolation(f"{field_prefix}.objective",
+                                           f"use OBJECTIVE_KTO with {field_prefix}.feedback")],
+            )
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         available = await asyncio.to_thread(module_names, model_dir)
-        validate_lora(spec.lora, available)
-        return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
+        validate_lora(spec.lora, available, field_prefix)
+        return model_dir
 
     async def resolve(self, spec: TrainingJobSpec, recorded: DatasetSummary | None) -> PreparedInputs:
         """The inputs of a job created by an earlier process: the same dataset (the same window, for feedback),
@@ -137,8 +151,8 @@ class JobPreparer:
         """Load and check the whole dataset: a JSONL file, one built from feedback (engine.feedback.dataset)
         over the window ending now, or over ``window`` when resolving a created job again, or a stored dataset's
         train split (the version ``pinned`` when resolving a created job again)."""
-        kto = spec.objective is Objective.KTO
         if isinstance(spec.dataset, FeedbackSource):
+            kto = spec.objective is Objective.KTO
             built = await self._feedback_dataset(spec.dataset, spec.objective, window, spec.base_model)
             summary = DatasetSummary(
                 digest=built.digest, example_count=len(built.examples), composition=built.composition,
@@ -146,12 +160,6 @@ class JobPreparer:
                 objective=spec.objective,
             )
             return ResolvedDataset(built.examples, summary, built.desirable if kto else None)
-        if kto:
-            raise InvalidArgument(
-                "KTO_NEEDS_FEEDBACK",
-                "the KTO objective needs desirable/undesirable labels, which only feedback datasets carry",
-                violations=[FieldViolation("spec.objective", "use OBJECTIVE_KTO with spec.feedback")],
-            )
         if isinstance(spec.dataset, StoredDatasetSource):
             return await self._stored_dataset(pinned or spec.dataset, spec.objective)
         path = resolve_dataset_path(self._config.datasets_dir, spec.dataset.path)
@@ -200,29 +208,30 @@ class JobPreparer:
                 metadata={"parent": spec.parent_adapter_version, "base_model": spec.base_model},
             ) from exc
 
-    def _check_ewc(self, spec: TrainingJobSpec) -> None:
+    def _check_ewc(self, spec: TrainingJobSpec, field_prefix: str) -> None:
         issues = ViolationCollector()
         ewc = spec.ewc
         low, high = self._config.ewc_lambda_min, self._config.ewc_lambda_max
         if not math.isfinite(ewc.ewc_lambda):  # unused without a parent, yet a number the job stores
-            issues.add("spec.ewc.ewc_lambda", "must be a finite number")
+            issues.add(f"{field_prefix}.ewc.ewc_lambda", "must be a finite number")
         elif spec.parent_adapter_version and not ewc.disabled:
-            issues.check(low <= ewc.ewc_lambda <= high, "spec.ewc.ewc_lambda",
+            issues.check(low <= ewc.ewc_lambda <= high, f"{field_prefix}.ewc.ewc_lambda",
                          f"must lie in [{low:g}, {high:g}], got {ewc.ewc_lambda:g}")
-        issues.check(0.0 < ewc.gamma <= 1.0, "spec.ewc.gamma", f"must lie in (0, 1], got {ewc.gamma:g}")
-        issues.check(0.0 <= ewc.replay_fraction <= 0.9, "spec.ewc.replay_fraction",
+        issues.check(0.0 < ewc.gamma <= 1.0, f"{field_prefix}.ewc.gamma", f"must lie in (0, 1], got {ewc.gamma:g}")
+        issues.check(0.0 <= ewc.replay_fraction <= 0.9, f"{field_prefix}.ewc.replay_fraction",
                      f"must lie in [0, 0.9], got {ewc.replay_fraction:g}")
         issues.raise_if_any("INVALID_EWC_CONFIG", "invalid EWC settings")
 
 
-def check_target_modules(spec: TrainingJobSpec) -> None:
+def check_target_modules(spec: TrainingJobSpec, field_prefix: str = "spec") -> None:
     """INVALID_LORA_CONFIG when the spec names a target module more than once (a set the parent's could only be
     told apart from by its length, and a PEFT config that lists a module twice)."""
     repeated = sorted(name for name, n in collections.Counter(spec.lora.target_modules).items() if n > 1)
     if repeated:
         raise InvalidArgument(
             "INVALID_LORA_CONFIG", "invalid LoRA configuration",
-            violations=[FieldViolation("spec.lora.target_modules", f"names {', '.join(repeated)} more than once")],
+            violations=[FieldViolation(f"{field_prefix}.lora.target_modules",
+                                       f"names {', '.join(repeated)} more than once")],
         )
 
 
