@@ -25,8 +25,10 @@ it runs. When the engine stops answering or drops the connection after the statu
 the client's connection too (the client sees an error, not a clean end that looks complete); that counts as 502.
 
 ``/v1/models`` lists models by name only (the engine's entries may carry the adapter's or the
-model's filesystem path as ``root``; those never leave). ``/health`` answers 200 only while the
-serving engine answers its own health check (probed then, with a 2 s timeout), else 503. Who may
+model's filesystem path as ``root``; those never leave); an engine that answers its own with an HTTP error or no
+OpenAI list fails it with 502, as an unreachable one does. Every error the gateway answers itself (the router's 404
+and 405, a body over ``MAX_BODY_BYTES`` too) has OpenAI's ``{"error": {...}}`` JSON shape. ``/health`` answers 200
+only while the serving engine answers its own health check (probed then, with a 2 s timeout), else 503. Who may
 call and over which transport is the caller's to say: ``middlewares`` (e.g. bearer-token checks)
 wrap every route, and ``start`` takes an SSL context.
 """
@@ -39,7 +41,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +54,17 @@ from engine.serving.traffic import USER_HEADER, Role, Route, TrafficSplit
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 SERVED_MODEL_HEADER = "x-served-model"
 OTHER_MODEL = "other"  # the metric label of every model name the gateway does not know
 CLIENT_CLOSED = 499  # the status counted for a client that went away before its answer was relayed (nginx's)
 LISTING_REFRESH_SECONDS = 30.0  # how often an unknown name the engine served may make the gateway re-read its list
 MODEL_FIELDS = ("id", "object", "created", "owned_by")  # what /v1/models shows of an engine's entry
+# The largest request body the gateway takes (aiohttp's default is 1 MiB). MAX Serve and vLLM (FastAPI) set no limit
+# of their own, and a long context is megabytes of JSON (more with base64 images): the gateway must not refuse what
+# the engine would take. The limit only stops a runaway body from filling the gateway's memory.
+MAX_BODY_BYTES = 64 * 1024**2
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
@@ -215,6 +223,25 @@ def _error(status: int, message: str, kind: str) -> web.Response:
     )
 
 
+@web.middleware
+async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no route 404, wrong method 405, body over the limit 413) in the OpenAI error shape
+    every other error of the gateway has, so a client parses them alike; same status, and headers such as Allow."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's default text only repeats the reason; a text of its own (a body limit's size) says more.
+        text = exc.text or ""
+        message = f"{exc.reason} ({request.method} {request.path})" if text == f"{exc.status}: {exc.reason}" else text
+        response = _error(exc.status, message, "invalid_request_error" if exc.status < 500 else "server_error")
+        for key, value in exc.headers.items():
+            if key.lower() not in ("content-type", "content-length"):
+                response.headers[key] = value
+        return response
+
+
 class Gateway:
     """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases.
 
@@ -236,7 +263,7 @@ class Gateway:
         self.port = 0
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=self._middlewares)
+        app = web.Application(middlewares=(_error_shape, *self._middlewares), client_max_size=MAX_BODY_BYTES)
         app.add_routes([
             web.post("/v1/chat/completions", self._forward), web.post("/v1/completions", self._forward),
             web.get("/v1/models", self._models), web.get("/v1/models/{model:.+}", self._model),
@@ -287,16 +314,21 @@ class Gateway:
 
     async def _listed(self) -> list[dict[str, Any]] | None:
         """The alias and the other routed names, then what the serving engine lists (names only, never paths);
-        None if it is unreachable."""
+        None if the engine did not list (unreachable, an HTTP error, or no OpenAI list), which leaves what the
+        router knows it serves as it was: one failed answer is no news that the engine serves nothing."""
         assert self._session is not None
         try:
             async with self._session.get(self._upstream + "/v1/models",
                                          timeout=aiohttp.ClientTimeout(total=10)) as response:
-                doc = await response.json(content_type=None)
+                status = response.status
+                doc = await response.json(content_type=None) if status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("upstream /v1/models failed", extra={"error": str(exc)})
             return None
-        entries = doc.get("data", []) if isinstance(doc, dict) else []
+        entries = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            log.warning("upstream /v1/models gave no model list", extra={"status": status})
+            return None
         data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
         self.router.engine_listed([entry["id"] for entry in data if isinstance(entry.get("id"), str)])
         named = [self.router.alias, *sorted(self.router.routes)]
@@ -375,14 +407,15 @@ class Gateway:
     async def _send(self, path: str, body: bytes | dict[str, Any],
                     upstream: str) -> tuple[aiohttp.ClientResponse | None, str]:
         """The serving engine's answer (status and headers read; the caller releases it) to ``body`` sent to
-        ``upstream``, or None and why when it did not answer. A dict body goes with ``model`` set to ``upstream``."""
+        ``upstream``, or None and why when it did not answer (or answered with something that is not HTTP). A dict
+        body goes with ``model`` set to ``upstream``."""
         assert self._session is not None
         data = body if isinstance(body, bytes) else json.dumps({**body, "model": upstream}).encode()
         try:
             answer = await self._session.post(self._upstream + path, data=data,
                                               headers={"content-type": "application/json"}, timeout=self._timeout)
             return answer, ""
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # also an answer that is not HTTP: no answer either
             log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
             return None, f"the serving engine did not answer {upstream}: {type(exc).__name__} {exc}".strip()
 
