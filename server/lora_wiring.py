@@ -81,6 +81,12 @@ async def _end(process: asyncio.subprocess.Process) -> None:
 BACKEND_HOST = "127.0.0.1"  # where the embedded reference backend listens
 
 
+def backend_max_tokens(settings: Settings) -> int:
+    """The longest answer the embedded reference backend serves: its own default (512), or the longest one a
+    configured setting asks the serving target for (a gate prompt, a judge's verdict, a generated chunk's pairs)."""
+    return max(512, settings.eval_max_tokens, settings.eval_judge_max_tokens, settings.prepare_max_tokens)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -102,6 +108,7 @@ async def start_reference_backend(settings: Settings) -> tuple[asyncio.subproces
         sys.executable, "-m", "engine.serving.reference_backend", "--model", str(model_dir),
         "--served-model-name", settings.default_base_model, "--host", host, "--port", str(port),
         "--enable-lora", "--threads", str(settings.torch_threads or 1), "--parent-pid", str(os.getpid()),
+        "--max-tokens-limit", str(backend_max_tokens(settings)),
         stdout=log_file, stderr=log_file,
     )  # from the event loop's thread, the main thread, which --parent-pid ties its end to (engine.serving.lifetime)
     log_file.close()

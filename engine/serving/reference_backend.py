@@ -12,7 +12,9 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
   prompt is a 400; a generation failing after a stream has begun ends it with that error as an event, then
   ``data: [DONE]``.
 - ``GET /v1/models``, ``GET /health``, and greedy ``POST /v1/chat/completions`` and
-  ``/v1/completions`` with real transformers + PEFT inference that honours ``model``.
+  ``/v1/completions`` with real transformers + PEFT inference that honours ``model``, ``max_tokens``, ``stop``
+  and ``stream_options.include_usage``; a null field is its default; what it does not do (``n`` above 1, tools,
+  ``echo``, ...) is a 400 that says so. A stream whose client has gone away stops generating at the next token.
 
 One model, one lock: inference and adapter changes are serialised and run off the event loop.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -65,26 +68,31 @@ class Generation:
     tokens: tuple[str, ...]
     token_logprobs: tuple[float, ...]
     prompt_tokens: int
-    finish_reason: str = "length"  # "stop" when the model ended its answer (EOS) within max_tokens
+    finish_reason: str = "length"  # "stop" when the model ended its answer (EOS) or wrote a stop sequence
 
 
 class ReferenceModel:
     """A base model plus named PEFT adapters; every method is thread-safe and blocking."""
 
     def __init__(self, model_dir: Path, served_name: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - heavy
+        from transformers import AutoTokenizer  # noqa: PLC0415 - heavy
 
         self.model_dir = model_dir
         self.served_name = served_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        # transformers leaves PreTrainedModel.eval unannotated
-        with BUILDING:
-            self._base = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # type: ignore[no-untyped-call]
+        self._base = self._load_base()
         self._peft: Any = None
         self._paths: dict[str, str] = {}  # lora_name -> lora_path
         self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)
         self._counter = 0
         self._lock = threading.Lock()
+
+    def _load_base(self) -> Any:
+        from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy
+
+        # transformers leaves PreTrainedModel.eval unannotated
+        with BUILDING:
+            return AutoModelForCausalLM.from_pretrained(self.model_dir).eval()  # type: ignore[no-untyped-call]
 
     def adapters(self) -> dict[str, str]:
         with self._lock:
@@ -92,8 +100,6 @@ class ReferenceModel:
 
     def load(self, name: str, path: str) -> bool:
         """Load ``path`` as ``name``; False if that exact pair is already loaded (no file is read)."""
-        from peft import PeftModel  # noqa: PLC0415
-
         with self._lock:
             if name in self._paths:
                 if self._paths[name] == path:
@@ -104,16 +110,40 @@ class ReferenceModel:
             self._counter += 1
             key = f"adapter{self._counter}"
             try:
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=key).eval()
-                else:
-                    self._peft.load_adapter(path, adapter_name=key)
+                self._add(path, key)
             except Exception as exc:  # noqa: BLE001 - any load failure is the adapter's fault: 400
-                if self._peft is not None and key in self._peft.peft_config and self._keys:
-                    self._peft.delete_adapter(key)
                 raise HttpError(400, f"cannot load adapter {name!r} from {path!r}: {exc}") from exc
             self._paths[name], self._keys[name] = path, key
             return True
+
+    def _add(self, path: str, key: str) -> None:
+        """Add the adapter at ``path`` as ``key``; if that fails, what PEFT had injected for it is removed again, so
+        a refused load leaves what is served exactly as it was."""
+        from peft import PeftConfig, get_peft_model  # noqa: PLC0415
+
+        if self._peft is not None:
+            try:
+                self._peft.load_adapter(path, adapter_name=key)
+            except Exception:
+                if key in self._peft.peft_config:
+                    self._peft.delete_adapter(key)
+                raise
+            return
+        # Not PeftModel.from_pretrained: it injects the LoRA layers into the base model before it reads the weights,
+        # and when reading them fails keeps those layers, with no PeftModel to unload them from.
+        config = PeftConfig.from_pretrained(path)
+        config.inference_mode = True
+        try:
+            peft = get_peft_model(self._base, config, adapter_name=key)
+        except Exception:
+            self._base = self._load_base()  # injecting failed part-way (e.g. an unsupported target module)
+            raise
+        try:
+            peft.load_adapter(path, adapter_name=key)
+        except Exception:
+            self._base = peft.unload()  # strips the LoRA layers: the plain base model again
+            raise
+        self._peft = peft.eval()
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -134,9 +164,12 @@ class ReferenceModel:
             return model
         raise HttpError(404, f"model {model!r} does not exist")
 
-    def generate(self, model: str, prompt_ids: list[int], max_tokens: int, streamer: Any = None) -> Generation:
-        """Greedy generation; ``streamer`` (transformers' TextIteratorStreamer) hears the text as it comes."""
+    def generate(self, model: str, prompt_ids: list[int], max_tokens: int, streamer: Any = None, *,
+                 stop: tuple[str, ...] = (), cancel: threading.Event | None = None) -> Generation:
+        """Greedy generation, ending at the first of ``stop`` (left out of the text, as OpenAI does) or once
+        ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears the text as it comes."""
         import torch  # noqa: PLC0415
+        from transformers import StoppingCriteriaList  # noqa: PLC0415
 
         with self._lock:
             lora = self.resolve(model)
@@ -144,7 +177,8 @@ class ReferenceModel:
             kwargs = dict(max_new_tokens=max_tokens, do_sample=False, output_scores=True,
                           return_dict_in_generate=True, attention_mask=torch.ones_like(ids),
                           pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                          streamer=streamer)
+                          streamer=streamer, stop_strings=list(stop) or None, tokenizer=self.tokenizer,
+                          stopping_criteria=StoppingCriteriaList([_until(cancel)] if cancel is not None else []))
             with torch.inference_mode():
                 if lora is None and self._peft is not None:
                     with self._peft.disable_adapter():
@@ -160,14 +194,39 @@ class ReferenceModel:
         ]
         eos = self.tokenizer.eos_token_id
         text_ids = [t for t in new if t != eos]
+        # One sequence decodes to one str; transformers types the batch case's list[str] in too.
+        text, stopped = until_stop(self.tokenizer.decode(text_ids, skip_special_tokens=True), stop)  # type: ignore[arg-type]
         return Generation(
-            # One sequence decodes to one str; transformers types the batch case's list[str] in too.
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),  # type: ignore[arg-type]
+            text=text,
             tokens=tuple(self.tokenizer.convert_ids_to_tokens(new)),
             token_logprobs=tuple(logprobs),
             prompt_tokens=len(prompt_ids),
-            finish_reason="stop" if eos in new else "length",
+            finish_reason="stop" if stopped or eos in new else "length",
         )
+
+
+def _until(cancel: threading.Event) -> Any:
+    """A stopping criterion for generate, true once ``cancel`` is set."""
+    import torch  # noqa: PLC0415
+    from transformers import StoppingCriteria  # noqa: PLC0415
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,  # type: ignore[return-value]
+                              device=input_ids.device)
+
+    return Cancelled()
+
+
+def until_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop sequence in it, and whether there was one."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _stop_prefix(text: str, stop: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that begins a stop sequence: a stream holds it back until it knows."""
+    return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -191,6 +250,42 @@ def _exact_fields(body: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
             raise HttpError(400, f"field {name!r} is required and must be a non-empty string")
         values.append(value)
     return values
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a completion request asks for, checked."""
+
+    model: str
+    max_tokens: int
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    """OpenAI's ``stop``: null, a string, or a list of up to 4."""
+    stop = [value] if isinstance(value, str) else [] if value is None else value
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise HttpError(400, "field 'stop' must be a non-empty string or a list of up to 4 of them")
+    return tuple(stop)
+
+
+def _flat_messages(messages: Any) -> list[Any]:
+    """``messages`` with content given as text parts joined into one string (by newlines, as vLLM does): the chat
+    template takes strings. Any other part (an image, audio, a file) is a 400."""
+    if not isinstance(messages, list) or not messages:
+        raise HttpError(400, "field 'messages' must be a non-empty list")
+    flat = []
+    for message in messages:
+        parts = message.get("content") if isinstance(message, dict) else None
+        if isinstance(parts, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in parts):
+                raise HttpError(400, "not supported by the reference backend: message content parts other than text")
+            message = {**message, "content": "\n".join(p["text"] for p in parts)}
+        flat.append(message)
+    return flat
 
 
 def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: int = 512) -> web.Application:
@@ -236,12 +331,15 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
                 return web.json_response(entry)
         raise HttpError(404, f"model {wanted!r} does not exist")
 
-    def _common(body: dict[str, Any], *, chat: bool) -> tuple[str, int]:
+    def _common(body: dict[str, Any], *, chat: bool) -> Ask:
+        """The request's parameters; a null one is its default (OpenAI's are nullable)."""
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise HttpError(400, "field 'model' is required")
-        refused = [f"{key}" for key in ("tools", "tool_choice", "functions", "function_call") if body.get(key)]
-        if body.get("n", 1) != 1:
+        refused = [key for key in ("tools", "tool_choice", "functions", "function_call") if body.get(key)]
+        if body.get("echo"):
+            refused.append("echo (the answer never repeats the prompt)")
+        if body.get("n") not in (None, 1):
             refused.append(f"n={body['n']} (one choice only)")
         if (body.get("response_format") or {"type": "text"}) != {"type": "text"}:
             refused.append("response_format other than text")
@@ -249,30 +347,39 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
             refused.append("logprobs on chat completions (the completions endpoint has them)")
         if refused:
             raise HttpError(400, f"not supported by the reference backend: {', '.join(refused)}")
-        limit = body.get("max_tokens", body.get("max_completion_tokens", 16))
+        limit = next((v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if v is not None), 16)
         if not isinstance(limit, int) or not 1 <= limit <= max_tokens_limit:
             raise HttpError(400, f"max_tokens must be an integer in [1, {max_tokens_limit}]")
+        options = body.get("stream_options")
+        if options is not None and (not isinstance(options, dict) or not body.get("stream")):
+            raise HttpError(400, "field 'stream_options' must be an object, and only comes with 'stream'")
+        stop = _stop(body.get("stop"))
         model.resolve(name)  # 404 early for unknown models
-        return name, limit
+        return Ask(name, limit, stop, bool(body.get("stream")), bool((options or {}).get("include_usage")))
 
     def _usage(gen: Generation) -> dict[str, int]:
         return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": len(gen.tokens),
                 "total_tokens": gen.prompt_tokens + len(gen.tokens)}
 
-    async def stream(request: web.Request, name: str, ids: list[int], limit: int, *, chat: bool) -> web.StreamResponse:
+    async def stream(request: web.Request, ask: Ask, ids: list[int], *, chat: bool) -> web.StreamResponse:
         """OpenAI's server-sent events: a chunk per piece of text as it is generated, the finish reason in the
-        last, then ``[DONE]``."""
+        last (then one with the usage if asked), then ``[DONE]``. Text that may begin a stop sequence is held
+        back until it is known not to."""
         from transformers import TextIteratorStreamer  # noqa: PLC0415
 
         streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
         ident, kind = (f"chatcmpl-{time.time_ns()}", "chat.completion.chunk") if chat else (
             f"cmpl-{time.time_ns()}", "text_completion")
+        cancel = threading.Event()
 
         def run() -> Generation:
             try:
-                return model.generate(name, ids, limit, streamer)
+                return model.generate(ask.model, ids, ask.max_tokens, streamer, stop=ask.stop, cancel=cancel)
             finally:
                 streamer.end()  # type: ignore[no-untyped-call]  # a failed generation must not leave the reader waiting
+
+        def event(doc: dict[str, Any]) -> bytes:
+            return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         def chunk(text: str, finish: str | None, first: bool = False) -> bytes:
             if chat:
@@ -280,33 +387,46 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-            doc = {"id": ident, "object": kind, "created": int(time.time()), "model": name, "choices": [choice]}
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+            doc = {"id": ident, "object": kind, "created": int(time.time()), "model": ask.model, "choices": [choice]}
+            return event(doc | {"usage": None} if ask.include_usage else doc)
 
         generating = asyncio.ensure_future(asyncio.to_thread(run))
-        out = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
-        await out.prepare(request)
-        if chat:
-            await out.write(chunk("", None, first=True))
-        pieces = iter(streamer)
-        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-            if piece:
-                await out.write(chunk(piece, None))
         try:
-            gen = await generating
-        except Exception as exc:  # noqa: BLE001 - the answer has begun (200 sent): the stream says what failed
-            log.exception("generation failed mid-stream")
-            failed = error_body(500, f"generation failed: {type(exc).__name__}: {exc}")
-            await out.write(b"data: " + json.dumps(failed).encode() + b"\n\n")
-        else:
-            await out.write(chunk("", gen.finish_reason))
-        await out.write(b"data: [DONE]\n\n")
-        await out.write_eof()
-        return out
+            out = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+            await out.prepare(request)
+            if chat:
+                await out.write(chunk("", None, first=True))
+            text, sent = "", 0  # what the model has written, and how much of it the client has
+            pieces = iter(streamer)
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                text += piece
+                kept, stopped = until_stop(text, ask.stop)
+                end = len(kept) if stopped else len(text) - _stop_prefix(text, ask.stop)
+                if end > sent:
+                    await out.write(chunk(text[sent:end], None))
+                    sent = end
+            try:
+                gen = await generating
+            except Exception as exc:  # noqa: BLE001 - the answer has begun (200 sent): the stream says what failed
+                log.exception("generation failed mid-stream")
+                await out.write(event(error_body(500, f"generation failed: {type(exc).__name__}: {exc}")))
+            else:
+                await out.write(chunk(until_stop(text, ask.stop)[0][sent:], gen.finish_reason))
+                if ask.include_usage:
+                    await out.write(event({"id": ident, "object": kind, "created": int(time.time()),
+                                           "model": ask.model, "choices": [], "usage": _usage(gen)}))
+            await out.write(b"data: [DONE]\n\n")
+            await out.write_eof()
+            return out
+        finally:
+            if not generating.done():  # the client went away (a write failed, or the handler was cancelled)
+                cancel.set()  # free the model's lock for the next request at the next token, not at max_tokens
+                with contextlib.suppress(Exception):  # a failure is no one's answer any more
+                    await generating
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        name, limit = _common(body, chat=False)
+        ask = _common(body, chat=False)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
@@ -315,22 +435,20 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         ids = model.tokenizer(prompt)["input_ids"]
         if not ids:  # nothing to continue from (a tokenizer that adds no start token, and an empty prompt)
             raise HttpError(400, "field 'prompt' must not be empty")
-        if body.get("stream"):
-            return await stream(request, name, ids, limit, chat=False)
-        gen = await asyncio.to_thread(model.generate, name, ids, limit)
+        if ask.stream:
+            return await stream(request, ask, ids, chat=False)
+        gen = await asyncio.to_thread(model.generate, ask.model, ids, ask.max_tokens, stop=ask.stop)
         choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
         if body.get("logprobs") is not None:
             choice["logprobs"] = {"tokens": list(gen.tokens), "token_logprobs": list(gen.token_logprobs)}
         return web.json_response({"id": f"cmpl-{time.time_ns()}", "object": "text_completion",
-                                  "created": int(time.time()), "model": name, "choices": [choice],
+                                  "created": int(time.time()), "model": ask.model, "choices": [choice],
                                   "usage": _usage(gen)})
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        name, limit = _common(body, chat=True)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise HttpError(400, "field 'messages' must be a non-empty list")
+        ask = _common(body, chat=True)
+        messages = _flat_messages(body.get("messages"))
         try:
             ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - malformed messages
@@ -339,12 +457,13 @@ def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: in
         # directly or in a BatchEncoding.
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]  # type: ignore[call-overload,index]
-        if body.get("stream"):
-            return await stream(request, name, list(ids), limit, chat=True)  # type: ignore[arg-type]
-        gen = await asyncio.to_thread(model.generate, name, list(ids), limit)  # type: ignore[arg-type]
+        if ask.stream:
+            return await stream(request, ask, list(ids), chat=True)  # type: ignore[arg-type]
+        gen = await asyncio.to_thread(model.generate, ask.model, list(ids), ask.max_tokens,  # type: ignore[arg-type]
+                                      stop=ask.stop)
         return web.json_response({
             "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-            "model": name, "usage": _usage(gen),
+            "model": ask.model, "usage": _usage(gen),
             "choices": [{"index": 0, "finish_reason": gen.finish_reason, "logprobs": None,
                          "message": {"role": "assistant", "content": gen.text}}],
         })
@@ -377,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
     parser.add_argument("--parent-pid", type=int, default=0,
                         help="end (SIGTERM) when this process, the one that started it, ends")
     args = parser.parse_args(argv)
@@ -390,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     model = ReferenceModel(args.model, args.served_model_name or args.model.name)
 
     async def run() -> None:
-        runner, port = await start_site(create_app(model, enable_lora=args.enable_lora), args.host, args.port)
+        app = create_app(model, enable_lora=args.enable_lora, max_tokens_limit=args.max_tokens_limit)
+        runner, port = await start_site(app, args.host, args.port)
         print(f"reference backend serving {model.served_name} on http://{args.host}:{port}", flush=True)
         try:
             await asyncio.Event().wait()
