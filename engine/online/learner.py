@@ -178,15 +178,25 @@ class OnlineLearner:
         runner says so when it takes the session over.) A window never moves back."""
         self.window_first = max(self.window_first, last + 1)
 
-    def forget(self, present: Collection[int]) -> int:
+    def forget(self, present: Collection[int], lineage: list[Example] | None = None) -> int:
         """Drop the buffered and pending examples whose sequence number is not in ``present`` (deleted from the
-        store); returns how many were dropped."""
-        before = len(self.buffer) + len(self.pending)
+        store), and, given ``lineage`` (the lineage's data read again), the earlier examples it no longer holds
+        (one for one: a duplicate goes as often as it went from the store; none is added, such as feedback that
+        arrived late in a version's window); returns how many were dropped."""
+        before = len(self.buffer) + len(self.pending) + len(self.earlier)
         for queue in (self.buffer, self.pending):
             kept = [item for item in queue if item.seq in present]
             queue.clear()
             queue.extend(kept)
-        return before - len(self.buffer) - len(self.pending)
+        if lineage is not None:
+            left = collections.Counter(lineage)
+            kept_earlier = []
+            for example in self.earlier:
+                if left[example] > 0:
+                    left[example] -= 1
+                    kept_earlier.append(example)
+            self.earlier = kept_earlier
+        return before - len(self.buffer) - len(self.pending) - len(self.earlier)
 
     def put_back_start(self) -> None:
         """The start version's weights again, with a new optimiser (its moments belong to the weights put aside)

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import math
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,28 +138,38 @@ class OnlineRunner:
                           parent_adapter_dir=parent_dir)
         loaded: LoadedModel = await ctx.in_worker(self._load, run)
         try:
-            learner = await self._prepare(ctx, tspec, start, parent_dir, model_dir, loaded)
+            # The erasures counted before this worker reads any example: the data it reads is without what they
+            # deleted, and it acts on those counted after.
+            erasures = (await self._parts.store.controls(ctx.job.id)).erasures
+            request = PlanRequest(spec=tspec, parent=start, parent_dir=parent_dir, model_dir=model_dir, examples=[],
+                                  model=loaded, in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel)
+            learner = await self._prepare(ctx, request)
             if ctx.cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", "stopped before learning started")
             ctx.started(JobState.RUNNING, f"learning online on {loaded.description} from {spec.start_version}")
-            return await _Session(self._parts, ctx, learner, start).loop()
+            lineage = functools.partial(self._replay_pool, request) if learner.earlier else None
+            return await _Session(self._parts, ctx, learner, start, erasures=erasures, lineage=lineage).loop()
         finally:
             release(loaded)
 
-    async def _prepare(self, ctx: Ctx, tspec: TrainingJobSpec, start: AdapterRecord, parent_dir: Path,
-                       model_dir: Path, loaded: LoadedModel) -> OnlineLearner:
+    async def _prepare(self, ctx: Ctx, request: PlanRequest) -> OnlineLearner:
         spec = ctx.job.spec
         penalty, earlier, snapshot = None, [], ""
         if self._planner is not None and (spec.ewc_lambda > 0 or spec.replay_fraction > 0):
-            plan = await self._planner.plan(PlanRequest(
-                spec=tspec, parent=start, parent_dir=parent_dir, model_dir=model_dir, examples=[], model=loaded,
-                in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel))
+            plan = await self._planner.plan(request)
             penalty, earlier, snapshot = plan.penalty, plan.earlier, plan.lineage.fisher_snapshot
-        ctx.set_output(replace(ctx.job.output, device=loaded.plan.device, fisher_snapshot=snapshot))
-        learner = OnlineLearner(loaded, spec, penalty=penalty, earlier=earlier)
+        ctx.set_output(replace(ctx.job.output, device=request.model.plan.device, fisher_snapshot=snapshot))
+        learner = OnlineLearner(request.model, spec, penalty=penalty, earlier=earlier)
         if ctx.job.output.checkpoints:
             await self._resume(ctx, learner)
         return learner
+
+    async def _replay_pool(self, request: PlanRequest) -> list[Example]:
+        """The start version's lineage's data to replay, read again (a plan without EWC: nothing is measured),
+        as the store has it now: without what DeleteUserFeedback deleted since it was read."""
+        assert self._planner is not None
+        replay_only = replace(request.spec, ewc=replace(request.spec.ewc, disabled=True))
+        return (await self._planner.plan(replace(request, spec=replay_only))).earlier
 
     async def _resume(self, ctx: Ctx, learner: OnlineLearner) -> None:
         from peft import set_peft_model_state_dict
@@ -210,7 +222,8 @@ def _row(example: Example, desirable: bool | None) -> NewExample | None:
 class _Session:
     """The running loop of one session (see the module docstring)."""
 
-    def __init__(self, parts: _Parts, ctx: Ctx, learner: OnlineLearner, start: AdapterRecord) -> None:
+    def __init__(self, parts: _Parts, ctx: Ctx, learner: OnlineLearner, start: AdapterRecord, *, erasures: int = 0,
+                 lineage: Callable[[], Awaitable[list[Example]]] | None = None) -> None:
         self.r = parts
         self.ctx = ctx
         self.learner = learner
@@ -228,7 +241,8 @@ class _Session:
             # the start version) trains again on examples that publication claimed: the next window starts after it.
             learner.published(done[-1].last_sequence)
         self.feedback_at = 0.0  # when the feedback was last read (monotonic)
-        self.erasures_seen = 0  # the session's erasure count (Controls.erasures) acted on
+        self.erasures_seen = erasures  # the session's erasure count (Controls.erasures) acted on
+        self.lineage = lineage  # reads the lineage's data the learner replays again (None: it holds none)
         scratch = ctx.work_dir / "archive"
         self.live_archive = CheckpointArchive(parts.artifacts, scratch, prefix=LIVE_PREFIX)
         self.checkpoint_archive = CheckpointArchive(parts.artifacts, scratch, prefix=CHECKPOINT_PREFIX)
@@ -378,13 +392,14 @@ class _Session:
         await ctx.persist()
 
     async def _forget_erased(self, erasures: int) -> None:
-        """DeleteUserFeedback deleted examples of this session: those the learner holds (to train on, or to
-        replay) go too. What earlier updates learnt from them stays in the weights, as in any version trained on
-        them."""
+        """DeleteUserFeedback deleted data this session may hold: the session's own examples, or its lineage's
+        data (other sessions' examples, feedback events). What the learner holds of it (to train on, or to replay)
+        goes too. What earlier updates learnt from it stays in the weights, as in any version trained on it."""
         learner = self.learner
         held = [h.seq for h in (*learner.buffer, *learner.pending)]
         present = await self.r.store.present(self.id, held)
-        dropped = await self.ctx.in_worker(learner.forget, present)
+        lineage = await self.lineage() if self.lineage is not None and learner.earlier else None
+        dropped = await self.ctx.in_worker(learner.forget, present, lineage)
         self.erasures_seen = erasures
         if dropped:
             self.ctx.record(Noticed("EXAMPLES_ERASED", f"dropped {dropped} of the examples held in memory: they were "

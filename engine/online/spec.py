@@ -147,7 +147,7 @@ class Controls:
     refused_examples: int = 0
     alias_version: str = ""  # what the live alias serves ("" : the start version)
     gates: tuple[tuple[str, GateVerdict], ...] = ()
-    erasures: int = 0  # DeleteUserFeedback calls that deleted examples of the session (migration 0021)
+    erasures: int = 0  # DeleteUserFeedback calls that deleted data the session may hold (migration 0021)
     base_model: str = ""
     start_version: str = ""
     live_alias: str = ""

@@ -47,6 +47,7 @@ from engine.feedback.events import (
     Turn,
     UserErasure,
 )
+from engine.jobs.core import JobState
 
 T = TypeVar("T")
 
@@ -138,6 +139,16 @@ WITH gone AS (
     ON CONFLICT (event_digest) DO NOTHING
 )
 SELECT count(*) FROM gone
+"""
+
+# DeleteUserFeedback's word to the sessions that have not ended (a session whose job is not stored yet is being
+# created): one more erasure each, whether or not it made the examples deleted. A session holds in memory, besides
+# its own examples, its start version's lineage's data to replay (engine.continual), which may be other sessions'
+# examples or feedback events: on the word, its worker reads what it holds again (engine.online.runner). The
+# controls' update_time stays: it says when a client or the serving side last changed them.
+_TELL_SESSIONS = """
+UPDATE online_controls c SET erasures = c.erasures + 1
+WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.session_id AND j.state = ANY($1::text[]))
 """
 
 _CONNECTION_ERRORS = (
@@ -293,26 +304,27 @@ class PostgresFeedbackStore:
         return await self._run(work)
 
     async def delete_user(self, user_id: str) -> UserErasure:
-        """Delete the user's events and the online examples made from them (migration 0021; each session they
-        were taken into counts an erasure, so that its worker drops them from memory too), and record the
+        """Delete the user's events and the online examples made from them (migration 0021), and record the
         erasure: the user's (a hash of the id, with its time) and each deleted event's (a digest of its tenant
-        and id, migration 0028), so that ingestion refuses the events again when resent, whatever their time."""
+        and id, migration 0028), so that ingestion refuses the events again when resent, whatever their time.
+        When anything was deleted, every session that has not ended counts an erasure (``_TELL_SESSIONS``): any
+        of them may hold the deleted data in memory, its own examples or its lineage's, and its worker drops it."""
 
         async def work(conn: PoolConnectionProxy) -> UserErasure:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
                 events = await conn.fetchval(_DELETE_EVENTS, user_id)
-                examples = await conn.fetch("DELETE FROM online_examples WHERE users @> ARRAY[$1]::text[]"
-                                            " RETURNING session_id", user_id)
-                await conn.execute("UPDATE online_controls SET erasures = erasures + 1, update_time = now()"
-                                   " WHERE session_id = ANY($1::text[])",
-                                   sorted({r["session_id"] for r in examples}))
+                examples = await conn.fetchval("WITH gone AS (DELETE FROM online_examples"
+                                               " WHERE users @> ARRAY[$1]::text[] RETURNING 1)"
+                                               " SELECT count(*) FROM gone", user_id)
+                if events or examples:
+                    await conn.execute(_TELL_SESSIONS, [s.value for s in JobState if s.terminal])
                 await conn.execute(
                     "INSERT INTO feedback_erasures (user_hash, erased_at) VALUES ($1, now())"
                     " ON CONFLICT (user_hash) DO UPDATE SET erased_at = excluded.erased_at",
                     user_hash(user_id),
                 )
-            return UserErasure(int(events), len(examples))
+            return UserErasure(int(events), int(examples))
 
         return await self._run(work)
 
