@@ -141,13 +141,18 @@ class Example:
 
     ``unfinished``: the last assistant turn (or the completion) stops before its end, as a generation cut at its
     token limit does; it is trained without the end-of-turn (end-of-sequence) target, which would teach stopping
-    there."""
+    there.
+
+    ``last_turn_only``: of a conversation, only the last assistant turn is a target, the earlier ones being part
+    of the prompt (feedback judges the last answer, not those before it); otherwise every assistant turn is one,
+    as in a conversation the operator wrote."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str = ""
     completion: str = ""
     weight: float = 1.0
     unfinished: bool = False
+    last_turn_only: bool = False
 
     @property
     def is_chat(self) -> bool:
@@ -163,6 +168,8 @@ class Example:
         body["weight"] = float(self.weight)
         if self.unfinished:
             body["unfinished"] = True
+        if self.last_turn_only:
+            body["last_turn_only"] = True
         return body
 
 

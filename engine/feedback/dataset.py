@@ -140,7 +140,10 @@ def prompt_key(messages: tuple[Turn, ...], prompt: str) -> str:
 def _example(it: _Interaction, target: str, weight: float) -> Example:
     if it.messages:
         turns = tuple(ChatMessage(t.role, t.content) for t in it.messages)
-        return Example(messages=(*turns, ChatMessage("assistant", target)), weight=weight)
+        # The feedback judged the target, not the answers before it: those are context. Set only where there are
+        # some, so that a single turn's example (and its dataset's digest) stays as it was.
+        context = any(t.role == "assistant" for t in turns)
+        return Example(messages=(*turns, ChatMessage("assistant", target)), weight=weight, last_turn_only=context)
     return Example(prompt=it.prompt, completion=target, weight=weight)
 
 

@@ -5,7 +5,9 @@ Two JSONL line shapes are accepted::
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
     {"prompt": "...", "completion": "..."}
 
-Either may carry a numeric ``weight`` > 0. Loss is computed on assistant/completion tokens only.
+Either may carry a numeric ``weight`` > 0. Loss is computed on assistant/completion tokens only, on every assistant
+turn of a conversation; a messages line with ``"last_turn_only": true`` (as feedback frozen into a stored dataset
+writes its judged conversations, ``Example.last_turn_only``) has its last assistant turn alone as target.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ def _parse_weight(obj: dict[str, Any], problems: _LineProblems) -> float:
     return value
 
 
+def _parse_last_turn_only(obj: dict[str, Any], problems: _LineProblems) -> bool:
+    value = obj.get("last_turn_only", False)
+    if not isinstance(value, bool):
+        problems.add("last_turn_only", "must be true or false")
+        return False
+    return value
+
+
 def _parse_messages(raw: Any, problems: _LineProblems) -> tuple[ChatMessage, ...]:
     if not isinstance(raw, list) or not raw:
         problems.add("messages", "must be a non-empty list")
@@ -138,7 +148,9 @@ def _parse_line(obj: Any, problems: _LineProblems) -> Example | None:
             problems.add("", "must have either messages or prompt/completion, not both")
             return None
         messages = _parse_messages(obj["messages"], problems)
-        return Example(messages=messages, weight=weight) if problems.count == before else None
+        last_turn_only = _parse_last_turn_only(obj, problems)
+        return Example(messages=messages, weight=weight, last_turn_only=last_turn_only) \
+            if problems.count == before else None
     if "prompt" not in obj and "completion" not in obj:
         problems.add("", "must have either messages or prompt and completion")
         return None
@@ -234,9 +246,10 @@ def _render(tokenizer: Any, messages: Sequence[ChatMessage], *, add_generation_p
     return text
 
 
-def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage],
-                     unfinished: bool = False) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return the character spans of each assistant turn (with end-of-turn).
+def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage], unfinished: bool = False,
+                     last_turn_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and return the character spans of each assistant turn (with end-of-turn), or of the
+    last one alone when ``last_turn_only`` (see ``Example.last_turn_only``).
     ``unfinished``: the last turn is cut (see ``Example.unfinished``): the text ends with its content, without
     the end-of-turn marker, when the template renders the content as it is (else the turn is kept whole)."""
     if getattr(tokenizer, "chat_template", None) is None:
@@ -244,7 +257,7 @@ def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage],
     full = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
-        if message.role != "assistant":
+        if message.role != "assistant" or (last_turn_only and i < len(messages) - 1):
             continue
         prefix = _render(tokenizer, messages[:i], add_generation_prompt=True)
         through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
@@ -268,7 +281,7 @@ def _assistant_spans(tokenizer: Any, messages: Sequence[ChatMessage],
 def encode_example(tokenizer: Any, example: Example, max_seq_length: int) -> EncodedExample:
     """Tokenise one example; labels are IGNORE_INDEX except on assistant/completion tokens."""
     if example.is_chat:
-        text, spans = _assistant_spans(tokenizer, example.messages, example.unfinished)
+        text, spans = _assistant_spans(tokenizer, example.messages, example.unfinished, example.last_turn_only)
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         eos: list[int] = []
     else:

@@ -79,7 +79,9 @@ def kto_loss(
 
 
 def mismatched(examples: Sequence[EncodedExample]) -> list[EncodedExample]:
-    """Each example's prompt with the next one's completion (x_i, y_{i+1 mod B}), for the KL estimate."""
+    """Each example's prompt with the next one's completion (x_i, y_{i+1 mod B}), for the KL estimate: x is all
+    before the first target token, y all from it (of a conversation judged by feedback, the earlier turns are x:
+    only its last answer is a target, see ``Example.last_turn_only``)."""
     if len(examples) < 2:
         return list(examples)
     pairs = []
