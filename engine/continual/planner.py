@@ -113,10 +113,10 @@ class EwcPlanner:
         """EWC's penalty unless it is disabled, and replay whenever a fraction is asked (with or without EWC)."""
         spec, parent, sink = request.spec, request.parent, request.sink
         mixed, replayed, earlier = await self._replay(request)
+        without_ewc = ContinualPlan(None, mixed, replayed, EwcLineage(
+            parent.version, "", 0.0, 0.0, spec.ewc.replay_fraction, replayed, spec.ewc.space), earlier)
         if spec.ewc.disabled:
-            return ContinualPlan(None, mixed, replayed, EwcLineage(
-                parent.version, "", 0.0, 0.0, spec.ewc.replay_fraction, replayed, spec.ewc.space), earlier)
-        anchor = await request.in_worker(load_adapter_weights, request.parent_dir)
+            return without_ewc
         if spec.ewc.fisher_snapshot:
             snapshot, fisher = await self._snapshots.load(
                 snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD)
@@ -125,7 +125,11 @@ class EwcPlanner:
         else:
             with tracer.start_as_current_span("training_job.parent_fisher",
                                               attributes={"parent": parent.version}):
-                snapshot, fisher = await self._measure_parent(request)
+                measured = await self._measure_parent(request)
+            if measured is None:
+                return without_ewc
+            snapshot, fisher = measured
+        anchor = await request.in_worker(load_adapter_weights, request.parent_dir)
         check_same_shapes(space_shapes(shapes_of(anchor), spec.ewc.space), shapes_of(fisher),
                           what=f"Fisher snapshot {snapshot.name}", reason="FISHER_SHAPE_MISMATCH")
         lineage = EwcLineage(parent.version, snapshot.name, spec.ewc.ewc_lambda, spec.ewc.gamma,
@@ -150,12 +154,19 @@ class EwcPlanner:
                                                       f"into the {len(request.examples)} new ones"))
         return mixed, replayed, earlier
 
-    async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal]:
+    async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal] | None:
+        """The parent's Fisher on its own training data, stored as a snapshot; None (EWC skipped, with a warning) when
+        that data holds no wanted answer: the parent was taught only to avoid answers, and EWC has nothing to keep."""
         spec, parent, sink = request.spec, request.parent, request.sink
         data = await self._versions.of(parent)
         if data.note:
             sink.emit(Warned("PARENT_DATASET_REBUILT", f"{parent.version}: {data.note}"))
         examples = data.examples
+        if not examples:
+            sink.emit(Warned("EWC_SKIPPED", f"{parent.version} was trained on no wanted answer (thumbs up, high "
+                                            "rating, correction), only on rejected ones (KTO): EWC has nothing of it "
+                                            "to protect, and the job trains without it"))
+            return None
         chosen = [examples[i] for i in select_samples(len(examples), DEFAULT_NUM_SAMPLES)]
         sink.emit(Noticed(
             "FISHER_COMPUTED_AUTOMATICALLY",

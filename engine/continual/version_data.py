@@ -9,8 +9,9 @@ PostgreSQL over the window it was built on, with the filters and objective recor
 back through a Fisher or a replay. When events of that window were deleted, or arrived late, the rebuilt set
 differs from the recorded digest, and :class:`VersionData` says so. Of a feedback dataset only the
 desirable examples are returned (thumbs up, high ratings, corrections): what the version should keep doing.
-Answers users rejected are left out, under KTO (taught to avoid) and under SFT (trained on at a low weight)
-alike, so EWC does not protect them and replay does not teach them again.
+Answers users rejected (KTO taught the version to avoid them) are left out, so EWC does not protect them and replay
+does not teach them again. A version trained on rejected answers alone has no examples to return: there is nothing of
+it to keep, unlike one whose wanted answers were deleted since (PARENT_FEEDBACK_GONE).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from engine.domain import (
     dataset_digest,
 )
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
-from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.feedback.dataset import FeedbackDataset, FeedbackDatasetBuilder
 from engine.registry import AdapterRecord
 from engine.splits import Split
 from engine.training.datasets import load_jsonl, resolve_dataset_path
@@ -138,7 +139,7 @@ class VersionDatasets:
                 metadata={"version": record.version},
             ) from exc
         examples = built.wanted()
-        if not examples:
+        if not examples and not _all_rejected(summary, built):
             raise FailedPrecondition(
                 "PARENT_FEEDBACK_GONE",
                 f"no wanted answer (thumbs up, high rating, correction) is left of the feedback {record.version} "
@@ -151,6 +152,14 @@ class VersionDatasets:
             f"{summary.example_count} {record.version} was trained on (events deleted or arrived since)"
         )
         return VersionData(examples, note)
+
+
+def _all_rejected(summary: DatasetSummary, built: FeedbackDataset) -> bool:
+    """Whether the dataset recorded as ``summary`` held rejected answers alone, given ``built``, its rebuild, holding
+    no wanted one: every kind of example it held (thumbs down, low rating, ...) is among the rebuild's, all of which
+    are rejected. A kind missing from the rebuild may have been wanted answers, deleted since."""
+    left = dict(built.composition)
+    return bool(summary.composition) and all(kind in left for kind, _ in summary.composition)
 
 
 async def _stored_dataset(stored: StoredDatasets, record: AdapterRecord, source: StoredDatasetSource) -> list[Example]:
