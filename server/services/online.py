@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ from server.convert_jobs import after_sequence_from_pb, check_request_id, page_s
 
 MAX_REQUEST_ID = 128
 MAX_REASON = 500
+SHOWN_REFUSALS = 20  # the last refusals of a stream, in each of its answers
 
 
 class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
@@ -144,7 +146,8 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
     ) -> AsyncIterator[pb.StreamExamplesResponse]:
         """Stores what the client sends while answering with the stats: once at the start, after each update,
         and, once the client has closed its side, a last time when the worker has read every example it sent and
-        trained on all that make up a full update (or learning is off)."""
+        trained on all that make up a full update (or learning is off). Any of its tasks failing (receiving,
+        following the session, settling) ends the stream with that error's status: the last answer would never come."""
         iterator = aiter(request_iterator)
         first = await anext(iterator, None)
         if first is None or not first.name:
@@ -157,7 +160,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
 
         def answer(stats: OnlineStats) -> pb.StreamExamplesResponse:
             return pb.StreamExamplesResponse(stats=oc.stats_to_pb(stats), accepted=tally.accepted,
-                                             refused=len(tally.refusals), refusals=tally.refusals[-20:])
+                                             refused=tally.refused, refusals=list(tally.refusals))
 
         async def receive() -> None:
             message: pb.StreamExamplesRequest | None = first
@@ -192,24 +195,26 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
                 await asyncio.sleep(0.2)
 
         yield answer(view.stats)
-        tasks = [asyncio.ensure_future(t()) for t in (receive, follow, settle)]
-        receiving = tasks[0]
+        helpers = [asyncio.ensure_future(t()) for t in (receive, follow, settle)]
+        running = set(helpers)
+        getter = asyncio.ensure_future(answers.get())
         try:
             while True:
-                getter = asyncio.ensure_future(answers.get())
-                await asyncio.wait({getter, receiving}, return_when=asyncio.FIRST_COMPLETED)
-                exc = receiving.exception() if receiving.done() and not receiving.cancelled() else None
-                if exc is not None and not getter.done():  # bad input while receiving: the stream ends with its status
-                    getter.cancel()
-                    raise exc
-                item = await getter
-                if item is None:
-                    return
-                yield item
+                await asyncio.wait({getter, *running}, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in running if t.done()]:
+                    running.discard(task)
+                    task.result()  # its error (bad input, the database restarting) ends the stream with its status
+                if getter.done():
+                    item = getter.result()
+                    if item is None:
+                        return
+                    yield item
+                    getter = asyncio.ensure_future(answers.get())
         finally:
-            for task in tasks:
+            getter.cancel()
+            for task in helpers:
                 task.cancel()
-            for task in tasks:
+            for task in helpers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -218,12 +223,15 @@ class _Tally:
     def __init__(self) -> None:
         self.received = 0
         self.accepted = 0
-        self.refusals: list[str] = []
+        self.refused = 0
+        # Only the last refusals, which the answers show: a long stream of refused examples holds no more.
+        self.refusals: collections.deque[str] = collections.deque(maxlen=SHOWN_REFUSALS)
         self.last_sequence = 0
         self.closed = False
 
     def add(self, received: int, accepted: int, refusals: tuple[str, ...], last_sequence: int) -> None:
         self.received += received
         self.accepted += accepted
+        self.refused += len(refusals)
         self.refusals.extend(refusals)
         self.last_sequence = max(self.last_sequence, last_sequence)
