@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -101,16 +102,12 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         folder = await asyncio.to_thread(self._tempdir)
         try:
             upload = folder / "upload"
-            meta = await _receive(request_iterator, upload)
-            check_request_id(meta.request_id, "metadata.request_id", MAX_REQUEST_ID)
-            sha = meta.sha256.lower()
-            if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-                raise InvalidArgument("MALFORMED_SHA256", "metadata.sha256 must be 64 hex digits",
-                                      violations=[FieldViolation("metadata.sha256", "64 hex digits or empty")])
+            checked = await _receive(request_iterator, upload)
+            meta = checked.message
             record = await self._registry.import_archive(
-                base_model=self._base(meta.base_model), upload=upload, expected_sha256=sha,
+                base_model=self._base(meta.base_model), upload=upload, expected_sha256=checked.sha256,
                 parent_version=meta.parent_version, major_bump=meta.major_version_bump,
-                labels=labels_from_pb(meta.labels, "metadata.labels"), request_id=meta.request_id,
+                labels=checked.labels, request_id=meta.request_id,
             )
             return pb.ImportAdapterResponse(adapter=adapter_to_pb(record))
         finally:
@@ -137,9 +134,27 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         return Path(tempfile.mkdtemp(prefix="adapter-rpc-", dir=self._scratch))
 
 
-async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path) -> pb.ImportAdapterMetadata:
-    """The metadata message, with the chunks that follow it written to ``dest``."""
-    meta: pb.ImportAdapterMetadata | None = None
+class _Metadata(NamedTuple):
+    """The metadata message, checked: its sha256 in lower case, its labels as the registry takes them."""
+
+    message: pb.ImportAdapterMetadata
+    sha256: str
+    labels: tuple[tuple[str, str], ...]
+
+
+def _check(meta: pb.ImportAdapterMetadata) -> _Metadata:
+    check_request_id(meta.request_id, "metadata.request_id", MAX_REQUEST_ID)
+    sha = meta.sha256.lower()
+    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise InvalidArgument("MALFORMED_SHA256", "metadata.sha256 must be 64 hex digits",
+                              violations=[FieldViolation("metadata.sha256", "64 hex digits or empty")])
+    return _Metadata(meta, sha, labels_from_pb(meta.labels, "metadata.labels"))
+
+
+async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path) -> _Metadata:
+    """The metadata message (checked as soon as it arrives, not after an archive of up to 4 GiB), with the chunks
+    that follow it written to ``dest``."""
+    meta: _Metadata | None = None
     size = 0
     with dest.open("wb") as out:
         async for message in requests:
@@ -148,7 +163,7 @@ async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path)
                 if part != "metadata":
                     raise InvalidArgument("METADATA_FIRST", "the first message must carry metadata",
                                           violations=[FieldViolation("metadata", "send it first")])
-                meta = message.metadata
+                meta = _check(message.metadata)
             elif part == "chunk":
                 size += len(message.chunk)
                 if size > MAX_IMPORT_BYTES:

@@ -1,0 +1,40 @@
+"""ImportAdapter checks its metadata message (request_id, sha256, labels) as soon as it arrives, as UploadDataset
+does: a malformed first message is refused while the archive (up to 4 GiB) is still being sent, not after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from learning.v1 import adapter_pb2 as pb
+from learning.v1 import adapter_pb2_grpc as pb_grpc
+from tests.server.conftest import error_details
+
+
+@pytest.mark.parametrize("metadata", [
+    pb.ImportAdapterMetadata(sha256="not-a-sha"),
+    pb.ImportAdapterMetadata(request_id="x" * 1000),
+    pb.ImportAdapterMetadata(labels={"": "no key"}),
+])
+async def test_import_refuses_malformed_metadata_while_the_archive_is_still_sent(memory_client, metadata):
+    stub = pb_grpc.AdapterServiceStub(memory_client.channel)
+    sent = 0
+
+    async def requests():
+        nonlocal sent
+        yield pb.ImportAdapterRequest(metadata=metadata)
+        while True:  # a large archive, still being sent
+            yield pb.ImportAdapterRequest(chunk=b"\0" * (64 << 10))
+            sent += 1
+            await asyncio.sleep(0.01)
+
+    call = stub.ImportAdapter(requests())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call, 5)
+    finally:
+        call.cancel()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.value.code(), sent)
+    assert error_details(err.value)[1], "field violations expected"
