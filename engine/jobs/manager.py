@@ -277,13 +277,16 @@ class JobManager(JobEventLog[S, O]):
                 async for event in self._watch_live(live, after):
                     after = event.sequence
                     yield event
+            # Taken before reading: a write made from now on, while the consumer is slow to take the events
+            # below, ends the wait at once instead of waking no one.
+            notified = await self._store.notified(job_id)
             job = await self.get(job_id)
             for event in await self._store.list_events(job_id, after_sequence=after):
                 after = event.sequence
                 yield event
             if (job.state.terminal or job.state is JobState.PAUSED) and after >= job.last_sequence:
                 return
-            await self._store.wait_for_events(job_id, self._watch_poll)
+            await self._store.wait_for_events(job_id, self._watch_poll, since=notified)
 
     # ---- steering -------------------------------------------------------------------
 

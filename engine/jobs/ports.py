@@ -148,8 +148,14 @@ class JobStore(Protocol[S, O]):
         returns the request that was pending (a cancel asked too late for the worker to see it)."""
         ...
 
-    async def wait_for_events(self, job_id: str, timeout: float) -> None:
-        """Return when events may have been added to the job (a notification), or after ``timeout`` seconds."""
+    async def notified(self, job_id: str) -> int:
+        """How far the job's notifications have come, taken before reading it: ``wait_for_events`` given it
+        returns at once for a write made meanwhile (while the reader was busy), which would otherwise wake no one."""
+        ...
+
+    async def wait_for_events(self, job_id: str, timeout: float, since: int | None = None) -> None:
+        """Return when events may have been added to the job since ``since`` (from ``notified``; by default from
+        now on), at once if they were already, or after ``timeout`` seconds."""
         ...
 
 

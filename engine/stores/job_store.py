@@ -19,7 +19,9 @@ the takeover of its job. Its write fails and is retried, and the retry finds its
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -40,6 +42,7 @@ S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 
 CHANNEL = "learning_engine_jobs"
+RECENT_NOTIFICATIONS = 1024  # the job ids of the last notifications, for the waiters that took a token before them
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 
 
@@ -69,12 +72,23 @@ class JobNotifications:
         self._conn: Conn | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._lock = asyncio.Lock()
+        self._count = 0  # notifications so far, of every job, and connections lost: the token of ``notified``
+        self._recent: collections.deque[str | None] = collections.deque(maxlen=RECENT_NOTIFICATIONS)
 
-    async def wait(self, job_id: str, timeout: float) -> None:
+    async def notified(self) -> int:
+        """The token for ``wait``, listening from now on (a notification sent before LISTEN reaches no one)."""
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._listen()  # else ``wait`` polls
+        return self._count
+
+    async def wait(self, job_id: str, timeout: float, since: int | None = None) -> None:
+        since = self._count if since is None else since
         try:
             await self._listen()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await asyncio.sleep(timeout)  # the database restarting: poll instead
+            return
+        if self._moved(job_id, since):
             return
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)
@@ -88,6 +102,18 @@ class JobNotifications:
             if not waiting:
                 self._waiters.pop(job_id, None)
 
+    def _moved(self, job_id: str, since: int) -> bool:
+        """Whether the job was notified (or the connection lost) after the token ``since``; also when more came
+        after it than are remembered, which costs its waiter only a read."""
+        missed = self._count - since
+        if missed > len(self._recent):
+            return True
+        return any(notified in (job_id, None) for notified in itertools.islice(reversed(self._recent), missed))
+
+    def _note(self, job_id: str | None) -> None:
+        self._count += 1
+        self._recent.append(job_id)
+
     async def _listen(self) -> None:
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
@@ -98,11 +124,13 @@ class JobNotifications:
             self._conn = conn
 
     def _notified(self, _conn: Conn | asyncpg.Connection, _pid: int, _channel: str, job_id: object) -> None:
+        self._note(str(job_id))
         for event in self._waiters.get(str(job_id), ()):
             event.set()
 
     def _lost(self, _conn: Conn | asyncpg.Connection) -> None:
         self._conn = None
+        self._note(None)  # what was notified until it is listening again is lost: any job may have changed
         for waiting in self._waiters.values():  # wake everyone to read the store again
             for event in waiting:
                 event.set()
@@ -265,8 +293,11 @@ class PostgresJobStore(Generic[S, O]):
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
         return self._decode(row["doc"], row["requested"])
 
-    async def wait_for_events(self, job_id: str, timeout: float) -> None:
-        await self._notifications.wait(job_id, timeout)
+    async def notified(self, job_id: str) -> int:
+        return await self._notifications.notified()
+
+    async def wait_for_events(self, job_id: str, timeout: float, since: int | None = None) -> None:
+        await self._notifications.wait(job_id, timeout, since)
 
     async def _fence(
         self, conn: Conn, job: Job[S, O], events: Sequence[JobEvent], lease: Lease | None

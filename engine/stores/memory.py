@@ -47,6 +47,7 @@ class InMemoryJobStore(Generic[S, O]):
         self.events: dict[str, dict[int, JobEvent]] = {}
         self.held: dict[str, _Held] = {}
         self._changed = asyncio.Condition()
+        self._changes = 0  # of every job, so far: the token of ``notified``
 
     async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
         stored = await self.job_for_request(job.request_id)
@@ -143,14 +144,20 @@ class InMemoryJobStore(Generic[S, O]):
         self.held[job.id] = _Held()
         return pending
 
-    async def wait_for_events(self, job_id: str, timeout: float) -> None:
+    async def notified(self, job_id: str) -> int:
+        return self._changes
+
+    async def wait_for_events(self, job_id: str, timeout: float, since: int | None = None) -> None:
+        """Woken by a change of any job: a needless wake only costs its waiter a read of memory."""
+        seen = self._changes if since is None else since
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._changed.wait()
+                    await self._changed.wait_for(lambda: self._changes != seen)
 
     async def _wake(self) -> None:
         async with self._changed:
+            self._changes += 1
             self._changed.notify_all()
 
 
