@@ -205,8 +205,18 @@ class PipelineRunner:
             output = replace(output, suite_datasets=tuple(s.name for s in stored))
             ctx.set_output(output)
             await ctx.persist()
+        cancel = ctx.cancel
+
+        def progress(suite: str, answered: int, total: int) -> None:
+            """The evaluation is shielded (it runs to its end for whoever waits on it): a stop reaches it here, at
+            its next answer, as an evaluation job's does; a resumed run reuses what was stored (reuse)."""
+            if cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", f"the run stopped while {output.version} was evaluated, after "
+                                                 f"{answered} of {total} answers of {suite}")
+
         try:
-            summary = await self._serving.evaluate(output.version, None, [*paths, *stored], reuse=True)
+            summary = await self._serving.evaluate(output.version, None, [*paths, *stored], progress=progress,
+                                                   reuse=True)
         except FailedPrecondition as exc:
             if exc.reason != "EVAL_SUITE_NOT_CONFIGURED":
                 raise
