@@ -81,6 +81,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                                     yield item
                         else:
                             await result
+                    except (asyncio.CancelledError, GeneratorExit):
+                        code = _code(context, _stopped(context))
+                        raise
                     except BaseException:
                         code = _code(context, "UNKNOWN")
                         raise
@@ -92,9 +95,10 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started, code = time.perf_counter(), "OK"
                 try:
-                    response = await behavior(request, context)
-                    observe_response(method, response)
-                    return response
+                    return await behavior(request, context)
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = _code(context, _stopped(context))
+                    raise
                 except BaseException:
                     code = _code(context, "UNKNOWN")
                     raise
@@ -109,27 +113,11 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         return rebuild_handler(handler, timed)
 
 
-def _feedback(response: Any) -> None:
-    telemetry.feedback_ingested(response.stored, response.duplicates)
-
-
-# Feedback counts are read off successful responses at the RPC boundary, so the service stays unaware.
-# Adapter swaps and the active adapter are reported by the LoraControl controller itself, which also sees
-# the changes no RPC makes (automatic rollback, reconcile at start).
-_RESPONSE_OBSERVERS: dict[str, Callable[[Any], None]] = {
-    "/learning.v1.FeedbackService/SubmitFeedback": _feedback,
-    "/learning.v1.FeedbackService/StreamFeedback": _feedback,
-}
-
-
-def observe_response(method: str, response: Any) -> None:
-    observer = _RESPONSE_OBSERVERS.get(method)
-    if observer is None or response is None:
-        return
-    try:
-        observer(response)
-    except Exception:  # noqa: BLE001 - metrics must never fail a call
-        log.warning("could not record metrics", extra={"method": method}, exc_info=True)
+def _stopped(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The code of a call stopped from outside its handler (the client cancelled it, or its deadline passed), as
+    gRPC reports it to the client: no status is set on such a call, and it is no server error (UNKNOWN)."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:

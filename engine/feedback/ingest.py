@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from engine import telemetry
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
 from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, FeedbackRow, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
@@ -385,7 +386,7 @@ class FeedbackIngestor:
     async def submit(self, events: Sequence[FeedbackEvent]) -> IngestResult:
         """Validate, scrub and store one batch, all or nothing."""
         records, fired = await asyncio.to_thread(self.prepare, events)
-        return _result(await self._store.insert(records), fired)
+        return _committed(await self._store.insert(records), fired)
 
     async def stream(
         self, batches: AsyncIterator[Any], to_events: Callable[[Any], Sequence[FeedbackEvent]] | None = None,
@@ -420,16 +421,16 @@ class FeedbackIngestor:
                 records, fired = await item
                 if pending is not None:
                     writing, pending = pending, None
-                    total += _result(await writing, pending_fired)
+                    total += _committed(await writing, pending_fired)
                 pending, pending_fired = asyncio.ensure_future(self._store.insert(records)), fired
             if pending is not None:
                 writing, pending = pending, None
-                total += _result(await writing, pending_fired)
+                total += _committed(await writing, pending_fired)
         except EngineError as exc:
             if pending is not None:  # an earlier batch is still being written: let it finish, then report
                 writing, pending = pending, None
                 try:
-                    total += _result(await writing, pending_fired)
+                    total += _committed(await writing, pending_fired)
                 except EngineError:
                     pass
             exc.metadata.update(committed_messages=str(total.messages), stored=str(total.stored),
@@ -454,5 +455,8 @@ def prepare_batch(
     return encode(records), fired
 
 
-def _result(outcome: StoreOutcome, fired: dict[str, int]) -> IngestResult:
+def _committed(outcome: StoreOutcome, fired: dict[str, int]) -> IngestResult:
+    """One batch the store committed: counted in the metrics here, where every committed batch passes (those of a
+    stream that fails later as well), and its part of the result."""
+    telemetry.feedback_ingested(outcome.stored, outcome.duplicates, outcome.forgotten)
     return IngestResult(outcome.stored, outcome.duplicates, outcome.forgotten, tuple(sorted(fired.items())), 1)
