@@ -1,11 +1,10 @@
 """Every Prometheus metric and the OpenTelemetry tracer, defined once, with small functions to record.
 
 No gRPC here: the server records RPC latency through :func:`rpc_finished`, the
-job manager records state changes through :func:`job_state_changed` and training steps
-through :func:`training_step`, and LoRA control and
-feedback code call :func:`swap_finished`, :func:`active_adapter` and
-:func:`feedback_ingested`. Without a configured tracer provider the spans are
-no-ops; without a metrics port nobody scrapes the registry.
+job manager records state changes through :func:`job_state_changed` (and the jobs its worker lets go of through
+:func:`job_let_go`) and training steps through :func:`training_step`, LoRA control calls :func:`swap_finished`
+and :func:`active_adapter`, and feedback ingestion :func:`feedback_ingested` as each batch commits. Without a
+configured tracer provider the spans are no-ops; without a metrics port nobody scrapes the registry.
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge(
     "learning_engine_jobs",
-    "Jobs this process holds in a state that is not final (created or run here), by kind and state; ended "
-    "jobs leave it (their count is in learning_engine_job_transitions_total).",
+    "Jobs this process's worker holds in a state that is not final, by kind and state; a job ended or let go of "
+    "(paused, queued again, taken over) leaves it (jobs by state, wherever held: learning_engine_jobs_stored).",
     ["kind", "state"],
     registry=REGISTRY,
 )
@@ -58,11 +57,12 @@ JOB_TRANSITIONS = Counter(
 )
 STEP_LOSS = Gauge(
     "learning_engine_training_step_loss", "Loss of the latest step of each training job running here; a job's "
-    "series goes when the job ends.", ["job"], registry=REGISTRY
+    "series goes when this process lets go of the job (it ended, or was paused, queued again or taken over).",
+    ["job"], registry=REGISTRY
 )
 TOKENS_PER_SECOND = Gauge(
     "learning_engine_training_tokens_per_second", "Throughput at the latest step of each training job running "
-    "here; a job's series goes when the job ends.", ["job"], registry=REGISTRY
+    "here; a job's series goes with the job (see learning_engine_training_step_loss).", ["job"], registry=REGISTRY
 )
 STEPS = Counter("learning_engine_training_steps", "Optimiser steps taken.", registry=REGISTRY)
 ONLINE_UPDATES = Counter(
@@ -90,7 +90,8 @@ RPC_STREAMS = Counter(
 )
 FEEDBACK = Counter(
     "learning_engine_feedback_ingested",
-    "Feedback events ingested, by outcome (stored, duplicate).",
+    "Feedback events of the batches committed, by outcome: stored, duplicate (stored before) or forgotten (of an "
+    "erased user or event: refused).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -168,22 +169,34 @@ CANARY_DECISIONS = Counter(
 _job_states: dict[tuple[str, str], str] = {}
 
 
-def job_state_changed(kind: str, job_id: str, state: str, terminal: bool) -> None:
-    """One job of ``kind`` (training, fisher, evaluation) entered ``state``: counted, and moved in the gauge of
-    jobs held here (which an ended job leaves, with its training series)."""
+def job_state_changed(kind: str, job_id: str, state: str, held: bool) -> None:
+    """One job of ``kind`` (training, fisher, evaluation) entered ``state``: counted, and, while this process's
+    worker holds it in a state that is not final (``held``), in the gauge of jobs held here; otherwise let go of.
+
+    Only a job held here is in the gauge: one created or moved here that a worker elsewhere runs would never be
+    seen to end, and stay in it for ever."""
     JOB_TRANSITIONS.labels(kind, state).inc()
+    if not held:
+        job_let_go(kind, job_id)
+        return
+    previous = _job_states.get((kind, job_id))
+    if previous is not None:
+        JOBS.labels(kind, previous).dec()
+    _job_states[(kind, job_id)] = state
+    JOBS.labels(kind, state).inc()
+
+
+def job_let_go(kind: str, job_id: str) -> None:
+    """This process's worker no longer holds the job (it ended, was released or taken over): it leaves the gauge,
+    with its training series."""
     previous = _job_states.pop((kind, job_id), None)
     if previous is not None:
         JOBS.labels(kind, previous).dec()
-    if not terminal:
-        _job_states[(kind, job_id)] = state
-        JOBS.labels(kind, state).inc()
-        return
     for gauge in (STEP_LOSS, TOKENS_PER_SECOND, ONLINE_LOSS):
         try:
             gauge.remove(job_id)
         except KeyError:
-            pass  # it ended before a step, or is of another kind
+            pass  # it stopped before a step, or is of another kind
 
 
 _stored_kinds: set[str] = set()  # every kind jobs_stored has seen: its states stay as series, 0 once none is left
@@ -220,9 +233,11 @@ def stream_finished(method: str, code: str) -> None:
     RPC_STREAMS.labels(method, code).inc()
 
 
-def feedback_ingested(stored: int, duplicates: int = 0) -> None:
+def feedback_ingested(stored: int, duplicates: int, forgotten: int) -> None:
+    """One batch of feedback committed, with the store's outcome for its events."""
     FEEDBACK.labels("stored").inc(stored)
     FEEDBACK.labels("duplicate").inc(duplicates)
+    FEEDBACK.labels("forgotten").inc(forgotten)
 
 
 _active: dict[str, str] = {}

@@ -69,7 +69,7 @@ class JobEventLog(Generic[S, O]):
             await self._store.write(updated, logged, None)
         else:
             await self._store.release(updated, logged, lease)
-        telemetry.job_state_changed(self.kind.name, job.id, state.value, ended)
+        telemetry.job_state_changed(self.kind.name, job.id, state.value, held=False)
         return updated
 
     # ---- event log --------------------------------------------------------------
@@ -87,7 +87,7 @@ class JobEventLog(Generic[S, O]):
             job = self.runner.fold(job, payload)
         live.job = job
         if isinstance(payload, StateChanged):
-            telemetry.job_state_changed(self.kind.name, job.id, payload.state.value, payload.state.terminal)
+            telemetry.job_state_changed(self.kind.name, job.id, payload.state.value, held=not payload.state.terminal)
         live.events.append(event)
         live.unpersisted.append(event)  # watchers are woken once it is stored (_stored)
         if not (live.flush_scheduled or live.releasing):  # else that flush, or the release, writes it
@@ -181,6 +181,7 @@ class JobEventLog(Generic[S, O]):
         await self._forget(live)
 
     async def _forget(self, live: LiveJob[S, O]) -> None:
+        telemetry.job_let_go(self.kind.name, live.job.id)  # however it was let go of: ended, released or dropped
         async with live.changed:
             live.finished = True
             live.changed.notify_all()

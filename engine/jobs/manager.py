@@ -132,7 +132,7 @@ class JobManager(JobEventLog[S, O]):
             if current.state is JobState.QUEUED:  # the first submit may have stored it but failed to queue it
                 await self._queue.enqueue(self.kind.name, current.id, priority=current.priority)
             return current
-        telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, False)
+        telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, held=False)
         if prepared is not None:
             self._prepared[job.id] = prepared
             while len(self._prepared) > PREPARED_KEPT:
