@@ -37,8 +37,9 @@ class PipelineStore(Protocol):
 
     async def delete(self, pipeline_id: str) -> None: ...
 
-    def locked(self, pipeline_id: str) -> AbstractAsyncContextManager[None]:
-        """Held while deciding whether to start a run: one decision at a time per pipeline, across replicas."""
+    def locked(self, pipeline_id: str) -> AbstractAsyncContextManager[PipelineStore]:
+        """Held while deciding whether to start a run: one decision at a time per pipeline, across replicas. Inside the
+        block use the store it gives, whose calls run on the lock's own connection instead of taking another."""
         ...
 
     async def record(self, decision: TriggerDecision) -> bool:

@@ -157,14 +157,14 @@ class Pipelines:
         return await self._store.replace(changed, etag=etag)
 
     async def delete(self, pipeline_id: str) -> None:
-        async with self._store.locked(pipeline_id):
-            pipeline = await self._store.get(pipeline_id)
-            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
+        async with self._store.locked(pipeline_id) as store:
+            pipeline = await store.get(pipeline_id)
+            active, _ = await store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
             if active:
                 raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of pipelines/{pipeline_id}"
                                                                 " has not ended; cancel it first",
                                          metadata={"run": f"pipelineRuns/{active[0]}"})
-            await self._store.delete(pipeline_id)
+            await store.delete(pipeline_id)
 
     async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
         await self._store.get(pipeline_id)
@@ -174,20 +174,20 @@ class Pipelines:
 
     async def run(self, pipeline_id: str, *, reason: str = "", request_id: str = "") -> PipelineRun:
         """Start a run now (whether or not the pipeline is enabled); FAILED_PRECONDITION while one has not ended."""
-        async with self._store.locked(pipeline_id):
-            pipeline = await self._store.get(pipeline_id)
+        async with self._store.locked(pipeline_id) as store:
+            pipeline = await store.get(pipeline_id)
             key = f"manual:{request_id}" if request_id else f"manual:{uuid.uuid4().hex[:12]}"
-            earlier = await self._store.decision(pipeline_id, key) if request_id else None
+            earlier = await store.decision(pipeline_id, key) if request_id else None
             if earlier is not None:  # the same request again: the run it started
                 return await self._manager.get(earlier.run_id)
-            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
+            active, _ = await store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
             if active:
                 raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of {pipeline.name} has "
                                                                 "not ended; runs of one pipeline never overlap",
                                          metadata={"run": f"pipelineRuns/{active[0]}"})
             run = await self._start(pipeline, TriggerKind.MANUAL, key, reason or "run on request")
-            await self._store.record(TriggerDecision(pipeline.id, TriggerKind.MANUAL, key, True,
-                                                     reason or "run on request", datetime.now(UTC), run.id))
+            await store.record(TriggerDecision(pipeline.id, TriggerKind.MANUAL, key, True, reason or "run on request",
+                                               datetime.now(UTC), run.id))
             return run
 
     async def _start(self, pipeline: Pipeline, kind: TriggerKind, key: str, reason: str) -> PipelineRun:
@@ -236,27 +236,27 @@ class Pipelines:
 
     async def _decide(self, pipeline_id: str, now: datetime) -> builtins.list[TriggerDecision]:
         made: builtins.list[TriggerDecision] = []
-        async with self._store.locked(pipeline_id):
-            pipeline = await self._store.get(pipeline_id)  # as it is now, under the lock
+        async with self._store.locked(pipeline_id) as store:
+            pipeline = await store.get(pipeline_id)  # as it is now, under the lock
             if not pipeline.enabled:
                 return made
-            active, _ = await self._store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
-            since = await self._store.last_run_start(pipeline) or pipeline.create_time or now
+            active, _ = await store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
+            since = await store.last_run_start(pipeline) or pipeline.create_time or now
             samples: int | None = -1  # not counted yet
             for i, trigger in enumerate(pipeline.triggers):
                 kind = tr.kind_of(trigger)
                 key = ""
                 started = False
                 try:  # one trigger that cannot be decided (a bug, a schedule that matches no date) leaves the others
-                    occasion = await self._occasion(pipeline, trigger, now, since)
+                    occasion = await self._occasion(store, pipeline, trigger, now, since)
                     if occasion is None:
                         continue
                     key, why = occasion
-                    if await self._store.decision(pipeline.id, key) is not None:
+                    if await store.decision(pipeline.id, key) is not None:
                         continue
                     if active:
                         if isinstance(trigger, CronTrigger):  # a tick is now or never; counts and drift can wait
-                            made += await self._keep(pipeline, kind, key, False, now,
+                            made += await self._keep(store, pipeline, kind, key, False, now,
                                                      f"{why}; skipped: pipelineRuns/{active[0]} has not ended")
                         continue
                     if samples == -1:
@@ -265,23 +265,24 @@ class Pipelines:
                     if samples is not None and isinstance(source, FeedbackSource) and samples < source.min_samples \
                             and not source.force:
                         skip_key = key if isinstance(trigger, CronTrigger) else f"{key}:skipped:{samples}"
-                        made += await self._keep(pipeline, kind, skip_key, False, now,
+                        made += await self._keep(store, pipeline, kind, skip_key, False, now,
                                                  f"{why}; skipped: {samples} usable examples in the last "
                                                  f"{source.days} day(s), fewer than min_samples={source.min_samples}",
                                                  count=samples)
                         continue
                     run = await self._start(pipeline, kind, key, why)
                     started = True
-                    made += await self._keep(pipeline, kind, key, True, now, why, run_id=run.id, count=samples or 0)
+                    made += await self._keep(store, pipeline, kind, key, True, now, why, run_id=run.id,
+                                             count=samples or 0)
                     log.info("pipeline triggered", extra={"pipeline": pipeline.id, "run": run.name, "why": why})
                 except Exception as exc:  # noqa: BLE001 - logged and recorded; the next trigger is decided still
-                    made += await self._failed(pipeline, i, trigger, key, now, exc)
+                    made += await self._failed(store, pipeline, i, trigger, key, now, exc)
                 if started:
                     break  # one run at a time
         return made
 
-    async def _failed(self, pipeline: Pipeline, index: int, trigger: Trigger, key: str, now: datetime,
-                      exc: Exception) -> builtins.list[TriggerDecision]:
+    async def _failed(self, store: PipelineStore, pipeline: Pipeline, index: int, trigger: Trigger, key: str,
+                      now: datetime, exc: Exception) -> builtins.list[TriggerDecision]:
         """Log a trigger that could not be decided and record it as a decision that did not fire, once per
         occasion (or trigger, when its occasion is not known) and cause: its key is not the occasion's, which the
         next tick decides again."""
@@ -300,23 +301,25 @@ class Pipelines:
         failed_key = f"{key or _trigger_label(trigger)}:failed:{cause}"
         reason = f"{pipeline.name} {field_path} ({_trigger_label(trigger)}) could not be decided: {what}"
         try:
-            return await self._keep(pipeline, tr.kind_of(trigger), failed_key, False, now, reason)
+            return await self._keep(store, pipeline, tr.kind_of(trigger), failed_key, False, now, reason)
         except Exception:  # noqa: BLE001 - the store failing too: the log says it
             log.exception("pipeline trigger failure not recorded", extra={"pipeline": pipeline.id,
                                                                           "trigger": field_path})
             return []
 
-    async def _keep(self, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool, now: datetime, reason: str,
-                    *, run_id: str = "", count: int = 0) -> builtins.list[TriggerDecision]:
+    async def _keep(self, store: PipelineStore, pipeline: Pipeline, kind: TriggerKind, key: str, fired: bool,
+                    now: datetime, reason: str, *, run_id: str = "",
+                    count: int = 0) -> builtins.list[TriggerDecision]:
+        """Record a decision through ``store``, the pipeline's locked one."""
         decision = TriggerDecision(pipeline.id, kind, key, fired, reason, now, run_id, count)
-        if not await self._store.record(decision):
+        if not await store.record(decision):
             return []
         telemetry.pipeline_triggered(pipeline.id, kind.value, fired)
         return [decision]
 
-    async def _occasion(self, pipeline: Pipeline, trigger: Trigger, now: datetime,
+    async def _occasion(self, store: PipelineStore, pipeline: Pipeline, trigger: Trigger, now: datetime,
                         since: datetime) -> tuple[str, str] | None:
-        """(key, why) when ``trigger`` has an occasion now, else None."""
+        """(key, why) when ``trigger`` has an occasion now, else None; ``store`` is the pipeline's locked one."""
         if isinstance(trigger, CronTrigger):
             tick = tr.last_tick(trigger, now)
             changed = pipeline.update_time or pipeline.create_time  # no tick from before it was created or changed
@@ -325,10 +328,9 @@ class Pipelines:
             return tr.occasion_key(trigger, tick=tick), f"cron {trigger.expression!r} ({trigger.time_zone}) " \
                                                         f"ticked at {tr.stamp(tick)}"
         if isinstance(trigger, FeedbackTrigger):
-            count = await self._store.feedback_count(base_model=pipeline.base_model, since=since,
-                                                     labels=_labels(pipeline),
-                                                     negative_only=trigger.negative_only,
-                                                     rating_negative_max=self._rating_negative_max)
+            count = await store.feedback_count(base_model=pipeline.base_model, since=since, labels=_labels(pipeline),
+                                               negative_only=trigger.negative_only,
+                                               rating_negative_max=self._rating_negative_max)
             if count < trigger.count:
                 return None
             what = "negative feedback events" if trigger.negative_only else "feedback events"

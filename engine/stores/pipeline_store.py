@@ -7,19 +7,28 @@ this rule too), so no migration is needed; a run that records none is matched by
 ``locked`` holds a session advisory lock per pipeline on its own connection for the block: the replicas that
 evaluate a pipeline's triggers at the same moment decide one after the other, so one of them sees the run the
 other started. A decision's primary key is (pipeline, occasion): recording one twice keeps the first.
+The block's store queries run on that connection, and a process asks the pool for a lock's connection only once no
+other of its calls holds or waits for that pipeline's lock and fewer than half the pool's connections hold
+pipeline locks: a locked section that needs another connection (to start a run, a job) always finds one, instead of
+every connection of the pool held by sections and callers waiting for each other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
+import copy
 import json
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
 from engine.errors import Aborted, AlreadyExists, NotFound
@@ -28,6 +37,7 @@ from engine.names import decode_page_token, encode_page_token
 from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
 from engine.stores.postgres import advisory_lock
 
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 _PIPELINE = TypeAdapter(Pipeline)
 _LOCK_NAMESPACE = "learning-engine/pipeline/"
 _ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"]  # engine.jobs.core.JobState.terminal
@@ -53,6 +63,10 @@ class PostgresPipelineStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._db: asyncpg.Pool | Conn = pool  # where the queries run: the pool, or (``locked``) the lock's connection
+        # pipeline id -> the lock its calls in this process take before the advisory lock (kept while one is used)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._lock_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     @staticmethod
     def _decode(doc: str) -> Pipeline:
@@ -61,35 +75,32 @@ class PostgresPipelineStore:
     async def insert(self, pipeline: Pipeline) -> Pipeline:
         now = datetime.now(UTC)
         stored = replace(pipeline, create_time=now, update_time=now, etag=uuid.uuid4().hex[:16])
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO pipelines (id, base_model, enabled, etag, create_time, update_time, doc)"
-                " VALUES ($1, $2, $3, $4, $5, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING RETURNING id",
-                stored.id, stored.base_model, stored.enabled, stored.etag, now,
-                dump_json(_PIPELINE, stored).decode(),
-            )
+        row = await self._db.fetchrow(
+            "INSERT INTO pipelines (id, base_model, enabled, etag, create_time, update_time, doc)"
+            " VALUES ($1, $2, $3, $4, $5, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING RETURNING id",
+            stored.id, stored.base_model, stored.enabled, stored.etag, now,
+            dump_json(_PIPELINE, stored).decode(),
+        )
         if row is None:
             raise AlreadyExists("PIPELINE_EXISTS", f"pipeline {pipeline.name} already exists",
                                 metadata={"name": pipeline.name})
         return stored
 
     async def get(self, pipeline_id: str) -> Pipeline:
-        async with self._pool.acquire() as conn:
-            doc = await conn.fetchval("SELECT doc FROM pipelines WHERE id = $1", pipeline_id)
+        doc = await self._db.fetchval("SELECT doc FROM pipelines WHERE id = $1", pipeline_id)
         if doc is None:
             raise not_found(pipeline_id)
         return self._decode(doc)
 
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]:
         before = decode_page_token(page_token) if page_token else None
-        async with self._pool.acquire() as conn:
-            if before is None:
-                rows = await conn.fetch("SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1",
+        if before is None:
+            rows = await self._db.fetch("SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1",
                                         page_size + 1)
-            else:
-                rows = await conn.fetch(
-                    "SELECT doc FROM pipelines WHERE (create_time, id) < ($1, $2)"
-                    " ORDER BY create_time DESC, id DESC LIMIT $3", before[0], before[1], page_size + 1)
+        else:
+            rows = await self._db.fetch(
+                "SELECT doc FROM pipelines WHERE (create_time, id) < ($1, $2)"
+                " ORDER BY create_time DESC, id DESC LIMIT $3", before[0], before[1], page_size + 1)
         found = [self._decode(r["doc"]) for r in rows]
         page = found[:page_size]
         more = len(found) > page_size and page
@@ -98,53 +109,51 @@ class PostgresPipelineStore:
 
     async def replace(self, pipeline: Pipeline, *, etag: str) -> Pipeline:
         stored = replace(pipeline, update_time=datetime.now(UTC), etag=uuid.uuid4().hex[:16])
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "UPDATE pipelines SET enabled = $2, etag = $3, update_time = $4, doc = $5::jsonb"
-                " WHERE id = $1 AND ($6 = '' OR etag = $6) RETURNING id",
-                stored.id, stored.enabled, stored.etag, stored.update_time, dump_json(_PIPELINE, stored).decode(),
-                etag,
-            )
-            if row is None:
-                exists = await conn.fetchval("SELECT 1 FROM pipelines WHERE id = $1", stored.id)
-                if not exists:
-                    raise not_found(stored.id)
-                raise Aborted("PIPELINE_CHANGED", f"{pipeline.name} changed since etag {etag!r}; read it again",
-                              metadata={"name": pipeline.name})
+        row = await self._db.fetchrow(
+            "UPDATE pipelines SET enabled = $2, etag = $3, update_time = $4, doc = $5::jsonb"
+            " WHERE id = $1 AND ($6 = '' OR etag = $6) RETURNING id",
+            stored.id, stored.enabled, stored.etag, stored.update_time, dump_json(_PIPELINE, stored).decode(),
+            etag,
+        )
+        if row is None:
+            exists = await self._db.fetchval("SELECT 1 FROM pipelines WHERE id = $1", stored.id)
+            if not exists:
+                raise not_found(stored.id)
+            raise Aborted("PIPELINE_CHANGED", f"{pipeline.name} changed since etag {etag!r}; read it again",
+                          metadata={"name": pipeline.name})
         return stored
 
     async def delete(self, pipeline_id: str) -> None:
-        async with self._pool.acquire() as conn:
-            if await conn.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id) == "DELETE 0":
-                raise not_found(pipeline_id)
+        if await self._db.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id) == "DELETE 0":
+            raise not_found(pipeline_id)
 
     @contextlib.asynccontextmanager
-    async def locked(self, pipeline_id: str) -> AsyncIterator[None]:
-        async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id):
-            yield
+    async def locked(self, pipeline_id: str) -> AsyncIterator[PostgresPipelineStore]:
+        lock = self._locks.setdefault(pipeline_id, asyncio.Lock())
+        async with lock, self._lock_slots, advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id) as conn:
+            on_lock = copy.copy(self)  # shares the pool and the locks: only the queries move to the lock's connection
+            on_lock._db = conn
+            yield on_lock
 
     async def record(self, decision: TriggerDecision) -> bool:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO pipeline_trigger_decisions (pipeline_id, key, kind, fired, reason, run_id,"
-                " sample_count, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                " ON CONFLICT (pipeline_id, key) DO NOTHING RETURNING key",
-                decision.pipeline_id, decision.key, decision.kind.value, decision.fired, decision.reason,
-                decision.run_id, decision.count, decision.time,
-            )
+        row = await self._db.fetchrow(
+            "INSERT INTO pipeline_trigger_decisions (pipeline_id, key, kind, fired, reason, run_id,"
+            " sample_count, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (pipeline_id, key) DO NOTHING RETURNING key",
+            decision.pipeline_id, decision.key, decision.kind.value, decision.fired, decision.reason,
+            decision.run_id, decision.count, decision.time,
+        )
         return row is not None
 
     async def decision(self, pipeline_id: str, key: str) -> TriggerDecision | None:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 AND key = $2", pipeline_id, key)
+        row = await self._db.fetchrow(
+            "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 AND key = $2", pipeline_id, key)
         return None if row is None else _decision(row)
 
     async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 ORDER BY time DESC, key LIMIT $2",
-                pipeline_id, limit)
+        rows = await self._db.fetch(
+            "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 ORDER BY time DESC, key LIMIT $2",
+            pipeline_id, limit)
         return [_decision(r) for r in rows]
 
     async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
@@ -161,25 +170,22 @@ class PostgresPipelineStore:
         args.append(page_size + 1)
         sql = (f"SELECT id, create_time FROM jobs WHERE {' AND '.join(clauses)}"
                f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
+        rows = await self._db.fetch(sql, *args)
         page = rows[:page_size]
         token = encode_page_token(page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
         return [r["id"] for r in page], token
 
     async def last_run_start(self, pipeline: Pipeline) -> datetime | None:
-        async with self._pool.acquire() as conn:
-            value: datetime | None = await conn.fetchval(
-                f"SELECT max(create_time) FROM jobs WHERE kind = $1 AND {_OF_PIPELINE}",
-                PIPELINE_RUN.name, pipeline.id, pipeline.create_time)
+        value: datetime | None = await self._db.fetchval(
+            f"SELECT max(create_time) FROM jobs WHERE kind = $1 AND {_OF_PIPELINE}",
+            PIPELINE_RUN.name, pipeline.id, pipeline.create_time)
         return value
 
     async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
                              negative_only: bool, rating_negative_max: int) -> int:
         # Events that recorded no base model ('', stored before migration 0020) count for every base model.
-        async with self._pool.acquire() as conn:
-            count: int = await conn.fetchval(
-                "SELECT count(*) FROM feedback_events WHERE base_model IN ($5, '') AND received_time >= $1"
-                " AND labels @> $2::jsonb AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
-                since, json.dumps(dict(labels)), negative_only, rating_negative_max, base_model)
+        count: int = await self._db.fetchval(
+            "SELECT count(*) FROM feedback_events WHERE base_model IN ($5, '') AND received_time >= $1"
+            " AND labels @> $2::jsonb AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
+            since, json.dumps(dict(labels)), negative_only, rating_negative_max, base_model)
         return count
