@@ -11,7 +11,7 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -166,28 +166,33 @@ def run_training(
                     if e.target_token_count]
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
                         held_out, epochs)
-        final_loss, final_task_loss, steps, last_epoch_task_loss = losses
-        train_end = evaluate_loss(  # on the examples every epoch trains (a rotating pool's are not the job's own)
-            model, [data[i] for i in epochs.fixed], batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
-            plan=plan, cancel=cancel, packing=hp.packing,
-        ) if epochs.fixed else None
-        if train_end is not None:
-            sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
-        eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
-                                  plan=plan, cancel=cancel, packing=hp.packing) if held_out else None
-        if eval_loss is not None:
-            sink.emit(EvalReported(step=steps, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
+        final_loss, final_task_loss, steps, last_epoch_task_loss, keep_last_step = losses
         main = run.parallel is None or run.parallel.is_main
         sharded = is_sharded(model)
         retained: BaseRetention | None = None
-        if run.probe is not None and main and sharded:
-            sink.emit(Warned("BASE_RETENTION_NOT_MEASURED", "base retention is not measured on a sharded (FSDP) "
-                                                            "run: its generation would need every process"))
-        elif run.probe is not None and main:
-            with tracer.start_as_current_span("training.base_retention"):
-                retained = run.probe.measure(model, tokenizer, plan, base_model_dir=run.base_model_dir,
-                                         quantization=hp.quantization.value, step=steps, sink=sink, cancel=cancel)
-        _check_cancel(cancel, "saving")
+        try:  # stopped after the last step (in the final evaluations or the probe): a resume goes straight to them
+            train_end = evaluate_loss(  # on the examples every epoch trains (a rotating pool's are not the job's own)
+                model, [data[i] for i in epochs.fixed], batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
+                plan=plan, cancel=cancel, packing=hp.packing,
+            ) if epochs.fixed else None
+            if train_end is not None:
+                sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
+            eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
+                                      plan=plan, cancel=cancel, packing=hp.packing) if held_out else None
+            if eval_loss is not None:
+                sink.emit(EvalReported(step=steps, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
+            if run.probe is not None and main and sharded:
+                sink.emit(Warned("BASE_RETENTION_NOT_MEASURED", "base retention is not measured on a sharded "
+                                                                "(FSDP) run: its generation would need every process"))
+            elif run.probe is not None and main:
+                with tracer.start_as_current_span("training.base_retention"):
+                    retained = run.probe.measure(model, tokenizer, plan, base_model_dir=run.base_model_dir,
+                                                 quantization=hp.quantization.value, step=steps, sink=sink,
+                                                 cancel=cancel)
+            _check_cancel(cancel, "saving")
+        except Cancelled:
+            keep_last_step()
+            raise
         weights = full_trainable_state(model) if sharded else None  # every process takes part in the gather
         adapter_dir = save_adapter(model, run.output_dir, weights) if main else run.output_dir
         return TrainingResult(adapter_dir, steps, final_loss, final_task_loss, summary, plan.description, retained,
@@ -227,10 +232,12 @@ def _train(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
-) -> tuple[float, float, int, float]:
+) -> tuple[float, float, int, float, Callable[[], None]]:
     """The optimisation loop; returns (last loss, last task loss, steps done, the mean task loss of the steps of
-    the last epoch this run took steps in). ``held_out``: the eval split, whose loss each checkpoint reports and
-    records; ``epochs``: which examples each epoch trains (None: all)."""
+    the last epoch this run took steps in, what checkpoints the last step when the run is paused after it). A
+    pause in the final evaluations must keep that step as one in the loop does, and the optimiser's state it needs
+    lives here. ``held_out``: the eval split, whose loss each checkpoint reports and records; ``epochs``: which
+    examples each epoch trains (None: all)."""
     hp = run.spec.hyperparameters
     with (
         batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
@@ -254,7 +261,7 @@ def _optimise(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
-) -> tuple[float, float, int, float]:
+) -> tuple[float, float, int, float, Callable[[], None]]:
     from transformers import get_scheduler
 
     hp = run.spec.hyperparameters
@@ -373,6 +380,11 @@ def _optimise(
                 if due:
                     checkpoint()
             epoch_span.set_attribute("step", step)
-    if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
-        checkpoint()  # stopped after the last step (in the final evaluation): a resume goes straight to it
-    return loss_value, task_value, step, math.fsum(epoch_task) / len(epoch_task) if epoch_task else math.nan
+
+    def keep_last_step() -> None:
+        """Called when the run stops after its last step: a checkpoint of it if the progress is kept (a pause)."""
+        if cancel.cancelled and cancel.keeps_progress and ckpt is not None:
+            checkpoint()
+
+    epoch_loss = math.fsum(epoch_task) / len(epoch_task) if epoch_task else math.nan
+    return loss_value, task_value, step, epoch_loss, keep_last_step
