@@ -138,7 +138,8 @@ class TrainingRunner:
             if self._planner is not None and inputs.parent is not None and parent_dir is not None \
                     and (not spec.ewc.disabled or spec.ewc.replay_fraction > 0):
                 plan = await self._planner.plan(PlanRequest(
-                    spec=spec, parent=inputs.parent, parent_dir=parent_dir, model_dir=inputs.model_dir,
+                    spec=_with_earlier_fisher(ctx, spec), parent=inputs.parent, parent_dir=parent_dir,
+                    model_dir=inputs.model_dir,
                     examples=run.examples, model=loaded,
                     in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel,
                 ))
@@ -370,6 +371,19 @@ class TrainingRunner:
                 raise DataLoss("CHECKPOINT_MISSING", message, metadata=dict(last.metadata))
             raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", message, metadata=dict(last.metadata))
         return None
+
+
+def _with_earlier_fisher(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec) -> TrainingJobSpec:
+    """``spec`` naming the parent's Fisher snapshot an earlier run of the job measured (it was paused, or its worker
+    stopped), as if the job had named it: the steps it took trained against that snapshot, and so do the rest (not
+    against a second measure, stored again). Gone since, the job fails as one naming a missing snapshot does."""
+    lineage = ctx.job.output.ewc_lineage
+    if spec.ewc.disabled or spec.ewc.fisher_snapshot or lineage is None or not lineage.fisher_snapshot:
+        return spec
+    ctx.record(Noticed("FISHER_OF_EARLIER_RUN", f"{lineage.fisher_snapshot}, the Fisher of "
+                                                f"{lineage.parent_adapter_version} an earlier run of this job "
+                                                "measured, anchors its EWC again"))
+    return replace(spec, ewc=replace(spec.ewc, fisher_snapshot=lineage.fisher_snapshot))
 
 
 def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
