@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Self, TypeVar
 
 import grpc
@@ -44,13 +44,26 @@ UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link an upload's deadline a
 
 
 async def each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    """The items of a plain or an async iterable, as an async iterator."""
+    """The items of a plain or an async iterable, as an async iterator.
+
+    A plain one is advanced in a worker thread, never on the loop: a generator may block (reading a file, waiting
+    for data), or call the blocking client whose event-loop thread runs this, without freezing every other call.
+    """
     if isinstance(items, AsyncIterable):
         async for item in items:
             yield item
     else:
-        for item in items:
-            yield item
+        iterator = iter(items)
+        while (step := await asyncio.to_thread(_step, iterator)) is not None:
+            yield step[0]
+
+
+def _step(iterator: Iterator[T]) -> tuple[T] | None:
+    """The next item, in a tuple (an item may be None), or None at the end: StopIteration cannot cross a future."""
+    for item in iterator:
+        return (item,)
+    return None
+
 
 class Calls:
     """What every call of the client needs: the channel, the stubs, deadlines and reconnects."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -61,8 +62,9 @@ class ServingCalls(Calls):
 
         The file is named after the version, ``<base model>-<version>.tar.gz``, so versions downloaded into
         one directory sit side by side. An existing file of that name raises FileExistsError (before anything
-        is written) unless ``overwrite``. A ``destination`` (or a parent of it) that exists and is not a directory
-        raises NotADirectoryError, before anything is asked of the server.
+        is written; one that appeared during the download, at its end, left as it is) unless ``overwrite``. A
+        ``destination`` (or a parent of it) that exists and is not a directory raises NotADirectoryError, before
+        anything is asked of the server.
         """
         not_a_directory = next((p for p in (destination, *destination.parents) if p.exists()), destination)
         if not_a_directory.exists() and not not_a_directory.is_dir():
@@ -80,9 +82,7 @@ class ServingCalls(Calls):
                     header = message.header
                     path = destination / archive_name(header.adapter, header.filename)
                     if path.exists() and not overwrite:
-                        raise FileExistsError(
-                            errno.EEXIST, f"{path} exists (another download of {header.adapter.version}?)", str(path)
-                        )
+                        raise _exists(path, header.adapter.version)
                     destination.mkdir(parents=True, exist_ok=True)
                     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept past the block
                         dir=destination, prefix=f".{path.name}.", suffix=".partial", delete=False)
@@ -102,7 +102,14 @@ class ServingCalls(Calls):
                 )
             assert handle is not None and partial is not None  # the header opened them
             handle.close()
-            partial.replace(path)
+            if overwrite:
+                partial.replace(path)
+            else:  # the check above ran at the header: a file may have appeared since (another download, the user's)
+                try:
+                    os.link(partial, path)  # unlike replace, never over an existing file
+                except FileExistsError:
+                    raise _exists(path, header.adapter.version) from None
+                partial.unlink()
             partial = None
             return header.adapter, path
         finally:  # a download that did not end with its archive in place leaves nothing behind
@@ -321,3 +328,8 @@ def archive_name(described: adapter.Adapter, suggested: str = "") -> str:
     suffix = "".join(Path(suggested).suffixes) or ".tar.gz"
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", described.base_model) or "adapter"
     return f"{base}-{described.version}{suffix}"
+
+
+def _exists(path: Path, version: str) -> FileExistsError:
+    """What a download without ``overwrite`` raises for a file already at ``path``."""
+    return FileExistsError(errno.EEXIST, f"{path} exists (another download of {version}?)", str(path))

@@ -30,6 +30,13 @@ class TlsConfig:
     client_key: bytes | None = None
     server_name_override: str | None = None
 
+    def __post_init__(self) -> None:
+        # gRPC core aborts the whole process (SIGABRT) when given one without the other.
+        if bool(self.client_certificate) != bool(self.client_key):
+            pair = ("client_certificate", "client_key")
+            given, missing = pair if self.client_certificate else pair[::-1]
+            raise ValueError(f"mTLS needs a client certificate and its key: {given} without {missing}")
+
     @classmethod
     def from_files(
         cls,

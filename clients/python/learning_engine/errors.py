@@ -9,7 +9,9 @@ catalogue value ``error_reason``, ErrorInfo ``metadata`` and the BadRequest ``vi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -63,6 +65,12 @@ class LearningEngineError(Exception):
         self.reason = reason if isinstance(reason, str) else reason_name(reason)
         self.metadata = dict(metadata or {})
         self.violations = violations
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle and copy with every field (a worker process's error reaches its caller typed): BaseException's
+        would rebuild from ``args``, the message alone."""
+        rebuild = functools.partial(type(self), reason=self.reason, metadata=self.metadata, violations=self.violations)
+        return rebuild, (self.code, self.message), self.__dict__
 
     @property
     def error_reason(self) -> ErrorReason:

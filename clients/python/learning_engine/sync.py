@@ -37,23 +37,27 @@ class Client(SyncJobCalls, SyncServingCalls, SyncDataCalls):
         reconnect_delay: float = 0.5,
     ) -> None:
         self._loop = EventLoopThread()
-        self._async = self._loop.run(
-            _new_async_client(
-                target,
-                token=token,
-                tls=tls,
-                timeout=timeout,
-                operation_timeout=operation_timeout,
-                channel_options=channel_options,
-                reconnect_attempts=reconnect_attempts,
-                reconnect_delay=reconnect_delay,
+        try:
+            self._async = self._loop.run(
+                _new_async_client(
+                    target,
+                    token=token,
+                    tls=tls,
+                    timeout=timeout,
+                    operation_timeout=operation_timeout,
+                    channel_options=channel_options,
+                    reconnect_attempts=reconnect_attempts,
+                    reconnect_delay=reconnect_delay,
+                )
             )
-        )
+        except BaseException:
+            self._loop.close()  # a client that was never made leaves no thread behind
+            raise
 
     def close(self) -> None:
-        if self._loop.running:
-            self._loop.run(self._async.close())
-            self._loop.stop()
+        """End the calls other threads are blocked in (they raise errors.Cancelled), close the connection
+        and stop the event-loop thread; calls after raise errors.Cancelled. Closing again does nothing."""
+        self._loop.close(self._async.close)
 
     def __enter__(self) -> Client:
         return self

@@ -43,8 +43,9 @@ class SyncServingCalls(SyncCalls):
 
         The file is named after the version, ``<base model>-<version>.tar.gz``, so versions downloaded into
         one directory sit side by side. An existing file of that name raises FileExistsError (before anything
-        is written) unless ``overwrite``. A ``destination`` (or a parent of it) that exists and is not a directory
-        raises NotADirectoryError, before anything is asked of the server.
+        is written; one that appeared during the download, at its end, left as it is) unless ``overwrite``. A
+        ``destination`` (or a parent of it) that exists and is not a directory raises NotADirectoryError, before
+        anything is asked of the server.
         """
         return self._loop.run(
             self._async.download_adapter(version, destination, base_model=base_model, overwrite=overwrite)
