@@ -51,6 +51,16 @@ async def send(client, n: int, user: str = "") -> Counter[str]:
     return served
 
 
+async def followed(client, candidate: str) -> None:
+    """Wait until this serving process routes the split another started: it reads the target's state every
+    ``serving_follow_seconds``, later on a loaded machine."""
+    for _ in range(100):
+        if (await status(client)).traffic_split.candidate_version == candidate:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{client} never routed the canary of {candidate}")
+
+
 async def counted(client, candidate: int, active: int) -> None:
     """Wait until the split in force reads these requests on each side, in this process's view (its gateway's counts
     and the other serving processes' as last read)."""
@@ -273,7 +283,7 @@ async def test_two_serving_processes_count_one_canary_and_the_other_decides_when
     two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", serving_follow_seconds=0.2)
     await start(one, v11, fast(share=0.5, min_requests=10, min_feedback=4))
     assert await send(one, 6) == {f"{TINY}@{v10}": 3, f"{TINY}@{v11}": 3}
-    assert (await status(two)).traffic_split.candidate_version == v11
+    await followed(two, v11)
     assert await send(two, 8) == {f"{TINY}@{v10}": 4, f"{TINY}@{v11}": 4}
 
     await counted(one, 7, 7)  # both gateways' requests, in each process's view
