@@ -62,17 +62,26 @@ class JobRunner(Protocol[S, O]):
         ...
 
 
+@dataclass(frozen=True)
+class IdleCancel(Generic[O]):
+    """What a :class:`CancelHook` made of a job cancelled while none of it ran: what to add to its log (notices,
+    warnings: what became of what it left), and its output when that changed (None: as it is)."""
+
+    notes: Sequence[object] = ()
+    output: O | None = None
+
+
 @runtime_checkable
 class CancelHook(Protocol[S, O]):
-    """What a :class:`JobRunner` whose runs leave something in force beyond themselves (a pipeline run's canary)
-    adds, for a cancel no run of the job carries out: the job was queued or paused (the manager ends it in the
-    store), being let go of by its worker (the release ends it), or taken up with the cancel pending (it ends before
-    its run starts). A running job's cancel is the runner's own (``run`` ends it); a runner without this hook has
-    nothing to end."""
+    """What a :class:`JobRunner` whose runs leave something beyond themselves (a pipeline run's canary in force, a
+    training job's metrics to store) adds, for a cancel no run of the job carries out: the job was queued or paused
+    (the manager ends it in the store), being let go of by its worker (the release ends it), or taken up with the
+    cancel pending (it ends before its run starts). A running job's cancel is the runner's own (``run`` ends it); a
+    runner without this hook has nothing to end."""
 
-    async def cancelled_while_idle(self, job: Job[S, O]) -> Sequence[object]:
-        """``job`` is stored CANCELLED: end what its runs left in force. Returns what to add to its log (notices,
-        warnings: what became of it). A failure to end it is the runner's to report that way: the cancel stands."""
+    async def cancelled_while_idle(self, job: Job[S, O], events: Sequence[JobEvent]) -> IdleCancel[O]:
+        """``job`` is stored CANCELLED, with its log ``events``: end what its runs left. A failure is the runner's to
+        report in the notes: the cancel stands."""
         ...
 
 
@@ -191,4 +200,4 @@ class LoopSink:
             self._loop.call_soon_threadsafe(self._record, payload)
 
 
-__all__ = ["CancelHook", "JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "now"]
+__all__ = ["CancelHook", "IdleCancel", "JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "now"]

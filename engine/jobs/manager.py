@@ -222,9 +222,10 @@ class JobManager(JobEventLog[S, O]):
             return resumed
         raise Aborted("JOB_CONTENTION", f"job {job_id} kept changing; retry")
 
-    async def note(self, job_id: str, payload: object) -> Job[S, O]:
-        """Add an event to the log of a job that has ended: what became of something it left behind (an online
-        session's live alias). Only for an ended job, which no worker writes to any more."""
+    async def note(self, job_id: str, *payloads: object, output: O | None = None) -> Job[S, O]:
+        """Add events to the log of a job that has ended: what became of something it left behind (an online
+        session's live alias), and, given ``output``, its output as it is now (what a cancel stored of it). Only
+        for an ended job, which no worker writes to any more."""
         for attempt in range(len(FLUSH_RETRY_SECONDS)):
             job = await self._store.get_job(job_id)  # the stored log, which this is added to
             if job is None:
@@ -232,9 +233,10 @@ class JobManager(JobEventLog[S, O]):
             try:
                 if not job.state.terminal:  # its end is being stored (or it has not ended: the caller's error)
                     raise Aborted("JOB_CHANGED", f"job {job_id} has not ended")
-                event = JobEvent(job.last_sequence + 1, now(), payload)
-                updated = replace(job, last_sequence=event.sequence)
-                await self._store.write(updated, [event], None)
+                events = [JobEvent(job.last_sequence + 1 + i, now(), payload) for i, payload in enumerate(payloads)]
+                updated = replace(job, last_sequence=job.last_sequence + len(events),
+                                  output=job.output if output is None else output)
+                await self._store.write(updated, events, None)
             except Aborted:  # another event was added meanwhile: look again
                 await asyncio.sleep(FLUSH_RETRY_SECONDS[attempt])
                 continue
@@ -328,8 +330,9 @@ class JobManager(JobEventLog[S, O]):
         if not isinstance(runner, CancelHook):
             return job
         try:
-            for payload in await runner.cancelled_while_idle(job):
-                job = await self.note(job.id, payload)
+            ended = await runner.cancelled_while_idle(job, await self._store.list_events(job.id, after_sequence=0))
+            if ended.notes or ended.output is not None:
+                job = await self.note(job.id, *ended.notes, output=ended.output)
         except Exception:  # noqa: BLE001 - the job is cancelled already; its caller must learn that, not this
             log.exception("a cancelled job's runner could not end what its runs left in force",
                           extra={"job_id": job.id, "kind": self.kind.name})

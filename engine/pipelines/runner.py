@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.domain import FeedbackSource, JsonlSource, StoredDatasetSource
 from engine.errors import Cancelled, EngineError, FailedPrecondition
-from engine.jobs.context import JobContext
-from engine.jobs.core import JobProgress, JobState, Noticed, Warned
+from engine.jobs.context import IdleCancel, JobContext
+from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import LeaseLost, StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
@@ -319,7 +319,8 @@ class PipelineRunner:
         finally:
             waiting.cancel()
 
-    async def cancelled_while_idle(self, job: PipelineRun) -> list[object]:
+    async def cancelled_while_idle(self, job: PipelineRun,
+                                   events: Sequence[JobEvent]) -> IdleCancel[PipelineRunOutput]:
         """The job core's hook (engine.jobs.context.CancelHook) for a run cancelled with none of it running: paused,
         queued again after its worker stopped, or stopping. A canary it started is aborted as a running run's is,
         lest the policy promote the version of a run that was cancelled. The abort works while the serving engine
@@ -327,20 +328,20 @@ class PipelineRunner:
         until its policy decides it or someone aborts it."""
         version = job.output.version
         if job.output.rollout != "CANARY" or not version:  # no canary started (or it was decided before the stop)
-            return []
+            return IdleCancel()
         try:
             aborted = await self._abort_canary(job)
         except Exception as exc:  # noqa: BLE001 - the run is cancelled whatever becomes of its canary
             why = exc.message if isinstance(exc, EngineError) else type(exc).__name__
             log.warning("could not abort a cancelled pipeline run's canary",
                         extra={"job_id": job.id, "version": version, "error": why})
-            return [Warned("CANARY_NOT_ABORTED", f"the canary of {version} this run started could not be aborted "
-                                                 f"({why}): it goes on until its policy decides it, unless aborted "
-                                                 f"(AbortCanary with version {version})")]
+            return IdleCancel([Warned("CANARY_NOT_ABORTED", f"the canary of {version} this run started could not be "
+                                                            f"aborted ({why}): it goes on until its policy decides it, "
+                                                            f"unless aborted (AbortCanary with version {version})")])
         if not aborted:  # it never started, or it has ended (decided, or aborted by someone else)
-            return []
-        return [Noticed("CANARY_ABORTED", f"aborted the canary of {version} this run started: the run was "
-                                          "cancelled while none of it was running")]
+            return IdleCancel()
+        return IdleCancel([Noticed("CANARY_ABORTED", f"aborted the canary of {version} this run started: the run "
+                                                     "was cancelled while none of it was running")])
 
     async def _abort_canary(self, run: PipelineRun) -> bool:
         """Abort the run's own canary, by its version and the split it opened (when the run recorded it): the canary

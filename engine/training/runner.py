@@ -5,7 +5,8 @@ restart; the parent fetched; the base model loaded once, with the job's adapter 
 the continual planner's penalty and replay, measuring the parent's Fisher on that same model), RUNNING (the
 recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage. When the
 job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its metrics.csv and
-loss.png are stored beside it, best effort (engine.training.metrics).
+loss.png are stored beside it, best effort (engine.training.metrics; for a job cancelled while paused or queued,
+no run of it left, by ``cancelled_while_idle``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import math
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example
 from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
-from engine.jobs.context import JobContext
+from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
@@ -289,6 +291,19 @@ class TrainingRunner:
         tracking = self._tracking[ctx.job.id] = await ctx.in_worker(self._trackers.start, ctx.job, warn)
         return tracking
 
+    async def cancelled_while_idle(self, job: TrainingJob, events: Sequence[JobEvent]) -> IdleCancel[TrainingOutput]:
+        """The job core's hook (engine.jobs.context.CancelHook) for a job cancelled while none of it ran (paused, or
+        queued again): its metrics are stored as a job cancelled while it runs has them (no run of it is left to);
+        best effort, a failure a warning."""
+        if self._artifacts is None:
+            return IdleCancel()
+        try:  # no lease: a token of its own names this store's write (the store is create-only)
+            stored = await store_metrics(self._artifacts, job, uuid.uuid4().hex, events)
+        except Exception as exc:  # noqa: BLE001 - the store down, or full: the cancel stands
+            log.warning("training metrics not stored", extra={"job_id": job.id}, exc_info=True)
+            return IdleCancel([_metrics_not_stored(exc)])
+        return IdleCancel() if stored is None else IdleCancel(output=replace(job.output, metrics_artifacts=stored))
+
     async def _store_metrics(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> None:
         """The ended job's metrics into the artifact store, recorded on its output. Best effort: a failure is logged
         and recorded as a warning, and the job ends as it would have (GetTrainingMetrics renders them anyway)."""
@@ -298,9 +313,7 @@ class TrainingRunner:
             stored = await store_metrics(self._artifacts, ctx.job, ctx.lease_token, ctx.events)
         except Exception as exc:  # noqa: BLE001 - the store down, or full: the job's outcome stands
             log.warning("training metrics not stored", extra={"job_id": ctx.job.id}, exc_info=True)
-            ctx.record(Warned("METRICS_NOT_STORED", f"metrics.csv and loss.png were not stored "
-                                                    f"({type(exc).__name__}: {exc}); GetTrainingMetrics still "
-                                                    "renders them from the job's events"))
+            ctx.record(_metrics_not_stored(exc))
             return
         if stored is not None:
             ctx.set_output(replace(ctx.job.output, metrics_artifacts=stored))
@@ -503,3 +516,7 @@ class TrainingJobs:
         job, events = await self._manager.events(job_id)
         return job, await asyncio.to_thread(training_metrics, job.name, events)
 
+
+def _metrics_not_stored(exc: Exception) -> Warned:
+    return Warned("METRICS_NOT_STORED", f"metrics.csv and loss.png were not stored ({type(exc).__name__}: {exc}); "
+                                        "GetTrainingMetrics still renders them from the job's events")
