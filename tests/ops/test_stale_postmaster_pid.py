@@ -5,30 +5,14 @@ unrelated process."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 
-import asyncpg
-
 from engine.stores.postgres import EmbeddedPostgres
-
-
-def answers(url: str) -> bool:
-    async def ask() -> bool:
-        try:
-            connection = await asyncpg.connect(url, timeout=5)
-        except (TimeoutError, OSError, asyncpg.PostgresError):
-            return False
-        try:
-            return await connection.fetchval("SELECT 1") == 1
-        finally:
-            await connection.close()
-
-    return asyncio.run(ask())
+from tests.ops.test_postgres_keeper_signals import answers
 
 
 def test_start_after_a_crash_whose_postmaster_pid_was_reused() -> None:
