@@ -72,6 +72,7 @@ class JobNotifications:
         self._conn: Conn | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._lock = asyncio.Lock()
+        self._closed = False
         self._count = 0  # notifications so far, of every job, and connections lost: the token of ``notified``
         self._recent: collections.deque[str | None] = collections.deque(maxlen=RECENT_NOTIFICATIONS)
 
@@ -115,12 +116,20 @@ class JobNotifications:
         self._recent.append(job_id)
 
     async def _listen(self) -> None:
+        """Hold the LISTEN connection. One taken is either kept as it or given back (a caller cancelled while it
+        listened, a close meanwhile): a connection lost on the way would keep the pool from closing."""
         async with self._lock:
+            if self._closed:
+                raise asyncpg.InterfaceError("the job notifications are closed")
             if self._conn is not None and not self._conn.is_closed():
                 return
             conn = await self._pool.acquire()
-            await conn.add_listener(CHANNEL, self._notified)
-            conn.add_termination_listener(self._lost)
+            try:
+                await conn.add_listener(CHANNEL, self._notified)
+                conn.add_termination_listener(self._lost)
+            except BaseException:
+                await self._pool.release(conn)  # asyncpg shields it from the cancel
+                raise
             self._conn = conn
 
     def _notified(self, _conn: Conn | asyncpg.Connection, _pid: int, _channel: str, job_id: object) -> None:
@@ -136,11 +145,14 @@ class JobNotifications:
                 event.set()
 
     async def close(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            with contextlib.suppress(Exception):
-                await self._conn.remove_listener(CHANNEL, self._notified)
-                await self._pool.release(self._conn)
-        self._conn = None
+        """Give the LISTEN connection back; later waits poll (``_listen`` refuses), so none is taken again."""
+        async with self._lock:
+            self._closed = True
+            if self._conn is not None and not self._conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._conn.remove_listener(CHANNEL, self._notified)
+                    await self._pool.release(self._conn)
+            self._conn = None
 
 
 class PostgresJobStore(Generic[S, O]):
