@@ -253,6 +253,17 @@ async def _watch_until(client, name: str, last):
                 return
 
 
+async def _said(client, name: str, last) -> list:
+    """The session's events up to one for which ``last`` is true, once it is on them: what a serving process says
+    of an ended session (the live alias kept or ended) is added after the session shows the alias's new state."""
+
+    async def events() -> list | None:
+        found = [m.event async for m in _watch_until(client, name, last)]
+        return found if found and last(found[-1]) else None
+
+    return await until(events)
+
+
 async def _checkpointed(client, name: str, updates: int) -> ol.OnlineSession | None:
     found = await session(client, name)
     return found if found.stats.total_updates >= updates and found.stats.total_examples == 22 else None
@@ -296,8 +307,8 @@ async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was
     # No publication passed: the alias, which only served the start version, ends with the session and says so.
     ended = await until(lambda: _alias_ended(client, made.name))
     assert ended.alias_version == "" and ended.publications[0].version != start
-    said = [m.event.warning.message async for m in _watch_until(
-        client, made.name, lambda e: e.warning.code == "LIVE_ALIAS_ENDED") if m.event.HasField("warning")]
+    said = [e.warning.message for e in await _said(client, made.name, lambda e: e.warning.code == "LIVE_ALIAS_ENDED")
+            if e.HasField("warning")]
     assert said[-1] == (f"the live alias 'careless' ended with the session: no publication of it passed the gate "
                         f"(1 published), so it served only the start version {start}; it is no longer routed")
     await until(lambda: _unrouted(client.app.owned.lora.gateway.router, "careless"))

@@ -25,9 +25,9 @@ from tests.server.test_online import (
     FAST,
     _answer,
     _ended,
+    _said,
     _unrouted,
     _updated,
-    _watch_until,
     facts,
     online,
     refused,
@@ -72,7 +72,7 @@ async def test_the_live_alias_outlives_its_session_and_a_restart_until_an_operat
     await sessions.StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     kept = await until(lambda: _alias_state(one, made.name, ol.LIVE_ALIAS_STATE_KEPT))
     assert kept.state == common.JOB_STATE_CANCELLED and kept.alias_version == published
-    events = [m.event async for m in _watch_until(one, made.name, lambda e: e.notice.code == "LIVE_ALIAS_KEPT")]
+    events = await _said(one, made.name, lambda e: e.notice.code == "LIVE_ALIAS_KEPT")
     notice = events[-1].notice.message
     assert notice.startswith(f"the live alias 'kept-live' keeps serving {published} now that the session has "
                              "ended"), notice
@@ -141,7 +141,7 @@ async def test_a_session_without_a_publication_that_passed_ends_its_alias_with_a
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     ended = await until(lambda: _alias_state(client, made.name, ol.LIVE_ALIAS_STATE_ENDED))
     assert ended.alias_version == ""
-    events = [m.event async for m in _watch_until(client, made.name, lambda e: e.warning.code == "LIVE_ALIAS_ENDED")]
+    events = await _said(client, made.name, lambda e: e.warning.code == "LIVE_ALIAS_ENDED")
     assert events[-1].warning.message == (
         f"the live alias 'brief-live' ended with the session: no publication of it passed the gate (0 published), "
         f"so it served only the start version {start}; it is no longer routed")
