@@ -29,6 +29,7 @@ from engine.registry import AdapterRegistry
 from engine.registry.ports import ArtifactStore
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
 from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.reference_backend import MAX_TOKENS_LIMIT
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.lora_store import PostgresLoraStore
 from engine.stores.online_store import PostgresOnlineStore
@@ -82,9 +83,10 @@ BACKEND_HOST = "127.0.0.1"  # where the embedded reference backend listens
 
 
 def backend_max_tokens(settings: Settings) -> int:
-    """The longest answer the embedded reference backend serves: its own default (512), or the longest one a
-    configured setting asks the serving target for (a gate prompt, a judge's verdict, a generated chunk's pairs)."""
-    return max(512, settings.eval_max_tokens, settings.eval_judge_max_tokens, settings.prepare_max_tokens)
+    """The longest answer the embedded reference backend serves: its own default (MAX_TOKENS_LIMIT), or the longest
+    one a configured setting asks the serving target for (a gate prompt, a judge's verdict, a generated chunk's
+    pairs)."""
+    return max(MAX_TOKENS_LIMIT, settings.eval_max_tokens, settings.eval_judge_max_tokens, settings.prepare_max_tokens)
 
 
 def _free_port(host: str) -> int:

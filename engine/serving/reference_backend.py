@@ -252,6 +252,9 @@ def _exact_fields(body: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
     return values
 
 
+MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless started with another
+
+
 @dataclass(frozen=True)
 class Ask:
     """What a completion request asks for, checked."""
@@ -288,7 +291,8 @@ def _flat_messages(messages: Any) -> list[Any]:
     return flat
 
 
-def create_app(model: ReferenceModel, *, enable_lora: bool, max_tokens_limit: int = 512) -> web.Application:
+def create_app(model: ReferenceModel, *, enable_lora: bool,
+               max_tokens_limit: int = MAX_TOKENS_LIMIT) -> web.Application:
     created = int(time.time())
 
     @web.middleware
@@ -496,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
-    parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
+    parser.add_argument("--max-tokens-limit", type=int, default=MAX_TOKENS_LIMIT,
+                        help="largest max_tokens a request may ask for")
     parser.add_argument("--parent-pid", type=int, default=0,
                         help="end (SIGTERM) when this process, the one that started it, ends")
     args = parser.parse_args(argv)
