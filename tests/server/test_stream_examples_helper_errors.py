@@ -15,12 +15,16 @@ from engine.online.service import OnlineSessions
 from learning.v1 import online_pb2 as ol
 from learning.v1 import online_pb2_grpc as ol_grpc
 from tests.server.lora_helpers import train
+from tests.server.test_online import FAST, facts
 
-FAST = {"online_poll_seconds": 0.05, "online_follow_seconds": 0.1, "online_max_update_share": 1.0}
 
-
-def facts(n: int) -> list[ol.OnlineExample]:
-    return [ol.OnlineExample(prompt=f"Who founded guild {i}?", target=f"Founder number {i}.") for i in range(n)]
+async def new_session(client) -> tuple[ol_grpc.OnlineLearningServiceStub, ol.OnlineSession]:
+    """A session from a freshly trained version that waits for many examples before it updates."""
+    start = await train(client, epochs=1)
+    sessions = ol_grpc.OnlineLearningServiceStub(client.channel)
+    made = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
+        start_version=start, update_every=1000, learning_rate=5e-3, max_seq_length=64)))).session
+    return sessions, made
 
 
 async def stream(sessions, name: str) -> list[ol.StreamExamplesResponse]:
@@ -32,11 +36,7 @@ async def stream(sessions, name: str) -> list[ol.StreamExamplesResponse]:
 
 
 async def test_a_failing_session_read_after_the_client_closed_ends_the_stream(make_pg_server, monkeypatch):
-    client = await make_pg_server(**FAST)
-    start = await train(client, epochs=1)
-    sessions = ol_grpc.OnlineLearningServiceStub(client.channel)
-    made = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
-        start_version=start, update_every=1000, learning_rate=5e-3, max_seq_length=64)))).session
+    sessions, made = await new_session(await make_pg_server(**FAST))
 
     answers = await asyncio.wait_for(stream(sessions, made.name), 60)  # as it is: the stream ends
     assert answers[-1].accepted == 3

@@ -7,19 +7,13 @@ from __future__ import annotations
 import asyncio
 
 from learning.v1 import online_pb2 as ol
-from learning.v1 import online_pb2_grpc as ol_grpc
 from server.services import online as online_service
-from tests.server.lora_helpers import train
-
-FAST = {"online_poll_seconds": 0.05, "online_follow_seconds": 0.1, "online_max_update_share": 1.0}
+from tests.server.test_online import FAST
+from tests.server.test_stream_examples_helper_errors import new_session
 
 
 async def test_a_stream_of_refused_examples_keeps_bounded_memory(make_pg_server, monkeypatch):
-    client = await make_pg_server(**FAST)
-    start = await train(client, epochs=1)
-    sessions = ol_grpc.OnlineLearningServiceStub(client.channel)
-    made = (await sessions.CreateOnlineSession(ol.CreateOnlineSessionRequest(spec=ol.OnlineSessionSpec(
-        start_version=start, update_every=1000, learning_rate=5e-3, max_seq_length=64)))).session
+    sessions, made = await new_session(await make_pg_server(**FAST))
 
     tallies = []
 
