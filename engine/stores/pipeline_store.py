@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -64,8 +63,7 @@ class PostgresPipelineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._db: asyncpg.Pool | Conn = pool  # where the queries run: the pool, or (``locked``) the lock's connection
-        # pipeline id -> the lock its calls in this process take before the advisory lock (kept while one is used)
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # locked sections at once in this process: each holds a connection and may ask the pool for another
         self._lock_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     @staticmethod
@@ -129,9 +127,8 @@ class PostgresPipelineStore:
 
     @contextlib.asynccontextmanager
     async def locked(self, pipeline_id: str) -> AsyncIterator[PostgresPipelineStore]:
-        lock = self._locks.setdefault(pipeline_id, asyncio.Lock())
-        async with lock, self._lock_slots, advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id) as conn:
-            on_lock = copy.copy(self)  # shares the pool and the locks: only the queries move to the lock's connection
+        async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id, slots=self._lock_slots) as conn:
+            on_lock = copy.copy(self)  # shares the pool and the slots: only the queries move to the lock's connection
             on_lock._db = conn
             yield on_lock
 

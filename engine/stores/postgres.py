@@ -16,6 +16,7 @@ import os
 import select
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -166,11 +167,23 @@ def _is_postmaster(pid: int, pgdata: Path) -> bool:
         return True
 
 
+# (id of a pool, key) -> the lock that callers of advisory_lock in this process take before a connection; an entry
+# lives while a caller holds or waits for it. (A pool takes no weak reference; the id of a pool that has gone is
+# reused only by a later pool, whose callers then at worst wait in turn with a caller of the old one.)
+_KEY_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
 @contextlib.asynccontextmanager
-async def advisory_lock(pool: asyncpg.Pool, key: str) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+async def advisory_lock(pool: asyncpg.Pool, key: str, *, slots: asyncio.Semaphore | None = None,
+                        ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
     """A connection of ``pool`` holding the session advisory lock named ``key`` for the block: one holder at a
-    time across every process on the database."""
-    async with pool.acquire() as conn:
+    time across every process on the database. Callers in one process wait for each other on an in-process lock
+    first, holding no connection while they wait: waiting in ``pg_advisory_lock`` would hold one each, and as many
+    waiters as the pool has connections would leave none for the holder's other queries. ``slots``, taken next,
+    bounds how many such blocks (of any key) hold a connection at once, for blocks that ask the pool for another
+    connection: without it, as many blocks of different keys as the pool has connections would leave none."""
+    in_process = _KEY_LOCKS.setdefault((id(pool), key), asyncio.Lock())
+    async with in_process, slots or contextlib.nullcontext(), pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
         try:
             yield conn

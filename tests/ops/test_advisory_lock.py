@@ -1,0 +1,89 @@
+"""postgres.advisory_lock and the pool: callers in one process waiting for one key hold no connection while they wait.
+Waiting inside pg_advisory_lock held one each, so as many waiters as the pool had connections left none for anything
+else: the holder's own second query waited for ever, and every other query of the process (any RPC) waited for them
+all. Every store's lock goes through it (datasets, pipelines, a target's serving)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.stores import postgres
+
+
+async def test_waiters_for_one_key_leave_the_pool_to_the_holder_and_everyone_else(database_url: str) -> None:
+    pool = await postgres.connect(database_url, min_size=1, max_size=2)
+    try:
+        order: list[int] = []
+
+        async def section(i: int) -> None:
+            async with postgres.advisory_lock(pool, "one-dataset") as conn:
+                await conn.execute("SELECT 1")
+                await asyncio.sleep(0.05)  # every other caller is waiting meanwhile
+                async with pool.acquire() as other:  # a second connection, as a section that writes elsewhere takes
+                    order.append(await other.fetchval("SELECT $1::int", i))
+
+        callers = asyncio.gather(*(section(i) for i in range(5)))
+        await asyncio.sleep(0.02)
+        try:
+            # while four wait, a query of anything else in the process gets a connection
+            assert await asyncio.wait_for(pool.fetchval("SELECT 42"), 10) == 42
+            await asyncio.wait_for(callers, 30)
+        except TimeoutError:
+            callers.cancel()
+            pytest.fail(f"waiters for one advisory lock hold the pool (size {pool.get_size()}, "
+                        f"idle {pool.get_idle_size()})")
+        assert sorted(order) == [0, 1, 2, 3, 4]
+    finally:
+        pool.terminate()
+
+
+async def test_blocks_of_different_keys_within_the_slots_all_end(database_url: str) -> None:
+    """Blocks of as many keys as the pool has connections, each asking for a second one, end when ``slots`` bounds
+    how many hold a connection at once."""
+    pool = await postgres.connect(database_url, min_size=1, max_size=4)
+    slots = asyncio.Semaphore(2)
+    try:
+        async def section(i: int) -> int:
+            async with postgres.advisory_lock(pool, f"key-{i}", slots=slots):
+                await asyncio.sleep(0.05)
+                async with pool.acquire() as other:
+                    return int(await other.fetchval("SELECT $1::int", i))
+
+        assert await asyncio.wait_for(asyncio.gather(*(section(i) for i in range(8))), 30) == list(range(8))
+    finally:
+        pool.terminate()
+
+
+async def test_the_lock_still_excludes_another_process(database_url: str) -> None:
+    """The in-process wait is in front of PostgreSQL's lock, not in place of it: a second pool (another process's)
+    waits for the holder."""
+    one = await postgres.connect(database_url, min_size=1, max_size=2)
+    two = await postgres.connect(database_url, min_size=1, max_size=2)
+    try:
+        released = asyncio.Event()
+        inside: list[str] = []
+
+        async def first() -> None:
+            async with postgres.advisory_lock(one, "shared"):
+                inside.append("one")
+                await released.wait()
+                inside.append("one out")
+
+        async def second() -> None:
+            async with postgres.advisory_lock(two, "shared"):
+                inside.append("two")
+
+        holder = asyncio.create_task(first())
+        while not inside:
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(second())
+        await asyncio.sleep(0.3)
+        assert inside == ["one"]
+        released.set()
+        await asyncio.wait_for(asyncio.gather(holder, waiter), 10)
+        assert inside == ["one", "one out", "two"]
+    finally:
+        one.terminate()
+        two.terminate()
