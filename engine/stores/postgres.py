@@ -248,10 +248,22 @@ def _migration_files() -> list[tuple[int, str, str]]:
     return found
 
 
+# How long a migration's statement waits for a table lock that other sessions hold (the replicas still running on
+# the database, mid-upgrade), and how many times it tries: see migrate.
+MIGRATION_LOCK_TIMEOUT = 5.0
+MIGRATION_ATTEMPTS = 12
+
+
 async def migrate(pool: asyncpg.Pool) -> list[str]:
     """Apply pending migrations; return the names applied now. A database holding migrations this code has no file
     for was migrated by a newer version (replicas upgrade forward only): FailedPrecondition SCHEMA_TOO_NEW, before
-    anything is applied, rather than running code that does not know its schema."""
+    anything is applied, rather than running code that does not know its schema.
+
+    A migration that alters a table waits for the table's lock behind every transaction using it, and every query of
+    the table that comes after it waits behind the migration: one long transaction of a running replica would stop
+    them all for as long. So each migration waits at most ``MIGRATION_LOCK_TIMEOUT`` for a lock, gives way (its
+    transaction rolled back, the queries behind it let through) and tries again, ``MIGRATION_ATTEMPTS`` times; then
+    Unavailable MIGRATION_LOCK_TIMEOUT, with the migrations before it applied and nothing of it."""
     applied_now: list[str] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
@@ -275,13 +287,32 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
             for number, name, sql in files:
                 if number in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
-                    )
+                await _apply(conn, number, name, sql)
                 applied_now.append(name)
                 log.info("applied migration", extra={"migration": name})
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now
+
+
+async def _apply(conn: PoolConnectionProxy[asyncpg.Record], number: int, name: str, sql: str) -> None:
+    """Apply one migration and record it in one transaction, giving way to the table locks of other sessions (see
+    migrate)."""
+    for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT * 1000:.0f}ms'")
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
+            return
+        except asyncpg.LockNotAvailableError:
+            log.warning("migration waiting for a table lock", extra={"migration": name, "attempt": attempt})
+            if attempt < MIGRATION_ATTEMPTS:
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
+    raise Unavailable(
+        "MIGRATION_LOCK_TIMEOUT",
+        f"migration {name} could not take the table locks it needs: other sessions held them through "
+        f"{MIGRATION_ATTEMPTS} waits of {MIGRATION_LOCK_TIMEOUT:g} s (a long transaction of a running replica?); "
+        "nothing of it was applied, and the server does not start; start it again once they end",
+        metadata={"migration": name},
+    )
