@@ -15,7 +15,9 @@ candidate version (engine/serving/traffic.py: sticky per user with the ``x-user-
 body's ``user``, dealt in turn otherwise), and each side's requests, errors and latency are counted.
 A candidate request the serving engine fails (no answer, HTTP 5xx, or a 404 because it no longer
 knows the candidate) is retried once on the active version; no answer or a 404 means the engine lost
-the candidate, and the split sends nothing more to it (``AliasRouter.on_candidate_lost`` hears of it).
+the candidate, and the split sends nothing more to it (``AliasRouter.on_candidate_lost`` hears of it). The gateway's
+request metric counts each client request once, under the model that gave the answer the client got; the candidate's
+failed attempt is in the split's counts (its error and fail-over), not a request of its own there.
 A client that goes away before its answer is relayed whole is counted with status 499 (client closed request, as
 nginx does): the client's doing, no error of the serving engine, so not in a split's error tally.
 
@@ -30,7 +32,8 @@ OpenAI list fails it with 502, as an unreachable one does. Every error the gatew
 and 405, a body over ``MAX_BODY_BYTES`` too) has OpenAI's ``{"error": {...}}`` JSON shape. ``/health`` answers 200
 only while the serving engine answers its own health check (probed then, with a 2 s timeout), else 503. Who may
 call and over which transport is the caller's to say: ``middlewares`` (e.g. bearer-token checks)
-wrap every route, and ``start`` takes an SSL context.
+wrap every route, and ``start`` takes an SSL context. A completion's server span continues the caller's W3C trace
+(its ``traceparent`` header), and the requests to the serving engine carry it on, as gRPC calls do.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from engine import json_input, telemetry
@@ -175,14 +179,14 @@ class AliasRouter:
 
     async def fail_over(self, pick: Pick, status: int, seconds: float, why: str) -> Pick:
         """The candidate request ``pick`` failed at the serving engine (``status`` 0: no answer): counted as the
-        candidate's error and fail-over, and the retry's pick (the active version) returned. No answer or a 404
+        candidate's error and fail-over, and the retry's pick (the active version) returned. The gateway's request
+        metric counts the client's request once, as the retry ends (``release``), not this attempt. No answer or a 404
         (the engine does not know the candidate) means the engine lost it: the split sends nothing more to it,
         and ``on_candidate_lost`` hears of it once."""
         split = pick.split
         assert split is not None and pick.role is Role.CANDIDATE
         split.count(Role.CANDIDATE, error=True, failover=True, seconds=seconds)
         telemetry.traffic_request(pick.version, Role.CANDIDATE.value, error=True, seconds=seconds, failover=True)
-        telemetry.gateway_request(self.label(pick), status or 502, seconds)
         await self._done(pick.upstream)
         if status in (0, 404) and split.lose(why) and self.on_candidate_lost is not None:
             self.on_candidate_lost(split)
@@ -380,7 +384,7 @@ class Gateway:
         pick = self.router.acquire(asked, user)
         began, status, answer = time.perf_counter(), 502, None
         with telemetry.tracer.start_as_current_span(
-                f"gateway {request.path}", kind=SpanKind.SERVER,
+                f"gateway {request.path}", context=propagate.extract(request.headers), kind=SpanKind.SERVER,
                 attributes={"model": asked, "upstream": pick.upstream, "stream": bool(body.get("stream"))}) as span:
             try:
                 answer, why = await self._send(request.path, raw if pick.upstream == asked else body, pick.upstream)
@@ -408,12 +412,14 @@ class Gateway:
                     upstream: str) -> tuple[aiohttp.ClientResponse | None, str]:
         """The serving engine's answer (status and headers read; the caller releases it) to ``body`` sent to
         ``upstream``, or None and why when it did not answer (or answered with something that is not HTTP). A dict
-        body goes with ``model`` set to ``upstream``."""
+        body goes with ``model`` set to ``upstream``. The request carries the current trace (W3C ``traceparent``), so
+        the engine can continue the trace under the gateway's span."""
         assert self._session is not None
         data = body if isinstance(body, bytes) else json.dumps({**body, "model": upstream}).encode()
+        headers = {"content-type": "application/json"}
+        propagate.inject(headers)
         try:
-            answer = await self._session.post(self._upstream + path, data=data,
-                                              headers={"content-type": "application/json"}, timeout=self._timeout)
+            answer = await self._session.post(self._upstream + path, data=data, headers=headers, timeout=self._timeout)
             return answer, ""
         except (aiohttp.ClientError, TimeoutError) as exc:  # also an answer that is not HTTP: no answer either
             log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
