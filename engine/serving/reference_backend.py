@@ -14,7 +14,8 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
 - ``GET /v1/models``, ``GET /health``, and greedy ``POST /v1/chat/completions`` and
   ``/v1/completions`` with real transformers + PEFT inference that honours ``model``, ``max_tokens``, ``stop``
   and ``stream_options.include_usage``; a null field is its default; what it does not do (``n`` above 1, tools,
-  ``echo``, ...) is a 400 that says so. A stream whose client has gone away stops generating at the next token.
+  ``echo``, ...) is a 400 that says so. A request whose client has gone away, streamed or not, stops generating at
+  the next token.
 
 One model, one lock: inference and adapter changes are serialised and run off the event loop.
 
@@ -253,6 +254,7 @@ def _exact_fields(body: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
 
 
 MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless started with another
+CLIENT_CHECK_SECONDS = 0.1  # how often a request not streamed looks whether its client is still there
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,27 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
         return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": len(gen.tokens),
                 "total_tokens": gen.prompt_tokens + len(gen.tokens)}
 
+    async def answer(request: web.Request, ask: Ask, ids: list[int]) -> Generation:
+        """The whole generation for a request not streamed. It stops at the next token once the client has gone
+        away: aiohttp does not cancel the handler when the connection is lost (handler_cancellation is off), and
+        nothing is written before the end that could fail, so the connection is looked at while the model works.
+        The answer cut short is then written to no one."""
+        cancel = threading.Event()
+        generating = asyncio.ensure_future(
+            asyncio.to_thread(model.generate, ask.model, ids, ask.max_tokens, stop=ask.stop, cancel=cancel))
+        try:
+            while not generating.done():
+                await asyncio.wait({generating}, timeout=CLIENT_CHECK_SECONDS)
+                if request.transport is None or request.transport.is_closing():
+                    cancel.set()  # free the model's lock for the next request at the next token, not at max_tokens
+                    break
+            return await generating
+        finally:
+            if not generating.done():  # the handler was cancelled (the server stopping)
+                cancel.set()
+                with contextlib.suppress(Exception):  # a failure is no one's answer any more
+                    await generating
+
     async def stream(request: web.Request, ask: Ask, ids: list[int], *, chat: bool) -> web.StreamResponse:
         """OpenAI's server-sent events: a chunk per piece of text as it is generated, the finish reason in the
         last (then one with the usage if asked), then ``[DONE]``. Text that may begin a stop sequence is held
@@ -441,7 +464,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
             raise HttpError(400, "field 'prompt' must not be empty")
         if ask.stream:
             return await stream(request, ask, ids, chat=False)
-        gen = await asyncio.to_thread(model.generate, ask.model, ids, ask.max_tokens, stop=ask.stop)
+        gen = await answer(request, ask, ids)
         choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
         if body.get("logprobs") is not None:
             choice["logprobs"] = {"tokens": list(gen.tokens), "token_logprobs": list(gen.token_logprobs)}
@@ -463,8 +486,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
             ids = ids["input_ids"]  # type: ignore[call-overload,index]
         if ask.stream:
             return await stream(request, ask, list(ids), chat=True)  # type: ignore[arg-type]
-        gen = await asyncio.to_thread(model.generate, ask.model, list(ids), ask.max_tokens,  # type: ignore[arg-type]
-                                      stop=ask.stop)
+        gen = await answer(request, ask, list(ids))  # type: ignore[arg-type]
         return web.json_response({
             "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
             "model": ask.model, "usage": _usage(gen),

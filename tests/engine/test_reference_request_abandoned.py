@@ -1,0 +1,58 @@
+"""A client that leaves before its whole (non-streamed) answer has come ends its generation, as a client leaving a
+stream does: the reference backend runs one generation at a time under the model's lock, so an answer nobody waits
+for any more would hold up every other request, and every adapter load and unload (a hot swap), until it had
+written all of max_tokens."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.fixtures.serving import running_backend
+
+NAME = "tiny-llama"
+
+
+@pytest.mark.parametrize(("path", "ask"), [
+    ("/v1/completions", {"prompt": "Hello"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
+])
+async def test_a_request_the_client_left_stops_generating(tiny_model_dir, path, ask) -> None:
+    async with running_backend(tiny_model_dir, NAME) as be:
+        model = be.model
+        started: list[bool] = []
+        made: list[int] = []
+        real = model.generate
+
+        def counting(*args, **kwargs):
+            started.append(True)
+            gen = real(*args, **kwargs)
+            made.append(len(gen.tokens))
+            return gen
+
+        model.generate = counting  # type: ignore[method-assign]
+        # The tiny random model may end early with EOS; a real model answering at length does not: no EOS here.
+        model._base.generation_config.eos_token_id = None
+        model.tokenizer.eos_token_id = None
+        body = {"model": NAME, "max_tokens": 512} | ask
+        async with aiohttp.ClientSession() as s:
+            asking = asyncio.ensure_future(s.post(be.url + path, json=body))
+            for _ in range(600):  # wait for the generation to begin, then the client leaves
+                if started:
+                    break
+                await asyncio.sleep(0.01)
+            assert started, "the generation never began"
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+        for _ in range(600):  # wait for the generation to end
+            if made:
+                break
+            await asyncio.sleep(0.1)
+        assert made, "the generation never ended"
+        assert made[0] < 512, f"the abandoned generation ran on to {made[0]} tokens"
+        async with aiohttp.ClientSession() as s:  # and the model serves the next request
+            async with s.post(be.url + path, json=body | {"max_tokens": 4}) as r:
+                assert r.status == 200
