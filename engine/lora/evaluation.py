@@ -9,9 +9,11 @@ Candidate and baseline answer every prompt greedily through the serving engine; 
 
 A case is answered right when the normalised answer (SQuAD normalisation: lower case, no punctuation, no
 articles, collapsed whitespace) equals a normalised reference, or contains one of its answer spans as whole
-words. A case without an ``answer`` uses its full references as spans, so "The capital of X is Y" never
-passes for "The capital of X is Z", however many words the two share. Token F1 and BLEU (sacrebleu) are
-reported beside it and decide nothing but the golden suite's mean-drop check.
+words. A reference that normalisation empties (only an article, as the option "A") is compared, the answer too,
+with the articles kept; an answer without words is never right. A case without an ``answer`` uses its full
+references as spans, so "The capital of X is Y" never passes for "The capital of X is Z", however many words the
+two share. Token F1 and BLEU (sacrebleu) are reported beside it and decide nothing but the golden suite's
+mean-drop check.
 
 A regression is a case the baseline answers right and the candidate does not. What each kind of suite asks
 (:class:`SuiteKind`):
@@ -221,6 +223,20 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
+def _words(text: str) -> str:
+    """Lower case, no punctuation, collapsed whitespace: SQuAD's normalisation with the articles kept."""
+    return " ".join(text.lower().translate(_PUNCTUATION).split())
+
+
+def _compared(prediction: str, reference: str) -> tuple[str, str]:
+    """The prediction and the reference as they are compared: normalised, or, when normalising leaves nothing of
+    the reference (one that is only an article, such as the option "A"), both with their articles kept, so the
+    reference is still compared by its letters and an answer of articles and punctuation does not equal it."""
+    if ref := normalise(reference):
+        return normalise(prediction), ref
+    return _words(prediction), _words(reference)
+
+
 def token_budget(case: GoldenCase, floor: int) -> int:
     """Tokens to let a model answer ``case``: ``floor``, or enough for its longest reference (about three
     characters a token, so a right answer is never cut short), at most 256."""
@@ -228,28 +244,26 @@ def token_budget(case: GoldenCase, floor: int) -> int:
 
 
 def exact_match(prediction: str, references: tuple[str, ...]) -> float:
-    return 1.0 if normalise(prediction) in {normalise(r) for r in references} else 0.0
+    """1 when the answer equals a reference (as :func:`_compared` forms them); an empty answer never does."""
+    return 1.0 if any(said and said == ref for said, ref in (_compared(prediction, r) for r in references)) else 0.0
 
 
 def answered(prediction: str, case: GoldenCase) -> bool:
     """Exact match, or an answer span (the references when the case names none) present as whole words."""
     if exact_match(prediction, case.references):
         return True
-    said = f" {normalise(prediction)} "
-    return any(span and f" {span} " in said for span in map(normalise, case.answers or case.references))
+    return any(span and f" {span} " in f" {said} "
+               for said, span in (_compared(prediction, s) for s in case.answers or case.references))
 
 
 def token_f1(prediction: str, references: tuple[str, ...]) -> float:
-    pred = normalise(prediction).split()
+    """The best token F1 over the references; 0 for an answer without words, whatever the reference."""
     best = 0.0
     for ref in references:
-        gold = normalise(ref).split()
-        if not pred or not gold:
-            best = max(best, float(pred == gold))
-            continue
-        common = sum((Counter(pred) & Counter(gold)).values())
+        said, gold = (text.split() for text in _compared(prediction, ref))
+        common = sum((Counter(said) & Counter(gold)).values())
         if common:
-            precision, recall = common / len(pred), common / len(gold)
+            precision, recall = common / len(said), common / len(gold)
             best = max(best, 2 * precision * recall / (precision + recall))
     return best
 
