@@ -1,14 +1,17 @@
 """DriftDetector: one base model's drift report over a window.
 
 Incoming: the prompts of the interactions that feedback carried in the window (a stable sample of at most
-``max_samples``). Reference: the prompts the active version was trained on (its train split, as
-engine.continual.version_data reads it back; a stable sample too). With no active version (the base model serves
-alone) or an active version whose training data is not known here (imported, its feedback deleted, its JSONL
-file removed or no longer valid), there is nothing to compare with: the report says NO_REFERENCE and why, and still
-carries the feedback and evaluation series. Feedback holds no base model: a server serves one (LoraControl's), so
-every base model's report reads the same feedback; name the base model that is served.
+``max_samples``, one per interaction). Reference: the prompts the active version was trained on (its train split,
+as engine.continual.version_data reads it back; a stable sample too, one per example). Both sides keep their
+repeats: a question asked by 40 interactions is 40 prompts, and so is a prompt 40 examples were trained on, so
+traffic that asks what the version was trained on, as often, is a sample of the same distribution. With no active
+version (the base model serves alone) or an active version whose training data is not known here (imported, its
+feedback deleted, its JSONL file removed or no longer valid), there is nothing to compare with: the report says
+NO_REFERENCE and why, and still carries the feedback and evaluation series. Feedback holds no base model: a server
+serves one (LoraControl's), so every base model's report reads the same feedback; name the base model that is
+served.
 
-The embeddings and the test run off the event loop, one report at a time.
+The embeddings (one per distinct prompt) and the test run off the event loop, one report at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -39,8 +43,16 @@ def prompt_of(example: Example) -> str:
 
 
 def stable_sample(texts: Sequence[str], limit: int) -> tuple[str, ...]:
-    """At most ``limit`` of ``texts``, chosen by a hash of each (the same ones every time), in that hash order."""
-    return tuple(sorted(texts, key=lambda t: hashlib.sha256(t.encode()).digest())[:limit])
+    """At most ``limit`` of ``texts``, repeats kept, in the order of a hash of each text and how many times it came
+    before (the first time: the text alone). Each copy of a text is drawn on its own, so the sample keeps the texts'
+    proportions, and the same texts in any order give the same sample."""
+    seen: Counter[str] = Counter()
+    keyed = []
+    for text in texts:
+        before = seen[text]
+        seen[text] += 1
+        keyed.append((hashlib.sha256(text.encode() if not before else f"{text}\0{before}".encode()).digest(), text))
+    return tuple(text for _, text in sorted(keyed)[:limit])
 
 
 class DriftDetector:
@@ -101,7 +113,7 @@ class DriftDetector:
             rating_negative_max=self._ratings[1])
         evaluations = await self._source.evaluations(base_model, start=start, end=end, limit=cfg.max_evaluations)
         version, reference, note = await self._reference(base_model)
-        sample = stable_sample(list(dict.fromkeys(reference)), cfg.max_samples)
+        sample = stable_sample(reference, cfg.max_samples)
         outcome, test = DriftOutcome.NO_REFERENCE, None
         if version and reference:
             if len(incoming.prompts) < cfg.min_samples or len(sample) < cfg.min_samples:
@@ -145,9 +157,12 @@ class DriftDetector:
         return active, prompts, ""
 
     def _test(self, base_model: str, incoming: tuple[str, ...], reference: tuple[str, ...]) -> TwoSampleTest:
+        """The two-sample test of the samples, each distinct prompt embedded once however often it repeats."""
         cfg = self.config
-        embedded = self._embedder.embed(base_model, [*incoming, *reference])
+        distinct = list(dict.fromkeys([*incoming, *reference]))
+        rows = self._embedder.embed(base_model, distinct)
+        row = {text: i for i, text in enumerate(distinct)}
         return two_sample_test(
-            embedded[:len(incoming)], embedded[len(incoming):], permutations=cfg.permutations,
+            rows[[row[t] for t in incoming]], rows[[row[t] for t in reference]], permutations=cfg.permutations,
             significance=cfg.significance, seed=cfg.seed, incoming_texts=incoming, reference_texts=reference,
             moved=cfg.moved_examples)
