@@ -350,6 +350,16 @@ class AdapterRegistry:
         except Exception:  # noqa: BLE001
             log.exception("could not release the reservation of %s %s", record.base_model, record.version)
 
+    async def import_base_model_dir(self, base_model: str) -> Path:
+        """The folder of the base model an import names (``metadata.base_model``), or INVALID_ARGUMENT on that field:
+        checked as the import's metadata arrives, before its archive, and again by ``import_archive``."""
+        check_base_model_id(base_model, "metadata.base_model")
+        try:
+            return await asyncio.to_thread(self._base_model_dir, base_model)
+        except InvalidArgument as exc:
+            raise InvalidArgument(exc.reason, exc.message, violations=[FieldViolation(
+                "metadata.base_model", v.description) for v in exc.violations]) from exc
+
     async def import_archive(
         self,
         *,
@@ -362,12 +372,7 @@ class AdapterRegistry:
         request_id: str = "",
     ) -> AdapterRecord:
         """Validate an uploaded tar(.gz) of a PEFT LoRA directory and register it as a version."""
-        check_base_model_id(base_model, "metadata.base_model")
-        try:
-            model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
-        except InvalidArgument as exc:
-            raise InvalidArgument(exc.reason, exc.message, violations=[FieldViolation(
-                "metadata.base_model", v.description) for v in exc.violations]) from exc
+        model_dir = await self.import_base_model_dir(base_model)
         if request_id:
             existing = await self._index.by_request_id(base_model, request_id)
             if existing is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,7 +102,8 @@ class AdapterService(pb_grpc.AdapterServiceServicer):
         folder = await asyncio.to_thread(self._tempdir)
         try:
             upload = folder / "upload"
-            checked = await _receive(request_iterator, upload)
+            checked = await _receive(request_iterator, upload,
+                                     lambda meta: self._registry.import_base_model_dir(self._base(meta.base_model)))
             meta = checked.message
             record = await self._registry.import_archive(
                 base_model=self._base(meta.base_model), upload=upload, expected_sha256=checked.sha256,
@@ -151,9 +152,10 @@ def _check(meta: pb.ImportAdapterMetadata) -> _Metadata:
     return _Metadata(meta, sha, labels_from_pb(meta.labels, "metadata.labels"))
 
 
-async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path) -> _Metadata:
-    """The metadata message (checked as soon as it arrives, not after an archive of up to 4 GiB), with the chunks
-    that follow it written to ``dest``."""
+async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path,
+                   check_base: Callable[[pb.ImportAdapterMetadata], Awaitable[object]]) -> _Metadata:
+    """The metadata message (checked as soon as it arrives, its base model by ``check_base`` too, not after an
+    archive of up to 4 GiB), with the chunks that follow it written to ``dest``."""
     meta: _Metadata | None = None
     size = 0
     with dest.open("wb") as out:
@@ -164,6 +166,7 @@ async def _receive(requests: AsyncIterator[pb.ImportAdapterRequest], dest: Path)
                     raise InvalidArgument("METADATA_FIRST", "the first message must carry metadata",
                                           violations=[FieldViolation("metadata", "send it first")])
                 meta = _check(message.metadata)
+                await check_base(meta.message)
             elif part == "chunk":
                 size += len(message.chunk)
                 if size > MAX_IMPORT_BYTES:
