@@ -24,12 +24,10 @@ import {
 const baseUrl = process.env.LEARNING_ENGINE_URL ?? "http://127.0.0.1:50051";
 const client = createLearningEngineClient({ baseUrl, token: process.env.LEARNING_ENGINE_TOKEN });
 
-// A server stream: take the current status, then stop watching.
-const watching = new AbortController();
-for await (const { status } of client.lora.watchLoraStatus({}, { signal: watching.signal })) {
+// A server stream: take the current status, then stop watching (leaving the loop cancels the call).
+for await (const { status } of client.lora.watchLoraStatus({})) {
   console.log(`server ${status?.serverVersion}: base model ${status?.baseModel}, ` +
     `active adapter ${status?.activeVersion || "(none)"}, alias ${status?.alias}`);
-  watching.abort();
   break;
 }
 

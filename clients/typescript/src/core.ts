@@ -7,9 +7,17 @@
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
-import { type DescMessage, type MessageShape, createRegistry, isMessage } from "@bufbuild/protobuf";
+import { type DescMessage, type DescService, type MessageShape, createRegistry, isMessage } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 
 import { BadRequestSchema, ErrorInfoSchema, file_google_rpc_error_details } from "./gen/google/rpc/error_details_pb.js";
 import { StatusSchema, file_google_rpc_status } from "./gen/google/rpc/status_pb.js";
@@ -92,20 +100,85 @@ export function interceptorsFor(options: ClientOptions): Interceptor[] {
   return options.token ? [bearerToken(options.token)] : [];
 }
 
-/** Every service's client over one transport. */
+/** Every service's client over one transport; leaving a `for await` loop over a stream cancels its call. */
 export function clientsOver(transport: Transport): LearningEngineClient {
   return {
-    training: createClient(TrainingService, transport),
-    fisher: createClient(FisherService, transport),
-    adapters: createClient(AdapterService, transport),
-    lora: createClient(LoraControlService, transport),
-    feedback: createClient(FeedbackService, transport),
-    datasets: createClient(DatasetService, transport),
-    drift: createClient(DriftService, transport),
-    evaluations: createClient(EvaluationService, transport),
-    pipelines: createClient(PipelineService, transport),
-    online: createClient(OnlineLearningService, transport),
-    preparation: createClient(DataPreparationService, transport),
+    training: streamsEndWithTheirLoop(TrainingService, transport),
+    fisher: streamsEndWithTheirLoop(FisherService, transport),
+    adapters: streamsEndWithTheirLoop(AdapterService, transport),
+    lora: streamsEndWithTheirLoop(LoraControlService, transport),
+    feedback: streamsEndWithTheirLoop(FeedbackService, transport),
+    datasets: streamsEndWithTheirLoop(DatasetService, transport),
+    drift: streamsEndWithTheirLoop(DriftService, transport),
+    evaluations: streamsEndWithTheirLoop(EvaluationService, transport),
+    pipelines: streamsEndWithTheirLoop(PipelineService, transport),
+    online: streamsEndWithTheirLoop(OnlineLearningService, transport),
+    preparation: streamsEndWithTheirLoop(DataPreparationService, transport),
+  };
+}
+
+type StreamingCall = (request: unknown, options?: CallOptions) => AsyncIterable<unknown>;
+
+/**
+ * connect-es's client for `service`, with the calls of its methods that stream responses (server-streaming and
+ * bidi) cancelled when their loop is left, as the Python SDK cancels a call whose iteration stops. connect-es's
+ * response streams have no return(): `break`, `return` or `throw` in a `for await` loop over one would leave the
+ * call open (the server streaming to no one, a Node process unable to exit) until its `signal` aborts.
+ */
+function streamsEndWithTheirLoop<T extends DescService>(service: T, transport: Transport): Client<T> {
+  const client: Record<string, unknown> = { ...createClient(service, transport) };
+  for (const method of service.methods) {
+    if (method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming") {
+      client[method.localName] = cancelledWhenLeft(client[method.localName] as StreamingCall);
+    }
+  }
+  return client as Client<T>;
+}
+
+/**
+ * `call` with a signal of its own for each call, aborted by the caller's `signal` (whose listener goes with the
+ * call) and by the response iterator's return() (what a `for await` loop calls when it is left early) or throw().
+ */
+function cancelledWhenLeft(call: StreamingCall): StreamingCall {
+  return (request, options) => {
+    const controller = new AbortController();
+    const signal = options?.signal;
+    const forward = () => controller.abort(signal?.reason);
+    if (signal?.aborted) forward();
+    else signal?.addEventListener("abort", forward);
+    let ended = false;
+    const end = () => {
+      ended = true;
+      signal?.removeEventListener("abort", forward);
+    };
+    const cancel = () => {
+      if (!ended) controller.abort();
+      end();
+    };
+    const responses = call(request, { ...options, signal: controller.signal })[Symbol.asyncIterator]();
+    const iterator: AsyncIterator<unknown> = {
+      async next() {
+        if (ended) return { done: true, value: undefined };
+        try {
+          const result = await responses.next();
+          if (result.done) end();
+          return result;
+        } catch (error) {
+          end();
+          throw error;
+        }
+      },
+      async return(value?: unknown) {
+        cancel();
+        return { done: true, value };
+      },
+      // As an async generator's: the error goes back to the caller, and the stream is done.
+      async throw(error?: unknown) {
+        cancel();
+        throw error;
+      },
+    };
+    return { [Symbol.asyncIterator]: () => iterator };
   };
 }
 
