@@ -32,6 +32,7 @@ from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import ProgressSink
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.records import lora_shape
+from engine.splits import Split
 from engine.telemetry import tracer
 from engine.training.ports import ContinualPlan, PlanRequest
 from engine.training.spec import EwcLineage, ParentFisherProgress, TrainingJobSpec
@@ -143,15 +144,26 @@ class EwcPlanner:
     # ---- pieces -------------------------------------------------------------------------
 
     async def _replay(self, request: PlanRequest) -> tuple[list[Example], int, list[Example]]:
-        """(the job's examples with replay mixed in, how many were replayed, the pool they were drawn from)."""
+        """(the job's examples with replay mixed in, how many were replayed, the pool they were drawn from).
+
+        The pool holds only the earlier examples the job's split rule puts in the train split: an earlier version
+        held out by another rule, or not at all, may have trained on what this job holds out as its eval split,
+        and replaying those would train on what the job's eval loss and gate are measured on."""
         spec = request.spec
         if spec.ewc.replay_fraction <= 0:
             return request.examples, 0, []
         earlier = await self._earlier_examples(request.parent, request.sink)
+        held_out = 0
+        if request.split is not None:
+            rule = request.split
+            kept = [e for e in earlier if rule.of(e) is Split.TRAIN]
+            held_out, earlier = len(earlier) - len(kept), kept
         mixed, replayed = mix_replay(request.examples, earlier, spec.ewc.replay_fraction, spec.hyperparameters.seed)
         if request.examples:
+            left_out = f"; left out {held_out} of theirs that this job holds out of training (its eval split)" \
+                if held_out else ""
             request.sink.emit(Noticed("REPLAY_MIXED", f"mixed {replayed} examples of earlier versions' datasets "
-                                                      f"into the {len(request.examples)} new ones"))
+                                                      f"into the {len(request.examples)} new ones{left_out}"))
         return mixed, replayed, earlier
 
     async def _measure_parent(self, request: PlanRequest) -> tuple[FisherSnapshot, Diagonal] | None:

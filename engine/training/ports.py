@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from engine.domain import Example
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.registry.records import AdapterRecord
+from engine.splits import SplitRule
 from engine.training.base_kl import Reference
 from engine.training.batching import Rotation
 from engine.training.loading import LoadedModel
@@ -38,6 +39,9 @@ class PlanRequest:
     in_worker: Callable[..., Awaitable[Any]]  # runs blocking work (a Fisher pass) in the job's worker thread
     sink: ProgressSink
     cancel: CancelToken
+    # The rule the job held its eval split out by (None: it held nothing out). Replay adds only the earlier
+    # examples it puts in the train split, so what the job holds out is never trained on, not even replayed.
+    split: SplitRule | None = None
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class TrainingRunner:
                     model_dir=inputs.model_dir,
                     examples=run.examples, model=loaded,
                     in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel,
+                    split=ctx.job.output.eval_split if run.eval_examples else None,
                 ))
                 objective = run.objective.extended(plan.replayed) if run.objective and plan.replayed \
                     else run.objective
