@@ -25,7 +25,7 @@ RETIRED = {v.name.removeprefix(CATALOGUE_PREFIX) for v in ErrorReason.DESCRIPTOR
 RELAYS = {
     ("JobManager._run", "exc.reason"): "a job's EngineError (Cancelled included) becomes its stored failure",
     ("RecordedOperation.record", "error.reason"): "a LoRA operation's EngineError becomes its recorded failure",
-    ("AdapterRegistry.import_archive", "exc.reason"): "re-raises a base-model error under the upload's field",
+    ("AdapterRegistry.import_base_model_dir", "exc.reason"): "re-raises a base-model error under the upload's field",
     ("engine_error_status", "error.reason"): "the error interceptor turns any EngineError into its status",
     ("failure_to_pb", "f.reason"): "a stored job failure becomes the job's google.rpc.Status",
     ("operation_to_pb", "op.error.reason"): "a stored LoRA operation failure becomes its google.rpc.Status",
