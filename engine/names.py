@@ -41,6 +41,20 @@ def chosen_id(name: str, collection: str, id_name: str, field_path: str = "name"
     return found
 
 
+def check_chosen_id(value: str, collection: str, field_path: str) -> str:
+    """``value`` when it is an id a client may choose for ``collection`` (:data:`CHOSEN_ID_RE`, the bare id of a
+    create request's ``<kind>_id`` field); INVALID_ARGUMENT quoting it as sent, naming its collection's prefix when
+    that is what it holds too."""
+    if CHOSEN_ID_RE.match(value):
+        return value
+    shape = "lowercase letters, digits and '-' (not at either end), 1 to 40 of them"
+    prefixed = value.startswith(f"{collection}/")
+    hint = f"the id alone, without '{collection}/'" if prefixed else shape
+    raise InvalidArgument("MALFORMED_NAME", f"{field_path} {value!r} is not an id: {hint}",
+                          violations=[FieldViolation(field_path, f"the id alone ({shape}), e.g. weekly-retrain"
+                                                     if prefixed else shape)])
+
+
 def encode_page_token(create_time: datetime, item_id: str) -> str:
     """An opaque cursor after the item created at ``create_time`` with id ``item_id`` (lists newest first)."""
     raw = json.dumps([create_time.isoformat(), item_id]).encode()

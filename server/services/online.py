@@ -11,6 +11,7 @@ import grpc
 
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
+from engine.names import check_chosen_id
 from engine.online.service import OnlineSessions
 from engine.online.spec import OnlineStats, Updated
 from learning.v1 import online_pb2 as pb
@@ -33,8 +34,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateOnlineSessionRequest, pb.CreateOnlineSessionResponse],
     ) -> pb.CreateOnlineSessionResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
-        session_id = oc.session_id_from_name(f"{oc.COLLECTION}/{request.session_id}", "session_id") \
-            if request.session_id else ""
+        session_id = check_chosen_id(request.session_id, oc.COLLECTION, "session_id") if request.session_id else ""
         view = await self._sessions.create(oc.spec_from_pb(request.spec, self._defaults), session_id=session_id,
                                            request_id=request.request_id)
         return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(view))

@@ -9,6 +9,7 @@ import grpc
 
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
+from engine.names import check_chosen_id
 from engine.pipelines.service import Pipelines
 from engine.pipelines.spec import Pipeline
 from engine.training.spec import TrainingDefaults
@@ -42,7 +43,7 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         self, request: pb.CreatePipelineRequest,
         context: grpc.aio.ServicerContext[pb.CreatePipelineRequest, pb.CreatePipelineResponse],
     ) -> pb.CreatePipelineResponse:
-        pipeline_id = pc.pipeline_id_from_name(f"pipelines/{request.pipeline_id}", "pipeline_id")
+        pipeline_id = check_chosen_id(request.pipeline_id, "pipelines", "pipeline_id")
         created = await self._pipelines.create(self._from_pb(request.pipeline, pipeline_id))
         return pb.CreatePipelineResponse(pipeline=pc.pipeline_to_pb(created))
 

@@ -488,7 +488,8 @@ export const OnlineExampleSchema: GenMessage<OnlineExample> = /*@__PURE__*/
  */
 export type CreateOnlineSessionRequest = Message<"learning.v1.CreateOnlineSessionRequest"> & {
   /**
-   * Lowercase letters, digits and hyphens, 1..40; empty: the server picks.
+   * The id alone (the session is then named "onlineSessions/{session_id}"): lowercase letters, digits
+   * and '-' (not at either end), 1..40; empty: the server picks.
    *
    * @generated from field: string session_id = 1;
    */

@@ -620,7 +620,8 @@ export const TriggerDecisionSchema: GenMessage<TriggerDecision> = /*@__PURE__*/
  */
 export type CreatePipelineRequest = Message<"learning.v1.CreatePipelineRequest"> & {
   /**
-   * The id, "pipelines/{pipeline_id}": lowercase letters, digits and '-'.
+   * The id alone (the pipeline is then named "pipelines/{pipeline_id}"): lowercase letters, digits
+   * and '-' (not at either end), 1..40.
    *
    * @generated from field: string pipeline_id = 1;
    */
