@@ -25,6 +25,16 @@ def test_what_is_no_version_is_refused_on_its_field(text: str) -> None:
     assert [v.field for v in raised.value.violations] == ["spec.start_version"]
 
 
+@pytest.mark.parametrize(("text", "hint"), [("v1.0.0", "write v1.0"), ("v2.3.0", "write v2.3"), ("v1.1.0.0", ""),
+                                            ("v1.01", "")])
+def test_a_spelt_patch_0_is_told_how_to_write_it(text: str, hint: str) -> None:
+    """Patch 0 is the minor version itself (v1.1 is v1.1.0) and is never spelt: the refusal says how to write it;
+    other refusals say nothing of it."""
+    with pytest.raises(InvalidArgument) as raised:
+        parse_version(text)
+    assert (hint in raised.value.message) if hint else ("write" not in raised.value.message), raised.value.message
+
+
 def test_patches_order_between_their_minor_and_the_next() -> None:
     texts = ["v1.2", "v1.1.2", "v2.0", "v1.1", "v1.1.10", "v1.1.1"]
     assert [str(n) for n in sorted(map(parse_version, texts))] == ["v1.1", "v1.1.1", "v1.1.2", "v1.1.10", "v1.2",
