@@ -87,8 +87,14 @@ def _error_message(status: int, body: str) -> str:
     return body.strip()[:500]
 
 
-def map_status(status: int, body: str, *, action: str, lora_name: str = "") -> EngineError:
-    """The typed error for a non-2xx answer of the serving engine."""
+def map_status(status: int, body: str, *, action: str, lora_name: str = "",
+               mode: ServingMode | None = None) -> EngineError:
+    """The typed error for a non-2xx answer of the serving engine.
+
+    A 404 means the adapter is not loaded, except on a load: MAX never answers 404 there, and vLLM does
+    when it cannot read the adapter's path ("No adapter found") or when runtime LoRA updating is off (the
+    route does not exist), so a load's 404 is a refusal, not NotFound.
+    """
     message = _error_message(status, body)
     meta = {"http_status": str(status), "action": action}
     if lora_name:
@@ -96,6 +102,11 @@ def map_status(status: int, body: str, *, action: str, lora_name: str = "") -> E
     text = f"serving engine refused {action}" + (f" of {lora_name}" if lora_name else "") + f": {message}"
     if status == 400:
         return FailedPrecondition("SERVING_REJECTED_REQUEST", text, metadata=meta)
+    if status == 404 and action == "load":
+        hint = "the serving engine cannot read the adapter's path, or runtime LoRA loading is not enabled on it"
+        if mode is not ServingMode.MAX:
+            hint += " (vLLM: start it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+        return FailedPrecondition("SERVING_REJECTED_REQUEST", f"{text} ({hint})", metadata=meta)
     if status == 404:
         return NotFound("LORA_NOT_LOADED", text, metadata=meta)
     if status == 409:
@@ -237,7 +248,7 @@ class ServingClient:
             )) from exc
         if 200 <= status < 300:
             return status, text
-        error = map_status(status, text, action=action, lora_name=lora_name)
+        error = map_status(status, text, action=action, lora_name=lora_name, mode=self.config.mode)
         if status >= 500 and status != 501:
             raise _Retryable(error)
         raise error
