@@ -171,6 +171,7 @@ async def _registry(settings: Settings, pool: asyncpg.Pool, store: ArtifactStore
         ),
         scratch_dir=settings.work_dir / "registry",
         retention_keep=settings.adapter_retention_keep,
+        serving_limits=settings.serving_limits,
     )
 
 
@@ -244,6 +245,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
             base_models=settings.base_models,
             ewc_lambda_min=settings.ewc_lambda_min,
             ewc_lambda_max=settings.ewc_lambda_max,
+            serving_limits=settings.serving_limits,
         ),
         registry,
         feedback_datasets,

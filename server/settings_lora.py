@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from engine.registry.peft_checks import MAX_LORA_RANK, ServingLimits
+
 
 class LoraControlSettings(BaseModel):
     serving_url: str | None = Field(
@@ -20,6 +22,12 @@ class LoraControlSettings(BaseModel):
     )
     serving_mode: Literal["max", "vllm", "custom"] = Field(
         "max", description="LoRA control API flavour: MAX Serve, vLLM (runtime LoRA updating), or custom paths."
+    )
+    serving_max_lora_rank: int = Field(
+        16, ge=1, le=MAX_LORA_RANK, description="Highest LoRA rank the serving engine loads: must match its "
+        "--max-lora-rank (MAX Serve and vLLM refuse a higher rank at activation). A training job or an import of a "
+        "higher rank is refused (LORA_NOT_SERVABLE), as are, in max mode, LoRA target modules other than q_proj, "
+        "k_proj, v_proj and o_proj (all MAX Serve loads)."
     )
     serving_load_path: str = Field("/v1/load_lora_adapter", description="Load route (custom mode).")
     serving_unload_path: str = Field("/v1/unload_lora_adapter", description="Unload route (custom mode).")
@@ -143,6 +151,12 @@ class LoraControlSettings(BaseModel):
     pipeline_poll_seconds: float = Field(2.0, gt=0, le=60,
                                          description="How often a pipeline run looks at the job it waits for.")
 
+    @property
+    def serving_limits(self) -> ServingLimits:
+        """What the serving engine can load, checked when a training job is created and when an adapter is
+        imported."""
+        return ServingLimits.for_engine(self.serving_mode, self.serving_max_lora_rank)
+
     @field_validator("serving_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -170,6 +184,22 @@ class LoraControlSettings(BaseModel):
         if v.startswith("/") or ".." in v.split("/"):
             raise ValueError("must be a relative path below <data-dir>/datasets")
         return v
+
+    @model_validator(mode="after")
+    def _training_defaults_servable(self) -> LoraControlSettings:
+        # training_lora_* are the training settings': a default the engine cannot load would fail every job
+        rank = getattr(self, "training_lora_rank", None)
+        if rank is not None and rank > self.serving_max_lora_rank:
+            raise ValueError(f"training_lora_rank {rank} is above serving_max_lora_rank {self.serving_max_lora_rank} "
+                             "(the serving engine's --max-lora-rank)")
+        limits = self.serving_limits
+        targets = getattr(self, "training_lora_target_modules", ())
+        refused = [t for t in targets if limits.target_modules is not None and t not in limits.target_modules]
+        if refused:
+            raise ValueError(f"training_lora_target_modules names {', '.join(refused)}, which {limits.engine} "
+                             f"(serving_mode {self.serving_mode}) cannot load LoRA on; it loads "
+                             f"{', '.join(sorted(limits.target_modules or ()))}")
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> LoraControlSettings:

@@ -110,6 +110,7 @@ class AdapterRegistry:
         base_model_dir: BaseModelResolver,
         scratch_dir: Path,
         retention_keep: int = 0,
+        serving_limits: peft_checks.ServingLimits | None = None,
     ) -> None:
         self._index = index
         self._store = store
@@ -117,6 +118,7 @@ class AdapterRegistry:
         self._base_model_dir = base_model_dir
         self._scratch = scratch_dir
         self.retention_keep = retention_keep
+        self._serving_limits = serving_limits
 
     # ---- reading --------------------------------------------------------------------
 
@@ -371,7 +373,9 @@ class AdapterRegistry:
         labels: tuple[tuple[str, str], ...] = (),
         request_id: str = "",
     ) -> AdapterRecord:
-        """Validate an uploaded tar(.gz) of a PEFT LoRA directory and register it as a version."""
+        """Validate an uploaded tar(.gz) of a PEFT LoRA directory and register it as a version: in the form every
+        serving engine loads alike (peft_checks.normalise_for_serving), and only if the serving engine (the
+        registry's ``serving_limits``) can load it."""
         model_dir = await self.import_base_model_dir(base_model)
         if request_id:
             existing = await self._index.by_request_id(base_model, request_id)
@@ -391,7 +395,8 @@ class AdapterRegistry:
         work = await asyncio.to_thread(self._workdir)
         try:
             peft_dir = await asyncio.to_thread(archive.unpack_archive, upload, work / "peft")
-            await asyncio.to_thread(_validate_peft_dir, peft_dir, model_dir)
+            await asyncio.to_thread(peft_checks.normalise_for_serving, peft_dir)
+            await asyncio.to_thread(_validate_peft_dir, peft_dir, model_dir, self._serving_limits)
             return await self.publish(PublishRequest(
                 base_model=base_model, adapter_dir=peft_dir, parent=parent, major_bump=major_bump,
                 source=AdapterSource.IMPORTED, labels=labels, request_id=request_id,
@@ -526,8 +531,11 @@ def _failure(task: asyncio.Task[AdapterRecord]) -> BaseException | None:
     return asyncio.CancelledError() if task.cancelled() else task.exception()
 
 
-def _validate_peft_dir(peft_dir: Path, model_dir: Path) -> None:
+def _validate_peft_dir(peft_dir: Path, model_dir: Path, limits: peft_checks.ServingLimits | None = None) -> None:
     lora = peft_checks.read_lora_config(peft_dir)
+    if limits is not None:
+        config = archive.CONFIG_FILE
+        limits.check(lora, f"{config}.r", f"{config}.target_modules")
     shapes = peft_checks.tensor_shapes(peft_dir)
     peft_checks.check_shapes(shapes, lora, peft_checks.base_linear_shapes(model_dir))
 

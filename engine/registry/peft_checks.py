@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +26,48 @@ if TYPE_CHECKING:
 
 PEFT_PREFIX = "base_model.model."
 MAX_LORA_RANK = 256
+MAX_SERVE_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
 _MAX_HEADER = 100 << 20
+_ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What the serving engine adapters are hot-loaded into can load: a rank up to its --max-lora-rank and, for MAX
+    Serve, LoRA on the attention projections only (max/pipelines/lora/lora.py refuses any other target module).
+    Checked when a job is created and when an adapter is imported, so that an adapter the engine refuses fails
+    there rather than at activation, after it was trained and published. The defaults limit nothing beyond
+    MAX_LORA_RANK."""
+
+    max_rank: int = MAX_LORA_RANK
+    target_modules: frozenset[str] | None = None  # None: any module the base model has
+    engine: str = "the serving engine"
+
+    @classmethod
+    def for_engine(cls, serving_mode: str, max_rank: int) -> ServingLimits:
+        """The limits of a serving engine in ``serving_mode`` (max, vllm, custom) started with
+        ``--max-lora-rank max_rank``."""
+        if serving_mode == "max":
+            return cls(max_rank, MAX_SERVE_TARGET_MODULES, "MAX Serve")
+        return cls(max_rank, None, "vLLM" if serving_mode == "vllm" else "the serving engine")
+
+    def violations(self, lora: LoraSpec, rank_field: str, targets_field: str) -> ViolationCollector:
+        """What of ``lora`` the engine cannot load, under the given field names."""
+        issues = ViolationCollector()
+        issues.check(lora.rank <= self.max_rank, rank_field,
+                     f"{lora.rank} is above {self.max_rank}, the highest rank {self.engine} loads "
+                     "(serving_max_lora_rank, its --max-lora-rank)")
+        if self.target_modules is not None:
+            refused = [t for t in lora.target_modules if t not in self.target_modules]
+            issues.check(not refused, targets_field,
+                         f"{self.engine} cannot load LoRA on {', '.join(refused)}; it loads LoRA on "
+                         f"{', '.join(sorted(self.target_modules))} only")
+        return issues
+
+    def check(self, lora: LoraSpec, rank_field: str, targets_field: str) -> None:
+        """INVALID_ARGUMENT LORA_NOT_SERVABLE naming the fields of ``lora`` the engine cannot load."""
+        self.violations(lora, rank_field, targets_field).raise_if_any(
+            "LORA_NOT_SERVABLE", f"{self.engine} cannot load this LoRA adapter")
 
 
 def _invalid(reason: str, field_path: str, message: str) -> InvalidArgument:
@@ -61,6 +104,9 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     issues.check(config.get("bias", "none") == "none", f"{where}.bias",
                  "must be \"none\" (serving engines load bias-free LoRA only)")
     issues.check(not config.get("use_dora"), f"{where}.use_dora", "DoRA adapters are not supported")
+    issues.check(not config.get("use_rslora"), f"{where}.use_rslora",
+                 "rank-stabilized LoRA is not supported: engines scale it differently (MAX by lora_alpha / r); "
+                 "an import folds it into lora_alpha")
     for key in ("rank_pattern", "alpha_pattern"):
         issues.check(not config.get(key), f"{where}.{key}", "per-module ranks/alphas are not supported")
     issues.check(not config.get("modules_to_save"), f"{where}.modules_to_save",
@@ -153,10 +199,66 @@ def check_shapes(shapes: dict[str, tuple[int, ...]], lora: LoraSpec, linears: di
 def _split(name: str) -> tuple[str | None, str]:
     stem = name.removeprefix(PEFT_PREFIX)
     for kind in ("lora_A", "lora_B"):
-        for suffix in (f".{kind}.weight", f".{kind}.default.weight"):
-            if stem.endswith(suffix):
-                return stem[: -len(suffix)], kind
+        suffix = f".{kind}.weight"
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)], kind
     return None, ""
+
+
+def normalise_for_serving(adapter_dir: Path) -> None:
+    """Rewrite, in place, what serving engines read differently from PEFT into the form they all read the same way.
+
+    Tensor keys with PEFT's adapter name (``...lora_A.default.weight``) lose it: vLLM refuses such keys, and MAX
+    Serve loads them but never reads them (it serves the base model). ``use_rslora`` is folded into ``lora_alpha``
+    (alpha * sqrt(r), use_rslora false): PEFT and vLLM scale rank-stabilized LoRA by alpha / sqrt(r), MAX by
+    alpha / r. Run on an import's unpacked copy, before its checks; a file that is not what it should be is left
+    for them to refuse.
+    """
+    _fold_rslora(adapter_dir / CONFIG_FILE)
+    _rename_adapter_keys(adapter_dir / WEIGHTS_FILE)
+
+
+def _fold_rslora(path: Path) -> None:
+    try:
+        config = json_input.loads(read_small(path))
+    except (OSError, ValueError):
+        return
+    if not isinstance(config, dict) or config.get("use_rslora") is not True:
+        return
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1 and _finite_positive(alpha)):
+        return
+    assert isinstance(alpha, int | float)
+    config["lora_alpha"] = float(alpha) * math.sqrt(rank)
+    config["use_rslora"] = False
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _rename_adapter_keys(path: Path) -> None:
+    try:
+        names = tensor_shapes(path.parent)
+    except (OSError, InvalidArgument):
+        return
+    infix = f".{_ADAPTER_NAME}.weight"
+    renames = {name: name[: -len(infix)] + ".weight" for name in names
+               if any(name.endswith(f".{kind}{infix}") for kind in ("lora_A", "lora_B"))}
+    if not renames:
+        return
+    clashes = sorted(old for old, new in renames.items() if new in names)
+    if clashes:
+        issues = ViolationCollector()
+        for old in clashes:
+            issues.add(f"{WEIGHTS_FILE}[{old}]", f"is {renames[old]} again, under PEFT's adapter name")
+        issues.raise_if_any("ADAPTER_SHAPE_MISMATCH", "the adapter holds tensors twice")
+    from safetensors import safe_open  # noqa: PLC0415 - heavy
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415 - heavy
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = {renames.get(name, name): tensor for name, tensor in load_file(str(path)).items()}
+    renamed = path.with_name(f"{path.name}.renamed")
+    save_file(tensors, str(renamed), metadata=metadata)
+    renamed.replace(path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,9 +332,11 @@ def module_names(model_dir: Path) -> frozenset[str]:
     return _module_names(str(Path(model_dir).resolve()))
 
 
-def validate_lora(spec: LoraSpec, available: frozenset[str], field_prefix: str = "spec") -> None:
+def validate_lora(
+    spec: LoraSpec, available: frozenset[str], field_prefix: str = "spec", limits: ServingLimits | None = None,
+) -> None:
     """Raise InvalidArgument with every bad LoRA field (named under ``field_prefix``); UNKNOWN_TARGET_MODULES if only
-    targets are wrong."""
+    targets are wrong; LORA_NOT_SERVABLE for a valid LoRA the serving engine (``limits``) cannot load."""
     numbers = ViolationCollector()
     numbers.check(1 <= spec.rank <= MAX_LORA_RANK, f"{field_prefix}.lora.rank", f"must be in 1..{MAX_LORA_RANK}")
     numbers.check(0 < spec.alpha < math.inf, f"{field_prefix}.lora.alpha", "must be a finite number > 0")
@@ -250,3 +354,5 @@ def validate_lora(spec: LoraSpec, available: frozenset[str], field_prefix: str =
         targets.raise_if_any("UNKNOWN_TARGET_MODULES", "invalid LoRA target modules")
     combined = ViolationCollector(numbers.violations + targets.violations)
     combined.raise_if_any("INVALID_LORA_CONFIG", "invalid LoRA configuration")
+    if limits is not None:
+        limits.check(spec, f"{field_prefix}.lora.rank", f"{field_prefix}.lora.target_modules")

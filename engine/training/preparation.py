@@ -31,7 +31,7 @@ from engine.domain import (
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.feedback.dataset import FeedbackDataset, FeedbackDatasetBuilder
 from engine.registry import AdapterRecord, AdapterRegistry
-from engine.registry.peft_checks import module_names, validate_lora
+from engine.registry.peft_checks import ServingLimits, module_names, validate_lora
 from engine.splits import SplitRule
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 from engine.training.models import check_sharding, resolve_base_model
@@ -49,6 +49,7 @@ class PreparerConfig:
     base_models: Mapping[str, Path]
     ewc_lambda_min: float
     ewc_lambda_max: float
+    serving_limits: ServingLimits | None = None  # what the serving engine loads; None: no limit beyond the model's
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class JobPreparer:
             )
         model_dir = await asyncio.to_thread(self._model_dir, spec.base_model)
         available = await asyncio.to_thread(module_names, model_dir)
-        validate_lora(spec.lora, available, field_prefix)
+        validate_lora(spec.lora, available, field_prefix, self._config.serving_limits)
         return model_dir
 
     async def resolve(self, spec: TrainingJobSpec, recorded: DatasetSummary | None) -> PreparedInputs:

@@ -214,7 +214,8 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
          {}, "PICKLED_WEIGHTS"),
         (tar_dir(_reshaped(good, tmp_path / "reshaped")), {}, "ADAPTER_SHAPE_MISMATCH"),
         (with_config(r=8), {}, "ADAPTER_SHAPE_MISMATCH"),
-        (with_config(target_modules=["q_proj", "v_proj", "gate_proj"]), {}, None),  # extra target is allowed
+        (with_config(target_modules=["q_proj", "v_proj", "k_proj"]), {}, None),  # extra target is allowed
+        (with_config(target_modules=["q_proj", "v_proj", "gate_proj"]), {}, "LORA_NOT_SERVABLE"),  # MAX loads no MLP
         (with_config(peft_type="PREFIX_TUNING"), {}, "INVALID_ADAPTER_CONFIG"),
         (tar_gz({"adapter_config.json": b"{not json", "adapter_model.safetensors": weights}), {},
          "MALFORMED_ADAPTER_CONFIG"),
