@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from engine.lora.controller import LoraController
 from engine.lora.state import FeedbackRates, OperationKind, OperationRecord
 from engine.periodic import Periodic
+from engine.thresholds import at_most
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class AutoRollback:
         old = await self._rates.counts(st.base_model, good, now - self._config.baseline_window)
         if min(new.total, old.total) < self._config.min_samples:  # no evidence about one side: no comparison
             return ""
-        if new.negative_rate <= old.negative_rate + self._config.margin:
+        if at_most(new.negative_rate, old.negative_rate + self._config.margin):
             return ""
         reason = (f"negative feedback rate of {active} is {new.negative_rate:.1%} over {new.total} ratings, "
                   f"above known-good {good}'s {old.negative_rate:.1%} over {old.total} by more than "

@@ -31,6 +31,7 @@ from typing import Protocol, TypeAlias
 from engine.errors import ViolationCollector
 from engine.periodic import Periodic
 from engine.serving.traffic import Tally
+from engine.thresholds import at_least, at_most
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def decide(policy: CanaryPolicy, figures: TrafficFigures) -> tuple[CanaryDecisio
     """The policy's decision on ``figures``, with its reason; None while it waits for evidence."""
     a, c = figures.active, figures.candidate
     said = figures.describe()
-    if c.requests >= policy.error_spike_min_requests and c.error_rate >= policy.error_spike:
+    if c.requests >= policy.error_spike_min_requests and at_least(c.error_rate, policy.error_spike):
         return CanaryDecision.ROLLED_BACK, (
             f"error spike: the candidate failed {c.error_rate:.1%} of {c.requests} requests "
             f"(spike threshold {policy.error_spike:.1%}); {said}")
@@ -194,10 +195,10 @@ def decide(policy: CanaryPolicy, figures: TrafficFigures) -> tuple[CanaryDecisio
                 f"not enough evidence after {policy.max_duration_seconds:.0f} s: {', '.join(missing)}; {said}")
         return None
     worse = []
-    if c.negative_rate > a.negative_rate + policy.feedback_margin:
+    if not at_most(c.negative_rate, a.negative_rate + policy.feedback_margin):
         worse.append(f"negative feedback {c.negative_rate:.1%} > the active's {a.negative_rate:.1%} "
                      f"+ margin {policy.feedback_margin:.1%}")
-    if c.error_rate > a.error_rate + policy.error_margin:
+    if not at_most(c.error_rate, a.error_rate + policy.error_margin):
         worse.append(f"error rate {c.error_rate:.1%} > the active's {a.error_rate:.1%} "
                      f"+ margin {policy.error_margin:.1%}")
     if worse:

@@ -28,7 +28,8 @@ A regression is a case the baseline answers right and the candidate does not. Wh
   base retention is at most ``max_base_forgetting`` below the baseline's (the base model's own is 1).
 
 The gate passes when every suite does. "At most" and "at least" include the threshold: every threshold is compared
-through :func:`at_most` and :func:`at_least`, which count a rounding error as on it.
+through :func:`engine.thresholds.at_most` and :func:`engine.thresholds.at_least`, which count a rounding
+error as on it.
 
 A file suite is named by its file's stem; the gate's names (GATE_SUITES) and a stem named twice are refused before
 anything runs (:func:`check_suite_names`), as suites are told apart by name alone.
@@ -52,6 +53,7 @@ from engine.golden import GoldenCase, cases_digest, read_cases
 from engine.lora import lineage
 from engine.lora.grounding import unsupported
 from engine.lora.judge import JudgeInfo, JudgeVerdict
+from engine.thresholds import at_least, at_most
 
 MAX_CASES = 10_000
 MAX_NAMED_REGRESSIONS = 20  # prompts listed per suite on the version and in the operation
@@ -353,21 +355,6 @@ def _judge_metrics(verdicts: Sequence[JudgeVerdict | None]) -> dict[str, float]:
     return out
 
 
-# Every threshold of the gate is compared through these two: a rate or a drop is a float computed from counts
-# (1.0 - 0.95 is 0.050000000000000044, 35/50 is not 0.7 exactly), so a value on an "at most" or "at least"
-# threshold, as the docs promise it passes, would otherwise fail by a rounding error. The tolerance is far below
-# any difference one case makes (a suite holds at most MAX_CASES cases).
-_TOLERANCE = 1e-9
-
-
-def at_most(value: float, limit: float) -> bool:
-    """``value <= limit``, a rounding error above ``limit`` counting as on it."""
-    return value <= limit + _TOLERANCE
-
-
-def at_least(value: float, floor: float) -> bool:
-    """``value >= floor``, a rounding error below ``floor`` counting as on it."""
-    return value >= floor - _TOLERANCE
 
 
 def _checks(kind: SuiteKind, m: dict[str, float], regressions: int, t: GateThresholds) -> list[str]:

@@ -75,6 +75,7 @@ from engine.online.spec import (
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.registry.records import AdapterSource
+from engine.thresholds import at_most
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
 from engine.training.ports import ContinualPlanner, PlanRequest
@@ -421,7 +422,7 @@ class _Session:
         if live.total < spec.negative_feedback_min_ratings:
             return False
         start = await self.r.rates.counts(spec.base_model, spec.start_version, now - BASELINE_WINDOW)
-        if live.negative_rate <= start.negative_rate + spec.negative_feedback_margin:
+        if at_most(live.negative_rate, start.negative_rate + spec.negative_feedback_margin):
             return False
         spike = FeedbackSpike(self.learner.updates, live.total, live.negative, start.negative_rate, start.total,
                               spec.negative_feedback_margin)
