@@ -200,7 +200,9 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
         undo.push_async_callback(judge_client.close)
     adapters = RegistryAdapters(registry, settings.work_dir / "serving-adapters")
     gate = LineageSuites(registry, versions, max_cases=settings.eval_max_cases)
-    rates = FeedbackStatsRates(PostgresFeedbackStore(pool))  # canaries and auto-rollback read the ratings here
+    rates = FeedbackStatsRates(  # canaries and auto-rollback read the ratings here
+        PostgresFeedbackStore(pool), rating_positive_min=settings.feedback_rating_positive_min,
+        rating_negative_max=settings.feedback_rating_negative_max)
     controller = LoraController(config, client, router, store, adapters, artifacts, gate, rates,
                                 judge_client=judge_client,
                                 routed=PostgresOnlineStore(pool))  # online sessions' live aliases: never unloaded

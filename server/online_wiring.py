@@ -39,7 +39,9 @@ def build_online(
     manager = JobManager(
         runner=OnlineRunner(store=store, registry=registry, preparer=preparer, planner=planner, artifacts=artifacts,
                             config=settings.online_config(settings.fisher_batch_size), feedback=feedback,
-                            rates=FeedbackStatsRates(PostgresFeedbackStore(pool))),
+                            rates=FeedbackStatsRates(
+                                PostgresFeedbackStore(pool), rating_positive_min=settings.feedback_rating_positive_min,
+                                rating_negative_max=settings.feedback_rating_negative_max)),
         store=PostgresJobStore(pool, ONLINE_SESSION, notifications), queue=queue,
         work_dir=settings.work_dir / "online", slots=JobSlots(max(1, settings.online_max_sessions)),
         worker_id=worker_id,

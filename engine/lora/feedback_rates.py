@@ -22,7 +22,9 @@ class StatsSource(Protocol):
 
 
 class FeedbackStatsRates:
-    def __init__(self, source: StatsSource, *, rating_positive_min: int = 4, rating_negative_max: int = 2) -> None:
+    def __init__(self, source: StatsSource, *, rating_positive_min: int, rating_negative_max: int) -> None:
+        """``rating_positive_min`` and ``rating_negative_max`` are the server's (feedback_rating_*): no default, so
+        that canaries, auto-rollback and online spikes count ratings as every other report of the server does."""
         self._source = source
         self._pos, self._neg = rating_positive_min, rating_negative_max
 
