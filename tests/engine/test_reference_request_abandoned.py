@@ -10,9 +10,8 @@ import asyncio
 import aiohttp
 import pytest
 
+from tests.engine.test_reference_stream_abandoned import NAME, counted_generations
 from tests.fixtures.serving import running_backend
-
-NAME = "tiny-llama"
 
 
 @pytest.mark.parametrize(("path", "ask"), [
@@ -21,21 +20,7 @@ NAME = "tiny-llama"
 ])
 async def test_a_request_the_client_left_stops_generating(tiny_model_dir, path, ask) -> None:
     async with running_backend(tiny_model_dir, NAME) as be:
-        model = be.model
-        started: list[bool] = []
-        made: list[int] = []
-        real = model.generate
-
-        def counting(*args, **kwargs):
-            started.append(True)
-            gen = real(*args, **kwargs)
-            made.append(len(gen.tokens))
-            return gen
-
-        model.generate = counting  # type: ignore[method-assign]
-        # The tiny random model may end early with EOS; a real model answering at length does not: no EOS here.
-        model._base.generation_config.eos_token_id = None
-        model.tokenizer.eos_token_id = None
+        started, made = counted_generations(be.model)
         body = {"model": NAME, "max_tokens": 512} | ask
         async with aiohttp.ClientSession() as s:
             asking = asyncio.ensure_future(s.post(be.url + path, json=body))

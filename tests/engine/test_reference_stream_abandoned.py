@@ -13,21 +13,28 @@ from tests.fixtures.serving import running_backend
 NAME = "tiny-llama"
 
 
+def counted_generations(model) -> tuple[list[bool], list[int]]:
+    """(a True for each generation begun, the tokens of each ended) of ``model`` from now on, which never ends an
+    answer early: the tiny random model may end early with EOS; a real model answering at length does not."""
+    started: list[bool] = []
+    made: list[int] = []
+    real = model.generate
+
+    def counting(*args, **kwargs):
+        started.append(True)
+        gen = real(*args, **kwargs)
+        made.append(len(gen.tokens))
+        return gen
+
+    model.generate = counting
+    model._base.generation_config.eos_token_id = None
+    model.tokenizer.eos_token_id = None
+    return started, made
+
+
 async def test_a_stream_the_client_left_stops_generating(tiny_model_dir) -> None:
     async with running_backend(tiny_model_dir, NAME) as be:
-        model = be.model
-        made: list[int] = []
-        real = model.generate
-
-        def counting(*args, **kwargs):
-            gen = real(*args, **kwargs)
-            made.append(len(gen.tokens))
-            return gen
-
-        model.generate = counting  # type: ignore[method-assign]
-        # The tiny random model may end early with EOS; a real model answering at length does not: no EOS here.
-        model._base.generation_config.eos_token_id = None
-        model.tokenizer.eos_token_id = None
+        _, made = counted_generations(be.model)
         body = {"model": NAME, "prompt": "Hello", "max_tokens": 512, "stream": True}
         async with aiohttp.ClientSession() as s:
             async with s.post(be.url + "/v1/completions", json=body) as r:
