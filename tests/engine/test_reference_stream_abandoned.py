@@ -32,6 +32,16 @@ def counted_generations(model) -> tuple[list[bool], list[int]]:
     return started, made
 
 
+async def stopped_early(made: list[int]) -> None:
+    """Wait for the abandoned generation to end; it must end before max_tokens (512)."""
+    for _ in range(600):
+        if made:
+            break
+        await asyncio.sleep(0.1)
+    assert made, "the generation never ended"
+    assert made[0] < 512, f"the abandoned generation ran on to {made[0]} tokens"
+
+
 async def test_a_stream_the_client_left_stops_generating(tiny_model_dir) -> None:
     async with running_backend(tiny_model_dir, NAME) as be:
         _, made = counted_generations(be.model)
@@ -40,12 +50,7 @@ async def test_a_stream_the_client_left_stops_generating(tiny_model_dir) -> None
             async with s.post(be.url + "/v1/completions", json=body) as r:
                 assert r.status == 200
                 await r.content.readuntil(b"\n\n")  # the first event, then the client leaves
-        for _ in range(600):  # wait for the generation to end
-            if made:
-                break
-            await asyncio.sleep(0.1)
-        assert made, "the generation never ended"
-        assert made[0] < 512, f"the abandoned generation ran on to {made[0]} tokens"
+        await stopped_early(made)
         async with aiohttp.ClientSession() as s:  # and the model serves the next request
             async with s.post(be.url + "/v1/completions", json=body | {"max_tokens": 4, "stream": False}) as r:
                 assert r.status == 200
