@@ -81,6 +81,7 @@ class ServingTarget:
         self._store = store
         self._adapters = adapters
         self._lock = asyncio.Lock()
+        self._following = asyncio.Lock()  # one follow at a time: a status waits for one under way, then reads afresh
         self._state = TargetState(target=client.target, base_model=config.base_model)
         self._loaded: tuple[LoadedLora, ...] = ()
         self._reachable = False
@@ -206,18 +207,23 @@ class ServingTarget:
         the same way. It loads nothing a change of state asks for: serving processes of one target share one
         serving engine, where the other loaded it. It does look at what the engine has loaded: when a version the
         state needs loaded is missing (the engine restarted), or the engine is reachable again after it was not, it
-        starts a reconciliation (``_repair``). Returns whether the state changed."""
-        if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
-            return False
-        async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
-            before = (self._state, _split_id(self._split))
-            await self._reload()
-            changed = (self._state, _split_id(self._split)) != before
-            if changed:
-                self._last = await self._store.last_operation(self.target)
-                self._last_canary = await self._store.canary_outcome(self.target)
-                await self._notify()
-            why = await self._reconcile_needed()
+        starts a reconciliation (``_repair``). Returns whether the state changed.
+
+        A follow under way (the periodic one) holds the operations' lock too; a second one (a status) waits for it
+        and then reads again, rather than take the lock's being held for an operation's and answer with the state
+        as it was before the first began."""
+        async with self._following:
+            if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
+                return False
+            async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
+                before = (self._state, _split_id(self._split))
+                await self._reload()
+                changed = (self._state, _split_id(self._split)) != before
+                if changed:
+                    self._last = await self._store.last_operation(self.target)
+                    self._last_canary = await self._store.canary_outcome(self.target)
+                    await self._notify()
+                why = await self._reconcile_needed()
         if why:
             self._start_repair(why)
         return changed
