@@ -12,7 +12,10 @@ FORBIDDEN = ("grpc", "google.protobuf", "google.rpc", "learning")
 # The shared kernels every context may use, and the bounded contexts with those each may import.
 # golden: the golden-case format, which evaluations (lora) score and golden dataset versions (training) store
 # json_input: how every context reads JSON from outside the process (too deep nesting a ValueError)
-KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden", "model_build", "json_input"}
+# thresholds: how every context compares a measured rate with a documented "at most" / "at least" (the gate, canaries,
+# auto-rollback, online learning's spikes), a rounding error counting as on it
+KERNELS = {"errors", "names", "domain", "splits", "telemetry", "periodic", "golden", "model_build", "json_input",
+           "thresholds"}
 CONTEXTS = {
     "jobs": set(),
     "feedback": set(),
