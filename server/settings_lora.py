@@ -194,7 +194,7 @@ class LoraControlSettings(BaseModel):
                              "(the serving engine's --max-lora-rank)")
         limits = self.serving_limits
         targets = getattr(self, "training_lora_target_modules", ())
-        refused = [t for t in targets if limits.target_modules is not None and t not in limits.target_modules]
+        refused = limits.refused(targets)
         if refused:
             raise ValueError(f"training_lora_target_modules names {', '.join(refused)}, which {limits.engine} "
                              f"(serving_mode {self.serving_mode}) cannot load LoRA on; it loads "

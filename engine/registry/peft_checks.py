@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,12 +58,14 @@ class ServingLimits:
         issues.check(lora.rank <= self.max_rank, rank_field,
                      f"{lora.rank} is above {self.max_rank}, the highest rank {self.engine} loads "
                      "(serving_max_lora_rank, its --max-lora-rank)")
-        if self.target_modules is not None:
-            refused = [t for t in lora.target_modules if t not in self.target_modules]
-            issues.check(not refused, targets_field,
-                         f"{self.engine} cannot load LoRA on {', '.join(refused)}; it loads LoRA on "
-                         f"{', '.join(sorted(self.target_modules))} only")
+        refused = self.refused(lora.target_modules)
+        issues.check(not refused, targets_field, f"{self.engine} cannot load LoRA on {', '.join(refused)}; it loads "
+                                                 f"LoRA on {', '.join(sorted(self.target_modules or ()))} only")
         return issues
+
+    def refused(self, target_modules: Sequence[str]) -> list[str]:
+        """The modules of ``target_modules`` the engine cannot load LoRA on."""
+        return [t for t in target_modules if self.target_modules is not None and t not in self.target_modules]
 
     def check(self, lora: LoraSpec, rank_field: str, targets_field: str) -> None:
         """INVALID_ARGUMENT LORA_NOT_SERVABLE naming the fields of ``lora`` the engine cannot load."""
