@@ -58,9 +58,8 @@ def parse_version(version: str, field_path: str = "version") -> VersionNumber:
     ``field_path``."""
     match = VERSION_RE.match(version)
     if not match:
-        spelt = VERSION_RE.match(version.removesuffix(".0")) if version.endswith(".0") else None
-        hint = f" (patch 0 is the minor version itself: write {version.removesuffix('.0')})" \
-            if spelt and spelt["patch"] is None else ""
+        spelt = VERSION_RE.match(version.removesuffix(".0"))  # (None unless it ends with ".0": it did not match)
+        hint = f" (patch 0 is the minor version itself: write {spelt[0]})" if spelt and spelt["patch"] is None else ""
         raise InvalidArgument(
             "MALFORMED_VERSION",
             f"{field_path} {version!r} is not a version like v1.0, v2.3 or v2.3.1{hint}",
