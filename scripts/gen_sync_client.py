@@ -267,7 +267,7 @@ def _client(cls: ast.ClassDef, source: str) -> tuple[list[str], list[ast.AST], s
         f"    def __init__({ast.unparse(init.args)}) -> None:",
         "        self._loop = EventLoopThread()",
         "        try:",
-        f"            self._async = self._loop.run(_new_async_client({_arguments(init)}))",
+        f"            self._async = self._loop.make(lambda: {CLIENT.async_name}({_arguments(init)}))",
         "        except BaseException:",
         "            self._loop.close()  # a client that was never made leaves no thread behind",
         "            raise",
@@ -284,13 +284,7 @@ def _client(cls: ast.ClassDef, source: str) -> tuple[list[str], list[ast.AST], s
         "        self.close()",
     ]
     methods, used = _twins(_own(cls), OWN)
-    lines += methods + [
-        "",
-        "",
-        f"async def _new_async_client({ast.unparse(init.args).removeprefix('self, ')}) -> {CLIENT.async_name}:",
-        '    """The async client, made on the loop that runs it (its channel belongs to that loop)."""',
-        f"    return {CLIENT.async_name}({_arguments(init)})",
-    ]
+    lines += methods
     return lines, [init.args, *used], {*bases, "EventLoopThread", CLIENT.async_name}
 
 

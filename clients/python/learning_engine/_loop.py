@@ -58,6 +58,11 @@ class EventLoopThread:
             why = ": the client was closed" if self._closed else ""
             raise errors.Cancelled(grpc.StatusCode.CANCELLED, f"the call was cancelled{why}") from None
 
+    def make(self, factory: Callable[[], T]) -> T:
+        """What ``factory()`` makes, made on the loop: what belongs to the loop that runs it (a gRPC channel, the
+        async client that holds one) must be made there."""
+        return self.run(_made(factory))
+
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
         """The items of ``iterator``, each fetched on the loop; stopping early closes it there."""
         try:
@@ -121,6 +126,10 @@ def _discard(awaitable: Awaitable[object]) -> None:
     """Close a refused call's coroutine, never to be awaited (no "never awaited" warning)."""
     if isinstance(awaitable, Coroutine):
         awaitable.close()
+
+
+async def _made(factory: Callable[[], T]) -> T:
+    return factory()
 
 
 async def _await(awaitable: Awaitable[T]) -> T:

@@ -38,8 +38,8 @@ class Client(SyncJobCalls, SyncServingCalls, SyncDataCalls):
     ) -> None:
         self._loop = EventLoopThread()
         try:
-            self._async = self._loop.run(
-                _new_async_client(
+            self._async = self._loop.make(
+                lambda: AsyncClient(
                     target,
                     token=token,
                     tls=tls,
@@ -68,30 +68,6 @@ class Client(SyncJobCalls, SyncServingCalls, SyncDataCalls):
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN for ``service`` ("" = the server)."""
         return self._loop.run(self._async.health(service))
-
-
-async def _new_async_client(
-    target: str = DEFAULT_TARGET,
-    *,
-    token: str | None = None,
-    tls: TlsConfig | None = None,
-    timeout: float | None = 30.0,
-    operation_timeout: float | None = None,
-    channel_options: Sequence[tuple[str, Any]] = (),
-    reconnect_attempts: int = 30,
-    reconnect_delay: float = 0.5,
-) -> AsyncClient:
-    """The async client, made on the loop that runs it (its channel belongs to that loop)."""
-    return AsyncClient(
-        target,
-        token=token,
-        tls=tls,
-        timeout=timeout,
-        operation_timeout=operation_timeout,
-        channel_options=channel_options,
-        reconnect_attempts=reconnect_attempts,
-        reconnect_delay=reconnect_delay,
-    )
 
 
 __all__ = ["Client", "EvaluationJobHandle", "FisherJobHandle", "TrainingJobHandle"]
