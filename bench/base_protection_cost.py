@@ -59,8 +59,6 @@ def main() -> None:
     parser.add_argument("--prompt-kl-weights", type=float, nargs="+",
                         default=[DEFAULTS["base_prompt_kl_weight"].default],
                         help="the KL weight at the job's own rows' prompt positions (several: each with each)")
-    parser.add_argument("--prompt-gradients", nargs="+", default=["full"], choices=["full", "detached"],
-                        help="PROTOTYPE: rehearsed rows' prompts with gradient (full) or without (detached)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
@@ -70,9 +68,8 @@ def main() -> None:
           f"BASE_KL fractions {args.fractions}, weight {args.kl_weight}; {args.repeats} repeats", flush=True)
     base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
     task, _ = make_tasks(args.facts, 0)
-    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else "") + (" detached" if d == "detached" else ""):
-                (f, t, g, w, d) for f in args.fractions for t in args.answer_tokens for g in args.group
-                for w in args.prompt_kl_weights for d in args.prompt_gradients}
+    variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else ""): (f, t, g, w) for f in args.fractions
+                for t in args.answer_tokens for g in args.group for w in args.prompt_kl_weights}
     seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
@@ -85,7 +82,7 @@ def main() -> None:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
                  for g in args.group}
-        for name, (fraction, answer_tokens, group, _, _) in variants.items():
+        for name, (fraction, answer_tokens, group, _) in variants.items():
             pool, _ = pools[answer_tokens, group]
             rows = tokens_of(pool)
             per_epoch = rehearsed_rows(len(task), fraction, len(pool), group)
@@ -96,9 +93,7 @@ def main() -> None:
             for name in seconds:
                 examples, objective, rotation = list(task), None, None
                 if name != "plain":
-                    fraction, tokens, group, prompt_weight, gradients = variants[name]
-                    import engine.training.base_kl as base_kl_module
-                    base_kl_module.DETACH_PROMPTS = gradients == "detached"
+                    fraction, tokens, group, prompt_weight = variants[name]
                     pool, references = pools[tokens, group]
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight,
                                                 prompt_kl_weight=prompt_weight)

@@ -362,15 +362,10 @@ def main() -> None:
                         help="a continuation rehearses only this share of the answers its parent disturbs most")
     parser.add_argument("--scales", type=float, nargs="*", default=[],
                         help="also score each version moved back toward its parent by these factors")
-    parser.add_argument("--detached-prompts", action="store_true",
-                        help="PROTOTYPE: rehearsed rows' prompts run without gradient (a cached prefix)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-retention.json")
     args = parser.parse_args()
-    if args.detached_prompts:
-        import engine.training.base_kl as base_kl_module
-        base_kl_module.DETACH_PROMPTS = True
     torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}; facts/task {args.facts}; epochs {args.epochs}; lr {args.lr}; "
           f"EWC lambda {args.ewc_lambda}, replay {args.replay_fraction}; rehearsal {args.rehearsal_fraction}; "

@@ -46,7 +46,6 @@ from engine.training.packing import ExampleForward, TargetLogits
 from engine.training.run import BatchObjective
 from engine.training.tensor_cache import load_tensors, save_tensors
 
-DETACH_PROMPTS = False  # PROTOTYPE
 REFERENCE_TOP_K = 64  # the base model's most likely tokens kept per position; the rest is one outcome
 
 
@@ -311,9 +310,6 @@ class BaseKlObjective:
             own = [not self.anchored[step.indices[k]] for k in micro]
             if self.prompt_weight > 0 and any(own):
                 adapted, context = forward.context_logits(model, examples, own)
-            elif DETACH_PROMPTS and not self.trained:
-                adapted, context = _split_forward(model, forward, examples,
-                                                  [kl_weights[k] > 0 for k in micro]), None
             else:
                 adapted, context = forward.target_logits(model, examples), None
             nll, counts = adapted.nll()
@@ -370,43 +366,3 @@ def rehearsal_objective(objective: BatchObjective | None, protection: BaseProtec
                                               trained=trained, references=references,
                                               prompt_weight=protection.prompt_kl_weight)
     return objective.extended(rehearsed) if objective is not None else None
-
-
-def prompt_detached_target_logits(model: Any, plan: Any, examples: Sequence[EncodedExample]) -> TargetLogits:
-    """PROTOTYPE: each example's target logits with its prompt run without gradient (a cached prefix)."""
-    logits, targets, owner = [], [], []
-    device = plan.torch_device
-    for n, example in enumerate(examples):
-        ids = torch.tensor(example.input_ids, device=device)
-        labels = torch.tensor(example.labels, device=device)
-        first = int((labels[1:] != -100).nonzero()[0]) + 1  # the first predicted target
-        split = first - 1  # the position predicting it starts the part run with gradient
-        with torch.no_grad(), plan.autocast():
-            prefix = model(input_ids=ids[None, :split], attention_mask=torch.ones(1, split, dtype=torch.long,
-                           device=device), use_cache=True)
-        rest_targets = labels[split + 1 :]
-        keep = torch.cat([rest_targets != -100, torch.zeros(1, dtype=torch.bool, device=device)])
-        with plan.autocast():
-            out = model(input_ids=ids[None, split:], past_key_values=prefix.past_key_values,
-                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                        position_ids=torch.arange(split, len(ids), device=device)[None], use_cache=True,
-                        logits_to_keep=keep)
-        kept = out.logits.reshape(-1, out.logits.shape[-1]).float()
-        logits.append(kept)
-        targets.append(rest_targets[keep[:-1]])
-        owner.append(torch.full((len(kept),), n, dtype=torch.long, device=device))
-    return TargetLogits(torch.cat(logits), torch.cat(targets), torch.cat(owner), len(examples))
-
-
-def _split_forward(model: Any, forward: Any, examples: Sequence[EncodedExample], detached: Sequence[bool]) -> TargetLogits:
-    """PROTOTYPE: the packed pass over the examples not ``detached``, the prompt-detached one over the others."""
-    parts = []
-    for flag in (False, True):
-        js = [j for j, d in enumerate(detached) if bool(d) == flag]
-        if not js:
-            continue
-        chosen = [examples[j] for j in js]
-        t = prompt_detached_target_logits(model, forward.plan, chosen) if flag else forward.target_logits(model, chosen)
-        parts.append((t, torch.tensor(js, device=t.owner.device)[t.owner]))
-    return TargetLogits(torch.cat([t.logits for t, _ in parts]), torch.cat([t.targets for t, _ in parts]),
-                        torch.cat([o for _, o in parts]), len(examples))
