@@ -9,6 +9,14 @@ For an example (x, y) the implied reward is the log-ratio of policy to reference
 
 The reference point z0 estimates KL(pi_theta || pi_ref) from mismatched pairs (x_i, y_j),
 j = i + 1 mod B, within the optimiser step's B examples: z0 = max(0, mean_i r(x_i, y_j)), with no gradient.
+Each pair is cut from the end to at most the longer of its two source examples (both already within the job's
+max_seq_length, so a pair is too, as TRL truncates its KL sequences to max_length): x_i is kept whole and y_j's
+tail is dropped, labels alike. A pair keeps at least one target token: x_i is shorter than example i, which has
+a target, and y_j starts at its first target token. A step of a single example (B = 1: an epoch's last step
+holding one, an online update of one) has no unrelated completion to pair with -- pairing it with itself would
+make z0 = max(0, r), so a desirable example's margin r - z0 would be 0 whenever r > 0 and its loss would never
+saturate -- so such a step uses z0 = 0 (TRL's value when it computes no KL term) and runs no KL passes. A
+training job whose every step would hold one example is refused when it is created (server.convert).
 The value of an example is
 
     desirable:    v = lambda_D * sigmoid(beta * (r - z0))
@@ -45,7 +53,10 @@ class KtoLoss:
 
 
 def kl_reference_point(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Tensor) -> torch.Tensor:
-    """z0 = max(0, mean_i r(x_i, y_j)) over the mismatched pairs, without gradient."""
+    """z0 = max(0, mean_i r(x_i, y_j)) over the mismatched pairs, without gradient; 0 with no pairs (a step of one
+    example, see :func:`mismatched`)."""
+    if policy_kl_logps.numel() == 0:
+        return policy_kl_logps.new_zeros(()).detach()
     return (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
 
 
@@ -72,7 +83,8 @@ def kto_loss(
     weights: torch.Tensor,
     beta: float = DEFAULT_BETA,
 ) -> KtoLoss:
-    """The KTO loss from sequence log-probs ([B] each); ``desirable`` is a [B] bool tensor, ``weights`` lambda_y."""
+    """The KTO loss from sequence log-probs ([B] each); ``desirable`` is a [B] bool tensor, ``weights`` lambda_y.
+    The KL log-probs are those of the mismatched pairs: empty for a lone example, whose z0 is then 0."""
     kl = kl_reference_point(policy_kl_logps, reference_kl_logps)
     losses = kto_losses(policy_logps, reference_logps, kl, desirable, weights, beta)
     return KtoLoss(losses.mean(), kl, (policy_logps - reference_logps).detach())
@@ -81,16 +93,22 @@ def kto_loss(
 def mismatched(examples: Sequence[EncodedExample]) -> list[EncodedExample]:
     """Each example's prompt with the next one's completion (x_i, y_{i+1 mod B}), for the KL estimate: x is all
     before the first target token, y all from it (of a conversation judged by feedback, the earlier turns are x:
-    only its last answer is a target, see ``Example.last_turn_only``)."""
+    only its last answer is a target, see ``Example.last_turn_only``).
+
+    A pair is cut from the end to at most the longer of its two examples' lengths (each within the job's
+    max_seq_length): x_i whole, then as much of y_{i+1}'s head as fits, labels alike. It keeps at least one target
+    token: example i has one, so x_i is shorter than example i and at least one token of y_{i+1} -- whose first
+    token is a target -- fits. Fewer than two examples have no unrelated completion: no pairs (z0 = 0)."""
     if len(examples) < 2:
-        return list(examples)
+        return []
     pairs = []
     for i, example in enumerate(examples):
         following = examples[(i + 1) % len(examples)]
         first, tail = _first_target(example.labels), _first_target(following.labels)
+        limit = max(len(example.input_ids), len(following.input_ids))
         pairs.append(EncodedExample(
-            example.input_ids[:first] + following.input_ids[tail:],
-            [IGNORE_INDEX] * first + following.labels[tail:],
+            (example.input_ids[:first] + following.input_ids[tail:])[:limit],
+            ([IGNORE_INDEX] * first + following.labels[tail:])[:limit],
             example.weight,
         ))
     return pairs
@@ -109,7 +127,8 @@ class KtoObjective:
     """The KTO loss of a training step; ``desirable[i]`` labels ``run.examples[i]``.
 
     The reference point z0 is measured over the whole step's mismatched pairs first (no gradient), so a step
-    accumulated over micro-batches has the loss and gradients of one big batch.
+    accumulated over micro-batches has the loss and gradients of one big batch. A step of one example has no pairs:
+    its z0 is 0, with no KL passes (see the module docstring).
     """
 
     def __init__(self, desirable: Sequence[bool], beta: float = DEFAULT_BETA) -> None:
@@ -130,18 +149,21 @@ class KtoObjective:
     def step_losses(self, model: Any, step: StepBatch, forward: ExampleForward) -> Iterator[torch.Tensor]:
         micro = step.micro_batches
         pairs = mismatched(step.examples)
-        with torch.no_grad():
-            policy_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop]) for r in micro])
-            with model.disable_adapter():
-                reference_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop]) for r in micro])
-        kl = kl_reference_point(policy_kl, reference_kl)
-        desirable = torch.tensor([self.desirable[i] for i in step.indices], device=kl.device)
-        weights = torch.tensor([e.weight for e in step.examples], dtype=torch.float32, device=kl.device)
+        kl: torch.Tensor | None = None  # no pairs (a lone example): z0 = 0
+        if pairs:
+            with torch.no_grad():
+                policy_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop]) for r in micro])
+                with model.disable_adapter():
+                    reference_kl = torch.cat([_sequence_logps(model, forward, pairs[r.start : r.stop])
+                                              for r in micro])
+            kl = kl_reference_point(policy_kl, reference_kl)
         for r in micro:
             part = step.examples[r.start : r.stop]
             policy = _sequence_logps(model, forward, part)
             with torch.no_grad(), model.disable_adapter():
                 reference = _sequence_logps(model, forward, part)
-            losses = kto_losses(policy, reference, kl, desirable[r.start : r.stop], weights[r.start : r.stop],
-                                self.beta)
+            z0 = kl if kl is not None else policy.new_zeros(()).detach()
+            desirable = torch.tensor([self.desirable[step.indices[k]] for k in r], device=policy.device)
+            weights = torch.tensor([step.examples[k].weight for k in r], dtype=torch.float32, device=policy.device)
+            losses = kto_losses(policy, reference, z0, desirable, weights, self.beta)
             yield losses.sum() / len(step.examples)

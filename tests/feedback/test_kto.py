@@ -67,9 +67,10 @@ def test_mismatched_pairs_prompt_i_with_completion_i_plus_1() -> None:
     first = EncodedExample([1, 2, 3], [I, I, 3])
     second = EncodedExample([4, 5, 6, 7], [I, 5, 6, 7])
     kl = mismatched([first, second])
-    assert [e.input_ids for e in kl] == [[1, 2, 5, 6, 7], [4, 3]]
-    assert [e.labels for e in kl] == [[I, I, 5, 6, 7], [I, 3]]
-    assert mismatched([first]) == [first]
+    # each pair cut to the longer of its two examples (4 tokens): x_0 whole, y_1's tail dropped
+    assert [e.input_ids for e in kl] == [[1, 2, 5, 6], [4, 3]]
+    assert [e.labels for e in kl] == [[I, I, 5, 6], [I, 3]]
+    assert mismatched([first]) == []  # a lone example has no other's answer to pair with (z0 = 0)
 
 
 def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir) -> None:
