@@ -21,7 +21,8 @@ from engine.errors import Cancelled, FailedPrecondition
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import CancelToken, ProgressSink
 from engine.telemetry import tracer
-from engine.training.batching import Batching, EpochRows, batching
+from engine.training.base_kl import BaseKlObjective
+from engine.training.batching import Batching, EpochRows, StepBatch, batching
 from engine.training.datasets import Batch, EncodedExample, encode_dataset, encode_example, pad_token_id
 from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
 from engine.training.models import (
@@ -74,29 +75,42 @@ def evaluate_loss(
     plan: DevicePlan,
     cancel: CancelToken,
     packing: bool = True,
+    objective: BatchObjective | None = None,
 ) -> float:
-    """Example-weighted mean of per-example token-mean losses, as in training (eval mode, no dropout)."""
+    """:func:`loss_over` in a layout of its own."""
     with batching(model, data, packing=packing, pad_id=pad_id, plan=plan) as layout:
-        return loss_over(model, layout, data, batch_size=batch_size, cancel=cancel)
+        return loss_over(model, layout, data, batch_size=batch_size, cancel=cancel, objective=objective)
 
 
 @torch.no_grad()
 def loss_over(model: Any, layout: Batching, data: list[EncodedExample], *, batch_size: int,
-              cancel: CancelToken) -> float:
-    """:func:`evaluate_loss` in a layout already in force (a training run's, at a checkpoint)."""
+              cancel: CancelToken, objective: BatchObjective | None = None) -> float:
+    """The loss a run reports on a set (``train_end``, the eval split): ``objective``'s over ``data`` (its examples
+    0..n-1) taken as one step micro-batched by ``batch_size``, in eval mode (no dropout), without gradient, in a
+    layout already in force (a training run's, at a checkpoint). None: weighted SFT's, the example-weighted mean
+    of per-example token-mean losses; KTO's is the mean of its examples' losses, z0 estimated over all of them."""
+    step = StepBatch(data, range(len(data)), batch_size)
+    shares = (objective or WeightedSft()).step_losses(model, step, layout.forward)
     model.eval()
-    total, weight = 0.0, 0.0
+    total = 0.0
     try:
-        for start in range(0, len(data), batch_size):
-            _check_cancel(cancel, "evaluation")
-            part = data[start : start + batch_size]
-            sums, counts = layout.forward(model, part)
-            weights = torch.tensor([e.weight for e in part], device=sums.device) * (counts > 0)
-            total += float((sums / counts.clamp(min=1) * weights).sum())
-            weight += float(weights.sum())
+        while True:
+            _check_cancel(cancel, "evaluation")  # between micro-batches (KTO's first also runs its z0 passes)
+            share = next(shares, None)
+            if share is None:
+                return total
+            total += float(share)
     finally:
         model.train()
-    return total / weight
+
+
+def task_objective(objective: BatchObjective | None) -> BatchObjective:
+    """The objective of a run's own examples: ``objective`` without the KL term to the base model that holds the
+    rehearsed answers (on the own examples that term's objective is its inner one's, plus its prompt-position
+    term when it has a ``prompt_weight``); weighted SFT when None."""
+    if isinstance(objective, BaseKlObjective):
+        return objective.inner
+    return objective or WeightedSft()
 
 
 def _check_cancel(cancel: CancelToken, where: str) -> None:
@@ -162,23 +176,28 @@ def run_training(
             composition=composition(run.examples),
             target_token_count=sum(e.target_token_count for e in data),
         )
-        held_out = [e for e in (encode_example(tokenizer, x, hp.max_seq_length) for x in run.eval_examples)
-                    if e.target_token_count]
+        held_encoded = [encode_example(tokenizer, x, hp.max_seq_length) for x in run.eval_examples]
+        held_kept = [i for i, e in enumerate(held_encoded) if e.target_token_count]
+        held_out = [held_encoded[i] for i in held_kept]
+        eval_objective = task_objective(run.eval_objective).select(held_kept)
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
-                        held_out, epochs)
+                        held_out, epochs, eval_objective)
         final_loss, final_task_loss, steps, last_epoch_task_loss, keep_last_step = losses
         main = run.parallel is None or run.parallel.is_main
         sharded = is_sharded(model)
         retained: BaseRetention | None = None
         try:  # stopped after the last step (in the final evaluations or the probe): a resume goes straight to them
-            train_end = evaluate_loss(  # on the examples every epoch trains (a rotating pool's are not the job's own)
+            # The task objective's loss (KTO's for a KTO job) on the examples every epoch trains (a rotating pool's
+            # are not the job's own), and on the eval split
+            train_end = evaluate_loss(
                 model, [data[i] for i in epochs.fixed], batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
-                plan=plan, cancel=cancel, packing=hp.packing,
+                plan=plan, cancel=cancel, packing=hp.packing, objective=task_objective(objective).select(epochs.fixed),
             ) if epochs.fixed else None
             if train_end is not None:
                 sink.emit(EvalReported(step=steps, split="train_end", metrics=(("loss", train_end),)))
             eval_loss = evaluate_loss(model, held_out, batch_size=hp.batch_size, pad_id=pad_token_id(tokenizer),
-                                      plan=plan, cancel=cancel, packing=hp.packing) if held_out else None
+                                      plan=plan, cancel=cancel, packing=hp.packing,
+                                      objective=eval_objective) if held_out else None
             if eval_loss is not None:
                 sink.emit(EvalReported(step=steps, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
             if run.probe is not None and main and sharded:
@@ -232,12 +251,13 @@ def _train(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
+    eval_objective: BatchObjective | None = None,
 ) -> tuple[float, float, int, float, Callable[[], None]]:
     """The optimisation loop; returns (last loss, last task loss, steps done, the mean task loss of the steps of
     the last epoch this run took steps in, what checkpoints the last step when the run is paused after it). A
     pause in the final evaluations must keep that step as one in the loop does, and the optimiser's state it needs
-    lives here. ``held_out``: the eval split, whose loss each checkpoint reports and records; ``epochs``: which
-    examples each epoch trains (None: all)."""
+    lives here. ``held_out``: the eval split, whose loss (``eval_objective``'s, None: weighted SFT's) each
+    checkpoint reports and records; ``epochs``: which examples each epoch trains (None: all)."""
     hp = run.spec.hyperparameters
     with (
         batching(model, data, packing=hp.packing, pad_id=pad_id, plan=plan) as layout,
@@ -247,7 +267,7 @@ def _train(
             sink.emit(Noticed("PACKING_UNAVAILABLE", f"{layout.fallback_reason}; training on {layout.description} "
                                                      "batches instead (same losses, more padding)"))
         return _optimise(model, data, run, layout, sink, cancel, objective or WeightedSft(), digest, held_out or [],
-                         epochs or EpochRows(len(data)))
+                         epochs or EpochRows(len(data)), eval_objective)
 
 
 def _optimise(
@@ -261,6 +281,7 @@ def _optimise(
     digest: str = "",
     held_out: list[EncodedExample] | None = None,
     epochs: EpochRows | None = None,
+    eval_objective: BatchObjective | None = None,
 ) -> tuple[float, float, int, float, Callable[[], None]]:
     from transformers import get_scheduler
 
@@ -297,8 +318,8 @@ def _optimise(
         if not main and not sharded:
             return  # every process holds the same state; one stores it
         if step > saved_step:
-            eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel) \
-                if held_out and not cancel.cancelled else None
+            eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel,
+                                  objective=eval_objective) if held_out and not cancel.cancelled else None
             if eval_loss is not None:
                 sink.emit(EvalReported(step=step, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
             if save_state(ckpt, model, optimizer, scheduler, step=step, losses=(loss_value, task_value),

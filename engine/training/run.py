@@ -116,6 +116,9 @@ class TrainingRun:
     parent_adapter_dir: Path | None = None
     penalty: Penalty | None = None
     objective: BatchObjective | None = None  # None: weighted SFT
+    # The eval split's objective (over ``eval_examples``, with their own labels, e.g. KTO's): what its reported loss
+    # is. None: weighted SFT. It must be the task objective of ``objective`` (KTO for a KTO job).
+    eval_objective: BatchObjective | None = None
     checkpointing: Checkpointing | None = None
     parallel: DataParallel | None = None  # None: this process trains alone
     probe: KnowledgeProbe | None = None  # measures base retention after training (None: not measured)
@@ -131,8 +134,9 @@ class TrainingResult:
     dataset: DatasetSummary
     device: str
     base_retention: BaseRetention | None = None
-    eval_loss: float | None = None  # on the eval split (None: the run has none)
+    eval_loss: float | None = None  # the objective's loss on the eval split (None: the run has none)
     # The job's train loss (what the version it publishes records as Adapter.train_loss): the ``train_end``
-    # evaluation's, the loss on the examples every epoch trains measured after the last step; when that was not
-    # measured (no such examples), the mean task loss of the last epoch's steps. NaN: neither is known.
+    # evaluation's, the task objective's loss (KTO's for a KTO job) on the examples every epoch trains measured
+    # after the last step; when that was not measured (no such examples), the mean task loss of the last epoch's
+    # steps. NaN: neither is known.
     train_loss: float = math.nan

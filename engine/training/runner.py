@@ -127,11 +127,12 @@ class TrainingRunner:
             spec, dataset = inputs.spec, inputs.dataset
             parent_dir = await self._preparer.fetch_parent(inputs.parent, ctx.work_dir / "parent") \
                 if inputs.parent is not None else None
-            trained, held_out, desirable = self._split(ctx, spec, dataset)
+            (trained, desirable), (held_out, held_out_desirable) = self._split(ctx, spec, dataset)
             run = TrainingRun(
                 spec=spec, base_model_dir=inputs.model_dir, examples=trained, eval_examples=held_out,
                 output_dir=ctx.work_dir / "adapter", parent_adapter_dir=parent_dir,
                 objective=KtoObjective(desirable) if desirable is not None else None,
+                eval_objective=KtoObjective(held_out_desirable) if held_out_desirable is not None else None,
                 probe=self._probe,
             )
             loaded = await ctx.in_worker(self._load, run)
@@ -179,30 +180,32 @@ class TrainingRunner:
 
     @staticmethod
     def _split(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec, dataset: ResolvedDataset,
-               ) -> tuple[list[Example], list[Example], tuple[bool, ...] | None]:
-        """(trained on, held out, KTO labels of those trained on) under the eval split: the dataset's own (a
-        stored dataset's), else the job's; the rule used is recorded on the job, and on its version."""
+               ) -> tuple[tuple[list[Example], tuple[bool, ...] | None], tuple[list[Example], tuple[bool, ...] | None]]:
+        """((trained on, their KTO labels), (held out, their KTO labels)) under the eval split: the dataset's own (a
+        stored dataset's), else the job's; the rule used is recorded on the job, and on its version. The labels are
+        None for an SFT job; the held-out ones make a KTO job's eval loss its KTO loss."""
         examples, desirable = dataset.examples, dataset.desirable
         rule = dataset.split or eval_split(spec)
         if dataset.split is not None and spec.hyperparameters.eval_fraction > 0:
             ctx.record(Noticed("EVAL_SPLIT_OF_THE_DATASET", "the dataset's own eval split is held out; the job's "
                                                             "eval_fraction is not applied on top of it"))
         if rule is None:
-            return examples, [], desirable
+            return (examples, desirable), ([], None)
         sides = [rule.of(e) is Split.EVAL for e in examples]
         held_out = [e for e, out in zip(examples, sides, strict=True) if out]
         if not held_out or len(held_out) == len(examples):
             ctx.record(Warned("EVAL_SPLIT_EMPTY", f"eval_fraction {rule.eval_fraction:g} held out {len(held_out)} "
                                                   f"of the {len(examples)} examples: every example is trained on "
                                                   "and no eval loss is reported"))
-            return examples, [], desirable
+            return (examples, desirable), ([], None)
         ctx.record(Noticed("EVAL_SPLIT", f"held out {len(held_out)} of {len(examples)} examples as the eval split "
                                          f"(by prompt, seed {rule.seed}): never trained on"))
         ctx.set_output(replace(ctx.job.output, eval_split=rule))
         trained = [e for e, out in zip(examples, sides, strict=True) if not out]
-        labels = tuple(d for d, out in zip(desirable, sides, strict=True) if not out) if desirable is not None \
-            else None
-        return trained, held_out, labels
+        if desirable is None:
+            return (trained, None), (held_out, None)
+        labels = [tuple(d for d, out in zip(desirable, sides, strict=True) if out == side) for side in (False, True)]
+        return (trained, labels[0]), (held_out, labels[1])
 
     async def _rehearse(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], run: TrainingRun,
                         loaded: LoadedModel) -> TrainingRun:
