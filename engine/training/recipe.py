@@ -318,13 +318,22 @@ def _optimise(
         if not main and not sharded:
             return  # every process holds the same state; one stores it
         if step > saved_step:
-            eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel,
-                                  objective=eval_objective) if held_out and not cancel.cancelled else None
+            eval_loss, paused = None, None
+            if held_out and not cancel.cancelled:
+                try:
+                    eval_loss = loss_over(model, layout, held_out, batch_size=hp.batch_size, cancel=cancel,
+                                          objective=eval_objective)
+                except Cancelled as stop:
+                    if not cancel.keeps_progress:
+                        raise
+                    paused = stop  # a pause arrived while the eval split was measured: the step is kept without it
             if eval_loss is not None:
                 sink.emit(EvalReported(step=step, split=EVAL_SPLIT, metrics=(("loss", eval_loss),)))
             if save_state(ckpt, model, optimizer, scheduler, step=step, losses=(loss_value, task_value),
                           eval_loss=eval_loss, data_key=key, sink=sink, main=main):
                 saved_step = step
+            if paused is not None:
+                raise paused
         saved_at = time.monotonic()
 
     position = 0  # optimiser steps' batches drawn so far, done or (when resuming) skipped
