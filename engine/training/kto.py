@@ -43,6 +43,9 @@ from engine.training.datasets import IGNORE_INDEX, EncodedExample
 from engine.training.packing import ExampleForward
 
 DEFAULT_BETA = 0.1
+# The KTO paper's recommended range of lambda_D * n_D / (lambda_U * n_U) (section 4, after eq. (8)); TRL's
+# KTOTrainer warns outside it. Per-example weights stand for lambda_y here, so the products are summed weights.
+BALANCED_RANGE = (1.0, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,14 @@ def mismatched(examples: Sequence[EncodedExample]) -> list[EncodedExample]:
             example.weight,
         ))
     return pairs
+
+
+def weight_balance(weights: Sequence[float], desirable: Sequence[bool]) -> float | None:
+    """lambda_D * n_D / (lambda_U * n_U): the desirable examples' summed weight over the undesirable ones'; None
+    when either side weighs nothing (only one kind of example: there is nothing to balance)."""
+    wanted = sum(w for w, good in zip(weights, desirable, strict=True) if good)
+    rejected = sum(w for w, good in zip(weights, desirable, strict=True) if not good)
+    return wanted / rejected if wanted > 0 and rejected > 0 else None
 
 
 def _first_target(labels: Sequence[int]) -> int:

@@ -39,7 +39,7 @@ from engine.telemetry import tracer
 from engine.training.base_kl import rehearsal_objective
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
-from engine.training.kto import KtoObjective
+from engine.training.kto import BALANCED_RANGE, KtoObjective, weight_balance
 from engine.training.loading import LoadedModel, load_for_training, release
 from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
 from engine.training.ports import BaseEwc, ContinualPlanner, PlanRequest, Rehearsal
@@ -128,6 +128,8 @@ class TrainingRunner:
             parent_dir = await self._preparer.fetch_parent(inputs.parent, ctx.work_dir / "parent") \
                 if inputs.parent is not None else None
             (trained, desirable), (held_out, held_out_desirable) = self._split(ctx, spec, dataset)
+            if desirable is not None:
+                _check_kto_balance(ctx, trained, desirable)
             run = TrainingRun(
                 spec=spec, base_model_dir=inputs.model_dir, examples=trained, eval_examples=held_out,
                 output_dir=ctx.work_dir / "adapter", parent_adapter_dir=parent_dir,
@@ -409,6 +411,23 @@ def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
     if isinstance(exc, LeaseLost) or cancel.reason is StopReason.LEASE_LOST:
         return False
     return not (isinstance(exc, Cancelled) and cancel.keeps_progress)
+
+
+def _check_kto_balance(ctx: JobContext[TrainingJobSpec, TrainingOutput], examples: Sequence[Example],
+                       desirable: Sequence[bool]) -> None:
+    """A warning when a KTO job's desirable and undesirable examples are weighted outside the range the KTO paper
+    recommends (as TRL's KTOTrainer warns): the loss then leans on one kind of example."""
+    ratio = weight_balance([e.weight for e in examples], desirable)
+    low, high = BALANCED_RANGE
+    if ratio is None or low <= ratio <= high:
+        return
+    wanted = sum(1 for good in desirable if good)
+    leaning = "desirable" if ratio > high else "undesirable"
+    ctx.record(Warned("KTO_WEIGHTS_UNBALANCED", (
+        f"the {wanted} desirable examples weigh {ratio:.2f} times the {len(desirable) - wanted} undesirable ones "
+        f"(lambda_D * n_D / (lambda_U * n_U), the weights standing for lambda), outside [{low:g}, {high:.2f}], the "
+        f"range the KTO paper recommends: the loss leans on the {leaning} examples; the feedback dataset's "
+        "thumbs_up_weight and thumbs_down_weight (or the examples' weights) set it")))
 
 
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,

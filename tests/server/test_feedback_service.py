@@ -304,11 +304,16 @@ async def test_training_job_from_feedback_runs_end_to_end(client, objective: int
     states = [m.event.state_change.state for m in messages[1:] if m.event.HasField("state_change")]
     assert states[-1] == common.JOB_STATE_SUCCEEDED, [m.event for m in messages if m.event.HasField("error")]
     steps = [m.event.step_metrics for m in messages[1:] if m.event.HasField("step_metrics")]
+    warnings = {m.event.warning.code for m in messages[1:] if m.event.HasField("warning")}
     job = (await client.training.GetTrainingJob(pb.GetTrainingJobRequest(name=created.training_job.name))).training_job
     summary = job.dataset
     if objective == pb.OBJECTIVE_SFT:  # the thumbs-down answers are never imitated
         assert dict(summary.composition) == {"thumbs_up": 8, "correction": 1}
+        assert "KTO_WEIGHTS_UNBALANCED" not in warnings
     else:
+        # thumbs up at 2.0 and a correction at 1.0 against thumbs down and a corrected answer at 0.5: far outside
+        # the KTO paper's [1, 4/3], which TRL warns about too
+        assert "KTO_WEIGHTS_UNBALANCED" in warnings
         assert dict(summary.composition) == {"thumbs_up": 8, "thumbs_down": 8, "correction": 1, "corrected": 1}
         # Step 1 starts with policy == reference (LoRA B = 0), so r = z0 = 0 and each example's loss is exactly
         # lambda * (1 - sigmoid(0)) with lambda in {2, 1, 0.5}: the batch mean is a multiple of 1/16.
