@@ -64,7 +64,7 @@ from engine.training.loading import HOST, LoadedModel, load_for_training, releas
 from engine.training.models import DevicePlan
 from engine.training.recipe import run_training
 from engine.training.run import TrainingResult, TrainingRun
-from engine.training.run_state import Checkpointing, CheckpointSave, checkpoint_failed
+from engine.training.run_state import Checkpointing, CheckpointSave, RngState, checkpoint_failed, own_rng_state
 from engine.training.sharding import FSDP_LAUNCH_ARGUMENTS, shard_model, sharding_summary
 from engine.training.spec import EvalReported, Sharding, StepMetrics
 
@@ -256,7 +256,9 @@ class RankGroup:
         self.rank = rank
         self.world = world
         self._device = device  # where collectives' tensors live (NCCL needs them on the GPU)
+        self._cuda = torch.device(device).type == "cuda"  # whether a process's CUDA generator draws (dropout)
         self._stop_file = stop_file
+        self._rng: list[RngState] | None = None  # every process's RNG states after the last step's backward passes
 
     @property
     def is_main(self) -> bool:
@@ -304,7 +306,32 @@ class RankGroup:
         for p in params:
             p.grad = (flat[offset : offset + p.numel()] * scale).view_as(p).to(device=p.device, dtype=p.dtype)
             offset += p.numel()
+        self._rng = self._gather_rng()  # for a checkpoint of this step (see rank_rng)
         return float(flat[1]) * scale
+
+    def rank_rng(self) -> list[RngState] | None:
+        """Checkpointing.rank_rng: every process's RNG states at a checkpoint, which only the main process takes
+        (the others go on without a collective), so they are those gathered with the step's gradients: a process
+        draws nothing between its backward passes and the checkpoint at the step's end or at the next step's
+        start (penalty, clipping, optimiser, and the eval split's loss in eval mode, draw none); this process's
+        own are read now. None before a step of this run (no checkpoint is taken then)."""
+        if self._rng is None:
+            return None
+        states = list(self._rng)
+        states[self.rank] = own_rng_state(self._cuda)
+        return states
+
+    def _gather_rng(self) -> list[RngState]:
+        """Every process's RNG states, in rank order (a collective: all processes call it). One all-gather of a
+        few kB: the CPU generator's state (and the device's), the same size in every process."""
+        import torch.distributed as dist
+
+        own = own_rng_state(self._cuda)
+        packed = torch.cat([own["cpu"], own["cuda"]]).to(self._device)
+        parts = [torch.empty_like(packed) for _ in range(self.world)]
+        dist.all_gather(parts, packed)
+        cpu = own["cpu"].numel()
+        return [{"cpu": part[:cpu].cpu().clone(), "cuda": part[cpu:].cpu().clone()} for part in parts]
 
 
 class ShardedGroup(RankGroup):
@@ -344,6 +371,11 @@ class ShardedGroup(RankGroup):
                 if p.grad is not None:
                     p.grad.mul_(scale)
         return float(head[1]) * scale
+
+    def rank_rng(self) -> list[RngState] | None:
+        """Every process takes part in a sharded run's checkpoint (engine.training.run_state.save_state calls this
+        in each, before gathering the weights): the states are gathered then."""
+        return self._gather_rng()
 
 
 class _ReportFile:
@@ -389,7 +421,7 @@ def rank_main(run_dir: Path) -> int:
     every_steps, every_seconds = launch.checkpoint_every
     run = replace(launch.run, parallel=group, checkpointing=Checkpointing(
         every_steps=every_steps, every_seconds=every_seconds, scratch_dir=run_dir / f"scratch-{rank}",
-        save=report.save_checkpoint if report else _never, resume_from=launch.resume_from,
+        save=report.save_checkpoint if report else _never, resume_from=launch.resume_from, rank_rng=group.rank_rng,
     ))
     try:
         loaded = _load(run, plan, group)

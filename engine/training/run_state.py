@@ -33,6 +33,12 @@ from engine.training.sharding import (
 # Stores a checkpoint: (step, state dir, loss, eval-split loss or None); blocking, called in the run's thread.
 CheckpointSave = Callable[[int, Path, float, float | None], None]
 
+# One process's torch RNG states: {"cpu": its CPU generator's, "cuda": its device's generator's (empty: none)}.
+RngState = dict[str, torch.Tensor]
+# Every process's RNG states (rank order) at a checkpoint of a run on several (engine.training.distributed);
+# called by every process that calls :func:`save_state` (a collective for some groups); None: not known.
+RankRngStates = Callable[[], list[RngState] | None]
+
 
 @dataclass(frozen=True)
 class Checkpointing:
@@ -42,6 +48,10 @@ class Checkpointing:
     (optimiser, scheduler, torch RNG states, the step, the losses and the examples' digest). The data position
     needs no state: the batch order of every epoch comes from a generator seeded by the job, so a resumed run
     draws the same orders again and skips the batches already done.
+
+    The RNG states (dropout's masks) are the main process's, and on several processes every process's too
+    (``rank_rng``): their shares of a step differ, so each draws its own number of masks and their generators
+    drift apart; a resume on as many processes gives each its own back (:func:`rng_to_restore`).
     """
 
     every_steps: int  # 0: never by count
@@ -49,6 +59,7 @@ class Checkpointing:
     scratch_dir: Path  # where state directories are written before ``save`` takes them
     save: CheckpointSave
     resume_from: Path | None = None  # an unpacked checkpoint
+    rank_rng: RankRngStates | None = None  # several processes: every one's RNG states (None: one process)
 
 
 STATE_FILE = "state.pt"
@@ -75,6 +86,7 @@ def save_state(
     A sharded model's state is gathered whole first, in the format one device writes (every process takes
     part; the main process writes it), so the checkpoint resumes on any number of devices."""
     weights, optimizer_state = None, None
+    ranks = ckpt.rank_rng() if ckpt.rank_rng is not None else None  # before the gathers: every process in order
     if is_sharded(model):
         weights, optimizer_state = full_trainable_state(model), full_optimizer_state(model, optimizer)
     if not main:
@@ -85,14 +97,18 @@ def save_state(
         state_dir = make_temp_dir(ckpt.scratch_dir, f"step-{step}")
         with tracer.start_as_current_span("training.checkpoint", attributes={"step": step}):
             model.save_pretrained(state_dir / "adapter", safe_serialization=True, state_dict=weights)
-            torch.save({
+            state: dict[str, object] = {
                 "step": step, "loss": losses[0], "task_loss": losses[1], "data": data_key,
                 "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                # this (the main) process's: what a resume on another number of processes restores
                 "rng_cpu": torch.get_rng_state(),
                 # the training device's generator only: a worker with another number of GPUs restores it too
                 "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0),
-            }, state_dir / STATE_FILE)
+            }
+            if ranks is not None:  # several processes (a one-process checkpoint keeps the format it always had)
+                state["rng_ranks"] = ranks
+            torch.save(state, state_dir / STATE_FILE)
             ckpt.save(step, state_dir, losses[0], eval_loss)
         return True
     except LeaseLost:
@@ -141,7 +157,39 @@ def restore_state(
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"].numel() and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["rng_cuda"])
+    rank, world = _this_process()
+    rng = rng_to_restore(state, rank, world)
+    torch.set_rng_state(rng["cpu"])
+    if rng["cuda"].numel() and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return int(state["step"]), float(state["loss"]), float(state["task_loss"])
+
+
+def own_rng_state(cuda: bool | None = None) -> RngState:
+    """This process's RNG states, its CUDA device's generator's with ``cuda`` (None: where CUDA is available)."""
+    with_cuda = torch.cuda.is_available() if cuda is None else cuda
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if with_cuda else torch.empty(0, dtype=torch.uint8)}
+
+
+def rng_to_restore(state: dict[str, Any], rank: int, world: int) -> RngState:
+    """The RNG states process ``rank`` of ``world`` resumes with from a checkpoint's ``state``.
+
+    On as many processes as the checkpoint was taken on, each its own: the run continues as if uninterrupted.
+    Otherwise (another number, or a checkpoint of one process, or one taken before every process's states were
+    kept) every process gets the main process's: the shares of a step change with the number of processes, so no
+    process continues another's draws anyway, and starting them all from one state is how a run on several
+    processes starts (one seed for all); a run resumed on one process continues the main one's, as it did."""
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == world and 0 <= rank < world:
+        return {"cpu": ranks[rank]["cpu"], "cuda": ranks[rank]["cuda"]}
+    return {"cpu": state["rng_cpu"], "cuda": state["rng_cuda"]}
+
+
+def _this_process() -> tuple[int, int]:
+    """(rank, number of processes) of this run: torch.distributed's when a run on several set it up, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
