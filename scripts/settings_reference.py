@@ -62,7 +62,9 @@ def render() -> str:
         "",
         "Precedence: command-line flags, then `LEARNING_ENGINE_*` environment variables, then the YAML file "
         "(`--config` or `LEARNING_ENGINE_CONFIG`, keys are the setting names), then defaults. "
-        "Structured values (lists, maps) are JSON in environment variables.",
+        "Structured values (lists, maps) are JSON in environment variables. A `LEARNING_ENGINE_*` variable that "
+        "is no setting (nor one of the clients': `TARGET`, `TOKEN`, `URL`, ...) is named in a warning when the "
+        "server starts, with the settings its name is close to; a YAML key that is no setting is refused.",
         "",
         "| setting | environment | type | default | description |",
         "|---|---|---|---|---|",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from pathlib import Path
 
 from server.logs import configure_logging
-from server.settings import SettingsError, load_settings
+from server.settings import SettingsError, load_settings, unknown_variables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("server.settings").warning(line)
     from server.main import serve, work  # noqa: PLC0415 - after logging is configured
 
     return asyncio.run(work(settings) if args.command == "worker" else serve(settings))

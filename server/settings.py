@@ -10,9 +10,11 @@ precise messages; everything else receives it (or parts of it) as arguments.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
@@ -424,6 +426,29 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
         if config_data is not None:
             sources.append(InitSettingsSource(settings_cls, config_data))
         return tuple(sources)
+
+
+ENV_PREFIX = "LEARNING_ENGINE_"
+# LEARNING_ENGINE_* variables that are not settings but are read elsewhere: where the settings come from
+# (load_settings), and the clients' (the CLI, the SDKs, the TypeScript client), which a shell running both exports.
+OTHER_VARIABLES = frozenset(f"{ENV_PREFIX}{name}" for name in (
+    "CONFIG", "SECRETS_DIR", "TARGET", "TOKEN", "URL", "METRICS_URL", "TLS_CA", "TLS_CERT", "TLS_KEY"))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line for each ``LEARNING_ENGINE_*`` variable of ``environ`` that is neither a setting nor read elsewhere
+    (a misspelt setting is otherwise ignored without a word: pydantic-settings reads only the variables of its
+    fields), with the settings its name is close to."""
+    fields = sorted(name.upper() for name in Settings.model_fields)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES or upper[len(ENV_PREFIX):] in fields:
+            continue
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], fields, n=2, cutoff=0.8)  # by the part after
+        hint = f" (did you mean {' or '.join(ENV_PREFIX + c for c in close)}?)" if close else ""
+        lines.append(f"{name} is not a setting and is ignored{hint}")
+    return lines
 
 
 def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None) -> Settings:

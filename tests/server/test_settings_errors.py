@@ -155,3 +155,25 @@ def test_metrics_port_on_a_port_already_taken_by_the_server_is_refused_by_the_se
 def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
     assert load_settings({"metrics_port": 0, "port": 0, "gateway_port": 0}).metrics_port == 0
     assert load_settings({"metrics_port": 9464}).metrics_port == 9464
+
+
+def test_a_misspelt_variable_is_named_at_start_with_the_setting_it_is_close_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_files) -> None:
+    """pydantic-settings reads only its fields' variables, so LEARNING_ENGINE_BASE_KL_WIEGHT was ignored without a
+    word and the job ran at the default weight; the server now says so when it starts (a warning, not a refusal:
+    the clients' variables, which a shell running both exports, are no settings either)."""
+    monkeypatch.setenv("LEARNING_ENGINE_BASE_KL_WIEGHT", "4")
+    monkeypatch.setenv("LEARNING_ENGINE_TOKEN", "a client's bearer token")  # the CLI's: not named
+    started: list[Settings] = []
+
+    async def serve(settings: Settings) -> int:
+        started.append(settings)
+        return 0
+
+    monkeypatch.setattr(server_main, "serve", serve)
+    assert server_cli(["--data-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert started and started[0].base_kl_weight != 4
+    assert "LEARNING_ENGINE_BASE_KL_WIEGHT is not a setting and is ignored (did you mean " \
+           "LEARNING_ENGINE_BASE_KL_WEIGHT?)" in err, err
+    assert "LEARNING_ENGINE_TOKEN" not in err, err
