@@ -283,7 +283,8 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
         None, ge=0, le=65535, description="Prometheus /metrics port on `host`; unset disables it, 0 picks a free one."
     )
     otlp_endpoint: str | None = Field(
-        None, description="OTLP/gRPC collector for traces, e.g. http://otel-collector:4317; unset exports none."
+        None, description="OTLP/gRPC collector for traces, e.g. http://otel-collector:4317 (http:// plaintext, "
+        "https:// TLS; another scheme or none is refused); unset exports none."
     )
 
     # ---- adapter registry (engine/registry) ------------------------------------
@@ -333,6 +334,16 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
                 f"feedback_rating_positive_min {self.feedback_rating_positive_min}"
             )
         return self
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_scheme(cls, v: str | None) -> str | None:
+        # The exporter takes an endpoint without http:// as TLS, so a plaintext collector named host:port would
+        # get TLS handshakes and no spans, without a word in this service's logs.
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"{v!r} must start with http:// (plaintext) or https:// (TLS), e.g. "
+                             "http://otel-collector:4317")
+        return v
 
     @field_validator("host")
     @classmethod

@@ -177,3 +177,16 @@ def test_a_misspelt_variable_is_named_at_start_with_the_setting_it_is_close_to(
     assert "LEARNING_ENGINE_BASE_KL_WIEGHT is not a setting and is ignored (did you mean " \
            "LEARNING_ENGINE_BASE_KL_WEIGHT?)" in err, err
     assert "LEARNING_ENGINE_TOKEN" not in err, err
+
+
+@pytest.mark.parametrize("endpoint", ["otel-collector:4317", "grpc://otel-collector:4317"])
+def test_an_otlp_endpoint_without_http_or_https_is_refused(endpoint: str, no_files) -> None:
+    """The OTLP exporter took an endpoint without http:// as TLS: a plaintext collector named host:port got TLS
+    handshakes and no spans, and nothing said so."""
+    with pytest.raises(SettingsError, match="otlp_endpoint: .*must start with http:// \\(plaintext\\) or https://"):
+        load_settings({"otlp_endpoint": endpoint})
+
+
+@pytest.mark.parametrize("endpoint", ["http://otel-collector:4317", "https://otel.example.com:4317", ""])
+def test_an_otlp_endpoint_with_its_scheme_or_empty_is_accepted(endpoint: str, no_files) -> None:
+    assert load_settings({"otlp_endpoint": endpoint}).otlp_endpoint == endpoint  # "": docker compose's unset
