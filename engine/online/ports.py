@@ -8,6 +8,7 @@ feedback on their answers.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,11 +18,17 @@ from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample
 
 
 class OnlineStore(Protocol):
+    def creating(self, session_id: str) -> AbstractAsyncContextManager[object]:
+        """Creates of ``session_id`` take turns for the block, in every process (held around :meth:`create` and the
+        job's insert)."""
+        ...
+
     async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
                      live_alias: str = "", request_id: str = "") -> None:
-        """The session's controls; FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) for a ``live_alias`` another session
-        of ``base_model`` holds (but one created by the same ``request_id``); NOT_FOUND (ADAPTER_NOT_FOUND) when
-        ``start_version`` is not published."""
+        """The session's controls, under :meth:`creating` (those of a create whose job was never stored are
+        replaced); ALREADY_EXISTS (ONLINE_SESSION_EXISTS) when the session exists; FAILED_PRECONDITION
+        (ONLINE_ALIAS_IN_USE) for a ``live_alias`` another session of ``base_model`` holds (but one created by the
+        same ``request_id``); NOT_FOUND (ADAPTER_NOT_FOUND) when ``start_version`` is not published."""
         ...
 
     async def discard(self, session_id: str) -> None: ...

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from engine.domain import Objective
-from engine.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.jobs.core import JobEvent, JobState
 from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
@@ -23,6 +23,7 @@ from engine.online.spec import (
     OnlineSessionSpec,
     OnlineStats,
     not_found,
+    session_exists,
 )
 from engine.registry import AdapterRegistry
 from engine.registry.records import parse_version, version_not_found
@@ -82,23 +83,27 @@ class OnlineSessions:
         await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
         job = self._manager.new_job(spec, OnlineOutput(stats=OnlineStats(learning_rate=spec.learning_rate)),
                                     request_id=request_id)
-        prior = await self._manager.check_request(job)  # a retry (the same request_id): the session it made
-        if prior is not None:
-            return await self.get(prior.id)
         if session_id:
-            if await self._exists(session_id):
-                raise AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
-                                    metadata={"name": f"onlineSessions/{session_id}"})
             job = replace(job, id=session_id)
-        await self._store.create(job.id, spec.learning_rate, base_model=spec.base_model,
-                                 start_version=spec.start_version, live_alias=spec.live_alias, request_id=request_id)
-        try:
-            stored = await self._manager.submit(job)
-        except BaseException:
-            await self._store.discard(job.id)
-            raise
-        if stored.id != job.id:  # its request_id made a session before: that one, and these controls go
-            await self._store.discard(job.id)
+        # Creates of one session id take turns, in every process on the database, from the look for an earlier
+        # create to the job's insert: a create that comes second finds the first's session (a retry of its
+        # request_id) or is ALREADY_EXISTS, and never stores controls of its own nor discards the first's.
+        async with self._store.creating(job.id):
+            prior = await self._manager.check_request(job)  # a retry (the same request_id): the session it made
+            if prior is not None:
+                return await self.get(prior.id)
+            if session_id and await self._exists(session_id):
+                raise session_exists(session_id)
+            await self._store.create(job.id, spec.learning_rate, base_model=spec.base_model,
+                                     start_version=spec.start_version, live_alias=spec.live_alias,
+                                     request_id=request_id)
+            try:
+                stored = await self._manager.submit(job)
+            except BaseException:
+                await self._store.discard(job.id)
+                raise
+            if stored.id != job.id:  # its request_id made a session before: that one, and these controls go
+                await self._store.discard(job.id)
         return await self.get(stored.id)
 
     async def _exists(self, session_id: str) -> bool:

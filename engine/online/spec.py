@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.domain import ChatMessage, Example, Objective
-from engine.errors import NotFound
+from engine.errors import AlreadyExists, NotFound
 from engine.jobs.core import Job, JobKind
 from engine.training.spec import CheckpointRecord, ParentFisherProgress
 
@@ -253,6 +253,11 @@ def live_model(base_model: str, session_id: str) -> str:
 def live_adapter_name(base_model: str, session_id: str, refresh: int) -> str:
     """The serving engine's name of one refresh (a new name per refresh, so nothing served is unloaded)."""
     return f"{live_model(base_model, session_id)}-r{refresh}"
+
+
+def session_exists(session_id: str) -> AlreadyExists:
+    return AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
+                         metadata={"name": f"onlineSessions/{session_id}"})
 
 
 def not_found(session_id: str) -> NotFound:

@@ -15,7 +15,9 @@ made into examples once, whatever happens to the worker between that and storing
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -27,10 +29,11 @@ from asyncpg.pool import PoolConnectionProxy
 from engine.domain import OnlineExamples
 from engine.errors import FailedPrecondition
 from engine.jobs.core import JobState
-from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found
+from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found, session_exists
 from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.feedback_store import ERASURE_LOCK, user_hash
+from engine.stores.postgres import advisory_lock
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -105,17 +108,29 @@ class PostgresOnlineStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # How many creates hold a connection for their lock at once: each asks the pool for more (engine.stores.
+        # postgres.advisory_lock's ``slots``).
+        self._create_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
+
+    def creating(self, session_id: str) -> contextlib.AbstractAsyncContextManager[object]:
+        """The creates of ``session_id`` take turns, in every process on the database, for the block: from the look
+        for an earlier create to the job's insert (engine.online.service)."""
+        return advisory_lock(self._pool, f"{_LOCK_NAMESPACE}create/{session_id}", slots=self._create_slots)
 
     # ---- controls ------------------------------------------------------------------------------
 
     async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
                      live_alias: str = "", request_id: str = "") -> None:
-        """The session's controls, once (a second create of the same session keeps the first's). A ``live_alias``
+        """The session's controls, under :meth:`creating`: controls of the id without a job are a create's that
+        stopped before its job was stored (a server stopped between the two), and are replaced; ALREADY_EXISTS
+        (ONLINE_SESSION_EXISTS) if the session has controls and a job. A ``live_alias``
         is taken for the session, under a lock on the name: FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) while another
         session of ``base_model`` holds it, unless that session was created by the same ``request_id`` (this create
         is its retry, and the controls made here are the caller's to discard). NOT_FOUND (ADAPTER_NOT_FOUND)
         when ``start_version``, which the alias serves until it moves, is no longer published."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM online_controls WHERE session_id = $1"
+                               " AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)", session_id)
             if start_version:  # an empty one names nothing to hold
                 published, number = _published(start_version, 2, "$1::text")
                 if not await conn.fetchval(f"SELECT {published}", base_model, *number):
@@ -136,13 +151,16 @@ class PostgresOnlineStore:
                         "ONLINE_ALIAS_IN_USE", f"the live alias {live_alias!r} is held by {held}; remove it there "
                         "first (RemoveLiveAlias), or name another",
                         metadata={"live_alias": live_alias, "held_by": held})
-            await conn.execute(
+            inserted = await conn.fetchval(
                 "INSERT INTO online_controls (session_id, learning_rate, base_model, start_version, live_alias,"
-                " alias_state) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                " alias_state) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id) DO NOTHING RETURNING true",
                 session_id, learning_rate, base_model, start_version, live_alias, state.value)
+            if not inserted:  # the session has its job: a create of it that did not take its turn (creating)
+                raise session_exists(session_id)
 
     async def discard(self, session_id: str) -> None:
-        """The controls of a session that was never stored (its create returned another by its request_id)."""
+        """The controls of a session that was never stored (its create failed, or returned another by its
+        request_id): only ever those the caller's own ``create`` stored."""
         await self._pool.execute("DELETE FROM online_controls WHERE session_id = $1", session_id)
 
     async def controls(self, session_id: str) -> Controls:
