@@ -13,7 +13,9 @@ What never stops a session: an example with no target token within ``max_seq_len
 arrives (so is one without the label and target KTO needs, which the API refuses before), and an update whose
 loss is not finite changes nothing (its examples are counted as skipped). A loss above ``loss_spike_factor``
 times the median of the last updates' was measured on the weights the previous update made: the adapter goes
-back to the weights before that one (the newest whose loss was fine), and the runner disables learning.
+back to the weights before that one (the newest whose loss was fine), and the runner disables learning. The
+result says which update those weights are of (``put_back_to``): a publication made after it published weights
+put aside, and the runner fails its gate and moves the live alias off it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class UpdateResult:
     ewc_penalty: float
     skipped: str = ""  # why nothing changed ("" : the step was taken)
     spike_median: float = math.nan  # set when the loss was a spike (the adapter was put back)
+    # On a spike: the update whose weights the adapter was put back to (0: the start version's, or those a
+    # checkpoint or a negative-feedback spike put in place at that update); the weights of every later update were
+    # put aside.
+    put_back_to: int = 0
 
 
 class OnlineLearner:
@@ -90,6 +96,7 @@ class OnlineLearner:
         self.params = [p for p in loaded.model.parameters() if p.requires_grad]
         self._start = self._weights()  # the start version's (a negative-feedback spike puts them back)
         self._good = self._weights()  # the newest weights whose loss was not a spike
+        self._good_update = 0  # the update count when the weights were _good's (the next update starts from them)
         self.optimizer = make_optimizer(spec.optimizer, self.params, spec.learning_rate, spec.weight_decay)
         self.pending: collections.deque[Held] = collections.deque()
         self.buffer: collections.deque[Held] = collections.deque(maxlen=spec.buffer_size)
@@ -164,9 +171,13 @@ class OnlineLearner:
         spike = self._spike(loss)
         if spike is not None:
             # The loss was measured on the weights the previous update made: those are the bad ones.
+            put_back_to = self._good_update
             self._restore(self._good)
-            return UpdateResult(self.updates, loss, len(new), len(replayed), penalty, spike_median=spike)
+            self._good_update = self.updates  # the weights are _good's again as of this update
+            return UpdateResult(self.updates, loss, len(new), len(replayed), penalty, spike_median=spike,
+                                put_back_to=put_back_to)
         self._good = before  # the loss on these weights was fine
+        self._good_update = self.updates - 1
         self.losses.append(loss)
         return UpdateResult(self.updates, loss, len(new), len(replayed), penalty)
 
@@ -203,6 +214,7 @@ class OnlineLearner:
         and no loss history (the loss-spike check starts over). Counters, buffer and pending examples stay."""
         self._restore(self._start)
         self._good = self._weights()
+        self._good_update = self.updates
         self.optimizer = make_optimizer(self.spec.optimizer, self.params, self.spec.learning_rate,
                                         self.spec.weight_decay)
         self.losses.clear()
@@ -295,6 +307,7 @@ class OnlineLearner:
         self.rng.setstate(_rng_state(state["rng"]))
         self.trained_through, self.window_first = int(state["trained_through"]), int(state["window_first"])
         self._good = self._weights()  # called after the checkpoint's weights were loaded
+        self._good_update = self.updates
         for rows, into in ((buffered, self.buffer), (pending, self.pending)):
             into.extend(self._held(row) for row in rows)
 

@@ -12,7 +12,9 @@ examples there first), reads the controls, and hands each update to the job's wo
 (the serving side loads it under a new name and switches ``<base>@<session>`` to it), the stats go on the job,
 and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is stored or a version published (its
 parent the start version, or the session's previous publication; fenced by the job's lease). A loss spike puts
-the adapter back, disables learning and says why on the controls. So does a negative-feedback spike on the live
+the adapter back, disables learning and says why on the controls; in the same write, every publication of the
+weights it put aside fails the gate (check ``loss_spike``), and an alias serving one goes back to the newest
+publication that passed before them, or the start version. So does a negative-feedback spike on the live
 model (its ratings, read every ``feedback_seconds``, against the start version's), which also stores a
 checkpoint of the start version's weights it put back and puts the alias back on the start version, failing the
 gate of every publication not judged yet in the same write. ``online_max_update_share`` caps the share of
@@ -20,7 +22,10 @@ wall time updates take (the loop waits after each update in proportion), so a se
 
 StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED, saying how many examples
 received were never trained on (an EXAMPLES_NOT_TRAINED warning). A worker shutting down stores
-one and hands the session to another worker, which goes on from it.
+one and hands the session to another worker, which goes on from it. So does a running session that finds a store
+unreachable for a moment (``TRANSIENT_ERRORS``: PostgreSQL restarting, the object store cut off), with a
+SESSION_INTERRUPTED warning, instead of failing: it goes back to the queue, and the worker that takes it reads the
+examples after its checkpoint again by sequence number, so none it had read is lost.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import math
 import shutil
 import time
@@ -48,7 +54,7 @@ from engine.domain import (
     Objective,
     OnlineExamplesSource,
 )
-from engine.errors import Cancelled, FailedPrecondition
+from engine.errors import Cancelled, FailedPrecondition, Unavailable
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import StopReason
@@ -61,6 +67,7 @@ from engine.online.spec import (
     ONLINE_SESSION,
     SPIKE_VERDICT,
     FeedbackSpike,
+    GateVerdict,
     LiveAdapter,
     LossSpike,
     NewExample,
@@ -89,6 +96,15 @@ LIVE_KEPT = 3  # live archives kept in the store (the serving side needs only th
 CHECKPOINTS_KEPT = 2
 BASELINE_WINDOW = timedelta(days=7)  # the start version's ratings a negative-feedback spike is judged against
 FEEDBACK_LAG_SECONDS = 5.0  # feedback is read up to this long ago: events sent a moment late are not missed
+# The verdict a loss spike records on the publications of the weights it put aside (not judged yet by the gate).
+LOSS_SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("loss_spike",))
+# What a store raises while it cannot be reached for a moment: Unavailable (DATABASE_UNAVAILABLE, which the
+# PostgreSQL stores make of the driver's connection errors; ARTIFACT_STORE_UNAVAILABLE), and OSError (refused,
+# reset, timeouts; a local disk full writing an archive). A running session that meets one stops as at a worker's
+# shutdown, and a worker goes on from its checkpoint (_Session.loop).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Unavailable, OSError)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -236,6 +252,9 @@ class _Session:
         # negative-feedback spike putting the start version's weights back, did it. A learner just built or just
         # restored from its checkpoint has nothing a checkpoint would add.
         self.changed = False
+        # A loss spike put weights back that its write (learning off, verdicts, alias) has not stored yet: a stop
+        # for a store's error stores no checkpoint of them, which would resume as if nothing had happened.
+        self.spike_unstored = False
         done = ctx.job.output.publications
         if done:
             # A learner restored from a checkpoint older than the session's last publication (or, with none, from
@@ -253,51 +272,59 @@ class _Session:
         return self.ctx.job.spec
 
     async def loop(self) -> str:
-        ctx, learner = self.ctx, self.learner
         while True:
-            if ctx.cancel.cancelled:
+            if self.ctx.cancel.cancelled:
                 return await self._stop()
-            controls = await self.r.store.controls(self.id)
-            if controls.refused_examples > ctx.job.output.refused_warned:
-                await self._warn_refused(controls.refused_examples)
-            if controls.erasures != self.erasures_seen:
-                await self._forget_erased(controls.erasures)
-            if time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
-                self.feedback_at = time.monotonic()
-                if self.spec.learn_from_feedback:
-                    await self._take_feedback()
-                if controls.enabled and await self._feedback_spike():
-                    controls = await self.r.store.controls(self.id)
-            room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
-            rows = await self.r.store.after(self.id, learner.last_sequence, room) if room > 0 else []
-            if rows:
-                warnings = learner.add(rows)
-                if warnings:
-                    ctx.record(Warned("EXAMPLES_SKIPPED", f"{len(warnings)} examples skipped: {warnings[0]}"))
-            output = ctx.job.output
-            forced = controls.force_updates > output.force_updates_seen
-            publish = controls.publish_requests > output.publish_requests_seen
-            updated = False
-            if controls.enabled and time.monotonic() >= self.resting_until and learner.due(forced):
-                await self._update(controls.learning_rate)
-                updated = True
-            if publish and learner.updates > 0:
-                await self._publish()
-            output = ctx.job.output
-            ctx.set_output(replace(
-                output,
-                stats=learner.stats(learning_rate=controls.learning_rate, enabled=controls.enabled,
-                                    published=len(output.publications)),
-                # a forced update is done once one update followed it (or there was nothing to update)
-                force_updates_seen=controls.force_updates if forced and (updated or not learner.pending)
-                else output.force_updates_seen,
-                publish_requests_seen=controls.publish_requests if learner.updates > 0
-                else output.publish_requests_seen,
-            ))
-            if rows or forced or publish or updated:
-                await ctx.persist()
+            try:
+                updated = await self._tick()
+            except TRANSIENT_ERRORS as exc:
+                return await self._interrupted(exc)
             if not updated:
                 await asyncio.sleep(self.r.config.poll_seconds)
+
+    async def _tick(self) -> bool:
+        """One look at the controls and the examples, and an update when one is due; whether one was made."""
+        ctx, learner = self.ctx, self.learner
+        controls = await self.r.store.controls(self.id)
+        if controls.refused_examples > ctx.job.output.refused_warned:
+            await self._warn_refused(controls.refused_examples)
+        if controls.erasures != self.erasures_seen:
+            await self._forget_erased(controls.erasures)
+        if time.monotonic() - self.feedback_at >= self.r.config.feedback_seconds:
+            self.feedback_at = time.monotonic()
+            if self.spec.learn_from_feedback:
+                await self._take_feedback()
+            if controls.enabled and await self._feedback_spike():
+                controls = await self.r.store.controls(self.id)
+        room = self.spec.buffer_size - len(learner.pending)  # the rest wait in the database, never dropped
+        rows = await self.r.store.after(self.id, learner.last_sequence, room) if room > 0 else []
+        if rows:
+            warnings = learner.add(rows)
+            if warnings:
+                ctx.record(Warned("EXAMPLES_SKIPPED", f"{len(warnings)} examples skipped: {warnings[0]}"))
+        output = ctx.job.output
+        forced = controls.force_updates > output.force_updates_seen
+        publish = controls.publish_requests > output.publish_requests_seen
+        updated = False
+        if controls.enabled and time.monotonic() >= self.resting_until and learner.due(forced):
+            await self._update(controls.learning_rate)
+            updated = True
+        if publish and learner.updates > 0:
+            await self._publish()
+        output = ctx.job.output
+        ctx.set_output(replace(
+            output,
+            stats=learner.stats(learning_rate=controls.learning_rate, enabled=controls.enabled,
+                                published=len(output.publications)),
+            # a forced update is done once one update followed it (or there was nothing to update)
+            force_updates_seen=controls.force_updates if forced and (updated or not learner.pending)
+            else output.force_updates_seen,
+            publish_requests_seen=controls.publish_requests if learner.updates > 0
+            else output.publish_requests_seen,
+        ))
+        if rows or forced or publish or updated:
+            await ctx.persist()
+        return updated
 
     async def _update(self, learning_rate: float) -> None:
         ctx, learner, spec = self.ctx, self.learner, self.spec
@@ -308,6 +335,7 @@ class _Session:
         share = self.r.config.max_update_share
         self.resting_until = time.monotonic() + (took * (1 - share) / share if 0 < share < 1 else 0.0)
         spiked = not math.isnan(result.spike_median)
+        self.spike_unstored = spiked
         telemetry.online_update(self.id, "SKIPPED" if result.skipped else "SPIKE" if spiked else "TRAINED",
                                 result.loss)
         if result.skipped:
@@ -316,11 +344,22 @@ class _Session:
         await self._refresh_live(result.update)
         if spiked:
             factor = result.loss / result.spike_median
+            # The publications made after the update whose weights were put back published weights put aside.
+            aside = [p.version for p in ctx.job.output.publications if p.update > result.put_back_to]
             reason = (f"loss spike at update {result.update}: loss {result.loss:.4g} is {factor:.1f}x the median "
                       f"{result.spike_median:.4g} of the last updates (limit {spec.loss_spike_factor:g}x); the "
-                      "adapter was put back to its weights before the update that made it")
+                      "adapter was put back to its weights before the update that made it"
+                      f"{f' (those of update {result.put_back_to})' if result.put_back_to else ''}")
+            if aside:
+                reason += (f"; {', '.join(aside)} published weights it put aside: "
+                           f"{'it fails' if len(aside) == 1 else 'they fail'} the gate (loss_spike)")
             await ctx.persist()  # a session read as disabled already serves the weights put back
-            await self.r.store.set(self.id, enabled=False, disabled_reason=reason)
+            back = await self._loss_spike_write(reason, aside)
+            if back is not None:
+                ctx.record(Warned("LIVE_ALIAS_MOVED_BACK", f"the live alias served {back[0]}, whose weights the "
+                                                           f"loss spike at update {result.update} put aside; it "
+                                                           f"serves {back[1]} again"))
+            self.spike_unstored = False
             ctx.record(LossSpike(result.update, result.loss, result.spike_median, factor))
             ctx.record(Warned("LEARNING_DISABLED", reason))
         stats = learner.stats(learning_rate=learning_rate, enabled=math.isnan(result.spike_median),
@@ -331,6 +370,31 @@ class _Session:
             await self._publish()
         if learner.updates % spec.checkpoint_every == 0:
             await self._checkpoint()
+
+    async def _loss_spike_write(self, reason: str, aside: list[str]) -> tuple[str, str] | None:
+        """Learning off after a loss spike, in one write (as a negative-feedback spike's) with a failed verdict
+        (``loss_spike``) on each publication of ``aside`` the gate has not judged, and the live alias moved off the
+        one of them it serves, if any: back to the newest publication before them that passed the gate (and was
+        made after the last negative-feedback spike, which put those before it aside), or else the start version.
+        Where the alias serves another version it is written again as it is, so that a verdict the gate records
+        between the read and the write does not leave it on weights put aside. (version it served, version it
+        serves now) when it moved."""
+        ctx, spec = self.ctx, self.spec
+        if not aside:
+            await self.r.store.set(self.id, enabled=False, disabled_reason=reason)
+            return None
+        controls = await self.r.store.controls(self.id)
+        alias_version, moved = controls.alias_version, None
+        if controls.alias_serves in aside:
+            since = ctx.job.output.ratings_since
+            passed = [p.version for p in ctx.job.output.publications if p.version not in aside
+                      and (since is None or p.time >= since)
+                      and (verdict := controls.gate(p.version)) is not None and verdict.passed]
+            alias_version = passed[-1] if passed else spec.start_version
+            moved = (controls.alias_serves, alias_version)
+        await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=alias_version,
+                               verdicts={v: LOSS_SPIKE_VERDICT for v in aside})
+        return moved
 
     async def _warn_refused(self, refused: int) -> None:
         """Examples the API refused on arrival since the last warning (it counts them on the controls; the response
@@ -542,11 +606,52 @@ class _Session:
         """A stop asked by a client (a last checkpoint, then CANCELLED) or by this worker's shutdown or a pause
         (a checkpoint, then the session goes to another worker); a lost lease writes nothing more."""
         reason = self.ctx.cancel.reason
-        if reason is not StopReason.LEASE_LOST and self.changed:
+        if reason is StopReason.CANCEL and self.changed:
             await self._checkpoint()
+        elif reason is not StopReason.LEASE_LOST and self.changed:
+            await self._checkpoint_if_possible()
         if reason is StopReason.CANCEL:
             raise Cancelled("JOB_CANCELLED", await self._untrained())
         raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+
+    async def _interrupted(self, exc: BaseException) -> str:
+        """A store could not be reached for a moment (``TRANSIENT_ERRORS``): the session stops as at this worker's
+        shutdown instead of failing. It stores a checkpoint if it can (the store may still be down: the worker
+        going on from it then starts from the previous one) and goes back to the queue; the worker that takes it
+        resumes from its checkpoint and reads the examples after it again by sequence number, so an example read
+        (or popped for an update the error cut short) is trained on, once the stores are back. A stop asked
+        meanwhile goes on as asked (a client's stop ends the session; a lost lease writes nothing)."""
+        ctx = self.ctx
+        what = f"{type(exc).__name__}: {exc}"
+        log.warning("online session interrupted by a store error; queued again", extra={"job_id": self.id,
+                                                                                        "error": what})
+        ctx.cancel.cancel(StopReason.SHUTDOWN)  # the manager releases the job QUEUED, as at a worker's shutdown
+        reason = ctx.cancel.reason
+        if reason is StopReason.CANCEL:
+            return await self._stop()
+        if reason is StopReason.LEASE_LOST:
+            raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+        ctx.record(Warned("SESSION_INTERRUPTED", f"a store could not be reached ({what}): the session goes back to "
+                                                 "the queue and a worker goes on from its last checkpoint, reading "
+                                                 "the examples after it again"))
+        if self.changed and not self.spike_unstored:
+            await self._checkpoint_if_possible()
+        raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+
+    async def _checkpoint_if_possible(self) -> None:
+        """A checkpoint before the session goes to another worker; if a store cannot be reached, the worker going
+        on from it starts from the previous one (the job, naming the checkpoints, is stored when it is released)."""
+        ctx = self.ctx
+        before = ctx.job.output.checkpoints
+        try:
+            await self._checkpoint()
+        except TRANSIENT_ERRORS as exc:
+            if ctx.job.output.checkpoints == before:  # not stored (else only the job's write failed: its release
+                # writes the job, which names it)
+                ctx.record(Noticed("CHECKPOINT_NOT_STORED", f"no checkpoint stored at update {self.learner.updates} "
+                                                            f"({type(exc).__name__}: {exc}): the worker going on "
+                                                            "from the session starts from the previous one and "
+                                                            "trains on the examples after it again"))
 
     async def _untrained(self) -> str:
         """The end of a session a client stopped: what it trained on, and the examples it received and never will

@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 from engine.drift.ports import IncomingPrompts
 from engine.drift.report import EvalPoint, FeedbackBucket
 from engine.lora.state import EvalSummary
-from engine.stores.feedback_store import _CONNECTION_ERRORS, INTERACTION_KEY, _unavailable
+from engine.stores.feedback_store import INTERACTION_KEY
+from engine.stores.postgres import CONNECTION_ERRORS, unavailable
 
 _EVAL = TypeAdapter(EvalSummary)
 
@@ -74,8 +75,8 @@ class PostgresDriftSource:
         try:
             async with self._pool.acquire() as conn:
                 return list(await conn.fetch(sql, *args))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
         rows = await self._fetch(_INCOMING, start, end, limit, base_model)

@@ -35,7 +35,6 @@ from typing import Final, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from engine.errors import Unavailable
 from engine.feedback.events import (
     AdapterStats,
     CopyRows,
@@ -48,6 +47,7 @@ from engine.feedback.events import (
     UserErasure,
 )
 from engine.jobs.core import JobState
+from engine.stores.postgres import CONNECTION_ERRORS, unavailable
 
 T = TypeVar("T")
 
@@ -151,11 +151,6 @@ UPDATE online_controls c SET erasures = c.erasures + 1
 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.session_id AND j.state = ANY($1::text[]))
 """
 
-_CONNECTION_ERRORS = (
-    OSError,  # refused, reset, socket file gone, timeouts
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
-)
 
 
 def _escape(value: str) -> str:
@@ -242,10 +237,6 @@ def user_hash(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable("DATABASE_UNAVAILABLE", f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
-
-
 class PostgresFeedbackStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -257,10 +248,10 @@ class PostgresFeedbackStore:
                     return await work(conn)
                 except asyncpg.InterfaceError as exc:
                     if conn.is_closed():
-                        raise _unavailable(exc) from exc
+                        raise unavailable(exc) from exc
                     raise
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     encode = staticmethod(encode_rows)
 
@@ -409,5 +400,5 @@ class PostgresFeedbackStore:
                         prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
                         users=tuple(u for u in {r["user_id"], r["carrier_user_id"] or ""} if u),
                     )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc

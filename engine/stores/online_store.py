@@ -33,7 +33,7 @@ from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, St
 from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.feedback_store import ERASURE_LOCK, user_hash
-from engine.stores.postgres import advisory_lock
+from engine.stores.postgres import advisory_lock, connection_errors_unavailable
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -103,6 +103,7 @@ async def _insert(conn: Conn, session_id: str, rows: Sequence[NewExample],
     return [r["seq"] for r in seqs]
 
 
+@connection_errors_unavailable  # a running session stops for another worker on Unavailable (engine.online.runner)
 class PostgresOnlineStore:
     """engine.online.ports.OnlineStore over an asyncpg pool."""
 

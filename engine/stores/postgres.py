@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
@@ -17,16 +19,18 @@ import select
 import subprocess
 import sys
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import psutil
 from asyncpg.pool import PoolConnectionProxy
 
 from engine.errors import FailedPrecondition, Unavailable
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     pass
@@ -189,6 +193,39 @@ async def advisory_lock(pool: asyncpg.Pool, key: str, *, slots: asyncio.Semaphor
             yield conn
         finally:  # (a connection released without this is reset by the pool, which unlocks all)
             await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+
+# What the driver raises when PostgreSQL cannot be reached for a moment (not a statement's own error).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, socket file gone, timeouts
+    asyncpg.PostgresConnectionError,  # the connection lost mid-statement (ConnectionDoesNotExistError), ...
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+)
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """A connection error (:data:`CONNECTION_ERRORS`) as the engine's UNAVAILABLE DATABASE_UNAVAILABLE."""
+    return Unavailable("DATABASE_UNAVAILABLE", f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
+
+
+def connection_errors_unavailable(cls: type[T]) -> type[T]:
+    """``cls`` with every public coroutine method raising :func:`unavailable` for a connection error, so the
+    contexts using a store see the engine's Unavailable, not the driver's errors."""
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(method):
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    return translated
 
 
 ROW_HOLD_SECONDS = 10.0  # how long a transaction that locks shared rows may sit idle (its statements take milliseconds)
