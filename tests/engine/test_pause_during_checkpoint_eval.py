@@ -1,4 +1,5 @@
-"""A pause that arrives while a periodic checkpoint measures the eval split keeps that checkpoint (engine.training.recipe)."""
+"""A pause that arrives while a periodic checkpoint measures the eval split keeps that checkpoint
+(engine.training.recipe)."""
 
 from __future__ import annotations
 
