@@ -15,7 +15,6 @@ made into examples once, whatever happens to the worker between that and storing
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import json
@@ -109,14 +108,11 @@ class PostgresOnlineStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        # How many creates hold a connection for their lock at once: each asks the pool for more (engine.stores.
-        # postgres.advisory_lock's ``slots``).
-        self._create_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     def creating(self, session_id: str) -> contextlib.AbstractAsyncContextManager[object]:
         """The creates of ``session_id`` take turns, in every process on the database, for the block: from the look
         for an earlier create to the job's insert (engine.online.service)."""
-        return advisory_lock(self._pool, f"{_LOCK_NAMESPACE}create/{session_id}", slots=self._create_slots)
+        return advisory_lock(self._pool, f"{_LOCK_NAMESPACE}create/{session_id}", another_connection=True)
 
     # ---- controls ------------------------------------------------------------------------------
 

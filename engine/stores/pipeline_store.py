@@ -15,7 +15,6 @@ every connection of the pool held by sections and callers waiting for each other
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import copy
@@ -63,8 +62,6 @@ class PostgresPipelineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._db: asyncpg.Pool | Conn = pool  # where the queries run: the pool, or (``locked``) the lock's connection
-        # locked sections at once in this process: each holds a connection and may ask the pool for another
-        self._lock_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     @staticmethod
     def _decode(doc: str) -> Pipeline:
@@ -127,8 +124,8 @@ class PostgresPipelineStore:
 
     @contextlib.asynccontextmanager
     async def locked(self, pipeline_id: str) -> AsyncIterator[PostgresPipelineStore]:
-        async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id, slots=self._lock_slots) as conn:
-            on_lock = copy.copy(self)  # shares the pool and the slots: only the queries move to the lock's connection
+        async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id, another_connection=True) as conn:
+            on_lock = copy.copy(self)  # shares the pool: only the queries move to the lock's connection
             on_lock._db = conn
             yield on_lock
 

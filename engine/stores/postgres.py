@@ -171,35 +171,15 @@ def _is_postmaster(pid: int, pgdata: Path) -> bool:
         return True
 
 
-# (id of a pool, key) -> the lock that callers of advisory_lock in this process take before a connection; an entry
-# lives while a caller holds or waits for it. (A pool takes no weak reference; the id of a pool that has gone is
-# reused only by a later pool, whose callers then at worst wait in turn with a caller of the old one.)
-_KEY_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-@contextlib.asynccontextmanager
-async def advisory_lock(pool: asyncpg.Pool, key: str, *, slots: asyncio.Semaphore | None = None,
-                        ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-    """A connection of ``pool`` holding the session advisory lock named ``key`` for the block: one holder at a
-    time across every process on the database. Callers in one process wait for each other on an in-process lock
-    first, holding no connection while they wait: waiting in ``pg_advisory_lock`` would hold one each, and as many
-    waiters as the pool has connections would leave none for the holder's other queries. ``slots``, taken next,
-    bounds how many such blocks (of any key) hold a connection at once, for blocks that ask the pool for another
-    connection: without it, as many blocks of different keys as the pool has connections would leave none."""
-    in_process = _KEY_LOCKS.setdefault((id(pool), key), asyncio.Lock())
-    async with in_process, slots or contextlib.nullcontext(), pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-        try:
-            yield conn
-        finally:  # (a connection released without this is reset by the pool, which unlocks all)
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
-
-
-# What the driver raises when PostgreSQL cannot be reached for a moment (not a statement's own error).
+# What the driver raises when PostgreSQL cannot be reached for a moment, not a statement's own error (of
+# OperatorInterventionError's kinds only the shutdowns and "cannot connect now": a cancelled or timed-out statement
+# and a dropped database are not a moment's outage).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, socket file gone, timeouts
     asyncpg.PostgresConnectionError,  # the connection lost mid-statement (ConnectionDoesNotExistError), ...
-    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
 )
 
 
@@ -210,7 +190,8 @@ def unavailable(exc: BaseException) -> Unavailable:
 
 def connection_errors_unavailable(cls: type[T]) -> type[T]:
     """``cls`` with every public coroutine method raising :func:`unavailable` for a connection error, so the
-    contexts using a store see the engine's Unavailable, not the driver's errors."""
+    contexts using a store see the engine's Unavailable, not the driver's errors (a method returning a context,
+    such as one of :func:`advisory_lock`, says so itself)."""
     for name, method in list(vars(cls).items()):
         if not name.startswith("_") and inspect.iscoroutinefunction(method):
             setattr(cls, name, _translating(method))
@@ -226,6 +207,51 @@ def _translating(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
             raise unavailable(exc) from exc
 
     return translated
+
+
+# (id of a pool, key) -> the lock that callers of advisory_lock in this process take before a connection; an entry
+# lives while a caller holds or waits for it. (A pool takes no weak reference; the id of a pool that has gone is
+# reused only by a later pool, whose callers then at worst wait in turn with a caller of the old one.)
+_KEY_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = weakref.WeakValueDictionary()
+# id of a pool -> how many advisory_lock blocks that ask it for a second connection may hold one at once, shared by
+# every such caller (pipelines, online creates, ...): each store bounding its own blocks to half the pool let two
+# stores' blocks together take every connection, each waiting for its second. Half of the pool less the one a
+# LISTEN holds for good (engine.stores.job_queue's notifications), so the blocks' second connections always fit.
+_SLOTS: weakref.WeakValueDictionary[int, asyncio.Semaphore] = weakref.WeakValueDictionary()
+
+
+def _slots(pool: asyncpg.Pool) -> asyncio.Semaphore:
+    return _SLOTS.setdefault(id(pool), asyncio.Semaphore(max(1, (pool.get_max_size() - 1) // 2)))
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(pool: asyncpg.Pool, key: str, *, another_connection: bool = False,
+                        ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A connection of ``pool`` holding the session advisory lock named ``key`` for the block: one holder at a
+    time across every process on the database. Callers in one process wait for each other on an in-process lock
+    first, holding no connection while they wait: waiting in ``pg_advisory_lock`` would hold one each, and as many
+    waiters as the pool has connections would leave none for the holder's other queries. A block that asks the
+    pool for ``another_connection`` takes one of the pool's slots next (:data:`_SLOTS`): without them, as many
+    blocks of different keys as the pool has connections would leave none. PostgreSQL out of reach while the lock
+    is taken: UNAVAILABLE DATABASE_UNAVAILABLE (the block's own errors are the block's)."""
+    in_process = _KEY_LOCKS.setdefault((id(pool), key), asyncio.Lock())
+    async with in_process, _slots(pool) if another_connection else contextlib.nullcontext():
+        try:
+            conn = await pool.acquire()
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc
+        try:
+            try:
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+            except CONNECTION_ERRORS as exc:
+                raise unavailable(exc) from exc
+            try:
+                yield conn
+            finally:  # (a connection released without this, or lost, is reset by the pool, which unlocks all)
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        finally:
+            await pool.release(conn)
 
 
 ROW_HOLD_SECONDS = 10.0  # how long a transaction that locks shared rows may sit idle (its statements take milliseconds)

@@ -39,21 +39,53 @@ async def test_waiters_for_one_key_leave_the_pool_to_the_holder_and_everyone_els
         pool.terminate()
 
 
-async def test_blocks_of_different_keys_within_the_slots_all_end(database_url: str) -> None:
-    """Blocks of as many keys as the pool has connections, each asking for a second one, end when ``slots`` bounds
-    how many hold a connection at once."""
+async def test_blocks_of_different_keys_that_ask_for_another_connection_all_end(database_url: str) -> None:
+    """Blocks of more keys than the pool has connections, each asking for a second one, end: they share the pool's
+    slots, whichever store they are of (each store bounding its own blocks to half the pool let a pipeline's and an
+    online session's blocks together take every connection), beside a connection held for good (a LISTEN)."""
     pool = await postgres.connect(database_url, min_size=1, max_size=4)
-    slots = asyncio.Semaphore(2)
     try:
-        async def section(i: int) -> int:
-            async with postgres.advisory_lock(pool, f"key-{i}", slots=slots):
-                await asyncio.sleep(0.05)
-                async with pool.acquire() as other:
-                    return int(await other.fetchval("SELECT $1::int", i))
+        async with pool.acquire():  # held for good, as engine.stores.job_queue's notifications hold one
+            async def section(store: str, i: int) -> int:
+                async with postgres.advisory_lock(pool, f"{store}/key-{i}", another_connection=True):
+                    await asyncio.sleep(0.05)
+                    async with pool.acquire() as other:
+                        return int(await other.fetchval("SELECT $1::int", i))
 
-        assert await asyncio.wait_for(asyncio.gather(*(section(i) for i in range(8))), 30) == list(range(8))
+            done = await asyncio.wait_for(asyncio.gather(*(section(store, i) for store in ("pipelines", "online")
+                                                           for i in range(6))), 30)
+            assert done == list(range(6)) * 2
     finally:
         pool.terminate()
+
+
+async def test_postgresql_out_of_reach_while_the_lock_is_taken_is_unavailable() -> None:
+    """A connection error taking the lock (a CreateOnlineSession's, a pipeline run's) was the driver's own error,
+    answered INTERNAL; it is DATABASE_UNAVAILABLE, as every store's other calls."""
+    from engine.errors import Unavailable
+
+    class _Gone:
+        def get_max_size(self) -> int:
+            return 4
+
+        async def acquire(self) -> None:
+            raise ConnectionRefusedError(111, "Connect call failed")
+
+    with pytest.raises(Unavailable) as caught:
+        async with postgres.advisory_lock(_Gone(), "k", another_connection=True):  # type: ignore[arg-type]
+            pytest.fail("entered without a lock")
+    assert caught.value.reason == "DATABASE_UNAVAILABLE"
+
+
+def test_a_statements_own_error_is_no_outage() -> None:
+    """A cancelled or timed-out statement and a dropped database are OperatorInterventionError's kinds too, but no
+    moment's outage: a store must not turn them into UNAVAILABLE (which a running online session waits out)."""
+    import asyncpg
+
+    assert not issubclass(asyncpg.exceptions.QueryCanceledError, postgres.CONNECTION_ERRORS)
+    assert not issubclass(asyncpg.exceptions.DatabaseDroppedError, postgres.CONNECTION_ERRORS)
+    assert issubclass(asyncpg.exceptions.CannotConnectNowError, postgres.CONNECTION_ERRORS)
+    assert issubclass(asyncpg.exceptions.ConnectionDoesNotExistError, postgres.CONNECTION_ERRORS)
 
 
 async def test_the_lock_still_excludes_another_process(database_url: str) -> None:
