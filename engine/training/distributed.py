@@ -60,9 +60,10 @@ from engine.jobs.ports import CancelToken, LeaseLost, ProgressSink, StopReason
 from engine.training.base_kl import check_shardable
 from engine.training.batching import StepBatch
 from engine.training.datasets import EncodedExample
+from engine.training.kto import KtoObjective
 from engine.training.loading import HOST, LoadedModel, load_for_training, release
 from engine.training.models import DevicePlan
-from engine.training.recipe import run_training
+from engine.training.recipe import run_training, task_objective
 from engine.training.run import TrainingResult, TrainingRun
 from engine.training.run_state import Checkpointing, CheckpointSave, RngState, checkpoint_failed, own_rng_state
 from engine.training.sharding import FSDP_LAUNCH_ARGUMENTS, shard_model, sharding_summary
@@ -95,7 +96,21 @@ def train(run: TrainingRun, sink: ProgressSink, cancel: CancelToken,
         return run_training(run, sink, cancel, loaded)
     plan, devices = loaded.training_plan, loaded.devices
     release(loaded)  # the processes load their own copies; the device of rank 0 is this one's
+    _warn_kto_shares(run, devices, sink)
     return run_distributed(run, sink, cancel, plan=plan, processes=devices)
+
+
+def _warn_kto_shares(run: TrainingRun, processes: int, sink: ProgressSink) -> None:
+    """KTO estimates its reference point z0 on each process's share of a step (engine.training.kto): a share of one
+    example has no other's answer to pair with and uses z0 = 0, so a step of fewer than two examples a process
+    loses KTO's estimate, as a job of one example a step would (refused when created)."""
+    hp = run.spec.hyperparameters
+    step = hp.batch_size * max(1, hp.gradient_accumulation_steps)
+    if isinstance(task_objective(run.objective), KtoObjective) and step < 2 * processes:
+        sink.emit(Warned("KTO_SHARES_OF_ONE", (
+            f"a step of {step} examples shared out over {processes} processes leaves some a share of one, whose "
+            f"KTO reference point is 0 (no other answer to pair with): give each process two or more (batch_size "
+            f"x gradient_accumulation_steps of {2 * processes} or more)")))
 
 
 def launch_arguments(*, processes: int, device: str, port: int, threads_per_process: int = 1,

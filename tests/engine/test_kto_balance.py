@@ -54,3 +54,40 @@ def test_weights_within_the_range_or_of_one_kind_are_not(weights, desirable) -> 
     ctx = _Context()
     _check_kto_balance(ctx, _examples(weights), desirable)
     assert ctx.recorded == []
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.emitted: list = []
+
+    def emit(self, payload) -> None:
+        self.emitted.append(payload)
+
+
+@pytest.mark.parametrize(("batch_size", "accumulation", "processes", "warned"), [
+    (2, 1, 2, True),  # one example a process: z0 = 0 on every step
+    (3, 1, 2, True),  # one process gets one
+    (2, 2, 2, False),  # four a step: two each
+    (4, 1, 2, False),
+])
+def test_a_kto_run_on_several_processes_warns_when_a_share_holds_one_example(
+        tmp_path, batch_size: int, accumulation: int, processes: int, warned: bool) -> None:
+    """KTO's z0 comes from each process's share of a step; a share of one example has none (z0 = 0), which the
+    creation check of one example a step (batch_size 1) cannot see, since the processes are the worker's."""
+    from engine.domain import JsonlSource
+    from engine.training.distributed import _warn_kto_shares
+    from engine.training.kto import KtoObjective
+    from engine.training.run import TrainingRun
+    from engine.training.spec import Hyperparameters, TrainingJobSpec
+
+    spec = TrainingJobSpec(base_model="tiny", dataset=JsonlSource("x.jsonl"),
+                           hyperparameters=Hyperparameters(batch_size=batch_size,
+                                                           gradient_accumulation_steps=accumulation))
+    run = TrainingRun(spec=spec, base_model_dir=tmp_path, examples=_examples([1.0] * 4), output_dir=tmp_path / "out",
+                      objective=KtoObjective([True, False, True, False]))
+    sink = _Sink()
+    _warn_kto_shares(run, processes, sink)
+    assert [w.code for w in sink.emitted] == (["KTO_SHARES_OF_ONE"] if warned else [])
+    sft = TrainingRun(spec=spec, base_model_dir=tmp_path, examples=_examples([1.0] * 4), output_dir=tmp_path / "o")
+    _warn_kto_shares(sft, processes, sink)  # SFT has no reference point
+    assert len(sink.emitted) == (1 if warned else 0)
