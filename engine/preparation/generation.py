@@ -15,9 +15,15 @@ A pair is kept only when its chunk supports its answer:
   an answer that shares no words with its source was not read from it;
 - its answer says something its question does not: at least one of its content words is not the question's
   (small models echo the question, or part of it);
+- its question asks something: it has at least one content word and is not a placeholder of :data:`PROMPT`
+  echoed back (``<a question about the text>``: small models copy the format lines); such a pair is counted
+  as unsupported, with the reason in its verdict's detail;
 - its question is not one kept already for the same document (after normalisation).
 
-Words are compared in lower case with a final "s" dropped, so "sources" in the chunk supports "source".
+Words are compared in Unicode normal form NFC, case-folded, with a final "s" dropped, so "sources" in the
+chunk supports "source" and a document whose accents are decomposed (NFD: macOS file names, many PDF text
+layers) supports an answer written with precomposed ones. Only the comparison is normalised: pairs and chunks
+are kept as written.
 
 The overlap rule is hand-written: it must be deterministic, cheap and explainable per pair, as grounding's is;
 an entailment model would need a model download and is itself a model to trust.
@@ -26,6 +32,7 @@ an entailment model would need a model download and is itself a model to trust.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,9 +162,19 @@ def parse(raw: str) -> Reading:
     return Reading(tuple(pairs), unparseable + (0 if pairs or not raw.strip() else 1))
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _fold(text: str) -> str:
+    """``text`` case-folded in NFC: the same characters, however composed and in whatever case, give one string."""
+    return _nfc(_nfc(text).casefold())
+
+
 def content_words(text: str) -> list[str]:
-    """The words of three letters or more that are not function words, in lower case."""
-    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in FUNCTION_WORDS]
+    """The words of three letters or more that are not function words, case-folded in NFC (a decomposed accent
+    would split a word in two)."""
+    return [w for w in (_fold(m.group()) for m in _WORD.finditer(_nfc(text))) if w not in FUNCTION_WORDS]
 
 
 def word_count(text: str) -> int:
@@ -170,15 +187,25 @@ def _key(word: str) -> str:
     return word.removesuffix("s")
 
 
+def _placeholders(template: str) -> frozenset[str]:
+    """The normalised placeholders of the template's format lines (``Q: <a question about the text>``)."""
+    return frozenset(normalised_question(m.group(1)) for m in re.finditer(r"<([^<>{}]+)>", template))
+
+
 def check(pair: Pair, chunk: str) -> Verdict:
-    """Whether ``chunk`` supports the pair's answer (see the module docstring)."""
-    missing = unsupported(pair.answer, chunk, pair.question)
+    """Whether ``chunk`` supports the pair's answer and the pair's question asks something (see the module
+    docstring)."""
+    missing = unsupported(_nfc(pair.answer), _nfc(chunk), _nfc(pair.question))
     if missing:
         return Verdict(pair, "unsupported", "claims the text lacks: " + ", ".join(missing))
     words = content_words(pair.answer)
     known = {_key(w) for w in content_words(chunk)}
     if not words:
         return Verdict(pair, "unsupported", "the answer has no content words to check")
+    if not content_words(pair.question):
+        return Verdict(pair, "unsupported", "the question has no content words")
+    if normalised_question(pair.question) in _PLACEHOLDERS:
+        return Verdict(pair, "unsupported", "the question is the prompt's placeholder, echoed")
     if {_key(w) for w in words} <= {_key(w) for w in content_words(pair.question)}:
         return Verdict(pair, "unsupported", "the answer only repeats words of the question")
     absent = [w for w in words if _key(w) not in known]
@@ -189,7 +216,11 @@ def check(pair: Pair, chunk: str) -> Verdict:
 
 
 def normalised_question(question: str) -> str:
-    return " ".join(re.findall(r"\w+", question.lower()))
+    """The question's words, case-folded in NFC: the duplicate key of a question."""
+    return " ".join(re.findall(r"\w+", _fold(question)))
+
+
+_PLACEHOLDERS = _placeholders(PROMPT)
 
 
 def select(pairs: Sequence[Pair], chunk: str, seen: set[str]) -> list[Verdict]:

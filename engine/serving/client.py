@@ -200,9 +200,13 @@ class ServingClient:
         try:
             choice = json.loads(text)["choices"][0]
             content = choice["message"]["content"] if chat else choice["text"]
+            if content is not None and not isinstance(content, str):
+                # Not the contract (a string, or null for an empty message), e.g. a list of content parts: every
+                # caller reads the text as a string, so this is the engine's bad answer, not the caller's bug.
+                raise TypeError(f"the completion's text is a {type(content).__name__}, not a string")
             lp = (choice.get("logprobs") or {}).get("token_logprobs") or ()
             return Completion(text=content or "", model=model, token_logprobs=tuple(float(x) for x in lp))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise Unavailable("SERVING_BAD_RESPONSE", f"unreadable completion answer: {text[:200]}") from exc
 
     # ---- transport ----------------------------------------------------------------
