@@ -14,7 +14,8 @@ and every ``checkpoint_every`` / ``publish_every`` updates a checkpoint is store
 parent the start version, or the session's previous publication; fenced by the job's lease). A loss spike puts
 the adapter back, disables learning and says why on the controls; in the same write, every publication of the
 weights it put aside fails the gate (check ``loss_spike``), and an alias serving one goes back to the newest
-publication that passed before them, or the start version. So does a negative-feedback spike on the live
+publication that passed before them and is still published, or the start version (where it cannot move, the
+reason says what it still serves). So does a negative-feedback spike on the live
 model (its ratings, read every ``feedback_seconds``, against the start version's), which also stores a
 checkpoint of the start version's weights it put back and puts the alias back on the start version, failing the
 gate of every publication not judged yet in the same write. ``online_max_update_share`` caps the share of
@@ -25,7 +26,9 @@ received were never trained on (an EXAMPLES_NOT_TRAINED warning). A worker shutt
 one and hands the session to another worker, which goes on from it. So does a running session that finds a store
 unreachable for a moment (``TRANSIENT_ERRORS``: PostgreSQL restarting, the object store cut off), with a
 SESSION_INTERRUPTED warning, instead of failing: it goes back to the queue, and the worker that takes it reads the
-examples after its checkpoint again by sequence number, so none it had read is lost.
+examples after its checkpoint again by sequence number, so none it had read is lost. A store error while a worker
+prepares the session hands it back too. The interruptions in a row are counted on the job: each after the first
+waits longer before the hand-back, and the ``MAX_INTERRUPTIONS``-th fails the session with the error.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -54,7 +57,7 @@ from engine.domain import (
     Objective,
     OnlineExamplesSource,
 )
-from engine.errors import Cancelled, FailedPrecondition, Unavailable
+from engine.errors import Cancelled, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import StopReason
@@ -66,6 +69,7 @@ from engine.online.spec import (
     LIVE_PREFIX,
     ONLINE_SESSION,
     SPIKE_VERDICT,
+    AliasState,
     FeedbackSpike,
     GateVerdict,
     LiveAdapter,
@@ -103,6 +107,19 @@ LOSS_SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("loss_spike",))
 # reset, timeouts; a local disk full writing an archive). A running session that meets one stops as at a worker's
 # shutdown, and a worker goes on from its checkpoint (_Session.loop).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Unavailable, OSError)
+# A session handed back for a store's error more than this many times in a row (no update in between, nor a run
+# of STEADY_SECONDS) fails with the last error: an error that does not go away (a bucket deleted, a read-only work
+# dir: OSError is among TRANSIENT_ERRORS) would otherwise requeue it forever. With the waits below, that is about
+# half an hour of a store staying down, and a model load at most every two minutes meanwhile.
+MAX_INTERRUPTIONS = 20
+# The wait before handing a session back after its n-th interruption in a row: none after the first (a blip is over
+# by the time another worker takes it), then 5 s, doubling, at most 2 min; a stop asked meanwhile ends it early.
+INTERRUPTION_WAIT_SECONDS = 5.0
+INTERRUPTION_WAIT_CAP_SECONDS = 120.0
+STEADY_SECONDS = 600.0  # a session that ran this long before an interruption starts counting again
+STOP_POLL_SECONDS = 0.25  # how often the wait looks at the job's cancel token
+# Where the store moves a session's alias_version: the alias follows the session, or the session named none.
+_ALIAS_MOVABLE = (AliasState.NONE, AliasState.FOLLOWING)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +164,23 @@ class OnlineRunner:
     async def run(self, ctx: Ctx) -> str:
         spec = ctx.job.spec
         ctx.transition(JobState.PREPARING, f"loading {spec.base_model} with {spec.start_version}")
+        try:
+            start, loaded, learner, erasures, request = await self._set_up(ctx)
+        except TRANSIENT_ERRORS as exc:  # a store down: the session goes back to the queue (bounded)
+            await _handed_back(ctx, exc)
+        try:
+            if ctx.cancel.cancelled:
+                raise Cancelled("JOB_CANCELLED", "stopped before learning started")
+            ctx.started(JobState.RUNNING, f"learning online on {loaded.description} from {spec.start_version}")
+            lineage = functools.partial(self._replay_pool, request) if learner.earlier else None
+            return await _Session(self._parts, ctx, learner, start, erasures=erasures, lineage=lineage).loop()
+        finally:
+            release(loaded)
+
+    async def _set_up(self, ctx: Ctx) -> tuple[AdapterRecord, LoadedModel, OnlineLearner, int, PlanRequest]:
+        """The start version, the model loaded with it, the erasures counted, and the learner (EWC, replay, and
+        the checkpoint put back); the model is released if any of it fails."""
+        spec = ctx.job.spec
         start = await self._parts.registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
         parent_dir = await self._preparer.fetch_parent(start, ctx.work_dir / "start")
         model_dir = await self._preparer.model_dir(spec.base_model)
@@ -161,13 +195,10 @@ class OnlineRunner:
             request = PlanRequest(spec=tspec, parent=start, parent_dir=parent_dir, model_dir=model_dir, examples=[],
                                   model=loaded, in_worker=ctx.in_worker, sink=ctx.sink, cancel=ctx.cancel)
             learner = await self._prepare(ctx, request)
-            if ctx.cancel.cancelled:
-                raise Cancelled("JOB_CANCELLED", "stopped before learning started")
-            ctx.started(JobState.RUNNING, f"learning online on {loaded.description} from {spec.start_version}")
-            lineage = functools.partial(self._replay_pool, request) if learner.earlier else None
-            return await _Session(self._parts, ctx, learner, start, erasures=erasures, lineage=lineage).loop()
-        finally:
+        except BaseException:
             release(loaded)
+            raise
+        return start, loaded, learner, erasures, request
 
     async def _prepare(self, ctx: Ctx, request: PlanRequest) -> OnlineLearner:
         spec = ctx.job.spec
@@ -261,6 +292,7 @@ class _Session:
             # the start version) trains again on examples that publication claimed: the next window starts after it.
             learner.published(done[-1].last_sequence)
         self.feedback_at = 0.0  # when the feedback was last read (monotonic)
+        self.ran_since: float | None = None  # when the loop started (monotonic): a long run resets the interruptions
         self.erasures_seen = erasures  # the session's erasure count (Controls.erasures) acted on
         self.lineage = lineage  # reads the lineage's data the learner replays again (None: it holds none)
         scratch = ctx.work_dir / "archive"
@@ -272,6 +304,7 @@ class _Session:
         return self.ctx.job.spec
 
     async def loop(self) -> str:
+        self.ran_since = time.monotonic()
         while True:
             if self.ctx.cancel.cancelled:
                 return await self._stop()
@@ -354,7 +387,7 @@ class _Session:
                 reason += (f"; {', '.join(aside)} published weights it put aside: "
                            f"{'it fails' if len(aside) == 1 else 'they fail'} the gate (loss_spike)")
             await ctx.persist()  # a session read as disabled already serves the weights put back
-            back = await self._loss_spike_write(reason, aside)
+            reason, back = await self._loss_spike_write(reason, aside)
             if back is not None:
                 ctx.record(Warned("LIVE_ALIAS_MOVED_BACK", f"the live alias served {back[0]}, whose weights the "
                                                            f"loss spike at update {result.update} put aside; it "
@@ -364,37 +397,71 @@ class _Session:
             ctx.record(Warned("LEARNING_DISABLED", reason))
         stats = learner.stats(learning_rate=learning_rate, enabled=math.isnan(result.spike_median),
                               published=len(ctx.job.output.publications))
-        ctx.set_output(replace(ctx.job.output, stats=stats))
+        # an update made and its live adapter stored: the stores answer, the interruptions in a row start again
+        ctx.set_output(replace(ctx.job.output, stats=stats, interruptions=0))
         ctx.record(Updated(result.update, result.loss, result.examples, result.replayed, result.ewc_penalty, stats))
         if spec.publish_every and learner.updates % spec.publish_every == 0:
             await self._publish()
         if learner.updates % spec.checkpoint_every == 0:
             await self._checkpoint()
 
-    async def _loss_spike_write(self, reason: str, aside: list[str]) -> tuple[str, str] | None:
+    async def _loss_spike_write(self, reason: str, aside: list[str]) -> tuple[str, tuple[str, str] | None]:
         """Learning off after a loss spike, in one write (as a negative-feedback spike's) with a failed verdict
         (``loss_spike``) on each publication of ``aside`` the gate has not judged, and the live alias moved off the
-        one of them it serves, if any: back to the newest publication before them that passed the gate (and was
-        made after the last negative-feedback spike, which put those before it aside), or else the start version.
-        Where the alias serves another version it is written again as it is, so that a verdict the gate records
-        between the read and the write does not leave it on weights put aside. (version it served, version it
-        serves now) when it moved."""
+        one of them it serves, if any: back to the newest publication before them that passed the gate and is
+        still published (made after the last negative-feedback spike, which put those before it aside), or else
+        the start version. Where the alias serves another version it is written again as it is, so that a verdict
+        the gate records between the read and the write does not leave it on weights put aside.
+
+        The store moves the alias only onto a version still published, and only while it follows the session:
+        what it serves is read from the controls the write returns, not assumed. A version deleted between the
+        look-up and the write leaves the alias where it was, and the next one is tried. Where it could not move
+        (a kept alias never does; nothing to go back to is published any more) ``reason`` says what it still serves.
+        The reason as stored, and (version it served, version it serves now) when it moved."""
         ctx, spec = self.ctx, self.spec
         if not aside:
             await self.r.store.set(self.id, enabled=False, disabled_reason=reason)
-            return None
+            return reason, None
         controls = await self.r.store.controls(self.id)
-        alias_version, moved = controls.alias_version, None
+        since = ctx.job.output.ratings_since
+        passed = [p.version for p in reversed(ctx.job.output.publications) if p.version not in aside
+                  and (since is None or p.time >= since)
+                  and (verdict := controls.gate(p.version)) is not None and verdict.passed]
+        versions = iter((*passed, spec.start_version))  # newest first, the start version last
+
+        async def next_published() -> str | None:
+            for version in versions:
+                try:
+                    await self.r.registry.get(spec.base_model, version)
+                except NotFound:  # deleted since it was published (DeleteAdapter, retention)
+                    continue
+                return version
+            return None
+
+        target = controls.alias_version
         if controls.alias_serves in aside:
-            since = ctx.job.output.ratings_since
-            passed = [p.version for p in ctx.job.output.publications if p.version not in aside
-                      and (since is None or p.time >= since)
-                      and (verdict := controls.gate(p.version)) is not None and verdict.passed]
-            alias_version = passed[-1] if passed else spec.start_version
-            moved = (controls.alias_serves, alias_version)
-        await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=alias_version,
-                               verdicts={v: LOSS_SPIKE_VERDICT for v in aside})
-        return moved
+            target = await next_published() or controls.alias_version
+        after = await self.r.store.set(self.id, enabled=False, disabled_reason=reason, alias_version=target,
+                                       verdicts={v: LOSS_SPIKE_VERDICT for v in aside})
+        # what the alias served of the weights put aside: as read, or as the gate moved it meanwhile
+        served = controls.alias_serves if controls.alias_serves in aside else after.alias_serves
+        while after.alias_serves in aside and after.alias_state in _ALIAS_MOVABLE:
+            version = await next_published()
+            if version is None:
+                break
+            after = await self.r.store.set(self.id, alias_version=version)
+        if after.alias_serves not in aside:
+            return reason, ((served, after.alias_serves) if served in aside else None)
+        if after.alias_state.routed:
+            if after.alias_state is AliasState.KEPT:
+                why = "it is kept there (it no longer follows the session) and was not moved"
+            else:
+                why = ("no publication that passed the gate before them is still published, nor is the start "
+                       f"version {spec.start_version}")
+            reason += (f"; the live alias {after.live_alias or spec.live_alias!r} still serves {after.alias_serves}, "
+                       f"whose weights the spike put aside: {why} (MoveLiveAlias moves it)")
+            await self.r.store.set(self.id, disabled_reason=reason)
+        return reason, None
 
     async def _warn_refused(self, refused: int) -> None:
         """Examples the API refused on arrival since the last warning (it counts them on the controls; the response
@@ -616,24 +683,32 @@ class _Session:
 
     async def _interrupted(self, exc: BaseException) -> str:
         """A store could not be reached for a moment (``TRANSIENT_ERRORS``): the session stops as at this worker's
-        shutdown instead of failing. It stores a checkpoint if it can (the store may still be down: the worker
-        going on from it then starts from the previous one) and goes back to the queue; the worker that takes it
-        resumes from its checkpoint and reads the examples after it again by sequence number, so an example read
-        (or popped for an update the error cut short) is trained on, once the stores are back. A stop asked
-        meanwhile goes on as asked (a client's stop ends the session; a lost lease writes nothing)."""
+        shutdown instead of failing. After a wait that grows with the interruptions in a row (none after the
+        first), it stores a checkpoint if it can (the store may still be down: the worker going on from it then
+        starts from the previous one) and goes back to the queue; the worker that takes it resumes from its
+        checkpoint and reads the examples after it again by sequence number, so an example read (or popped for an
+        update the error cut short) is trained on, once the stores are back. The ``MAX_INTERRUPTIONS``-th in a row
+        fails the session with the error (_count_interruption). A stop asked meanwhile goes on as asked (a client's
+        stop ends the session; a lost lease writes nothing)."""
         ctx = self.ctx
-        what = f"{type(exc).__name__}: {exc}"
-        log.warning("online session interrupted by a store error; queued again", extra={"job_id": self.id,
-                                                                                        "error": what})
+        what = _what(exc)
+        log.warning("online session interrupted by a store error", extra={"job_id": self.id, "error": what})
+        if ctx.cancel.reason is StopReason.CANCEL:
+            return await self._stop()
+        if ctx.cancel.reason is StopReason.LEASE_LOST:
+            raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+        steady = self.ran_since is not None and time.monotonic() - self.ran_since >= STEADY_SECONDS
+        count = _count_interruption(ctx, exc, steady=steady)
+        await _wait_unless_stopped(ctx, count)
         ctx.cancel.cancel(StopReason.SHUTDOWN)  # the manager releases the job QUEUED, as at a worker's shutdown
-        reason = ctx.cancel.reason
+        reason = _stop_reason(ctx)  # as it is now: a stop asked during the wait
         if reason is StopReason.CANCEL:
             return await self._stop()
         if reason is StopReason.LEASE_LOST:
             raise Cancelled("JOB_CANCELLED", "stopped to continue later")
         ctx.record(Warned("SESSION_INTERRUPTED", f"a store could not be reached ({what}): the session goes back to "
                                                  "the queue and a worker goes on from its last checkpoint, reading "
-                                                 "the examples after it again"))
+                                                 f"the examples after it again{_in_a_row(count)}"))
         if self.changed and not self.spike_unstored:
             await self._checkpoint_if_possible()
         raise Cancelled("JOB_CANCELLED", "stopped to continue later")
@@ -672,3 +747,80 @@ class _Session:
                                                        "them; they stay in its examples until the retention "
                                                        "deletes them"))
         return f"{said}; {what}"
+
+
+def _what(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _in_a_row(count: int) -> str:
+    if count <= 1:
+        return ""
+    return (f" ({count} interruptions in a row with no update between them; at {MAX_INTERRUPTIONS} the session "
+            "fails)")
+
+
+def _count_interruption(ctx: Ctx, exc: BaseException, *, steady: bool = False) -> int:
+    """This interruption counted on the job (``OnlineOutput.interruptions``: in a row, with no update in between;
+    ``steady``: the run it cut short went on long enough to start counting again), and how many that makes.
+    The ``MAX_INTERRUPTIONS``-th fails the session with the error (UNAVAILABLE, its reason when it has one, else
+    ARTIFACT_STORE_UNAVAILABLE)."""
+    count = (0 if steady else ctx.job.output.interruptions) + 1
+    ctx.set_output(replace(ctx.job.output, interruptions=count))
+    if count >= MAX_INTERRUPTIONS:
+        what = _what(exc)
+        log.error("online session failed: a store error at every try", extra={"job_id": ctx.job.id, "error": what})
+        message = (f"a store could not be reached {count} times in a row with no update between them, the last "
+                   f"time: {what}; the session ends here rather than going back to the queue again")
+        if isinstance(exc, Unavailable):
+            raise Unavailable(exc.reason, message, metadata=exc.metadata) from exc
+        # an OSError: the stores that can raise one (PostgreSQL's errors come as Unavailable) keep artifacts
+        raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", message) from exc
+    return count
+
+
+def _stop_reason(ctx: Ctx) -> StopReason | None:
+    """Why the job is asked to stop, read again (another task sets it while this one waits)."""
+    return ctx.cancel.reason
+
+
+def _interruption_wait(count: int) -> float:
+    """Seconds to wait before handing the session back after its ``count``-th interruption in a row."""
+    if count <= 1:
+        return 0.0
+    return min(INTERRUPTION_WAIT_CAP_SECONDS, INTERRUPTION_WAIT_SECONDS * 2.0 ** (count - 2))
+
+
+async def _wait_unless_stopped(ctx: Ctx, count: int) -> None:
+    """The wait before handing the session back (``_interruption_wait``), while this worker still holds it; a
+    stop (a client's, a pause, this worker's shutdown, a lost lease) ends it at once. A store that stays down then
+    costs a model load at most every INTERRUPTION_WAIT_CAP_SECONDS, not as fast as workers can claim the job."""
+    deadline = time.monotonic() + _interruption_wait(count)
+    while not ctx.cancel.cancelled and (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, STOP_POLL_SECONDS))
+
+
+async def _handed_back(ctx: Ctx, exc: BaseException) -> NoReturn:
+    """A store error while a worker sets a session up (the start version, the model, the controls, the EWC and
+    replay plan, the checkpoint and the examples it names): the session goes back to the queue, as when its running
+    loop meets one (_Session._interrupted), for a brand-new session as for one resumed: nothing of it is lost, and
+    the worker that takes it sets it up again. The interruptions in a row are counted (the limit fails it) and the
+    wait before is theirs. A stop asked meanwhile goes on as asked."""
+    what = _what(exc)
+    log.warning("online session interrupted by a store error while preparing", extra={"job_id": ctx.job.id,
+                                                                                     "error": what})
+    if ctx.cancel.reason is StopReason.CANCEL:
+        raise Cancelled("JOB_CANCELLED", "stopped before learning started")
+    if ctx.cancel.reason is StopReason.LEASE_LOST:
+        raise Cancelled("JOB_CANCELLED", "stopped to continue later")
+    count = _count_interruption(ctx, exc)
+    await _wait_unless_stopped(ctx, count)
+    ctx.cancel.cancel(StopReason.SHUTDOWN)  # the manager releases the job QUEUED, as at a worker's shutdown
+    reason = _stop_reason(ctx)  # as it is now: a stop asked during the wait
+    if reason is StopReason.CANCEL:
+        raise Cancelled("JOB_CANCELLED", "stopped before learning started")
+    if reason is not StopReason.LEASE_LOST:
+        ctx.record(Warned("SESSION_INTERRUPTED", f"a store could not be reached while the session was being "
+                                                 f"prepared ({what}): it goes back to the queue and a worker "
+                                                 f"prepares it again{_in_a_row(count)}"))
+    raise Cancelled("JOB_CANCELLED", "stopped to continue later")

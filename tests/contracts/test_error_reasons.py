@@ -30,6 +30,8 @@ RELAYS = {
     ("failure_to_pb", "f.reason"): "a stored job failure becomes the job's google.rpc.Status",
     ("operation_to_pb", "op.error.reason"): "a stored LoRA operation failure becomes its google.rpc.Status",
     ("run", "exc.reason"): "the CLI reports the reason of the SDK error it caught, as the server sent it",
+    ("_count_interruption", "exc.reason"): "an online session's last store error, after as many in a row as it "
+                                           "waits out, ends it with that error's reason",
 }
 
 
