@@ -169,8 +169,10 @@ class PreparationRunner:
         ctx.set_output(PreparationOutput(generator_model=model, generator_target=self._generator.target))
         ctx.transition(JobState.PREPARING, f"reading {len(spec.documents)} document(s)")
         pieces: list[Chunk] = []
+        text_bytes = 0  # the documents' text is held to dataset_max_bytes here too, as when the job was created
         for i, doc in enumerate(spec.documents):
-            text = await self._text(doc, f"spec.documents[{i}]")
+            text = await self._text(doc, f"spec.documents[{i}]", text_bytes)
+            text_bytes += len(text.encode())
             pieces += await asyncio.to_thread(chunks, doc.name, text, max_chars=spec.chunk_chars)
         asked = [c for c in pieces if generation.word_count(c.text) >= MIN_CHUNK_WORDS]
         ctx.set_output(replace(ctx.job.output, skipped_chunks=len(pieces) - len(asked)))
@@ -181,6 +183,7 @@ class PreparationRunner:
         ctx.started(JobState.RUNNING, f"asking {model} for {spec.questions_per_chunk} pair(s) about each of "
                                       f"{len(asked)} chunk(s)", total_steps=len(asked))
         lines: list[bytes] = []
+        size = 0
         seen: dict[str, set[str]] = {}
         for done, chunk in enumerate(asked, start=1):
             if ctx.cancel.cancelled:
@@ -190,7 +193,9 @@ class PreparationRunner:
             reading = generation.parse(reply)
             asked_for = reading.pairs[:spec.questions_per_chunk]  # a model that goes on: the first ones count
             verdicts = generation.select(asked_for, chunk.text, seen.setdefault(chunk.document, set()))
-            lines += [_line(v.pair, chunk) for v in verdicts if v.kept]
+            kept = [_line(v.pair, chunk) for v in verdicts if v.kept]
+            lines += kept
+            size += sum(map(len, kept))
             rejected = [v for v in verdicts if not v.kept]
             ctx.record(ChunkPrepared(
                 document=chunk.document, chunk=chunk.index, start=chunk.start, end=chunk.end, done=done,
@@ -198,6 +203,12 @@ class PreparationRunner:
                 unsupported=sum(v.problem == "unsupported" for v in verdicts),
                 duplicates=sum(v.problem == "duplicate" for v in verdicts), unparseable=reading.unparseable,
                 rejected_sample=f"{rejected[0].pair.question!r}: {rejected[0].detail}"[:300] if rejected else ""))
+            if size > self._datasets.max_bytes:  # what the lines repeat was held to the limit at creation: the
+                raise ResourceExhausted(  # generator's pairs take the rest; stop now, not after every chunk
+                    "DATASET_TOO_LARGE", f"the {len(lines)} pair(s) kept from {done} of {len(asked)} chunk(s) hold "
+                    f"{size} bytes, more than the {self._datasets.max_bytes} a dataset may hold (dataset_max_bytes): "
+                    "the generator's questions and answers take more than the chunks' text leaves; nothing was "
+                    "stored", metadata={"limit": str(self._datasets.max_bytes), "size": str(size)})
         out = ctx.job.output
         if not lines:
             raise FailedPrecondition(
@@ -221,7 +232,7 @@ class PreparationRunner:
                 f"(train {split.train}, eval {split.eval}, test {split.test})"
                 + ("" if created else "; the same pairs were stored already"))
 
-    async def _text(self, doc: DocumentRef, field_path: str) -> str:
+    async def _text(self, doc: DocumentRef, field_path: str, text_before: int) -> str:
         try:
             data = await self._artifacts.get_bytes(doc.key)
         except NotFound as exc:
@@ -230,7 +241,8 @@ class PreparationRunner:
         if hashlib.sha256(data).hexdigest() != doc.sha256:
             raise DataLoss("ARTIFACT_MISSING", f"the stored bytes of document {doc.name} do not match their sha256",
                            metadata={"document": doc.name, "key": doc.key})
-        return await asyncio.to_thread(read_text, doc.name, data, field_path)
+        return await asyncio.to_thread(read_text, doc.name, data, field_path,
+                                       max_text_bytes=self._datasets.max_bytes, text_before=text_before)
 
     async def _ask(self, model: str, chunk: Chunk, n: int) -> str:
         try:
@@ -249,7 +261,7 @@ class PreparationRunner:
             out = job.output
             generated = payload.kept + payload.unsupported + payload.duplicates
             return replace(job, progress=JobProgress(payload.done, payload.total), output=replace(
-                out, chunks=payload.total, generated=out.generated + generated, kept=out.kept + payload.kept,
+                out, chunks=payload.done, generated=out.generated + generated, kept=out.kept + payload.kept,
                 unsupported=out.unsupported + payload.unsupported, duplicates=out.duplicates + payload.duplicates,
                 unparseable=out.unparseable + payload.unparseable))
         return job
@@ -308,6 +320,14 @@ class PreparationJobs:
         names: set[str] = set()
         read: list[tuple[DocumentInput, bytes]] = []
         total = 0
+        # dataset_max_bytes holds the documents' bytes and also their text as UTF-8, which is what the job chunks and
+        # what its pairs' source spans store: a small PDF can hold far more text than bytes (pages that all show one
+        # compressed stream), and would cost the reading, and the generator one request a chunk, of all of it. Its
+        # pages are read one by one, and the reading stops as soon as the text passes the limit. The same limit,
+        # rather than a setting of its own: a prepared dataset of more text than dataset_max_bytes could not be
+        # stored anyway.
+        text_bytes = 0
+        repeated = 0  # what the pairs' lines repeat of the documents, at most (_repeated_bytes)
         for i, doc in enumerate(request.documents):
             where = f"spec.documents[{i}]"
             document_kind(doc.name, f"{where}.name")
@@ -322,8 +342,22 @@ class PreparationJobs:
                     "DOCUMENTS_TOO_LARGE", f"the documents hold more than the {self._max_bytes} bytes a preparation "
                     "may read (dataset_max_bytes); nothing was stored",
                     metadata={"limit": str(self._max_bytes), "size": str(total)})
-            await asyncio.to_thread(read_text, doc.name, data, where)  # readable, with text, or refused now
+            text = await asyncio.to_thread(read_text, doc.name, data, where, max_text_bytes=self._max_bytes,
+                                           text_before=text_bytes)  # readable, with text, not too much, or refused
+            text_bytes += len(text.encode())
+            repeated += await asyncio.to_thread(_repeated_bytes, doc.name, text, request)
             read.append((doc, data))
+        if repeated > self._max_bytes:
+            raise ResourceExhausted(
+                "DOCUMENTS_TOO_LARGE", f"each kept pair's line repeats its chunk's text, so with up to "
+                f"{request.questions_per_chunk} pair(s) a chunk the prepared dataset could hold {repeated} bytes "
+                f"before any question or answer, more than the {self._max_bytes} a dataset may hold "
+                "(dataset_max_bytes); send less text or ask for fewer questions_per_chunk; nothing was stored",
+                violations=[FieldViolation("spec.documents", f"their text, {request.questions_per_chunk} time(s) "
+                                                             f"over, is more than {self._max_bytes} bytes"),
+                            FieldViolation("spec.questions_per_chunk", "fewer pairs a chunk repeat its text less")],
+                metadata={"limit": str(self._max_bytes), "size": str(repeated), "measured": "repeated_text",
+                          "questions_per_chunk": str(request.questions_per_chunk)})
         refs = [DocumentRef(doc.name, hashlib.sha256(data).hexdigest(), len(data), doc.server_path)
                 for doc, data in read]
         spec = PreparationJobSpec(dataset=request.dataset, documents=tuple(refs),
@@ -377,6 +411,21 @@ class PreparationJobs:
 
     def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[PreparationJob | JobEvent]:
         return self._manager.watch(job_id, after_sequence=after_sequence)
+
+
+def _repeated_bytes(name: str, text: str, request: PreparationRequest) -> int:
+    """The most the prepared file's lines can take for the document itself: each kept pair's line repeats its
+    chunk's text and span (``_line``), and a chunk asked about keeps at most ``questions_per_chunk`` pairs.
+
+    Checked when the job is created, so that a job whose documents are accepted does not fail DATASET_TOO_LARGE
+    at its end, after asking about every chunk, for what the service itself repeats. The pairs' questions and
+    answers are the generator's, not known yet; they are counted as the job goes (the job stops when its lines
+    pass the limit). Storing each chunk's text once, or not at all, would change the stored format that readers
+    of the pairs rely on (each line's source span with its text), and would still not bound the lines."""
+    empty = generation.Pair("", "")
+    return request.questions_per_chunk * sum(
+        len(_line(empty, c)) for c in chunks(name, text, max_chars=request.chunk_chars)
+        if generation.word_count(c.text) >= MIN_CHUNK_WORDS)
 
 
 def _check_numbers(request: PreparationRequest) -> None:

@@ -1448,8 +1448,10 @@ export enum ErrorReason {
   DOCUMENT_UNREADABLE = 261,
 
   /**
-   * RESOURCE_EXHAUSTED: a preparation's documents hold more than dataset_max_bytes (metadata:
-   * limit, size).
+   * RESOURCE_EXHAUSTED: a preparation's documents, their extracted text, or what its pairs would
+   * repeat of that text, come to more than dataset_max_bytes (metadata: limit, size; for the text,
+   * measured extracted_text and document; for the repeats, measured repeated_text and
+   * questions_per_chunk).
    *
    * @generated from enum value: ERROR_REASON_DOCUMENTS_TOO_LARGE = 262;
    */
