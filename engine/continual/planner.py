@@ -87,16 +87,25 @@ class EwcPlanner:
         self._versions = versions
 
     async def check(self, spec: TrainingJobSpec, parent: AdapterRecord) -> None:
-        """Create-time checks: a named snapshot exists and was measured on an adapter of the parent's shape."""
+        """Create-time checks: a named snapshot exists and was measured on an adapter of the parent's shape (each
+        refusal with a violation on ``spec.ewc.fisher_snapshot``)."""
         if not spec.ewc.fisher_snapshot:
             return
-        snapshot = await self._snapshots.get(snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD))
+        snapshot_id = snapshot_id_from_name(spec.ewc.fisher_snapshot, SNAPSHOT_FIELD)
+        try:
+            snapshot = await self._snapshots.get(snapshot_id)
+        except NotFound as exc:
+            raise NotFound("FISHER_SNAPSHOT_NOT_FOUND", exc.message, metadata=exc.metadata, violations=[
+                FieldViolation(SNAPSHOT_FIELD, "no such Fisher snapshot; leave it empty to measure the parent's")],
+            ) from exc
         check_space(snapshot, spec.ewc.space)
         if snapshot.base_model != spec.base_model:
             raise FailedPrecondition(
                 "FISHER_SHAPE_MISMATCH",
                 f"{snapshot.name} was measured on base model {snapshot.base_model}, not {spec.base_model}",
                 metadata={"snapshot": snapshot.name},
+                violations=[FieldViolation(SNAPSHOT_FIELD, f"{snapshot.name} was measured on base model "
+                                                           f"{snapshot.base_model}")],
             )
         try:
             measured = await self._registry.get(snapshot.base_model, snapshot.adapter_version)
@@ -108,6 +117,8 @@ class EwcPlanner:
                 f"{snapshot.name} was measured on {snapshot.adapter_version} (LoRA rank {measured.lora.rank}), "
                 f"whose shape differs from the parent {parent.version} (rank {parent.lora.rank})",
                 metadata={"snapshot": snapshot.name, "parent": parent.version},
+                violations=[FieldViolation(SNAPSHOT_FIELD, f"{snapshot.name} was measured on an adapter of "
+                                                           f"another LoRA shape than {parent.version}'s")],
             )
 
     async def plan(self, request: PlanRequest) -> ContinualPlan:

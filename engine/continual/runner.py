@@ -89,9 +89,9 @@ class FisherRunner:
     async def run(self, ctx: JobContext[FisherJobSpec, FisherOutput]) -> str:
         spec = ctx.job.spec
         ctx.transition(JobState.PREPARING, "fetching the adapter and loading the dataset")
+        model_dir = await asyncio.to_thread(self._base_model_dir, spec.base_model)  # the base model before its adapter
         record = await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         adapter_dir = await self._registry.fetch(record, ctx.work_dir / "adapter")
-        model_dir = await asyncio.to_thread(self._base_model_dir, spec.base_model)
         examples = await self._examples.of(spec)
         if spec.num_samples > len(examples):
             ctx.record(Warned(
@@ -146,8 +146,10 @@ class FisherJobs:
                 violations=[FieldViolation("spec.num_samples", "must be at least 1" if spec.num_samples < 1
                                            else f"must be at most {MAX_NUM_SAMPLES}")],
             )
-        await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
+        # The base model first: an unknown one is INVALID_ARGUMENT UNKNOWN_BASE_MODEL on spec.base_model (as for a
+        # training job), not the NOT_FOUND of an adapter version looked up under it.
         await asyncio.to_thread(self._base_model_dir, spec.base_model)
+        await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         await self._examples.of(spec)
         return await self._manager.submit(self._manager.new_job(spec, FisherOutput(), request_id=request_id))
 

@@ -1,8 +1,9 @@
 """An online session's run, a job of the typed job core on the training queue of any worker.
 
 PREPARING loads the base model once with the start version's adapter attached (trainable) and, as a training
-job continuing that version would, measures its Fisher on its own training data for the EWC penalty and gathers
-its lineage's data for replay (engine.continual.planner). A checkpoint, when the session has one, puts back the
+job continuing that version would, measures its Fisher on its own training data for the EWC penalty (a session
+prepared again, after a hand-back, loads the snapshot of it an earlier run stored instead) and gathers its
+lineage's data for replay (engine.continual.planner). A checkpoint, when the session has one, puts back the
 adapter, the optimiser, the counters and the buffer.
 
 RUNNING is a loop on the event loop that only waits: it reads new examples from PostgreSQL (from the last
@@ -57,7 +58,7 @@ from engine.domain import (
     Objective,
     OnlineExamplesSource,
 )
-from engine.errors import Cancelled, FailedPrecondition, NotFound, Unavailable
+from engine.errors import Cancelled, DataLoss, FailedPrecondition, NotFound, Unavailable
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import StopReason
@@ -89,7 +90,7 @@ from engine.registry.records import AdapterSource
 from engine.thresholds import at_most
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.loading import LoadedModel, load_for_training, release, save_adapter
-from engine.training.ports import ContinualPlanner, PlanRequest
+from engine.training.ports import ContinualPlan, ContinualPlanner, PlanRequest
 from engine.training.preparation import JobPreparer, inherit_lora
 from engine.training.run import TrainingRun
 from engine.training.spec import EwcSpec, Hyperparameters, TrainingJobSpec
@@ -204,13 +205,34 @@ class OnlineRunner:
         spec = ctx.job.spec
         penalty, earlier, snapshot = None, [], ""
         if self._planner is not None and (spec.ewc_lambda > 0 or spec.replay_fraction > 0):
-            plan = await self._planner.plan(request)
+            plan = await self._plan(ctx, request)
             penalty, earlier, snapshot = plan.penalty, plan.earlier, plan.lineage.fisher_snapshot
         ctx.set_output(replace(ctx.job.output, device=request.model.plan.device, fisher_snapshot=snapshot))
         learner = OnlineLearner(request.model, spec, penalty=penalty, earlier=earlier)
         if ctx.job.output.checkpoints:
             await self._resume(ctx, learner)
         return learner
+
+    async def _plan(self, ctx: Ctx, request: PlanRequest) -> ContinualPlan:
+        """EWC and replay: against the start version's Fisher snapshot an earlier run of the session measured and
+        stored (OnlineOutput.fisher_snapshot), loaded, when there is one, as a training job resumed does
+        (engine.training.runner ``_with_earlier_fisher``): a session handed back and prepared again does not measure
+        and store it again. One gone or unreadable since is measured again, with a notice."""
+        assert self._planner is not None
+        stored, ewc = ctx.job.output.fisher_snapshot, request.spec.ewc
+        if ewc.disabled or not stored:
+            return await self._planner.plan(request)
+        reuse = replace(request, spec=replace(request.spec, ewc=replace(ewc, fisher_snapshot=stored)))
+        try:
+            plan = await self._planner.plan(reuse)
+        except (NotFound, DataLoss) as exc:  # the row deleted, the file missing or corrupt
+            ctx.record(Noticed("FISHER_MEASURED_AGAIN", f"{stored}, the Fisher of {request.parent.version} an earlier "
+                                                        f"run of this session stored, cannot be read ({exc.message}): "
+                                                        "measuring it again"))
+            return await self._planner.plan(request)
+        ctx.record(Noticed("FISHER_OF_EARLIER_RUN", f"{stored}, the Fisher of {request.parent.version} an earlier run "
+                                                    "of this session measured, anchors its EWC again"))
+        return plan
 
     async def _replay_pool(self, request: PlanRequest) -> list[Example]:
         """The start version's lineage's data to replay, read again (a plan without EWC: nothing is measured),

@@ -27,11 +27,12 @@ from typing import Any
 
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example
-from engine.errors import Cancelled, DataLoss, NotFound, Unavailable
+from engine.errors import Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
 from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
+from engine.names import resource_id
 from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
@@ -57,6 +58,8 @@ from engine.training.spec import (
 from engine.training.tracking import TrackerRun, Trackers
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
 
 CHECKPOINT_STORE_SECONDS = 600  # a checkpoint's upload and record taking longer fails that checkpoint
 
@@ -405,6 +408,26 @@ def _with_earlier_fisher(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec:
     return replace(spec, ewc=replace(spec.ewc, fisher_snapshot=lineage.fisher_snapshot))
 
 
+def _check_named_snapshot_is_used(spec: TrainingJobSpec) -> None:
+    """INVALID_ARGUMENT INVALID_EWC_CONFIG (a violation on spec.ewc.fisher_snapshot) for a Fisher snapshot named
+    where nothing would read it: a job without a parent trains no EWC, and one with ``ewc.disabled`` none either
+    (replay reads the lineage's datasets, never a snapshot). Accepted, the name would be dropped without a word."""
+    named = spec.ewc.fisher_snapshot
+    if not named:
+        return
+    if not spec.parent_adapter_version:
+        why = "names a snapshot for EWC against a parent; this job has none"
+        summary = "a Fisher snapshot is named, and this job has no parent_adapter_version to hold EWC against"
+    elif spec.ewc.disabled:
+        resource_id(named, "fisherSnapshots", SNAPSHOT_FIELD)  # a malformed name is MALFORMED_NAME, as with EWC on
+        why = "names a snapshot for EWC; this job disables EWC (ewc.disabled)"
+        summary = "a Fisher snapshot is named, and this job disables EWC, so nothing would use it"
+    else:
+        return
+    raise InvalidArgument("INVALID_EWC_CONFIG", f"invalid EWC settings: {summary}; leave {SNAPSHOT_FIELD} empty",
+                          violations=[FieldViolation(SNAPSHOT_FIELD, why)])
+
+
 def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
     """Whether the job manager ends the job for ``exc`` (FAILED or CANCELLED), rather than pausing it, queueing it
     again for another worker, or dropping it (its lease lost: nothing more may be written)."""
@@ -482,6 +505,7 @@ class TrainingJobs:
 
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0) -> TrainingJob:
+        _check_named_snapshot_is_used(spec)
         inputs = await self._preparer.validate(spec)
         if self._planner is not None and inputs.parent is not None and not inputs.spec.ewc.disabled:
             await self._planner.check(inputs.spec, inputs.parent)
