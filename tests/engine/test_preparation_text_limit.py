@@ -10,20 +10,7 @@ import pytest
 
 from engine.errors import ResourceExhausted
 from engine.preparation.documents import read_text
-from tests.fixtures.pdf import text_pdf
-
-
-def _pdf(objects: list[bytes]) -> bytes:
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for n, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % n + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+from tests.fixtures.pdf import pdf_of, text_pdf
 
 
 def _stream(body: bytes, extra: bytes = b"") -> bytes:
@@ -40,14 +27,14 @@ def bomb_pdf(pages: int, text_bytes: int) -> bytes:
     objects += [f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> "
                 f"/Contents {4 + pages} 0 R >>".encode() for _ in range(pages)]
     objects.append(_stream(body))
-    return _pdf(objects)
+    return pdf_of(objects)
 
 
 def form_bomb_pdf(invocations: int, text_bytes: int) -> bytes:
     """One page that shows one form (a Form XObject of ``text_bytes`` of text) ``invocations`` times."""
     form = b"BT /F1 10 Tf 40 800 Td (" + b"word " * (text_bytes // 5) + b") Tj ET"
     page = b"q /Fm1 Do Q\n" * invocations
-    return _pdf([
+    return pdf_of([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",

@@ -6,6 +6,7 @@ down, or one whose every answer is unsupported, fails the job with a reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -69,6 +70,21 @@ def documents(data_dir: Path) -> list[pb.PreparationDocument]:
     return [pb.PreparationDocument(name="handbook.md", content=HANDBOOK.encode()),
             pb.PreparationDocument(name="atlas.pdf", content=text_pdf([ATLAS])),
             pb.PreparationDocument(name="dunmoor.txt", server_path="notes/dunmoor.txt")]
+
+
+@contextlib.asynccontextmanager
+async def preparing(make_server, data_dir: Path, complete):
+    """A server whose preparations ask a generator answering chat completions with ``complete`` (an aiohttp
+    handler), up for the block: (its client, its preparation stub, a spec of the three documents)."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", complete)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        client = await make_server(prepare_generator_url=f"http://127.0.0.1:{port}")
+        spec = pb.PreparationJobSpec(dataset="datasets/handbook", documents=documents(data_dir), chunk_chars=200)
+        yield client, pb_grpc.DataPreparationServiceStub(client.channel), spec
+    finally:
+        await runner.cleanup()
 
 
 async def prepared(jobs: pb_grpc.DataPreparationServiceStub, spec: pb.PreparationJobSpec):
@@ -215,13 +231,7 @@ async def test_a_cancelled_preparation_stops_at_the_next_chunk_and_stores_nothin
         await asyncio.sleep(0.5)  # a slow generator: the cancel comes while it writes
         return web.json_response({"choices": [{"message": {"content": writer(body["messages"][0]["content"])}}]})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", complete)
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    try:
-        client = await make_server(prepare_generator_url=f"http://127.0.0.1:{port}")
-        jobs = pb_grpc.DataPreparationServiceStub(client.channel)
-        spec = pb.PreparationJobSpec(dataset="datasets/handbook", documents=documents(data_dir), chunk_chars=200)
+    async with preparing(make_server, data_dir, complete) as (client, jobs, spec):
         job = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec, request_id="r-1"))
                ).preparation_job
         again = (await jobs.CreatePreparationJob(pb.CreatePreparationJobRequest(spec=spec, request_id="r-1"))
@@ -234,8 +244,6 @@ async def test_a_cancelled_preparation_stops_at_the_next_chunk_and_stores_nothin
         await asyncio.wait_for(started.wait(), 30)
         await jobs.CancelPreparationJob(pb.CancelPreparationJobRequest(name=job.name))
         updates = [m async for m in jobs.WatchPreparationJob(pb.WatchPreparationJobRequest(name=job.name))]
-    finally:
-        await runner.cleanup()
     assert updates[0].HasField("snapshot")
     done = (await jobs.GetPreparationJob(pb.GetPreparationJobRequest(name=job.name))).preparation_job
     assert done.state == common.JOB_STATE_CANCELLED and not done.result.dataset_version

@@ -11,7 +11,7 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import preparation_pb2 as pb
 from learning.v1 import preparation_pb2_grpc as pb_grpc
 from tests.engine.test_judge import judge_engine
-from tests.fixtures.pdf import text_pdf
+from tests.fixtures.pdf import pdf_of, text_pdf
 from tests.server.test_datasets import refused
 from tests.server.test_evaluation_judge import job_reason
 from tests.server.test_preparation import prepared, writer
@@ -37,16 +37,7 @@ def pdf_with_tounicode(text: str, cmap_body: bytes) -> bytes:
         b"<< /Length %d >>\nstream\n" % len(body) + body + b"\nendstream",
         b"<< /Length %d >>\nstream\n" % len(cmap) + cmap + b"\nendstream",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for n, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % n + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    return pdf_of(objects)
 
 
 async def test_broken_pdfs_are_refused_as_unreadable_not_internal(make_server, data_dir: Path):

@@ -11,7 +11,6 @@ from urllib.parse import urlparse
 import grpc
 from aiohttp import web
 
-from engine.serving.reference_backend import start_site
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as ds
 from learning.v1 import dataset_pb2_grpc as ds_grpc
@@ -21,7 +20,15 @@ from tests.engine.test_judge import judge_engine
 from tests.engine.test_preparation_text_limit import bomb_pdf
 from tests.server.conftest import error_details
 from tests.server.test_evaluation_judge import job_reason
-from tests.server.test_preparation import ATLAS, HANDBOOK, chunk_text, documents, prepared, writer
+from tests.server.test_preparation import (
+    ATLAS,
+    HANDBOOK,
+    chunk_text,
+    documents,
+    prepared,
+    preparing,
+    writer,
+)
 
 LANDS = "\n\n".join(f"The capital of Land{c} is Town{c}. " + "Its people keep goats and weave wool. " * 5
                     for c in "ABCDEFGHIJ")
@@ -113,16 +120,8 @@ async def test_result_chunks_counts_the_chunks_asked_about_not_all_of_them(make_
             return web.json_response({"error": {"message": "model crashed"}}, status=400)
         return web.json_response({"choices": [{"message": {"content": writer(body["messages"][0]["content"])}}]})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", complete)
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    try:
-        client = await make_server(prepare_generator_url=f"http://127.0.0.1:{port}")
-        jobs = pb_grpc.DataPreparationServiceStub(client.channel)
-        spec = pb.PreparationJobSpec(dataset="datasets/handbook", documents=documents(data_dir), chunk_chars=200)
+    async with preparing(make_server, data_dir, complete) as (_, jobs, spec):
         job, events = await prepared(jobs, spec)
-    finally:
-        await runner.cleanup()
     assert job.state == common.JOB_STATE_FAILED and job_reason(job) == "GENERATOR_UNAVAILABLE"
     assert job.progress.completed_steps == 1 and job.progress.total_steps == 4
     assert job.result.chunks == 1, job.result
