@@ -27,7 +27,7 @@ from engine.continual.ports import FisherSnapshots
 from engine.continual.spec import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot, snapshot_id_from_name
 from engine.continual.version_data import SNAPSHOT_FIELD, VersionDatasets
 from engine.domain import Example, FisherSpace
-from engine.errors import FailedPrecondition, FieldViolation, NotFound
+from engine.errors import DataLoss, FailedPrecondition, FieldViolation, NotFound
 from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import ProgressSink
 from engine.registry import AdapterRecord, AdapterRegistry
@@ -210,7 +210,11 @@ class EwcPlanner:
         if parent.fisher_snapshot:  # online EWC: keep what the parent itself was protecting
             try:
                 previous, old = await self._snapshots.load(snapshot_id_from_name(parent.fisher_snapshot))
-            except NotFound:
+            except (NotFound, DataLoss) as exc:
+                # its row gone, or its file (a delete removes the row, then the file: one landing between this
+                # load's two reads finds the row and no file); a file that is there but corrupt stays a failure
+                if isinstance(exc, DataLoss) and exc.reason != "FISHER_FILE_MISSING":
+                    raise
                 sink.emit(Warned("EARLIER_FISHER_MISSING", f"{parent.fisher_snapshot}, which {parent.version} "
                                                            "was trained with, is gone; not accumulated"))
             else:

@@ -693,11 +693,11 @@ class _Session:
 
     async def _stop(self) -> str:
         """A stop asked by a client (a last checkpoint, then CANCELLED) or by this worker's shutdown or a pause
-        (a checkpoint, then the session goes to another worker); a lost lease writes nothing more."""
+        (a checkpoint, then the session goes to another worker); a lost lease writes nothing more. A store out of
+        reach does not turn a client's stop into a failure: the checkpoint is then not stored (a notice says so)
+        and the examples not read yet are not counted."""
         reason = self.ctx.cancel.reason
-        if reason is StopReason.CANCEL and self.changed:
-            await self._checkpoint()
-        elif reason is not StopReason.LEASE_LOST and self.changed:
+        if reason is not StopReason.LEASE_LOST and self.changed:
             await self._checkpoint_if_possible()
         if reason is StopReason.CANCEL:
             raise Cancelled("JOB_CANCELLED", await self._untrained())
@@ -756,15 +756,18 @@ class _Session:
         warning when there are any."""
         learner = self.learner
         waiting = len(learner.pending)
-        unread = await self.r.store.count_after(self.id, learner.last_sequence)
+        try:
+            unread: int | None = await self.r.store.count_after(self.id, learner.last_sequence)
+        except TRANSIENT_ERRORS:  # the store out of reach: the examples not read yet are not counted
+            unread = None
         trained = max(0, learner.total_examples - learner.skipped - waiting)
         said = f"stopped after {learner.updates} updates on {trained} examples"
-        untrained = waiting + unread
+        untrained = waiting + (unread or 0)
         if not untrained:
-            return said
+            return said if unread is not None else f"{said}; the examples not read yet could not be counted"
+        unread_said = f"{unread} not read yet" if unread is not None else "those not read yet could not be counted"
         what = (f"{untrained} example{'' if untrained == 1 else 's'} received {'was' if untrained == 1 else 'were'} "
-                f"not trained on ({waiting} waiting for a full update of {self.spec.update_every}, {unread} not "
-                "read yet)")
+                f"not trained on ({waiting} waiting for a full update of {self.spec.update_every}, {unread_said})")
         self.ctx.record(Warned("EXAMPLES_NOT_TRAINED", f"{what}: the session stopped, so no update will train on "
                                                        "them; they stay in its examples until the retention "
                                                        "deletes them"))

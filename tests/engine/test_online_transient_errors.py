@@ -252,3 +252,25 @@ async def test_the_session_store_raises_unavailable_for_the_drivers_connection_e
     assert lost.value.reason == "DATABASE_UNAVAILABLE" and "ConnectionDoesNotExistError" in lost.value.message
     with pytest.raises(Unavailable):
         await store.set("s", enabled=False)
+
+
+class _Unreachable(_Examples):
+    """A store that cannot be reached when the stopped session counts the examples it has not read."""
+
+    async def count_after(self, session_id: str, seq: int) -> int:
+        raise Unavailable("DATABASE_UNAVAILABLE", "PostgreSQL is unavailable (ConnectionRefusedError)")
+
+
+async def test_a_clients_stop_while_the_stores_are_down_ends_the_session_cancelled(tiny_model_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """StopOnlineSession while PostgreSQL and the object store are out of reach: its last checkpoint and the count
+    of the examples not read raised out of the stop, and the job the client stopped ended FAILED."""
+    learner = OnlineLearner(loaded(tiny_model_dir, tmp_path), session(replay_fraction=0.0))
+    running = _running(learner, tmp_path, _Unreachable(), _ObjectStore(tmp_path / "artifacts", fail_at=1))
+    running.changed = True  # weights a checkpoint would keep
+    running.ctx.cancel.cancel(StopReason.CANCEL)
+    with pytest.raises(Cancelled) as stopped:
+        await running._stop()
+    assert stopped.value.message == ("stopped after 0 updates on 0 examples; the examples not read yet could not "
+                                     "be counted")
+    assert "CHECKPOINT_NOT_STORED" in [getattr(p, "code", "") for p in running.ctx.recorded]
