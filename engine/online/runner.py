@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import logging
 import math
 import shutil
 import time
@@ -45,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
@@ -58,11 +57,11 @@ from engine.domain import (
     Objective,
     OnlineExamplesSource,
 )
-from engine.errors import Cancelled, DataLoss, FailedPrecondition, NotFound, Unavailable
-from engine.jobs.context import JobContext
+from engine.errors import Cancelled, DataLoss, FailedPrecondition, NotFound
 from engine.jobs.core import JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import StopReason
 from engine.lora.state import FeedbackRates
+from engine.online.interruptions import TRANSIENT_ERRORS, Ctx, describe, hand_back, steady_since
 from engine.online.learner import OnlineLearner, UpdateResult
 from engine.online.ports import FeedbackExamples, OnlineStore
 from engine.online.spec import (
@@ -76,7 +75,6 @@ from engine.online.spec import (
     LiveAdapter,
     LossSpike,
     NewExample,
-    OnlineOutput,
     OnlineSession,
     OnlineSessionSpec,
     Publication,
@@ -95,7 +93,6 @@ from engine.training.preparation import JobPreparer, inherit_lora
 from engine.training.run import TrainingRun
 from engine.training.spec import EwcSpec, Hyperparameters, TrainingJobSpec
 
-Ctx = JobContext[OnlineSessionSpec, OnlineOutput]
 STATE_FILE = "online.pt"
 LIVE_KEPT = 3  # live archives kept in the store (the serving side needs only the newest)
 CHECKPOINTS_KEPT = 2
@@ -103,26 +100,8 @@ BASELINE_WINDOW = timedelta(days=7)  # the start version's ratings a negative-fe
 FEEDBACK_LAG_SECONDS = 5.0  # feedback is read up to this long ago: events sent a moment late are not missed
 # The verdict a loss spike records on the publications of the weights it put aside (not judged yet by the gate).
 LOSS_SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("loss_spike",))
-# What a store raises while it cannot be reached for a moment: Unavailable (DATABASE_UNAVAILABLE, which the
-# PostgreSQL stores make of the driver's connection errors; ARTIFACT_STORE_UNAVAILABLE), and OSError (refused,
-# reset, timeouts; a local disk full writing an archive). A running session that meets one stops as at a worker's
-# shutdown, and a worker goes on from its checkpoint (_Session.loop).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Unavailable, OSError)
-# A session handed back for a store's error more than this many times in a row (no update in between, nor a run
-# of STEADY_SECONDS) fails with the last error: an error that does not go away (a bucket deleted, a read-only work
-# dir: OSError is among TRANSIENT_ERRORS) would otherwise requeue it forever. With the waits below, that is about
-# half an hour of a store staying down, and a model load at most every two minutes meanwhile.
-MAX_INTERRUPTIONS = 20
-# The wait before handing a session back after its n-th interruption in a row: none after the first (a blip is over
-# by the time another worker takes it), then 5 s, doubling, at most 2 min; a stop asked meanwhile ends it early.
-INTERRUPTION_WAIT_SECONDS = 5.0
-INTERRUPTION_WAIT_CAP_SECONDS = 120.0
-STEADY_SECONDS = 600.0  # a session that ran this long before an interruption starts counting again
-STOP_POLL_SECONDS = 0.25  # how often the wait looks at the job's cancel token
 # Where the store moves a session's alias_version: the alias follows the session, or the session named none.
 _ALIAS_MOVABLE = (AliasState.NONE, AliasState.FOLLOWING)
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,7 +147,9 @@ class OnlineRunner:
         try:
             start, loaded, learner, erasures, request = await self._set_up(ctx)
         except TRANSIENT_ERRORS as exc:  # a store down: the session goes back to the queue (bounded)
-            await _handed_back(ctx, exc)
+            handed = await hand_back(ctx, exc, preparing=True)
+            raise Cancelled("JOB_CANCELLED", "stopped to continue later" if handed
+                            else "stopped before learning started") from exc
         try:
             if ctx.cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", "stopped before learning started")
@@ -710,27 +691,10 @@ class _Session:
         starts from the previous one) and goes back to the queue; the worker that takes it resumes from its
         checkpoint and reads the examples after it again by sequence number, so an example read (or popped for an
         update the error cut short) is trained on, once the stores are back. The ``MAX_INTERRUPTIONS``-th in a row
-        fails the session with the error (_count_interruption). A stop asked meanwhile goes on as asked (a client's
-        stop ends the session; a lost lease writes nothing)."""
-        ctx = self.ctx
-        what = _what(exc)
-        log.warning("online session interrupted by a store error", extra={"job_id": self.id, "error": what})
-        if ctx.cancel.reason is StopReason.CANCEL:
-            return await self._stop()
-        if ctx.cancel.reason is StopReason.LEASE_LOST:
-            raise Cancelled("JOB_CANCELLED", "stopped to continue later")
-        steady = self.ran_since is not None and time.monotonic() - self.ran_since >= STEADY_SECONDS
-        count = _count_interruption(ctx, exc, steady=steady)
-        await _wait_unless_stopped(ctx, count)
-        ctx.cancel.cancel(StopReason.SHUTDOWN)  # the manager releases the job QUEUED, as at a worker's shutdown
-        reason = _stop_reason(ctx)  # as it is now: a stop asked during the wait
-        if reason is StopReason.CANCEL:
-            return await self._stop()
-        if reason is StopReason.LEASE_LOST:
-            raise Cancelled("JOB_CANCELLED", "stopped to continue later")
-        ctx.record(Warned("SESSION_INTERRUPTED", f"a store could not be reached ({what}): the session goes back to "
-                                                 "the queue and a worker goes on from its last checkpoint, reading "
-                                                 f"the examples after it again{_in_a_row(count)}"))
+        fails the session with the error (engine.online.interruptions). A stop asked meanwhile goes on as asked (a
+        client's stop ends the session; a lost lease writes nothing)."""
+        if not await hand_back(self.ctx, exc, steady=steady_since(self.ran_since)):
+            return await self._stop()  # a client's stop, asked before or during the wait
         if self.changed and not self.spike_unstored:
             await self._checkpoint_if_possible()
         raise Cancelled("JOB_CANCELLED", "stopped to continue later")
@@ -746,7 +710,7 @@ class _Session:
             if ctx.job.output.checkpoints == before:  # not stored (else only the job's write failed: its release
                 # writes the job, which names it)
                 ctx.record(Noticed("CHECKPOINT_NOT_STORED", f"no checkpoint stored at update {self.learner.updates} "
-                                                            f"({type(exc).__name__}: {exc}): the worker going on "
+                                                            f"({describe(exc)}): the worker going on "
                                                             "from the session starts from the previous one and "
                                                             "trains on the examples after it again"))
 
@@ -773,79 +737,3 @@ class _Session:
                                                        "deletes them"))
         return f"{said}; {what}"
 
-
-def _what(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _in_a_row(count: int) -> str:
-    if count <= 1:
-        return ""
-    return (f" ({count} interruptions in a row with no update between them; at {MAX_INTERRUPTIONS} the session "
-            "fails)")
-
-
-def _count_interruption(ctx: Ctx, exc: BaseException, *, steady: bool = False) -> int:
-    """This interruption counted on the job (``OnlineOutput.interruptions``: in a row, with no update in between;
-    ``steady``: the run it cut short went on long enough to start counting again), and how many that makes.
-    The ``MAX_INTERRUPTIONS``-th fails the session with the error (UNAVAILABLE, its reason when it has one, else
-    ARTIFACT_STORE_UNAVAILABLE)."""
-    count = (0 if steady else ctx.job.output.interruptions) + 1
-    ctx.set_output(replace(ctx.job.output, interruptions=count))
-    if count >= MAX_INTERRUPTIONS:
-        what = _what(exc)
-        log.error("online session failed: a store error at every try", extra={"job_id": ctx.job.id, "error": what})
-        message = (f"a store could not be reached {count} times in a row with no update between them, the last "
-                   f"time: {what}; the session ends here rather than going back to the queue again")
-        if isinstance(exc, Unavailable):
-            raise Unavailable(exc.reason, message, metadata=exc.metadata) from exc
-        # an OSError: the stores that can raise one (PostgreSQL's errors come as Unavailable) keep artifacts
-        raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", message) from exc
-    return count
-
-
-def _stop_reason(ctx: Ctx) -> StopReason | None:
-    """Why the job is asked to stop, read again (another task sets it while this one waits)."""
-    return ctx.cancel.reason
-
-
-def _interruption_wait(count: int) -> float:
-    """Seconds to wait before handing the session back after its ``count``-th interruption in a row."""
-    if count <= 1:
-        return 0.0
-    return min(INTERRUPTION_WAIT_CAP_SECONDS, INTERRUPTION_WAIT_SECONDS * 2.0 ** (count - 2))
-
-
-async def _wait_unless_stopped(ctx: Ctx, count: int) -> None:
-    """The wait before handing the session back (``_interruption_wait``), while this worker still holds it; a
-    stop (a client's, a pause, this worker's shutdown, a lost lease) ends it at once. A store that stays down then
-    costs a model load at most every INTERRUPTION_WAIT_CAP_SECONDS, not as fast as workers can claim the job."""
-    deadline = time.monotonic() + _interruption_wait(count)
-    while not ctx.cancel.cancelled and (left := deadline - time.monotonic()) > 0:
-        await asyncio.sleep(min(left, STOP_POLL_SECONDS))
-
-
-async def _handed_back(ctx: Ctx, exc: BaseException) -> NoReturn:
-    """A store error while a worker sets a session up (the start version, the model, the controls, the EWC and
-    replay plan, the checkpoint and the examples it names): the session goes back to the queue, as when its running
-    loop meets one (_Session._interrupted), for a brand-new session as for one resumed: nothing of it is lost, and
-    the worker that takes it sets it up again. The interruptions in a row are counted (the limit fails it) and the
-    wait before is theirs. A stop asked meanwhile goes on as asked."""
-    what = _what(exc)
-    log.warning("online session interrupted by a store error while preparing", extra={"job_id": ctx.job.id,
-                                                                                     "error": what})
-    if ctx.cancel.reason is StopReason.CANCEL:
-        raise Cancelled("JOB_CANCELLED", "stopped before learning started")
-    if ctx.cancel.reason is StopReason.LEASE_LOST:
-        raise Cancelled("JOB_CANCELLED", "stopped to continue later")
-    count = _count_interruption(ctx, exc)
-    await _wait_unless_stopped(ctx, count)
-    ctx.cancel.cancel(StopReason.SHUTDOWN)  # the manager releases the job QUEUED, as at a worker's shutdown
-    reason = _stop_reason(ctx)  # as it is now: a stop asked during the wait
-    if reason is StopReason.CANCEL:
-        raise Cancelled("JOB_CANCELLED", "stopped before learning started")
-    if reason is not StopReason.LEASE_LOST:
-        ctx.record(Warned("SESSION_INTERRUPTED", f"a store could not be reached while the session was being "
-                                                 f"prepared ({what}): it goes back to the queue and a worker "
-                                                 f"prepares it again{_in_a_row(count)}"))
-    raise Cancelled("JOB_CANCELLED", "stopped to continue later")

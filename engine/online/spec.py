@@ -105,7 +105,7 @@ class OnlineOutput:
     ratings_since: datetime | None = None  # the live model's ratings are judged from here on (None: creation)
     refused_warned: int = 0  # of Controls.refused_examples, how many an EXAMPLES_REFUSED warning has covered
     # the times in a row a store's error sent the session back to the queue with no update in between (an update
-    # sets it to 0): the runner's MAX_INTERRUPTIONS-th fails it (engine.online.runner)
+    # sets it to 0): the MAX_INTERRUPTIONS-th fails it (engine.online.interruptions)
     interruptions: int = 0
 
 

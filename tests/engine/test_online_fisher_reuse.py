@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-import engine.online.runner as runner_module
+import engine.online.interruptions as interruptions
 from engine.continual.planner import EwcPlanner
 from engine.continual.spec import snapshot_id_from_name
 from engine.domain import LoraSpec
@@ -32,9 +32,9 @@ from tests.engine.test_online_transient_takeover import _ctx, _Unreachable
 
 @pytest.fixture(autouse=True)
 def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_SECONDS", 0.05)
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_CAP_SECONDS", 0.1)
-    monkeypatch.setattr(runner_module, "STOP_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_CAP_SECONDS", 0.1)
+    monkeypatch.setattr(interruptions, "STOP_POLL_SECONDS", 0.01)
 
 
 def _start() -> SimpleNamespace:

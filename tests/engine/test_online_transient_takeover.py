@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import engine.online.runner as runner_module
+import engine.online.interruptions as interruptions
 from engine.errors import Cancelled, Unavailable
 from engine.jobs.context import JobSlots
 from engine.jobs.core import JobState
@@ -37,9 +37,9 @@ DOWN = Unavailable("DATABASE_UNAVAILABLE", "PostgreSQL is unavailable (Connectio
 @pytest.fixture(autouse=True)
 def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The waits before a hand-back, in hundredths of what they are (the code that waits still runs)."""
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_SECONDS", 0.05, raising=False)
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_CAP_SECONDS", 1.2, raising=False)
-    monkeypatch.setattr(runner_module, "STOP_POLL_SECONDS", 0.01, raising=False)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_CAP_SECONDS", 1.2)
+    monkeypatch.setattr(interruptions, "STOP_POLL_SECONDS", 0.01)
 
 
 class _StillDown(_Controls):
@@ -136,8 +136,8 @@ async def test_a_checkpoint_that_cannot_be_fetched_hands_the_session_back(tiny_m
 
 async def test_a_stop_during_the_wait_ends_it(tiny_model_dir: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_SECONDS", 60.0)
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_CAP_SECONDS", 60.0)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_CAP_SECONDS", 60.0)
     preparer = _Preparer(tiny_model_dir, DOWN)
     runner = _runner(tiny_model_dir, tmp_path, _Controls(), preparer)
     ctx = _ctx(tmp_path, OnlineOutput(interruptions=4))
@@ -151,7 +151,7 @@ async def test_a_stop_during_the_wait_ends_it(tiny_model_dir: Path, tmp_path: Pa
 
 
 async def test_the_limit_fails_the_session_with_the_last_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    limit = runner_module.MAX_INTERRUPTIONS  # type: ignore[attr-defined]
+    limit = interruptions.MAX_INTERRUPTIONS
     error = PermissionError(13, "Permission denied", "/work/jobs/s1/start")  # a read-only work dir
     runner = _runner(tiny_model_dir, tmp_path, _Controls(), _Preparer(tiny_model_dir, error))
     ctx = _ctx(tmp_path, OnlineOutput(interruptions=limit - 1))
@@ -164,7 +164,7 @@ async def test_the_limit_fails_the_session_with_the_last_error(tiny_model_dir: P
 
 async def test_the_running_loop_counts_too_and_a_steady_run_starts_again(tiny_model_dir: Path,
                                                                          tmp_path: Path) -> None:
-    limit = runner_module.MAX_INTERRUPTIONS  # type: ignore[attr-defined]
+    limit = interruptions.MAX_INTERRUPTIONS
     learner = OnlineLearner(loaded(tiny_model_dir, tmp_path), session(replay_fraction=0.0))
     running = _session(learner, tmp_path, OnlineOutput(interruptions=limit - 1), _Registry(), store=_Controls())
     running.ctx.cancel = CancelToken()  # type: ignore[assignment]
@@ -174,7 +174,7 @@ async def test_the_running_loop_counts_too_and_a_steady_run_starts_again(tiny_mo
     assert failed.value.reason == "DATABASE_UNAVAILABLE" and f"{limit} times in a row" in failed.value.message
 
     running.ctx.set_output(OnlineOutput(interruptions=limit - 1))
-    running.ran_since = time.monotonic() - runner_module.STEADY_SECONDS - 1  # type: ignore[attr-defined]
+    running.ran_since = time.monotonic() - interruptions.STEADY_SECONDS - 1
     with pytest.raises(Cancelled):
         await running._interrupted(DOWN)
     assert running.ctx.job.output.interruptions == 1, "a run of STEADY_SECONDS starts counting again"
@@ -203,8 +203,8 @@ async def test_a_session_whose_store_stays_down_ends_failed_not_requeued_forever
 ) -> None:
     """Through the job manager: every worker that takes the session finds the object store gone (fetching the
     start version fails); it is queued again MAX_INTERRUPTIONS - 1 times, then ends FAILED with the error."""
-    monkeypatch.setattr(runner_module, "INTERRUPTION_WAIT_CAP_SECONDS", 0.05, raising=False)
-    limit = getattr(runner_module, "MAX_INTERRUPTIONS", 20)
+    monkeypatch.setattr(interruptions, "INTERRUPTION_WAIT_CAP_SECONDS", 0.05)
+    limit = interruptions.MAX_INTERRUPTIONS
     preparer = _Preparer(tiny_model_dir, Unavailable("ARTIFACT_STORE_UNAVAILABLE", "the bucket does not exist"))
     runner = _runner(tiny_model_dir, tmp_path, _Controls(), preparer)
     slots, queue = JobSlots(1), InProcessQueue()
