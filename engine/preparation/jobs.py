@@ -174,7 +174,7 @@ class PreparationRunner:
             text = await self._text(doc, f"spec.documents[{i}]", text_bytes)
             text_bytes += len(text.encode())
             pieces += await asyncio.to_thread(chunks, doc.name, text, max_chars=spec.chunk_chars)
-        asked = [c for c in pieces if generation.word_count(c.text) >= MIN_CHUNK_WORDS]
+        asked = _asked(pieces)
         ctx.set_output(replace(ctx.job.output, skipped_chunks=len(pieces) - len(asked)))
         if not asked:
             raise FailedPrecondition(
@@ -424,8 +424,12 @@ def _repeated_bytes(name: str, text: str, request: PreparationRequest) -> int:
     of the pairs rely on (each line's source span with its text), and would still not bound the lines."""
     empty = generation.Pair("", "")
     return request.questions_per_chunk * sum(
-        len(_line(empty, c)) for c in chunks(name, text, max_chars=request.chunk_chars)
-        if generation.word_count(c.text) >= MIN_CHUNK_WORDS)
+        len(_line(empty, c)) for c in _asked(chunks(name, text, max_chars=request.chunk_chars)))
+
+
+def _asked(pieces: list[Chunk]) -> list[Chunk]:
+    """The chunks a job asks the generator about: those of ``MIN_CHUNK_WORDS`` words or more."""
+    return [c for c in pieces if generation.word_count(c.text) >= MIN_CHUNK_WORDS]
 
 
 def _check_numbers(request: PreparationRequest) -> None:
