@@ -268,7 +268,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     objective = _enum(_OBJECTIVE, msg.objective, "spec.objective", issues)
     if objective is Objective.KTO:  # engine.training.kto: a lone example has no other's answer to estimate z0 from
         unset = "" if h.batch_size else f" (unset: the server's training_batch_size, {hyper.batch_size})"
-        issues.check(hyper.batch_size * hyper.gradient_accumulation_steps > 1, "spec.hyperparameters.batch_size",
+        issues.check(hyper.examples_per_step > 1, "spec.hyperparameters.batch_size",
                      f"must be > 1 with OBJECTIVE_KTO, or gradient_accumulation_steps > 1{unset}: KTO estimates its "
                      "KL reference point from each step's examples paired with one another's answers, and a step "
                      "of one example has none")

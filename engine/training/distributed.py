@@ -105,7 +105,7 @@ def _warn_kto_shares(run: TrainingRun, processes: int, sink: ProgressSink) -> No
     example has no other's answer to pair with and uses z0 = 0, so a step of fewer than two examples a process
     loses KTO's estimate, as a job of one example a step would (refused when created)."""
     hp = run.spec.hyperparameters
-    step = hp.batch_size * max(1, hp.gradient_accumulation_steps)
+    step = hp.examples_per_step
     if isinstance(task_objective(run.objective), KtoObjective) and step < 2 * processes:
         sink.emit(Warned("KTO_SHARES_OF_ONE", (
             f"a step of {step} examples shared out over {processes} processes leaves some a share of one, whose "

@@ -289,7 +289,7 @@ def _optimise(
     ckpt = run.checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    per_step = hp.batch_size * hp.gradient_accumulation_steps
+    per_step = hp.examples_per_step
     epochs = epochs or EpochRows(len(data))
     per_epoch, total = total_steps_for(epochs.size, per_step, hp.epochs, hp.max_steps)
     scheduler = get_scheduler(_SCHEDULERS[hp.lr_schedule], optimizer, num_warmup_steps=hp.warmup_steps,

@@ -80,6 +80,11 @@ class Hyperparameters:
     # at the end, on the version as its eval loss. 0: every example is trained on.
     eval_fraction: float = 0.0
 
+    @property
+    def examples_per_step(self) -> int:
+        """The examples an optimiser step takes: ``batch_size`` in each of its ``gradient_accumulation_steps``."""
+        return self.batch_size * self.gradient_accumulation_steps
+
 
 MAX_EVAL_FRACTION = 0.5  # of a job's examples held out as its eval split
 MAX_DEVICES = 64  # devices one job may ask for (processes started on one machine)
