@@ -16,7 +16,7 @@ from engine.drift.ports import IncomingPrompts
 from engine.drift.report import EvalPoint, FeedbackBucket
 from engine.lora.state import EvalSummary
 from engine.stores.feedback_store import INTERACTION_KEY
-from engine.stores.postgres import CONNECTION_ERRORS, unavailable
+from engine.stores.postgres import acquired
 
 _EVAL = TypeAdapter(EvalSummary)
 
@@ -72,11 +72,9 @@ class PostgresDriftSource:
         self._pool = pool
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        try:
-            async with self._pool.acquire() as conn:
-                return list(await conn.fetch(sql, *args))
-        except CONNECTION_ERRORS as exc:
-            raise unavailable(exc) from exc
+        """The rows of ``sql``; PostgreSQL out of reach: Unavailable DATABASE_UNAVAILABLE (as the feedback store's)."""
+        async with acquired(self._pool) as conn:
+            return list(await conn.fetch(sql, *args))
 
     async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
         rows = await self._fetch(_INCOMING, start, end, limit, base_model)

@@ -19,8 +19,9 @@ transaction-level advisory lock and erasure an exclusive one, so a user's erasur
 with a batch that is being stored: once DeleteUserFeedback returns, no event of that user timed before
 it, and none of the events it deleted, can be (or become) stored.
 
-Connection-level failures (the server restarting, refusing connections, a dropped socket)
-become ``engine.errors.Unavailable``; SQL errors stay what they are (bugs surface as INTERNAL).
+Connection-level failures (the server restarting, refusing connections, a dropped socket, a connection lost inside
+a transaction) become ``engine.errors.Unavailable`` (``engine.stores.postgres.acquired``, as for drift reports); SQL
+errors stay what they are (bugs surface as INTERNAL).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from engine.feedback.events import (
     UserErasure,
 )
 from engine.jobs.core import JobState
-from engine.stores.postgres import CONNECTION_ERRORS, unavailable
+from engine.stores.postgres import acquired
 
 T = TypeVar("T")
 
@@ -242,16 +243,8 @@ class PostgresFeedbackStore:
         self._pool = pool
 
     async def _run(self, work: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
-        try:
-            async with self._pool.acquire() as conn:
-                try:
-                    return await work(conn)
-                except asyncpg.InterfaceError as exc:
-                    if conn.is_closed():
-                        raise unavailable(exc) from exc
-                    raise
-        except CONNECTION_ERRORS as exc:
-            raise unavailable(exc) from exc
+        async with acquired(self._pool) as conn:
+            return await work(conn)
 
     encode = staticmethod(encode_rows)
 
@@ -386,19 +379,16 @@ class PostgresFeedbackStore:
             ORDER BY e.event_time, e.tenant_id, e.client_event_id
         """
         args = (start, end, adapter_version, json.dumps(labels), [FeedbackKind(k).value for k in kinds], base_model)
-        try:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-                async for r in conn.cursor(sql, *args, prefetch=batch):
-                    if r["response"] is None and r["kind"] != FeedbackKind.CORRECTION:
-                        continue
-                    if r["prompt"] is None and r["messages"] is None:
-                        continue
-                    messages = tuple(Turn(m["role"], m["content"]) for m in json.loads(r["messages"] or "[]"))
-                    yield Judgement(
-                        interaction_key=r["key"], kind=FeedbackKind(r["kind"]), rating=r["rating"] or 0,
-                        correction=r["correction"] or "", time=r["event_time"], messages=messages,
-                        prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
-                        users=tuple(u for u in {r["user_id"], r["carrier_user_id"] or ""} if u),
-                    )
-        except CONNECTION_ERRORS as exc:
-            raise unavailable(exc) from exc
+        async with acquired(self._pool) as conn, conn.transaction(readonly=True):
+            async for r in conn.cursor(sql, *args, prefetch=batch):
+                if r["response"] is None and r["kind"] != FeedbackKind.CORRECTION:
+                    continue
+                if r["prompt"] is None and r["messages"] is None:
+                    continue
+                messages = tuple(Turn(m["role"], m["content"]) for m in json.loads(r["messages"] or "[]"))
+                yield Judgement(
+                    interaction_key=r["key"], kind=FeedbackKind(r["kind"]), rating=r["rating"] or 0,
+                    correction=r["correction"] or "", time=r["event_time"], messages=messages,
+                    prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
+                    users=tuple(u for u in {r["user_id"], r["carrier_user_id"] or ""} if u),
+                )

@@ -188,10 +188,41 @@ def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("DATABASE_UNAVAILABLE", f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
 
 
+def dropped(conn: PoolConnectionProxy[Any]) -> bool:
+    """Whether the session of a connection of a pool has ended (the pool detaches the proxy of a connection that
+    died, and then even ``is_closed`` raises)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+@contextlib.asynccontextmanager
+async def acquired(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A connection of ``pool`` for the block, with PostgreSQL out of reach UNAVAILABLE DATABASE_UNAVAILABLE
+    (:func:`unavailable`): a connection error (:data:`CONNECTION_ERRORS`) taking it or in the block, and the driver's
+    InterfaceError once the block's connection has died, which is what a connection lost inside a transaction, or
+    in a cursor's rows, ends as ("cannot call Transaction.__aexit__(): the underlying connection is closed"): the
+    driver's ConnectionDoesNotExistError is only its context. An InterfaceError on a live connection (a misuse)
+    stays what it is."""
+    try:
+        async with pool.acquire() as conn:
+            try:
+                yield conn
+            except asyncpg.InterfaceError as exc:
+                if dropped(conn):
+                    raise unavailable(exc) from exc
+                raise
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from exc
+
+
 def connection_errors_unavailable(cls: type[T]) -> type[T]:
     """``cls`` with every public coroutine method raising :func:`unavailable` for a connection error, so the
     contexts using a store see the engine's Unavailable, not the driver's errors (a method returning a context,
-    such as one of :func:`advisory_lock`, says so itself)."""
+    such as one of :func:`advisory_lock`, says so itself). Only the classes of :data:`CONNECTION_ERRORS`: the
+    InterfaceError that a connection lost inside a transaction ends as needs the connection to be told from a misuse
+    (:func:`acquired`)."""
     for name, method in list(vars(cls).items()):
         if not name.startswith("_") and inspect.iscoroutinefunction(method):
             setattr(cls, name, _translating(method))
