@@ -15,6 +15,17 @@ document's text and the chunk's text. That file is stored as a version of the na
 as any uploaded file is (engine.training.stored_datasets), so training names the dataset. A generator that cannot be
 asked fails the job with UNAVAILABLE GENERATOR_UNAVAILABLE; a job whose every pair was filtered out fails with
 FAILED_PRECONDITION NO_PAIRS_KEPT and stores nothing. Cancelling stops it at the next chunk.
+
+The job's progress is its event log: each ChunkPrepared also carries the pairs kept of its chunk, and is stored
+with the job (its counters folded in) in one write fenced by the lease, as every event is (engine.jobs.event_log).
+A run that stops to go on later (paused, its worker stopping) stops at the next chunk, as a cancel does, and its
+release stores what it recorded; a worker that takes the job over (its worker died) reads the same log, losing at
+most what was recorded and not yet stored. A run of a job whose log holds ChunkPrepared events takes those chunks'
+pairs from them (``_answered``) instead of asking again, with the duplicate check's questions and the counters
+they imply, and asks only about the chunks after them, with the generator model the earlier runs asked: it
+writes the same file, hence the same version and split, as a run never interrupted. A log that does not fit
+the chunks read now (the documents read otherwise since) is set aside with a warning and every chunk asked
+again. Nothing is kept outside the job's record, so a cancel, in any state, leaves nothing to remove.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.jobs.context import JobContext
-from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
+from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
 from engine.preparation import generation
 from engine.preparation.documents import Chunk, chunks, document_kind, read_text
@@ -114,6 +125,8 @@ class ChunkPrepared:
     duplicates: int
     unparseable: int
     rejected_sample: str = ""  # why the first rejected pair was rejected, if one was
+    # The pairs kept, in order (``kept`` of them): a later run of the job takes them instead of asking again.
+    pairs: tuple[generation.Pair, ...] = ()
 
 
 PREPARATION = JobKind("preparation", "preparationJobs", PreparationJobSpec, PreparationOutput,
@@ -165,8 +178,9 @@ class PreparationRunner:
 
     async def run(self, ctx: JobContext[PreparationJobSpec, PreparationOutput]) -> str:
         spec = ctx.job.spec
-        model = self.model_for(spec)
-        ctx.set_output(PreparationOutput(generator_model=model, generator_target=self._generator.target))
+        earlier = ctx.job.output.generator_model if _reported(ctx.events) else ""  # the model earlier runs asked
+        model = earlier or self.model_for(spec)
+        ctx.set_output(replace(ctx.job.output, generator_model=model, generator_target=self._generator.target))
         ctx.transition(JobState.PREPARING, f"reading {len(spec.documents)} document(s)")
         pieces: list[Chunk] = []
         text_bytes = 0  # the documents' text is held to dataset_max_bytes here too, as when the job was created
@@ -175,34 +189,58 @@ class PreparationRunner:
             text_bytes += len(text.encode())
             pieces += await asyncio.to_thread(chunks, doc.name, text, max_chars=spec.chunk_chars)
         asked = _asked(pieces)
-        ctx.set_output(replace(ctx.job.output, skipped_chunks=len(pieces) - len(asked)))
+        answered = _answered(ctx.events, asked)
+        if answered is None:  # the log does not fit the chunks read now: ask about every chunk again
+            ctx.record(Warned("PREPARED_CHUNKS_ASKED_AGAIN", "the chunks an earlier run of this job answered are not "
+                              "the chunks its documents are read into now; every chunk is asked about again"))
+            answered, model = [], self.model_for(spec)
+        # The counters of what was answered (a run that starts over starts them again), folded as the events were.
+        folded = replace(ctx.job, output=PreparationOutput(
+            generator_model=model, generator_target=self._generator.target, skipped_chunks=len(pieces) - len(asked)))
+        for report in answered:
+            folded = self.fold(folded, report)
+        ctx.set_output(folded.output)
         if not asked:
             raise FailedPrecondition(
                 "NO_PAIRS_KEPT", f"the documents hold no chunk of {MIN_CHUNK_WORDS} words or more to ask about; "
                 "nothing was stored", metadata={"chunks": str(len(pieces))})
-        ctx.started(JobState.RUNNING, f"asking {model} for {spec.questions_per_chunk} pair(s) about each of "
-                                      f"{len(asked)} chunk(s)", total_steps=len(asked))
         lines: list[bytes] = []
-        size = 0
         seen: dict[str, set[str]] = {}
-        for done, chunk in enumerate(asked, start=1):
-            if ctx.cancel.cancelled:
+        for report, chunk in zip(answered, asked, strict=False):
+            lines += [_line(pair, chunk) for pair in report.pairs]
+            seen.setdefault(chunk.document, set()).update(generation.normalised_question(p.question)
+                                                          for p in report.pairs)
+        size = sum(map(len, lines))
+        if answered:
+            ctx.record(Noticed("PREPARATION_RESUMED", f"{len(answered)} of {len(asked)} chunk(s) were answered by an "
+                                                      f"earlier run of this job ({len(lines)} pair(s) kept): they are "
+                                                      f"not asked about again"))
+            # The progress as the events stored it: (len(answered), len(asked)), folded from the last of them.
+            ctx.started(JobState.RUNNING, f"asking {model} for {spec.questions_per_chunk} pair(s) about each of "
+                                          f"the {len(asked) - len(answered)} chunk(s) left of {len(asked)}")
+        else:
+            ctx.started(JobState.RUNNING, f"asking {model} for {spec.questions_per_chunk} pair(s) about each of "
+                                          f"{len(asked)} chunk(s)", total_steps=len(asked))
+        for done, chunk in enumerate(asked[len(answered):], start=len(answered) + 1):
+            if ctx.cancel.cancelled:  # a pause or a shutdown too: the events recorded are the job's progress
                 raise Cancelled("JOB_CANCELLED", f"the preparation was cancelled after {done - 1} of "
                                                  f"{len(asked)} chunks")
             reply = await self._ask(model, chunk, spec.questions_per_chunk)
             reading = generation.parse(reply)
             asked_for = reading.pairs[:spec.questions_per_chunk]  # a model that goes on: the first ones count
             verdicts = generation.select(asked_for, chunk.text, seen.setdefault(chunk.document, set()))
-            kept = [_line(v.pair, chunk) for v in verdicts if v.kept]
+            pairs = tuple(v.pair for v in verdicts if v.kept)
+            kept = [_line(pair, chunk) for pair in pairs]
             lines += kept
             size += sum(map(len, kept))
             rejected = [v for v in verdicts if not v.kept]
             ctx.record(ChunkPrepared(
                 document=chunk.document, chunk=chunk.index, start=chunk.start, end=chunk.end, done=done,
-                total=len(asked), kept=sum(v.kept for v in verdicts),
+                total=len(asked), kept=len(pairs),
                 unsupported=sum(v.problem == "unsupported" for v in verdicts),
                 duplicates=sum(v.problem == "duplicate" for v in verdicts), unparseable=reading.unparseable,
-                rejected_sample=f"{rejected[0].pair.question!r}: {rejected[0].detail}"[:300] if rejected else ""))
+                rejected_sample=f"{rejected[0].pair.question!r}: {rejected[0].detail}"[:300] if rejected else "",
+                pairs=pairs))
             if size > self._datasets.max_bytes:  # what the lines repeat was held to the limit at creation: the
                 raise ResourceExhausted(  # generator's pairs take the rest; stop now, not after every chunk
                     "DATASET_TOO_LARGE", f"the {len(lines)} pair(s) kept from {done} of {len(asked)} chunk(s) hold "
@@ -265,6 +303,34 @@ class PreparationRunner:
                 unsupported=out.unsupported + payload.unsupported, duplicates=out.duplicates + payload.duplicates,
                 unparseable=out.unparseable + payload.unparseable))
         return job
+
+
+def _reported(events: Sequence[JobEvent]) -> bool:
+    """Whether an earlier run of the job reported a chunk."""
+    return any(isinstance(e.payload, ChunkPrepared) for e in events)
+
+
+def _answered(events: Sequence[JobEvent], asked: Sequence[Chunk]) -> list[ChunkPrepared] | None:
+    """What earlier runs of a job, whose log is ``events``, answered of the chunks it asks about (``asked``): the
+    ChunkPrepared of its first chunks, in order ([] if none). A chunk reported again (after a run that started
+    over) replaces its report and those after it, as a job resumed from a checkpoint reports its steps again.
+    None if the reports do not fit ``asked``: another chunk at a place (the documents are read otherwise now),
+    another total, or a report without its kept pairs (one a version before them recorded)."""
+    reports: list[ChunkPrepared] = []
+    for event in events:
+        report = event.payload
+        if isinstance(report, ChunkPrepared):
+            if not 1 <= report.done <= len(reports) + 1:
+                return None
+            del reports[report.done - 1:]
+            reports.append(report)
+    if len(reports) > len(asked):
+        return None
+    for report, chunk in zip(reports, asked, strict=False):
+        if (report.document, report.chunk, report.start, report.end, report.total, report.kept) != (
+                chunk.document, chunk.index, chunk.start, chunk.end, len(asked), len(report.pairs)):
+            return None
+    return reports
 
 
 def _line(pair: generation.Pair, chunk: Chunk) -> bytes:
