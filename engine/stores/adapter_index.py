@@ -17,6 +17,10 @@ gone gets ABORTED RESERVATION_LOST and never publishes over another's. The owner
 row also records the publish attempt that reserved it (``attempt``, migration 0027), and a change
 needs both: after its lock session dropped, a process may reserve the same number again for another
 publish, and the first attempt, its objects perhaps swept as orphans by then, must not register it.
+
+PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come through engine.stores.postgres.acquired
+(a publication's through holding_rows); the owner's lock connection, held across calls, is taken as advisory_lock takes
+its own, and taken again once its session has dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from engine.registry.records import (
     reservation_lost,
     version_not_found,
 )
-from engine.stores.postgres import holding_rows
+from engine.stores.postgres import CONNECTION_ERRORS, acquired, dropped, held, holding_rows, unavailable
 
 _RECORD = TypeAdapter(AdapterRecord)
 _RESERVE_ATTEMPTS = 50
@@ -75,13 +79,17 @@ class PostgresAdapterIndex:
     async def _hold(self) -> None:
         """Count one more reservation; take the owner's lock first if none is outstanding (or its session died)."""
         async with self._guard:
-            if self._alive is None or _dropped(self._alive):
+            if self._alive is None or dropped(self._alive):
                 if self._alive is not None:
                     await self._pool.release(self._alive)
                     self._alive = None
-                conn = await self._pool.acquire()
                 try:
-                    await conn.execute("SELECT pg_advisory_lock($1)", self._owner)
+                    conn = await self._pool.acquire()
+                except CONNECTION_ERRORS as exc:
+                    raise unavailable(exc) from exc
+                try:
+                    with held(conn):
+                        await conn.execute("SELECT pg_advisory_lock($1)", self._owner)
                 except BaseException:
                     await self._pool.release(conn)
                     raise
@@ -121,7 +129,7 @@ class PostgresAdapterIndex:
         part = VersionNumber._fields[len(under)]  # the part that counts up; those before it are ``under``
         same = "".join(f" AND {name} = ${i + 2}" for i, name in enumerate(VersionNumber._fields[: len(under)]))
         for _ in range(_RESERVE_ATTEMPTS):
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 top = await conn.fetchval(f"SELECT max({part}) FROM adapters WHERE base_model = $1{same}",
                                           base_model, *under)
                 number = next_number(under, top)
@@ -169,7 +177,7 @@ class PostgresAdapterIndex:
     async def release(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
         """Free ``attempt``'s reservation if it still holds it (one that is gone is another's business now)."""
         try:
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 await conn.execute(f"DELETE FROM adapters WHERE {_HELD}", base_model, *number, self._owner, attempt)
         finally:
             await self._let_go()
@@ -177,7 +185,7 @@ class PostgresAdapterIndex:
     async def mark_conflict(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
         """Retire the number if ``attempt`` still holds its reservation."""
         try:
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 await conn.execute(
                     f"UPDATE adapters SET state = 'CONFLICT' WHERE {_HELD}", base_model, *number, self._owner, attempt
                 )
@@ -188,7 +196,7 @@ class PostgresAdapterIndex:
         """Delete the RESERVED rows of publishers that are gone (see the module docstring); return them as
         (base_model, number, attempt)."""
         released: list[tuple[str, VersionNumber, str]] = []
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             owners = {r["reserved_by"] for r in await conn.fetch(
                 "SELECT DISTINCT reserved_by FROM adapters WHERE state = 'RESERVED'")}
             for owner in owners:
@@ -209,7 +217,7 @@ class PostgresAdapterIndex:
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:
         states = ["PUBLISHED", "DELETED"] if include_deleted else ["PUBLISHED"]
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             doc = await conn.fetchval(
                 f"SELECT doc FROM adapters WHERE {_KEY} AND state = ANY($5::text[])", base_model, *number, states
             )
@@ -218,7 +226,7 @@ class PostgresAdapterIndex:
         return _decode(doc)
 
     async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             doc = await conn.fetchval(
                 "SELECT doc FROM adapters WHERE base_model = $1 AND request_id = $2 AND state = 'PUBLISHED'",
                 base_model, request_id,
@@ -246,7 +254,7 @@ class PostgresAdapterIndex:
             f"SELECT doc FROM adapters WHERE {' AND '.join(clauses)}"
             f" ORDER BY create_time DESC, base_model DESC, major DESC, minor DESC, patch DESC LIMIT ${len(args)}"
         )
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(sql, *args)
         return [_decode(r["doc"]) for r in rows]
 
@@ -258,7 +266,7 @@ class PostgresAdapterIndex:
         writer takes through its foreign key, so a version cannot become active while it
         is being deleted, and a state written before the lock is visible inside the body.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             doc = await conn.fetchval(
                 f"SELECT doc FROM adapters WHERE {_KEY} AND state = 'PUBLISHED' FOR UPDATE", base_model, *number
             )
@@ -275,22 +283,13 @@ class PostgresAdapterIndex:
 
     async def update(self, record: AdapterRecord) -> None:
         """Replace the stored record of a published version (e.g. to add eval results)."""
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             status = await conn.execute(
                 f"UPDATE adapters SET doc = $5::jsonb, labels = $6::jsonb WHERE {_KEY} AND state = 'PUBLISHED'",
                 record.base_model, *record.number, _RECORD.dump_json(record).decode(), _labels_json(record),
             )
         if status.endswith(" 0"):
             raise version_not_found(record.base_model, record.version)
-
-
-def _dropped(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
-    """Whether the session of a pooled connection has ended (asyncpg detaches the proxy of one that died, and
-    then even ``is_closed`` raises)."""
-    try:
-        return conn.is_closed()
-    except asyncpg.InterfaceError:
-        return True
 
 
 def _json(value: object) -> str:

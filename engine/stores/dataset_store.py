@@ -5,6 +5,10 @@ the versions of one dataset hold a session advisory lock on it for the whole ste
 removal included, so a version's bytes and its row appear and disappear together as seen by every other writer:
 two uploads of the same bytes never make two versions, and a delete never removes bytes a version being created
 has just found in the store.
+
+PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come through engine.stores.postgres.acquired,
+and the statements on a lock's connection run under engine.stores.postgres.held (not the artifact store's step
+between them, whose errors are its own).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pydantic import TypeAdapter
 
 from engine.errors import EngineError, FailedPrecondition, NotFound
 from engine.splits import SplitRule
-from engine.stores.postgres import advisory_lock
+from engine.stores.postgres import acquired, advisory_lock, held
 from engine.training.dataset_records import Cursor, DatasetName, StoredDataset
 
 log = logging.getLogger(__name__)
@@ -62,28 +66,35 @@ class PostgresDatasetIndex:
                        store: Callable[[], Awaitable[None]]) -> tuple[StoredDataset, bool]:
         split = _split_json(draft.content.split)
         async with self._locked(draft.dataset_id) as conn:
-            doc = await conn.fetchval(
-                "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND sha256 = $2"
-                " AND split = $3::jsonb AND kind = $4 ORDER BY version LIMIT 1",
-                draft.dataset_id, draft.content.sha256, split, draft.content.kind.value,
-            )
+            with held(conn):
+                doc = await conn.fetchval(
+                    "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND sha256 = $2"
+                    " AND split = $3::jsonb AND kind = $4 ORDER BY version LIMIT 1",
+                    draft.dataset_id, draft.content.sha256, split, draft.content.kind.value,
+                )
             if doc is not None:
                 return _decode(doc), False
             await store()
-            async with conn.transaction():
-                version = await conn.fetchval(
-                    "SELECT COALESCE(max(version), 0) + 1 FROM datasets WHERE dataset = $1", draft.dataset_id)
-                record = replace(draft, version=version, create_time=await conn.fetchval("SELECT now()"))
-                await conn.execute(
-                    "INSERT INTO datasets (dataset, version, name, state, sha256, split, kind, object_key, create_time,"
-                    " doc) VALUES ($1, $2, $3, 'READY', $4, $5::jsonb, $6, $7, $8, $9::jsonb)",
-                    record.dataset_id, record.version, record.name, record.content.sha256, split,
-                    record.content.kind.value, record.key, record.create_time, _RECORD.dump_json(record).decode(),
-                )
-            return record, True
+            with held(conn):
+                return await self._insert(conn, draft, split), True
+
+    @staticmethod
+    async def _insert(conn: Conn, draft: StoredDataset, split: str) -> StoredDataset:
+        """Store ``draft`` as the dataset's next version (its lock held on ``conn``)."""
+        async with conn.transaction():
+            version = await conn.fetchval(
+                "SELECT COALESCE(max(version), 0) + 1 FROM datasets WHERE dataset = $1", draft.dataset_id)
+            record = replace(draft, version=version, create_time=await conn.fetchval("SELECT now()"))
+            await conn.execute(
+                "INSERT INTO datasets (dataset, version, name, state, sha256, split, kind, object_key, create_time,"
+                " doc) VALUES ($1, $2, $3, 'READY', $4, $5::jsonb, $6, $7, $8, $9::jsonb)",
+                record.dataset_id, record.version, record.name, record.content.sha256, split,
+                record.content.kind.value, record.key, record.create_time, _RECORD.dump_json(record).decode(),
+            )
+        return record
 
     async def get(self, dataset_id: str, version: int | None) -> StoredDataset:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             if version is None:
                 doc = await conn.fetchval(
                     "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' ORDER BY version DESC LIMIT 1",
@@ -108,34 +119,15 @@ class PostgresDatasetIndex:
         args.append(limit)
         sql = (f"SELECT doc FROM datasets WHERE {' AND '.join(clauses)}"
                f" ORDER BY create_time DESC, name DESC LIMIT ${len(args)}")
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(sql, *args)
         return [_decode(r["doc"]) for r in rows]
 
     async def delete(self, dataset_id: str, version: int | None,
                      remove: Callable[[builtins.list[str]], Awaitable[None]]) -> builtins.list[StoredDataset]:
         async with self._locked(dataset_id) as conn:
-            docs = await conn.fetch(
-                "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND ($2::integer IS NULL"
-                " OR version = $2) ORDER BY version", dataset_id, version)
-            if not docs:
-                raise _not_found(dataset_id, version)
-            records = [_decode(r["doc"]) for r in docs]
-            names = [r.name for r in records]
-            users = await self._users(conn, names)
-            if users:
-                shown = ", ".join(users[:5]) + (f" (+{len(users) - 5} more)" if len(users) > 5 else "")
-                raise FailedPrecondition(
-                    "DATASET_IN_USE", f"{', '.join(names)} cannot be deleted: {shown} trained on it; a dataset "
-                    "version is kept while a training job that has not ended or a published adapter version names it",
-                    metadata={"name": str(DatasetName(dataset_id, version)), "used_by": ",".join(users[:20])})
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE datasets SET state = 'DELETED', delete_time = now()"
-                    " WHERE dataset = $1 AND version = ANY($2::integer[])",
-                    dataset_id, [r.version for r in records])
-                shared = {row["object_key"] for row in await conn.fetch(
-                    "SELECT object_key FROM datasets WHERE dataset = $1 AND state = 'READY'", dataset_id)}
+            with held(conn):
+                records, shared = await self._mark_deleted(conn, dataset_id, version)
             keys = sorted({r.key for r in records} - shared)
             try:
                 await remove(keys)
@@ -143,6 +135,33 @@ class PostgresDatasetIndex:
                 log.warning("a deleted dataset version's bytes could not be removed",
                             extra={"keys": keys, "error": str(exc)})
         return records
+
+    async def _mark_deleted(self, conn: Conn, dataset_id: str,
+                            version: int | None) -> tuple[builtins.list[StoredDataset], set[str]]:
+        """Mark the versions deleted (the dataset's lock held on ``conn``), refused while one is in use; return them,
+        and the objects the dataset's other versions still use."""
+        docs = await conn.fetch(
+            "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND ($2::integer IS NULL"
+            " OR version = $2) ORDER BY version", dataset_id, version)
+        if not docs:
+            raise _not_found(dataset_id, version)
+        records = [_decode(r["doc"]) for r in docs]
+        names = [r.name for r in records]
+        users = await self._users(conn, names)
+        if users:
+            shown = ", ".join(users[:5]) + (f" (+{len(users) - 5} more)" if len(users) > 5 else "")
+            raise FailedPrecondition(
+                "DATASET_IN_USE", f"{', '.join(names)} cannot be deleted: {shown} trained on it; a dataset "
+                "version is kept while a training job that has not ended or a published adapter version names it",
+                metadata={"name": str(DatasetName(dataset_id, version)), "used_by": ",".join(users[:20])})
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE datasets SET state = 'DELETED', delete_time = now()"
+                " WHERE dataset = $1 AND version = ANY($2::integer[])",
+                dataset_id, [r.version for r in records])
+            shared = {row["object_key"] for row in await conn.fetch(
+                "SELECT object_key FROM datasets WHERE dataset = $1 AND state = 'READY'", dataset_id)}
+        return records, shared
 
     @staticmethod
     async def _users(conn: Conn, names: builtins.list[str]) -> builtins.list[str]:

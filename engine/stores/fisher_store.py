@@ -6,7 +6,9 @@ create-only and atomic, never pickles. A snapshot row is inserted only after its
 verifies the bytes' sha256 before using them. The object describes itself: its safetensors header holds the
 snapshot's metadata (:func:`header`), the row's fields but the object's own digest and size, so a copied file
 still says what it measured. Snapshots stored before they moved to the artifact store keep their local file
-path (``path`` starting with ``/``) and are read from there.
+path (``path`` starting with ``/``) and are read from there. The rows' connections come through
+engine.stores.postgres.acquired: PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE (the artifact store's
+errors are its own).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from engine.continual.spec import FisherSnapshot
 from engine.errors import DataLoss, NotFound
 from engine.jobs.codec import dump_json
 from engine.registry.ports import ArtifactStore
+from engine.stores.postgres import acquired
 
 _SNAPSHOT = TypeAdapter(FisherSnapshot)
 
@@ -62,7 +65,7 @@ class FisherSnapshotStore:
         snapshot = replace(draft, id=snapshot_id, path=key, sha256=hashlib.sha256(data).hexdigest(),
                            size_bytes=len(data))
         try:
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 await conn.execute(
                     "INSERT INTO fisher_snapshots (id, base_model, adapter_version, create_time, doc)"
                     " VALUES ($1, $2, $3, $4, $5::jsonb)",
@@ -75,7 +78,7 @@ class FisherSnapshotStore:
         return snapshot
 
     async def get(self, snapshot_id: str) -> FisherSnapshot:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             doc = await conn.fetchval("SELECT doc FROM fisher_snapshots WHERE id = $1", snapshot_id)
         if doc is None:
             name = f"fisherSnapshots/{snapshot_id}"
@@ -115,14 +118,14 @@ class FisherSnapshotStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         args.append(limit)
         sql = f"SELECT doc FROM fisher_snapshots {where} ORDER BY create_time DESC, id DESC LIMIT ${len(args)}"
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(sql, *args)
         return [_SNAPSHOT.validate_json(r["doc"]) for r in rows]
 
     async def delete(self, snapshot_id: str) -> None:
         """Remove the row, then the file (a crash between leaves an orphan file, never a dangling row)."""
         snapshot = await self.get(snapshot_id)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute("DELETE FROM fisher_snapshots WHERE id = $1", snapshot_id)
         if snapshot.path.startswith("/"):
             await asyncio.to_thread(Path(snapshot.path).unlink, True)

@@ -15,6 +15,10 @@ last attempt is told to the job manager (``queue_attempt``), which then ends the
 with nothing queued. Successful items are deleted as they end; the others (failed, cancelled) are deleted a
 retention period later by the same periodic check that puts stalled items back: the jobs' own records stay.
 
+Queueing a job answers PostgreSQL out of reach (the queue's psycopg pool finding no connection, a connection lost)
+UNAVAILABLE DATABASE_UNAVAILABLE, as the stores on asyncpg do (engine.stores.postgres.unavailable), not as
+procrastinate's ConnectorException; its other errors stay what they are. The worker's own loops retry on any error.
+
 Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
 evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs.
 
@@ -40,6 +44,7 @@ from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
 
 from engine.jobs.ports import JobExecutor, QueueAttempt, queue_attempt
+from engine.stores.postgres import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,22 @@ QUEUE = "learning_engine_jobs"
 SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
 PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there (one worker takes both)
 TASK = "learning_engine.run_job"
+
+
+# psycopg's SQLSTATEs of a server going away or not taking connections yet (as engine.stores.postgres.CONNECTION_ERRORS
+# for asyncpg: the shutdowns, "cannot connect now", and the connection exceptions, class 08).
+_OUT_OF_REACH_STATES = ("57P01", "57P02", "57P03")
+
+
+def _out_of_reach(exc: BaseException) -> bool:
+    """Whether ``exc``, the psycopg error under one of procrastinate's ConnectorException, is PostgreSQL out of reach
+    rather than a statement's own error: a connection psycopg could not make or lost (its OperationalError with no
+    SQLSTATE: refused, reset, the pool's PoolTimeout waiting for one), a connection exception (class 08), a
+    shutdown."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _OUT_OF_REACH_STATES
 
 
 def procrastinate_schema() -> str:
@@ -128,6 +149,11 @@ class ProcrastinateQueue:
                                        queue=self._queues.get(kind, QUEUE)).defer_async(kind=kind, job_id=job_id)
         except pexc.AlreadyEnqueued:
             pass  # already waiting for a worker
+        except pexc.ConnectorException as exc:
+            cause = exc.__cause__
+            if cause is not None and _out_of_reach(cause):
+                raise unavailable(cause) from exc
+            raise
 
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
         """Take jobs of these kinds from their queues in this process (``concurrency`` at a time), and put stalled

@@ -14,6 +14,10 @@ a watcher until its next poll).
 A write, a claim, a release and a request lock the job's row for the few statements of one transaction, which
 PostgreSQL ends if it is left idle (engine.stores.postgres.holding_rows): a worker frozen inside one does not block
 the takeover of its job. Its write fails and is retried, and the retry finds its lease lost.
+
+Connections come through engine.stores.postgres.acquired (holding_rows too): PostgreSQL out of reach is UNAVAILABLE
+DATABASE_UNAVAILABLE, as in every store. The LISTEN connection of :class:`JobNotifications` is not: a wait on it falls
+back to polling while the database is away, and listens again once it is back.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from engine.errors import Aborted
 from engine.jobs.codec import EventCodec, dump_json
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState, shown_state
 from engine.jobs.ports import Claim, Lease, lease_lost
-from engine.stores.postgres import holding_rows
+from engine.stores.postgres import acquired, holding_rows
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
@@ -60,7 +64,8 @@ SHOWN_STATE_SQL = _shown_state_sql()
 
 async def count_jobs(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
     """How many jobs the database holds, by (kind, state)."""
-    rows = await pool.fetch("SELECT kind, state, count(*) AS n FROM jobs GROUP BY kind, state")
+    async with acquired(pool) as conn:
+        rows = await conn.fetch("SELECT kind, state, count(*) AS n FROM jobs GROUP BY kind, state")
     return {(row["kind"], row["state"]): row["n"] for row in rows}
 
 
@@ -180,7 +185,7 @@ class PostgresJobStore(Generic[S, O]):
         return dump_json(self._job, job).decode()
 
     async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO jobs (id, kind, request_id, state, create_time, priority, doc)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
@@ -199,13 +204,13 @@ class PostgresJobStore(Generic[S, O]):
     async def job_for_request(self, request_id: str) -> Job[S, O] | None:
         if not request_id:
             return None
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow("SELECT doc, requested FROM jobs WHERE kind = $1 AND request_id = $2",
                                       self._kind, request_id)
         return None if row is None else self._decode(row["doc"], row["requested"])
 
     async def get_job(self, job_id: str) -> Job[S, O] | None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow("SELECT doc, requested FROM jobs WHERE id = $1 AND kind = $2", job_id, self._kind)
         return None if row is None else self._decode(row["doc"], row["requested"])
 
@@ -223,12 +228,12 @@ class PostgresJobStore(Generic[S, O]):
         args.append(limit)
         sql = (f"SELECT doc, requested FROM jobs WHERE {' AND '.join(clauses)}"
                f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(sql, *args)
         return [self._decode(r["doc"], r["requested"]) for r in rows]
 
     async def jobs_in_states(self, states: Sequence[JobState]) -> list[Job[S, O]]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(
                 "SELECT doc FROM jobs WHERE kind = $1 AND state = ANY($2::text[]) ORDER BY create_time",
                 self._kind, [s.value for s in states],
@@ -236,7 +241,7 @@ class PostgresJobStore(Generic[S, O]):
         return [self._decode(r["doc"]) for r in rows]
 
     async def list_events(self, job_id: str, *, after_sequence: int) -> list[JobEvent]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(
                 "SELECT sequence, time, type, payload FROM job_events"
                 " WHERE job_id = $1 AND sequence > $2 ORDER BY sequence",
@@ -287,7 +292,7 @@ class PostgresJobStore(Generic[S, O]):
         return Control(pending) if pending else None
 
     async def control(self, job_id: str, lease: Lease) -> Control | None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow("SELECT lease_token, requested FROM jobs WHERE id = $1", job_id)
         if row is None or row["lease_token"] != lease.token:
             raise lease_lost(job_id)

@@ -8,7 +8,8 @@ version it names (active, known-good, pending), so DeleteAdapter and pruning nev
 relies on, not even between two of the writes, and a failed save changes nothing. ``start_split`` holds its candidate
 the same way (a split's candidate and a pending version are protected too: ``PostgresServingState``).
 ``serialised`` holds a session-level advisory lock per target, so operations from two server processes run one after
-the other.
+the other. Connections come through engine.stores.postgres.acquired (the lock's through advisory_lock): PostgreSQL out
+of reach is UNAVAILABLE DATABASE_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from engine.lora.canary import (
 from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
 from engine.registry.ports import ServingRole
 from engine.serving.traffic import Tally, sum_tallies
-from engine.stores.postgres import advisory_lock
+from engine.stores.postgres import acquired, advisory_lock
 from engine.stores.serving_state import PostgresServingState
 
 _FAILURE = TypeAdapter(JobFailure)
@@ -52,7 +53,7 @@ class PostgresLoraStore:
         self._serving = serving
 
     async def load(self, target: str, base_model: str) -> TargetState:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow("SELECT * FROM lora_targets WHERE target = $1", target)
         if row is None:
             return TargetState(target=target, base_model=base_model)
@@ -67,7 +68,7 @@ class PostgresLoraStore:
         every version the state names (NOT_FOUND, and nothing changed, if one is not published): a delete of one of
         them waits for the commit and then finds it protected, even the outgoing active version becoming the
         known-good one."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             await self._serving.hold(conn, state.base_model,
                                      (state.active_version, state.known_good_version, state.pending_version))
             await self._serving.write_roles(conn, state.base_model, {ServingRole.ACTIVE: state.active_version,
@@ -84,7 +85,7 @@ class PostgresLoraStore:
     async def record(self, target: str, op: OperationRecord) -> None:
         error = dump_json(_FAILURE, op.error).decode() if op.error else None
         gate = dump_json(_EVAL, op.gate).decode() if op.gate else None
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute(
                 "INSERT INTO lora_operations (target, kind, version, actor, reason, start_time,"
                 " duration_seconds, phases, error, gate, traffic)"
@@ -94,7 +95,7 @@ class PostgresLoraStore:
             )
 
     async def history(self, target: str, limit: int) -> list[OperationRecord]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(
                 "SELECT * FROM lora_operations WHERE target = $1 ORDER BY id DESC LIMIT $2", target, limit
             )
@@ -115,7 +116,7 @@ class PostgresLoraStore:
         return found[0] if found else None
 
     async def save_eval(self, base_model: str, summary: EvalSummary) -> None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute(
                 "INSERT INTO lora_evals (base_model, version, baseline_version, doc) VALUES ($1, $2, $3, $4::jsonb)",
                 base_model, summary.version, summary.baseline_version, dump_json(_EVAL, summary).decode(),
@@ -123,7 +124,7 @@ class PostgresLoraStore:
 
     async def latest_eval(self, base_model: str, version: str, evaluation: str = "") -> EvalSummary | None:
         """The version's latest evaluation, or the one of id ``evaluation``."""
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             doc = await conn.fetchval(
                 "SELECT doc FROM lora_evals WHERE base_model = $1 AND version = $2"
                 " AND ($3 = '' OR doc->>'id' = $3) ORDER BY id DESC LIMIT 1",
@@ -132,7 +133,7 @@ class PostgresLoraStore:
         return _EVAL.validate_json(doc) if doc else None
 
     async def evaluations(self, base_model: str, versions: Sequence[str], *, per_version: int) -> list[EvalSummary]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             docs = await conn.fetch(
                 "SELECT doc FROM (SELECT id, doc, row_number() OVER (PARTITION BY version ORDER BY id DESC) AS n"
                 " FROM lora_evals WHERE base_model = $1 AND version = ANY($2::text[])) newest"
@@ -144,7 +145,7 @@ class PostgresLoraStore:
     async def start_split(self, target: str, split: TrafficSplitState) -> TrafficSplitState:
         """Store a split in force; NOT_FOUND (and nothing stored) unless its candidate is a published version of the
         target's base model, whose row is held until the split is stored: from then on it is protected."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             base_model = await conn.fetchval("SELECT base_model FROM lora_targets WHERE target = $1", target)
             await self._serving.hold(conn, base_model or "", [split.candidate_version])
             split_id = await conn.fetchval(
@@ -158,12 +159,12 @@ class PostgresLoraStore:
         return replace(split, id=split_id)
 
     async def save_split_figures(self, split_id: int, figures: TrafficFigures) -> None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute("UPDATE lora_traffic_splits SET figures = $2::jsonb WHERE id = $1 AND end_time IS NULL",
                                split_id, _json(_FIGURES, figures))
 
     async def save_split_tally(self, split_id: int, process: str, active: Tally, candidate: Tally) -> None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute(
                 "INSERT INTO lora_split_tallies (split_id, process, active, candidate) VALUES ($1, $2, $3::jsonb,"
                 " $4::jsonb) ON CONFLICT (split_id, process) DO UPDATE SET active = EXCLUDED.active,"
@@ -172,14 +173,14 @@ class PostgresLoraStore:
             )
 
     async def split_tallies(self, split_id: int, *, besides: str) -> tuple[Tally, Tally]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch("SELECT active, candidate FROM lora_split_tallies WHERE split_id = $1"
                                     " AND process <> $2", split_id, besides)
         return (sum_tallies(_TALLY.validate_json(r["active"]) for r in rows),
                 sum_tallies(_TALLY.validate_json(r["candidate"]) for r in rows))
 
     async def claim_decider(self, split_id: int, process: str, lease_seconds: float) -> bool:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             claimed = await conn.fetchval(
                 "UPDATE lora_traffic_splits SET decider = $2, decider_until = now() + make_interval(secs => $3)"
                 " WHERE id = $1 AND end_time IS NULL AND kind = $4"
@@ -190,7 +191,7 @@ class PostgresLoraStore:
 
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
                         reason: str) -> None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await conn.execute(
                 "UPDATE lora_traffic_splits SET end_time = now(), figures = $2::jsonb, decision = $3, end_reason = $4"
                 " WHERE id = $1 AND end_time IS NULL",
@@ -198,13 +199,13 @@ class PostgresLoraStore:
             )
 
     async def running_split(self, target: str) -> TrafficSplitState | None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow("SELECT * FROM lora_traffic_splits WHERE target = $1 AND end_time IS NULL",
                                       target)
         return _split(row) if row else None
 
     async def canary_outcome(self, target: str, version: str = "") -> CanaryOutcome | None:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM lora_traffic_splits WHERE target = $1 AND ($2 = '' OR candidate_version = $2)"
                 " AND kind = $3 AND decision IS NOT NULL ORDER BY id DESC LIMIT 1",

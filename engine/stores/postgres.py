@@ -19,7 +19,7 @@ import select
 import subprocess
 import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -207,12 +207,25 @@ async def acquired(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyn
     stays what it is."""
     try:
         async with pool.acquire() as conn:
-            try:
+            with held(conn):
                 yield conn
-            except asyncpg.InterfaceError as exc:
-                if dropped(conn):
-                    raise unavailable(exc) from exc
-                raise
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from exc
+
+
+@contextlib.contextmanager
+def held(conn: PoolConnectionProxy[asyncpg.Record]) -> Iterator[PoolConnectionProxy[asyncpg.Record]]:
+    """``conn``, a connection of a pool taken already (an :func:`advisory_lock`'s, which the lock's block holds
+    beside its own work), for the block's statements on it, with PostgreSQL out of reach UNAVAILABLE
+    DATABASE_UNAVAILABLE as in :func:`acquired`: a connection error (:data:`CONNECTION_ERRORS`) in the block, and the
+    driver's InterfaceError once ``conn`` has died. Wrap the statements only: an OSError of other work (a file, the
+    artifact store) would read as the database's."""
+    try:
+        yield conn
+    except asyncpg.InterfaceError as exc:
+        if dropped(conn):
+            raise unavailable(exc) from exc
+        raise
     except CONNECTION_ERRORS as exc:
         raise unavailable(exc) from exc
 
@@ -264,7 +277,8 @@ async def advisory_lock(pool: asyncpg.Pool, key: str, *, another_connection: boo
     waiters as the pool has connections would leave none for the holder's other queries. A block that asks the
     pool for ``another_connection`` takes one of the pool's slots next (:data:`_SLOTS`): without them, as many
     blocks of different keys as the pool has connections would leave none. PostgreSQL out of reach while the lock
-    is taken: UNAVAILABLE DATABASE_UNAVAILABLE (the block's own errors are the block's)."""
+    is taken (the connection refused, or dead as it is handed over: :func:`held`): UNAVAILABLE DATABASE_UNAVAILABLE
+    (the block's own errors are the block's; its statements on the connection go under :func:`held`)."""
     in_process = _KEY_LOCKS.setdefault((id(pool), key), asyncio.Lock())
     async with in_process, _slots(pool) if another_connection else contextlib.nullcontext():
         try:
@@ -272,10 +286,8 @@ async def advisory_lock(pool: asyncpg.Pool, key: str, *, another_connection: boo
         except CONNECTION_ERRORS as exc:
             raise unavailable(exc) from exc
         try:
-            try:
+            with held(conn):
                 await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-            except CONNECTION_ERRORS as exc:
-                raise unavailable(exc) from exc
             try:
                 yield conn
             finally:  # (a connection released without this, or lost, is reset by the pool, which unlocks all)
@@ -295,8 +307,10 @@ async def holding_rows(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[
     rows other processes wait for: a job's (its writes, a claim, a publication fenced by its lease). A process
     stopped inside one (frozen, or cut off with its connection left open) would otherwise hold them until its
     connection closed, and a worker taking its job over would wait as long. Its next statement fails instead, and
-    the transaction has written nothing."""
-    async with pool.acquire() as conn, conn.transaction():
+    the transaction has written nothing (the driver reports the session PostgreSQL ended as a closed connection:
+    UNAVAILABLE DATABASE_UNAVAILABLE, as PostgreSQL out of reach is, :func:`acquired`; a retry of the write finds the
+    job's lease taken over)."""
+    async with acquired(pool) as conn, conn.transaction():
         await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{ROW_HOLD_SECONDS * 1000:.0f}ms'")
         yield conn
 

@@ -6,7 +6,8 @@ registry reads it through the ``ServingState`` port to refuse deleting or prunin
 serves besides (an activation's pending version and a traffic split's candidate, from ``lora_targets`` and
 ``lora_traffic_splits``), and those online sessions rely on (``sessions``: engine.stores.online_store's
 ``protected_versions``, the versions their live aliases serve and a running session's start version and latest
-publication).
+publication). Connections come through engine.stores.postgres.acquired: PostgreSQL out of reach is UNAVAILABLE
+DATABASE_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 from engine.registry.ports import ServingRole
 from engine.registry.records import VersionNumber, parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
+from engine.stores.postgres import acquired
 
 # What LoraControl serves besides the roles: an activation under way (its pending version, loaded and being checked)
 # and a traffic split in force (its candidate takes a share of the traffic; a canary's may become active).
@@ -45,12 +47,12 @@ class PostgresServingState:
 
     async def protected_versions(self, base_model: str) -> set[str]:
         relied_on = await self._sessions.protected_versions(base_model) if self._sessions is not None else set()
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             served = {r["version"] for r in await conn.fetch(_SERVED_BESIDES, base_model)}
         return set((await self.versions(base_model)).values()) | served | relied_on
 
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             rows = await conn.fetch(
                 "SELECT role, major, minor, patch FROM serving_state WHERE base_model = $1", base_model
             )
@@ -58,7 +60,7 @@ class PostgresServingState:
 
     async def set_version(self, base_model: str, role: ServingRole, version: str) -> None:
         """Point ``role`` at a published version (NOT_FOUND otherwise), in a transaction of its own."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             await self.hold(conn, base_model, [version])
             await self.write_roles(conn, base_model, {role: version})
 

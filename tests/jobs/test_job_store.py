@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from engine.errors import Unavailable
 from engine.jobs.context import JobSlots
 from engine.jobs.core import Job, JobEvent, JobState
 from engine.jobs.manager import JobManager
@@ -53,8 +54,8 @@ async def test_a_worker_frozen_inside_a_write_does_not_block_the_takeover_of_its
         taken = await asyncio.wait_for(store.claim(job.id, "worker-b"), timeout=60)  # not for as long as it sleeps
         assert taken is not None and taken.previous_owner == "worker-a"
         thaw.set()
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
-            await write  # its transaction was ended: nothing of it stands
+        with pytest.raises(Unavailable, match="DATABASE_UNAVAILABLE|PostgreSQL is unavailable"):
+            await write  # its transaction was ended (the session with it): nothing of it stands
         monkeypatch.setattr(frozen, "_append", appended)
         with pytest.raises(LeaseLost):
             await frozen.write(running, counted, first.lease)  # the retry of a write that failed

@@ -63,16 +63,10 @@ async def test_postgresql_out_of_reach_while_the_lock_is_taken_is_unavailable() 
     """A connection error taking the lock (a CreateOnlineSession's, a pipeline run's) was the driver's own error,
     answered INTERNAL; it is DATABASE_UNAVAILABLE, as every store's other calls."""
     from engine.errors import Unavailable
-
-    class _Gone:
-        def get_max_size(self) -> int:
-            return 4
-
-        async def acquire(self) -> None:
-            raise ConnectionRefusedError(111, "Connect call failed")
+    from tests.fixtures.unreachable_postgres import RefusingPool
 
     with pytest.raises(Unavailable) as caught:
-        async with postgres.advisory_lock(_Gone(), "k", another_connection=True):  # type: ignore[arg-type]
+        async with postgres.advisory_lock(RefusingPool(), "k", another_connection=True):  # type: ignore[arg-type]
             pytest.fail("entered without a lock")
     assert caught.value.reason == "DATABASE_UNAVAILABLE"
 

@@ -12,7 +12,6 @@ A statement's own error and an InterfaceError on a live connection (a misuse) st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +24,7 @@ from engine.feedback.events import UserErasure
 from engine.stores import postgres
 from engine.stores.drift_store import PostgresDriftSource
 from engine.stores.feedback_store import PostgresFeedbackStore, encode_rows
+from tests.fixtures.unreachable_postgres import RefusingPool, Restarting, until
 
 NOW = datetime.now(UTC)
 START, END = NOW - timedelta(days=1), NOW + timedelta(days=1)
@@ -57,13 +57,6 @@ CALLS: dict[str, Call] = {
 IN_A_TRANSACTION = ("feedback.insert", "feedback.delete_user", "feedback.judgements")
 
 
-def _dead(conn: Any) -> bool:
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # the pool took the dead connection back
-        return True
-
-
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     """A migrated database: a pool for the stores, a connection that locks their tables, one that watches."""
@@ -77,14 +70,6 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         await locker.close()
         await watcher.close()
         pool.terminate()
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(1000):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"never {what}")
 
 
 @pytest.mark.parametrize("name", list(CALLS))
@@ -103,7 +88,7 @@ async def test_a_connection_lost_in_the_middle_of_a_statement_is_unavailable(dat
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")]
             return bool(waiting) or call.done()
 
-        await _until(a_statement_waits, "waited for the lock")
+        await until(a_statement_waits, "waited for the lock")
         assert waiting, f"{name} ended without waiting: {call.exception() if call.done() else ''}"
         await watcher.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", waiting)
         with pytest.raises(Unavailable) as lost:
@@ -116,44 +101,20 @@ async def test_a_connection_lost_in_the_middle_of_a_statement_is_unavailable(dat
     assert await PostgresDriftSource(pool).evaluations("base-a", limit=1, start=START, end=END) == []
 
 
-class _Restarting:
-    """A pool whose server ends each session just as the pool hands its connection over (between the acquisition
-    and the first statement): the connection the store holds is dead before it is used."""
-
-    def __init__(self, pool: asyncpg.Pool, watcher: asyncpg.Connection) -> None:
-        self._pool, self._watcher = pool, watcher
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        async with self._pool.acquire() as conn:
-            await self._watcher.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-
-            async def dead() -> bool:
-                return _dead(conn)
-
-            await _until(dead, "saw the connection end")
-            yield conn
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 async def test_a_connection_the_server_ended_before_its_first_statement_is_unavailable(database: Database,
                                                                                       name: str) -> None:
     pool, _, watcher = database
-    gone = _Restarting(pool, watcher)
+    gone = Restarting(pool, watcher)  # (tests/fixtures/unreachable_postgres.py)
     with pytest.raises(Unavailable) as lost:
         await asyncio.wait_for(CALLS[name](PostgresFeedbackStore(gone), PostgresDriftSource(gone)), 30)  # type: ignore[arg-type]
     assert lost.value.reason == "DATABASE_UNAVAILABLE", lost.value
 
 
-class _Refusing:
-    def acquire(self) -> Any:
-        raise ConnectionRefusedError(111, "Connect call failed")
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 async def test_a_refused_connection_is_unavailable(name: str) -> None:
     """As the online store's (tests/engine/test_online_transient_errors.py) and advisory_lock's."""
-    gone = _Refusing()
+    gone = RefusingPool()
     with pytest.raises(Unavailable) as lost:
         await CALLS[name](PostgresFeedbackStore(gone), PostgresDriftSource(gone))  # type: ignore[arg-type]
     assert lost.value.reason == "DATABASE_UNAVAILABLE" and "ConnectionRefusedError" in lost.value.message
