@@ -26,6 +26,12 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The server's deadline is the client's timeout from when the call's headers arrived, so it passes after the
+# client's by the time they took: a client whose deadline passed cancels the call (RST_STREAM) while the server's
+# time still remains. A call stopped within this much of its deadline is taken as past it.
+DEADLINE_SLACK_SECONDS = 0.25
+
+
 _configured_endpoint: str | None = None
 
 
@@ -117,7 +123,7 @@ def _stopped(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The code of a call stopped from outside its handler (the client cancelled it, or its deadline passed), as
     gRPC reports it to the client: no status is set on such a call, and it is no server error (UNKNOWN)."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS else "CANCELLED"
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:

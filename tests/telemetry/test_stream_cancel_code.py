@@ -68,7 +68,8 @@ class _StoppedCall:
 
 
 @pytest.mark.parametrize(("time_remaining", "code"), [(None, "CANCELLED"), (30.0, "CANCELLED"),
-                                                      (0.0, "DEADLINE_EXCEEDED")])
+                                                      (0.0, "DEADLINE_EXCEEDED"),
+                                                      (0.01, "DEADLINE_EXCEEDED")])  # the client's passed first
 @pytest.mark.parametrize("stop", [asyncio.CancelledError, GeneratorExit])
 async def test_a_unary_or_upload_call_stopped_from_outside_is_counted_as_gRPC_ends_it(
         time_remaining: float | None, code: str, stop: type[BaseException]) -> None:
