@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from engine.lora.evaluation import reserved_suite_name
 from engine.registry.peft_checks import MAX_LORA_RANK, ServingLimits
 
 
@@ -62,7 +63,8 @@ class LoraControlSettings(BaseModel):
     smoke_prompt: str = Field("Hello", min_length=1, description="Prompt of the one smoke request before a switch.")
     eval_suite_path: str = Field(
         "", description="Golden suite JSONL below <data-dir>/datasets, checked at every activation besides the "
-        "gate's own suites; empty: none."
+        "gate's own suites; empty: none. Its suite is named by its file's stem, which must not be one of the gate's "
+        "(target, retention, base)."
     )
     eval_gate: bool = Field(
         True, description="The forgetting-aware gate at every activation: the candidate must answer more of its "
@@ -183,6 +185,8 @@ class LoraControlSettings(BaseModel):
     def _suite(cls, v: str) -> str:
         if v.startswith("/") or ".." in v.split("/"):
             raise ValueError("must be a relative path below <data-dir>/datasets")
+        if v and (reserved := reserved_suite_name(v)):  # else every activation would be refused
+            raise ValueError(f"{v!r} {reserved}")
         return v
 
     @model_validator(mode="after")

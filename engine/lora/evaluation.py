@@ -8,9 +8,10 @@ format and its parser are engine.golden's, shared with the golden dataset versio
 Candidate and baseline answer every prompt greedily through the serving engine; scores are computed here.
 
 A case is answered right when the normalised answer (SQuAD normalisation: lower case, no punctuation, no
-articles, collapsed whitespace) equals a normalised reference, or contains one of its answer spans as whole
-words. A reference that normalisation empties (only an article, as the option "A") is compared, the answer too,
-with the articles kept; an answer without words is never right. A case without an ``answer`` uses its full
+articles, collapsed whitespace; punctuation is ASCII's and Unicode's, so typographic quotes and apostrophes and a
+CJK full stop are dropped as '"' and "." are) equals a normalised reference, or contains one of its answer spans as
+whole words. A reference that normalisation empties (only an article, as the option "A") is compared, the answer
+too, with the articles kept; an answer without words is never right. A case without an ``answer`` uses its full
 references as spans, so "The capital of X is Y" never passes for "The capital of X is Z", however many words the
 two share. Token F1 and BLEU (sacrebleu) are reported beside it and decide nothing but the golden suite's
 mean-drop check.
@@ -41,6 +42,7 @@ import hashlib
 import json
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +53,7 @@ from engine.domain import SuiteKind, SuiteVerdict
 from engine.errors import FailedPrecondition, InvalidArgument, ViolationCollector
 from engine.golden import GoldenCase, cases_digest, read_cases
 from engine.lora import lineage
-from engine.lora.grounding import unsupported
+from engine.lora.grounding import APOSTROPHES, unsupported
 from engine.lora.judge import JudgeInfo, JudgeVerdict
 from engine.thresholds import at_least, at_most
 
@@ -175,20 +177,31 @@ def suite_name(path: str | PurePath) -> str:
     return PurePath(path).stem
 
 
+def reserved_suite_name(path: str | PurePath) -> str:
+    """Why ``path`` cannot be a golden file: its suite name (:func:`suite_name`) is one of the gate's own suites'
+    (GATE_SUITES); "" when it is not."""
+    name = suite_name(path)
+    if name not in GATE_SUITES:
+        return ""
+    return (f"names its suite {name!r} (its file's stem), the name of one of the gate's own suites "
+            f"({', '.join(GATE_SUITES)}): rename the file")
+
+
 def check_suite_names(issues: ViolationCollector, paths: Sequence[str | PurePath], field: str) -> None:
     """A violation on ``{field}[i]`` for each golden file whose suite name (:func:`suite_name`) is one of the gate's
-    own suites' (GATE_SUITES) or repeats an earlier file's. The suites of an evaluation are told apart by name
-    alone: in its failed checks, its report and the learning curve, which charts a version's score on a suite from
-    whichever stored evaluation has a suite of that name (engine.lora.lineage). The gate's names are reserved even
-    where the gate does not run (the base model itself), as the curve's first point comes from there. Every entry
-    point that takes suite paths calls this before anything runs. (A stored dataset's suite is named by its
-    version, ``datasets/...``, which no file's stem can be; two naming one version score the same cases.)"""
+    own suites' (GATE_SUITES: :func:`reserved_suite_name`) or repeats an earlier file's. The suites of an evaluation
+    are told apart by name alone: in its failed checks, its report and the learning curve, which charts a version's
+    score on a suite from whichever stored evaluation has a suite of that name (engine.lora.lineage). The gate's
+    names are reserved even where the gate does not run (the base model itself), as the curve's first point comes
+    from there. Every entry point that takes suite paths calls this before anything runs (EvaluateAdapter, whose
+    one ``suite_path`` cannot repeat another, :func:`reserved_suite_name`), and the configured suite (the
+    ``eval_suite_path`` setting) is checked so when the settings are read. (A stored dataset's suite is named by
+    its version, ``datasets/...``, which no file's stem can be; two naming one version score the same cases.)"""
     seen: dict[str, int] = {}
     for i, path in enumerate(paths):
         name = suite_name(path)
-        if name in GATE_SUITES:
-            issues.add(f"{field}[{i}]", f"names its suite {name!r} (its file's stem), the name of one of the gate's "
-                                        f"own suites ({', '.join(GATE_SUITES)}): rename the file")
+        if reserved := reserved_suite_name(path):
+            issues.add(f"{field}[{i}]", reserved)
         elif name in seen:
             issues.add(f"{field}[{i}]", f"names its suite {name!r}, as {field}[{seen[name]}] does: suites are told "
                                         "apart by name (a file's by its stem), rename one")
@@ -198,12 +211,13 @@ def check_suite_names(issues: ViolationCollector, paths: Sequence[str | PurePath
 
 def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
     """The cases of a golden suite and the sha256 of its bytes; InvalidArgument with a ``line[N].field`` violation
-    for each bad line (the first 20)."""
+    for each bad line (the first 20), ``line[N]`` alone for one that is not UTF-8 (read as a golden dataset's lines
+    are: a Latin-1 "München" would otherwise be read as "M\ufffdnchen", which no answer matches)."""
     if not path.is_file():
         raise FailedPrecondition("EVAL_SUITE_MISSING", f"golden suite {path} does not exist",
                                  metadata={"path": str(path)})
     raw = path.read_bytes()
-    cases, bad = read_cases(raw.decode("utf-8", errors="replace").splitlines())
+    cases, bad = read_cases(raw.splitlines())  # bytes: a line that is not UTF-8 is a bad line, never "repaired"
     if bad:
         first = bad[0]
         raise InvalidArgument(
@@ -216,18 +230,38 @@ def load_suite(path: Path) -> tuple[list[GoldenCase], str]:
     return cases, hashlib.sha256(raw).hexdigest()
 
 
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+class _Unpunctuated(dict[int, int | None]):
+    """A str.translate table that drops punctuation: ASCII's (string.punctuation, as SQuAD's normalisation does,
+    symbols such as "$" and "|" included), every Unicode punctuation character (category P*: typographic quotes
+    “ ” ‘ ’ « », dashes, the CJK full stop and comma 。 、, the full-width forms) and the apostrophes that are not
+    punctuation (engine.lora.grounding.APOSTROPHES: "ʼ" is a letter, "´" a symbol), so "“Tegusu”." and "It’s"
+    compare as "Tegusu" and "It's" do. Filled in per character as texts meet them."""
+
+    def __missing__(self, code: int) -> int | None:
+        char = chr(code)
+        kept = None if (char in string.punctuation or char in APOSTROPHES
+                        or unicodedata.category(char).startswith("P")) else code
+        self[code] = kept
+        return kept
+
+
+_PUNCTUATION = _Unpunctuated()
+
+
+def _unpunctuated(text: str) -> str:
+    """Lower case, no punctuation (:class:`_Unpunctuated`)."""
+    return text.lower().translate(_PUNCTUATION)
 
 
 def normalise(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, collapsed whitespace."""
-    text = text.lower().translate(_PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+    """SQuAD's answer normalisation: lower case, no punctuation (Unicode's too), no articles, collapsed
+    whitespace."""
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", _unpunctuated(text)).split())
 
 
 def _words(text: str) -> str:
     """Lower case, no punctuation, collapsed whitespace: SQuAD's normalisation with the articles kept."""
-    return " ".join(text.lower().translate(_PUNCTUATION).split())
+    return " ".join(_unpunctuated(text).split())
 
 
 def _compared(prediction: str, reference: str) -> tuple[str, str]:

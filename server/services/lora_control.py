@@ -12,7 +12,7 @@ import grpc
 from engine import LoraControlApi
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, ViolationCollector
 from engine.lora.dataset_suites import DatasetSuites
-from engine.lora.evaluation import Suite
+from engine.lora.evaluation import Suite, reserved_suite_name
 from engine.lora.evaluation_jobs import check_suite_count
 from engine.registry import parse_version
 from engine.training.datasets import resolve_dataset_path
@@ -170,6 +170,8 @@ class LoraControlService(pb_grpc.LoraControlServiceServicer):
         issues = ViolationCollector()
         check_suite_count(issues, bool(request.suite_path), len(request.suite_datasets), files_field="suite_path",
                           datasets_field="suite_datasets")
+        if request.suite_path and (reserved := reserved_suite_name(request.suite_path)):
+            issues.add("suite_path", reserved)  # checked here, as every entry point checks its own suite fields
         issues.raise_if_any("INVALID_EVALUATION_SPEC", "invalid evaluation request")
         goldens: list[Path | Suite] = [resolve_dataset_path(self._datasets_dir, request.suite_path, "suite_path")] \
             if request.suite_path else []
