@@ -194,4 +194,5 @@ def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
 
 def examples_from_pb(examples: list[pb.OnlineExample]) -> list[NewExample]:
     return [NewExample(e.prompt, e.target, e.weight if e.HasField("weight") else 1.0,
-                       e.desirable if e.HasField("desirable") else None) for e in examples]
+                       e.desirable if e.HasField("desirable") else None, client_example_id=e.client_example_id)
+            for e in examples]

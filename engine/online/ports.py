@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from engine.domain import FeedbackSource, Objective, OnlineExamples
 from engine.feedback.dataset import FeedbackDataset
-from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample
+from engine.online.spec import Controls, GateVerdict, NewExample, StoredExample, StoredRows
 
 
 class OnlineStore(Protocol):
@@ -26,7 +26,8 @@ class OnlineStore(Protocol):
     async def create(self, session_id: str, learning_rate: float, *, base_model: str = "", start_version: str = "",
                      live_alias: str = "", request_id: str = "") -> None:
         """The session's controls, under :meth:`creating` (those of a create whose job was never stored are
-        replaced); ALREADY_EXISTS (ONLINE_SESSION_EXISTS) when the session exists; FAILED_PRECONDITION
+        replaced); ALREADY_EXISTS (ONLINE_SESSION_EXISTS) when the session exists, (ONLINE_SESSION_ID_IN_USE) when
+        a job of another kind has its id; FAILED_PRECONDITION
         (ONLINE_ALIAS_IN_USE) for a ``live_alias`` another session of ``base_model`` holds (but one created by the
         same ``request_id``); NOT_FOUND (ADAPTER_NOT_FOUND) when ``start_version`` is not published."""
         ...
@@ -75,9 +76,11 @@ class OnlineStore(Protocol):
         ...
 
     async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
-                  users: Sequence[Collection[str]] = ()) -> int:
-        """Store ``rows`` in order (the last sequence number stored); ``users`` per row: whose feedback it was made
-        from."""
+                  users: Sequence[Collection[str]] = ()) -> StoredRows:
+        """Store ``rows`` in order, but those whose client_example_id the session holds already (duplicates); the
+        last sequence number the session holds of them. ``users`` per row: whose feedback it was made from.
+        FAILED_PRECONDITION (ONLINE_SESSION_ENDED), storing nothing, once the session is stopping or has ended,
+        decided so that a row stored is one :meth:`count_after` at the stop counts."""
         ...
 
     async def feedback_through(self, session_id: str) -> datetime | None:
@@ -102,7 +105,8 @@ class OnlineStore(Protocol):
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]: ...
 
     async def count_after(self, session_id: str, seq: int) -> int:
-        """How many of the session's examples are stored after ``seq`` (received, not read yet)."""
+        """How many of the session's examples are stored after ``seq`` (received, not read yet), those being
+        stored as it starts included."""
         ...
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...

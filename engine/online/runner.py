@@ -23,7 +23,8 @@ gate of every publication not judged yet in the same write. ``online_max_update_
 wall time updates take (the loop waits after each update in proportion), so a session never starves serving.
 
 StopOnlineSession cancels the job: it stores a last checkpoint and ends CANCELLED, saying how many examples
-received were never trained on (an EXAMPLES_NOT_TRAINED warning). A worker shutting down stores
+received were never trained on (an EXAMPLES_NOT_TRAINED warning); from the stop on, a client's examples are refused
+(ONLINE_SESSION_ENDED), and every one stored before is in that count. A worker shutting down stores
 one and hands the session to another worker, which goes on from it. So does a running session that finds a store
 unreachable for a moment (``TRANSIENT_ERRORS``: PostgreSQL restarting, the object store cut off), with a
 SESSION_INTERRUPTED warning, instead of failing: it goes back to the queue, and the worker that takes it reads the
@@ -721,6 +722,10 @@ class _Session:
         learner = self.learner
         waiting = len(learner.pending)
         try:
+            # The session stored as stopping (CANCELLING) first: a client's insert of examples looks at that under
+            # the session's lock, which the count takes too, so each example is counted here or refused there
+            # (OnlineStore.add), none told it was stored and left out.
+            await self.ctx.persist()
             unread: int | None = await self.r.store.count_after(self.id, learner.last_sequence)
         except TRANSIENT_ERRORS:  # the store out of reach: the examples not read yet are not counted
             unread = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from engine.feedback.ingest import FeedbackLimits
 from engine.jobs.core import JobEvent, JobState
 from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
@@ -23,12 +24,14 @@ from engine.online.spec import (
     OnlineSessionSpec,
     OnlineStats,
     not_found,
+    session_ended,
     session_exists,
 )
 from engine.registry import AdapterRegistry
 from engine.registry.records import parse_version, version_not_found
 
 MAX_WEIGHT = 100.0
+MAX_ID_CHARS = FeedbackLimits.max_id_chars  # a client_example_id, as feedback's client_event_id
 ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
@@ -55,6 +58,7 @@ class Added:
     accepted: int
     refusals: tuple[str, ...]
     last_sequence: int
+    duplicates: int = 0  # not stored: the session holds their client_example_id already
 
 
 class OnlineSessions:
@@ -188,9 +192,7 @@ class OnlineSessions:
         """The session, FAILED_PRECONDITION once it has ended."""
         job = await self._job(session_id)
         if job.state.terminal or job.state is JobState.CANCELLING:
-            raise FailedPrecondition("ONLINE_SESSION_ENDED", f"online session {job.name} has ended "
-                                                             f"({job.state.value})",
-                                     metadata={"name": job.name, "state": job.state.value})
+            raise session_ended(session_id, job.state)
         return job
 
     async def stop(self, session_id: str) -> SessionView:
@@ -216,9 +218,11 @@ class OnlineSessions:
         return await self.get(session_id)
 
     async def add(self, session_id: str, examples: Sequence[NewExample], *, offset: int = 0) -> Added:
-        """Store the acceptable ``examples``; the others are refused with why (``offset``: the index of the
-        first in the caller's numbering). A KTO session keeps each example's label; an SFT session stores none
-        (the label true it takes says what SFT assumes of every example)."""
+        """Store the acceptable ``examples``, but those whose client_example_id the session holds already
+        (duplicates: a retry's); the others are refused with why (``offset``: the index of the first in the
+        caller's numbering). A KTO session keeps each example's label; an SFT session stores none (the label true
+        it takes says what SFT assumes of every example). FAILED_PRECONDITION (ONLINE_SESSION_ENDED) once the
+        session is stopping: an example stored is one its stop counts (OnlineStore.add)."""
         job = await self._open(session_id)
         kto = job.spec.loss is Objective.KTO
         rows, refusals = [], []
@@ -228,10 +232,13 @@ class OnlineSessions:
                 refusals.append(f"examples[{i}]: {why}")
             else:
                 rows.append(example if kto else replace(example, desirable=None))
-        last = await self._store.add(session_id, rows, refused=len(refusals))
-        return Added(len(rows), tuple(refusals), last)
+        stored = await self._store.add(session_id, rows, refused=len(refusals))
+        return Added(len(rows) - stored.duplicates, tuple(refusals), stored.last_sequence, stored.duplicates)
 
     def _refusal(self, example: NewExample, kto: bool) -> str:
+        ident = example.client_example_id
+        if len(ident) > MAX_ID_CHARS or not ident.isprintable():
+            return f"client_example_id must be at most {MAX_ID_CHARS} printable characters"
         if not example.prompt.strip():
             return "empty prompt"
         size = len(example.prompt) + len(example.target)

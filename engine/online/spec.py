@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.domain import ChatMessage, Example, Objective
-from engine.errors import AlreadyExists, NotFound
-from engine.jobs.core import Job, JobKind
+from engine.errors import AlreadyExists, FailedPrecondition, NotFound
+from engine.jobs.core import Job, JobKind, JobState
 from engine.training.spec import CheckpointRecord, ParentFisherProgress
 
 LOSS_WINDOW = 100  # updates the average loss is over
@@ -173,6 +173,17 @@ class NewExample:
     target: str  # "" : self-supervised
     weight: float = 1.0
     desirable: bool | None = None  # KTO's label: an answer to give (True) or to avoid (False); None: none
+    # the client's idempotency key, unique within the session (migration 0029); "" : none (never a duplicate)
+    client_example_id: str = ""
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """What a store of new examples did: the sequence number of the last one the session holds (0: none), and how
+    many were duplicates (their client_example_id stored already), not stored again."""
+
+    last_sequence: int
+    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -261,6 +272,20 @@ def live_adapter_name(base_model: str, session_id: str, refresh: int) -> str:
 def session_exists(session_id: str) -> AlreadyExists:
     return AlreadyExists("ONLINE_SESSION_EXISTS", f"online session onlineSessions/{session_id} exists",
                          metadata={"name": f"onlineSessions/{session_id}"})
+
+
+def session_id_in_use(session_id: str, kind: str) -> AlreadyExists:
+    """``session_id`` is the id of a job of another ``kind``: sessions are jobs, and share their ids with every job."""
+    return AlreadyExists("ONLINE_SESSION_ID_IN_USE", f"session_id {session_id!r} is the id of a {kind} job (online "
+                                                     "sessions share their ids with every job); choose another",
+                         metadata={"session_id": session_id, "kind": kind})
+
+
+def session_ended(session_id: str, state: JobState) -> FailedPrecondition:
+    """The session is stopping or has ended (``state``): it takes no more examples or changes."""
+    name = f"onlineSessions/{session_id}"
+    return FailedPrecondition("ONLINE_SESSION_ENDED", f"online session {name} has ended ({state.value})",
+                              metadata={"name": name, "state": state.value})
 
 
 def not_found(session_id: str) -> NotFound:

@@ -11,6 +11,11 @@ session (``AliasState``). A name is held by one session at a time per base model
 And the session's feedback watermark (migration 0026): how far the feedback on its live model has become examples.
 It moves in the transaction that stores the examples a window of feedback made (``add_feedback``), so a window is
 made into examples once, whatever happens to the worker between that and storing its job.
+
+A client's examples are idempotent per (session, client_example_id) (migration 0029): one whose id the session holds
+is not stored again, and is counted as a duplicate. They are stored under the session's lock, which the count of a
+stop's untrained examples (``count_after``) takes too, and only while the session is neither stopping nor ended
+(``add``): an example a client is told was stored is one that count sees.
 """
 
 from __future__ import annotations
@@ -28,11 +33,24 @@ from asyncpg.pool import PoolConnectionProxy
 from engine.domain import OnlineExamples
 from engine.errors import FailedPrecondition
 from engine.jobs.core import JobState
-from engine.online.spec import AliasState, Controls, GateVerdict, NewExample, StoredExample, not_found, session_exists
+from engine.online.spec import (
+    ONLINE_SESSION,
+    AliasState,
+    Controls,
+    GateVerdict,
+    NewExample,
+    StoredExample,
+    StoredRows,
+    not_found,
+    session_ended,
+    session_exists,
+    session_id_in_use,
+)
 from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.feedback_store import ERASURE_LOCK, user_hash
-from engine.stores.postgres import advisory_lock, connection_errors_unavailable
+from engine.stores.job_store import SHOWN_STATE_SQL
+from engine.stores.postgres import acquired, advisory_lock, connection_errors_unavailable
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -87,19 +105,33 @@ async def _lock(conn: Conn, session_id: str) -> None:
 async def _insert(conn: Conn, session_id: str, rows: Sequence[NewExample],
                   users: Sequence[Collection[str]]) -> list[int]:
     """Insert ``rows`` in order (``users`` per row when given: whose feedback it was made from), in the caller's
-    transaction, which holds the session's lock (``_lock``); their sequence numbers."""
+    transaction, which holds the session's lock (``_lock``); the sequence numbers of those stored. A row whose
+    client_example_id the session holds already (stored before, or earlier in ``rows``) is not stored."""
     if not rows:
         return []
     owners = [json.dumps(sorted(u)) for u in users] if users else ["[]"] * len(rows)
     assert len(owners) == len(rows)
     seqs = await conn.fetch(
-        "INSERT INTO online_examples (session_id, prompt, target, weight, desirable, users)"
-        " SELECT $1, p, t, w, d, ARRAY(SELECT jsonb_array_elements_text(u::jsonb))"
-        " FROM unnest($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])"
-        " WITH ORDINALITY AS x(p, t, w, d, u, n) ORDER BY n RETURNING seq",
+        "INSERT INTO online_examples (session_id, prompt, target, weight, desirable, users, client_example_id)"
+        " SELECT $1, p, t, w, d, ARRAY(SELECT jsonb_array_elements_text(u::jsonb)), c"
+        " FROM unnest($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[], $7::text[])"
+        " WITH ORDINALITY AS x(p, t, w, d, u, c, n) ORDER BY n"
+        " ON CONFLICT (session_id, client_example_id) WHERE client_example_id <> '' DO NOTHING RETURNING seq",
         session_id, [r.prompt for r in rows], [r.target for r in rows], [r.weight for r in rows],
-        [r.desirable for r in rows], owners)
+        [r.desirable for r in rows], owners, [r.client_example_id for r in rows])
     return [r["seq"] for r in seqs]
+
+
+async def _check_open(conn: Conn, session_id: str) -> None:
+    """FAILED_PRECONDITION (ONLINE_SESSION_ENDED) when the session is stopping or has ended, as it is shown
+    (engine.jobs.core.shown_state: a stop asked of the worker holding it counts); NOT_FOUND without its job."""
+    state = await conn.fetchval(f"SELECT {SHOWN_STATE_SQL} FROM jobs WHERE id = $1 AND kind = $2", session_id,
+                                ONLINE_SESSION.name)
+    if state is None:
+        raise not_found(session_id)
+    shown = JobState(state)
+    if shown.terminal or shown is JobState.CANCELLING:
+        raise session_ended(session_id, shown)
 
 
 @connection_errors_unavailable  # a running session stops for another worker on Unavailable (engine.online.runner)
@@ -124,8 +156,13 @@ class PostgresOnlineStore:
         is taken for the session, under a lock on the name: FAILED_PRECONDITION (ONLINE_ALIAS_IN_USE) while another
         session of ``base_model`` holds it, unless that session was created by the same ``request_id`` (this create
         is its retry, and the controls made here are the caller's to discard). NOT_FOUND (ADAPTER_NOT_FOUND)
-        when ``start_version``, which the alias serves until it moves, is no longer published."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        when ``start_version``, which the alias serves until it moves, is no longer published. ALREADY_EXISTS
+        (ONLINE_SESSION_ID_IN_USE), storing nothing, when a job of another kind has the id."""
+        async with acquired(self._pool) as conn, conn.transaction():
+            # Sessions are jobs: the id of a job of another kind is taken (the session's insert would fail on it).
+            kind = await conn.fetchval("SELECT kind FROM jobs WHERE id = $1", session_id)
+            if kind is not None and kind != ONLINE_SESSION.name:
+                raise session_id_in_use(session_id, kind)
             await conn.execute("DELETE FROM online_controls WHERE session_id = $1"
                                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)", session_id)
             if start_version:  # an empty one names nothing to hold
@@ -297,16 +334,28 @@ class PostgresOnlineStore:
     # ---- examples ------------------------------------------------------------------------------
 
     async def add(self, session_id: str, rows: Sequence[NewExample], refused: int = 0,
-                  users: Sequence[Collection[str]] = ()) -> int:
-        """Store ``rows`` in order and count ``refused`` ones; the last sequence number stored (0 when none was).
-        ``users``, per row when given: whose feedback it was made from."""
-        async with self._pool.acquire() as conn, conn.transaction():
+                  users: Sequence[Collection[str]] = ()) -> StoredRows:
+        """Store ``rows`` in order and count ``refused`` ones. The rows whose client_example_id the session holds
+        already are duplicates, not stored; the last sequence number is that of the last row the session holds
+        (stored now, or before, for a duplicate; 0 when none). ``users``, per row when given: whose feedback it was
+        made from. FAILED_PRECONDITION (ONLINE_SESSION_ENDED), storing nothing, once the session is stopping or has
+        ended, looked at under the session's lock, which the count of a stop's untrained examples takes too
+        (``count_after``): a row stored is one that count sees."""
+        async with acquired(self._pool) as conn, conn.transaction():
             await _lock(conn, session_id)
+            await _check_open(conn, session_id)
             seqs = await _insert(conn, session_id, rows, users)
+            last = max(seqs, default=0)
+            duplicates = len(rows) - len(seqs)
+            if duplicates:
+                held = await conn.fetchval(
+                    "SELECT max(seq) FROM online_examples WHERE session_id = $1 AND client_example_id <> ''"
+                    " AND client_example_id = ANY($2::text[])", session_id, [r.client_example_id for r in rows])
+                last = max(last, held or 0)
             if refused:
                 await conn.execute("UPDATE online_controls SET refused_examples = refused_examples + $2"
                                    " WHERE session_id = $1", session_id, refused)
-        return max(seqs, default=0)
+        return StoredRows(last_sequence=last, duplicates=duplicates)
 
     async def feedback_through(self, session_id: str) -> datetime | None:
         """How far (by event time) the feedback on the session's live model has become examples; None before its
@@ -328,7 +377,7 @@ class PostgresOnlineStore:
         a row made from the feedback of a user erased since the window's end is not (DeleteUserFeedback ran
         between the read and this write: it found none of that user's examples here to delete, and the events the
         row was made from are gone)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquired(self._pool) as conn, conn.transaction():
             # The erasures' lock first, shared (as feedback ingestion takes it), so that no DeleteUserFeedback runs
             # between the check below and the insert; before the session's: an erasure holds it exclusively while it
             # updates the controls' rows this takes.
@@ -388,8 +437,12 @@ class PostgresOnlineStore:
             " SELECT count(*) FROM gone", session_id, firsts, lasts))
 
     async def count_after(self, session_id: str, seq: int) -> int:
-        return int(await self._pool.fetchval(
-            "SELECT count(*) FROM online_examples WHERE session_id = $1 AND seq > $2", session_id, seq))
+        """Counted under the session's lock, which every insert of its examples holds until it commits: an insert
+        under way when the count starts is counted, and one after it looks at the session's state first (``add``)."""
+        async with acquired(self._pool) as conn, conn.transaction():
+            await _lock(conn, session_id)
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM online_examples WHERE session_id = $1 AND seq > $2", session_id, seq))
 
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._pool.fetchval(

@@ -12,7 +12,7 @@ import grpc
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
 from engine.names import check_chosen_id
-from engine.online.service import OnlineSessions
+from engine.online.service import Added, OnlineSessions
 from engine.online.spec import OnlineStats, Updated
 from learning.v1 import online_pb2 as pb
 from learning.v1 import online_pb2_grpc as pb_grpc
@@ -138,7 +138,8 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         added = await self._sessions.add(oc.session_id_from_name(request.name),
                                          oc.examples_from_pb(list(request.examples)))
         return pb.AddExamplesResponse(accepted=added.accepted, refused=len(added.refusals),
-                                      refusals=list(added.refusals), last_sequence=added.last_sequence)
+                                      refusals=list(added.refusals), last_sequence=added.last_sequence,
+                                      duplicates=added.duplicates)
 
     async def StreamExamples(
         self, request_iterator: AsyncIterator[pb.StreamExamplesRequest],
@@ -160,7 +161,8 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
 
         def answer(stats: OnlineStats) -> pb.StreamExamplesResponse:
             return pb.StreamExamplesResponse(stats=oc.stats_to_pb(stats), accepted=tally.accepted,
-                                             refused=tally.refused, refusals=list(tally.refusals))
+                                             refused=tally.refused, refusals=list(tally.refusals),
+                                             duplicates=tally.duplicates)
 
         async def receive() -> None:
             message: pb.StreamExamplesRequest | None = first
@@ -170,7 +172,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
                                           violations=[FieldViolation("name", f"must be {first.name} or empty")])
                 added = await self._sessions.add(session_id, oc.examples_from_pb(list(message.examples)),
                                                  offset=tally.received)
-                tally.add(len(message.examples), added.accepted, added.refusals, added.last_sequence)
+                tally.add(len(message.examples), added)
                 message = await anext(iterator, None)
             tally.closed = True
 
@@ -223,15 +225,17 @@ class _Tally:
     def __init__(self) -> None:
         self.received = 0
         self.accepted = 0
+        self.duplicates = 0
         self.refused = 0
         # Only the last refusals, which the answers show: a long stream of refused examples holds no more.
         self.refusals: collections.deque[str] = collections.deque(maxlen=SHOWN_REFUSALS)
         self.last_sequence = 0
         self.closed = False
 
-    def add(self, received: int, accepted: int, refusals: tuple[str, ...], last_sequence: int) -> None:
+    def add(self, received: int, added: Added) -> None:
         self.received += received
-        self.accepted += accepted
-        self.refused += len(refusals)
-        self.refusals.extend(refusals)
-        self.last_sequence = max(self.last_sequence, last_sequence)
+        self.accepted += added.accepted
+        self.duplicates += added.duplicates
+        self.refused += len(added.refusals)
+        self.refusals.extend(added.refusals)
+        self.last_sequence = max(self.last_sequence, added.last_sequence)

@@ -143,7 +143,9 @@ async def test_an_erasure_tells_the_sessions_that_have_not_ended_and_only_when_i
         await jobs.insert_job(Job(id=name, kind=ONLINE_SESSION.name, spec=OnlineSessionSpec(TINY, "v1.0"),
                                   output=OnlineOutput(), state=state, create_time=datetime.now(UTC)))
     await online.create("creating", 1e-4, base_model=TINY)  # its job not stored yet
-    await online.add("ended", [NewExample(SECRET_PROMPT, "Take the 42.")], users=[["u-7"]])
+    await pool.execute("UPDATE jobs SET state = $2 WHERE id = $1", "ended", JobState.RUNNING.value)
+    await online.add("ended", [NewExample(SECRET_PROMPT, "Take the 42.")], users=[["u-7"]])  # before it ended
+    await pool.execute("UPDATE jobs SET state = $2 WHERE id = $1", "ended", JobState.CANCELLED.value)
     feedback = PostgresFeedbackStore(pool)
 
     async def counts() -> dict[str, int]:

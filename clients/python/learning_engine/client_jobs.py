@@ -390,7 +390,9 @@ class JobCalls(Calls):
     ) -> online_pb2.AddExamplesResponse:
         """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
         and the response says which. A KTO session needs ``desirable`` and a target on each; an SFT session
-        refuses ``desirable=False``."""
+        refuses ``desirable=False``. An example's ``client_example_id`` makes it idempotent: one the session
+        stored already is not stored again (``duplicates``), so a call retried after an error stores nothing
+        twice."""
         request = online_pb2.AddExamplesRequest(name=name, examples=list(examples))
         return await self._unary(self.online.AddExamples, request)
 
@@ -400,8 +402,8 @@ class JobCalls(Calls):
         batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
     ) -> AsyncIterator[online_pb2.StreamExamplesResponse]:
         """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
-        update, and when everything sent has been trained on (or learning is off). Examples are refused as by
-        :meth:`add_examples`."""
+        update, and when everything sent has been trained on (or learning is off). Examples are refused, and
+        deduplicated by ``client_example_id``, as by :meth:`add_examples`."""
 
         async def messages() -> AsyncIterator[online_pb2.StreamExamplesRequest]:
             yield online_pb2.StreamExamplesRequest(name=name)

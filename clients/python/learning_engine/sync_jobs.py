@@ -290,7 +290,9 @@ class SyncJobCalls(SyncCalls):
     def add_examples(self, name: str, examples: Sequence[online_pb2.OnlineExample]) -> online_pb2.AddExamplesResponse:
         """Store examples for the session (a target makes one supervised); empty or oversized ones are refused
         and the response says which. A KTO session needs ``desirable`` and a target on each; an SFT session
-        refuses ``desirable=False``."""
+        refuses ``desirable=False``. An example's ``client_example_id`` makes it idempotent: one the session
+        stored already is not stored again (``duplicates``), so a call retried after an error stores nothing
+        twice."""
         return self._loop.run(self._async.add_examples(name, examples))
 
     def stream_examples(
@@ -299,6 +301,6 @@ class SyncJobCalls(SyncCalls):
         batches: Iterable[Sequence[online_pb2.OnlineExample]] | AsyncIterable[Sequence[online_pb2.OnlineExample]],
     ) -> Iterator[online_pb2.StreamExamplesResponse]:
         """Send ``batches`` of examples on one stream; yields the session's stats once at the start, after each
-        update, and when everything sent has been trained on (or learning is off). Examples are refused as by
-        :meth:`add_examples`."""
+        update, and when everything sent has been trained on (or learning is off). Examples are refused, and
+        deduplicated by ``client_example_id``, as by :meth:`add_examples`."""
         return self._loop.iterate(self._async.stream_examples(name, batches))

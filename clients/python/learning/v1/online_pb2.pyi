@@ -172,16 +172,18 @@ class OnlineSession(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[OnlineSessionSpec, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., live_model: _Optional[str] = ..., live_adapter: _Optional[str] = ..., publications: _Optional[_Iterable[_Union[OnlinePublication, _Mapping]]] = ..., alias_version: _Optional[str] = ..., disabled_reason: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., request_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.JobProgress, _Mapping]] = ..., last_sequence: _Optional[int] = ..., alias_state: _Optional[_Union[LiveAliasState, str]] = ...) -> None: ...
 
 class OnlineExample(_message.Message):
-    __slots__ = ("prompt", "target", "weight", "desirable")
+    __slots__ = ("prompt", "target", "weight", "desirable", "client_example_id")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DESIRABLE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     target: str
     weight: float
     desirable: bool
-    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., weight: _Optional[float] = ..., desirable: _Optional[bool] = ...) -> None: ...
+    client_example_id: str
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., weight: _Optional[float] = ..., desirable: _Optional[bool] = ..., client_example_id: _Optional[str] = ...) -> None: ...
 
 class CreateOnlineSessionRequest(_message.Message):
     __slots__ = ("session_id", "spec", "request_id")
@@ -410,16 +412,18 @@ class StreamExamplesRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[OnlineExample, _Mapping]]] = ...) -> None: ...
 
 class StreamExamplesResponse(_message.Message):
-    __slots__ = ("stats", "accepted", "refused", "refusals")
+    __slots__ = ("stats", "accepted", "refused", "refusals", "duplicates")
     STATS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     stats: OnlineStats
     accepted: int
     refused: int
     refusals: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., accepted: _Optional[int] = ..., refused: _Optional[int] = ..., refusals: _Optional[_Iterable[str]] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, stats: _Optional[_Union[OnlineStats, _Mapping]] = ..., accepted: _Optional[int] = ..., refused: _Optional[int] = ..., refusals: _Optional[_Iterable[str]] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class AddExamplesRequest(_message.Message):
     __slots__ = ("name", "examples")
@@ -456,13 +460,15 @@ class RemoveLiveAliasResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[OnlineSession, _Mapping]] = ...) -> None: ...
 
 class AddExamplesResponse(_message.Message):
-    __slots__ = ("accepted", "refused", "refusals", "last_sequence")
+    __slots__ = ("accepted", "refused", "refusals", "last_sequence", "duplicates")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     refused: int
     refusals: _containers.RepeatedScalarFieldContainer[str]
     last_sequence: int
-    def __init__(self, accepted: _Optional[int] = ..., refused: _Optional[int] = ..., refusals: _Optional[_Iterable[str]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., refused: _Optional[int] = ..., refusals: _Optional[_Iterable[str]] = ..., last_sequence: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...

@@ -167,7 +167,10 @@ class OnlineLearningServiceServicer:
     def CreateOnlineSession(self, request, context):
         """FAILED_PRECONDITION when no version is named and none is active, NOT_FOUND
         for a version that does not exist, INVALID_ARGUMENT naming the field for a
-        setting out of range.
+        setting out of range. ALREADY_EXISTS for a session_id in use:
+        ONLINE_SESSION_EXISTS for a session's, ONLINE_SESSION_ID_IN_USE for the id
+        of another kind of job (sessions share their ids with training, Fisher,
+        evaluation, ... jobs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,7 +191,10 @@ class OnlineLearningServiceServicer:
     def StopOnlineSession(self, request, context):
         """Stops learning for good: the session ends CANCELLED after its last
         checkpoint. FAILED_PRECONDITION for a session that has ended. Its live
-        alias, if any, is then settled (alias_state KEPT or ENDED).
+        alias, if any, is then settled (alias_state KEPT or ENDED). From the
+        stop on, examples sent to it are refused (FAILED_PRECONDITION
+        ONLINE_SESSION_ENDED); every example stored before is counted in its
+        EXAMPLES_NOT_TRAINED warning unless trained on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,14 +253,20 @@ class OnlineLearningServiceServicer:
         once when the stream opens and after each update. Once the client has
         closed its side, the stream ends when the worker has read every example
         sent on it and trained on all that make up a full update (fewer than
-        update_every wait for more), or learning is off.
+        update_every wait for more), or learning is off. Each message's examples
+        are stored in one transaction, in order. Idempotent per (session,
+        client_example_id): resending a message after an error (UNAVAILABLE
+        while the database restarts) stores none of its examples twice.
+        FAILED_PRECONDITION (ONLINE_SESSION_ENDED) once the session is stopping
+        or has ended: an example is either refused so or counted by the stop
+        (EXAMPLES_NOT_TRAINED), never acknowledged and left out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddExamples(self, request, context):
-        """The same for clients that cannot stream.
+        """The same for clients that cannot stream; idempotent the same way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

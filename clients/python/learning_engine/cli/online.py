@@ -132,8 +132,8 @@ def online_stats(ctx: typer.Context, name: str) -> None:
 
 
 def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.OnlineExample]:
-    """A JSONL file of {"prompt", "target"?, "weight"?, "desirable"?} lines; ``label``: the desirable label of the
-    lines without one (None: none)."""
+    """A JSONL file of {"prompt", "target"?, "weight"?, "desirable"?, "client_example_id"?} lines; ``label``: the
+    desirable label of the lines without one (None: none)."""
     examples = []
     for number, line in enumerate(local_text(opts, path).splitlines(), start=1):
         if not line.strip():
@@ -144,7 +144,8 @@ def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.Onl
             if desirable is not None and not isinstance(desirable, bool):
                 raise ValueError(f"desirable must be true or false, not {desirable!r}")
             examples.append(ol.OnlineExample(prompt=row["prompt"], target=row.get("target", ""),
-                                             weight=row.get("weight"), desirable=desirable))
+                                             weight=row.get("weight"), desirable=desirable,
+                                             client_example_id=row.get("client_example_id", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{path}:{number}: not an example ({exc})",
                  reason=ERROR_REASON_USAGE)
@@ -155,7 +156,9 @@ def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.Onl
 def online_send(ctx: typer.Context, name: str,
                 file: Path = typer.Argument(...,
                                             help="JSONL: {\"prompt\": ..., \"target\": ..., \"weight\": ..., "
-                                                 "\"desirable\": true|false}"),
+                                                 "\"desirable\": true|false, \"client_example_id\": ...} (an id "
+                                                 "the session stored already is not stored again: sending a file "
+                                                 "again after an error is safe)"),
                 label: str = typer.Option("", "--label", help="desirable or undesirable: the label of the lines "
                                                               "without a \"desirable\" of their own (a KTO session "
                                                               "needs one on every example).")) -> None:
@@ -182,7 +185,8 @@ def online_send(ctx: typer.Context, name: str,
 
     last = run(ctx, send)
     if not opts.json:
-        out.print(f"sent {last.accepted} examples, {last.refused} refused", highlight=False)
+        again = f", {last.duplicates} stored already" if last.duplicates else ""
+        out.print(f"sent {last.accepted} examples, {last.refused} refused{again}", highlight=False)
         for refusal in last.refusals:
             out.print(f"  {refusal}", highlight=False)
 
