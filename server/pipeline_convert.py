@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from engine.errors import ViolationCollector
+from engine.errors import FieldViolation, InvalidArgument, ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.names import chosen_id, resource_id
 from engine.pipelines.spec import (
@@ -33,6 +33,8 @@ from server import convert
 from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 from server.convert_lora import policy_from_pb, policy_to_pb
 
+# UNSPECIFIED is ACTIVATE, the documented default (pipeline.proto, docs/pipelines.md); a number none of these is
+# refused (rollout_from_pb), never read as one of them.
 _MODE = {pb.ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ACTIVATE, pb.ROLLOUT_MODE_ACTIVATE: RolloutMode.ACTIVATE,
          pb.ROLLOUT_MODE_CANARY: RolloutMode.CANARY, pb.ROLLOUT_MODE_NONE: RolloutMode.NONE}
 _MODE_TO_PB = {RolloutMode.ACTIVATE: pb.ROLLOUT_MODE_ACTIVATE, RolloutMode.CANARY: pb.ROLLOUT_MODE_CANARY,
@@ -51,8 +53,15 @@ def run_id_from_name(name: str, field_path: str = "name") -> str:
     return resource_id(name, "pipelineRuns", field_path)
 
 
-def rollout_from_pb(msg: pb.RolloutPolicy) -> Rollout:
-    return Rollout(mode=_MODE.get(msg.mode, RolloutMode.ACTIVATE), canary=policy_from_pb(msg.canary))
+def rollout_from_pb(msg: pb.RolloutPolicy, field_path: str = "pipeline.rollout") -> Rollout:
+    """INVALID_ARGUMENT INVALID_PIPELINE naming ``<field_path>.mode`` for a mode number this server does not know
+    (a newer client's): read as the default, it would put the version on all of the alias at once."""
+    mode = _MODE.get(msg.mode)
+    if mode is None:
+        what = f"unknown rollout mode {msg.mode} (ROLLOUT_MODE_ACTIVATE, ROLLOUT_MODE_CANARY or ROLLOUT_MODE_NONE)"
+        raise InvalidArgument("INVALID_PIPELINE", f"{field_path}.mode: {what}",
+                              violations=[FieldViolation(f"{field_path}.mode", what)])
+    return Rollout(mode=mode, canary=policy_from_pb(msg.canary))
 
 
 def rollout_to_pb(r: Rollout) -> pb.RolloutPolicy:

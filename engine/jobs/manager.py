@@ -144,10 +144,14 @@ class JobManager(JobEventLog[S, O]):
     async def check_request(self, job: Job[S, O]) -> Job[S, O] | None:
         """What ``submit`` would find under ``job``'s request_id, storing nothing (a validate_only request): the
         stored job of that request_id, None if there is none, REQUEST_ID_REUSED if it has another spec."""
-        stored = await self._store.job_for_request(job.request_id) if job.request_id else None
+        stored = await self.for_request(job.request_id) if job.request_id else None
         if stored is not None:
             _same_request(job, stored)
         return stored
+
+    async def for_request(self, request_id: str) -> Job[S, O] | None:
+        """The job stored under ``request_id``, whatever it asked for; None if there is none."""
+        return await self._store.job_for_request(request_id)
 
     async def get(self, job_id: str) -> Job[S, O]:
         live = self._live.get(job_id)

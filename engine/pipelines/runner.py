@@ -8,13 +8,17 @@ first stage that has not ended; no stage runs twice to completion:
   give the same version), a stored dataset named without a version resolves to its newest. A JSONL file needs
   nothing (the training job records its digest).
 - TRAIN creates one training job continuing the version active at that moment (EWC and replay as the template
-  asks), with request id ``pipelineRuns/<run>/train``: a run resumed between creating the job and storing its
-  name finds the same job, never a second. It waits for the job, forwarding its progress; cancelling the run
-  cancels the job, while a restart leaves it running (it is a job of its own) and the resumed run waits again.
+  asks), with request id ``pipelineRuns/<run>/train``. The parent it continues is stored on the run before the job
+  is created, so a run resumed between creating the job and storing its name asks for the same job (even if
+  another version became active meanwhile) and finds it, never a second. It waits for the job, forwarding its
+  progress; cancelling the run cancels the job, while a restart leaves it running (it is a job of its own) and the
+  resumed run waits again.
 - EVALUATE runs the forgetting-aware gate (and the pipeline's golden suites) on the new version against the
-  active one. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the failed checks. A run resumed
-  after its evaluation was stored (and before the stage's end was) takes that evaluation instead of answering
-  the suites again, as long as it was against the same active version on the same basis.
+  active one; it is skipped, saying so, for a (publish-only) pipeline of a base model this server does not serve,
+  whose versions its serving engine cannot score. A refusal ends the run FAILED with PIPELINE_GATE_REFUSED and the
+  failed checks. A run resumed after its evaluation was stored (and before the stage's end was) takes that
+  evaluation instead of answering the suites again, as long as it was against the same active version on the same
+  basis.
 - ROLLOUT activates the version, or skips when the pipeline only publishes. The activation's own gate takes
   EVALUATE's evaluation when it was against the same active version on the same basis, and runs again
   otherwise. With a canary, cancelling the run aborts the run's canary (by its version and the split it opened)
@@ -158,16 +162,23 @@ class PipelineRunner:
     async def _train(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
         pipeline, run = ctx.job.spec.pipeline, ctx.job
         if not output.training_job:
-            status = await self._serving.status()
-            parent = status.active_version if status.base_model == pipeline.base_model else ""
+            if not output.parent_chosen:
+                # the parent is chosen once and stored before the job is created: a run resumed between creating
+                # the job and storing its name asks for the same spec under the same request id, and so finds the
+                # job it created, whatever is active by then
+                status = await self._serving.status()
+                parent = status.active_version if status.base_model == pipeline.base_model else ""
+                output = replace(output, parent_version=parent, parent_chosen=True)
+                ctx.set_output(output)
+                await ctx.persist()
             template = pipeline.training
             spec = replace(
-                template, base_model=pipeline.base_model, parent_adapter_version=parent,
+                template, base_model=pipeline.base_model, parent_adapter_version=output.parent_version,
                 dataset=StoredDatasetSource(output.dataset) if output.dataset else template.dataset,
                 labels=(*template.labels, ("pipeline", pipeline.id), ("pipeline_run", run.id)),
             )
             job = await self._training.create(spec, request_id=f"{run.name}/train")
-            output = replace(output, training_job=job.name, parent_version=parent)
+            output = replace(output, training_job=job.name)
             ctx.set_output(output)
             await ctx.persist()
         job_id = output.training_job.split("/", 1)[1]
@@ -197,6 +208,13 @@ class PipelineRunner:
 
     async def _evaluate(self, ctx: Ctx, output: PipelineRunOutput) -> _Outcome:
         pipeline = ctx.job.spec.pipeline
+        served = self._serving.base_model
+        if pipeline.base_model != served:  # a publish-only pipeline of another base model (Pipelines.check)
+            # the serving engine scores versions of the base model it serves: asked for this version's number, it
+            # would score that base model's adapter of the same number (another adapter), or find none
+            return _Outcome(output, f"not evaluated: this server evaluates versions of {served}, not of "
+                                    f"{pipeline.base_model}; {output.version} is published unevaluated",
+                            state=StageState.SKIPPED)
         paths = [await asyncio.to_thread(self._suite_path, p, f"pipeline.suite_paths[{i}]")
                  for i, p in enumerate(pipeline.suite_paths)]
         pinned = output.suite_datasets or pipeline.suite_datasets  # a resumed run takes the versions it took

@@ -8,9 +8,12 @@ to end) or the data has fewer usable examples than the template's ``min_samples`
 ``force`` on the template trains anyway).
 A run started by an occasion has the request id ``<pipeline>/<created>/<key>`` (engine.pipelines.triggers.request_id):
 two replicas that both decide to fire start one run, and a pipeline created again under a deleted one's id does not
-meet the runs of its predecessor. Missed ticks (the service was down) are not replayed one by one: the latest runs
-once. A trigger that cannot be decided (a failure of its own) is logged and recorded as a decision that did not
-fire, with why, and the pipeline's other triggers are decided all the same.
+meet the runs of its predecessor. An occasion (or a RunPipeline request_id) whose run was stored but whose decision
+was not (the write failed, the process stopped) finds its run again by that request id: the next check records it
+as fired with that run, not as skipped because of it, and RunPipeline returns it. Missed ticks (the service was
+down) are not replayed one by one: the latest runs once. A trigger that cannot be decided (a failure of its own) is
+logged and recorded as a decision that did not fire, with why, and the pipeline's other triggers are decided all
+the same.
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ class Pipelines:
     async def check(self, pipeline: Pipeline, field_prefix: str = "pipeline") -> None:
         """INVALID_ARGUMENT for a pipeline that cannot work (a training template is checked as a training job's
         spec is, but for its data); FAILED_PRECONDITION for a base model this server does not know (or does not
-        serve, when the pipeline rolls out), for a golden suite that is missing and for a golden dataset to train
-        on."""
+        serve, when the pipeline rolls out or names golden suites: its versions are not evaluated here), for a
+        golden suite that is missing and for a golden dataset to train on."""
         if not PIPELINE_ID_RE.match(pipeline.id):
             raise _invalid("pipeline_id", "lowercase letters, digits and '-', 1 to 40, starting and ending with a "
                                           "letter or digit")
@@ -99,11 +102,21 @@ class Pipelines:
             raise FailedPrecondition("PIPELINE_BASE_MODEL_UNKNOWN",
                                      f"base model {pipeline.base_model!r} is not one this server knows",
                                      metadata={"base_model": pipeline.base_model})
-        if pipeline.rollout.mode is not RolloutMode.NONE and pipeline.base_model != self._serving.base_model:
-            raise FailedPrecondition("PIPELINE_NOT_SERVED", f"this server serves {self._serving.base_model}, not "
+        served = self._serving.base_model
+        if pipeline.rollout.mode is not RolloutMode.NONE and pipeline.base_model != served:
+            raise FailedPrecondition("PIPELINE_NOT_SERVED", f"this server serves {served}, not "
                                                             f"{pipeline.base_model}; a pipeline for another base model "
                                                             "can only publish (rollout mode NONE)",
                                      metadata={"base_model": pipeline.base_model})
+        if pipeline.base_model != served and (pipeline.suite_paths or pipeline.suite_datasets):
+            # this server's evaluations score its own base model's versions only: a run of this pipeline skips
+            # EVALUATE (engine.pipelines.runner), so a golden suite named here would never be scored
+            field_path = f"{field_prefix}.{'suite_paths' if pipeline.suite_paths else 'suite_datasets'}"
+            why = (f"this server evaluates versions of {served} only, not of {pipeline.base_model}: a run of this "
+                   "pipeline publishes its version unevaluated, so golden suites cannot be scored")
+            raise FailedPrecondition("PIPELINE_NOT_SERVED", f"{field_path}: {why}",
+                                     violations=[FieldViolation(field_path, why)],
+                                     metadata={"base_model": pipeline.base_model, "field": field_path})
         if pipeline.rollout.mode is RolloutMode.CANARY:
             pipeline.rollout.canary.check(f"{field_prefix}.rollout.canary")
         if len(pipeline.triggers) > MAX_TRIGGERS:
@@ -173,13 +186,21 @@ class Pipelines:
     # ---- runs --------------------------------------------------------------------------------------
 
     async def run(self, pipeline_id: str, *, reason: str = "", request_id: str = "") -> PipelineRun:
-        """Start a run now (whether or not the pipeline is enabled); FAILED_PRECONDITION while one has not ended."""
+        """Start a run now (whether or not the pipeline is enabled); FAILED_PRECONDITION while one has not ended.
+        The same ``request_id`` again returns the run it started, its decision recorded or not (a write that failed
+        after the run was stored), before any other check."""
         async with self._store.locked(pipeline_id) as store:
             pipeline = await store.get(pipeline_id)
             key = f"manual:{request_id}" if request_id else f"manual:{uuid.uuid4().hex[:12]}"
-            earlier = await store.decision(pipeline_id, key) if request_id else None
-            if earlier is not None:  # the same request again: the run it started
-                return await self._manager.get(earlier.run_id)
+            if request_id:
+                earlier = await store.decision(pipeline_id, key)
+                if earlier is not None:  # the same request again: the run it started
+                    return await self._manager.get(earlier.run_id)
+                started = await self._started(pipeline, key)
+                if started is not None:  # it started the run, and its decision was not recorded: recorded now
+                    await store.record(TriggerDecision(pipeline.id, TriggerKind.MANUAL, key, True, started.spec.reason,
+                                                       datetime.now(UTC), started.id))
+                    return started
             active, _ = await store.run_ids(pipeline, active_only=True, page_size=1, page_token="")
             if active:
                 raise FailedPrecondition("PIPELINE_RUN_ACTIVE", f"pipelineRuns/{active[0]} of {pipeline.name} has "
@@ -195,6 +216,12 @@ class Pipelines:
         request_id = tr.request_id(pipeline.id, pipeline.create_time, key)  # this pipeline's, not a predecessor's
         job = self._manager.new_job(spec, PipelineRunOutput(), request_id=request_id)
         return await self._manager.submit(job)
+
+    async def _started(self, pipeline: Pipeline, key: str) -> PipelineRun | None:
+        """The run the occasion ``key`` of ``pipeline`` started, if it did: found by its request id, so also when the
+        decision that started it was not recorded (the write failed, or the process stopped, after the run was
+        stored)."""
+        return await self._manager.for_request(tr.request_id(pipeline.id, pipeline.create_time, key))
 
     async def get_run(self, run_id: str) -> PipelineRun:
         return await self._manager.get(run_id)
@@ -246,7 +273,7 @@ class Pipelines:
             for i, trigger in enumerate(pipeline.triggers):
                 kind = tr.kind_of(trigger)
                 key = ""
-                started = False
+                started, run_id = False, ""  # this trigger's occasion started a run (now, or at an earlier check)
                 try:  # one trigger that cannot be decided (a bug, a schedule that matches no date) leaves the others
                     occasion = await self._occasion(store, pipeline, trigger, now, since)
                     if occasion is None:
@@ -254,6 +281,15 @@ class Pipelines:
                     key, why = occasion
                     if await store.decision(pipeline.id, key) is not None:
                         continue
+                    earlier = await self._started(pipeline, key)
+                    if earlier is not None:  # an earlier check started its run but failed to record that: the
+                        # occasion fired, whether its run has ended or not (not skipped because of that very run)
+                        started, run_id = True, earlier.id
+                        made += await self._keep(store, pipeline, kind, key, True, now, earlier.spec.reason,
+                                                 run_id=earlier.id)
+                        log.info("pipeline trigger decision recorded late",
+                                 extra={"pipeline": pipeline.id, "run": earlier.name, "key": key})
+                        break  # one run at a time, as when it started
                     if active:
                         if isinstance(trigger, CronTrigger):  # a tick is now or never; counts and drift can wait
                             made += await self._keep(store, pipeline, kind, key, False, now,
@@ -271,21 +307,22 @@ class Pipelines:
                                                  count=samples)
                         continue
                     run = await self._start(pipeline, kind, key, why)
-                    started = True
+                    started, run_id = True, run.id
                     made += await self._keep(store, pipeline, kind, key, True, now, why, run_id=run.id,
                                              count=samples or 0)
                     log.info("pipeline triggered", extra={"pipeline": pipeline.id, "run": run.name, "why": why})
                 except Exception as exc:  # noqa: BLE001 - logged and recorded; the next trigger is decided still
-                    made += await self._failed(store, pipeline, i, trigger, key, now, exc)
+                    made += await self._failed(store, pipeline, i, trigger, key, now, exc, run_id=run_id)
                 if started:
                     break  # one run at a time
         return made
 
     async def _failed(self, store: PipelineStore, pipeline: Pipeline, index: int, trigger: Trigger, key: str,
-                      now: datetime, exc: Exception) -> builtins.list[TriggerDecision]:
+                      now: datetime, exc: Exception, *, run_id: str = "") -> builtins.list[TriggerDecision]:
         """Log a trigger that could not be decided and record it as a decision that did not fire, once per
         occasion (or trigger, when its occasion is not known) and cause: its key is not the occasion's, which the
-        next tick decides again."""
+        next tick decides again. ``run_id``: the occasion's run had started when its decision failed to be
+        recorded; the next tick finds that run and records the occasion as fired with it."""
         field_path = f"triggers[{index}]"
         if isinstance(exc, EngineError):
             cause, what = exc.reason, exc.message
@@ -300,6 +337,8 @@ class Pipelines:
                       extra={"pipeline": pipeline.id, "trigger": field_path, "key": key})
         failed_key = f"{key or _trigger_label(trigger)}:failed:{cause}"
         reason = f"{pipeline.name} {field_path} ({_trigger_label(trigger)}) could not be decided: {what}"
+        if run_id:
+            reason += f" (its run pipelineRuns/{run_id} started: the next check records the occasion as fired)"
         try:
             return await self._keep(store, pipeline, tr.kind_of(trigger), failed_key, False, now, reason)
         except Exception:  # noqa: BLE001 - the store failing too: the log says it

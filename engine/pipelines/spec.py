@@ -152,6 +152,7 @@ class PipelineRunOutput:
     dataset: str = ""  # datasets/{id}/versions/{n}
     training_job: str = ""  # trainingJobs/{id}, recorded before it is awaited
     parent_version: str = ""  # the version the run continues ("" from the base model)
+    parent_chosen: bool = False  # parent_version was chosen (stored before the training job is created)
     version: str = ""  # the version it trained
     evaluation_id: str = ""
     suite_datasets: tuple[str, ...] = ()  # the pipeline's suite_datasets as this run pinned them, when it evaluated

@@ -8,7 +8,8 @@ that leaves the active version as it was (publish only, refused by the gate, can
 same drift another occasion. A fired occasion starts one run whose request id is ``<pipeline>/<created>/<key>``
 (:func:`request_id`), so however many replicas see it at once, one run exists (the job store's unique request id);
 ``<created>`` is the pipeline's creation time, which tells a pipeline from an earlier one deleted under the same id,
-whose runs (jobs) outlive it.
+whose runs (jobs) outlive it. The run an occasion started is found by that request id, so also when its decision
+was never recorded (engine.pipelines.service).
 
 A cron expression is refused (INVALID_CRON) unless its schedule has a tick both before and after now: croniter
 accepts fields that name no date (``0 2 30 2 *``, February 30th), whose every tick would raise.
@@ -28,9 +29,13 @@ MAX_COUNT = 1_000_000
 
 
 def time_zone(name: str, field_path: str) -> zoneinfo.ZoneInfo:
+    """The IANA time zone ``name`` ("": UTC); INVALID_TIME_ZONE naming ``field_path`` for any name that is not one.
+    ZoneInfo reads the name as a path below the tz database: besides a missing zone (ZoneInfoNotFoundError) and a
+    name that is no normalised relative path or names another file of the database (ValueError), a folder
+    (``Europe``: IsADirectoryError) or a name too long for a file name (ENAMETOOLONG) raise an OSError."""
     try:
         return zoneinfo.ZoneInfo(name or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise InvalidArgument("INVALID_TIME_ZONE", f"{field_path}: {name!r} is not an IANA time zone",
                               violations=[FieldViolation(field_path, "not an IANA time zone (e.g. Europe/Paris)")]
                               ) from exc

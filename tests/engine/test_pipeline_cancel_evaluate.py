@@ -44,7 +44,7 @@ class Serving:
 
 class Ctx:
     def __init__(self) -> None:
-        pipeline = SimpleNamespace(name="pipelines/p", suite_paths=(), suite_datasets=())
+        pipeline = SimpleNamespace(name="pipelines/p", base_model="tiny", suite_paths=(), suite_datasets=())
         self.job = SimpleNamespace(spec=SimpleNamespace(pipeline=pipeline), name="pipelineRuns/r1", id="r1",
                                    output=PipelineRunOutput(version="v1.1", parent_version="v1.0"))
         self.cancel = CancelToken()

@@ -17,6 +17,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from engine import telemetry
+from engine.errors import InvalidArgument
+from engine.pipelines.spec import RolloutMode
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as ds
 from learning.v1 import dataset_pb2_grpc as ds_grpc
@@ -27,6 +29,7 @@ from learning.v1 import lora_control_pb2_grpc as lc_grpc
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import pipeline_pb2_grpc as pp_grpc
 from learning.v1 import training_pb2 as pb
+from server import pipeline_convert as pc
 from tests.fixtures.drift_prompts import recipes_and_code
 from tests.server.conftest import TINY, error_details
 from tests.server.lora_helpers import status, train
@@ -331,6 +334,11 @@ async def test_a_cron_tick_is_decided_once_and_skipped_while_a_run_is_on(make_pg
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CRON", "pipeline.triggers[0].cron.expression"),
     (from_file(triggers=[pp.PipelineTrigger(cron=pp.CronTrigger(time_zone="Mars/Olympus"))]),
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIME_ZONE", "pipeline.triggers[0].cron.time_zone"),
+    # a folder of the tz database and a name too long for a file: OSErrors of ZoneInfo, not INTERNAL
+    (from_file(triggers=[pp.PipelineTrigger(cron=pp.CronTrigger(time_zone="Europe"))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIME_ZONE", "pipeline.triggers[0].cron.time_zone"),
+    (from_file(triggers=[pp.PipelineTrigger(cron=pp.CronTrigger(time_zone="America/" + "x" * 300))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIME_ZONE", "pipeline.triggers[0].cron.time_zone"),
     (from_file(triggers=[pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=0))]),
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRIGGER", "pipeline.triggers[0].feedback.count"),
     (from_file(triggers=[pp.PipelineTrigger()]),
@@ -339,7 +347,11 @@ async def test_a_cron_tick_is_decided_once_and_skipped_while_a_run_is_on(make_pg
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CANARY_POLICY", "pipeline.rollout.canary.share"),
     (from_file(base_model="no-such-model"), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_BASE_MODEL_UNKNOWN", ""),
     (from_file(suite_paths=["missing.jsonl"]), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_SUITE_NOT_FOUND", ""),
-], ids=["cron", "time-zone", "count", "empty-trigger", "share", "base-model", "suite"])
+    # a rollout mode this server does not know (a newer client's): refused, not read as ACTIVATE
+    (from_file(rollout=pp.RolloutPolicy(mode=7)),
+     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE", "pipeline.rollout.mode"),
+], ids=["cron", "time-zone", "time-zone-folder", "time-zone-too-long", "count", "empty-trigger", "share",
+        "base-model", "suite", "rollout-mode"])
 async def test_bad_pipelines_are_refused_naming_the_field(client, pipeline, code, reason, field):
     got = await refused(pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="bad",
                                                                                   pipeline=pipeline)))
@@ -348,6 +360,30 @@ async def test_bad_pipelines_are_refused_naming_the_field(client, pipeline, code
         assert [f for f, _ in got[2]] == [field]
     missing = await refused(pipelines(client).GetPipeline(pp.GetPipelineRequest(name="pipelines/bad")))
     assert missing[:2] == (grpc.StatusCode.NOT_FOUND, "PIPELINE_NOT_FOUND")
+
+
+def test_an_unset_rollout_mode_is_activate_and_an_unknown_one_is_refused():
+    # ROLLOUT_MODE_UNSPECIFIED is the documented default, ACTIVATE (pipeline.proto); any number but 0..3 is refused
+    # naming the field instead of being read as ACTIVATE, the one that puts the version on all of the alias at once
+    assert pc.rollout_from_pb(pp.RolloutPolicy()).mode is RolloutMode.ACTIVATE
+    assert pc.rollout_from_pb(pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE)).mode is RolloutMode.NONE
+    for mode in (4, 7, -1):
+        with pytest.raises(InvalidArgument) as caught:
+            pc.rollout_from_pb(pp.RolloutPolicy(mode=mode))
+        assert caught.value.reason == "INVALID_PIPELINE"
+        assert [v.field for v in caught.value.violations] == ["pipeline.rollout.mode"]
+
+
+async def test_an_update_to_an_unknown_rollout_mode_is_refused(client):
+    await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="modest", pipeline=from_file(
+        rollout=pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE))))
+    got = await refused(pipelines(client).UpdatePipeline(pp.UpdatePipelineRequest(
+        pipeline=pp.Pipeline(name="pipelines/modest", rollout=pp.RolloutPolicy(mode=9)),
+        update_mask={"paths": ["rollout"]})))
+    assert got[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE")
+    assert [f for f, _ in got[2]] == ["pipeline.rollout.mode"]
+    kept = (await pipelines(client).GetPipeline(pp.GetPipelineRequest(name="pipelines/modest"))).pipeline
+    assert kept.rollout.mode == pp.ROLLOUT_MODE_NONE
 
 
 async def test_names_ids_and_duplicates(client):
