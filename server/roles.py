@@ -87,7 +87,7 @@ METHOD_ROLES: dict[str, dict[str, Role]] = {
         "RemoveLiveAlias": _O,
         "GetOnlineStats": _R,
         "WatchOnlineSession": _R,
-        "StreamExamples": _F,
+        "StreamExamples": _F,  # an application's live examples, as its feedback (docs/security.md)
         "AddExamples": _F,
     },
     "learning.v1.FisherService": {
