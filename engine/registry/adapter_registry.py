@@ -34,8 +34,9 @@ dead) is an orphan: the attempt that registers the number removes every other ob
 version's prefix once it has (none of their attempts can register it then; sweeping any earlier
 would let an attempt that lost its reservation, unaware, sweep away the archive of the one that took
 the number over), and ``recover`` (at the next start) removes the archives of the reservations it
-frees, with the store's partial writes and the scratch files. If the store already holds a manifest
-the database does not know, the publish is refused, the manifest and what is beside it are left
+frees, with the store's partial writes and the scratch files; a publish refused IMPORT_IN_PROGRESS frees them
+likewise (``_reserve``), so a request whose publisher died is not refused until a restart. If the store already
+holds a manifest the database does not know, the publish is refused, the manifest and what is beside it are left
 alone and the number is retired (CONFLICT).
 
 Every read of an archive (download, warm start) checks its sha256 against the record
@@ -68,6 +69,7 @@ from pydantic import TypeAdapter
 from engine import json_input
 from engine.domain import DataSource
 from engine.errors import (
+    Aborted,
     AlreadyExists,
     DataLoss,
     EngineError,
@@ -86,6 +88,7 @@ from engine.registry.records import (
     AdapterRecord,
     AdapterSource,
     PublishRequest,
+    VersionNumber,
     attempt_key,
     check_base_model_id,
     lora_shape,
@@ -233,7 +236,7 @@ class AdapterRegistry:
                 and parent.base_model_digest in ("", base_digest)
             )
             attempt = new_attempt()
-            number = await self._index.reserve(
+            number = await self._reserve(
                 base_model, _under(parent, same_line, request.patch), request.request_id, attempt
             )
             record = AdapterRecord(
@@ -257,6 +260,36 @@ class AdapterRegistry:
                                               "sha256": published.sha256})
         await self._retain_after_publish(base_model)
         return published
+
+    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str) -> VersionNumber:
+        """The index's reservation. A request whose id another publish holds is refused IMPORT_IN_PROGRESS while
+        that publisher works; one that died (its process gone, so its reservation outlives it until the next start's
+        ``recover``) would hold it until some process restarts, and every retry of the request (a training job's
+        result, taken over by a live worker) would be refused. So the refused publish frees what publishers that
+        are gone reserved, as ``recover`` does (their owners' locks free; those of live ones stay), and tries once
+        more: refused again, the holder is alive."""
+        try:
+            return await self._index.reserve(base_model, under, request_id, attempt)
+        except Aborted as exc:
+            if exc.reason != "IMPORT_IN_PROGRESS" or not await self._release_stale():
+                raise
+        return await self._index.reserve(base_model, under, request_id, attempt)
+
+    async def _release_stale(self) -> builtins.list[str]:
+        """Release the reservations of publishers that are gone and remove the objects their attempts may have
+        stored (a manifest, whose key is the version's, stays: see ``_store_and_register``); what cannot be
+        removed now (the store down) the attempt that registers that number removes. Returns the released
+        versions as ``<base-model> <version>``."""
+        stale = await self._index.release_stale()
+        # Those attempts can never register their numbers (a reservation is one attempt's), and their keys are
+        # their own, so their objects go even if a new holder of the number is at work already.
+        orphans = [attempt_key(b, str(number), attempt, name)
+                   for b, number, attempt in stale for name in (ARCHIVE_NAME, FISHER_NAME)]
+        try:
+            await self._store.delete(orphans)
+        except Exception:  # noqa: BLE001 - a store down is no reason not to start, nor to refuse a publish
+            log.warning("could not remove the objects of publishes cut short", extra={"keys": orphans})
+        return [f"{b} {number}" for b, number, _ in stale]
 
     async def _store_and_register(
         self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None
@@ -420,16 +453,7 @@ class AdapterRegistry:
         that registers that number removes. Returns the released versions as ``<base-model> <version>``."""
         partial = await self._store.remove_partial_writes()
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
-        stale = await self._index.release_stale()
-        # Those attempts can never register their numbers (a reservation is one attempt's), and their keys are
-        # their own, so their objects go even if a new holder of the number is at work already.
-        orphans = [attempt_key(b, str(number), attempt, name)
-                   for b, number, attempt in stale for name in (ARCHIVE_NAME, FISHER_NAME)]
-        try:
-            await self._store.delete(orphans)
-        except Exception:  # noqa: BLE001 - a store down at start is no reason not to start
-            log.warning("could not remove the objects of publishes cut short", extra={"keys": orphans})
-        released = [f"{b} {number}" for b, number, _ in stale]
+        released = await self._release_stale()
         if partial or released:
             log.warning("cleaned up after publishes cut short by an earlier process",
                         extra={"partial_writes": partial, "released_reservations": released})

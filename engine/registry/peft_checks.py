@@ -10,11 +10,10 @@ import functools
 import hashlib
 import json
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from engine import json_input
 from engine.domain import LoraSpec
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
 PEFT_PREFIX = "base_model.model."
 MAX_LORA_RANK = 256
 MAX_SERVE_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
-_MAX_HEADER = 100 << 20
+# The dtypes of LoRA weights every loader (PEFT, vLLM, MAX Serve) takes, in safetensors' names.
+_LORA_DTYPES = ("F16", "BF16", "F32", "F64")
 _ADAPTER_NAME = "default"
 
 
@@ -92,12 +92,12 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
     peft_type = config.get("peft_type")
     issues.check(peft_type == "LORA", f"{where}.peft_type", f"must be LORA, got {peft_type!r}")
     rank = config.get("r")
-    issues.check(isinstance(rank, int) and 1 <= rank <= MAX_LORA_RANK, f"{where}.r",
+    issues.check(_integer(rank) and 1 <= rank <= MAX_LORA_RANK, f"{where}.r",
                  f"must be an integer in 1..{MAX_LORA_RANK}, got {rank!r}")
     alpha = config.get("lora_alpha")
     issues.check(_finite_positive(alpha), f"{where}.lora_alpha", f"must be a finite number > 0, got {alpha!r}")
     dropout = config.get("lora_dropout", 0.0)
-    issues.check(isinstance(dropout, int | float) and 0 <= dropout < 1, f"{where}.lora_dropout",
+    issues.check(_number(dropout) and 0 <= dropout < 1, f"{where}.lora_dropout",
                  f"must be in [0, 1), got {dropout!r}")
     targets = config.get("target_modules")
     good_targets = (
@@ -122,6 +122,15 @@ def read_lora_config(adapter_dir: Path) -> LoraSpec:
                     target_modules=tuple(sorted(set(targets))))
 
 
+def _integer(value: object) -> TypeGuard[int]:
+    """A JSON integer: not a boolean (``true`` is no rank 1), not a float."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    """A JSON number, not a boolean."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 def _finite_positive(value: object) -> bool:
     """A JSON number (not a boolean) that a float holds, finite and > 0: JSON numbers have no size limit, so a
@@ -135,40 +144,33 @@ def _finite_positive(value: object) -> bool:
     return math.isfinite(number) and number > 0
 
 def tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes from the safetensors header, checked for consistency; no tensor is loaded."""
+    """Names and shapes of the tensors of ``adapter_model.safetensors``, once the file passed the one check every
+    path takes (an import's checks, and its renaming of PEFT's keys, which rewrites the file with safetensors' own
+    loader): safetensors' own, as every loader (PEFT, vLLM, MAX Serve) reads the file. ``safe_open`` maps the file
+    and reads its header only, no tensor (a file of any size costs its header), and refuses what no loader takes:
+    a header that is not JSON of safetensors' form (shapes and offsets integers >= 0, not booleans, floats,
+    strings, Infinity or numbers past 64 bits; a dtype safetensors knows; ``__metadata__`` strings only), a
+    tensor whose bytes are not its shape's size in its dtype, and tensors that leave gaps, overlap or do not
+    cover the data to its end. LoRA weights must also be floating point (F16, BF16, F32, F64). Each refusal is
+    INVALID_ARGUMENT MALFORMED_SAFETENSORS naming the file (or the tensor)."""
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415 - heavy
+
     path = adapter_dir / WEIGHTS_FILE
-    field_path = WEIGHTS_FILE
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise _invalid("MALFORMED_SAFETENSORS", field_path, "is too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(_MAX_HEADER, size - 8):
-            raise _invalid("MALFORMED_SAFETENSORS", field_path, "has an impossible header length")
-        try:
-            header = json_input.loads(handle.read(length))
-        except ValueError as exc:
-            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"has a header that is not JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise _invalid("MALFORMED_SAFETENSORS", field_path, "has a header that is not a JSON object")
-    shapes: dict[str, tuple[int, ...]] = {}
-    data_size = size - 8 - length
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            shape = tuple(int(d) for d in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
-            assert isinstance(info["dtype"], str)
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"tensor {name!r} has a bad header entry") from exc
-        if not 0 <= start <= end <= data_size:
-            raise _invalid("MALFORMED_SAFETENSORS", field_path, f"tensor {name!r} points outside the file")
-        shapes[name] = shape
-    if not shapes:
-        raise _invalid("MALFORMED_SAFETENSORS", field_path, "holds no tensors")
-    return shapes
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is no Mapping
+                tensor = handle.get_slice(name)
+                found[name] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    except SafetensorError as exc:
+        raise _invalid("MALFORMED_SAFETENSORS", WEIGHTS_FILE, f"is not a valid safetensors file: {exc}") from exc
+    issues = ViolationCollector()
+    for name, (_, dtype) in sorted(found.items()):
+        issues.check(dtype in _LORA_DTYPES, f"{WEIGHTS_FILE}[{name}]",
+                     f"is {dtype}; LoRA weights are floating point ({', '.join(_LORA_DTYPES)})")
+    issues.check(bool(found), WEIGHTS_FILE, "holds no tensors")
+    issues.raise_if_any("MALFORMED_SAFETENSORS", f"{WEIGHTS_FILE} holds no LoRA weights an engine loads")
+    return {name: shape for name, (shape, _) in found.items()}
 
 
 def check_shapes(shapes: dict[str, tuple[int, ...]], lora: LoraSpec, linears: dict[str, tuple[int, int]]) -> None:
@@ -229,7 +231,7 @@ def _fold_rslora(path: Path) -> None:
     if not isinstance(config, dict) or config.get("use_rslora") is not True:
         return
     rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1 and _finite_positive(alpha)):
+    if not (_integer(rank) and rank >= 1 and _finite_positive(alpha)):
         return
     assert isinstance(alpha, int | float)
     config["lora_alpha"] = float(alpha) * math.sqrt(rank)
@@ -239,7 +241,7 @@ def _fold_rslora(path: Path) -> None:
 
 def _rename_adapter_keys(path: Path) -> None:
     try:
-        names = tensor_shapes(path.parent)
+        names = tensor_shapes(path.parent)  # what safetensors' loader below takes, or left for the checks to refuse
     except (OSError, InvalidArgument):
         return
     infix = f".{_ADAPTER_NAME}.weight"

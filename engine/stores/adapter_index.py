@@ -8,7 +8,8 @@ version stays as a DELETED tombstone, so its number is never reused and lineage 
 A reservation records its owner, a random id per index (so per server process), and while the
 index has reservations outstanding it holds a PostgreSQL session advisory lock on that id on one
 pooled connection. A process killed mid-publish loses its session and so the lock;
-``release_stale`` (at start) frees the RESERVED rows whose owner's lock it can take, and leaves
+``release_stale`` (at start, and when a publish finds its request id held by another's reservation) frees the
+RESERVED rows whose owner's lock it can take, and leaves
 those of live publishers, in this process or another, alone. A session can also drop under a live
 publisher (a PostgreSQL restart, a proxy closing an idle connection); its rows may then be freed
 and the numbers handed out again, so every change of a reservation (``publish``, ``release``,
@@ -21,6 +22,9 @@ publish, and the first attempt, its objects perhaps swept as orphans by then, mu
 PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come through engine.stores.postgres.acquired
 (a publication's through holding_rows); the owner's lock connection, held across calls, is taken as advisory_lock takes
 its own, and taken again once its session has dropped.
+
+A version a training job that has not ended continues (``spec.parent_adapter_version`` in table ``jobs``) is not
+deleted (``deleting``): the job's worker fetches it when it prepares, resumes or takes the job over.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from dataclasses import replace
 import asyncpg
 from pydantic import TypeAdapter
 
-from engine.errors import Aborted
+from engine.errors import Aborted, FailedPrecondition
+from engine.jobs.core import JobState
 from engine.jobs.ports import lease_lost
 from engine.registry.ports import Cursor
 from engine.registry.records import (
@@ -265,6 +270,8 @@ class PostgresAdapterIndex:
         The row lock (FOR UPDATE) conflicts with the KEY SHARE lock every serving_state
         writer takes through its foreign key, so a version cannot become active while it
         is being deleted, and a state written before the lock is visible inside the body.
+        FAILED_PRECONDITION ADAPTER_PROTECTED while a training job that has not ended continues the version (its
+        ``spec.parent_adapter_version``): the worker that prepares it, or resumes it, or takes it over, fetches it.
         """
         async with acquired(self._pool) as conn, conn.transaction():
             doc = await conn.fetchval(
@@ -273,6 +280,7 @@ class PostgresAdapterIndex:
             if doc is None:
                 raise version_not_found(base_model, str(number))
             record = _decode(doc)
+            await _refuse_if_continued(conn, record)
             yield record
             deleted_at = await conn.fetchval("SELECT now()")
             tombstone = replace(record, delete_time=deleted_at)
@@ -290,6 +298,26 @@ class PostgresAdapterIndex:
             )
         if status.endswith(" 0"):
             raise version_not_found(record.base_model, record.version)
+
+
+async def _refuse_if_continued(conn: asyncpg.pool.PoolConnectionProxy, record: AdapterRecord) -> None:
+    """ADAPTER_PROTECTED if a training job that has not ended (queued, preparing, running, paused, stopping)
+    continues ``record``: it needs its parent until it has ended (engine.stores.dataset_store keeps a dataset
+    version for such jobs alike)."""
+    job = await conn.fetchval(
+        "SELECT id FROM jobs WHERE kind = 'training' AND NOT (state = ANY($3::text[]))"
+        " AND doc -> 'spec' ->> 'base_model' = $1 AND doc -> 'spec' ->> 'parent_adapter_version' = $2"
+        " ORDER BY create_time LIMIT 1",
+        record.base_model, record.version, [s.value for s in JobState if s.terminal],
+    )
+    if job is not None:
+        name = f"trainingJobs/{job}"
+        raise FailedPrecondition(
+            "ADAPTER_PROTECTED",
+            f"{record.base_model} {record.version} is the parent of training job {name}, which has not ended: it is "
+            "kept until the job has (cancel the job first to delete it)",
+            metadata={"base_model": record.base_model, "version": record.version, "training_job": name},
+        )
 
 
 def _json(value: object) -> str:

@@ -13,6 +13,7 @@ import pytest
 from engine.errors import Aborted, AlreadyExists, NotFound
 from engine.registry import AdapterRegistry, PublishRequest
 from engine.registry.archive import sha256_file
+from engine.registry.records import ARCHIVE_NAME, attempt_key
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
 from tests.registry.conftest import TINY
@@ -258,3 +259,49 @@ async def test_a_request_id_whose_version_was_deleted_can_be_published_again(reg
     republished = await registry.publish(req(make_peft(0), request_id="imp-1"))
     assert republished.version == "v2.0"
     assert await registry.publish(req(make_peft(0), request_id="imp-1")) == republished
+
+
+async def test_a_job_taken_over_after_its_worker_died_mid_publish_can_publish_its_result(
+    make_registry, store, make_peft, pool, database_url
+):
+    """Worker A (one process) reserved a number for ``trainingJobs/j/result``, stored its archive and died (its lock
+    session is gone). Worker B (another process, long running: no restart, so no ``recover``) takes the durable
+    job over and publishes the same request. The dead reservation held the request id in the live rows' unique
+    index, and nothing but a process start freed it: B was ABORTED IMPORT_IN_PROGRESS however often it retried.
+    Now B frees it, with the dead attempt's archive, as ``recover`` does, and publishes."""
+    request_id = "trainingJobs/j/result"
+    registry_a = make_registry(store)
+    await registry_a.publish(req(make_peft(0)))  # v1.0
+    index_a = PostgresAdapterIndex(pool)  # process A
+    dead = await index_a.reserve(TINY, (), request_id, "attempt-a")
+    dead_archive = attempt_key(TINY, str(dead), "attempt-a", ARCHIVE_NAME)
+    await store.put_bytes(dead_archive, b"what A uploaded")
+    await registry_a.publish(req(make_peft(1)))  # v3.0: A's number is no longer the top one
+    pid = index_a._alive.get_server_pid()  # noqa: SLF001 - the session holding A's lock: A dies
+    assert await pool.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    pool_b = await postgres.connect(database_url, max_size=5)  # process B, started before A died
+    try:
+        registry_b = make_registry(store, db_pool=pool_b)
+        record = await registry_b.publish(req(make_peft(2), request_id=request_id))
+        assert (dead, record.version, record.request_id) == ((2, 0, 0), "v4.0", request_id)
+        assert not await store.exists(dead_archive)
+        assert await registry_b.publish(req(make_peft(2), request_id=request_id)) == record
+    finally:
+        await pool_b.close()
+
+
+async def test_a_request_whose_publisher_is_alive_stays_in_progress(
+    make_registry, store, make_peft, pool, database_url
+):
+    """The same request from another process while its publisher lives: IMPORT_IN_PROGRESS, the reservation kept."""
+    index_a = PostgresAdapterIndex(pool)
+    number = await index_a.reserve(TINY, (), "imp-1", "attempt-a")
+    pool_b = await postgres.connect(database_url, max_size=5)
+    try:
+        with pytest.raises(Aborted) as caught:
+            await make_registry(store, db_pool=pool_b).publish(req(make_peft(0), request_id="imp-1"))
+        assert caught.value.reason == "IMPORT_IN_PROGRESS"
+        assert await pool.fetchval("SELECT attempt FROM adapters WHERE state = 'RESERVED'") == "attempt-a"
+    finally:
+        await pool_b.close()
+    await index_a.release(TINY, number, "attempt-a")
