@@ -13,9 +13,12 @@ the metric series without limit by making names up.
 During a traffic split (a canary, or a manual A/B test) the alias sends a share of its requests to a
 candidate version (engine/serving/traffic.py: sticky per user with the ``x-user-id`` header or the
 body's ``user``, dealt in turn otherwise), and each side's requests, errors and latency are counted.
-A candidate request the serving engine fails (no answer, HTTP 5xx, or a 404 because it no longer
-knows the candidate) is retried once on the active version; no answer or a 404 means the engine lost
-the candidate, and the split sends nothing more to it (``AliasRouter.on_candidate_lost`` hears of it). The gateway's
+A candidate request the serving engine fails (no answer, silence past the read timeout, HTTP 5xx, or a 404 because it
+no longer knows the candidate) is retried once on the active version; no answer at all (the connection refused, timed
+out or dropped) or a 404 means the engine lost the candidate, and the split sends nothing more to it
+(``AliasRouter.on_candidate_lost`` hears of it). An engine that took the request but stayed silent past the read
+timeout (a slow answer on a busy engine) has not lost it: that is the candidate's error, for the canary policy to
+judge, as a 5xx is. The gateway's
 request metric counts each client request once, under the model that gave the answer the client got; the candidate's
 failed attempt is in the split's counts (its error and fail-over), not a request of its own there.
 A client that goes away before its answer is relayed whole is counted with status 499 (client closed request, as
@@ -25,6 +28,13 @@ The timeout on the serving engine bounds its silence, never the whole answer: co
 the first byte, and between chunks of a stream), so a stream that keeps producing tokens is relayed however long
 it runs. When the engine stops answering or drops the connection after the status was sent, the gateway breaks
 the client's connection too (the client sees an error, not a clean end that looks complete); that counts as 502.
+
+Completions hold one of ``max_connections`` connections to the serving engine (256 by default) for as long as their
+answer runs: the cap bounds the sockets (file descriptors) the gateway opens to the engine and the requests it keeps
+in flight there. A completion finding them all taken waits for one at most the connect timeout, then is answered 503
+(OpenAI's error shape, with ``Retry-After``), never left hanging; that 503 is the gateway's, no version's error. The
+health probe and the model listing have a small pool of their own, so a gateway busy with long streams still answers
+``/health`` and ``/v1/models``.
 
 ``/v1/models`` lists models by name only (the engine's entries may carry the adapter's or the
 model's filesystem path as ``root``; those never leave); an engine that answers its own with an HTTP error or no
@@ -69,6 +79,13 @@ MODEL_FIELDS = ("id", "object", "created", "owned_by")  # what /v1/models shows 
 # of their own, and a long context is megabytes of JSON (more with base64 images): the gateway must not refuse what
 # the engine would take. The limit only stops a runaway body from filling the gateway's memory.
 MAX_BODY_BYTES = 64 * 1024**2
+# How many completions the gateway sends the serving engine at once (each holds a connection until its answer ends):
+# bounds the gateway's sockets to the engine and the requests queued there; a request beyond it waits for a free one
+# at most the connect timeout, then is answered 503.
+MAX_CONNECTIONS = 256
+CONTROL_CONNECTIONS = 8  # the health probe's and the model listing's own pool, apart from the completions'
+NO_ANSWER = 0  # the failed status of a request the serving engine did not answer at all (no connection, or dropped)
+SILENT = 504  # ... of one it took but stayed silent on past the read timeout (as a proxy's Gateway Timeout)
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
@@ -166,11 +183,12 @@ class AliasRouter:
         ``OTHER_MODEL`` (a client's made-up names must not each make a series)."""
         return pick.upstream if not pick.passed or self.knows(pick.upstream) else OTHER_MODEL
 
-    async def release(self, pick: Pick, status: int, seconds: float) -> None:
+    async def release(self, pick: Pick, status: int, seconds: float, *, sent: bool = True) -> None:
         """The request ``pick`` ended with HTTP ``status`` (502 when the serving engine did not answer or broke
-        off; 499 when the client went away, which is no error)."""
+        off; 499 when the client went away, which is no error). ``sent`` False: the gateway answered it without
+        sending it to the serving engine (all its connections were busy), so it is no version's request."""
         error = status >= 500
-        if pick.role is not None:
+        if pick.role is not None and sent:
             if pick.split is not None:
                 pick.split.count(pick.role, error=error, seconds=seconds)
             telemetry.traffic_request(pick.version, pick.role.value, error=error, seconds=seconds)
@@ -178,17 +196,19 @@ class AliasRouter:
         await self._done(pick.upstream)
 
     async def fail_over(self, pick: Pick, status: int, seconds: float, why: str) -> Pick:
-        """The candidate request ``pick`` failed at the serving engine (``status`` 0: no answer): counted as the
+        """The candidate request ``pick`` failed at the serving engine (``status``: its HTTP status, ``NO_ANSWER``
+        when it did not answer at all, ``SILENT`` when it stayed silent past the read timeout): counted as the
         candidate's error and fail-over, and the retry's pick (the active version) returned. The gateway's request
         metric counts the client's request once, as the retry ends (``release``), not this attempt. No answer or a 404
         (the engine does not know the candidate) means the engine lost it: the split sends nothing more to it,
-        and ``on_candidate_lost`` hears of it once."""
+        and ``on_candidate_lost`` hears of it once. Silence, like a 5xx, is only the candidate's error: an engine
+        slow to answer still has the candidate, and the canary policy judges its error rate."""
         split = pick.split
         assert split is not None and pick.role is Role.CANDIDATE
         split.count(Role.CANDIDATE, error=True, failover=True, seconds=seconds)
         telemetry.traffic_request(pick.version, Role.CANDIDATE.value, error=True, seconds=seconds, failover=True)
         await self._done(pick.upstream)
-        if status in (0, 404) and split.lose(why) and self.on_candidate_lost is not None:
+        if status in (NO_ANSWER, 404) and split.lose(why) and self.on_candidate_lost is not None:
             self.on_candidate_lost(split)
         route = self._active_route()
         self._inflight[route.upstream] += 1
@@ -250,17 +270,27 @@ class Gateway:
     """The HTTP server in front of the serving engine. ``start()`` binds, ``stop()`` releases.
 
     ``timeout_seconds`` is the longest the serving engine may stay silent on a completion (before the first byte of
-    its answer, and between chunks), ``connect_timeout_seconds`` the longest connecting to it may take; neither
+    its answer, and between chunks), ``connect_timeout_seconds`` the longest connecting to it may take (and, apart,
+    the longest a completion waits for one of the ``max_connections`` connections when all are in use); neither
     bounds a whole answer."""
 
     def __init__(self, router: AliasRouter, upstream_url: str, *, timeout_seconds: float = 300.0,
-                 connect_timeout_seconds: float = 10.0, middlewares: Sequence[Any] = ()) -> None:
+                 connect_timeout_seconds: float = 10.0, max_connections: int = MAX_CONNECTIONS,
+                 middlewares: Sequence[Any] = ()) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.router = router
         self._upstream = upstream_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds,
-                                              sock_read=timeout_seconds)
+        # ``connect`` (getting a connection, the pool's wait included) only backs up the slots below, which keep a
+        # completion from ever waiting on the pool itself.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=2 * connect_timeout_seconds,
+                                              sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
+        self._max_connections = max_connections
+        self._slots = asyncio.Semaphore(max_connections)  # a completion holds one until its answer is relayed
+        self._slot_wait = connect_timeout_seconds
         self._middlewares = tuple(middlewares)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # completions
+        self._control: aiohttp.ClientSession | None = None  # the health probe and the model listing
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task[Any] | None = None  # a re-read of the engine's model list under way
         self._refreshed_at = float("-inf")
@@ -276,7 +306,8 @@ class Gateway:
         return app
 
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> int:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections))
+        self._control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS))
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
@@ -296,16 +327,17 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._control):
+            if session is not None:
+                await session.close()
+        self._session = self._control = None
 
     async def upstream_healthy(self) -> bool:
         """Whether the serving engine answers its health check now."""
-        if self._session is None:
+        if self._control is None:
             return False
         try:
-            async with self._session.get(self._upstream + "/health",
+            async with self._control.get(self._upstream + "/health",
                                          timeout=aiohttp.ClientTimeout(total=2)) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -320,9 +352,9 @@ class Gateway:
         """The alias and the other routed names, then what the serving engine lists (names only, never paths);
         None if the engine did not list (unreachable, an HTTP error, or no OpenAI list), which leaves what the
         router knows it serves as it was: one failed answer is no news that the engine serves nothing."""
-        assert self._session is not None
+        assert self._control is not None
         try:
-            async with self._session.get(self._upstream + "/v1/models",
+            async with self._control.get(self._upstream + "/v1/models",
                                          timeout=aiohttp.ClientTimeout(total=10)) as response:
                 status = response.status
                 doc = await response.json(content_type=None) if status == 200 else None
@@ -348,7 +380,7 @@ class Gateway:
         """Re-read the engine's model list in the background (at most every ``LISTING_REFRESH_SECONDS``), so a
         model it serves that the gateway did not know gets its own metric label from then on."""
         now = time.monotonic()
-        if self._session is None or self._refresh is not None or now - self._refreshed_at < LISTING_REFRESH_SECONDS:
+        if self._control is None or self._refresh is not None or now - self._refreshed_at < LISTING_REFRESH_SECONDS:
             return
         self._refreshed_at = now
 
@@ -382,20 +414,28 @@ class Gateway:
         asked = body["model"]
         user = request.headers.get(USER_HEADER, "") or (body["user"] if isinstance(body.get("user"), str) else "")
         pick = self.router.acquire(asked, user)
-        began, status, answer = time.perf_counter(), 502, None
+        began, status, answer, slot = time.perf_counter(), 502, None, False
         with telemetry.tracer.start_as_current_span(
                 f"gateway {request.path}", context=propagate.extract(request.headers), kind=SpanKind.SERVER,
                 attributes={"model": asked, "upstream": pick.upstream, "stream": bool(body.get("stream"))}) as span:
             try:
-                answer, why = await self._send(request.path, raw if pick.upstream == asked else body, pick.upstream)
+                slot = await self._take_slot()
+                if not slot:
+                    status = 503
+                    busy = _error(503, f"the gateway has all its {self._max_connections} connections to the serving "
+                                  "engine in use; retry later", "server_error")
+                    busy.headers["Retry-After"] = "1"
+                    return busy
+                answer, failed, why = await self._send(request.path, raw if pick.upstream == asked else body,
+                                                       pick.upstream)
                 if pick.role is Role.CANDIDATE and (answer is None or answer.status >= 500 or answer.status == 404):
-                    failed = 0 if answer is None else answer.status
                     if answer is not None:
+                        failed = answer.status
                         answer.release()
                         why = f"the serving engine answered {pick.upstream} with HTTP {failed}"
                     pick = await self.router.fail_over(pick, failed, time.perf_counter() - began, why)
                     span.set_attribute("failover", pick.upstream)
-                    answer, _ = await self._send(request.path, body, pick.upstream)
+                    answer, _, _ = await self._send(request.path, body, pick.upstream)
                 if answer is None:
                     return _error(502, "serving engine unreachable", "bad_gateway")
                 response, status = await self._relay(request, answer, pick.upstream)
@@ -403,27 +443,46 @@ class Gateway:
             finally:
                 if answer is not None:  # also when the client went away before it was relayed
                     answer.release()
+                if slot:
+                    self._slots.release()
                 span.set_attribute("http.status_code", status)
-                await self.router.release(pick, status, time.perf_counter() - began)
+                await self.router.release(pick, status, time.perf_counter() - began, sent=slot)
                 if pick.passed and status < 400 and not self.router.knows(pick.upstream):
                     self._relist_soon()  # the engine served a name the gateway does not know: may it list it?
 
+    async def _take_slot(self) -> bool:
+        """One of the ``max_connections`` completions' slots, waiting at most the connect timeout; False if none
+        came free by then."""
+        try:
+            async with asyncio.timeout(self._slot_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("all connections to the serving engine are in use", extra={"limit": self._max_connections})
+            return False
+        return True
+
     async def _send(self, path: str, body: bytes | dict[str, Any],
-                    upstream: str) -> tuple[aiohttp.ClientResponse | None, str]:
+                    upstream: str) -> tuple[aiohttp.ClientResponse | None, int, str]:
         """The serving engine's answer (status and headers read; the caller releases it) to ``body`` sent to
-        ``upstream``, or None and why when it did not answer (or answered with something that is not HTTP). A dict
-        body goes with ``model`` set to ``upstream``. The request carries the current trace (W3C ``traceparent``), so
-        the engine can continue the trace under the gateway's span."""
+        ``upstream``; or None, how it failed and why when it did not answer: ``SILENT`` when it took the request but
+        stayed silent past the read timeout, else ``NO_ANSWER`` (connecting failed or timed out, the connection
+        dropped, or it answered with something that is not HTTP). A dict body goes with ``model`` set to
+        ``upstream``. The request carries the current trace (W3C ``traceparent``), so the engine can continue the
+        trace under the gateway's span."""
         assert self._session is not None
         data = body if isinstance(body, bytes) else json.dumps({**body, "model": upstream}).encode()
         headers = {"content-type": "application/json"}
         propagate.inject(headers)
         try:
             answer = await self._session.post(self._upstream + path, data=data, headers=headers, timeout=self._timeout)
-            return answer, ""
+            return answer, 0, ""
         except (aiohttp.ClientError, TimeoutError) as exc:  # also an answer that is not HTTP: no answer either
             log.warning("upstream request failed", extra={"upstream": upstream, "error": str(exc)})
-            return None, f"the serving engine did not answer {upstream}: {type(exc).__name__} {exc}".strip()
+            # A read timeout (aiohttp's SocketTimeoutError): connected and sent, then silence. A connect timeout
+            # (ConnectionTimeoutError, a TimeoutError too) is no answer at all.
+            if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                return None, SILENT, f"the serving engine was silent on {upstream} past the read timeout"
+            return None, NO_ANSWER, f"the serving engine did not answer {upstream}: {type(exc).__name__} {exc}".strip()
 
     async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse,
                      upstream: str) -> tuple[web.StreamResponse, int]:

@@ -8,9 +8,11 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
   400). Same name and path again: 200 without re-reading files; same name, other path: 409;
   unreadable adapter: 400; started without ``--enable-lora``: 501.
 - ``POST /v1/unload_lora_adapter`` body ``{"lora_name"}``: 200, or 404 if not loaded.
-- Errors: ``{"error": {"code": "409", "message": ..., "param": "", "type": "conflict_error"}}``; an empty
-  prompt is a 400; a generation failing after a stream has begun ends it with that error as an event, then
-  ``data: [DONE]``.
+- Errors: ``{"error": {"code": "409", "message": ..., "param": "", "type": "conflict_error"}}``, aiohttp's own
+  refusals too (no route 404, wrong method 405, body over the limit 413); an empty prompt is a 400; a generation
+  failing after a stream has begun ends it with that error as an event, then ``data: [DONE]``.
+- Request bodies up to the gateway's limit (``gateway.MAX_BODY_BYTES``, 64 MiB) are taken, not aiohttp's 1 MiB:
+  MAX sets no limit, and the gateway must not pass what the engine behind it refuses.
 - ``GET /v1/models``, ``GET /health``, and greedy ``POST /v1/chat/completions`` and
   ``/v1/completions`` with real transformers + PEFT inference that honours ``model``, ``max_tokens``, ``stop``
   and ``stream_options.include_usage``; a null field is its default; what it does not do (``n`` above 1, tools,
@@ -40,12 +42,14 @@ from aiohttp.typedefs import Handler
 
 from engine import json_input
 from engine.model_build import BUILDING
+from engine.serving.gateway import MAX_BODY_BYTES
 from engine.serving.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error",
-                500: "internal_server_error", 501: "not_implemented_error"}
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
+                409: "conflict_error", 413: "invalid_request_error", 500: "internal_server_error",
+                501: "not_implemented_error"}
 
 
 class HttpError(Exception):
@@ -303,6 +307,17 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
             return await handler(request)
         except HttpError as exc:
             return error_response(exc.status, exc.message)
+        except web.HTTPException as exc:  # aiohttp's own: no route 404, wrong method 405, body over the limit 413
+            if exc.status < 400:
+                raise
+            text = exc.text or ""  # aiohttp's default text only repeats the reason; its own (a size) says more
+            plain = text == f"{exc.status}: {exc.reason}"
+            message = f"{exc.reason} ({request.method} {request.path})" if plain else text
+            response = error_response(exc.status, message)
+            for key, value in exc.headers.items():  # e.g. a 405's Allow
+                if key.lower() not in ("content-type", "content-length"):
+                    response.headers[key] = value
+            return response
 
     async def load(request: web.Request) -> web.Response:
         if not enable_lora:
@@ -494,7 +509,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                          "message": {"role": "assistant", "content": gen.text}}],
         })
 
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
     app.add_routes([
         web.post("/v1/load_lora_adapter", load), web.post("/v1/unload_lora_adapter", unload),
         web.get("/v1/models", models), web.get("/v1/models/{model:.+}", one_model), web.get("/health", health),

@@ -1,16 +1,22 @@
 """The reference backend answers a client's bad input with a 4xx, never a 500 nor a broken stream: an empty prompt
 (nothing to continue from) is a 400 streamed or not, as is a body nested too deeply to parse; and a generation that
 fails after a stream has begun (its 200 sent) ends the stream with an error event and ``[DONE]``, not a cut
-connection."""
+connection. A body the gateway takes (up to its 64 MiB, not aiohttp's 1 MiB) reaches the backend, and aiohttp's own
+refusals (no route, wrong method, a body over the limit) are in the OpenAI error shape too, not plain text."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from engine.serving import reference_backend
+from engine.serving.gateway import MAX_BODY_BYTES, AliasRouter, Gateway
 from tests.fixtures.serving import running_backend
+
+TWO_MIB = 2 * 1024 * 1024
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -43,3 +49,37 @@ async def test_a_generation_failing_mid_stream_ends_it_with_an_error_event(tiny_
     assert events[-1] == "[DONE]"
     failed = json.loads(events[-2])
     assert failed["error"]["code"] == "500" and "out of memory" in failed["error"]["message"]
+
+
+async def test_a_body_the_gateway_takes_reaches_the_backend(tiny_model_dir: Path) -> None:
+    assert TWO_MIB < MAX_BODY_BYTES
+    async with running_backend(tiny_model_dir, "tiny-llama") as be, aiohttp.ClientSession() as s:
+        gateway = Gateway(AliasRouter("active", "tiny-llama"), be.url, timeout_seconds=60)
+        port = await gateway.start("127.0.0.1", 0)
+        try:  # a short prompt, so the answer is quick once the body is read; the size is in a field OpenAI allows
+            body = {"model": "active", "prompt": "hi", "max_tokens": 1, "user": "u" * TWO_MIB}
+            async with s.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as r:
+                answer = await r.text()
+        finally:
+            await gateway.stop()
+    assert r.status == 200, (r.status, r.headers.get("content-type"), answer[:200])
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/nothing", 404), ("GET", "/v1/completions", 405),
+                                                  ("POST", "/v1/completions", 413)], ids=["no-route", "method", "size"])
+async def test_aiohttps_own_refusals_are_in_the_openai_error_shape(tiny_model_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, method: str,
+                                                                   path: str, status: int) -> None:
+    if status == 413:
+        monkeypatch.setattr(reference_backend, "MAX_BODY_BYTES", 1024)  # a small limit, to go over it cheaply
+    async with running_backend(tiny_model_dir, "tiny-llama") as be, aiohttp.ClientSession() as s:
+        body = {"model": "tiny-llama", "prompt": "hi", "user": "u" * 2048} if method == "POST" else None
+        async with s.request(method, be.url + path, json=body) as r:
+            answer = await r.json(content_type=None)
+            allow = r.headers.get("Allow")
+    assert r.status == status and r.content_type == "application/json", (r.status, answer)
+    assert answer["error"]["code"] == str(status) and answer["error"]["message"], answer
+    if status == 405:
+        assert allow == "POST", allow
+    if status == 413:
+        assert "1024" in answer["error"]["message"], answer

@@ -16,6 +16,7 @@ from engine.serving.gateway import SERVED_MODEL_HEADER, AliasRouter, Gateway
 from engine.serving.traffic import USER_HEADER, Role, Route, TrafficSplit, sticky_fraction
 
 ACTIVE, CANDIDATE = "base@v1.0", "base@v1.1"
+SLOW = 1.0  # how long a "slow" fault takes to answer: past the read timeout of the gateway that tests it
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -65,7 +66,8 @@ class StubEngine:
     """A serving engine answering completions per model: 200 naming the model, or a fault set per model."""
 
     def __init__(self) -> None:
-        self.faults: dict[str, str] = {}  # model -> "500", "404" or "drop" (close the connection unanswered)
+        # model -> "500", "404", "drop" (close the connection unanswered) or "slow" (answer after SLOW seconds)
+        self.faults: dict[str, str] = {}
         self.seen: Counter[str] = Counter()
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
@@ -78,7 +80,7 @@ class StubEngine:
             raise ConnectionResetError("dropped")
         if fault in ("500", "404"):
             return web.json_response({"error": {"code": fault, "message": "no"}}, status=int(fault))
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(SLOW if fault == "slow" else 0.002)
         return web.json_response({"model": model, "choices": [{"text": "ok"}]})
 
     def app(self) -> web.Application:
@@ -161,4 +163,35 @@ async def test_a_candidate_the_engine_fails_is_failed_over_to_the_active_version
         assert engine.seen[CANDIDATE] == 3 and heard == [] and not split.lost
         assert (candidate.requests, candidate.errors, candidate.failovers) == (3, 3, 3)
     assert _metric("learning_engine_traffic_failovers_total", version="v1.1") == failovers + candidate.failovers
+    assert router.inflight(CANDIDATE) == 0 and router.inflight(ACTIVE) == 0
+
+
+async def test_a_candidate_answer_slower_than_the_read_timeout_is_its_error_not_a_lost_candidate() -> None:
+    """The engine took the request and knows the candidate, but answered past gateway_read_timeout_seconds (a long
+    unstreamed generation on a busy engine): the request fails over and counts as the candidate's error, for the
+    canary policy to judge; it does not end the canary as if the engine had lost the candidate."""
+    engine = StubEngine()
+    engine.faults[CANDIDATE] = "slow"
+    runner = web.AppRunner(engine.app(), shutdown_timeout=SLOW * 2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    router = AliasRouter("active", "base")
+    router.set_target(ACTIVE, "v1.0")
+    split = TrafficSplit(Route(CANDIDATE, "v1.1"), 0.5)
+    heard: list[TrafficSplit] = []
+    router.on_candidate_lost = heard.append
+    router.set_split(split)
+    gateway = Gateway(router, f"http://127.0.0.1:{runner.addresses[0][1]}", timeout_seconds=SLOW / 4)
+    url = f"http://127.0.0.1:{await gateway.start('127.0.0.1', 0)}/v1/completions"
+    try:
+        async with aiohttp.ClientSession() as s:
+            answers = [await _ask(s, url) for _ in range(4)]  # dealt in turn: two go to the candidate
+    finally:
+        await gateway.stop()
+        await runner.cleanup()
+    assert answers == [(200, ACTIVE)] * 4  # the slow candidate's requests failed over to the active version
+    candidate = split.tallies[Role.CANDIDATE]
+    assert (candidate.requests, candidate.errors, candidate.failovers) == (2, 2, 2)
+    assert engine.seen[CANDIDATE] == 2  # it kept its share after the first slow answer
+    assert (split.lost, heard) == ("", [])
     assert router.inflight(CANDIDATE) == 0 and router.inflight(ACTIVE) == 0
