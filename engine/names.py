@@ -1,10 +1,11 @@
 """Resource names (``<collection>/<id>``, e.g. ``trainingJobs/3f2a...``, ``fisherSnapshots/9c1d...``), page
-tokens."""
+tokens, and whether a host name is loopback."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 from datetime import UTC, datetime
@@ -99,3 +100,13 @@ def cursor_int(value: object) -> int:
     if not 0 <= number < 2**31:
         raise ValueError(f"{number} is out of range")
     return number
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address to listen on) is loopback only: a door there needs no token."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -11,7 +11,6 @@ precise messages; everything else receives it (or parts of it) as arguments.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from engine.names import is_loopback
 from server.settings_drift import DriftSettings
 from server.settings_lora import LoraControlSettings
 from server.settings_online import OnlineSettings
@@ -121,15 +121,6 @@ def check_database_url(url: str) -> str:
         "postgresql://user:password@host[:port]/database. Percent-encode special characters in the user and password "
         "(/ as %2F, + as %2B, # as %23, @ as %40, : as %3A, % as %25)"
     )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSettings, OnlineSettings):

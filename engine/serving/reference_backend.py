@@ -42,6 +42,7 @@ from aiohttp.typedefs import Handler
 
 from engine import json_input
 from engine.model_build import BUILDING
+from engine.names import is_loopback
 from engine.serving.gateway import MAX_BODY_BYTES
 from engine.serving.lifetime import die_with_parent
 
@@ -542,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0,
                         help="end (SIGTERM) when this process, the one that started it, ends")
     args = parser.parse_args(argv)
+    if not is_loopback(args.host):  # every door off loopback takes tokens; this one has none (it loads adapters)
+        parser.error(f"--host {args.host} is not loopback: the reference backend has no authentication (anyone "
+                     "reaching it could load adapters from this machine's paths), so it serves on 127.0.0.1, ::1 or "
+                     "localhost only; clients reach it through the server's gateway, which takes tokens")
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reference-backend %(message)s")

@@ -83,3 +83,13 @@ async def test_aiohttps_own_refusals_are_in_the_openai_error_shape(tiny_model_di
         assert allow == "POST", allow
     if status == 413:
         assert "1024" in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "backend.example"])
+def test_the_standalone_backend_refuses_a_host_off_loopback(host: str, tmp_path: Path, capsys) -> None:
+    # It has no tokens (anyone reaching it could load adapters from the machine's paths): refused before any model
+    # is read, with why (the model folder here does not even exist).
+    with pytest.raises(SystemExit) as exited:
+        reference_backend.main(["--model", str(tmp_path / "absent"), "--host", host])
+    assert exited.value.code == 2
+    assert "not loopback" in capsys.readouterr().err
