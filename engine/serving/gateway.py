@@ -16,13 +16,18 @@ body's ``user``, dealt in turn otherwise), and each side's requests, errors and 
 A candidate request the serving engine fails (no answer, silence past the read timeout, HTTP 5xx, or a 404 because it
 no longer knows the candidate) is retried once on the active version; no answer at all (the connection refused, timed
 out or dropped) or a 404 means the engine lost the candidate, and the split sends nothing more to it
-(``AliasRouter.on_candidate_lost`` hears of it). An engine that took the request but stayed silent past the read
-timeout (a slow answer on a busy engine) has not lost it: that is the candidate's error, for the canary policy to
-judge, as a 5xx is. The gateway's
-request metric counts each client request once, under the model that gave the answer the client got; the candidate's
+(``AliasRouter.on_candidate_lost`` hears of it). On a candidate's 404 the gateway asks the engine's model list: a
+404 while the engine still lists the candidate is about the request (a route the engine does not serve, such as
+``/v1/completions`` on an engine serving only chat), the client's answer as a 4xx is, neither the candidate's error
+nor a lost candidate; a 404 for a candidate it no longer lists, or when it does not list, is a lost candidate. An
+engine that took the request but stayed silent past the read timeout (a slow answer on a busy engine) has not lost
+it: that is the candidate's error, for the canary policy to judge, as a 5xx is. The gateway's request metric
+counts each client request once, under the model that gave the answer the client got; the candidate's
 failed attempt is in the split's counts (its error and fail-over), not a request of its own there.
 A client that goes away before its answer is relayed whole is counted with status 499 (client closed request, as
-nginx does): the client's doing, no error of the serving engine, so not in a split's error tally.
+nginx does): the client's doing, no error of the serving engine, so not in a split's error tally. The gateway notices
+at once, also while it waits for an answer not streamed (aiohttp's ``handler_cancellation``): it closes its request
+to the engine, which stops generating, and the request leaves the in-flight count a drain waits on.
 
 The timeout on the serving engine bounds its silence, never the whole answer: connecting, then each read (before
 the first byte, and between chunks of a stream), so a stream that keeps producing tokens is relayed however long
@@ -200,7 +205,8 @@ class AliasRouter:
         when it did not answer at all, ``SILENT`` when it stayed silent past the read timeout): counted as the
         candidate's error and fail-over, and the retry's pick (the active version) returned. The gateway's request
         metric counts the client's request once, as the retry ends (``release``), not this attempt. No answer or a 404
-        (the engine does not know the candidate) means the engine lost it: the split sends nothing more to it,
+        (the engine does not know the candidate: the gateway fails over a 404 only when the engine does not list the
+        candidate, or does not list at all) means the engine lost it: the split sends nothing more to it,
         and ``on_candidate_lost`` hears of it once. Silence, like a 5xx, is only the candidate's error: an engine
         slow to answer still has the candidate, and the canary policy judges its error rate."""
         split = pick.split
@@ -294,6 +300,10 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task[Any] | None = None  # a re-read of the engine's model list under way
         self._refreshed_at = float("-inf")
+        # The listing asked when a candidate answered 404: one at a time; (when it began, the names it listed, or
+        # None if the engine did not list), shared by the 404s that came before it began.
+        self._relisting = asyncio.Lock()
+        self._relisted: tuple[float, frozenset[str] | None] = (float("-inf"), None)
         self.port = 0
 
     def app(self) -> web.Application:
@@ -308,7 +318,11 @@ class Gateway:
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> int:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections))
         self._control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS))
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0)
+        # handler_cancellation: a handler whose client went away is cancelled (aiohttp leaves it running by default),
+        # so a request waiting on the engine (an answer not streamed is silent until it is whole) ends at once: its
+        # request to the engine is closed (the engine stops generating), and it leaves the in-flight count a drain
+        # waits on, counted 499.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         try:
@@ -350,8 +364,17 @@ class Gateway:
 
     async def _listed(self) -> list[dict[str, Any]] | None:
         """The alias and the other routed names, then what the serving engine lists (names only, never paths);
-        None if the engine did not list (unreachable, an HTTP error, or no OpenAI list), which leaves what the
-        router knows it serves as it was: one failed answer is no news that the engine serves nothing."""
+        None if the engine did not list."""
+        data = await self._engine_models()
+        if data is None:
+            return None
+        named = [self.router.alias, *sorted(self.router.routes)]
+        return [{"id": name, "object": "model", "owned_by": "learning-engine"} for name in named] + data
+
+    async def _engine_models(self) -> list[dict[str, Any]] | None:
+        """What the serving engine lists now (names only, never paths), told to the router too; None if the engine
+        did not list (unreachable, an HTTP error, or no OpenAI list), which leaves what the router knows it serves as
+        it was: one failed answer is no news that the engine serves nothing."""
         assert self._control is not None
         try:
             async with self._control.get(self._upstream + "/v1/models",
@@ -367,8 +390,22 @@ class Gateway:
             return None
         data = [{k: entry[k] for k in MODEL_FIELDS if k in entry} for entry in entries if isinstance(entry, dict)]
         self.router.engine_listed([entry["id"] for entry in data if isinstance(entry.get("id"), str)])
-        named = [self.router.alias, *sorted(self.router.routes)]
-        return [{"id": name, "object": "model", "owned_by": "learning-engine"} for name in named] + data
+        return data
+
+    async def _engine_lists(self, name: str) -> bool | None:
+        """Whether the serving engine lists ``name`` in a listing begun after this call (None: it did not list).
+        One listing at a time: the callers that came while one ran share the next, so a burst of 404s asks the
+        engine at most twice, on the control pool the health probe shares."""
+        asked = time.monotonic()
+        async with self._relisting:
+            if self._relisted[0] < asked:
+                began = time.monotonic()
+                data = await self._engine_models()
+                names = None if data is None else frozenset(
+                    entry["id"] for entry in data if isinstance(entry.get("id"), str))
+                self._relisted = (began, names)
+            listed = self._relisted[1]
+        return None if listed is None else name in listed
 
     async def _models(self, request: web.Request) -> web.Response:
         data = await self._listed()
@@ -428,7 +465,11 @@ class Gateway:
                     return busy
                 answer, failed, why = await self._send(request.path, raw if pick.upstream == asked else body,
                                                        pick.upstream)
-                if pick.role is Role.CANDIDATE and (answer is None or answer.status >= 500 or answer.status == 404):
+                # A candidate's 404 is its failure only if the engine no longer knows the candidate: one the engine
+                # still lists is about the request (e.g. a route the engine does not serve), the client's answer.
+                # If the engine does not list, the 404 is taken to be the candidate's, as before.
+                if pick.role is Role.CANDIDATE and (answer is None or answer.status >= 500 or (
+                        answer.status == 404 and await self._engine_lists(pick.upstream) is not True)):
                     if answer is not None:
                         failed = answer.status
                         answer.release()
@@ -440,6 +481,10 @@ class Gateway:
                     return _error(502, "serving engine unreachable", "bad_gateway")
                 response, status = await self._relay(request, answer, pick.upstream)
                 return response
+            except asyncio.CancelledError:  # handler_cancellation: the client went away (else the gateway stopping)
+                if request.transport is None or request.transport.is_closing():
+                    status = CLIENT_CLOSED
+                raise
             finally:
                 if answer is not None:  # also when the client went away before it was relayed
                     answer.release()
