@@ -41,14 +41,22 @@ def _events(request: Any) -> int:
     return max(1, len(getattr(request, "events", ())))
 
 
+def _examples(request: Any) -> int:
+    return max(1, len(getattr(request, "examples", ())))
+
+
 # Calls that spend a principal's rate-limit budget: the bucket, and what one request (or one message of a
 # client stream, charged as it arrives) costs. A job creation costs one; feedback costs its events, so a
-# batch of 10,000 events spends what 10,000 single-event calls do.
+# batch of 10,000 events spends what 10,000 single-event calls do. An online session's examples are what an
+# application feeds from its users as its feedback is (the same feedback role may send both): they spend the
+# same budget, one per example, so one token cannot push examples without bound beside its feedback.
 RATE_LIMITED: dict[str, tuple[str, Callable[[Any], int]]] = {
     "/learning.v1.TrainingService/CreateTrainingJob": ("jobs", lambda _: 1),
     "/learning.v1.FisherService/CreateFisherJob": ("jobs", lambda _: 1),
     "/learning.v1.FeedbackService/SubmitFeedback": ("feedback", _events),
     "/learning.v1.FeedbackService/StreamFeedback": ("feedback", _events),
+    "/learning.v1.OnlineLearningService/AddExamples": ("feedback", _examples),
+    "/learning.v1.OnlineLearningService/StreamExamples": ("feedback", _examples),
 }
 
 

@@ -250,8 +250,9 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     rate_limit_jobs_burst: int = Field(10, ge=1, description="Job creations allowed at once before the rate applies.")
     rate_limit_feedback_per_second: float = Field(
         100_000.0, ge=0,
-        description="Feedback events each principal may send per second, SubmitFeedback and StreamFeedback alike "
-        "(a stream message is charged its events as it arrives); about what one server ingests. Without "
+        description="Feedback events and online examples each principal may send per second, one budget for "
+        "SubmitFeedback, StreamFeedback, AddExamples and StreamExamples (a stream message is charged its events or "
+        "examples as it arrives); about what one server ingests. Without "
         "auth_tokens all callers share one budget. 0 disables the limit.",
     )
     rate_limit_feedback_burst: int = Field(

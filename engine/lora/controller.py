@@ -17,7 +17,8 @@ first (a canary is then aborted). Every start, change and end is a recorded oper
 Several serving processes of one target (replicas behind a load balancer) each route the split in their gateway and
 store what it counted on its own row (every ``serving_follow_seconds``, and at each check); a split's counts are
 the sum of the rows, so a canary decides on all of its traffic. One process decides it, under a lease it renews at
-each check: the one that started it, or another once that one stopped renewing (it stopped).
+each check: the one that started it, or another once that one stopped renewing (it died) or released the lease (it
+closed: a restarted server takes it over as it starts, another replica at its next follow).
 
 The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's; the
 gate's scoring is engine/lora/scoring.py's.
@@ -68,6 +69,7 @@ class Activation:
 
 class LoraController(ServingTarget):
     _loop: CanaryLoop | None = None  # the decision loop of the canary in force
+    _closing = False  # close has begun: no decision loop starts, no decider's lease is claimed, from then on
 
     async def start(self) -> None:
         """Load the persisted state, reconcile it with the engine (retry later if it is down), and resume the split
@@ -77,13 +79,25 @@ class LoraController(ServingTarget):
         await self._resume_split()
 
     async def close(self) -> None:
-        if self._loop is not None:
-            await self._loop.stop()
-        if self._split is not None:  # what this gateway counted since the last share is kept for the others
+        """Stop deciding the canary in force and let go of its decider's lease (which lasts three checks, up to three
+        days), so that the next serving process to claim it (a restarted server as it starts, another replica at its
+        next follow) decides it at once; and keep what this gateway counted for the others."""
+        self._closing = True
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await loop.stop()
+        split = self._split
+        if split is not None:  # what this gateway counted since the last share is kept for the others
             try:
-                await self._count(self._split)
+                await self._count(split)
             except Exception:  # noqa: BLE001 - closing goes on (the database may be what is going away)
                 log.warning("could not store this gateway's counts of the split in force", exc_info=True)
+        if split is not None and split.kind is SplitKind.CANARY:  # (only this process's lease: the store fences it)
+            try:
+                await self._store.release_decider(split.id, self._process)
+            except Exception:  # noqa: BLE001 - as above; the lease then runs out by itself
+                log.warning("could not release the decider's lease of the canary in force", exc_info=True,
+                            extra={"version": split.candidate_version, "split": split.id})
         await super().close()
 
     # ---- operations -----------------------------------------------------------------
@@ -394,7 +408,7 @@ class LoraController(ServingTarget):
         it, and should another process's follow have claimed it meanwhile, the loop ends there. Failing the start
         instead would leave a canary in force that its caller (a pipeline run) was told did not start, and that
         nothing here decides."""
-        if split.kind is not SplitKind.CANARY or split.policy is None or self._loop is not None:
+        if split.kind is not SplitKind.CANARY or split.policy is None or self._loop is not None or self._closing:
             return
         try:
             claimed = await self._store.claim_decider(split.id, self._process, _decider_lease(split.policy))

@@ -227,6 +227,11 @@ class LoraStateStore(Protocol):
         lease renewed), nobody did, or the decider's lease ran out. Exactly one process holds it at a time."""
         ...
 
+    async def release_decider(self, split_id: int, process: str) -> None:
+        """``process`` no longer decides the canary ``split_id`` (it is stopping): the next process to claim the
+        decider gets it at once, not once the lease runs out. A no-op unless ``process`` holds the lease."""
+        ...
+
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
                         reason: str) -> None:
         """The split is no longer in force; a canary's ``decision`` and its ``reason`` are kept."""

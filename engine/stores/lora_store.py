@@ -189,6 +189,14 @@ class PostgresLoraStore:
             )
         return claimed is not None
 
+    async def release_decider(self, split_id: int, process: str) -> None:
+        async with acquired(self._pool) as conn:
+            await conn.execute(
+                "UPDATE lora_traffic_splits SET decider = '', decider_until = NULL WHERE id = $1 AND decider = $2"
+                " AND end_time IS NULL",
+                split_id, process,
+            )
+
     async def end_split(self, split_id: int, figures: TrafficFigures, decision: CanaryDecision | None,
                         reason: str) -> None:
         async with acquired(self._pool) as conn:

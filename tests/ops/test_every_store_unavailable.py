@@ -187,6 +187,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "save_split_tally": lambda s: s.lora.save_split_tally(1, "p", Tally(), Tally()),
         "split_tallies": lambda s: s.lora.split_tallies(1, besides="p"),
         "claim_decider": lambda s: s.lora.claim_decider(1, "p", 1.0),
+        "release_decider": lambda s: s.lora.release_decider(1, "p"),
         "end_split": lambda s: s.lora.end_split(1, FIGURES, None, ""),
         "running_split": lambda s: s.lora.running_split("t"),
         "canary_outcome": lambda s: s.lora.canary_outcome("t"),
