@@ -59,7 +59,7 @@ class Jobs(Protocol[S, O]):
 
 class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
-                     priority: int = 0) -> Job[TrainingJobSpec, TrainingOutput]: ...
+                     priority: int = 0, received: object = None) -> Job[TrainingJobSpec, TrainingOutput]: ...
 
     async def pause(self, job_id: str) -> Job[TrainingJobSpec, TrainingOutput]: ...
 
@@ -75,7 +75,8 @@ class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
 
 
 class FisherJobsApi(Jobs["FisherJobSpec", "FisherOutput"], Protocol):
-    async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> Job[FisherJobSpec, FisherOutput]: ...
+    async def create(self, spec: FisherJobSpec, *, request_id: str = "",
+                     received: object = None) -> Job[FisherJobSpec, FisherOutput]: ...
 
 
 class AdaptersApi(Protocol):

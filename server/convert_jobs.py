@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast, overload
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
@@ -143,6 +143,20 @@ def check_request_id(value: str, field_path: str, max_length: int) -> None:
             "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
             violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
         )
+
+
+NOT_ASKED = ("request_id", "validate_only", "priority")  # how a create is handled, not what it asks for
+
+
+def as_sent(request: Message) -> dict[str, Any]:
+    """A create request as the client sent it, before the server's defaults, for the digest its job records
+    (engine.jobs.codec.request_digest): a retry with its request_id returns the job if it sends the same. The
+    request_id itself, validate_only and priority are not part of it: a retry with another priority (or a
+    validate_only one) asks for the same job, and is answered with it as it is."""
+    fields = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    for name in NOT_ASKED:
+        fields.pop(name, None)
+    return fields
 
 
 MAX_SEQUENCE = 2**63 - 1  # the largest event sequence a job can have (the store's bigint)

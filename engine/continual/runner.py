@@ -30,6 +30,7 @@ from engine.continual.spec import (
 from engine.domain import Example, FeedbackSource, Objective, dataset_digest
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from engine.feedback.dataset import FeedbackDatasetBuilder
+from engine.jobs.codec import request_digest
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
 from engine.jobs.manager import JobManager
@@ -138,7 +139,13 @@ class FisherJobs:
         self._base_model_dir = base_model_dir
         self._examples = examples
 
-    async def create(self, spec: FisherJobSpec, *, request_id: str = "") -> FisherJob:
+    async def create(self, spec: FisherJobSpec, *, request_id: str = "", received: object = None) -> FisherJob:
+        """Validate ``spec`` and queue a job of it; the job of an earlier create with ``request_id`` and the same
+        ``received`` (the request as the client sent it; ``spec`` if None) first, whatever changed since."""
+        digest = request_digest(spec if received is None else received)
+        earlier = await self._manager.created_for(request_id, digest)
+        if earlier is not None:
+            return earlier
         if not 1 <= spec.num_samples <= MAX_NUM_SAMPLES:
             raise InvalidArgument(
                 "INVALID_NUM_SAMPLES",
@@ -151,7 +158,8 @@ class FisherJobs:
         await asyncio.to_thread(self._base_model_dir, spec.base_model)
         await self._registry.get(spec.base_model, spec.adapter_version, field_path="spec.adapter_version")
         await self._examples.of(spec)
-        return await self._manager.submit(self._manager.new_job(spec, FisherOutput(), request_id=request_id))
+        return await self._manager.submit(self._manager.new_job(spec, FisherOutput(), request_id=request_id,
+                                                                digest=digest))
 
     async def get(self, job_id: str) -> FisherJob:
         return await self._manager.get(job_id)

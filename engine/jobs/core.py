@@ -162,6 +162,10 @@ class Job(Generic[S, O]):
     create_time: datetime
     request_id: str = ""
     priority: int = 0  # higher runs first among queued jobs
+    # engine.jobs.codec.request_digest of the create request as the client sent it (before the server's defaults and
+    # any resolution): a repeat of its request_id is this job if it is the same request. "" in a job stored before
+    # it was recorded: such a repeat is compared by spec, once resolved.
+    request_digest: str = ""
     trace_context: tuple[tuple[str, str], ...] = ()  # the creating request's trace, continued by the worker
     worker: str = ""  # the worker that holds (or last held) the job
     progress: JobProgress = field(default_factory=JobProgress)

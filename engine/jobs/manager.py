@@ -3,8 +3,10 @@
 ``JobManager[S, O]`` serves the jobs of one kind through that kind's :class:`JobRunner`, in two roles:
 
 - **API** (any replica): ``submit`` stores a QUEUED job with its first event and hands it to the
-  :class:`~engine.jobs.ports.JobQueue`; ``get``/``list``/``watch`` read it (a job running in this process is
-  read from memory, any other from the store, whose notifications wake watchers on other replicas);
+  :class:`~engine.jobs.ports.JobQueue`; a create first asks ``created_for`` for the job its request_id made before
+  (a retry is answered with it before anything is validated or resolved again); ``get``/``list``/``watch`` read
+  it (a job running in this process is read from memory, any other from the store, whose notifications wake
+  watchers on other replicas);
   ``cancel``/``pause``/``resume`` act on an unclaimed job directly and ask the worker holding a claimed one. A
   cancel no run of the job carries out (the job unclaimed, being released, or not yet started) is followed by the
   runner's :class:`~engine.jobs.context.CancelHook`, if it has one, for what earlier runs left in force.
@@ -39,6 +41,7 @@ from typing import TypeVar
 
 from engine import telemetry
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
+from engine.jobs.codec import request_digest
 from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, now
 from engine.jobs.core import (
     ACTIVE_STATES,
@@ -112,11 +115,26 @@ class JobManager(JobEventLog[S, O]):
 
     # ---- API --------------------------------------------------------------------
 
-    def new_job(self, spec: S, output: O, *, request_id: str = "", priority: int = 0) -> Job[S, O]:
-        """A QUEUED job of this kind, not yet stored."""
+    def new_job(self, spec: S, output: O, *, request_id: str = "", priority: int = 0,
+                digest: str = "") -> Job[S, O]:
+        """A QUEUED job of this kind, not yet stored. ``digest`` is the ``request_digest`` of the request as the
+        client sent it (see ``created_for``); by default, of ``spec``."""
         return Job(id=uuid.uuid4().hex, kind=self.kind.name, spec=spec, output=output, state=JobState.QUEUED,
                    create_time=now(), request_id=request_id, priority=priority,
-                   trace_context=telemetry.trace_carrier())
+                   request_digest=digest or request_digest(spec), trace_context=telemetry.trace_carrier())
+
+    async def created_for(self, request_id: str, digest: str) -> Job[S, O] | None:
+        """The job an earlier create with ``request_id`` made, for a create to return before it validates or
+        resolves anything (a retry is answered with its job whatever changed since: its inputs gone, the active
+        version or the server's defaults moved): None if there is none (or it was stored without a digest, then
+        compared by spec once resolved, by ``check_request`` or ``submit``); ALREADY_EXISTS REQUEST_ID_REUSED if
+        its request, whose ``request_digest`` is ``digest``, was another. Two first creates that both find
+        nothing meet at the store's insert (``submit``)."""
+        stored = await self.for_request(request_id) if request_id else None
+        if stored is None or not stored.request_digest:
+            return None
+        _same_request(request_id, digest, stored)
+        return await self._seen_before(stored)
 
     async def submit(self, job: Job[S, O], *, prepared: object = None) -> Job[S, O]:
         """Store a new QUEUED job (or return the one its request_id already names) and queue it.
@@ -127,11 +145,8 @@ class JobManager(JobEventLog[S, O]):
         first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
         stored = await self._store.insert_job(replace(job, last_sequence=1), [first])
         if stored.id != job.id:  # request_id seen before
-            _same_request(job, stored)
-            current = await self.get(stored.id)
-            if current.state is JobState.QUEUED:  # the first submit may have stored it but failed to queue it
-                await self._queue.enqueue(self.kind.name, current.id, priority=current.priority)
-            return current
+            _same_job(job, stored)
+            return await self._seen_before(stored)
         telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, held=False)
         if prepared is not None:
             self._prepared[job.id] = prepared
@@ -141,12 +156,20 @@ class JobManager(JobEventLog[S, O]):
         await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
         return stored
 
+    async def _seen_before(self, stored: Job[S, O]) -> Job[S, O]:
+        """The job an earlier create of the same request stored, as it is now; queued (again) if it is QUEUED: the
+        first create may have stored it but failed to queue it (queueing a waiting job is a no-op)."""
+        current = await self.get(stored.id)
+        if current.state is JobState.QUEUED:
+            await self._queue.enqueue(self.kind.name, current.id, priority=current.priority)
+        return current
+
     async def check_request(self, job: Job[S, O]) -> Job[S, O] | None:
         """What ``submit`` would find under ``job``'s request_id, storing nothing (a validate_only request): the
-        stored job of that request_id, None if there is none, REQUEST_ID_REUSED if it has another spec."""
+        stored job of that request_id, None if there is none, REQUEST_ID_REUSED if it has another request."""
         stored = await self.for_request(job.request_id) if job.request_id else None
         if stored is not None:
-            _same_request(job, stored)
+            _same_job(job, stored)
         return stored
 
     async def for_request(self, request_id: str) -> Job[S, O] | None:
@@ -550,14 +573,27 @@ class JobManager(JobEventLog[S, O]):
             self.transition(live, state, f"{control.value.lower()} requested")
 
 
-def _same_request(job: Job[S, O], stored: Job[S, O]) -> None:
-    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``job``'s request_id, asked for the same."""
-    if stored.spec != job.spec:
-        raise AlreadyExists(
-            "REQUEST_ID_REUSED",
-            f"request_id {job.request_id!r} was used for a different job ({stored.name})",
-            metadata={"request_id": job.request_id, "job": stored.name},
-        )
+def _same_job(job: Job[S, O], stored: Job[S, O]) -> None:
+    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``job``'s request_id, asked for the same: the
+    same request as sent (their digests), or, for a job stored without a digest, the same spec once resolved."""
+    if job.request_digest and stored.request_digest:
+        _same_request(job.request_id, job.request_digest, stored)
+    elif stored.spec != job.spec:
+        raise _reused(job.request_id, stored)
+
+
+def _same_request(request_id: str, digest: str, stored: Job[S, O]) -> None:
+    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``request_id``, was made by a request whose
+    digest is ``digest``."""
+    if stored.request_digest != digest:
+        raise _reused(request_id, stored)
+
+
+def _reused(request_id: str, stored: Job[S, O]) -> AlreadyExists:
+    return AlreadyExists(
+        "REQUEST_ID_REUSED", f"request_id {request_id!r} was used for a different job ({stored.name})",
+        metadata={"request_id": request_id, "job": stored.name},
+    )
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]

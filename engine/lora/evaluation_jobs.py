@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.errors import Cancelled, FailedPrecondition, ViolationCollector
+from engine.jobs.codec import request_digest
 from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
 from engine.jobs.manager import JobManager
@@ -141,7 +142,14 @@ class EvaluationJobs:
         self._base_model = base_model  # the one the serving target serves: what the jobs evaluate
         self._configured_suite = configured_suite  # whether the server has a golden suite (eval_suite_path)
 
-    async def create(self, spec: EvaluationJobSpec, *, request_id: str = "") -> EvaluationJob:
+    async def create(self, spec: EvaluationJobSpec, *, request_id: str = "",
+                     received: object = None) -> EvaluationJob:
+        """Validate ``spec`` and queue a job of it; the job of an earlier create with ``request_id`` and the same
+        ``received`` (the request as the client sent it; ``spec`` if None) first, whatever changed since."""
+        digest = request_digest(spec if received is None else received)
+        earlier = await self._manager.created_for(request_id, digest)
+        if earlier is not None:
+            return earlier
         if spec.base_model != self._base_model:
             raise FailedPrecondition("BASE_MODEL_MISMATCH", f"this serving target serves base model "
                                                             f"{self._base_model}, not {spec.base_model}",
@@ -163,7 +171,8 @@ class EvaluationJobs:
                                                                         f"spec.suite_paths[{i}]"))
         pinned = tuple([(await self._datasets.suite(name, f"spec.suite_datasets[{i}]")).name
                         for i, name in enumerate(spec.suite_datasets)])  # unknown, empty or unusable: refused here
-        job = self._manager.new_job(spec, EvaluationOutput(suite_datasets=pinned), request_id=request_id)
+        job = self._manager.new_job(spec, EvaluationOutput(suite_datasets=pinned), request_id=request_id,
+                                    digest=digest)
         return await self._manager.submit(job)
 
     async def get(self, job_id: str) -> EvaluationJob:

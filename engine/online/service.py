@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.feedback.ingest import FeedbackLimits
+from engine.jobs.codec import request_digest
 from engine.jobs.core import JobEvent, JobState
 from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
@@ -72,7 +73,17 @@ class OnlineSessions:
         self._reserved = set(reserved_names)  # names a live alias may not take (the LoraControl alias)
         self._max_chars = max_example_chars
 
-    async def create(self, spec: OnlineSessionSpec, *, session_id: str = "", request_id: str = "") -> SessionView:
+    async def create(self, spec: OnlineSessionSpec, *, session_id: str = "", request_id: str = "",
+                     received: object = None) -> SessionView:
+        """Check ``spec`` (its start_version, the active version if it names none) and start a session of it. The
+        session an earlier create with ``request_id`` and the same ``received`` (the request as the client sent it,
+        before the server's defaults; ``spec`` and ``session_id`` if None) made is returned first, before anything
+        is checked or resolved: a retry finds it whatever changed since (another version active, its start
+        version deleted)."""
+        digest = request_digest({"spec": spec, "session_id": session_id} if received is None else received)
+        earlier = await self._manager.created_for(request_id, digest)
+        if earlier is not None:
+            return await self.get(earlier.id)
         if spec.live_alias in self._reserved:
             raise InvalidArgument("INVALID_ONLINE_SETTING", f"spec.live_alias {spec.live_alias!r} is the serving "
                                                             "alias LoraControl routes; name another",
@@ -86,7 +97,7 @@ class OnlineSessions:
             spec = replace(spec, start_version=active)
         await self._registry.get(spec.base_model, spec.start_version, field_path="spec.start_version")
         job = self._manager.new_job(spec, OnlineOutput(stats=OnlineStats(learning_rate=spec.learning_rate)),
-                                    request_id=request_id)
+                                    request_id=request_id, digest=digest)
         if session_id:
             job = replace(job, id=session_id)
         # Creates of one session id take turns, in every process on the database, from the look for an earlier

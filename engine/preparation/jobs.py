@@ -50,6 +50,7 @@ from engine.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from engine.jobs.codec import request_digest
 from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
@@ -374,7 +375,15 @@ class PreparationJobs:
         self._server_path = server_path
         self._max_bytes = max_bytes
 
-    async def create(self, request: PreparationRequest, *, request_id: str = "") -> PreparationJob:
+    async def create(self, request: PreparationRequest, *, request_id: str = "",
+                     received: object = None) -> PreparationJob:
+        """Read and check the documents, store them, and queue a job of them; the job of an earlier create with
+        ``request_id`` and the same ``received`` (the request as the client sent it; ``request`` if None) first,
+        before any document is read, whatever changed since (a server_path document removed)."""
+        digest = request_digest(request if received is None else received)
+        earlier = await self._manager.created_for(request_id, digest)
+        if earlier is not None:
+            return earlier
         parse_dataset_name(request.dataset, "spec.dataset", versioned=False)
         _check_numbers(request)
         if not request.documents:
@@ -429,7 +438,7 @@ class PreparationJobs:
         spec = PreparationJobSpec(dataset=request.dataset, documents=tuple(refs),
                                   questions_per_chunk=request.questions_per_chunk, chunk_chars=request.chunk_chars,
                                   generator_model=request.generator_model, split=request.split)
-        job = self._manager.new_job(spec, PreparationOutput(), request_id=request_id)
+        job = self._manager.new_job(spec, PreparationOutput(), request_id=request_id, digest=digest)
         await self._manager.check_request(job)  # a reused request_id is refused before anything is stored
         for ref, (_, data) in zip(refs, read, strict=True):  # only once every document is readable
             try:

@@ -28,6 +28,7 @@ from typing import Any
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example
 from engine.errors import Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
+from engine.jobs.codec import request_digest
 from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
@@ -504,13 +505,20 @@ class TrainingJobs:
         self._scratch = scratch_dir
 
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
-                     priority: int = 0) -> TrainingJob:
+                     priority: int = 0, received: object = None) -> TrainingJob:
+        """Validate and resolve ``spec``, and queue a job of it. ``received`` is the request as the client sent it,
+        before the server's defaults (``spec`` if None): the job of an earlier create with ``request_id`` and the
+        same request is returned before anything is validated (a validate_only one too), whatever changed since."""
+        digest = request_digest(spec if received is None else received)
+        earlier = await self._manager.created_for(request_id, digest)
+        if earlier is not None:
+            return earlier
         _check_named_snapshot_is_used(spec)
         inputs = await self._preparer.validate(spec)
         if self._planner is not None and inputs.parent is not None and not inputs.spec.ewc.disabled:
             await self._planner.check(inputs.spec, inputs.parent)
         job = self._manager.new_job(inputs.spec, TrainingOutput(dataset=inputs.dataset.summary),
-                                    request_id=request_id, priority=priority)
+                                    request_id=request_id, priority=priority, digest=digest)
         if validate_only:  # answered as the real request would be, a reused request_id included
             await self._manager.check_request(job)
             return job

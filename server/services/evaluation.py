@@ -11,7 +11,7 @@ from engine.lora.evaluation_jobs import EvaluationJobs
 from learning.v1 import evaluation_pb2 as pb
 from learning.v1 import evaluation_pb2_grpc as pb_grpc
 from server import evaluation_convert as ec
-from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, as_sent, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -28,7 +28,7 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
     ) -> pb.CreateEvaluationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = ec.spec_from_pb(request.spec, default_base_model=self._default_base_model)
-        job = await self._jobs.create(spec, request_id=request.request_id)
+        job = await self._jobs.create(spec, request_id=request.request_id, received=as_sent(request))
         return pb.CreateEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
     async def GetEvaluationJob(

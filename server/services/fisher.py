@@ -15,7 +15,7 @@ from engine.names import decode_page_token, encode_page_token
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc
 from server import fisher_convert as fc
-from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, as_sent, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -36,7 +36,7 @@ class FisherService(pb_grpc.FisherServiceServicer):
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model,
                                default_space=self._default_space)
-        job = await self._jobs.create(spec, request_id=request.request_id)
+        job = await self._jobs.create(spec, request_id=request.request_id, received=as_sent(request))
         return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
     async def GetFisherJob(

@@ -17,7 +17,7 @@ from engine.online.spec import OnlineStats, Updated
 from learning.v1 import online_pb2 as pb
 from learning.v1 import online_pb2_grpc as pb_grpc
 from server import online_convert as oc
-from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size
+from server.convert_jobs import after_sequence_from_pb, as_sent, check_request_id, page_size
 
 MAX_REQUEST_ID = 128
 MAX_REASON = 500
@@ -36,7 +36,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
         session_id = check_chosen_id(request.session_id, oc.COLLECTION, "session_id") if request.session_id else ""
         view = await self._sessions.create(oc.spec_from_pb(request.spec, self._defaults), session_id=session_id,
-                                           request_id=request.request_id)
+                                           request_id=request.request_id, received=as_sent(request))
         return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(view))
 
     async def GetOnlineSession(

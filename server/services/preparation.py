@@ -11,7 +11,7 @@ from engine.preparation.jobs import PreparationJobs
 from learning.v1 import preparation_pb2 as pb
 from learning.v1 import preparation_pb2_grpc as pb_grpc
 from server import preparation_convert as pc
-from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, states_from_pb
+from server.convert_jobs import after_sequence_from_pb, as_sent, check_request_id, page_size, states_from_pb
 
 MAX_REQUEST_ID = 128
 
@@ -26,7 +26,8 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreatePreparationJobRequest, pb.CreatePreparationJobResponse],
     ) -> pb.CreatePreparationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
-        job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id)
+        job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id,
+                                      received=as_sent(request))
         return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
     async def GetPreparationJob(

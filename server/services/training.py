@@ -12,7 +12,14 @@ from engine.training.spec import TrainingDefaults
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc
 from server import convert
-from server.convert_jobs import after_sequence_from_pb, check_request_id, page_size, priority_from_pb, states_from_pb
+from server.convert_jobs import (
+    after_sequence_from_pb,
+    as_sent,
+    check_request_id,
+    page_size,
+    priority_from_pb,
+    states_from_pb,
+)
 
 MAX_REQUEST_ID = 128
 
@@ -36,7 +43,7 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
             defaults=self._defaults,
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
-                                      priority=priority_from_pb(request.priority))
+                                      priority=priority_from_pb(request.priority), received=as_sent(request))
         checked = convert.job_to_pb(job)
         if request.validate_only:  # no job exists: what was checked and resolved, with no name or state
             for name in ("name", "state", "create_time", "last_sequence"):
