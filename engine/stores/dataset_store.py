@@ -17,7 +17,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import TypeAlias
 
@@ -92,6 +92,17 @@ class PostgresDatasetIndex:
                 record.content.kind.value, record.key, record.create_time, _RECORD.dump_json(record).decode(),
             )
         return record
+
+    @contextlib.asynccontextmanager
+    async def kept(self, dataset_id: str, version: int) -> AsyncIterator[None]:
+        async with self._locked(dataset_id) as conn:
+            with held(conn):
+                live = await conn.fetchval(
+                    "SELECT true FROM datasets WHERE dataset = $1 AND version = $2 AND state = 'READY'",
+                    dataset_id, version)
+            if not live:
+                raise _not_found(dataset_id, version)
+            yield
 
     async def get(self, dataset_id: str, version: int | None) -> StoredDataset:
         async with acquired(self._pool) as conn:

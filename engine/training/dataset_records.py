@@ -7,6 +7,7 @@ sources from.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -184,6 +185,12 @@ class DatasetIndex(Protocol):
 
     async def get(self, dataset_id: str, version: int | None) -> StoredDataset:
         """The live version, or the newest live one; NOT_FOUND (STORED_DATASET_NOT_FOUND) otherwise."""
+        ...
+
+    def kept(self, dataset_id: str, version: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Under the dataset's lock for the block, the version checked live (NOT_FOUND, STORED_DATASET_NOT_FOUND,
+        otherwise): a delete of it waits for the block's end, and then finds what the block stored naming it (a
+        training job's row) and refuses (DATASET_IN_USE)."""
         ...
 
     async def list(self, *, dataset_id: str, limit: int, after: Cursor | None) -> list[StoredDataset]:

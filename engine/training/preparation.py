@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -88,6 +89,15 @@ class JobPreparer:
         if parent is not None:
             spec = inherit_lora(spec, parent)
         return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
+
+    def kept(self, dataset: DatasetSummary | None) -> contextlib.AbstractAsyncContextManager[None]:
+        """The stored dataset version ``dataset`` was pinned to, kept from deletion for the block (StoredDatasets.kept):
+        what is stored inside the block naming it (a job, an adapter version) is stored only while it is live, and a
+        delete then refuses. Nothing to keep for a JSONL file or a feedback window."""
+        source = dataset.source if dataset is not None else None
+        if isinstance(source, StoredDatasetSource) and self._datasets is not None:
+            return self._datasets.kept(source.name)
+        return contextlib.nullcontext()
 
     async def check_request(self, spec: TrainingJobSpec, field_prefix: str = "spec") -> Path:
         """The checks a spec fails whatever data, parent or feedback there is, with its fields named under

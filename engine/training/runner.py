@@ -522,7 +522,8 @@ class TrainingJobs:
         if validate_only:  # answered as the real request would be, a reused request_id included
             await self._manager.check_request(job)
             return job
-        return await self._manager.submit(job, prepared=inputs)
+        async with self._preparer.kept(inputs.dataset.summary):  # not deleted since it was read, nor until stored
+            return await self._manager.submit(job, prepared=inputs)
 
     async def get(self, job_id: str) -> TrainingJob:
         return await self._manager.get(job_id)
@@ -556,10 +557,11 @@ class TrainingJobs:
         work = Path(tempfile.mkdtemp(prefix="publish-checkpoint-", dir=self._scratch))
         try:
             state = await CheckpointArchive(self._artifacts, work / "archive").fetch(record, work / "state")
-            return await self._registry.publish(publish_request(
-                job, parent, state / "adapter", record.loss, request_id=request_id,
-                labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
-            ))
+            async with self._preparer.kept(job.output.dataset):  # the version it names is live while it publishes
+                return await self._registry.publish(publish_request(
+                    job, parent, state / "adapter", record.loss, request_id=request_id,
+                    labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
+                ))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 

@@ -195,6 +195,15 @@ class StoredDatasets:
         token = encode_page_token(page[-1].create_time, page[-1].name) if len(rows) > page_size and page else ""
         return page, token
 
+    def kept(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The version ``name`` pins (``datasets/<id>/versions/<n>``) kept from deletion for the block (see
+        DatasetIndex.kept): a job or adapter version naming it is stored inside the block. A name that pins no
+        version keeps nothing."""
+        target = parse_dataset_name(name)
+        if target.version is None:
+            return contextlib.nullcontext()
+        return self._index.kept(target.dataset_id, target.version)
+
     async def delete(self, name: str) -> builtins.list[StoredDataset]:
         target = parse_dataset_name(name)
         return await self._index.delete(target.dataset_id, target.version, self._store.delete)

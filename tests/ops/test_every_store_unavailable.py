@@ -19,6 +19,7 @@ The end-to-end test stops the server's PostgreSQL under a running server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -149,6 +150,12 @@ async def _nothing(*args: object) -> None:
     pass
 
 
+async def _entered(block: contextlib.AbstractAsyncContextManager[object]) -> None:
+    """A store's block (a lock held while it runs) entered and left."""
+    async with block:
+        pass
+
+
 def _store(module: str, name: str) -> str:
     return f"engine.stores.{module}.{name}"
 
@@ -203,6 +210,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "get": lambda s: s.datasets.get("d", None),
         "list": lambda s: s.datasets.list(dataset_id="", limit=1, after=None),
         "delete": lambda s: s.datasets.delete("d", None, _nothing),
+        "kept": lambda s: _entered(s.datasets.kept("d", 1)),
     },
     _store("fisher_store", "FisherSnapshotStore"): {
         "save": lambda s: s.fisher.save({"w": torch.ones(2)}, SNAPSHOT),
