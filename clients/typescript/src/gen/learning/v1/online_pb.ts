@@ -513,7 +513,9 @@ export type CreateOnlineSessionRequest = Message<"learning.v1.CreateOnlineSessio
   spec?: OnlineSessionSpec | undefined;
 
   /**
-   * Idempotency key: the same id returns the same session.
+   * Idempotency key: a repeat with the same key and the same request
+   * (session_id and spec as sent) returns the session the first made;
+   * another request is ALREADY_EXISTS REQUEST_ID_REUSED.
    *
    * @generated from field: string request_id = 3;
    */

@@ -900,7 +900,10 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
   spec?: TrainingJobSpec | undefined;
 
   /**
-   * Idempotency key: a repeat with the same key and spec returns the same job.
+   * Idempotency key: a repeat with the same key and the same request (its
+   * spec as sent; priority and validate_only aside) returns the job the
+   * first made, looked up before anything is checked again; the same key
+   * with another spec is ALREADY_EXISTS REQUEST_ID_REUSED.
    *
    * @generated from field: string request_id = 2;
    */
