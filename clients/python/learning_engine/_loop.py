@@ -54,7 +54,7 @@ class EventLoopThread:
             raise
         try:
             return started[0].result()
-        except asyncio.CancelledError:  # close cancelled it, or gRPC did (it does when a request iterable raises)
+        except asyncio.CancelledError:  # close cancelled it (a request iterable's error is raised as it is)
             why = ": the client was closed" if self._closed else ""
             raise errors.Cancelled(grpc.StatusCode.CANCELLED, f"the call was cancelled{why}") from None
 

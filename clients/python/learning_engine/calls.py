@@ -9,11 +9,23 @@ connection drops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+import math
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import Any, Self, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
 from learning.v1 import (
@@ -40,7 +52,15 @@ U = TypeVar("U")
 # A dropped connection surfaces as UNAVAILABLE; those are the only failures a watch retries.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 CHUNK_SIZE = 1024 * 1024
-UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link an upload's deadline allows for
+UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link a transfer's deadline (upload or download) allows for
+
+
+def check_timeout(seconds: float | None, name: str = "timeout") -> float | None:
+    """``seconds`` if it is a deadline a call can have (None: no deadline); else ValueError naming ``name``: 0, a
+    negative number or nan would fail every call at once, and inf is no deadline, which None says."""
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, not {seconds!r}")
+    return seconds
 
 
 async def each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -65,6 +85,54 @@ def _step(iterator: Iterator[T]) -> tuple[T] | None:
     return None
 
 
+class _RequestStream:
+    """A call's request stream: the items of the caller's iterable (:func:`each`), keeping the exception it raises.
+
+    gRPC ends the call when its request iterable raises, by cancelling it, and drops the exception: the call then
+    fails as cancelled (asyncio.CancelledError). :func:`_typed_failures` raises the kept exception instead."""
+
+    def __init__(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._items = items
+        self.error: Exception | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for item in each(self._items):
+                yield item
+        except Exception as exc:
+            self.error = exc
+            raise  # gRPC cancels the call: nothing half-sent is taken for the whole
+
+
+def _request_stream(request: Any) -> _RequestStream | None:
+    """A request that is no message is the iterable of a client-streaming call's messages."""
+    return None if isinstance(request, Message) else _RequestStream(request)
+
+
+@contextlib.contextmanager
+def _typed_failures(requests: _RequestStream | None) -> Iterator[None]:
+    """A failed call as its :mod:`learning_engine.errors` exception: a status, or any other failure of gRPC's
+    (errors.from_rpc_error); the exception the caller's request iterable raised in place of the cancellation gRPC
+    made of it (a cancellation of the caller's own task stays one)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if requests is None or requests.error is None or _cancelling():
+            raise
+        raise requests.error from None
+    except (grpc.aio.AioRpcError, grpc.aio.BaseError) as err:
+        typed = errors.from_rpc_error(err)
+        if requests is not None and requests.error is not None and typed.code == grpc.StatusCode.CANCELLED:
+            raise requests.error from None
+        raise typed from None
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (by its caller, not by gRPC)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Calls:
     """What every call of the client needs: the channel, the stubs, deadlines and reconnects."""
 
@@ -80,12 +148,12 @@ class Calls:
         reconnect_attempts: int = 30,
         reconnect_delay: float = 0.5,
     ) -> None:
-        self.connection = Connection(target, token, tls, tuple(channel_options))
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         # The serving operations (activate, rollback, enable, disable, evaluate, canaries, splits) load adapters,
         # run the gate and drain: minutes for a small model on a CPU. They run to their end on the server whether
         # or not the caller waits, so by default the caller waits as long as they take.
-        self.operation_timeout = operation_timeout
+        self.operation_timeout = check_timeout(operation_timeout, "operation_timeout")
+        self.connection = Connection(target, token, tls, tuple(channel_options))
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay = reconnect_delay
         self._channel = self.connection.open()
@@ -115,8 +183,8 @@ class Calls:
     # ---- call plumbing ------------------------------------------------------------
 
     def _upload_timeout(self, size_bytes: int) -> float | None:
-        """An upload's deadline: the client's timeout plus a second per MiB sent (a slow link still finishes a
-        large file); None when the client sets no timeout."""
+        """A transfer's deadline, an upload's or a download's (:meth:`_download`): the client's timeout plus a
+        second per MiB (a slow link still finishes a large file); None when the client sets no timeout."""
         return None if self.timeout is None else self.timeout + size_bytes / UPLOAD_BYTES_PER_SECOND
 
     async def _unary(
@@ -129,10 +197,10 @@ class Calls:
         return await self._call(method, request, self.operation_timeout)
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
-        try:
-            return await method(request, metadata=self._metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            raise errors.from_rpc_error(err) from None
+        requests = _request_stream(request)
+        with _typed_failures(requests):
+            response = await method(requests or request, metadata=self._metadata, timeout=timeout)
+        return response
 
     async def _stream(
         self,
@@ -140,15 +208,46 @@ class Calls:
         request: Any,
         *,
         timeout: float | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        requests = _request_stream(request)
+        with _typed_failures(requests):
+            call = method(requests or request, metadata=self._metadata, timeout=timeout)
+            try:
+                async for item in call:
+                    yield item
+            finally:
+                call.cancel()
+
+    async def _download(
+        self, method: Callable[..., Any], request: Any, size_of: Callable[[Any], int]
     ) -> AsyncIterator[Any]:
-        call = method(request, metadata=self._metadata, timeout=timeout)
+        """A server stream that carries a file: the deadline of an upload of its size (:meth:`_upload_timeout`),
+        counted from its start. The size is known once the first message has come (``size_of`` it): until then
+        the client's timeout. gRPC cannot move a call's deadline once made, so it is kept here, on each wait for
+        the server (the time the caller takes over a message is not counted)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        limit, first = self.timeout, True
+        messages = self._stream(method, request)
         try:
-            async for item in call:
-                yield item
-        except grpc.aio.AioRpcError as err:
-            raise errors.from_rpc_error(err) from None
+            while True:
+                timer = asyncio.timeout_at(None if limit is None else started + limit)
+                try:
+                    async with timer:
+                        message = await anext(messages)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    raise errors.DeadlineExceeded(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, f"the transfer did not end within {limit:g}s"
+                    ) from None
+                if first:  # the size is known now
+                    limit, first = self._upload_timeout(size_of(message)), False
+                yield message  # outside the timer: it must not cancel whatever the caller does meanwhile
         finally:
-            call.cancel()
+            await messages.aclose()
 
     def _ready_timeout(self, attempt: int) -> float:
         """How long reconnect ``attempt`` (1, 2, ...) waits for the channel to be ready: as long as the pause before

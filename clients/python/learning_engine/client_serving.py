@@ -64,7 +64,8 @@ class ServingCalls(Calls):
         one directory sit side by side. An existing file of that name raises FileExistsError (before anything
         is written; one that appeared during the download, at its end, left as it is) unless ``overwrite``. A
         ``destination`` (or a parent of it) that exists and is not a directory raises NotADirectoryError, before
-        anything is asked of the server.
+        anything is asked of the server. The download has the deadline an upload of the archive would have: the
+        client's ``timeout``, plus a second per MiB once the header has said its size.
         """
         not_a_directory = next((p for p in (destination, *destination.parents) if p.exists()), destination)
         if not_a_directory.exists() and not not_a_directory.is_dir():
@@ -77,7 +78,7 @@ class ServingCalls(Calls):
         partial: Path | None = None  # a temporary file of this download's own (two downloads never share one)
         handle = None
         try:
-            async for message in self._stream(self.adapters.DownloadAdapter, request, timeout=self.timeout):
+            async for message in self._download(self.adapters.DownloadAdapter, request, _archive_size):
                 if message.HasField("header"):
                     header = message.header
                     path = destination / archive_name(header.adapter, header.filename)
@@ -333,3 +334,8 @@ def archive_name(described: adapter.Adapter, suggested: str = "") -> str:
 def _exists(path: Path, version: str) -> FileExistsError:
     """What a download without ``overwrite`` raises for a file already at ``path``."""
     return FileExistsError(errno.EEXIST, f"{path} exists (another download of {version}?)", str(path))
+
+
+def _archive_size(first: adapter.DownloadAdapterResponse) -> int:
+    """The size a download's first message, its header, announces (0 without one: the download fails at its end)."""
+    return first.header.size_bytes

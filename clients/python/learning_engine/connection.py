@@ -53,12 +53,32 @@ class TlsConfig:
         )
 
 
+def bearer_token(token: str | None) -> str | None:
+    """``token`` as the authorization header carries it: without surrounding whitespace (a token read from a file
+    ends with a newline), None when nothing is left. One holding a character a gRPC header value cannot carry (a
+    control character, anything but printable ASCII) raises ValueError, which names the character, never the
+    token: gRPC would fail every call with an internal error."""
+    if token is None:
+        return None
+    token = token.strip()
+    for position, char in enumerate(token):
+        if not " " <= char <= "~":
+            raise ValueError(f"the token holds U+{ord(char):04X} at position {position}: a bearer token is printable "
+                             "ASCII (a header value cannot carry it)")
+    return token or None
+
+
 @dataclass(frozen=True)
 class Connection:
+    """``token`` is checked and stripped as :func:`bearer_token` says (ValueError for one no header can carry)."""
+
     target: str = DEFAULT_TARGET
     token: str | None = None
     tls: TlsConfig | None = None
     options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token", bearer_token(self.token))
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()

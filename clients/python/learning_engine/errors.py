@@ -187,8 +187,13 @@ def error_class(code: grpc.StatusCode, reason: str | ErrorReason) -> type[Learni
     return _BY_REASON.get(value) or _BY_CODE.get(code, LearningEngineError)
 
 
-def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> LearningEngineError:
-    """Convert a failed call into its typed exception (reading ErrorInfo and BadRequest)."""
+def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError | grpc.aio.BaseError) -> LearningEngineError:
+    """Convert a failed call into its typed exception (reading ErrorInfo and BadRequest). A call gRPC failed to make
+    or carry on (one of its own errors, grpc.aio.BaseError's, with no status) is Internal."""
+    if isinstance(err, grpc.aio.BaseError):
+        detail = " ".join(str(err).split())[:200]
+        return Internal(grpc.StatusCode.INTERNAL,
+                        f"gRPC failed the call on this side ({type(err).__name__}{': ' + detail if detail else ''})")
     code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     message = (err.details() if callable(getattr(err, "details", None)) else "") or code.name
     try:

@@ -45,7 +45,8 @@ class SyncServingCalls(SyncCalls):
         one directory sit side by side. An existing file of that name raises FileExistsError (before anything
         is written; one that appeared during the download, at its end, left as it is) unless ``overwrite``. A
         ``destination`` (or a parent of it) that exists and is not a directory raises NotADirectoryError, before
-        anything is asked of the server.
+        anything is asked of the server. The download has the deadline an upload of the archive would have: the
+        client's ``timeout``, plus a second per MiB once the header has said its size.
         """
         return self._loop.run(
             self._async.download_adapter(version, destination, base_model=base_model, overwrite=overwrite)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import grpc
 import typer
 
+from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
+from learning_engine.calls import check_timeout
 from learning_engine.cli import (
     adapters,
     datasets,
@@ -29,8 +32,8 @@ from learning_engine.cli import (
     rollout,
     snapshots,
 )
-from learning_engine.cli.common import Options, tls_from
-from learning_engine.connection import DEFAULT_TARGET
+from learning_engine.cli.common import Options, fail, tls_from
+from learning_engine.connection import DEFAULT_TARGET, bearer_token
 
 app = typer.Typer(
     name="learning-engine",
@@ -51,8 +54,9 @@ def connection(
         None, "--token", envvar="LEARNING_ENGINE_TOKEN", help="Bearer token.", show_default=False
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds for each unary call but the serving "
-        "operations (deploy, rollback, evaluate, canary, split), which wait as long as the gate and the swap take."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds (above 0) for each unary call but the "
+        "serving operations (deploy, rollback, evaluate, canary, split), which wait as long as the gate and the swap "
+        "take; an upload or a download has a second more per MiB."),
     tls_ca: Path = typer.Option(
         None, "--tls-ca", envvar="LEARNING_ENGINE_TLS_CA", help="CA bundle; enables TLS."
     ),
@@ -66,8 +70,17 @@ def connection(
         None, "--tls-server-name", help="Expected server name in its certificate."
     ),
 ) -> None:
-    opts = ctx.obj = Options(target, token, as_json, timeout, None)  # errors reading the TLS files are reported
-    opts.tls = tls_from(opts, tls_ca, tls_cert, tls_key, tls_server_name)  # as --json asks
+    opts = ctx.obj = Options(target, None, as_json, timeout, None)  # errors in the options (a token no header can
+    try:  # carry, a timeout no call can have, TLS files that cannot be read) are reported as --json asks
+        opts.token = bearer_token(token)  # stripped: a token read from a file ends with a newline
+    except ValueError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--token (or LEARNING_ENGINE_TOKEN): {exc}",
+             reason=ERROR_REASON_USAGE)
+    try:
+        check_timeout(timeout, "--timeout")
+    except ValueError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason=ERROR_REASON_USAGE)
+    opts.tls = tls_from(opts, tls_ca, tls_cert, tls_key, tls_server_name)
 
 
 app.command("health")(ops.health)

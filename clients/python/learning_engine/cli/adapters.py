@@ -23,6 +23,7 @@ from learning_engine.cli.common import (
     out,
     print_table,
     run,
+    unwritable,
     when,
 )
 
@@ -103,6 +104,8 @@ def adapters_download(
     except FileExistsError as exc:  # the version's archive is in the directory already
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.filename} exists; --force overwrites it",
              reason=ERROR_REASON_USAGE, metadata={"path": str(exc.filename)})
+    except OSError as exc:  # the directory or the archive in it cannot be written (not allowed, no space left)
+        unwritable(opts, out_dir, exc, "--out")
     emit(
         opts,
         {"adapter": as_dict(adapter), "path": str(path)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -196,6 +197,28 @@ def local_text(opts: Options, path: Path, what: str = "") -> str:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
              f"{_local(what, path)}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
              reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
+
+
+def local_write(opts: Options, path: Path, data: bytes, what: str = "") -> None:
+    """Write ``data`` to the file ``path`` on this machine, making its missing parent directories. A path that
+    cannot be written (a directory, under a file, not allowed) is a usage error as in :func:`local_bytes`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        # mkdir says a file where a directory goes exists, or that a path under it is no directory: name the file
+        blocker = next((parent for parent in path.parents if parent.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            unwritable(opts, path, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(blocker)), what)
+        unwritable(opts, path, exc, what)
+
+
+def unwritable(opts: Options, path: Path, exc: OSError, what: str = "") -> NoReturn:
+    """The usage error for a file on this machine that cannot be written (``exc`` says why): one line, exit 3."""
+    where = f"{exc.filename}: " if exc.filename is not None and str(exc.filename) != str(path) else ""
+    why = f"{where}{exc.strerror or exc}"
+    fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{_local(what, path)}: cannot write it ({why})",
+         reason=ERROR_REASON_USAGE, metadata={"path": str(path)})
 
 
 def _local(what: str, path: Path) -> str:

@@ -25,6 +25,7 @@ from learning_engine.cli.common import (
     fail,
     key_values,
     labels,
+    local_write,
     options,
     out,
     print_table,
@@ -452,11 +453,9 @@ def jobs_plot(
     if not metrics.rows:  # nothing is written: a loss.png left from before must not pass for this job's
         fail(opts, grpc.StatusCode.FAILED_PRECONDITION, f"{name} has no steps yet ({state}): no loss curve to write",
              reason=ERROR_REASON_NO_STEPS_YET, metadata={"name": name, "state": state})
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.write_bytes(metrics.png)
+    local_write(opts, png, metrics.png, "--out")
     if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        csv_path.write_bytes(metrics.csv)
+        local_write(opts, csv_path, metrics.csv, "--csv")
     last = metrics.rows[-1]
     written = {"name": name, "state": state, "rows": len(metrics.rows), "png": str(png),
                "csv": str(csv_path) if csv_path is not None else None}

@@ -28,6 +28,7 @@ from learning_engine.cli.common import (
     fail,
     grid,
     interrupted,
+    local_write,
     options,
     out,
     print_table,
@@ -264,8 +265,7 @@ def report(
         sys.stdout.buffer.write(response.content)
         sys.stdout.flush()
         return
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(response.content)
+    local_write(opts, out_path, response.content, "--out")
     written = {"version": version, "evaluation_id": response.eval.evaluation_id, "content_type": response.content_type,
                "uri": response.uri, "path": str(out_path)}
     emit(opts, written, lambda: out.print(
@@ -293,7 +293,9 @@ def metrics(
     if urllib.parse.urlsplit(url).scheme.lower() not in _METRICS_SCHEMES:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
              f"--url {url}: not an http(s) URL such as http://127.0.0.1:9464/metrics", reason=ERROR_REASON_USAGE)
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {opts.token}"} if opts.token else {})
+    request = urllib.request.Request(url)
+    if opts.token:  # unredirected: a redirect (to any host) must not take the token along, as urllib's headers do
+        request.add_unredirected_header("Authorization", f"Bearer {opts.token}")
     try:
         with urllib.request.urlopen(request, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
             body = response.read()
