@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.fixtures.server_settings import server_env, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -57,21 +58,17 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     shutil.copy(ROOT / "scripts" / "samples" / "capitals.jsonl", data_dir / "datasets" / "samples")
     data_dir.chmod(0o755)
     tmp_path.chmod(0o755)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "default_base_model": "tiny-llama", "base_models": {"tiny-llama": str(tiny_model_dir)},
-        "torch_threads": 1, "log_format": "text", "gateway_port": _free_port(),
+    config = write_config(
+        tmp_path / "config.yaml", tiny_model_dir, gateway_port=_free_port(),
         # Time in-flight RPCs get on SIGTERM: the health watch of the SIGTERM test is one, and the default 10 s
         # would all be spent waiting on it (nothing here asserts how long the grace is).
-        "shutdown_grace_seconds": 2,
-    }))
+        shutdown_grace_seconds=2,
+    )
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_") and k != "DATABASE_URL"}
-    env["LEARNING_ENGINE_PORT"] = str(port)
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--data-dir", str(data_dir), "--config", str(config)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=server_env(LEARNING_ENGINE_PORT=str(port)), stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

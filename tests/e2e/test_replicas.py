@@ -7,7 +7,6 @@ and each tick called by hand; here the processes tick on their own clocks."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from learning.v1 import common_pb2 as common
@@ -23,7 +21,7 @@ from learning.v1 import feedback_pb2 as fb
 from learning.v1 import pipeline_pb2 as pp
 from tests.e2e.test_grpcurl import _free_port
 from tests.e2e.test_start_and_stop import FAST_RECONNECT
-from tests.server.conftest import TINY
+from tests.fixtures.server_settings import server_env, write_config
 from tests.server.test_pipelines import FACTS, event, finished, from_feedback, pipelines, send
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,14 +29,12 @@ TICK = 0.3  # pipeline_trigger_interval_seconds of both processes
 pytestmark = pytest.mark.full_stack
 
 
-async def _serving(root: Path, name: str, database_url: str, shared: dict[str, object]):
+async def _serving(root: Path, name: str, database_url: str, tiny_model_dir: Path, shared: dict[str, object]):
     data_dir = root / name
     data_dir.mkdir(parents=True)
-    config = data_dir / "config.yaml"
-    config.write_text(yaml.safe_dump({**shared, "gateway_port": _free_port()}))
+    config = write_config(data_dir / "config.yaml", tiny_model_dir, **shared, gateway_port=_free_port())
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_")}
-    env.update(DATABASE_URL=database_url, LEARNING_ENGINE_PORT=str(port))
+    env = server_env(DATABASE_URL=database_url, LEARNING_ENGINE_PORT=str(port))
     log = data_dir / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "server", "--data-dir", str(data_dir), "--config", str(config)],
                             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -57,12 +53,12 @@ async def _serving(root: Path, name: str, database_url: str, shared: dict[str, o
 
 
 async def test_two_server_processes_fire_a_trigger_once(database_url: str, tmp_path: Path, tiny_model_dir: Path):
-    shared = {"default_base_model": TINY, "base_models": {TINY: str(tiny_model_dir)}, "torch_threads": 1,
-              "log_format": "text", "artifacts_path": str(tmp_path / "artifacts"),
-              "datasets_path": str(tmp_path / "datasets"), "pipeline_trigger_interval_seconds": TICK,
+    shared = {"artifacts_path": str(tmp_path / "artifacts"), "datasets_path": str(tmp_path / "datasets"),
+              "pipeline_trigger_interval_seconds": TICK,
               "eval_gate": False}  # the tiny model learns nothing a gate would pass in one epoch
     (tmp_path / "datasets").mkdir()
-    started = await asyncio.gather(*(_serving(tmp_path, f"replica-{i}", database_url, shared) for i in (1, 2)))
+    started = await asyncio.gather(*(_serving(tmp_path, f"replica-{i}", database_url, tiny_model_dir, shared)
+                                     for i in (1, 2)))
     try:
         (_, one, _), (_, two, _) = started
         trigger = pp.PipelineTrigger(feedback=pp.FeedbackCountTrigger(count=2, negative_only=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -15,8 +14,9 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.fixtures.server_settings import server_env, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +42,8 @@ class Server:
         self.data_dir.mkdir(exist_ok=True)
         self.data_dir.chmod(0o755)  # the embedded PostgreSQL runs as its own user when tests run as root
         self.config = tmp_path / "config.yaml"
-        self.settings = {
-            "default_base_model": "tiny-llama", "base_models": {"tiny-llama": str(tiny_model_dir)},
-            "torch_threads": 1, "log_format": "text", "gateway_port": gateway_port or _free_port(),
-        }
+        self.tiny_model_dir = tiny_model_dir
+        self.settings: dict[str, object] = {"gateway_port": gateway_port or _free_port()}  # over write_config's
         self.port = _free_port()
         self.log = tmp_path / "server.log"
         self.proc: subprocess.Popen | None = None
@@ -56,13 +54,11 @@ class Server:
         return self
 
     def launch(self) -> subprocess.Popen:
-        self.config.write_text(yaml.safe_dump(self.settings))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_") and k != "DATABASE_URL"}
-        env["LEARNING_ENGINE_PORT"] = str(self.port)
+        write_config(self.config, self.tiny_model_dir, **self.settings)
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server", "--data-dir", str(self.data_dir), "--config", str(self.config)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=server_env(LEARNING_ENGINE_PORT=str(self.port)), stdout=log, stderr=subprocess.STDOUT,
             )
         return self.proc
 

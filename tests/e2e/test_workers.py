@@ -11,19 +11,18 @@ streams), never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from learning.v1 import adapter_pb2, adapter_pb2_grpc
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
-from tests.server.conftest import TINY, spec
+from tests.fixtures.server_settings import server_env, write_config
+from tests.server.conftest import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT, STALLED = 0.5, 2.0
@@ -33,9 +32,10 @@ pytestmark = pytest.mark.full_stack
 class Workers:
     """Worker processes sharing the test's database, datasets and artifacts."""
 
-    def __init__(self, root: Path, database_url: str, shared: dict[str, object]) -> None:
+    def __init__(self, root: Path, database_url: str, tiny_model_dir: Path, shared: dict[str, object]) -> None:
         self._root = root
         self._url = database_url
+        self._tiny_model_dir = tiny_model_dir
         self._shared = shared
         self.procs: dict[int, subprocess.Popen[str]] = {}
         self._started = 0
@@ -44,13 +44,11 @@ class Workers:
         n, self._started = self._started, self._started + 1  # before the wait: starts may overlap
         data_dir = self._root / f"worker-{n}"
         data_dir.mkdir(parents=True)
-        config = data_dir / "config.yaml"
-        config.write_text(yaml.safe_dump(self._shared))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNING_ENGINE_")}
-        env["DATABASE_URL"] = self._url
+        config = write_config(data_dir / "config.yaml", self._tiny_model_dir, **self._shared)
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "worker", "--data-dir", str(data_dir), "--config", str(config)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(data_dir / "log").open("w"), text=True,
+            cwd=ROOT, env=server_env(DATABASE_URL=self._url), stdout=subprocess.PIPE,
+            stderr=(data_dir / "log").open("w"), text=True,
         )
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 120)
@@ -80,14 +78,12 @@ class Workers:
 @pytest.fixture
 async def cluster(make_server, database_url: str, tmp_path: Path, tiny_model_dir: Path, data_dir: Path):
     shared = {
-        "default_base_model": TINY, "base_models": {TINY: str(tiny_model_dir)}, "torch_threads": 1,
-        "log_format": "text", "artifacts_path": str(tmp_path / "artifacts"),
-        "datasets_path": str(data_dir / "datasets"),
+        "artifacts_path": str(tmp_path / "artifacts"), "datasets_path": str(data_dir / "datasets"),
         "worker_heartbeat_seconds": HEARTBEAT, "worker_stalled_seconds": STALLED,
     }
     api = await make_server(embedded_worker=False, artifacts_path=tmp_path / "artifacts",
                             worker_heartbeat_seconds=HEARTBEAT, worker_stalled_seconds=STALLED)
-    workers = Workers(tmp_path / "workers", database_url, shared)
+    workers = Workers(tmp_path / "workers", database_url, tiny_model_dir, shared)
     yield api, workers
     workers.stop()
 

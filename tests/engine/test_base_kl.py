@@ -107,10 +107,10 @@ def test_the_loss_is_the_weighted_mean_of_each_examples_nll_and_kl(lora_model) -
     examples = weighted(data)
     forward = PaddedForward(pad, PLAN)
     anchored = [i >= 6 for i in range(len(examples))]
-    with torch.no_grad():
+    with torch.no_grad():  # the reference arithmetic on the CPU, wherever the plan put the model (a GPU)
         sums, counts = forward(model, examples)
-        nll = sums / counts
-        kl = mean_kl(model, forward, examples)
+        nll = (sums / counts).cpu()
+        kl = mean_kl(model, forward, examples).cpu()
     w = torch.tensor([e.weight for e in examples])
     a = torch.tensor(anchored)
     for trained in (False, True):

@@ -144,11 +144,15 @@ def test_an_answer_has_ended_only_when_the_model_stopped_before_the_limit(tiny_m
     answers = GreedyAnswers(loaded.model, tokenizer, loaded.plan, max_new_tokens=3)
     cut = answers.answers(prompts)
     assert [ended for _, ended in cut] == [False, False]  # the tiny model never says its stop token first
-    # Make the first token it says to the first prompt a stop token: that answer now ends there.
+    # Make the first token it says to the first prompt a stop token: that answer now ends there. Said as
+    # GreedyAnswers says it (eval mode, under the plan's autocast: bf16 on a GPU with native bf16, where an fp32
+    # pass may pick another first token).
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}], tokenize=False,
                                          add_generation_prompt=True)
     batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.plan.torch_device)
-    first = int(loaded.model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1])
+    loaded.model.eval()
+    with torch.no_grad(), loaded.plan.autocast():
+        first = int(loaded.model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1])
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first)
     said, ended = answers.answers(prompts[:1])[0]
     assert ended and said == tokenizer.decode([first], skip_special_tokens=True).strip()

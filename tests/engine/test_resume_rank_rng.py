@@ -14,6 +14,7 @@ import torch
 from engine.errors import Cancelled
 from engine.jobs.ports import CancelToken
 from engine.training.distributed import RankGroup, run_distributed
+from engine.training.models import DevicePlan
 from engine.training.run import TrainingRun
 from engine.training.run_state import Checkpointing, own_rng_state, rng_to_restore, save_state
 from tests.engine.test_distributed import PauseAfter, checkpointed, make_run, two_devices
@@ -102,8 +103,15 @@ def with_dropout(run: TrainingRun) -> TrainingRun:
     return replace(run, spec=replace(run.spec, lora=replace(run.spec.lora, dropout=0.3)))
 
 
-def rng_ranks(checkpoint: Path) -> list[torch.Tensor]:
-    return [s["cpu"] for s in torch.load(checkpoint / "state.pt", weights_only=True)["rng_ranks"]]
+def rng_ranks(checkpoint: Path) -> list[dict[str, torch.Tensor]]:
+    """Every process's RNG states in ``checkpoint``: its CPU generator's, and its device's (empty on CPUs)."""
+    return torch.load(checkpoint / "state.pt", weights_only=True)["rng_ranks"]
+
+
+def dropout_generators(checkpoint: Path, plan: DevicePlan) -> list[torch.Tensor]:
+    """Every process's state of the generator its dropout masks are drawn from: that of the device the plan trains
+    on (on GPUs the CUDA generator's; the CPU generator then draws no dropout mask)."""
+    return [s["cuda" if plan.device == "cuda" else "cpu"] for s in rng_ranks(checkpoint)]
 
 
 @pytest.mark.model
@@ -112,10 +120,10 @@ def test_two_processes_with_dropout_resumed_on_two_continue_the_uninterrupted_tr
     # The uninterrupted run checkpoints at the end of every step. A run resumed from its checkpoint of step 3 (the
     # processes' generators apart by then) continues its losses, dropout masks and all, and is paused: the
     # checkpoint a pause takes (at the start of the next step) holds the states the uninterrupted run had then.
-    whole, periodic = RecordingSink(), {}
+    whole, periodic, plan = RecordingSink(), {}, two_devices()
     run_distributed(checkpointed(with_dropout(make_run(tiny_model_dir, tmp_path / "whole" / "adapter", **SETTINGS)),
                                  periodic, tmp_path / "whole", every_steps=1),
-                    whole, CancelToken(), plan=two_devices(), processes=2)
+                    whole, CancelToken(), plan=plan, processes=2)
     assert len(whole.steps) == 24 and list(periodic) == list(range(1, 24))
 
     cancel, paused_at = CancelToken(), {}
@@ -123,12 +131,14 @@ def test_two_processes_with_dropout_resumed_on_two_continue_the_uninterrupted_tr
     run = checkpointed(with_dropout(make_run(tiny_model_dir, tmp_path / "resumed" / "adapter", **SETTINGS)),
                        paused_at, tmp_path / "resumed", resume_from=periodic[3])
     with pytest.raises(Cancelled):
-        run_distributed(run, resumed, cancel, plan=two_devices(), processes=2)
+        run_distributed(run, resumed, cancel, plan=plan, processes=2)
     at = [s.step for s in resumed.steps][-1]
     assert [s.step for s in resumed.steps] == list(range(4, at + 1)) and at < len(whole.steps)
     assert [s.loss for s in resumed.steps] == pytest.approx([s.loss for s in whole.steps[3:at]], abs=1e-6)
     assert list(paused_at) == [at]
-    main, second = rng_ranks(periodic[3])
-    assert not torch.equal(main, second), "the processes drew as many dropout masks: this test shows nothing"
-    assert all(torch.equal(mine, theirs)
-               for mine, theirs in zip(rng_ranks(paused_at[at]), rng_ranks(periodic[at]), strict=True))
+    main, second = dropout_generators(periodic[3], plan)
+    assert main.numel() and not torch.equal(main, second), (
+        "the processes drew as many dropout masks: this test shows nothing")
+    assert all(torch.equal(mine[generator], theirs[generator])
+               for mine, theirs in zip(rng_ranks(paused_at[at]), rng_ranks(periodic[at]), strict=True)
+               for generator in ("cpu", "cuda"))

@@ -125,12 +125,24 @@ def test_loss_falls_and_metrics_are_complete(trained) -> None:
     }
 
 
-def test_same_seed_gives_identical_losses(trained, tiny_model_dir: Path, tmp_path: Path) -> None:
-    _, first = trained
-    _, second = train(make_run(tiny_model_dir, tmp_path / "again"))
-    assert [s.loss for s in second.steps] == [s.loss for s in first.steps]
-    _, other_seed = train(make_run(tiny_model_dir, tmp_path / "other", seed=8, max_steps=2, batch_size=2))
-    assert [s.loss for s in other_seed.steps] != [s.loss for s in first.steps[:2]]
+# Two runs of one seed in FP32 agree within this (relative) tolerance, not bitwise: on CUDA the per-example
+# reductions (index_add) add in no fixed order, so the last bits may differ from one run to the next. FP32 because
+# AUTO is bf16 autocast on a GPU with native bf16. Another seed moves the losses by far more (0.3% and up).
+SAME_SEED = 1e-5
+
+
+def test_same_seed_gives_the_same_losses_and_another_seed_others(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = {"epochs": 4, "precision": Precision.FP32}
+    _, first = train(make_run(tiny_model_dir, tmp_path / "first", **settings))
+    _, again = train(make_run(tiny_model_dir, tmp_path / "again", **settings))
+    losses = [s.loss for s in first.steps]
+    assert len(losses) == 4 and [s.loss for s in again.steps] == pytest.approx(losses, rel=SAME_SEED)
+    _, other_seed = train(make_run(tiny_model_dir, tmp_path / "other", seed=8, **settings))
+    others = [s.loss for s in other_seed.steps]
+    # the first step's loss is the base model's whatever the seed (B = 0 at initialisation); the seed's own LoRA
+    # initialisation shows from the second on
+    assert others[0] == pytest.approx(losses[0], rel=SAME_SEED)
+    assert all(abs(o - f) > 100 * SAME_SEED * f for o, f in zip(others[1:], losses[1:], strict=True)), (others, losses)
 
 
 def test_saved_adapter_loads_and_changes_the_logits(trained, tiny_model_dir: Path) -> None:

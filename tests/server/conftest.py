@@ -20,9 +20,8 @@ from learning.v1 import training_pb2_grpc as pb_grpc
 from server.main import App, start
 from server.settings import Settings
 from tests.fixtures.memory_engine import MemoryStores, memory_engine
+from tests.fixtures.server_settings import TINY, base_settings
 from tests.fixtures.serving import start_backend
-
-TINY = "tiny-llama"
 
 
 @dataclass
@@ -46,8 +45,7 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
         overrides.setdefault("gateway_port", 0)
         settings = Settings(**{
             "host": "127.0.0.1", "port": 0, "data_dir": data_dir, "database_url": database_url,
-            "default_base_model": TINY, "base_models": {TINY: tiny_model_dir}, "log_format": "text",
-            "torch_threads": 1, "training_num_devices": 1,  # (ONE_DEVICE)
+            **base_settings(tiny_model_dir),  # the tiny model, one torch thread, one device (ONE_DEVICE)
             "eval_gate": False,  # (GATE_OFF)
             "base_protection_method": "NONE",  # (BASE_OFF)
             **overrides,
@@ -76,9 +74,9 @@ async def make_pg_server(database_url: str, data_dir: Path, tiny_model_dir: Path
 # tests/engine/test_rehearsal.py, the base protection tests of tests/server/test_training_service.py), and
 # tests/server/test_training_defaults.py holds what an unconfigured server applies.
 
-# ONE_DEVICE: jobs train on one device, whatever the host: on a host with several GPUs the default (every GPU)
-# would start one process per GPU for every job; training on several has its own tests
-# (tests/engine/test_distributed.py).
+# ONE_DEVICE (tests.fixtures.server_settings, as for the servers tests/e2e starts as processes): jobs train on one
+# device, whatever the host: on a host with several GPUs the default (every GPU) would start one process per GPU
+# for every job; training on several has its own tests (tests/engine/test_distributed.py).
 
 
 @pytest.fixture
@@ -105,18 +103,12 @@ async def make_memory_server(data_dir: Path, tiny_model_dir: Path):
 
     async def make(**overrides) -> Client:
         overrides.setdefault("gateway_port", 0)
-        overrides.setdefault("training_num_devices", 1)  # (ONE_DEVICE)
         overrides.setdefault("base_protection_method", "NONE")  # (BASE_OFF)
-        settings = Settings(
-            host="127.0.0.1",
-            port=0,
-            data_dir=data_dir,
-            default_base_model=TINY,
-            base_models={TINY: tiny_model_dir},
-            log_format="text",
-            torch_threads=1,
+        settings = Settings(**{
+            "host": "127.0.0.1", "port": 0, "data_dir": data_dir,
+            **base_settings(tiny_model_dir),  # the tiny model, one torch thread, one device (ONE_DEVICE)
             **overrides,
-        )
+        })
         engine, owned = await memory_engine(settings, stores)
         app = await start(settings, engine=engine, owned=owned)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
