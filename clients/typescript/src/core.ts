@@ -66,15 +66,46 @@ export interface ClientOptions {
    * "http://127.0.0.1:8080" (docs/browsers.md).
    */
   baseUrl: string;
-  /** Bearer token for servers with auth_tokens configured. */
+  /**
+   * Bearer token for servers with auth_tokens configured. Surrounding whitespace is dropped (a token read from a
+   * file ends with a newline), and nothing left means no token; one holding another character than printable
+   * ASCII is refused with a TypeError when the client is created (bearerToken).
+   */
   token?: string;
   /** Another transport than the entry's own; `baseUrl` and `token` are not used then: the transport has its own. */
   transport?: Transport;
 }
 
-/** Sends `authorization: Bearer <token>` with every call. */
+/**
+ * `token` as the authorization header carries it: without surrounding whitespace (a token read from a file ends
+ * with a newline), undefined when nothing is left. One holding a character a header value cannot carry (a control
+ * character, anything but printable ASCII) throws a TypeError that names the character, never the token, as the
+ * Python SDK's bearer_token() does: else every call would fail with an error whose message quotes the header.
+ */
+function checkedToken(token: string): string | undefined {
+  if (typeof token !== "string") throw new TypeError(`the token is a ${typeof token}, not a string`);
+  const trimmed = token.trim();
+  let position = 0;
+  for (const char of trimmed) {   // by code point, as Python counts
+    const point = char.codePointAt(0)!;
+    if (point < 0x20 || point > 0x7e) {
+      const name = point.toString(16).toUpperCase().padStart(4, "0");
+      throw new TypeError(`the token holds U+${name} at position ${position}: a bearer token is printable ASCII `
+                          + "(a header value cannot carry it)");
+    }
+    position++;
+  }
+  return trimmed || undefined;
+}
+
+/**
+ * Sends `authorization: Bearer <token>` with every call. The token is checked here, once: trimmed, and a TypeError
+ * (which does not repeat it) for an empty one or one with another character than printable ASCII.
+ */
 export function bearerToken(token: string): Interceptor {
-  const header = `Bearer ${token}`;
+  const checked = checkedToken(token);
+  if (checked === undefined) throw new TypeError("the token is empty");
+  const header = `Bearer ${checked}`;
   return (next) => async (request) => {
     request.header.set("authorization", header);
     return next(request);
@@ -95,12 +126,19 @@ export interface LearningEngineClient {
   preparation: Client<typeof DataPreparationService>;
 }
 
-/** The interceptors a transport needs for `options` (the bearer token, if any). */
+/**
+ * The interceptors a transport needs for `options`: the bearer token, if any is left once trimmed (a TypeError for
+ * one a header cannot carry, as bearerToken says).
+ */
 export function interceptorsFor(options: ClientOptions): Interceptor[] {
-  return options.token ? [bearerToken(options.token)] : [];
+  const token = options.token === undefined ? undefined : checkedToken(options.token);
+  return token === undefined ? [] : [bearerToken(token)];
 }
 
-/** Every service's client over one transport; leaving a `for await` loop over a stream cancels its call. */
+/**
+ * Every service's client over one transport; leaving a `for await` loop over a stream cancels its call, and a lost
+ * connection fails a call with Code.Unavailable (transportFailure).
+ */
 export function clientsOver(transport: Transport): LearningEngineClient {
   return {
     training: streamsEndWithTheirLoop(TrainingService, transport),
@@ -117,27 +155,60 @@ export function clientsOver(transport: Transport): LearningEngineClient {
   };
 }
 
+type UnaryCall = (request: unknown, options?: CallOptions) => Promise<unknown>;
 type StreamingCall = (request: unknown, options?: CallOptions) => AsyncIterable<unknown>;
 
 /**
  * connect-es's client for `service`, with the calls of its methods that stream responses (server-streaming and
  * bidi) cancelled when their loop is left, as the Python SDK cancels a call whose iteration stops. connect-es's
  * response streams have no return(): `break`, `return` or `throw` in a `for await` loop over one would leave the
- * call open (the server streaming to no one, a Node process unable to exit) until its `signal` aborts.
+ * call open (the server streaming to no one, a Node process unable to exit) until its `signal` aborts. Every
+ * method's errors go through transportFailure.
  */
 function streamsEndWithTheirLoop<T extends DescService>(service: T, transport: Transport): Client<T> {
   const client: Record<string, unknown> = { ...createClient(service, transport) };
   for (const method of service.methods) {
     if (method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming") {
       client[method.localName] = cancelledWhenLeft(client[method.localName] as StreamingCall);
+    } else {
+      client[method.localName] = lostConnectionsUnavailable(client[method.localName] as UnaryCall);
     }
   }
   return client as Client<T>;
 }
 
 /**
+ * `error` as the caller should read it: a ConnectError with Code.Unavailable, the original as its `cause`, for a
+ * call that failed because its connection did (the network cut, the server gone): connect-node reports that as
+ * Code.Canceled (the HTTP/2 stream reset with CANCEL when its session closes) or Code.Aborted (ECONNRESET), the
+ * codes of the caller's own abort and of a server's refusal, which no "retry on Unavailable" loop retries. grpc-core
+ * clients (the Python SDK's) report it as UNAVAILABLE. Only such a failure is changed: one the caller's `signal`
+ * (`aborted`) caused stays Canceled, and a status the server sent (grpc-status in the trailers, ABORTED with its
+ * ErrorInfo or CANCELLED) stays as it is; so does every other error.
+ */
+function transportFailure(error: unknown, aborted: boolean): unknown {
+  if (aborted || !(error instanceof ConnectError)) return error;
+  if (error.code !== Code.Canceled && error.code !== Code.Aborted) return error;
+  if (error.metadata.has("grpc-status") || error.details.length > 0) return error;   // the server's status
+  return new ConnectError(`the connection was lost: ${error.rawMessage}`, Code.Unavailable, error.metadata,
+                          undefined, error);
+}
+
+/** A unary or client-streaming `call` whose lost connection fails it with Code.Unavailable (transportFailure). */
+function lostConnectionsUnavailable(call: UnaryCall): UnaryCall {
+  return async (request, options) => {
+    try {
+      return await call(request, options);
+    } catch (error) {
+      throw transportFailure(error, options?.signal?.aborted === true);
+    }
+  };
+}
+
+/**
  * `call` with a signal of its own for each call, aborted by the caller's `signal` (whose listener goes with the
  * call) and by the response iterator's return() (what a `for await` loop calls when it is left early) or throw().
+ * A lost connection fails it with Code.Unavailable (transportFailure), one its signal aborted stays Canceled.
  */
 function cancelledWhenLeft(call: StreamingCall): StreamingCall {
   return (request, options) => {
@@ -165,7 +236,7 @@ function cancelledWhenLeft(call: StreamingCall): StreamingCall {
           return result;
         } catch (error) {
           end();
-          throw error;
+          throw transportFailure(error, controller.signal.aborted || signal?.aborted === true);
         }
       },
       async return(value?: unknown) {
