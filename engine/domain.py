@@ -12,9 +12,20 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class Pin(Protocol):
+    """A record that something being stored names and needs live (a training job its stored dataset version and the
+    adapter version it continues; a version published from a checkpoint, the same): checked in the transaction that
+    stores it, and kept from there on by what is stored, which a delete reads and refuses for. ``check`` runs on the
+    storing transaction's connection (None in the in-memory stores): NOT_FOUND if the record is gone, otherwise it
+    holds the record against a delete until that transaction ends (a delete that came first is waited for, and is
+    then seen), so a delete either comes first or finds what was stored."""
+
+    async def check(self, conn: Any) -> None: ...
 
 
 class Objective(enum.StrEnum):

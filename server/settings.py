@@ -291,8 +291,8 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     s3_region: str = Field("us-east-1", description="S3 region (MinIO ignores it).")
     adapter_retention_keep: int = Field(
         0, ge=0, le=100_000,
-        description="Keep the newest N versions per base model (plus active/known-good ones and those online "
-        "sessions' live aliases serve); older ones are "
+        description="Keep the newest N versions per base model (plus active/known-good ones, those online "
+        "sessions' live aliases serve and the parents of training jobs that have not ended); older ones are "
         "deleted after each publish and by PruneAdapters. 0 keeps every version.",
     )
 

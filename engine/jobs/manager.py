@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine import telemetry
+from engine.domain import Pin
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
 from engine.jobs.codec import request_digest
 from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, now
@@ -136,14 +137,15 @@ class JobManager(JobEventLog[S, O]):
         _same_request(request_id, digest, stored)
         return await self._seen_before(stored)
 
-    async def submit(self, job: Job[S, O], *, prepared: object = None) -> Job[S, O]:
+    async def submit(self, job: Job[S, O], *, prepared: object = None, pins: Sequence[Pin] = ()) -> Job[S, O]:
         """Store a new QUEUED job (or return the one its request_id already names) and queue it.
 
         ``prepared`` is what validation resolved (the dataset, the parent record); a worker of this process
-        uses it instead of resolving again.
+        uses it instead of resolving again. ``pins``, what the job names and needs live (engine.domain.Pin), are
+        checked as it is stored, in the same transaction: one gone since validation stores nothing (NOT_FOUND).
         """
         first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
-        stored = await self._store.insert_job(replace(job, last_sequence=1), [first])
+        stored = await self._store.insert_job(replace(job, last_sequence=1), [first], pins=pins)
         if stored.id != job.id:  # request_id seen before
             _same_job(job, stored)
             return await self._seen_before(stored)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from engine.domain import Pin
 from engine.errors import Aborted
 from engine.jobs.core import Control, Job, JobEvent, JobState
 
@@ -99,8 +100,10 @@ def lease_lost(job_id: str) -> LeaseLost:
 class JobStore(Protocol[S, O]):
     """Durable storage of the jobs of one kind and their event logs, with leases for the workers running them."""
 
-    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
-        """Insert a new job with its first events. If its request_id is taken (for this kind), return the stored
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = (), *,
+                         pins: Sequence[Pin] = ()) -> Job[S, O]:
+        """Insert a new job with its first events, ``pins`` (what it names and needs live) checked in the same
+        transaction (a pin's NOT_FOUND stores nothing). If its request_id is taken (for this kind), return the stored
         job instead and store nothing."""
         ...
 

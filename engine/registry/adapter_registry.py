@@ -59,7 +59,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +67,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from engine import json_input
-from engine.domain import DataSource
+from engine.domain import DataSource, Pin
 from engine.errors import (
     Aborted,
     AlreadyExists,
@@ -252,7 +252,7 @@ class AdapterRegistry:
                 request_id=request.request_id, attempt=attempt,
             )
             record = replace(record, artifact_uri=self._store.uri(record.archive_key))
-            published = await self._store_and_register(record, archive_path, request.fence)
+            published = await self._store_and_register(record, archive_path, request.fence, request.pins)
             await self._remove_orphans(published)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
@@ -292,7 +292,8 @@ class AdapterRegistry:
         return [f"{b} {number}" for b, number, _ in stale]
 
     async def _store_and_register(
-        self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None
+        self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None,
+        pins: Sequence[Pin] = (),
     ) -> AdapterRecord:
         written: list[str] = []
         registration: asyncio.Task[AdapterRecord] | None = None
@@ -312,7 +313,7 @@ class AdapterRegistry:
             # fails. Either way the manifest names the archive of the attempt that may register the number.
             await self._store.put_bytes(record.manifest_key, _MANIFEST.dump_json(record, indent=2))
             written.append(record.manifest_key)
-            registration = asyncio.ensure_future(self._index.publish(record, fence=fence))
+            registration = asyncio.ensure_future(self._index.publish(record, fence=fence, pins=pins))
             return await _to_the_end(registration)
         except AlreadyExists:
             # The manifest was there before us (the check above or our write): it is not ours and stays. What we
@@ -489,11 +490,19 @@ class AdapterRegistry:
         log.info("deleted adapter", extra={"base_model": base_model, "version": version})
         return record
 
+    def pin(self, record: AdapterRecord) -> Pin:
+        """``record``'s version, for what is stored naming it (a training job continuing it, a version published from
+        one of that job's checkpoints) to pin (engine.domain.Pin): checked published in the storing transaction
+        (NOT_FOUND, ADAPTER_NOT_FOUND, otherwise); a delete waits for that transaction, then finds a job that
+        continues it and refuses (ADAPTER_PROTECTED)."""
+        return self._index.pin(record.base_model, record.number)
+
     async def prune(
         self, base_model: str, *, keep: int, dry_run: bool = False
     ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Keep the newest ``keep`` versions and every protected one; delete the rest.
-        Returns (deleted, kept), newest first."""
+        """Keep the newest ``keep`` versions and every protected one (what serving relies on, and the parents of
+        training jobs that have not ended: what a delete refuses); delete the rest. Returns (deleted, kept), newest
+        first; a ``dry_run`` answers the same without deleting (but for what changes meanwhile)."""
         if keep < 1:
             raise InvalidArgument("INVALID_RETENTION", "keep must be at least 1",
                                   violations=[FieldViolation("keep", "must be at least 1")])
@@ -504,7 +513,8 @@ class AdapterRegistry:
             records.extend(page)
             if not token:
                 break
-        protected = await self._serving.protected_versions(base_model)
+        protected = (await self._serving.protected_versions(base_model)
+                     | await self._index.continued_versions(base_model))
         kept = [r.version for i, r in enumerate(records) if i < keep or r.version in protected]
         doomed = [r.version for r in records if r.version not in kept]
         deleted = []

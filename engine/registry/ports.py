@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from engine.domain import Pin
 from engine.registry.records import AdapterRecord, VersionNumber
 
 # A page cursor of the version list: (create_time, base_model, major, minor) of the previous page's last row.
@@ -110,10 +111,11 @@ class AdapterIndex(Protocol):
         ``(major,)``, the next patch of a minor version for ``(major, minor)``; held by ``attempt``."""
         ...
 
-    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None,
+                      pins: Sequence[Pin] = ()) -> AdapterRecord:
         """Turn ``record.attempt``'s reservation into a version (RESERVATION_LOST unless it still holds it); with
-        ``fence`` (job id, lease token), only while that job's lease holds (LeaseLost otherwise), checked
-        atomically with the registration."""
+        ``fence`` (job id, lease token), only while that job's lease holds (LeaseLost otherwise), and ``pins`` (what
+        the version names and needs live: engine.domain.Pin), checked atomically with the registration."""
         ...
 
     async def release(self, base_model: str, number: VersionNumber, attempt: str = "") -> None:
@@ -144,7 +146,19 @@ class AdapterIndex(Protocol):
         ...
 
     def deleting(self, base_model: str, number: VersionNumber) -> AbstractAsyncContextManager[AdapterRecord]:
-        """Lock a published version; if the body succeeds, it becomes a tombstone."""
+        """Lock a published version; if the body succeeds, it becomes a tombstone. FAILED_PRECONDITION
+        ADAPTER_PROTECTED while a training job that has not ended continues it (``continued_versions``)."""
+        ...
+
+    def pin(self, base_model: str, number: VersionNumber) -> Pin:
+        """The version, for what is stored naming it to pin (engine.domain.Pin): checked PUBLISHED in the storing
+        transaction (NOT_FOUND, ADAPTER_NOT_FOUND, otherwise); ``deleting`` waits for that transaction, then finds a
+        training job that continues it and refuses (ADAPTER_PROTECTED)."""
+        ...
+
+    async def continued_versions(self, base_model: str) -> set[str]:
+        """The versions of ``base_model`` a training job that has not ended continues: those ``deleting`` refuses
+        for that reason, by the same rule (a prune keeps them, and says so in a dry run)."""
         ...
 
     async def update(self, record: AdapterRecord) -> None: ...

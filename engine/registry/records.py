@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, SuiteVerdict
+from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, Pin, SuiteVerdict
 from engine.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from engine.splits import SplitRule
 
@@ -231,3 +231,6 @@ class PublishRequest:
     # (job id, lease token): the version is registered only while that job's lease holds, checked in the same
     # transaction, so a worker that lost its job to another (a zombie) never publishes a second version.
     fence: tuple[str, str] | None = None
+    # What the version names and needs live (its dataset version, its parent: engine.domain.Pin), checked in the
+    # transaction that registers it.
+    pins: tuple[Pin, ...] = ()

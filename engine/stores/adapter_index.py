@@ -24,7 +24,11 @@ PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come th
 its own, and taken again once its session has dropped.
 
 A version a training job that has not ended continues (``spec.parent_adapter_version`` in table ``jobs``) is not
-deleted (``deleting``): the job's worker fetches it when it prepares, resumes or takes the job over.
+deleted (``deleting``): the job's worker fetches it when it prepares, resumes or takes the job over. Those versions
+(``continued_versions``, one query with ``deleting``'s check) are protected from a prune, its dry run included. The job
+is stored with its parent pinned (``pin``: the row checked PUBLISHED and held FOR SHARE in the job's insert
+transaction), which a delete's FOR UPDATE waits for: a delete either comes first (the job is then not stored:
+NOT_FOUND) or finds the job and refuses.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 import asyncpg
 from pydantic import TypeAdapter
 
+from engine.domain import Pin
 from engine.errors import Aborted, FailedPrecondition
 from engine.jobs.core import JobState
 from engine.jobs.ports import lease_lost
@@ -154,15 +159,19 @@ class PostgresAdapterIndex:
                     continue  # another publisher took this number: recompute
         raise Aborted("VERSION_CONTENTION", f"could not assign a version after {_RESERVE_ATTEMPTS} attempts")
 
-    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None,
+                      pins: Sequence[Pin] = ()) -> AdapterRecord:
         """Turn the reservation into a version (the artifacts are durable by now); with ``fence``, only while the
         job's lease token is still the one given (the job row is locked until the version is registered, so
-        no other worker can claim the job in between; engine.stores.postgres.holding_rows)."""
+        no other worker can claim the job in between; engine.stores.postgres.holding_rows); ``pins`` (what the
+        version names and needs live) checked in the same transaction."""
         async with holding_rows(self._pool) as conn:
             if fence is not None:
                 token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1 FOR SHARE", fence[0])
                 if token != fence[1]:
                     raise lease_lost(fence[0])
+            for pin in pins:
+                await pin.check(conn)
             create_time = await conn.fetchval(
                 "UPDATE adapters SET state = 'PUBLISHED', create_time = now(), doc = $7::jsonb, labels = $8::jsonb"
                 f" WHERE {_HELD} RETURNING create_time",
@@ -289,6 +298,14 @@ class PostgresAdapterIndex:
                 base_model, *number, deleted_at, _RECORD.dump_json(tombstone).decode(),
             )
 
+    def pin(self, base_model: str, number: VersionNumber) -> Pin:
+        return _Published(base_model, number)
+
+    async def continued_versions(self, base_model: str) -> set[str]:
+        """The versions of ``base_model`` a training job that has not ended continues (see ``_continuing``)."""
+        async with acquired(self._pool) as conn:
+            return set(await _continuing(conn, base_model))
+
     async def update(self, record: AdapterRecord) -> None:
         """Replace the stored record of a published version (e.g. to add eval results)."""
         async with acquired(self._pool) as conn:
@@ -300,16 +317,42 @@ class PostgresAdapterIndex:
             raise version_not_found(record.base_model, record.version)
 
 
-async def _refuse_if_continued(conn: asyncpg.pool.PoolConnectionProxy, record: AdapterRecord) -> None:
-    """ADAPTER_PROTECTED if a training job that has not ended (queued, preparing, running, paused, stopping)
-    continues ``record``: it needs its parent until it has ended (engine.stores.dataset_store keeps a dataset
-    version for such jobs alike)."""
-    job = await conn.fetchval(
-        "SELECT id FROM jobs WHERE kind = 'training' AND NOT (state = ANY($3::text[]))"
-        " AND doc -> 'spec' ->> 'base_model' = $1 AND doc -> 'spec' ->> 'parent_adapter_version' = $2"
-        " ORDER BY create_time LIMIT 1",
-        record.base_model, record.version, [s.value for s in JobState if s.terminal],
+class _Published:
+    """A published version something being stored names (engine.domain.Pin): its row, PUBLISHED, held FOR SHARE in
+    the storing transaction, which ``deleting``'s FOR UPDATE waits for before it reads the jobs that continue it.
+    FOR SHARE does not conflict with the KEY SHARE serving state's writers take (``published_and_held``)."""
+
+    def __init__(self, base_model: str, number: VersionNumber) -> None:
+        self._base_model, self._number = base_model, number
+
+    async def check(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        published = await conn.fetchval(f"SELECT true FROM adapters WHERE {_KEY} AND state = 'PUBLISHED' FOR SHARE",
+                                        self._base_model, *self._number)
+        if not published:
+            raise version_not_found(self._base_model, str(self._number))
+
+
+async def _continuing(conn: asyncpg.pool.PoolConnectionProxy, base_model: str,
+                      version: str | None = None) -> dict[str, str]:
+    """The versions of ``base_model`` (``version`` only, if given) that a training job that has not ended (queued,
+    preparing, running, paused, stopping) continues (its ``spec.parent_adapter_version``), each with the id of the
+    first such job created: the one rule both a delete (``_refuse_if_continued``) and a prune
+    (``continued_versions``) apply. Such a job needs its parent until it has ended (engine.stores.dataset_store keeps
+    a dataset version for such jobs alike)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (parent) doc -> 'spec' ->> 'parent_adapter_version' AS parent, id FROM jobs"
+        " WHERE kind = 'training' AND NOT (state = ANY($2::text[])) AND doc -> 'spec' ->> 'base_model' = $1"
+        " AND doc -> 'spec' ->> 'parent_adapter_version' <> ''"
+        " AND ($3::text IS NULL OR doc -> 'spec' ->> 'parent_adapter_version' = $3)"
+        " ORDER BY parent, create_time",
+        base_model, [s.value for s in JobState if s.terminal], version,
     )
+    return {r["parent"]: r["id"] for r in rows}
+
+
+async def _refuse_if_continued(conn: asyncpg.pool.PoolConnectionProxy, record: AdapterRecord) -> None:
+    """ADAPTER_PROTECTED if a training job that has not ended continues ``record`` (``_continuing``)."""
+    job = (await _continuing(conn, record.base_model, record.version)).get(record.version)
     if job is not None:
         name = f"trainingJobs/{job}"
         raise FailedPrecondition(

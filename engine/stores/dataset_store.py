@@ -4,7 +4,9 @@ A row is a version, its record whole as JSON (``doc``) beside the columns that a
 the versions of one dataset hold a session advisory lock on it for the whole step, the artifact store's write or
 removal included, so a version's bytes and its row appear and disappear together as seen by every other writer:
 two uploads of the same bytes never make two versions, and a delete never removes bytes a version being created
-has just found in the store.
+has just found in the store. A training job is stored with its version pinned (``pin``: the version's row checked
+READY and held FOR SHARE in the job's insert transaction), and a delete locks the rows FOR UPDATE before it reads
+their users: a delete either comes first (the job is then not stored: NOT_FOUND) or finds the job and refuses.
 
 PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come through engine.stores.postgres.acquired,
 and the statements on a lock's connection run under engine.stores.postgres.held (not the artifact store's step
@@ -17,7 +19,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import TypeAlias
 
@@ -25,6 +27,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
+from engine.domain import Pin
 from engine.errors import EngineError, FailedPrecondition, NotFound
 from engine.splits import SplitRule
 from engine.stores.postgres import acquired, advisory_lock, held
@@ -93,16 +96,8 @@ class PostgresDatasetIndex:
             )
         return record
 
-    @contextlib.asynccontextmanager
-    async def kept(self, dataset_id: str, version: int) -> AsyncIterator[None]:
-        async with self._locked(dataset_id) as conn:
-            with held(conn):
-                live = await conn.fetchval(
-                    "SELECT true FROM datasets WHERE dataset = $1 AND version = $2 AND state = 'READY'",
-                    dataset_id, version)
-            if not live:
-                raise _not_found(dataset_id, version)
-            yield
+    def pin(self, dataset_id: str, version: int) -> Pin:
+        return _LiveVersion(dataset_id, version)
 
     async def get(self, dataset_id: str, version: int | None) -> StoredDataset:
         async with acquired(self._pool) as conn:
@@ -151,21 +146,23 @@ class PostgresDatasetIndex:
                             version: int | None) -> tuple[builtins.list[StoredDataset], set[str]]:
         """Mark the versions deleted (the dataset's lock held on ``conn``), refused while one is in use; return them,
         and the objects the dataset's other versions still use."""
-        docs = await conn.fetch(
-            "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND ($2::integer IS NULL"
-            " OR version = $2) ORDER BY version", dataset_id, version)
-        if not docs:
-            raise _not_found(dataset_id, version)
-        records = [_decode(r["doc"]) for r in docs]
-        names = [r.name for r in records]
-        users = await self._users(conn, names)
-        if users:
-            shown = ", ".join(users[:5]) + (f" (+{len(users) - 5} more)" if len(users) > 5 else "")
-            raise FailedPrecondition(
-                "DATASET_IN_USE", f"{', '.join(names)} cannot be deleted: {shown} trained on it; a dataset "
-                "version is kept while a training job that has not ended or a published adapter version names it",
-                metadata={"name": str(DatasetName(dataset_id, version)), "used_by": ",".join(users[:20])})
         async with conn.transaction():
+            # the rows locked before their users are read: a job being stored on one (its pin holds the row, FOR
+            # SHARE) is waited for, and then read
+            docs = await conn.fetch(
+                "SELECT doc FROM datasets WHERE dataset = $1 AND state = 'READY' AND ($2::integer IS NULL"
+                " OR version = $2) ORDER BY version FOR UPDATE", dataset_id, version)
+            if not docs:
+                raise _not_found(dataset_id, version)
+            records = [_decode(r["doc"]) for r in docs]
+            names = [r.name for r in records]
+            users = await self._users(conn, names)
+            if users:
+                shown = ", ".join(users[:5]) + (f" (+{len(users) - 5} more)" if len(users) > 5 else "")
+                raise FailedPrecondition(
+                    "DATASET_IN_USE", f"{', '.join(names)} cannot be deleted: {shown} trained on it; a dataset "
+                    "version is kept while a training job that has not ended or a published adapter version names "
+                    "it", metadata={"name": str(DatasetName(dataset_id, version)), "used_by": ",".join(users[:20])})
             await conn.execute(
                 "UPDATE datasets SET state = 'DELETED', delete_time = now()"
                 " WHERE dataset = $1 AND version = ANY($2::integer[])",
@@ -188,3 +185,18 @@ class PostgresDatasetIndex:
             names)
         return [f"trainingJobs/{r['id']}" for r in jobs] + [
             f"adapter {r['base_model']} {r['version']}" for r in adapters]
+
+
+class _LiveVersion:
+    """A dataset version something being stored names (engine.domain.Pin): its row, READY, held FOR SHARE in the
+    storing transaction, which a delete's FOR UPDATE waits for before it reads the version's users."""
+
+    def __init__(self, dataset_id: str, version: int) -> None:
+        self._dataset_id, self._version = dataset_id, version
+
+    async def check(self, conn: Conn) -> None:
+        live = await conn.fetchval(
+            "SELECT true FROM datasets WHERE dataset = $1 AND version = $2 AND state = 'READY' FOR SHARE",
+            self._dataset_id, self._version)
+        if not live:
+            raise _not_found(self._dataset_id, self._version)

@@ -36,6 +36,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import TypeAdapter
 
+from engine.domain import Pin
 from engine.errors import Aborted
 from engine.jobs.codec import EventCodec, dump_json
 from engine.jobs.core import CORE_EVENTS, Control, Job, JobEvent, JobKind, JobState, shown_state
@@ -184,7 +185,8 @@ class PostgresJobStore(Generic[S, O]):
         loss) may be one: a stored job always reads back."""
         return dump_json(self._job, job).decode()
 
-    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = (), *,
+                         pins: Sequence[Pin] = ()) -> Job[S, O]:
         async with acquired(self._pool) as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO jobs (id, kind, request_id, state, create_time, priority, doc)"
@@ -198,6 +200,8 @@ class PostgresJobStore(Generic[S, O]):
                     "SELECT doc FROM jobs WHERE kind = $1 AND request_id = $2", self._kind, job.request_id
                 )
                 return self._decode(existing)
+            for pin in pins:  # inside the insert's transaction: what the job names is live, and kept by the job
+                await pin.check(conn)
             await self._append(conn, job.id, events)
         return job
 

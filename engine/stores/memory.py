@@ -23,6 +23,7 @@ from safetensors.torch import load, save
 
 from engine.continual.fisher import Diagonal
 from engine.continual.spec import FisherSnapshot
+from engine.domain import Pin
 from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState, shown_state
 from engine.jobs.ports import Claim, JobExecutor, Lease, QueueAttempt, lease_lost, queue_attempt
@@ -49,10 +50,13 @@ class InMemoryJobStore(Generic[S, O]):
         self._changed = asyncio.Condition()
         self._changes = 0  # of every job, so far: the token of ``notified``
 
-    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = ()) -> Job[S, O]:
+    async def insert_job(self, job: Job[S, O], events: Sequence[JobEvent] = (), *,
+                         pins: Sequence[Pin] = ()) -> Job[S, O]:
         stored = await self.job_for_request(job.request_id)
         if stored is not None:
             return stored
+        for pin in pins:
+            await pin.check(None)
         self.jobs[job.id] = job
         self.events[job.id] = {e.sequence: e for e in events}
         self.held[job.id] = _Held()
@@ -239,6 +243,19 @@ class _Row:
     attempt: str = ""  # the publish attempt holding a reservation
 
 
+class _Published:
+    """A published version of an InMemoryAdapterIndex something being stored names (engine.domain.Pin): checked
+    published, and not held (this index keeps no training job's parent from deletion: ``continued_versions``)."""
+
+    def __init__(self, index: InMemoryAdapterIndex, base_model: str, number: VersionNumber) -> None:
+        self._index, self._base_model, self._number = index, base_model, number
+
+    async def check(self, conn: object) -> None:
+        row = self._index.rows.get((self._base_model, self._number))
+        if row is None or row.record is None or row.state != "PUBLISHED":
+            raise version_not_found(self._base_model, str(self._number))
+
+
 class InMemoryAdapterIndex:
     """engine.registry.ports.AdapterIndex in a dict keyed by (base model, version number)."""
 
@@ -259,9 +276,12 @@ class InMemoryAdapterIndex:
         self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id, attempt=attempt)
         return number
 
-    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None) -> AdapterRecord:
+    async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None,
+                      pins: Sequence[Pin] = ()) -> AdapterRecord:
         if fence is not None and self.leases is not None and self.leases(fence[0]) != fence[1]:
             raise lease_lost(fence[0])
+        for pin in pins:
+            await pin.check(None)
         row = self.rows.get((record.base_model, record.number))
         if row is None or row.state != "RESERVED" or row.attempt != record.attempt:
             raise reservation_lost(record.base_model, record.version)
@@ -313,6 +333,13 @@ class InMemoryAdapterIndex:
                 raise version_not_found(base_model, str(number))
             yield row.record
             row.state, row.record = "DELETED", replace(row.record, delete_time=datetime.now(UTC))
+
+    def pin(self, base_model: str, number: VersionNumber) -> Pin:
+        return _Published(self, base_model, number)
+
+    async def continued_versions(self, base_model: str) -> set[str]:
+        """None: this index knows no training jobs (``deleting`` refuses none for continuing a version either)."""
+        return set()
 
     async def update(self, record: AdapterRecord) -> None:
         row = self.rows.get((record.base_model, record.number))

@@ -7,7 +7,6 @@ sources from.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from engine.domain import Example, FeedbackSource
+from engine.domain import Example, FeedbackSource, Pin
 from engine.errors import (
     FieldViolation,
     InvalidArgument,
@@ -187,10 +186,10 @@ class DatasetIndex(Protocol):
         """The live version, or the newest live one; NOT_FOUND (STORED_DATASET_NOT_FOUND) otherwise."""
         ...
 
-    def kept(self, dataset_id: str, version: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """Under the dataset's lock for the block, the version checked live (NOT_FOUND, STORED_DATASET_NOT_FOUND,
-        otherwise): a delete of it waits for the block's end, and then finds what the block stored naming it (a
-        training job's row) and refuses (DATASET_IN_USE)."""
+    def pin(self, dataset_id: str, version: int) -> Pin:
+        """The version, for what is stored naming it (a training job) to pin (engine.domain.Pin): checked READY in the
+        storing transaction (NOT_FOUND, STORED_DATASET_NOT_FOUND, otherwise); a delete waits for that transaction,
+        then finds what it stored and refuses (DATASET_IN_USE)."""
         ...
 
     async def list(self, *, dataset_id: str, limit: int, after: Cursor | None) -> list[StoredDataset]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from engine.domain import (
     FeedbackSource,
     JsonlSource,
     Objective,
+    Pin,
     StoredDatasetSource,
     dataset_digest,
 )
@@ -90,14 +90,15 @@ class JobPreparer:
             spec = inherit_lora(spec, parent)
         return PreparedInputs(spec, await self._dataset(spec), parent, model_dir)
 
-    def kept(self, dataset: DatasetSummary | None) -> contextlib.AbstractAsyncContextManager[None]:
-        """The stored dataset version ``dataset`` was pinned to, kept from deletion for the block (StoredDatasets.kept):
-        what is stored inside the block naming it (a job, an adapter version) is stored only while it is live, and a
-        delete then refuses. Nothing to keep for a JSONL file or a feedback window."""
+    def pins(self, dataset: DatasetSummary | None, parent: AdapterRecord | None) -> tuple[Pin, ...]:
+        """What a job (or a version published from its checkpoint) names and needs live, pinned as it is stored
+        (engine.domain.Pin): the stored dataset version ``dataset`` was pinned to (StoredDatasets.pin; none for a
+        JSONL file or a feedback window) and the ``parent`` it continues (AdapterRegistry.pin). One deleted since
+        validation read it stores nothing (NOT_FOUND); a delete that comes later finds what was stored and refuses
+        (DATASET_IN_USE, ADAPTER_PROTECTED)."""
         source = dataset.source if dataset is not None else None
-        if isinstance(source, StoredDatasetSource) and self._datasets is not None:
-            return self._datasets.kept(source.name)
-        return contextlib.nullcontext()
+        stored = self._datasets.pin(source.name) if isinstance(source, StoredDatasetSource) and self._datasets else None
+        return tuple(p for p in (stored, self._registry.pin(parent) if parent is not None else None) if p is not None)
 
     async def check_request(self, spec: TrainingJobSpec, field_prefix: str = "spec") -> Path:
         """The checks a spec fails whatever data, parent or feedback there is, with its fields named under

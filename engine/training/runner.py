@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import telemetry
-from engine.domain import BaseProtectionMethod, BaseRetention, Example
+from engine.domain import BaseProtectionMethod, BaseRetention, Example, Pin
 from engine.errors import Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
 from engine.jobs.codec import request_digest
 from engine.jobs.context import IdleCancel, JobContext
@@ -455,7 +455,7 @@ def _check_kto_balance(ctx: JobContext[TrainingJobSpec, TrainingOutput], example
 
 
 def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
-                    fence: tuple[str, str] | None = None, request_id: str = "",
+                    fence: tuple[str, str] | None = None, request_id: str = "", pins: tuple[Pin, ...] = (),
                     labels: tuple[tuple[str, str], ...] = (),
                     base_retention: BaseRetention | None = None, eval_loss: float | None = None) -> PublishRequest:
     """What publishing an adapter of ``job`` (its result, or one of its checkpoints) registers."""
@@ -480,6 +480,7 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         labels=tuple(sorted({**dict(spec.labels), **dict(labels)}.items())),
         request_id=request_id,
         fence=fence,
+        pins=pins,
     )
 
 
@@ -522,8 +523,9 @@ class TrainingJobs:
         if validate_only:  # answered as the real request would be, a reused request_id included
             await self._manager.check_request(job)
             return job
-        async with self._preparer.kept(inputs.dataset.summary):  # not deleted since it was read, nor until stored
-            return await self._manager.submit(job, prepared=inputs)
+        # its dataset version and parent still there as it is stored, and kept by it from then on
+        return await self._manager.submit(job, prepared=inputs,
+                                          pins=self._preparer.pins(inputs.dataset.summary, inputs.parent))
 
     async def get(self, job_id: str) -> TrainingJob:
         return await self._manager.get(job_id)
@@ -557,11 +559,11 @@ class TrainingJobs:
         work = Path(tempfile.mkdtemp(prefix="publish-checkpoint-", dir=self._scratch))
         try:
             state = await CheckpointArchive(self._artifacts, work / "archive").fetch(record, work / "state")
-            async with self._preparer.kept(job.output.dataset):  # the version it names is live while it publishes
-                return await self._registry.publish(publish_request(
-                    job, parent, state / "adapter", record.loss, request_id=request_id,
-                    labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
-                ))
+            return await self._registry.publish(publish_request(  # what it names still there as it is registered
+                job, parent, state / "adapter", record.loss, request_id=request_id,
+                pins=self._preparer.pins(job.output.dataset, parent),
+                labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
+            ))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 

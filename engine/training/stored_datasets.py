@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.domain import Example, FeedbackSource, Objective
+from engine.domain import Example, FeedbackSource, Objective, Pin
 from engine.errors import (
     AlreadyExists,
     DataLoss,
@@ -195,14 +195,11 @@ class StoredDatasets:
         token = encode_page_token(page[-1].create_time, page[-1].name) if len(rows) > page_size and page else ""
         return page, token
 
-    def kept(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """The version ``name`` pins (``datasets/<id>/versions/<n>``) kept from deletion for the block (see
-        DatasetIndex.kept): a job or adapter version naming it is stored inside the block. A name that pins no
-        version keeps nothing."""
+    def pin(self, name: str) -> Pin | None:
+        """What a job (or adapter version) stored naming the version ``name`` pins (``datasets/<id>/versions/<n>``;
+        DatasetIndex.pin); None for a name that pins no version."""
         target = parse_dataset_name(name)
-        if target.version is None:
-            return contextlib.nullcontext()
-        return self._index.kept(target.dataset_id, target.version)
+        return None if target.version is None else self._index.pin(target.dataset_id, target.version)
 
     async def delete(self, name: str) -> builtins.list[StoredDataset]:
         target = parse_dataset_name(name)

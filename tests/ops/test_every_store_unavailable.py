@@ -19,7 +19,6 @@ The end-to-end test stops the server's PostgreSQL under a running server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -150,12 +149,6 @@ async def _nothing(*args: object) -> None:
     pass
 
 
-async def _entered(block: contextlib.AbstractAsyncContextManager[object]) -> None:
-    """A store's block (a lock held while it runs) entered and left."""
-    async with block:
-        pass
-
-
 def _store(module: str, name: str) -> str:
     return f"engine.stores.{module}.{name}"
 
@@ -210,7 +203,6 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "get": lambda s: s.datasets.get("d", None),
         "list": lambda s: s.datasets.list(dataset_id="", limit=1, after=None),
         "delete": lambda s: s.datasets.delete("d", None, _nothing),
-        "kept": lambda s: _entered(s.datasets.kept("d", 1)),
     },
     _store("fisher_store", "FisherSnapshotStore"): {
         "save": lambda s: s.fisher.save({"w": torch.ones(2)}, SNAPSHOT),
@@ -229,6 +221,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "by_request_id": lambda s: s.adapters.by_request_id("b", "r"),
         "list": lambda s: s.adapters.list(base_model="", labels={}, limit=1, after=None),
         "deleting": lambda s: _enter(s.adapters.deleting("b", V1)),
+        "continued_versions": lambda s: s.adapters.continued_versions("b"),
         "update": lambda s: s.adapters.update(RECORD),
     },
     _store("pipeline_store", "PostgresPipelineStore"): {
@@ -311,6 +304,11 @@ NO_DATABASE_FROM_AN_RPC: dict[str, dict[str, str]] = {
                 "set_version, called here)",
         "write_roles": "as hold",
     },
+    _store("dataset_store", "PostgresDatasetIndex"): {
+        "pin": "a pin (engine.domain.Pin), whose check runs on its caller's connection, in its caller's transaction "
+               "(the job store's insert_job, the adapter index's publish)",
+    },
+    _store("adapter_index", "PostgresAdapterIndex"): {"pin": "as the dataset index's pin"},
     _store("job_queue", "ProcrastinateQueue"): {
         "open": "the server's start", "close": "the server's stop", "stop_worker": "the server's stop",
         "start_worker": "the worker's loops, which retry on any error",

@@ -37,10 +37,10 @@ class _GatedRegistration(PostgresAdapterIndex):
         super().__init__(pool)
         self.registering, self.go = asyncio.Event(), asyncio.Event()
 
-    async def publish(self, record, *, fence=None):
+    async def publish(self, record, *, fence=None, pins=()):
         self.registering.set()
         await self.go.wait()
-        return await super().publish(record, fence=fence)
+        return await super().publish(record, fence=fence, pins=pins)
 
 
 async def _lose_reservation(registry: AdapterRegistry, pool_b) -> None:

@@ -23,9 +23,9 @@ class _LostAnswer(PostgresAdapterIndex):
         super().__init__(pool)
         self.committed = committed
 
-    async def publish(self, record, *, fence=None):
+    async def publish(self, record, *, fence=None, pins=()):
         if self.committed:
-            await super().publish(record, fence=fence)
+            await super().publish(record, fence=fence, pins=pins)
         raise ConnectionResetError("the connection was lost")
 
 

@@ -110,8 +110,8 @@ class _SlowToReturn(PostgresAdapterIndex):
         super().__init__(pool)
         self.registered, self.go = asyncio.Event(), asyncio.Event()
 
-    async def publish(self, record, *, fence=None):
-        published = await super().publish(record, fence=fence)
+    async def publish(self, record, *, fence=None, pins=()):
+        published = await super().publish(record, fence=fence, pins=pins)
         self.registered.set()
         await self.go.wait()
         return published

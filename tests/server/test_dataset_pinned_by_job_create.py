@@ -1,8 +1,9 @@
 """A stored dataset version and the training job created on it: DeleteDataset refuses (FAILED_PRECONDITION
 DATASET_IN_USE) while a training job that has not ended names the version, and CreateTrainingJob reads and pins the
-version first and stores the job after its whole validation. The version is kept from deletion from a check that it
-is still live to the job's insert (under the dataset's lock): a delete landing before that check makes the create
-NOT_FOUND (no job on a deleted version), one landing after it waits for the job and refuses."""
+version first and stores the job after its whole validation. The job's insert pins the version (engine.domain.Pin:
+its row checked READY and held FOR SHARE in the insert's transaction, which a delete's FOR UPDATE waits for): a delete
+landing before the insert makes the create NOT_FOUND (no job on a deleted version), one landing while the job is
+stored waits for it and refuses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import asyncio
 
 import grpc
 
-from engine.jobs.manager import JobManager
+from engine.stores import dataset_store
 from engine.training.stored_datasets import StoredDatasets
 from learning.v1 import dataset_pb2 as dpb
 from learning.v1 import training_pb2 as pb
@@ -65,18 +66,18 @@ async def test_a_delete_while_the_job_is_being_stored_waits_for_it_and_refuses(m
     client = await make_pg_server()
     version = await _uploaded(client, data_dir)
     storing, go = asyncio.Event(), asyncio.Event()
-    original = JobManager.submit
+    original = dataset_store._LiveVersion.check
 
-    async def held(self, job, **kwargs):  # validated; about to store the job
+    async def held(self, conn):  # the job's insert has checked its version and holds it: held there, uncommitted
+        await original(self, conn)
         storing.set()
         await go.wait()
-        return await original(self, job, **kwargs)
 
-    monkeypatch.setattr(JobManager, "submit", held)
+    monkeypatch.setattr(dataset_store._LiveVersion, "check", held)
     create = _create(client)
     await storing.wait()
     delete = asyncio.ensure_future(stub(client).DeleteDataset(dpb.DeleteDatasetRequest(name=version.name)))
-    done, _ = await asyncio.wait([delete], timeout=2)  # a delete not kept out would be done by now
+    done, _ = await asyncio.wait([delete], timeout=2)  # a delete not held off would be done by now
     go.set()
     job = (await create).training_job
     assert job.dataset.dataset_name == version.name
