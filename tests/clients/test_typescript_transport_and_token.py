@@ -46,13 +46,9 @@ def _last_json(output: str) -> dict:
     return json.loads(output.splitlines()[-1])
 
 
-# A watch through a TCP proxy that cuts the connection (both sockets closed, or reset) at the first event, once,
-# resumed as docs/clients.md says: on Unavailable, watch again after the last sequence seen. The caller never
-# aborts. At the end, a watch of the finished job from the start lists every event, to compare.
-DROPPED_WATCH = r"""
+# A TCP proxy in front of the server (UPSTREAM_PORT) whose connections the script can cut (`sockets`).
+PROXY = r"""
 import net from "node:net";
-import { Code, ConnectError, JobState, createLearningEngineClient } from "@learning-engine/client";
-const how = process.argv[2];
 const sockets = new Set();
 const proxy = net.createServer((down) => {
   const up = net.connect(Number(process.env.UPSTREAM_PORT), "127.0.0.1");
@@ -62,6 +58,14 @@ const proxy = net.createServer((down) => {
   for (const s of [down, up]) { s.on("error", kill); s.on("close", kill); }
 });
 await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+"""
+
+# A watch through a TCP proxy that cuts the connection (both sockets closed, or reset) at the first event, once,
+# resumed as docs/clients.md says: on Unavailable, watch again after the last sequence seen. The caller never
+# aborts. At the end, a watch of the finished job from the start lists every event, to compare.
+DROPPED_WATCH = PROXY + r"""
+import { Code, ConnectError, JobState, createLearningEngineClient } from "@learning-engine/client";
+const how = process.argv[2];
 const client = createLearningEngineClient({ baseUrl: `http://127.0.0.1:${proxy.address().port}`,
                                             token: process.env.TOKEN });
 const { trainingJob } = await client.training.createTrainingJob({ spec: {
@@ -215,18 +219,8 @@ async def test_a_status_the_server_sends_stays_as_sent(app: Path):  # noqa: F811
 
 
 # A unary call whose connection drops (closed, then reset) while the server works on it.
-DROPPED_UNARY = r"""
-import net from "node:net";
+DROPPED_UNARY = PROXY + r"""
 import { Code, ConnectError, createLearningEngineClient } from "@learning-engine/client";
-const sockets = new Set();
-const proxy = net.createServer((down) => {
-  const up = net.connect(Number(process.env.UPSTREAM_PORT), "127.0.0.1");
-  down.pipe(up); up.pipe(down);
-  sockets.add(down); sockets.add(up);
-  const kill = () => { down.destroy(); up.destroy(); sockets.delete(down); sockets.delete(up); };
-  for (const s of [down, up]) { s.on("error", kill); s.on("close", kill); }
-});
-await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
 const client = createLearningEngineClient({ baseUrl: `http://127.0.0.1:${proxy.address().port}` });
 const results = {};
 for (const how of ["close", "reset"]) {
