@@ -102,7 +102,7 @@ class AdapterServiceServicer:
     def DeleteAdapter(self, request, context):
         """Refused while the version is active, the known-good rollback target, or
         served by an online session's live alias (also one kept after the
-        session ended).
+        session ended), or continued by a training job that has not ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +123,8 @@ class AdapterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PruneAdapters(self, request, context):
-        """Applies the retention policy (keep the newest N) now.
+        """Applies the retention policy (keep the newest N, and every version a
+        delete would refuse) now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

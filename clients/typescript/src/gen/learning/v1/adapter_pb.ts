@@ -898,7 +898,7 @@ export const AdapterService: GenService<{
   /**
    * Refused while the version is active, the known-good rollback target, or
    * served by an online session's live alias (also one kept after the
-   * session ended).
+   * session ended), or continued by a training job that has not ended.
    *
    * @generated from rpc learning.v1.AdapterService.DeleteAdapter
    */
@@ -928,7 +928,8 @@ export const AdapterService: GenService<{
     output: typeof ImportAdapterResponseSchema;
   },
   /**
-   * Applies the retention policy (keep the newest N) now.
+   * Applies the retention policy (keep the newest N, and every version a
+   * delete would refuse) now.
    *
    * @generated from rpc learning.v1.AdapterService.PruneAdapters
    */

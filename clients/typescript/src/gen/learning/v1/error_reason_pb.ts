@@ -764,8 +764,9 @@ export enum ErrorReason {
   ADAPTER_NOT_FOUND = 61,
 
   /**
-   * FAILED_PRECONDITION: deleting a version that is active, the known-good rollback target, or
-   * served by an online session's live alias.
+   * FAILED_PRECONDITION: deleting a version that is active, the known-good rollback target,
+   * served by an online session's live alias, or continued by a training job that has not
+   * ended (metadata: training_job).
    *
    * @generated from enum value: ERROR_REASON_ADAPTER_PROTECTED = 62;
    */
