@@ -59,6 +59,9 @@ DEFAULT_LAMBDAS = {"lora": Settings.model_fields["ewc_lambda_default"].default,
 SYLLABLES = ["ka", "lo", "ver", "mi", "dra", "sen", "tor", "qua", "bel", "zin", "oru", "fen", "tal", "gri",
              "mon", "sha", "vex", "lun", "pra", "dok", "ely", "nar", "cus", "hib"]
 METHODS = ("plain", "ewc", "replay")
+# Distinct two-syllable names a pair of tasks can take: n capitals and 2n founders' names of len(SYLLABLES)**2; a
+# fifth of them left free, so the last draws do not take long.
+MAX_FACTS = len(SYLLABLES) ** 2 * 4 // 5 // 3
 
 
 def invented(rng: random.Random, parts: int) -> str:
@@ -66,6 +69,12 @@ def invented(rng: random.Random, parts: int) -> str:
 
 
 def make_tasks(n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Task A (``n`` capitals of invented countries) and task B (``n`` founders of invented companies), every
+    invented name distinct: capitals and founders' names are two syllables, so at most ``MAX_FACTS`` facts a task
+    (ValueError beyond; drawing distinct names from a space too small never ends)."""
+    if not 1 <= n <= MAX_FACTS:
+        raise ValueError(f"{n} facts a task: between 1 and {MAX_FACTS} (the two-syllable names they take: "
+                         f"{len(SYLLABLES)}**2)")
     rng = random.Random(10_000 + seed)
     names: set[str] = set()
 
