@@ -134,7 +134,8 @@ class JobManager(JobEventLog[S, O]):
         stored = await self.for_request(request_id) if request_id else None
         if stored is None or not stored.request_digest:
             return None
-        _same_request(request_id, digest, stored)
+        if stored.request_digest != digest:
+            raise _reused(request_id, stored)
         return await self._seen_before(stored)
 
     async def submit(self, job: Job[S, O], *, prepared: object = None, pins: Sequence[Pin] = ()) -> Job[S, O]:
@@ -579,16 +580,11 @@ def _same_job(job: Job[S, O], stored: Job[S, O]) -> None:
     """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``job``'s request_id, asked for the same: the
     same request as sent (their digests), or, for a job stored without a digest, the same spec once resolved."""
     if job.request_digest and stored.request_digest:
-        _same_request(job.request_id, job.request_digest, stored)
-    elif stored.spec != job.spec:
+        same = stored.request_digest == job.request_digest
+    else:
+        same = stored.spec == job.spec
+    if not same:
         raise _reused(job.request_id, stored)
-
-
-def _same_request(request_id: str, digest: str, stored: Job[S, O]) -> None:
-    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``request_id``, was made by a request whose
-    digest is ``digest``."""
-    if stored.request_digest != digest:
-        raise _reused(request_id, stored)
 
 
 def _reused(request_id: str, stored: Job[S, O]) -> AlreadyExists:
