@@ -15,6 +15,7 @@ from engine.stores import dataset_store
 from engine.training.stored_datasets import StoredDatasets
 from learning.v1 import dataset_pb2 as dpb
 from learning.v1 import training_pb2 as pb
+from tests.fixtures.held import held_after
 from tests.server.conftest import error_details
 from tests.server.test_datasets import stub, upload_messages
 
@@ -34,21 +35,12 @@ def _create(client):
 async def test_a_version_deleted_after_the_create_read_it_is_not_trained_on(make_pg_server, data_dir, monkeypatch):
     client = await make_pg_server()
     version = await _uploaded(client, data_dir)
-    read, go = asyncio.Event(), asyncio.Event()
-    original = StoredDatasets.training_examples
-
-    async def held(self, name, field_path):  # the create has read (and pinned) the version; held there
-        out = await original(self, name, field_path)
-        read.set()
-        await go.wait()
-        return out
-
-    monkeypatch.setattr(StoredDatasets, "training_examples", held)
+    hold = held_after(monkeypatch, StoredDatasets, "training_examples")  # the create has read (and pinned) it
     create = _create(client)
-    await read.wait()
+    await hold.reached.wait()
     deleted = (await stub(client).DeleteDataset(dpb.DeleteDatasetRequest(name=version.name))).deleted
     assert list(deleted) == [version.name]
-    go.set()
+    hold.go.set()
     try:
         job = (await create).training_job
     except grpc.aio.AioRpcError as err:
@@ -65,20 +57,13 @@ async def test_a_delete_while_the_job_is_being_stored_waits_for_it_and_refuses(m
                                                                                  monkeypatch):
     client = await make_pg_server()
     version = await _uploaded(client, data_dir)
-    storing, go = asyncio.Event(), asyncio.Event()
-    original = dataset_store._LiveVersion.check
-
-    async def held(self, conn):  # the job's insert has checked its version and holds it: held there, uncommitted
-        await original(self, conn)
-        storing.set()
-        await go.wait()
-
-    monkeypatch.setattr(dataset_store._LiveVersion, "check", held)
+    # the job's insert has checked its version and holds it, uncommitted
+    hold = held_after(monkeypatch, dataset_store._LiveVersion, "check")
     create = _create(client)
-    await storing.wait()
+    await hold.reached.wait()
     delete = asyncio.ensure_future(stub(client).DeleteDataset(dpb.DeleteDatasetRequest(name=version.name)))
     done, _ = await asyncio.wait([delete], timeout=2)  # a delete not held off would be done by now
-    go.set()
+    hold.go.set()
     job = (await create).training_job
     assert job.dataset.dataset_name == version.name
     try:

@@ -17,6 +17,7 @@ from engine.training.preparation import JobPreparer
 from learning.v1 import adapter_pb2 as apb
 from learning.v1 import adapter_pb2_grpc as apb_grpc
 from learning.v1 import training_pb2 as pb
+from tests.fixtures.held import held_after
 from tests.fixtures.peft_adapters import build_peft_adapter, tar_dir
 from tests.server.conftest import TINY, error_details, spec, watch_all
 
@@ -46,21 +47,13 @@ async def test_a_parent_deleted_after_the_create_read_it_is_not_continued(make_p
                                                                            monkeypatch):
     client = await make_pg_server()
     parent = await _parent(client, tiny_model_dir, tmp_path)
-    read, go = asyncio.Event(), asyncio.Event()
-    original = JobPreparer.validate
-
-    async def held(self, job_spec):  # the create has read the parent (and validated everything); held there
-        out = await original(self, job_spec)
-        assert out.parent is not None and out.parent.version == parent.version
-        read.set()
-        await go.wait()
-        return out
-
-    monkeypatch.setattr(JobPreparer, "validate", held)
+    hold = held_after(monkeypatch, JobPreparer, "validate")  # the create has read the parent (validated it all)
     create = _create(client, parent.version)
-    await read.wait()
+    await hold.reached.wait()
+    validated = hold.results[0].parent
+    assert validated is not None and validated.version == parent.version
     await _delete(client, parent.version)  # no job names it yet
-    go.set()
+    hold.go.set()
     try:
         job = (await create).training_job
     except grpc.aio.AioRpcError as err:
@@ -77,20 +70,13 @@ async def test_a_delete_while_the_job_is_being_stored_waits_for_it_and_refuses(m
                                                                                  tmp_path, monkeypatch):
     client = await make_pg_server()
     parent = await _parent(client, tiny_model_dir, tmp_path)
-    storing, go = asyncio.Event(), asyncio.Event()
-    original = adapter_index._Published.check
-
-    async def held(self, conn):  # the job's insert has checked its parent and holds it: held there, uncommitted
-        await original(self, conn)
-        storing.set()
-        await go.wait()
-
-    monkeypatch.setattr(adapter_index._Published, "check", held)
+    # the job's insert has checked its parent and holds it, uncommitted
+    hold = held_after(monkeypatch, adapter_index._Published, "check")
     create = _create(client, parent.version)
-    await storing.wait()
+    await hold.reached.wait()
     delete = asyncio.ensure_future(_delete(client, parent.version))
     done, _ = await asyncio.wait([delete], timeout=2)  # a delete not held off would be done by now
-    go.set()
+    hold.go.set()
     job = (await create).training_job
     assert job.spec.parent_adapter_version == parent.version
     try:
