@@ -139,6 +139,25 @@ def _check_finite(step: int, loss: float, grad_norm: float, learning_rate: float
 # ---- the recipe -----------------------------------------------------------------------
 
 
+def with_targets(encoded: Sequence[EncodedExample], which: str, max_seq_length: int,
+                 sink: ProgressSink) -> list[int]:
+    """The indices of ``encoded`` (the ``which`` set: training or held-out) that keep a target token.
+
+    An example truncated before its first completion token has nothing to learn or measure, so it is left out;
+    a warning EXAMPLES_WITHOUT_TARGETS says how many of the set were, since otherwise a set's loss silently
+    covers fewer examples than the job recorded (or, for the eval split, is missing altogether).
+    """
+    kept = [i for i, e in enumerate(encoded) if e.target_token_count]
+    if len(kept) < len(encoded):
+        dropped = len(encoded) - len(kept)
+        sink.emit(Warned(
+            "EXAMPLES_WITHOUT_TARGETS",
+            f"{dropped} of {len(encoded)} {which} examples have no completion token within "
+            f"max_seq_length={max_seq_length} and are skipped" + ("" if kept else ": the set has no loss"),
+        ))
+    return kept
+
+
 def run_training(
     run: TrainingRun, sink: ProgressSink, cancel: CancelToken, loaded: LoadedModel | None = None
 ) -> TrainingResult:
@@ -155,21 +174,13 @@ def run_training(
             loaded = load_for_training(run)
         model, tokenizer, plan = loaded.model, loaded.tokenizer, loaded.plan
         encoded = encode_dataset(tokenizer, run.examples, hp.max_seq_length)
-        kept = [i for i, e in enumerate(encoded) if e.target_token_count]
+        kept = with_targets(encoded, "training", hp.max_seq_length, sink)
         data = [encoded[i] for i in kept]
         objective = run.objective.select(kept) if run.objective is not None else None
         pooled_from = len(run.examples) - (run.rotation.pool if run.rotation is not None else 0)
         pool = [j for j, i in enumerate(kept) if i >= pooled_from]
         epochs = EpochRows(len(data), pool, run.rotation.per_epoch if run.rotation is not None else 0,
                            hp.seed + 1)
-        if len(data) < len(encoded):
-            sink.emit(
-                Warned(
-                    "EXAMPLES_WITHOUT_TARGETS",
-                    f"{len(encoded) - len(data)} of {len(encoded)} examples have no completion token within "
-                    f"max_seq_length={hp.max_seq_length} and are skipped",
-                )
-            )
         summary = DatasetSummary(
             digest=dataset_digest(run.examples),
             example_count=len(run.examples),
@@ -177,7 +188,7 @@ def run_training(
             target_token_count=sum(e.target_token_count for e in data),
         )
         held_encoded = [encode_example(tokenizer, x, hp.max_seq_length) for x in run.eval_examples]
-        held_kept = [i for i, e in enumerate(held_encoded) if e.target_token_count]
+        held_kept = with_targets(held_encoded, f"held-out ({EVAL_SPLIT} split)", hp.max_seq_length, sink)
         held_out = [held_encoded[i] for i in held_kept]
         eval_objective = task_objective(run.eval_objective).select(held_kept)
         losses = _train(model, data, run, plan, pad_token_id(tokenizer), sink, cancel, objective, summary.digest,
