@@ -13,11 +13,21 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
   failing after a stream has begun ends it with that error as an event, then ``data: [DONE]``.
 - Request bodies up to the gateway's limit (``gateway.MAX_BODY_BYTES``, 64 MiB) are taken, not aiohttp's 1 MiB:
   MAX sets no limit, and the gateway must not pass what the engine behind it refuses.
-- ``GET /v1/models``, ``GET /health``, and greedy ``POST /v1/chat/completions`` and
-  ``/v1/completions`` with real transformers + PEFT inference that honours ``model``, ``max_tokens``, ``stop``
-  and ``stream_options.include_usage``; a null field is its default; what it does not do (``n`` above 1, tools,
-  ``echo``, ...) is a 400 that says so. A request whose client has gone away, streamed or not, stops generating at
-  the next token.
+- ``GET /v1/models``, ``GET /health``, and ``POST /v1/chat/completions`` and ``/v1/completions`` with real
+  transformers + PEFT inference that honours ``model``, ``max_tokens``, ``stop``, ``temperature``, ``top_p``,
+  ``seed`` and ``stream_options.include_usage``; what it does not do (``n`` above 1, tools, ``echo``, ...) is a 400
+  that says so. A request whose client has gone away, streamed or not, stops generating at the next token.
+- The body is validated against one typed schema (pydantic, lax mode, as vLLM's and MAX's OpenAI-compatible
+  servers validate theirs): a value they take is taken (``"stream": "false"`` is false, ``"temperature": "0.5"``
+  is 0.5), one they refuse is a 400 naming the field (``"temperature": "hot"``); a null field is its default;
+  fields it does not know are ignored, as there.
+- Sampling: ``temperature`` omitted, null or 0 is greedy decoding. OpenAI's default temperature is 1; the
+  reference backend's is greedy, which keeps the engine (it sends temperature 0) and the tests deterministic.
+  ``temperature`` above 0 samples with that temperature and ``top_p`` (no top-k), the same text again for the
+  same ``seed``. Ranges as OpenAI documents them: ``temperature`` in [0, 2], ``top_p`` in (0, 1]; outside: 400.
+- Context: a prompt of as many tokens as the model's context (``max_position_embeddings``) or more is a 400 that
+  says both numbers; a prompt that fits with room for fewer than ``max_tokens`` gets an answer ended at the
+  context (finish_reason ``"length"``), as MAX clamps it (vLLM would refuse prompt + max_tokens > context).
 
 One model, one lock: inference and adapter changes are serialised and run off the event loop.
 
@@ -35,10 +45,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine import json_input
 from engine.model_build import BUILDING
@@ -92,6 +103,8 @@ class ReferenceModel:
         self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)
         self._counter = 0
         self._lock = threading.Lock()
+        # The longest sequence (prompt + answer) the model takes; None if its config does not say.
+        self.context: int | None = getattr(self._base.config, "max_position_embeddings", None)
 
     def _load_base(self) -> Any:
         from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy
@@ -170,22 +183,47 @@ class ReferenceModel:
             return model
         raise HttpError(404, f"model {model!r} does not exist")
 
+    def room(self, prompt_tokens: int) -> int | None:
+        """How many tokens the model can still write after a prompt of ``prompt_tokens`` (None: no known limit);
+        HttpError(400) if the prompt alone fills its context (vLLM's words)."""
+        if self.context is None:
+            return None
+        if prompt_tokens >= self.context:
+            raise HttpError(400, f"This model's maximum context length is {self.context} tokens. However, your "
+                                 f"request has {prompt_tokens} input tokens, leaving no room for an answer. Please "
+                                 "reduce the length of the input.")
+        return self.context - prompt_tokens
+
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, streamer: Any = None, *,
-                 stop: tuple[str, ...] = (), cancel: threading.Event | None = None) -> Generation:
-        """Greedy generation, ending at the first of ``stop`` (left out of the text, as OpenAI does) or once
-        ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears the text as it comes."""
+                 stop: tuple[str, ...] = (), cancel: threading.Event | None = None,
+                 temperature: float | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> Generation:
+        """Greedy generation when ``temperature`` is None or 0, else sampling with ``temperature`` and ``top_p``
+        (reproducible for a ``seed``), ending at the model's context, at the first of ``stop`` (left out of the
+        text, as OpenAI does) or once ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears
+        the text as it comes."""
         import torch  # noqa: PLC0415
         from transformers import StoppingCriteriaList  # noqa: PLC0415
 
+        room = self.room(len(prompt_ids))
+        # top_k=0: no top-k cut (OpenAI has none; a model's generation config may set one)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=1.0 if top_p is None else top_p,
+                        top_k=0) if temperature else dict(do_sample=False)
         with self._lock:
             lora = self.resolve(model)
             ids = torch.tensor([prompt_ids])
-            kwargs = dict(max_new_tokens=max_tokens, do_sample=False, output_scores=True,
+            kwargs = dict(max_new_tokens=max_tokens if room is None else min(max_tokens, room), output_logits=True,
                           return_dict_in_generate=True, attention_mask=torch.ones_like(ids),
                           pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                           streamer=streamer, stop_strings=list(stop) or None, tokenizer=self.tokenizer,
-                          stopping_criteria=StoppingCriteriaList([_until(cancel)] if cancel is not None else []))
-            with torch.inference_mode():
+                          stopping_criteria=StoppingCriteriaList([_until(cancel)] if cancel is not None else []),
+                          **sampling)
+            # transformers samples with torch's global generator (generate takes none of its own): a seeded
+            # request forks it, seeds the fork and restores it after; the lock keeps other generations out.
+            seeded = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+            with torch.inference_mode(), seeded:
+                if seed is not None:
+                    torch.manual_seed(seed)
                 if lora is None and self._peft is not None:
                     with self._peft.disable_adapter():
                         out = self._peft.generate(input_ids=ids, **kwargs)
@@ -195,8 +233,9 @@ class ReferenceModel:
                     self._peft.set_adapter(self._keys[lora])
                     out = self._peft.generate(input_ids=ids, **kwargs)
         new = out.sequences[0, len(prompt_ids):].tolist()
+        # the model's own log-probabilities (its logits, not those that temperature and top_p reshaped), as vLLM's
         logprobs = [
-            float(torch.log_softmax(score[0].float(), dim=-1)[tok]) for score, tok in zip(out.scores, new, strict=False)
+            float(torch.log_softmax(logit[0].float(), dim=-1)[tok]) for logit, tok in zip(out.logits, new, strict=False)
         ]
         eos = self.tokenizer.eos_token_id
         text_ids = [t for t in new if t != eos]
@@ -262,6 +301,63 @@ MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless s
 CLIENT_CHECK_SECONDS = 0.1  # how often a request not streamed looks whether its client is still there
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
+class _Body(BaseModel):
+    """A completion request's body, typed as vLLM's and MAX's OpenAI-compatible servers type it, in pydantic's lax
+    mode as theirs: ``"false"`` is false and ``"0.5"`` is 0.5 there and here, ``"hot"`` is no number in either. Every
+    field is nullable, null being its default (OpenAI's are nullable); fields not named here are ignored, as there
+    (``user``, ``frequency_penalty``, ...). What is typed loosely (``tools``, ``response_format``, ``messages``)
+    is checked where it is used, with its own message."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    n: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch's int64, as vLLM bounds it
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+
+
+class _CompletionBody(_Body):
+    prompt: str | list[str] | None = None  # token ids (a list of ints) are not taken
+    echo: bool | None = None
+    logprobs: int | None = None
+
+
+class _ChatBody(_Body):
+    messages: Any = None  # checked by _flat_messages
+    logprobs: bool | None = None
+
+
+_B = TypeVar("_B", bound=_Body)
+
+
+def _validated(kind: type[_B], body: dict[str, Any]) -> _B:
+    """``body`` as ``kind``; a 400 naming each field that does not fit."""
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        said: dict[str, str] = {}
+        for error in exc.errors():  # a union's members each fail: the field's first message says enough
+            said.setdefault(str(error["loc"][0]) if error["loc"] else "body", error["msg"])
+        raise HttpError(400, "; ".join(f"field {name!r}: {msg}" for name, msg in said.items())) from exc
+
+
 @dataclass(frozen=True)
 class Ask:
     """What a completion request asks for, checked."""
@@ -271,6 +367,12 @@ class Ask:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+    temperature: float | None = None  # None or 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
 
 
 def _stop(value: Any) -> tuple[str, ...]:
@@ -353,31 +455,32 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                 return web.json_response(entry)
         raise HttpError(404, f"model {wanted!r} does not exist")
 
-    def _common(body: dict[str, Any], *, chat: bool) -> Ask:
-        """The request's parameters; a null one is its default (OpenAI's are nullable)."""
-        name = body.get("model")
+    def _common(body: _Body) -> Ask:
+        """The request's parameters, from its validated body."""
+        name = body.model
         if not isinstance(name, str) or not name:
             raise HttpError(400, "field 'model' is required")
-        refused = [key for key in ("tools", "tool_choice", "functions", "function_call") if body.get(key)]
-        if body.get("echo"):
+        refused = [key for key in ("tools", "tool_choice", "functions", "function_call") if getattr(body, key)]
+        if isinstance(body, _CompletionBody) and body.echo:
             refused.append("echo (the answer never repeats the prompt)")
-        if body.get("n") not in (None, 1):
-            refused.append(f"n={body['n']} (one choice only)")
-        if (body.get("response_format") or {"type": "text"}) != {"type": "text"}:
+        if body.n not in (None, 1):
+            refused.append(f"n={body.n} (one choice only)")
+        if (body.response_format or {"type": "text"}) != {"type": "text"}:
             refused.append("response_format other than text")
-        if chat and body.get("logprobs"):
+        if isinstance(body, _ChatBody) and body.logprobs:
             refused.append("logprobs on chat completions (the completions endpoint has them)")
         if refused:
             raise HttpError(400, f"not supported by the reference backend: {', '.join(refused)}")
-        limit = next((v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if v is not None), 16)
-        if not isinstance(limit, int) or not 1 <= limit <= max_tokens_limit:
+        limit = next((v for v in (body.max_tokens, body.max_completion_tokens) if v is not None), 16)
+        if not 1 <= limit <= max_tokens_limit:
             raise HttpError(400, f"max_tokens must be an integer in [1, {max_tokens_limit}]")
-        options = body.get("stream_options")
-        if options is not None and (not isinstance(options, dict) or not body.get("stream")):
+        if body.stream_options is not None and not body.stream:
             raise HttpError(400, "field 'stream_options' must be an object, and only comes with 'stream'")
-        stop = _stop(body.get("stop"))
+        stop = _stop(body.stop)
         model.resolve(name)  # 404 early for unknown models
-        return Ask(name, limit, stop, bool(body.get("stream")), bool((options or {}).get("include_usage")))
+        return Ask(name, limit, stop, bool(body.stream),
+                   bool(body.stream_options is not None and body.stream_options.include_usage),
+                   temperature=body.temperature, top_p=body.top_p, seed=body.seed)
 
     def _usage(gen: Generation) -> dict[str, int]:
         return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": len(gen.tokens),
@@ -390,7 +493,8 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
         The answer cut short is then written to no one."""
         cancel = threading.Event()
         generating = asyncio.ensure_future(
-            asyncio.to_thread(model.generate, ask.model, ids, ask.max_tokens, stop=ask.stop, cancel=cancel))
+            asyncio.to_thread(model.generate, ask.model, ids, ask.max_tokens, stop=ask.stop, cancel=cancel,
+                              **ask.sampling()))
         try:
             while not generating.done():
                 await asyncio.wait({generating}, timeout=CLIENT_CHECK_SECONDS)
@@ -417,7 +521,8 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
 
         def run() -> Generation:
             try:
-                return model.generate(ask.model, ids, ask.max_tokens, streamer, stop=ask.stop, cancel=cancel)
+                return model.generate(ask.model, ids, ask.max_tokens, streamer, stop=ask.stop, cancel=cancel,
+                                      **ask.sampling())
             finally:
                 streamer.end()  # type: ignore[no-untyped-call]  # a failed generation must not leave the reader waiting
 
@@ -468,9 +573,9 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                     await generating
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        body = await _json_object(request)
-        ask = _common(body, chat=False)
-        prompt = body.get("prompt")
+        body = _validated(_CompletionBody, await _json_object(request))
+        ask = _common(body)
+        prompt = body.prompt
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
@@ -478,20 +583,21 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
         ids = model.tokenizer(prompt)["input_ids"]
         if not ids:  # nothing to continue from (a tokenizer that adds no start token, and an empty prompt)
             raise HttpError(400, "field 'prompt' must not be empty")
+        model.room(len(ids))  # a 400 before a stream's 200
         if ask.stream:
             return await stream(request, ask, ids, chat=False)
         gen = await answer(request, ask, ids)
         choice: dict[str, Any] = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
-        if body.get("logprobs") is not None:
+        if body.logprobs is not None:
             choice["logprobs"] = {"tokens": list(gen.tokens), "token_logprobs": list(gen.token_logprobs)}
         return web.json_response({"id": f"cmpl-{time.time_ns()}", "object": "text_completion",
                                   "created": int(time.time()), "model": ask.model, "choices": [choice],
                                   "usage": _usage(gen)})
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        body = await _json_object(request)
-        ask = _common(body, chat=True)
-        messages = _flat_messages(body.get("messages"))
+        body = _validated(_ChatBody, await _json_object(request))
+        ask = _common(body)
+        messages = _flat_messages(body.messages)
         try:
             ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - malformed messages
@@ -500,6 +606,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
         # directly or in a BatchEncoding.
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]  # type: ignore[call-overload,index]
+        model.room(len(ids))  # a 400 before a stream's 200
         if ask.stream:
             return await stream(request, ask, list(ids), chat=True)  # type: ignore[arg-type]
         gen = await answer(request, ask, list(ids))  # type: ignore[arg-type]
