@@ -3,7 +3,8 @@
 A background task probes every dependency each ``health_check_interval_seconds`` (each probe
 bounded by ``health_check_timeout_seconds``) and sets the grpc.health.v1 status of each service
 from the probes of the dependencies it needs (``NEEDS``). The empty service name, the server as
-a whole, is SERVING only when every service is. A change is logged once, when it happens.
+a whole, is SERVING only when every service is, and nothing is before the first round of probes has answered
+(``unchecked_health``). A change is logged once, when it happens.
 
 Dependencies: ``postgresql`` (``SELECT 1`` on the pool), ``artifact_store`` (the store's own
 probe: a file written and removed, or the bucket looked up) and ``serving_engine`` (its
@@ -42,6 +43,17 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def unchecked_health() -> health_aio.HealthServicer:
+    """A grpc.health.v1 servicer saying NOT_SERVING for the server as a whole ("") and every service of ``NEEDS``
+    until the first round of probes sets each from what answered. grpc_health's own starts with "" SERVING, and the
+    server listens before that round has answered (up to ``health_check_timeout_seconds`` when a dependency hangs):
+    a readiness probe asking meanwhile would send traffic to a server whose database may not answer."""
+    servicer = health_aio.HealthServicer()
+    for service in ("", *NEEDS):
+        await servicer.set(service, NOT_SERVING)
+    return servicer
 
 
 class HealthChecker:

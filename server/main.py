@@ -41,7 +41,7 @@ from server import access
 from server.convert import EwcDefaults
 from server.engine_wiring import Owned, build_engine
 from server.errors import ErrorInterceptor
-from server.health_checks import HealthChecker, start_health_checks
+from server.health_checks import HealthChecker, start_health_checks, unchecked_health
 from server.online_wiring import online_defaults
 from server.reflection import enable_server_reflection
 from server.services import SERVICE_NAMES
@@ -199,7 +199,7 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     feedback = add_servicers(server, engine, settings)
     if feedback is not None:
         undo.callback(feedback.close)
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = await unchecked_health()  # NOT_SERVING from the first call: the probes have not answered yet
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_server_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     try:

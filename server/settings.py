@@ -16,9 +16,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+import psycopg
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the environment)
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -96,9 +98,21 @@ def masked_url(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}{rest[at:]}"
 
 
+def _libpq_reads(url: str) -> bool:
+    """Whether libpq (through psycopg: the job queue's driver) can parse ``url``. Of the two drivers reading
+    database_url it is the stricter (asyncpg percent-decodes leniently; libpq refuses a '%' not followed by two hex
+    digits, and query parameters it does not know), so its own parser decides, before anything starts. Only whether
+    it failed is kept: its message quotes the piece it refused, the password among them."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error:
+        return False
+    return True
+
+
 def check_database_url(url: str) -> str:
-    """``url`` if it is a PostgreSQL URL the database driver can read; ValueError saying why (never showing the
-    password) otherwise."""
+    """``url`` if it is a PostgreSQL URL both database drivers (asyncpg and libpq) can read; ValueError saying why
+    (never showing the password) otherwise."""
     problem = None
     try:
         parts = urlsplit(url)
@@ -114,6 +128,8 @@ def check_database_url(url: str) -> str:
             problem = "an '@' follows its host"
         elif port == 0:
             problem = "its port must be 1-65535"
+        elif not _libpq_reads(url):
+            problem = "libpq cannot parse it: a '%' not followed by two hex digits, or an unknown query parameter"
     if problem is None:
         return url
     raise ValueError(
@@ -136,8 +152,9 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
         None,
         validation_alias=AliasChoices("LEARNING_ENGINE_DATABASE_URL", "DATABASE_URL", "database_url"),
         description="PostgreSQL URL, postgresql://user:password@host[:port]/database (special characters in the "
-        "user and password percent-encoded: / as %2F, + as %2B, # as %23, @ as %40); unset starts an embedded "
-        "PostgreSQL under <data-dir>/postgres.",
+        "user and password percent-encoded: / as %2F, + as %2B, # as %23, @ as %40, % as %25), as both drivers "
+        "(asyncpg, and libpq for the job queue) read it; unset starts an embedded PostgreSQL under "
+        "<data-dir>/postgres.",
     )
     default_base_model: str = Field(DEFAULT_BASE_MODEL, description="Base model id used when a job names none.")
     base_models: dict[str, Path] = Field(
@@ -187,7 +204,11 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines or plain text.")
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=2**31 - 1,
+        description="Largest gRPC message accepted (and sent); at most 2147483647, the largest value gRPC's "
+        "channel options take (a C int).",
+    )
 
     # ---- feedback (engine/feedback) ----------------------------------------------
     feedback_scrub_enabled: bool = Field(
@@ -330,12 +351,18 @@ class Settings(BaseSettings, TrainingSettings, LoraControlSettings, DriftSetting
     @field_validator("otlp_endpoint")
     @classmethod
     def _otlp_scheme(cls, v: str | None) -> str | None:
-        # The exporter takes an endpoint without http:// as TLS, so a plaintext collector named host:port would
-        # get TLS handshakes and no spans, without a word in this service's logs.
-        if v and urlsplit(v).scheme not in ("http", "https"):
+        """The endpoint as this one parse read it (scheme in lowercase; leading blanks, tabs and newlines gone): its
+        scheme decides plaintext or TLS (server/telemetry.py), so what is checked here must be what is kept. The
+        exporter takes an endpoint without http:// as TLS, so a plaintext collector named host:port (or
+        HTTP://host:port, kept as written) would get TLS handshakes and no spans, without a word in this service's
+        logs."""
+        if not v:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
             raise ValueError(f"{v!r} must start with http:// (plaintext) or https:// (TLS), e.g. "
                              "http://otel-collector:4317")
-        return v
+        return urlunsplit(parts)
 
     @field_validator("host")
     @classmethod

@@ -54,6 +54,7 @@ def configure_tracing(settings: Settings) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     provider = TracerProvider(resource=Resource.create({"service.name": "learning-engine"}))
+    # the settings keep the endpoint as their check parsed it, its scheme (http or https) in lowercase
     exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=settings.otlp_endpoint.startswith("http://"))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
