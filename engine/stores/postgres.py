@@ -328,7 +328,7 @@ async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg
                 "DATABASE_UNAVAILABLE",
                 "database_url is not a PostgreSQL URL the driver can read (postgresql://user:password@host[:port]/"
                 "database); percent-encode special characters in the user and password (/ as %2F, + as %2B, "
-                "# as %23, @ as %40)") from None
+                "# as %23, @ as %40, % as %25)") from None
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if attempt == 7:
                 raise Unavailable("DATABASE_UNAVAILABLE", f"cannot connect to PostgreSQL: {exc}") from exc
