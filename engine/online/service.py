@@ -24,6 +24,7 @@ from engine.online.spec import (
     OnlineSession,
     OnlineSessionSpec,
     OnlineStats,
+    learning_disabled,
     not_found,
     session_ended,
     session_exists,
@@ -222,9 +223,24 @@ class OnlineSessions:
         await self._store.set(session_id, enabled=enabled, disabled_reason="" if enabled else reason)
         return await self.get(session_id)
 
-    async def request(self, session_id: str, what: str) -> SessionView:
-        """An update now (``force_updates``) or a publication (``publish_requests``)."""
+    async def force_update(self, session_id: str) -> SessionView:
+        """One update now on what is buffered. FAILED_PRECONDITION (ONLINE_LEARNING_DISABLED) while learning is
+        disabled: the runner only updates an enabled session, so the request would sit unseen until someone enabled
+        learning, and the caller, told "requested", would wait for an update that does not come."""
         await self._open(session_id)
+        controls = await self._store.controls(session_id)
+        if not controls.enabled:
+            raise learning_disabled(session_id, controls.disabled_reason)
+        return await self._request(session_id, "force_updates")
+
+    async def publish(self, session_id: str) -> SessionView:
+        """A publication at the session's next update point (learning disabled or not: it publishes what the
+        session has learned so far)."""
+        await self._open(session_id)
+        return await self._request(session_id, "publish_requests")
+
+    async def _request(self, session_id: str, what: str) -> SessionView:
+        """One more request of ``what`` (``force_updates`` or ``publish_requests``), for the runner to act on."""
         await self._store.request(session_id, what)
         return await self.get(session_id)
 

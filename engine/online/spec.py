@@ -288,6 +288,17 @@ def session_ended(session_id: str, state: JobState) -> FailedPrecondition:
                               metadata={"name": name, "state": state.value})
 
 
+def learning_disabled(session_id: str, reason: str) -> FailedPrecondition:
+    """An update asked of a session whose learning is off: it would wait, unseen, until learning is enabled, and
+    then run at a time no one chose; the caller enables learning first."""
+    name = f"onlineSessions/{session_id}"
+    why = f" ({reason})" if reason else ""
+    return FailedPrecondition("ONLINE_LEARNING_DISABLED",
+                              f"online session {name} has learning disabled{why}; enable it first "
+                              "(EnableOnlineLearning), then ask for the update",
+                              metadata={"name": name, "disabled_reason": reason})
+
+
 def not_found(session_id: str) -> NotFound:
     return NotFound("ONLINE_SESSION_NOT_FOUND", f"online session onlineSessions/{session_id} does not exist",
                     metadata={"name": f"onlineSessions/{session_id}"})

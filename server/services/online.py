@@ -87,14 +87,14 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         self, request: pb.ForceUpdateRequest,
         context: grpc.aio.ServicerContext[pb.ForceUpdateRequest, pb.ForceUpdateResponse],
     ) -> pb.ForceUpdateResponse:
-        view = await self._sessions.request(oc.session_id_from_name(request.name), "force_updates")
+        view = await self._sessions.force_update(oc.session_id_from_name(request.name))
         return pb.ForceUpdateResponse(session=oc.session_to_pb(view))
 
     async def PublishOnlineSession(
         self, request: pb.PublishOnlineSessionRequest,
         context: grpc.aio.ServicerContext[pb.PublishOnlineSessionRequest, pb.PublishOnlineSessionResponse],
     ) -> pb.PublishOnlineSessionResponse:
-        view = await self._sessions.request(oc.session_id_from_name(request.name), "publish_requests")
+        view = await self._sessions.publish(oc.session_id_from_name(request.name))
         return pb.PublishOnlineSessionResponse(session=oc.session_to_pb(view))
 
     async def MoveLiveAlias(

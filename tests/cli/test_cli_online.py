@@ -1,6 +1,6 @@
 """``learning-engine online`` against a live server: create from a version, send a file of examples (stats after
-each update, a refused line reported), stats, learning rate out of range, publish, stop, and a stop of a stopped
-session; its live alias kept after the stop, then moved and removed."""
+each update, a refused line reported by its line of the file, exit 3), stats, learning rate out of range, publish,
+stop, and a stop of a stopped session; its live alias kept after the stop, then moved and removed."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     rows = [{"prompt": f"Note {i}?", "target": f"Remember {i}."} for i in range(12)] + [{"prompt": ""}]
     examples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     sent = await cli(port, "online", "send", "notes", str(examples))
-    assert sent.code == 0, sent.err
+    assert sent.code == 3, sent.err  # some refused: named by their line of the file
     lines = sent.out.splitlines()
-    assert lines[-2:] == ["sent 12 examples, 1 refused", "  examples[12]: empty prompt"], lines
+    assert lines[-2:] == ["sent 12 examples, 1 refused", f"  {examples}:13: empty prompt"], lines
     assert lines[-3].startswith("2 updates, 12 examples (1 skipped, 2 pending"), lines  # 2 wait for a third update
 
     stats = json.loads((await cli(port, "--json", "online", "stats", "notes")).out)
@@ -94,9 +94,9 @@ async def test_online_kto_session_from_the_cli(make_server, tmp_path: Path) -> N
     unlabelled = tmp_path / "unlabelled.jsonl"
     unlabelled.write_text(json.dumps({"prompt": "Note 9?", "target": "Remember 9."}) + "\n")
     refused = await cli(port, "online", "send", "judged", str(unlabelled))
-    assert refused.code == 0, refused.err
-    assert refused.out.splitlines()[-2:] == ["sent 0 examples, 1 refused", "  examples[0]: no desirable label: a KTO "
-                                             "session needs one (true: an answer to give, false: one to avoid)"]
+    assert refused.code == 3, refused.err
+    assert refused.out.splitlines()[-2:] == ["sent 0 examples, 1 refused", f"  {unlabelled}:1: no desirable label: "
+                                             "a KTO session needs one (true: an answer to give, false: one to avoid)"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "Note 9?", "target": "Remember 9.", "desirable": "yes"}) + "\n")
     wrong = await cli(port, "online", "send", "judged", str(bad))

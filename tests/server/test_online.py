@@ -215,7 +215,8 @@ async def test_a_session_goes_on_from_its_checkpoint_after_a_restart_and_bad_inp
 
     await online(two).DisableOnlineLearning(ol.DisableOnlineLearningRequest(name=made.name, reason="maintenance"))
     await online(two).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(5, start=32)))
-    await online(two).ForceUpdate(ol.ForceUpdateRequest(name=made.name))
+    assert (await refused(online(two).ForceUpdate(ol.ForceUpdateRequest(name=made.name))))[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ONLINE_LEARNING_DISABLED")  # enable first: nothing is queued
     held = await until(lambda: _read(two, made.name, 37))
     assert held.stats.total_updates == 6 and held.stats.pending_examples == 7 and not held.stats.enabled
     assert held.disabled_reason == "maintenance"

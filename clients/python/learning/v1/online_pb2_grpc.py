@@ -222,6 +222,8 @@ class OnlineLearningServiceServicer:
 
     def ForceUpdate(self, request, context):
         """One update now on whatever is buffered, even fewer than update_every.
+        FAILED_PRECONDITION (ONLINE_LEARNING_DISABLED) while learning is
+        disabled: enable it first (EnableOnlineLearning), then ask again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

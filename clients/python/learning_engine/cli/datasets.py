@@ -49,6 +49,13 @@ GOLDEN_KEYS = ("expected", "references", "reference")  # a line holding one is a
 _EVAL = typer.Option(0.0, "--eval-fraction", min=0.0, max=1.0, help="Share of the prompts held out for eval.")
 _TEST = typer.Option(0.0, "--test-fraction", min=0.0, max=1.0, help="Share of the prompts held out for test.")
 _SEED = typer.Option(0, "--seed", min=0, help="Seed of the split.")
+# The minimum the server applies when a request leaves min_samples 0 (FeedbackDataset: "0 means 100"). The option
+# defaults to it and refuses 0, so that its help shows the number the server will use, and no one asks for 0
+# expecting no minimum (that is --force).
+MIN_SAMPLES = typer.Option(100, "--min-samples", min=1,
+                           help="With --from-feedback: fewer usable examples than this are refused (a pipeline run "
+                           "is skipped) unless --force.")
+FORCE_BELOW_MIN = typer.Option(False, "--force", help="With --from-feedback: go on even below --min-samples.")
 _KIND = typer.Option(Kind.training, "--kind", help="What the lines are: training examples (messages, or prompt and "
                      "completion), or golden cases (prompt with expected or references, optionally answer and source) "
                      "that evaluations score and nothing trains on.")
@@ -128,7 +135,14 @@ def _stored(opts: Options, response: dataset_pb2.UploadDatasetResponse | dataset
         f"({_counts(d.split_counts)})", highlight=False))
 
 
-def _feedback(days: int, min_samples: int, force: bool) -> common.FeedbackDataset | None:
+def feedback_dataset(opts: Options, days: int, min_samples: int, force: bool) -> common.FeedbackDataset | None:
+    """The FeedbackDataset of ``--from-feedback DAYS`` (None without it), for every command that takes one, so that
+    all send the same minimum. ``--force`` without it is refused: a file or a stored dataset has no minimum to go
+    below, and silently ignoring the flag would let a user believe it did something."""
+    if force and not days:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             "--force applies to --from-feedback (go on below --min-samples); a file or a stored dataset has no "
+             "minimum", reason=ERROR_REASON_USAGE)
     return common.FeedbackDataset(days=days, min_samples=min_samples, force=force) if days else None
 
 
@@ -166,8 +180,8 @@ def datasets_create(
     server_path: str = typer.Option("", "--server-path", help="A JSONL file below the server's datasets dir."),
     s3: str = typer.Option("", "--s3", help="An s3://bucket/key JSONL object (servers storing artifacts in S3)."),
     from_feedback: int = typer.Option(0, "--from-feedback", help="Freeze the last N days of feedback."),
-    min_samples: int = typer.Option(0, "--min-samples", help="With --from-feedback: fewest examples to accept."),
-    force: bool = typer.Option(False, "--force", help="With --from-feedback: store even below --min-samples."),
+    min_samples: int = MIN_SAMPLES,
+    force: bool = FORCE_BELOW_MIN,
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
@@ -177,7 +191,7 @@ def datasets_create(
     opts = options(ctx)
     _one_source(opts, server_path=server_path, s3=s3, from_feedback=from_feedback)
     split = _split(eval_fraction, test_fraction, seed)
-    feedback = _feedback(from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
     _stored(opts, run(ctx, lambda c: c.create_dataset(dataset_name(name), split=split, server_path=server_path,
                                                       s3_uri=s3, feedback=feedback, kind=KINDS[kind])))
 
@@ -237,6 +251,8 @@ def datasets_validate(
     server_path: str = typer.Option("", "--server-path", help="Or a JSONL file below the server's datasets dir."),
     s3: str = typer.Option("", "--s3", help="Or an s3://bucket/key JSONL object."),
     from_feedback: int = typer.Option(0, "--from-feedback", help="Or the last N days of feedback."),
+    min_samples: int = MIN_SAMPLES,
+    force: bool = FORCE_BELOW_MIN,
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
@@ -247,7 +263,7 @@ def datasets_validate(
     _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
     content = local_bytes(opts, file) if file is not None else b""
     split = _split(eval_fraction, test_fraction, seed)
-    feedback = _feedback(from_feedback, 0, False)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
     checked = run(ctx, lambda c: c.validate_dataset(split=split, content=content, server_path=server_path,
                                                     s3_uri=s3, feedback=feedback, kind=KINDS[kind]))
     shapes = ", ".join(f"{k} {v}" for k, v in sorted(checked.composition.items()))

@@ -8,7 +8,6 @@ import grpc
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from learning.v1 import common_pb2 as common
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import (
@@ -20,6 +19,7 @@ from learning_engine.cli.common import (
     out,
     run,
 )
+from learning_engine.cli.datasets import FORCE_BELOW_MIN, MIN_SAMPLES, feedback_dataset
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -45,7 +45,8 @@ def fisher_cmd(
     from_feedback: int = typer.Option(
         0, "--from-feedback", help="Measure the wanted answers of the last N days of feedback instead."
     ),
-    min_samples: int = typer.Option(0, "--min-samples", help="With --from-feedback: fewest examples to accept."),
+    min_samples: int = MIN_SAMPLES,
+    force: bool = FORCE_BELOW_MIN,
     adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
     base_model: str = typer.Option("", "--base-model"),
     samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
@@ -65,6 +66,7 @@ def fisher_cmd(
             "name exactly one of --data or --from-feedback",
             reason=ERROR_REASON_USAGE,
         )
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
     key = f"FISHER_ESTIMATOR_{estimator.upper()}"
     if key not in fisher.FisherEstimator.keys():
         raise typer.BadParameter(f"unknown estimator {estimator!r}", param_hint="--estimator")
@@ -77,8 +79,8 @@ def fisher_cmd(
     )
     if data:
         spec.jsonl.path = data
-    else:
-        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
+    elif feedback is not None:
+        spec.feedback.CopyFrom(feedback)
 
     async def call(client: AsyncClient) -> int:
         job = await client.create_fisher_job(spec, request_id=request_id)

@@ -32,7 +32,14 @@ from learning_engine.cli.common import (
     run,
     when,
 )
-from learning_engine.cli.datasets import dataset_name, local_file, upload_local
+from learning_engine.cli.datasets import (
+    FORCE_BELOW_MIN,
+    MIN_SAMPLES,
+    dataset_name,
+    feedback_dataset,
+    local_file,
+    upload_local,
+)
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -105,9 +112,7 @@ def train(
     from_feedback: int = typer.Option(
         0, "--from-feedback", help="Train on the last N days of feedback instead."
     ),
-    min_samples: int = typer.Option(
-        0, "--min-samples", help="With --from-feedback: fewest examples to train on."
-    ),
+    min_samples: int = MIN_SAMPLES,
     base_model: str = typer.Option("", "--base-model", help="Base model id (server default if empty)."),
     parent: str = typer.Option("", "--parent", help="Continue from this adapter version (EWC applies)."),
     epochs: int = typer.Option(0, "--epochs"),
@@ -151,9 +156,7 @@ def train(
     fisher_snapshot: str = typer.Option("", "--fisher-snapshot"),
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE, repeatable."),
-    force: bool = typer.Option(
-        False, "--force", help="With --from-feedback: train even with fewer examples than --min-samples."
-    ),
+    force: bool = FORCE_BELOW_MIN,
     objective: str = typer.Option("", "--objective", help="sft | kto (kto needs --from-feedback; sft if empty)."),
     priority: int = typer.Option(0, "--priority", help="Among queued jobs, higher runs first."),
     request_id: str = typer.Option(
@@ -173,10 +176,7 @@ def train(
             "name exactly one of --data, --dataset or --from-feedback",
             reason=ERROR_REASON_USAGE,
         )
-    if force and not from_feedback:
-        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
-             "--force applies to --from-feedback (train below --min-samples); a --data file has no minimum",
-             reason=ERROR_REASON_USAGE)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
     spec = training.TrainingJobSpec(
         objective=_objective(objective),
         base_model=base_model,
@@ -210,8 +210,8 @@ def train(
         spec.jsonl.path = data
     elif dataset:
         spec.dataset_name = dataset_name(dataset)
-    elif not data:
-        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples, force=force))
+    elif feedback is not None:
+        spec.feedback.CopyFrom(feedback)
 
     async def call(client: AsyncClient) -> int:
         if local is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,10 @@ _OPTIMIZERS = {"adam": ol.ONLINE_OPTIMIZER_ADAM, "adamw": ol.ONLINE_OPTIMIZER_AD
 _LOSSES = {"sft": ol.ONLINE_LOSS_SFT, "kto": ol.ONLINE_LOSS_KTO}
 _LABELS = {"desirable": True, "undesirable": False}
 BATCH = 50  # examples per message of `online send`
+_REFUSAL = re.compile(r"examples\[(\d+)\]: (.*)", re.DOTALL)  # AddExamplesResponse.refusals: "examples[3]: why"
+# `online send` exits so when the session refused some examples (the others are stored), as the call would have
+# for bad input: a script sees that the file was not taken whole.
+EXAMPLES_REFUSED = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 def session_name(name: str) -> str:
@@ -131,10 +136,11 @@ def online_stats(ctx: typer.Context, name: str) -> None:
     emit(options(ctx), stats, lambda: out.print(_stats_line(stats), highlight=False))
 
 
-def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.OnlineExample]:
-    """A JSONL file of {"prompt", "target"?, "weight"?, "desirable"?, "client_example_id"?} lines; ``label``: the
-    desirable label of the lines without one (None: none)."""
-    examples = []
+def _read_examples(opts: Options, path: Path, label: bool | None) -> tuple[list[ol.OnlineExample], list[int]]:
+    """A JSONL file of {"prompt", "target"?, "weight"?, "desirable"?, "client_example_id"?} lines, and the file line
+    of each example (blank lines are not examples, so the two numberings differ); ``label``: the desirable label of
+    the lines without one (None: none)."""
+    examples, numbers = [], []
     for number, line in enumerate(local_text(opts, path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -146,10 +152,21 @@ def _read_examples(opts: Options, path: Path, label: bool | None) -> list[ol.Onl
             examples.append(ol.OnlineExample(prompt=row["prompt"], target=row.get("target", ""),
                                              weight=row.get("weight"), desirable=desirable,
                                              client_example_id=row.get("client_example_id", "")))
+            numbers.append(number)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"{path}:{number}: not an example ({exc})",
                  reason=ERROR_REASON_USAGE)
-    return examples
+    return examples, numbers
+
+
+def _refusal_line(refusal: str, path: Path, numbers: list[int]) -> str:
+    """A refusal named by the file's line (``examples.jsonl:3: empty prompt``): the server numbers the examples of
+    the stream from 0 (``examples[2]: empty prompt``), which is not how anyone finds the line to fix. One in
+    another shape is shown as the server wrote it."""
+    found = _REFUSAL.fullmatch(refusal)
+    if found is None or int(found.group(1)) >= len(numbers):
+        return refusal
+    return f"{path}:{numbers[int(found.group(1))]}: {found.group(2)}"
 
 
 @online_app.command("send")
@@ -162,12 +179,13 @@ def online_send(ctx: typer.Context, name: str,
                 label: str = typer.Option("", "--label", help="desirable or undesirable: the label of the lines "
                                                               "without a \"desirable\" of their own (a KTO session "
                                                               "needs one on every example).")) -> None:
-    """Stream a file's examples to the session, printing its stats after each update, until all are trained on."""
+    """Stream a file's examples to the session, printing its stats after each update, until all are trained on;
+    exits 3 if the session refused some of them (each named by its line of the file)."""
     opts = options(ctx)
     if label and label not in _LABELS:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--label must be one of {', '.join(_LABELS)}",
              reason=ERROR_REASON_USAGE)
-    examples = _read_examples(opts, file, _LABELS.get(label))
+    examples, numbers = _read_examples(opts, file, _LABELS.get(label))
 
     def batches() -> Iterator[list[ol.OnlineExample]]:
         for start in range(0, len(examples), BATCH):
@@ -188,7 +206,9 @@ def online_send(ctx: typer.Context, name: str,
         again = f", {last.duplicates} stored already" if last.duplicates else ""
         out.print(f"sent {last.accepted} examples, {last.refused} refused{again}", highlight=False)
         for refusal in last.refusals:
-            out.print(f"  {refusal}", highlight=False)
+            out.print(f"  {_refusal_line(refusal, file, numbers)}", highlight=False)
+    if last.refused:
+        raise typer.Exit(EXAMPLES_REFUSED)
 
 
 @online_app.command("watch")
@@ -244,7 +264,7 @@ def online_disable(ctx: typer.Context, name: str, reason: str = typer.Option("",
 
 @online_app.command("update")
 def online_update(ctx: typer.Context, name: str) -> None:
-    """One update now on what is buffered."""
+    """One update now on what is buffered (refused while learning is disabled: enable it first)."""
     _change(ctx, lambda c: c.force_update(session_name(name)), "update requested")
 
 

@@ -277,6 +277,17 @@ def report(
 _METRICS_SCHEMES = ("http", "https", "file")  # what urllib reads a Prometheus page from
 
 
+def _unreadable(url: str, exc: Exception) -> str:
+    """Why ``url`` could not be read. A refused connection says its usual cause as well: the server serves
+    /metrics only when it runs with metrics_port set, which is unset by default, so a first try finds nothing
+    listening."""
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if not isinstance(cause, ConnectionRefusedError):
+        return f"cannot read {url}: {exc}"
+    return (f"cannot read {url}: {exc}; nothing listens there: the server serves metrics only when it runs with "
+            "metrics_port set (LEARNING_ENGINE_METRICS_PORT=9464; unset by default)")
+
+
 def metrics(
     ctx: typer.Context,
     url: str = typer.Option(
@@ -300,7 +311,7 @@ def metrics(
         with urllib.request.urlopen(request, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
             body = response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        fail(opts, grpc.StatusCode.UNAVAILABLE, f"cannot read {url}: {exc}", reason=ERROR_REASON_METRICS_UNREACHABLE)
+        fail(opts, grpc.StatusCode.UNAVAILABLE, _unreadable(url, exc), reason=ERROR_REASON_METRICS_UNREACHABLE)
     try:
         samples = [
             {"name": s.name, "labels": s.labels, "value": s.value}

@@ -14,7 +14,7 @@ from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
-from learning_engine.cli.datasets import dataset_name
+from learning_engine.cli.datasets import FORCE_BELOW_MIN, MIN_SAMPLES, dataset_name, feedback_dataset
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import canary_policy
@@ -51,7 +51,8 @@ def pipelines_create(
     ctx: typer.Context,
     pipeline_id: str = typer.Argument(..., help="Its id: lowercase letters, digits and '-'."),
     from_feedback: int = typer.Option(0, "--from-feedback", help="Train on the last N days of feedback."),
-    min_samples: int = typer.Option(100, "--min-samples", help="With --from-feedback: skip below this many."),
+    min_samples: int = MIN_SAMPLES,
+    force: bool = FORCE_BELOW_MIN,
     data: str = typer.Option("", "--data", help="Or a JSONL file below the server's datasets dir."),
     dataset: str = typer.Option("", "--dataset", help="Or a stored dataset (datasets/NAME, its newest version)."),
     cron: str = typer.Option("", "--cron", help="A schedule, e.g. '0 2 * * 1' (Mondays 02:00)."),
@@ -101,6 +102,7 @@ def pipelines_create(
     if len(sources) != 1:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name exactly one of --from-feedback, --data, --dataset",
              reason=ERROR_REASON_USAGE)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
     if rollout not in _MODES:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--rollout must be one of {', '.join(_MODES)}",
              reason=ERROR_REASON_USAGE)
@@ -108,8 +110,8 @@ def pipelines_create(
                                                                              learning_rate=learning_rate),
                                     base_protection=base_protection(protection, base_fraction, base_kl_weight,
                                                                     base_ewc_lambda, base_prompt_kl_weight))
-    if from_feedback:
-        spec.feedback.CopyFrom(common.FeedbackDataset(days=from_feedback, min_samples=min_samples))
+    if feedback is not None:
+        spec.feedback.CopyFrom(feedback)
     elif data:
         spec.jsonl.CopyFrom(common.JsonlDataset(path=data))
     else:

@@ -1579,6 +1579,8 @@ export const OnlineLearningService: GenService<{
   },
   /**
    * One update now on whatever is buffered, even fewer than update_every.
+   * FAILED_PRECONDITION (ONLINE_LEARNING_DISABLED) while learning is
+   * disabled: enable it first (EnableOnlineLearning), then ask again.
    *
    * @generated from rpc learning.v1.OnlineLearningService.ForceUpdate
    */
