@@ -175,6 +175,7 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
     config = ControlConfig(
         base_model=settings.default_base_model, alias=settings.lora_alias,
         served_base_name=settings.serving_base_model_name, drain_timeout_seconds=settings.drain_timeout_seconds,
+        follow_seconds=settings.serving_follow_seconds,
         smoke_prompt=settings.smoke_prompt, gateway_url=f"{scheme}://{netloc(settings.host, gateway.port)}",
         eval_suite=(settings.datasets_dir / settings.eval_suite_path) if settings.eval_suite_path else None,
         gate=settings.eval_gate, eval_max_tokens=settings.eval_max_tokens,

@@ -58,8 +58,12 @@ class LoraControlSettings(BaseModel):
     reference_backend_start_timeout_seconds: float = Field(
         180.0, gt=0, description="How long the embedded reference backend may take to load the base model."
     )
-    drain_timeout_seconds: float = Field(30.0, ge=0, le=3600,
-                                         description="Wait for in-flight requests to a replaced adapter before unload.")
+    drain_timeout_seconds: float = Field(
+        30.0, ge=0, le=3600, description="Time the requests other serving processes of the target sent a replaced "
+        "adapter (a version swapped out, rolled back from, a split's candidate) get to end once they follow the "
+        "change: the adapter is unloaded, in the background, after serving_follow_seconds plus this, and once this "
+        "process's own requests to it have ended (however long that takes)."
+    )
     smoke_prompt: str = Field("Hello", min_length=1, description="Prompt of the one smoke request before a switch.")
     eval_suite_path: str = Field(
         "", description="Golden suite JSONL below <data-dir>/datasets, checked at every activation besides the "
@@ -126,7 +130,9 @@ class LoraControlSettings(BaseModel):
     auto_rollback_interval_seconds: float = Field(60.0, gt=0, description="How often feedback is checked.")
     serving_follow_seconds: float = Field(
         5.0, gt=0, le=600, description="How often a serving process takes up the LoRA state another serving process "
-        "of the same target recorded (its gateway then routes the alias the same way)."
+        "of the same target recorded (its gateway then routes the alias the same way). Every serving process of a "
+        "target must have the same (or a shorter) one: a replaced adapter stays loaded this long plus "
+        "drain_timeout_seconds, so that none still routes to it when it goes."
     )
     prepare_generator_model: str = Field(
         "", max_length=256, description="The model a data preparation job asks for question-answer pairs, as its "

@@ -1,15 +1,16 @@
 """LoraController: activate, roll back, enable/disable adapters on one serving target, and roll a candidate out
 through a traffic split: a canary decided by its policy, or a manual A/B split.
 
-Activation: fetch and verify -> load under ``<base>@<version>`` -> eval gate -> smoke
-request -> persist and switch the alias -> drain the old name -> unload it unless it is
-the known-good one. A known-good version the activation replaces (``mark_known_good``) is drained and unloaded too,
-unless a role still needs it. Nothing changes for clients until the switch, so any failure before
+Activation: fetch and verify -> load under ``<base>@<version>`` (unless the engine has it loaded) -> eval gate ->
+smoke request -> persist and switch the alias -> retire the old name unless it is the known-good one. A known-good
+version the activation replaces (``mark_known_good``) is retired too, unless a role still needs it. A retirement runs
+in the background (engine/lora/target.py ``_retire``): it unloads the version once every serving process has
+followed the switch and its requests have ended. Nothing changes for clients until the switch, so any failure before
 it leaves the active adapter as it was (a candidate we loaded is unloaded again).
 
 A canary (``start_canary``) goes the same way up to the switch (the gate included, unless forced), then sends its
 policy's share of the alias's requests to the candidate (engine/lora/canary.py) and, from a loop in this process,
-promotes it (the switch, drain and unload of an activation) or takes it out of traffic and unloads it. A manual split
+promotes it (the switch and retirement of an activation) or takes it out of traffic and retires it. A manual split
 (``set_traffic_split``) loads a version and splits traffic with no gate and no decision. One split at a time is in
 force; it is persisted, and a restarted server resumes it. Activate, rollback and disable end the split in force
 first (a canary is then aborted). Every start, change and end is a recorded operation with both sides' figures.
@@ -112,7 +113,7 @@ class LoraController(ServingTarget):
             if version == st.active_version and name in self._loaded_names():
                 if mark_known_good and st.known_good_version != version:
                     await self._save(replace(st, known_good_version=version))
-                    await self._retire_known_good(op, st.known_good_version)
+                    self._retire(st.known_good_version)
                 return Activation(self.snapshot(), None)
             with op.phase("fetch"):
                 adapter = await self._adapters.fetch(st.base_model, version)
@@ -136,27 +137,9 @@ class LoraController(ServingTarget):
                                          known_good_version=kg, pending_version=""))
                 self._point_router()
             op.mark("to_serving")
-            if old and old != version:
-                await self._retire(op, old)
-            if st.known_good_version not in {kg, old}:  # (the old active version was retired just above)
-                await self._retire_known_good(op, st.known_good_version)
+            self._retire(old)  # (each unless a role still needs it: a known-good version stays)
+            self._retire(st.known_good_version)
         return Activation(self.snapshot(), summary)
-
-    async def _retire_known_good(self, op: RecordedOperation, replaced: str) -> None:
-        """``replaced`` was the known-good version until ``op`` marked another (the switch done, the locks held):
-        drained and unloaded unless a role still needs it (the active version, a split's either side, a version
-        another name routes: ``_discard`` keeps those). Loaded, it would hold a LoRA slot (and on MAX GPU memory)
-        until the next start's reconciliation."""
-        name = lora_name(self._state.base_model, replaced)
-        if not replaced or replaced == self._state.known_good_version or name not in self._loaded_names():
-            return
-        with op.phase(f"drain {name}"):
-            drained = await self._router.drain(name, self.config.drain_timeout_seconds)
-        if not drained:
-            log.warning("drain timed out; leaving the replaced known-good adapter loaded", extra={"lora_name": name})
-            return
-        with op.phase(f"unload {name}"):
-            await self._discard(name, keep=False)
 
     @to_the_end
     async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:
@@ -205,8 +188,7 @@ class LoraController(ServingTarget):
             await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
             self._point_router()
         op.mark("to_serving")
-        if old:
-            await self._retire(op, old)
+        self._retire(old)
 
     @to_the_end
     async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus:
@@ -447,8 +429,8 @@ class LoraController(ServingTarget):
 
     async def _close_split(self, op: RecordedOperation, decision: CanaryDecision, *, unload: bool = True) -> None:
         """End the split in force (the locks held), recorded on ``op`` with both sides' figures: a promoted canary's
-        candidate becomes the active version (the old one drained and retired as by an activation); otherwise the
-        candidate leaves traffic and, with ``unload``, is drained and unloaded."""
+        candidate becomes the active version (the old one retired as by an activation); otherwise the candidate
+        leaves traffic and, with ``unload``, is retired."""
         assert self._split is not None
         await self._count(self._split)
         split = self._split_now()
@@ -476,14 +458,9 @@ class LoraController(ServingTarget):
             log.info("canary ended", extra={"version": split.candidate_version, "decision": decision.value,
                                             "reason": op.reason})
         if promote:
-            await self._retire(op, split.active_version)
+            self._retire(split.active_version)
         elif unload:
-            name = lora_name(self.base_model, split.candidate_version)
-            with op.phase("drain"):
-                drained = await self._router.drain(name, self.config.drain_timeout_seconds)
-            if drained:
-                with op.phase("unload"):
-                    await self._discard(name, keep=False)
+            self._retire(split.candidate_version)
         await self._notify()
 
     async def _end_split_first(self, op: RecordedOperation) -> None:

@@ -1,8 +1,9 @@
 """How a LoraControl operation is configured, run and recorded, apart from the serving target it acts on
 (engine/lora/target.py).
 
-``ControlConfig`` is the target's settings every operation runs under (the alias, the drain timeout, the smoke
-request, the gate and its judge). ``to_the_end`` makes an operation finish even if its caller goes away.
+``ControlConfig`` is the target's settings every operation runs under (the alias, the drain timeout and the follow
+period a retired version waits for, the smoke request, the gate and its judge). ``to_the_end`` makes an operation
+finish even if its caller goes away.
 ``RecordedOperation`` is an operation being recorded: who asked and why, its phase timings (each also a span), the
 gate's summary and the split's figures, and at its end its error, as the ``OperationRecord`` the target stores.
 """
@@ -37,6 +38,7 @@ class ControlConfig:
     alias: str
     served_base_name: str = ""  # the base model's id in /v1/models; "" = discover
     drain_timeout_seconds: float = 30.0
+    follow_seconds: float = 5.0  # how often every serving process of the target takes up its state
     smoke_prompt: str = "Hello"
     smoke_max_tokens: int = 4
     gateway_url: str = ""  # where clients reach the alias (reported in the status)

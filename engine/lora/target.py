@@ -10,6 +10,11 @@ manual A/B split: engine/lora/canary.py) is part of the state: its candidate sta
 reconciliation, and the status reports it with both sides' figures. Versions the gateway routes under other names
 (``RoutedElsewhere``: an online session's live alias) are never unloaded here either.
 
+A version an operation stops needing (replaced, rolled back from, a split's candidate) is retired in the background
+(``_retire``): other serving processes route to it until their next follow, so it is unloaded only after a follow
+period plus the drain timeout, once this process's own requests to it have ended, and if the state read again under
+the locks still does not need it.
+
 The serving engine may lose what it had loaded (restarted, redeployed, OOM-killed): the state is reconciled with it
 at start, again whenever the periodic follow finds a version the state needs loaded (the active, the known-good, a
 split's candidate) missing from it, and again on the first contact after it was unreachable. Such a reconciliation
@@ -101,6 +106,7 @@ class ServingTarget:
         self._background: set[asyncio.Task[Any]] = set()  # work started by a request that must not wait for it
         self._process = secrets.token_hex(8)  # this serving process, as it counts a split and decides a canary
         self._others = (Tally(), Tally())  # what the other serving processes counted for the split, as last read
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # version -> its retirement under way (``_retire``)
 
     @property
     def base_model(self) -> str:
@@ -216,9 +222,9 @@ class ServingTarget:
             if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
                 return False
             async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
-                before = (self._state, _split_id(self._split))
+                before = self._basis()
                 await self._reload()
-                changed = (self._state, _split_id(self._split)) != before
+                changed = self._basis() != before
                 if changed:
                     self._last = await self._store.last_operation(self.target)
                     self._last_canary = await self._store.canary_outcome(self.target)
@@ -471,9 +477,21 @@ class ServingTarget:
         )
 
     async def _load(self, name: str, path: str) -> None:
-        await self._client.load(name, path)
+        """Load ``name`` from ``path``, unless the engine has these files loaded under it already (as last read:
+        every operation reads the engine first): engines differ on a second load of one name (MAX answers 200, vLLM
+        400 "has already been loaded"), so none is asked twice. Other files under that name are asked for, and the
+        engine refuses the conflict."""
+        if not self._has_loaded(name, path):
+            await self._client.load(name, path)
         self._paths[name] = path
         await self._refresh_loaded()
+
+    def _has_loaded(self, name: str, path: str) -> bool:
+        """Whether the engine lists ``name`` loaded from the files at ``path``: from ``path`` itself, from another
+        serving process's copy of them (each process fetches adapters into its own cache, in a directory named by
+        the version and its content's digest: engine/lora/fetch.py), or from a path it does not report."""
+        return any(a.lora_name == name and (not a.path or Path(a.path).name == Path(path).name)
+                   for a in self._loaded)
 
     async def _smoke(self, name: str) -> None:
         try:
@@ -511,18 +529,54 @@ class ServingTarget:
         with contextlib.suppress(EngineError):
             await self._refresh_loaded()
 
-    async def _retire(self, op: RecordedOperation, old_version: str) -> None:
-        """Drain the replaced adapter, then unload it unless it is the known-good one."""
-        old = lora_name(self._state.base_model, old_version)
-        with op.phase("drain"):
-            drained = await self._router.drain(old, self.config.drain_timeout_seconds)
-        if old_version == self._state.known_good_version:
+    def _retire(self, version: str) -> None:
+        """Hand ``version``, which the state no longer needs (the operation holding the locks just switched away
+        from it), to a retirement in the background (``_retirement``): the operation does not wait for it. A
+        version still needed, or not loaded, has nothing to retire; one retired again replaces its earlier
+        retirement, whose grace began before the version served again."""
+        if not version or version in self._wanted() or lora_name(self.base_model, version) not in self._loaded_names():
             return
-        if not drained:
-            log.warning("drain timed out; leaving the old adapter loaded", extra={"lora_name": old})
-            return
-        with op.phase("unload"):
-            await self._discard(old, keep=False)
+        earlier = self._retiring.pop(version, None)
+        if earlier is not None:  # (waiting: its locked part cannot run while the caller holds the locks)
+            earlier.cancel()
+        self._retiring[version] = self._spawn(self._retirement(version, self._basis()), f"retiring {version}")
+
+    @property
+    def _retire_grace_seconds(self) -> float:
+        """How long a retired version stays loaded at least: every serving process of the target follows the new
+        state within a follow period, then the requests it had sent the version are given the drain timeout to end,
+        as this process's own once were."""
+        return self.config.follow_seconds + self.config.drain_timeout_seconds
+
+    async def _retirement(self, version: str, seen: tuple[TargetState, int]) -> None:
+        """Unload ``version`` once no serving process sends it requests: after the grace, and once this process's
+        own requests to it have ended (however long that takes), under the operations' locks, unless the state
+        re-read there needs it again (``_discard``). Should the state have changed since ``seen`` (as it was handed
+        over), the version may have served again: the grace starts over from the state as it is now. Stopping the
+        process cancels it; the next start's reconciliation unloads it then, as a stray."""
+        name = lora_name(self.base_model, version)
+        try:
+            while True:
+                await asyncio.sleep(self._retire_grace_seconds)
+                if version in self._wanted():  # needed again (as last followed)
+                    return
+                await self._router.drain(name, None)
+                async with self._lock, self._store.serialised(self.target):
+                    await self._reload()
+                    if self._basis() == seen or version in self._wanted():
+                        await self._discard(name, keep=False)
+                        log.info("retired", extra={"lora_name": name, "unloaded": name not in self._loaded_names()})
+                        await self._notify()  # (the status lists what the engine has loaded)
+                        return
+                    seen = self._basis()
+        finally:
+            if self._retiring.get(version) is asyncio.current_task():
+                del self._retiring[version]
+
+    def _basis(self) -> tuple[TargetState, int]:
+        """What the alias's routing follows from: the state and the split in force (by id)."""
+        return self._state, _split_id(self._split)
+
 
 def _split_id(split: TrafficSplitState | None) -> int:
     return split.id if split is not None else 0

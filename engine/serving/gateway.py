@@ -233,8 +233,9 @@ class AliasRouter:
     def inflight(self, upstream: str) -> int:
         return self._inflight.get(upstream, 0)
 
-    async def drain(self, upstream: str, timeout: float) -> bool:
-        """Wait until ``upstream`` has no request in flight; False if ``timeout`` passed first."""
+    async def drain(self, upstream: str, timeout: float | None) -> bool:
+        """Wait until ``upstream`` has no request in flight; False if ``timeout`` passed first (None: no deadline,
+        as a retirement waits: a request still running keeps its adapter loaded until it ends)."""
         async def quiet() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: self.inflight(upstream) == 0)

@@ -88,5 +88,21 @@ async def status(client) -> lc.LoraStatus:
     return (await stub(client).GetLoraStatus(lc.GetLoraStatusRequest())).status
 
 
+# RETIRE_FAST: the settings under which a replaced version is unloaded soon (a retirement waits a follow period plus
+# the drain timeout, 35 s by default, before it unloads it): for tests that wait for it.
+RETIRE_FAST = {"serving_follow_seconds": 0.2, "drain_timeout_seconds": 0.2}
+
+
+async def loaded_when(client, versions: list[str], within: float = 10.0) -> list[str]:
+    """The versions the engine has loaded once they are ``versions`` (a replaced version is unloaded by a retirement
+    in the background, after the RPC returned), or as they are after ``within`` seconds; sorted."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        loaded = sorted(a.version for a in (await status(client)).loaded)
+        if loaded == sorted(versions) or asyncio.get_running_loop().time() > deadline:
+            return loaded
+        await asyncio.sleep(0.05)
+
+
 def code_of(err: grpc.aio.AioRpcError) -> grpc.StatusCode:
     return err.code()

@@ -22,7 +22,7 @@ from learning.v1 import feedback_pb2_grpc as fb_grpc
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY, error_details
-from tests.server.lora_helpers import ACTOR, activate, gateway_url, status, stub, train
+from tests.server.lora_helpers import ACTOR, RETIRE_FAST, activate, gateway_url, loaded_when, status, stub, train
 
 _ids = itertools.count()
 
@@ -91,7 +91,7 @@ async def _fails(call, code: grpc.StatusCode, reason: str) -> list[tuple[str, st
 
 
 async def test_worse_feedback_rolls_the_canary_back_and_better_feedback_promotes_it(make_server):
-    client = await make_server()
+    client = await make_server(**RETIRE_FAST)  # an ended canary's candidate is retired in the background, soon
     v10 = await train(client)
     v11 = await train(client, parent=v10)
     await activate(client, v10, mark_known_good=True)
@@ -132,7 +132,7 @@ async def test_worse_feedback_rolls_the_canary_back_and_better_feedback_promotes
 
     st = await status(client)
     assert not st.HasField("traffic_split") and st.active_version == v10
-    assert [a.version for a in st.loaded] == [v10]  # the candidate is unloaded
+    assert await loaded_when(client, [v10]) == [v10]  # the candidate is unloaded (retired)
     op = st.last_operation
     assert op.kind == lc.LORA_OPERATION_KIND_CANARY_ROLLBACK and op.actor == "canary" and op.version == v11
     assert op.reason == outcome.reason and op.traffic.candidate.negative_feedback == 8
@@ -170,7 +170,7 @@ async def test_worse_feedback_rolls_the_canary_back_and_better_feedback_promotes
 
 async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_server, tiny_model_dir):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
-    client = await make_server(serving_url=backend.url)
+    client = await make_server(serving_url=backend.url, **RETIRE_FAST)
     v10 = await train(client)
     v11 = await train(client, parent=v10)
     control = stub(client)
@@ -216,7 +216,8 @@ async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_s
         changed.traffic.active.requests) == 18
     assert "load" not in changed.phase_durations  # still loaded
     resp = await control.SetTrafficSplit(lc.SetTrafficSplitRequest(share=0, reason="done"))
-    assert not resp.status.HasField("traffic_split") and [a.version for a in resp.status.loaded] == [v10]
+    assert not resp.status.HasField("traffic_split")
+    assert await loaded_when(client, [v10]) == [v10]  # the candidate is retired
     assert not resp.status.HasField("last_canary")  # a manual split decides nothing
 
     # The serving engine loses the candidate mid-canary (as an engine restarted without it): its requests fail over

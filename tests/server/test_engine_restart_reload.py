@@ -112,7 +112,7 @@ async def test_two_serving_processes_sharing_the_engine_reload_each_version_once
 async def test_a_version_an_activation_retired_after_the_engine_restarted_is_not_loaded_back(make_server,
                                                                                             tiny_model_dir):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
-    client = await make_server(serving_url=backend.url, serving_follow_seconds=0.1)
+    client = await make_server(serving_url=backend.url, serving_follow_seconds=0.1, drain_timeout_seconds=0.2)
     v10 = await train(client)
     v11 = await train(client, parent=v10)
     v12 = await train(client, parent=v11)
@@ -122,8 +122,8 @@ async def test_a_version_an_activation_retired_after_the_engine_restarted_is_not
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY), port=backend.port)
     try:
         assert await _until_loaded(client, sorted([v10, v11])) == sorted([v10, v11])
-        await activate(client, v12, force=True)  # v11 is drained and unloaded while the follow runs
-        await asyncio.sleep(1.5)  # many follow periods
+        await activate(client, v12, force=True)  # v11 is retired (unloaded 0.3 s on) while the follow runs
+        await asyncio.sleep(1.5)  # many follow periods, and v11's retirement
         st = await status(client)
         assert sorted(a.version for a in st.loaded) == sorted([v10, v12]), st.loaded
         assert st.last_operation.kind == lc.LORA_OPERATION_KIND_ACTIVATE, st.last_operation  # no reconcile since

@@ -13,11 +13,22 @@ import pytest
 from engine.telemetry import REGISTRY
 from learning.v1 import lora_control_pb2 as lc
 from tests.server.conftest import TINY
-from tests.server.lora_helpers import ACTOR, activate, ask, expected, gateway_url, stub, train, under_load
+from tests.server.lora_helpers import (
+    ACTOR,
+    RETIRE_FAST,
+    activate,
+    ask,
+    expected,
+    gateway_url,
+    loaded_when,
+    stub,
+    train,
+    under_load,
+)
 
 
 async def test_activate_rollback_disable_enable_under_load(make_server, tiny_model_dir: Path):
-    client = await make_server(drain_timeout_seconds=10)
+    client = await make_server(**RETIRE_FAST)  # a replaced version is retired in the background, soon
     v10 = await train(client)
     v11 = await train(client, parent=v10)
     assert (v10, v11) == ("v1.0", "v1.1")
@@ -57,14 +68,14 @@ async def test_activate_rollback_disable_enable_under_load(make_server, tiny_mod
     assert served == f"{TINY}@v1.1" and out == pytest.approx(v11_out, abs=1e-4)
     assert v11_out != pytest.approx(v10_out, abs=1e-3)
 
-    # roll back to v1.0: still loaded, so no load phase; v1.1 is drained and unloaded
+    # roll back to v1.0: still loaded, so no load phase; v1.1 is retired (unloaded once its requests have ended)
     resp, statuses, _ = await under_load(
         client, control.RollbackAdapter(lc.RollbackAdapterRequest(reason="complaints"), metadata=ACTOR))
     assert set(statuses) == {200}
     st = resp.status
     assert (st.active_version, st.previous_version, st.known_good_version) == ("v1.0", "v1.1", "v1.0")
-    assert [a.version for a in st.loaded] == ["v1.0"]
     assert "load" not in st.last_operation.phase_durations
+    assert await loaded_when(client, ["v1.0"]) == ["v1.0"]
     assert st.last_operation.phase_durations["to_serving"].ToTimedelta().total_seconds() < 1.0
     served, out = await ask(client)
     assert served == f"{TINY}@v1.0" and out == pytest.approx(v10_out, abs=1e-4)

@@ -12,7 +12,7 @@ import asyncpg
 from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import pipeline_pb2 as pp
-from tests.server.lora_helpers import ACTOR, status, stub, train
+from tests.server.lora_helpers import ACTOR, RETIRE_FAST, loaded_when, status, stub, train
 from tests.server.test_canary_abort_scope import undecided
 from tests.server.test_pipelines import from_file, pipelines
 from tests.server.test_pipelines_canary import canary_of
@@ -59,7 +59,7 @@ async def _careful(client) -> None:
 
 
 async def test_a_run_cancelled_while_paused_aborts_its_canary_and_only_its_own(make_server):
-    client = await make_server(pipeline_poll_seconds=0.2)
+    client = await make_server(pipeline_poll_seconds=0.2, **RETIRE_FAST)  # an aborted candidate is retired soon
     await _careful(client)
     manager = client.app.engine.pipelines._manager  # pausing a run has no RPC; the job core's pause is the one
     name, mine = await _canary_run(client)
@@ -74,7 +74,8 @@ async def test_a_run_cancelled_while_paused_aborts_its_canary_and_only_its_own(m
     st = await status(client)
     assert not st.HasField("traffic_split"), st.traffic_split
     assert (st.last_canary.version, st.last_canary.decision) == (mine, lc.CANARY_DECISION_ABORTED)
-    assert mine not in [a.version for a in st.loaded]
+    kept = sorted({st.active_version, st.known_good_version} - {""})
+    assert mine not in await loaded_when(client, kept)  # (retired)
     assert await _aborts(client) == [(mine, "pipelines/careful", "")]
     notices = await _notices(client, name)
     assert [(kind, code) for kind, code, _ in notices] == [("notice", "CANARY_ABORTED")], notices

@@ -1,0 +1,110 @@
+"""A replaced version is retired in the background, not by the operation that replaced it: it is unloaded once every
+serving process has followed the change (``serving_follow_seconds``), their requests have had
+``drain_timeout_seconds`` to end, and this process's own requests to it have ended, however long they run (a long
+stream past the drain timeout no longer leaves it loaded until the next restart). Held here too: a version needed
+again before its retirement is due stays loaded, and a process stopping with retirements pending cancels them, the
+next start's reconciliation unloading what they would have."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from engine.serving.reference_backend import ReferenceModel
+from learning.v1 import lora_control_pb2 as lc
+from tests.fixtures.serving import start_backend
+from tests.server.conftest import TINY
+from tests.server.lora_helpers import (
+    ACTOR,
+    RETIRE_FAST,
+    activate,
+    gateway_url,
+    loaded_when,
+    status,
+    stub,
+    train,
+)
+
+SLOW = 7  # max_tokens of the request that takes its time (a long answer)
+SLOW_SECONDS = 3.0
+
+
+class SlowModel(ReferenceModel):
+    def generate(self, model, prompt_ids, max_tokens, streamer=None, **kw):
+        if max_tokens == SLOW:
+            time.sleep(SLOW_SECONDS)  # a long answer (off the event loop: the backend runs generate in a thread)
+        return super().generate(model, prompt_ids, max_tokens, streamer, **kw)
+
+
+async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_server, tiny_model_dir):
+    backend = await start_backend(SlowModel(tiny_model_dir, TINY))
+    try:
+        client = await make_server(serving_url=backend.url, **RETIRE_FAST)  # a retirement's grace: 0.4 s
+        v10 = await train(client)
+        v11 = await train(client, parent=v10)
+        v12 = await train(client, parent=v11)
+        await activate(client, v10, mark_known_good=True)
+        await activate(client, v11, force=True)
+
+        async def long_request() -> tuple[int, str]:  # in flight on v1.1 while v1.2 is activated
+            async with aiohttp.ClientSession() as s, s.post(
+                    gateway_url(client) + "/v1/completions",
+                    json={"model": "active", "prompt": "Hello", "max_tokens": SLOW}) as r:
+                await r.read()
+                return r.status, r.headers["x-served-model"]
+
+        running = asyncio.create_task(long_request())
+        await asyncio.sleep(0.3)
+        assert not running.done()
+        st = (await activate(client, v12, force=True)).status
+        assert st.active_version == v12
+        assert not running.done(), "the activation waited for the request to the version it replaced"
+        await asyncio.sleep(0.8)  # twice the grace, and v1.1's request is still running: it stays loaded
+        assert not running.done()
+        assert sorted(a.version for a in (await status(client)).loaded) == sorted([v10, v11, v12])
+        assert await running == (200, f"{TINY}@{v11}")  # v1.1's last request has ended, whole
+        loaded = await loaded_when(client, [v10, v12])
+        assert loaded == sorted([v10, v12]), \
+            f"{v11} (neither active nor known-good, no request in flight) is still loaded: {loaded}"
+    finally:
+        await backend.stop()
+
+
+async def test_a_version_needed_again_before_its_retirement_stays_loaded(make_server):
+    client = await make_server(serving_follow_seconds=0.3, drain_timeout_seconds=0.3)  # a grace of 0.6 s
+    v10 = await train(client)
+    v11 = await train(client, parent=v10)
+    v12 = await train(client, parent=v11)
+    await activate(client, v10, mark_known_good=True)
+    await activate(client, v11, force=True)
+    await activate(client, v12, force=True)  # v1.1's retirement is due in 0.6 s
+    st = (await activate(client, v11, force=True, reason="back to v1.1")).status  # loaded: not loaded again
+    assert st.active_version == v11
+    assert await loaded_when(client, [v10, v11]) == sorted([v10, v11])  # v1.2 retired (due after v1.1's)
+    await asyncio.sleep(1.0)
+    assert sorted(a.version for a in (await status(client)).loaded) == sorted([v10, v11])
+
+    # a rollback retires the version it leaves, and keeps the known-good one it goes back to
+    st = (await stub(client).RollbackAdapter(lc.RollbackAdapterRequest(reason="complaints"), metadata=ACTOR)).status
+    assert (st.active_version, st.previous_version) == (v10, v11)
+    assert v11 in {a.version for a in st.loaded}, "the rollback unloaded the version it left at once"
+    assert await loaded_when(client, [v10]) == [v10]
+
+
+async def test_a_stopping_process_cancels_its_retirements_and_the_next_start_unloads_them(make_server):
+    one = await make_server(drain_timeout_seconds=600)  # a retirement is due in ten minutes
+    v10 = await train(one)
+    v11 = await train(one, parent=v10)
+    v12 = await train(one, parent=v11)
+    await activate(one, v10, mark_known_good=True)
+    await activate(one, v11, force=True)
+    await activate(one, v12, force=True)
+    assert sorted(a.version for a in (await status(one)).loaded) == sorted([v10, v11, v12])  # v1.1: retiring
+    await asyncio.wait_for(one.app.stop(0), 30)  # the pending retirement does not hold the stop up
+
+    restarted = await make_server()
+    st = await status(restarted)
+    assert sorted(a.version for a in st.loaded) == sorted([v10, v12]), "the start did not unload the stray v1.1"
+    assert st.last_operation.kind == lc.LORA_OPERATION_KIND_RECONCILE
