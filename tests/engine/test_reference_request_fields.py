@@ -122,7 +122,7 @@ async def test_top_p_is_honoured(tiny_model_dir) -> None:
 async def test_a_prompt_longer_than_the_context_is_a_400(tiny_model_dir) -> None:
     from transformers import AutoConfig
 
-    context = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings  # 256 for the tiny Llama
+    context = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
     async with running_backend(tiny_model_dir, NAME) as be, aiohttp.ClientSession() as s:
         for path, body in (("/v1/completions", {"prompt": "x " * context}),
                            ("/v1/completions", {"prompt": "x " * context, "stream": True}),
@@ -132,7 +132,7 @@ async def test_a_prompt_longer_than_the_context_is_a_400(tiny_model_dir) -> None
             assert r.status == 400, f"{r.status}: prompt_tokens {answer.get('usage')} > context {context}"
             message = answer["error"]["message"]
             prompt_tokens = len(be.model.tokenizer("x " * context)["input_ids"])
-            assert "maximum context length is 256 tokens" in message, message
+            assert f"maximum context length is {context} tokens" in message, message
             if "chat" not in path:
                 assert f"{prompt_tokens} input tokens" in message, message
 
@@ -140,11 +140,13 @@ async def test_a_prompt_longer_than_the_context_is_a_400(tiny_model_dir) -> None
 async def test_an_answer_that_would_overrun_the_context_ends_at_it(tiny_model_dir) -> None:
     """MAX clamps max_tokens to the room the prompt leaves (vLLM would refuse): the answer ends at the context."""
     async with running_backend(tiny_model_dir, NAME) as be:
-        prompt = "x " * 124  # two tokens each
+        context = be.model.context
+        assert context is not None
+        prompt = "the " * (context - 8)  # about a token each; the tiny model answers it without an EOS
         prompt_tokens = len(be.model.tokenizer(prompt)["input_ids"])
-        assert prompt_tokens < 256 < prompt_tokens + 16
+        assert prompt_tokens < context < prompt_tokens + 16
         status, answer = await _post(be, "/v1/completions", {"model": NAME, "prompt": prompt, "max_tokens": 16})
     assert status == 200, answer
     assert answer["usage"]["prompt_tokens"] == prompt_tokens
-    assert answer["usage"]["completion_tokens"] == 256 - prompt_tokens  # the tiny model writes no EOS here
+    assert answer["usage"]["completion_tokens"] == context - prompt_tokens  # the tiny model writes no EOS here
     assert answer["choices"][0]["finish_reason"] == "length"
