@@ -21,10 +21,11 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
   servers validate theirs): a value they take is taken (``"stream": "false"`` is false, ``"temperature": "0.5"``
   is 0.5), one they refuse is a 400 naming the field (``"temperature": "hot"``); a null field is its default;
   fields it does not know are ignored, as there.
-- Sampling: ``temperature`` omitted, null or 0 is greedy decoding. OpenAI's default temperature is 1; the
-  reference backend's is greedy, which keeps the engine (it sends temperature 0) and the tests deterministic.
-  ``temperature`` above 0 samples with that temperature and ``top_p`` (no top-k), the same text again for the
-  same ``seed``. Ranges as OpenAI documents them: ``temperature`` in [0, 2], ``top_p`` in (0, 1]; outside: 400.
+- Sampling: ``temperature`` omitted, null, 0 or below 1e-5 (as vLLM) is greedy decoding. OpenAI's default
+  temperature is 1; the reference backend's is greedy, which keeps the engine (it sends temperature 0) and the
+  tests deterministic. A larger ``temperature`` samples with that temperature and ``top_p`` (no top-k), the same
+  text again for the same ``seed``. Ranges as OpenAI documents them: ``temperature`` in [0, 2], ``top_p`` in
+  (0, 1]; outside: 400.
 - Context: a prompt of as many tokens as the model's context (``max_position_embeddings``) or more is a 400 that
   says both numbers; a prompt that fits with room for fewer than ``max_tokens`` gets an answer ended at the
   context (finish_reason ``"length"``), as MAX clamps it (vLLM would refuse prompt + max_tokens > context).
@@ -198,9 +199,9 @@ class ReferenceModel:
                  stop: tuple[str, ...] = (), cancel: threading.Event | None = None,
                  temperature: float | None = None, top_p: float | None = None,
                  seed: int | None = None) -> Generation:
-        """Greedy generation when ``temperature`` is None or 0, else sampling with ``temperature`` and ``top_p``
-        (reproducible for a ``seed``), ending at the model's context, at the first of ``stop`` (left out of the
-        text, as OpenAI does) or once ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears
+        """Greedy generation when ``temperature`` is None or below GREEDY_BELOW, else sampling with ``temperature``
+        and ``top_p`` (reproducible for a ``seed``), ending at the model's context, at the first of ``stop`` (left out
+        of the text, as OpenAI does) or once ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears
         the text as it comes."""
         import torch  # noqa: PLC0415
         from transformers import StoppingCriteriaList  # noqa: PLC0415
@@ -208,7 +209,7 @@ class ReferenceModel:
         room = self.room(len(prompt_ids))
         # top_k=0: no top-k cut (OpenAI has none; a model's generation config may set one)
         sampling = dict(do_sample=True, temperature=temperature, top_p=1.0 if top_p is None else top_p,
-                        top_k=0) if temperature else dict(do_sample=False)
+                        top_k=0) if temperature is not None and temperature >= GREEDY_BELOW else dict(do_sample=False)
         with self._lock:
             lora = self.resolve(model)
             ids = torch.tensor([prompt_ids])
@@ -297,6 +298,9 @@ def _exact_fields(body: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
     return values
 
 
+# A temperature this small is greedy decoding (vLLM's _SAMPLING_EPS): dividing the logits by less overflows them to
+# inf, and sampling from that fails
+GREEDY_BELOW = 1e-5
 MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless started with another
 CLIENT_CHECK_SECONDS = 0.1  # how often a request not streamed looks whether its client is still there
 

@@ -83,9 +83,12 @@ async def test_a_number_as_a_string_is_the_number(tiny_model_dir) -> None:
 
 
 @pytest.mark.parametrize("greedy", [{"temperature": 0}, {"temperature": None}, {"temperature": 0, "top_p": 0.5,
-                                                                                 "seed": 3}],
-                         ids=["zero", "null", "zero-with-top_p-and-seed"])
+                                                                                 "seed": 3},
+                                    {"temperature": 1e-40, "seed": 3}, {"temperature": 9e-6}],
+                         ids=["zero", "null", "zero-with-top_p-and-seed", "tiny", "below-1e-5"])
 async def test_greedy_when_temperature_is_omitted_null_or_zero(tiny_model_dir, greedy) -> None:
+    """A temperature below 1e-5 is greedy too, as vLLM's: dividing the logits by 1e-40 overflowed them, and
+    sampling from them answered a 500."""
     async with running_backend(tiny_model_dir, NAME) as be:
         omitted = await _text(be, HELLO)
         assert await _text(be, HELLO | greedy) == omitted
