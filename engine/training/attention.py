@@ -179,19 +179,33 @@ def packed_attention(model: Any, attention: PackedAttention) -> Iterator[None]:
 def probes(data: Sequence[EncodedExample]) -> list[EncodedExample]:
     """Up to PROBES distinct short sequences cut from the data, every position a target.
 
-    Each is the last PROBE_TOKENS tokens of an example, where examples differ (their answers): chat data's
-    examples all begin with the same system turn, and identical probes are the case in which attending to the
-    example packed before changes a loss least. A window equal to one already taken is skipped; at most
-    PROBE_SCAN examples are looked at, so a large data set costs no more than a small one.
+    Each is a window of PROBE_TOKENS tokens from the end of an example, where examples differ (their answers): chat
+    data's examples all begin with the same system turn, and identical probes are the case in which attending to the
+    example packed before changes a loss least. Examples may end alike too (a templated sign-off), so a window equal
+    to one already taken gives way to the one half a window earlier in the same example, and so on back to its
+    start; an example with no new window is skipped. At most PROBE_SCAN examples are looked at, so a large data set
+    costs no more than a small one.
     """
     taken: list[list[int]] = []
     for example in data[:PROBE_SCAN]:
-        window = list(example.input_ids[-PROBE_TOKENS:])
-        if len(window) > 1 and window not in taken:
+        window = _new_window(list(example.input_ids), taken)
+        if window is not None:
             taken.append(window)
             if len(taken) == PROBES:
                 break
     return [EncodedExample(ids, list(ids)) for ids in taken]
+
+
+def _new_window(ids: list[int], taken: list[list[int]]) -> list[int] | None:
+    """The last window of ``ids`` (PROBE_TOKENS long, or all of a shorter one; at least 2 tokens) that is not in
+    ``taken``, stepping back half a window at a time; None if every one is."""
+    end = len(ids)
+    while end >= 2:
+        window = ids[max(0, end - PROBE_TOKENS):end]
+        if window not in taken:
+            return window
+        end -= PROBE_TOKENS // 2
+    return None
 
 
 def _relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -249,8 +263,11 @@ def isolates(model: Any, packed: PackedForward, samples: Sequence[EncodedExample
 def choose_attention(
     model: Any, data: Sequence[EncodedExample], pad_id: int, plan: DevicePlan, row_tokens: int | None = None,
 ) -> PackedAttention | None:
-    """The first path of :func:`candidates` that :func:`isolates` probes cut from ``data``; None if none does."""
+    """The first path of :func:`candidates` that :func:`isolates` probes cut from ``data``; None if none does, or
+    if ``data`` holds several examples but not two distinct probes (nothing would show a path keeps them apart)."""
     samples = probes(data)
+    if len(samples) < 2 <= len(data):
+        return None
     reference = PaddedForward(pad_id, plan)
     for attention in candidates(model, plan):
         try:

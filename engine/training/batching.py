@@ -116,7 +116,7 @@ def batching(model: Any, data: Sequence[EncodedExample], *, packing: bool, pad_i
     if attention is None:
         yield Batching(
             PaddedForward(pad_id, plan), length_grouped=True, description="padded, length-grouped",
-            fallback_reason="no attention path of this model keeps examples packed into one row apart",
+            fallback_reason="no attention path of this model was shown to keep examples packed into one row apart",
         )
         return
     with packed_attention(model, attention):

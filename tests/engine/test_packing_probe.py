@@ -108,3 +108,34 @@ def test_the_tolerance_follows_the_precision_and_the_references_own_noise(lora_m
             assert tolerance(model, samples, bf16, bf16(model, samples)[0]) >= HALF_PRECISION_TOLERANCE
     finally:
         model.train()
+
+
+def test_a_leak_is_caught_when_every_example_ends_with_the_same_sign_off(lora_model) -> None:
+    """Examples that differ but end alike (a templated sign-off) still give distinct probes, from earlier windows."""
+    model, data, pad = lora_model
+    plan = plan_for(model, None)
+    sign_off = [int(t) for t in data[0].input_ids[-PROBE_TOKENS:]]
+    signed = [EncodedExample(list(e.input_ids) + sign_off, list(e.labels) + sign_off) for e in data]
+    assert len({tuple(e.input_ids) for e in signed}) == len(signed)
+    reference = PaddedForward(pad, plan)
+    with torch.no_grad():
+        model.eval()
+        leaked, _ = RowCausal(pad, plan)(model, signed[:3])
+        alone, _ = reference(model, signed[:3])
+        model.train()
+    assert float((leaked - alone).abs().max()) > 1.0
+    samples = probes(signed)
+    assert len(samples) == PROBES
+    assert not isolates(model, RowCausal(pad, plan), samples, reference)
+
+
+def test_examples_giving_fewer_than_two_probes_are_not_packed(lora_model) -> None:
+    """Several short examples alike to the last token leave nothing to show a path keeps them apart: padded batches.
+    (Longer ones alike still give windows at other offsets, which differ.)"""
+    model, data, pad = lora_model
+    short = EncodedExample(list(data[0].input_ids[:5]), list(data[0].input_ids[:5]))
+    same = [short, short, short]
+    assert len(probes(same)) == 1
+    assert len(probes([data[0]] * 3)) == PROBES
+    assert choose_attention(model, same, pad, plan_for(model, None)) is None
+    assert choose_attention(model, data[:1], pad, plan_for(model, None)) is not None  # one example: nothing to leak
