@@ -61,8 +61,8 @@ class LoraControlSettings(BaseModel):
     drain_timeout_seconds: float = Field(
         30.0, ge=0, le=3600, description="Time the requests other serving processes of the target sent a replaced "
         "adapter (a version swapped out, rolled back from, a split's candidate) get to end once they follow the "
-        "change: the adapter is unloaded, in the background, after serving_follow_seconds plus this, and once this "
-        "process's own requests to it have ended (however long that takes)."
+        "change: the adapter is unloaded, by a later follow of any serving process, after serving_follow_seconds plus "
+        "this, and only once no serving process has requests to it in flight (however long they take)."
     )
     smoke_prompt: str = Field("Hello", min_length=1, description="Prompt of the one smoke request before a switch.")
     eval_suite_path: str = Field(

@@ -3,10 +3,11 @@ through a traffic split: a canary decided by its policy, or a manual A/B split.
 
 Activation: fetch and verify -> load under ``<base>@<version>`` (unless the engine has it loaded) -> eval gate ->
 smoke request -> persist and switch the alias -> retire the old name unless it is the known-good one. A known-good
-version the activation replaces (``mark_known_good``) is retired too, unless a role still needs it. A retirement runs
-in the background (engine/lora/target.py ``_retire``): it unloads the version once every serving process has
-followed the switch and its requests have ended. Nothing changes for clients until the switch, so any failure before
-it leaves the active adapter as it was (a candidate we loaded is unloaded again).
+version the activation replaces (``mark_known_good``) is retired too, unless a role still needs it. A retirement is
+persisted and carried out by the follows of every serving process (engine/lora/target.py ``_retire``): the version
+is unloaded once every serving process has followed the switch and its requests have ended. Nothing changes for
+clients until the switch, so any failure before it leaves the active adapter as it was (a candidate we loaded is
+unloaded again).
 
 A canary (``start_canary``) goes the same way up to the switch (the gate included, unless forced), then sends its
 policy's share of the alias's requests to the candidate (engine/lora/canary.py) and, from a loop in this process,
@@ -113,7 +114,7 @@ class LoraController(ServingTarget):
             if version == st.active_version and name in self._loaded_names():
                 if mark_known_good and st.known_good_version != version:
                     await self._save(replace(st, known_good_version=version))
-                    self._retire(st.known_good_version)
+                    await self._retire(st.known_good_version)
                 return Activation(self.snapshot(), None)
             with op.phase("fetch"):
                 adapter = await self._adapters.fetch(st.base_model, version)
@@ -137,8 +138,8 @@ class LoraController(ServingTarget):
                                          known_good_version=kg, pending_version=""))
                 self._point_router()
             op.mark("to_serving")
-            self._retire(old)  # (each unless a role still needs it: a known-good version stays)
-            self._retire(st.known_good_version)
+            await self._retire(old)  # (each unless a role still needs it: a known-good version stays)
+            await self._retire(st.known_good_version)
         return Activation(self.snapshot(), summary)
 
     @to_the_end
@@ -188,7 +189,7 @@ class LoraController(ServingTarget):
             await self._save(replace(st, active_version=target, previous_version=old, pending_version=""))
             self._point_router()
         op.mark("to_serving")
-        self._retire(old)
+        await self._retire(old)
 
     @to_the_end
     async def set_enabled(self, enabled: bool, *, actor: str, reason: str) -> LoraStatus:
@@ -458,9 +459,9 @@ class LoraController(ServingTarget):
             log.info("canary ended", extra={"version": split.candidate_version, "decision": decision.value,
                                             "reason": op.reason})
         if promote:
-            self._retire(split.active_version)
+            await self._retire(split.active_version)
         elif unload:
-            self._retire(split.candidate_version)
+            await self._retire(split.candidate_version)
         await self._notify()
 
     async def _end_split_first(self, op: RecordedOperation) -> None:

@@ -66,6 +66,17 @@ class LoadedLora:
 
 
 @dataclass(frozen=True)
+class Retirement:
+    """A version an operation replaced, kept loaded until ``due_time``: other serving processes may still route the
+    alias to it, or stream from it. ``due``: that time has come, by the database's clock (which every serving process
+    shares, so no host's clock decides alone)."""
+
+    version: str
+    due_time: datetime
+    due: bool
+
+
+@dataclass(frozen=True)
 class OperationRecord:
     kind: OperationKind
     version: str
@@ -241,6 +252,25 @@ class LoraStateStore(Protocol):
 
     async def canary_outcome(self, target: str, version: str = "") -> CanaryOutcome | None:
         """How the latest decided canary (of ``version``, when given) ended."""
+        ...
+
+    async def retire(self, target: str, version: str, grace_seconds: float) -> None:
+        """Retire ``version``: due ``grace_seconds`` from now, replacing an earlier retirement of it even when that
+        one was due later (the version served again in between: its grace starts over). Operations call it holding
+        the target's lock, so the latest retirement is the one kept."""
+        ...
+
+    async def postpone(self, target: str, versions: Sequence[str], grace_seconds: float) -> None:
+        """Make the retirements of ``versions`` (those there are) due no sooner than ``grace_seconds`` from now: a
+        serving process still streaming from them keeps them loaded. A later due time stays."""
+        ...
+
+    async def retirements(self, target: str) -> list[Retirement]:
+        """The target's retirements not yet carried out, the soonest due first."""
+        ...
+
+    async def retired(self, target: str, version: str) -> None:
+        """The retirement of ``version`` is over (unloaded, or needed again): forget it."""
         ...
 
     def serialised(self, target: str) -> AbstractAsyncContextManager[None]:

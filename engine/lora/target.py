@@ -10,10 +10,14 @@ manual A/B split: engine/lora/canary.py) is part of the state: its candidate sta
 reconciliation, and the status reports it with both sides' figures. Versions the gateway routes under other names
 (``RoutedElsewhere``: an online session's live alias) are never unloaded here either.
 
-A version an operation stops needing (replaced, rolled back from, a split's candidate) is retired in the background
-(``_retire``): other serving processes route to it until their next follow, so it is unloaded only after a follow
-period plus the drain timeout, once this process's own requests to it have ended, and if the state read again under
-the locks still does not need it.
+A version an operation stops needing (replaced, rolled back from, a split's candidate) is retired (``_retire``): the
+operation persists its retirement, due after a follow period plus the drain timeout (other serving processes route
+to it until their next follow, then their requests get the drain timeout to end), and returns. Every serving process
+of the target tends the retirements in its follow (``_follow_retirements``): it pushes the due time of a version its
+gateway still has requests in flight to forward, and unloads one that is due, under the operations' locks, unless
+the state read again there needs it. The retirements are the database's, not a process's: they survive the process
+that wrote them stopping, every reconciliation keeps a version whose retirement is not due yet (``_kept``), a failed
+attempt is tried again at the next follow, and a version retired again is due after its latest retirement.
 
 The serving engine may lose what it had loaded (restarted, redeployed, OOM-killed): the state is reconciled with it
 at start, again whenever the periodic follow finds a version the state needs loaded (the active, the known-good, a
@@ -53,6 +57,7 @@ from engine.lora.state import (
     LoraStatus,
     OperationKind,
     OperationRecord,
+    Retirement,
     RoutedElsewhere,
     TargetState,
     lora_name,
@@ -106,7 +111,7 @@ class ServingTarget:
         self._background: set[asyncio.Task[Any]] = set()  # work started by a request that must not wait for it
         self._process = secrets.token_hex(8)  # this serving process, as it counts a split and decides a canary
         self._others = (Tally(), Tally())  # what the other serving processes counted for the split, as last read
-        self._retiring: dict[str, asyncio.Task[None]] = {}  # version -> its retirement under way (``_retire``)
+        self._retiring: asyncio.Task[None] | None = None  # unloading the due retirements, as the follow started it
 
     @property
     def base_model(self) -> str:
@@ -213,23 +218,26 @@ class ServingTarget:
         the same way. It loads nothing a change of state asks for: serving processes of one target share one
         serving engine, where the other loaded it. It does look at what the engine has loaded: when a version the
         state needs loaded is missing (the engine restarted), or the engine is reachable again after it was not, it
-        starts a reconciliation (``_repair``). Returns whether the state changed.
+        starts a reconciliation (``_repair``). Then it tends the retirements (``_follow_retirements``), even while
+        an operation of this process is under way (its requests in flight must keep their versions loaded on every
+        replica meanwhile). Returns whether the state changed.
 
         A follow under way (the periodic one) holds the operations' lock too; a second one (a status) waits for it
         and then reads again, rather than take the lock's being held for an operation's and answer with the state
         as it was before the first began."""
+        changed, why = False, ""
         async with self._following:
-            if self._lock.locked():  # an operation of this process is under way; it reloads the state itself
-                return False
-            async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
-                before = self._basis()
-                await self._reload()
-                changed = self._basis() != before
-                if changed:
-                    self._last = await self._store.last_operation(self.target)
-                    self._last_canary = await self._store.canary_outcome(self.target)
-                    await self._notify()
-                why = await self._reconcile_needed()
+            if not self._lock.locked():  # (else an operation of this process is under way: it reloads the state)
+                async with self._lock:  # (the engine's list too: an operation's own reading must not be overwritten)
+                    before = self._basis()
+                    await self._reload()
+                    changed = self._basis() != before
+                    if changed:
+                        self._last = await self._store.last_operation(self.target)
+                        self._last_canary = await self._store.canary_outcome(self.target)
+                        await self._notify()
+                    why = await self._reconcile_needed()
+            await self._follow_retirements()
         if why:
             self._start_repair(why)
         return changed
@@ -358,8 +366,8 @@ class ServingTarget:
         self._reconciled = True
         st = self._state
         wanted = self._wanted()
-        elsewhere = await self._routed_elsewhere()  # kept loaded, but loaded by whoever routes them
-        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in wanted | elsewhere]
+        kept = await self._kept()  # (those other names route are kept, but loaded by whoever routes them)
+        strays = [n for n in self._loaded_names() if version_of(st.base_model, n) not in kept]
         missing = [v for v in wanted if lora_name(st.base_model, v) not in self._loaded_names()]
         if not (strays or missing or st.pending_version):
             self._point_router()
@@ -511,15 +519,11 @@ class ServingTarget:
             await self._reload()
             await self._discard(lora_name(self.config.base_model, version), keep=False)
 
-    async def _discard(self, name: str, *, keep: bool) -> None:
-        """Best-effort unload of a name we loaded (never of the active, known-good or either side of a split's one,
-        nor of one another name routes)."""
-        st, split = self._state, self._split
-        kept = {st.active_version, st.known_good_version}
-        if split is not None:
-            kept |= {split.active_version, split.candidate_version}
-        if keep or version_of(st.base_model, name) in kept | await self._routed_elsewhere():
-            return
+    async def _discard(self, name: str, *, keep: bool) -> bool:
+        """Best-effort unload of a name we loaded (never of a version ``_kept`` keeps). Whether it is settled: kept,
+        or no longer listed by the engine; False when the unload failed (a retirement is then tried again)."""
+        if keep or version_of(self._state.base_model, name) in await self._kept():
+            return True
         try:
             await self._client.unload(name)
         except NotFound:
@@ -528,50 +532,84 @@ class ServingTarget:
             log.warning("could not unload", extra={"lora_name": name, "error": exc.message})
         with contextlib.suppress(EngineError):
             await self._refresh_loaded()
+        return name not in self._loaded_names()  # (as last read: the engine unreachable, it is tried again)
 
-    def _retire(self, version: str) -> None:
-        """Hand ``version``, which the state no longer needs (the operation holding the locks just switched away
-        from it), to a retirement in the background (``_retirement``): the operation does not wait for it. A
-        version still needed, or not loaded, has nothing to retire; one retired again replaces its earlier
-        retirement, whose grace began before the version served again."""
+    async def _kept(self) -> set[str]:
+        """The versions nothing unloads now: those the state needs (the active and known-good ones, either side of
+        a split), those other names route, and those whose retirement is not due yet (another serving process may
+        still route the alias to them, or stream from them): a reconciliation does not take them for strays."""
+        st, split = self._state, self._split
+        kept = {st.active_version, st.known_good_version}
+        if split is not None:
+            kept |= {split.active_version, split.candidate_version}
+        kept |= await self._routed_elsewhere()
+        kept |= {r.version for r in await self._store.retirements(self.target) if not r.due}
+        return kept - {""}
+
+    async def _retire(self, version: str) -> None:
+        """Retire ``version``, which the state no longer needs (the operation holding the locks just switched away
+        from it): persist its retirement, due after the grace, which a follow of any serving process of the target
+        carries out (``_follow_retirements``); the operation does not wait for it. A version still needed, or not
+        loaded, has nothing to retire; one retired again is due after this retirement (it served again since).
+        Should the write fail (the switch is done and stays), the version is a stray the next reconciliation
+        unloads."""
         if not version or version in self._wanted() or lora_name(self.base_model, version) not in self._loaded_names():
             return
-        earlier = self._retiring.pop(version, None)
-        if earlier is not None:  # (waiting: its locked part cannot run while the caller holds the locks)
-            earlier.cancel()
-        self._retiring[version] = self._spawn(self._retirement(version, self._basis()), f"retiring {version}")
+        try:
+            await self._store.retire(self.target, version, self._retire_grace_seconds)
+        except EngineError as exc:
+            log.warning("could not record a retirement", extra={"version": version, "error": exc.message})
 
     @property
     def _retire_grace_seconds(self) -> float:
-        """How long a retired version stays loaded at least: every serving process of the target follows the new
-        state within a follow period, then the requests it had sent the version are given the drain timeout to end,
-        as this process's own once were."""
+        """How long a retired version stays loaded at least, and how far a process streaming from it pushes its
+        retirement at each follow: every serving process of the target follows the new state within a follow period,
+        then the requests it had sent the version are given the drain timeout to end (one still running is pushed
+        again at the next follow, a drain timeout before the retirement is due)."""
         return self.config.follow_seconds + self.config.drain_timeout_seconds
 
-    async def _retirement(self, version: str, seen: tuple[TargetState, int]) -> None:
-        """Unload ``version`` once no serving process sends it requests: after the grace, and once this process's
-        own requests to it have ended (however long that takes), under the operations' locks, unless the state
-        re-read there needs it again (``_discard``). Should the state have changed since ``seen`` (as it was handed
-        over), the version may have served again: the grace starts over from the state as it is now. Stopping the
-        process cancels it; the next start's reconciliation unloads it then, as a stray."""
-        name = lora_name(self.base_model, version)
+    async def _follow_retirements(self) -> None:
+        """The follow's part of the retirements: push forward those this process still streams from, and start
+        unloading those due (``_retire_due``). An error is logged: the next follow tries again."""
         try:
-            while True:
-                await asyncio.sleep(self._retire_grace_seconds)
-                if version in self._wanted():  # needed again (as last followed)
-                    return
-                await self._router.drain(name, None)
-                async with self._lock, self._store.serialised(self.target):
-                    await self._reload()
-                    if self._basis() == seen or version in self._wanted():
-                        await self._discard(name, keep=False)
-                        log.info("retired", extra={"lora_name": name, "unloaded": name not in self._loaded_names()})
-                        await self._notify()  # (the status lists what the engine has loaded)
-                        return
-                    seen = self._basis()
-        finally:
-            if self._retiring.get(version) is asyncio.current_task():
-                del self._retiring[version]
+            retiring = await self._store.retirements(self.target)
+            streaming = await self._postpone_streaming(retiring)
+            if any(r.due and r.version not in streaming for r in retiring) and (
+                    self._retiring is None or self._retiring.done()):
+                self._retiring = self._spawn(self._retire_due(), "unloading retired versions")
+        except Exception:  # noqa: BLE001 - a follow must go on; the retirements stay persisted for the next one
+            log.warning("could not tend the retiring versions; the next follow tries again", exc_info=True)
+
+    async def _postpone_streaming(self, retiring: Sequence[Retirement]) -> set[str]:
+        """Push the retirements of the versions this process's gateway still has requests in flight to a grace
+        past now, so no serving process unloads them under those requests (a stream ends, however long it runs);
+        the versions pushed."""
+        streaming = {r.version for r in retiring if self._router.inflight(lora_name(self.base_model, r.version))}
+        if streaming:
+            await self._store.postpone(self.target, sorted(streaming), self._retire_grace_seconds)
+        return streaming
+
+    async def _retire_due(self) -> None:
+        """Carry out the retirements due, under the operations' locks (in a task of its own: another process's
+        operation may hold them for minutes), reading them and the state again there: unload each unless the state
+        needs it again (``_discard``), and forget it then, in the same locked section. One this process streams from
+        is pushed forward instead; one the engine failed to unload is kept for the next follow."""
+        async with self._lock, self._store.serialised(self.target):
+            await self._reload()
+            retiring = await self._store.retirements(self.target)
+            streaming = await self._postpone_streaming(retiring)
+            for retirement in retiring:
+                if retirement.due and retirement.version not in streaming:
+                    await self._end_retirement(retirement.version)
+            await self._notify()  # (the status lists what the engine has loaded)
+
+    async def _end_retirement(self, version: str) -> None:
+        """Unload ``version``, retired and due, unless the state needs it again; forget its retirement once settled
+        (the locks held)."""
+        name = lora_name(self.base_model, version)
+        if await self._discard(name, keep=False):
+            await self._store.retired(self.target, version)
+            log.info("retired", extra={"lora_name": name, "unloaded": name not in self._loaded_names()})
 
     def _basis(self) -> tuple[TargetState, int]:
         """What the alias's routing follows from: the state and the split in force (by id)."""

@@ -1,6 +1,8 @@
 """PostgreSQL storage of LoraControl state, operation history, eval results and traffic splits (migration 0013:
 at most one split per target in force, a canary's decision kept with it; migration 0019: what each serving
-process's gateway counted for a split, and which process decides a canary, under a lease).
+process's gateway counted for a split, and which process decides a canary, under a lease; migration 0030: the
+versions being retired, each with the time its retirement is due, by the database's clock, which every serving
+process shares).
 
 ``save`` also writes the registry's ``serving_state`` rows (ACTIVE / KNOWN_GOOD, migration
 0003) through ``PostgresServingState``, with the target row, in one transaction that first holds the row of each
@@ -33,7 +35,7 @@ from engine.lora.canary import (
     TrafficFigures,
     TrafficSplitState,
 )
-from engine.lora.state import EvalSummary, OperationKind, OperationRecord, TargetState
+from engine.lora.state import EvalSummary, OperationKind, OperationRecord, Retirement, TargetState
 from engine.registry.ports import ServingRole
 from engine.serving.traffic import Tally, sum_tallies
 from engine.stores.postgres import acquired, advisory_lock
@@ -224,6 +226,40 @@ class PostgresLoraStore:
         return CanaryOutcome(version=row["candidate_version"], decision=CanaryDecision(row["decision"]),
                              reason=row["end_reason"], figures=_FIGURES.validate_json(row["figures"]),
                              time=row["end_time"])
+
+    async def retire(self, target: str, version: str, grace_seconds: float) -> None:
+        """Retire ``version``: due ``grace_seconds`` from now. The latest retirement wins, even over a later due
+        time: the version served again since the earlier one, so its grace starts over from now."""
+        async with acquired(self._pool) as conn:
+            await conn.execute(
+                "INSERT INTO lora_retirements (target, version, due_time)"
+                " VALUES ($1, $2, now() + make_interval(secs => $3))"
+                " ON CONFLICT (target, version) DO UPDATE SET due_time = EXCLUDED.due_time",
+                target, version, grace_seconds,
+            )
+
+    async def postpone(self, target: str, versions: Sequence[str], grace_seconds: float) -> None:
+        """Make the retirements of ``versions`` due no sooner than ``grace_seconds`` from now (a due time already
+        later stays: another process may need it)."""
+        async with acquired(self._pool) as conn:
+            await conn.execute(
+                "UPDATE lora_retirements SET due_time = greatest(due_time, now() + make_interval(secs => $3))"
+                " WHERE target = $1 AND version = ANY($2::text[])",
+                target, list(versions), grace_seconds,
+            )
+
+    async def retirements(self, target: str) -> list[Retirement]:
+        async with acquired(self._pool) as conn:
+            rows = await conn.fetch(
+                "SELECT version, due_time, due_time <= now() AS due FROM lora_retirements WHERE target = $1"
+                " ORDER BY due_time, version",
+                target,
+            )
+        return [Retirement(version=r["version"], due_time=r["due_time"], due=r["due"]) for r in rows]
+
+    async def retired(self, target: str, version: str) -> None:
+        async with acquired(self._pool) as conn:
+            await conn.execute("DELETE FROM lora_retirements WHERE target = $1 AND version = $2", target, version)
 
     @contextlib.asynccontextmanager
     async def serialised(self, target: str) -> AsyncIterator[None]:

@@ -191,6 +191,10 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "end_split": lambda s: s.lora.end_split(1, FIGURES, None, ""),
         "running_split": lambda s: s.lora.running_split("t"),
         "canary_outcome": lambda s: s.lora.canary_outcome("t"),
+        "retire": lambda s: s.lora.retire("t", str(V1), 1.0),
+        "postpone": lambda s: s.lora.postpone("t", [str(V1)], 1.0),
+        "retirements": lambda s: s.lora.retirements("t"),
+        "retired": lambda s: s.lora.retired("t", str(V1)),
         "serialised": lambda s: _enter(s.lora.serialised("t")),
     },
     _store("serving_state", "PostgresServingState"): {
