@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from engine import json_input
@@ -56,16 +58,40 @@ def check_chosen_id(value: str, collection: str, field_path: str) -> str:
                                                      if prefixed else shape)])
 
 
-def encode_page_token(create_time: datetime, item_id: str) -> str:
-    """An opaque cursor after the item created at ``create_time`` with id ``item_id`` (lists newest first)."""
-    raw = json.dumps([create_time.isoformat(), item_id]).encode()
+@dataclass(frozen=True)
+class PageScope:
+    """What a page token pages: one listing (``listing``, e.g. its collection) with the values of its filters.
+
+    A token carries its scope's digest and is accepted only by that listing with those filters: its cursor (a time
+    and an id) means nothing to another list, and under another filter it would silently skip items, where a token
+    this server did not issue for the call is INVALID_ARGUMENT (error_reason.proto, INVALID_PAGE_TOKEN)."""
+
+    listing: str
+    filters: tuple[object, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """A short, stable digest of the scope (JSON-able filters; a set of values passed sorted is order-free):
+        it keeps a token opaque and short whatever the filters hold."""
+        raw = json.dumps([self.listing, *self.filters], sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def encode_page_token(scope: PageScope, create_time: datetime, item_id: str) -> str:
+    """An opaque cursor after the item created at ``create_time`` with id ``item_id`` (lists newest first), good
+    only for the listing ``scope`` names."""
+    raw = json.dumps([scope.digest, create_time.isoformat(), item_id]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """The (create_time, id) cursor of a token from :func:`encode_page_token`; INVALID_ARGUMENT otherwise."""
+def decode_page_token(token: str, scope: PageScope) -> tuple[datetime, str]:
+    """The (create_time, id) cursor of a token :func:`encode_page_token` issued for ``scope``; INVALID_ARGUMENT
+    otherwise: a token of another listing or filter, or one issued before tokens carried a scope (the client
+    starts its listing again)."""
     try:
-        created, item_id = json_input.loads(base64.urlsafe_b64decode(token.encode()))
+        digest, created, item_id = json_input.loads(base64.urlsafe_b64decode(token.encode()))
+        if digest != scope.digest:
+            raise ValueError("a page token of another listing")
         return cursor_time(created), cursor_text(item_id)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise invalid_page_token() from exc

@@ -135,33 +135,33 @@ _BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NON
 _BASE_PROTECTION_TO_PB = {v: k for k, v in _BASE_PROTECTION.items()}
 
 
-def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection,
-                            issues: ViolationCollector) -> BaseProtection:
-    """What protects the base model's knowledge; unset fields are the server's defaults."""
+def base_protection_from_pb(msg: common.BaseProtection, defaults: BaseProtection, issues: ViolationCollector,
+                            field_path: str) -> BaseProtection:
+    """What protects the base model's knowledge; unset fields are the server's defaults. Violations are named
+    ``<field_path>.fraction``, ...: ``field_path`` is where the request holds ``msg``."""
     method = defaults.method
     if msg.method != common.BASE_PROTECTION_METHOD_UNSPECIFIED:
-        method = _enum(_BASE_PROTECTION, msg.method, "spec.base_protection.method", issues)
+        method = _enum(_BASE_PROTECTION, msg.method, f"{field_path}.method", issues)
     fraction = msg.fraction if msg.HasField("fraction") else defaults.fraction
     issues.check(0 <= fraction <= MAX_REHEARSAL_FRACTION and math.isfinite(fraction),
-                 "spec.base_protection.fraction", f"must lie in [0, {MAX_REHEARSAL_FRACTION}]")
+                 f"{field_path}.fraction", f"must lie in [0, {MAX_REHEARSAL_FRACTION}]")
     kl_weight = msg.kl_weight if msg.HasField("kl_weight") else defaults.kl_weight
     if not (0 <= kl_weight <= MAX_KL_WEIGHT and math.isfinite(kl_weight)):
-        issues.add("spec.base_protection.kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
+        issues.add(f"{field_path}.kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
     elif method is BaseProtectionMethod.BASE_KL and kl_weight == 0:
-        issues.add("spec.base_protection.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's "
-                                                     "answers)")
+        issues.add(f"{field_path}.kl_weight", "must be > 0 with BASE_KL (its only loss on the base model's answers)")
     ewc_lambda = msg.ewc_lambda if msg.HasField("ewc_lambda") else defaults.ewc_lambda
     if not (0 <= ewc_lambda <= MAX_BASE_EWC_LAMBDA and math.isfinite(ewc_lambda)):
-        issues.add("spec.base_protection.ewc_lambda", f"must lie in [0, {MAX_BASE_EWC_LAMBDA:g}]")
+        issues.add(f"{field_path}.ewc_lambda", f"must lie in [0, {MAX_BASE_EWC_LAMBDA:g}]")
     elif method is BaseProtectionMethod.EWC_BASE and ewc_lambda == 0:
-        issues.add("spec.base_protection.ewc_lambda", "must be > 0 with EWC_BASE (its only term)")
+        issues.add(f"{field_path}.ewc_lambda", "must be > 0 with EWC_BASE (its only term)")
     protection = BaseProtection(method, fraction, kl_weight, ewc_lambda)
     prompt_kl_weight = msg.prompt_kl_weight if msg.HasField("prompt_kl_weight") else defaults.prompt_kl_weight
     if not (0 <= prompt_kl_weight <= MAX_KL_WEIGHT and math.isfinite(prompt_kl_weight)):
-        issues.add("spec.base_protection.prompt_kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
+        issues.add(f"{field_path}.prompt_kl_weight", f"must lie in [0, {MAX_KL_WEIGHT:g}]")
     elif not protection.rehearses:  # the term rides on the rehearsal's objective; a default does not apply here
         issues.check(not (msg.HasField("prompt_kl_weight") and prompt_kl_weight > 0),
-                     "spec.base_protection.prompt_kl_weight",
+                     f"{field_path}.prompt_kl_weight",
                      "applies only with SELF_REHEARSAL or BASE_KL and a fraction > 0")
         prompt_kl_weight = 0.0
     return replace(protection, prompt_kl_weight=prompt_kl_weight)
@@ -173,22 +173,25 @@ def base_protection_to_pb(protection: BaseProtection) -> common.BaseProtection:
                                  prompt_kl_weight=protection.prompt_kl_weight)
 
 
-def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy,
-                        issues: ViolationCollector) -> CheckpointPolicy:
+def checkpoints_from_pb(msg: pb.CheckpointPolicy, defaults: CheckpointPolicy, issues: ViolationCollector,
+                        field_path: str) -> CheckpointPolicy:
+    """When a job checkpoints; unset fields are the server's defaults, violations named under ``field_path``."""
     every_steps = msg.every_steps if msg.HasField("every_steps") else defaults.every_steps
     every_minutes = msg.every_minutes if msg.HasField("every_minutes") else defaults.every_minutes
     keep = msg.keep if msg.HasField("keep") else defaults.keep
-    issues.check(every_steps <= 1_000_000, "spec.checkpoints.every_steps", "must be at most 1000000 (0: never)")
-    issues.check(0 <= every_minutes <= 10_080 and math.isfinite(every_minutes), "spec.checkpoints.every_minutes",
+    issues.check(every_steps <= 1_000_000, f"{field_path}.every_steps", "must be at most 1000000 (0: never)")
+    issues.check(0 <= every_minutes <= 10_080 and math.isfinite(every_minutes), f"{field_path}.every_minutes",
                  "must lie in [0, 10080] (0: never)")
-    issues.check(1 <= keep <= 100, "spec.checkpoints.keep", "must lie in [1, 100]")
+    issues.check(1 <= keep <= 100, f"{field_path}.keep", "must lie in [1, 100]")
     return CheckpointPolicy(every_steps=every_steps, every_minutes=every_minutes, keep=keep)
 
 
 def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaults: EwcDefaults,
-                 defaults: TrainingDefaults = DEFAULT_TRAINING) -> TrainingJobSpec:
+                 defaults: TrainingDefaults = DEFAULT_TRAINING, field_root: str = "spec") -> TrainingJobSpec:
     """The domain spec of a request: what it leaves unset (0, empty, or an optional field not set) is the
-    server's default (``defaults``, from the settings)."""
+    server's default (``defaults``, from the settings). ``field_root`` is where the request holds ``msg``
+    (``spec`` in CreateTrainingJob, ``pipeline.training`` in a pipeline's request): every violation is named by
+    its path from there, so a client finds the field it sent."""
     issues = ViolationCollector()
     lora_defaults = defaults.lora
     lora = LoraSpec(
@@ -202,6 +205,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         ("target_modules", bool(msg.lora.target_modules)),
     ) if given)
     h, hd = msg.hyperparameters, defaults.hyperparameters
+    hp = f"{field_root}.hyperparameters"
     hyper = Hyperparameters(
         epochs=h.epochs or hd.epochs,
         learning_rate=h.learning_rate or hd.learning_rate,
@@ -210,35 +214,35 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
         seed=h.seed if h.HasField("seed") else hd.seed,
         max_steps=h.max_steps,
         warmup_steps=h.warmup_steps or hd.warmup_steps,
-        lr_schedule=_enum(_LR_SCHEDULE, h.lr_schedule, "spec.hyperparameters.lr_schedule", issues) or hd.lr_schedule,
+        lr_schedule=_enum(_LR_SCHEDULE, h.lr_schedule, f"{hp}.lr_schedule", issues) or hd.lr_schedule,
         weight_decay=h.weight_decay,
         max_grad_norm=h.max_grad_norm or hd.max_grad_norm,
-        precision=_enum(_PRECISION, h.precision, "spec.hyperparameters.precision", issues),
-        quantization=_enum(_QUANT, h.quantization, "spec.hyperparameters.quantization", issues),
+        precision=_enum(_PRECISION, h.precision, f"{hp}.precision", issues),
+        quantization=_enum(_QUANT, h.quantization, f"{hp}.quantization", issues),
         gradient_accumulation_steps=h.gradient_accumulation_steps or hd.gradient_accumulation_steps,
         gradient_checkpointing=h.gradient_checkpointing or hd.gradient_checkpointing,
         packing=h.packing if h.HasField("packing") else hd.packing,
         num_devices=h.num_devices or hd.num_devices,
         eval_fraction=h.eval_fraction if h.HasField("eval_fraction") else hd.eval_fraction,
     )
-    sharding = _enum(_SHARDING, h.sharding, "spec.hyperparameters.sharding", issues)
+    sharding = _enum(_SHARDING, h.sharding, f"{hp}.sharding", issues)
     hyper = replace(hyper, sharding=sharding or Sharding.NONE)
-    issues.check(hyper.seed <= MAX_SEED, "spec.hyperparameters.seed", f"must lie in [0, {MAX_SEED}] (2**32 - 1)")
-    issues.check(h.learning_rate >= 0, "spec.hyperparameters.learning_rate", "must not be negative")
-    issues.check(h.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
-    issues.check(0 <= h.max_grad_norm <= 1e6, "spec.hyperparameters.max_grad_norm",
+    issues.check(hyper.seed <= MAX_SEED, f"{hp}.seed", f"must lie in [0, {MAX_SEED}] (2**32 - 1)")
+    issues.check(h.learning_rate >= 0, f"{hp}.learning_rate", "must not be negative")
+    issues.check(h.weight_decay >= 0, f"{hp}.weight_decay", "must not be negative")
+    issues.check(0 <= h.max_grad_norm <= 1e6, f"{hp}.max_grad_norm",
                  "must lie in [0, 1e6] (0: the server's training_max_grad_norm)")
-    issues.check(hyper.epochs <= 1000, "spec.hyperparameters.epochs", "must be at most 1000")
-    issues.check(hyper.batch_size <= 1024, "spec.hyperparameters.batch_size", "must be at most 1024")
-    issues.check(0 <= hyper.eval_fraction <= MAX_EVAL_FRACTION, "spec.hyperparameters.eval_fraction",
+    issues.check(hyper.epochs <= 1000, f"{hp}.epochs", "must be at most 1000")
+    issues.check(hyper.batch_size <= 1024, f"{hp}.batch_size", "must be at most 1024")
+    issues.check(0 <= hyper.eval_fraction <= MAX_EVAL_FRACTION, f"{hp}.eval_fraction",
                  f"must lie in [0, {MAX_EVAL_FRACTION}]")
-    issues.check(h.num_devices <= MAX_DEVICES, "spec.hyperparameters.num_devices", f"must be at most {MAX_DEVICES}")
-    issues.check(hyper.gradient_accumulation_steps <= 1024, "spec.hyperparameters.gradient_accumulation_steps",
+    issues.check(h.num_devices <= MAX_DEVICES, f"{hp}.num_devices", f"must be at most {MAX_DEVICES}")
+    issues.check(hyper.gradient_accumulation_steps <= 1024, f"{hp}.gradient_accumulation_steps",
                  "must be at most 1024")
-    issues.check(16 <= hyper.max_seq_length <= 32768, "spec.hyperparameters.max_seq_length",
+    issues.check(16 <= hyper.max_seq_length <= 32768, f"{hp}.max_seq_length",
                  "must lie in [16, 32768]")
     e = msg.ewc
-    space = fisher_space_from_pb(e.fisher_space, ewc_defaults.space, "spec.ewc.fisher_space", issues)
+    space = fisher_space_from_pb(e.fisher_space, ewc_defaults.space, f"{field_root}.ewc.fisher_space", issues)
     ewc = EwcSpec(
         ewc_lambda=e.ewc_lambda if e.HasField("ewc_lambda") else ewc_defaults.lambdas[space],
         gamma=e.gamma if e.HasField("gamma") else 1.0,
@@ -250,30 +254,32 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     source = msg.WhichOneof("dataset")
     dataset: JsonlSource | FeedbackSource | StoredDatasetSource
     if source == "jsonl":
-        issues.check(bool(msg.jsonl.path), "spec.jsonl.path", "must name a dataset file below the data root")
+        issues.check(bool(msg.jsonl.path), f"{field_root}.jsonl.path", "must name a dataset file below the data root")
         dataset = JsonlSource(path=msg.jsonl.path)
     elif source == "feedback":
-        dataset = feedback_source_from_pb(msg.feedback, issues, "spec.feedback")
+        dataset = feedback_source_from_pb(msg.feedback, issues, f"{field_root}.feedback")
     elif source == "dataset_name":
         try:
-            parse_dataset_name(msg.dataset_name, "spec.dataset_name")
+            parse_dataset_name(msg.dataset_name, f"{field_root}.dataset_name")
         except InvalidArgument as exc:
             issues.violations.extend(exc.violations)
         dataset = StoredDatasetSource(name=msg.dataset_name)
     else:
-        issues.add("spec.dataset", "set spec.jsonl, spec.feedback or spec.dataset_name")
+        issues.add(f"{field_root}.dataset",
+                   f"set {field_root}.jsonl, {field_root}.feedback or {field_root}.dataset_name")
         dataset = JsonlSource(path="")
-    checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues)
-    base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues)
-    objective = _enum(_OBJECTIVE, msg.objective, "spec.objective", issues)
+    checkpoints = checkpoints_from_pb(msg.checkpoints, defaults.checkpoints, issues, f"{field_root}.checkpoints")
+    base_protection = base_protection_from_pb(msg.base_protection, defaults.base_protection, issues,
+                                              f"{field_root}.base_protection")
+    objective = _enum(_OBJECTIVE, msg.objective, f"{field_root}.objective", issues)
     if objective is Objective.KTO:  # engine.training.kto: a lone example has no other's answer to estimate z0 from
         unset = "" if h.batch_size else f" (unset: the server's training_batch_size, {hyper.batch_size})"
-        issues.check(hyper.examples_per_step > 1, "spec.hyperparameters.batch_size",
+        issues.check(hyper.examples_per_step > 1, f"{hp}.batch_size",
                      f"must be > 1 with OBJECTIVE_KTO, or gradient_accumulation_steps > 1{unset}: KTO estimates its "
                      "KL reference point from each step's examples paired with one another's answers, and a step "
                      "of one example has none")
-    labels = _labels(msg.labels, "spec.labels", issues)
-    _check_finite(msg, issues)
+    labels = _labels(msg.labels, f"{field_root}.labels", issues)
+    _check_finite(msg, issues, field_root)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     resolved = TrainingJobSpec(
         base_model=msg.base_model or default_base_model,
@@ -360,12 +366,12 @@ def feedback_source_from_pb(f: common.FeedbackDataset, issues: ViolationCollecto
     )
 
 
-def _check_finite(msg: pb.TrainingJobSpec, issues: ViolationCollector) -> None:
+def _check_finite(msg: pb.TrainingJobSpec, issues: ViolationCollector, field_root: str) -> None:
     """Every float of the spec must be finite (an infinite or NaN one was stored as null, and the job could not be
     read): each one that is not is named by its exact path, unless a range check above named it already (it keeps
     that check's words)."""
     finite = ViolationCollector()
-    check_finite(msg, "spec", finite)
+    check_finite(msg, field_root, finite)
     named = {v.field for v in issues.violations}
     issues.violations.extend(v for v in finite.violations if v.field not in named)
 

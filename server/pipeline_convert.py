@@ -27,6 +27,7 @@ from engine.pipelines.spec import (
     TriggerDecision,
     TriggerKind,
 )
+from engine.pipelines.triggers import shown_request_id
 from engine.training.spec import TrainingDefaults
 from learning.v1 import pipeline_pb2 as pb
 from server import convert
@@ -97,7 +98,7 @@ def pipeline_from_pb(msg: pb.Pipeline, pipeline_id: str, *, default_base_model: 
                      ewc_defaults: convert.EwcDefaults, defaults: TrainingDefaults) -> Pipeline:
     base = msg.base_model or default_base_model
     training = convert.spec_from_pb(msg.training, default_base_model=base, ewc_defaults=ewc_defaults,
-                                    defaults=defaults)
+                                    defaults=defaults, field_root="pipeline.training")
     return Pipeline(id=pipeline_id, base_model=base, training=training, suite_paths=tuple(msg.suite_paths),
                     suite_datasets=tuple(msg.suite_datasets),
                     rollout=rollout_from_pb(msg.rollout), triggers=triggers_from_pb(msg.triggers, "pipeline.triggers"),
@@ -123,14 +124,18 @@ def stage_to_pb(s: StageResult) -> pb.StageResult:
 
 
 def run_to_pb(run: PipelineRun) -> pb.PipelineRun:
+    """The run as every PipelineService call shows it; its request_id is the key it was started with
+    (triggers.shown_request_id), not the job's internal dedup key."""
     spec, out = run.spec, run.output
-    return job_core_to_pb(run, pb.PipelineRun(
+    msg = job_core_to_pb(run, pb.PipelineRun(
         pipeline=spec.pipeline.name, trigger=_TRIGGER_KIND_TO_PB[spec.trigger], reason=spec.reason,
         stages=[stage_to_pb(s) for s in out.stages], dataset=out.dataset, training_job=out.training_job,
         parent_version=out.parent_version, version=out.version, evaluation_id=out.evaluation_id, rollout=out.rollout,
         suite_datasets=list(out.suite_datasets),
         pipeline_snapshot=pipeline_to_pb(spec.pipeline),
     ))
+    msg.request_id = shown_request_id(spec.pipeline.id, spec.trigger, spec.trigger_key)
+    return msg
 
 
 def event_to_pb(event: JobEvent) -> pb.PipelineRunEvent:

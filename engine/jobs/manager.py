@@ -56,7 +56,7 @@ from engine.jobs.core import (
 )
 from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
 from engine.jobs.ports import Claim, JobQueue, JobStore, LeaseLost, QueueAttempt, StopReason, queue_attempt
-from engine.names import decode_page_token, encode_page_token
+from engine.names import PageScope, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,9 @@ class JobManager(JobEventLog[S, O]):
     ) -> tuple[list[Job[S, O]], str]:
         """A page of jobs, newest first, in ``states`` (any, if empty) as they are shown: a job running here as it
         is in memory, which may be ahead of the store (then it is left out if its state is not asked for, and the
-        page filled from further on)."""
-        before = decode_page_token(page_token) if page_token else None
+        page filled from further on). A page token is good only for this kind's list with the same ``states``."""
+        scope = self._page_scope(states)
+        before = decode_page_token(page_token, scope) if page_token else None
         wanted = page_size + 1  # one more tells whether there is a next page
         jobs: list[Job[S, O]] = []
         while len(jobs) < wanted:
@@ -222,8 +223,13 @@ class JobManager(JobEventLog[S, O]):
             before = (stored[-1].create_time, stored[-1].id)
         more = len(jobs) > page_size
         jobs = jobs[:page_size]
-        token = encode_page_token(jobs[-1].create_time, jobs[-1].id) if more and jobs else ""
+        token = encode_page_token(scope, jobs[-1].create_time, jobs[-1].id) if more and jobs else ""
         return jobs, token
+
+    def _page_scope(self, states: Sequence[JobState]) -> PageScope:
+        """What a page token of :meth:`list` pages: this kind's jobs in ``states`` (as a set: the order a client
+        lists them in filters nothing)."""
+        return PageScope(self.kind.collection, tuple(sorted({s.value for s in states})))
 
     async def cancel(self, job_id: str) -> Job[S, O]:
         """Cancel in any state but an ended one: a queued or paused job at once, a running one at its next step."""

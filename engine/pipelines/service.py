@@ -6,14 +6,15 @@ trigger's occasion once (engine.pipelines.triggers says what the occasions are).
 run of the pipeline has not ended (a cron tick is then skipped, and recorded so; a count or drift waits for the run
 to end) or the data has fewer usable examples than the template's ``min_samples`` (skipped with the count found;
 ``force`` on the template trains anyway).
-A run started by an occasion has the request id ``<pipeline>/<created>/<key>`` (engine.pipelines.triggers.request_id):
-two replicas that both decide to fire start one run, and a pipeline created again under a deleted one's id does not
-meet the runs of its predecessor. An occasion (or a RunPipeline request_id) whose run was stored but whose decision
-was not (the write failed, the process stopped) finds its run again by that request id: the next check records it
-as fired with that run, not as skipped because of it, and RunPipeline returns it. Missed ticks (the service was
-down) are not replayed one by one: the latest runs once. A trigger that cannot be decided (a failure of its own) is
-logged and recorded as a decision that did not fire, with why, and the pipeline's other triggers are decided all
-the same.
+A run started by an occasion has the request id ``<pipeline>/<created>/<key>``
+(engine.pipelines.triggers.request_id): two replicas that both decide to fire start one run, and a pipeline created
+again under a deleted one's id does not meet the runs of its predecessor. That request id is internal, the run's
+dedup key: the API shows the key the run was started with (triggers.shown_request_id). An occasion (or a RunPipeline
+request_id) whose run was stored but whose decision was not (the write failed, the process stopped) finds its run
+again by that request id: the next check records it as fired with that run, not as skipped because of it, and
+RunPipeline returns it. Missed ticks (the service was down) are not replayed one by one: the latest runs once. A
+trigger that cannot be decided (a failure of its own) is logged and recorded as a decision that did not fire, with
+why, and the pipeline's other triggers are decided all the same.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -191,7 +191,7 @@ class Pipelines:
         after the run was stored), before any other check."""
         async with self._store.locked(pipeline_id) as store:
             pipeline = await store.get(pipeline_id)
-            key = f"manual:{request_id}" if request_id else f"manual:{uuid.uuid4().hex[:12]}"
+            key = tr.manual_key(request_id)
             if request_id:
                 earlier = await store.decision(pipeline_id, key)
                 if earlier is not None:  # the same request again: the run it started

@@ -9,7 +9,10 @@ same drift another occasion. A fired occasion starts one run whose request id is
 (:func:`request_id`), so however many replicas see it at once, one run exists (the job store's unique request id);
 ``<created>`` is the pipeline's creation time, which tells a pipeline from an earlier one deleted under the same id,
 whose runs (jobs) outlive it. The run an occasion started is found by that request id, so also when its decision
-was never recorded (engine.pipelines.service).
+was never recorded (engine.pipelines.service). That request id is the run's dedup key and stays internal: what the
+API shows as the run's ``request_id`` is the key it was started with, as pipeline.proto defines it
+(:func:`shown_request_id`). A RunPipeline is an occasion too: ``manual:<request_id>`` (:func:`manual_key`), or,
+when the request gave none, ``manual#<random>``, which no request_id makes.
 
 A cron expression is refused (INVALID_CRON) unless its schedule has a tick both before and after now: croniter
 accepts fields that name no date (``0 2 30 2 *``, February 30th), whose every tick would raise.
@@ -17,6 +20,7 @@ accepts fields that name no date (``0 2 30 2 *``, February 30th), whose every ti
 
 from __future__ import annotations
 
+import uuid
 import zoneinfo
 from datetime import UTC, datetime
 
@@ -91,6 +95,25 @@ def request_id(pipeline_id: str, created: datetime | None, key: str) -> str:
     found by it too, engine.stores.pipeline_store)."""
     when = created.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ") if created is not None else "-"
     return f"{pipeline_id}/{when}/{key}"
+
+
+MANUAL_PREFIX = "manual:"  # the occasion of a RunPipeline request that gave a request_id: manual:<request_id>
+
+
+def manual_key(request_id: str) -> str:
+    """The occasion key of a RunPipeline request: ``manual:<request_id>``, so the same request_id finds its run
+    again; a request without one gets a key of its own that no request_id makes (``manual#<random>``), so the run
+    never shows a request_id its client did not send (:func:`shown_request_id`)."""
+    return f"{MANUAL_PREFIX}{request_id}" if request_id else f"manual#{uuid.uuid4().hex[:12]}"
+
+
+def shown_request_id(pipeline_id: str, trigger: TriggerKind, key: str) -> str:
+    """A run's ``request_id`` as pipeline.proto defines it: RunPipeline's request_id ("" when it gave none), or
+    ``<pipeline>/<occasion>`` for a trigger's run. Not the run's dedup key (:func:`request_id`), whose pipeline
+    creation time is internal: it only tells one incarnation of a pipeline id from another."""
+    if trigger is TriggerKind.MANUAL:
+        return key.removeprefix(MANUAL_PREFIX) if key.startswith(MANUAL_PREFIX) else ""
+    return f"{pipeline_id}/{key}"
 
 
 def stamp(moment: datetime) -> str:

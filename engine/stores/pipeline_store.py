@@ -34,7 +34,7 @@ from pydantic import TypeAdapter
 
 from engine.errors import Aborted, AlreadyExists, NotFound
 from engine.jobs.codec import dump_json
-from engine.names import decode_page_token, encode_page_token
+from engine.names import PageScope, decode_page_token, encode_page_token
 from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
 from engine.stores.postgres import acquired, advisory_lock, held
 
@@ -47,6 +47,16 @@ _ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"]  # engine.jobs.core.JobState.termi
 _OF_PIPELINE = ("doc -> 'spec' -> 'pipeline' ->> 'id' = $2 AND ($3::timestamptz IS NULL"
                 " OR doc -> 'spec' -> 'pipeline' ->> 'create_time' IS NULL"
                 " OR (doc -> 'spec' -> 'pipeline' ->> 'create_time')::timestamptz = $3::timestamptz)")
+
+
+_PIPELINES = PageScope("pipelines")  # what a ListPipelines page token pages
+
+
+def _runs_scope(pipeline: Pipeline, active_only: bool) -> PageScope:
+    """What a page token of :meth:`PostgresPipelineStore.run_ids` pages: the runs of this pipeline (its id and
+    creation time: a token of a deleted predecessor's runs is not this one's), all or the active ones only."""
+    created = pipeline.create_time.isoformat() if pipeline.create_time is not None else ""
+    return PageScope(PIPELINE_RUN.collection, (pipeline.id, created, active_only))
 
 
 def not_found(pipeline_id: str) -> NotFound:
@@ -118,7 +128,7 @@ class PostgresPipelineStore:
         return self._decode(doc)
 
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]:
-        before = decode_page_token(page_token) if page_token else None
+        before = decode_page_token(page_token, _PIPELINES) if page_token else None
         if before is None:
             rows = await self._fetch("SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1",
                                      page_size + 1)
@@ -129,7 +139,7 @@ class PostgresPipelineStore:
         found = [self._decode(r["doc"]) for r in rows]
         page = found[:page_size]
         more = len(found) > page_size and page
-        token = encode_page_token(page[-1].create_time or datetime.now(UTC), page[-1].id) if more else ""
+        token = encode_page_token(_PIPELINES, page[-1].create_time or datetime.now(UTC), page[-1].id) if more else ""
         return page, token
 
     async def replace(self, pipeline: Pipeline, *, etag: str) -> Pipeline:
@@ -182,7 +192,8 @@ class PostgresPipelineStore:
 
     async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
                       page_token: str) -> tuple[builtins.list[str], str]:
-        before = decode_page_token(page_token) if page_token else None
+        scope = _runs_scope(pipeline, active_only)
+        before = decode_page_token(page_token, scope) if page_token else None
         clauses = ["kind = $1", _OF_PIPELINE]
         args: builtins.list[object] = [PIPELINE_RUN.name, pipeline.id, pipeline.create_time]
         if active_only:
@@ -196,7 +207,7 @@ class PostgresPipelineStore:
                f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
         rows = await self._fetch(sql, *args)
         page = rows[:page_size]
-        token = encode_page_token(page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
+        token = encode_page_token(scope, page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
         return [r["id"] for r in page], token
 
     async def last_run_start(self, pipeline: Pipeline) -> datetime | None:

@@ -50,7 +50,7 @@ from engine.errors import (
     ResourceExhausted,
 )
 from engine.feedback.dataset import FeedbackDatasetBuilder
-from engine.names import decode_page_token, encode_page_token
+from engine.names import PageScope, decode_page_token, encode_page_token
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
 from engine.training.dataset_content import (
@@ -189,10 +189,11 @@ class StoredDatasets:
 
     async def list(self, *, dataset: str, page_size: int, page_token: str) -> tuple[list[StoredDataset], str]:
         dataset_id = parse_dataset_name(dataset, "dataset", versioned=False).dataset_id if dataset else ""
-        after = decode_page_token(page_token) if page_token else None
+        scope = PageScope("datasets", (dataset_id,))  # a token pages the versions of one dataset (or of all: "")
+        after = decode_page_token(page_token, scope) if page_token else None
         rows = await self._index.list(dataset_id=dataset_id, limit=page_size + 1, after=after)
         page = rows[:page_size]
-        token = encode_page_token(page[-1].create_time, page[-1].name) if len(rows) > page_size and page else ""
+        token = encode_page_token(scope, page[-1].create_time, page[-1].name) if len(rows) > page_size and page else ""
         return page, token
 
     def pin(self, name: str) -> Pin | None:

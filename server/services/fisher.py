@@ -11,7 +11,7 @@ from engine.continual.ports import FisherSnapshots
 from engine.continual.spec import snapshot_id_from_name
 from engine.domain import FisherSpace
 from engine.jobs.core import JobEvent
-from engine.names import decode_page_token, encode_page_token
+from engine.names import PageScope, decode_page_token, encode_page_token
 from learning.v1 import fisher_pb2 as pb
 from learning.v1 import fisher_pb2_grpc as pb_grpc
 from server import fisher_convert as fc
@@ -92,11 +92,12 @@ class FisherService(pb_grpc.FisherServiceServicer):
         context: grpc.aio.ServicerContext[pb.ListFisherSnapshotsRequest, pb.ListFisherSnapshotsResponse],
     ) -> pb.ListFisherSnapshotsResponse:
         size = page_size(request.page_size)
-        before = decode_page_token(request.page_token) if request.page_token else None
+        scope = PageScope("fisherSnapshots", (request.base_model, request.adapter_version))
+        before = decode_page_token(request.page_token, scope) if request.page_token else None
         rows = await self._snapshots.list(base_model=request.base_model, adapter_version=request.adapter_version,
                                           limit=size + 1, before=before)
         page = rows[:size]
-        token = encode_page_token(page[-1].create_time, page[-1].id) if len(rows) > size and page else ""
+        token = encode_page_token(scope, page[-1].create_time, page[-1].id) if len(rows) > size and page else ""
         return pb.ListFisherSnapshotsResponse(fisher_snapshots=[fc.snapshot_to_pb(s) for s in page],
                                               next_page_token=token)
 

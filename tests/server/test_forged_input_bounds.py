@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from engine.names import PageScope
 from learning.v1 import adapter_pb2, adapter_pb2_grpc
 from learning.v1 import dataset_pb2 as pb
 from learning.v1 import dataset_pb2_grpc as pb_grpc
@@ -44,12 +45,29 @@ def adapter_token(cursor: list[str] | str) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
+def scoped_token(scope: PageScope, cursor: list[str] | str) -> str:
+    """A token carrying the scope of the list it is sent to (engine.names.PageScope: any other is refused before its
+    cursor is read) with the forged cursor: what the list must refuse is the cursor itself."""
+    raw = cursor.encode() if isinstance(cursor, str) else json.dumps([scope.digest, *cursor]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
 async def test_a_forged_adapter_page_token_with_a_number_out_of_range(pg_client) -> None:
     token = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00+00:00", "m", 2**40, 0, 0]).encode()).decode()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await adapter_pb2_grpc.AdapterServiceStub(pg_client.channel).ListAdapters(
             adapter_pb2.ListAdaptersRequest(page_token=token))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+async def test_a_scoped_token_with_a_cursor_in_bounds_is_taken(pg_client) -> None:
+    # The tokens below are refused for their cursor: with one in bounds, the same scope is accepted.
+    cursor = ["2026-01-01T00:00:00+00:00", "datasets/a/versions/1"]
+    datasets = await pb_grpc.DatasetServiceStub(pg_client.channel).ListDatasets(pb.ListDatasetsRequest(
+        page_token=scoped_token(PageScope("datasets", ("",)), cursor)))
+    jobs = await pg_client.training.ListTrainingJobs(tp.ListTrainingJobsRequest(
+        page_token=scoped_token(PageScope("trainingJobs"), cursor)))
+    assert (list(datasets.datasets), list(jobs.training_jobs)) == ([], [])  # nothing stored before that cursor
 
 
 @pytest.mark.parametrize("cursor", [
@@ -59,11 +77,11 @@ async def test_a_forged_adapter_page_token_with_a_number_out_of_range(pg_client)
     "[" * 100_000,  # nested deeper than json can parse: a RecursionError, not a ValueError
 ], ids=["nul", "before-year-1", "after-9999", "too-deep"])
 async def test_a_forged_page_token_is_invalid_in_every_list(pg_client, cursor) -> None:
-    raw = cursor.encode() if isinstance(cursor, str) else json.dumps(cursor).encode()
-    token = base64.urlsafe_b64encode(raw).decode()
     calls = [
-        pb_grpc.DatasetServiceStub(pg_client.channel).ListDatasets(pb.ListDatasetsRequest(page_token=token)),
-        pg_client.training.ListTrainingJobs(tp.ListTrainingJobsRequest(page_token=token)),
+        pb_grpc.DatasetServiceStub(pg_client.channel).ListDatasets(pb.ListDatasetsRequest(
+            page_token=scoped_token(PageScope("datasets", ("",)), cursor))),
+        pg_client.training.ListTrainingJobs(tp.ListTrainingJobsRequest(
+            page_token=scoped_token(PageScope("trainingJobs"), cursor))),
         adapter_pb2_grpc.AdapterServiceStub(pg_client.channel).ListAdapters(
             adapter_pb2.ListAdaptersRequest(page_token=adapter_token(cursor))),
     ]
