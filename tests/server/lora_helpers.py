@@ -54,6 +54,23 @@ def expected(model_dir: Path, adapter_dir: str | None) -> list[float]:
     return expected_logprobs(model_dir, Path(adapter_dir) if adapter_dir else None, PROMPT, 5)
 
 
+async def v11_serving(client) -> tuple[str, str, str]:
+    """Three versions trained in a chain, v1.0 activated as the known-good one and v1.1 active: activating v1.2 then
+    retires v1.1 (it is neither active nor known-good). Returns the three versions."""
+    v10 = await train(client)
+    v11 = await train(client, parent=v10)
+    v12 = await train(client, parent=v11)
+    await activate(client, v10, mark_known_good=True)
+    await activate(client, v11, force=True)
+    return v10, v11, v12
+
+
+async def another_replica(make_server, tmp_path: Path, name: str = "replica2", **settings):
+    """Another serving process of the same target (its own data directory, the same database and engine)."""
+    (tmp_path / name / "datasets").mkdir(parents=True)
+    return await make_server(data_dir=tmp_path / name, **settings)
+
+
 async def under_load(client, call, workers: int = 4):
     """Run ``call`` while ``workers`` clients send requests to the alias; returns (result, statuses, served)."""
     stop = asyncio.Event()

@@ -14,7 +14,7 @@ import aiohttp
 from engine.serving.reference_backend import ReferenceModel
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
-from tests.server.lora_helpers import activate, gateway_url, loaded_when, status, train
+from tests.server.lora_helpers import activate, another_replica, gateway_url, loaded_when, status, v11_serving
 
 SETTINGS = {"serving_follow_seconds": 1.0, "drain_timeout_seconds": 1.0}  # v1.1 is unloaded 2 s after the swap
 
@@ -23,13 +23,8 @@ async def test_the_other_replica_never_routes_the_alias_to_an_unloaded_version(m
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     try:
         one = await make_server(serving_url=backend.url, **SETTINGS)
-        v10 = await train(one)
-        v11 = await train(one, parent=v10)
-        v12 = await train(one, parent=v11)
-        await activate(one, v10, mark_known_good=True)
-        await activate(one, v11, force=True)
-        (tmp_path / "replica2" / "datasets").mkdir(parents=True)
-        two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", **SETTINGS)
+        v10, v11, v12 = await v11_serving(one)
+        two = await another_replica(make_server, tmp_path, serving_url=backend.url, **SETTINGS)
         assert (await status(two)).active_version == v11  # the second replica routes the alias to v1.1
 
         unloaded = asyncio.Event()

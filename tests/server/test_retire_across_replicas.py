@@ -15,7 +15,15 @@ import aiohttp
 from engine.serving.reference_backend import ReferenceModel
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
-from tests.server.lora_helpers import RETIRE_FAST, activate, gateway_url, loaded_when, status, train
+from tests.server.lora_helpers import (
+    RETIRE_FAST,
+    activate,
+    another_replica,
+    gateway_url,
+    loaded_when,
+    status,
+    v11_serving,
+)
 
 
 async def test_a_starting_replica_does_not_unload_a_version_another_is_retiring(make_server, tiny_model_dir,
@@ -24,20 +32,14 @@ async def test_a_starting_replica_does_not_unload_a_version_another_is_retiring(
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     try:
         one = await make_server(serving_url=backend.url, **settings)
-        v10 = await train(one)
-        v11 = await train(one, parent=v10)
-        v12 = await train(one, parent=v11)
-        await activate(one, v10, mark_known_good=True)
-        await activate(one, v11, force=True)
-        (tmp_path / "replica2" / "datasets").mkdir(parents=True)
-        two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", **settings)
+        v10, v11, v12 = await v11_serving(one)
+        two = await another_replica(make_server, tmp_path, serving_url=backend.url, **settings)
         assert (await status(two)).active_version == v11  # replica two routes the alias to v1.1
 
         await activate(one, v12, force=True)  # v1.1 retiring on replica one: unloaded in 60 s at the earliest
         assert f"{TINY}@{v11}" in backend.model.adapters()
 
-        (tmp_path / "replica3" / "datasets").mkdir(parents=True)
-        await make_server(serving_url=backend.url, data_dir=tmp_path / "replica3", **settings)  # a replica starts
+        await another_replica(make_server, tmp_path, "replica3", serving_url=backend.url, **settings)  # it starts
 
         assert f"{TINY}@{v11}" in backend.model.adapters(), \
             "the starting replica's reconciliation unloaded v1.1 during replica one's retirement grace"
@@ -55,11 +57,7 @@ async def test_a_version_served_again_elsewhere_gets_a_new_grace(make_server, ti
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     try:
         one = await make_server(serving_url=backend.url, **settings)
-        v10 = await train(one)
-        v11 = await train(one, parent=v10)
-        v12 = await train(one, parent=v11)
-        await activate(one, v10, mark_known_good=True)
-        await activate(one, v11, force=True)
+        v10, v11, v12 = await v11_serving(one)
         (tmp_path / "replica2").mkdir()
         two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2",
                                 datasets_path=data_dir / "datasets", artifacts_path=data_dir / "artifacts",
@@ -85,11 +83,7 @@ async def test_a_version_served_again_elsewhere_gets_a_new_grace(make_server, ti
 
 async def test_a_retirement_survives_one_transient_error(make_server):
     client = await make_server(**RETIRE_FAST)  # a retirement's grace: 0.4 s
-    v10 = await train(client)
-    v11 = await train(client, parent=v10)
-    v12 = await train(client, parent=v11)
-    await activate(client, v10, mark_known_good=True)
-    await activate(client, v11, force=True)
+    v10, v11, v12 = await v11_serving(client)
 
     controller = client.app.owned.lora.controller
     real = controller._store.serialised
@@ -116,13 +110,8 @@ async def test_another_replica_unloads_a_retirement_once_due_after_the_retiring_
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     try:
         one = await make_server(serving_url=backend.url, **settings)
-        v10 = await train(one)
-        v11 = await train(one, parent=v10)
-        v12 = await train(one, parent=v11)
-        await activate(one, v10, mark_known_good=True)
-        await activate(one, v11, force=True)
-        (tmp_path / "replica2" / "datasets").mkdir(parents=True)
-        two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", **settings)
+        v10, v11, v12 = await v11_serving(one)
+        two = await another_replica(make_server, tmp_path, serving_url=backend.url, **settings)
         await activate(one, v12, force=True)  # one retires v1.1, then stops before it is due
         await asyncio.wait_for(one.app.stop(0), 30)
 
@@ -150,13 +139,8 @@ async def test_a_long_request_on_another_replica_keeps_the_version_loaded_past_t
     backend = await start_backend(SlowModel(tiny_model_dir, TINY))
     try:
         one = await make_server(serving_url=backend.url, **settings)
-        v10 = await train(one)
-        v11 = await train(one, parent=v10)
-        v12 = await train(one, parent=v11)
-        await activate(one, v10, mark_known_good=True)
-        await activate(one, v11, force=True)
-        (tmp_path / "replica2" / "datasets").mkdir(parents=True)
-        two = await make_server(serving_url=backend.url, data_dir=tmp_path / "replica2", **settings)
+        v10, v11, v12 = await v11_serving(one)
+        two = await another_replica(make_server, tmp_path, serving_url=backend.url, **settings)
 
         async def long_request() -> tuple[int, str]:  # through replica two, to v1.1
             async with aiohttp.ClientSession() as s, s.post(

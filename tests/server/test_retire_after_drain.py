@@ -25,7 +25,7 @@ from tests.server.lora_helpers import (
     loaded_when,
     status,
     stub,
-    train,
+    v11_serving,
 )
 
 SLOW = 7  # max_tokens of the request that takes its time (a long answer)
@@ -43,11 +43,7 @@ async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_se
     backend = await start_backend(SlowModel(tiny_model_dir, TINY))
     try:
         client = await make_server(serving_url=backend.url, **RETIRE_FAST)  # a retirement's grace: 0.4 s
-        v10 = await train(client)
-        v11 = await train(client, parent=v10)
-        v12 = await train(client, parent=v11)
-        await activate(client, v10, mark_known_good=True)
-        await activate(client, v11, force=True)
+        v10, v11, v12 = await v11_serving(client)
 
         async def long_request() -> tuple[int, str]:  # in flight on v1.1 while v1.2 is activated
             async with aiohttp.ClientSession() as s, s.post(
@@ -75,11 +71,7 @@ async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_se
 
 async def test_a_version_needed_again_before_its_retirement_stays_loaded(make_server):
     client = await make_server(serving_follow_seconds=0.3, drain_timeout_seconds=0.3)  # a grace of 0.6 s
-    v10 = await train(client)
-    v11 = await train(client, parent=v10)
-    v12 = await train(client, parent=v11)
-    await activate(client, v10, mark_known_good=True)
-    await activate(client, v11, force=True)
+    v10, v11, v12 = await v11_serving(client)
     await activate(client, v12, force=True)  # v1.1's retirement is due in 0.6 s
     st = (await activate(client, v11, force=True, reason="back to v1.1")).status  # loaded: not loaded again
     assert st.active_version == v11
@@ -96,11 +88,7 @@ async def test_a_version_needed_again_before_its_retirement_stays_loaded(make_se
 
 async def test_a_stopping_process_leaves_its_retirements_to_the_next_start(make_server):
     one = await make_server(serving_follow_seconds=0.2, drain_timeout_seconds=4.0)  # a retirement's grace: 4.2 s
-    v10 = await train(one)
-    v11 = await train(one, parent=v10)
-    v12 = await train(one, parent=v11)
-    await activate(one, v10, mark_known_good=True)
-    await activate(one, v11, force=True)
+    v10, v11, v12 = await v11_serving(one)
     await activate(one, v12, force=True)
     assert sorted(a.version for a in (await status(one)).loaded) == sorted([v10, v11, v12])  # v1.1: retiring
     await asyncio.wait_for(one.app.stop(0), 30)  # the pending retirement does not hold the stop up
