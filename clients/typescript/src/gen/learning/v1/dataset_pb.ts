@@ -573,7 +573,8 @@ export type ListDatasetsRequest = Message<"learning.v1.ListDatasetsRequest"> & {
   pageSize: number;
 
   /**
-   * From a previous response's next_page_token.
+   * From a previous response's next_page_token, of the same List call with the
+   * same filters (another is INVALID_ARGUMENT INVALID_PAGE_TOKEN).
    *
    * @generated from field: string page_token = 2;
    */

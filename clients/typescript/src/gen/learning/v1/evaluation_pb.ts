@@ -361,7 +361,8 @@ export type ListEvaluationJobsRequest = Message<"learning.v1.ListEvaluationJobsR
   pageSize: number;
 
   /**
-   * From a previous response's next_page_token.
+   * From a previous response's next_page_token, of the same List call with the
+   * same filters (another is INVALID_ARGUMENT INVALID_PAGE_TOKEN).
    *
    * @generated from field: string page_token = 2;
    */

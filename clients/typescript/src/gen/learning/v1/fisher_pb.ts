@@ -477,7 +477,8 @@ export type ListFisherJobsRequest = Message<"learning.v1.ListFisherJobsRequest">
   pageSize: number;
 
   /**
-   * From a previous response's next_page_token.
+   * From a previous response's next_page_token, of the same List call with the
+   * same filters (another is INVALID_ARGUMENT INVALID_PAGE_TOKEN).
    *
    * @generated from field: string page_token = 2;
    */

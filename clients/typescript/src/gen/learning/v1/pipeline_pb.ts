@@ -414,8 +414,10 @@ export type PipelineRun = Message<"learning.v1.PipelineRun"> & {
   pipelineSnapshot?: Pipeline | undefined;
 
   /**
-   * The idempotency key it was started with: RunPipeline's request_id, or
-   * "<pipeline>/<occasion>" for a trigger's run.
+   * The idempotency key it was started with: RunPipeline's request_id ("" when
+   * the request gave none), or "<pipeline_id>/<occasion>" for a trigger's run,
+   * the occasion being its TriggerDecision.key (e.g.
+   * "nightly/cron:2026-12-07T02:00:00Z").
    *
    * @generated from field: string request_id = 20;
    */
