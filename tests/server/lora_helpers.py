@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import grpc
 
+from engine.serving.reference_backend import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import lora_control_pb2_grpc as lc_grpc
 from learning.v1 import training_pb2 as pb
@@ -52,6 +54,32 @@ async def ask(client, model: str = "active", max_tokens: int = 5) -> tuple[str, 
 
 def expected(model_dir: Path, adapter_dir: str | None) -> list[float]:
     return expected_logprobs(model_dir, Path(adapter_dir) if adapter_dir else None, PROMPT, 5)
+
+
+SLOW = 7  # max_tokens of a request to a SlowModel that takes its time (a long answer)
+
+
+class SlowModel(ReferenceModel):
+    """The reference backend whose answers of SLOW tokens take ``seconds`` (a long answer, still in flight while
+    its version is replaced); off the event loop: the backend runs generate in a thread."""
+
+    def __init__(self, *args, seconds: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds = seconds
+
+    def generate(self, model, prompt_ids, max_tokens, streamer=None, **kw):
+        if max_tokens == SLOW:
+            time.sleep(self.seconds)
+        return super().generate(model, prompt_ids, max_tokens, streamer, **kw)
+
+
+async def long_request(client) -> tuple[int, str]:
+    """A request of SLOW tokens to the alias through ``client``'s gateway: its status and what served it."""
+    async with aiohttp.ClientSession() as s, s.post(
+            gateway_url(client) + "/v1/completions",
+            json={"model": "active", "prompt": "Hello", "max_tokens": SLOW}) as r:
+        await r.read()
+        return r.status, r.headers["x-served-model"]
 
 
 async def v11_serving(client) -> tuple[str, str, str]:

@@ -8,7 +8,6 @@ is tried again at the next follow, never leaving the version loaded for good."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 
@@ -17,10 +16,12 @@ from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
 from tests.server.lora_helpers import (
     RETIRE_FAST,
+    SlowModel,
     activate,
     another_replica,
     gateway_url,
     loaded_when,
+    long_request,
     status,
     v11_serving,
 )
@@ -122,34 +123,16 @@ async def test_another_replica_unloads_a_retirement_once_due_after_the_retiring_
         await backend.stop()
 
 
-SLOW = 7  # max_tokens of the request that takes its time (a long answer)
-SLOW_SECONDS = 4.0
-
-
-class SlowModel(ReferenceModel):
-    def generate(self, model, prompt_ids, max_tokens, streamer=None, **kw):
-        if max_tokens == SLOW:
-            time.sleep(SLOW_SECONDS)  # a long answer (off the event loop: the backend runs generate in a thread)
-        return super().generate(model, prompt_ids, max_tokens, streamer, **kw)
-
-
 async def test_a_long_request_on_another_replica_keeps_the_version_loaded_past_the_grace(
         make_server, tiny_model_dir, tmp_path):
     settings = {"serving_follow_seconds": 0.3, "drain_timeout_seconds": 1.0}  # a retirement's grace: 1.3 s
-    backend = await start_backend(SlowModel(tiny_model_dir, TINY))
+    backend = await start_backend(SlowModel(tiny_model_dir, TINY, seconds=4.0))
     try:
         one = await make_server(serving_url=backend.url, **settings)
         v10, v11, v12 = await v11_serving(one)
         two = await another_replica(make_server, tmp_path, serving_url=backend.url, **settings)
 
-        async def long_request() -> tuple[int, str]:  # through replica two, to v1.1
-            async with aiohttp.ClientSession() as s, s.post(
-                    gateway_url(two) + "/v1/completions",
-                    json={"model": "active", "prompt": "Hello", "max_tokens": SLOW}) as r:
-                await r.read()
-                return r.status, r.headers["x-served-model"]
-
-        running = asyncio.create_task(long_request())
+        running = asyncio.create_task(long_request(two))
         await asyncio.sleep(0.3)
         await activate(one, v12, force=True)  # one retires v1.1: due in 1.3 s, but two streams from it for 4 s
         loop = asyncio.get_running_loop()

@@ -9,50 +9,30 @@ once due). Across replicas: tests/server/test_retire_across_replicas.py."""
 from __future__ import annotations
 
 import asyncio
-import time
 
-import aiohttp
-
-from engine.serving.reference_backend import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
 from tests.server.lora_helpers import (
     ACTOR,
     RETIRE_FAST,
+    SlowModel,
     activate,
-    gateway_url,
     loaded_when,
+    long_request,
     status,
     stub,
     v11_serving,
 )
 
-SLOW = 7  # max_tokens of the request that takes its time (a long answer)
-SLOW_SECONDS = 3.0
-
-
-class SlowModel(ReferenceModel):
-    def generate(self, model, prompt_ids, max_tokens, streamer=None, **kw):
-        if max_tokens == SLOW:
-            time.sleep(SLOW_SECONDS)  # a long answer (off the event loop: the backend runs generate in a thread)
-        return super().generate(model, prompt_ids, max_tokens, streamer, **kw)
-
 
 async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_server, tiny_model_dir):
-    backend = await start_backend(SlowModel(tiny_model_dir, TINY))
+    backend = await start_backend(SlowModel(tiny_model_dir, TINY, seconds=3.0))
     try:
         client = await make_server(serving_url=backend.url, **RETIRE_FAST)  # a retirement's grace: 0.4 s
         v10, v11, v12 = await v11_serving(client)
 
-        async def long_request() -> tuple[int, str]:  # in flight on v1.1 while v1.2 is activated
-            async with aiohttp.ClientSession() as s, s.post(
-                    gateway_url(client) + "/v1/completions",
-                    json={"model": "active", "prompt": "Hello", "max_tokens": SLOW}) as r:
-                await r.read()
-                return r.status, r.headers["x-served-model"]
-
-        running = asyncio.create_task(long_request())
+        running = asyncio.create_task(long_request(client))
         await asyncio.sleep(0.3)
         assert not running.done()
         st = (await activate(client, v12, force=True)).status
