@@ -335,11 +335,11 @@ class _Body(BaseModel):
     tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
+    echo: bool | None = None  # vLLM takes it on both endpoints (on chat: the answer begins with the last message)
 
 
 class _CompletionBody(_Body):
     prompt: str | list[str] | None = None  # token ids (a list of ints) are not taken
-    echo: bool | None = None
     logprobs: int | None = None
 
 
@@ -465,7 +465,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
         if not isinstance(name, str) or not name:
             raise HttpError(400, "field 'model' is required")
         refused = [key for key in ("tools", "tool_choice", "functions", "function_call") if getattr(body, key)]
-        if isinstance(body, _CompletionBody) and body.echo:
+        if body.echo:
             refused.append("echo (the answer never repeats the prompt)")
         if body.n not in (None, 1):
             refused.append(f"n={body.n} (one choice only)")
