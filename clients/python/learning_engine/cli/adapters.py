@@ -27,6 +27,12 @@ from learning_engine.cli.common import (
     when,
 )
 
+
+def _train_loss(adapter: adapter_pb2.Adapter) -> str:
+    """The "train loss" column: "-" for a version without one (an imported adapter's is 0, unset)."""
+    return f"{adapter.train_loss:.4f}" if adapter.train_loss else "-"
+
+
 adapters_app = typer.Typer(
     help="The adapter registry: list, info, lineage, download, import, delete, prune.", no_args_is_help=True
 )
@@ -48,7 +54,7 @@ def adapters_list(
             a.base_model,
             a.version,
             a.parent_version or "-",
-            f"{a.train_loss:.4f}",
+            _train_loss(a),
             f"{a.size_bytes:,}",
             a.create_time.ToDatetime().isoformat(timespec="seconds"),
         )
@@ -75,7 +81,7 @@ def adapters_lineage(ctx: typer.Context, version: str, base_model: str = typer.O
             a.version,
             adapter_pb2.AdapterSource.Name(a.source).removeprefix("ADAPTER_SOURCE_").lower(),
             a.training_job or "-",
-            f"{a.train_loss:.4f}" if a.train_loss else "-",
+            _train_loss(a),
             "deleted " + when(a.delete_time) if a.HasField("delete_time") else when(a.create_time),
         )
         for a in lineage
