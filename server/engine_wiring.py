@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from engine.jobs.manager import JobManager
 from engine.jobs.ports import JobExecutor, WorkerQueue
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRunner
+from engine.online.spec import ONLINE_SESSION
 from engine.periodic import Periodic
 from engine.pipelines.spec import PIPELINE_RUN
 from engine.preparation.jobs import PREPARATION, GeneratorConfig, PreparationJobs, PreparationRunner
@@ -45,7 +47,7 @@ from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.dataset_store import PostgresDatasetIndex
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_queue import PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
+from engine.stores.job_queue import ONLINE_QUEUE, PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
@@ -209,6 +211,31 @@ def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
     return execute
 
 
+# The queue of each kind not in the training queue (engine.stores.job_queue.QUEUE): what only serving processes run,
+# and what runs within limits of its own (online sessions).
+JOB_QUEUES = {EVALUATION.name: SERVING_QUEUE, PREPARATION.name: SERVING_QUEUE, PIPELINE_RUN.name: PIPELINE_QUEUE,
+              ONLINE_SESSION.name: ONLINE_QUEUE}
+
+
+def start_job_workers(queue: WorkerQueue, jobs: Sequence[JobManager[Any, Any]],
+                      sessions: JobManager[Any, Any] | None, *, name: str) -> None:
+    """This process's workers of the training side. ``jobs`` (training and Fisher) share the process's job slots
+    and the training queue: their worker takes as many items at once as those slots run, so a busy worker leaves
+    the next item to an idle one (an item taken beyond them would wait here for a slot, "doing" under a live
+    worker, which no other worker may take). ``sessions`` (online sessions, None where this worker runs none) have
+    a queue and a worker of their own, with as many places as their own slots: a session never holds a training
+    job's place, nor a training job a session's."""
+    slots = {id(m.slots): m.slots for m in jobs}
+    if len(slots) != 1:
+        raise ValueError("the training side's job kinds share one JobSlots: one worker takes their queue")
+    (shared,) = slots.values()
+    queue.start_worker({m.kind.name: job_executor(m) for m in jobs}, concurrency=shared.max_concurrent_jobs,
+                       name=name)
+    if sessions is not None:
+        queue.start_worker({sessions.kind.name: job_executor(sessions)},
+                           concurrency=sessions.slots.max_concurrent_jobs, name=f"{name}-online")
+
+
 async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, work: bool | None = None) -> Engine:
     """The real engine: PostgreSQL, the artifact store, the job queue and, when ``serve``, the serving engine.
 
@@ -233,9 +260,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         owned.lora = await start_lora_control(settings, pool, registry, versions, owned.store)
     queue = owned.queue = ProcrastinateQueue(url, heartbeat_seconds=settings.worker_heartbeat_seconds,
                                              stalled_seconds=settings.worker_stalled_seconds,
-                                             queues={EVALUATION.name: SERVING_QUEUE,
-                                                     PREPARATION.name: SERVING_QUEUE,
-                                                     PIPELINE_RUN.name: PIPELINE_QUEUE})
+                                             queues=JOB_QUEUES)
     await queue.open()
     notifications = owned.notifications = JobNotifications(pool)
     preparer = JobPreparer(
@@ -306,10 +331,10 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
     for manager in owned.job_managers:
         await manager.recover()
     if work:
-        # An online session holds its place for as long as it runs: sessions have places of their own.
-        queue.start_worker({m.kind.name: job_executor(m) for m in (training_manager, fisher_manager, online_manager)},
-                           concurrency=settings.max_concurrent_jobs + settings.online_max_sessions, name=worker_id)
-        log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs})
+        start_job_workers(queue, (training_manager, fisher_manager),
+                          online_manager if settings.online_max_sessions else None, name=worker_id)
+        log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs,
+                                          "online_sessions": settings.online_max_sessions})
     if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
         # One worker takes both serving-side queues (each listening worker holds a database connection); each
         # kind's own slots keep an evaluation from waiting behind pipeline runs, which mostly wait themselves.

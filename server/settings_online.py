@@ -27,8 +27,9 @@ class OnlineSettings(BaseModel):
         32_000, ge=100, le=10_000_000, description="Longest online example (prompt and target) accepted; longer "
         "ones are refused and counted as skipped.")
     online_max_sessions: int = Field(
-        2, ge=0, le=64, description="Online sessions a worker runs at once, besides its max_concurrent_jobs "
-        "training and Fisher jobs (each session holds its own copy of the model while it runs).")
+        2, ge=0, le=64, description="Online sessions a worker runs at once (0: none), taken from a queue of their "
+        "own, besides its max_concurrent_jobs training and Fisher jobs (each session holds its own copy of the model "
+        "while it runs).")
     online_feedback_seconds: float = Field(
         5.0, gt=0, le=3600, description="How often a session reads the feedback on its live model's answers: to "
         "turn it into examples (learn_from_feedback) and to check it for a negative-feedback spike.")

@@ -20,7 +20,12 @@ UNAVAILABLE DATABASE_UNAVAILABLE, as the stores on asyncpg do (engine.stores.pos
 procrastinate's ConnectorException; its other errors stay what they are. The worker's own loops retry on any error.
 
 Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
-evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs.
+evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs. So do kinds
+that run within limits of their own (online sessions, beside training and Fisher jobs): procrastinate's worker takes
+an item whenever one of its ``concurrency`` places is free, whatever its kind, so one worker per queue, with as many
+places as the kinds of that queue run at once (server.engine_wiring), is what keeps a busy worker from taking an
+item it cannot start (it would wait there, "doing" under a live worker, where no idle worker may take it), and one
+kind from taking another's places.
 
 Stopping does not rely on cancellation alone. On Python 3.11 ``asyncio.wait_for`` drops a cancellation that lands
 as the future it waits on completes (CPython gh-86296, fixed in 3.12 only), and psycopg_pool waits for a connection
@@ -51,6 +56,7 @@ log = logging.getLogger(__name__)
 QUEUE = "learning_engine_jobs"
 SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
 PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there (one worker takes both)
+ONLINE_QUEUE = "learning_engine_online"  # online sessions: places of their own beside training and Fisher jobs'
 TASK = "learning_engine.run_job"
 
 
@@ -110,9 +116,10 @@ class ProcrastinateQueue:
         every ``prune_every_seconds``."""
         if retries < 1:  # procrastinate reads max_attempts=0 as no limit: the item would be run again for ever
             raise ValueError(f"retries must be at least 1, got {retries}")
-        # Each running worker holds one connection for LISTEN; the others serve fetches, heartbeats and defers.
+        # Each running worker (up to three: training, online sessions, serving) holds one connection for LISTEN;
+        # the others serve fetches, heartbeats and defers.
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            conninfo=database_url, min_size=1, max_size=8))
+            conninfo=database_url, min_size=1, max_size=10))
         self._heartbeat = heartbeat_seconds
         self._stalled = stalled_seconds
         self._executors: dict[str, JobExecutor] = {}
@@ -158,9 +165,12 @@ class ProcrastinateQueue:
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
         """Take jobs of these kinds from their queues in this process (``concurrency`` at a time), and put stalled
         ones back. Called again with other kinds (of another queue), it starts a worker of their own: jobs of
-        one queue never wait for a place taken by another's."""
-        self._executors.update(executors)
+        one queue never wait for a place taken by another's. A queue is taken by one worker of this process (two
+        would add their places together)."""
         queues = sorted({self._queues.get(kind, QUEUE) for kind in executors})
+        if taken := set(queues) & set(self._taken):
+            raise ValueError(f"this process's worker takes from {sorted(taken)} already")
+        self._executors.update(executors)
         self._taken += queues
         loop = asyncio.get_running_loop()
         self._workers.append(loop.create_task(self._work(queues, concurrency=concurrency, name=name)))

@@ -1,0 +1,182 @@
+"""The places of a process's queue workers on PostgreSQL (procrastinate), wired as server.engine_wiring wires them
+(``start_job_workers``, ``JOB_QUEUES``): a worker takes no more training items than it runs at once, so a busy one
+leaves the next job to an idle one; online sessions have places of their own, which training jobs never take, nor
+sessions theirs (and the sessions' items queued before they had a queue of their own move to it). The toy counting
+kind stands for training jobs and a second toy kind for sessions; each step waits for the test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.jobs.context import JobSlots
+from engine.jobs.core import JobKind, JobState
+from engine.jobs.manager import JobManager
+from engine.online.spec import ONLINE_SESSION
+from engine.stores import postgres
+from engine.stores.job_queue import ONLINE_QUEUE, QUEUE, ProcrastinateQueue
+from engine.stores.job_store import PostgresJobStore
+from engine.stores.postgres import migrate
+from engine.training.spec import TRAINING
+from server.engine_wiring import JOB_QUEUES, start_job_workers
+from server.settings import Settings
+from tests.jobs.test_job_core import COUNT, Counted, CountOutput, CountRunner, CountSpec
+
+pytestmark = pytest.mark.full_stack
+
+HEARTBEAT, STALLED = 0.2, 1.0
+WAIT = 15  # seconds: only how long a broken test takes to fail
+MAX_JOBS = Settings.model_fields["max_concurrent_jobs"].default  # 1
+SESSIONS = Settings.model_fields["online_max_sessions"].default  # 2
+
+SESSION = JobKind("countSession", "countSessions", CountSpec, CountOutput, event_types=(Counted,))
+
+
+class SessionRunner(CountRunner):
+    """A session stands in for an online session: it holds its place, counting, for as long as the test lets it."""
+
+    kind = SESSION
+
+
+class Process:
+    """One server process's job side: its queue, training-side jobs sharing ``JobSlots(max_concurrent_jobs)``,
+    sessions with slots of their own, and its workers started as build_engine starts them."""
+
+    def __init__(self, url: str, pool: asyncpg.Pool, work_dir: Path, name: str) -> None:
+        self.queue = ProcrastinateQueue(url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED,
+                                        queues={**JOB_QUEUES, SESSION.name: ONLINE_QUEUE})
+        self.slots, self.session_slots = JobSlots(MAX_JOBS), JobSlots(SESSIONS)
+        self.jobs = JobManager(runner=CountRunner(), store=PostgresJobStore(pool, COUNT), queue=self.queue,
+                               work_dir=work_dir / "jobs", slots=self.slots, worker_id=name, control_poll_seconds=0.1)
+        self.sessions = JobManager(runner=SessionRunner(), store=PostgresJobStore(pool, SESSION), queue=self.queue,
+                                   work_dir=work_dir / "sessions", slots=self.session_slots, worker_id=name,
+                                   control_poll_seconds=0.1)
+        self.started = False
+
+    async def start(self) -> None:
+        await self.queue.open()
+        start_job_workers(self.queue, (self.jobs,), self.sessions, name=self.jobs.worker_id)
+        self.started = True
+
+    async def stop(self) -> None:
+        managers = (self.jobs, self.sessions)
+        if self.started:
+            stopping = asyncio.gather(*(m.shutdown() for m in managers), self.queue.stop_worker())
+            while not stopping.done():  # each running job's next step stops it
+                for manager in managers:
+                    manager.runner.release.release()
+                await asyncio.sleep(0.05)
+            await stopping
+        await self.queue.close()
+        for manager in managers:
+            await manager._store._notifications.close()
+        self.slots.shutdown()
+        self.session_slots.shutdown()
+
+
+@pytest.fixture
+async def processes(database_url: str, tmp_path: Path):
+    """Makes processes on one migrated database: ``make(name)``; all stopped after the test."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    await migrate(pool)
+    made: list[Process] = []
+
+    def make(name: str) -> Process:
+        made.append(Process(database_url, pool, tmp_path / name, name))
+        return made[-1]
+
+    make.pool = pool  # type: ignore[attr-defined]
+    try:
+        yield make
+    finally:
+        for process in reversed(made):
+            await process.stop()
+        await pool.close()
+
+
+async def _until_running(manager: JobManager, job_id: str, what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while (await manager.get(job_id)).state is not JobState.RUNNING:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        items = await manager._store._pool.fetch(
+            "SELECT queue_name, status, args->>'job_id' AS job FROM procrastinate_jobs ORDER BY id")
+        raise AssertionError(f"{what} did not start in {WAIT} s; queue items: "
+                             f"{[(r['queue_name'], r['status'], r['job']) for r in items]}") from None
+
+
+async def _items(pool: asyncpg.Pool) -> dict[str, str]:
+    """Each queued job's item status, by job id."""
+    return {r["job"]: r["status"] for r in await pool.fetch(
+        "SELECT status, args->>'job_id' AS job FROM procrastinate_jobs")}
+
+
+async def test_a_busy_worker_leaves_the_next_job_to_an_idle_worker(processes) -> None:
+    """Worker A runs a job (its one slot taken); a second job is queued, and worker B starts idle. A took the second
+    job's item as well (its queue worker had places beyond its slots, for sessions) and held it, waiting for its own
+    slot, "doing" under a live worker: B could never take it, and the job waited for A's first job to end."""
+    a, b = processes("worker-a"), processes("worker-b")
+    await a.start()
+    first = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.jobs, first.id, "the first job")
+    second = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await asyncio.sleep(2)  # A's queue worker polls every second: time to take the item, were it to
+    assert (await _items(processes.pool))[second.id] == "todo", "the busy worker took the second job's item"
+    await b.start()
+    await _until_running(b.jobs, second.id, "the second job, with worker B idle,")
+    assert (await b.jobs.get(first.id)).state is JobState.RUNNING  # still on A
+
+
+async def test_sessions_and_training_jobs_never_take_each_others_places(processes) -> None:
+    """A worker running as many sessions as it may (and one more queued) still starts a training job; one running
+    a training job (and more queued) still starts sessions. With one set of places for both, a session waiting for
+    a session slot held a training job's place, and training items waiting for the training slot held sessions'."""
+    a = processes("worker-a")
+    await a.start()
+    sessions = [await a.sessions.submit(a.sessions.new_job(CountSpec(1000), CountOutput()))
+                for _ in range(SESSIONS + 1)]
+    for session in sessions[:SESSIONS]:
+        await _until_running(a.sessions, session.id, "a session")
+    await asyncio.sleep(2)  # time for the queue worker to take the extra session's item, were it to
+    job = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.jobs, job.id, "a training job, with the worker's training slot free,")
+    assert (await _items(processes.pool))[sessions[-1].id] == "todo", "a session beyond the limit was taken"
+
+    more = [await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput())) for _ in range(SESSIONS)]
+    for session in sessions[:SESSIONS]:  # the running sessions end: their places free, for sessions only
+        await a.sessions.cancel(session.id)
+    for _ in range(SESSIONS):
+        a.sessions.runner.release.release()
+    await _until_running(a.sessions, sessions[-1].id, "the queued session, with the session places free,")
+    await asyncio.sleep(2)
+    items = await _items(processes.pool)
+    assert [items[j.id] for j in more] == ["todo"] * SESSIONS, "training items were taken beyond the training slot"
+
+
+async def test_the_items_of_sessions_queued_before_move_to_their_own_queue(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database migrated before sessions had a queue of their own holds their items in the training queue, one
+    waiting and one running, beside a training job's: migration 0031 moves the sessions' (a worker taking only
+    training items would run them in a training job's place, and put a stalled one back there)."""
+    files = postgres._migration_files()
+    monkeypatch.setattr(postgres, "_migration_files", lambda: [f for f in files if f[0] < 31])
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    before = ProcrastinateQueue(database_url)  # every kind in the training queue, as before
+    try:
+        await migrate(pool)
+        await before.open()
+        for kind, job_id in ((ONLINE_SESSION.name, "waiting"), (ONLINE_SESSION.name, "running"), (TRAINING.name, "t")):
+            await before.enqueue(kind, job_id)
+        await pool.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE args->>'job_id' = 'running'")
+        monkeypatch.undo()
+        assert [n for n in await migrate(pool) if n.startswith("0031_")] == ["0031_online_queue.sql"]
+        queued = {r["job"]: r["queue_name"] for r in await pool.fetch(
+            "SELECT queue_name, args->>'job_id' AS job FROM procrastinate_jobs")}
+        assert queued == {"waiting": ONLINE_QUEUE, "running": ONLINE_QUEUE, "t": QUEUE}
+    finally:
+        await before.close()
+        await pool.close()
