@@ -37,7 +37,10 @@ the number over), and ``recover`` (at the next start) removes the archives of th
 frees, with the store's partial writes and the scratch files; a publish refused IMPORT_IN_PROGRESS frees them
 likewise (``_reserve``), so a request whose publisher died is not refused until a restart. If the store already
 holds a manifest the database does not know, the publish is refused, the manifest and what is beside it are left
-alone and the number is retired (CONFLICT).
+alone and the number is retired (CONFLICT). A publish fenced by a job's lease (a training job's result) records
+that lease on its reservation; once the job's lease is another's, the reservation can never register, and the lease
+holder's publish of the same request supersedes it (``_reserve``: the number retired, SUPERSEDED) instead of being
+refused IMPORT_IN_PROGRESS for as long as the old publisher lives on, frozen.
 
 Every read of an archive (download, warm start) checks its sha256 against the record
 first; a mismatch is DATA_LOSS and the bytes are never handed out or loaded.
@@ -172,6 +175,10 @@ class AdapterRegistry:
         except NotFound:  # never published (an imported version's parent from elsewhere)
             return None
 
+    async def by_request_id(self, base_model: str, request_id: str) -> AdapterRecord | None:
+        """The version a publish with ``request_id`` registered; None if none did (or it was deleted since)."""
+        return await self._index.by_request_id(base_model, request_id)
+
     async def download(self, base_model: str, version: str, dest: Path) -> AdapterRecord:
         """Copy the version's archive to ``dest`` and verify it; DATA_LOSS (and no file) if it was altered."""
         record = await self.get(base_model, version)
@@ -237,7 +244,7 @@ class AdapterRegistry:
             )
             attempt = new_attempt()
             number = await self._reserve(
-                base_model, _under(parent, same_line, request.patch), request.request_id, attempt
+                base_model, _under(parent, same_line, request.patch), request.request_id, attempt, request.fence
             )
             record = AdapterRecord(
                 base_model=base_model, version=str(number), lora=lora,
@@ -261,35 +268,56 @@ class AdapterRegistry:
         await self._retain_after_publish(base_model)
         return published
 
-    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str) -> VersionNumber:
+    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str,
+                       fence: tuple[str, str] | None) -> VersionNumber:
         """The index's reservation. A request whose id another publish holds is refused IMPORT_IN_PROGRESS while
-        that publisher works; one that died (its process gone, so its reservation outlives it until the next start's
-        ``recover``) would hold it until some process restarts, and every retry of the request (a training job's
-        result, taken over by a live worker) would be refused. So the refused publish frees what publishers that
-        are gone reserved, as ``recover`` does (their owners' locks free; those of live ones stay), and tries once
-        more: refused again, the holder is alive."""
+        that publisher works. But the holder may be one that can never register it, and every retry of the request
+        (a training job's result, taken over by a live worker) would be refused for as long: one that died (its
+        process gone, so its reservation outlives it until the next start's ``recover``), or one that lost its job's
+        lease (a worker frozen mid-publish, process and lock alive, whose job another worker took over: its
+        registration is fenced by that lease). So the refused publish frees what publishers that are gone reserved,
+        as ``recover`` does (their owners' locks free; those of live ones stay), supersedes the request's
+        reservations made under a lease the job no longer holds (``AdapterIndex.supersede``: their numbers retired),
+        and tries once more: refused again, the holder is alive and may yet register it."""
         try:
-            return await self._index.reserve(base_model, under, request_id, attempt)
+            return await self._index.reserve(base_model, under, request_id, attempt, fence)
         except Aborted as exc:
-            if exc.reason != "IMPORT_IN_PROGRESS" or not await self._release_stale():
+            if exc.reason != "IMPORT_IN_PROGRESS" or not (
+                    await self._release_stale() + await self._supersede(base_model, request_id)):
                 raise
-        return await self._index.reserve(base_model, under, request_id, attempt)
+        return await self._index.reserve(base_model, under, request_id, attempt, fence)
 
     async def _release_stale(self) -> builtins.list[str]:
         """Release the reservations of publishers that are gone and remove the objects their attempts may have
         stored (a manifest, whose key is the version's, stays: see ``_store_and_register``); what cannot be
         removed now (the store down) the attempt that registers that number removes. Returns the released
         versions as ``<base-model> <version>``."""
-        stale = await self._index.release_stale()
-        # Those attempts can never register their numbers (a reservation is one attempt's), and their keys are
-        # their own, so their objects go even if a new holder of the number is at work already.
+        return await self._forget_attempts(await self._index.release_stale())
+
+    async def _supersede(self, base_model: str, request_id: str) -> builtins.list[str]:
+        """Supersede ``request_id``'s reservations whose publisher lost its job's lease, and remove the objects
+        their attempts may have stored, as ``_release_stale`` does (should such a publisher wake up and store them
+        after all, its registration fails on the lease, and it removes them itself). Returns them as
+        ``<base-model> <version>``."""
+        superseded = await self._index.supersede(base_model, request_id)
+        if superseded:
+            log.warning("superseded the reservations of a request whose publisher lost its job's lease",
+                        extra={"request_id": request_id, "versions": [str(n) for _, n, _ in superseded]})
+        return await self._forget_attempts(superseded)
+
+    async def _forget_attempts(self, attempts: builtins.list[tuple[str, VersionNumber, str]]) -> builtins.list[str]:
+        """Remove what these attempts, which can never register their numbers, may have stored; returns them as
+        ``<base-model> <version>``."""
+        # A reservation is one attempt's and its keys are its own, so its objects go even if a new holder of the
+        # number is at work already.
         orphans = [attempt_key(b, str(number), attempt, name)
-                   for b, number, attempt in stale for name in (ARCHIVE_NAME, FISHER_NAME)]
-        try:
-            await self._store.delete(orphans)
-        except Exception:  # noqa: BLE001 - a store down is no reason not to start, nor to refuse a publish
-            log.warning("could not remove the objects of publishes cut short", extra={"keys": orphans})
-        return [f"{b} {number}" for b, number, _ in stale]
+                   for b, number, attempt in attempts for name in (ARCHIVE_NAME, FISHER_NAME)]
+        if orphans:
+            try:
+                await self._store.delete(orphans)
+            except Exception:  # noqa: BLE001 - a store down is no reason not to start, nor to refuse a publish
+                log.warning("could not remove the objects of publishes cut short", extra={"keys": orphans})
+        return [f"{b} {number}" for b, number, _ in attempts]
 
     async def _store_and_register(
         self, record: AdapterRecord, archive_path: Path, fence: tuple[str, str] | None = None,

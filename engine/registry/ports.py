@@ -105,10 +105,13 @@ class AdapterIndex(Protocol):
     """
 
     async def reserve(
-        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = "",
+        fence: tuple[str, str] | None = None,
     ) -> VersionNumber:
         """The next free number under ``under``: a new major line for ``()``, the next minor of a line for
-        ``(major,)``, the next patch of a minor version for ``(major, minor)``; held by ``attempt``."""
+        ``(major,)``, the next patch of a minor version for ``(major, minor)``; held by ``attempt``, whose publish is
+        fenced by ``fence`` (job id, lease token; see ``supersede``). ABORTED IMPORT_IN_PROGRESS while another
+        reservation holds ``request_id``."""
         ...
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None,
@@ -131,6 +134,14 @@ class AdapterIndex(Protocol):
         """Release the reservations of publishers that are gone (their process ended mid-publish, or their lock
         session did); returns them as (base_model, number, attempt), so the objects of those attempts can be
         removed. Those of live publishers, in any process, stay."""
+        ...
+
+    async def supersede(self, base_model: str, request_id: str) -> list[tuple[str, VersionNumber, str]]:
+        """Retire the reservations of ``request_id`` made under a job's lease that is no longer that job's: their
+        publisher lost the job to another worker (it may live on, frozen mid-publish) and can never register them
+        (``publish`` checks the lease), so the request is free for the lease's holder. Their numbers are never
+        handed out again. Returns them as (base_model, number, attempt), so the objects of those attempts can be
+        removed."""
         ...
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:

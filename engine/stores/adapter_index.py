@@ -23,6 +23,14 @@ PostgreSQL out of reach is UNAVAILABLE DATABASE_UNAVAILABLE: connections come th
 (a publication's through holding_rows); the owner's lock connection, held across calls, is taken as advisory_lock takes
 its own, and taken again once its session has dropped.
 
+A reservation made by a publish fenced by a job's lease (a training job's result, ``trainingJobs/<id>/result``)
+records that lease (``fence_job``, ``fence_token``; migration 0032). Once the job's lease is another's, it can never
+be registered (``publish`` checks the lease), though its publisher may live on: a worker frozen mid-publish keeps
+its session and so its owner's lock, and the worker that took its job over would find the request id held for as
+long (IMPORT_IN_PROGRESS), its job failing after training did. ``supersede`` retires such reservations (SUPERSEDED):
+the request id is free again, and the number is never handed out again (the frozen publisher may yet write that
+number's manifest, which a new holder of the number would find there).
+
 A version a training job that has not ended continues (``spec.parent_adapter_version`` in table ``jobs``) is not
 deleted (``deleting``): the job's worker fetches it when it prepares, resumes or takes the job over. Those versions
 (``continued_versions``, one query with ``deleting``'s check) are protected from a prune, its dry run included. The job
@@ -123,19 +131,22 @@ class PostgresAdapterIndex:
                 await self._pool.release(conn)
 
     async def reserve(
-        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = "",
+        fence: tuple[str, str] | None = None,
     ) -> VersionNumber:
-        """Take the next free number under ``under`` for ``attempt`` (engine.registry.ports.AdapterIndex.reserve).
-        Counts every row (reserved, deleted, conflicting), so numbers never repeat. The reservation ends with
-        ``publish``, ``release`` or ``mark_conflict``."""
+        """Take the next free number under ``under`` for ``attempt`` (engine.registry.ports.AdapterIndex.reserve),
+        recording the lease ``fence`` its publish is fenced by. Counts every row (reserved, deleted, conflicting,
+        superseded), so numbers never repeat. The reservation ends with ``publish``, ``release``, ``mark_conflict``
+        or another's ``supersede``."""
         await self._hold()
         try:
-            return await self._reserve(base_model, under, request_id, attempt)
+            return await self._reserve(base_model, under, request_id, attempt, fence)
         except BaseException:
             await self._let_go()
             raise
 
-    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str) -> VersionNumber:
+    async def _reserve(self, base_model: str, under: tuple[int, ...], request_id: str, attempt: str,
+                       fence: tuple[str, str] | None) -> VersionNumber:
         part = VersionNumber._fields[len(under)]  # the part that counts up; those before it are ``under``
         same = "".join(f" AND {name} = ${i + 2}" for i, name in enumerate(VersionNumber._fields[: len(under)]))
         for _ in range(_RESERVE_ATTEMPTS):
@@ -146,8 +157,8 @@ class PostgresAdapterIndex:
                 try:
                     await conn.execute(
                         "INSERT INTO adapters (base_model, major, minor, patch, state, request_id, reserved_by,"
-                        " attempt) VALUES ($1, $2, $3, $4, 'RESERVED', $5, $6, $7)",
-                        base_model, *number, request_id or None, self._owner, attempt,
+                        " attempt, fence_job, fence_token) VALUES ($1, $2, $3, $4, 'RESERVED', $5, $6, $7, $8, $9)",
+                        base_model, *number, request_id or None, self._owner, attempt, *(fence or (None, None)),
                     )
                     return number
                 except asyncpg.UniqueViolationError as exc:
@@ -228,6 +239,19 @@ class PostgresAdapterIndex:
                 released += [(r["base_model"], VersionNumber(r["major"], r["minor"], r["patch"]), r["attempt"])
                              for r in rows]
         return released
+
+    async def supersede(self, base_model: str, request_id: str) -> list[tuple[str, VersionNumber, str]]:
+        """Retire the reservations of ``request_id`` made under a job's lease that is no longer the job's (see the
+        module docstring); return them as (base_model, number, attempt). A lease token is new at every claim, so
+        one replaced is never the job's again: no lock is needed against a claim meanwhile."""
+        async with acquired(self._pool) as conn:
+            rows = await conn.fetch(
+                "UPDATE adapters a SET state = 'SUPERSEDED' WHERE a.base_model = $1 AND a.request_id = $2"
+                " AND a.state = 'RESERVED' AND a.fence_job IS NOT NULL"
+                " AND a.fence_token IS DISTINCT FROM (SELECT j.lease_token FROM jobs j WHERE j.id = a.fence_job)"
+                " RETURNING a.major, a.minor, a.patch, a.attempt", base_model, request_id,
+            )
+        return [(base_model, VersionNumber(r["major"], r["minor"], r["patch"]), r["attempt"]) for r in rows]
 
     async def get(self, base_model: str, number: VersionNumber, *, include_deleted: bool = False) -> AdapterRecord:
         states = ["PUBLISHED", "DELETED"] if include_deleted else ["PUBLISHED"]

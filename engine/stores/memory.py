@@ -237,10 +237,11 @@ class InProcessQueue:
 
 @dataclass
 class _Row:
-    state: str  # RESERVED, PUBLISHED, DELETED, CONFLICT (as in engine.stores.adapter_index)
+    state: str  # RESERVED, PUBLISHED, DELETED, CONFLICT, SUPERSEDED (as in engine.stores.adapter_index)
     record: AdapterRecord | None = None
     request_id: str = ""
     attempt: str = ""  # the publish attempt holding a reservation
+    fence: tuple[str, str] | None = None  # the job lease that attempt's publish is fenced by
 
 
 class _Published:
@@ -265,7 +266,8 @@ class InMemoryAdapterIndex:
         self.leases = leases  # a job's current lease token (InMemoryJobStore.lease_token), for fenced publishes
 
     async def reserve(
-        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = ""
+        self, base_model: str, under: tuple[int, ...], request_id: str = "", attempt: str = "",
+        fence: tuple[str, str] | None = None,
     ) -> VersionNumber:
         if request_id and any(k[0] == base_model and r.request_id == request_id and r.state == "RESERVED"
                               for k, r in self.rows.items()):
@@ -273,8 +275,18 @@ class InMemoryAdapterIndex:
                           metadata={"request_id": request_id})
         taken = [n[len(under)] for b, n in self.rows if b == base_model and n[: len(under)] == under]
         number = next_number(under, max(taken, default=None))
-        self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id, attempt=attempt)
+        self.rows[(base_model, number)] = _Row("RESERVED", request_id=request_id, attempt=attempt, fence=fence)
         return number
+
+    async def supersede(self, base_model: str, request_id: str) -> list[tuple[str, VersionNumber, str]]:
+        superseded = []
+        for (model, number), row in self.rows.items():
+            if (model == base_model and row.request_id == request_id and row.state == "RESERVED"
+                    and row.fence is not None and self.leases is not None
+                    and self.leases(row.fence[0]) != row.fence[1]):
+                row.state = "SUPERSEDED"
+                superseded.append((model, number, row.attempt))
+        return superseded
 
     async def publish(self, record: AdapterRecord, *, fence: tuple[str, str] | None = None,
                       pins: Sequence[Pin] = ()) -> AdapterRecord:

@@ -221,6 +221,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "release": lambda s: s.adapters.release("b", V1),
         "mark_conflict": lambda s: s.adapters.mark_conflict("b", V1),
         "release_stale": lambda s: s.adapters.release_stale(),
+        "supersede": lambda s: s.adapters.supersede("b", "r"),
         "get": lambda s: s.adapters.get("b", V1),
         "by_request_id": lambda s: s.adapters.by_request_id("b", "r"),
         "list": lambda s: s.adapters.list(base_model="", labels={}, limit=1, after=None),

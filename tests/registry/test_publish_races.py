@@ -1,21 +1,28 @@
 """Publishes, deletes and downloads cut short or overtaken, against real PostgreSQL and both artifact stores: a
 reservation freed under its publisher, a cancel after the version was registered or while the owner's lock is
-given back, a delete cut short, a download overtaken by a delete, and request ids of retired or deleted numbers."""
+given back, a delete cut short, a download overtaken by a delete, request ids of retired or deleted numbers, and a
+job's result whose earlier publisher died or lost the job's lease mid-publish."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from engine.errors import Aborted, AlreadyExists, NotFound
+from engine.jobs.core import Job, JobState
+from engine.jobs.ports import LeaseLost
 from engine.registry import AdapterRegistry, PublishRequest
 from engine.registry.archive import sha256_file
 from engine.registry.records import ARCHIVE_NAME, attempt_key
 from engine.stores import postgres
 from engine.stores.adapter_index import PostgresAdapterIndex
+from engine.stores.job_store import PostgresJobStore
+from tests.jobs.test_job_core import COUNT, CountOutput, CountSpec
 from tests.registry.conftest import TINY
 
 
@@ -305,3 +312,47 @@ async def test_a_request_whose_publisher_is_alive_stays_in_progress(
     finally:
         await pool_b.close()
     await index_a.release(TINY, number, "attempt-a")
+
+
+async def test_the_lease_holders_publish_supersedes_the_reservation_of_a_worker_that_lost_the_job(
+    make_registry, store, make_peft, pool, database_url
+):
+    """Worker A reserved a number for its job's result and froze mid-publish (SIGSTOP, a paused VM): its process,
+    its lock session and so its reservation live on. Worker B took the job over (a new lease) and publishes the same
+    request, fenced by its lease. B was ABORTED IMPORT_IN_PROGRESS for as long as A stayed frozen, though A's
+    reservation can never register (its registration is fenced by A's lost lease), and the job ended FAILED after
+    training. B's publish supersedes it: A's number is retired, B's version is the request's, and A, thawed,
+    registers nothing. While A still held the lease, its reservation stood."""
+    jobs = PostgresJobStore(pool, COUNT)
+    job = await jobs.insert_job(Job("j", COUNT.name, CountSpec(1), CountOutput(), JobState.QUEUED, datetime.now(UTC)))
+    request_id = "countJobs/j/result"
+    lease_a = (await jobs.claim(job.id, "worker-a")).lease
+    index_a = PostgresAdapterIndex(pool)  # process A, frozen after this: its lock session stays open
+    frozen = await index_a.reserve(TINY, (), request_id, "attempt-a", (job.id, lease_a.token))
+    archive_a = attempt_key(TINY, str(frozen), "attempt-a", ARCHIVE_NAME)
+    await store.put_bytes(archive_a, b"what A uploaded")
+    pool_b = await postgres.connect(database_url, max_size=5)  # process B
+    thawed = False
+    try:
+        registry_b = make_registry(store, db_pool=pool_b)
+        with pytest.raises(Aborted) as caught:  # A holds the lease yet: it may register its reservation
+            await registry_b.publish(req(make_peft(0), request_id=request_id, fence=(job.id, lease_a.token)))
+        assert caught.value.reason == "IMPORT_IN_PROGRESS"
+        lease_b = (await jobs.claim(job.id, "worker-b")).lease  # A's heartbeat stopped: B takes the job over
+        record = await registry_b.publish(req(make_peft(0), request_id=request_id, fence=(job.id, lease_b.token)))
+        assert (frozen, record.version, record.request_id) == ((1, 0, 0), "v2.0", request_id)
+        assert await pool.fetchval("SELECT state FROM adapters WHERE major = 1") == "SUPERSEDED"
+        assert not await store.exists(archive_a)
+        # A thaws: its registration is fenced out, and it gives its reservation back, which is gone already.
+        with pytest.raises(LeaseLost):
+            await index_a.publish(replace(record, version=str(frozen), attempt="attempt-a"),
+                                  fence=(job.id, lease_a.token))
+        thawed = True
+        await index_a.release(TINY, frozen, "attempt-a")
+        assert await registry_b.publish(req(make_peft(0), request_id=request_id,
+                                            fence=(job.id, lease_b.token))) == record
+        assert await registry_b.publish(req(make_peft(1))) == await registry_b.get(TINY, "v3.0")  # v1.0 retired
+    finally:
+        await pool_b.close()
+        if not thawed:  # its lock session, held on the test's pool
+            await index_a.release(TINY, frozen, "attempt-a")
