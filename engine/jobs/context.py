@@ -85,6 +85,22 @@ class CancelHook(Protocol[S, O]):
         ...
 
 
+@runtime_checkable
+class ResultHook(Protocol[S, O]):
+    """What a :class:`JobRunner` adds whose run makes its result durable outside the job (a training job's version,
+    registered under the job's own request id) before the job's end is stored: a worker that stops in between
+    (killed while it stored the job's metrics, say) leaves the result made and the job active, and the worker that
+    takes the job up next must neither make it again nor end the job otherwise (a cancel or a failure of a run the
+    job no longer needs) while it exists. The manager asks it first, every time a worker takes the job up, a cancel
+    or a pause pending on the job or not."""
+
+    async def earlier_result(self, ctx: JobContext[S, O]) -> str | None:
+        """Whether an earlier run of ``ctx.job`` made its result: if it did, that result set on the job through
+        ``ctx`` (its output, as the run would have left it), and the message of its SUCCEEDED state; None if none
+        did (the job is run)."""
+        ...
+
+
 @dataclass
 class LiveJob(Generic[S, O]):
     """A job this process's worker holds, with its complete event log (``events``; those up to ``stored`` are in
@@ -200,4 +216,5 @@ class LoopSink:
             self._loop.call_soon_threadsafe(self._record, payload)
 
 
-__all__ = ["CancelHook", "IdleCancel", "JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "now"]
+__all__ = ["CancelHook", "IdleCancel", "JobContext", "JobHost", "JobRunner", "JobSlots", "LiveJob", "ResultHook",
+           "now"]

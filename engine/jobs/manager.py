@@ -43,7 +43,7 @@ from engine import telemetry
 from engine.domain import Pin
 from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
 from engine.jobs.codec import request_digest
-from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, now
+from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, ResultHook, now
 from engine.jobs.core import (
     ACTIVE_STATES,
     Control,
@@ -419,6 +419,8 @@ class JobManager(JobEventLog[S, O]):
                     live.taken_over_from = claim.previous_owner or "a stopped worker"
                 self._live[job_id] = live
                 self._idle.clear()
+                if self._closing:  # it began stopping while the job was claimed: it found nothing to stop then
+                    live.cancel.cancel(StopReason.SHUTDOWN)  # so it is let go of (QUEUED) before it starts
                 doing = ""  # the run decides the job's end from here on
                 poller = asyncio.get_running_loop().create_task(self._follow_control(live))
                 try:
@@ -517,10 +519,15 @@ class JobManager(JobEventLog[S, O]):
                                                          f"stopped; {self.worker_id} continues it"))
             if requested is not None:  # accepted by the worker that held it before, which stopped before acting
                 self._stop_for(live, requested)
-            if live.cancel.cancelled:
-                raise Cancelled("JOB_CANCELLED", "stopped before it started")
-            ran = True
-            message = await self.runner.run(JobContext(self, live, job_dir))
+            ctx = JobContext(self, live, job_dir)
+            # Its result made by an earlier run whose worker stopped before it stored the job's end: the job ended
+            # then, as a job whose run returned before a cancel reached it does.
+            message = await self.runner.earlier_result(ctx) if isinstance(self.runner, ResultHook) else None
+            if message is None:
+                if live.cancel.cancelled:
+                    raise Cancelled("JOB_CANCELLED", "stopped before it started")
+                ran = True
+                message = await self.runner.run(ctx)
             self._finish(live, JobState.SUCCEEDED, message)
         except (Cancelled, LeaseLost) as exc:
             reason = StopReason.LEASE_LOST if isinstance(exc, LeaseLost) else live.cancel.reason

@@ -6,7 +6,9 @@ the continual planner's penalty and replay, measuring the parent's Fisher on tha
 recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage. When the
 job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its metrics.csv and
 loss.png are stored beside it, best effort (engine.training.metrics; for a job cancelled while paused or queued,
-no run of it left, by ``cancelled_while_idle``).
+no run of it left, by ``cancelled_while_idle``). A worker that takes a job up whose version an earlier run published
+(its worker stopped before the job's end was stored) ends it SUCCEEDED with that version, untrained again
+(``earlier_result``).
 """
 
 from __future__ import annotations
@@ -282,13 +284,34 @@ class TrainingRunner:
 
     async def _publish(self, job: TrainingJob, parent: AdapterRecord | None, result: TrainingResult, *,
                        fence: tuple[str, str]) -> AdapterRecord:
-        """The job's version, fenced by its lease. Its request_id is the job's: a worker that takes the job over
-        after a publish whose SUCCEEDED was never stored gets that version back, not a second one."""
+        """The job's version, fenced by its lease. Its request_id is the job's (``result_request_id``): a worker that
+        takes the job over after a publish whose SUCCEEDED was never stored finds that version before it trains
+        (``earlier_result``); a publish of it cut short by another's (retried) gets it back, not a second one."""
         return await self._registry.publish(publish_request(
             job, parent, result.adapter_dir,
             result.train_loss if math.isfinite(result.train_loss) else result.final_task_loss,  # NaN: not measured
-            fence=fence, request_id=f"{job.name}/result",
+            fence=fence, request_id=result_request_id(job),
             base_retention=result.base_retention, eval_loss=result.eval_loss))
+
+    async def earlier_result(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str | None:
+        """The job core's hook (engine.jobs.context.ResultHook), asked whenever a worker takes the job up: the
+        version an earlier run of the job published, under the job's request id, whose worker stopped before the
+        job's end was stored (killed while it stored the job's metrics, after the publish). The job then ends
+        SUCCEEDED with it, its output as that run left it and its metrics stored if they are not, instead of training
+        again from its last checkpoint and perhaps ending CANCELLED or FAILED with a version published in its name.
+        None if no run published it."""
+        job = ctx.job
+        record = await self._registry.by_request_id(job.spec.base_model, result_request_id(job))
+        if record is None:
+            return None
+        ctx.record(Noticed("RESULT_PUBLISHED_EARLIER", f"an earlier run of this job published {record.version} "
+                                                       "before its worker stopped; the job ends with it, without "
+                                                       "training again"))
+        ctx.set_output(replace(job.output, adapter_version=record.version,
+                               dataset=record.dataset or job.output.dataset, base_retention=record.base_retention))
+        if job.output.metrics_artifacts is None:
+            await self._store_metrics(ctx)
+        return f"published adapter {record.version}"
 
     async def _start_tracking(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> TrackerRun | None:
         if self._trackers is None or not self._trackers.names:
@@ -482,6 +505,11 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
         fence=fence,
         pins=pins,
     )
+
+
+def result_request_id(job: TrainingJob) -> str:
+    """The request id the job's own version is published under: one version per job, however many runs it takes."""
+    return f"{job.name}/result"
 
 
 def eval_split(spec: TrainingJobSpec) -> SplitRule | None:

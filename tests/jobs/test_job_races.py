@@ -1,7 +1,7 @@
 """The job core when something lands while it is in the middle of something else: a request while the worker lets
-go of a job, a crash after the worker accepted a request, a shutdown while a job waits for a slot, an event while
-a write is in flight, a client retrying a request whose queueing failed. On the in-memory store and queue, each
-step held by an event, not by time."""
+go of a job, a crash after the worker accepted a request, a shutdown while a job waits for a slot or is being
+claimed, an event while a write is in flight, a client retrying a request whose queueing failed. On the in-memory
+store and queue, each step held by an event, not by time."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ async def test_a_cancel_accepted_by_the_worker_holding_the_job_survives_its_cras
 
 
 async def test_shutdown_starts_no_job_that_was_waiting_for_a_slot(tmp_path: Path):
-    """The queue hands a worker more jobs than it has slots (online sessions take queue places, not slots): a job
+    """A queue that hands a worker more jobs than it has slots (a worker given more queue places than slots): a job
     waiting for a slot when the worker begins to stop is left to another worker, not started."""
     store, slots, queue = InMemoryJobStore[CountSpec, CountOutput](), JobSlots(1), InProcessQueue()
     mgr = JobManager(runner=CountRunner(), store=store, queue=queue, work_dir=tmp_path, slots=slots,
@@ -164,6 +164,61 @@ async def test_shutdown_starts_no_job_that_was_waiting_for_a_slot(tmp_path: Path
         assert (await store.get_job(first.id)).state is JobState.QUEUED
         assert (await store.get_job(second.id)).state is JobState.QUEUED
     finally:
+        for _ in range(10):
+            mgr.runner.release.release()
+        if stopping is not None:
+            await stopping
+        slots.shutdown()
+
+
+class HeldClaimStore(InMemoryJobStore[CountSpec, CountOutput]):
+    """The read of a job's log right after its claim waits for ``go`` (``reading`` is set once it does): the
+    database round trips of a claim, which a stop can land in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed: set[str] = set()
+        self.reading, self.go = asyncio.Event(), asyncio.Event()
+
+    async def claim(self, job_id, owner):
+        claim = await super().claim(job_id, owner)
+        self.claimed.add(job_id)
+        return claim
+
+    async def list_events(self, job_id, *, after_sequence):
+        if job_id in self.claimed:
+            self.claimed.discard(job_id)
+            self.reading.set()
+            await self.go.wait()
+        return await super().list_events(job_id, after_sequence=after_sequence)
+
+
+async def test_shutdown_while_a_job_is_being_claimed_stops_it_before_it_starts(tmp_path: Path):
+    """The worker begins to stop (SIGTERM) after it took a job's slot and while it claims the job: the stop found no
+    job held, and the job, held from then on, ran to its end (a worker that does not drain, killed by its
+    orchestrator). It is let go of before it starts, QUEUED for another worker."""
+    store, slots = HeldClaimStore(), JobSlots(1)
+    mgr = await make_manager(store, tmp_path, slots)
+    stopping: asyncio.Future[None] | None = None
+    try:
+        job = await mgr.submit(mgr.new_job(CountSpec(3), CountOutput()))
+        async with asyncio.timeout(WAIT):
+            await store.reading.wait()  # claimed; its log being read
+        shutting = asyncio.ensure_future(mgr.shutdown())
+        stopping = asyncio.ensure_future(mgr.test_queue.stop_worker())  # together, as the server stops
+        await asyncio.sleep(0)
+        store.go.set()  # the read answers
+        async with asyncio.timeout(WAIT):
+            await shutting
+            while await _states(store, job.id) == [JobState.QUEUED] and not mgr.runner.started.is_set():
+                await asyncio.sleep(0.01)  # until it is let go of, or starts
+        assert not mgr.runner.started.is_set(), "the job being claimed when the worker began to stop started"
+        async with asyncio.timeout(WAIT):
+            await stopping
+        assert await _states(store, job.id) == [JobState.QUEUED, JobState.QUEUED]
+        assert store.lease_token(job.id) is None
+    finally:
+        store.go.set()
         for _ in range(10):
             mgr.runner.release.release()
         if stopping is not None:
