@@ -22,10 +22,11 @@ Methods (the same at every step, A included; a continuation starts from its pare
   ewc_kl, ewc_replay_kl   ewc and ewc_replay with BASE_KL (ewc_kl: a continuation at the service's defaults);
   replay_kl        replay of all earlier tasks with BASE_KL, no EWC (a job's ``ewc: {disabled: true,
                    replay_fraction: ...}``): the earlier tasks held by their data, not by the parent's weights;
-  ewc_base         EWC_BASE, EWC against the base model in the product space (engine.continual.base_ewc, as a
-                   job does): ``--base-ewc-lambda / 2 * sum w (B @ A)^2`` over the LoRA pairs, ``w`` the base
-                   model's diagonal Fisher of each adapted weight on its own answers to the rehearsal prompts; no
-                   rehearsed rows are trained;
+  ewc_base         EWC_BASE, EWC against the base model (engine.continual.base_ewc, as a job does):
+                   ``--base-ewc-lambda / 2 * sum tr(G (B @ A) X (B @ A)^T)`` over the LoRA pairs, ``G`` and ``X``
+                   the Kronecker factors of the base model's Fisher of each adapted weight on its own answers to the
+                   rehearsal prompts (before, a diagonal Fisher: the runs of docs/continual-learning.md that name
+                   this method ran with it); no rehearsed rows are trained;
   ewc_kl_base      ewc_kl with the EWC_BASE penalty added (no job can ask for both yet: one method a job); with
                    ``--base-ewc-at-parent`` a continuation's is anchored at its parent's products and a first
                    version has none.
@@ -77,10 +78,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from forgetting import LORA, MAX_SEQ_LENGTH, SYLLABLES, NullSink, accuracy, make_tasks, train  # noqa: E402
 
-from engine.continual.base_ewc import BaseEwc  # noqa: E402
+from engine.continual.base_ewc import BaseEwc, KfacPenalty  # noqa: E402
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.ewc import accumulate, mix_replay, replay_count  # noqa: E402
-from engine.continual.ewc_product import ProductEwcPenalty  # noqa: E402
 from engine.continual.fisher import FisherEstimator  # noqa: E402
 from engine.continual.fisher_run import (  # noqa: E402
     ADAPTER_WEIGHTS,
@@ -172,7 +172,7 @@ def rehearsal_pool(base_dir: Path, models_dir: Path, work: Path, answer_tokens: 
     return pool, references
 
 
-def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float) -> ProductEwcPenalty:
+def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float) -> KfacPenalty:
     """``ewc_base``'s penalty, as a job's EWC_BASE builds it (engine.continual.base_ewc; its Fisher cached under
     ``models_dir`` once measured; the first measurement's time is printed)."""
     loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
@@ -181,7 +181,7 @@ def base_penalty(base_dir: Path, models_dir: Path, work: Path, ewc_lambda: float
     penalty, answers = BaseEwc(models_dir, SelfRehearsal(models_dir)).penalty(
         ewc_lambda, model=loaded.model, tokenizer=loaded.tokenizer, plan=loaded.plan, base_model_dir=base_dir,
         quantization="NONE", max_seq_length=MAX_SEQ_LENGTH, cancel=CancelToken())
-    print(f"the base model's product-space Fisher on {answers} answers: {time.monotonic() - started:.1f} s",
+    print(f"the base model's K-FAC factors on {answers} answers: {time.monotonic() - started:.1f} s",
           flush=True)
     return penalty
 
@@ -235,7 +235,7 @@ def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
 
 def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path, args, work: Path,
               probe: BaseKnowledgeProbe, pool: list[Example], references: list,
-              base_ewc: ProductEwcPenalty | None) -> dict:
+              base_ewc: KfacPenalty | None) -> dict:
     ewc, replay, base = METHODS[method]
     rehearse = base in ("rehearsal", "kl", "rehearsal_kl", "kl+ewc_base")
     kl_only = base in ("kl", "kl+ewc_base")
@@ -265,7 +265,7 @@ def run_chain(method: str, tasks: list[list[Example]], seed: int, base_dir: Path
         if base == "kl+ewc_base":
             held = base_ewc
             if args.base_ewc_at_parent:  # the base model's Fisher, anchored at the parent's products
-                held = ProductEwcPenalty(base_ewc.raw_fisher, load_adapter_weights(parent), base_ewc.ewc_lambda) \
+                held = KfacPenalty(base_ewc.factors, base_ewc.ewc_lambda, load_adapter_weights(parent)) \
                     if parent is not None else None
             if held is not None:
                 penalty = AddedPenalties(penalty, held) if penalty is not None else held
@@ -347,7 +347,8 @@ def main() -> None:
                         help="ewc*: what a continuation's EWC holds, the LoRA entries or each pair's product B @ A "
                         "(the service's ewc.fisher_space)")
     parser.add_argument("--base-ewc-lambda", type=float, default=Settings.model_fields["base_ewc_lambda"].default,
-                        help="ewc_base: the weight of the penalty on B @ A (mean-normalised Fisher)")
+                        help="ewc_base: the weight of the penalty on B @ A (lambda times the estimated mean KL "
+                        "per answer token)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--versions", type=int, default=3, choices=(1, 2, 3),
                         help="train only the first versions of the chain (a quicker look at a setting)")

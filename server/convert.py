@@ -125,7 +125,7 @@ def _enum(table: Mapping[K, V], value: K, field_path: str, issues: ViolationColl
 DEFAULT_TRAINING = TrainingDefaults()
 MAX_REHEARSAL_FRACTION = 0.9
 MAX_KL_WEIGHT = 100.0
-MAX_BASE_EWC_LAMBDA = 10_000.0
+MAX_BASE_EWC_LAMBDA = 100_000.0
 MAX_SEED = 2**32 - 1  # what the run seeds (numpy's generator) takes
 
 _BASE_PROTECTION = {common.BASE_PROTECTION_METHOD_NONE: BaseProtectionMethod.NONE,

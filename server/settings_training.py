@@ -73,8 +73,8 @@ class TrainingSettings(BaseModel):
         "knew, for a job that does not say: NONE, SELF_REHEARSAL (the base model's own answers to the "
         "project's general prompts mixed into training), or BASE_KL (the same answers mixed in, trained only by a "
         "KL term to the base model's distribution on them), or EWC_BASE (no answers mixed in: an EWC "
-        "penalty holding each LoRA product near the base model's weights, weighted by the base model's Fisher on "
-        "its answers).",
+        "penalty holding each LoRA product near the base model's weights under the base model's Kronecker-factored "
+        "Fisher on its answers).",
     )
     base_rehearsal_fraction: float = Field(
         0.3, ge=0, le=0.9, description="SELF_REHEARSAL, BASE_KL: the share of each epoch's examples that is the base "
@@ -94,8 +94,10 @@ class TrainingSettings(BaseModel):
         "docs/continual-learning.md).",
     )
     base_ewc_lambda: float = Field(
-        1.0, ge=0, le=10_000, description="EWC_BASE: the weight of its penalty on each LoRA product B @ A (the "
-        "base model's Fisher mean-normalised), for a job that does not say (it must be > 0 there).",
+        64.0, ge=0, le=100_000, description="EWC_BASE: the weight of its penalty lambda / 2 * sum tr(G (B @ A) X "
+        "(B @ A)^T) over the LoRA pairs (G, X the base model's Kronecker factors on its answers), which estimates "
+        "lambda times the mean KL(base || adapted) per answer token on them, for a job that does not say (it must be "
+        "> 0 there; see docs/continual-learning.md).",
     )
     base_retention_probe: bool = Field(
         True, description="After training, measure what the model kept of its base model's general knowledge (the "

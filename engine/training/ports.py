@@ -80,7 +80,7 @@ class BaseEwc(Protocol):
 
     def penalty(self, ewc_lambda: float, *, model: Any, tokenizer: Any, plan: DevicePlan, base_model_dir: Path,
                 quantization: str, max_seq_length: int, cancel: CancelToken) -> tuple[Penalty, int]:
-        """The penalty, and the number of the base model's answers its Fisher was measured on."""
+        """The penalty, and the number of the base model's answers its factors were measured on."""
         ...
 
 

@@ -258,8 +258,8 @@ class TrainingRunner:
         measure = functools.partial(self._base_ewc.penalty, protection.ewc_lambda, **_base_inputs(ctx, run, loaded))
         penalty, answers = await ctx.in_worker(measure)
         ctx.record(Noticed("BASE_EWC", f"EWC against the base model (lambda {protection.ewc_lambda:g}): each LoRA "
-                                       f"product held near 0, weighted by the base model's Fisher on its answers to "
-                                       f"{answers} general questions"))
+                                       f"product held near 0 under the base model's Kronecker-factored Fisher on "
+                                       f"its answers to {answers} general questions"))
         return replace(run, penalty=AddedPenalties(run.penalty, penalty) if run.penalty is not None else penalty)
 
     def fold(self, job: TrainingJob, payload: object) -> TrainingJob:

@@ -2,8 +2,9 @@
 engine.continual.base_knowledge's cached JSON is, by :func:`write_atomically`).
 
 Used for what a base model yields once and every job reuses (engine.training.base_kl's references,
-engine.continual.base_ewc's Fisher): a reader sees the whole file or none, and a file written for another key (another
-base model, quantization, precision or encoding), or unreadable, reads as absent, so it is computed again.
+engine.continual.base_ewc's K-FAC factors): a reader sees the whole file or none, and a file written for another
+key (another base model, quantization, precision or encoding), or unreadable, reads as absent, so it is computed
+again.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ async def test_train_watch_deploy_rollback(make_server):
     assert protected.code == 0, protected.out + protected.err
     kept = protected.json_lines()[0]["spec"]["base_protection"]
     assert kept == {"method": "BASE_PROTECTION_METHOD_BASE_KL", "fraction": 0.3, "kl_weight": 4.0,
-                    "ewc_lambda": 1.0, "prompt_kl_weight": 0.5}, kept  # the fraction and lambda: the server's defaults
+                    "ewc_lambda": 64.0, "prompt_kl_weight": 0.5}, kept  # fraction and lambda: the server's defaults
     held = await cli(port, "--json", *TRAIN, "--base-protection", "ewc_base", "--base-ewc-lambda", "2",
                      "--validate-only")
     assert held.code == 0, held.out + held.err

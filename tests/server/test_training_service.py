@@ -345,13 +345,14 @@ async def test_ewc_against_the_base_model_adds_its_penalty_and_is_recorded_on_th
         base_model=TINY, version=done.output_adapter_version))).adapter
     assert (version.base_protection.method, version.base_protection.ewc_lambda) == (
         common.BASE_PROTECTION_METHOD_EWC_BASE, 50)
-    assert len(list((data_dir / "models").glob("base-fisher-*.safetensors"))) == 1  # measured once, kept
+    assert len(list((data_dir / "models").glob("base-kfac-*.safetensors"))) == 1  # measured once, kept
 
 
 @pytest.mark.parametrize(("protection", "field", "description"), [
     (common.BaseProtection(fraction=0.95), "spec.base_protection.fraction", "must lie in [0, 0.9]"),
-    (common.BaseProtection(ewc_lambda=-1), "spec.base_protection.ewc_lambda", "must lie in [0, 10000]"),
-    (common.BaseProtection(ewc_lambda=math.inf), "spec.base_protection.ewc_lambda", "must lie in [0, 10000]"),
+    (common.BaseProtection(ewc_lambda=-1), "spec.base_protection.ewc_lambda", "must lie in [0, 100000]"),
+    (common.BaseProtection(ewc_lambda=math.inf), "spec.base_protection.ewc_lambda", "must lie in [0, 100000]"),
+    (common.BaseProtection(ewc_lambda=100_001), "spec.base_protection.ewc_lambda", "must lie in [0, 100000]"),
     (common.BaseProtection(method=common.BASE_PROTECTION_METHOD_EWC_BASE, ewc_lambda=0),
      "spec.base_protection.ewc_lambda", "must be > 0 with EWC_BASE (its only term)"),
     (common.BaseProtection(kl_weight=-0.1), "spec.base_protection.kl_weight", "must lie in [0, 100]"),

@@ -147,7 +147,7 @@ def train(
         None, "--base-kl-weight", help="Weight of the KL term to the base model on those answers (0..100)."
     ),
     base_ewc_lambda: float = typer.Option(
-        None, "--base-ewc-lambda", help="ewc_base: weight of the EWC penalty against the base model (0..10000)."
+        None, "--base-ewc-lambda", help="ewc_base: weight of the EWC penalty against the base model (0..100000)."
     ),
     base_prompt_kl_weight: float = typer.Option(
         None, "--base-prompt-kl-weight", help="Weight of the KL term to the base model at the training examples' "

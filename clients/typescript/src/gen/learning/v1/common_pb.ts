@@ -233,7 +233,7 @@ export type BaseProtection = Message<"learning.v1.BaseProtection"> & {
   klWeight?: number | undefined;
 
   /**
-   * EWC_BASE: the weight of its penalty, 0..10000 (must be > 0 there).
+   * EWC_BASE: the weight of its penalty, 0..100000 (must be > 0 there).
    * Unset means the server's base_ewc_lambda.
    *
    * @generated from field: optional double ewc_lambda = 4;
@@ -684,10 +684,13 @@ export enum BaseProtectionMethod {
 
   /**
    * No rows mixed in: an EWC penalty holding each LoRA pair's product B @ A
-   * near 0 (the base model's own weights), weighted by the base model's
-   * diagonal Fisher of each adapted weight on its own answers to the general
-   * prompts (ewc_lambda / 2 * sum F (B @ A)^2, F mean-normalised; measured
-   * once per base model and cached).
+   * near 0 (the base model's own weights) under the base model's
+   * Kronecker-factored (K-FAC) Fisher of each adapted weight on its own answers
+   * to the general prompts: ewc_lambda / 2 * sum tr(G (B @ A) X (B @ A)^T), X
+   * the second moment of the layer's inputs, G that of the gradients at its
+   * output of tokens sampled from the base model (measured once per base model
+   * and cached). It estimates ewc_lambda times the mean KL(base || adapted)
+   * per answer token on those answers.
    *
    * @generated from enum value: BASE_PROTECTION_METHOD_EWC_BASE = 4;
    */
