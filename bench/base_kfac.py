@@ -1,0 +1,138 @@
+"""Base retention with EWC against the base model under its K-FAC Fisher (EWC_BASE), alone or beside a
+continuation's EWC and BASE_KL (measured).
+
+BASE_KL holds the adapter to the base model's next-token distribution at a few of its own answers an epoch, and pays
+for them in tokens (a job's time over plain LoRA's is its rehearsed tokens, docs/continual-learning.md). EWC_BASE
+holds it at no token cost with the second-order expansion of the same KL at the base model, over *every* answer of
+the pool, every step: ``lambda / 2 * sum_layers tr(G dW X dW^T)``, ``G`` and ``X`` the Kronecker factors of each
+adapted weight's Fisher (engine.continual.base_ewc, whose ``kfac_factors`` and ``KfacPenalty`` this uses; its
+module docstring gives the math). Its diagonal form of before kept much less.
+
+What this adds to bench/base_retention.py's ``ewc_base``: the factors' sampling seed and sample count
+(``--samples``; the runs of docs/continual-learning.md drew with the chain's seed, a job draws with 0), a
+continuation's penalty anchored at its parent (``--at-parent``: ``dW = B A - B* A*``, held where the parent left the
+base model's answers) instead of at the base model, and beside it a continuation's EWC against its parent
+(``--ewc``, ``--ewc-lambda``, the service's default 0.1) and BASE_KL at ``--kl-fraction`` / weight 2 (``--kl``), as
+bench/base_retention.py builds them. The factors are kept under ``--models-dir`` per seed and sample count.
+
+    .venv/bin/python bench/base_kfac.py --seed 1 --kfac-lambda 256 --out bench/results/base-kfac-validation-s1-l256.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import base_retention as br  # noqa: E402
+from forgetting import LORA, MAX_SEQ_LENGTH, accuracy, make_tasks, train  # noqa: E402
+
+from engine.continual.base_ewc import Factors, KfacPenalty, kfac_factors  # noqa: E402
+from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
+from engine.continual.ewc import accumulate  # noqa: E402
+from engine.continual.fisher import FisherEstimator  # noqa: E402
+from engine.continual.fisher_run import FisherRun, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.planner import make_penalty  # noqa: E402
+from engine.domain import BaseProtection, BaseProtectionMethod, Example, FisherSpace, JsonlSource  # noqa: E402
+from engine.training.base_kl import rehearsal_objective  # noqa: E402
+from engine.training.batching import Rotation  # noqa: E402
+from engine.training.datasets import encode_dataset  # noqa: E402
+from engine.training.loading import load_for_training  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
+from engine.training.spec import TrainingJobSpec  # noqa: E402
+
+
+def factors_of(base_dir: Path, pool: list[Example], work: Path, samples: int, seed: int) -> Factors:
+    """The base model's K-FAC factors over ``pool`` (engine.continual.base_ewc.kfac_factors, a job's EWC_BASE's), with
+    ``samples`` labels a row drawn with ``seed`` (a job's: 4 and 0; the runs of docs/continual-learning.md drew with
+    the chain's seed)."""
+    loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
+                                           [], work / "unused"))
+    return kfac_factors(loaded.model, encode_dataset(loaded.tokenizer, pool, MAX_SEQ_LENGTH), loaded.plan,
+                        samples=samples, seed=seed)  # a fresh adapter: every B is 0, the base model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kfac-lambda", type=float, default=4.0)
+    parser.add_argument("--samples", type=int, default=4, help="sampled answers per pool example for G")
+    parser.add_argument("--at-parent", action="store_true", help="a continuation's penalty anchored at its parent")
+    parser.add_argument("--versions", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--ewc", action="store_true", help="a continuation's EWC against its parent")
+    parser.add_argument("--ewc-lambda", type=float, default=0.1, help="its lambda (the service's default 0.1)")
+    parser.add_argument("--kl", action="store_true", help="BASE_KL beside it, weight 2, at --kl-fraction")
+    parser.add_argument("--kl-fraction", type=float, default=0.3)
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.lr, args.batch_size = 1e-3, 8
+    torch.set_num_threads(args.threads)
+    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
+    probe = BaseKnowledgeProbe(args.models_dir)
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "versions": []}
+    with tempfile.TemporaryDirectory(prefix="le-kfac-") as tmp:
+        work = Path(tmp)
+        pool, references = br.rehearsal_pool(base_dir, args.models_dir, work)
+        started = time.monotonic()
+        cached = args.models_dir / f"bench-kfac-factors-s{args.seed}-k{args.samples}.pt"  # the bench's own cache
+        if cached.is_file():
+            factors = torch.load(cached)
+        else:
+            factors = factors_of(base_dir, pool, work, args.samples, args.seed)
+            torch.save(factors, cached.with_suffix(".tmp"))
+            cached.with_suffix(".tmp").replace(cached)
+        print(f"K-FAC factors of {len(factors)} modules on {len(pool)} answers: {time.monotonic() - started:.1f} s",
+              flush=True)
+        task_a, task_b = make_tasks(12, args.seed)
+        tasks = [task_a, task_b, br.word_task(12, args.seed)][: args.versions]
+        parent: Path | None = None
+        fisher = None
+        for step, task in enumerate(tasks):
+            examples = list(task)
+            anchor = load_adapter_weights(parent) if args.at_parent and parent is not None else None
+            penalty: Any = KfacPenalty(factors, args.kfac_lambda, anchor)
+            if args.ewc and parent is not None:
+                penalty = AddedPenalties(
+                    make_penalty(FisherSpace.LORA_PARAMETERS, fisher, load_adapter_weights(parent), args.ewc_lambda),
+                    penalty)
+            objective = rotation = None
+            if args.kl:
+                objective = rehearsal_objective(
+                    None, BaseProtection(BaseProtectionMethod.BASE_KL, args.kl_fraction, 2.0),
+                    len(examples), len(pool), references)
+                rotation = Rotation(len(pool), br.rehearsed_rows(len(examples), args.kl_fraction, len(pool), 1))
+                examples = [*examples, *pool]
+            out = work / f"v{step}"
+            seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
+                            objective=objective, rotation=rotation)
+            r = [accuracy(base_dir, out, t) for t in tasks]
+            kept, lost = br.base_retention(probe, base_dir, out)
+            report["versions"].append({"R": r, "base_retention": kept, "base_lost": lost, "seconds": seconds})
+            print(f"seed {args.seed} kfac {args.kfac_lambda:g} after {'ABC'[step]}: R={[round(x, 3) for x in r]} "
+                  f"base retention {kept:.3f} ({seconds:.0f}s)", flush=True)
+            if args.ewc:
+                new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
+                                           args.seed, FisherSpace.LORA_PARAMETERS)).diagonal
+                fisher = new if fisher is None else accumulate(fisher, new, 1.0)
+            parent = out
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
