@@ -25,7 +25,10 @@ that run within limits of their own (online sessions, beside training and Fisher
 an item whenever one of its ``concurrency`` places is free, whatever its kind, so one worker per queue, with as many
 places as the kinds of that queue run at once (server.engine_wiring), is what keeps a busy worker from taking an
 item it cannot start (it would wait there, "doing" under a live worker, where no idle worker may take it), and one
-kind from taking another's places.
+kind from taking another's places. A worker runs only the kinds of its own queues: an item of a kind whose queue is
+another (queued where its kind went before it had a queue of its own, by a replica of an earlier version still
+running during a rolling upgrade) is moved to its kind's queue by the worker that takes it, not run there nor failed,
+and a stalled item is put back into its kind's queue, wherever it stalled.
 
 Stopping does not rely on cancellation alone. On Python 3.11 ``asyncio.wait_for`` drops a cancellation that lands
 as the future it waits on completes (CPython gh-86296, fixed in 3.12 only), and psycopg_pool waits for a connection
@@ -138,6 +141,9 @@ class ProcrastinateQueue:
         @self._app.task(name=TASK, queue=QUEUE, pass_context=True,
                         retry=procrastinate.RetryStrategy(max_attempts=retries, wait=retry_wait_seconds))
         async def run_job(context: procrastinate.JobContext, kind: str, job_id: str) -> None:
+            if context.job.queue != self._queues.get(kind, QUEUE):
+                await self._move(kind, job_id, context.job)
+                return
             earlier = context.job.attempts
             attempt = queue_attempt.set(QueueAttempt(earlier + 1, last=earlier >= retries))
             try:
@@ -162,11 +168,26 @@ class ProcrastinateQueue:
                 raise unavailable(cause) from exc
             raise
 
+    async def _move(self, kind: str, job_id: str, item: procrastinate.jobs.Job) -> None:
+        """Put an item a worker took from a queue that is not its kind's (``queues``) back into its kind's, run by
+        none here. A replica of an earlier version, running during a rolling upgrade, queues kinds that have a queue
+        of their own now (online sessions) in the queue they had then (the training queue): run where it was taken,
+        it would hold a place of that queue's kinds (the next training job waiting hours behind a session), or find
+        no executor (a worker running no sessions) and fail at every attempt, its job left queued with no item. It is
+        queued anew as ``enqueue`` queues it (its lock, queueing lock and priority), and this one ends as done
+        (deleted, not run again): the new item waits on the lock until it has, then any worker of its queue takes it.
+        A job with an item already waiting keeps that one."""
+        log.info("a job's item was queued in another queue than its kind's; moving it there",
+                 extra={"item": item.id, "kind": kind, "job": job_id, "from": item.queue,
+                        "to": self._queues.get(kind, QUEUE)})
+        await self.enqueue(kind, job_id, priority=item.priority)
+
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
         """Take jobs of these kinds from their queues in this process (``concurrency`` at a time), and put stalled
         ones back. Called again with other kinds (of another queue), it starts a worker of their own: jobs of
         one queue never wait for a place taken by another's. A queue is taken by one worker of this process (two
-        would add their places together)."""
+        would add their places together). An item found in a queue that is not its kind's is moved to its kind's,
+        not run (``_move``)."""
         queues = sorted({self._queues.get(kind, QUEUE) for kind in executors})
         if taken := set(queues) & set(self._taken):
             raise ValueError(f"this process's worker takes from {sorted(taken)} already")
@@ -265,10 +286,11 @@ class ProcrastinateQueue:
         for item in stalled:
             log.warning("a job's worker stopped; queueing it again", extra={"item": item.id,
                                                                              "task": item.task_kwargs})
-            with contextlib.suppress(pexc.AlreadyEnqueued):
+            kind = item.task_kwargs.get("kind")
+            with contextlib.suppress(pexc.AlreadyEnqueued):  # into its kind's queue, wherever it was (``_move``)
                 await self._task.configure(
                     lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
-                    queue=item.queue,
+                    queue=self._queues.get(kind, QUEUE) if isinstance(kind, str) else item.queue,
                 ).defer_async(**item.task_kwargs)
             assert item.id is not None
             try:

@@ -1,8 +1,9 @@
 """The places of a process's queue workers on PostgreSQL (procrastinate), wired as server.engine_wiring wires them
 (``start_job_workers``, ``JOB_QUEUES``): a worker takes no more training items than it runs at once, so a busy one
 leaves the next job to an idle one; online sessions have places of their own, which training jobs never take, nor
-sessions theirs (and the sessions' items queued before they had a queue of their own move to it). The toy counting
-kind stands for training jobs and a second toy kind for sessions; each step waits for the test."""
+sessions theirs (and the sessions' items queued before they had a queue of their own move to it, as do those a replica
+of the earlier version queues there during a rolling upgrade, and a stalled one). The toy counting kind stands for
+training jobs and a second toy kind for sessions; each step waits for the test."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class Process:
     """One server process's job side: its queue, training-side jobs sharing ``JobSlots(max_concurrent_jobs)``,
     sessions with slots of their own, and its workers started as build_engine starts them."""
 
-    def __init__(self, url: str, pool: asyncpg.Pool, work_dir: Path, name: str) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, work_dir: Path, name: str, *, runs_sessions: bool = True) -> None:
         self.queue = ProcrastinateQueue(url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED,
                                         queues={**JOB_QUEUES, SESSION.name: ONLINE_QUEUE})
         self.slots, self.session_slots = JobSlots(MAX_JOBS), JobSlots(SESSIONS)
@@ -54,11 +55,13 @@ class Process:
         self.sessions = JobManager(runner=SessionRunner(), store=PostgresJobStore(pool, SESSION), queue=self.queue,
                                    work_dir=work_dir / "sessions", slots=self.session_slots, worker_id=name,
                                    control_poll_seconds=0.1)
+        self.runs_sessions = runs_sessions  # False: online_max_sessions 0, no session worker (it still queues them)
         self.started = False
 
     async def start(self) -> None:
         await self.queue.open()
-        start_job_workers(self.queue, (self.jobs,), self.sessions, name=self.jobs.worker_id)
+        start_job_workers(self.queue, (self.jobs,), self.sessions if self.runs_sessions else None,
+                          name=self.jobs.worker_id)
         self.started = True
 
     async def stop(self) -> None:
@@ -79,13 +82,13 @@ class Process:
 
 @pytest.fixture
 async def processes(database_url: str, tmp_path: Path):
-    """Makes processes on one migrated database: ``make(name)``; all stopped after the test."""
+    """Makes processes on one migrated database: ``make(name, runs_sessions=True)``; all stopped after the test."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
     await migrate(pool)
     made: list[Process] = []
 
-    def make(name: str) -> Process:
-        made.append(Process(database_url, pool, tmp_path / name, name))
+    def make(name: str, *, runs_sessions: bool = True) -> Process:
+        made.append(Process(database_url, pool, tmp_path / name, name, runs_sessions=runs_sessions))
         return made[-1]
 
     make.pool = pool  # type: ignore[attr-defined]
@@ -180,3 +183,85 @@ async def test_the_items_of_sessions_queued_before_move_to_their_own_queue(
     finally:
         await before.close()
         await pool.close()
+
+
+async def _queued(pool: asyncpg.Pool) -> dict[str, list[tuple[str, str]]]:
+    """Each queued job's items as (queue, status), oldest first, by job id."""
+    items: dict[str, list[tuple[str, str]]] = {}
+    for r in await pool.fetch("SELECT queue_name, status, args->>'job_id' AS job FROM procrastinate_jobs ORDER BY id"):
+        items.setdefault(r["job"], []).append((r["queue_name"], r["status"]))
+    return items
+
+
+@pytest.fixture
+async def earlier_version(database_url: str):
+    """A queue as a replica of the version before sessions had a queue of their own defers into: every kind in the
+    training queue (still running beside the new version's during a rolling upgrade)."""
+    queue = ProcrastinateQueue(database_url)
+    await queue.open()
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+async def _session_queued_by(earlier: ProcrastinateQueue, process: Process) -> str:
+    """A session created on the replica of the earlier version: its item deferred into the training queue."""
+    process.sessions._queue = earlier
+    try:
+        return (await process.sessions.submit(process.sessions.new_job(CountSpec(1000), CountOutput()))).id
+    finally:
+        process.sessions._queue = process.queue
+
+
+async def test_a_session_an_earlier_version_queued_in_the_training_queue_takes_no_training_place(
+        processes, earlier_version: ProcrastinateQueue) -> None:
+    """The training queue's worker took the session's item and ran the session in the training job's place (one):
+    the next training job waited behind it for as long as the session ran (hours), the worker's training slot free.
+    The item is moved to the sessions' queue instead, and the session runs in a place of its own."""
+    a = processes("worker-a")
+    await a.start()
+    session = await _session_queued_by(earlier_version, a)
+    await _until_running(a.sessions, session, "the session, moved to the sessions' queue,")
+    job = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.jobs, job.id, "a training job, with the worker's training slot free,")
+    assert (await _queued(processes.pool))[session] == [(ONLINE_QUEUE, "doing")]
+
+
+async def test_a_session_an_earlier_version_queued_waits_in_its_own_queue_on_a_worker_running_none(
+        processes, earlier_version: ProcrastinateQueue) -> None:
+    """A worker running no sessions (online_max_sessions 0) took the session's item from the training queue and
+    found no executor for it: every attempt failed, the item ended failed and the session stayed QUEUED with nothing
+    queued. The item is moved to the sessions' queue, where a worker running sessions takes it."""
+    a = processes("worker-a", runs_sessions=False)
+    await a.start()
+    session = await _session_queued_by(earlier_version, a)
+    try:
+        async with asyncio.timeout(WAIT):
+            while (await _queued(processes.pool))[session] != [(ONLINE_QUEUE, "todo")]:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"the session's item was not moved: {await _queued(processes.pool)}") from None
+    job = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.jobs, job.id, "a training job")
+    assert (await a.sessions.get(session)).state is JobState.QUEUED
+    b = processes("worker-b")
+    await b.start()
+    await _until_running(b.sessions, session, "the session, on a worker running sessions,")
+
+
+async def test_a_stalled_session_item_in_the_training_queue_is_put_back_into_the_sessions_queue(
+        processes, earlier_version: ProcrastinateQueue) -> None:
+    """The session's item in the training queue, taken there by a replica of the earlier version that then died
+    (its item "doing", no worker): the stalled check put it back where it stalled, the training queue, where a worker
+    running a training job (its one place taken) left it waiting. It goes back into the sessions' queue."""
+    a = processes("worker-a")
+    await a.start()
+    job = await a.jobs.submit(a.jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.jobs, job.id, "the training job")
+    session = await _session_queued_by(earlier_version, a)  # its replica killed once it took the item:
+    await processes.pool.execute(
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE args->>'job_id' = $1", session)
+    await _until_running(a.sessions, session, "the stalled session, put back,")
+    assert (await _queued(processes.pool))[session] == [(QUEUE, "failed"), (ONLINE_QUEUE, "doing")]
+    assert (await a.jobs.get(job.id)).state is JobState.RUNNING
