@@ -6,6 +6,7 @@ watch positions, and that a spec's numbers are finite).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast, overload
@@ -137,12 +138,30 @@ def priority_from_pb(value: int) -> int:
     return value
 
 
+# The request ids the server publishes under for itself: a training job's result (trainingJobs/<id>/result,
+# engine.training.runner.result_request_id) and an online session's publications (onlineSessions/<id>/publish/<n>,
+# engine.online.runner). A client's publish under one (ImportAdapter, PublishCheckpoint: the registry keys versions
+# by request id) would be taken for the job's or the session's, and their own publish answered with the client's
+# version. check_request_id refuses them in every request that takes a request id: no client needs one, and the
+# rule is the same wherever a client names its request.
+RESERVED_REQUEST_IDS = {re.compile(r"trainingJobs/.+/result"): "trainingJobs/<id>/result",
+                        re.compile(r"onlineSessions/.+/publish/.+"): "onlineSessions/<id>/publish/<n>"}
+
+
 def check_request_id(value: str, field_path: str, max_length: int) -> None:
     if len(value) > max_length or not value.isprintable():
         raise InvalidArgument(
             "INVALID_REQUEST_ID", f"{field_path} must be at most {max_length} printable characters",
             violations=[FieldViolation(field_path, f"at most {max_length} printable characters")],
         )
+    for pattern, form in RESERVED_REQUEST_IDS.items():
+        if pattern.fullmatch(value):
+            raise InvalidArgument(
+                "INVALID_REQUEST_ID", f"{field_path} {value!r} is reserved: the server publishes under request ids "
+                                      f"of the form {form} for itself",
+                violations=[FieldViolation(field_path, f"of the form {form}, reserved to the server's own "
+                                                       "publications")],
+            )
 
 
 NOT_ASKED = ("request_id", "validate_only", "priority")  # how a create is handled, not what it asks for

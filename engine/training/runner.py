@@ -8,7 +8,9 @@ job ends (succeeded, failed or cancelled; not when it is paused or handed to ano
 loss.png are stored beside it, best effort (engine.training.metrics; for a job cancelled while paused or queued,
 no run of it left, by ``cancelled_while_idle``). A worker that takes a job up whose version an earlier run published
 (its worker stopped before the job's end was stored) ends it SUCCEEDED with that version, untrained again
-(``earlier_result``).
+(``earlier_result``): only a version a run of the job published as its result (``is_own_result``), not any other
+registered under the job's result request id (``result_request_id``; a client's may no longer take one of those,
+server.convert_jobs.check_request_id, but a version registered before could hold one).
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from typing import Any
 
 from engine import telemetry
 from engine.domain import BaseProtectionMethod, BaseRetention, Example, Pin
-from engine.errors import Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
+from engine.errors import AlreadyExists, Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
 from engine.jobs.codec import request_digest
 from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
 from engine.names import resource_id
-from engine.registry import AdapterRecord, AdapterRegistry, PublishRequest
+from engine.registry import AdapterRecord, AdapterRegistry, AdapterSource, PublishRequest
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
 from engine.telemetry import tracer
@@ -63,6 +65,8 @@ from engine.training.tracking import TrackerRun, Trackers
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
+
+CHECKPOINT_STEP_LABEL = "checkpoint_step"  # the label of a version published from a checkpoint (publish_checkpoint)
 
 CHECKPOINT_STORE_SECONDS = 600  # a checkpoint's upload and record taking longer fails that checkpoint
 
@@ -286,12 +290,28 @@ class TrainingRunner:
                        fence: tuple[str, str]) -> AdapterRecord:
         """The job's version, fenced by its lease. Its request_id is the job's (``result_request_id``): a worker that
         takes the job over after a publish whose SUCCEEDED was never stored finds that version before it trains
-        (``earlier_result``); a publish of it cut short by another's (retried) gets it back, not a second one."""
-        return await self._registry.publish(publish_request(
+        (``earlier_result``); a publish of it cut short by another's (retried) gets it back, not a second one.
+
+        The registry answers a request id it knows with the version registered under it, whatever that is: one that
+        is not the job's own (``is_own_result``: an import or a checkpoint publish a client made under the job's
+        request id, before such ids were refused) fails the job ALREADY_EXISTS REQUEST_ID_REUSED, naming that
+        version, rather than end it with a version it did not make: its result cannot be published under its
+        request id."""
+        request_id = result_request_id(job)
+        record = await self._registry.publish(publish_request(
             job, parent, result.adapter_dir,
             result.train_loss if math.isfinite(result.train_loss) else result.final_task_loss,  # NaN: not measured
-            fence=fence, request_id=result_request_id(job),
+            fence=fence, request_id=request_id,
             base_retention=result.base_retention, eval_loss=result.eval_loss))
+        if not is_own_result(job, record):
+            raise AlreadyExists(
+                "REQUEST_ID_REUSED",
+                f"the job's result was not published: request id {request_id}, under which the job publishes its "
+                f"result, is taken by version {record.version} of {record.base_model} ({_whose(record)}), which the "
+                "job did not make; create the job again to train and publish it under a request id of its own",
+                metadata={"request_id": request_id, "base_model": record.base_model,
+                          "adapter_version": record.version})
+        return record
 
     async def earlier_result(self, ctx: JobContext[TrainingJobSpec, TrainingOutput]) -> str | None:
         """The job core's hook (engine.jobs.context.ResultHook), asked whenever a worker takes the job up: the
@@ -299,10 +319,11 @@ class TrainingRunner:
         job's end was stored (killed while it stored the job's metrics, after the publish). The job then ends
         SUCCEEDED with it, its output as that run left it and its metrics stored if they are not, instead of training
         again from its last checkpoint and perhaps ending CANCELLED or FAILED with a version published in its name.
-        None if no run published it."""
+        None if no run published it: a version under the job's request id that is not its own (``is_own_result``)
+        is none of its runs' (the run that trains the job then fails to publish under it: ``_publish``)."""
         job = ctx.job
         record = await self._registry.by_request_id(job.spec.base_model, result_request_id(job))
-        if record is None:
+        if record is None or not is_own_result(job, record):
             return None
         ctx.record(Noticed("RESULT_PUBLISHED_EARLIER", f"an earlier run of this job published {record.version} "
                                                        "before its worker stopped; the job ends with it, without "
@@ -508,8 +529,26 @@ def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir:
 
 
 def result_request_id(job: TrainingJob) -> str:
-    """The request id the job's own version is published under: one version per job, however many runs it takes."""
+    """The request id the job's own version is published under: one version per job, however many runs it takes.
+    Clients may not use ids of this form (server.convert_jobs.check_request_id)."""
     return f"{job.name}/result"
+
+
+def is_own_result(job: TrainingJob, record: AdapterRecord) -> bool:
+    """Whether ``record`` is the job's own result, as a run of the job publishes it (``publish_request`` with no
+    labels of its own): trained, by this job, and not one of its checkpoints (``publish_checkpoint`` labels those
+    with their step, over a ``checkpoint_step`` of the job's own labels). An import, another job's version, or a
+    checkpoint of the job registered under the job's result request id is not: a client's request id took it."""
+    return (record.source is AdapterSource.TRAINED and record.training_job == job.name
+            and dict(record.labels).get(CHECKPOINT_STEP_LABEL) == dict(job.spec.labels).get(CHECKPOINT_STEP_LABEL))
+
+
+def _whose(record: AdapterRecord) -> str:
+    """What ``record`` is, in a few words: an import, an online session's, another job's, or a checkpoint's."""
+    if record.source is not AdapterSource.TRAINED:
+        return f"source {record.source.value}"
+    step = dict(record.labels).get(CHECKPOINT_STEP_LABEL)
+    return f"published from {record.training_job or 'no job'}" + (f"'s checkpoint of step {step}" if step else "")
 
 
 def eval_split(spec: TrainingJobSpec) -> SplitRule | None:
@@ -590,7 +629,7 @@ class TrainingJobs:
             return await self._registry.publish(publish_request(  # what it names still there as it is registered
                 job, parent, state / "adapter", record.loss, request_id=request_id,
                 pins=self._preparer.pins(job.output.dataset, parent),
-                labels=(("checkpoint_step", str(step)),), eval_loss=record.eval_loss,
+                labels=((CHECKPOINT_STEP_LABEL, str(step)),), eval_loss=record.eval_loss,
             ))
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)

@@ -131,14 +131,19 @@ export enum ErrorReason {
   INVALID_PAGE_TOKEN = 8,
 
   /**
-   * INVALID_ARGUMENT: a request_id that is too long or not printable.
+   * INVALID_ARGUMENT: a request_id that is too long or not printable, or of
+   * a form the server publishes under for itself (trainingJobs/<id>/result,
+   * onlineSessions/<id>/publish/<n>).
    *
    * @generated from enum value: ERROR_REASON_INVALID_REQUEST_ID = 9;
    */
   INVALID_REQUEST_ID = 9,
 
   /**
-   * ALREADY_EXISTS: a request_id already used for a different job (metadata: request_id, job).
+   * ALREADY_EXISTS: a request_id already used for a different job (metadata:
+   * request_id, job); or, failing a training job, its result's request id
+   * taken by a version it did not make (metadata: request_id, base_model,
+   * adapter_version).
    *
    * @generated from enum value: ERROR_REASON_REQUEST_ID_REUSED = 10;
    */
