@@ -11,6 +11,8 @@ rows every epoch, and the rehearsed rows an epoch takes at the pool's mean lengt
 forward and backward pass costs about in proportion to its tokens, so the two ratios should be close.
 
     .venv/bin/python bench/base_protection_cost.py --threads 1 --epochs 6 --repeats 3
+
+``--base-ewc-lambdas 64`` also times EWC_BASE (no rehearsed rows: its penalty each step).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from base_retention import REHEARSAL_TOKENS, rehearsal_pool, rehearsed_rows  # noqa: E402
+from base_retention import REHEARSAL_TOKENS, base_penalty, rehearsal_pool, rehearsed_rows  # noqa: E402
 from forgetting import MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
 from engine.domain import BaseProtection, BaseProtectionMethod  # noqa: E402
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--prompt-kl-weights", type=float, nargs="+",
                         default=[DEFAULTS["base_prompt_kl_weight"].default],
                         help="the KL weight at the job's own rows' prompt positions (several: each with each)")
+    parser.add_argument("--base-ewc-lambdas", type=float, nargs="*", default=[],
+                        help="also EWC_BASE at these lambdas (no rehearsed rows; its K-FAC factors measured once, "
+                        "before the timing, as a job finds them cached)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base-protection-cost.json")
@@ -70,14 +75,16 @@ def main() -> None:
     task, _ = make_tasks(args.facts, 0)
     variants = {f"BASE_KL {f:g} {t}t g{g}" + (f" prompt {w:g}" if w else ""): (f, t, g, w) for f in args.fractions
                 for t in args.answer_tokens for g in args.group for w in args.prompt_kl_weights}
-    seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in variants}}
+    held = {f"EWC_BASE {x:g}": x for x in args.base_ewc_lambdas}
+    seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in [*variants, *held]}}
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
     def tokens_of(examples: list) -> list[int]:
         return [len(e.input_ids) for e in encode_dataset(tokenizer, examples, MAX_SEQ_LENGTH)]
 
     own_tokens = sum(tokens_of(task))
-    trained_tokens: dict[str, float] = {"plain": float(own_tokens * args.epochs)}
+    trained_tokens: dict[str, float] = {"plain": float(own_tokens * args.epochs),
+                                        **{name: float(own_tokens * args.epochs) for name in held}}
     with tempfile.TemporaryDirectory(prefix="le-base-cost-") as tmp:
         work = Path(tmp)
         pools = {(t, g): rehearsal_pool(base_dir, args.models_dir, work, t, g) for t in args.answer_tokens
@@ -89,10 +96,13 @@ def main() -> None:
             trained_tokens[name] = (own_tokens + per_epoch * statistics.mean(rows)) * args.epochs
             print(f"{name}: {per_epoch} rehearsed rows an epoch of {statistics.mean(rows):.1f} tokens on average, "
                   f"beside {len(task)} rows of {own_tokens} tokens", flush=True)
+        penalties = {name: base_penalty(base_dir, args.models_dir, work, x) for name, x in held.items()}
         for repeat in range(args.repeats):
             for name in seconds:
-                examples, objective, rotation = list(task), None, None
-                if name != "plain":
+                examples, objective, rotation, penalty = list(task), None, None, None
+                if name in held:
+                    penalty = penalties[name]
+                elif name != "plain":
                     fraction, tokens, group, prompt_weight = variants[name]
                     pool, references = pools[tokens, group]
                     protection = BaseProtection(BaseProtectionMethod.BASE_KL, fraction, args.kl_weight,
@@ -101,7 +111,7 @@ def main() -> None:
                     examples = [*task, *pool]
                     rotation = Rotation(len(pool), rehearsed_rows(len(task), fraction, len(pool), group))
                 taken = train(base_dir, examples, work / f"{repeat}-{name}", args, objective=objective,
-                              rotation=rotation)
+                              rotation=rotation, penalty=penalty)
                 seconds[name].append(taken)
                 print(f"repeat {repeat} {name:20s} {taken:6.1f} s", flush=True)
     plain = statistics.median(seconds["plain"])

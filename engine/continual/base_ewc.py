@@ -33,8 +33,10 @@ small, and it would miss the curvature of the rest of each distribution.
 Why not the diagonal any more. EWC_BASE weighted each entry of ``B A`` by the base model's diagonal Fisher
 (mean-normalised): it sees no correlation between entries, so a change spread along a direction the base model's
 answers depend on costs little entry by entry. In bench/base_kfac.py's measurement, with the task fully learnt on
-two validation seeds, the K-FAC penalty kept 0.93-0.96 of the base model's answers after a first version where the
-diagonal one kept 0.71-0.76 (docs/continual-learning.md, EWC against the base model).
+two validation seeds, the K-FAC penalty kept 0.93-0.96 of the base model's answers after a first version at lambda
+256 and 1024 (0.87-0.91 at 64, the server's default) where the diagonal one kept 0.71-0.76; in a chain beside a
+continuation's EWC it slowed the second task and kept the first less than BASE_KL, so it is not the default
+protection (docs/continual-learning.md, EWC against the base model with a K-FAC Fisher).
 
 Why two hooks and no curvature library. The factors are gathered by a forward pre-hook on each LoRA A (its input)
 and a forward hook on each LoRA B (its output, whose gradient autograd gives for each sampled label). nngeometry
