@@ -35,13 +35,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import base_retention as br  # noqa: E402
-from forgetting import LORA, MAX_SEQ_LENGTH, accuracy, make_tasks, train  # noqa: E402
+from forgetting import LORA, MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
 from engine.continual.base_ewc import Factors, KfacPenalty, kfac_factors  # noqa: E402
 from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
-from engine.continual.ewc import accumulate  # noqa: E402
-from engine.continual.fisher import FisherEstimator  # noqa: E402
-from engine.continual.fisher_run import FisherRun, load_adapter_weights, run_fisher  # noqa: E402
+from engine.continual.fisher_run import load_adapter_weights  # noqa: E402
 from engine.continual.planner import make_penalty  # noqa: E402
 from engine.domain import BaseProtection, BaseProtectionMethod, Example, FisherSpace, JsonlSource  # noqa: E402
 from engine.training.base_kl import rehearsal_objective  # noqa: E402
@@ -119,15 +117,10 @@ def main() -> None:
             out = work / f"v{step}"
             seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
                             objective=objective, rotation=rotation)
-            r = [accuracy(base_dir, out, t) for t in tasks]
-            kept, lost = br.base_retention(probe, base_dir, out)
-            report["versions"].append({"R": r, "base_retention": kept, "base_lost": lost, "seconds": seconds})
-            print(f"seed {args.seed} kfac {args.kfac_lambda:g} after {'ABC'[step]}: R={[round(x, 3) for x in r]} "
-                  f"base retention {kept:.3f} ({seconds:.0f}s)", flush=True)
+            br.version_scored(report, f"seed {args.seed} kfac {args.kfac_lambda:g} after {'ABC'[step]}",
+                              probe, base_dir, out, tasks, seconds)
             if args.ewc:
-                new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8,
-                                           args.seed, FisherSpace.LORA_PARAMETERS)).diagonal
-                fisher = new if fisher is None else accumulate(fisher, new, 1.0)
+                fisher = br.fisher_accumulated(fisher, base_dir, out, task, args.seed)
             parent = out
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

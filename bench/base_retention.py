@@ -228,6 +228,23 @@ def parent_references(pool: list[Example], base_dir: Path, parent: Path) -> list
     return [r for _, adapted in parent_logits(pool, base_dir, parent) for r in Reference.per_example(adapted)]
 
 
+def version_scored(report: dict, label: str, probe: BaseKnowledgeProbe, base_dir: Path, out: Path,
+                   tasks: list[list[Example]], seconds: float) -> None:
+    """A trained version's accuracy on every task so far and its base retention, appended to ``report["versions"]``
+    and printed after ``label`` (the one-variation scripts' way: bench/base_kfac.py, bench/base_null_space.py)."""
+    r = [accuracy(base_dir, out, t) for t in tasks]
+    kept, lost = base_retention(probe, base_dir, out)
+    report["versions"].append({"R": r, "base_retention": kept, "base_lost": lost, "seconds": seconds})
+    print(f"{label}: R={[round(x, 3) for x in r]} base retention {kept:.3f} ({seconds:.0f}s)", flush=True)
+
+
+def fisher_accumulated(fisher: dict | None, base_dir: Path, out: Path, task: list[Example], seed: int) -> dict:
+    """The version's Fisher on its task (LoRA entries, empirical), accumulated online onto ``fisher`` (gamma 1)."""
+    new = run_fisher(FisherRun(base_dir, out, task, FisherEstimator.EMPIRICAL, MAX_SEQ_LENGTH, 8, seed,
+                               FisherSpace.LORA_PARAMETERS)).diagonal
+    return new if fisher is None else accumulate(fisher, new, 1.0)
+
+
 def rehearsed_rows(own: int, fraction: float, rows: int, group: int) -> int:
     """Rows of the pool an epoch trains: as many answers as a job mixes in (replay_count), ``group`` a row."""
     return min(rows, -(-replay_count(own, fraction, rows * group) // group))

@@ -58,6 +58,17 @@ def _dense(penalty: KfacPenalty, params: dict[str, torch.Tensor],
     return 0.5 * penalty.ewc_lambda * total
 
 
+def _same_value_and_gradients(value: torch.Tensor, dense: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
+    """The penalty (> 0) equals the dense formula, and so do their gradients with respect to every LoRA weight."""
+    assert float(value.detach()) > 0
+    torch.testing.assert_close(value, dense, rtol=1e-5, atol=0)
+    names = list(params)
+    grads = torch.autograd.grad(value, [params[n] for n in names])
+    expected = torch.autograd.grad(dense, [params[n] for n in names])
+    for name, grad, want in zip(names, grads, expected, strict=True):
+        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_the_penalty_is_the_kfac_formula_and_so_is_its_gradient(tiny_model_dir: Path, tmp_path: Path) -> None:
     loaded = load_for_training(make_run(tiny_model_dir, tmp_path / "a"))
     penalty, answers = _penalty(loaded, tiny_model_dir, tmp_path / "cache", ewc_lambda=3.0)
@@ -72,13 +83,7 @@ def test_the_penalty_is_the_kfac_formula_and_so_is_its_gradient(tiny_model_dir: 
     params = trainable_parameters(loaded.model)
     value = penalty(loaded.model)
     dense = _dense(penalty, params)
-    assert float(value.detach()) > 0
-    torch.testing.assert_close(value, dense, rtol=1e-5, atol=0)
-    names = list(params)
-    grads = torch.autograd.grad(value, [params[n] for n in names])
-    expected = torch.autograd.grad(dense, [params[n] for n in names])
-    for name, grad, want in zip(names, grads, expected, strict=True):
-        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-7, msg=name)
+    _same_value_and_gradients(value, dense, params)
 
 
 def test_anchored_at_another_adapter_the_penalty_is_the_formula_of_the_difference(
@@ -92,13 +97,7 @@ def test_anchored_at_another_adapter_the_penalty_is_the_formula_of_the_differenc
     _move(loaded.model, 0.05, sides=("A", "B"), seed=2)
     params = trainable_parameters(loaded.model)
     value, dense = penalty(loaded.model), _dense(penalty, params, anchor)
-    assert float(value.detach()) > 0
-    torch.testing.assert_close(value, dense, rtol=1e-5, atol=0)
-    names = list(params)
-    grads = torch.autograd.grad(value, [params[n] for n in names])
-    expected = torch.autograd.grad(dense, [params[n] for n in names])
-    for name, grad, want in zip(names, grads, expected, strict=True):
-        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-7, msg=name)
+    _same_value_and_gradients(value, dense, params)
 
 
 def test_at_lambda_1_the_penalty_estimates_the_mean_kl_per_answer_token(tiny_model_dir: Path, tmp_path: Path) -> None:

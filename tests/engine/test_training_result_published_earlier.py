@@ -47,16 +47,11 @@ async def test_a_job_whose_version_an_earlier_run_published_ends_succeeded_with_
         requested: Control | None, tiny_model_dir: Path, tmp_path: Path) -> None:
     store = InMemoryJobStore()
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    registry = AdapterRegistry(index=InMemoryAdapterIndex(leases=store.lease_token), store=artifacts,
-                               serving=InMemoryServingState(), base_model_dir=lambda model: tiny_model_dir,
-                               scratch_dir=tmp_path / "registry")
+    registry = _registry(store, artifacts, tiny_model_dir, tmp_path)
     untrainable = _Untrainable()
     slots = JobSlots(1)
-    manager = JobManager(
-        runner=TrainingRunner(preparer=untrainable, registry=registry, artifacts=artifacts,  # type: ignore[arg-type]
-                              load=untrainable, train=untrainable),
-        store=store, queue=InProcessQueue(), work_dir=tmp_path / "work", slots=slots, worker_id="worker-b",
-        control_poll_seconds=0.01)
+    manager = _manager(store, registry, artifacts, tmp_path, slots, "worker-b",
+                       preparer=untrainable, load=untrainable, train=untrainable)
     try:
         job = await manager.submit(manager.new_job(
             TrainingJobSpec(base_model=TINY, dataset=JsonlSource("facts.jsonl")),
@@ -110,6 +105,16 @@ class _Trains:
                               dataset=DatasetSummary(digest="d", example_count=4), device="cpu", train_loss=1.5)
 
 
+def _manager(store: InMemoryJobStore, registry: AdapterRegistry, artifacts: LocalArtifactStore, tmp_path: Path,
+             slots: JobSlots, worker_id: str, *, preparer: object, load: object, train: object) -> JobManager:
+    """A worker's job manager running training jobs with these stand-ins for preparing, loading and training."""
+    return JobManager(
+        runner=TrainingRunner(preparer=preparer, registry=registry, artifacts=artifacts,  # type: ignore[arg-type]
+                              load=load, train=train),  # type: ignore[arg-type]
+        store=store, queue=InProcessQueue(), work_dir=tmp_path / "work", slots=slots, worker_id=worker_id,
+        control_poll_seconds=0.01)
+
+
 def _registry(store: InMemoryJobStore, artifacts: LocalArtifactStore, model_dir: Path, tmp_path: Path):
     return AdapterRegistry(index=InMemoryAdapterIndex(leases=store.lease_token), store=artifacts,
                            serving=InMemoryServingState(), base_model_dir=lambda model: model_dir,
@@ -128,11 +133,8 @@ async def test_a_version_a_client_registered_under_the_jobs_result_request_id_is
     registry = _registry(store, artifacts, tiny_model_dir, tmp_path)
     trains = _Trains(tiny_model_dir, build_peft_adapter(tiny_model_dir, tmp_path / "trained"))
     slots = JobSlots(1)
-    manager = JobManager(
-        runner=TrainingRunner(preparer=trains, registry=registry, artifacts=artifacts,  # type: ignore[arg-type]
-                              load=trains.load, train=trains.train),
-        store=store, queue=InProcessQueue(), work_dir=tmp_path / "work", slots=slots, worker_id="worker-a",
-        control_poll_seconds=0.01)
+    manager = _manager(store, registry, artifacts, tmp_path, slots, "worker-a",
+                       preparer=trains, load=trains.load, train=trains.train)
     try:
         job = await manager.submit(manager.new_job(
             TrainingJobSpec(base_model=TINY, dataset=JsonlSource("facts.jsonl")),
@@ -174,11 +176,8 @@ async def test_the_jobs_own_result_counts_with_a_checkpoint_step_label_of_its_ow
     registry = _registry(store, artifacts, tiny_model_dir, tmp_path)
     untrainable = _Untrainable()
     slots = JobSlots(1)
-    manager = JobManager(
-        runner=TrainingRunner(preparer=untrainable, registry=registry, artifacts=artifacts,  # type: ignore[arg-type]
-                              load=untrainable, train=untrainable),
-        store=store, queue=InProcessQueue(), work_dir=tmp_path / "work", slots=slots, worker_id="worker-b",
-        control_poll_seconds=0.01)
+    manager = _manager(store, registry, artifacts, tmp_path, slots, "worker-b",
+                       preparer=untrainable, load=untrainable, train=untrainable)
     try:
         job = await manager.submit(manager.new_job(
             TrainingJobSpec(base_model=TINY, dataset=JsonlSource("facts.jsonl"), labels=(("checkpoint_step", "7"),)),
