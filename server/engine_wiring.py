@@ -47,7 +47,7 @@ from engine.stores.artifacts_s3 import S3ArtifactStore
 from engine.stores.dataset_store import PostgresDatasetIndex
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.fisher_store import FisherSnapshotStore
-from engine.stores.job_queue import ONLINE_QUEUE, PIPELINE_QUEUE, SERVING_QUEUE, ProcrastinateQueue
+from engine.stores.job_queue import ONLINE_QUEUE, PIPELINE_QUEUE, PREPARATION_QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import JobNotifications, PostgresJobStore
 from engine.stores.online_store import PostgresOnlineStore
 from engine.stores.serving_state import PostgresServingState
@@ -212,28 +212,47 @@ def job_executor(manager: JobManager[Any, Any]) -> JobExecutor:
 
 
 # The queue of each kind not in the training queue (engine.stores.job_queue.QUEUE): what only serving processes run,
-# and what runs within limits of its own (online sessions).
-JOB_QUEUES = {EVALUATION.name: SERVING_QUEUE, PREPARATION.name: SERVING_QUEUE, PIPELINE_RUN.name: PIPELINE_QUEUE,
+# and what runs within limits of its own (online sessions; evaluations, preparations and pipeline runs, each its own).
+JOB_QUEUES = {EVALUATION.name: SERVING_QUEUE, PREPARATION.name: PREPARATION_QUEUE, PIPELINE_RUN.name: PIPELINE_QUEUE,
               ONLINE_SESSION.name: ONLINE_QUEUE}
+
+
+def start_workers(queue: WorkerQueue, workers: Sequence[tuple[str, Sequence[JobManager[Any, Any]]]]) -> None:
+    """One queue worker per (name, managers): the managers' kinds, which share one JobSlots and one queue
+    (``JOB_QUEUES``), taken with as many places as those slots run at once. procrastinate's worker takes an item
+    whenever one of its places is free, whatever the item's kind: places beyond what its kinds run at once would
+    take the next item and hold it here waiting for a slot, "doing" under a live worker, which no idle worker may
+    take; kinds with limits of their own in one worker would take each other's places."""
+    for name, managers in workers:
+        slots = {id(m.slots): m.slots for m in managers}
+        if len(slots) != 1:
+            raise ValueError(f"the job kinds of worker {name} share one JobSlots: one worker takes their queue")
+        (shared,) = slots.values()
+        queue.start_worker({m.kind.name: job_executor(m) for m in managers}, concurrency=shared.max_concurrent_jobs,
+                           name=name)
 
 
 def start_job_workers(queue: WorkerQueue, jobs: Sequence[JobManager[Any, Any]],
                       sessions: JobManager[Any, Any] | None, *, name: str) -> None:
-    """This process's workers of the training side. ``jobs`` (training and Fisher) share the process's job slots
-    and the training queue: their worker takes as many items at once as those slots run, so a busy worker leaves
-    the next item to an idle one (an item taken beyond them would wait here for a slot, "doing" under a live
-    worker, which no other worker may take). ``sessions`` (online sessions, None where this worker runs none) have
-    a queue and a worker of their own, with as many places as their own slots: a session never holds a training
-    job's place, nor a training job a session's."""
-    slots = {id(m.slots): m.slots for m in jobs}
-    if len(slots) != 1:
-        raise ValueError("the training side's job kinds share one JobSlots: one worker takes their queue")
-    (shared,) = slots.values()
-    queue.start_worker({m.kind.name: job_executor(m) for m in jobs}, concurrency=shared.max_concurrent_jobs,
-                       name=name)
-    if sessions is not None:
-        queue.start_worker({sessions.kind.name: job_executor(sessions)},
-                           concurrency=sessions.slots.max_concurrent_jobs, name=f"{name}-online")
+    """This process's workers of the training side (``start_workers``). ``jobs`` (training and Fisher) share the
+    process's job slots and the training queue: their worker takes as many items at once as those slots run, so a
+    busy worker leaves the next item to an idle one. ``sessions`` (online sessions, None where this worker runs
+    none) have a queue and a worker of their own, with as many places as their own slots: a session never holds a
+    training job's place, nor a training job a session's."""
+    start_workers(queue, [(name, jobs), *([(f"{name}-online", (sessions,))] if sessions is not None else [])])
+
+
+def start_serving_workers(queue: WorkerQueue, evaluations: JobManager[Any, Any],
+                          preparations: JobManager[Any, Any] | None, pipeline_runs: JobManager[Any, Any], *,
+                          name: str) -> None:
+    """This process's workers of the serving side (``start_workers``): evaluations, preparations (None where this
+    process runs none) and pipeline runs each run within slots of their own (one evaluation and one preparation at
+    a time, ``pipeline_max_concurrent_runs`` runs), so each has a queue and a worker of its own with as many places:
+    a replica running an evaluation leaves the next one to an idle replica (with one worker over them all, its
+    places beyond the running evaluation's took it and held it here), and likewise a preparation or a run."""
+    start_workers(queue, [(f"{name}-evaluation", (evaluations,)),
+                          *([(f"{name}-preparation", (preparations,))] if preparations is not None else []),
+                          (f"{name}-pipelines", (pipeline_runs,))])
 
 
 async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, work: bool | None = None) -> Engine:
@@ -336,14 +355,8 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         log.info("worker started", extra={"worker": worker_id, "concurrency": settings.max_concurrent_jobs,
                                           "online_sessions": settings.online_max_sessions})
     if evaluation_manager is not None and pipeline_manager is not None and pipelines is not None:
-        # One worker takes both serving-side queues (each listening worker holds a database connection); each
-        # kind's own slots keep an evaluation from waiting behind pipeline runs, which mostly wait themselves.
-        serving_kinds = {EVALUATION.name: job_executor(evaluation_manager),
-                         PIPELINE_RUN.name: job_executor(pipeline_manager)}
-        if preparation_manager is not None:
-            serving_kinds[PREPARATION.name] = job_executor(preparation_manager)
-        queue.start_worker(serving_kinds, concurrency=len(serving_kinds) - 1 + settings.pipeline_max_concurrent_runs,
-                           name=f"{worker_id}-serving")
+        start_serving_workers(queue, evaluation_manager, preparation_manager, pipeline_manager,
+                              name=worker_id)
         owned.triggers = Periodic("pipeline-triggers", pipelines.tick, settings.pipeline_trigger_interval_seconds)
         owned.triggers.start()
     if online_serving is not None:
@@ -377,7 +390,7 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
 async def _preparation_manager(settings: Settings, owned: Owned, pool: asyncpg.Pool, datasets: StoredDatasets,
                                notifications: JobNotifications, worker_id: str) -> JobManager[Any, Any]:
     """Data preparation jobs ask the serving engine's model (or the engine prepare_generator_url names) for
-    question-answer pairs: they run where LoraControl does, one at a time, from the serving queue."""
+    question-answer pairs: they run where LoraControl does, one at a time, from their own queue."""
     assert owned.lora is not None and owned.store is not None and owned.queue is not None
     lora = owned.lora
     generator = lora.client

@@ -21,7 +21,8 @@ procrastinate's ConnectorException; its other errors stay what they are. The wor
 
 Kinds of job that need something only some processes have go to their own queue (``queues``: kind -> queue;
 evaluation jobs need the serving engine): a worker takes jobs only from the queues of the kinds it runs. So do kinds
-that run within limits of their own (online sessions, beside training and Fisher jobs): procrastinate's worker takes
+that run within limits of their own (online sessions, beside training and Fisher jobs; evaluations, preparations and
+pipeline runs, each beside the others): procrastinate's worker takes
 an item whenever one of its ``concurrency`` places is free, whatever its kind, so one worker per queue, with as many
 places as the kinds of that queue run at once (server.engine_wiring), is what keeps a busy worker from taking an
 item it cannot start (it would wait there, "doing" under a live worker, where no idle worker may take it), and one
@@ -57,8 +58,10 @@ from engine.stores.postgres import unavailable
 log = logging.getLogger(__name__)
 
 QUEUE = "learning_engine_jobs"
-SERVING_QUEUE = "learning_engine_serving"  # jobs only a process serving LoraControl runs
-PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs: also only there (one worker takes both)
+# Kinds only a process serving LoraControl runs, each within a limit of its own, so each in a queue of its own:
+SERVING_QUEUE = "learning_engine_serving"  # evaluation jobs
+PREPARATION_QUEUE = "learning_engine_preparation"  # data preparation jobs (in SERVING_QUEUE before: moved, ``_move``)
+PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs
 ONLINE_QUEUE = "learning_engine_online"  # online sessions: places of their own beside training and Fisher jobs'
 TASK = "learning_engine.run_job"
 
@@ -119,10 +122,11 @@ class ProcrastinateQueue:
         every ``prune_every_seconds``."""
         if retries < 1:  # procrastinate reads max_attempts=0 as no limit: the item would be run again for ever
             raise ValueError(f"retries must be at least 1, got {retries}")
-        # Each running worker (up to three: training, online sessions, serving) holds one connection for LISTEN;
-        # the others serve fetches, heartbeats and defers.
+        # Each running worker (up to five: training, online sessions, and on a serving process evaluations,
+        # preparations and pipeline runs) holds one connection for LISTEN; the others (seven, as with three workers
+        # and ten before) serve fetches, heartbeats and defers.
         self._app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            conninfo=database_url, min_size=1, max_size=10))
+            conninfo=database_url, min_size=1, max_size=12))
         self._heartbeat = heartbeat_seconds
         self._stalled = stalled_seconds
         self._executors: dict[str, JobExecutor] = {}

@@ -2,8 +2,11 @@
 (``start_job_workers``, ``JOB_QUEUES``): a worker takes no more training items than it runs at once, so a busy one
 leaves the next job to an idle one; online sessions have places of their own, which training jobs never take, nor
 sessions theirs (and the sessions' items queued before they had a queue of their own move to it, as do those a replica
-of the earlier version queues there during a rolling upgrade, and a stalled one). The toy counting kind stands for
-training jobs and a second toy kind for sessions; each step waits for the test."""
+of the earlier version queues there during a rolling upgrade, and a stalled one). On a serving process
+(``start_serving_workers``) evaluations, preparations and pipeline runs have a queue and a worker each, with as many
+places as each runs at once: a replica running an evaluation (or a preparation) leaves the next one to an idle replica.
+The toy counting kind stands for training jobs and further toy kinds for sessions, evaluations, preparations and
+pipeline runs; each step waits for the test."""
 
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ import pytest
 from engine.jobs.context import JobSlots
 from engine.jobs.core import JobKind, JobState
 from engine.jobs.manager import JobManager
+from engine.lora.evaluation_jobs import EVALUATION
 from engine.online.spec import ONLINE_SESSION
+from engine.pipelines.spec import PIPELINE_RUN
+from engine.preparation.jobs import PREPARATION
 from engine.stores import postgres
-from engine.stores.job_queue import ONLINE_QUEUE, QUEUE, ProcrastinateQueue
+from engine.stores.job_queue import ONLINE_QUEUE, PREPARATION_QUEUE, QUEUE, SERVING_QUEUE, ProcrastinateQueue
 from engine.stores.job_store import PostgresJobStore
 from engine.stores.postgres import migrate
 from engine.training.spec import TRAINING
-from server.engine_wiring import JOB_QUEUES, start_job_workers
+from server.engine_wiring import JOB_QUEUES, start_job_workers, start_serving_workers
 from server.settings import Settings
 from tests.jobs.test_job_core import COUNT, Counted, CountOutput, CountRunner, CountSpec
 
@@ -32,6 +38,7 @@ HEARTBEAT, STALLED = 0.2, 1.0
 WAIT = 15  # seconds: only how long a broken test takes to fail
 MAX_JOBS = Settings.model_fields["max_concurrent_jobs"].default  # 1
 SESSIONS = Settings.model_fields["online_max_sessions"].default  # 2
+RUNS = Settings.model_fields["pipeline_max_concurrent_runs"].default  # 8
 
 SESSION = JobKind("countSession", "countSessions", CountSpec, CountOutput, event_types=(Counted,))
 
@@ -42,30 +49,62 @@ class SessionRunner(CountRunner):
     kind = SESSION
 
 
+# Stand-ins for the serving side's kinds, each queued where JOB_QUEUES queues the kind it stands for.
+EVAL = JobKind("countEvaluation", "countEvaluations", CountSpec, CountOutput, event_types=(Counted,))
+PREP = JobKind("countPreparation", "countPreparations", CountSpec, CountOutput, event_types=(Counted,))
+RUN = JobKind("countRun", "countRuns", CountSpec, CountOutput, event_types=(Counted,))
+SERVING_KINDS = {EVAL.name: JOB_QUEUES[EVALUATION.name], PREP.name: JOB_QUEUES[PREPARATION.name],
+                 RUN.name: JOB_QUEUES[PIPELINE_RUN.name]}
+
+
+class EvaluationRunner(CountRunner):
+    kind = EVAL
+
+
+class PreparationRunner(CountRunner):
+    kind = PREP
+
+
+class RunRunner(CountRunner):
+    kind = RUN
+
+
 class Process:
     """One server process's job side: its queue, training-side jobs sharing ``JobSlots(max_concurrent_jobs)``,
-    sessions with slots of their own, and its workers started as build_engine starts them."""
+    sessions with slots of their own, when ``serving`` evaluations, preparations and pipeline runs with slots of
+    their own each (one, one, ``pipeline_max_concurrent_runs``), and its workers started as build_engine starts them."""
 
-    def __init__(self, url: str, pool: asyncpg.Pool, work_dir: Path, name: str, *, runs_sessions: bool = True) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, work_dir: Path, name: str, *, runs_sessions: bool = True,
+                 serving: bool = False) -> None:
         self.queue = ProcrastinateQueue(url, heartbeat_seconds=HEARTBEAT, stalled_seconds=STALLED,
-                                        queues={**JOB_QUEUES, SESSION.name: ONLINE_QUEUE})
+                                        queues={**JOB_QUEUES, SESSION.name: ONLINE_QUEUE, **SERVING_KINDS})
         self.slots, self.session_slots = JobSlots(MAX_JOBS), JobSlots(SESSIONS)
+        self.serving_slots = [JobSlots(1), JobSlots(1), JobSlots(RUNS)]
         self.jobs = JobManager(runner=CountRunner(), store=PostgresJobStore(pool, COUNT), queue=self.queue,
                                work_dir=work_dir / "jobs", slots=self.slots, worker_id=name, control_poll_seconds=0.1)
         self.sessions = JobManager(runner=SessionRunner(), store=PostgresJobStore(pool, SESSION), queue=self.queue,
                                    work_dir=work_dir / "sessions", slots=self.session_slots, worker_id=name,
                                    control_poll_seconds=0.1)
+        self.evaluations, self.preparations, self.runs = (
+            JobManager(runner=runner, store=PostgresJobStore(pool, runner.kind), queue=self.queue,
+                       work_dir=work_dir / runner.kind.collection, slots=slots, worker_id=name,
+                       control_poll_seconds=0.1)
+            for runner, slots in zip((EvaluationRunner(), PreparationRunner(), RunRunner()), self.serving_slots,
+                                     strict=True))
         self.runs_sessions = runs_sessions  # False: online_max_sessions 0, no session worker (it still queues them)
+        self.serving = serving
         self.started = False
 
     async def start(self) -> None:
         await self.queue.open()
         start_job_workers(self.queue, (self.jobs,), self.sessions if self.runs_sessions else None,
                           name=self.jobs.worker_id)
+        if self.serving:
+            start_serving_workers(self.queue, self.evaluations, self.preparations, self.runs, name=self.jobs.worker_id)
         self.started = True
 
     async def stop(self) -> None:
-        managers = (self.jobs, self.sessions)
+        managers = (self.jobs, self.sessions, self.evaluations, self.preparations, self.runs)
         if self.started:
             stopping = asyncio.gather(*(m.shutdown() for m in managers), self.queue.stop_worker())
             while not stopping.done():  # each running job's next step stops it
@@ -76,19 +115,20 @@ class Process:
         await self.queue.close()
         for manager in managers:
             await manager._store._notifications.close()
-        self.slots.shutdown()
-        self.session_slots.shutdown()
+        for slots in (self.slots, self.session_slots, *self.serving_slots):
+            slots.shutdown()
 
 
 @pytest.fixture
 async def processes(database_url: str, tmp_path: Path):
-    """Makes processes on one migrated database: ``make(name, runs_sessions=True)``; all stopped after the test."""
+    """Makes processes on one migrated database: ``make(name, runs_sessions=True, serving=False)``; all stopped
+    after the test."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
     await migrate(pool)
     made: list[Process] = []
 
-    def make(name: str, *, runs_sessions: bool = True) -> Process:
-        made.append(Process(database_url, pool, tmp_path / name, name, runs_sessions=runs_sessions))
+    def make(name: str, *, runs_sessions: bool = True, serving: bool = False) -> Process:
+        made.append(Process(database_url, pool, tmp_path / name, name, runs_sessions=runs_sessions, serving=serving))
         return made[-1]
 
     make.pool = pool  # type: ignore[attr-defined]
@@ -265,3 +305,47 @@ async def test_a_stalled_session_item_in_the_training_queue_is_put_back_into_the
     await _until_running(a.sessions, session, "the stalled session, put back,")
     assert (await _queued(processes.pool))[session] == [(QUEUE, "failed"), (ONLINE_QUEUE, "doing")]
     assert (await a.jobs.get(job.id)).state is JobState.RUNNING
+
+
+@pytest.mark.parametrize("kind", ["evaluations", "preparations"])
+async def test_a_busy_serving_replica_leaves_the_next_evaluation_to_an_idle_one(processes, kind: str) -> None:
+    """Replica A runs an evaluation (its one evaluation slot taken); a second is queued, and replica B starts idle.
+    A's one serving worker, with places for every serving kind (and pipeline_max_concurrent_runs for runs), took the
+    second evaluation's item into a free place and held it, waiting for the evaluation slot, "doing" under a live
+    worker: B could never take it, and it waited for A's first evaluation to end. Likewise a preparation. A pipeline
+    run still starts on A, in a place of its own."""
+    a, b = processes("replica-a", serving=True), processes("replica-b", serving=True)
+    await a.start()
+    jobs: JobManager = getattr(a, kind)
+    first = await jobs.submit(jobs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(jobs, first.id, f"the first of the {kind}")
+    second = await jobs.submit(jobs.new_job(CountSpec(1000), CountOutput()))
+    await asyncio.sleep(2)  # A's queue workers poll every second: time to take the item, were they to
+    assert (await _items(processes.pool))[second.id] == "todo", f"the busy replica took the second of the {kind}"
+    run = await a.runs.submit(a.runs.new_job(CountSpec(1000), CountOutput()))
+    await _until_running(a.runs, run.id, "a pipeline run, beside the running one,")
+    await b.start()
+    await _until_running(getattr(b, kind), second.id, f"the second of the {kind}, with replica B idle,")
+    assert (await jobs.get(first.id)).state is JobState.RUNNING  # still on A
+
+
+async def test_a_preparation_queued_in_the_evaluations_queue_moves_to_its_own(processes, database_url: str) -> None:
+    """A replica of the version before preparations had a queue of their own queues them with evaluations: the
+    evaluations' worker takes the item and moves it to the preparations' queue (``_move``), where it runs, with no
+    migration; an evaluation still runs beside it."""
+    earlier = ProcrastinateQueue(database_url, queues={EVAL.name: SERVING_QUEUE, PREP.name: SERVING_QUEUE})
+    await earlier.open()
+    try:
+        a = processes("replica-a", serving=True)
+        await a.start()
+        a.preparations._queue = earlier
+        try:
+            preparation = (await a.preparations.submit(a.preparations.new_job(CountSpec(1000), CountOutput()))).id
+        finally:
+            a.preparations._queue = a.queue
+        await _until_running(a.preparations, preparation, "the preparation, moved to its own queue,")
+        assert (await _queued(processes.pool))[preparation] == [(PREPARATION_QUEUE, "doing")]
+        evaluation = await a.evaluations.submit(a.evaluations.new_job(CountSpec(1000), CountOutput()))
+        await _until_running(a.evaluations, evaluation.id, "an evaluation, beside the preparation,")
+    finally:
+        await earlier.close()
