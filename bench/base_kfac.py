@@ -21,7 +21,6 @@ bench/base_retention.py builds them. The factors are kept under ``--models-dir``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -38,15 +37,12 @@ import base_retention as br  # noqa: E402
 from forgetting import LORA, MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
 from engine.continual.base_ewc import Factors, KfacPenalty, kfac_factors  # noqa: E402
-from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.fisher_run import load_adapter_weights  # noqa: E402
 from engine.continual.planner import make_penalty  # noqa: E402
-from engine.domain import BaseProtection, BaseProtectionMethod, Example, FisherSpace, JsonlSource  # noqa: E402
-from engine.training.base_kl import rehearsal_objective  # noqa: E402
-from engine.training.batching import Rotation  # noqa: E402
+from engine.domain import Example, FisherSpace, JsonlSource  # noqa: E402
 from engine.training.datasets import encode_dataset  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
-from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID  # noqa: E402
 from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
 from engine.training.spec import TrainingJobSpec  # noqa: E402
 
@@ -72,16 +68,9 @@ def main() -> None:
     parser.add_argument("--ewc-lambda", type=float, default=0.1, help="its lambda (the service's default 0.1)")
     parser.add_argument("--kl", action="store_true", help="BASE_KL beside it, weight 2, at --kl-fraction")
     parser.add_argument("--kl-fraction", type=float, default=0.3)
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
-    parser.add_argument("--out", type=Path, required=True)
+    br.one_variation_args(parser)
     args = parser.parse_args()
-    args.lr, args.batch_size = 1e-3, 8
-    torch.set_num_threads(args.threads)
-    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
-    probe = BaseKnowledgeProbe(args.models_dir)
-    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "versions": []}
+    base_dir, probe, report = br.one_variation_start(args)
     with tempfile.TemporaryDirectory(prefix="le-kfac-") as tmp:
         work = Path(tmp)
         pool, references = br.rehearsal_pool(base_dir, args.models_dir, work)
@@ -109,11 +98,7 @@ def main() -> None:
                     penalty)
             objective = rotation = None
             if args.kl:
-                objective = rehearsal_objective(
-                    None, BaseProtection(BaseProtectionMethod.BASE_KL, args.kl_fraction, 2.0),
-                    len(examples), len(pool), references)
-                rotation = Rotation(len(pool), br.rehearsed_rows(len(examples), args.kl_fraction, len(pool), 1))
-                examples = [*examples, *pool]
+                examples, objective, rotation = br.with_base_kl(examples, pool, references, args.kl_fraction)
             out = work / f"v{step}"
             seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
                             objective=objective, rotation=rotation)
@@ -122,9 +107,7 @@ def main() -> None:
             if args.ewc:
                 fisher = br.fisher_accumulated(fisher, base_dir, out, task, args.seed)
             parent = out
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    br.report_written(report, args.out)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ weight 2), as bench/base_retention.py builds them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +35,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 import base_retention as br  # noqa: E402
 from forgetting import LORA, MAX_SEQ_LENGTH, make_tasks, train  # noqa: E402
 
-from engine.continual.base_knowledge import BaseKnowledgeProbe  # noqa: E402
 from engine.continual.fisher_run import load_adapter_weights  # noqa: E402
 from engine.continual.planner import make_penalty  # noqa: E402
-from engine.domain import BaseProtection, BaseProtectionMethod, Example, FisherSpace, JsonlSource  # noqa: E402
-from engine.training.base_kl import rehearsal_objective  # noqa: E402
-from engine.training.batching import Rotation  # noqa: E402
+from engine.domain import Example, FisherSpace, JsonlSource  # noqa: E402
 from engine.training.datasets import encode_dataset  # noqa: E402
 from engine.training.loading import load_for_training  # noqa: E402
-from engine.training.models import SMOLLM2_MODEL_ID, resolve_base_model  # noqa: E402
+from engine.training.models import SMOLLM2_MODEL_ID  # noqa: E402
 from engine.training.run import TrainingRun  # noqa: E402
 from engine.training.spec import TrainingJobSpec  # noqa: E402
 
@@ -119,16 +114,9 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=1, choices=(1, 2, 3))
     parser.add_argument("--ewc", action="store_true", help="a continuation's EWC against its parent (lambda 0.1)")
     parser.add_argument("--kl", action="store_true", help="BASE_KL at the defaults (fraction 0.3, weight 2)")
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
-    parser.add_argument("--out", type=Path, required=True)
+    br.one_variation_args(parser)
     args = parser.parse_args()
-    args.lr, args.batch_size = 1e-3, 8
-    torch.set_num_threads(args.threads)
-    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
-    probe = BaseKnowledgeProbe(args.models_dir)
-    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "versions": []}
+    base_dir, probe, report = br.one_variation_start(args)
     with tempfile.TemporaryDirectory(prefix="le-null-space-") as tmp:
         work = Path(tmp)
         pool, references = br.rehearsal_pool(base_dir, args.models_dir, work)
@@ -143,23 +131,16 @@ def main() -> None:
                 if args.ewc and parent is not None else None
             objective = rotation = None
             if args.kl:
-                objective = rehearsal_objective(None, BaseProtection(BaseProtectionMethod.BASE_KL, 0.3, 2.0),
-                                                len(examples), len(pool), references)
-                rotation = Rotation(len(pool), br.rehearsed_rows(len(examples), 0.3, len(pool), 1))
-                examples = [*examples, *pool]
+                examples, objective, rotation = br.with_base_kl(examples, pool, references, 0.3)
             out = work / f"v{step}"
-            started = time.monotonic()
-            train(base_dir, examples, out, args, parent=parent, penalty=HeldA(projector, inner, args.frozen),
-                  seed=args.seed, objective=objective, rotation=rotation)
-            seconds = time.monotonic() - started
+            seconds = train(base_dir, examples, out, args, parent=parent, penalty=HeldA(projector, inner, args.frozen),
+                            seed=args.seed, objective=objective, rotation=rotation)
             br.version_scored(report, f"seed {args.seed} free {args.free} after {'ABC'[step]}",
                               probe, base_dir, out, tasks, seconds)
             if args.ewc:
                 fisher = br.fisher_accumulated(fisher, base_dir, out, task, args.seed)
             parent = out
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    br.report_written(report, args.out)
 
 
 if __name__ == "__main__":

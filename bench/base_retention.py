@@ -228,6 +228,39 @@ def parent_references(pool: list[Example], base_dir: Path, parent: Path) -> list
     return [r for _, adapted in parent_logits(pool, base_dir, parent) for r in Reference.per_example(adapted)]
 
 
+def one_variation_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments every one-variation script (bench/base_kfac.py, bench/base_null_space.py) shares."""
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--out", type=Path, required=True)
+
+
+def one_variation_start(args: argparse.Namespace) -> tuple[Path, BaseKnowledgeProbe, dict]:
+    """The forgetting benchmark's rate and batch on ``args``, its threads set, and SmolLM2's directory, the probe and
+    an empty report of the run's config."""
+    args.lr, args.batch_size = 1e-3, 8
+    torch.set_num_threads(args.threads)
+    base_dir = resolve_base_model(SMOLLM2_MODEL_ID, models={}, cache_dir=args.models_dir)
+    return base_dir, BaseKnowledgeProbe(args.models_dir), {"config": {k: str(v) for k, v in vars(args).items()},
+                                                           "versions": []}
+
+
+def with_base_kl(examples: list[Example], pool: list[Example], references: list,
+                 fraction: float) -> tuple[list[Example], object, Rotation]:
+    """``examples`` with BASE_KL at ``fraction`` and weight 2 (the defaults' weight), as a job's runner mixes it in:
+    the pool after the examples, its objective and the epochs' rotation through the pool."""
+    objective = rehearsal_objective(None, BaseProtection(BaseProtectionMethod.BASE_KL, fraction, 2.0),
+                                    len(examples), len(pool), references)
+    return [*examples, *pool], objective, Rotation(len(pool), rehearsed_rows(len(examples), fraction, len(pool), 1))
+
+
+def report_written(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
 def version_scored(report: dict, label: str, probe: BaseKnowledgeProbe, base_dir: Path, out: Path,
                    tasks: list[list[Example]], seconds: float) -> None:
     """A trained version's accuracy on every task so far and its base retention, appended to ``report["versions"]``

@@ -45,13 +45,7 @@ class _Untrainable:
 @pytest.mark.parametrize("requested", [None, Control.CANCEL], ids=["nothing-asked", "cancelled-meanwhile"])
 async def test_a_job_whose_version_an_earlier_run_published_ends_succeeded_with_it(
         requested: Control | None, tiny_model_dir: Path, tmp_path: Path) -> None:
-    store = InMemoryJobStore()
-    artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    registry = _registry(store, artifacts, tiny_model_dir, tmp_path)
-    untrainable = _Untrainable()
-    slots = JobSlots(1)
-    manager = _manager(store, registry, artifacts, tmp_path, slots, "worker-b",
-                       preparer=untrainable, load=untrainable, train=untrainable)
+    store, registry, slots, manager = _untrainable_worker(tiny_model_dir, tmp_path)
     try:
         job = await manager.submit(manager.new_job(
             TrainingJobSpec(base_model=TINY, dataset=JsonlSource("facts.jsonl")),
@@ -115,6 +109,19 @@ def _manager(store: InMemoryJobStore, registry: AdapterRegistry, artifacts: Loca
         control_poll_seconds=0.01)
 
 
+def _untrainable_worker(model_dir: Path, tmp_path: Path
+                        ) -> tuple[InMemoryJobStore, AdapterRegistry, JobSlots, JobManager]:
+    """Worker B, which takes the job up and can neither prepare, load nor train it: a job store, a registry on it,
+    the worker's slots and its manager."""
+    store = InMemoryJobStore()
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    registry = _registry(store, artifacts, model_dir, tmp_path)
+    untrainable = _Untrainable()
+    slots = JobSlots(1)
+    return store, registry, slots, _manager(store, registry, artifacts, tmp_path, slots, "worker-b",
+                                            preparer=untrainable, load=untrainable, train=untrainable)
+
+
 def _registry(store: InMemoryJobStore, artifacts: LocalArtifactStore, model_dir: Path, tmp_path: Path):
     return AdapterRegistry(index=InMemoryAdapterIndex(leases=store.lease_token), store=artifacts,
                            serving=InMemoryServingState(), base_model_dir=lambda model: model_dir,
@@ -171,13 +178,7 @@ async def test_a_version_a_client_registered_under_the_jobs_result_request_id_is
 async def test_the_jobs_own_result_counts_with_a_checkpoint_step_label_of_its_own(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     """A job labelled checkpoint_step itself: its result carries the label as the job set it, and is its own."""
-    store = InMemoryJobStore()
-    artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    registry = _registry(store, artifacts, tiny_model_dir, tmp_path)
-    untrainable = _Untrainable()
-    slots = JobSlots(1)
-    manager = _manager(store, registry, artifacts, tmp_path, slots, "worker-b",
-                       preparer=untrainable, load=untrainable, train=untrainable)
+    store, registry, slots, manager = _untrainable_worker(tiny_model_dir, tmp_path)
     try:
         job = await manager.submit(manager.new_job(
             TrainingJobSpec(base_model=TINY, dataset=JsonlSource("facts.jsonl"), labels=(("checkpoint_step", "7"),)),
