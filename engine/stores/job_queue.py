@@ -145,7 +145,7 @@ class ProcrastinateQueue:
         @self._app.task(name=TASK, queue=QUEUE, pass_context=True,
                         retry=procrastinate.RetryStrategy(max_attempts=retries, wait=retry_wait_seconds))
         async def run_job(context: procrastinate.JobContext, kind: str, job_id: str) -> None:
-            if context.job.queue != self._queues.get(kind, QUEUE):
+            if context.job.queue != self._queue_of(kind):
                 await self._move(kind, job_id, context.job)
                 return
             earlier = context.job.attempts
@@ -160,10 +160,14 @@ class ProcrastinateQueue:
     async def open(self) -> None:
         await self._app.open_async()
 
+    def _queue_of(self, kind: str) -> str:
+        """The queue items of ``kind`` go to (``queues``; the training queue for a kind it does not name)."""
+        return self._queues.get(kind, QUEUE)
+
     async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
         try:
             await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority,
-                                       queue=self._queues.get(kind, QUEUE)).defer_async(kind=kind, job_id=job_id)
+                                       queue=self._queue_of(kind)).defer_async(kind=kind, job_id=job_id)
         except pexc.AlreadyEnqueued:
             pass  # already waiting for a worker
         except pexc.ConnectorException as exc:
@@ -183,7 +187,7 @@ class ProcrastinateQueue:
         A job with an item already waiting keeps that one."""
         log.info("a job's item was queued in another queue than its kind's; moving it there",
                  extra={"item": item.id, "kind": kind, "job": job_id, "from": item.queue,
-                        "to": self._queues.get(kind, QUEUE)})
+                        "to": self._queue_of(kind)})
         await self.enqueue(kind, job_id, priority=item.priority)
 
     def start_worker(self, executors: Mapping[str, JobExecutor], *, concurrency: int, name: str) -> None:
@@ -192,7 +196,7 @@ class ProcrastinateQueue:
         one queue never wait for a place taken by another's. A queue is taken by one worker of this process (two
         would add their places together). An item found in a queue that is not its kind's is moved to its kind's,
         not run (``_move``)."""
-        queues = sorted({self._queues.get(kind, QUEUE) for kind in executors})
+        queues = sorted({self._queue_of(kind) for kind in executors})
         if taken := set(queues) & set(self._taken):
             raise ValueError(f"this process's worker takes from {sorted(taken)} already")
         self._executors.update(executors)
@@ -294,7 +298,7 @@ class ProcrastinateQueue:
             with contextlib.suppress(pexc.AlreadyEnqueued):  # into its kind's queue, wherever it was (``_move``)
                 await self._task.configure(
                     lock=item.lock, queueing_lock=item.queueing_lock, priority=item.priority,
-                    queue=self._queues.get(kind, QUEUE) if isinstance(kind, str) else item.queue,
+                    queue=self._queue_of(kind) if isinstance(kind, str) else item.queue,
                 ).defer_async(**item.task_kwargs)
             assert item.id is not None
             try:
