@@ -32,7 +32,8 @@ from engine.lora.controller import ControlConfig, LoraController  # noqa: E402
 from engine.lora.state import EvalSummary, FetchedAdapter, OperationRecord, Retirement, TargetState  # noqa: E402
 from engine.serving.client import ServingClient, ServingConfig  # noqa: E402
 from engine.serving.gateway import AliasRouter, Gateway  # noqa: E402
-from engine.serving.reference_backend import ReferenceModel, create_app, start_site  # noqa: E402
+from engine.serving.reference_backend import create_app, start_site  # noqa: E402
+from engine.serving.reference_model import ReferenceModel  # noqa: E402
 from engine.stores.artifacts_local import LocalArtifactStore  # noqa: E402
 from tests.fixtures.serving import make_adapter  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_llama  # noqa: E402

@@ -32,6 +32,9 @@ a laptop or CI. It implements the same contract as MAX 26.x (engine/serving/clie
 
 One model, one lock: inference and adapter changes are serialised and run off the event loop.
 
+This module is the HTTP app and its entry point; the model and its generation are in ``reference_model``, the
+request schema and its checks in ``reference_requests``, the error shape in ``reference_errors``.
+
     python -m engine.serving.reference_backend --model DIR --port P --enable-lora
 """
 
@@ -44,364 +47,38 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine import json_input
-from engine.model_build import BUILDING
 from engine.names import is_loopback
 from engine.serving.gateway import MAX_BODY_BYTES
 from engine.serving.lifetime import die_with_parent
+from engine.serving.reference_errors import HttpError, error_body, error_response
+from engine.serving.reference_model import Generation, ReferenceModel, until_stop
+from engine.serving.reference_requests import (
+    Ask,
+    Body,
+    ChatBody,
+    CompletionBody,
+    exact_fields,
+    flat_messages,
+    json_object,
+    stop_sequences,
+    validated,
+)
 
 log = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
-                409: "conflict_error", 413: "invalid_request_error", 500: "internal_server_error",
-                501: "not_implemented_error"}
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"code": str(status), "message": message, "param": "", "type": _ERROR_TYPES.get(status, "error")}}
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response(error_body(status, message), status=status)
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    tokens: tuple[str, ...]
-    token_logprobs: tuple[float, ...]
-    prompt_tokens: int
-    finish_reason: str = "length"  # "stop" when the model ended its answer (EOS) or wrote a stop sequence
-
-
-class ReferenceModel:
-    """A base model plus named PEFT adapters; every method is thread-safe and blocking."""
-
-    def __init__(self, model_dir: Path, served_name: str) -> None:
-        from transformers import AutoTokenizer  # noqa: PLC0415 - heavy
-
-        self.model_dir = model_dir
-        self.served_name = served_name
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._base = self._load_base()
-        self._peft: Any = None
-        self._paths: dict[str, str] = {}  # lora_name -> lora_path
-        self._keys: dict[str, str] = {}  # lora_name -> PEFT adapter key (no dots allowed there)
-        self._counter = 0
-        self._lock = threading.Lock()
-        # The longest sequence (prompt + answer) the model takes; None if its config does not say.
-        self.context: int | None = getattr(self._base.config, "max_position_embeddings", None)
-
-    def _load_base(self) -> Any:
-        from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy
-
-        # transformers leaves PreTrainedModel.eval unannotated
-        with BUILDING:
-            return AutoModelForCausalLM.from_pretrained(self.model_dir).eval()  # type: ignore[no-untyped-call]
-
-    def adapters(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._paths)
-
-    def load(self, name: str, path: str) -> bool:
-        """Load ``path`` as ``name``; False if that exact pair is already loaded (no file is read)."""
-        with self._lock:
-            if name in self._paths:
-                if self._paths[name] == path:
-                    return False
-                raise HttpError(409, f"adapter {name!r} is already loaded from {self._paths[name]!r}")
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise HttpError(400, f"{path!r} is not a PEFT adapter directory (no adapter_config.json)")
-            self._counter += 1
-            key = f"adapter{self._counter}"
-            try:
-                self._add(path, key)
-            except Exception as exc:  # noqa: BLE001 - any load failure is the adapter's fault: 400
-                raise HttpError(400, f"cannot load adapter {name!r} from {path!r}: {exc}") from exc
-            self._paths[name], self._keys[name] = path, key
-            return True
-
-    def _add(self, path: str, key: str) -> None:
-        """Add the adapter at ``path`` as ``key``; if that fails, what PEFT had injected for it is removed again, so
-        a refused load leaves what is served exactly as it was."""
-        from peft import PeftConfig, get_peft_model  # noqa: PLC0415
-
-        if self._peft is not None:
-            try:
-                self._peft.load_adapter(path, adapter_name=key)
-            except Exception:
-                if key in self._peft.peft_config:
-                    self._peft.delete_adapter(key)
-                raise
-            return
-        # Not PeftModel.from_pretrained: it injects the LoRA layers into the base model before it reads the weights,
-        # and when reading them fails keeps those layers, with no PeftModel to unload them from.
-        config = PeftConfig.from_pretrained(path)
-        config.inference_mode = True
-        try:
-            peft = get_peft_model(self._base, config, adapter_name=key)
-        except Exception:
-            self._base = self._load_base()  # injecting failed part-way (e.g. an unsupported target module)
-            raise
-        try:
-            peft.load_adapter(path, adapter_name=key)
-        except Exception:
-            self._base = peft.unload()  # strips the LoRA layers: the plain base model again
-            raise
-        self._peft = peft.eval()
-
-    def unload(self, name: str) -> None:
-        with self._lock:
-            if name not in self._paths:
-                raise HttpError(404, f"adapter {name!r} is not loaded")
-            key = self._keys.pop(name)
-            del self._paths[name]
-            if self._keys:
-                self._peft.delete_adapter(key)
-            else:  # PEFT cannot run with zero adapters: strip the LoRA layers instead
-                self._base, self._peft = self._peft.unload(), None
-
-    def resolve(self, model: str) -> str | None:
-        """The lora_name for ``model``, None for the base model; HttpError(404) if unknown."""
-        if model in (self.served_name, str(self.model_dir)):
-            return None
-        if model in self._paths:
-            return model
-        raise HttpError(404, f"model {model!r} does not exist")
-
-    def room(self, prompt_tokens: int) -> int | None:
-        """How many tokens the model can still write after a prompt of ``prompt_tokens`` (None: no known limit);
-        HttpError(400) if the prompt alone fills its context (vLLM's words)."""
-        if self.context is None:
-            return None
-        if prompt_tokens >= self.context:
-            raise HttpError(400, f"This model's maximum context length is {self.context} tokens. However, your "
-                                 f"request has {prompt_tokens} input tokens, leaving no room for an answer. Please "
-                                 "reduce the length of the input.")
-        return self.context - prompt_tokens
-
-    def generate(self, model: str, prompt_ids: list[int], max_tokens: int, streamer: Any = None, *,
-                 stop: tuple[str, ...] = (), cancel: threading.Event | None = None,
-                 temperature: float | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> Generation:
-        """Greedy generation when ``temperature`` is None or below GREEDY_BELOW, else sampling with ``temperature``
-        and ``top_p`` (reproducible for a ``seed``), ending at the model's context, at the first of ``stop`` (left out
-        of the text, as OpenAI does) or once ``cancel`` is set; ``streamer`` (transformers' TextIteratorStreamer) hears
-        the text as it comes."""
-        import torch  # noqa: PLC0415
-        from transformers import StoppingCriteriaList  # noqa: PLC0415
-
-        room = self.room(len(prompt_ids))
-        # top_k=0: no top-k cut (OpenAI has none; a model's generation config may set one)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=1.0 if top_p is None else top_p,
-                        top_k=0) if temperature is not None and temperature >= GREEDY_BELOW else dict(do_sample=False)
-        with self._lock:
-            lora = self.resolve(model)
-            ids = torch.tensor([prompt_ids])
-            kwargs = dict(max_new_tokens=max_tokens if room is None else min(max_tokens, room), output_logits=True,
-                          return_dict_in_generate=True, attention_mask=torch.ones_like(ids),
-                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                          streamer=streamer, stop_strings=list(stop) or None, tokenizer=self.tokenizer,
-                          stopping_criteria=StoppingCriteriaList([_until(cancel)] if cancel is not None else []),
-                          **sampling)
-            # transformers samples with torch's global generator (generate takes none of its own): a seeded
-            # request forks it, seeds the fork and restores it after; the lock keeps other generations out.
-            seeded = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-            with torch.inference_mode(), seeded:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                if lora is None and self._peft is not None:
-                    with self._peft.disable_adapter():
-                        out = self._peft.generate(input_ids=ids, **kwargs)
-                elif lora is None:
-                    out = self._base.generate(input_ids=ids, **kwargs)
-                else:
-                    self._peft.set_adapter(self._keys[lora])
-                    out = self._peft.generate(input_ids=ids, **kwargs)
-        new = out.sequences[0, len(prompt_ids):].tolist()
-        # the model's own log-probabilities (its logits, not those that temperature and top_p reshaped), as vLLM's
-        logprobs = [
-            float(torch.log_softmax(logit[0].float(), dim=-1)[tok]) for logit, tok in zip(out.logits, new, strict=False)
-        ]
-        eos = self.tokenizer.eos_token_id
-        text_ids = [t for t in new if t != eos]
-        # One sequence decodes to one str; transformers types the batch case's list[str] in too.
-        text, stopped = until_stop(self.tokenizer.decode(text_ids, skip_special_tokens=True), stop)  # type: ignore[arg-type]
-        return Generation(
-            text=text,
-            tokens=tuple(self.tokenizer.convert_ids_to_tokens(new)),
-            token_logprobs=tuple(logprobs),
-            prompt_tokens=len(prompt_ids),
-            finish_reason="stop" if stopped or eos in new else "length",
-        )
-
-
-def _until(cancel: threading.Event) -> Any:
-    """A stopping criterion for generate, true once ``cancel`` is set."""
-    import torch  # noqa: PLC0415
-    from transformers import StoppingCriteria  # noqa: PLC0415
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,  # type: ignore[return-value]
-                              device=input_ids.device)
-
-    return Cancelled()
-
-
-def until_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    """``text`` up to the first stop sequence in it, and whether there was one."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless started with another
+CLIENT_CHECK_SECONDS = 0.1  # how often a request not streamed looks whether its client is still there
 
 
 def _stop_prefix(text: str, stop: tuple[str, ...]) -> int:
     """Length of the longest end of ``text`` that begins a stop sequence: a stream holds it back until it knows."""
     return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json_input.loads(await request.text())
-    except ValueError as exc:
-        raise HttpError(400, f"request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    return body
-
-
-def _exact_fields(body: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
-    extra = sorted(set(body) - set(fields))
-    if extra:
-        raise HttpError(400, f"unexpected fields: {', '.join(extra)}")
-    values = []
-    for name in fields:
-        value = body.get(name)
-        if not isinstance(value, str) or not value:
-            raise HttpError(400, f"field {name!r} is required and must be a non-empty string")
-        values.append(value)
-    return values
-
-
-# A temperature this small is greedy decoding (vLLM's _SAMPLING_EPS): dividing the logits by less overflows them to
-# inf, and sampling from that fails
-GREEDY_BELOW = 1e-5
-MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for, unless started with another
-CLIENT_CHECK_SECONDS = 0.1  # how often a request not streamed looks whether its client is still there
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    include_usage: bool | None = None
-
-
-class _Body(BaseModel):
-    """A completion request's body, typed as vLLM's and MAX's OpenAI-compatible servers type it, in pydantic's lax
-    mode as theirs: ``"false"`` is false and ``"0.5"`` is 0.5 there and here, ``"hot"`` is no number in either. Every
-    field is nullable, null being its default (OpenAI's are nullable); fields not named here are ignored, as there
-    (``user``, ``frequency_penalty``, ...). What is typed loosely (``tools``, ``response_format``, ``messages``)
-    is checked where it is used, with its own message."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool | None = None
-    stream_options: _StreamOptions | None = None
-    n: int | None = None
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch's int64, as vLLM bounds it
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    echo: bool | None = None  # vLLM takes it on both endpoints (on chat: the answer begins with the last message)
-
-
-class _CompletionBody(_Body):
-    prompt: str | list[str] | None = None  # token ids (a list of ints) are not taken
-    logprobs: int | None = None
-
-
-class _ChatBody(_Body):
-    messages: Any = None  # checked by _flat_messages
-    logprobs: bool | None = None
-
-
-_B = TypeVar("_B", bound=_Body)
-
-
-def _validated(kind: type[_B], body: dict[str, Any]) -> _B:
-    """``body`` as ``kind``; a 400 naming each field that does not fit."""
-    try:
-        return kind.model_validate(body)
-    except ValidationError as exc:
-        said: dict[str, str] = {}
-        for error in exc.errors():  # a union's members each fail: the field's first message says enough
-            said.setdefault(str(error["loc"][0]) if error["loc"] else "body", error["msg"])
-        raise HttpError(400, "; ".join(f"field {name!r}: {msg}" for name, msg in said.items())) from exc
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What a completion request asks for, checked."""
-
-    model: str
-    max_tokens: int
-    stop: tuple[str, ...]
-    stream: bool
-    include_usage: bool  # stream_options.include_usage: a last chunk with the usage
-    temperature: float | None = None  # None or 0: greedy
-    top_p: float | None = None
-    seed: int | None = None
-
-    def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
-
-
-def _stop(value: Any) -> tuple[str, ...]:
-    """OpenAI's ``stop``: null, a string, or a list of up to 4."""
-    stop = [value] if isinstance(value, str) else [] if value is None else value
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise HttpError(400, "field 'stop' must be a non-empty string or a list of up to 4 of them")
-    return tuple(stop)
-
-
-def _flat_messages(messages: Any) -> list[Any]:
-    """``messages`` with content given as text parts joined into one string (by newlines, as vLLM does): the chat
-    template takes strings. Any other part (an image, audio, a file) is a 400."""
-    if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "field 'messages' must be a non-empty list")
-    flat = []
-    for message in messages:
-        parts = message.get("content") if isinstance(message, dict) else None
-        if isinstance(parts, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in parts):
-                raise HttpError(400, "not supported by the reference backend: message content parts other than text")
-            message = {**message, "content": "\n".join(p["text"] for p in parts)}
-        flat.append(message)
-    return flat
 
 
 def create_app(model: ReferenceModel, *, enable_lora: bool,
@@ -429,7 +106,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
     async def load(request: web.Request) -> web.Response:
         if not enable_lora:
             raise HttpError(501, "LoRA is not enabled on this server (start it with --enable-lora)")
-        name, path = _exact_fields(await _json_object(request), ("lora_name", "lora_path"))
+        name, path = exact_fields(await json_object(request), ("lora_name", "lora_path"))
         loaded = await asyncio.to_thread(model.load, name, path)
         message = f"LoRA adapter '{name}' " + ("loaded successfully" if loaded else "is already loaded")
         return web.json_response({"status": "success", "message": message})
@@ -437,7 +114,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
     async def unload(request: web.Request) -> web.Response:
         if not enable_lora:
             raise HttpError(501, "LoRA is not enabled on this server (start it with --enable-lora)")
-        (name,) = _exact_fields(await _json_object(request), ("lora_name",))
+        (name,) = exact_fields(await json_object(request), ("lora_name",))
         await asyncio.to_thread(model.unload, name)
         return web.json_response({"status": "success", "message": f"LoRA adapter '{name}' unloaded successfully"})
 
@@ -459,7 +136,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                 return web.json_response(entry)
         raise HttpError(404, f"model {wanted!r} does not exist")
 
-    def _common(body: _Body) -> Ask:
+    def _common(body: Body) -> Ask:
         """The request's parameters, from its validated body."""
         name = body.model
         if not isinstance(name, str) or not name:
@@ -471,7 +148,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
             refused.append(f"n={body.n} (one choice only)")
         if (body.response_format or {"type": "text"}) != {"type": "text"}:
             refused.append("response_format other than text")
-        if isinstance(body, _ChatBody) and body.logprobs:
+        if isinstance(body, ChatBody) and body.logprobs:
             refused.append("logprobs on chat completions (the completions endpoint has them)")
         if refused:
             raise HttpError(400, f"not supported by the reference backend: {', '.join(refused)}")
@@ -480,7 +157,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
             raise HttpError(400, f"max_tokens must be an integer in [1, {max_tokens_limit}]")
         if body.stream_options is not None and not body.stream:
             raise HttpError(400, "field 'stream_options' must be an object, and only comes with 'stream'")
-        stop = _stop(body.stop)
+        stop = stop_sequences(body.stop)
         model.resolve(name)  # 404 early for unknown models
         return Ask(name, limit, stop, bool(body.stream),
                    bool(body.stream_options is not None and body.stream_options.include_usage),
@@ -577,7 +254,7 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                     await generating
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        body = _validated(_CompletionBody, await _json_object(request))
+        body = validated(CompletionBody, await json_object(request))
         ask = _common(body)
         prompt = body.prompt
         if isinstance(prompt, list) and len(prompt) == 1:
@@ -599,9 +276,9 @@ def create_app(model: ReferenceModel, *, enable_lora: bool,
                                   "usage": _usage(gen)})
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        body = _validated(_ChatBody, await _json_object(request))
+        body = validated(ChatBody, await json_object(request))
         ask = _common(body)
-        messages = _flat_messages(body.messages)
+        messages = flat_messages(body.messages)
         try:
             ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - malformed messages

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from tests.fixtures.serving import expected_logprobs, make_adapter, running_backend
 
 NAME = "tiny-llama"

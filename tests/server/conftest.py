@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
 from learning.v1 import training_pb2_grpc as pb_grpc

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import lora_control_pb2_grpc as lc_grpc
 from learning.v1 import training_pb2 as pb

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 
 from engine import telemetry
 from engine.lora.canary import CanaryDecision
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
 from learning.v1 import lora_control_pb2 as lc

@@ -12,7 +12,7 @@ import asyncio
 
 import aiohttp
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from engine.serving.reference_backend import ReferenceModel, create_app, start_site
+from engine.serving.reference_backend import create_app, start_site
+from engine.serving.reference_model import ReferenceModel
 from tests.server.conftest import TINY
 from tests.server.test_gate import FIRST, facts, trained
 

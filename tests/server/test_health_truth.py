@@ -7,7 +7,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import lora_control_pb2, lora_control_pb2_grpc
 from server.health_checks import NEEDS
 from server.services import SERVICE_NAMES

@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from engine import telemetry
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.state import FeedbackCounts
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import adapter_pb2 as ad
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend

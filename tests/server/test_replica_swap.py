@@ -11,7 +11,7 @@ from collections import Counter
 
 import aiohttp
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
 from tests.server.lora_helpers import activate, another_replica, gateway_url, loaded_when, status, v11_serving

@@ -11,7 +11,7 @@ import asyncio
 
 import aiohttp
 
-from engine.serving.reference_backend import ReferenceModel
+from engine.serving.reference_model import ReferenceModel
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
 from tests.server.lora_helpers import (

@@ -11,7 +11,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from engine.serving.reference_backend import HttpError, ReferenceModel
+from engine.serving.reference_errors import HttpError
+from engine.serving.reference_model import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY, error_details
