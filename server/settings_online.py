@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from engine.online.runner import OnlineConfig
+from engine.online.session_state import OnlineConfig
 
 
 class OnlineSettings(BaseModel):

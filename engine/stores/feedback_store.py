@@ -145,7 +145,7 @@ SELECT count(*) FROM gone
 # DeleteUserFeedback's word to the sessions that have not ended (a session whose job is not stored yet is being
 # created): one more erasure each, whether or not it made the examples deleted. A session holds in memory, besides
 # its own examples, its start version's lineage's data to replay (engine.continual), which may be other sessions'
-# examples or feedback events: on the word, its worker reads what it holds again (engine.online.runner). The
+# examples or feedback events: on the word, its worker reads what it holds again (engine.online.session). The
 # controls' update_time stays: it says when a client or the serving side last changed them.
 _TELL_SESSIONS = """
 UPDATE online_controls c SET erasures = c.erasures + 1

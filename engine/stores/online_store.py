@@ -134,7 +134,7 @@ async def _check_open(conn: Conn, session_id: str) -> None:
         raise session_ended(session_id, shown)
 
 
-@connection_errors_unavailable  # a running session stops for another worker on Unavailable (engine.online.runner)
+@connection_errors_unavailable  # a running session stops for another worker on Unavailable (engine.online.session)
 class PostgresOnlineStore:
     """engine.online.ports.OnlineStore over an asyncpg pool."""
 

@@ -21,7 +21,9 @@ from engine.continual.planner import EwcPlanner
 from engine.continual.version_data import VersionDatasets
 from engine.domain import DatasetSummary, Example, OnlineExamplesSource
 from engine.jobs.core import Job, JobState
-from engine.online.runner import OnlineConfig, OnlineRunner, _Session, training_spec
+from engine.online.runner import OnlineRunner, training_spec
+from engine.online.session import RunningSession
+from engine.online.session_state import OnlineConfig
 from engine.online.spec import ONLINE_SESSION, NewExample, OnlineOutput, OnlineSessionSpec
 from engine.registry import PublishRequest
 from engine.stores.artifacts_local import LocalArtifactStore
@@ -114,7 +116,7 @@ async def test_a_running_session_stops_replaying_an_erased_users_examples(
     erasures = (await online.controls("replaying")).erasures
     learner = await runner._prepare(ctx, request)  # type: ignore[arg-type]
     assert sorted(_asked(learner.earlier)) == sorted([SECRET_PROMPT, kept.prompt])
-    session = _Session(runner._parts, ctx, learner, published, erasures=erasures,  # type: ignore[arg-type]
+    session = RunningSession(runner._parts, ctx, learner, published, erasures=erasures,  # type: ignore[arg-type]
                        lineage=functools.partial(runner._replay_pool, request))
     loop = asyncio.create_task(session.loop())
     try:

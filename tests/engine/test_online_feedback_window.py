@@ -22,7 +22,8 @@ from engine.feedback.ingest import FeedbackBases, FeedbackIngestor
 from engine.feedback.scrub import Scrubber
 from engine.jobs.core import Job, JobState
 from engine.jobs.ports import Claim
-from engine.online.runner import OnlineConfig, _Parts, _Session
+from engine.online.session import RunningSession
+from engine.online.session_state import OnlineConfig, SessionParts
 from engine.online.spec import ONLINE_SESSION, NewExample, OnlineOutput, OnlineSessionSpec, live_model
 from engine.registry import PublishRequest
 from engine.stores import postgres
@@ -48,7 +49,7 @@ async def _publish(registry, make_peft) -> str:  # noqa: F811 - a fixture's valu
 
 
 class _Ctx:
-    """The job context of a session as _Session uses it to read feedback: the job as a worker claimed it from the
+    """The job context of a session as RunningSession uses it to read feedback: the job as a worker claimed it from the
     job store, stored back there on persist (under the worker's lease). ``failing`` persists raise first, as one
     does when the database goes away or the worker dies before its job is stored."""
 
@@ -86,7 +87,7 @@ class _World:
         self.jobs: PostgresJobStore = PostgresJobStore(pool, ONLINE_SESSION)
         feedback = PostgresFeedbackStore(pool)
         self.ingestor = FeedbackIngestor(feedback, Scrubber(), bases=FeedbackBases(TINY))
-        self.parts = _Parts(store=self.online, registry=None, artifacts=None,  # type: ignore[arg-type]
+        self.parts = SessionParts(store=self.online, registry=None, artifacts=None,  # type: ignore[arg-type]
                             config=OnlineConfig(), feedback=FeedbackDatasetBuilder(feedback), rates=None)
         self.tmp_path = tmp_path
         self.workers = 0
@@ -97,14 +98,14 @@ class _World:
         await self.jobs.insert_job(Job(id=SESSION, kind=ONLINE_SESSION.name, spec=spec, output=output or OnlineOutput(),
                                        state=JobState.RUNNING, create_time=datetime.now(UTC) - timedelta(hours=2)))
 
-    async def worker(self, *, failing: int = 0) -> _Session:
+    async def worker(self, *, failing: int = 0) -> RunningSession:
         """A worker taking the session (over) from its job as stored."""
         self.workers += 1
         claim = await self.jobs.claim(SESSION, f"worker-{self.workers}")
         assert claim is not None
         ctx = _Ctx(self.jobs, claim, self.tmp_path / f"w{self.workers}", failing)
         learner = SimpleNamespace(updates=0)  # reading feedback does not touch the model
-        return _Session(self.parts, ctx, learner, SimpleNamespace(version=self.start_version))  # type: ignore[arg-type]
+        return RunningSession(self.parts, ctx, learner, SimpleNamespace(version=self.start_version))  # type: ignore[arg-type]
 
     async def feedback(self, *events) -> None:
         for e in events:

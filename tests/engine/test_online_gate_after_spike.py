@@ -13,8 +13,8 @@ from typing import Any
 
 from engine.lora.state import EvalSummary
 from engine.online.learner import OnlineLearner
-from engine.online.runner import _Session
 from engine.online.serving import OnlineServing
+from engine.online.session import RunningSession
 from engine.online.spec import SPIKE_VERDICT, GateVerdict, OnlineOutput, Publication
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.online_store import PostgresOnlineStore
@@ -36,7 +36,7 @@ class _Gate:
         return SimpleNamespace(passed=True, failed_checks=())  # type: ignore[return-value]
 
 
-async def _worker(tiny_model_dir: Path, tmp_path: Path, store: _Controls) -> _Session:
+async def _worker(tiny_model_dir: Path, tmp_path: Path, store: _Controls) -> RunningSession:
     """The session's worker: v1.0.1 passed the gate (the alias serves it), v1.0.2 is not judged yet."""
     learner = OnlineLearner(loaded(tiny_model_dir, tmp_path), session(replay_fraction=0.0))
     running = _session(learner, tmp_path, OnlineOutput(publications=(PASSED, MADE_BEFORE)), _Registry(),
@@ -54,7 +54,7 @@ def _serving(store: _Controls, tmp_path: Path) -> OnlineServing:
                          gate=_Gate(), adapters=None, cache_dir=tmp_path)  # type: ignore[arg-type]
 
 
-def _followed(running: _Session) -> Any:
+def _followed(running: RunningSession) -> Any:
     return SimpleNamespace(id="s1", spec=running.spec, output=running.ctx.job.output)
 
 

@@ -19,7 +19,7 @@ from tests.engine.test_online_publication import _Controls, _Registry, _session
 EARLIER = datetime.now(UTC) - timedelta(minutes=5)
 GOOD = Publication("v1.0.1", 5, 1, 20, EARLIER)  # published at update 5: weights the spike keeps
 BAD = Publication("v1.0.2", 10, 21, 40, datetime.now(UTC))  # published at update 10: the weights update 10 made
-LOSS_SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("loss_spike",))  # engine.online.runner's
+LOSS_SPIKE_VERDICT = GateVerdict(passed=False, failed_checks=("loss_spike",))  # engine.online.spikes'
 
 
 async def _spike_at_update_11(tiny_model_dir: Path, tmp_path: Path, store: _Controls,

@@ -17,7 +17,8 @@ import torch
 
 from engine.domain import OnlineExamples
 from engine.online.learner import OnlineLearner
-from engine.online.runner import OnlineConfig, _Parts, _Session
+from engine.online.session import RunningSession
+from engine.online.session_state import OnlineConfig, SessionParts
 from engine.online.spec import AliasState, Controls, GateVerdict, OnlineOutput, StoredExample
 from engine.registry import PublishRequest
 from engine.training.spec import CheckpointRecord
@@ -25,7 +26,7 @@ from tests.engine.test_online_learner import loaded, rows, session, weights
 
 
 class _Ctx:
-    """The job context of a session as _Session uses it to publish."""
+    """The job context of a session as RunningSession uses it to publish."""
 
     def __init__(self, work_dir: Path, output: OnlineOutput) -> None:
         self.job = SimpleNamespace(id="s1", name="onlineSessions/s1", spec=session(replay_fraction=0.0),
@@ -136,12 +137,12 @@ class _Rates:
 
 
 def _session(learner: OnlineLearner, work_dir: Path, output: OnlineOutput, registry: _Registry, *,
-             store: Any = None, rates: Any = None) -> _Session:
+             store: Any = None, rates: Any = None) -> RunningSession:
     """A running session on ``learner`` (its stores faked: ``store`` by default a _Store; ``rates`` the feedback's
     ratings), whose checkpoints go to an _Archive."""
-    parts = _Parts(store=store or _Store(), registry=registry, artifacts=None,  # type: ignore[arg-type]
+    parts = SessionParts(store=store or _Store(), registry=registry, artifacts=None,  # type: ignore[arg-type]
                    config=OnlineConfig(), feedback=None, rates=rates)
-    running = _Session(parts, _Ctx(work_dir, output), learner, SimpleNamespace(version="v1.0"))  # type: ignore[arg-type]
+    running = RunningSession(parts, _Ctx(work_dir, output), learner, SimpleNamespace(version="v1.0"))  # type: ignore[arg-type]
     running.checkpoint_archive = _Archive(learner)  # type: ignore[assignment]
     return running
 

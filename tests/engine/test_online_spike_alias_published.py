@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.online.learner import OnlineLearner, UpdateResult
-from engine.online.runner import _Session
+from engine.online.session import RunningSession
 from engine.online.spec import AliasState, GateVerdict, OnlineOutput, Publication
 from engine.registry.records import version_not_found
 from tests.engine.test_online_learner import loaded, session
@@ -55,7 +55,7 @@ class _Pruned(_Registry):
 
 
 async def _spike(tiny_model_dir: Path, tmp_path: Path, store: _Controls, registry: _Registry | None = None,
-                 publications: tuple[Publication, ...] = (GOOD, BAD)) -> _Session:
+                 publications: tuple[Publication, ...] = (GOOD, BAD)) -> RunningSession:
     """A loss spike at update 11 that puts back the weights of update 9: BAD (published at update 10) holds weights
     put aside, GOOD (update 5) weights kept."""
     learner = OnlineLearner(loaded(tiny_model_dir, tmp_path), session(replay_fraction=0.0))
@@ -78,7 +78,7 @@ async def _spike(tiny_model_dir: Path, tmp_path: Path, store: _Controls, registr
     return running
 
 
-def _codes(running: _Session, code: str) -> list[str]:
+def _codes(running: RunningSession, code: str) -> list[str]:
     return [p.message for p in running.ctx.recorded if getattr(p, "code", "") == code]  # type: ignore[attr-defined]
 
 

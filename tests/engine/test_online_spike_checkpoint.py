@@ -13,13 +13,13 @@ import pytest
 from engine.errors import Cancelled
 from engine.jobs.ports import StopReason
 from engine.online.learner import OnlineLearner
-from engine.online.runner import _Session
+from engine.online.session import RunningSession
 from engine.online.spec import OnlineOutput
 from tests.engine.test_online_learner import loaded, rows, same, session, weights
 from tests.engine.test_online_publication import _Archive, _Controls, _Rates, _Registry, _session
 
 
-async def _spiked(tiny_model_dir: Path, tmp_path: Path) -> tuple[_Session, _Archive, list]:
+async def _spiked(tiny_model_dir: Path, tmp_path: Path) -> tuple[RunningSession, _Archive, list]:
     """A session whose update 1 was checkpointed, then a negative-feedback spike: the session, its archive and the
     start version's weights."""
     learner = OnlineLearner(loaded(tiny_model_dir, tmp_path), session(replay_fraction=0.0))

@@ -35,7 +35,7 @@ def _no_live(monkeypatch: pytest.MonkeyPatch) -> None:
     async def no_live(self: object, update: int) -> None:
         pass
 
-    monkeypatch.setattr("engine.online.runner._Session._refresh_live", no_live)
+    monkeypatch.setattr("engine.online.session.RunningSession._refresh_live", no_live)
 
 
 async def test_a_stop_says_how_many_examples_were_never_trained_on(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ from engine.jobs.core import JobState
 from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, StopReason
 from engine.online.learner import OnlineLearner
-from engine.online.runner import OnlineConfig, OnlineRunner, _Session
+from engine.online.runner import OnlineRunner
+from engine.online.session import RunningSession
+from engine.online.session_state import OnlineConfig
 from engine.online.spec import OnlineOutput, StoredExample
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.memory import InMemoryJobStore, InProcessQueue
@@ -37,7 +39,7 @@ class _Examples(_Controls):
     def __init__(self) -> None:
         super().__init__()
         self.rows = rows(EXAMPLES)
-        self.running: _Session | None = None
+        self.running: RunningSession | None = None
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
         return [r for r in self.rows if r.seq > seq][:limit]
@@ -94,7 +96,7 @@ class _ObjectStore(LocalArtifactStore):
 
 
 def _running(learner: OnlineLearner, tmp_path: Path, store: Any, artifacts: Any = None,
-             output: OnlineOutput | None = None, checkpoint_every: int = 100) -> _Session:
+             output: OnlineOutput | None = None, checkpoint_every: int = 100) -> RunningSession:
     """A running session on ``learner`` with a real cancel token, polling fast and never resting."""
     running = _session(learner, tmp_path, output or OnlineOutput(), _Registry(), store=store)
     running.ctx.cancel = CancelToken()  # type: ignore[assignment]
@@ -102,7 +104,7 @@ def _running(learner: OnlineLearner, tmp_path: Path, store: Any, artifacts: Any 
     config = OnlineConfig(poll_seconds=0.01, max_update_share=1.0)
     running.r = replace(running.r, config=config, artifacts=artifacts)
     if artifacts is not None:  # the real archives, on the artifact store given
-        fresh = _Session(running.r, running.ctx, learner, running.start)  # type: ignore[arg-type]
+        fresh = RunningSession(running.r, running.ctx, learner, running.start)  # type: ignore[arg-type]
         running.live_archive, running.checkpoint_archive = fresh.live_archive, fresh.checkpoint_archive
     if isinstance(store, _Examples):
         store.running = running
@@ -193,8 +195,8 @@ async def test_after_a_transient_error_every_example_is_trained_on(tiny_model_di
 
 
 class _HandedOver:
-    """A toy run that meets a store error the first time, and stops as a session does then (engine.online.runner
-    _Session._interrupted); the second time it succeeds."""
+    """A toy run that meets a store error the first time, and stops as a session does then (engine.online.session
+    RunningSession._interrupted); the second time it succeeds."""
 
     kind = COUNT
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.jobs.core import Noticed
 from engine.online.learner import OnlineLearner
-from engine.online.runner import _Session
+from engine.online.session import RunningSession
 from engine.online.spec import OnlineOutput, Publication
 from tests.engine.test_online_learner import loaded, rows, session
 from tests.engine.test_online_publication import _by_seq, _Registry, _session, _windows
@@ -36,7 +36,7 @@ async def _taken_over(tiny_model_dir: Path, tmp_path: Path) -> tuple[OnlineLearn
     return resumed, dead.ctx.job.output.publications
 
 
-def _skips(running: _Session) -> list[str]:
+def _skips(running: RunningSession) -> list[str]:
     return [p.message for p in running.ctx.recorded if isinstance(p, Noticed) and p.code == "PUBLISH_SKIPPED"]
 
 
