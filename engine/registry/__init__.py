@@ -2,7 +2,7 @@
 
 ``records``: version numbers and the persisted record; ``ports``: the artifact store and
 serving-state interfaces; ``archive`` / ``peft_checks``: packing and validating PEFT
-adapters; ``adapter_registry``: the registry itself.
+adapters; ``adapter_registry``: the registry itself; ``publishing``: the steps of one publish attempt.
 """
 
 from engine.registry.adapter_registry import AdapterRegistry, BaseModelResolver
