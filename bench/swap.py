@@ -3,7 +3,7 @@
 Runs the real LoraController, ServingClient, gateway router and reference backend (the tiny
 test Llama on CPU, in-process) with an in-memory state store and a directory-backed fetcher,
 so it measures the swap path itself: load, smoke request, switch. The replaced version's retirement (its unload
-after a follow period and the drain timeout, engine/lora/target.py) happens in a later follow, not in the call,
+after a follow period and the drain timeout, engine/lora/retirement.py) happens in a later follow, not in the call,
 so the versions stay loaded through the run. Traffic runs through the gateway during every swap and must see zero
 failures.
 

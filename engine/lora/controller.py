@@ -4,8 +4,8 @@ through a traffic split: a canary decided by its policy, or a manual A/B split.
 Activation: fetch and verify -> load under ``<base>@<version>`` (unless the engine has it loaded) -> eval gate ->
 smoke request -> persist and switch the alias -> retire the old name unless it is the known-good one. A known-good
 version the activation replaces (``mark_known_good``) is retired too, unless a role still needs it. A retirement is
-persisted and carried out by the follows of every serving process (engine/lora/target.py ``_retire``): the version
-is unloaded once every serving process has followed the switch and its requests have ended. Nothing changes for
+persisted and carried out by the follows of every serving process (engine/lora/retirement.py ``_retire``): the
+version is unloaded once every serving process has followed the switch and its requests have ended. Nothing changes for
 clients until the switch, so any failure before it leaves the active adapter as it was (a candidate we loaded is
 unloaded again).
 
@@ -22,8 +22,9 @@ the sum of the rows, so a canary decides on all of its traffic. One process deci
 each check: the one that started it, or another once that one stopped renewing (it died) or released the lease (it
 closed: a restarted server takes it over as it starts, another replica at its next follow).
 
-The operations' pieces (locks, records, loading, the gate, reconciliation) are engine/lora/target.py's; the
-gate's scoring is engine/lora/scoring.py's.
+The operations' pieces (locks, records, loading, reconciliation) are engine/lora/target_pieces.py's, the
+retirements engine/lora/retirement.py's, the gate engine/lora/target.py's; the gate's scoring is
+engine/lora/scoring.py's.
 """
 
 from __future__ import annotations

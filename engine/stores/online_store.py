@@ -256,7 +256,7 @@ class PostgresOnlineStore:
         return [_controls(r) for r in rows]
 
     async def routed_versions(self, base_model: str) -> builtins.set[str]:
-        """The versions the live aliases of ``base_model`` serve (engine.lora.target.RoutedElsewhere)."""
+        """The versions the live aliases of ``base_model`` serve (engine.lora.state.RoutedElsewhere)."""
         rows = await self._pool.fetch(
             f"SELECT DISTINCT CASE WHEN alias_version = '' THEN start_version ELSE alias_version END AS version"
             f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
