@@ -17,12 +17,13 @@
   the run at its next step; pause and shutdown keep the progress (the runner checkpoints), and the job is then
   PAUSED, or QUEUED again for any worker. Should the queue's last attempt at a job fail around its run (the store
   unreachable at every attempt), the job is ended FAILED, or queued again when it is not that attempt's to end; it
-  is never left active with nothing queued to run it.
+  is never left active with nothing queued to run it (:class:`~engine.jobs.last_attempt.LastAttempt`).
 
 A job's lifetime is independent of any watcher: a client that disconnects stops nothing. All managers of a
 process share one :class:`~engine.jobs.context.JobSlots`: how many jobs run at once (each holds a model) and
 their threads. Writing a job's events to the store, and letting go of a held job, is the manager's base class,
-:class:`~engine.jobs.event_log.JobEventLog`.
+:class:`~engine.jobs.event_log.JobEventLog`. A watch's event streams are in :mod:`engine.jobs.watching`, and what
+the API refuses a repeated request_id or a cancel or pause with in :mod:`engine.jobs.refusals`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import shutil
 import uuid
@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from engine import telemetry
 from engine.domain import Pin
-from engine.errors import Aborted, AlreadyExists, Cancelled, EngineError, FailedPrecondition, NotFound
+from engine.errors import Aborted, Cancelled, EngineError, FailedPrecondition, NotFound
 from engine.jobs.codec import request_digest
 from engine.jobs.context import CancelHook, JobContext, JobRunner, JobSlots, LiveJob, ResultHook, now
 from engine.jobs.core import (
@@ -55,7 +55,10 @@ from engine.jobs.core import (
     StateChanged,
 )
 from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
-from engine.jobs.ports import Claim, JobQueue, JobStore, LeaseLost, QueueAttempt, StopReason, queue_attempt
+from engine.jobs.last_attempt import LastAttempt
+from engine.jobs.ports import Claim, JobQueue, JobStore, LeaseLost, StopReason, queue_attempt
+from engine.jobs.refusals import check_steerable, reused, same_job
+from engine.jobs.watching import watch_live, watch_stored
 from engine.names import PageScope, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,8 @@ class JobManager(JobEventLog[S, O]):
         self._closing = False
         self._idle = asyncio.Event()  # no job held by this process's worker
         self._idle.set()
+        self._last_attempt = LastAttempt(kind=self.kind.name, store=store, queue=queue, write_idle=self._write_idle,
+                                         cancelled_while_idle=self._cancelled_while_idle)
 
     # ---- lifecycle ------------------------------------------------------------
 
@@ -135,7 +140,7 @@ class JobManager(JobEventLog[S, O]):
         if stored is None or not stored.request_digest:
             return None
         if stored.request_digest != digest:
-            raise _reused(request_id, stored)
+            raise reused(request_id, stored)
         return await self._seen_before(stored)
 
     async def submit(self, job: Job[S, O], *, prepared: object = None, pins: Sequence[Pin] = ()) -> Job[S, O]:
@@ -148,7 +153,7 @@ class JobManager(JobEventLog[S, O]):
         first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
         stored = await self._store.insert_job(replace(job, last_sequence=1), [first], pins=pins)
         if stored.id != job.id:  # request_id seen before
-            _same_job(job, stored)
+            same_job(job, stored)
             return await self._seen_before(stored)
         telemetry.job_state_changed(self.kind.name, job.id, JobState.QUEUED.value, held=False)
         if prepared is not None:
@@ -172,7 +177,7 @@ class JobManager(JobEventLog[S, O]):
         stored job of that request_id, None if there is none, REQUEST_ID_REUSED if it has another request."""
         stored = await self.for_request(job.request_id) if job.request_id else None
         if stored is not None:
-            _same_job(job, stored)
+            same_job(job, stored)
         return stored
 
     async def for_request(self, request_id: str) -> Job[S, O] | None:
@@ -286,45 +291,12 @@ class JobManager(JobEventLog[S, O]):
         yield job
         seen = after_sequence
         if live is not None:
-            async for event in self._watch_live(live, seen):
+            async for event in watch_live(live, seen):
                 seen = event.sequence
                 yield event
-        async for event in self._watch_stored(job_id, seen):
+        async for event in watch_stored(job_id, seen, store=self._store, held=self._live, get=self.get,
+                                        poll_seconds=self._watch_poll):
             yield event
-
-    async def _watch_live(self, live: LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
-        """The events of a job this worker holds, from memory, each once the store holds it (woken as the store
-        takes them), until the worker lets go of the job. What it recorded and had not stored then is never shown:
-        a worker that lost the job drops it, and the stored log (``_watch_stored``) goes on from there."""
-        index = next((i for i, ev in enumerate(live.events) if ev.sequence > after), len(live.events))
-        while True:
-            while index < len(live.events) and live.events[index].sequence <= live.stored:
-                after = live.events[index].sequence
-                yield live.events[index]
-                index += 1
-            if live.finished:
-                return
-            async with live.changed:
-                await live.changed.wait_for(functools.partial(live.moved_past, after))
-
-    async def _watch_stored(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
-        """Events from the store (the source of truth), woken by its notifications, until the job ends."""
-        while True:
-            live = self._live.get(job_id)
-            if live is not None:  # the local worker took the job meanwhile: follow it from memory
-                async for event in self._watch_live(live, after):
-                    after = event.sequence
-                    yield event
-            # Taken before reading: a write made from now on, while the consumer is slow to take the events
-            # below, ends the wait at once instead of waking no one.
-            notified = await self._store.notified(job_id)
-            job = await self.get(job_id)
-            for event in await self._store.list_events(job_id, after_sequence=after):
-                after = event.sequence
-                yield event
-            if (job.state.terminal or job.state is JobState.PAUSED) and after >= job.last_sequence:
-                return
-            await self._store.wait_for_events(job_id, self._watch_poll, since=notified)
 
     # ---- steering -------------------------------------------------------------------
 
@@ -333,7 +305,7 @@ class JobManager(JobEventLog[S, O]):
         for _ in range(5):
             live = self._live.get(job_id)
             job = live.job if live is not None else await self.get(job_id)
-            self._check_steerable(job, control)
+            check_steerable(job, control)
             if live is not None and not live.releasing:  # held by this process's worker
                 if job.state not in (JobState.CANCELLING, stopping):
                     live.cancel.cancel(StopReason.CANCEL if control is Control.CANCEL else StopReason.PAUSE)
@@ -374,17 +346,6 @@ class JobManager(JobEventLog[S, O]):
                           extra={"job_id": job.id, "kind": self.kind.name})
         return job
 
-    def _check_steerable(self, job: Job[S, O], control: Control) -> None:
-        if job.state.terminal:
-            raise FailedPrecondition(
-                "JOB_NOT_CANCELLABLE" if control is Control.CANCEL else "JOB_NOT_PAUSABLE",
-                f"job {job.name} already ended ({job.state.value})", metadata={"state": job.state.value},
-            )
-        if control is Control.PAUSE and job.state in (JobState.PAUSED, JobState.PAUSING, JobState.CANCELLING):
-            raise FailedPrecondition(
-                "JOB_NOT_PAUSABLE", f"job {job.name} is {job.state.value}", metadata={"state": job.state.value},
-            )
-
     # ---- worker -----------------------------------------------------------------
 
     async def execute(self, job_id: str) -> None:
@@ -393,7 +354,7 @@ class JobManager(JobEventLog[S, O]):
 
         It raises when something around the run fails (the store, taking the job or reading its log), and the
         queue runs it again; after the queue's last attempt (``queue_attempt``) nothing would, so the job is
-        ended here instead, when that is this attempt's to do (``_give_up``)."""
+        ended here instead, when that is this attempt's to do (:class:`~engine.jobs.last_attempt.LastAttempt`)."""
         doing = ""  # while it is left to another worker (this one stopping), nothing for this attempt to end
         claim: Claim[S, O] | None = None
         try:
@@ -436,73 +397,11 @@ class JobManager(JobEventLog[S, O]):
             attempt = queue_attempt.get()
             if attempt is not None and attempt.last:
                 if doing:
-                    await self._give_up(job_id, attempt, doing, exc, claim)
+                    await self._last_attempt.give_up(job_id, attempt, doing, exc, claim)
                 else:  # not this attempt's to end (the run began and decided how; or this worker is stopping and
-                    await self._queue_again(job_id, exc)  # could not leave it to another): another attempt will
+                    # could not leave it to another): another attempt will
+                    await self._last_attempt.queue_again(job_id, exc)
             raise
-
-    async def _give_up(self, job_id: str, attempt: QueueAttempt, doing: str, error: Exception,
-                       claim: Claim[S, O] | None) -> None:
-        """The queue's last attempt at the job failed before its run began: end the job, or it would stay active
-        with no queue item to run it, and its watchers would wait for ever. FAILED, or as a cancel or pause asked
-        of it meanwhile says (CANCELLED, PAUSED: resumable). Never taken from another worker: with the claim this
-        attempt made, under its lease (a worker that took the job over since holds another, and runs it); without
-        one (the claim is what failed), only if no worker holds the job, as a cancel ends a queued job. A job
-        another worker holds that way may be one whose worker stopped (the item failing here was the one to take
-        it over): it is queued again, to be taken over by a later attempt, or found ended or paused by its
-        holder. Written once: if the store fails here as well, it is left as it is and logged. A failure after
-        the run began (storing its end) is not this: the run decided how the job ends (``_queue_again``)."""
-        log.error("the job queue's last attempt at a job failed; ending the job",
-                  extra={"job_id": job_id, "kind": self.kind.name, "attempts": attempt.number},
-                  exc_info=(type(error), error, error.__traceback__))
-        message = (f"the job queue gave up on this job: its last attempt (of {attempt.number}) failed {doing} "
-                   f"({type(error).__name__})")
-        failure = JobFailure("UNAVAILABLE", "JOB_QUEUE_RETRIES_EXHAUSTED", message,
-                             (("attempts", str(attempt.number)),))
-        try:
-            job = await self._store.get_job(job_id)  # as stored now: its log may have grown since the claim
-            if job is None or job.state.terminal or job.state is JobState.PAUSED:
-                return
-            if claim is None:
-                ended = await self._write_idle(job, JobState.FAILED, message, failure=failure)
-            else:
-                requested = await self._store.control(job_id, claim.lease) or claim.requested
-                if requested is Control.PAUSE:
-                    state, note, why = JobState.PAUSED, f"paused as asked: {message}", None
-                elif requested is Control.CANCEL:
-                    note = f"cancelled as asked: {message}"
-                    state, why = JobState.CANCELLED, JobFailure("CANCELLED", "JOB_CANCELLED", note)
-                else:
-                    state, note, why = JobState.FAILED, message, failure
-                ended = await self._write_idle(job, state, note, failure=why, lease=claim.lease)
-        except LeaseLost:  # a worker took it over meanwhile (it holds its own queue item)
-            log.info("a job the job queue gave up on was taken over by another worker", extra={"job_id": job_id})
-            return
-        except Aborted:  # a worker holds it: alive (running it) or stopped (this item was to take it over)
-            await self._queue_again(job_id, error)
-            return
-        except Exception:  # noqa: BLE001 - once only: the queue is done with the job, and so is this worker
-            log.exception("could not end a job the job queue gave up on; it stays as it is",
-                          extra={"job_id": job_id, "kind": self.kind.name})
-            return
-        if ended.state is JobState.CANCELLED:
-            await self._cancelled_while_idle(ended)
-
-    async def _queue_again(self, job_id: str, error: Exception) -> None:
-        """The queue's last attempt is over and the job is not this attempt's to end: queue it again, so that it is
-        never left active with nothing queued (a fresh item waits while this one ends, as procrastinate's lock
-        keeps it; its first run claims the job, and finds it ended or paused if a worker holding it ended it). A
-        pause or cancel asked of it comes with that claim, as a stopped worker's does."""
-        log.warning("queueing again a job the job queue's last attempt could not end",
-                    extra={"job_id": job_id, "kind": self.kind.name, "error": type(error).__name__})
-        try:
-            job = await self._store.get_job(job_id)
-            if job is None or job.state.terminal or job.state is JobState.PAUSED:
-                return
-            await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)
-        except Exception:  # noqa: BLE001 - the store down: a restart's recovery queues it if it is QUEUED
-            log.exception("could not queue again a job the job queue gave up on",
-                          extra={"job_id": job_id, "kind": self.kind.name})
 
     async def _leave(self, job_id: str) -> None:
         """This worker is stopping: leave the job to another (queued again; it waits while this item ends)."""
@@ -587,24 +486,6 @@ class JobManager(JobEventLog[S, O]):
         state = control.stopping
         if live.job.state is not state:
             self.transition(live, state, f"{control.value.lower()} requested")
-
-
-def _same_job(job: Job[S, O], stored: Job[S, O]) -> None:
-    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``stored``, the job of ``job``'s request_id, asked for the same: the
-    same request as sent (their digests), or, for a job stored without a digest, the same spec once resolved."""
-    if job.request_digest and stored.request_digest:
-        same = stored.request_digest == job.request_digest
-    else:
-        same = stored.spec == job.spec
-    if not same:
-        raise _reused(job.request_id, stored)
-
-
-def _reused(request_id: str, stored: Job[S, O]) -> AlreadyExists:
-    return AlreadyExists(
-        "REQUEST_ID_REUSED", f"request_id {request_id!r} was used for a different job ({stored.name})",
-        metadata={"request_id": request_id, "job": stored.name},
-    )
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]

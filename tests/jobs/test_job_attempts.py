@@ -88,7 +88,7 @@ async def test_a_job_the_store_cannot_end_either_is_logged_and_the_worker_goes_o
     store, slots = FailingStore(claims=1, writes=1), JobSlots(1)
     mgr = await make_manager(store, tmp_path, slots)
     try:
-        with caplog.at_level(logging.ERROR, logger="engine.jobs.manager"):
+        with caplog.at_level(logging.ERROR, logger="engine.jobs.last_attempt"):
             stuck = await mgr.submit(mgr.new_job(CountSpec(1), CountOutput()))
             mgr.runner.release.release()
             job = await mgr.submit(mgr.new_job(CountSpec(1), CountOutput()))
