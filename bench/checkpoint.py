@@ -164,7 +164,7 @@ class StepClock:
 
 class Store:
     """The runner's ``save``: the checkpoint through CheckpointArchive into a local artifact store, then the ones
-    beyond ``keep`` deleted (engine.training.runner does the same, on its event loop)."""
+    beyond ``keep`` deleted (engine.training.job_checkpoints does the same, on its event loop)."""
 
     def __init__(self, root: Path, keep: int) -> None:
         self.store = LocalArtifactStore(root / "artifacts")

@@ -139,7 +139,7 @@ def priority_from_pb(value: int) -> int:
 
 
 # The request ids the server publishes under for itself: a training job's result (trainingJobs/<id>/result,
-# engine.training.runner.result_request_id) and an online session's publications (onlineSessions/<id>/publish/<n>,
+# engine.training.job_results.result_request_id) and an online session's publications (onlineSessions/<id>/publish/<n>,
 # engine.online.artifacts). A client's publish under one (ImportAdapter, PublishCheckpoint: the registry keys versions
 # by request id) would be taken for the job's or the session's, and their own publish answered with the client's
 # version. check_request_id refuses them in every request that takes a request id: no client needs one, and the

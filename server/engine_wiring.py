@@ -54,7 +54,8 @@ from engine.stores.serving_state import PostgresServingState
 from engine.training.datasets import resolve_dataset_path
 from engine.training.models import resolve_base_model
 from engine.training.preparation import JobPreparer, PreparerConfig
-from engine.training.runner import TrainingJobs, TrainingRunner
+from engine.training.runner import TrainingRunner
+from engine.training.service import TrainingJobs
 from engine.training.spec import TRAINING
 from engine.training.stored_datasets import CatalogConfig, StoredDatasets
 from engine.training.tracking import Trackers

@@ -2,7 +2,7 @@
 
 ``engine.training.recipe`` calls :func:`save_state` at the steps :class:`Checkpointing` asks for and
 :func:`restore_state` when a run resumes; where a checkpoint is kept (the job's store) is ``Checkpointing.save``'s
-business (``engine.training.runner``, ``engine.training.distributed``).
+business (``engine.training.job_checkpoints``, ``engine.training.distributed``).
 """
 
 from __future__ import annotations

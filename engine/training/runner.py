@@ -1,74 +1,58 @@
-"""Training jobs: validation at create time (:class:`TrainingJobs`) and the run (:class:`TrainingRunner`).
+"""Training jobs' runs (:class:`TrainingRunner`); validation at create time is engine.training.service's
+(``TrainingJobs``).
 
 A run: PREPARING (the inputs validated at create time, or resolved again from the job's provenance after a
 restart; the parent fetched; the base model loaded once, with the job's adapter attached; for a continuation
 the continual planner's penalty and replay, measuring the parent's Fisher on that same model), RUNNING (the
-recipe in a worker thread), then publishing the adapter as a new version with its provenance and lineage. When the
-job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its metrics.csv and
-loss.png are stored beside it, best effort (engine.training.metrics; for a job cancelled while paused or queued,
-no run of it left, by ``cancelled_while_idle``). A worker that takes a job up whose version an earlier run published
-(its worker stopped before the job's end was stored) ends it SUCCEEDED with that version, untrained again
-(``earlier_result``): only a version a run of the job published as its result (``is_own_result``), not any other
-registered under the job's result request id (``result_request_id``; a client's may no longer take one of those,
-server.convert_jobs.check_request_id, but a version registered before could hold one).
+recipe in a worker thread; its checkpoints saved and resumed by engine.training.job_checkpoints), then publishing
+the adapter as a new version with its provenance and lineage (what that registers: engine.training.job_results).
+When the job ends (succeeded, failed or cancelled; not when it is paused or handed to another worker), its
+metrics.csv and loss.png are stored beside it, best effort (engine.training.metrics; for a job cancelled while
+paused or queued, no run of it left, by ``cancelled_while_idle``). A worker that takes a job up whose version an
+earlier run published (its worker stopped before the job's end was stored) ends it SUCCEEDED with that version,
+untrained again (``earlier_result``): only a version a run of the job published as its result
+(engine.training.job_results's ``is_own_result``), not any other registered under the job's result request id
+(``result_request_id``; a client's may no longer take one of those, server.convert_jobs.check_request_id, but a
+version registered before could hold one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import functools
 import logging
 import math
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from engine import telemetry
-from engine.domain import BaseProtectionMethod, BaseRetention, Example, Pin
-from engine.errors import AlreadyExists, Cancelled, DataLoss, FieldViolation, InvalidArgument, NotFound, Unavailable
-from engine.jobs.codec import request_digest
+from engine.domain import BaseProtectionMethod, Example
+from engine.errors import AlreadyExists, Cancelled
 from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
-from engine.jobs.manager import JobManager
 from engine.jobs.ports import CancelToken, LeaseLost, StopReason
-from engine.names import resource_id
-from engine.registry import AdapterRecord, AdapterRegistry, AdapterSource, PublishRequest
+from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.ports import ArtifactStore
 from engine.splits import Split, SplitRule
 from engine.telemetry import tracer
 from engine.training.base_kl import rehearsal_objective
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.distributed import train as train_on_devices
+from engine.training.job_checkpoints import resume_point, saver
+from engine.training.job_results import is_own_result, publish_request, result_request_id, whose
 from engine.training.kto import BALANCED_RANGE, KtoObjective, weight_balance
 from engine.training.loading import LoadedModel, load_for_training, release
-from engine.training.metrics import TrainingMetrics, store_metrics, training_metrics
+from engine.training.metrics import store_metrics
 from engine.training.ports import BaseEwc, ContinualPlanner, PlanRequest, Rehearsal
 from engine.training.preparation import JobPreparer, PreparedInputs, ResolvedDataset
 from engine.training.run import AddedPenalties, KnowledgeProbe, TrainingResult, TrainingRun
-from engine.training.run_state import Checkpointing, CheckpointSave
-from engine.training.spec import (
-    TRAINING,
-    CheckpointSaved,
-    StepMetrics,
-    TrainingJob,
-    TrainingJobSpec,
-    TrainingOutput,
-)
+from engine.training.run_state import Checkpointing
+from engine.training.spec import TRAINING, StepMetrics, TrainingJob, TrainingJobSpec, TrainingOutput
 from engine.training.tracking import TrackerRun, Trackers
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT_FIELD = "spec.ewc.fisher_snapshot"
-
-CHECKPOINT_STEP_LABEL = "checkpoint_step"  # the label of a version published from a checkpoint (publish_checkpoint)
-
-CHECKPOINT_STORE_SECONDS = 600  # a checkpoint's upload and record taking longer fails that checkpoint
 
 TrainFn = Callable[..., TrainingResult]
 LoadFn = Callable[[TrainingRun], LoadedModel]
@@ -170,8 +154,8 @@ class TrainingRunner:
                 policy = spec.checkpoints
                 run = replace(run, checkpointing=Checkpointing(
                     every_steps=policy.every_steps, every_seconds=policy.every_minutes * 60,
-                    scratch_dir=ctx.work_dir / "checkpoint", save=self._saver(ctx, archive),
-                    resume_from=await self._resume_point(ctx, archive),
+                    scratch_dir=ctx.work_dir / "checkpoint", save=saver(ctx, archive),
+                    resume_from=await resume_point(ctx, archive),
                 ))
         except BaseException:
             release(loaded)
@@ -307,7 +291,7 @@ class TrainingRunner:
             raise AlreadyExists(
                 "REQUEST_ID_REUSED",
                 f"the job's result was not published: request id {request_id}, under which the job publishes its "
-                f"result, is taken by version {record.version} of {record.base_model} ({_whose(record)}), which the "
+                f"result, is taken by version {record.version} of {record.base_model} ({whose(record)}), which the "
                 "job did not make; create the job again to train and publish it under a request id of its own",
                 metadata={"request_id": request_id, "base_model": record.base_model,
                           "adapter_version": record.version})
@@ -372,73 +356,6 @@ class TrainingRunner:
         if stored is not None:
             ctx.set_output(replace(ctx.job.output, metrics_artifacts=stored))
 
-    # ---- checkpoints ------------------------------------------------------------------
-
-    def _saver(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
-               archive: CheckpointArchive) -> CheckpointSave:
-        """The recipe's ``save``: called in the training thread, it stores the checkpoint on the event loop."""
-        loop = asyncio.get_running_loop()
-
-        def save(step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
-            future = asyncio.run_coroutine_threadsafe(
-                self._store_checkpoint(ctx, archive, step, state_dir, loss, eval_loss), loop)
-            try:
-                future.result(timeout=CHECKPOINT_STORE_SECONDS)
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                raise Unavailable("ARTIFACT_STORE_UNAVAILABLE",
-                                  f"storing the checkpoint took more than {CHECKPOINT_STORE_SECONDS} s") from None
-            except concurrent.futures.CancelledError:  # the event loop is stopping
-                raise Unavailable("ARTIFACT_STORE_UNAVAILABLE", "the worker is stopping") from None
-
-        return save
-
-    async def _store_checkpoint(self, ctx: JobContext[TrainingJobSpec, TrainingOutput], archive: CheckpointArchive,
-                                step: int, state_dir: Path, loss: float, eval_loss: float | None) -> None:
-        """Upload, record on the job (the record is the index), then prune beyond the policy's keep: only once
-        the job naming the new checkpoint is stored, so a crash never leaves the job pointing at nothing."""
-        record = await archive.save(ctx.job.id, step, ctx.lease_token, state_dir, loss=loss, eval_loss=eval_loss)
-        kept = (record, *ctx.job.output.checkpoints)
-        ctx.set_output(replace(ctx.job.output, checkpoints=kept))
-        ctx.record(CheckpointSaved(record))
-        keep = ctx.job.spec.checkpoints.keep
-        if len(kept) <= keep:
-            return
-        old = kept[keep:]
-        ctx.set_output(replace(ctx.job.output, checkpoints=kept[:keep]))
-        try:  # the job without the old ones is stored before they go: a record never names a deleted object
-            await ctx.persist()
-            await archive.delete(list(old))
-        except LeaseLost:
-            raise
-        except Exception:  # noqa: BLE001 - the database or the store down: the old objects stay (unrecorded)
-            log.warning("old checkpoints not deleted", extra={"job_id": ctx.job.id}, exc_info=True)
-
-    async def _resume_point(self, ctx: JobContext[TrainingJobSpec, TrainingOutput],
-                            archive: CheckpointArchive) -> Path | None:
-        """The newest usable checkpoint of the job, unpacked; a corrupt or missing one is skipped for the one
-        before it (with a warning); with none usable left the job fails with the reason."""
-        records = ctx.job.output.checkpoints
-        last: DataLoss | None = None
-        for n, record in enumerate(records):
-            try:
-                return await archive.fetch(record, ctx.work_dir / "resume" / f"{record.step}")
-            except DataLoss as exc:
-                last = exc
-                after = "trying the one before" if n + 1 < len(records) else "none is left"
-                ctx.record(Warned("CHECKPOINT_SKIPPED",
-                                  f"the checkpoint of step {record.step} cannot be used ({exc.message}); {after}"))
-                ctx.set_output(replace(ctx.job.output, checkpoints=tuple(
-                    r for r in ctx.job.output.checkpoints if r != record)))
-                with contextlib.suppress(Exception):  # unrecorded now; a store that fails here keeps an orphan
-                    await archive.delete([record])
-        if last is not None:
-            message = f"none of the job's {len(records)} checkpoints can be used; the last: {last.message}"
-            if last.reason == "CHECKPOINT_MISSING":
-                raise DataLoss("CHECKPOINT_MISSING", message, metadata=dict(last.metadata))
-            raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", message, metadata=dict(last.metadata))
-        return None
-
 
 def _with_earlier_fisher(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec: TrainingJobSpec) -> TrainingJobSpec:
     """``spec`` naming the parent's Fisher snapshot an earlier run of the job measured (it was paused, or its worker
@@ -451,26 +368,6 @@ def _with_earlier_fisher(ctx: JobContext[TrainingJobSpec, TrainingOutput], spec:
                                                 f"{lineage.parent_adapter_version} an earlier run of this job "
                                                 "measured, anchors its EWC again"))
     return replace(spec, ewc=replace(spec.ewc, fisher_snapshot=lineage.fisher_snapshot))
-
-
-def _check_named_snapshot_is_used(spec: TrainingJobSpec) -> None:
-    """INVALID_ARGUMENT INVALID_EWC_CONFIG (a violation on spec.ewc.fisher_snapshot) for a Fisher snapshot named
-    where nothing would read it: a job without a parent trains no EWC, and one with ``ewc.disabled`` none either
-    (replay reads the lineage's datasets, never a snapshot). Accepted, the name would be dropped without a word."""
-    named = spec.ewc.fisher_snapshot
-    if not named:
-        return
-    if not spec.parent_adapter_version:
-        why = "names a snapshot for EWC against a parent; this job has none"
-        summary = "a Fisher snapshot is named, and this job has no parent_adapter_version to hold EWC against"
-    elif spec.ewc.disabled:
-        resource_id(named, "fisherSnapshots", SNAPSHOT_FIELD)  # a malformed name is MALFORMED_NAME, as with EWC on
-        why = "names a snapshot for EWC; this job disables EWC (ewc.disabled)"
-        summary = "a Fisher snapshot is named, and this job disables EWC, so nothing would use it"
-    else:
-        return
-    raise InvalidArgument("INVALID_EWC_CONFIG", f"invalid EWC settings: {summary}; leave {SNAPSHOT_FIELD} empty",
-                          violations=[FieldViolation(SNAPSHOT_FIELD, why)])
 
 
 def _ends_the_job(exc: Exception, cancel: CancelToken) -> bool:
@@ -498,149 +395,10 @@ def _check_kto_balance(ctx: JobContext[TrainingJobSpec, TrainingOutput], example
         "thumbs_up_weight and thumbs_down_weight (or the examples' weights) set it")))
 
 
-def publish_request(job: TrainingJob, parent: AdapterRecord | None, adapter_dir: Path, train_loss: float, *,
-                    fence: tuple[str, str] | None = None, request_id: str = "", pins: tuple[Pin, ...] = (),
-                    labels: tuple[tuple[str, str], ...] = (),
-                    base_retention: BaseRetention | None = None, eval_loss: float | None = None) -> PublishRequest:
-    """What publishing an adapter of ``job`` (its result, or one of its checkpoints) registers."""
-    spec, lineage = job.spec, job.output.ewc_lineage
-    return PublishRequest(
-        base_model=spec.base_model,
-        adapter_dir=adapter_dir,
-        parent=parent,
-        major_bump=spec.major_version_bump,
-        training_job=job.name,
-        dataset=job.output.dataset,
-        train_loss=train_loss,
-        eval_loss=eval_loss,
-        eval_split=job.output.eval_split,
-        base_retention=base_retention,
-        base_protection=spec.base_protection,
-        base_rehearsed_examples=job.output.base_rehearsed_examples,
-        ewc_lambda=lineage.ewc_lambda if lineage else 0.0,
-        ewc_gamma=lineage.gamma if lineage else 0.0,
-        fisher_snapshot=lineage.fisher_snapshot if lineage else "",
-        ewc_fisher_space=lineage.space if lineage and lineage.fisher_snapshot else None,  # None: no EWC
-        labels=tuple(sorted({**dict(spec.labels), **dict(labels)}.items())),
-        request_id=request_id,
-        fence=fence,
-        pins=pins,
-    )
-
-
-def result_request_id(job: TrainingJob) -> str:
-    """The request id the job's own version is published under: one version per job, however many runs it takes.
-    Clients may not use ids of this form (server.convert_jobs.check_request_id)."""
-    return f"{job.name}/result"
-
-
-def is_own_result(job: TrainingJob, record: AdapterRecord) -> bool:
-    """Whether ``record`` is the job's own result, as a run of the job publishes it (``publish_request`` with no
-    labels of its own): trained, by this job, and not one of its checkpoints (``publish_checkpoint`` labels those
-    with their step, over a ``checkpoint_step`` of the job's own labels). An import, another job's version, or a
-    checkpoint of the job registered under the job's result request id is not: a client's request id took it."""
-    return (record.source is AdapterSource.TRAINED and record.training_job == job.name
-            and dict(record.labels).get(CHECKPOINT_STEP_LABEL) == dict(job.spec.labels).get(CHECKPOINT_STEP_LABEL))
-
-
-def _whose(record: AdapterRecord) -> str:
-    """What ``record`` is, in a few words: an import, an online session's, another job's, or a checkpoint's."""
-    if record.source is not AdapterSource.TRAINED:
-        return f"source {record.source.value}"
-    step = dict(record.labels).get(CHECKPOINT_STEP_LABEL)
-    return f"published from {record.training_job or 'no job'}" + (f"'s checkpoint of step {step}" if step else "")
-
-
 def eval_split(spec: TrainingJobSpec) -> SplitRule | None:
     """How a job holds its eval split out of its dataset: by prompt, with the job's seed (None: it does not)."""
     fraction = spec.hyperparameters.eval_fraction
     return SplitRule(eval_fraction=fraction, seed=spec.hyperparameters.seed) if fraction > 0 else None
-
-
-class TrainingJobs:
-    """The training jobs servicers see: create (validate, resolve, submit), get, list, cancel, watch."""
-
-    def __init__(
-        self, manager: JobManager[TrainingJobSpec, TrainingOutput], preparer: JobPreparer,
-        planner: ContinualPlanner | None = None, *, registry: AdapterRegistry, artifacts: ArtifactStore,
-        scratch_dir: Path,
-    ) -> None:
-        self._manager = manager
-        self._preparer = preparer
-        self._planner = planner
-        self._registry = registry
-        self._artifacts = artifacts
-        self._scratch = scratch_dir
-
-    async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
-                     priority: int = 0, received: object = None) -> TrainingJob:
-        """Validate and resolve ``spec``, and queue a job of it. ``received`` is the request as the client sent it,
-        before the server's defaults (``spec`` if None): the job of an earlier create with ``request_id`` and the
-        same request is returned before anything is validated (a validate_only one too), whatever changed since."""
-        digest = request_digest(spec if received is None else received)
-        earlier = await self._manager.created_for(request_id, digest)
-        if earlier is not None:
-            return earlier
-        _check_named_snapshot_is_used(spec)
-        inputs = await self._preparer.validate(spec)
-        if self._planner is not None and inputs.parent is not None and not inputs.spec.ewc.disabled:
-            await self._planner.check(inputs.spec, inputs.parent)
-        job = self._manager.new_job(inputs.spec, TrainingOutput(dataset=inputs.dataset.summary),
-                                    request_id=request_id, priority=priority, digest=digest)
-        if validate_only:  # answered as the real request would be, a reused request_id included
-            await self._manager.check_request(job)
-            return job
-        # its dataset version and parent still there as it is stored, and kept by it from then on
-        return await self._manager.submit(job, prepared=inputs,
-                                          pins=self._preparer.pins(inputs.dataset.summary, inputs.parent))
-
-    async def get(self, job_id: str) -> TrainingJob:
-        return await self._manager.get(job_id)
-
-    async def list(self, *, states: Sequence[JobState], page_size: int,
-                   page_token: str) -> tuple[list[TrainingJob], str]:
-        return await self._manager.list(states=states, page_size=page_size, page_token=page_token)
-
-    async def cancel(self, job_id: str) -> TrainingJob:
-        return await self._manager.cancel(job_id)
-
-    async def pause(self, job_id: str) -> TrainingJob:
-        return await self._manager.pause(job_id)
-
-    async def resume(self, job_id: str) -> TrainingJob:
-        return await self._manager.resume(job_id)
-
-    async def publish_checkpoint(self, job_id: str, step: int, *, request_id: str = "") -> AdapterRecord:
-        """Publish the adapter of one of the job's stored checkpoints as a new version (labelled with its step),
-        in any state of the job: a child of the job's parent, as the job's own result would be."""
-        job = await self._manager.get(job_id)
-        record = next((c for c in job.output.checkpoints if c.step == step), None)
-        if record is None:
-            steps = ", ".join(str(c.step) for c in job.output.checkpoints) or "none"
-            raise NotFound("CHECKPOINT_NOT_FOUND", f"job {job.name} has no stored checkpoint of step {step} "
-                                                   f"(stored: {steps})", metadata={"name": job.name, "step": str(step)})
-        parent = None
-        if job.spec.parent_adapter_version:
-            parent = await self._registry.get(job.spec.base_model, job.spec.parent_adapter_version)
-        self._scratch.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="publish-checkpoint-", dir=self._scratch))
-        try:
-            state = await CheckpointArchive(self._artifacts, work / "archive").fetch(record, work / "state")
-            return await self._registry.publish(publish_request(  # what it names still there as it is registered
-                job, parent, state / "adapter", record.loss, request_id=request_id,
-                pins=self._preparer.pins(job.output.dataset, parent),
-                labels=((CHECKPOINT_STEP_LABEL, str(step)),), eval_loss=record.eval_loss,
-            ))
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-
-    def watch(self, job_id: str, *, after_sequence: int = 0) -> AsyncIterator[TrainingJob | JobEvent]:
-        return self._manager.watch(job_id, after_sequence=after_sequence)
-
-    async def metrics(self, job_id: str) -> tuple[TrainingJob, TrainingMetrics]:
-        """The job and its metrics as its event log holds them now (engine.training.metrics)."""
-        job, events = await self._manager.events(job_id)
-        return job, await asyncio.to_thread(training_metrics, job.name, events)
 
 
 def _metrics_not_stored(exc: Exception) -> Warned:

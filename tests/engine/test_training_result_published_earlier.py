@@ -22,11 +22,12 @@ from engine.jobs.manager import JobManager
 from engine.registry import AdapterRegistry, AdapterSource, PublishRequest
 from engine.stores.artifacts_local import LocalArtifactStore
 from engine.stores.memory import InMemoryAdapterIndex, InMemoryJobStore, InMemoryServingState, InProcessQueue
+from engine.training.job_results import publish_request, result_request_id
 from engine.training.loading import LoadedModel
 from engine.training.models import DevicePlan
 from engine.training.preparation import PreparedInputs, ResolvedDataset
 from engine.training.run import TrainingResult
-from engine.training.runner import TrainingRunner, publish_request, result_request_id
+from engine.training.runner import TrainingRunner
 from engine.training.spec import StepMetrics, TrainingJobSpec, TrainingOutput
 from tests.fixtures.peft_adapters import build_peft_adapter
 from tests.fixtures.server_settings import TINY

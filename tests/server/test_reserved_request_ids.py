@@ -1,5 +1,5 @@
 """Request ids of the forms trainingJobs/<id>/result and onlineSessions/<id>/publish/<n> are the server's: a
-training job publishes its result under its own (engine.training.runner.result_request_id), a session its
+training job publishes its result under its own (engine.training.job_results.result_request_id), a session its
 publications, and the registry answers a request id it knows with the version registered under it. A client's
 ImportAdapter or PublishCheckpoint under one registered a version the job took for its own result: it ended
 SUCCEEDED with it untrained, or had its own publish answered with it. They are refused INVALID_ARGUMENT
@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.training.runner import result_request_id
+from engine.training.job_results import result_request_id
 from learning.v1 import adapter_pb2 as adapter_pb
 from learning.v1 import training_pb2 as pb
 from server.convert_jobs import check_request_id
