@@ -1,4 +1,4 @@
--- How far an online session learning from feedback (engine/online/runner.py, learn_from_feedback) has made the
+-- How far an online session learning from feedback (engine/online/session.py, _take_feedback) has made the
 -- feedback on its live model into examples: the end, by event time, of the last window it read (NULL: none read
 -- yet; the first window starts at the session's creation). It moves in the transaction that stores the window's
 -- examples (engine/stores/online_store.py, add_feedback). Before, it was only on the session's job
