@@ -15,12 +15,19 @@ base model's answers) instead of at the base model, and beside it a continuation
 (``--ewc``, ``--ewc-lambda``, the service's default 0.1) and BASE_KL at ``--kl-fraction`` / weight 2 (``--kl``), as
 bench/base_retention.py builds them. The factors are kept under ``--models-dir`` per seed and sample count.
 
+``--task-kfac-lambda`` holds a continuation's earlier tasks with the same K-FAC form in place of EWC's diagonal one:
+each version's factors measured at its own weights on its own task's examples (the Fisher of its answers under its
+own distribution), and a continuation penalised by each earlier task's penalty anchored at its parent (online, as
+the service's EWC anchors at the parent). ``--first-cached`` keeps a first version under ``--models-dir`` by what
+it depends on (seed, lambda, samples, BASE_KL), so the variations of a continuation train it once.
+
     .venv/bin/python bench/base_kfac.py --seed 1 --kfac-lambda 256 --out bench/results/base-kfac-validation-s1-l256.json
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +64,16 @@ def factors_of(base_dir: Path, pool: list[Example], work: Path, samples: int, se
                         samples=samples, seed=seed)  # a fresh adapter: every B is 0, the base model
 
 
+def task_factors_of(base_dir: Path, version: Path, task: list[Example], work: Path, samples: int,
+                    seed: int) -> Factors:
+    """A version's K-FAC factors on its own task's examples at its own weights (its adapter as trained, answers
+    sampled from its own distribution): what a continuation holding that task is penalised with."""
+    loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
+                                           [], work / "unused", parent_adapter_dir=version))
+    return kfac_factors(loaded.model, encode_dataset(loaded.tokenizer, task, MAX_SEQ_LENGTH), loaded.plan,
+                        samples=samples, seed=seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
@@ -68,6 +85,9 @@ def main() -> None:
     parser.add_argument("--ewc-lambda", type=float, default=0.1, help="its lambda (the service's default 0.1)")
     parser.add_argument("--kl", action="store_true", help="BASE_KL beside it, weight 2, at --kl-fraction")
     parser.add_argument("--kl-fraction", type=float, default=0.3)
+    parser.add_argument("--task-kfac-lambda", type=float, default=0.0,
+                        help="a continuation's K-FAC penalty on each earlier task (0: none)")
+    parser.add_argument("--first-cached", action="store_true", help="train the first version once per config")
     br.one_variation_args(parser)
     args = parser.parse_args()
     base_dir, probe, report = br.one_variation_start(args)
@@ -88,6 +108,7 @@ def main() -> None:
         tasks = [task_a, task_b, br.word_task(12, args.seed)][: args.versions]
         parent: Path | None = None
         fisher = None
+        task_factors: list[Factors] = []
         for step, task in enumerate(tasks):
             examples = list(task)
             anchor = load_adapter_weights(parent) if args.at_parent and parent is not None else None
@@ -96,16 +117,29 @@ def main() -> None:
                 penalty = AddedPenalties(
                     make_penalty(FisherSpace.LORA_PARAMETERS, fisher, load_adapter_weights(parent), args.ewc_lambda),
                     penalty)
+            if task_factors and parent is not None:
+                held = load_adapter_weights(parent)
+                penalty = AddedPenalties(penalty, *(KfacPenalty(f, args.task_kfac_lambda, held) for f in task_factors))
             objective = rotation = None
             if args.kl:
                 examples, objective, rotation = br.with_base_kl(examples, pool, references, args.kl_fraction)
             out = work / f"v{step}"
-            seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
-                            objective=objective, rotation=rotation)
+            first = (args.models_dir / f"bench-kfac-first-s{args.seed}-l{args.kfac_lambda:g}-k{args.samples}"
+                     f"{f'-kl{args.kl_fraction:g}' if args.kl else ''}")
+            if step == 0 and args.first_cached and (first / "adapter_config.json").is_file():
+                out, seconds = first, float("nan")
+            else:
+                seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
+                                objective=objective, rotation=rotation)
+                if step == 0 and args.first_cached:
+                    shutil.copytree(out, first.with_suffix(".tmp"), dirs_exist_ok=True)
+                    first.with_suffix(".tmp").replace(first)
             br.version_scored(report, f"seed {args.seed} kfac {args.kfac_lambda:g} after {'ABC'[step]}",
                               probe, base_dir, out, tasks, seconds)
             if args.ewc:
                 fisher = br.fisher_accumulated(fisher, base_dir, out, task, args.seed)
+            if args.task_kfac_lambda and step < len(tasks) - 1:
+                task_factors.append(task_factors_of(base_dir, out, task, work, args.samples, args.seed))
             parent = out
     br.report_written(report, args.out)
 
