@@ -1,4 +1,5 @@
-# Learning Engine: `make run` (set up + start on embedded defaults), `make test` (set up + all checks).
+# Learning Engine: `make run` (set up + start on embedded defaults), `make test` (set up + all checks + the tests but
+# the slow ones), `make test-slow` (the slow ones), `make test-all` (both; what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ PYTEST_WORKERS ?= 2
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
-.PHONY: setup model samples run test test-fast check pytest protos sync-client docs lint clean max-conformance
+.PHONY: setup model samples run test test-slow test-all test-fast check pytest pytest-slow protos sync-client docs lint clean max-conformance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,10 @@ run: model samples
 
 test: setup check pytest
 
+test-slow: setup pytest-slow
+
+test-all: test test-slow
+
 check: setup
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/python scripts/gen_sync_client.py --check
@@ -64,8 +69,13 @@ check: setup
 	$(BIN)/ruff check engine server scripts tests clients/python/learning_engine $(wildcard bench)
 	$(BIN)/mypy
 
+# `slow`: the tests of 3 s or more on a 2-core machine (real training, servers in other processes, the CLI's and the
+# replicas' end-to-end runs; tests/conftest.py); `make pytest` leaves them to `make pytest-slow`.
 pytest: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25 -m "not slow"
+
+pytest-slow: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25 -m slow
 
 # The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
 test-fast: setup

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.test_cli_e2e import cli
 from tests.server.conftest import TINY
 
 
+@pytest.mark.slow
 async def test_drift_report_command(make_server) -> None:
     port = (await make_server(embedded_worker=False)).app.port
     human = await cli(port, "drift", "report", "--days", "7")

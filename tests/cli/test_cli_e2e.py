@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from engine.training.models import select_device
 from engine.training.spec import Precision
 from learning.v1 import common_pb2, fisher_pb2, fisher_pb2_grpc
@@ -55,6 +57,7 @@ async def cli(port: int, *args: str, token: str | None = None, columns: int = 12
     return Result(proc.returncode, out.decode(), err.decode())
 
 
+@pytest.mark.slow
 async def test_train_watch_deploy_rollback(make_server):
     server = await make_server(metrics_port=0)
     port = server.app.port
@@ -154,6 +157,7 @@ async def test_train_watch_deploy_rollback(make_server):
     assert any(s["name"] == "learning_engine_adapter_swap_seconds_count" for s in samples)
 
 
+@pytest.mark.slow
 async def test_exit_codes_follow_the_grpc_status(make_server):
     token = "trainer-token-cli-test-0123456789"
     server = await make_server(auth_tokens=(AuthToken(name="t", role="trainer", sha256=access.hash_token(token)),))

@@ -25,6 +25,7 @@ def peft_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return build_peft_adapter(tiny_model_dir, tmp_path / "peft" / "run", seed=3)
 
 
+@pytest.mark.slow
 async def test_a_local_golden_suite_is_uploaded_as_a_golden_dataset_and_evaluated_by_version(
         make_server, peft_dir: Path, tmp_path: Path) -> None:
     port = (await make_server(eval_max_tokens=4)).app.port

@@ -9,10 +9,13 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_cli_e2e import cli
 from tests.server.lora_helpers import train
 
 
+@pytest.mark.slow
 async def test_online_commands(make_server, tmp_path: Path) -> None:
     server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)
     port = server.app.port
@@ -70,6 +73,7 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert gone.code == 9 and "ONLINE_NO_LIVE_ALIAS" in gone.err, gone.err
 
 
+@pytest.mark.slow
 async def test_online_kto_session_from_the_cli(make_server, tmp_path: Path) -> None:
     server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)
     port = server.app.port

@@ -45,6 +45,7 @@ def feedback_lines(*users: str) -> str:
     }) + "\n" for i, user in enumerate(users))
 
 
+@pytest.mark.slow
 async def test_jobs_feedback_registry_and_serving_commands(make_server, data_dir: Path, peft_dir: Path,
                                                           tmp_path: Path) -> None:
     (data_dir / "datasets" / "golden.jsonl").write_text(
@@ -285,6 +286,7 @@ async def test_train_data_uploads_a_file_of_this_machine(make_server, data_dir: 
     assert (await cli(port, *TRAIN, "--validate-only")).code == 0  # capitals.jsonl: the server's file
 
 
+@pytest.mark.slow
 async def test_evaluating_the_base_model_itself(make_server, data_dir: Path, tmp_path: Path) -> None:
     """`evaluate --base-model-itself` (and as a job, and its reports, the learning curve's chart too): the base model
     on the golden suites only, against itself while no version is active; naming a version too, or no golden suite,

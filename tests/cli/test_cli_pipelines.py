@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.test_cli_e2e import cli
 
 
+@pytest.mark.slow
 async def test_pipelines_commands(make_server) -> None:
     port = (await make_server()).app.port
     made = await cli(port, "pipelines", "create", "nightly", "--data", "capitals.jsonl", "--epochs", "1",

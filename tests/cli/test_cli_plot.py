@@ -8,6 +8,8 @@ import io
 import struct
 from pathlib import Path
 
+import pytest
+
 from engine.training.metrics import CSV_COLUMNS, PNG_SIZE
 from tests.cli.test_cli_e2e import cli
 
@@ -21,6 +23,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 async def test_watch_bars_and_jobs_plot(make_memory_server, data_dir: Path, tmp_path: Path) -> None:
     port = (await make_memory_server()).app.port
     first = await cli(port, *TRAIN)

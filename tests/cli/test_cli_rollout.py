@@ -19,6 +19,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return [build_peft_adapter(tiny_model_dir, root / f"run{seed}", seed=seed) for seed in (3, 4)]
 
 
+@pytest.mark.slow
 async def test_traffic_split_and_canary_commands(make_server, adapters: list[Path]) -> None:
     port = (await make_server()).app.port
     for adapter, version in zip(adapters, ("v1.0", "v2.0"), strict=True):

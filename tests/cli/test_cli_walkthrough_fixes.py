@@ -68,6 +68,7 @@ def test_force_without_from_feedback_is_refused_rather_than_ignored(command: lis
     assert "--force applies to --from-feedback" in line, line
 
 
+@pytest.mark.slow
 async def test_the_minimum_and_force_reach_the_server_and_the_golden_sample_validates(make_server,
                                                                                      tmp_path: Path) -> None:
     server = await make_server()
@@ -128,6 +129,7 @@ def test_the_pages_name_the_golden_sample_where_it_is(page: str) -> None:
 # ---- 5, 7: online update and online send -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_online_send_names_refused_lines_and_update_is_refused_while_disabled(make_server,
                                                                                      tmp_path: Path) -> None:
     server = await make_server(online_poll_seconds=0.05, online_follow_seconds=0.1, online_max_update_share=1.0)

@@ -38,6 +38,7 @@ def _refused(args: list[str], path: Path | None) -> None:
     assert path is None or error["metadata"]["path"] == str(path), error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_missing_file_is_a_usage_error(command: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
@@ -46,6 +47,7 @@ def test_a_missing_file_is_a_usage_error(command: list[str], tmp_path: Path) -> 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c[:2] != ["adapters", "import"]],
                          ids=lambda c: " ".join(c[:2]))
+@pytest.mark.slow
 def test_a_directory_where_a_file_goes_is_a_usage_error(command: list[str], tmp_path: Path) -> None:
     _refused(_args(command, tmp_path), tmp_path)
 

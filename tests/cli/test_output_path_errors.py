@@ -74,6 +74,7 @@ def _unwritable(tmp_path: Path, where: str) -> Path:
     return tmp_path / "plots" / "deeper" / "loss.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["directory", "under-a-file"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 async def test_an_output_path_that_cannot_be_written_is_a_usage_error(port: int, tmp_path: Path, command: str,

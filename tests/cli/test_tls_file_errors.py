@@ -37,6 +37,7 @@ def pem(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--tls-ca", "--tls-cert", "--tls-key"])
 @pytest.mark.parametrize("what", ["missing", "directory"])
 def test_an_unreadable_tls_file_is_a_usage_error_naming_its_flag(flag, what, tmp_path, pem):

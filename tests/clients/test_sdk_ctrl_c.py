@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from learning_engine import AsyncClient
 from tests.server.conftest import spec
 
@@ -36,6 +38,7 @@ with Client(sys.argv[1]) as client:
 """
 
 
+@pytest.mark.slow
 async def test_ctrl_c_in_a_blocking_watch_and_wait_raises_keyboard_interrupt(make_server):
     server = await make_server(embedded_worker=False)  # a training job stays QUEUED: wait() blocks
     target = f"127.0.0.1:{server.app.port}"

@@ -72,6 +72,7 @@ async def test_a_steady_download_longer_than_the_timeout_completes(tmp_path: Pat
 
 @pytest.mark.parametrize(("link", "within"), [(Link(stall=True), TIMEOUT + 2), (Link(before_header=30), TIMEOUT)],
                          ids=["stalled", "no-header"])
+@pytest.mark.slow
 async def test_a_download_past_its_deadline_fails_and_leaves_nothing(tmp_path: Path, link: Link,
                                                                      within: float) -> None:
     server, target = await _serve(link)

@@ -48,6 +48,7 @@ async def test_a_batch_generator_that_uses_the_client_does_not_deadlock(client):
     assert (await _in_thread(use))["stored"] == 2
 
 
+@pytest.mark.slow
 async def test_a_slow_batch_generator_does_not_hold_up_other_calls(client):
     def use(outcome: dict[str, object]) -> None:
         with Client(f"127.0.0.1:{client.app.port}", timeout=10) as sdk:

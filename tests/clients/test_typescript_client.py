@@ -47,6 +47,7 @@ def _ensure_node_modules() -> None:
         _sync("npm", "ci", "--no-audit", "--no-fund", cwd=PACKAGE, timeout=300)
 
 
+@pytest.mark.slow
 async def test_npm_test_against_a_live_server(client):
     env = {**os.environ, "LEARNING_ENGINE_URL": f"http://127.0.0.1:{client.app.port}"}
     _ensure_node_modules()

@@ -90,6 +90,7 @@ def server(tmp_path: Path, tiny_model_dir: Path):
     log.close()
 
 
+@pytest.mark.slow
 def test_grpcurl_walkthrough_then_sigterm_drains_to_not_serving_and_exits(server):
     """The walkthrough, then SIGTERM on the same server (one server start fewer than a server for each)."""
     _grpcurl_walkthrough(server)

@@ -52,6 +52,7 @@ async def _serving(root: Path, name: str, database_url: str, tiny_model_dir: Pat
     raise AssertionError(f"{name} did not become healthy: {log.read_text()[-3000:]}")
 
 
+@pytest.mark.slow
 async def test_two_server_processes_fire_a_trigger_once(database_url: str, tmp_path: Path, tiny_model_dir: Path):
     shared = {"artifacts_path": str(tmp_path / "artifacts"), "datasets_path": str(tmp_path / "datasets"),
               "pipeline_trigger_interval_seconds": TICK,

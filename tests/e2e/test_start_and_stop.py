@@ -113,6 +113,7 @@ def _gone(processes: list[psutil.Process], timeout: float = 60) -> list[psutil.P
     return alive
 
 
+@pytest.mark.slow
 def test_a_killed_server_takes_its_children_along_and_the_next_start_recovers(tmp_path: Path, tiny_model_dir):
     server = Server(tmp_path, tiny_model_dir)
     server.launch()
@@ -138,6 +139,7 @@ def test_a_killed_server_takes_its_children_along_and_the_next_start_recovers(tm
     assert server.leftovers() == []
 
 
+@pytest.mark.slow
 def test_a_failed_start_says_why_in_one_line_and_leaves_nothing_running(tmp_path: Path, tiny_model_dir):
     """The gateway's port is taken: the last part to start fails, after PostgreSQL and its keeper started."""
     with socket.socket() as taken:
@@ -155,6 +157,7 @@ def test_a_failed_start_says_why_in_one_line_and_leaves_nothing_running(tmp_path
     assert _gone([p for p in [server.postmaster()] if p is not None]) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_stops_what_had_started(tmp_path: Path, tiny_model_dir):
     server = Server(tmp_path, tiny_model_dir)
     server.launch()

@@ -137,6 +137,7 @@ async def _versions(api) -> list[str]:
     return [a.version for a in (await stub.ListAdapters(adapter_pb2.ListAdaptersRequest())).adapters]
 
 
+@pytest.mark.slow
 async def test_jobs_outlive_their_workers(cluster):
     api, workers = cluster
     first, second = await asyncio.gather(workers.start(), workers.start())  # (each loads torch: together)

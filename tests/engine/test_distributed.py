@@ -96,6 +96,7 @@ def two_devices() -> DevicePlan:
     return plan
 
 
+@pytest.mark.slow
 @pytest.mark.model
 def test_two_processes_take_one_processs_steps_and_pause_into_a_checkpoint_one_process_resumes(
     tiny_model_dir: Path, tmp_path: Path
@@ -227,6 +228,7 @@ def sharded_notice(sink: RecordingSink) -> str:
     return notices[0]
 
 
+@pytest.mark.slow
 @pytest.mark.model
 def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weights(
     tiny_model_dir: Path, tmp_path: Path
@@ -273,6 +275,7 @@ def test_fsdp_two_processes_resume_one_processs_checkpoint_and_end_at_its_weight
     assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.model
 def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_their_checkpoint(
     tiny_model_dir: Path, tmp_path: Path
@@ -318,6 +321,7 @@ def test_fsdp_two_processes_take_one_processs_steps_and_one_process_resumes_thei
     assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.model
 def test_fsdp_two_processes_hold_the_adapter_to_the_base_as_one_process_does(tiny_model_dir: Path,
                                                                              tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ def test_the_limit_covers_the_longest_configured_length(tmp_path) -> None:
     assert backend_max_tokens(Settings(data_dir=tmp_path, prepare_max_tokens=8192)) == 8192
 
 
+@pytest.mark.slow
 async def test_an_answer_length_the_settings_accept_is_served(tiny_model_dir, data_dir, monkeypatch) -> None:
     monkeypatch.delenv("LEARNING_ENGINE_CONFIG", raising=False)
     settings = Settings(data_dir=data_dir, default_base_model=TINY, base_models={TINY: tiny_model_dir},

@@ -114,6 +114,7 @@ def dropout_generators(checkpoint: Path, plan: DevicePlan) -> list[torch.Tensor]
     return [s["cuda" if plan.device == "cuda" else "cpu"] for s in rng_ranks(checkpoint)]
 
 
+@pytest.mark.slow
 @pytest.mark.model
 def test_two_processes_with_dropout_resumed_on_two_continue_the_uninterrupted_trajectory(
         tiny_model_dir: Path, tmp_path: Path) -> None:

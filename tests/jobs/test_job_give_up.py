@@ -203,6 +203,7 @@ class ReleaseDownStore(InMemoryJobStore[CountSpec, CountOutput]):
         return await super().release(job, events, lease)
 
 
+@pytest.mark.slow
 async def test_a_paused_job_whose_release_failed_on_the_last_attempt_is_paused_by_the_next(tmp_path: Path) -> None:
     """The run began, was paused, and could not store its release (PAUSED) within its retries, on the queue's last
     attempt: the job is queued again, and the next attempt claims it with the pause asked of it and pauses it."""

@@ -44,6 +44,7 @@ async def opened(database_url: str):
         await pool.close()
 
 
+@pytest.mark.slow
 async def test_a_failed_heartbeat_does_not_hand_a_running_job_to_another_worker(opened) -> None:
     pool, queue = opened
     manager = queue._app.job_manager

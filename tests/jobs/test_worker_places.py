@@ -158,6 +158,7 @@ async def _items(pool: asyncpg.Pool) -> dict[str, str]:
         "SELECT status, args->>'job_id' AS job FROM procrastinate_jobs")}
 
 
+@pytest.mark.slow
 async def test_a_busy_worker_leaves_the_next_job_to_an_idle_worker(processes) -> None:
     """Worker A runs a job (its one slot taken); a second job is queued, and worker B starts idle. A took the second
     job's item as well (its queue worker had places beyond its slots, for sessions) and held it, waiting for its own
@@ -174,6 +175,7 @@ async def test_a_busy_worker_leaves_the_next_job_to_an_idle_worker(processes) ->
     assert (await b.jobs.get(first.id)).state is JobState.RUNNING  # still on A
 
 
+@pytest.mark.slow
 async def test_sessions_and_training_jobs_never_take_each_others_places(processes) -> None:
     """A worker running as many sessions as it may (and one more queued) still starts a training job; one running
     a training job (and more queued) still starts sessions. With one set of places for both, a session waiting for
@@ -307,6 +309,7 @@ async def test_a_stalled_session_item_in_the_training_queue_is_put_back_into_the
     assert (await a.jobs.get(job.id)).state is JobState.RUNNING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["evaluations", "preparations"])
 async def test_a_busy_serving_replica_leaves_the_next_evaluation_to_an_idle_one(processes, kind: str) -> None:
     """Replica A runs an evaluation (its one evaluation slot taken); a second is queued, and replica B starts idle.

@@ -68,6 +68,7 @@ async def test_a_waiting_migration_lets_the_tables_queries_through_and_applies_o
         await holder.close()
 
 
+@pytest.mark.slow
 async def test_a_migration_that_never_gets_its_lock_fails_the_start_having_applied_nothing_of_it(
         migrated: asyncpg.Pool, database_url: str) -> None:
     holder = await _holding_the_table(database_url)

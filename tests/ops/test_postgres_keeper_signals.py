@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 OWNER = """
 import signal, sys
@@ -70,6 +71,7 @@ def gone(pid: int, within: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_group_leaves_postgres_to_the_owner(tmp_path: Path) -> None:
     pgdata = tmp_path / "pg"
     owner, url, keeper = start_owner(pgdata)

@@ -107,6 +107,7 @@ def _outward_address() -> str | None:
     return None if ipaddress.ip_address(address).is_loopback else address
 
 
+@pytest.mark.slow
 async def test_the_reference_backend_listens_on_loopback_when_the_server_listens_on_every_address(
         data_dir: Path, tiny_model_dir: Path):
     """The gateway is the backend's only caller; the backend has no tokens of its own, so anyone reaching it could

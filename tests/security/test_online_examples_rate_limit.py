@@ -92,6 +92,7 @@ async def test_add_examples_over_the_tokens_limit_is_refused_as_feedback_is(make
         assert other.accepted == 4 and other.last_sequence - added.last_sequence == 4
 
 
+@pytest.mark.slow
 async def test_a_stream_message_over_the_tokens_limit_ends_the_stream_as_feedback_is(make_server):
     async with limited(make_server) as (online, name, _):
 

@@ -104,6 +104,7 @@ async def train(client: Client, parent: str = "") -> tpb.TrainingJob:
     return (await client.training.GetTrainingJob(tpb.GetTrainingJobRequest(name=job.name))).training_job
 
 
+@pytest.mark.slow
 async def test_lineage_metadata_download_and_reimport(adapters: Adapters, tiny_model_dir: Path, tmp_path: Path):
     jobs = [await train(adapters.client)]
     jobs.append(await train(adapters.client, parent="v1.0"))
@@ -317,6 +318,7 @@ async def test_delete_protection_retention_and_tombstones(adapters: Adapters, pe
     assert [a.HasField("delete_time") for a in chain] == [False, True, True, False]
 
 
+@pytest.mark.slow
 async def test_s3_outage_fails_the_publish_cleanly_and_a_retry_succeeds(make_server, tmp_path: Path):
     weed = SeaweedFS(tmp_path / "weed").start()
     try:

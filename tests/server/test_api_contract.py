@@ -244,6 +244,7 @@ async def test_a_page_token_pages_its_own_list_to_the_end(make_server):
     assert sorted(seen) == sorted(made) and not token
 
 
+@pytest.mark.slow
 async def test_a_pipeline_run_page_token_is_refused_for_another_pipeline(make_server):
     client = await make_server(embedded_worker=False)
     stub = pipelines(client)

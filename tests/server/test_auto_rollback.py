@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+import pytest
+
 from engine.lora.auto_rollback import AutoRollback, AutoRollbackConfig
 from engine.lora.state import FeedbackCounts
 from tests.server.lora_helpers import activate, status, train
@@ -26,6 +28,7 @@ class GatedRates:
         return self.counts_by_version.get(version, FeedbackCounts())
 
 
+@pytest.mark.slow
 async def test_auto_rollback_leaves_a_version_activated_while_it_judged_the_one_before(make_server):
     client = await make_server()
     v10 = await train(client)

@@ -90,6 +90,7 @@ async def _fails(call, code: grpc.StatusCode, reason: str) -> list[tuple[str, st
     return violations
 
 
+@pytest.mark.slow
 async def test_worse_feedback_rolls_the_canary_back_and_better_feedback_promotes_it(make_server):
     client = await make_server(**RETIRE_FAST)  # an ended canary's candidate is retired in the background, soon
     v10 = await train(client)
@@ -168,6 +169,7 @@ async def test_worse_feedback_rolls_the_canary_back_and_better_feedback_promotes
     assert [(s["decision"], s["end_time"] is not None) for s in splits] == [("ROLLED_BACK", True), ("PROMOTED", True)]
 
 
+@pytest.mark.slow
 async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_server, tiny_model_dir):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     client = await make_server(serving_url=backend.url, **RETIRE_FAST)
@@ -238,6 +240,7 @@ async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_s
     await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server, tiny_model_dir, tmp_path):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     client = await make_server(serving_url=backend.url)
@@ -271,6 +274,7 @@ async def test_a_restarted_server_resumes_the_canary_with_its_counts(make_server
     await backend.stop()
 
 
+@pytest.mark.slow
 async def test_two_serving_processes_count_one_canary_and_the_other_decides_when_the_first_stops(
         make_server, tiny_model_dir, tmp_path):
     """Replicas behind a load balancer: each gateway counts its share of the canary's traffic, the decision is

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as lc
 from learning.v1 import pipeline_pb2 as pp
@@ -15,6 +17,7 @@ from tests.server.test_pipelines import from_file, pipelines
 from tests.server.test_pipelines_canary import canary_of
 
 
+@pytest.mark.slow
 async def test_a_cancelled_run_leaves_alone_an_operators_canary_of_the_same_version(make_server, data_dir: Path,
                                                                                      tmp_path: Path):
     client = await make_server(pipeline_poll_seconds=0.2, serving_follow_seconds=600)

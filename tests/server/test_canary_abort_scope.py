@@ -33,6 +33,7 @@ async def refused(call) -> tuple[grpc.StatusCode, str, dict[str, str], list[tupl
     return caught.value.code(), info.reason, dict(info.metadata), violations
 
 
+@pytest.mark.slow
 async def test_abort_canary_with_a_version_ends_only_that_versions_canary(make_server):
     client = await make_server(**RETIRE_FAST)  # the aborted candidate is retired in the background, soon
     v10 = await train(client)
@@ -73,6 +74,7 @@ async def test_abort_canary_with_a_version_ends_only_that_versions_canary(make_s
         grpc.StatusCode.FAILED_PRECONDITION, "NO_CANARY_RUNNING", {})
 
 
+@pytest.mark.slow
 async def test_a_cancelled_run_leaves_alone_a_canary_it_did_not_start(make_server, data_dir: Path, tmp_path: Path):
     # The run's process takes up what the other process records only when asked for its status (and every ten
     # minutes): the other's abort and start stay unseen there until the cancel's own abort reads the store. That is

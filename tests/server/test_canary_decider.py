@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 from google.protobuf import duration_pb2
 
 from engine.lora.canary import CanaryDecision
@@ -16,6 +17,7 @@ from tests.server.lora_helpers import activate, train
 from tests.server.test_canary import start
 
 
+@pytest.mark.slow
 async def test_a_canary_whose_decider_was_not_claimed_at_its_start_is_started_and_decided(make_server, monkeypatch):
     # Following every ten minutes, and the test never asks for the status (which follows): no follow's takeover of
     # the decider decides this canary in the test's time, only the loop of the process that started it.

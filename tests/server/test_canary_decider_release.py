@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from google.protobuf import duration_pb2
 
 from engine.lora.canary import CanaryDecision
@@ -15,6 +16,7 @@ from tests.server.lora_helpers import activate, train
 from tests.server.test_canary import start
 
 
+@pytest.mark.slow
 async def test_a_stopped_decider_lets_the_next_process_decide_the_canary_at_once(make_server):
     # An hour between checks: the lease of the process that started the canary lasts three hours unreleased. No
     # periodic follow either (every ten minutes): only what a process does as it starts and closes counts here.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from learning.v1 import common_pb2 as common
 from learning.v1 import pipeline_pb2 as pp
 from tests.server.lora_helpers import status
@@ -16,6 +18,7 @@ from tests.server.test_pipelines import pipelines
 ENDED = (common.JOB_STATE_FAILED, common.JOB_STATE_CANCELLED, common.JOB_STATE_SUCCEEDED)
 
 
+@pytest.mark.slow
 async def test_a_failed_write_of_the_canary_split_does_not_fail_the_run_and_leave_its_canary(make_server):
     client = await make_server(pipeline_poll_seconds=0.2)
     await _careful(client)

@@ -126,6 +126,7 @@ async def test_a_job_stored_without_a_digest_is_compared_by_spec(pg_client):
         await _end(client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=first.name)))
 
 
+@pytest.mark.slow
 async def test_an_online_session_retried_after_the_active_version_changed_is_the_session(make_pg_server):
     client = await make_pg_server(**FAST)
     first = await train(client, epochs=1)

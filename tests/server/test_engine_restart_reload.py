@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from engine.serving.reference_model import ReferenceModel
 from learning.v1 import lora_control_pb2 as lc
@@ -54,6 +55,7 @@ def _counting_loads(client) -> list[str]:
     return loads
 
 
+@pytest.mark.slow
 async def test_the_alias_serves_the_active_version_again_after_the_engine_restarts(make_server, tiny_model_dir):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     client = await make_server(serving_url=backend.url, serving_follow_seconds=0.2)
@@ -85,6 +87,7 @@ async def test_the_alias_serves_the_active_version_again_after_the_engine_restar
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_two_serving_processes_sharing_the_engine_reload_each_version_once(make_server, tiny_model_dir,
                                                                                    tmp_path):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
@@ -109,6 +112,7 @@ async def test_two_serving_processes_sharing_the_engine_reload_each_version_once
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_version_an_activation_retired_after_the_engine_restarted_is_not_loaded_back(make_server,
                                                                                             tiny_model_dir):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))

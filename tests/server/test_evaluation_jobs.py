@@ -255,6 +255,7 @@ async def test_bad_suite_datasets_are_refused(make_server, data_dir: Path):
     (pb.EvaluationJobSpec(version="v1.0", suite_paths=["bad.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT,
      "EVAL_SUITE_INVALID", "line[2].source"),
 ])
+@pytest.mark.slow
 async def test_bad_specs_are_refused_before_a_job_exists(make_server, data_dir: Path, spec, code, reason, field):
     client = await make_server()
     if spec.version == "v1.0":

@@ -129,6 +129,7 @@ async def test_a_judge_that_is_down_fails_the_evaluation_and_the_activation(make
     assert (await status(client)).active_version == ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium.binary() is None, reason=chromium.MISSING)
 async def test_a_real_evaluation_report_renders_its_charts_in_chromium(make_server, data_dir: Path,
                                                                         tmp_path: Path):

@@ -32,6 +32,7 @@ def scores(summary) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 async def test_an_evaluation_charts_the_learning_curve_across_its_lineage(make_server, data_dir: Path):
     quiz(data_dir)
     client = await make_server(eval_gate=True, eval_max_tokens=4)

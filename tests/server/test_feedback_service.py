@@ -338,6 +338,7 @@ async def _run(client, spec: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, dict[s
     return job, warnings
 
 
+@pytest.mark.slow
 async def test_continual_update_from_feedback_anchors_to_the_parents_feedback_without_forgotten_users(client):
     """The weekly loop: v1.0 from feedback, a user forgotten, then v1.1 from feedback with EWC (its Fisher on
     v1.0's feedback, rebuilt) and replay, under the KTO objective."""

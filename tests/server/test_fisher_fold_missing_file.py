@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.server.conftest import spec
 from tests.server.test_fisher_service import ewc_spec, train
 
 
+@pytest.mark.slow
 async def test_a_parents_snapshot_whose_file_is_gone_is_not_folded_in_and_says_so(make_pg_server,
                                                                                    data_dir: Path) -> None:
     client = await make_pg_server()

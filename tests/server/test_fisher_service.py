@@ -41,6 +41,7 @@ async def train(client, request: pb.TrainingJobSpec) -> tuple[pb.TrainingJob, li
     return final, events
 
 
+@pytest.mark.slow
 async def test_ewc_across_versions_records_lineage_and_exposes_the_fisher(make_server):
     client = await make_server(ewc_product_lambda_default=0.2)  # tells the two spaces' defaults apart
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)
@@ -163,6 +164,7 @@ async def test_fisher_job_streams_progress_stores_a_snapshot_and_deletes_it(pg_c
     assert error_details(err.value)[0].reason == "FISHER_SNAPSHOT_NOT_FOUND"
 
 
+@pytest.mark.slow
 async def test_bad_fisher_and_ewc_input(make_server):
     client = await make_server(rate_limit_jobs_burst=30)  # more job creations than the default burst of 10
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -72,6 +73,7 @@ def _problem(rpc: Rpc, payloads: list[bytes], code: grpc.StatusCode, details: st
     return None
 
 
+@pytest.mark.slow
 async def test_every_rpc_survives_hostile_and_garbage_requests(make_server):
     client = await make_server(rate_limit_feedback_per_second=0)
     target = f"127.0.0.1:{client.app.port}"

@@ -52,6 +52,7 @@ def verdicts(summary: ad.AdapterEvalSummary) -> dict[str, ad.EvalSuiteVerdict]:
     return {v.name: v for v in summary.suites}
 
 
+@pytest.mark.slow
 async def test_a_continuation_that_forgets_is_refused_and_one_that_keeps_passes(make_server, data_dir: Path):
     client = await make_server(eval_gate=True, eval_max_tokens=8)
     first, second = facts(data_dir, "first.jsonl", FIRST), facts(data_dir, "second.jsonl", SECOND)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.serving.reference_model import ReferenceModel
@@ -41,6 +42,7 @@ async def _statuses(health: health_pb2_grpc.HealthStub) -> dict[str, int]:
     return {s: (await health.Check(health_pb2.HealthCheckRequest(service=s))).status for s in (*NEEDS, "")}
 
 
+@pytest.mark.slow
 async def test_services_follow_their_dependencies_down_and_up(own_postgres, make_server, seaweedfs, s3_bucket,
                                                               tiny_model_dir):
     # own_postgres first: set up before the server and so torn down after it (a server stopped after its database

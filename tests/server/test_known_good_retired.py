@@ -6,9 +6,12 @@ already the active one."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.server.lora_helpers import RETIRE_FAST, activate, loaded_when, status, train
 
 
+@pytest.mark.slow
 async def test_the_replaced_known_good_version_is_unloaded(make_server):
     client = await make_server(**RETIRE_FAST)
     v10 = await train(client)
@@ -22,6 +25,7 @@ async def test_the_replaced_known_good_version_is_unloaded(make_server):
     assert loaded == [v12], f"loaded on the engine: {loaded}; {v10} is no longer active nor known-good"
 
 
+@pytest.mark.slow
 async def test_marking_the_active_version_known_good_unloads_the_replaced_one(make_server):
     client = await make_server(**RETIRE_FAST)
     v10 = await train(client)

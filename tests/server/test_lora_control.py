@@ -27,6 +27,7 @@ from tests.server.lora_helpers import (
 )
 
 
+@pytest.mark.slow
 async def test_activate_rollback_disable_enable_under_load(make_server, tiny_model_dir: Path):
     client = await make_server(**RETIRE_FAST)  # a replaced version is retired in the background, soon
     v10 = await train(client)

@@ -38,6 +38,7 @@ async def _fails(call, code: grpc.StatusCode, reason: str) -> str:
     return err.value.details()
 
 
+@pytest.mark.slow
 async def test_bad_versions_engine_faults_and_restart(make_server, tiny_model_dir: Path, data_dir: Path):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     client = await make_server(serving_url=backend.url)
@@ -163,6 +164,7 @@ class InMemoryRates:
         return self.counts_by_version.get(version, FeedbackCounts())
 
 
+@pytest.mark.slow
 async def test_auto_rollback_on_negative_feedback(make_server):
     client = await make_server()
     v10 = await train(client)

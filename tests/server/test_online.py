@@ -63,6 +63,7 @@ async def session(client, name: str) -> ol.OnlineSession:
     return (await online(client).GetOnlineSession(ol.GetOnlineSessionRequest(name=name))).session
 
 
+@pytest.mark.slow
 async def test_streamed_examples_update_the_live_model_publish_a_version_and_move_the_alias(make_pg_server):
     client = await make_pg_server(**FAST)
     sessions = online(client)
@@ -186,6 +187,7 @@ async def _unrouted(router, name: str) -> bool:
     return name not in router.routes
 
 
+@pytest.mark.slow
 async def test_a_session_goes_on_from_its_checkpoint_after_a_restart_and_bad_input_is_refused(make_pg_server):
     one = await make_pg_server(**FAST)
     start = await train(one)
@@ -285,6 +287,7 @@ async def _published(client, name: str) -> ol.OnlineSession | None:
     return found if found.publications else None
 
 
+@pytest.mark.slow
 async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was(make_pg_server, data_dir):
     from tests.server.test_gate import FIRST, SECOND, facts, trained
 
@@ -331,6 +334,7 @@ def labelled(n: int, *, desirable: bool, start: int = 0) -> list[ol.OnlineExampl
                              desirable=desirable) for i in range(start, start + n)]
 
 
+@pytest.mark.slow
 async def test_a_kto_session_learns_from_labelled_examples_and_refuses_what_its_loss_cannot_use(make_pg_server):
     from learning.v1 import feedback_pb2 as fb
     from tests.server.test_pipelines import event, send

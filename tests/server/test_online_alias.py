@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from engine.online.serving import UNSTORED_SESSION_SECONDS
 from engine.online.spec import AliasState
@@ -51,6 +52,7 @@ async def _loaded(client) -> set[str]:
     return {a.version for a in (await stub(client).ListLoadedAdapters(lc.ListLoadedAdaptersRequest())).loaded}
 
 
+@pytest.mark.slow
 async def test_the_live_alias_outlives_its_session_and_a_restart_until_an_operator_removes_it(make_pg_server):
     one = await make_pg_server(**FAST)
     start = await train(one)
@@ -148,6 +150,7 @@ async def test_a_session_without_a_publication_that_passed_ends_its_alias_with_a
     await until(lambda: _unrouted(client.app.owned.lora.gateway.router, "brief-live"))
 
 
+@pytest.mark.slow
 async def test_the_sweep_deletes_ended_sessions_examples_after_the_retention_but_published_windows(
         make_pg_server):
     retention = 8.0  # seconds
@@ -216,6 +219,7 @@ async def _gone(store: PostgresOnlineStore, session_id: str) -> bool:
     return not await store.after(session_id, 0, 100)
 
 
+@pytest.mark.slow
 async def test_an_alias_whose_session_is_not_stored_yet_follows_it_until_its_controls_are_old(make_pg_server):
     """A create stores a session's controls (taking its alias name) before its job: a serving process looking in
     between finds the alias FOLLOWING a session that does not exist yet, and must leave it (it once ended it, so

@@ -30,6 +30,7 @@ from tests.server.test_online import (
 )
 
 
+@pytest.mark.slow
 async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_pg_server):
     from learning.v1 import feedback_pb2 as fb
     from learning.v1 import feedback_pb2_grpc as fb_grpc
@@ -78,6 +79,7 @@ async def _pending(client, name: str, count: int) -> ol.OnlineSession | None:
     return found if found.stats.pending_examples == count else None
 
 
+@pytest.mark.slow
 async def test_a_negative_feedback_spike_on_the_live_model_puts_the_start_version_back(make_pg_server):
     from learning.v1 import feedback_pb2 as fb
     from tests.server.test_pipelines import event, send

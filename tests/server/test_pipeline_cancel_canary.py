@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as lc
@@ -58,6 +59,7 @@ async def _careful(client) -> None:
     assert (await _state(client, first.name, common.JOB_STATE_SUCCEEDED)).rollout == "ACTIVATED"
 
 
+@pytest.mark.slow
 async def test_a_run_cancelled_while_paused_aborts_its_canary_and_only_its_own(make_server):
     client = await make_server(pipeline_poll_seconds=0.2, **RETIRE_FAST)  # an aborted candidate is retired soon
     await _careful(client)
@@ -98,6 +100,7 @@ async def test_a_run_cancelled_while_paused_aborts_its_canary_and_only_its_own(m
     assert await _notices(client, name) == []  # nothing of the run's was left to abort
 
 
+@pytest.mark.slow
 async def test_a_run_cancelled_once_its_worker_stopped_aborts_its_canary(make_server):
     client = await make_server(pipeline_poll_seconds=0.2)
     await _careful(client)
@@ -117,6 +120,7 @@ async def test_a_run_cancelled_once_its_worker_stopped_aborts_its_canary(make_se
     assert [code for _, code, _ in await _notices(client, name)] == ["CANARY_ABORTED"]
 
 
+@pytest.mark.slow
 async def test_a_cancel_whose_abort_fails_stands_and_the_run_says_its_canary_goes_on(make_server, monkeypatch):
     client = await make_server(pipeline_poll_seconds=0.2)
     await _careful(client)

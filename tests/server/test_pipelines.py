@@ -92,6 +92,7 @@ async def refused(call) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
     return caught.value.code(), info.reason, violations
 
 
+@pytest.mark.slow
 async def test_negative_feedback_fires_once_across_two_replicas_and_the_run_activates_a_continuation(
         make_pg_server, seaweedfs, s3_bucket, tmp_path: Path):
     shared = s3_settings(seaweedfs.endpoint, s3_bucket)
@@ -176,6 +177,7 @@ async def test_a_run_resumes_after_a_restart_without_running_a_stage_twice(make_
     assert (await status(restarted)).active_version == done.version
 
 
+@pytest.mark.slow
 async def test_stored_datasets_are_golden_suites_each_run_scoring_the_version_it_took(make_server):
     """A pipeline's suite_datasets, as an evaluation job's: "datasets/quiz" is its newest version when a run
     evaluates, recorded on the run and scored as a golden suite beside the gate's; an unknown dataset or too many
@@ -286,6 +288,7 @@ async def test_a_run_stopped_during_its_evaluation_resumes_there_and_stores_one_
     assert (await status(restarted)).last_operation.gate.evaluation_id == done.evaluation_id
 
 
+@pytest.mark.slow
 async def test_the_gate_refusing_stops_the_run_with_the_reason(make_pg_server):
     client = await make_pg_server(eval_gate=True, eval_max_tokens=4)
     await pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="gated", pipeline=from_file()))
@@ -403,6 +406,7 @@ async def test_names_ids_and_duplicates(client):
     assert got[:2] == (grpc.StatusCode.NOT_FOUND, "PIPELINE_NOT_FOUND")
 
 
+@pytest.mark.slow
 async def test_drift_fires_on_prompts_from_elsewhere_and_not_on_prompts_alike(make_server):
     client = await make_server(drift_min_samples=10, drift_permutations=300, pipeline_drift_check_seconds=0.001)
     version = await train(client)

@@ -8,6 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from google.protobuf import duration_pb2
 
 from learning.v1 import common_pb2 as common
@@ -22,6 +23,7 @@ from tests.server.test_canary import send as canary_send
 from tests.server.test_pipelines import FACTS, active_becomes, event, finished, from_file, pipelines, send
 
 
+@pytest.mark.slow
 async def test_a_run_stopped_during_its_canary_resumes_it_and_never_starts_a_second(make_pg_server):
     settings = dict(pipeline_poll_seconds=0.2, serving_follow_seconds=0.2)
     client = await make_pg_server(**settings)
@@ -65,6 +67,7 @@ async def canary_of(client, run_name: str) -> str:
     raise AssertionError("the canary never started")
 
 
+@pytest.mark.slow
 async def test_a_canary_run_rolls_back_on_worse_feedback_and_the_next_promotes_on_better(make_server, data_dir,
                                                                                          tmp_path: Path):
     """The loop as issue 20 asks for it, with two replicas running: the negative-count trigger fires once, the run

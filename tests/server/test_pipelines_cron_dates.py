@@ -41,6 +41,7 @@ async def test_a_cron_expression_that_matches_no_date_is_refused_naming_the_fiel
     assert [f for f, _ in violations] == ["pipeline.triggers[0].cron.expression"], violations
 
 
+@pytest.mark.slow
 async def test_a_trigger_that_cannot_be_decided_leaves_the_others_decided_and_says_so(make_pg_server):
     client = await make_pg_server()
     engine = client.app.engine.pipelines

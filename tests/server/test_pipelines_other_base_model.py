@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import pytest
 
 from learning.v1 import common_pb2 as common
 from learning.v1 import pipeline_pb2 as pp
@@ -22,6 +23,7 @@ OTHER = "tiny-other"
 PUBLISH_ONLY = pp.RolloutPolicy(mode=pp.ROLLOUT_MODE_NONE)
 
 
+@pytest.mark.slow
 async def test_a_run_of_another_base_model_skips_evaluate_instead_of_scoring_the_served_models_version(
         make_pg_server, tiny_model_dir: Path, database_url: str):
     client = await make_pg_server(base_models={TINY: tiny_model_dir, OTHER: tiny_model_dir}, eval_gate=True,

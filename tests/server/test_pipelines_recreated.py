@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import pipeline_pb2 as pp
 from tests.server.test_pipelines import event, from_file, pipelines, send
@@ -33,6 +35,7 @@ async def _runs(client, pipeline_id: str) -> list[str]:
     return [r.name for r in listed.runs]
 
 
+@pytest.mark.slow
 async def test_a_pipeline_created_again_under_a_deleted_ones_id_fires_and_lists_its_own_runs(make_pg_server):
     client = await make_pg_server()
     engine = client.app.engine.pipelines
@@ -61,6 +64,7 @@ async def test_a_pipeline_created_again_under_a_deleted_ones_id_fires_and_lists_
     await _cancel(client, second[0].run_id)
 
 
+@pytest.mark.slow
 async def test_a_pipeline_created_again_counts_feedback_from_its_creation(make_pg_server):
     client = await make_pg_server()
     engine = client.app.engine.pipelines

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from engine.errors import Cancelled
 from learning.v1 import common_pb2 as common
 from learning.v1 import lora_control_pb2 as lc
@@ -17,6 +19,7 @@ from tests.server.lora_helpers import status, stub, train
 from tests.server.test_pipelines import finished, from_file, pipelines
 
 
+@pytest.mark.slow
 async def test_a_run_stopped_right_after_creating_its_training_job_finds_it_again(make_pg_server):
     client = await make_pg_server(pipeline_poll_seconds=0.2)
     first = await train(client, epochs=1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from learning.v1 import common_pb2 as common
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import lora_control_pb2 as lc
@@ -62,6 +64,7 @@ async def test_a_pipeline_whose_trigger_check_fails_leaves_the_other_pipelines_d
     await _cancel(client, fired[0].run_id)
 
 
+@pytest.mark.slow
 async def test_a_drift_fires_once_until_another_version_is_active(make_server):
     client = await make_server(drift_min_samples=10, drift_permutations=300, pipeline_drift_check_seconds=0.001)
     version = await train(client)
@@ -90,6 +93,7 @@ async def test_a_drift_fires_once_until_another_version_is_active(make_server):
     await _cancel(client, fired[0].run_id)
 
 
+@pytest.mark.slow
 async def test_a_daily_tick_in_the_hour_clocks_fall_back_is_one_occasion(make_pg_server):
     client = await make_pg_server()
     engine = client.app.engine.pipelines

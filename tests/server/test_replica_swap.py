@@ -10,6 +10,7 @@ import asyncio
 from collections import Counter
 
 import aiohttp
+import pytest
 
 from engine.serving.reference_model import ReferenceModel
 from tests.fixtures.serving import start_backend
@@ -19,6 +20,7 @@ from tests.server.lora_helpers import activate, another_replica, gateway_url, lo
 SETTINGS = {"serving_follow_seconds": 1.0, "drain_timeout_seconds": 1.0}  # v1.1 is unloaded 2 s after the swap
 
 
+@pytest.mark.slow
 async def test_the_other_replica_never_routes_the_alias_to_an_unloaded_version(make_server, tiny_model_dir, tmp_path):
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
     try:

@@ -47,6 +47,7 @@ async def resumed(client, paused: pb.TrainingJob) -> tuple[pb.TrainingJob, list[
     return done, [e.notice.code for e in after if e.HasField("notice")]
 
 
+@pytest.mark.slow
 async def test_a_resumed_continuation_does_not_measure_its_parents_fisher_again(make_server):
     client = await make_server()
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from engine.serving.reference_model import ReferenceModel
 from tests.fixtures.serving import start_backend
@@ -27,6 +28,7 @@ from tests.server.lora_helpers import (
 )
 
 
+@pytest.mark.slow
 async def test_a_starting_replica_does_not_unload_a_version_another_is_retiring(make_server, tiny_model_dir,
                                                                                  tmp_path):
     settings = {"serving_follow_seconds": 30.0, "drain_timeout_seconds": 30.0}  # a retirement's grace: 60 s
@@ -53,6 +55,7 @@ async def test_a_starting_replica_does_not_unload_a_version_another_is_retiring(
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_version_served_again_elsewhere_gets_a_new_grace(make_server, tiny_model_dir, data_dir, tmp_path):
     settings = {"serving_follow_seconds": 1.0, "drain_timeout_seconds": 3.0}  # a retirement's grace: 4 s
     backend = await start_backend(ReferenceModel(tiny_model_dir, TINY))
@@ -82,6 +85,7 @@ async def test_a_version_served_again_elsewhere_gets_a_new_grace(make_server, ti
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_retirement_survives_one_transient_error(make_server):
     client = await make_server(**RETIRE_FAST)  # a retirement's grace: 0.4 s
     v10, v11, v12 = await v11_serving(client)
@@ -105,6 +109,7 @@ async def test_a_retirement_survives_one_transient_error(make_server):
     assert loaded == sorted([v10, v12]), f"one transient error left {v11} loaded for good: {loaded}"
 
 
+@pytest.mark.slow
 async def test_another_replica_unloads_a_retirement_once_due_after_the_retiring_process_stopped(
         make_server, tiny_model_dir, tmp_path):
     settings = {"serving_follow_seconds": 0.2, "drain_timeout_seconds": 4.0}  # a retirement's grace: 4.2 s
@@ -123,6 +128,7 @@ async def test_another_replica_unloads_a_retirement_once_due_after_the_retiring_
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_long_request_on_another_replica_keeps_the_version_loaded_past_the_grace(
         make_server, tiny_model_dir, tmp_path):
     settings = {"serving_follow_seconds": 0.3, "drain_timeout_seconds": 1.0}  # a retirement's grace: 1.3 s

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from learning.v1 import lora_control_pb2 as lc
 from tests.fixtures.serving import start_backend
 from tests.server.conftest import TINY
@@ -26,6 +28,7 @@ from tests.server.lora_helpers import (
 )
 
 
+@pytest.mark.slow
 async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_server, tiny_model_dir):
     backend = await start_backend(SlowModel(tiny_model_dir, TINY, seconds=3.0))
     try:
@@ -49,6 +52,7 @@ async def test_a_replaced_version_is_unloaded_once_its_last_request_ends(make_se
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_a_version_needed_again_before_its_retirement_stays_loaded(make_server):
     client = await make_server(serving_follow_seconds=0.3, drain_timeout_seconds=0.3)  # a grace of 0.6 s
     v10, v11, v12 = await v11_serving(client)
@@ -66,6 +70,7 @@ async def test_a_version_needed_again_before_its_retirement_stays_loaded(make_se
     assert await loaded_when(client, [v10]) == [v10]
 
 
+@pytest.mark.slow
 async def test_a_stopping_process_leaves_its_retirements_to_the_next_start(make_server):
     one = await make_server(serving_follow_seconds=0.2, drain_timeout_seconds=4.0)  # a retirement's grace: 4.2 s
     v10, v11, v12 = await v11_serving(one)

@@ -171,6 +171,7 @@ async def test_jobs_and_events_survive_a_restart(make_server):
     assert after[0].snapshot.output_adapter_version == "v1.0"
 
 
+@pytest.mark.slow
 async def test_a_restart_hands_the_running_job_to_the_next_worker_and_runs_the_queued_one(make_server):
     """A server stopping (SIGTERM) stops its running job at the next step and queues it again; the next worker
     (here the restarted server) continues it, and runs what was queued. The log stays one gapless sequence."""
