@@ -28,7 +28,7 @@ MODEL_FIXTURES = {"tiny_model_dir"}
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full_stack: needs PostgreSQL, SeaweedFS or a server in another process")
     config.addinivalue_line("markers", "model: loads a model (the tiny Llama) to train, measure or serve")
-    config.addinivalue_line("markers", "slow: 3 s or more on a 2-core machine; `make test` leaves it to `make test-slow`")
+    config.addinivalue_line("markers", "slow: 3 s or more on 2 cores; `make test` leaves it to `make test-slow`")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
