@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.lora.controller import ControlConfig, LoraController  # noqa: E402
 from engine.lora.state import EvalSummary, FetchedAdapter, OperationRecord, Retirement, TargetState  # noqa: E402
+from engine.serving.alias_router import AliasRouter  # noqa: E402
 from engine.serving.client import ServingClient, ServingConfig  # noqa: E402
-from engine.serving.gateway import AliasRouter, Gateway  # noqa: E402
+from engine.serving.gateway import Gateway  # noqa: E402
 from engine.serving.reference_backend import create_app, start_site  # noqa: E402
 from engine.serving.reference_model import ReferenceModel  # noqa: E402
 from engine.stores.artifacts_local import LocalArtifactStore  # noqa: E402

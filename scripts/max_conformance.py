@@ -28,8 +28,9 @@ import aiohttp
 from google.rpc import error_details_pb2
 
 from engine.errors import EngineError
+from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient, ServingConfig
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.gateway import Gateway
 from engine.training.models import SMOLLM2_MODEL_ID
 from server.errors import engine_error_status
 

@@ -27,8 +27,9 @@ from engine.lora.suites import LineageSuites, VersionExamples
 from engine.periodic import Periodic
 from engine.registry import AdapterRegistry
 from engine.registry.ports import ArtifactStore
+from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient, ServingConfig, ServingMode, ServingPaths
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.gateway import Gateway
 from engine.serving.reference_backend import MAX_TOKENS_LIMIT
 from engine.stores.feedback_store import PostgresFeedbackStore
 from engine.stores.lora_store import PostgresLoraStore

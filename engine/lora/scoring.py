@@ -23,8 +23,8 @@ from engine.lora.eval_report import render_reports
 from engine.lora.judge import Judge, JudgeChoice, JudgeVerdict
 from engine.lora.state import AdapterFetcher, EvalSummary, GateInputs, LoraStateStore, lora_name
 from engine.registry.ports import ArtifactStore
+from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient
-from engine.serving.gateway import AliasRouter
 
 if TYPE_CHECKING:
     from engine.lora.operation import ControlConfig

@@ -46,8 +46,8 @@ from engine.lora.state import (
     version_of,
 )
 from engine.registry.ports import ArtifactStore
+from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient
-from engine.serving.gateway import AliasRouter
 from engine.serving.traffic import Tally
 
 log = logging.getLogger(__name__)

@@ -52,8 +52,8 @@ from engine.online.spec import (
     live_model,
 )
 from engine.registry.ports import ArtifactStore
+from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient
-from engine.serving.gateway import AliasRouter
 from engine.training.checkpoint_store import CheckpointArchive
 from engine.training.spec import CheckpointRecord
 

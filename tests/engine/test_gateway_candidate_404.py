@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 from engine.serving.traffic import USER_HEADER, Role, Route, TrafficSplit
 from tests.engine.test_gateway_disconnect import ACTIVE, CANDIDATE, _candidate_user
 

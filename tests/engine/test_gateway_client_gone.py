@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from engine.serving.gateway import AliasRouter
+from engine.serving.alias_router import AliasRouter
 from engine.serving.traffic import USER_HEADER, Role, TrafficSplit
 from tests.engine.test_gateway_disconnect import (  # noqa: F401 - fixtures
     ACTIVE,

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from engine.serving import gateway
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from engine import telemetry
-from engine.serving.gateway import AliasRouter
+from engine.serving.alias_router import AliasRouter
 from engine.serving.traffic import USER_HEADER, Role
 from tests.engine.test_gateway_disconnect import (  # noqa: F401 - fixtures
     ACTIVE,

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from engine import telemetry
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 
 LOADED = ("base", "base@v1.0", "base@v0.9", "base@v0.8")  # what the stub engine serves and lists
 OTHER = "other"  # the label of every model name the gateway does not know

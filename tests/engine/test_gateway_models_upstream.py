@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 
 Start = Callable[[int, object], Awaitable[tuple[str, AliasRouter]]]
 

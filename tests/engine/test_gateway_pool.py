@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 from engine.serving.traffic import Route, TrafficSplit
 
 POOL = 4  # the gateway's max_connections here

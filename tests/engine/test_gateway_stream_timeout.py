@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from engine import telemetry
-from engine.serving.gateway import AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY = {"model": "active", "stream": True, "messages": [{"role": "user", "content": "hi"}]}

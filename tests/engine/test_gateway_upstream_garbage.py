@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from engine.serving.gateway import SERVED_MODEL_HEADER, AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import SERVED_MODEL_HEADER, Gateway
 from engine.serving.traffic import Route, TrafficSplit
 
 GARBAGE = b"\x00\x00\x12\x04\x00\x00\x00\x00\x00garbage that is not HTTP\r\n\r\n"  # an HTTP/2 frame, then noise

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from engine.serving import reference_backend
-from engine.serving.gateway import MAX_BODY_BYTES, AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import MAX_BODY_BYTES, Gateway
 from tests.fixtures.serving import running_backend
 
 TWO_MIB = 2 * 1024 * 1024

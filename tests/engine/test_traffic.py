@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from engine import telemetry
-from engine.serving.gateway import SERVED_MODEL_HEADER, AliasRouter, Gateway
+from engine.serving.alias_router import AliasRouter
+from engine.serving.gateway import SERVED_MODEL_HEADER, Gateway
 from engine.serving.traffic import USER_HEADER, Role, Route, TrafficSplit, sticky_fraction
 
 ACTIVE, CANDIDATE = "base@v1.0", "base@v1.1"
