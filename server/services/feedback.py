@@ -19,7 +19,8 @@ from learning.v1 import feedback_pb2 as pb
 from learning.v1 import feedback_pb2_grpc as pb_grpc
 from server import convert_feedback as convert
 from server.feedback_workers import FeedbackWorkers
-from server.settings import DEFAULT_BASE_MODEL, Settings
+from server.settings import Settings
+from server.settings_server import DEFAULT_BASE_MODEL
 
 
 class FeedbackService(pb_grpc.FeedbackServiceServicer):
