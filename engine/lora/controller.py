@@ -16,15 +16,10 @@ promotes it (the switch and retirement of an activation) or takes it out of traf
 force; it is persisted, and a restarted server resumes it. Activate, rollback and disable end the split in force
 first (a canary is then aborted). Every start, change and end is a recorded operation with both sides' figures.
 
-Several serving processes of one target (replicas behind a load balancer) each route the split in their gateway and
-store what it counted on its own row (every ``serving_follow_seconds``, and at each check); a split's counts are
-the sum of the rows, so a canary decides on all of its traffic. One process decides it, under a lease it renews at
-each check: the one that started it, or another once that one stopped renewing (it died) or released the lease (it
-closed: a restarted server takes it over as it starts, another replica at its next follow).
-
 The operations' pieces (locks, records, loading, reconciliation) are engine/lora/target_pieces.py's, the
 retirements engine/lora/retirement.py's, the gate engine/lora/target.py's; the gate's scoring is
-engine/lora/scoring.py's.
+engine/lora/scoring.py's. The splits' pieces that need none of this state (refusals, the counts the serving processes
+of a target exchange and the lease under which one of them decides a canary, ratings) are engine/lora/splits.py's.
 """
 
 from __future__ import annotations
@@ -32,12 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from engine import telemetry
-from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from engine.errors import FailedPrecondition
+from engine.lora import splits
 from engine.lora.canary import (
     ACTOR,
     CanaryDecision,
@@ -50,17 +44,14 @@ from engine.lora.canary import (
     decide,
 )
 from engine.lora.operation import ControlConfig, RecordedOperation, to_the_end
-from engine.lora.state import EvalSummary, FeedbackCounts, LoraStatus, OperationKind, lora_name
+from engine.lora.state import EvalSummary, LoraStatus, OperationKind, lora_name
 from engine.lora.target import ServingTarget
-from engine.serving.traffic import Role, Route, Tally, TrafficSplit
+from engine.serving.traffic import Tally, TrafficSplit
 
 __all__ = ["Activation", "ControlConfig", "LoraController"]
 
 log = logging.getLogger(__name__)
 
-_ENDS = {CanaryDecision.PROMOTED: OperationKind.CANARY_PROMOTE,
-         CanaryDecision.ROLLED_BACK: OperationKind.CANARY_ROLLBACK,
-         CanaryDecision.ABORTED: OperationKind.CANARY_ABORT}
 FAILOVER_ACTOR = "gateway"  # the actor of a split ended because the serving engine lost its candidate
 
 
@@ -95,12 +86,8 @@ class LoraController(ServingTarget):
                 await self._count(split)
             except Exception:  # noqa: BLE001 - closing goes on (the database may be what is going away)
                 log.warning("could not store this gateway's counts of the split in force", exc_info=True)
-        if split is not None and split.kind is SplitKind.CANARY:  # (only this process's lease: the store fences it)
-            try:
-                await self._store.release_decider(split.id, self._process)
-            except Exception:  # noqa: BLE001 - as above; the lease then runs out by itself
-                log.warning("could not release the decider's lease of the canary in force", exc_info=True,
-                            extra={"version": split.candidate_version, "split": split.id})
+        if split is not None and split.kind is SplitKind.CANARY:
+            await splits.release_decider(self._store, self._process, split)
         await super().close()
 
     # ---- operations -----------------------------------------------------------------
@@ -241,11 +228,8 @@ class LoraController(ServingTarget):
         it), only that canary: one of the same version started since by someone else is left running too. Works
         while the serving engine is unreachable."""
         async with self._operation(OperationKind.CANARY_ABORT, version, actor, reason, needs_engine=False) as op:
-            split = self._split  # as the store has it now (the operation reloaded it), not as last followed
-            canary = split if split is not None and split.kind is SplitKind.CANARY else None
-            if (canary is None or (version and canary.candidate_version != version)
-                    or (split_id and canary.id != split_id)):
-                raise _no_canary(version, split)
+            # (the split as the store has it now: the operation reloaded it, not as last followed)
+            canary = splits.canary_to_abort(self._split, version, split_id)
             op.version = canary.candidate_version
             await self._close_split(op, CanaryDecision.ABORTED)
         return self.snapshot()
@@ -256,13 +240,11 @@ class LoraController(ServingTarget):
         changed or ended: share 0 ends the manual split (a no-op without one). INVALID_TRAFFIC_SPLIT for a share
         outside [0, 1) or the active version, TRAFFIC_SPLIT_RUNNING while a canary or a split to another version is
         in force, NO_ACTIVE_VERSION."""
-        if not (math.isfinite(share) and 0.0 <= share < 1.0):
-            raise InvalidArgument("INVALID_TRAFFIC_SPLIT", f"share must be in [0, 1), got {share}",
-                                  violations=[FieldViolation("share", "must be in [0, 1); 0 ends the split")])
+        splits.check_share(share)
         async with self._operation(OperationKind.TRAFFIC_SPLIT, version, actor, reason) as op:
             split = self._split
             if split is not None and (split.kind is SplitKind.CANARY or (share and split.candidate_version != version)):
-                raise _running(split)
+                raise splits.running(split)
             if split is not None:  # a new share starts new counts; the old ones are on this operation
                 op.version = split.candidate_version
                 await self._close_split(op, CanaryDecision.ABORTED, unload=not share)
@@ -277,16 +259,10 @@ class LoraController(ServingTarget):
         while True:
             split = self._split
             if split is None or split.kind is not SplitKind.CANARY or split.candidate_version != version:
-                outcome = await self._store.canary_outcome(self.target, version)
-                running = await self._store.running_split(self.target)
-                elsewhere = running is not None and running.kind is SplitKind.CANARY and (
-                    running.candidate_version == version)
-                if outcome is not None and not elsewhere:
+                outcome = await splits.decided_canary(self._store, self.target, version)
+                if outcome is not None:
                     async with self._lock:  # an ending this process runs is recorded first: the status shows it
                         return outcome
-                if not elsewhere:
-                    raise FailedPrecondition("NO_CANARY_RUNNING", f"no canary of {version} is in force or was decided",
-                                             metadata={"version": version})
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll_seconds):
@@ -298,20 +274,14 @@ class LoraController(ServingTarget):
         split = self._split
         if split is None or split.id != split_id or split.policy is None:
             return False
-        if not await self._store.claim_decider(split_id, self._process, _decider_lease(split.policy)):
+        if not await splits.claim_decider(self._store, self._process, split, split.policy):
             self._loop = None  # another serving process decides it now (this one was thought stopped)
             return False
         await self._count(split)
         split = self._split_now()
         if split is None or split.id != split_id or split.policy is None or split.figures is None:
             return False
-        ratings = []
-        for v in (split.active_version, split.candidate_version):
-            counts = await self._rates.counts(self.base_model, v, split.start_time) if self._rates else FeedbackCounts()
-            ratings.append(counts)
-        f = split.figures
-        figures = replace(f, active=replace(f.active, positive=ratings[0].positive, negative=ratings[0].negative),
-                          candidate=replace(f.candidate, positive=ratings[1].positive, negative=ratings[1].negative))
+        figures = await splits.rated(split, split.figures, self._rates, self.base_model)
         if self._split is None or self._split.id != split_id:
             return False
         self._split = replace(self._split, figures=figures)
@@ -330,7 +300,7 @@ class LoraController(ServingTarget):
             await self._reload()
             split = self._split
             if split is not None and split.id == split_id:
-                kind = _ENDS[decision] if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
+                kind = splits.ending_kind(split, decision)
                 async with self._recorded(RecordedOperation(kind, split.candidate_version, actor, reason)) as op:
                     await self._close_split(op, decision)
         return self.snapshot()
@@ -341,15 +311,8 @@ class LoraController(ServingTarget):
                           policy: CanaryPolicy | None, *, force: bool = False, loaded: bool = False) -> None:
         """Load ``version`` (a canary's through the gate; nothing if ``loaded``: the same version at a new share),
         then persist the split and route it."""
-        st, split = self._state, self._split
-        if split is not None:
-            raise _running(split)
-        if not st.active_version or not st.enabled:
-            raise FailedPrecondition("NO_ACTIVE_VERSION", "a traffic split needs an active version the alias serves ("
-                                     + ("LoRA is disabled)" if st.active_version else "none is active)"))
-        if version == st.active_version:
-            raise InvalidArgument("INVALID_TRAFFIC_SPLIT", f"{version} is the active version; split to another",
-                                  violations=[FieldViolation("version", "is the active version")])
+        st = self._state
+        splits.check_can_open(st, self._split, version)
         name = lora_name(st.base_model, version)
         was_loaded = name in self._loaded_names()
         try:
@@ -379,43 +342,24 @@ class LoraController(ServingTarget):
     def _route(self, split: TrafficSplitState) -> None:
         """Send the split's share to its candidate. This gateway counts from zero: what this process counted
         before a restart stays on the row it wrote then, and a split's counts are the sum of every row."""
-        route = Route(lora_name(self.base_model, split.candidate_version), split.candidate_version)
-        self._router.set_split(TrafficSplit(route, split.share))
+        self._router.set_split(splits.routed(self.base_model, split))
         self._others = (Tally(), Tally())
 
     async def _take_decisions(self, split: TrafficSplitState, *, started: bool = False) -> None:
         """Run the canary's decision loop in this process if it can hold the decider's lease: it started the
-        canary (``started``: just now), or the process that decided it stopped renewing (it stopped).
-
-        A canary this process just started has its loop even if the claim fails (the database, for that call):
-        each check of the loop claims the lease before anything else (check_canary), so the first that can claims
-        it, and should another process's follow have claimed it meanwhile, the loop ends there. Failing the start
-        instead would leave a canary in force that its caller (a pipeline run) was told did not start, and that
-        nothing here decides."""
+        canary (``started``: just now; its loop runs even if the claim fails: engine/lora/splits.py
+        ``claim_decider``), or the process that decided it stopped renewing (it stopped)."""
         if split.kind is not SplitKind.CANARY or split.policy is None or self._loop is not None or self._closing:
             return
-        try:
-            claimed = await self._store.claim_decider(split.id, self._process, _decider_lease(split.policy))
-        except Exception:
-            if not started:
-                raise
-            log.warning("could not claim a canary's decider as it started; its decision loop claims it at each check",
-                        extra={"version": split.candidate_version, "split": split.id}, exc_info=True)
-            claimed = True
-        if claimed:
+        if await splits.claim_decider(self._store, self._process, split, split.policy, started=started):
             self._loop = CanaryLoop(self, split.id, split.policy.check_interval_seconds)
             self._loop.start()
             log.info("deciding a canary", extra={"version": split.candidate_version, "split": split.id})
 
     async def _count(self, split: TrafficSplitState) -> None:
         """Store what this gateway counted for ``split`` and read what the other serving processes did."""
-        routed = self._router.split
-        if routed is None or routed.candidate.version != split.candidate_version:
-            return
-        await self._store.save_split_tally(split.id, self._process, routed.tallies[Role.ACTIVE],
-                                           routed.tallies[Role.CANDIDATE])
-        others = await self._store.split_tallies(split.id, besides=self._process)
-        if self._split is not None and self._split.id == split.id:
+        others = await splits.exchange_counts(self._store, self._process, split, self._router.split)
+        if others is not None and self._split is not None and self._split.id == split.id:
             self._others = others
 
     async def follow(self) -> bool:
@@ -455,10 +399,7 @@ class LoraController(ServingTarget):
             await self._loop.stop()
             self._loop = None
         if canary:
-            self._last_canary = CanaryOutcome(split.candidate_version, decision, op.reason, figures, datetime.now(UTC))
-            telemetry.canary_decided(decision.value)
-            log.info("canary ended", extra={"version": split.candidate_version, "decision": decision.value,
-                                            "reason": op.reason})
+            self._last_canary = splits.canary_ended(split, decision, op.reason, figures)
         if promote:
             await self._retire(split.active_version)
         elif unload:
@@ -471,7 +412,7 @@ class LoraController(ServingTarget):
         split = self._split
         if split is None:
             return
-        kind = OperationKind.CANARY_ABORT if split.kind is SplitKind.CANARY else OperationKind.TRAFFIC_SPLIT
+        kind = splits.ending_kind(split, CanaryDecision.ABORTED)
         why = f"ended by {op.kind.value.lower()} of {op.version or '-'} ({op.actor}: {op.reason or 'no reason given'})"
         async with self._recorded(RecordedOperation(kind, split.candidate_version, op.actor, why)) as ending:
             await self._close_split(ending, CanaryDecision.ABORTED, unload=split.candidate_version != op.version)
@@ -487,10 +428,8 @@ class LoraController(ServingTarget):
             await self._take_decisions(split)
             log.info("resumed a traffic split", extra={"kind": split.kind.value, "version": split.candidate_version})
             return
-        promoted = split.candidate_version == st.active_version
-        await self.end_split(split.id, CanaryDecision.PROMOTED if promoted else CanaryDecision.ABORTED, actor="system",
-                             reason="the server stopped while promoting it" if promoted else
-                             "the active version changed while the server was stopped")
+        decision, why = splits.resumed_ending(split, st.active_version)
+        await self.end_split(split.id, decision, actor="system", reason=why)
 
     async def _split_changed(self, split: TrafficSplitState | None) -> None:
         """Route the split another process started (counting this gateway's requests for it; that process
@@ -510,36 +449,3 @@ class LoraController(ServingTarget):
             return
         self._spawn(self.end_split(split.id, CanaryDecision.ABORTED, actor=FAILOVER_ACTOR,
                                    reason=f"fail-over to the active version: {routed.lost}"), "ending a traffic split")
-
-
-def _decider_lease(policy: CanaryPolicy) -> float:
-    """How long the deciding process's claim lasts unrenewed: three checks (at least a second)."""
-    return max(1.0, 3 * policy.check_interval_seconds)
-
-
-def _no_canary(version: str, split: TrafficSplitState | None) -> FailedPrecondition:
-    """NO_CANARY_RUNNING for an abort of the canary in force (of ``version``, if given) that found ``split``."""
-    of = f" of {version}" if version else ""
-    metadata = {"version": version} if version else {}
-    if split is None:
-        return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force", metadata=metadata)
-    if split.kind is SplitKind.CANARY:
-        if split.candidate_version == version:  # of the version asked, but not the split asked
-            message = (f"the canary of {version} asked for has ended; another canary of {version}, started since, "
-                       "is in force and was left running")
-        else:
-            message = (f"no canary{of} is in force; the canary of {split.candidate_version} is, and was left running "
-                       "(abort it by its own version)")
-        return FailedPrecondition("NO_CANARY_RUNNING", message,
-                                  metadata={**metadata, "running_version": split.candidate_version})
-    return FailedPrecondition("NO_CANARY_RUNNING", f"no canary{of} is in force; a manual split to "
-                                                   f"{split.candidate_version} is (share 0 ends it)", metadata=metadata)
-
-
-def _running(split: TrafficSplitState) -> FailedPrecondition:
-    how = "AbortCanary ends it" if split.kind is SplitKind.CANARY else "SetTrafficSplit with share 0 ends it"
-    return FailedPrecondition(
-        "TRAFFIC_SPLIT_RUNNING",
-        f"a {split.kind.value.lower()} split to {split.candidate_version} ({split.share:.0%}) is in force; {how}",
-        metadata={"kind": split.kind.value, "version": split.candidate_version},
-    )
