@@ -10,6 +10,7 @@ import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -41,6 +42,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.full_stack)
         elif fixtures & MODEL_FIXTURES:
             item.add_marker(pytest.mark.model)
+
+
+SLOW_SECONDS = 3.0  # a test's call that takes as long belongs in the slow tier (`make test-slow`)
+_UNMARKED_SLOW: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note a test call of ``SLOW_SECONDS`` or more that has no ``slow`` marker (in the main process under xdist,
+    which gets every worker's reports)."""
+    if report.when == "call" and report.duration >= SLOW_SECONDS and "slow" not in report.keywords:
+        _UNMARKED_SLOW.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List the unmarked slow tests, so the tiers stay what the README says (a busy machine lists more)."""
+    if _UNMARKED_SLOW:
+        terminalreporter.write_sep("-", f"{len(_UNMARKED_SLOW)} test calls of {SLOW_SECONDS:g} s or more without "
+                                        "the slow marker (tests/conftest.py)")
+        for nodeid, seconds in sorted(_UNMARKED_SLOW, key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
 
 @pytest.fixture(scope="session", autouse=True)
