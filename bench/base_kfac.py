@@ -19,7 +19,7 @@ bench/base_retention.py builds them. The factors are kept under ``--models-dir``
 each version's factors measured at its own weights on its own task's examples (the Fisher of its answers under its
 own distribution), and a continuation penalised by each earlier task's penalty anchored at its parent (online, as
 the service's EWC anchors at the parent). ``--first-cached`` keeps a first version under ``--models-dir`` by what
-it depends on (seed, lambda, samples, BASE_KL), so the variations of a continuation train it once.
+it depends on (seed, lambda, samples, epochs, BASE_KL), so the variations of a continuation train it once.
 
     .venv/bin/python bench/base_kfac.py --seed 1 --kfac-lambda 256 --out bench/results/base-kfac-validation-s1-l256.json
 """
@@ -125,15 +125,16 @@ def main() -> None:
                 examples, objective, rotation = br.with_base_kl(examples, pool, references, args.kl_fraction)
             out = work / f"v{step}"
             first = (args.models_dir / f"bench-kfac-first-s{args.seed}-l{args.kfac_lambda:g}-k{args.samples}"
-                     f"{f'-kl{args.kl_fraction:g}' if args.kl else ''}")
+                     f"-e{args.epochs}{f'-kl{args.kl_fraction:g}' if args.kl else ''}")
             if step == 0 and args.first_cached and (first / "adapter_config.json").is_file():
                 out, seconds = first, float("nan")
             else:
                 seconds = train(base_dir, examples, out, args, parent=parent, penalty=penalty, seed=args.seed,
                                 objective=objective, rotation=rotation)
                 if step == 0 and args.first_cached:
-                    shutil.copytree(out, first.with_suffix(".tmp"), dirs_exist_ok=True)
-                    first.with_suffix(".tmp").replace(first)
+                    partial = first.with_name(f"{first.name}.partial")  # whole or absent under its own name
+                    shutil.copytree(out, partial, dirs_exist_ok=True)
+                    partial.replace(first)
             br.version_scored(report, f"seed {args.seed} kfac {args.kfac_lambda:g} after {'ABC'[step]}",
                               probe, base_dir, out, tasks, seconds)
             if args.ewc:
