@@ -30,6 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full_stack: needs PostgreSQL, SeaweedFS or a server in another process")
     config.addinivalue_line("markers", "model: loads a model (the tiny Llama) to train, measure or serve")
     config.addinivalue_line("markers", "slow: 3 s or more on 2 cores; `make test` leaves it to `make test-slow`")
+    config.addinivalue_line("markers", "tour: a slow end-to-end tour `make test` keeps (the README's own commands)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,9 +50,9 @@ _UNMARKED_SLOW: list[tuple[str, float]] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Note a test call of ``SLOW_SECONDS`` or more that has no ``slow`` marker (in the main process under xdist,
-    which gets every worker's reports)."""
-    if report.when == "call" and report.duration >= SLOW_SECONDS and "slow" not in report.keywords:
+    """Note a test call of ``SLOW_SECONDS`` or more that has no ``slow`` marker (nor ``tour``: kept in the fast run on
+    purpose), in the main process under xdist, which gets every worker's reports."""
+    if report.when == "call" and report.duration >= SLOW_SECONDS and not {"slow", "tour"} & set(report.keywords):
         _UNMARKED_SLOW.append((report.nodeid, report.duration))
 
 

@@ -140,6 +140,7 @@ def _grpcurl_walkthrough(server) -> None:
     assert bad.returncode != 0 and "NotFound" in bad.stderr
 
 
+@pytest.mark.tour
 def test_the_readme_tours_run_as_written(server, tmp_path: Path):
     """The README's grpcurl block, then its CLI block, against one server, as a reader runs them in turn."""
     port, _, _ = server

@@ -56,6 +56,7 @@ async def jobs(client) -> list[pb.TrainingJob]:
     return list((await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest(page_size=100))).training_jobs)
 
 
+@pytest.mark.slow
 async def test_named_snapshots_are_checked_at_create_with_a_violation_on_the_field(make_server):
     client = await make_server(rate_limit_jobs_burst=30)
     fisher = fisher_pb2_grpc.FisherServiceStub(client.channel)

@@ -208,6 +208,7 @@ async def test_create_is_idempotent_by_request_id(client):
     await watch_all(client.training, first.name)
 
 
+@pytest.mark.slow
 async def test_list_pages_newest_first_and_filters_by_state(client):
     names = []
     for _ in range(3):

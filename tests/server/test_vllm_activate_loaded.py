@@ -70,6 +70,7 @@ async def test_adopting_a_manual_split_candidate_on_vllm(make_server, tiny_model
         await backend.stop()
 
 
+@pytest.mark.slow
 async def test_another_replica_activates_the_version_the_engine_has_from_the_first_ones_copy(
         make_server, tiny_model_dir, data_dir, tmp_path):
     backend = await start_backend(VllmLikeModel(tiny_model_dir, TINY))
