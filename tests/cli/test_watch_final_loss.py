@@ -10,7 +10,7 @@ import asyncio
 from learning.v1 import adapter_pb2
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as training
-from learning_engine.cli.jobs import follow_training
+from learning_engine.cli.training_watch import follow_training
 
 NAME = "trainingJobs/j1"
 
