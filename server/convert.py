@@ -1,4 +1,5 @@
-"""Protobuf <-> domain conversion for training jobs, in one place (what every kind of job shares: convert_jobs.py).
+"""Protobuf <-> domain conversion for training jobs, in one place (what every kind of job shares: convert_jobs.py;
+a dataset built from feedback, the labels check and the summary of a job's dataset: convert_dataset_source.py).
 
 Defaults documented in the .proto files are filled in here, so the engine only
 ever sees complete domain objects.
@@ -15,13 +16,11 @@ from engine.domain import (
     BaseProtection,
     BaseProtectionMethod,
     BaseRetention,
-    DatasetSummary,
     FeedbackSource,
     FisherSpace,
     JsonlSource,
     LoraSpec,
     Objective,
-    OnlineExamplesSource,
     StoredDatasetSource,
 )
 from engine.errors import InvalidArgument, ViolationCollector
@@ -51,6 +50,7 @@ from engine.training.spec import (
 )
 from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as pb
+from server.convert_dataset_source import checked_labels, dataset_to_pb, feedback_source_from_pb, feedback_source_to_pb
 from server.convert_jobs import (
     JOB_STATE_TO_PB,
     check_finite,
@@ -278,7 +278,7 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
                      f"must be > 1 with OBJECTIVE_KTO, or gradient_accumulation_steps > 1{unset}: KTO estimates its "
                      "KL reference point from each step's examples paired with one another's answers, and a step "
                      "of one example has none")
-    labels = _labels(msg.labels, f"{field_root}.labels", issues)
+    labels = checked_labels(msg.labels, f"{field_root}.labels", issues)
     _check_finite(msg, issues, field_root)
     issues.raise_if_any("INVALID_TRAINING_SPEC", "invalid training job spec")
     resolved = TrainingJobSpec(
@@ -342,30 +342,6 @@ def spec_to_pb(spec: TrainingJobSpec) -> pb.TrainingJobSpec:
     return msg
 
 
-MAX_FEEDBACK_DAYS = 3650  # a window longer than ten years is a mistake (and past a point, a date overflow)
-
-
-def feedback_source_from_pb(f: common.FeedbackDataset, issues: ViolationCollector,
-                            field_path: str) -> FeedbackSource:
-    """A dataset built from feedback, its window and weights checked into ``issues`` (violations named
-    ``<field_path>.days``, ...); zero fields take the defaults (7 days, 100 samples, weights 2.0 / 0.5)."""
-    issues.check(f.days <= MAX_FEEDBACK_DAYS, f"{field_path}.days", f"at most {MAX_FEEDBACK_DAYS}")
-    for name in ("thumbs_up_weight", "thumbs_down_weight"):
-        value = getattr(f, name)
-        issues.check(math.isfinite(value) and value >= 0, f"{field_path}.{name}",
-                     "a finite number >= 0 (0: the default)")
-    fd = FeedbackSource()
-    return FeedbackSource(
-        days=f.days or fd.days,
-        labels=_labels(f.labels, f"{field_path}.labels", issues),
-        adapter_version=f.adapter_version,
-        min_samples=f.min_samples or fd.min_samples,
-        force=f.force,
-        thumbs_up_weight=f.thumbs_up_weight or fd.thumbs_up_weight,
-        thumbs_down_weight=f.thumbs_down_weight or fd.thumbs_down_weight,
-    )
-
-
 def _check_finite(msg: pb.TrainingJobSpec, issues: ViolationCollector, field_root: str) -> None:
     """Every float of the spec must be finite (an infinite or NaN one was stored as null, and the job could not be
     read): each one that is not is named by its exact path, unless a range check above named it already (it keeps
@@ -374,26 +350,6 @@ def _check_finite(msg: pb.TrainingJobSpec, issues: ViolationCollector, field_roo
     check_finite(msg, field_root, finite)
     named = {v.field for v in issues.violations}
     issues.violations.extend(v for v in finite.violations if v.field not in named)
-
-
-def _labels(labels: Mapping[str, str], field_path: str, issues: ViolationCollector) -> tuple[tuple[str, str], ...]:
-    """``labels`` checked as AdapterService checks an adapter's (labels_from_pb: at most 64, keys and values
-    printable, keys 1..256 characters, values at most 256), into ``issues``: a training job's labels are copied onto
-    the adapter it publishes, and a feedback dataset's select feedback by the labels it was given."""
-    from server.convert_adapter import labels_from_pb  # noqa: PLC0415 - that module imports this one
-
-    try:
-        return labels_from_pb(labels, field_path)
-    except InvalidArgument as exc:
-        issues.violations.extend(exc.violations)
-        return ()
-
-
-def feedback_source_to_pb(f: FeedbackSource) -> common.FeedbackDataset:
-    return common.FeedbackDataset(
-        days=f.days, labels=dict(f.labels), adapter_version=f.adapter_version, min_samples=f.min_samples,
-        force=f.force, thumbs_up_weight=f.thumbs_up_weight, thumbs_down_weight=f.thumbs_down_weight,
-    )
 
 
 def checkpoint_to_pb(c: CheckpointRecord) -> pb.TrainingCheckpoint:
@@ -427,25 +383,6 @@ def metrics_row_to_pb(r: MetricsRow) -> pb.TrainingMetricsRow:
 def training_metrics_to_pb(job: TrainingJob, m: TrainingMetrics) -> pb.GetTrainingMetricsResponse:
     return pb.GetTrainingMetricsResponse(rows=[metrics_row_to_pb(r) for r in m.table.rows], csv=m.csv, png=m.png,
                                          state=JOB_STATE_TO_PB[job.state])
-
-
-def dataset_to_pb(s: DatasetSummary) -> common.DatasetSummary:
-    msg = common.DatasetSummary(
-        digest=s.digest, example_count=s.example_count, composition=dict(s.composition),
-        target_token_count=s.target_token_count, window_start=timestamp_to_pb(s.window_start),
-        window_end=timestamp_to_pb(s.window_end),
-    )
-    if isinstance(s.source, JsonlSource):
-        msg.jsonl.path = s.source.path
-    elif isinstance(s.source, FeedbackSource):
-        msg.feedback.CopyFrom(feedback_source_to_pb(s.source))
-    elif isinstance(s.source, StoredDatasetSource):
-        msg.dataset_name = s.source.name
-    elif isinstance(s.source, OnlineExamplesSource):
-        msg.online_examples.CopyFrom(common.OnlineExamples(session=f"onlineSessions/{s.source.session_id}",
-                                                           first_sequence=s.source.first,
-                                                           last_sequence=s.source.last))
-    return msg
 
 
 def base_retention_to_pb(kept: BaseRetention) -> common.BaseRetention:

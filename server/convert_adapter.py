@@ -11,7 +11,8 @@ from engine.lora.state import EvalSummary
 from engine.registry import AdapterEval, AdapterRecord, AdapterSource
 from learning.v1 import adapter_pb2 as pb
 from learning.v1 import common_pb2 as common
-from server.convert import FISHER_SPACE_TO_PB, base_protection_to_pb, base_retention_to_pb, dataset_to_pb
+from server.convert import FISHER_SPACE_TO_PB, base_protection_to_pb, base_retention_to_pb
+from server.convert_dataset_source import dataset_to_pb
 from server.convert_jobs import timestamp_to_pb
 
 _SOURCE = {

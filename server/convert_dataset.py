@@ -17,7 +17,7 @@ from engine.training.dataset_records import (
 )
 from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2 as pb
-from server.convert import feedback_source_from_pb, feedback_source_to_pb
+from server.convert_dataset_source import feedback_source_from_pb, feedback_source_to_pb
 from server.convert_jobs import timestamp_to_pb
 
 MAX_FILENAME = 255

@@ -17,7 +17,8 @@ from engine.errors import ViolationCollector
 from engine.jobs.core import JobEvent
 from engine.names import resource_id
 from learning.v1 import fisher_pb2 as pb
-from server.convert import FISHER_SPACE_TO_PB, feedback_source_from_pb, feedback_source_to_pb, fisher_space_from_pb
+from server.convert import FISHER_SPACE_TO_PB, fisher_space_from_pb
+from server.convert_dataset_source import feedback_source_from_pb, feedback_source_to_pb
 from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 
 ESTIMATOR_FROM_PB = {
