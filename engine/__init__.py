@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engine.lora.state import EvalSummary, LoadedLora, LoraStatus
     from engine.online.service import OnlineSessions
     from engine.pipelines.service import Pipelines
-    from engine.preparation.jobs import PreparationJobs
+    from engine.preparation.creation import PreparationJobs
     from engine.registry.records import AdapterRecord
     from engine.splits import SplitRule
     from engine.training.dataset_content import DatasetContent, DatasetKind

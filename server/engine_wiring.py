@@ -37,7 +37,8 @@ from engine.lora.evaluation_jobs import EVALUATION, EvaluationJobs, EvaluationRu
 from engine.online.spec import ONLINE_SESSION
 from engine.periodic import Periodic
 from engine.pipelines.spec import PIPELINE_RUN
-from engine.preparation.jobs import PREPARATION, GeneratorConfig, PreparationJobs, PreparationRunner
+from engine.preparation.creation import PreparationJobs
+from engine.preparation.jobs import PREPARATION, GeneratorConfig, PreparationRunner
 from engine.registry import AdapterRegistry, ArtifactStore
 from engine.serving.client import ServingClient, ServingConfig, ServingMode
 from engine.stores import postgres

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from engine.jobs.core import JobEvent
 from engine.names import resource_id
+from engine.preparation.creation import DocumentInput, PreparationRequest
 from engine.preparation.jobs import (
     DEFAULT_CHUNK_CHARS,
     DEFAULT_QUESTIONS_PER_CHUNK,
     ChunkPrepared,
-    DocumentInput,
     PreparationJob,
     PreparationJobSpec,
-    PreparationRequest,
 )
 from learning.v1 import dataset_pb2
 from learning.v1 import preparation_pb2 as pb

@@ -1,4 +1,4 @@
-"""DataPreparationService: convert, call the preparation jobs (engine.preparation.jobs), convert back."""
+"""DataPreparationService: convert, call the preparation jobs (engine.preparation.creation), convert back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from engine.jobs.core import JobEvent
-from engine.preparation.jobs import PreparationJobs
+from engine.preparation.creation import PreparationJobs
 from learning.v1 import preparation_pb2 as pb
 from learning.v1 import preparation_pb2_grpc as pb_grpc
 from server import preparation_convert as pc
