@@ -9,6 +9,7 @@ HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 # Test worker processes (pytest-xdist); each starts its own PostgreSQL and SeaweedFS. 0 runs in this process.
 PYTEST_WORKERS ?= 2
+PYTEST = PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
 TS := clients/typescript
 NODE_STAMP := $(TS)/node_modules/.installed
 
@@ -72,14 +73,14 @@ check: setup
 # `slow`: the tests of 3 s or more on a 2-core machine (real training, servers in other processes, the CLI's and the
 # replicas' end-to-end runs; tests/conftest.py); `make pytest` leaves them to `make pytest-slow`.
 pytest: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25 -m "not slow"
+	$(PYTEST) --durations=25 -m "not slow"
 
 pytest-slow: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25 -m slow
+	$(PYTEST) --durations=25 -m slow
 
 # The fast tier: no PostgreSQL, no SeaweedFS, no server in another process, no model (tests/conftest.py).
 test-fast: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -m "not full_stack and not model"
+	$(PYTEST) -m "not full_stack and not model"
 
 protos: setup
 	$(BIN)/buf format -w

@@ -54,23 +54,16 @@ from engine.training.run import AddedPenalties, TrainingRun  # noqa: E402
 from engine.training.spec import TrainingJobSpec  # noqa: E402
 
 
-def factors_of(base_dir: Path, pool: list[Example], work: Path, samples: int, seed: int) -> Factors:
-    """The base model's K-FAC factors over ``pool`` (engine.continual.base_ewc.kfac_factors, a job's EWC_BASE's), with
-    ``samples`` labels a row drawn with ``seed`` (a job's: 4 and 0; the runs of docs/continual-learning.md drew with
-    the chain's seed)."""
-    loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
-                                           [], work / "unused"))
-    return kfac_factors(loaded.model, encode_dataset(loaded.tokenizer, pool, MAX_SEQ_LENGTH), loaded.plan,
-                        samples=samples, seed=seed)  # a fresh adapter: every B is 0, the base model
-
-
-def task_factors_of(base_dir: Path, version: Path, task: list[Example], work: Path, samples: int,
-                    seed: int) -> Factors:
-    """A version's K-FAC factors on its own task's examples at its own weights (its adapter as trained, answers
-    sampled from its own distribution): what a continuation holding that task is penalised with."""
+def factors_of(base_dir: Path, rows: list[Example], work: Path, samples: int, seed: int,
+               version: Path | None = None) -> Factors:
+    """K-FAC factors over ``rows`` (engine.continual.base_ewc.kfac_factors, a job's EWC_BASE's), with ``samples``
+    labels a row drawn with ``seed`` (a job's: 4 and 0; the runs of docs/continual-learning.md drew with the chain's
+    seed): the base model's (a fresh adapter, every B at 0) on the rehearsal pool, or with ``version`` that version's
+    at its own weights on its own task (answers sampled from its own distribution), what a continuation holding
+    that task is penalised with."""
     loaded = load_for_training(TrainingRun(TrainingJobSpec(SMOLLM2_MODEL_ID, JsonlSource("x"), lora=LORA), base_dir,
                                            [], work / "unused", parent_adapter_dir=version))
-    return kfac_factors(loaded.model, encode_dataset(loaded.tokenizer, task, MAX_SEQ_LENGTH), loaded.plan,
+    return kfac_factors(loaded.model, encode_dataset(loaded.tokenizer, rows, MAX_SEQ_LENGTH), loaded.plan,
                         samples=samples, seed=seed)
 
 
@@ -111,14 +104,12 @@ def main() -> None:
         task_factors: list[Factors] = []
         for step, task in enumerate(tasks):
             examples = list(task)
-            anchor = load_adapter_weights(parent) if args.at_parent and parent is not None else None
-            penalty: Any = KfacPenalty(factors, args.kfac_lambda, anchor)
-            if args.ewc and parent is not None:
-                penalty = AddedPenalties(
-                    make_penalty(FisherSpace.LORA_PARAMETERS, fisher, load_adapter_weights(parent), args.ewc_lambda),
-                    penalty)
-            if task_factors and parent is not None:
-                held = load_adapter_weights(parent)
+            held = load_adapter_weights(parent) if parent is not None else None
+            penalty: Any = KfacPenalty(factors, args.kfac_lambda, held if args.at_parent else None)
+            if args.ewc and held is not None:
+                penalty = AddedPenalties(make_penalty(FisherSpace.LORA_PARAMETERS, fisher, held, args.ewc_lambda),
+                                         penalty)
+            if task_factors and held is not None:
                 penalty = AddedPenalties(penalty, *(KfacPenalty(f, args.task_kfac_lambda, held) for f in task_factors))
             objective = rotation = None
             if args.kl:
@@ -140,7 +131,7 @@ def main() -> None:
             if args.ewc:
                 fisher = br.fisher_accumulated(fisher, base_dir, out, task, args.seed)
             if args.task_kfac_lambda and step < len(tasks) - 1:
-                task_factors.append(task_factors_of(base_dir, out, task, work, args.samples, args.seed))
+                task_factors.append(factors_of(base_dir, task, work, args.samples, args.seed, version=out))
             parent = out
     br.report_written(report, args.out)
 
