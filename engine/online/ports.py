@@ -46,7 +46,10 @@ class OnlineStore(Protocol):
         ``verdicts`` on those of their versions the gate has not judged, in one write."""
         ...
 
-    async def request(self, session_id: str, counter: str) -> Controls: ...
+    async def request(self, session_id: str, counter: str, *, while_enabled: bool = False) -> tuple[Controls, bool]:
+        """One more request of ``counter``, only while learning is enabled if ``while_enabled`` (one write): the
+        controls after it, and whether it was requested."""
+        ...
 
     async def aliases(self, base_model: str) -> list[Controls]:
         """The sessions of ``base_model`` whose live alias is routed (FOLLOWING or KEPT)."""

@@ -226,22 +226,19 @@ class OnlineSessions:
     async def force_update(self, session_id: str) -> SessionView:
         """One update now on what is buffered. FAILED_PRECONDITION (ONLINE_LEARNING_DISABLED) while learning is
         disabled: the runner only updates an enabled session, so the request would sit unseen until someone enabled
-        learning, and the caller, told "requested", would wait for an update that does not come."""
+        learning, and the caller, told "requested", would wait for an update that does not come. The check and the
+        request are one write (a disable committed between them would leave the request unseen)."""
         await self._open(session_id)
-        controls = await self._store.controls(session_id)
-        if not controls.enabled:
+        controls, requested = await self._store.request(session_id, "force_updates", while_enabled=True)
+        if not requested:
             raise learning_disabled(session_id, controls.disabled_reason)
-        return await self._request(session_id, "force_updates")
+        return await self.get(session_id)
 
     async def publish(self, session_id: str) -> SessionView:
         """A publication at the session's next update point (learning disabled or not: it publishes what the
         session has learned so far)."""
         await self._open(session_id)
-        return await self._request(session_id, "publish_requests")
-
-    async def _request(self, session_id: str, what: str) -> SessionView:
-        """One more request of ``what`` (``force_updates`` or ``publish_requests``), for the runner to act on."""
-        await self._store.request(session_id, what)
+        await self._store.request(session_id, "publish_requests")
         return await self.get(session_id)
 
     async def add(self, session_id: str, examples: Sequence[NewExample], *, offset: int = 0) -> Added:

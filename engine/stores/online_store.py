@@ -50,7 +50,7 @@ from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.feedback_store import ERASURE_LOCK, user_hash
 from engine.stores.job_store import SHOWN_STATE_SQL
-from engine.stores.postgres import acquired, advisory_lock, connection_errors_unavailable
+from engine.stores.postgres import Statements, acquired, advisory_lock, connection_errors_unavailable
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -139,7 +139,8 @@ class PostgresOnlineStore:
     """engine.online.ports.OnlineStore over an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+        self._pool = pool  # transactions: acquired(self._pool)
+        self._statements = Statements(pool)  # one-statement calls
 
     def creating(self, session_id: str) -> contextlib.AbstractAsyncContextManager[object]:
         """The creates of ``session_id`` take turns, in every process on the database, for the block: from the look
@@ -195,17 +196,17 @@ class PostgresOnlineStore:
     async def discard(self, session_id: str) -> None:
         """The controls of a session that was never stored (its create failed, or returned another by its
         request_id): only ever those the caller's own ``create`` stored."""
-        await self._pool.execute("DELETE FROM online_controls WHERE session_id = $1", session_id)
+        await self._statements.execute("DELETE FROM online_controls WHERE session_id = $1", session_id)
 
     async def controls(self, session_id: str) -> Controls:
-        row = await self._pool.fetchrow("SELECT * FROM online_controls WHERE session_id = $1", session_id)
+        row = await self._statements.fetchrow("SELECT * FROM online_controls WHERE session_id = $1", session_id)
         if row is None:
             raise not_found(session_id)
         return _controls(row)
 
     async def controls_of(self, session_ids: Sequence[str]) -> dict[str, Controls]:
-        rows = await self._pool.fetch("SELECT * FROM online_controls WHERE session_id = ANY($1::text[])",
-                                      list(session_ids))
+        rows = await self._statements.fetch("SELECT * FROM online_controls WHERE session_id = ANY($1::text[])",
+                                            list(session_ids))
         return {r["session_id"]: _controls(r) for r in rows}
 
     async def set(self, session_id: str, *, verdicts: Mapping[str, GateVerdict] | None = None,
@@ -230,34 +231,39 @@ class PostgresOnlineStore:
             values += number
             assignments.append(f"alias_version = CASE WHEN alias_state IN ('', 'FOLLOWING') AND {published}"
                                f" THEN ${columns.index('alias_version') + 2} ELSE alias_version END")
-        row = await self._pool.fetchrow(
+        row = await self._statements.fetchrow(
             f"UPDATE online_controls SET {', '.join(assignments)}, update_time = now() WHERE session_id = $1"
             " RETURNING *", session_id, *values)
         if row is None:
             raise not_found(session_id)
         return _controls(row)
 
-    async def request(self, session_id: str, counter: str) -> Controls:
-        """One more request of ``counter`` (``force_updates`` or ``publish_requests``)."""
+    async def request(self, session_id: str, counter: str, *, while_enabled: bool = False) -> tuple[Controls, bool]:
+        """One more request of ``counter`` (``force_updates`` or ``publish_requests``), only while learning is
+        enabled if ``while_enabled``: the controls as they are after it, and whether it was requested. One
+        statement: a disable committed between a check and the request cannot leave a request no one acts on."""
         assert counter in _COUNTERS
-        row = await self._pool.fetchrow(
-            f"UPDATE online_controls SET {counter} = {counter} + 1, update_time = now() WHERE session_id = $1"
-            " RETURNING *", session_id)
+        row = await self._statements.fetchrow(
+            f"WITH updated AS (UPDATE online_controls SET {counter} = {counter} + 1, update_time = now()"
+            " WHERE session_id = $1 AND (enabled OR NOT $2) RETURNING *)"
+            " SELECT *, true AS requested FROM updated UNION ALL"
+            " SELECT *, false AS requested FROM online_controls"
+            " WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM updated)", session_id, while_enabled)
         if row is None:
             raise not_found(session_id)
-        return _controls(row)
+        return _controls(row), row["requested"]
 
     # ---- live aliases ----------------------------------------------------------------------------
 
     async def aliases(self, base_model: str) -> list[Controls]:
         """The sessions of ``base_model`` whose live alias is routed (FOLLOWING or KEPT)."""
-        rows = await self._pool.fetch(f"SELECT * FROM online_controls WHERE base_model = $1 AND {_ROUTED}",
-                                      base_model)
+        rows = await self._statements.fetch(f"SELECT * FROM online_controls WHERE base_model = $1 AND {_ROUTED}",
+                                            base_model)
         return [_controls(r) for r in rows]
 
     async def routed_versions(self, base_model: str) -> builtins.set[str]:
         """The versions the live aliases of ``base_model`` serve (engine.lora.state.RoutedElsewhere)."""
-        rows = await self._pool.fetch(
+        rows = await self._statements.fetch(
             f"SELECT DISTINCT CASE WHEN alias_version = '' THEN start_version ELSE alias_version END AS version"
             f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
         return {r["version"] for r in rows if r["version"]}
@@ -267,7 +273,7 @@ class PostgresOnlineStore:
         aliases serve (``routed_versions``), and, for each session that has not ended, its start version (a worker
         that takes it over or resumes it loads that version) and its latest publication (its next one's parent).
         Controls whose job is not stored yet are a session being created: its start version counts."""
-        rows = await self._pool.fetch(
+        rows = await self._statements.fetch(
             "SELECT c.start_version, j.doc -> 'output' -> 'publications' -> -1 ->> 'version' AS latest"
             " FROM online_controls c LEFT JOIN jobs j ON j.id = c.session_id"
             " WHERE c.base_model = $1 AND (j.id IS NULL OR j.state <> ALL($2::text[]))",
@@ -280,7 +286,7 @@ class PostgresOnlineStore:
         publication that passed the gate, an operator's, a feedback spike's start version), ENDED when it still
         serves the start version by default. None when it no longer follows the session (settled already, by
         another serving process too), or its controls changed within the last ``untouched_for`` seconds."""
-        row = await self._pool.fetchrow(
+        row = await self._statements.fetchrow(
             "UPDATE online_controls SET alias_state = CASE WHEN alias_version = '' THEN 'ENDED' ELSE 'KEPT' END,"
             " update_time = now() WHERE session_id = $1 AND alias_state = 'FOLLOWING'"
             " AND update_time <= now() - make_interval(secs => $2) RETURNING *", session_id, untouched_for)
@@ -290,14 +296,14 @@ class PostgresOnlineStore:
         """Point a routed alias at ``version`` if it is still published (the returned controls say where the alias
         is); None when the session's alias is not routed."""
         published, number = _published(version, 3)
-        row = await self._pool.fetchrow(
+        row = await self._statements.fetchrow(
             f"UPDATE online_controls SET alias_version = CASE WHEN {published} THEN $2 ELSE alias_version END,"
             f" update_time = now() WHERE session_id = $1 AND {_ROUTED} RETURNING *", session_id, version, *number)
         return _controls(row) if row is not None else None
 
     async def remove_alias(self, session_id: str) -> Controls | None:
         """REMOVED, for a routed alias; None when the session's alias is not routed."""
-        row = await self._pool.fetchrow(
+        row = await self._statements.fetchrow(
             f"UPDATE online_controls SET alias_state = 'REMOVED', update_time = now() WHERE session_id = $1"
             f" AND {_ROUTED} RETURNING *", session_id)
         return _controls(row) if row is not None else None
@@ -306,7 +312,7 @@ class PostgresOnlineStore:
         """Whether ``owner`` may run the gate on ``version`` now: no verdict yet, and no other owner's claim whose
         lease still runs. The claim is taken (or renewed) in the same statement, so of several serving processes
         asking at once exactly one gets it."""
-        claimed = await self._pool.fetchval(
+        claimed = await self._statements.fetchval(
             "UPDATE online_controls SET gate_claims = gate_claims || jsonb_build_object($2::text,"
             " jsonb_build_object('owner', $3::text, 'until', now() + make_interval(secs => $4)))"
             " WHERE session_id = $1 AND NOT gates ? $2 AND (NOT gate_claims ? $2"
@@ -320,7 +326,7 @@ class PostgresOnlineStore:
         alias to it when this verdict, recorded, passed (only while the alias follows the session or it has
         none, and only to a version still published, as ``set``). The controls after."""
         published, number = _published(version, 5)
-        row = await self._pool.fetchrow(
+        row = await self._statements.fetchrow(
             "UPDATE online_controls SET"
             f" alias_version = CASE WHEN $4 AND NOT gates ? $2 AND alias_state IN ('', 'FOLLOWING') AND {published}"
             " THEN $2 ELSE alias_version END,"
@@ -360,8 +366,8 @@ class PostgresOnlineStore:
     async def feedback_through(self, session_id: str) -> datetime | None:
         """How far (by event time) the feedback on the session's live model has become examples; None before its
         first read."""
-        row = await self._pool.fetchrow("SELECT feedback_through FROM online_controls WHERE session_id = $1",
-                                        session_id)
+        row = await self._statements.fetchrow("SELECT feedback_through FROM online_controls WHERE session_id = $1",
+                                              session_id)
         if row is None:
             raise not_found(session_id)
         through: datetime | None = row["feedback_through"]
@@ -402,18 +408,18 @@ class PostgresOnlineStore:
         return len(kept)
 
     async def after(self, session_id: str, seq: int, limit: int) -> list[StoredExample]:
-        rows = await self._pool.fetch(
+        rows = await self._statements.fetch(
             f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq > $2"
             " ORDER BY seq LIMIT $3", session_id, seq, limit)
         return [_example(r) for r in rows]
 
     async def present(self, session_id: str, seqs: Sequence[int]) -> frozenset[int]:
-        rows = await self._pool.fetch("SELECT seq FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])",
-                                      session_id, list(seqs))
+        rows = await self._statements.fetch(
+            "SELECT seq FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])", session_id, list(seqs))
         return frozenset(r["seq"] for r in rows)
 
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]:
-        rows = await self._pool.fetch(
+        rows = await self._statements.fetch(
             f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq = ANY($2::int8[])"
             " ORDER BY seq", session_id, list(seqs))
         return [_example(r) for r in rows]
@@ -421,7 +427,7 @@ class PostgresOnlineStore:
     async def window(self, session_id: str, first: int, last: int) -> OnlineExamples:
         """The examples ``first``..``last``; with their labels when any has one (a KTO session's examples all
         have)."""
-        rows = [_example(r) for r in await self._pool.fetch(
+        rows = [_example(r) for r in await self._statements.fetch(
             f"SELECT {_COLUMNS} FROM online_examples WHERE session_id = $1 AND seq BETWEEN $2 AND $3"
             " ORDER BY seq", session_id, first, last)]
         labelled = any(r.desirable is not None for r in rows)
@@ -431,7 +437,7 @@ class PostgresOnlineStore:
     async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:
         """Delete the session's examples but those in the ``keep`` windows (first, last); how many went."""
         firsts, lasts = [first for first, _ in keep], [last for _, last in keep]
-        return int(await self._pool.fetchval(
+        return int(await self._statements.fetchval(
             "WITH gone AS (DELETE FROM online_examples e WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM"
             " unnest($2::int8[], $3::int8[]) AS w(first, last) WHERE e.seq BETWEEN w.first AND w.last) RETURNING 1)"
             " SELECT count(*) FROM gone", session_id, firsts, lasts))
@@ -445,5 +451,5 @@ class PostgresOnlineStore:
                 "SELECT count(*) FROM online_examples WHERE session_id = $1 AND seq > $2", session_id, seq))
 
     async def last_sequence(self, session_id: str) -> int:
-        return int(await self._pool.fetchval(
+        return int(await self._statements.fetchval(
             "SELECT coalesce(max(seq), 0) FROM online_examples WHERE session_id = $1", session_id))

@@ -213,6 +213,32 @@ async def acquired(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyn
         raise unavailable(exc) from exc
 
 
+class Statements:
+    """One-statement calls on a pool, each on a connection taken through :func:`acquired`: PostgreSQL out of reach,
+    a connection that died as the pool handed it over included, is UNAVAILABLE DATABASE_UNAVAILABLE. The pool's own
+    ``fetch``, ``fetchrow``, ``fetchval`` and ``execute`` end such a connection in the driver's InterfaceError, which
+    only the connection it was raised on tells from a misuse."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with acquired(self._pool) as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with acquired(self._pool) as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with acquired(self._pool) as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with acquired(self._pool) as conn:
+            return await conn.execute(query, *args)
+
+
 @contextlib.contextmanager
 def held(conn: PoolConnectionProxy[asyncpg.Record]) -> Iterator[PoolConnectionProxy[asyncpg.Record]]:
     """``conn``, a connection of a pool taken already (an :func:`advisory_lock`'s, which the lock's block holds

@@ -7,6 +7,7 @@ those an update had popped when the error came."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -238,15 +239,17 @@ async def test_the_session_store_raises_unavailable_for_the_drivers_connection_e
     (engine.stores.postgres.connection_errors_unavailable); a statement's own error stays what it is."""
     from engine.stores.online_store import PostgresOnlineStore
 
+    class _Lost:
+        async def fetchrow(self, *args: Any) -> None:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
     class _Gone:
         def get_max_size(self) -> int:
             return 4
 
-        async def fetchrow(self, *args: Any) -> None:
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
-
-        def acquire(self) -> Any:
-            raise ConnectionRefusedError(111, "Connect call failed")
+        @contextlib.asynccontextmanager
+        async def acquire(self) -> Any:
+            yield _Lost()
 
     store = PostgresOnlineStore(_Gone())  # type: ignore[arg-type]
     with pytest.raises(Unavailable) as lost:

@@ -320,12 +320,8 @@ NO_DATABASE_FROM_AN_RPC: dict[str, dict[str, str]] = {
     },
 }
 
-# Out of the dead-handover test: the job queue's pool is psycopg's (a refused connection is its outage), and the online
-# store: its transactions take connections through acquired(), but its one-statement calls go to the pool under the
-# class decorator connection_errors_unavailable, which cannot tell a connection that died as the pool handed it over
-# (the driver's InterfaceError) from a misuse (not fixed; a connection lost mid-statement is a connection error, which
-# the decorator translates; tests/engine/test_online_transient_errors.py has the online store's own).
-NOT_HANDED_OVER = {_store("job_queue", "ProcrastinateQueue"), _store("online_store", "PostgresOnlineStore")}
+# Out of the dead-handover test: the job queue's pool is psycopg's (a refused connection is its outage).
+NOT_HANDED_OVER = {_store("job_queue", "ProcrastinateQueue")}
 
 
 def _public_methods(cls: type) -> set[str]:
