@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
@@ -52,15 +53,16 @@ class JobEventLog(Generic[S, O]):
 
     async def _write_idle(
         self, job: Job[S, O], state: JobState, message: str, *, failure: JobFailure | None = None,
-        lease: Lease | None = None,
+        lease: Lease | None = None, after: Sequence[object] = (),
     ) -> Job[S, O]:
-        """Move a job no run of it holds to ``state``, with its events: one no worker holds (Aborted if a worker
-        claimed it meanwhile), or, with ``lease``, one this worker claimed but never ran, moved under that lease
-        and let go of (LeaseLost if another worker took it over meanwhile)."""
+        """Move a job no run of it holds to ``state``, with its events (``after``: more, after the state change):
+        one no worker holds (Aborted if a worker claimed it meanwhile), or, with ``lease``, one this worker claimed
+        but never ran, moved under that lease and let go of (LeaseLost if another worker took it over meanwhile)."""
         events: list[object] = []
         if failure is not None and state is JobState.FAILED:
             events.append(Failed(failure))
         events.append(StateChanged(job.state, state, message))
+        events.extend(after)
         logged = [JobEvent(job.last_sequence + i + 1, now(), p) for i, p in enumerate(events)]
         ended = state.terminal
         updated = replace(job, state=state, last_sequence=logged[-1].sequence, failure=failure,

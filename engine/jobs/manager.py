@@ -53,6 +53,7 @@ from engine.jobs.core import (
     JobState,
     Noticed,
     StateChanged,
+    Warned,
 )
 from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
 from engine.jobs.last_attempt import LastAttempt
@@ -150,8 +151,9 @@ class JobManager(JobEventLog[S, O]):
         uses it instead of resolving again. ``pins``, what the job names and needs live (engine.domain.Pin), are
         checked as it is stored, in the same transaction: one gone since validation stores nothing (NOT_FOUND).
         """
-        first = JobEvent(1, now(), StateChanged(None, JobState.QUEUED, "job accepted"))
-        stored = await self._store.insert_job(replace(job, last_sequence=1), [first], pins=pins)
+        payloads = [StateChanged(None, JobState.QUEUED, "job accepted"), *await self._no_worker()]
+        events = [JobEvent(i, now(), payload) for i, payload in enumerate(payloads, start=1)]
+        stored = await self._store.insert_job(replace(job, last_sequence=len(events)), events, pins=pins)
         if stored.id != job.id:  # request_id seen before
             same_job(job, stored)
             return await self._seen_before(stored)
@@ -163,6 +165,12 @@ class JobManager(JobEventLog[S, O]):
         log.info("job created", extra={"job_id": job.id, "kind": self.kind.name})
         await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
         return stored
+
+    async def _no_worker(self) -> list[Warned]:
+        """A NO_WORKER warning for a job queued now that no running worker takes (``JobQueue.waiting_reason``): it
+        waits QUEUED, and is told why and what would start a worker, instead of waiting with no word."""
+        waiting = await self._queue.waiting_reason(self.kind.name)
+        return [] if waiting is None else [Warned("NO_WORKER", waiting)]
 
     async def _seen_before(self, stored: Job[S, O]) -> Job[S, O]:
         """The job an earlier create of the same request stored, as it is now; queued (again) if it is QUEUED: the
@@ -256,7 +264,7 @@ class JobManager(JobEventLog[S, O]):
                     metadata={"state": job.state.value},
                 )
             try:
-                resumed = await self._write_idle(job, JobState.QUEUED, "resumed")
+                resumed = await self._write_idle(job, JobState.QUEUED, "resumed", after=await self._no_worker())
             except Aborted:
                 continue  # changed meanwhile: look again
             await self._queue.enqueue(self.kind.name, job_id, priority=job.priority)

@@ -170,6 +170,11 @@ class JobQueue(Protocol):
         """Queue a job for a worker; queueing one that is already waiting is a no-op."""
         ...
 
+    async def waiting_reason(self, kind: str) -> str | None:
+        """Why a job of ``kind`` queued now would wait with no worker to take it (none runs that kind), saying what
+        would start one; None when a worker takes it, or when that cannot be told now."""
+        ...
+
 
 JobExecutor = Callable[[str, str], Awaitable[None]]  # (kind, job id): runs a job a worker took from the queue
 

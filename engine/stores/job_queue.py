@@ -65,6 +65,19 @@ PIPELINE_QUEUE = "learning_engine_pipelines"  # pipeline runs
 ONLINE_QUEUE = "learning_engine_online"  # online sessions: places of their own beside training and Fisher jobs'
 TASK = "learning_engine.run_job"
 
+# What starts a worker of each queue, for a job created while none runs (``waiting_reason``).
+QUEUE_WORKERS = {
+    QUEUE: "a worker (`learning-engine-server worker`, or a server with embedded_worker)",
+    ONLINE_QUEUE: "a worker with online_max_sessions above 0",
+    SERVING_QUEUE: "a server with serving on",
+    PREPARATION_QUEUE: "a server with serving on",
+    PIPELINE_QUEUE: "a server with serving on",
+}
+ANNOUNCE_POLL_SECONDS = 0.2  # how soon a worker's registration is announced (a look at memory, not the database)
+# How long a create waits to learn whether a worker takes its job: the look is advisory, and with PostgreSQL away the
+# queue's pool would wait its whole timeout for a connection before the create's own insert fails.
+WAITING_REASON_SECONDS = 1.0
+
 
 # psycopg's SQLSTATEs of a server going away or not taking connections yet (as engine.stores.postgres.CONNECTION_ERRORS
 # for asyncpg: the shutdowns, "cannot connect now", and the connection exceptions, class 08).
@@ -224,6 +237,8 @@ class ProcrastinateQueue:
             )
             self._running.add(worker)  # before run(), which forgets a stop asked before it started
             keeper = asyncio.get_running_loop().create_task(self._keep_alive(worker))
+            announcer = asyncio.get_running_loop().create_task(
+                self._announce(worker, queues=queues, places=concurrency, name=name))
             try:
                 await worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
                 return
@@ -236,6 +251,7 @@ class ProcrastinateQueue:
             finally:
                 self._running.discard(worker)
                 keeper.cancel()
+                announcer.cancel()
 
     async def _keep_alive(self, worker: Worker) -> None:
         """Heartbeats that survive a database error. procrastinate's own heartbeat task ends at its first failed
@@ -250,6 +266,48 @@ class ProcrastinateQueue:
                 await self._app.job_manager.update_heartbeat(worker.worker_id)
             except Exception:  # noqa: BLE001 - the database restarting: try at the next period
                 log.info("heartbeat not sent; retrying", exc_info=True)
+
+    async def _announce(self, worker: Worker, *, queues: list[str], places: int, name: str) -> None:
+        """Record what ``worker`` takes (its queues and places, table ``queue_places``) under each registration it
+        makes, as soon as it has made it: the row goes with the registration (a foreign key cascades as procrastinate
+        unregisters or prunes it), so a worker that registers anew (``SteadyWorker``) announces itself again. A
+        failed insert is tried again at the next look."""
+        announced = None
+        while worker in self._running:
+            current = worker.worker_id
+            if current is not None and current != announced:
+                try:
+                    await self._app.connector.execute_query_async(
+                        "INSERT INTO queue_places (worker_id, name, queues, places) "
+                        "VALUES (%(worker_id)s, %(name)s, %(queues)s, %(places)s) ON CONFLICT (worker_id) DO NOTHING",
+                        worker_id=current, name=name, queues=queues, places=places)
+                    announced = current
+                except Exception:  # noqa: BLE001 - the database restarting, or the registration pruned meanwhile
+                    log.info("worker places not recorded; retrying", exc_info=True)
+            await asyncio.sleep(ANNOUNCE_POLL_SECONDS)
+
+    async def waiting_reason(self, kind: str) -> str | None:
+        """Why a job of ``kind`` queued now would wait for no worker: no running worker takes its queue (none of
+        this process, none announced elsewhere whose heartbeats go on), with what would start one. None when one
+        does, and when the database cannot tell within ``WAITING_REASON_SECONDS`` (the job waits as it would anyway;
+        this only informs)."""
+        queue = self._queue_of(kind)
+        if queue in self._taken and not self._stopping:
+            return None
+        try:
+            async with asyncio.timeout(WAITING_REASON_SECONDS):
+                row = await self._app.connector.execute_query_one_async(
+                    "SELECT count(*) AS workers FROM queue_places p JOIN procrastinate_workers w ON w.id = p.worker_id "
+                    "WHERE %(queue)s = ANY (p.queues) "
+                    "AND w.last_heartbeat > now() - make_interval(secs => %(stalled)s)",
+                    queue=queue, stalled=self._stalled)
+        except Exception:  # noqa: BLE001 - advisory: the job is stored and queued all the same
+            log.info("could not look for the workers of a queue", exc_info=True, extra={"queue": queue})
+            return None
+        if row["workers"]:
+            return None
+        return (f"no running worker takes {kind} jobs (queue {queue}): the job waits QUEUED until "
+                f"{QUEUE_WORKERS.get(queue, 'a worker of that queue')} starts")
 
     async def _look_after_items(self) -> None:
         """Every heartbeat period put stalled items back (``_rescue_stalled``); every ``prune_every_seconds``,

@@ -198,6 +198,11 @@ class InProcessQueue:
     async def close(self) -> None:
         await self.stop_worker()
 
+    async def waiting_reason(self, kind: str) -> str | None:
+        if kind in self._executors and self._tasks and not self._stopping:
+            return None
+        return f"no worker of this process takes {kind} jobs: the job waits QUEUED until one is started"
+
     async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
         if job_id in self._waiting:
             return

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from engine.jobs.context import JobSlots
-from engine.jobs.core import JobEvent, JobState, StateChanged
+from engine.jobs.core import JobEvent, JobState, StateChanged, Warned
 from engine.jobs.manager import JobManager
 from engine.jobs.ports import JobStore
 from engine.stores.job_store import JobNotifications, PostgresJobStore
@@ -44,8 +44,13 @@ async def _cancel_while_the_watcher_is_busy(job_store: JobStore[CountSpec, Count
         job = await mgr.submit(mgr.new_job(CountSpec(3), CountOutput()))
         stream = mgr.watch(job.id)
         assert (await anext(stream)).state is JobState.QUEUED  # the snapshot
-        first = await anext(stream)  # the watch is now suspended at this yield (the client reading slowly)
-        assert isinstance(first, JobEvent) and first.sequence == 1
+        accepted = await anext(stream)
+        assert isinstance(accepted, JobEvent) and accepted.sequence == 1
+        # No worker takes the job, which it is told; the watch is now suspended at this yield (the client reading
+        # slowly), the job's last event so far.
+        waiting = await anext(stream)
+        assert isinstance(waiting, JobEvent) and isinstance(waiting.payload, Warned)
+        assert waiting.payload.code == "NO_WORKER"
         await mgr.cancel(job.id)  # stored, and the store notifies its waiters
         try:
             event = await asyncio.wait_for(anext(stream), 5)

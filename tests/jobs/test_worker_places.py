@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from engine.jobs.context import JobSlots
-from engine.jobs.core import JobKind, JobState
+from engine.jobs.core import JobEvent, JobKind, JobState, StateChanged, Warned
 from engine.jobs.manager import JobManager
 from engine.lora.evaluation_jobs import EVALUATION
 from engine.online.spec import ONLINE_SESSION
@@ -352,3 +352,54 @@ async def test_a_preparation_queued_in_the_evaluations_queue_moves_to_its_own(pr
         await _until_running(a.evaluations, evaluation.id, "an evaluation, beside the preparation,")
     finally:
         await earlier.close()
+
+
+def _warnings(events: list[JobEvent]) -> list[Warned]:
+    return [e.payload for e in events if isinstance(e.payload, Warned)]
+
+
+async def _until_told(queue: ProcrastinateQueue, kind: str, *, waiting: bool, what: str) -> None:
+    """Until ``queue`` finds a worker for ``kind`` (``waiting`` False) or none (True): workers announce themselves
+    as they register, and go as they unregister."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while (await queue.waiting_reason(kind) is not None) is not waiting:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"{what}: still {await queue.waiting_reason(kind)!r} after {WAIT} s") from None
+
+
+async def test_a_job_no_running_worker_takes_is_told_so_as_it_is_created(processes) -> None:
+    """An API replica running no worker (embedded_worker false) stored the job QUEUED and said nothing: with no worker
+    anywhere, or none running sessions (online_max_sessions 0 on every worker), it waited for ever with no word. It
+    is told (a NO_WORKER warning naming its queue and what would start a worker), and queued all the same: a worker
+    started later runs it. A worker on another machine counts as long as its heartbeats go on."""
+    api = processes("api")  # serves the API only: its queue, no worker of its own
+    await api.queue.open()
+    early = await api.jobs.submit(api.jobs.new_job(CountSpec(1000), CountOutput()))
+    (warning,) = _warnings((await api.jobs.events(early.id))[1])
+    assert warning.code == "NO_WORKER"
+    assert f"no running worker takes {COUNT.name} jobs (queue {QUEUE})" in warning.message
+    assert "learning-engine-server worker" in warning.message
+    await api.jobs.pause(early.id)  # a queued job pauses at once; resumed, it is queued again, and told again
+    await api.jobs.resume(early.id)
+    events = (await api.jobs.events(early.id))[1]
+    assert [w.code for w in _warnings(events)] == ["NO_WORKER", "NO_WORKER"]
+    assert isinstance(events[-2].payload, StateChanged) and events[-2].payload.message == "resumed"
+
+    worker = processes("worker", runs_sessions=False)
+    await worker.start()
+    await _until_running(worker.jobs, early.id, "the job created before any worker ran")
+    await _until_told(api.queue, COUNT.name, waiting=False, what="a worker of the training queue elsewhere")
+    later = await api.jobs.submit(api.jobs.new_job(CountSpec(1000), CountOutput()))
+    assert _warnings((await api.jobs.events(later.id))[1]) == []
+
+    session = await api.sessions.submit(api.sessions.new_job(CountSpec(1000), CountOutput()))
+    (warning,) = _warnings((await api.sessions.events(session.id))[1])
+    assert warning.code == "NO_WORKER" and f"(queue {ONLINE_QUEUE})" in warning.message
+    assert "online_max_sessions above 0" in warning.message
+    assert (await api.sessions.get(session.id)).state is JobState.QUEUED
+
+    await worker.stop()  # unregisters: its places go with it
+    worker.started = False
+    await _until_told(api.queue, COUNT.name, waiting=True, what="the only worker stopped")

@@ -288,8 +288,12 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
 }
 
 # The job notifications' LISTEN connection, held for good: PostgreSQL away, a wait polls instead (and listens again
-# once it is back); none of these raises.
+# once it is back); and the queue's look for a worker of a new job's kind, which only informs (the job is queued all
+# the same) and answers None. None of these raises.
 POLLING: dict[str, dict[str, Call]] = {
+    _store("job_queue", "ProcrastinateQueue"): {
+        "waiting_reason": lambda s: s.queue.waiting_reason(COUNT.name),
+    },
     _store("job_store", "JobNotifications"): {
         "notified": lambda s: s.notifications.notified(),
         "wait": lambda s: s.notifications.wait("j", 0.01),
