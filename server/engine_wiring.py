@@ -87,6 +87,7 @@ class Owned:
     triggers: Periodic | None = None  # pipelines' triggers, in serving processes
     online_follow: Periodic | None = None  # online sessions' live adapters and gate, in serving processes
     online_sweep: Periodic | None = None  # what ended online sessions leave (examples past retention, archives)
+    recover: Periodic | None = None  # QUEUED jobs with nothing queued to run them, queued again
     lock: DataDirLock | None = None  # one server per data dir; released last
 
     def probes(self) -> dict[str, Probe]:
@@ -105,10 +106,10 @@ class Owned:
         """Stop running jobs (they keep their progress and are queued again) and stop taking new ones."""
         # Together: the queue's worker stops taking jobs at once (a closing manager would hand each back, in a
         # loop) but keeps its heartbeats going until the running jobs are released (engine.stores.job_queue).
-        for loop in (self.triggers, self.online_follow, self.online_sweep):
+        for loop in (self.triggers, self.online_follow, self.online_sweep, self.recover):
             if loop is not None:
                 await loop.stop()
-        self.triggers = self.online_follow = self.online_sweep = None
+        self.triggers = self.online_follow = self.online_sweep = self.recover = None
         stopping = [asyncio.ensure_future(m.shutdown()) for m in self.job_managers]
         if self.queue is not None:
             await self.queue.stop_worker()
@@ -349,8 +350,15 @@ async def build_engine(settings: Settings, owned: Owned, *, serve: bool = True, 
         preparer=preparer, planner=planner, artifacts=owned.store, lora=owned.lora, feedback=feedback_datasets)
     owned.job_managers = (training_manager, fisher_manager, online_manager,
                           *(m for m in (evaluation_manager, preparation_manager, pipeline_manager) if m is not None))
-    for manager in owned.job_managers:
-        await manager.recover()
+    managers = owned.job_managers
+
+    async def recover() -> None:
+        for manager in managers:
+            await manager.recover()
+
+    await recover()
+    owned.recover = Periodic("job-recover", recover, settings.job_recover_seconds)
+    owned.recover.start()
     if work:
         start_job_workers(queue, (training_manager, fisher_manager),
                           online_manager if settings.online_max_sessions else None, name=worker_id)

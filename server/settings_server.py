@@ -133,6 +133,11 @@ class ServerSettings(BaseModel):
     worker_heartbeat_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a worker says it is alive (and looks for stalled jobs).",
     )
+    job_recover_seconds: float = Field(
+        60.0, gt=0, le=86_400,
+        description="How often each process looks for QUEUED jobs with nothing queued to run them (a create that "
+        "stored its job and then failed to queue it, and was not retried) and queues them again; also at start.",
+    )
     worker_stalled_seconds: float = Field(
         20.0, gt=0, le=3600,
         description="A worker silent this long is taken for dead: its jobs are queued again for any worker, which "

@@ -99,10 +99,22 @@ class JobManager(JobEventLog[S, O]):
 
     # ---- lifecycle ------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """At start: queue again what the store holds as queued (queueing a waiting job is a no-op)."""
-        for job in await self._store.jobs_in_states((JobState.QUEUED,)):
+    async def recover(self) -> int:
+        """Queue again the jobs the store holds as QUEUED that have no item in the queue (waiting or being run), and
+        return how many. At start, and every ``job_recover_seconds`` after (server.engine_wiring): a job can be left
+        QUEUED with nothing queued to run it (its create stored it and then failed to queue it, and the client did
+        not retry; an item moved to its kind's queue whose re-queueing kept failing until its retries ended;
+        procrastinate's items lost with a restored database), and would wait for ever. Queueing one again is safe
+        whatever happens meanwhile: queueing a waiting job is a no-op, and an item queued while another runs the job
+        waits on the job's lock, then finds it ended or claimed (``execute``)."""
+        queued = await self._store.jobs_in_states((JobState.QUEUED,))
+        held = await self._queue.held([job.id for job in queued]) if queued else set()
+        lost = [job for job in queued if job.id not in held]
+        for job in lost:
+            log.warning("a queued job had nothing queued to run it; queueing it again",
+                        extra={"job_id": job.id, "kind": self.kind.name})
             await self._queue.enqueue(self.kind.name, job.id, priority=job.priority)
+        return len(lost)
 
     async def shutdown(self) -> None:
         """Stop this process's worker: running jobs stop at their next step, keep their progress (checkpoint)

@@ -170,6 +170,10 @@ class JobQueue(Protocol):
         """Queue a job for a worker; queueing one that is already waiting is a no-op."""
         ...
 
+    async def held(self, job_ids: Sequence[str]) -> set[str]:
+        """The jobs among ``job_ids`` that have an item in the queue, waiting for a worker or being run."""
+        ...
+
     async def waiting_reason(self, kind: str) -> str | None:
         """Why a job of ``kind`` queued now would wait with no worker to take it (none runs that kind), saying what
         would start one; None when a worker takes it, or when that cannot be told now."""

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import procrastinate
 import psycopg
@@ -93,6 +93,19 @@ def _out_of_reach(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     return state is None or state.startswith("08") or state in _OUT_OF_REACH_STATES
+
+
+@contextlib.contextmanager
+def _out_of_reach_unavailable() -> Iterator[None]:
+    """procrastinate's ConnectorException for PostgreSQL out of reach as UNAVAILABLE DATABASE_UNAVAILABLE; its other
+    errors stay what they are."""
+    try:
+        yield
+    except pexc.ConnectorException as exc:
+        cause = exc.__cause__
+        if cause is not None and _out_of_reach(cause):
+            raise unavailable(cause) from exc
+        raise
 
 
 def procrastinate_schema() -> str:
@@ -178,16 +191,12 @@ class ProcrastinateQueue:
         return self._queues.get(kind, QUEUE)
 
     async def enqueue(self, kind: str, job_id: str, *, priority: int = 0) -> None:
-        try:
-            await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority,
-                                       queue=self._queue_of(kind)).defer_async(kind=kind, job_id=job_id)
-        except pexc.AlreadyEnqueued:
-            pass  # already waiting for a worker
-        except pexc.ConnectorException as exc:
-            cause = exc.__cause__
-            if cause is not None and _out_of_reach(cause):
-                raise unavailable(cause) from exc
-            raise
+        with _out_of_reach_unavailable():
+            try:
+                await self._task.configure(lock=job_id, queueing_lock=job_id, priority=priority,
+                                           queue=self._queue_of(kind)).defer_async(kind=kind, job_id=job_id)
+            except pexc.AlreadyEnqueued:
+                pass  # already waiting for a worker
 
     async def _move(self, kind: str, job_id: str, item: procrastinate.jobs.Job) -> None:
         """Put an item a worker took from a queue that is not its kind's (``queues``) back into its kind's, run by
@@ -197,7 +206,8 @@ class ProcrastinateQueue:
         no executor (a worker running no sessions) and fail at every attempt, its job left queued with no item. It is
         queued anew as ``enqueue`` queues it (its lock, queueing lock and priority), and this one ends as done
         (deleted, not run again): the new item waits on the lock until it has, then any worker of its queue takes it.
-        A job with an item already waiting keeps that one."""
+        A job with an item already waiting keeps that one. Should queueing it keep failing until this item's retries
+        end, the job is left QUEUED with no item, and queued again by the next ``JobManager.recover``."""
         log.info("a job's item was queued in another queue than its kind's; moving it there",
                  extra={"item": item.id, "kind": kind, "job": job_id, "from": item.queue,
                         "to": self._queue_of(kind)})
@@ -285,6 +295,14 @@ class ProcrastinateQueue:
                 except Exception:  # noqa: BLE001 - the database restarting, or the registration pruned meanwhile
                     log.info("worker places not recorded; retrying", exc_info=True)
             await asyncio.sleep(ANNOUNCE_POLL_SECONDS)
+
+    async def held(self, job_ids: Sequence[str]) -> set[str]:
+        """The jobs among ``job_ids`` with an item waiting (todo) or being run (doing), in any queue."""
+        with _out_of_reach_unavailable():
+            rows = await self._app.connector.execute_query_all_async(
+                "SELECT DISTINCT args ->> 'job_id' AS job FROM procrastinate_jobs WHERE task_name = %(task)s"
+                " AND status IN ('todo', 'doing') AND args ->> 'job_id' = ANY (%(ids)s)", task=TASK, ids=list(job_ids))
+        return {r["job"] for r in rows}
 
     async def waiting_reason(self, kind: str) -> str | None:
         """Why a job of ``kind`` queued now would wait for no worker: no running worker takes its queue (none of

@@ -198,6 +198,9 @@ class InProcessQueue:
     async def close(self) -> None:
         await self.stop_worker()
 
+    async def held(self, job_ids: Sequence[str]) -> set[str]:
+        return (self._waiting | self._running) & set(job_ids)
+
     async def waiting_reason(self, kind: str) -> str | None:
         if kind in self._executors and self._tasks and not self._stopping:
             return None

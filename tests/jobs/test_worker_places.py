@@ -403,3 +403,36 @@ async def test_a_job_no_running_worker_takes_is_told_so_as_it_is_created(process
     await worker.stop()  # unregisters: its places go with it
     worker.started = False
     await _until_told(api.queue, COUNT.name, waiting=True, what="the only worker stopped")
+
+
+async def test_a_queued_job_whose_item_was_lost_is_queued_again(processes) -> None:
+    """A QUEUED job with no item in the queue (its create stored it, then queueing it failed and the client never
+    retried; an item whose re-queueing kept failing) waited for ever: only a process's start queued such jobs again.
+    ``recover`` (at start and every job_recover_seconds) queues exactly those again, and a worker runs them; a job
+    whose item waits is left as it is."""
+    a = processes("worker-a")
+    await a.queue.open()  # its queue only: the jobs stay queued until its worker starts
+    lost = await a.jobs.submit(a.jobs.new_job(CountSpec(1), CountOutput()))
+    kept = await a.jobs.submit(a.jobs.new_job(CountSpec(1), CountOutput()))
+    await processes.pool.execute("DELETE FROM procrastinate_jobs WHERE args ->> 'job_id' = $1", lost.id)
+    assert await a.queue.held([lost.id, kept.id]) == {kept.id}
+    assert await a.jobs.recover() == 1
+    assert await a.queue.held([lost.id, kept.id]) == {lost.id, kept.id}
+    assert await a.jobs.recover() == 0  # each has its item: nothing queued twice
+    items = await processes.pool.fetch("SELECT args ->> 'job_id' AS job FROM procrastinate_jobs")
+    assert sorted(r["job"] for r in items) == sorted([lost.id, kept.id])
+    await a.start()
+    a.jobs.runner.release.release()
+    a.jobs.runner.release.release()
+    for job in (lost, kept):
+        await _until_ended(a.jobs, job.id)
+
+
+async def _until_ended(manager: JobManager, job_id: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while not (await manager.get(job_id)).state.terminal:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"job {job_id} did not end in {WAIT} s: {await manager.get(job_id)}") from None
+    assert (await manager.get(job_id)).state is JobState.SUCCEEDED

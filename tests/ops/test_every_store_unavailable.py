@@ -284,6 +284,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
     },
     _store("job_queue", "ProcrastinateQueue"): {
         "enqueue": lambda s: s.queue.enqueue(COUNT.name, "j"),
+        "held": lambda s: s.queue.held(["j"]),
     },
 }
 
