@@ -22,13 +22,16 @@ O = TypeVar("O")  # noqa: E741 - as in engine.jobs.core
 async def watch_live(live: LiveJob[S, O], after: int) -> AsyncIterator[JobEvent]:
     """The events of a job this worker holds, from memory, each once the store holds it (woken as the store
     takes them), until the worker lets go of the job. What it recorded and had not stored then is never shown:
-    a worker that lost the job drops it, and the stored log (``watch_stored``) goes on from there."""
+    a worker that lost the job drops it, and the stored log (``watch_stored``) goes on from there. Only events after
+    ``after`` are yielded, also when the job has not reached it yet (events recorded later are compared with it too)."""
     index = next((i for i, ev in enumerate(live.events) if ev.sequence > after), len(live.events))
     while True:
         while index < len(live.events) and live.events[index].sequence <= live.stored:
-            after = live.events[index].sequence
-            yield live.events[index]
+            event = live.events[index]
             index += 1
+            if event.sequence > after:
+                after = event.sequence
+                yield event
         if live.finished:
             return
         async with live.changed:
