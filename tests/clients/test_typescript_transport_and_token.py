@@ -61,8 +61,9 @@ await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
 """
 
 # A watch through a TCP proxy that cuts the connection (both sockets closed, or reset) at the first event, once,
-# resumed as docs/clients.md says: on Unavailable, watch again after the last sequence seen. The caller never
-# aborts. At the end, a watch of the finished job from the start lists every event, to compare.
+# resumed by hand over the client's plain watch call: on Unavailable, watch again after the last sequence seen (what
+# the package's watch helpers do, docs/clients.md; test_typescript_resume.py). The caller never aborts. At the end,
+# a watch of the finished job from the start lists every event, to compare.
 DROPPED_WATCH = PROXY + r"""
 import { Code, ConnectError, JobState, createLearningEngineClient } from "@learning-engine/client";
 const how = process.argv[2];

@@ -3,7 +3,8 @@
  * generated learning.v1 services and messages, the client over any Connect transport, the bearer token, and
  * errors read from their google.rpc details and typed by the catalogue of reasons (learning.v1.ErrorReason), a
  * call's (ConnectError) as a finished job's (its google.rpc.Status), and the google.rpc messages with a `registry`
- * for toJson. `index.ts` (Node: gRPC over HTTP/2) and `web.ts` (browsers: gRPC-Web) add the transport.
+ * for toJson, and the watches that resume by themselves after a dropped connection (watch.ts). `index.ts` (Node:
+ * gRPC over HTTP/2, with TLS options) and `web.ts` (browsers: gRPC-Web) add the transport.
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
@@ -52,6 +53,7 @@ export * from "./gen/learning/v1/training_pb.js";
 export * from "./gen/google/rpc/error_details_pb.js";
 export * from "./gen/google/rpc/status_pb.js";
 export { Code, ConnectError };
+export * from "./watch.js";
 
 /**
  * The google.rpc types a message's `google.protobuf.Any` fields hold (the details of a job's `error`), for JSON:
