@@ -16,7 +16,7 @@ from engine.drift.ports import IncomingPrompts
 from engine.drift.report import EvalPoint, FeedbackBucket
 from engine.lora.state import EvalSummary
 from engine.stores.feedback_store import INTERACTION_KEY
-from engine.stores.postgres import acquired
+from engine.stores.postgres import Statements
 
 _EVAL = TypeAdapter(EvalSummary)
 
@@ -69,22 +69,17 @@ def _prompt(prompt: str | None, messages: str | None) -> str:
 
 class PostgresDriftSource:
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        """The rows of ``sql``; PostgreSQL out of reach: Unavailable DATABASE_UNAVAILABLE (as the feedback store's)."""
-        async with acquired(self._pool) as conn:
-            return list(await conn.fetch(sql, *args))
+        self._statements = Statements.on(pool)  # PostgreSQL out of reach: Unavailable DATABASE_UNAVAILABLE
 
     async def incoming(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> IncomingPrompts:
-        rows = await self._fetch(_INCOMING, start, end, limit, base_model)
+        rows = await self._statements.fetch(_INCOMING, start, end, limit, base_model)
         prompts = tuple(p for p in (_prompt(r["prompt"], r["messages"]) for r in rows) if p)
         return IncomingPrompts(prompts, int(rows[0]["total"]) if rows else 0)
 
     async def feedback_buckets(self, base_model: str, *, start: datetime, end: datetime, buckets: int,
                                rating_positive_min: int, rating_negative_max: int) -> list[FeedbackBucket]:
-        rows = await self._fetch(_BUCKETS, start, end, start.timestamp(), end.timestamp(), buckets,
-                                 rating_positive_min, rating_negative_max, base_model)
+        rows = await self._statements.fetch(_BUCKETS, start, end, start.timestamp(), end.timestamp(), buckets,
+                                            rating_positive_min, rating_negative_max, base_model)
         counts = {int(r["bucket"]): (int(r["positive"]), int(r["negative"])) for r in rows}
         width = (end - start) / buckets
         return [FeedbackBucket(start + i * width, end if i == buckets - 1 else start + (i + 1) * width,
@@ -92,7 +87,7 @@ class PostgresDriftSource:
                 for i in range(buckets)]
 
     async def evaluations(self, base_model: str, *, start: datetime, end: datetime, limit: int) -> list[EvalPoint]:
-        rows = await self._fetch(_EVALS, base_model, start, end, limit)
+        rows = await self._statements.fetch(_EVALS, base_model, start, end, limit)
         points = []
         for row in rows:
             summary = _EVAL.validate_json(row["doc"])

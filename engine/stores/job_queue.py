@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import procrastinate
 import psycopg
@@ -66,12 +67,10 @@ ONLINE_QUEUE = "learning_engine_online"  # online sessions: places of their own 
 TASK = "learning_engine.run_job"
 
 # What starts a worker of each queue, for a job created while none runs (``waiting_reason``).
+# (The serving side's queues need none: only a serving process has their kinds, and it runs their workers itself.)
 QUEUE_WORKERS = {
     QUEUE: "a worker (`learning-engine-server worker`, or a server with embedded_worker)",
     ONLINE_QUEUE: "a worker with online_max_sessions above 0",
-    SERVING_QUEUE: "a server with serving on",
-    PREPARATION_QUEUE: "a server with serving on",
-    PIPELINE_QUEUE: "a server with serving on",
 }
 ANNOUNCE_POLL_SECONDS = 0.2  # how soon a worker's registration is announced (a look at memory, not the database)
 # How long a create waits to learn whether a worker takes its job: the look is advisory, and with PostgreSQL away the
@@ -93,6 +92,12 @@ def _out_of_reach(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     return state is None or state.startswith("08") or state in _OUT_OF_REACH_STATES
+
+
+def _look_ended(look: asyncio.Future[dict[str, Any]]) -> None:
+    """Log the failure of a look for a queue's workers (``waiting_reason``), ended in time or not."""
+    if not look.cancelled() and look.exception() is not None:
+        log.info("could not look for the workers of a queue", exc_info=look.exception())
 
 
 @contextlib.contextmanager
@@ -162,6 +167,7 @@ class ProcrastinateQueue:
         self._stopping = False
         self._queues = dict(queues or {})  # kind -> queue, QUEUE for the others
         self._taken: list[str] = []  # the queues this process's worker takes from
+        self._looks: set[asyncio.Future[dict[str, Any]]] = set()  # waiting_reason's looks still going
         self._retention_hours = retention_hours
         self._prune_every = prune_every_seconds
 
@@ -267,13 +273,24 @@ class ProcrastinateQueue:
         """Heartbeats that survive a database error. procrastinate's own heartbeat task ends at its first failed
         update, and nothing notices (its watch over its side tasks ends as soon as the periodic deferrer, with
         no periodic task, returns): after a short database outage the worker would run on silent, and every
-        job it holds would be taken for stalled and moved to another worker. Doubled heartbeats are harmless."""
+        job it holds would be taken for stalled and moved to another worker. Doubled heartbeats are harmless.
+
+        A registration found gone (this process frozen, or the database away, longer than the others' stalled
+        timeout: they pruned it) is made anew, as ``SteadyWorker`` makes it when a fetch finds it gone, but at once:
+        an idle worker fetches nothing, and would stay unregistered, its places unannounced (``_announce``), and
+        every job of its queues created meanwhile told that no worker takes it."""
         while worker in self._running:
             await asyncio.sleep(self._heartbeat)
             if worker.worker_id is None:
                 continue
             try:
                 await self._app.job_manager.update_heartbeat(worker.worker_id)
+                registered = await self._app.connector.execute_query_all_async(
+                    "SELECT id FROM procrastinate_workers WHERE id = %(worker_id)s", worker_id=worker.worker_id)
+                if not registered and worker in self._running:
+                    log.warning("this worker's registration was pruned; registering again",
+                                extra={"worker_id": worker.worker_id})
+                    worker.worker_id = await self._app.job_manager.register_worker()
             except Exception:  # noqa: BLE001 - the database restarting: try at the next period
                 log.info("heartbeat not sent; retrying", exc_info=True)
 
@@ -307,22 +324,27 @@ class ProcrastinateQueue:
     async def waiting_reason(self, kind: str) -> str | None:
         """Why a job of ``kind`` queued now would wait for no worker: no running worker takes its queue (none of
         this process, none announced elsewhere whose heartbeats go on), with what would start one. None when one
-        does, and when the database cannot tell within ``WAITING_REASON_SECONDS`` (the job waits as it would anyway;
-        this only informs)."""
+        does; when a live worker has not announced what it takes (registered a moment ago, or of an earlier version
+        during a rolling upgrade: it may take the queue); and when the database cannot tell within
+        ``WAITING_REASON_SECONDS`` (the job waits as it would anyway; this only informs). The look is left to end on
+        its own after that (a query cancelled would hold the caller while psycopg cancels it on the server)."""
         queue = self._queue_of(kind)
         if queue in self._taken and not self._stopping:
             return None
-        try:
-            async with asyncio.timeout(WAITING_REASON_SECONDS):
-                row = await self._app.connector.execute_query_one_async(
-                    "SELECT count(*) AS workers FROM queue_places p JOIN procrastinate_workers w ON w.id = p.worker_id "
-                    "WHERE %(queue)s = ANY (p.queues) "
-                    "AND w.last_heartbeat > now() - make_interval(secs => %(stalled)s)",
-                    queue=queue, stalled=self._stalled)
-        except Exception:  # noqa: BLE001 - advisory: the job is stored and queued all the same
-            log.info("could not look for the workers of a queue", exc_info=True, extra={"queue": queue})
+        look = asyncio.ensure_future(self._app.connector.execute_query_one_async(
+            "SELECT count(*) FILTER (WHERE %(queue)s = ANY (p.queues)) AS taking,"
+            " count(*) FILTER (WHERE p.worker_id IS NULL) AS unannounced"
+            " FROM procrastinate_workers w LEFT JOIN queue_places p ON p.worker_id = w.id"
+            " WHERE w.last_heartbeat > now() - make_interval(secs => %(stalled)s)",
+            queue=queue, stalled=self._stalled))
+        self._looks.add(look)  # held until it ends, however late
+        look.add_done_callback(self._looks.discard)
+        look.add_done_callback(_look_ended)
+        done, _ = await asyncio.wait({look}, timeout=WAITING_REASON_SECONDS)
+        if not done or look.exception() is not None:
             return None
-        if row["workers"]:
+        row = look.result()
+        if row["taking"] or row["unannounced"]:
             return None
         return (f"no running worker takes {kind} jobs (queue {queue}): the job waits QUEUED until "
                 f"{QUEUE_WORKERS.get(queue, 'a worker of that queue')} starts")

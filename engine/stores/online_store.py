@@ -50,7 +50,7 @@ from engine.registry.records import parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.feedback_store import ERASURE_LOCK, user_hash
 from engine.stores.job_store import SHOWN_STATE_SQL
-from engine.stores.postgres import Statements, acquired, advisory_lock, connection_errors_unavailable
+from engine.stores.postgres import Statements, acquired, advisory_lock
 
 _COUNTERS = ("force_updates", "publish_requests")
 _LOCK_NAMESPACE = "learning-engine/online/"
@@ -134,13 +134,14 @@ async def _check_open(conn: Conn, session_id: str) -> None:
         raise session_ended(session_id, shown)
 
 
-@connection_errors_unavailable  # a running session stops for another worker on Unavailable (engine.online.session)
 class PostgresOnlineStore:
-    """engine.online.ports.OnlineStore over an asyncpg pool."""
+    """engine.online.ports.OnlineStore over an asyncpg pool. Every call reaches PostgreSQL through ``acquired``
+    (transactions) or ``Statements`` (one statement): out of reach, it raises Unavailable DATABASE_UNAVAILABLE, on
+    which a running session stops for another worker (engine.online.session)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool  # transactions: acquired(self._pool)
-        self._statements = Statements(pool)  # one-statement calls
+        self._statements = Statements.on(pool)  # one-statement calls
 
     def creating(self, session_id: str) -> contextlib.AbstractAsyncContextManager[object]:
         """The creates of ``session_id`` take turns, in every process on the database, for the block: from the look
@@ -241,14 +242,13 @@ class PostgresOnlineStore:
     async def request(self, session_id: str, counter: str, *, while_enabled: bool = False) -> tuple[Controls, bool]:
         """One more request of ``counter`` (``force_updates`` or ``publish_requests``), only while learning is
         enabled if ``while_enabled``: the controls as they are after it, and whether it was requested. One
-        statement: a disable committed between a check and the request cannot leave a request no one acts on."""
+        statement, which locks the row and judges its latest version: a disable committed between a check and the
+        request cannot leave a request no one acts on, and the controls returned are those it was judged on."""
         assert counter in _COUNTERS
         row = await self._statements.fetchrow(
-            f"WITH updated AS (UPDATE online_controls SET {counter} = {counter} + 1, update_time = now()"
-            " WHERE session_id = $1 AND (enabled OR NOT $2) RETURNING *)"
-            " SELECT *, true AS requested FROM updated UNION ALL"
-            " SELECT *, false AS requested FROM online_controls"
-            " WHERE session_id = $1 AND NOT EXISTS (SELECT 1 FROM updated)", session_id, while_enabled)
+            f"UPDATE online_controls SET {counter} = {counter} + (enabled OR NOT $2)::int,"
+            " update_time = CASE WHEN enabled OR NOT $2 THEN now() ELSE update_time END"
+            " WHERE session_id = $1 RETURNING *, enabled OR NOT $2 AS requested", session_id, while_enabled)
         if row is None:
             raise not_found(session_id)
         return _controls(row), row["requested"]

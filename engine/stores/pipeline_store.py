@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -36,7 +36,7 @@ from engine.errors import Aborted, AlreadyExists, NotFound
 from engine.jobs.codec import dump_json
 from engine.names import PageScope, decode_page_token, encode_page_token
 from engine.pipelines.spec import PIPELINE_RUN, Pipeline, TriggerDecision, TriggerKind
-from engine.stores.postgres import acquired, advisory_lock, held
+from engine.stores.postgres import Statements, acquired, advisory_lock, held
 
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # a pooled connection (generic in the stubs only)
 _PIPELINE = TypeAdapter(Pipeline)
@@ -75,6 +75,7 @@ class PostgresPipelineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._lock_conn: Conn | None = None  # (``locked``) the lock's connection, where the queries run
+        self._statements = Statements(self._db)
 
     @contextlib.asynccontextmanager
     async def _db(self) -> AsyncIterator[Conn]:
@@ -87,22 +88,6 @@ class PostgresPipelineStore:
             with held(self._lock_conn) as conn:
                 yield conn
 
-    async def _fetch(self, sql: str, *args: object) -> builtins.list[asyncpg.Record]:
-        async with self._db() as db:
-            return await db.fetch(sql, *args)
-
-    async def _fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
-        async with self._db() as db:
-            return await db.fetchrow(sql, *args)
-
-    async def _fetchval(self, sql: str, *args: object) -> Any:
-        async with self._db() as db:
-            return await db.fetchval(sql, *args)
-
-    async def _execute(self, sql: str, *args: object) -> str:
-        async with self._db() as db:
-            return await db.execute(sql, *args)
-
     @staticmethod
     def _decode(doc: str) -> Pipeline:
         return _PIPELINE.validate_json(doc)
@@ -110,7 +95,7 @@ class PostgresPipelineStore:
     async def insert(self, pipeline: Pipeline) -> Pipeline:
         now = datetime.now(UTC)
         stored = replace(pipeline, create_time=now, update_time=now, etag=uuid.uuid4().hex[:16])
-        row = await self._fetchrow(
+        row = await self._statements.fetchrow(
             "INSERT INTO pipelines (id, base_model, enabled, etag, create_time, update_time, doc)"
             " VALUES ($1, $2, $3, $4, $5, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING RETURNING id",
             stored.id, stored.base_model, stored.enabled, stored.etag, now,
@@ -122,7 +107,7 @@ class PostgresPipelineStore:
         return stored
 
     async def get(self, pipeline_id: str) -> Pipeline:
-        doc = await self._fetchval("SELECT doc FROM pipelines WHERE id = $1", pipeline_id)
+        doc = await self._statements.fetchval("SELECT doc FROM pipelines WHERE id = $1", pipeline_id)
         if doc is None:
             raise not_found(pipeline_id)
         return self._decode(doc)
@@ -130,10 +115,10 @@ class PostgresPipelineStore:
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[Pipeline], str]:
         before = decode_page_token(page_token, _PIPELINES) if page_token else None
         if before is None:
-            rows = await self._fetch("SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1",
-                                     page_size + 1)
+            rows = await self._statements.fetch(
+                "SELECT doc FROM pipelines ORDER BY create_time DESC, id DESC LIMIT $1", page_size + 1)
         else:
-            rows = await self._fetch(
+            rows = await self._statements.fetch(
                 "SELECT doc FROM pipelines WHERE (create_time, id) < ($1, $2)"
                 " ORDER BY create_time DESC, id DESC LIMIT $3", before[0], before[1], page_size + 1)
         found = [self._decode(r["doc"]) for r in rows]
@@ -144,14 +129,14 @@ class PostgresPipelineStore:
 
     async def replace(self, pipeline: Pipeline, *, etag: str) -> Pipeline:
         stored = replace(pipeline, update_time=datetime.now(UTC), etag=uuid.uuid4().hex[:16])
-        row = await self._fetchrow(
+        row = await self._statements.fetchrow(
             "UPDATE pipelines SET enabled = $2, etag = $3, update_time = $4, doc = $5::jsonb"
             " WHERE id = $1 AND ($6 = '' OR etag = $6) RETURNING id",
             stored.id, stored.enabled, stored.etag, stored.update_time, dump_json(_PIPELINE, stored).decode(),
             etag,
         )
         if row is None:
-            exists = await self._fetchval("SELECT 1 FROM pipelines WHERE id = $1", stored.id)
+            exists = await self._statements.fetchval("SELECT 1 FROM pipelines WHERE id = $1", stored.id)
             if not exists:
                 raise not_found(stored.id)
             raise Aborted("PIPELINE_CHANGED", f"{pipeline.name} changed since etag {etag!r}; read it again",
@@ -159,7 +144,7 @@ class PostgresPipelineStore:
         return stored
 
     async def delete(self, pipeline_id: str) -> None:
-        if await self._execute("DELETE FROM pipelines WHERE id = $1", pipeline_id) == "DELETE 0":
+        if await self._statements.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id) == "DELETE 0":
             raise not_found(pipeline_id)
 
     @contextlib.asynccontextmanager
@@ -167,10 +152,11 @@ class PostgresPipelineStore:
         async with advisory_lock(self._pool, _LOCK_NAMESPACE + pipeline_id, another_connection=True) as conn:
             on_lock = copy.copy(self)  # shares the pool: only the queries move to the lock's connection
             on_lock._lock_conn = conn
+            on_lock._statements = Statements(on_lock._db)
             yield on_lock
 
     async def record(self, decision: TriggerDecision) -> bool:
-        row = await self._fetchrow(
+        row = await self._statements.fetchrow(
             "INSERT INTO pipeline_trigger_decisions (pipeline_id, key, kind, fired, reason, run_id,"
             " sample_count, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
             " ON CONFLICT (pipeline_id, key) DO NOTHING RETURNING key",
@@ -180,12 +166,12 @@ class PostgresPipelineStore:
         return row is not None
 
     async def decision(self, pipeline_id: str, key: str) -> TriggerDecision | None:
-        row = await self._fetchrow(
+        row = await self._statements.fetchrow(
             "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 AND key = $2", pipeline_id, key)
         return None if row is None else _decision(row)
 
     async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
-        rows = await self._fetch(
+        rows = await self._statements.fetch(
             "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 ORDER BY time DESC, key LIMIT $2",
             pipeline_id, limit)
         return [_decision(r) for r in rows]
@@ -205,13 +191,13 @@ class PostgresPipelineStore:
         args.append(page_size + 1)
         sql = (f"SELECT id, create_time FROM jobs WHERE {' AND '.join(clauses)}"
                f" ORDER BY create_time DESC, id DESC LIMIT ${len(args)}")
-        rows = await self._fetch(sql, *args)
+        rows = await self._statements.fetch(sql, *args)
         page = rows[:page_size]
         token = encode_page_token(scope, page[-1]["create_time"], page[-1]["id"]) if len(rows) > page_size else ""
         return [r["id"] for r in page], token
 
     async def last_run_start(self, pipeline: Pipeline) -> datetime | None:
-        value: datetime | None = await self._fetchval(
+        value: datetime | None = await self._statements.fetchval(
             f"SELECT max(create_time) FROM jobs WHERE kind = $1 AND {_OF_PIPELINE}",
             PIPELINE_RUN.name, pipeline.id, pipeline.create_time)
         return value
@@ -219,7 +205,7 @@ class PostgresPipelineStore:
     async def feedback_count(self, *, base_model: str, since: datetime, labels: Sequence[tuple[str, str]],
                              negative_only: bool, rating_negative_max: int) -> int:
         # Events that recorded no base model ('', stored before migration 0020) count for every base model.
-        count: int = await self._fetchval(
+        count: int = await self._statements.fetchval(
             "SELECT count(*) FROM feedback_events WHERE base_model IN ($5, '') AND received_time >= $1"
             " AND labels @> $2::jsonb AND (NOT $3 OR kind = 'THUMBS_DOWN' OR (kind = 'RATING' AND rating <= $4))",
             since, json.dumps(dict(labels)), negative_only, rating_negative_max, base_model)

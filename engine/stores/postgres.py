@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import json
 import logging
 import os
@@ -19,18 +17,16 @@ import select
 import subprocess
 import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import psutil
 from asyncpg.pool import PoolConnectionProxy
 
 from engine.errors import FailedPrecondition, Unavailable
-
-T = TypeVar("T")
 
 if TYPE_CHECKING:
     pass
@@ -214,28 +210,33 @@ async def acquired(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyn
 
 
 class Statements:
-    """One-statement calls on a pool, each on a connection taken through :func:`acquired`: PostgreSQL out of reach,
-    a connection that died as the pool handed it over included, is UNAVAILABLE DATABASE_UNAVAILABLE. The pool's own
-    ``fetch``, ``fetchrow``, ``fetchval`` and ``execute`` end such a connection in the driver's InterfaceError, which
-    only the connection it was raised on tells from a misuse."""
+    """One-statement calls, each on a connection ``connect`` gives for it (:meth:`on` a pool: one taken through
+    :func:`acquired`), so PostgreSQL out of reach, a connection that died as the pool handed it over included, is
+    UNAVAILABLE DATABASE_UNAVAILABLE. The pool's own ``fetch``, ``fetchrow``, ``fetchval`` and ``execute`` end such a
+    connection in the driver's InterfaceError, which only the connection it was raised on tells from a misuse."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, connect: Callable[[], contextlib.AbstractAsyncContextManager[PoolConnectionProxy[Any]]]
+                 ) -> None:
+        self._connect = connect
+
+    @classmethod
+    def on(cls, pool: asyncpg.Pool) -> Statements:
+        return cls(lambda: acquired(pool))
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with acquired(self._pool) as conn:
+        async with self._connect() as conn:
             return list(await conn.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with acquired(self._pool) as conn:
+        async with self._connect() as conn:
             return await conn.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with acquired(self._pool) as conn:
+        async with self._connect() as conn:
             return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
-        async with acquired(self._pool) as conn:
+        async with self._connect() as conn:
             return await conn.execute(query, *args)
 
 
@@ -254,29 +255,6 @@ def held(conn: PoolConnectionProxy[asyncpg.Record]) -> Iterator[PoolConnectionPr
         raise
     except CONNECTION_ERRORS as exc:
         raise unavailable(exc) from exc
-
-
-def connection_errors_unavailable(cls: type[T]) -> type[T]:
-    """``cls`` with every public coroutine method raising :func:`unavailable` for a connection error, so the
-    contexts using a store see the engine's Unavailable, not the driver's errors (a method returning a context,
-    such as one of :func:`advisory_lock`, says so itself). Only the classes of :data:`CONNECTION_ERRORS`: the
-    InterfaceError that a connection lost inside a transaction ends as needs the connection to be told from a misuse
-    (:func:`acquired`)."""
-    for name, method in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.iscoroutinefunction(method):
-            setattr(cls, name, _translating(method))
-    return cls
-
-
-def _translating(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(method)
-    async def translated(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await method(*args, **kwargs)
-        except CONNECTION_ERRORS as exc:
-            raise unavailable(exc) from exc
-
-    return translated
 
 
 # (id of a pool, key) -> the lock that callers of advisory_lock in this process take before a connection; an entry

@@ -235,8 +235,9 @@ async def test_the_job_manager_queues_a_session_stopped_so_again_and_a_worker_ru
 
 
 async def test_the_session_store_raises_unavailable_for_the_drivers_connection_errors() -> None:
-    """The session sees Unavailable, not the driver's errors: PostgresOnlineStore's coroutine methods say so
-    (engine.stores.postgres.connection_errors_unavailable); a statement's own error stays what it is."""
+    """The session sees Unavailable, not the driver's errors: PostgresOnlineStore's calls take their connections
+    through engine.stores.postgres.acquired (one-statement calls through Statements); a statement's own error stays
+    what it is."""
     from engine.stores.online_store import PostgresOnlineStore
 
     class _Lost:

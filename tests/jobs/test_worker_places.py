@@ -369,6 +369,17 @@ async def _until_told(queue: ProcrastinateQueue, kind: str, *, waiting: bool, wh
         raise AssertionError(f"{what}: still {await queue.waiting_reason(kind)!r} after {WAIT} s") from None
 
 
+async def _until_announced(pool: asyncpg.Pool) -> None:
+    """Until every registered worker has recorded what it takes."""
+    query = "SELECT count(*) FROM procrastinate_workers w LEFT JOIN queue_places p ON p.worker_id = w.id"
+    try:
+        async with asyncio.timeout(WAIT):
+            while await pool.fetchval(f"{query} WHERE p.worker_id IS NULL") or not await pool.fetchval(query):
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"the workers did not announce what they take in {WAIT} s") from None
+
+
 async def test_a_job_no_running_worker_takes_is_told_so_as_it_is_created(processes) -> None:
     """An API replica running no worker (embedded_worker false) stored the job QUEUED and said nothing: with no worker
     anywhere, or none running sessions (online_max_sessions 0 on every worker), it waited for ever with no word. It
@@ -390,7 +401,7 @@ async def test_a_job_no_running_worker_takes_is_told_so_as_it_is_created(process
     worker = processes("worker", runs_sessions=False)
     await worker.start()
     await _until_running(worker.jobs, early.id, "the job created before any worker ran")
-    await _until_told(api.queue, COUNT.name, waiting=False, what="a worker of the training queue elsewhere")
+    await _until_announced(processes.pool)  # until then, a live worker may take any queue: nothing is said
     later = await api.jobs.submit(api.jobs.new_job(CountSpec(1000), CountOutput()))
     assert _warnings((await api.jobs.events(later.id))[1]) == []
 
@@ -436,3 +447,28 @@ async def _until_ended(manager: JobManager, job_id: str) -> None:
     except TimeoutError:
         raise AssertionError(f"job {job_id} did not end in {WAIT} s: {await manager.get(job_id)}") from None
     assert (await manager.get(job_id)).state is JobState.SUCCEEDED
+
+
+async def test_a_worker_whose_registration_was_pruned_registers_and_announces_itself_again(processes) -> None:
+    """Its registration pruned by the others (the database away longer than their stalled timeout), an idle worker
+    stayed unregistered, fetching nothing, so its places went unannounced and every new job was told no worker takes
+    it. Its heartbeat finds the registration gone and makes it anew; and a live worker that announced nothing (of an
+    earlier version, during a rolling upgrade) is taken as one that may take the queue."""
+    api, worker = processes("api"), processes("worker")
+    await api.queue.open()
+    await worker.start()
+    await _until_announced(processes.pool)
+    assert await api.queue.waiting_reason(COUNT.name) is None
+    async with processes.pool.acquire() as conn, conn.transaction():  # pruned: its places go with it
+        await conn.execute("DELETE FROM procrastinate_workers")
+        assert await conn.fetchval("SELECT count(*) FROM queue_places") == 0
+    await _until_announced(processes.pool)  # registered again, at its next heartbeat
+    assert await api.queue.waiting_reason(COUNT.name) is None
+    job = await api.jobs.submit(api.jobs.new_job(CountSpec(1), CountOutput()))
+    await _until_running(worker.jobs, job.id, "a job, on the worker registered again")
+
+    await worker.stop()
+    worker.started = False
+    await _until_told(api.queue, COUNT.name, waiting=True, what="the only worker stopped")
+    await processes.pool.execute("INSERT INTO procrastinate_workers DEFAULT VALUES")  # an earlier version's
+    assert await api.queue.waiting_reason(COUNT.name) is None

@@ -12,7 +12,8 @@ the mechanism, tested in tests/ops/test_store_connection_errors.py and tests/ops
 be called here, or be listed with the reason it reaches no database from an RPC: a new store, or a new method of
 one, fails them until it is. Then with a pool whose server refuses every connection, and with one whose server ends
 each session as the pool hands its connection over (the driver's InterfaceError, not a connection error), each call
-must raise Unavailable DATABASE_UNAVAILABLE; the job notifications' LISTEN connection falls back to polling instead.
+must raise Unavailable DATABASE_UNAVAILABLE; the job notifications' LISTEN connection falls back to polling instead,
+and the job queue's look for a worker of a new job's kind (which only informs) answers None.
 The end-to-end test stops the server's PostgreSQL under a running server.
 """
 
