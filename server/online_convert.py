@@ -92,6 +92,15 @@ def _fraction(msg: pb.OnlineSessionSpec, name: str, default: float, low: float, 
     return float(value)
 
 
+def _spike_factor(msg: pb.OnlineSessionSpec) -> float:
+    """``loss_spike_factor``: 0 (off) or above 1. At 1 or below, an update whose loss is at or under the median
+    would count as a spike and disable learning."""
+    factor = _fraction(msg, "loss_spike_factor", 4.0, 0, 1e6)
+    if 0 < factor <= 1:
+        raise _bad("spec.loss_spike_factor", "must be 0 (off) or above 1: a loss at or below the median is no spike")
+    return factor
+
+
 def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineSessionSpec:
     if msg.start_version and not VERSION_RE.match(msg.start_version):
         raise _bad("spec.start_version", "must be a version like v1.0")
@@ -120,7 +129,7 @@ def spec_from_pb(msg: pb.OnlineSessionSpec, defaults: OnlineDefaults) -> OnlineS
                              given=msg.HasField("publish_every")),
         max_seq_length=_count(msg.max_seq_length, defaults.max_seq_length, 16, 8192, "spec.max_seq_length"),
         live_alias=msg.live_alias,
-        loss_spike_factor=_fraction(msg, "loss_spike_factor", 4.0, 0, 1e6),
+        loss_spike_factor=_spike_factor(msg),
         learn_from_feedback=msg.learn_from_feedback,
         negative_feedback_margin=_fraction(msg, "negative_feedback_margin", 0.1, 0, 1),
         negative_feedback_min_ratings=_count(msg.negative_feedback_min_ratings, 20, 1, 100_000,

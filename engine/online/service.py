@@ -85,10 +85,8 @@ class OnlineSessions:
         earlier = await self._manager.created_for(request_id, digest)
         if earlier is not None:
             return await self.get(earlier.id)
-        if spec.live_alias in self._reserved:
-            raise InvalidArgument("INVALID_ONLINE_SETTING", f"spec.live_alias {spec.live_alias!r} is the serving "
-                                                            "alias LoraControl routes; name another",
-                                  violations=[FieldViolation("spec.live_alias", "must not be the LoraControl alias")])
+        if spec.live_alias:
+            self._check_live_alias(spec.live_alias, spec.base_model)
         if not spec.start_version:
             active = self._active_version(spec.base_model)
             if not active:
@@ -199,6 +197,19 @@ class OnlineSessions:
         return FailedPrecondition("ONLINE_NO_LIVE_ALIAS", f"online session {job.name} {why}",
                                   metadata={"name": job.name, "live_alias": controls.live_alias,
                                             "alias_state": controls.alias_state.value or "NONE"})
+
+    def _check_live_alias(self, alias: str, base_model: str) -> None:
+        """INVALID_ARGUMENT for a live alias that is a name the gateway resolves otherwise: routed as the alias, it
+        would take that name's requests (the base model's, a version's, another session's live name) away from what
+        they ask for. The LoraControl alias, the base model's id, and any ``<base>@...`` name (a version's serving
+        name, a session's live name) are the gateway's own."""
+        why = ("the serving alias LoraControl routes" if alias in self._reserved
+               else "the base model's own name" if alias == base_model
+               else "of the form <base>@..., the gateway's names of versions and of sessions' live names"
+               if "@" in alias else "")
+        if why:
+            raise InvalidArgument("INVALID_ONLINE_SETTING", f"spec.live_alias {alias!r} is {why}; name another",
+                                  violations=[FieldViolation("spec.live_alias", f"must not be {why}")])
 
     async def _open(self, session_id: str) -> OnlineSession:
         """The session, FAILED_PRECONDITION once it has ended."""

@@ -32,6 +32,16 @@ def test_an_update_every_above_the_buffer_is_refused(buffer_size: int, update_ev
     assert spec_from_pb(ol.OnlineSessionSpec(buffer_size=4, update_every=4), DEFAULTS).update_every == 4
 
 
+@pytest.mark.parametrize("factor", [0.5, 1.0])
+def test_a_loss_spike_factor_that_would_take_any_loss_for_a_spike_is_refused(factor: float) -> None:
+    """At 0.5 a session disabled its learning on a loss below the median ("0.8x the median (limit 0.5x)")."""
+    with pytest.raises(InvalidArgument) as err:
+        spec_from_pb(ol.OnlineSessionSpec(loss_spike_factor=factor), DEFAULTS)
+    assert [v.field for v in err.value.violations] == ["spec.loss_spike_factor"]
+    assert spec_from_pb(ol.OnlineSessionSpec(loss_spike_factor=0), DEFAULTS).loss_spike_factor == 0  # off
+    assert spec_from_pb(ol.OnlineSessionSpec(loss_spike_factor=1.5), DEFAULTS).loss_spike_factor == 1.5
+
+
 async def test_a_retried_create_with_a_chosen_session_id_returns_the_session(make_pg_server) -> None:
     client = await make_pg_server(**FAST)
     start = await train(client)
