@@ -340,11 +340,13 @@ class JobManager(JobEventLog[S, O]):
             if requested is not None:  # a worker elsewhere holds it; it acts at its next step
                 return requested
             try:  # unclaimed (queued or paused): act now
+                # "while queued": before it ran, or after a run that let go of it (a stopping worker's)
+                idle = f"while {job.state.value.lower()}"
                 if control is Control.PAUSE:
-                    return await self._write_idle(job, JobState.PAUSED, "paused before it ran")
-                cancelled = await self._write_idle(job, JobState.CANCELLED, "cancelled before it ran",
+                    return await self._write_idle(job, JobState.PAUSED, f"paused {idle}")
+                cancelled = await self._write_idle(job, JobState.CANCELLED, f"cancelled {idle}",
                                                         failure=JobFailure("CANCELLED", "JOB_CANCELLED",
-                                                                           "cancelled before it ran"))
+                                                                           f"cancelled {idle}"))
             except Aborted:
                 continue  # a worker claimed it meanwhile: ask that worker
             return await self._cancelled_while_idle(cancelled)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -49,15 +50,23 @@ import torch
 
 from engine.domain import Example, JsonlSource
 from engine.errors import Cancelled, DataLoss, NotFound
-from engine.jobs.core import JobProgress, JobState, Noticed
+from engine.jobs.context import IdleCancel
+from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed
 from engine.lora.state import FeedbackRates
 from engine.online.artifacts import STATE_FILE
 from engine.online.interruptions import TRANSIENT_ERRORS, Ctx, hand_back
 from engine.online.learner import OnlineLearner
 from engine.online.ports import FeedbackExamples, OnlineStore
-from engine.online.session import RunningSession
+from engine.online.session import RunningSession, untrained_examples
 from engine.online.session_state import OnlineConfig, SessionParts
-from engine.online.spec import CHECKPOINT_PREFIX, ONLINE_SESSION, OnlineSession, OnlineSessionSpec, Updated
+from engine.online.spec import (
+    CHECKPOINT_PREFIX,
+    ONLINE_SESSION,
+    OnlineOutput,
+    OnlineSession,
+    OnlineSessionSpec,
+    Updated,
+)
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.ports import ArtifactStore
 from engine.training.checkpoint_store import CheckpointArchive
@@ -90,6 +99,20 @@ class OnlineRunner:
         self._preparer = preparer
         self._planner = planner
         self._load = load
+
+    async def cancelled_while_idle(self, job: OnlineSession, events: Sequence[JobEvent]) -> IdleCancel[OnlineOutput]:
+        """The job core's hook (engine.jobs.context.CancelHook) for a session stopped while queued (waiting for a
+        place, or handed back by a stopping worker) or paused: as a running session's stop says, the examples it
+        received and no update will train on, those waiting for a full update when it last ran and those stored
+        after what it had read. The session is stored CANCELLED first, so an insert of examples is counted here or
+        refused there (the count takes the session's lock, as ``OnlineStore.add`` does)."""
+        stats = job.output.stats
+        try:
+            unread: int | None = await self._parts.store.count_after(job.id, stats.last_sequence)
+        except TRANSIENT_ERRORS:
+            unread = None
+        _, warning = untrained_examples(stats.pending_examples, unread, job.spec.update_every)
+        return IdleCancel(() if warning is None else (warning,))
 
     def fold(self, job: OnlineSession, payload: object) -> OnlineSession:
         if isinstance(payload, Updated):

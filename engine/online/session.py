@@ -261,13 +261,21 @@ class RunningSession(SessionSpikes):
             unread = None
         trained = max(0, learner.total_examples - learner.skipped - waiting)
         said = f"stopped after {learner.updates} updates on {trained} examples"
-        untrained = waiting + (unread or 0)
-        if not untrained:
-            return said if unread is not None else f"{said}; the examples not read yet could not be counted"
-        unread_said = f"{unread} not read yet" if unread is not None else "those not read yet could not be counted"
-        what = (f"{untrained} example{'' if untrained == 1 else 's'} received {'was' if untrained == 1 else 'were'} "
-                f"not trained on ({waiting} waiting for a full update of {self.spec.update_every}, {unread_said})")
-        self.ctx.record(Warned("EXAMPLES_NOT_TRAINED", f"{what}: the session stopped, so no update will train on "
-                                                       "them; they stay in its examples until the retention "
-                                                       "deletes them"))
-        return f"{said}; {what}"
+        what, warning = untrained_examples(waiting, unread, self.spec.update_every)
+        if warning is not None:
+            self.ctx.record(warning)
+        return f"{said}; {what}" if what else said
+
+
+def untrained_examples(waiting: int, unread: int | None, update_every: int) -> tuple[str, Warned | None]:
+    """What a stopped session says of the examples it received and will never train on: ``waiting`` for a full
+    update of ``update_every``, ``unread`` stored and not read yet (None: they could not be counted). The words for
+    its end ("" when there is nothing to say) and an EXAMPLES_NOT_TRAINED warning when there are any."""
+    untrained = waiting + (unread or 0)
+    if not untrained:
+        return ("" if unread is not None else "the examples not read yet could not be counted"), None
+    unread_said = f"{unread} not read yet" if unread is not None else "those not read yet could not be counted"
+    what = (f"{untrained} example{'' if untrained == 1 else 's'} received {'was' if untrained == 1 else 'were'} "
+            f"not trained on ({waiting} waiting for a full update of {update_every}, {unread_said})")
+    return what, Warned("EXAMPLES_NOT_TRAINED", f"{what}: the session stopped, so no update will train on them; "
+                                                "they stay in its examples until the retention deletes them")
