@@ -118,6 +118,9 @@ class OnlineServing:
         self._routed: dict[str, str] = {}  # live alias -> the version it is routed to here
         self._swept = False
         self._owner = secrets.token_hex(8)  # this process, as it claims the gate on a publication
+        # session id -> the gate judging its publications here (``_judged``): off the tick, which goes on following
+        # the other sessions (their live adapters, their aliases) meanwhile
+        self._judging: dict[str, asyncio.Task[tuple[Controls, bool]]] = {}
 
     async def tick(self) -> None:
         base = self._gate.base_model
@@ -166,8 +169,37 @@ class OnlineServing:
         served = self._served.get(session.id)
         if live is not None and (served is None or served.refresh < live.refresh or served.name not in loaded):
             await self._load_live(session, live)
-        controls, _ = await self._judge_publications(session, await self._store.controls(session.id))
+        controls, _ = self._judged(session, await self._store.controls(session.id))
         return controls
+
+    async def judging_ended(self) -> None:
+        """Wait for the gate's judgments under way here to end (however they end)."""
+        await asyncio.gather(*self._judging.values(), return_exceptions=True)
+
+    def _judged(self, session: OnlineSession, controls: Controls) -> tuple[Controls, bool]:
+        """Whether the gate has judged every publication of ``session`` (True once it has), with the controls as they
+        are after the last verdict recorded here (else ``controls``). Publications not judged yet are judged in a
+        task of their own, one a session at a time (``_judge_publications``), which the next ticks look at: an
+        evaluation takes a while (tens of seconds on a CPU), and awaited in the tick it held up every other
+        session's live adapter and alias, and an ended session's alias, for as long."""
+        task = self._judging.get(session.id)
+        if task is not None:
+            if not task.done():
+                return controls, False
+            del self._judging[session.id]
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.warning("online session's publications not judged; trying again",
+                            extra={"session": session.id, "error": getattr(exc, "message", str(exc))},
+                            exc_info=not isinstance(exc, EngineError))
+            elif not task.cancelled():
+                judged_controls, judged = task.result()
+                if judged and all(judged_controls.gate(p.version) is not None for p in session.output.publications):
+                    return judged_controls, True
+        if all(controls.gate(p.version) is not None for p in session.output.publications):
+            return controls, True
+        self._judging[session.id] = asyncio.get_running_loop().create_task(
+            self._judge_publications(session, controls), name=f"online-gate-{session.id}")
+        return controls, False
 
     async def _judge_publications(self, session: OnlineSession, controls: Controls) -> tuple[Controls, bool]:
         """The gate's verdict on each publication it has not judged, in order, against what the alias serves; one
@@ -197,7 +229,7 @@ class OnlineServing:
                 or controls
         if not job.state.terminal:  # paused, or queued again: the alias goes on following it
             return controls
-        controls, judged = await self._judge_publications(job, controls)
+        controls, judged = self._judged(job, controls)
         if not judged:
             return controls
         settled = await self._store.end_alias(job.id)

@@ -67,7 +67,9 @@ async def test_a_publication_from_before_a_feedback_spike_never_moves_the_alias_
     assert store.c.alias_serves == "v1.0" and not store.c.enabled
     assert store.c.gate("v1.0.2") == SPIKE_VERDICT, f"v1.0.2's verdict after the spike: {store.c.gate('v1.0.2')}"
     assert store.c.gate("v1.0.1") == GateVerdict(passed=True), "the spike changed a verdict the gate had given"
-    await _serving(store, tmp_path)._follow(_followed(running), set())  # the gate's next tick
+    serving = _serving(store, tmp_path)
+    await serving._follow(_followed(running), set())  # the gate's next tick
+    await serving.judging_ended()
     assert store.c.alias_serves == "v1.0", (
         f"the alias serves {store.c.alias_serves} again: the weights the feedback spike put aside")
 
@@ -83,7 +85,9 @@ async def test_a_publication_judged_while_a_feedback_spike_happens_does_not_move
         assert await running._feedback_spike()
 
     store.judging = spike
-    await _serving(store, tmp_path)._follow(_followed(running), set())
+    serving = _serving(store, tmp_path)
+    await serving._follow(_followed(running), set())
+    await serving.judging_ended()
     assert store.c.gate("v1.0.2") == SPIKE_VERDICT, f"v1.0.2's verdict: {store.c.gate('v1.0.2')}"
     assert store.c.alias_serves == "v1.0", f"the gate moved the alias onto {store.c.alias_serves} after the spike"
 

@@ -5,6 +5,7 @@ session has ended its alias is settled."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,7 +73,9 @@ def _session(state: JobState = JobState.RUNNING) -> Any:
 
 async def test_a_deleted_unjudged_publication_fails_the_gate_and_the_next_one_is_judged(tmp_path: Path) -> None:
     store, gate = _Controls(), _Gate("v1.0.1")
-    await _serving(store, gate, tmp_path)._follow(_session(), set())  # one tick: no error, both judged
+    serving = _serving(store, gate, tmp_path)
+    await serving._follow(_session(), set())  # a tick: the gate judges them, off the tick
+    await serving.judging_ended()  # no error, both judged
     assert store.c.gate("v1.0.1") == GateVerdict(passed=False, failed_checks=("deleted",)), (
         f"the deleted v1.0.1's verdict is {store.c.gate('v1.0.1')}: the gate would try it again at every tick")
     assert store.c.gate("v1.0.2") == GateVerdict(passed=True), "v1.0.2 is never judged"
@@ -83,6 +86,36 @@ async def test_a_deleted_unjudged_publication_fails_the_gate_and_the_next_one_is
 async def test_an_ended_sessions_alias_is_settled_past_a_deleted_publication(tmp_path: Path) -> None:
     store, gate = _Ended(), _Gate("v1.0.1")
     sessions = _Sessions(_session(JobState.CANCELLED))
-    settled = await _serving(store, gate, tmp_path, sessions)._settle(store.c)
+    serving = _serving(store, gate, tmp_path, sessions)
+    assert (await serving._settle(store.c)).alias_state is AliasState.FOLLOWING  # the gate judges, off the tick
+    await serving.judging_ended()
+    settled = await serving._settle(store.c)  # the next tick
     assert settled.alias_state is AliasState.KEPT and settled.alias_version == "v1.0.2", settled
     assert [n.code for n in sessions.notes if isinstance(n, Noticed)] == ["LIVE_ALIAS_KEPT"], sessions.notes
+
+
+class _SlowGate(_Gate):
+    """A gate whose evaluations take as long as the test says (a real one takes tens of seconds on a CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def evaluate(self, version: str, baseline_version: str | None) -> EvalSummary:
+        await self.go.wait()
+        return await super().evaluate(version, baseline_version)
+
+
+async def test_a_long_evaluation_holds_up_no_tick(tmp_path: Path) -> None:
+    """The gate was awaited in the tick: while it evaluated one session's publication (30 s seen through the
+    gateway), no other session's new live adapter was loaded nor any alias routed. It judges in a task of its own,
+    which the next ticks look at: a tick returns at once, one judgment a session at a time."""
+    store, gate = _Controls(), _SlowGate()
+    serving = _serving(store, gate, tmp_path)
+    await asyncio.wait_for(serving._follow(_session(), set()), 5)  # returns with the evaluation under way
+    await asyncio.wait_for(serving._follow(_session(), set()), 5)  # the next tick: no second judgment of it
+    assert gate.judged == [] and store.c.gate("v1.0.1") is None
+    gate.go.set()
+    await serving.judging_ended()
+    assert gate.judged == ["v1.0.1", "v1.0.2"], gate.judged
+    assert store.c.alias_version == "v1.0.2" and store.c.gate("v1.0.2") == GateVerdict(passed=True)
