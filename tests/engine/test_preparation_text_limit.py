@@ -3,7 +3,6 @@ hold far more text than bytes, and its pages are read one by one, stopping as so
 
 from __future__ import annotations
 
-import time
 import zlib
 
 import pytest
@@ -71,13 +70,10 @@ def test_the_text_of_earlier_documents_counts_toward_the_limit() -> None:
 def test_a_pdf_whose_pages_repeat_one_stream_stops_at_the_first_page_past_the_limit() -> None:
     data = bomb_pdf(10, 1_000_000)  # 3.5 kB of PDF, 10 MB of text
     assert len(data) < 5_000
-    began = time.monotonic()
     with pytest.raises(ResourceExhausted) as err:
         read_text("a.pdf", data, "spec.documents[0]", max_text_bytes=100_000)
-    took = time.monotonic() - began
     assert err.value.reason == "DOCUMENTS_TOO_LARGE" and err.value.violations[0].field == "spec.documents[0]"
     assert int(err.value.metadata["size"]) < 2_000_000, err.value.metadata  # one page read, not ten
-    assert took < 2.0, took
 
 
 def test_a_page_that_shows_one_form_many_times_is_refused_not_cut_short() -> None:
