@@ -21,6 +21,11 @@ own distribution), and a continuation penalised by each earlier task's penalty a
 the service's EWC anchors at the parent). ``--first-cached`` keeps a first version under ``--models-dir`` by what
 it depends on (seed, lambda, samples, epochs, BASE_KL), so the variations of a continuation train it once.
 
+``--hybrid`` trains a first version under EWC_BASE alone (no rehearsed rows: about what plain LoRA costs) and its
+continuations at a continuation's defaults (EWC against the parent and BASE_KL, no EWC_BASE): the chain a default of
+EWC_BASE for first versions and BASE_KL for continuations would train. ``--factor-seed`` draws the factors' labels
+with another seed than the chain's (0: a job's).
+
     .venv/bin/python bench/base_kfac.py --seed 1 --kfac-lambda 256 --out bench/results/base-kfac-validation-s1-l256.json
 """
 
@@ -81,18 +86,24 @@ def main() -> None:
     parser.add_argument("--task-kfac-lambda", type=float, default=0.0,
                         help="a continuation's K-FAC penalty on each earlier task (0: none)")
     parser.add_argument("--first-cached", action="store_true", help="train the first version once per config")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="EWC_BASE on the first version only, a continuation's defaults (EWC + BASE_KL) after")
+    parser.add_argument("--factor-seed", type=int, default=None, help="the factors' sampling seed (the chain's)")
     br.one_variation_args(parser)
     args = parser.parse_args()
+    if args.hybrid:
+        args.ewc = args.kl = True
+    factor_seed = args.seed if args.factor_seed is None else args.factor_seed
     base_dir, probe, report = br.one_variation_start(args)
     with tempfile.TemporaryDirectory(prefix="le-kfac-") as tmp:
         work = Path(tmp)
         pool, references = br.rehearsal_pool(base_dir, args.models_dir, work)
         started = time.monotonic()
-        cached = args.models_dir / f"bench-kfac-factors-s{args.seed}-k{args.samples}.pt"  # the bench's own cache
+        cached = args.models_dir / f"bench-kfac-factors-s{factor_seed}-k{args.samples}.pt"  # the bench's own cache
         if cached.is_file():
             factors = torch.load(cached)
         else:
-            factors = factors_of(base_dir, pool, work, args.samples, args.seed)
+            factors = factors_of(base_dir, pool, work, args.samples, factor_seed)
             torch.save(factors, cached.with_suffix(".tmp"))
             cached.with_suffix(".tmp").replace(cached)
         print(f"K-FAC factors of {len(factors)} modules on {len(pool)} answers: {time.monotonic() - started:.1f} s",
@@ -105,18 +116,21 @@ def main() -> None:
         for step, task in enumerate(tasks):
             examples = list(task)
             held = load_adapter_weights(parent) if parent is not None else None
-            penalty: Any = KfacPenalty(factors, args.kfac_lambda, held if args.at_parent else None)
+            parts: list[Any] = []  # the step's penalties, added up
             if args.ewc and held is not None:
-                penalty = AddedPenalties(make_penalty(FisherSpace.LORA_PARAMETERS, fisher, held, args.ewc_lambda),
-                                         penalty)
-            if task_factors and held is not None:
-                penalty = AddedPenalties(penalty, *(KfacPenalty(f, args.task_kfac_lambda, held) for f in task_factors))
+                parts.append(make_penalty(FisherSpace.LORA_PARAMETERS, fisher, held, args.ewc_lambda))
+            if not (args.hybrid and held is not None):  # a hybrid chain's continuation: no EWC_BASE
+                parts.append(KfacPenalty(factors, args.kfac_lambda, held if args.at_parent else None))
+            if held is not None:
+                parts += [KfacPenalty(f, args.task_kfac_lambda, held) for f in task_factors]
+            penalty = AddedPenalties(*parts) if len(parts) > 1 else parts[0]
             objective = rotation = None
-            if args.kl:
+            if args.kl and not (args.hybrid and held is None):  # a hybrid chain's first version rehearses nothing
                 examples, objective, rotation = br.with_base_kl(examples, pool, references, args.kl_fraction)
             out = work / f"v{step}"
             first = (args.models_dir / f"bench-kfac-first-s{args.seed}-l{args.kfac_lambda:g}-k{args.samples}"
-                     f"-e{args.epochs}{f'-kl{args.kl_fraction:g}' if args.kl else ''}")
+                     f"{f'-f{factor_seed}' if factor_seed != args.seed else ''}-e{args.epochs}"
+                     f"{f'-kl{args.kl_fraction:g}' if args.kl and not args.hybrid else ''}")
             if step == 0 and args.first_cached and (first / "adapter_config.json").is_file():
                 out, seconds = first, float("nan")
             else:
