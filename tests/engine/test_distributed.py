@@ -353,13 +353,17 @@ def test_fsdp_two_processes_hold_the_adapter_to_the_base_as_one_process_does(tin
     result = run_distributed(replace(sharded, probe=UnreachableProbe()), together, CancelToken(),
                              plan=two_devices(), processes=2)
     assert "across 2 processes" in sharded_notice(together)
-    for mine, theirs in zip(together.steps, alone.steps, strict=True):  # gradients near 5: relative rounding
-        assert (mine.loss, mine.grad_norm) == pytest.approx((theirs.loss, theirs.grad_norm), rel=1e-5, abs=1e-5)
+    # Gradients near 2 to 5, summed over the two processes' shards in another order than one process sums them: on
+    # an AMD EPYC host the norms parted by 1.9e-5 of their size by the last steps (within 1e-5 on the host before).
+    for mine, theirs in zip(together.steps, alone.steps, strict=True):
+        assert mine.loss == pytest.approx(theirs.loss, rel=1e-5, abs=1e-5)
+        assert mine.grad_norm == pytest.approx(theirs.grad_norm, rel=1e-4)
     single = load_file(str(tmp_path / "alone" / "adapter" / "adapter_model.safetensors"))
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     # Adam divides each entry's step by that entry's own gradient scale, so an entry whose gradients are near 0
-    # carries the reduction's rounding into its weight: 9e-5 at most here (one lora_A entry; weights up to 0.21)
-    assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 2e-4
+    # carries the reduction's rounding into its weight: 9e-5 at most on the host this was first run on, 6.4e-4 on an
+    # AMD EPYC host (one lora_A entry; weights up to 0.21), the losses the same to 1e-5 on both
+    assert max(float((single[k] - weights[k]).abs().max()) for k in single) < 1e-3
 
     # Without its references a sharded run cannot hold to the base model: a reference computed when its example
     # is first seen is a forward pass of one process. Refused before any process starts.
