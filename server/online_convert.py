@@ -151,13 +151,15 @@ def spec_to_pb(spec: OnlineSessionSpec) -> pb.OnlineSessionSpec:
     )
 
 
-def stats_to_pb(s: OnlineStats) -> pb.OnlineStats:
+def stats_to_pb(s: OnlineStats, unread: int = 0) -> pb.OnlineStats:
+    """``unread``: the session's examples stored after ``s.last_sequence`` (SessionView.unread), where counted."""
     return pb.OnlineStats(
         total_examples=s.total_examples, skipped_examples=s.skipped_examples, total_updates=s.total_updates,
         buffer_size=s.buffer_size, pending_examples=s.pending_examples,
         average_loss=math.nan if s.average_loss is None else s.average_loss,
         last_loss=math.nan if s.last_loss is None else s.last_loss, learning_rate=s.learning_rate,
         enabled=s.enabled, last_sequence=s.last_sequence, published_versions=s.published_versions,
+        unread_examples=unread,
     )
 
 
@@ -165,7 +167,8 @@ def session_to_pb(view: SessionView) -> pb.OnlineSession:
     job, controls = view.job, view.controls
     out = job.output
     msg = job_core_to_pb(job, pb.OnlineSession(
-        spec=spec_to_pb(job.spec), stats=stats_to_pb(view.stats), live_model=live_model(job.spec.base_model, job.id),
+        spec=spec_to_pb(job.spec), stats=stats_to_pb(view.stats, view.unread),
+        live_model=live_model(job.spec.base_model, job.id),
         alias_version=controls.alias_version, disabled_reason=controls.disabled_reason, device=out.device,
         alias_state=_ALIAS_STATE_TO_PB[controls.alias_state],
     ))

@@ -112,6 +112,11 @@ class OnlineStore(Protocol):
         stored as it starts included."""
         ...
 
+    async def unread(self, after: Mapping[str, int]) -> dict[str, int]:
+        """For each session of ``after``, how many of its examples are stored after its sequence number there (what
+        its stats do not count yet); a plain read, beside any insert under way."""
+        ...
+
     async def by_sequence(self, session_id: str, seqs: Sequence[int]) -> list[StoredExample]: ...
 
     async def delete_examples(self, session_id: str, keep: Sequence[tuple[int, int]] = ()) -> int:

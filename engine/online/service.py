@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from engine.domain import Objective
@@ -39,10 +39,12 @@ ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 @dataclass(frozen=True)
 class SessionView:
-    """A session as clients see it: the job and its controls."""
+    """A session as clients see it: the job, its controls, and how many of its examples are stored after the last
+    one its stats count (``unread``: sent to a queued or paused session, or not read or reported by its worker yet)."""
 
     job: OnlineSession
     controls: Controls
+    unread: int = 0
 
     def with_job(self, job: OnlineSession) -> SessionView:
         return replace(self, job=job)
@@ -134,8 +136,17 @@ class OnlineSessions:
             raise not_found(session_id) from None
 
     async def get(self, session_id: str) -> SessionView:
-        job = await self._job(session_id)
-        return SessionView(job, await self._store.controls(session_id))
+        return await self._view(await self._job(session_id), await self._store.controls(session_id))
+
+    async def _view(self, job: OnlineSession, controls: Controls) -> SessionView:
+        return (await self._views([job], {job.id: controls}))[0]
+
+    async def _views(self, jobs: Sequence[OnlineSession],
+                     controls: Mapping[str, Controls]) -> builtins.list[SessionView]:
+        """``jobs`` with their ``controls`` (a job without any is left out: its create is under way)."""
+        shown = [j for j in jobs if j.id in controls]
+        unread = await self._store.unread({j.id: j.output.stats.last_sequence for j in shown})
+        return [SessionView(j, controls[j.id], unread.get(j.id, 0)) for j in shown]
 
     async def job(self, session_id: str) -> OnlineSession:
         """NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session that does not exist."""
@@ -147,8 +158,7 @@ class OnlineSessions:
 
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[SessionView], str]:
         jobs, token = await self._manager.list(states=(), page_size=page_size, page_token=page_token)
-        controls = await self._store.controls_of([j.id for j in jobs])
-        return [SessionView(j, controls[j.id]) for j in jobs if j.id in controls], token
+        return await self._views(jobs, await self._store.controls_of([j.id for j in jobs])), token
 
     async def running(self) -> builtins.list[OnlineSession]:
         return await self._every(RUNNING)
@@ -178,7 +188,7 @@ class OnlineSessions:
             raise await self._no_alias(job)
         if controls.alias_version != version:  # deleted since the look above: the alias stays where it was
             raise version_not_found(job.spec.base_model, version)
-        return SessionView(job, controls)
+        return await self._view(job, controls)
 
     async def remove_alias(self, session_id: str) -> SessionView:
         """The session's live alias is no longer routed, on any serving process from its next look."""
@@ -186,7 +196,7 @@ class OnlineSessions:
         controls = await self._store.remove_alias(session_id)
         if controls is None:
             raise await self._no_alias(job)
-        return SessionView(job, controls)
+        return await self._view(job, controls)
 
     async def _no_alias(self, job: OnlineSession) -> FailedPrecondition:
         controls = await self._store.controls(job.id)
@@ -221,7 +231,7 @@ class OnlineSessions:
     async def stop(self, session_id: str) -> SessionView:
         await self._open(session_id)
         job = await self._manager.cancel(session_id)
-        return SessionView(job, await self._store.controls(session_id))
+        return await self._view(job, await self._store.controls(session_id))
 
     async def set_learning_rate(self, session_id: str, learning_rate: float) -> SessionView:
         check_learning_rate(learning_rate, "learning_rate")

@@ -450,6 +450,13 @@ class PostgresOnlineStore:
             return int(await conn.fetchval(
                 "SELECT count(*) FROM online_examples WHERE session_id = $1 AND seq > $2", session_id, seq))
 
+    async def unread(self, after: Mapping[str, int]) -> dict[str, int]:
+        rows = await self._statements.fetch(
+            "SELECT w.id, count(e.seq) AS n FROM unnest($1::text[], $2::int8[]) AS w(id, after)"
+            " LEFT JOIN online_examples e ON e.session_id = w.id AND e.seq > w.after GROUP BY w.id",
+            list(after), list(after.values()))
+        return {r["id"]: int(r["n"]) for r in rows}
+
     async def last_sequence(self, session_id: str) -> int:
         return int(await self._statements.fetchval(
             "SELECT coalesce(max(seq), 0) FROM online_examples WHERE session_id = $1", session_id))

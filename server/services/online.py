@@ -12,8 +12,8 @@ import grpc
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
 from engine.names import check_chosen_id
-from engine.online.service import Added, OnlineSessions
-from engine.online.spec import OnlineStats, Updated
+from engine.online.service import Added, OnlineSessions, SessionView
+from engine.online.spec import Updated
 from learning.v1 import online_pb2 as pb
 from learning.v1 import online_pb2_grpc as pb_grpc
 from server import online_convert as oc
@@ -116,7 +116,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         context: grpc.aio.ServicerContext[pb.GetOnlineStatsRequest, pb.GetOnlineStatsResponse],
     ) -> pb.GetOnlineStatsResponse:
         view = await self._sessions.get(oc.session_id_from_name(request.name))
-        return pb.GetOnlineStatsResponse(stats=oc.stats_to_pb(view.stats))
+        return pb.GetOnlineStatsResponse(stats=oc.stats_to_pb(view.stats, view.unread))
 
     async def WatchOnlineSession(
         self, request: pb.WatchOnlineSessionRequest,
@@ -159,10 +159,10 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         tally = _Tally()
         answers: asyncio.Queue[pb.StreamExamplesResponse | None] = asyncio.Queue()
 
-        def answer(stats: OnlineStats) -> pb.StreamExamplesResponse:
-            return pb.StreamExamplesResponse(stats=oc.stats_to_pb(stats), accepted=tally.accepted,
-                                             refused=tally.refused, refusals=list(tally.refusals),
-                                             duplicates=tally.duplicates)
+        def answer(current: SessionView) -> pb.StreamExamplesResponse:
+            return pb.StreamExamplesResponse(stats=oc.stats_to_pb(current.stats, current.unread),
+                                             accepted=tally.accepted, refused=tally.refused,
+                                             refusals=list(tally.refusals), duplicates=tally.duplicates)
 
         async def receive() -> None:
             message: pb.StreamExamplesRequest | None = first
@@ -179,7 +179,7 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         async def follow() -> None:
             async for item in self._sessions.watch(session_id, after_sequence=view.job.last_sequence):
                 if isinstance(item, JobEvent) and isinstance(item.payload, Updated):
-                    await answers.put(answer((await self._sessions.get(session_id)).stats))
+                    await answers.put(answer(await self._sessions.get(session_id)))
             await answers.put(None)  # the session ended
 
         async def settle() -> None:
@@ -191,12 +191,12 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
                 stats, every = current.stats, current.job.spec.update_every
                 read = current.job.output.stats.last_sequence >= tally.last_sequence
                 if (read and (stats.pending_examples < every or not stats.enabled)) or current.job.state.terminal:
-                    await answers.put(answer(current.stats))
+                    await answers.put(answer(current))
                     await answers.put(None)
                     return
                 await asyncio.sleep(0.2)
 
-        yield answer(view.stats)
+        yield answer(view)
         helpers = [asyncio.ensure_future(t()) for t in (receive, follow, settle)]
         running = set(helpers)
         getter = asyncio.ensure_future(answers.get())

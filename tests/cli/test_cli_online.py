@@ -43,6 +43,7 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     stopped = await cli(port, "online", "stop", "notes")
     assert stopped.code == 0, stopped.err
     watched = await cli(port, "online", "watch", "notes")
+    assert watched.code == 0, watched.err  # stopped: the way a session ends well
     assert "update 1: loss" in watched.out and "published v1.0.1" in watched.out, watched.out
     assert "cancelled: stopped after 2 updates" in watched.out, watched.out
     again = await cli(port, "online", "stop", "notes")

@@ -281,6 +281,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "window": lambda s: s.online.window("s", 1, 2),
         "delete_examples": lambda s: s.online.delete_examples("s"),
         "count_after": lambda s: s.online.count_after("s", 0),
+        "unread": lambda s: s.online.unread({"s": 0}),
         "last_sequence": lambda s: s.online.last_sequence("s"),
     },
     _store("job_queue", "ProcrastinateQueue"): {

@@ -1,7 +1,10 @@
 """A session stopped while QUEUED (no worker place for it: here online_max_sessions 0; or handed back by a stopping
 worker) ended "cancelled before it ran", also after it had run, and said nothing of the examples it had acknowledged:
 a running session's stop counts them (EXAMPLES_NOT_TRAINED), and the docs promise every example stored before the
-stop is counted. Now it ends "cancelled while queued" with the same warning and count."""
+stop is counted. Now it ends "cancelled while queued" with the same warning and count.
+
+Until then its stats said 0 examples and 0 pending, as if nothing had been sent: now they count the examples stored
+and not read yet (unread_examples), in GetOnlineStats, GetOnlineSession, ListOnlineSessions and the CLI's stats."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest
 
 from learning.v1 import common_pb2 as common
 from learning.v1 import online_pb2 as ol
+from tests.cli.test_cli_e2e import cli
 from tests.server.lora_helpers import train
 from tests.server.test_online import FAST, _watch_until, facts, online, session, until
 
@@ -22,6 +26,13 @@ async def test_a_session_stopped_while_queued_counts_the_examples_it_will_not_tr
                              ewc_lambda=0, replay_fraction=0))))).session
     added = await online(client).AddExamples(ol.AddExamplesRequest(name=made.name, examples=facts(3)))
     assert added.accepted == 3
+    stats = (await online(client).GetOnlineStats(ol.GetOnlineStatsRequest(name=made.name))).stats
+    assert (stats.unread_examples, stats.total_examples, stats.pending_examples) == (3, 0, 0), stats
+    assert (await session(client, made.name)).stats.unread_examples == 3
+    listed = (await online(client).ListOnlineSessions(ol.ListOnlineSessionsRequest())).sessions
+    assert [(s.name, s.stats.unread_examples) for s in listed] == [(made.name, 3)], listed
+    shown = await cli(client.app.port, "online", "stats", "waiting")
+    assert shown.out.startswith("0 updates, 0 examples (0 skipped, 0 pending, 3 unread, 0 buffered)"), shown
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
 
     async def ended() -> ol.OnlineSession | None:

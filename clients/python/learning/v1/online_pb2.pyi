@@ -88,7 +88,7 @@ class OnlineSessionSpec(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., start_version: _Optional[str] = ..., buffer_size: _Optional[int] = ..., update_every: _Optional[int] = ..., optimizer: _Optional[_Union[OnlineOptimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., ewc_lambda: _Optional[float] = ..., replay_fraction: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., publish_every: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., live_alias: _Optional[str] = ..., loss_spike_factor: _Optional[float] = ..., learn_from_feedback: _Optional[bool] = ..., negative_feedback_margin: _Optional[float] = ..., negative_feedback_min_ratings: _Optional[int] = ..., loss: _Optional[_Union[OnlineLoss, str]] = ...) -> None: ...
 
 class OnlineStats(_message.Message):
-    __slots__ = ("total_examples", "skipped_examples", "total_updates", "buffer_size", "pending_examples", "average_loss", "last_loss", "learning_rate", "enabled", "last_sequence", "published_versions")
+    __slots__ = ("total_examples", "skipped_examples", "total_updates", "buffer_size", "pending_examples", "average_loss", "last_loss", "learning_rate", "enabled", "last_sequence", "published_versions", "unread_examples")
     TOTAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_UPDATES_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class OnlineStats(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     total_examples: int
     skipped_examples: int
     total_updates: int
@@ -111,7 +112,8 @@ class OnlineStats(_message.Message):
     enabled: bool
     last_sequence: int
     published_versions: int
-    def __init__(self, total_examples: _Optional[int] = ..., skipped_examples: _Optional[int] = ..., total_updates: _Optional[int] = ..., buffer_size: _Optional[int] = ..., pending_examples: _Optional[int] = ..., average_loss: _Optional[float] = ..., last_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., enabled: _Optional[bool] = ..., last_sequence: _Optional[int] = ..., published_versions: _Optional[int] = ...) -> None: ...
+    unread_examples: int
+    def __init__(self, total_examples: _Optional[int] = ..., skipped_examples: _Optional[int] = ..., total_updates: _Optional[int] = ..., buffer_size: _Optional[int] = ..., pending_examples: _Optional[int] = ..., average_loss: _Optional[float] = ..., last_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., enabled: _Optional[bool] = ..., last_sequence: _Optional[int] = ..., published_versions: _Optional[int] = ..., unread_examples: _Optional[int] = ...) -> None: ...
 
 class OnlinePublication(_message.Message):
     __slots__ = ("version", "update", "first_sequence", "last_sequence", "gate_passed", "failed_checks", "publish_time")

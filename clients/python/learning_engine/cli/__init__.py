@@ -3,7 +3,8 @@
 Exit codes follow the gRPC status of the failed call (0 OK, 3 INVALID_ARGUMENT,
 5 NOT_FOUND, 7 PERMISSION_DENIED, 12 UNIMPLEMENTED, 14 UNAVAILABLE,
 16 UNAUTHENTICATED, ...). ``train --watch`` exits with the job's outcome:
-0 succeeded, 1 cancelled, 10 (ABORTED) paused, else the code of the job's error.
+0 succeeded, 1 cancelled, 10 (ABORTED) paused, else the code of the job's error (``online watch``: 0 once
+the session was stopped, else its error's code).
 A command line refused before calling exits 3 (USAGE). Interrupted: 130.
 """
 

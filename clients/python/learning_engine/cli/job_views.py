@@ -19,11 +19,14 @@ def short_state(state: int) -> str:
     return common.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
-def guard_interrupt(ctx: typer.Context, call) -> int:
+def guard_interrupt(ctx: typer.Context, call,
+                    going_on: str = "the job keeps running (learning-engine jobs watch NAME)") -> int:
+    """``call``'s exit code; Ctrl-C stops the watch only, saying so (``going_on``: what goes on, and how to watch
+    it again)."""
     try:
         return run(ctx, call)
     except KeyboardInterrupt:
-        interrupted("stopped watching; the job keeps running (learning-engine jobs watch NAME)")
+        interrupted(f"stopped watching; {going_on}")
 
 
 def outcome_code(state: int, error_code: int) -> int:

@@ -17,7 +17,8 @@ from rich.table import Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import online_pb2 as ol
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, as_dict, emit, fail, local_text, options, out, print_table, run
+from learning_engine.cli.common import Options, as_dict, emit, err, fail, local_text, options, out, print_table, run
+from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.client import AsyncClient
 
 online_app = typer.Typer(help="Online learning: a served adapter that keeps learning from a stream of examples.",
@@ -53,8 +54,10 @@ def _alias(s: ol.OnlineSession) -> str:
 
 
 def _stats_line(s: ol.OnlineStats) -> str:
+    # unread: stored, not counted by the worker yet (a queued or paused session's)
+    unread = f", {s.unread_examples} unread" if s.unread_examples else ""
     return (f"{s.total_updates} updates, {s.total_examples} examples ({s.skipped_examples} skipped, "
-            f"{s.pending_examples} pending, {s.buffer_size} buffered), loss {_loss(s.average_loss)} "
+            f"{s.pending_examples} pending{unread}, {s.buffer_size} buffered), loss {_loss(s.average_loss)} "
             f"(last {_loss(s.last_loss)}), lr {s.learning_rate:g}, {'learning' if s.enabled else 'disabled'}")
 
 
@@ -131,7 +134,8 @@ def online_get(ctx: typer.Context, name: str) -> None:
 
 @online_app.command("stats")
 def online_stats(ctx: typer.Context, name: str) -> None:
-    """Examples, updates, buffer, average loss over the last 100 updates, learning rate, enabled."""
+    """Examples (read, skipped, pending an update, stored and unread), updates, buffer, average loss over the last
+    100 updates, learning rate, enabled."""
     stats = run(ctx, lambda c: c.get_online_stats(session_name(name)))
     emit(options(ctx), stats, lambda: out.print(_stats_line(stats), highlight=False))
 
@@ -214,10 +218,11 @@ def online_send(ctx: typer.Context, name: str,
 @online_app.command("watch")
 def online_watch(ctx: typer.Context, name: str,
                  after: int = typer.Option(0, "--after", help="Only events after this sequence.")) -> None:
-    """Follow a session's updates, publications and warnings until it ends."""
+    """Follow a session's updates, publications and warnings until it ends; exits 0 once it was stopped (the way a
+    session ends well), else its error's code (a failed session)."""
     opts = options(ctx)
 
-    async def follow(client: AsyncClient) -> None:
+    async def follow(client: AsyncClient) -> int:
         async for message in client.watch_online_session(session_name(name), after_sequence=after):
             if opts.json:
                 print(json.dumps(as_dict(message)), flush=True)
@@ -235,8 +240,15 @@ def online_watch(ctx: typer.Context, name: str,
                     out.print(f"{detail.code}: {detail.message}", highlight=False)
                 elif kind == "state_change":
                     out.print(f"{_state(event.state_change.state)}: {event.state_change.message}", highlight=False)
+        done = await client.get_online_session(session_name(name))
+        if done.state == common.JOB_STATE_CANCELLED:
+            return 0
+        if done.HasField("error") and done.error.code and not opts.json:
+            err.print(f"[red]{done.error.message}[/]", highlight=False)
+        return outcome_code(done.state, done.error.code if done.HasField("error") else 0)
 
-    run(ctx, follow)
+    raise typer.Exit(guard_interrupt(
+        ctx, follow, going_on=f"the session keeps running (learning-engine online watch {name})"))
 
 
 def _change(ctx: typer.Context, call: Callable[[AsyncClient], Awaitable[ol.OnlineSession]], said: str) -> None:
