@@ -15,6 +15,7 @@ from engine.online.service import SessionView, check_learning_rate
 from engine.online.spec import (
     AliasState,
     FeedbackSpike,
+    GateJudged,
     GateVerdict,
     LossSpike,
     NewExample,
@@ -195,6 +196,10 @@ def event_to_pb(event: JobEvent) -> pb.OnlineSessionEvent:
                                              ewc_penalty=p.ewc_penalty, stats=stats_to_pb(p.stats)))
     elif isinstance(p, Published):
         msg.published.CopyFrom(publication_to_pb(p.publication))
+    elif isinstance(p, GateJudged):
+        msg.gate_verdict.CopyFrom(pb.OnlineGateVerdict(
+            version=p.version, passed=p.verdict.passed if p.verdict.gated else None,
+            failed_checks=p.verdict.failed_checks))
     elif isinstance(p, LossSpike):
         msg.loss_spike.CopyFrom(pb.OnlineLossSpike(update=p.update, loss=p.loss, median=p.median, factor=p.factor))
     elif isinstance(p, FeedbackSpike):

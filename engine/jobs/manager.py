@@ -34,7 +34,7 @@ import contextlib
 import logging
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -59,7 +59,7 @@ from engine.jobs.event_log import FLUSH_RETRY_SECONDS, JobEventLog
 from engine.jobs.last_attempt import LastAttempt
 from engine.jobs.ports import Claim, JobQueue, JobStore, LeaseLost, StopReason, queue_attempt
 from engine.jobs.refusals import check_steerable, reused, same_job
-from engine.jobs.watching import watch_live, watch_stored
+from engine.jobs.watching import watch_ended, watch_live, watch_stored
 from engine.names import PageScope, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,12 @@ class JobManager(JobEventLog[S, O]):
         async for event in watch_stored(job_id, seen, store=self._store, held=self._live, get=self.get,
                                         poll_seconds=self._watch_poll):
             yield event
+
+    def watch_ended(self, job_id: str, *, after_sequence: int,
+                    done: Callable[[], Awaitable[bool]]) -> AsyncIterator[JobEvent]:
+        """After :meth:`watch` of a job that ended: the events :meth:`note` adds to its log after
+        ``after_sequence``, until ``done()`` says no more are coming (engine.jobs.watching.watch_ended)."""
+        return watch_ended(job_id, after_sequence, store=self._store, poll_seconds=self._watch_poll, done=done)
 
     # ---- steering -------------------------------------------------------------------
 

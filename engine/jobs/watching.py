@@ -61,3 +61,19 @@ async def watch_stored(
         if (job.state.terminal or job.state is JobState.PAUSED) and after >= job.last_sequence:
             return
         await store.wait_for_events(job_id, poll_seconds, since=notified)
+
+
+async def watch_ended(job_id: str, after: int, *, store: JobStore[S, O], poll_seconds: float,
+                      done: Callable[[], Awaitable[bool]]) -> AsyncIterator[JobEvent]:
+    """Events added to the log of a job that has ended (``JobManager.note``: what became of something it left behind),
+    from the store, woken by its notifications, until ``done()`` says no more are coming. It is asked before each
+    read of the log, so what was stored before it said so is yielded."""
+    while True:
+        notified = await store.notified(job_id)
+        finished = await done()
+        for event in await store.list_events(job_id, after_sequence=after):
+            after = event.sequence
+            yield event
+        if finished:
+            return
+        await store.wait_for_events(job_id, poll_seconds, since=notified)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -12,10 +13,10 @@ from engine.domain import Objective
 from engine.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from engine.feedback.ingest import FeedbackLimits
 from engine.jobs.codec import request_digest
-from engine.jobs.core import JobEvent, JobState
+from engine.jobs.core import JobEvent, JobState, Noticed, Warned
 from engine.jobs.manager import JobManager
 from engine.online.ports import OnlineStore
-from engine.online.serving import RUNNING
+from engine.online.serving import ALIAS_ENDS, RUNNING
 from engine.online.spec import (
     AliasState,
     Controls,
@@ -35,6 +36,9 @@ from engine.registry.records import parse_version, version_not_found
 MAX_WEIGHT = 100.0
 MAX_ID_CHARS = FeedbackLimits.max_id_chars  # a client_example_id, as feedback's client_event_id
 ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+# How long a watch waits for that event once the alias is settled (the event is stored just after; its writer
+# stopping between the two would leave it untold)
+SETTLED_UNTOLD_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -152,9 +156,10 @@ class OnlineSessions:
         """NOT_FOUND (ONLINE_SESSION_NOT_FOUND) for a session that does not exist."""
         return await self._job(session_id)
 
-    async def note(self, session_id: str, payload: object) -> None:
-        """An event on the log of a session that has ended (what became of its live alias)."""
-        await self._manager.note(session_id, payload)
+    async def note(self, session_id: str, *payloads: object, output: OnlineOutput | None = None) -> None:
+        """Events on the log of a session that has ended (what became of its live alias, the gate's verdicts on
+        its last publications), and, given ``output``, its output as it is now."""
+        await self._manager.note(session_id, *payloads, output=output)
 
     async def list(self, *, page_size: int, page_token: str) -> tuple[builtins.list[SessionView], str]:
         jobs, token = await self._manager.list(states=(), page_size=page_size, page_token=page_token)
@@ -300,8 +305,34 @@ class OnlineSessions:
                    "avoid it)"
         return ""
 
-    def watch(self, session_id: str, *, after_sequence: int = 0) -> AsyncIterator[OnlineSession | JobEvent]:
-        return self._manager.watch(session_id, after_sequence=after_sequence)
+    async def watch(self, session_id: str, *, after_sequence: int = 0) -> AsyncIterator[OnlineSession | JobEvent]:
+        """The session as it is now, then its events, until it ends; and after, while its live alias is not settled
+        yet, what a serving process tells then: the gate's verdicts on its last publications and the alias KEPT or
+        ENDED (engine.online.serving). An alias removed, or none, adds nothing to wait for."""
+        seen = after_sequence
+        async for item in self._manager.watch(session_id, after_sequence=after_sequence):
+            if isinstance(item, JobEvent):
+                seen = max(seen, item.sequence)
+            yield item
+        if not (await self._manager.get(session_id)).state.terminal:  # paused: the alias goes on following it
+            return
+        told = False  # the alias's end, on the events
+        settled_at: float | None = None
+
+        async def done() -> bool:
+            nonlocal settled_at
+            state = (await self._store.controls(session_id)).alias_state
+            if told or state in (AliasState.NONE, AliasState.REMOVED):
+                return True
+            if state is AliasState.FOLLOWING:
+                return False
+            # KEPT or ENDED: the event follows the write that settled it, unless its writer stopped between them
+            settled_at = time.monotonic() if settled_at is None else settled_at
+            return time.monotonic() - settled_at > SETTLED_UNTOLD_SECONDS
+
+        async for event in self._manager.watch_ended(session_id, after_sequence=seen, done=done):
+            told = told or (isinstance(event.payload, Noticed | Warned) and event.payload.code in ALIAS_ENDS)
+            yield event
 
 
 def check_learning_rate(value: float, field_path: str) -> None:

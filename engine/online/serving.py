@@ -47,9 +47,12 @@ from engine.online.spec import (
     Controls,
     GateVerdict,
     LiveAdapter,
+    OnlineOutput,
     OnlineSession,
     live_adapter_name,
     live_model,
+    told,
+    untold_verdicts,
 )
 from engine.registry.ports import ArtifactStore
 from engine.serving.alias_router import AliasRouter
@@ -65,6 +68,9 @@ GATE_LEASE_SECONDS = 1800.0  # how long a serving process may take to judge a pu
 # the alias name) first and the job after, so a look between the two finds no job; one that never got its job (its
 # server stopped between the two) has its alias ended once its controls are this old.
 UNSTORED_SESSION_SECONDS = 300.0
+# what ``_settle`` says on the session's events, the one or the other
+ALIAS_KEPT, ALIAS_ENDED = "LIVE_ALIAS_KEPT", "LIVE_ALIAS_ENDED"
+ALIAS_ENDS = (ALIAS_KEPT, ALIAS_ENDED)
 
 
 class Sessions(Protocol):
@@ -74,8 +80,8 @@ class Sessions(Protocol):
         """NOT_FOUND for a session that does not exist."""
         ...
 
-    async def note(self, session_id: str, payload: object) -> None:
-        """An event on the log of a session that has ended."""
+    async def note(self, session_id: str, *payloads: object, output: OnlineOutput | None = None) -> None:
+        """Events on the log of a session that has ended (and, given ``output``, its output as it is now)."""
         ...
 
 
@@ -236,17 +242,19 @@ class OnlineServing:
         if settled is None:  # another serving process settled it
             return await self._store.controls(job.id)
         alias, version = settled.live_alias, settled.alias_version
+        ended: Noticed | Warned
         if settled.alias_state is AliasState.KEPT:
-            await self._sessions.note(job.id, Noticed(
-                "LIVE_ALIAS_KEPT", f"the live alias {alias!r} keeps serving {version} now that the session has "
-                                   "ended, until an operator moves it (MoveLiveAlias) or removes it "
-                                   "(RemoveLiveAlias)"))
+            ended = Noticed(ALIAS_KEPT, f"the live alias {alias!r} keeps serving {version} now that the "
+                                               "session has ended, until an operator moves it (MoveLiveAlias) or "
+                                               "removes it (RemoveLiveAlias)")
         else:
             published = len(job.output.publications)
-            await self._sessions.note(job.id, Warned(
-                "LIVE_ALIAS_ENDED", f"the live alias {alias!r} ended with the session: no publication of it passed "
-                                    f"the gate ({published} published), so it served only the start version "
-                                    f"{job.spec.start_version}; it is no longer routed"))
+            ended = Warned(ALIAS_ENDED, f"the live alias {alias!r} ended with the session: no publication of "
+                                               f"it passed the gate ({published} published), so it served only the "
+                                               f"start version {job.spec.start_version}; it is no longer routed")
+        # the verdicts the session's worker did not see before it ended (a publication just before the stop)
+        verdicts = untold_verdicts(job.output, settled)
+        await self._sessions.note(job.id, *verdicts, ended, output=told(job.output, verdicts) if verdicts else None)
         return settled
 
     async def _judge(self, version: str, baseline: str) -> GateVerdict:

@@ -19,7 +19,7 @@ from engine.jobs.core import Noticed, Warned
 from engine.jobs.ports import StopReason
 from engine.online.interruptions import TRANSIENT_ERRORS, hand_back, steady_since
 from engine.online.learner import UpdateResult
-from engine.online.spec import LossSpike, NewExample, Updated, live_model
+from engine.online.spec import LossSpike, NewExample, Updated, live_model, told, untold_verdicts
 from engine.online.spikes import SessionSpikes
 
 FEEDBACK_LAG_SECONDS = 5.0  # feedback is read up to this long ago: events sent a moment late are not missed
@@ -82,7 +82,10 @@ class RunningSession(SessionSpikes):
             updated = True
         if publish and learner.updates > 0:
             await self._publish()
-        output = ctx.job.output
+        judged = untold_verdicts(ctx.job.output, controls)  # by a serving process, since the last look
+        for verdict in judged:
+            ctx.record(verdict)
+        output = told(ctx.job.output, judged)
         ctx.set_output(replace(
             output,
             stats=learner.stats(learning_rate=controls.learning_rate, enabled=controls.enabled,
@@ -93,7 +96,7 @@ class RunningSession(SessionSpikes):
             publish_requests_seen=controls.publish_requests if learner.updates > 0
             else output.publish_requests_seen,
         ))
-        if rows or forced or publish or updated:
+        if rows or forced or publish or updated or judged:
             await ctx.persist()
         return updated
 

@@ -10,7 +10,8 @@ checkpoints), written only by the worker that holds it. What clients and the ser
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from engine.domain import ChatMessage, Example, Objective
@@ -107,6 +108,7 @@ class OnlineOutput:
     # the times in a row a store's error sent the session back to the queue with no update in between (an update
     # sets it to 0): the MAX_INTERRUPTIONS-th fails it (engine.online.interruptions)
     interruptions: int = 0
+    verdicts_told: tuple[str, ...] = ()  # the publications whose gate verdict a GateJudged event has told
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,25 @@ class Published:
 
 
 @dataclass(frozen=True)
+class GateJudged:
+    """Event: the gate's verdict on the publication ``version`` (stored on the controls by a serving process)."""
+
+    version: str
+    verdict: GateVerdict
+
+
+def untold_verdicts(output: OnlineOutput, controls: Controls) -> tuple[GateJudged, ...]:
+    """The verdicts on the session's publications that no event has told yet, in the order they were published."""
+    told = set(output.verdicts_told)
+    return tuple(GateJudged(p.version, verdict) for p in output.publications
+                 if p.version not in told and (verdict := controls.gate(p.version)) is not None)
+
+
+def told(output: OnlineOutput, judged: Sequence[GateJudged]) -> OnlineOutput:
+    return replace(output, verdicts_told=output.verdicts_told + tuple(j.version for j in judged))
+
+
+@dataclass(frozen=True)
 class LossSpike:
     """Event: an update's loss was ``factor`` times the median of the ones before; learning was disabled and the
     adapter put back to its weights before the update that made the weights this loss was measured on."""
@@ -255,7 +276,8 @@ class FeedbackSpike:
 
 
 ONLINE_SESSION = JobKind("onlineSession", "onlineSessions", OnlineSessionSpec, OnlineOutput,
-                         event_types=(Updated, Published, LossSpike, FeedbackSpike, ParentFisherProgress))
+                         event_types=(Updated, Published, GateJudged, LossSpike, FeedbackSpike,
+                                      ParentFisherProgress))
 OnlineSession = Job[OnlineSessionSpec, OnlineOutput]
 
 

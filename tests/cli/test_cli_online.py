@@ -46,6 +46,11 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert watched.code == 0, watched.err  # stopped: the way a session ends well
     assert "update 1: loss" in watched.out and "published v1.0.1" in watched.out, watched.out
     assert "cancelled: stopped after 2 updates" in watched.out, watched.out
+    # the gate's verdict on the publication (no gate on this server: told by the worker, or, judged after the
+    # stop, by the serving process that settles the alias), and on, once the session ended, to the alias kept
+    assert "v1.0.1: no gate configured, taken as passed" in watched.out, watched.out
+    after = watched.out.split("cancelled: stopped after 2 updates", 1)[1]
+    assert "LIVE_ALIAS_KEPT: the live alias 'notes-live' keeps serving v1.0.1" in after, watched.out
     again = await cli(port, "online", "stop", "notes")
     assert again.code == 9 and "ONLINE_SESSION_ENDED" in again.err, again.err
 

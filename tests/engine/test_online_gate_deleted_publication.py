@@ -15,7 +15,15 @@ from typing import Any
 from engine.jobs.core import JobState, Noticed
 from engine.lora.state import EvalSummary
 from engine.online.serving import OnlineServing
-from engine.online.spec import AliasState, Controls, GateVerdict, OnlineOutput, Publication
+from engine.online.spec import (
+    DELETED_VERDICT,
+    AliasState,
+    Controls,
+    GateJudged,
+    GateVerdict,
+    OnlineOutput,
+    Publication,
+)
 from engine.registry.records import version_not_found
 from tests.engine.test_online_publication import _Controls
 
@@ -57,8 +65,9 @@ class _Sessions:
     async def job(self, session_id: str) -> Any:
         return self.job_
 
-    async def note(self, session_id: str, payload: object) -> None:
-        self.notes.append(payload)
+    async def note(self, session_id: str, *payloads: object, output: Any = None) -> None:
+        self.notes.extend(payloads)
+        self.output = output
 
 
 def _serving(store: _Controls, gate: _Gate, tmp_path: Path, sessions: Any = None) -> OnlineServing:
@@ -92,6 +101,9 @@ async def test_an_ended_sessions_alias_is_settled_past_a_deleted_publication(tmp
     settled = await serving._settle(store.c)  # the next tick
     assert settled.alias_state is AliasState.KEPT and settled.alias_version == "v1.0.2", settled
     assert [n.code for n in sessions.notes if isinstance(n, Noticed)] == ["LIVE_ALIAS_KEPT"], sessions.notes
+    # the verdicts its worker never saw (it had ended) are told first, and recorded as told
+    assert sessions.notes[:2] == [GateJudged("v1.0.1", DELETED_VERDICT), GateJudged("v1.0.2", GateVerdict(True))]
+    assert sessions.output.verdicts_told == ("v1.0.1", "v1.0.2")
 
 
 class _SlowGate(_Gate):

@@ -305,6 +305,10 @@ async def test_a_publication_the_gate_refuses_leaves_the_live_alias_where_it_was
     assert not publication.gate_passed, publication
     assert any(check.startswith("retention: forgot") for check in publication.failed_checks), publication
     assert judged.alias_version == ""  # still the start version
+    # the session's worker tells the verdict on its events (the gate runs in a serving process)
+    told = (await _said(client, made.name, lambda e: e.HasField("gate_verdict")))[-1].gate_verdict
+    assert (told.version, told.HasField("passed"), told.passed, list(told.failed_checks)) == (
+        publication.version, True, False, list(publication.failed_checks)), told
     served, _ = await until(lambda: _answer(client, "careless", f"{TINY}@{start}"))
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
     await until(lambda: _ended(client, made.name))

@@ -365,8 +365,18 @@ class OnlineFeedbackSpike(_message.Message):
     margin: float
     def __init__(self, update: _Optional[int] = ..., ratings: _Optional[int] = ..., negative: _Optional[int] = ..., negative_rate: _Optional[float] = ..., baseline_rate: _Optional[float] = ..., baseline_ratings: _Optional[int] = ..., margin: _Optional[float] = ...) -> None: ...
 
+class OnlineGateVerdict(_message.Message):
+    __slots__ = ("version", "passed", "failed_checks")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    passed: bool
+    failed_checks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., passed: _Optional[bool] = ..., failed_checks: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class OnlineSessionEvent(_message.Message):
-    __slots__ = ("sequence", "time", "state_change", "notice", "warning", "error", "updated", "published", "loss_spike", "feedback_spike")
+    __slots__ = ("sequence", "time", "state_change", "notice", "warning", "error", "updated", "published", "loss_spike", "feedback_spike", "gate_verdict")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +387,7 @@ class OnlineSessionEvent(_message.Message):
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     LOSS_SPIKE_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_SPIKE_FIELD_NUMBER: _ClassVar[int]
+    GATE_VERDICT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     state_change: _common_pb2.JobStateChange
@@ -387,7 +398,8 @@ class OnlineSessionEvent(_message.Message):
     published: OnlinePublication
     loss_spike: OnlineLossSpike
     feedback_spike: OnlineFeedbackSpike
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., updated: _Optional[_Union[OnlineUpdate, _Mapping]] = ..., published: _Optional[_Union[OnlinePublication, _Mapping]] = ..., loss_spike: _Optional[_Union[OnlineLossSpike, _Mapping]] = ..., feedback_spike: _Optional[_Union[OnlineFeedbackSpike, _Mapping]] = ...) -> None: ...
+    gate_verdict: OnlineGateVerdict
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[_common_pb2.JobStateChange, _Mapping]] = ..., notice: _Optional[_Union[_common_pb2.JobNotice, _Mapping]] = ..., warning: _Optional[_Union[_common_pb2.JobWarning, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., updated: _Optional[_Union[OnlineUpdate, _Mapping]] = ..., published: _Optional[_Union[OnlinePublication, _Mapping]] = ..., loss_spike: _Optional[_Union[OnlineLossSpike, _Mapping]] = ..., feedback_spike: _Optional[_Union[OnlineFeedbackSpike, _Mapping]] = ..., gate_verdict: _Optional[_Union[OnlineGateVerdict, _Mapping]] = ...) -> None: ...
 
 class WatchOnlineSessionRequest(_message.Message):
     __slots__ = ("name", "after_sequence")

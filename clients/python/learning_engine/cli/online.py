@@ -61,6 +61,14 @@ def _stats_line(s: ol.OnlineStats) -> str:
             f"(last {_loss(s.last_loss)}), lr {s.learning_rate:g}, {'learning' if s.enabled else 'disabled'}")
 
 
+def _verdict_line(v: ol.OnlineGateVerdict) -> str:
+    if not v.HasField("passed"):
+        return f"{v.version}: no gate configured, taken as passed"
+    if v.passed:
+        return f"{v.version} passed the gate"
+    return f"{v.version} failed the gate ({', '.join(v.failed_checks) or 'no check named'})"
+
+
 @online_app.command("create")
 def online_create(
     ctx: typer.Context,
@@ -235,6 +243,8 @@ def online_watch(ctx: typer.Context, name: str,
                               f"replayed), ewc {u.ewc_penalty:.4g}", highlight=False)
                 elif kind == "published":
                     out.print(f"published {event.published.version}", highlight=False)
+                elif kind == "gate_verdict":
+                    out.print(_verdict_line(event.gate_verdict), highlight=False)
                 elif kind in ("warning", "notice"):
                     detail = getattr(event, kind)
                     out.print(f"{detail.code}: {detail.message}", highlight=False)
