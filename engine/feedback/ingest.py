@@ -12,7 +12,9 @@ first messages are stored, no later one is), ``stored`` and ``duplicates``.
 
 Each event is stored with its base model (``FeedbackBases.of``): the one it names, else the one of its
 ``adapter_version`` when that is a serving name ``<base>@<version>``, else the server's default. A base
-model the server does not know is a violation of the event's ``base_model`` like any other.
+model the server does not know is a violation of the event's ``base_model`` like any other. A serving name of a
+version of that base model (``<base>@v1.2``) is stored as the plain version (``v1.2``): the version either
+spelling names, counted as one by every reader (stats, feedback datasets, canaries, rollback; migration 0034).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from engine import telemetry
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
 from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, FeedbackRow, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
+from engine.lora.state import version_of
 
 ROLES = frozenset({"system", "user", "assistant"})
 _KIND_TEXT = {k: k.value for k in FeedbackKind}  # a dict lookup is cheaper than the enum's value property
@@ -354,7 +357,8 @@ def to_records(
         records.append((
             e.tenant_id, e.client_event_id, _KIND_TEXT[kind], e.rating if kind is FeedbackKind.RATING else None,
             correction, e.dwell_seconds if kind is FeedbackKind.DWELL_TIME else None, *row_it,
-            e.adapter_version, e.user_id, e.time or received, received,
+            # a versioned serving name as its plain version: both spellings are one version in every count
+            version_of(base, e.adapter_version) or e.adapter_version, e.user_id, e.time or received, received,
             labels_json.get(e.labels) or labels_json.setdefault(e.labels, dumps(dict(e.labels))), list(fired),
             base,
         ))

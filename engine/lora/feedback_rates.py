@@ -1,9 +1,9 @@
 """The FeedbackRates port over the Feedback service's per-adapter stats.
 
-Feedback events carry the ``adapter_version`` the client was served; both the plain version
-(``v1.2``) and the versioned serving name (``<base>@v1.2``) are counted for a version, of the
-feedback on its base model only (and feedback stored before events recorded a base model), so
-that a ``v1.2`` of another base model sharing the database is not counted.
+Feedback events carry the ``adapter_version`` the client was served; the plain version (``v1.2``)
+and the versioned serving name (``<base>@v1.2``) are stored as one (engine.feedback.ingest), and a
+version's counts are of the feedback on its base model only (and feedback stored before events
+recorded a base model), so that a ``v1.2`` of another base model sharing the database is not counted.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from engine.lora.state import FeedbackCounts, lora_name
+from engine.lora.state import FeedbackCounts
 
 
 class StatsSource(Protocol):
@@ -29,7 +29,7 @@ class FeedbackStatsRates:
         self._pos, self._neg = rating_positive_min, rating_negative_max
 
     async def counts(self, base_model: str, version: str, since: datetime) -> FeedbackCounts:
-        return await self.named(since, version, lora_name(base_model, version), base_model=base_model)
+        return await self.named(since, version, base_model=base_model)
 
     async def named(self, since: datetime, *names: str, base_model: str = "") -> FeedbackCounts:
         positive = negative = 0

@@ -48,6 +48,7 @@ from engine.feedback.events import (
     UserErasure,
 )
 from engine.jobs.core import JobState
+from engine.lora.state import version_of
 from engine.stores.postgres import acquired
 
 T = TypeVar("T")
@@ -317,7 +318,9 @@ class PostgresFeedbackStore:
         rating_positive_min: int, rating_negative_max: int, base_model: str = "",
     ) -> FeedbackStats:
         """Counts of the events in [start, end) matching the filters ("" matches all); ``base_model`` also matches
-        the events that recorded none (stored before events had one: they count for every base model)."""
+        the events that recorded none (stored before events had one: they count for every base model). An
+        ``adapter_version`` that is a version's serving name is that version of its base model (``_as_stored``)."""
+        adapter_version, base_model = _as_stored(adapter_version, base_model)
         sql = (
             "SELECT adapter_version, kind, count(*) AS n,"
             " count(*) FILTER (WHERE kind = 'RATING' AND rating >= $5) AS high,"
@@ -353,8 +356,9 @@ class PostgresFeedbackStore:
         none (stored before events had one), as stats does.
 
         Events whose interaction cannot be resolved (e.g. its carrier was erased) are left out, and so
-        are events of erased users (belt and braces: erasure deletes them too).
+        are events of erased users (belt and braces: erasure deletes them too). ``adapter_version`` as for ``stats``.
         """
+        adapter_version, base_model = _as_stored(adapter_version, base_model)
         sql = f"""
             SELECT {INTERACTION_KEY} AS key,
                    e.kind, e.rating, e.correction, e.event_time, e.dwell_seconds, e.user_id,
@@ -392,3 +396,14 @@ class PostgresFeedbackStore:
                     prompt=r["prompt"] or "", response=r["response"] or "", dwell_seconds=r["dwell_seconds"] or 0.0,
                     users=tuple(u for u in {r["user_id"], r["carrier_user_id"] or ""} if u),
                 )
+
+
+def _as_stored(adapter_version: str, base_model: str) -> tuple[str, str]:
+    """Filters on the version events name and their base model, as events are stored (engine.feedback.ingest): a
+    serving name ``<base>@v1.2`` is the version ``v1.2`` of ``<base>``, unless ``base_model`` names another base
+    model (then it stays as it is, and matches nothing, as a version of another base model should not)."""
+    base = adapter_version.rpartition("@")[0]
+    version = version_of(base, adapter_version) if base else ""
+    if not version or base_model not in ("", base):
+        return adapter_version, base_model
+    return version, base

@@ -191,3 +191,50 @@ async def test_the_drift_sources_feedback_is_per_base_model(server, database_url
         assert await seen(OTHER) == ({"How do I sort a list in Python?", "What is a monad?"}, (1, 1))
     finally:
         await pool.close()
+
+
+async def test_a_versions_serving_name_and_its_plain_version_are_one_version(server, database_url):
+    """Feedback named `<base>@v1.0` and `v1.0` was counted as two versions by the stats and by a feedback dataset's
+    filter (the canary's rates merged the two): it is stored as the plain version now, and a filter in either
+    spelling reads both; events stored before are rewritten by migration 0034."""
+    events = [ev("plain", adapter_version="v1.0"), ev("served", adapter_version=f"{TINY}@v1.0"),
+              ev("other", adapter_version=f"{OTHER}@v1.0"), ev("session", adapter_version=f"{TINY}@my-session")]
+    await stub(server).SubmitFeedback(fb.SubmitFeedbackRequest(events=events))
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = {r["client_event_id"]: (r["adapter_version"], r["base_model"]) for r in await conn.fetch(
+            "SELECT client_event_id, adapter_version, base_model FROM feedback_events")}
+        assert stored == {"plain": ("v1.0", TINY), "served": ("v1.0", TINY), "other": ("v1.0", OTHER),
+                          "session": (f"{TINY}@my-session", TINY)}, stored
+
+        async def stats(adapter_version: str, base_model: str = "") -> list[tuple[str, int]]:
+            got = await stub(server).GetFeedbackStats(fb.GetFeedbackStatsRequest(
+                adapter_version=adapter_version, base_model=base_model))
+            return [(a.adapter_version, a.positive) for a in got.by_adapter]
+
+        assert await stats("", TINY) == [(f"{TINY}@my-session", 1), ("v1.0", 2)]
+        assert await stats("v1.0", TINY) == await stats(f"{TINY}@v1.0") == [("v1.0", 2)]
+        assert await stats(f"{TINY}@v1.0", OTHER) == []  # a version of another base model
+
+        async def found(adapter_version: str) -> str:
+            spec = pb.TrainingJobSpec(base_model=TINY, feedback=common.FeedbackDataset(
+                days=1, min_samples=100, adapter_version=adapter_version))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await server.training.CreateTrainingJob(pb.CreateTrainingJobRequest(spec=spec, validate_only=True))
+            return error_details(err.value)[0].metadata["found"]
+
+        assert (await found("v1.0"), await found(f"{TINY}@v1.0")) == ("2", "2")
+
+        # events stored before: the serving name as sent, and some with no base model recorded
+        await conn.execute(
+            "UPDATE feedback_events SET adapter_version = $1 || '@v1.0', base_model = CASE client_event_id"
+            " WHEN 'served' THEN $1 ELSE '' END WHERE client_event_id IN ('served', 'other')", TINY)
+        await conn.execute("UPDATE feedback_events SET base_model = '' WHERE client_event_id = 'session'")
+        migration = Path(postgres.__file__).parent / "migrations" / "0034_feedback_plain_versions.sql"
+        await conn.execute(migration.read_text())
+        stored = {r["client_event_id"]: (r["adapter_version"], r["base_model"]) for r in await conn.fetch(
+            "SELECT client_event_id, adapter_version, base_model FROM feedback_events")}
+        assert stored == {"plain": ("v1.0", TINY), "served": ("v1.0", TINY), "other": ("v1.0", TINY),
+                          "session": (f"{TINY}@my-session", "")}, stored
+    finally:
+        await conn.close()
