@@ -25,7 +25,7 @@ from engine.continual.fisher import Diagonal, FisherResult, select_samples, spac
 from engine.continual.fisher_run import FisherRun, load_adapter_weights, measure_model
 from engine.continual.ports import FisherSnapshots
 from engine.continual.spec import DEFAULT_NUM_SAMPLES, FisherEstimator, FisherSnapshot, snapshot_id_from_name
-from engine.continual.version_data import SNAPSHOT_FIELD, VersionDatasets
+from engine.continual.version_data import SNAPSHOT_FIELD, VersionDatasets, with_ewc_remedy
 from engine.domain import Example, FisherSpace
 from engine.errors import DataLoss, FailedPrecondition, FieldViolation, NotFound
 from engine.jobs.core import Noticed, Warned
@@ -181,7 +181,10 @@ class EwcPlanner:
         """The parent's Fisher on its own training data, stored as a snapshot; None (EWC skipped, with a warning) when
         that data holds no wanted answer: the parent was taught only to avoid answers, and EWC has nothing to keep."""
         spec, parent, sink = request.spec, request.parent, request.sink
-        data = await self._versions.of(parent)
+        try:
+            data = await self._versions.of(parent)
+        except FailedPrecondition as exc:
+            raise with_ewc_remedy(exc) from exc
         if data.note:
             sink.emit(Warned("PARENT_DATASET_REBUILT", f"{parent.version}: {data.note}"))
         examples = data.examples

@@ -99,8 +99,7 @@ class VersionDatasets:
         if record.dataset is not None and record.dataset.digest and dataset_digest(examples) != record.dataset.digest:
             raise FailedPrecondition(
                 "PARENT_DATASET_CHANGED",
-                f"{source.path} changed since {record.version} was trained on it; "
-                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                f"{source.path} changed since {record.version} was trained on it",
                 metadata={"version": record.version, "path": source.path},
             )
         return examples
@@ -115,8 +114,7 @@ class VersionDatasets:
             gone = "are gone" if not window.examples else "left are all undesirable (KTO)"
             raise FailedPrecondition(
                 "PARENT_DATASET_UNKNOWN",
-                f"the examples online session {source.session_id} trained {record.version} on {gone}; "
-                f"name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                f"the examples online session {source.session_id} trained {record.version} on {gone}",
                 metadata={"version": record.version},
             )
         summary = record.dataset
@@ -134,8 +132,7 @@ class VersionDatasets:
         except FailedPrecondition as exc:
             raise FailedPrecondition(
                 "PARENT_FEEDBACK_GONE",
-                f"none of the feedback {record.version} was trained on is left (deleted since); name a Fisher "
-                f"snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                f"none of the feedback {record.version} was trained on is left (deleted since)",
                 metadata={"version": record.version},
             ) from exc
         examples = built.wanted()
@@ -143,7 +140,7 @@ class VersionDatasets:
             raise FailedPrecondition(
                 "PARENT_FEEDBACK_GONE",
                 f"no wanted answer (thumbs up, high rating, correction) is left of the feedback {record.version} "
-                f"was trained on; name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                "was trained on",
                 metadata={"version": record.version},
             )
         window = f"{summary.window_start:%Y-%m-%d %H:%M} to {summary.window_end:%Y-%m-%d %H:%M} UTC"
@@ -173,8 +170,13 @@ async def _stored_dataset(stored: StoredDatasets, record: AdapterRecord, source:
 
 
 def _unknown(record: AdapterRecord, why: str, **metadata: str) -> FailedPrecondition:
-    """PARENT_DATASET_UNKNOWN: ``record``'s training data cannot be read back here, ``why``; what to do instead."""
-    return FailedPrecondition(
-        "PARENT_DATASET_UNKNOWN", f"{why}; name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
-        metadata={"version": record.version, **metadata},
-    )
+    """PARENT_DATASET_UNKNOWN: ``record``'s training data cannot be read back here, ``why``."""
+    return FailedPrecondition("PARENT_DATASET_UNKNOWN", why, metadata={"version": record.version, **metadata})
+
+
+def with_ewc_remedy(exc: FailedPrecondition) -> FailedPrecondition:
+    """``exc`` (a version's training data not known here), said to a job whose EWC needed that data, with what the
+    job can do instead. The errors above say only what is missing: a drift report, a gate's retention suite or a
+    replay reads the same data and has other remedies, or none."""
+    return FailedPrecondition(exc.reason, f"{exc.message}; name a Fisher snapshot in {SNAPSHOT_FIELD} or disable EWC",
+                              violations=exc.violations, metadata=dict(exc.metadata))

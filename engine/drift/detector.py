@@ -7,9 +7,9 @@ repeats: a question asked by 40 interactions is 40 prompts, and so is a prompt 4
 traffic that asks what the version was trained on, as often, is a sample of the same distribution. With no active
 version (the base model serves alone) or an active version whose training data is not known here (imported, its
 feedback deleted, its JSONL file removed or no longer valid), there is nothing to compare with: the report says
-NO_REFERENCE and why, and still carries the feedback and evaluation series. Feedback holds no base model: a server
-serves one (LoraControl's), so every base model's report reads the same feedback; name the base model that is
-served.
+NO_REFERENCE and why, and still carries the feedback and evaluation series. Each base model's report reads the
+feedback on it (an event's base model, engine.feedback.ingest) and the events that recorded none (stored before
+events had one).
 
 The embeddings (one per distinct prompt) and the test run off the event loop, one report at a time.
 """

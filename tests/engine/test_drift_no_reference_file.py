@@ -93,4 +93,7 @@ async def test_an_active_version_whose_jsonl_file_is_gone_is_no_reference(tmp_pa
     assert report.outcome is DriftOutcome.NO_REFERENCE and not report.drifted, \
         f"a {change} training file should give NO_REFERENCE, got {report.outcome}: {report.note}"
     assert "week-1.jsonl" in report.note and "v1.0" in report.note, f"the note does not say which file: {report.note}"
+    # what a training job's EWC could do instead is not a drift report's remedy (it read "name a Fisher snapshot in
+    # spec.ewc.fisher_snapshot or disable EWC")
+    assert "EWC" not in report.note and "fisher" not in report.note.lower(), report.note
     assert (report.statistic, report.p_value, report.incoming_total) == (0.0, 1.0, 30), report

@@ -256,3 +256,4 @@ async def test_a_parent_whose_jsonl_changed_since_fails_its_child_with_ewc(clien
     assert child.state == common_pb2.JOB_STATE_FAILED and child.output_adapter_version == ""
     assert child.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "capitals.jsonl changed since v1.0 was trained on it" in child.error.message
+    assert "name a Fisher snapshot in spec.ewc.fisher_snapshot or disable EWC" in child.error.message  # what to do
