@@ -80,6 +80,9 @@ class RunningSession(SessionSpikes):
         if controls.enabled and time.monotonic() >= self.resting_until and learner.due(forced):
             await self._update(controls.learning_rate)
             updated = True
+        elif forced and not learner.pending:  # done at once, with nothing done: said, as an update would be
+            ctx.record(Noticed("NOTHING_TO_UPDATE", "an update was asked for (ForceUpdate), and no example waits "
+                                                    "for one: every example read is in an update already"))
         if publish and learner.updates > 0:
             await self._publish()
         judged = untold_verdicts(ctx.job.output, controls)  # by a serving process, since the last look

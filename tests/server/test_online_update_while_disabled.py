@@ -1,7 +1,7 @@
 """ForceUpdate on a session whose learning is disabled is FAILED_PRECONDITION (ONLINE_LEARNING_DISABLED), naming the
 session and why learning is off, and nothing is queued: the runner updates only an enabled session, so a request
 taken then waited unseen, answered "requested", and ran an update whenever someone enabled learning. Once learning is
-enabled again, the same call makes the update at once."""
+enabled again, the same call makes the update at once; asked with nothing to train on, the session says so."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from engine.stores.online_store import PostgresOnlineStore
 from learning.v1 import online_pb2 as ol
 from tests.server.conftest import error_details
 from tests.server.lora_helpers import train
-from tests.server.test_online import FAST, facts, online, session, until
+from tests.server.test_online import FAST, _said, facts, online, session, until
 
 
 async def test_an_update_asked_while_learning_is_disabled_is_refused_and_not_queued(make_pg_server) -> None:
@@ -37,6 +37,12 @@ async def test_an_update_asked_while_learning_is_disabled_is_refused_and_not_que
     await online(client).ForceUpdate(ol.ForceUpdateRequest(name=made.name))  # 3 of update_every 10: forced only
     updated = await until(lambda: _updates(client, made.name))
     assert updated.stats.total_updates == 1 and updated.stats.total_examples == 3, updated.stats
+    # Asked again with nothing left to train on: said on the session's events (it was done silently, "update
+    # requested" and then nothing to see)
+    await online(client).ForceUpdate(ol.ForceUpdateRequest(name=made.name))
+    said = await _said(client, made.name, lambda e: e.notice.code == "NOTHING_TO_UPDATE")
+    assert "no example waits for one" in said[-1].notice.message, said[-1]
+    assert (await session(client, made.name)).stats.total_updates == 1
     await online(client).StopOnlineSession(ol.StopOnlineSessionRequest(name=made.name))
 
 
