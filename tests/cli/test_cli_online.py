@@ -25,6 +25,19 @@ async def test_online_commands(make_server, tmp_path: Path) -> None:
     assert made.code == 0, made.err
     assert made.out.strip() == f"created onlineSessions/notes from {start}, served as tiny-llama@notes", made.out
 
+    # every setting of a session has its option; a bad value is the server's INVALID_ARGUMENT naming the field
+    tuned = await cli(port, "--json", "online", "create", "tuned", "--from", start, "--publish-every", "0",
+                      "--max-seq-length", "64", "--weight-decay", "0", "--max-grad-norm", "0.5",
+                      "--loss-spike-factor", "0", "--negative-feedback-min-ratings", "5")
+    assert tuned.code == 0, tuned.err
+    got = json.loads(tuned.out)["spec"]
+    assert [got[k] for k in ("max_seq_length", "weight_decay", "max_grad_norm", "loss_spike_factor",
+                             "negative_feedback_min_ratings")] == [64, 0, 0.5, 0, 5], got
+    stopped = await cli(port, "online", "stop", "tuned")
+    assert stopped.code == 0, stopped.err
+    spiky = await cli(port, "online", "create", "spiky", "--from", start, "--loss-spike-factor", "1")
+    assert spiky.code == 3 and "spec.loss_spike_factor" in spiky.err, spiky.err
+
     examples = tmp_path / "examples.jsonl"
     rows = [{"prompt": f"Note {i}?", "target": f"Remember {i}."} for i in range(12)] + [{"prompt": ""}]
     examples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

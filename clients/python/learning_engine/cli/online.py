@@ -95,6 +95,16 @@ def online_create(
     loss: str = typer.Option("sft", "--loss", help="sft, or kto: learn from examples labelled desirable or not "
                                                    "(each needs a target and a label; updates take about 2.5 times "
                                                    "as long)."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="0..1 (0.01)."),
+    max_grad_norm: float = typer.Option(None, "--max-grad-norm", help="Gradient clipping; 0: off (1.0)."),
+    max_seq_length: int = typer.Option(0, "--max-seq-length", help="Tokens an example is cut to, 16..8192 (the "
+                                                                   "server's max_seq_length)."),
+    loss_spike_factor: float = typer.Option(None, "--loss-spike-factor",
+                                            help="Disable learning when an update's loss exceeds this many times "
+                                                 "the median of the last 20 (0: off; else above 1; default 4)."),
+    negative_feedback_min_ratings: int = typer.Option(0, "--negative-feedback-min-ratings",
+                                                      help="Ratings of the live model before the negative-feedback "
+                                                           "check judges (20)."),
 ) -> None:
     """Start a session; its adapter is served as <base>@<id> after every update."""
     opts = options(ctx)
@@ -109,7 +119,10 @@ def online_create(
                                 checkpoint_every=checkpoint_every, live_alias=live_alias,
                                 learning_rate=learning_rate, ewc_lambda=ewc_lambda, replay_fraction=replay,
                                 publish_every=publish_every, learn_from_feedback=learn_from_feedback,
-                                negative_feedback_margin=negative_feedback_margin, loss=_LOSSES[loss])
+                                negative_feedback_margin=negative_feedback_margin, loss=_LOSSES[loss],
+                                weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_seq_length=max_seq_length,
+                                loss_spike_factor=loss_spike_factor,
+                                negative_feedback_min_ratings=negative_feedback_min_ratings)
     made = run(ctx, lambda c: c.create_online_session(spec, session_id=session_id))
     learning = ", learning by KTO" if made.spec.loss == ol.ONLINE_LOSS_KTO else ""
     emit(opts, made, lambda: out.print(f"created {made.name} from {made.spec.start_version}{learning}, served as "
