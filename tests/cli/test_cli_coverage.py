@@ -18,6 +18,7 @@ CLI_SOURCES = sorted(Path(learning_engine.cli.__file__).parent.glob("*.py"))
 SERVED_OTHERWISE = {
     "ListLoadedAdapters": "status lists the adapters the serving engine has loaded (GetLoraStatus carries them)",
     "AddExamples": "online send streams the examples of a file (StreamExamples), in batches",
+    "DeleteUserFeedback": "feedback forget-user calls it as forget_user, which returns both counts",
 }
 
 

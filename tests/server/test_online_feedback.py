@@ -33,7 +33,7 @@ from tests.server.test_online import (
 @pytest.mark.slow
 async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_pg_server):
     from learning.v1 import feedback_pb2 as fb
-    from learning.v1 import feedback_pb2_grpc as fb_grpc
+    from tests.cli.test_cli_e2e import cli
     from tests.server.test_pipelines import event, send
 
     client = await make_pg_server(online_feedback_seconds=0.2, **FAST)
@@ -59,10 +59,11 @@ async def test_corrections_and_thumbs_up_on_the_live_model_become_examples(make_
         client, made.name, lambda e: e.notice.code == "FEEDBACK_EXAMPLES") if m.event.HasField("notice")]
     assert f"2 examples from the feedback on {made.live_model}" in notices[-1], notices
 
-    # A user forgotten: the example made from their feedback goes with it, from the store and from the session
-    erased = await fb_grpc.FeedbackServiceStub(client.channel).DeleteUserFeedback(
-        fb.DeleteUserFeedbackRequest(user_id="u1"))
-    assert (erased.deleted, erased.online_examples_deleted) == (3, 1)  # the thumbs up on Veloria was u1's
+    # A user forgotten (by the CLI, which says both counts): the example made from their feedback goes with it,
+    # from the store and from the session
+    forgot = await cli(client.app.port, "feedback", "forget-user", "u1")
+    # the thumbs up on Veloria was u1's
+    assert (forgot.code, forgot.out.strip()) == (0, "forgot u1: 3 events deleted, 1 online examples deleted"), forgot
     left = await until(lambda: _pending(client, made.name, 1), timeout=60)
     assert left.stats.pending_examples == 1
     rows = await PostgresOnlineStore(client.app.owned.pool).after(made.name.removeprefix("onlineSessions/"), 0, 10)

@@ -142,10 +142,15 @@ class DataCalls(Calls):
         return await self._unary(self.feedback.GetFeedbackStats, request)
 
     async def delete_user_feedback(self, user_id: str) -> int:
-        """Forget a user: delete their events and refuse any of theirs timed before now; returns how many
-        events were deleted."""
+        """Forget a user: delete their events (and the examples online sessions made of them) and refuse any of
+        theirs timed before now; returns how many events were deleted (:meth:`forget_user` returns both counts)."""
+        return (await self.forget_user(user_id)).deleted
+
+    async def forget_user(self, user_id: str) -> feedback.DeleteUserFeedbackResponse:
+        """:meth:`delete_user_feedback`, returning the whole response: ``deleted`` (events) and
+        ``online_examples_deleted`` (the examples online sessions had made of their feedback)."""
         request = feedback.DeleteUserFeedbackRequest(user_id=user_id)
-        return (await self._unary(self.feedback.DeleteUserFeedback, request)).deleted
+        return await self._unary(self.feedback.DeleteUserFeedback, request)
 
 
 def _one_source(request: Any, **sources: Any) -> None:

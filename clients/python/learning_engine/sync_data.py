@@ -123,6 +123,11 @@ class SyncDataCalls(SyncCalls):
         )
 
     def delete_user_feedback(self, user_id: str) -> int:
-        """Forget a user: delete their events and refuse any of theirs timed before now; returns how many
-        events were deleted."""
+        """Forget a user: delete their events (and the examples online sessions made of them) and refuse any of
+        theirs timed before now; returns how many events were deleted (:meth:`forget_user` returns both counts)."""
         return self._loop.run(self._async.delete_user_feedback(user_id))
+
+    def forget_user(self, user_id: str) -> feedback.DeleteUserFeedbackResponse:
+        """:meth:`delete_user_feedback`, returning the whole response: ``deleted`` (events) and
+        ``online_examples_deleted`` (the examples online sessions had made of their feedback)."""
+        return self._loop.run(self._async.forget_user(user_id))

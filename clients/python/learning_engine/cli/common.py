@@ -101,19 +101,22 @@ def fail(
     raise typer.Exit(code.value[0])
 
 
-def as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def as_dict(message: Message, *, defaults: bool = True) -> dict[str, Any]:
+    """``message`` as proto3 JSON with the field names of the .proto; a field at its default value (false, 0, "",
+    an enum's first value) is there too unless ``defaults`` is False, so that a script reads ``drifted`` as false,
+    not as missing. A message field that is not set stays out, as do the optional fields that are not."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=defaults)
 
 
 def emit(opts: Options, message: Message | dict[str, Any], render: Callable[[], None] | None = None) -> None:
-    """JSON for scripts with --json, else the human rendering (or a key/value table)."""
-    data = as_dict(message) if isinstance(message, Message) else message
+    """JSON for scripts with --json, else the human rendering (or a key/value table of the fields that are set)."""
     if opts.json:
-        print(json.dumps(data), flush=True)
+        print(json.dumps(as_dict(message) if isinstance(message, Message) else message), flush=True)
     elif render is not None:
         render()
     else:
-        out.print(key_values(data))
+        out.print(key_values(as_dict(message, defaults=False) if isinstance(message, Message) else message))
 
 
 def print_table(table: Table) -> None:
@@ -247,3 +250,15 @@ def tls_from(
 def interrupted(message: str) -> NoReturn:
     err.print(message)
     sys.exit(130)
+
+
+def window_days(max_days: int) -> Callable[[float | None], float | None]:
+    """The check of a ``--days`` window: more than 0 and at most ``max_days`` (not NaN), else typer's usage error
+    (exit 2), as any option value out of its range; None (unset) passes."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not 0 < value <= max_days:  # NaN fails every comparison
+            raise typer.BadParameter(f"must be more than 0 and at most {max_days} (days), got {value:g}")
+        return value
+
+    return check

@@ -56,6 +56,19 @@ MIN_SAMPLES = typer.Option(100, "--min-samples", min=1,
                            help="With --from-feedback: fewer usable examples than this are refused (a pipeline run "
                            "is skipped) unless --force.")
 FORCE_BELOW_MIN = typer.Option(False, "--force", help="With --from-feedback: go on even below --min-samples.")
+# The rest of FeedbackDataset: left unset, the server's defaults (weights 2.0 and 0.5, no filter). Each is refused
+# without --from-feedback, as --force is.
+THUMBS_UP_WEIGHT = typer.Option(None, "--thumbs-up-weight", show_default=False,
+                                help="With --from-feedback: the weight of an answer voted for, or otherwise wanted "
+                                "(KTO's desirable weight; 0: the server's, 2.0).")
+THUMBS_DOWN_WEIGHT = typer.Option(None, "--thumbs-down-weight", show_default=False,
+                                  help="With --from-feedback: the weight of an answer voted down, or otherwise not "
+                                  "wanted (KTO's undesirable weight; 0: the server's, 0.5).")
+FEEDBACK_LABELS = typer.Option(None, "--feedback-label", show_default=False,
+                               help="With --from-feedback: only events whose labels hold KEY=VALUE; repeatable "
+                               "(every pair must hold).")
+FEEDBACK_ADAPTER = typer.Option("", "--feedback-adapter", show_default=False,
+                                help="With --from-feedback: only events on this adapter version's answers.")
 _KIND = typer.Option(Kind.training, "--kind", help="What the lines are: training examples (messages, or prompt and "
                      "completion), or golden cases (prompt with expected or references, optionally answer and source) "
                      "that evaluations score and nothing trains on.")
@@ -135,15 +148,39 @@ def _stored(opts: Options, response: dataset_pb2.UploadDatasetResponse | dataset
         f"({_counts(d.split_counts)})", highlight=False))
 
 
-def feedback_dataset(opts: Options, days: int, min_samples: int, force: bool) -> common.FeedbackDataset | None:
+def feedback_dataset(opts: Options, days: int, min_samples: int, force: bool, *,
+                     thumbs_up_weight: float | None = None, thumbs_down_weight: float | None = None,
+                     labels: list[str] | None = None, adapter_version: str = "") -> common.FeedbackDataset | None:
     """The FeedbackDataset of ``--from-feedback DAYS`` (None without it), for every command that takes one, so that
     all send the same minimum. ``--force`` without it is refused: a file or a stored dataset has no minimum to go
-    below, and silently ignoring the flag would let a user believe it did something."""
+    below, and silently ignoring the flag would let a user believe it did something. So are the weights and filters
+    of a feedback dataset (``--thumbs-up-weight``, ``--thumbs-down-weight``, ``--feedback-label``,
+    ``--feedback-adapter``); their values are the server's to check (a weight: finite, at least 0)."""
     if force and not days:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
              "--force applies to --from-feedback (go on below --min-samples); a file or a stored dataset has no "
              "minimum", reason=ERROR_REASON_USAGE)
-    return common.FeedbackDataset(days=days, min_samples=min_samples, force=force) if days else None
+    given = [flag for flag, value in (("--thumbs-up-weight", thumbs_up_weight is not None),
+                                      ("--thumbs-down-weight", thumbs_down_weight is not None),
+                                      ("--feedback-label", bool(labels)), ("--feedback-adapter", bool(adapter_version)))
+             if value]
+    if given and not days:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
+             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --from-feedback (the weights and "
+             "filters of a dataset built from feedback); a file or a stored dataset has none",
+             reason=ERROR_REASON_USAGE)
+    if not days:
+        return None
+    pairs: dict[str, str] = {}
+    for pair in labels or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--feedback-label")
+        pairs[key] = value
+    return common.FeedbackDataset(
+        days=days, min_samples=min_samples, force=force, labels=pairs, adapter_version=adapter_version,
+        thumbs_up_weight=0.0 if thumbs_up_weight is None else thumbs_up_weight,
+        thumbs_down_weight=0.0 if thumbs_down_weight is None else thumbs_down_weight)
 
 
 def _one_source(opts: Options, **given: object) -> None:
@@ -182,6 +219,10 @@ def datasets_create(
     from_feedback: int = typer.Option(0, "--from-feedback", help="Freeze the last N days of feedback."),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
+    thumbs_up_weight: float = THUMBS_UP_WEIGHT,
+    thumbs_down_weight: float = THUMBS_DOWN_WEIGHT,
+    feedback_label: list[str] = FEEDBACK_LABELS,
+    feedback_adapter: str = FEEDBACK_ADAPTER,
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
@@ -191,7 +232,9 @@ def datasets_create(
     opts = options(ctx)
     _one_source(opts, server_path=server_path, s3=s3, from_feedback=from_feedback)
     split = _split(eval_fraction, test_fraction, seed)
-    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
+                                thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
+                                adapter_version=feedback_adapter)
     _stored(opts, run(ctx, lambda c: c.create_dataset(dataset_name(name), split=split, server_path=server_path,
                                                       s3_uri=s3, feedback=feedback, kind=KINDS[kind])))
 
@@ -253,6 +296,10 @@ def datasets_validate(
     from_feedback: int = typer.Option(0, "--from-feedback", help="Or the last N days of feedback."),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
+    thumbs_up_weight: float = THUMBS_UP_WEIGHT,
+    thumbs_down_weight: float = THUMBS_DOWN_WEIGHT,
+    feedback_label: list[str] = FEEDBACK_LABELS,
+    feedback_adapter: str = FEEDBACK_ADAPTER,
     eval_fraction: float = _EVAL,
     test_fraction: float = _TEST,
     seed: int = _SEED,
@@ -263,7 +310,9 @@ def datasets_validate(
     _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
     content = local_bytes(opts, file) if file is not None else b""
     split = _split(eval_fraction, test_fraction, seed)
-    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
+                                thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
+                                adapter_version=feedback_adapter)
     checked = run(ctx, lambda c: c.validate_dataset(split=split, content=content, server_path=server_path,
                                                     s3_uri=s3, feedback=feedback, kind=KINDS[kind]))
     shapes = ", ".join(f"{k} {v}" for k, v in sorted(checked.composition.items()))

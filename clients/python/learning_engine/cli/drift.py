@@ -8,10 +8,13 @@ import typer
 from rich.table import Table
 
 from learning.v1 import drift_pb2 as drift
-from learning_engine.cli.common import emit, options, out, print_table, run, when
+from learning_engine.cli.common import emit, options, out, print_table, run, when, window_days
 
 drift_app = typer.Typer(help="Drift: the incoming prompts against the active version's training data.",
                         no_args_is_help=True)
+
+
+DRIFT_MAX_DAYS = 366  # the longest window the server's drift detector takes (engine.drift DriftConfig.max_window)
 
 
 def _table(headers: list[str], rows: list[tuple[str, ...]]) -> Table:
@@ -25,8 +28,9 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> Table:
 def drift_report(
     ctx: typer.Context,
     base_model: str = typer.Option("", "--base-model", help="Base model id (default: the server's)."),
-    days: float = typer.Option(None, "--days", help="The window: this many days before --until (default: the "
-                               "server's drift_window_days).", show_default=False),
+    days: float = typer.Option(None, "--days", callback=window_days(DRIFT_MAX_DAYS),
+                               help=f"The window: this many days before --until, more than 0 and at most "
+                                    f"{DRIFT_MAX_DAYS} (default: the server's drift_window_days).", show_default=False),
     until: datetime = typer.Option(None, "--until", help="End of the window (ISO date/time, UTC; default: now)."),
 ) -> None:
     """The drift report: the statistic against its threshold, the prompts that moved most, the negative-feedback

@@ -19,7 +19,15 @@ from learning_engine.cli.common import (
     out,
     run,
 )
-from learning_engine.cli.datasets import FORCE_BELOW_MIN, MIN_SAMPLES, feedback_dataset
+from learning_engine.cli.datasets import (
+    FEEDBACK_ADAPTER,
+    FEEDBACK_LABELS,
+    FORCE_BELOW_MIN,
+    MIN_SAMPLES,
+    THUMBS_DOWN_WEIGHT,
+    THUMBS_UP_WEIGHT,
+    feedback_dataset,
+)
 from learning_engine.cli.job_views import (
     AFTER,
     PAGE_SIZE,
@@ -47,6 +55,10 @@ def fisher_cmd(
     ),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
+    thumbs_up_weight: float = THUMBS_UP_WEIGHT,
+    thumbs_down_weight: float = THUMBS_DOWN_WEIGHT,
+    feedback_label: list[str] = FEEDBACK_LABELS,
+    feedback_adapter: str = FEEDBACK_ADAPTER,
     adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
     base_model: str = typer.Option("", "--base-model"),
     samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
@@ -66,7 +78,9 @@ def fisher_cmd(
             "name exactly one of --data or --from-feedback",
             reason=ERROR_REASON_USAGE,
         )
-    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
+                                thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
+                                adapter_version=feedback_adapter)
     key = f"FISHER_ESTIMATOR_{estimator.upper()}"
     if key not in fisher.FisherEstimator.keys():
         raise typer.BadParameter(f"unknown estimator {estimator!r}", param_hint="--estimator")

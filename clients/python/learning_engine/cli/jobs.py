@@ -29,8 +29,12 @@ from learning_engine.cli.common import (
     when,
 )
 from learning_engine.cli.datasets import (
+    FEEDBACK_ADAPTER,
+    FEEDBACK_LABELS,
     FORCE_BELOW_MIN,
     MIN_SAMPLES,
+    THUMBS_DOWN_WEIGHT,
+    THUMBS_UP_WEIGHT,
     dataset_name,
     feedback_dataset,
     local_file,
@@ -147,6 +151,10 @@ def train(
     major: bool = typer.Option(False, "--major", help="Publish as a new major version."),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE, repeatable."),
     force: bool = FORCE_BELOW_MIN,
+    thumbs_up_weight: float = THUMBS_UP_WEIGHT,
+    thumbs_down_weight: float = THUMBS_DOWN_WEIGHT,
+    feedback_label: list[str] = FEEDBACK_LABELS,
+    feedback_adapter: str = FEEDBACK_ADAPTER,
     objective: str = typer.Option("", "--objective", help="sft | kto (kto needs --from-feedback; sft if empty)."),
     priority: int = typer.Option(0, "--priority", help="Among queued jobs, higher runs first."),
     request_id: str = typer.Option(
@@ -166,7 +174,9 @@ def train(
             "name exactly one of --data, --dataset or --from-feedback",
             reason=ERROR_REASON_USAGE,
         )
-    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
+                                thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
+                                adapter_version=feedback_adapter)
     spec = training.TrainingJobSpec(
         objective=_objective(objective),
         base_model=base_model,

@@ -14,7 +14,16 @@ from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import as_dict, emit, err, fail, options, out, print_table, run, when
-from learning_engine.cli.datasets import FORCE_BELOW_MIN, MIN_SAMPLES, dataset_name, feedback_dataset
+from learning_engine.cli.datasets import (
+    FEEDBACK_ADAPTER,
+    FEEDBACK_LABELS,
+    FORCE_BELOW_MIN,
+    MIN_SAMPLES,
+    THUMBS_DOWN_WEIGHT,
+    THUMBS_UP_WEIGHT,
+    dataset_name,
+    feedback_dataset,
+)
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import canary_policy
@@ -53,6 +62,10 @@ def pipelines_create(
     from_feedback: int = typer.Option(0, "--from-feedback", help="Train on the last N days of feedback."),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
+    thumbs_up_weight: float = THUMBS_UP_WEIGHT,
+    thumbs_down_weight: float = THUMBS_DOWN_WEIGHT,
+    feedback_label: list[str] = FEEDBACK_LABELS,
+    feedback_adapter: str = FEEDBACK_ADAPTER,
     data: str = typer.Option("", "--data", help="Or a JSONL file below the server's datasets dir."),
     dataset: str = typer.Option("", "--dataset", help="Or a stored dataset (datasets/NAME, its newest version)."),
     cron: str = typer.Option("", "--cron", help="A schedule, e.g. '0 2 * * 1' (Mondays 02:00)."),
@@ -102,7 +115,9 @@ def pipelines_create(
     if len(sources) != 1:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, "name exactly one of --from-feedback, --data, --dataset",
              reason=ERROR_REASON_USAGE)
-    feedback = feedback_dataset(opts, from_feedback, min_samples, force)
+    feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
+                                thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
+                                adapter_version=feedback_adapter)
     if rollout not in _MODES:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--rollout must be one of {', '.join(_MODES)}",
              reason=ERROR_REASON_USAGE)
