@@ -25,3 +25,21 @@ async def test_drift_report_command(make_server) -> None:
     assert bad.code == 2 and "--days" in bad.err and "more than 0" in bad.err, bad.err
     unknown = await cli(port, "--json", "drift", "report", "--base-model", "nope")
     assert unknown.code == 5 and json.loads(unknown.out)["error"]["reason"] == "BASE_MODEL_NOT_FOUND"
+
+
+@pytest.mark.slow
+async def test_no_reference_names_the_version_not_a_count_of_nothing(make_server, data_dir) -> None:
+    """An active version whose training file is gone: the report said "trained on 0 prompts" (it was trained on 24)
+    above a note telling the user to name a Fisher snapshot or disable EWC (a training job's remedy)."""
+    from tests.server.lora_helpers import activate, train
+
+    server = await make_server()
+    version = await train(server, epochs=1)
+    await activate(server, version)
+    (data_dir / "datasets" / "capitals.jsonl").unlink()  # cleaned up after training
+    shown = await cli(server.app.port, "drift", "report")
+    assert shown.code == 0, shown.err
+    lines = shown.out.splitlines()
+    assert lines[0].startswith(f"{TINY}: no reference (") and lines[1] == f"reference: {version}", shown.out
+    assert f"the training data of the active version {version} is not known here" in shown.out, shown.out
+    assert "trained on 0" not in shown.out and "EWC" not in shown.out, shown.out

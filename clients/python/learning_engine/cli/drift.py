@@ -43,9 +43,10 @@ def drift_report(
         outcome = drift.DriftOutcome.Name(report.outcome).removeprefix("DRIFT_OUTCOME_").replace("_", " ").lower()
         out.print(f"{report.base_model}: {outcome} ({when(report.window_start_time)} to "
                   f"{when(report.window_end_time)} UTC)", highlight=False)
-        if report.reference_version:
-            out.print(f"reference: {report.reference_version}, trained on {report.reference_total} prompts",
-                      highlight=False)
+        if report.reference_version:  # with no reference to compare with, the note below says why
+            trained = "" if report.outcome == drift.DRIFT_OUTCOME_NO_REFERENCE else \
+                f", trained on {report.reference_total} prompts"
+            out.print(f"reference: {report.reference_version}{trained}", highlight=False)
         if report.permutations:
             out.print(f"{report.statistic_name} {report.statistic:.5f} against threshold {report.threshold:.5f} "
                       f"(p = {report.p_value:.4f}, significance {report.significance}, {report.permutations} "
