@@ -35,7 +35,7 @@ from engine.domain import FeedbackSource, Objective, StoredDatasetSource
 from engine.errors import EngineError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from engine.jobs.core import Job, JobEvent
 from engine.jobs.manager import JobManager
-from engine.lora.evaluation import check_suite_names
+from engine.lora.evaluation import check_suite_names, load_suite
 from engine.lora.evaluation_jobs import check_suite_count
 from engine.pipelines import triggers as tr
 from engine.pipelines.ports import Datasets, DriftReading, DriftSource, GoldenDatasets, PipelineStore, Serving
@@ -146,12 +146,17 @@ class Pipelines:
         for i, path in enumerate(pipeline.suite_paths):
             field_path = f"{field_prefix}.suite_paths[{i}]"
             try:
-                await asyncio.to_thread(self._suite_path, path, field_path)
+                resolved = await asyncio.to_thread(self._suite_path, path, field_path)
             except InvalidArgument as exc:
                 if exc.reason != "DATASET_NOT_FOUND":
                     raise
                 raise FailedPrecondition("PIPELINE_SUITE_NOT_FOUND", f"{field_path}: suite {path!r} does not exist",
                                          metadata={"field": field_path, "path": path}) from exc
+            try:  # a file of bad lines (training examples, not golden cases): every run would train, then fail
+                await asyncio.to_thread(load_suite, resolved)
+            except InvalidArgument as exc:  # the first bad line, and how many more, on the pipeline's field
+                raise InvalidArgument(exc.reason, f"{field_path}: {exc.message}", metadata=exc.metadata,
+                                      violations=[FieldViolation(field_path, exc.message)]) from exc
 
     async def create(self, pipeline: Pipeline) -> Pipeline:
         await self.check(pipeline)

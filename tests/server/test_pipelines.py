@@ -350,11 +350,14 @@ async def test_a_cron_tick_is_decided_once_and_skipped_while_a_run_is_on(make_pg
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CANARY_POLICY", "pipeline.rollout.canary.share"),
     (from_file(base_model="no-such-model"), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_BASE_MODEL_UNKNOWN", ""),
     (from_file(suite_paths=["missing.jsonl"]), grpc.StatusCode.FAILED_PRECONDITION, "PIPELINE_SUITE_NOT_FOUND", ""),
+    # training examples, no golden case: it was taken, and every run trained, then failed to evaluate
+    (from_file(suite_paths=["capitals.jsonl"]), grpc.StatusCode.INVALID_ARGUMENT, "EVAL_SUITE_INVALID",
+     "pipeline.suite_paths[0]"),
     # a rollout mode this server does not know (a newer client's): refused, not read as ACTIVATE
     (from_file(rollout=pp.RolloutPolicy(mode=7)),
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PIPELINE", "pipeline.rollout.mode"),
 ], ids=["cron", "time-zone", "time-zone-folder", "time-zone-too-long", "count", "empty-trigger", "share",
-        "base-model", "suite", "rollout-mode"])
+        "base-model", "suite", "suite-of-bad-lines", "rollout-mode"])
 async def test_bad_pipelines_are_refused_naming_the_field(client, pipeline, code, reason, field):
     got = await refused(pipelines(client).CreatePipeline(pp.CreatePipelineRequest(pipeline_id="bad",
                                                                                   pipeline=pipeline)))
