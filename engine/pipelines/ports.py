@@ -48,7 +48,11 @@ class PipelineStore(Protocol):
 
     async def decision(self, pipeline_id: str, key: str) -> TriggerDecision | None: ...
 
-    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]: ...
+    async def decisions(self, pipeline_id: str, *, page_size: int,
+                        page_token: str = "") -> tuple[builtins.list[TriggerDecision], str]:
+        """The pipeline's trigger decisions, newest first, a page at a time (the token of the next, "" on the
+        last)."""
+        ...
 
     async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
                       page_token: str) -> tuple[builtins.list[str], str]:

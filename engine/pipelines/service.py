@@ -184,9 +184,10 @@ class Pipelines:
                                          metadata={"run": f"pipelineRuns/{active[0]}"})
             await store.delete(pipeline_id)
 
-    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
+    async def decisions(self, pipeline_id: str, *, page_size: int,
+                        page_token: str = "") -> tuple[builtins.list[TriggerDecision], str]:
         await self._store.get(pipeline_id)
-        return await self._store.decisions(pipeline_id, limit=limit)
+        return await self._store.decisions(pipeline_id, page_size=page_size, page_token=page_token)
 
     # ---- runs --------------------------------------------------------------------------------------
 

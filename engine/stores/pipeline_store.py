@@ -170,11 +170,20 @@ class PostgresPipelineStore:
             "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 AND key = $2", pipeline_id, key)
         return None if row is None else _decision(row)
 
-    async def decisions(self, pipeline_id: str, *, limit: int) -> builtins.list[TriggerDecision]:
+    async def decisions(self, pipeline_id: str, *, page_size: int,
+                        page_token: str = "") -> tuple[builtins.list[TriggerDecision], str]:
+        scope = PageScope("pipelineTriggerDecisions", (pipeline_id,))
+        args: builtins.list[object] = [pipeline_id, page_size + 1]
+        after = ""
+        if page_token:
+            args += decode_page_token(page_token, scope)
+            after = " AND (time, key) < ($3, $4)"
         rows = await self._statements.fetch(
-            "SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1 ORDER BY time DESC, key LIMIT $2",
-            pipeline_id, limit)
-        return [_decision(r) for r in rows]
+            f"SELECT * FROM pipeline_trigger_decisions WHERE pipeline_id = $1{after}"
+            " ORDER BY time DESC, key DESC LIMIT $2", *args)
+        page = rows[:page_size]
+        token = encode_page_token(scope, page[-1]["time"], page[-1]["key"]) if len(rows) > page_size else ""
+        return [_decision(r) for r in page], token
 
     async def run_ids(self, pipeline: Pipeline, *, active_only: bool, page_size: int,
                       page_token: str) -> tuple[builtins.list[str], str]:

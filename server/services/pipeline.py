@@ -140,6 +140,8 @@ class PipelineService(pb_grpc.PipelineServiceServicer):
         self, request: pb.ListTriggerDecisionsRequest,
         context: grpc.aio.ServicerContext[pb.ListTriggerDecisionsRequest, pb.ListTriggerDecisionsResponse],
     ) -> pb.ListTriggerDecisionsResponse:
-        decisions = await self._pipelines.decisions(pc.pipeline_id_from_name(request.pipeline, "pipeline"),
-                                                    limit=page_size(request.page_size, maximum=500))
-        return pb.ListTriggerDecisionsResponse(decisions=[pc.decision_to_pb(d) for d in decisions])
+        decisions, token = await self._pipelines.decisions(
+            pc.pipeline_id_from_name(request.pipeline, "pipeline"), page_size=page_size(request.page_size, maximum=500),
+            page_token=request.page_token)
+        return pb.ListTriggerDecisionsResponse(decisions=[pc.decision_to_pb(d) for d in decisions],
+                                               next_page_token=token)

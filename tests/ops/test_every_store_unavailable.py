@@ -239,7 +239,7 @@ UNAVAILABLE: dict[str, dict[str, Call]] = {
         "locked": lambda s: _enter(s.pipelines.locked("p")),
         "record": lambda s: s.pipelines.record(DECISION),
         "decision": lambda s: s.pipelines.decision("p", "k"),
-        "decisions": lambda s: s.pipelines.decisions("p", limit=1),
+        "decisions": lambda s: s.pipelines.decisions("p", page_size=1),
         "run_ids": lambda s: s.pipelines.run_ids(PIPELINE, active_only=False, page_size=1, page_token=""),
         "last_run_start": lambda s: s.pipelines.last_run_start(PIPELINE),
         "feedback_count": lambda s: s.pipelines.feedback_count(base_model="b", since=NOW, labels=(),

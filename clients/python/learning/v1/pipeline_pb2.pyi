@@ -396,15 +396,19 @@ class WatchPipelineRunResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[PipelineRun, _Mapping]] = ..., event: _Optional[_Union[PipelineRunEvent, _Mapping]] = ...) -> None: ...
 
 class ListTriggerDecisionsRequest(_message.Message):
-    __slots__ = ("pipeline", "page_size")
+    __slots__ = ("pipeline", "page_size", "page_token")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     page_size: int
-    def __init__(self, pipeline: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, pipeline: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTriggerDecisionsResponse(_message.Message):
-    __slots__ = ("decisions",)
+    __slots__ = ("decisions", "next_page_token")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[TriggerDecision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[TriggerDecision, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, decisions: _Optional[_Iterable[_Union[TriggerDecision, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
