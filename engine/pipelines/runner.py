@@ -103,6 +103,10 @@ class PipelineRunner:
             try:
                 outcome = await self._stage(ctx, stage, output)
             except Cancelled:
+                if ctx.cancel.reason is StopReason.CANCEL:  # paused, the stage runs again when the run resumes
+                    self._end(ctx, StageResult(stage, StageState.CANCELLED, "the run was cancelled", began,
+                                               datetime.now(UTC)))
+                    await ctx.persist()
                 raise
             except EngineError as exc:
                 self._end(ctx, StageResult(stage, StageState.FAILED, exc.message, began, datetime.now(UTC)))
@@ -331,8 +335,8 @@ class PipelineRunner:
                 if done:
                     return waiting.result()
                 if ctx.cancel.cancelled:
-                    if ctx.cancel.reason is StopReason.CANCEL:
-                        await self._abort_canary(ctx.job)
+                    if ctx.cancel.reason is StopReason.CANCEL and await self._abort_canary(ctx.job):
+                        ctx.set_output(replace(ctx.job.output, rollout=CanaryDecision.ABORTED.value))
                     raise Cancelled("JOB_CANCELLED", f"the run stopped while the canary of {version} was running")
         finally:
             waiting.cancel()
@@ -359,7 +363,8 @@ class PipelineRunner:
         if not aborted:  # it never started, or it has ended (decided, or aborted by someone else)
             return IdleCancel()
         return IdleCancel([Noticed("CANARY_ABORTED", f"aborted the canary of {version} this run started: the run "
-                                                     "was cancelled while none of it was running")])
+                                                     "was cancelled while none of it was running")],
+                          output=replace(job.output, rollout=CanaryDecision.ABORTED.value))
 
     async def _abort_canary(self, run: PipelineRun) -> bool:
         """Abort the run's own canary, by its version and the split it opened (when the run recorded it): the canary

@@ -126,6 +126,7 @@ class StageState(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    CANCELLED = "CANCELLED"  # the run was cancelled while the stage ran
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,12 @@ async def test_a_failed_write_of_the_canary_split_does_not_fail_the_run_and_leav
     assert split.candidate_version, "the canary should be in force, waiting for its policy"
     assert got.state not in ENDED, (common.JobState.Name(got.state), str(got)[:600])
     await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=run.name))
+    # Cancelled while it waited for its canary: the canary is aborted, and the run says so (its rollout read CANARY,
+    # as if the canary were going on, and its ROLLOUT stage had no result)
+    async with asyncio.timeout(60):
+        while (ended := (await pipelines(client).GetPipelineRun(pp.GetPipelineRunRequest(name=run.name))).run
+               ).state not in ENDED:
+            await asyncio.sleep(0.1)
+    assert ended.state == common.JOB_STATE_CANCELLED and ended.rollout == "ABORTED", ended
+    assert (ended.stages[-1].stage, ended.stages[-1].state) == (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_CANCELLED)
+    assert not (await status(client)).HasField("traffic_split")

@@ -36,6 +36,7 @@ class StageState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_STATE_SUCCEEDED: _ClassVar[StageState]
     STAGE_STATE_FAILED: _ClassVar[StageState]
     STAGE_STATE_SKIPPED: _ClassVar[StageState]
+    STAGE_STATE_CANCELLED: _ClassVar[StageState]
 
 class TriggerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ STAGE_STATE_UNSPECIFIED: StageState
 STAGE_STATE_SUCCEEDED: StageState
 STAGE_STATE_FAILED: StageState
 STAGE_STATE_SKIPPED: StageState
+STAGE_STATE_CANCELLED: StageState
 TRIGGER_KIND_UNSPECIFIED: TriggerKind
 TRIGGER_KIND_MANUAL: TriggerKind
 TRIGGER_KIND_CRON: TriggerKind
