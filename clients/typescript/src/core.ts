@@ -34,6 +34,7 @@ import { OnlineLearningService } from "./gen/learning/v1/online_pb.js";
 import { PipelineService } from "./gen/learning/v1/pipeline_pb.js";
 import { DataPreparationService } from "./gen/learning/v1/preparation_pb.js";
 import { TrainingService } from "./gen/learning/v1/training_pb.js";
+import { tlsFailure } from "./tls-failure.js";
 
 export * from "./gen/learning/v1/adapter_pb.js";
 export * from "./gen/learning/v1/common_pb.js";
@@ -54,6 +55,7 @@ export * from "./gen/google/rpc/error_details_pb.js";
 export * from "./gen/google/rpc/status_pb.js";
 export { Code, ConnectError };
 export * from "./watch.js";
+export { isTlsFailure } from "./tls-failure.js";
 
 /**
  * The google.rpc types a message's `google.protobuf.Any` fields hold (the details of a job's `error`), for JSON:
@@ -184,14 +186,19 @@ function streamsEndWithTheirLoop<T extends DescService>(service: T, transport: T
  * call that failed because its connection did (the network cut, the server gone): connect-node reports that as
  * Code.Canceled (the HTTP/2 stream reset with CANCEL when its session closes) or Code.Aborted (ECONNRESET), the
  * codes of the caller's own abort and of a server's refusal, which no "retry on Unavailable" loop retries. grpc-core
- * clients (the Python SDK's) report it as UNAVAILABLE. Only such a failure is changed: one the caller's `signal`
- * (`aborted`) caused stays Canceled, and a status the server sent (grpc-status in the trailers, ABORTED with its
- * ErrorInfo or CANCELLED) stays as it is; so does every other error.
+ * clients (the Python SDK's) report it as UNAVAILABLE. A TLS handshake that failed on a certificate (the server's
+ * did not verify, or the server refused the client's), which connect-node reports as Code.Internal, is
+ * Code.Unavailable too, as grpc-core reports it, with a message that says which certificate and what to check
+ * (tlsFailure; isTlsFailure tells it from a lost connection). Only such failures are changed: one the caller's
+ * `signal` (`aborted`) caused stays Canceled, and a status the server sent (grpc-status in the trailers, ABORTED
+ * with its ErrorInfo or CANCELLED) stays as it is; so does every other error.
  */
 function transportFailure(error: unknown, aborted: boolean): unknown {
   if (aborted || !(error instanceof ConnectError)) return error;
-  if (error.code !== Code.Canceled && error.code !== Code.Aborted) return error;
   if (error.metadata.has("grpc-status") || error.details.length > 0) return error;   // the server's status
+  const tls = tlsFailure(error);
+  if (tls !== undefined) return tls;
+  if (error.code !== Code.Canceled && error.code !== Code.Aborted) return error;
   return new ConnectError(`the connection was lost: ${error.rawMessage}`, Code.Unavailable, error.metadata,
                           undefined, error);
 }

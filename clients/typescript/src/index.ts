@@ -4,10 +4,10 @@
  * (gRPC-Web; the browser owns TLS there).
  */
 import { X509Certificate } from "node:crypto";
-import type { SecureClientSessionOptions } from "node:http2";
-import { createSecureContext } from "node:tls";
+import type { ClientHttp2Stream, Http2Session, SecureClientSessionOptions } from "node:http2";
+import { type TLSSocket, createSecureContext } from "node:tls";
 
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
   type ClientOptions as SharedClientOptions,
@@ -15,6 +15,7 @@ import {
   clientsOver,
   interceptorsFor,
 } from "./core.js";
+import { CLIENT_CERTIFICATE_REFUSED } from "./tls-failure.js";
 
 export * from "./core.js";
 
@@ -48,7 +49,9 @@ export interface ClientOptions extends SharedClientOptions {
    * TLS for an `https://` baseUrl: a CA to trust, a client certificate and key (mTLS). Checked when the client is
    * created, with a TypeError: a certificate without its key (or the reverse), an empty or unreadable PEM, a
    * certificate and key that do not match, an unknown field, `tls` with an `http://` baseUrl (it would be
-   * plaintext, silently) or with a `transport` of your own (which has its own TLS).
+   * plaintext, silently) or with a `transport` of your own (which has its own TLS). A handshake that then fails on
+   * a certificate (the server's does not verify, or the server refuses the client's) fails the call with
+   * Code.Unavailable, a message that says which and what to check, and isTlsFailure (tls-failure.ts).
    */
   tls?: TlsOptions;
 }
@@ -142,9 +145,59 @@ function tlsNodeOptions(options: ClientOptions): SecureClientSessionOptions | un
   };
 }
 
+/**
+ * connect-node's HTTP/2 connection manager (the one createGrpcTransport makes, with the same options), which tells
+ * a server's refusal of the client's certificate from a lost connection. Under TLS 1.3 the server checks the
+ * client's certificate after the client has finished its handshake, and a gRPC server that refuses it (grpc-core's:
+ * the Learning Engine's with tls_client_ca_file) closes the connection without an alert: connect-node then sees
+ * what a dropped connection looks like (the stream reset with CANCEL). A connection that the server closes right
+ * after the handshake, before a byte of HTTP/2 (a gRPC server sends its SETTINGS at once), is destroyed here with
+ * an error whose code is CLIENT_CERTIFICATE_REFUSED, which its calls fail with; core.ts's transportFailure makes
+ * it the TLS failure it is (tls-failure.ts). A server that sends the alert (TLS 1.2, or another TLS 1.3 server)
+ * fails the call with the alert's code, which needs nothing of this.
+ */
+class CertificateRefusalSessionManager extends Http2SessionManager {
+  private readonly watched = new WeakSet<Http2Session>();
+
+  constructor(url: string, nodeOptions: SecureClientSessionOptions | undefined,
+              private readonly presentsCertificate: boolean) {
+    super(url, {}, nodeOptions);
+  }
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<ClientHttp2Stream> {
+    const stream = await super.request(...args);
+    this.watch(stream.session);
+    return stream;
+  }
+
+  /** Destroy `session` with CLIENT_CERTIFICATE_REFUSED if the server ends its TLS connection before any HTTP/2. */
+  private watch(session: Http2Session | undefined) {
+    if (session === undefined || this.watched.has(session)) return;
+    this.watched.add(session);
+    let socket: TLSSocket;
+    try {
+      socket = session.socket as TLSSocket;   // the session's proxy; `once` and `bytesRead` reach the socket
+    } catch {
+      return;   // already gone
+    }
+    if (!socket.encrypted) return;   // plaintext (h2c): no handshake, no certificate
+    socket.once("end", () => {
+      // The server's FIN (or close_notify); a session this client closed or destroyed is not the server's doing.
+      if (session.closed || session.destroyed || socket.bytesRead > 0) return;
+      const given = this.presentsCertificate ? "the client certificate given was not accepted"
+                                             : "no client certificate was given";
+      const refusal = new Error("the server closed the connection right after the TLS handshake, before any "
+                                + `HTTP/2, and ${given}`);
+      session.destroy(Object.assign(refusal, { code: CLIENT_CERTIFICATE_REFUSED }));
+    });
+  }
+}
+
 export function createLearningEngineClient(options: ClientOptions): LearningEngineClient {
   const nodeOptions = tlsNodeOptions(options);
-  return clientsOver(options.transport ?? createGrpcTransport({ baseUrl: options.baseUrl,
-                                                                  interceptors: interceptorsFor(options),
-                                                                  ...(nodeOptions && { nodeOptions }) }));
+  if (options.transport !== undefined) return clientsOver(options.transport);
+  const sessionManager = new CertificateRefusalSessionManager(options.baseUrl, nodeOptions,
+                                                              nodeOptions?.cert !== undefined);
+  return clientsOver(createGrpcTransport({ baseUrl: options.baseUrl, interceptors: interceptorsFor(options),
+                                           sessionManager }));
 }

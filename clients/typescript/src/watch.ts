@@ -13,11 +13,13 @@ import type { WatchOnlineSessionResponse } from "./gen/learning/v1/online_pb.js"
 import type { WatchPipelineRunResponse } from "./gen/learning/v1/pipeline_pb.js";
 import type { WatchPreparationJobResponse } from "./gen/learning/v1/preparation_pb.js";
 import type { WatchTrainingJobResponse } from "./gen/learning/v1/training_pb.js";
+import { isTlsFailure } from "./tls-failure.js";
 
 /**
  * The codes a watch re-opens after (the Python SDK's RECONNECT_CODES): only Unavailable, which a dropped connection
  * (a network cut, the server restarting) surfaces as. Every other error, the caller's own abort (Canceled)
- * included, ends the watch at once.
+ * included, ends the watch at once; so does an Unavailable that is a TLS certificate failure (isTlsFailure), which
+ * no re-open can mend.
  */
 export const RECONNECT_CODES: ReadonlySet<Code> = new Set([Code.Unavailable]);
 
@@ -65,7 +67,10 @@ export interface WatchOptions {
  * policy (`Calls._resumable`), exactly:
  *
  * - Only Code.Unavailable (RECONNECT_CODES) re-opens, a failure of the first open included; any other error, and
- *   any error that is no ConnectError, is thrown as it is.
+ *   any error that is no ConnectError, is thrown as it is. So is a TLS handshake that failed on a certificate
+ *   (isTlsFailure: the server's did not verify, or the server refused the client's), though it is Unavailable:
+ *   it fails the same way until the certificates or the `tls` options change, so the watch ends at once instead
+ *   of spending its budget of re-opens (about 2 min) on it. The Python SDK re-opens it.
  * - The stream is re-opened with `afterSequence` the last sequence delivered (`options.afterSequence` until one is).
  *   Each re-opened stream starts with a fresh snapshot, which is delivered too: the job's state as it is then.
  *   An event whose sequence is not above the last one delivered is skipped, so no event is delivered twice; the
@@ -143,7 +148,8 @@ async function* resumed<M>(
           if (unanswered && !signal?.aborted) {
             failure = new ConnectError(`the re-opened watch did not answer within ${readyMs! / 1000}s`,
                                        Code.Unavailable, undefined, undefined, error);
-          } else if (error instanceof ConnectError && RECONNECT_CODES.has(error.code) && !signal?.aborted) {
+          } else if (error instanceof ConnectError && RECONNECT_CODES.has(error.code) && !isTlsFailure(error)
+                     && !signal?.aborted) {
             failure = error;
           } else {
             throw error;
