@@ -41,6 +41,7 @@ from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import LeaseLost, StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
+from engine.lora.evaluation_jobs import PROGRESS_EVENTS
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
 from engine.pipelines.spec import (
     PIPELINE_RUN,
@@ -227,14 +228,17 @@ class PipelineRunner:
             output = replace(output, suite_datasets=tuple(s.name for s in stored))
             ctx.set_output(output)
             await ctx.persist()
-        cancel = ctx.cancel
+        cancel, sink = ctx.cancel, ctx.sink
 
         def progress(suite: str, answered: int, total: int) -> None:
             """The evaluation is shielded (it runs to its end for whoever waits on it): a stop reaches it here, at
-            its next answer, as an evaluation job's does; a resumed run reuses what was stored (reuse)."""
+            its next answer, as an evaluation job's does; a resumed run reuses what was stored (reuse). How far each
+            suite has come is told as an evaluation job tells it (a watch showed nothing for minutes)."""
             if cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", f"the run stopped while {output.version} was evaluated, after "
                                                  f"{answered} of {total} answers of {suite}")
+            if answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0:
+                sink.emit(StageProgress(Stage.EVALUATE, answered, total, suite))
 
         try:
             summary = await self._serving.evaluate(output.version, None, [*paths, *stored], progress=progress,

@@ -181,7 +181,8 @@ class StageEnded:
 
 @dataclass(frozen=True)
 class StageProgress:
-    """Event: how far the running stage's own job has come (the training job's steps)."""
+    """Event: how far the running stage has come: the training job's steps (message: its state), or the answers of
+    one golden suite the evaluation has scored (message: the suite)."""
 
     stage: Stage
     completed: int

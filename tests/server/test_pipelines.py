@@ -201,6 +201,12 @@ async def test_stored_datasets_are_golden_suites_each_run_scoring_the_version_it
     first, suites = await scored()
     assert list(first.suite_datasets) == ["datasets/quiz/versions/1"]
     assert ("datasets/quiz/versions/1", 4) in suites, suites
+    # the evaluation told how far each suite had come (a watch showed "evaluate: started", then nothing for minutes)
+    told = [(e.event.stage_progress.message, e.event.stage_progress.completed, e.event.stage_progress.total)
+            async for e in pipelines(client).WatchPipelineRun(pp.WatchPipelineRunRequest(name=first.name))
+            if e.HasField("event") and e.event.WhichOneof("kind") == "stage_progress"
+            and e.event.stage_progress.stage == pp.PIPELINE_STAGE_EVALUATE]
+    assert any(suite == "datasets/quiz/versions/1" and done == total > 0 for suite, done, total in told), told
     await datasets.UploadDataset(upload_messages("datasets/quiz", jsonl(quiz[:2])))
     second, suites = await scored()
     assert list(second.suite_datasets) == ["datasets/quiz/versions/2"] and second.version != first.version

@@ -462,6 +462,10 @@ export const StageStartedSchema: GenMessage<StageStarted> = /*@__PURE__*/
   messageDesc(file_learning_v1_pipeline, 8);
 
 /**
+ * How far the running stage has come: TRAIN, the training job's steps
+ * (message: its state); EVALUATE, the answers of one golden suite scored so
+ * far (message: the suite's name).
+ *
  * @generated from message learning.v1.StageProgress
  */
 export type StageProgress = Message<"learning.v1.StageProgress"> & {
