@@ -52,3 +52,18 @@ async def test_mtls_requires_a_client_certificate_signed_by_the_ca(make_server, 
     async with AsyncClient(f"localhost:{port}", tls=mutual) as client:
         with pytest.raises(errors.Unauthenticated):
             await client.list_training_jobs()
+
+
+async def test_a_watch_against_a_certificate_it_does_not_trust_ends_at_once(make_server, tmp_path: Path, caplog):
+    """A watch re-opens after UNAVAILABLE, for up to reconnect_attempts (30: minutes); a certificate that does not
+    verify is UNAVAILABLE too, and no retry changes it: the watch raises at once, resuming nothing."""
+    certs = make_certs(tmp_path / "certs")
+    other = make_certs(tmp_path / "other")
+    server = await make_server(tls_cert_file=certs.server_cert, tls_key_file=certs.server_key)
+    caplog.set_level("INFO", logger="learning_engine")
+    async with AsyncClient(f"localhost:{server.app.port}", tls=TlsConfig.from_files(other.ca), timeout=3) as client:
+        with pytest.raises(errors.Unavailable) as caught:
+            async for _ in client.watch_lora_status():
+                pass
+    assert "handshake failed" in caught.value.message.lower(), caught.value.message
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()], [r.getMessage() for r in caplog.records]

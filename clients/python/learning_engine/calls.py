@@ -51,6 +51,14 @@ U = TypeVar("U")
 
 # A dropped connection surfaces as UNAVAILABLE; those are the only failures a watch retries.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def _handshake_failed(err: errors.LearningEngineError) -> bool:
+    """UNAVAILABLE from a TLS handshake that failed: the server's certificate did not verify against the CA the client
+    trusts (grpc-core says "Tls handshake failed ... CERTIFICATE_VERIFY_FAILED"). Trying again cannot change that, so
+    a watch does not spend its reconnect budget (minutes) on it. A server refusing the client's certificate closes
+    the connection without saying why ("Socket closed"), which looks like any dropped connection, and is retried."""
+    return err.code is grpc.StatusCode.UNAVAILABLE and "handshake failed" in err.message.lower()
 CHUNK_SIZE = 1024 * 1024
 UPLOAD_BYTES_PER_SECOND = 1024 * 1024  # the slowest link a transfer's deadline (upload or download) allows for
 
@@ -294,7 +302,7 @@ class Calls:
                     yield message
                 return
             except errors.LearningEngineError as err:
-                if err.code not in RECONNECT_CODES or failures >= self.reconnect_attempts:
+                if err.code not in RECONNECT_CODES or failures >= self.reconnect_attempts or _handshake_failed(err):
                     raise
                 failures += 1
                 log.info("watch interrupted; resuming", extra={"after_sequence": last, "attempt": failures})
