@@ -66,14 +66,15 @@ async def watch_stored(
 async def watch_ended(job_id: str, after: int, *, store: JobStore[S, O], poll_seconds: float,
                       done: Callable[[], Awaitable[bool]]) -> AsyncIterator[JobEvent]:
     """Events added to the log of a job that has ended (``JobManager.note``: what became of something it left behind),
-    from the store, woken by its notifications, until ``done()`` says no more are coming. It is asked before each
-    read of the log, so what was stored before it said so is yielded."""
+    from the store, woken by its notifications, until ``done()`` says no more are coming. It is asked after each
+    read of the log (so the events just yielded count), and what was stored before it said so is read once more."""
     while True:
         notified = await store.notified(job_id)
-        finished = await done()
         for event in await store.list_events(job_id, after_sequence=after):
             after = event.sequence
             yield event
-        if finished:
+        if await done():
+            for event in await store.list_events(job_id, after_sequence=after):
+                yield event
             return
         await store.wait_for_events(job_id, poll_seconds, since=notified)

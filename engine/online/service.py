@@ -36,8 +36,10 @@ from engine.registry.records import parse_version, version_not_found
 MAX_WEIGHT = 100.0
 MAX_ID_CHARS = FeedbackLimits.max_id_chars  # a client_example_id, as feedback's client_event_id
 ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-# How long a watch waits for that event once the alias is settled (the event is stored just after; its writer
+# How long a watch of an ended session waits for its live alias to be settled (the gate judges the last
+# publications first: minutes on a CPU), and for the event that says so once it is (stored just after; its writer
 # stopping between the two would leave it untold)
+SETTLE_WAIT_SECONDS = 300.0
 SETTLED_UNTOLD_SECONDS = 30.0
 
 
@@ -305,34 +307,55 @@ class OnlineSessions:
                    "avoid it)"
         return ""
 
-    async def watch(self, session_id: str, *, after_sequence: int = 0) -> AsyncIterator[OnlineSession | JobEvent]:
-        """The session as it is now, then its events, until it ends; and after, while its live alias is not settled
-        yet, what a serving process tells then: the gate's verdicts on its last publications and the alias KEPT or
-        ENDED (engine.online.serving). An alias removed, or none, adds nothing to wait for."""
+    async def watch(self, session_id: str, *, after_sequence: int = 0,
+                    through_alias: bool = True) -> AsyncIterator[OnlineSession | JobEvent]:
+        """The session as it is now, then its events, until it ends; and after (``through_alias``), while its live
+        alias is not settled yet, what a serving process tells then: the gate's verdicts on its last publications
+        and the alias KEPT or ENDED (engine.online.serving). An alias removed, or none, adds nothing to wait for;
+        one that no serving process settles within SETTLE_WAIT_SECONDS (none runs for the base model, or the gate
+        keeps failing) ends the watch all the same."""
         seen = after_sequence
+        told = False  # the alias's end, on the events (already stored, it comes with the session's own)
+
+        def tell(event: JobEvent) -> JobEvent:
+            nonlocal seen, told
+            seen = max(seen, event.sequence)
+            told = told or _ends_alias(event)
+            return event
+
         async for item in self._manager.watch(session_id, after_sequence=after_sequence):
-            if isinstance(item, JobEvent):
-                seen = max(seen, item.sequence)
-            yield item
-        if not (await self._manager.get(session_id)).state.terminal:  # paused: the alias goes on following it
+            yield tell(item) if isinstance(item, JobEvent) else item
+        if not through_alias or not (await self._manager.get(session_id)).state.terminal:  # paused: still followed
             return
-        told = False  # the alias's end, on the events
+        began = time.monotonic()
         settled_at: float | None = None
 
         async def done() -> bool:
-            nonlocal settled_at
+            nonlocal settled_at, told
+            if told:
+                return True
             state = (await self._store.controls(session_id)).alias_state
-            if told or state in (AliasState.NONE, AliasState.REMOVED):
+            if state in (AliasState.NONE, AliasState.REMOVED):
                 return True
             if state is AliasState.FOLLOWING:
-                return False
-            # KEPT or ENDED: the event follows the write that settled it, unless its writer stopped between them
-            settled_at = time.monotonic() if settled_at is None else settled_at
+                return time.monotonic() - began > SETTLE_WAIT_SECONDS
+            # KEPT or ENDED: the event follows the write that settled it, unless its writer stopped between them;
+            # it may be before ``after_sequence`` (a watch resumed past it), so the whole log is looked at, once
+            if settled_at is None:
+                settled_at = time.monotonic()
+                _, events = await self._manager.events(session_id)
+                told = any(_ends_alias(e) for e in events if e.sequence <= seen)  # later ones come in the watch
+                if told:
+                    return True
             return time.monotonic() - settled_at > SETTLED_UNTOLD_SECONDS
 
         async for event in self._manager.watch_ended(session_id, after_sequence=seen, done=done):
-            told = told or (isinstance(event.payload, Noticed | Warned) and event.payload.code in ALIAS_ENDS)
-            yield event
+            yield tell(event)
+
+
+def _ends_alias(event: JobEvent) -> bool:
+    """Whether ``event`` is what a serving process says as it settles the session's live alias (KEPT or ENDED)."""
+    return isinstance(event.payload, Noticed | Warned) and event.payload.code in ALIAS_ENDS
 
 
 def check_learning_rate(value: float, field_path: str) -> None:

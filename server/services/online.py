@@ -177,7 +177,8 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
             tally.closed = True
 
         async def follow() -> None:
-            async for item in self._sessions.watch(session_id, after_sequence=view.job.last_sequence):
+            async for item in self._sessions.watch(session_id, after_sequence=view.job.last_sequence,
+                                                   through_alias=False):  # the stream ends with the session
                 if isinstance(item, JobEvent) and isinstance(item.payload, Updated):
                     await answers.put(answer(await self._sessions.get(session_id)))
             await answers.put(None)  # the session ended
