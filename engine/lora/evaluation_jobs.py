@@ -34,6 +34,12 @@ from engine.registry import AdapterRegistry
 
 MAX_SUITES = 16
 PROGRESS_EVENTS = 100  # at most about this many progress events a job
+
+
+def progress_due(answered: int, total: int) -> bool:
+    """Whether the answer ``answered`` of ``total`` is told as progress: about PROGRESS_EVENTS of a suite's, and its
+    last (an evaluation job's, a pipeline run's EVALUATE stage)."""
+    return answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0
 SuitePath = Callable[[str, str], Path]  # (path below the data root, the request field) -> the file; raises if bad
 
 
@@ -112,7 +118,7 @@ class EvaluationRunner:
         def progress(suite: str, answered: int, total: int) -> None:
             if cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", f"the evaluation was cancelled after {answered} of {total} answers")
-            if answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0:
+            if progress_due(answered, total):
                 sink.emit(EvaluationProgress(suite, answered, total))
 
         choice = JudgeChoice(spec.judge, spec.judge_model) if spec.judge is not None else None

@@ -41,7 +41,7 @@ from engine.jobs.context import IdleCancel, JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Noticed, Warned
 from engine.jobs.ports import LeaseLost, StopReason
 from engine.lora.canary import CanaryDecision, CanaryOutcome
-from engine.lora.evaluation_jobs import PROGRESS_EVENTS
+from engine.lora.evaluation_jobs import progress_due
 from engine.pipelines.ports import Datasets, GoldenDatasets, Serving, TrainingJobs
 from engine.pipelines.spec import (
     PIPELINE_RUN,
@@ -105,9 +105,9 @@ class PipelineRunner:
                 outcome = await self._stage(ctx, stage, output)
             except Cancelled:
                 if ctx.cancel.reason is StopReason.CANCEL:  # paused, the stage runs again when the run resumes
+                    # stored with the run's end (a write here failing would turn the cancel into a failure)
                     self._end(ctx, StageResult(stage, StageState.CANCELLED, "the run was cancelled", began,
                                                datetime.now(UTC)))
-                    await ctx.persist()
                 raise
             except EngineError as exc:
                 self._end(ctx, StageResult(stage, StageState.FAILED, exc.message, began, datetime.now(UTC)))
@@ -237,7 +237,7 @@ class PipelineRunner:
             if cancel.cancelled:
                 raise Cancelled("JOB_CANCELLED", f"the run stopped while {output.version} was evaluated, after "
                                                  f"{answered} of {total} answers of {suite}")
-            if answered == total or answered % max(1, total // PROGRESS_EVENTS) == 0:
+            if progress_due(answered, total):
                 sink.emit(StageProgress(Stage.EVALUATE, answered, total, suite))
 
         try:
