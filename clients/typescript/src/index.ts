@@ -184,10 +184,13 @@ class CertificateRefusalSessionManager extends Http2SessionManager {
     socket.once("end", () => {
       // The server's FIN (or close_notify); a session this client closed or destroyed is not the server's doing.
       if (session.closed || session.destroyed || socket.bytesRead > 0) return;
-      const given = this.presentsCertificate ? "the client certificate given was not accepted"
-                                             : "no client certificate was given";
+      // Under TLS 1.2 a refused client certificate is an alert, which fails the call with its own code: a bare
+      // close there is a dropped connection (a TLS proxy whose backend is down), left to be retried.
+      if (socket.getProtocol() !== "TLSv1.3") return;
+      const given = this.presentsCertificate ? "the client certificate given was probably not accepted"
+                                             : "probably because no client certificate was given";
       const refusal = new Error("the server closed the connection right after the TLS handshake, before any "
-                                + `HTTP/2, and ${given}`);
+                                + `HTTP/2: ${given} (or a TLS proxy in front of it has no server to pass it to)`);
       session.destroy(Object.assign(refusal, { code: CLIENT_CERTIFICATE_REFUSED }));
     });
   }

@@ -70,7 +70,9 @@ export interface WatchOptions {
  *   any error that is no ConnectError, is thrown as it is. So is a TLS handshake that failed on a certificate
  *   (isTlsFailure: the server's did not verify, or the server refused the client's), though it is Unavailable:
  *   it fails the same way until the certificates or the `tls` options change, so the watch ends at once instead
- *   of spending its budget of re-opens (about 2 min) on it. The Python SDK re-opens it.
+ *   of spending its budget of re-opens (about 2 min) on it. The Python SDK ends its watch on a server
+ *   certificate that does not verify too, and re-opens one whose client certificate the server refused (grpc-core
+ *   reports that as a closed socket).
  * - The stream is re-opened with `afterSequence` the last sequence delivered (`options.afterSequence` until one is).
  *   Each re-opened stream starts with a fresh snapshot, which is delivered too: the job's state as it is then.
  *   An event whose sequence is not above the last one delivered is skipped, so no event is delivered twice; the
