@@ -139,7 +139,7 @@ def stats_to_pb(stats: FeedbackStats) -> pb.GetFeedbackStatsResponse:
         by_adapter=[
             pb.AdapterFeedbackStats(
                 adapter_version=a.adapter_version, positive=a.positive, negative=a.negative,
-                positive_ratio=a.positive_ratio,
+                positive_ratio=a.positive_ratio, base_model=a.base_model,
             )
             for a in stats.by_adapter
         ],

@@ -103,6 +103,7 @@ class AdapterStats:
     adapter_version: str
     positive: int
     negative: int
+    base_model: str = ""  # "" : events stored before events recorded one
 
     @property
     def positive_ratio(self) -> float:

@@ -322,29 +322,29 @@ class PostgresFeedbackStore:
         ``adapter_version`` that is a version's serving name is that version of its base model (``_as_stored``)."""
         adapter_version, base_model = _as_stored(adapter_version, base_model)
         sql = (
-            "SELECT adapter_version, kind, count(*) AS n,"
+            "SELECT base_model, adapter_version, kind, count(*) AS n,"
             " count(*) FILTER (WHERE kind = 'RATING' AND rating >= $5) AS high,"
             " count(*) FILTER (WHERE kind = 'RATING' AND rating <= $6) AS low"
             " FROM feedback_events WHERE event_time >= $1 AND event_time < $2"
             " AND ($3 = '' OR adapter_version = $3) AND ($4 = '' OR tenant_id = $4)"
             " AND ($7 = '' OR base_model = $7 OR base_model = '')"
-            " GROUP BY adapter_version, kind"
+            " GROUP BY base_model, adapter_version, kind"
         )
         args = (start, end, adapter_version, tenant_id, rating_positive_min, rating_negative_max, base_model)
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         by_kind: dict[FeedbackKind, int] = {}
-        votes: dict[str, list[int]] = {}
+        votes: dict[tuple[str, str], list[int]] = {}  # (version, base model): a v1.2 of each base model is its own
         for r in rows:
             kind = FeedbackKind(r["kind"])
             by_kind[kind] = by_kind.get(kind, 0) + r["n"]
-            pos_neg = votes.setdefault(r["adapter_version"], [0, 0])
+            pos_neg = votes.setdefault((r["adapter_version"], r["base_model"]), [0, 0])
             pos_neg[0] += r["n"] if kind is FeedbackKind.THUMBS_UP else r["high"]
             pos_neg[1] += r["n"] if kind is FeedbackKind.THUMBS_DOWN else r["low"]
         return FeedbackStats(
             start_time=start,
             end_time=end,
             by_kind=tuple(sorted(by_kind.items())),
-            by_adapter=tuple(AdapterStats(v, p, n) for v, (p, n) in sorted(votes.items())),
+            by_adapter=tuple(AdapterStats(v, p, n, base) for (v, base), (p, n) in sorted(votes.items())),
         )
 
     async def judgements(

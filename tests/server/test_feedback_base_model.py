@@ -215,6 +215,10 @@ async def test_a_versions_serving_name_and_its_plain_version_are_one_version(ser
         assert await stats("", TINY) == [(f"{TINY}@my-session", 1), ("v1.0", 2)]
         assert await stats("v1.0", TINY) == await stats(f"{TINY}@v1.0") == [("v1.0", 2)]
         assert await stats(f"{TINY}@v1.0", OTHER) == []  # a version of another base model
+        # unfiltered, each base model's v1.0 is a row of its own (stored as one spelling, they would merge)
+        every = await stub(server).GetFeedbackStats(fb.GetFeedbackStatsRequest())
+        assert [(a.base_model, a.adapter_version, a.positive) for a in every.by_adapter] == [
+            (TINY, f"{TINY}@my-session", 1), (OTHER, "v1.0", 1), (TINY, "v1.0", 2)], every.by_adapter
 
         async def found(adapter_version: str) -> str:
             spec = pb.TrainingJobSpec(base_model=TINY, feedback=common.FeedbackDataset(

@@ -165,16 +165,18 @@ class FeedbackKindCount(_message.Message):
     def __init__(self, kind: _Optional[_Union[FeedbackKind, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class AdapterFeedbackStats(_message.Message):
-    __slots__ = ("adapter_version", "positive", "negative", "positive_ratio")
+    __slots__ = ("adapter_version", "positive", "negative", "positive_ratio", "base_model")
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     adapter_version: str
     positive: int
     negative: int
     positive_ratio: float
-    def __init__(self, adapter_version: _Optional[str] = ..., positive: _Optional[int] = ..., negative: _Optional[int] = ..., positive_ratio: _Optional[float] = ...) -> None: ...
+    base_model: str
+    def __init__(self, adapter_version: _Optional[str] = ..., positive: _Optional[int] = ..., negative: _Optional[int] = ..., positive_ratio: _Optional[float] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class GetFeedbackStatsResponse(_message.Message):
     __slots__ = ("by_kind", "by_adapter", "total", "start_time", "end_time")

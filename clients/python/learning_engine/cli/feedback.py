@@ -182,10 +182,10 @@ def feedback_stats(
                  for k in stats.by_kind]
         if kinds:
             print_table(grid(["kind", "events"], kinds))
-        versions = [(a.adapter_version or "(base model)", str(a.positive), str(a.negative), f"{a.positive_ratio:.2f}")
-                    for a in stats.by_adapter]
+        versions = [(a.base_model or "-", a.adapter_version or "(base model)", str(a.positive), str(a.negative),
+                     f"{a.positive_ratio:.2f}") for a in stats.by_adapter]
         if versions:
-            print_table(grid(["adapter", "positive", "negative", "positive ratio"], versions))
+            print_table(grid(["base model", "adapter", "positive", "negative", "positive ratio"], versions))
 
     emit(opts, stats, render)
 
