@@ -18,7 +18,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from learning_engine.cli import app
 from tests.cli.test_cli_e2e import TRAIN, cli
 
 
@@ -138,10 +140,10 @@ async def test_feedback_dataset_options_reach_every_command(make_server, tmp_pat
     ["datasets", "validate", "--server-path", "a.jsonl", "--feedback-label", "team=a"],
     ["pipelines", "create", "p", "--data", "a.jsonl", "--thumbs-up-weight", "1", "--feedback-adapter", "v1"],
 ])
-async def test_feedback_dataset_options_without_from_feedback_are_refused(command: list[str]) -> None:
-    refused = await cli(dead_port(), "--json", *command)
-    assert refused.code == 3, refused.out + refused.err  # before any call: a dead server would be 14
-    error = json.loads(refused.out)["error"]
+def test_feedback_dataset_options_without_from_feedback_are_refused(command: list[str]) -> None:
+    refused = CliRunner().invoke(app, ["--target", f"127.0.0.1:{dead_port()}", "--json", *command])
+    assert refused.exit_code == 3, refused.output  # before any call: a dead server would be 14
+    error = json.loads(refused.stdout)["error"]
     assert error["reason"] == "USAGE" and "to --from-feedback" in error["message"], error
 
 
@@ -150,10 +152,10 @@ async def test_feedback_dataset_options_without_from_feedback_are_refused(comman
 ] + [
     ["feedback", "stats", "--days", value] for value in ("inf", "1000000", "0", "3651")
 ])
-async def test_days_out_of_range_is_a_usage_error_not_a_traceback(command: list[str]) -> None:
-    refused = await cli(dead_port(), *command)
-    assert refused.code == 2 and "--days" in refused.err, refused.err
-    assert "Traceback" not in refused.err, refused.err
+def test_days_out_of_range_is_a_usage_error_not_a_traceback(command: list[str]) -> None:
+    # in-process (refused before any call): a traceback would be an exception left in the result
+    refused = CliRunner().invoke(app, ["--target", f"127.0.0.1:{dead_port()}", *command])
+    assert refused.exit_code == 2 and "--days" in refused.stderr, (refused.exception, refused.stderr)
 
 
 @pytest.mark.parametrize("command", [
@@ -164,7 +166,8 @@ async def test_days_in_range_are_sent(command: list[str]) -> None:
     assert sent.code == 14, sent.err  # UNAVAILABLE: it got as far as calling
 
 
-async def test_feedback_stats_window_before_the_year_1_is_a_usage_error() -> None:
-    refused = await cli(dead_port(), "feedback", "stats", "--days", "30", "--until", "0001-01-05")
-    assert refused.code == 3 and "USAGE" in refused.err and "before the year 1" in refused.err, refused.err
-    assert "Traceback" not in refused.err
+def test_feedback_stats_window_before_the_year_1_is_a_usage_error() -> None:
+    refused = CliRunner().invoke(app, ["--target", f"127.0.0.1:{dead_port()}", "feedback", "stats", "--days", "30",
+                                       "--until", "0001-01-05"])
+    assert refused.exit_code == 3 and "USAGE" in refused.stderr and "before the year 1" in refused.stderr, (
+        refused.exception, refused.stderr)

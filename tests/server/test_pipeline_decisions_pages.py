@@ -4,16 +4,20 @@ decision is listed. It pages now, newest first, as ListPipelineRuns does."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 
 from engine.pipelines.spec import TriggerDecision, TriggerKind
 from engine.stores.pipeline_store import PostgresPipelineStore
 from learning.v1 import pipeline_pb2 as pp
+from tests.cli.test_cli_e2e import cli
 from tests.server.test_pipelines import from_file, pipelines, refused
 
 
+@pytest.mark.slow
 async def test_trigger_decisions_page_newest_first_to_the_oldest(make_server) -> None:
     client = await make_server(embedded_worker=False)
     stub = pipelines(client)
@@ -43,3 +47,18 @@ async def test_trigger_decisions_page_newest_first_to_the_oldest(make_server) ->
                     pp.ListTriggerDecisionsRequest(pipeline="pipelines/p", page_token="not-a-token")):
         code, reason, _ = await refused(stub.ListTriggerDecisions(request))
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"), request
+
+    # the CLI pages too: each page says how to ask for the next
+    keys, token = [], ""
+    while True:
+        page = await cli(client.app.port, "--json", "pipelines", "decisions", "p", "--limit", "3",
+                         *(["--page-token", token] if token else []))
+        assert page.code == 0, page.err
+        listed = json.loads(page.out)
+        keys += [d["key"] for d in listed["decisions"]]
+        token = listed["next_page_token"]
+        if not token:
+            break
+    assert keys == sum(pages, []), keys
+    shown = await cli(client.app.port, "pipelines", "decisions", "p", "--limit", "3")
+    assert "more: --page-token " in shown.err and shown.out.count("a run was going on") == 3, shown

@@ -304,11 +304,13 @@ class JobCalls(Calls):
         )
 
     async def list_trigger_decisions(
-        self, pipeline: str, *, page_size: int = 0
-    ) -> list[pipeline_pb2.TriggerDecision]:
-        """Why each of the pipeline's triggers fired or was skipped, newest first."""
-        request = pipeline_pb2.ListTriggerDecisionsRequest(pipeline=pipeline, page_size=page_size)
-        return list((await self._unary(self.pipelines.ListTriggerDecisions, request)).decisions)
+        self, pipeline: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pipeline_pb2.ListTriggerDecisionsResponse:
+        """Why each of the pipeline's triggers fired or was skipped, newest first, a page at a time (the response's
+        ``next_page_token``, empty on the last page)."""
+        request = pipeline_pb2.ListTriggerDecisionsRequest(pipeline=pipeline, page_size=page_size,
+                                                           page_token=page_token)
+        return await self._unary(self.pipelines.ListTriggerDecisions, request)
 
     # ---- online learning ----------------------------------------------------------
 

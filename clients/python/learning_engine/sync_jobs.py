@@ -224,9 +224,12 @@ class SyncJobCalls(SyncCalls):
         connections."""
         return self._loop.iterate(self._async.watch_pipeline_run(name, after_sequence=after_sequence))
 
-    def list_trigger_decisions(self, pipeline: str, *, page_size: int = 0) -> list[pipeline_pb2.TriggerDecision]:
-        """Why each of the pipeline's triggers fired or was skipped, newest first."""
-        return self._loop.run(self._async.list_trigger_decisions(pipeline, page_size=page_size))
+    def list_trigger_decisions(
+        self, pipeline: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pipeline_pb2.ListTriggerDecisionsResponse:
+        """Why each of the pipeline's triggers fired or was skipped, newest first, a page at a time (the response's
+        ``next_page_token``, empty on the last page)."""
+        return self._loop.run(self._async.list_trigger_decisions(pipeline, page_size=page_size, page_token=page_token))
 
     def create_online_session(
         self, spec: online_pb2.OnlineSessionSpec | None = None, *, session_id: str = "", request_id: str = ""

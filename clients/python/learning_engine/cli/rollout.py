@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 import typer
@@ -80,18 +82,46 @@ def _split_only(status: lora.LoraStatus) -> dict:
     return {key: as_dict(getattr(status, key)) for key in ("traffic_split", "last_canary") if status.HasField(key)}
 
 
-def canary_policy(numbers: dict[str, float | int | None], durations: dict[str, str | None], *,
-                  flag_prefix: str = "--") -> lora.CanaryPolicy:
+# The canary policy's options by field, shared by `canary start` (--share, ...) and `pipelines create`/`update`
+# (--canary-share, ...): their help, the server's default in brackets, and the bounds of the int64 fields (the least
+# the server takes, and int64's largest: a larger number cannot be sent).
+_INT64_MAX = 2**63 - 1
+CANARY_OPTIONS: dict[str, tuple[str, dict[str, int]]] = {
+    "share": ("Share of the alias's requests, in (0, 1). [0.1]", {}),
+    "min_requests": ("Candidate requests before a decision. [100]", {"min": 0, "max": _INT64_MAX}),
+    "duration": ("Least time before a decision, e.g. 30m. [0]", {}),
+    "max_duration": ("No evidence by then: rolled back; 0 = no limit. [24h]", {}),
+    "feedback_margin": ("How much higher its negative-feedback rate may be. [0.05]", {}),
+    "error_margin": ("How much higher its error rate may be. [0.01]", {}),
+    "min_feedback": ("Ratings each side needs first. [20]", {"min": 0, "max": _INT64_MAX}),
+    "error_spike": ("Error rate that rolls back at any time. [0.5]", {}),
+    "error_spike_min_requests": ("Candidate requests before a spike counts. [10]", {"min": 1, "max": _INT64_MAX}),
+    "check_interval": ("How often the policy is checked. [10s]", {}),
+}
+_DURATIONS = ("duration", "max_duration", "check_interval")
+
+
+def canary_option(field: str, prefix: str = "--") -> Any:
+    """The option of the canary policy's ``field``, named ``prefix`` + the field, dashed; left out (None), the
+    server's default."""
+    help_text, bounds = CANARY_OPTIONS[field]
+    return typer.Option(None, prefix + field.replace("_", "-"), help=help_text, min=bounds.get("min"),
+                        max=bounds.get("max"))
+
+
+def canary_policy(values: Mapping[str, float | int | str | None], *, flag_prefix: str = "--") -> lora.CanaryPolicy:
     """A canary policy of the options given by their field names; an option left out (None) takes the server's
     default. A duration that does not parse names its flag (``flag_prefix`` + the field, dashed)."""
     policy = lora.CanaryPolicy()
-    for name, value in numbers.items():
-        if value is not None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in _DURATIONS:
+            parsed = _duration(str(value), flag_prefix + name.replace("_", "-"))
+            if parsed is not None:
+                getattr(policy, name).CopyFrom(parsed)
+        else:
             setattr(policy, name, value)
-    for name, text in durations.items():
-        parsed = _duration(text, flag_prefix + name.replace("_", "-"))
-        if parsed is not None:
-            getattr(policy, name).CopyFrom(parsed)
     return policy
 
 
@@ -99,19 +129,16 @@ def canary_policy(numbers: dict[str, float | int | None], durations: dict[str, s
 def canary_start(
     ctx: typer.Context,
     version: str,
-    share: float = typer.Option(None, "--share", help="Share of the alias's requests, in (0, 1). [0.1]"),
-    min_requests: int = typer.Option(None, "--min-requests", help="Candidate requests before a decision. [100]"),
-    duration: str = typer.Option(None, "--duration", help="Least time before a decision, e.g. 30m. [0]"),
-    max_duration: str = typer.Option(None, "--max-duration",
-                                     help="No evidence by then: rolled back; 0 = no limit. [24h]"),
-    feedback_margin: float = typer.Option(None, "--feedback-margin",
-                                          help="How much higher its negative-feedback rate may be. [0.05]"),
-    error_margin: float = typer.Option(None, "--error-margin", help="How much higher its error rate may be. [0.01]"),
-    min_feedback: int = typer.Option(None, "--min-feedback", help="Ratings each side needs first. [20]"),
-    error_spike: float = typer.Option(None, "--error-spike", help="Error rate that rolls back at any time. [0.5]"),
-    error_spike_min_requests: int = typer.Option(None, "--error-spike-min-requests",
-                                                 help="Candidate requests before a spike counts. [10]"),
-    check_interval: str = typer.Option(None, "--check-interval", help="How often the policy is checked. [10s]"),
+    share: float = canary_option("share"),
+    min_requests: int = canary_option("min_requests"),
+    duration: str = canary_option("duration"),
+    max_duration: str = canary_option("max_duration"),
+    feedback_margin: float = canary_option("feedback_margin"),
+    error_margin: float = canary_option("error_margin"),
+    min_feedback: int = canary_option("min_feedback"),
+    error_spike: float = canary_option("error_spike"),
+    error_spike_min_requests: int = canary_option("error_spike_min_requests"),
+    check_interval: str = canary_option("check_interval"),
     force: bool = typer.Option(False, "--force", help="Start even if the evaluation gate fails."),
     reason: str = typer.Option("", "--reason"),
     base_model: str = typer.Option("", "--base-model", help="The version's base model (the serving target's)."),
@@ -123,8 +150,8 @@ def canary_start(
     policy = canary_policy(
         {"share": share, "min_requests": min_requests, "feedback_margin": feedback_margin,
          "error_margin": error_margin, "min_feedback": min_feedback, "error_spike": error_spike,
-         "error_spike_min_requests": error_spike_min_requests},
-        {"duration": duration, "max_duration": max_duration, "check_interval": check_interval})
+         "error_spike_min_requests": error_spike_min_requests, "duration": duration, "max_duration": max_duration,
+         "check_interval": check_interval})
     opts = options(ctx)
 
     async def call(client: AsyncClient) -> tuple[lora.LoraStatus, lora.CanaryOutcome | None]:
