@@ -97,6 +97,14 @@ def _free_port(host: str) -> int:
         return port
 
 
+def embedded_backend_name(settings: Settings) -> str:
+    """The name LoraControl keeps the embedded reference backend's state under: its port is picked afresh at each
+    start (reference_backend_port 0), and state kept under its URL was lost at every restart (the active version,
+    the known-good one, a split), while the rows of the old URL went on protecting their versions. The backend is
+    this server's own, so it is named after the machine and the data dir, which a restart keeps."""
+    return f"reference-backend://{socket.gethostname()}{settings.data_dir.resolve()}"
+
+
 async def start_reference_backend(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:
     """``python -m engine.serving.reference_backend`` on the default base model; waits until healthy."""
     model_dir: Path = await asyncio.to_thread(
@@ -149,16 +157,18 @@ async def _start_lora_control(settings: Settings, pool: asyncpg.Pool, registry: 
                               undo: AsyncExitStack) -> LoraRuntime:
     backend = None
     url = settings.serving_url
+    name = ""  # a serving_url names its engine
     if url is None:
         backend, url = await start_reference_backend(settings)
         undo.push_async_callback(_end, backend)
+        name = embedded_backend_name(settings)
     mode = ServingMode(settings.serving_mode)
     paths = ServingPaths(load=settings.serving_load_path, unload=settings.serving_unload_path,
                          models=settings.serving_models_path) if mode is ServingMode.CUSTOM else ServingPaths()
     client = ServingClient(ServingConfig(
         base_url=url, mode=mode, paths=paths, timeout_seconds=settings.serving_timeout_seconds,
         load_timeout_seconds=settings.serving_load_timeout_seconds, retries=settings.serving_retries,
-        backoff_seconds=settings.serving_backoff_seconds,
+        backoff_seconds=settings.serving_backoff_seconds, name=name,
     ))
     await client.start()
     undo.push_async_callback(client.close)

@@ -51,6 +51,11 @@ class ServingConfig:
     load_timeout_seconds: float = 120.0
     retries: int = 3
     backoff_seconds: float = 0.2
+    # The name LoraControl keeps this engine's state under (active and known-good versions, splits, operations;
+    # engine.stores.lora_store), "" : its URL. Processes that name the same engine share one state, as replicas in
+    # front of one MAX Serve do; an engine whose URL changes from start to start (the embedded reference backend's
+    # port) needs a name that does not.
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,8 @@ class ServingClient:
 
     @property
     def target(self) -> str:
-        """The engine's URL as shown (no credentials)."""
-        return self._shown
+        """The engine's name (ServingConfig.name), else its URL as shown (no credentials)."""
+        return self.config.name or self._shown
 
     # ---- the LoRA control API -----------------------------------------------------
 
