@@ -43,7 +43,7 @@ def adapters_list(
     ctx: typer.Context,
     base_model: str = typer.Option("", "--base-model"),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE filter, repeatable."),
-    page_size: int = typer.Option(50, "--page-size"),
+    page_size: int = typer.Option(50, "--page-size", min=0, max=1000),
 ) -> None:
     """Published adapter versions."""
     response = run(
@@ -162,7 +162,8 @@ def adapters_delete(ctx: typer.Context, version: str, base_model: str = typer.Op
 @adapters_app.command("prune")
 def adapters_prune(
     ctx: typer.Context,
-    keep: int = typer.Option(0, "--keep", min=0, help="Keep this many newest versions (0: the server's setting)."),
+    keep: int = typer.Option(0, "--keep", min=0, max=1_000_000,
+                             help="Keep this many newest versions (0: the server's setting)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted; delete nothing."),
     base_model: str = typer.Option("", "--base-model"),
 ) -> None:

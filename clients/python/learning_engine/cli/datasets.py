@@ -216,7 +216,8 @@ def datasets_create(
     name: str = typer.Argument(..., help="The dataset: capitals or datasets/capitals."),
     server_path: str = typer.Option("", "--server-path", help="A JSONL file below the server's datasets dir."),
     s3: str = typer.Option("", "--s3", help="An s3://bucket/key JSONL object (servers storing artifacts in S3)."),
-    from_feedback: int = typer.Option(0, "--from-feedback", help="Freeze the last N days of feedback."),
+    from_feedback: int = typer.Option(0, "--from-feedback", min=0, max=3650,
+                                       help="Freeze the last N days of feedback."),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
     thumbs_up_weight: float = THUMBS_UP_WEIGHT,
@@ -257,7 +258,7 @@ def _source(d: dataset_pb2.Dataset) -> str:
 def datasets_list(
     ctx: typer.Context,
     dataset: str = typer.Option("", "--dataset", "-d", help="Only this dataset's versions."),
-    page_size: int = typer.Option(20, "--page-size"),
+    page_size: int = typer.Option(20, "--page-size", min=0, max=1000),
     page_token: str = typer.Option("", "--page-token", help="The next page, as a previous list printed it."),
     wide: bool = typer.Option(False, "--wide", help="Also show where each came from (file, object) and when."),
 ) -> None:
@@ -293,7 +294,7 @@ def datasets_validate(
     file: Path = typer.Argument(None, help="A local JSONL file to check."),
     server_path: str = typer.Option("", "--server-path", help="Or a JSONL file below the server's datasets dir."),
     s3: str = typer.Option("", "--s3", help="Or an s3://bucket/key JSONL object."),
-    from_feedback: int = typer.Option(0, "--from-feedback", help="Or the last N days of feedback."),
+    from_feedback: int = typer.Option(0, "--from-feedback", min=0, max=3650, help="Or the last N days of feedback."),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,
     thumbs_up_weight: float = THUMBS_UP_WEIGHT,

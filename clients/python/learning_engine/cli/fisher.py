@@ -51,7 +51,7 @@ def fisher_cmd(
     ctx: typer.Context,
     data: str = typer.Option(None, "--data", "-d", help="JSONL dataset path on the server."),
     from_feedback: int = typer.Option(
-        0, "--from-feedback", help="Measure the wanted answers of the last N days of feedback instead."
+        0, "--from-feedback", min=0, max=3650, help="Measure the wanted answers of the last N days of feedback instead."
     ),
     min_samples: int = MIN_SAMPLES,
     force: bool = FORCE_BELOW_MIN,

@@ -43,9 +43,9 @@ def outcome_code(state: int, error_code: int) -> int:
 
 # Options every job list and watch takes.
 STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...); repeatable.")
-PAGE_SIZE = typer.Option(20, "--page-size")
+PAGE_SIZE = typer.Option(20, "--page-size", min=0, max=1000)
 PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
-AFTER = typer.Option(0, "--after", help="Resume after this event's sequence number.")
+AFTER = typer.Option(0, "--after", min=0, max=2**64 - 1, help="Resume after this event's sequence number.")
 WIDE = typer.Option(False, "--wide", help="Also show when each job was created and ended.")
 
 

@@ -104,7 +104,7 @@ def train(
         None, "--dataset", help="A stored dataset (see datasets): capitals, or datasets/capitals/versions/2."
     ),
     from_feedback: int = typer.Option(
-        0, "--from-feedback", help="Train on the last N days of feedback instead."
+        0, "--from-feedback", min=0, max=3650, help="Train on the last N days of feedback instead."
     ),
     min_samples: int = MIN_SAMPLES,
     base_model: str = typer.Option("", "--base-model", help="Base model id (server default if empty)."),
@@ -116,7 +116,7 @@ def train(
         "", "--lr-schedule", help="After the warm-up: linear | cosine | constant (server default if empty)."
     ),
     batch_size: int = typer.Option(0, "--batch-size"),
-    max_seq_length: int = typer.Option(0, "--max-seq-length"),
+    max_seq_length: int = typer.Option(0, "--max-seq-length", min=0, max=1_000_000),
     max_steps: int = typer.Option(0, "--max-steps"),
     seed: int = typer.Option(None, "--seed"),
     rank: int = typer.Option(0, "--rank", help="LoRA rank."),

@@ -74,15 +74,17 @@ def online_create(
     ctx: typer.Context,
     session_id: str = typer.Argument("", help="Its id: lowercase letters, digits and '-' (default: generated)."),
     start_version: str = typer.Option("", "--from", help="The version to start from (default: the active one)."),
-    update_every: int = typer.Option(0, "--update-every", help="New examples per update (10)."),
-    buffer_size: int = typer.Option(0, "--buffer", help="Examples kept for replay (1000)."),
+    update_every: int = typer.Option(0, "--update-every", min=0, max=10_000, help="New examples per update (10)."),
+    buffer_size: int = typer.Option(0, "--buffer", min=0, max=100_000, help="Examples kept for replay (1000)."),
     learning_rate: float = typer.Option(None, "--lr", help="Learning rate (the server's online_learning_rate)."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adam, adamw or sgd."),
     ewc_lambda: float = typer.Option(None, "--ewc-lambda", help="EWC strength against the start version (0: off)."),
     replay: float = typer.Option(None, "--replay", help="Share of each update replayed from earlier examples."),
-    publish_every: int = typer.Option(None, "--publish-every", help="Publish a version every N updates (0: only "
+    publish_every: int = typer.Option(None, "--publish-every", min=0, max=100_000,
+                                       help="Publish a version every N updates (0: only "
                                                                      "on `online publish`; default 100)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N updates (100)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, max=100_000,
+                                         help="Checkpoint every N updates (100)."),
     live_alias: str = typer.Option("", "--live-alias", help="A name serving the newest publication that passed "
                                                             "the gate."),
     base_model: str = typer.Option("", "--base-model", help="Base model id (default: the server's)."),
@@ -97,12 +99,13 @@ def online_create(
                                                    "as long)."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="0..1 (0.01)."),
     max_grad_norm: float = typer.Option(None, "--max-grad-norm", help="Gradient clipping; 0: off (1.0)."),
-    max_seq_length: int = typer.Option(0, "--max-seq-length", help="Tokens an example is cut to, 16..8192 (the "
+    max_seq_length: int = typer.Option(0, "--max-seq-length", min=0, max=8192,
+                                     help="Tokens an example is cut to, 16..8192 (the "
                                                                    "server's max_seq_length)."),
     loss_spike_factor: float = typer.Option(None, "--loss-spike-factor",
                                             help="Disable learning when an update's loss exceeds this many times "
                                                  "the median of the last 20 (0: off; else above 1; default 4)."),
-    negative_feedback_min_ratings: int = typer.Option(0, "--negative-feedback-min-ratings",
+    negative_feedback_min_ratings: int = typer.Option(0, "--negative-feedback-min-ratings", min=0, max=100_000,
                                                       help="Ratings of the live model before the negative-feedback "
                                                            "check judges (20)."),
 ) -> None:
@@ -130,7 +133,7 @@ def online_create(
 
 
 @online_app.command("list")
-def online_list(ctx: typer.Context, page_size: int = typer.Option(0, "--page-size"),
+def online_list(ctx: typer.Context, page_size: int = typer.Option(0, "--page-size", min=0, max=1000),
                 page_token: str = typer.Option("", "--page-token")) -> None:
     """Sessions, newest first."""
     response = run(ctx, lambda c: c.list_online_sessions(page_size=page_size, page_token=page_token))
@@ -238,7 +241,8 @@ def online_send(ctx: typer.Context, name: str,
 
 @online_app.command("watch")
 def online_watch(ctx: typer.Context, name: str,
-                 after: int = typer.Option(0, "--after", help="Only events after this sequence.")) -> None:
+                 after: int = typer.Option(0, "--after", min=0, max=2**64 - 1,
+                                           help="Only events after this sequence.")) -> None:
     """Follow a session's updates, publications and warnings until it ends; exits 0 once it was stopped (the way a
     session ends well), else its error's code (a failed session)."""
     opts = options(ctx)

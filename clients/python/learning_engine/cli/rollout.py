@@ -32,7 +32,10 @@ def _duration(value: str | None, option: str) -> duration_pb2.Duration | None:
     if found is None:
         raise typer.BadParameter(f"expected a duration such as 90s, 10m, 2h or 1d, got {value!r}", param_hint=option)
     d = duration_pb2.Duration()
-    d.FromNanoseconds(round(float(found[1]) * _UNITS[found[2]] * 1e9))
+    try:
+        d.FromNanoseconds(round(float(found[1]) * _UNITS[found[2]] * 1e9))
+    except (ValueError, OverflowError):  # past what a Duration holds (about 10,000 years)
+        raise typer.BadParameter(f"{value!r} is longer than a duration can be", param_hint=option) from None
     return d
 
 

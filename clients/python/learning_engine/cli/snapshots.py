@@ -21,7 +21,7 @@ def snapshots_list(
     ctx: typer.Context,
     adapter_version: str = typer.Option("", "--adapter-version", help="Only this adapter version's snapshots."),
     base_model: str = typer.Option("", "--base-model"),
-    page_size: int = typer.Option(50, "--page-size"),
+    page_size: int = typer.Option(50, "--page-size", min=0, max=1000),
 ) -> None:
     """Stored Fisher snapshots, newest first."""
     response = run(ctx, lambda c: c.list_fisher_snapshots(
