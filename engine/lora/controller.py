@@ -95,40 +95,51 @@ class LoraController(ServingTarget):
     @to_the_end
     async def activate(self, version: str, *, actor: str, reason: str, force: bool = False,
                        mark_known_good: bool = False) -> Activation:
-        summary: EvalSummary | None = None
         async with self._operation(OperationKind.ACTIVATE, version, actor, reason) as op:
             st = self._state
-            name = lora_name(st.base_model, version)
-            if version == st.active_version and name in self._loaded_names():
+            if version == st.active_version and lora_name(st.base_model, version) in self._loaded_names():
+                # active already: the split in force ends all the same (as the doc promises every activation),
+                # and the status answered is the one after this operation, recorded
+                await self._end_split_first(op)
                 if mark_known_good and st.known_good_version != version:
-                    await self._save(replace(st, known_good_version=version))
+                    await self._save(replace(self._state, known_good_version=version))
                     await self._retire(st.known_good_version)
-                return Activation(self.snapshot(), None)
-            with op.phase("fetch"):
-                adapter = await self._adapters.fetch(st.base_model, version)
-            was_loaded = name in self._loaded_names()
-            await self._save(replace(st, pending_version=version))
-            try:
-                with op.phase("load"):
-                    await self._load(name, str(adapter.path))
-                summary = await self._pass_gate(op, version, force=force)
-                with op.phase("smoke"):
-                    await self._smoke(name)
-            except BaseException:
-                await self._discard(name, keep=was_loaded)
-                await self._save(replace(self._state, pending_version=""))
-                raise
-            old = st.active_version
-            kg = version if mark_known_good else (st.known_good_version or old)
-            await self._end_split_first(op)
-            with op.phase("switch"):
-                await self._save(replace(st, active_version=version, previous_version=old or st.previous_version,
-                                         known_good_version=kg, pending_version=""))
-                self._point_router()
-            op.mark("to_serving")
-            await self._retire(old)  # (each unless a role still needs it: a known-good version stays)
-            await self._retire(st.known_good_version)
+                summary = None
+            else:
+                summary = await self._switch(op, version, force=force, mark_known_good=mark_known_good)
         return Activation(self.snapshot(), summary)
+
+    async def _switch(self, op: RecordedOperation, version: str, *, force: bool,
+                      mark_known_good: bool) -> EvalSummary | None:
+        """Activate's work for a version that is not active: fetch, load, gate, smoke, end the split, switch."""
+        st = self._state
+        name = lora_name(st.base_model, version)
+        summary: EvalSummary | None = None
+        with op.phase("fetch"):
+            adapter = await self._adapters.fetch(st.base_model, version)
+        was_loaded = name in self._loaded_names()
+        await self._save(replace(st, pending_version=version))
+        try:
+            with op.phase("load"):
+                await self._load(name, str(adapter.path))
+            summary = await self._pass_gate(op, version, force=force)
+            with op.phase("smoke"):
+                await self._smoke(name)
+        except BaseException:
+            await self._discard(name, keep=was_loaded)
+            await self._save(replace(self._state, pending_version=""))
+            raise
+        old = st.active_version
+        kg = version if mark_known_good else (st.known_good_version or old)
+        await self._end_split_first(op)
+        with op.phase("switch"):
+            await self._save(replace(st, active_version=version, previous_version=old or st.previous_version,
+                                     known_good_version=kg, pending_version=""))
+            self._point_router()
+        op.mark("to_serving")
+        await self._retire(old)  # (each unless a role still needs it: a known-good version stays)
+        await self._retire(st.known_good_version)
+        return summary
 
     @to_the_end
     async def rollback(self, *, actor: str, reason: str, automatic: bool = False) -> LoraStatus:

@@ -222,6 +222,14 @@ async def test_manual_split_bad_input_and_the_engine_losing_the_candidate(make_s
     assert await loaded_when(client, [v10]) == [v10]  # the candidate is retired
     assert not resp.status.HasField("last_canary")  # a manual split decides nothing
 
+    # Activating the version already active ends the split in force too, as every activation does (it returned at
+    # once, the split going on, with the status before it: the last operation another one)
+    await control.SetTrafficSplit(lc.SetTrafficSplitRequest(version=v11, share=0.5, reason="again"))
+    again = (await activate(client, v10)).status
+    assert not again.HasField("traffic_split"), again.traffic_split
+    assert (again.last_operation.kind, again.last_operation.version) == (lc.LORA_OPERATION_KIND_ACTIVATE, v10)
+    assert again.active_version == v10 and await loaded_when(client, [v10]) == [v10]
+
     # The serving engine loses the candidate mid-canary (as an engine restarted without it): its requests fail over
     # to the active version, and the canary is aborted and recorded.
     await start(client, v11, fast(share=0.5, min_requests=1000))
