@@ -96,7 +96,15 @@ async def test_train_watch_deploy_rollback(make_server):
     status = await cli(port, "--json", "status")
     assert status.json_lines()[0]["active_version"] == "v1.0"
     human = await cli(port, "status")
-    assert "v1.0" in human.out
+    assert "v1.0" in human.out and "gateway" in human.out  # where to send requests (GetLoraStatus.gateway_url)
+    refused = await cli(port, "deploy", "v9.9", "--reason", "no such version")
+    assert refused.code == 5, refused.err
+    told = (await cli(port, "status")).out
+    assert "ACTIVATE v9.9" in told and "(failed: " in told, told  # it read as if it had been done
+    first = await cli(port, "adapters", "list", "--page-size", "1")  # a page, and how to ask for the next
+    token = first.err.split("more: --page-token ", 1)[1].split()[0]
+    rest = await cli(port, "--json", "adapters", "list", "--page-size", "1", "--page-token", token)
+    assert rest.code == 0 and len(rest.json_lines()[0]["adapters"]) == 1, rest
 
     missing = await cli(port, "--json", "jobs", "get", "trainingJobs/" + "0" * 32)
     assert missing.code == 5  # NOT_FOUND

@@ -15,6 +15,7 @@ from learning.v1.error_reason_pb2 import (
 from learning_engine.cli.common import (
     as_dict,
     emit,
+    err,
     fail,
     grid,
     labels,
@@ -44,10 +45,12 @@ def adapters_list(
     base_model: str = typer.Option("", "--base-model"),
     label: list[str] = typer.Option(None, "--label", help="KEY=VALUE filter, repeatable."),
     page_size: int = typer.Option(50, "--page-size", min=0, max=1000),
+    page_token: str = typer.Option("", "--page-token", help="The next page, as the last one printed it."),
 ) -> None:
-    """Published adapter versions."""
+    """Published adapter versions, a page at a time."""
     response = run(
-        ctx, lambda c: c.list_adapters(base_model=base_model, labels=labels(label), page_size=page_size)
+        ctx, lambda c: c.list_adapters(base_model=base_model, labels=labels(label), page_size=page_size,
+                                       page_token=page_token)
     )
     rows = [
         (
@@ -61,7 +64,13 @@ def adapters_list(
         for a in response.adapters
     ]
     headers = ["base model", "version", "parent", "train loss", "bytes", "created"]
-    emit(options(ctx), response, lambda: print_table(grid(headers, rows)))
+
+    def render() -> None:
+        print_table(grid(headers, rows))
+        if response.next_page_token:
+            err.print(f"more: --page-token {response.next_page_token}", highlight=False)
+
+    emit(options(ctx), response, render)
 
 
 @adapters_app.command("info")

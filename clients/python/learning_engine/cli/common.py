@@ -17,6 +17,7 @@ import typer
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Column, Table
 
@@ -95,9 +96,10 @@ def fail(
         )
     else:
         label = f"{code.name}" + (f" ({reason})" if reason and reason != code.name else "")
-        err.print(f"[bold red]error[/]: {label}: {message}", highlight=False)
+        # the server's text as it is: "[...]" in a field (a tensor's name) is no Rich style tag to drop
+        err.print(f"[bold red]error[/]: {escape(label)}: {escape(message)}", highlight=False)
         for field, description in violations or []:
-            err.print(f"  - {field}: {description}", highlight=False)
+            err.print(f"  - {escape(field)}: {escape(description)}", highlight=False)
     raise typer.Exit(code.value[0])
 
 

@@ -77,11 +77,13 @@ def _status_render(status: lora.LoraStatus):
             ("previous", status.previous_version or "-"),
             ("known good", status.known_good_version or "-"),
             ("loaded", ", ".join(f"{a.lora_name}={a.version}" for a in status.loaded) or "-"),
+            ("gateway", status.gateway_url or "-"),
         ]
         if status.HasField("last_operation"):
             op = status.last_operation
+            failed = f" (failed: {op.error.message})" if op.HasField("error") and op.error.code else ""
             rows.append(
-                ("last operation", f"{lora.LoraOperationKind.Name(op.kind)} {op.version} by {op.actor}")
+                ("last operation", f"{lora.LoraOperationKind.Name(op.kind)} {op.version} by {op.actor}{failed}")
             )
         out.print(grid(["", ""], rows))
         render_split(status)

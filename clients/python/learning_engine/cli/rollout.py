@@ -66,8 +66,9 @@ def _render(status: lora.LoraStatus):
         if status.HasField("traffic_split"):
             render_split(status)
         else:
-            out.print(f"no traffic split: '{status.alias}' serves {status.active_version or 'the base model'}",
-                      highlight=False)
+            serves = (status.active_version if status.enabled else "the base model (LoRA disabled)") or \
+                "the base model"
+            out.print(f"no traffic split: '{status.alias}' serves {serves}", highlight=False)
         if status.HasField("last_canary"):
             _render_outcome(status.last_canary, "last canary")
 
