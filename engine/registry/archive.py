@@ -4,10 +4,11 @@ An archive holds exactly ``adapter_config.json`` and ``adapter_model.safetensors
 deterministic (sorted members, zeroed times and owners, gzip mtime 0), so the same adapter
 always gives the same sha256; a download re-imported elsewhere keeps its digest.
 
-Unpacking accepts what people upload: the two files at the top or inside one folder, plus an
-optional README.md (dropped). Pickled weights (``.bin``, ``.pt``, ...), links, devices, path
-tricks, more than 4 GiB of declared content (a decompression bomb) and anything else are refused
-with INVALID_ARGUMENT from each member's header, before a byte of it is written.
+Unpacking accepts what people upload: the tar.gz of a trainer's output folder, the two files at the top or inside
+one folder; the rest of the folder (a tokenizer, a README, training arguments, checkpoints) is dropped unread, as the
+client drops it from a folder it packs. Pickled weights (``.bin``, ``.pt``, ...), links, devices, path tricks, more
+than 4 GiB of declared content (a decompression bomb) and more than 64 members are refused with INVALID_ARGUMENT
+from each member's header, before a byte of it is written.
 All functions here are blocking; callers run them off the event loop.
 """
 
@@ -25,7 +26,6 @@ from engine.errors import InvalidArgument
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-IGNORED_FILES = ("README.md",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_UNPACKED_BYTES = 4 << 30  # all members' declared sizes together; as much as ImportAdapter may upload
@@ -115,14 +115,9 @@ def _extract_checked(tar: tarfile.TarFile, dest_dir: Path, field_path: str, max_
             name = path.parts[-1] if len(path.parts) <= 2 else str(path)
             if layout is None:
                 layout = folder
-            if folder != layout or len(path.parts) > 2 or (name not in ADAPTER_FILES and name not in IGNORED_FILES):
-                raise _bad(
-                    "UNEXPECTED_ARCHIVE_MEMBER",
-                    f"archive member {member.name!r} is not part of a PEFT LoRA adapter "
-                    f"(expected {', '.join(ADAPTER_FILES)}, at the top or in one folder)",
-                    field_path,
-                )
-            if name in IGNORED_FILES:
+            if folder != layout or len(path.parts) > 2 or name not in ADAPTER_FILES:
+                # what a trainer leaves beside the adapter (its tokenizer, a README, training args, checkpoints):
+                # not kept, as the client leaves it out of a directory it packs (pickles were refused above)
                 continue
             if name in written:
                 raise _bad("UNEXPECTED_ARCHIVE_MEMBER", f"the archive holds {name} twice", field_path)
