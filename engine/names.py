@@ -136,3 +136,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# An adapter version: vMAJOR.MINOR, or vMAJOR.MINOR.PATCH for a patch (an online session's publication); patch 0 is
+# never spelled
+VERSION_RE = re.compile(
+    r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})(?:\.(?P<patch>[1-9][0-9]{0,5}))?$"
+)
+
+
+def version_of(base_model: str, name: str) -> str:
+    """The version in a version's serving name for ``base_model`` (``<base>@v1.2``, engine.lora.state.lora_name),
+    else ``""`` (also for the other names of that base model that are not versions, such as an online session's
+    live adapters)."""
+    prefix = f"{base_model}@"
+    suffix = name[len(prefix):] if name.startswith(prefix) else ""
+    return suffix if VERSION_RE.match(suffix) else ""

@@ -10,7 +10,7 @@ from typing import TypeVar
 from engine.domain import Objective
 from engine.errors import FieldViolation, InvalidArgument
 from engine.jobs.core import JobEvent
-from engine.names import chosen_id
+from engine.names import VERSION_RE, chosen_id
 from engine.online.service import SessionView, check_learning_rate
 from engine.online.spec import (
     AliasState,
@@ -28,7 +28,6 @@ from engine.online.spec import (
     live_adapter_name,
     live_model,
 )
-from engine.registry.records import VERSION_RE
 from learning.v1 import online_pb2 as pb
 from server.convert_jobs import core_event_to_pb, job_core_to_pb, timestamp_to_pb
 

@@ -31,7 +31,7 @@ from engine import telemetry
 from engine.errors import EngineError, InvalidArgument, ViolationCollector
 from engine.feedback.events import CopyRows, FeedbackEvent, FeedbackKind, FeedbackRow, IngestResult, StoreOutcome
 from engine.feedback.scrub import Scrubber
-from engine.lora.state import version_of
+from engine.names import version_of
 
 ROLES = frozenset({"system", "user", "assistant"})
 _KIND_TEXT = {k: k.value for k in FeedbackKind}  # a dict lookup is cheaper than the enum's value property

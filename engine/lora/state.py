@@ -14,7 +14,6 @@ from engine.domain import BaseRetention, SuiteVerdict
 from engine.jobs.core import JobFailure
 from engine.lora.canary import CanaryDecision, CanaryOutcome, TrafficFigures, TrafficSplitState
 from engine.lora.evaluation import Suite
-from engine.registry.records import VERSION_RE
 from engine.serving.traffic import Tally
 
 
@@ -37,12 +36,6 @@ def lora_name(base_model: str, version: str) -> str:
     return f"{base_model}@{version}"
 
 
-def version_of(base_model: str, name: str) -> str:
-    """The version in a name made by :func:`lora_name` for ``base_model``, else ``""`` (also for the other names
-    of that base model that are not versions, such as an online session's live adapters)."""
-    prefix = f"{base_model}@"
-    suffix = name[len(prefix):] if name.startswith(prefix) else ""
-    return suffix if VERSION_RE.match(suffix) else ""
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from engine.lora.state import (
     RoutedElsewhere,
     TargetState,
     lora_name,
-    version_of,
 )
+from engine.names import version_of
 from engine.registry.ports import ArtifactStore
 from engine.serving.alias_router import AliasRouter
 from engine.serving.client import ServingClient

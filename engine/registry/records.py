@@ -18,12 +18,9 @@ from typing import NamedTuple
 
 from engine.domain import BaseProtection, BaseRetention, DatasetSummary, FisherSpace, LoraSpec, Pin, SuiteVerdict
 from engine.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from engine.names import VERSION_RE
 from engine.splits import SplitRule
 
-# vMAJOR.MINOR, or vMAJOR.MINOR.PATCH for a patch (an online session's publication); patch 0 is never spelled
-VERSION_RE = re.compile(
-    r"^v(?P<major>[1-9][0-9]{0,5})\.(?P<minor>0|[1-9][0-9]{0,5})(?:\.(?P<patch>[1-9][0-9]{0,5}))?$"
-)
 BASE_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 ARCHIVE_NAME = "adapter.tar.gz"

@@ -48,7 +48,7 @@ from engine.feedback.events import (
     UserErasure,
 )
 from engine.jobs.core import JobState
-from engine.lora.state import version_of
+from engine.names import version_of
 from engine.stores.postgres import acquired
 
 T = TypeVar("T")

@@ -32,6 +32,12 @@ RELAYS = {
     ("run", "exc.reason"): "the CLI reports the reason of the SDK error it caught, as the server sent it",
     ("_count_interruption", "exc.reason"): "an online session's last store error, after as many in a row as it "
                                            "waits out, ends it with that error's reason",
+    ("with_ewc_remedy", "exc.reason"): "a version's training data not known here, said to a job's EWC with what it "
+                                       "can do instead, keeps its reason",
+    ("Pipelines.check", "exc.reason"): "a golden suite file's bad line (load_suite's reason), named under the "
+                                       "pipeline's field",
+    ("_stopped", "exc.reason"): "feedback import reports the reason of the SDK error a batch met, its events named "
+                                "by their file lines",
 }
 
 
