@@ -112,7 +112,8 @@ async def test_the_installed_cli_talks_to_a_server(fresh_venv: Path, client) -> 
 
     code, out, err = await _cli(fresh_venv, port, "--json", "jobs", "list")
     assert code == 0, err
-    assert json.loads(out) == {}  # a new server: no jobs, and nothing but the (empty) response
+    assert json.loads(out) == {"training_jobs": [], "next_page_token": ""}  # a new server: no jobs (the empty
+    # response, its fields at their defaults as --json prints them)
 
     code, out, err = await _cli(fresh_venv, port, "--json", "jobs", "get", "trainingJobs/" + "0" * 32)
     assert code == 5, err  # NOT_FOUND, with the reason read from the status details

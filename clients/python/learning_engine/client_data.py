@@ -144,7 +144,8 @@ class DataCalls(Calls):
     async def delete_user_feedback(self, user_id: str) -> int:
         """Forget a user: delete their events (and the examples online sessions made of them) and refuse any of
         theirs timed before now; returns how many events were deleted (:meth:`forget_user` returns both counts)."""
-        return (await self.forget_user(user_id)).deleted
+        request = feedback.DeleteUserFeedbackRequest(user_id=user_id)
+        return (await self._unary(self.feedback.DeleteUserFeedback, request)).deleted
 
     async def forget_user(self, user_id: str) -> feedback.DeleteUserFeedbackResponse:
         """:meth:`delete_user_feedback`, returning the whole response: ``deleted`` (events) and
