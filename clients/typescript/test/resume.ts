@@ -5,7 +5,6 @@
  * answered). Not part of `npm test`: tests/clients/test_typescript_resume.py starts the server and runs it.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { after, test } from "node:test";
 
 import { equals } from "@bufbuild/protobuf";
@@ -27,66 +26,15 @@ import {
   watchPreparationJob,
   watchTrainingJob,
 } from "../src/index.js";
+import { Proxy } from "./proxy.js";
 
 const upstream = Number(process.env.UPSTREAM_PORT);
 if (!upstream) throw new Error("set UPSTREAM_PORT to a running server's port");
 const direct = createLearningEngineClient({ baseUrl: `http://127.0.0.1:${upstream}` });
 
-type Mode = "forward" | "black hole";
-
-/** A TCP proxy to the server: `cut` drops every connection through it, `stop` refuses new ones. */
-class Proxy {
-  private readonly sockets = new Set<net.Socket>();
-  private readonly server: net.Server;
-  mode: Mode = "forward";
-  port = 0;
-
-  constructor() {
-    this.server = net.createServer((down) => {
-      this.sockets.add(down);
-      down.on("error", () => this.drop(down));
-      down.on("close", () => this.drop(down));
-      if (this.mode === "black hole") return;   // accepted, never forwarded
-      const up = net.connect(upstream, "127.0.0.1");
-      this.sockets.add(up);
-      down.pipe(up);
-      up.pipe(down);
-      const kill = () => { this.drop(down); this.drop(up); };
-      for (const socket of [down, up]) { socket.on("error", kill); socket.on("close", kill); }
-    });
-  }
-
-  async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    this.port = (this.server.address() as net.AddressInfo).port;
-    return this;
-  }
-
-  private drop(socket: net.Socket) {
-    socket.destroy();
-    this.sockets.delete(socket);
-  }
-
-  /** Drop every connection: both sockets closed (FIN), or reset (RST). */
-  cut(how: "close" | "reset" = "close") {
-    for (const socket of this.sockets) {
-      if (how === "reset") socket.resetAndDestroy();
-      else socket.destroy();
-    }
-    this.sockets.clear();
-  }
-
-  /** Refuse new connections (ECONNREFUSED) and drop the open ones. */
-  async stop() {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.cut();
-    await closed;
-  }
-}
-
 const proxies: Proxy[] = [];
 async function proxied(): Promise<{ proxy: Proxy; client: LearningEngineClient }> {
-  const proxy = await new Proxy().start();
+  const proxy = await new Proxy(upstream).start();
   proxies.push(proxy);
   return { proxy, client: createLearningEngineClient({ baseUrl: `http://127.0.0.1:${proxy.port}` }) };
 }

@@ -10,7 +10,6 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import net from "node:net";
 import { join } from "node:path";
 import { after, test } from "node:test";
 
@@ -23,6 +22,7 @@ import {
   type WatchResume,
   watchLoraStatus,
 } from "../src/index.js";
+import { Proxy } from "./proxy.js";
 
 const mode = process.env.TLS_MODE;
 const port = process.env.TLS_PORT;
@@ -97,55 +97,6 @@ async function watchEndsAtOnce(tls: TlsOptions | undefined): Promise<ConnectErro
   throw new Error("the watch ended without an error");
 }
 
-type ProxyMode = "forward" | "close at once";
-
-/** A TCP proxy to the TLS port (the TLS handshake goes through it): `cut` drops every connection through it. */
-class Proxy {
-  private readonly sockets = new Set<net.Socket>();
-  private readonly server: net.Server;
-  mode: ProxyMode = "forward";
-  port = 0;
-
-  constructor() {
-    this.server = net.createServer((down) => {
-      this.sockets.add(down);
-      down.on("error", () => this.drop(down));
-      down.on("close", () => this.drop(down));
-      if (this.mode === "close at once") {   // accepted, then closed before the TLS handshake
-        this.drop(down);
-        return;
-      }
-      const up = net.connect(Number(port), "127.0.0.1");
-      this.sockets.add(up);
-      down.pipe(up);
-      up.pipe(down);
-      const kill = () => { this.drop(down); this.drop(up); };
-      for (const socket of [down, up]) { socket.on("error", kill); socket.on("close", kill); }
-    });
-  }
-
-  async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    this.port = (this.server.address() as net.AddressInfo).port;
-    return this;
-  }
-
-  private drop(socket: net.Socket) {
-    socket.destroy();
-    this.sockets.delete(socket);
-  }
-
-  cut() {
-    for (const socket of this.sockets) socket.destroy();
-    this.sockets.clear();
-  }
-
-  async stop() {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.cut();
-    await closed;
-  }
-}
 const proxies: Proxy[] = [];
 after(async () => {
   for (const proxy of proxies) await proxy.stop().catch(() => {});
@@ -261,7 +212,7 @@ if (mode === "tls") {
   });
 
   test("mTLS: a broken TLS connection is still a lost one: the watch resumes", async () => {
-    const proxy = await new Proxy().start();
+    const proxy = await new Proxy(Number(port)).start();
     proxies.push(proxy);
     // "localhost" is the name the certificate holds; the proxy listens on 127.0.0.1, which it holds too.
     const client = createLearningEngineClient({ baseUrl: `https://127.0.0.1:${proxy.port}`, tls: mine });
