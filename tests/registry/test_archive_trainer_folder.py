@@ -4,33 +4,20 @@ same folder, leaves them out. They are dropped unread; pickles among them are st
 
 from __future__ import annotations
 
-import gzip
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from engine.errors import InvalidArgument
 from engine.registry.archive import unpack_archive
-
-
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue())
-
+from tests.fixtures.peft_adapters import tar_gz
 
 ADAPTER = {"out/adapter_config.json": b'{"peft_type": "LORA"}', "out/adapter_model.safetensors": b"weights"}
 
 
 def test_a_trainers_folder_keeps_the_adapter_and_drops_the_rest(tmp_path: Path) -> None:
     upload = tmp_path / "upload.tar.gz"
-    upload.write_bytes(_tar_gz({**ADAPTER, "out/tokenizer.json": b"{}", "out/README.md": b"# notes",
+    upload.write_bytes(tar_gz({**ADAPTER, "out/tokenizer.json": b"{}", "out/README.md": b"# notes",
                                 "out/training_args.json": b"{}",
                                 "out/checkpoint-10/adapter_model.safetensors": b"an earlier step"}))
     dest = unpack_archive(upload, tmp_path / "peft")
@@ -40,7 +27,7 @@ def test_a_trainers_folder_keeps_the_adapter_and_drops_the_rest(tmp_path: Path) 
 
 def test_pickled_weights_beside_it_are_still_refused(tmp_path: Path) -> None:
     upload = tmp_path / "upload.tar.gz"
-    upload.write_bytes(_tar_gz({**ADAPTER, "out/training_args.bin": b"pickle"}))
+    upload.write_bytes(tar_gz({**ADAPTER, "out/training_args.bin": b"pickle"}))
     with pytest.raises(InvalidArgument) as err:
         unpack_archive(upload, tmp_path / "peft")
     assert err.value.reason == "PICKLED_WEIGHTS"
