@@ -245,13 +245,13 @@ class OnlineServing:
         ended: Noticed | Warned
         if settled.alias_state is AliasState.KEPT:
             ended = Noticed(ALIAS_KEPT, f"the live alias {alias!r} keeps serving {version} now that the "
-                                               "session has ended, until an operator moves it (MoveLiveAlias) or "
-                                               "removes it (RemoveLiveAlias)")
+                                        "session has ended, until an operator moves it (MoveLiveAlias) or "
+                                        "removes it (RemoveLiveAlias)")
         else:
             published = len(job.output.publications)
             ended = Warned(ALIAS_ENDED, f"the live alias {alias!r} ended with the session: no publication of "
-                                               f"it passed the gate ({published} published), so it served only the "
-                                               f"start version {job.spec.start_version}; it is no longer routed")
+                                        f"it passed the gate ({published} published), so it served only the "
+                                        f"start version {job.spec.start_version}; it is no longer routed")
         # the verdicts the session's worker did not see before it ended (a publication just before the stop)
         verdicts = untold_verdicts(job.output, settled)
         await self._sessions.note(job.id, *verdicts, ended, output=told(job.output, verdicts) if verdicts else None)

@@ -237,12 +237,13 @@ class GateJudged:
 
 def untold_verdicts(output: OnlineOutput, controls: Controls) -> tuple[GateJudged, ...]:
     """The verdicts on the session's publications that no event has told yet, in the order they were published."""
-    told = set(output.verdicts_told)
+    already = set(output.verdicts_told)
     return tuple(GateJudged(p.version, verdict) for p in output.publications
-                 if p.version not in told and (verdict := controls.gate(p.version)) is not None)
+                 if p.version not in already and (verdict := controls.gate(p.version)) is not None)
 
 
 def told(output: OnlineOutput, judged: Sequence[GateJudged]) -> OnlineOutput:
+    """``output`` with the verdicts of ``judged`` recorded as told (untold_verdicts leaves them out from then on)."""
     return replace(output, verdicts_told=output.verdicts_told + tuple(j.version for j in judged))
 
 
