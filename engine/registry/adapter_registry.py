@@ -40,6 +40,7 @@ from pathlib import Path
 from engine import json_input
 from engine.domain import DataSource, Pin
 from engine.errors import (
+    AlreadyExists,
     DataLoss,
     FailedPrecondition,
     FieldViolation,
@@ -186,15 +187,17 @@ class AdapterRegistry:
         """Store a PEFT directory as the next version of its base model (see engine.registry.publishing)."""
         base_model, parent = request.base_model, request.parent
         check_base_model_id(base_model)
-        if request.request_id:  # a retried request: the version it published
-            existing = await self._index.by_request_id(base_model, request.request_id)
-            if existing is not None:
-                return existing
+        existing = await self._index.by_request_id(base_model, request.request_id) if request.request_id else None
+        if existing is not None and request.fence is not None:
+            return existing  # a job's own result published again (a retry, or a worker that took the job over)
         work = await asyncio.to_thread(self._workdir)
         try:
             lora = await asyncio.to_thread(peft_checks.read_lora_config, request.adapter_dir)
             archive_path = work / ARCHIVE_NAME
             sha256, size = await asyncio.to_thread(archive.pack_adapter, request.adapter_dir, archive_path)
+            if existing is not None:  # a client's retry: the version it published, if it asks for the same
+                _check_same_publish(existing, request, sha256)
+                return existing
             model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
             base_digest = await asyncio.to_thread(peft_checks.base_model_digest, model_dir)
             same_line = (
@@ -257,10 +260,6 @@ class AdapterRegistry:
         serving engine loads alike (peft_checks.normalise_for_serving), and only if the serving engine (the
         registry's ``serving_limits``) can load it."""
         model_dir = await self.import_base_model_dir(base_model)
-        if request_id:
-            existing = await self._index.by_request_id(base_model, request_id)
-            if existing is not None:
-                return existing
         if expected_sha256:
             actual = await asyncio.to_thread(archive.sha256_file, upload)
             if actual != expected_sha256.lower():
@@ -421,3 +420,20 @@ def _decode_token(token: str) -> Cursor:
         return cursor_time(created), cursor_text(base_model), cursor_int(major), cursor_int(minor), cursor_int(patch)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise invalid_page_token() from exc
+
+
+def _check_same_publish(existing: AdapterRecord, request: PublishRequest, sha256: str) -> None:
+    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``request`` asks for what ``existing``, the version its request_id
+    published, was published from: the same adapter (its canonical archive's sha256), parent and labels. A client
+    that reuses a request id for another adapter would otherwise be told the earlier version was its new one."""
+    differs = [what for what, same in (
+        ("adapter", existing.sha256 == sha256),
+        ("parent", existing.parent_version == (request.parent.version if request.parent else "")),
+        ("labels", sorted(map(tuple, existing.labels)) == sorted(map(tuple, request.labels))),
+    ) if not same]
+    if differs:
+        raise AlreadyExists(
+            "REQUEST_ID_REUSED", f"request_id {request.request_id!r} was used for another publish ({existing.version}, "
+                                 f"whose {', '.join(differs)} differ): use a new request_id for a new version",
+            metadata={"request_id": request.request_id, "version": existing.version},
+        )

@@ -257,6 +257,14 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
     # v1.0 targets q/v/gate, this one q/v: a LoRA shape change starts a new major line.
     assert first.version == second.version == "v2.0" and first.request_id == "imp-1"
     assert first.parent_version == "v1.0"
+    # The same request_id with another adapter, or other labels, is not a retry: refused, nothing registered.
+    for data, metadata in ((tar_dir(peft_dirs[2]), {"parent_version": "v1.0"}),
+                           (tar_dir(peft_dirs[1]), {"parent_version": "v1.0", "labels": {"team": "x"}})):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await import_archive(stub, data, request_id="imp-1", **metadata)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
+        info, _ = error_details(err.value)
+        assert info.reason == "REQUEST_ID_REUSED" and info.metadata["version"] == "v2.0", err.value.details()
     child = await import_archive(stub, tar_dir(peft_dirs[2]), parent_version="v2.0")
     assert child.version == "v2.1"
     listed = (await stub.ListAdapters(pb.ListAdaptersRequest())).adapters
