@@ -313,15 +313,11 @@ class AdapterRegistry:
         number = parse_version(version)
         try:
             async with self._index.deleting(base_model, number) as record:
-                protected = await self._serving.protected_versions(base_model)
-                if record.version in protected:
+                what = (await self._serving.protected_versions(base_model)).get(record.version)
+                if what is not None:
                     raise FailedPrecondition(
                         "ADAPTER_PROTECTED",
-                        f"{base_model} {record.version} is active, the known-good rollback target, being activated, "
-                        "the candidate of a traffic split in force (a canary), or relied on by an online session "
-                        "(served by its live alias, or the start version or latest publication of one not ended); "
-                        "promote or roll back to another version, end the split, move or remove the alias, or stop "
-                        "the session, first",
+                        f"{base_model} {record.version} cannot be deleted: it is {what}",
                         metadata={"base_model": base_model, "version": record.version},
                     )
                 await self._store.probe()  # a store that is down now fails the delete before the tombstone
@@ -358,7 +354,7 @@ class AdapterRegistry:
             records.extend(page)
             if not token:
                 break
-        protected = (await self._serving.protected_versions(base_model)
+        protected = (set(await self._serving.protected_versions(base_model))
                      | await self._index.continued_versions(base_model))
         kept = [r.version for i, r in enumerate(records) if i < keep or r.version in protected]
         doomed = [r.version for r in records if r.version not in kept]

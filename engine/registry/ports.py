@@ -78,6 +78,14 @@ class ServingRole(enum.StrEnum):
     KNOWN_GOOD = "KNOWN_GOOD"
 
 
+# What a version in a role is and what frees it, as a refused delete says it (ServingState.protected_versions).
+ROLE_PROTECTION = {
+    ServingRole.ACTIVE: "active; activate another version, or roll back, first",
+    ServingRole.KNOWN_GOOD: "the known-good rollback target; activate another version as known-good "
+                            "(mark_known_good) first",
+}
+
+
 class ServingState(Protocol):
     """The versions the serving side relies on: active and known-good per base model, and those online sessions'
     live aliases serve.
@@ -86,10 +94,11 @@ class ServingState(Protocol):
     refuse deleting or pruning those versions.
     """
 
-    async def protected_versions(self, base_model: str) -> set[str]:
+    async def protected_versions(self, base_model: str) -> dict[str, str]:
         """Versions of ``base_model`` that are active, the known-good rollback target, being activated (a pending
         version), the candidate of a traffic split in force (a canary), or relied on by an online session: served by
-        a live alias, or the start version or latest publication of a session not ended."""
+        a live alias, or the start version or latest publication of a session not ended; each with what it is and what
+        frees it, as a refused delete says it (a role's first)."""
         ...
 
 

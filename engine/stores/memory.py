@@ -27,7 +27,7 @@ from engine.domain import Pin
 from engine.errors import Aborted, DataLoss, NotFound
 from engine.jobs.core import Control, Job, JobEvent, JobState, shown_state
 from engine.jobs.ports import Claim, JobExecutor, Lease, QueueAttempt, lease_lost, queue_attempt
-from engine.registry.ports import Cursor, ServingRole
+from engine.registry.ports import ROLE_PROTECTION, Cursor, ServingRole
 from engine.registry.records import AdapterRecord, VersionNumber, next_number, reservation_lost, version_not_found
 
 S = TypeVar("S")
@@ -374,8 +374,8 @@ class InMemoryServingState:
     def __init__(self) -> None:
         self.versions: dict[tuple[str, ServingRole], str] = {}
 
-    async def protected_versions(self, base_model: str) -> set[str]:
-        return {v for (model, _), v in self.versions.items() if model == base_model}
+    async def protected_versions(self, base_model: str) -> dict[str, str]:
+        return {v: ROLE_PROTECTION[role] for (model, role), v in self.versions.items() if model == base_model}
 
 
 class InMemoryFisherSnapshots:

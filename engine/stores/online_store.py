@@ -268,18 +268,32 @@ class PostgresOnlineStore:
             f" FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
         return {r["version"] for r in rows if r["version"]}
 
-    async def protected_versions(self, base_model: str) -> builtins.set[str]:
-        """The versions of ``base_model`` online sessions rely on, which must stay published: those their live
-        aliases serve (``routed_versions``), and, for each session that has not ended, its start version (a worker
-        that takes it over or resumes it loads that version) and its latest publication (its next one's parent).
-        Controls whose job is not stored yet are a session being created: its start version counts."""
+    async def protected_versions(self, base_model: str) -> dict[str, str]:
+        """The versions of ``base_model`` online sessions rely on, which must stay published, each with what it is
+        to which session: those their live aliases serve (``routed_versions``), and, for each session that has not
+        ended, its start version (a worker that takes it over or resumes it loads that version) and its latest
+        publication (its next one's parent). Controls whose job is not stored yet are a session being created: its
+        start version counts."""
         rows = await self._statements.fetch(
-            "SELECT c.start_version, j.doc -> 'output' -> 'publications' -> -1 ->> 'version' AS latest"
+            "SELECT c.session_id, c.start_version, j.doc -> 'output' -> 'publications' -> -1 ->> 'version' AS latest"
             " FROM online_controls c LEFT JOIN jobs j ON j.id = c.session_id"
             " WHERE c.base_model = $1 AND (j.id IS NULL OR j.state <> ALL($2::text[]))",
             base_model, [s.value for s in JobState if s.terminal])
-        working = {v for r in rows for v in (r["start_version"], r["latest"]) if v}
-        return working | await self.routed_versions(base_model)
+        routed = await self._statements.fetch(
+            f"SELECT session_id, live_alias, CASE WHEN alias_version = '' THEN start_version ELSE alias_version END"
+            f" AS version FROM online_controls WHERE base_model = $1 AND {_ROUTED}", base_model)
+        protected: dict[str, str] = {}
+        for r in rows:
+            session = f"online session onlineSessions/{r['session_id']}"
+            if r["start_version"]:
+                protected[r["start_version"]] = f"the start version of {session}, which has not ended; stop it first"
+            if r["latest"]:
+                protected[r["latest"]] = f"the latest publication of {session}, which has not ended; stop it first"
+        for r in routed:
+            if r["version"]:
+                protected[r["version"]] = (f"served by the live alias {r['live_alias']!r} of online session "
+                                           f"onlineSessions/{r['session_id']}; move or remove the alias first")
+        return protected
 
     async def end_alias(self, session_id: str, *, untouched_for: float = 0.0) -> Controls | None:
         """Settle the alias of a session that ended: KEPT on the version it serves when one was chosen for it (a

@@ -18,7 +18,7 @@ from typing import Protocol
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from engine.registry.ports import ServingRole
+from engine.registry.ports import ROLE_PROTECTION, ServingRole
 from engine.registry.records import VersionNumber, parse_version, version_not_found
 from engine.stores.adapter_index import published_and_held
 from engine.stores.postgres import acquired
@@ -26,8 +26,10 @@ from engine.stores.postgres import acquired
 # What LoraControl serves besides the roles: an activation under way (its pending version, loaded and being checked)
 # and a traffic split in force (its candidate takes a share of the traffic; a canary's may become active).
 _SERVED_BESIDES = (
-    "SELECT pending_version AS version FROM lora_targets WHERE base_model = $1 AND pending_version <> ''"
-    " UNION SELECT s.candidate_version FROM lora_traffic_splits s JOIN lora_targets t ON t.target = s.target"
+    "SELECT pending_version AS version, 'being activated; wait for the activation to end first' AS what"
+    " FROM lora_targets WHERE base_model = $1 AND pending_version <> ''"
+    " UNION SELECT s.candidate_version, 'the candidate of a traffic split in force (a canary); end the split first'"
+    " FROM lora_traffic_splits s JOIN lora_targets t ON t.target = s.target"
     " WHERE t.base_model = $1 AND s.end_time IS NULL"
 )
 
@@ -35,7 +37,7 @@ _SERVED_BESIDES = (
 class SessionVersions(Protocol):
     """The versions online sessions rely on (engine.stores.online_store.PostgresOnlineStore)."""
 
-    async def protected_versions(self, base_model: str) -> set[str]: ...
+    async def protected_versions(self, base_model: str) -> dict[str, str]: ...
 
 
 class PostgresServingState:
@@ -45,11 +47,14 @@ class PostgresServingState:
         self._pool = pool
         self._sessions = sessions  # what online sessions rely on: protected too
 
-    async def protected_versions(self, base_model: str) -> set[str]:
-        relied_on = await self._sessions.protected_versions(base_model) if self._sessions is not None else set()
+    async def protected_versions(self, base_model: str) -> dict[str, str]:
+        """(engine.registry.ports.ServingState) A version with several of these is said by its role first, then by
+        what LoraControl serves it as, then by the session relying on it."""
+        protected = dict(await self._sessions.protected_versions(base_model)) if self._sessions is not None else {}
         async with acquired(self._pool) as conn:
-            served = {r["version"] for r in await conn.fetch(_SERVED_BESIDES, base_model)}
-        return set((await self.versions(base_model)).values()) | served | relied_on
+            protected |= {r["version"]: r["what"] for r in await conn.fetch(_SERVED_BESIDES, base_model)}
+        roles = await self.versions(base_model)
+        return protected | {version: ROLE_PROTECTION[role] for role, version in roles.items()}
 
     async def versions(self, base_model: str) -> dict[ServingRole, str]:
         async with acquired(self._pool) as conn:

@@ -36,15 +36,19 @@ async def test_a_running_session_protects_its_start_version_and_latest_publicati
                                                    patch=True))
     store, jobs = PostgresOnlineStore(pool), PostgresJobStore(pool, ONLINE_SESSION)
     await store.create("s1", 1e-3, base_model=TINY, start_version=start.version)  # no live alias
-    assert await store.protected_versions(TINY) == {start.version}  # its job not stored yet: being created
+    protected = await store.protected_versions(TINY)  # its job not stored yet: being created
+    assert protected == {start.version: "the start version of online session onlineSessions/s1, which has not ended;"
+                                        " stop it first"}
     assert await store.routed_versions(TINY) == set()  # nothing routed: LoraControl may unload what it likes
 
     job = await jobs.insert_job(_job("s1", start.version, first.version, latest.version))
-    assert await store.protected_versions(TINY) == {start.version, latest.version}
-    assert await store.protected_versions("other-model") == set()
+    assert set(await store.protected_versions(TINY)) == {start.version, latest.version}
+    assert "latest publication of online session onlineSessions/s1" in (await store.protected_versions(TINY))[
+        latest.version]
+    assert await store.protected_versions("other-model") == {}
 
     await jobs.write(replace(job, state=JobState.CANCELLED), [], None)
-    assert await store.protected_versions(TINY) == set()
+    assert await store.protected_versions(TINY) == {}
 
 
 async def test_an_alias_an_ended_session_kept_still_protects_its_version(
@@ -60,7 +64,8 @@ async def test_an_alias_an_ended_session_kept_still_protects_its_version(
     await store.move_alias("s1", child.version)
     await jobs.write(replace(job, state=JobState.CANCELLED), [], None)
     await store.end_alias("s1")
-    assert await store.protected_versions(TINY) == {child.version} == await store.routed_versions(TINY)
+    assert set(await store.protected_versions(TINY)) == {child.version} == await store.routed_versions(TINY)
+    assert "move or remove the alias first" in (await store.protected_versions(TINY))[child.version]
 
 
 async def test_retention_keeps_a_running_sessions_start_version_though_it_has_no_live_alias(
@@ -84,5 +89,5 @@ async def test_a_session_created_without_a_start_version_holds_none(pool) -> Non
     without one once failed on a query argument it had no placeholder for."""
     store = PostgresOnlineStore(pool)
     await store.create("s0", 1e-3, base_model=TINY)
-    assert await store.protected_versions(TINY) == set()
+    assert await store.protected_versions(TINY) == {}
     assert await store.feedback_through("s0") is None

@@ -169,10 +169,11 @@ async def test_delete_is_refused_for_protected_versions_and_leaves_a_tombstone(r
     serving = PostgresServingState(pool)
     await serving.set_version(TINY, ServingRole.ACTIVE, "v1.2")
     await serving.set_version(TINY, ServingRole.KNOWN_GOOD, "v1.0")
-    for version in ("v1.0", "v1.2"):
+    for version, what in (("v1.0", "the known-good rollback target"), ("v1.2", "active")):
         with pytest.raises(FailedPrecondition) as err:
             await registry.delete(TINY, version)
         assert err.value.reason == "ADAPTER_PROTECTED"
+        assert f"{TINY} {version} cannot be deleted: it is {what};" in err.value.message  # and what frees it
     await registry.delete(TINY, "v1.1")
     assert not await store.exists(v11.archive_key) and not await store.exists(v11.manifest_key)
     with pytest.raises(NotFound):
