@@ -138,6 +138,20 @@ def test_update_changes_the_training_template_as_it_stands(monkeypatch: pytest.M
     assert "--force applies to --from-feedback" in json.loads(result.stdout)["error"]["message"]
 
 
+def test_update_replaces_or_drops_the_feedback_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, fake = invoke(monkeypatch, "update", "taught", "--feedback-label", "team=b", "--feedback-label", "tier=1")
+    assert result.exit_code == 0, result.output
+    ((sent, _),) = fake.sent
+    assert dict(sent.training.feedback.labels) == {"team": "b", "tier": "1"}  # replaced, not merged
+    assert sent.training.feedback.adapter_version == "v1.0"
+
+    result, fake = invoke(monkeypatch, "update", "taught", "--feedback-label", "", "--feedback-adapter", "")
+    assert result.exit_code == 0, result.output
+    ((sent, mask),) = fake.sent
+    assert mask == ["training"] and dict(sent.training.feedback.labels) == {}, sent.training.feedback
+    assert sent.training.feedback.adapter_version == "" and sent.training.feedback.days == 7
+
+
 def test_update_replaces_the_triggers_of_the_kinds_given(monkeypatch: pytest.MonkeyPatch) -> None:
     result, fake = invoke(monkeypatch, "update", "taught", "--on-negative", "3", "--on-drift", "--drift-threshold",
                           "0.4")

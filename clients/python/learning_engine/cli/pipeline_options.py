@@ -18,7 +18,7 @@ from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import Options, fail
-from learning_engine.cli.datasets import MIN_SAMPLES, dataset_name, feedback_dataset
+from learning_engine.cli.datasets import FEEDBACK_LABELS, MIN_SAMPLES, dataset_name, feedback_dataset
 from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import CANARY_OPTIONS, canary_policy
 
@@ -56,6 +56,10 @@ def _changed(option: Any, *decls: str, **attributes: Any) -> Any:
 def unset(option: Any, *decls: str) -> Any:
     """``option`` as `pipelines update` takes it: None when not given (the pipeline keeps what it has)."""
     return _changed(option, *decls, default=None, show_default=False)
+
+
+UPDATE_FEEDBACK_LABELS = _changed(FEEDBACK_LABELS, help=f"{FEEDBACK_LABELS.help} Replaces the pipeline's; '' (alone) "
+                                  "removes them.")
 
 
 PIPELINE_MIN_SAMPLES = _changed(MIN_SAMPLES, max=_UINT32_MAX)
@@ -213,7 +217,8 @@ def _training(opts: Options, given: Given, current: training.TrainingJobSpec) ->
         opts, days, given.min_samples if given.min_samples is not None else kept.min_samples or MIN_SAMPLES.default,
         given.force if given.force is not None else kept.force, thumbs_up_weight=weights[0],
         thumbs_down_weight=weights[1],
-        labels=given.feedback_label or [f"{key}={value}" for key, value in kept.labels.items()],
+        labels=[f"{key}={value}" for key, value in kept.labels.items()] if given.feedback_label is None
+        else [pair for pair in given.feedback_label if pair],  # --feedback-label '' (alone) removes them all
         adapter_version=given.feedback_adapter if given.feedback_adapter is not None else kept.adapter_version)
     if feedback is not None:
         spec.feedback.CopyFrom(feedback)
