@@ -348,10 +348,23 @@ class PipelineRunner:
     async def cancelled_while_idle(self, job: PipelineRun,
                                    events: Sequence[JobEvent]) -> IdleCancel[PipelineRunOutput]:
         """The job core's hook (engine.jobs.context.CancelHook) for a run cancelled with none of it running: paused,
-        queued again after its worker stopped, or stopping. A canary it started is aborted as a running run's is,
-        lest the policy promote the version of a run that was cancelled. The abort works while the serving engine
-        is unreachable; should it fail all the same (the database), the run's log says so and the canary goes on
-        until its policy decides it or someone aborts it."""
+        queued again after its worker stopped, or stopping. The stage it had begun ends CANCELLED, as a running
+        run's does. A canary it started is aborted as a running run's is, lest the policy promote the version of a
+        run that was cancelled. The abort works while the serving engine is unreachable; should it fail all the
+        same (the database), the run's log says so and the canary goes on until its policy decides it or someone
+        aborts it."""
+        canary = await self._canary_cancelled(job)
+        begun = next(((e.payload.stage, e.time) for e in reversed(events) if isinstance(e.payload, StageStarted)),
+                     None)
+        if begun is None or job.output.ended(begun[0]) is not None:
+            return canary
+        result = StageResult(begun[0], StageState.CANCELLED, "the run was cancelled while none of it was running",
+                             begun[1], datetime.now(UTC))
+        output = canary.output or job.output
+        return IdleCancel([*canary.notes, StageEnded(result)], output=replace(output, stages=(*output.stages, result)))
+
+    async def _canary_cancelled(self, job: PipelineRun) -> IdleCancel[PipelineRunOutput]:
+        """What cancelling ``job``, none of it running, made of a canary it started."""
         version = job.output.version
         if job.output.rollout != "CANARY" or not version:  # no canary started (or it was decided before the stop)
             return IdleCancel()

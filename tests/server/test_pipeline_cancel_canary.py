@@ -72,7 +72,11 @@ async def test_a_run_cancelled_while_paused_aborts_its_canary_and_only_its_own(m
 
     # ... a cancel does not: the run is not coming back for it, and its version must not be promoted.
     await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=name))
-    assert (await _state(client, name, common.JOB_STATE_CANCELLED)).rollout == "ABORTED"  # it read CANARY
+    ended = await _state(client, name, common.JOB_STATE_CANCELLED)
+    assert ended.rollout == "ABORTED"  # it read CANARY
+    # the stage it had begun ended with it, as a running run's does
+    assert (ended.stages[-1].stage, ended.stages[-1].state) == (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_CANCELLED)
+    assert [s.stage for s in ended.stages].count(pp.PIPELINE_STAGE_ROLLOUT) == 1, ended.stages
     st = await status(client)
     assert not st.HasField("traffic_split"), st.traffic_split
     assert (st.last_canary.version, st.last_canary.decision) == (mine, lc.CANARY_DECISION_ABORTED)
@@ -112,7 +116,8 @@ async def test_a_run_cancelled_once_its_worker_stopped_aborts_its_canary(make_se
     assert (await status(client)).traffic_split.candidate_version == mine
 
     await pipelines(client).CancelPipelineRun(pp.CancelPipelineRunRequest(name=name))
-    await _state(client, name, common.JOB_STATE_CANCELLED)
+    ended = await _state(client, name, common.JOB_STATE_CANCELLED)
+    assert (ended.stages[-1].stage, ended.stages[-1].state) == (pp.PIPELINE_STAGE_ROLLOUT, pp.STAGE_STATE_CANCELLED)
     st = await status(client)
     assert not st.HasField("traffic_split"), st.traffic_split
     assert (st.last_canary.version, st.last_canary.decision) == (mine, lc.CANARY_DECISION_ABORTED)
