@@ -27,12 +27,14 @@ async def test_traffic_split_and_canary_commands(make_server, adapters: list[Pat
         assert imported.out.strip() == f"imported {TINY} {version}", imported.err
     assert (await cli(port, "deploy", "v1.0", "--known-good")).code == 0
 
-    split = await cli(port, "traffic", "split", "v2.0", "--share", "0.3", "--reason", "A/B")
+    split = await cli(port, "--actor", "alice@example.com", "traffic", "split", "v2.0", "--share", "0.3", "--reason",
+                      "A/B")
     assert split.code == 0, split.err
     assert split.out.startswith("manual split: 30.0% of 'active' to v2.0, the rest to v1.0; since ")
     assert "candidate" in split.out and "mean latency" in split.out
     shown = json.loads((await cli(port, "--json", "canary", "status")).out)
     assert shown["traffic_split"]["kind"] == "TRAFFIC_SPLIT_KIND_MANUAL" and shown["traffic_split"]["share"] == 0.3
+    assert shown["traffic_split"]["actor"] == "alice@example.com"  # --actor: who asked, with no auth on
     refused = await cli(port, "canary", "start", "v2.0")
     assert refused.code == 9 and "TRAFFIC_SPLIT_RUNNING" in refused.err
     ended = await cli(port, "traffic", "split", "--share", "0")

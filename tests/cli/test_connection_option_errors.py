@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from learning_engine.connection import Connection
 from server import access, roles
 from server.settings import AuthToken
 from tests.cli.test_cli_e2e import cli as cli_at
@@ -48,3 +49,14 @@ async def test_a_token_read_from_a_file_authenticates(make_memory_server) -> Non
     listed = await cli_at(port, "--json", "jobs", "list", token=f"{TOKEN}\n")
     assert listed.code == 0 and "Traceback" not in listed.err, listed.err
     assert (await cli_at(port, "jobs", "list", token="wrong\n")).code == 16  # UNAUTHENTICATED, as before
+
+
+def test_an_actor_no_header_can_carry_is_a_usage_error() -> None:
+    line = one_line_error(cli("--actor", "Zoë", "status"), 3, "USAGE")
+    assert "--actor (or LEARNING_ENGINE_ACTOR): the actor holds U+00EB at position 2" in line, line
+
+
+def test_the_actor_is_sent_as_the_x_actor_header() -> None:
+    assert Connection(token="t", actor=" alice@example.com\n").metadata() == (
+        ("authorization", "Bearer t"), ("x-actor", "alice@example.com"))
+    assert Connection(actor="  ").metadata() == ()

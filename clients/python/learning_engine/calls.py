@@ -149,6 +149,7 @@ class Calls:
         target: str = DEFAULT_TARGET,
         *,
         token: str | None = None,
+        actor: str | None = None,
         tls: TlsConfig | None = None,
         timeout: float | None = 30.0,
         operation_timeout: float | None = None,
@@ -161,7 +162,7 @@ class Calls:
         # run the gate and drain: minutes for a small model on a CPU. They run to their end on the server whether
         # or not the caller waits, so by default the caller waits as long as they take.
         self.operation_timeout = check_timeout(operation_timeout, "operation_timeout")
-        self.connection = Connection(target, token, tls, tuple(channel_options))
+        self.connection = Connection(target, token, tls, tuple(channel_options), actor)
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay = reconnect_delay
         self._channel = self.connection.open()

@@ -58,30 +58,47 @@ def bearer_token(token: str | None) -> str | None:
     ends with a newline), None when nothing is left. One holding a character a gRPC header value cannot carry (a
     control character, anything but printable ASCII) raises ValueError, which names the character, never the
     token: gRPC would fail every call with an internal error."""
-    if token is None:
+    return header_value(token, "the token", "a bearer token")
+
+
+def header_value(value: str | None, the: str, what: str) -> str | None:
+    """``value`` stripped, None when nothing is left; ValueError (naming the character, not the value) for one a
+    gRPC header value cannot carry, anything but printable ASCII."""
+    if value is None:
         return None
-    token = token.strip()
-    for position, char in enumerate(token):
+    value = value.strip()
+    for position, char in enumerate(value):
         if not " " <= char <= "~":
-            raise ValueError(f"the token holds U+{ord(char):04X} at position {position}: a bearer token is printable "
-                             "ASCII (a header value cannot carry it)")
-    return token or None
+            raise ValueError(f"{the} holds U+{ord(char):04X} at position {position}: {what} is printable ASCII (a "
+                             "header value cannot carry it)")
+    return value or None
+
+
+def actor_name(actor: str | None) -> str | None:
+    """``actor`` as the ``x-actor`` header carries it (:func:`header_value`). The server records it as who asked for
+    a serving operation (activate, rollback, canaries, splits) when it has no authenticated principal; with auth on,
+    the principal is recorded instead."""
+    return header_value(actor, "the actor", "an actor name")
 
 
 @dataclass(frozen=True)
 class Connection:
-    """``token`` is checked and stripped as :func:`bearer_token` says (ValueError for one no header can carry)."""
+    """``token`` and ``actor`` are checked and stripped as :func:`bearer_token` and :func:`actor_name` say
+    (ValueError for one no header can carry)."""
 
     target: str = DEFAULT_TARGET
     token: str | None = None
     tls: TlsConfig | None = None
     options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+    actor: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token", bearer_token(self.token))
+        object.__setattr__(self, "actor", actor_name(self.actor))
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return ((("authorization", f"Bearer {self.token}"),) if self.token else ()) + (
+            (("x-actor", self.actor),) if self.actor else ())
 
     def open(self) -> grpc.aio.Channel:
         options = list(_DEFAULT_OPTIONS) + list(self.options)

@@ -29,6 +29,7 @@ class Client(SyncJobCalls, SyncServingCalls, SyncDataCalls):
         target: str = DEFAULT_TARGET,
         *,
         token: str | None = None,
+        actor: str | None = None,
         tls: TlsConfig | None = None,
         timeout: float | None = 30.0,
         operation_timeout: float | None = None,
@@ -42,6 +43,7 @@ class Client(SyncJobCalls, SyncServingCalls, SyncDataCalls):
                 lambda: AsyncClient(
                     target,
                     token=token,
+                    actor=actor,
                     tls=tls,
                     timeout=timeout,
                     operation_timeout=operation_timeout,

@@ -34,7 +34,7 @@ from learning_engine.cli import (
     snapshots,
 )
 from learning_engine.cli.common import Options, fail, tls_from
-from learning_engine.connection import DEFAULT_TARGET, bearer_token
+from learning_engine.connection import DEFAULT_TARGET, actor_name, bearer_token
 
 app = typer.Typer(
     name="learning-engine",
@@ -53,6 +53,11 @@ def connection(
     ),
     token: str = typer.Option(
         None, "--token", envvar="LEARNING_ENGINE_TOKEN", help="Bearer token.", show_default=False
+    ),
+    actor: str = typer.Option(
+        None, "--actor", envvar="LEARNING_ENGINE_ACTOR", show_default=False,
+        help="Who asks, recorded on serving operations (deploy, rollback, canaries, splits) by a server without auth "
+        "(with auth, the token's principal is; without either, the connection's address).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
     timeout: float = typer.Option(30.0, "--timeout", help="Deadline in seconds (above 0) for each unary call but the "
@@ -76,6 +81,11 @@ def connection(
         opts.token = bearer_token(token)  # stripped: a token read from a file ends with a newline
     except ValueError as exc:
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--token (or LEARNING_ENGINE_TOKEN): {exc}",
+             reason=ERROR_REASON_USAGE)
+    try:
+        opts.actor = actor_name(actor)
+    except ValueError as exc:
+        fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--actor (or LEARNING_ENGINE_ACTOR): {exc}",
              reason=ERROR_REASON_USAGE)
     try:
         check_timeout(timeout, "--timeout")

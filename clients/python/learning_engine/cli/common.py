@@ -39,9 +39,10 @@ class Options:
     json: bool
     timeout: float
     tls: TlsConfig | None
+    actor: str | None = None
 
     def client(self) -> AsyncClient:
-        return AsyncClient(self.target, token=self.token, tls=self.tls, timeout=self.timeout)
+        return AsyncClient(self.target, token=self.token, actor=self.actor, tls=self.tls, timeout=self.timeout)
 
 
 def options(ctx: typer.Context) -> Options:
