@@ -53,7 +53,7 @@ async def test_npm_test_against_a_live_server(client):
     _ensure_node_modules()
     code, output = await _run("npm", "test", env=env, timeout=240)
     assert code == 0, f"npm test failed:\n{output}"
-    assert "# pass 18" in output and "# fail 0" in output, output
+    assert "# pass 25" in output and "# fail 0" in output, output
 
 
 @pytest.fixture(scope="module")

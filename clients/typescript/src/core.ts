@@ -1,10 +1,11 @@
 /**
  * What both entries of the Learning Engine TypeScript client share, with no transport of its own: the
- * generated learning.v1 services and messages, the client over any Connect transport, the bearer token, and
- * errors read from their google.rpc details and typed by the catalogue of reasons (learning.v1.ErrorReason), a
- * call's (ConnectError) as a finished job's (its google.rpc.Status), and the google.rpc messages with a `registry`
- * for toJson, and the watches that resume by themselves after a dropped connection (watch.ts). `index.ts` (Node:
- * gRPC over HTTP/2, with TLS options) and `web.ts` (browsers: gRPC-Web) add the transport.
+ * generated learning.v1 services and messages, the client over any Connect transport, the bearer token and the
+ * actor (x-actor), and errors read from their google.rpc details and typed by the catalogue of reasons
+ * (learning.v1.ErrorReason), a call's (ConnectError) as a finished job's (its google.rpc.Status), and the google.rpc
+ * messages with a `registry` for toJson, and the watches that resume by themselves after a dropped connection
+ * (watch.ts). `index.ts` (Node: gRPC over HTTP/2, with TLS options) and `web.ts` (browsers: gRPC-Web) add the
+ * transport.
  *
  * Generated code lives in src/gen (never edit; `npm run generate`).
  */
@@ -76,30 +77,51 @@ export interface ClientOptions {
    * ASCII is refused with a TypeError when the client is created (bearerToken).
    */
   token?: string;
-  /** Another transport than the entry's own; `baseUrl` and `token` are not used then: the transport has its own. */
+  /**
+   * Who asks, sent as the `x-actor` header with every call: a server without auth records it as who asked for a
+   * serving operation (activate, rollback, canaries, splits); with auth on, the token's principal is recorded
+   * instead. Checked as `token` is: surrounding whitespace is dropped, nothing left means no header, and one holding
+   * another character than printable ASCII is refused with a TypeError when the client is created.
+   */
+  actor?: string;
+  /**
+   * Another transport than the entry's own; `baseUrl`, `token` and `actor` are not used then: the transport has its
+   * own.
+   */
   transport?: Transport;
 }
 
 /**
- * `token` as the authorization header carries it: without surrounding whitespace (a token read from a file ends
- * with a newline), undefined when nothing is left. One holding a character a header value cannot carry (a control
- * character, anything but printable ASCII) throws a TypeError that names the character, never the token, as the
- * Python SDK's bearer_token() does: else every call would fail with an error whose message quotes the header.
+ * `value` as a header carries it: without surrounding whitespace (a token read from a file ends with a newline),
+ * undefined when nothing is left. One holding a character a header value cannot carry (a control character,
+ * anything but printable ASCII) throws a TypeError that names the character and its position, never the value, as
+ * the Python SDK's header_value() does: else every call would fail with an error whose message quotes the header.
+ * `the` names the value ("the token"), `what` says what it is ("a bearer token").
  */
-function checkedToken(token: string): string | undefined {
-  if (typeof token !== "string") throw new TypeError(`the token is a ${typeof token}, not a string`);
-  const trimmed = token.trim();
+function checkedHeaderValue(value: string, the: string, what: string): string | undefined {
+  if (typeof value !== "string") throw new TypeError(`${the} is a ${typeof value}, not a string`);
+  const trimmed = value.trim();
   let position = 0;
   for (const char of trimmed) {   // by code point, as Python counts
     const point = char.codePointAt(0)!;
     if (point < 0x20 || point > 0x7e) {
       const name = point.toString(16).toUpperCase().padStart(4, "0");
-      throw new TypeError(`the token holds U+${name} at position ${position}: a bearer token is printable ASCII `
+      throw new TypeError(`${the} holds U+${name} at position ${position}: ${what} is printable ASCII `
                           + "(a header value cannot carry it)");
     }
     position++;
   }
   return trimmed || undefined;
+}
+
+/** `token` as the authorization header carries it (checkedHeaderValue), as the Python SDK's bearer_token(). */
+function checkedToken(token: string): string | undefined {
+  return checkedHeaderValue(token, "the token", "a bearer token");
+}
+
+/** `actor` as the x-actor header carries it (checkedHeaderValue), as the Python SDK's actor_name(). */
+function checkedActor(actor: string): string | undefined {
+  return checkedHeaderValue(actor, "the actor", "an actor name");
 }
 
 /**
@@ -112,6 +134,14 @@ export function bearerToken(token: string): Interceptor {
   const header = `Bearer ${checked}`;
   return (next) => async (request) => {
     request.header.set("authorization", header);
+    return next(request);
+  };
+}
+
+/** Sends `x-actor: <actor>` with every call; `actor` is one checkedActor() returned. */
+function actorHeader(actor: string): Interceptor {
+  return (next) => async (request) => {
+    request.header.set("x-actor", actor);
     return next(request);
   };
 }
@@ -131,12 +161,13 @@ export interface LearningEngineClient {
 }
 
 /**
- * The interceptors a transport needs for `options`: the bearer token, if any is left once trimmed (a TypeError for
- * one a header cannot carry, as bearerToken says).
+ * The interceptors a transport needs for `options`: the bearer token and the actor, each if any is left once
+ * trimmed (a TypeError for one a header cannot carry, as bearerToken says).
  */
 export function interceptorsFor(options: ClientOptions): Interceptor[] {
   const token = options.token === undefined ? undefined : checkedToken(options.token);
-  return token === undefined ? [] : [bearerToken(token)];
+  const actor = options.actor === undefined ? undefined : checkedActor(options.actor);
+  return [...(token === undefined ? [] : [bearerToken(token)]), ...(actor === undefined ? [] : [actorHeader(actor)])];
 }
 
 /**
