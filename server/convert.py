@@ -228,8 +228,8 @@ def spec_from_pb(msg: pb.TrainingJobSpec, *, default_base_model: str, ewc_defaul
     sharding = _enum(_SHARDING, h.sharding, f"{hp}.sharding", issues)
     hyper = replace(hyper, sharding=sharding or Sharding.NONE)
     issues.check(hyper.seed <= MAX_SEED, f"{hp}.seed", f"must lie in [0, {MAX_SEED}] (2**32 - 1)")
-    issues.check(h.learning_rate >= 0, f"{hp}.learning_rate", "must not be negative")
-    issues.check(h.weight_decay >= 0, f"{hp}.weight_decay", "must not be negative")
+    issues.check(h.learning_rate >= 0, f"{hp}.learning_rate", "must be a finite number >= 0 (0: the server's)")
+    issues.check(h.weight_decay >= 0, f"{hp}.weight_decay", "must be a finite number >= 0")
     issues.check(0 <= h.max_grad_norm <= 1e6, f"{hp}.max_grad_norm",
                  "must lie in [0, 1e6] (0: the server's training_max_grad_norm)")
     issues.check(hyper.epochs <= 1000, f"{hp}.epochs", "must be at most 1000")

@@ -111,6 +111,14 @@ def test_every_float_of_the_spec_must_be_finite(path: str, assign, value: float)
     assert [v.field for v in err.value.violations] == [f"spec.{path}"]
 
 
+@pytest.mark.parametrize("field", ["learning_rate", "weight_decay"])
+def test_a_nan_optimiser_value_is_not_said_to_be_negative(field: str):
+    with pytest.raises(InvalidArgument) as err:
+        convert.spec_from_pb(spec(**{field: math.nan}), default_base_model="m", ewc_defaults=EWC)
+    [violation] = err.value.violations
+    assert violation.description.startswith("must be a finite number >= 0"), violation
+
+
 @pytest.mark.parametrize("seed", [2**32, 2**64 - 1])
 async def test_seed_lies_in_0_to_2_to_the_32_minus_1(memory_client, seed: int):
     """Hyperparameters.seed is a uint64; the run's generators take [0, 2**32 - 1]: past it the job failed INTERNAL.
