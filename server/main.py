@@ -191,6 +191,9 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
         # gRPC's server default allows one per 5 min without data and answers more with GOAWAY "too_many_pings",
         # which cut `jobs watch` in a step longer than a minute.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # gRPC binds with SO_REUSEPORT by default: a second server on the port bound it too, and the kernel split the
+        # connections between the two (a server without auth answering beside one with it). Off, it is refused.
+        ("grpc.so_reuseport", 0),
     ]
     configure_tracing(settings)
     server = grpc.aio.server(
