@@ -236,6 +236,10 @@ class Settings(BaseSettings, ServerSettings, TrainingSettings, LoraControlSettin
         names = [t.name for t in self.auth_tokens]
         if len(set(names)) != len(names):
             raise ValueError("auth_tokens names must be unique")
+        hashes = [t.sha256 for t in self.auth_tokens]
+        if len(set(hashes)) != len(hashes):  # one token, two entries: which role it had would be a matter of order
+            shared = sorted({t.name for t in self.auth_tokens if hashes.count(t.sha256) > 1})
+            raise ValueError(f"auth_tokens {', '.join(shared)} have the same sha256: each entry is a token of its own")
         return self
 
     @model_validator(mode="after")

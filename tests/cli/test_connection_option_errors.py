@@ -11,7 +11,9 @@ import os
 import subprocess
 
 import pytest
+from typer.testing import CliRunner
 
+from learning_engine.cli import app
 from learning_engine.connection import Connection
 from server import access, roles
 from server.settings import AuthToken
@@ -60,3 +62,21 @@ def test_the_actor_is_sent_as_the_x_actor_header() -> None:
     assert Connection(token="t", actor=" alice@example.com\n").metadata() == (
         ("authorization", "Bearer t"), ("x-actor", "alice@example.com"))
     assert Connection(actor="  ").metadata() == ()
+
+
+@pytest.mark.parametrize(("given", "says"), [("a", "a token of 1 characters; at least 24"),
+                                             ("", "a token of 0 characters"),
+                                             ("x" * 30 + "\u00e9", "holds U+00E9")])
+def test_hash_token_refuses_a_token_too_short_to_keep_secret_or_no_header_can_carry(given: str, says: str) -> None:
+    """The server keeps an unsalted sha256 of each token: a short one is found again from it. ``--token ''`` made an
+    entry of a generated token it did not print, which nobody could use."""
+    result = CliRunner().invoke(app, ["hash-token", "--name", "x", "--role", "operator", "--token", given])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_hash_token_hashes_a_long_enough_token_given_on_stdin() -> None:
+    token = "k" * 24
+    result = CliRunner().invoke(app, ["--json", "hash-token", "--name", "x", "--role", "reader", "--token", "-"],
+                                input=f"{token}\n")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["auth_token"]["sha256"] == access.hash_token(token)

@@ -152,6 +152,15 @@ def test_metrics_port_on_a_port_already_taken_by_the_server_is_refused_by_the_se
         f"the clash of metrics_port with {same_as} is not named: {message!r}")
 
 
+def test_two_auth_tokens_of_one_secret_are_refused(no_files) -> None:
+    """One token in two entries had the role of the last: a reader's token with an operator's entry beside it
+    could disable serving."""
+    digest = "ab" * 32
+    with pytest.raises(SettingsError, match="auth_tokens a, b have the same sha256"):
+        load_settings({"auth_tokens": [{"name": "a", "role": "reader", "sha256": digest},
+                                       {"name": "b", "role": "operator", "sha256": digest}]})
+
+
 def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
     assert load_settings({"metrics_port": 0, "port": 0, "gateway_port": 0}).metrics_port == 0
     assert load_settings({"metrics_port": 9464}).metrics_port == 9464

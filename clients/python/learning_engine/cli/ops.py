@@ -37,6 +37,7 @@ from learning_engine.cli.common import (
 from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
+from learning_engine.connection import bearer_token
 
 
 def proto_services() -> tuple[str, ...]:
@@ -342,12 +343,32 @@ def metrics(
 # ---- tokens ---------------------------------------------------------------------------
 
 
+# The server keeps a token's sha256, unsalted (it must find the token by it at every call): a short or guessable one
+# is found again from its hash. A generated one is 43 characters.
+MIN_TOKEN_CHARS = 24
+
+
+def _own_token(given: str) -> str:
+    """A token given to hash-token, as the authorization header carries it; a usage error for one that is too short
+    to keep secret behind an unsalted hash, or that no header can carry."""
+    try:
+        token = bearer_token(given) or ""
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token") from None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise typer.BadParameter(
+            f"a token of {len(token)} characters; at least {MIN_TOKEN_CHARS}: the server keeps its sha256, from which "
+            "a short one is found again (leave --token out for a generated one)", param_hint="--token")
+    return token
+
+
 def hash_token(
     ctx: typer.Context,
     name: str = typer.Option(..., "--name", help="Who holds the token."),
     role: str = typer.Option(..., "--role", help="reader | feedback | trainer | operator | inference"),
     token: str = typer.Option(
-        None, "--token", help="Hash this token instead of generating one ('-': stdin)."
+        None, "--token", help=f"Hash this token instead of generating one ('-': stdin); at least {MIN_TOKEN_CHARS} "
+        "printable ASCII characters."
     ),
 ) -> None:
     """Make a bearer token and the auth_tokens entry (its sha256) to put in the server settings."""
@@ -355,7 +376,8 @@ def hash_token(
 
     if role not in ("reader", "feedback", "trainer", "operator", "inference"):
         raise typer.BadParameter("reader | feedback | trainer | operator | inference", param_hint="--role")
-    secret = sys.stdin.readline().strip() if token == "-" else token or secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32) if token is None else _own_token(
+        sys.stdin.readline() if token == "-" else token)
     entry = {"name": name, "role": role, "sha256": hashlib.sha256(secret.encode()).hexdigest()}
     emit(
         options(ctx),
