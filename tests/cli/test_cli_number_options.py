@@ -44,6 +44,19 @@ def _integer_options() -> list[tuple[tuple[str, ...], list[str], str]]:
 OPTIONS = _integer_options()
 
 
+def test_every_integer_parameter_has_both_bounds() -> None:
+    """Each integer option and argument says its range, so that a value past it is typer's usage error: the walk
+    below reaches an option only as far as the command's own checks let it (``train --epochs -1`` without a source
+    stopped at the source, and with one it raised ``ValueError: Value out of range`` from the message)."""
+    unbounded = []
+    for path, command in _commands(typer.main.get_command(app)):
+        for p in command.params:
+            annotation = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+            if annotation in (int, int | None) and (p.min is None or p.max is None):
+                unbounded.append(f"{' '.join(path)} {p.opts[0] if p.opts else p.name}: [{p.min}, {p.max}]")
+    assert unbounded == [], unbounded
+
+
 def test_the_walk_finds_the_options() -> None:
     assert (("jobs", "list"), [], "--page-size") in OPTIONS and (("online", "watch"), ["x"], "--after") in OPTIONS
 

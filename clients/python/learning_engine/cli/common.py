@@ -28,6 +28,11 @@ from learning_engine.errors import LearningEngineError, reason_name
 
 T = TypeVar("T")
 
+# The largest values of the protobuf integer fields options fill (an option bounded by them is a usage error past
+# them, not a ValueError from the message).
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

@@ -16,6 +16,8 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import dataset_pb2
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import (
+    UINT32_MAX,
+    UINT64_MAX,
     Options,
     emit,
     err,
@@ -48,11 +50,11 @@ GOLDEN_KEYS = ("expected", "references", "reference")  # a line holding one is a
 
 _EVAL = typer.Option(0.0, "--eval-fraction", min=0.0, max=1.0, help="Share of the prompts held out for eval.")
 _TEST = typer.Option(0.0, "--test-fraction", min=0.0, max=1.0, help="Share of the prompts held out for test.")
-_SEED = typer.Option(0, "--seed", min=0, help="Seed of the split.")
+_SEED = typer.Option(0, "--seed", min=0, max=UINT64_MAX, help="Seed of the split.")
 # The minimum the server applies when a request leaves min_samples 0 (FeedbackDataset: "0 means 100"). The option
 # defaults to it and refuses 0, so that its help shows the number the server will use, and no one asks for 0
 # expecting no minimum (that is --force).
-MIN_SAMPLES = typer.Option(100, "--min-samples", min=1,
+MIN_SAMPLES = typer.Option(100, "--min-samples", min=1, max=UINT32_MAX,
                            help="With --from-feedback: fewer usable examples than this are refused (a pipeline run "
                            "is skipped) unless --force.")
 FORCE_BELOW_MIN = typer.Option(False, "--force", help="With --from-feedback: go on even below --min-samples.")

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from learning.v1 import fisher_pb2 as fisher
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
 from learning_engine.cli.common import (
+    UINT32_MAX,
     as_dict,
     emit,
     err,
@@ -61,7 +62,8 @@ def fisher_cmd(
     feedback_adapter: str = FEEDBACK_ADAPTER,
     adapter_version: str = typer.Option("", "--adapter-version", help="Adapter the Fisher is computed for."),
     base_model: str = typer.Option("", "--base-model"),
-    samples: int = typer.Option(None, "--samples", help="Examples to use (unset: the server's 1000)."),
+    samples: int = typer.Option(None, "--samples", min=0, max=UINT32_MAX,
+                                help="Examples to use (unset: the server's 1000)."),
     estimator: str = typer.Option(
         "empirical", "--estimator", help="empirical | sampled | batch_mean_squared"
     ),

@@ -12,7 +12,7 @@ import typer
 from rich.table import Column, Table
 
 from learning.v1 import common_pb2 as common
-from learning_engine.cli.common import Options, emit, err, interrupted, options, out, print_table, run, when
+from learning_engine.cli.common import UINT64_MAX, Options, emit, err, interrupted, options, out, print_table, run, when
 
 
 def short_state(state: int) -> str:
@@ -45,7 +45,7 @@ def outcome_code(state: int, error_code: int) -> int:
 STATE_FILTER = typer.Option(None, "--state", help="Only jobs in this state (queued, running, ...); repeatable.")
 PAGE_SIZE = typer.Option(20, "--page-size", min=0, max=1000)
 PAGE_TOKEN = typer.Option("", "--page-token", help="The next page, as a previous list printed it.")
-AFTER = typer.Option(0, "--after", min=0, max=2**64 - 1, help="Resume after this event's sequence number.")
+AFTER = typer.Option(0, "--after", min=0, max=UINT64_MAX, help="Resume after this event's sequence number.")
 WIDE = typer.Option(False, "--wide", help="Also show when each job was created and ended.")
 
 

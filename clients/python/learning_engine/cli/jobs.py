@@ -14,6 +14,8 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_NO_STEPS_YET, ERROR_REASON_USAGE
 from learning_engine.cli.common import (
+    UINT32_MAX,
+    UINT64_MAX,
     Options,
     as_dict,
     emit,
@@ -109,17 +111,19 @@ def train(
     min_samples: int = MIN_SAMPLES,
     base_model: str = typer.Option("", "--base-model", help="Base model id (server default if empty)."),
     parent: str = typer.Option("", "--parent", help="Continue from this adapter version (EWC applies)."),
-    epochs: int = typer.Option(0, "--epochs"),
+    epochs: int = typer.Option(0, "--epochs", min=0, max=1000, help="Training epochs (0: the server's)."),
     learning_rate: float = typer.Option(0.0, "--learning-rate", "--lr"),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Steps of linear warm-up (server default if 0)."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, max=UINT32_MAX,
+                                     help="Steps of linear warm-up (server default if 0)."),
     lr_schedule: str = typer.Option(
         "", "--lr-schedule", help="After the warm-up: linear | cosine | constant (server default if empty)."
     ),
-    batch_size: int = typer.Option(0, "--batch-size"),
+    batch_size: int = typer.Option(0, "--batch-size", min=0, max=1024, help="Examples a step (0: the server's)."),
     max_seq_length: int = typer.Option(0, "--max-seq-length", min=0, max=1_000_000),
-    max_steps: int = typer.Option(0, "--max-steps"),
-    seed: int = typer.Option(None, "--seed"),
-    rank: int = typer.Option(0, "--rank", help="LoRA rank."),
+    max_steps: int = typer.Option(0, "--max-steps", min=0, max=UINT32_MAX, help="Stop after this many steps (0: "
+                                  "no limit)."),
+    seed: int = typer.Option(None, "--seed", min=0, max=UINT32_MAX, help="The run's seed (unset: the server's)."),
+    rank: int = typer.Option(0, "--rank", min=0, max=UINT32_MAX, help="LoRA rank (0: the server's)."),
     alpha: float = typer.Option(0.0, "--alpha", help="LoRA alpha."),
     ewc_lambda: float = typer.Option(None, "--ewc-lambda", help="EWC strength (server default if unset)."),
     ewc_gamma: float = typer.Option(None, "--ewc-gamma", help="Decay of earlier versions' importance (1.0)."),
@@ -156,7 +160,7 @@ def train(
     feedback_label: list[str] = FEEDBACK_LABELS,
     feedback_adapter: str = FEEDBACK_ADAPTER,
     objective: str = typer.Option("", "--objective", help="sft | kto (kto needs --from-feedback; sft if empty)."),
-    priority: int = typer.Option(0, "--priority", help="Among queued jobs, higher runs first."),
+    priority: int = typer.Option(0, "--priority", min=-1000, max=1000, help="Among queued jobs, higher runs first."),
     request_id: str = typer.Option(
         "", "--request-id", help="Idempotency key: the same id returns the same job."
     ),
@@ -368,7 +372,7 @@ def jobs_checkpoints(ctx: typer.Context, name: str) -> None:
 def jobs_publish(
     ctx: typer.Context,
     name: str,
-    step: int = typer.Argument(..., min=1, help="The checkpoint's step (see jobs checkpoints)."),
+    step: int = typer.Argument(..., min=1, max=UINT64_MAX, help="The checkpoint's step (see jobs checkpoints)."),
     request_id: str = typer.Option("", "--request-id", help="Idempotency key: the same id returns the same version."),
 ) -> None:
     """Publish one of a job's checkpoints as a new adapter version."""

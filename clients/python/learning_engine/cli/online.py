@@ -17,7 +17,19 @@ from rich.table import Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import online_pb2 as ol
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, as_dict, emit, err, fail, local_text, options, out, print_table, run
+from learning_engine.cli.common import (
+    UINT64_MAX,
+    Options,
+    as_dict,
+    emit,
+    err,
+    fail,
+    local_text,
+    options,
+    out,
+    print_table,
+    run,
+)
 from learning_engine.cli.job_views import guard_interrupt, outcome_code
 from learning_engine.client import AsyncClient
 
@@ -241,7 +253,7 @@ def online_send(ctx: typer.Context, name: str,
 
 @online_app.command("watch")
 def online_watch(ctx: typer.Context, name: str,
-                 after: int = typer.Option(0, "--after", min=0, max=2**64 - 1,
+                 after: int = typer.Option(0, "--after", min=0, max=UINT64_MAX,
                                            help="Only events after this sequence.")) -> None:
     """Follow a session's updates, publications and warnings until it ends; exits 0 once it was stopped (the way a
     session ends well), else its error's code (a failed session)."""

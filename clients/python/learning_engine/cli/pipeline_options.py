@@ -17,7 +17,7 @@ from learning.v1 import common_pb2 as common
 from learning.v1 import pipeline_pb2 as pp
 from learning.v1 import training_pb2 as training
 from learning.v1.error_reason_pb2 import ERROR_REASON_USAGE
-from learning_engine.cli.common import Options, fail
+from learning_engine.cli.common import UINT32_MAX, Options, fail
 from learning_engine.cli.datasets import FEEDBACK_LABELS, MIN_SAMPLES, dataset_name, feedback_dataset
 from learning_engine.cli.jobs import base_protection
 from learning_engine.cli.rollout import CANARY_OPTIONS, canary_policy
@@ -38,8 +38,6 @@ _MODES = {"activate": pp.ROLLOUT_MODE_ACTIVATE, "canary": pp.ROLLOUT_MODE_CANARY
 _MAX_COUNT = 1_000_000  # FeedbackCountTrigger.count: 1..1,000,000 (engine/pipelines/triggers.py MAX_COUNT)
 _MAX_DAYS = 3650  # FeedbackDataset.days (server/convert_dataset_source.py MAX_FEEDBACK_DAYS)
 _MAX_EPOCHS = 1000  # Hyperparameters.epochs (server/convert.py)
-_UINT32_MAX = 2**32 - 1
-UINT64_MAX = 2**64 - 1
 _MAX_PAGE = 1000  # a page_size above it is cut to it (server/convert_jobs.py page_size)
 
 
@@ -62,7 +60,7 @@ UPDATE_FEEDBACK_LABELS = _changed(FEEDBACK_LABELS, help=f"{FEEDBACK_LABELS.help}
                                   "removes them.")
 
 
-PIPELINE_MIN_SAMPLES = _changed(MIN_SAMPLES, max=_UINT32_MAX)
+PIPELINE_MIN_SAMPLES = _changed(MIN_SAMPLES, max=UINT32_MAX)
 FROM_FEEDBACK = typer.Option(None, "--from-feedback", min=1, max=_MAX_DAYS, show_default=False,
                              help="Train on the last N days of feedback (at most 3650).")
 DATA = typer.Option(None, "--data", show_default=False, help="Or a JSONL file below the server's datasets dir.")

@@ -13,6 +13,7 @@ from rich.table import Table
 from learning.v1 import common_pb2 as common
 from learning.v1 import pipeline_pb2 as pp
 from learning_engine.cli.common import (
+    UINT64_MAX,
     as_dict,
     emit,
     err,
@@ -56,7 +57,6 @@ from learning_engine.cli.pipeline_options import (
     SUITE_DATASETS,
     SUITES,
     TIME_ZONE,
-    UINT64_MAX,
     UPDATE_FEEDBACK_LABELS,
     Given,
     changes,
