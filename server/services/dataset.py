@@ -151,9 +151,9 @@ class DatasetService(pb_grpc.DatasetServiceServicer):
         if len(sha) != 64 or not set(sha) <= SHA256_HEX:
             raise InvalidArgument("MALFORMED_SHA256", "metadata.sha256 must be the file's sha256, 64 hex digits",
                                   violations=[FieldViolation("metadata.sha256", "64 hex digits")])
-        if meta.size_bytes == 0:
-            raise InvalidArgument("INVALID_DATASET_REQUEST", "metadata.size_bytes must be the file's size in bytes",
-                                  violations=[FieldViolation("metadata.size_bytes", "must be at least 1")])
+        if meta.size_bytes == 0:  # as an empty file validated or stored from the server's files is
+            raise InvalidArgument("DATASET_EMPTY", "the file is empty (0 bytes): it contains no examples",
+                                  violations=[FieldViolation("metadata.size_bytes", "the file is empty")])
         if meta.size_bytes > self._datasets.max_bytes:
             raise self._datasets.too_large(meta.size_bytes, "the declared upload")
         return meta

@@ -28,6 +28,7 @@ from learning.v1 import dataset_pb2_grpc as pb_grpc
 from learning.v1 import feedback_pb2 as fb
 from learning.v1 import feedback_pb2_grpc as fb_grpc
 from learning.v1 import training_pb2 as training_pb
+from learning_engine import AsyncClient, errors
 from tests.fixtures.seaweedfs import ACCESS_KEY, SECRET_KEY
 from tests.server.conftest import TINY, error_details, watch_all
 
@@ -241,6 +242,21 @@ async def test_validate_reports_line_violations_and_split_counts(make_pg_server,
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DATASET_REQUEST")
     code, reason, _ = await refused(datasets.ValidateDataset(pb.ValidateDatasetRequest(content=good * 60)))
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DATASET_TOO_LARGE")
+
+
+async def test_an_empty_file_validated_or_uploaded_through_the_sdk_holds_no_examples(make_pg_server, tmp_path: Path):
+    """Empty content was dropped by the SDK as if no source were named (INVALID_DATASET_REQUEST "name what to
+    validate"), and an empty upload was refused for its size_bytes; both are DATASET_EMPTY, as an empty file on
+    the server is."""
+    client = await make_pg_server()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    async with AsyncClient(f"127.0.0.1:{client.app.port}") as sdk:
+        for call in (sdk.validate_dataset(content=b""), sdk.upload_dataset("datasets/empty", empty)):
+            with pytest.raises(errors.InvalidArgument) as err:
+                await call
+            assert err.value.reason == "DATASET_EMPTY", err.value
+    assert (await stub(client).ListDatasets(pb.ListDatasetsRequest())).datasets == []
 
 
 async def test_a_dataset_from_a_feedback_window_is_frozen(make_pg_server):

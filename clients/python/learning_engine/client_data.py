@@ -86,14 +86,15 @@ class DataCalls(Calls):
         self,
         *,
         split: dataset_pb2.SplitRule | None = None,
-        content: bytes = b"",
+        content: bytes | None = None,
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,
         kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.ValidateDatasetResponse:
         """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
-        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations, and
+        empty ``content`` (``b""``, an empty file) DATASET_EMPTY."""
         request = dataset_pb2.ValidateDatasetRequest(split=split, kind=kind)
         _one_source(request, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback)
         return await self._unary(self.datasets.ValidateDataset, request)
@@ -155,8 +156,10 @@ class DataCalls(Calls):
 
 
 def _one_source(request: Any, **sources: Any) -> None:
-    """Set the one source of a dataset request that is given; the server refuses none or (here) several."""
-    given = {field: value for field, value in sources.items() if value}
+    """Set the one source of a dataset request that is given (content given empty is given: the server says it
+    holds no examples); the server refuses none or (here) several."""
+    given = {field: value for field, value in sources.items()
+             if value is not None and value != ""}
     if len(given) > 1:
         raise ValueError(f"name one source, not {' and '.join(given)}")
     for field, value in given.items():

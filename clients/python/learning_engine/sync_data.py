@@ -75,7 +75,7 @@ class SyncDataCalls(SyncCalls):
         self,
         *,
         split: dataset_pb2.SplitRule | None = None,
-        content: bytes = b"",
+        content: bytes | None = None,
         server_path: str = "",
         s3_uri: str = "",
         feedback: common.FeedbackDataset | None = None,

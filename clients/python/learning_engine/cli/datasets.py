@@ -311,7 +311,7 @@ def datasets_validate(
     """Check examples (or golden cases) as a dataset version would be checked, and count them; stores nothing."""
     opts = options(ctx)
     _one_source(opts, file=file, server_path=server_path, s3=s3, from_feedback=from_feedback)
-    content = local_bytes(opts, file) if file is not None else b""
+    content = local_bytes(opts, file) if file is not None else None
     split = _split(eval_fraction, test_fraction, seed)
     feedback = feedback_dataset(opts, from_feedback, min_samples, force, thumbs_up_weight=thumbs_up_weight,
                                 thumbs_down_weight=thumbs_down_weight, labels=feedback_label,
