@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -11,8 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from typer.testing import CliRunner
 from yarl import URL
 
+from learning_engine.cli import app
 from server.access import TokenEntry, Tokens, hash_token
 from server.http_doors import bearer_auth
 from server.lora_wiring import start_reference_backend
@@ -54,6 +58,11 @@ async def test_gateway_and_metrics_take_the_grpc_tokens_and_roles(make_server, t
             may_read = credential in (Role.READER, Role.TRAINER, Role.OPERATOR)
             assert page == (200 if may_read else 403), (credential, page)
         assert await _status(http, "GET", gateway + "/health", "none") == 200  # open, like gRPC health
+        # `learning-engine metrics` exits as the gRPC doors' refusals do: 16 without a token, 7 for a weak role
+        for credential, code in (("none", 16), (Role.INFERENCE, 7)):
+            token = ["--token", TOKENS[credential]] if credential != "none" else []
+            shown = await asyncio.to_thread(CliRunner().invoke, app, [*token, "metrics", "--url", metrics])
+            assert shown.exit_code == code, (credential, shown.output)
         assert await _status(http, "GET", gateway + "/v1/unknown", "none") == 401  # nothing told before auth
 
         headers = {"Authorization": f"Bearer {TOKENS[Role.INFERENCE]}"}
@@ -94,6 +103,11 @@ async def test_gateway_and_metrics_serve_the_grpc_tls_settings(make_server, tmp_
                 with pytest.raises(aiohttp.ClientError):  # no client certificate
                     async with http.get(url, ssl=_client_context(certs.ca)) as response:
                         await response.read()
+    # `learning-engine metrics` with the global TLS options (it used none: CERTIFICATE_VERIFY_FAILED)
+    tls = ["--tls-ca", str(certs.ca)] + (["--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key)]
+                                         if mutual else [])
+    shown = await asyncio.to_thread(CliRunner().invoke, app, [*tls, "--json", "metrics", "--url", urls[1]])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["samples"], shown.output
 
 
 def _outward_address() -> str | None:

@@ -8,7 +8,9 @@ import json
 import os
 import pkgutil
 import secrets
+import ssl
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,7 +39,7 @@ from learning_engine.cli.common import (
 from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
-from learning_engine.connection import bearer_token
+from learning_engine.connection import TlsConfig, bearer_token
 
 
 def proto_services() -> tuple[str, ...]:
@@ -291,6 +293,26 @@ def _unreadable(url: str, exc: Exception) -> str:
             "metrics_port set (LEARNING_ENGINE_METRICS_PORT=9464; unset by default)")
 
 
+# What the metrics endpoint's refusals are, as the gRPC doors say them (exit codes 16 and 7).
+_HTTP_REFUSALS = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
+
+
+def _metrics_tls(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    """The TLS of the global options (--tls-ca, and --tls-cert with --tls-key: the server's metrics port has the gRPC
+    port's certificate and client CA) for an https metrics URL, whose host the certificate must name (urllib has no
+    --tls-server-name); None: urllib's default."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cadata=tls.root_certificates.decode() if tls.root_certificates else None)
+    if tls.client_certificate and tls.client_key:
+        with tempfile.TemporaryDirectory() as folder:  # ssl loads a certificate chain from files only
+            chain = Path(folder) / "client.pem"
+            chain.touch(mode=0o600)
+            chain.write_bytes(tls.client_key + b"\n" + tls.client_certificate)
+            context.load_cert_chain(chain)
+    return context
+
+
 def metrics(
     ctx: typer.Context,
     url: str = typer.Option(
@@ -311,8 +333,12 @@ def metrics(
     if opts.token:  # unredirected: a redirect (to any host) must not take the token along, as urllib's headers do
         request.add_unredirected_header("Authorization", f"Bearer {opts.token}")
     try:
-        with urllib.request.urlopen(request, timeout=opts.timeout) as response:  # noqa: S310 - operator-given URL
+        with urllib.request.urlopen(request, timeout=opts.timeout,  # noqa: S310 - operator-given URL
+                                    context=_metrics_tls(opts.tls)) as response:
             body = response.read()
+    except urllib.error.HTTPError as exc:
+        code = _HTTP_REFUSALS.get(exc.code, grpc.StatusCode.UNAVAILABLE)
+        fail(opts, code, _unreadable(url, exc), reason=ERROR_REASON_METRICS_UNREACHABLE)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         fail(opts, grpc.StatusCode.UNAVAILABLE, _unreadable(url, exc), reason=ERROR_REASON_METRICS_UNREACHABLE)
     try:
