@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -233,6 +234,7 @@ class Settings(BaseSettings, ServerSettings, TrainingSettings, LoraControlSettin
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+        _check_tls_files(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
         names = [t.name for t in self.auth_tokens]
         if len(set(names)) != len(names):
             raise ValueError("auth_tokens names must be unique")
@@ -404,3 +406,22 @@ def _unparsable(exc: SourceError, secrets_dir: Path | None) -> str:
               if source.startswith("Secrets") and secrets_dir is not None else f"the environment variable {variable}")
     return (f"{field}: {origin} is not valid JSON; structured values (lists, mappings) are written as "
             """JSON, e.g. ["q_proj", "v_proj"] or {"name": "value"} (strings in double quotes)""")
+
+
+def _check_tls_files(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    """The TLS files read as every door will read them, so that one that is no PEM, or a key that is not the
+    certificate's, is a settings error naming the setting, before anything starts (it failed the gateway's start,
+    after the database and the serving engine had started, said as a port in use)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"tls_cert_file {cert} and tls_key_file {key} are not a PEM certificate and its private "
+                             f"key ({exc.reason or exc})") from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"tls_client_ca_file {client_ca} holds no PEM CA certificate ({exc.reason or exc})") \
+                from None

@@ -4,6 +4,7 @@ database_url's password never reaches a message (settings, start error)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from engine.stores import postgres
 from server.__main__ import main as server_cli
 from server.settings import Settings, SettingsError, load_settings
 from server.startup import describe
+from tests.fixtures.certs import make_certs
 
 PASSWORDS = ["s3cr/et+Kq", "s3cr#etKq", "s3cr?et", "1234/et"]  # e.g. `openssl rand -base64 24` makes '/' and '+'
 
@@ -159,6 +161,25 @@ def test_two_auth_tokens_of_one_secret_are_refused(no_files) -> None:
     with pytest.raises(SettingsError, match="auth_tokens a, b have the same sha256"):
         load_settings({"auth_tokens": [{"name": "a", "role": "reader", "sha256": digest},
                                        {"name": "b", "role": "operator", "sha256": digest}]})
+
+
+def test_tls_files_that_are_no_certificate_and_key_are_a_settings_error(tmp_path: Path, no_files) -> None:
+    """Read at start as the doors read them: a garbage file or a key that is not the certificate's failed the
+    gateway after the database and the serving engine had started, said as its port being in use."""
+    certs, other = make_certs(tmp_path / "a"), make_certs(tmp_path / "b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for settings, says in (
+        ({"tls_cert_file": certs.server_cert, "tls_key_file": other.server_key}, "are not a PEM certificate and its"),
+        ({"tls_cert_file": garbage, "tls_key_file": certs.server_key}, f"tls_cert_file {garbage}"),
+        ({"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key, "tls_client_ca_file": garbage},
+         f"tls_client_ca_file {garbage} holds no PEM CA certificate"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(says)):
+            load_settings(settings)
+    good = load_settings({"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key,
+                          "tls_client_ca_file": certs.ca})
+    assert good.tls_client_ca_file == certs.ca
 
 
 def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
