@@ -164,6 +164,15 @@ class ServerSettings(BaseModel):
     def _database_url(cls, v: str | None) -> str | None:
         return check_database_url(v) if v is not None else None
 
+    @field_validator("base_models")
+    @classmethod
+    def _base_models_exist(cls, v: dict[str, Path]) -> dict[str, Path]:
+        """Each a folder or a file that is there: a path mistyped was found only by the first job on that model."""
+        missing = [f"{model}: {path}" for model, path in v.items() if not path.exists()]
+        if missing:
+            raise ValueError(f"no such folder or file: {'; '.join(missing)}")
+        return v
+
     @field_validator("host")
     @classmethod
     def _host_not_empty(cls, v: str) -> str:

@@ -78,9 +78,9 @@ def test_an_empty_config_file_and_a_mapping_still_load(tmp_path: Path, no_files)
     empty.write_text("")
     assert load_settings(config_file=empty).port == 50051
     config = tmp_path / "c.yaml"
-    config.write_text("port: 6001\nbase_models:\n  tiny: /models/tiny\n")
+    config.write_text(f"port: 6001\nbase_models:\n  tiny: {tmp_path}\n")
     settings = load_settings({"gateway_port": 8090}, config_file=config)
-    assert (settings.port, settings.gateway_port, settings.base_models) == (6001, 8090, {"tiny": Path("/models/tiny")})
+    assert (settings.port, settings.gateway_port, settings.base_models) == (6001, 8090, {"tiny": tmp_path})
     assert load_settings({"port": 6002}, config_file=config).port == 6002, "a flag must win over the file"
 
 
@@ -180,6 +180,11 @@ def test_tls_files_that_are_no_certificate_and_key_are_a_settings_error(tmp_path
     good = load_settings({"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key,
                           "tls_client_ca_file": certs.ca})
     assert good.tls_client_ca_file == certs.ca
+
+
+def test_a_base_model_path_that_is_not_there_is_a_settings_error(tmp_path: Path, no_files) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"no such folder or file: tiny: {tmp_path / 'nope'}")):
+        load_settings({"base_models": {"tiny": tmp_path / "nope"}})
 
 
 def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
