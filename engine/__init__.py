@@ -58,6 +58,10 @@ class Jobs(Protocol[S, O]):
 
 
 class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
+    async def created(self, request_id: str, received: object) -> Job[TrainingJobSpec, TrainingOutput] | None:
+        """The job an earlier create with ``request_id`` and the same request made (REQUEST_ID_REUSED for another)."""
+        ...
+
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0, received: object = None) -> Job[TrainingJobSpec, TrainingOutput]: ...
 

@@ -63,6 +63,12 @@ class TrainingJobs:
         self._artifacts = artifacts
         self._scratch = scratch_dir
 
+    async def created(self, request_id: str, received: object) -> TrainingJob | None:
+        """The job an earlier create with ``request_id`` made, when ``received`` (the request as the client sent it)
+        is the same; None when there is none; ALREADY_EXISTS REQUEST_ID_REUSED when it was another request. For the
+        API to answer a retry before it checks anything of the request (engine.jobs.manager's ``created_for``)."""
+        return await self._manager.created_for(request_id, request_digest(received)) if request_id else None
+
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0, received: object = None) -> TrainingJob:
         """Validate and resolve ``spec``, and queue a job of it. ``received`` is the request as the client sent it,

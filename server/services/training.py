@@ -38,12 +38,16 @@ class TrainingService(pb_grpc.TrainingServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateTrainingJobRequest, pb.CreateTrainingJobResponse],
     ) -> pb.CreateTrainingJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        received = as_sent(request)
+        earlier = await self._jobs.created(request.request_id, received)
+        if earlier is not None:  # a retry, before anything of it is checked: its job, named (validate_only too)
+            return pb.CreateTrainingJobResponse(training_job=convert.job_to_pb(earlier))
         spec = convert.spec_from_pb(
             request.spec, default_base_model=self._default_base_model, ewc_defaults=self._ewc_defaults,
             defaults=self._defaults,
         )
         job = await self._jobs.create(spec, request_id=request.request_id, validate_only=request.validate_only,
-                                      priority=priority_from_pb(request.priority), received=as_sent(request))
+                                      priority=priority_from_pb(request.priority), received=received)
         checked = convert.job_to_pb(job)
         if request.validate_only:  # no job exists: what was checked and resolved, with no name or state
             for name in ("name", "state", "create_time", "last_sequence"):

@@ -54,7 +54,7 @@ async def test_a_training_job_retried_after_its_dataset_file_was_removed_is_the_
     (data_dir / "datasets" / "batch-17.jsonl").unlink()  # the client's upload area, cleaned once the job is accepted
     try:
         second = (await client.training.CreateTrainingJob(request)).training_job
-        request.validate_only = True  # answered as the real request is: the job (shown without its name)
+        request.validate_only = True  # answered as the real request is: the job, named
         checked = (await client.training.CreateTrainingJob(request)).training_job
         request.validate_only = False
         request.priority = 5  # not part of what is asked: the same job, as it was queued
@@ -62,7 +62,7 @@ async def test_a_training_job_retried_after_its_dataset_file_was_removed_is_the_
     finally:
         await _end(client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=first.name)))
     assert second.name == reprioritised.name == first.name
-    assert checked.name == "" and checked.spec == first.spec
+    assert checked.name == first.name and checked.spec == first.spec
     listed = (await client.training.ListTrainingJobs(pb.ListTrainingJobsRequest())).training_jobs
     assert [j.name for j in listed] == [first.name]
 
@@ -164,3 +164,17 @@ async def test_an_evaluation_job_retried_after_its_suite_file_was_removed_is_the
     finally:
         await _end(jobs.CancelEvaluationJob(ev.CancelEvaluationJobRequest(name=first.name)))
     assert again.name == first.name
+
+
+async def test_a_retry_is_looked_up_before_the_spec_is_converted(client):
+    """A reused request_id is looked up before anything of the request is checked, the spec's numbers included: a
+    spec out of range under a used request_id is a reuse (it was refused as an invalid spec)."""
+    made = (await client.training.CreateTrainingJob(
+        pb.CreateTrainingJobRequest(spec=spec(epochs=1, max_steps=1), request_id="retry-19"))).training_job
+    try:
+        other = pb.CreateTrainingJobRequest(spec=spec(epochs=1, max_steps=1), request_id="retry-19")
+        other.spec.hyperparameters.learning_rate = -1
+        assert await _refusal(client.training.CreateTrainingJob(other)) == (grpc.StatusCode.ALREADY_EXISTS,
+                                                                            "REQUEST_ID_REUSED")
+    finally:
+        await _end(client.training.CancelTrainingJob(pb.CancelTrainingJobRequest(name=made.name)))

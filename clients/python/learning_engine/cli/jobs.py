@@ -242,7 +242,8 @@ def _objective(value: str) -> int:
 
 def _validated(opts: Options, job: training.TrainingJob) -> None:
     """What validation found: the data as the job would see it and the spec with the server's defaults filled in.
-    No job exists, so no name or state is shown (--json: the spec and dataset, with "created": false)."""
+    No job is created (--json: the spec and dataset, with "created": false); a request whose --request-id made a job
+    already is answered with that job, which is named (--json: "job")."""
     spec, dataset, hp = job.spec, job.dataset, job.spec.hyperparameters
     source = {
         "jsonl": spec.jsonl.path, "dataset_name": dataset.dataset_name or spec.dataset_name,
@@ -268,10 +269,15 @@ def _validated(opts: Options, job: training.TrainingJob) -> None:
             f" with EWC lambda {ewc.ewc_lambda:g} gamma {ewc.gamma:g} over "
             f"{common.FisherSpace.Name(ewc.fisher_space).removeprefix('FISHER_SPACE_').lower()}"
         ) + (f", replay {ewc.replay_fraction:g}" if ewc.replay_fraction else "")
-    data = {"created": False, "spec": as_dict(spec), "dataset": as_dict(dataset)}
+    data = {"created": False, "spec": as_dict(spec), "dataset": as_dict(dataset)} | ({"job": job.name} if job.name
+                                                                                     else {})
 
     def render() -> None:
-        out.print("valid; nothing created (without --validate-only this would run):", highlight=False)
+        if job.name:  # the same request, with its request_id, made this job before
+            out.print(f"nothing created: this request made {job.name} already "
+                      f"({short_state(job.state)}), which it asked for:", highlight=False)
+        else:
+            out.print("valid; nothing created (without --validate-only this would run):", highlight=False)
         out.print(key_values(rows))
 
     emit(opts, data, render)
