@@ -224,7 +224,7 @@ def train(
             spec, request_id=request_id, validate_only=validate_only, priority=priority
         )
         if validate_only:
-            _validated(opts, job)
+            _validated(opts, job, uploaded=spec.dataset_name if local is not None else "")
             return 0
         if not watch:
             emit(opts, job, lambda: out.print(f"created {job.name} ({short_state(job.state)})"))
@@ -240,10 +240,12 @@ def _objective(value: str) -> int:
     return short_enum(training.Objective, "OBJECTIVE_", value, "--objective")
 
 
-def _validated(opts: Options, job: training.TrainingJob) -> None:
+def _validated(opts: Options, job: training.TrainingJob, *, uploaded: str = "") -> None:
     """What validation found: the data as the job would see it and the spec with the server's defaults filled in.
     No job is created (--json: the spec and dataset, with "created": false); a request whose --request-id made a job
-    already is answered with that job, which is named (--json: "job")."""
+    already is answered with that job, which is named (--json: "job"). A local file is checked on the server once
+    uploaded, as the run would upload it (the same bytes reuse their version): ``uploaded`` says so, not "nothing"
+    (--json: "uploaded")."""
     spec, dataset, hp = job.spec, job.dataset, job.spec.hyperparameters
     source = {
         "jsonl": spec.jsonl.path, "dataset_name": dataset.dataset_name or spec.dataset_name,
@@ -269,13 +271,16 @@ def _validated(opts: Options, job: training.TrainingJob) -> None:
             f" with EWC lambda {ewc.ewc_lambda:g} gamma {ewc.gamma:g} over "
             f"{common.FisherSpace.Name(ewc.fisher_space).removeprefix('FISHER_SPACE_').lower()}"
         ) + (f", replay {ewc.replay_fraction:g}" if ewc.replay_fraction else "")
-    data = {"created": False, "spec": as_dict(spec), "dataset": as_dict(dataset)} | ({"job": job.name} if job.name
-                                                                                     else {})
+    data = ({"created": False, "spec": as_dict(spec), "dataset": as_dict(dataset)}
+            | ({"job": job.name} if job.name else {}) | ({"uploaded": uploaded} if uploaded else {}))
 
     def render() -> None:
         if job.name:  # the same request, with its request_id, made this job before
             out.print(f"nothing created: this request made {job.name} already "
                       f"({short_state(job.state)}), which it asked for:", highlight=False)
+        elif uploaded:
+            out.print(f"valid; no job created, the file stored as {uploaded} to be checked (the run reuses it; "
+                      "without --validate-only this would run):", highlight=False)
         else:
             out.print("valid; nothing created (without --validate-only this would run):", highlight=False)
         out.print(key_values(rows))
