@@ -90,10 +90,15 @@ def decode_page_token(token: str, scope: PageScope) -> tuple[datetime, str]:
     starts its listing again)."""
     try:
         digest, created, item_id = json_input.loads(base64.urlsafe_b64decode(token.encode()))
-        if digest != scope.digest:
-            raise ValueError("a page token of another listing")
-        return cursor_time(created), cursor_text(item_id)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
+        raise invalid_page_token() from exc
+    if digest != scope.digest:  # issued here, for another listing or other filters
+        raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token was issued for another listing or other filters: "
+                              "send it with the filters of the request that returned it, or start again without it",
+                              violations=[FieldViolation("page_token", "issued for another listing or other filters")])
+    try:
+        return cursor_time(created), cursor_text(item_id)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise invalid_page_token() from exc
 
 

@@ -47,12 +47,14 @@ def split_from_pb(msg: pb.SplitRule, field_path: str) -> SplitRule:
         violations = [FieldViolation(f"{field_path}.{name}", "must be a finite number >= 0")
                       for name in ("eval_fraction", "test_fraction")
                       if not getattr(msg, name) >= 0 or getattr(msg, name) == float("inf")]
-        if not violations:
-            violations = [FieldViolation(field_path, "eval_fraction + test_fraction must be below 1")]
+        if violations:  # a fraction negative or not a number: said as such, not as what it leaves to train on
+            named = ", ".join(v.field for v in violations)
+            raise InvalidArgument("INVALID_SPLIT_RULE", f"{named}: must be a finite number >= 0",
+                                  violations=violations) from None
         raise InvalidArgument(
             "INVALID_SPLIT_RULE",
             f"{field_path} (eval {msg.eval_fraction:g}, test {msg.test_fraction:g}) does not leave examples to "
-            "train on", violations=violations,
+            "train on", violations=[FieldViolation(field_path, "eval_fraction + test_fraction must be below 1")],
         ) from None
 
 

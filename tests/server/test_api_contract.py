@@ -279,5 +279,6 @@ def test_a_token_decodes_only_under_the_scope_that_issued_it():
         with pytest.raises(InvalidArgument) as caught:
             decode_page_token(token, other)
         assert caught.value.reason == "INVALID_PAGE_TOKEN"
+        assert "issued for another listing or other filters" in caught.value.message  # not "not one this server issued"
     assert "tiny" not in base64.urlsafe_b64decode(token).decode()  # opaque: the filters travel as a digest
     assert len(token) < 120

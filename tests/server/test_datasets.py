@@ -236,8 +236,13 @@ async def test_validate_reports_line_violations_and_split_counts(make_pg_server,
 
     for rule in (pb.SplitRule(eval_fraction=0.6, test_fraction=0.4), pb.SplitRule(eval_fraction=-0.1),
                  pb.SplitRule(test_fraction=float("nan"))):
-        code, reason, _ = await refused(datasets.ValidateDataset(pb.ValidateDatasetRequest(content=good, split=rule)))
-        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SPLIT_RULE")
+        call = datasets.ValidateDataset(pb.ValidateDatasetRequest(content=good, split=rule))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        info, _ = error_details(err.value)
+        assert (err.value.code(), info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SPLIT_RULE")
+        # a negative or NaN fraction is said as such, not as leaving nothing to train on
+        assert ("does not leave examples" in err.value.details()) == (rule.eval_fraction == 0.6), err.value.details()
     code, reason, _ = await refused(datasets.ValidateDataset(pb.ValidateDatasetRequest()))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DATASET_REQUEST")
     code, reason, _ = await refused(datasets.ValidateDataset(pb.ValidateDatasetRequest(content=good * 60)))
