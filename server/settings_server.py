@@ -151,7 +151,8 @@ class ServerSettings(BaseModel):
         "a thread prepares the next feedback batch: 25% more events/s in process (see docs/benchmarks.md).",
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The lowest level logged (asyncio, urllib3 and filelock: WARNING and above).")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines or plain text.")
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, le=2**31 - 1,

@@ -76,7 +76,8 @@ def datasets_prepare(
 
 def _summary(job: preparation.PreparationJob) -> str:
     r = job.result
-    return (f"{r.kept} kept of {r.generated} pairs from {r.chunks} chunks ({r.unsupported} unsupported, "
+    chunks = f"{r.chunks} chunk{'s' * (r.chunks != 1)}"
+    return (f"{r.kept} kept of {r.generated} pairs from {chunks} ({r.unsupported} unsupported, "
             f"{r.duplicates} duplicate, {r.unparseable} unparseable)")
 
 
