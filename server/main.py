@@ -215,7 +215,7 @@ async def _start(settings: Settings, engine: Engine | None, owned: Owned, undo: 
     undo.push_async_callback(server.stop, 0)
     checks = await start_health_checks(health_servicer, settings, owned.probes())
     undo.push_async_callback(checks.stop)
-    log.info("serving", extra={"address": f"{settings.host}:{port}", "data_dir": str(settings.data_dir),
+    log.info("serving", extra={"address": access.netloc(settings.host, port), "data_dir": str(settings.data_dir),
                                "version": SERVER_VERSION})
     log.info(access.describe(settings))
     metrics = await start_metrics(settings, owned, undo)
@@ -272,7 +272,7 @@ async def serve(settings: Settings) -> int:
         print(f"learning-engine: cannot start: {describe(error)}", file=sys.stderr, flush=True)
         return 1
     app = starting.result()
-    print(f"learning-engine {SERVER_VERSION} listening on {settings.host}:{app.port}", flush=True)
+    print(f"learning-engine {SERVER_VERSION} listening on {access.netloc(settings.host, app.port)}", flush=True)
     await stopping
     await app.stop()
     return 0

@@ -19,7 +19,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine import telemetry
-from server.access import server_ssl_context, tokens_from_settings
+from server.access import netloc, server_ssl_context, tokens_from_settings
 from server.handlers import rebuild_handler
 from server.http_doors import METRICS_ROLES, bearer_auth
 from server.settings import Settings
@@ -169,7 +169,7 @@ class MetricsServer:
             await self.stop()
             raise
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("serving metrics", extra={"address": f"{settings.host}:{self.port}"})
+        log.info("serving metrics", extra={"address": netloc(settings.host, self.port)})
         return self.port
 
     async def stop(self) -> None:
