@@ -240,10 +240,10 @@ def check_target_modules(spec: TrainingJobSpec, field_prefix: str = "spec") -> N
     told apart from by its length, and a PEFT config that lists a module twice)."""
     repeated = sorted(name for name, n in collections.Counter(spec.lora.target_modules).items() if n > 1)
     if repeated:
+        said = f"names {', '.join(repeated)} more than once"
         raise InvalidArgument(
-            "INVALID_LORA_CONFIG", "invalid LoRA configuration",
-            violations=[FieldViolation(f"{field_prefix}.lora.target_modules",
-                                       f"names {', '.join(repeated)} more than once")],
+            "INVALID_LORA_CONFIG", f"invalid LoRA configuration: {field_prefix}.lora.target_modules {said}",
+            violations=[FieldViolation(f"{field_prefix}.lora.target_modules", said)],
         )
 
 
