@@ -233,7 +233,7 @@ class Settings(BaseSettings, ServerSettings, TrainingSettings, LoraControlSettin
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {path} does not exist")
+                raise ValueError(f"TLS file {path} {'is not a file' if path.exists() else 'does not exist'}")
         _check_tls_files(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
         names = [t.name for t in self.auth_tokens]
         if len(set(names)) != len(names):
@@ -372,7 +372,7 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_file: Path 
 def _read_config_file(path: Path) -> dict[str, Any]:
     """The YAML file's settings: a mapping (an empty file is none); SettingsError naming the file otherwise."""
     if not path.is_file():
-        raise SettingsError(f"config file {path} does not exist")
+        raise SettingsError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -187,6 +187,11 @@ def test_a_base_model_path_that_is_not_there_is_a_settings_error(tmp_path: Path,
         load_settings({"base_models": {"tiny": tmp_path / "nope"}})
 
 
+def test_a_config_path_that_is_a_folder_is_said_to_be_no_file(tmp_path: Path, no_files) -> None:
+    with pytest.raises(SettingsError, match=f"config file {re.escape(str(tmp_path))} is not a file"):
+        load_settings(config_file=tmp_path)
+
+
 def test_metrics_port_zero_and_distinct_ports_are_accepted(no_files) -> None:
     assert load_settings({"metrics_port": 0, "port": 0, "gateway_port": 0}).metrics_port == 0
     assert load_settings({"metrics_port": 9464}).metrics_port == 9464
