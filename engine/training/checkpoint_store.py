@@ -43,18 +43,23 @@ def _pack(src_dir: Path, dest: Path) -> tuple[str, int]:
     return digest.hexdigest(), dest.stat().st_size
 
 
-def _verify_and_unpack(archive: Path, sha256: str, dest_dir: Path) -> None:
+def _verify_and_unpack(archive: Path, record: CheckpointRecord, dest_dir: Path) -> None:
+    """Unpack the fetched ``archive`` of ``record``; DATA_LOSS naming the stored checkpoint (its step and key, not
+    the scratch file it was fetched into) when its bytes are not what was stored."""
     digest = hashlib.sha256()
     with archive.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", f"checkpoint {archive.name} does not match its sha256")
+    named = f"the checkpoint of step {record.step} ({record.key})"
+    if digest.hexdigest() != record.sha256:
+        raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", f"{named} does not match its sha256",
+                       metadata={"key": record.key})
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r") as tar:
         for member in tar.getmembers():  # our own archives: plain files with relative names only
             if not member.isfile() or member.name.startswith("/") or ".." in Path(member.name).parts:
-                raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", f"checkpoint {archive.name} holds {member.name!r}")
+                raise DataLoss("CHECKPOINT_CHECKSUM_MISMATCH", f"{named} holds {member.name!r}",
+                               metadata={"key": record.key})
         tar.extractall(dest_dir, filter="data")
 
 
@@ -95,7 +100,7 @@ class CheckpointArchive:
             except NotFound as exc:
                 raise DataLoss("CHECKPOINT_MISSING", f"checkpoint of step {record.step} is missing from the store",
                                metadata={"key": record.key}) from exc
-            await asyncio.to_thread(_verify_and_unpack, archive, record.sha256, dest_dir)
+            await asyncio.to_thread(_verify_and_unpack, archive, record, dest_dir)
         finally:
             archive.unlink(missing_ok=True)
         return dest_dir

@@ -66,9 +66,13 @@ def test_engine_settings_come_from_its_environment_and_secret_files(tmp_path: Pa
                  "learning_engine_auth_tokens": json.dumps(
                      [{"name": "ops", "role": "operator", "sha256": access.hash_token("t")}])}.get(target, "set")
         (secrets / target).write_text(value)
+    models = tmp_path / "models"  # the volume model-init fills, mounted at /models (base_models must be there)
+    for name in json.loads(env["LEARNING_ENGINE_BASE_MODELS"]):
+        (models / name).mkdir(parents=True)
     for key, value in env.items():
         if key != "LEARNING_ENGINE_SECRETS_DIR":
-            monkeypatch.setenv(key, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)))
+            value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+            monkeypatch.setenv(key, value.replace('"/models/', f'"{models}/') if key.endswith("BASE_MODELS") else value)
     monkeypatch.setenv("LEARNING_ENGINE_SECRETS_DIR", str(secrets))
     from server.settings import load_settings
 

@@ -53,6 +53,8 @@ async def test_pause_resume_from_checkpoints_and_publish_one(memory_client) -> N
     # (the tiny model answers too few general questions right for base retention: the second warning)
     assert [w.code for w in warnings] == ["CHECKPOINT_SKIPPED", "BASE_RETENTION_NOT_MEASURED"]
     assert f"step {paused_at}" in warnings[0].message
+    assert "does not match its sha256" in warnings[0].message and ".tar does not" not in warnings[0].message  # named
+    # by its step and stored key, not by the scratch file it was fetched into
     notices = [e.notice for e in after if e.HasField("notice")]
     assert [n.code for n in notices] == ["RESUMED"] and f"step {listed[1].step} " in notices[0].message
     steps = [e.step_metrics.step for e in after if e.HasField("step_metrics")]
