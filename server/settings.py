@@ -414,14 +414,24 @@ def _check_tls_files(cert: Path | None, key: Path | None, client_ca: Path | None
     after the database and the serving engine had started, said as a port in use)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     if cert is not None and key is not None:
-        try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise ValueError(f"tls_cert_file {cert} and tls_key_file {key} are not a PEM certificate and its private "
-                             f"key ({exc.reason or exc})") from None
+        try:  # a key under a passphrase is refused, not asked for on the terminal (the doors take none)
+            context.load_cert_chain(cert, key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ValueError(f"tls_key_file {key} is encrypted: the server takes a key without a passphrase") from None
+        except OSError as exc:  # ssl.SSLError, or a file the server may not read
+            raise ValueError(f"tls_cert_file {cert} and tls_key_file {key} are not a readable PEM certificate and its "
+                             f"private key, without a passphrase ({getattr(exc, 'reason', None) or exc})") from None
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=client_ca)
-        except ssl.SSLError as exc:
-            raise ValueError(f"tls_client_ca_file {client_ca} holds no PEM CA certificate ({exc.reason or exc})") \
-                from None
+        except OSError as exc:
+            raise ValueError(f"tls_client_ca_file {client_ca} holds no readable PEM CA certificate "
+                             f"({getattr(exc, 'reason', None) or exc})") from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey

@@ -101,7 +101,8 @@ async def test_cors_lets_the_allowed_origin_call_and_read_the_status(envoy):
             assert r.status == 200
             assert r.headers["access-control-allow-origin"] == origin
             allowed = {h.strip() for h in r.headers["access-control-allow-headers"].split(",")}
-            assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= allowed
+            # every header the web entry may send, the actor option's x-actor included
+            assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "x-actor"} <= allowed
 
         async with http.options(path, headers={**preflight, "Origin": "http://elsewhere.invalid"}) as r:
             assert "access-control-allow-origin" not in r.headers

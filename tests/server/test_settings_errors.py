@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 import server.main as server_main
 from engine.errors import Unavailable
@@ -169,11 +170,16 @@ def test_tls_files_that_are_no_certificate_and_key_are_a_settings_error(tmp_path
     certs, other = make_certs(tmp_path / "a"), make_certs(tmp_path / "b")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"  # refused, not a passphrase asked for on the terminal
+    encrypted.write_bytes(serialization.load_pem_private_key(certs.server_key.read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
     for settings, says in (
-        ({"tls_cert_file": certs.server_cert, "tls_key_file": other.server_key}, "are not a PEM certificate and its"),
+        ({"tls_cert_file": certs.server_cert, "tls_key_file": encrypted}, f"tls_key_file {encrypted} is encrypted"),
+        ({"tls_cert_file": certs.server_cert, "tls_key_file": other.server_key}, "are not a readable PEM certificate and its"),
         ({"tls_cert_file": garbage, "tls_key_file": certs.server_key}, f"tls_cert_file {garbage}"),
         ({"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key, "tls_client_ca_file": garbage},
-         f"tls_client_ca_file {garbage} holds no PEM CA certificate"),
+         f"tls_client_ca_file {garbage} holds no readable PEM CA certificate"),
     ):
         with pytest.raises(SettingsError, match=re.escape(says)):
             load_settings(settings)

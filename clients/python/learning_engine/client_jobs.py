@@ -33,7 +33,8 @@ class JobCalls(Calls):
         priority: int = 0,
     ) -> training.TrainingJob:
         """Create and queue a job; with ``validate_only``, check the spec and its dataset and create nothing (the
-        job returned then is what would run: defaults filled in, the dataset summarised; its name names nothing)."""
+        job returned then is what would run: defaults filled in, the dataset summarised, no name; a request whose
+        ``request_id`` made a job already is answered with that job, named)."""
         request = training.CreateTrainingJobRequest(
             spec=spec, request_id=request_id, validate_only=validate_only, priority=priority
         )

@@ -82,7 +82,8 @@ class SyncDataCalls(SyncCalls):
         kind: dataset_pb2.DatasetKind = dataset_pb2.DATASET_KIND_UNSPECIFIED,
     ) -> dataset_pb2.ValidateDatasetResponse:
         """What a version of one source would hold (JSONL ``content`` or as :meth:`create_dataset`), read as
-        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations."""
+        ``kind``; stores nothing. Invalid content raises InvalidArgument with ``line[N].field`` violations, and
+        empty ``content`` (``b""``, an empty file) DATASET_EMPTY."""
         return self._loop.run(
             self._async.validate_dataset(
                 split=split, content=content, server_path=server_path, s3_uri=s3_uri, feedback=feedback, kind=kind

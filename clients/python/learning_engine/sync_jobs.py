@@ -26,7 +26,8 @@ class SyncJobCalls(SyncCalls):
         self, spec: training.TrainingJobSpec, *, request_id: str = "", validate_only: bool = False, priority: int = 0
     ) -> training.TrainingJob:
         """Create and queue a job; with ``validate_only``, check the spec and its dataset and create nothing (the
-        job returned then is what would run: defaults filled in, the dataset summarised; its name names nothing)."""
+        job returned then is what would run: defaults filled in, the dataset summarised, no name; a request whose
+        ``request_id`` made a job already is answered with that job, named)."""
         return self._loop.run(
             self._async.create_training_job(spec, request_id=request_id, validate_only=validate_only, priority=priority)
         )

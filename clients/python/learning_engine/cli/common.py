@@ -45,6 +45,7 @@ class Options:
     timeout: float
     tls: TlsConfig | None
     actor: str | None = None
+    client_pair: tuple[Path, Path] | None = None  # --tls-cert and --tls-key as given: HTTPS (metrics) loads files
 
     def client(self) -> AsyncClient:
         return AsyncClient(self.target, token=self.token, actor=self.actor, tls=self.tls, timeout=self.timeout)
@@ -247,6 +248,7 @@ def tls_from(
         fail(opts, grpc.StatusCode.INVALID_ARGUMENT,
              f"--tls-cert and --tls-key go together: {'--tls-key' if key is None else '--tls-cert'} is missing",
              reason=ERROR_REASON_USAGE)
+    opts.client_pair = (cert, key) if cert is not None and key is not None else None
     return TlsConfig(
         root_certificates=local_bytes(opts, ca, "--tls-ca") if ca else None,
         client_certificate=local_bytes(opts, cert, "--tls-cert") if cert else None,

@@ -165,7 +165,8 @@ def train(
         "", "--request-id", help="Idempotency key: the same id returns the same job."
     ),
     validate_only: bool = typer.Option(
-        False, "--validate-only", help="Check the spec and its data and show what would run; create nothing."
+        False, "--validate-only", help="Check the spec and its data and show what would run; create no job (a local "
+        "--data file is stored first, to be checked, as the run would store it)."
     ),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow the job with a live progress bar."),
 ) -> None:

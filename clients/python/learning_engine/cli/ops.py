@@ -10,7 +10,6 @@ import pkgutil
 import secrets
 import ssl
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from learning.v1.error_reason_pb2 import (
     ERROR_REASON_USAGE,
 )
 from learning_engine.cli.common import (
+    Options,
     emit,
     fail,
     grid,
@@ -39,7 +39,7 @@ from learning_engine.cli.common import (
 from learning_engine.cli.datasets import dataset_name, local_file, upload_suite
 from learning_engine.cli.rollout import render_split
 from learning_engine.client import AsyncClient
-from learning_engine.connection import TlsConfig, bearer_token
+from learning_engine.connection import bearer_token
 
 
 def proto_services() -> tuple[str, ...]:
@@ -297,19 +297,23 @@ def _unreadable(url: str, exc: Exception) -> str:
 _HTTP_REFUSALS = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
 
 
-def _metrics_tls(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    """The TLS of the global options (--tls-ca, and --tls-cert with --tls-key: the server's metrics port has the gRPC
-    port's certificate and client CA) for an https metrics URL, whose host the certificate must name (urllib has no
-    --tls-server-name); None: urllib's default."""
+def _metrics_tls(opts: Options) -> ssl.SSLContext | None:
+    """The TLS of the global options (--tls-ca, and --tls-cert with --tls-key, loaded from their files: the server's
+    metrics port has the gRPC port's certificate and client CA) for an https metrics URL, whose host the certificate
+    must name (urllib has no --tls-server-name); None: urllib's default. A key under a passphrase is a usage error,
+    not a prompt."""
+    tls = opts.tls
     if tls is None:
         return None
     context = ssl.create_default_context(cadata=tls.root_certificates.decode() if tls.root_certificates else None)
-    if tls.client_certificate and tls.client_key:
-        with tempfile.TemporaryDirectory() as folder:  # ssl loads a certificate chain from files only
-            chain = Path(folder) / "client.pem"
-            chain.touch(mode=0o600)
-            chain.write_bytes(tls.client_key + b"\n" + tls.client_certificate)
-            context.load_cert_chain(chain)
+    if opts.client_pair is not None:
+        cert, key = opts.client_pair
+        try:
+            context.load_cert_chain(cert, key, password=lambda: b"")
+        except OSError as exc:
+            fail(opts, grpc.StatusCode.INVALID_ARGUMENT, f"--tls-cert {cert} and --tls-key {key}: not a PEM "
+                 f"certificate and its key without a passphrase ({getattr(exc, 'reason', None) or exc})",
+                 reason=ERROR_REASON_USAGE)
     return context
 
 
@@ -333,8 +337,9 @@ def metrics(
     if opts.token:  # unredirected: a redirect (to any host) must not take the token along, as urllib's headers do
         request.add_unredirected_header("Authorization", f"Bearer {opts.token}")
     try:
+        context = _metrics_tls(opts) if urllib.parse.urlsplit(url).scheme.lower() == "https" else None
         with urllib.request.urlopen(request, timeout=opts.timeout,  # noqa: S310 - operator-given URL
-                                    context=_metrics_tls(opts.tls)) as response:
+                                    context=context) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         code = _HTTP_REFUSALS.get(exc.code, grpc.StatusCode.UNAVAILABLE)

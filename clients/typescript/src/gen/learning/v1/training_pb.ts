@@ -912,7 +912,8 @@ export type CreateTrainingJobRequest = Message<"learning.v1.CreateTrainingJobReq
   /**
    * Validate the spec and dataset without creating a job. The response's
    * job holds what was checked and resolved (the spec with the server's
-   * defaults, the dataset's summary), with no name, state or create_time.
+   * defaults, the dataset's summary), with no name, state or create_time;
+   * a request whose request_id made a job already is answered with that job.
    *
    * @generated from field: bool validate_only = 3;
    */
