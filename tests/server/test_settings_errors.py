@@ -176,7 +176,7 @@ def test_tls_files_that_are_no_certificate_and_key_are_a_settings_error(tmp_path
         serialization.BestAvailableEncryption(b"passphrase")))
     for settings, says in (
         ({"tls_cert_file": certs.server_cert, "tls_key_file": encrypted}, f"tls_key_file {encrypted} is encrypted"),
-        ({"tls_cert_file": certs.server_cert, "tls_key_file": other.server_key}, "are not a readable PEM certificate and its"),
+        ({"tls_cert_file": certs.server_cert, "tls_key_file": other.server_key}, "are not a readable PEM certificate"),
         ({"tls_cert_file": garbage, "tls_key_file": certs.server_key}, f"tls_cert_file {garbage}"),
         ({"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key, "tls_client_ca_file": garbage},
          f"tls_client_ca_file {garbage} holds no readable PEM CA certificate"),
