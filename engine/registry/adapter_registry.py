@@ -196,7 +196,8 @@ class AdapterRegistry:
             archive_path = work / ARCHIVE_NAME
             sha256, size = await asyncio.to_thread(archive.pack_adapter, request.adapter_dir, archive_path)
             if existing is not None:  # a client's retry: the version it published, if it asks for the same
-                _check_same_publish(existing, request, sha256)
+                _check_same_publish(existing, request.request_id, sha256,
+                                    request.parent.version if request.parent else "", request.labels)
                 return existing
             model_dir = await asyncio.to_thread(self._base_model_dir, base_model)
             base_digest = await asyncio.to_thread(peft_checks.base_model_digest, model_dir)
@@ -260,6 +261,8 @@ class AdapterRegistry:
         serving engine loads alike (peft_checks.normalise_for_serving), and only if the serving engine (the
         registry's ``serving_limits``) can load it."""
         model_dir = await self.import_base_model_dir(base_model)
+        # a retry: answered from what it sends, whatever changed since (its parent deleted, the engine's limits)
+        existing = await self._index.by_request_id(base_model, request_id) if request_id else None
         if expected_sha256:
             actual = await asyncio.to_thread(archive.sha256_file, upload)
             if actual != expected_sha256.lower():
@@ -269,12 +272,16 @@ class AdapterRegistry:
                 )
         parent = (
             await self.get(base_model, parent_version, field_path="metadata.parent_version")
-            if parent_version else None
+            if parent_version and existing is None else None
         )
         work = await asyncio.to_thread(self._workdir)
         try:
             peft_dir = await asyncio.to_thread(archive.unpack_archive, upload, work / "peft")
             await asyncio.to_thread(peft_checks.normalise_for_serving, peft_dir)
+            if existing is not None:
+                sha256, _ = await asyncio.to_thread(archive.pack_adapter, peft_dir, work / ARCHIVE_NAME)
+                _check_same_publish(existing, request_id, sha256, parent_version, labels)
+                return existing
             await asyncio.to_thread(_validate_peft_dir, peft_dir, model_dir, self._serving_limits)
             return await self.publish(PublishRequest(
                 base_model=base_model, adapter_dir=peft_dir, parent=parent, major_bump=major_bump,
@@ -418,18 +425,20 @@ def _decode_token(token: str) -> Cursor:
         raise invalid_page_token() from exc
 
 
-def _check_same_publish(existing: AdapterRecord, request: PublishRequest, sha256: str) -> None:
-    """ALREADY_EXISTS REQUEST_ID_REUSED unless ``request`` asks for what ``existing``, the version its request_id
-    published, was published from: the same adapter (its canonical archive's sha256), parent and labels. A client
-    that reuses a request id for another adapter would otherwise be told the earlier version was its new one."""
+def _check_same_publish(existing: AdapterRecord, request_id: str, sha256: str, parent_version: str,
+                        labels: tuple[tuple[str, str], ...]) -> None:
+    """ALREADY_EXISTS REQUEST_ID_REUSED unless a publish with ``request_id`` asks for what ``existing``, the version
+    that request id published, was published from: the same adapter (its canonical archive's sha256), parent and
+    labels. A client that reuses a request id for another adapter would otherwise be told the earlier version was
+    its new one."""
     differs = [what for what, same in (
         ("adapter", existing.sha256 == sha256),
-        ("parent", existing.parent_version == (request.parent.version if request.parent else "")),
-        ("labels", sorted(map(tuple, existing.labels)) == sorted(map(tuple, request.labels))),
+        ("parent", existing.parent_version == parent_version),
+        ("labels", sorted(map(tuple, existing.labels)) == sorted(map(tuple, labels))),
     ) if not same]
     if differs:
         raise AlreadyExists(
-            "REQUEST_ID_REUSED", f"request_id {request.request_id!r} was used for another publish ({existing.version}, "
+            "REQUEST_ID_REUSED", f"request_id {request_id!r} was used for another publish ({existing.version}, "
                                  f"whose {', '.join(differs)} differ): use a new request_id for a new version",
-            metadata={"request_id": request.request_id, "version": existing.version},
+            metadata={"request_id": request_id, "version": existing.version},
         )

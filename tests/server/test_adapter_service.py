@@ -265,10 +265,14 @@ async def test_import_validates_before_registering(make_server, peft_dirs: list[
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
         info, _ = error_details(err.value)
         assert info.reason == "REQUEST_ID_REUSED" and info.metadata["version"] == "v2.0", err.value.details()
+    # a retry is answered from what it sends, whatever changed since: its parent deleted
+    await stub.DeleteAdapter(pb.DeleteAdapterRequest(version="v1.0"))
+    again = await import_archive(stub, tar_dir(peft_dirs[1], "my-adapter/"), request_id="imp-1", parent_version="v1.0")
+    assert again.version == "v2.0"
     child = await import_archive(stub, tar_dir(peft_dirs[2]), parent_version="v2.0")
     assert child.version == "v2.1"
     listed = (await stub.ListAdapters(pb.ListAdaptersRequest())).adapters
-    assert [a.version for a in listed] == ["v2.1", "v2.0", "v1.0"]
+    assert [a.version for a in listed] == ["v2.1", "v2.0"]
 
 
 async def test_tampered_artifact_is_data_loss_and_never_loaded(adapters: Adapters, peft_dirs: list[Path]):
