@@ -45,6 +45,11 @@ T = TypeVar("T")
 class Jobs(Protocol[S, O]):
     """Reading and steering the jobs of one kind."""
 
+    async def created(self, request_id: str, received: object) -> Job[S, O] | None:
+        """The job an earlier create with ``request_id`` and the same request made (REQUEST_ID_REUSED for another):
+        engine.jobs.manager.RetriedCreates."""
+        ...
+
     async def get(self, job_id: str) -> Job[S, O]: ...
 
     async def list(self, *, states: Sequence[JobState], page_size: int,
@@ -58,10 +63,6 @@ class Jobs(Protocol[S, O]):
 
 
 class TrainingJobsApi(Jobs["TrainingJobSpec", "TrainingOutput"], Protocol):
-    async def created(self, request_id: str, received: object) -> Job[TrainingJobSpec, TrainingOutput] | None:
-        """The job an earlier create with ``request_id`` and the same request made (REQUEST_ID_REUSED for another)."""
-        ...
-
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0, received: object = None) -> Job[TrainingJobSpec, TrainingOutput]: ...
 

@@ -33,7 +33,7 @@ from engine.feedback.dataset import FeedbackDatasetBuilder
 from engine.jobs.codec import request_digest
 from engine.jobs.context import JobContext
 from engine.jobs.core import JobEvent, JobProgress, JobState, Warned
-from engine.jobs.manager import JobManager
+from engine.jobs.manager import JobManager, RetriedCreates
 from engine.registry import AdapterRegistry
 from engine.training.datasets import load_jsonl, resolve_dataset_path
 
@@ -127,7 +127,7 @@ class FisherRunner:
         return job
 
 
-class FisherJobs:
+class FisherJobs(RetriedCreates[FisherJobSpec, FisherOutput]):
     """The Fisher jobs servicers see: create (validated), get, list, cancel, watch."""
 
     def __init__(

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from engine import telemetry
 from engine.domain import Pin
@@ -517,3 +517,17 @@ class JobManager(JobEventLog[S, O]):
 
 
 __all__ = ["ACTIVE_STATES", "JobManager"]
+
+
+class RetriedCreates(Generic[S, O]):
+    """What every kind's create API shares: the job an earlier create with a request_id made, for the API to answer
+    a retry before it converts or checks anything of the request (a retry is answered with its job whatever changed
+    since; another request under the same id is REQUEST_ID_REUSED, however invalid)."""
+
+    _manager: JobManager[S, O]
+
+    async def created(self, request_id: str, received: object) -> Job[S, O] | None:
+        """The job of an earlier create with ``request_id`` if ``received`` (the request as the client sent it) is
+        the same; None when none was made; ALREADY_EXISTS REQUEST_ID_REUSED when it was another request."""
+        return await self._manager.created_for(request_id, request_digest(received)) if request_id else None
+

@@ -25,7 +25,7 @@ from engine.errors import Cancelled, FailedPrecondition, ViolationCollector
 from engine.jobs.codec import request_digest
 from engine.jobs.context import JobContext
 from engine.jobs.core import Job, JobEvent, JobKind, JobProgress, JobState
-from engine.jobs.manager import JobManager
+from engine.jobs.manager import JobManager, RetriedCreates
 from engine.lora.dataset_suites import DatasetSuites
 from engine.lora.evaluation import Suite, check_suite_names, described, load_suite
 from engine.lora.judge import JudgeChoice
@@ -136,7 +136,7 @@ class EvaluationRunner:
         return job
 
 
-class EvaluationJobs:
+class EvaluationJobs(RetriedCreates[EvaluationJobSpec, EvaluationOutput]):
     """The evaluation jobs servicers see: create (validated), get, list, cancel, watch."""
 
     def __init__(self, manager: JobManager[EvaluationJobSpec, EvaluationOutput], *, registry: AdapterRegistry,

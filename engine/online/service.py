@@ -82,6 +82,12 @@ class OnlineSessions:
         self._reserved = set(reserved_names)  # names a live alias may not take (the LoraControl alias)
         self._max_chars = max_example_chars
 
+    async def created(self, request_id: str, received: object) -> SessionView | None:
+        """The session an earlier create with ``request_id`` and the same ``received`` made, for the API to answer a
+        retry before it converts anything of the request (engine.jobs.manager.RetriedCreates); None without one."""
+        earlier = await self._manager.created_for(request_id, request_digest(received)) if request_id else None
+        return await self.get(earlier.id) if earlier is not None else None
+
     async def create(self, spec: OnlineSessionSpec, *, session_id: str = "", request_id: str = "",
                      received: object = None) -> SessionView:
         """Check ``spec`` (its start_version, the active version if it names none) and start a session of it. The

@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 from engine.jobs.codec import request_digest
 from engine.jobs.core import JobEvent, JobState
-from engine.jobs.manager import JobManager
+from engine.jobs.manager import JobManager, RetriedCreates
 from engine.preparation import generation
 from engine.preparation.documents import chunks, document_kind, read_text
 from engine.preparation.jobs import (
@@ -62,7 +62,7 @@ class PreparationRequest:
 ServerPath = Callable[[str, str], Path]  # (path below the datasets directory, request field) -> file; raises if bad
 
 
-class PreparationJobs:
+class PreparationJobs(RetriedCreates[PreparationJobSpec, PreparationOutput]):
     """The preparation jobs servicers see: create (validated, documents stored), get, list, cancel, watch."""
 
     def __init__(self, manager: JobManager[PreparationJobSpec, PreparationOutput], *, artifacts: ArtifactStore,

@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.errors import FieldViolation, InvalidArgument, NotFound
 from engine.jobs.codec import request_digest
 from engine.jobs.core import JobEvent, JobState
-from engine.jobs.manager import JobManager
+from engine.jobs.manager import JobManager, RetriedCreates
 from engine.names import resource_id
 from engine.registry import AdapterRecord, AdapterRegistry
 from engine.registry.ports import ArtifactStore
@@ -48,7 +48,7 @@ def _check_named_snapshot_is_used(spec: TrainingJobSpec) -> None:
                           violations=[FieldViolation(SNAPSHOT_FIELD, why)])
 
 
-class TrainingJobs:
+class TrainingJobs(RetriedCreates[TrainingJobSpec, TrainingOutput]):
     """The training jobs servicers see: create (validate, resolve, submit), get, list, cancel, watch."""
 
     def __init__(
@@ -62,12 +62,6 @@ class TrainingJobs:
         self._registry = registry
         self._artifacts = artifacts
         self._scratch = scratch_dir
-
-    async def created(self, request_id: str, received: object) -> TrainingJob | None:
-        """The job an earlier create with ``request_id`` made, when ``received`` (the request as the client sent it)
-        is the same; None when there is none; ALREADY_EXISTS REQUEST_ID_REUSED when it was another request. For the
-        API to answer a retry before it checks anything of the request (engine.jobs.manager's ``created_for``)."""
-        return await self._manager.created_for(request_id, request_digest(received)) if request_id else None
 
     async def create(self, spec: TrainingJobSpec, *, request_id: str = "", validate_only: bool = False,
                      priority: int = 0, received: object = None) -> TrainingJob:

@@ -27,8 +27,12 @@ class EvaluationService(pb_grpc.EvaluationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateEvaluationJobRequest, pb.CreateEvaluationJobResponse],
     ) -> pb.CreateEvaluationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        received = as_sent(request)
+        earlier = await self._jobs.created(request.request_id, received)
+        if earlier is not None:  # a retry, before anything of it is checked
+            return pb.CreateEvaluationJobResponse(evaluation_job=ec.job_to_pb(earlier))
         spec = ec.spec_from_pb(request.spec, default_base_model=self._default_base_model)
-        job = await self._jobs.create(spec, request_id=request.request_id, received=as_sent(request))
+        job = await self._jobs.create(spec, request_id=request.request_id, received=received)
         return pb.CreateEvaluationJobResponse(evaluation_job=ec.job_to_pb(job))
 
     async def GetEvaluationJob(

@@ -34,9 +34,13 @@ class FisherService(pb_grpc.FisherServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateFisherJobRequest, pb.CreateFisherJobResponse],
     ) -> pb.CreateFisherJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        received = as_sent(request)
+        earlier = await self._jobs.created(request.request_id, received)
+        if earlier is not None:  # a retry, before anything of it is checked
+            return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(earlier))
         spec = fc.spec_from_pb(request.spec, default_base_model=self._default_base_model,
                                default_space=self._default_space)
-        job = await self._jobs.create(spec, request_id=request.request_id, received=as_sent(request))
+        job = await self._jobs.create(spec, request_id=request.request_id, received=received)
         return pb.CreateFisherJobResponse(fisher_job=fc.job_to_pb(job))
 
     async def GetFisherJob(

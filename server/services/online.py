@@ -34,9 +34,13 @@ class OnlineLearningService(pb_grpc.OnlineLearningServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreateOnlineSessionRequest, pb.CreateOnlineSessionResponse],
     ) -> pb.CreateOnlineSessionResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        received = as_sent(request)
+        earlier = await self._sessions.created(request.request_id, received)
+        if earlier is not None:  # a retry, before anything of it is checked
+            return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(earlier))
         session_id = check_chosen_id(request.session_id, oc.COLLECTION, "session_id") if request.session_id else ""
         view = await self._sessions.create(oc.spec_from_pb(request.spec, self._defaults), session_id=session_id,
-                                           request_id=request.request_id, received=as_sent(request))
+                                           request_id=request.request_id, received=received)
         return pb.CreateOnlineSessionResponse(session=oc.session_to_pb(view))
 
     async def GetOnlineSession(

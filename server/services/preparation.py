@@ -26,8 +26,12 @@ class DataPreparationService(pb_grpc.DataPreparationServiceServicer):
         context: grpc.aio.ServicerContext[pb.CreatePreparationJobRequest, pb.CreatePreparationJobResponse],
     ) -> pb.CreatePreparationJobResponse:
         check_request_id(request.request_id, "request_id", MAX_REQUEST_ID)
+        received = as_sent(request)
+        earlier = await self._jobs.created(request.request_id, received)
+        if earlier is not None:  # a retry, before anything of it is checked
+            return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(earlier))
         job = await self._jobs.create(pc.request_from_pb(request.spec), request_id=request.request_id,
-                                      received=as_sent(request))
+                                      received=received)
         return pb.CreatePreparationJobResponse(preparation_job=pc.job_to_pb(job))
 
     async def GetPreparationJob(

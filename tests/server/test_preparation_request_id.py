@@ -28,3 +28,4 @@ async def test_a_reused_request_id_is_refused_and_stores_nothing(make_server, da
     assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
     stored = [p.name for p in (data_dir / "artifacts" / "preparations" / "documents").rglob("*") if p.is_file()]
     assert hashlib.sha256(SECOND).hexdigest() not in stored, stored  # the refused request's document was stored
+
